@@ -1,0 +1,55 @@
+/* A model as upstream sees a path argument: one file or an ordered list of files (shards),
+ * each opened by its extension exactly as upstream decides (`path.endswith(".safetensors")`
+ * means safetensors, anything else is a torch.save checkpoint), and merged in order with
+ * dict.update semantics: on a duplicate name the later file wins (facts §1.3).
+ */
+#ifndef DS_CORE_MODEL_FILE_H
+#define DS_CORE_MODEL_FILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "core/state_dict.h"
+#include "core/torch_checkpoint.h"
+
+typedef enum ds_file_format {
+    DS_FORMAT_SAFETENSORS = 1,
+    DS_FORMAT_TORCH = 2,
+} ds_file_format;
+
+/* What makes two opens "the same file" for deduplication in the pool. */
+typedef struct ds_file_identity {
+    dev_t dev;
+    ino_t ino;
+    uint64_t size;
+    int64_t mtime_ns;
+} ds_file_identity;
+
+typedef struct ds_model_file {
+    char *path;                 /* as given; owned */
+    ds_file_format format;
+    ds_file_identity identity;
+    ds_safetensors *safetensors; /* exactly one of these is set */
+    ds_torch_checkpoint *torch;
+} ds_model_file;
+
+typedef struct ds_model_files {
+    ds_model_file *files;       /* in the order given */
+    size_t count;
+    ds_state_dict merged;       /* views into the files' mappings; valid while this is open */
+} ds_model_files;
+
+ds_file_format ds_file_format_for_path(const char *path);
+
+/* Opens and merges `count` paths. On failure nothing stays open and err names the file. */
+int ds_model_files_open(const char *const *paths, size_t count, ds_model_files **out,
+                        ds_error *err);
+void ds_model_files_close(ds_model_files *files);
+
+/* Total bytes of all mapped files (what the "disk" tier holds for a model). */
+uint64_t ds_model_files_mapped_bytes(const ds_model_files *files);
+
+#endif

@@ -1,0 +1,83 @@
+/* Identification and loading, as upstream's ModelPool.auto_load_model does it (facts §2):
+ * hash the files, find every config with that hash, and for each one whose class this build
+ * implements: convert the state dict, check it against the class's parameter tree, and bind
+ * the file's tensors to the tree as views. Nothing is copied and no tensor data is read.
+ */
+#ifndef DS_MODELS_MODEL_LOADER_H
+#define DS_MODELS_MODEL_LOADER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "converters/converter.h"
+#include "core/error.h"
+#include "core/model_configs.h"
+#include "core/model_file.h"
+#include "core/model_hash.h"
+#include "core/state_dict.h"
+#include "models/model_class.h"
+
+/* A config is implemented when its class is, and its converter (if it names one) is too. */
+int ds_config_is_implemented(const ds_model_config *config);
+
+typedef struct ds_identification {
+    char model_hash[DS_MODEL_HASH_HEX];
+    size_t tensor_count;
+    const ds_model_config **configs;  /* matches in table order; malloc'd array, entries borrowed from the table */
+    size_t config_count;
+} ds_identification;
+
+/* Hashes already opened files and matches them against the table. */
+int ds_identify_files(const ds_config_table *table, const ds_model_files *files,
+                      ds_identification *out, ds_error *err);
+void ds_identification_free(ds_identification *ident);
+
+typedef struct ds_config_suggestion {
+    const ds_model_config *config;
+    size_t shared_names;   /* converted file names also in the config's parameter tree */
+    size_t config_names;   /* names in the config's parameter tree */
+} ds_config_suggestion;
+
+/* For a file set no config matched: the implemented configs whose parameter trees share the
+ * most tensor names with the files (after each config's converter), best first, at most max.
+ * Configs sharing no name are left out. */
+int ds_suggest_configs(const ds_config_table *table, const ds_model_files *files,
+                       ds_config_suggestion *out, size_t max, size_t *count, ds_error *err);
+
+typedef struct ds_loaded_model {
+    char model_hash[DS_MODEL_HASH_HEX];
+    char *model_name;              /* owned copies of the config's fields */
+    char *model_class;
+    char *state_dict_converter;    /* NULL: none */
+    char *extra_kwargs_json;       /* NULL: absent */
+    const ds_model_class *cls;
+    const ds_converter *converter; /* NULL: none */
+    ds_model_files *files;         /* owned: the mapping every view points into */
+    ds_state_dict params;          /* the class's tree, each view bound into `files` */
+    size_t tensor_count;
+    uint64_t parameter_count;
+} ds_loaded_model;
+
+/* Loads one config from files already identified as matching it. Takes no ownership of
+ * `files` on failure; on success the model owns them (so the caller opens a fresh set per
+ * config, as upstream reads the files again for each matching config).
+ * Errors: UNIMPLEMENTED (class or converter missing from this build), INVALID_ARGUMENT
+ * (kwargs refused; state dict does not fit the tree: every missing, unexpected and
+ * wrong-shape tensor is listed, up to a cap, with counts). */
+int ds_model_load(const ds_model_config *config, ds_model_files *files, ds_loaded_model **out,
+                  ds_error *err);
+void ds_loaded_model_free(ds_loaded_model *model);
+
+typedef enum ds_verify_result {
+    DS_VERIFY_MATCH = 1,
+    DS_VERIFY_MISMATCH = 2,
+    DS_VERIFY_NOT_APPLICABLE = 3, /* class not implemented, or the config has a converter */
+    DS_VERIFY_ERROR = 4,          /* the class refused the kwargs; err says why */
+} ds_verify_result;
+
+/* configs --verify: hash the class's parameter tree for the config's kwargs. `computed` gets
+ * the hash when one was computed (else ""). */
+ds_verify_result ds_config_verify(const ds_model_config *config,
+                                  char computed[DS_MODEL_HASH_HEX], ds_error *err);
+
+#endif
