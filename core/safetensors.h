@@ -9,8 +9,10 @@
  *   - the header is one JSON object, well formed, nothing but whitespace after it;
  *   - every tensor has exactly the three fields, a known dtype, non-negative integer dims
  *     (at most DS_MAX_DIMS), and numel * dtype size == end - begin without overflow;
- *   - begin <= end, end <= data region size, and no two tensors' byte ranges overlap;
- *   - duplicate tensor names are rejected; "__metadata__" values must be strings.
+ *   - begin <= end, and the tensors' byte ranges, sorted, tile the data region exactly from 0 to
+ *     its end: no overlap, no gap, no trailing bytes (the safetensors crate's own rule, so we accept
+ *     exactly the files upstream's safe_open accepts);
+ *   - duplicate tensor names are rejected; "__metadata__" values must be strings (null = none).
  * Tensor data is never read here: views point into the mapping.
  */
 #ifndef DS_CORE_SAFETENSORS_H

@@ -63,6 +63,23 @@ static int grow_index(ds_state_dict *sd)
     return DS_OK;
 }
 
+int ds_state_dict_reserve(ds_state_dict *sd, size_t count)
+{
+    if (count > UINT32_MAX - 1)
+        return DS_ERR_RESOURCE_EXHAUSTED;
+    if (count > sd->capacity) {
+        ds_sd_entry *entries = realloc(sd->entries, count * sizeof *entries);
+        if (!entries)
+            return DS_ERR_RESOURCE_EXHAUSTED;
+        sd->entries = entries;
+        sd->capacity = count;
+    }
+    while ((count + 1) * 2 > sd->index_size)
+        if (grow_index(sd) != DS_OK)
+            return DS_ERR_RESOURCE_EXHAUSTED;
+    return DS_OK;
+}
+
 /* Finds the entry for name, creating an empty one if absent. */
 static ds_sd_entry *entry_for(ds_state_dict *sd, const char *name)
 {
@@ -175,10 +192,15 @@ int ds_tensor_view_declare(ds_tensor_view *view, ds_dtype dtype, int ndim, const
             return DS_ERR_INVALID_ARGUMENT;
         numel *= (uint64_t)shape[i];
     }
+    /* Strides are bounded separately: an empty tensor ([0, 2^32, 2^32]) has numel 0 but strides
+     * that would overflow int64. */
     int64_t stride = 1;
     for (int i = ndim - 1; i >= 0; i--) {
         view->stride[i] = stride;
-        stride *= shape[i] ? shape[i] : 1;
+        int64_t dim = shape[i] ? shape[i] : 1;
+        if (i > 0 && stride > INT64_MAX / dim)
+            return DS_ERR_INVALID_ARGUMENT;
+        stride *= dim;
     }
     size_t esize = ds_dtype_size(dtype);
     if (esize && numel > UINT64_MAX / esize)

@@ -48,6 +48,10 @@ void ds_state_dict_free(ds_state_dict *sd);   /* frees entries and nested dicts;
 ds_state_dict *ds_state_dict_new(void);       /* heap-allocated, initialised; NULL on OOM */
 void ds_state_dict_destroy(ds_state_dict *sd); /* free + release the struct itself */
 
+/* Makes room for `count` entries in total, so that building a dict of known size does not
+ * rehash. Optional. */
+int ds_state_dict_reserve(ds_state_dict *sd, size_t count);
+
 /* Inserts or replaces. `name` is copied. Returns DS_OK or DS_ERR_RESOURCE_EXHAUSTED. */
 int ds_state_dict_put_tensor(ds_state_dict *sd, const char *name, const ds_tensor_view *view);
 /* Takes ownership of `child` (also on failure, where it is destroyed). */
