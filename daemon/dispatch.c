@@ -1,0 +1,942 @@
+#include "daemon/dispatch.h"
+
+#include <stdalign.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "models/model_loader.h"
+
+#define MAX_SUGGESTIONS 5
+
+uint64_t ds_monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint64_t ds_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* --- reply arena ---------------------------------------------------------------------------
+ * A reply is a tree of small protobuf-c structs; building it in an arena makes freeing it one
+ * call and lets a builder check for out-of-memory once, at the end. */
+
+typedef struct arena_block {
+    struct arena_block *next;
+    size_t used;
+    size_t cap;
+    alignas(max_align_t) unsigned char data[];
+} arena_block;
+
+typedef struct arena {
+    arena_block *head;
+    int oom;
+} arena;
+
+static void *arena_alloc(arena *a, size_t size)
+{
+    size = (size + alignof(max_align_t) - 1) & ~(alignof(max_align_t) - 1);
+    arena_block *b = a->head;
+    if (!b || b->cap - b->used < size) {
+        size_t cap = size > 16384 ? size : 16384;
+        b = malloc(sizeof *b + cap);
+        if (!b) {
+            a->oom = 1;
+            return NULL;
+        }
+        b->next = a->head;
+        b->used = 0;
+        b->cap = cap;
+        a->head = b;
+    }
+    void *p = b->data + b->used;
+    b->used += size;
+    memset(p, 0, size);
+    return p;
+}
+
+/* NULL becomes proto3's empty string, which protobuf-c expects for an unset string. */
+static char *arena_str(arena *a, const char *s)
+{
+    if (!s || !s[0])
+        return (char *)protobuf_c_empty_string;
+    size_t n = strlen(s) + 1;
+    char *copy = arena_alloc(a, n);
+    if (copy)
+        memcpy(copy, s, n);
+    return copy ? copy : (char *)protobuf_c_empty_string;
+}
+
+static void *arena_array(arena *a, size_t count, size_t size)
+{
+    if (count == 0)
+        return NULL;
+    if (count > SIZE_MAX / size) {
+        a->oom = 1;
+        return NULL;
+    }
+    return arena_alloc(a, count * size);
+}
+
+static void arena_free(arena *a)
+{
+    while (a->head) {
+        arena_block *next = a->head->next;
+        free(a->head);
+        a->head = next;
+    }
+}
+
+/* --- replies ------------------------------------------------------------------------------ */
+
+static void reply_error(ds_daemon *d, ds_conn *conn, uint64_t request_id, int status,
+                        const char *message)
+{
+    d->requests_served++;
+    ds_log_debug("%s: request %llu failed: %s: %s", ds_conn_describe(conn),
+                 (unsigned long long)request_id, ds_status_name(status), message);
+    ds_conn_send_error(conn, request_id, status, message);
+}
+
+/* Sends a built reply, or an error instead when building ran out of memory. */
+static void reply(ds_daemon *d, ds_conn *conn, arena *a, Diffsynth__V1__Envelope *env)
+{
+    if (a->oom) {
+        reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                    "out of memory building the reply");
+        return;
+    }
+    d->requests_served++;
+    ds_conn_send(conn, env);
+}
+
+static Diffsynth__V1__ModelConfig *config_msg(arena *a, const ds_model_config *c)
+{
+    Diffsynth__V1__ModelConfig *m = arena_alloc(a, sizeof *m);
+    if (!m)
+        return NULL;
+    diffsynth__v1__model_config__init(m);
+    m->model_hash = arena_str(a, c->model_hash);
+    m->model_name = arena_str(a, c->model_name);
+    m->model_class = arena_str(a, c->model_class);
+    m->state_dict_converter = arena_str(a, c->state_dict_converter);
+    m->extra_kwargs_json = arena_str(a, c->extra_kwargs_json);
+    m->implemented = ds_config_is_implemented(c);
+    m->quant_config_json = arena_str(a, c->quant_config_json);
+    m->source = arena_str(a, c->source);
+    return m;
+}
+
+static Diffsynth__V1__TierBytes *tier_msg(arena *a, const char *tier, uint64_t bytes)
+{
+    Diffsynth__V1__TierBytes *t = arena_alloc(a, sizeof *t);
+    if (!t)
+        return NULL;
+    diffsynth__v1__tier_bytes__init(t);
+    t->tier = (char *)tier;
+    t->bytes = bytes;
+    return t;
+}
+
+/* The three tiers in a fixed order; host and device stay 0 until the VRAM manager owns them. */
+static Diffsynth__V1__TierBytes **tiers_msg(arena *a, uint64_t disk, size_t *count)
+{
+    Diffsynth__V1__TierBytes **tiers = arena_array(a, 3, sizeof *tiers);
+    *count = 0;
+    if (!tiers)
+        return NULL;
+    tiers[0] = tier_msg(a, "disk", disk);
+    tiers[1] = tier_msg(a, "host", 0);
+    tiers[2] = tier_msg(a, "device", 0);
+    *count = 3;
+    return tiers;
+}
+
+static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_pool_model *e, int reused)
+{
+    const ds_loaded_model *model = e->model;
+    Diffsynth__V1__LoadedModel *m = arena_alloc(a, sizeof *m);
+    if (!m)
+        return NULL;
+    diffsynth__v1__loaded_model__init(m);
+    m->model_id = arena_str(a, e->id);
+    m->model_name = arena_str(a, model->model_name);
+    m->model_class = arena_str(a, model->model_class);
+    m->state_dict_converter = arena_str(a, model->state_dict_converter);
+    m->extra_kwargs_json = arena_str(a, model->extra_kwargs_json);
+    size_t nfiles = model->files ? model->files->count : 0;
+    m->paths = arena_array(a, nfiles, sizeof *m->paths);
+    if (m->paths) {
+        for (size_t i = 0; i < nfiles; i++)
+            m->paths[i] = arena_str(a, model->files->files[i].path);
+        m->n_paths = nfiles;
+    }
+    m->model_hash = arena_str(a, model->model_hash);
+    m->parameter_count = model->parameter_count;
+    m->tensor_count = model->tensor_count > UINT32_MAX ? UINT32_MAX : (uint32_t)model->tensor_count;
+    m->tiers = tiers_msg(a, ds_pool_model_disk_bytes(e), &m->n_tiers);
+    m->clients = arena_array(a, e->client_count, sizeof *m->clients);
+    if (m->clients) {
+        for (size_t i = 0; i < e->client_count; i++)
+            m->clients[i] = arena_str(a, e->clients[i]);
+        m->n_clients = e->client_count;
+    }
+    m->reused = reused;
+    m->loaded_at_unix_ms = e->loaded_at_unix_ms;
+    return m;
+}
+
+static char **strings_msg(arena *a, const char *const *items, size_t count, size_t *n_out)
+{
+    char **out = arena_array(a, count, sizeof *out);
+    *n_out = 0;
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < count; i++)
+        out[i] = arena_str(a, items[i]);
+    *n_out = count;
+    return out;
+}
+
+/* "1.1 B", "482", "3.5 M": parameter counts as a person reads them. */
+static void format_count(uint64_t n, char *buf, size_t size)
+{
+    if (n >= 1000000000ull)
+        snprintf(buf, size, "%.1f B", (double)n / 1e9);
+    else if (n >= 1000000ull)
+        snprintf(buf, size, "%.1f M", (double)n / 1e6);
+    else if (n >= 1000ull)
+        snprintf(buf, size, "%.1f K", (double)n / 1e3);
+    else
+        snprintf(buf, size, "%llu", (unsigned long long)n);
+}
+
+/* --- validation --------------------------------------------------------------------------- */
+
+static const char *body_name(Diffsynth__V1__Envelope__BodyCase body)
+{
+    switch (body) {
+    case DIFFSYNTH__V1__ENVELOPE__BODY_ERROR: return "error";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_EVENT: return "event";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_IDENTIFY: return "identify";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_IDENTIFY_RESULT: return "identify_result";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LOAD: return "load";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LOAD_RESULT: return "load_result";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD: return "unload";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD_RESULT: return "unload_result";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_MODELS: return "list_models";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_MODELS_RESULT: return "list_models_result";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_STATUS: return "status";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_STATUS_RESULT: return "status_result";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL: return "cancel";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL_RESULT: return "cancel_result";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS: return "list_configs";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS_RESULT: return "list_configs_result";
+    default: return NULL;
+    }
+}
+
+static int check_paths(const char *what, char **paths, size_t count, ds_error *err)
+{
+    if (count == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s.paths is empty: name at least one file",
+                            what);
+    if (count > DS_MAX_PATHS_PER_REQUEST)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s.paths has %zu entries, at most %d",
+                            what, count, DS_MAX_PATHS_PER_REQUEST);
+    for (size_t i = 0; i < count; i++) {
+        if (!paths[i][0])
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s.paths[%zu] is empty", what, i);
+        if (paths[i][0] != '/')
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s.paths[%zu] \"%.512s\" is not absolute (the daemon does not "
+                                "know the client's working directory)",
+                                what, i, paths[i]);
+    }
+    return DS_OK;
+}
+
+static int check_client_name(const char *what, const char *name, ds_error *err)
+{
+    size_t len = strlen(name);
+    if (len > DS_MAX_CLIENT_NAME)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s.client_name has %zu bytes, at most %d",
+                            what, len, DS_MAX_CLIENT_NAME);
+    /* Names are logged and listed: no control characters. */
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7F)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s.client_name has a control character at byte %zu", what, i);
+    return DS_OK;
+}
+
+int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err)
+{
+    const char *name = body_name(env->body_case);
+    if (env->body_case == DIFFSYNTH__V1__ENVELOPE__BODY__NOT_SET || !name)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "envelope of request %llu has no request body",
+                            (unsigned long long)env->request_id);
+    switch (env->body_case) {
+    case DIFFSYNTH__V1__ENVELOPE__BODY_IDENTIFY:
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LOAD:
+    case DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD:
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_MODELS:
+    case DIFFSYNTH__V1__ENVELOPE__BODY_STATUS:
+    case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL:
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS:
+        break;
+    default:
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "envelope body \"%s\" is not a request (the daemon sends those)", name);
+    }
+    if (env->request_id == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "request_id 0 is reserved for errors about undecodable frames: "
+                            "give every request a non-zero id");
+
+    switch (env->body_case) {
+    case DIFFSYNTH__V1__ENVELOPE__BODY_IDENTIFY:
+        return check_paths("identify", env->identify->paths, env->identify->n_paths, err);
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LOAD: {
+        int rc = check_paths("load", env->load->paths, env->load->n_paths, err);
+        return rc != DS_OK ? rc : check_client_name("load", env->load->client_name, err);
+    }
+    case DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD: {
+        const char *id = env->unload->model_id;
+        if (!id[0])
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "unload.model_id is empty");
+        if (strlen(id) >= DS_MODEL_ID_MAX)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "unload.model_id is %zu bytes long; model ids are like \"m1\"",
+                                strlen(id));
+        return check_client_name("unload", env->unload->client_name, err);
+    }
+    case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL:
+        if (env->cancel->target_request_id == 0)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "cancel.target_request_id is 0; no request has that id");
+        return DS_OK;
+    default:
+        return DS_OK;
+    }
+}
+
+/* --- paths -------------------------------------------------------------------------------- */
+
+typedef struct resolved_paths {
+    char **items;
+    size_t count;
+} resolved_paths;
+
+static void resolved_paths_free(resolved_paths *r)
+{
+    for (size_t i = 0; i < r->count; i++)
+        free(r->items[i]);
+    free(r->items);
+    r->items = NULL;
+    r->count = 0;
+}
+
+static int resolve_all(const ds_daemon *d, char **paths, size_t count, resolved_paths *out,
+                       ds_error *err)
+{
+    out->count = 0;
+    out->items = calloc(count, sizeof *out->items);
+    if (!out->items)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory resolving paths");
+    for (size_t i = 0; i < count; i++) {
+        int rc = ds_model_roots_resolve(&d->roots, paths[i], &out->items[i], err);
+        if (rc != DS_OK) {
+            resolved_paths_free(out);
+            return rc;
+        }
+        out->count = i + 1;
+    }
+    return DS_OK;
+}
+
+/* --- Identify ------------------------------------------------------------------------------ */
+
+static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    const Diffsynth__V1__IdentifyRequest *req = env->identify;
+    ds_error err;
+    ds_error_clear(&err);
+    resolved_paths paths = {0};
+    ds_model_files *files = NULL;
+    ds_identification ident = {0};
+    ds_config_suggestion suggestions[MAX_SUGGESTIONS];
+    size_t suggestion_count = 0;
+    arena a = {0};
+
+    int rc = resolve_all(d, req->paths, req->n_paths, &paths, &err);
+    if (rc == DS_OK)
+        rc = ds_model_files_open((const char *const *)paths.items, paths.count, &files, &err);
+    if (rc == DS_OK)
+        rc = ds_identify_files(d->configs, files, &ident, &err);
+    if (rc == DS_OK && ident.config_count == 0)
+        rc = ds_suggest_configs(d->configs, files, suggestions, MAX_SUGGESTIONS, &suggestion_count,
+                                &err);
+    if (rc != DS_OK) {
+        reply_error(d, conn, env->request_id, rc, err.message);
+        goto done;
+    }
+
+    Diffsynth__V1__IdentifyResponse res = DIFFSYNTH__V1__IDENTIFY_RESPONSE__INIT;
+    res.model_hash = arena_str(&a, ident.model_hash);
+    res.files = strings_msg(&a, (const char *const *)paths.items, paths.count, &res.n_files);
+    res.configs = arena_array(&a, ident.config_count, sizeof *res.configs);
+    if (res.configs) {
+        for (size_t i = 0; i < ident.config_count; i++)
+            res.configs[i] = config_msg(&a, ident.configs[i]);
+        res.n_configs = ident.config_count;
+    }
+    res.tensor_count = ident.tensor_count > UINT32_MAX ? UINT32_MAX : (uint32_t)ident.tensor_count;
+    res.closest = arena_array(&a, suggestion_count, sizeof *res.closest);
+    if (res.closest) {
+        for (size_t i = 0; i < suggestion_count; i++) {
+            Diffsynth__V1__ConfigSuggestion *s = arena_alloc(&a, sizeof *s);
+            if (!s)
+                break;
+            diffsynth__v1__config_suggestion__init(s);
+            s->config = config_msg(&a, suggestions[i].config);
+            s->shared_names = (uint32_t)suggestions[i].shared_names;
+            s->config_names = (uint32_t)suggestions[i].config_names;
+            res.closest[i] = s;
+        }
+        res.n_closest = suggestion_count;
+    }
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = env->request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_IDENTIFY_RESULT;
+    out.identify_result = &res;
+    reply(d, conn, &a, &out);
+
+done:
+    arena_free(&a);
+    ds_identification_free(&ident);
+    ds_model_files_close(files);
+    resolved_paths_free(&paths);
+}
+
+/* --- Load (a job) -------------------------------------------------------------------------- */
+
+typedef struct load_job {
+    ds_job job;
+    ds_daemon *daemon;
+    ds_conn *conn;
+    char **given;                   /* paths as the client sent them, for upstream's message */
+    size_t given_count;
+    resolved_paths paths;
+    char *client;
+    /* Results, filled by the worker. */
+    char model_hash[DS_MODEL_HASH_HEX];
+    ds_loaded_model **models;
+    size_t model_count;
+    const ds_model_config **skipped;
+    size_t skipped_count;
+} load_job;
+
+static void load_job_free(load_job *lj)
+{
+    for (size_t i = 0; i < lj->model_count; i++)
+        ds_loaded_model_free(lj->models[i]);
+    free(lj->models);
+    free(lj->skipped);
+    for (size_t i = 0; i < lj->given_count; i++)
+        free(lj->given[i]);
+    free(lj->given);
+    resolved_paths_free(&lj->paths);
+    free(lj->client);
+    free(lj);
+}
+
+/* Upstream's sentence for files no config matches (model_loader.py). */
+static int cannot_detect(load_job *lj, ds_error *err)
+{
+    char *label = ds_python_str_paths((const char *const *)lj->given, lj->given_count);
+    ds_error_set(err, DS_ERR_NOT_FOUND, "Cannot detect the model type. File: %s. Model hash: %s",
+                 label ? label : "(out of memory)", lj->model_hash);
+    free(label);
+    return DS_ERR_NOT_FOUND;
+}
+
+static int none_implemented(load_job *lj, ds_error *err)
+{
+    char list[2048];
+    size_t used = 0;
+    list[0] = '\0';
+    for (size_t i = 0; i < lj->skipped_count && used < sizeof list; i++) {
+        const ds_model_config *c = lj->skipped[i];
+        int n = snprintf(list + used, sizeof list - used, "%s%s (%s%s%s)", i ? ", " : "",
+                         c->model_name, c->model_class,
+                         c->state_dict_converter ? " with converter " : "",
+                         c->state_dict_converter ? c->state_dict_converter : "");
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+    return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                        "model hash %s matches %zu config(s) but this build implements none of "
+                        "them: %s",
+                        lj->model_hash, lj->skipped_count, list);
+}
+
+static int load_run(ds_job *job)
+{
+    load_job *lj = (load_job *)job;
+    ds_error *err = &job->error;
+    const char *const *paths = (const char *const *)lj->paths.items;
+    ds_model_files *files = NULL;
+    ds_identification ident = {0};
+    const ds_model_config **todo = NULL;
+    size_t todo_count = 0;
+
+    ds_job_report(job, "identify", 0, 1, NULL);
+    int rc = ds_model_files_open(paths, lj->paths.count, &files, err);
+    if (rc != DS_OK)
+        goto done;
+    rc = ds_identify_files(lj->daemon->configs, files, &ident, err);
+    ds_model_files_close(files);
+    files = NULL;
+    if (rc != DS_OK)
+        goto done;
+    memcpy(lj->model_hash, ident.model_hash, sizeof lj->model_hash);
+    ds_job_report(job, "identify", 1, 1, lj->model_hash);
+    if (ident.config_count == 0) {
+        rc = cannot_detect(lj, err);
+        goto done;
+    }
+
+    todo = calloc(ident.config_count, sizeof *todo);
+    lj->skipped = calloc(ident.config_count, sizeof *lj->skipped);
+    lj->models = calloc(ident.config_count, sizeof *lj->models);
+    if (!todo || !lj->skipped || !lj->models) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory loading %zu configs",
+                          ident.config_count);
+        goto done;
+    }
+    for (size_t i = 0; i < ident.config_count; i++) {
+        if (ds_config_is_implemented(ident.configs[i]))
+            todo[todo_count++] = ident.configs[i];
+        else
+            lj->skipped[lj->skipped_count++] = ident.configs[i];
+    }
+    if (todo_count == 0) {
+        rc = none_implemented(lj, err);
+        goto done;
+    }
+
+    /* Each config reads the files again, as upstream does, so each model owns its mapping. */
+    for (size_t i = 0; i < todo_count; i++) {
+        if (ds_job_cancelled(job)) {
+            rc = ds_error_set(err, DS_ERR_CANCELLED, "cancelled after loading %zu of %zu models",
+                              i, todo_count);
+            goto done;
+        }
+        ds_job_report(job, "load", i, todo_count, todo[i]->model_name);
+        rc = ds_model_files_open(paths, lj->paths.count, &files, err);
+        if (rc != DS_OK)
+            goto done;
+        rc = ds_model_load(todo[i], files, &lj->models[lj->model_count], err);
+        if (rc != DS_OK) {
+            ds_model_files_close(files);
+            ds_error_prefix(err, "loading %s (%s): ", todo[i]->model_name, todo[i]->model_class);
+            goto done;
+        }
+        files = NULL;
+        lj->model_count++;
+    }
+    /* A cancel that arrived during the last load still wins: the client was told it was found. */
+    if (ds_job_cancelled(job)) {
+        rc = ds_error_set(err, DS_ERR_CANCELLED, "cancelled after loading %zu of %zu models",
+                          todo_count, todo_count);
+        goto done;
+    }
+    ds_job_report(job, "load", todo_count, todo_count, NULL);
+    rc = DS_OK;
+
+done:
+    if (rc != DS_OK) {
+        /* All or nothing: the pool never sees a partial load. */
+        for (size_t i = 0; i < lj->model_count; i++)
+            ds_loaded_model_free(lj->models[i]);
+        lj->model_count = 0;
+    }
+    free(todo);
+    ds_identification_free(&ident);
+    return rc;
+}
+
+static void load_progress(ds_job *job, const ds_job_progress *p)
+{
+    load_job *lj = (load_job *)job;
+    if (!ds_conn_is_open(lj->conn))
+        return;
+    Diffsynth__V1__Progress progress = DIFFSYNTH__V1__PROGRESS__INIT;
+    progress.phase = (char *)p->phase;
+    progress.done = p->done;
+    progress.total = p->total;
+    progress.elapsed_s = p->elapsed_s;
+    progress.eta_s = p->eta_s;
+    progress.message = (char *)p->message;
+    Diffsynth__V1__Event event = DIFFSYNTH__V1__EVENT__INIT;
+    event.kind_case = DIFFSYNTH__V1__EVENT__KIND_PROGRESS;
+    event.progress = &progress;
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = job->request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_EVENT;
+    out.event = &event;
+    ds_conn_send(lj->conn, &out);
+}
+
+static void log_loaded(const ds_pool_model *e, int reused, const char *client)
+{
+    const ds_loaded_model *m = e->model;
+    char params[32];
+    format_count(m->parameter_count, params, sizeof params);
+    char from[1024];
+    size_t used = 0;
+    from[0] = '\0';
+    for (size_t i = 0; m->files && i < m->files->count && used < sizeof from; i++) {
+        int n = snprintf(from + used, sizeof from - used, "%s%s", i ? ", " : "",
+                         m->files->files[i].path);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+    ds_log_info("%s %s %s from %s (%zu tensors, %s params) for %s", reused ? "reused" : "loaded",
+                e->id, m->model_name, from, m->tensor_count, params, client);
+}
+
+/* Runs on the loop thread: the only place a load touches the pool. */
+static void load_complete(ds_job *job)
+{
+    load_job *lj = (load_job *)job;
+    ds_daemon *d = lj->daemon;
+    ds_conn *conn = lj->conn;
+    arena a = {0};
+
+    if (!ds_conn_is_open(conn)) {
+        ds_log_debug("request %llu finished (%s) after its client left; result dropped",
+                     (unsigned long long)job->request_id, ds_status_name(job->status));
+        goto done;
+    }
+    if (job->status != DS_OK) {
+        if (job->status != DS_ERR_CANCELLED)
+            ds_log_info("load for %s failed: %s", lj->client, job->error.message);
+        reply_error(d, conn, job->request_id, job->status, job->error.message);
+        goto done;
+    }
+
+    Diffsynth__V1__LoadResponse res = DIFFSYNTH__V1__LOAD_RESPONSE__INIT;
+    res.model_hash = arena_str(&a, lj->model_hash);
+    res.files = strings_msg(&a, (const char *const *)lj->paths.items, lj->paths.count, &res.n_files);
+    res.models = arena_array(&a, lj->model_count, sizeof *res.models);
+    ds_pool_model **inserted = arena_array(&a, lj->model_count, sizeof *inserted);
+    size_t inserted_count = 0;
+    ds_error err;
+    if (a.oom) {
+        reply_error(d, conn, job->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                    "out of memory adding the models to the pool");
+        goto done;
+    }
+    for (size_t i = 0; i < lj->model_count; i++) {
+        int reused = 0;
+        ds_loaded_model *model = lj->models[i];
+        lj->models[i] = NULL;
+        int rc = ds_pool_insert(d->pool, model, lj->client, ds_wall_ms(), &inserted[i], &reused,
+                                &err);
+        if (rc != DS_OK) {
+            /* Undo this request's references so the pool is as it was. */
+            for (size_t k = 0; k < inserted_count; k++) {
+                ds_pool_unref_result ignored;
+                ds_error unref_err;
+                ds_pool_unref(d->pool, inserted[k]->id, lj->client, 0, &ignored, &unref_err);
+            }
+            reply_error(d, conn, job->request_id, rc, err.message);
+            goto done;
+        }
+        inserted_count++;
+        log_loaded(inserted[i], reused, lj->client);
+        res.models[i] = loaded_model_msg(&a, inserted[i], reused);
+    }
+    res.n_models = lj->model_count;
+    res.skipped = arena_array(&a, lj->skipped_count, sizeof *res.skipped);
+    if (res.skipped) {
+        for (size_t i = 0; i < lj->skipped_count; i++)
+            res.skipped[i] = config_msg(&a, lj->skipped[i]);
+        res.n_skipped = lj->skipped_count;
+    }
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = job->request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_LOAD_RESULT;
+    out.load_result = &res;
+    reply(d, conn, &a, &out);
+
+done:
+    arena_free(&a);
+    ds_conn_end_job(conn);
+    ds_conn_unref(conn);
+    load_job_free(lj);
+}
+
+static char *default_client(ds_conn *conn, const char *given)
+{
+    if (given && given[0])
+        return strdup(given);
+    char buf[32];
+    snprintf(buf, sizeof buf, "uid:%u", (unsigned)ds_conn_uid(conn));
+    return strdup(buf);
+}
+
+static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    const Diffsynth__V1__LoadRequest *req = env->load;
+    ds_error err;
+    ds_error_clear(&err);
+    load_job *lj = calloc(1, sizeof *lj);
+    if (!lj) {
+        reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                    "out of memory queueing the load");
+        return;
+    }
+    int rc = resolve_all(d, req->paths, req->n_paths, &lj->paths, &err);
+    if (rc != DS_OK) {
+        reply_error(d, conn, env->request_id, rc, err.message);
+        load_job_free(lj);
+        return;
+    }
+    lj->given = calloc(req->n_paths, sizeof *lj->given);
+    lj->client = default_client(conn, req->client_name);
+    int oom = !lj->given || !lj->client;
+    for (size_t i = 0; !oom && i < req->n_paths; i++) {
+        oom = !(lj->given[i] = strdup(req->paths[i]));
+        lj->given_count = i + 1;
+    }
+    if (oom) {
+        reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                    "out of memory queueing the load");
+        load_job_free(lj);
+        return;
+    }
+    rc = ds_conn_begin_job(conn, &err);
+    if (rc != DS_OK) {
+        reply_error(d, conn, env->request_id, rc, err.message);
+        load_job_free(lj);
+        return;
+    }
+    lj->daemon = d;
+    lj->conn = conn;
+    ds_conn_ref(conn);
+    lj->job.kind = DS_JOB_LOAD;
+    lj->job.request_id = env->request_id;
+    lj->job.owner = conn;
+    lj->job.run = load_run;
+    lj->job.progress = load_progress;
+    lj->job.complete = load_complete;
+    ds_scheduler_submit(d->scheduler, &lj->job);
+}
+
+/* --- cheap requests ------------------------------------------------------------------------ */
+
+static void handle_unload(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    const Diffsynth__V1__UnloadRequest *req = env->unload;
+    char *client = default_client(conn, req->client_name);
+    if (!client) {
+        reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    char name[256] = "";
+    ds_pool_model *entry = ds_pool_find(d->pool, req->model_id);
+    if (entry)
+        snprintf(name, sizeof name, "%s", entry->model->model_name);
+    ds_pool_unref_result result;
+    ds_error err;
+    int rc = ds_pool_unref(d->pool, req->model_id, client, req->all_references, &result, &err);
+    if (rc != DS_OK) {
+        reply_error(d, conn, env->request_id, rc, err.message);
+        free(client);
+        return;
+    }
+    ds_log_info("unloaded %s %s for %s%s (%zu references left%s)", req->model_id, name, client,
+                req->all_references ? ", all references" : "", result.remaining,
+                result.freed     ? ", freed"
+                : result.removed ? ", freed when its running job ends"
+                                 : "");
+    Diffsynth__V1__UnloadResponse res = DIFFSYNTH__V1__UNLOAD_RESPONSE__INIT;
+    res.model_id = req->model_id;
+    res.remaining_references = (uint32_t)result.remaining;
+    res.freed = result.removed;
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = env->request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD_RESULT;
+    out.unload_result = &res;
+    arena a = {0};
+    reply(d, conn, &a, &out);
+    free(client);
+}
+
+static void handle_list_models(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    arena a = {0};
+    size_t n = ds_pool_count(d->pool);
+    Diffsynth__V1__ListModelsResponse res = DIFFSYNTH__V1__LIST_MODELS_RESPONSE__INIT;
+    res.models = arena_array(&a, n, sizeof *res.models);
+    if (res.models) {
+        for (size_t i = 0; i < n; i++)
+            res.models[i] = loaded_model_msg(&a, ds_pool_at(d->pool, i), 0);
+        res.n_models = n;
+    }
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = env->request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_LIST_MODELS_RESULT;
+    out.list_models_result = &res;
+    reply(d, conn, &a, &out);
+    arena_free(&a);
+}
+
+static void handle_status(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    arena a = {0};
+    Diffsynth__V1__StatusResponse res = DIFFSYNTH__V1__STATUS_RESPONSE__INIT;
+    res.version = DS_VERSION;
+    res.backend = "cpu";
+    res.uptime_ms = ds_monotonic_ms() - d->started_monotonic_ms;
+    res.clients = d->server ? ds_server_connection_count(d->server) : 0;
+    res.models = (uint32_t)ds_pool_count(d->pool);
+    res.memory = tiers_msg(&a, ds_pool_disk_bytes(d->pool), &res.n_memory);
+    res.jobs_queued = (uint32_t)ds_scheduler_queued(d->scheduler);
+    res.jobs_running = (uint32_t)ds_scheduler_running(d->scheduler);
+    res.pid = (uint32_t)getpid();
+    res.socket_path = arena_str(&a, d->socket_path);
+    res.model_roots = strings_msg(&a, (const char *const *)d->roots.dirs, d->roots.count,
+                                  &res.n_model_roots);
+    res.config_count = (uint32_t)ds_config_table_count(d->configs);
+    res.max_frame_bytes = d->max_frame_bytes;
+    /* This request counts as served once answered. */
+    res.requests_served = d->requests_served + 1;
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = env->request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_STATUS_RESULT;
+    out.status_result = &res;
+    reply(d, conn, &a, &out);
+    arena_free(&a);
+}
+
+static void handle_cancel(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    uint64_t target = env->cancel->target_request_id;
+    int found = ds_scheduler_cancel(d->scheduler, conn, target);
+    ds_log_debug("%s: cancel of request %llu: %s", ds_conn_describe(conn),
+                 (unsigned long long)target, found ? "found" : "not queued or running");
+    Diffsynth__V1__CancelResponse res = DIFFSYNTH__V1__CANCEL_RESPONSE__INIT;
+    res.found = found;
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = env->request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL_RESULT;
+    out.cancel_result = &res;
+    arena a = {0};
+    reply(d, conn, &a, &out);
+}
+
+static Diffsynth__V1__ConfigEntry *config_entry_msg(arena *a, const ds_model_config *c, int verify)
+{
+    Diffsynth__V1__ConfigEntry *e = arena_alloc(a, sizeof *e);
+    if (!e)
+        return NULL;
+    diffsynth__v1__config_entry__init(e);
+    e->config = config_msg(a, c);
+    if (!verify)
+        return e;
+    char computed[DS_MODEL_HASH_HEX];
+    char detail[DS_ERROR_MESSAGE_MAX];
+    ds_error err;
+    ds_error_clear(&err);
+    ds_verify_result v = ds_config_verify(c, computed, &err);
+    detail[0] = '\0';
+    switch (v) {
+    case DS_VERIFY_MATCH:
+        e->verify = DIFFSYNTH__V1__VERIFY_RESULT__VERIFY_MATCH;
+        break;
+    case DS_VERIFY_MISMATCH:
+        e->verify = DIFFSYNTH__V1__VERIFY_RESULT__VERIFY_MISMATCH;
+        snprintf(detail, sizeof detail, "the parameter tree of %s hashes to %s, not %s",
+                 c->model_class, computed, c->model_hash);
+        break;
+    case DS_VERIFY_NOT_APPLICABLE:
+        e->verify = DIFFSYNTH__V1__VERIFY_RESULT__VERIFY_NOT_APPLICABLE;
+        snprintf(detail, sizeof detail, "%s",
+                 !ds_model_class_find(c->model_class)
+                     ? "the class is not implemented in this build"
+                     : "the config has a state dict converter: the file's names are not the "
+                       "class's");
+        break;
+    case DS_VERIFY_ERROR:
+        e->verify = DIFFSYNTH__V1__VERIFY_RESULT__VERIFY_ERROR;
+        snprintf(detail, sizeof detail, "%s", err.message);
+        break;
+    }
+    e->computed_hash = arena_str(a, computed);
+    e->detail = arena_str(a, detail);
+    return e;
+}
+
+static void handle_list_configs(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    arena a = {0};
+    size_t n = ds_config_table_count(d->configs);
+    Diffsynth__V1__ListConfigsResponse res = DIFFSYNTH__V1__LIST_CONFIGS_RESPONSE__INIT;
+    res.entries = arena_array(&a, n, sizeof *res.entries);
+    if (res.entries) {
+        for (size_t i = 0; i < n; i++)
+            res.entries[i] =
+                config_entry_msg(&a, ds_config_table_at(d->configs, i), env->list_configs->verify);
+        res.n_entries = n;
+    }
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = env->request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS_RESULT;
+    out.list_configs_result = &res;
+    reply(d, conn, &a, &out);
+    arena_free(&a);
+}
+
+void ds_dispatch(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    ds_error err;
+    ds_error_clear(&err);
+    int rc = ds_dispatch_validate(env, &err);
+    if (rc != DS_OK) {
+        reply_error(d, conn, env->request_id, rc, err.message);
+        return;
+    }
+    ds_log_debug("%s: request %llu %s", ds_conn_describe(conn), (unsigned long long)env->request_id,
+                 body_name(env->body_case));
+    if (d->shutting_down) {
+        reply_error(d, conn, env->request_id, DS_ERR_UNAVAILABLE, "daemon is shutting down");
+        return;
+    }
+    switch (env->body_case) {
+    case DIFFSYNTH__V1__ENVELOPE__BODY_IDENTIFY: handle_identify(d, conn, env); break;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LOAD: handle_load(d, conn, env); break;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD: handle_unload(d, conn, env); break;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_MODELS: handle_list_models(d, conn, env); break;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_STATUS: handle_status(d, conn, env); break;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL: handle_cancel(d, conn, env); break;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS: handle_list_configs(d, conn, env); break;
+    default: break;
+    }
+}

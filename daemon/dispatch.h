@@ -1,0 +1,51 @@
+/* Requests → handlers (DESIGN §3). Cheap requests (Identify, ListModels, Status, Cancel,
+ * ListConfigs, Unload) are answered on the loop thread; Load becomes a job on the worker, and
+ * its result enters the pool on the loop thread when the job completes.
+ */
+#ifndef DS_DAEMON_DISPATCH_H
+#define DS_DAEMON_DISPATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "core/model_configs.h"
+#include "daemon/paths.h"
+#include "daemon/pool.h"
+#include "daemon/scheduler.h"
+#include "daemon/server.h"
+#include "diffsynth.pb-c.h"
+
+/* Bounds on what one request may name: far above real use, low enough that no request can
+ * make the daemon do unbounded work. */
+#define DS_MAX_PATHS_PER_REQUEST 1024
+#define DS_MAX_CLIENT_NAME 256
+
+/* Everything the handlers share. Owned by main; touched only on the loop thread, except
+ * `configs` and `roots`, which are immutable once the server starts and read by the worker. */
+struct ds_daemon {
+    const ds_config_table *configs;
+    ds_model_roots roots;
+    ds_pool *pool;
+    ds_scheduler *scheduler;
+    ds_server *server;
+    const char *socket_path;
+    uint64_t max_frame_bytes;
+    uint64_t started_monotonic_ms;
+    uint64_t requests_served;
+    int shutting_down;         /* new requests get UNAVAILABLE */
+};
+
+/* Checks an envelope before any handler sees it: a request body is present and its fields are
+ * within bounds (paths non-empty and absolute, ids non-empty, names short and printable).
+ * Pure: no daemon state, no I/O. INVALID_ARGUMENT with a message naming the field. */
+int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err);
+
+/* Handles one decoded envelope from `conn`: validates, then answers or queues a job. */
+void ds_dispatch(ds_daemon *daemon, ds_conn *conn, const Diffsynth__V1__Envelope *env);
+
+/* Milliseconds of CLOCK_MONOTONIC / of the wall clock. */
+uint64_t ds_monotonic_ms(void);
+uint64_t ds_wall_ms(void);
+
+#endif

@@ -1,0 +1,346 @@
+/* diffsynthd: options, startup, signals and shutdown. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "core/log.h"
+#include "core/model_configs.h"
+#include "daemon/dispatch.h"
+#include "daemon/frame.h"
+#include "daemon/pool.h"
+#include "daemon/scheduler.h"
+#include "daemon/server.h"
+#include "proto/default_socket.h"
+
+/* Exit codes: 0 after a clean shutdown, 1 when the daemon could not start (socket in use,
+ * bind failure), 2 for a bad command line or a bad --model-configs file. */
+#define EXIT_STARTUP 1
+#define EXIT_USAGE 2
+
+typedef struct app {
+    ds_daemon daemon;
+    uv_signal_t sigint;
+    uv_signal_t sigterm;
+    int signals_open;
+} app;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+"Usage: diffsynthd [OPTION]...\n"
+"\n"
+"The DiffSynth model daemon. It listens on a Unix socket, identifies model files by\n"
+"DiffSynth-Studio's model hash, loads them into one shared model pool and serves every\n"
+"local process that connects (the `diffsynth` CLI, UIs, scripts) over the protobuf API in\n"
+"diffsynth.proto. Model files are mapped, not copied; only files inside the model roots\n"
+"are accepted.\n"
+"\n"
+"Options:\n"
+"  --socket PATH            listen on PATH (default: see below)\n"
+"  --socket-group-access    make the socket mode 0660 so the owner's group may connect\n"
+"                           (default: 0600, the owner only)\n"
+"  --model-root DIR         accept model files under DIR; repeatable\n"
+"                           (default: the working directory at start)\n"
+"  --model-configs FILE     add the model configs of a JSON file to the builtin table;\n"
+"                           repeatable (format: an array of objects with upstream's keys\n"
+"                           model_hash, model_name, model_class, state_dict_converter,\n"
+"                           extra_kwargs, quant_config)\n"
+"  --max-frame-bytes N      refuse request frames longer than N bytes and close the\n"
+"                           connection (default: %llu, at most %llu)\n"
+"  --max-connections N      refuse connections beyond N open ones (default: %d)\n"
+"  --log-level LEVEL        debug, info, warn or error (default: info); logs go to stderr\n"
+"  --help                   print this help and exit\n"
+"  --version                print the version and exit\n"
+"\n"
+"Socket path, first that applies: --socket, $DIFFSYNTH_SOCKET,\n"
+"$XDG_RUNTIME_DIR/diffsynthd.sock, /tmp/diffsynthd-<uid>.sock. A stale socket nobody\n"
+"listens on is replaced; the daemon refuses to start when another one is listening.\n"
+"\n"
+"Once ready it prints \"diffsynthd: listening on PATH\" to stderr. SIGINT or SIGTERM stops\n"
+"it: running and queued jobs finish, new requests are refused, then it exits 0; a second\n"
+"signal cancels the jobs still running. Exit status 1: could not start; 2: bad options or\n"
+"a bad --model-configs file.\n"
+"\n"
+"Example:\n"
+"  diffsynthd --model-root ~/models --socket /run/user/1000/diffsynthd.sock &\n"
+"  diffsynth load ~/models/Qwen/Qwen-Image/vae/diffusion_pytorch_model.safetensors\n",
+            (unsigned long long)DS_FRAME_DEFAULT_MAX, (unsigned long long)DS_FRAME_MAX_CAP,
+            DS_DEFAULT_MAX_CONNECTIONS);
+}
+
+static int parse_u64(const char *option, const char *text, uint64_t min, uint64_t max,
+                     uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (!text[0] || *end || errno || text[0] == '-' || v < min || v > max) {
+        fprintf(stderr, "diffsynthd: %s wants a whole number from %llu to %llu, not \"%s\"\n",
+                option, (unsigned long long)min, (unsigned long long)max, text);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static void on_handle_closed(uv_handle_t *handle) { (void)handle; }
+
+/* The drain is over (or there was nothing to drain): flush and close everything. */
+static void finish(void *arg)
+{
+    app *a = arg;
+    ds_daemon *d = &a->daemon;
+    ds_scheduler_stop(d->scheduler);
+    d->scheduler = NULL;
+    ds_server_close(d->server);
+    d->server = NULL;
+    if (a->signals_open) {
+        a->signals_open = 0;
+        uv_close((uv_handle_t *)&a->sigint, on_handle_closed);
+        uv_close((uv_handle_t *)&a->sigterm, on_handle_closed);
+    }
+}
+
+static void on_signal(uv_signal_t *handle, int signum)
+{
+    app *a = handle->data;
+    ds_daemon *d = &a->daemon;
+    if (d->shutting_down) {
+        ds_log_warn("%s again: cancelling the jobs still queued or running",
+                    strsignal(signum));
+        ds_scheduler_cancel_owner(d->scheduler, NULL);
+        return;
+    }
+    d->shutting_down = 1;
+    size_t queued = ds_scheduler_queued(d->scheduler);
+    size_t running = ds_scheduler_running(d->scheduler);
+    ds_log_info("%s: shutting down after %zu queued and %zu running jobs", strsignal(signum),
+                queued, running);
+    ds_server_stop_listening(d->server);
+    if (ds_scheduler_idle(d->scheduler))
+        finish(a);
+    else
+        ds_scheduler_on_idle(d->scheduler, finish, a);
+}
+
+int main(int argc, char **argv)
+{
+    enum {
+        OPT_SOCKET = 256,
+        OPT_GROUP,
+        OPT_ROOT,
+        OPT_CONFIGS,
+        OPT_MAX_FRAME,
+        OPT_MAX_CONN,
+        OPT_LOG,
+        OPT_HELP,
+        OPT_VERSION,
+    };
+    static const struct option longopts[] = {
+        {"socket", required_argument, NULL, OPT_SOCKET},
+        {"socket-group-access", no_argument, NULL, OPT_GROUP},
+        {"model-root", required_argument, NULL, OPT_ROOT},
+        {"model-configs", required_argument, NULL, OPT_CONFIGS},
+        {"max-frame-bytes", required_argument, NULL, OPT_MAX_FRAME},
+        {"max-connections", required_argument, NULL, OPT_MAX_CONN},
+        {"log-level", required_argument, NULL, OPT_LOG},
+        {"help", no_argument, NULL, OPT_HELP},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
+    };
+
+    ds_server_options server_opts = {
+        .max_frame_bytes = DS_FRAME_DEFAULT_MAX,
+        .max_connections = DS_DEFAULT_MAX_CONNECTIONS,
+        .max_inflight = DS_DEFAULT_MAX_INFLIGHT,
+    };
+    const char **roots = calloc((size_t)argc, sizeof *roots);
+    const char **config_files = calloc((size_t)argc, sizeof *config_files);
+    size_t root_count = 0, config_file_count = 0;
+    if (!roots || !config_files) {
+        fprintf(stderr, "diffsynthd: out of memory\n");
+        return EXIT_STARTUP;
+    }
+    int status = EXIT_USAGE;
+    int opt;
+    uint64_t value;
+    ds_log_level level;
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (opt) {
+        case OPT_SOCKET: server_opts.socket_path = optarg; break;
+        case OPT_GROUP: server_opts.group_access = 1; break;
+        case OPT_ROOT: roots[root_count++] = optarg; break;
+        case OPT_CONFIGS: config_files[config_file_count++] = optarg; break;
+        case OPT_MAX_FRAME:
+            if (parse_u64("--max-frame-bytes", optarg, 1, DS_FRAME_MAX_CAP, &value) != 0)
+                goto out_args;
+            server_opts.max_frame_bytes = value;
+            break;
+        case OPT_MAX_CONN:
+            if (parse_u64("--max-connections", optarg, 1, 65536, &value) != 0)
+                goto out_args;
+            server_opts.max_connections = (unsigned)value;
+            break;
+        case OPT_LOG:
+            if (ds_log_level_parse(optarg, &level) != 0) {
+                fprintf(stderr, "diffsynthd: --log-level wants debug, info, warn or error, not \"%s\"\n",
+                        optarg);
+                goto out_args;
+            }
+            ds_log_set_level(level);
+            break;
+        case OPT_HELP:
+            usage(stdout);
+            status = 0;
+            goto out_args;
+        case OPT_VERSION:
+            printf("diffsynthd %s\n", DS_VERSION);
+            status = 0;
+            goto out_args;
+        default:
+            fprintf(stderr, "Try 'diffsynthd --help'.\n");
+            goto out_args;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "diffsynthd: unexpected argument \"%s\"\nTry 'diffsynthd --help'.\n",
+                argv[optind]);
+        goto out_args;
+    }
+
+    /* A client that vanishes mid-write must cost an EPIPE, not the process. */
+    signal(SIGPIPE, SIG_IGN);
+
+    app a;
+    memset(&a, 0, sizeof a);
+    ds_daemon *d = &a.daemon;
+    ds_model_roots_init(&d->roots);
+    ds_config_table *table = NULL;
+    ds_error err;
+    ds_error_clear(&err);
+    uv_loop_t loop;
+    int loop_open = 0;
+    char socket_buf[4096];
+    char *roots_text = NULL;
+
+    if (ds_config_table_new(&table, &err) != DS_OK) {
+        fprintf(stderr, "diffsynthd: %s\n", err.message);
+        status = EXIT_STARTUP;
+        goto out;
+    }
+    for (size_t i = 0; i < config_file_count; i++) {
+        if (ds_config_table_add_file(table, config_files[i], &err) != DS_OK) {
+            fprintf(stderr, "diffsynthd: --model-configs %s: %s\n", config_files[i], err.message);
+            status = EXIT_USAGE;
+            goto out;
+        }
+    }
+    d->configs = table;
+
+    if (root_count == 0) {
+        char *cwd = getcwd(NULL, 0);
+        if (!cwd || ds_model_roots_add(&d->roots, cwd, &err) != DS_OK) {
+            fprintf(stderr, "diffsynthd: cannot use the working directory as model root: %s\n",
+                    cwd ? err.message : strerror(errno));
+            free(cwd);
+            status = EXIT_STARTUP;
+            goto out;
+        }
+        free(cwd);
+    }
+    for (size_t i = 0; i < root_count; i++) {
+        if (ds_model_roots_add(&d->roots, roots[i], &err) != DS_OK) {
+            fprintf(stderr, "diffsynthd: --model-root: %s\n", err.message);
+            status = EXIT_USAGE;
+            goto out;
+        }
+    }
+
+    if (!server_opts.socket_path) {
+        server_opts.socket_path = ds_default_socket_path(socket_buf, sizeof socket_buf);
+        if (!server_opts.socket_path) {
+            fprintf(stderr, "diffsynthd: the default socket path is too long; use --socket\n");
+            status = EXIT_USAGE;
+            goto out;
+        }
+    }
+    d->socket_path = server_opts.socket_path;
+    d->max_frame_bytes = server_opts.max_frame_bytes;
+    d->started_monotonic_ms = ds_monotonic_ms();
+
+    int rc = uv_loop_init(&loop);
+    if (rc != 0) {
+        fprintf(stderr, "diffsynthd: uv_loop_init: %s\n", uv_strerror(rc));
+        status = EXIT_STARTUP;
+        goto out;
+    }
+    loop_open = 1;
+    status = EXIT_STARTUP;
+    if (ds_pool_new(&d->pool, &err) != DS_OK ||
+        ds_scheduler_new(&loop, &d->scheduler, &err) != DS_OK) {
+        fprintf(stderr, "diffsynthd: %s\n", err.message);
+        goto out;
+    }
+    if (ds_server_start(&loop, &server_opts, d, &d->server, &err) != DS_OK) {
+        fprintf(stderr, "diffsynthd: %s\n", err.message);
+        goto out;
+    }
+    a.sigint.data = &a;
+    a.sigterm.data = &a;
+    if (uv_signal_init(&loop, &a.sigint) != 0 || uv_signal_init(&loop, &a.sigterm) != 0 ||
+        uv_signal_start(&a.sigint, on_signal, SIGINT) != 0 ||
+        uv_signal_start(&a.sigterm, on_signal, SIGTERM) != 0) {
+        fprintf(stderr, "diffsynthd: cannot install signal handlers\n");
+        a.signals_open = 1;
+        finish(&a);
+        goto out;
+    }
+    a.signals_open = 1;
+
+    roots_text = ds_model_roots_describe(&d->roots);
+    size_t config_count = ds_config_table_count(table);
+    ds_log_info("diffsynthd %s, backend cpu, pid %d", DS_VERSION, (int)getpid());
+    ds_log_info("model roots: %s%s", roots_text ? roots_text : "?",
+                root_count == 0 ? " (the working directory; use --model-root to choose)" : "");
+    ds_log_info("model configs: %zu (%zu builtin + %zu from %zu file%s)", config_count,
+                ds_builtin_model_config_count, config_count - ds_builtin_model_config_count,
+                config_file_count, config_file_count == 1 ? "" : "s");
+    ds_log_info("socket %s (mode %s), max frame %llu bytes, max %u connections",
+                d->socket_path, server_opts.group_access ? "0660" : "0600",
+                (unsigned long long)server_opts.max_frame_bytes, server_opts.max_connections);
+    /* The readiness line scripts wait for: printed even when the log level hides info. */
+    if (ds_log_get_level() <= DS_LOG_INFO)
+        ds_log_info("diffsynthd: listening on %s", d->socket_path);
+    else
+        fprintf(stderr, "diffsynthd: listening on %s\n", d->socket_path);
+
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ds_log_info("diffsynthd stopped");
+    status = 0;
+
+out:
+    if (loop_open) {
+        /* After a failed start: stop what was started and let the handles close. */
+        if (d->server)
+            ds_server_close(d->server);
+        if (d->scheduler)
+            ds_scheduler_stop(d->scheduler);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        if (uv_loop_close(&loop) != 0)
+            ds_log_warn("event loop closed with handles still open");
+    }
+    ds_pool_free(d->pool);
+    ds_config_table_free(table);
+    ds_model_roots_free(&d->roots);
+    free(roots_text);
+out_args:
+    free(roots);
+    free(config_files);
+    return status;
+}

@@ -1,0 +1,261 @@
+#include "daemon/pool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Entries are individually allocated so pointers held by jobs survive array growth. */
+typedef struct entry_list {
+    ds_pool_model **items;
+    size_t count;
+    size_t cap;
+} entry_list;
+
+/* A model whose last reference went while a job pinned it is held only by that job's pin
+ * and freed by the last unpin, so the pool tracks referenced models only. */
+struct ds_pool {
+    entry_list listed;    /* referenced models, in insertion order */
+    uint64_t next_id;
+};
+
+static int list_push(entry_list *list, ds_pool_model *entry)
+{
+    if (list->count == list->cap) {
+        size_t cap = list->cap ? list->cap * 2 : 8;
+        ds_pool_model **grown = realloc(list->items, cap * sizeof *grown);
+        if (!grown)
+            return DS_ERR_RESOURCE_EXHAUSTED;
+        list->items = grown;
+        list->cap = cap;
+    }
+    list->items[list->count++] = entry;
+    return DS_OK;
+}
+
+static void list_remove(entry_list *list, ds_pool_model *entry)
+{
+    for (size_t i = 0; i < list->count; i++) {
+        if (list->items[i] == entry) {
+            memmove(list->items + i, list->items + i + 1,
+                    (list->count - i - 1) * sizeof *list->items);
+            list->count--;
+            return;
+        }
+    }
+}
+
+static void entry_free(ds_pool_model *entry)
+{
+    for (size_t i = 0; i < entry->client_count; i++)
+        free(entry->clients[i]);
+    free(entry->clients);
+    ds_loaded_model_free(entry->model);
+    free(entry);
+}
+
+int ds_pool_new(ds_pool **out, ds_error *err)
+{
+    ds_pool *pool = calloc(1, sizeof *pool);
+    if (!pool)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory creating the pool");
+    pool->next_id = 1;
+    *out = pool;
+    return DS_OK;
+}
+
+void ds_pool_free(ds_pool *pool)
+{
+    if (!pool)
+        return;
+    for (size_t i = 0; i < pool->listed.count; i++)
+        entry_free(pool->listed.items[i]);
+    free(pool->listed.items);
+    free(pool);
+}
+
+static int same_string(const char *a, const char *b)
+{
+    if (!a || !b)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+static int same_model(const ds_loaded_model *a, const ds_loaded_model *b)
+{
+    if (strcmp(a->model_hash, b->model_hash) != 0 || !same_string(a->model_name, b->model_name) ||
+        !same_string(a->model_class, b->model_class) ||
+        !same_string(a->state_dict_converter, b->state_dict_converter) ||
+        !same_string(a->extra_kwargs_json, b->extra_kwargs_json))
+        return 0;
+    if (!a->files || !b->files || a->files->count != b->files->count)
+        return 0;
+    for (size_t i = 0; i < a->files->count; i++) {
+        const ds_file_identity *x = &a->files->files[i].identity;
+        const ds_file_identity *y = &b->files->files[i].identity;
+        if (x->dev != y->dev || x->ino != y->ino || x->size != y->size ||
+            x->mtime_ns != y->mtime_ns)
+            return 0;
+    }
+    return 1;
+}
+
+static int add_client(ds_pool_model *entry, const char *client)
+{
+    if (entry->client_count == entry->client_cap) {
+        size_t cap = entry->client_cap ? entry->client_cap * 2 : 4;
+        char **grown = realloc(entry->clients, cap * sizeof *grown);
+        if (!grown)
+            return DS_ERR_RESOURCE_EXHAUSTED;
+        entry->clients = grown;
+        entry->client_cap = cap;
+    }
+    char *copy = strdup(client);
+    if (!copy)
+        return DS_ERR_RESOURCE_EXHAUSTED;
+    entry->clients[entry->client_count++] = copy;
+    return DS_OK;
+}
+
+int ds_pool_insert(ds_pool *pool, ds_loaded_model *model, const char *client,
+                   uint64_t now_unix_ms, ds_pool_model **out, int *reused, ds_error *err)
+{
+    *reused = 0;
+    for (size_t i = 0; i < pool->listed.count; i++) {
+        ds_pool_model *existing = pool->listed.items[i];
+        if (same_model(existing->model, model)) {
+            ds_loaded_model_free(model);
+            if (add_client(existing, client) != DS_OK)
+                return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                                    "out of memory adding a reference to %s", existing->id);
+            *reused = 1;
+            *out = existing;
+            return DS_OK;
+        }
+    }
+
+    ds_pool_model *entry = calloc(1, sizeof *entry);
+    if (!entry)
+        goto fail;
+    entry->model = model;
+    entry->loaded_at_unix_ms = now_unix_ms;
+    snprintf(entry->id, sizeof entry->id, "m%llu", (unsigned long long)pool->next_id);
+    if (add_client(entry, client) != DS_OK || list_push(&pool->listed, entry) != DS_OK)
+        goto fail;
+    /* Only a model that made it into the pool consumes an id. */
+    pool->next_id++;
+    *out = entry;
+    return DS_OK;
+
+fail:
+    if (entry)
+        entry_free(entry);
+    else
+        ds_loaded_model_free(model);
+    return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory adding a model to the pool");
+}
+
+ds_pool_model *ds_pool_find(ds_pool *pool, const char *id)
+{
+    for (size_t i = 0; i < pool->listed.count; i++)
+        if (strcmp(pool->listed.items[i]->id, id) == 0)
+            return pool->listed.items[i];
+    return NULL;
+}
+
+size_t ds_pool_count(const ds_pool *pool) { return pool->listed.count; }
+
+ds_pool_model *ds_pool_at(ds_pool *pool, size_t index)
+{
+    return index < pool->listed.count ? pool->listed.items[index] : NULL;
+}
+
+/* "uid:1000 (2), web-ui": who holds references, for the FAILED_PRECONDITION message. */
+static void describe_holders(const ds_pool_model *entry, char *buf, size_t size)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < entry->client_count; i++) {
+        size_t seen = 0, times = 0;
+        for (size_t j = 0; j < entry->client_count; j++) {
+            if (strcmp(entry->clients[i], entry->clients[j]) == 0) {
+                if (j < i)
+                    seen = 1;
+                times++;
+            }
+        }
+        if (seen)
+            continue;
+        int n = times > 1 ? snprintf(buf + used, size - used, "%s%s (%zu)", used ? ", " : "",
+                                     entry->clients[i], times)
+                          : snprintf(buf + used, size - used, "%s%s", used ? ", " : "",
+                                     entry->clients[i]);
+        if (n < 0 || (size_t)n >= size - used)
+            return;
+        used += (size_t)n;
+    }
+}
+
+int ds_pool_unref(ds_pool *pool, const char *id, const char *client, int all,
+                  ds_pool_unref_result *result, ds_error *err)
+{
+    memset(result, 0, sizeof *result);
+    ds_pool_model *entry = ds_pool_find(pool, id);
+    if (!entry)
+        return ds_error_set(err, DS_ERR_NOT_FOUND, "no model %s in the pool", id);
+
+    if (all) {
+        for (size_t i = 0; i < entry->client_count; i++)
+            free(entry->clients[i]);
+        entry->client_count = 0;
+    } else {
+        /* The most recent reference of this client goes first. */
+        size_t i = entry->client_count;
+        while (i > 0 && strcmp(entry->clients[i - 1], client) != 0)
+            i--;
+        if (i == 0) {
+            char holders[1024];
+            describe_holders(entry, holders, sizeof holders);
+            return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                                "client \"%s\" holds no reference to %s; references are held by: "
+                                "%s (name one of them as the client, or unload all references)",
+                                client, id, holders);
+        }
+        free(entry->clients[i - 1]);
+        memmove(entry->clients + i - 1, entry->clients + i,
+                (entry->client_count - i) * sizeof *entry->clients);
+        entry->client_count--;
+    }
+
+    result->remaining = entry->client_count;
+    if (entry->client_count > 0)
+        return DS_OK;
+    list_remove(&pool->listed, entry);
+    result->removed = 1;
+    if (entry->pins == 0) {
+        entry_free(entry);
+        result->freed = 1;
+    }
+    return DS_OK;
+}
+
+void ds_pool_pin(ds_pool_model *entry) { entry->pins++; }
+
+void ds_pool_unpin(ds_pool_model *entry)
+{
+    entry->pins--;
+    if (entry->pins == 0 && entry->client_count == 0)
+        entry_free(entry);
+}
+
+uint64_t ds_pool_model_disk_bytes(const ds_pool_model *entry)
+{
+    return entry->model->files ? ds_model_files_mapped_bytes(entry->model->files) : 0;
+}
+
+uint64_t ds_pool_disk_bytes(const ds_pool *pool)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < pool->listed.count; i++)
+        total += ds_pool_model_disk_bytes(pool->listed.items[i]);
+    return total;
+}

@@ -1,0 +1,72 @@
+/* The ModelPool: every model the daemon holds, shared by all clients.
+ *
+ * Mutated only on the loop thread. A model has references (one per Load, each held by a named
+ * client) and pins (one per job using it right now). Dropping the last reference takes the
+ * model out of the pool at once (listings, lookups and deduplication no longer see it), but
+ * its memory is released only when the last pin goes, so a running job never loses its
+ * weights. Model ids ("m1", "m2", ...) are never reused within one pool's life.
+ */
+#ifndef DS_DAEMON_POOL_H
+#define DS_DAEMON_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "models/model_loader.h"
+
+#define DS_MODEL_ID_MAX 24
+
+typedef struct ds_pool_model {
+    char id[DS_MODEL_ID_MAX];
+    ds_loaded_model *model;     /* owned */
+    char **clients;             /* one owned name per reference, in the order taken */
+    size_t client_count;
+    size_t client_cap;
+    unsigned pins;              /* jobs using the model now */
+    uint64_t loaded_at_unix_ms;
+} ds_pool_model;
+
+typedef struct ds_pool ds_pool;
+
+int ds_pool_new(ds_pool **out, ds_error *err);
+/* Frees every model in the pool: only for shutdown, after every job has completed (a model
+ * that left the pool while pinned belongs to its pins until then). */
+void ds_pool_free(ds_pool *pool);
+
+/* Adds `model` with one reference held by `client`. If the pool already holds a model with the
+ * same config (hash, name, class, converter, kwargs) loaded from the same files (device, inode,
+ * size, mtime, in the same order), `model` is freed, a reference is added to the existing one
+ * and *reused is set. Takes ownership of `model` in every case (freed on failure). */
+int ds_pool_insert(ds_pool *pool, ds_loaded_model *model, const char *client,
+                   uint64_t now_unix_ms, ds_pool_model **out, int *reused, ds_error *err);
+
+/* NULL when no model with this id is in the pool. */
+ds_pool_model *ds_pool_find(ds_pool *pool, const char *id);
+
+/* Models in the pool, in insertion order. */
+size_t ds_pool_count(const ds_pool *pool);
+ds_pool_model *ds_pool_at(ds_pool *pool, size_t index);
+
+typedef struct ds_pool_unref_result {
+    size_t remaining;   /* references left */
+    int removed;        /* none left: the model left the pool */
+    int freed;          /* ... and its memory was released now (it was not pinned) */
+} ds_pool_unref_result;
+
+/* Drops one reference held by `client`, or every reference when `all` is set.
+ * NOT_FOUND: no such id. FAILED_PRECONDITION: `client` holds no reference (the message lists
+ * who does). */
+int ds_pool_unref(ds_pool *pool, const char *id, const char *client, int all,
+                  ds_pool_unref_result *result, ds_error *err);
+
+/* A job pins a model it is about to use and unpins it when done (loop thread, both). */
+void ds_pool_pin(ds_pool_model *entry);
+/* Releases the model's memory if this was the last pin of a model that left the pool. */
+void ds_pool_unpin(ds_pool_model *entry);
+
+/* Bytes of the mapped files of every model in the pool ("disk" tier). */
+uint64_t ds_pool_disk_bytes(const ds_pool *pool);
+uint64_t ds_pool_model_disk_bytes(const ds_pool_model *entry);
+
+#endif

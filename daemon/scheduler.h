@@ -1,0 +1,94 @@
+/* The job scheduler (DESIGN §3): a FIFO queue served by one worker thread, the "device worker".
+ * The CPU backend has one; a GPU adds its own worker behind the same job interface.
+ *
+ * A job runs on the worker and completes on the loop thread. The worker reports progress and
+ * completion through a mutex-protected queue and a uv_async_t: libuv may coalesce several
+ * uv_async_send calls into one callback, so the callback drains the whole queue, in order.
+ * Every job completes exactly once, also when it was cancelled while queued.
+ */
+#ifndef DS_DAEMON_SCHEDULER_H
+#define DS_DAEMON_SCHEDULER_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/error.h"
+
+typedef enum ds_job_kind {
+    DS_JOB_LOAD = 1,
+} ds_job_kind;
+
+#define DS_PROGRESS_PHASE_MAX 32
+#define DS_PROGRESS_MESSAGE_MAX 256
+
+typedef struct ds_job_progress {
+    char phase[DS_PROGRESS_PHASE_MAX];
+    uint64_t done;
+    uint64_t total;
+    double elapsed_s;     /* since the job started running */
+    double eta_s;         /* < 0 when unknown */
+    char message[DS_PROGRESS_MESSAGE_MAX];
+} ds_job_progress;
+
+typedef struct ds_scheduler ds_scheduler;
+typedef struct ds_job ds_job;
+
+struct ds_job {
+    /* Set by the creator before submitting. */
+    ds_job_kind kind;
+    uint64_t request_id;
+    void *owner;          /* who asked (a connection); the scheduler only compares it */
+    int (*run)(ds_job *job);                                      /* worker thread */
+    void (*progress)(ds_job *job, const ds_job_progress *progress); /* loop thread; may be NULL */
+    void (*complete)(ds_job *job);  /* loop thread, exactly once; may free the job */
+
+    /* Results, valid in complete(). */
+    int status;           /* run()'s return, or DS_ERR_CANCELLED if cancelled before it ran */
+    ds_error error;       /* filled by run() when status < 0 */
+
+    /* Set by ds_scheduler_cancel*; run() polls it with ds_job_cancelled at checkpoints. */
+    atomic_int cancel;
+
+    /* Scheduler state. */
+    ds_scheduler *sched;
+    ds_job *next;
+    double started_s;
+    double phase_started_s;
+    char phase[DS_PROGRESS_PHASE_MAX];
+};
+
+/* Starts the worker. `loop` must be the loop thread's loop. */
+int ds_scheduler_new(uv_loop_t *loop, ds_scheduler **out, ds_error *err);
+
+/* Called on the loop thread after a completion leaves the scheduler with nothing queued,
+ * running or undelivered (how shutdown knows the drain is over). */
+void ds_scheduler_on_idle(ds_scheduler *sched, void (*fn)(void *arg), void *arg);
+
+/* Queues a job (loop thread). The scheduler does not own it: complete() disposes of it. */
+void ds_scheduler_submit(ds_scheduler *sched, ds_job *job);
+
+/* Cancels the job of `owner` with this request id. A queued job is removed and completes
+ * with DS_ERR_CANCELLED before this returns; a running one gets its cancel flag set.
+ * Returns 1 when the job was found, 0 otherwise. */
+int ds_scheduler_cancel(ds_scheduler *sched, const void *owner, uint64_t request_id);
+/* The same for every job of `owner` (a connection that went away), or of everyone (NULL). */
+void ds_scheduler_cancel_owner(ds_scheduler *sched, const void *owner);
+
+/* Worker side: true once the job was asked to stop. */
+int ds_job_cancelled(const ds_job *job);
+/* Worker side: posts a progress event; `message` may be NULL. */
+void ds_job_report(ds_job *job, const char *phase, uint64_t done, uint64_t total,
+                   const char *message);
+
+size_t ds_scheduler_queued(ds_scheduler *sched);
+size_t ds_scheduler_running(ds_scheduler *sched);
+int ds_scheduler_idle(ds_scheduler *sched);
+
+/* Lets the worker finish the queue, joins it, delivers what it left, and closes the async
+ * handle (loop thread). The scheduler frees itself once the handle has closed, so the loop
+ * must run afterwards (uv_run until it returns). */
+void ds_scheduler_stop(ds_scheduler *sched);
+
+#endif
