@@ -1,0 +1,363 @@
+/* Model classes against upstream: every implemented config without a converter must declare
+ * a tree whose DiffSynth hash is the config's model_hash; the text encoder's tree must equal
+ * the real checkpoint's key list after upstream's converter. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/model_configs.h"
+#include "core/model_hash.h"
+#include "models/model_loader.h"
+#include "test.h"
+#include "tools/keylist.h"
+
+#define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
+#define TE_CONVERTER                                                                          \
+    "diffsynth.utils.state_dict_converters.qwen_image_text_encoder."                          \
+    "QwenImageTextEncoderStateDictConverter"
+#define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
+#define VAE_CLASS "diffsynth.models.qwen_image_vae.QwenImageVAE"
+#define CONTROLNET_CLASS "diffsynth.models.qwen_image_controlnet.QwenImageBlockWiseControlNet"
+
+static char *data_path(const char *rel)
+{
+    const char *root = getenv("DS_TEST_DATA");
+    char *path = NULL;
+    if (asprintf(&path, "%s/%s", root ? root : "tests/data", rel) < 0)
+        return NULL;
+    return path;
+}
+
+/* Declares cls with kwargs; returns the status, the tree in *tree (caller frees). */
+static int declare(const char *cls_name, const char *kwargs, ds_state_dict *tree, ds_error *err)
+{
+    ds_state_dict_init(tree);
+    ds_error_clear(err);
+    const ds_model_class *cls = ds_model_class_find(cls_name);
+    if (!cls)
+        return DS_ERR_NOT_FOUND;
+    return ds_model_class_declare(cls, kwargs, tree, err);
+}
+
+/* Upstream's qwen_image table rows 0, 2, 3, 4, 10, 11 are the implemented configs without a
+ * converter; their hashes are upstream's, not ours. */
+static void test_verify_builtin_configs(void)
+{
+    static const char *const expected[] = {
+        "0319a1cb19835fb510907dd3367c95ff", "ed4ea5824d55ec3107b09815e318123a",
+        "073bce9cf969e317e5662cd570c3e79c", "a9e54e480a628f0b956a688a81c33bab",
+        "8dc8cda05de16c73afa755e2c1ce2839", "44b39ddc499e027cfb24f7878d7416b9",
+    };
+    int seen[6] = {0};
+    size_t verified = 0;
+    for (size_t i = 0; i < ds_builtin_model_config_count; i++) {
+        const ds_model_config *c = &ds_builtin_model_configs[i];
+        if (!ds_config_is_implemented(c) || c->state_dict_converter)
+            continue;
+        char computed[DS_MODEL_HASH_HEX];
+        ds_error err;
+        ds_error_clear(&err);
+        ds_verify_result r = ds_config_verify(c, computed, &err);
+        CHECK_MSG(r == DS_VERIFY_MATCH, "%s %s: result %d, computed %s, expected %s (%s)",
+                  c->model_name, c->extra_kwargs_json ? c->extra_kwargs_json : "null", r,
+                  computed, c->model_hash, err.message);
+        for (int k = 0; k < 6; k++)
+            if (strcmp(c->model_hash, expected[k]) == 0)
+                seen[k]++;
+        verified++;
+    }
+    CHECK_MSG(verified == 6, "verified %zu configs", verified);
+    for (int k = 0; k < 6; k++)
+        CHECK_MSG(seen[k] == 1, "%s seen %d times", expected[k], seen[k]);
+}
+
+static void test_verify_not_applicable(void)
+{
+    char computed[DS_MODEL_HASH_HEX];
+    ds_error err;
+    for (size_t i = 0; i < ds_builtin_model_config_count; i++) {
+        const ds_model_config *c = &ds_builtin_model_configs[i];
+        if (strcmp(c->model_name, "qwen_image_text_encoder") == 0 ||
+            strcmp(c->model_name, "wan_video_dit") == 0) {
+            CHECK(ds_config_verify(c, computed, &err) == DS_VERIFY_NOT_APPLICABLE);
+            CHECK_STR_EQ(computed, "");
+        }
+    }
+}
+
+/* Counts from the facts file (each verified against upstream). */
+static void test_tree_sizes(void)
+{
+    static const struct {
+        const char *cls, *kwargs;
+        size_t tensors;
+        uint64_t params;
+    } cases[] = {
+        {DIT_CLASS, NULL, 1933, 20430401088ull},
+        {DIT_CLASS, "{\"use_layer3d_rope\": true, \"use_additional_t_cond\": true}", 1934,
+         20430401088ull + 2 * 3072},
+        {VAE_CLASS, NULL, 194, 126892531ull},
+        {TE_CLASS, NULL, 729, 8292166656ull},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ds_state_dict tree;
+        ds_error err;
+        REQUIRE(declare(cases[i].cls, cases[i].kwargs, &tree, &err) == DS_OK);
+        CHECK_MSG(tree.count == cases[i].tensors, "%s: %zu tensors", cases[i].cls, tree.count);
+        CHECK_MSG(ds_state_dict_parameter_count(&tree) == cases[i].params, "%s: %llu params",
+                  cases[i].cls, (unsigned long long)ds_state_dict_parameter_count(&tree));
+        for (size_t k = 0; k < tree.count; k++)
+            CHECK(tree.entries[k].tensor.dtype == DS_F32 && !tree.entries[k].tensor.data);
+        ds_state_dict_free(&tree);
+    }
+}
+
+/* Upstream registers a block's modules in this order (qwen_image_dit.py); the first names
+ * must follow it, whatever the hash (which sorts) says. */
+static void test_dit_module_order(void)
+{
+    ds_state_dict tree;
+    ds_error err;
+    REQUIRE(declare(DIT_CLASS, "{\"num_layers\": 1}", &tree, &err) == DS_OK);
+    static const char *const first[] = {
+        "time_text_embed.timestep_embedder.linear_1.weight",
+        "time_text_embed.timestep_embedder.linear_1.bias",
+        "time_text_embed.timestep_embedder.linear_2.weight",
+        "time_text_embed.timestep_embedder.linear_2.bias",
+        "txt_norm.weight",
+        "img_in.weight",
+        "img_in.bias",
+        "txt_in.weight",
+        "txt_in.bias",
+        "transformer_blocks.0.img_mod.1.weight",
+        "transformer_blocks.0.img_mod.1.bias",
+        "transformer_blocks.0.attn.to_q.weight",
+    };
+    REQUIRE(tree.count == 13 + 32);
+    for (size_t i = 0; i < sizeof first / sizeof first[0]; i++)
+        CHECK_STR_EQ(tree.entries[i].name, first[i]);
+    CHECK_STR_EQ(tree.entries[tree.count - 1].name, "proj_out.bias");
+    ds_state_dict_free(&tree);
+}
+
+/* Spelling out every default must give upstream's hash too: the list kwargs are read, not
+ * ignored. */
+static void test_vae_explicit_defaults(void)
+{
+    ds_state_dict tree;
+    ds_error err;
+    REQUIRE(declare(VAE_CLASS,
+                    "{\"base_dim\": 96, \"z_dim\": 16, \"dim_mult\": [1, 2, 4, 4], "
+                    "\"num_res_blocks\": 2, \"attn_scales\": [], "
+                    "\"temperal_downsample\": [0, 1, 1], \"dropout\": 0.0, "
+                    "\"image_channels\": 3}",
+                    &tree, &err) == DS_OK);
+    char hash[DS_MODEL_HASH_HEX];
+    REQUIRE(ds_model_hash(&tree, hash) == DS_OK);
+    CHECK_STR_EQ(hash, "ed4ea5824d55ec3107b09815e318123a");
+    ds_state_dict_free(&tree);
+
+    /* A different temporal pattern changes only which resamplers have a time_conv. */
+    REQUIRE(declare(VAE_CLASS, "{\"temperal_downsample\": [0, 0, 0]}", &tree, &err) == DS_OK);
+    CHECK(tree.count == 194 - 8); /* two encoder, two decoder time_convs */
+    CHECK(!ds_state_dict_find(&tree, "encoder.down_blocks.5.time_conv.weight"));
+    CHECK(ds_state_dict_find(&tree, "encoder.down_blocks.5.resample.1.weight"));
+    ds_state_dict_free(&tree);
+}
+
+static void test_kwargs_errors(void)
+{
+    ds_state_dict tree;
+    ds_error err;
+    CHECK(declare(DIT_CLASS, "{\"num_layers\": 2, \"num_heads\": 24}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "unexpected keyword argument 'num_heads'");
+    CHECK(tree.count == 0);
+    ds_state_dict_free(&tree);
+
+    CHECK(declare(DIT_CLASS, "{\"num_layers\": \"60\"}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "num_layers");
+    CHECK(declare(DIT_CLASS, "{\"use_layer3d_rope\": 1}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "use_layer3d_rope");
+    CHECK(declare(DIT_CLASS, "{\"num_layers\": -1}", &tree, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "num_layers");
+    CHECK(declare(CONTROLNET_CLASS, "{\"dim\": 0}", &tree, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "dim");
+    CHECK(declare(CONTROLNET_CLASS, "{\"dim\": 4611686018427387904}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK(declare(TE_CLASS, "{\"hidden_size\": 3584}", &tree, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "unexpected keyword argument 'hidden_size'");
+    CHECK(declare(VAE_CLASS, "{\"dim_mult\": []}", &tree, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "dim_mult");
+    CHECK(declare(VAE_CLASS, "{\"temperal_downsample\": [0]}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "temperal_downsample");
+    CHECK(declare(VAE_CLASS, "{\"dim_mult\": [1, 0, 4, 4]}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK(declare(VAE_CLASS, "{\"base_dim\": 16777216, \"dim_mult\": [1, 2, 4, 4]}", &tree,
+                  &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK(declare(VAE_CLASS, "[1, 2]", &tree, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK(tree.count == 0);
+    ds_state_dict_free(&tree);
+}
+
+/* A list exactly as long as the class reads must count as given, one longer is refused. */
+static void test_vae_list_capacity(void)
+{
+    ds_state_dict tree;
+    ds_error err;
+    CHECK(declare(VAE_CLASS,
+                  "{\"base_dim\": 4, \"dim_mult\": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1], "
+                  "\"temperal_downsample\": [0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}",
+                  &tree, &err) == DS_OK);
+    CHECK(ds_state_dict_find(&tree, "encoder.down_blocks.46.conv2.weight") != NULL);
+    CHECK(ds_state_dict_find(&tree, "decoder.up_blocks.15.resnets.2.conv2.weight") != NULL);
+    ds_state_dict_free(&tree);
+    CHECK(declare(VAE_CLASS,
+                  "{\"base_dim\": 4, \"dim_mult\": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1], "
+                  "\"temperal_downsample\": [0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}",
+                  &tree, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "dim_mult");
+    ds_state_dict_free(&tree);
+}
+
+static void put_scalar_vector(ds_state_dict *sd, const char *name, int64_t n)
+{
+    ds_tensor_view v;
+    ds_tensor_view_declare(&v, DS_F32, 1, &n);
+    ds_state_dict_put_tensor(sd, name, &v);
+}
+
+/* Upstream's converter uses str.replace, which rewrites every "model." in a key. */
+static void test_text_encoder_replace_semantics(void)
+{
+    const ds_converter *conv = ds_converter_find(TE_CONVERTER);
+    REQUIRE(conv);
+    CHECK(conv->rename_only == 1);
+    ds_state_dict in, out;
+    ds_state_dict_init(&in);
+    ds_state_dict_init(&out);
+    put_scalar_vector(&in, "model.layers.0.model.x", 1);
+    put_scalar_vector(&in, "visual.model.y", 2);
+    put_scalar_vector(&in, "lm_head.weight", 3);
+    put_scalar_vector(&in, "other.model.z", 4);
+    put_scalar_vector(&in, "model.model.model.", 5);
+    put_scalar_vector(&in, "submodel.w", 6);
+    ds_state_dict *child = ds_state_dict_new();
+    put_scalar_vector(child, "inner", 7);
+    ds_state_dict_put_dict(&in, "model.nested", child);
+    ds_error err;
+    REQUIRE(conv->convert(&in, &out, &err) == DS_OK);
+    static const char *const expected[] = {
+        "model.language_model.layers.0.model.language_model.x",
+        "model.visual.model.y",
+        "lm_head.weight",
+        "other.model.z",
+        "model.language_model.model.language_model.model.language_model.",
+        "submodel.w",
+        "model.language_model.nested",
+    };
+    REQUIRE(out.count == 7);
+    for (size_t i = 0; i < out.count; i++) {
+        CHECK_STR_EQ(out.entries[i].name, expected[i]);
+        if (i < 6)
+            CHECK(out.entries[i].tensor.shape[0] == (int64_t)i + 1);
+    }
+    CHECK(out.entries[6].dict && out.entries[6].dict->count == 1);
+    ds_state_dict_free(&in);
+    ds_state_dict_free(&out);
+}
+
+/* The raw Qwen2.5-VL-7B key list (hash = upstream's config row 1) converted by upstream's
+ * converter must be exactly the class's tree. */
+static void test_text_encoder_tree_equals_converted_checkpoint(void)
+{
+    char *path = data_path("keylists/qwen_image_text_encoder_raw.json");
+    REQUIRE(path);
+    ds_state_dict raw, converted, tree;
+    ds_state_dict_init(&raw);
+    ds_state_dict_init(&converted);
+    ds_error err;
+    int rc = ds_keylist_load(path, DS_BF16, &raw, &err);
+    free(path);
+    REQUIRE(rc == DS_OK);
+    char hash[DS_MODEL_HASH_HEX];
+    REQUIRE(ds_model_hash(&raw, hash) == DS_OK);
+    CHECK_STR_EQ(hash, "8004730443f55db63092006dd9f7110e");
+
+    const ds_converter *conv = ds_converter_find(TE_CONVERTER);
+    REQUIRE(conv);
+    REQUIRE(conv->convert(&raw, &converted, &err) == DS_OK);
+    REQUIRE(declare(TE_CLASS, NULL, &tree, &err) == DS_OK);
+    CHECK_MSG(converted.count == tree.count, "converted %zu, tree %zu", converted.count,
+              tree.count);
+    size_t mismatches = 0;
+    for (size_t i = 0; i < converted.count; i++) {
+        const ds_sd_entry *c = &converted.entries[i];
+        const ds_sd_entry *t = ds_state_dict_find(&tree, c->name);
+        int ok = t && t->tensor.ndim == c->tensor.ndim;
+        for (int d = 0; ok && d < t->tensor.ndim; d++)
+            ok = t->tensor.shape[d] == c->tensor.shape[d];
+        if (!ok && mismatches++ < 5)
+            fprintf(stderr, "  converted %s not in the tree with that shape\n", c->name);
+    }
+    CHECK(mismatches == 0);
+    ds_state_dict_free(&raw);
+    ds_state_dict_free(&converted);
+    ds_state_dict_free(&tree);
+}
+
+/* Entries added at runtime go through the same checks: a depth that does not give the
+ * recorded hash is a MISMATCH, kwargs the class refuses are an ERROR. */
+static void test_verify_runtime_entries(void)
+{
+    ds_config_table *table = NULL;
+    ds_error err;
+    REQUIRE(ds_config_table_new(&table, &err) == DS_OK);
+    static const char json[] =
+        "[{\"model_hash\": \"0319a1cb19835fb510907dd3367c95ff\", \"model_name\": \"shallow\","
+        "  \"model_class\": \"" DIT_CLASS "\", \"extra_kwargs\": {\"num_layers\": 2}},"
+        " {\"model_hash\": \"0319a1cb19835fb510907dd3367c95ff\", \"model_name\": \"bogus\","
+        "  \"model_class\": \"" DIT_CLASS "\", \"extra_kwargs\": {\"heads\": 2}}]";
+    REQUIRE(ds_config_table_add_json(table, json, sizeof json - 1, "test", &err) == DS_OK);
+    size_t n = ds_config_table_count(table);
+    REQUIRE(n == ds_builtin_model_config_count + 2);
+    char computed[DS_MODEL_HASH_HEX];
+    CHECK(ds_config_verify(ds_config_table_at(table, n - 2), computed, &err) ==
+          DS_VERIFY_MISMATCH);
+    CHECK(strlen(computed) == 32 && strcmp(computed, "0319a1cb19835fb510907dd3367c95ff") != 0);
+    ds_error_clear(&err);
+    CHECK(ds_config_verify(ds_config_table_at(table, n - 1), computed, &err) == DS_VERIFY_ERROR);
+    CHECK_CONTAINS(err.message, "unexpected keyword argument 'heads'");
+    CHECK_STR_EQ(computed, "");
+    ds_config_table_free(table);
+}
+
+static void test_registry(void)
+{
+    CHECK(ds_model_class_count == 4);
+    for (size_t i = 0; i < ds_model_class_count; i++)
+        CHECK(ds_model_class_find(ds_model_classes[i]->name) == ds_model_classes[i]);
+    CHECK(ds_model_class_find("diffsynth.models.wan_video_dit.WanModel") == NULL);
+    CHECK(ds_model_class_find("QwenImageDiT") == NULL);
+    CHECK(ds_converter_find(TE_CONVERTER) != NULL);
+    CHECK(ds_converter_find("diffsynth.utils.state_dict_converters.wan_video_dit."
+                            "WanVideoDiTStateDictConverter") == NULL);
+}
+
+int main(void)
+{
+    RUN(test_registry);
+    RUN(test_verify_builtin_configs);
+    RUN(test_verify_not_applicable);
+    RUN(test_verify_runtime_entries);
+    RUN(test_tree_sizes);
+    RUN(test_dit_module_order);
+    RUN(test_vae_explicit_defaults);
+    RUN(test_kwargs_errors);
+    RUN(test_vae_list_capacity);
+    RUN(test_text_encoder_replace_semantics);
+    RUN(test_text_encoder_tree_equals_converted_checkpoint);
+    return test_summary();
+}
