@@ -81,12 +81,22 @@ int ds_model_files_open(const char *const *paths, size_t count, ds_model_files *
         ds_error_set(err, rc, "out of memory opening %zu model files", count);
         goto fail;
     }
+    size_t total = 0;
     for (size_t i = 0; i < count; i++) {
         ds_model_file *file = &files->files[i];
         files->count = i + 1;
         rc = open_one(paths[i], (int)i, file, err);
         if (rc != DS_OK)
             goto fail;
+        total += file->safetensors ? file->safetensors->tensors.count : file->torch->tensors.count;
+    }
+    /* Sized once: growing the index shard by shard rehashes every name several times. */
+    if (ds_state_dict_reserve(&files->merged, total) != DS_OK) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory merging %zu tensors", total);
+        goto fail;
+    }
+    for (size_t i = 0; i < count; i++) {
+        const ds_model_file *file = &files->files[i];
         const ds_state_dict *tensors =
             file->safetensors ? &file->safetensors->tensors : &file->torch->tensors;
         rc = ds_state_dict_update(&files->merged, tensors);

@@ -819,6 +819,16 @@ static int parse_into(ds_safetensors *st, const uint8_t *bytes, int file_index, 
     parser ps = {.file = st->path, .err = err};
     ps.start = ps.p = bytes + 8;
     ps.end = ps.start + st->header_size;
+    /* Every tensor has one "data_offsets" key, so counting them (a memmem pass, far cheaper
+     * than the parse) sizes the dict once instead of rehashing it as it grows. Names that
+     * contain the word only make the estimate larger. */
+    size_t expected = 0;
+    for (const uint8_t *q = ps.start;
+         (q = memmem(q, (size_t)(ps.end - q), "\"data_offsets\"", 14)) != NULL; q += 14)
+        expected++;
+    if (ds_state_dict_reserve(&st->tensors, expected) != DS_OK)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for %zu tensors",
+                            st->path, expected);
     rc = parse_entries(&ps, st, file_index);
     free(ps.key.data);
     free(ps.text.data);
@@ -946,7 +956,7 @@ static int pread_all(int fd, const char *path, uint8_t *buf, size_t n, uint64_t 
 }
 
 int ds_safetensors_read_header(const char *path, uint8_t **header, uint64_t *header_size,
-                               ds_error *err)
+                               uint64_t *file_size, ds_error *err)
 {
     *header = NULL;
     *header_size = 0;
@@ -973,6 +983,8 @@ int ds_safetensors_read_header(const char *path, uint8_t **header, uint64_t *hea
     close(fd);
     *header = buf;
     *header_size = n;
+    if (file_size)
+        *file_size = size;
     return DS_OK;
 
 fail:

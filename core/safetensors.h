@@ -49,10 +49,11 @@ int ds_safetensors_open(const char *path, int file_index, ds_safetensors **out, 
 int ds_safetensors_parse(const char *name, const uint8_t *bytes, uint64_t size, int file_index,
                          ds_safetensors **out, ds_error *err);
 
-/* Reads just the header (pread, no mapping of the data region) and returns its bytes, for
- * fingerprinting. *header is malloc'd, caller frees. Performs the length checks only. */
+/* Reads just the header (pread, no mapping of the data region) and returns its bytes and the
+ * file's size, for fingerprinting: the two together decide everything open() checks.
+ * *header is malloc'd, caller frees. Performs the length checks only. file_size may be NULL. */
 int ds_safetensors_read_header(const char *path, uint8_t **header, uint64_t *header_size,
-                               ds_error *err);
+                               uint64_t *file_size, ds_error *err);
 
 void ds_safetensors_close(ds_safetensors *st);
 

@@ -368,6 +368,27 @@ static int resolve_all(const ds_daemon *d, char **paths, size_t count, resolved_
 
 /* --- Identify ------------------------------------------------------------------------------ */
 
+/* Identification of a fingerprinted file set seen before: the model hash from the cache, the
+ * configs matched now (the table can grow). NOT_FOUND = not cached; other codes are the errors
+ * reading headers, which are the errors a full identify would report too. */
+static int identify_from_cache(ds_daemon *d, const ds_fingerprint *fingerprint,
+                               ds_identification *out, ds_error *err)
+{
+    const ds_identify_cache_entry *hit = ds_identify_cache_find(&d->identify_cache, fingerprint);
+    if (!hit)
+        return DS_ERR_NOT_FOUND;
+    memcpy(out->model_hash, hit->model_hash, DS_MODEL_HASH_HEX);
+    out->tensor_count = hit->tensor_count;
+    size_t n = ds_config_table_match(d->configs, out->model_hash, NULL, 0);
+    if (n == 0)
+        return DS_OK;
+    out->configs = malloc(n * sizeof *out->configs);
+    if (!out->configs)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    out->config_count = ds_config_table_match(d->configs, out->model_hash, out->configs, n);
+    return DS_OK;
+}
+
 static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
 {
     const Diffsynth__V1__IdentifyRequest *req = env->identify;
@@ -380,11 +401,28 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     size_t suggestion_count = 0;
     arena a = {0};
 
+    ds_fingerprint fingerprint;
+    int have_fingerprint = 0;
     int rc = resolve_all(d, req->paths, req->n_paths, &paths, &err);
-    if (rc == DS_OK)
+    if (rc == DS_OK) {
+        /* A set that cannot be fingerprinted (torch files, unreadable headers) takes the full
+         * path, which reports any error precisely. */
+        ds_error fingerprint_err;
+        have_fingerprint = ds_fingerprint_files((const char *const *)paths.items, paths.count,
+                                                &fingerprint, &fingerprint_err) == DS_OK;
+        rc = have_fingerprint ? identify_from_cache(d, &fingerprint, &ident, &err)
+                              : DS_ERR_NOT_FOUND;
+    }
+    if (rc == DS_ERR_NOT_FOUND || (rc == DS_OK && ident.config_count == 0)) {
+        /* A miss (or a hit without a match, which needs the files for suggestions). */
+        ds_identification_free(&ident);
         rc = ds_model_files_open((const char *const *)paths.items, paths.count, &files, &err);
-    if (rc == DS_OK)
-        rc = ds_identify_files(d->configs, files, &ident, &err);
+        if (rc == DS_OK)
+            rc = ds_identify_files(d->configs, files, &ident, &err);
+        if (rc == DS_OK && have_fingerprint)
+            ds_identify_cache_put(&d->identify_cache, &fingerprint, ident.model_hash,
+                                  ident.tensor_count);
+    }
     if (rc == DS_OK && ident.config_count == 0)
         rc = ds_suggest_configs(d->configs, files, suggestions, MAX_SUGGESTIONS, &suggestion_count,
                                 &err);

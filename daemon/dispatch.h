@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/model_configs.h"
+#include "daemon/identify_cache.h"
 #include "daemon/paths.h"
 #include "daemon/pool.h"
 #include "daemon/scheduler.h"
@@ -34,6 +35,7 @@ struct ds_daemon {
     uint64_t started_monotonic_ms;
     uint64_t requests_served;
     int shutting_down;         /* new requests get UNAVAILABLE */
+    ds_identify_cache identify_cache;
 };
 
 /* Checks an envelope before any handler sees it: a request body is present and its fields are

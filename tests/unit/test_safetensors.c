@@ -537,7 +537,7 @@ static void test_open_maps_file(void)
 
     uint8_t *hdr = NULL;
     uint64_t hdr_size = 0;
-    REQUIRE(ds_safetensors_read_header(path, &hdr, &hdr_size, &err) == DS_OK);
+    REQUIRE(ds_safetensors_read_header(path, &hdr, &hdr_size, NULL, &err) == DS_OK);
     CHECK(hdr_size == strlen(header));
     CHECK(memcmp(hdr, header, hdr_size) == 0);
     free(hdr);
@@ -577,7 +577,7 @@ static void test_open_errors(void)
     CHECK_CONTAINS(err.message, "trunc.safetensors: header length 9 runs past the end");
     uint8_t *hdr = (uint8_t *)1;
     uint64_t hdr_size = 1;
-    CHECK(ds_safetensors_read_header(trunc, &hdr, &hdr_size, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK(ds_safetensors_read_header(trunc, &hdr, &hdr_size, NULL, &err) == DS_ERR_INVALID_ARGUMENT);
     CHECK(hdr == NULL && hdr_size == 0);
     CHECK_CONTAINS(err.message, "header length 9 runs past the end");
 
@@ -586,7 +586,7 @@ static void test_open_errors(void)
     uint8_t *img = make_image("not json", 0, &size);
     char *notjson = write_temp("notjson.safetensors", img, size);
     REQUIRE(notjson);
-    CHECK(ds_safetensors_read_header(notjson, &hdr, &hdr_size, &err) == DS_OK);
+    CHECK(ds_safetensors_read_header(notjson, &hdr, &hdr_size, NULL, &err) == DS_OK);
     CHECK(hdr_size == 8 && memcmp(hdr, "not json", 8) == 0);
     free(hdr);
     CHECK(ds_safetensors_open(notjson, 0, &st, &err) == DS_ERR_INVALID_ARGUMENT);
