@@ -1,7 +1,7 @@
 """Writes the safetensors fixtures of tests/unit/test_safetensors.c with the real `safetensors`
 package, so the C reader is checked against files the reference writer produced.
 
-    /work/venv/bin/python tests/golden/make_safetensors_fixtures.py
+    <venv>/bin/python tests/golden/make_safetensors_fixtures.py  (a private venv with torch, safetensors)
 
 Values are chosen to be exact in every dtype; the C test hardcodes their encodings.
 """
