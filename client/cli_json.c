@@ -131,6 +131,8 @@ void cli_json_identify(pyjson_writer *w, const diffsynth_v1_IdentifyResponse *r)
         pyjson_end_object(w);
     }
     pyjson_end_array(w);
+    pyjson_key(w, "tensor_count");
+    pyjson_uint(w, r->tensor_count);
     if (r->closest_count > 0) {
         pyjson_key(w, "closest");
         pyjson_begin_array(w);

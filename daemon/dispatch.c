@@ -402,7 +402,7 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     arena a = {0};
 
     ds_fingerprint fingerprint;
-    int have_fingerprint = 0;
+    int have_fingerprint = 0, cache_hit = 0;
     int rc = resolve_all(d, req->paths, req->n_paths, &paths, &err);
     if (rc == DS_OK) {
         /* A set that cannot be fingerprinted (torch files, unreadable headers) takes the full
@@ -410,10 +410,14 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
         ds_error fingerprint_err;
         have_fingerprint = ds_fingerprint_files((const char *const *)paths.items, paths.count,
                                                 &fingerprint, &fingerprint_err) == DS_OK;
-        rc = have_fingerprint ? identify_from_cache(d, &fingerprint, &ident, &err)
-                              : DS_ERR_NOT_FOUND;
+        if (have_fingerprint) {
+            rc = identify_from_cache(d, &fingerprint, &ident, &err);
+            cache_hit = rc == DS_OK;
+            if (rc == DS_ERR_NOT_FOUND)
+                rc = DS_OK;
+        }
     }
-    if (rc == DS_ERR_NOT_FOUND || (rc == DS_OK && ident.config_count == 0)) {
+    if (rc == DS_OK && (!cache_hit || ident.config_count == 0)) {
         /* A miss (or a hit without a match, which needs the files for suggestions). */
         ds_identification_free(&ident);
         rc = ds_model_files_open((const char *const *)paths.items, paths.count, &files, &err);

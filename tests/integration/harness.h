@@ -1,0 +1,116 @@
+/* Integration-test harness: a real diffsynthd in a temporary directory, model files written
+ * there, clients connected to it, and child processes run with their output captured.
+ *
+ * Layout of one test's directory (realpath'd, so what the daemon resolves equals what the
+ * test wrote): DIR/models (the only model root), DIR/d.sock, DIR/daemon.log (the daemon's
+ * stderr, printed when something fails). Everything under DIR is removed by it_env_cleanup
+ * unless $DS_IT_KEEP is set.
+ */
+#ifndef DS_TESTS_INTEGRATION_HARNESS_H
+#define DS_TESTS_INTEGRATION_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "client/diffsynth_client.h"
+#include "tools/safetensors_writer.h"
+
+/* Generous: the daemon under ASan on two busy cores starts in well under a second. */
+#define IT_START_TIMEOUT_MS 30000
+#define IT_STOP_TIMEOUT_MS 30000
+/* Per-reply silence allowed to a client call. */
+#define IT_CALL_TIMEOUT_MS 30000
+
+typedef struct it_env {
+    char dir[128];
+    char models[160];
+    char socket[160];
+    char log[160];
+    const char *daemon_exe;
+    pid_t pid;  /* the running daemon; 0 when none */
+} it_env;
+
+/* Creates the directory and DIR/models. Exits the test (status 1) when it cannot. */
+void it_env_init(it_env *env, const char *daemon_exe);
+/* Kills a daemon still running (SIGKILL) and removes the directory. */
+void it_env_cleanup(it_env *env);
+
+/* Starts the daemon with --socket, --model-root, --log-level debug, then `extra` (NULL-
+ * terminated, may be NULL), its stderr appended to the log; waits until the socket answers
+ * Status. On failure prints the log and returns -1 (the daemon is killed). */
+int it_daemon_start(it_env *env, const char *const *extra);
+/* SIGTERM and wait; *exit_status gets the exit code, or 128 + signal. Prints the log when
+ * the daemon does not exit 0 (or exit_status is NULL and it failed). Returns -1 on timeout
+ * (the daemon is then killed). */
+int it_daemon_stop(it_env *env, int *exit_status);
+/* True while the daemon process exists and has not exited. */
+bool it_daemon_alive(it_env *env);
+void it_dump_log(const it_env *env);
+
+/* Waits for `pid` to exit: 0 and *status (exit code or 128 + signal), or -1 on timeout. */
+int it_wait_pid(pid_t pid, int timeout_ms, int *status);
+
+/* Runs argv[0] (a path) with argv, in `cwd` (NULL: ours), stdin from /dev/null; captures
+ * stdout and stderr into malloc'd strings (may be NULL if unwanted). Returns the exit code,
+ * 128 + signal, or -1 if it could not run or ran past timeout_ms (then killed). */
+int it_run(const char *const *argv, const char *cwd, int timeout_ms, char **out, char **err);
+
+/* A client connected to the env's daemon (NULL after printing why). */
+ds_client *it_connect(const it_env *env);
+
+/* One request through the client library: `req` gets an id, *resp the reply (free with
+ * ds_client_envelope_free). Returns the ds_client status. */
+int it_call(ds_client *c, diffsynth_v1_Envelope *req, diffsynth_v1_Envelope *resp);
+
+/* Fresh connection, Status, close: true when the daemon answered with its status. */
+bool it_status_ok(const it_env *env);
+
+/* A summary of the pool ("id name hash [clients] [paths]" per model, in order) from a fresh
+ * connection; malloc'd; NULL if ListModels failed. */
+char *it_pool_snapshot(const it_env *env);
+
+/* Writes tests/data/keylists/<stem>.json as sparse bf16 safetensors under DIR/models, named
+ * <name>.safetensors or, with shards > 1, <name>-0000i-of-0000N.safetensors. *paths gets a
+ * malloc'd array of malloc'd absolute paths (ds_st_paths_free). Returns 0 or -1 (printed). */
+int it_make_model(const it_env *env, const char *stem, const char *name, int shards,
+                  char ***paths, size_t *count);
+
+/* A tensor declaration for it_write_tensors. */
+typedef struct it_tensor {
+    const char *name;
+    int ndim;
+    int64_t shape[4];
+} it_tensor;
+
+/* Writes `count` f32 tensors as one safetensors file at `path`. */
+int it_write_tensors(const char *path, const it_tensor *tensors, size_t count, ds_st_fill fill);
+
+/* DiffSynth's model hash of a name → shape list (facts §1.1), computed here independently of
+ * the daemon: "name:d0_d1" and "name" for each tensor, sorted bytewise, joined with ",",
+ * MD5 in lowercase hex. `hex` gets 33 bytes. Returns 0 or -1 (out of memory). */
+int it_model_hash(const it_tensor *tensors, size_t count, char hex[33]);
+
+/* Reads a whole file into a NUL-terminated malloc'd buffer; NULL on failure. */
+char *it_read_file(const char *path, size_t *len);
+/* Writes `len` bytes to `path` (created 0644, truncated). */
+int it_write_file(const char *path, const void *data, size_t len);
+
+/* Raw socket helpers, for requests the client library would never send. */
+int it_raw_connect(const char *socket_path);
+/* Writes all bytes (MSG_NOSIGNAL); -1 on any failure, including the peer having closed. */
+int it_raw_write(int fd, const void *data, size_t len);
+/* Encodes `env` with nanopb and prepends the little-endian length. *out is malloc'd. */
+int it_encode_frame(const diffsynth_v1_Envelope *env, uint8_t **out, size_t *len);
+/* Reads one frame and decodes it into *env (free with ds_client_envelope_free). Returns 0,
+ * 1 on a clean EOF before any byte, -1 on error, timeout or a frame that does not decode. */
+int it_raw_read_frame(int fd, diffsynth_v1_Envelope *env, int timeout_ms);
+/* Waits for the peer to close: true when EOF (or a reset) arrives within timeout_ms; frames
+ * arriving first are skipped. */
+bool it_raw_wait_eof(int fd, int timeout_ms);
+
+/* Milliseconds of CLOCK_MONOTONIC. */
+uint64_t it_now_ms(void);
+
+#endif
