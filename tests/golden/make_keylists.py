@@ -17,7 +17,8 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_REFERENCE = "/work/shared/reference/keylists"
+# The shared folder lies beside the checkout.
+DEFAULT_REFERENCE = os.path.normpath(os.path.join(HERE, "..", "..", "..", "shared", "reference", "keylists"))
 DEFAULT_OUT = os.path.normpath(os.path.join(HERE, "..", "data", "keylists"))
 
 
