@@ -472,9 +472,13 @@ static int run_models(cli_ctx *ctx, int argc, char **argv)
                 pyjson_append_str(&clients, k ? "," : "");
                 pyjson_append_str(&clients, cli_str(m->clients[k]));
             }
-            for (pb_size_t k = 0; k < m->paths_count; k++) {
-                pyjson_append_str(&paths, k ? ", " : "");
-                pyjson_append_str(&paths, cli_str(m->paths[k]));
+            /* Sharded models have many long paths: the first names the model, --json has all. */
+            if (m->paths_count > 0)
+                pyjson_append_str(&paths, cli_str(m->paths[0]));
+            if (m->paths_count > 1) {
+                char more[48];
+                snprintf(more, sizeof more, " (+%u more files)", (unsigned)(m->paths_count - 1));
+                pyjson_append_str(&paths, more);
             }
             table_set(&t, 4 + ntiers, "%s", clients.data ? clients.data : "-");
             table_set(&t, 5 + ntiers, "%s", paths.data ? paths.data : "-");

@@ -13,7 +13,7 @@ struct ds_kwargs {
     unsigned char *used;
 };
 
-static const char *json_type_name(const json_t *v)
+const char *ds__json_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "object";
@@ -73,7 +73,7 @@ int ds_kwargs_parse(const char *json, const char *owner, ds_kwargs **out, ds_err
     if (!json_is_object(kw->object)) {
         rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                           "%s: extra_kwargs must be a JSON object, got %s", owner,
-                          json_type_name(kw->object));
+                          ds__json_type_name(kw->object));
         goto fail;
     }
     kw->count = json_object_size(kw->object);
@@ -118,7 +118,7 @@ static int type_error(const ds_kwargs *kw, const char *name, const char *expecte
 {
     return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                         "%s: keyword argument '%s' must be %s, got %s", kw->owner, name,
-                        expected, json_type_name(got));
+                        expected, ds__json_type_name(got));
 }
 
 int ds_kwargs_int(ds_kwargs *kwargs, const char *name, int64_t *value, ds_error *err)
@@ -172,7 +172,7 @@ int ds_kwargs_int_list(ds_kwargs *kwargs, const char *name, int64_t *values, int
         if (!json_is_integer(item))
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                                 "%s: keyword argument '%s'[%zu] must be an integer, got %s",
-                                kwargs->owner, name, i, json_type_name(item));
+                                kwargs->owner, name, i, ds__json_type_name(item));
     }
     for (size_t i = 0; i < n; i++)
         values[i] = (int64_t)json_integer_value(json_array_get(v, i));

@@ -26,6 +26,11 @@ int ds_kwargs_double(ds_kwargs *kwargs, const char *name, double *value, ds_erro
 int ds_kwargs_int_list(ds_kwargs *kwargs, const char *name, int64_t *values, int *count,
                        ds_error *err);
 
+/* "object", "array", "string", "integer", "real", "boolean" or "null", for messages that say
+ * what a JSON value was instead of what was expected. Internal, shared by core's JSON readers. */
+struct json_t;
+const char *ds__json_type_name(const struct json_t *value);
+
 /* INVALID_ARGUMENT naming the first unread kwarg, as Python's "unexpected keyword argument". */
 int ds_kwargs_check_all_used(const ds_kwargs *kwargs, ds_error *err);
 

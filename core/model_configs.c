@@ -10,6 +10,8 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/kwargs.h"
+
 /* A config file is a hand-written list; anything near this size is a mistake, not a table. */
 #define CONFIG_FILE_MAX (16u * 1024u * 1024u)
 
@@ -150,21 +152,6 @@ size_t ds_config_table_match(const ds_config_table *table, const char *hash,
     return found;
 }
 
-static const char *json_type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "object";
-    case JSON_ARRAY: return "array";
-    case JSON_STRING: return "string";
-    case JSON_INTEGER: return "integer";
-    case JSON_REAL: return "real";
-    case JSON_TRUE:
-    case JSON_FALSE: return "boolean";
-    case JSON_NULL: return "null";
-    }
-    return "unknown";
-}
-
 static int is_lower_hex32(const char *s, size_t len)
 {
     if (len != 32)
@@ -194,7 +181,7 @@ static int get_string(const char *source, size_t i, json_t *obj, const char *key
     if (!json_is_string(v))
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "%s: entry %zu: \"%s\" must be a string, got %s", source, i, key,
-                            json_type_name(v));
+                            ds__json_type_name(v));
     if (json_string_length(v) == 0)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "%s: entry %zu: \"%s\" must not be empty", source, i, key);
@@ -213,7 +200,7 @@ static int get_object(const char *source, size_t i, json_t *obj, const char *key
     if (!json_is_object(v))
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "%s: entry %zu: \"%s\" must be an object, got %s", source, i, key,
-                            json_type_name(v));
+                            ds__json_type_name(v));
     *out = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII |
                              JSON_REAL_PRECISION(17));
     if (!*out)
@@ -232,7 +219,7 @@ static int parse_entry(const char *source, size_t i, json_t *obj, ds_model_confi
     if (!json_is_object(obj))
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "%s: entry %zu: expected an object, got %s", source, i,
-                            json_type_name(obj));
+                            ds__json_type_name(obj));
     const char *key;
     json_t *value;
     json_object_foreach(obj, key, value) {
@@ -296,7 +283,7 @@ int ds_config_table_add_json(ds_config_table *table, const char *json, size_t le
     if (!json_is_array(root)) {
         rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                           "%s: expected a JSON array of config objects, got %s", source,
-                          json_type_name(root));
+                          ds__json_type_name(root));
         goto fail;
     }
     n = json_array_size(root);
