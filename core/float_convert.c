@@ -1,0 +1,226 @@
+#include "core/float_convert.h"
+
+#include <math.h>
+
+float ds_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1Fu;
+    uint32_t man = h & 0x3FFu;
+    if (exp == 0x1F)
+        return ds__bits_f32(sign | 0x7F800000u | (man << 13) | (man ? 0x00400000u : 0));
+    if (exp == 0) {
+        /* Subnormal: man * 2^-24, exact in f32. */
+        float v = (float)man * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    return ds__bits_f32(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+/* Rounds |f| (finite, non-negative) to a float format with `man_bits` mantissa bits, minimum
+ * normal exponent `emin` (unbiased) and returns the result as f32: the shared core of the
+ * narrow conversions. Subnormals of the target are handled by rounding at the fixed quantum
+ * 2^(emin - man_bits). */
+static float round_to_format(float a, int man_bits, int emin)
+{
+    int e;
+    frexpf(a, &e);                            /* a = m * 2^e, m in [0.5, 1) */
+    int exp = e - 1;                          /* a in [2^exp, 2^(exp+1)) */
+    if (exp < emin)
+        exp = emin;
+    float quantum = ldexpf(1.0f, exp - man_bits);
+    /* nearbyintf rounds half to even in the default rounding mode. */
+    return nearbyintf(a / quantum) * quantum;
+}
+
+uint16_t ds_f32_to_f16(float f)
+{
+    uint32_t u = ds__f32_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    float a = fabsf(f);
+    if (a != a)
+        return (uint16_t)(sign | 0x7E00u);
+    float r = round_to_format(a, 10, -14);
+    if (r > 65504.0f || a == INFINITY)
+        return (uint16_t)(sign | 0x7C00u);
+    if (r < 0x1p-14f)                         /* subnormal (or zero): r is a multiple of 2^-24 */
+        return (uint16_t)(sign | (uint16_t)(r * 0x1p24f));
+    uint32_t ru = ds__f32_bits(r);
+    uint32_t exp = ((ru >> 23) & 0xFFu) - 112;
+    return (uint16_t)(sign | (exp << 10) | ((ru >> 13) & 0x3FFu));
+}
+
+float ds_f8e4m3_to_f32(uint8_t v)
+{
+    float sign = (v & 0x80) ? -1.0f : 1.0f;
+    uint32_t exp = (v >> 3) & 0xFu, man = v & 0x7u;
+    if (exp == 0xF && man == 0x7)
+        return NAN;
+    if (exp == 0)
+        return sign * (float)man * 0x1p-9f;
+    return sign * ldexpf(1.0f + (float)man / 8.0f, (int)exp - 7);
+}
+
+uint8_t ds_f32_to_f8e4m3(float f)
+{
+    uint8_t sign = (ds__f32_bits(f) >> 24) & 0x80u;
+    float a = fabsf(f);
+    if (a != a)
+        return (uint8_t)(sign | 0x7Fu);
+    float r = a == INFINITY ? 448.0f : round_to_format(a, 3, -6);
+    if (r > 448.0f)                           /* e4m3fn has no infinity: saturate, as torch does */
+        r = 448.0f;
+    if (r < 0x1p-6f)
+        return (uint8_t)(sign | (uint8_t)(r * 0x1p9f));
+    int e;
+    float m = frexpf(r, &e);                  /* r = m * 2^e, m in [0.5, 1) */
+    uint8_t exp = (uint8_t)(e - 1 + 7);
+    uint8_t man = (uint8_t)((m * 2.0f - 1.0f) * 8.0f);
+    return (uint8_t)(sign | (exp << 3) | man);
+}
+
+float ds_f8e5m2_to_f32(uint8_t v)
+{
+    /* e5m2 is the top byte of an f16. */
+    return ds_f16_to_f32((uint16_t)((uint16_t)v << 8));
+}
+
+uint8_t ds_f32_to_f8e5m2(float f)
+{
+    uint8_t sign = (ds__f32_bits(f) >> 24) & 0x80u;
+    float a = fabsf(f);
+    if (a != a)
+        return (uint8_t)(sign | 0x7Eu);
+    float r = round_to_format(a, 2, -14);
+    if (r > 57344.0f || a == INFINITY)
+        return (uint8_t)(sign | 0x7Cu);
+    if (r < 0x1p-14f)
+        return (uint8_t)(sign | (uint8_t)(r * 0x1p16f));
+    int e;
+    float m = frexpf(r, &e);
+    uint8_t exp = (uint8_t)(e - 1 + 15);
+    uint8_t man = (uint8_t)((m * 2.0f - 1.0f) * 4.0f);
+    return (uint8_t)(sign | (exp << 2) | man);
+}
+
+void ds_convert_to_f32(const void *src, ds_dtype dtype, size_t n, float *dst)
+{
+    switch (dtype) {
+    case DS_F32:
+        memcpy(dst, src, n * sizeof *dst);
+        return;
+    case DS_F64:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)((const double *)src)[i];
+        return;
+    case DS_BF16:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = ds_bf16_to_f32(((const uint16_t *)src)[i]);
+        return;
+    case DS_F16:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = ds_f16_to_f32(((const uint16_t *)src)[i]);
+        return;
+    case DS_F8_E4M3:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = ds_f8e4m3_to_f32(((const uint8_t *)src)[i]);
+        return;
+    case DS_F8_E5M2:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = ds_f8e5m2_to_f32(((const uint8_t *)src)[i]);
+        return;
+    default:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)ds_load_f64(src, dtype, i);
+        return;
+    }
+}
+
+void ds_convert_from_f32(const float *src, size_t n, ds_dtype dtype, void *dst)
+{
+    switch (dtype) {
+    case DS_F32:
+        memcpy(dst, src, n * sizeof *src);
+        return;
+    case DS_F64:
+        for (size_t i = 0; i < n; i++)
+            ((double *)dst)[i] = src[i];
+        return;
+    case DS_BF16:
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = ds_f32_to_bf16(src[i]);
+        return;
+    case DS_F16:
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = ds_f32_to_f16(src[i]);
+        return;
+    case DS_F8_E4M3:
+        for (size_t i = 0; i < n; i++)
+            ((uint8_t *)dst)[i] = ds_f32_to_f8e4m3(src[i]);
+        return;
+    case DS_F8_E5M2:
+        for (size_t i = 0; i < n; i++)
+            ((uint8_t *)dst)[i] = ds_f32_to_f8e5m2(src[i]);
+        return;
+    default:
+        for (size_t i = 0; i < n; i++)
+            ds_store_f64(dst, dtype, i, src[i]);
+        return;
+    }
+}
+
+double ds_load_f64(const void *src, ds_dtype dtype, size_t i)
+{
+    switch (dtype) {
+    case DS_F64: return ((const double *)src)[i];
+    case DS_F32: return ((const float *)src)[i];
+    case DS_BF16: return ds_bf16_to_f32(((const uint16_t *)src)[i]);
+    case DS_F16: return ds_f16_to_f32(((const uint16_t *)src)[i]);
+    case DS_F8_E4M3: return ds_f8e4m3_to_f32(((const uint8_t *)src)[i]);
+    case DS_F8_E5M2: return ds_f8e5m2_to_f32(((const uint8_t *)src)[i]);
+    case DS_I64: return (double)((const int64_t *)src)[i];
+    case DS_I32: return ((const int32_t *)src)[i];
+    case DS_I16: return ((const int16_t *)src)[i];
+    case DS_I8: return ((const int8_t *)src)[i];
+    case DS_U8:
+    case DS_BOOL: return ((const uint8_t *)src)[i];
+    default: return NAN;
+    }
+}
+
+/* Double rounding (f64 -> f32 -> narrow) can differ from one rounding only when the f32 lies
+ * exactly halfway between two narrow values; f64 -> f32 rounding to odd avoids that, so the
+ * stored value is the correctly rounded one. */
+static float f64_to_f32_round_odd(double v)
+{
+    float f = (float)v;
+    if ((double)f != v && f == f && fabsf(f) != INFINITY) {
+        uint32_t u = ds__f32_bits(f);
+        if (!(u & 1u)) {
+            /* Move to the odd neighbour on the side of v. */
+            float toward = nextafterf(f, (double)f < v ? INFINITY : -INFINITY);
+            if (ds__f32_bits(toward) & 1u)
+                f = toward;
+        }
+    }
+    return f;
+}
+
+void ds_store_f64(void *dst, ds_dtype dtype, size_t i, double value)
+{
+    switch (dtype) {
+    case DS_F64: ((double *)dst)[i] = value; return;
+    case DS_F32: ((float *)dst)[i] = (float)value; return;
+    case DS_BF16: ((uint16_t *)dst)[i] = ds_f32_to_bf16(f64_to_f32_round_odd(value)); return;
+    case DS_F16: ((uint16_t *)dst)[i] = ds_f32_to_f16(f64_to_f32_round_odd(value)); return;
+    case DS_F8_E4M3: ((uint8_t *)dst)[i] = ds_f32_to_f8e4m3(f64_to_f32_round_odd(value)); return;
+    case DS_F8_E5M2: ((uint8_t *)dst)[i] = ds_f32_to_f8e5m2(f64_to_f32_round_odd(value)); return;
+    case DS_I64: ((int64_t *)dst)[i] = (int64_t)value; return;
+    case DS_I32: ((int32_t *)dst)[i] = (int32_t)value; return;
+    case DS_I16: ((int16_t *)dst)[i] = (int16_t)value; return;
+    case DS_I8: ((int8_t *)dst)[i] = (int8_t)value; return;
+    case DS_U8:
+    case DS_BOOL: ((uint8_t *)dst)[i] = (uint8_t)value; return;
+    default: return;
+    }
+}

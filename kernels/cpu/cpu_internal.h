@@ -1,0 +1,57 @@
+/* Shared by the CPU backend's files: one file per op family (matmul.c, elementwise.c,
+ * attention.c, norms.c, rope.c, movement.c, conv.c), the backend table in cpu_backend.c.
+ *
+ * Every op function has the backend slot's signature and may assume kernels/ops.c validated its
+ * arguments. Work is split over the backend's thread pool with ds__cpu_parallel_for; a split
+ * that depends only on the sizes and the thread count keeps results deterministic for a given
+ * thread count. Storage dtypes are converted to f32 row by row (core/float_convert.h). */
+#ifndef DS_KERNELS_CPU_INTERNAL_H
+#define DS_KERNELS_CPU_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/backend.h"
+
+/* Runs fn(ctx, begin, end) over [0, n) split into contiguous chunks, one per worker (at most
+ * `threads` chunks; chunks of at least `grain` items), and waits for all of them. The calling
+ * thread works too. Chunk boundaries depend only on n, grain and the thread count. */
+typedef void (*ds__cpu_range_fn)(void *ctx, int64_t begin, int64_t end);
+void ds__cpu_parallel_for(ds_backend *b, int64_t n, int64_t grain, ds__cpu_range_fn fn, void *ctx);
+
+/* Worker threads of this backend (>= 1). */
+int ds__cpu_threads(const ds_backend *b);
+
+/* A per-thread scratch buffer of at least `bytes`, valid until the same thread asks again
+ * (grows as needed; NULL on out of memory). For row conversion buffers inside parallel loops. */
+void *ds__cpu_scratch(size_t bytes);
+
+int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_error *err);
+int ds__cpu_batched_matmul(ds_backend *b, ds_stream *s, const ds_batched_matmul_args *a, ds_error *err);
+int ds__cpu_attention(ds_backend *b, ds_stream *s, const ds_attention_args *a, ds_error *err);
+int ds__cpu_layer_norm(ds_backend *b, ds_stream *s, const ds_layer_norm_args *a, ds_error *err);
+int ds__cpu_rms_norm(ds_backend *b, ds_stream *s, const ds_rms_norm_args *a, ds_error *err);
+int ds__cpu_group_norm(ds_backend *b, ds_stream *s, const ds_group_norm_args *a, ds_error *err);
+int ds__cpu_channel_rms_norm(ds_backend *b, ds_stream *s, const ds_channel_rms_norm_args *a, ds_error *err);
+int ds__cpu_softmax(ds_backend *b, ds_stream *s, const ds_softmax_args *a, ds_error *err);
+int ds__cpu_activation(ds_backend *b, ds_stream *s, const ds_activation_args *a, ds_error *err);
+int ds__cpu_rope(ds_backend *b, ds_stream *s, const ds_rope_args *a, ds_error *err);
+int ds__cpu_timestep_embedding(ds_backend *b, ds_stream *s, const ds_timestep_embedding_args *a, ds_error *err);
+int ds__cpu_binary(ds_backend *b, ds_stream *s, const ds_binary_args *a, ds_error *err);
+int ds__cpu_modulate(ds_backend *b, ds_stream *s, const ds_modulate_args *a, ds_error *err);
+int ds__cpu_gated_residual(ds_backend *b, ds_stream *s, const ds_gated_residual_args *a, ds_error *err);
+int ds__cpu_scale(ds_backend *b, ds_stream *s, const ds_scale_args *a, ds_error *err);
+int ds__cpu_clamp(ds_backend *b, ds_stream *s, const ds_clamp_args *a, ds_error *err);
+int ds__cpu_concat(ds_backend *b, ds_stream *s, const ds_concat_args *a, ds_error *err);
+int ds__cpu_slice(ds_backend *b, ds_stream *s, const ds_slice_args *a, ds_error *err);
+int ds__cpu_permute(ds_backend *b, ds_stream *s, const ds_permute_args *a, ds_error *err);
+int ds__cpu_patchify(ds_backend *b, ds_stream *s, const ds_patchify_args *a, ds_error *err);
+int ds__cpu_unpatchify(ds_backend *b, ds_stream *s, const ds_patchify_args *a, ds_error *err);
+int ds__cpu_pad(ds_backend *b, ds_stream *s, const ds_pad_args *a, ds_error *err);
+int ds__cpu_upsample_nearest2x(ds_backend *b, ds_stream *s, const ds_upsample_args *a, ds_error *err);
+int ds__cpu_embedding(ds_backend *b, ds_stream *s, const ds_embedding_args *a, ds_error *err);
+int ds__cpu_conv2d(ds_backend *b, ds_stream *s, const ds_conv2d_args *a, ds_error *err);
+int ds__cpu_conv3d_causal(ds_backend *b, ds_stream *s, const ds_conv3d_args *a, ds_error *err);
+int ds__cpu_cast(ds_backend *b, ds_stream *s, const ds_cast_args *a, ds_error *err);
+
+#endif
