@@ -26,6 +26,9 @@ int ds__cpu_threads(const ds_backend *b);
  * (grows as needed; NULL on out of memory). For row conversion buffers inside parallel loops. */
 void *ds__cpu_scratch(size_t bytes);
 
+/* v[i] = act(v[i]) in place for n floats (elementwise.c; also linear's epilogue). */
+void ds__cpu_activate_row(float *v, int64_t n, ds_activation act);
+
 int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_error *err);
 int ds__cpu_batched_matmul(ds_backend *b, ds_stream *s, const ds_batched_matmul_args *a, ds_error *err);
 int ds__cpu_attention(ds_backend *b, ds_stream *s, const ds_attention_args *a, ds_error *err);

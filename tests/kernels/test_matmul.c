@@ -1,0 +1,237 @@
+/* linear and batched_matmul against float64 references computed here with plain loops. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernel_test.h"
+#include "test.h"
+
+static double act_ref(double x, ds_activation act)
+{
+    switch (act) {
+    case DS_ACT_SILU: return x / (1.0 + exp(-x));
+    case DS_ACT_GELU_ERF: return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+    case DS_ACT_GELU_TANH: return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    case DS_ACT_GELU_SIGMOID: return x / (1.0 + exp(-1.702 * x));
+    default: return x;
+    }
+}
+
+/* One linear case: x [lead, M, K] (or [M, K] when lead is 0) of xd, weight [N, K] of wd,
+ * bias [N] of bd (DS_DTYPE_INVALID = none), y of x's dtype. */
+static void linear_case(ds_dtype xd, ds_dtype wd, float wscale, ds_dtype bd, ds_activation act,
+                        int64_t lead, int64_t m, int64_t k, int64_t n)
+{
+    int64_t rows = (lead ? lead : 1) * m;
+    int64_t xshape[3], yshape[3], wshape[2] = {n, k}, bshape[1] = {n};
+    int nd = lead ? 3 : 2;
+    if (lead) {
+        xshape[0] = yshape[0] = lead;
+        xshape[1] = yshape[1] = m;
+    } else {
+        xshape[0] = yshape[0] = m;
+    }
+    xshape[nd - 1] = k;
+    yshape[nd - 1] = n;
+
+    double *xv = kt_randn((size_t)(rows * k), 1.0);
+    /* fp8 weights hold values of a few units, as quantised checkpoints do (e4m3's max is 448). */
+    double *wv = kt_randn((size_t)(n * k), (wd == DS_F8_E4M3 || wd == DS_F8_E5M2) ? 4.0 : 1.0 / sqrt((double)k));
+    double *bv = kt_randn((size_t)n, 0.5);
+    ds_tensor x, w, bias, y;
+    memset(&bias, 0, sizeof bias);
+    int ok = kt_tensor(xd, nd, xshape, xv, &x) && kt_tensor(wd, 2, wshape, wv, &w) &&
+             (bd == DS_DTYPE_INVALID || kt_tensor(bd, 1, bshape, bv, &bias)) &&
+             kt_tensor(xd, nd, yshape, NULL, &y);
+    CHECK(ok);
+    if (ok) {
+        ds_linear_args a = {&x, &w, bd == DS_DTYPE_INVALID ? NULL : &bias, wscale, act, &y};
+        ds_error err;
+        int rc = ds_linear(kt.backend, NULL, &a, &err);
+        CHECK_MSG(rc == DS_OK, "%s", err.message);
+        double *ref = malloc((size_t)(rows * n) * sizeof *ref);
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < n; c++) {
+                double acc = 0;
+                for (int64_t i = 0; i < k; i++)
+                    acc += xv[r * k + i] * wv[c * k + i] * wscale;
+                if (bd != DS_DTYPE_INVALID)
+                    acc += bv[c];
+                ref[r * n + c] = act_ref(acc, act);
+            }
+        double *got = kt_read(&y);
+        char what[200];
+        snprintf(what, sizeof what, "linear x %s w %s (scale %g) bias %s %s [%lld x %lld x %lld]",
+                 ds_dtype_name(xd), ds_dtype_name(wd), (double)wscale,
+                 bd == DS_DTYPE_INVALID ? "none" : ds_dtype_name(bd), ds_activation_name(act),
+                 (long long)rows, (long long)k, (long long)n);
+        /* Storing a near-zero output in bf16/f16 adds its rounding to the budget's own. */
+        CHECK(kt_compare(what, got, ref, (size_t)(rows * n), kt_budget(xd)));
+        free(got);
+        free(ref);
+    }
+    ds_tensor_free(&x);
+    ds_tensor_free(&w);
+    ds_tensor_free(&bias);
+    ds_tensor_free(&y);
+    free(xv);
+    free(wv);
+    free(bv);
+}
+
+static const ds_dtype act_dtypes[] = {DS_F32, DS_BF16, DS_F16};
+static const ds_dtype weight_dtypes[] = {DS_F32, DS_BF16, DS_F16, DS_F8_E4M3, DS_F8_E5M2};
+
+static float scale_for(ds_dtype wd)
+{
+    /* e4m3 checkpoints carry a per-tensor scale; e5m2 runs with 1 so both paths are covered. */
+    return wd == DS_F8_E4M3 ? 0.5f : 1.0f;
+}
+
+/* Every dtype combination, bias or not, every epilogue, over shapes that use each odd size
+ * (M 1/3/17, K 1/5/67, N 1/9/130); N != K everywhere so a transposed weight cannot pass. */
+static void test_linear_dtypes_and_epilogues(void)
+{
+    static const int64_t shapes[][3] = {{1, 1, 9}, {3, 5, 130}, {17, 67, 1}, {3, 67, 9},
+                                        {17, 5, 130}, {1, 67, 130}};
+    int idx = 0;
+    for (size_t xi = 0; xi < 3; xi++)
+        for (size_t wi = 0; wi < 5; wi++)
+            for (int bias = 0; bias < 2; bias++)
+                for (int act = 0; act < DS_ACT_COUNT; act++) {
+                    const int64_t *s = shapes[idx++ % 6];
+                    ds_dtype bd = bias ? act_dtypes[(xi + wi) % 3] : DS_DTYPE_INVALID;
+                    linear_case(act_dtypes[xi], weight_dtypes[wi], scale_for(weight_dtypes[wi]), bd,
+                                (ds_activation)act, 0, s[0], s[1], s[2]);
+                }
+}
+
+static void test_linear_all_odd_shapes(void)
+{
+    static const int64_t ms[] = {1, 3, 17}, ks[] = {1, 5, 67}, ns[] = {1, 9, 130};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+            for (int l = 0; l < 3; l++) {
+                linear_case(DS_F32, DS_F32, 1.0f, DS_F32, DS_ACT_NONE, 0, ms[i], ks[j], ns[l]);
+                linear_case(DS_BF16, DS_F8_E4M3, 0.5f, DS_BF16, DS_ACT_GELU_TANH, 0, ms[i], ks[j], ns[l]);
+            }
+}
+
+/* Leading dims [2, 3, K]: rows are flattened over all of them. */
+static void test_linear_leading_dims(void)
+{
+    linear_case(DS_F32, DS_BF16, 1.0f, DS_F32, DS_ACT_SILU, 2, 3, 67, 9);
+    linear_case(DS_F16, DS_F16, 1.0f, DS_DTYPE_INVALID, DS_ACT_GELU_SIGMOID, 4, 17, 5, 130);
+}
+
+static void test_linear_large(void)
+{
+    linear_case(DS_F32, DS_F32, 1.0f, DS_F32, DS_ACT_NONE, 0, 257, 384, 320);
+    linear_case(DS_F32, DS_F32, 1.0f, DS_DTYPE_INVALID, DS_ACT_NONE, 0, 257, 384, 320);
+    linear_case(DS_BF16, DS_BF16, 1.0f, DS_BF16, DS_ACT_GELU_SIGMOID, 0, 257, 384, 320);
+    linear_case(DS_F32, DS_F8_E4M3, 0.5f, DS_F32, DS_ACT_GELU_ERF, 0, 257, 384, 320);
+    linear_case(DS_F16, DS_F8_E5M2, 1.0f, DS_F16, DS_ACT_SILU, 0, 257, 384, 320);
+}
+
+/* The same call twice gives bit-identical output (deterministic for a thread count). */
+static void test_linear_deterministic(void)
+{
+    int64_t xs[2] = {257, 384}, ws[2] = {320, 384}, bs[1] = {320};
+    double *xv = kt_randn(257 * 384, 1.0), *wv = kt_randn(320 * 384, 0.05), *bv = kt_randn(320, 1.0);
+    ds_tensor x, w, bias, y1, y2;
+    REQUIRE(kt_tensor(DS_BF16, 2, xs, xv, &x) && kt_tensor(DS_BF16, 2, ws, wv, &w) &&
+            kt_tensor(DS_F32, 1, bs, bv, &bias));
+    int64_t ys[2] = {257, 320};
+    REQUIRE(kt_tensor(DS_F32, 2, ys, NULL, &y1) && kt_tensor(DS_F32, 2, ys, NULL, &y2));
+    ds_error err;
+    ds_linear_args a = {&x, &w, &bias, 1.0f, DS_ACT_GELU_TANH, &y1};
+    CHECK(ds_linear(kt.backend, NULL, &a, &err) == DS_OK);
+    a.y = &y2;
+    CHECK(ds_linear(kt.backend, NULL, &a, &err) == DS_OK);
+    double *g1 = kt_read(&y1), *g2 = kt_read(&y2);
+    CHECK(memcmp(g1, g2, 257 * 320 * sizeof *g1) == 0);
+    free(g1);
+    free(g2);
+    ds_tensor_free(&x);
+    ds_tensor_free(&w);
+    ds_tensor_free(&bias);
+    ds_tensor_free(&y1);
+    ds_tensor_free(&y2);
+    free(xv);
+    free(wv);
+    free(bv);
+}
+
+/* ---- batched matmul ---- */
+
+static void bmm_case(ds_dtype ad, ds_dtype bd, ds_dtype yd, int ta, int tb, float alpha,
+                     int64_t batch, int64_t m, int64_t k, int64_t n)
+{
+    int64_t ashape[3] = {batch, ta ? k : m, ta ? m : k};
+    int64_t bshape[3] = {batch, tb ? n : k, tb ? k : n};
+    int64_t yshape[3] = {batch, m, n};
+    double *av = kt_randn((size_t)(batch * m * k), 1.0), *bv = kt_randn((size_t)(batch * k * n), 1.0);
+    ds_tensor a, b, y;
+    int ok = kt_tensor(ad, 3, ashape, av, &a) && kt_tensor(bd, 3, bshape, bv, &b) &&
+             kt_tensor(yd, 3, yshape, NULL, &y);
+    CHECK(ok);
+    if (ok) {
+        ds_batched_matmul_args args = {&a, &b, ta, tb, alpha, &y};
+        ds_error err;
+        int rc = ds_batched_matmul(kt.backend, NULL, &args, &err);
+        CHECK_MSG(rc == DS_OK, "%s", err.message);
+        double *ref = malloc((size_t)(batch * m * n) * sizeof *ref);
+        for (int64_t p = 0; p < batch; p++)
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++) {
+                    double acc = 0;
+                    for (int64_t l = 0; l < k; l++) {
+                        double x = ta ? av[(p * k + l) * m + i] : av[(p * m + i) * k + l];
+                        double z = tb ? bv[(p * n + j) * k + l] : bv[(p * k + l) * n + j];
+                        acc += x * z;
+                    }
+                    ref[(p * m + i) * n + j] = alpha * acc;
+                }
+        double *got = kt_read(&y);
+        char what[160];
+        snprintf(what, sizeof what, "batched_matmul %s x %s -> %s ta %d tb %d [%lld: %lld x %lld x %lld]",
+                 ds_dtype_name(ad), ds_dtype_name(bd), ds_dtype_name(yd), ta, tb, (long long)batch,
+                 (long long)m, (long long)k, (long long)n);
+        double budget = fmax(fmax(kt_budget(ad), kt_budget(bd)), kt_budget(yd));
+        CHECK(kt_compare(what, got, ref, (size_t)(batch * m * n), budget));
+        free(got);
+        free(ref);
+    }
+    ds_tensor_free(&a);
+    ds_tensor_free(&b);
+    ds_tensor_free(&y);
+    free(av);
+    free(bv);
+}
+
+static void test_batched_matmul(void)
+{
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            /* M, K, N all different so any mixed-up transpose or leading dim shows. */
+            bmm_case(DS_F32, DS_F32, DS_F32, ta, tb, 0.75f, 3, 5, 7, 4);
+            bmm_case(DS_F32, DS_F32, DS_F32, ta, tb, -2.0f, 2, 17, 33, 9);
+            bmm_case(DS_BF16, DS_BF16, DS_BF16, ta, tb, 0.125f, 3, 5, 7, 4);
+            bmm_case(DS_F16, DS_F32, DS_F16, ta, tb, 1.0f, 2, 1, 3, 127);
+            bmm_case(DS_F32, DS_BF16, DS_F32, ta, tb, 0.5f, 1, 127, 1, 3);
+        }
+}
+
+int main(int argc, char **argv)
+{
+    kt_init(argc, argv);
+    RUN(test_linear_dtypes_and_epilogues);
+    RUN(test_linear_all_odd_shapes);
+    RUN(test_linear_leading_dims);
+    RUN(test_linear_large);
+    RUN(test_linear_deterministic);
+    RUN(test_batched_matmul);
+    kt_finish();
+    return test_summary();
+}
