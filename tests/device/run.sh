@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# tests/device/run.sh: the one script a GPU session runs on the device machine
+# (tests/device/README.md says how to call it). It
+#   1. records the machine (GPU, driver, nvcc, compilers, torch) in env.txt;
+#   2. finds OpenBLAS: the system's, or the Debian packages tests/device/prepare.sh left in
+#      build-device-deps/ (unpacked under build-device/, never installed into /);
+#   3. builds with CUDA into build-device/: `meson setup -Dcuda=enabled` and the kernel targets
+#      where the whole project configures, else tests/device/build_direct.sh (gcc + nvcc, the
+#      kernels alone: the image lacks the daemon's -dev packages);
+#   4. runs the gpu suite: every tests/kernels program with --backend cuda;
+#   5. runs bench/kernels/run_gpu.sh (with torch anchors when python3 imports torch);
+#   6. prints a short table last: test counts, each benchmark's ours / anchor / ratio / target.
+# Full logs go to $OUT when set (the device tool brings them back), else build-device/logs.
+# Every step runs under `timeout`, inside an overall budget of DS_DEVICE_BUDGET seconds (default
+# 480), so the table is printed within one 600-second device call. Without a GPU every step
+# still runs and the table says "no GPU" (exit 77 from the tests and the benchmark).
+# For trying the script elsewhere: DS_DEVICE_BUILD_DIR (default build-device) and
+# DS_DEVICE_BUILD=direct (skip the meson attempt).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+build=$(realpath -m "${DS_DEVICE_BUILD_DIR:-build-device}")
+deps=build-device-deps
+logs=${OUT:-$build/logs}
+budget=${DS_DEVICE_BUDGET:-480}
+t0=$(date +%s)
+mkdir -p "$logs" "$build"
+runlog=$logs/run.log
+: >"$runlog"
+
+elapsed() { echo $(($(date +%s) - t0)); }
+say() { echo "[$(elapsed)s] $*" | tee -a "$runlog"; }
+# Seconds a step may take: its own cap, and never past the budget less `reserve` (what the
+# steps after it need).
+limit() {   # cap reserve
+    local left=$((budget - $(elapsed) - $2))
+    ((left < $1)) && echo $((left > 10 ? left : 10)) || echo "$1"
+}
+
+# ---- 1. the machine ----
+gpu=$(timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
+nvcc=$(command -v nvcc || { [[ -x /usr/local/cuda/bin/nvcc ]] && echo /usr/local/cuda/bin/nvcc; } || true)
+[[ -n $nvcc ]] && export PATH="$(dirname "$nvcc"):$PATH"
+torch=$(timeout 90 python3 -c "import torch; print(torch.__version__, 'cuda' if torch.cuda.is_available() else 'no-cuda')" 2>/dev/null)
+{
+    echo "date: $(date -u +%FT%TZ)"; uname -a; echo "cpus: $(nproc)"
+    timeout 30 nvidia-smi 2>&1 || echo "nvidia-smi: not available"
+    [[ -n $nvcc ]] && "$nvcc" --version || echo "nvcc: not found"
+    gcc --version 2>&1 | head -1; echo "meson: $(meson --version 2>&1)"; echo "ninja: $(ninja --version 2>&1)"
+    echo "python3: $(python3 --version 2>&1) at $(command -v python3)"; echo "torch: ${torch:-not importable}"
+    for p in libuv libprotobuf-c libxxhash libmd jansson openblas; do
+        echo "pkg-config $p: $(pkg-config --modversion "$p" 2>&1)"
+    done
+} >"$logs/env.txt" 2>&1
+say "GPU: ${gpu:-none found}; nvcc: ${nvcc:-none}; torch: ${torch:-not importable}"
+
+# ---- 2. OpenBLAS ----
+blas_inc='' blas_lib='' blas_from=''
+if compgen -G "$deps/*.deb" >/dev/null; then
+    droot=$build/deps-root
+    rm -rf "$droot" && mkdir -p "$droot/pkgconfig"
+    for deb in "$deps"/*.deb; do
+        dpkg-deb -x "$deb" "$droot" 2>>"$runlog" || {
+            member=$(ar t "$deb" | grep -m1 '^data.tar') &&
+                ar p "$deb" "$member" >"$droot/$member" && tar -xf "$droot/$member" -C "$droot" &&
+                rm -f "$droot/$member"
+        } 2>>"$runlog"
+    done
+    blas_inc=$droot/usr/include/x86_64-linux-gnu/openblas-pthread
+    blas_lib=$droot/usr/lib/x86_64-linux-gnu/openblas-pthread
+    sed "s|=/usr/|=$droot/usr/|" "$blas_lib/pkgconfig/openblas.pc" >"$droot/pkgconfig/openblas.pc" 2>>"$runlog"
+    export PKG_CONFIG_PATH=$droot/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+    # libgfortran5 / libquadmath0 come along for images without them.
+    export LD_LIBRARY_PATH=$blas_lib:$droot/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    blas_from="carried Debian packages ($deps)"
+elif pkg-config --exists openblas 2>/dev/null; then
+    blas_inc=$(pkg-config --variable=includedir openblas) blas_lib=$(pkg-config --variable=libdir openblas)
+    blas_from="system (pkg-config)"
+else
+    for d in /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas /usr/include; do
+        [[ -f $d/cblas.h ]] && { blas_inc=$d; break; }
+    done
+    lib=$(ldconfig -p 2>/dev/null | awk '/libopenblas\.so /{print $NF; exit}')
+    [[ -n $lib ]] && blas_lib=$(dirname "$lib")
+    [[ -n $blas_inc && -n $blas_lib ]] && blas_from="system ($blas_inc, $blas_lib)"
+fi
+if [[ ! -f $blas_inc/cblas.h ]]; then
+    say "OpenBLAS: NOT FOUND (no cblas.h / libopenblas here, and no $deps/*.deb carried): the CPU" \
+        "backend, and so every kernel test and the benchmark, cannot link. Run" \
+        "tests/device/prepare.sh before the device call and carry $deps (tests/device/README.md)."
+else
+    say "OpenBLAS: $blas_from"
+fi
+
+# ---- 3. build ----
+mode='' build_ok=0 bindir=''
+tests=()
+for src in tests/kernels/test_*.c; do [[ -f $src ]] && tests+=("$(basename "$src" .c)"); done
+{
+    if [[ ${DS_DEVICE_BUILD:-} == direct ]]; then
+        echo "DS_DEVICE_BUILD=direct: no meson attempt"
+    elif command -v meson >/dev/null && command -v ninja >/dev/null; then
+        if [[ -f $build/build.ninja ]]; then
+            timeout "$(limit 120 300)" meson setup --reconfigure "$build" -Dcuda=enabled -Dwerror=false
+        else
+            timeout "$(limit 120 300)" meson setup "$build" -Dcuda=enabled -Dwerror=false
+        fi && mode=meson
+    else
+        echo "meson or ninja missing"
+    fi
+} >"$logs/build.log" 2>&1
+if [[ $mode == meson ]]; then
+    say "build: meson configured the whole project; building the kernel targets"
+    targets=(bench/kernels_bench)
+    for t in "${tests[@]}"; do targets+=("tests/kernels/$t"); done
+    timeout "$(limit 300 200)" ninja -C "$build" -k 0 "${targets[@]}" >>"$logs/build.log" 2>&1
+    bindir=$build
+else
+    why=$(grep -m1 -E "ERROR|not found|missing" "$logs/build.log" | cut -c1-160)
+    say "build: meson cannot configure the whole project here (${why:-see build.log}); building" \
+        "the kernels, their tests and the benchmark directly (tests/device/build_direct.sh)"
+    mode=direct
+    bindir=$build/direct
+    timeout "$(limit 300 200)" bash tests/device/build_direct.sh "$bindir" "$blas_inc" "$blas_lib" \
+        >>"$logs/build.log" 2>&1
+fi
+[[ -x $bindir/bench/kernels_bench ]] && build_ok=1
+build_s=$(elapsed)
+build_error=$( (grep -m1 -E "error:|undefined reference|did not (compile|link)" "$logs/build.log" ||
+    grep -m1 "FAILED:" "$logs/build.log") | cut -c1-150)
+say "build ($mode): $([[ $build_ok == 1 ]] && echo ok || echo "FAILED: $build_error") at ${build_s}s"
+
+# ---- 4. the gpu suite ----
+export DS_TEST_DATA=$root/tests/data DS_SOURCE_ROOT=$root DS_BUILD_ROOT=$bindir
+passed=0 failed=0 skipped=0
+rows=()
+: >"$logs/tests.log"
+phase_end=$(($(elapsed) + $(limit 240 150)))
+for t in "${tests[@]}"; do
+    bin=$bindir/tests/kernels/$t
+    left=$((phase_end - $(elapsed)))
+    if [[ ! -x $bin ]]; then
+        rows+=("$t|FAIL|did not build (build.log)|-"); failed=$((failed + 1)); continue
+    fi
+    if ((left < 5)); then
+        rows+=("$t|FAIL|not run: time budget spent|-"); failed=$((failed + 1)); continue
+    fi
+    start_ns=$(date +%s%N)
+    echo "=== $t --backend cuda" >>"$logs/tests.log"
+    timeout "$((left < 120 ? left : 120))" "$bin" --backend cuda >"$logs/one-test.log" 2>&1
+    rc=$?
+    ms=$((($(date +%s%N) - start_ns) / 1000000))
+    secs=$((ms / 1000)).$((ms % 1000 / 100))
+    cat "$logs/one-test.log" >>"$logs/tests.log"
+    cases=$(grep -E '^[0-9]+ cases, [0-9]+ failed' "$logs/one-test.log" | tail -1)
+    case $rc in
+        0) passed=$((passed + 1)); rows+=("$t|pass|${cases:-?}|${secs}s") ;;
+        77) skipped=$((skipped + 1)); rows+=("$t|skip|$(grep -m1 '^skipped' "$logs/one-test.log" | cut -c1-70)|-") ;;
+        124 | 137) failed=$((failed + 1)); rows+=("$t|FAIL|timed out|${secs}s") ;;
+        *) failed=$((failed + 1)); rows+=("$t|FAIL|exit $rc; ${cases:-no summary (crash?)}|${secs}s") ;;
+    esac
+done
+rm -f "$logs/one-test.log"
+say "gpu suite: $passed passed, $failed failed, $skipped skipped"
+
+# ---- 5. benchmarks ----
+: >"$logs/bench.jsonl"
+if [[ $build_ok == 1 ]]; then
+    anchor=python3
+    [[ $torch == *" cuda" ]] || anchor=none
+    DS_BUILD_DIR=$bindir DS_BENCH_LOG=$logs/bench.jsonl DS_BENCH_TIMEOUT=90 \
+        timeout "$(limit 300 15)" bash bench/kernels/run_gpu.sh "$anchor" 5 >"$logs/bench.txt" 2>&1
+    [[ $? == 124 ]] && echo "(run_gpu.sh stopped at the time budget)" >>"$logs/bench.txt"
+else
+    echo "benchmarks not run: the build failed" >"$logs/bench.txt"
+fi
+
+# ---- 6. the table ----
+{
+    echo
+    echo "=== tests/device/run.sh: $(elapsed)s; logs in $logs"
+    echo "machine: ${gpu:-no GPU found} | nvcc: $([[ -n $nvcc ]] && "$nvcc" --version | grep -o 'release [0-9.]*' || echo none) | torch: ${torch:-none}"
+    echo "build: $mode, $([[ $build_ok == 1 ]] && echo ok || echo FAILED) (${build_s}s); OpenBLAS: ${blas_from:-missing}"
+    [[ $build_ok == 1 ]] || echo "  first build error: ${build_error:-see build.log}"
+    echo "gpu suite (tests/kernels --backend cuda):"
+    for r in "${rows[@]}"; do
+        IFS='|' read -r name verdict detail secs <<<"$r"
+        printf '  %-22s %-5s %-8s %s\n' "$name" "$verdict" "$secs" "$detail"
+    done
+    ((${#rows[@]} == 0)) && echo "  (no test programs in tests/kernels)"
+    grep -v '^run_gpu.sh:' "$logs/bench.txt"
+    echo "$passed passed, $failed failed, $skipped skipped"
+} | tee -a "$runlog"
+[[ $failed == 0 && $build_ok == 1 ]]
