@@ -3,8 +3,7 @@
  * A class declares its parameter tree (names, shapes, dtypes) from its constructor kwargs
  * without allocating any tensor data, as upstream does under skip_model_initialization(). The
  * loader checks a converted file against that tree and binds the file's tensors to it.
- * Forward passes join the class when the kernels exist (kernels issue); `steps` lists what a
- * class can run.
+ * `steps` lists what a loaded model of the class can run (its forward passes).
  */
 #ifndef DS_MODELS_MODEL_CLASS_H
 #define DS_MODELS_MODEL_CLASS_H
@@ -14,6 +13,7 @@
 #include "core/error.h"
 #include "core/kwargs.h"
 #include "core/state_dict.h"
+#include "models/model_step.h"
 
 typedef struct ds_model_class {
     const char *name;   /* upstream dotted path */
@@ -21,6 +21,9 @@ typedef struct ds_model_class {
      * upstream's module order, dtype = the dtype upstream creates them with (f32). Must call
      * ds_kwargs_check_all_used. INVALID_ARGUMENT for bad kwargs. */
     int (*declare_parameters)(ds_kwargs *kwargs, ds_state_dict *params, ds_error *err);
+    /* What a loaded model of this class can run (model_step.h); none yet for some classes. */
+    const ds_model_step *steps;
+    size_t step_count;
 } ds_model_class;
 
 /* NULL when this build does not implement the class. */
