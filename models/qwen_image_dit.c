@@ -2,7 +2,19 @@
  *
  * Width, heads, text width and patch channels are fixed in upstream's constructor; only the
  * depth and the two Qwen-Image-Layered switches are kwargs. The RoPE tables are plain
- * attributes, and the LayerNorms have no affine parameters, so neither appears here. */
+ * attributes, and the LayerNorms have no affine parameters, so neither appears here.
+ *
+ * The forward pass is the pipeline's model_fn_qwen_image on the text-to-image path (facts
+ * §6.2), one function per upstream module, on the op API (kernels/ops.h). */
+#include "models/qwen_image_dit.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/float_convert.h"
+#include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/param_tree.h"
 
@@ -14,6 +26,11 @@ enum {
     TEXT_DIM = 3584,  /* Qwen2.5-VL hidden size */
     PATCH_DIM = 64,   /* 16 latent channels x 2x2 patch */
     FREQ_DIM = 256,   /* sinusoidal timestep channels */
+    HEADS = DIM / HEAD_DIM,
+    MLP_DIM = 4 * DIM,
+    LATENT_CHANNELS = 16,
+    PATCH = 2,
+    ROPE_PAIRS = HEAD_DIM / 2, /* one rotation angle per pair of a head's channels */
 };
 
 /* QwenImageTransformerBlock, in its registration order: img_mod, attn, img_mlp, txt_mod, txt_mlp. */
@@ -91,7 +108,849 @@ static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error
     return DS_OK;
 }
 
+/* ---- Forward pass ---- */
+
+#define NORM_EPS 1e-6f /* every LayerNorm and RMSNorm of the model */
+#define ROPE_THETA 10000.0f
+#define MAX_BLOCK_WEIGHTS 48 /* tensors one block binds (32) with room to spare */
+
+/* Sizes of one forward call. */
+typedef struct dit_dims {
+    int64_t batch;     /* B */
+    int64_t grid_h;    /* H / 2: token rows (latent rows are even) */
+    int64_t grid_w;    /* W / 2: token columns */
+    int64_t text_len;  /* L: prompt tokens */
+    int64_t image_len; /* N = grid_h * grid_w: image tokens */
+    int64_t seq_len;   /* L + N: the joint attention sequence, text first */
+    ds_dtype dtype;    /* compute dtype: the latents' */
+} dit_dims;
+
+/* Parameters bound as tensors on the compute backend. On the CPU they are views into the
+ * mapped file; otherwise (or when the stored dtype is one an op does not take) they are copies
+ * this set owns, released with the set, so a non-CPU backend holds one block at a time. */
+typedef struct weight_set {
+    ds_backend *backend;
+    int on_host;                             /* backend is the CPU: views, no copies */
+    ds_tensor device[MAX_BLOCK_WEIGHTS];     /* ds_tensor_alloc'd copies, freed with the set */
+    size_t device_count;
+    void *host[MAX_BLOCK_WEIGHTS];           /* malloc'd f32 conversions, freed with the set */
+    size_t host_count;
+} weight_set;
+
+typedef struct linear_weights {
+    ds_tensor weight; /* [N, K] */
+    ds_tensor bias;   /* [N] */
+} linear_weights;
+
+/* QwenImageTransformerBlock's parameters. */
+typedef struct block_weights {
+    linear_weights img_mod;     /* [18432, 3072]: shift, scale, gate (attention), then (MLP) */
+    linear_weights txt_mod;     /* [18432, 3072]: the same for the text stream */
+    linear_weights to_q;        /* [3072, 3072]: image stream projections */
+    linear_weights to_k;
+    linear_weights to_v;
+    linear_weights add_q;       /* [3072, 3072]: text stream projections */
+    linear_weights add_k;
+    linear_weights add_v;
+    ds_tensor norm_q;           /* [128]: per-head RMSNorm of image q */
+    ds_tensor norm_k;           /* [128]: image k */
+    ds_tensor norm_added_q;     /* [128]: text q */
+    ds_tensor norm_added_k;     /* [128]: text k */
+    linear_weights to_out;      /* [3072, 3072]: image attention output */
+    linear_weights to_add_out;  /* [3072, 3072]: text attention output */
+    linear_weights img_mlp_in;  /* [12288, 3072] */
+    linear_weights img_mlp_out; /* [3072, 12288] */
+    linear_weights txt_mlp_in;  /* [12288, 3072] */
+    linear_weights txt_mlp_out; /* [3072, 12288] */
+} block_weights;
+
+/* The parameters outside the blocks. */
+typedef struct outer_weights {
+    linear_weights time_1;   /* [3072, 256]: timestep_embedder.linear_1 */
+    linear_weights time_2;   /* [3072, 3072]: timestep_embedder.linear_2 */
+    ds_tensor txt_norm;      /* [3584]: RMSNorm of the prompt embedding */
+    linear_weights img_in;   /* [3072, 64] */
+    linear_weights txt_in;   /* [3072, 3584] */
+    linear_weights norm_out; /* [6144, 3072]: final scale, shift */
+    linear_weights proj_out; /* [64, 3072] */
+} outer_weights;
+
+/* Activations, all on the compute backend in the compute dtype unless noted. */
+typedef struct dit_state {
+    ds_tensor timestep;     /* [B] f32: timestep / 1000, rounded as upstream */
+    ds_tensor key_mask;     /* [B, L + N] u8, or no data when every key is valid */
+    ds_tensor img_cos;      /* [N, 64] f32: RoPE of the image tokens */
+    ds_tensor img_sin;      /* [N, 64] f32 */
+    ds_tensor txt_cos;      /* [L, 64] f32: RoPE of the text tokens */
+    ds_tensor txt_sin;      /* [L, 64] f32 */
+    ds_tensor latents;      /* [B, 16, H, W]: upload of the input (non-CPU backends) */
+    ds_tensor prompt;       /* [B, L, 3584]: upload of the input (non-CPU backends) */
+    ds_tensor prompt_normed;/* [B, L, 3584]: txt_norm(prompt_emb) */
+    ds_tensor packed;       /* [B, N, 64]: 2x2-packed latents, later proj_out's output */
+    ds_tensor temb_freq;    /* [B, 256]: sinusoidal timestep embedding */
+    ds_tensor temb_hidden;  /* [B, 3072]: SiLU(linear_1(temb_freq)) */
+    ds_tensor temb;         /* [B, 3072]: the conditioning */
+    ds_tensor temb_silu;    /* [B, 3072]: SiLU(temb), the input of every modulation linear */
+    ds_tensor image;        /* [B, N, 3072]: image stream */
+    ds_tensor text;         /* [B, L, 3072]: text stream */
+    ds_tensor mod;          /* [B, 6, 3072]: one stream's modulation linear output */
+    ds_tensor img_mod[6];   /* [B, 1, 3072] each: shift, scale, gate (attention), (MLP) */
+    ds_tensor txt_mod[6];   /* [B, 1, 3072] each: the same for text */
+    ds_tensor img_x;        /* [B, N, 3072]: normed and modulated image stream */
+    ds_tensor txt_x;        /* [B, L, 3072]: normed and modulated text stream */
+    ds_tensor img_raw;      /* [B, N, 24, 128]: q or k projection before its RMSNorm */
+    ds_tensor txt_raw;      /* [B, L, 24, 128] */
+    ds_tensor img_q;        /* [B, N, 24, 128] */
+    ds_tensor img_k;        /* [B, N, 24, 128] */
+    ds_tensor img_v;        /* [B, N, 24, 128] */
+    ds_tensor txt_q;        /* [B, L, 24, 128] */
+    ds_tensor txt_k;        /* [B, L, 24, 128] */
+    ds_tensor txt_v;        /* [B, L, 24, 128] */
+    ds_tensor q;            /* [B, L + N, 24, 128]: joint [text, image] */
+    ds_tensor k;            /* [B, L + N, 24, 128] */
+    ds_tensor v;            /* [B, L + N, 24, 128] */
+    ds_tensor attn;         /* [B, L + N, 24, 128]: attention output */
+    ds_tensor img_attn;     /* [B, N, 24, 128]: its image part */
+    ds_tensor txt_attn;     /* [B, L, 24, 128]: its text part */
+    ds_tensor img_out;      /* [B, N, 3072]: attention or MLP output of the image stream */
+    ds_tensor txt_out;      /* [B, L, 3072] */
+    ds_tensor img_hidden;   /* [B, N, 12288]: MLP hidden layer */
+    ds_tensor txt_hidden;   /* [B, L, 12288] */
+    ds_tensor out_mod;      /* [B, 2, 3072]: norm_out's linear output */
+    ds_tensor out_scale;    /* [B, 1, 3072] */
+    ds_tensor out_shift;    /* [B, 1, 3072] */
+    ds_tensor noise;        /* [B, 16, H, W]: the result (non-CPU backends) */
+} dit_state;
+
+static void state_free(dit_state *s)
+{
+    ds_tensor *all[] = {
+        &s->timestep, &s->key_mask, &s->img_cos, &s->img_sin, &s->txt_cos, &s->txt_sin,
+        &s->latents, &s->prompt, &s->prompt_normed, &s->packed, &s->temb_freq, &s->temb_hidden,
+        &s->temb, &s->temb_silu, &s->image, &s->text, &s->mod, &s->img_x, &s->txt_x,
+        &s->img_raw, &s->txt_raw, &s->img_q, &s->img_k, &s->img_v, &s->txt_q, &s->txt_k,
+        &s->txt_v, &s->q, &s->k, &s->v, &s->attn, &s->img_attn, &s->txt_attn, &s->img_out,
+        &s->txt_out, &s->img_hidden, &s->txt_hidden, &s->out_mod, &s->out_scale, &s->out_shift,
+        &s->noise,
+    };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        ds_tensor_free(all[i]);
+    for (int i = 0; i < 6; i++) {
+        ds_tensor_free(&s->img_mod[i]);
+        ds_tensor_free(&s->txt_mod[i]);
+    }
+}
+
+#define SHAPE(...) (const int64_t[]){__VA_ARGS__}
+
+/* The same memory under another shape of the same element count. */
+static ds_tensor view(const ds_tensor *t, int ndim, const int64_t *shape)
+{
+    ds_tensor v = *t;
+    v.ndim = ndim;
+    memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
+    return v;
+}
+
+/* On the CPU backend host memory is backend memory: inputs and weights are used in place. */
+static int is_cpu(const ds_backend *b) { return strcmp(b->name, "cpu") == 0; }
+
+/* A host tensor as an operand on `b`: the same memory on the CPU, an upload into `copy`
+ * otherwise. */
+static int to_backend(ds_backend *b, const ds_tensor *host, ds_tensor *copy, ds_tensor *out,
+                      ds_error *err)
+{
+    if (is_cpu(b)) {
+        *out = *host;
+        out->backend = b;
+        return DS_OK;
+    }
+    int rc = ds_tensor_alloc(b, host->dtype, host->ndim, host->shape, copy, err);
+    if (rc == DS_OK)
+        rc = ds_tensor_upload(copy, host->data, NULL, err);
+    *out = *copy;
+    return rc;
+}
+
+static void weight_set_release(weight_set *ws)
+{
+    for (size_t i = 0; i < ws->device_count; i++)
+        ds_tensor_free(&ws->device[i]);
+    for (size_t i = 0; i < ws->host_count; i++)
+        free(ws->host[i]);
+    ws->device_count = ws->host_count = 0;
+}
+
+/* Parameter prefix + name as an operand. Stored dtypes the ops take stay as they are (the ops
+ * convert on the fly); f64, and fp8 outside a linear weight, become an f32 copy. */
+static int bind(const ds_loaded_model *m, weight_set *ws, const char *prefix, const char *name,
+                int linear_weight, ds_tensor *out, ds_error *err)
+{
+    char full[DS__PARAM_NAME_MAX];
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    const ds_sd_entry *e = ds_state_dict_find(&m->params, full);
+    if (!e || e->dict || !e->tensor.data)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "QwenImageDiT: parameter \"%s\" is not loaded", full);
+    const ds_tensor_view *p = &e->tensor;
+    if (!ds_tensor_view_is_contiguous(p))
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "QwenImageDiT: parameter \"%s\" is not contiguous", full);
+    ds_dtype d = p->dtype;
+    int usable = d == DS_F32 || d == DS_BF16 || d == DS_F16 ||
+                 (linear_weight && (d == DS_F8_E4M3 || d == DS_F8_E5M2));
+    if (ws->device_count == MAX_BLOCK_WEIGHTS || ws->host_count == MAX_BLOCK_WEIGHTS)
+        return ds_error_set(err, DS_ERR_INTERNAL, "QwenImageDiT: too many bound weights");
+    ds_tensor host = ds_tensor_wrap(ws->backend, d, p->ndim, p->shape, (void *)p->data);
+    if (!usable) {
+        uint64_t n = ds_tensor_view_numel(p);
+        float *f = malloc(n ? n * sizeof *f : 1);
+        if (!f)
+            return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                                "QwenImageDiT: out of memory converting \"%s\" to f32", full);
+        ds_convert_to_f32(p->data, d, n, f);
+        ws->host[ws->host_count++] = f;
+        host = ds_tensor_wrap(ws->backend, DS_F32, p->ndim, p->shape, f);
+    }
+    if (ws->on_host) {
+        *out = host;
+        return DS_OK;
+    }
+    ds_tensor *copy = &ws->device[ws->device_count];
+    int rc = ds_tensor_alloc(ws->backend, host.dtype, host.ndim, host.shape, copy, err);
+    if (rc != DS_OK)
+        return ds_error_prefix(err, "QwenImageDiT: uploading \"%s\": ", full);
+    ws->device_count++;
+    if ((rc = ds_tensor_upload(copy, host.data, NULL, err)) != DS_OK)
+        return ds_error_prefix(err, "QwenImageDiT: uploading \"%s\": ", full);
+    *out = *copy;
+    return DS_OK;
+}
+
+static int bind_linear(const ds_loaded_model *m, weight_set *ws, const char *prefix,
+                       const char *name, linear_weights *out, ds_error *err)
+{
+    char part[DS__PARAM_NAME_MAX];
+    int rc;
+    snprintf(part, sizeof part, "%s.weight", name);
+    if ((rc = bind(m, ws, prefix, part, 1, &out->weight, err)) != DS_OK)
+        return rc;
+    snprintf(part, sizeof part, "%s.bias", name);
+    return bind(m, ws, prefix, part, 0, &out->bias, err);
+}
+
+static int bind_outer(const ds_loaded_model *m, weight_set *ws, outer_weights *w, ds_error *err)
+{
+    const char *te = "time_text_embed.timestep_embedder.";
+    int rc;
+    if ((rc = bind_linear(m, ws, te, "linear_1", &w->time_1, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, te, "linear_2", &w->time_2, err)) != DS_OK ||
+        (rc = bind(m, ws, "", "txt_norm.weight", 0, &w->txt_norm, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, "", "img_in", &w->img_in, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, "", "txt_in", &w->txt_in, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, "", "norm_out.linear", &w->norm_out, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, "", "proj_out", &w->proj_out, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+static int bind_block(const ds_loaded_model *m, weight_set *ws, int64_t i, block_weights *w,
+                      ds_error *err)
+{
+    char p[DS__PARAM_NAME_MAX];
+    int rc;
+    snprintf(p, sizeof p, "transformer_blocks.%lld.", (long long)i);
+    if ((rc = bind_linear(m, ws, p, "img_mod.1", &w->img_mod, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "txt_mod.1", &w->txt_mod, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "attn.to_q", &w->to_q, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "attn.to_k", &w->to_k, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "attn.to_v", &w->to_v, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "attn.add_q_proj", &w->add_q, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "attn.add_k_proj", &w->add_k, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "attn.add_v_proj", &w->add_v, err)) != DS_OK ||
+        (rc = bind(m, ws, p, "attn.norm_q.weight", 0, &w->norm_q, err)) != DS_OK ||
+        (rc = bind(m, ws, p, "attn.norm_k.weight", 0, &w->norm_k, err)) != DS_OK ||
+        (rc = bind(m, ws, p, "attn.norm_added_q.weight", 0, &w->norm_added_q, err)) != DS_OK ||
+        (rc = bind(m, ws, p, "attn.norm_added_k.weight", 0, &w->norm_added_k, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "attn.to_out.0", &w->to_out, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "attn.to_add_out", &w->to_add_out, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "img_mlp.net.0.proj", &w->img_mlp_in, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "img_mlp.net.2", &w->img_mlp_out, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "txt_mlp.net.0.proj", &w->txt_mlp_in, err)) != DS_OK ||
+        (rc = bind_linear(m, ws, p, "txt_mlp.net.2", &w->txt_mlp_out, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+static int linear(ds_backend *b, const ds_tensor *x, const linear_weights *w, ds_activation act,
+                  ds_tensor *y, ds_error *err)
+{
+    ds_linear_args a = {x, &w->weight, &w->bias, 1.0f, act, y};
+    return ds_linear(b, NULL, &a, err);
+}
+
+/* x[B, S, 3072] -> LayerNorm (no affine) -> * (1 + scale) + shift. */
+static int norm_modulate(ds_backend *b, const ds_tensor *x, const ds_tensor *shift,
+                         const ds_tensor *scale, ds_tensor *y, ds_error *err)
+{
+    ds_layer_norm_args ln = {x, NULL, NULL, NORM_EPS, y};
+    ds_modulate_args mod = {y, scale, shift, y};
+    int rc = ds_layer_norm(b, NULL, &ln, err);
+    return rc != DS_OK ? rc : ds_modulate(b, NULL, &mod, err);
+}
+
+/* Splits a [B, n * 3072] modulation linear output, viewed [B, n, 3072], into n [B, 1, 3072]
+ * parts, in upstream's chunk order. */
+static int split_mod(ds_backend *b, const ds_tensor *mod, int n, ds_tensor *parts, ds_error *err)
+{
+    ds_tensor whole = view(mod, 3, SHAPE(mod->shape[0], n, DIM));
+    for (int i = 0; i < n; i++) {
+        ds_slice_args a = {&whole, 1, i, &parts[i]};
+        int rc = ds_slice(b, NULL, &a, err);
+        if (rc != DS_OK)
+            return rc;
+    }
+    return DS_OK;
+}
+
+/* ---- RoPE tables (QwenEmbedRope, scale_rope=True) ---- */
+
+/* One token's 64 angles: 8 frame pairs, 28 height pairs, 28 width pairs (axes_dim 16, 56, 56).
+ * Upstream builds freq = 1 / theta^(2j/d) and angle = pos * freq in float32 (torch.polar over
+ * float32), so the angle is rounded exactly as there before its cos and sin. */
+static void rope_row(float *cos_row, float *sin_row, int64_t pos_frame, int64_t pos_h,
+                     int64_t pos_w)
+{
+    static const int axes_dim[3] = {16, 56, 56};
+    const int64_t pos[3] = {pos_frame, pos_h, pos_w};
+    int col = 0;
+    for (int a = 0; a < 3; a++) {
+        int d = axes_dim[a];
+        for (int j = 0; j < d / 2; j++, col++) {
+            float exponent = (float)(2 * j) / (float)d;
+            float freq = 1.0f / powf(ROPE_THETA, exponent);
+            float angle = (float)pos[a] * freq;
+            cos_row[col] = (float)cos((double)angle);
+            sin_row[col] = (float)sin((double)angle);
+        }
+    }
+}
+
+/* Image token (y, x) of the grid_h x grid_w grid is centred: height position
+ * y - (grid_h - grid_h / 2), width x - (grid_w - grid_w / 2), frame 0. Text token j sits after
+ * the image's largest half extent, on all three axes: max(grid_h / 2, grid_w / 2) + j. */
+static int rope_tables(const dit_dims *d, dit_state *s, ds_error *err)
+{
+    int64_t n = d->image_len, l = d->text_len;
+    float *host = malloc((size_t)(2 * (n + l) * ROPE_PAIRS) * sizeof *host);
+    if (!host)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "QwenImageDiT: out of memory for RoPE");
+    float *img_cos = host, *img_sin = img_cos + n * ROPE_PAIRS;
+    float *txt_cos = img_sin + n * ROPE_PAIRS, *txt_sin = txt_cos + l * ROPE_PAIRS;
+    for (int64_t y = 0; y < d->grid_h; y++)
+        for (int64_t x = 0; x < d->grid_w; x++) {
+            int64_t t = y * d->grid_w + x;
+            rope_row(img_cos + t * ROPE_PAIRS, img_sin + t * ROPE_PAIRS, 0,
+                     y - (d->grid_h - d->grid_h / 2), x - (d->grid_w - d->grid_w / 2));
+        }
+    int64_t text_start = d->grid_h / 2 > d->grid_w / 2 ? d->grid_h / 2 : d->grid_w / 2;
+    for (int64_t j = 0; j < l; j++)
+        rope_row(txt_cos + j * ROPE_PAIRS, txt_sin + j * ROPE_PAIRS, text_start + j,
+                 text_start + j, text_start + j);
+    int rc;
+    if ((rc = ds_tensor_upload(&s->img_cos, img_cos, NULL, err)) != DS_OK ||
+        (rc = ds_tensor_upload(&s->img_sin, img_sin, NULL, err)) != DS_OK ||
+        (rc = ds_tensor_upload(&s->txt_cos, txt_cos, NULL, err)) != DS_OK ||
+        (rc = ds_tensor_upload(&s->txt_sin, txt_sin, NULL, err)) != DS_OK) {
+        free(host);
+        return rc;
+    }
+    free(host);
+    return DS_OK;
+}
+
+/* ---- Modules ---- */
+
+/* time_text_embed(timestep / 1000, dtype): the 256-channel sinusoid [cos | sin] at scale 1000,
+ * stored in the compute dtype (upstream's .to(dtype)), then linear_1 -> SiLU -> linear_2. */
+static int timestep_embedder(ds_backend *b, const outer_weights *w, dit_state *s, ds_error *err)
+{
+    ds_timestep_embedding_args te = {&s->timestep, 1, 0.0f, 1000.0f, 10000.0f, &s->temb_freq};
+    int rc;
+    if ((rc = ds_timestep_embedding(b, NULL, &te, err)) != DS_OK ||
+        (rc = linear(b, &s->temb_freq, &w->time_1, DS_ACT_SILU, &s->temb_hidden, err)) != DS_OK ||
+        (rc = linear(b, &s->temb_hidden, &w->time_2, DS_ACT_NONE, &s->temb, err)) != DS_OK)
+        return rc;
+    /* Every consumer of temb (img_mod, txt_mod, norm_out) applies SiLU first: do it once. */
+    ds_activation_args act = {&s->temb, DS_ACT_SILU, &s->temb_silu};
+    return ds_activate(b, NULL, &act, err);
+}
+
+/* One q or k projection: linear, per-head RMSNorm, RoPE; [B, S, 3072] -> [B, S, 24, 128]. */
+static int project_qk(ds_backend *b, const ds_tensor *x, const linear_weights *proj,
+                      const ds_tensor *norm, const ds_tensor *cos, const ds_tensor *sin,
+                      ds_tensor *raw, ds_tensor *out, ds_error *err)
+{
+    ds_tensor raw3 = view(raw, 3, SHAPE(raw->shape[0], raw->shape[1], DIM));
+    ds_rms_norm_args rn = {raw, norm, NORM_EPS, out};
+    ds_rope_args rope = {out, cos, sin, DS_ROPE_INTERLEAVED, out};
+    int rc;
+    if ((rc = linear(b, x, proj, DS_ACT_NONE, &raw3, err)) != DS_OK ||
+        (rc = ds_rms_norm(b, NULL, &rn, err)) != DS_OK)
+        return rc;
+    return ds_rope(b, NULL, &rope, err);
+}
+
+/* QwenDoubleStreamAttention: both streams projected to 24 heads, q and k RMS-normed and
+ * rotated, one attention over [text, image], split back, and each part projected out. */
+static int block_attention(ds_backend *b, const dit_dims *d, const block_weights *w,
+                           dit_state *s, ds_error *err)
+{
+    int64_t B = d->batch, N = d->image_len, L = d->text_len;
+    ds_tensor img_v3 = view(&s->img_v, 3, SHAPE(B, N, DIM));
+    ds_tensor txt_v3 = view(&s->txt_v, 3, SHAPE(B, L, DIM));
+    int rc;
+    if ((rc = project_qk(b, &s->img_x, &w->to_q, &w->norm_q, &s->img_cos, &s->img_sin,
+                         &s->img_raw, &s->img_q, err)) != DS_OK ||
+        (rc = project_qk(b, &s->img_x, &w->to_k, &w->norm_k, &s->img_cos, &s->img_sin,
+                         &s->img_raw, &s->img_k, err)) != DS_OK ||
+        (rc = linear(b, &s->img_x, &w->to_v, DS_ACT_NONE, &img_v3, err)) != DS_OK ||
+        (rc = project_qk(b, &s->txt_x, &w->add_q, &w->norm_added_q, &s->txt_cos, &s->txt_sin,
+                         &s->txt_raw, &s->txt_q, err)) != DS_OK ||
+        (rc = project_qk(b, &s->txt_x, &w->add_k, &w->norm_added_k, &s->txt_cos, &s->txt_sin,
+                         &s->txt_raw, &s->txt_k, err)) != DS_OK ||
+        (rc = linear(b, &s->txt_x, &w->add_v, DS_ACT_NONE, &txt_v3, err)) != DS_OK)
+        return rc;
+
+    /* The joint sequence puts text first, as upstream's torch.cat([txt, img]). */
+    const ds_tensor *qs[] = {&s->txt_q, &s->img_q}, *ks[] = {&s->txt_k, &s->img_k},
+                    *vs[] = {&s->txt_v, &s->img_v};
+    ds_concat_args cq = {qs, 2, 1, &s->q}, ck = {ks, 2, 1, &s->k}, cv = {vs, 2, 1, &s->v};
+    ds_attention_args at = {&s->q, &s->k, &s->v, s->key_mask.data ? &s->key_mask : NULL,
+                            1.0f / sqrtf((float)HEAD_DIM), 0, &s->attn};
+    ds_slice_args st = {&s->attn, 1, 0, &s->txt_attn}, si = {&s->attn, 1, L, &s->img_attn};
+    if ((rc = ds_concat(b, NULL, &cq, err)) != DS_OK ||
+        (rc = ds_concat(b, NULL, &ck, err)) != DS_OK ||
+        (rc = ds_concat(b, NULL, &cv, err)) != DS_OK ||
+        (rc = ds_attention(b, NULL, &at, err)) != DS_OK ||
+        (rc = ds_slice(b, NULL, &st, err)) != DS_OK ||
+        (rc = ds_slice(b, NULL, &si, err)) != DS_OK)
+        return rc;
+
+    ds_tensor img_attn3 = view(&s->img_attn, 3, SHAPE(B, N, DIM));
+    ds_tensor txt_attn3 = view(&s->txt_attn, 3, SHAPE(B, L, DIM));
+    if ((rc = linear(b, &img_attn3, &w->to_out, DS_ACT_NONE, &s->img_out, err)) != DS_OK ||
+        (rc = linear(b, &txt_attn3, &w->to_add_out, DS_ACT_NONE, &s->txt_out, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* x += gate * MLP(LN(x) * (1 + scale) + shift), MLP = Linear -> x sigmoid(1.702 x) -> Linear. */
+static int stream_mlp(ds_backend *b, ds_tensor *x, const ds_tensor *mod, const linear_weights *in,
+                      const linear_weights *out, ds_tensor *normed, ds_tensor *hidden,
+                      ds_tensor *y, ds_error *err)
+{
+    ds_gated_residual_args res = {x, &mod[5], y, x};
+    int rc;
+    if ((rc = norm_modulate(b, x, &mod[3], &mod[4], normed, err)) != DS_OK ||
+        (rc = linear(b, normed, in, DS_ACT_GELU_SIGMOID, hidden, err)) != DS_OK ||
+        (rc = linear(b, hidden, out, DS_ACT_NONE, y, err)) != DS_OK)
+        return rc;
+    return ds_gated_residual(b, NULL, &res, err);
+}
+
+/* QwenImageTransformerBlock: modulation from temb, attention half, MLP half, per stream. */
+static int block_forward(ds_backend *b, const dit_dims *d, const block_weights *w, dit_state *s,
+                         ds_error *err)
+{
+    ds_tensor mod2 = view(&s->mod, 2, SHAPE(d->batch, 6 * DIM));
+    ds_gated_residual_args img_res = {&s->image, &s->img_mod[2], &s->img_out, &s->image};
+    ds_gated_residual_args txt_res = {&s->text, &s->txt_mod[2], &s->txt_out, &s->text};
+    int rc;
+    /* [shift, scale, gate] for attention, then for the MLP: img_mod and txt_mod of SiLU(temb). */
+    if ((rc = linear(b, &s->temb_silu, &w->img_mod, DS_ACT_NONE, &mod2, err)) != DS_OK ||
+        (rc = split_mod(b, &s->mod, 6, s->img_mod, err)) != DS_OK ||
+        (rc = linear(b, &s->temb_silu, &w->txt_mod, DS_ACT_NONE, &mod2, err)) != DS_OK ||
+        (rc = split_mod(b, &s->mod, 6, s->txt_mod, err)) != DS_OK)
+        return rc;
+
+    /* Attention half: x += gate_a * attn(LN1(x) * (1 + scale_a) + shift_a), both streams. */
+    if ((rc = norm_modulate(b, &s->image, &s->img_mod[0], &s->img_mod[1], &s->img_x, err)) !=
+            DS_OK ||
+        (rc = norm_modulate(b, &s->text, &s->txt_mod[0], &s->txt_mod[1], &s->txt_x, err)) !=
+            DS_OK ||
+        (rc = block_attention(b, d, w, s, err)) != DS_OK ||
+        (rc = ds_gated_residual(b, NULL, &img_res, err)) != DS_OK ||
+        (rc = ds_gated_residual(b, NULL, &txt_res, err)) != DS_OK)
+        return rc;
+
+    /* MLP half, with the second three modulation parts. */
+    if ((rc = stream_mlp(b, &s->image, s->img_mod, &w->img_mlp_in, &w->img_mlp_out, &s->img_x,
+                         &s->img_hidden, &s->img_out, err)) != DS_OK ||
+        (rc = stream_mlp(b, &s->text, s->txt_mod, &w->txt_mlp_in, &w->txt_mlp_out, &s->txt_x,
+                         &s->txt_hidden, &s->txt_out, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* norm_out (AdaLayerNorm single: scale first, then shift) and proj_out, then the 2x2
+ * unpacking into noise [B, 16, H, W]. */
+static int norm_out_forward(ds_backend *b, const dit_dims *d, const outer_weights *w,
+                            dit_state *s, ds_tensor *noise, ds_error *err)
+{
+    ds_tensor mod2 = view(&s->out_mod, 2, SHAPE(d->batch, 2 * DIM));
+    ds_tensor parts[2] = {s->out_scale, s->out_shift};
+    ds_patchify_args up = {noise, PATCH, &s->packed};
+    int rc;
+    if ((rc = linear(b, &s->temb_silu, &w->norm_out, DS_ACT_NONE, &mod2, err)) != DS_OK ||
+        (rc = split_mod(b, &s->out_mod, 2, parts, err)) != DS_OK ||
+        (rc = norm_modulate(b, &s->image, &parts[1], &parts[0], &s->img_x, err)) != DS_OK ||
+        (rc = linear(b, &s->img_x, &w->proj_out, DS_ACT_NONE, &s->packed, err)) != DS_OK)
+        return rc;
+    return ds_unpatchify(b, NULL, &up, err);
+}
+
+/* ---- Inputs ---- */
+
+/* latents' message, shared by the step and the entry point. */
+#define LATENTS_EXPECTED "[B, 16, H, W] f32 or bf16 with H and W even"
+
+static int bad_input(const char *name, const ds_tensor *t, const char *expected, ds_error *err)
+{
+    char got[128];
+    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: input \"%s\" is %s, expected %s",
+                        name, ds_tensor_describe(t, got, sizeof got), expected);
+}
+
+static int is_int_mask(ds_dtype d)
+{
+    return d == DS_I64 || d == DS_I32 || d == DS_U8 || d == DS_BOOL;
+}
+
+/* Shapes and dtypes of the forward's inputs and output; fills dims. */
+static int check_inputs(const ds_tensor *latents, const ds_tensor *prompt_emb,
+                        const ds_tensor *prompt_mask, const ds_tensor *timestep,
+                        const ds_tensor *noise_pred, dit_dims *d, ds_error *err)
+{
+    char expected[128];
+    if (!latents || !prompt_emb || !timestep || !noise_pred)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: latents, prompt_emb, timestep and the output are required");
+    const int64_t *ls = latents->shape;
+    if ((latents->dtype != DS_F32 && latents->dtype != DS_BF16) || latents->ndim != 4 ||
+        ls[1] != LATENT_CHANNELS || ls[0] < 1 || ls[2] < 2 || ls[3] < 2 || ls[2] % 2 ||
+        ls[3] % 2)
+        return bad_input("latents", latents, LATENTS_EXPECTED, err);
+    *d = (dit_dims){.batch = ls[0], .grid_h = ls[2] / 2, .grid_w = ls[3] / 2,
+                    .dtype = latents->dtype};
+    d->image_len = d->grid_h * d->grid_w;
+
+    const char *dn = ds_dtype_name(d->dtype);
+    snprintf(expected, sizeof expected, "[%lld, L, %d] %s (latents' batch and dtype)",
+             (long long)d->batch, TEXT_DIM, dn);
+    if (prompt_emb->dtype != d->dtype || prompt_emb->ndim != 3 ||
+        prompt_emb->shape[0] != d->batch || prompt_emb->shape[1] < 1 ||
+        prompt_emb->shape[2] != TEXT_DIM)
+        return bad_input("prompt_emb", prompt_emb, expected, err);
+    d->text_len = prompt_emb->shape[1];
+    d->seq_len = d->text_len + d->image_len;
+
+    snprintf(expected, sizeof expected, "[%lld, %lld] i64, i32, u8 or bool", (long long)d->batch,
+             (long long)d->text_len);
+    if (prompt_mask && (!is_int_mask(prompt_mask->dtype) || prompt_mask->ndim != 2 ||
+                        prompt_mask->shape[0] != d->batch ||
+                        prompt_mask->shape[1] != d->text_len))
+        return bad_input("prompt_emb_mask", prompt_mask, expected, err);
+
+    snprintf(expected, sizeof expected, "[%lld] or [1] f32 or f64", (long long)d->batch);
+    if ((timestep->dtype != DS_F32 && timestep->dtype != DS_F64) || timestep->ndim != 1 ||
+        (timestep->shape[0] != d->batch && timestep->shape[0] != 1))
+        return bad_input("timestep", timestep, expected, err);
+
+    if (noise_pred->dtype != d->dtype || !ds_tensor_same_shape(noise_pred, latents) ||
+        !noise_pred->data)
+        return bad_input("noise_pred", noise_pred, "latents' shape and dtype", err);
+    return DS_OK;
+}
+
+/* What the pipeline feeds the model: the timestep cast to the compute dtype
+ * (timestep.to(torch_dtype)), then divided by 1000 in that dtype (model_fn_qwen_image). */
+static float model_timestep(double t, ds_dtype dtype)
+{
+    float f = (float)t;
+    if (dtype == DS_BF16) {
+        f = ds_bf16_to_f32(ds_f32_to_bf16(f));
+        return ds_bf16_to_f32(ds_f32_to_bf16(f / 1000.0f));
+    }
+    return f / 1000.0f;
+}
+
+/* timestep / 1000 per batch row, and the attention key mask when the prompt has padding. */
+static int upload_conditions(const dit_dims *d, const ds_tensor *timestep,
+                             const ds_tensor *prompt_mask, ds_backend *b, dit_state *s,
+                             ds_error *err)
+{
+    float *tv = malloc((size_t)d->batch * sizeof *tv);
+    if (!tv)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "QwenImageDiT: out of memory");
+    for (int64_t i = 0; i < d->batch; i++)
+        tv[i] = model_timestep(ds_load_f64(timestep->data, timestep->dtype,
+                                           timestep->shape[0] == 1 ? 0 : (size_t)i),
+                               d->dtype);
+    int rc = ds_tensor_alloc(b, DS_F32, 1, SHAPE(d->batch), &s->timestep, err);
+    if (rc == DS_OK)
+        rc = ds_tensor_upload(&s->timestep, tv, NULL, err);
+    free(tv);
+    if (rc != DS_OK || !prompt_mask)
+        return rc;
+
+    uint64_t count = (uint64_t)(d->batch * d->text_len);
+    size_t esize = ds_dtype_size(prompt_mask->dtype);
+    int padded = 0;
+    for (uint64_t i = 0; i < count && !padded; i++) {
+        const unsigned char *e = (const unsigned char *)prompt_mask->data + i * esize;
+        int nonzero = 0;
+        for (size_t k = 0; k < esize; k++)
+            nonzero |= e[k] != 0;
+        padded = !nonzero;
+    }
+    if (!padded)
+        return DS_OK; /* all ones: the same as no mask, and the attention runs unmasked */
+
+    /* Text keys follow the mask; image keys are always valid. */
+    uint8_t *mask = malloc((size_t)(d->batch * d->seq_len));
+    if (!mask)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "QwenImageDiT: out of memory");
+    for (int64_t bi = 0; bi < d->batch; bi++)
+        for (int64_t j = 0; j < d->seq_len; j++) {
+            uint8_t keep = 1;
+            if (j < d->text_len) {
+                const unsigned char *e = (const unsigned char *)prompt_mask->data +
+                                         (size_t)(bi * d->text_len + j) * esize;
+                keep = 0;
+                for (size_t k = 0; k < esize; k++)
+                    keep |= e[k] != 0;
+            }
+            mask[bi * d->seq_len + j] = keep;
+        }
+    rc = ds_tensor_alloc(b, DS_U8, 2, SHAPE(d->batch, d->seq_len), &s->key_mask, err);
+    if (rc == DS_OK)
+        rc = ds_tensor_upload(&s->key_mask, mask, NULL, err);
+    free(mask);
+    return rc;
+}
+
+/* Every activation, in the compute dtype unless noted. */
+static int alloc_state(const dit_dims *d, ds_backend *b, dit_state *s, ds_error *err)
+{
+    int64_t B = d->batch, N = d->image_len, L = d->text_len, S = d->seq_len;
+    ds_dtype t = d->dtype;
+    int rc;
+    if ((rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(N, ROPE_PAIRS), &s->img_cos, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(N, ROPE_PAIRS), &s->img_sin, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(L, ROPE_PAIRS), &s->txt_cos, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(L, ROPE_PAIRS), &s->txt_sin, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, TEXT_DIM), &s->prompt_normed, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, PATCH_DIM), &s->packed, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, FREQ_DIM), &s->temb_freq, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, DIM), &s->temb_hidden, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, DIM), &s->temb, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, DIM), &s->temb_silu, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, DIM), &s->image, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, DIM), &s->text, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 6, DIM), &s->mod, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, DIM), &s->img_x, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, DIM), &s->txt_x, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_raw, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_raw, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_q, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_k, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_v, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_q, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_k, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_v, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->q, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->k, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->v, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->attn, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_attn, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_attn, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, DIM), &s->img_out, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, DIM), &s->txt_out, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, MLP_DIM), &s->img_hidden, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, MLP_DIM), &s->txt_hidden, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 2, DIM), &s->out_mod, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->out_scale, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->out_shift, err)) != DS_OK)
+        return rc;
+    for (int i = 0; i < 6; i++)
+        if ((rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->img_mod[i], err)) != DS_OK ||
+            (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->txt_mod[i], err)) != DS_OK)
+            return rc;
+    return DS_OK;
+}
+
+/* Blocks in the loaded tree: transformer_blocks.0 .. n-1. */
+static int64_t count_blocks(const ds_loaded_model *m)
+{
+    int64_t n = 0;
+    char name[DS__PARAM_NAME_MAX];
+    for (;; n++) {
+        snprintf(name, sizeof name, "transformer_blocks.%lld.img_mod.1.weight", (long long)n);
+        if (!ds_state_dict_find(&m->params, name))
+            return n;
+    }
+}
+
+int ds_qwen_image_dit_forward(const ds_loaded_model *m, const ds_step_context *ctx,
+                              const ds_tensor *latents, const ds_tensor *prompt_emb,
+                              const ds_tensor *prompt_mask, const ds_tensor *timestep,
+                              ds_tensor *noise_pred_out, ds_error *err)
+{
+    dit_dims d = {0};
+    dit_state s;
+    weight_set outer_set, block_set;
+    outer_weights ow;
+    block_weights bw;
+    memset(&s, 0, sizeof s);
+    memset(&outer_set, 0, sizeof outer_set);
+    memset(&block_set, 0, sizeof block_set);
+    int rc = check_inputs(latents, prompt_emb, prompt_mask, timestep, noise_pred_out, &d, err);
+    if (rc != DS_OK)
+        return rc;
+    if (!m || !ctx || !ctx->backend)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model or no backend");
+    if (ds_state_dict_find(&m->params, "time_text_embed.addition_t_embedding.weight"))
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "forward: the Qwen-Image-Layered DiT (use_additional_t_cond, layer "
+                            "3D RoPE) is not implemented");
+    ds_backend *b = ctx->backend;
+    int64_t blocks = count_blocks(m);
+    outer_set.backend = block_set.backend = b;
+    outer_set.on_host = block_set.on_host = is_cpu(b);
+
+    ds_tensor lat, prompt, noise;
+    if ((rc = alloc_state(&d, b, &s, err)) != DS_OK ||
+        (rc = to_backend(b, latents, &s.latents, &lat, err)) != DS_OK ||
+        (rc = to_backend(b, prompt_emb, &s.prompt, &prompt, err)) != DS_OK ||
+        (rc = upload_conditions(&d, timestep, prompt_mask, b, &s, err)) != DS_OK ||
+        (rc = rope_tables(&d, &s, err)) != DS_OK ||
+        (rc = bind_outer(m, &outer_set, &ow, err)) != DS_OK)
+        goto fail;
+    /* The output: written in place on the CPU, downloaded from a device copy otherwise. */
+    if (is_cpu(b)) {
+        noise = *noise_pred_out;
+        noise.backend = b;
+    } else {
+        if ((rc = ds_tensor_alloc(b, d.dtype, 4, latents->shape, &s.noise, err)) != DS_OK)
+            goto fail;
+        noise = s.noise;
+    }
+
+    /* Inputs: image = img_in(pack(latents)); text = txt_in(txt_norm(prompt_emb)); temb. */
+    ds_patchify_args pack = {&lat, PATCH, &s.packed};
+    ds_rms_norm_args txt_norm = {&prompt, &ow.txt_norm, NORM_EPS, &s.prompt_normed};
+    if ((rc = ds_patchify(b, NULL, &pack, err)) != DS_OK ||
+        (rc = linear(b, &s.packed, &ow.img_in, DS_ACT_NONE, &s.image, err)) != DS_OK ||
+        (rc = ds_rms_norm(b, NULL, &txt_norm, err)) != DS_OK ||
+        (rc = linear(b, &s.prompt_normed, &ow.txt_in, DS_ACT_NONE, &s.text, err)) != DS_OK ||
+        (rc = timestep_embedder(b, &ow, &s, err)) != DS_OK)
+        goto fail;
+
+    /* The transformer blocks, cancellable between any two. */
+    for (int64_t i = 0; i < blocks; i++) {
+        if (ctx->cancelled && ctx->cancelled(ctx->user)) {
+            rc = ds_error_set(err, DS_ERR_CANCELLED, "forward: cancelled before block %lld of %lld",
+                              (long long)i, (long long)blocks);
+            goto fail;
+        }
+        if ((rc = bind_block(m, &block_set, i, &bw, err)) != DS_OK ||
+            (rc = block_forward(b, &d, &bw, &s, err)) != DS_OK) {
+            ds_error_prefix(err, "forward: block %lld: ", (long long)i);
+            goto fail;
+        }
+        weight_set_release(&block_set);
+        if (ctx->progress)
+            ctx->progress(ctx->user, "forward", (uint64_t)(i + 1), (uint64_t)blocks);
+    }
+
+    /* Output: norm_out, proj_out, unpack to [B, 16, H, W]. */
+    if ((rc = norm_out_forward(b, &d, &ow, &s, &noise, err)) != DS_OK)
+        goto fail;
+    if (!is_cpu(b) && (rc = ds_tensor_download(&noise, noise_pred_out->data, NULL, err)) != DS_OK)
+        goto fail;
+    weight_set_release(&outer_set);
+    state_free(&s);
+    return DS_OK;
+
+fail:
+    weight_set_release(&block_set);
+    weight_set_release(&outer_set);
+    state_free(&s);
+    return rc;
+}
+
+/* ---- The "forward" step ---- */
+
+static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
+                        ds_step_io *out, ds_error *err)
+{
+    static const char *const known[] = {"latents", "prompt_emb", "prompt_emb_mask", "timestep",
+                                        NULL};
+    static const ds_dtype float_dtypes[] = {DS_F32, DS_BF16};
+    static const ds_dtype mask_dtypes[] = {DS_I64, DS_I32, DS_U8, DS_BOOL};
+    static const ds_dtype time_dtypes[] = {DS_F32, DS_F64};
+    const ds_tensor *latents, *prompt_emb, *mask, *timestep;
+    char expected[128];
+    int rc;
+    if ((rc = ds_step_io_check_names(in, "forward", known, err)) != DS_OK ||
+        (rc = ds_step_io_require(in, "forward", "latents", 0, float_dtypes, 2, 4,
+                                 SHAPE(-1, LATENT_CHANNELS, -1, -1), LATENTS_EXPECTED, &latents,
+                                 err)) != DS_OK)
+        return rc;
+    if (latents->shape[2] % 2 || latents->shape[3] % 2 || latents->shape[2] < 2 ||
+        latents->shape[3] < 2 || latents->shape[0] < 1)
+        return bad_input("latents", latents, LATENTS_EXPECTED, err);
+    int64_t batch = latents->shape[0];
+    snprintf(expected, sizeof expected, "[%lld, L, %d] %s (latents' batch and dtype)",
+             (long long)batch, TEXT_DIM, ds_dtype_name(latents->dtype));
+    if ((rc = ds_step_io_require(in, "forward", "prompt_emb", 0, &latents->dtype, 1, 3,
+                                 SHAPE(batch, -1, TEXT_DIM), expected, &prompt_emb, err)) != DS_OK)
+        return rc;
+    snprintf(expected, sizeof expected, "[%lld, %lld] i64, i32, u8 or bool", (long long)batch,
+             (long long)prompt_emb->shape[1]);
+    if ((rc = ds_step_io_require(in, "forward", "prompt_emb_mask", 1, mask_dtypes, 4, 2,
+                                 SHAPE(batch, prompt_emb->shape[1]), expected, &mask, err)) !=
+        DS_OK)
+        return rc;
+    snprintf(expected, sizeof expected, "[%lld] or [1] f32 or f64", (long long)batch);
+    if ((rc = ds_step_io_require(in, "forward", "timestep", 0, time_dtypes, 2, 1, SHAPE(-1),
+                                 expected, &timestep, err)) != DS_OK)
+        return rc;
+
+    ds_backend *cpu = ctx->backend;
+    ds_tensor *noise_pred;
+    if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+        return rc;
+    if ((rc = ds_step_io_new_tensor(out, cpu, "noise_pred", latents->dtype, 4, latents->shape,
+                                    &noise_pred, err)) != DS_OK)
+        return rc;
+    return ds_qwen_image_dit_forward(m, ctx, latents, prompt_emb, mask, timestep, noise_pred, err);
+}
+
+static const ds_model_step steps[] = {
+    {
+        .name = "forward",
+        .usage = "forward: latents [B, 16, H, W] (f32 or bf16, H and W even), prompt_emb "
+                 "[B, L, 3584] (latents' dtype), prompt_emb_mask [B, L] (optional), timestep [B] "
+                 "or [1] (0..1000) -> noise_pred [B, 16, H, W]",
+        .run = forward_step,
+    },
+};
+
 const ds_model_class ds__qwen_image_dit_class = {
     .name = CLASS_NAME,
     .declare_parameters = declare_parameters,
+    .steps = steps,
+    .step_count = sizeof steps / sizeof steps[0],
 };
