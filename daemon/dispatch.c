@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "daemon/run_step.h"
 #include "models/model_loader.h"
 
 #define MAX_SUGGESTIONS 5
@@ -242,6 +243,8 @@ static const char *body_name(Diffsynth__V1__Envelope__BodyCase body)
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL_RESULT: return "cancel_result";
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS: return "list_configs";
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS_RESULT: return "list_configs_result";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP: return "run_step";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP_RESULT: return "run_step_result";
     default: return NULL;
     }
 }
@@ -295,6 +298,7 @@ int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err)
     case DIFFSYNTH__V1__ENVELOPE__BODY_STATUS:
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL:
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS:
+    case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP:
         break;
     default:
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -327,6 +331,8 @@ int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err)
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                                 "cancel.target_request_id is 0; no request has that id");
         return DS_OK;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP:
+        return ds_run_step_validate(env->run_step, err);
     default:
         return DS_OK;
     }
@@ -855,7 +861,7 @@ static void handle_status(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
     arena a = {0};
     Diffsynth__V1__StatusResponse res = DIFFSYNTH__V1__STATUS_RESPONSE__INIT;
     res.version = DS_VERSION;
-    res.backend = "cpu";
+    res.backend = d->backend ? (char *)d->backend->name : "cpu";
     res.uptime_ms = ds_monotonic_ms() - d->started_monotonic_ms;
     res.clients = d->server ? ds_server_connection_count(d->server) : 0;
     res.models = (uint32_t)ds_pool_count(d->pool);
@@ -979,6 +985,7 @@ void ds_dispatch(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env
     case DIFFSYNTH__V1__ENVELOPE__BODY_STATUS: handle_status(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL: handle_cancel(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS: handle_list_configs(d, conn, env); break;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP: ds_run_step_handle(d, conn, env); break;
     default: break;
     }
 }

@@ -1,6 +1,7 @@
 /* Requests → handlers (DESIGN §3). Cheap requests (Identify, ListModels, Status, Cancel,
  * ListConfigs, Unload) are answered on the loop thread; Load becomes a job on the worker, and
- * its result enters the pool on the loop thread when the job completes.
+ * its result enters the pool on the loop thread when the job completes; RunStep is a job too
+ * (daemon/run_step.c).
  */
 #ifndef DS_DAEMON_DISPATCH_H
 #define DS_DAEMON_DISPATCH_H
@@ -16,6 +17,7 @@
 #include "daemon/scheduler.h"
 #include "daemon/server.h"
 #include "diffsynth.pb-c.h"
+#include "kernels/backend.h"
 
 /* Bounds on what one request may name: far above real use, low enough that no request can
  * make the daemon do unbounded work. */
@@ -36,6 +38,10 @@ struct ds_daemon {
     uint64_t requests_served;
     int shutting_down;         /* new requests get UNAVAILABLE */
     ds_identify_cache identify_cache;
+    /* Where steps compute, and the CPU backend whose host memory holds step inputs and outputs
+     * (the same backend unless --backend cuda). Created at start, used by the worker only. */
+    ds_backend *backend;
+    ds_backend *host_backend;
 };
 
 /* Checks an envelope before any handler sees it: a request body is present and its fields are

@@ -54,6 +54,9 @@ static void usage(FILE *out)
 "  --max-frame-bytes N      refuse request frames longer than N bytes and close the\n"
 "                           connection (default: %llu, at most %llu)\n"
 "  --max-connections N      refuse connections beyond N open ones (default: %d)\n"
+"  --backend cpu|cuda       where model steps compute (default: cpu); cuda uses GPU 0 and\n"
+"                           refuses to start when this build or machine has no usable GPU\n"
+"  --threads N              CPU threads for compute (default: 0 = every online CPU)\n"
 "  --log-level LEVEL        debug, info, warn or error (default: info); logs go to stderr\n"
 "  --help                   print this help and exit\n"
 "  --version                print the version and exit\n"
@@ -139,6 +142,8 @@ int main(int argc, char **argv)
         OPT_MAX_FRAME,
         OPT_MAX_CONN,
         OPT_LOG,
+        OPT_BACKEND,
+        OPT_THREADS,
         OPT_HELP,
         OPT_VERSION,
     };
@@ -150,6 +155,8 @@ int main(int argc, char **argv)
         {"max-frame-bytes", required_argument, NULL, OPT_MAX_FRAME},
         {"max-connections", required_argument, NULL, OPT_MAX_CONN},
         {"log-level", required_argument, NULL, OPT_LOG},
+        {"backend", required_argument, NULL, OPT_BACKEND},
+        {"threads", required_argument, NULL, OPT_THREADS},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -168,6 +175,8 @@ int main(int argc, char **argv)
         return EXIT_STARTUP;
     }
     int status = EXIT_USAGE;
+    int use_cuda = 0;
+    int threads = 0;
     int opt;
     uint64_t value;
     ds_log_level level;
@@ -194,6 +203,19 @@ int main(int argc, char **argv)
                 goto out_args;
             }
             ds_log_set_level(level);
+            break;
+        case OPT_BACKEND:
+            if (strcmp(optarg, "cpu") == 0 || strcmp(optarg, "cuda") == 0) {
+                use_cuda = strcmp(optarg, "cuda") == 0;
+            } else {
+                fprintf(stderr, "diffsynthd: --backend wants cpu or cuda, not \"%s\"\n", optarg);
+                goto out_args;
+            }
+            break;
+        case OPT_THREADS:
+            if (parse_u64("--threads", optarg, 0, 4096, &value) != 0)
+                goto out_args;
+            threads = (int)value;
             break;
         case OPT_HELP:
             usage(stdout);
@@ -282,6 +304,20 @@ int main(int argc, char **argv)
     }
     loop_open = 1;
     status = EXIT_STARTUP;
+    /* Step inputs and outputs live in host memory of the CPU backend even when steps compute
+     * on the GPU, so the CPU backend always exists. */
+    if (ds_cpu_backend_create(threads, &d->host_backend, &err) != DS_OK) {
+        fprintf(stderr, "diffsynthd: cannot create the CPU backend: %s\n", err.message);
+        goto out;
+    }
+    d->backend = d->host_backend;
+    if (use_cuda) {
+        if (ds_cuda_backend_create(0, &d->backend, &err) != DS_OK) {
+            d->backend = NULL;
+            fprintf(stderr, "diffsynthd: --backend cuda: %s\n", err.message);
+            goto out;
+        }
+    }
     if (ds_pool_new(&d->pool, &err) != DS_OK ||
         ds_scheduler_new(&loop, &d->scheduler, &err) != DS_OK) {
         fprintf(stderr, "diffsynthd: %s\n", err.message);
@@ -305,7 +341,7 @@ int main(int argc, char **argv)
 
     roots_text = ds_model_roots_describe(&d->roots);
     size_t config_count = ds_config_table_count(table);
-    ds_log_info("diffsynthd %s, backend cpu, pid %d", DS_VERSION, (int)getpid());
+    ds_log_info("diffsynthd %s, backend %s, pid %d", DS_VERSION, d->backend->name, (int)getpid());
     ds_log_info("model roots: %s%s", roots_text ? roots_text : "?",
                 root_count == 0 ? " (the working directory; use --model-root to choose)" : "");
     ds_log_info("model configs: %zu (%zu builtin + %zu from %zu file%s)", config_count,
@@ -336,6 +372,10 @@ out:
             ds_log_warn("event loop closed with handles still open");
     }
     ds_pool_free(d->pool);
+    /* After the worker is joined: nothing computes any more. */
+    if (d->backend != d->host_backend)
+        ds_backend_destroy(d->backend);
+    ds_backend_destroy(d->host_backend);
     ds_config_table_free(table);
     ds_model_roots_free(&d->roots);
     free(roots_text);

@@ -18,6 +18,7 @@
 
 typedef enum ds_job_kind {
     DS_JOB_LOAD = 1,
+    DS_JOB_RUN_STEP = 2,
 } ds_job_kind;
 
 #define DS_PROGRESS_PHASE_MAX 32

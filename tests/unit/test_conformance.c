@@ -764,6 +764,133 @@ static void cmp_ListConfigsResponse(const PC(ListConfigsResponse) *p, const NB(L
         cmp_ConfigEntry(p->entries[i], &n->entries[i]);
 }
 
+static void fill_pc_StepParam(PC(StepParam) *m, int k)
+{
+    m->name = S(k, 1);
+    m->value = S(k, 2);
+}
+
+static void fill_nb_StepParam(NB(StepParam) *m, int k)
+{
+    m->name = S(k, 1);
+    m->value = S(k, 2);
+}
+
+static void cmp_StepParam(const PC(StepParam) *p, const NB(StepParam) *n)
+{
+    CHECK_STR_EQ(n->name, p->name);
+    CHECK_STR_EQ(n->value, p->value);
+}
+
+static void fill_pc_AuxModel(PC(AuxModel) *m, int k)
+{
+    m->role = S(k, 1);
+    m->model_id = S(k, 2);
+}
+
+static void fill_nb_AuxModel(NB(AuxModel) *m, int k)
+{
+    m->role = S(k, 1);
+    m->model_id = S(k, 2);
+}
+
+static void cmp_AuxModel(const PC(AuxModel) *p, const NB(AuxModel) *n)
+{
+    CHECK_STR_EQ(n->role, p->role);
+    CHECK_STR_EQ(n->model_id, p->model_id);
+}
+
+static void fill_pc_RunStepRequest(PC(RunStepRequest) *m, int k)
+{
+    m->model_id = S(k, 1);
+    m->step = S(k, 2);
+    m->n_inputs = 2;
+    m->inputs = A(2 * sizeof *m->inputs);
+    m->n_params = 2;
+    m->params = A(2 * sizeof *m->params);
+    m->n_aux_models = 2;
+    m->aux_models = A(2 * sizeof *m->aux_models);
+    for (int i = 0; i < 2; i++) {
+        m->inputs[i] = PC_NEW(Tensor, tensor);
+        fill_pc_Tensor(m->inputs[i], k * 5 + i + 1);
+        m->params[i] = PC_NEW(StepParam, step_param);
+        fill_pc_StepParam(m->params[i], k * 5 + i + 3);
+        m->aux_models[i] = PC_NEW(AuxModel, aux_model);
+        fill_pc_AuxModel(m->aux_models[i], k * 5 + i + 5);
+    }
+    m->output_region = PC_NEW(SharedRegion, shared_region);
+    fill_pc_SharedRegion(m->output_region, k + 6);
+    m->max_inline_output_bytes = U64(k, 7);
+}
+
+static void fill_nb_RunStepRequest(NB(RunStepRequest) *m, int k)
+{
+    m->model_id = S(k, 1);
+    m->step = S(k, 2);
+    m->inputs_count = 2;
+    m->inputs = A(2 * sizeof *m->inputs);
+    m->params_count = 2;
+    m->params = A(2 * sizeof *m->params);
+    m->aux_models_count = 2;
+    m->aux_models = A(2 * sizeof *m->aux_models);
+    for (int i = 0; i < 2; i++) {
+        fill_nb_Tensor(&m->inputs[i], k * 5 + i + 1);
+        fill_nb_StepParam(&m->params[i], k * 5 + i + 3);
+        fill_nb_AuxModel(&m->aux_models[i], k * 5 + i + 5);
+    }
+    m->has_output_region = true;
+    fill_nb_SharedRegion(&m->output_region, k + 6);
+    m->max_inline_output_bytes = U64(k, 7);
+}
+
+static void cmp_RunStepRequest(const PC(RunStepRequest) *p, const NB(RunStepRequest) *n)
+{
+    CHECK_STR_EQ(n->model_id, p->model_id);
+    CHECK_STR_EQ(n->step, p->step);
+    REQUIRE(p->n_inputs == n->inputs_count && p->n_params == n->params_count &&
+            p->n_aux_models == n->aux_models_count);
+    for (size_t i = 0; i < p->n_inputs; i++)
+        cmp_Tensor(p->inputs[i], &n->inputs[i]);
+    for (size_t i = 0; i < p->n_params; i++)
+        cmp_StepParam(p->params[i], &n->params[i]);
+    for (size_t i = 0; i < p->n_aux_models; i++)
+        cmp_AuxModel(p->aux_models[i], &n->aux_models[i]);
+    REQUIRE(p->output_region && n->has_output_region);
+    cmp_SharedRegion(p->output_region, &n->output_region);
+    CHECK(p->max_inline_output_bytes == n->max_inline_output_bytes);
+}
+
+static void fill_pc_RunStepResponse(PC(RunStepResponse) *m, int k)
+{
+    m->n_outputs = 2;
+    m->outputs = A(2 * sizeof *m->outputs);
+    for (int i = 0; i < 2; i++) {
+        m->outputs[i] = PC_NEW(Tensor, tensor);
+        fill_pc_Tensor(m->outputs[i], k * 3 + i + 1);
+    }
+    m->queue_s = D(k, 2);
+    m->compute_s = D(k, 3);
+}
+
+static void fill_nb_RunStepResponse(NB(RunStepResponse) *m, int k)
+{
+    m->outputs_count = 2;
+    m->outputs = A(2 * sizeof *m->outputs);
+    for (int i = 0; i < 2; i++)
+        fill_nb_Tensor(&m->outputs[i], k * 3 + i + 1);
+    m->queue_s = D(k, 2);
+    m->compute_s = D(k, 3);
+}
+
+static void cmp_RunStepResponse(const PC(RunStepResponse) *p, const NB(RunStepResponse) *n)
+{
+    REQUIRE(p->n_outputs == n->outputs_count);
+    for (size_t i = 0; i < p->n_outputs; i++)
+        cmp_Tensor(p->outputs[i], &n->outputs[i]);
+    CHECK(same_double(p->queue_s, n->queue_s));
+    CHECK(same_double(p->compute_s, n->compute_s));
+}
+
 static void fill_pc_Progress(PC(Progress) *m, int k)
 {
     m->phase = S(k, 1);
@@ -833,7 +960,9 @@ static void cmp_Event(const PC(Event) *p, const NB(Event) *n)
     X(cancel, CancelRequest, cancel_request)                                                  \
     X(cancel_result, CancelResponse, cancel_response)                                         \
     X(list_configs, ListConfigsRequest, list_configs_request)                                 \
-    X(list_configs_result, ListConfigsResponse, list_configs_response)
+    X(list_configs_result, ListConfigsResponse, list_configs_response)                        \
+    X(run_step, RunStepRequest, run_step_request)                                             \
+    X(run_step_result, RunStepResponse, run_step_response)
 
 static const pb_size_t body_tags[] = {
 #define TAG(member, T, snake) diffsynth_v1_Envelope_##member##_tag,
@@ -989,6 +1118,7 @@ WRAP(IdentifyRequest) WRAP(ConfigSuggestion) WRAP(IdentifyResponse) WRAP(LoadReq
 WRAP(LoadResponse) WRAP(UnloadRequest) WRAP(UnloadResponse) WRAP(ListModelsRequest)
 WRAP(ListModelsResponse) WRAP(StatusRequest) WRAP(StatusResponse) WRAP(CancelRequest)
 WRAP(CancelResponse) WRAP(ListConfigsRequest) WRAP(ConfigEntry) WRAP(ListConfigsResponse)
+WRAP(StepParam) WRAP(AuxModel) WRAP(RunStepRequest) WRAP(RunStepResponse)
 WRAP(Progress) WRAP(Event) WRAP(Envelope)
 
 static const conf_case cases[] = {
@@ -1014,6 +1144,10 @@ static const conf_case cases[] = {
     CASE(ListConfigsRequest, list_configs_request),
     CASE(ConfigEntry, config_entry),
     CASE(ListConfigsResponse, list_configs_response),
+    CASE(StepParam, step_param),
+    CASE(AuxModel, aux_model),
+    CASE(RunStepRequest, run_step_request),
+    CASE(RunStepResponse, run_step_response),
     CASE(Progress, progress),
     CASE(Event, event),
     CASE(Envelope, envelope),

@@ -1,0 +1,112 @@
+#include "daemon/shm_region.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int ds_shm_check_name(const char *what, const char *name, ds_error *err)
+{
+    size_t len = strlen(name);
+    if (len < 2 || name[0] != '/')
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s.name \"%.256s\" is not a shared-memory name like \"/diffsynth-1-0\"",
+                            what, name);
+    if (len > NAME_MAX)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s.name has %zu bytes, at most %d",
+                            what, len, NAME_MAX);
+    for (size_t i = 1; i < len; i++)
+        if (name[i] == '/' || (unsigned char)name[i] < 0x20 || name[i] == 0x7F)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s.name has a '/' or a control character at byte %zu", what, i);
+    return DS_OK;
+}
+
+int ds_shm_map(const char *what, const char *name, uid_t uid, uint64_t offset, uint64_t size,
+               int writable, ds_shm_mapping *out, ds_error *err)
+{
+    memset(out, 0, sizeof *out);
+    int rc = ds_shm_check_name(what, name, err);
+    if (rc != DS_OK)
+        return rc;
+    if (size == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s.size is 0", what);
+    if (offset > UINT64_MAX - size)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: offset %llu + size %llu overflows", what,
+                            (unsigned long long)offset, (unsigned long long)size);
+
+    /* O_NOFOLLOW: /dev/shm entries are the client's to create; a symlink there is not ours to
+     * follow. */
+    int fd = shm_open(name, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT)
+            return ds_error_set(err, DS_ERR_NOT_FOUND,
+                                "%s: shared-memory object \"%s\" does not exist", what, name);
+        return ds_error_set(err, DS_ERR_PERMISSION_DENIED,
+                            "%s: cannot open shared-memory object \"%s\" %s: %s", what, name,
+                            writable ? "read-write" : "read-only", strerror(e));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        rc = ds_error_set(err, DS_ERR_INTERNAL, "%s: fstat of \"%s\": %s", what, name,
+                          strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                          "%s: \"%s\" is not a shared-memory object", what, name);
+        goto fail;
+    }
+    if (st.st_uid != uid) {
+        rc = ds_error_set(err, DS_ERR_PERMISSION_DENIED,
+                          "%s: shared-memory object \"%s\" is owned by uid %u, not by the "
+                          "client's uid %u",
+                          what, name, (unsigned)st.st_uid, (unsigned)uid);
+        goto fail;
+    }
+    if (st.st_size < 0 || offset + size > (uint64_t)st.st_size) {
+        rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                          "%s: region [%llu, %llu) lies outside shared-memory object \"%s\" of "
+                          "%lld bytes",
+                          what, (unsigned long long)offset, (unsigned long long)(offset + size),
+                          name, (long long)st.st_size);
+        goto fail;
+    }
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t aligned = offset - offset % page;
+    uint64_t length = offset - aligned + size;
+    if (length > SIZE_MAX) {
+        rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: region of %llu bytes is too large",
+                          what, (unsigned long long)size);
+        goto fail;
+    }
+    void *base = mmap(NULL, (size_t)length, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+                      MAP_SHARED, fd, (off_t)aligned);
+    if (base == MAP_FAILED) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: cannot map %llu bytes of \"%s\": %s",
+                          what, (unsigned long long)length, name, strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    out->base = base;
+    out->length = (size_t)length;
+    out->data = (uint8_t *)base + (offset - aligned);
+    out->size = size;
+    return DS_OK;
+
+fail:
+    close(fd);
+    return rc;
+}
+
+void ds_shm_unmap(ds_shm_mapping *m)
+{
+    if (m->base)
+        munmap(m->base, m->length);
+    memset(m, 0, sizeof *m);
+}
