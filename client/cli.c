@@ -155,7 +155,7 @@ int cli_parse(cli_ctx *ctx, const cli_command *cmd, int argc, char **argv, const
     return -1;
 }
 
-static void end_progress_line(cli_ctx *ctx)
+void cli_end_progress(cli_ctx *ctx)
 {
     if (ctx->progress_drawn) {
         fputc('\n', stderr);
@@ -163,7 +163,7 @@ static void end_progress_line(cli_ctx *ctx)
     }
 }
 
-static void on_progress(const diffsynth_v1_Progress *p, uint64_t request_id, void *user)
+void cli_on_progress(const diffsynth_v1_Progress *p, uint64_t request_id, void *user)
 {
     cli_ctx *ctx = user;
     (void)request_id;
@@ -214,8 +214,8 @@ int cli_call(cli_ctx *ctx, const diffsynth_v1_Envelope *request, diffsynth_v1_En
     int rc = cli_connect(ctx);
     if (rc)
         return rc;
-    rc = ds_client_call(ctx->client, request, response, -1, on_progress, ctx);
-    end_progress_line(ctx);
+    rc = ds_client_call(ctx->client, request, response, -1, cli_on_progress, ctx);
+    cli_end_progress(ctx);
     return rc;
 }
 

@@ -65,6 +65,15 @@ int cli_connect(cli_ctx *ctx);
  * status; nothing is printed. */
 int cli_call(cli_ctx *ctx, const diffsynth_v1_Envelope *request, diffsynth_v1_Envelope *response);
 
+/* Progress display for calls made without cli_call: pass cli_on_progress with ctx as user, then
+ * cli_end_progress once the call returns. */
+void cli_on_progress(const diffsynth_v1_Progress *p, uint64_t request_id, void *user);
+void cli_end_progress(cli_ctx *ctx);
+
+/* `run-step` (cli_run_step.c) and its help text. */
+int cli_run_step(cli_ctx *ctx, int argc, char **argv);
+extern const char cli_run_step_help[];
+
 /* Prints the failure `status` of the last client call to stderr (`error: CODE_NAME: message`
  * for a daemon Error; how to start the daemon when it cannot be reached) and returns the exit
  * status for it. */

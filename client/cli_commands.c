@@ -656,6 +656,8 @@ const cli_command cli_commands[] = {
      "                 exits 1 if any MISMATCH or ERROR\n"
      "  --name SUBSTR  only configs whose model_name contains SUBSTR\n",
      run_configs},
+    {"run-step", "Run one step of a loaded model on tensors from safetensors files",
+     cli_run_step_help, cli_run_step},
     {"help", "Show help for a command",
      "usage: diffsynth help [COMMAND]\n", cli_run_help},
 };

@@ -17,6 +17,7 @@
 #include <pb_decode.h>
 #include <pb_encode.h>
 
+#include "client/client_internal.h"
 #include "proto/default_socket.h"
 
 /* Growth step of the receive buffer: most replies fit, big ones grow it to their length. */
@@ -72,6 +73,8 @@ static const char *body_name(pb_size_t tag)
     case diffsynth_v1_Envelope_cancel_result_tag: return "cancel_result";
     case diffsynth_v1_Envelope_list_configs_tag: return "list_configs";
     case diffsynth_v1_Envelope_list_configs_result_tag: return "list_configs_result";
+    case diffsynth_v1_Envelope_run_step_tag: return "run_step";
+    case diffsynth_v1_Envelope_run_step_result_tag: return "run_step_result";
     case 0: return "an empty body";
     default: return "an unknown body";
     }
@@ -91,6 +94,15 @@ static int record(ds_client *c, int status, bool broken, const char *fmt, va_lis
 static int fail(ds_client *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 static int fail(ds_client *c, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    record(c, status, false, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+int ds__client_fail(ds_client *c, int status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -464,6 +476,8 @@ static pb_size_t reply_tag(pb_size_t request_tag)
     if (request_tag >= diffsynth_v1_Envelope_identify_tag &&
         request_tag <= diffsynth_v1_Envelope_list_configs_tag && request_tag % 2 == 0)
         return request_tag + 1;
+    if (request_tag == diffsynth_v1_Envelope_run_step_tag)
+        return diffsynth_v1_Envelope_run_step_result_tag;
     return 0;
 }
 

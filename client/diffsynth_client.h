@@ -131,6 +131,81 @@ void ds_client_envelope_free(diffsynth_v1_Envelope *envelope);
  * to free(). */
 int ds_client_absolute_path(ds_client *client, const char *path, char **out);
 
+/* ---- RunStep: run one step of a loaded model on named tensors ----
+ *
+ * Tensors are plain structs. Small ones travel inline in the request and reply frames; any
+ * tensor over `inline_limit` bytes (inputs and outputs) goes through one POSIX shared-memory
+ * object the call creates ("/diffsynth-<pid>-<counter>", mode 0600), names in the request and
+ * unlinks before it returns. The limit exists because this library's nanopb is built with
+ * 16-bit size fields: a `bytes` field over 65535 bytes cannot be encoded or decoded here, so
+ * the limit is at most DS_CLIENT_MAX_INLINE and the daemon is asked (max_inline_output_bytes)
+ * to send larger outputs through the object. */
+
+/* The most bytes one tensor carries inline (nanopb's 16-bit sizes, with room to spare). */
+#define DS_CLIENT_MAX_INLINE ((size_t)60 << 10)
+/* Default size of the output part of the shared-memory object. It is created sparse: pages
+ * the daemon does not write cost nothing. */
+#define DS_CLIENT_DEFAULT_OUTPUT_CAPACITY ((uint64_t)256 << 20)
+#define DS_CLIENT_MAX_DIMS 8
+
+typedef struct ds_client_tensor {
+    const char *name;
+    int dtype;                         /* diffsynth_v1_DType: F32, BF16, ... */
+    int ndim;
+    int64_t shape[DS_CLIENT_MAX_DIMS];
+    const void *data;                  /* raw little-endian, row-major */
+    size_t nbytes;                     /* of data: numel * dtype size */
+} ds_client_tensor;
+
+typedef struct ds_client_step_param {
+    const char *name;
+    const char *value;                 /* as text: "0.5", "true", "euler" */
+} ds_client_step_param;
+
+typedef struct ds_client_aux_model {
+    const char *role;                  /* e.g. "controlnet" */
+    const char *model_id;
+} ds_client_aux_model;
+
+typedef struct ds_client_step_request {
+    const char *model_id;
+    const char *step;                  /* NULL or "" = "forward" */
+    const ds_client_tensor *inputs;    /* yours; only read */
+    size_t input_count;
+    const ds_client_step_param *params;
+    size_t param_count;
+    const ds_client_aux_model *aux_models;
+    size_t aux_count;
+    /* Tensors with more bytes go through shared memory; 0 or more than DS_CLIENT_MAX_INLINE
+     * mean DS_CLIENT_MAX_INLINE. 1 sends everything through shared memory. */
+    size_t inline_limit;
+    /* Bytes reserved for outputs in the shared-memory object; 0 = the default. */
+    uint64_t output_capacity;
+} ds_client_step_request;
+
+typedef struct ds_client_step_result {
+    ds_client_tensor *outputs;         /* owned: names and data malloc'd; release with
+                                          ds_client_step_result_free */
+    size_t output_count;
+    double queue_s;                    /* waiting for the daemon's device worker */
+    double compute_s;                  /* running the step */
+} ds_client_step_result;
+
+/* Runs the step and waits for its outputs (progress events go to on_progress, as for
+ * ds_client_call; the request id is given to the first progress callback, and
+ * *request_id_out, if not NULL, is set before anything is sent, so another thread or a
+ * callback can ds_client_cancel it). On failure *result is zeroed; a daemon Error (unknown
+ * model, bad input, CANCELLED, ...) is DS_CLIENT_EDAEMON with its code and message. */
+int ds_client_run_step(ds_client *client, const ds_client_step_request *request,
+                       ds_client_step_result *result, int timeout_ms,
+                       ds_client_progress_fn on_progress, void *user, uint64_t *request_id_out);
+
+/* Releases what ds_client_run_step returned and zeroes it. NULL is allowed. */
+void ds_client_step_result_free(ds_client_step_result *result);
+
+/* Bytes per element of a diffsynth_v1_DType; 0 for an unknown one. */
+size_t ds_client_dtype_size(int dtype);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,11 @@
+/* Internal interface shared by the files of libdiffsynth-client. Not installed. */
+#ifndef DS_CLIENT_CLIENT_INTERNAL_H
+#define DS_CLIENT_CLIENT_INTERNAL_H
+
+#include "client/diffsynth_client.h"
+
+/* Records a failure (message for ds_client_last_error, code 0) and returns `status`. */
+int ds__client_fail(ds_client *client, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif
