@@ -17,6 +17,8 @@
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/param_tree.h"
+#include "models/qwen_image_controlnet.h"
+#include "models/weight_set.h"
 
 #define CLASS_NAME "diffsynth.models.qwen_image_dit.QwenImageDiT"
 
@@ -112,7 +114,6 @@ static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error
 
 #define NORM_EPS 1e-6f /* every LayerNorm and RMSNorm of the model */
 #define ROPE_THETA 10000.0f
-#define MAX_BLOCK_WEIGHTS 48 /* tensors one block binds (32) with room to spare */
 
 /* Sizes of one forward call. */
 typedef struct dit_dims {
@@ -125,54 +126,37 @@ typedef struct dit_dims {
     ds_dtype dtype;    /* compute dtype: the latents' */
 } dit_dims;
 
-/* Parameters bound as tensors on the compute backend. On the CPU they are views into the
- * mapped file; otherwise (or when the stored dtype is one an op does not take) they are copies
- * this set owns, released with the set, so a non-CPU backend holds one block at a time. */
-typedef struct weight_set {
-    ds_backend *backend;
-    int on_host;                             /* backend is the CPU: views, no copies */
-    ds_tensor device[MAX_BLOCK_WEIGHTS];     /* ds_tensor_alloc'd copies, freed with the set */
-    size_t device_count;
-    void *host[MAX_BLOCK_WEIGHTS];           /* malloc'd f32 conversions, freed with the set */
-    size_t host_count;
-} weight_set;
-
-typedef struct linear_weights {
-    ds_tensor weight; /* [N, K] */
-    ds_tensor bias;   /* [N] */
-} linear_weights;
-
 /* QwenImageTransformerBlock's parameters. */
 typedef struct block_weights {
-    linear_weights img_mod;     /* [18432, 3072]: shift, scale, gate (attention), then (MLP) */
-    linear_weights txt_mod;     /* [18432, 3072]: the same for the text stream */
-    linear_weights to_q;        /* [3072, 3072]: image stream projections */
-    linear_weights to_k;
-    linear_weights to_v;
-    linear_weights add_q;       /* [3072, 3072]: text stream projections */
-    linear_weights add_k;
-    linear_weights add_v;
-    ds_tensor norm_q;           /* [128]: per-head RMSNorm of image q */
-    ds_tensor norm_k;           /* [128]: image k */
-    ds_tensor norm_added_q;     /* [128]: text q */
-    ds_tensor norm_added_k;     /* [128]: text k */
-    linear_weights to_out;      /* [3072, 3072]: image attention output */
-    linear_weights to_add_out;  /* [3072, 3072]: text attention output */
-    linear_weights img_mlp_in;  /* [12288, 3072] */
-    linear_weights img_mlp_out; /* [3072, 12288] */
-    linear_weights txt_mlp_in;  /* [12288, 3072] */
-    linear_weights txt_mlp_out; /* [3072, 12288] */
+    ds__linear_weights img_mod;     /* [18432, 3072]: shift, scale, gate (attention), then (MLP) */
+    ds__linear_weights txt_mod;     /* [18432, 3072]: the same for the text stream */
+    ds__linear_weights to_q;        /* [3072, 3072]: image stream projections */
+    ds__linear_weights to_k;
+    ds__linear_weights to_v;
+    ds__linear_weights add_q;       /* [3072, 3072]: text stream projections */
+    ds__linear_weights add_k;
+    ds__linear_weights add_v;
+    ds_tensor norm_q;               /* [128]: per-head RMSNorm of image q */
+    ds_tensor norm_k;               /* [128]: image k */
+    ds_tensor norm_added_q;         /* [128]: text q */
+    ds_tensor norm_added_k;         /* [128]: text k */
+    ds__linear_weights to_out;      /* [3072, 3072]: image attention output */
+    ds__linear_weights to_add_out;  /* [3072, 3072]: text attention output */
+    ds__linear_weights img_mlp_in;  /* [12288, 3072] */
+    ds__linear_weights img_mlp_out; /* [3072, 12288] */
+    ds__linear_weights txt_mlp_in;  /* [12288, 3072] */
+    ds__linear_weights txt_mlp_out; /* [3072, 12288] */
 } block_weights;
 
 /* The parameters outside the blocks. */
 typedef struct outer_weights {
-    linear_weights time_1;   /* [3072, 256]: timestep_embedder.linear_1 */
-    linear_weights time_2;   /* [3072, 3072]: timestep_embedder.linear_2 */
-    ds_tensor txt_norm;      /* [3584]: RMSNorm of the prompt embedding */
-    linear_weights img_in;   /* [3072, 64] */
-    linear_weights txt_in;   /* [3072, 3584] */
-    linear_weights norm_out; /* [6144, 3072]: final scale, shift */
-    linear_weights proj_out; /* [64, 3072] */
+    ds__linear_weights time_1;   /* [3072, 256]: timestep_embedder.linear_1 */
+    ds__linear_weights time_2;   /* [3072, 3072]: timestep_embedder.linear_2 */
+    ds_tensor txt_norm;          /* [3584]: RMSNorm of the prompt embedding */
+    ds__linear_weights img_in;   /* [3072, 64] */
+    ds__linear_weights txt_in;   /* [3072, 3584] */
+    ds__linear_weights norm_out; /* [6144, 3072]: final scale, shift */
+    ds__linear_weights proj_out; /* [64, 3072] */
 } outer_weights;
 
 /* Activations, all on the compute backend in the compute dtype unless noted. */
@@ -220,6 +204,9 @@ typedef struct dit_state {
     ds_tensor out_scale;    /* [B, 1, 3072] */
     ds_tensor out_shift;    /* [B, 1, 3072] */
     ds_tensor noise;        /* [B, 16, H, W]: the result (non-CPU backends) */
+    ds_tensor cn_input;     /* [Bc, C, H, W]: upload of the ControlNet conditioning (non-CPU) */
+    ds_tensor cn_packed;    /* [Bc, N, 4 C]: its 2x2 packing */
+    ds_tensor cn_cond;      /* [Bc, N, 3072]: img_in of that, the same for every block */
 } dit_state;
 
 static void state_free(dit_state *s)
@@ -231,7 +218,7 @@ static void state_free(dit_state *s)
         &s->img_raw, &s->txt_raw, &s->img_q, &s->img_k, &s->img_v, &s->txt_q, &s->txt_k,
         &s->txt_v, &s->q, &s->k, &s->v, &s->attn, &s->img_attn, &s->txt_attn, &s->img_out,
         &s->txt_out, &s->img_hidden, &s->txt_hidden, &s->out_mod, &s->out_scale, &s->out_shift,
-        &s->noise,
+        &s->noise, &s->cn_input, &s->cn_packed, &s->cn_cond,
     };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         ds_tensor_free(all[i]);
@@ -272,117 +259,54 @@ static int to_backend(ds_backend *b, const ds_tensor *host, ds_tensor *copy, ds_
     return rc;
 }
 
-static void weight_set_release(weight_set *ws)
-{
-    for (size_t i = 0; i < ws->device_count; i++)
-        ds_tensor_free(&ws->device[i]);
-    for (size_t i = 0; i < ws->host_count; i++)
-        free(ws->host[i]);
-    ws->device_count = ws->host_count = 0;
-}
-
-/* Parameter prefix + name as an operand. Stored dtypes the ops take stay as they are (the ops
- * convert on the fly); f64, and fp8 outside a linear weight, become an f32 copy. */
-static int bind(const ds_loaded_model *m, weight_set *ws, const char *prefix, const char *name,
-                int linear_weight, ds_tensor *out, ds_error *err)
-{
-    char full[DS__PARAM_NAME_MAX];
-    snprintf(full, sizeof full, "%s%s", prefix, name);
-    const ds_sd_entry *e = ds_state_dict_find(&m->params, full);
-    if (!e || e->dict || !e->tensor.data)
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "QwenImageDiT: parameter \"%s\" is not loaded", full);
-    const ds_tensor_view *p = &e->tensor;
-    if (!ds_tensor_view_is_contiguous(p))
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "QwenImageDiT: parameter \"%s\" is not contiguous", full);
-    ds_dtype d = p->dtype;
-    int usable = d == DS_F32 || d == DS_BF16 || d == DS_F16 ||
-                 (linear_weight && (d == DS_F8_E4M3 || d == DS_F8_E5M2));
-    if (ws->device_count == MAX_BLOCK_WEIGHTS || ws->host_count == MAX_BLOCK_WEIGHTS)
-        return ds_error_set(err, DS_ERR_INTERNAL, "QwenImageDiT: too many bound weights");
-    ds_tensor host = ds_tensor_wrap(ws->backend, d, p->ndim, p->shape, (void *)p->data);
-    if (!usable) {
-        uint64_t n = ds_tensor_view_numel(p);
-        float *f = malloc(n ? n * sizeof *f : 1);
-        if (!f)
-            return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                                "QwenImageDiT: out of memory converting \"%s\" to f32", full);
-        ds_convert_to_f32(p->data, d, n, f);
-        ws->host[ws->host_count++] = f;
-        host = ds_tensor_wrap(ws->backend, DS_F32, p->ndim, p->shape, f);
-    }
-    if (ws->on_host) {
-        *out = host;
-        return DS_OK;
-    }
-    ds_tensor *copy = &ws->device[ws->device_count];
-    int rc = ds_tensor_alloc(ws->backend, host.dtype, host.ndim, host.shape, copy, err);
-    if (rc != DS_OK)
-        return ds_error_prefix(err, "QwenImageDiT: uploading \"%s\": ", full);
-    ws->device_count++;
-    if ((rc = ds_tensor_upload(copy, host.data, NULL, err)) != DS_OK)
-        return ds_error_prefix(err, "QwenImageDiT: uploading \"%s\": ", full);
-    *out = *copy;
-    return DS_OK;
-}
-
-static int bind_linear(const ds_loaded_model *m, weight_set *ws, const char *prefix,
-                       const char *name, linear_weights *out, ds_error *err)
-{
-    char part[DS__PARAM_NAME_MAX];
-    int rc;
-    snprintf(part, sizeof part, "%s.weight", name);
-    if ((rc = bind(m, ws, prefix, part, 1, &out->weight, err)) != DS_OK)
-        return rc;
-    snprintf(part, sizeof part, "%s.bias", name);
-    return bind(m, ws, prefix, part, 0, &out->bias, err);
-}
-
-static int bind_outer(const ds_loaded_model *m, weight_set *ws, outer_weights *w, ds_error *err)
+static int bind_outer(const ds_loaded_model *m, ds__weight_set *ws, outer_weights *w, ds_error *err)
 {
     const char *te = "time_text_embed.timestep_embedder.";
     int rc;
-    if ((rc = bind_linear(m, ws, te, "linear_1", &w->time_1, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, te, "linear_2", &w->time_2, err)) != DS_OK ||
-        (rc = bind(m, ws, "", "txt_norm.weight", 0, &w->txt_norm, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, "", "img_in", &w->img_in, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, "", "txt_in", &w->txt_in, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, "", "norm_out.linear", &w->norm_out, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, "", "proj_out", &w->proj_out, err)) != DS_OK)
+    if ((rc = ds__weight_bind_linear(m, ws, te, "linear_1", &w->time_1, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, te, "linear_2", &w->time_2, err)) != DS_OK ||
+        (rc = ds__weight_bind(m, ws, "", "txt_norm.weight", 0, &w->txt_norm, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, "", "img_in", &w->img_in, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, "", "txt_in", &w->txt_in, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, "", "norm_out.linear", &w->norm_out, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, "", "proj_out", &w->proj_out, err)) != DS_OK)
         return rc;
     return DS_OK;
 }
 
-static int bind_block(const ds_loaded_model *m, weight_set *ws, int64_t i, block_weights *w,
+static int bind_block(const ds_loaded_model *m, ds__weight_set *ws, int64_t i, block_weights *w,
                       ds_error *err)
 {
     char p[DS__PARAM_NAME_MAX];
     int rc;
     snprintf(p, sizeof p, "transformer_blocks.%lld.", (long long)i);
-    if ((rc = bind_linear(m, ws, p, "img_mod.1", &w->img_mod, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "txt_mod.1", &w->txt_mod, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "attn.to_q", &w->to_q, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "attn.to_k", &w->to_k, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "attn.to_v", &w->to_v, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "attn.add_q_proj", &w->add_q, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "attn.add_k_proj", &w->add_k, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "attn.add_v_proj", &w->add_v, err)) != DS_OK ||
-        (rc = bind(m, ws, p, "attn.norm_q.weight", 0, &w->norm_q, err)) != DS_OK ||
-        (rc = bind(m, ws, p, "attn.norm_k.weight", 0, &w->norm_k, err)) != DS_OK ||
-        (rc = bind(m, ws, p, "attn.norm_added_q.weight", 0, &w->norm_added_q, err)) != DS_OK ||
-        (rc = bind(m, ws, p, "attn.norm_added_k.weight", 0, &w->norm_added_k, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "attn.to_out.0", &w->to_out, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "attn.to_add_out", &w->to_add_out, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "img_mlp.net.0.proj", &w->img_mlp_in, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "img_mlp.net.2", &w->img_mlp_out, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "txt_mlp.net.0.proj", &w->txt_mlp_in, err)) != DS_OK ||
-        (rc = bind_linear(m, ws, p, "txt_mlp.net.2", &w->txt_mlp_out, err)) != DS_OK)
+    if ((rc = ds__weight_bind_linear(m, ws, p, "img_mod.1", &w->img_mod, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "txt_mod.1", &w->txt_mod, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "attn.to_q", &w->to_q, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "attn.to_k", &w->to_k, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "attn.to_v", &w->to_v, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "attn.add_q_proj", &w->add_q, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "attn.add_k_proj", &w->add_k, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "attn.add_v_proj", &w->add_v, err)) != DS_OK ||
+        (rc = ds__weight_bind(m, ws, p, "attn.norm_q.weight", 0, &w->norm_q, err)) != DS_OK ||
+        (rc = ds__weight_bind(m, ws, p, "attn.norm_k.weight", 0, &w->norm_k, err)) != DS_OK ||
+        (rc = ds__weight_bind(m, ws, p, "attn.norm_added_q.weight", 0, &w->norm_added_q,
+                              err)) != DS_OK ||
+        (rc = ds__weight_bind(m, ws, p, "attn.norm_added_k.weight", 0, &w->norm_added_k,
+                              err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "attn.to_out.0", &w->to_out, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "attn.to_add_out", &w->to_add_out, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "img_mlp.net.0.proj", &w->img_mlp_in,
+                                     err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "img_mlp.net.2", &w->img_mlp_out, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "txt_mlp.net.0.proj", &w->txt_mlp_in,
+                                     err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "txt_mlp.net.2", &w->txt_mlp_out, err)) != DS_OK)
         return rc;
     return DS_OK;
 }
 
-static int linear(ds_backend *b, const ds_tensor *x, const linear_weights *w, ds_activation act,
+static int linear(ds_backend *b, const ds_tensor *x, const ds__linear_weights *w, ds_activation act,
                   ds_tensor *y, ds_error *err)
 {
     ds_linear_args a = {x, &w->weight, &w->bias, 1.0f, act, y};
@@ -487,7 +411,7 @@ static int timestep_embedder(ds_backend *b, const outer_weights *w, dit_state *s
 }
 
 /* One q or k projection: linear, per-head RMSNorm, RoPE; [B, S, 3072] -> [B, S, 24, 128]. */
-static int project_qk(ds_backend *b, const ds_tensor *x, const linear_weights *proj,
+static int project_qk(ds_backend *b, const ds_tensor *x, const ds__linear_weights *proj,
                       const ds_tensor *norm, const ds_tensor *cos, const ds_tensor *sin,
                       ds_tensor *raw, ds_tensor *out, ds_error *err)
 {
@@ -546,9 +470,9 @@ static int block_attention(ds_backend *b, const dit_dims *d, const block_weights
 }
 
 /* x += gate * MLP(LN(x) * (1 + scale) + shift), MLP = Linear -> x sigmoid(1.702 x) -> Linear. */
-static int stream_mlp(ds_backend *b, ds_tensor *x, const ds_tensor *mod, const linear_weights *in,
-                      const linear_weights *out, ds_tensor *normed, ds_tensor *hidden,
-                      ds_tensor *y, ds_error *err)
+static int stream_mlp(ds_backend *b, ds_tensor *x, const ds_tensor *mod,
+                      const ds__linear_weights *in, const ds__linear_weights *out,
+                      ds_tensor *normed, ds_tensor *hidden, ds_tensor *y, ds_error *err)
 {
     ds_gated_residual_args res = {x, &mod[5], y, x};
     int rc;
@@ -802,17 +726,123 @@ static int64_t count_blocks(const ds_loaded_model *m)
     }
 }
 
+/* controlnet_conditioning's message: latents' batch (or 1), H, W and dtype, and `channels`. */
+static void conditioning_expected(const ds_tensor *latents, int64_t channels, char *buf,
+                                  size_t size)
+{
+    char batch[32] = "1";
+    if (latents->shape[0] != 1)
+        snprintf(batch, sizeof batch, "%lld or 1", (long long)latents->shape[0]);
+    snprintf(buf, size,
+             "[%s, %lld, %lld, %lld] %s (latents' batch or 1, H, W and dtype; %lld channels for "
+             "this ControlNet)",
+             batch, (long long)channels, (long long)latents->shape[2],
+             (long long)latents->shape[3], ds_dtype_name(latents->dtype), (long long)channels);
+}
+
+/* The ControlNet against the DiT, its conditioning against the latents. */
+static int check_controlnet(const ds_loaded_model *m, const ds_qwen_image_dit_controlnet *cn,
+                            const ds_tensor *latents, ds_qwen_image_controlnet_shape *shape,
+                            ds_error *err)
+{
+    char expected[192];
+    if (!cn->model || !cn->conditioning)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: a ControlNet needs both the model and the input "
+                            "\"controlnet_conditioning\"");
+    if (ds_qwen_image_controlnet_shape_of(cn->model, shape, err) != DS_OK)
+        return ds_error_prefix(err, "forward: ");
+    if (shape->dim != DIM || shape->in_features % (PATCH * PATCH) != 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: the ControlNet has width %lld and img_in takes %lld "
+                            "features, expected width %d and a multiple of %d features",
+                            (long long)shape->dim, (long long)shape->in_features, DIM,
+                            PATCH * PATCH);
+    int64_t blocks = count_blocks(m);
+    if (shape->blocks < blocks)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: the ControlNet has %lld blocks, fewer than the DiT's %lld "
+                            "(ControlNet block i follows DiT block i)",
+                            (long long)shape->blocks, (long long)blocks);
+    if (!isfinite(cn->scale))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: controlnet_scale must be a finite number");
+
+    const ds_tensor *c = cn->conditioning;
+    const int64_t *ls = latents->shape;
+    int64_t channels = shape->in_features / (PATCH * PATCH);
+    conditioning_expected(latents, channels, expected, sizeof expected);
+    if (c->dtype != latents->dtype || c->ndim != 4 || (c->shape[0] != ls[0] && c->shape[0] != 1) ||
+        c->shape[1] != channels || c->shape[2] != ls[2] || c->shape[3] != ls[3] || !c->data)
+        return bad_input("controlnet_conditioning", c, expected, err);
+    return DS_OK;
+}
+
+/* process_controlnet_conditioning: cn_cond = img_in(pack(conditioning)), before the blocks. */
+static int controlnet_begin(const ds_qwen_image_dit_controlnet *opt, const dit_dims *d,
+                            ds_backend *b, dit_state *s, ds_qwen_image_controlnet *cn,
+                            ds_error *err)
+{
+    const ds_tensor *host = opt->conditioning;
+    int64_t cond_batch = host->shape[0], features = host->shape[1] * PATCH * PATCH;
+    ds_tensor input;
+    ds_patchify_args pack = {&input, PATCH, &s->cn_packed};
+    int rc;
+    if ((rc = ds_qwen_image_controlnet_open(opt->model, b, d->dtype, d->batch, cond_batch,
+                                            d->image_len, cn, err)) != DS_OK ||
+        (rc = to_backend(b, host, &s->cn_input, &input, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, d->dtype, 3, SHAPE(cond_batch, d->image_len, features),
+                              &s->cn_packed, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, d->dtype, 3, SHAPE(cond_batch, d->image_len, DIM), &s->cn_cond,
+                              err)) != DS_OK ||
+        (rc = ds_patchify(b, NULL, &pack, err)) != DS_OK ||
+        (rc = ds_qwen_image_controlnet_process_conditioning(cn, &s->cn_packed, &s->cn_cond,
+                                                            err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* After DiT block i: image += scale * controlnet_blocks[i](image, cn_cond). Upstream rounds the
+ * scaled residual to the compute dtype before the sum (res = output * scale; image + res), so
+ * the two steps stay separate; at scale 1 the product is exact and skipped. */
+static int controlnet_residual(ds_backend *b, ds_qwen_image_controlnet *cn, float scale,
+                               int64_t block, dit_state *s, ds_error *err)
+{
+    ds_scale_args scaled = {&s->img_out, scale, 0.0f, &s->img_out};
+    ds_binary_args add = {&s->image, &s->img_out, DS_BINARY_ADD, &s->image};
+    int rc;
+    if ((rc = ds_qwen_image_controlnet_blockwise_forward(cn, &s->image, &s->cn_cond, block,
+                                                         &s->img_out, err)) != DS_OK ||
+        (scale != 1.0f && (rc = ds_scale(b, NULL, &scaled, err)) != DS_OK) ||
+        (rc = ds_binary(b, NULL, &add, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
 int ds_qwen_image_dit_forward(const ds_loaded_model *m, const ds_step_context *ctx,
                               const ds_tensor *latents, const ds_tensor *prompt_emb,
                               const ds_tensor *prompt_mask, const ds_tensor *timestep,
                               ds_tensor *noise_pred_out, ds_error *err)
 {
+    return ds_qwen_image_dit_forward_controlnet(m, ctx, latents, prompt_emb, prompt_mask,
+                                                timestep, NULL, noise_pred_out, err);
+}
+
+int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step_context *ctx,
+                                         const ds_tensor *latents, const ds_tensor *prompt_emb,
+                                         const ds_tensor *prompt_mask, const ds_tensor *timestep,
+                                         const ds_qwen_image_dit_controlnet *controlnet,
+                                         ds_tensor *noise_pred_out, ds_error *err)
+{
     dit_dims d = {0};
     dit_state s;
-    weight_set outer_set, block_set;
+    ds__weight_set outer_set, block_set;
     outer_weights ow;
     block_weights bw;
+    ds_qwen_image_controlnet cn;
+    ds_qwen_image_controlnet_shape cn_shape;
     memset(&s, 0, sizeof s);
+    memset(&cn, 0, sizeof cn);
     memset(&outer_set, 0, sizeof outer_set);
     memset(&block_set, 0, sizeof block_set);
     int rc = check_inputs(latents, prompt_emb, prompt_mask, timestep, noise_pred_out, &d, err);
@@ -820,14 +850,16 @@ int ds_qwen_image_dit_forward(const ds_loaded_model *m, const ds_step_context *c
         return rc;
     if (!m || !ctx || !ctx->backend)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model or no backend");
+    if (controlnet && (rc = check_controlnet(m, controlnet, latents, &cn_shape, err)) != DS_OK)
+        return rc;
     if (ds_state_dict_find(&m->params, "time_text_embed.addition_t_embedding.weight"))
         return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                             "forward: the Qwen-Image-Layered DiT (use_additional_t_cond, layer "
                             "3D RoPE) is not implemented");
     ds_backend *b = ctx->backend;
     int64_t blocks = count_blocks(m);
-    outer_set.backend = block_set.backend = b;
-    outer_set.on_host = block_set.on_host = is_cpu(b);
+    ds__weight_set_init(&outer_set, b, "QwenImageDiT");
+    ds__weight_set_init(&block_set, b, "QwenImageDiT");
 
     ds_tensor lat, prompt, noise;
     if ((rc = alloc_state(&d, b, &s, err)) != DS_OK ||
@@ -856,6 +888,8 @@ int ds_qwen_image_dit_forward(const ds_loaded_model *m, const ds_step_context *c
         (rc = linear(b, &s.prompt_normed, &ow.txt_in, DS_ACT_NONE, &s.text, err)) != DS_OK ||
         (rc = timestep_embedder(b, &ow, &s, err)) != DS_OK)
         goto fail;
+    if (controlnet && (rc = controlnet_begin(controlnet, &d, b, &s, &cn, err)) != DS_OK)
+        goto fail;
 
     /* The transformer blocks, cancellable between any two. */
     for (int64_t i = 0; i < blocks; i++) {
@@ -865,11 +899,13 @@ int ds_qwen_image_dit_forward(const ds_loaded_model *m, const ds_step_context *c
             goto fail;
         }
         if ((rc = bind_block(m, &block_set, i, &bw, err)) != DS_OK ||
-            (rc = block_forward(b, &d, &bw, &s, err)) != DS_OK) {
+            (rc = block_forward(b, &d, &bw, &s, err)) != DS_OK ||
+            (controlnet &&
+             (rc = controlnet_residual(b, &cn, controlnet->scale, i, &s, err)) != DS_OK)) {
             ds_error_prefix(err, "forward: block %lld: ", (long long)i);
             goto fail;
         }
-        weight_set_release(&block_set);
+        ds__weight_set_release(&block_set);
         if (ctx->progress)
             ctx->progress(ctx->user, "forward", (uint64_t)(i + 1), (uint64_t)blocks);
     }
@@ -879,24 +915,75 @@ int ds_qwen_image_dit_forward(const ds_loaded_model *m, const ds_step_context *c
         goto fail;
     if (!is_cpu(b) && (rc = ds_tensor_download(&noise, noise_pred_out->data, NULL, err)) != DS_OK)
         goto fail;
-    weight_set_release(&outer_set);
+    ds__weight_set_release(&outer_set);
+    ds_qwen_image_controlnet_close(&cn);
     state_free(&s);
     return DS_OK;
 
 fail:
-    weight_set_release(&block_set);
-    weight_set_release(&outer_set);
+    ds__weight_set_release(&block_set);
+    ds__weight_set_release(&outer_set);
+    ds_qwen_image_controlnet_close(&cn);
     state_free(&s);
     return rc;
 }
 
 /* ---- The "forward" step ---- */
 
+/* The step's ControlNet: the aux model of role "controlnet", the input
+ * "controlnet_conditioning" and the parameter "controlnet_scale" (default 1, as upstream's
+ * ControlNetInput). Either of the first two without the other is an error; so is a scale
+ * with neither. */
+static int step_controlnet(const ds_step_context *ctx, const ds_step_io *in,
+                           const ds_tensor *latents, ds_qwen_image_dit_controlnet *out,
+                           ds_error *err)
+{
+    const ds_step_param *scale = ds_step_io_param(in, "controlnet_scale");
+    int rc;
+    for (size_t i = 0; i < ctx->aux_count; i++) {
+        if (!ctx->aux[i].role || strcmp(ctx->aux[i].role, "controlnet") != 0)
+            continue;
+        if (out->model)
+            return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                                "forward: more than one model of role \"controlnet\" (one "
+                                "Blockwise ControlNet per step is implemented)");
+        out->model = ctx->aux[i].model;
+    }
+    if (!out->model) {
+        if (ds_step_io_tensor(in, "controlnet_conditioning") || scale)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "forward: \"%s\" given without a model of role \"controlnet\"",
+                                scale ? "controlnet_scale" : "controlnet_conditioning");
+        return DS_OK;
+    }
+
+    ds_qwen_image_controlnet_shape shape;
+    if ((rc = ds_qwen_image_controlnet_shape_of(out->model, &shape, err)) != DS_OK)
+        return ds_error_prefix(err, "forward: aux model \"controlnet\": ");
+    int64_t channels = shape.in_features / (PATCH * PATCH);
+    char expected[192];
+    conditioning_expected(latents, channels, expected, sizeof expected);
+    if ((rc = ds_step_io_require(in, "forward", "controlnet_conditioning", 0, &latents->dtype, 1,
+                                 4, SHAPE(-1, channels, latents->shape[2], latents->shape[3]),
+                                 expected, &out->conditioning, err)) != DS_OK)
+        return rc;
+    if (out->conditioning->shape[0] != latents->shape[0] && out->conditioning->shape[0] != 1)
+        return bad_input("controlnet_conditioning", out->conditioning, expected, err);
+    if (scale) {
+        if (!isfinite(scale->number))
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "forward: parameter \"controlnet_scale\" is \"%s\", expected a "
+                                "finite number", scale->text);
+        out->scale = (float)scale->number;
+    }
+    return DS_OK;
+}
+
 static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
                         ds_step_io *out, ds_error *err)
 {
     static const char *const known[] = {"latents", "prompt_emb", "prompt_emb_mask", "timestep",
-                                        NULL};
+                                        "controlnet_conditioning", "controlnet_scale", NULL};
     static const ds_dtype float_dtypes[] = {DS_F32, DS_BF16};
     static const ds_dtype mask_dtypes[] = {DS_I64, DS_I32, DS_U8, DS_BOOL};
     static const ds_dtype time_dtypes[] = {DS_F32, DS_F64};
@@ -928,6 +1015,10 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
                                  expected, &timestep, err)) != DS_OK)
         return rc;
 
+    ds_qwen_image_dit_controlnet controlnet = {.scale = 1.0f};
+    if ((rc = step_controlnet(ctx, in, latents, &controlnet, err)) != DS_OK)
+        return rc;
+
     ds_backend *cpu = ctx->backend;
     ds_tensor *noise_pred;
     if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
@@ -935,7 +1026,9 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
     if ((rc = ds_step_io_new_tensor(out, cpu, "noise_pred", latents->dtype, 4, latents->shape,
                                     &noise_pred, err)) != DS_OK)
         return rc;
-    return ds_qwen_image_dit_forward(m, ctx, latents, prompt_emb, mask, timestep, noise_pred, err);
+    return ds_qwen_image_dit_forward_controlnet(m, ctx, latents, prompt_emb, mask, timestep,
+                                                controlnet.model ? &controlnet : NULL, noise_pred,
+                                                err);
 }
 
 static const ds_model_step steps[] = {
@@ -943,7 +1036,10 @@ static const ds_model_step steps[] = {
         .name = "forward",
         .usage = "forward: latents [B, 16, H, W] (f32 or bf16, H and W even), prompt_emb "
                  "[B, L, 3584] (latents' dtype), prompt_emb_mask [B, L] (optional), timestep [B] "
-                 "or [1] (0..1000) -> noise_pred [B, 16, H, W]",
+                 "or [1] (0..1000); with an aux model of role \"controlnet\" (a "
+                 "QwenImageBlockWiseControlNet): controlnet_conditioning [B or 1, C, H, W] "
+                 "(C = 16, or 17 with an inpaint mask), controlnet_scale (default 1) -> "
+                 "noise_pred [B, 16, H, W]",
         .run = forward_step,
     },
 };

@@ -29,4 +29,27 @@ int ds_qwen_image_dit_forward(const ds_loaded_model *m, const ds_step_context *c
                               const ds_tensor *prompt_mask, const ds_tensor *timestep,
                               ds_tensor *noise_pred_out, ds_error *err);
 
+/* A Blockwise ControlNet for one forward: upstream's blockwise_controlnet with one
+ * ControlNetInput that is active at this step (the caller applies start/end). */
+typedef struct ds_qwen_image_dit_controlnet {
+    /* A loaded QwenImageBlockWiseControlNet of the DiT's width, with at least as many blocks as
+     * the DiT (upstream indexes its blocks by the DiT's block index). Borrowed. */
+    const ds_loaded_model *model;
+    /* [B or 1, C, H, W] host tensor in latents' dtype, latents' H and W, with 4 C = the
+     * ControlNet's img_in input (C = 16: VAE latents of the control image; 17: the inpainting
+     * variant's latents and mask). Packed 2x2 as the latents are. Borrowed. */
+    const ds_tensor *conditioning;
+    float scale; /* ControlNetInput.scale; upstream's default is 1 */
+} ds_qwen_image_dit_controlnet;
+
+/* ds_qwen_image_dit_forward with a ControlNet (NULL: none, the same as the above): after
+ * DiT block i, image += scale * controlnet_blocks[i](image, img_in(packed conditioning)), as
+ * model_fn_qwen_image does. INVALID_ARGUMENT names a conditioning that does not fit (shape,
+ * dtype, channels for this ControlNet) and a ControlNet that does not fit the DiT. */
+int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step_context *ctx,
+                                         const ds_tensor *latents, const ds_tensor *prompt_emb,
+                                         const ds_tensor *prompt_mask, const ds_tensor *timestep,
+                                         const ds_qwen_image_dit_controlnet *controlnet,
+                                         ds_tensor *noise_pred_out, ds_error *err);
+
 #endif

@@ -1,0 +1,85 @@
+/* Binding parameters as operands: views on the CPU, per-set copies elsewhere. */
+#include "models/weight_set.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/float_convert.h"
+#include "kernels/ops.h"
+#include "models/param_tree.h"
+
+void ds__weight_set_init(ds__weight_set *ws, ds_backend *b, const char *owner)
+{
+    memset(ws, 0, sizeof *ws);
+    ws->backend = b;
+    ws->owner = owner;
+    ws->on_host = strcmp(b->name, "cpu") == 0;
+}
+
+void ds__weight_set_release(ds__weight_set *ws)
+{
+    for (size_t i = 0; i < ws->device_count; i++)
+        ds_tensor_free(&ws->device[i]);
+    for (size_t i = 0; i < ws->host_count; i++)
+        free(ws->host[i]);
+    ws->device_count = ws->host_count = 0;
+}
+
+/* The ops convert the dtypes they take on the fly, so only the others are copied to f32. */
+int ds__weight_bind(const ds_loaded_model *m, ds__weight_set *ws, const char *prefix,
+                    const char *name, int linear_weight, ds_tensor *out, ds_error *err)
+{
+    char full[DS__PARAM_NAME_MAX];
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    const ds_sd_entry *e = ds_state_dict_find(&m->params, full);
+    if (!e || e->dict || !e->tensor.data)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "%s: parameter \"%s\" is not loaded", ws->owner, full);
+    const ds_tensor_view *p = &e->tensor;
+    if (!ds_tensor_view_is_contiguous(p))
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "%s: parameter \"%s\" is not contiguous", ws->owner,
+                            full);
+    ds_dtype d = p->dtype;
+    int usable = d == DS_F32 || d == DS_BF16 || d == DS_F16 ||
+                 (linear_weight && (d == DS_F8_E4M3 || d == DS_F8_E5M2));
+    if (ws->device_count == DS__WEIGHT_SET_MAX || ws->host_count == DS__WEIGHT_SET_MAX)
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s: too many bound weights", ws->owner);
+    ds_tensor host = ds_tensor_wrap(ws->backend, d, p->ndim, p->shape, (void *)p->data);
+    if (!usable) {
+        uint64_t n = ds_tensor_view_numel(p);
+        float *f = malloc(n ? n * sizeof *f : 1);
+        if (!f)
+            return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                                "%s: out of memory converting \"%s\" to f32", ws->owner, full);
+        ds_convert_to_f32(p->data, d, n, f);
+        ws->host[ws->host_count++] = f;
+        host = ds_tensor_wrap(ws->backend, DS_F32, p->ndim, p->shape, f);
+    }
+    if (ws->on_host) {
+        *out = host;
+        return DS_OK;
+    }
+    ds_tensor *copy = &ws->device[ws->device_count];
+    int rc = ds_tensor_alloc(ws->backend, host.dtype, host.ndim, host.shape, copy, err);
+    if (rc != DS_OK)
+        return ds_error_prefix(err, "%s: uploading \"%s\": ", ws->owner, full);
+    ws->device_count++;
+    if ((rc = ds_tensor_upload(copy, host.data, NULL, err)) != DS_OK)
+        return ds_error_prefix(err, "%s: uploading \"%s\": ", ws->owner, full);
+    *out = *copy;
+    return DS_OK;
+}
+
+int ds__weight_bind_linear(const ds_loaded_model *m, ds__weight_set *ws, const char *prefix,
+                           const char *name, ds__linear_weights *out, ds_error *err)
+{
+    char part[DS__PARAM_NAME_MAX];
+    int rc;
+    snprintf(part, sizeof part, "%s.weight", name);
+    if ((rc = ds__weight_bind(m, ws, prefix, part, 1, &out->weight, err)) != DS_OK)
+        return rc;
+    snprintf(part, sizeof part, "%s.bias", name);
+    return ds__weight_bind(m, ws, prefix, part, 0, &out->bias, err);
+}

@@ -1,0 +1,46 @@
+/* Binding a loaded model's parameters as op operands, shared by the forward passes.
+ *
+ * On the CPU backend a parameter is a view into the mapped file; on another backend it is a
+ * copy the set owns until released, so a forward can hold one block's weights at a time. Stored
+ * dtypes the ops take (f32, bf16, f16, and fp8 for a linear weight) are used as they are; others
+ * (f64, fp8 outside a linear weight) become an f32 copy first. */
+#ifndef DS_MODELS_WEIGHT_SET_H
+#define DS_MODELS_WEIGHT_SET_H
+
+#include <stddef.h>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+#include "models/model_loader.h"
+
+#define DS__WEIGHT_SET_MAX 48 /* tensors one set binds: a Qwen-Image DiT block binds 32 */
+
+typedef struct ds__weight_set {
+    ds_backend *backend;
+    const char *owner;                    /* the class, for messages: "QwenImageDiT" (borrowed) */
+    int on_host;                          /* backend is the CPU: views, no copies */
+    ds_tensor device[DS__WEIGHT_SET_MAX]; /* ds_tensor_alloc'd copies, freed on release */
+    size_t device_count;
+    void *host[DS__WEIGHT_SET_MAX];       /* malloc'd f32 conversions, freed on release */
+    size_t host_count;
+} ds__weight_set;
+
+typedef struct ds__linear_weights {
+    ds_tensor weight; /* [N, K] */
+    ds_tensor bias;   /* [N] */
+} ds__linear_weights;
+
+/* An empty set binding for backend `b`. */
+void ds__weight_set_init(ds__weight_set *ws, ds_backend *b, const char *owner);
+/* Frees every copy the set made; the bound operands are invalid afterwards. */
+void ds__weight_set_release(ds__weight_set *ws);
+
+/* Parameter prefix + name as an operand in *out. `linear_weight`: the tensor is a Linear's
+ * weight (fp8 allowed). FAILED_PRECONDITION when it is not loaded or not contiguous. */
+int ds__weight_bind(const ds_loaded_model *m, ds__weight_set *ws, const char *prefix,
+                    const char *name, int linear_weight, ds_tensor *out, ds_error *err);
+/* prefix + name + ".weight" and ".bias". */
+int ds__weight_bind_linear(const ds_loaded_model *m, ds__weight_set *ws, const char *prefix,
+                           const char *name, ds__linear_weights *out, ds_error *err);
+
+#endif
