@@ -2,9 +2,22 @@
  * (facts §8). Upstream wraps transformers' Qwen2_5_VLModel (`model.visual`, then
  * `model.language_model`) and adds its own `lm_head`; the configuration is fixed in its
  * constructor, which takes no arguments. The rotary tables are non-persistent buffers and do
- * not appear in the state dict. */
+ * not appear in the state dict.
+ *
+ * The forward pass is the text path only (transformers' Qwen2_5_VLTextModel), on the op API
+ * (kernels/ops.h): what encode_prompt runs for text-to-image. */
+#include "models/qwen_image_text_encoder.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/float_convert.h"
+#include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/param_tree.h"
+#include "models/weight_set.h"
 
 #define CLASS_NAME "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
 
@@ -107,7 +120,481 @@ static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error
     return DS_OK;
 }
 
+/* ---- Forward pass (the text path) ---- */
+
+#define OWNER "QwenImageTextEncoder"
+#define LM "model.language_model."
+#define RMS_EPS 1e-6f
+#define ROPE_THETA 1000000.0f
+
+enum {
+    Q_DIM = HEADS * HEAD_DIM,     /* 3584 */
+    KV_DIM = KV_HEADS * HEAD_DIM, /* 512 */
+    ROPE_PAIRS = HEAD_DIM / 2,    /* one rotation angle per (i, i + 64) pair of a head */
+};
+
+/* Qwen2_5_VLDecoderLayer's parameters. */
+typedef struct layer_weights {
+    ds_tensor input_norm;    /* [3584]: input_layernorm */
+    ds__linear_weights q;    /* [3584, 3584], bias [3584] */
+    ds__linear_weights k;    /* [512, 3584], bias [512] */
+    ds__linear_weights v;    /* [512, 3584], bias [512] */
+    ds_tensor o;             /* [3584, 3584]: o_proj, no bias */
+    ds_tensor post_norm;     /* [3584]: post_attention_layernorm */
+    ds_tensor gate;          /* [18944, 3584]: mlp.gate_proj, no bias */
+    ds_tensor up;            /* [18944, 3584]: mlp.up_proj */
+    ds_tensor down;          /* [3584, 18944]: mlp.down_proj */
+} layer_weights;
+
+/* Activations on the compute backend in the compute dtype unless noted. */
+typedef struct te_state {
+    ds_tensor embedded; /* [B, S, 3584] host: the gathered embedding (non-CPU backends) */
+    ds_tensor key_mask; /* [B, S] u8, or no data when every key is valid */
+    ds_tensor cos;      /* [S, 64] f32: RoPE of positions 0..S-1 */
+    ds_tensor sin;      /* [S, 64] f32 */
+    ds_tensor h;        /* [B, S, 3584]: the residual stream */
+    ds_tensor x;        /* [B, S, 3584]: RMS-normed input of the attention or the MLP */
+    ds_tensor q;        /* [B, S, 28, 128] */
+    ds_tensor k;        /* [B, S, 4, 128] */
+    ds_tensor v;        /* [B, S, 4, 128] */
+    ds_tensor attn;     /* [B, S, 28, 128]: attention output */
+    ds_tensor out;      /* [B, S, 3584]: o_proj or down_proj output */
+    ds_tensor gate;     /* [B, S, 18944]: SiLU(gate_proj(x)), then times up_proj(x) */
+    ds_tensor up;       /* [B, S, 18944] */
+    ds_tensor result;   /* [B, S, 3584]: the final norm's output (non-CPU backends) */
+} te_state;
+
+static void state_free(te_state *s)
+{
+    ds_tensor *all[] = {&s->embedded, &s->key_mask, &s->cos,  &s->sin, &s->h,
+                        &s->x,        &s->q,        &s->k,    &s->v,   &s->attn,
+                        &s->out,      &s->gate,     &s->up,   &s->result};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        ds_tensor_free(all[i]);
+}
+
+#define SHAPE(...) (const int64_t[]){__VA_ARGS__}
+
+/* The same memory under another shape of the same element count. */
+static ds_tensor view(const ds_tensor *t, int ndim, const int64_t *shape)
+{
+    ds_tensor v = *t;
+    v.ndim = ndim;
+    memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
+    return v;
+}
+
+/* On the CPU backend host memory is backend memory: inputs and weights are used in place. */
+static int is_cpu(const ds_backend *b) { return strcmp(b->name, "cpu") == 0; }
+
+static int is_mask_dtype(ds_dtype d)
+{
+    return d == DS_I64 || d == DS_I32 || d == DS_U8 || d == DS_BOOL;
+}
+
+static int bad_input(const char *name, const ds_tensor *t, const char *expected, ds_error *err)
+{
+    char got[128];
+    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: input \"%s\" is %s, expected %s",
+                        name, ds_tensor_describe(t, got, sizeof got), expected);
+}
+
+static int check_inputs(const ds_tensor *ids, const ds_tensor *mask, const ds_tensor *hidden,
+                        ds_error *err)
+{
+    char expected[128];
+    if (!ids || !hidden)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: input_ids and the output are required");
+    if ((ids->dtype != DS_I64 && ids->dtype != DS_I32) || ids->ndim != 2 || ids->shape[0] < 1 ||
+        ids->shape[1] < 1 || !ids->data)
+        return bad_input("input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
+    int64_t B = ids->shape[0], S = ids->shape[1];
+    snprintf(expected, sizeof expected, "[%lld, %lld] i64, i32, u8 or bool (input_ids' shape)",
+             (long long)B, (long long)S);
+    if (mask && (!is_mask_dtype(mask->dtype) || mask->ndim != 2 || mask->shape[0] != B ||
+                 mask->shape[1] != S || !mask->data))
+        return bad_input("attention_mask", mask, expected, err);
+    snprintf(expected, sizeof expected, "[%lld, %lld, %d] f32 or bf16", (long long)B,
+             (long long)S, HIDDEN);
+    if ((hidden->dtype != DS_F32 && hidden->dtype != DS_BF16) || hidden->ndim != 3 ||
+        hidden->shape[0] != B || hidden->shape[1] != S || hidden->shape[2] != HIDDEN ||
+        !hidden->data) {
+        char got[128];
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: output \"hidden_states\" is %s, expected %s",
+                            ds_tensor_describe(hidden, got, sizeof got), expected);
+    }
+    return DS_OK;
+}
+
+/* Every id a row of the embedding table (`vocab` rows), before any compute. */
+static int check_ids(const ds_tensor *ids, int64_t vocab, ds_error *err)
+{
+    uint64_t n = ds_tensor_numel(ids);
+    for (uint64_t i = 0; i < n; i++) {
+        int64_t id = ids->dtype == DS_I64 ? ((const int64_t *)ids->data)[i]
+                                          : ((const int32_t *)ids->data)[i];
+        if (id < 0 || id >= vocab)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "forward: input \"input_ids\"[%llu, %llu] is %lld, outside the "
+                                "vocabulary (ids 0..%lld)",
+                                (unsigned long long)(i / (uint64_t)ids->shape[1]),
+                                (unsigned long long)(i % (uint64_t)ids->shape[1]), (long long)id,
+                                (long long)(vocab - 1));
+    }
+    return DS_OK;
+}
+
+/* Decoder layers in the loaded tree: layers.0 .. n-1 (28 in the real model). */
+static int64_t count_layers(const ds_loaded_model *m)
+{
+    int64_t n = 0;
+    for (;; n++) {
+        char name[DS__PARAM_NAME_MAX];
+        snprintf(name, sizeof name, LM "layers.%lld.input_layernorm.weight", (long long)n);
+        if (!ds_state_dict_find(&m->params, name))
+            return n;
+    }
+}
+
+static int bind_layer(const ds_loaded_model *m, ds__weight_set *ws, int64_t i, layer_weights *w,
+                      ds_error *err)
+{
+    char p[DS__PARAM_NAME_MAX];
+    int rc;
+    snprintf(p, sizeof p, LM "layers.%lld.", (long long)i);
+    if ((rc = ds__weight_bind(m, ws, p, "input_layernorm.weight", 0, &w->input_norm, err)) !=
+            DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "self_attn.q_proj", &w->q, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "self_attn.k_proj", &w->k, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(m, ws, p, "self_attn.v_proj", &w->v, err)) != DS_OK ||
+        (rc = ds__weight_bind(m, ws, p, "self_attn.o_proj.weight", 1, &w->o, err)) != DS_OK ||
+        (rc = ds__weight_bind(m, ws, p, "post_attention_layernorm.weight", 0, &w->post_norm,
+                              err)) != DS_OK ||
+        (rc = ds__weight_bind(m, ws, p, "mlp.gate_proj.weight", 1, &w->gate, err)) != DS_OK ||
+        (rc = ds__weight_bind(m, ws, p, "mlp.up_proj.weight", 1, &w->up, err)) != DS_OK ||
+        (rc = ds__weight_bind(m, ws, p, "mlp.down_proj.weight", 1, &w->down, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* Every activation; S tokens per row, compute dtype t. */
+static int alloc_state(ds_backend *b, ds_dtype t, int64_t B, int64_t S, te_state *s,
+                       ds_error *err)
+{
+    int rc;
+    if ((rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(S, ROPE_PAIRS), &s->cos, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(S, ROPE_PAIRS), &s->sin, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, HIDDEN), &s->h, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, HIDDEN), &s->x, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->q, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, KV_HEADS, HEAD_DIM), &s->k, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, KV_HEADS, HEAD_DIM), &s->v, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->attn, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, HIDDEN), &s->out, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, INTERMEDIATE), &s->gate, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, INTERMEDIATE), &s->up, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* Qwen2_5_VLRotaryEmbedding for text: all three M-RoPE position axes hold the same position,
+ * so the mrope_section split [16, 24, 24] picks equal angles and it is plain 1-D RoPE.
+ * Upstream computes inv_freq = 1 / theta^(2j / 128) and angle = pos * inv_freq in float32, and
+ * casts cos and sin to the compute dtype before rotating; the tables reproduce both roundings. */
+static int rope_tables(int64_t S, ds_dtype dtype, te_state *s, ds_error *err)
+{
+    float *host = malloc((size_t)(2 * S * ROPE_PAIRS) * sizeof *host);
+    if (!host)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, OWNER ": out of memory for RoPE");
+    float *cos_t = host, *sin_t = host + S * ROPE_PAIRS;
+    for (int j = 0; j < ROPE_PAIRS; j++) {
+        float inv_freq = 1.0f / powf(ROPE_THETA, (float)(2 * j) / (float)HEAD_DIM);
+        for (int64_t p = 0; p < S; p++) {
+            float angle = (float)p * inv_freq;
+            float c = (float)cos((double)angle), sn = (float)sin((double)angle);
+            if (dtype == DS_BF16) {
+                c = ds_bf16_to_f32(ds_f32_to_bf16(c));
+                sn = ds_bf16_to_f32(ds_f32_to_bf16(sn));
+            }
+            cos_t[p * ROPE_PAIRS + j] = c;
+            sin_t[p * ROPE_PAIRS + j] = sn;
+        }
+    }
+    int rc = ds_tensor_upload(&s->cos, cos_t, NULL, err);
+    if (rc == DS_OK)
+        rc = ds_tensor_upload(&s->sin, sin_t, NULL, err);
+    free(host);
+    return rc;
+}
+
+/* The padding mask as attention key mask, only when some key is padding (no mask otherwise:
+ * the plain causal attention). */
+static int key_mask(ds_backend *b, const ds_tensor *mask, te_state *s, ds_error *err)
+{
+    if (!mask)
+        return DS_OK;
+    uint64_t n = ds_tensor_numel(mask);
+    size_t esize = ds_dtype_size(mask->dtype);
+    uint8_t *keep = malloc(n ? n : 1);
+    if (!keep)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, OWNER ": out of memory");
+    int padded = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        const unsigned char *e = (const unsigned char *)mask->data + i * esize;
+        uint8_t nonzero = 0;
+        for (size_t k = 0; k < esize; k++)
+            nonzero |= e[k] != 0;
+        keep[i] = nonzero;
+        padded |= !nonzero;
+    }
+    int rc = DS_OK;
+    if (padded &&
+        (rc = ds_tensor_alloc(b, DS_U8, 2, mask->shape, &s->key_mask, err)) == DS_OK)
+        rc = ds_tensor_upload(&s->key_mask, keep, NULL, err);
+    free(keep);
+    return rc;
+}
+
+/* embed_tokens(input_ids) into s->h. The gather runs on the host, where the table is a view
+ * of the file: a device would otherwise need the whole 152064-row table (1 GB in bf16) for a
+ * few hundred rows. */
+static int embed(const ds_loaded_model *m, ds_backend *b, const ds_tensor *input_ids,
+                 te_state *s, ds_error *err)
+{
+    ds_backend *cpu = b;
+    ds__weight_set host_set;
+    ds_tensor table;
+    int rc;
+    if (!is_cpu(b) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+        return rc;
+    ds__weight_set_init(&host_set, cpu, OWNER);
+    ds_tensor ids = ds_tensor_wrap(cpu, input_ids->dtype, 2, input_ids->shape, input_ids->data);
+    ds_tensor *y = &s->h;
+    if (!is_cpu(b)) {
+        if ((rc = ds_tensor_alloc(cpu, s->h.dtype, 3, s->h.shape, &s->embedded, err)) != DS_OK)
+            goto done;
+        y = &s->embedded;
+    }
+    if ((rc = ds__weight_bind(m, &host_set, LM, "embed_tokens.weight", 0, &table, err)) !=
+        DS_OK)
+        goto done;
+    ds_embedding_args a = {&ids, &table, y};
+    if ((rc = ds_embedding(cpu, NULL, &a, err)) != DS_OK)
+        goto done;
+    if (!is_cpu(b))
+        rc = ds_tensor_upload(&s->h, s->embedded.data, NULL, err);
+done:
+    ds__weight_set_release(&host_set);
+    return rc;
+}
+
+static int linear(ds_backend *b, const ds_tensor *x, const ds_tensor *weight,
+                  const ds_tensor *bias, ds_activation act, ds_tensor *y, ds_error *err)
+{
+    ds_linear_args a = {x, weight, bias, 1.0f, act, y};
+    return ds_linear(b, NULL, &a, err);
+}
+
+/* Qwen2_5_VLAttention: q/k/v projections (with biases), half-split RoPE on q and k, causal
+ * grouped-query attention (28 query heads over 4 kv heads) with the padding mask, o_proj. */
+static int self_attention(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
+{
+    int64_t B = s->h.shape[0], S = s->h.shape[1];
+    ds_tensor q3 = view(&s->q, 3, SHAPE(B, S, Q_DIM)), k3 = view(&s->k, 3, SHAPE(B, S, KV_DIM));
+    ds_tensor v3 = view(&s->v, 3, SHAPE(B, S, KV_DIM));
+    ds_tensor attn3 = view(&s->attn, 3, SHAPE(B, S, Q_DIM));
+    ds_rope_args rq = {&s->q, &s->cos, &s->sin, DS_ROPE_HALF_SPLIT, &s->q};
+    ds_rope_args rk = {&s->k, &s->cos, &s->sin, DS_ROPE_HALF_SPLIT, &s->k};
+    ds_attention_args at = {&s->q, &s->k, &s->v, s->key_mask.data ? &s->key_mask : NULL,
+                            1.0f / sqrtf((float)HEAD_DIM), 1, &s->attn};
+    int rc;
+    if ((rc = linear(b, &s->x, &w->q.weight, &w->q.bias, DS_ACT_NONE, &q3, err)) != DS_OK ||
+        (rc = linear(b, &s->x, &w->k.weight, &w->k.bias, DS_ACT_NONE, &k3, err)) != DS_OK ||
+        (rc = linear(b, &s->x, &w->v.weight, &w->v.bias, DS_ACT_NONE, &v3, err)) != DS_OK ||
+        (rc = ds_rope(b, NULL, &rq, err)) != DS_OK || (rc = ds_rope(b, NULL, &rk, err)) != DS_OK ||
+        (rc = ds_attention(b, NULL, &at, err)) != DS_OK ||
+        (rc = linear(b, &attn3, &w->o, NULL, DS_ACT_NONE, &s->out, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* Qwen2_5_VLDecoderLayer: h += attn(RMSNorm(h)); h += down(SiLU(gate(x)) * up(x)), x =
+ * RMSNorm(h). */
+static int layer_forward(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
+{
+    ds_rms_norm_args n1 = {&s->h, &w->input_norm, RMS_EPS, &s->x};
+    ds_rms_norm_args n2 = {&s->h, &w->post_norm, RMS_EPS, &s->x};
+    ds_binary_args residual = {&s->h, &s->out, DS_BINARY_ADD, &s->h};
+    ds_binary_args glu = {&s->gate, &s->up, DS_BINARY_MUL, &s->gate};
+    int rc;
+    if ((rc = ds_rms_norm(b, NULL, &n1, err)) != DS_OK ||
+        (rc = self_attention(b, w, s, err)) != DS_OK ||
+        (rc = ds_binary(b, NULL, &residual, err)) != DS_OK ||
+        (rc = ds_rms_norm(b, NULL, &n2, err)) != DS_OK ||
+        (rc = linear(b, &s->x, &w->gate, NULL, DS_ACT_SILU, &s->gate, err)) != DS_OK ||
+        (rc = linear(b, &s->x, &w->up, NULL, DS_ACT_NONE, &s->up, err)) != DS_OK ||
+        (rc = ds_binary(b, NULL, &glu, err)) != DS_OK ||
+        (rc = linear(b, &s->gate, &w->down, NULL, DS_ACT_NONE, &s->out, err)) != DS_OK ||
+        (rc = ds_binary(b, NULL, &residual, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_context *ctx,
+                                       const ds_tensor *input_ids,
+                                       const ds_tensor *attention_mask, ds_tensor *hidden_out,
+                                       ds_error *err)
+{
+    te_state s;
+    ds__weight_set outer_set, layer_set;
+    layer_weights lw;
+    ds_tensor final_norm;
+    memset(&s, 0, sizeof s);
+    memset(&outer_set, 0, sizeof outer_set);
+    memset(&layer_set, 0, sizeof layer_set);
+    int rc = check_inputs(input_ids, attention_mask, hidden_out, err);
+    if (rc != DS_OK)
+        return rc;
+    if (!m || !ctx || !ctx->backend)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model or no backend");
+    int64_t layers = count_layers(m);
+    const ds_sd_entry *table = ds_state_dict_find(&m->params, LM "embed_tokens.weight");
+    if (layers == 0 || !table || table->dict || table->tensor.ndim != 2)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "forward: " OWNER ": the loaded tree has no %s",
+                            layers == 0 ? "decoder layers" : "token embedding");
+    if ((rc = check_ids(input_ids, table->tensor.shape[0], err)) != DS_OK)
+        return rc;
+    ds_backend *b = ctx->backend;
+    int64_t B = input_ids->shape[0], S = input_ids->shape[1];
+    ds_dtype dtype = hidden_out->dtype;
+    ds__weight_set_init(&outer_set, b, OWNER);
+    ds__weight_set_init(&layer_set, b, OWNER);
+
+    ds_tensor result;
+    if ((rc = alloc_state(b, dtype, B, S, &s, err)) != DS_OK ||
+        (rc = rope_tables(S, dtype, &s, err)) != DS_OK ||
+        (rc = key_mask(b, attention_mask, &s, err)) != DS_OK ||
+        (rc = ds__weight_bind(m, &outer_set, LM, "norm.weight", 0, &final_norm, err)) != DS_OK ||
+        (rc = embed(m, b, input_ids, &s, err)) != DS_OK)
+        goto fail;
+    /* The output: written in place on the CPU, downloaded from a device copy otherwise. */
+    if (is_cpu(b)) {
+        result = *hidden_out;
+        result.backend = b;
+    } else {
+        if ((rc = ds_tensor_alloc(b, dtype, 3, hidden_out->shape, &s.result, err)) != DS_OK)
+            goto fail;
+        result = s.result;
+    }
+
+    /* The decoder layers, cancellable between any two. */
+    for (int64_t i = 0; i < layers; i++) {
+        if (ctx->cancelled && ctx->cancelled(ctx->user)) {
+            rc = ds_error_set(err, DS_ERR_CANCELLED, "forward: cancelled before layer %lld of %lld",
+                              (long long)i, (long long)layers);
+            goto fail;
+        }
+        if ((rc = bind_layer(m, &layer_set, i, &lw, err)) != DS_OK ||
+            (rc = layer_forward(b, &lw, &s, err)) != DS_OK) {
+            ds_error_prefix(err, "forward: layer %lld: ", (long long)i);
+            goto fail;
+        }
+        ds__weight_set_release(&layer_set);
+        if (ctx->progress)
+            ctx->progress(ctx->user, "forward", (uint64_t)(i + 1), (uint64_t)layers);
+    }
+
+    /* The final norm: hidden_states[-1] in upstream's output. */
+    ds_rms_norm_args norm = {&s.h, &final_norm, RMS_EPS, &result};
+    if ((rc = ds_rms_norm(b, NULL, &norm, err)) != DS_OK)
+        goto fail;
+    if (!is_cpu(b) && (rc = ds_tensor_download(&result, hidden_out->data, NULL, err)) != DS_OK)
+        goto fail;
+    ds__weight_set_release(&outer_set);
+    state_free(&s);
+    return DS_OK;
+
+fail:
+    ds__weight_set_release(&layer_set);
+    ds__weight_set_release(&outer_set);
+    state_free(&s);
+    return rc;
+}
+
+/* ---- The "forward" step ---- */
+
+/* The step's compute dtype: the "dtype" parameter, else the stored embedding's when that is
+ * f32 (a float32 checkpoint), else bf16 (upstream's pipeline dtype). */
+static int step_dtype(const ds_loaded_model *m, const ds_step_io *in, ds_dtype *out,
+                      ds_error *err)
+{
+    const ds_step_param *p = ds_step_io_param(in, "dtype");
+    if (p) {
+        if (strcmp(p->text, "float32") == 0 || strcmp(p->text, "f32") == 0)
+            *out = DS_F32;
+        else if (strcmp(p->text, "bfloat16") == 0 || strcmp(p->text, "bf16") == 0)
+            *out = DS_BF16;
+        else
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "forward: parameter \"dtype\" is \"%s\", expected float32 or "
+                                "bfloat16", p->text);
+        return DS_OK;
+    }
+    const ds_sd_entry *e = ds_state_dict_find(&m->params, LM "embed_tokens.weight");
+    *out = e && !e->dict && e->tensor.dtype == DS_F32 ? DS_F32 : DS_BF16;
+    return DS_OK;
+}
+
+static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
+                        ds_step_io *out, ds_error *err)
+{
+    static const char *const known[] = {"input_ids", "attention_mask", "dtype", NULL};
+    static const ds_dtype id_dtypes[] = {DS_I64, DS_I32};
+    static const ds_dtype mask_dtypes[] = {DS_I64, DS_I32, DS_U8, DS_BOOL};
+    const ds_tensor *ids, *mask;
+    char expected[128];
+    ds_dtype dtype = DS_BF16;
+    int rc;
+    if ((rc = ds_step_io_check_names(in, "forward", known, err)) != DS_OK ||
+        (rc = ds_step_io_require(in, "forward", "input_ids", 0, id_dtypes, 2, 2, SHAPE(-1, -1),
+                                 "[B, S] i64 or i32 token ids", &ids, err)) != DS_OK)
+        return rc;
+    if (ids->shape[0] < 1 || ids->shape[1] < 1)
+        return bad_input("input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
+    snprintf(expected, sizeof expected, "[%lld, %lld] i64, i32, u8 or bool (input_ids' shape)",
+             (long long)ids->shape[0], (long long)ids->shape[1]);
+    if ((rc = ds_step_io_require(in, "forward", "attention_mask", 1, mask_dtypes, 4, 2,
+                                 ids->shape, expected, &mask, err)) != DS_OK ||
+        (rc = step_dtype(m, in, &dtype, err)) != DS_OK)
+        return rc;
+
+    ds_backend *cpu = ctx->backend;
+    ds_tensor *hidden;
+    if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+        return rc;
+    if ((rc = ds_step_io_new_tensor(out, cpu, "hidden_states", dtype, 3,
+                                    SHAPE(ids->shape[0], ids->shape[1], HIDDEN), &hidden, err)) !=
+        DS_OK)
+        return rc;
+    return ds_qwen_image_text_encoder_forward(m, ctx, ids, mask, hidden, err);
+}
+
+static const ds_model_step steps[] = {
+    {
+        .name = "forward",
+        .usage = "forward: input_ids [B, S] (i64 or i32), attention_mask [B, S] (optional; 0 = "
+                 "padding), dtype (float32 or bfloat16; default bfloat16, float32 for a float32 "
+                 "checkpoint) -> hidden_states [B, S, 3584], after the final norm",
+        .run = forward_step,
+    },
+};
+
 const ds_model_class ds__qwen_image_text_encoder_class = {
     .name = CLASS_NAME,
     .declare_parameters = declare_parameters,
+    .steps = steps,
+    .step_count = sizeof steps / sizeof steps[0],
 };

@@ -1,0 +1,442 @@
+/* The Qwen-Image text encoder's forward against upstream's own output (tests/golden/
+ * make_qwen_image_text_encoder_golden.py): 2 decoder layers at full width and the full
+ * 152064-row embedding, weights regenerated bit for bit by tests/tools/seeded_weights.c,
+ * float32 and bfloat16 runs of a single prompt and of a right-padded batch of 2; then the step
+ * interface, the padding mask against an unpadded run, the input checks and cancellation.
+ *
+ * The model is the class's declared tree cut to the text tower's embedding, layers 0 and 1 and
+ * final norm (the forward runs the layers the tree has), each view pointing at a seeded
+ * buffer. The f32 weights are 4 GB and are converted to bf16 in place for the bf16 run. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/float_convert.h"
+#include "core/safetensors.h"
+#include "kernels/ops.h"
+#include "models/qwen_image_text_encoder.h"
+#include "test.h"
+#include "tools/seeded_weights.h"
+
+#define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
+#define SEED 2025
+#define LAYERS 2
+#define HIDDEN 3584
+#define LM "model.language_model."
+#define GOLDEN "golden/qwen_image_text_encoder_2layers.safetensors"
+
+static ds_backend *cpu;
+static ds_safetensors *golden;
+static ds_loaded_model model; /* params bound to the buffers below */
+static int model_ready;       /* 1: f32 weights, 2: bf16 weights */
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* The generator script's weight_bounds: RMSNorm weights 1 +- 0.1, the embedding within 1,
+ * Linear weights and their biases within 1/sqrt(fan_in). */
+static void bounds(const ds_state_dict *params, const char *name, const ds_tensor_view *v,
+                   double *bound, float *center)
+{
+    *center = 0.0f;
+    if (ends_with(name, "norm.weight")) {
+        *bound = 0.1;
+        *center = 1.0f;
+        return;
+    }
+    if (ends_with(name, "embed_tokens.weight")) {
+        *bound = 1.0;
+        return;
+    }
+    int64_t fan_in = 1;
+    if (v->ndim == 2) {
+        fan_in = v->shape[1];
+    } else {
+        char weight[256];
+        snprintf(weight, sizeof weight, "%.*s.weight", (int)(strlen(name) - strlen(".bias")),
+                 name);
+        const ds_sd_entry *w = ds_state_dict_find(params, weight);
+        fan_in = w ? w->tensor.shape[1] : 1;
+    }
+    *bound = 1.0 / sqrt((double)fan_in);
+}
+
+static void free_model(void)
+{
+    for (size_t i = 0; i < model.params.count; i++)
+        free((void *)model.params.entries[i].tensor.data);
+    ds_state_dict_free(&model.params);
+    model_ready = 0;
+}
+
+/* Text tensors of layers 0 and 1, the embedding and the final norm: the golden's model. */
+static int kept(const char *name)
+{
+    if (strncmp(name, LM, strlen(LM)) != 0)
+        return 0;
+    const char *rest = name + strlen(LM);
+    if (strncmp(rest, "layers.", 7) != 0)
+        return 1;
+    return atoi(rest + 7) < LAYERS;
+}
+
+static int build_model(void)
+{
+    ds_error err;
+    ds_state_dict full;
+    const ds_model_class *cls = ds_model_class_find(TE_CLASS);
+    memset(&model, 0, sizeof model);
+    ds_state_dict_init(&model.params);
+    ds_state_dict_init(&full);
+    if (!cls || ds_model_class_declare(cls, NULL, &full, &err) != DS_OK)
+        goto fail;
+    model.cls = cls;
+    for (size_t i = 0; i < full.count; i++)
+        if (kept(full.entries[i].name) &&
+            ds_state_dict_put_tensor(&model.params, full.entries[i].name,
+                                     &full.entries[i].tensor) != DS_OK)
+            goto fail;
+    ds_state_dict_free(&full);
+    for (size_t i = 0; i < model.params.count; i++) {
+        ds_sd_entry *e = &model.params.entries[i];
+        uint64_t n = ds_tensor_view_numel(&e->tensor);
+        float *data = malloc(n * sizeof *data);
+        if (!data)
+            goto fail;
+        double bound;
+        float center;
+        bounds(&model.params, e->name, &e->tensor, &bound, &center);
+        ds_seeded_fill(e->name, SEED, bound, center, data, n);
+        e->tensor.data = data;
+    }
+    model_ready = 1;
+    return 1;
+fail:
+    ds_state_dict_free(&full);
+    free_model();
+    return 0;
+}
+
+/* torch's .to(bfloat16) of every weight (round to nearest even), in place: element i's two
+ * bytes land at or before the four bytes of element i, which are read first. */
+static void model_to_bf16(void)
+{
+    for (size_t i = 0; i < model.params.count; i++) {
+        ds_tensor_view *v = &model.params.entries[i].tensor;
+        uint64_t n = ds_tensor_view_numel(v);
+        float *f = (float *)v->data;
+        uint16_t *h = (uint16_t *)v->data;
+        for (uint64_t k = 0; k < n; k++)
+            h[k] = ds_f32_to_bf16(f[k]);
+        v->dtype = DS_BF16;
+        v->nbytes = n * 2;
+    }
+    model_ready = 2;
+}
+
+static ds_tensor golden_tensor(const char *name)
+{
+    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
+    if (!e)
+        return (ds_tensor){0};
+    const ds_tensor_view *v = &e->tensor;
+    return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
+}
+
+/* Relative L2 distance of `count` elements (0: all of want) of got from got_offset and want
+ * from want_offset. */
+static double rel_l2(const ds_tensor *got, size_t got_offset, const ds_tensor *want,
+                     size_t want_offset, uint64_t count)
+{
+    double num = 0, den = 0;
+    uint64_t n = count ? count : ds_tensor_numel(want);
+    for (uint64_t i = 0; i < n; i++) {
+        double a = ds_load_f64(got->data, got->dtype, got_offset + i);
+        double b = ds_load_f64(want->data, want->dtype, want_offset + i);
+        num += (a - b) * (a - b);
+        den += b * b;
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static int progress_calls;
+static uint64_t progress_last, progress_total;
+
+static void on_progress(void *user, const char *phase, uint64_t done, uint64_t total)
+{
+    (void)user;
+    if (strcmp(phase, "forward") == 0) {
+        progress_calls++;
+        progress_last = done;
+        progress_total = total;
+    }
+}
+
+static int always_cancelled(void *user)
+{
+    (void)user;
+    return 1;
+}
+
+/* Runs the forward on a golden case; out is allocated here (caller frees it). */
+static int run_case(const char *name, ds_dtype dtype, ds_tensor *out, ds_error *err)
+{
+    char ids_name[64], mask_name[64];
+    snprintf(ids_name, sizeof ids_name, "ids_%s", name);
+    snprintf(mask_name, sizeof mask_name, "mask_%s", name);
+    ds_tensor ids = golden_tensor(ids_name), mask = golden_tensor(mask_name);
+    ds_step_context ctx = {.backend = cpu, .progress = on_progress};
+    int rc = ds_tensor_alloc(cpu, dtype, 3, (const int64_t[]){ids.shape[0], ids.shape[1], HIDDEN},
+                             out, err);
+    if (rc != DS_OK)
+        return rc;
+    double start = now();
+    rc = ds_qwen_image_text_encoder_forward(&model, &ctx, &ids, &mask, out, err);
+    fprintf(stderr, "  forward %s (%s): %.2f s\n", name, ds_dtype_name(dtype), now() - start);
+    return rc;
+}
+
+static void check_case(const char *name, ds_dtype dtype, double limit)
+{
+    ds_error err;
+    ds_tensor out;
+    char want_name[64], f32_name[64];
+    const char *suffix = dtype == DS_F32 ? "f32" : "bf16";
+    snprintf(want_name, sizeof want_name, "hidden_%s_%s", name, suffix);
+    snprintf(f32_name, sizeof f32_name, "hidden_%s_f32", name);
+    progress_calls = 0;
+    int rc = run_case(name, dtype, &out, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    if (rc == DS_OK) {
+        ds_tensor want = golden_tensor(want_name), want_f32 = golden_tensor(f32_name);
+        double rel = rel_l2(&out, 0, &want, 0, 0);
+        fprintf(stderr, "  %s %s relative L2 error vs upstream: %.3e (vs upstream f32: %.3e)\n",
+                name, suffix, rel, rel_l2(&out, 0, &want_f32, 0, 0));
+        CHECK(rel < limit);
+        CHECK(progress_calls == LAYERS && progress_last == LAYERS && progress_total == LAYERS);
+    }
+    ds_tensor_free(&out);
+}
+
+static void test_seeded_weights_match_python(void)
+{
+    /* Bit patterns printed by tests/golden/seeded_weights.py for seed 2025. */
+    static const uint32_t embed[3] = {0xbbb33900, 0x3f02d1d0, 0x3f587b48};
+    static const uint32_t norm[3] = {0x3f887b46, 0x3f824970, 0x3f716154};
+    float v[3];
+    ds_seeded_fill(LM "embed_tokens.weight", SEED, 1.0, 0.0f, v, 3);
+    for (int i = 0; i < 3; i++)
+        CHECK(ds__f32_bits(v[i]) == embed[i]);
+    ds_seeded_fill(LM "layers.1.post_attention_layernorm.weight", SEED, 0.1, 1.0f, v, 3);
+    for (int i = 0; i < 3; i++)
+        CHECK(ds__f32_bits(v[i]) == norm[i]);
+}
+
+static void test_f32_golden(void)
+{
+    REQUIRE(model_ready == 1);
+    check_case("single", DS_F32, 1e-4);
+    check_case("padded", DS_F32, 1e-4);
+}
+
+/* The padded batch through the step, with i32 ids and a u8 mask: the same numbers. */
+static void test_step(void)
+{
+    ds_error err;
+    REQUIRE(model_ready == 1);
+    const ds_model_step *step = ds_model_step_find(model.cls->steps, model.cls->step_count,
+                                                   "forward");
+    REQUIRE(step);
+    ds_tensor ids = golden_tensor("ids_padded"), mask = golden_tensor("mask_padded");
+    uint64_t n = ds_tensor_numel(&ids);
+    int32_t ids32[2 * 13];
+    uint8_t mask8[2 * 13];
+    REQUIRE(n == 2 * 13);
+    for (uint64_t i = 0; i < n; i++) {
+        ids32[i] = (int32_t)((const int64_t *)ids.data)[i];
+        mask8[i] = (uint8_t)((const int64_t *)mask.data)[i];
+    }
+    ds_step_io in, out;
+    ds_step_io_init(&in);
+    ds_step_io_init(&out);
+    int rc = ds_step_io_add_tensor(&in, "input_ids", ds_tensor_wrap(cpu, DS_I32, 2, ids.shape, ids32),
+                                   NULL, &err);
+    if (rc == DS_OK)
+        rc = ds_step_io_add_tensor(&in, "attention_mask",
+                                   ds_tensor_wrap(cpu, DS_U8, 2, mask.shape, mask8), NULL, &err);
+    if (rc == DS_OK)
+        rc = ds_step_io_add_param(&in, "dtype", "float32", &err);
+    ds_step_context ctx = {.backend = cpu};
+    if (rc == DS_OK)
+        rc = step->run(&model, &ctx, &in, &out, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    const ds_tensor *hidden = ds_step_io_tensor(&out, "hidden_states");
+    CHECK(hidden && hidden->ndim == 3 && hidden->shape[0] == 2 && hidden->shape[1] == 13 &&
+          hidden->shape[2] == HIDDEN && hidden->dtype == DS_F32);
+    if (rc == DS_OK && hidden) {
+        ds_tensor want = golden_tensor("hidden_padded_f32");
+        double rel = rel_l2(hidden, 0, &want, 0, 0);
+        fprintf(stderr, "  step (i32 ids, u8 mask) vs upstream: %.3e\n", rel);
+        CHECK(rel < 1e-4);
+    }
+    ds_step_io_free(&in);
+    ds_step_io_free(&out);
+}
+
+/* A padding key reaches no token: the padded row's 9 valid tokens equal a run of those 9
+ * tokens alone (right padding keeps their positions). */
+static void test_padding_mask(void)
+{
+    ds_error err;
+    REQUIRE(model_ready == 1);
+    ds_tensor ids = golden_tensor("ids_padded"), mask = golden_tensor("mask_padded");
+    ds_tensor want = golden_tensor("hidden_padded_f32"), alone;
+    ds_tensor row = ds_tensor_wrap(cpu, DS_I64, 2, (const int64_t[]){1, 9},
+                                   (int64_t *)ids.data + 13);
+    ds_step_context ctx = {.backend = cpu};
+    REQUIRE(((const int64_t *)mask.data)[13 + 8] == 1 && ((const int64_t *)mask.data)[13 + 9] == 0);
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 3, (const int64_t[]){1, 9, HIDDEN}, &alone, &err) ==
+            DS_OK);
+    int rc = ds_qwen_image_text_encoder_forward(&model, &ctx, &row, NULL, &alone, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    if (rc == DS_OK) {
+        double rel = rel_l2(&alone, 0, &want, 13 * HIDDEN, 9 * HIDDEN);
+        fprintf(stderr, "  unpadded row vs padded batch's valid tokens: %.3e\n", rel);
+        CHECK(rel < 1e-4);
+    }
+    ds_tensor_free(&alone);
+}
+
+/* A step run with one input replaced or added; returns the status and the message. */
+static int run_step_with(const char *name, ds_tensor t, const char *param, const char *value,
+                         ds_error *err)
+{
+    const ds_model_step *step = ds_model_step_find(model.cls->steps, model.cls->step_count,
+                                                   "forward");
+    if (!step)
+        return DS_ERR_NOT_FOUND;
+    ds_step_io in, out;
+    ds_step_io_init(&in);
+    ds_step_io_init(&out);
+    int rc = DS_OK;
+    if (strcmp(name, "input_ids") != 0)
+        rc = ds_step_io_add_tensor(&in, "input_ids", golden_tensor("ids_single"), NULL, err);
+    if (rc == DS_OK)
+        rc = ds_step_io_add_tensor(&in, name, t, NULL, err);
+    if (rc == DS_OK && param)
+        rc = ds_step_io_add_param(&in, param, value, err);
+    ds_step_context ctx = {.backend = cpu};
+    if (rc == DS_OK)
+        rc = step->run(&model, &ctx, &in, &out, err);
+    ds_step_io_free(&in);
+    ds_step_io_free(&out);
+    return rc;
+}
+
+static void test_input_checks(void)
+{
+    ds_error err;
+    REQUIRE(model_ready);
+    ds_tensor ids = golden_tensor("ids_single"), mask = golden_tensor("mask_single");
+    float f[11] = {0};
+    int64_t big[11] = {0, 1, 2, 152064};
+    ds_tensor ids_f32 = ds_tensor_wrap(cpu, DS_F32, 2, ids.shape, f);
+    ds_tensor ids_1d = ds_tensor_wrap(cpu, DS_I64, 1, (const int64_t[]){11}, ids.data);
+    ds_tensor ids_big = ds_tensor_wrap(cpu, DS_I64, 2, (const int64_t[]){1, 4}, big);
+    ds_tensor mask_short = ds_tensor_wrap(cpu, DS_I64, 2, (const int64_t[]){1, 10}, mask.data);
+    ds_tensor mask_f32 = ds_tensor_wrap(cpu, DS_F32, 2, ids.shape, f);
+
+    CHECK(run_step_with("input_ids", ids_f32, NULL, NULL, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "\"input_ids\"");
+    CHECK(run_step_with("input_ids", ids_1d, NULL, NULL, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "\"input_ids\"");
+    CHECK(run_step_with("input_ids", ids_big, NULL, NULL, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "\"input_ids\"");
+    CHECK_CONTAINS(err.message, "[0, 3] is 152064");
+    CHECK(run_step_with("attention_mask", mask_short, NULL, NULL, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "\"attention_mask\"");
+    CHECK_CONTAINS(err.message, "[1, 11]");
+    CHECK(run_step_with("attention_mask", mask_f32, NULL, NULL, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "\"attention_mask\"");
+    CHECK(run_step_with("attn_mask", mask, NULL, NULL, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "\"attn_mask\"");
+    CHECK(run_step_with("attention_mask", mask, "dtype", "float16", &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "\"dtype\"");
+
+    /* The C entry point checks its output too. */
+    ds_tensor out;
+    ds_step_context ctx = {.backend = cpu};
+    REQUIRE(ds_tensor_alloc(cpu, DS_F16, 3, (const int64_t[]){1, 11, HIDDEN}, &out, &err) ==
+            DS_OK);
+    CHECK(ds_qwen_image_text_encoder_forward(&model, &ctx, &ids, NULL, &out, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "output \"hidden_states\"");
+    ds_tensor_free(&out);
+}
+
+static void test_cancelled(void)
+{
+    ds_error err;
+    REQUIRE(model_ready);
+    ds_step_context ctx = {.backend = cpu, .cancelled = always_cancelled};
+    ds_tensor ids = golden_tensor("ids_single"), out;
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 3, (const int64_t[]){1, 11, HIDDEN}, &out, &err) ==
+            DS_OK);
+    CHECK(ds_qwen_image_text_encoder_forward(&model, &ctx, &ids, NULL, &out, &err) ==
+          DS_ERR_CANCELLED);
+    CHECK_CONTAINS(err.message, "cancelled");
+    ds_tensor_free(&out);
+}
+
+static void test_bf16_golden(void)
+{
+    REQUIRE(model_ready);
+    double start = now();
+    model_to_bf16();
+    fprintf(stderr, "  weights to bf16: %.2f s\n", now() - start);
+    check_case("single", DS_BF16, 2e-2);
+    check_case("padded", DS_BF16, 2e-2);
+}
+
+int main(void)
+{
+    ds_error err;
+    const char *root = getenv("DS_TEST_DATA");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", root ? root : "tests/data", GOLDEN);
+    if (ds_cpu_backend_create(0, &cpu, &err) != DS_OK ||
+        ds_safetensors_open(path, 0, &golden, &err) != DS_OK) {
+        fprintf(stderr, "setup: %s\n", err.message);
+        return 1;
+    }
+    RUN(test_seeded_weights_match_python);
+    double start = now();
+    if (!build_model())
+        fprintf(stderr, "setup: could not build the seeded model\n");
+    fprintf(stderr, "  seeded f32 weights: %.2f s\n", now() - start);
+    RUN(test_f32_golden);
+    RUN(test_step);
+    RUN(test_padding_mask);
+    RUN(test_input_checks);
+    RUN(test_cancelled);
+    RUN(test_bf16_golden);
+    if (model_ready)
+        free_model();
+    ds_safetensors_close(golden);
+    ds_backend_destroy(cpu);
+    return test_summary();
+}
