@@ -86,6 +86,119 @@ static void epilogue_rows(void *ctx, int64_t begin, int64_t end)
     }
 }
 
+/* ---- few-row linear ----
+ *
+ * With one to a few rows of x (the modulation linears on temb, a single token), sgemm spends its
+ * time packing the whole weight for almost no arithmetic, and a bf16 weight would first be
+ * widened in full. Here each worker streams its own block of weight rows once, widening one row
+ * at a time into its scratch, and takes the dot products with every x row while that weight row
+ * is in cache: the weight is read exactly once, which is all this shape costs. Each output is
+ * one fixed-order sum, so results do not depend on the thread count. */
+#define SMALL_M_MAX 4
+#define SMALL_M_GRAIN 16 /* weight rows per chunk */
+
+typedef float v8f __attribute__((vector_size(32)));
+
+static float dot_f32(const float *a, const float *b, int64_t k)
+{
+    v8f acc0 = {0}, acc1 = {0};
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        v8f a0, a1, b0, b1;
+        memcpy(&a0, a + i, sizeof a0);
+        memcpy(&a1, a + i + 8, sizeof a1);
+        memcpy(&b0, b + i, sizeof b0);
+        memcpy(&b1, b + i + 8, sizeof b1);
+        acc0 += a0 * b0;
+        acc1 += a1 * b1;
+    }
+    acc0 += acc1;
+    float sum = 0.0f;
+    for (int l = 0; l < 8; l++)
+        sum += acc0[l];
+    for (; i < k; i++)
+        sum += a[i] * b[i];
+    return sum;
+}
+
+/* bf16 is the top half of an f32: widening is a 16-bit shift, done here in registers instead of
+ * through a scratch row (the most common weight dtype; converting first halved the speed). */
+typedef uint16_t v8u16 __attribute__((vector_size(16)));
+typedef uint32_t v8u32 __attribute__((vector_size(32)));
+
+static float dot_f32_bf16(const float *a, const uint16_t *b, int64_t k)
+{
+    v8f acc0 = {0}, acc1 = {0};
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        v8f a0, a1;
+        v8u16 h0, h1;
+        memcpy(&a0, a + i, sizeof a0);
+        memcpy(&a1, a + i + 8, sizeof a1);
+        memcpy(&h0, b + i, sizeof h0);
+        memcpy(&h1, b + i + 8, sizeof h1);
+        v8u32 w0 = __builtin_convertvector(h0, v8u32) << 16;
+        v8u32 w1 = __builtin_convertvector(h1, v8u32) << 16;
+        v8f b0, b1;
+        memcpy(&b0, &w0, sizeof b0);
+        memcpy(&b1, &w1, sizeof b1);
+        acc0 += a0 * b0;
+        acc1 += a1 * b1;
+    }
+    acc0 += acc1;
+    float sum = 0.0f;
+    for (int l = 0; l < 8; l++)
+        sum += acc0[l];
+    for (; i < k; i++) {
+        uint32_t bits = (uint32_t)b[i] << 16;
+        float w;
+        memcpy(&w, &bits, sizeof w);
+        sum += a[i] * w;
+    }
+    return sum;
+}
+
+typedef struct small_m_job {
+    const float *x;   /* [m, k] f32 */
+    const void *w;    /* [n, k] in wdtype */
+    ds_dtype wdtype;
+    int64_t m, n, k;
+    float alpha;
+    float *acc;       /* [m, n] */
+    int failed;       /* a worker's scratch allocation failed */
+} small_m_job;
+
+static void small_m_rows(void *ctx, int64_t begin, int64_t end)
+{
+    small_m_job *j = ctx;
+    size_t wsize = ds_dtype_size(j->wdtype);
+    if (j->wdtype == DS_BF16) {
+        for (int64_t c = begin; c < end; c++) {
+            const uint16_t *w = (const uint16_t *)j->w + c * j->k;
+            for (int64_t r = 0; r < j->m; r++)
+                j->acc[r * j->n + c] = j->alpha * dot_f32_bf16(j->x + r * j->k, w, j->k);
+        }
+        return;
+    }
+    float *wrow = NULL;
+    if (j->wdtype != DS_F32) {
+        wrow = ds__cpu_scratch((size_t)j->k * sizeof(float));
+        if (!wrow) {
+            __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
+    }
+    for (int64_t c = begin; c < end; c++) {
+        const float *w = (const float *)((const char *)j->w + (size_t)(c * j->k) * wsize);
+        if (wrow) {
+            ds_convert_to_f32(w, j->wdtype, (size_t)j->k, wrow);
+            w = wrow;
+        }
+        for (int64_t r = 0; r < j->m; r++)
+            j->acc[r * j->n + c] = j->alpha * dot_f32(j->x + r * j->k, w, j->k);
+    }
+}
+
 /* acc[M, N] (row stride ldc) = alpha * x[M, K] @ w[N, K]^T, with M split where it exceeds
  * BLAS's int. */
 static void gemm_xwt(int64_t m, int64_t n, int64_t k, float alpha, const float *x, const float *w,
@@ -143,7 +256,15 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
             goto done;
         /* fp8 (and any) weight scale is applied as sgemm's alpha: y = scale * (x @ W^T). */
         float alpha = a->weight_scale;
-        if (w->dtype == DS_F32) {
+        if (m <= SMALL_M_MAX) {
+            small_m_job j = {xf, w->data, w->dtype, m, n, k, alpha, acc, 0};
+            ds__cpu_parallel_for(b, n, SMALL_M_GRAIN, small_m_rows, &j);
+            if (j.failed) {
+                rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "linear: out of memory for a "
+                                  "%lld-element weight row in f32", (long long)k);
+                goto done;
+            }
+        } else if (w->dtype == DS_F32) {
             gemm_xwt(m, n, k, alpha, xf, w->data, acc, n);
         } else {
             int64_t rows = WEIGHT_BLOCK_FLOATS / k;

@@ -132,6 +132,12 @@ static void test_linear_large(void)
     linear_case(DS_BF16, DS_BF16, 1.0f, DS_BF16, DS_ACT_GELU_SIGMOID, 0, 257, 384, 320);
     linear_case(DS_F32, DS_F8_E4M3, 0.5f, DS_F32, DS_ACT_GELU_ERF, 0, 257, 384, 320);
     linear_case(DS_F16, DS_F8_E5M2, 1.0f, DS_F16, DS_ACT_SILU, 0, 257, 384, 320);
+    /* The few-row path (M <= 4: modulation linears on temb) at model-like K with a vector tail,
+     * and M = 5, the first shape that goes through sgemm again. */
+    linear_case(DS_F32, DS_F32, 1.0f, DS_F32, DS_ACT_NONE, 0, 1, 3077, 301);
+    linear_case(DS_BF16, DS_BF16, 1.0f, DS_BF16, DS_ACT_SILU, 0, 2, 3077, 301);
+    linear_case(DS_F32, DS_F8_E4M3, 0.5f, DS_F32, DS_ACT_GELU_SIGMOID, 0, 4, 1030, 257);
+    linear_case(DS_F16, DS_F16, 1.0f, DS_DTYPE_INVALID, DS_ACT_NONE, 0, 5, 1030, 257);
 }
 
 /* The same call twice gives bit-identical output (deterministic for a thread count). */
