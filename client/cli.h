@@ -74,6 +74,10 @@ void cli_end_progress(cli_ctx *ctx);
 int cli_run_step(cli_ctx *ctx, int argc, char **argv);
 extern const char cli_run_step_help[];
 
+/* `tokenize` (cli_tokenize.c) and its help text; runs locally, without the daemon. */
+int cli_tokenize(cli_ctx *ctx, int argc, char **argv);
+extern const char cli_tokenize_help[];
+
 /* Prints the failure `status` of the last client call to stderr (`error: CODE_NAME: message`
  * for a daemon Error; how to start the daemon when it cannot be reached) and returns the exit
  * status for it. */

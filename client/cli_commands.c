@@ -658,6 +658,8 @@ const cli_command cli_commands[] = {
      run_configs},
     {"run-step", "Run one step of a loaded model on tensors from safetensors files",
      cli_run_step_help, cli_run_step},
+    {"tokenize", "Token ids of a prompt with a model's Qwen2 tokenizer (no daemon needed)",
+     cli_tokenize_help, cli_tokenize},
     {"help", "Show help for a command",
      "usage: diffsynth help [COMMAND]\n", cli_run_help},
 };
