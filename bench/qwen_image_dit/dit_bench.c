@@ -1,0 +1,390 @@
+/* bench/qwen_image_dit: one forward of the Qwen-Image DiT (ds_qwen_image_dit_forward, the
+ * pipeline's model_fn_qwen_image on the text-to-image path), timed, one JSON line.
+ * upstream_anchor.py takes the same arguments and times upstream DiffSynth-Studio's own
+ * QwenImageDiT + model_fn_qwen_image, so run.sh can print ours / upstream measured in the same
+ * run (DESIGN §7).
+ *
+ * usage: dit_bench [options]
+ *   --backend cpu|cuda   (default cpu)
+ *   --threads N          CPU worker threads (0 = all CPUs; ignored by cuda)
+ *   --dtype f32|bf16     weights, inputs and compute (default f32)
+ *   --layers N           transformer blocks (default 2; the released model has 60)
+ *   --height H --width W image size in pixels, multiples of 16 (default 256 x 256: 256 image
+ *                        tokens); latents are [1, 16, H/8, W/8]
+ *   --text-tokens L      prompt_emb [1, L, 3584] (default 32)
+ *   --warmup N           untimed forwards first (default 1)
+ *   --repeats N          timed forwards; the median is reported (default 5)
+ *
+ * The model is the class's declared tree (ds_model_class_declare with {"num_layers": N}) built
+ * in memory, every view pointing at a buffer of cheap deterministic values: a fixed table of
+ * uniform values in [-0.02, 0.02] tiled at a per-tensor offset (norm weights: 1 + that), which
+ * times like real weights (no zeros, no denormals) and fills 40 GB of a 60-layer model at memcpy
+ * speed. Inputs are uniform in [-1.7, 1.7] (unit variance); the timestep is 500.
+ *
+ * On the CPU backend the weights are used in place; on another backend the forward uploads them
+ * block by block inside every call (models/weight_set.h), and that upload is part of the time,
+ * as it is of a step the daemon runs. flops: the forward's multiply-adds x 2 (every Linear and
+ * the attention's two products, 4 S^2 D per block), for TFLOP/s against the GEMM ceiling.
+ * Exit status: 0 measured, 77 backend unavailable, 1 any other error; every outcome prints its
+ * JSON line. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+
+#include "core/dtype.h"
+#include "core/float_convert.h"
+#include "kernels/ops.h"
+#include "models/model_class.h"
+#include "models/qwen_image_dit.h"
+
+#define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
+#define PATTERN 65521 /* values in the fill table (a prime, so tensors start out of phase) */
+#define DIM 3072.0
+#define TEXT_DIM 3584.0
+
+typedef struct options {
+    const char *backend;
+    int threads;
+    ds_dtype dtype;
+    int layers;
+    int height, width, text_tokens;
+    int warmup, repeats;
+} options;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int compare_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void print_json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static int64_t image_tokens(const options *o) { return (int64_t)(o->height / 16) * (o->width / 16); }
+
+/* Multiply-adds x 2 of one forward at batch 1 (see the header). */
+static double forward_flops(const options *o)
+{
+    double si = (double)image_tokens(o), st = o->text_tokens, s = si + st, d = DIM;
+    double per_block = 2.0 * s * d * (3 * d + d + 4 * d + 4 * d) /* qkv, out, MLP up + down */
+                       + 4.0 * s * s * d                           /* QK^T and PV */
+                       + 2.0 * 2.0 * d * 6 * d;                    /* img_mod, txt_mod */
+    double outer = 2.0 * si * 64 * d + 2.0 * st * TEXT_DIM * d     /* img_in, txt_in */
+                   + 2.0 * (256 * d + d * d) + 2.0 * d * 2 * d     /* timestep MLP, norm_out */
+                   + 2.0 * si * d * 64;                            /* proj_out */
+    return o->layers * per_block + outer;
+}
+
+static void print_head(const options *o, const char *status)
+{
+    printf("{\"impl\": \"ours\", \"backend\": ");
+    print_json_string(o->backend);
+    printf(", \"model\": \"QwenImageDiT\", \"layers\": %d, \"dtype\": \"%s\", \"height\": %d, "
+           "\"width\": %d, \"image_tokens\": %lld, \"text_tokens\": %d, \"threads\": %d, "
+           "\"status\": \"%s\"",
+           o->layers, ds_dtype_name(o->dtype), o->height, o->width,
+           (long long)image_tokens(o), o->text_tokens, o->threads, status);
+    if (strcmp(o->backend, "cpu") == 0) {
+        printf(", \"blas\": ");
+        print_json_string(openblas_get_config());
+    }
+}
+
+static int report_failure(const options *o, const char *status, const char *message, int code)
+{
+    print_head(o, status);
+    printf(", \"message\": ");
+    print_json_string(message);
+    printf("}\n");
+    fflush(stdout);
+    return code;
+}
+
+static uint64_t splitmix(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t fnv1a(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
+/* The fill table: PATTERN uniform values in [-1, 1), f32 and bf16, repeated once more so that
+ * a tile starting anywhere in the first copy runs PATTERN values without wrapping. */
+static float pattern_f32[2 * PATTERN];
+static uint16_t pattern_bf16[2 * PATTERN];
+
+static void make_pattern(float scale, float center)
+{
+    uint64_t state = 0x5EED;
+    for (int i = 0; i < PATTERN; i++) {
+        double u = (double)(splitmix(&state) >> 11) * 0x1.0p-53;
+        float v = (float)((2.0 * u - 1.0) * scale) + center;
+        pattern_f32[i] = pattern_f32[i + PATTERN] = v;
+        pattern_bf16[i] = pattern_bf16[i + PATTERN] = ds_f32_to_bf16(v);
+    }
+}
+
+/* Fills n elements of `dtype` at dst from the current table, starting at `phase`. */
+static void tile(void *dst, ds_dtype dtype, uint64_t n, uint64_t phase)
+{
+    size_t es = ds_dtype_size(dtype);
+    const char *src = dtype == DS_BF16 ? (const char *)pattern_bf16 : (const char *)pattern_f32;
+    char *out = dst;
+    size_t start = (size_t)(phase % PATTERN);
+    while (n > 0) {
+        uint64_t chunk = n < PATTERN ? n : PATTERN;
+        memcpy(out, src + start * es, (size_t)chunk * es);
+        out += chunk * es;
+        n -= chunk;
+    }
+}
+
+static int is_norm_weight(const char *name, const ds_tensor_view *v)
+{
+    return v->ndim == 1 && strstr(name, "norm") != NULL;
+}
+
+static void free_model(ds_loaded_model *m)
+{
+    for (size_t i = 0; i < m->params.count; i++)
+        free((void *)m->params.entries[i].tensor.data);
+    ds_state_dict_free(&m->params);
+}
+
+/* The class's tree for num_layers = layers, every tensor stored in `dtype`. */
+static int build_model(const options *o, ds_loaded_model *m, char *msg, size_t size)
+{
+    ds_error err;
+    char kwargs[64];
+    const ds_model_class *cls = ds_model_class_find(DIT_CLASS);
+    memset(m, 0, sizeof *m);
+    ds_state_dict_init(&m->params);
+    snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d}", o->layers);
+    if (!cls) {
+        snprintf(msg, size, "model class %s is not registered", DIT_CLASS);
+        return 0;
+    }
+    if (ds_model_class_declare(cls, kwargs, &m->params, &err) != DS_OK) {
+        snprintf(msg, size, "declare: %.200s", err.message);
+        ds_state_dict_free(&m->params);
+        return 0;
+    }
+    m->cls = cls;
+    size_t es = ds_dtype_size(o->dtype);
+    for (int pass = 0; pass < 2; pass++) {
+        /* Pass 0: weights and biases (centre 0); pass 1: norm weights (centre 1). */
+        make_pattern(0.02f, pass ? 1.0f : 0.0f);
+        for (size_t i = 0; i < m->params.count; i++) {
+            ds_sd_entry *e = &m->params.entries[i];
+            if (is_norm_weight(e->name, &e->tensor) != pass)
+                continue;
+            uint64_t n = ds_tensor_view_numel(&e->tensor);
+            void *data = malloc(n * es);
+            if (!data) {
+                snprintf(msg, size, "out of memory for %s (%llu elements)", e->name,
+                         (unsigned long long)n);
+                free_model(m);
+                return 0;
+            }
+            tile(data, o->dtype, n, fnv1a(e->name));
+            e->tensor.data = data;
+            e->tensor.dtype = o->dtype;
+            e->tensor.nbytes = n * es;
+        }
+    }
+    return 1;
+}
+
+/* A host tensor of unit-variance uniform values. */
+static int input_tensor(ds_backend *cpu, ds_dtype dtype, int ndim, const int64_t *shape,
+                        uint64_t seed, ds_tensor *out, ds_error *err)
+{
+    int rc = ds_tensor_alloc(cpu, dtype, ndim, shape, out, err);
+    if (rc != DS_OK)
+        return rc;
+    size_t n = (size_t)ds_tensor_numel(out);
+    for (size_t i = 0; i < n; i++) {
+        double u = (double)(splitmix(&seed) >> 11) * 0x1.0p-53;
+        float v = (float)((2.0 * u - 1.0) * sqrt(3.0));
+        if (dtype == DS_BF16)
+            ((uint16_t *)out->data)[i] = ds_f32_to_bf16(v);
+        else
+            ((float *)out->data)[i] = v;
+    }
+    return DS_OK;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: dit_bench [--backend cpu|cuda] [--threads N] [--dtype f32|bf16] "
+                    "[--layers N] [--height H] [--width W] [--text-tokens L] [--warmup N] "
+                    "[--repeats N]\n");
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    *o = (options){.backend = "cpu", .dtype = DS_F32, .layers = 2, .height = 256, .width = 256,
+                   .text_tokens = 32, .warmup = 1, .repeats = 5};
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i];
+        if (i + 1 >= argc)
+            return 0;
+        const char *v = argv[++i];
+        if (strcmp(k, "--backend") == 0)
+            o->backend = v;
+        else if (strcmp(k, "--threads") == 0)
+            o->threads = atoi(v);
+        else if (strcmp(k, "--dtype") == 0) {
+            if (strcmp(v, "f32") == 0 || strcmp(v, "float32") == 0)
+                o->dtype = DS_F32;
+            else if (strcmp(v, "bf16") == 0 || strcmp(v, "bfloat16") == 0)
+                o->dtype = DS_BF16;
+            else
+                return 0;
+        } else if (strcmp(k, "--layers") == 0)
+            o->layers = atoi(v);
+        else if (strcmp(k, "--height") == 0)
+            o->height = atoi(v);
+        else if (strcmp(k, "--width") == 0)
+            o->width = atoi(v);
+        else if (strcmp(k, "--text-tokens") == 0)
+            o->text_tokens = atoi(v);
+        else if (strcmp(k, "--warmup") == 0)
+            o->warmup = atoi(v);
+        else if (strcmp(k, "--repeats") == 0)
+            o->repeats = atoi(v);
+        else
+            return 0;
+    }
+    return o->layers >= 1 && o->height >= 16 && o->width >= 16 && o->height % 16 == 0 &&
+           o->width % 16 == 0 && o->text_tokens >= 1 && o->warmup >= 0 && o->repeats >= 1 &&
+           o->threads >= 0;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    if (!parse_args(argc, argv, &o)) {
+        usage();
+        return 2;
+    }
+    ds_error err;
+    ds_backend *b = NULL, *cpu = NULL;
+    int rc;
+    if (strcmp(o.backend, "cuda") == 0)
+        rc = ds_cuda_backend_create(0, &b, &err);
+    else if (strcmp(o.backend, "cpu") == 0)
+        rc = ds_cpu_backend_create(o.threads, &b, &err);
+    else {
+        usage();
+        return 2;
+    }
+    if (rc == DS_ERR_UNAVAILABLE)
+        return report_failure(&o, "unavailable", err.message, 77);
+    if (rc != DS_OK)
+        return report_failure(&o, "error", err.message, 1);
+    /* Host tensors (the step's inputs and output) belong to a CPU backend. */
+    if (strcmp(o.backend, "cpu") == 0)
+        cpu = b;
+    else if (ds_cpu_backend_create(1, &cpu, &err) != DS_OK) {
+        ds_backend_destroy(b);
+        return report_failure(&o, "error", err.message, 1);
+    }
+
+    int code = 1;
+    char msg[256];
+    ds_loaded_model model;
+    ds_tensor lat = {0}, emb = {0}, noise = {0};
+    double *samples = calloc((size_t)o.repeats, sizeof *samples);
+    double build_start = now_s();
+    if (!samples || !build_model(&o, &model, msg, sizeof msg)) {
+        code = report_failure(&o, "error", samples ? msg : "out of memory", 1);
+        free(samples);
+        goto out_backend;
+    }
+    fprintf(stderr, "dit_bench: %d layers built in %.1f s\n", o.layers, now_s() - build_start);
+
+    const int64_t lat_shape[4] = {1, 16, o.height / 8, o.width / 8};
+    const int64_t emb_shape[3] = {1, o.text_tokens, 3584};
+    float t_value = 500.0f;
+    ds_tensor t = ds_tensor_wrap(cpu, DS_F32, 1, (const int64_t[]){1}, &t_value);
+    if (input_tensor(cpu, o.dtype, 4, lat_shape, 1, &lat, &err) != DS_OK ||
+        input_tensor(cpu, o.dtype, 3, emb_shape, 2, &emb, &err) != DS_OK ||
+        ds_tensor_alloc(cpu, o.dtype, 4, lat_shape, &noise, &err) != DS_OK) {
+        code = report_failure(&o, "error", err.message, 1);
+        goto out;
+    }
+    ds_step_context ctx = {.backend = b};
+    for (int r = -o.warmup; r < o.repeats; r++) {
+        /* An output left unwritten is no measurement: poison it before every call. */
+        memset(noise.data, 0xff, ds_tensor_nbytes(&noise));
+        double start = now_s();
+        rc = ds_qwen_image_dit_forward(&model, &ctx, &lat, &emb, NULL, &t, &noise, &err);
+        if (rc == DS_OK && b->stream_synchronize)
+            rc = b->stream_synchronize(b, NULL, &err);
+        if (rc != DS_OK) {
+            code = report_failure(&o, "error", err.message, 1);
+            goto out;
+        }
+        if (r >= 0)
+            samples[r] = now_s() - start;
+    }
+    int finite = 1;
+    size_t n = (size_t)ds_tensor_numel(&noise);
+    for (size_t i = 0; i < n && finite; i++)
+        finite = isfinite(ds_load_f64(noise.data, noise.dtype, i));
+    qsort(samples, (size_t)o.repeats, sizeof *samples, compare_double);
+    double median = samples[o.repeats / 2], flops = forward_flops(&o);
+    print_head(&o, finite ? "ok" : "bad_output");
+    printf(", \"warmup\": %d, \"repeats\": %d, \"median_ms\": %.3f, \"min_ms\": %.3f, "
+           "\"flops\": %.6g, \"tflops\": %.6g, \"weights\": \"%s\", "
+           "\"timing\": \"monotonic clock around one forward + stream synchronize\"}\n",
+           o.warmup, o.repeats, median * 1e3, samples[0] * 1e3, flops, flops / median * 1e-12,
+           b == cpu ? "host, in place" : "host, uploaded block by block in every forward");
+    fflush(stdout);
+    code = finite ? 0 : 1;
+
+out:
+    ds_tensor_free(&lat);
+    ds_tensor_free(&emb);
+    ds_tensor_free(&noise);
+    free_model(&model);
+    free(samples);
+out_backend:
+    if (cpu != b)
+        ds_backend_destroy(cpu);
+    ds_backend_destroy(b);
+    return code;
+}

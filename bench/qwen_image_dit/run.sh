@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# bench/qwen_image_dit CPU: one forward of the Qwen-Image DiT, reduced to 2 blocks at full width,
+# 256x256 (256 image tokens) and 32 text tokens, f32 and bf16: our ds_qwen_image_dit_forward on
+# the CPU backend against upstream DiffSynth-Studio's own QwenImageDiT + model_fn_qwen_image, same
+# dtype, same thread count, in the same run (DESIGN §7: the ratio is the result). Target:
+# ours/upstream <= 1.0.
+#
+# usage: bench/qwen_image_dit/run.sh [PYTHON_WITH_DIFFSYNTH] [THREADS] [REPEATS]
+#   PYTHON_WITH_DIFFSYNTH  default /work/venv/bin/python (a private venv; never installed here)
+#   THREADS                default: online CPUs; ds_cpu_backend_create(N), torch.set_num_threads(N)
+#   REPEATS                timed forwards per side after one warm-up; the median counts (default 3)
+# DS_BUILD_DIR: the build holding bench/dit_bench (default build). DS_BENCH_LAYERS: blocks
+# (default 2). DS_BENCH_LOG: a file to append every JSON result to. Each side holds its weights
+# in memory (2 layers: 2.8 GB f32), one side at a time.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python=${1:-/work/venv/bin/python}
+threads=${2:-$(nproc)}
+repeats=${3:-3}
+build=${DS_BUILD_DIR:-build}
+bench="$build/bench/dit_bench"
+
+[[ -x $bench ]] || { echo "run.sh: $bench is not built (ninja -C $build bench/dit_bench)" >&2; exit 1; }
+"$python" -c "import diffsynth, torch" 2>/dev/null ||
+    { echo "run.sh: $python cannot import diffsynth and torch" >&2; exit 1; }
+
+exec python3 bench/qwen_image_dit/compare.py --suite cpu --bench "$bench" --python "$python" \
+    --threads "$threads" --repeats "$repeats" --layers "${DS_BENCH_LAYERS:-2}" \
+    ${DS_BENCH_LOG:+--log "$DS_BENCH_LOG"}

@@ -1,0 +1,137 @@
+"""bench/qwen_image_dit anchor: upstream DiffSynth-Studio's own forward, timed as dit_bench.c
+times ours.
+
+Takes dit_bench's arguments and prints one JSON line with the same fields, impl "upstream":
+diffsynth.models.qwen_image_dit.QwenImageDiT(num_layers=N) in the given dtype on the given
+device, weights uniform in [-0.02, 0.02] (1-D norm weights: 1 + that), and one
+diffsynth.pipelines.qwen_image.model_fn_qwen_image call per forward under torch.no_grad (the
+pipeline's text-to-image path: prompt_emb_mask all ones, height / width = latents x 8),
+torch.set_num_threads(THREADS) on the CPU. Warm-up, then the median of --repeats forwards, each
+timed with perf_counter around the call and a synchronize.
+
+The model is built on the meta device, cast, then materialised on the target device and filled
+in place, so 60 layers in bf16 (40 GB) take seconds on a GPU; its RoPE tables (plain tensors,
+not parameters) are rebuilt on the CPU, where the constructor would have left them.
+Never installs anything: run it with the private venv that has the upstream package.
+"""
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+DTYPES = {"f32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16}
+NAMES = {torch.float32: "f32", torch.bfloat16: "bf16"}
+DIM, TEXT_DIM = 3072.0, 3584.0
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--text-tokens", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args(argv)
+    if a.height % 16 or a.width % 16 or a.repeats < 1 or a.warmup < 0 or a.layers < 1:
+        p.error("--height/--width multiples of 16, --repeats >= 1, --warmup >= 0, --layers >= 1")
+    a.dtype = DTYPES[a.dtype]
+    return a
+
+
+def forward_flops(a):
+    """Counted exactly as dit_bench.c counts them."""
+    si, st = (a.height // 16) * (a.width // 16), a.text_tokens
+    s, d = si + st, DIM
+    per_block = 2.0 * s * d * (12 * d) + 4.0 * s * s * d + 2.0 * 2.0 * d * 6 * d
+    outer = (2.0 * si * 64 * d + 2.0 * st * TEXT_DIM * d + 2.0 * (256 * d + d * d)
+             + 2.0 * d * 2 * d + 2.0 * si * d * 64)
+    return a.layers * per_block + outer
+
+
+def build(a, device):
+    from diffsynth.models.qwen_image_dit import QwenImageDiT
+    with torch.device("meta"):
+        model = QwenImageDiT(num_layers=a.layers)
+    model = model.to(a.dtype).to_empty(device=device)
+    pe = model.pos_embed
+    with torch.device("cpu"):
+        model.pos_embed = type(pe)(pe.theta, pe.axes_dim, scale_rope=pe.scale_rope)
+    gen = torch.Generator(device=device).manual_seed(0x5EED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.uniform_(-0.02, 0.02, generator=gen)
+            if p.ndim == 1 and "norm" in name:
+                p.add_(1.0)
+    return model.eval()
+
+
+def main(argv):
+    a = parse_args(argv)
+    line = {"impl": "upstream", "backend": a.backend, "model": "QwenImageDiT",
+            "layers": a.layers, "dtype": NAMES[a.dtype], "height": a.height, "width": a.width,
+            "image_tokens": (a.height // 16) * (a.width // 16), "text_tokens": a.text_tokens,
+            "threads": a.threads, "torch": torch.__version__}
+    try:
+        import diffsynth  # noqa: F401
+        from diffsynth.pipelines.qwen_image import model_fn_qwen_image
+    except ImportError as e:
+        line.update(status="unavailable", message=f"no upstream package: {e}")
+        print(json.dumps(line), flush=True)
+        return 77
+    if a.backend == "cuda" and not torch.cuda.is_available():
+        line.update(status="unavailable", message="torch sees no CUDA device")
+        print(json.dumps(line), flush=True)
+        return 77
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    line["threads"] = torch.get_num_threads() if a.backend == "cpu" else a.threads
+    device = torch.device(a.backend)
+    sync = torch.cuda.synchronize if a.backend == "cuda" else (lambda: None)
+
+    start = time.perf_counter()
+    model = build(a, device)
+    print(f"upstream_anchor: {a.layers} layers built in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr)
+    gen = torch.Generator().manual_seed(1)
+    bound = 3.0 ** 0.5
+    latents = ((torch.rand((1, 16, a.height // 8, a.width // 8), generator=gen) * 2 - 1) * bound
+               ).to(device=device, dtype=a.dtype)
+    prompt_emb = ((torch.rand((1, a.text_tokens, 3584), generator=gen) * 2 - 1) * bound
+                  ).to(device=device, dtype=a.dtype)
+    mask = torch.ones((1, a.text_tokens), dtype=torch.int64, device=device)
+    timestep = torch.tensor([500.0], device=device).to(a.dtype)
+
+    def forward():
+        return model_fn_qwen_image(dit=model, latents=latents, timestep=timestep,
+                                   prompt_emb=prompt_emb, prompt_emb_mask=mask,
+                                   height=a.height, width=a.width)
+
+    samples = []
+    with torch.no_grad():
+        for r in range(-a.warmup, a.repeats):
+            start = time.perf_counter()
+            out = forward()
+            sync()
+            if r >= 0:
+                samples.append(time.perf_counter() - start)
+        finite = bool(torch.isfinite(out.float()).all())
+    samples.sort()
+    median = samples[len(samples) // 2]  # dit_bench's median, for odd or even counts
+    flops = forward_flops(a)
+    line.update(status="ok" if finite else "bad_output", warmup=a.warmup, repeats=a.repeats,
+                median_ms=median * 1e3, min_ms=samples[0] * 1e3, flops=flops,
+                tflops=flops / median * 1e-12, weights=f"{a.backend}, resident",
+                timing="perf_counter around one forward + synchronize")
+    print(json.dumps(line), flush=True)
+    return 0 if finite else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
