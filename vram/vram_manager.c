@@ -1,0 +1,772 @@
+#include "vram/vram_manager.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/float_convert.h"
+
+#define ALIGN 256           /* as the backends align: every tensor of a unit starts aligned */
+#define MAX_DEPTH 8
+#define MAX_SLOTS (MAX_DEPTH + 1) /* one staging buffer per copy in flight, plus the demand one */
+#define CONVERT_CHUNK 16384 /* elements converted through f32 scratch at a time */
+
+typedef struct unit {
+    char *name;
+    size_t count;
+    ds_vram_tensor_source *src; /* names copied */
+    size_t *offset;             /* of each tensor in `buffer` */
+    ds_tensor *view;            /* tensors in `buffer`, what acquire hands out */
+    size_t bytes;               /* fast-tier size */
+    size_t slow_bytes;
+    void *buffer;               /* backend memory; NULL = not resident */
+    int pins;                   /* acquires not yet released */
+    int slot;                   /* staging slot whose copy fills `buffer`, -1 once known done */
+    ds_event *last_use;         /* recorded on the compute stream at release */
+    int use_pending;            /* last_use recorded and not yet waited for */
+    double acquired_at;         /* when pins went from 0 to 1 */
+} unit;
+
+typedef struct staging {
+    void *ptr; /* pinned host memory */
+    size_t cap;
+    ds_event *done; /* recorded on the copy stream after the copy that reads ptr */
+    int busy;
+    uint64_t seq;
+    unit *owner;
+} staging;
+
+struct ds_vram_model {
+    ds_vram_manager *mgr;
+    char *name;
+    ds_dtype compute_dtype;
+    unit **units;
+    size_t n_units, cap_units;
+    size_t *dist; /* scratch, cap_units: next-use distance per unit */
+    size_t *plan;
+    size_t plan_len;
+    size_t plan_pos; /* position in plan of the next expected acquire */
+    uint64_t last_used;
+    size_t fast_bytes, activation_bytes;
+    uint64_t bytes_moved, loads, prefetches, hits, evictions;
+};
+
+struct ds_vram_manager {
+    ds_backend *b;
+    size_t budget;
+    int depth;
+    ds_stream *copy_stream;
+    ds_vram_model **models;
+    size_t n_models, cap_models;
+    staging slots[MAX_SLOTS];
+    int n_slots, max_slots;
+    uint64_t seq;
+    float *scratch;
+    uint64_t tick;
+    ds_vram_stats st;
+    ds_vram_observer observer;
+    void *observer_ctx;
+};
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void notify(ds_vram_manager *m, ds_vram_event_kind kind, const ds_vram_model *model,
+                   const unit *u)
+{
+    if (m->observer)
+        m->observer(m->observer_ctx, kind, model->name, u->name, u->bytes);
+}
+
+static size_t in_use(const ds_vram_manager *m)
+{
+    return m->st.resident_bytes + m->st.activation_bytes;
+}
+
+static void note_peak(ds_vram_manager *m)
+{
+    if (in_use(m) > m->st.peak_bytes)
+        m->st.peak_bytes = in_use(m);
+}
+
+static int wait_event(ds_vram_manager *m, ds_event *e, ds_error *err)
+{
+    double t0 = now_seconds();
+    int rc = m->b->event_synchronize(m->b, e, err);
+    m->st.wait_seconds += now_seconds() - t0;
+    return rc;
+}
+
+/* After this the slot's staging may be rewritten and its owner's copy is known complete. */
+static int slot_reclaim(ds_vram_manager *m, int i, ds_error *err)
+{
+    staging *s = &m->slots[i];
+    if (!s->busy)
+        return DS_OK;
+    int rc = wait_event(m, s->done, err);
+    if (rc != DS_OK)
+        return rc;
+    s->busy = 0;
+    if (s->owner)
+        s->owner->slot = -1;
+    s->owner = NULL;
+    return DS_OK;
+}
+
+/* Waits until neither a copy nor compute-stream work still touches the unit's memory. */
+static int unit_settle(ds_vram_manager *m, unit *u, ds_error *err)
+{
+    if (u->slot >= 0) {
+        int rc = slot_reclaim(m, u->slot, err);
+        if (rc != DS_OK)
+            return rc;
+    }
+    if (u->use_pending) {
+        int rc = wait_event(m, u->last_use, err);
+        if (rc != DS_OK)
+            return rc;
+        u->use_pending = 0;
+    }
+    return DS_OK;
+}
+
+static int unit_evict(ds_vram_model *model, unit *u, ds_error *err)
+{
+    ds_vram_manager *m = model->mgr;
+    int rc = unit_settle(m, u, err);
+    if (rc != DS_OK)
+        return ds_error_prefix(err, "vram: evicting unit '%s' of model '%s': ", u->name,
+                               model->name);
+    m->b->free(m->b, u->buffer);
+    u->buffer = NULL;
+    model->fast_bytes -= u->bytes;
+    m->st.resident_bytes -= u->bytes;
+    model->evictions++;
+    m->st.evictions++;
+    notify(m, DS_VRAM_EVENT_EVICT, model, u);
+    return DS_OK;
+}
+
+/* dist[v] = how many acquires from now the plan next uses unit v; SIZE_MAX when it does not. */
+static void distances(ds_vram_model *model)
+{
+    for (size_t v = 0; v < model->n_units; v++)
+        model->dist[v] = SIZE_MAX;
+    for (size_t j = 0; j < model->plan_len; j++) {
+        size_t v = model->plan[(model->plan_pos + j) % model->plan_len];
+        if (model->dist[v] == SIZE_MAX)
+            model->dist[v] = j;
+    }
+}
+
+/* The unpinned resident unit of `model` needed furthest in the future, if its distance is more
+ * than `after` (SIZE_MAX: any counts; units outside the plan count as furthest). */
+static unit *furthest_unit(ds_vram_model *model, size_t after, int any)
+{
+    distances(model);
+    unit *best = NULL;
+    size_t best_dist = 0;
+    for (size_t v = 0; v < model->n_units; v++) {
+        unit *u = model->units[v];
+        if (!u->buffer || u->pins)
+            continue;
+        size_t d = model->dist[v];
+        if (!any && d <= after)
+            continue;
+        if (!best || d > best_dist) {
+            best = u;
+            best_dist = d;
+        }
+    }
+    return best;
+}
+
+/* The policy: idle models first, least recently used first; then the running model's unit
+ * needed furthest in the future. `any`: a demand (every unpinned unit may go); otherwise a
+ * prefetch for something needed in `after` acquires, which must not push out sooner needs. */
+static unit *pick_victim(ds_vram_manager *m, ds_vram_model *running, int any, size_t after,
+                         ds_vram_model **owner)
+{
+    ds_vram_model *lru = NULL;
+    unit *lru_unit = NULL;
+    for (size_t i = 0; i < m->n_models; i++) {
+        ds_vram_model *x = m->models[i];
+        if (x == running || (lru && x->last_used >= lru->last_used))
+            continue;
+        unit *u = furthest_unit(x, 0, 1);
+        if (u) {
+            lru = x;
+            lru_unit = u;
+        }
+    }
+    if (lru) {
+        *owner = lru;
+        return lru_unit;
+    }
+    *owner = running;
+    return running ? furthest_unit(running, after, any) : NULL;
+}
+
+static size_t evictable_bytes(const ds_vram_manager *m)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < m->n_models; i++)
+        for (size_t v = 0; v < m->models[i]->n_units; v++) {
+            const unit *u = m->models[i]->units[v];
+            if (u->buffer && !u->pins)
+                total += u->bytes;
+        }
+    return total;
+}
+
+/* Room for `need` more bytes. Returns 1 when there is room, 0 when not (nothing was evicted
+ * for a demand that cannot fit), negative on a backend error. Budget 0 streams: a demand
+ * evicts every unpinned unit and then always fits. */
+static int make_room(ds_vram_manager *m, ds_vram_model *running, size_t need, int demand,
+                     size_t after, ds_error *err)
+{
+    int stream_all = m->budget == 0;
+    if (demand && !stream_all) {
+        size_t floor = in_use(m) - evictable_bytes(m);
+        if (need > m->budget || floor > m->budget - need)
+            return 0;
+    }
+    while (stream_all || in_use(m) > m->budget || need > m->budget - in_use(m)) {
+        ds_vram_model *owner;
+        unit *victim = pick_victim(m, running, demand, after, &owner);
+        if (!victim)
+            return stream_all && demand ? 1 : 0;
+        int rc = unit_evict(owner, victim, err);
+        if (rc != DS_OK)
+            return rc;
+    }
+    return 1;
+}
+
+static int staging_slot(ds_vram_manager *m, size_t bytes, ds_error *err)
+{
+    int pick = -1;
+    for (int i = 0; i < m->n_slots; i++)
+        if (!m->slots[i].busy && (pick < 0 || m->slots[i].cap >= bytes))
+            pick = i;
+    if (pick < 0 && m->n_slots < m->max_slots) {
+        pick = m->n_slots;
+        int rc = m->b->event_create(m->b, &m->slots[pick].done, err);
+        if (rc != DS_OK)
+            return rc;
+        m->n_slots++;
+    }
+    if (pick < 0) {
+        for (int i = 0; i < m->n_slots; i++)
+            if (pick < 0 || m->slots[i].seq < m->slots[pick].seq)
+                pick = i;
+        int rc = slot_reclaim(m, pick, err);
+        if (rc != DS_OK)
+            return rc;
+    }
+    staging *s = &m->slots[pick];
+    if (s->cap < bytes) {
+        if (s->ptr) {
+            m->b->free_pinned(m->b, s->ptr);
+            m->st.staging_bytes -= s->cap;
+        }
+        s->ptr = NULL;
+        s->cap = 0;
+        int rc = m->b->alloc_pinned(m->b, bytes, &s->ptr, err);
+        if (rc != DS_OK)
+            return rc;
+        s->cap = bytes;
+        m->st.staging_bytes += bytes;
+    }
+    return pick;
+}
+
+/* Stored dtype -> target dtype, through f32 when they differ. */
+static void convert_into(ds_vram_manager *m, const ds_vram_tensor_source *t, void *dst)
+{
+    size_t n = 1;
+    for (int d = 0; d < t->ndim; d++)
+        n *= (size_t)t->shape[d];
+    size_t in_size = ds_dtype_size(t->dtype), out_size = ds_dtype_size(t->target);
+    if (t->dtype == t->target) {
+        memcpy(dst, t->data, n * in_size);
+        return;
+    }
+    for (size_t i = 0; i < n; i += CONVERT_CHUNK) {
+        size_t c = n - i < CONVERT_CHUNK ? n - i : CONVERT_CHUNK;
+        ds_convert_to_f32((const char *)t->data + i * in_size, t->dtype, c, m->scratch);
+        ds_convert_from_f32(m->scratch, c, t->target, (char *)dst + i * out_size);
+    }
+}
+
+/* Allocates the unit's fast-tier memory (room already made) and issues its copy. */
+static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
+{
+    ds_vram_manager *m = model->mgr;
+    double t0 = now_seconds();
+    int slot = staging_slot(m, u->bytes, err);
+    if (slot < 0)
+        return slot;
+    staging *s = &m->slots[slot];
+    int rc = m->b->alloc(m->b, u->bytes, &u->buffer, err);
+    if (rc != DS_OK) {
+        u->buffer = NULL;
+        return rc;
+    }
+    for (size_t i = 0; i < u->count; i++)
+        convert_into(m, &u->src[i], (char *)s->ptr + u->offset[i]);
+    rc = m->b->copy_to_device(m->b, u->buffer, s->ptr, u->bytes, m->copy_stream, err);
+    if (rc == DS_OK)
+        rc = m->b->event_record(m->b, s->done, m->copy_stream, err);
+    if (rc != DS_OK) {
+        /* The copy may be queued: wait for the stream before the memory goes. */
+        ds_error ignored;
+        m->b->stream_synchronize(m->b, m->copy_stream, &ignored);
+        m->b->free(m->b, u->buffer);
+        u->buffer = NULL;
+        return rc;
+    }
+    s->busy = 1;
+    s->seq = ++m->seq;
+    s->owner = u;
+    u->slot = slot;
+    for (size_t i = 0; i < u->count; i++)
+        u->view[i].data = (char *)u->buffer + u->offset[i];
+    model->fast_bytes += u->bytes;
+    m->st.resident_bytes += u->bytes;
+    model->bytes_moved += u->bytes;
+    m->st.bytes_moved += u->bytes;
+    note_peak(m);
+    m->st.copy_seconds += now_seconds() - t0;
+    return DS_OK;
+}
+
+int ds_vram_manager_create(ds_backend *b, size_t budget_bytes, int prefetch_depth,
+                           ds_vram_manager **out, ds_error *err)
+{
+    *out = NULL;
+    if (!b)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "vram: no backend");
+    if (prefetch_depth < 0 || prefetch_depth > MAX_DEPTH)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "vram: prefetch depth %d is outside 0..%d", prefetch_depth,
+                            MAX_DEPTH);
+    int rc = DS_ERR_RESOURCE_EXHAUSTED;
+    ds_vram_manager *m = calloc(1, sizeof *m);
+    if (!m)
+        return ds_error_set(err, rc, "vram: out of memory creating the manager");
+    m->b = b;
+    m->budget = budget_bytes;
+    m->depth = prefetch_depth;
+    m->max_slots = prefetch_depth + 1;
+    m->st.budget_bytes = budget_bytes;
+    m->scratch = malloc(CONVERT_CHUNK * sizeof *m->scratch);
+    if (!m->scratch) {
+        ds_error_set(err, rc, "vram: out of memory creating the manager");
+        goto fail;
+    }
+    rc = b->stream_create(b, &m->copy_stream, err);
+    if (rc != DS_OK)
+        goto fail;
+    *out = m;
+    return DS_OK;
+fail:
+    free(m->scratch);
+    free(m);
+    return rc;
+}
+
+void ds_vram_set_observer(ds_vram_manager *m, ds_vram_observer fn, void *ctx)
+{
+    m->observer = fn;
+    m->observer_ctx = ctx;
+}
+
+void ds_vram_stats_get(const ds_vram_manager *m, ds_vram_stats *out) { *out = m->st; }
+
+static void unit_free(unit *u)
+{
+    if (!u)
+        return;
+    for (size_t i = 0; i < u->count; i++)
+        free((char *)u->src[i].name);
+    free(u->src);
+    free(u->offset);
+    free(u->view);
+    free(u->name);
+    free(u);
+}
+
+void ds_vram_model_remove(ds_vram_model *model)
+{
+    if (!model)
+        return;
+    ds_vram_manager *m = model->mgr;
+    for (size_t v = 0; v < model->n_units; v++) {
+        unit *u = model->units[v];
+        ds_error err;
+        /* A failed wait leaves nothing better to do than keep the memory: freeing it could
+         * let a device still writing it corrupt the next owner. */
+        if (u->buffer && unit_evict(model, u, &err) != DS_OK) {
+            m->st.resident_bytes -= u->bytes;
+            u->buffer = NULL;
+        }
+        if (u->last_use)
+            m->b->event_destroy(m->b, u->last_use);
+        unit_free(u);
+    }
+    m->st.activation_bytes -= model->activation_bytes;
+    for (size_t i = 0; i < m->n_models; i++)
+        if (m->models[i] == model) {
+            m->models[i] = m->models[--m->n_models];
+            break;
+        }
+    free(model->units);
+    free(model->dist);
+    free(model->plan);
+    free(model->name);
+    free(model);
+}
+
+void ds_vram_manager_destroy(ds_vram_manager *m)
+{
+    if (!m)
+        return;
+    while (m->n_models)
+        ds_vram_model_remove(m->models[m->n_models - 1]);
+    for (int i = 0; i < m->n_slots; i++) {
+        ds_error err;
+        slot_reclaim(m, i, &err);
+        if (m->slots[i].ptr)
+            m->b->free_pinned(m->b, m->slots[i].ptr);
+        m->b->event_destroy(m->b, m->slots[i].done);
+    }
+    m->b->stream_destroy(m->b, m->copy_stream);
+    free(m->models);
+    free(m->scratch);
+    free(m);
+}
+
+int ds_vram_model_add(ds_vram_manager *m, const char *name, ds_dtype compute_dtype,
+                      ds_vram_model **out, ds_error *err)
+{
+    *out = NULL;
+    if (!name || !*name)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "vram: a model needs a name");
+    if (compute_dtype != DS_F32 && compute_dtype != DS_BF16 && compute_dtype != DS_F16 &&
+        compute_dtype != DS_F8_E4M3)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "vram: model '%s': compute dtype %s is not a weight dtype", name,
+                            ds_dtype_name(compute_dtype));
+    ds_vram_model *model = calloc(1, sizeof *model);
+    if (!model || !(model->name = strdup(name)))
+        goto oom;
+    if (m->n_models == m->cap_models) {
+        size_t cap = m->cap_models ? 2 * m->cap_models : 4;
+        ds_vram_model **grown = realloc(m->models, cap * sizeof *grown);
+        if (!grown)
+            goto oom;
+        m->models = grown;
+        m->cap_models = cap;
+    }
+    model->mgr = m;
+    model->compute_dtype = compute_dtype;
+    model->last_used = m->tick;
+    m->models[m->n_models++] = model;
+    *out = model;
+    return DS_OK;
+oom:
+    if (model)
+        free(model->name);
+    free(model);
+    return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "vram: out of memory adding model '%s'",
+                        name);
+}
+
+static int is_float(ds_dtype d)
+{
+    return d == DS_F32 || d == DS_F64 || d == DS_F16 || d == DS_BF16 || d == DS_F8_E4M3 ||
+           d == DS_F8_E5M2;
+}
+
+int ds_vram_unit_add(ds_vram_model *model, const char *name, const ds_vram_tensor_source *tensors,
+                     size_t count, size_t *index, ds_error *err)
+{
+    if (!name || !*name)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "vram: model '%s': a unit needs a name",
+                            model->name);
+    if (count == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "vram: model '%s': unit '%s' has no tensors", model->name, name);
+    size_t bytes = 0, slow = 0;
+    for (size_t i = 0; i < count; i++) {
+        const ds_vram_tensor_source *t = &tensors[i];
+        const char *tn = t->name ? t->name : "(unnamed)";
+        ds_dtype target = t->target != DS_DTYPE_INVALID ? t->target : model->compute_dtype;
+        if (t->ndim < 0 || t->ndim > DS_MAX_DIMS || ds_dtype_size(t->dtype) == 0 || !t->data)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "vram: model '%s', unit '%s', tensor '%s': bad description "
+                                "(ndim %d, dtype %s, data %s)",
+                                model->name, name, tn, t->ndim, ds_dtype_name(t->dtype),
+                                t->data ? "set" : "NULL");
+        if (t->dtype != target && !(is_float(t->dtype) && is_float(target)))
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "vram: model '%s', unit '%s', tensor '%s': cannot convert %s to "
+                                "%s",
+                                model->name, name, tn, ds_dtype_name(t->dtype),
+                                ds_dtype_name(target));
+        size_t n = 1;
+        for (int d = 0; d < t->ndim; d++) {
+            if (t->shape[d] < 0 || (t->shape[d] && n > SIZE_MAX / 16 / (size_t)t->shape[d]))
+                return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                    "vram: model '%s', unit '%s', tensor '%s': bad shape",
+                                    model->name, name, tn);
+            n *= (size_t)t->shape[d];
+        }
+        bytes = (bytes + ALIGN - 1) / ALIGN * ALIGN + n * ds_dtype_size(target);
+        slow += n * ds_dtype_size(t->dtype);
+    }
+    if (bytes == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "vram: model '%s': unit '%s' holds no bytes", model->name, name);
+
+    unit *u = calloc(1, sizeof *u);
+    if (!u)
+        goto oom;
+    u->slot = -1;
+    u->name = strdup(name);
+    u->src = calloc(count, sizeof *u->src);
+    u->offset = calloc(count, sizeof *u->offset);
+    u->view = calloc(count, sizeof *u->view);
+    if (!u->name || !u->src || !u->offset || !u->view)
+        goto oom;
+    size_t off = 0;
+    for (size_t i = 0; i < count; i++) {
+        ds_vram_tensor_source *t = &u->src[i];
+        *t = tensors[i];
+        if (t->target == DS_DTYPE_INVALID)
+            t->target = model->compute_dtype;
+        t->name = strdup(tensors[i].name ? tensors[i].name : "(unnamed)");
+        u->count = i + 1;
+        if (!t->name)
+            goto oom;
+        off = (off + ALIGN - 1) / ALIGN * ALIGN;
+        u->offset[i] = off;
+        size_t n = 1;
+        for (int d = 0; d < t->ndim; d++)
+            n *= (size_t)t->shape[d];
+        off += n * ds_dtype_size(t->target);
+        u->view[i].dtype = t->target;
+        u->view[i].ndim = t->ndim;
+        memcpy(u->view[i].shape, t->shape, sizeof t->shape);
+        u->view[i].backend = model->mgr->b;
+    }
+    u->bytes = bytes;
+    u->slow_bytes = slow;
+    if (model->n_units == model->cap_units) {
+        size_t cap = model->cap_units ? 2 * model->cap_units : 16;
+        unit **grown = realloc(model->units, cap * sizeof *grown);
+        if (!grown)
+            goto oom;
+        model->units = grown;
+        size_t *dist = realloc(model->dist, cap * sizeof *dist);
+        if (!dist)
+            goto oom;
+        model->dist = dist;
+        model->cap_units = cap;
+    }
+    model->units[model->n_units] = u;
+    *index = model->n_units++;
+    return DS_OK;
+oom:
+    unit_free(u);
+    return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                        "vram: out of memory adding unit '%s' to model '%s'", name, model->name);
+}
+
+int ds_vram_unit_resident(const ds_vram_model *model, size_t unit_index)
+{
+    return unit_index < model->n_units && model->units[unit_index]->buffer != NULL;
+}
+
+int ds_vram_plan(ds_vram_model *model, const size_t *order, size_t len, ds_error *err)
+{
+    for (size_t i = 0; i < len; i++)
+        if (order[i] >= model->n_units)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "vram: model '%s': plan position %zu names unit %zu, but the "
+                                "model has %zu",
+                                model->name, i, order[i], model->n_units);
+    size_t *plan = NULL;
+    if (len) {
+        plan = malloc(len * sizeof *plan);
+        if (!plan)
+            return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                                "vram: model '%s': out of memory for a plan of %zu", model->name,
+                                len);
+        memcpy(plan, order, len * sizeof *plan);
+    }
+    free(model->plan);
+    model->plan = plan;
+    model->plan_len = len;
+    model->plan_pos = 0;
+    return DS_OK;
+}
+
+/* Copies the plan's next units in while the current one computes, as far as the budget allows
+ * without evicting anything needed sooner. Failures only stop the prefetch. */
+static void prefetch(ds_vram_model *model)
+{
+    ds_vram_manager *m = model->mgr;
+    if (m->depth == 0 || m->budget == 0 || model->plan_len == 0)
+        return;
+    size_t ahead = (size_t)m->depth < model->plan_len ? (size_t)m->depth : model->plan_len;
+    for (size_t j = 0; j < ahead; j++) {
+        unit *u = model->units[model->plan[(model->plan_pos + j) % model->plan_len]];
+        if (u->buffer)
+            continue;
+        ds_error err;
+        if (make_room(m, model, u->bytes, 0, j, &err) != 1 || start_copy(model, u, &err) != DS_OK)
+            return;
+        model->prefetches++;
+        m->st.prefetches++;
+        notify(m, DS_VRAM_EVENT_PREFETCH, model, u);
+    }
+}
+
+int ds_vram_acquire(ds_vram_model *model, size_t unit_index, ds_stream *compute,
+                    const ds_tensor **tensors, ds_error *err)
+{
+    *tensors = NULL;
+    if (unit_index >= model->n_units)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "vram: model '%s' has no unit %zu (it has %zu)", model->name,
+                            unit_index, model->n_units);
+    ds_vram_manager *m = model->mgr;
+    unit *u = model->units[unit_index];
+    for (size_t j = 0; j < model->plan_len; j++) {
+        size_t q = (model->plan_pos + j) % model->plan_len;
+        if (model->plan[q] == unit_index) {
+            model->plan_pos = (q + 1) % model->plan_len;
+            break;
+        }
+    }
+    if (u->buffer) {
+        model->hits++;
+        m->st.hits++;
+        notify(m, DS_VRAM_EVENT_HIT, model, u);
+    } else {
+        int room = make_room(m, model, u->bytes, 1, 0, err);
+        if (room < 0)
+            return room;
+        if (room == 0)
+            return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                                "vram: unit '%s' of model '%s' needs %zu bytes; the budget is "
+                                "%zu bytes, of which %zu are held by acquired units and "
+                                "activations",
+                                u->name, model->name, u->bytes, m->budget,
+                                in_use(m) - evictable_bytes(m));
+        int rc = start_copy(model, u, err);
+        if (rc != DS_OK)
+            return ds_error_prefix(err, "vram: loading unit '%s' of model '%s': ", u->name,
+                                   model->name);
+        model->loads++;
+        m->st.loads++;
+        notify(m, DS_VRAM_EVENT_LOAD, model, u);
+    }
+    if (u->slot >= 0) {
+        int rc = m->b->stream_wait_event(m->b, compute, m->slots[u->slot].done, err);
+        if (rc != DS_OK)
+            return ds_error_prefix(err, "vram: waiting for unit '%s' of model '%s': ", u->name,
+                                   model->name);
+    }
+    if (u->pins++ == 0)
+        u->acquired_at = now_seconds();
+    model->last_used = ++m->tick;
+    prefetch(model);
+    *tensors = u->view;
+    return DS_OK;
+}
+
+int ds_vram_release(ds_vram_model *model, size_t unit_index, ds_stream *compute, ds_error *err)
+{
+    if (unit_index >= model->n_units || model->units[unit_index]->pins == 0)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "vram: model '%s': release of unit %zu, which is not acquired",
+                            model->name, unit_index);
+    ds_vram_manager *m = model->mgr;
+    unit *u = model->units[unit_index];
+    if (!u->last_use) {
+        int rc = m->b->event_create(m->b, &u->last_use, err);
+        if (rc != DS_OK)
+            return rc;
+    }
+    int rc = m->b->event_record(m->b, u->last_use, compute, err);
+    if (rc != DS_OK)
+        return ds_error_prefix(err, "vram: releasing unit '%s' of model '%s': ", u->name,
+                               model->name);
+    u->use_pending = 1;
+    if (--u->pins == 0)
+        m->st.held_seconds += now_seconds() - u->acquired_at;
+    return DS_OK;
+}
+
+int ds_vram_reserve(ds_vram_model *model, const char *what, size_t bytes, ds_error *err)
+{
+    ds_vram_manager *m = model->mgr;
+    int room = make_room(m, model, bytes, 1, 0, err);
+    if (room < 0)
+        return room;
+    if (room == 0)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "vram: %s of model '%s' need %zu bytes; the budget is %zu bytes, of "
+                            "which %zu are held by acquired units and activations",
+                            what, model->name, bytes, m->budget, in_use(m) - evictable_bytes(m));
+    model->activation_bytes += bytes;
+    m->st.activation_bytes += bytes;
+    model->last_used = ++m->tick;
+    note_peak(m);
+    return DS_OK;
+}
+
+void ds_vram_unreserve(ds_vram_model *model, size_t bytes)
+{
+    if (bytes > model->activation_bytes)
+        bytes = model->activation_bytes;
+    model->activation_bytes -= bytes;
+    model->mgr->st.activation_bytes -= bytes;
+}
+
+int ds_vram_offload(ds_vram_model *model, ds_error *err)
+{
+    for (size_t v = 0; v < model->n_units; v++) {
+        unit *u = model->units[v];
+        if (u->buffer && !u->pins) {
+            int rc = unit_evict(model, u, err);
+            if (rc != DS_OK)
+                return rc;
+        }
+    }
+    return DS_OK;
+}
+
+void ds_vram_model_stats_get(const ds_vram_model *model, ds_vram_model_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->unit_count = model->n_units;
+    out->fast_bytes = model->fast_bytes;
+    for (size_t v = 0; v < model->n_units; v++) {
+        out->fast_bytes_total += model->units[v]->bytes;
+        out->slow_bytes_total += model->units[v]->slow_bytes;
+    }
+    out->activation_bytes = model->activation_bytes;
+    out->bytes_moved = model->bytes_moved;
+    out->loads = model->loads;
+    out->prefetches = model->prefetches;
+    out->hits = model->hits;
+    out->evictions = model->evictions;
+}

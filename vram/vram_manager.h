@@ -1,0 +1,141 @@
+/* The VRAM manager: every byte of fast memory the daemon's weights use, under one budget for
+ * the whole pool (DESIGN §4.4).
+ *
+ * A model registers its transfer units (e.g. one transformer block): each unit is a list of
+ * tensors in the slow tier (host views into the mapped file, in their stored dtype) and the
+ * dtype each must have in the fast tier. acquire() makes a unit resident in the backend's memory
+ * (converting on the host into pinned staging, then one copy per unit), release() lets it be
+ * evicted once the work issued on the compute stream has finished with it. On the CPU backend
+ * the fast tier is an ordinary host allocation in the target dtype, so the same logic and the
+ * same byte counts run on every machine.
+ *
+ * Policy. A plan (the order a forward acquires units, repeated every step) lets the manager
+ * (a) prefetch the next `prefetch_depth` units on its own copy stream while the current one
+ * computes, the compute stream waiting on an event rather than the host on a sync, and (b) when
+ * room is needed, evict first the units of idle models (least recently used model first), then,
+ * within the running model, the unit whose next use is furthest in the future (units outside
+ * the plan first). Acquired units are never evicted. A prefetch only evicts units needed later
+ * than the one it brings in, and is skipped when there is no such room.
+ *
+ * Budget: resident units + reserved activations never exceed `budget_bytes`; a demand that cannot
+ * fit once everything evictable is gone fails with RESOURCE_EXHAUSTED naming the unit and the
+ * bytes, and the manager stays usable. Budget 0 is upstream's vram_limit=0, "stream everything":
+ * every acquire (or reserve) first evicts every unit not acquired, there is no prefetch, and the
+ * units being used right now are always allowed in, so the peak is what one step holds at once.
+ *
+ * Never freed too early: before a unit's memory is freed the manager waits for its copy and for
+ * the compute-stream point recorded at its last release; before pinned staging is reused, for the
+ * copy that reads it.
+ *
+ * Threading: one thread (the device worker) calls a manager and its models; nothing is locked.
+ */
+#ifndef DS_VRAM_VRAM_MANAGER_H
+#define DS_VRAM_VRAM_MANAGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+
+#define DS_VRAM_UNLIMITED SIZE_MAX
+
+typedef struct ds_vram_manager ds_vram_manager;
+typedef struct ds_vram_model ds_vram_model;
+
+/* One tensor of a unit as registered. */
+typedef struct ds_vram_tensor_source {
+    const char *name;    /* copied */
+    ds_dtype dtype;      /* stored dtype of `data` */
+    int ndim;
+    int64_t shape[DS_MAX_DIMS];
+    const void *data;    /* host memory (the mmap), borrowed: valid until the model is removed */
+    ds_dtype target;     /* dtype in the fast tier; DS_DTYPE_INVALID = the model's default.
+                          * Float dtypes convert among themselves; others must equal `dtype`. */
+} ds_vram_tensor_source;
+
+typedef enum ds_vram_event_kind {
+    DS_VRAM_EVENT_LOAD,     /* copied in on demand by acquire */
+    DS_VRAM_EVENT_PREFETCH, /* copied in ahead of use on the copy stream */
+    DS_VRAM_EVENT_HIT,      /* acquire found it resident (or its prefetch in flight) */
+    DS_VRAM_EVENT_EVICT,    /* freed to make room, or by offload/remove */
+} ds_vram_event_kind;
+
+/* Called synchronously from inside the manager (logs, tests); must not call the manager. */
+typedef void (*ds_vram_observer)(void *ctx, ds_vram_event_kind kind, const char *model,
+                                 const char *unit, size_t bytes);
+
+typedef struct ds_vram_stats {
+    size_t budget_bytes;      /* as created; DS_VRAM_UNLIMITED for none */
+    size_t resident_bytes;    /* fast tier: units allocated, all models */
+    size_t activation_bytes;  /* reserved by ds_vram_reserve */
+    size_t peak_bytes;        /* max of resident + activation since creation */
+    size_t staging_bytes;     /* pinned host staging currently allocated (not in the budget) */
+    uint64_t bytes_moved;     /* host -> fast tier */
+    uint64_t loads, prefetches, hits, evictions;
+    double copy_seconds;      /* host time converting into staging and issuing copies */
+    double wait_seconds;      /* host time blocked waiting for copies or kernels to finish */
+    double held_seconds;      /* host time units spent acquired: the compute time on the CPU
+                               * backend, only the issue time on an asynchronous one */
+} ds_vram_stats;
+
+typedef struct ds_vram_model_stats {
+    size_t unit_count;
+    size_t fast_bytes;       /* resident now, this model */
+    size_t fast_bytes_total; /* resident size if every unit were resident */
+    size_t slow_bytes_total; /* the units' stored bytes in the slow tier */
+    size_t activation_bytes;
+    uint64_t bytes_moved, loads, prefetches, hits, evictions;
+} ds_vram_model_stats;
+
+/* A manager over backend `b` (borrowed; outlives the manager). budget_bytes: DS_VRAM_UNLIMITED,
+ * 0 (stream everything) or a byte budget. prefetch_depth: units copied ahead, 0..8. Creates its
+ * copy stream. *out owned by the caller: ds_vram_manager_destroy. */
+int ds_vram_manager_create(ds_backend *b, size_t budget_bytes, int prefetch_depth,
+                           ds_vram_manager **out, ds_error *err);
+/* Waits for outstanding copies and kernels on every unit, frees everything, removes every model
+ * (their handles become invalid). NULL is fine. */
+void ds_vram_manager_destroy(ds_vram_manager *m);
+void ds_vram_set_observer(ds_vram_manager *m, ds_vram_observer fn, void *ctx);
+void ds_vram_stats_get(const ds_vram_manager *m, ds_vram_stats *out);
+
+/* Registers a model (name copied, for messages) whose units default to `compute_dtype` in the
+ * fast tier. *out belongs to the manager: ds_vram_model_remove or the manager's destroy. */
+int ds_vram_model_add(ds_vram_manager *m, const char *name, ds_dtype compute_dtype,
+                      ds_vram_model **out, ds_error *err);
+/* Waits for its outstanding work, frees its units; NULL is fine. Its units must not be acquired. */
+void ds_vram_model_remove(ds_vram_model *model);
+void ds_vram_model_stats_get(const ds_vram_model *model, ds_vram_model_stats *out);
+
+/* Adds a transfer unit of `count` tensors (copied descriptions; data borrowed). Its index (0, 1,
+ * ... in registration order) goes to *index. INVALID_ARGUMENT for a bad shape or an impossible
+ * dtype conversion, naming the unit and tensor. */
+int ds_vram_unit_add(ds_vram_model *model, const char *name, const ds_vram_tensor_source *tensors,
+                     size_t count, size_t *index, ds_error *err);
+/* Whether the unit is resident (or being copied in) now. */
+int ds_vram_unit_resident(const ds_vram_model *model, size_t unit);
+
+/* The order units are acquired in one pass (indices, repeats allowed), assumed to repeat every
+ * pass. Replaces any earlier plan; an empty plan turns prediction and prefetch off. */
+int ds_vram_plan(ds_vram_model *model, const size_t *order, size_t len, ds_error *err);
+
+/* Makes `unit` resident and points *tensors at its `count` tensors in the backend's memory, in
+ * their target dtypes, valid until the matching release. Work on `compute` (NULL = default
+ * stream) issued afterwards sees the data: the stream waits on the copy's event. Acquires nest.
+ * RESOURCE_EXHAUSTED when the unit cannot fit (nothing changes); then prefetches the next units. */
+int ds_vram_acquire(ds_vram_model *model, size_t unit, ds_stream *compute,
+                    const ds_tensor **tensors, ds_error *err);
+/* Ends one acquire. `compute` is the stream whose issued work used the unit: the unit is not
+ * freed until that work is done. */
+int ds_vram_release(ds_vram_model *model, size_t unit, ds_stream *compute, ds_error *err);
+
+/* Activations in flight count against the same budget: reserve evicts like an acquire does and
+ * fails with RESOURCE_EXHAUSTED naming `what`; unreserve returns the bytes. */
+int ds_vram_reserve(ds_vram_model *model, const char *what, size_t bytes, ds_error *err);
+void ds_vram_unreserve(ds_vram_model *model, size_t bytes);
+
+/* Upstream's offload(): every unit of the model not acquired leaves the fast tier (the pipeline
+ * does this to models it is not about to run). */
+int ds_vram_offload(ds_vram_model *model, ds_error *err);
+
+#endif
