@@ -498,6 +498,29 @@ static int run_models(cli_ctx *ctx, int argc, char **argv)
 
 /* ---- status ---- */
 
+/* The VRAM manager's lines of `status`. */
+static void print_vram(const diffsynth_v1_VramStatus *v)
+{
+    char size[32];
+    if (v->limited) {
+        cli_format_bytes(v->budget_bytes, size, sizeof size);
+        printf("vram budget: %s (%llu bytes)\n", size, (unsigned long long)v->budget_bytes);
+    } else {
+        printf("vram budget: none\n");
+    }
+    cli_format_bytes(v->resident_bytes, size, sizeof size);
+    printf("vram resident: %s (%llu bytes)\n", size, (unsigned long long)v->resident_bytes);
+    cli_format_bytes(v->peak_bytes, size, sizeof size);
+    printf("vram peak: %s (%llu bytes)\n", size, (unsigned long long)v->peak_bytes);
+    cli_format_bytes(v->bytes_moved, size, sizeof size);
+    printf("vram moved: %s (%llu bytes; %llu loads, %llu prefetches, %llu hits, %llu evictions)\n",
+           size, (unsigned long long)v->bytes_moved, (unsigned long long)v->loads,
+           (unsigned long long)v->prefetches, (unsigned long long)v->hits,
+           (unsigned long long)v->evictions);
+    printf("vram time: copying %.3f s, waiting %.3f s, computing %.3f s\n", v->copy_seconds,
+           v->wait_seconds, v->compute_seconds);
+}
+
 static int run_status(cli_ctx *ctx, int argc, char **argv)
 {
     const cli_command *self = cli_find_command("status");
@@ -540,6 +563,8 @@ static int run_status(cli_ctx *ctx, int argc, char **argv)
             printf("memory %s: %s (%llu bytes)\n", cli_str(r->memory[i].tier), size,
                    (unsigned long long)r->memory[i].bytes);
         }
+        if (r->has_vram)
+            print_vram(&r->vram);
         for (pb_size_t i = 0; i < r->model_roots_count; i++)
             printf("model root: %s\n", cli_str(r->model_roots[i]));
     }

@@ -230,6 +230,40 @@ void cli_json_status(pyjson_writer *w, const diffsynth_v1_StatusResponse *r)
     pyjson_uint(w, r->max_frame_bytes);
     pyjson_key(w, "requests_served");
     pyjson_uint(w, r->requests_served);
+    pyjson_key(w, "vram");
+    if (!r->has_vram) {
+        pyjson_null(w);
+    } else {
+        const diffsynth_v1_VramStatus *v = &r->vram;
+        pyjson_begin_object(w);
+        pyjson_key(w, "limited");
+        pyjson_bool(w, v->limited);
+        pyjson_key(w, "budget_bytes");
+        pyjson_uint(w, v->budget_bytes);
+        pyjson_key(w, "resident_bytes");
+        pyjson_uint(w, v->resident_bytes);
+        pyjson_key(w, "activation_bytes");
+        pyjson_uint(w, v->activation_bytes);
+        pyjson_key(w, "peak_bytes");
+        pyjson_uint(w, v->peak_bytes);
+        pyjson_key(w, "bytes_moved");
+        pyjson_uint(w, v->bytes_moved);
+        pyjson_key(w, "loads");
+        pyjson_uint(w, v->loads);
+        pyjson_key(w, "prefetches");
+        pyjson_uint(w, v->prefetches);
+        pyjson_key(w, "hits");
+        pyjson_uint(w, v->hits);
+        pyjson_key(w, "evictions");
+        pyjson_uint(w, v->evictions);
+        pyjson_key(w, "copy_seconds");
+        pyjson_double(w, v->copy_seconds);
+        pyjson_key(w, "wait_seconds");
+        pyjson_double(w, v->wait_seconds);
+        pyjson_key(w, "compute_seconds");
+        pyjson_double(w, v->compute_seconds);
+        pyjson_end_object(w);
+    }
     pyjson_end_object(w);
 }
 

@@ -149,21 +149,25 @@ static Diffsynth__V1__TierBytes *tier_msg(arena *a, const char *tier, uint64_t b
     return t;
 }
 
-/* The three tiers in a fixed order; host and device stay 0 until the VRAM manager owns them. */
-static Diffsynth__V1__TierBytes **tiers_msg(arena *a, uint64_t disk, size_t *count)
+/* The three tiers in a fixed order: the mapped files, then the fast tier of the VRAM manager,
+ * host memory on the CPU backend and device memory otherwise (0 without a manager). */
+static Diffsynth__V1__TierBytes **tiers_msg(arena *a, const ds_daemon *d, uint64_t disk,
+                                            uint64_t fast, size_t *count)
 {
     Diffsynth__V1__TierBytes **tiers = arena_array(a, 3, sizeof *tiers);
     *count = 0;
     if (!tiers)
         return NULL;
+    int on_host = !d->backend || d->backend == d->host_backend;
     tiers[0] = tier_msg(a, "disk", disk);
-    tiers[1] = tier_msg(a, "host", 0);
-    tiers[2] = tier_msg(a, "device", 0);
+    tiers[1] = tier_msg(a, "host", on_host ? fast : 0);
+    tiers[2] = tier_msg(a, "device", on_host ? 0 : fast);
     *count = 3;
     return tiers;
 }
 
-static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_pool_model *e, int reused)
+static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_daemon *d,
+                                                    const ds_pool_model *e, int reused)
 {
     const ds_loaded_model *model = e->model;
     Diffsynth__V1__LoadedModel *m = arena_alloc(a, sizeof *m);
@@ -185,7 +189,10 @@ static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_pool_mode
     m->model_hash = arena_str(a, model->model_hash);
     m->parameter_count = model->parameter_count;
     m->tensor_count = model->tensor_count > UINT32_MAX ? UINT32_MAX : (uint32_t)model->tensor_count;
-    m->tiers = tiers_msg(a, ds_pool_model_disk_bytes(e), &m->n_tiers);
+    ds_vram_model_stats vs = {0};
+    if (d->vram)
+        ds_vram_owner_stats(d->vram, model, &vs);
+    m->tiers = tiers_msg(a, d, ds_pool_model_disk_bytes(e), vs.fast_bytes, &m->n_tiers);
     m->clients = arena_array(a, e->client_count, sizeof *m->clients);
     if (m->clients) {
         for (size_t i = 0; i < e->client_count; i++)
@@ -718,7 +725,7 @@ static void load_complete(ds_job *job)
         }
         inserted_count++;
         log_loaded(inserted[i], reused, lj->client);
-        res.models[i] = loaded_model_msg(&a, inserted[i], reused);
+        res.models[i] = loaded_model_msg(&a, d, inserted[i], reused);
     }
     res.n_models = lj->model_count;
     res.skipped = arena_array(&a, lj->skipped_count, sizeof *res.skipped);
@@ -845,7 +852,7 @@ static void handle_list_models(ds_daemon *d, ds_conn *conn, const Diffsynth__V1_
     res.models = arena_array(&a, n, sizeof *res.models);
     if (res.models) {
         for (size_t i = 0; i < n; i++)
-            res.models[i] = loaded_model_msg(&a, ds_pool_at(d->pool, i), 0);
+            res.models[i] = loaded_model_msg(&a, d, ds_pool_at(d->pool, i), 0);
         res.n_models = n;
     }
     Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
@@ -865,7 +872,26 @@ static void handle_status(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
     res.uptime_ms = ds_monotonic_ms() - d->started_monotonic_ms;
     res.clients = d->server ? ds_server_connection_count(d->server) : 0;
     res.models = (uint32_t)ds_pool_count(d->pool);
-    res.memory = tiers_msg(&a, ds_pool_disk_bytes(d->pool), &res.n_memory);
+    Diffsynth__V1__VramStatus vram = DIFFSYNTH__V1__VRAM_STATUS__INIT;
+    ds_vram_stats vs = {0};
+    if (d->vram) {
+        ds_vram_stats_get(d->vram, &vs);
+        vram.limited = d->vram_limited;
+        vram.budget_bytes = d->vram_limited ? vs.budget_bytes : 0;
+        vram.resident_bytes = vs.resident_bytes;
+        vram.activation_bytes = vs.activation_bytes;
+        vram.peak_bytes = vs.peak_bytes;
+        vram.bytes_moved = vs.bytes_moved;
+        vram.loads = vs.loads;
+        vram.prefetches = vs.prefetches;
+        vram.hits = vs.hits;
+        vram.evictions = vs.evictions;
+        vram.copy_seconds = vs.copy_seconds;
+        vram.wait_seconds = vs.wait_seconds;
+        vram.compute_seconds = vs.held_seconds;
+        res.vram = &vram;
+    }
+    res.memory = tiers_msg(&a, d, ds_pool_disk_bytes(d->pool), vs.resident_bytes, &res.n_memory);
     res.jobs_queued = (uint32_t)ds_scheduler_queued(d->scheduler);
     res.jobs_running = (uint32_t)ds_scheduler_running(d->scheduler);
     res.pid = (uint32_t)getpid();

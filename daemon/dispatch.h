@@ -18,6 +18,7 @@
 #include "daemon/server.h"
 #include "diffsynth.pb-c.h"
 #include "kernels/backend.h"
+#include "vram/vram_manager.h"
 
 /* Bounds on what one request may name: far above real use, low enough that no request can
  * make the daemon do unbounded work. */
@@ -42,6 +43,11 @@ struct ds_daemon {
      * (the same backend unless --backend cuda). Created at start, used by the worker only. */
     ds_backend *backend;
     ds_backend *host_backend;
+    /* --vram-limit: the pool's manager over `backend`, passed to every step (NULL: none, the
+     * weights are used in place). Run by the worker; the loop thread only reads its stats and,
+     * through a model's release hook, drops unloaded models (both under its lock). */
+    ds_vram_manager *vram;
+    int vram_limited;          /* --vram-limit gave a number (not "none") */
 };
 
 /* Checks an envelope before any handler sees it: a request body is present and its fields are

@@ -17,6 +17,7 @@
 #include "daemon/scheduler.h"
 #include "daemon/server.h"
 #include "proto/default_socket.h"
+#include "vram/vram_config.h"
 
 /* Exit codes: 0 after a clean shutdown, 1 when the daemon could not start (socket in use,
  * bind failure), 2 for a bad command line or a bad --model-configs file. */
@@ -57,6 +58,10 @@ static void usage(FILE *out)
 "  --backend cpu|cuda       where model steps compute (default: cpu); cuda uses GPU 0 and\n"
 "                           refuses to start when this build or machine has no usable GPU\n"
 "  --threads N              CPU threads for compute (default: 0 = every online CPU)\n"
+"  --vram-limit GIB         stream weights through one memory budget for all models, in GiB\n"
+"                           (fractions allowed; 0 = hold only the weights being computed;\n"
+"                           none = no limit): device memory, or host memory on the CPU.\n"
+"                           Without it the weights are used in place (default)\n"
 "  --log-level LEVEL        debug, info, warn or error (default: info); logs go to stderr\n"
 "  --help                   print this help and exit\n"
 "  --version                print the version and exit\n"
@@ -89,6 +94,25 @@ static int parse_u64(const char *option, const char *text, uint64_t min, uint64_
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+/* --vram-limit: GiB as a byte budget (upstream's vram_limit), or "none" for no limit. */
+static int parse_vram_limit(const char *text, size_t *bytes)
+{
+    if (strcmp(text, "none") == 0) {
+        *bytes = DS_VRAM_UNLIMITED;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    double gib = strtod(text, &end);
+    ds_error err;
+    if (!text[0] || *end || errno || gib < 0 || ds_vram_limit_bytes(gib, bytes, &err) != DS_OK) {
+        fprintf(stderr, "diffsynthd: --vram-limit wants GiB (0 or more, fractions allowed) or "
+                "none, not \"%s\"\n", text);
+        return -1;
+    }
     return 0;
 }
 
@@ -144,6 +168,7 @@ int main(int argc, char **argv)
         OPT_LOG,
         OPT_BACKEND,
         OPT_THREADS,
+        OPT_VRAM_LIMIT,
         OPT_HELP,
         OPT_VERSION,
     };
@@ -157,6 +182,7 @@ int main(int argc, char **argv)
         {"log-level", required_argument, NULL, OPT_LOG},
         {"backend", required_argument, NULL, OPT_BACKEND},
         {"threads", required_argument, NULL, OPT_THREADS},
+        {"vram-limit", required_argument, NULL, OPT_VRAM_LIMIT},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -177,6 +203,8 @@ int main(int argc, char **argv)
     int status = EXIT_USAGE;
     int use_cuda = 0;
     int threads = 0;
+    int use_vram = 0;
+    size_t vram_budget = DS_VRAM_UNLIMITED;
     int opt;
     uint64_t value;
     ds_log_level level;
@@ -216,6 +244,11 @@ int main(int argc, char **argv)
             if (parse_u64("--threads", optarg, 0, 4096, &value) != 0)
                 goto out_args;
             threads = (int)value;
+            break;
+        case OPT_VRAM_LIMIT:
+            if (parse_vram_limit(optarg, &vram_budget) != 0)
+                goto out_args;
+            use_vram = 1;
             break;
         case OPT_HELP:
             usage(stdout);
@@ -318,6 +351,14 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    if (use_vram) {
+        /* Two units ahead: the next block's first phases copy while this one computes. */
+        if (ds_vram_manager_create(d->backend, vram_budget, 2, &d->vram, &err) != DS_OK) {
+            fprintf(stderr, "diffsynthd: --vram-limit: %s\n", err.message);
+            goto out;
+        }
+        d->vram_limited = vram_budget != DS_VRAM_UNLIMITED;
+    }
     if (ds_pool_new(&d->pool, &err) != DS_OK ||
         ds_scheduler_new(&loop, &d->scheduler, &err) != DS_OK) {
         fprintf(stderr, "diffsynthd: %s\n", err.message);
@@ -342,6 +383,11 @@ int main(int argc, char **argv)
     roots_text = ds_model_roots_describe(&d->roots);
     size_t config_count = ds_config_table_count(table);
     ds_log_info("diffsynthd %s, backend %s, pid %d", DS_VERSION, d->backend->name, (int)getpid());
+    if (d->vram && d->vram_limited)
+        ds_log_info("vram limit: %zu bytes (%s memory)", vram_budget,
+                    d->backend == d->host_backend ? "host" : "device");
+    else if (d->vram)
+        ds_log_info("vram limit: none (weights stream through the manager, never evicted)");
     ds_log_info("model roots: %s%s", roots_text ? roots_text : "?",
                 root_count == 0 ? " (the working directory; use --model-root to choose)" : "");
     ds_log_info("model configs: %zu (%zu builtin + %zu from %zu file%s)", config_count,
@@ -372,6 +418,8 @@ out:
             ds_log_warn("event loop closed with handles still open");
     }
     ds_pool_free(d->pool);
+    /* After the pool: freeing a model drops its units from the manager. */
+    ds_vram_manager_destroy(d->vram);
     /* After the worker is joined: nothing computes any more. */
     if (d->backend != d->host_backend)
         ds_backend_destroy(d->backend);

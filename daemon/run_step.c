@@ -297,6 +297,7 @@ static int run_step_run(ds_job *job)
         .user = job,
         .aux = sj->aux,
         .aux_count = sj->aux_count,
+        .vram = sj->daemon->vram,
     };
     int rc = sj->step->run(sj->entry->model, &ctx, &sj->in, &sj->out, &job->error);
     sj->compute_s = now_s() - started;

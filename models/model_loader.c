@@ -445,6 +445,8 @@ void ds_loaded_model_free(ds_loaded_model *model)
 {
     if (!model)
         return;
+    if (model->release_hook)
+        model->release_hook(model->release_hook_ctx, model);
     free(model->model_name);
     free(model->model_class);
     free(model->state_dict_converter);

@@ -56,6 +56,11 @@ typedef struct ds_loaded_model {
     ds_state_dict params;          /* the class's tree, each view bound into `files` */
     size_t tensor_count;
     uint64_t parameter_count;
+    /* Run first by ds_loaded_model_free, for state kept elsewhere about this model: a forward
+     * that registers the model's weights with a VRAM manager sets it (on the thread running
+     * steps) so that the units go before the mapping they point into. NULL: none. */
+    void (*release_hook)(void *ctx, const struct ds_loaded_model *model);
+    void *release_hook_ctx;
 } ds_loaded_model;
 
 /* Loads one config from files already identified as matching it. Takes no ownership of

@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "kernels/backend.h"
+#include "vram/vram_manager.h"
 
 struct ds_loaded_model;
 
@@ -54,6 +55,12 @@ typedef struct ds_step_context {
     void *user;
     const ds_step_aux_model *aux;
     size_t aux_count;
+    /* The pool's VRAM manager over `backend` (borrowed), or NULL: weights bound as before
+     * (views on the CPU, one block uploaded at a time elsewhere). A step registers its model's
+     * units on first use, keyed to the model, and streams them through the manager's budget;
+     * results are bit-identical either way. The manager must outlive every model run with it
+     * (ds_loaded_model_free drops the model's units from it). */
+    ds_vram_manager *vram;
 } ds_step_context;
 
 typedef struct ds_model_step {

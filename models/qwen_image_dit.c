@@ -9,6 +9,7 @@
 #include "models/qwen_image_dit.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "models/param_tree.h"
 #include "models/qwen_image_controlnet.h"
 #include "models/weight_set.h"
+#include "vram/vram_manager.h"
 
 #define CLASS_NAME "diffsynth.models.qwen_image_dit.QwenImageDiT"
 
@@ -209,7 +211,10 @@ typedef struct dit_state {
     ds_tensor cn_cond;      /* [Bc, N, 3072]: img_in of that, the same for every block */
 } dit_state;
 
-static void state_free(dit_state *s)
+#define STATE_TENSORS 56
+
+/* Every tensor of the state, for freeing and counting; returns how many. */
+static size_t state_tensors(dit_state *s, ds_tensor **out)
 {
     ds_tensor *all[] = {
         &s->timestep, &s->key_mask, &s->img_cos, &s->img_sin, &s->txt_cos, &s->txt_sin,
@@ -220,12 +225,33 @@ static void state_free(dit_state *s)
         &s->txt_out, &s->img_hidden, &s->txt_hidden, &s->out_mod, &s->out_scale, &s->out_shift,
         &s->noise, &s->cn_input, &s->cn_packed, &s->cn_cond,
     };
+    size_t n = 0;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        ds_tensor_free(all[i]);
+        out[n++] = all[i];
     for (int i = 0; i < 6; i++) {
-        ds_tensor_free(&s->img_mod[i]);
-        ds_tensor_free(&s->txt_mod[i]);
+        out[n++] = &s->img_mod[i];
+        out[n++] = &s->txt_mod[i];
     }
+    return n;
+}
+
+static void state_free(dit_state *s)
+{
+    ds_tensor *all[STATE_TENSORS];
+    size_t n = state_tensors(s, all);
+    for (size_t i = 0; i < n; i++)
+        ds_tensor_free(all[i]);
+}
+
+/* Bytes the state holds in the compute backend's memory (inputs used in place hold none). */
+static size_t state_bytes(dit_state *s)
+{
+    ds_tensor *all[STATE_TENSORS];
+    size_t n = state_tensors(s, all), bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        if (all[i]->data)
+            bytes += ds_tensor_nbytes(all[i]);
+    return bytes;
 }
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
@@ -259,51 +285,93 @@ static int to_backend(ds_backend *b, const ds_tensor *host, ds_tensor *copy, ds_
     return rc;
 }
 
-static int bind_outer(const ds_loaded_model *m, ds__weight_set *ws, outer_weights *w, ds_error *err)
+/* One operand of a transfer unit: a Linear (".weight" then ".bias") or one tensor, and the
+ * field of block_weights or outer_weights it fills. */
+typedef struct param_slot {
+    const char *name;
+    int linear;
+    size_t offset;
+} param_slot;
+
+/* A transfer unit: the weights one phase of the forward uses, so that no unit is much larger
+ * than what one phase needs (a whole block is half of a 2-block model). */
+typedef struct unit_def {
+    const char *name;
+    const param_slot *slots;
+    size_t count;
+} unit_def;
+
+#define BW(f) offsetof(block_weights, f)
+#define OW(f) offsetof(outer_weights, f)
+#define UNIT(name, slots) {name, slots, sizeof slots / sizeof slots[0]}
+
+static const param_slot input_slots[] = {
+    {"time_text_embed.timestep_embedder.linear_1", 1, OW(time_1)},
+    {"time_text_embed.timestep_embedder.linear_2", 1, OW(time_2)},
+    {"txt_norm.weight", 0, OW(txt_norm)},
+    {"img_in", 1, OW(img_in)},
+    {"txt_in", 1, OW(txt_in)},
+};
+static const param_slot output_slots[] = {
+    {"norm_out.linear", 1, OW(norm_out)},
+    {"proj_out", 1, OW(proj_out)},
+};
+static const param_slot modulation_slots[] = {
+    {"img_mod.1", 1, BW(img_mod)},
+    {"txt_mod.1", 1, BW(txt_mod)},
+};
+static const param_slot attention_slots[] = {
+    {"attn.to_q", 1, BW(to_q)},
+    {"attn.to_k", 1, BW(to_k)},
+    {"attn.to_v", 1, BW(to_v)},
+    {"attn.add_q_proj", 1, BW(add_q)},
+    {"attn.add_k_proj", 1, BW(add_k)},
+    {"attn.add_v_proj", 1, BW(add_v)},
+    {"attn.norm_q.weight", 0, BW(norm_q)},
+    {"attn.norm_k.weight", 0, BW(norm_k)},
+    {"attn.norm_added_q.weight", 0, BW(norm_added_q)},
+    {"attn.norm_added_k.weight", 0, BW(norm_added_k)},
+    {"attn.to_out.0", 1, BW(to_out)},
+    {"attn.to_add_out", 1, BW(to_add_out)},
+};
+static const param_slot img_mlp_slots[] = {
+    {"img_mlp.net.0.proj", 1, BW(img_mlp_in)},
+    {"img_mlp.net.2", 1, BW(img_mlp_out)},
+};
+static const param_slot txt_mlp_slots[] = {
+    {"txt_mlp.net.0.proj", 1, BW(txt_mlp_in)},
+    {"txt_mlp.net.2", 1, BW(txt_mlp_out)},
+};
+
+static const unit_def input_unit = UNIT("input", input_slots);
+static const unit_def output_unit = UNIT("output", output_slots);
+/* A block's phases, in the order block_phase runs them. */
+enum { PHASES = 4 };
+static const unit_def block_units[PHASES] = {
+    UNIT("modulation", modulation_slots),
+    UNIT("attention", attention_slots),
+    UNIT("img_mlp", img_mlp_slots),
+    UNIT("txt_mlp", txt_mlp_slots),
+};
+
+/* Binds a unit's parameters (prefix + slot name) into the struct at `base`. */
+static int bind_unit(const ds_loaded_model *m, ds__weight_set *ws, const char *prefix,
+                     const unit_def *u, void *base, ds_error *err)
 {
-    const char *te = "time_text_embed.timestep_embedder.";
-    int rc;
-    if ((rc = ds__weight_bind_linear(m, ws, te, "linear_1", &w->time_1, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, te, "linear_2", &w->time_2, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, "", "txt_norm.weight", 0, &w->txt_norm, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, "", "img_in", &w->img_in, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, "", "txt_in", &w->txt_in, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, "", "norm_out.linear", &w->norm_out, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, "", "proj_out", &w->proj_out, err)) != DS_OK)
-        return rc;
+    for (size_t i = 0; i < u->count; i++) {
+        const param_slot *p = &u->slots[i];
+        void *field = (char *)base + p->offset;
+        int rc = p->linear ? ds__weight_bind_linear(m, ws, prefix, p->name, field, err)
+                           : ds__weight_bind(m, ws, prefix, p->name, 0, field, err);
+        if (rc != DS_OK)
+            return rc;
+    }
     return DS_OK;
 }
 
-static int bind_block(const ds_loaded_model *m, ds__weight_set *ws, int64_t i, block_weights *w,
-                      ds_error *err)
+static void block_prefix(char *p, size_t size, int64_t i)
 {
-    char p[DS__PARAM_NAME_MAX];
-    int rc;
-    snprintf(p, sizeof p, "transformer_blocks.%lld.", (long long)i);
-    if ((rc = ds__weight_bind_linear(m, ws, p, "img_mod.1", &w->img_mod, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "txt_mod.1", &w->txt_mod, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "attn.to_q", &w->to_q, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "attn.to_k", &w->to_k, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "attn.to_v", &w->to_v, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "attn.add_q_proj", &w->add_q, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "attn.add_k_proj", &w->add_k, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "attn.add_v_proj", &w->add_v, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "attn.norm_q.weight", 0, &w->norm_q, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "attn.norm_k.weight", 0, &w->norm_k, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "attn.norm_added_q.weight", 0, &w->norm_added_q,
-                              err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "attn.norm_added_k.weight", 0, &w->norm_added_k,
-                              err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "attn.to_out.0", &w->to_out, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "attn.to_add_out", &w->to_add_out, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "img_mlp.net.0.proj", &w->img_mlp_in,
-                                     err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "img_mlp.net.2", &w->img_mlp_out, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "txt_mlp.net.0.proj", &w->txt_mlp_in,
-                                     err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "txt_mlp.net.2", &w->txt_mlp_out, err)) != DS_OK)
-        return rc;
-    return DS_OK;
+    snprintf(p, size, "transformer_blocks.%lld.", (long long)i);
 }
 
 static int linear(ds_backend *b, const ds_tensor *x, const ds__linear_weights *w, ds_activation act,
@@ -483,38 +551,42 @@ static int stream_mlp(ds_backend *b, ds_tensor *x, const ds_tensor *mod,
     return ds_gated_residual(b, NULL, &res, err);
 }
 
-/* QwenImageTransformerBlock: modulation from temb, attention half, MLP half, per stream. */
-static int block_forward(ds_backend *b, const dit_dims *d, const block_weights *w, dit_state *s,
-                         ds_error *err)
+/* QwenImageTransformerBlock, one phase (block_units) at a time: modulation from temb, attention
+ * half, MLP half per stream. A phase reads only its own unit's fields of `w`. */
+static int block_phase(ds_backend *b, const dit_dims *d, const block_weights *w, dit_state *s,
+                       int phase, ds_error *err)
 {
     ds_tensor mod2 = view(&s->mod, 2, SHAPE(d->batch, 6 * DIM));
     ds_gated_residual_args img_res = {&s->image, &s->img_mod[2], &s->img_out, &s->image};
     ds_gated_residual_args txt_res = {&s->text, &s->txt_mod[2], &s->txt_out, &s->text};
     int rc;
-    /* [shift, scale, gate] for attention, then for the MLP: img_mod and txt_mod of SiLU(temb). */
-    if ((rc = linear(b, &s->temb_silu, &w->img_mod, DS_ACT_NONE, &mod2, err)) != DS_OK ||
-        (rc = split_mod(b, &s->mod, 6, s->img_mod, err)) != DS_OK ||
-        (rc = linear(b, &s->temb_silu, &w->txt_mod, DS_ACT_NONE, &mod2, err)) != DS_OK ||
-        (rc = split_mod(b, &s->mod, 6, s->txt_mod, err)) != DS_OK)
-        return rc;
-
-    /* Attention half: x += gate_a * attn(LN1(x) * (1 + scale_a) + shift_a), both streams. */
-    if ((rc = norm_modulate(b, &s->image, &s->img_mod[0], &s->img_mod[1], &s->img_x, err)) !=
-            DS_OK ||
-        (rc = norm_modulate(b, &s->text, &s->txt_mod[0], &s->txt_mod[1], &s->txt_x, err)) !=
-            DS_OK ||
-        (rc = block_attention(b, d, w, s, err)) != DS_OK ||
-        (rc = ds_gated_residual(b, NULL, &img_res, err)) != DS_OK ||
-        (rc = ds_gated_residual(b, NULL, &txt_res, err)) != DS_OK)
-        return rc;
-
-    /* MLP half, with the second three modulation parts. */
-    if ((rc = stream_mlp(b, &s->image, s->img_mod, &w->img_mlp_in, &w->img_mlp_out, &s->img_x,
-                         &s->img_hidden, &s->img_out, err)) != DS_OK ||
-        (rc = stream_mlp(b, &s->text, s->txt_mod, &w->txt_mlp_in, &w->txt_mlp_out, &s->txt_x,
-                         &s->txt_hidden, &s->txt_out, err)) != DS_OK)
-        return rc;
-    return DS_OK;
+    switch (phase) {
+    case 0:
+        /* [shift, scale, gate] for attention, then for the MLP: img_mod and txt_mod of
+         * SiLU(temb). */
+        if ((rc = linear(b, &s->temb_silu, &w->img_mod, DS_ACT_NONE, &mod2, err)) != DS_OK ||
+            (rc = split_mod(b, &s->mod, 6, s->img_mod, err)) != DS_OK ||
+            (rc = linear(b, &s->temb_silu, &w->txt_mod, DS_ACT_NONE, &mod2, err)) != DS_OK)
+            return rc;
+        return split_mod(b, &s->mod, 6, s->txt_mod, err);
+    case 1:
+        /* Attention half: x += gate_a * attn(LN1(x) * (1 + scale_a) + shift_a), both streams. */
+        if ((rc = norm_modulate(b, &s->image, &s->img_mod[0], &s->img_mod[1], &s->img_x,
+                                err)) != DS_OK ||
+            (rc = norm_modulate(b, &s->text, &s->txt_mod[0], &s->txt_mod[1], &s->txt_x,
+                                err)) != DS_OK ||
+            (rc = block_attention(b, d, w, s, err)) != DS_OK ||
+            (rc = ds_gated_residual(b, NULL, &img_res, err)) != DS_OK)
+            return rc;
+        return ds_gated_residual(b, NULL, &txt_res, err);
+    case 2:
+        /* MLP half, with the second three modulation parts. */
+        return stream_mlp(b, &s->image, s->img_mod, &w->img_mlp_in, &w->img_mlp_out, &s->img_x,
+                          &s->img_hidden, &s->img_out, err);
+    default:
+        return stream_mlp(b, &s->text, s->txt_mod, &w->txt_mlp_in, &w->txt_mlp_out, &s->txt_x,
+                          &s->txt_hidden, &s->txt_out, err);
+    }
 }
 
 /* norm_out (AdaLayerNorm single: scale first, then shift) and proj_out, then the 2x2
@@ -819,6 +891,148 @@ static int controlnet_residual(ds_backend *b, ds_qwen_image_controlnet *cn, floa
     return DS_OK;
 }
 
+/* ---- Streaming the weights through a VRAM manager ---- */
+
+/* The manager's unit index of block `block`'s phase `phase`: units are registered as input,
+ * every block's phases in order, output. */
+static size_t block_unit(int64_t block, int phase)
+{
+    return 1 + (size_t)block * PHASES + (size_t)phase;
+}
+
+static void vram_release_hook(void *mgr, const ds_loaded_model *model)
+{
+    ds_vram_owner_remove(mgr, model);
+}
+
+/* A unit's tensors as the manager's sources, in bind_unit's order. Each keeps the dtype the
+ * view path binds (ds__weight_operand_dtype) rather than the call's compute dtype, so both
+ * paths run the same kernels on the same values and agree bit for bit. */
+static int unit_sources(const ds_loaded_model *m, const char *prefix, const unit_def *u,
+                        ds_vram_tensor_source *src, size_t *count, ds_error *err)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < u->count; i++) {
+        const param_slot *p = &u->slots[i];
+        for (int part = 0; part < (p->linear ? 2 : 1); part++) {
+            char full[DS__PARAM_NAME_MAX];
+            snprintf(full, sizeof full, "%s%s%s", prefix, p->name,
+                     !p->linear ? "" : part == 0 ? ".weight" : ".bias");
+            const ds_sd_entry *e;
+            int rc = ds__weight_find(m, "QwenImageDiT", full, &e, err);
+            if (rc != DS_OK)
+                return rc;
+            const ds_tensor_view *v = &e->tensor;
+            ds_vram_tensor_source *t = &src[n++];
+            memset(t, 0, sizeof *t);
+            t->name = e->name;
+            t->dtype = v->dtype;
+            t->ndim = v->ndim;
+            memcpy(t->shape, v->shape, (size_t)v->ndim * sizeof *v->shape);
+            t->data = v->data;
+            t->target = ds__weight_operand_dtype(v->dtype, p->linear && part == 0);
+        }
+    }
+    *count = n;
+    return DS_OK;
+}
+
+/* The model's units in the step's manager, registered on first use: one for the input
+ * embedders, one per block phase (block_units), one for the output layers, and the plan in
+ * that order. The model's release hook drops them when the model is freed. */
+static int vram_register(const ds_loaded_model *m, ds_vram_manager *mgr, int64_t blocks,
+                         ds_vram_model **out, ds_error *err)
+{
+    *out = ds_vram_model_find(mgr, m);
+    if (*out)
+        return DS_OK;
+    ds_vram_tensor_source src[DS__WEIGHT_SET_MAX];
+    ds_vram_model *vm = NULL;
+    size_t n_units = (size_t)blocks * PHASES + 2;
+    size_t *plan = malloc(n_units * sizeof *plan);
+    if (!plan)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "forward: out of memory planning %zu units", n_units);
+    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : "qwen_image_dit", DS_F32,
+                               &vm, err);
+    if (rc != DS_OK)
+        goto fail;
+    for (size_t k = 0; k < n_units; k++) {
+        char prefix[DS__PARAM_NAME_MAX] = "", name[DS__PARAM_NAME_MAX];
+        const unit_def *u = k == 0 ? &input_unit : k == n_units - 1 ? &output_unit : NULL;
+        if (!u) {
+            u = &block_units[(k - 1) % PHASES];
+            block_prefix(prefix, sizeof prefix, (int64_t)((k - 1) / PHASES));
+        }
+        snprintf(name, sizeof name, "%s%s", prefix, u->name);
+        size_t count;
+        if ((rc = unit_sources(m, prefix, u, src, &count, err)) != DS_OK ||
+            (rc = ds_vram_unit_add(vm, name, src, count, &plan[k], err)) != DS_OK)
+            goto fail;
+    }
+    if ((rc = ds_vram_plan(vm, plan, n_units, err)) != DS_OK)
+        goto fail;
+    ds_vram_model_set_owner(vm, m);
+    /* Steps get the model const because they must not change its weights; the hook is
+     * bookkeeping about the model, set here on the worker, between steps. A model moved to
+     * another manager leaves the old one first, so it is registered in one at a time. */
+    ds_loaded_model *owner = (ds_loaded_model *)m;
+    if (owner->release_hook)
+        owner->release_hook(owner->release_hook_ctx, owner);
+    owner->release_hook = vram_release_hook;
+    owner->release_hook_ctx = mgr;
+    free(plan);
+    *out = vm;
+    return DS_OK;
+fail:
+    ds_vram_model_remove(vm);
+    free(plan);
+    return ds_error_prefix(err, "forward: registering the weights with the VRAM manager: ");
+}
+
+/* Points the fields of `base` at an acquired unit's tensors, in unit_sources' order. */
+static void unit_fill(const unit_def *u, const ds_tensor *t, void *base)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < u->count; i++) {
+        void *field = (char *)base + u->slots[i].offset;
+        if (u->slots[i].linear) {
+            ds__linear_weights *lw = field;
+            lw->weight = t[k++];
+            lw->bias = t[k++];
+        } else {
+            *(ds_tensor *)field = t[k++];
+        }
+    }
+}
+
+/* Makes a unit's weights usable in `base`: acquired from the manager (*held names it until
+ * unit_end), or without one bound into `ws` as views or uploads. */
+static int unit_begin(const ds_loaded_model *m, ds_vram_model *vm, ds__weight_set *ws,
+                      size_t index, const char *prefix, const unit_def *u, void *base,
+                      size_t *held, ds_error *err)
+{
+    if (!vm)
+        return bind_unit(m, ws, prefix, u, base, err);
+    const ds_tensor *t;
+    int rc = ds_vram_acquire(vm, index, NULL, &t, err);
+    if (rc != DS_OK)
+        return rc;
+    *held = index;
+    unit_fill(u, t, base);
+    return DS_OK;
+}
+
+/* Ends unit_begin with a manager; without one the weight set is released by the caller. */
+static int unit_end(ds_vram_model *vm, size_t *held, ds_error *err)
+{
+    if (!vm || *held == SIZE_MAX)
+        return DS_OK;
+    size_t index = *held;
+    *held = SIZE_MAX;
+    return ds_vram_release(vm, index, NULL, err);
+}
+
 int ds_qwen_image_dit_forward(const ds_loaded_model *m, const ds_step_context *ctx,
                               const ds_tensor *latents, const ds_tensor *prompt_emb,
                               const ds_tensor *prompt_mask, const ds_tensor *timestep,
@@ -841,6 +1055,9 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
     block_weights bw;
     ds_qwen_image_controlnet cn;
     ds_qwen_image_controlnet_shape cn_shape;
+    ds_vram_model *vm = NULL;
+    size_t held = SIZE_MAX; /* the unit acquired now, released on failure */
+    size_t reserved = 0;    /* activation bytes reserved in the manager */
     memset(&s, 0, sizeof s);
     memset(&cn, 0, sizeof cn);
     memset(&outer_set, 0, sizeof outer_set);
@@ -860,14 +1077,15 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
     int64_t blocks = count_blocks(m);
     ds__weight_set_init(&outer_set, b, "QwenImageDiT");
     ds__weight_set_init(&block_set, b, "QwenImageDiT");
+    if (ctx->vram && (rc = vram_register(m, ctx->vram, blocks, &vm, err)) != DS_OK)
+        return rc;
 
     ds_tensor lat, prompt, noise;
     if ((rc = alloc_state(&d, b, &s, err)) != DS_OK ||
         (rc = to_backend(b, latents, &s.latents, &lat, err)) != DS_OK ||
         (rc = to_backend(b, prompt_emb, &s.prompt, &prompt, err)) != DS_OK ||
         (rc = upload_conditions(&d, timestep, prompt_mask, b, &s, err)) != DS_OK ||
-        (rc = rope_tables(&d, &s, err)) != DS_OK ||
-        (rc = bind_outer(m, &outer_set, &ow, err)) != DS_OK)
+        (rc = rope_tables(&d, &s, err)) != DS_OK)
         goto fail;
     /* The output: written in place on the CPU, downloaded from a device copy otherwise. */
     if (is_cpu(b)) {
@@ -878,15 +1096,24 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
             goto fail;
         noise = s.noise;
     }
+    /* The activations share the budget with the weights. */
+    if (vm) {
+        size_t bytes = state_bytes(&s);
+        if ((rc = ds_vram_reserve(vm, "forward: activations", bytes, err)) != DS_OK)
+            goto fail;
+        reserved = bytes;
+    }
 
     /* Inputs: image = img_in(pack(latents)); text = txt_in(txt_norm(prompt_emb)); temb. */
     ds_patchify_args pack = {&lat, PATCH, &s.packed};
     ds_rms_norm_args txt_norm = {&prompt, &ow.txt_norm, NORM_EPS, &s.prompt_normed};
-    if ((rc = ds_patchify(b, NULL, &pack, err)) != DS_OK ||
+    if ((rc = unit_begin(m, vm, &outer_set, 0, "", &input_unit, &ow, &held, err)) != DS_OK ||
+        (rc = ds_patchify(b, NULL, &pack, err)) != DS_OK ||
         (rc = linear(b, &s.packed, &ow.img_in, DS_ACT_NONE, &s.image, err)) != DS_OK ||
         (rc = ds_rms_norm(b, NULL, &txt_norm, err)) != DS_OK ||
         (rc = linear(b, &s.prompt_normed, &ow.txt_in, DS_ACT_NONE, &s.text, err)) != DS_OK ||
-        (rc = timestep_embedder(b, &ow, &s, err)) != DS_OK)
+        (rc = timestep_embedder(b, &ow, &s, err)) != DS_OK ||
+        (rc = unit_end(vm, &held, err)) != DS_OK)
         goto fail;
     if (controlnet && (rc = controlnet_begin(controlnet, &d, b, &s, &cn, err)) != DS_OK)
         goto fail;
@@ -898,10 +1125,17 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
                               (long long)i, (long long)blocks);
             goto fail;
         }
-        if ((rc = bind_block(m, &block_set, i, &bw, err)) != DS_OK ||
-            (rc = block_forward(b, &d, &bw, &s, err)) != DS_OK ||
-            (controlnet &&
-             (rc = controlnet_residual(b, &cn, controlnet->scale, i, &s, err)) != DS_OK)) {
+        char prefix[DS__PARAM_NAME_MAX];
+        block_prefix(prefix, sizeof prefix, i);
+        for (int ph = 0; ph < PHASES; ph++)
+            if ((rc = unit_begin(m, vm, &block_set, block_unit(i, ph), prefix, &block_units[ph],
+                                 &bw, &held, err)) != DS_OK ||
+                (rc = block_phase(b, &d, &bw, &s, ph, err)) != DS_OK ||
+                (rc = unit_end(vm, &held, err)) != DS_OK)
+                break;
+        if (rc == DS_OK && controlnet)
+            rc = controlnet_residual(b, &cn, controlnet->scale, i, &s, err);
+        if (rc != DS_OK) {
             ds_error_prefix(err, "forward: block %lld: ", (long long)i);
             goto fail;
         }
@@ -911,16 +1145,27 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
     }
 
     /* Output: norm_out, proj_out, unpack to [B, 16, H, W]. */
-    if ((rc = norm_out_forward(b, &d, &ow, &s, &noise, err)) != DS_OK)
+    if ((rc = unit_begin(m, vm, &outer_set, block_unit(blocks, 0), "", &output_unit, &ow, &held,
+                         err)) != DS_OK ||
+        (rc = norm_out_forward(b, &d, &ow, &s, &noise, err)) != DS_OK ||
+        (rc = unit_end(vm, &held, err)) != DS_OK)
         goto fail;
     if (!is_cpu(b) && (rc = ds_tensor_download(&noise, noise_pred_out->data, NULL, err)) != DS_OK)
         goto fail;
+    if (vm)
+        ds_vram_unreserve(vm, reserved);
     ds__weight_set_release(&outer_set);
     ds_qwen_image_controlnet_close(&cn);
     state_free(&s);
     return DS_OK;
 
 fail:
+    if (held != SIZE_MAX) {
+        ds_error ignored;
+        unit_end(vm, &held, &ignored);
+    }
+    if (vm)
+        ds_vram_unreserve(vm, reserved);
     ds__weight_set_release(&block_set);
     ds__weight_set_release(&outer_set);
     ds_qwen_image_controlnet_close(&cn);

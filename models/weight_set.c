@@ -26,24 +26,40 @@ void ds__weight_set_release(ds__weight_set *ws)
     ws->device_count = ws->host_count = 0;
 }
 
+int ds__weight_find(const ds_loaded_model *m, const char *owner, const char *full,
+                    const ds_sd_entry **out, ds_error *err)
+{
+    const ds_sd_entry *e = ds_state_dict_find(&m->params, full);
+    if (!e || e->dict || !e->tensor.data)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION, "%s: parameter \"%s\" is not loaded",
+                            owner, full);
+    if (!ds_tensor_view_is_contiguous(&e->tensor))
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "%s: parameter \"%s\" is not contiguous", owner, full);
+    *out = e;
+    return DS_OK;
+}
+
 /* The ops convert the dtypes they take on the fly, so only the others are copied to f32. */
+ds_dtype ds__weight_operand_dtype(ds_dtype d, int linear_weight)
+{
+    int usable = d == DS_F32 || d == DS_BF16 || d == DS_F16 ||
+                 (linear_weight && (d == DS_F8_E4M3 || d == DS_F8_E5M2));
+    return usable ? d : DS_F32;
+}
+
 int ds__weight_bind(const ds_loaded_model *m, ds__weight_set *ws, const char *prefix,
                     const char *name, int linear_weight, ds_tensor *out, ds_error *err)
 {
     char full[DS__PARAM_NAME_MAX];
     snprintf(full, sizeof full, "%s%s", prefix, name);
-    const ds_sd_entry *e = ds_state_dict_find(&m->params, full);
-    if (!e || e->dict || !e->tensor.data)
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "%s: parameter \"%s\" is not loaded", ws->owner, full);
+    const ds_sd_entry *e;
+    int rc = ds__weight_find(m, ws->owner, full, &e, err);
+    if (rc != DS_OK)
+        return rc;
     const ds_tensor_view *p = &e->tensor;
-    if (!ds_tensor_view_is_contiguous(p))
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "%s: parameter \"%s\" is not contiguous", ws->owner,
-                            full);
     ds_dtype d = p->dtype;
-    int usable = d == DS_F32 || d == DS_BF16 || d == DS_F16 ||
-                 (linear_weight && (d == DS_F8_E4M3 || d == DS_F8_E5M2));
+    int usable = ds__weight_operand_dtype(d, linear_weight) == d;
     if (ws->device_count == DS__WEIGHT_SET_MAX || ws->host_count == DS__WEIGHT_SET_MAX)
         return ds_error_set(err, DS_ERR_INTERNAL, "%s: too many bound weights", ws->owner);
     ds_tensor host = ds_tensor_wrap(ws->backend, d, p->ndim, p->shape, (void *)p->data);
@@ -62,7 +78,7 @@ int ds__weight_bind(const ds_loaded_model *m, ds__weight_set *ws, const char *pr
         return DS_OK;
     }
     ds_tensor *copy = &ws->device[ws->device_count];
-    int rc = ds_tensor_alloc(ws->backend, host.dtype, host.ndim, host.shape, copy, err);
+    rc = ds_tensor_alloc(ws->backend, host.dtype, host.ndim, host.shape, copy, err);
     if (rc != DS_OK)
         return ds_error_prefix(err, "%s: uploading \"%s\": ", ws->owner, full);
     ws->device_count++;

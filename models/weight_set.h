@@ -30,6 +30,14 @@ typedef struct ds__linear_weights {
     ds_tensor bias;   /* [N] */
 } ds__linear_weights;
 
+/* Parameter `full` of the loaded tree, checked as a forward needs it: FAILED_PRECONDITION
+ * (naming `owner` and the parameter) when it is not loaded or not contiguous. */
+int ds__weight_find(const ds_loaded_model *m, const char *owner, const char *full,
+                    const ds_sd_entry **out, ds_error *err);
+/* The dtype a parameter stored as `stored` has as an operand: itself when the ops take it
+ * (f32, bf16, f16, and fp8 for a Linear weight), else f32. */
+ds_dtype ds__weight_operand_dtype(ds_dtype stored, int linear_weight);
+
 /* An empty set binding for backend `b`. */
 void ds__weight_set_init(ds__weight_set *ws, ds_backend *b, const char *owner);
 /* Frees every copy the set made; the bound operands are invalid afterwards. */

@@ -1,5 +1,6 @@
 #include "vram/vram_manager.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -39,6 +40,7 @@ typedef struct staging {
 struct ds_vram_model {
     ds_vram_manager *mgr;
     char *name;
+    const void *owner; /* ds_vram_model_set_owner's key, NULL = none */
     ds_dtype compute_dtype;
     unit **units;
     size_t n_units, cap_units;
@@ -66,6 +68,12 @@ struct ds_vram_manager {
     ds_vram_stats st;
     ds_vram_observer observer;
     void *observer_ctx;
+    /* The CPU backend: its memory is host memory and its calls complete before they return,
+     * so units are converted straight into place, without the staging copy. */
+    int host_tier;
+    /* Recursive: the daemon's loop thread reads stats and removes models while the worker
+     * runs; public entry points may call each other. */
+    pthread_mutex_t lock;
 };
 
 static double now_seconds(void)
@@ -308,32 +316,43 @@ static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
 {
     ds_vram_manager *m = model->mgr;
     double t0 = now_seconds();
-    int slot = staging_slot(m, u->bytes, err);
-    if (slot < 0)
-        return slot;
-    staging *s = &m->slots[slot];
-    int rc = m->b->alloc(m->b, u->bytes, &u->buffer, err);
-    if (rc != DS_OK) {
-        u->buffer = NULL;
-        return rc;
+    if (m->host_tier) {
+        int rc = m->b->alloc(m->b, u->bytes, &u->buffer, err);
+        if (rc != DS_OK) {
+            u->buffer = NULL;
+            return rc;
+        }
+        for (size_t i = 0; i < u->count; i++)
+            convert_into(m, &u->src[i], (char *)u->buffer + u->offset[i]);
+        u->slot = -1;
+    } else {
+        int slot = staging_slot(m, u->bytes, err);
+        if (slot < 0)
+            return slot;
+        staging *s = &m->slots[slot];
+        int rc = m->b->alloc(m->b, u->bytes, &u->buffer, err);
+        if (rc != DS_OK) {
+            u->buffer = NULL;
+            return rc;
+        }
+        for (size_t i = 0; i < u->count; i++)
+            convert_into(m, &u->src[i], (char *)s->ptr + u->offset[i]);
+        rc = m->b->copy_to_device(m->b, u->buffer, s->ptr, u->bytes, m->copy_stream, err);
+        if (rc == DS_OK)
+            rc = m->b->event_record(m->b, s->done, m->copy_stream, err);
+        if (rc != DS_OK) {
+            /* The copy may be queued: wait for the stream before the memory goes. */
+            ds_error ignored;
+            m->b->stream_synchronize(m->b, m->copy_stream, &ignored);
+            m->b->free(m->b, u->buffer);
+            u->buffer = NULL;
+            return rc;
+        }
+        s->busy = 1;
+        s->seq = ++m->seq;
+        s->owner = u;
+        u->slot = slot;
     }
-    for (size_t i = 0; i < u->count; i++)
-        convert_into(m, &u->src[i], (char *)s->ptr + u->offset[i]);
-    rc = m->b->copy_to_device(m->b, u->buffer, s->ptr, u->bytes, m->copy_stream, err);
-    if (rc == DS_OK)
-        rc = m->b->event_record(m->b, s->done, m->copy_stream, err);
-    if (rc != DS_OK) {
-        /* The copy may be queued: wait for the stream before the memory goes. */
-        ds_error ignored;
-        m->b->stream_synchronize(m->b, m->copy_stream, &ignored);
-        m->b->free(m->b, u->buffer);
-        u->buffer = NULL;
-        return rc;
-    }
-    s->busy = 1;
-    s->seq = ++m->seq;
-    s->owner = u;
-    u->slot = slot;
     for (size_t i = 0; i < u->count; i++)
         u->view[i].data = (char *)u->buffer + u->offset[i];
     model->fast_bytes += u->bytes;
@@ -360,6 +379,7 @@ int ds_vram_manager_create(ds_backend *b, size_t budget_bytes, int prefetch_dept
     if (!m)
         return ds_error_set(err, rc, "vram: out of memory creating the manager");
     m->b = b;
+    m->host_tier = strcmp(b->name, "cpu") == 0;
     m->budget = budget_bytes;
     m->depth = prefetch_depth;
     m->max_slots = prefetch_depth + 1;
@@ -372,6 +392,15 @@ int ds_vram_manager_create(ds_backend *b, size_t budget_bytes, int prefetch_dept
     rc = b->stream_create(b, &m->copy_stream, err);
     if (rc != DS_OK)
         goto fail;
+    pthread_mutexattr_t attr;
+    if (pthread_mutexattr_init(&attr) != 0 ||
+        pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE) != 0 ||
+        pthread_mutex_init(&m->lock, &attr) != 0) {
+        rc = ds_error_set(err, DS_ERR_INTERNAL, "vram: cannot create the manager's lock");
+        b->stream_destroy(b, m->copy_stream);
+        goto fail;
+    }
+    pthread_mutexattr_destroy(&attr);
     *out = m;
     return DS_OK;
 fail:
@@ -380,13 +409,13 @@ fail:
     return rc;
 }
 
-void ds_vram_set_observer(ds_vram_manager *m, ds_vram_observer fn, void *ctx)
+static void set_observer_unlocked(ds_vram_manager *m, ds_vram_observer fn, void *ctx)
 {
     m->observer = fn;
     m->observer_ctx = ctx;
 }
 
-void ds_vram_stats_get(const ds_vram_manager *m, ds_vram_stats *out) { *out = m->st; }
+static void stats_get_unlocked(const ds_vram_manager *m, ds_vram_stats *out) { *out = m->st; }
 
 static void unit_free(unit *u)
 {
@@ -401,7 +430,7 @@ static void unit_free(unit *u)
     free(u);
 }
 
-void ds_vram_model_remove(ds_vram_model *model)
+static void model_remove_unlocked(ds_vram_model *model)
 {
     if (!model)
         return;
@@ -437,7 +466,7 @@ void ds_vram_manager_destroy(ds_vram_manager *m)
     if (!m)
         return;
     while (m->n_models)
-        ds_vram_model_remove(m->models[m->n_models - 1]);
+        model_remove_unlocked(m->models[m->n_models - 1]);
     for (int i = 0; i < m->n_slots; i++) {
         ds_error err;
         slot_reclaim(m, i, &err);
@@ -446,13 +475,14 @@ void ds_vram_manager_destroy(ds_vram_manager *m)
         m->b->event_destroy(m->b, m->slots[i].done);
     }
     m->b->stream_destroy(m->b, m->copy_stream);
+    pthread_mutex_destroy(&m->lock);
     free(m->models);
     free(m->scratch);
     free(m);
 }
 
-int ds_vram_model_add(ds_vram_manager *m, const char *name, ds_dtype compute_dtype,
-                      ds_vram_model **out, ds_error *err)
+static int model_add_unlocked(ds_vram_manager *m, const char *name, ds_dtype compute_dtype,
+                              ds_vram_model **out, ds_error *err)
 {
     *out = NULL;
     if (!name || !*name)
@@ -493,8 +523,9 @@ static int is_float(ds_dtype d)
            d == DS_F8_E5M2;
 }
 
-int ds_vram_unit_add(ds_vram_model *model, const char *name, const ds_vram_tensor_source *tensors,
-                     size_t count, size_t *index, ds_error *err)
+static int unit_add_unlocked(ds_vram_model *model, const char *name,
+                             const ds_vram_tensor_source *tensors, size_t count, size_t *index,
+                             ds_error *err)
 {
     if (!name || !*name)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "vram: model '%s': a unit needs a name",
@@ -588,12 +619,12 @@ oom:
                         "vram: out of memory adding unit '%s' to model '%s'", name, model->name);
 }
 
-int ds_vram_unit_resident(const ds_vram_model *model, size_t unit_index)
+static int unit_resident_unlocked(const ds_vram_model *model, size_t unit_index)
 {
     return unit_index < model->n_units && model->units[unit_index]->buffer != NULL;
 }
 
-int ds_vram_plan(ds_vram_model *model, const size_t *order, size_t len, ds_error *err)
+static int plan_unlocked(ds_vram_model *model, const size_t *order, size_t len, ds_error *err)
 {
     for (size_t i = 0; i < len; i++)
         if (order[i] >= model->n_units)
@@ -638,8 +669,8 @@ static void prefetch(ds_vram_model *model)
     }
 }
 
-int ds_vram_acquire(ds_vram_model *model, size_t unit_index, ds_stream *compute,
-                    const ds_tensor **tensors, ds_error *err)
+static int acquire_unlocked(ds_vram_model *model, size_t unit_index, ds_stream *compute,
+                            const ds_tensor **tensors, ds_error *err)
 {
     *tensors = NULL;
     if (unit_index >= model->n_units)
@@ -692,7 +723,8 @@ int ds_vram_acquire(ds_vram_model *model, size_t unit_index, ds_stream *compute,
     return DS_OK;
 }
 
-int ds_vram_release(ds_vram_model *model, size_t unit_index, ds_stream *compute, ds_error *err)
+static int release_unlocked(ds_vram_model *model, size_t unit_index, ds_stream *compute,
+                            ds_error *err)
 {
     if (unit_index >= model->n_units || model->units[unit_index]->pins == 0)
         return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
@@ -715,7 +747,7 @@ int ds_vram_release(ds_vram_model *model, size_t unit_index, ds_stream *compute,
     return DS_OK;
 }
 
-int ds_vram_reserve(ds_vram_model *model, const char *what, size_t bytes, ds_error *err)
+static int reserve_unlocked(ds_vram_model *model, const char *what, size_t bytes, ds_error *err)
 {
     ds_vram_manager *m = model->mgr;
     int room = make_room(m, model, bytes, 1, 0, err);
@@ -733,7 +765,7 @@ int ds_vram_reserve(ds_vram_model *model, const char *what, size_t bytes, ds_err
     return DS_OK;
 }
 
-void ds_vram_unreserve(ds_vram_model *model, size_t bytes)
+static void unreserve_unlocked(ds_vram_model *model, size_t bytes)
 {
     if (bytes > model->activation_bytes)
         bytes = model->activation_bytes;
@@ -741,7 +773,7 @@ void ds_vram_unreserve(ds_vram_model *model, size_t bytes)
     model->mgr->st.activation_bytes -= bytes;
 }
 
-int ds_vram_offload(ds_vram_model *model, ds_error *err)
+static int offload_unlocked(ds_vram_model *model, ds_error *err)
 {
     for (size_t v = 0; v < model->n_units; v++) {
         unit *u = model->units[v];
@@ -754,7 +786,7 @@ int ds_vram_offload(ds_vram_model *model, ds_error *err)
     return DS_OK;
 }
 
-void ds_vram_model_stats_get(const ds_vram_model *model, ds_vram_model_stats *out)
+static void model_stats_get_unlocked(const ds_vram_model *model, ds_vram_model_stats *out)
 {
     memset(out, 0, sizeof *out);
     out->unit_count = model->n_units;
@@ -769,4 +801,170 @@ void ds_vram_model_stats_get(const ds_vram_model *model, ds_vram_model_stats *ou
     out->prefetches = model->prefetches;
     out->hits = model->hits;
     out->evictions = model->evictions;
+}
+
+/* ---- Entry points: each under the manager's lock ---- */
+
+static void lock(const ds_vram_manager *m) { pthread_mutex_lock(&((ds_vram_manager *)m)->lock); }
+static void unlock(const ds_vram_manager *m)
+{
+    pthread_mutex_unlock(&((ds_vram_manager *)m)->lock);
+}
+
+void ds_vram_set_observer(ds_vram_manager *m, ds_vram_observer fn, void *ctx)
+{
+    lock(m);
+    set_observer_unlocked(m, fn, ctx);
+    unlock(m);
+}
+
+void ds_vram_stats_get(const ds_vram_manager *m, ds_vram_stats *out)
+{
+    lock(m);
+    stats_get_unlocked(m, out);
+    unlock(m);
+}
+
+int ds_vram_set_budget(ds_vram_manager *m, size_t budget_bytes, ds_error *err)
+{
+    lock(m);
+    m->budget = budget_bytes;
+    m->st.budget_bytes = budget_bytes;
+    /* No model is running: make_room takes the least recently used models' units first. */
+    int rc = make_room(m, NULL, 0, 0, 0, err);
+    unlock(m);
+    return rc < 0 ? rc : DS_OK;
+}
+
+int ds_vram_model_add(ds_vram_manager *m, const char *name, ds_dtype compute_dtype,
+                      ds_vram_model **out, ds_error *err)
+{
+    lock(m);
+    int rc = model_add_unlocked(m, name, compute_dtype, out, err);
+    unlock(m);
+    return rc;
+}
+
+void ds_vram_model_remove(ds_vram_model *model)
+{
+    if (!model)
+        return;
+    ds_vram_manager *m = model->mgr;
+    lock(m);
+    model_remove_unlocked(model);
+    unlock(m);
+}
+
+void ds_vram_model_stats_get(const ds_vram_model *model, ds_vram_model_stats *out)
+{
+    lock(model->mgr);
+    model_stats_get_unlocked(model, out);
+    unlock(model->mgr);
+}
+
+void ds_vram_model_set_owner(ds_vram_model *model, const void *owner)
+{
+    lock(model->mgr);
+    model->owner = owner;
+    unlock(model->mgr);
+}
+
+static ds_vram_model *find_owner(const ds_vram_manager *m, const void *owner)
+{
+    for (size_t i = 0; owner && i < m->n_models; i++)
+        if (m->models[i]->owner == owner)
+            return m->models[i];
+    return NULL;
+}
+
+ds_vram_model *ds_vram_model_find(ds_vram_manager *m, const void *owner)
+{
+    lock(m);
+    ds_vram_model *model = find_owner(m, owner);
+    unlock(m);
+    return model;
+}
+
+int ds_vram_owner_stats(const ds_vram_manager *m, const void *owner, ds_vram_model_stats *out)
+{
+    lock(m);
+    ds_vram_model *model = find_owner(m, owner);
+    if (model)
+        model_stats_get_unlocked(model, out);
+    else
+        memset(out, 0, sizeof *out);
+    unlock(m);
+    return model != NULL;
+}
+
+void ds_vram_owner_remove(ds_vram_manager *m, const void *owner)
+{
+    lock(m);
+    model_remove_unlocked(find_owner(m, owner));
+    unlock(m);
+}
+
+int ds_vram_unit_add(ds_vram_model *model, const char *name, const ds_vram_tensor_source *tensors,
+                     size_t count, size_t *index, ds_error *err)
+{
+    lock(model->mgr);
+    int rc = unit_add_unlocked(model, name, tensors, count, index, err);
+    unlock(model->mgr);
+    return rc;
+}
+
+int ds_vram_unit_resident(const ds_vram_model *model, size_t unit)
+{
+    lock(model->mgr);
+    int r = unit_resident_unlocked(model, unit);
+    unlock(model->mgr);
+    return r;
+}
+
+int ds_vram_plan(ds_vram_model *model, const size_t *order, size_t len, ds_error *err)
+{
+    lock(model->mgr);
+    int rc = plan_unlocked(model, order, len, err);
+    unlock(model->mgr);
+    return rc;
+}
+
+int ds_vram_acquire(ds_vram_model *model, size_t unit, ds_stream *compute,
+                    const ds_tensor **tensors, ds_error *err)
+{
+    lock(model->mgr);
+    int rc = acquire_unlocked(model, unit, compute, tensors, err);
+    unlock(model->mgr);
+    return rc;
+}
+
+int ds_vram_release(ds_vram_model *model, size_t unit, ds_stream *compute, ds_error *err)
+{
+    lock(model->mgr);
+    int rc = release_unlocked(model, unit, compute, err);
+    unlock(model->mgr);
+    return rc;
+}
+
+int ds_vram_reserve(ds_vram_model *model, const char *what, size_t bytes, ds_error *err)
+{
+    lock(model->mgr);
+    int rc = reserve_unlocked(model, what, bytes, err);
+    unlock(model->mgr);
+    return rc;
+}
+
+void ds_vram_unreserve(ds_vram_model *model, size_t bytes)
+{
+    lock(model->mgr);
+    unreserve_unlocked(model, bytes);
+    unlock(model->mgr);
+}
+
+int ds_vram_offload(ds_vram_model *model, ds_error *err)
+{
+    lock(model->mgr);
+    int rc = offload_unlocked(model, err);
+    unlock(model->mgr);
+    return rc;
 }

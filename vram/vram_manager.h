@@ -6,8 +6,8 @@
  * dtype each must have in the fast tier. acquire() makes a unit resident in the backend's memory
  * (converting on the host into pinned staging, then one copy per unit), release() lets it be
  * evicted once the work issued on the compute stream has finished with it. On the CPU backend
- * the fast tier is an ordinary host allocation in the target dtype, so the same logic and the
- * same byte counts run on every machine.
+ * the fast tier is an ordinary host allocation in the target dtype, converted into directly
+ * (no staging), so the same logic and the same byte counts run on every machine.
  *
  * Policy. A plan (the order a forward acquires units, repeated every step) lets the manager
  * (a) prefetch the next `prefetch_depth` units on its own copy stream while the current one
@@ -27,7 +27,9 @@
  * the compute-stream point recorded at its last release; before pinned staging is reused, for the
  * copy that reads it.
  *
- * Threading: one thread (the device worker) calls a manager and its models; nothing is locked.
+ * Threading: one thread (the device worker) runs the models; other threads (the daemon's loop
+ * thread) may read stats and remove models whose units are not acquired. Every entry point
+ * takes the manager's lock, so such a call may wait for one unit's conversion on the worker.
  */
 #ifndef DS_VRAM_VRAM_MANAGER_H
 #define DS_VRAM_VRAM_MANAGER_H
@@ -98,6 +100,10 @@ int ds_vram_manager_create(ds_backend *b, size_t budget_bytes, int prefetch_dept
 void ds_vram_manager_destroy(ds_vram_manager *m);
 void ds_vram_set_observer(ds_vram_manager *m, ds_vram_observer fn, void *ctx);
 void ds_vram_stats_get(const ds_vram_manager *m, ds_vram_stats *out);
+/* Replaces the budget (same meanings as at creation). Units not acquired are evicted, least
+ * recently used model first, until resident + activations fit; acquired ones stay, so use may
+ * exceed a lowered budget until they are released. Peak and counters are kept. */
+int ds_vram_set_budget(ds_vram_manager *m, size_t budget_bytes, ds_error *err);
 
 /* Registers a model (name copied, for messages) whose units default to `compute_dtype` in the
  * fast tier. *out belongs to the manager: ds_vram_model_remove or the manager's destroy. */
@@ -106,6 +112,16 @@ int ds_vram_model_add(ds_vram_manager *m, const char *name, ds_dtype compute_dty
 /* Waits for its outstanding work, frees its units; NULL is fine. Its units must not be acquired. */
 void ds_vram_model_remove(ds_vram_model *model);
 void ds_vram_model_stats_get(const ds_vram_model *model, ds_vram_model_stats *out);
+
+/* A key naming who registered the model (a forward keys its units to its loaded model), so
+ * that it registers once per manager and others can find, list or drop it. NULL = none. */
+void ds_vram_model_set_owner(ds_vram_model *model, const void *owner);
+/* The model registered with this owner key; NULL when none (or owner NULL). */
+ds_vram_model *ds_vram_model_find(ds_vram_manager *m, const void *owner);
+/* That model's stats into *out (zeros when none); returns whether it exists. */
+int ds_vram_owner_stats(const ds_vram_manager *m, const void *owner, ds_vram_model_stats *out);
+/* ds_vram_model_remove of that model, if any: before the owner's weights go away. */
+void ds_vram_owner_remove(ds_vram_manager *m, const void *owner);
 
 /* Adds a transfer unit of `count` tensors (copied descriptions; data borrowed). Its index (0, 1,
  * ... in registration order) goes to *index. INVALID_ARGUMENT for a bad shape or an impossible

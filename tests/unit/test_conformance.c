@@ -597,6 +597,57 @@ static void cmp_StatusRequest(const PC(StatusRequest) *p, const NB(StatusRequest
     (void)n;
 }
 
+static void fill_pc_VramStatus(PC(VramStatus) *m, int k)
+{
+    m->limited = 1;
+    m->budget_bytes = U64(k, 2);
+    m->resident_bytes = U64(k, 3);
+    m->activation_bytes = U64(k, 4);
+    m->peak_bytes = U64(k, 5);
+    m->bytes_moved = U64(k, 6);
+    m->loads = U64(k, 7);
+    m->prefetches = U64(k, 8);
+    m->hits = U64(k, 9);
+    m->evictions = U64(k, 10);
+    m->copy_seconds = D(k, 11);
+    m->wait_seconds = D(k, 12);
+    m->compute_seconds = D(k, 13);
+}
+
+static void fill_nb_VramStatus(NB(VramStatus) *m, int k)
+{
+    m->limited = true;
+    m->budget_bytes = U64(k, 2);
+    m->resident_bytes = U64(k, 3);
+    m->activation_bytes = U64(k, 4);
+    m->peak_bytes = U64(k, 5);
+    m->bytes_moved = U64(k, 6);
+    m->loads = U64(k, 7);
+    m->prefetches = U64(k, 8);
+    m->hits = U64(k, 9);
+    m->evictions = U64(k, 10);
+    m->copy_seconds = D(k, 11);
+    m->wait_seconds = D(k, 12);
+    m->compute_seconds = D(k, 13);
+}
+
+static void cmp_VramStatus(const PC(VramStatus) *p, const NB(VramStatus) *n)
+{
+    CHECK(p->limited == n->limited);
+    CHECK(p->budget_bytes == n->budget_bytes);
+    CHECK(p->resident_bytes == n->resident_bytes);
+    CHECK(p->activation_bytes == n->activation_bytes);
+    CHECK(p->peak_bytes == n->peak_bytes);
+    CHECK(p->bytes_moved == n->bytes_moved);
+    CHECK(p->loads == n->loads);
+    CHECK(p->prefetches == n->prefetches);
+    CHECK(p->hits == n->hits);
+    CHECK(p->evictions == n->evictions);
+    CHECK(same_double(p->copy_seconds, n->copy_seconds));
+    CHECK(same_double(p->wait_seconds, n->wait_seconds));
+    CHECK(same_double(p->compute_seconds, n->compute_seconds));
+}
+
 static void fill_pc_StatusResponse(PC(StatusResponse) *m, int k)
 {
     m->version = S(k, 1);
@@ -619,6 +670,8 @@ static void fill_pc_StatusResponse(PC(StatusResponse) *m, int k)
     m->config_count = U32(k, 12);
     m->max_frame_bytes = U64(k, 13);
     m->requests_served = U64(k, 14);
+    m->vram = PC_NEW(VramStatus, vram_status);
+    fill_pc_VramStatus(m->vram, k * 7 + 15);
 }
 
 static void fill_nb_StatusResponse(NB(StatusResponse) *m, int k)
@@ -641,6 +694,8 @@ static void fill_nb_StatusResponse(NB(StatusResponse) *m, int k)
     m->config_count = U32(k, 12);
     m->max_frame_bytes = U64(k, 13);
     m->requests_served = U64(k, 14);
+    m->has_vram = true;
+    fill_nb_VramStatus(&m->vram, k * 7 + 15);
 }
 
 static void cmp_StatusResponse(const PC(StatusResponse) *p, const NB(StatusResponse) *n)
@@ -661,6 +716,8 @@ static void cmp_StatusResponse(const PC(StatusResponse) *p, const NB(StatusRespo
     CHECK(p->config_count == n->config_count);
     CHECK(p->max_frame_bytes == n->max_frame_bytes);
     CHECK(p->requests_served == n->requests_served);
+    REQUIRE(p->vram && n->has_vram);
+    cmp_VramStatus(p->vram, &n->vram);
 }
 
 static void fill_pc_CancelRequest(PC(CancelRequest) *m, int k)
@@ -1116,9 +1173,9 @@ typedef struct conf_case {
 WRAP(Error) WRAP(SharedRegion) WRAP(Tensor) WRAP(ModelConfig) WRAP(TierBytes) WRAP(LoadedModel)
 WRAP(IdentifyRequest) WRAP(ConfigSuggestion) WRAP(IdentifyResponse) WRAP(LoadRequest)
 WRAP(LoadResponse) WRAP(UnloadRequest) WRAP(UnloadResponse) WRAP(ListModelsRequest)
-WRAP(ListModelsResponse) WRAP(StatusRequest) WRAP(StatusResponse) WRAP(CancelRequest)
-WRAP(CancelResponse) WRAP(ListConfigsRequest) WRAP(ConfigEntry) WRAP(ListConfigsResponse)
-WRAP(StepParam) WRAP(AuxModel) WRAP(RunStepRequest) WRAP(RunStepResponse)
+WRAP(ListModelsResponse) WRAP(StatusRequest) WRAP(VramStatus) WRAP(StatusResponse)
+WRAP(CancelRequest) WRAP(CancelResponse) WRAP(ListConfigsRequest) WRAP(ConfigEntry)
+WRAP(ListConfigsResponse) WRAP(StepParam) WRAP(AuxModel) WRAP(RunStepRequest) WRAP(RunStepResponse)
 WRAP(Progress) WRAP(Event) WRAP(Envelope)
 
 static const conf_case cases[] = {
@@ -1138,6 +1195,7 @@ static const conf_case cases[] = {
     CASE(ListModelsRequest, list_models_request),
     CASE(ListModelsResponse, list_models_response),
     CASE(StatusRequest, status_request),
+    CASE(VramStatus, vram_status),
     CASE(StatusResponse, status_response),
     CASE(CancelRequest, cancel_request),
     CASE(CancelResponse, cancel_response),

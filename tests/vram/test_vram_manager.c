@@ -368,6 +368,61 @@ static void test_exhausted_is_an_error(void)
     fx_free(&fx);
 }
 
+/* ds_vram_set_budget: lowering it evicts idle units until the rest fits, raising it lets a
+ * unit that did not fit in; the owner key finds, reports and removes a model. */
+static void test_budget_change_and_owners(void)
+{
+    fx_model a, b;
+    fx_make(&a, 4, DS_F32, 41, 1);
+    fx_make(&b, 4, DS_F32, 43, 1);
+    ds_vram_manager *m = NULL;
+    ds_vram_model *ma = NULL, *mb = NULL;
+    ds_error err = {0};
+    size_t ub = a.unit_bytes[0];
+    static int key_a, key_b;
+    REQUIRE(ds_vram_manager_create(cpu, DS_VRAM_UNLIMITED, 1, &m, &err) == DS_OK);
+    REQUIRE(ds_vram_model_add(m, "A", DS_F32, &ma, &err) == DS_OK);
+    REQUIRE(ds_vram_model_add(m, "B", DS_F32, &mb, &err) == DS_OK);
+    REQUIRE(fx_register(&a, ma, &err) == DS_OK && fx_register(&b, mb, &err) == DS_OK);
+    ds_vram_model_set_owner(ma, &key_a);
+    ds_vram_model_set_owner(mb, &key_b);
+    CHECK(ds_vram_model_find(m, &key_a) == ma && ds_vram_model_find(m, &key_b) == mb);
+    CHECK(ds_vram_model_find(m, NULL) == NULL);
+    CHECK(run_pass(&a, ma, 0, &err) == 0 && run_pass(&b, mb, 0, &err) == 0);
+    ds_vram_stats st;
+    ds_vram_stats_get(m, &st);
+    CHECK(st.resident_bytes == 8 * ub);
+
+    /* Down to three units: A (least recently used) goes first, then B's furthest. */
+    REQUIRE(ds_vram_set_budget(m, 3 * ub, &err) == DS_OK);
+    ds_vram_stats_get(m, &st);
+    CHECK(st.budget_bytes == 3 * ub && st.resident_bytes <= 3 * ub);
+    ds_vram_model_stats ms;
+    CHECK(ds_vram_owner_stats(m, &key_a, &ms) && ms.fast_bytes == 0);
+    CHECK(ds_vram_owner_stats(m, &key_b, &ms) && ms.fast_bytes == 3 * ub);
+    CHECK(run_pass(&a, ma, 0, &err) == 0);
+    ds_vram_stats_get(m, &st);
+    CHECK(st.peak_bytes == 8 * ub && st.resident_bytes <= 3 * ub);
+
+    /* Below one unit: acquire fails; raised again, the same manager serves the pass. */
+    REQUIRE(ds_vram_set_budget(m, ub - 1, &err) == DS_OK);
+    const ds_tensor *v;
+    CHECK(ds_vram_acquire(ma, a.index[0], NULL, &v, &err) == DS_ERR_RESOURCE_EXHAUSTED);
+    REQUIRE(ds_vram_set_budget(m, 0, &err) == DS_OK);
+    ds_vram_stats_get(m, &st);
+    CHECK(st.resident_bytes == 0);
+    CHECK(run_pass(&b, mb, 0, &err) == 0);
+
+    ds_vram_owner_remove(m, &key_a);
+    ds_vram_owner_remove(m, &key_a);
+    CHECK(ds_vram_model_find(m, &key_a) == NULL);
+    CHECK(!ds_vram_owner_stats(m, &key_a, &ms) && ms.unit_count == 0);
+    CHECK(ds_vram_owner_stats(m, &key_b, &ms) && ms.unit_count == 4);
+    ds_vram_manager_destroy(m);
+    fx_free(&a);
+    fx_free(&b);
+}
+
 static void test_create_errors(void)
 {
     ds_vram_manager *m = NULL;
@@ -398,6 +453,7 @@ int main(void)
     RUN(test_lru_across_models);
     RUN(test_two_models_interleaved);
     RUN(test_exhausted_is_an_error);
+    RUN(test_budget_change_and_owners);
     RUN(test_create_errors);
     ds_backend_destroy(cpu);
     return test_summary();

@@ -1,0 +1,413 @@
+/* The daemon's VRAM manager (diffsynthd --vram-limit) with two models and two clients.
+ *
+ * Two 1-block Qwen-Image DiTs at full width (~0.76 GB of bf16 each, written as sparse files:
+ * all-zero weights, no disk) are loaded by two clients; the budget, 0.5 GiB, holds neither
+ * model whole, so every step evicts units of its own model and of the other. Both clients run
+ * two steps at once, interleaved by the worker. Checks: every step succeeds with the same
+ * bytes, Status reports the budget, bytes moved, evictions and a peak within the budget,
+ * ListModels reports each model's fast-tier bytes (host memory on the CPU backend) summing to
+ * the resident bytes (also asked while the steps run), unloading a model drops its units, and a
+ * budget below one unit fails the step with RESOURCE_EXHAUSTED while the daemon stays up. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/safetensors_write.h"
+#include "core/state_dict.h"
+#include "harness.h"
+#include "test.h"
+#include "tools/keylist.h"
+
+#define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
+#define LAYERS 1
+#define LIMIT_GIB "0.5"
+#define LIMIT_BYTES (512ull << 20)
+#define STEPS_PER_CLIENT 2
+/* A forward under ASan on two busy cores may be silent this long. */
+#define STEP_TIMEOUT_MS 300000
+
+static it_env env;
+static char configs_path[256];
+static char model_path[2][256];
+static char model_id[2][32];
+
+/* Inputs: 1 x 16 x 8 x 8 latents, 7 prompt tokens, bf16; one f32 timestep. */
+static uint16_t latents[16 * 8 * 8], prompt[7 * 3584];
+static float timestep[1] = {500.0f};
+
+static long block_of(const char *name)
+{
+    static const char prefix[] = "transformer_blocks.";
+    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
+        return -1;
+    return strtol(name + sizeof prefix - 1, NULL, 10);
+}
+
+/* The real DiT key list cut to LAYERS blocks, bf16; `hash` gets its model hash. */
+static int dit_keys(ds_state_dict *sd, char hash[33])
+{
+    const char *data = getenv("DS_TEST_DATA");
+    char list[512];
+    snprintf(list, sizeof list, "%s/keylists/qwen_image_dit.json", data ? data : "tests/data");
+    ds_state_dict full;
+    ds_state_dict_init(&full);
+    ds_state_dict_init(sd);
+    ds_error err;
+    int rc = ds_keylist_load(list, DS_BF16, &full, &err);
+    if (rc != DS_OK)
+        fprintf(stderr, "%s\n", err.message);
+    it_tensor *keys = calloc(full.count ? full.count : 1, sizeof *keys);
+    size_t n = 0;
+    for (size_t i = 0; rc == DS_OK && keys && i < full.count; i++) {
+        const ds_sd_entry *e = &full.entries[i];
+        if (block_of(e->name) >= LAYERS)
+            continue;
+        rc = ds_state_dict_put_tensor(sd, e->name, &e->tensor);
+        keys[n].name = sd->entries[sd->count - 1].name;
+        keys[n].ndim = e->tensor.ndim;
+        for (int d = 0; d < e->tensor.ndim && d < 4; d++)
+            keys[n].shape[d] = e->tensor.shape[d];
+        n++;
+    }
+    if (rc == DS_OK && (!keys || it_model_hash(keys, n, hash) != 0))
+        rc = DS_ERR_RESOURCE_EXHAUSTED;
+    free(keys);
+    ds_state_dict_free(&full);
+    return rc == DS_OK ? 0 : -1;
+}
+
+static ds_state_dict keys; /* the model's tensors, kept for writing more files */
+
+static int write_model(const char *path)
+{
+    ds_error err;
+    if (ds_st_write(path, &keys, 0, keys.count, DS_ST_FILL_SPARSE, 0, &err) != DS_OK) {
+        fprintf(stderr, "%s\n", err.message);
+        return -1;
+    }
+    return 0;
+}
+
+/* Two files with the same tensors (so the pool keeps two models) and one config. */
+static int make_models(void)
+{
+    char hash[33];
+    if (dit_keys(&keys, hash) != 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        snprintf(model_path[i], sizeof model_path[i], "%s/dit_%c.safetensors", env.models,
+                 'a' + i);
+        if (write_model(model_path[i]) != 0)
+            return -1;
+    }
+    snprintf(configs_path, sizeof configs_path, "%s/configs.json", env.dir);
+    char configs[512];
+    snprintf(configs, sizeof configs,
+             "[{\"model_hash\": \"%s\", \"model_name\": \"qwen_image_dit_small\", "
+             "\"model_class\": \"" DIT_CLASS "\", \"extra_kwargs\": {\"num_layers\": %d}}]\n",
+             hash, LAYERS);
+    return it_write_file(configs_path, configs, strlen(configs));
+}
+
+static int load_one(const char *path, const char *client, char *id, size_t id_size)
+{
+    ds_client *c = it_connect(&env);
+    if (!c)
+        return -1;
+    char *paths[1] = {(char *)path};
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_load_tag;
+    req.body.load.paths = paths;
+    req.body.load.paths_count = 1;
+    req.body.load.client_name = (char *)client;
+    int rc = it_call(c, &req, &resp);
+    int ok = rc == DS_CLIENT_OK && resp.body.load_result.models_count == 1 &&
+             !resp.body.load_result.models[0].reused;
+    if (ok)
+        snprintf(id, id_size, "%s", resp.body.load_result.models[0].model_id);
+    else
+        fprintf(stderr, "loading %s failed: %s\n", path,
+                rc == DS_CLIENT_OK ? "no model, or an existing one reused" :
+                                     ds_client_last_error(c));
+    ds_client_envelope_free(&resp);
+    ds_client_close(c);
+    return ok ? 0 : -1;
+}
+
+static int status(diffsynth_v1_StatusResponse *out)
+{
+    ds_client *c = it_connect(&env);
+    if (!c)
+        return -1;
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_status_tag;
+    int rc = it_call(c, &req, &resp);
+    if (rc == DS_CLIENT_OK)
+        *out = resp.body.status_result;
+    /* Only scalars are kept: the repeated fields go with the envelope. */
+    out->memory = NULL;
+    out->memory_count = 0;
+    out->model_roots = NULL;
+    out->model_roots_count = 0;
+    out->version = out->backend = out->socket_path = NULL;
+    ds_client_envelope_free(&resp);
+    ds_client_close(c);
+    return rc == DS_CLIENT_OK ? 0 : -1;
+}
+
+/* Each model's "host" tier bytes from ListModels, in model_id order. */
+static int host_bytes(uint64_t bytes[2], size_t *models)
+{
+    ds_client *c = it_connect(&env);
+    if (!c)
+        return -1;
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_list_models_tag;
+    int rc = it_call(c, &req, &resp);
+    bytes[0] = bytes[1] = 0;
+    *models = 0;
+    if (rc == DS_CLIENT_OK) {
+        const diffsynth_v1_ListModelsResponse *r = &resp.body.list_models_result;
+        *models = r->models_count;
+        for (pb_size_t i = 0; i < r->models_count; i++)
+            for (int k = 0; k < 2; k++)
+                if (strcmp(r->models[i].model_id, model_id[k]) == 0)
+                    for (pb_size_t t = 0; t < r->models[i].tiers_count; t++)
+                        if (strcmp(r->models[i].tiers[t].tier, "host") == 0)
+                            bytes[k] = r->models[i].tiers[t].bytes;
+    }
+    ds_client_envelope_free(&resp);
+    ds_client_close(c);
+    return rc == DS_CLIENT_OK ? 0 : -1;
+}
+
+typedef struct worker_arg {
+    int which;
+    int rc[STEPS_PER_CLIENT];
+    char error[512];
+    void *output[STEPS_PER_CLIENT]; /* malloc'd noise_pred bytes */
+    size_t nbytes[STEPS_PER_CLIENT];
+} worker_arg;
+
+static void *worker(void *p)
+{
+    worker_arg *w = p;
+    ds_client *c = it_connect(&env);
+    if (!c) {
+        w->rc[0] = DS_CLIENT_ECONNECT;
+        return NULL;
+    }
+    ds_client_tensor in[3] = {
+        {.name = "latents", .dtype = diffsynth_v1_DType_BF16, .ndim = 4,
+         .shape = {1, 16, 8, 8}, .data = latents, .nbytes = sizeof latents},
+        {.name = "prompt_emb", .dtype = diffsynth_v1_DType_BF16, .ndim = 3,
+         .shape = {1, 7, 3584}, .data = prompt, .nbytes = sizeof prompt},
+        {.name = "timestep", .dtype = diffsynth_v1_DType_F32, .ndim = 1, .shape = {1},
+         .data = timestep, .nbytes = sizeof timestep},
+    };
+    ds_client_step_request r = {.model_id = model_id[w->which], .inputs = in,
+                                .input_count = 3};
+    for (int s = 0; s < STEPS_PER_CLIENT; s++) {
+        ds_client_step_result res;
+        w->rc[s] = ds_client_run_step(c, &r, &res, STEP_TIMEOUT_MS, NULL, NULL, NULL);
+        if (w->rc[s] != DS_CLIENT_OK) {
+            snprintf(w->error, sizeof w->error, "%s", ds_client_last_error(c));
+            break;
+        }
+        if (res.output_count == 1 && (w->output[s] = malloc(res.outputs[0].nbytes))) {
+            memcpy(w->output[s], res.outputs[0].data, res.outputs[0].nbytes);
+            w->nbytes[s] = res.outputs[0].nbytes;
+        }
+        ds_client_step_result_free(&res);
+    }
+    ds_client_close(c);
+    return NULL;
+}
+
+/* Status and ListModels while the steps run: the loop thread reads the manager the worker is
+ * using. Counts the answers; stops when told. */
+typedef struct poller_arg {
+    volatile int stop;
+    int answers, failures;
+} poller_arg;
+
+static void *poller(void *p)
+{
+    poller_arg *a = p;
+    while (!a->stop) {
+        diffsynth_v1_StatusResponse st = diffsynth_v1_StatusResponse_init_zero;
+        uint64_t bytes[2];
+        size_t models;
+        if (status(&st) == 0 && st.has_vram && st.vram.resident_bytes <= LIMIT_BYTES &&
+            host_bytes(bytes, &models) == 0)
+            a->answers++;
+        else
+            a->failures++;
+        usleep(20000);
+    }
+    return NULL;
+}
+
+static void test_two_clients_interleaved(void)
+{
+    worker_arg w[2];
+    memset(w, 0, sizeof w);
+    pthread_t th[2], poll_th;
+    poller_arg poll = {0};
+    REQUIRE(pthread_create(&poll_th, NULL, poller, &poll) == 0);
+    for (int i = 0; i < 2; i++) {
+        w[i].which = i;
+        REQUIRE(pthread_create(&th[i], NULL, worker, &w[i]) == 0);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    poll.stop = 1;
+    pthread_join(poll_th, NULL);
+    fprintf(stderr, "  %d Status + ListModels answered during the steps\n", poll.answers);
+    CHECK(poll.answers > 0 && poll.failures == 0);
+    for (int i = 0; i < 2; i++)
+        for (int s = 0; s < STEPS_PER_CLIENT; s++) {
+            CHECK_MSG(w[i].rc[s] == DS_CLIENT_OK, "client %d step %d: rc %d: %s", i, s,
+                      w[i].rc[s], w[i].error);
+            CHECK(w[i].output[s] && w[i].nbytes[s] == sizeof latents);
+            /* The same (zero) weights and inputs: every step gives the same bytes. */
+            if (w[i].output[s] && w[0].output[0])
+                CHECK(memcmp(w[i].output[s], w[0].output[0], sizeof latents) == 0);
+        }
+    for (int i = 0; i < 2; i++)
+        for (int s = 0; s < STEPS_PER_CLIENT; s++)
+            free(w[i].output[s]);
+
+    diffsynth_v1_StatusResponse st = diffsynth_v1_StatusResponse_init_zero;
+    REQUIRE(status(&st) == 0);
+    REQUIRE(st.has_vram);
+    fprintf(stderr, "  status: budget %llu, resident %llu, peak %llu, moved %llu, loads %llu, "
+            "prefetches %llu, hits %llu, evictions %llu, copy %.2f s, wait %.2f s, "
+            "compute %.2f s\n",
+            (unsigned long long)st.vram.budget_bytes, (unsigned long long)st.vram.resident_bytes,
+            (unsigned long long)st.vram.peak_bytes, (unsigned long long)st.vram.bytes_moved,
+            (unsigned long long)st.vram.loads, (unsigned long long)st.vram.prefetches,
+            (unsigned long long)st.vram.hits, (unsigned long long)st.vram.evictions,
+            st.vram.copy_seconds, st.vram.wait_seconds, st.vram.compute_seconds);
+    CHECK(st.vram.limited);
+    CHECK(st.vram.budget_bytes == LIMIT_BYTES);
+    CHECK(st.vram.bytes_moved > 0);
+    CHECK(st.vram.evictions > 0);
+    CHECK(st.vram.peak_bytes > 0 && st.vram.peak_bytes <= LIMIT_BYTES);
+    CHECK(st.vram.resident_bytes <= LIMIT_BYTES);
+    CHECK(st.vram.activation_bytes == 0);
+    CHECK(st.vram.copy_seconds > 0 && st.vram.compute_seconds > 0);
+
+    uint64_t bytes[2];
+    size_t models;
+    REQUIRE(host_bytes(bytes, &models) == 0);
+    CHECK(models == 2);
+    fprintf(stderr, "  host tier: %s %llu, %s %llu\n", model_id[0],
+            (unsigned long long)bytes[0], model_id[1], (unsigned long long)bytes[1]);
+    CHECK(bytes[0] + bytes[1] == st.vram.resident_bytes);
+    CHECK(bytes[0] + bytes[1] > 0);
+}
+
+static void test_unload_drops_units(void)
+{
+    ds_client *c = it_connect(&env);
+    REQUIRE(c);
+    for (int i = 0; i < 2; i++) {
+        diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+        req.which_body = diffsynth_v1_Envelope_unload_tag;
+        req.body.unload.model_id = model_id[i];
+        req.body.unload.all_references = true;
+        CHECK(it_call(c, &req, &resp) == DS_CLIENT_OK);
+        ds_client_envelope_free(&resp);
+    }
+    ds_client_close(c);
+    diffsynth_v1_StatusResponse st = diffsynth_v1_StatusResponse_init_zero;
+    REQUIRE(status(&st) == 0);
+    CHECK(st.has_vram && st.vram.resident_bytes == 0);
+    CHECK(st.models == 0);
+}
+
+/* A budget below the largest unit: the step fails with the unit and its bytes, and the
+ * daemon goes on answering. */
+static void test_budget_below_one_unit(void)
+{
+    it_env small;
+    it_env_init(&small, env.daemon_exe);
+    char path[256];
+    snprintf(path, sizeof path, "%s/dit_a.safetensors", small.models);
+    REQUIRE(write_model(path) == 0);
+    const char *extra[] = {"--model-configs", configs_path, "--threads", "2",
+                           "--vram-limit", "0.1", NULL};
+    REQUIRE(it_daemon_start(&small, extra) == 0);
+    it_env saved = env;
+    env = small;
+    char id[32];
+    int loaded = load_one(path, "small", id, sizeof id) == 0;
+    CHECK(loaded);
+    if (loaded) {
+        ds_client *c = it_connect(&env);
+        ds_client_tensor in[3] = {
+            {.name = "latents", .dtype = diffsynth_v1_DType_BF16, .ndim = 4,
+             .shape = {1, 16, 8, 8}, .data = latents, .nbytes = sizeof latents},
+            {.name = "prompt_emb", .dtype = diffsynth_v1_DType_BF16, .ndim = 3,
+             .shape = {1, 7, 3584}, .data = prompt, .nbytes = sizeof prompt},
+            {.name = "timestep", .dtype = diffsynth_v1_DType_F32, .ndim = 1, .shape = {1},
+             .data = timestep, .nbytes = sizeof timestep},
+        };
+        ds_client_step_request r = {.model_id = id, .inputs = in, .input_count = 3};
+        ds_client_step_result res;
+        int rc = c ? ds_client_run_step(c, &r, &res, STEP_TIMEOUT_MS, NULL, NULL, NULL) : -1;
+        CHECK(rc == DS_CLIENT_EDAEMON);
+        if (c) {
+            fprintf(stderr, "  0.1 GiB: %s\n", ds_client_last_error(c));
+            CHECK(ds_client_last_code(c) == diffsynth_v1_Code_RESOURCE_EXHAUSTED);
+            CHECK_CONTAINS(ds_client_last_error(c), "transformer_blocks.0.modulation");
+            CHECK_CONTAINS(ds_client_last_error(c), "needs 226566144 bytes");
+            ds_client_close(c);
+        }
+        CHECK(it_status_ok(&env));
+    }
+    int exit_status = -1;
+    CHECK(it_daemon_stop(&env, &exit_status) == 0 && exit_status == 0);
+    env = saved;
+    it_env_cleanup(&small);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s DIFFSYNTHD\n", argv[0]);
+        return 2;
+    }
+    /* Small, varied inputs: the bits of bf16 values in [0.5, 1). */
+    for (size_t i = 0; i < sizeof latents / sizeof latents[0]; i++)
+        latents[i] = (uint16_t)(0x3f00 + i % 127);
+    for (size_t i = 0; i < sizeof prompt / sizeof prompt[0]; i++)
+        prompt[i] = (uint16_t)(0x3f00 + i % 113);
+    it_env_init(&env, argv[1]);
+    const char *extra[] = {"--model-configs", configs_path, "--threads", "2",
+                           "--vram-limit", LIMIT_GIB, NULL};
+    if (make_models() != 0 || it_daemon_start(&env, extra) != 0 ||
+        load_one(model_path[0], "client-a", model_id[0], sizeof model_id[0]) != 0 ||
+        load_one(model_path[1], "client-b", model_id[1], sizeof model_id[1]) != 0) {
+        it_dump_log(&env);
+        it_env_cleanup(&env);
+        ds_state_dict_free(&keys);
+        return 1;
+    }
+    RUN(test_two_clients_interleaved);
+    RUN(test_unload_drops_units);
+    int exit_status = -1;
+    if (it_daemon_stop(&env, &exit_status) != 0 || exit_status != 0) {
+        fprintf(stderr, "FAIL the daemon did not stop cleanly (status %d)\n", exit_status);
+        test_failures++;
+    }
+    RUN(test_budget_below_one_unit);
+    if (test_failures)
+        it_dump_log(&env);
+    it_env_cleanup(&env);
+    ds_state_dict_free(&keys);
+    return test_summary();
+}
