@@ -1,7 +1,16 @@
 /* The Qwen-Image text encoder's forward pass (facts §5.3, §8): the text path of
  * diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder (transformers'
- * Qwen2_5_VLModel), as the "forward" step of that class and as a plain C entry point. The
- * prompt template, the tokenizer and the 34-token drop belong to encode_prompt, not here. */
+ * Qwen2_5_VLModel), as the "forward" step of that class and as a plain C entry point.
+ *
+ * The class's "encode_prompt" step is upstream's QwenImageUnit_PromptEmbedder for a text
+ * prompt: parameter `prompt` (text, may be empty), optional `tokenizer` (a folder; default the
+ * folder `tokenizer` beside the model's folder, as Qwen/Qwen-Image lays out text_encoder/ and
+ * tokenizer/) and `dtype` (as "forward"). It puts the prompt in upstream's system/user template,
+ * tokenizes it (core/qwen_tokenizer.h), runs the forward, drops the first 34 tokens and returns
+ * prompt_emb [1, L, 3584] in the compute dtype and prompt_emb_mask [1, L] i64 (all ones).
+ * More than 4096 + 34 templated tokens is INVALID_ARGUMENT (upstream would truncate); from
+ * 1024 it logs upstream's warning. A missing tokenizer folder is NOT_FOUND naming it. Each
+ * tokenizer folder is loaded once and kept for the process (several steps share it). */
 #ifndef DS_MODELS_QWEN_IMAGE_TEXT_ENCODER_H
 #define DS_MODELS_QWEN_IMAGE_TEXT_ENCODER_H
 
