@@ -1,0 +1,98 @@
+"""bench/text_encoder driver: runs te_bench (ours) and upstream_anchor.py (upstream
+DiffSynth-Studio) alternately for each row, in the same run, and prints one table whose ratios
+are the results (DESIGN §7).
+
+usage: compare.py --suite cpu|gpu --bench BUILD/bench/te_bench [--python PY_WITH_DIFFSYNTH]
+                  [--threads N] [--repeats N] [--rounds N] [--layers N] [--timeout S]
+                  [--tokenizer DIR] [--log FILE]
+
+  cpu  encode_prompt of a 60-token prompt on the reduced encoder (--layers decoder layers at
+       full width, default 2), f32, same threads on both sides; ours/upstream wall time,
+       target <= 1.0.
+  gpu  the same prompt on the full encoder (28 layers), bf16, on the GPU; ours/upstream
+       latency, target <= 0.8.
+
+Each row runs ours and the anchor alternately, --rounds times, and keeps each side's best
+median (kernels/compare.py's run_one and best). Standard library only; every row prints even
+where the upstream package or the GPU is missing.
+"""
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "kernels"))
+from compare import best, run_one, why  # noqa: E402  (bench/kernels/compare.py)
+
+
+def rows(a):
+    if a.suite == "cpu":
+        return [dict(name=f"encode_prompt {a.layers} layers f32, 60-token prompt",
+                     args=f"--dtype f32 --layers {a.layers}", target=1.0)]
+    return [dict(name=f"encode_prompt {a.layers} layers bf16, 60-token prompt",
+                 args=f"--dtype bf16 --layers {a.layers}", target=0.8)]
+
+
+def fmt_ms(r):
+    return f"{r['median_ms']:.1f} ms" if r and r.get("status") == "ok" else "-"
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--suite", choices=["cpu", "gpu"], required=True)
+    p.add_argument("--bench", required=True)
+    p.add_argument("--python", default=None, help="a Python with diffsynth; none: ours alone")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--layers", type=int, default=None, help="default: 2 on cpu, 28 on gpu")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per measurement")
+    p.add_argument("--tokenizer", default=os.path.join(HERE, "..", "..", "tests", "data",
+                                                       "qwen_tokenizer"))
+    p.add_argument("--log", default=None, help="append every JSON result here")
+    a = p.parse_args(argv)
+    a.layers = a.layers or (2 if a.suite == "cpu" else 28)
+    backend = "cpu" if a.suite == "cpu" else "cuda"
+    common = ["--backend", backend, "--threads", str(a.threads), "--repeats", str(a.repeats),
+              "--tokenizer", a.tokenizer]
+    log = open(a.log, "a") if a.log else None
+    anchor = os.path.join(HERE, "upstream_anchor.py")
+
+    print(f"bench/text_encoder {a.suite.upper()}: ours vs upstream DiffSynth-Studio "
+          f"(QwenImageUnit_PromptEmbedder), {backend}"
+          + (f", {a.threads} threads" if a.suite == "cpu" else "")
+          + f", best of {a.rounds} alternating rounds of median-of-{a.repeats} after warm-up",
+          flush=True)
+    print(f"{'benchmark':<44} {'ours':>12} {'upstream':>12} {'ours/up':>8}  {'target':<7} "
+          "verdict", flush=True)
+    missed = measured = 0
+    for row in rows(a):
+        args = common + row["args"].split()
+        ours = ref = None
+        for _ in range(a.rounds):
+            ours = best(ours, run_one([a.bench] + args, a.timeout, log))
+            if a.python:
+                ref = best(ref, run_one([a.python, anchor] + args, a.timeout, log))
+        ref = ref or {"status": "missing", "message": "no upstream Python given"}
+        ok_o, ok_r = ours.get("status") == "ok", ref.get("status") == "ok"
+        ratio = ours["median_ms"] / ref["median_ms"] if ok_o and ok_r else None
+        if not ok_o:
+            verdict = why(ours, "ours")
+        elif ratio is None:
+            verdict = f"ours alone ({why(ref, 'upstream')})"
+        else:
+            good = ratio <= row["target"]
+            verdict = ("ok" if good else "MISSED") + f" vs upstream, torch {ref.get('torch', '?')}"
+            missed += not good
+        measured += ok_o
+        r = f"{ratio:.2f}" if ratio is not None else "-"
+        print(f"{row['name']:<44} {fmt_ms(ours):>12} {fmt_ms(ref):>12} {r:>8}  "
+              f"<= {row['target']:.2f} {verdict}", flush=True)
+    print(f"{len(rows(a))} rows: {measured} measured, {missed} below target")
+    if log:
+        log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
