@@ -1,5 +1,7 @@
 #include "daemon/run_step.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +9,7 @@
 
 #include "core/log.h"
 #include "daemon/dispatch.h"
+#include "daemon/paths.h"
 #include "daemon/shm_region.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
@@ -285,6 +288,27 @@ static int place_outputs(run_step_job *sj, ds_error *err)
     return DS_OK;
 }
 
+/* Folders a step reads on a client's word (a tokenizer folder) obey the same model roots as
+ * model files: resolved, then compared component-wise with each root. */
+static int step_check_path(void *user, const char *path, ds_error *err)
+{
+    const run_step_job *sj = user;
+    const ds_model_roots *roots = &sj->daemon->roots;
+    char resolved[PATH_MAX];
+    if (path[0] != '/')
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s is not an absolute path", path);
+    if (!realpath(path, resolved))
+        return ds_error_set(err, DS_ERR_NOT_FOUND, "%s: %s", path, strerror(errno));
+    for (size_t i = 0; i < roots->count; i++)
+        if (ds_path_is_under(roots->dirs[i], resolved))
+            return DS_OK;
+    char *described = ds_model_roots_describe(roots);
+    int rc = ds_error_set(err, DS_ERR_PERMISSION_DENIED, "%s is outside the model roots: %s", path,
+                          described ? described : "(none)");
+    free(described);
+    return rc;
+}
+
 static int run_step_run(ds_job *job)
 {
     run_step_job *sj = (run_step_job *)job;
@@ -298,6 +322,7 @@ static int run_step_run(ds_job *job)
         .aux = sj->aux,
         .aux_count = sj->aux_count,
         .vram = sj->daemon->vram,
+        .check_path = step_check_path,
     };
     int rc = sj->step->run(sj->entry->model, &ctx, &sj->in, &sj->out, &job->error);
     sj->compute_s = now_s() - started;

@@ -61,6 +61,10 @@ typedef struct ds_step_context {
      * results are bit-identical either way. The manager must outlive every model run with it
      * (ds_loaded_model_free drops the model's units from it). */
     ds_vram_manager *vram;
+    /* A path a client named (a tokenizer folder, ...) must pass this before the step reads it:
+     * the daemon confines such paths to its model roots, as it does the model files
+     * (PERMISSION_DENIED otherwise). NULL: no check (in-process callers, tests). */
+    int (*check_path)(void *user, const char *path, ds_error *err);
 } ds_step_context;
 
 typedef struct ds_model_step {

@@ -677,8 +677,9 @@ static int get_tokenizer(const char *dir, const char *origin, const ds_qwen_toke
 /* The tokenizer folder: the "tokenizer" parameter, else upstream's layout, where from_pretrained
  * takes Qwen/Qwen-Image/tokenizer/ for the weights in Qwen/Qwen-Image/text_encoder/: the folder
  * `tokenizer` beside the folder of the model's first file. */
-static int tokenizer_dir(const ds_loaded_model *m, const ds_step_io *in, char *dir, size_t cap,
-                         const char **origin, ds_error *err)
+static int tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx,
+                         const ds_step_io *in, char *dir, size_t cap, const char **origin,
+                         ds_error *err)
 {
     const ds_step_param *p = ds_step_io_param(in, "tokenizer");
     if (p) {
@@ -690,6 +691,14 @@ static int tokenizer_dir(const ds_loaded_model *m, const ds_step_io *in, char *d
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                                 "encode_prompt: parameter \"tokenizer\" is longer than %zu bytes",
                                 cap - 1);
+        /* A client-named folder is read by the daemon: it must lie inside the model roots. */
+        if (ctx->check_path) {
+            int rc = ctx->check_path(ctx->user, dir, err);
+            if (rc != DS_OK) {
+                ds_error_prefix(err, "encode_prompt: parameter \"tokenizer\": ");
+                return rc;
+            }
+        }
         return DS_OK;
     }
     *origin = "beside the model files, as upstream lays out Qwen/Qwen-Image; or give the "
@@ -794,7 +803,7 @@ static int encode_prompt_step(const ds_loaded_model *m, const ds_step_context *c
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "encode_prompt: takes no tensors, got \"%s\"", in->tensors[0].name);
     if ((rc = step_dtype(m, in, "encode_prompt", &dtype, err)) != DS_OK ||
-        (rc = tokenizer_dir(m, in, dir, sizeof dir, &origin, err)) != DS_OK ||
+        (rc = tokenizer_dir(m, ctx, in, dir, sizeof dir, &origin, err)) != DS_OK ||
         (rc = get_tokenizer(dir, origin, &tok, &owned_tok, err)) != DS_OK ||
         (rc = tokenize_prompt(tok, prompt->text, &ids, &count, err)) != DS_OK)
         goto done;

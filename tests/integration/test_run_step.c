@@ -18,9 +18,9 @@
 
 static it_env env;
 static char configs_path[256];
-static char **dit, **vae;
-static size_t dit_n, vae_n;
-static char dit_id[32], vae_id[32];
+static char **dit, **vae, **te;
+static size_t dit_n, vae_n, te_n;
+static char dit_id[32], vae_id[32], te_id[32];
 static int dit_has_forward = -1;
 
 static void check_unharmed(void) { CHECK_MSG(it_status_ok(&env), "the daemon stopped answering"); }
@@ -448,6 +448,39 @@ static void test_cancel_queued(void)
     check_unharmed();
 }
 
+/* encode_prompt reads a tokenizer folder the client may name: the daemon holds it to the model
+ * roots as it does model files, before anything is read or computed. */
+static void test_tokenizer_folder_confined(void)
+{
+    ds_client *c = it_connect(&env);
+    REQUIRE(c);
+    char inside[600];
+    snprintf(inside, sizeof inside, "%s/no-tokenizer-here", env.models);
+    const struct {
+        const char *folder;
+        int code;
+        const char *needle;
+    } cases[] = {
+        {"/etc", 7 /* PERMISSION_DENIED */, "parameter \"tokenizer\": /etc is outside the model roots"},
+        {"relative/dir", 3 /* INVALID_ARGUMENT */, "is not an absolute path"},
+        {inside, 5 /* NOT_FOUND */, "no-tokenizer-here"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ds_client_step_param params[] = {{"prompt", "a cat"}, {"tokenizer", cases[i].folder}};
+        ds_client_step_request r = {.model_id = te_id, .step = "encode_prompt", .params = params,
+                                    .param_count = 2};
+        ds_client_step_result res;
+        int rc = ds_client_run_step(c, &r, &res, 60000, NULL, NULL, NULL);
+        CHECK_MSG(rc == DS_CLIENT_EDAEMON && ds_client_last_code(c) == cases[i].code,
+                  "%s: rc %d code %s: %s", cases[i].folder, rc,
+                  ds_client_code_name(ds_client_last_code(c)), ds_client_last_error(c));
+        CHECK_CONTAINS(ds_client_last_error(c), cases[i].needle);
+        ds_client_step_result_free(&res);
+    }
+    ds_client_close(c);
+    check_unharmed();
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -455,13 +488,15 @@ int main(int argc, char **argv)
         return 2;
     }
     it_env_init(&env, argv[1]);
-    if (make_dit0() != 0 || it_make_model(&env, "qwen_image_vae", "vae", 1, &vae, &vae_n) != 0) {
+    if (make_dit0() != 0 || it_make_model(&env, "qwen_image_vae", "vae", 1, &vae, &vae_n) != 0 ||
+        it_make_model(&env, "qwen_image_text_encoder_raw", "te", 1, &te, &te_n) != 0) {
         it_env_cleanup(&env);
         return 1;
     }
     const char *extra[] = {"--model-configs", configs_path, "--threads", "2", NULL};
     if (it_daemon_start(&env, extra) != 0 || load_one(vae, vae_n, vae_id, sizeof vae_id) != 0 ||
-        load_one(dit, dit_n, dit_id, sizeof dit_id) != 0) {
+        load_one(dit, dit_n, dit_id, sizeof dit_id) != 0 ||
+        load_one(te, te_n, te_id, sizeof te_id) != 0) {
         it_dump_log(&env);
         it_env_cleanup(&env);
         return 1;
@@ -475,6 +510,7 @@ int main(int argc, char **argv)
     RUN(test_forward_bad_input);
     RUN(test_two_clients);
     RUN(test_cancel_queued);
+    RUN(test_tokenizer_folder_confined);
 
     int status = -1;
     if (it_daemon_stop(&env, &status) != 0 || status != 0) {
@@ -485,6 +521,7 @@ int main(int argc, char **argv)
         it_dump_log(&env);
     ds_st_paths_free(dit, dit_n);
     ds_st_paths_free(vae, vae_n);
+    ds_st_paths_free(te, te_n);
     it_env_cleanup(&env);
     if (test_failures == 0 && dit_has_forward == 0) {
         printf("SKIP the DiT class has no \"forward\" step in this build: the success path, "
