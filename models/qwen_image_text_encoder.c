@@ -12,6 +12,8 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,7 @@
 #include "models/model_class.h"
 #include "models/param_tree.h"
 #include "models/weight_set.h"
+#include "vram/vram_manager.h"
 
 #define CLASS_NAME "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
 
@@ -425,24 +428,227 @@ static int self_attention(ds_backend *b, const layer_weights *w, te_state *s, ds
     return DS_OK;
 }
 
-/* Qwen2_5_VLDecoderLayer: h += attn(RMSNorm(h)); h += down(SiLU(gate(x)) * up(x)), x =
- * RMSNorm(h). */
-static int layer_forward(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
+/* The decoder layer's first half: h += attn(RMSNorm(h)). */
+static int attention_half(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
 {
     ds_rms_norm_args n1 = {&s->h, &w->input_norm, RMS_EPS, &s->x};
+    ds_binary_args residual = {&s->h, &s->out, DS_BINARY_ADD, &s->h};
+    int rc;
+    if ((rc = ds_rms_norm(b, NULL, &n1, err)) != DS_OK ||
+        (rc = self_attention(b, w, s, err)) != DS_OK ||
+        (rc = ds_binary(b, NULL, &residual, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* The second half: h += down(SiLU(gate(x)) * up(x)), x = RMSNorm(h). */
+static int mlp_half(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
+{
     ds_rms_norm_args n2 = {&s->h, &w->post_norm, RMS_EPS, &s->x};
     ds_binary_args residual = {&s->h, &s->out, DS_BINARY_ADD, &s->h};
     ds_binary_args glu = {&s->gate, &s->up, DS_BINARY_MUL, &s->gate};
     int rc;
-    if ((rc = ds_rms_norm(b, NULL, &n1, err)) != DS_OK ||
-        (rc = self_attention(b, w, s, err)) != DS_OK ||
-        (rc = ds_binary(b, NULL, &residual, err)) != DS_OK ||
-        (rc = ds_rms_norm(b, NULL, &n2, err)) != DS_OK ||
+    if ((rc = ds_rms_norm(b, NULL, &n2, err)) != DS_OK ||
         (rc = linear(b, &s->x, &w->gate, NULL, DS_ACT_SILU, &s->gate, err)) != DS_OK ||
         (rc = linear(b, &s->x, &w->up, NULL, DS_ACT_NONE, &s->up, err)) != DS_OK ||
         (rc = ds_binary(b, NULL, &glu, err)) != DS_OK ||
         (rc = linear(b, &s->gate, &w->down, NULL, DS_ACT_NONE, &s->out, err)) != DS_OK ||
         (rc = ds_binary(b, NULL, &residual, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* Qwen2_5_VLDecoderLayer: h += attn(RMSNorm(h)); h += down(SiLU(gate(x)) * up(x)), x =
+ * RMSNorm(h). */
+static int layer_forward(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
+{
+    int rc;
+    if ((rc = attention_half(b, w, s, err)) != DS_OK || (rc = mlp_half(b, w, s, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* ---- Streaming the weights through a VRAM manager ----
+ *
+ * Units: each decoder layer in two (its attention, ~58 MB in bf16, and its MLP, ~407 MB: one
+ * unit of the whole 466 MB layer would not fit budgets near half a layer's weights), then the
+ * final norm; the plan is that order. The embedding table is not a unit: the direct path
+ * gathers its few rows on the host from the mapped file (embed), and paging the whole table
+ * (152064 rows, 1 GB in bf16, 2 GB in f32) into the fast tier for a few hundred rows would
+ * cost more budget than every layer unit together; so both paths gather on the host. */
+
+/* One tensor of a unit: the parameter's name after the layer's prefix, whether it is a
+ * Linear's weight, and where it goes in layer_weights. */
+typedef struct te_slot {
+    const char *name;
+    int linear_weight;
+    size_t offset;
+} te_slot;
+
+static const te_slot attention_slots[] = {
+    {"input_layernorm.weight", 0, offsetof(layer_weights, input_norm)},
+    {"self_attn.q_proj.weight", 1, offsetof(layer_weights, q.weight)},
+    {"self_attn.q_proj.bias", 0, offsetof(layer_weights, q.bias)},
+    {"self_attn.k_proj.weight", 1, offsetof(layer_weights, k.weight)},
+    {"self_attn.k_proj.bias", 0, offsetof(layer_weights, k.bias)},
+    {"self_attn.v_proj.weight", 1, offsetof(layer_weights, v.weight)},
+    {"self_attn.v_proj.bias", 0, offsetof(layer_weights, v.bias)},
+    {"self_attn.o_proj.weight", 1, offsetof(layer_weights, o)},
+};
+static const te_slot mlp_slots[] = {
+    {"post_attention_layernorm.weight", 0, offsetof(layer_weights, post_norm)},
+    {"mlp.gate_proj.weight", 1, offsetof(layer_weights, gate)},
+    {"mlp.up_proj.weight", 1, offsetof(layer_weights, up)},
+    {"mlp.down_proj.weight", 1, offsetof(layer_weights, down)},
+};
+static const te_slot norm_slots[] = {{"norm.weight", 0, 0}};
+
+typedef struct te_unit {
+    const char *name;
+    const te_slot *slots;
+    size_t count;
+} te_unit;
+
+enum { PHASES = 2 }; /* units per decoder layer */
+static const te_unit layer_units[PHASES] = {
+    {"self_attn", attention_slots, sizeof attention_slots / sizeof attention_slots[0]},
+    {"mlp", mlp_slots, sizeof mlp_slots / sizeof mlp_slots[0]},
+};
+static const te_unit norm_unit = {"norm", norm_slots, 1};
+
+/* Unit index of layer `layer`'s phase `phase`; the final norm is layer_unit(layers, 0). */
+static size_t layer_unit(int64_t layer, int phase)
+{
+    return (size_t)layer * PHASES + (size_t)phase;
+}
+
+static void vram_release_hook(void *mgr, const ds_loaded_model *model)
+{
+    ds_vram_owner_remove(mgr, model);
+}
+
+/* A unit's tensors as the manager's sources. Each keeps the dtype the direct path binds
+ * (ds__weight_operand_dtype) rather than the compute dtype, so both paths run the same kernels
+ * on the same values and agree bit for bit. */
+static int unit_sources(const ds_loaded_model *m, const char *prefix, const te_unit *u,
+                        ds_vram_tensor_source *src, ds_error *err)
+{
+    for (size_t i = 0; i < u->count; i++) {
+        char full[DS__PARAM_NAME_MAX];
+        snprintf(full, sizeof full, "%s%s", prefix, u->slots[i].name);
+        const ds_sd_entry *e;
+        int rc = ds__weight_find(m, OWNER, full, &e, err);
+        if (rc != DS_OK)
+            return rc;
+        const ds_tensor_view *v = &e->tensor;
+        ds_vram_tensor_source *t = &src[i];
+        memset(t, 0, sizeof *t);
+        t->name = e->name;
+        t->dtype = v->dtype;
+        t->ndim = v->ndim;
+        memcpy(t->shape, v->shape, (size_t)v->ndim * sizeof *v->shape);
+        t->data = v->data;
+        t->target = ds__weight_operand_dtype(v->dtype, u->slots[i].linear_weight);
+    }
+    return DS_OK;
+}
+
+/* The model's units in the step's manager, registered on first use (keyed to the loaded
+ * model), with the plan in use order. The model's release hook drops them when it is freed. */
+static int vram_register(const ds_loaded_model *m, ds_vram_manager *mgr, int64_t layers,
+                         ds_vram_model **out, ds_error *err)
+{
+    *out = ds_vram_model_find(mgr, m);
+    if (*out)
+        return DS_OK;
+    ds_vram_tensor_source src[DS__WEIGHT_SET_MAX];
+    ds_vram_model *vm = NULL;
+    size_t n_units = (size_t)layers * PHASES + 1;
+    size_t *plan = malloc(n_units * sizeof *plan);
+    if (!plan)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "forward: out of memory planning %zu units", n_units);
+    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : "qwen_image_text_encoder",
+                               DS_F32, &vm, err);
+    if (rc != DS_OK)
+        goto fail;
+    for (size_t k = 0; k < n_units; k++) {
+        char prefix[DS__PARAM_NAME_MAX] = LM, name[DS__PARAM_NAME_MAX];
+        const te_unit *u = &norm_unit;
+        if (k < n_units - 1) {
+            u = &layer_units[k % PHASES];
+            snprintf(prefix, sizeof prefix, LM "layers.%zu.", k / PHASES);
+        }
+        snprintf(name, sizeof name, "%s%s", prefix, u->name);
+        if ((rc = unit_sources(m, prefix, u, src, err)) != DS_OK ||
+            (rc = ds_vram_unit_add(vm, name, src, u->count, &plan[k], err)) != DS_OK)
+            goto fail;
+    }
+    if ((rc = ds_vram_plan(vm, plan, n_units, err)) != DS_OK)
+        goto fail;
+    ds_vram_model_set_owner(vm, m);
+    /* As the DiT: steps get the model const because they must not change its weights; the
+     * hook is bookkeeping about the model, set here on the worker, between steps. A model
+     * moved to another manager leaves the old one first. */
+    ds_loaded_model *owner = (ds_loaded_model *)m;
+    if (owner->release_hook)
+        owner->release_hook(owner->release_hook_ctx, owner);
+    owner->release_hook = vram_release_hook;
+    owner->release_hook_ctx = mgr;
+    free(plan);
+    *out = vm;
+    return DS_OK;
+fail:
+    ds_vram_model_remove(vm);
+    free(plan);
+    return ds_error_prefix(err, "forward: registering the weights with the VRAM manager: ");
+}
+
+/* Acquires unit `index` and points the fields of `base` at its tensors (*held names it until
+ * unit_end). */
+static int unit_begin(ds_vram_model *vm, size_t index, const te_unit *u, void *base,
+                      size_t *held, ds_error *err)
+{
+    const ds_tensor *t;
+    int rc = ds_vram_acquire(vm, index, NULL, &t, err);
+    if (rc != DS_OK)
+        return rc;
+    *held = index;
+    for (size_t i = 0; i < u->count; i++)
+        *(ds_tensor *)((char *)base + u->slots[i].offset) = t[i];
+    return DS_OK;
+}
+
+static int unit_end(ds_vram_model *vm, size_t *held, ds_error *err)
+{
+    if (!vm || *held == SIZE_MAX)
+        return DS_OK;
+    size_t index = *held;
+    *held = SIZE_MAX;
+    return ds_vram_release(vm, index, NULL, err);
+}
+
+/* Bytes of the activations on the compute backend (not the host-side gathered embedding). */
+static size_t state_bytes(te_state *s)
+{
+    ds_tensor *all[] = {&s->key_mask, &s->cos, &s->sin,  &s->h,    &s->x,  &s->q,     &s->k,
+                        &s->v,        &s->attn, &s->out, &s->gate, &s->up, &s->result};
+    size_t bytes = 0;
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i]->data)
+            bytes += ds_tensor_nbytes(all[i]);
+    return bytes;
+}
+
+/* One decoder layer through the manager: its attention unit, then its MLP unit. */
+static int layer_streamed(ds_backend *b, ds_vram_model *vm, int64_t i, layer_weights *w,
+                          te_state *s, size_t *held, ds_error *err)
+{
+    int rc;
+    if ((rc = unit_begin(vm, layer_unit(i, 0), &layer_units[0], w, held, err)) != DS_OK ||
+        (rc = attention_half(b, w, s, err)) != DS_OK || (rc = unit_end(vm, held, err)) != DS_OK ||
+        (rc = unit_begin(vm, layer_unit(i, 1), &layer_units[1], w, held, err)) != DS_OK ||
+        (rc = mlp_half(b, w, s, err)) != DS_OK || (rc = unit_end(vm, held, err)) != DS_OK)
         return rc;
     return DS_OK;
 }
@@ -456,6 +662,9 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
     ds__weight_set outer_set, layer_set;
     layer_weights lw;
     ds_tensor final_norm;
+    ds_vram_model *vm = NULL;
+    size_t held = SIZE_MAX; /* the unit acquired now, released on failure */
+    size_t reserved = 0;    /* activation bytes reserved in the manager */
     memset(&s, 0, sizeof s);
     memset(&outer_set, 0, sizeof outer_set);
     memset(&layer_set, 0, sizeof layer_set);
@@ -477,12 +686,15 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
     ds_dtype dtype = hidden_out->dtype;
     ds__weight_set_init(&outer_set, b, OWNER);
     ds__weight_set_init(&layer_set, b, OWNER);
+    if (ctx->vram && (rc = vram_register(m, ctx->vram, layers, &vm, err)) != DS_OK)
+        return rc;
 
     ds_tensor result;
     if ((rc = alloc_state(b, dtype, B, S, &s, err)) != DS_OK ||
         (rc = rope_tables(S, dtype, &s, err)) != DS_OK ||
         (rc = key_mask(b, attention_mask, &s, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, &outer_set, LM, "norm.weight", 0, &final_norm, err)) != DS_OK ||
+        (!vm && (rc = ds__weight_bind(m, &outer_set, LM, "norm.weight", 0, &final_norm, err)) !=
+                    DS_OK) ||
         (rc = embed(m, b, input_ids, &s, err)) != DS_OK)
         goto fail;
     /* The output: written in place on the CPU, downloaded from a device copy otherwise. */
@@ -494,6 +706,13 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
             goto fail;
         result = s.result;
     }
+    /* The activations share the budget with the weights. */
+    if (vm) {
+        size_t bytes = state_bytes(&s);
+        if ((rc = ds_vram_reserve(vm, "forward: activations", bytes, err)) != DS_OK)
+            goto fail;
+        reserved = bytes;
+    }
 
     /* The decoder layers, cancellable between any two. */
     for (int64_t i = 0; i < layers; i++) {
@@ -502,8 +721,11 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
                               (long long)i, (long long)layers);
             goto fail;
         }
-        if ((rc = bind_layer(m, &layer_set, i, &lw, err)) != DS_OK ||
-            (rc = layer_forward(b, &lw, &s, err)) != DS_OK) {
+        if (vm)
+            rc = layer_streamed(b, vm, i, &lw, &s, &held, err);
+        else if ((rc = bind_layer(m, &layer_set, i, &lw, err)) == DS_OK)
+            rc = layer_forward(b, &lw, &s, err);
+        if (rc != DS_OK) {
             ds_error_prefix(err, "forward: layer %lld: ", (long long)i);
             goto fail;
         }
@@ -514,15 +736,25 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
 
     /* The final norm: hidden_states[-1] in upstream's output. */
     ds_rms_norm_args norm = {&s.h, &final_norm, RMS_EPS, &result};
-    if ((rc = ds_rms_norm(b, NULL, &norm, err)) != DS_OK)
+    if ((vm && (rc = unit_begin(vm, layer_unit(layers, 0), &norm_unit, &final_norm, &held,
+                                err)) != DS_OK) ||
+        (rc = ds_rms_norm(b, NULL, &norm, err)) != DS_OK || (rc = unit_end(vm, &held, err)) != DS_OK)
         goto fail;
     if (!is_cpu(b) && (rc = ds_tensor_download(&result, hidden_out->data, NULL, err)) != DS_OK)
         goto fail;
+    if (vm)
+        ds_vram_unreserve(vm, reserved);
     ds__weight_set_release(&outer_set);
     state_free(&s);
     return DS_OK;
 
 fail:
+    if (held != SIZE_MAX) {
+        ds_error ignored;
+        unit_end(vm, &held, &ignored);
+    }
+    if (vm)
+        ds_vram_unreserve(vm, reserved);
     ds__weight_set_release(&layer_set);
     ds__weight_set_release(&outer_set);
     state_free(&s);
