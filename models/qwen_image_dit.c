@@ -900,11 +900,6 @@ static size_t block_unit(int64_t block, int phase)
     return 1 + (size_t)block * PHASES + (size_t)phase;
 }
 
-static void vram_release_hook(void *mgr, const ds_loaded_model *model)
-{
-    ds_vram_owner_remove(mgr, model);
-}
-
 /* A unit's tensors as the manager's sources, in bind_unit's order. Each keeps the dtype the
  * view path binds (ds__weight_operand_dtype) rather than the call's compute dtype, so both
  * paths run the same kernels on the same values and agree bit for bit. */
@@ -972,15 +967,7 @@ static int vram_register(const ds_loaded_model *m, ds_vram_manager *mgr, int64_t
     }
     if ((rc = ds_vram_plan(vm, plan, n_units, err)) != DS_OK)
         goto fail;
-    ds_vram_model_set_owner(vm, m);
-    /* Steps get the model const because they must not change its weights; the hook is
-     * bookkeeping about the model, set here on the worker, between steps. A model moved to
-     * another manager leaves the old one first, so it is registered in one at a time. */
-    ds_loaded_model *owner = (ds_loaded_model *)m;
-    if (owner->release_hook)
-        owner->release_hook(owner->release_hook_ctx, owner);
-    owner->release_hook = vram_release_hook;
-    owner->release_hook_ctx = mgr;
+    ds__weight_set_vram_adopt(vm, m, mgr);
     free(plan);
     *out = vm;
     return DS_OK;

@@ -99,3 +99,20 @@ int ds__weight_bind_linear(const ds_loaded_model *m, ds__weight_set *ws, const c
     snprintf(part, sizeof part, "%s.bias", name);
     return ds__weight_bind(m, ws, prefix, part, 0, &out->bias, err);
 }
+
+static void vram_release_hook(void *mgr, const ds_loaded_model *model)
+{
+    ds_vram_owner_remove(mgr, model);
+}
+
+void ds__weight_set_vram_adopt(ds_vram_model *vm, const ds_loaded_model *m, ds_vram_manager *mgr)
+{
+    ds_vram_model_set_owner(vm, m);
+    /* Steps get the model const because they must not change its weights; the hook is
+     * bookkeeping about the model, set on the worker between steps. */
+    ds_loaded_model *owner = (ds_loaded_model *)m;
+    if (owner->release_hook)
+        owner->release_hook(owner->release_hook_ctx, owner);
+    owner->release_hook = vram_release_hook;
+    owner->release_hook_ctx = mgr;
+}

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "kernels/backend.h"
 #include "models/model_loader.h"
+#include "vram/vram_manager.h"
 
 #define DS__WEIGHT_SET_MAX 48 /* tensors one set binds: a Qwen-Image DiT block binds 32 */
 
@@ -50,5 +51,10 @@ int ds__weight_bind(const ds_loaded_model *m, ds__weight_set *ws, const char *pr
 /* prefix + name + ".weight" and ".bias". */
 int ds__weight_bind_linear(const ds_loaded_model *m, ds__weight_set *ws, const char *prefix,
                            const char *name, ds__linear_weights *out, ds_error *err);
+
+/* Finishes a model's registration in a VRAM manager, once its units and plan are in: names the
+ * model as the units' owner and installs the release hook that drops them when the model is
+ * freed (leaving a previous manager first, so a model is registered in one at a time). */
+void ds__weight_set_vram_adopt(ds_vram_model *vm, const ds_loaded_model *m, ds_vram_manager *mgr);
 
 #endif
