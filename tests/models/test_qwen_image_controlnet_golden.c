@@ -20,6 +20,7 @@
 #include "models/qwen_image_controlnet.h"
 #include "models/qwen_image_dit.h"
 #include "test.h"
+#include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
@@ -56,91 +57,34 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
-/* The generator scripts' bounds: 1/sqrt(fan_in) for Linear weights and their biases, centre 1
- * and bound 0.1 for every RMSNorm weight (the DiT's q/k norms and txt_norm, the ControlNet's
- * x_rms and y_rms). */
-static void bounds(const ds_state_dict *params, const char *name, const ds_tensor_view *v,
-                   double *bound, float *center)
-{
-    *center = 0.0f;
-    if (ends_with(name, "norm_q.weight") || ends_with(name, "norm_k.weight") ||
-        ends_with(name, "norm_added_q.weight") || ends_with(name, "norm_added_k.weight") ||
-        strcmp(name, "txt_norm.weight") == 0 || ends_with(name, "_rms.weight")) {
-        *bound = 0.1;
-        *center = 1.0f;
-        return;
-    }
-    int64_t fan_in = 0;
-    if (v->ndim == 2) {
-        fan_in = v->shape[1];
-    } else {
-        char weight[256];
-        snprintf(weight, sizeof weight, "%.*s.weight", (int)(strlen(name) - strlen(".bias")),
-                 name);
-        const ds_sd_entry *w = ds_state_dict_find(params, weight);
-        fan_in = w ? w->tensor.shape[1] : 1;
-    }
-    *bound = 1.0 / sqrt((double)fan_in);
-}
-
 static void free_model(seeded_model *sm)
 {
-    for (size_t i = 0; i < sm->model.params.count; i++)
-        free((void *)sm->model.params.entries[i].tensor.data);
-    ds_state_dict_free(&sm->model.params);
+    ds_golden_model_free(&sm->model);
     sm->ready = 0;
 }
 
-/* The class's tree for these kwargs; with `seed`, every tensor filled with its seeded values
+/* The class's tree for these kwargs; with `fill`, every tensor filled with its seeded values
  * (without, the tree alone: enough for checks that run before any compute). */
 static int build_model(seeded_model *sm, const char *class_name, const char *kwargs,
                        uint64_t seed, int fill)
 {
-    ds_error err;
-    const ds_model_class *cls = ds_model_class_find(class_name);
+    ds_golden_model_spec spec = {
+        .model_class = class_name,
+        .kwargs_json = kwargs,
+        .bounds = ds_golden_bounds_qwen_image_dit,
+        .seed = seed,
+        .declare_only = !fill,
+    };
     memset(sm, 0, sizeof *sm);
-    ds_state_dict_init(&sm->model.params);
-    if (!cls || ds_model_class_declare(cls, kwargs, &sm->model.params, &err) != DS_OK)
+    if (ds_golden_model_build(&spec, &sm->model) != 0)
         return 0;
-    sm->model.cls = cls;
-    for (size_t i = 0; fill && i < sm->model.params.count; i++) {
-        ds_sd_entry *e = &sm->model.params.entries[i];
-        uint64_t n = ds_tensor_view_numel(&e->tensor);
-        float *data = malloc(n * sizeof *data);
-        if (!data) {
-            free_model(sm);
-            return 0;
-        }
-        double bound;
-        float center;
-        bounds(&sm->model.params, e->name, &e->tensor, &bound, &center);
-        ds_seeded_fill(e->name, seed, bound, center, data, n);
-        e->tensor.data = data;
-    }
     sm->ready = 1;
     return 1;
 }
 
-/* torch's .to(bfloat16) of every weight (round to nearest even), in place: element i's two
- * bytes land at or before the four bytes of element i, which are read first. */
 static void model_to_bf16(seeded_model *sm)
 {
-    for (size_t i = 0; i < sm->model.params.count; i++) {
-        ds_tensor_view *v = &sm->model.params.entries[i].tensor;
-        uint64_t n = ds_tensor_view_numel(v);
-        float *f = (float *)v->data;
-        uint16_t *h = (uint16_t *)v->data;
-        for (uint64_t k = 0; k < n; k++)
-            h[k] = ds_f32_to_bf16(f[k]);
-        v->dtype = DS_BF16;
-        v->nbytes = n * 2;
-    }
+    ds_golden_model_to_bf16(&sm->model);
     sm->ready = 2;
 }
 

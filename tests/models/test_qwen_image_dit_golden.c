@@ -17,6 +17,7 @@
 #include "kernels/ops.h"
 #include "models/qwen_image_dit.h"
 #include "test.h"
+#include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
@@ -36,88 +37,30 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
-/* The generator script's weight_bounds: 1/sqrt(fan_in) for Linear weights and their biases,
- * centre 1 and bound 0.1 for the RMSNorm weights. */
-static void bounds(const ds_state_dict *params, const char *name, const ds_tensor_view *v,
-                   double *bound, float *center)
-{
-    *center = 0.0f;
-    if (ends_with(name, "norm_q.weight") || ends_with(name, "norm_k.weight") ||
-        ends_with(name, "norm_added_q.weight") || ends_with(name, "norm_added_k.weight") ||
-        strcmp(name, "txt_norm.weight") == 0) {
-        *bound = 0.1;
-        *center = 1.0f;
-        return;
-    }
-    int64_t fan_in = 0;
-    if (v->ndim == 2) {
-        fan_in = v->shape[1];
-    } else {
-        char weight[256];
-        snprintf(weight, sizeof weight, "%.*s.weight", (int)(strlen(name) - strlen(".bias")),
-                 name);
-        const ds_sd_entry *w = ds_state_dict_find(params, weight);
-        fan_in = w ? w->tensor.shape[1] : 1;
-    }
-    *bound = 1.0 / sqrt((double)fan_in);
-}
-
 static void free_model(void)
 {
-    for (size_t i = 0; i < model.params.count; i++)
-        free((void *)model.params.entries[i].tensor.data);
-    ds_state_dict_free(&model.params);
+    ds_golden_model_free(&model);
     model_ready = 0;
 }
 
 /* The 2-block tree, every tensor filled with its seeded f32 values. */
 static int build_model(void)
 {
-    ds_error err;
-    const ds_model_class *cls = ds_model_class_find(DIT_CLASS);
-    memset(&model, 0, sizeof model);
-    ds_state_dict_init(&model.params);
-    if (!cls || ds_model_class_declare(cls, "{\"num_layers\": 2}", &model.params, &err) != DS_OK)
+    ds_golden_model_spec spec = {
+        .model_class = DIT_CLASS,
+        .kwargs_json = "{\"num_layers\": 2}",
+        .bounds = ds_golden_bounds_qwen_image_dit,
+        .seed = SEED,
+    };
+    if (ds_golden_model_build(&spec, &model) != 0)
         return 0;
-    model.cls = cls;
-    for (size_t i = 0; i < model.params.count; i++) {
-        ds_sd_entry *e = &model.params.entries[i];
-        uint64_t n = ds_tensor_view_numel(&e->tensor);
-        float *data = malloc(n * sizeof *data);
-        if (!data) {
-            free_model();
-            return 0;
-        }
-        double bound;
-        float center;
-        bounds(&model.params, e->name, &e->tensor, &bound, &center);
-        ds_seeded_fill(e->name, SEED, bound, center, data, n);
-        e->tensor.data = data;
-    }
     model_ready = 1;
     return 1;
 }
 
-/* torch's .to(bfloat16) of every weight (round to nearest even), in place: element i's two
- * bytes land at or before the four bytes of element i, which are read first. */
 static void model_to_bf16(void)
 {
-    for (size_t i = 0; i < model.params.count; i++) {
-        ds_tensor_view *v = &model.params.entries[i].tensor;
-        uint64_t n = ds_tensor_view_numel(v);
-        float *f = (float *)v->data;
-        uint16_t *h = (uint16_t *)v->data;
-        for (uint64_t k = 0; k < n; k++)
-            h[k] = ds_f32_to_bf16(f[k]);
-        v->dtype = DS_BF16;
-        v->nbytes = n * 2;
-    }
+    ds_golden_model_to_bf16(&model);
     model_ready = 2;
 }
 

@@ -25,6 +25,7 @@
 #include "kernels/ops.h"
 #include "models/qwen_image_text_encoder.h"
 #include "test.h"
+#include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
 
 #define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
@@ -48,51 +49,16 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
-/* The generator script's weight_bounds: RMSNorm weights 1 +- 0.1, the embedding within 1,
- * Linear weights and their biases within 1/sqrt(fan_in). */
-static void bounds(const ds_state_dict *params, const char *name, const ds_tensor_view *v,
-                   double *bound, float *center)
-{
-    *center = 0.0f;
-    if (ends_with(name, "norm.weight")) {
-        *bound = 0.1;
-        *center = 1.0f;
-        return;
-    }
-    if (ends_with(name, "embed_tokens.weight")) {
-        *bound = 1.0;
-        return;
-    }
-    int64_t fan_in = 1;
-    if (v->ndim == 2) {
-        fan_in = v->shape[1];
-    } else {
-        char weight[256];
-        snprintf(weight, sizeof weight, "%.*s.weight", (int)(strlen(name) - strlen(".bias")),
-                 name);
-        const ds_sd_entry *w = ds_state_dict_find(params, weight);
-        fan_in = w ? w->tensor.shape[1] : 1;
-    }
-    *bound = 1.0 / sqrt((double)fan_in);
-}
-
 static void free_model(void)
 {
-    for (size_t i = 0; i < model.params.count; i++)
-        free((void *)model.params.entries[i].tensor.data);
-    ds_state_dict_free(&model.params);
+    ds_golden_model_free(&model);
     model_ready = 0;
 }
 
 /* Text tensors of layers 0 and 1, the embedding and the final norm: the golden's model. */
-static int kept(const char *name)
+static int kept(const char *name, void *arg)
 {
+    (void)arg;
     if (strncmp(name, LM, strlen(LM)) != 0)
         return 0;
     const char *rest = name + strlen(LM);
@@ -103,55 +69,21 @@ static int kept(const char *name)
 
 static int build_model(void)
 {
-    ds_error err;
-    ds_state_dict full;
-    const ds_model_class *cls = ds_model_class_find(TE_CLASS);
-    memset(&model, 0, sizeof model);
-    ds_state_dict_init(&model.params);
-    ds_state_dict_init(&full);
-    if (!cls || ds_model_class_declare(cls, NULL, &full, &err) != DS_OK)
-        goto fail;
-    model.cls = cls;
-    for (size_t i = 0; i < full.count; i++)
-        if (kept(full.entries[i].name) &&
-            ds_state_dict_put_tensor(&model.params, full.entries[i].name,
-                                     &full.entries[i].tensor) != DS_OK)
-            goto fail;
-    ds_state_dict_free(&full);
-    for (size_t i = 0; i < model.params.count; i++) {
-        ds_sd_entry *e = &model.params.entries[i];
-        uint64_t n = ds_tensor_view_numel(&e->tensor);
-        float *data = malloc(n * sizeof *data);
-        if (!data)
-            goto fail;
-        double bound;
-        float center;
-        bounds(&model.params, e->name, &e->tensor, &bound, &center);
-        ds_seeded_fill(e->name, SEED, bound, center, data, n);
-        e->tensor.data = data;
-    }
+    ds_golden_model_spec spec = {
+        .model_class = TE_CLASS,
+        .keep = kept,
+        .bounds = ds_golden_bounds_qwen_image_text_encoder,
+        .seed = SEED,
+    };
+    if (ds_golden_model_build(&spec, &model) != 0)
+        return 0;
     model_ready = 1;
     return 1;
-fail:
-    ds_state_dict_free(&full);
-    free_model();
-    return 0;
 }
 
-/* torch's .to(bfloat16) of every weight (round to nearest even), in place: element i's two
- * bytes land at or before the four bytes of element i, which are read first. */
 static void model_to_bf16(void)
 {
-    for (size_t i = 0; i < model.params.count; i++) {
-        ds_tensor_view *v = &model.params.entries[i].tensor;
-        uint64_t n = ds_tensor_view_numel(v);
-        float *f = (float *)v->data;
-        uint16_t *h = (uint16_t *)v->data;
-        for (uint64_t k = 0; k < n; k++)
-            h[k] = ds_f32_to_bf16(f[k]);
-        v->dtype = DS_BF16;
-        v->nbytes = n * 2;
-    }
+    ds_golden_model_to_bf16(&model);
     model_ready = 2;
 }
 

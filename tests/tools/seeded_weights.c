@@ -21,10 +21,16 @@ uint64_t ds_seeded_splitmix64(uint64_t x)
 void ds_seeded_fill(const char *name, uint64_t seed, double bound, float center, float *out,
                     size_t count)
 {
+    ds_seeded_fill_range(name, seed, bound, center, 0, out, count);
+}
+
+void ds_seeded_fill_range(const char *name, uint64_t seed, double bound, float center,
+                          uint64_t first, float *out, size_t count)
+{
     uint64_t base = ds_seeded_fnv1a64(name) ^ (seed * 0x9E3779B97F4A7C15ull);
     float b = (float)bound;
     for (size_t i = 0; i < count; i++) {
-        float u = (float)(ds_seeded_splitmix64(base + i) >> 40) * (1.0f / 16777216.0f);
+        float u = (float)(ds_seeded_splitmix64(base + first + i) >> 40) * (1.0f / 16777216.0f);
         /* Separate float32 roundings, in numpy's order: (2u - 1), times bound, plus center. */
         float v = 2.0f * u - 1.0f;
         v = v * b;

@@ -20,5 +20,8 @@ uint64_t ds_seeded_splitmix64(uint64_t x);
  * as numpy's np.float32(bound) does. */
 void ds_seeded_fill(const char *name, uint64_t seed, double bound, float center, float *out,
                     size_t count);
+/* Elements first..first+count of tensor `name` (a slice of ds_seeded_fill's values). */
+void ds_seeded_fill_range(const char *name, uint64_t seed, double bound, float center,
+                          uint64_t first, float *out, size_t count);
 
 #endif
