@@ -1,9 +1,22 @@
 /* diffsynth/models/qwen_image_vae.py: the Qwen-Image VAE, a Wan2.1-style 3D causal VAE
- * (facts §7). The latent mean/std are attributes, not parameters. */
-#include <inttypes.h>
+ * (facts §7). The latent mean/std are attributes, not parameters.
+ *
+ * The forward passes are upstream's decode and encode of images (one frame, no feature cache),
+ * one function per upstream module, on the op API (kernels/ops.h). */
+#include "models/qwen_image_vae.h"
 
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/float_convert.h"
+#include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/param_tree.h"
+#include "models/weight_set.h"
 
 #define CLASS_NAME "diffsynth.models.qwen_image_vae.QwenImageVAE"
 
@@ -264,7 +277,685 @@ static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error
     return DS_OK;
 }
 
+/* ---- Forward pass ---- */
+
+#define LATENT_CHANNELS 16
+#define NORM_EPS 1e-12f /* F.normalize's default eps, RMS_norm's */
+
+/* QwenImageVAE.mean and the std it stores the inverse of (facts §5.6). */
+static const float LATENT_MEAN[LATENT_CHANNELS] = {
+    -0.7571f, -0.7089f, -0.9113f, 0.1075f, -0.1745f, 0.9653f, -0.1517f, 1.5508f,
+    0.4134f,  -0.0715f, 0.5517f,  -0.3632f, -0.1922f, -0.9497f, 0.2503f, -0.2921f,
+};
+static const float LATENT_STD[LATENT_CHANNELS] = {
+    2.8184f, 1.4541f, 2.3275f, 2.6558f, 1.2196f, 1.7708f, 2.6052f, 2.0743f,
+    3.2687f, 2.1526f, 2.8652f, 1.5579f, 1.6382f, 1.1253f, 2.8251f, 1.9160f,
+};
+
+#define SHAPE(...) (const int64_t[]){__VA_ARGS__}
+
+/* The same memory under another shape of the same element count. */
+static ds_tensor view(const ds_tensor *t, int ndim, const int64_t *shape)
+{
+    ds_tensor v = *t;
+    v.ndim = ndim;
+    memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
+    return v;
+}
+
+/* On the CPU backend host memory is backend memory: inputs are used in place. */
+static int is_cpu(const ds_backend *b) { return strcmp(b->name, "cpu") == 0; }
+
+/* What runs, in order: upstream's module sequence for one direction. */
+typedef enum layer_kind {
+    LAYER_CONV,       /* a causal conv alone: conv_in, quant_conv, post_quant_conv */
+    LAYER_RESIDUAL,   /* QwenImageResidualBlock */
+    LAYER_ATTENTION,  /* QwenImageAttentionBlock */
+    LAYER_UPSAMPLE,   /* QwenImageResample upsample2d/3d: time_conv skipped without a cache */
+    LAYER_DOWNSAMPLE, /* QwenImageResample downsample2d/3d: the same */
+    LAYER_HEAD,       /* norm_out, SiLU, conv_out */
+} layer_kind;
+
+typedef struct vae_layer {
+    layer_kind kind;
+    char prefix[DS__PARAM_NAME_MAX]; /* the module's path with a trailing dot; a conv's name */
+} vae_layer;
+
+typedef struct vae_plan {
+    vae_layer *layers;
+    size_t count, capacity;
+} vae_plan;
+
+static int plan_add(vae_plan *p, layer_kind kind, ds_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int plan_add(vae_plan *p, layer_kind kind, ds_error *err, const char *fmt, ...)
+{
+    if (p->count == p->capacity)
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s: layer plan overflow", CLASS_NAME);
+    vae_layer *l = &p->layers[p->count++];
+    l->kind = kind;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(l->prefix, sizeof l->prefix, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof l->prefix)
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s: module name too long", CLASS_NAME);
+    return DS_OK;
+}
+
+static int plan_mid(vae_plan *p, const char *part, ds_error *err)
+{
+    int rc;
+    if ((rc = plan_add(p, LAYER_RESIDUAL, err, "%s.mid_block.resnets.0.", part)) != DS_OK ||
+        (rc = plan_add(p, LAYER_ATTENTION, err, "%s.mid_block.attentions.0.", part)) != DS_OK ||
+        (rc = plan_add(p, LAYER_RESIDUAL, err, "%s.mid_block.resnets.1.", part)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* The module sequences of decode (post_quant_conv, decoder) and encode (encoder, quant_conv),
+ * numbered as declare_decoder / declare_encoder number them. */
+static int plan_build(const vae_config *c, int decode, vae_plan *p, ds_error *err)
+{
+    p->count = 0;
+    p->capacity = 8 + (size_t)c->levels * (2 * (size_t)c->num_res_blocks + 2);
+    p->layers = malloc(p->capacity * sizeof *p->layers);
+    if (!p->layers)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for %zu layers",
+                            CLASS_NAME, p->capacity);
+    int rc;
+    if (decode) {
+        if ((rc = plan_add(p, LAYER_CONV, err, "post_quant_conv")) != DS_OK ||
+            (rc = plan_add(p, LAYER_CONV, err, "decoder.conv_in")) != DS_OK ||
+            (rc = plan_mid(p, "decoder", err)) != DS_OK)
+            return rc;
+        for (int i = 0; i < c->levels; i++) {
+            for (int64_t r = 0; r < c->num_res_blocks + 1; r++)
+                if ((rc = plan_add(p, LAYER_RESIDUAL, err,
+                                   "decoder.up_blocks.%d.resnets.%" PRId64 ".", i, r)) != DS_OK)
+                    return rc;
+            if (i != c->levels - 1 &&
+                (rc = plan_add(p, LAYER_UPSAMPLE, err, "decoder.up_blocks.%d.upsamplers.0.",
+                               i)) != DS_OK)
+                return rc;
+        }
+        return plan_add(p, LAYER_HEAD, err, "decoder.");
+    }
+    if ((rc = plan_add(p, LAYER_CONV, err, "encoder.conv_in")) != DS_OK)
+        return rc;
+    int64_t block = 0;
+    double scale = 1.0;
+    for (int i = 0; i < c->levels; i++) {
+        for (int64_t r = 0; r < c->num_res_blocks; r++) {
+            if ((rc = plan_add(p, LAYER_RESIDUAL, err, "encoder.down_blocks.%" PRId64 ".",
+                               block++)) != DS_OK)
+                return rc;
+            if (has_attention(c, scale) &&
+                (rc = plan_add(p, LAYER_ATTENTION, err, "encoder.down_blocks.%" PRId64 ".",
+                               block++)) != DS_OK)
+                return rc;
+        }
+        if (i != c->levels - 1) {
+            if ((rc = plan_add(p, LAYER_DOWNSAMPLE, err, "encoder.down_blocks.%" PRId64 ".",
+                               block++)) != DS_OK)
+                return rc;
+            scale /= 2.0;
+        }
+    }
+    if ((rc = plan_mid(p, "encoder", err)) != DS_OK ||
+        (rc = plan_add(p, LAYER_HEAD, err, "encoder.")) != DS_OK ||
+        (rc = plan_add(p, LAYER_CONV, err, "quant_conv")) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* One decode or encode call. */
+typedef struct vae_run {
+    const ds_loaded_model *m;
+    ds_backend *b;
+    ds_dtype dtype;     /* compute dtype: the input's */
+    const char *phase;  /* "decode" or "encode", for messages and progress */
+    ds__weight_set ws;  /* the current layer's weights, released after it */
+    int x_owned;        /* the activation is ours to free (not the caller's input) */
+} vae_run;
+
+/* The activation *x becomes y: the old one is freed unless it is the caller's input. */
+static void replace(vae_run *r, ds_tensor *x, ds_tensor *y)
+{
+    if (r->x_owned)
+        ds_tensor_free(x);
+    *x = *y;
+    r->x_owned = 1;
+}
+
+/* A [B, C, H, W] activation in the compute dtype. */
+static int alloc4(vae_run *r, int64_t b, int64_t c, int64_t h, int64_t w, ds_tensor *out,
+                  ds_error *err)
+{
+    return ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(b, c, h, w), out, err);
+}
+
+static int alloc_like(vae_run *r, const ds_tensor *x, ds_tensor *out, ds_error *err)
+{
+    return ds_tensor_alloc(r->b, r->dtype, x->ndim, x->shape, out, err);
+}
+
+/* Convolution `name` (prefix + name + ".weight" / ".bias") of x into a new tensor *y.
+ * A QwenImageCausalConv3d weight [Co, Ci, KT, KH, KW] runs on one frame as the 2-D conv of its
+ * last temporal tap: CausalConv3d pads time by KT - 1 zero frames in front only, so the other
+ * taps see zeros; its spatial padding is KH / 2 (upstream's padding=1 for 3x3x3, 0 for 1x1x1).
+ * An nn.Conv2d weight [Co, Ci, KH, KW] runs with `pad` (top, bottom, left, right) and `stride`. */
+static int conv(vae_run *r, const char *prefix, const char *name, const ds_tensor *x,
+                const int pad2d[4], int stride, ds_tensor *y, ds_error *err)
+{
+    char part[DS__PARAM_NAME_MAX + 32];
+    ds_tensor w, bias, tap = {0};
+    int rc;
+    snprintf(part, sizeof part, "%s.weight", name);
+    if ((rc = ds__weight_bind(r->m, &r->ws, prefix, part, 0, &w, err)) != DS_OK)
+        return rc;
+    snprintf(part, sizeof part, "%s.bias", name);
+    if ((rc = ds__weight_bind(r->m, &r->ws, prefix, part, 0, &bias, err)) != DS_OK)
+        return rc;
+    int pad[4] = {pad2d[0], pad2d[1], pad2d[2], pad2d[3]};
+    ds_tensor w2 = w;
+    if (w.ndim == 5) {
+        const int64_t *ws = w.shape;
+        int64_t shape4[4] = {ws[0], ws[1], ws[3], ws[4]};
+        if (ws[2] > 1) {
+            ds_slice_args last = {&w, 2, ws[2] - 1, &tap};
+            if ((rc = ds_tensor_alloc(r->b, w.dtype, 5, SHAPE(ws[0], ws[1], 1, ws[3], ws[4]),
+                                      &tap, err)) != DS_OK ||
+                (rc = ds_slice(r->b, NULL, &last, err)) != DS_OK)
+                goto done;
+            w2 = view(&tap, 4, shape4);
+        } else {
+            w2 = view(&w, 4, shape4);
+        }
+        pad[0] = pad[1] = (int)(ws[3] / 2);
+        pad[2] = pad[3] = (int)(ws[4] / 2);
+        stride = 1;
+    }
+    const int64_t *xs = x->shape, *ks = w2.shape;
+    int64_t oh = (xs[2] + pad[0] + pad[1] - ks[2]) / stride + 1;
+    int64_t ow = (xs[3] + pad[2] + pad[3] - ks[3]) / stride + 1;
+    ds_conv2d_args a = {x, &w2, &bias, {pad[0], pad[1], pad[2], pad[3]}, {stride, stride}, y};
+    if ((rc = alloc4(r, xs[0], ks[0], oh, ow, y, err)) != DS_OK ||
+        (rc = ds_conv2d(r->b, NULL, &a, err)) != DS_OK)
+        ds_tensor_free(y);
+done:
+    ds_tensor_free(&tap);
+    return rc;
+}
+
+static const int NO_PAD[4] = {0, 0, 0, 0};
+
+/* QwenImageRMS_norm (gamma [C, 1, 1(, 1)]) of x into y, then SiLU when `silu`. */
+static int rms_norm(vae_run *r, const char *prefix, const char *name, const ds_tensor *x,
+                    int silu, ds_tensor *y, ds_error *err)
+{
+    ds_tensor gamma;
+    int rc = ds__weight_bind(r->m, &r->ws, prefix, name, 0, &gamma, err);
+    if (rc != DS_OK)
+        return rc;
+    ds_tensor g1 = view(&gamma, 1, SHAPE(gamma.shape[0]));
+    ds_channel_rms_norm_args n = {x, &g1, NULL, NORM_EPS, y};
+    ds_activation_args act = {y, DS_ACT_SILU, y};
+    if ((rc = ds_channel_rms_norm(r->b, NULL, &n, err)) != DS_OK ||
+        (silu && (rc = ds_activate(r->b, NULL, &act, err)) != DS_OK))
+        return rc;
+    return DS_OK;
+}
+
+/* QwenImageResidualBlock: shortcut(x) + conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); dropout is
+ * the identity at inference. At most three activations are alive at once. */
+static int residual(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err)
+{
+    ds_tensor t = {0}, u = {0}, v = {0}, h = {0};
+    char shortcut[DS__PARAM_NAME_MAX + 32];
+    int rc;
+    if ((rc = alloc_like(r, x, &t, err)) != DS_OK ||
+        (rc = rms_norm(r, prefix, "norm1.gamma", x, 1, &t, err)) != DS_OK ||
+        (rc = conv(r, prefix, "conv1", &t, NO_PAD, 1, &u, err)) != DS_OK)
+        goto fail;
+    ds_tensor_free(&t);
+    if ((rc = alloc_like(r, &u, &t, err)) != DS_OK ||
+        (rc = rms_norm(r, prefix, "norm2.gamma", &u, 1, &t, err)) != DS_OK)
+        goto fail;
+    ds_tensor_free(&u);
+    if ((rc = conv(r, prefix, "conv2", &t, NO_PAD, 1, &v, err)) != DS_OK)
+        goto fail;
+    ds_tensor_free(&t);
+    snprintf(shortcut, sizeof shortcut, "%sconv_shortcut.weight", prefix);
+    const ds_tensor *skip = x;
+    if (ds_state_dict_find(&r->m->params, shortcut)) {
+        if ((rc = conv(r, prefix, "conv_shortcut", x, NO_PAD, 1, &h, err)) != DS_OK)
+            goto fail;
+        skip = &h;
+    }
+    ds_binary_args add = {&v, skip, DS_BINARY_ADD, &v};
+    if ((rc = ds_binary(r->b, NULL, &add, err)) != DS_OK)
+        goto fail;
+    ds_tensor_free(&h);
+    replace(r, x, &v);
+    return DS_OK;
+fail:
+    ds_tensor_free(&t);
+    ds_tensor_free(&u);
+    ds_tensor_free(&v);
+    ds_tensor_free(&h);
+    return rc;
+}
+
+/* QwenImageAttentionBlock on one frame: RMS_norm, to_qkv (a 1x1 conv: a linear over channels
+ * at every position), one head of dim C over the H * W positions (SDPA's scale 1/sqrt(C)),
+ * proj, and the residual. */
+static int attention(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err)
+{
+    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], S = H * W;
+    ds_tensor n = {0}, p = {0}, qkv = {0}, q = {0}, k = {0}, v = {0}, o = {0}, pr = {0},
+              y = {0};
+    ds__linear_weights to_qkv, proj;
+    int rc;
+    if ((rc = ds__weight_bind_linear(r->m, &r->ws, prefix, "to_qkv", &to_qkv, err)) != DS_OK ||
+        (rc = ds__weight_bind_linear(r->m, &r->ws, prefix, "proj", &proj, err)) != DS_OK)
+        return rc;
+    ds_tensor w_qkv = view(&to_qkv.weight, 2, SHAPE(3 * C, C));
+    ds_tensor w_proj = view(&proj.weight, 2, SHAPE(C, C));
+
+    /* Channels last: [B, C, H, W] -> [B, H * W, C], the layout of the linears and attention. */
+    ds_permute_args to_last = {&n, {0, 2, 3, 1}, &p};
+    if ((rc = alloc_like(r, x, &n, err)) != DS_OK ||
+        (rc = rms_norm(r, prefix, "norm.gamma", x, 0, &n, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(B, H, W, C), &p, err)) != DS_OK ||
+        (rc = ds_permute(r->b, NULL, &to_last, err)) != DS_OK)
+        goto done;
+    ds_tensor_free(&n);
+    ds_tensor p3 = view(&p, 3, SHAPE(B, S, C));
+    ds_linear_args lin_qkv = {&p3, &w_qkv, &to_qkv.bias, 1.0f, DS_ACT_NONE, &qkv};
+    if ((rc = ds_tensor_alloc(r->b, r->dtype, 3, SHAPE(B, S, 3 * C), &qkv, err)) != DS_OK ||
+        (rc = ds_linear(r->b, NULL, &lin_qkv, err)) != DS_OK)
+        goto done;
+    ds_tensor_free(&p);
+
+    /* Upstream chunks the [.., S, 3C] projection into q, k, v along channels. */
+    ds_tensor *parts[3] = {&q, &k, &v};
+    for (int i = 0; i < 3; i++) {
+        ds_slice_args s = {&qkv, 2, i * C, parts[i]};
+        if ((rc = ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(B, S, 1, C), parts[i], err)) !=
+                DS_OK)
+            goto done;
+        ds_tensor part3 = view(parts[i], 3, SHAPE(B, S, C));
+        s.y = &part3;
+        if ((rc = ds_slice(r->b, NULL, &s, err)) != DS_OK)
+            goto done;
+    }
+    ds_tensor_free(&qkv);
+    ds_attention_args at = {&q, &k, &v, NULL, 1.0f / sqrtf((float)C), 0, &o};
+    if ((rc = ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(B, S, 1, C), &o, err)) != DS_OK ||
+        (rc = ds_attention(r->b, NULL, &at, err)) != DS_OK)
+        goto done;
+    ds_tensor_free(&q);
+    ds_tensor_free(&k);
+    ds_tensor_free(&v);
+
+    ds_tensor o3 = view(&o, 3, SHAPE(B, S, C));
+    ds_linear_args lin_proj = {&o3, &w_proj, &proj.bias, 1.0f, DS_ACT_NONE, &pr};
+    if ((rc = ds_tensor_alloc(r->b, r->dtype, 3, SHAPE(B, S, C), &pr, err)) != DS_OK ||
+        (rc = ds_linear(r->b, NULL, &lin_proj, err)) != DS_OK)
+        goto done;
+    ds_tensor_free(&o);
+    ds_tensor pr4 = view(&pr, 4, SHAPE(B, H, W, C));
+    ds_permute_args to_first = {&pr4, {0, 3, 1, 2}, &y};
+    ds_binary_args add = {&y, x, DS_BINARY_ADD, &y};
+    if ((rc = alloc_like(r, x, &y, err)) != DS_OK ||
+        (rc = ds_permute(r->b, NULL, &to_first, err)) != DS_OK ||
+        (rc = ds_binary(r->b, NULL, &add, err)) != DS_OK)
+        goto done;
+    replace(r, x, &y);
+    y = (ds_tensor){0};
+done:
+    ds_tensor_free(&n);
+    ds_tensor_free(&p);
+    ds_tensor_free(&qkv);
+    ds_tensor_free(&q);
+    ds_tensor_free(&k);
+    ds_tensor_free(&v);
+    ds_tensor_free(&o);
+    ds_tensor_free(&pr);
+    ds_tensor_free(&y);
+    return rc;
+}
+
+/* Replaces *x by the result of a conv of it. */
+static int conv_replace(vae_run *r, const char *prefix, const char *name, ds_tensor *x,
+                        const int pad[4], int stride, ds_error *err)
+{
+    ds_tensor y;
+    int rc = conv(r, prefix, name, x, pad, stride, &y, err);
+    if (rc != DS_OK)
+        return rc;
+    replace(r, x, &y);
+    return DS_OK;
+}
+
+/* upsample2d: nearest-exact x2 (for a factor of 2 the same source pixel as nearest; upstream
+ * upsamples in f32 and casts back, which copies values exactly), then the 3x3 Conv2d that
+ * halves the channels. */
+static int upsample(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err)
+{
+    static const int pad[4] = {1, 1, 1, 1};
+    ds_tensor up;
+    const int64_t *xs = x->shape;
+    ds_upsample_args a = {x, &up};
+    int rc;
+    if ((rc = alloc4(r, xs[0], xs[1], 2 * xs[2], 2 * xs[3], &up, err)) != DS_OK)
+        return rc;
+    if ((rc = ds_upsample_nearest2x(r->b, NULL, &a, err)) != DS_OK) {
+        ds_tensor_free(&up);
+        return rc;
+    }
+    replace(r, x, &up);
+    return conv_replace(r, prefix, "resample.1", x, pad, 1, err);
+}
+
+/* One layer of the plan on the activation *x. */
+static int run_layer(vae_run *r, const vae_layer *l, ds_tensor *x, ds_error *err)
+{
+    /* downsample: ZeroPad2d((0, 1, 0, 1)), then the 3x3 stride-2 Conv2d. */
+    static const int down_pad[4] = {0, 1, 0, 1};
+    ds_tensor t;
+    int rc;
+    switch (l->kind) {
+    case LAYER_CONV:
+        return conv_replace(r, "", l->prefix, x, NO_PAD, 1, err);
+    case LAYER_RESIDUAL:
+        return residual(r, l->prefix, x, err);
+    case LAYER_ATTENTION:
+        return attention(r, l->prefix, x, err);
+    case LAYER_UPSAMPLE:
+        return upsample(r, l->prefix, x, err);
+    case LAYER_DOWNSAMPLE:
+        return conv_replace(r, l->prefix, "resample.1", x, down_pad, 2, err);
+    case LAYER_HEAD:
+        if ((rc = alloc_like(r, x, &t, err)) != DS_OK)
+            return rc;
+        if ((rc = rms_norm(r, l->prefix, "norm_out.gamma", x, 1, &t, err)) == DS_OK) {
+            replace(r, x, &t);
+            return conv_replace(r, l->prefix, "conv_out", x, NO_PAD, 1, err);
+        }
+        ds_tensor_free(&t);
+        return rc;
+    }
+    return ds_error_set(err, DS_ERR_INTERNAL, "%s: unknown layer kind", r->phase);
+}
+
+/* The plan over *x, cancellable before each layer, with progress after each. */
+static int run_plan(vae_run *r, const ds_step_context *ctx, const vae_plan *p, ds_tensor *x,
+                    ds_error *err)
+{
+    for (size_t i = 0; i < p->count; i++) {
+        if (ctx->cancelled && ctx->cancelled(ctx->user))
+            return ds_error_set(err, DS_ERR_CANCELLED, "%s: cancelled before block %zu of %zu",
+                                r->phase, i, p->count);
+        int rc = run_layer(r, &p->layers[i], x, err);
+        ds__weight_set_release(&r->ws);
+        if (rc != DS_OK)
+            return ds_error_prefix(err, "%s: %s: ", r->phase, p->layers[i].prefix);
+        if (ctx->progress)
+            ctx->progress(ctx->user, r->phase, (uint64_t)(i + 1), (uint64_t)p->count);
+    }
+    return DS_OK;
+}
+
+/* mean and the stored 1 / std as [1, 16, 1, 1] in the compute dtype: upstream builds them in
+ * f32 (1 / std rounded there) and casts both to the input's dtype. */
+static int latent_stats(vae_run *r, ds_tensor *mean, ds_tensor *inv_std, ds_error *err)
+{
+    float m[LATENT_CHANNELS], inv[LATENT_CHANNELS];
+    uint16_t m16[LATENT_CHANNELS], inv16[LATENT_CHANNELS];
+    for (int i = 0; i < LATENT_CHANNELS; i++) {
+        m[i] = LATENT_MEAN[i];
+        inv[i] = 1.0f / LATENT_STD[i];
+        m16[i] = ds_f32_to_bf16(m[i]);
+        inv16[i] = ds_f32_to_bf16(inv[i]);
+    }
+    int bf16 = r->dtype == DS_BF16;
+    int rc;
+    if ((rc = alloc4(r, 1, LATENT_CHANNELS, 1, 1, mean, err)) != DS_OK ||
+        (rc = alloc4(r, 1, LATENT_CHANNELS, 1, 1, inv_std, err)) != DS_OK ||
+        (rc = ds_tensor_upload(mean, bf16 ? (const void *)m16 : m, NULL, err)) != DS_OK ||
+        (rc = ds_tensor_upload(inv_std, bf16 ? (const void *)inv16 : inv, NULL, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* The model's config from its kwargs, checked against what the forward supports. */
+static int model_config(const ds_loaded_model *m, const char *phase, vae_config *c,
+                        ds_error *err)
+{
+    ds_kwargs *kwargs = NULL;
+    int rc = ds_kwargs_parse(m->extra_kwargs_json, CLASS_NAME, &kwargs, err);
+    if (rc == DS_OK)
+        rc = read_kwargs(kwargs, c, err);
+    ds_kwargs_free(kwargs);
+    if (rc != DS_OK)
+        return ds_error_prefix(err, "%s: ", phase);
+    if (c->z_dim != LATENT_CHANNELS)
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "%s: the model has z_dim %" PRId64 "; upstream's latent mean and "
+                            "std have %d channels", phase, c->z_dim, LATENT_CHANNELS);
+    return DS_OK;
+}
+
+static int bad_tensor(const char *phase, const char *what, const char *name, const ds_tensor *t,
+                      const char *expected, ds_error *err)
+{
+    char got[128];
+    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: %s \"%s\" is %s, expected %s", phase,
+                        what, name, ds_tensor_describe(t, got, sizeof got), expected);
+}
+
+static int float_dtype(ds_dtype d) { return d == DS_F32 || d == DS_BF16; }
+
+/* latents' expectation, for the entry point and the step. */
+#define LATENTS_EXPECTED "[B, 16, h, w] f32 or bf16"
+
+/* image's expectation for a model of `channels` image channels and downsampling `factor`. */
+static void image_expected(int64_t channels, int64_t factor, char *buf, size_t size)
+{
+    snprintf(buf, size, "[B, %" PRId64 ", H, W] f32 or bf16 with H and W multiples of %" PRId64,
+             channels, factor);
+}
+
+/* Both directions: checks, the plan, the input's upload and scaling, the output's download. */
+static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int decode,
+                       const ds_tensor *in, ds_tensor *out, ds_error *err)
+{
+    const char *phase = decode ? "decode" : "encode";
+    const char *in_name = decode ? "latents" : "image", *out_name = decode ? "image" : "latents";
+    vae_config c;
+    vae_plan plan = {0};
+    char expected[160], got[128];
+    if (!m || !ctx || !ctx->backend || !in || !out)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: the model, a backend, the input and the output are required",
+                            phase);
+    int rc = model_config(m, phase, &c, err);
+    if (rc != DS_OK)
+        return rc;
+    int64_t factor = (int64_t)1 << (c.levels - 1);
+
+    /* The input, then the output it implies. */
+    const int64_t *is = in->shape;
+    if (decode) {
+        if (!float_dtype(in->dtype) || in->ndim != 4 || is[0] < 1 || is[1] != LATENT_CHANNELS ||
+            is[2] < 1 || is[3] < 1 || !in->data)
+            return bad_tensor(phase, "input", in_name, in, LATENTS_EXPECTED, err);
+    } else {
+        image_expected(c.image_channels, factor, expected, sizeof expected);
+        if (!float_dtype(in->dtype) || in->ndim != 4 || is[0] < 1 ||
+            is[1] != c.image_channels || is[2] < factor || is[3] < factor ||
+            is[2] % factor || is[3] % factor || !in->data)
+            return bad_tensor(phase, "input", in_name, in, expected, err);
+    }
+    int64_t want[4] = {is[0], decode ? c.image_channels : LATENT_CHANNELS,
+                       decode ? is[2] * factor : is[2] / factor,
+                       decode ? is[3] * factor : is[3] / factor};
+    ds_tensor want_t = {.dtype = in->dtype, .ndim = 4};
+    memcpy(want_t.shape, want, sizeof want);
+    snprintf(expected, sizeof expected, "%s (from input \"%s\": its batch and dtype)",
+             ds_tensor_describe(&want_t, got, sizeof got), in_name);
+    if (out->dtype != in->dtype || !ds_tensor_same_shape(out, &want_t) || !out->data)
+        return bad_tensor(phase, "output", out_name, out, expected, err);
+
+    vae_run r = {.m = m, .b = ctx->backend, .dtype = in->dtype, .phase = phase};
+    ds__weight_set_init(&r.ws, r.b, "QwenImageVAE");
+    ds_tensor upload = {0}, x = {0}, z = {0}, mean = {0}, inv_std = {0}, input = *in;
+    if ((rc = plan_build(&c, decode, &plan, err)) != DS_OK ||
+        (rc = latent_stats(&r, &mean, &inv_std, err)) != DS_OK)
+        goto done;
+    input.backend = r.b;
+    if (!is_cpu(r.b)) {
+        if ((rc = ds_tensor_alloc(r.b, in->dtype, 4, is, &upload, err)) != DS_OK ||
+            (rc = ds_tensor_upload(&upload, in->data, NULL, err)) != DS_OK)
+            goto done;
+        input = upload;
+    }
+
+    if (decode) {
+        /* x / (1 / std) + mean, each step rounded to the compute dtype as upstream's. */
+        ds_binary_args div = {&input, &inv_std, DS_BINARY_DIV, &x};
+        ds_binary_args add = {&x, &mean, DS_BINARY_ADD, &x};
+        r.x_owned = 1;
+        if ((rc = alloc_like(&r, &input, &x, err)) != DS_OK ||
+            (rc = ds_binary(r.b, NULL, &div, err)) != DS_OK ||
+            (rc = ds_binary(r.b, NULL, &add, err)) != DS_OK)
+            goto done;
+        ds_tensor_free(&upload);
+    } else {
+        /* The encoder's conv_in reads the input where it is. */
+        x = input;
+        r.x_owned = upload.data != NULL;
+        upload = (ds_tensor){0};
+    }
+
+    if ((rc = run_plan(&r, ctx, &plan, &x, err)) != DS_OK)
+        goto done;
+
+    ds_tensor *result = &x;
+    if (!decode) {
+        /* quant_conv's first 16 channels (the mean of the posterior), then (z - mean) / std as
+         * upstream's (z - mean) * (1 / std). */
+        ds_slice_args first = {&x, 1, 0, &z};
+        ds_binary_args sub = {&z, &mean, DS_BINARY_SUB, &z};
+        ds_binary_args mul = {&z, &inv_std, DS_BINARY_MUL, &z};
+        if ((rc = alloc4(&r, want[0], want[1], want[2], want[3], &z, err)) != DS_OK ||
+            (rc = ds_slice(r.b, NULL, &first, err)) != DS_OK ||
+            (rc = ds_binary(r.b, NULL, &sub, err)) != DS_OK ||
+            (rc = ds_binary(r.b, NULL, &mul, err)) != DS_OK)
+            goto done;
+        result = &z;
+    }
+    rc = ds_tensor_download(result, out->data, NULL, err);
+done:
+    ds__weight_set_release(&r.ws);
+    ds_tensor_free(&upload);
+    if (r.x_owned)
+        ds_tensor_free(&x);
+    ds_tensor_free(&z);
+    ds_tensor_free(&mean);
+    ds_tensor_free(&inv_std);
+    free(plan.layers);
+    return rc;
+}
+
+int ds_qwen_image_vae_decode(const ds_loaded_model *m, const ds_step_context *ctx,
+                             const ds_tensor *latents, ds_tensor *image_out, ds_error *err)
+{
+    return vae_forward(m, ctx, 1, latents, image_out, err);
+}
+
+int ds_qwen_image_vae_encode(const ds_loaded_model *m, const ds_step_context *ctx,
+                             const ds_tensor *image, ds_tensor *latents_out, ds_error *err)
+{
+    return vae_forward(m, ctx, 0, image, latents_out, err);
+}
+
+/* ---- The "decode" and "encode" steps ---- */
+
+static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
+                    ds_step_io *out, int decode, ds_error *err)
+{
+    static const ds_dtype float_dtypes[] = {DS_F32, DS_BF16};
+    const char *phase = decode ? "decode" : "encode";
+    const char *in_name = decode ? "latents" : "image", *out_name = decode ? "image" : "latents";
+    const char *const known[] = {in_name, NULL};
+    char expected[160];
+    vae_config c;
+    const ds_tensor *x;
+    int rc;
+    if ((rc = ds_step_io_check_names(in, phase, known, err)) != DS_OK ||
+        (rc = model_config(m, phase, &c, err)) != DS_OK)
+        return rc;
+    int64_t factor = (int64_t)1 << (c.levels - 1);
+    if (decode)
+        snprintf(expected, sizeof expected, "%s", LATENTS_EXPECTED);
+    else
+        image_expected(c.image_channels, factor, expected, sizeof expected);
+    if ((rc = ds_step_io_require(in, phase, in_name, 0, float_dtypes, 2, 4,
+                                 SHAPE(-1, decode ? LATENT_CHANNELS : c.image_channels, -1, -1),
+                                 expected, &x, err)) != DS_OK)
+        return rc;
+    const int64_t *xs = x->shape;
+    if (xs[0] < 1 || xs[2] < 1 || xs[3] < 1 ||
+        (!decode && (xs[2] % factor || xs[3] % factor)))
+        return bad_tensor(phase, "input", in_name, x, expected, err);
+    int64_t shape[4] = {xs[0], decode ? c.image_channels : LATENT_CHANNELS,
+                        decode ? xs[2] * factor : xs[2] / factor,
+                        decode ? xs[3] * factor : xs[3] / factor};
+    ds_backend *cpu = ctx->backend;
+    ds_tensor *y;
+    if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+        return rc;
+    if ((rc = ds_step_io_new_tensor(out, cpu, out_name, x->dtype, 4, shape, &y, err)) != DS_OK)
+        return rc;
+    return vae_forward(m, ctx, decode, x, y, err);
+}
+
+static int decode_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
+                       ds_step_io *out, ds_error *err)
+{
+    return step_run(m, ctx, in, out, 1, err);
+}
+
+static int encode_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
+                       ds_step_io *out, ds_error *err)
+{
+    return step_run(m, ctx, in, out, 0, err);
+}
+
+static const ds_model_step steps[] = {
+    {
+        .name = "decode",
+        .usage = "decode: latents [B, 16, h, w] (f32 or bf16; the compute dtype) -> image "
+                 "[B, C, 8h, 8w] in latents' dtype (C = the model's image_channels; values "
+                 "around [-1, 1], not clamped)",
+        .run = decode_step,
+    },
+    {
+        .name = "encode",
+        .usage = "encode: image [B, C, H, W] (f32 or bf16 in [-1, 1], C = the model's "
+                 "image_channels, H and W multiples of 8) -> latents [B, 16, H/8, W/8] in "
+                 "image's dtype",
+        .run = encode_step,
+    },
+};
+
 const ds_model_class ds__qwen_image_vae_class = {
     .name = CLASS_NAME,
     .declare_parameters = declare_parameters,
+    .steps = steps,
+    .step_count = sizeof steps / sizeof steps[0],
 };

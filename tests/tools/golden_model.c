@@ -91,6 +91,7 @@ void ds_golden_model_free(ds_loaded_model *model)
     for (size_t i = 0; i < model->params.count; i++)
         free((void *)model->params.entries[i].tensor.data);
     ds_state_dict_free(&model->params);
+    free(model->extra_kwargs_json);
     memset(model, 0, sizeof *model);
 }
 
@@ -143,6 +144,9 @@ int ds_golden_model_build(const ds_golden_model_spec *spec, ds_loaded_model *mod
         return -1;
     }
     model->cls = cls;
+    /* As the loader keeps the config's kwargs: a forward may read them. */
+    if (spec->kwargs_json && !(model->extra_kwargs_json = strdup(spec->kwargs_json)))
+        goto fail;
     for (size_t i = 0; i < full.count; i++)
         if ((!spec->keep || spec->keep(full.entries[i].name, spec->keep_arg)) &&
             ds_state_dict_put_tensor(&model->params, full.entries[i].name,
