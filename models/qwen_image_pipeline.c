@@ -1,0 +1,597 @@
+/* diffsynth/pipelines/qwen_image.py: QwenImagePipeline.__call__ for text-to-image and
+ * image-to-image, one unit of work per advance (see the header). */
+#include "models/qwen_image_pipeline.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/torch_generator.h"
+#include "kernels/ops.h"
+#include "models/base_pipeline.h"
+#include "models/flow_match.h"
+#include "models/model_class.h"
+#include "models/qwen_image_controlnet.h"
+#include "models/qwen_image_dit.h"
+#include "models/qwen_image_vae.h"
+
+#define TEXT_ENCODER_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
+#define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
+#define VAE_CLASS "diffsynth.models.qwen_image_vae.QwenImageVAE"
+#define SHAPE(...) (const int64_t[]){__VA_ARGS__}
+
+#define LATENT_CHANNELS 16
+#define SIZE_MULTIPLE 16 /* height/width division factors (QwenImagePipeline.__init__) */
+#define SIZE_MIN 16
+#define SIZE_MAX_SIDE 16384
+#define STEPS_MAX 10000
+
+typedef enum unit_kind { UNIT_ENCODE, UNIT_DENOISE, UNIT_DECODE } unit_kind;
+
+struct ds_qwen_image_pipeline {
+    ds_qwen_image_models models;
+    char *prompt, *negative_prompt, *tokenizer; /* owned copies */
+    uint64_t seed;
+    int steps;
+    double cfg_scale, denoising_strength, controlnet_scale;
+    ds_dtype dtype;
+    int height, width;       /* rounded up to multiples of 16 */
+    int64_t lh, lw;          /* latent height and width: height / 8, width / 8 */
+    size_t latent_count;     /* 16 * lh * lw */
+    ds_flow_match schedule;
+
+    /* Taken from the caller by the encode unit (borrowed until then). */
+    const ds_tensor *input_image, *initial_noise, *controlnet_image;
+
+    void *latents;           /* [1, 16, lh, lw] compute dtype */
+    void *pred_posi;         /* the same shape: noise predictions of one step */
+    void *pred_nega;
+    void *control_latents;   /* NULL, or the ControlNet conditioning [1, 16, lh, lw] */
+    ds_step_io prompt_posi;  /* encode_prompt's outputs: prompt_emb, prompt_emb_mask */
+    ds_step_io prompt_nega;  /* empty when cfg_scale == 1 */
+
+    ds_tensor latents_out;   /* set after decoding: views of latents / rgb */
+    ds_tensor image_out;
+    uint8_t *rgb;            /* [height, width, 3] */
+
+    int next_unit;           /* 0 = encode, 1..steps = denoise, steps + 1 = decode */
+    int failed;
+    double encode_s, denoise_s, decode_s;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void ds_qwen_image_params_default(ds_qwen_image_params *params)
+{
+    memset(params, 0, sizeof *params);
+    params->prompt = "";
+    params->steps = 30;
+    params->cfg_scale = 4.0;
+    params->height = 1328;
+    params->width = 1328;
+    params->dtype = DS_BF16;
+    params->denoising_strength = 1.0;
+    params->controlnet_scale = 1.0;
+}
+
+static int is_class(const ds_loaded_model *m, const char *cls)
+{
+    return m && m->cls && strcmp(m->cls->name, cls) == 0;
+}
+
+static int check_model(const ds_loaded_model *m, const char *role, const char *cls,
+                       ds_error *err)
+{
+    if (!m)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: the pipeline needs a %s model (%s)", role, cls);
+    if (!is_class(m, cls))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: the %s model is a %s (%s), expected %s", role,
+                            m->model_name ? m->model_name : "model",
+                            m->cls ? m->cls->name : "class not implemented", cls);
+    return DS_OK;
+}
+
+static int check_models(const ds_qwen_image_models *models, ds_error *err)
+{
+    int rc;
+    if ((rc = check_model(models->text_encoder, "text_encoder", TEXT_ENCODER_CLASS, err)) !=
+            DS_OK ||
+        (rc = check_model(models->dit, "dit", DIT_CLASS, err)) != DS_OK ||
+        (rc = check_model(models->vae, "vae", VAE_CLASS, err)) != DS_OK)
+        return rc;
+    /* The 4-channel VAE (Qwen-Image-Layered's RGBA) decodes images this pipeline cannot
+     * convert: upstream's QwenImagePipeline loads the 3-channel one. */
+    const ds_sd_entry *conv_out = ds_state_dict_find(&models->vae->params,
+                                                     "decoder.conv_out.weight");
+    if (!conv_out || conv_out->tensor.shape[0] != 3)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: the vae model decodes %lld image channels, expected 3 "
+                            "(the RGBA VAE belongs to Qwen-Image-Layered)",
+                            conv_out ? (long long)conv_out->tensor.shape[0] : -1LL);
+    if (models->controlnet) {
+        ds_qwen_image_controlnet_shape shape;
+        if ((rc = ds_qwen_image_controlnet_shape_of(models->controlnet, &shape, err)) != DS_OK)
+            return ds_error_prefix(err, "qwen_image: the controlnet model: ");
+        if (shape.in_features != 4 * LATENT_CHANNELS)
+            return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                                "qwen_image: the controlnet takes %lld conditioning features: "
+                                "the inpainting ControlNet needs an inpaint mask, which this "
+                                "pipeline does not take; use a 16-channel (64-feature) one",
+                                (long long)shape.in_features);
+    }
+    return DS_OK;
+}
+
+/* An [H, W, 3] u8 image at the pipeline's size. */
+static int check_rgb(const ds_tensor *t, const char *name, int height, int width, ds_error *err)
+{
+    if (t->dtype != DS_U8 || t->ndim != 3 || t->shape[2] != 3 || t->shape[0] != height ||
+        t->shape[1] != width) {
+        char got[96];
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: %s is %s, expected [%d, %d, 3] u8 (RGB at the output "
+                            "size, height x width after rounding up to multiples of 16)",
+                            name, ds_tensor_describe(t, got, sizeof got), height, width);
+    }
+    return DS_OK;
+}
+
+static int check_params(const ds_qwen_image_params *p, const ds_qwen_image_models *models,
+                        ds_error *err)
+{
+    if (!p->prompt)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: prompt is required (it may be empty)");
+    if (p->steps < 1 || p->steps > STEPS_MAX)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: steps is %d, expected 1..%d", p->steps, STEPS_MAX);
+    if (!isfinite(p->cfg_scale))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: cfg_scale must be a finite number");
+    if (p->height < SIZE_MIN || p->height > SIZE_MAX_SIDE || p->width < SIZE_MIN ||
+        p->width > SIZE_MAX_SIDE)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: the size is %d x %d (height x width), expected each in "
+                            "%d..%d",
+                            p->height, p->width, SIZE_MIN, SIZE_MAX_SIDE);
+    if (p->dtype != DS_BF16 && p->dtype != DS_F32)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: the compute dtype is %s, expected bf16 or f32",
+                            ds_dtype_name(p->dtype));
+    if (!(p->denoising_strength > 0.0 && p->denoising_strength <= 1.0))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: denoising_strength is %g, expected in (0, 1]",
+                            p->denoising_strength);
+    if (p->denoising_strength < 1.0 && !p->input_image)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: denoising_strength %g below 1 needs an input_image "
+                            "(image-to-image); text-to-image starts from pure noise",
+                            p->denoising_strength);
+    if (!isfinite(p->controlnet_scale))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: controlnet_scale must be a finite number");
+    if (p->controlnet_image && !models->controlnet)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: a controlnet_image needs a controlnet model");
+    if (models->controlnet && !p->controlnet_image)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "qwen_image: a controlnet model needs a controlnet_image to "
+                            "condition on");
+    return DS_OK;
+}
+
+static int round_up(int v) { return (v + SIZE_MULTIPLE - 1) / SIZE_MULTIPLE * SIZE_MULTIPLE; }
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
+                               const ds_qwen_image_params *params,
+                               ds_qwen_image_pipeline **out, ds_error *err)
+{
+    int rc;
+    *out = NULL;
+    if ((rc = check_models(models, err)) != DS_OK || (rc = check_params(params, models, err)) != DS_OK)
+        return rc;
+    int height = round_up(params->height), width = round_up(params->width);
+    if (params->input_image &&
+        (rc = check_rgb(params->input_image, "input_image", height, width, err)) != DS_OK)
+        return rc;
+    if (params->controlnet_image &&
+        (rc = check_rgb(params->controlnet_image, "controlnet_image", height, width, err)) !=
+            DS_OK)
+        return rc;
+    int64_t lh = height / 8, lw = width / 8;
+    if (params->initial_noise) {
+        const ds_tensor *n = params->initial_noise;
+        if (n->dtype != params->dtype || n->ndim != 4 || n->shape[0] != 1 ||
+            n->shape[1] != LATENT_CHANNELS || n->shape[2] != lh || n->shape[3] != lw) {
+            char got[96];
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "qwen_image: initial_noise is %s, expected [1, 16, %lld, %lld] "
+                                "%s (height / 8, width / 8, the compute dtype)",
+                                ds_tensor_describe(n, got, sizeof got), (long long)lh,
+                                (long long)lw, ds_dtype_name(params->dtype));
+        }
+    }
+
+    ds_qwen_image_pipeline *p = calloc(1, sizeof *p);
+    if (!p)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "qwen_image: out of memory");
+    p->models = *models;
+    p->seed = params->seed;
+    p->steps = params->steps;
+    p->cfg_scale = params->cfg_scale;
+    p->denoising_strength = params->denoising_strength;
+    p->controlnet_scale = params->controlnet_scale;
+    p->dtype = params->dtype;
+    p->height = height;
+    p->width = width;
+    p->lh = lh;
+    p->lw = lw;
+    p->latent_count = (size_t)LATENT_CHANNELS * (size_t)lh * (size_t)lw;
+    p->input_image = params->input_image;
+    p->initial_noise = params->initial_noise;
+    p->controlnet_image = params->controlnet_image;
+    ds_step_io_init(&p->prompt_posi);
+    ds_step_io_init(&p->prompt_nega);
+    p->prompt = strdup(params->prompt);
+    p->negative_prompt = strdup(params->negative_prompt ? params->negative_prompt : "");
+    p->tokenizer = dup_or_null(params->tokenizer);
+    size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
+    p->latents = malloc(bytes);
+    p->pred_posi = malloc(bytes);
+    p->pred_nega = malloc(bytes);
+    if (!p->prompt || !p->negative_prompt || (params->tokenizer && !p->tokenizer) ||
+        !p->latents || !p->pred_posi || !p->pred_nega) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "qwen_image: out of memory");
+        goto fail;
+    }
+    /* set_timesteps runs before the ShapeChecker upstream, so the dynamic shift sees the size
+     * as given, not rounded. */
+    int64_t shift_len = (int64_t)(params->height / 16) * (int64_t)(params->width / 16);
+    if ((rc = ds_flow_match_qwen_image(p->steps, p->denoising_strength, shift_len, NULL,
+                                       &p->schedule, err)) != DS_OK) {
+        ds_error_prefix(err, "qwen_image: ");
+        goto fail;
+    }
+    *out = p;
+    return DS_OK;
+fail:
+    ds_qwen_image_pipeline_free(p);
+    return rc;
+}
+
+/* The context sub-models run with: the caller's backend, cancellation and VRAM manager, but
+ * no progress of their own (the pipeline reports its units). */
+static ds_step_context inner_context(const ds_step_context *ctx)
+{
+    ds_step_context inner = *ctx;
+    inner.progress = NULL;
+    inner.aux = NULL;
+    inner.aux_count = 0;
+    return inner;
+}
+
+static void report(const ds_step_context *ctx, const char *phase, uint64_t done, uint64_t total)
+{
+    if (ctx->progress)
+        ctx->progress(ctx->user, phase, done, total);
+}
+
+static int cancelled(const ds_step_context *ctx, ds_error *err)
+{
+    if (ctx->cancelled && ctx->cancelled(ctx->user))
+        return ds_error_set(err, DS_ERR_CANCELLED, "qwen_image: cancelled");
+    return DS_OK;
+}
+
+/* QwenImageUnit_PromptEmbedder for one side: the text encoder's encode_prompt step. */
+static int encode_prompt(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
+                         const char *prompt, ds_step_io *out, ds_error *err)
+{
+    const ds_model_step *step = ds_model_step_find(p->models.text_encoder->cls->steps,
+                                                   p->models.text_encoder->cls->step_count,
+                                                   "encode_prompt");
+    if (!step)
+        return ds_error_set(err, DS_ERR_INTERNAL,
+                            "qwen_image: the text encoder class has no encode_prompt step");
+    ds_step_io in;
+    ds_step_io_init(&in);
+    int rc;
+    if ((rc = ds_step_io_add_param(&in, "prompt", prompt, err)) != DS_OK ||
+        (rc = ds_step_io_add_param(&in, "dtype", p->dtype == DS_F32 ? "float32" : "bfloat16",
+                                   err)) != DS_OK ||
+        (p->tokenizer && (rc = ds_step_io_add_param(&in, "tokenizer", p->tokenizer, err)) !=
+                             DS_OK))
+        goto done;
+    ds_step_context inner = inner_context(ctx);
+    rc = step->run(p->models.text_encoder, &inner, &in, out, err);
+done:
+    ds_step_io_free(&in);
+    return rc;
+}
+
+/* preprocess_image then vae.encode: an RGB image's latents, [1, 16, lh, lw] in the compute
+ * dtype, into `latents`. */
+static int encode_image(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
+                        const ds_tensor *rgb, void *latents, ds_error *err)
+{
+    ds_backend *cpu;
+    int rc = ds_cpu_fallback_backend(&cpu, err);
+    if (rc != DS_OK)
+        return rc;
+    size_t esize = ds_dtype_size(p->dtype);
+    void *pixels = malloc((size_t)3 * (size_t)p->height * (size_t)p->width * esize);
+    if (!pixels)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "qwen_image: out of memory for a %d x %d image", p->height,
+                            p->width);
+    if ((rc = ds_preprocess_image(rgb->data, p->height, p->width, p->dtype, pixels, err)) ==
+        DS_OK) {
+        ds_tensor image = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, 3, p->height, p->width),
+                                         pixels);
+        ds_tensor z = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, LATENT_CHANNELS, p->lh, p->lw),
+                                     latents);
+        ds_step_context inner = inner_context(ctx);
+        rc = ds_qwen_image_vae_encode(p->models.vae, &inner, &image, &z, err);
+    }
+    free(pixels);
+    return rc;
+}
+
+/* Noise, the input image's latents, both prompts and the ControlNet image, in upstream's unit
+ * order (NoiseInitializer, InputImageEmbedder, PromptEmbedder, BlockwiseControlNet). */
+static int run_encode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_error *err)
+{
+    int rc;
+    int parts = 1 + (p->cfg_scale != 1.0) + (p->input_image != NULL) +
+                (p->controlnet_image != NULL);
+    int done = 0;
+    size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
+    report(ctx, "encode", 0, (uint64_t)parts);
+
+    void *noise = p->initial_noise ? p->initial_noise->data : NULL;
+    void *owned_noise = NULL;
+    if (!noise) {
+        ds_torch_generator gen;
+        ds_torch_generator_seed(&gen, p->seed);
+        if (!(owned_noise = malloc(bytes)))
+            return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                                "qwen_image: out of memory for the noise");
+        if ((rc = ds_torch_randn(&gen, p->dtype, owned_noise, p->latent_count, err)) != DS_OK)
+            goto done;
+        noise = owned_noise;
+    }
+    if (p->input_image) {
+        /* latents = add_noise(vae.encode(image), noise, timesteps[0]) */
+        void *input_latents = malloc(bytes);
+        if (!input_latents) {
+            rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                              "qwen_image: out of memory for the input image's latents");
+            goto done;
+        }
+        rc = encode_image(p, ctx, p->input_image, input_latents, err);
+        if (rc == DS_OK)
+            rc = ds_flow_match_add_noise(&p->schedule, 0, p->dtype, input_latents, noise,
+                                         p->latents, p->latent_count, err);
+        free(input_latents);
+        if (rc != DS_OK)
+            goto done;
+        report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+    } else {
+        memcpy(p->latents, noise, bytes);
+    }
+    if ((rc = cancelled(ctx, err)) != DS_OK ||
+        (rc = encode_prompt(p, ctx, p->prompt, &p->prompt_posi, err)) != DS_OK)
+        goto done;
+    report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+    if (p->cfg_scale != 1.0) {
+        if ((rc = cancelled(ctx, err)) != DS_OK ||
+            (rc = encode_prompt(p, ctx, p->negative_prompt, &p->prompt_nega, err)) != DS_OK)
+            goto done;
+        report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+    }
+    if (p->controlnet_image) {
+        if (!(p->control_latents = malloc(bytes))) {
+            rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                              "qwen_image: out of memory for the ControlNet conditioning");
+            goto done;
+        }
+        if ((rc = cancelled(ctx, err)) != DS_OK ||
+            (rc = encode_image(p, ctx, p->controlnet_image, p->control_latents, err)) != DS_OK)
+            goto done;
+        report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+    }
+    rc = DS_OK;
+done:
+    free(owned_noise);
+    /* The caller's tensors are borrowed only until here. */
+    p->input_image = p->initial_noise = p->controlnet_image = NULL;
+    return rc;
+}
+
+/* One model_fn_qwen_image call for one CFG side. */
+static int predict(ds_qwen_image_pipeline *p, const ds_step_context *ctx, const ds_step_io *side,
+                   float timestep, void *pred, ds_error *err)
+{
+    ds_backend *cpu;
+    int rc = ds_cpu_fallback_backend(&cpu, err);
+    if (rc != DS_OK)
+        return rc;
+    const ds_tensor *emb = ds_step_io_tensor(side, "prompt_emb");
+    const ds_tensor *mask = ds_step_io_tensor(side, "prompt_emb_mask");
+    if (!emb || !mask)
+        return ds_error_set(err, DS_ERR_INTERNAL,
+                            "qwen_image: encode_prompt returned no prompt_emb/prompt_emb_mask");
+    const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, p->lh, p->lw);
+    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, p->latents);
+    ds_tensor out = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, pred);
+    ds_tensor t = ds_tensor_wrap(cpu, DS_F32, 1, SHAPE(1), &timestep);
+    ds_step_context inner = inner_context(ctx);
+    if (!p->control_latents)
+        return ds_qwen_image_dit_forward(p->models.dit, &inner, &latents, emb, mask, &t, &out,
+                                         err);
+    ds_tensor cond = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, p->control_latents);
+    ds_qwen_image_dit_controlnet cn = {
+        .model = p->models.controlnet,
+        .conditioning = &cond,
+        .scale = (float)p->controlnet_scale,
+    };
+    return ds_qwen_image_dit_forward_controlnet(p->models.dit, &inner, &latents, emb, mask, &t,
+                                                &cn, &out, err);
+}
+
+/* Denoising step `index`: CFG-guided noise prediction, then the scheduler step. */
+static int run_denoise(ds_qwen_image_pipeline *p, const ds_step_context *ctx, int index,
+                       ds_error *err)
+{
+    float timestep = p->schedule.timesteps[index];
+    int rc;
+    if ((rc = predict(p, ctx, &p->prompt_posi, timestep, p->pred_posi, err)) != DS_OK)
+        return rc;
+    if (p->cfg_scale != 1.0) {
+        if ((rc = cancelled(ctx, err)) != DS_OK ||
+            (rc = predict(p, ctx, &p->prompt_nega, timestep, p->pred_nega, err)) != DS_OK ||
+            (rc = ds_cfg_combine(p->dtype, p->pred_posi, p->pred_nega, p->cfg_scale,
+                                 p->pred_posi, p->latent_count, err)) != DS_OK)
+            return rc;
+    }
+    if ((rc = ds_flow_match_step(&p->schedule, index, p->dtype, p->pred_posi, p->latents,
+                                 p->latent_count, err)) != DS_OK)
+        return rc;
+    report(ctx, "denoise", (uint64_t)index + 1, (uint64_t)p->schedule.count);
+    return DS_OK;
+}
+
+/* vae.decode, then vae_output_to_image. */
+static int run_decode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_error *err)
+{
+    ds_backend *cpu;
+    int rc = ds_cpu_fallback_backend(&cpu, err);
+    if (rc != DS_OK)
+        return rc;
+    report(ctx, "decode", 0, 1);
+    size_t pixels = (size_t)p->height * (size_t)p->width;
+    void *image = malloc(3 * pixels * ds_dtype_size(p->dtype));
+    p->rgb = malloc(3 * pixels);
+    if (!image || !p->rgb) {
+        free(image);
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "qwen_image: out of memory for a %d x %d image", p->height,
+                            p->width);
+    }
+    const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, p->lh, p->lw);
+    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, p->latents);
+    ds_tensor decoded = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, 3, p->height, p->width),
+                                       image);
+    ds_step_context inner = inner_context(ctx);
+    if ((rc = ds_qwen_image_vae_decode(p->models.vae, &inner, &latents, &decoded, err)) ==
+        DS_OK)
+        rc = ds_vae_output_to_image(&decoded, p->rgb, err);
+    free(image);
+    if (rc != DS_OK)
+        return rc;
+    p->latents_out = latents;
+    p->image_out = ds_tensor_wrap(cpu, DS_U8, 3, SHAPE(p->height, p->width, 3), p->rgb);
+    report(ctx, "decode", 1, 1);
+    return DS_OK;
+}
+
+int ds_qwen_image_pipeline_advance(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
+                                   ds_error *err)
+{
+    if (p->failed)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "qwen_image: the pipeline failed earlier and cannot continue");
+    int last = p->schedule.count + 1;
+    if (p->next_unit > last)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "qwen_image: the pipeline has already finished");
+    int rc = cancelled(ctx, err);
+    double start = now_s();
+    if (rc == DS_OK) {
+        if (p->next_unit == 0)
+            rc = run_encode(p, ctx, err);
+        else if (p->next_unit <= p->schedule.count)
+            rc = run_denoise(p, ctx, p->next_unit - 1, err);
+        else
+            rc = run_decode(p, ctx, err);
+    }
+    double spent = now_s() - start;
+    if (p->next_unit == 0)
+        p->encode_s += spent;
+    else if (p->next_unit <= p->schedule.count)
+        p->denoise_s += spent;
+    else
+        p->decode_s += spent;
+    if (rc != DS_OK) {
+        p->failed = 1;
+        return rc;
+    }
+    p->next_unit++;
+    return p->next_unit <= last ? 1 : 0;
+}
+
+void ds_qwen_image_pipeline_position(const ds_qwen_image_pipeline *p, uint64_t *done,
+                                     uint64_t *total)
+{
+    *done = (uint64_t)p->next_unit;
+    *total = (uint64_t)p->schedule.count + 2;
+}
+
+uint64_t ds_qwen_image_pipeline_seed(const ds_qwen_image_pipeline *p) { return p->seed; }
+
+int ds_qwen_image_pipeline_steps(const ds_qwen_image_pipeline *p) { return p->schedule.count; }
+
+void ds_qwen_image_pipeline_size(const ds_qwen_image_pipeline *p, int *height, int *width)
+{
+    *height = p->height;
+    *width = p->width;
+}
+
+void ds_qwen_image_pipeline_times(const ds_qwen_image_pipeline *p, double *encode_s,
+                                  double *denoise_s, double *decode_s)
+{
+    *encode_s = p->encode_s;
+    *denoise_s = p->denoise_s;
+    *decode_s = p->decode_s;
+}
+
+const ds_tensor *ds_qwen_image_pipeline_latents(const ds_qwen_image_pipeline *p)
+{
+    return p->latents_out.data ? &p->latents_out : NULL;
+}
+
+const ds_tensor *ds_qwen_image_pipeline_image(const ds_qwen_image_pipeline *p)
+{
+    return p->image_out.data ? &p->image_out : NULL;
+}
+
+void ds_qwen_image_pipeline_free(ds_qwen_image_pipeline *p)
+{
+    if (!p)
+        return;
+    ds_flow_match_free(&p->schedule);
+    ds_step_io_free(&p->prompt_posi);
+    ds_step_io_free(&p->prompt_nega);
+    free(p->prompt);
+    free(p->negative_prompt);
+    free(p->tokenizer);
+    free(p->latents);
+    free(p->pred_posi);
+    free(p->pred_nega);
+    free(p->control_latents);
+    free(p->rgb);
+    free(p);
+}
