@@ -86,15 +86,16 @@ static int declare_visual(ds_state_dict *params, ds_error *err)
 }
 
 /* Qwen2_5_VLTextModel: embed_tokens, layers (self_attn, mlp, the two norms), norm. */
-static int declare_language_model(ds_state_dict *params, ds_error *err)
+static int declare_language_model(ds_state_dict *params, int64_t layers, ds_error *err)
 {
     int rc = ds__param(params, "model.language_model.", "embed_tokens.weight", 2,
                        (const int64_t[]){VOCAB, HIDDEN}, err);
     if (rc != DS_OK)
         return rc;
-    for (int i = 0; i < LAYERS; i++) {
+    for (int64_t i = 0; i < layers; i++) {
         char p[DS__PARAM_NAME_MAX];
-        if ((rc = ds__param_prefix(p, err, "model.language_model.layers.%d.", i)) != DS_OK ||
+        if ((rc = ds__param_prefix(p, err, "model.language_model.layers.%lld.", (long long)i)) !=
+                DS_OK ||
             (rc = ds__param_linear(params, p, "self_attn.q_proj", HEADS * HEAD_DIM, HIDDEN, 1,
                                    err)) != DS_OK ||
             (rc = ds__param_linear(params, p, "self_attn.k_proj", KV_HEADS * HEAD_DIM, HIDDEN, 1,
@@ -117,12 +118,19 @@ static int declare_language_model(ds_state_dict *params, ds_error *err)
     return ds__param_vector(params, "model.language_model.", "norm.weight", HIDDEN, err);
 }
 
+/* Upstream's class takes no kwargs (its depth comes from the released config). Ours accepts
+ * `num_hidden_layers` (transformers' name for the text depth, default 28) so that reduced
+ * models registered with --model-configs (tests, the demo) load; no upstream config passes
+ * it, so every upstream tree and hash is unchanged. */
 static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error *err)
 {
     int rc;
-    if ((rc = ds_kwargs_check_all_used(kwargs, err)) != DS_OK ||
+    int64_t layers = LAYERS;
+    if ((rc = ds__kwarg_int_range(kwargs, CLASS_NAME, "num_hidden_layers", 1, LAYERS, &layers,
+                                  err)) != DS_OK ||
+        (rc = ds_kwargs_check_all_used(kwargs, err)) != DS_OK ||
         (rc = declare_visual(params, err)) != DS_OK ||
-        (rc = declare_language_model(params, err)) != DS_OK ||
+        (rc = declare_language_model(params, layers, err)) != DS_OK ||
         (rc = ds__param_linear(params, "", "lm_head", VOCAB, HIDDEN, 0, err)) != DS_OK)
         return rc;
     return DS_OK;

@@ -188,6 +188,11 @@ static void test_kwargs_errors(void)
           DS_ERR_INVALID_ARGUMENT);
     CHECK(declare(TE_CLASS, "{\"hidden_size\": 3584}", &tree, &err) == DS_ERR_INVALID_ARGUMENT);
     CHECK_CONTAINS(err.message, "unexpected keyword argument 'hidden_size'");
+    CHECK(declare(TE_CLASS, "{\"num_hidden_layers\": 0}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "num_hidden_layers");
+    CHECK(declare(TE_CLASS, "{\"num_hidden_layers\": 29}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
     CHECK(declare(VAE_CLASS, "{\"dim_mult\": []}", &tree, &err) == DS_ERR_INVALID_ARGUMENT);
     CHECK_CONTAINS(err.message, "dim_mult");
     CHECK(declare(VAE_CLASS, "{\"temperal_downsample\": [0]}", &tree, &err) ==
@@ -200,6 +205,22 @@ static void test_kwargs_errors(void)
     CHECK(declare(VAE_CLASS, "[1, 2]", &tree, &err) == DS_ERR_INVALID_ARGUMENT);
     CHECK(tree.count == 0);
     ds_state_dict_free(&tree);
+}
+
+/* Our text encoder takes num_hidden_layers (reduced configs for tests and the demo): each layer
+ * is 12 tensors, the default is the released 28. */
+static void test_text_encoder_depth(void)
+{
+    ds_state_dict full, one;
+    ds_error err;
+    REQUIRE(declare(TE_CLASS, NULL, &full, &err) == DS_OK);
+    REQUIRE(declare(TE_CLASS, "{\"num_hidden_layers\": 1}", &one, &err) == DS_OK);
+    CHECK(full.count - one.count == 27 * 12);
+    CHECK(ds_state_dict_find(&one, "model.language_model.layers.0.mlp.up_proj.weight") != NULL);
+    CHECK(ds_state_dict_find(&one, "model.language_model.layers.1.mlp.up_proj.weight") == NULL);
+    CHECK(ds_state_dict_find(&one, "lm_head.weight") != NULL);
+    ds_state_dict_free(&full);
+    ds_state_dict_free(&one);
 }
 
 /* A list exactly as long as the class reads must count as given, one longer is refused. */
@@ -356,6 +377,7 @@ int main(void)
     RUN(test_dit_module_order);
     RUN(test_vae_explicit_defaults);
     RUN(test_kwargs_errors);
+    RUN(test_text_encoder_depth);
     RUN(test_vae_list_capacity);
     RUN(test_text_encoder_replace_semantics);
     RUN(test_text_encoder_tree_equals_converted_checkpoint);
