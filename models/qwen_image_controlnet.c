@@ -6,6 +6,7 @@
 #include "models/qwen_image_controlnet.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/ops.h"
@@ -103,6 +104,12 @@ int ds_qwen_image_controlnet_shape_of(const ds_loaded_model *m,
 
 void ds_qwen_image_controlnet_close(ds_qwen_image_controlnet *cn)
 {
+    if (cn->vram) {
+        ds_vram_unreserve(cn->vram, cn->reserved);
+        ds_vram_model_pair(cn->vram, NULL);
+        cn->vram = NULL;
+        cn->reserved = 0;
+    }
     ds_tensor_free(&cn->x_normed);
     ds_tensor_free(&cn->y_normed);
     ds_tensor_free(&cn->hidden);
@@ -138,6 +145,148 @@ fail:
     return rc;
 }
 
+/* ---- Streaming the weights through a VRAM manager ---- */
+
+/* A unit's parameters, in the order acquire hands them out: img_in's weight and bias, or a
+ * block's x_rms, y_rms, input_proj weight and bias, output_proj weight and bias. */
+typedef struct unit_param {
+    const char *name;
+    int linear_weight;
+} unit_param;
+
+static const unit_param img_in_params[] = {{"img_in.weight", 1}, {"img_in.bias", 0}};
+static const unit_param block_params[] = {
+    {"x_rms.weight", 0},        {"y_rms.weight", 0},        {"input_proj.weight", 1},
+    {"input_proj.bias", 0},     {"output_proj.weight", 1},  {"output_proj.bias", 0},
+};
+#define BLOCK_PARAMS (sizeof block_params / sizeof block_params[0])
+
+/* The unit's tensors as the manager's sources. Each keeps the dtype ds__weight_bind gives it
+ * (ds__weight_operand_dtype), so both paths run the same kernels on the same values. */
+static int unit_sources(const ds_loaded_model *m, const char *prefix, const unit_param *params,
+                        size_t count, ds_vram_tensor_source *src, ds_error *err)
+{
+    for (size_t i = 0; i < count; i++) {
+        char full[DS__PARAM_NAME_MAX];
+        snprintf(full, sizeof full, "%s%s", prefix, params[i].name);
+        const ds_sd_entry *e;
+        int rc = ds__weight_find(m, OWNER, full, &e, err);
+        if (rc != DS_OK)
+            return rc;
+        const ds_tensor_view *v = &e->tensor;
+        ds_vram_tensor_source *t = &src[i];
+        memset(t, 0, sizeof *t);
+        t->name = e->name;
+        t->dtype = v->dtype;
+        t->ndim = v->ndim;
+        memcpy(t->shape, v->shape, (size_t)v->ndim * sizeof *v->shape);
+        t->data = v->data;
+        t->target = ds__weight_operand_dtype(v->dtype, params[i].linear_weight);
+    }
+    return DS_OK;
+}
+
+/* The model's units in `mgr`, registered once: 0 = img_in, 1 + i = controlnet_blocks.i. */
+static int vram_register(const ds_loaded_model *m, int64_t blocks, ds_vram_manager *mgr,
+                         ds_vram_model **out, ds_error *err)
+{
+    *out = ds_vram_model_find(mgr, m);
+    if (*out)
+        return DS_OK;
+    ds_vram_tensor_source src[BLOCK_PARAMS];
+    ds_vram_model *vm = NULL;
+    size_t index;
+    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : "qwen_image_blockwise_controlnet",
+                               DS_F32, &vm, err);
+    if (rc != DS_OK)
+        goto fail;
+    if ((rc = unit_sources(m, "", img_in_params, 2, src, err)) != DS_OK ||
+        (rc = ds_vram_unit_add(vm, "img_in", src, 2, &index, err)) != DS_OK)
+        goto fail;
+    for (int64_t i = 0; i < blocks; i++) {
+        char prefix[DS__PARAM_NAME_MAX];
+        snprintf(prefix, sizeof prefix, "controlnet_blocks.%lld.", (long long)i);
+        if ((rc = unit_sources(m, prefix, block_params, BLOCK_PARAMS, src, err)) != DS_OK)
+            goto fail;
+        prefix[strlen(prefix) - 1] = 0; /* the unit's name: no trailing dot */
+        if ((rc = ds_vram_unit_add(vm, prefix, src, BLOCK_PARAMS, &index, err)) != DS_OK)
+            goto fail;
+    }
+    ds__weight_set_vram_adopt(vm, m, mgr);
+    *out = vm;
+    return DS_OK;
+fail:
+    ds_vram_model_remove(vm);
+    return ds_error_prefix(err, "controlnet: registering the weights with the VRAM manager: ");
+}
+
+int ds_qwen_image_controlnet_stream(ds_qwen_image_controlnet *cn, ds_vram_manager *mgr,
+                                    ds_vram_model *beside, int64_t blocks, ds_error *err)
+{
+    if (!cn->model || !mgr || cn->vram || blocks < 0 || blocks > cn->shape.blocks)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "controlnet: streaming %lld of %lld blocks needs an open ControlNet "
+                            "not yet streamed and a manager",
+                            (long long)blocks, (long long)cn->shape.blocks);
+    ds_vram_model *vm;
+    int rc = vram_register(cn->model, cn->shape.blocks, mgr, &vm, err);
+    if (rc != DS_OK)
+        return rc;
+    size_t n = (size_t)blocks + 1;
+    size_t *plan = malloc(n * sizeof *plan);
+    if (!plan)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "controlnet: out of memory planning %zu units", n);
+    for (size_t k = 0; k < n; k++)
+        plan[k] = k;
+    rc = ds_vram_plan(vm, plan, n, err);
+    free(plan);
+    if (rc != DS_OK)
+        return rc;
+    size_t bytes = ds_tensor_nbytes(&cn->x_normed) + ds_tensor_nbytes(&cn->y_normed) +
+                   ds_tensor_nbytes(&cn->hidden);
+    if ((rc = ds_vram_reserve(vm, "controlnet: activations", bytes, err)) != DS_OK)
+        return rc;
+    cn->vram = vm;
+    cn->reserved = bytes;
+    ds_vram_model_pair(vm, beside);
+    return DS_OK;
+}
+
+/* A unit's weights into t[0..count): acquired from the manager (held until unit_end), or
+ * without one bound into `ws` as views or uploads. */
+static int unit_begin(ds_qwen_image_controlnet *cn, size_t index, const char *prefix,
+                      const unit_param *params, size_t count, ds__weight_set *ws, ds_tensor *t,
+                      ds_error *err)
+{
+    if (cn->vram) {
+        const ds_tensor *held;
+        int rc = ds_vram_acquire(cn->vram, index, NULL, &held, err);
+        if (rc == DS_OK)
+            memcpy(t, held, count * sizeof *t);
+        return rc;
+    }
+    for (size_t i = 0; i < count; i++) {
+        int rc = ds__weight_bind(cn->model, ws, prefix, params[i].name, params[i].linear_weight,
+                                 &t[i], err);
+        if (rc != DS_OK)
+            return rc;
+    }
+    return DS_OK;
+}
+
+/* Ends a successful unit_begin; `rc` is the work's status, kept when it is an error. */
+static int unit_end(ds_qwen_image_controlnet *cn, size_t index, ds__weight_set *ws, int rc,
+                    ds_error *err)
+{
+    ds__weight_set_release(ws);
+    if (!cn->vram)
+        return rc;
+    ds_error ignored;
+    int rel = ds_vram_release(cn->vram, index, NULL, rc == DS_OK ? err : &ignored);
+    return rc != DS_OK ? rc : rel;
+}
+
 static int linear(ds_backend *b, const ds_tensor *x, const ds__linear_weights *w,
                   ds_activation act, ds_tensor *y, ds_error *err)
 {
@@ -150,15 +299,40 @@ int ds_qwen_image_controlnet_process_conditioning(ds_qwen_image_controlnet *cn,
                                                   ds_error *err)
 {
     ds__weight_set ws;
-    ds__linear_weights img_in;
+    ds_tensor t[2];
     ds__weight_set_init(&ws, cn->backend, OWNER);
-    int rc = ds__weight_bind_linear(cn->model, &ws, "", "img_in", &img_in, err);
-    if (rc == DS_OK)
-        rc = linear(cn->backend, packed, &img_in, DS_ACT_NONE, cond, err);
+    int rc = unit_begin(cn, 0, "", img_in_params, 2, &ws, t, err);
+    if (rc == DS_OK) {
+        ds__linear_weights img_in = {t[0], t[1]};
+        rc = unit_end(cn, 0, &ws, linear(cn->backend, packed, &img_in, DS_ACT_NONE, cond, err),
+                      err);
+    }
+    ds__weight_set_release(&ws);
     if (rc != DS_OK)
         ds_error_prefix(err, "controlnet: process_controlnet_conditioning: ");
-    ds__weight_set_release(&ws);
     return rc;
+}
+
+/* BlockWiseControlBlock on its weights t (block_params' order): x_rms(img) + y_rms(cond) ->
+ * input_proj -> GELU (nn.GELU: the erf form) -> output_proj. */
+static int block_compute(ds_qwen_image_controlnet *cn, const ds_tensor *img,
+                         const ds_tensor *cond, const ds_tensor *t, ds_tensor *out, ds_error *err)
+{
+    ds_backend *b = cn->backend;
+    ds__linear_weights input_proj = {t[2], t[3]}, output_proj = {t[4], t[5]};
+    ds_rms_norm_args xn = {img, &t[0], NORM_EPS, &cn->x_normed};
+    ds_rms_norm_args yn = {cond, &t[1], NORM_EPS, &cn->y_normed};
+    /* The conditioning has one row for every image row, or one for all (broadcast). */
+    ds_binary_args sum = {&cn->x_normed, &cn->y_normed, DS_BINARY_ADD, &cn->x_normed};
+    int rc;
+    if ((rc = ds_rms_norm(b, NULL, &xn, err)) != DS_OK ||
+        (rc = ds_rms_norm(b, NULL, &yn, err)) != DS_OK ||
+        (rc = ds_binary(b, NULL, &sum, err)) != DS_OK ||
+        (rc = linear(b, &cn->x_normed, &input_proj, DS_ACT_GELU_ERF, &cn->hidden, err)) !=
+            DS_OK ||
+        (rc = linear(b, &cn->hidden, &output_proj, DS_ACT_NONE, out, err)) != DS_OK)
+        return rc;
+    return DS_OK;
 }
 
 int ds_qwen_image_controlnet_blockwise_forward(ds_qwen_image_controlnet *cn,
@@ -171,30 +345,15 @@ int ds_qwen_image_controlnet_blockwise_forward(ds_qwen_image_controlnet *cn,
                             (long long)block_id, (long long)cn->shape.blocks);
     char p[DS__PARAM_NAME_MAX];
     snprintf(p, sizeof p, "controlnet_blocks.%lld.", (long long)block_id);
-    ds_backend *b = cn->backend;
+    size_t unit = 1 + (size_t)block_id;
     ds__weight_set ws;
-    ds_tensor x_rms, y_rms;
-    ds__linear_weights input_proj, output_proj;
-    ds__weight_set_init(&ws, b, OWNER);
-    ds_rms_norm_args xn = {img, &x_rms, NORM_EPS, &cn->x_normed};
-    ds_rms_norm_args yn = {cond, &y_rms, NORM_EPS, &cn->y_normed};
-    /* The conditioning has one row for every image row, or one for all (broadcast). */
-    ds_binary_args sum = {&cn->x_normed, &cn->y_normed, DS_BINARY_ADD, &cn->x_normed};
-    /* x_rms(img) + y_rms(cond) -> input_proj -> GELU (nn.GELU: the erf form) -> output_proj. */
-    int rc;
-    if ((rc = ds__weight_bind(cn->model, &ws, p, "x_rms.weight", 0, &x_rms, err)) != DS_OK ||
-        (rc = ds__weight_bind(cn->model, &ws, p, "y_rms.weight", 0, &y_rms, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(cn->model, &ws, p, "input_proj", &input_proj, err)) !=
-            DS_OK ||
-        (rc = ds__weight_bind_linear(cn->model, &ws, p, "output_proj", &output_proj, err)) !=
-            DS_OK ||
-        (rc = ds_rms_norm(b, NULL, &xn, err)) != DS_OK ||
-        (rc = ds_rms_norm(b, NULL, &yn, err)) != DS_OK ||
-        (rc = ds_binary(b, NULL, &sum, err)) != DS_OK ||
-        (rc = linear(b, &cn->x_normed, &input_proj, DS_ACT_GELU_ERF, &cn->hidden, err)) !=
-            DS_OK ||
-        (rc = linear(b, &cn->hidden, &output_proj, DS_ACT_NONE, out, err)) != DS_OK)
-        ds_error_prefix(err, "controlnet: block %lld: ", (long long)block_id);
+    ds_tensor t[BLOCK_PARAMS];
+    ds__weight_set_init(&ws, cn->backend, OWNER);
+    int rc = unit_begin(cn, unit, p, block_params, BLOCK_PARAMS, &ws, t, err);
+    if (rc == DS_OK)
+        rc = unit_end(cn, unit, &ws, block_compute(cn, img, cond, t, out, err), err);
     ds__weight_set_release(&ws);
+    if (rc != DS_OK)
+        ds_error_prefix(err, "controlnet: block %lld: ", (long long)block_id);
     return rc;
 }

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "kernels/backend.h"
 #include "models/model_loader.h"
+#include "vram/vram_manager.h"
 
 #define DS_QWEN_IMAGE_CONTROLNET_CLASS \
     "diffsynth.models.qwen_image_controlnet.QwenImageBlockWiseControlNet"
@@ -33,6 +34,8 @@ typedef struct ds_qwen_image_controlnet {
     ds_tensor x_normed; /* [B, N, dim]: x_rms(img), then x_rms(img) + y_rms(cond) */
     ds_tensor y_normed; /* [Bc, N, dim]: y_rms(cond) */
     ds_tensor hidden;   /* [B, N, dim]: GELU(input_proj(x_normed)) */
+    ds_vram_model *vram;   /* ds_qwen_image_controlnet_stream's model, NULL = bound as views */
+    size_t reserved;       /* activation bytes reserved in it */
 } ds_qwen_image_controlnet;
 
 /* Checks the model and allocates the activations for `batch` image rows, `cond_batch`
@@ -41,7 +44,16 @@ typedef struct ds_qwen_image_controlnet {
 int ds_qwen_image_controlnet_open(const ds_loaded_model *m, ds_backend *b, ds_dtype dtype,
                                   int64_t batch, int64_t cond_batch, int64_t tokens,
                                   ds_qwen_image_controlnet *cn, ds_error *err);
-/* Frees the activations; a zeroed struct is fine. */
+/* Streams the weights through `mgr` from now on (after open, before the first forward piece),
+ * as the DiT streams its own: units "img_in" and "controlnet_blocks.<i>", registered on first
+ * use and keyed to the model (dropped when it is freed), planned as img_in then blocks
+ * 0..blocks-1 (the DiT's blocks: the ones this step uses), the activations reserved in the same
+ * budget, and the model paired with `beside` (the DiT's, or NULL) for the step. Results are
+ * bit-identical to the unmanaged path. RESOURCE_EXHAUSTED when the activations do not fit. */
+int ds_qwen_image_controlnet_stream(ds_qwen_image_controlnet *cn, ds_vram_manager *mgr,
+                                    ds_vram_model *beside, int64_t blocks, ds_error *err);
+/* Frees the activations (returns their reservation, ends the pairing); a zeroed struct is
+ * fine. */
 void ds_qwen_image_controlnet_close(ds_qwen_image_controlnet *cn);
 
 /* process_controlnet_conditioning: cond[Bc, N, dim] = img_in(packed), packed[Bc, N, in_features]

@@ -850,10 +850,13 @@ static int check_controlnet(const ds_loaded_model *m, const ds_qwen_image_dit_co
     return DS_OK;
 }
 
-/* process_controlnet_conditioning: cn_cond = img_in(pack(conditioning)), before the blocks. */
+/* process_controlnet_conditioning: cn_cond = img_in(pack(conditioning)), before the blocks.
+ * With a manager (vm: the DiT's model in it) the ControlNet streams its weights beside the
+ * DiT's and the conditioning's activations join *reserved. */
 static int controlnet_begin(const ds_qwen_image_dit_controlnet *opt, const dit_dims *d,
-                            ds_backend *b, dit_state *s, ds_qwen_image_controlnet *cn,
-                            ds_error *err)
+                            ds_backend *b, ds_vram_manager *mgr, ds_vram_model *vm,
+                            int64_t blocks, dit_state *s, ds_qwen_image_controlnet *cn,
+                            size_t *reserved, ds_error *err)
 {
     const ds_tensor *host = opt->conditioning;
     int64_t cond_batch = host->shape[0], features = host->shape[1] * PATCH * PATCH;
@@ -866,8 +869,18 @@ static int controlnet_begin(const ds_qwen_image_dit_controlnet *opt, const dit_d
         (rc = ds_tensor_alloc(b, d->dtype, 3, SHAPE(cond_batch, d->image_len, features),
                               &s->cn_packed, err)) != DS_OK ||
         (rc = ds_tensor_alloc(b, d->dtype, 3, SHAPE(cond_batch, d->image_len, DIM), &s->cn_cond,
-                              err)) != DS_OK ||
-        (rc = ds_patchify(b, NULL, &pack, err)) != DS_OK ||
+                              err)) != DS_OK)
+        return rc;
+    if (vm) {
+        size_t bytes = ds_tensor_nbytes(&s->cn_packed) + ds_tensor_nbytes(&s->cn_cond) +
+                       (s->cn_input.data ? ds_tensor_nbytes(&s->cn_input) : 0);
+        if ((rc = ds_vram_reserve(vm, "forward: ControlNet activations", bytes, err)) != DS_OK)
+            return rc;
+        *reserved += bytes;
+        if ((rc = ds_qwen_image_controlnet_stream(cn, mgr, vm, blocks, err)) != DS_OK)
+            return rc;
+    }
+    if ((rc = ds_patchify(b, NULL, &pack, err)) != DS_OK ||
         (rc = ds_qwen_image_controlnet_process_conditioning(cn, &s->cn_packed, &s->cn_cond,
                                                             err)) != DS_OK)
         return rc;
@@ -1102,7 +1115,8 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
         (rc = timestep_embedder(b, &ow, &s, err)) != DS_OK ||
         (rc = unit_end(vm, &held, err)) != DS_OK)
         goto fail;
-    if (controlnet && (rc = controlnet_begin(controlnet, &d, b, &s, &cn, err)) != DS_OK)
+    if (controlnet && (rc = controlnet_begin(controlnet, &d, b, ctx->vram, vm, blocks, &s, &cn,
+                                             &reserved, err)) != DS_OK)
         goto fail;
 
     /* The transformer blocks, cancellable between any two. */

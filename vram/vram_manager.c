@@ -19,6 +19,8 @@ typedef struct unit {
     size_t *offset;             /* of each tensor in `buffer` */
     ds_tensor *view;            /* tensors in `buffer`, what acquire hands out */
     size_t bytes;               /* fast-tier size */
+    size_t cap;                 /* bytes of `buffer`, what residency costs: a reused buffer
+                                 * may be somewhat larger than `bytes` */
     size_t slow_bytes;
     void *buffer;               /* backend memory; NULL = not resident */
     int pins;                   /* acquires not yet released */
@@ -27,6 +29,14 @@ typedef struct unit {
     int use_pending;            /* last_use recorded and not yet waited for */
     double acquired_at;         /* when pins went from 0 to 1 */
 } unit;
+
+/* A fast-tier buffer that held an evicted unit, kept for the next unit of the same size so
+ * that steady-state paging allocates nothing (the repeated blocks of a model share a few
+ * sizes). Its copies and kernels are known finished. Its bytes count in the budget. */
+typedef struct spare {
+    void *ptr;
+    size_t bytes;
+} spare;
 
 typedef struct staging {
     void *ptr; /* pinned host memory */
@@ -41,6 +51,7 @@ struct ds_vram_model {
     ds_vram_manager *mgr;
     char *name;
     const void *owner; /* ds_vram_model_set_owner's key, NULL = none */
+    ds_vram_model *partner; /* ds_vram_model_pair: runs interleaved with this one, never idle */
     ds_dtype compute_dtype;
     unit **units;
     size_t n_units, cap_units;
@@ -62,6 +73,8 @@ struct ds_vram_manager {
     size_t n_models, cap_models;
     staging slots[MAX_SLOTS];
     int n_slots, max_slots;
+    spare *spares;
+    size_t n_spares, cap_spares;
     uint64_t seq;
     float *scratch;
     uint64_t tick;
@@ -92,7 +105,60 @@ static void notify(ds_vram_manager *m, ds_vram_event_kind kind, const ds_vram_mo
 
 static size_t in_use(const ds_vram_manager *m)
 {
-    return m->st.resident_bytes + m->st.activation_bytes;
+    return m->st.resident_bytes + m->st.activation_bytes + m->st.cached_bytes;
+}
+
+/* The smallest spare a unit of `bytes` may reuse, or -1 (none, or bytes 0). Up to twice its
+ * size: a model's units come in a few sizes (a DiT block's attention and MLPs differ only by
+ * their biases, its modulation is 1.5 times as large), and paging one into another's buffer is
+ * what keeps steady-state paging free of allocations (page faults on the CPU, cudaMalloc and a
+ * synchronising cudaFree on a GPU); the slack is charged to the budget while it is resident. */
+static long spare_find(const ds_vram_manager *m, size_t bytes)
+{
+    long best = -1;
+    for (size_t i = 0; bytes && i < m->n_spares; i++) {
+        size_t cap = m->spares[i].bytes;
+        if (cap >= bytes && cap - bytes <= bytes &&
+            (best < 0 || cap < m->spares[best].bytes))
+            best = (long)i;
+    }
+    return best;
+}
+
+/* Takes spare i out of the list: its memory goes to the caller (to reuse or free). */
+static void *spare_take(ds_vram_manager *m, size_t i)
+{
+    void *ptr = m->spares[i].ptr;
+    m->st.cached_bytes -= m->spares[i].bytes;
+    m->spares[i] = m->spares[--m->n_spares];
+    return ptr;
+}
+
+/* Keeps a settled buffer for reuse; 0 when the list cannot grow (the caller frees it). */
+static int spare_put(ds_vram_manager *m, void *ptr, size_t bytes)
+{
+    if (m->n_spares == m->cap_spares) {
+        size_t cap = m->cap_spares ? 2 * m->cap_spares : 16;
+        spare *grown = realloc(m->spares, cap * sizeof *grown);
+        if (!grown)
+            return 0;
+        m->spares = grown;
+        m->cap_spares = cap;
+    }
+    m->spares[m->n_spares++] = (spare){ptr, bytes};
+    m->st.cached_bytes += bytes;
+    return 1;
+}
+
+/* A spare to free when room is needed: any but the one a unit of `keep` bytes would reuse
+ * (it is about to come in). -1 when none. */
+static long spare_victim(const ds_vram_manager *m, size_t keep)
+{
+    long kept = spare_find(m, keep);
+    for (size_t i = 0; i < m->n_spares; i++)
+        if ((long)i != kept)
+            return (long)i;
+    return -1;
 }
 
 static void note_peak(ds_vram_manager *m)
@@ -142,17 +208,20 @@ static int unit_settle(ds_vram_manager *m, unit *u, ds_error *err)
     return DS_OK;
 }
 
-static int unit_evict(ds_vram_model *model, unit *u, ds_error *err)
+/* `keep`: the buffer becomes a spare for the next unit of its size (paging within a budget);
+ * otherwise it is freed (offload, remove: nothing is about to come in). */
+static int unit_evict(ds_vram_model *model, unit *u, int keep, ds_error *err)
 {
     ds_vram_manager *m = model->mgr;
     int rc = unit_settle(m, u, err);
     if (rc != DS_OK)
         return ds_error_prefix(err, "vram: evicting unit '%s' of model '%s': ", u->name,
                                model->name);
-    m->b->free(m->b, u->buffer);
+    if (!keep || !spare_put(m, u->buffer, u->cap))
+        m->b->free(m->b, u->buffer);
     u->buffer = NULL;
-    model->fast_bytes -= u->bytes;
-    m->st.resident_bytes -= u->bytes;
+    model->fast_bytes -= u->cap;
+    m->st.resident_bytes -= u->cap;
     model->evictions++;
     m->st.evictions++;
     notify(m, DS_VRAM_EVENT_EVICT, model, u);
@@ -194,8 +263,10 @@ static unit *furthest_unit(ds_vram_model *model, size_t after, int any)
 }
 
 /* The policy: idle models first, least recently used first; then the running model's unit
- * needed furthest in the future. `any`: a demand (every unpinned unit may go); otherwise a
- * prefetch for something needed in `after` acquires, which must not push out sooner needs. */
+ * needed furthest in the future; then, for a demand, its partner's (the two run interleaved,
+ * so the partner is not idle, and their plans' distances do not compare: a prefetch leaves the
+ * partner alone). `any`: a demand (every unpinned unit may go); otherwise a prefetch for
+ * something needed in `after` acquires, which must not push out sooner needs. */
 static unit *pick_victim(ds_vram_manager *m, ds_vram_model *running, int any, size_t after,
                          ds_vram_model **owner)
 {
@@ -203,7 +274,8 @@ static unit *pick_victim(ds_vram_manager *m, ds_vram_model *running, int any, si
     unit *lru_unit = NULL;
     for (size_t i = 0; i < m->n_models; i++) {
         ds_vram_model *x = m->models[i];
-        if (x == running || (lru && x->last_used >= lru->last_used))
+        if (x == running || (running && x == running->partner) ||
+            (lru && x->last_used >= lru->last_used))
             continue;
         unit *u = furthest_unit(x, 0, 1);
         if (u) {
@@ -216,7 +288,12 @@ static unit *pick_victim(ds_vram_manager *m, ds_vram_model *running, int any, si
         return lru_unit;
     }
     *owner = running;
-    return running ? furthest_unit(running, after, any) : NULL;
+    unit *u = running ? furthest_unit(running, after, any) : NULL;
+    if (!u && any && running && running->partner) {
+        *owner = running->partner;
+        u = furthest_unit(running->partner, 0, 1);
+    }
+    return u;
 }
 
 static size_t evictable_bytes(const ds_vram_manager *m)
@@ -226,33 +303,47 @@ static size_t evictable_bytes(const ds_vram_manager *m)
         for (size_t v = 0; v < m->models[i]->n_units; v++) {
             const unit *u = m->models[i]->units[v];
             if (u->buffer && !u->pins)
-                total += u->bytes;
+                total += u->cap;
         }
     return total;
 }
 
-/* Room for `need` more bytes. Returns 1 when there is room, 0 when not (nothing was evicted
- * for a demand that cannot fit), negative on a backend error. Budget 0 streams: a demand
- * evicts every unpinned unit and then always fits. */
-static int make_room(ds_vram_manager *m, ds_vram_model *running, size_t need, int demand,
-                     size_t after, ds_error *err)
+/* What no eviction can free: acquired units and activations. */
+static size_t held_bytes(const ds_vram_manager *m)
+{
+    return in_use(m) - evictable_bytes(m) - m->st.cached_bytes;
+}
+
+/* Room for `need` more bytes, or none when `reuse` (a unit's size, 0 = none) finds a spare to
+ * come in. Spares go first, then units by the policy; an evicted unit's buffer
+ * becomes a spare, freed in turn unless it is the one to reuse. Returns 1 when there is room, 0
+ * when not (nothing was evicted for a demand that cannot fit), negative on a backend error.
+ * Budget 0 streams: a demand evicts every unpinned unit and then always fits. */
+static int make_room(ds_vram_manager *m, ds_vram_model *running, size_t need, size_t reuse,
+                     int demand, size_t after, ds_error *err)
 {
     int stream_all = m->budget == 0;
     if (demand && !stream_all) {
-        size_t floor = in_use(m) - evictable_bytes(m);
-        if (need > m->budget || floor > m->budget - need)
+        if (need > m->budget || held_bytes(m) > m->budget - need)
             return 0;
     }
-    while (stream_all || in_use(m) > m->budget || need > m->budget - in_use(m)) {
+    for (;;) {
+        size_t want = spare_find(m, reuse) >= 0 ? 0 : need;
+        if (!stream_all && in_use(m) <= m->budget && want <= m->budget - in_use(m))
+            return 1;
+        long s = spare_victim(m, reuse);
+        if (s >= 0) {
+            m->b->free(m->b, spare_take(m, (size_t)s));
+            continue;
+        }
         ds_vram_model *owner;
         unit *victim = pick_victim(m, running, demand, after, &owner);
         if (!victim)
             return stream_all && demand ? 1 : 0;
-        int rc = unit_evict(owner, victim, err);
+        int rc = unit_evict(owner, victim, 1, err);
         if (rc != DS_OK)
             return rc;
     }
-    return 1;
 }
 
 static int staging_slot(ds_vram_manager *m, size_t bytes, ds_error *err)
@@ -312,16 +403,34 @@ static void convert_into(ds_vram_manager *m, const ds_vram_tensor_source *t, voi
 }
 
 /* Allocates the unit's fast-tier memory (room already made) and issues its copy. */
+/* u->buffer: the spare that fits it best when one does, else a new allocation. */
+static int unit_buffer(ds_vram_manager *m, unit *u, ds_error *err)
+{
+    long s = spare_find(m, u->bytes);
+    if (s >= 0) {
+        u->cap = m->spares[s].bytes;
+        u->buffer = spare_take(m, (size_t)s);
+        m->st.reuses++;
+        return DS_OK;
+    }
+    int rc = m->b->alloc(m->b, u->bytes, &u->buffer, err);
+    if (rc != DS_OK) {
+        u->buffer = NULL;
+        return rc;
+    }
+    u->cap = u->bytes;
+    m->st.allocations++;
+    return DS_OK;
+}
+
 static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
 {
     ds_vram_manager *m = model->mgr;
     double t0 = now_seconds();
     if (m->host_tier) {
-        int rc = m->b->alloc(m->b, u->bytes, &u->buffer, err);
-        if (rc != DS_OK) {
-            u->buffer = NULL;
+        int rc = unit_buffer(m, u, err);
+        if (rc != DS_OK)
             return rc;
-        }
         for (size_t i = 0; i < u->count; i++)
             convert_into(m, &u->src[i], (char *)u->buffer + u->offset[i]);
         u->slot = -1;
@@ -330,11 +439,9 @@ static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
         if (slot < 0)
             return slot;
         staging *s = &m->slots[slot];
-        int rc = m->b->alloc(m->b, u->bytes, &u->buffer, err);
-        if (rc != DS_OK) {
-            u->buffer = NULL;
+        int rc = unit_buffer(m, u, err);
+        if (rc != DS_OK)
             return rc;
-        }
         for (size_t i = 0; i < u->count; i++)
             convert_into(m, &u->src[i], (char *)s->ptr + u->offset[i]);
         rc = m->b->copy_to_device(m->b, u->buffer, s->ptr, u->bytes, m->copy_stream, err);
@@ -355,8 +462,8 @@ static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
     }
     for (size_t i = 0; i < u->count; i++)
         u->view[i].data = (char *)u->buffer + u->offset[i];
-    model->fast_bytes += u->bytes;
-    m->st.resident_bytes += u->bytes;
+    model->fast_bytes += u->cap;
+    m->st.resident_bytes += u->cap;
     model->bytes_moved += u->bytes;
     m->st.bytes_moved += u->bytes;
     note_peak(m);
@@ -440,8 +547,8 @@ static void model_remove_unlocked(ds_vram_model *model)
         ds_error err;
         /* A failed wait leaves nothing better to do than keep the memory: freeing it could
          * let a device still writing it corrupt the next owner. */
-        if (u->buffer && unit_evict(model, u, &err) != DS_OK) {
-            m->st.resident_bytes -= u->bytes;
+        if (u->buffer && unit_evict(model, u, 0, &err) != DS_OK) {
+            m->st.resident_bytes -= u->cap;
             u->buffer = NULL;
         }
         if (u->last_use)
@@ -449,6 +556,8 @@ static void model_remove_unlocked(ds_vram_model *model)
         unit_free(u);
     }
     m->st.activation_bytes -= model->activation_bytes;
+    if (model->partner)
+        model->partner->partner = NULL;
     for (size_t i = 0; i < m->n_models; i++)
         if (m->models[i] == model) {
             m->models[i] = m->models[--m->n_models];
@@ -474,6 +583,9 @@ void ds_vram_manager_destroy(ds_vram_manager *m)
             m->b->free_pinned(m->b, m->slots[i].ptr);
         m->b->event_destroy(m->b, m->slots[i].done);
     }
+    while (m->n_spares)
+        m->b->free(m->b, spare_take(m, m->n_spares - 1));
+    free(m->spares);
     m->b->stream_destroy(m->b, m->copy_stream);
     pthread_mutex_destroy(&m->lock);
     free(m->models);
@@ -661,7 +773,8 @@ static void prefetch(ds_vram_model *model)
         if (u->buffer)
             continue;
         ds_error err;
-        if (make_room(m, model, u->bytes, 0, j, &err) != 1 || start_copy(model, u, &err) != DS_OK)
+        if (make_room(m, model, u->bytes, u->bytes, 0, j, &err) != 1 ||
+            start_copy(model, u, &err) != DS_OK)
             return;
         model->prefetches++;
         m->st.prefetches++;
@@ -691,7 +804,7 @@ static int acquire_unlocked(ds_vram_model *model, size_t unit_index, ds_stream *
         m->st.hits++;
         notify(m, DS_VRAM_EVENT_HIT, model, u);
     } else {
-        int room = make_room(m, model, u->bytes, 1, 0, err);
+        int room = make_room(m, model, u->bytes, u->bytes, 1, 0, err);
         if (room < 0)
             return room;
         if (room == 0)
@@ -699,8 +812,7 @@ static int acquire_unlocked(ds_vram_model *model, size_t unit_index, ds_stream *
                                 "vram: unit '%s' of model '%s' needs %zu bytes; the budget is "
                                 "%zu bytes, of which %zu are held by acquired units and "
                                 "activations",
-                                u->name, model->name, u->bytes, m->budget,
-                                in_use(m) - evictable_bytes(m));
+                                u->name, model->name, u->bytes, m->budget, held_bytes(m));
         int rc = start_copy(model, u, err);
         if (rc != DS_OK)
             return ds_error_prefix(err, "vram: loading unit '%s' of model '%s': ", u->name,
@@ -750,14 +862,14 @@ static int release_unlocked(ds_vram_model *model, size_t unit_index, ds_stream *
 static int reserve_unlocked(ds_vram_model *model, const char *what, size_t bytes, ds_error *err)
 {
     ds_vram_manager *m = model->mgr;
-    int room = make_room(m, model, bytes, 1, 0, err);
+    int room = make_room(m, model, bytes, 0, 1, 0, err);
     if (room < 0)
         return room;
     if (room == 0)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                             "vram: %s of model '%s' need %zu bytes; the budget is %zu bytes, of "
                             "which %zu are held by acquired units and activations",
-                            what, model->name, bytes, m->budget, in_use(m) - evictable_bytes(m));
+                            what, model->name, bytes, m->budget, held_bytes(m));
     model->activation_bytes += bytes;
     m->st.activation_bytes += bytes;
     model->last_used = ++m->tick;
@@ -778,7 +890,7 @@ static int offload_unlocked(ds_vram_model *model, ds_error *err)
     for (size_t v = 0; v < model->n_units; v++) {
         unit *u = model->units[v];
         if (u->buffer && !u->pins) {
-            int rc = unit_evict(model, u, err);
+            int rc = unit_evict(model, u, 0, err);
             if (rc != DS_OK)
                 return rc;
         }
@@ -831,7 +943,7 @@ int ds_vram_set_budget(ds_vram_manager *m, size_t budget_bytes, ds_error *err)
     m->budget = budget_bytes;
     m->st.budget_bytes = budget_bytes;
     /* No model is running: make_room takes the least recently used models' units first. */
-    int rc = make_room(m, NULL, 0, 0, 0, err);
+    int rc = make_room(m, NULL, 0, 0, 0, 0, err);
     unlock(m);
     return rc < 0 ? rc : DS_OK;
 }
@@ -859,6 +971,21 @@ void ds_vram_model_stats_get(const ds_vram_model *model, ds_vram_model_stats *ou
 {
     lock(model->mgr);
     model_stats_get_unlocked(model, out);
+    unlock(model->mgr);
+}
+
+void ds_vram_model_pair(ds_vram_model *model, ds_vram_model *with)
+{
+    lock(model->mgr);
+    if (with == model)
+        with = NULL;
+    if (model->partner)
+        model->partner->partner = NULL;
+    if (with && with->partner)
+        with->partner->partner = NULL;
+    model->partner = with;
+    if (with)
+        with->partner = model;
     unlock(model->mgr);
 }
 

@@ -17,15 +17,20 @@
  * the plan first). Acquired units are never evicted. A prefetch only evicts units needed later
  * than the one it brings in, and is skipped when there is no such room.
  *
- * Budget: resident units + reserved activations never exceed `budget_bytes`; a demand that cannot
- * fit once everything evictable is gone fails with RESOURCE_EXHAUSTED naming the unit and the
- * bytes, and the manager stays usable. Budget 0 is upstream's vram_limit=0, "stream everything":
- * every acquire (or reserve) first evicts every unit not acquired, there is no prefetch, and the
- * units being used right now are always allowed in, so the peak is what one step holds at once.
+ * Budget: resident units + reserved activations + kept buffers never exceed `budget_bytes`; a
+ * demand that cannot fit once everything evictable is gone fails with RESOURCE_EXHAUSTED naming
+ * the unit and the bytes, and the manager stays usable. Budget 0 is upstream's vram_limit=0,
+ * "stream everything": every acquire (or reserve) first evicts every unit not acquired, there is
+ * no prefetch, and the units being used right now are always allowed in, so the peak is what one
+ * step holds at once.
  *
- * Never freed too early: before a unit's memory is freed the manager waits for its copy and for
- * the compute-stream point recorded at its last release; before pinned staging is reused, for the
- * copy that reads it.
+ * Buffers are reused: an evicted unit's buffer is kept (counted in the budget) for the next unit
+ * of the same or a smaller size (down to half its size; the slack is charged as resident), so paging a model whose blocks repeat allocates little once warm; kept buffers are
+ * freed first when room is needed, and offload/remove free rather than keep.
+ *
+ * Never freed or reused too early: before a unit's memory is freed or kept the manager waits for
+ * its copy and for the compute-stream point recorded at its last release; before pinned staging
+ * is reused, for the copy that reads it.
  *
  * Threading: one thread (the device worker) runs the models; other threads (the daemon's loop
  * thread) may read stats and remove models whose units are not acquired. Every entry point
@@ -71,10 +76,14 @@ typedef struct ds_vram_stats {
     size_t budget_bytes;      /* as created; DS_VRAM_UNLIMITED for none */
     size_t resident_bytes;    /* fast tier: units allocated, all models */
     size_t activation_bytes;  /* reserved by ds_vram_reserve */
-    size_t peak_bytes;        /* max of resident + activation since creation */
+    size_t cached_bytes;      /* fast tier holding no unit: buffers of evicted units kept for
+                               * the next unit that fits (they count in the budget) */
+    size_t peak_bytes;        /* max of resident + activation + cached since creation */
     size_t staging_bytes;     /* pinned host staging currently allocated (not in the budget) */
     uint64_t bytes_moved;     /* host -> fast tier */
     uint64_t loads, prefetches, hits, evictions;
+    uint64_t allocations;     /* fast-tier buffers allocated for units */
+    uint64_t reuses;          /* units copied into a kept buffer instead */
     double copy_seconds;      /* host time converting into staging and issuing copies */
     double wait_seconds;      /* host time blocked waiting for copies or kernels to finish */
     double held_seconds;      /* host time units spent acquired: the compute time on the CPU
@@ -112,6 +121,12 @@ int ds_vram_model_add(ds_vram_manager *m, const char *name, ds_dtype compute_dty
 /* Waits for its outstanding work, frees its units; NULL is fine. Its units must not be acquired. */
 void ds_vram_model_remove(ds_vram_model *model);
 void ds_vram_model_stats_get(const ds_vram_model *model, ds_vram_model_stats *out);
+
+/* Pairs two models of one manager that run interleaved in one step (a ControlNet beside its
+ * DiT): while one runs the other is not idle, so its units are evicted after the running
+ * model's own (by a demand; never by a prefetch) rather than first. `with` NULL unpairs; a
+ * model has one partner at a time (pairing replaces earlier pairs of either). */
+void ds_vram_model_pair(ds_vram_model *model, ds_vram_model *with);
 
 /* A key naming who registered the model (a forward keys its units to its loaded model), so
  * that it registers once per manager and others can find, list or drop it. NULL = none. */

@@ -27,15 +27,15 @@ printf '%s\n' "$out" | python3 -c '
 import json, sys
 rows = [json.loads(line) for line in sys.stdin if line.strip()]
 summary = next(r for r in rows if r.get("summary"))
-print("%-10s %8s %10s %10s %14s %12s %10s %9s" % ("budget", "min ms", "median ms", "peak MB",
-      "moved MB/fwd", "copy ms/fwd", "vs unlim.", "identical"))
+print("%-10s %8s %10s %10s %14s %12s %11s %10s %9s" % ("budget", "min ms", "median ms",
+      "peak MB", "moved MB/fwd", "copy ms/fwd", "allocs/fwd", "vs unlim.", "identical"))
 for r in rows:
     if r.get("summary"):
         continue
     ratio = summary["slowdown"].get(r["budget"], 1.0)
-    print("%-10s %8.1f %10.1f %10.1f %14.1f %12.1f %9.2fx %9s" % (r["budget"], r["min_ms"],
-          r["median_ms"], r["peak_bytes"] / 1e6, r["moved_bytes_per_forward"] / 1e6,
-          r["copy_ms_per_forward"], ratio, r["bit_identical"]))
+    print("%-10s %8.1f %10.1f %10.1f %14.1f %12.1f %11.1f %9.2fx %9s" % (r["budget"],
+          r["min_ms"], r["median_ms"], r["peak_bytes"] / 1e6, r["moved_bytes_per_forward"] / 1e6,
+          r["copy_ms_per_forward"], r["allocations_per_forward"], ratio, r["bit_identical"]))
 print("slowdown vs unlimited: 50%% budget %.2fx, 25%% budget %.2fx" %
       (summary["slowdown"]["50%"], summary["slowdown"]["25%"]))
 '

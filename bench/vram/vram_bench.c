@@ -229,6 +229,7 @@ typedef struct result {
     size_t budget, peak;
     double *samples; /* the timed forwards, sorted once measured */
     double moved_per_forward, copy_s_per_forward, wait_s_per_forward;
+    double allocs_per_forward; /* fast-tier allocations: 0 once kept buffers are reused */
     int identical;
 } result;
 
@@ -271,12 +272,12 @@ static void print_result(const options *o, const config *c, const result *r,
            "\"budget_bytes\": %.0f, \"weight_bytes\": %zu, \"median_ms\": %.3f, "
            "\"min_ms\": %.3f, \"peak_bytes\": %zu, \"moved_bytes_per_forward\": %.0f, "
            "\"copy_ms_per_forward\": %.3f, \"wait_ms_per_forward\": %.3f, "
-           "\"bit_identical\": %s}\n",
+           "\"allocations_per_forward\": %.1f, \"bit_identical\": %s}\n",
            o->layers, ds_dtype_name(o->dtype), (o->height / 16) * (o->width / 16),
            o->text_tokens, c->name, r->budget == DS_VRAM_UNLIMITED ? -1.0 : (double)r->budget,
            weight_bytes, r->samples[o->repeats / 2] * 1e3, r->samples[0] * 1e3, r->peak,
            r->moved_per_forward, r->copy_s_per_forward * 1e3, r->wait_s_per_forward * 1e3,
-           r->identical ? "true" : "false");
+           r->allocs_per_forward, r->identical ? "true" : "false");
 }
 
 int main(int argc, char **argv)
@@ -353,6 +354,8 @@ int main(int argc, char **argv)
             r->moved_per_forward = (double)(after.bytes_moved - before[i].bytes_moved) / o.repeats;
             r->copy_s_per_forward = (after.copy_seconds - before[i].copy_seconds) / o.repeats;
             r->wait_s_per_forward = (after.wait_seconds - before[i].wait_seconds) / o.repeats;
+            r->allocs_per_forward =
+                (double)(after.allocations - before[i].allocations) / o.repeats;
         }
         print_result(&o, &configs[i], r, weight_bytes);
     }

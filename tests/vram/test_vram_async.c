@@ -1,7 +1,9 @@
 /* The manager over an instrumented backend whose streams really are asynchronous: the CPU
  * backend's table with copies, "kernels" and event signals queued on per-stream worker threads
  * that sleep before each task. free / free_pinned report any allocation that a queued or running
- * task still reads or writes; a copy reports staging rewritten between its issue and its run.
+ * task still reads or writes; a copy reports staging rewritten between its issue and its run,
+ * and a copy into memory that a queued or running kernel still reads (a kept buffer reused too
+ * early).
  * Freed memory is poisoned and quarantined until the test ends, so a late reader gets a wrong
  * checksum and a late writer corrupts nothing but the quarantine. */
 #include <pthread.h>
@@ -54,7 +56,7 @@ static struct {
 static ds_backend *cpu;
 static ds_backend inst;
 static int delay_us = 300;
-static int free_violations, staging_violations, waits_on_pending;
+static int free_violations, staging_violations, reuse_violations, waits_on_pending;
 
 typedef struct parked {
     void *ptr;
@@ -98,6 +100,22 @@ static int in_flight(const void *p, size_t n)
             return 1;
         for (const task *t = streams[s]->head; t; t = t->next)
             if (task_touches(t, p, n))
+                return 1;
+    }
+    return 0;
+}
+
+/* Called with mu held: whether a queued or running kernel reads [p, p + n). */
+static int read_in_flight(const void *p, size_t n)
+{
+    for (int s = 0; s < MAX_STREAMS; s++) {
+        if (!streams[s])
+            continue;
+        const task *r = streams[s]->running;
+        if (r && r->kind == TASK_SUM && task_touches(r, p, n))
+            return 1;
+        for (const task *t = streams[s]->head; t; t = t->next)
+            if (t->kind == TASK_SUM && task_touches(t, p, n))
                 return 1;
     }
     return 0;
@@ -252,6 +270,10 @@ static int i_copy(ds_backend *b, void *dst, const void *src, size_t n, ds_stream
     t->src = src;
     t->bytes = n;
     t->src_hash = fx_hash(14695981039346656037ull, src, n);
+    pthread_mutex_lock(&mu);
+    if (read_in_flight(dst, n))
+        reuse_violations++;
+    pthread_mutex_unlock(&mu);
     enqueue(s, t);
     return DS_OK;
 }
@@ -403,17 +425,18 @@ static void make_instrumented(void)
 /* ---- tests ---- */
 
 /* Three passes over 10 units on an asynchronous compute stream, each unit's "kernel" queued
- * behind the copy it waits for, under several budgets and prefetch depths. Sums match, nothing
- * was freed or overwritten while in use, and the compute stream did wait on in-flight copies. */
-static void test_never_freed_in_use(void)
+ * behind the copy it waits for, under several budgets and prefetch depths, with units of mixed
+ * sizes and of one size (whose buffers are reused). Sums match, nothing was freed, reused or
+ * overwritten while in use, and the compute stream did wait on in-flight copies. */
+static void never_freed_in_use(int equal)
 {
     fx_model fx;
-    fx_make(&fx, 10, DS_F32, 41, 0);
+    fx_make(&fx, 10, DS_F32, 41, equal);
     size_t total = fx_total(&fx);
     size_t budgets[4] = {0, total / 4, total / 2, DS_VRAM_UNLIMITED};
     for (int depth = 0; depth <= 2; depth += 2)
         for (int bi = 0; bi < 4; bi++) {
-            free_violations = staging_violations = waits_on_pending = 0;
+            free_violations = staging_violations = reuse_violations = waits_on_pending = 0;
             ds_vram_manager *m = NULL;
             ds_vram_model *model = NULL;
             ds_stream *compute = NULL;
@@ -448,11 +471,24 @@ static void test_never_freed_in_use(void)
             CHECK_MSG(free_violations == 0, "budget %zu depth %d: %d frees in use", budgets[bi],
                       depth, free_violations);
             CHECK(staging_violations == 0);
+            CHECK_MSG(reuse_violations == 0, "budget %zu depth %d: %d buffers reused in use",
+                      budgets[bi], depth, reuse_violations);
             CHECK(waits_on_pending > 0);
             if (budgets[bi] != DS_VRAM_UNLIMITED)
                 CHECK(st.evictions > 0 && st.wait_seconds > 0);
+            if (equal && budgets[bi] != DS_VRAM_UNLIMITED)
+                CHECK_MSG(st.reuses > 0 && st.allocations < 3 * fx.n,
+                          "budget %zu depth %d: %llu reuses, %llu allocations", budgets[bi],
+                          depth, (unsigned long long)st.reuses,
+                          (unsigned long long)st.allocations);
         }
     fx_free(&fx);
+}
+
+static void test_never_freed_in_use(void)
+{
+    never_freed_in_use(0);
+    never_freed_in_use(1);
 }
 
 /* Offload right after release, while the slow kernel that reads the unit is still queued: the

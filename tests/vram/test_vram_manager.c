@@ -423,6 +423,64 @@ static void test_budget_change_and_owners(void)
     fx_free(&b);
 }
 
+/* Units of one size paged under a budget: after the first pass every copy lands in a kept
+ * buffer (no allocation), kept buffers count in the budget, a unit of another size frees them to
+ * fit, offload frees instead of keeping, and budget 0 leaves nothing kept. */
+static void test_buffers_reused(void)
+{
+    fx_model fx;
+    fx_make(&fx, 8, DS_F32, 51, 1);
+    size_t ub = fx.unit_bytes[0];
+    const size_t act = 4096;
+    for (int depth = 0; depth <= 2; depth += 2)
+        for (size_t units = 0; units <= 4; units += 2) {
+            size_t budget = units * ub + (units ? act : 0);
+            ds_vram_manager *m = NULL;
+            ds_vram_model *model = NULL;
+            ds_error err = {0};
+            REQUIRE(ds_vram_manager_create(cpu, budget, depth, &m, &err) == DS_OK);
+            REQUIRE(ds_vram_model_add(m, "dit", DS_F32, &model, &err) == DS_OK);
+            REQUIRE(fx_register(&fx, model, &err) == DS_OK);
+            ds_vram_stats warm, st;
+            CHECK(run_pass(&fx, model, units ? act : 0, &err) == 0);
+            ds_vram_stats_get(m, &warm);
+            for (int step = 0; step < 3; step++)
+                CHECK_MSG(run_pass(&fx, model, units ? act : 0, &err) == 0, "%s", err.message);
+            ds_vram_stats_get(m, &st);
+            CHECK_MSG(st.allocations == warm.allocations, "budget %zu depth %d: %llu -> %llu",
+                      budget, depth, (unsigned long long)warm.allocations,
+                      (unsigned long long)st.allocations);
+            /* Every copy of the warm passes landed in a kept buffer. */
+            uint64_t copies = st.loads + st.prefetches - warm.loads - warm.prefetches;
+            CHECK_MSG(copies > 0 && st.reuses - warm.reuses == copies,
+                      "budget %zu depth %d: %llu copies, %llu reuses", budget, depth,
+                      (unsigned long long)copies, (unsigned long long)(st.reuses - warm.reuses));
+            CHECK(st.peak_bytes <= (units ? budget : ub));
+            CHECK(st.resident_bytes + st.cached_bytes <= (units ? budget : ub));
+
+            /* A bigger unit: the kept buffers and idle units make way, the budget holds. */
+            static float big[3000];
+            ds_vram_tensor_source t = {.name = "w", .dtype = DS_F32, .ndim = 1, .shape = {3000},
+                                       .data = big};
+            size_t other;
+            const ds_tensor *v;
+            REQUIRE(ds_vram_unit_add(model, "proj_out", &t, 1, &other, &err) == DS_OK);
+            REQUIRE(ds_vram_acquire(model, other, NULL, &v, &err) == DS_OK);
+            REQUIRE(ds_vram_release(model, other, NULL, &err) == DS_OK);
+            ds_vram_stats_get(m, &st);
+            CHECK(st.peak_bytes <= (units ? budget : ub));
+
+            CHECK(ds_vram_offload(model, &err) == DS_OK);
+            ds_vram_stats_get(m, &st);
+            CHECK(st.resident_bytes == 0);
+            REQUIRE(ds_vram_set_budget(m, 0, &err) == DS_OK);
+            ds_vram_stats_get(m, &st);
+            CHECK(st.cached_bytes == 0);
+            ds_vram_manager_destroy(m);
+        }
+    fx_free(&fx);
+}
+
 static void test_create_errors(void)
 {
     ds_vram_manager *m = NULL;
@@ -454,6 +512,7 @@ int main(void)
     RUN(test_two_models_interleaved);
     RUN(test_exhausted_is_an_error);
     RUN(test_budget_change_and_owners);
+    RUN(test_buffers_reused);
     RUN(test_create_errors);
     ds_backend_destroy(cpu);
     return test_summary();
