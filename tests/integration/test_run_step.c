@@ -142,14 +142,16 @@ static void test_unknown_model(void)
     free(b);
 }
 
-static void test_class_without_steps(void)
+/* The VAE's steps are decode and encode: the default "forward" is not one of them. */
+static void test_unknown_step(void)
 {
     int64_t shape[] = {2};
     pb_bytes_array_t *b = bytes_of(8);
     diffsynth_v1_Envelope req;
     diffsynth_v1_Tensor t;
     one_tensor(&req, &t, vae_id, "x", diffsynth_v1_DType_F32, shape, 1, b);
-    expect_code(&req, 12 /* UNIMPLEMENTED */, "has no steps");
+    expect_code(&req, 3 /* INVALID_ARGUMENT */,
+                "has no step \"forward\"; its steps: decode, encode");
     free(b);
 }
 
@@ -228,7 +230,7 @@ static void test_shm_regions(void)
     expect_code(&req, 3, "shared-memory region has 8 bytes, its dtype and shape need 16");
     /* A sound region gets past the transport checks to the model's own error. */
     t.shm.size = 16;
-    expect_code(&req, 12, "has no steps");
+    expect_code(&req, 3, "has no step \"forward\"");
     /* An output region outside its object. */
     req.body.run_step.has_output_region = true;
     req.body.run_step.output_region.name = name;
@@ -503,7 +505,7 @@ int main(int argc, char **argv)
     }
     fill_inputs();
     RUN(test_unknown_model);
-    RUN(test_class_without_steps);
+    RUN(test_unknown_step);
     RUN(test_malformed_tensors);
     RUN(test_shm_regions);
     RUN(test_forward_inline_and_shm);

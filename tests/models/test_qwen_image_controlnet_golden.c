@@ -318,7 +318,7 @@ static void test_step_checks(void)
           DS_ERR_INVALID_ARGUMENT);
     CHECK_CONTAINS(err.message, "1 blocks, fewer than the DiT's 2");
     ds_step_io_free(&out);
-    ds_state_dict_free(&one_block.model.params);
+    free_model(&one_block);
 }
 
 static void test_bf16_golden(void)
