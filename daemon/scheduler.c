@@ -1,5 +1,6 @@
 #include "daemon/scheduler.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,19 @@ static double now_s(void)
 }
 
 /* Caller holds the lock. */
+static void enqueue(ds_scheduler *sched, ds_job *job)
+{
+    job->next = NULL;
+    job->queued_at_s = now_s();
+    if (sched->queue_tail)
+        sched->queue_tail->next = job;
+    else
+        sched->queue_head = job;
+    sched->queue_tail = job;
+    sched->queued++;
+}
+
+/* Caller holds the lock. */
 static void push_notice(ds_scheduler *sched, notice *n)
 {
     n->next = NULL;
@@ -70,7 +84,13 @@ static void worker_main(void *arg)
         sched->running = job;
         uv_mutex_unlock(&sched->lock);
 
-        job->started_s = job->phase_started_s = now_s();
+        double now = now_s();
+        job->queue_s += now - job->queued_at_s;
+        /* A job submitted again (in stages) keeps its first start: elapsed times span it all. */
+        if (job->turns++ == 0 && job->started_s == 0.0)
+            job->started_s = now;
+        if (job->turns == 1)
+            job->phase_started_s = now;
         if (ds_job_cancelled(job))
             job->status = ds_error_set(&job->error, DS_ERR_CANCELLED, "cancelled");
         else
@@ -78,6 +98,15 @@ static void worker_main(void *arg)
 
         uv_mutex_lock(&sched->lock);
         sched->running = NULL;
+        if (job->status == DS_JOB_YIELD) {
+            /* A cancel that arrived during the turn ends the job at this boundary rather than
+             * after a wait in the queue. */
+            if (!ds_job_cancelled(job)) {
+                enqueue(sched, job);
+                continue;
+            }
+            job->status = ds_error_set(&job->error, DS_ERR_CANCELLED, "cancelled");
+        }
         sched->undelivered++;
         job->next = NULL;
         if (sched->done_tail)
@@ -167,18 +196,14 @@ void ds_scheduler_on_idle(ds_scheduler *sched, void (*fn)(void *arg), void *arg)
 void ds_scheduler_submit(ds_scheduler *sched, ds_job *job)
 {
     job->sched = sched;
-    job->next = NULL;
     job->status = DS_OK;
     ds_error_clear(&job->error);
     atomic_store(&job->cancel, 0);
     job->phase[0] = '\0';
+    job->queue_s = 0.0;
+    job->turns = 0;
     uv_mutex_lock(&sched->lock);
-    if (sched->queue_tail)
-        sched->queue_tail->next = job;
-    else
-        sched->queue_head = job;
-    sched->queue_tail = job;
-    sched->queued++;
+    enqueue(sched, job);
     uv_cond_signal(&sched->wake);
     uv_mutex_unlock(&sched->lock);
 }
@@ -223,7 +248,8 @@ static int cancel_matching(ds_scheduler *sched, const void *owner, int by_id, ui
     while (removed) {
         ds_job *job = removed;
         removed = job->next;
-        job->status = ds_error_set(&job->error, DS_ERR_CANCELLED, "cancelled before it started");
+        job->status = ds_error_set(&job->error, DS_ERR_CANCELLED,
+                                   job->turns ? "cancelled" : "cancelled before it started");
         job->complete(job);
     }
     return found;
@@ -241,7 +267,8 @@ void ds_scheduler_cancel_owner(ds_scheduler *sched, const void *owner)
 
 int ds_job_cancelled(const ds_job *job) { return atomic_load(&job->cancel) != 0; }
 
-void ds_job_report(ds_job *job, const char *phase, uint64_t done, uint64_t total,
+/* eta_s NaN: the phase's own pace. */
+static void report(ds_job *job, const char *phase, uint64_t done, uint64_t total, double eta_s,
                    const char *message)
 {
     ds_scheduler *sched = job->sched;
@@ -253,20 +280,34 @@ void ds_job_report(ds_job *job, const char *phase, uint64_t done, uint64_t total
         snprintf(job->phase, sizeof job->phase, "%s", phase);
         job->phase_started_s = now;
     }
+    if (isnan(eta_s))
+        eta_s = done > 0 && total >= done
+                    ? (now - job->phase_started_s) / (double)done * (double)(total - done)
+                    : -1.0;
     n->job = job;
     snprintf(n->progress.phase, sizeof n->progress.phase, "%s", phase);
     n->progress.done = done;
     n->progress.total = total;
     n->progress.elapsed_s = now - job->started_s;
-    n->progress.eta_s = done > 0 && total >= done
-                            ? (now - job->phase_started_s) / (double)done * (double)(total - done)
-                            : -1.0;
+    n->progress.eta_s = eta_s;
     if (message)
         snprintf(n->progress.message, sizeof n->progress.message, "%s", message);
     uv_mutex_lock(&sched->lock);
     push_notice(sched, n);
     uv_mutex_unlock(&sched->lock);
     uv_async_send(&sched->async);
+}
+
+void ds_job_report(ds_job *job, const char *phase, uint64_t done, uint64_t total,
+                   const char *message)
+{
+    report(job, phase, done, total, NAN, message);
+}
+
+void ds_job_report_eta(ds_job *job, const char *phase, uint64_t done, uint64_t total,
+                       double eta_s, const char *message)
+{
+    report(job, phase, done, total, isnan(eta_s) ? -1.0 : eta_s, message);
 }
 
 size_t ds_scheduler_queued(ds_scheduler *sched)

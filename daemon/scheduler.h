@@ -1,6 +1,11 @@
 /* The job scheduler (DESIGN §3): a FIFO queue served by one worker thread, the "device worker".
  * The CPU backend has one; a GPU adds its own worker behind the same job interface.
  *
+ * A job may run in turns: run() returning DS_JOB_YIELD puts it back at the tail of the queue,
+ * so long jobs (pipelines, one denoising step per turn) interleave round robin with each other
+ * and with the jobs queued behind them. Between turns the job is an ordinary queued job:
+ * counted in ds_scheduler_queued, and cancelled there like one that never ran.
+ *
  * A job runs on the worker and completes on the loop thread. The worker reports progress and
  * completion through a mutex-protected queue and a uv_async_t: libuv may coalesce several
  * uv_async_send calls into one callback, so the callback drains the whole queue, in order.
@@ -19,7 +24,11 @@
 typedef enum ds_job_kind {
     DS_JOB_LOAD = 1,
     DS_JOB_RUN_STEP = 2,
+    DS_JOB_RUN_PIPELINE = 3,
 } ds_job_kind;
+
+/* run()'s "more work remains": queue me again (a positive value, never a ds_status). */
+#define DS_JOB_YIELD 1
 
 #define DS_PROGRESS_PHASE_MAX 32
 #define DS_PROGRESS_MESSAGE_MAX 256
@@ -41,22 +50,26 @@ struct ds_job {
     ds_job_kind kind;
     uint64_t request_id;
     void *owner;          /* who asked (a connection); the scheduler only compares it */
-    int (*run)(ds_job *job);                                      /* worker thread */
+    /* Worker thread: DS_OK, a negative ds_status, or DS_JOB_YIELD to run again later. */
+    int (*run)(ds_job *job);
     void (*progress)(ds_job *job, const ds_job_progress *progress); /* loop thread; may be NULL */
     void (*complete)(ds_job *job);  /* loop thread, exactly once; may free the job */
 
     /* Results, valid in complete(). */
     int status;           /* run()'s return, or DS_ERR_CANCELLED if cancelled before it ran */
     ds_error error;       /* filled by run() when status < 0 */
+    double queue_s;       /* seconds spent queued, all turns together (also valid in run()) */
+    unsigned turns;       /* run() calls so far */
 
     /* Set by ds_scheduler_cancel*; run() polls it with ds_job_cancelled at checkpoints. */
     atomic_int cancel;
 
-    /* Scheduler state. */
+    /* Scheduler state: zero before the first submission (jobs are calloc'd). */
     ds_scheduler *sched;
     ds_job *next;
-    double started_s;
+    double started_s;         /* the first turn's start */
     double phase_started_s;
+    double queued_at_s;       /* when it last entered the queue */
     char phase[DS_PROGRESS_PHASE_MAX];
 };
 
@@ -67,11 +80,15 @@ int ds_scheduler_new(uv_loop_t *loop, ds_scheduler **out, ds_error *err);
  * running or undelivered (how shutdown knows the drain is over). */
 void ds_scheduler_on_idle(ds_scheduler *sched, void (*fn)(void *arg), void *arg);
 
-/* Queues a job (loop thread). The scheduler does not own it: complete() disposes of it. */
+/* Queues a job (loop thread). The scheduler does not own it: complete() disposes of it. A job
+ * may be submitted again from its complete() (a job in stages); each submission completes
+ * exactly once. */
 void ds_scheduler_submit(ds_scheduler *sched, ds_job *job);
 
-/* Cancels the job of `owner` with this request id. A queued job is removed and completes
- * with DS_ERR_CANCELLED before this returns; a running one gets its cancel flag set.
+/* Cancels the job of `owner` with this request id. A queued job (also one that yielded) is
+ * removed and completes with DS_ERR_CANCELLED before this returns; a running one gets its
+ * cancel flag set, and if it yields anyway it completes with DS_ERR_CANCELLED instead of
+ * running again.
  * Returns 1 when the job was found, 0 otherwise. */
 int ds_scheduler_cancel(ds_scheduler *sched, const void *owner, uint64_t request_id);
 /* The same for every job of `owner` (a connection that went away), or of everyone (NULL). */
@@ -79,9 +96,13 @@ void ds_scheduler_cancel_owner(ds_scheduler *sched, const void *owner);
 
 /* Worker side: true once the job was asked to stop. */
 int ds_job_cancelled(const ds_job *job);
-/* Worker side: posts a progress event; `message` may be NULL. */
+/* Worker side: posts a progress event; `message` may be NULL. The ETA assumes the rest of
+ * the phase runs at the pace of its part done so far. */
 void ds_job_report(ds_job *job, const char *phase, uint64_t done, uint64_t total,
                    const char *message);
+/* The same with the job's own estimate of the seconds left (< 0: unknown). */
+void ds_job_report_eta(ds_job *job, const char *phase, uint64_t done, uint64_t total,
+                       double eta_s, const char *message);
 
 size_t ds_scheduler_queued(ds_scheduler *sched);
 size_t ds_scheduler_running(ds_scheduler *sched);
