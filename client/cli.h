@@ -74,6 +74,10 @@ void cli_end_progress(cli_ctx *ctx);
 int cli_run_step(cli_ctx *ctx, int argc, char **argv);
 extern const char cli_run_step_help[];
 
+/* `generate` (cli_generate.c) and its help text. */
+int cli_generate(cli_ctx *ctx, int argc, char **argv);
+extern const char cli_generate_help[];
+
 /* `tokenize` (cli_tokenize.c) and its help text; runs locally, without the daemon. */
 int cli_tokenize(cli_ctx *ctx, int argc, char **argv);
 extern const char cli_tokenize_help[];

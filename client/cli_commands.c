@@ -683,6 +683,8 @@ const cli_command cli_commands[] = {
      run_configs},
     {"run-step", "Run one step of a loaded model on tensors from safetensors files",
      cli_run_step_help, cli_run_step},
+    {"generate", "Generate an image with the Qwen-Image pipeline",
+     cli_generate_help, cli_generate},
     {"tokenize", "Token ids of a prompt with a model's Qwen2 tokenizer (no daemon needed)",
      cli_tokenize_help, cli_tokenize},
     {"help", "Show help for a command",

@@ -8,4 +8,8 @@
 int ds__client_fail(ds_client *client, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Records a daemon Error reply as ds_client_call does (message, and its code for
+ * ds_client_last_code) and returns DS_CLIENT_EDAEMON. */
+int ds__client_daemon_error(ds_client *client, const diffsynth_v1_Error *error);
+
 #endif

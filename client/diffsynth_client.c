@@ -75,6 +75,8 @@ static const char *body_name(pb_size_t tag)
     case diffsynth_v1_Envelope_list_configs_result_tag: return "list_configs_result";
     case diffsynth_v1_Envelope_run_step_tag: return "run_step";
     case diffsynth_v1_Envelope_run_step_result_tag: return "run_step_result";
+    case diffsynth_v1_Envelope_run_pipeline_tag: return "run_pipeline";
+    case diffsynth_v1_Envelope_run_pipeline_result_tag: return "run_pipeline_result";
     case 0: return "an empty body";
     default: return "an unknown body";
     }
@@ -109,6 +111,13 @@ int ds__client_fail(ds_client *c, int status, const char *fmt, ...)
     record(c, status, false, fmt, ap);
     va_end(ap);
     return status;
+}
+
+int ds__client_daemon_error(ds_client *c, const diffsynth_v1_Error *e)
+{
+    fail(c, DS_CLIENT_EDAEMON, "%s", e->message ? e->message : "");
+    c->last_code = (int)e->code;
+    return DS_CLIENT_EDAEMON;
 }
 
 /* Records a failure after which the byte stream cannot be trusted. */
@@ -478,6 +487,8 @@ static pb_size_t reply_tag(pb_size_t request_tag)
         return request_tag + 1;
     if (request_tag == diffsynth_v1_Envelope_run_step_tag)
         return diffsynth_v1_Envelope_run_step_result_tag;
+    if (request_tag == diffsynth_v1_Envelope_run_pipeline_tag)
+        return diffsynth_v1_Envelope_run_pipeline_result_tag;
     return 0;
 }
 
@@ -519,9 +530,7 @@ int ds_client_call(ds_client *client, const diffsynth_v1_Envelope *request,
             continue;
         }
         if (env.which_body == diffsynth_v1_Envelope_error_tag) {
-            const diffsynth_v1_Error *e = &env.body.error;
-            fail(client, DS_CLIENT_EDAEMON, "%s", e->message ? e->message : "");
-            client->last_code = (int)e->code;
+            ds__client_daemon_error(client, &env.body.error);
             ds_client_envelope_free(&env);
             return DS_CLIENT_EDAEMON;
         }

@@ -206,6 +206,88 @@ void ds_client_step_result_free(ds_client_step_result *result);
 /* Bytes per element of a diffsynth_v1_DType; 0 for an unknown one. */
 size_t ds_client_dtype_size(int dtype);
 
+/* ---- RunPipeline: a whole pipeline (Qwen-Image text-to-image, ...) as one request ----
+ *
+ * The daemon runs the pipeline one unit at a time (prompt encoding, each denoising step,
+ * decoding), interleaved with other clients' work, and streams Progress events with phases
+ * "load" (models given as paths), "encode", "denoise" (done = steps finished) and "decode".
+ * Tensors travel as for RunStep: inputs over the inline limit and the outputs that do not fit
+ * inline go through one shared-memory object the call creates and unlinks. */
+
+/* A model for one role of the pipeline ("text_encoder", "dit", "vae", "controlnet"): a loaded
+ * model's id, or absolute paths of files the daemon loads (they then stay in its pool, with a
+ * reference for this uid). Roles left out of the request are the loaded models named
+ * qwen_image_text_encoder, qwen_image_dit and qwen_image_vae (the controlnet only if given). */
+typedef struct ds_client_pipeline_model {
+    const char *role;
+    const char *model_id;          /* NULL or "" when paths are given */
+    const char *const *paths;
+    size_t path_count;
+} ds_client_pipeline_model;
+
+/* Cancellation that may be asked for from anywhere: another thread, or a signal handler (it is
+ * one lock-free atomic flag). The call watching it notices within DS_CLIENT_CANCEL_POLL_MS,
+ * sends Cancel for its request from its own thread, and keeps waiting for the daemon's answer:
+ * normally DS_CLIENT_EDAEMON with code CANCELLED, or the result if it finished first. */
+typedef struct ds_client_cancel_flag ds_client_cancel_flag;
+
+#define DS_CLIENT_CANCEL_POLL_MS 50
+
+/* NULL only when memory ran out. Yours: release with ds_client_cancel_flag_free once no call
+ * watches it any more. A flag stays set: use a fresh one per call. */
+ds_client_cancel_flag *ds_client_cancel_flag_new(void);
+void ds_client_cancel_flag_free(ds_client_cancel_flag *cancel);
+/* Async-signal-safe and thread-safe. */
+void ds_client_cancel_flag_raise(ds_client_cancel_flag *cancel);
+bool ds_client_cancel_flag_raised(const ds_client_cancel_flag *cancel);
+
+typedef struct ds_client_pipeline_request {
+    const char *pipeline;              /* NULL = "qwen_image" */
+    const ds_client_pipeline_model *models;
+    size_t model_count;
+    const char *prompt;                /* NULL = "" */
+    const char *negative_prompt;       /* NULL = "" */
+    /* seed, steps, cfg_scale, height, width, denoising_strength, controlnet_scale, as text;
+     * absent ones take upstream's defaults (the daemon draws a seed and reports it). */
+    const ds_client_step_param *params;
+    size_t param_count;
+    const char *dtype;                 /* NULL = "bfloat16"; or "float32" */
+    const char *tokenizer;             /* NULL = beside the text encoder; else an absolute folder */
+    /* NULL, or [H, W, 3] u8 RGB / [H, W, 3] u8 RGB / [1, 16, H/8, W/8] in the compute dtype.
+     * Yours; only read (their names are not sent). */
+    const ds_client_tensor *input_image;
+    const ds_client_tensor *controlnet_image;
+    const ds_client_tensor *initial_noise;
+    size_t inline_limit;               /* as ds_client_step_request's */
+    uint64_t output_capacity;          /* as ds_client_step_request's */
+    ds_client_cancel_flag *cancel;     /* NULL: the call cannot be cancelled this way */
+} ds_client_pipeline_request;
+
+typedef struct ds_client_pipeline_result {
+    uint8_t *png;                      /* owned: the image as PNG file bytes */
+    size_t png_size;
+    ds_client_tensor latents;          /* owned name and data: [1, 16, H/8, W/8] */
+    uint64_t seed;                     /* the seed used (drawn by the daemon if none was given) */
+    uint32_t steps;
+    uint32_t height, width;            /* after rounding to multiples of 16 */
+    double queue_s;                    /* waiting for the daemon's device worker, all units */
+    double encode_s, denoise_s, decode_s;
+} ds_client_pipeline_result;
+
+/* Runs the pipeline and waits for its image. Progress events go to on_progress (as for
+ * ds_client_call); *request_id_out, if not NULL, is set before anything is sent. timeout_ms
+ * bounds each silence, not the whole call (< 0: no limit). While the call waits, frames of
+ * other requests of this client are discarded: do not leave other requests in flight on it.
+ * On failure *result is zeroed; a daemon Error (unknown model, bad parameter, CANCELLED, ...) is
+ * DS_CLIENT_EDAEMON with its code and message. Release the result with
+ * ds_client_pipeline_result_free. */
+int ds_client_run_pipeline(ds_client *client, const ds_client_pipeline_request *request,
+                           ds_client_pipeline_result *result, int timeout_ms,
+                           ds_client_progress_fn on_progress, void *user, uint64_t *request_id_out);
+
+/* Releases what ds_client_run_pipeline returned and zeroes it. NULL is allowed. */
+void ds_client_pipeline_result_free(ds_client_pipeline_result *result);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "daemon/run_pipeline.h"
 #include "daemon/run_step.h"
 #include "models/model_loader.h"
 
@@ -252,6 +253,8 @@ static const char *body_name(Diffsynth__V1__Envelope__BodyCase body)
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS_RESULT: return "list_configs_result";
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP: return "run_step";
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP_RESULT: return "run_step_result";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE: return "run_pipeline";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE_RESULT: return "run_pipeline_result";
     default: return NULL;
     }
 }
@@ -306,6 +309,7 @@ int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err)
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL:
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS:
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP:
+    case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE:
         break;
     default:
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -340,6 +344,8 @@ int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err)
         return DS_OK;
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP:
         return ds_run_step_validate(env->run_step, err);
+    case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE:
+        return ds_run_pipeline_validate(env->run_pipeline, err);
     default:
         return DS_OK;
     }
@@ -1012,6 +1018,7 @@ void ds_dispatch(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL: handle_cancel(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS: handle_list_configs(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP: ds_run_step_handle(d, conn, env); break;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE: ds_run_pipeline_handle(d, conn, env); break;
     default: break;
     }
 }

@@ -1,0 +1,598 @@
+/* `diffsynth generate`: a whole Qwen-Image pipeline run by the daemon, the image written as a
+ * PNG. Input PNGs are decoded here (core's libspng reader) and sent as RGB tensors. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "client/cli.h"
+#include "core/image_png.h"
+#include "core/safetensors.h"
+#include "core/safetensors_write.h"
+
+const char cli_generate_help[] =
+    "usage: diffsynth generate --prompt TEXT -o OUT.png [options]\n"
+    "\n"
+    "Generates an image with the Qwen-Image pipeline on the daemon and writes it as a PNG. The\n"
+    "models are the loaded ones (`diffsynth load`: one qwen_image_text_encoder, qwen_image_dit\n"
+    "and qwen_image_vae), unless --models or --model say otherwise. Prints the seed and where\n"
+    "the image went; progress goes to stderr. Ctrl-C cancels the run on the daemon.\n"
+    "  --prompt TEXT              what to draw (required)\n"
+    "  --negative-prompt TEXT     what not to draw (used when --cfg-scale is not 1)\n"
+    "  --seed N                   0..2^64-1; default: the daemon draws one and it is printed\n"
+    "  --steps N                  denoising steps, 1..1000 (default 30)\n"
+    "  --cfg-scale F              classifier-free guidance (default 4; 1 skips the negative pass)\n"
+    "  --height H --width W       16..8192, rounded up to multiples of 16 (default 1328, or the\n"
+    "                             --input-image's size)\n"
+    "  --dtype bf16|f32           compute dtype (default bf16, as upstream)\n"
+    "  --input-image PNG          image-to-image: start from this picture...\n"
+    "  --denoising-strength F     ...this far, in (0, 1] (default 1: the picture is ignored)\n"
+    "  --controlnet-image PNG     Blockwise ControlNet conditioning (needs --model\n"
+    "  --controlnet-scale F       controlnet=...) and its weight (default 1)\n"
+    "  --tokenizer DIR            the tokenizer folder (default: tokenizer/ beside the text\n"
+    "                             encoder's folder, as in Qwen/Qwen-Image)\n"
+    "  --models PATH...           model files to use (loaded if needed, and kept loaded); each\n"
+    "                             file, or group of shards NAME-0000i-of-0000N, is identified to\n"
+    "                             find its role\n"
+    "  --model ROLE=ID_OR_PATH    the model of a role (text_encoder, dit, vae, controlnet): a\n"
+    "                             loaded model's id (m3), or a file (anything with / or .);\n"
+    "                             repeat a role for its shards\n"
+    "  --save-latents FILE        also write the final latents as safetensors (\"latents\")\n"
+    "  -o, --output OUT.png       where the image goes (required)\n"
+    "Exit status: 0 written, 1 the daemon refused or failed, 2 usage error, 3 no daemon,\n"
+    "130 cancelled with Ctrl-C.\n"
+    "\n"
+    "example:\n"
+    "  diffsynth load Qwen-Image/text_encoder/*.safetensors Qwen-Image/transformer/*.safetensors \\\n"
+    "      Qwen-Image/vae/diffusion_pytorch_model.safetensors\n"
+    "  diffsynth generate --prompt \"a cat in a hat\" --steps 30 --seed 42 -o cat.png\n";
+
+#define MAX_MODEL_FILES 256
+#define CLI_EXIT_CANCELLED 130
+/* Progress bar width in characters, between the brackets. */
+#define BAR_WIDTH 24
+
+enum { ROLE_TEXT_ENCODER, ROLE_DIT, ROLE_VAE, ROLE_CONTROLNET, ROLE_COUNT };
+
+/* Role names, and the model_name a file set must identify as to take the role. */
+static const char *const role_names[ROLE_COUNT] = {"text_encoder", "dit", "vae", "controlnet"};
+static const char *const role_models[ROLE_COUNT] = {
+    "qwen_image_text_encoder", "qwen_image_dit", "qwen_image_vae",
+    "qwen_image_blockwise_controlnet"};
+
+typedef struct role_choice {
+    const char *model_id;            /* or */
+    char *paths[MAX_MODEL_FILES];    /* absolute, owned */
+    size_t path_count;
+    const char *from;                /* "--models" or "--model" */
+} role_choice;
+
+typedef struct gen_args {
+    char *model_files[MAX_MODEL_FILES]; /* --models, as given */
+    size_t model_file_count;
+    char *model_specs[MAX_MODEL_FILES]; /* --model ROLE=..., as given */
+    size_t model_spec_count;
+    role_choice roles[ROLE_COUNT];
+} gen_args;
+
+/* --- arguments ------------------------------------------------------------------------------ */
+
+/* Takes "--models A B C" (until the next option) and "--model R=V" / "--model=R=V" out of argv,
+ * so that cli_parse sees the rest. Returns the usage status on error, -1 to go on. */
+static int take_model_options(const cli_command *cmd, int *argc, char **argv, gen_args *g)
+{
+    int out = 1;
+    for (int i = 1; i < *argc; i++) {
+        char *arg = argv[i];
+        if (strcmp(arg, "--") == 0) {
+            while (i < *argc)
+                argv[out++] = argv[i++];
+            break;
+        }
+        if (strcmp(arg, "--models") == 0) {
+            int k = i + 1;
+            for (; k < *argc && (argv[k][0] != '-' || argv[k][1] == '\0'); k++) {
+                if (g->model_file_count >= MAX_MODEL_FILES)
+                    return cli_usage_error(cmd, "generate: at most %d --models files",
+                                           MAX_MODEL_FILES);
+                g->model_files[g->model_file_count++] = argv[k];
+            }
+            if (k == i + 1)
+                return cli_usage_error(cmd, "generate: --models needs at least one file");
+            i = k - 1;
+            continue;
+        }
+        char *value = NULL;
+        if (strcmp(arg, "--model") == 0) {
+            if (i + 1 >= *argc)
+                return cli_usage_error(cmd, "generate: --model needs ROLE=ID_OR_PATH");
+            value = argv[++i];
+        } else if (strncmp(arg, "--model=", 8) == 0) {
+            value = arg + 8;
+        } else {
+            argv[out++] = arg;
+            continue;
+        }
+        if (g->model_spec_count >= MAX_MODEL_FILES)
+            return cli_usage_error(cmd, "generate: at most %d --model options", MAX_MODEL_FILES);
+        g->model_specs[g->model_spec_count++] = value;
+    }
+    *argc = out;
+    return -1;
+}
+
+static int role_of(const char *name)
+{
+    for (int r = 0; r < ROLE_COUNT; r++)
+        if (strcmp(role_names[r], name) == 0)
+            return r;
+    return -1;
+}
+
+static void free_roles(gen_args *g)
+{
+    for (int r = 0; r < ROLE_COUNT; r++)
+        for (size_t i = 0; i < g->roles[r].path_count; i++)
+            free(g->roles[r].paths[i]);
+}
+
+static int add_path(cli_ctx *ctx, role_choice *rc, const char *path)
+{
+    if (rc->path_count >= MAX_MODEL_FILES) {
+        fprintf(stderr, "error: at most %d files per role\n", MAX_MODEL_FILES);
+        return -1;
+    }
+    char *abs = NULL;
+    if (ds_client_absolute_path(ctx->client, path, &abs) != DS_CLIENT_OK) {
+        fprintf(stderr, "error: %s\n", ds_client_last_error(ctx->client));
+        return -1;
+    }
+    rc->paths[rc->path_count++] = abs;
+    return 0;
+}
+
+/* --model ROLE=VALUE: an id ("m3") or a path (anything with '/' or '.'). Returns the usage
+ * status, 1 on another error (printed), -1 to go on. */
+static int apply_model_specs(cli_ctx *ctx, const cli_command *cmd, gen_args *g)
+{
+    for (size_t i = 0; i < g->model_spec_count; i++) {
+        char *spec = g->model_specs[i];
+        char *eq = strchr(spec, '=');
+        if (!eq || eq == spec || !eq[1])
+            return cli_usage_error(cmd, "generate: --model wants ROLE=ID_OR_PATH, not \"%s\"",
+                                   spec);
+        *eq = '\0';
+        int r = role_of(spec);
+        if (r < 0)
+            return cli_usage_error(cmd,
+                                   "generate: --model role \"%s\" is not one of text_encoder, "
+                                   "dit, vae, controlnet",
+                                   spec);
+        role_choice *rc = &g->roles[r];
+        const char *value = eq + 1;
+        int is_path = strchr(value, '/') || strchr(value, '.');
+        if (rc->from && (!is_path || rc->model_id))
+            return cli_usage_error(cmd, "generate: the %s is given twice (%s and --model)",
+                                   role_names[r], rc->from);
+        rc->from = "--model";
+        if (!is_path)
+            rc->model_id = value;
+        else if (add_path(ctx, rc, value) != 0)
+            return CLI_EXIT_USAGE;
+    }
+    return -1;
+}
+
+/* The shard group a file belongs to: "dir/NAME-0000i-of-0000N.ext" gives "dir/NAME-of-0000N";
+ * any other file is its own group (its whole path). */
+static void shard_key(const char *path, char *key, size_t size)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *of = strstr(base, "-of-");
+    const char *dash = NULL;
+    if (of) {
+        for (const char *p = of - 1; p > base && *p >= '0' && *p <= '9'; p--)
+            dash = p - 1;
+    }
+    if (of && dash && *dash == '-' && of - dash > 1) {
+        snprintf(key, size, "%.*s%s", (int)(dash - path), path, of);
+        return;
+    }
+    snprintf(key, size, "%s", path);
+}
+
+/* Identify on the daemon: which of the pipeline's model names the files are. Returns the role,
+ * or -1 after printing why none. */
+static int identify_role(cli_ctx *ctx, char **paths, size_t count, int *status)
+{
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_identify_tag;
+    req.body.identify.paths = paths;
+    req.body.identify.paths_count = (pb_size_t)count;
+    int rc = cli_call(ctx, &req, &resp);
+    if (rc != DS_CLIENT_OK) {
+        *status = cli_report(ctx, rc);
+        return -1;
+    }
+    const diffsynth_v1_IdentifyResponse *r = &resp.body.identify_result;
+    int role = -1;
+    for (pb_size_t i = 0; i < r->configs_count && role < 0; i++)
+        for (int k = 0; k < ROLE_COUNT && role < 0; k++)
+            if (strcmp(cli_str(r->configs[i].model_name), role_models[k]) == 0)
+                role = k;
+    if (role < 0) {
+        fprintf(stderr, "error: --models %s%s: ", paths[0], count > 1 ? " (and its shards)" : "");
+        if (r->configs_count == 0)
+            fprintf(stderr, "Cannot detect the model type. Model hash: %s\n",
+                    cli_str(r->model_hash));
+        else
+            fprintf(stderr, "a %s, which the qwen_image pipeline does not use\n",
+                    cli_str(r->configs[0].model_name));
+        *status = CLI_EXIT_DAEMON_ERROR;
+    }
+    ds_client_envelope_free(&resp);
+    return role;
+}
+
+/* --models: group shards, identify each group, give it its role. Returns the exit status on
+ * error, -1 to go on. */
+static int apply_model_files(cli_ctx *ctx, const cli_command *cmd, gen_args *g)
+{
+    int done[MAX_MODEL_FILES] = {0};
+    for (size_t i = 0; i < g->model_file_count; i++) {
+        if (done[i])
+            continue;
+        role_choice group = {0};
+        char key[4096], other[4096];
+        shard_key(g->model_files[i], key, sizeof key);
+        int status = -1;
+        for (size_t k = i; k < g->model_file_count && status < 0; k++) {
+            shard_key(g->model_files[k], other, sizeof other);
+            if (strcmp(key, other) != 0)
+                continue;
+            done[k] = 1;
+            if (add_path(ctx, &group, g->model_files[k]) != 0)
+                status = CLI_EXIT_USAGE;
+        }
+        int role = status < 0 ? identify_role(ctx, group.paths, group.path_count, &status) : -1;
+        if (role >= 0 && g->roles[role].from) {
+            status = cli_usage_error(cmd, "generate: the %s is given twice (%s and --models %s)",
+                                     role_names[role], g->roles[role].from, g->model_files[i]);
+        } else if (role >= 0) {
+            g->roles[role] = group;
+            g->roles[role].from = "--models";
+            continue;
+        }
+        for (size_t k = 0; k < group.path_count; k++)
+            free(group.paths[k]);
+        return status;
+    }
+    return -1;
+}
+
+/* A PNG file as an [H, W, 3] u8 tensor; *rgb is malloc'd. */
+static int read_png(const char *option, const char *path, uint8_t **rgb, ds_client_tensor *t)
+{
+    size_t size = 0;
+    FILE *f = fopen(path, "rb");
+    uint8_t *data = NULL;
+    if (f) {
+        if (fseek(f, 0, SEEK_END) == 0) {
+            long end = ftell(f);
+            if (end >= 0 && fseek(f, 0, SEEK_SET) == 0 && (data = malloc((size_t)end + 1)))
+                size = fread(data, 1, (size_t)end, f);
+        }
+        fclose(f);
+    }
+    if (!f || !data) {
+        fprintf(stderr, "error: %s %s: %s\n", option, path, f ? "out of memory" : strerror(errno));
+        free(data);
+        return -1;
+    }
+    uint32_t w = 0, h = 0;
+    ds_error err;
+    int rc = ds_png_decode_rgb8(data, size, rgb, &w, &h, &err);
+    free(data);
+    if (rc != DS_OK) {
+        fprintf(stderr, "error: %s %s: %s\n", option, path, err.message);
+        return -1;
+    }
+    *t = (ds_client_tensor){.name = option + 2, .dtype = diffsynth_v1_DType_U8, .ndim = 3,
+                            .shape = {h, w, 3}, .data = *rgb, .nbytes = (size_t)h * w * 3};
+    return 0;
+}
+
+/* --- progress and Ctrl-C -------------------------------------------------------------------- */
+
+static ds_client_cancel_flag *interrupt_flag;
+
+/* First Ctrl-C: ask the daemon to cancel (the call sends Cancel and waits for its answer).
+ * Second: leave at once. */
+static void on_interrupt(int sig)
+{
+    if (ds_client_cancel_flag_raised(interrupt_flag)) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    ds_client_cancel_flag_raise(interrupt_flag);
+}
+
+static void format_seconds(double s, char *out, size_t size)
+{
+    if (s < 0)
+        snprintf(out, size, "?");
+    else if (s < 60)
+        snprintf(out, size, "%.0fs", s);
+    else
+        snprintf(out, size, "%d:%02d", (int)(s / 60), (int)s % 60);
+}
+
+static void on_progress(const diffsynth_v1_Progress *p, uint64_t request_id, void *user)
+{
+    cli_ctx *ctx = user;
+    (void)request_id;
+    const char *phase = cli_str(p->phase);
+    char elapsed[16], eta[16];
+    format_seconds(p->elapsed_s, elapsed, sizeof elapsed);
+    format_seconds(p->eta_s, eta, sizeof eta);
+    const char *unit = strcmp(phase, "denoise") == 0 ? "step " : "";
+    if (!ctx->progress_tty) {
+        fprintf(stderr, "progress: %s %llu/%llu elapsed %s eta %s\n", phase,
+                (unsigned long long)p->done, (unsigned long long)p->total, elapsed, eta);
+        return;
+    }
+    char bar[BAR_WIDTH + 1];
+    int filled = 0;
+    if (p->total > 0)
+        filled = (int)((p->done < p->total ? p->done : p->total) * BAR_WIDTH / p->total);
+    for (int i = 0; i < BAR_WIDTH; i++)
+        bar[i] = i < filled ? '#' : '.';
+    bar[BAR_WIDTH] = '\0';
+    /* \r and erase-line keep the bar on one line, updated in place. */
+    fprintf(stderr, "\r\033[K%-7s [%s] %s%llu/%llu  elapsed %s  eta %s", phase, bar, unit,
+            (unsigned long long)p->done, (unsigned long long)p->total, elapsed, eta);
+    fflush(stderr);
+    ctx->progress_drawn = true;
+}
+
+/* --- output --------------------------------------------------------------------------------- */
+
+/* Through a temporary file renamed over `path`, so a failed write leaves no half image. */
+static int write_file(const char *path, const uint8_t *data, size_t size)
+{
+    size_t n = strlen(path) + 16;
+    char *tmp = malloc(n);
+    if (!tmp) {
+        fputs("error: out of memory\n", stderr);
+        return -1;
+    }
+    snprintf(tmp, n, "%s.tmp%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    int ok = f && fwrite(data, 1, size, f) == size;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    if (ok && rename(tmp, path) != 0)
+        ok = 0;
+    if (!ok) {
+        fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    return ok ? 0 : -1;
+}
+
+static int save_latents(const char *path, const ds_client_tensor *t)
+{
+    ds_st_out_tensor out = {"latents", (ds_dtype)t->dtype, t->ndim, t->shape, t->data, t->nbytes};
+    ds_error err;
+    if (ds_safetensors_write(path, &out, 1, &err) != DS_OK) {
+        fprintf(stderr, "error: --save-latents %s: %s\n", path, err.message);
+        return -1;
+    }
+    return 0;
+}
+
+static int print_result(cli_ctx *ctx, const ds_client_pipeline_result *res, const char *output,
+                        const char *latents)
+{
+    if (!ctx->json) {
+        printf("seed %llu\n", (unsigned long long)res->seed);
+        printf("wrote %s (%u x %u, %u steps; encode %.2f s, denoise %.2f s, decode %.2f s, "
+               "queued %.2f s)\n",
+               output, res->width, res->height, res->steps, res->encode_s, res->denoise_s,
+               res->decode_s, res->queue_s);
+        if (latents)
+            printf("wrote latents to %s\n", latents);
+        return CLI_EXIT_OK;
+    }
+    pyjson_buf b = {0};
+    pyjson_writer w;
+    pyjson_writer_init(&w, &b, PYJSON_COMPACT);
+    pyjson_begin_object(&w);
+    pyjson_key(&w, "output");
+    pyjson_string(&w, output);
+    pyjson_key(&w, "latents");
+    if (latents)
+        pyjson_string(&w, latents);
+    else
+        pyjson_null(&w);
+    pyjson_key(&w, "seed");
+    pyjson_uint(&w, res->seed);
+    pyjson_key(&w, "steps");
+    pyjson_uint(&w, res->steps);
+    pyjson_key(&w, "height");
+    pyjson_uint(&w, res->height);
+    pyjson_key(&w, "width");
+    pyjson_uint(&w, res->width);
+    pyjson_key(&w, "png_bytes");
+    pyjson_uint(&w, res->png_size);
+    pyjson_key(&w, "queue_s");
+    pyjson_double(&w, res->queue_s);
+    pyjson_key(&w, "encode_s");
+    pyjson_double(&w, res->encode_s);
+    pyjson_key(&w, "denoise_s");
+    pyjson_double(&w, res->denoise_s);
+    pyjson_key(&w, "decode_s");
+    pyjson_double(&w, res->decode_s);
+    pyjson_end_object(&w);
+    return cli_print_doc(&w, &b);
+}
+
+/* --- the command ---------------------------------------------------------------------------- */
+
+int cli_generate(cli_ctx *ctx, int argc, char **argv)
+{
+    const cli_command *self = cli_find_command("generate");
+    static gen_args g;
+    memset(&g, 0, sizeof g);
+    int rc = take_model_options(self, &argc, argv, &g);
+    if (rc >= 0)
+        return rc;
+    const char *prompt = NULL, *negative = NULL, *seed = NULL, *steps = NULL, *cfg = NULL,
+               *height = NULL, *width = NULL, *dtype = NULL, *input = NULL, *strength = NULL,
+               *control = NULL, *control_scale = NULL, *tokenizer = NULL, *latents = NULL,
+               *output = NULL;
+    cli_option opts[] = {
+        {"--prompt", &prompt, NULL},
+        {"--negative-prompt", &negative, NULL},
+        {"--seed", &seed, NULL},
+        {"--steps", &steps, NULL},
+        {"--cfg-scale", &cfg, NULL},
+        {"--height", &height, NULL},
+        {"--width", &width, NULL},
+        {"--dtype", &dtype, NULL},
+        {"--input-image", &input, NULL},
+        {"--denoising-strength", &strength, NULL},
+        {"--controlnet-image", &control, NULL},
+        {"--controlnet-scale", &control_scale, NULL},
+        {"--tokenizer", &tokenizer, NULL},
+        {"--save-latents", &latents, NULL},
+        {"--output", &output, NULL},
+        {"-o", &output, NULL},
+    };
+    int npos = 0;
+    rc = cli_parse(ctx, self, argc, argv, opts, sizeof opts / sizeof opts[0], &npos);
+    if (rc >= 0)
+        return rc;
+    if (npos > 0)
+        return cli_usage_error(self, "generate: unexpected argument \"%s\" (the prompt goes in "
+                                     "--prompt)",
+                               argv[1]);
+    if (!prompt)
+        return cli_usage_error(self, "generate: --prompt TEXT is required");
+    if (!output)
+        return cli_usage_error(self, "generate: -o OUT.png is required");
+    if (strength && !input)
+        return cli_usage_error(self, "generate: --denoising-strength needs --input-image");
+    if (control_scale && !control)
+        return cli_usage_error(self, "generate: --controlnet-scale needs --controlnet-image");
+    if (!ctx->client && !(ctx->client = ds_client_new())) {
+        fputs("error: out of memory\n", stderr);
+        return CLI_EXIT_DAEMON_ERROR;
+    }
+
+    int status = CLI_EXIT_DAEMON_ERROR;
+    uint8_t *input_rgb = NULL, *control_rgb = NULL;
+    char *tokenizer_abs = NULL;
+    ds_client_pipeline_result res = {0};
+    ds_client_cancel_flag *flag = NULL;
+    ds_client_tensor input_t, control_t;
+    if ((rc = apply_model_specs(ctx, self, &g)) >= 0 ||
+        (rc = apply_model_files(ctx, self, &g)) >= 0) {
+        status = rc;
+        goto done;
+    }
+    if ((input && read_png("--input-image", input, &input_rgb, &input_t) != 0) ||
+        (control && read_png("--controlnet-image", control, &control_rgb, &control_t) != 0))
+        goto done;
+    if (tokenizer && ds_client_absolute_path(ctx->client, tokenizer, &tokenizer_abs) != DS_CLIENT_OK) {
+        fprintf(stderr, "error: %s\n", ds_client_last_error(ctx->client));
+        goto done;
+    }
+
+    /* Numbers go as text: the daemon checks them and names what is wrong. An input image
+     * gives the size unless the size is given. */
+    char size_h[16], size_w[16];
+    if (input && !height && !width) {
+        snprintf(size_h, sizeof size_h, "%lld", (long long)input_t.shape[0]);
+        snprintf(size_w, sizeof size_w, "%lld", (long long)input_t.shape[1]);
+        height = size_h;
+        width = size_w;
+    }
+    ds_client_step_param params[7];
+    size_t np = 0;
+    const char *names[7] = {"seed", "steps", "cfg_scale", "height", "width",
+                            "denoising_strength", "controlnet_scale"};
+    const char *values[7] = {seed, steps, cfg, height, width, strength, control_scale};
+    for (int i = 0; i < 7; i++)
+        if (values[i])
+            params[np++] = (ds_client_step_param){names[i], values[i]};
+    ds_client_pipeline_model models[ROLE_COUNT];
+    size_t nm = 0;
+    for (int r = 0; r < ROLE_COUNT; r++) {
+        const role_choice *c = &g.roles[r];
+        if (c->from)
+            models[nm++] = (ds_client_pipeline_model){role_names[r], c->model_id,
+                                                      (const char *const *)c->paths, c->path_count};
+    }
+    if (!(flag = ds_client_cancel_flag_new())) {
+        fputs("error: out of memory\n", stderr);
+        goto done;
+    }
+    ds_client_pipeline_request req = {
+        .models = models,
+        .model_count = nm,
+        .prompt = prompt,
+        .negative_prompt = negative,
+        .params = params,
+        .param_count = np,
+        .dtype = dtype,
+        .tokenizer = tokenizer_abs,
+        .input_image = input ? &input_t : NULL,
+        .controlnet_image = control ? &control_t : NULL,
+        .cancel = flag,
+    };
+    int st = cli_connect(ctx);
+    if (st == DS_CLIENT_OK) {
+        /* No SA_RESTART: the wait's poll returns at once and the flag is seen. */
+        struct sigaction sa = {0}, old_int, old_term;
+        sa.sa_handler = on_interrupt;
+        sigemptyset(&sa.sa_mask);
+        interrupt_flag = flag;
+        sigaction(SIGINT, &sa, &old_int);
+        sigaction(SIGTERM, &sa, &old_term);
+        st = ds_client_run_pipeline(ctx->client, &req, &res, -1, on_progress, ctx, NULL);
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+    }
+    cli_end_progress(ctx);
+    if (st != DS_CLIENT_OK) {
+        if (st == DS_CLIENT_EDAEMON &&
+            ds_client_last_code(ctx->client) == diffsynth_v1_Code_CANCELLED &&
+            ds_client_cancel_flag_raised(flag)) {
+            fprintf(stderr, "cancelled: %s\n", ds_client_last_error(ctx->client));
+            status = CLI_EXIT_CANCELLED;
+        } else {
+            status = cli_report(ctx, st);
+        }
+        goto done;
+    }
+    if (write_file(output, res.png, res.png_size) != 0 ||
+        (latents && save_latents(latents, &res.latents) != 0))
+        goto done;
+    status = print_result(ctx, &res, output, latents);
+
+done:
+    interrupt_flag = NULL;
+    ds_client_cancel_flag_free(flag);
+    ds_client_pipeline_result_free(&res);
+    free(input_rgb);
+    free(control_rgb);
+    free(tokenizer_abs);
+    free_roles(&g);
+    return status;
+}

@@ -1,0 +1,422 @@
+/* libdiffsynth-client: RunPipeline, with shared memory for what nanopb cannot carry inline and
+ * a cancel flag that a signal handler may set. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client/client_internal.h"
+
+#define DEFAULT_PIPELINE "qwen_image"
+/* Inputs in the shared-memory object start at multiples of this (as RunStep's do). */
+#define SHM_ALIGN 64
+#define SHM_NAME_MAX 64
+#define SHM_CREATE_TRIES 16
+
+struct ds_client_cancel_flag {
+    atomic_int requested; /* lock-free on every platform we build for: signal-safe */
+};
+
+/* Names must be unique across every call of this process. */
+static atomic_uint shm_counter;
+
+ds_client_cancel_flag *ds_client_cancel_flag_new(void)
+{
+    ds_client_cancel_flag *c = malloc(sizeof *c);
+    if (c)
+        atomic_init(&c->requested, 0);
+    return c;
+}
+
+void ds_client_cancel_flag_free(ds_client_cancel_flag *cancel) { free(cancel); }
+
+void ds_client_cancel_flag_raise(ds_client_cancel_flag *cancel)
+{
+    if (cancel)
+        atomic_store(&cancel->requested, 1);
+}
+
+bool ds_client_cancel_flag_raised(const ds_client_cancel_flag *cancel)
+{
+    return cancel && atomic_load(&((ds_client_cancel_flag *)cancel)->requested) != 0;
+}
+
+void ds_client_pipeline_result_free(ds_client_pipeline_result *result)
+{
+    if (!result)
+        return;
+    free(result->png);
+    free((char *)result->latents.name);
+    free((void *)result->latents.data);
+    memset(result, 0, sizeof *result);
+}
+
+static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+/* The call's shared-memory object: inputs over the inline limit, then the output region. */
+typedef struct shm_object {
+    char name[SHM_NAME_MAX];
+    int fd;
+    unsigned char *map;
+    uint64_t size;
+} shm_object;
+
+static int shm_create(ds_client *c, shm_object *o, uint64_t size)
+{
+    for (int attempt = 0; attempt < SHM_CREATE_TRIES; attempt++) {
+        snprintf(o->name, sizeof o->name, "/diffsynth-%d-p%u", (int)getpid(),
+                 atomic_fetch_add(&shm_counter, 1));
+        /* 0600 and O_EXCL: only we can open it, and we never adopt someone else's object. */
+        o->fd = shm_open(o->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (o->fd >= 0)
+            break;
+        if (errno != EEXIST)
+            return ds__client_fail(c, DS_CLIENT_EIO, "cannot create shared memory %s: %s", o->name,
+                                   strerror(errno));
+    }
+    if (o->fd < 0)
+        return ds__client_fail(c, DS_CLIENT_EIO, "cannot find a free shared-memory name");
+    if (size > (uint64_t)SIZE_MAX || ftruncate(o->fd, (off_t)size) != 0)
+        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot size shared memory %s to %llu bytes: %s",
+                               o->name, (unsigned long long)size, strerror(errno));
+    void *map = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, o->fd, 0);
+    if (map == MAP_FAILED)
+        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot map shared memory %s (%llu bytes): %s",
+                               o->name, (unsigned long long)size, strerror(errno));
+    o->map = map;
+    o->size = size;
+    return DS_CLIENT_OK;
+}
+
+static void shm_destroy(shm_object *o)
+{
+    if (o->map)
+        munmap(o->map, (size_t)o->size);
+    if (o->fd >= 0) {
+        close(o->fd);
+        shm_unlink(o->name);
+    }
+    o->map = NULL;
+    o->fd = -1;
+}
+
+static int check_tensor(ds_client *c, const char *field, const ds_client_tensor *t)
+{
+    if (!t)
+        return DS_CLIENT_OK;
+    if (t->ndim < 1 || t->ndim > DS_CLIENT_MAX_DIMS || (!t->data && t->nbytes))
+        return ds__client_fail(c, DS_CLIENT_EINVAL, "run_pipeline: %s has a bad rank or no data",
+                               field);
+    return DS_CLIENT_OK;
+}
+
+static int check_request(ds_client *c, const ds_client_pipeline_request *req)
+{
+    if (req->model_count > (pb_size_t)-1 || req->param_count > (pb_size_t)-1)
+        return ds__client_fail(c, DS_CLIENT_EINVAL, "run_pipeline: too many models or params");
+    for (size_t i = 0; i < req->model_count; i++) {
+        const ds_client_pipeline_model *m = &req->models[i];
+        if (!m->role || m->path_count > (pb_size_t)-1 || (m->path_count && !m->paths))
+            return ds__client_fail(c, DS_CLIENT_EINVAL,
+                                   "run_pipeline: model %zu has no role or a bad path list", i);
+        for (size_t k = 0; k < m->path_count; k++)
+            if (!m->paths[k])
+                return ds__client_fail(c, DS_CLIENT_EINVAL, "run_pipeline: model %zu path %zu is NULL",
+                                       i, k);
+    }
+    for (size_t i = 0; i < req->param_count; i++)
+        if (!req->params[i].name || !req->params[i].value)
+            return ds__client_fail(c, DS_CLIENT_EINVAL,
+                                   "run_pipeline: param %zu has no name or value", i);
+    int rc;
+    if ((rc = check_tensor(c, "input_image", req->input_image)) ||
+        (rc = check_tensor(c, "controlnet_image", req->controlnet_image)) ||
+        (rc = check_tensor(c, "initial_noise", req->initial_noise)))
+        return rc;
+    return DS_CLIENT_OK;
+}
+
+/* Fills one optional tensor of the request: inline up to `limit` bytes, else copied into the
+ * object at *cursor. */
+static int put_tensor(ds_client *c, const ds_client_tensor *t, size_t limit, shm_object *o,
+                      uint64_t *cursor, bool *has, diffsynth_v1_Tensor *m)
+{
+    if (!t)
+        return DS_CLIENT_OK;
+    *has = true;
+    m->name = "";
+    m->dtype = (diffsynth_v1_DType)t->dtype;
+    m->shape_count = (pb_size_t)t->ndim;
+    m->shape = (int64_t *)t->shape;
+    if (t->nbytes > limit) {
+        *cursor = align_up(*cursor, SHM_ALIGN);
+        memcpy(o->map + *cursor, t->data, t->nbytes);
+        m->has_shm = true;
+        m->shm.name = o->name;
+        m->shm.offset = *cursor;
+        m->shm.size = t->nbytes;
+        *cursor += t->nbytes;
+    } else if (t->nbytes > 0) {
+        m->data = malloc(PB_BYTES_ARRAY_T_ALLOCSIZE(t->nbytes));
+        if (!m->data)
+            return ds__client_fail(c, DS_CLIENT_ENOMEM, "out of memory building the request");
+        m->data->size = (pb_size_t)t->nbytes;
+        memcpy(m->data->bytes, t->data, t->nbytes);
+    }
+    return DS_CLIENT_OK;
+}
+
+static uint64_t shm_bytes(const ds_client_tensor *t, size_t limit, uint64_t bytes)
+{
+    return t && t->nbytes > limit ? align_up(bytes, SHM_ALIGN) + t->nbytes : bytes;
+}
+
+static void free_request(diffsynth_v1_RunPipelineRequest *r)
+{
+    free(r->input_image.data);
+    free(r->controlnet_image.data);
+    free(r->initial_noise.data);
+    free(r->models);
+    free(r->params);
+}
+
+/* An output of the reply: its bytes, from the frame or from the object (checked against what
+ * the object holds), copied into malloc'd memory. */
+static int take_output(ds_client *c, const char *name, bool has, const diffsynth_v1_Tensor *t,
+                       const shm_object *o, uint64_t out_offset, ds_client_tensor *out)
+{
+    if (!has)
+        return ds__client_fail(c, DS_CLIENT_EPROTO, "the reply has no \"%s\"", name);
+    size_t elem = ds_client_dtype_size(t->dtype);
+    if (elem == 0 || t->shape_count == 0 || t->shape_count > DS_CLIENT_MAX_DIMS)
+        return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"%s\" has dtype %d and %u dims", name,
+                               (int)t->dtype, (unsigned)t->shape_count);
+    uint64_t bytes = elem;
+    for (pb_size_t d = 0; d < t->shape_count; d++) {
+        if (t->shape[d] < 0 || (t->shape[d] > 0 && bytes > UINT64_MAX / (uint64_t)t->shape[d]))
+            return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"%s\" has a bad shape", name);
+        bytes *= (uint64_t)t->shape[d];
+        out->shape[d] = t->shape[d];
+    }
+    const unsigned char *src;
+    if (t->has_shm) {
+        if (!t->shm.name || strcmp(t->shm.name, o->name) != 0 || t->shm.size != bytes ||
+            t->shm.offset < out_offset || t->shm.offset > o->size ||
+            bytes > o->size - t->shm.offset)
+            return ds__client_fail(c, DS_CLIENT_EPROTO,
+                                   "output \"%s\" points outside this call's output region", name);
+        src = o->map + t->shm.offset;
+    } else {
+        size_t have = t->data ? t->data->size : 0;
+        if (have != bytes)
+            return ds__client_fail(c, DS_CLIENT_EPROTO,
+                                   "output \"%s\" has %zu bytes of data, its shape needs %llu", name,
+                                   have, (unsigned long long)bytes);
+        src = t->data ? t->data->bytes : NULL;
+    }
+    void *copy = malloc(bytes ? (size_t)bytes : 1);
+    char *name_copy = strdup(name);
+    if (!copy || !name_copy) {
+        free(copy);
+        free(name_copy);
+        return ds__client_fail(c, DS_CLIENT_ENOMEM, "out of memory for output \"%s\"", name);
+    }
+    if (bytes)
+        memcpy(copy, src, (size_t)bytes);
+    out->name = name_copy;
+    out->dtype = t->dtype;
+    out->ndim = (int)t->shape_count;
+    out->data = copy;
+    out->nbytes = (size_t)bytes;
+    return DS_CLIENT_OK;
+}
+
+static int take_result(ds_client *c, const diffsynth_v1_RunPipelineResponse *r,
+                       const shm_object *o, uint64_t out_offset, ds_client_pipeline_result *result)
+{
+    ds_client_tensor png = {0};
+    int rc = take_output(c, "png", r->has_png, &r->png, o, out_offset, &png);
+    if (rc)
+        return rc;
+    free((char *)png.name);
+    result->png = (uint8_t *)png.data;
+    result->png_size = png.nbytes;
+    if (png.dtype != diffsynth_v1_DType_U8 || png.ndim != 1)
+        return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"png\" is not a [n] u8 tensor");
+    if ((rc = take_output(c, "latents", r->has_latents, &r->latents, o, out_offset,
+                          &result->latents)))
+        return rc;
+    result->seed = r->seed;
+    result->steps = r->steps;
+    result->height = r->height;
+    result->width = r->width;
+    result->queue_s = r->queue_s;
+    result->encode_s = r->encode_s;
+    result->denoise_s = r->denoise_s;
+    result->decode_s = r->decode_s;
+    return DS_CLIENT_OK;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits for the reply to request `id`, passing its progress on. With a cancel flag the wait
+ * runs in short slices so that a flag set by a signal handler is seen soon; the Cancel request
+ * then goes out from this thread, and its own reply is consumed here. */
+static int wait_reply(ds_client *c, uint64_t id, ds_client_cancel_flag *cancel, int timeout_ms,
+                      ds_client_progress_fn on_progress, void *user, diffsynth_v1_Envelope *out)
+{
+    uint64_t cancel_id = 0;
+    int64_t last_frame = now_ms();
+    for (;;) {
+        if (!cancel_id && ds_client_cancel_flag_raised(cancel)) {
+            diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero;
+            req.request_id = cancel_id = ds_client_next_id(c);
+            req.which_body = diffsynth_v1_Envelope_cancel_tag;
+            req.body.cancel.target_request_id = id;
+            int rc = ds_client_send(c, &req);
+            if (rc)
+                return rc;
+        }
+        int slice = cancel && !cancel_id ? DS_CLIENT_CANCEL_POLL_MS : timeout_ms;
+        if (timeout_ms >= 0) {
+            int64_t left = last_frame + timeout_ms - now_ms();
+            if (left < 0)
+                left = 0;
+            if (slice < 0 || slice > left)
+                slice = (int)left;
+        }
+        diffsynth_v1_Envelope env;
+        int rc = ds_client_recv(c, &env, slice);
+        if (rc == DS_CLIENT_ETIMEDOUT) {
+            if (timeout_ms >= 0 && now_ms() - last_frame >= timeout_ms)
+                return ds__client_fail(c, DS_CLIENT_ETIMEDOUT,
+                                       "no reply from diffsynthd within %d ms", timeout_ms);
+            continue;
+        }
+        if (rc)
+            return rc;
+        last_frame = now_ms();
+        bool undecodable = env.request_id == 0 && env.which_body == diffsynth_v1_Envelope_error_tag;
+        if (env.request_id != id && !undecodable) {
+            /* The Cancel's own answer, or a frame of a request this call does not own. */
+            ds_client_envelope_free(&env);
+            continue;
+        }
+        if (env.which_body == diffsynth_v1_Envelope_event_tag) {
+            if (on_progress && env.body.event.which_kind == diffsynth_v1_Event_progress_tag)
+                on_progress(&env.body.event.kind.progress, id, user);
+            ds_client_envelope_free(&env);
+            continue;
+        }
+        if (env.which_body == diffsynth_v1_Envelope_error_tag) {
+            ds__client_daemon_error(c, &env.body.error);
+            ds_client_envelope_free(&env);
+            return DS_CLIENT_EDAEMON;
+        }
+        if (env.which_body != diffsynth_v1_Envelope_run_pipeline_result_tag) {
+            pb_size_t got = env.which_body;
+            ds_client_envelope_free(&env);
+            return ds__client_fail(c, DS_CLIENT_EPROTO,
+                                   "daemon answered request %llu (run_pipeline) with body %u",
+                                   (unsigned long long)id, (unsigned)got);
+        }
+        *out = env;
+        return DS_CLIENT_OK;
+    }
+}
+
+int ds_client_run_pipeline(ds_client *client, const ds_client_pipeline_request *request,
+                           ds_client_pipeline_result *result, int timeout_ms,
+                           ds_client_progress_fn on_progress, void *user, uint64_t *request_id_out)
+{
+    if (!client || !request || !result)
+        return DS_CLIENT_EINVAL;
+    memset(result, 0, sizeof *result);
+    int rc = check_request(client, request);
+    if (rc)
+        return rc;
+    size_t limit = request->inline_limit == 0 || request->inline_limit > DS_CLIENT_MAX_INLINE
+                       ? DS_CLIENT_MAX_INLINE
+                       : request->inline_limit;
+    uint64_t in_bytes = shm_bytes(request->input_image, limit, 0);
+    in_bytes = shm_bytes(request->controlnet_image, limit, in_bytes);
+    in_bytes = shm_bytes(request->initial_noise, limit, in_bytes);
+    uint64_t out_offset = align_up(in_bytes, 4096);
+    uint64_t capacity = request->output_capacity ? request->output_capacity
+                                                 : DS_CLIENT_DEFAULT_OUTPUT_CAPACITY;
+
+    shm_object shm = {.fd = -1};
+    diffsynth_v1_Envelope env = diffsynth_v1_Envelope_init_zero, resp;
+    memset(&resp, 0, sizeof resp);
+    diffsynth_v1_RunPipelineRequest *r = &env.body.run_pipeline;
+    env.which_body = diffsynth_v1_Envelope_run_pipeline_tag;
+    if ((rc = shm_create(client, &shm, out_offset + capacity)))
+        goto done;
+
+    r->pipeline = (char *)(request->pipeline ? request->pipeline : DEFAULT_PIPELINE);
+    r->prompt = (char *)(request->prompt ? request->prompt : "");
+    r->negative_prompt = (char *)(request->negative_prompt ? request->negative_prompt : "");
+    r->dtype = (char *)(request->dtype ? request->dtype : "");
+    r->tokenizer = (char *)(request->tokenizer ? request->tokenizer : "");
+    r->models = calloc(request->model_count ? request->model_count : 1, sizeof *r->models);
+    r->params = calloc(request->param_count ? request->param_count : 1, sizeof *r->params);
+    if (!r->models || !r->params) {
+        rc = ds__client_fail(client, DS_CLIENT_ENOMEM, "out of memory building the request");
+        goto done;
+    }
+    for (size_t i = 0; i < request->model_count; i++) {
+        const ds_client_pipeline_model *m = &request->models[i];
+        r->models[i].role = (char *)m->role;
+        r->models[i].model_id = (char *)(m->model_id ? m->model_id : "");
+        r->models[i].paths = (char **)m->paths;
+        r->models[i].paths_count = (pb_size_t)m->path_count;
+    }
+    r->models_count = (pb_size_t)request->model_count;
+    for (size_t i = 0; i < request->param_count; i++) {
+        r->params[i].name = (char *)request->params[i].name;
+        r->params[i].value = (char *)request->params[i].value;
+    }
+    r->params_count = (pb_size_t)request->param_count;
+    uint64_t cursor = 0;
+    if ((rc = put_tensor(client, request->input_image, limit, &shm, &cursor, &r->has_input_image,
+                         &r->input_image)) ||
+        (rc = put_tensor(client, request->controlnet_image, limit, &shm, &cursor,
+                         &r->has_controlnet_image, &r->controlnet_image)) ||
+        (rc = put_tensor(client, request->initial_noise, limit, &shm, &cursor,
+                         &r->has_initial_noise, &r->initial_noise)))
+        goto done;
+    r->has_output_region = true;
+    r->output_region.name = shm.name;
+    r->output_region.offset = out_offset;
+    r->output_region.size = capacity;
+    r->max_inline_output_bytes = limit;
+
+    env.request_id = ds_client_next_id(client);
+    if (request_id_out)
+        *request_id_out = env.request_id;
+    if ((rc = ds_client_send(client, &env)))
+        goto done;
+    rc = wait_reply(client, env.request_id, request->cancel, timeout_ms, on_progress, user, &resp);
+    if (rc)
+        goto done;
+    rc = take_result(client, &resp.body.run_pipeline_result, &shm, out_offset, result);
+    if (rc)
+        ds_client_pipeline_result_free(result);
+
+done:
+    ds_client_envelope_free(&resp);
+    free_request(r);
+    shm_destroy(&shm);
+    return rc;
+}
