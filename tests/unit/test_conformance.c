@@ -433,6 +433,8 @@ static void fill_pc_LoadRequest(PC(LoadRequest) *m, int k)
     m->n_paths = 3;
     m->paths = STRS(3, k, 1);
     m->client_name = S(k, 2);
+    m->vram_config_json = S(k, 3);
+    m->torch_dtype = S(k, 4);
 }
 
 static void fill_nb_LoadRequest(NB(LoadRequest) *m, int k)
@@ -440,12 +442,16 @@ static void fill_nb_LoadRequest(NB(LoadRequest) *m, int k)
     m->paths_count = 3;
     m->paths = STRS(3, k, 1);
     m->client_name = S(k, 2);
+    m->vram_config_json = S(k, 3);
+    m->torch_dtype = S(k, 4);
 }
 
 static void cmp_LoadRequest(const PC(LoadRequest) *p, const NB(LoadRequest) *n)
 {
     cmp_strs(p->paths, p->n_paths, n->paths, n->paths_count);
     CHECK_STR_EQ(n->client_name, p->client_name);
+    CHECK_STR_EQ(n->vram_config_json, p->vram_config_json);
+    CHECK_STR_EQ(n->torch_dtype, p->torch_dtype);
 }
 
 static void fill_pc_LoadResponse(PC(LoadResponse) *m, int k)
@@ -948,6 +954,154 @@ static void cmp_RunStepResponse(const PC(RunStepResponse) *p, const NB(RunStepRe
     CHECK(same_double(p->compute_s, n->compute_s));
 }
 
+static void fill_pc_PipelineModel(PC(PipelineModel) *m, int k)
+{
+    m->role = S(k, 1);
+    m->model_id = S(k, 2);
+    m->n_paths = 3;
+    m->paths = STRS(3, k, 3);
+}
+
+static void fill_nb_PipelineModel(NB(PipelineModel) *m, int k)
+{
+    m->role = S(k, 1);
+    m->model_id = S(k, 2);
+    m->paths_count = 3;
+    m->paths = STRS(3, k, 3);
+}
+
+static void cmp_PipelineModel(const PC(PipelineModel) *p, const NB(PipelineModel) *n)
+{
+    CHECK_STR_EQ(n->role, p->role);
+    CHECK_STR_EQ(n->model_id, p->model_id);
+    cmp_strs(p->paths, p->n_paths, n->paths, n->paths_count);
+}
+
+static void fill_pc_RunPipelineRequest(PC(RunPipelineRequest) *m, int k)
+{
+    m->pipeline = S(k, 1);
+    m->n_models = 2;
+    m->models = A(2 * sizeof *m->models);
+    m->n_params = 2;
+    m->params = A(2 * sizeof *m->params);
+    for (int i = 0; i < 2; i++) {
+        m->models[i] = PC_NEW(PipelineModel, pipeline_model);
+        fill_pc_PipelineModel(m->models[i], k * 5 + i + 2);
+        m->params[i] = PC_NEW(StepParam, step_param);
+        fill_pc_StepParam(m->params[i], k * 5 + i + 5);
+    }
+    m->prompt = S(k, 3);
+    m->negative_prompt = S(k, 4);
+    m->input_image = PC_NEW(Tensor, tensor);
+    fill_pc_Tensor(m->input_image, k + 6);
+    m->controlnet_image = PC_NEW(Tensor, tensor);
+    fill_pc_Tensor(m->controlnet_image, k + 7);
+    m->initial_noise = PC_NEW(Tensor, tensor);
+    fill_pc_Tensor(m->initial_noise, k + 8);
+    m->dtype = S(k, 9);
+    m->tokenizer = S(k, 10);
+    m->output_region = PC_NEW(SharedRegion, shared_region);
+    fill_pc_SharedRegion(m->output_region, k + 11);
+    m->max_inline_output_bytes = U64(k, 12);
+}
+
+static void fill_nb_RunPipelineRequest(NB(RunPipelineRequest) *m, int k)
+{
+    m->pipeline = S(k, 1);
+    m->models_count = 2;
+    m->models = A(2 * sizeof *m->models);
+    m->params_count = 2;
+    m->params = A(2 * sizeof *m->params);
+    for (int i = 0; i < 2; i++) {
+        fill_nb_PipelineModel(&m->models[i], k * 5 + i + 2);
+        fill_nb_StepParam(&m->params[i], k * 5 + i + 5);
+    }
+    m->prompt = S(k, 3);
+    m->negative_prompt = S(k, 4);
+    m->has_input_image = true;
+    fill_nb_Tensor(&m->input_image, k + 6);
+    m->has_controlnet_image = true;
+    fill_nb_Tensor(&m->controlnet_image, k + 7);
+    m->has_initial_noise = true;
+    fill_nb_Tensor(&m->initial_noise, k + 8);
+    m->dtype = S(k, 9);
+    m->tokenizer = S(k, 10);
+    m->has_output_region = true;
+    fill_nb_SharedRegion(&m->output_region, k + 11);
+    m->max_inline_output_bytes = U64(k, 12);
+}
+
+static void cmp_RunPipelineRequest(const PC(RunPipelineRequest) *p, const NB(RunPipelineRequest) *n)
+{
+    CHECK_STR_EQ(n->pipeline, p->pipeline);
+    REQUIRE(p->n_models == n->models_count && p->n_params == n->params_count);
+    for (size_t i = 0; i < p->n_models; i++)
+        cmp_PipelineModel(p->models[i], &n->models[i]);
+    CHECK_STR_EQ(n->prompt, p->prompt);
+    CHECK_STR_EQ(n->negative_prompt, p->negative_prompt);
+    for (size_t i = 0; i < p->n_params; i++)
+        cmp_StepParam(p->params[i], &n->params[i]);
+    REQUIRE(p->input_image && n->has_input_image);
+    cmp_Tensor(p->input_image, &n->input_image);
+    REQUIRE(p->controlnet_image && n->has_controlnet_image);
+    cmp_Tensor(p->controlnet_image, &n->controlnet_image);
+    REQUIRE(p->initial_noise && n->has_initial_noise);
+    cmp_Tensor(p->initial_noise, &n->initial_noise);
+    CHECK_STR_EQ(n->dtype, p->dtype);
+    CHECK_STR_EQ(n->tokenizer, p->tokenizer);
+    REQUIRE(p->output_region && n->has_output_region);
+    cmp_SharedRegion(p->output_region, &n->output_region);
+    CHECK(p->max_inline_output_bytes == n->max_inline_output_bytes);
+}
+
+static void fill_pc_RunPipelineResponse(PC(RunPipelineResponse) *m, int k)
+{
+    m->png = PC_NEW(Tensor, tensor);
+    fill_pc_Tensor(m->png, k + 1);
+    m->latents = PC_NEW(Tensor, tensor);
+    fill_pc_Tensor(m->latents, k + 2);
+    m->seed = U64(k, 3);
+    m->steps = U32(k, 4);
+    m->height = U32(k, 5);
+    m->width = U32(k, 6);
+    m->queue_s = D(k, 7);
+    m->encode_s = D(k, 8);
+    m->denoise_s = D(k, 9);
+    m->decode_s = D(k, 10);
+}
+
+static void fill_nb_RunPipelineResponse(NB(RunPipelineResponse) *m, int k)
+{
+    m->has_png = true;
+    fill_nb_Tensor(&m->png, k + 1);
+    m->has_latents = true;
+    fill_nb_Tensor(&m->latents, k + 2);
+    m->seed = U64(k, 3);
+    m->steps = U32(k, 4);
+    m->height = U32(k, 5);
+    m->width = U32(k, 6);
+    m->queue_s = D(k, 7);
+    m->encode_s = D(k, 8);
+    m->denoise_s = D(k, 9);
+    m->decode_s = D(k, 10);
+}
+
+static void cmp_RunPipelineResponse(const PC(RunPipelineResponse) *p, const NB(RunPipelineResponse) *n)
+{
+    REQUIRE(p->png && n->has_png);
+    cmp_Tensor(p->png, &n->png);
+    REQUIRE(p->latents && n->has_latents);
+    cmp_Tensor(p->latents, &n->latents);
+    CHECK(p->seed == n->seed);
+    CHECK(p->steps == n->steps);
+    CHECK(p->height == n->height);
+    CHECK(p->width == n->width);
+    CHECK(same_double(p->queue_s, n->queue_s));
+    CHECK(same_double(p->encode_s, n->encode_s));
+    CHECK(same_double(p->denoise_s, n->denoise_s));
+    CHECK(same_double(p->decode_s, n->decode_s));
+}
+
 static void fill_pc_Progress(PC(Progress) *m, int k)
 {
     m->phase = S(k, 1);
@@ -1019,7 +1173,9 @@ static void cmp_Event(const PC(Event) *p, const NB(Event) *n)
     X(list_configs, ListConfigsRequest, list_configs_request)                                 \
     X(list_configs_result, ListConfigsResponse, list_configs_response)                        \
     X(run_step, RunStepRequest, run_step_request)                                             \
-    X(run_step_result, RunStepResponse, run_step_response)
+    X(run_step_result, RunStepResponse, run_step_response)                                    \
+    X(run_pipeline, RunPipelineRequest, run_pipeline_request)                                 \
+    X(run_pipeline_result, RunPipelineResponse, run_pipeline_response)
 
 static const pb_size_t body_tags[] = {
 #define TAG(member, T, snake) diffsynth_v1_Envelope_##member##_tag,
@@ -1176,7 +1332,8 @@ WRAP(LoadResponse) WRAP(UnloadRequest) WRAP(UnloadResponse) WRAP(ListModelsReque
 WRAP(ListModelsResponse) WRAP(StatusRequest) WRAP(VramStatus) WRAP(StatusResponse)
 WRAP(CancelRequest) WRAP(CancelResponse) WRAP(ListConfigsRequest) WRAP(ConfigEntry)
 WRAP(ListConfigsResponse) WRAP(StepParam) WRAP(AuxModel) WRAP(RunStepRequest) WRAP(RunStepResponse)
-WRAP(Progress) WRAP(Event) WRAP(Envelope)
+WRAP(PipelineModel) WRAP(RunPipelineRequest) WRAP(RunPipelineResponse) WRAP(Progress) WRAP(Event)
+WRAP(Envelope)
 
 static const conf_case cases[] = {
     CASE(Error, error),
@@ -1206,6 +1363,9 @@ static const conf_case cases[] = {
     CASE(AuxModel, aux_model),
     CASE(RunStepRequest, run_step_request),
     CASE(RunStepResponse, run_step_response),
+    CASE(PipelineModel, pipeline_model),
+    CASE(RunPipelineRequest, run_pipeline_request),
+    CASE(RunPipelineResponse, run_pipeline_response),
     CASE(Progress, progress),
     CASE(Event, event),
     CASE(Envelope, envelope),
@@ -1291,6 +1451,30 @@ static void test_every_envelope_body(void)
     CHECK(d->n_fields == 1 + sizeof body_tags / sizeof body_tags[0]);
 }
 
+/* Every message type reachable from Envelope has a case of its own, so a message added to the
+ * .proto is tested alone, not only inside its parent. */
+static bool has_case(const ProtobufCMessageDescriptor *d)
+{
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (cases[i].pc_desc == d)
+            return true;
+    return false;
+}
+
+static void check_reachable_cased(const ProtobufCMessageDescriptor *d, int depth)
+{
+    REQUIRE(depth < 16);
+    CHECK_MSG(has_case(d), "message %s has no conformance case", d->short_name);
+    for (unsigned i = 0; i < d->n_fields; i++)
+        if (d->fields[i].type == PROTOBUF_C_TYPE_MESSAGE)
+            check_reachable_cased(d->fields[i].descriptor, depth + 1);
+}
+
+static void test_every_message_has_a_case(void)
+{
+    check_reachable_cased(&diffsynth__v1__envelope__descriptor, 0);
+}
+
 /* Default-valued messages encode to nothing in both, and decode back to defaults. */
 static void test_defaults_encode_empty(void)
 {
@@ -1336,6 +1520,7 @@ int main(void)
 {
     RUN(test_every_message_type);
     RUN(test_every_envelope_body);
+    RUN(test_every_message_has_a_case);
     RUN(test_defaults_encode_empty);
     RUN(test_empty_string_presence);
     free(arena);
