@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# bench/qwen_image CPU: the whole Qwen-Image text-to-image pipeline, end to end (prompt and
+# negative prompt encoding, 4 denoising steps with CFG 4, VAE decode, RGB8 conversion), 256x256,
+# on reduced models (text encoder cut to 1 decoder layer, DiT to 1 block, both at full width;
+# the real VAE), in f32 and in bf16: our ds_qwen_image_pipeline against upstream DiffSynth-Studio's
+# own QwenImagePipeline.__call__, same thread count, in the same run (DESIGN §7: the ratio is the
+# result). Target: ours/upstream <= 1.0. Model building and tokenizer loading are outside the
+# timing (one warm-up call per side). Each side also reports its encode / denoise / decode split.
+#
+# usage: bench/qwen_image/run.sh [PYTHON_WITH_DIFFSYNTH] [THREADS] [REPEATS]
+#   PYTHON_WITH_DIFFSYNTH  default /work/venv/bin/python (a private venv; never installed here)
+#   THREADS                default: online CPUs
+#   REPEATS                timed calls per side after one warm-up; the median counts (default 1)
+# DS_BUILD_DIR: the build holding bench/pipeline_bench (default build). DS_BENCH_TE_LAYERS
+# (default 1), DS_BENCH_DIT_LAYERS (default 1), DS_BENCH_ROUNDS (alternating rounds, default 1),
+# DS_BENCH_LOG: a file to append every JSON result to. Each side holds its weights in memory
+# (5.1 GB f32 with the defaults, mostly the 152064-row embedding and the DiT blocks), one side
+# at a time. On 2 cores one call takes about a minute per side in f32 and on our side in bf16,
+# but over 15 minutes on upstream's side in bf16 (its bf16 CPU kernels), so the defaults are one
+# round of one call, and the whole run takes about an hour.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python=${1:-/work/venv/bin/python}
+threads=${2:-$(nproc)}
+repeats=${3:-1}
+build=${DS_BUILD_DIR:-build}
+bench="$build/bench/pipeline_bench"
+
+[[ -x $bench ]] || { echo "run.sh: $bench is not built (ninja -C $build bench/pipeline_bench)" >&2; exit 1; }
+"$python" -c "import diffsynth, torch" 2>/dev/null ||
+    { echo "run.sh: $python cannot import diffsynth and torch" >&2; exit 1; }
+
+exec python3 bench/qwen_image/compare.py --suite cpu --bench "$bench" --python "$python" \
+    --threads "$threads" --repeats "$repeats" --rounds "${DS_BENCH_ROUNDS:-1}" \
+    --te-layers "${DS_BENCH_TE_LAYERS:-1}" --dit-layers "${DS_BENCH_DIT_LAYERS:-1}" \
+    ${DS_BENCH_LOG:+--log "$DS_BENCH_LOG"}
