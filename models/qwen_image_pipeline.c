@@ -265,6 +265,17 @@ int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
         ds_error_prefix(err, "qwen_image: ");
         goto fail;
     }
+    /* Upstream's terminal shift divides by 1 - the last sigma: with one step from pure noise
+     * that is 0/0 and every latent becomes NaN. Refuse it rather than return a NaN image. */
+    for (int i = 0; i < p->schedule.count; i++)
+        if (!isfinite(p->schedule.sigmas[i])) {
+            rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                              "qwen_image: %d step%s at denoising_strength %g gives NaN sigmas "
+                              "in upstream's Qwen-Image schedule (its terminal shift is 0/0 "
+                              "there); use 2 or more steps",
+                              p->steps, p->steps == 1 ? "" : "s", p->denoising_strength);
+            goto fail;
+        }
     *out = p;
     return DS_OK;
 fail:

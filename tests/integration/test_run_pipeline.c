@@ -469,7 +469,7 @@ static void test_models_by_id_and_name(void)
         {.role = "dit", .model_id = dit_id},
         {.role = "vae", .model_id = vae_id},
     };
-    ds_client_step_param params[] = {{"height", "60"}, {"width", "50"}, {"steps", "1"},
+    ds_client_step_param params[] = {{"height", "60"}, {"width", "50"}, {"steps", "2"},
                                      {"cfg_scale", "1"}};
     request_spec spec = {.params = params, .param_count = 4, .models = by_id, .model_count = 3,
                          .dtype = "float32"};
@@ -478,7 +478,7 @@ static void test_models_by_id_and_name(void)
     CHECK_MSG(rc == DS_CLIENT_OK, "by id: rc %d: %s", rc, ds_client_last_error(c));
     if (rc == DS_CLIENT_OK) {
         /* Rounded up to multiples of 16; the seed drawn by the daemon is reported. */
-        CHECK(res.height == 64 && res.width == 64 && res.steps == 1);
+        CHECK(res.height == 64 && res.width == 64 && res.steps == 2);
         check_png(res.png, res.png_size, 64, 64);
         CHECK(res.latents.dtype == diffsynth_v1_DType_F32);
         fprintf(stderr, "  drawn seed %llu\n", (unsigned long long)res.seed);
@@ -722,7 +722,7 @@ static void test_cli_generate(void)
 
     /* --models: the files are identified here and sent by role. */
     const char *argv2[] = {cli, "--socket", env.socket, "generate", "--prompt", "x", "--steps",
-                           "1", "--cfg-scale", "1", "--height", "32", "--width", "48", "--models",
+                           "2", "--cfg-scale", "1", "--height", "32", "--width", "48", "--models",
                            te_path, dit_path, vae_path, "-o", out, NULL};
     status = it_run(argv2, NULL, RUN_TIMEOUT_MS, &sout, &serr);
     CHECK_MSG(status == 0, "--models: exit %d\nstdout: %s\nstderr: %s", status, sout ? sout : "",

@@ -322,6 +322,9 @@ static void test_checks(void)
     p.steps = 0;
     expect_invalid(m, p, DS_ERR_INVALID_ARGUMENT, "steps is 0, expected 1..");
     p = base_params();
+    p.steps = 1;
+    expect_invalid(m, p, DS_ERR_INVALID_ARGUMENT, "1 step at denoising_strength 1 gives NaN");
+    p = base_params();
     p.height = 0;
     expect_invalid(m, p, DS_ERR_INVALID_ARGUMENT, "the size is 0 x 1328");
     p = base_params();
