@@ -12,4 +12,29 @@ int ds__client_fail(ds_client *client, int status, const char *fmt, ...)
  * ds_client_last_code) and returns DS_CLIENT_EDAEMON. */
 int ds__client_daemon_error(ds_client *client, const diffsynth_v1_Error *error);
 
+/* ---- shared memory for tensors too large for nanopb's inline fields (client_shm.c) ---- */
+
+/* Tensors in a call's shared-memory object start at multiples of this (the daemon's outputs
+ * too). */
+#define DS__CLIENT_SHM_ALIGN 64
+
+/* One call's object: created 0600 with O_EXCL under a process-unique name, unlinked after. */
+typedef struct ds__client_shm {
+    char name[64];
+    int fd;             /* -1 when none */
+    unsigned char *map;
+    uint64_t size;
+} ds__client_shm;
+
+uint64_t ds__client_align_up(uint64_t v, uint64_t a);
+int ds__client_shm_create(ds_client *client, ds__client_shm *o, uint64_t size);
+void ds__client_shm_destroy(ds__client_shm *o);
+
+/* Copies reply tensor `t` (inline, or in `o` at or after out_offset, checked against what the
+ * object holds) into malloc'd memory owned by *out; `name` is what messages call it and what
+ * *out is named. At least `min_dims` dimensions. */
+int ds__client_take_tensor(ds_client *client, const char *name, const diffsynth_v1_Tensor *t,
+                           const ds__client_shm *o, uint64_t out_offset, int min_dims,
+                           ds_client_tensor *out);
+
 #endif

@@ -1,30 +1,20 @@
 /* libdiffsynth-client: RunPipeline, with shared memory for what nanopb cannot carry inline and
  * a cancel flag that a signal handler may set. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "client/client_internal.h"
 
 #define DEFAULT_PIPELINE "qwen_image"
 /* Inputs in the shared-memory object start at multiples of this (as RunStep's do). */
-#define SHM_ALIGN 64
-#define SHM_NAME_MAX 64
-#define SHM_CREATE_TRIES 16
 
 struct ds_client_cancel_flag {
     atomic_int requested; /* lock-free on every platform we build for: signal-safe */
 };
-
-/* Names must be unique across every call of this process. */
-static atomic_uint shm_counter;
 
 ds_client_cancel_flag *ds_client_cancel_flag_new(void)
 {
@@ -57,54 +47,6 @@ void ds_client_pipeline_result_free(ds_client_pipeline_result *result)
     memset(result, 0, sizeof *result);
 }
 
-static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
-
-/* The call's shared-memory object: inputs over the inline limit, then the output region. */
-typedef struct shm_object {
-    char name[SHM_NAME_MAX];
-    int fd;
-    unsigned char *map;
-    uint64_t size;
-} shm_object;
-
-static int shm_create(ds_client *c, shm_object *o, uint64_t size)
-{
-    for (int attempt = 0; attempt < SHM_CREATE_TRIES; attempt++) {
-        snprintf(o->name, sizeof o->name, "/diffsynth-%d-p%u", (int)getpid(),
-                 atomic_fetch_add(&shm_counter, 1));
-        /* 0600 and O_EXCL: only we can open it, and we never adopt someone else's object. */
-        o->fd = shm_open(o->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (o->fd >= 0)
-            break;
-        if (errno != EEXIST)
-            return ds__client_fail(c, DS_CLIENT_EIO, "cannot create shared memory %s: %s", o->name,
-                                   strerror(errno));
-    }
-    if (o->fd < 0)
-        return ds__client_fail(c, DS_CLIENT_EIO, "cannot find a free shared-memory name");
-    if (size > (uint64_t)SIZE_MAX || ftruncate(o->fd, (off_t)size) != 0)
-        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot size shared memory %s to %llu bytes: %s",
-                               o->name, (unsigned long long)size, strerror(errno));
-    void *map = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, o->fd, 0);
-    if (map == MAP_FAILED)
-        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot map shared memory %s (%llu bytes): %s",
-                               o->name, (unsigned long long)size, strerror(errno));
-    o->map = map;
-    o->size = size;
-    return DS_CLIENT_OK;
-}
-
-static void shm_destroy(shm_object *o)
-{
-    if (o->map)
-        munmap(o->map, (size_t)o->size);
-    if (o->fd >= 0) {
-        close(o->fd);
-        shm_unlink(o->name);
-    }
-    o->map = NULL;
-    o->fd = -1;
-}
 
 static int check_tensor(ds_client *c, const char *field, const ds_client_tensor *t)
 {
@@ -144,7 +86,7 @@ static int check_request(ds_client *c, const ds_client_pipeline_request *req)
 
 /* Fills one optional tensor of the request: inline up to `limit` bytes, else copied into the
  * object at *cursor. */
-static int put_tensor(ds_client *c, const ds_client_tensor *t, size_t limit, shm_object *o,
+static int put_tensor(ds_client *c, const ds_client_tensor *t, size_t limit, ds__client_shm *o,
                       uint64_t *cursor, bool *has, diffsynth_v1_Tensor *m)
 {
     if (!t)
@@ -155,7 +97,7 @@ static int put_tensor(ds_client *c, const ds_client_tensor *t, size_t limit, shm
     m->shape_count = (pb_size_t)t->ndim;
     m->shape = (int64_t *)t->shape;
     if (t->nbytes > limit) {
-        *cursor = align_up(*cursor, SHM_ALIGN);
+        *cursor = ds__client_align_up(*cursor, DS__CLIENT_SHM_ALIGN);
         memcpy(o->map + *cursor, t->data, t->nbytes);
         m->has_shm = true;
         m->shm.name = o->name;
@@ -174,7 +116,9 @@ static int put_tensor(ds_client *c, const ds_client_tensor *t, size_t limit, shm
 
 static uint64_t shm_bytes(const ds_client_tensor *t, size_t limit, uint64_t bytes)
 {
-    return t && t->nbytes > limit ? align_up(bytes, SHM_ALIGN) + t->nbytes : bytes;
+    return t && t->nbytes > limit
+               ? ds__client_align_up(bytes, DS__CLIENT_SHM_ALIGN) + t->nbytes
+               : bytes;
 }
 
 static void free_request(diffsynth_v1_RunPipelineRequest *r)
@@ -186,59 +130,17 @@ static void free_request(diffsynth_v1_RunPipelineRequest *r)
     free(r->params);
 }
 
-/* An output of the reply: its bytes, from the frame or from the object (checked against what
- * the object holds), copied into malloc'd memory. */
+/* An output of the reply (see ds__client_take_tensor); NULL-safe on `has`. */
 static int take_output(ds_client *c, const char *name, bool has, const diffsynth_v1_Tensor *t,
-                       const shm_object *o, uint64_t out_offset, ds_client_tensor *out)
+                       const ds__client_shm *o, uint64_t out_offset, ds_client_tensor *out)
 {
     if (!has)
         return ds__client_fail(c, DS_CLIENT_EPROTO, "the reply has no \"%s\"", name);
-    size_t elem = ds_client_dtype_size(t->dtype);
-    if (elem == 0 || t->shape_count == 0 || t->shape_count > DS_CLIENT_MAX_DIMS)
-        return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"%s\" has dtype %d and %u dims", name,
-                               (int)t->dtype, (unsigned)t->shape_count);
-    uint64_t bytes = elem;
-    for (pb_size_t d = 0; d < t->shape_count; d++) {
-        if (t->shape[d] < 0 || (t->shape[d] > 0 && bytes > UINT64_MAX / (uint64_t)t->shape[d]))
-            return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"%s\" has a bad shape", name);
-        bytes *= (uint64_t)t->shape[d];
-        out->shape[d] = t->shape[d];
-    }
-    const unsigned char *src;
-    if (t->has_shm) {
-        if (!t->shm.name || strcmp(t->shm.name, o->name) != 0 || t->shm.size != bytes ||
-            t->shm.offset < out_offset || t->shm.offset > o->size ||
-            bytes > o->size - t->shm.offset)
-            return ds__client_fail(c, DS_CLIENT_EPROTO,
-                                   "output \"%s\" points outside this call's output region", name);
-        src = o->map + t->shm.offset;
-    } else {
-        size_t have = t->data ? t->data->size : 0;
-        if (have != bytes)
-            return ds__client_fail(c, DS_CLIENT_EPROTO,
-                                   "output \"%s\" has %zu bytes of data, its shape needs %llu", name,
-                                   have, (unsigned long long)bytes);
-        src = t->data ? t->data->bytes : NULL;
-    }
-    void *copy = malloc(bytes ? (size_t)bytes : 1);
-    char *name_copy = strdup(name);
-    if (!copy || !name_copy) {
-        free(copy);
-        free(name_copy);
-        return ds__client_fail(c, DS_CLIENT_ENOMEM, "out of memory for output \"%s\"", name);
-    }
-    if (bytes)
-        memcpy(copy, src, (size_t)bytes);
-    out->name = name_copy;
-    out->dtype = t->dtype;
-    out->ndim = (int)t->shape_count;
-    out->data = copy;
-    out->nbytes = (size_t)bytes;
-    return DS_CLIENT_OK;
+    return ds__client_take_tensor(c, name, t, o, out_offset, 1, out);
 }
 
 static int take_result(ds_client *c, const diffsynth_v1_RunPipelineResponse *r,
-                       const shm_object *o, uint64_t out_offset, ds_client_pipeline_result *result)
+                       const ds__client_shm *o, uint64_t out_offset, ds_client_pipeline_result *result)
 {
     ds_client_tensor png = {0};
     int rc = take_output(c, "png", r->has_png, &r->png, o, out_offset, &png);
@@ -352,16 +254,16 @@ int ds_client_run_pipeline(ds_client *client, const ds_client_pipeline_request *
     uint64_t in_bytes = shm_bytes(request->input_image, limit, 0);
     in_bytes = shm_bytes(request->controlnet_image, limit, in_bytes);
     in_bytes = shm_bytes(request->initial_noise, limit, in_bytes);
-    uint64_t out_offset = align_up(in_bytes, 4096);
+    uint64_t out_offset = ds__client_align_up(in_bytes, 4096);
     uint64_t capacity = request->output_capacity ? request->output_capacity
                                                  : DS_CLIENT_DEFAULT_OUTPUT_CAPACITY;
 
-    shm_object shm = {.fd = -1};
+    ds__client_shm shm = {.fd = -1};
     diffsynth_v1_Envelope env = diffsynth_v1_Envelope_init_zero, resp;
     memset(&resp, 0, sizeof resp);
     diffsynth_v1_RunPipelineRequest *r = &env.body.run_pipeline;
     env.which_body = diffsynth_v1_Envelope_run_pipeline_tag;
-    if ((rc = shm_create(client, &shm, out_offset + capacity)))
+    if ((rc = ds__client_shm_create(client, &shm, out_offset + capacity)))
         goto done;
 
     r->pipeline = (char *)(request->pipeline ? request->pipeline : DEFAULT_PIPELINE);
@@ -417,6 +319,6 @@ int ds_client_run_pipeline(ds_client *client, const ds_client_pipeline_request *
 done:
     ds_client_envelope_free(&resp);
     free_request(r);
-    shm_destroy(&shm);
+    ds__client_shm_destroy(&shm);
     return rc;
 }

@@ -1,23 +1,9 @@
 /* libdiffsynth-client: RunStep, with shared memory for tensors nanopb cannot carry inline. */
-#include <errno.h>
-#include <fcntl.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "client/client_internal.h"
-
-/* Tensors in the shared-memory object start at multiples of this (the daemon's outputs too). */
-#define SHM_ALIGN 64
-#define SHM_NAME_MAX 64
-#define SHM_CREATE_TRIES 16
-
-/* Names must be unique across every client of this process. */
-static atomic_uint shm_counter;
 
 size_t ds_client_dtype_size(int dtype)
 {
@@ -43,54 +29,6 @@ void ds_client_step_result_free(ds_client_step_result *result)
     memset(result, 0, sizeof *result);
 }
 
-static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
-
-/* The call's shared-memory object: inputs over the inline limit, then the output region. */
-typedef struct shm_object {
-    char name[SHM_NAME_MAX];
-    int fd;
-    unsigned char *map;
-    uint64_t size;
-} shm_object;
-
-static int shm_create(ds_client *c, shm_object *o, uint64_t size)
-{
-    for (int attempt = 0; attempt < SHM_CREATE_TRIES; attempt++) {
-        snprintf(o->name, sizeof o->name, "/diffsynth-%d-%u", (int)getpid(),
-                 atomic_fetch_add(&shm_counter, 1));
-        /* 0600 and O_EXCL: only we can open it, and we never adopt someone else's object. */
-        o->fd = shm_open(o->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (o->fd >= 0)
-            break;
-        if (errno != EEXIST)
-            return ds__client_fail(c, DS_CLIENT_EIO, "cannot create shared memory %s: %s", o->name,
-                                   strerror(errno));
-    }
-    if (o->fd < 0)
-        return ds__client_fail(c, DS_CLIENT_EIO, "cannot find a free shared-memory name");
-    if (size > (uint64_t)SIZE_MAX || ftruncate(o->fd, (off_t)size) != 0)
-        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot size shared memory %s to %llu bytes: %s",
-                               o->name, (unsigned long long)size, strerror(errno));
-    void *map = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, o->fd, 0);
-    if (map == MAP_FAILED)
-        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot map shared memory %s (%llu bytes): %s",
-                               o->name, (unsigned long long)size, strerror(errno));
-    o->map = map;
-    o->size = size;
-    return DS_CLIENT_OK;
-}
-
-static void shm_destroy(shm_object *o)
-{
-    if (o->map)
-        munmap(o->map, (size_t)o->size);
-    if (o->fd >= 0) {
-        close(o->fd);
-        shm_unlink(o->name);
-    }
-    o->map = NULL;
-    o->fd = -1;
-}
 
 static void free_request(diffsynth_v1_RunStepRequest *r)
 {
@@ -125,7 +63,7 @@ static int check_request(ds_client *c, const ds_client_step_request *req)
 
 /* Copies the reply's outputs out of the frame or the object, checking what the daemon says
  * against what the object holds. */
-static int take_outputs(ds_client *c, const diffsynth_v1_RunStepResponse *r, const shm_object *o,
+static int take_outputs(ds_client *c, const diffsynth_v1_RunStepResponse *r, const ds__client_shm *o,
                         uint64_t out_offset, ds_client_step_result *result)
 {
     result->queue_s = r->queue_s;
@@ -137,49 +75,10 @@ static int take_outputs(ds_client *c, const diffsynth_v1_RunStepResponse *r, con
         return ds__client_fail(c, DS_CLIENT_ENOMEM, "out of memory for the outputs");
     for (pb_size_t i = 0; i < r->outputs_count; i++) {
         const diffsynth_v1_Tensor *t = &r->outputs[i];
-        ds_client_tensor *out = &result->outputs[i];
-        const char *name = t->name ? t->name : "";
-        size_t elem = ds_client_dtype_size(t->dtype);
-        if (elem == 0 || t->shape_count > DS_CLIENT_MAX_DIMS)
-            return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"%s\" has dtype %d and %u dims",
-                                   name, (int)t->dtype, (unsigned)t->shape_count);
-        uint64_t bytes = elem;
-        for (pb_size_t d = 0; d < t->shape_count; d++) {
-            if (t->shape[d] < 0 || (t->shape[d] > 0 && bytes > UINT64_MAX / (uint64_t)t->shape[d]))
-                return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"%s\" has a bad shape", name);
-            bytes *= (uint64_t)t->shape[d];
-            out->shape[d] = t->shape[d];
-        }
-        const unsigned char *src;
-        if (t->has_shm) {
-            if (!t->shm.name || strcmp(t->shm.name, o->name) != 0 || t->shm.size != bytes ||
-                t->shm.offset < out_offset || t->shm.offset > o->size ||
-                bytes > o->size - t->shm.offset)
-                return ds__client_fail(c, DS_CLIENT_EPROTO,
-                                       "output \"%s\" points outside this call's output region", name);
-            src = o->map + t->shm.offset;
-        } else {
-            size_t have = t->data ? t->data->size : 0;
-            if (have != bytes)
-                return ds__client_fail(c, DS_CLIENT_EPROTO,
-                                       "output \"%s\" has %zu bytes of data, its shape needs %llu",
-                                       name, have, (unsigned long long)bytes);
-            src = t->data ? t->data->bytes : NULL;
-        }
-        void *copy = malloc(bytes ? (size_t)bytes : 1);
-        char *name_copy = strdup(name);
-        if (!copy || !name_copy) {
-            free(copy);
-            free(name_copy);
-            return ds__client_fail(c, DS_CLIENT_ENOMEM, "out of memory for output \"%s\"", name);
-        }
-        if (bytes)
-            memcpy(copy, src, (size_t)bytes);
-        out->name = name_copy;
-        out->dtype = t->dtype;
-        out->ndim = (int)t->shape_count;
-        out->data = copy;
-        out->nbytes = (size_t)bytes;
+        int rc = ds__client_take_tensor(c, t->name ? t->name : "", t, o, out_offset, 0,
+                                        &result->outputs[i]);
+        if (rc)
+            return rc;
         result->output_count = i + 1;
     }
     return DS_CLIENT_OK;
@@ -201,17 +100,18 @@ int ds_client_run_step(ds_client *client, const ds_client_step_request *request,
     uint64_t in_bytes = 0;
     for (size_t i = 0; i < request->input_count; i++)
         if (request->inputs[i].nbytes > limit)
-            in_bytes = align_up(in_bytes, SHM_ALIGN) + request->inputs[i].nbytes;
-    uint64_t out_offset = align_up(in_bytes, 4096);
+            in_bytes = ds__client_align_up(in_bytes, DS__CLIENT_SHM_ALIGN) +
+                       request->inputs[i].nbytes;
+    uint64_t out_offset = ds__client_align_up(in_bytes, 4096);
     uint64_t capacity = request->output_capacity ? request->output_capacity
                                                  : DS_CLIENT_DEFAULT_OUTPUT_CAPACITY;
 
-    shm_object shm = {.fd = -1};
+    ds__client_shm shm = {.fd = -1};
     diffsynth_v1_Envelope env = diffsynth_v1_Envelope_init_zero, resp;
     memset(&resp, 0, sizeof resp);
     diffsynth_v1_RunStepRequest *r = &env.body.run_step;
     env.which_body = diffsynth_v1_Envelope_run_step_tag;
-    if ((rc = shm_create(client, &shm, out_offset + capacity)))
+    if ((rc = ds__client_shm_create(client, &shm, out_offset + capacity)))
         goto done;
 
     r->model_id = (char *)request->model_id;
@@ -233,7 +133,7 @@ int ds_client_run_step(ds_client *client, const ds_client_step_request *request,
         m->shape_count = (pb_size_t)t->ndim;
         m->shape = (int64_t *)t->shape;
         if (t->nbytes > limit) {
-            cursor = align_up(cursor, SHM_ALIGN);
+            cursor = ds__client_align_up(cursor, DS__CLIENT_SHM_ALIGN);
             memcpy(shm.map + cursor, t->data, t->nbytes);
             m->has_shm = true;
             m->shm.name = shm.name;
@@ -279,6 +179,6 @@ int ds_client_run_step(ds_client *client, const ds_client_step_request *request,
 done:
     ds_client_envelope_free(&resp);
     free_request(r);
-    shm_destroy(&shm);
+    ds__client_shm_destroy(&shm);
     return rc;
 }

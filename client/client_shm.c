@@ -1,0 +1,108 @@
+/* libdiffsynth-client: the shared-memory object of one RunStep or RunPipeline call, and the
+ * copy of a reply tensor out of the frame or that object. nanopb's 16-bit sizes cannot carry
+ * large tensors inline, so both calls move them through memory the client creates. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "client/client_internal.h"
+
+#define SHM_CREATE_TRIES 16
+
+/* Names must be unique across every call of this process. */
+static atomic_uint shm_counter;
+
+uint64_t ds__client_align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+int ds__client_shm_create(ds_client *c, ds__client_shm *o, uint64_t size)
+{
+    for (int attempt = 0; attempt < SHM_CREATE_TRIES; attempt++) {
+        snprintf(o->name, sizeof o->name, "/diffsynth-%d-%u", (int)getpid(),
+                 atomic_fetch_add(&shm_counter, 1));
+        /* 0600 and O_EXCL: only we can open it, and we never adopt someone else's object. */
+        o->fd = shm_open(o->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (o->fd >= 0)
+            break;
+        if (errno != EEXIST)
+            return ds__client_fail(c, DS_CLIENT_EIO, "cannot create shared memory %s: %s", o->name,
+                                   strerror(errno));
+    }
+    if (o->fd < 0)
+        return ds__client_fail(c, DS_CLIENT_EIO, "cannot find a free shared-memory name");
+    if (size > (uint64_t)SIZE_MAX || ftruncate(o->fd, (off_t)size) != 0)
+        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot size shared memory %s to %llu bytes: %s",
+                               o->name, (unsigned long long)size, strerror(errno));
+    void *map = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, o->fd, 0);
+    if (map == MAP_FAILED)
+        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot map shared memory %s (%llu bytes): %s",
+                               o->name, (unsigned long long)size, strerror(errno));
+    o->map = map;
+    o->size = size;
+    return DS_CLIENT_OK;
+}
+
+void ds__client_shm_destroy(ds__client_shm *o)
+{
+    if (o->map)
+        munmap(o->map, (size_t)o->size);
+    if (o->fd >= 0) {
+        close(o->fd);
+        shm_unlink(o->name);
+    }
+    o->map = NULL;
+    o->fd = -1;
+}
+
+int ds__client_take_tensor(ds_client *c, const char *name, const diffsynth_v1_Tensor *t,
+                           const ds__client_shm *o, uint64_t out_offset, int min_dims,
+                           ds_client_tensor *out)
+{
+    size_t elem = ds_client_dtype_size(t->dtype);
+    if (elem == 0 || t->shape_count < (pb_size_t)min_dims || t->shape_count > DS_CLIENT_MAX_DIMS)
+        return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"%s\" has dtype %d and %u dims", name,
+                               (int)t->dtype, (unsigned)t->shape_count);
+    uint64_t bytes = elem;
+    for (pb_size_t d = 0; d < t->shape_count; d++) {
+        if (t->shape[d] < 0 || (t->shape[d] > 0 && bytes > UINT64_MAX / (uint64_t)t->shape[d]))
+            return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"%s\" has a bad shape", name);
+        bytes *= (uint64_t)t->shape[d];
+        out->shape[d] = t->shape[d];
+    }
+    const unsigned char *src;
+    if (t->has_shm) {
+        if (!o || !t->shm.name || strcmp(t->shm.name, o->name) != 0 || t->shm.size != bytes ||
+            t->shm.offset < out_offset || t->shm.offset > o->size ||
+            bytes > o->size - t->shm.offset)
+            return ds__client_fail(c, DS_CLIENT_EPROTO,
+                                   "output \"%s\" points outside this call's output region", name);
+        src = o->map + t->shm.offset;
+    } else {
+        size_t have = t->data ? t->data->size : 0;
+        if (have != bytes)
+            return ds__client_fail(c, DS_CLIENT_EPROTO,
+                                   "output \"%s\" has %zu bytes of data, its shape needs %llu", name,
+                                   have, (unsigned long long)bytes);
+        src = t->data ? t->data->bytes : NULL;
+    }
+    void *copy = malloc(bytes ? (size_t)bytes : 1);
+    char *name_copy = strdup(name);
+    if (!copy || !name_copy) {
+        free(copy);
+        free(name_copy);
+        return ds__client_fail(c, DS_CLIENT_ENOMEM, "out of memory for output \"%s\"", name);
+    }
+    if (bytes)
+        memcpy(copy, src, (size_t)bytes);
+    out->name = name_copy;
+    out->dtype = t->dtype;
+    out->ndim = (int)t->shape_count;
+    out->data = copy;
+    out->nbytes = (size_t)bytes;
+    return DS_CLIENT_OK;
+}
