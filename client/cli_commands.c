@@ -228,10 +228,12 @@ static void explain_unknown_hash(cli_ctx *ctx, char **paths, int n)
 static int run_load(cli_ctx *ctx, int argc, char **argv)
 {
     const cli_command *self = cli_find_command("load");
-    const char *client_name = NULL;
-    const cli_option opts[] = {{"--client", &client_name, NULL}};
+    const char *client_name = NULL, *vram_config = NULL, *torch_dtype = NULL;
+    const cli_option opts[] = {{"--client", &client_name, NULL},
+                               {"--vram-config", &vram_config, NULL},
+                               {"--torch-dtype", &torch_dtype, NULL}};
     int npos = 0;
-    int rc = cli_parse(ctx, self, argc, argv, opts, 1, &npos);
+    int rc = cli_parse(ctx, self, argc, argv, opts, 3, &npos);
     if (rc >= 0)
         return rc;
     if ((rc = check_path_count(self, npos)) >= 0)
@@ -255,6 +257,8 @@ static int run_load(cli_ctx *ctx, int argc, char **argv)
     req.body.load.paths_count = (pb_size_t)npos;
     req.body.load.paths = paths;
     req.body.load.client_name = (char *)client_name;
+    req.body.load.vram_config_json = (char *)vram_config;
+    req.body.load.torch_dtype = (char *)torch_dtype;
     st = cli_call(ctx, &req, &resp);
     if (st != DS_CLIENT_OK) {
         rc = cli_report(ctx, st);
@@ -652,11 +656,20 @@ const cli_command cli_commands[] = {
      "\"Cannot detect the model type\" sentence and the closest known configs, and exits 1.\n",
      run_identify},
     {"load", "Load models from files into the daemon's pool",
-     "usage: diffsynth load PATH... [--client NAME] [--json]\n"
+     "usage: diffsynth load PATH... [--client NAME] [--vram-config JSON] [--torch-dtype D]\n"
+     "                     [--json]\n"
      "\n"
      "Loads every implemented config that matches the files, as upstream's ModelPool does.\n"
      "Relative paths are made absolute here; the daemon resolves them and checks its model roots.\n"
-     "  --client NAME  who holds the reference (default: uid:<your uid>)\n",
+     "  --client NAME       who holds the reference (default: uid:<your uid>)\n"
+     "  --vram-config JSON  upstream's vram_config: {\"offload_dtype\": \"float8_e4m3fn\",\n"
+     "                      \"offload_device\": \"cpu\", ...} (the eight {offload,onload,\n"
+     "                      preparing,computation}_{dtype,device} keys). With both offload keys\n"
+     "                      the weights are kept in the offload dtype (e.g. fp8) and streamed\n"
+     "                      through the daemon's VRAM manager; the same files loaded with another\n"
+     "                      config are a separate model\n"
+     "  --torch-dtype D     the computation dtype the config falls back on: bfloat16 (default),\n"
+     "                      float32, float16\n",
      run_load},
     {"unload", "Drop a reference to a loaded model",
      "usage: diffsynth unload MODEL_ID [--client NAME] [--all] [--json]\n"

@@ -155,7 +155,8 @@ static Diffsynth__V1__TierBytes *tier_msg(arena *a, const char *tier, uint64_t b
 static Diffsynth__V1__TierBytes **tiers_msg(arena *a, const ds_daemon *d, uint64_t disk,
                                             uint64_t fast, size_t *count)
 {
-    Diffsynth__V1__TierBytes **tiers = arena_array(a, 3, sizeof *tiers);
+    /* Room for a fourth: a model's offload tier (offload_tier_msg). */
+    Diffsynth__V1__TierBytes **tiers = arena_array(a, 4, sizeof *tiers);
     *count = 0;
     if (!tiers)
         return NULL;
@@ -165,6 +166,22 @@ static Diffsynth__V1__TierBytes **tiers_msg(arena *a, const ds_daemon *d, uint64
     tiers[2] = tier_msg(a, "device", on_host ? 0 : fast);
     *count = 3;
     return tiers;
+}
+
+/* A managed vram_config as a fourth tier, LoadedModel's only free-text place: "offload cpu
+ * f8_e4m3" with the units' bytes there (0 until the first step registers them). */
+static void offload_tier_msg(arena *a, const ds_loaded_model *model, uint64_t slow,
+                             Diffsynth__V1__TierBytes **tiers, size_t *count)
+{
+    const ds_vram_config *c = &model->vram_config;
+    if (!tiers || !c->managed)
+        return;
+    char name[96];
+    snprintf(name, sizeof name, "offload %s %s", ds_vram_device_name(c->offload.device),
+             c->offload.disk_dtype ? "disk" : ds_dtype_name(c->offload.dtype));
+    char *copy = arena_str(a, name);
+    if (copy && (tiers[*count] = tier_msg(a, copy, slow)))
+        (*count)++;
 }
 
 static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_daemon *d,
@@ -194,6 +211,7 @@ static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_daemon *d
     if (d->vram)
         ds_vram_owner_stats(d->vram, model, &vs);
     m->tiers = tiers_msg(a, d, ds_pool_model_disk_bytes(e), vs.fast_bytes, &m->n_tiers);
+    offload_tier_msg(a, model, vs.slow_bytes_total, m->tiers, &m->n_tiers);
     m->clients = arena_array(a, e->client_count, sizeof *m->clients);
     if (m->clients) {
         for (size_t i = 0; i < e->client_count; i++)
@@ -501,6 +519,7 @@ typedef struct load_job {
     size_t given_count;
     resolved_paths paths;
     char *client;
+    ds_vram_config vram_config; /* the request's, when managed; else all zero (none) */
     /* Results, filled by the worker. */
     char model_hash[DS_MODEL_HASH_HEX];
     ds_loaded_model **models;
@@ -617,7 +636,7 @@ static int load_run(ds_job *job)
             goto done;
         }
         files = NULL;
-        lj->model_count++;
+        lj->models[lj->model_count++]->vram_config = lj->vram_config;
     }
     /* A cancel that arrived during the last load still wins: the client was told it was found. */
     if (ds_job_cancelled(job)) {
@@ -762,6 +781,57 @@ static char *default_client(ds_conn *conn, const char *given)
     return strdup(buf);
 }
 
+/* LoadRequest.torch_dtype: the computation dtype a vram_config without one gets. */
+static int parse_torch_dtype(const char *s, ds_dtype *out, ds_error *err)
+{
+    if (!s || !s[0]) {
+        *out = DS_BF16;
+        return DS_OK;
+    }
+    const char *name = strncmp(s, "torch.", 6) == 0 ? s + 6 : s;
+    if (strcmp(name, "bfloat16") == 0 || strcmp(name, "bf16") == 0)
+        *out = DS_BF16;
+    else if (strcmp(name, "float32") == 0 || strcmp(name, "fp32") == 0)
+        *out = DS_F32;
+    else if (strcmp(name, "float16") == 0 || strcmp(name, "fp16") == 0)
+        *out = DS_F16;
+    else
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "load.torch_dtype '%s' is not one of bfloat16, float32, float16", s);
+    return DS_OK;
+}
+
+/* The request's vram_config, parsed with upstream's fill-in. Only a managed config (both
+ * offload fields given) changes how the model runs, so an unmanaged one is kept as none: the
+ * pool then reuses the same entry for it as for a Load without one. A managed config needs the
+ * daemon's VRAM manager (the units it describes live there). */
+static int load_vram_config(const ds_daemon *d, const Diffsynth__V1__LoadRequest *req,
+                            ds_vram_config *out, ds_error *err)
+{
+    memset(out, 0, sizeof *out);
+    ds_dtype comp = DS_BF16;
+    int rc = parse_torch_dtype(req->torch_dtype, &comp, err);
+    if (rc != DS_OK)
+        return rc;
+    const char *json = req->vram_config_json && req->vram_config_json[0] ? req->vram_config_json
+                                                                         : NULL;
+    int on_host = !d->backend || d->backend == d->host_backend;
+    ds_vram_config cfg;
+    rc = ds_vram_config_parse(json, comp, on_host ? DS_VRAM_DEVICE_CPU : DS_VRAM_DEVICE_CUDA, &cfg,
+                              err);
+    if (rc != DS_OK)
+        return ds_error_prefix(err, "load.vram_config_json: ");
+    if (!cfg.managed)
+        return DS_OK;
+    if (!d->vram)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "load.vram_config_json: offload_dtype and offload_device ask for VRAM "
+                            "management, but this daemon runs without a VRAM manager (start "
+                            "diffsynthd with --vram-limit GIB, or --vram-limit none)");
+    *out = cfg;
+    return DS_OK;
+}
+
 static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
 {
     const Diffsynth__V1__LoadRequest *req = env->load;
@@ -773,7 +843,13 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
                     "out of memory queueing the load");
         return;
     }
-    int rc = resolve_all(d, req->paths, req->n_paths, &lj->paths, &err);
+    int rc = load_vram_config(d, req, &lj->vram_config, &err);
+    if (rc != DS_OK) {
+        reply_error(d, conn, env->request_id, rc, err.message);
+        load_job_free(lj);
+        return;
+    }
+    rc = resolve_all(d, req->paths, req->n_paths, &lj->paths, &err);
     if (rc != DS_OK) {
         reply_error(d, conn, env->request_id, rc, err.message);
         load_job_free(lj);

@@ -61,7 +61,13 @@ static void usage(FILE *out)
 "  --vram-limit GIB         stream weights through one memory budget for all models, in GiB\n"
 "                           (fractions allowed; 0 = hold only the weights being computed;\n"
 "                           none = no limit): device memory, or host memory on the CPU.\n"
-"                           Without it the weights are used in place (default)\n"
+"                           Default with --backend cuda: the GPU's free memory less\n"
+"                           --vram-reserve, re-read before every pass over a model (other\n"
+"                           processes share the GPU). Default on the CPU: the weights are\n"
+"                           used in place, no budget\n"
+"  --vram-reserve GIB       with --backend cuda and no --vram-limit: device memory left\n"
+"                           free for others and for what the budget does not count\n"
+"                           (default: 1)\n"
 "  --log-level LEVEL        debug, info, warn or error (default: info); logs go to stderr\n"
 "  --help                   print this help and exit\n"
 "  --version                print the version and exit\n"
@@ -111,6 +117,21 @@ static int parse_vram_limit(const char *text, size_t *bytes)
     if (!text[0] || *end || errno || gib < 0 || ds_vram_limit_bytes(gib, bytes, &err) != DS_OK) {
         fprintf(stderr, "diffsynthd: --vram-limit wants GiB (0 or more, fractions allowed) or "
                 "none, not \"%s\"\n", text);
+        return -1;
+    }
+    return 0;
+}
+
+/* --vram-reserve: GiB kept free on the GPU under the default budget. */
+static int parse_vram_reserve(const char *text, size_t *bytes)
+{
+    char *end;
+    errno = 0;
+    double gib = strtod(text, &end);
+    ds_error err;
+    if (!text[0] || *end || errno || gib < 0 || ds_vram_limit_bytes(gib, bytes, &err) != DS_OK) {
+        fprintf(stderr, "diffsynthd: --vram-reserve wants GiB (0 or more, fractions allowed), "
+                "not \"%s\"\n", text);
         return -1;
     }
     return 0;
@@ -169,6 +190,7 @@ int main(int argc, char **argv)
         OPT_BACKEND,
         OPT_THREADS,
         OPT_VRAM_LIMIT,
+        OPT_VRAM_RESERVE,
         OPT_HELP,
         OPT_VERSION,
     };
@@ -183,6 +205,7 @@ int main(int argc, char **argv)
         {"backend", required_argument, NULL, OPT_BACKEND},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"vram-limit", required_argument, NULL, OPT_VRAM_LIMIT},
+        {"vram-reserve", required_argument, NULL, OPT_VRAM_RESERVE},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -205,6 +228,8 @@ int main(int argc, char **argv)
     int threads = 0;
     int use_vram = 0;
     size_t vram_budget = DS_VRAM_UNLIMITED;
+    const char *reserve_text = NULL;
+    size_t vram_reserve = (size_t)1 << 30;
     int opt;
     uint64_t value;
     ds_log_level level;
@@ -250,6 +275,11 @@ int main(int argc, char **argv)
                 goto out_args;
             use_vram = 1;
             break;
+        case OPT_VRAM_RESERVE:
+            if (parse_vram_reserve(optarg, &vram_reserve) != 0)
+                goto out_args;
+            reserve_text = optarg;
+            break;
         case OPT_HELP:
             usage(stdout);
             status = 0;
@@ -266,6 +296,11 @@ int main(int argc, char **argv)
     if (optind < argc) {
         fprintf(stderr, "diffsynthd: unexpected argument \"%s\"\nTry 'diffsynthd --help'.\n",
                 argv[optind]);
+        goto out_args;
+    }
+    if (reserve_text && (use_vram || !use_cuda)) {
+        fprintf(stderr, "diffsynthd: --vram-reserve %s applies only to the default budget of "
+                "--backend cuda, without --vram-limit\n", reserve_text);
         goto out_args;
     }
 
@@ -351,13 +386,18 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    if (use_vram) {
+    /* A device with memory of its own gets a budget by default: its free memory, less the
+     * reserve. */
+    int auto_budget = !use_vram && d->backend->mem_info;
+    if (use_vram || auto_budget) {
         /* Two units ahead: the next block's first phases copy while this one computes. */
-        if (ds_vram_manager_create(d->backend, vram_budget, 2, &d->vram, &err) != DS_OK) {
-            fprintf(stderr, "diffsynthd: --vram-limit: %s\n", err.message);
+        if (ds_vram_manager_create(d->backend, vram_budget, 2, &d->vram, &err) != DS_OK ||
+            (auto_budget && ds_vram_set_budget_auto(d->vram, vram_reserve, &err) != DS_OK)) {
+            fprintf(stderr, "diffsynthd: %s: %s\n", use_vram ? "--vram-limit" : "the VRAM budget",
+                    err.message);
             goto out;
         }
-        d->vram_limited = vram_budget != DS_VRAM_UNLIMITED;
+        d->vram_limited = auto_budget || vram_budget != DS_VRAM_UNLIMITED;
     }
     if (ds_pool_new(&d->pool, &err) != DS_OK ||
         ds_scheduler_new(&loop, &d->scheduler, &err) != DS_OK) {
@@ -383,7 +423,12 @@ int main(int argc, char **argv)
     roots_text = ds_model_roots_describe(&d->roots);
     size_t config_count = ds_config_table_count(table);
     ds_log_info("diffsynthd %s, backend %s, pid %d", DS_VERSION, d->backend->name, (int)getpid());
-    if (d->vram && d->vram_limited)
+    if (auto_budget) {
+        ds_vram_stats vs;
+        ds_vram_stats_get(d->vram, &vs);
+        ds_log_info("vram limit: the device's free memory less %zu bytes, re-read before each "
+                    "pass (now %zu bytes)", vram_reserve, vs.budget_bytes);
+    } else if (d->vram && d->vram_limited)
         ds_log_info("vram limit: %zu bytes (%s memory)", vram_budget,
                     d->backend == d->host_backend ? "host" : "device");
     else if (d->vram)

@@ -85,7 +85,8 @@ static int same_model(const ds_loaded_model *a, const ds_loaded_model *b)
     if (strcmp(a->model_hash, b->model_hash) != 0 || !same_string(a->model_name, b->model_name) ||
         !same_string(a->model_class, b->model_class) ||
         !same_string(a->state_dict_converter, b->state_dict_converter) ||
-        !same_string(a->extra_kwargs_json, b->extra_kwargs_json))
+        !same_string(a->extra_kwargs_json, b->extra_kwargs_json) ||
+        memcmp(&a->vram_config, &b->vram_config, sizeof a->vram_config) != 0)
         return 0;
     if (!a->files || !b->files || a->files->count != b->files->count)
         return 0;

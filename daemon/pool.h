@@ -35,9 +35,11 @@ int ds_pool_new(ds_pool **out, ds_error *err);
 void ds_pool_free(ds_pool *pool);
 
 /* Adds `model` with one reference held by `client`. If the pool already holds a model with the
- * same config (hash, name, class, converter, kwargs) loaded from the same files (device, inode,
- * size, mtime, in the same order), `model` is freed, a reference is added to the existing one
- * and *reused is set. Takes ownership of `model` in every case (freed on failure). */
+ * same config (hash, name, class, converter, kwargs) and the same vram_config loaded from the
+ * same files (device, inode, size, mtime, in the same order), `model` is freed, a reference is
+ * added to the existing one and *reused is set. A different vram_config (e.g. fp8 offload next
+ * to none) is a separate entry: its units differ in dtype and bytes, and each entry keeps its
+ * own units in the VRAM manager. Takes ownership of `model` in every case (freed on failure). */
 int ds_pool_insert(ds_pool *pool, ds_loaded_model *model, const char *client,
                    uint64_t now_unix_ms, ds_pool_model **out, int *reused, ds_error *err);
 

@@ -378,6 +378,10 @@ struct ds_backend {
     void (*event_destroy)(ds_backend *b, ds_event *e);
     int (*event_record)(ds_backend *b, ds_event *e, ds_stream *s, ds_error *err);
     int (*stream_wait_event)(ds_backend *b, ds_stream *s, ds_event *e, ds_error *err);
+    /* Optional (NULL when the backend has no memory of its own, as the CPU's): the device's
+     * free and total bytes now, for the whole device (other processes included). The VRAM
+     * manager's default budget is read from it. */
+    int (*mem_info)(ds_backend *b, size_t *free_bytes, size_t *total_bytes, ds_error *err);
     int (*event_synchronize)(ds_backend *b, ds_event *e, ds_error *err);
 
     /* Whether the backend runs `op` for these dtypes (in the op's argument order: inputs, then

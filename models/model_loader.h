@@ -16,6 +16,7 @@
 #include "core/model_hash.h"
 #include "core/state_dict.h"
 #include "models/model_class.h"
+#include "vram/vram_config.h"
 
 /* A config is implemented when its class is, and its converter (if it names one) is too. */
 int ds_config_is_implemented(const ds_model_config *config);
@@ -61,6 +62,11 @@ typedef struct ds_loaded_model {
      * steps) so that the units go before the mapping they point into. NULL: none. */
     void (*release_hook)(void *ctx, const struct ds_loaded_model *model);
     void *release_hook_ctx;
+    /* The Load's vram_config as parsed (with its torch_dtype), kept with the model so that a
+     * forward registering its units reads it (managed with a non-disk offload dtype: the units'
+     * slow tier holds that dtype) and the pool tells loads with different configs apart. All
+     * zero (managed 0): none, the units keep the file's dtypes. */
+    ds_vram_config vram_config;
 } ds_loaded_model;
 
 /* Loads one config from files already identified as matching it. Takes no ownership of

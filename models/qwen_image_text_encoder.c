@@ -552,6 +552,7 @@ static int unit_sources(const ds_loaded_model *m, const char *prefix, const te_u
         memcpy(t->shape, v->shape, (size_t)v->ndim * sizeof *v->shape);
         t->data = v->data;
         t->target = ds__weight_operand_dtype(v->dtype, u->slots[i].linear_weight);
+        t->offload = ds__weight_offload_dtype(m, v->dtype);
     }
     return DS_OK;
 }

@@ -100,6 +100,21 @@ int ds__weight_bind_linear(const ds_loaded_model *m, ds__weight_set *ws, const c
     return ds__weight_bind(m, ws, prefix, part, 0, &out->bias, err);
 }
 
+static int is_float(ds_dtype d)
+{
+    return d == DS_F32 || d == DS_F64 || d == DS_BF16 || d == DS_F16 || d == DS_F8_E4M3 ||
+           d == DS_F8_E5M2;
+}
+
+ds_dtype ds__weight_offload_dtype(const ds_loaded_model *m, ds_dtype stored)
+{
+    const ds_vram_place *off = &m->vram_config.offload;
+    if (!m->vram_config.managed || off->disk_dtype || off->device == DS_VRAM_DEVICE_DISK ||
+        !is_float(stored) || !is_float(off->dtype))
+        return DS_DTYPE_INVALID;
+    return off->dtype;
+}
+
 static void vram_release_hook(void *mgr, const ds_loaded_model *model)
 {
     ds_vram_owner_remove(mgr, model);

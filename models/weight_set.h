@@ -52,6 +52,11 @@ int ds__weight_bind(const ds_loaded_model *m, ds__weight_set *ws, const char *pr
 int ds__weight_bind_linear(const ds_loaded_model *m, ds__weight_set *ws, const char *prefix,
                            const char *name, ds__linear_weights *out, ds_error *err);
 
+/* The dtype a tensor stored as `stored` keeps in the VRAM manager's slow tier (a source's
+ * `offload`): the model's vram_config offload dtype when the config is managed, its offload is
+ * not on disk and both dtypes are floats; else DS_DTYPE_INVALID (the file's bytes as they are). */
+ds_dtype ds__weight_offload_dtype(const ds_loaded_model *m, ds_dtype stored);
+
 /* Finishes a model's registration in a VRAM manager, once its units and plan are in: names the
  * model as the units' owner and installs the release hook that drops them when the model is
  * freed (leaving a previous manager first, so a model is registered in one at a time). */

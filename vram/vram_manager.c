@@ -15,7 +15,8 @@
 typedef struct unit {
     char *name;
     size_t count;
-    ds_vram_tensor_source *src; /* names copied */
+    ds_vram_tensor_source *src; /* names copied; data borrowed unless in `owned` */
+    void **owned;               /* per tensor: the offload-dtype host copy `src` points at, or NULL */
     size_t *offset;             /* of each tensor in `buffer` */
     ds_tensor *view;            /* tensors in `buffer`, what acquire hands out */
     size_t bytes;               /* fast-tier size */
@@ -67,6 +68,9 @@ struct ds_vram_model {
 struct ds_vram_manager {
     ds_backend *b;
     size_t budget;
+    /* ds_vram_set_budget_auto: the budget follows the device's free memory, less `reserve`. */
+    int auto_budget;
+    size_t reserve;
     int depth;
     ds_stream *copy_stream;
     ds_vram_model **models;
@@ -528,8 +532,12 @@ static void unit_free(unit *u)
 {
     if (!u)
         return;
-    for (size_t i = 0; i < u->count; i++)
+    for (size_t i = 0; i < u->count; i++) {
         free((char *)u->src[i].name);
+        if (u->owned)
+            free(u->owned[i]);
+    }
+    free(u->owned);
     free(u->src);
     free(u->offset);
     free(u->view);
@@ -650,6 +658,7 @@ static int unit_add_unlocked(ds_vram_model *model, const char *name,
         const ds_vram_tensor_source *t = &tensors[i];
         const char *tn = t->name ? t->name : "(unnamed)";
         ds_dtype target = t->target != DS_DTYPE_INVALID ? t->target : model->compute_dtype;
+        ds_dtype stored = t->offload != DS_DTYPE_INVALID ? t->offload : t->dtype;
         if (t->ndim < 0 || t->ndim > DS_MAX_DIMS || ds_dtype_size(t->dtype) == 0 || !t->data)
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                                 "vram: model '%s', unit '%s', tensor '%s': bad description "
@@ -662,6 +671,12 @@ static int unit_add_unlocked(ds_vram_model *model, const char *name,
                                 "%s",
                                 model->name, name, tn, ds_dtype_name(t->dtype),
                                 ds_dtype_name(target));
+        if (stored != t->dtype && (!is_float(t->dtype) || !is_float(stored)))
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "vram: model '%s', unit '%s', tensor '%s': cannot offload %s as "
+                                "%s",
+                                model->name, name, tn, ds_dtype_name(t->dtype),
+                                ds_dtype_name(stored));
         size_t n = 1;
         for (int d = 0; d < t->ndim; d++) {
             if (t->shape[d] < 0 || (t->shape[d] && n > SIZE_MAX / 16 / (size_t)t->shape[d]))
@@ -671,7 +686,7 @@ static int unit_add_unlocked(ds_vram_model *model, const char *name,
             n *= (size_t)t->shape[d];
         }
         bytes = (bytes + ALIGN - 1) / ALIGN * ALIGN + n * ds_dtype_size(target);
-        slow += n * ds_dtype_size(t->dtype);
+        slow += n * ds_dtype_size(stored);
     }
     if (bytes == 0)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -685,7 +700,8 @@ static int unit_add_unlocked(ds_vram_model *model, const char *name,
     u->src = calloc(count, sizeof *u->src);
     u->offset = calloc(count, sizeof *u->offset);
     u->view = calloc(count, sizeof *u->view);
-    if (!u->name || !u->src || !u->offset || !u->view)
+    u->owned = calloc(count, sizeof *u->owned);
+    if (!u->name || !u->src || !u->offset || !u->view || !u->owned)
         goto oom;
     size_t off = 0;
     for (size_t i = 0; i < count; i++) {
@@ -702,6 +718,17 @@ static int unit_add_unlocked(ds_vram_model *model, const char *name,
         size_t n = 1;
         for (int d = 0; d < t->ndim; d++)
             n *= (size_t)t->shape[d];
+        if (t->offload != DS_DTYPE_INVALID && t->offload != t->dtype) {
+            /* Converted once here, so every later copy starts from the offload-dtype values. */
+            if (!(u->owned[i] = malloc(n ? n * ds_dtype_size(t->offload) : 1)))
+                goto oom;
+            ds_vram_tensor_source to = *t;
+            to.target = t->offload;
+            convert_into(model->mgr, &to, u->owned[i]);
+            t->data = u->owned[i];
+            t->dtype = t->offload;
+        }
+        t->offload = t->dtype;
         off += n * ds_dtype_size(t->target);
         u->view[i].dtype = t->target;
         u->view[i].ndim = t->ndim;
@@ -734,6 +761,24 @@ oom:
 static int unit_resident_unlocked(const ds_vram_model *model, size_t unit_index)
 {
     return unit_index < model->n_units && model->units[unit_index]->buffer != NULL;
+}
+
+/* An automatic budget, re-read: what the device has free plus what this manager holds there
+ * (its own units, kept buffers and reserved activations are not free but are the budget's),
+ * less the reserve; 0 (stream everything) when even that does not cover the reserve. */
+static int refresh_budget(ds_vram_manager *m, ds_error *err)
+{
+    if (!m->auto_budget)
+        return DS_OK;
+    size_t free_bytes = 0, total_bytes = 0;
+    int rc = m->b->mem_info(m->b, &free_bytes, &total_bytes, err);
+    if (rc != DS_OK)
+        return ds_error_prefix(err, "vram: reading the device's free memory: ");
+    size_t mine = in_use(m);
+    size_t avail = free_bytes > SIZE_MAX - mine ? SIZE_MAX : free_bytes + mine;
+    m->budget = avail > m->reserve ? avail - m->reserve : 0;
+    m->st.budget_bytes = m->budget;
+    return DS_OK;
 }
 
 static int plan_unlocked(ds_vram_model *model, const size_t *order, size_t len, ds_error *err)
@@ -792,6 +837,12 @@ static int acquire_unlocked(ds_vram_model *model, size_t unit_index, ds_stream *
                             unit_index, model->n_units);
     ds_vram_manager *m = model->mgr;
     unit *u = model->units[unit_index];
+    /* A pass over the plan starts: other processes may have taken or left device memory. */
+    if (model->plan_len && model->plan_pos == 0 && model->plan[0] == unit_index) {
+        int rc = refresh_budget(m, err);
+        if (rc != DS_OK)
+            return rc;
+    }
     for (size_t j = 0; j < model->plan_len; j++) {
         size_t q = (model->plan_pos + j) % model->plan_len;
         if (model->plan[q] == unit_index) {
@@ -940,10 +991,28 @@ void ds_vram_stats_get(const ds_vram_manager *m, ds_vram_stats *out)
 int ds_vram_set_budget(ds_vram_manager *m, size_t budget_bytes, ds_error *err)
 {
     lock(m);
+    m->auto_budget = 0;
     m->budget = budget_bytes;
     m->st.budget_bytes = budget_bytes;
     /* No model is running: make_room takes the least recently used models' units first. */
     int rc = make_room(m, NULL, 0, 0, 0, 0, err);
+    unlock(m);
+    return rc < 0 ? rc : DS_OK;
+}
+
+int ds_vram_set_budget_auto(ds_vram_manager *m, size_t reserve_bytes, ds_error *err)
+{
+    if (!m->b->mem_info)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "vram: the %s backend cannot report its free memory; give the "
+                            "budget in bytes instead",
+                            m->b->name);
+    lock(m);
+    m->auto_budget = 1;
+    m->reserve = reserve_bytes;
+    int rc = refresh_budget(m, err);
+    if (rc == DS_OK)
+        rc = make_room(m, NULL, 0, 0, 0, 0, err);
     unlock(m);
     return rc < 0 ? rc : DS_OK;
 }

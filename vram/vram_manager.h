@@ -2,7 +2,8 @@
  * the whole pool (DESIGN §4.4).
  *
  * A model registers its transfer units (e.g. one transformer block): each unit is a list of
- * tensors in the slow tier (host views into the mapped file, in their stored dtype) and the
+ * tensors in the slow tier (host views into the mapped file in their stored dtype, or host copies
+ * the manager made at registration in an offload dtype such as fp8) and the
  * dtype each must have in the fast tier. acquire() makes a unit resident in the backend's memory
  * (converting on the host into pinned staging, then one copy per unit), release() lets it be
  * evicted once the work issued on the compute stream has finished with it. On the CPU backend
@@ -59,6 +60,11 @@ typedef struct ds_vram_tensor_source {
     const void *data;    /* host memory (the mmap), borrowed: valid until the model is removed */
     ds_dtype target;     /* dtype in the fast tier; DS_DTYPE_INVALID = the model's default.
                           * Float dtypes convert among themselves; others must equal `dtype`. */
+    ds_dtype offload;    /* dtype the slow tier keeps (upstream's offload_dtype): DS_DTYPE_INVALID
+                          * or `dtype` = `data` as it is; another float dtype = converted once,
+                          * at registration, into host memory the manager owns (e.g. fp8
+                          * storage of bf16 weights), which every copy then starts from, so
+                          * the values are rounded through it as upstream's `.to` does. */
 } ds_vram_tensor_source;
 
 typedef enum ds_vram_event_kind {
@@ -94,7 +100,7 @@ typedef struct ds_vram_model_stats {
     size_t unit_count;
     size_t fast_bytes;       /* resident now, this model */
     size_t fast_bytes_total; /* resident size if every unit were resident */
-    size_t slow_bytes_total; /* the units' stored bytes in the slow tier */
+    size_t slow_bytes_total; /* the units' bytes in the slow tier (in their offload dtypes) */
     size_t activation_bytes;
     uint64_t bytes_moved, loads, prefetches, hits, evictions;
 } ds_vram_model_stats;
@@ -113,6 +119,13 @@ void ds_vram_stats_get(const ds_vram_manager *m, ds_vram_stats *out);
  * recently used model first, until resident + activations fit; acquired ones stay, so use may
  * exceed a lowered budget until they are released. Peak and counters are kept. */
 int ds_vram_set_budget(ds_vram_manager *m, size_t budget_bytes, ds_error *err);
+/* A budget that follows the device, which other processes share: the device's free memory
+ * (the backend's mem_info) plus what this manager holds there, less `reserve_bytes` (0 =
+ * stream everything when that leaves nothing). Read now, then again whenever a model starts a
+ * pass over its plan (acquires the plan's first unit); Stats show the last value. Evicts like
+ * ds_vram_set_budget; a later ds_vram_set_budget returns to a fixed budget. FAILED_PRECONDITION
+ * when the backend has no mem_info (the CPU); errors of mem_info pass through. */
+int ds_vram_set_budget_auto(ds_vram_manager *m, size_t reserve_bytes, ds_error *err);
 
 /* Registers a model (name copied, for messages) whose units default to `compute_dtype` in the
  * fast tier. *out belongs to the manager: ds_vram_model_remove or the manager's destroy. */

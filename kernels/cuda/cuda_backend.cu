@@ -139,6 +139,13 @@ static int cuda_alloc(ds_backend *b, size_t bytes, void **ptr, ds_error *err)
     return DS_OK;
 }
 
+static int cuda_mem_info(ds_backend *b, size_t *free_bytes, size_t *total_bytes, ds_error *err)
+{
+    DS_CUDA_CHECK(cudaSetDevice(ds__cuda_of(b)->device));
+    DS_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+    return DS_OK;
+}
+
 static void cuda_free(ds_backend *b, void *ptr)
 {
     if (!ptr)
@@ -465,6 +472,7 @@ int ds_cuda_backend_create(int device, ds_backend **out, ds_error *err)
     b->event_destroy = cuda_event_destroy;
     b->event_record = cuda_event_record;
     b->stream_wait_event = cuda_stream_wait_event;
+    b->mem_info = cuda_mem_info;
     b->event_synchronize = cuda_event_synchronize;
     b->supports = cuda_supports;
 

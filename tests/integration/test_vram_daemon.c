@@ -7,7 +7,13 @@
  * bytes, Status reports the budget, bytes moved, evictions and a peak within the budget,
  * ListModels reports each model's fast-tier bytes (host memory on the CPU backend) summing to
  * the resident bytes (also asked while the steps run), unloading a model drops its units, and a
- * budget below one unit fails the step with RESOURCE_EXHAUSTED while the daemon stays up. */
+ * budget below one unit fails the step with RESOURCE_EXHAUSTED while the daemon stays up.
+ *
+ * Load's vram_config: a bad one (or a bad torch_dtype) is INVALID_ARGUMENT naming the field and
+ * the value; fp8 offload shows in ListModels as an "offload cpu f8_e4m3" tier holding half
+ * the bf16 bytes once a step has registered the units; the same files with the same config
+ * reuse the entry, with none they are a separate one; a daemon without a VRAM manager refuses a
+ * managed config with FAILED_PRECONDITION. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,6 +140,44 @@ static int load_one(const char *path, const char *client, char *id, size_t id_si
     ds_client_envelope_free(&resp);
     ds_client_close(c);
     return ok ? 0 : -1;
+}
+
+/* A Load with a vram_config and torch_dtype (NULL: none). Returns the client status; the id
+ * and reused flag of the one model on success, the daemon's code and message otherwise. */
+typedef struct load_answer {
+    int rc;
+    int code;
+    char message[512];
+    char id[32];
+    int reused;
+} load_answer;
+
+static load_answer load_config(const char *path, const char *client, const char *vram_config,
+                               const char *torch_dtype)
+{
+    load_answer a = {.rc = DS_CLIENT_ECONNECT};
+    ds_client *c = it_connect(&env);
+    if (!c)
+        return a;
+    char *paths[1] = {(char *)path};
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_load_tag;
+    req.body.load.paths = paths;
+    req.body.load.paths_count = 1;
+    req.body.load.client_name = (char *)client;
+    req.body.load.vram_config_json = (char *)vram_config;
+    req.body.load.torch_dtype = (char *)torch_dtype;
+    a.rc = it_call(c, &req, &resp);
+    if (a.rc == DS_CLIENT_OK && resp.body.load_result.models_count == 1) {
+        snprintf(a.id, sizeof a.id, "%s", resp.body.load_result.models[0].model_id);
+        a.reused = resp.body.load_result.models[0].reused;
+    } else if (a.rc != DS_CLIENT_OK) {
+        a.code = (int)ds_client_last_code(c);
+        snprintf(a.message, sizeof a.message, "%s", ds_client_last_error(c));
+    }
+    ds_client_envelope_free(&resp);
+    ds_client_close(c);
+    return a;
 }
 
 static int status(diffsynth_v1_StatusResponse *out)
@@ -329,6 +373,175 @@ static void test_unload_drops_units(void)
     CHECK(st.models == 0);
 }
 
+/* The bytes of model `id`'s tier `tier` in ListModels; -1 when the model or tier is absent. */
+static long long tier_bytes(const char *id, const char *tier)
+{
+    ds_client *c = it_connect(&env);
+    if (!c)
+        return -1;
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_list_models_tag;
+    long long bytes = -1;
+    if (it_call(c, &req, &resp) == DS_CLIENT_OK) {
+        const diffsynth_v1_ListModelsResponse *r = &resp.body.list_models_result;
+        for (pb_size_t i = 0; i < r->models_count; i++)
+            if (strcmp(r->models[i].model_id, id) == 0)
+                for (pb_size_t t = 0; t < r->models[i].tiers_count; t++)
+                    if (strcmp(r->models[i].tiers[t].tier, tier) == 0)
+                        bytes = (long long)r->models[i].tiers[t].bytes;
+    }
+    ds_client_envelope_free(&resp);
+    ds_client_close(c);
+    return bytes;
+}
+
+#define FP8_CONFIG "{\"offload_dtype\": \"float8_e4m3fn\", \"offload_device\": \"cpu\"}"
+#define FP8_TIER "offload cpu f8_e4m3"
+
+static void test_load_bad_vram_config(void)
+{
+    static const struct {
+        const char *config, *dtype, *expect;
+    } bad[] = {
+        {"{\"offload_dtype\": \"float9\", \"offload_device\": \"cpu\"}", NULL,
+         "load.vram_config_json: vram_config: offload_dtype 'float9' is not one of"},
+        {"{\"offload_device\": \"tpu\"}", NULL, "offload_device 'tpu' is not one of"},
+        {"{\"offload_dtypes\": \"fp8\"}", NULL, "unknown field 'offload_dtypes'"},
+        {"{\"onload_dtype\": 8}", NULL, "onload_dtype must be a string or null, got"},
+        {"[1]", NULL, "vram_config must be a JSON object"},
+        {"{", NULL, "vram_config is not valid JSON"},
+        {"{\"computation_device\": \"disk\"}", NULL, "computation state cannot be on disk"},
+        {NULL, "int8", "load.torch_dtype 'int8' is not one of bfloat16, float32, float16"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        load_answer a = load_config(model_path[0], "bad", bad[i].config, bad[i].dtype);
+        CHECK_MSG(a.rc == DS_CLIENT_EDAEMON && a.code == diffsynth_v1_Code_INVALID_ARGUMENT,
+                  "case %zu: rc %d code %d", i, a.rc, a.code);
+        CHECK_CONTAINS(a.message, bad[i].expect);
+    }
+    diffsynth_v1_StatusResponse st = diffsynth_v1_StatusResponse_init_zero;
+    REQUIRE(status(&st) == 0);
+    CHECK(st.models == 0);
+}
+
+static void test_load_fp8_vram_config(void)
+{
+    load_answer fp8 = load_config(model_path[0], "fp8", FP8_CONFIG, "bfloat16");
+    CHECK_MSG(fp8.rc == DS_CLIENT_OK, "%s", fp8.message);
+    REQUIRE(fp8.rc == DS_CLIENT_OK);
+    CHECK(!fp8.reused);
+    /* The same config again: the same entry. */
+    load_answer again = load_config(model_path[0], "fp8-again", FP8_CONFIG, NULL);
+    CHECK(again.rc == DS_CLIENT_OK && again.reused && strcmp(again.id, fp8.id) == 0);
+    /* None (and an unmanaged config, which changes nothing): a separate entry, shared. */
+    load_answer none = load_config(model_path[0], "none", NULL, NULL);
+    CHECK(none.rc == DS_CLIENT_OK && !none.reused && strcmp(none.id, fp8.id) != 0);
+    load_answer unmanaged = load_config(model_path[0], "unmanaged",
+                                        "{\"onload_dtype\": \"bfloat16\"}", "bfloat16");
+    CHECK(unmanaged.rc == DS_CLIENT_OK && unmanaged.reused && strcmp(unmanaged.id, none.id) == 0);
+
+    /* ListModels shows the config; its bytes come once a step registers the units. */
+    CHECK(tier_bytes(fp8.id, FP8_TIER) == 0);
+    CHECK(tier_bytes(none.id, FP8_TIER) == -1);
+    ds_client *c = it_connect(&env);
+    REQUIRE(c);
+    ds_client_tensor in[3] = {
+        {.name = "latents", .dtype = diffsynth_v1_DType_BF16, .ndim = 4,
+         .shape = {1, 16, 8, 8}, .data = latents, .nbytes = sizeof latents},
+        {.name = "prompt_emb", .dtype = diffsynth_v1_DType_BF16, .ndim = 3,
+         .shape = {1, 7, 3584}, .data = prompt, .nbytes = sizeof prompt},
+        {.name = "timestep", .dtype = diffsynth_v1_DType_F32, .ndim = 1, .shape = {1},
+         .data = timestep, .nbytes = sizeof timestep},
+    };
+    ds_client_step_request r = {.model_id = fp8.id, .inputs = in, .input_count = 3};
+    ds_client_step_result res;
+    int rc = ds_client_run_step(c, &r, &res, STEP_TIMEOUT_MS, NULL, NULL, NULL);
+    CHECK_MSG(rc == DS_CLIENT_OK, "%s", ds_client_last_error(c));
+    if (rc == DS_CLIENT_OK)
+        ds_client_step_result_free(&res);
+    ds_client_close(c);
+    uint64_t bf16_bytes = 0;
+    for (size_t i = 0; i < keys.count; i++)
+        bf16_bytes += keys.entries[i].tensor.nbytes;
+    long long slow = tier_bytes(fp8.id, FP8_TIER);
+    fprintf(stderr, "  %s: %lld bytes (bf16 %llu)\n", FP8_TIER, slow,
+            (unsigned long long)bf16_bytes);
+    CHECK(slow > 0 && (uint64_t)slow * 2 == bf16_bytes);
+
+    c = it_connect(&env);
+    REQUIRE(c);
+    const char *ids[2] = {fp8.id, none.id};
+    for (int i = 0; i < 2; i++) {
+        diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+        req.which_body = diffsynth_v1_Envelope_unload_tag;
+        req.body.unload.model_id = (char *)ids[i];
+        req.body.unload.all_references = true;
+        CHECK(it_call(c, &req, &resp) == DS_CLIENT_OK);
+        ds_client_envelope_free(&resp);
+    }
+    ds_client_close(c);
+}
+
+/* Without --vram-limit there is no manager: a managed config cannot be honoured. */
+static void test_vram_config_needs_manager(void)
+{
+    it_env plain;
+    it_env_init(&plain, env.daemon_exe);
+    char path[256];
+    snprintf(path, sizeof path, "%s/dit_a.safetensors", plain.models);
+    REQUIRE(write_model(path) == 0);
+    const char *extra[] = {"--model-configs", configs_path, "--threads", "2", NULL};
+    REQUIRE(it_daemon_start(&plain, extra) == 0);
+    it_env saved = env;
+    env = plain;
+    load_answer a = load_config(path, "fp8", FP8_CONFIG, NULL);
+    CHECK(a.rc == DS_CLIENT_EDAEMON && a.code == diffsynth_v1_Code_FAILED_PRECONDITION);
+    CHECK_CONTAINS(a.message, "runs without a VRAM manager");
+    CHECK_CONTAINS(a.message, "--vram-limit");
+    load_answer ok = load_config(path, "none", NULL, "float32");
+    CHECK_MSG(ok.rc == DS_CLIENT_OK, "%s", ok.message);
+    int exit_status = -1;
+    CHECK(it_daemon_stop(&env, &exit_status) == 0 && exit_status == 0);
+    env = saved;
+    it_env_cleanup(&plain);
+}
+
+/* --vram-reserve belongs to the default budget of a GPU: refused with --vram-limit or on the
+ * CPU, and for a value that is not GiB, exit status 2. */
+static void test_vram_reserve_options(void)
+{
+    static const struct {
+        const char *args[5];
+        const char *expect;
+    } bad[] = {
+        {{"--vram-reserve", "2", NULL}, "--vram-reserve 2 applies only to the default budget"},
+        {{"--vram-reserve", "-1", NULL}, "--vram-reserve wants GiB (0 or more"},
+        {{"--vram-reserve", "lots", NULL}, "--vram-reserve wants GiB (0 or more"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *argv[8] = {env.daemon_exe};
+        for (int k = 0; bad[i].args[k]; k++)
+            argv[k + 1] = bad[i].args[k];
+        char *err = NULL;
+        int rc = it_run(argv, NULL, 10000, NULL, &err);
+        CHECK_MSG(rc == 2, "case %zu: exit %d", i, rc);
+        CHECK_CONTAINS(err ? err : "", bad[i].expect);
+        free(err);
+    }
+    const char *with_limit[] = {env.daemon_exe, "--backend", "cuda", "--vram-limit", "1",
+                                "--vram-reserve", "2", NULL};
+    char *err = NULL;
+    CHECK(it_run(with_limit, NULL, 10000, NULL, &err) == 2);
+    CHECK_CONTAINS(err ? err : "", "without --vram-limit");
+    free(err);
+    char *out = NULL;
+    const char *help[] = {env.daemon_exe, "--help", NULL};
+    CHECK(it_run(help, NULL, 10000, &out, NULL) == 0);
+    CHECK_CONTAINS(out ? out : "", "--vram-reserve GIB");
+    CHECK_CONTAINS(out ? out : "", "the GPU's free memory less");
+    free(out);
+}
+
 /* A budget below the largest unit: the step fails with the unit and its bytes, and the
  * daemon goes on answering. */
 static void test_budget_below_one_unit(void)
@@ -399,12 +612,16 @@ int main(int argc, char **argv)
     }
     RUN(test_two_clients_interleaved);
     RUN(test_unload_drops_units);
+    RUN(test_load_bad_vram_config);
+    RUN(test_load_fp8_vram_config);
     int exit_status = -1;
     if (it_daemon_stop(&env, &exit_status) != 0 || exit_status != 0) {
         fprintf(stderr, "FAIL the daemon did not stop cleanly (status %d)\n", exit_status);
         test_failures++;
     }
     RUN(test_budget_below_one_unit);
+    RUN(test_vram_config_needs_manager);
+    RUN(test_vram_reserve_options);
     if (test_failures)
         it_dump_log(&env);
     it_env_cleanup(&env);

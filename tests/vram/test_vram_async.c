@@ -223,19 +223,46 @@ static void flush_quarantine(void)
     }
 }
 
+/* The fake device's memory for mem_info: `fake_free` is what it has free when this process
+ * holds nothing (its capacity less other processes' use); what i_alloc holds (device_live)
+ * is taken from it. */
+static size_t fake_free, fake_total, device_live;
+static int mem_info_calls;
+
 static int i_alloc(ds_backend *b, size_t n, void **p, ds_error *err)
 {
     (void)b;
     int rc = cpu->alloc(cpu, n, p, err);
-    if (rc == DS_OK)
+    if (rc == DS_OK) {
         record_alloc(*p, n);
+        pthread_mutex_lock(&mu);
+        device_live += n;
+        pthread_mutex_unlock(&mu);
+    }
     return rc;
 }
 
 static void i_free(ds_backend *b, void *p)
 {
     (void)b;
+    pthread_mutex_lock(&mu);
+    for (int i = 0; i < MAX_ALLOCS; i++)
+        if (allocs[i].ptr == p)
+            device_live -= allocs[i].bytes;
+    pthread_mutex_unlock(&mu);
     check_free(p, 0);
+}
+
+static int i_mem_info(ds_backend *b, size_t *free_bytes, size_t *total_bytes, ds_error *err)
+{
+    (void)b;
+    (void)err;
+    pthread_mutex_lock(&mu);
+    *free_bytes = fake_free > device_live ? fake_free - device_live : 0;
+    *total_bytes = fake_total;
+    mem_info_calls++;
+    pthread_mutex_unlock(&mu);
+    return DS_OK;
 }
 
 static int i_alloc_pinned(ds_backend *b, size_t n, void **p, ds_error *err)
@@ -419,6 +446,7 @@ static void make_instrumented(void)
     inst.event_record = i_event_record;
     inst.stream_wait_event = i_stream_wait_event;
     inst.event_synchronize = i_event_synchronize;
+    inst.mem_info = i_mem_info;
     inst.destroy = NULL;
 }
 
@@ -534,6 +562,96 @@ static void test_offload_waits_for_kernel(void)
     fx_free(&fx);
 }
 
+/* The automatic budget (diffsynthd without --vram-limit on a GPU): the device's free memory
+ * plus the manager's own, less the reserve, re-read at the start of every pass, so memory that
+ * another process takes or gives back between passes moves the budget. */
+static void test_auto_budget(void)
+{
+    fx_model fx;
+    fx_make(&fx, 8, DS_F32, 43, 1);
+    size_t total = fx_total(&fx), reserve = 4096;
+    fake_total = 64 * total;
+    fake_free = total + reserve; /* the whole model would fit */
+    free_violations = 0;
+    ds_vram_manager *m = NULL;
+    ds_vram_model *model = NULL;
+    ds_stream *compute = NULL;
+    ds_error err = {0};
+    REQUIRE(ds_vram_manager_create(&inst, DS_VRAM_UNLIMITED, 2, &m, &err) == DS_OK);
+    REQUIRE(inst.stream_create(&inst, &compute, &err) == DS_OK);
+    REQUIRE(ds_vram_model_add(m, "dit", DS_F32, &model, &err) == DS_OK);
+    REQUIRE(fx_register(&fx, model, &err) == DS_OK);
+    mem_info_calls = 0;
+    REQUIRE(ds_vram_set_budget_auto(m, reserve, &err) == DS_OK);
+    ds_vram_stats st;
+    ds_vram_stats_get(m, &st);
+    CHECK(st.budget_bytes == total);
+    CHECK(mem_info_calls == 1);
+    /* Passes while another process holds half the model's bytes, then a quarter, then none,
+     * twice: the budget follows at the start of each pass. */
+    size_t others[4] = {total / 2, total / 4, 0, 0};
+    uint64_t evictions_before = 0;
+    for (int pass = 0; pass < 4; pass++) {
+        fake_free = total + reserve - others[pass];
+        uint64_t sums[FX_MAX_UNITS] = {0};
+        for (size_t u = 0; u < fx.n; u++) {
+            const ds_tensor *t;
+            REQUIRE(ds_vram_acquire(model, u, compute, &t, &err) == DS_OK);
+            if (u == 0) {
+                ds_vram_stats_get(m, &st);
+                CHECK_MSG(st.budget_bytes == total - others[pass], "pass %d: budget %zu", pass,
+                          st.budget_bytes);
+            }
+            launch_sum(compute, t, 2, &sums[u]);
+            REQUIRE(ds_vram_release(model, u, compute, &err) == DS_OK);
+        }
+        REQUIRE(inst.stream_synchronize(&inst, compute, &err) == DS_OK);
+        for (size_t u = 0; u < fx.n; u++)
+            CHECK_MSG(sums[u] == fx.expect[u], "pass %d unit %zu", pass, u);
+        ds_vram_stats_get(m, &st);
+        CHECK_MSG(st.resident_bytes + st.cached_bytes <= total - others[pass],
+                  "pass %d: %zu resident", pass, st.resident_bytes + st.cached_bytes);
+        if (pass == 0)
+            CHECK(st.evictions > evictions_before);
+        if (pass == 3) {
+            CHECK(st.evictions == evictions_before);
+            for (size_t u = 0; u < fx.n; u++)
+                CHECK_MSG(ds_vram_unit_resident(model, u), "unit %zu", u);
+        }
+        evictions_before = st.evictions;
+    }
+    CHECK(mem_info_calls == 5);
+    /* A reserve larger than the free memory and the manager's own together: budget 0, every
+     * pass streams. */
+    REQUIRE(ds_vram_set_budget_auto(m, 4 * total, &err) == DS_OK);
+    ds_vram_stats_get(m, &st);
+    CHECK(st.budget_bytes == 0);
+    /* A fixed budget again: mem_info is no longer read. */
+    REQUIRE(ds_vram_set_budget(m, DS_VRAM_UNLIMITED, &err) == DS_OK);
+    int calls = mem_info_calls;
+    const ds_tensor *t;
+    REQUIRE(ds_vram_acquire(model, 0, compute, &t, &err) == DS_OK);
+    REQUIRE(ds_vram_release(model, 0, compute, &err) == DS_OK);
+    CHECK(mem_info_calls == calls);
+    REQUIRE(inst.stream_synchronize(&inst, compute, &err) == DS_OK);
+    CHECK(free_violations == 0);
+    ds_vram_manager_destroy(m);
+    inst.stream_destroy(&inst, compute);
+    flush_quarantine();
+    fx_free(&fx);
+}
+
+/* The CPU backend has no memory of its own to read. */
+static void test_auto_budget_needs_mem_info(void)
+{
+    ds_vram_manager *m = NULL;
+    ds_error err = {0};
+    REQUIRE(ds_vram_manager_create(cpu, DS_VRAM_UNLIMITED, 0, &m, &err) == DS_OK);
+    CHECK(ds_vram_set_budget_auto(m, 0, &err) == DS_ERR_FAILED_PRECONDITION);
+    CHECK_CONTAINS(err.message, "the cpu backend cannot report its free memory");
+    ds_vram_manager_destroy(m);
+}
+
 int main(void)
 {
     ds_error err = {0};
@@ -544,6 +662,8 @@ int main(void)
     make_instrumented();
     RUN(test_never_freed_in_use);
     RUN(test_offload_waits_for_kernel);
+    RUN(test_auto_budget);
+    RUN(test_auto_budget_needs_mem_info);
     ds_backend_destroy(cpu);
     return test_summary();
 }
