@@ -101,8 +101,8 @@ static void arena_free(arena *a)
 
 /* --- replies ------------------------------------------------------------------------------ */
 
-static void reply_error(ds_daemon *d, ds_conn *conn, uint64_t request_id, int status,
-                        const char *message)
+void ds_dispatch_reply_error(ds_daemon *d, ds_conn *conn, uint64_t request_id, int status,
+                             const char *message)
 {
     d->requests_served++;
     ds_log_debug("%s: request %llu failed: %s: %s", ds_conn_describe(conn),
@@ -110,12 +110,33 @@ static void reply_error(ds_daemon *d, ds_conn *conn, uint64_t request_id, int st
     ds_conn_send_error(conn, request_id, status, message);
 }
 
+void ds_dispatch_send_progress(ds_conn *conn, uint64_t request_id, const ds_job_progress *p)
+{
+    if (!ds_conn_is_open(conn))
+        return;
+    Diffsynth__V1__Progress progress = DIFFSYNTH__V1__PROGRESS__INIT;
+    progress.phase = (char *)p->phase;
+    progress.done = p->done;
+    progress.total = p->total;
+    progress.elapsed_s = p->elapsed_s;
+    progress.eta_s = p->eta_s;
+    progress.message = (char *)p->message;
+    Diffsynth__V1__Event event = DIFFSYNTH__V1__EVENT__INIT;
+    event.kind_case = DIFFSYNTH__V1__EVENT__KIND_PROGRESS;
+    event.progress = &progress;
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_EVENT;
+    out.event = &event;
+    ds_conn_send(conn, &out);
+}
+
 /* Sends a built reply, or an error instead when building ran out of memory. */
 static void reply(ds_daemon *d, ds_conn *conn, arena *a, Diffsynth__V1__Envelope *env)
 {
     if (a->oom) {
-        reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                    "out of memory building the reply");
+        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                                "out of memory building the reply");
         return;
     }
     d->requests_served++;
@@ -468,7 +489,7 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
         rc = ds_suggest_configs(d->configs, files, suggestions, MAX_SUGGESTIONS, &suggestion_count,
                                 &err);
     if (rc != DS_OK) {
-        reply_error(d, conn, env->request_id, rc, err.message);
+        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         goto done;
     }
 
@@ -661,24 +682,7 @@ done:
 
 static void load_progress(ds_job *job, const ds_job_progress *p)
 {
-    load_job *lj = (load_job *)job;
-    if (!ds_conn_is_open(lj->conn))
-        return;
-    Diffsynth__V1__Progress progress = DIFFSYNTH__V1__PROGRESS__INIT;
-    progress.phase = (char *)p->phase;
-    progress.done = p->done;
-    progress.total = p->total;
-    progress.elapsed_s = p->elapsed_s;
-    progress.eta_s = p->eta_s;
-    progress.message = (char *)p->message;
-    Diffsynth__V1__Event event = DIFFSYNTH__V1__EVENT__INIT;
-    event.kind_case = DIFFSYNTH__V1__EVENT__KIND_PROGRESS;
-    event.progress = &progress;
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = job->request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_EVENT;
-    out.event = &event;
-    ds_conn_send(lj->conn, &out);
+    ds_dispatch_send_progress(((load_job *)job)->conn, job->request_id, p);
 }
 
 static void log_loaded(const ds_pool_model *e, int reused, const char *client)
@@ -716,7 +720,7 @@ static void load_complete(ds_job *job)
     if (job->status != DS_OK) {
         if (job->status != DS_ERR_CANCELLED)
             ds_log_info("load for %s failed: %s", lj->client, job->error.message);
-        reply_error(d, conn, job->request_id, job->status, job->error.message);
+        ds_dispatch_reply_error(d, conn, job->request_id, job->status, job->error.message);
         goto done;
     }
 
@@ -728,8 +732,8 @@ static void load_complete(ds_job *job)
     size_t inserted_count = 0;
     ds_error err;
     if (a.oom) {
-        reply_error(d, conn, job->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                    "out of memory adding the models to the pool");
+        ds_dispatch_reply_error(d, conn, job->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                                "out of memory adding the models to the pool");
         goto done;
     }
     for (size_t i = 0; i < lj->model_count; i++) {
@@ -745,7 +749,7 @@ static void load_complete(ds_job *job)
                 ds_error unref_err;
                 ds_pool_unref(d->pool, inserted[k]->id, lj->client, 0, &ignored, &unref_err);
             }
-            reply_error(d, conn, job->request_id, rc, err.message);
+            ds_dispatch_reply_error(d, conn, job->request_id, rc, err.message);
             goto done;
         }
         inserted_count++;
@@ -839,19 +843,19 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     ds_error_clear(&err);
     load_job *lj = calloc(1, sizeof *lj);
     if (!lj) {
-        reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                    "out of memory queueing the load");
+        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                                "out of memory queueing the load");
         return;
     }
     int rc = load_vram_config(d, req, &lj->vram_config, &err);
     if (rc != DS_OK) {
-        reply_error(d, conn, env->request_id, rc, err.message);
+        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         load_job_free(lj);
         return;
     }
     rc = resolve_all(d, req->paths, req->n_paths, &lj->paths, &err);
     if (rc != DS_OK) {
-        reply_error(d, conn, env->request_id, rc, err.message);
+        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         load_job_free(lj);
         return;
     }
@@ -863,14 +867,14 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
         lj->given_count = i + 1;
     }
     if (oom) {
-        reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                    "out of memory queueing the load");
+        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                                "out of memory queueing the load");
         load_job_free(lj);
         return;
     }
     rc = ds_conn_begin_job(conn, &err);
     if (rc != DS_OK) {
-        reply_error(d, conn, env->request_id, rc, err.message);
+        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         load_job_free(lj);
         return;
     }
@@ -893,7 +897,8 @@ static void handle_unload(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
     const Diffsynth__V1__UnloadRequest *req = env->unload;
     char *client = default_client(conn, req->client_name);
     if (!client) {
-        reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                                "out of memory");
         return;
     }
     char name[256] = "";
@@ -904,7 +909,7 @@ static void handle_unload(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
     ds_error err;
     int rc = ds_pool_unref(d->pool, req->model_id, client, req->all_references, &result, &err);
     if (rc != DS_OK) {
-        reply_error(d, conn, env->request_id, rc, err.message);
+        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         free(client);
         return;
     }
@@ -1076,13 +1081,14 @@ void ds_dispatch(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env
     ds_error_clear(&err);
     int rc = ds_dispatch_validate(env, &err);
     if (rc != DS_OK) {
-        reply_error(d, conn, env->request_id, rc, err.message);
+        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         return;
     }
     ds_log_debug("%s: request %llu %s", ds_conn_describe(conn), (unsigned long long)env->request_id,
                  body_name(env->body_case));
     if (d->shutting_down) {
-        reply_error(d, conn, env->request_id, DS_ERR_UNAVAILABLE, "daemon is shutting down");
+        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_UNAVAILABLE,
+                                "daemon is shutting down");
         return;
     }
     switch (env->body_case) {

@@ -58,6 +58,13 @@ int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err);
 /* Handles one decoded envelope from `conn`: validates, then answers or queues a job. */
 void ds_dispatch(ds_daemon *daemon, ds_conn *conn, const Diffsynth__V1__Envelope *env);
 
+/* For the job handlers (Load here, RunStep, RunPipeline): counts the request as served, logs
+ * the failure at debug level and sends the Error reply. */
+void ds_dispatch_reply_error(ds_daemon *daemon, ds_conn *conn, uint64_t request_id, int status,
+                             const char *message);
+/* Sends a job's progress as an Event on its request id, when the connection is still open. */
+void ds_dispatch_send_progress(ds_conn *conn, uint64_t request_id, const ds_job_progress *p);
+
 /* Milliseconds of CLOCK_MONOTONIC / of the wall clock. */
 uint64_t ds_monotonic_ms(void);
 uint64_t ds_wall_ms(void);

@@ -656,35 +656,9 @@ static int load_run(ds_job *job)
 
 /* --- replies (loop thread) ------------------------------------------------------------------ */
 
-static void reply_error(ds_daemon *d, ds_conn *conn, uint64_t request_id, int status,
-                        const char *message)
-{
-    d->requests_served++;
-    ds_log_debug("%s: request %llu failed: %s: %s", ds_conn_describe(conn),
-                 (unsigned long long)request_id, ds_status_name(status), message);
-    ds_conn_send_error(conn, request_id, status, message);
-}
-
 static void pipeline_job_progress(ds_job *job, const ds_job_progress *p)
 {
-    pipeline_job *pj = (pipeline_job *)job;
-    if (!ds_conn_is_open(pj->conn))
-        return;
-    Diffsynth__V1__Progress progress = DIFFSYNTH__V1__PROGRESS__INIT;
-    progress.phase = (char *)p->phase;
-    progress.done = p->done;
-    progress.total = p->total;
-    progress.elapsed_s = p->elapsed_s;
-    progress.eta_s = p->eta_s;
-    progress.message = (char *)p->message;
-    Diffsynth__V1__Event event = DIFFSYNTH__V1__EVENT__INIT;
-    event.kind_case = DIFFSYNTH__V1__EVENT__KIND_PROGRESS;
-    event.progress = &progress;
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = job->request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_EVENT;
-    out.event = &event;
-    ds_conn_send(pj->conn, &out);
+    ds_dispatch_send_progress(((pipeline_job *)job)->conn, job->request_id, p);
 }
 
 /* Ends the request: the job leaves the connection's accounting and is freed. */
@@ -732,12 +706,12 @@ static void pipeline_complete(ds_job *job)
         describe_position(pj, where, sizeof where);
         char message[160];
         snprintf(message, sizeof message, "cancelled %s", where);
-        reply_error(d, conn, job->request_id, DS_ERR_CANCELLED, message);
+        ds_dispatch_reply_error(d, conn, job->request_id, DS_ERR_CANCELLED, message);
         job_end(pj);
         return;
     }
     if (job->status != DS_OK) {
-        reply_error(d, conn, job->request_id, job->status, job->error.message);
+        ds_dispatch_reply_error(d, conn, job->request_id, job->status, job->error.message);
         job_end(pj);
         return;
     }
@@ -831,7 +805,7 @@ static void load_complete(ds_job *job)
     if (rc == DS_OK && ds_job_cancelled(job))
         rc = ds_error_set(&job->error, DS_ERR_CANCELLED, "cancelled while loading its models");
     if (rc != DS_OK) {
-        reply_error(d, pj->conn, job->request_id, rc, job->error.message);
+        ds_dispatch_reply_error(d, pj->conn, job->request_id, rc, job->error.message);
         job_end(pj);
         return;
     }
@@ -845,7 +819,7 @@ static void load_complete(ds_job *job)
         rc = ds_pool_insert(d->pool, model, pj->client, ds_wall_ms(), &s->entry, &reused, &err);
         if (rc != DS_OK) {
             s->entry = NULL;
-            reply_error(d, pj->conn, job->request_id, rc, err.message);
+            ds_dispatch_reply_error(d, pj->conn, job->request_id, rc, err.message);
             job_end(pj);
             return;
         }
@@ -857,7 +831,7 @@ static void load_complete(ds_job *job)
     }
     pj->queue_before_s += job->queue_s;
     if ((rc = start_pipeline(pj, &err)) != DS_OK) {
-        reply_error(d, pj->conn, job->request_id, rc, err.message);
+        ds_dispatch_reply_error(d, pj->conn, job->request_id, rc, err.message);
         job_end(pj);
     }
 }
@@ -1052,8 +1026,8 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     int rc;
     pipeline_job *pj = calloc(1, sizeof *pj);
     if (!pj) {
-        reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                    "out of memory queueing the pipeline");
+        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                                "out of memory queueing the pipeline");
         return;
     }
     pj->daemon = d;
@@ -1084,12 +1058,12 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
         return;
     }
     if ((rc = start_pipeline(pj, &err)) != DS_OK) {
-        reply_error(d, conn, env->request_id, rc, err.message);
+        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         job_end(pj);
     }
     return;
 
 fail:
-    reply_error(d, conn, env->request_id, rc, err.message);
+    ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
     job_free(pj);
 }

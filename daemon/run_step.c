@@ -333,33 +333,7 @@ static int run_step_run(ds_job *job)
 
 static void run_step_progress(ds_job *job, const ds_job_progress *p)
 {
-    run_step_job *sj = (run_step_job *)job;
-    if (!ds_conn_is_open(sj->conn))
-        return;
-    Diffsynth__V1__Progress progress = DIFFSYNTH__V1__PROGRESS__INIT;
-    progress.phase = (char *)p->phase;
-    progress.done = p->done;
-    progress.total = p->total;
-    progress.elapsed_s = p->elapsed_s;
-    progress.eta_s = p->eta_s;
-    progress.message = (char *)p->message;
-    Diffsynth__V1__Event event = DIFFSYNTH__V1__EVENT__INIT;
-    event.kind_case = DIFFSYNTH__V1__EVENT__KIND_PROGRESS;
-    event.progress = &progress;
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = job->request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_EVENT;
-    out.event = &event;
-    ds_conn_send(sj->conn, &out);
-}
-
-static void reply_error(ds_daemon *d, ds_conn *conn, uint64_t request_id, int status,
-                        const char *message)
-{
-    d->requests_served++;
-    ds_log_debug("%s: request %llu failed: %s: %s", ds_conn_describe(conn),
-                 (unsigned long long)request_id, ds_status_name(status), message);
-    ds_conn_send_error(conn, request_id, status, message);
+    ds_dispatch_send_progress(((run_step_job *)job)->conn, job->request_id, p);
 }
 
 /* Loop thread. The reply's tensors point into the job's outputs: nothing is copied again. */
@@ -378,15 +352,15 @@ static void run_step_complete(ds_job *job)
         goto done;
     }
     if (job->status != DS_OK) {
-        reply_error(d, conn, job->request_id, job->status, job->error.message);
+        ds_dispatch_reply_error(d, conn, job->request_id, job->status, job->error.message);
         goto done;
     }
     tensors = calloc(n ? n : 1, sizeof *tensors);
     tensor_ptrs = calloc(n ? n : 1, sizeof *tensor_ptrs);
     regions = calloc(n ? n : 1, sizeof *regions);
     if (!tensors || !tensor_ptrs || !regions) {
-        reply_error(d, conn, job->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                    "out of memory building the reply");
+        ds_dispatch_reply_error(d, conn, job->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                                "out of memory building the reply");
         goto done;
     }
     for (size_t i = 0; i < n; i++) {
@@ -558,8 +532,8 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     int rc;
     run_step_job *sj = calloc(1, sizeof *sj);
     if (!sj) {
-        reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                    "out of memory queueing the step");
+        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                                "out of memory queueing the step");
         return;
     }
     sj->daemon = d;
@@ -611,6 +585,6 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     return;
 
 fail:
-    reply_error(d, conn, env->request_id, rc, err.message);
+    ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
     job_free(sj);
 }
