@@ -14,6 +14,42 @@
 
 /* ---- helpers ---- */
 
+/* LoadedModel.vram_config_json, which the daemon writes with upstream's eight keys, as the
+ * `models` column "offload,onload,preparing,computation", each "dtype/device" with short dtype
+ * names: "fp8/cpu,bf16/cuda,bf16/cuda,bf16/cuda". Text in another shape is shown as is. */
+static void format_vram_config(const char *json, pyjson_buf *out)
+{
+    static const char *const states[4] = {"offload", "onload", "preparing", "computation"};
+    static const char *const long_names[5] = {"float8_e4m3fn", "bfloat16", "float32", "float16",
+                                              "disk"};
+    static const char *const short_names[5] = {"fp8", "bf16", "fp32", "fp16", "disk"};
+    pyjson_buf b = {0};
+    for (int i = 0; i < 8; i++) {
+        char key[40];
+        snprintf(key, sizeof key, "\"%s_%s\": \"", states[i / 2], i % 2 ? "device" : "dtype");
+        const char *v = strstr(json, key);
+        const char *end = v ? strchr(v += strlen(key), '"') : NULL;
+        if (!end || end - v >= 32) {
+            pyjson_buf_free(&b);
+            pyjson_append_str(out, json);
+            return;
+        }
+        char value[32];
+        memcpy(value, v, (size_t)(end - v));
+        value[end - v] = '\0';
+        const char *shown = value;
+        for (int k = 0; i % 2 == 0 && k < 5; k++)
+            if (strcmp(value, long_names[k]) == 0)
+                shown = short_names[k];
+        pyjson_append_str(&b, i == 0 ? "" : i % 2 ? "/" : ",");
+        pyjson_append_str(&b, shown);
+    }
+    pyjson_append_str(out, b.data ? b.data : "");
+    if (b.oom)
+        out->oom = true;
+    pyjson_buf_free(&b);
+}
+
 /* Absolute forms of the user's paths (the daemon's cwd is not ours). NULL after reporting. */
 static char **absolute_paths(cli_ctx *ctx, char **paths, int n)
 {
@@ -443,7 +479,13 @@ static int run_models(cli_ctx *ctx, int argc, char **argv)
                 if (j == ntiers && ntiers < MAX_TIER_COLUMNS)
                     tier_names[ntiers++] = name;
             }
-        table t = {.cols = 6 + ntiers};
+        /* A VRAM column only when some model was loaded with a vram_config. */
+        int with_config = 0;
+        for (pb_size_t i = 0; i < r->models_count; i++)
+            if (r->models[i].vram_config_json && r->models[i].vram_config_json[0])
+                with_config = 1;
+        size_t last = 5 + ntiers + (size_t)with_config;
+        table t = {.cols = last + 1};
         table_add_row(&t);
         table_set(&t, 0, "ID");
         table_set(&t, 1, "NAME");
@@ -452,7 +494,9 @@ static int run_models(cli_ctx *ctx, int argc, char **argv)
         for (size_t j = 0; j < ntiers; j++)
             table_set(&t, 4 + j, "%s", tier_names[j]);
         table_set(&t, 4 + ntiers, "CLIENTS");
-        table_set(&t, 5 + ntiers, "PATHS");
+        if (with_config)
+            table_set(&t, 5 + ntiers, "VRAM CONFIG");
+        table_set(&t, last, "PATHS");
         for (pb_size_t i = 0; i < r->models_count; i++) {
             const diffsynth_v1_LoadedModel *m = &r->models[i];
             char params[32];
@@ -471,7 +515,7 @@ static int run_models(cli_ctx *ctx, int argc, char **argv)
                 cli_format_bytes(bytes, size, sizeof size);
                 table_set(&t, 4 + j, "%s", size);
             }
-            pyjson_buf clients = {0}, paths = {0};
+            pyjson_buf clients = {0}, paths = {0}, config = {0};
             for (pb_size_t k = 0; k < m->clients_count; k++) {
                 pyjson_append_str(&clients, k ? "," : "");
                 pyjson_append_str(&clients, cli_str(m->clients[k]));
@@ -484,12 +528,17 @@ static int run_models(cli_ctx *ctx, int argc, char **argv)
                 snprintf(more, sizeof more, " (+%u more files)", (unsigned)(m->paths_count - 1));
                 pyjson_append_str(&paths, more);
             }
+            if (m->vram_config_json && m->vram_config_json[0])
+                format_vram_config(m->vram_config_json, &config);
             table_set(&t, 4 + ntiers, "%s", clients.data ? clients.data : "-");
-            table_set(&t, 5 + ntiers, "%s", paths.data ? paths.data : "-");
-            if (clients.oom || paths.oom)
+            if (with_config)
+                table_set(&t, 5 + ntiers, "%s", config.data ? config.data : "-");
+            table_set(&t, last, "%s", paths.data ? paths.data : "-");
+            if (clients.oom || paths.oom || config.oom)
                 t.oom = true;
             pyjson_buf_free(&clients);
             pyjson_buf_free(&paths);
+            pyjson_buf_free(&config);
         }
         if (table_print_free(&t) != 0) {
             fputs("error: out of memory\n", stderr);

@@ -103,6 +103,8 @@ static void loaded_model(pyjson_writer *w, const diffsynth_v1_LoadedModel *m)
     pyjson_bool(w, m->reused);
     pyjson_key(w, "loaded_at_unix_ms");
     pyjson_uint(w, m->loaded_at_unix_ms);
+    pyjson_key(w, "vram_config");
+    embedded_json(w, m->vram_config_json);
     pyjson_end_object(w);
 }
 

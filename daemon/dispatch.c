@@ -189,13 +189,14 @@ static Diffsynth__V1__TierBytes **tiers_msg(arena *a, const ds_daemon *d, uint64
     return tiers;
 }
 
-/* A managed vram_config as a fourth tier, LoadedModel's only free-text place: "offload cpu
- * f8_e4m3" with the units' bytes there (0 until the first step registers them). */
+/* A managed model's offload tier, "offload cpu f8_e4m3" (where and in which dtype the units
+ * rest), with the units' bytes there; absent until a step has registered them, since the
+ * config itself is in LoadedModel.vram_config_json. */
 static void offload_tier_msg(arena *a, const ds_loaded_model *model, uint64_t slow,
                              Diffsynth__V1__TierBytes **tiers, size_t *count)
 {
     const ds_vram_config *c = &model->vram_config;
-    if (!tiers || !c->managed)
+    if (!tiers || !c->managed || slow == 0)
         return;
     char name[96];
     snprintf(name, sizeof name, "offload %s %s", ds_vram_device_name(c->offload.device),
@@ -241,6 +242,16 @@ static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_daemon *d
     }
     m->reused = reused;
     m->loaded_at_unix_ms = e->loaded_at_unix_ms;
+    if (model->vram_config.managed) {
+        char json[512];
+        ds_error err = {0};
+        /* A config the Load parsed is always filled in and fits 512 bytes; should that ever
+         * break, the listing still answers, without the field, and the log says why. */
+        if (ds_vram_config_to_json(&model->vram_config, json, sizeof json, &err) == DS_OK)
+            m->vram_config_json = arena_str(a, json);
+        else
+            ds_log_error("model %s: %s", e->id, err.message);
+    }
     return m;
 }
 

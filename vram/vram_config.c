@@ -2,6 +2,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,6 +183,55 @@ fail:
     json_decref(root);
     memset(out, 0, sizeof *out);
     return rc;
+}
+
+/* Torch's names, which upstream's vram_config holds (torch.float8_e4m3fn, ...). */
+static const char *torch_dtype_name(const ds_vram_place *p)
+{
+    if (p->disk_dtype)
+        return "disk";
+    switch (p->dtype) {
+    case DS_F32: return "float32";
+    case DS_BF16: return "bfloat16";
+    case DS_F16: return "float16";
+    case DS_F8_E4M3: return "float8_e4m3fn";
+    default: return NULL;
+    }
+}
+
+int ds_vram_config_to_json(const ds_vram_config *cfg, char *buf, size_t size, ds_error *err)
+{
+    const ds_vram_place *places[4] = {&cfg->offload, &cfg->onload, &cfg->preparing,
+                                      &cfg->computation};
+    const char *values[8];
+    for (int i = 0; i < 4; i++) {
+        values[2 * i] = torch_dtype_name(places[i]);
+        values[2 * i + 1] = ds_vram_device_name(places[i]->device);
+        if (!values[2 * i])
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "vram_config: %s %s is not a weight dtype", field_names[2 * i],
+                                ds_dtype_name(places[i]->dtype));
+        if (places[i]->device == DS_VRAM_DEVICE_UNSET)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "vram_config: %s is not filled in", field_names[2 * i + 1]);
+    }
+    size_t need = 1;
+    for (int f = 0; f < 8; f++) {
+        /* `"key": "value"` after the opening brace or a ", ". */
+        size_t n = strlen(field_names[f]) + strlen(values[f]) + 6 + (f ? 2 : 1);
+        if (buf && need + n <= size)
+            snprintf(buf + need - 1, size - (need - 1), "%s\"%s\": \"%s\"", f ? ", " : "{",
+                     field_names[f], values[f]);
+        need += n;
+    }
+    need += 1; /* the closing brace */
+    if (!buf || size < need)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "vram_config: the JSON needs %zu bytes, the buffer has %zu", need,
+                            size);
+    buf[need - 2] = '}';
+    buf[need - 1] = '\0';
+    return DS_OK;
 }
 
 int ds_vram_config_whole_model(ds_vram_config *cfg)

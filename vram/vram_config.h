@@ -56,6 +56,14 @@ int ds_vram_config_parse(const char *json, ds_dtype computation_dtype,
  * changed the config (upstream then prints its "No fine-grained VRAM configuration" note). */
 int ds_vram_config_whole_model(ds_vram_config *cfg);
 
+/* The config after fill-in as a JSON object with upstream's eight keys in upstream's order,
+ * `{"offload_dtype": "float8_e4m3fn", "offload_device": "cpu", ...}`: dtypes as torch names
+ * ("disk", "float32", "bfloat16", "float16", "float8_e4m3fn"), devices "disk", "cpu", "cuda".
+ * ds_vram_config_parse reads it back to the same config. Writes into buf (NUL-terminated);
+ * INVALID_ARGUMENT for a state not filled in (no device, or no weight dtype) and for a buf
+ * too small, naming the size needed. */
+int ds_vram_config_to_json(const ds_vram_config *cfg, char *buf, size_t size, ds_error *err);
+
 /* "disk", "cpu", "cuda". */
 const char *ds_vram_device_name(ds_vram_device device);
 

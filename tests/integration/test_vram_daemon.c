@@ -10,8 +10,9 @@
  * budget below one unit fails the step with RESOURCE_EXHAUSTED while the daemon stays up.
  *
  * Load's vram_config: a bad one (or a bad torch_dtype) is INVALID_ARGUMENT naming the field and
- * the value; fp8 offload shows in ListModels as an "offload cpu f8_e4m3" tier holding half
- * the bf16 bytes once a step has registered the units; the same files with the same config
+ * the value; fp8 offload shows in ListModels' vram_config_json (upstream's filled-in config, with
+ * torch's dtype names) and, once a step has registered the units, as an "offload cpu f8_e4m3"
+ * tier holding half the bf16 bytes; the same files with the same config
  * reuse the entry, with none they are a separate one; a daemon without a VRAM manager refuses a
  * managed config with FAILED_PRECONDITION. */
 #include <pthread.h>
@@ -395,6 +396,26 @@ static long long tier_bytes(const char *id, const char *tier)
     return bytes;
 }
 
+/* Model `id`'s vram_config_json in ListModels, malloc'd; NULL when the model is absent. */
+static char *listed_vram_config(const char *id)
+{
+    ds_client *c = it_connect(&env);
+    if (!c)
+        return NULL;
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_list_models_tag;
+    char *json = NULL;
+    if (it_call(c, &req, &resp) == DS_CLIENT_OK) {
+        const diffsynth_v1_ListModelsResponse *r = &resp.body.list_models_result;
+        for (pb_size_t i = 0; i < r->models_count; i++)
+            if (strcmp(r->models[i].model_id, id) == 0)
+                json = strdup(r->models[i].vram_config_json ? r->models[i].vram_config_json : "");
+    }
+    ds_client_envelope_free(&resp);
+    ds_client_close(c);
+    return json;
+}
+
 #define FP8_CONFIG "{\"offload_dtype\": \"float8_e4m3fn\", \"offload_device\": \"cpu\"}"
 #define FP8_TIER "offload cpu f8_e4m3"
 
@@ -440,8 +461,18 @@ static void test_load_fp8_vram_config(void)
                                         "{\"onload_dtype\": \"bfloat16\"}", "bfloat16");
     CHECK(unmanaged.rc == DS_CLIENT_OK && unmanaged.reused && strcmp(unmanaged.id, none.id) == 0);
 
-    /* ListModels shows the config; its bytes come once a step registers the units. */
-    CHECK(tier_bytes(fp8.id, FP8_TIER) == 0);
+    /* ListModels shows the config, filled in; its offload tier comes once a step has
+     * registered the units' bytes. */
+    char *listed = listed_vram_config(fp8.id);
+    CHECK_MSG(listed && strstr(listed, "\"offload_dtype\": \"float8_e4m3fn\"") &&
+                  strstr(listed, "\"offload_device\": \"cpu\"") &&
+                  strstr(listed, "\"computation_dtype\": \"bfloat16\""),
+              "%s", listed ? listed : "(model not listed)");
+    free(listed);
+    listed = listed_vram_config(none.id);
+    CHECK_MSG(listed && listed[0] == '\0', "%s", listed ? listed : "(model not listed)");
+    free(listed);
+    CHECK(tier_bytes(fp8.id, FP8_TIER) == -1);
     CHECK(tier_bytes(none.id, FP8_TIER) == -1);
     ds_client *c = it_connect(&env);
     REQUIRE(c);

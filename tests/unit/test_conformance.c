@@ -295,6 +295,7 @@ static void fill_pc_LoadedModel(PC(LoadedModel) *m, int k)
     m->clients = STRS(3, k, 11);
     m->reused = 1;
     m->loaded_at_unix_ms = U64(k, 13);
+    m->vram_config_json = S(k, 14);
 }
 
 static void fill_nb_LoadedModel(NB(LoadedModel) *m, int k)
@@ -317,6 +318,7 @@ static void fill_nb_LoadedModel(NB(LoadedModel) *m, int k)
     m->clients = STRS(3, k, 11);
     m->reused = true;
     m->loaded_at_unix_ms = U64(k, 13);
+    m->vram_config_json = S(k, 14);
 }
 
 static void cmp_LoadedModel(const PC(LoadedModel) *p, const NB(LoadedModel) *n)
@@ -336,6 +338,7 @@ static void cmp_LoadedModel(const PC(LoadedModel) *p, const NB(LoadedModel) *n)
     cmp_strs(p->clients, p->n_clients, n->clients, n->clients_count);
     CHECK(p->reused == n->reused);
     CHECK(p->loaded_at_unix_ms == n->loaded_at_unix_ms);
+    CHECK_STR_EQ(n->vram_config_json, p->vram_config_json);
 }
 
 static void fill_pc_IdentifyRequest(PC(IdentifyRequest) *m, int k)
