@@ -17,6 +17,7 @@
 #include "models/model_class.h"
 #include "models/param_tree.h"
 #include "models/weight_set.h"
+#include "vram/vram_manager.h"
 
 #define CLASS_NAME "diffsynth.models.qwen_image_vae.QwenImageVAE"
 
@@ -410,15 +411,103 @@ static int plan_build(const vae_config *c, int decode, vae_plan *p, ds_error *er
     return DS_OK;
 }
 
+/* ---- Streaming the weights through a VRAM manager ----
+ *
+ * Units: one per layer of a plan (a conv, a residual block, an attention block, a resampler's
+ * 2-D conv, the head), the largest a residual block of the widest level (~32 MB in f32), so a
+ * budget of a few such blocks streams the whole VAE. The resamplers' time_conv never runs on
+ * one frame and is no unit. Both directions' units are registered together on first use (the
+ * decode plan's layers, then the encode plan's), keyed to the loaded model; each call sets its
+ * direction's order as the model's plan, so the other direction's units are the first evicted
+ * and prefetch follows the layers about to run. */
+
+/* One tensor of a unit: its name after the layer's prefix, and whether it is a Linear's weight
+ * (the attention's 1x1 projections, bound as linears). */
+typedef struct vae_slot {
+    const char *name;
+    int linear_weight;
+} vae_slot;
+
+static const vae_slot conv_slots[] = {{".weight", 0}, {".bias", 0}};
+/* The shortcut's pair last: a block whose widths agree has none. */
+static const vae_slot residual_slots[] = {
+    {"norm1.gamma", 0},          {"conv1.weight", 0}, {"conv1.bias", 0},
+    {"norm2.gamma", 0},          {"conv2.weight", 0}, {"conv2.bias", 0},
+    {"conv_shortcut.weight", 0}, {"conv_shortcut.bias", 0},
+};
+static const vae_slot attention_slots[] = {
+    {"norm.gamma", 0},  {"to_qkv.weight", 1}, {"to_qkv.bias", 0},
+    {"proj.weight", 1}, {"proj.bias", 0},
+};
+static const vae_slot resample_slots[] = {{"resample.1.weight", 0}, {"resample.1.bias", 0}};
+static const vae_slot head_slots[] = {
+    {"norm_out.gamma", 0}, {"conv_out.weight", 0}, {"conv_out.bias", 0}};
+
+/* The tensors layer `l` binds: *count of `slots`. */
+static const vae_slot *layer_slots(const ds_loaded_model *m, const vae_layer *l, size_t *count)
+{
+    switch (l->kind) {
+    case LAYER_CONV:
+        *count = 2;
+        return conv_slots;
+    case LAYER_RESIDUAL: {
+        char shortcut[DS__PARAM_NAME_MAX + 32];
+        snprintf(shortcut, sizeof shortcut, "%sconv_shortcut.weight", l->prefix);
+        *count = ds_state_dict_find(&m->params, shortcut) ? 8 : 6;
+        return residual_slots;
+    }
+    case LAYER_ATTENTION:
+        *count = sizeof attention_slots / sizeof attention_slots[0];
+        return attention_slots;
+    case LAYER_UPSAMPLE:
+    case LAYER_DOWNSAMPLE:
+        *count = 2;
+        return resample_slots;
+    case LAYER_HEAD:
+        break;
+    }
+    /* LAYER_HEAD: norm_out and conv_out under the decoder's or encoder's prefix. */
+    *count = sizeof head_slots / sizeof head_slots[0];
+    return head_slots;
+}
+
 /* One decode or encode call. */
 typedef struct vae_run {
     const ds_loaded_model *m;
     ds_backend *b;
     ds_dtype dtype;     /* compute dtype: the input's */
     const char *phase;  /* "decode" or "encode", for messages and progress */
-    ds__weight_set ws;  /* the current layer's weights, released after it */
+    ds__weight_set ws;  /* the current layer's weights, released after it (no manager) */
     int x_owned;        /* the activation is ours to free (not the caller's input) */
+    ds_vram_model *vm;  /* the manager's registration; NULL: weights bound directly */
+    size_t held;        /* the unit acquired now; SIZE_MAX: none */
+    size_t reserved;    /* activation bytes reserved in the manager now */
+    const vae_layer *layer;        /* the layer running now (its unit's names) */
+    const vae_slot *slots;         /* its unit's tensors, `slot_count` of them ... */
+    size_t slot_count;
+    const ds_tensor *unit_tensors; /* ... resident while held */
+    size_t unit_base;   /* unit index of the plan's first layer */
 } vae_run;
+
+/* Parameter prefix + name as an operand: the acquired unit's tensor of that name under a
+ * manager, else bound directly (a view on the CPU, a per-layer copy elsewhere). */
+static int bind(vae_run *r, const char *prefix, const char *name, int linear_weight,
+                ds_tensor *out, ds_error *err)
+{
+    if (!r->unit_tensors)
+        return ds__weight_bind(r->m, &r->ws, prefix, name, linear_weight, out, err);
+    char want[2 * DS__PARAM_NAME_MAX + 32], have[2 * DS__PARAM_NAME_MAX];
+    snprintf(want, sizeof want, "%s%s", prefix, name);
+    for (size_t i = 0; i < r->slot_count; i++) {
+        snprintf(have, sizeof have, "%s%s", r->layer->prefix, r->slots[i].name);
+        if (strcmp(have, want) == 0) {
+            *out = r->unit_tensors[i];
+            return DS_OK;
+        }
+    }
+    return ds_error_set(err, DS_ERR_INTERNAL, "%s: \"%s\" is not in the unit of %s", r->phase,
+                        want, r->layer->prefix);
+}
 
 /* The activation *x becomes y: the old one is freed unless it is the caller's input. */
 static void replace(vae_run *r, ds_tensor *x, ds_tensor *y)
@@ -453,10 +542,10 @@ static int conv(vae_run *r, const char *prefix, const char *name, const ds_tenso
     ds_tensor w, bias, tap = {0};
     int rc;
     snprintf(part, sizeof part, "%s.weight", name);
-    if ((rc = ds__weight_bind(r->m, &r->ws, prefix, part, 0, &w, err)) != DS_OK)
+    if ((rc = bind(r, prefix, part, 0, &w, err)) != DS_OK)
         return rc;
     snprintf(part, sizeof part, "%s.bias", name);
-    if ((rc = ds__weight_bind(r->m, &r->ws, prefix, part, 0, &bias, err)) != DS_OK)
+    if ((rc = bind(r, prefix, part, 0, &bias, err)) != DS_OK)
         return rc;
     int pad[4] = {pad2d[0], pad2d[1], pad2d[2], pad2d[3]};
     ds_tensor w2 = w;
@@ -496,7 +585,7 @@ static int rms_norm(vae_run *r, const char *prefix, const char *name, const ds_t
                     int silu, ds_tensor *y, ds_error *err)
 {
     ds_tensor gamma;
-    int rc = ds__weight_bind(r->m, &r->ws, prefix, name, 0, &gamma, err);
+    int rc = bind(r, prefix, name, 0, &gamma, err);
     if (rc != DS_OK)
         return rc;
     ds_tensor g1 = view(&gamma, 1, SHAPE(gamma.shape[0]));
@@ -558,8 +647,10 @@ static int attention(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err
               y = {0};
     ds__linear_weights to_qkv, proj;
     int rc;
-    if ((rc = ds__weight_bind_linear(r->m, &r->ws, prefix, "to_qkv", &to_qkv, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(r->m, &r->ws, prefix, "proj", &proj, err)) != DS_OK)
+    if ((rc = bind(r, prefix, "to_qkv.weight", 1, &to_qkv.weight, err)) != DS_OK ||
+        (rc = bind(r, prefix, "to_qkv.bias", 0, &to_qkv.bias, err)) != DS_OK ||
+        (rc = bind(r, prefix, "proj.weight", 1, &proj.weight, err)) != DS_OK ||
+        (rc = bind(r, prefix, "proj.bias", 0, &proj.bias, err)) != DS_OK)
         return rc;
     ds_tensor w_qkv = view(&to_qkv.weight, 2, SHAPE(3 * C, C));
     ds_tensor w_proj = view(&proj.weight, 2, SHAPE(C, C));
@@ -691,6 +782,77 @@ static int run_layer(vae_run *r, const vae_layer *l, ds_tensor *x, ds_error *err
     return ds_error_set(err, DS_ERR_INTERNAL, "%s: unknown layer kind", r->phase);
 }
 
+/* Replaces the activation bytes reserved in the manager (none without one) by `bytes`. */
+static int reserve(vae_run *r, const char *what, size_t bytes, ds_error *err)
+{
+    if (!r->vm)
+        return DS_OK;
+    ds_vram_unreserve(r->vm, r->reserved);
+    r->reserved = 0;
+    int rc = ds_vram_reserve(r->vm, what, bytes, err);
+    if (rc == DS_OK)
+        r->reserved = bytes;
+    return rc;
+}
+
+/* The latent mean and 1 / std, alive through the whole call. */
+static size_t stats_bytes(const vae_run *r)
+{
+    return 2 * LATENT_CHANNELS * ds_dtype_size(r->dtype);
+}
+
+/* A bound on the activation bytes alive while layer `l` runs on x with its unit's `n` tensors
+ * `t`: x, at most three tensors of the widest of its input and output (the output at the
+ * upsampled size), the last temporal tap sliced from a 3x3x3 weight, and the latent stats; an
+ * attention block holds at most eight of x's size and the kernel's [S, S] f32 scores. */
+static size_t layer_bytes(const vae_run *r, const vae_layer *l, const ds_tensor *x,
+                          const ds_tensor *t, size_t n)
+{
+    uint64_t elem = ds_dtype_size(r->dtype), xn = ds_tensor_numel(x);
+    uint64_t B = (uint64_t)x->shape[0], S = (uint64_t)(x->shape[2] * x->shape[3]);
+    if (l->kind == LAYER_ATTENTION)
+        return (size_t)(8 * xn * elem + B * S * S * 4) + stats_bytes(r);
+    int64_t co = x->shape[1];
+    uint64_t tap = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].ndim >= 4 && t[i].shape[0] > co)
+            co = t[i].shape[0];
+        if (t[i].ndim == 5 && t[i].shape[2] > 1 &&
+            ds_tensor_nbytes(&t[i]) / (uint64_t)t[i].shape[2] > tap)
+            tap = ds_tensor_nbytes(&t[i]) / (uint64_t)t[i].shape[2];
+    }
+    uint64_t act = B * (uint64_t)co * S * (l->kind == LAYER_UPSAMPLE ? 4 : 1);
+    return (size_t)((xn + 3 * act) * elem + tap) + stats_bytes(r);
+}
+
+/* Acquires layer i's unit (the plan's i-th) and reserves the layer's activations. */
+static int unit_begin(vae_run *r, const vae_layer *l, size_t i, const ds_tensor *x,
+                      ds_error *err)
+{
+    const ds_tensor *t;
+    int rc = ds_vram_acquire(r->vm, r->unit_base + i, NULL, &t, err);
+    if (rc != DS_OK)
+        return rc;
+    r->held = r->unit_base + i;
+    r->layer = l;
+    r->slots = layer_slots(r->m, l, &r->slot_count);
+    r->unit_tensors = t;
+    char what[DS__PARAM_NAME_MAX + 32];
+    snprintf(what, sizeof what, "%s: activations of %s", r->phase, l->prefix);
+    return reserve(r, what, layer_bytes(r, l, x, t, r->slot_count), err);
+}
+
+/* Releases the unit held now, if any. */
+static int unit_end(vae_run *r, ds_error *err)
+{
+    if (r->held == SIZE_MAX)
+        return DS_OK;
+    size_t unit = r->held;
+    r->held = SIZE_MAX;
+    r->unit_tensors = NULL;
+    return ds_vram_release(r->vm, unit, NULL, err);
+}
+
 /* The plan over *x, cancellable before each layer, with progress after each. */
 static int run_plan(vae_run *r, const ds_step_context *ctx, const vae_plan *p, ds_tensor *x,
                     ds_error *err)
@@ -699,8 +861,12 @@ static int run_plan(vae_run *r, const ds_step_context *ctx, const vae_plan *p, d
         if (ctx->cancelled && ctx->cancelled(ctx->user))
             return ds_error_set(err, DS_ERR_CANCELLED, "%s: cancelled before block %zu of %zu",
                                 r->phase, i, p->count);
-        int rc = run_layer(r, &p->layers[i], x, err);
+        int rc = r->vm ? unit_begin(r, &p->layers[i], i, x, err) : DS_OK;
+        if (rc == DS_OK)
+            rc = run_layer(r, &p->layers[i], x, err);
         ds__weight_set_release(&r->ws);
+        if (rc == DS_OK)
+            rc = unit_end(r, err);
         if (rc != DS_OK)
             return ds_error_prefix(err, "%s: %s: ", r->phase, p->layers[i].prefix);
         if (ctx->progress)
@@ -769,6 +935,97 @@ static void image_expected(int64_t channels, int64_t factor, char *buf, size_t s
              channels, factor);
 }
 
+/* Layer l's tensors as the manager's sources. Each keeps the dtype the direct path binds
+ * (ds__weight_operand_dtype), so both paths run the same kernels on the same values. */
+static int unit_sources(const ds_loaded_model *m, const vae_layer *l, ds_vram_tensor_source *src,
+                        size_t *count, ds_error *err)
+{
+    const vae_slot *slots = layer_slots(m, l, count);
+    for (size_t i = 0; i < *count; i++) {
+        char full[2 * DS__PARAM_NAME_MAX];
+        snprintf(full, sizeof full, "%s%s", l->prefix, slots[i].name);
+        const ds_sd_entry *e;
+        int rc = ds__weight_find(m, "QwenImageVAE", full, &e, err);
+        if (rc != DS_OK)
+            return rc;
+        const ds_tensor_view *v = &e->tensor;
+        ds_vram_tensor_source *t = &src[i];
+        memset(t, 0, sizeof *t);
+        t->name = e->name;
+        t->dtype = v->dtype;
+        t->ndim = v->ndim;
+        memcpy(t->shape, v->shape, (size_t)v->ndim * sizeof *v->shape);
+        t->data = v->data;
+        t->target = ds__weight_operand_dtype(v->dtype, slots[i].linear_weight);
+        t->offload = ds__weight_offload_dtype(m, v->dtype);
+    }
+    return DS_OK;
+}
+
+/* The model's units in the call's manager, registered on first use (keyed to the loaded
+ * model): the decode plan's layers, then the encode plan's. The model's release hook drops them
+ * when it is freed. */
+static int vram_register(const ds_loaded_model *m, ds_vram_manager *mgr, const vae_plan *plans[2],
+                         ds_vram_model **out, ds_error *err)
+{
+    *out = ds_vram_model_find(mgr, m);
+    if (*out)
+        return DS_OK;
+    ds_vram_tensor_source src[sizeof residual_slots / sizeof residual_slots[0]];
+    ds_vram_model *vm = NULL;
+    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : "qwen_image_vae", DS_F32,
+                               &vm, err);
+    for (int d = 0; d < 2 && rc == DS_OK; d++)
+        for (size_t i = 0; i < plans[d]->count && rc == DS_OK; i++) {
+            const vae_layer *l = &plans[d]->layers[i];
+            char name[DS__PARAM_NAME_MAX];
+            size_t count, index;
+            /* The module's path without its trailing dot. */
+            size_t len = strlen(l->prefix);
+            snprintf(name, sizeof name, "%.*s",
+                     (int)(len && l->prefix[len - 1] == '.' ? len - 1 : len), l->prefix);
+            if ((rc = unit_sources(m, l, src, &count, err)) == DS_OK)
+                rc = ds_vram_unit_add(vm, name, src, count, &index, err);
+        }
+    if (rc != DS_OK) {
+        ds_vram_model_remove(vm);
+        return rc;
+    }
+    ds__weight_set_vram_adopt(vm, m, mgr);
+    *out = vm;
+    return DS_OK;
+}
+
+/* Registers the units (both directions' plans) when needed and makes this direction's layers,
+ * in order, the model's plan. */
+static int vram_setup(vae_run *r, ds_vram_manager *mgr, const vae_config *c, int decode,
+                      const vae_plan *plan, ds_error *err)
+{
+    vae_plan other = {0};
+    size_t *order = malloc((plan->count ? plan->count : 1) * sizeof *order);
+    int rc = order ? plan_build(c, !decode, &other, err)
+                   : ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                                  "out of memory planning %zu units", plan->count);
+    if (rc == DS_OK) {
+        const vae_plan *plans[2] = {decode ? plan : &other, decode ? &other : plan};
+        rc = vram_register(r->m, mgr, plans, &r->vm, err);
+        r->unit_base = decode ? 0 : other.count;
+    }
+    if (rc == DS_OK) {
+        for (size_t i = 0; i < plan->count; i++)
+            order[i] = r->unit_base + i;
+        rc = ds_vram_plan(r->vm, order, plan->count, err);
+    }
+    free(order);
+    free(other.layers);
+    if (rc != DS_OK) {
+        r->vm = NULL;
+        return ds_error_prefix(err, "%s: registering the weights with the VRAM manager: ",
+                               r->phase);
+    }
+    return DS_OK;
+}
+
 /* Both directions: checks, the plan, the input's upload and scaling, the output's download. */
 static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int decode,
                        const ds_tensor *in, ds_tensor *out, ds_error *err)
@@ -810,10 +1067,17 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
     if (out->dtype != in->dtype || !ds_tensor_same_shape(out, &want_t) || !out->data)
         return bad_tensor(phase, "output", out_name, out, expected, err);
 
-    vae_run r = {.m = m, .b = ctx->backend, .dtype = in->dtype, .phase = phase};
+    vae_run r = {.m = m, .b = ctx->backend, .dtype = in->dtype, .phase = phase,
+                 .held = SIZE_MAX};
     ds__weight_set_init(&r.ws, r.b, "QwenImageVAE");
     ds_tensor upload = {0}, x = {0}, z = {0}, mean = {0}, inv_std = {0}, input = *in;
+    char what[64];
+    snprintf(what, sizeof what, "%s: input", phase);
+    /* Before the layers: the stats, the input's upload and (decode) its scaled copy. */
     if ((rc = plan_build(&c, decode, &plan, err)) != DS_OK ||
+        (ctx->vram && (rc = vram_setup(&r, ctx->vram, &c, decode, &plan, err)) != DS_OK) ||
+        (rc = reserve(&r, what, (decode ? 2 : 1) * ds_tensor_nbytes(in) + stats_bytes(&r),
+                      err)) != DS_OK ||
         (rc = latent_stats(&r, &mean, &inv_std, err)) != DS_OK)
         goto done;
     input.backend = r.b;
@@ -851,7 +1115,11 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
         ds_slice_args first = {&x, 1, 0, &z};
         ds_binary_args sub = {&z, &mean, DS_BINARY_SUB, &z};
         ds_binary_args mul = {&z, &inv_std, DS_BINARY_MUL, &z};
-        if ((rc = alloc4(&r, want[0], want[1], want[2], want[3], &z, err)) != DS_OK ||
+        snprintf(what, sizeof what, "%s: output", phase);
+        if ((rc = reserve(&r, what,
+                          ds_tensor_nbytes(&x) + ds_tensor_nbytes(out) + stats_bytes(&r),
+                          err)) != DS_OK ||
+            (rc = alloc4(&r, want[0], want[1], want[2], want[3], &z, err)) != DS_OK ||
             (rc = ds_slice(r.b, NULL, &first, err)) != DS_OK ||
             (rc = ds_binary(r.b, NULL, &sub, err)) != DS_OK ||
             (rc = ds_binary(r.b, NULL, &mul, err)) != DS_OK)
@@ -860,6 +1128,12 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
     }
     rc = ds_tensor_download(result, out->data, NULL, err);
 done:
+    if (r.held != SIZE_MAX) {
+        ds_error ignored;
+        unit_end(&r, &ignored);
+    }
+    if (r.vm)
+        ds_vram_unreserve(r.vm, r.reserved);
     ds__weight_set_release(&r.ws);
     ds_tensor_free(&upload);
     if (r.x_owned)

@@ -4,12 +4,18 @@
  *
  * Images run as one frame (T = 1, no feature cache), so every causal 3x3x3 conv is the 2-D conv
  * of its last temporal tap and the resamplers' time_conv never runs, exactly as upstream
- * computes it. Both entry points compute on ctx->backend, binding each block's weights as views
- * on the CPU and uploading them block by block elsewhere (ctx->vram is not used: the VAE's
- * weights are not paged through the manager), poll ctx->cancelled between blocks (CANCELLED)
- * and report ("decode" | "encode", block, blocks) progress. Activations are freed as soon as
- * the next block has consumed them. The model's z_dim must be 16 (upstream's fixed mean/std).
- * INVALID_ARGUMENT names the tensor, what it is and what was expected. */
+ * computes it. Both entry points compute on ctx->backend, poll ctx->cancelled between blocks
+ * (CANCELLED) and report ("decode" | "encode", block, blocks) progress. Without ctx->vram each
+ * block's weights are bound as views on the CPU and uploaded block by block elsewhere. With it
+ * they page through the manager: one unit per block (a conv, a residual or attention block, a
+ * resampler's conv, norm_out + conv_out), both directions' units registered on the first call
+ * and keyed to the model (dropped by its release hook), the call's direction set as the plan;
+ * each block's activations are reserved in the budget while it runs, the slow tier keeps the
+ * model's vram_config offload dtype, and the outputs equal the direct path's bit for bit under
+ * any budget. A block that cannot fit fails with RESOURCE_EXHAUSTED naming its unit.
+ * Activations are freed as soon as the next block has consumed them. The model's z_dim must
+ * be 16 (upstream's fixed mean/std). INVALID_ARGUMENT names the tensor, what it is and what
+ * was expected. */
 #ifndef DS_MODELS_QWEN_IMAGE_VAE_H
 #define DS_MODELS_QWEN_IMAGE_VAE_H
 
