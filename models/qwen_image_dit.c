@@ -926,20 +926,10 @@ static int unit_sources(const ds_loaded_model *m, const char *prefix, const unit
             char full[DS__PARAM_NAME_MAX];
             snprintf(full, sizeof full, "%s%s%s", prefix, p->name,
                      !p->linear ? "" : part == 0 ? ".weight" : ".bias");
-            const ds_sd_entry *e;
-            int rc = ds__weight_find(m, "QwenImageDiT", full, &e, err);
+            int rc = ds__weight_vram_source(m, "QwenImageDiT", full, p->linear && part == 0,
+                                            &src[n++], err);
             if (rc != DS_OK)
                 return rc;
-            const ds_tensor_view *v = &e->tensor;
-            ds_vram_tensor_source *t = &src[n++];
-            memset(t, 0, sizeof *t);
-            t->name = e->name;
-            t->dtype = v->dtype;
-            t->ndim = v->ndim;
-            memcpy(t->shape, v->shape, (size_t)v->ndim * sizeof *v->shape);
-            t->data = v->data;
-            t->target = ds__weight_operand_dtype(v->dtype, p->linear && part == 0);
-            t->offload = ds__weight_offload_dtype(m, v->dtype);
         }
     }
     *count = n;

@@ -539,20 +539,10 @@ static int unit_sources(const ds_loaded_model *m, const char *prefix, const te_u
     for (size_t i = 0; i < u->count; i++) {
         char full[DS__PARAM_NAME_MAX];
         snprintf(full, sizeof full, "%s%s", prefix, u->slots[i].name);
-        const ds_sd_entry *e;
-        int rc = ds__weight_find(m, OWNER, full, &e, err);
+        int rc = ds__weight_vram_source(m, OWNER, full, u->slots[i].linear_weight, &src[i],
+                                        err);
         if (rc != DS_OK)
             return rc;
-        const ds_tensor_view *v = &e->tensor;
-        ds_vram_tensor_source *t = &src[i];
-        memset(t, 0, sizeof *t);
-        t->name = e->name;
-        t->dtype = v->dtype;
-        t->ndim = v->ndim;
-        memcpy(t->shape, v->shape, (size_t)v->ndim * sizeof *v->shape);
-        t->data = v->data;
-        t->target = ds__weight_operand_dtype(v->dtype, u->slots[i].linear_weight);
-        t->offload = ds__weight_offload_dtype(m, v->dtype);
     }
     return DS_OK;
 }

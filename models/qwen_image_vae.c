@@ -944,20 +944,10 @@ static int unit_sources(const ds_loaded_model *m, const vae_layer *l, ds_vram_te
     for (size_t i = 0; i < *count; i++) {
         char full[2 * DS__PARAM_NAME_MAX];
         snprintf(full, sizeof full, "%s%s", l->prefix, slots[i].name);
-        const ds_sd_entry *e;
-        int rc = ds__weight_find(m, "QwenImageVAE", full, &e, err);
+        int rc = ds__weight_vram_source(m, "QwenImageVAE", full, slots[i].linear_weight,
+                                        &src[i], err);
         if (rc != DS_OK)
             return rc;
-        const ds_tensor_view *v = &e->tensor;
-        ds_vram_tensor_source *t = &src[i];
-        memset(t, 0, sizeof *t);
-        t->name = e->name;
-        t->dtype = v->dtype;
-        t->ndim = v->ndim;
-        memcpy(t->shape, v->shape, (size_t)v->ndim * sizeof *v->shape);
-        t->data = v->data;
-        t->target = ds__weight_operand_dtype(v->dtype, slots[i].linear_weight);
-        t->offload = ds__weight_offload_dtype(m, v->dtype);
     }
     return DS_OK;
 }

@@ -131,3 +131,22 @@ void ds__weight_set_vram_adopt(ds_vram_model *vm, const ds_loaded_model *m, ds_v
     owner->release_hook = vram_release_hook;
     owner->release_hook_ctx = mgr;
 }
+
+int ds__weight_vram_source(const ds_loaded_model *m, const char *owner, const char *full,
+                           int linear_weight, ds_vram_tensor_source *out, ds_error *err)
+{
+    const ds_sd_entry *e;
+    int rc = ds__weight_find(m, owner, full, &e, err);
+    if (rc != DS_OK)
+        return rc;
+    const ds_tensor_view *v = &e->tensor;
+    memset(out, 0, sizeof *out);
+    out->name = e->name;
+    out->dtype = v->dtype;
+    out->ndim = v->ndim;
+    memcpy(out->shape, v->shape, (size_t)v->ndim * sizeof *v->shape);
+    out->data = v->data;
+    out->target = ds__weight_operand_dtype(v->dtype, linear_weight);
+    out->offload = ds__weight_offload_dtype(m, v->dtype);
+    return DS_OK;
+}

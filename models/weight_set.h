@@ -57,6 +57,12 @@ int ds__weight_bind_linear(const ds_loaded_model *m, ds__weight_set *ws, const c
  * not on disk and both dtypes are floats; else DS_DTYPE_INVALID (the file's bytes as they are). */
 ds_dtype ds__weight_offload_dtype(const ds_loaded_model *m, ds_dtype stored);
 
+/* The VRAM manager's source for parameter `full` (ds__weight_find's checks and errors): its
+ * view of the file, its operand dtype as the direct path binds it (`linear_weight` as above)
+ * and the model's offload dtype. */
+int ds__weight_vram_source(const ds_loaded_model *m, const char *owner, const char *full,
+                           int linear_weight, ds_vram_tensor_source *out, ds_error *err);
+
 /* Finishes a model's registration in a VRAM manager, once its units and plan are in: names the
  * model as the units' owner and installs the release hook that drops them when the model is
  * freed (leaving a previous manager first, so a model is registered in one at a time). */
