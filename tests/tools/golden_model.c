@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/float_convert.h"
+#include "kernels/ops.h"
 #include "models/model_class.h"
 #include "tools/seeded_weights.h"
 
@@ -179,4 +180,17 @@ void ds_golden_model_to_bf16(ds_loaded_model *model)
         v->dtype = DS_BF16;
         v->nbytes = n * 2;
     }
+}
+
+double ds_golden_rel_l2(const ds_tensor *got, const ds_tensor *want)
+{
+    double num = 0, den = 0;
+    uint64_t n = ds_tensor_numel(want);
+    for (uint64_t i = 0; i < n; i++) {
+        double a = ds_load_f64(got->data, got->dtype, i);
+        double b = ds_load_f64(want->data, want->dtype, i);
+        num += (a - b) * (a - b);
+        den += b * b;
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
 }

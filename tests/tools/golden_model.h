@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "core/state_dict.h"
+#include "kernels/backend.h"
 #include "models/model_loader.h"
 
 /* (bound, center) of tensor `name` in `params` (the whole tree, for a bias's weight). */
@@ -56,5 +57,8 @@ int ds_golden_model_build(const ds_golden_model_spec *spec, ds_loaded_model *mod
 /* Converts every tensor to bf16 in place, as torch's .to(bfloat16). */
 void ds_golden_model_to_bf16(ds_loaded_model *model);
 void ds_golden_model_free(ds_loaded_model *model);
+
+/* ||got - want|| / ||want|| over want's elements, in float64 (||got - want|| when want is 0). */
+double ds_golden_rel_l2(const ds_tensor *got, const ds_tensor *want);
 
 #endif

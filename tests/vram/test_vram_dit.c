@@ -20,7 +20,7 @@
 #include "kernels/ops.h"
 #include "models/qwen_image_dit.h"
 #include "test.h"
-#include "tools/seeded_weights.h"
+#include "tools/golden_model.h"
 #include "vram/vram_manager.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
@@ -42,76 +42,27 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
-/* The generator script's weight_bounds, as tests/models/test_qwen_image_dit_golden.c. */
-static void bounds(const char *name, const ds_tensor_view *v, double *bound, float *center)
-{
-    *center = 0.0f;
-    if (ends_with(name, "norm_q.weight") || ends_with(name, "norm_k.weight") ||
-        ends_with(name, "norm_added_q.weight") || ends_with(name, "norm_added_k.weight") ||
-        strcmp(name, "txt_norm.weight") == 0) {
-        *bound = 0.1;
-        *center = 1.0f;
-        return;
-    }
-    int64_t fan_in = 0;
-    if (v->ndim == 2) {
-        fan_in = v->shape[1];
-    } else {
-        char weight[256];
-        snprintf(weight, sizeof weight, "%.*s.weight", (int)(strlen(name) - strlen(".bias")),
-                 name);
-        const ds_sd_entry *w = ds_state_dict_find(&model.params, weight);
-        fan_in = w ? w->tensor.shape[1] : 1;
-    }
-    *bound = 1.0 / sqrt((double)fan_in);
-}
-
 static void free_model(void)
 {
-    for (size_t i = 0; i < model.params.count; i++)
-        free((void *)model.params.entries[i].tensor.data);
-    ds_state_dict_free(&model.params);
+    ds_golden_model_free(&model);
     model_ready = 0;
 }
 
-/* The 2-block tree, each tensor seeded in f32 and rounded to bf16 in place (torch's
- * .to(bfloat16)): element i's two bytes land at or before element i's four, read first. */
+/* The 2-block tree, seeded in f32 and rounded to bf16 (torch's .to(bfloat16)). */
 static int build_model(void)
 {
-    ds_error err;
-    const ds_model_class *cls = ds_model_class_find(DIT_CLASS);
-    memset(&model, 0, sizeof model);
-    ds_state_dict_init(&model.params);
-    if (!cls || ds_model_class_declare(cls, "{\"num_layers\": 2}", &model.params, &err) != DS_OK)
+    ds_golden_model_spec spec = {
+        .model_class = DIT_CLASS,
+        .kwargs_json = "{\"num_layers\": 2}",
+        .bounds = ds_golden_bounds_qwen_image_dit,
+        .seed = SEED,
+    };
+    if (ds_golden_model_build(&spec, &model) != 0)
         return 0;
-    model.cls = cls;
+    ds_golden_model_to_bf16(&model);
     model.model_name = "qwen_image_dit";
-    for (size_t i = 0; i < model.params.count; i++) {
-        ds_sd_entry *e = &model.params.entries[i];
-        uint64_t n = ds_tensor_view_numel(&e->tensor);
-        float *data = malloc(n * sizeof *data);
-        if (!data) {
-            free_model();
-            return 0;
-        }
-        double bound;
-        float center;
-        bounds(e->name, &e->tensor, &bound, &center);
-        ds_seeded_fill(e->name, SEED, bound, center, data, n);
-        uint16_t *h = (uint16_t *)data;
-        for (uint64_t k = 0; k < n; k++)
-            h[k] = ds_f32_to_bf16(data[k]);
-        e->tensor.data = data;
-        e->tensor.dtype = DS_BF16;
-        e->tensor.nbytes = n * 2;
-        weight_bytes += n * 2;
-    }
+    for (size_t i = 0; i < model.params.count; i++)
+        weight_bytes += model.params.entries[i].tensor.nbytes;
     model_ready = 1;
     return 1;
 }
@@ -121,19 +72,6 @@ static ds_tensor golden_tensor(const char *name)
     const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
     const ds_tensor_view *v = &e->tensor;
     return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
-}
-
-static double rel_l2(const ds_tensor *got, const ds_tensor *want)
-{
-    double num = 0, den = 0;
-    uint64_t n = ds_tensor_numel(want);
-    for (uint64_t i = 0; i < n; i++) {
-        double a = ds_load_f64(got->data, got->dtype, i);
-        double b = ds_load_f64(want->data, want->dtype, i);
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
 /* The golden bf16 inputs through the forward, with `vram` (NULL: none); *out allocated here. */
@@ -160,7 +98,7 @@ static void test_reference(void)
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     REQUIRE(rc == DS_OK);
     ds_tensor want = golden_tensor("noise_pred_bf16");
-    double rel = rel_l2(&reference, &want);
+    double rel = ds_golden_rel_l2(&reference, &want);
     fprintf(stderr, "  no manager: %.2f s, relative L2 vs upstream bf16 %.3e\n", now() - start,
             rel);
     CHECK(rel < 2e-2);
@@ -216,7 +154,7 @@ static void run_budget(const char *label, size_t budget)
     REQUIRE(rc == DS_OK);
     CHECK(memcmp(out.data, reference.data, ds_tensor_nbytes(&reference)) == 0);
     ds_tensor want = golden_tensor("noise_pred_bf16");
-    CHECK(rel_l2(&out, &want) < 2e-2);
+    CHECK(ds_golden_rel_l2(&out, &want) < 2e-2);
     ds_vram_stats_get(mgr, &st);
     fprintf(stderr,
             "  %-9s %.2f s: peak %zu of %zu bytes, moved %llu, loads %llu, prefetches %llu, "

@@ -18,7 +18,7 @@
 #include "kernels/ops.h"
 #include "models/qwen_image_text_encoder.h"
 #include "test.h"
-#include "tools/seeded_weights.h"
+#include "tools/golden_model.h"
 #include "vram/vram_manager.h"
 
 #define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
@@ -49,44 +49,16 @@ static int ends_with(const char *s, const char *suffix)
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* The generator script's weight_bounds, as the golden test. */
-static void bounds(const ds_state_dict *params, const char *name, const ds_tensor_view *v,
-                   double *bound, float *center)
-{
-    *center = 0.0f;
-    if (ends_with(name, "norm.weight")) {
-        *bound = 0.1;
-        *center = 1.0f;
-        return;
-    }
-    if (ends_with(name, "embed_tokens.weight")) {
-        *bound = 1.0;
-        return;
-    }
-    int64_t fan_in = 1;
-    if (v->ndim == 2) {
-        fan_in = v->shape[1];
-    } else {
-        char weight[256];
-        snprintf(weight, sizeof weight, "%.*s.weight", (int)(strlen(name) - strlen(".bias")),
-                 name);
-        const ds_sd_entry *w = ds_state_dict_find(params, weight);
-        fan_in = w ? w->tensor.shape[1] : 1;
-    }
-    *bound = 1.0 / sqrt((double)fan_in);
-}
-
 static void free_model(void)
 {
-    for (size_t i = 0; i < model.params.count; i++)
-        free((void *)model.params.entries[i].tensor.data);
-    ds_state_dict_free(&model.params);
+    ds_golden_model_free(&model);
     model_ready = 0;
 }
 
 /* Text tensors of layers 0 and 1, the embedding and the final norm: the golden's model. */
-static int kept(const char *name)
+static int kept(const char *name, void *arg)
 {
+    (void)arg;
     if (strncmp(name, LM, strlen(LM)) != 0)
         return 0;
     const char *rest = name + strlen(LM);
@@ -95,53 +67,28 @@ static int kept(const char *name)
     return atoi(rest + 7) < LAYERS;
 }
 
-/* Seeded in f32, rounded to bf16 in place (torch's .to(bfloat16)): element i's two bytes land
- * at or before element i's four, read first. */
+/* Seeded in f32, rounded to bf16 (torch's .to(bfloat16)). */
 static int build_model(void)
 {
-    ds_error err;
-    ds_state_dict full;
-    const ds_model_class *cls = ds_model_class_find(TE_CLASS);
-    memset(&model, 0, sizeof model);
-    ds_state_dict_init(&model.params);
-    ds_state_dict_init(&full);
-    if (!cls || ds_model_class_declare(cls, NULL, &full, &err) != DS_OK)
-        goto fail;
-    model.cls = cls;
+    ds_golden_model_spec spec = {
+        .model_class = TE_CLASS,
+        .keep = kept,
+        .bounds = ds_golden_bounds_qwen_image_text_encoder,
+        .seed = SEED,
+    };
+    if (ds_golden_model_build(&spec, &model) != 0)
+        return 0;
+    ds_golden_model_to_bf16(&model);
     model.model_name = "qwen_image_text_encoder";
-    for (size_t i = 0; i < full.count; i++)
-        if (kept(full.entries[i].name) &&
-            ds_state_dict_put_tensor(&model.params, full.entries[i].name,
-                                     &full.entries[i].tensor) != DS_OK)
-            goto fail;
-    ds_state_dict_free(&full);
     for (size_t i = 0; i < model.params.count; i++) {
-        ds_sd_entry *e = &model.params.entries[i];
-        uint64_t n = ds_tensor_view_numel(&e->tensor);
-        float *data = malloc(n * sizeof *data);
-        if (!data)
-            goto fail;
-        double bound;
-        float center;
-        bounds(&model.params, e->name, &e->tensor, &bound, &center);
-        ds_seeded_fill(e->name, SEED, bound, center, data, n);
-        uint16_t *h = (uint16_t *)data;
-        for (uint64_t k = 0; k < n; k++)
-            h[k] = ds_f32_to_bf16(data[k]);
-        e->tensor.data = data;
-        e->tensor.dtype = DS_BF16;
-        e->tensor.nbytes = n * 2;
+        const ds_sd_entry *e = &model.params.entries[i];
         if (!ends_with(e->name, "embed_tokens.weight"))
-            unit_bytes += n * 2;
+            unit_bytes += e->tensor.nbytes;
         if (strncmp(e->name, LM "layers.", strlen(LM "layers.")) == 0)
-            layer_bytes += n * 2;
+            layer_bytes += e->tensor.nbytes;
     }
     model_ready = 1;
     return 1;
-fail:
-    ds_state_dict_free(&full);
-    free_model();
-    return 0;
 }
 
 static ds_tensor golden_tensor(const char *name)
@@ -151,19 +98,6 @@ static ds_tensor golden_tensor(const char *name)
         return (ds_tensor){0};
     const ds_tensor_view *v = &e->tensor;
     return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
-}
-
-static double rel_l2(const ds_tensor *got, const ds_tensor *want)
-{
-    double num = 0, den = 0;
-    uint64_t n = ds_tensor_numel(want);
-    for (uint64_t i = 0; i < n; i++) {
-        double a = ds_load_f64(got->data, got->dtype, i);
-        double b = ds_load_f64(want->data, want->dtype, i);
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
 /* The golden padded batch (ids and mask) through the forward in bf16, with `vram` (NULL:
@@ -193,7 +127,7 @@ static void test_reference(void)
     REQUIRE(rc == DS_OK);
     ds_tensor want = golden_tensor("hidden_padded_bf16");
     REQUIRE(want.data);
-    double rel = rel_l2(&reference, &want);
+    double rel = ds_golden_rel_l2(&reference, &want);
     fprintf(stderr, "  no manager: %.2f s, relative L2 vs upstream bf16 %.3e\n", now() - start,
             rel);
     CHECK(rel < 2e-2);

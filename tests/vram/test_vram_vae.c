@@ -73,19 +73,6 @@ static ds_tensor golden_tensor(const char *name)
     return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
 }
 
-static double rel_l2(const ds_tensor *got, const ds_tensor *want)
-{
-    double num = 0, den = 0;
-    uint64_t n = ds_tensor_numel(want);
-    for (uint64_t i = 0; i < n; i++) {
-        double a = ds_load_f64(got->data, got->dtype, i);
-        double b = ds_load_f64(want->data, want->dtype, i);
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 /* decode of "latents" or encode of "image" with `vram` (NULL: none) into *out (allocated here,
  * the golden output's shape). */
 static int run_call(int decode, ds_vram_manager *vram, ds_tensor *out, ds_error *err)
@@ -115,7 +102,7 @@ static void test_reference(void)
         CHECK_MSG(rc == DS_OK, "%s", err.message);
         REQUIRE(rc == DS_OK);
         ds_tensor want = golden_tensor(decode ? "decode_f32" : "encode_f32");
-        double rel = rel_l2(ref, &want);
+        double rel = ds_golden_rel_l2(ref, &want);
         fprintf(stderr, "  no manager: %s, relative L2 vs upstream %.3e\n",
                 decode ? "decode" : "encode", rel);
         CHECK(rel < 1e-4);
