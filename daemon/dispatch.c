@@ -843,6 +843,9 @@ static int load_vram_config(const ds_daemon *d, const Diffsynth__V1__LoadRequest
                             "load.vram_config_json: offload_dtype and offload_device ask for VRAM "
                             "management, but this daemon runs without a VRAM manager (start "
                             "diffsynthd with --vram-limit GIB, or --vram-limit none)");
+    rc = ds_vram_config_check_chain(&cfg, err);
+    if (rc != DS_OK)
+        return ds_error_prefix(err, "load.vram_config_json: ");
     *out = cfg;
     return DS_OK;
 }

@@ -147,6 +147,9 @@ int ds__weight_vram_source(const ds_loaded_model *m, const char *owner, const ch
     memcpy(out->shape, v->shape, (size_t)v->ndim * sizeof *v->shape);
     out->data = v->data;
     out->target = ds__weight_operand_dtype(v->dtype, linear_weight);
+    ds_dtype fast = ds_vram_config_linear_fast_dtype(&m->vram_config);
+    if (linear_weight && fast != DS_DTYPE_INVALID && is_float(v->dtype))
+        out->target = fast;
     out->offload = ds__weight_offload_dtype(m, v->dtype);
     return DS_OK;
 }

@@ -58,8 +58,9 @@ int ds__weight_bind_linear(const ds_loaded_model *m, ds__weight_set *ws, const c
 ds_dtype ds__weight_offload_dtype(const ds_loaded_model *m, ds_dtype stored);
 
 /* The VRAM manager's source for parameter `full` (ds__weight_find's checks and errors): its
- * view of the file, its operand dtype as the direct path binds it (`linear_weight` as above)
- * and the model's offload dtype. */
+ * view of the file, its fast-tier dtype (the operand dtype the direct path binds, `linear_weight`
+ * as above, or fp8 for a Linear weight when the model's preparing state is fp8:
+ * ds_vram_config_linear_fast_dtype) and the model's offload dtype. */
 int ds__weight_vram_source(const ds_loaded_model *m, const char *owner, const char *full,
                            int linear_weight, ds_vram_tensor_source *out, ds_error *err);
 

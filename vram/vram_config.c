@@ -234,6 +234,47 @@ int ds_vram_config_to_json(const ds_vram_config *cfg, char *buf, size_t size, ds
     return DS_OK;
 }
 
+/* A state's dtype as a rounding step: a "disk" dtype keeps the previous state's values. */
+static ds_dtype step_dtype(const ds_vram_place *p, ds_dtype previous)
+{
+    return p->disk_dtype ? previous : p->dtype;
+}
+
+int ds_vram_config_check_chain(const ds_vram_config *cfg, ds_error *err)
+{
+    if (!cfg->managed)
+        return DS_OK;
+    ds_dtype off = step_dtype(&cfg->offload, DS_DTYPE_INVALID);
+    ds_dtype on = step_dtype(&cfg->onload, off);
+    ds_dtype prep = step_dtype(&cfg->preparing, on);
+    ds_dtype comp = cfg->computation.dtype;
+    /* off INVALID: the file's own dtype, which every later state may narrow once. */
+    if (on != off && on != prep)
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "vram_config: onload_dtype %s differs from offload_dtype %s and from "
+                            "preparing_dtype %s, a third rounding diffsynthd does not reproduce "
+                            "(it keeps a slow-tier and a fast-tier dtype per weight); give "
+                            "onload_dtype equal to one of them",
+                            torch_dtype_name(&cfg->onload), torch_dtype_name(&cfg->offload),
+                            torch_dtype_name(&cfg->preparing));
+    if (prep != off && prep != comp)
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "vram_config: preparing_dtype %s differs from offload_dtype %s and "
+                            "from computation_dtype %s, a third rounding diffsynthd does not "
+                            "reproduce (it keeps a slow-tier and a fast-tier dtype per weight); "
+                            "give preparing_dtype equal to one of them",
+                            torch_dtype_name(&cfg->preparing), torch_dtype_name(&cfg->offload),
+                            torch_dtype_name(&cfg->computation));
+    return DS_OK;
+}
+
+ds_dtype ds_vram_config_linear_fast_dtype(const ds_vram_config *cfg)
+{
+    if (!cfg->managed || cfg->preparing.disk_dtype || cfg->preparing.device == DS_VRAM_DEVICE_DISK)
+        return DS_DTYPE_INVALID;
+    return cfg->preparing.dtype == DS_F8_E4M3 ? DS_F8_E4M3 : DS_DTYPE_INVALID;
+}
+
 int ds_vram_config_whole_model(ds_vram_config *cfg)
 {
     int changed = memcmp(&cfg->onload, &cfg->computation, sizeof cfg->onload) != 0 ||

@@ -64,6 +64,22 @@ int ds_vram_config_whole_model(ds_vram_config *cfg);
  * too small, naming the size needed. */
 int ds_vram_config_to_json(const ds_vram_config *cfg, char *buf, size_t size, ds_error *err);
 
+/* Whether the daemon reproduces this managed config's values exactly. Upstream rounds each
+ * weight through every state's dtype in turn (file -> offload -> onload -> preparing ->
+ * computation, a "disk" dtype keeping the previous one); the VRAM manager keeps two dtypes per
+ * weight, the slow tier's (offload) and the fast tier's (preparing, the state on the compute
+ * device), so a chain is reproduced when onload is the offload or the preparing dtype and
+ * preparing is the offload or the computation dtype. Another chain (e.g. offload bfloat16,
+ * onload float16, preparing bfloat16) would round a third time: UNIMPLEMENTED naming the
+ * fields and what to give instead. Unmanaged configs are always fine. */
+int ds_vram_config_check_chain(const ds_vram_config *cfg, ds_error *err);
+
+/* The fast tier's dtype for a Linear weight under a managed config: float8_e4m3fn when the
+ * preparing state holds fp8 (the kernels' linear takes fp8 weights and casts them as upstream's
+ * computation copy does, so the copy into the fast tier is half the bf16 bytes); otherwise
+ * DS_DTYPE_INVALID (the weight's operand dtype, as without a config). */
+ds_dtype ds_vram_config_linear_fast_dtype(const ds_vram_config *cfg);
+
 /* "disk", "cpu", "cuda". */
 const char *ds_vram_device_name(ds_vram_device device);
 

@@ -440,6 +440,15 @@ static void test_load_bad_vram_config(void)
                   "case %zu: rc %d code %d", i, a.rc, a.code);
         CHECK_CONTAINS(a.message, bad[i].expect);
     }
+    /* Well formed, but a chain of roundings the two tiers do not reproduce. */
+    load_answer chain = load_config(model_path[0], "bad",
+                                    "{\"offload_dtype\": \"bfloat16\", \"offload_device\": "
+                                    "\"cpu\", \"onload_dtype\": \"float16\"}",
+                                    "bfloat16");
+    CHECK_MSG(chain.rc == DS_CLIENT_EDAEMON && chain.code == diffsynth_v1_Code_UNIMPLEMENTED,
+              "chain: rc %d code %d", chain.rc, chain.code);
+    CHECK_CONTAINS(chain.message, "load.vram_config_json: vram_config: onload_dtype float16 "
+                                  "differs from offload_dtype bfloat16");
     diffsynth_v1_StatusResponse st = diffsynth_v1_StatusResponse_init_zero;
     REQUIRE(status(&st) == 0);
     CHECK(st.models == 0);

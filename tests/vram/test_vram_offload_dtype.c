@@ -1,6 +1,7 @@
 /* A vram_config's offload dtype (issue 5, piece 3): a model whose Load asked for fp8 e4m3 storage
  * keeps its units in the manager's slow tier as fp8, converted once at registration, so every
- * forward computes with the weights rounded through fp8, as upstream's `.to(float8_e4m3fn)`.
+ * forward computes with the weights rounded through fp8, as upstream's `.to(float8_e4m3fn)`;
+ * with preparing_dtype fp8 too, the Linear weights stay fp8 in the fast tier.
  *
  * The golden seeded DiT (one block, bf16) runs through the manager with offload fp8 under budgets
  * 0 and unlimited; the expectation is computed without the manager: a copy of the model whose
@@ -213,6 +214,84 @@ static void test_bf16_offload(void)
     managed.vram_config = fp8;
 }
 
+/* preparing_dtype fp8 as well (upstream's low-VRAM fp8 config): the Linear weights stay fp8 in
+ * the fast tier, so a forward moves about half the bytes of the offload-only config, and the
+ * output is byte-identical (the kernels' linear casts fp8 to the activations' dtype exactly, as
+ * upstream's computation copy does). */
+static void test_fp8_fast_tier(void)
+{
+    ds_error err;
+    REQUIRE(ready);
+    ds_vram_config offload_only = managed.vram_config;
+    int rc = ds_vram_config_parse("{\"offload_dtype\": \"float8_e4m3fn\", "
+                                  "\"offload_device\": \"cpu\", "
+                                  "\"onload_dtype\": \"float8_e4m3fn\", "
+                                  "\"onload_device\": \"cpu\", "
+                                  "\"preparing_dtype\": \"float8_e4m3fn\", "
+                                  "\"preparing_device\": \"cpu\"}",
+                                  DS_BF16, DS_VRAM_DEVICE_CPU, &managed.vram_config, &err);
+    REQUIRE(rc == DS_OK);
+    CHECK(ds_vram_config_check_chain(&managed.vram_config, &err) == DS_OK);
+    CHECK(ds_vram_config_linear_fast_dtype(&managed.vram_config) == DS_F8_E4M3);
+    size_t budgets[] = {0, weight_bytes / 4, DS_VRAM_UNLIMITED};
+    for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++) {
+        ds_vram_manager *mgr;
+        REQUIRE(ds_vram_manager_create(cpu, budgets[b], 2, &mgr, &err) == DS_OK);
+        ds_tensor out;
+        rc = run_forward(&managed, mgr, &out, &err);
+        CHECK_MSG(rc == DS_OK, "budget %zu: %s", budgets[b], err.message);
+        if (rc == DS_OK) {
+            CHECK_MSG(memcmp(out.data, want_fp8.data, ds_tensor_nbytes(&want_fp8)) == 0,
+                      "budget %zu: fp8 fast tier differs from bf16 over fp8-rounded weights",
+                      budgets[b]);
+            ds_tensor_free(&out);
+        }
+        ds_vram_model_stats ms;
+        CHECK(ds_vram_owner_stats(mgr, &managed, &ms));
+        fprintf(stderr, "  fp8 fast tier, budget %zu: fast tier total %zu bytes (bf16 %zu), "
+                "moved %llu\n", budgets[b], ms.fast_bytes_total, weight_bytes,
+                (unsigned long long)ms.bytes_moved);
+        /* Linear weights are nearly all of a DiT's bytes: at most 52 % of bf16 (biases, norms
+         * and alignment stay), and every copy moved the fp8 bytes. */
+        CHECK(ms.fast_bytes_total * 100 <= weight_bytes * 52);
+        if (budgets[b] == DS_VRAM_UNLIMITED)
+            CHECK(ms.bytes_moved == ms.fast_bytes_total); /* each unit once, at its fp8 size */
+        ds_vram_stats st;
+        ds_vram_stats_get(mgr, &st);
+        if (budgets[b] != DS_VRAM_UNLIMITED && budgets[b] != 0)
+            CHECK(st.peak_bytes <= budgets[b]);
+        ds_vram_owner_remove(mgr, &managed);
+        managed.release_hook = NULL;
+        ds_vram_manager_destroy(mgr);
+    }
+    managed.vram_config = offload_only;
+}
+
+/* Chains of dtypes the two tiers cannot reproduce are refused, naming the fields. */
+static void test_chain_refused(void)
+{
+    ds_error err;
+    ds_vram_config cfg;
+    REQUIRE(ds_vram_config_parse("{\"offload_dtype\": \"bfloat16\", \"offload_device\": \"cpu\", "
+                                 "\"onload_dtype\": \"float16\"}",
+                                 DS_BF16, DS_VRAM_DEVICE_CPU, &cfg, &err) == DS_OK);
+    CHECK(ds_vram_config_check_chain(&cfg, &err) == DS_ERR_UNIMPLEMENTED);
+    CHECK_CONTAINS(err.message, "onload_dtype float16 differs from offload_dtype bfloat16");
+    REQUIRE(ds_vram_config_parse("{\"offload_dtype\": \"bfloat16\", \"offload_device\": \"cpu\", "
+                                 "\"onload_dtype\": \"float8_e4m3fn\", "
+                                 "\"preparing_dtype\": \"float8_e4m3fn\"}",
+                                 DS_BF16, DS_VRAM_DEVICE_CPU, &cfg, &err) == DS_OK);
+    CHECK(ds_vram_config_check_chain(&cfg, &err) == DS_ERR_UNIMPLEMENTED);
+    CHECK_CONTAINS(err.message, "preparing_dtype float8_e4m3fn differs from offload_dtype "
+                                "bfloat16 and from computation_dtype bfloat16");
+    /* Upstream's disk-offload example: file dtype on disk, bf16 on the device. */
+    REQUIRE(ds_vram_config_parse("{\"offload_dtype\": \"disk\", \"offload_device\": \"disk\", "
+                                 "\"onload_dtype\": \"disk\", \"onload_device\": \"disk\"}",
+                                 DS_BF16, DS_VRAM_DEVICE_CPU, &cfg, &err) == DS_OK);
+    CHECK(ds_vram_config_check_chain(&cfg, &err) == DS_OK);
+    CHECK(ds_vram_config_linear_fast_dtype(&cfg) == DS_DTYPE_INVALID);
+}
+
 /* The manager refuses an offload dtype a tensor cannot take, naming the unit and tensor. */
 static void test_offload_refused(void)
 {
@@ -241,6 +320,8 @@ int main(void)
     RUN(test_fp8_budget_0);
     RUN(test_fp8_unlimited);
     RUN(test_bf16_offload);
+    RUN(test_fp8_fast_tier);
+    RUN(test_chain_refused);
     RUN(test_offload_refused);
     ds_tensor_free(&want_plain);
     ds_tensor_free(&want_fp8);
