@@ -151,5 +151,6 @@ int ds__weight_vram_source(const ds_loaded_model *m, const char *owner, const ch
     if (linear_weight && fast != DS_DTYPE_INVALID && is_float(v->dtype))
         out->target = fast;
     out->offload = ds__weight_offload_dtype(m, v->dtype);
+    out->disk = m->vram_config.managed && m->vram_config.offload.device == DS_VRAM_DEVICE_DISK;
     return DS_OK;
 }

@@ -1,9 +1,12 @@
 #include "vram/vram_manager.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/float_convert.h"
 
@@ -15,8 +18,17 @@
 typedef struct unit {
     char *name;
     size_t count;
-    ds_vram_tensor_source *src; /* names copied; data borrowed unless in `owned` */
-    void **owned;               /* per tensor: the offload-dtype host copy `src` points at, or NULL */
+    ds_vram_tensor_source *src; /* names copied; data borrowed (the file) or into `host`. A
+                                 * tensor whose `offload` differs from its `dtype` is read from
+                                 * the file and rounded through `offload` at every copy. */
+    void *host;                 /* the slow tier in host memory (the backend's pinned memory),
+                                 * the unit's tensors in their offload dtypes or, for an image,
+                                 * exactly the fast tier's bytes; NULL = served from the file */
+    size_t host_cap;
+    int image;                  /* `host` is laid out as `buffer`: one copy, no conversion */
+    int file_served;            /* wanted a host copy, served from the file (host limit) */
+    ds_event *copy_done;        /* recorded after a direct copy from an image */
+    int direct_pending;         /* that copy issued and not yet known finished */
     size_t *offset;             /* of each tensor in `buffer` */
     ds_tensor *view;            /* tensors in `buffer`, what acquire hands out */
     size_t bytes;               /* fast-tier size */
@@ -62,6 +74,7 @@ struct ds_vram_model {
     size_t plan_pos; /* position in plan of the next expected acquire */
     uint64_t last_used;
     size_t fast_bytes, activation_bytes;
+    size_t host_bytes, file_bytes; /* slow tier: held in host memory / read from the file */
     uint64_t bytes_moved, loads, prefetches, hits, evictions;
 };
 
@@ -81,6 +94,9 @@ struct ds_vram_manager {
     size_t n_spares, cap_spares;
     uint64_t seq;
     float *scratch;
+    void *round_scratch; /* CONVERT_CHUNK elements of the widest dtype: rounding through offload */
+    size_t host_budget;  /* ds_vram_set_host_limit */
+    size_t page;
     uint64_t tick;
     ds_vram_stats st;
     ds_vram_observer observer;
@@ -202,6 +218,12 @@ static int unit_settle(ds_vram_manager *m, unit *u, ds_error *err)
         int rc = slot_reclaim(m, u->slot, err);
         if (rc != DS_OK)
             return rc;
+    }
+    if (u->direct_pending) {
+        int rc = wait_event(m, u->copy_done, err);
+        if (rc != DS_OK)
+            return rc;
+        u->direct_pending = 0;
     }
     if (u->use_pending) {
         int rc = wait_event(m, u->last_use, err);
@@ -388,22 +410,56 @@ static int staging_slot(ds_vram_manager *m, size_t bytes, ds_error *err)
     return pick;
 }
 
-/* Stored dtype -> target dtype, through f32 when they differ. */
-static void convert_into(ds_vram_manager *m, const ds_vram_tensor_source *t, void *dst)
+static size_t numel(const ds_vram_tensor_source *t)
 {
     size_t n = 1;
     for (int d = 0; d < t->ndim; d++)
         n *= (size_t)t->shape[d];
-    size_t in_size = ds_dtype_size(t->dtype), out_size = ds_dtype_size(t->target);
-    if (t->dtype == t->target) {
+    return n;
+}
+
+/* Stored dtype -> `to`, through f32 when they differ, and through the offload dtype on the way
+ * when the tensor is read from the file but rests in another dtype (as upstream's `.to` chain
+ * rounds it). */
+static void convert_into(ds_vram_manager *m, const ds_vram_tensor_source *t, ds_dtype to,
+                         void *dst)
+{
+    size_t n = numel(t);
+    size_t in_size = ds_dtype_size(t->dtype), out_size = ds_dtype_size(to);
+    int round = t->offload != DS_DTYPE_INVALID && t->offload != t->dtype && t->offload != to;
+    if (t->dtype == to && !round) {
         memcpy(dst, t->data, n * in_size);
         return;
     }
     for (size_t i = 0; i < n; i += CONVERT_CHUNK) {
         size_t c = n - i < CONVERT_CHUNK ? n - i : CONVERT_CHUNK;
         ds_convert_to_f32((const char *)t->data + i * in_size, t->dtype, c, m->scratch);
-        ds_convert_from_f32(m->scratch, c, t->target, (char *)dst + i * out_size);
+        if (round) {
+            ds_convert_from_f32(m->scratch, c, t->offload, m->round_scratch);
+            ds_convert_to_f32(m->round_scratch, t->offload, c, m->scratch);
+        }
+        ds_convert_from_f32(m->scratch, c, to, (char *)dst + i * out_size);
     }
+}
+
+/* After a unit was read from the mapped file: its pages may go first when memory is short
+ * (MADV_COLD is only a hint, harmless on any memory, unlike MADV_DONTNEED which would zero
+ * anonymous pages), so a model served from disk does not keep itself in RAM. */
+static void file_pages_cold(const ds_vram_manager *m, const unit *u)
+{
+#ifdef MADV_COLD
+    for (size_t i = 0; i < u->count; i++) {
+        uintptr_t begin = (uintptr_t)u->src[i].data;
+        uintptr_t end = begin + numel(&u->src[i]) * ds_dtype_size(u->src[i].dtype);
+        begin = (begin + m->page - 1) / m->page * m->page;
+        end = end / m->page * m->page;
+        if (end > begin)
+            madvise((void *)begin, end - begin, MADV_COLD);
+    }
+#else
+    (void)m;
+    (void)u;
+#endif
 }
 
 /* Allocates the unit's fast-tier memory (room already made) and issues its copy. */
@@ -436,7 +492,29 @@ static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
         if (rc != DS_OK)
             return rc;
         for (size_t i = 0; i < u->count; i++)
-            convert_into(m, &u->src[i], (char *)u->buffer + u->offset[i]);
+            convert_into(m, &u->src[i], u->src[i].target, (char *)u->buffer + u->offset[i]);
+        u->slot = -1;
+    } else if (u->image) {
+        /* The pinned image is the fast tier's bytes: one transfer, no staging. */
+        int rc = unit_buffer(m, u, err);
+        if (rc != DS_OK)
+            return rc;
+        if (!u->copy_done && (rc = m->b->event_create(m->b, &u->copy_done, err)) != DS_OK) {
+            m->b->free(m->b, u->buffer);
+            u->buffer = NULL;
+            return rc;
+        }
+        rc = m->b->copy_to_device(m->b, u->buffer, u->host, u->bytes, m->copy_stream, err);
+        if (rc == DS_OK)
+            rc = m->b->event_record(m->b, u->copy_done, m->copy_stream, err);
+        if (rc != DS_OK) {
+            ds_error ignored;
+            m->b->stream_synchronize(m->b, m->copy_stream, &ignored);
+            m->b->free(m->b, u->buffer);
+            u->buffer = NULL;
+            return rc;
+        }
+        u->direct_pending = 1;
         u->slot = -1;
     } else {
         int slot = staging_slot(m, u->bytes, err);
@@ -447,7 +525,7 @@ static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
         if (rc != DS_OK)
             return rc;
         for (size_t i = 0; i < u->count; i++)
-            convert_into(m, &u->src[i], (char *)s->ptr + u->offset[i]);
+            convert_into(m, &u->src[i], u->src[i].target, (char *)s->ptr + u->offset[i]);
         rc = m->b->copy_to_device(m->b, u->buffer, s->ptr, u->bytes, m->copy_stream, err);
         if (rc == DS_OK)
             rc = m->b->event_record(m->b, s->done, m->copy_stream, err);
@@ -464,6 +542,8 @@ static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
         s->owner = u;
         u->slot = slot;
     }
+    if (!u->host)
+        file_pages_cold(m, u);
     for (size_t i = 0; i < u->count; i++)
         u->view[i].data = (char *)u->buffer + u->offset[i];
     model->fast_bytes += u->cap;
@@ -495,8 +575,13 @@ int ds_vram_manager_create(ds_backend *b, size_t budget_bytes, int prefetch_dept
     m->depth = prefetch_depth;
     m->max_slots = prefetch_depth + 1;
     m->st.budget_bytes = budget_bytes;
+    m->host_budget = DS_VRAM_UNLIMITED;
+    m->st.host_budget_bytes = DS_VRAM_UNLIMITED;
+    long page = sysconf(_SC_PAGESIZE);
+    m->page = page > 0 ? (size_t)page : 4096;
     m->scratch = malloc(CONVERT_CHUNK * sizeof *m->scratch);
-    if (!m->scratch) {
+    m->round_scratch = malloc(CONVERT_CHUNK * sizeof(double));
+    if (!m->scratch || !m->round_scratch) {
         ds_error_set(err, rc, "vram: out of memory creating the manager");
         goto fail;
     }
@@ -516,6 +601,7 @@ int ds_vram_manager_create(ds_backend *b, size_t budget_bytes, int prefetch_dept
     return DS_OK;
 fail:
     free(m->scratch);
+    free(m->round_scratch);
     free(m);
     return rc;
 }
@@ -528,16 +614,21 @@ static void set_observer_unlocked(ds_vram_manager *m, ds_vram_observer fn, void 
 
 static void stats_get_unlocked(const ds_vram_manager *m, ds_vram_stats *out) { *out = m->st; }
 
-static void unit_free(unit *u)
+/* The unit's own memory; its fast-tier buffer is gone already (settled and freed or kept). */
+static void unit_free(ds_vram_model *model, unit *u)
 {
     if (!u)
         return;
-    for (size_t i = 0; i < u->count; i++) {
-        free((char *)u->src[i].name);
-        if (u->owned)
-            free(u->owned[i]);
+    ds_vram_manager *m = model->mgr;
+    if (u->host) {
+        m->b->free_pinned(m->b, u->host);
+        m->st.host_bytes -= u->host_cap;
+        model->host_bytes -= u->host_cap;
     }
-    free(u->owned);
+    if (u->copy_done)
+        m->b->event_destroy(m->b, u->copy_done);
+    for (size_t i = 0; i < u->count; i++)
+        free((char *)u->src[i].name);
     free(u->src);
     free(u->offset);
     free(u->view);
@@ -558,10 +649,17 @@ static void model_remove_unlocked(ds_vram_model *model)
         if (u->buffer && unit_evict(model, u, 0, &err) != DS_OK) {
             m->st.resident_bytes -= u->cap;
             u->buffer = NULL;
+            /* Nor the image a copy may still read. */
+            if (u->host) {
+                m->st.host_bytes -= u->host_cap;
+                model->host_bytes -= u->host_cap;
+                u->host = NULL;
+            }
         }
         if (u->last_use)
             m->b->event_destroy(m->b, u->last_use);
-        unit_free(u);
+        model->file_bytes -= u->host ? 0 : u->slow_bytes;
+        unit_free(model, u);
     }
     m->st.activation_bytes -= model->activation_bytes;
     if (model->partner)
@@ -598,6 +696,7 @@ void ds_vram_manager_destroy(ds_vram_manager *m)
     pthread_mutex_destroy(&m->lock);
     free(m->models);
     free(m->scratch);
+    free(m->round_scratch);
     free(m);
 }
 
@@ -700,43 +799,70 @@ static int unit_add_unlocked(ds_vram_model *model, const char *name,
     u->src = calloc(count, sizeof *u->src);
     u->offset = calloc(count, sizeof *u->offset);
     u->view = calloc(count, sizeof *u->view);
-    u->owned = calloc(count, sizeof *u->owned);
-    if (!u->name || !u->src || !u->offset || !u->view || !u->owned)
+    if (!u->name || !u->src || !u->offset || !u->view)
         goto oom;
-    size_t off = 0;
+    /* The slow tier. A unit asked to rest on disk, or one whose file bytes are already what the
+     * fast tier needs on the CPU (the mapping is host memory), is read from the file. Any other
+     * gets a host copy while the host limit allows: converted to its offload dtype, or, when
+     * that costs at most a quarter more, the exact image of its fast-tier bytes (one transfer
+     * per copy on a GPU, straight from pinned memory). Past the limit it is read from the file
+     * and rounded through its offload dtype at every copy, which gives the same values. */
+    int on_disk = 0, converts = 0;
+    size_t off = 0, slow_layout = 0;
     for (size_t i = 0; i < count; i++) {
         ds_vram_tensor_source *t = &u->src[i];
         *t = tensors[i];
         if (t->target == DS_DTYPE_INVALID)
             t->target = model->compute_dtype;
+        if (t->offload == DS_DTYPE_INVALID)
+            t->offload = t->dtype;
         t->name = strdup(tensors[i].name ? tensors[i].name : "(unnamed)");
         u->count = i + 1;
         if (!t->name)
             goto oom;
+        on_disk |= t->disk;
+        converts |= t->offload != t->dtype;
+        size_t n = numel(t);
         off = (off + ALIGN - 1) / ALIGN * ALIGN;
         u->offset[i] = off;
-        size_t n = 1;
-        for (int d = 0; d < t->ndim; d++)
-            n *= (size_t)t->shape[d];
-        if (t->offload != DS_DTYPE_INVALID && t->offload != t->dtype) {
-            /* Converted once here, so every later copy starts from the offload-dtype values. */
-            if (!(u->owned[i] = malloc(n ? n * ds_dtype_size(t->offload) : 1)))
-                goto oom;
-            ds_vram_tensor_source to = *t;
-            to.target = t->offload;
-            convert_into(model->mgr, &to, u->owned[i]);
-            t->data = u->owned[i];
-            t->dtype = t->offload;
-        }
-        t->offload = t->dtype;
         off += n * ds_dtype_size(t->target);
+        slow_layout = (slow_layout + ALIGN - 1) / ALIGN * ALIGN + n * ds_dtype_size(t->offload);
         u->view[i].dtype = t->target;
         u->view[i].ndim = t->ndim;
         memcpy(u->view[i].shape, t->shape, sizeof t->shape);
         u->view[i].backend = model->mgr->b;
     }
+    ds_vram_manager *m = model->mgr;
+    if (!on_disk && (converts || !m->host_tier)) {
+        int image = bytes <= slow_layout + slow_layout / 4;
+        size_t cap = image ? bytes : slow_layout;
+        ds_error ignored;
+        if (m->host_budget < m->st.host_bytes || cap > m->host_budget - m->st.host_bytes ||
+            m->b->alloc_pinned(m->b, cap, &u->host, &ignored) != DS_OK) {
+            u->host = NULL;
+            u->file_served = 1;
+        } else {
+            u->host_cap = cap;
+            u->image = image;
+            size_t at = 0;
+            for (size_t i = 0; i < count; i++) {
+                ds_vram_tensor_source *t = &u->src[i];
+                ds_dtype rest = image ? t->target : t->offload;
+                at = image ? u->offset[i] : (at + ALIGN - 1) / ALIGN * ALIGN;
+                convert_into(m, t, rest, (char *)u->host + at);
+                t->data = (char *)u->host + at;
+                t->dtype = rest;
+                t->offload = rest;
+                at += numel(t) * ds_dtype_size(rest);
+            }
+            m->st.host_bytes += cap;
+            model->host_bytes += cap;
+            if (m->st.host_bytes > m->st.host_peak_bytes)
+                m->st.host_peak_bytes = m->st.host_bytes;
+        }
+    }
     u->bytes = bytes;
-    u->slow_bytes = slow;
+    u->slow_bytes = u->image ? bytes : slow;
     if (model->n_units == model->cap_units) {
         size_t cap = model->cap_units ? 2 * model->cap_units : 16;
         unit **grown = realloc(model->units, cap * sizeof *grown);
@@ -751,9 +877,11 @@ static int unit_add_unlocked(ds_vram_model *model, const char *name,
     }
     model->units[model->n_units] = u;
     *index = model->n_units++;
+    if (!u->host)
+        model->file_bytes += u->slow_bytes;
     return DS_OK;
 oom:
-    unit_free(u);
+    unit_free(model, u);
     return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                         "vram: out of memory adding unit '%s' to model '%s'", name, model->name);
 }
@@ -872,8 +1000,10 @@ static int acquire_unlocked(ds_vram_model *model, size_t unit_index, ds_stream *
         m->st.loads++;
         notify(m, DS_VRAM_EVENT_LOAD, model, u);
     }
-    if (u->slot >= 0) {
-        int rc = m->b->stream_wait_event(m->b, compute, m->slots[u->slot].done, err);
+    ds_event *copied = u->slot >= 0 ? m->slots[u->slot].done
+                                    : u->direct_pending ? u->copy_done : NULL;
+    if (copied) {
+        int rc = m->b->stream_wait_event(m->b, compute, copied, err);
         if (rc != DS_OK)
             return ds_error_prefix(err, "vram: waiting for unit '%s' of model '%s': ", u->name,
                                    model->name);
@@ -959,6 +1089,10 @@ static void model_stats_get_unlocked(const ds_vram_model *model, ds_vram_model_s
         out->slow_bytes_total += model->units[v]->slow_bytes;
     }
     out->activation_bytes = model->activation_bytes;
+    out->host_bytes = model->host_bytes;
+    out->file_bytes = model->file_bytes;
+    for (size_t v = 0; v < model->n_units; v++)
+        out->file_served_units += model->units[v]->file_served;
     out->bytes_moved = model->bytes_moved;
     out->loads = model->loads;
     out->prefetches = model->prefetches;
@@ -1015,6 +1149,14 @@ int ds_vram_set_budget_auto(ds_vram_manager *m, size_t reserve_bytes, ds_error *
         rc = make_room(m, NULL, 0, 0, 0, 0, err);
     unlock(m);
     return rc < 0 ? rc : DS_OK;
+}
+
+void ds_vram_set_host_limit(ds_vram_manager *m, size_t bytes)
+{
+    lock(m);
+    m->host_budget = bytes;
+    m->st.host_budget_bytes = bytes;
+    unlock(m);
 }
 
 int ds_vram_model_add(ds_vram_manager *m, const char *name, ds_dtype compute_dtype,

@@ -2,9 +2,16 @@
  * the whole pool (DESIGN §4.4).
  *
  * A model registers its transfer units (e.g. one transformer block): each unit is a list of
- * tensors in the slow tier (host views into the mapped file in their stored dtype, or host copies
- * the manager made at registration in an offload dtype such as fp8) and the
- * dtype each must have in the fast tier. acquire() makes a unit resident in the backend's memory
+ * tensors in the slow tier and the dtype each must have in the fast tier. The slow tier is
+ * host memory or the mapped file (upstream's offload_device cpu or disk). A unit that rests in
+ * host memory gets one copy there at registration, in the backend's pinned memory: its tensors
+ * converted to their offload dtype (e.g. fp8), or, when that costs at most a quarter more,
+ * exactly the bytes the fast tier will hold, so that a GPU copy is one transfer from pinned
+ * memory with no conversion or staging. On the CPU backend a unit whose file bytes already are
+ * its fast-tier bytes is read from the mapping (it is host memory). Host memory is budgeted too
+ * (ds_vram_set_host_limit): a unit that does not fit, or one asked to rest on disk, is read
+ * from the mapped file at every copy and rounded through its offload dtype on the way, so the
+ * values are the same whichever tier it rests in. acquire() makes a unit resident in the backend's memory
  * (converting on the host into pinned staging, then one copy per unit), release() lets it be
  * evicted once the work issued on the compute stream has finished with it. On the CPU backend
  * the fast tier is an ordinary host allocation in the target dtype, converted into directly
@@ -65,6 +72,9 @@ typedef struct ds_vram_tensor_source {
                           * at registration, into host memory the manager owns (e.g. fp8
                           * storage of bf16 weights), which every copy then starts from, so
                           * the values are rounded through it as upstream's `.to` does. */
+    int disk;            /* rests on disk (offload_device "disk"): never copied into host memory,
+                          * `data` (the mapping) is read at every copy. One tensor so marked
+                          * puts its whole unit there. */
 } ds_vram_tensor_source;
 
 typedef enum ds_vram_event_kind {
@@ -94,13 +104,20 @@ typedef struct ds_vram_stats {
     double wait_seconds;      /* host time blocked waiting for copies or kernels to finish */
     double held_seconds;      /* host time units spent acquired: the compute time on the CPU
                                * backend, only the issue time on an asynchronous one */
+    size_t host_budget_bytes; /* ds_vram_set_host_limit; DS_VRAM_UNLIMITED for none */
+    size_t host_bytes;        /* slow tier copies in host memory, all models (not in `budget`) */
+    size_t host_peak_bytes;
 } ds_vram_stats;
 
 typedef struct ds_vram_model_stats {
     size_t unit_count;
     size_t fast_bytes;       /* resident now, this model */
     size_t fast_bytes_total; /* resident size if every unit were resident */
-    size_t slow_bytes_total; /* the units' bytes in the slow tier (in their offload dtypes) */
+    size_t slow_bytes_total; /* the units' bytes in the slow tier (in their offload dtypes, or
+                              * their fast-tier bytes for an image) */
+    size_t host_bytes;       /* of which held in host memory (allocated, with alignment) */
+    size_t file_bytes;       /* of which read from the mapped file at every copy */
+    size_t file_served_units; /* units that wanted a host copy but did not fit the host limit */
     size_t activation_bytes;
     uint64_t bytes_moved, loads, prefetches, hits, evictions;
 } ds_vram_model_stats;
@@ -126,6 +143,12 @@ int ds_vram_set_budget(ds_vram_manager *m, size_t budget_bytes, ds_error *err);
  * ds_vram_set_budget; a later ds_vram_set_budget returns to a fixed budget. FAILED_PRECONDITION
  * when the backend has no mem_info (the CPU); errors of mem_info pass through. */
 int ds_vram_set_budget_auto(ds_vram_manager *m, size_t reserve_bytes, ds_error *err);
+
+/* Host memory the slow tier's copies may take (diffsynthd --host-limit), DS_VRAM_UNLIMITED by
+ * default. Applies to units registered afterwards: copies made already stay until their model
+ * is removed, and a unit past the limit is served from the file for as long as it is
+ * registered. */
+void ds_vram_set_host_limit(ds_vram_manager *m, size_t bytes);
 
 /* Registers a model (name copied, for messages) whose units default to `compute_dtype` in the
  * fast tier. *out belongs to the manager: ds_vram_model_remove or the manager's destroy. */

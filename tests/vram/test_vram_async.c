@@ -519,6 +519,70 @@ static void test_never_freed_in_use(void)
     never_freed_in_use(1);
 }
 
+/* Units that rest in host memory as the exact image of their fast-tier bytes (bf16 compute: the
+ * f32 bias converts at registration) are copied straight from that pinned image, with no
+ * staging, and nothing may free the image or the unit while a queued copy or kernel uses it.
+ * With a host limit of 0 the same units are served from the "file" through staging, with the
+ * same bytes. */
+static void test_direct_copies(void)
+{
+    fx_model fx;
+    fx_make(&fx, 10, DS_BF16, 43, 1);
+    size_t total = fx_total(&fx);
+    size_t budgets[2] = {0, total / 4};
+    for (int limited = 0; limited <= 1; limited++)
+        for (int bi = 0; bi < 2; bi++) {
+            free_violations = staging_violations = reuse_violations = waits_on_pending = 0;
+            ds_vram_manager *m = NULL;
+            ds_vram_model *model = NULL;
+            ds_stream *compute = NULL;
+            ds_error err = {0};
+            REQUIRE(ds_vram_manager_create(&inst, budgets[bi], 2, &m, &err) == DS_OK);
+            if (limited)
+                ds_vram_set_host_limit(m, 0);
+            REQUIRE(inst.stream_create(&inst, &compute, &err) == DS_OK);
+            REQUIRE(ds_vram_model_add(m, "dit", DS_BF16, &model, &err) == DS_OK);
+            REQUIRE(fx_register(&fx, model, &err) == DS_OK);
+            uint64_t sums[3][FX_MAX_UNITS];
+            memset(sums, 0, sizeof sums);
+            for (int step = 0; step < 3; step++)
+                for (size_t u = 0; u < fx.n; u++) {
+                    const ds_tensor *t;
+                    REQUIRE(ds_vram_acquire(model, u, compute, &t, &err) == DS_OK);
+                    launch_sum(compute, t, 2, &sums[step][u]);
+                    REQUIRE(ds_vram_release(model, u, compute, &err) == DS_OK);
+                }
+            REQUIRE(inst.stream_synchronize(&inst, compute, &err) == DS_OK);
+            for (int step = 0; step < 3; step++)
+                for (size_t u = 0; u < fx.n; u++)
+                    CHECK_MSG(sums[step][u] == fx.expect[u], "limited %d budget %zu step %d "
+                              "unit %zu", limited, budgets[bi], step, u);
+            ds_vram_stats st;
+            ds_vram_stats_get(m, &st);
+            ds_vram_model_stats ms;
+            ds_vram_model_stats_get(model, &ms);
+            if (limited) {
+                CHECK(st.host_bytes == 0 && ms.file_served_units == fx.n);
+                CHECK(st.staging_bytes > 0);
+            } else {
+                CHECK_MSG(st.host_bytes >= total && st.staging_bytes == 0,
+                          "host %zu (units %zu), staging %zu", st.host_bytes, total,
+                          st.staging_bytes);
+                CHECK(ms.file_bytes == 0);
+            }
+            CHECK(st.bytes_moved >= 3 * total);
+            ds_vram_manager_destroy(m);
+            inst.stream_destroy(&inst, compute);
+            flush_quarantine();
+            CHECK_MSG(free_violations == 0, "limited %d budget %zu: %d frees in use", limited,
+                      budgets[bi], free_violations);
+            CHECK(staging_violations == 0);
+            CHECK(reuse_violations == 0);
+            CHECK(waits_on_pending > 0);
+        }
+    fx_free(&fx);
+}
+
 /* Offload right after release, while the slow kernel that reads the unit is still queued: the
  * manager must wait for it. */
 static void test_offload_waits_for_kernel(void)
@@ -662,6 +726,7 @@ int main(void)
     make_instrumented();
     RUN(test_never_freed_in_use);
     RUN(test_offload_waits_for_kernel);
+    RUN(test_direct_copies);
     RUN(test_auto_budget);
     RUN(test_auto_budget_needs_mem_info);
     ds_backend_destroy(cpu);
