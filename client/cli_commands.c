@@ -572,6 +572,17 @@ static void print_vram(const diffsynth_v1_VramStatus *v)
            (unsigned long long)v->evictions);
     printf("vram time: copying %.3f s, waiting %.3f s, computing %.3f s\n", v->copy_seconds,
            v->wait_seconds, v->compute_seconds);
+    char peak[32];
+    cli_format_bytes(v->host_bytes, size, sizeof size);
+    cli_format_bytes(v->host_peak_bytes, peak, sizeof peak);
+    if (v->host_limited) {
+        char limit[32];
+        cli_format_bytes(v->host_budget_bytes, limit, sizeof limit);
+        printf("host copies: %s of %s (peak %s; units past the limit are read from their "
+               "files)\n", size, limit, peak);
+    } else {
+        printf("host copies: %s (peak %s; no --host-limit)\n", size, peak);
+    }
 }
 
 static int run_status(cli_ctx *ctx, int argc, char **argv)

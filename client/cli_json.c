@@ -264,6 +264,14 @@ void cli_json_status(pyjson_writer *w, const diffsynth_v1_StatusResponse *r)
         pyjson_double(w, v->wait_seconds);
         pyjson_key(w, "compute_seconds");
         pyjson_double(w, v->compute_seconds);
+        pyjson_key(w, "host_limited");
+        pyjson_bool(w, v->host_limited);
+        pyjson_key(w, "host_budget_bytes");
+        pyjson_uint(w, v->host_budget_bytes);
+        pyjson_key(w, "host_bytes");
+        pyjson_uint(w, v->host_bytes);
+        pyjson_key(w, "host_peak_bytes");
+        pyjson_uint(w, v->host_peak_bytes);
         pyjson_end_object(w);
     }
     pyjson_end_object(w);

@@ -171,10 +171,11 @@ static Diffsynth__V1__TierBytes *tier_msg(arena *a, const char *tier, uint64_t b
     return t;
 }
 
-/* The three tiers in a fixed order: the mapped files, then the fast tier of the VRAM manager,
- * host memory on the CPU backend and device memory otherwise (0 without a manager). */
+/* The three tiers in a fixed order: the mapped files; host memory: the slow tier's copies at
+ * rest (`host`), plus the fast tier on the CPU backend; device memory: the fast tier on a GPU
+ * (0 without a manager). */
 static Diffsynth__V1__TierBytes **tiers_msg(arena *a, const ds_daemon *d, uint64_t disk,
-                                            uint64_t fast, size_t *count)
+                                            uint64_t fast, uint64_t host, size_t *count)
 {
     /* Room for a fourth: a model's offload tier (offload_tier_msg). */
     Diffsynth__V1__TierBytes **tiers = arena_array(a, 4, sizeof *tiers);
@@ -183,7 +184,7 @@ static Diffsynth__V1__TierBytes **tiers_msg(arena *a, const ds_daemon *d, uint64
         return NULL;
     int on_host = !d->backend || d->backend == d->host_backend;
     tiers[0] = tier_msg(a, "disk", disk);
-    tiers[1] = tier_msg(a, "host", on_host ? fast : 0);
+    tiers[1] = tier_msg(a, "host", (on_host ? fast : 0) + host);
     tiers[2] = tier_msg(a, "device", on_host ? 0 : fast);
     *count = 3;
     return tiers;
@@ -232,7 +233,8 @@ static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_daemon *d
     ds_vram_model_stats vs = {0};
     if (d->vram)
         ds_vram_owner_stats(d->vram, model, &vs);
-    m->tiers = tiers_msg(a, d, ds_pool_model_disk_bytes(e), vs.fast_bytes, &m->n_tiers);
+    m->tiers = tiers_msg(a, d, ds_pool_model_disk_bytes(e), vs.fast_bytes, vs.host_bytes,
+                         &m->n_tiers);
     offload_tier_msg(a, model, vs.slow_bytes_total, m->tiers, &m->n_tiers);
     m->clients = arena_array(a, e->client_count, sizeof *m->clients);
     if (m->clients) {
@@ -990,9 +992,14 @@ static void handle_status(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
         vram.copy_seconds = vs.copy_seconds;
         vram.wait_seconds = vs.wait_seconds;
         vram.compute_seconds = vs.held_seconds;
+        vram.host_limited = vs.host_budget_bytes != DS_VRAM_UNLIMITED;
+        vram.host_budget_bytes = vram.host_limited ? vs.host_budget_bytes : 0;
+        vram.host_bytes = vs.host_bytes;
+        vram.host_peak_bytes = vs.host_peak_bytes;
         res.vram = &vram;
     }
-    res.memory = tiers_msg(&a, d, ds_pool_disk_bytes(d->pool), vs.resident_bytes, &res.n_memory);
+    res.memory = tiers_msg(&a, d, ds_pool_disk_bytes(d->pool), vs.resident_bytes, vs.host_bytes,
+                           &res.n_memory);
     res.jobs_queued = (uint32_t)ds_scheduler_queued(d->scheduler);
     res.jobs_running = (uint32_t)ds_scheduler_running(d->scheduler);
     res.pid = (uint32_t)getpid();

@@ -68,6 +68,12 @@ static void usage(FILE *out)
 "  --vram-reserve GIB       with --backend cuda and no --vram-limit: device memory left\n"
 "                           free for others and for what the budget does not count\n"
 "                           (default: 1)\n"
+"  --host-limit GIB         host memory for the weights' copies at rest (the slow tier:\n"
+"                           upstream's offload_device cpu, converted to offload_dtype, and\n"
+"                           on a GPU pinned for fast copies); a unit past it is read from\n"
+"                           its file at every copy instead, with the same values (default:\n"
+"                           half the machine's memory with --backend cuda, where the copies\n"
+"                           are pinned; none = no limit on the CPU). Needs the VRAM manager\n"
 "  --log-level LEVEL        debug, info, warn or error (default: info); logs go to stderr\n"
 "  --help                   print this help and exit\n"
 "  --version                print the version and exit\n"
@@ -103,10 +109,11 @@ static int parse_u64(const char *option, const char *text, uint64_t min, uint64_
     return 0;
 }
 
-/* --vram-limit: GiB as a byte budget (upstream's vram_limit), or "none" for no limit. */
-static int parse_vram_limit(const char *text, size_t *bytes)
+/* A GiB option (--vram-limit, --vram-reserve, --host-limit) as bytes; "none" = no limit where
+ * `none_ok`. */
+static int parse_gib(const char *option, const char *text, int none_ok, size_t *bytes)
 {
-    if (strcmp(text, "none") == 0) {
+    if (none_ok && strcmp(text, "none") == 0) {
         *bytes = DS_VRAM_UNLIMITED;
         return 0;
     }
@@ -115,23 +122,8 @@ static int parse_vram_limit(const char *text, size_t *bytes)
     double gib = strtod(text, &end);
     ds_error err;
     if (!text[0] || *end || errno || gib < 0 || ds_vram_limit_bytes(gib, bytes, &err) != DS_OK) {
-        fprintf(stderr, "diffsynthd: --vram-limit wants GiB (0 or more, fractions allowed) or "
-                "none, not \"%s\"\n", text);
-        return -1;
-    }
-    return 0;
-}
-
-/* --vram-reserve: GiB kept free on the GPU under the default budget. */
-static int parse_vram_reserve(const char *text, size_t *bytes)
-{
-    char *end;
-    errno = 0;
-    double gib = strtod(text, &end);
-    ds_error err;
-    if (!text[0] || *end || errno || gib < 0 || ds_vram_limit_bytes(gib, bytes, &err) != DS_OK) {
-        fprintf(stderr, "diffsynthd: --vram-reserve wants GiB (0 or more, fractions allowed), "
-                "not \"%s\"\n", text);
+        fprintf(stderr, "diffsynthd: %s wants GiB (0 or more, fractions allowed)%s, not \"%s\"\n",
+                option, none_ok ? " or none" : "", text);
         return -1;
     }
     return 0;
@@ -191,6 +183,7 @@ int main(int argc, char **argv)
         OPT_THREADS,
         OPT_VRAM_LIMIT,
         OPT_VRAM_RESERVE,
+        OPT_HOST_LIMIT,
         OPT_HELP,
         OPT_VERSION,
     };
@@ -206,6 +199,7 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, OPT_THREADS},
         {"vram-limit", required_argument, NULL, OPT_VRAM_LIMIT},
         {"vram-reserve", required_argument, NULL, OPT_VRAM_RESERVE},
+        {"host-limit", required_argument, NULL, OPT_HOST_LIMIT},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -230,6 +224,8 @@ int main(int argc, char **argv)
     size_t vram_budget = DS_VRAM_UNLIMITED;
     const char *reserve_text = NULL;
     size_t vram_reserve = (size_t)1 << 30;
+    const char *host_limit_text = NULL;
+    size_t host_limit = DS_VRAM_UNLIMITED;
     int opt;
     uint64_t value;
     ds_log_level level;
@@ -271,14 +267,19 @@ int main(int argc, char **argv)
             threads = (int)value;
             break;
         case OPT_VRAM_LIMIT:
-            if (parse_vram_limit(optarg, &vram_budget) != 0)
+            if (parse_gib("--vram-limit", optarg, 1, &vram_budget) != 0)
                 goto out_args;
             use_vram = 1;
             break;
         case OPT_VRAM_RESERVE:
-            if (parse_vram_reserve(optarg, &vram_reserve) != 0)
+            if (parse_gib("--vram-reserve", optarg, 0, &vram_reserve) != 0)
                 goto out_args;
             reserve_text = optarg;
+            break;
+        case OPT_HOST_LIMIT:
+            if (parse_gib("--host-limit", optarg, 1, &host_limit) != 0)
+                goto out_args;
+            host_limit_text = optarg;
             break;
         case OPT_HELP:
             usage(stdout);
@@ -301,6 +302,11 @@ int main(int argc, char **argv)
     if (reserve_text && (use_vram || !use_cuda)) {
         fprintf(stderr, "diffsynthd: --vram-reserve %s applies only to the default budget of "
                 "--backend cuda, without --vram-limit\n", reserve_text);
+        goto out_args;
+    }
+    if (host_limit_text && !use_vram && !use_cuda) {
+        fprintf(stderr, "diffsynthd: --host-limit %s needs the VRAM manager: give --vram-limit "
+                "too (the CPU backend runs without one by default)\n", host_limit_text);
         goto out_args;
     }
 
@@ -398,6 +404,14 @@ int main(int argc, char **argv)
             goto out;
         }
         d->vram_limited = auto_budget || vram_budget != DS_VRAM_UNLIMITED;
+        /* On a GPU the copies at rest are pinned, which the kernel can never page out: by
+         * default they may take half the machine's memory, the rest is left to the system. */
+        if (!host_limit_text && d->backend != d->host_backend) {
+            long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+            if (pages > 0 && page > 0)
+                host_limit = (size_t)pages / 2 * (size_t)page;
+        }
+        ds_vram_set_host_limit(d->vram, host_limit);
     }
     if (ds_pool_new(&d->pool, &err) != DS_OK ||
         ds_scheduler_new(&loop, &d->scheduler, &err) != DS_OK) {
@@ -433,6 +447,9 @@ int main(int argc, char **argv)
                     d->backend == d->host_backend ? "host" : "device");
     else if (d->vram)
         ds_log_info("vram limit: none (weights stream through the manager, never evicted)");
+    if (d->vram && host_limit != DS_VRAM_UNLIMITED)
+        ds_log_info("host limit: %zu bytes for the weights' copies at rest; units past it are "
+                    "read from their files", host_limit);
     ds_log_info("model roots: %s%s", roots_text ? roots_text : "?",
                 root_count == 0 ? " (the working directory; use --model-root to choose)" : "");
     ds_log_info("model configs: %zu (%zu builtin + %zu from %zu file%s)", config_count,

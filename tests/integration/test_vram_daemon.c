@@ -36,6 +36,7 @@
 #define STEP_TIMEOUT_MS 300000
 
 static it_env env;
+static const char *cli; /* the diffsynth CLI, argv[2] */
 static char configs_path[256];
 static char model_path[2][256];
 static char model_id[2][32];
@@ -628,12 +629,92 @@ static void test_budget_below_one_unit(void)
     it_env_cleanup(&small);
 }
 
+/* --host-limit: the fp8 copies at rest stay within it (the rest are read from the file), Status
+ * and ListModels say so, the step runs; without the VRAM manager, or with a bad value, the
+ * daemon refuses to start. */
+static void test_host_limit(void)
+{
+    it_env lim;
+    it_env_init(&lim, env.daemon_exe);
+    char path[256];
+    snprintf(path, sizeof path, "%s/dit_a.safetensors", lim.models);
+    REQUIRE(write_model(path) == 0);
+    /* 0.25 GiB: some of the model's 0.38 GB of fp8 copies, not all. */
+    const char *extra[] = {"--model-configs", configs_path, "--threads", "2",
+                           "--vram-limit", LIMIT_GIB, "--host-limit", "0.25", NULL};
+    REQUIRE(it_daemon_start(&lim, extra) == 0);
+    it_env saved = env;
+    env = lim;
+    load_answer fp8 = load_config(path, "fp8", FP8_CONFIG, "bfloat16");
+    CHECK_MSG(fp8.rc == DS_CLIENT_OK, "%s", fp8.message);
+    ds_client *c = fp8.rc == DS_CLIENT_OK ? it_connect(&env) : NULL;
+    if (c) {
+        ds_client_tensor in[3] = {
+            {.name = "latents", .dtype = diffsynth_v1_DType_BF16, .ndim = 4,
+             .shape = {1, 16, 8, 8}, .data = latents, .nbytes = sizeof latents},
+            {.name = "prompt_emb", .dtype = diffsynth_v1_DType_BF16, .ndim = 3,
+             .shape = {1, 7, 3584}, .data = prompt, .nbytes = sizeof prompt},
+            {.name = "timestep", .dtype = diffsynth_v1_DType_F32, .ndim = 1, .shape = {1},
+             .data = timestep, .nbytes = sizeof timestep},
+        };
+        ds_client_step_request r = {.model_id = fp8.id, .inputs = in, .input_count = 3};
+        ds_client_step_result res;
+        int rc = ds_client_run_step(c, &r, &res, STEP_TIMEOUT_MS, NULL, NULL, NULL);
+        CHECK_MSG(rc == DS_CLIENT_OK, "%s", ds_client_last_error(c));
+        if (rc == DS_CLIENT_OK)
+            ds_client_step_result_free(&res);
+        ds_client_close(c);
+        diffsynth_v1_StatusResponse st = diffsynth_v1_StatusResponse_init_zero;
+        REQUIRE(status(&st) == 0);
+        fprintf(stderr, "  --host-limit 0.25: %llu bytes of copies at rest (peak %llu)\n",
+                (unsigned long long)st.vram.host_bytes,
+                (unsigned long long)st.vram.host_peak_bytes);
+        CHECK(st.has_vram && st.vram.host_limited);
+        CHECK(st.vram.host_budget_bytes == (256ull << 20));
+        CHECK(st.vram.host_bytes > 0 && st.vram.host_bytes <= (256ull << 20));
+        CHECK(st.vram.host_peak_bytes <= (256ull << 20));
+        /* The model's host tier holds its copies (the fast tier is host memory too here). */
+        long long host = tier_bytes(fp8.id, "host");
+        CHECK(host >= (long long)st.vram.host_bytes);
+        char *out = NULL;
+        const char *status_cmd[] = {cli, "--socket", env.socket, "status", NULL};
+        CHECK(it_run(status_cmd, NULL, 10000, &out, NULL) == 0);
+        CHECK_CONTAINS(out ? out : "", "host copies: ");
+        CHECK_CONTAINS(out ? out : "", "units past the limit are read from their files");
+        free(out);
+    }
+    int exit_status = -1;
+    CHECK(it_daemon_stop(&env, &exit_status) == 0 && exit_status == 0);
+    env = saved;
+    it_env_cleanup(&lim);
+
+    static const struct {
+        const char *args[5];
+        const char *expect;
+    } bad[] = {
+        {{"--host-limit", "1", NULL}, "--host-limit 1 needs the VRAM manager"},
+        {{"--vram-limit", "1", "--host-limit", "-2", NULL}, "--host-limit wants GiB (0 or more"},
+        {{"--vram-limit", "1", "--host-limit", "x", NULL}, "or none, not \"x\""},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *argv[8] = {env.daemon_exe};
+        for (int k = 0; bad[i].args[k]; k++)
+            argv[k + 1] = bad[i].args[k];
+        char *err = NULL;
+        int rc = it_run(argv, NULL, 10000, NULL, &err);
+        CHECK_MSG(rc == 2, "case %zu: exit %d", i, rc);
+        CHECK_CONTAINS(err ? err : "", bad[i].expect);
+        free(err);
+    }
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s DIFFSYNTHD\n", argv[0]);
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s DIFFSYNTHD DIFFSYNTH_CLI\n", argv[0]);
         return 2;
     }
+    cli = argv[2];
     /* Small, varied inputs: the bits of bf16 values in [0.5, 1). */
     for (size_t i = 0; i < sizeof latents / sizeof latents[0]; i++)
         latents[i] = (uint16_t)(0x3f00 + i % 127);
@@ -662,6 +743,7 @@ int main(int argc, char **argv)
     RUN(test_budget_below_one_unit);
     RUN(test_vram_config_needs_manager);
     RUN(test_vram_reserve_options);
+    RUN(test_host_limit);
     if (test_failures)
         it_dump_log(&env);
     it_env_cleanup(&env);

@@ -621,6 +621,10 @@ static void fill_pc_VramStatus(PC(VramStatus) *m, int k)
     m->copy_seconds = D(k, 11);
     m->wait_seconds = D(k, 12);
     m->compute_seconds = D(k, 13);
+    m->host_limited = 1;
+    m->host_budget_bytes = U64(k, 15);
+    m->host_bytes = U64(k, 16);
+    m->host_peak_bytes = U64(k, 17);
 }
 
 static void fill_nb_VramStatus(NB(VramStatus) *m, int k)
@@ -638,6 +642,10 @@ static void fill_nb_VramStatus(NB(VramStatus) *m, int k)
     m->copy_seconds = D(k, 11);
     m->wait_seconds = D(k, 12);
     m->compute_seconds = D(k, 13);
+    m->host_limited = 1;
+    m->host_budget_bytes = U64(k, 15);
+    m->host_bytes = U64(k, 16);
+    m->host_peak_bytes = U64(k, 17);
 }
 
 static void cmp_VramStatus(const PC(VramStatus) *p, const NB(VramStatus) *n)
@@ -655,6 +663,10 @@ static void cmp_VramStatus(const PC(VramStatus) *p, const NB(VramStatus) *n)
     CHECK(same_double(p->copy_seconds, n->copy_seconds));
     CHECK(same_double(p->wait_seconds, n->wait_seconds));
     CHECK(same_double(p->compute_seconds, n->compute_seconds));
+    CHECK(p->host_limited == n->host_limited);
+    CHECK(p->host_budget_bytes == n->host_budget_bytes);
+    CHECK(p->host_bytes == n->host_bytes);
+    CHECK(p->host_peak_bytes == n->host_peak_bytes);
 }
 
 static void fill_pc_StatusResponse(PC(StatusResponse) *m, int k)
