@@ -111,7 +111,7 @@ for src in tests/kernels/test_*.c; do [[ -f $src ]] && tests+=("$(basename "$src
 } >"$logs/build.log" 2>&1
 if [[ $mode == meson ]]; then
     say "build: meson configured the whole project; building the kernel targets"
-    targets=(bench/kernels_bench)
+    targets=(bench/kernels_bench bench/vram_bench)
     for t in "${tests[@]}"; do targets+=("tests/kernels/$t"); done
     timeout "$(limit 300 200)" ninja -C "$build" -k 0 "${targets[@]}" >>"$logs/build.log" 2>&1
     bindir=$build
@@ -169,8 +169,18 @@ if [[ $build_ok == 1 ]]; then
     anchor=python3
     [[ $torch == *" cuda" ]] || anchor=none
     DS_BUILD_DIR=$bindir DS_BENCH_LOG=$logs/bench.jsonl DS_BENCH_TIMEOUT=90 \
-        timeout "$(limit 300 15)" bash bench/kernels/run_gpu.sh "$anchor" 5 >"$logs/bench.txt" 2>&1
+        timeout "$(limit 300 135)" bash bench/kernels/run_gpu.sh "$anchor" 5 >"$logs/bench.txt" 2>&1
     [[ $? == 124 ]] && echo "(run_gpu.sh stopped at the time budget)" >>"$logs/bench.txt"
+    # bench/vram at a quarter of the DiT (15 blocks) and a quarter of the 8 GiB limit, so that it
+    # fits the budget; the meson build alone builds vram_bench (not build_direct.sh).
+    if [[ -x $bindir/bench/vram_bench ]]; then
+        DS_BUILD_DIR=$bindir DS_BENCH_LOG=$logs/bench.jsonl DS_BENCH_TIMEOUT=100 DS_BENCH_LAYERS=15 \
+            DS_BENCH_VRAM_GIB=2 timeout "$(limit 120 15)" bash bench/vram/run_gpu.sh "$anchor" 2 \
+            >>"$logs/bench.txt" 2>&1
+        [[ $? == 124 ]] && echo "(bench/vram/run_gpu.sh stopped at the time budget)" >>"$logs/bench.txt"
+    else
+        echo "bench/vram: not run (vram_bench not built: $mode build)" >>"$logs/bench.txt"
+    fi
 else
     echo "benchmarks not run: the build failed" >"$logs/bench.txt"
 fi
