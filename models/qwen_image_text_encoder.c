@@ -373,6 +373,33 @@ static int key_mask(ds_backend *b, const ds_tensor *mask, te_state *s, ds_error 
     return rc;
 }
 
+/* The gather of a model whose vram_config rests its weights in another dtype (fp8 offload):
+ * upstream's embedding module holds the table rounded through that dtype, so the gathered rows
+ * are, exactly: gathered in f32 (exact from any stored dtype), rounded through `offload`, then
+ * converted to y's dtype. Rounding only the rows gathered equals rounding the table. */
+static int embed_rounded(ds_backend *cpu, const ds_tensor *ids, const ds_tensor *table,
+                         ds_dtype offload, ds_tensor *y, ds_error *err)
+{
+    ds_tensor wide;
+    int rc = ds_tensor_alloc(cpu, DS_F32, y->ndim, y->shape, &wide, err);
+    if (rc != DS_OK)
+        return rc;
+    ds_embedding_args a = {ids, table, &wide};
+    size_t n = (size_t)ds_tensor_numel(&wide);
+    void *narrow = malloc(n ? n * ds_dtype_size(offload) : 1);
+    if (!narrow)
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                          OWNER ": out of memory rounding %zu embedded values", n);
+    else if ((rc = ds_embedding(cpu, NULL, &a, err)) == DS_OK) {
+        ds_convert_from_f32(wide.data, n, offload, narrow);
+        ds_convert_to_f32(narrow, offload, n, wide.data);
+        ds_convert_from_f32(wide.data, n, y->dtype, y->data);
+    }
+    free(narrow);
+    ds_tensor_free(&wide);
+    return rc;
+}
+
 /* embed_tokens(input_ids) into s->h. The gather runs on the host, where the table is a view
  * of the file: a device would otherwise need the whole 152064-row table (1 GB in bf16) for a
  * few hundred rows. */
@@ -396,8 +423,14 @@ static int embed(const ds_loaded_model *m, ds_backend *b, const ds_tensor *input
     if ((rc = ds__weight_bind(m, &host_set, LM, "embed_tokens.weight", 0, &table, err)) !=
         DS_OK)
         goto done;
-    ds_embedding_args a = {&ids, &table, y};
-    if ((rc = ds_embedding(cpu, NULL, &a, err)) != DS_OK)
+    ds_dtype offload = ds__weight_offload_dtype(m, table.dtype);
+    if (offload != DS_DTYPE_INVALID && offload != table.dtype) {
+        rc = embed_rounded(cpu, &ids, &table, offload, y, err);
+    } else {
+        ds_embedding_args a = {&ids, &table, y};
+        rc = ds_embedding(cpu, NULL, &a, err);
+    }
+    if (rc != DS_OK)
         goto done;
     if (!is_cpu(b))
         rc = ds_tensor_upload(&s->h, s->embedded.data, NULL, err);

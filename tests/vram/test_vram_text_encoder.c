@@ -6,7 +6,8 @@
  * unlimited. Every output must equal the run without a manager byte for byte (and stay within
  * the golden test's bf16 limit against upstream); the peak (units plus activations) must stay
  * within a non-zero budget. The embedding is gathered on the host in both paths and is never
- * a unit. One manager serves every run, its budget raised between them. */
+ * a unit. One manager serves every run, its budget raised between them. Last, an fp8 offload
+ * config against a forward over weights rounded through fp8, embedding included. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #include "models/qwen_image_text_encoder.h"
 #include "test.h"
 #include "tools/golden_model.h"
+#include "vram/vram_config.h"
 #include "vram/vram_manager.h"
 
 #define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
@@ -192,6 +194,66 @@ static void test_release_hook(void)
     CHECK(st.resident_bytes == 0);
 }
 
+/* A Load with offload_dtype fp8 (and preparing fp8: the Linear weights fp8 in the fast tier):
+ * upstream rounds every weight through fp8, the embedding table included, so the managed
+ * forward must equal, byte for byte, a forward without a manager over weights rounded through
+ * e4m3 here (in place: this runs last). The embedding is gathered on the host, not paged, and
+ * must be rounded all the same. */
+static void test_fp8_offload(void)
+{
+    ds_error err;
+    REQUIRE(model_ready && reference.data);
+    int rc = ds_vram_config_parse("{\"offload_dtype\": \"float8_e4m3fn\", "
+                                  "\"offload_device\": \"cpu\", "
+                                  "\"onload_dtype\": \"float8_e4m3fn\", "
+                                  "\"onload_device\": \"cpu\", "
+                                  "\"preparing_dtype\": \"float8_e4m3fn\", "
+                                  "\"preparing_device\": \"cpu\"}",
+                                  DS_BF16, DS_VRAM_DEVICE_CPU, &model.vram_config, &err);
+    REQUIRE(rc == DS_OK);
+    ds_vram_manager *fp8_mgr;
+    REQUIRE(ds_vram_manager_create(cpu, layer_bytes / 4, 2, &fp8_mgr, &err) == DS_OK);
+    ds_tensor managed;
+    rc = run_forward(fp8_mgr, &managed, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    ds_vram_model_stats ms;
+    CHECK(ds_vram_owner_stats(fp8_mgr, &model, &ms));
+    /* Linear weights are nearly all of the units' bytes: about half of bf16 in the fast tier. */
+    CHECK_MSG(ms.fast_bytes_total * 100 <= unit_bytes * 52, "fast tier %zu of bf16 %zu",
+              ms.fast_bytes_total, unit_bytes);
+    if (model.release_hook)
+        model.release_hook(model.release_hook_ctx, &model);
+    model.release_hook = NULL;
+    ds_vram_manager_destroy(fp8_mgr);
+    memset(&model.vram_config, 0, sizeof model.vram_config);
+    REQUIRE(rc == DS_OK);
+
+    for (size_t i = 0; i < model.params.count; i++) {
+        ds_sd_entry *e = &model.params.entries[i];
+        size_t n = ds_tensor_view_numel(&e->tensor);
+        float *f = malloc(n * sizeof *f);
+        unsigned char *q = malloc(n ? n : 1);
+        REQUIRE(f && q && e->tensor.dtype == DS_BF16);
+        ds_convert_to_f32(e->tensor.data, DS_BF16, n, f);
+        ds_convert_from_f32(f, n, DS_F8_E4M3, q);
+        ds_convert_to_f32(q, DS_F8_E4M3, n, f);
+        ds_convert_from_f32(f, n, DS_BF16, (void *)e->tensor.data);
+        free(f);
+        free(q);
+    }
+    ds_tensor rounded;
+    rc = run_forward(NULL, &rounded, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    if (rc == DS_OK) {
+        CHECK_MSG(memcmp(managed.data, rounded.data, ds_tensor_nbytes(&rounded)) == 0,
+                  "fp8-offload forward differs from the forward over fp8-rounded weights");
+        /* Not vacuous: the rounding moves the output. */
+        CHECK(memcmp(rounded.data, reference.data, ds_tensor_nbytes(&rounded)) != 0);
+        ds_tensor_free(&rounded);
+    }
+    ds_tensor_free(&managed);
+}
+
 int main(void)
 {
     ds_error err;
@@ -213,6 +275,7 @@ int main(void)
     RUN(test_budget_50);
     RUN(test_unlimited);
     RUN(test_release_hook);
+    RUN(test_fp8_offload);
     ds_vram_manager_destroy(mgr);
     ds_tensor_free(&reference);
     if (model_ready)
