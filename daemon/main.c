@@ -129,6 +129,16 @@ static int parse_gib(const char *option, const char *text, int none_ok, size_t *
     return 0;
 }
 
+/* --log-level debug shows each eviction: which unit of which model, and its bytes. Called
+ * under the manager's lock on whichever thread made room, so it only logs. */
+static void log_vram_event(void *ctx, ds_vram_event_kind kind, const char *model, const char *unit,
+                           size_t bytes)
+{
+    (void)ctx;
+    if (kind == DS_VRAM_EVENT_EVICT)
+        ds_log_debug("vram: evicted unit '%s' of model '%s' (%zu bytes)", unit, model, bytes);
+}
+
 static void on_handle_closed(uv_handle_t *handle) { (void)handle; }
 
 /* The drain is over (or there was nothing to drain): flush and close everything. */
@@ -412,6 +422,7 @@ int main(int argc, char **argv)
                 host_limit = (size_t)pages / 2 * (size_t)page;
         }
         ds_vram_set_host_limit(d->vram, host_limit);
+        ds_vram_set_observer(d->vram, log_vram_event, NULL);
     }
     if (ds_pool_new(&d->pool, &err) != DS_OK ||
         ds_scheduler_new(&loop, &d->scheduler, &err) != DS_OK) {

@@ -354,6 +354,23 @@ static void test_two_clients_interleaved(void)
             (unsigned long long)bytes[0], model_id[1], (unsigned long long)bytes[1]);
     CHECK(bytes[0] + bytes[1] == st.vram.resident_bytes);
     CHECK(bytes[0] + bytes[1] > 0);
+
+    /* --log-level debug (the harness's): each eviction is logged with its unit and bytes. */
+    char *log = it_read_file(env.log, NULL);
+    REQUIRE(log);
+    unsigned long long logged = 0;
+    for (char *line = log; line && *line;) {
+        char *end = strchr(line, '\n');
+        if (end)
+            *end = '\0';
+        logged += strstr(line, "vram: evicted unit 'transformer_blocks.0.") &&
+                  strstr(line, "of model 'qwen_image_dit_small' (") && strstr(line, " bytes)");
+        line = end ? end + 1 : NULL;
+    }
+    free(log);
+    fprintf(stderr, "  %llu evictions logged of %llu counted\n", logged,
+            (unsigned long long)st.vram.evictions);
+    CHECK(logged > 0 && logged <= st.vram.evictions);
 }
 
 static void test_unload_drops_units(void)
