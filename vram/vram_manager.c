@@ -462,7 +462,6 @@ static void file_pages_cold(const ds_vram_manager *m, const unit *u)
 #endif
 }
 
-/* Allocates the unit's fast-tier memory (room already made) and issues its copy. */
 /* u->buffer: the spare that fits it best when one does, else a new allocation. */
 static int unit_buffer(ds_vram_manager *m, unit *u, ds_error *err)
 {
@@ -483,6 +482,25 @@ static int unit_buffer(ds_vram_manager *m, unit *u, ds_error *err)
     return DS_OK;
 }
 
+/* Queues the copy of u->bytes from `from` (pinned) into u->buffer on the copy stream and
+ * records `done` after it. On failure the buffer goes, once the stream is idle (the copy may
+ * have been queued). */
+static int issue_copy(ds_vram_manager *m, unit *u, const void *from, ds_event *done,
+                      ds_error *err)
+{
+    int rc = m->b->copy_to_device(m->b, u->buffer, from, u->bytes, m->copy_stream, err);
+    if (rc == DS_OK)
+        rc = m->b->event_record(m->b, done, m->copy_stream, err);
+    if (rc != DS_OK) {
+        ds_error ignored;
+        m->b->stream_synchronize(m->b, m->copy_stream, &ignored);
+        m->b->free(m->b, u->buffer);
+        u->buffer = NULL;
+    }
+    return rc;
+}
+
+/* Allocates the unit's fast-tier memory (room already made) and issues its copy. */
 static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
 {
     ds_vram_manager *m = model->mgr;
@@ -504,16 +522,8 @@ static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
             u->buffer = NULL;
             return rc;
         }
-        rc = m->b->copy_to_device(m->b, u->buffer, u->host, u->bytes, m->copy_stream, err);
-        if (rc == DS_OK)
-            rc = m->b->event_record(m->b, u->copy_done, m->copy_stream, err);
-        if (rc != DS_OK) {
-            ds_error ignored;
-            m->b->stream_synchronize(m->b, m->copy_stream, &ignored);
-            m->b->free(m->b, u->buffer);
-            u->buffer = NULL;
+        if ((rc = issue_copy(m, u, u->host, u->copy_done, err)) != DS_OK)
             return rc;
-        }
         u->direct_pending = 1;
         u->slot = -1;
     } else {
@@ -526,17 +536,8 @@ static int start_copy(ds_vram_model *model, unit *u, ds_error *err)
             return rc;
         for (size_t i = 0; i < u->count; i++)
             convert_into(m, &u->src[i], u->src[i].target, (char *)s->ptr + u->offset[i]);
-        rc = m->b->copy_to_device(m->b, u->buffer, s->ptr, u->bytes, m->copy_stream, err);
-        if (rc == DS_OK)
-            rc = m->b->event_record(m->b, s->done, m->copy_stream, err);
-        if (rc != DS_OK) {
-            /* The copy may be queued: wait for the stream before the memory goes. */
-            ds_error ignored;
-            m->b->stream_synchronize(m->b, m->copy_stream, &ignored);
-            m->b->free(m->b, u->buffer);
-            u->buffer = NULL;
+        if ((rc = issue_copy(m, u, s->ptr, s->done, err)) != DS_OK)
             return rc;
-        }
         s->busy = 1;
         s->seq = ++m->seq;
         s->owner = u;

@@ -237,6 +237,42 @@ typedef struct worker_arg {
     size_t nbytes[STEPS_PER_CLIENT];
 } worker_arg;
 
+/* The step's inputs: the latents, prompt embedding and timestep above. */
+static void dit_inputs(ds_client_tensor in[3])
+{
+    const ds_client_tensor inputs[3] = {
+        {.name = "latents", .dtype = diffsynth_v1_DType_BF16, .ndim = 4,
+         .shape = {1, 16, 8, 8}, .data = latents, .nbytes = sizeof latents},
+        {.name = "prompt_emb", .dtype = diffsynth_v1_DType_BF16, .ndim = 3,
+         .shape = {1, 7, 3584}, .data = prompt, .nbytes = sizeof prompt},
+        {.name = "timestep", .dtype = diffsynth_v1_DType_F32, .ndim = 1, .shape = {1},
+         .data = timestep, .nbytes = sizeof timestep},
+    };
+    memcpy(in, inputs, sizeof inputs);
+}
+
+/* One step of model `id` on a new connection, its output dropped. The client's status; a
+ * daemon error's code and message go to *code and msg. */
+static int dit_step(const char *id, int *code, char *msg, size_t msg_size)
+{
+    ds_client *c = it_connect(&env);
+    if (!c)
+        return DS_CLIENT_ECONNECT;
+    ds_client_tensor in[3];
+    dit_inputs(in);
+    ds_client_step_request r = {.model_id = id, .inputs = in, .input_count = 3};
+    ds_client_step_result res;
+    int rc = ds_client_run_step(c, &r, &res, STEP_TIMEOUT_MS, NULL, NULL, NULL);
+    if (rc == DS_CLIENT_OK)
+        ds_client_step_result_free(&res);
+    if (code)
+        *code = ds_client_last_code(c);
+    if (msg)
+        snprintf(msg, msg_size, "%s", rc == DS_CLIENT_OK ? "" : ds_client_last_error(c));
+    ds_client_close(c);
+    return rc;
+}
+
 static void *worker(void *p)
 {
     worker_arg *w = p;
@@ -245,14 +281,8 @@ static void *worker(void *p)
         w->rc[0] = DS_CLIENT_ECONNECT;
         return NULL;
     }
-    ds_client_tensor in[3] = {
-        {.name = "latents", .dtype = diffsynth_v1_DType_BF16, .ndim = 4,
-         .shape = {1, 16, 8, 8}, .data = latents, .nbytes = sizeof latents},
-        {.name = "prompt_emb", .dtype = diffsynth_v1_DType_BF16, .ndim = 3,
-         .shape = {1, 7, 3584}, .data = prompt, .nbytes = sizeof prompt},
-        {.name = "timestep", .dtype = diffsynth_v1_DType_F32, .ndim = 1, .shape = {1},
-         .data = timestep, .nbytes = sizeof timestep},
-    };
+    ds_client_tensor in[3];
+    dit_inputs(in);
     ds_client_step_request r = {.model_id = model_id[w->which], .inputs = in,
                                 .input_count = 3};
     for (int s = 0; s < STEPS_PER_CLIENT; s++) {
@@ -501,23 +531,9 @@ static void test_load_fp8_vram_config(void)
     free(listed);
     CHECK(tier_bytes(fp8.id, FP8_TIER) == -1);
     CHECK(tier_bytes(none.id, FP8_TIER) == -1);
-    ds_client *c = it_connect(&env);
-    REQUIRE(c);
-    ds_client_tensor in[3] = {
-        {.name = "latents", .dtype = diffsynth_v1_DType_BF16, .ndim = 4,
-         .shape = {1, 16, 8, 8}, .data = latents, .nbytes = sizeof latents},
-        {.name = "prompt_emb", .dtype = diffsynth_v1_DType_BF16, .ndim = 3,
-         .shape = {1, 7, 3584}, .data = prompt, .nbytes = sizeof prompt},
-        {.name = "timestep", .dtype = diffsynth_v1_DType_F32, .ndim = 1, .shape = {1},
-         .data = timestep, .nbytes = sizeof timestep},
-    };
-    ds_client_step_request r = {.model_id = fp8.id, .inputs = in, .input_count = 3};
-    ds_client_step_result res;
-    int rc = ds_client_run_step(c, &r, &res, STEP_TIMEOUT_MS, NULL, NULL, NULL);
-    CHECK_MSG(rc == DS_CLIENT_OK, "%s", ds_client_last_error(c));
-    if (rc == DS_CLIENT_OK)
-        ds_client_step_result_free(&res);
-    ds_client_close(c);
+    char msg[512];
+    int rc = dit_step(fp8.id, NULL, msg, sizeof msg);
+    CHECK_MSG(rc == DS_CLIENT_OK, "%s", msg);
     uint64_t bf16_bytes = 0;
     for (size_t i = 0; i < keys.count; i++)
         bf16_bytes += keys.entries[i].tensor.nbytes;
@@ -526,7 +542,7 @@ static void test_load_fp8_vram_config(void)
             (unsigned long long)bf16_bytes);
     CHECK(slow > 0 && (uint64_t)slow * 2 == bf16_bytes);
 
-    c = it_connect(&env);
+    ds_client *c = it_connect(&env);
     REQUIRE(c);
     const char *ids[2] = {fp8.id, none.id};
     for (int i = 0; i < 2; i++) {
@@ -618,26 +634,14 @@ static void test_budget_below_one_unit(void)
     int loaded = load_one(path, "small", id, sizeof id) == 0;
     CHECK(loaded);
     if (loaded) {
-        ds_client *c = it_connect(&env);
-        ds_client_tensor in[3] = {
-            {.name = "latents", .dtype = diffsynth_v1_DType_BF16, .ndim = 4,
-             .shape = {1, 16, 8, 8}, .data = latents, .nbytes = sizeof latents},
-            {.name = "prompt_emb", .dtype = diffsynth_v1_DType_BF16, .ndim = 3,
-             .shape = {1, 7, 3584}, .data = prompt, .nbytes = sizeof prompt},
-            {.name = "timestep", .dtype = diffsynth_v1_DType_F32, .ndim = 1, .shape = {1},
-             .data = timestep, .nbytes = sizeof timestep},
-        };
-        ds_client_step_request r = {.model_id = id, .inputs = in, .input_count = 3};
-        ds_client_step_result res;
-        int rc = c ? ds_client_run_step(c, &r, &res, STEP_TIMEOUT_MS, NULL, NULL, NULL) : -1;
+        char msg[512];
+        int code = 0;
+        int rc = dit_step(id, &code, msg, sizeof msg);
         CHECK(rc == DS_CLIENT_EDAEMON);
-        if (c) {
-            fprintf(stderr, "  0.1 GiB: %s\n", ds_client_last_error(c));
-            CHECK(ds_client_last_code(c) == diffsynth_v1_Code_RESOURCE_EXHAUSTED);
-            CHECK_CONTAINS(ds_client_last_error(c), "transformer_blocks.0.modulation");
-            CHECK_CONTAINS(ds_client_last_error(c), "needs 226566144 bytes");
-            ds_client_close(c);
-        }
+        fprintf(stderr, "  0.1 GiB: %s\n", msg);
+        CHECK(code == diffsynth_v1_Code_RESOURCE_EXHAUSTED);
+        CHECK_CONTAINS(msg, "transformer_blocks.0.modulation");
+        CHECK_CONTAINS(msg, "needs 226566144 bytes");
         CHECK(it_status_ok(&env));
     }
     int exit_status = -1;
@@ -664,23 +668,10 @@ static void test_host_limit(void)
     env = lim;
     load_answer fp8 = load_config(path, "fp8", FP8_CONFIG, "bfloat16");
     CHECK_MSG(fp8.rc == DS_CLIENT_OK, "%s", fp8.message);
-    ds_client *c = fp8.rc == DS_CLIENT_OK ? it_connect(&env) : NULL;
-    if (c) {
-        ds_client_tensor in[3] = {
-            {.name = "latents", .dtype = diffsynth_v1_DType_BF16, .ndim = 4,
-             .shape = {1, 16, 8, 8}, .data = latents, .nbytes = sizeof latents},
-            {.name = "prompt_emb", .dtype = diffsynth_v1_DType_BF16, .ndim = 3,
-             .shape = {1, 7, 3584}, .data = prompt, .nbytes = sizeof prompt},
-            {.name = "timestep", .dtype = diffsynth_v1_DType_F32, .ndim = 1, .shape = {1},
-             .data = timestep, .nbytes = sizeof timestep},
-        };
-        ds_client_step_request r = {.model_id = fp8.id, .inputs = in, .input_count = 3};
-        ds_client_step_result res;
-        int rc = ds_client_run_step(c, &r, &res, STEP_TIMEOUT_MS, NULL, NULL, NULL);
-        CHECK_MSG(rc == DS_CLIENT_OK, "%s", ds_client_last_error(c));
-        if (rc == DS_CLIENT_OK)
-            ds_client_step_result_free(&res);
-        ds_client_close(c);
+    if (fp8.rc == DS_CLIENT_OK) {
+        char msg[512];
+        int rc = dit_step(fp8.id, NULL, msg, sizeof msg);
+        CHECK_MSG(rc == DS_CLIENT_OK, "%s", msg);
         diffsynth_v1_StatusResponse st = diffsynth_v1_StatusResponse_init_zero;
         REQUIRE(status(&st) == 0);
         fprintf(stderr, "  --host-limit 0.25: %llu bytes of copies at rest (peak %llu)\n",

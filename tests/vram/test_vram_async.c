@@ -452,6 +452,35 @@ static void make_instrumented(void)
 
 /* ---- tests ---- */
 
+/* Three passes over every unit of fx, each unit's "kernel" queued on `compute` behind the copy
+ * it waits for; returns how many sums differ from the fixture's (-1: a call failed). */
+static int three_passes(const fx_model *fx, ds_vram_model *model, ds_stream *compute)
+{
+    ds_error err = {0};
+    uint64_t sums[3][FX_MAX_UNITS];
+    memset(sums, 0, sizeof sums);
+    for (int step = 0; step < 3; step++)
+        for (size_t u = 0; u < fx->n; u++) {
+            const ds_tensor *t;
+            if (ds_vram_acquire(model, u, compute, &t, &err) != DS_OK) {
+                fprintf(stderr, "  acquire: %s\n", err.message);
+                return -1;
+            }
+            launch_sum(compute, t, 2, &sums[step][u]);
+            if (ds_vram_release(model, u, compute, &err) != DS_OK) {
+                fprintf(stderr, "  release: %s\n", err.message);
+                return -1;
+            }
+        }
+    if (inst.stream_synchronize(&inst, compute, &err) != DS_OK)
+        return -1;
+    int wrong = 0;
+    for (int step = 0; step < 3; step++)
+        for (size_t u = 0; u < fx->n; u++)
+            wrong += sums[step][u] != fx->expect[u];
+    return wrong;
+}
+
 /* Three passes over 10 units on an asynchronous compute stream, each unit's "kernel" queued
  * behind the copy it waits for, under several budgets and prefetch depths, with units of mixed
  * sizes and of one size (whose buffers are reused). Sums match, nothing was freed, reused or
@@ -473,20 +502,9 @@ static void never_freed_in_use(int equal)
             REQUIRE(inst.stream_create(&inst, &compute, &err) == DS_OK);
             REQUIRE(ds_vram_model_add(m, "dit", DS_F32, &model, &err) == DS_OK);
             REQUIRE(fx_register(&fx, model, &err) == DS_OK);
-            uint64_t sums[3][FX_MAX_UNITS];
-            memset(sums, 0, sizeof sums);
-            for (int step = 0; step < 3; step++)
-                for (size_t u = 0; u < fx.n; u++) {
-                    const ds_tensor *t;
-                    REQUIRE(ds_vram_acquire(model, u, compute, &t, &err) == DS_OK);
-                    launch_sum(compute, t, 2, &sums[step][u]);
-                    REQUIRE(ds_vram_release(model, u, compute, &err) == DS_OK);
-                }
-            REQUIRE(inst.stream_synchronize(&inst, compute, &err) == DS_OK);
-            for (int step = 0; step < 3; step++)
-                for (size_t u = 0; u < fx.n; u++)
-                    CHECK_MSG(sums[step][u] == fx.expect[u], "budget %zu depth %d step %d unit %zu",
-                              budgets[bi], depth, step, u);
+            int wrong = three_passes(&fx, model, compute);
+            CHECK_MSG(wrong == 0, "budget %zu depth %d: %d sums differ", budgets[bi], depth,
+                      wrong);
             ds_vram_stats st;
             ds_vram_stats_get(m, &st);
             if (budgets[bi])
@@ -543,20 +561,9 @@ static void test_direct_copies(void)
             REQUIRE(inst.stream_create(&inst, &compute, &err) == DS_OK);
             REQUIRE(ds_vram_model_add(m, "dit", DS_BF16, &model, &err) == DS_OK);
             REQUIRE(fx_register(&fx, model, &err) == DS_OK);
-            uint64_t sums[3][FX_MAX_UNITS];
-            memset(sums, 0, sizeof sums);
-            for (int step = 0; step < 3; step++)
-                for (size_t u = 0; u < fx.n; u++) {
-                    const ds_tensor *t;
-                    REQUIRE(ds_vram_acquire(model, u, compute, &t, &err) == DS_OK);
-                    launch_sum(compute, t, 2, &sums[step][u]);
-                    REQUIRE(ds_vram_release(model, u, compute, &err) == DS_OK);
-                }
-            REQUIRE(inst.stream_synchronize(&inst, compute, &err) == DS_OK);
-            for (int step = 0; step < 3; step++)
-                for (size_t u = 0; u < fx.n; u++)
-                    CHECK_MSG(sums[step][u] == fx.expect[u], "limited %d budget %zu step %d "
-                              "unit %zu", limited, budgets[bi], step, u);
+            int wrong = three_passes(&fx, model, compute);
+            CHECK_MSG(wrong == 0, "limited %d budget %zu: %d sums differ", limited, budgets[bi],
+                      wrong);
             ds_vram_stats st;
             ds_vram_stats_get(m, &st);
             ds_vram_model_stats ms;
