@@ -18,6 +18,7 @@
 #include "test.h"
 #include "tools/golden_model.h"
 #include "vram/vram_config.h"
+#include "vram/vram_fixture.h"
 #include "vram/vram_manager.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
@@ -223,13 +224,8 @@ static void test_fp8_fast_tier(void)
     ds_error err;
     REQUIRE(ready);
     ds_vram_config offload_only = managed.vram_config;
-    int rc = ds_vram_config_parse("{\"offload_dtype\": \"float8_e4m3fn\", "
-                                  "\"offload_device\": \"cpu\", "
-                                  "\"onload_dtype\": \"float8_e4m3fn\", "
-                                  "\"onload_device\": \"cpu\", "
-                                  "\"preparing_dtype\": \"float8_e4m3fn\", "
-                                  "\"preparing_device\": \"cpu\"}",
-                                  DS_BF16, DS_VRAM_DEVICE_CPU, &managed.vram_config, &err);
+    int rc = ds_vram_config_parse(FX_FP8_VRAM_CONFIG, DS_BF16, DS_VRAM_DEVICE_CPU,
+                                  &managed.vram_config, &err);
     REQUIRE(rc == DS_OK);
     CHECK(ds_vram_config_check_chain(&managed.vram_config, &err) == DS_OK);
     CHECK(ds_vram_config_linear_fast_dtype(&managed.vram_config) == DS_F8_E4M3);

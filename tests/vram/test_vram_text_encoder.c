@@ -21,6 +21,7 @@
 #include "test.h"
 #include "tools/golden_model.h"
 #include "vram/vram_config.h"
+#include "vram/vram_fixture.h"
 #include "vram/vram_manager.h"
 
 #define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
@@ -203,13 +204,8 @@ static void test_fp8_offload(void)
 {
     ds_error err;
     REQUIRE(model_ready && reference.data);
-    int rc = ds_vram_config_parse("{\"offload_dtype\": \"float8_e4m3fn\", "
-                                  "\"offload_device\": \"cpu\", "
-                                  "\"onload_dtype\": \"float8_e4m3fn\", "
-                                  "\"onload_device\": \"cpu\", "
-                                  "\"preparing_dtype\": \"float8_e4m3fn\", "
-                                  "\"preparing_device\": \"cpu\"}",
-                                  DS_BF16, DS_VRAM_DEVICE_CPU, &model.vram_config, &err);
+    int rc = ds_vram_config_parse(FX_FP8_VRAM_CONFIG, DS_BF16, DS_VRAM_DEVICE_CPU,
+                                  &model.vram_config, &err);
     REQUIRE(rc == DS_OK);
     ds_vram_manager *fp8_mgr;
     REQUIRE(ds_vram_manager_create(cpu, layer_bytes / 4, 2, &fp8_mgr, &err) == DS_OK);

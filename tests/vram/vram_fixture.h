@@ -14,6 +14,13 @@
 
 #define FX_MAX_UNITS 16
 
+/* Upstream's low-VRAM fp8 vram_config on the CPU: fp8 at rest and in the fast tier, the
+ * computation in the pipeline's dtype. */
+#define FX_FP8_VRAM_CONFIG                                                                    \
+    "{\"offload_dtype\": \"float8_e4m3fn\", \"offload_device\": \"cpu\", "                   \
+    "\"onload_dtype\": \"float8_e4m3fn\", \"onload_device\": \"cpu\", "                      \
+    "\"preparing_dtype\": \"float8_e4m3fn\", \"preparing_device\": \"cpu\"}"
+
 typedef struct fx_model {
     size_t n;
     ds_dtype compute;
