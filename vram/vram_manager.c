@@ -835,11 +835,18 @@ static int unit_add_unlocked(ds_vram_model *model, const char *name,
     }
     ds_vram_manager *m = model->mgr;
     if (!on_disk && (converts || !m->host_tier)) {
-        int image = bytes <= slow_layout + slow_layout / 4;
+        size_t room = m->host_budget > m->st.host_bytes ? m->host_budget - m->st.host_bytes : 0;
+        /* On a GPU an image is worth more host memory: converting on the host at every copy
+         * runs at a fraction of the transfer's rate. So it is preferred while the host limit
+         * allows, then the compact offload-dtype layout, then the file. */
+        int image = bytes <= slow_layout + slow_layout / 4 || (!m->host_tier && bytes <= room);
         size_t cap = image ? bytes : slow_layout;
+        if (cap > room && image && slow_layout < bytes) {
+            image = 0;
+            cap = slow_layout;
+        }
         ds_error ignored;
-        if (m->host_budget < m->st.host_bytes || cap > m->host_budget - m->st.host_bytes ||
-            m->b->alloc_pinned(m->b, cap, &u->host, &ignored) != DS_OK) {
+        if (cap > room || m->b->alloc_pinned(m->b, cap, &u->host, &ignored) != DS_OK) {
             u->host = NULL;
             u->file_served = 1;
         } else {

@@ -5,9 +5,11 @@
  * tensors in the slow tier and the dtype each must have in the fast tier. The slow tier is
  * host memory or the mapped file (upstream's offload_device cpu or disk). A unit that rests in
  * host memory gets one copy there at registration, in the backend's pinned memory: its tensors
- * converted to their offload dtype (e.g. fp8), or, when that costs at most a quarter more,
- * exactly the bytes the fast tier will hold, so that a GPU copy is one transfer from pinned
- * memory with no conversion or staging. On the CPU backend a unit whose file bytes already are
+ * converted to their offload dtype (e.g. fp8), or exactly the bytes the fast tier will hold (an
+ * image), so that a GPU copy is one transfer from pinned memory with no conversion or staging.
+ * An image is taken when it costs at most a quarter more than the offload dtype, and on a GPU
+ * whenever the host limit has room for it (host conversion at every copy runs far below the
+ * transfer rate); otherwise the compact layout. On the CPU backend a unit whose file bytes already are
  * its fast-tier bytes is read from the mapping (it is host memory). Host memory is budgeted too
  * (ds_vram_set_host_limit): a unit that does not fit, or one asked to rest on disk, is read
  * from the mapped file at every copy and rounded through its offload dtype on the way, so the

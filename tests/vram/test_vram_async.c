@@ -499,6 +499,10 @@ static void never_freed_in_use(int equal)
             ds_stream *compute = NULL;
             ds_error err = {0};
             REQUIRE(ds_vram_manager_create(&inst, budgets[bi], depth, &m, &err) == DS_OK);
+            /* Units of mixed sizes go through pinned staging (no copies at rest); equal ones
+             * are copied from their pinned images. */
+            if (!equal)
+                ds_vram_set_host_limit(m, 0);
             REQUIRE(inst.stream_create(&inst, &compute, &err) == DS_OK);
             REQUIRE(ds_vram_model_add(m, "dit", DS_F32, &model, &err) == DS_OK);
             REQUIRE(fx_register(&fx, model, &err) == DS_OK);
@@ -587,6 +591,45 @@ static void test_direct_copies(void)
             CHECK(reuse_violations == 0);
             CHECK(waits_on_pending > 0);
         }
+    fx_free(&fx);
+}
+
+/* f32 compute doubles the bf16 weights: an image costs about twice the compact layout, which
+ * on a GPU is still preferred while the host limit has room (no host conversion per copy).
+ * Unlimited: every unit an image, no staging. A limit of half the images: images first, then
+ * the compact layout or the file, converted through staging, with the same sums. */
+static void test_image_preferred(void)
+{
+    fx_model fx;
+    fx_make(&fx, 10, DS_F32, 44, 0);
+    size_t total = fx_total(&fx);
+    size_t limits[2] = {DS_VRAM_UNLIMITED, total / 2};
+    for (int li = 0; li < 2; li++) {
+        free_violations = staging_violations = reuse_violations = 0;
+        ds_vram_manager *m = NULL;
+        ds_vram_model *model = NULL;
+        ds_stream *compute = NULL;
+        ds_error err = {0};
+        REQUIRE(ds_vram_manager_create(&inst, total / 4, 2, &m, &err) == DS_OK);
+        ds_vram_set_host_limit(m, limits[li]);
+        REQUIRE(inst.stream_create(&inst, &compute, &err) == DS_OK);
+        REQUIRE(ds_vram_model_add(m, "dit", DS_F32, &model, &err) == DS_OK);
+        REQUIRE(fx_register(&fx, model, &err) == DS_OK);
+        int wrong = three_passes(&fx, model, compute);
+        CHECK_MSG(wrong == 0, "limit %zu: %d sums differ", limits[li], wrong);
+        ds_vram_stats st;
+        ds_vram_stats_get(m, &st);
+        fprintf(stderr, "  f32 images, host limit %zu: host %zu of units %zu, staging %zu\n",
+                limits[li], st.host_bytes, total, st.staging_bytes);
+        if (li == 0)
+            CHECK(st.host_bytes == total && st.staging_bytes == 0);
+        else
+            CHECK(st.host_bytes <= total / 2 && st.host_bytes > 0 && st.staging_bytes > 0);
+        ds_vram_manager_destroy(m);
+        inst.stream_destroy(&inst, compute);
+        flush_quarantine();
+        CHECK(free_violations == 0 && staging_violations == 0 && reuse_violations == 0);
+    }
     fx_free(&fx);
 }
 
@@ -734,6 +777,7 @@ int main(void)
     RUN(test_never_freed_in_use);
     RUN(test_offload_waits_for_kernel);
     RUN(test_direct_copies);
+    RUN(test_image_preferred);
     RUN(test_auto_budget);
     RUN(test_auto_budget_needs_mem_info);
     ds_backend_destroy(cpu);
