@@ -1,6 +1,7 @@
 #include "core/float_convert.h"
 
 #include <math.h>
+#include <pthread.h>
 
 float ds_f16_to_f32(uint16_t h)
 {
@@ -50,34 +51,61 @@ uint16_t ds_f32_to_f16(float f)
     return (uint16_t)(sign | (exp << 10) | ((ru >> 13) & 0x3FFu));
 }
 
-float ds_f8e4m3_to_f32(uint8_t v)
+/* Bit manipulation rather than ldexpf/frexpf, and static so that the conversion loops below
+ * inline it (the library is position-independent: calls to the exported names stay calls):
+ * fp8 weights are decoded by every CPU linear and every VRAM copy out of fp8 storage. */
+static inline float e4m3_to_f32(uint8_t v)
 {
-    float sign = (v & 0x80) ? -1.0f : 1.0f;
+    uint32_t sign = (uint32_t)(v & 0x80u) << 24;
     uint32_t exp = (v >> 3) & 0xFu, man = v & 0x7u;
     if (exp == 0xF && man == 0x7)
         return NAN;
-    if (exp == 0)
-        return sign * (float)man * 0x1p-9f;
-    return sign * ldexpf(1.0f + (float)man / 8.0f, (int)exp - 7);
+    if (exp == 0) {
+        float x = (float)man * 0x1p-9f;       /* subnormal: man * 2^-9, exact */
+        return sign ? -x : x;
+    }
+    return ds__bits_f32(sign | ((exp + 120u) << 23) | (man << 20)); /* bias 7 -> 127 */
 }
 
-uint8_t ds_f32_to_f8e4m3(float f)
+static inline uint8_t f32_to_e4m3(float f)
 {
-    uint8_t sign = (ds__f32_bits(f) >> 24) & 0x80u;
-    float a = fabsf(f);
-    if (a != a)
+    uint32_t u = ds__f32_bits(f);
+    uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+    uint32_t a = u & 0x7FFFFFFFu;
+    if (a > 0x7F800000u)
         return (uint8_t)(sign | 0x7Fu);
-    float r = a == INFINITY ? 448.0f : round_to_format(a, 3, -6);
-    if (r > 448.0f)                           /* e4m3fn has no infinity: saturate, as torch does */
-        r = 448.0f;
-    if (r < 0x1p-6f)
-        return (uint8_t)(sign | (uint8_t)(r * 0x1p9f));
-    int e;
-    float m = frexpf(r, &e);                  /* r = m * 2^e, m in [0.5, 1) */
-    uint8_t exp = (uint8_t)(e - 1 + 7);
-    uint8_t man = (uint8_t)((m * 2.0f - 1.0f) * 8.0f);
-    return (uint8_t)(sign | (exp << 3) | man);
+    if (a >= 0x43E00000u)                     /* >= 448, infinity included: e4m3fn has no */
+        return (uint8_t)(sign | 0x7Eu);       /* infinity and torch saturates */
+    if (a < 0x3C800000u) {                    /* below 2^-6: multiples of 2^-9, nearest even */
+        float q = ds__bits_f32(a) * 0x1p9f;   /* exact: a power-of-two scale, q < 8 */
+        float r = (q + 0x1p23f) - 0x1p23f;    /* rounds q to an integer, ties to even */
+        return (uint8_t)(sign | (uint8_t)r);  /* 8 = exponent 1, mantissa 0: still right */
+    }
+    /* Keep 3 of the 23 mantissa bits, nearest even; a carry moves into the exponent. */
+    uint32_t r = (a + 0x7FFFFu + ((a >> 20) & 1u)) & ~0xFFFFFu;
+    if (r > 0x43E00000u)                      /* rounded above 448 */
+        return (uint8_t)(sign | 0x7Eu);
+    return (uint8_t)(sign | ((((r >> 23) - 120u) << 3) | ((r >> 20) & 7u)));
 }
+
+float ds_f8e4m3_to_f32(uint8_t v) { return e4m3_to_f32(v); }
+
+/* All 256 values decoded once: a table lookup per element is what makes bulk decoding fast. */
+static float e4m3_values[256];
+static pthread_once_t e4m3_once = PTHREAD_ONCE_INIT;
+
+static void e4m3_fill(void)
+{
+    for (int v = 0; v < 256; v++)
+        e4m3_values[v] = e4m3_to_f32((uint8_t)v);
+}
+
+static const float *e4m3_table(void)
+{
+    pthread_once(&e4m3_once, e4m3_fill);
+    return e4m3_values;
+}
+uint8_t ds_f32_to_f8e4m3(float f) { return f32_to_e4m3(f); }
 
 float ds_f8e5m2_to_f32(uint8_t v)
 {
@@ -121,10 +149,12 @@ void ds_convert_to_f32(const void *src, ds_dtype dtype, size_t n, float *dst)
         for (size_t i = 0; i < n; i++)
             dst[i] = ds_f16_to_f32(((const uint16_t *)src)[i]);
         return;
-    case DS_F8_E4M3:
+    case DS_F8_E4M3: {
+        const float *table = e4m3_table();
         for (size_t i = 0; i < n; i++)
-            dst[i] = ds_f8e4m3_to_f32(((const uint8_t *)src)[i]);
+            dst[i] = table[((const uint8_t *)src)[i]];
         return;
+    }
     case DS_F8_E5M2:
         for (size_t i = 0; i < n; i++)
             dst[i] = ds_f8e5m2_to_f32(((const uint8_t *)src)[i]);
@@ -156,7 +186,7 @@ void ds_convert_from_f32(const float *src, size_t n, ds_dtype dtype, void *dst)
         return;
     case DS_F8_E4M3:
         for (size_t i = 0; i < n; i++)
-            ((uint8_t *)dst)[i] = ds_f32_to_f8e4m3(src[i]);
+            ((uint8_t *)dst)[i] = f32_to_e4m3(src[i]);
         return;
     case DS_F8_E5M2:
         for (size_t i = 0; i < n; i++)
