@@ -556,28 +556,45 @@ static void test_load_fp8_vram_config(void)
     ds_client_close(c);
 }
 
+/* A second daemon with `extra`, in its own directory holding one model file (its path into
+ * `path`), made the current `env` (the main one kept in *saved) until side_daemon_stop. */
+static int side_daemon_start(const char *const *extra, it_env *saved, char *path, size_t size)
+{
+    it_env side;
+    it_env_init(&side, env.daemon_exe);
+    snprintf(path, size, "%s/dit_a.safetensors", side.models);
+    if (write_model(path) != 0 || it_daemon_start(&side, extra) != 0) {
+        it_env_cleanup(&side);
+        return -1;
+    }
+    *saved = env;
+    env = side;
+    return 0;
+}
+
+/* Stops the second daemon (it must exit 0), removes its directory, restores the main env. */
+static void side_daemon_stop(const it_env *saved)
+{
+    int exit_status = -1;
+    CHECK(it_daemon_stop(&env, &exit_status) == 0 && exit_status == 0);
+    it_env_cleanup(&env);
+    env = *saved;
+}
+
 /* Without --vram-limit there is no manager: a managed config cannot be honoured. */
 static void test_vram_config_needs_manager(void)
 {
-    it_env plain;
-    it_env_init(&plain, env.daemon_exe);
-    char path[256];
-    snprintf(path, sizeof path, "%s/dit_a.safetensors", plain.models);
-    REQUIRE(write_model(path) == 0);
     const char *extra[] = {"--model-configs", configs_path, "--threads", "2", NULL};
-    REQUIRE(it_daemon_start(&plain, extra) == 0);
-    it_env saved = env;
-    env = plain;
+    it_env saved;
+    char path[256];
+    REQUIRE(side_daemon_start(extra, &saved, path, sizeof path) == 0);
     load_answer a = load_config(path, "fp8", FP8_CONFIG, NULL);
     CHECK(a.rc == DS_CLIENT_EDAEMON && a.code == diffsynth_v1_Code_FAILED_PRECONDITION);
     CHECK_CONTAINS(a.message, "runs without a VRAM manager");
     CHECK_CONTAINS(a.message, "--vram-limit");
     load_answer ok = load_config(path, "none", NULL, "float32");
     CHECK_MSG(ok.rc == DS_CLIENT_OK, "%s", ok.message);
-    int exit_status = -1;
-    CHECK(it_daemon_stop(&env, &exit_status) == 0 && exit_status == 0);
-    env = saved;
-    it_env_cleanup(&plain);
+    side_daemon_stop(&saved);
 }
 
 /* --vram-reserve belongs to the default budget of a GPU: refused with --vram-limit or on the
@@ -620,16 +637,11 @@ static void test_vram_reserve_options(void)
  * daemon goes on answering. */
 static void test_budget_below_one_unit(void)
 {
-    it_env small;
-    it_env_init(&small, env.daemon_exe);
-    char path[256];
-    snprintf(path, sizeof path, "%s/dit_a.safetensors", small.models);
-    REQUIRE(write_model(path) == 0);
     const char *extra[] = {"--model-configs", configs_path, "--threads", "2",
                            "--vram-limit", "0.1", NULL};
-    REQUIRE(it_daemon_start(&small, extra) == 0);
-    it_env saved = env;
-    env = small;
+    it_env saved;
+    char path[256];
+    REQUIRE(side_daemon_start(extra, &saved, path, sizeof path) == 0);
     char id[32];
     int loaded = load_one(path, "small", id, sizeof id) == 0;
     CHECK(loaded);
@@ -644,10 +656,7 @@ static void test_budget_below_one_unit(void)
         CHECK_CONTAINS(msg, "needs 226566144 bytes");
         CHECK(it_status_ok(&env));
     }
-    int exit_status = -1;
-    CHECK(it_daemon_stop(&env, &exit_status) == 0 && exit_status == 0);
-    env = saved;
-    it_env_cleanup(&small);
+    side_daemon_stop(&saved);
 }
 
 /* --host-limit: the fp8 copies at rest stay within it (the rest are read from the file), Status
@@ -655,17 +664,12 @@ static void test_budget_below_one_unit(void)
  * daemon refuses to start. */
 static void test_host_limit(void)
 {
-    it_env lim;
-    it_env_init(&lim, env.daemon_exe);
-    char path[256];
-    snprintf(path, sizeof path, "%s/dit_a.safetensors", lim.models);
-    REQUIRE(write_model(path) == 0);
     /* 0.25 GiB: some of the model's 0.38 GB of fp8 copies, not all. */
     const char *extra[] = {"--model-configs", configs_path, "--threads", "2",
                            "--vram-limit", LIMIT_GIB, "--host-limit", "0.25", NULL};
-    REQUIRE(it_daemon_start(&lim, extra) == 0);
-    it_env saved = env;
-    env = lim;
+    it_env saved;
+    char path[256];
+    REQUIRE(side_daemon_start(extra, &saved, path, sizeof path) == 0);
     load_answer fp8 = load_config(path, "fp8", FP8_CONFIG, "bfloat16");
     CHECK_MSG(fp8.rc == DS_CLIENT_OK, "%s", fp8.message);
     if (fp8.rc == DS_CLIENT_OK) {
@@ -691,10 +695,7 @@ static void test_host_limit(void)
         CHECK_CONTAINS(out ? out : "", "units past the limit are read from their files");
         free(out);
     }
-    int exit_status = -1;
-    CHECK(it_daemon_stop(&env, &exit_status) == 0 && exit_status == 0);
-    env = saved;
-    it_env_cleanup(&lim);
+    side_daemon_stop(&saved);
 
     static const struct {
         const char *args[5];
