@@ -199,6 +199,47 @@ void ds_convert_from_f32(const float *src, size_t n, ds_dtype dtype, void *dst)
     }
 }
 
+/* The e4m3 table again, as the bf16 bits of each value (exact). */
+static uint16_t e4m3_bf16_values[256];
+static pthread_once_t e4m3_bf16_once = PTHREAD_ONCE_INIT;
+
+static void e4m3_bf16_fill(void)
+{
+    for (int v = 0; v < 256; v++)
+        e4m3_bf16_values[v] = ds_f32_to_bf16(e4m3_to_f32((uint8_t)v));
+}
+
+#define CONVERT_CHUNK 4096 /* f32 elements on the stack per pass */
+
+void ds_convert(const void *src, ds_dtype from, size_t n, ds_dtype to, void *dst)
+{
+    if (from == to) {
+        memcpy(dst, src, n * ds_dtype_size(from));
+        return;
+    }
+    if (from == DS_F32) {
+        ds_convert_from_f32(src, n, to, dst);
+        return;
+    }
+    if (to == DS_F32) {
+        ds_convert_to_f32(src, from, n, dst);
+        return;
+    }
+    if (from == DS_F8_E4M3 && to == DS_BF16) {
+        pthread_once(&e4m3_bf16_once, e4m3_bf16_fill);
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = e4m3_bf16_values[((const uint8_t *)src)[i]];
+        return;
+    }
+    float buf[CONVERT_CHUNK];
+    size_t in_size = ds_dtype_size(from), out_size = ds_dtype_size(to);
+    for (size_t i = 0; i < n; i += CONVERT_CHUNK) {
+        size_t c = n - i < CONVERT_CHUNK ? n - i : CONVERT_CHUNK;
+        ds_convert_to_f32((const char *)src + i * in_size, from, c, buf);
+        ds_convert_from_f32(buf, c, to, (char *)dst + i * out_size);
+    }
+}
+
 double ds_load_f64(const void *src, ds_dtype dtype, size_t i)
 {
     switch (dtype) {

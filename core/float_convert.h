@@ -47,6 +47,11 @@ uint8_t ds_f32_to_f8e5m2(float f);
 void ds_convert_to_f32(const void *src, ds_dtype dtype, size_t n, float *dst);
 /* dst[i] = src[i] stored as `dtype` (same list). */
 void ds_convert_from_f32(const float *src, size_t n, ds_dtype dtype, void *dst);
+/* dst[i] = src[i] converted from `from` to `to` (same list), as ds_convert_to_f32 then
+ * ds_convert_from_f32 would, through an f32 buffer of its own; e4m3 -> bf16 (exact: every e4m3
+ * value is a bf16 value) by table in one pass, the hot case of fp8 weights paged into a bf16
+ * fast tier. */
+void ds_convert(const void *src, ds_dtype from, size_t n, ds_dtype to, void *dst);
 /* Element i of a buffer of `dtype` as f64 / stored from f64 (tests and references; f64 input is
  * rounded once, straight to the target, not through f32). */
 double ds_load_f64(const void *src, ds_dtype dtype, size_t i);

@@ -427,8 +427,8 @@ static void convert_into(ds_vram_manager *m, const ds_vram_tensor_source *t, ds_
     size_t n = numel(t);
     size_t in_size = ds_dtype_size(t->dtype), out_size = ds_dtype_size(to);
     int round = t->offload != DS_DTYPE_INVALID && t->offload != t->dtype && t->offload != to;
-    if (t->dtype == to && !round) {
-        memcpy(dst, t->data, n * in_size);
+    if (!round) {
+        ds_convert(t->data, t->dtype, n, to, dst);
         return;
     }
     for (size_t i = 0; i < n; i += CONVERT_CHUNK) {

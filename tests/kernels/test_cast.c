@@ -220,6 +220,27 @@ static void test_scalar_functions(void)
     }
 }
 
+/* The bulk dtype-to-dtype conversion (ds_convert, used by the VRAM manager's copies), its
+ * table path for e4m3 -> bf16 included, on every record whose source is not f64 (f64 goes
+ * through f32 in ds_convert too, so those records' one-rounding elements do not apply). */
+static void test_bulk_convert(void)
+{
+    REQUIRE(nrecords > 0);
+    int e4m3_bf16 = 0;
+    for (int k = 0; k < nrecords; k++) {
+        const record *r = &records[k];
+        if (r->src == DS_F64)
+            continue;
+        e4m3_bf16 += r->src == DS_F8_E4M3 && r->dst == DS_BF16;
+        unsigned char *ours = calloc(r->count ? r->count : 1, ds_dtype_size(r->dst));
+        REQUIRE(ours);
+        ds_convert(r->src_bits, r->src, r->count, r->dst, ours);
+        CHECK(compare_bits("bulk", r, ours, NULL) == 0);
+        free(ours);
+    }
+    CHECK(e4m3_bf16 > 0);
+}
+
 /* The file holds f64 values whose rounding through f32 differs from rounding once: torch's
  * answers must be the through-f32 ones (what our cast op implements), or the file was made by
  * a torch that changed. */
@@ -257,6 +278,7 @@ int main(int argc, char **argv)
     RUN(test_backend_cast);
     RUN(test_scalar_functions);
     RUN(test_f64_rounds_through_f32);
+    RUN(test_bulk_convert);
     kt_finish();
     for (int k = 0; k < nrecords; k++)
         free((void *)records[k].src_bits);
