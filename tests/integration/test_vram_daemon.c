@@ -597,28 +597,36 @@ static void test_vram_config_needs_manager(void)
     side_daemon_stop(&saved);
 }
 
-/* --vram-reserve belongs to the default budget of a GPU: refused with --vram-limit or on the
- * CPU, and for a value that is not GiB, exit status 2. */
-static void test_vram_reserve_options(void)
+/* Daemon options that must stop it at start, exit status 2, with `expect` on stderr. */
+typedef struct bad_options {
+    const char *args[5]; /* NULL-terminated */
+    const char *expect;
+} bad_options;
+
+static void expect_refused(const bad_options *bad, size_t count)
 {
-    static const struct {
-        const char *args[5];
-        const char *expect;
-    } bad[] = {
-        {{"--vram-reserve", "2", NULL}, "--vram-reserve 2 applies only to the default budget"},
-        {{"--vram-reserve", "-1", NULL}, "--vram-reserve wants GiB (0 or more"},
-        {{"--vram-reserve", "lots", NULL}, "--vram-reserve wants GiB (0 or more"},
-    };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    for (size_t i = 0; i < count; i++) {
         const char *argv[8] = {env.daemon_exe};
         for (int k = 0; bad[i].args[k]; k++)
             argv[k + 1] = bad[i].args[k];
         char *err = NULL;
         int rc = it_run(argv, NULL, 10000, NULL, &err);
-        CHECK_MSG(rc == 2, "case %zu: exit %d", i, rc);
+        CHECK_MSG(rc == 2, "case %zu (%s): exit %d", i, bad[i].args[0], rc);
         CHECK_CONTAINS(err ? err : "", bad[i].expect);
         free(err);
     }
+}
+
+/* --vram-reserve belongs to the default budget of a GPU: refused with --vram-limit or on the
+ * CPU, and for a value that is not GiB, exit status 2. */
+static void test_vram_reserve_options(void)
+{
+    static const bad_options bad[] = {
+        {{"--vram-reserve", "2", NULL}, "--vram-reserve 2 applies only to the default budget"},
+        {{"--vram-reserve", "-1", NULL}, "--vram-reserve wants GiB (0 or more"},
+        {{"--vram-reserve", "lots", NULL}, "--vram-reserve wants GiB (0 or more"},
+    };
+    expect_refused(bad, sizeof bad / sizeof bad[0]);
     const char *with_limit[] = {env.daemon_exe, "--backend", "cuda", "--vram-limit", "1",
                                 "--vram-reserve", "2", NULL};
     char *err = NULL;
@@ -697,24 +705,12 @@ static void test_host_limit(void)
     }
     side_daemon_stop(&saved);
 
-    static const struct {
-        const char *args[5];
-        const char *expect;
-    } bad[] = {
+    static const bad_options bad[] = {
         {{"--host-limit", "1", NULL}, "--host-limit 1 needs the VRAM manager"},
         {{"--vram-limit", "1", "--host-limit", "-2", NULL}, "--host-limit wants GiB (0 or more"},
         {{"--vram-limit", "1", "--host-limit", "x", NULL}, "or none, not \"x\""},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        const char *argv[8] = {env.daemon_exe};
-        for (int k = 0; bad[i].args[k]; k++)
-            argv[k + 1] = bad[i].args[k];
-        char *err = NULL;
-        int rc = it_run(argv, NULL, 10000, NULL, &err);
-        CHECK_MSG(rc == 2, "case %zu: exit %d", i, rc);
-        CHECK_CONTAINS(err ? err : "", bad[i].expect);
-        free(err);
-    }
+    expect_refused(bad, sizeof bad / sizeof bad[0]);
 }
 
 int main(int argc, char **argv)
