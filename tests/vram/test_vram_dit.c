@@ -20,6 +20,7 @@
 #include "kernels/ops.h"
 #include "models/qwen_image_dit.h"
 #include "test.h"
+#include "vram/release_hook_check.h"
 #include "tools/golden_model.h"
 #include "vram/vram_manager.h"
 
@@ -192,16 +193,7 @@ static void test_unlimited(void)
 }
 
 /* The model's release hook (run by ds_loaded_model_free) drops its units. */
-static void test_release_hook(void)
-{
-    REQUIRE(mgr && model.release_hook);
-    model.release_hook(model.release_hook_ctx, &model);
-    model.release_hook = NULL;
-    CHECK(ds_vram_model_find(mgr, &model) == NULL);
-    ds_vram_stats st;
-    ds_vram_stats_get(mgr, &st);
-    CHECK(st.resident_bytes == 0);
-}
+static void test_release_hook(void) { check_release_hook(mgr, &model); }
 
 int main(void)
 {

@@ -19,6 +19,7 @@
 #include "kernels/ops.h"
 #include "models/qwen_image_text_encoder.h"
 #include "test.h"
+#include "vram/release_hook_check.h"
 #include "tools/golden_model.h"
 #include "vram/vram_config.h"
 #include "vram/vram_fixture.h"
@@ -184,16 +185,7 @@ static void test_unlimited(void)
 }
 
 /* The model's release hook (run by ds_loaded_model_free) drops its units. */
-static void test_release_hook(void)
-{
-    REQUIRE(mgr && model.release_hook);
-    model.release_hook(model.release_hook_ctx, &model);
-    model.release_hook = NULL;
-    CHECK(ds_vram_model_find(mgr, &model) == NULL);
-    ds_vram_stats st;
-    ds_vram_stats_get(mgr, &st);
-    CHECK(st.resident_bytes == 0);
-}
+static void test_release_hook(void) { check_release_hook(mgr, &model); }
 
 /* A Load with offload_dtype fp8 (and preparing fp8: the Linear weights fp8 in the fast tier):
  * upstream rounds every weight through fp8, the embedding table included, so the managed

@@ -17,6 +17,7 @@
 #include "kernels/ops.h"
 #include "models/qwen_image_vae.h"
 #include "test.h"
+#include "vram/release_hook_check.h"
 #include "tools/golden_model.h"
 #include "vram/vram_config.h"
 #include "vram/vram_manager.h"
@@ -184,16 +185,7 @@ static void test_too_small(void)
 }
 
 /* The model's release hook (run by ds_loaded_model_free) drops its units. */
-static void test_release_hook(void)
-{
-    REQUIRE(mgr && model.release_hook);
-    model.release_hook(model.release_hook_ctx, &model);
-    model.release_hook = NULL;
-    CHECK(ds_vram_model_find(mgr, &model) == NULL);
-    ds_vram_stats st;
-    ds_vram_stats_get(mgr, &st);
-    CHECK(st.resident_bytes == 0);
-}
+static void test_release_hook(void) { check_release_hook(mgr, &model); }
 
 /* A vram_config offload dtype (bf16 storage of the f32 weights) rounds every unit through it:
  * decode under budget 0 equals the call without a manager on weights rounded to bf16 and back,
