@@ -634,23 +634,23 @@ done:
 static int load_run(ds_job *job)
 {
     pipeline_job *pj = (pipeline_job *)job;
-    uint64_t todo = 0, loaded = 0;
+    uint64_t to_load = 0, loaded = 0;
     for (int r = 0; r < ROLE_COUNT; r++)
-        todo += pj->slots[r].paths != NULL;
+        to_load += pj->slots[r].paths != NULL;
     for (int r = 0; r < ROLE_COUNT; r++) {
         if (!pj->slots[r].paths)
             continue;
         if (ds_job_cancelled(job))
             return ds_error_set(&job->error, DS_ERR_CANCELLED,
                                 "cancelled after loading %llu of %llu models",
-                                (unsigned long long)loaded, (unsigned long long)todo);
-        ds_job_report(job, "load", loaded, todo, roles[r].role);
+                                (unsigned long long)loaded, (unsigned long long)to_load);
+        ds_job_report(job, "load", loaded, to_load, roles[r].role);
         int rc = load_role(pj, r, &job->error);
         if (rc != DS_OK)
             return rc;
         loaded++;
     }
-    ds_job_report(job, "load", todo, todo, NULL);
+    ds_job_report(job, "load", to_load, to_load, NULL);
     return DS_OK;
 }
 
