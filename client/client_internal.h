@@ -27,6 +27,9 @@ typedef struct ds__client_shm {
 } ds__client_shm;
 
 uint64_t ds__client_align_up(uint64_t v, uint64_t a);
+/* A request's inline_limit as the tensor bytes that travel inline: 0 or more than
+ * DS_CLIENT_MAX_INLINE mean DS_CLIENT_MAX_INLINE. */
+size_t ds__client_inline_limit(size_t requested);
 int ds__client_shm_create(ds_client *client, ds__client_shm *o, uint64_t size);
 void ds__client_shm_destroy(ds__client_shm *o);
 

@@ -248,9 +248,7 @@ int ds_client_run_pipeline(ds_client *client, const ds_client_pipeline_request *
     int rc = check_request(client, request);
     if (rc)
         return rc;
-    size_t limit = request->inline_limit == 0 || request->inline_limit > DS_CLIENT_MAX_INLINE
-                       ? DS_CLIENT_MAX_INLINE
-                       : request->inline_limit;
+    size_t limit = ds__client_inline_limit(request->inline_limit);
     uint64_t in_bytes = shm_bytes(request->input_image, limit, 0);
     in_bytes = shm_bytes(request->controlnet_image, limit, in_bytes);
     in_bytes = shm_bytes(request->initial_noise, limit, in_bytes);

@@ -94,9 +94,7 @@ int ds_client_run_step(ds_client *client, const ds_client_step_request *request,
     int rc = check_request(client, request);
     if (rc)
         return rc;
-    size_t limit = request->inline_limit == 0 || request->inline_limit > DS_CLIENT_MAX_INLINE
-                       ? DS_CLIENT_MAX_INLINE
-                       : request->inline_limit;
+    size_t limit = ds__client_inline_limit(request->inline_limit);
     uint64_t in_bytes = 0;
     for (size_t i = 0; i < request->input_count; i++)
         if (request->inputs[i].nbytes > limit)

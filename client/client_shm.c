@@ -18,6 +18,11 @@
 /* Names must be unique across every call of this process. */
 static atomic_uint shm_counter;
 
+size_t ds__client_inline_limit(size_t requested)
+{
+    return requested == 0 || requested > DS_CLIENT_MAX_INLINE ? DS_CLIENT_MAX_INLINE : requested;
+}
+
 uint64_t ds__client_align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 int ds__client_shm_create(ds_client *c, ds__client_shm *o, uint64_t size)
