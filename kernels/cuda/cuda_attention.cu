@@ -1,5 +1,7 @@
-/* Flash attention forward for bf16 and f16, head dims 64 and 128 (other dims and f32 fall back
- * to the CPU; `supports` says which).
+/* Attention on the GPU in two forms (cuda_supports.c picks one for the arguments, and says
+ * which fall back to the CPU: mixed q/k/v dtypes).
+ *
+ * The flash kernel: bf16 and f16, head dims 64 and 128.
  *
  * One CTA of 4 warps takes 64 queries of one (batch, head); each warp owns 16 query rows and
  * keeps its Q fragments, its output accumulator and the running max / sum of its rows in
@@ -12,7 +14,14 @@
  * scale * log2(e) folded into the scores; a row that sees no key keeps a zero sum and is
  * written as zeros. Keys past Sk are zero-filled in shared memory (so 0 * garbage never makes
  * a NaN) and masked to -inf together with causal and key-mask exclusions; tiles that need no
- * masking skip that work, and causal CTAs stop at their last visible tile. */
+ * masking skip that work, and causal CTAs stop at their last visible tile.
+ *
+ * The matmul form: every other head dim (the VAE's single 384-wide head) and f32. Per (batch,
+ * head) and per pass of query rows (as many as keep the pass's scores within a bounded
+ * scratch), cuBLASLt computes the f32 scores Q K^T, one kernel turns each row into
+ * probabilities (scale, causal and key mask, max subtracted; stored in the inputs' dtype, as
+ * the flash kernel's P), and a second GEMM writes P V into out. Nothing of size Sq x Sk is
+ * ever allocated. */
 #include "cuda_internal.cuh"
 #include "cuda_device.cuh"
 
@@ -315,32 +324,163 @@ int ds__cuda_attention_init(ds__cuda *c, ds_error *err)
     return DS_OK;
 }
 
-static int aligned16(const ds_tensor *t) { return ((uintptr_t)t->data % 16) == 0; }
+/* ---- The matmul form ---- */
 
-int ds__cuda_supports_attention(const ds__cuda *c, const ds_attention_args *a)
+namespace {
+
+struct probs_args {
+    const float *s;       /* [rows, sk] scores, unscaled */
+    void *p;              /* [rows, sk] probabilities, p_dt */
+    int p_dt;
+    const uint8_t *mask;  /* [sk] of this batch item, or NULL */
+    int64_t sk;
+    int64_t row0;         /* query index of row 0 */
+    float scale_log2;
+    int causal;
+    int64_t causal_offset;
+};
+
+} // namespace
+
+__device__ __forceinline__ float block_reduce(float v, bool is_max, float *shared)
 {
-    (void)c;
-    ds_dtype dt = a->q->dtype;
-    int64_t d = a->q->shape[3];
-    if ((dt != DS_BF16 && dt != DS_F16) || a->k->dtype != dt || a->v->dtype != dt ||
-        a->out->dtype != dt)
-        return 0;
-    if (d != 64 && d != 128)
-        return 0;
-    /* cp.async moves 16-byte pieces; grid y and z carry heads and batch. */
-    return aligned16(a->q) && aligned16(a->k) && aligned16(a->v) && aligned16(a->out) &&
-           a->q->shape[0] <= 65535 && a->q->shape[2] <= 65535 &&
-           (a->q->shape[1] + ATT_BM - 1) / ATT_BM <= 0x7fffffff;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = is_max ? dsk::warp_max(v) : dsk::warp_sum(v);
+    __syncthreads(); /* shared may still hold the previous reduction's partials */
+    if (lane == 0)
+        shared[warp] = v;
+    __syncthreads();
+    float r = is_max ? -INFINITY : 0.0f;
+    for (int w = 0; w < warps; w++)
+        r = is_max ? fmaxf(r, shared[w]) : r + shared[w];
+    return r;
+}
+
+/* One block per query row: p = exp2(s * scale_log2 - max) / sum over the visible keys, 0 for
+ * the others, and all zeros when no key is visible (the flash kernel's rule). */
+__global__ void attention_probs_kernel(probs_args a)
+{
+    __shared__ float partial[32];
+    const int64_t row = blockIdx.x;
+    const float *s = a.s + row * a.sk;
+    const int64_t q = a.row0 + row;
+    int64_t visible_end = a.sk;
+    if (a.causal) {
+        int64_t last = q + a.causal_offset; /* last visible key */
+        visible_end = last < 0 ? 0 : (last + 1 < a.sk ? last + 1 : a.sk);
+    }
+    float mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < visible_end; j += blockDim.x)
+        if (!a.mask || a.mask[j])
+            mx = fmaxf(mx, s[j] * a.scale_log2);
+    mx = block_reduce(mx, true, partial);
+    float sum = 0.0f;
+    if (mx != -INFINITY)
+        for (int64_t j = threadIdx.x; j < visible_end; j += blockDim.x)
+            if (!a.mask || a.mask[j])
+                sum += exp2f(s[j] * a.scale_log2 - mx);
+    sum = block_reduce(sum, false, partial);
+    float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    for (int64_t j = threadIdx.x; j < a.sk; j += blockDim.x) {
+        bool on = j < visible_end && (!a.mask || a.mask[j]) && sum > 0.0f;
+        dsk::store(a.p, a.p_dt, row * a.sk + j, on ? exp2f(s[j] * a.scale_log2 - mx) * inv : 0.0f);
+    }
+}
+
+static int attention_matmul(ds__cuda *c, ds_stream *st, const ds_attention_args *a, ds_error *err)
+{
+    int64_t batch = a->q->shape[0], sq = a->q->shape[1], hq = a->q->shape[2], d = a->q->shape[3];
+    int64_t sk = a->k->shape[1], hkv = a->k->shape[2], group = hq / hkv;
+    ds_dtype dt = a->q->dtype, od = a->out->dtype;
+    size_t es = ds_dtype_size(dt), os = ds_dtype_size(od);
+    if (sk == 0) /* no key at all: every row sees none */
+        return ds__cuda_fill32(c, st, a->out->data, 0, ds_tensor_nbytes(a->out), err);
+    int64_t rows = ds__cuda_attention_rows_per_pass(sq, sk, dt);
+    size_t s_bytes = ds__cuda_round_up((size_t)(rows * sk) * sizeof(float));
+    void *scratch;
+    DS_TRY(ds__cuda_scratch(c, st, s_bytes + (size_t)(rows * sk) * es, &scratch, err));
+    float *scores = (float *)scratch;
+    void *probs = (char *)scratch + s_bytes;
+    int64_t q_row = hq * d, kv_row = hkv * d;
+    for (int64_t bi = 0; bi < batch; bi++)
+        for (int64_t h = 0; h < hq; h++) {
+            int64_t hk = h / group;
+            const char *qb = (const char *)a->q->data + (size_t)((bi * sq * hq + h) * d) * es;
+            const char *kb = (const char *)a->k->data + (size_t)((bi * sk * hkv + hk) * d) * es;
+            const char *vb = (const char *)a->v->data + (size_t)((bi * sk * hkv + hk) * d) * es;
+            char *ob = (char *)a->out->data + (size_t)((bi * sq * hq + h) * d) * os;
+            for (int64_t r0 = 0; r0 < sq; r0 += rows) {
+                int64_t n = sq - r0 < rows ? sq - r0 : rows;
+                /* scores^T (sk x n, column-major) = K Q^T: our row-major [sk, d] K is a
+                 * column-major d x sk matrix, taken transposed. */
+                ds__gemm g;
+                memset(&g, 0, sizeof g);
+                g.m = sk;
+                g.n = n;
+                g.k = d;
+                g.batch = 1;
+                g.a = kb;
+                g.a_dtype = dt;
+                g.trans_a = 1;
+                g.lda = kv_row;
+                g.b = qb + (size_t)(r0 * q_row) * es;
+                g.b_dtype = dt;
+                g.ldb = q_row;
+                g.d = scores;
+                g.d_dtype = DS_F32;
+                g.ldd = sk;
+                g.alpha = 1.0f;
+                DS_TRY(ds__cuda_gemm_any(c, st, &g, err));
+
+                probs_args pa;
+                memset(&pa, 0, sizeof pa);
+                pa.s = scores;
+                pa.p = probs;
+                pa.p_dt = dt;
+                pa.mask = a->key_mask ? (const uint8_t *)a->key_mask->data + bi * sk : NULL;
+                pa.sk = sk;
+                pa.row0 = r0;
+                pa.scale_log2 = a->scale * 1.4426950408889634f;
+                pa.causal = a->causal != 0;
+                pa.causal_offset = sk - sq;
+                attention_probs_kernel<<<(unsigned)n, 256, 0, st->stream>>>(pa);
+                DS_KERNEL_CHECK("attention_probs");
+
+                /* out^T (d x n, column-major, leading dim q_row) = V^T P^T: V is a
+                 * column-major d x sk matrix, P a column-major sk x n one. */
+                memset(&g, 0, sizeof g);
+                g.m = d;
+                g.n = n;
+                g.k = sk;
+                g.batch = 1;
+                g.a = vb;
+                g.a_dtype = dt;
+                g.lda = kv_row;
+                g.b = probs;
+                g.b_dtype = dt;
+                g.ldb = sk;
+                g.d = ob + (size_t)(r0 * q_row) * os;
+                g.d_dtype = od;
+                g.ldd = q_row;
+                g.alpha = 1.0f;
+                DS_TRY(ds__cuda_gemm_any(c, st, &g, err));
+            }
+        }
+    return DS_OK;
 }
 
 int ds__cuda_attention(ds_backend *b, ds_stream *s, const ds_attention_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     int64_t batch = a->q->shape[0], sq = a->q->shape[1], hq = a->q->shape[2], d = a->q->shape[3];
     int64_t sk = a->k->shape[1], hkv = a->k->shape[2];
     if (batch == 0 || sq == 0 || hq == 0)
         return DS_OK;
+    if (ds__cuda_attention_form_for(a) == DS_CUDA_ATTENTION_MATMUL) {
+        std::lock_guard<std::mutex> guard(st->lock);
+        return attention_matmul(ds__cuda_of(b), st, a, err);
+    }
     att_args p;
     memset(&p, 0, sizeof p);
     p.q = a->q->data;

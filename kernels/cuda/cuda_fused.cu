@@ -299,7 +299,7 @@ int ds__cuda_convert(ds__cuda *c, ds_stream *s, const void *src, ds_dtype src_dt
 
 int ds__cuda_cast(ds_backend *b, ds_stream *s, const ds_cast_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     return ds__cuda_convert(ds__cuda_of(b), st, a->x->data, a->x->dtype, a->y->data, a->y->dtype,
                             ds_tensor_numel(a->x), err);
@@ -307,7 +307,7 @@ int ds__cuda_cast(ds_backend *b, ds_stream *s, const ds_cast_args *a, ds_error *
 
 int ds__cuda_activation(ds_backend *b, ds_stream *s, const ds_activation_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     ew_args p = ew_unary(EW_BIAS_ACT, a->x, a->y);
     p.act = a->activation;
@@ -316,7 +316,7 @@ int ds__cuda_activation(ds_backend *b, ds_stream *s, const ds_activation_args *a
 
 int ds__cuda_scale(ds_backend *b, ds_stream *s, const ds_scale_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     ew_args p = ew_unary(EW_SCALE, a->x, a->y);
     p.alpha = a->alpha;
@@ -326,7 +326,7 @@ int ds__cuda_scale(ds_backend *b, ds_stream *s, const ds_scale_args *a, ds_error
 
 int ds__cuda_clamp(ds_backend *b, ds_stream *s, const ds_clamp_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     ew_args p = ew_unary(EW_CLAMP, a->x, a->y);
     p.alpha = a->lo;
@@ -336,7 +336,7 @@ int ds__cuda_clamp(ds_backend *b, ds_stream *s, const ds_clamp_args *a, ds_error
 
 int ds__cuda_binary(ds_backend *b, ds_stream *s, const ds_binary_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     static const int ops[] = {EW_ADD, EW_SUB, EW_MUL, EW_DIV};
     ew_args p = ew_unary(ops[a->op], a->a, a->y);
@@ -346,7 +346,7 @@ int ds__cuda_binary(ds_backend *b, ds_stream *s, const ds_binary_args *a, ds_err
 
 int ds__cuda_modulate(ds_backend *b, ds_stream *s, const ds_modulate_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     ew_args p = ew_unary(EW_MODULATE, a->x, a->y);
     ew_set_u(&p, a->x, a->scale);
@@ -357,7 +357,7 @@ int ds__cuda_modulate(ds_backend *b, ds_stream *s, const ds_modulate_args *a, ds
 int ds__cuda_gated_residual(ds_backend *b, ds_stream *s, const ds_gated_residual_args *a,
                             ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     ew_args p = ew_unary(EW_GATED, a->x, a->out);
     ew_set_u(&p, a->x, a->gate);
@@ -498,7 +498,7 @@ static row_args row_of(int op, const ds_tensor *x, const ds_tensor *y)
 
 int ds__cuda_rms_norm(ds_backend *b, ds_stream *s, const ds_rms_norm_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     row_args p = row_of(ROW_RMS, a->x, a->y);
     if (a->weight) {
@@ -511,7 +511,7 @@ int ds__cuda_rms_norm(ds_backend *b, ds_stream *s, const ds_rms_norm_args *a, ds
 
 int ds__cuda_layer_norm(ds_backend *b, ds_stream *s, const ds_layer_norm_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     row_args p = row_of(ROW_LAYER, a->x, a->y);
     if (a->weight) {
@@ -528,7 +528,7 @@ int ds__cuda_layer_norm(ds_backend *b, ds_stream *s, const ds_layer_norm_args *a
 
 int ds__cuda_softmax(ds_backend *b, ds_stream *s, const ds_softmax_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     return row_launch(ds__cuda_of(b), st, row_of(ROW_SOFTMAX, a->x, a->y), err);
 }
@@ -629,7 +629,7 @@ __global__ void gn_apply_kernel(gn_apply_args p)
 int ds__cuda_group_norm(ds_backend *b, ds_stream *s, const ds_group_norm_args *a, ds_error *err)
 {
     ds__cuda *c = ds__cuda_of(b);
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     std::lock_guard<std::mutex> guard(st->lock);
 
@@ -730,7 +730,7 @@ int ds__cuda_channel_rms_norm(ds_backend *b, ds_stream *s, const ds_channel_rms_
                               ds_error *err)
 {
     ds__cuda *c = ds__cuda_of(b);
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     uint64_t n = ds_tensor_numel(a->x);
     if (n == 0)
@@ -788,7 +788,7 @@ __global__ void rope_kernel(rope_args p)
 
 int ds__cuda_rope(ds_backend *b, ds_stream *s, const ds_rope_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     rope_args p;
     memset(&p, 0, sizeof p);
@@ -843,7 +843,7 @@ __global__ void timestep_kernel(const void *t, int t_dt, int64_t batch, int64_t 
 int ds__cuda_timestep_embedding(ds_backend *b, ds_stream *s, const ds_timestep_embedding_args *a,
                                 ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     int64_t batch = a->t->shape[0], dim = a->y->shape[1];
     if (batch == 0)

@@ -16,8 +16,9 @@
  * Epilogues: BIAS and GELU_BIAS (cuBLASLt's GELU is the tanh form, used only for GELU_TANH
  * and 16-bit outputs) when the bias has D's dtype; SiLU, erf-GELU and sigmoid-GELU, and any
  * bias cuBLASLt cannot take, run in one elementwise kernel after the GEMM. Where cuBLASLt
- * finds no algorithm (odd alignments) the unfused form is tried, then a plain tiled kernel
- * that takes any shape.
+ * finds no algorithm (odd alignments, an epilogue / type pairing it lacks, an algorithm that
+ * fails to run) the unfused form is tried, then a plain tiled kernel that takes any shape
+ * (cuda_gemm_chain.h).
  *
  * fp8 tensor-core GEMMs (opt-in, DS_CUDA_FP8_COMPUTE=1 at backend creation, sm_89+): x is
  * quantised to e4m3 with one per-tensor scale (amax / 448) and the GEMM runs e4m3/e5m2 weight
@@ -87,12 +88,19 @@ static int cache_find(ds__cuda_gemm_cache *cache, const gemm_key *key, cublasLtM
     return 0;
 }
 
+/* Replaces the key's entry if it has one (a matmul that failed turns "found" into "none"). */
 static void cache_put(ds__cuda_gemm_cache *cache, const gemm_key *key,
                       const cublasLtMatmulAlgo_t *algo, int found)
 {
     std::lock_guard<std::mutex> g(cache->lock);
-    gemm_entry *e = &cache->entries[cache->next];
-    cache->next = (cache->next + 1) % GEMM_CACHE_SIZE;
+    gemm_entry *e = NULL;
+    for (int i = 0; i < GEMM_CACHE_SIZE && !e; i++)
+        if (cache->entries[i].used && memcmp(&cache->entries[i].key, key, sizeof *key) == 0)
+            e = &cache->entries[i];
+    if (!e) {
+        e = &cache->entries[cache->next];
+        cache->next = (cache->next + 1) % GEMM_CACHE_SIZE;
+    }
     e->key = *key;
     if (found)
         e->algo = *algo;
@@ -233,13 +241,11 @@ int ds__cuda_gemm_lt(ds__cuda *c, ds_stream *s, const ds__gemm *g, ds_error *err
         cublasLtMatmulHeuristicResult_t result;
         int returned = 0;
         memset(&result, 0, sizeof result);
-        /* NOT_SUPPORTED (or no result) is an answer, not an error: this problem has no
-         * cuBLASLt kernel. */
+        /* Every failed lookup is an answer, not an error: this problem has no cuBLASLt
+         * kernel (cuda_gemm_chain.h). */
         cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(c->lt, call.op, call.la, call.lb, call.ld,
                                                            call.ld, call.pref, 1, &result, &returned);
-        if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED)
-            return ds__cublas_error(err, st, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
-        found = st == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+        found = ds__gemm_lookup_found((int)st, returned, (int)result.state);
         if (found)
             algo = result.algo;
         cache_put(c->gemm_cache, &key, &algo, found);
@@ -253,9 +259,25 @@ int ds__cuda_gemm_lt(ds__cuda *c, ds_stream *s, const ds__gemm *g, ds_error *err
 
     if (!s->workspace)
         DS_CUDA_CHECK(cudaMalloc(&s->workspace, DS_CUDA_WORKSPACE_BYTES));
-    DS_CUBLAS_CHECK(cublasLtMatmul(c->lt, call.op, &g->alpha, g->a, call.la, g->b, call.lb, &g->beta,
-                                   g->d, call.ld, g->d, call.ld, &algo, s->workspace,
-                                   DS_CUDA_WORKSPACE_BYTES, s->stream));
+    int forced = ds__gemm_forced_matmul_failure();
+    cublasStatus_t mst =
+        forced ? (cublasStatus_t)forced
+               : cublasLtMatmul(c->lt, call.op, &g->alpha, g->a, call.la, g->b, call.lb, &g->beta,
+                                g->d, call.ld, g->d, call.ld, &algo, s->workspace,
+                                DS_CUDA_WORKSPACE_BYTES, s->stream);
+    if (mst != CUBLAS_STATUS_SUCCESS) {
+        /* The chosen algorithm does not run this problem: remember that, and leave the CUDA
+         * error state clean for the next form's launch check. */
+        (void)cudaGetLastError();
+        ds__gemm_note_matmul_failure();
+        cache_put(c->gemm_cache, &key, &algo, 0);
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "cublasLtMatmul for [%lld x %lld x %lld] %s x %s -> %s (epilogue %d): "
+                            "status %d: %s", (long long)g->m, (long long)g->n, (long long)g->k,
+                            ds_dtype_name(g->a_dtype), ds_dtype_name(g->b_dtype),
+                            ds_dtype_name(g->d_dtype), (int)epi, (int)mst,
+                            cublasLtGetStatusString(mst));
+    }
     return DS_OK;
 }
 
@@ -336,12 +358,45 @@ static int simt_gemm(ds__cuda *c, ds_stream *s, const ds__gemm *g, ds_error *err
     return DS_OK;
 }
 
+namespace {
+
+/* One GEMM as the chain tries it: the fused form uses g as given, the others drop its bias
+ * and GELU (the caller then applies them). */
+struct chain_ctx {
+    ds__cuda *c;
+    ds_stream *s;
+    const ds__gemm *g;
+};
+
+} // namespace
+
+static int try_form(void *ctx, ds__gemm_form form, ds_error *err)
+{
+    chain_ctx *x = (chain_ctx *)ctx;
+    ds__gemm g = *x->g;
+    if (form != DS_GEMM_FORM_LT_FUSED) {
+        g.bias = NULL;
+        g.gelu = 0;
+    }
+    if (form == DS_GEMM_FORM_PLAIN)
+        return simt_gemm(x->c, x->s, &g, err);
+    return ds__cuda_gemm_lt(x->c, x->s, &g, err);
+}
+
+/* Runs g in the best form that has an algorithm, starting with its fused epilogue when it has
+ * one; *used says which ran. */
+static int gemm_chain(ds__cuda *c, ds_stream *s, const ds__gemm *g, ds__gemm_form *used,
+                      ds_error *err)
+{
+    chain_ctx ctx = {c, s, g};
+    ds__gemm_form first = (g->bias || g->gelu) ? DS_GEMM_FORM_LT_FUSED : DS_GEMM_FORM_LT;
+    return ds__gemm_chain_run(first, try_form, &ctx, used, err);
+}
+
 int ds__cuda_gemm_any(ds__cuda *c, ds_stream *s, const ds__gemm *g, ds_error *err)
 {
-    int rc = ds__cuda_gemm_lt(c, s, g, err);
-    if (rc != DS_ERR_UNIMPLEMENTED)
-        return rc;
-    return simt_gemm(c, s, g, err);
+    ds__gemm_form used;
+    return gemm_chain(c, s, g, &used, err);
 }
 
 /* ---- Shared planning ---- */
@@ -422,7 +477,7 @@ static int linear_fp8(ds__cuda *c, ds_stream *s, const ds_linear_args *a, int64_
 int ds__cuda_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_error *err)
 {
     ds__cuda *c = ds__cuda_of(b);
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     std::lock_guard<std::mutex> guard(st->lock);
 
@@ -452,7 +507,7 @@ int ds__cuda_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_err
         cd = xd; /* every e4m3/e5m2 value is exact in bf16 and f16 */
     else
         cd = DS_F32;
-    int direct_d = ds__cuda_d_type_ok(cd, yd);
+    int direct_d = ds__cuda_gemm_d_type_ok(cd, yd);
     size_t es = ds_dtype_size(cd);
     size_t x_bytes = xd == cd ? 0 : ds__cuda_round_up((size_t)(m * k) * es);
     size_t w_bytes = wd == cd ? 0 : ds__cuda_round_up((size_t)(n * k) * es);
@@ -498,17 +553,10 @@ int ds__cuda_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_err
     int fuse_gelu = a->epilogue == DS_ACT_GELU_TANH && (!bias || fuse_bias) && dd != DS_F32;
     g.bias = fuse_bias ? bias : NULL;
     g.gelu = fuse_gelu;
-    int rc = ds__cuda_gemm_lt(c, st, &g, err);
-    if (rc == DS_ERR_UNIMPLEMENTED && (fuse_bias || fuse_gelu)) {
+    ds__gemm_form used;
+    DS_TRY(gemm_chain(c, st, &g, &used, err));
+    if (used != DS_GEMM_FORM_LT_FUSED)
         fuse_bias = fuse_gelu = 0;
-        g.bias = NULL;
-        g.gelu = 0;
-        rc = ds__cuda_gemm_lt(c, st, &g, err);
-    }
-    if (rc == DS_ERR_UNIMPLEMENTED)
-        rc = simt_gemm(c, st, &g, err);
-    if (rc != DS_OK)
-        return rc;
 
     ds_activation post_act = fuse_gelu ? DS_ACT_NONE : a->epilogue;
     const void *post_bias = fuse_bias ? NULL : bias;
@@ -524,7 +572,7 @@ int ds__cuda_batched_matmul(ds_backend *b, ds_stream *s, const ds_batched_matmul
                             ds_error *err)
 {
     ds__cuda *c = ds__cuda_of(b);
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     std::lock_guard<std::mutex> guard(st->lock);
 
@@ -541,7 +589,7 @@ int ds__cuda_batched_matmul(ds_backend *b, ds_stream *s, const ds_batched_matmul
 
     ds_dtype ad = a->a->dtype, bd = a->b->dtype, yd = a->y->dtype;
     ds_dtype cd = ad == bd ? ad : DS_F32;
-    int direct_d = ds__cuda_d_type_ok(cd, yd);
+    int direct_d = ds__cuda_gemm_d_type_ok(cd, yd);
     size_t es = ds_dtype_size(cd);
     uint64_t na = ds_tensor_numel(a->a), nb = ds_tensor_numel(a->b), ny = ds_tensor_numel(a->y);
     size_t a_bytes = ad == cd ? 0 : ds__cuda_round_up((size_t)na * es);

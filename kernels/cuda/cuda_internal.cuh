@@ -22,6 +22,8 @@
 extern "C" {
 #include "kernels/backend.h"
 #include "kernels/ops.h"
+#include "kernels/cuda/cuda_gemm_chain.h"
+#include "kernels/cuda/cuda_supports.h"
 }
 
 /* Records "<call> failed at <file>:<line>: <library error>" in err and returns the status:
@@ -132,17 +134,12 @@ typedef struct ds__gemm {
 } ds__gemm;
 
 /* Runs the GEMM through cuBLASLt with a cached heuristic choice; where cuBLASLt has no
- * algorithm (unusual alignments, an epilogue it cannot fuse for these types) returns
+ * algorithm (any failed lookup or cublasLtMatmul: cuda_gemm_chain.h) returns
  * DS_ERR_UNIMPLEMENTED without queueing anything, so the caller can try another form. */
 int ds__cuda_gemm_lt(ds__cuda *c, ds_stream *s, const ds__gemm *g, ds_error *err);
 /* The same problem with cuBLASLt if it can, else a plain tiled kernel (any shape, any
  * alignment; no bias or epilogue: those must be NULL/0). */
 int ds__cuda_gemm_any(ds__cuda *c, ds_stream *s, const ds__gemm *g, ds_error *err);
-/* Whether cuBLASLt (CUBLAS_COMPUTE_32F) writes D of `out` from A/B of `in`. */
-static inline int ds__cuda_d_type_ok(ds_dtype in, ds_dtype out)
-{
-    return in == DS_F32 ? out == DS_F32 : (out == in || out == DS_F32);
-}
 int ds__cuda_gemm_cache_create(ds__cuda *c, ds_error *err);
 void ds__cuda_gemm_cache_destroy(ds__cuda *c);
 
@@ -154,7 +151,6 @@ int ds__cuda_batched_matmul(ds_backend *b, ds_stream *s, const ds_batched_matmul
 
 int ds__cuda_attention_init(ds__cuda *c, ds_error *err);
 int ds__cuda_attention(ds_backend *b, ds_stream *s, const ds_attention_args *a, ds_error *err);
-int ds__cuda_supports_attention(const ds__cuda *c, const ds_attention_args *a);
 
 /* ---- Fused elementwise and row kernels (cuda_fused.cu) ---- */
 
@@ -203,8 +199,6 @@ int ds__cuda_upsample_nearest2x(ds_backend *b, ds_stream *s, const ds_upsample_a
 int ds__cuda_embedding(ds_backend *b, ds_stream *s, const ds_embedding_args *a, ds_error *err);
 int ds__cuda_conv2d(ds_backend *b, ds_stream *s, const ds_conv2d_args *a, ds_error *err);
 int ds__cuda_conv3d_causal(ds_backend *b, ds_stream *s, const ds_conv3d_args *a, ds_error *err);
-int ds__cuda_supports_conv2d(const ds__cuda *c, const ds_conv2d_args *a);
-int ds__cuda_supports_conv3d(const ds__cuda *c, const ds_conv3d_args *a);
 
 /* Fills bytes with a repeated 32-bit pattern (little-endian, from dst). */
 int ds__cuda_fill32(ds__cuda *c, ds_stream *s, void *dst, uint32_t pattern, size_t bytes,

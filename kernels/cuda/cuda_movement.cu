@@ -11,7 +11,10 @@
  * cuBLASLt GEMM per batch and chunk: y_b[Cout, P] = W[Cout, K] col[K, P] in row-major terms,
  * written straight into y (a column-major [P, Cout] matrix with leading dim P). A 1x1, stride 1,
  * unpadded convolution multiplies x directly. The bias is written into y first and the GEMM
- * accumulates onto it (beta = 1), so the result is rounded once. */
+ * accumulates onto it (beta = 1), so the result is rounded once. The GEMM runs in the weight's
+ * dtype when the input (and cache) share it, else in f32 with the weight converted into scratch
+ * once per call and im2col widening the input (cuda_supports.c decides, so `supports` and the
+ * work agree). */
 #include "cuda_internal.cuh"
 #include "cuda_device.cuh"
 
@@ -84,7 +87,7 @@ static int64_t inner_of(const ds_tensor *t, int axis)
 
 int ds__cuda_concat(ds_backend *b, ds_stream *s, const ds_concat_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     int64_t es = (int64_t)ds_dtype_size(a->y->dtype);
     int64_t outer = outer_of(a->y, a->axis), inner = inner_of(a->y, a->axis) * es;
@@ -101,7 +104,7 @@ int ds__cuda_concat(ds_backend *b, ds_stream *s, const ds_concat_args *a, ds_err
 
 int ds__cuda_slice(ds_backend *b, ds_stream *s, const ds_slice_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     int64_t es = (int64_t)ds_dtype_size(a->x->dtype);
     int64_t outer = outer_of(a->x, a->axis), inner = inner_of(a->x, a->axis) * es;
@@ -301,7 +304,7 @@ static int permute_raw(ds__cuda *c, ds_stream *s, const void *src, void *dst, in
 
 int ds__cuda_permute(ds_backend *b, ds_stream *s, const ds_permute_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     return permute_raw(ds__cuda_of(b), st, a->x->data, a->y->data,
                        (int64_t)ds_dtype_size(a->x->dtype), a->x->ndim, a->x->shape, a->perm, err);
@@ -309,7 +312,7 @@ int ds__cuda_permute(ds_backend *b, ds_stream *s, const ds_permute_args *a, ds_e
 
 int ds__cuda_patchify(ds_backend *b, ds_stream *s, const ds_patchify_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     const int64_t *xs = a->x->shape;
     int64_t p = a->patch;
@@ -322,7 +325,7 @@ int ds__cuda_patchify(ds_backend *b, ds_stream *s, const ds_patchify_args *a, ds
 
 int ds__cuda_unpatchify(ds_backend *b, ds_stream *s, const ds_patchify_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     const int64_t *xs = a->x->shape;
     int64_t p = a->patch;
@@ -393,7 +396,7 @@ static uint64_t pad_pattern(ds_dtype dtype, float value)
 
 int ds__cuda_pad(ds_backend *b, ds_stream *s, const ds_pad_args *a, ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     pad_args p;
     memset(&p, 0, sizeof p);
@@ -439,7 +442,7 @@ __global__ void upsample_kernel(const T *x, T *y, int64_t n, int64_t w)
 int ds__cuda_upsample_nearest2x(ds_backend *b, ds_stream *s, const ds_upsample_args *a,
                                 ds_error *err)
 {
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     int64_t n = (int64_t)ds_tensor_numel(a->x), w = a->x->shape[a->x->ndim - 1];
     if (n == 0)
@@ -500,7 +503,7 @@ static int vec8_aligned(const void *p, ds_dtype dt)
 int ds__cuda_embedding(ds_backend *b, ds_stream *s, const ds_embedding_args *a, ds_error *err)
 {
     ds__cuda *c = ds__cuda_of(b);
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     std::lock_guard<std::mutex> guard(st->lock);
     embedding_args p;
@@ -631,14 +634,16 @@ static int run_conv(ds_backend *b, ds_stream *s, const conv_problem *cp, const c
                     ds_error *err)
 {
     ds__cuda *c = ds__cuda_of(b);
-    ds_stream *st;
+    ds_stream *st = NULL;
     DS_TRY(ds__cuda_enter(b, s, &st, err));
     std::lock_guard<std::mutex> guard(st->lock);
     int64_t positions = cp->ot * cp->oh * cp->ow;
     int64_t k = cp->cin * cp->kt * cp->kh * cp->kw;
     if (cp->batch == 0 || cp->cout == 0 || positions == 0)
         return DS_OK;
-    ds_dtype cd = cp->weight->dtype, yd = cp->y->dtype;
+    /* An input (or cache) whose dtype differs from the weight's would lose precision rounded
+     * to the weight's dtype: then everything computes in f32, the weight converted once. */
+    ds_dtype cd = ds__cuda_conv_compute_dtype(cp->x, cp->cache, cp->weight), yd = cp->y->dtype;
     size_t es = ds_dtype_size(cd), ys = ds_dtype_size(yd);
     if (cp->bias)
         DS_TRY(ds__cuda_fill_channels(c, st, cp->bias->data, cp->bias->dtype, cp->y->data, yd,
@@ -652,14 +657,27 @@ static int run_conv(ds_backend *b, ds_stream *s, const conv_problem *cp, const c
                  cp->sw == 1 && cp->pad_top == 0 && cp->pad_left == 0 && cp->front == 0 &&
                  cp->x->dtype == cd && cp->oh == cp->h && cp->ow == cp->w;
     int64_t chunk = positions;
-    void *col = NULL;
+    size_t w_bytes = cp->weight->dtype == cd ? 0 : ds__cuda_round_up((size_t)(cp->cout * k) * es);
+    size_t col_bytes = 0;
     if (!direct) {
         int64_t fit = (int64_t)(CONV_COL_BYTES / ((size_t)k * es));
         if (fit < 1)
             fit = 1;
         if (fit < chunk)
             chunk = fit >= 8 ? fit - fit % 8 : fit;
-        DS_TRY(ds__cuda_scratch(c, st, (size_t)(k * chunk) * es, &col, err));
+        col_bytes = (size_t)(k * chunk) * es;
+    }
+    void *col = NULL;
+    const void *weight = cp->weight->data;
+    if (w_bytes + col_bytes) {
+        void *p;
+        DS_TRY(ds__cuda_scratch(c, st, w_bytes + col_bytes, &p, err));
+        col = (char *)p + w_bytes;
+        if (w_bytes) {
+            DS_TRY(ds__cuda_convert(c, st, cp->weight->data, cp->weight->dtype, p, cd,
+                                    (uint64_t)(cp->cout * k), err));
+            weight = p;
+        }
     }
     size_t x_item = (size_t)(cp->cin * cp->t * cp->h * cp->w) * ds_dtype_size(cp->x->dtype);
     size_t cache_item = cp->cache ? (size_t)(cp->cin * cp->tc * cp->h * cp->w) *
@@ -714,7 +732,7 @@ static int run_conv(ds_backend *b, ds_stream *s, const conv_problem *cp, const c
                 g.lda = pc;
             }
             g.a_dtype = cd;
-            g.b = cp->weight->data;
+            g.b = weight;
             g.b_dtype = cd;
             g.ldb = k;
             g.d = yb + (size_t)p0 * ys;
@@ -728,18 +746,6 @@ static int run_conv(ds_backend *b, ds_stream *s, const conv_problem *cp, const c
         }
     }
     return DS_OK;
-}
-
-int ds__cuda_supports_conv2d(const ds__cuda *c, const ds_conv2d_args *a)
-{
-    (void)c;
-    return ds__cuda_d_type_ok(a->weight->dtype, a->y->dtype);
-}
-
-int ds__cuda_supports_conv3d(const ds__cuda *c, const ds_conv3d_args *a)
-{
-    (void)c;
-    return ds__cuda_d_type_ok(a->weight->dtype, a->y->dtype);
 }
 
 int ds__cuda_conv2d(ds_backend *b, ds_stream *s, const ds_conv2d_args *a, ds_error *err)
