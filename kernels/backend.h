@@ -108,7 +108,8 @@ typedef struct ds_batched_matmul_args {
 
 /* Scaled dot-product attention in the layout linear projections produce:
  * q[B, Sq, Hq, D], k/v[B, Sk, Hkv, D], out[B, Sq, Hq, D]; Hq % Hkv == 0 (grouped-query: query
- * head h uses kv head h / (Hq / Hkv)). D is 64 or 128 (others may fall back to the CPU).
+ * head h uses kv head h / (Hq / Hkv)). Any D (the CUDA backend's fused kernel takes 64 and 128
+ * in bf16/f16; other cases run as bounded GEMM passes there).
  * scale: usually 1/sqrt(D). causal: query i sees keys j <= i + (Sk - Sq) (aligned at the end,
  * as PyTorch's is_causal for Sq == Sk). key_mask: NULL or u8/bool [B, Sk], nonzero = attend.
  * A query row whose keys are all masked gets zeros. Never materialises [Sq, Sk]. */

@@ -1,9 +1,10 @@
 /* The CUDA backend's own machinery, beyond what the op tests cover: stream and event ordering,
  * pinned memory round trips, fill32 at odd sizes and offsets, errors returned as values (an
  * impossible allocation), `supports` answers and the CPU fallback they lead to, the flash
- * attention kernel's edge cases in bf16/f16 (the shared attention test is mostly f32, which
- * falls back), the embedding error, and the opt-in fp8 tensor-core path. Runs only with
- * --backend cuda (exit 77 otherwise, or without a usable GPU). */
+ * attention kernel's edge cases in bf16/f16 and the matmul form's (other head dims, f32), the
+ * GEMM fallback chain with cuBLASLt's answers forced, the embedding error, and the opt-in fp8
+ * tensor-core path. Runs only with --backend cuda (exit 77 otherwise, or without a usable
+ * GPU). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 
 #include "core/float_convert.h"
 #include "kernel_test.h"
+#include "kernels/cuda/cuda_gemm_chain.h"
 #include "test.h"
 
 static void test_streams_and_events(void)
@@ -252,6 +254,101 @@ static void test_attention_kernel(void)
     }
 }
 
+/* The matmul form (cuda_attention.cu): head dims the flash kernel lacks, f32, a misaligned
+ * tensor, an f32 output from 16-bit inputs. */
+static void test_attention_matmul_form(void)
+{
+    /* The VAE's one 384-wide head, over positions that cut no tile evenly. */
+    att vae = {1, 300, 300, 1, 1, 384, 0, 0, DS_BF16};
+    att_run(&vae);
+    const ds_dtype dts[] = {DS_BF16, DS_F16, DS_F32};
+    for (int i = 0; i < 3; i++) {
+        att a = {2, 70, 90, 4, 2, 96, 1, 2, dts[i]};
+        att_run(&a);
+        att b = {1, 131, 70, 2, 1, 40, 1, 1, dts[i]};
+        att_run(&b);
+    }
+    att g = {2, 50, 77, 8, 2, 64, 0, 1, DS_F32};
+    att_run(&g);
+}
+
+/* ---- The GEMM fallback chain, with cuBLASLt's answers forced (cuda_gemm_chain.h) ---- */
+
+/* y = gelu_tanh(x W^T + b) in bf16 with m rows: a GEMM whose bias and GELU fuse into
+ * cuBLASLt's epilogue when it has an algorithm. Returns the forms used since the reset. */
+static void linear_with_forced_answers(int64_t m, int lookup_status, int matmul_status,
+                                       ds__gemm_stats *stats)
+{
+    const int64_t k = 64, n = 48;
+    int64_t xs[2] = {m, k}, ws[2] = {n, k}, bs[1] = {n}, ys[2] = {m, n};
+    double *xv = kt_randn((size_t)(m * k), 1.0), *wv = kt_randn((size_t)(n * k), 0.125),
+           *bv = kt_randn((size_t)n, 0.5);
+    ds_tensor x, w, bias, y;
+    REQUIRE(kt_tensor(DS_BF16, 2, xs, xv, &x) && kt_tensor(DS_BF16, 2, ws, wv, &w) &&
+            kt_tensor(DS_BF16, 1, bs, bv, &bias) && kt_tensor(DS_BF16, 2, ys, NULL, &y));
+    ds__gemm_test_force(lookup_status, matmul_status);
+    ds_linear_args a = {&x, &w, &bias, 1.0f, DS_ACT_GELU_TANH, &y};
+    ds_error err;
+    int rc = ds_linear(kt.backend, NULL, &a, &err);
+    ds__gemm_test_force(-1, 0);
+    CHECK_MSG(rc == DS_OK, "lookup %d, matmul %d: %s", lookup_status, matmul_status, err.message);
+    double *ref = malloc((size_t)(m * n) * sizeof *ref);
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double acc = bv[j];
+            for (int64_t l = 0; l < k; l++)
+                acc += xv[i * k + l] * wv[j * k + l];
+            ref[i * n + j] = 0.5 * acc * (1.0 + tanh(0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)));
+        }
+    double *got = kt_read(&y);
+    char what[96];
+    snprintf(what, sizeof what, "linear m %lld, lookup forced to %d, matmul to %d", (long long)m,
+             lookup_status, matmul_status);
+    CHECK(kt_compare(what, got, ref, (size_t)(m * n), kt_budget(DS_BF16)));
+    ds__gemm_stats_get(stats);
+    free(got);
+    free(ref);
+    free(xv);
+    free(wv);
+    free(bv);
+    ds_tensor_free(&x);
+    ds_tensor_free(&w);
+    ds_tensor_free(&bias);
+    ds_tensor_free(&y);
+}
+
+static void test_gemm_fallback_chain(void)
+{
+    /* cublasStatus_t: NOT_SUPPORTED, INVALID_VALUE, ARCH_MISMATCH, EXECUTION_FAILED,
+     * INTERNAL_ERROR. Each case has its own m, so no earlier answer is cached. */
+    static const int statuses[] = {15, 7, 8, 13, 14};
+    ds__gemm_stats st;
+    for (int i = 0; i < 5; i++) {
+        int64_t m = 33 + i;
+        ds__gemm_stats_reset();
+        linear_with_forced_answers(m, statuses[i], 0, &st);
+        CHECK_MSG(st.lookups == 2 && st.used[DS_GEMM_FORM_PLAIN] == 1,
+                  "lookup status %d: %llu lookups, plain kernel used %llu times", statuses[i],
+                  (unsigned long long)st.lookups, (unsigned long long)st.used[DS_GEMM_FORM_PLAIN]);
+        /* Cached: no lookup the second time, whatever cuBLASLt would say now. */
+        linear_with_forced_answers(m, -1, 0, &st);
+        CHECK_MSG(st.lookups == 2 && st.used[DS_GEMM_FORM_PLAIN] == 2,
+                  "lookup status %d, second call: %llu lookups, plain kernel used %llu times",
+                  statuses[i], (unsigned long long)st.lookups,
+                  (unsigned long long)st.used[DS_GEMM_FORM_PLAIN]);
+    }
+    /* A cublasLtMatmul that fails: unfused, then plain, both remembered. */
+    ds__gemm_stats_reset();
+    linear_with_forced_answers(41, -1, 13, &st);
+    CHECK(st.matmul_failures == 2 && st.used[DS_GEMM_FORM_PLAIN] == 1);
+    linear_with_forced_answers(41, -1, 0, &st);
+    CHECK(st.matmul_failures == 2 && st.used[DS_GEMM_FORM_PLAIN] == 2 && st.lookups == 2);
+    /* Nothing forced: cuBLASLt runs it. */
+    ds__gemm_stats_reset();
+    linear_with_forced_answers(64, -1, 0, &st);
+    CHECK_MSG(st.used[DS_GEMM_FORM_PLAIN] == 0, "an aligned bf16 GEMM took the plain kernel");
+}
+
 /* ---- supports and the CPU fallback ---- */
 
 static void test_supports_and_fallback(void)
@@ -263,15 +360,20 @@ static void test_supports_and_fallback(void)
     REQUIRE(kt_tensor(DS_BF16, 4, qs128, NULL, &q128) && kt_tensor(DS_BF16, 4, qs128, NULL, &out128));
     ds_attention_args a96 = {&q, &q, &q, NULL, 0.1f, 0, &out};
     ds_attention_args a128 = {&q128, &q128, &q128, NULL, 0.1f, 0, &out128};
-    CHECK(!b->supports(b, DS_OP_ATTENTION, &a96));
+    ds_attention_args mixed = {&q, &q, &q, NULL, 0.1f, 0, &out};
+    ds_tensor q32 = q;
+    q32.dtype = DS_F32; /* only the dtype is asked */
+    mixed.k = &q32;
+    CHECK(b->supports(b, DS_OP_ATTENTION, &a96));
     CHECK(b->supports(b, DS_OP_ATTENTION, &a128));
+    CHECK(!b->supports(b, DS_OP_ATTENTION, &mixed));
     CHECK(b->supports(b, DS_OP_ATTENTION, NULL));
     ds_tensor_free(&q);
     ds_tensor_free(&out);
     ds_tensor_free(&q128);
     ds_tensor_free(&out128);
 
-    /* f32 attention (any head dim) runs on the CPU through the fallback and still matches. */
+    /* f32 attention with a 96-wide head runs on the GPU in the matmul form. */
     att f = {1, 37, 45, 2, 1, 96, 1, 1, DS_F32};
     {
         int64_t qsh[4] = {f.batch, f.sq, f.hq, f.d}, ksh[4] = {f.batch, f.sk, f.hkv, f.d};
@@ -287,11 +389,11 @@ static void test_supports_and_fallback(void)
                 kt_tensor(DS_F32, 4, qsh, NULL, &to));
         ds_error err;
         ds_attention_args a = {&tq, &tk, &tv, &tm, 0.125f, 1, &to};
-        CHECK(!b->supports(b, DS_OP_ATTENTION, &a));
+        CHECK(b->supports(b, DS_OP_ATTENTION, &a));
         CHECK_MSG(ds_attention(b, NULL, &a, &err) == DS_OK, "%s", err.message);
         double *ref = malloc(nq * sizeof *ref), *got = kt_read(&to);
         att_reference(&f, qv, kv, vv, mv, 0.125, ref);
-        CHECK(kt_compare("attention f32 D96 through the CPU fallback", got, ref, nq, 2e-5));
+        CHECK(kt_compare("attention f32 D96 in the matmul form", got, ref, nq, 2e-5));
         free(ref);
         free(got);
         free(qv);
@@ -448,6 +550,8 @@ int main(int argc, char **argv)
     RUN(test_pinned_round_trip_and_fill);
     RUN(test_allocation_error_is_a_value);
     RUN(test_attention_kernel);
+    RUN(test_attention_matmul_form);
+    RUN(test_gemm_fallback_chain);
     RUN(test_supports_and_fallback);
     RUN(test_embedding_error);
     RUN(test_fp8_compute_opt_in);
