@@ -1,5 +1,7 @@
 #include "kernels/ops.h"
 
+#include "core/log.h"
+
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -1151,6 +1153,90 @@ done:
     return rc;
 }
 
+/* ---- Logging fallbacks ----
+ *
+ * A fallback on a GPU is slow (copies both ways, a synchronise, CPU compute), so each one is
+ * logged at info level, once per op and shape class: the op with its operands' dtypes, ranks
+ * and last dims (what decides support: dtype, feature width, head dim). Sequence lengths and
+ * image sizes vary per request and would repeat the line. */
+
+#define FALLBACK_CLASSES 512
+
+static pthread_mutex_t fallback_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t fallback_seen[FALLBACK_CLASSES]; /* open addressing; 0 = empty */
+static unsigned fallback_count;
+
+static uint64_t mix(uint64_t h, uint64_t v)
+{
+    h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+    return h * 0xBF58476D1CE4E5B9ull;
+}
+
+static uint64_t tensor_class(uint64_t h, const ds_tensor *t)
+{
+    if (!t)
+        return mix(h, 0xFFFF);
+    h = mix(h, (uint64_t)t->dtype);
+    h = mix(h, (uint64_t)t->ndim);
+    return mix(h, t->ndim ? (uint64_t)t->shape[t->ndim - 1] : 0);
+}
+
+/* 1 the first time this class is seen (or when the table is full: better a repeated line
+ * than a silent fallback). */
+static int fallback_first(uint64_t cls)
+{
+    cls |= 1; /* never 0 */
+    int first = 1;
+    pthread_mutex_lock(&fallback_lock);
+    if (fallback_count < FALLBACK_CLASSES) {
+        unsigned i = (unsigned)(cls % FALLBACK_CLASSES);
+        while (fallback_seen[i] && fallback_seen[i] != cls)
+            i = (i + 1) % FALLBACK_CLASSES;
+        if (fallback_seen[i] == cls) {
+            first = 0;
+        } else {
+            fallback_seen[i] = cls;
+            fallback_count++;
+        }
+    }
+    pthread_mutex_unlock(&fallback_lock);
+    return first;
+}
+
+static void log_fallback(const ds_backend *b, ds_op op, const void *args)
+{
+    any_args storage;
+    size_t size = args_size(op);
+    if (size == 0)
+        return;
+    memcpy(&storage, args, size);
+    operands o;
+    find_operands(op, &storage, &o);
+    const ds_tensor *ts[MAX_OPERANDS + 2];
+    int nt = 0;
+    if (op == DS_OP_CONCAT) {
+        const ds_concat_args *a = args;
+        for (int i = 0; i < a->count && nt < MAX_OPERANDS; i++)
+            ts[nt++] = a->inputs[i];
+    }
+    for (int i = 0; i < o.nin; i++)
+        ts[nt++] = *o.in[i];
+    ts[nt++] = *o.out;
+    uint64_t cls = mix(0, (uint64_t)op);
+    for (int i = 0; i < nt; i++)
+        cls = tensor_class(cls, ts[i]);
+    if (!fallback_first(cls))
+        return;
+    char text[768], d[128];
+    size_t used = 0;
+    text[0] = '\0';
+    for (int i = 0; i < nt && used < sizeof text; i++)
+        used += (size_t)snprintf(text + used, sizeof text - used, "%s%s", i ? ", " : "",
+                                 ts[i] ? ds_tensor_describe(ts[i], d, sizeof d) : "none");
+    ds_log_info("%s runs on the CPU: backend %s does not support these operands (%s); logged "
+                "once per op, dtypes and feature widths", ds_op_name(op), b->name, text);
+}
+
 static int run(ds_backend *b, ds_op op, ds_stream *s, const void *args, ds_error *err)
 {
     int rc = ds_validate_op(op, args, err);
@@ -1163,6 +1249,7 @@ static int run(ds_backend *b, ds_op op, ds_stream *s, const void *args, ds_error
     if (strcmp(b->name, "cpu") == 0)
         return ds_error_set(err, DS_ERR_UNIMPLEMENTED, "%s: the CPU backend does not support these "
                             "arguments", ds_op_name(op));
+    log_fallback(b, op, args);
     return run_on_cpu(b, op, s, args, err);
 }
 
