@@ -14,7 +14,8 @@
  * scale * log2(e) folded into the scores; a row that sees no key keeps a zero sum and is
  * written as zeros. Keys past Sk are zero-filled in shared memory (so 0 * garbage never makes
  * a NaN) and masked to -inf together with causal and key-mask exclusions; tiles that need no
- * masking skip that work, and causal CTAs stop at their last visible tile.
+ * masking skip that work (a key mask is first reduced to one flag per key tile, so an all-ones
+ * mask costs nothing per score), and causal CTAs stop at their last visible tile.
  *
  * The matmul form: every other head dim (the VAE's single 384-wide head) and f32. Per (batch,
  * head) and per pass of query rows (as many as keep the pass's scores within a bounded
@@ -38,6 +39,8 @@ struct att_args {
     const void *q, *k, *v;
     void *o;
     const uint8_t *mask; /* [B, Sk] or NULL */
+    const uint8_t *tile_masked; /* [B, key tiles]: nonzero where the tile masks some key */
+    int64_t key_tiles;
     int64_t sq, sk;
     int hq, group;       /* group = Hq / Hkv */
     int64_t q_row, kv_row; /* elements between consecutive positions */
@@ -219,7 +222,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) flash_attention_kernel(att_arg
             }
         }
 
-        const int need_mask = key0 + ATT_BN > p.sk || maskb != NULL ||
+        const int need_mask = key0 + ATT_BN > p.sk ||
+                              (maskb != NULL && p.tile_masked[batch * p.key_tiles + tile]) ||
                               (p.causal && key0 + ATT_BN - 1 > m0 + p.causal_offset);
 #pragma unroll
         for (int nt = 0; nt < ATT_BN / 8; nt++) {
@@ -303,6 +307,25 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) flash_attention_kernel(att_arg
                 *reinterpret_cast<uint32_t *>(ob + row * p.q_row + dt * 8 + 2 * t) = v;
             }
         }
+    }
+}
+
+/* tile_masked[b, t] = whether key tile t of batch item b masks any key: a mask that is all
+ * ones (the DiT's whenever no prompt is padded) then costs one flag per tile instead of a byte
+ * load per score. One warp per (b, t). */
+__global__ void mask_tiles_kernel(const uint8_t *mask, int64_t sk, int64_t tiles, int64_t total,
+                                  uint8_t *tile_masked)
+{
+    const int lane = threadIdx.x & 31;
+    for (int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; w < total;
+         w += (int64_t)gridDim.x * blockDim.x / 32) {
+        int64_t b = w / tiles, key0 = (w - b * tiles) * ATT_BN;
+        int masked = 0;
+        for (int64_t j = key0 + lane; j < key0 + ATT_BN && j < sk; j += 32)
+            masked |= mask[b * sk + j] == 0;
+        masked = __any_sync(0xffffffffu, masked);
+        if (lane == 0)
+            tile_masked[w] = (uint8_t)masked;
     }
 }
 
@@ -488,6 +511,21 @@ int ds__cuda_attention(ds_backend *b, ds_stream *s, const ds_attention_args *a, 
     p.v = a->v->data;
     p.o = a->out->data;
     p.mask = a->key_mask ? (const uint8_t *)a->key_mask->data : NULL;
+    std::unique_lock<std::mutex> guard(st->lock, std::defer_lock);
+    if (p.mask) {
+        ds__cuda *c = ds__cuda_of(b);
+        p.key_tiles = (sk + ATT_BN - 1) / ATT_BN;
+        int64_t total = batch * p.key_tiles;
+        if (total > 0) {
+            void *flags;
+            guard.lock();
+            DS_TRY(ds__cuda_scratch(c, st, (size_t)total, &flags, err));
+            mask_tiles_kernel<<<ds__cuda_blocks(c, (uint64_t)total * 32, 256), 256, 0, st->stream>>>(
+                p.mask, sk, p.key_tiles, total, (uint8_t *)flags);
+            DS_KERNEL_CHECK("mask_tiles");
+            p.tile_masked = (const uint8_t *)flags;
+        }
+    }
     p.sq = sq;
     p.sk = sk;
     p.hq = (int)hq;
