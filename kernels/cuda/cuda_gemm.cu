@@ -18,7 +18,8 @@
  * bias cuBLASLt cannot take, run in one elementwise kernel after the GEMM. Where cuBLASLt
  * finds no algorithm (odd alignments, an epilogue / type pairing it lacks, an algorithm that
  * fails to run) the unfused form is tried, then a plain tiled kernel that takes any shape
- * (cuda_gemm_chain.h).
+ * (cuda_gemm_chain.h). A problem's descriptors and layouts are built once and cached with its
+ * algorithm (or its "none"): a call sets only its bias and scale pointers.
  *
  * fp8 tensor-core GEMMs (opt-in, DS_CUDA_FP8_COMPUTE=1 at backend creation, sm_89+): x is
  * quantised to e4m3 with one per-tensor scale (amax / 448) and the GEMM runs e4m3/e5m2 weight
@@ -31,84 +32,7 @@
 #include <new>
 #include <stdlib.h>
 
-/* ---- cuBLASLt algorithm cache ---- */
-
-namespace {
-
-struct gemm_key {
-    int64_t m, n, k, lda, ldb, ldd, stride_a, stride_b, stride_d;
-    int32_t batch;
-    int8_t a_dtype, b_dtype, d_dtype, trans_a, trans_b, epilogue, has_beta, has_b_scale;
-    uint16_t align_a, align_b, align_d, align_bias;
-};
-
-struct gemm_entry {
-    gemm_key key;
-    cublasLtMatmulAlgo_t algo;
-    int found; /* 0: cuBLASLt has no algorithm for this problem */
-    int used;
-};
-
-} // namespace
-
-#define GEMM_CACHE_SIZE 256
-
-struct ds__cuda_gemm_cache {
-    std::mutex lock;
-    gemm_entry entries[GEMM_CACHE_SIZE];
-    int next; /* round-robin replacement once full */
-};
-
-int ds__cuda_gemm_cache_create(ds__cuda *c, ds_error *err)
-{
-    c->gemm_cache = new (std::nothrow) ds__cuda_gemm_cache();
-    if (!c->gemm_cache)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "CUDA GEMM cache: out of memory");
-    return DS_OK;
-}
-
-void ds__cuda_gemm_cache_destroy(ds__cuda *c)
-{
-    delete c->gemm_cache;
-    c->gemm_cache = NULL;
-}
-
-static int cache_find(ds__cuda_gemm_cache *cache, const gemm_key *key, cublasLtMatmulAlgo_t *algo,
-                      int *found)
-{
-    std::lock_guard<std::mutex> g(cache->lock);
-    for (int i = 0; i < GEMM_CACHE_SIZE; i++) {
-        const gemm_entry *e = &cache->entries[i];
-        if (e->used && memcmp(&e->key, key, sizeof *key) == 0) {
-            *algo = e->algo;
-            *found = e->found;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* Replaces the key's entry if it has one (a matmul that failed turns "found" into "none"). */
-static void cache_put(ds__cuda_gemm_cache *cache, const gemm_key *key,
-                      const cublasLtMatmulAlgo_t *algo, int found)
-{
-    std::lock_guard<std::mutex> g(cache->lock);
-    gemm_entry *e = NULL;
-    for (int i = 0; i < GEMM_CACHE_SIZE && !e; i++)
-        if (cache->entries[i].used && memcmp(&cache->entries[i].key, key, sizeof *key) == 0)
-            e = &cache->entries[i];
-    if (!e) {
-        e = &cache->entries[cache->next];
-        cache->next = (cache->next + 1) % GEMM_CACHE_SIZE;
-    }
-    e->key = *key;
-    if (found)
-        e->algo = *algo;
-    e->found = found;
-    e->used = 1;
-}
-
-/* ---- cuBLASLt ---- */
+/* ---- cuBLASLt: descriptors and algorithm, cached per problem ---- */
 
 static cudaDataType_t cuda_type(ds_dtype d)
 {
@@ -132,15 +56,22 @@ static uint16_t pointer_alignment(const void *p)
 
 namespace {
 
-/* Owns the descriptors of one cublasLtMatmul call. */
-struct lt_call {
+/* Everything a descriptor or the heuristic's answer depends on; the data pointers only
+ * through their alignment. */
+struct gemm_key {
+    int64_t m, n, k, lda, ldb, ldd, stride_a, stride_b, stride_d;
+    int32_t batch;
+    int8_t a_dtype, b_dtype, d_dtype, trans_a, trans_b, epilogue, has_beta, has_b_scale;
+    uint16_t align_a, align_b, align_d, align_bias;
+};
+
+/* The descriptors of one problem: built once, reused by every call of it (only the bias and
+ * scale pointers change, set on each call under the cache lock). */
+struct lt_descs {
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
-    cublasLtMatmulPreference_t pref = NULL;
-    ~lt_call()
+    void release()
     {
-        if (pref)
-            cublasLtMatmulPreferenceDestroy(pref);
         if (ld)
             cublasLtMatrixLayoutDestroy(ld);
         if (lb)
@@ -149,10 +80,70 @@ struct lt_call {
             cublasLtMatrixLayoutDestroy(la);
         if (op)
             cublasLtMatmulDescDestroy(op);
+        op = NULL;
+        la = lb = ld = NULL;
     }
 };
 
+struct gemm_entry {
+    gemm_key key;
+    cublasLtMatmulAlgo_t algo;
+    lt_descs descs; /* kept while found */
+    int found;      /* 0: cuBLASLt has no algorithm for this problem */
+    int used;
+};
+
 } // namespace
+
+#define GEMM_CACHE_SIZE 256
+
+/* `lock` is held from the lookup through cublasLtMatmul's enqueue: the cached descriptors take
+ * each call's pointers, and an entry is replaced only when no call is using it. */
+struct ds__cuda_gemm_cache {
+    std::mutex lock;
+    gemm_entry entries[GEMM_CACHE_SIZE];
+    int next; /* round-robin replacement once full */
+};
+
+int ds__cuda_gemm_cache_create(ds__cuda *c, ds_error *err)
+{
+    c->gemm_cache = new (std::nothrow) ds__cuda_gemm_cache();
+    if (!c->gemm_cache)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "CUDA GEMM cache: out of memory");
+    return DS_OK;
+}
+
+void ds__cuda_gemm_cache_destroy(ds__cuda *c)
+{
+    if (c->gemm_cache)
+        for (int i = 0; i < GEMM_CACHE_SIZE; i++)
+            c->gemm_cache->entries[i].descs.release();
+    delete c->gemm_cache;
+    c->gemm_cache = NULL;
+}
+
+/* Caller holds cache->lock. */
+static gemm_entry *cache_find(ds__cuda_gemm_cache *cache, const gemm_key *key)
+{
+    for (int i = 0; i < GEMM_CACHE_SIZE; i++) {
+        gemm_entry *e = &cache->entries[i];
+        if (e->used && memcmp(&e->key, key, sizeof *key) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+/* A slot for a new key, its previous problem's descriptors released. Caller holds the lock. */
+static gemm_entry *cache_slot(ds__cuda_gemm_cache *cache, const gemm_key *key)
+{
+    gemm_entry *e = &cache->entries[cache->next];
+    cache->next = (cache->next + 1) % GEMM_CACHE_SIZE;
+    e->descs.release();
+    e->key = *key;
+    e->found = 0;
+    e->used = 1;
+    return e;
+}
 
 static int make_layout(cublasLtMatrixLayout_t *l, ds_dtype dt, int64_t rows, int64_t cols, int64_t ld,
                        int batch, int64_t stride, ds_error *err)
@@ -165,6 +156,76 @@ static int make_layout(cublasLtMatrixLayout_t *l, ds_dtype dt, int64_t rows, int
         DS_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
             *l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
     }
+    return DS_OK;
+}
+
+static int make_descs(const ds__gemm *g, cublasLtEpilogue_t epi, lt_descs *d, ds_error *err)
+{
+    cublasOperation_t ta = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t tb = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    DS_CUBLAS_CHECK(cublasLtMatmulDescCreate(&d->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    if (g->bias) {
+        int32_t bias_type = (int32_t)cuda_type(g->d_dtype);
+        DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                       &bias_type, sizeof bias_type));
+    }
+    DS_TRY(make_layout(&d->la, g->a_dtype, g->trans_a ? g->k : g->m, g->trans_a ? g->m : g->k,
+                       g->lda, g->batch, g->stride_a, err));
+    DS_TRY(make_layout(&d->lb, g->b_dtype, g->trans_b ? g->n : g->k, g->trans_b ? g->k : g->n,
+                       g->ldb, g->batch, g->stride_b, err));
+    DS_TRY(make_layout(&d->ld, g->d_dtype, g->m, g->n, g->ldd, g->batch, g->stride_d, err));
+    return DS_OK;
+}
+
+/* This call's pointers on the (possibly shared) descriptor. */
+static int set_pointers(const ds__gemm *g, const lt_descs *d, ds_error *err)
+{
+    if (g->bias)
+        DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                       &g->bias, sizeof g->bias));
+    if (g->b_scale)
+        DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                                       &g->b_scale, sizeof g->b_scale));
+    return DS_OK;
+}
+
+/* The heuristic's first choice for the problem, or found = 0 (cuda_gemm_chain.h: every failed
+ * lookup is an answer, not an error). */
+static int lookup(ds__cuda *c, const gemm_key *key, const lt_descs *d, cublasLtMatmulAlgo_t *algo,
+                  int *found, ds_error *err)
+{
+    struct pref_holder {
+        cublasLtMatmulPreference_t p = NULL;
+        ~pref_holder()
+        {
+            if (p)
+                cublasLtMatmulPreferenceDestroy(p);
+        }
+    } pref;
+    uint64_t ws = DS_CUDA_WORKSPACE_BYTES;
+    uint32_t al_a = key->align_a, al_b = key->align_b, al_d = key->align_d;
+    DS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.p));
+    DS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    DS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a));
+    DS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b));
+    DS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d));
+    DS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d));
+    cublasLtMatmulHeuristicResult_t result;
+    int returned = 0;
+    memset(&result, 0, sizeof result);
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(c->lt, d->op, d->la, d->lb, d->ld, d->ld,
+                                                       pref.p, 1, &result, &returned);
+    *found = ds__gemm_lookup_found((int)st, returned, (int)result.state);
+    if (*found)
+        *algo = result.algo;
     return DS_OK;
 }
 
@@ -199,78 +260,55 @@ int ds__cuda_gemm_lt(ds__cuda *c, ds_stream *s, const ds__gemm *g, ds_error *err
     key.align_d = pointer_alignment(g->d);
     key.align_bias = g->bias ? pointer_alignment(g->bias) : 0;
 
-    lt_call call;
-    cublasOperation_t ta = g->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasOperation_t tb = g->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    DS_CUBLAS_CHECK(cublasLtMatmulDescCreate(&call.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-    if (g->bias) {
-        int32_t bias_type = (int32_t)cuda_type(g->d_dtype);
-        DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                                                       &g->bias, sizeof g->bias));
-        DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                                                       &bias_type, sizeof bias_type));
-    }
-    if (g->b_scale)
-        DS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(call.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
-                                                       &g->b_scale, sizeof g->b_scale));
-    DS_TRY(make_layout(&call.la, g->a_dtype, g->trans_a ? g->k : g->m, g->trans_a ? g->m : g->k,
-                       g->lda, g->batch, g->stride_a, err));
-    DS_TRY(make_layout(&call.lb, g->b_dtype, g->trans_b ? g->n : g->k, g->trans_b ? g->k : g->n,
-                       g->ldb, g->batch, g->stride_b, err));
-    DS_TRY(make_layout(&call.ld, g->d_dtype, g->m, g->n, g->ldd, g->batch, g->stride_d, err));
+    if (!s->workspace)
+        DS_CUDA_CHECK(cudaMalloc(&s->workspace, DS_CUDA_WORKSPACE_BYTES));
 
-    cublasLtMatmulAlgo_t algo;
-    int found = 0;
-    if (!cache_find(c->gemm_cache, &key, &algo, &found)) {
-        uint64_t ws = DS_CUDA_WORKSPACE_BYTES;
-        uint32_t al_a = key.align_a, al_b = key.align_b, al_d = key.align_d;
-        DS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&call.pref));
-        DS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-            call.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-        DS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-            call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a));
-        DS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-            call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b));
-        DS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-            call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d));
-        DS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-            call.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d));
-        cublasLtMatmulHeuristicResult_t result;
-        int returned = 0;
-        memset(&result, 0, sizeof result);
-        /* Every failed lookup is an answer, not an error: this problem has no cuBLASLt
-         * kernel (cuda_gemm_chain.h). */
-        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(c->lt, call.op, call.la, call.lb, call.ld,
-                                                           call.ld, call.pref, 1, &result, &returned);
-        found = ds__gemm_lookup_found((int)st, returned, (int)result.state);
-        if (found)
-            algo = result.algo;
-        cache_put(c->gemm_cache, &key, &algo, found);
+    std::lock_guard<std::mutex> guard(c->gemm_cache->lock);
+    gemm_entry *e = cache_find(c->gemm_cache, &key);
+    if (!e) {
+        lt_descs d;
+        cublasLtMatmulAlgo_t algo;
+        int found = 0;
+        int rc = make_descs(g, epi, &d, err);
+        if (rc == DS_OK)
+            rc = set_pointers(g, &d, err);
+        if (rc == DS_OK)
+            rc = lookup(c, &key, &d, &algo, &found, err);
+        if (rc != DS_OK) {
+            d.release();
+            return rc;
+        }
+        e = cache_slot(c->gemm_cache, &key);
+        e->found = found;
+        if (found) {
+            e->algo = algo;
+            e->descs = d;
+        } else {
+            d.release();
+        }
     }
-    if (!found)
+    if (!e->found)
         return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                             "cuBLASLt has no algorithm for [%lld x %lld x %lld] %s x %s -> %s "
                             "(epilogue %d)", (long long)g->m, (long long)g->n, (long long)g->k,
                             ds_dtype_name(g->a_dtype), ds_dtype_name(g->b_dtype),
                             ds_dtype_name(g->d_dtype), (int)epi);
 
-    if (!s->workspace)
-        DS_CUDA_CHECK(cudaMalloc(&s->workspace, DS_CUDA_WORKSPACE_BYTES));
+    DS_TRY(set_pointers(g, &e->descs, err));
+    const lt_descs *d = &e->descs;
     int forced = ds__gemm_forced_matmul_failure();
     cublasStatus_t mst =
         forced ? (cublasStatus_t)forced
-               : cublasLtMatmul(c->lt, call.op, &g->alpha, g->a, call.la, g->b, call.lb, &g->beta,
-                                g->d, call.ld, g->d, call.ld, &algo, s->workspace,
+               : cublasLtMatmul(c->lt, d->op, &g->alpha, g->a, d->la, g->b, d->lb, &g->beta, g->d,
+                                d->ld, g->d, d->ld, &e->algo, s->workspace,
                                 DS_CUDA_WORKSPACE_BYTES, s->stream);
     if (mst != CUBLAS_STATUS_SUCCESS) {
         /* The chosen algorithm does not run this problem: remember that, and leave the CUDA
          * error state clean for the next form's launch check. */
         (void)cudaGetLastError();
         ds__gemm_note_matmul_failure();
-        cache_put(c->gemm_cache, &key, &algo, 0);
+        e->found = 0;
+        e->descs.release();
         return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                             "cublasLtMatmul for [%lld x %lld x %lld] %s x %s -> %s (epilogue %d): "
                             "status %d: %s", (long long)g->m, (long long)g->n, (long long)g->k,
