@@ -24,7 +24,8 @@ cflags=(-std=c11 -O2 -g0 -D_GNU_SOURCE '-DDS_VERSION="device"' -I. -Itests -I"$b
         -Wall -Wextra)
 nvflags=(-O2 -std=c++17 --expt-relaxed-constexpr -gencode=arch=compute_90,code=sm_90
          -gencode=arch=compute_90,code=compute_90 -I. -D_GNU_SOURCE -Xcompiler=-pthread)
-kernel_srcs=(kernels/ops.c kernels/cpu/*.c)
+# kernels/cuda/*.c: the CUDA backend's host logic, part of every build (kernels/meson.build).
+kernel_srcs=(kernels/ops.c kernels/cpu/*.c kernels/cuda/*.c)
 cuda_srcs=()
 if [[ -n $nvcc ]] && compgen -G 'kernels/cuda/*.cu' >/dev/null; then
     cflags+=(-DDS_HAVE_CUDA=1)

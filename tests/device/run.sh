@@ -13,7 +13,10 @@
 # Full logs go to $OUT when set (the device tool brings them back), else build-device/logs.
 # Every step runs under `timeout`, inside an overall budget of DS_DEVICE_BUDGET seconds (default
 # 480), so the table is printed within one 600-second device call. Without a GPU every step
-# still runs and the table says "no GPU" (exit 77 from the tests and the benchmark).
+# still runs and the table says "no GPU" (exit 77 from the tests and the benchmark). When
+# nvidia-smi sees a GPU, a test that skips (exit 77: the CUDA backend did not start, e.g. a
+# driver / runtime mismatch or a failing cublasLtCreate) is a FAILURE, and the table says why
+# the backend did not start (the test programs print the creation error).
 # For trying the script elsewhere: DS_DEVICE_BUILD_DIR (default build-device) and
 # DS_DEVICE_BUILD=direct (skip the meson attempt).
 set -uo pipefail
@@ -132,7 +135,7 @@ say "build ($mode): $([[ $build_ok == 1 ]] && echo ok || echo "FAILED: $build_er
 
 # ---- 4. the gpu suite ----
 export DS_TEST_DATA=$root/tests/data DS_SOURCE_ROOT=$root DS_BUILD_ROOT=$bindir
-passed=0 failed=0 skipped=0
+passed=0 failed=0 skipped=0 backend_error=''
 rows=()
 : >"$logs/tests.log"
 phase_end=$(($(elapsed) + $(limit 240 150)))
@@ -153,11 +156,23 @@ for t in "${tests[@]}"; do
     secs=$((ms / 1000)).$((ms % 1000 / 100))
     cat "$logs/one-test.log" >>"$logs/tests.log"
     cases=$(grep -E '^[0-9]+ cases, [0-9]+ failed' "$logs/one-test.log" | tail -1)
+    # Why the backend did not start, as the test program printed it (kernel_test.c).
+    why=$(grep -m1 -E '^(skipped: |cannot create the )' "$logs/one-test.log" | sed 's/^skipped: //' | cut -c1-240)
+    shown=${why:-no reason printed}
     case $rc in
         0) passed=$((passed + 1)); rows+=("$t|pass|${cases:-?}|${secs}s") ;;
-        77) skipped=$((skipped + 1)); rows+=("$t|skip|$(grep -m1 '^skipped' "$logs/one-test.log" | cut -c1-70)|-") ;;
+        77)
+            if [[ -n $gpu ]]; then
+                failed=$((failed + 1)); rows+=("$t|FAIL|skipped with a GPU present: ${shown:0:60}|-")
+                backend_error=${backend_error:-${why:-the test skipped without saying why}}
+            else
+                skipped=$((skipped + 1)); rows+=("$t|skip|${shown:0:70}|-")
+            fi ;;
         124 | 137) failed=$((failed + 1)); rows+=("$t|FAIL|timed out|${secs}s") ;;
-        *) failed=$((failed + 1)); rows+=("$t|FAIL|exit $rc; ${cases:-no summary (crash?)}|${secs}s") ;;
+        *)
+            [[ -z $cases && -n $why ]] && backend_error=${backend_error:-$why}
+            [[ -n $why ]] || why='no summary (crash?)'
+            failed=$((failed + 1)); rows+=("$t|FAIL|exit $rc; ${cases:-${why:0:70}}|${secs}s") ;;
     esac
 done
 rm -f "$logs/one-test.log"
@@ -192,6 +207,7 @@ fi
     echo "machine: ${gpu:-no GPU found} | nvcc: $([[ -n $nvcc ]] && "$nvcc" --version | grep -o 'release [0-9.]*' || echo none) | torch: ${torch:-none}"
     echo "build: $mode, $([[ $build_ok == 1 ]] && echo ok || echo FAILED) (${build_s}s); OpenBLAS: ${blas_from:-missing}"
     [[ $build_ok == 1 ]] || echo "  first build error: ${build_error:-see build.log}"
+    [[ -n $backend_error ]] && echo "CUDA BACKEND DID NOT START on ${gpu:-this machine}: $backend_error"
     echo "gpu suite (tests/kernels --backend cuda):"
     for r in "${rows[@]}"; do
         IFS='|' read -r name verdict detail secs <<<"$r"
