@@ -531,6 +531,24 @@ static int finish(pipeline_job *pj, ds_error *err)
                         &region_used, &pj->latents_in_region, &pj->latents_offset, err);
 }
 
+/* DATA_LOSS when a model file or a client's region faulted during the turn: what the unit
+ * computed from zeros is garbage, whatever it returned. Overwrites err only then. */
+static int check_intact(const pipeline_job *pj, ds_error *err)
+{
+    ds_error lost;
+    int rc = DS_OK;
+    for (int r = 0; rc == DS_OK && r < ROLE_COUNT; r++)
+        if (pj->slots[r].entry)
+            rc = ds_pool_check_faults(pj->slots[r].entry, &lost);
+    for (int i = 0; rc == DS_OK && i < IMG_COUNT; i++)
+        rc = ds_shm_check_intact(&pj->image_maps[i], &lost);
+    if (rc == DS_OK)
+        rc = ds_shm_check_intact(&pj->out_map, &lost);
+    if (rc != DS_OK)
+        *err = lost;
+    return rc;
+}
+
 /* One unit per turn. */
 static int pipeline_run(ds_job *job)
 {
@@ -546,8 +564,14 @@ static int pipeline_run(ds_job *job)
         .check_path = pipeline_check_path,
     };
     pj->turn_started_s = now_s();
+    /* The files were checked at acceptance; the request may have waited in the queue since. */
+    for (int r = 0; done == 0 && r < ROLE_COUNT; r++)
+        if (pj->slots[r].entry && ds_pool_check_fresh(pj->slots[r].entry, &job->error) != DS_OK)
+            return job->error.code;
     int rc = ds_qwen_image_pipeline_advance(pj->pipe, &ctx, &job->error);
     double took = now_s() - pj->turn_started_s;
+    if (check_intact(pj, &job->error) != DS_OK)
+        return job->error.code;
     if (rc < 0)
         return rc;
     if (done > 0 && done + 1 < total) {
@@ -560,7 +584,10 @@ static int pipeline_run(ds_job *job)
     }
     if (rc > 0)
         return DS_JOB_YIELD;
-    return finish(pj, &job->error);
+    rc = finish(pj, &job->error);
+    if (check_intact(pj, &job->error) != DS_OK)
+        return job->error.code;
+    return rc;
 }
 
 /* Which unit a job stopped at, for the CANCELLED message. */
@@ -846,10 +873,16 @@ static int find_by_name(ds_daemon *d, int r, ds_pool_model **out, ds_error *err)
     char ids[256];
     size_t used = 0;
     ids[0] = '\0';
+    ds_pool_model *stale = NULL;
     for (size_t i = 0; i < ds_pool_count(d->pool); i++) {
         ds_pool_model *e = ds_pool_at(d->pool, i);
         if (strcmp(e->model->model_name, role->model_name) != 0)
             continue;
+        /* A model known to be stale is not a candidate: its reload may stand beside it. */
+        if (e->model->files && ds_model_files_is_stale(e->model->files)) {
+            stale = e;
+            continue;
+        }
         if (found++ == 0)
             *out = e;
         if (used < sizeof ids) {
@@ -860,6 +893,8 @@ static int find_by_name(ds_daemon *d, int r, ds_pool_model **out, ds_error *err)
     if (found == 1)
         return DS_OK;
     *out = NULL;
+    if (found == 0 && stale)
+        return ds_pool_check_fresh(stale, err);
     if (found == 0)
         return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
                             "no model for the %s: no %s is loaded; load one (diffsynth load FILE...) "
@@ -929,6 +964,8 @@ static int find_models(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
             if (e) {
                 ds_pool_pin(e);
                 s->entry = e;
+                if ((rc = ds_pool_check_fresh(e, err)) != DS_OK)
+                    return rc;
             }
         }
     }

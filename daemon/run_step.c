@@ -309,6 +309,28 @@ static int step_check_path(void *user, const char *path, ds_error *err)
     return rc;
 }
 
+/* The models' files are still what was loaded: checked when the request is accepted and
+ * again when it starts to run, since it may have waited in the queue. */
+static int check_fresh(const run_step_job *sj, ds_error *err)
+{
+    int rc = ds_pool_check_fresh(sj->entry, err);
+    for (size_t i = 0; rc == DS_OK && i < sj->aux_count; i++)
+        rc = ds_pool_check_fresh(sj->aux_entries[i], err);
+    return rc;
+}
+
+static int check_intact(const run_step_job *sj, ds_error *err)
+{
+    int rc = ds_pool_check_faults(sj->entry, err);
+    for (size_t i = 0; rc == DS_OK && i < sj->aux_count; i++)
+        rc = ds_pool_check_faults(sj->aux_entries[i], err);
+    for (size_t i = 0; rc == DS_OK && i < sj->input_map_count; i++)
+        rc = ds_shm_check_intact(&sj->input_maps[i], err);
+    if (rc == DS_OK)
+        rc = ds_shm_check_intact(&sj->out_map, err);
+    return rc;
+}
+
 static int run_step_run(ds_job *job)
 {
     run_step_job *sj = (run_step_job *)job;
@@ -324,11 +346,21 @@ static int run_step_run(ds_job *job)
         .vram = sj->daemon->vram,
         .check_path = step_check_path,
     };
-    int rc = sj->step->run(sj->entry->model, &ctx, &sj->in, &sj->out, &job->error);
-    sj->compute_s = now_s() - started;
+    int rc = check_fresh(sj, &job->error);
     if (rc != DS_OK)
         return rc;
-    return place_outputs(sj, &job->error);
+    rc = sj->step->run(sj->entry->model, &ctx, &sj->in, &sj->out, &job->error);
+    sj->compute_s = now_s() - started;
+    if (rc == DS_OK)
+        rc = place_outputs(sj, &job->error);
+    /* A fault on a model file or a client's region made the step read zeros (or write into
+     * them): whatever it returned, the request failed. */
+    ds_error lost;
+    if (check_intact(sj, &lost) != DS_OK) {
+        job->error = lost;
+        return lost.code;
+    }
+    return rc;
 }
 
 static void run_step_progress(ds_job *job, const ds_job_progress *p)
@@ -567,7 +599,7 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
         goto fail;
     ds_pool_pin(entry);
     sj->entry = entry;
-    if ((rc = add_aux(sj, d, req, &err)) != DS_OK)
+    if ((rc = add_aux(sj, d, req, &err)) != DS_OK || (rc = check_fresh(sj, &err)) != DS_OK)
         goto fail;
     if ((rc = ds_conn_begin_job(conn, &err)) != DS_OK)
         goto fail;
