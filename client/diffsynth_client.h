@@ -94,6 +94,17 @@ const char *ds_client_code_name(int code);
  * normally carries an id from ds_client_next_id. */
 int ds_client_send(ds_client *client, const diffsynth_v1_Envelope *envelope);
 
+/* The most file descriptors one frame may carry (the daemon closes a connection that sends
+ * more). */
+#define DS_CLIENT_MAX_FDS 8
+
+/* As ds_client_send, passing `fds` (fd_count of them, at most DS_CLIENT_MAX_FDS) with the frame
+ * (SCM_RIGHTS on its first byte) and setting the sent copy's fd_count; a SharedRegion with no
+ * name refers to one of them by fd_index. The descriptors stay the caller's: the daemon gets
+ * its own copies. */
+int ds_client_send_fds(ds_client *client, const diffsynth_v1_Envelope *envelope, const int *fds,
+                       size_t fd_count);
+
 /* Receives the next frame into *out: first those ds_client_call set aside (oldest first), then
  * from the socket. timeout_ms < 0 waits without limit, 0 only takes what has already arrived.
  * DS_CLIENT_ETIMEDOUT keeps a partly read frame for the next call. On success *out is yours:

@@ -82,6 +82,7 @@ typedef struct pipeline_job {
     size_t png_size;
     ds_shm_mapping out_map;
     char *out_region_name;
+    uint32_t out_region_fd_index;
     uint64_t out_region_offset;
     uint64_t max_inline;
     int png_in_region, latents_in_region;
@@ -292,7 +293,7 @@ static int check_tensor(const char *field, const Diffsynth__V1__Tensor *t, ds_er
     if (t->shm) {
         char what[64];
         snprintf(what, sizeof what, "run_pipeline.%s.shm", field);
-        int rc = ds_shm_check_name(what, t->shm->name, err);
+        int rc = ds_shm_check_region(what, t->shm, err);
         if (rc != DS_OK)
             return rc;
         if (t->data.len != 0)
@@ -379,7 +380,7 @@ int ds_run_pipeline_validate(const Diffsynth__V1__RunPipelineRequest *req, ds_er
                             "run_pipeline.tokenizer \"%.512s\" is not an absolute path",
                             req->tokenizer);
     if (req->output_region) {
-        rc = ds_shm_check_name("run_pipeline.output_region", req->output_region->name, err);
+        rc = ds_shm_check_region("run_pipeline.output_region", req->output_region, err);
         if (rc != DS_OK)
             return rc;
         if (req->output_region->size == 0)
@@ -708,6 +709,7 @@ static void set_output(Diffsynth__V1__Tensor *t, Diffsynth__V1__SharedRegion *re
     if (in_region) {
         diffsynth__v1__shared_region__init(region);
         region->name = pj->out_region_name;
+        region->fd_index = pj->out_region_fd_index;
         region->offset = pj->out_region_offset + offset;
         region->size = bytes;
         t->shm = region;
@@ -978,9 +980,11 @@ static int find_models(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
 
 /* The optional tensors: shared memory mapped read-only, inline data copied out of the frame
  * (which is freed when dispatch returns). */
-static int take_images(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest *req, uid_t uid,
-                       ds_error *err)
+static int take_images(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest *req,
+                       const ds_conn *conn, ds_error *err)
 {
+    size_t fd_count;
+    const int *fds = ds_conn_frame_fds(conn, &fd_count);
     for (int i = 0; i < IMG_COUNT; i++) {
         const Diffsynth__V1__Tensor *t = request_image(req, i);
         if (!t)
@@ -992,8 +996,8 @@ static int take_images(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
         if (t->shm) {
             char what[64];
             snprintf(what, sizeof what, "run_pipeline.%s", image_fields[i]);
-            int rc = ds_shm_map(what, t->shm->name, uid, t->shm->offset, t->shm->size, 0,
-                                &pj->image_maps[i], err);
+            int rc = ds_shm_map_region(what, t->shm, ds_conn_uid(conn), fds, fd_count, 0,
+                                       &pj->image_maps[i], err);
             if (rc != DS_OK)
                 return rc;
             data = pj->image_maps[i].data;
@@ -1015,8 +1019,8 @@ static int take_images(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
     return DS_OK;
 }
 
-static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest *req, uid_t uid,
-                        ds_error *err)
+static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest *req,
+                        const ds_conn *conn, ds_error *err)
 {
     ds_qwen_image_params *p = &pj->params;
     ds_qwen_image_params_default(p);
@@ -1039,15 +1043,18 @@ static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineReques
     p->prompt = pj->prompt;
     p->negative_prompt = pj->negative_prompt;
     p->tokenizer = pj->tokenizer;
-    if ((rc = take_images(pj, req, uid, err)) != DS_OK)
+    if ((rc = take_images(pj, req, conn, err)) != DS_OK)
         return rc;
     if (req->output_region) {
         const Diffsynth__V1__SharedRegion *r = req->output_region;
-        rc = ds_shm_map("run_pipeline.output_region", r->name, uid, r->offset, r->size, 1,
-                        &pj->out_map, err);
+        size_t fd_count;
+        const int *fds = ds_conn_frame_fds(conn, &fd_count);
+        rc = ds_shm_map_region("run_pipeline.output_region", r, ds_conn_uid(conn), fds, fd_count,
+                               1, &pj->out_map, err);
         if (rc != DS_OK)
             return rc;
         pj->out_region_offset = r->offset;
+        pj->out_region_fd_index = r->fd_index;
         if (!(pj->out_region_name = strdup(r->name)))
             return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
     }
@@ -1075,7 +1082,7 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
         goto fail;
     }
     /* The transport (shared memory) first, then the models: as RunStep does. */
-    if ((rc = take_request(pj, req, ds_conn_uid(conn), &err)) != DS_OK ||
+    if ((rc = take_request(pj, req, conn, &err)) != DS_OK ||
         (rc = find_models(pj, req, &err)) != DS_OK || (rc = ds_conn_begin_job(conn, &err)) != DS_OK)
         goto fail;
 

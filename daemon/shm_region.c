@@ -159,6 +159,32 @@ int ds_shm_map_fd(const char *what, int fd, uint64_t offset, uint64_t size, int 
     return map_region(what, "the passed memfd", fd, offset, size, &st, writable, out, err);
 }
 
+int ds_shm_check_region(const char *what, const Diffsynth__V1__SharedRegion *region,
+                        ds_error *err)
+{
+    if (!region->name[0])
+        return DS_OK;
+    return ds_shm_check_name(what, region->name, err);
+}
+
+int ds_shm_map_region(const char *what, const Diffsynth__V1__SharedRegion *region, uid_t uid,
+                      const int *fds, size_t fd_count, int writable, ds_shm_mapping *out,
+                      ds_error *err)
+{
+    if (region->name[0])
+        return ds_shm_map(what, region->name, uid, region->offset, region->size, writable, out,
+                          err);
+    memset(out, 0, sizeof *out);
+    out->guard_slot = -1;
+    if (region->fd_index >= fd_count)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: no shared-memory name and fd_index %u, but the frame carries %zu "
+                            "file descriptors (Envelope.fd_count)",
+                            what, (unsigned)region->fd_index, fd_count);
+    return ds_shm_map_fd(what, fds[region->fd_index], region->offset, region->size, writable, out,
+                         err);
+}
+
 int ds_shm_check_intact(const ds_shm_mapping *m, ds_error *err)
 {
     if (!m->base || !atomic_load(&m->faulted))

@@ -22,6 +22,7 @@
 #include <sys/types.h>
 
 #include "core/error.h"
+#include "diffsynth.pb-c.h"
 
 /* Filled in place and registered with the fault guard by address: never copy a mapping. */
 typedef struct ds_shm_mapping {
@@ -54,6 +55,18 @@ int ds_shm_map(const char *what, const char *name, uid_t uid, uint64_t offset, u
  * descriptor opened read-write and no write seal. */
 int ds_shm_map_fd(const char *what, int fd, uint64_t offset, uint64_t size, int writable,
                   ds_shm_mapping *out, ds_error *err);
+
+/* Checks a request's SharedRegion without I/O: a memfd's (empty name; its index is checked
+ * when mapping) or a named object's name (ds_shm_check_name). INVALID_ARGUMENT. */
+int ds_shm_check_region(const char *what, const Diffsynth__V1__SharedRegion *region,
+                        ds_error *err);
+
+/* Maps a request's SharedRegion: the memfd at fd_index among the frame's `fds` when the name is
+ * empty (ds_shm_map_fd; INVALID_ARGUMENT when the frame has no such descriptor), else the named
+ * object (ds_shm_map, owned by `uid`). */
+int ds_shm_map_region(const char *what, const Diffsynth__V1__SharedRegion *region, uid_t uid,
+                      const int *fds, size_t fd_count, int writable, ds_shm_mapping *out,
+                      ds_error *err);
 
 /* DATA_LOSS naming the field and the object when a read or write of the mapping faulted
  * since it was mapped (the client shrank its object while the request ran). A zeroed mapping
