@@ -363,7 +363,10 @@ static void on_fd_handle_closed(uv_handle_t *handle) { free(handle); }
 
 /* Moves the descriptors libuv received with the last read (IPC mode: recvmsg) onto our queue.
  * libuv hands them out only through a handle, so each goes through a short-lived pipe handle
- * and is duplicated off it. Returns -1 after failing the stream. */
+ * and is duplicated off it. libuv's recvmsg has room for 64 descriptors; the kernel closes any
+ * beyond (MSG_CTRUNC), which only a client past FD_QUEUE_MAX can cause, and that client's
+ * connection fails here or when its frame finds its descriptors missing. Returns -1 after
+ * failing the stream. */
 static int receive_fds(ds_conn *conn)
 {
     uv_pipe_t *pipe = &conn->pipe;
