@@ -4,12 +4,14 @@
  * to end and an unsealed memfd is refused. The model is the real Qwen-Image VAE's key set
  * (sparse: zero weights), whose "decode" step reports progress after each layer: the test
  * strikes after the first report, while most layers are still to run. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -175,6 +177,35 @@ static int send_with_fds(ds_client *c, diffsynth_v1_Envelope *req, const int *fd
     }
 }
 
+/* Open descriptors of the daemon, from /proc. */
+static int daemon_fds(void)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)env.pid);
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* The daemon closes connections and descriptors on its loop: give it a moment. */
+static int daemon_fds_settle(int want)
+{
+    int n = daemon_fds();
+    for (int i = 0; i < 100 && n != want; i++) {
+        struct timespec t = {0, 20 * 1000 * 1000};
+        nanosleep(&t, NULL);
+        n = daemon_fds();
+    }
+    return n;
+}
+
+static int fds_before;
+
 static int make_memfd(int seal)
 {
     int fd = memfd_create("it-latents", MFD_CLOEXEC | (seal ? MFD_ALLOW_SEALING : 0));
@@ -188,6 +219,7 @@ static int make_memfd(int seal)
 
 static void test_memfd_seals_checked(void)
 {
+    fds_before = daemon_fds();
     ds_client *c = it_connect(&env);
     REQUIRE(c);
     diffsynth_v1_Envelope req;
@@ -250,6 +282,67 @@ static void test_missing_fds_close_the_connection(void)
     CHECK(it_raw_wait_eof(fd, IT_CALL_TIMEOUT_MS));
     close(fd);
     check_unharmed();
+}
+
+/* One frame with `n` descriptors on its first byte, through a raw socket. */
+static int raw_send_with_fds(int sock, const uint8_t *frame, size_t len, const int *fds, size_t n)
+{
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * 32)];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec iov = {.iov_base = (void *)frame, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = CMSG_SPACE(sizeof(int) * n)};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * n);
+    memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * n);
+    return sendmsg(sock, &msg, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -1;
+}
+
+/* Sends a Status frame declaring `declared` descriptors with `sent` of them; expects an
+ * INVALID_ARGUMENT naming `needle`, then the connection closed. */
+static void expect_fd_refusal(uint32_t declared, size_t sent, const char *needle)
+{
+    int memfd = make_memfd(1);
+    REQUIRE(memfd >= 0 && sent <= 32);
+    int fds[32];
+    for (size_t i = 0; i < sent; i++)
+        fds[i] = memfd;
+    int sock = it_raw_connect(env.socket);
+    REQUIRE(sock >= 0);
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero;
+    req.request_id = 9;
+    req.fd_count = declared;
+    req.which_body = diffsynth_v1_Envelope_status_tag;
+    uint8_t *frame;
+    size_t len;
+    REQUIRE(it_encode_frame(&req, &frame, &len) == 0);
+    CHECK(raw_send_with_fds(sock, frame, len, fds, sent) == 0);
+    free(frame);
+    diffsynth_v1_Envelope in;
+    REQUIRE(it_raw_read_frame(sock, &in, IT_CALL_TIMEOUT_MS) == 0);
+    CHECK(in.which_body == diffsynth_v1_Envelope_error_tag && in.body.error.code == 3);
+    CHECK_CONTAINS(in.which_body == diffsynth_v1_Envelope_error_tag ? in.body.error.message : "",
+                   needle);
+    ds_client_envelope_free(&in);
+    CHECK(it_raw_wait_eof(sock, IT_CALL_TIMEOUT_MS));
+    close(sock);
+    close(memfd);
+    check_unharmed();
+}
+
+static void test_fd_bounds(void)
+{
+    expect_fd_refusal(9, 9, "declares 9 file descriptors (Envelope.fd_count), at most 8");
+    expect_fd_refusal(0, 17, "more than 16 file descriptors arrived that no frame claims");
+    /* Every descriptor passed since the memfd tests began, used or refused, is closed. */
+    int now = daemon_fds_settle(fds_before);
+    CHECK_MSG(fds_before > 0 && now == fds_before, "the daemon had %d descriptors, now %d",
+              fds_before, now);
 }
 
 /* --- named shared memory from older clients ------------------------------------------------ */
@@ -437,6 +530,7 @@ int main(int argc, char **argv)
     RUN(test_memfd_end_to_end);
     RUN(test_memfd_seals_checked);
     RUN(test_missing_fds_close_the_connection);
+    RUN(test_fd_bounds);
     RUN(test_named_shm_shrunk_mid_request);
     RUN(test_model_truncated_mid_step);
     RUN(test_model_rewritten_in_place);
