@@ -12,15 +12,22 @@ int ds__client_fail(ds_client *client, int status, const char *fmt, ...)
  * ds_client_last_code) and returns DS_CLIENT_EDAEMON. */
 int ds__client_daemon_error(ds_client *client, const diffsynth_v1_Error *error);
 
+/* ds_client_call, passing `fds` with the request's frame (ds_client_send_fds). */
+int ds__client_call_fds(ds_client *client, const diffsynth_v1_Envelope *request, const int *fds,
+                        size_t fd_count, diffsynth_v1_Envelope *response, int timeout_ms,
+                        ds_client_progress_fn on_progress, void *user);
+
 /* ---- shared memory for tensors too large for nanopb's inline fields (client_shm.c) ---- */
 
 /* Tensors in a call's shared-memory object start at multiples of this (the daemon's outputs
  * too). */
 #define DS__CLIENT_SHM_ALIGN 64
 
-/* One call's object: created 0600 with O_EXCL under a process-unique name, unlinked after. */
+/* One call's object: a memfd sealed against shrinking and growing, passed with the request's
+ * frame as its descriptor 0 (SharedRegion: no name, fd_index 0). The daemon maps it; no name
+ * exists that another process could open or shrink. */
 typedef struct ds__client_shm {
-    char name[64];
+    char name[1];       /* "": what a region of this object names */
     int fd;             /* -1 when none */
     unsigned char *map;
     uint64_t size;

@@ -305,7 +305,7 @@ int ds_client_run_pipeline(ds_client *client, const ds_client_pipeline_request *
     env.request_id = ds_client_next_id(client);
     if (request_id_out)
         *request_id_out = env.request_id;
-    if ((rc = ds_client_send(client, &env)))
+    if ((rc = ds_client_send_fds(client, &env, &shm.fd, 1)))
         goto done;
     rc = wait_reply(client, env.request_id, request->cancel, timeout_ms, on_progress, user, &resp);
     if (rc)

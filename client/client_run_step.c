@@ -167,7 +167,7 @@ int ds_client_run_step(ds_client *client, const ds_client_step_request *request,
     env.request_id = ds_client_next_id(client);
     if (request_id_out)
         *request_id_out = env.request_id;
-    rc = ds_client_call(client, &env, &resp, timeout_ms, on_progress, user);
+    rc = ds__client_call_fds(client, &env, &shm.fd, 1, &resp, timeout_ms, on_progress, user);
     if (rc)
         goto done;
     rc = take_outputs(client, &resp.body.run_step_result, &shm, out_offset, result);

@@ -1,9 +1,8 @@
-/* libdiffsynth-client: the shared-memory object of one RunStep or RunPipeline call, and the
- * copy of a reply tensor out of the frame or that object. nanopb's 16-bit sizes cannot carry
- * large tensors inline, so both calls move them through memory the client creates. */
+/* libdiffsynth-client: the shared memory (a sealed memfd) of one RunStep or RunPipeline call,
+ * and the copy of a reply tensor out of the frame or that memory. nanopb's 16-bit sizes cannot
+ * carry large tensors inline, so both calls move them through memory the client creates. */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,11 +11,6 @@
 #include <unistd.h>
 
 #include "client/client_internal.h"
-
-#define SHM_CREATE_TRIES 16
-
-/* Names must be unique across every call of this process. */
-static atomic_uint shm_counter;
 
 size_t ds__client_inline_limit(size_t requested)
 {
@@ -27,26 +21,23 @@ uint64_t ds__client_align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * 
 
 int ds__client_shm_create(ds_client *c, ds__client_shm *o, uint64_t size)
 {
-    for (int attempt = 0; attempt < SHM_CREATE_TRIES; attempt++) {
-        snprintf(o->name, sizeof o->name, "/diffsynth-%d-%u", (int)getpid(),
-                 atomic_fetch_add(&shm_counter, 1));
-        /* 0600 and O_EXCL: only we can open it, and we never adopt someone else's object. */
-        o->fd = shm_open(o->name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (o->fd >= 0)
-            break;
-        if (errno != EEXIST)
-            return ds__client_fail(c, DS_CLIENT_EIO, "cannot create shared memory %s: %s", o->name,
-                                   strerror(errno));
-    }
+    o->name[0] = '\0';
+    o->fd = memfd_create("diffsynth-tensors", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (o->fd < 0)
-        return ds__client_fail(c, DS_CLIENT_EIO, "cannot find a free shared-memory name");
+        return ds__client_fail(c, DS_CLIENT_EIO, "cannot create a memfd for the tensors: %s",
+                               strerror(errno));
     if (size > (uint64_t)SIZE_MAX || ftruncate(o->fd, (off_t)size) != 0)
-        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot size shared memory %s to %llu bytes: %s",
-                               o->name, (unsigned long long)size, strerror(errno));
+        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot size the tensors' memfd to %llu "
+                               "bytes: %s", (unsigned long long)size, strerror(errno));
+    /* The daemon refuses a region that could shrink under it (a fault there would be its
+     * SIGBUS); sealed, its size is fixed for everyone who holds it. */
+    if (fcntl(o->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+        return ds__client_fail(c, DS_CLIENT_EIO, "cannot seal the tensors' memfd: %s",
+                               strerror(errno));
     void *map = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, o->fd, 0);
     if (map == MAP_FAILED)
-        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot map shared memory %s (%llu bytes): %s",
-                               o->name, (unsigned long long)size, strerror(errno));
+        return ds__client_fail(c, DS_CLIENT_ENOMEM, "cannot map the tensors' memfd (%llu bytes): "
+                               "%s", (unsigned long long)size, strerror(errno));
     o->map = map;
     o->size = size;
     return DS_CLIENT_OK;
@@ -56,10 +47,8 @@ void ds__client_shm_destroy(ds__client_shm *o)
 {
     if (o->map)
         munmap(o->map, (size_t)o->size);
-    if (o->fd >= 0) {
+    if (o->fd >= 0)
         close(o->fd);
-        shm_unlink(o->name);
-    }
     o->map = NULL;
     o->fd = -1;
 }
@@ -81,7 +70,8 @@ int ds__client_take_tensor(ds_client *c, const char *name, const diffsynth_v1_Te
     }
     const unsigned char *src;
     if (t->has_shm) {
-        if (!o || !t->shm.name || strcmp(t->shm.name, o->name) != 0 || t->shm.size != bytes ||
+        if (!o || strcmp(t->shm.name ? t->shm.name : "", o->name) != 0 || t->shm.fd_index != 0 ||
+            t->shm.size != bytes ||
             t->shm.offset < out_offset || t->shm.offset > o->size ||
             bytes > o->size - t->shm.offset)
             return ds__client_fail(c, DS_CLIENT_EPROTO,

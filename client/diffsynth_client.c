@@ -296,11 +296,33 @@ static int wait_fd(int fd, short events, int64_t deadline)
     }
 }
 
-static int write_all(ds_client *c, const unsigned char *data, size_t len)
+/* Writes the frame; the descriptors ride on its first byte, so they go with the first send
+ * that moves any data (sendmsg), and never twice. */
+static int write_all(ds_client *c, const unsigned char *data, size_t len, const int *fds,
+                     size_t fd_count)
 {
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * DS_CLIENT_MAX_FDS)];
+    } control;
     size_t off = 0;
     while (off < len) {
-        ssize_t n = send(c->fd, data + off, len - off, MSG_NOSIGNAL);
+        ssize_t n;
+        if (off == 0 && fd_count > 0) {
+            struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+            struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+            memset(&control, 0, sizeof control);
+            msg.msg_control = control.buf;
+            msg.msg_controllen = CMSG_SPACE(sizeof(int) * fd_count);
+            struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+            cmsg->cmsg_level = SOL_SOCKET;
+            cmsg->cmsg_type = SCM_RIGHTS;
+            cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fd_count);
+            memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * fd_count);
+            n = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        } else {
+            n = send(c->fd, data + off, len - off, MSG_NOSIGNAL);
+        }
         if (n > 0) {
             off += (size_t)n;
             continue;
@@ -324,11 +346,23 @@ static int write_all(ds_client *c, const unsigned char *data, size_t len)
 
 int ds_client_send(ds_client *client, const diffsynth_v1_Envelope *envelope)
 {
-    if (!client || !envelope)
+    return ds_client_send_fds(client, envelope, NULL, 0);
+}
+
+int ds_client_send_fds(ds_client *client, const diffsynth_v1_Envelope *request, const int *fds,
+                       size_t fd_count)
+{
+    if (!client || !request || (fd_count > 0 && !fds))
         return DS_CLIENT_EINVAL;
+    if (fd_count > DS_CLIENT_MAX_FDS)
+        return fail(client, DS_CLIENT_EINVAL, "%zu file descriptors for one frame, at most %d",
+                    fd_count, DS_CLIENT_MAX_FDS);
     int rc = check_usable(client);
     if (rc)
         return rc;
+    diffsynth_v1_Envelope copy = *request;
+    copy.fd_count = (uint32_t)fd_count;
+    const diffsynth_v1_Envelope *envelope = &copy;
     size_t size = 0;
     if (!pb_get_encoded_size(&size, diffsynth_v1_Envelope_fields, envelope))
         return fail(client, DS_CLIENT_EINVAL, "cannot encode %s request: a field is invalid",
@@ -347,7 +381,7 @@ int ds_client_send(ds_client *client, const diffsynth_v1_Envelope *envelope)
         return fail(client, DS_CLIENT_EINVAL, "cannot encode %s request: %s",
                     body_name(envelope->which_body), PB_GET_ERROR(&os));
     }
-    rc = write_all(client, frame, size + 4);
+    rc = write_all(client, frame, size + 4, fds, fd_count);
     free(frame);
     return rc;
 }
@@ -496,6 +530,13 @@ int ds_client_call(ds_client *client, const diffsynth_v1_Envelope *request,
                    diffsynth_v1_Envelope *response, int timeout_ms,
                    ds_client_progress_fn on_progress, void *user)
 {
+    return ds__client_call_fds(client, request, NULL, 0, response, timeout_ms, on_progress, user);
+}
+
+int ds__client_call_fds(ds_client *client, const diffsynth_v1_Envelope *request, const int *fds,
+                        size_t fd_count, diffsynth_v1_Envelope *response, int timeout_ms,
+                        ds_client_progress_fn on_progress, void *user)
+{
     if (!client || !request || !response)
         return DS_CLIENT_EINVAL;
     memset(response, 0, sizeof *response);
@@ -503,7 +544,7 @@ int ds_client_call(ds_client *client, const diffsynth_v1_Envelope *request,
     if (req.request_id == 0)
         req.request_id = ds_client_next_id(client);
     uint64_t id = req.request_id;
-    int rc = ds_client_send(client, &req);
+    int rc = ds_client_send_fds(client, &req, fds, fd_count);
     if (rc)
         return rc;
     for (;;) {

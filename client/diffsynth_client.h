@@ -94,6 +94,17 @@ const char *ds_client_code_name(int code);
  * normally carries an id from ds_client_next_id. */
 int ds_client_send(ds_client *client, const diffsynth_v1_Envelope *envelope);
 
+/* The most file descriptors one frame may carry (the daemon closes a connection that sends
+ * more). */
+#define DS_CLIENT_MAX_FDS 8
+
+/* As ds_client_send, passing `fds` (fd_count of them, at most DS_CLIENT_MAX_FDS) with the frame
+ * (SCM_RIGHTS on its first byte) and setting the sent copy's fd_count; a SharedRegion with no
+ * name refers to one of them by fd_index. The descriptors stay the caller's: the daemon gets
+ * its own copies. */
+int ds_client_send_fds(ds_client *client, const diffsynth_v1_Envelope *envelope, const int *fds,
+                       size_t fd_count);
+
 /* Receives the next frame into *out: first those ds_client_call set aside (oldest first), then
  * from the socket. timeout_ms < 0 waits without limit, 0 only takes what has already arrived.
  * DS_CLIENT_ETIMEDOUT keeps a partly read frame for the next call. On success *out is yours:
@@ -134,17 +145,17 @@ int ds_client_absolute_path(ds_client *client, const char *path, char **out);
 /* ---- RunStep: run one step of a loaded model on named tensors ----
  *
  * Tensors are plain structs. Small ones travel inline in the request and reply frames; any
- * tensor over `inline_limit` bytes (inputs and outputs) goes through one POSIX shared-memory
- * object the call creates ("/diffsynth-<pid>-<counter>", mode 0600), names in the request and
- * unlinks before it returns. The limit exists because this library's nanopb is built with
- * 16-bit size fields: a `bytes` field over 65535 bytes cannot be encoded or decoded here, so
- * the limit is at most DS_CLIENT_MAX_INLINE and the daemon is asked (max_inline_output_bytes)
- * to send larger outputs through the object. */
+ * tensor over `inline_limit` bytes (inputs and outputs) goes through one memfd the call
+ * creates, seals against shrinking and growing (the daemon refuses one it could see shrink),
+ * passes with the request's frame and closes before it returns. The limit exists because this
+ * library's nanopb is built with 16-bit size fields: a `bytes` field over 65535 bytes cannot be
+ * encoded or decoded here, so the limit is at most DS_CLIENT_MAX_INLINE and the daemon is asked
+ * (max_inline_output_bytes) to send larger outputs through the memfd. */
 
 /* The most bytes one tensor carries inline (nanopb's 16-bit sizes, with room to spare). */
 #define DS_CLIENT_MAX_INLINE ((size_t)60 << 10)
-/* Default size of the output part of the shared-memory object. It is created sparse: pages
- * the daemon does not write cost nothing. */
+/* Default size of the output part of the memfd. It is created sparse: pages the daemon does
+ * not write cost nothing. */
 #define DS_CLIENT_DEFAULT_OUTPUT_CAPACITY ((uint64_t)256 << 20)
 #define DS_CLIENT_MAX_DIMS 8
 
@@ -179,7 +190,7 @@ typedef struct ds_client_step_request {
     /* Tensors with more bytes go through shared memory; 0 or more than DS_CLIENT_MAX_INLINE
      * mean DS_CLIENT_MAX_INLINE. 1 sends everything through shared memory. */
     size_t inline_limit;
-    /* Bytes reserved for outputs in the shared-memory object; 0 = the default. */
+    /* Bytes reserved for outputs in the memfd; 0 = the default. */
     uint64_t output_capacity;
 } ds_client_step_request;
 
@@ -212,7 +223,7 @@ size_t ds_client_dtype_size(int dtype);
  * decoding), interleaved with other clients' work, and streams Progress events with phases
  * "load" (models given as paths), "encode", "denoise" (done = steps finished) and "decode".
  * Tensors travel as for RunStep: inputs over the inline limit and the outputs that do not fit
- * inline go through one shared-memory object the call creates and unlinks. */
+ * inline go through one sealed memfd the call creates and passes with the request. */
 
 /* A model for one role of the pipeline ("text_encoder", "dit", "vae", "controlnet"): a loaded
  * model's id, or absolute paths of files the daemon loads (they then stay in its pool, with a

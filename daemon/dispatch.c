@@ -244,6 +244,9 @@ static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_daemon *d
     }
     m->reused = reused;
     m->loaded_at_unix_ms = e->loaded_at_unix_ms;
+    const char *stale = ds_pool_stale_reason(e);
+    if (stale)
+        m->stale = arena_str(a, stale);
     if (model->vram_config.managed) {
         char json[512];
         ds_error err = {0};

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "core/fault_guard.h"
 #include "core/log.h"
 #include "core/model_configs.h"
 #include "daemon/dispatch.h"
@@ -388,6 +389,12 @@ int main(int argc, char **argv)
     }
     loop_open = 1;
     status = EXIT_STARTUP;
+    /* Before any model file or client region is mapped: a file or object shrinking under us
+     * then fails the request that touched it, not the daemon. */
+    if (ds_fault_guard_install(&err) != DS_OK) {
+        fprintf(stderr, "diffsynthd: %s\n", err.message);
+        goto out;
+    }
     /* Step inputs and outputs live in host memory of the CPU backend even when steps compute
      * on the GPU, so the CPU backend always exists. */
     if (ds_cpu_backend_create(threads, &d->host_backend, &err) != DS_OK) {

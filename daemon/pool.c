@@ -123,6 +123,9 @@ int ds_pool_insert(ds_pool *pool, ds_loaded_model *model, const char *client,
     *reused = 0;
     for (size_t i = 0; i < pool->listed.count; i++) {
         ds_pool_model *existing = pool->listed.items[i];
+        /* A stale model is what the files were: the new load is of what they are now. */
+        if (existing->model->files && ds_model_files_is_stale(existing->model->files))
+            continue;
         if (same_model(existing->model, model)) {
             ds_loaded_model_free(model);
             if (add_client(existing, client) != DS_OK)
@@ -246,6 +249,45 @@ void ds_pool_unpin(ds_pool_model *entry)
     entry->pins--;
     if (entry->pins == 0 && entry->client_count == 0)
         entry_free(entry);
+}
+
+int ds_pool_check_fresh(const ds_pool_model *entry, ds_error *err)
+{
+    ds_model_files *files = entry->model->files;
+    if (!files)
+        return DS_OK;
+    int rc = ds_model_files_check(files, err);
+    if (rc != DS_OK) {
+        ds_error_prefix(err, "model %s (%s) is stale: ", entry->id, entry->model->model_name);
+        size_t len = strlen(err->message);
+        snprintf(err->message + len, sizeof err->message - len,
+                 "; unload it and load the files again");
+    }
+    return rc;
+}
+
+int ds_pool_check_faults(const ds_pool_model *entry, ds_error *err)
+{
+    ds_model_files *files = entry->model->files;
+    long i = files ? ds_model_files_faulted(files) : -1;
+    if (i < 0)
+        return DS_OK;
+    ds_error ignored;
+    ds_model_files_check(files, &ignored);
+    return ds_error_set(err, DS_ERR_DATA_LOSS,
+                        "model %s (%s): %s shrank while this request read its data (a read past "
+                        "its new end faulted); the result is lost and the model is stale: "
+                        "unload it and load the files again",
+                        entry->id, entry->model->model_name, files->files[i].path);
+}
+
+const char *ds_pool_stale_reason(const ds_pool_model *entry)
+{
+    ds_model_files *files = entry->model->files;
+    ds_error ignored;
+    if (!files || ds_model_files_check(files, &ignored) == DS_OK)
+        return NULL;
+    return ds_model_files_stale_reason(files);
 }
 
 uint64_t ds_pool_model_disk_bytes(const ds_pool_model *entry)

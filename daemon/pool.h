@@ -67,6 +67,20 @@ void ds_pool_pin(ds_pool_model *entry);
 /* Releases the model's memory if this was the last pin of a model that left the pool. */
 void ds_pool_unpin(ds_pool_model *entry);
 
+/* Before a job uses a model (loop thread or worker): FAILED_PRECONDITION when its files changed
+ * since the load (ds_model_files_check): "model m1 is stale: FILE changed since it was
+ * loaded: ...; reload it". A stale model stays stale; Load does not reuse it. */
+int ds_pool_check_fresh(const ds_pool_model *entry, ds_error *err);
+
+/* After a job used a model (any thread): DATA_LOSS naming the file when a read of one of its
+ * files faulted meanwhile (the file shrank: what the job computed is garbage). The model is
+ * stale from then on. */
+int ds_pool_check_faults(const ds_pool_model *entry, ds_error *err);
+
+/* Why the model is stale (checking its files now, as ds_pool_check_fresh), or NULL when it is
+ * not. The text lives as long as the model. */
+const char *ds_pool_stale_reason(const ds_pool_model *entry);
+
 /* Bytes of the mapped files of every model in the pool ("disk" tier). */
 uint64_t ds_pool_disk_bytes(const ds_pool *pool);
 uint64_t ds_pool_model_disk_bytes(const ds_pool_model *entry);

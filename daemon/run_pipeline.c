@@ -82,6 +82,7 @@ typedef struct pipeline_job {
     size_t png_size;
     ds_shm_mapping out_map;
     char *out_region_name;
+    uint32_t out_region_fd_index;
     uint64_t out_region_offset;
     uint64_t max_inline;
     int png_in_region, latents_in_region;
@@ -292,7 +293,7 @@ static int check_tensor(const char *field, const Diffsynth__V1__Tensor *t, ds_er
     if (t->shm) {
         char what[64];
         snprintf(what, sizeof what, "run_pipeline.%s.shm", field);
-        int rc = ds_shm_check_name(what, t->shm->name, err);
+        int rc = ds_shm_check_region(what, t->shm, err);
         if (rc != DS_OK)
             return rc;
         if (t->data.len != 0)
@@ -379,7 +380,7 @@ int ds_run_pipeline_validate(const Diffsynth__V1__RunPipelineRequest *req, ds_er
                             "run_pipeline.tokenizer \"%.512s\" is not an absolute path",
                             req->tokenizer);
     if (req->output_region) {
-        rc = ds_shm_check_name("run_pipeline.output_region", req->output_region->name, err);
+        rc = ds_shm_check_region("run_pipeline.output_region", req->output_region, err);
         if (rc != DS_OK)
             return rc;
         if (req->output_region->size == 0)
@@ -531,6 +532,24 @@ static int finish(pipeline_job *pj, ds_error *err)
                         &region_used, &pj->latents_in_region, &pj->latents_offset, err);
 }
 
+/* DATA_LOSS when a model file or a client's region faulted during the turn: what the unit
+ * computed from zeros is garbage, whatever it returned. Overwrites err only then. */
+static int check_intact(const pipeline_job *pj, ds_error *err)
+{
+    ds_error lost;
+    int rc = DS_OK;
+    for (int r = 0; rc == DS_OK && r < ROLE_COUNT; r++)
+        if (pj->slots[r].entry)
+            rc = ds_pool_check_faults(pj->slots[r].entry, &lost);
+    for (int i = 0; rc == DS_OK && i < IMG_COUNT; i++)
+        rc = ds_shm_check_intact(&pj->image_maps[i], &lost);
+    if (rc == DS_OK)
+        rc = ds_shm_check_intact(&pj->out_map, &lost);
+    if (rc != DS_OK)
+        *err = lost;
+    return rc;
+}
+
 /* One unit per turn. */
 static int pipeline_run(ds_job *job)
 {
@@ -546,8 +565,14 @@ static int pipeline_run(ds_job *job)
         .check_path = pipeline_check_path,
     };
     pj->turn_started_s = now_s();
+    /* The files were checked at acceptance; the request may have waited in the queue since. */
+    for (int r = 0; done == 0 && r < ROLE_COUNT; r++)
+        if (pj->slots[r].entry && ds_pool_check_fresh(pj->slots[r].entry, &job->error) != DS_OK)
+            return job->error.code;
     int rc = ds_qwen_image_pipeline_advance(pj->pipe, &ctx, &job->error);
     double took = now_s() - pj->turn_started_s;
+    if (check_intact(pj, &job->error) != DS_OK)
+        return job->error.code;
     if (rc < 0)
         return rc;
     if (done > 0 && done + 1 < total) {
@@ -560,7 +585,10 @@ static int pipeline_run(ds_job *job)
     }
     if (rc > 0)
         return DS_JOB_YIELD;
-    return finish(pj, &job->error);
+    rc = finish(pj, &job->error);
+    if (check_intact(pj, &job->error) != DS_OK)
+        return job->error.code;
+    return rc;
 }
 
 /* Which unit a job stopped at, for the CANCELLED message. */
@@ -681,6 +709,7 @@ static void set_output(Diffsynth__V1__Tensor *t, Diffsynth__V1__SharedRegion *re
     if (in_region) {
         diffsynth__v1__shared_region__init(region);
         region->name = pj->out_region_name;
+        region->fd_index = pj->out_region_fd_index;
         region->offset = pj->out_region_offset + offset;
         region->size = bytes;
         t->shm = region;
@@ -846,10 +875,16 @@ static int find_by_name(ds_daemon *d, int r, ds_pool_model **out, ds_error *err)
     char ids[256];
     size_t used = 0;
     ids[0] = '\0';
+    ds_pool_model *stale = NULL;
     for (size_t i = 0; i < ds_pool_count(d->pool); i++) {
         ds_pool_model *e = ds_pool_at(d->pool, i);
         if (strcmp(e->model->model_name, role->model_name) != 0)
             continue;
+        /* A model known to be stale is not a candidate: its reload may stand beside it. */
+        if (e->model->files && ds_model_files_is_stale(e->model->files)) {
+            stale = e;
+            continue;
+        }
         if (found++ == 0)
             *out = e;
         if (used < sizeof ids) {
@@ -860,6 +895,8 @@ static int find_by_name(ds_daemon *d, int r, ds_pool_model **out, ds_error *err)
     if (found == 1)
         return DS_OK;
     *out = NULL;
+    if (found == 0 && stale)
+        return ds_pool_check_fresh(stale, err);
     if (found == 0)
         return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
                             "no model for the %s: no %s is loaded; load one (diffsynth load FILE...) "
@@ -929,6 +966,8 @@ static int find_models(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
             if (e) {
                 ds_pool_pin(e);
                 s->entry = e;
+                if ((rc = ds_pool_check_fresh(e, err)) != DS_OK)
+                    return rc;
             }
         }
     }
@@ -941,9 +980,11 @@ static int find_models(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
 
 /* The optional tensors: shared memory mapped read-only, inline data copied out of the frame
  * (which is freed when dispatch returns). */
-static int take_images(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest *req, uid_t uid,
-                       ds_error *err)
+static int take_images(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest *req,
+                       const ds_conn *conn, ds_error *err)
 {
+    size_t fd_count;
+    const int *fds = ds_conn_frame_fds(conn, &fd_count);
     for (int i = 0; i < IMG_COUNT; i++) {
         const Diffsynth__V1__Tensor *t = request_image(req, i);
         if (!t)
@@ -955,8 +996,8 @@ static int take_images(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
         if (t->shm) {
             char what[64];
             snprintf(what, sizeof what, "run_pipeline.%s", image_fields[i]);
-            int rc = ds_shm_map(what, t->shm->name, uid, t->shm->offset, t->shm->size, 0,
-                                &pj->image_maps[i], err);
+            int rc = ds_shm_map_region(what, t->shm, ds_conn_uid(conn), fds, fd_count, 0,
+                                       &pj->image_maps[i], err);
             if (rc != DS_OK)
                 return rc;
             data = pj->image_maps[i].data;
@@ -978,8 +1019,8 @@ static int take_images(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
     return DS_OK;
 }
 
-static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest *req, uid_t uid,
-                        ds_error *err)
+static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest *req,
+                        const ds_conn *conn, ds_error *err)
 {
     ds_qwen_image_params *p = &pj->params;
     ds_qwen_image_params_default(p);
@@ -1002,15 +1043,18 @@ static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineReques
     p->prompt = pj->prompt;
     p->negative_prompt = pj->negative_prompt;
     p->tokenizer = pj->tokenizer;
-    if ((rc = take_images(pj, req, uid, err)) != DS_OK)
+    if ((rc = take_images(pj, req, conn, err)) != DS_OK)
         return rc;
     if (req->output_region) {
         const Diffsynth__V1__SharedRegion *r = req->output_region;
-        rc = ds_shm_map("run_pipeline.output_region", r->name, uid, r->offset, r->size, 1,
-                        &pj->out_map, err);
+        size_t fd_count;
+        const int *fds = ds_conn_frame_fds(conn, &fd_count);
+        rc = ds_shm_map_region("run_pipeline.output_region", r, ds_conn_uid(conn), fds, fd_count,
+                               1, &pj->out_map, err);
         if (rc != DS_OK)
             return rc;
         pj->out_region_offset = r->offset;
+        pj->out_region_fd_index = r->fd_index;
         if (!(pj->out_region_name = strdup(r->name)))
             return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
     }
@@ -1038,7 +1082,7 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
         goto fail;
     }
     /* The transport (shared memory) first, then the models: as RunStep does. */
-    if ((rc = take_request(pj, req, ds_conn_uid(conn), &err)) != DS_OK ||
+    if ((rc = take_request(pj, req, conn, &err)) != DS_OK ||
         (rc = find_models(pj, req, &err)) != DS_OK || (rc = ds_conn_begin_job(conn, &err)) != DS_OK)
         goto fail;
 

@@ -42,6 +42,7 @@ typedef struct run_step_job {
     size_t input_map_count;
     ds_shm_mapping out_map;
     char *out_region_name;
+    uint32_t out_region_fd_index;
     uint64_t out_region_offset;
     uint64_t max_inline;
     /* Per output, after the worker placed it: in the region at region offset + *_offset. */
@@ -106,7 +107,7 @@ static int check_tensor(size_t index, const Diffsynth__V1__Tensor *t, ds_error *
     }
     if (t->shm) {
         snprintf(what, sizeof what, "input \"%.32s\" shm", name);
-        rc = ds_shm_check_name(what, t->shm->name, err);
+        rc = ds_shm_check_region(what, t->shm, err);
         if (rc != DS_OK)
             return rc;
         if (t->data.len != 0)
@@ -190,7 +191,7 @@ int ds_run_step_validate(const Diffsynth__V1__RunStepRequest *req, ds_error *err
                                     req->aux_models[i]->role);
     }
     if (req->output_region) {
-        int rc = ds_shm_check_name("run_step.output_region", req->output_region->name, err);
+        int rc = ds_shm_check_region("run_step.output_region", req->output_region, err);
         if (rc != DS_OK)
             return rc;
         if (req->output_region->size == 0)
@@ -309,6 +310,28 @@ static int step_check_path(void *user, const char *path, ds_error *err)
     return rc;
 }
 
+/* The models' files are still what was loaded: checked when the request is accepted and
+ * again when it starts to run, since it may have waited in the queue. */
+static int check_fresh(const run_step_job *sj, ds_error *err)
+{
+    int rc = ds_pool_check_fresh(sj->entry, err);
+    for (size_t i = 0; rc == DS_OK && i < sj->aux_count; i++)
+        rc = ds_pool_check_fresh(sj->aux_entries[i], err);
+    return rc;
+}
+
+static int check_intact(const run_step_job *sj, ds_error *err)
+{
+    int rc = ds_pool_check_faults(sj->entry, err);
+    for (size_t i = 0; rc == DS_OK && i < sj->aux_count; i++)
+        rc = ds_pool_check_faults(sj->aux_entries[i], err);
+    for (size_t i = 0; rc == DS_OK && i < sj->input_map_count; i++)
+        rc = ds_shm_check_intact(&sj->input_maps[i], err);
+    if (rc == DS_OK)
+        rc = ds_shm_check_intact(&sj->out_map, err);
+    return rc;
+}
+
 static int run_step_run(ds_job *job)
 {
     run_step_job *sj = (run_step_job *)job;
@@ -324,11 +347,21 @@ static int run_step_run(ds_job *job)
         .vram = sj->daemon->vram,
         .check_path = step_check_path,
     };
-    int rc = sj->step->run(sj->entry->model, &ctx, &sj->in, &sj->out, &job->error);
-    sj->compute_s = now_s() - started;
+    int rc = check_fresh(sj, &job->error);
     if (rc != DS_OK)
         return rc;
-    return place_outputs(sj, &job->error);
+    rc = sj->step->run(sj->entry->model, &ctx, &sj->in, &sj->out, &job->error);
+    sj->compute_s = now_s() - started;
+    if (rc == DS_OK)
+        rc = place_outputs(sj, &job->error);
+    /* A fault on a model file or a client's region made the step read zeros (or write into
+     * them): whatever it returned, the request failed. */
+    ds_error lost;
+    if (check_intact(sj, &lost) != DS_OK) {
+        job->error = lost;
+        return lost.code;
+    }
+    return rc;
 }
 
 static void run_step_progress(ds_job *job, const ds_job_progress *p)
@@ -375,6 +408,7 @@ static void run_step_complete(ds_job *job)
         if (sj->in_region[i]) {
             diffsynth__v1__shared_region__init(&regions[i]);
             regions[i].name = sj->out_region_name;
+            regions[i].fd_index = sj->out_region_fd_index;
             regions[i].offset = sj->out_region_offset + sj->region_offset[i];
             regions[i].size = bytes;
             t->shm = &regions[i];
@@ -444,9 +478,11 @@ static int find_step(const ds_pool_model *entry, const char *name, const ds_mode
     return DS_OK;
 }
 
-static int add_inputs(run_step_job *sj, const Diffsynth__V1__RunStepRequest *req, uid_t uid,
-                      ds_error *err)
+static int add_inputs(run_step_job *sj, const Diffsynth__V1__RunStepRequest *req,
+                      const ds_conn *conn, ds_error *err)
 {
+    size_t fd_count;
+    const int *fds = ds_conn_frame_fds(conn, &fd_count);
     ds_backend *host = sj->daemon->host_backend;
     size_t shm_count = 0;
     for (size_t i = 0; i < req->n_inputs; i++)
@@ -466,7 +502,7 @@ static int add_inputs(run_step_job *sj, const Diffsynth__V1__RunStepRequest *req
             char what[DS_RUN_STEP_MAX_NAME + 32];
             snprintf(what, sizeof what, "input \"%s\"", t->name);
             ds_shm_mapping *m = &sj->input_maps[sj->input_map_count];
-            int rc = ds_shm_map(what, t->shm->name, uid, t->shm->offset, t->shm->size, 0, m, err);
+            int rc = ds_shm_map_region(what, t->shm, ds_conn_uid(conn), fds, fd_count, 0, m, err);
             if (rc != DS_OK)
                 return rc;
             sj->input_map_count++;
@@ -541,15 +577,18 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     ds_step_io_init(&sj->out);
     snprintf(sj->step_name, sizeof sj->step_name, "%s", req->step[0] ? req->step : DEFAULT_STEP);
 
-    if ((rc = add_inputs(sj, req, ds_conn_uid(conn), &err)) != DS_OK)
+    if ((rc = add_inputs(sj, req, conn, &err)) != DS_OK)
         goto fail;
     if (req->output_region) {
         const Diffsynth__V1__SharedRegion *r = req->output_region;
-        rc = ds_shm_map("output_region", r->name, ds_conn_uid(conn), r->offset, r->size, 1,
-                        &sj->out_map, &err);
+        size_t fd_count;
+        const int *fds = ds_conn_frame_fds(conn, &fd_count);
+        rc = ds_shm_map_region("output_region", r, ds_conn_uid(conn), fds, fd_count, 1,
+                               &sj->out_map, &err);
         if (rc != DS_OK)
             goto fail;
         sj->out_region_offset = r->offset;
+        sj->out_region_fd_index = r->fd_index;
         if (!(sj->out_region_name = strdup(r->name))) {
             rc = ds_error_set(&err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
             goto fail;
@@ -567,7 +606,7 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
         goto fail;
     ds_pool_pin(entry);
     sj->entry = entry;
-    if ((rc = add_aux(sj, d, req, &err)) != DS_OK)
+    if ((rc = add_aux(sj, d, req, &err)) != DS_OK || (rc = check_fresh(sj, &err)) != DS_OK)
         goto fail;
     if ((rc = ds_conn_begin_job(conn, &err)) != DS_OK)
         goto fail;

@@ -1,6 +1,7 @@
 #include "daemon/server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,9 +13,14 @@
 #include "core/log.h"
 #include "daemon/dispatch.h"
 #include "daemon/frame.h"
+#include "daemon/shm_region.h"
 
 #define READ_BUFFER_BYTES 65536
 #define LISTEN_BACKLOG 128
+/* Descriptors received and not yet claimed by a frame. The kernel delivers a frame's
+ * descriptors with its first byte and ends a read after them, so a well-behaved client has at
+ * most two frames' worth waiting: the frame being completed and the next one begun. */
+#define FD_QUEUE_MAX (2 * DS_SHM_MAX_FDS_PER_FRAME)
 
 struct ds_conn {
     uv_pipe_t pipe;            /* first: the handle's address is the connection's */
@@ -32,6 +38,12 @@ struct ds_conn {
     size_t pending_writes;
     unsigned inflight;
     ds_frame_decoder decoder;
+    /* Received with SCM_RIGHTS (oldest first), each frame claims Envelope.fd_count of them. */
+    int fd_queue[FD_QUEUE_MAX];
+    unsigned fd_queued;
+    /* The claimed descriptors of the frame being dispatched; closed once dispatch returns. */
+    int frame_fds[DS_SHM_MAX_FDS_PER_FRAME];
+    unsigned frame_fd_count;
     char read_buffer[READ_BUFFER_BYTES];
 };
 
@@ -226,6 +238,19 @@ const char *ds_conn_describe(const ds_conn *conn) { return conn->label; }
 
 void ds_conn_ref(ds_conn *conn) { conn->refs++; }
 
+const int *ds_conn_frame_fds(const ds_conn *conn, size_t *count)
+{
+    *count = conn->frame_fd_count;
+    return conn->frame_fds;
+}
+
+static void close_queued_fds(ds_conn *conn)
+{
+    for (unsigned i = 0; i < conn->fd_queued; i++)
+        close(conn->fd_queue[i]);
+    conn->fd_queued = 0;
+}
+
 void ds_conn_unref(ds_conn *conn)
 {
     if (--conn->refs > 0)
@@ -261,6 +286,7 @@ static void on_conn_closed(uv_handle_t *handle)
     if (conn->counted)
         server->conn_count--;
     server->handles--;
+    close_queued_fds(conn);
     ds_conn_unref(conn);
     server_maybe_free(server);
 }
@@ -288,6 +314,33 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(conn->read_buffer, sizeof conn->read_buffer);
 }
 
+/* Takes the frame's descriptors off the queue. A frame whose descriptors are not there has
+ * lost its pairing with them: the stream cannot be trusted any more. */
+static int claim_frame_fds(ds_conn *conn, uint32_t want)
+{
+    char message[160];
+    if (want > DS_SHM_MAX_FDS_PER_FRAME) {
+        snprintf(message, sizeof message,
+                 "a frame declares %u file descriptors (Envelope.fd_count), at most %d", want,
+                 DS_SHM_MAX_FDS_PER_FRAME);
+        fail_stream(conn, DS_ERR_INVALID_ARGUMENT, message);
+        return -1;
+    }
+    if (want > conn->fd_queued) {
+        snprintf(message, sizeof message,
+                 "a frame declares %u file descriptors (Envelope.fd_count) but %u arrived with "
+                 "it (SCM_RIGHTS)",
+                 want, conn->fd_queued);
+        fail_stream(conn, DS_ERR_INVALID_ARGUMENT, message);
+        return -1;
+    }
+    memcpy(conn->frame_fds, conn->fd_queue, want * sizeof *conn->fd_queue);
+    conn->frame_fd_count = want;
+    conn->fd_queued -= want;
+    memmove(conn->fd_queue, conn->fd_queue + want, conn->fd_queued * sizeof *conn->fd_queue);
+    return 0;
+}
+
 static void handle_frame(ds_conn *conn, const uint8_t *frame, size_t len)
 {
     ds_error err;
@@ -296,8 +349,57 @@ static void handle_frame(ds_conn *conn, const uint8_t *frame, size_t len)
         fail_stream(conn, err.code, err.message);
         return;
     }
-    ds_dispatch(conn->server->daemon, conn, env);
+    if (claim_frame_fds(conn, env->fd_count) == 0) {
+        ds_dispatch(conn->server->daemon, conn, env);
+        /* Whatever a request uses it has mapped by now. */
+        for (unsigned i = 0; i < conn->frame_fd_count; i++)
+            close(conn->frame_fds[i]);
+        conn->frame_fd_count = 0;
+    }
     diffsynth__v1__envelope__free_unpacked(env, NULL);
+}
+
+static void on_fd_handle_closed(uv_handle_t *handle) { free(handle); }
+
+/* Moves the descriptors libuv received with the last read (IPC mode: recvmsg) onto our queue.
+ * libuv hands them out only through a handle, so each goes through a short-lived pipe handle
+ * and is duplicated off it. libuv's recvmsg has room for 64 descriptors; the kernel closes any
+ * beyond (MSG_CTRUNC), which only a client past FD_QUEUE_MAX can cause, and that client's
+ * connection fails here or when its frame finds its descriptors missing. Returns -1 after
+ * failing the stream. */
+static int receive_fds(ds_conn *conn)
+{
+    uv_pipe_t *pipe = &conn->pipe;
+    while (uv_pipe_pending_count(pipe) > 0) {
+        uv_pipe_t *carrier = malloc(sizeof *carrier);
+        if (!carrier || uv_pipe_init(conn->server->loop, carrier, 0) != 0) {
+            free(carrier);
+            fail_stream(conn, DS_ERR_RESOURCE_EXHAUSTED, "out of memory receiving descriptors");
+            return -1;
+        }
+        uv_os_fd_t fd = -1;
+        int dup_fd = -1;
+        if (uv_accept((uv_stream_t *)pipe, (uv_stream_t *)carrier) == 0 &&
+            uv_fileno((uv_handle_t *)carrier, &fd) == 0)
+            dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        uv_close((uv_handle_t *)carrier, on_fd_handle_closed);
+        if (dup_fd < 0) {
+            fail_stream(conn, DS_ERR_RESOURCE_EXHAUSTED, "cannot receive a file descriptor");
+            return -1;
+        }
+        if (conn->fd_queued == FD_QUEUE_MAX) {
+            close(dup_fd);
+            char message[160];
+            snprintf(message, sizeof message,
+                     "more than %d file descriptors arrived that no frame claims "
+                     "(Envelope.fd_count)",
+                     FD_QUEUE_MAX);
+            fail_stream(conn, DS_ERR_INVALID_ARGUMENT, message);
+            return -1;
+        }
+        conn->fd_queue[conn->fd_queued++] = dup_fd;
+    }
+    return 0;
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -310,6 +412,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         conn_close(conn);
         return;
     }
+    if (receive_fds(conn) != 0)
+        return;
     const uint8_t *data = (const uint8_t *)buf->base;
     size_t left = (size_t)nread;
     /* The dispatch of one frame may close the connection (a failed write): stop then. */
@@ -346,7 +450,9 @@ static void on_connection(uv_stream_t *listener, int status)
         ds_log_error("out of memory accepting a connection");
         return;
     }
-    if (uv_pipe_init(server->loop, &conn->pipe, 0) != 0) {
+    /* IPC mode: libuv reads with recvmsg and keeps the descriptors a client passes with a
+     * frame (sealed memfds, SCM_RIGHTS). */
+    if (uv_pipe_init(server->loop, &conn->pipe, 1) != 0) {
         free(conn);
         return;
     }

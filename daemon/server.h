@@ -53,6 +53,10 @@ uid_t ds_conn_uid(const ds_conn *conn);
 pid_t ds_conn_pid(const ds_conn *conn);
 /* "conn 7 (uid 1000, pid 4242)": for logs. */
 const char *ds_conn_describe(const ds_conn *conn);
+/* The file descriptors passed with the frame being dispatched (SCM_RIGHTS; its
+ * Envelope.fd_count), borrowed: valid only until ds_dispatch returns, when the server closes
+ * them. A request maps what it needs before then. */
+const int *ds_conn_frame_fds(const ds_conn *conn, size_t *count);
 void ds_conn_ref(ds_conn *conn);
 void ds_conn_unref(ds_conn *conn);
 /* In-flight accounting for jobs: RESOURCE_EXHAUSTED (err says so) when the connection is at

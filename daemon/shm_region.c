@@ -3,10 +3,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "core/fault_guard.h"
 
 int ds_shm_check_name(const char *what, const char *name, ds_error *err)
 {
@@ -25,19 +28,64 @@ int ds_shm_check_name(const char *what, const char *name, ds_error *err)
     return DS_OK;
 }
 
-int ds_shm_map(const char *what, const char *name, uid_t uid, uint64_t offset, uint64_t size,
-               int writable, ds_shm_mapping *out, ds_error *err)
+static int check_bounds(const char *what, uint64_t offset, uint64_t size, ds_error *err)
 {
-    memset(out, 0, sizeof *out);
-    int rc = ds_shm_check_name(what, name, err);
-    if (rc != DS_OK)
-        return rc;
     if (size == 0)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s.size is 0", what);
     if (offset > UINT64_MAX - size)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "%s: offset %llu + size %llu overflows", what,
                             (unsigned long long)offset, (unsigned long long)size);
+    return DS_OK;
+}
+
+/* Checks that the object `st` holds the region, maps it and guards the mapping. */
+static int map_region(const char *what, const char *object, int fd, uint64_t offset,
+                      uint64_t size, const struct stat *st, int writable, ds_shm_mapping *out,
+                      ds_error *err)
+{
+    if (st->st_size < 0 || offset + size > (uint64_t)st->st_size)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: region [%llu, %llu) lies outside %s of %lld bytes", what,
+                            (unsigned long long)offset, (unsigned long long)(offset + size),
+                            object, (long long)st->st_size);
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t aligned = offset - offset % page;
+    uint64_t length = offset - aligned + size;
+    if (length > SIZE_MAX)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: region of %llu bytes is too large",
+                            what, (unsigned long long)size);
+    void *base = mmap(NULL, (size_t)length, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+                      MAP_SHARED, fd, (off_t)aligned);
+    if (base == MAP_FAILED)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: cannot map %llu bytes of %s: %s",
+                            what, (unsigned long long)length, object, strerror(errno));
+    snprintf(out->label, sizeof out->label, "%s: %s", what, object);
+    int rc = ds_fault_guard_add(base, (size_t)length, &out->faulted, &out->guard_slot, err);
+    if (rc != DS_OK) {
+        munmap(base, (size_t)length);
+        out->guard_slot = -1;
+        return ds_error_prefix(err, "%s: ", what);
+    }
+    out->base = base;
+    out->length = (size_t)length;
+    out->data = (uint8_t *)base + (offset - aligned);
+    out->size = size;
+    return DS_OK;
+}
+
+int ds_shm_map(const char *what, const char *name, uid_t uid, uint64_t offset, uint64_t size,
+               int writable, ds_shm_mapping *out, ds_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->guard_slot = -1;
+    int rc = ds_shm_check_name(what, name, err);
+    if (rc != DS_OK)
+        return rc;
+    if ((rc = check_bounds(what, offset, size, err)) != DS_OK)
+        return rc;
+    char object[NAME_MAX + 32];
+    snprintf(object, sizeof object, "shared-memory object \"%s\"", name);
 
     /* O_NOFOLLOW: /dev/shm entries are the client's to create; a symlink there is not ours to
      * follow. */
@@ -69,44 +117,90 @@ int ds_shm_map(const char *what, const char *name, uid_t uid, uint64_t offset, u
                           what, name, (unsigned)st.st_uid, (unsigned)uid);
         goto fail;
     }
-    if (st.st_size < 0 || offset + size > (uint64_t)st.st_size) {
-        rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                          "%s: region [%llu, %llu) lies outside shared-memory object \"%s\" of "
-                          "%lld bytes",
-                          what, (unsigned long long)offset, (unsigned long long)(offset + size),
-                          name, (long long)st.st_size);
-        goto fail;
-    }
-    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-    uint64_t aligned = offset - offset % page;
-    uint64_t length = offset - aligned + size;
-    if (length > SIZE_MAX) {
-        rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: region of %llu bytes is too large",
-                          what, (unsigned long long)size);
-        goto fail;
-    }
-    void *base = mmap(NULL, (size_t)length, writable ? PROT_READ | PROT_WRITE : PROT_READ,
-                      MAP_SHARED, fd, (off_t)aligned);
-    if (base == MAP_FAILED) {
-        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: cannot map %llu bytes of \"%s\": %s",
-                          what, (unsigned long long)length, name, strerror(errno));
-        goto fail;
-    }
-    close(fd);
-    out->base = base;
-    out->length = (size_t)length;
-    out->data = (uint8_t *)base + (offset - aligned);
-    out->size = size;
-    return DS_OK;
-
+    rc = map_region(what, object, fd, offset, size, &st, writable, out, err);
 fail:
     close(fd);
     return rc;
 }
 
+int ds_shm_map_fd(const char *what, int fd, uint64_t offset, uint64_t size, int writable,
+                  ds_shm_mapping *out, ds_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->guard_slot = -1;
+    int rc = check_bounds(what, offset, size, err);
+    if (rc != DS_OK)
+        return rc;
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s: fstat of the passed descriptor: %s", what,
+                            strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: the passed descriptor is not a memfd (not a regular file)", what);
+    /* Without F_SEAL_SHRINK the client could still shrink it under us. */
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: the passed memfd is not sealed against shrinking: create it with "
+                            "MFD_ALLOW_SEALING and add F_SEAL_SHRINK (fcntl F_ADD_SEALS)%s",
+                            what, seals < 0 ? " (it does not support seals)" : "");
+    if (writable) {
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || (flags & O_ACCMODE) != O_RDWR)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s: the passed memfd is not open for writing", what);
+        if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s: the passed memfd is sealed against writes; outputs are "
+                                "written into it",
+                                what);
+    }
+    return map_region(what, "the passed memfd", fd, offset, size, &st, writable, out, err);
+}
+
+int ds_shm_check_region(const char *what, const Diffsynth__V1__SharedRegion *region,
+                        ds_error *err)
+{
+    if (!region->name[0])
+        return DS_OK;
+    return ds_shm_check_name(what, region->name, err);
+}
+
+int ds_shm_map_region(const char *what, const Diffsynth__V1__SharedRegion *region, uid_t uid,
+                      const int *fds, size_t fd_count, int writable, ds_shm_mapping *out,
+                      ds_error *err)
+{
+    if (region->name[0])
+        return ds_shm_map(what, region->name, uid, region->offset, region->size, writable, out,
+                          err);
+    memset(out, 0, sizeof *out);
+    out->guard_slot = -1;
+    if (region->fd_index >= fd_count)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: no shared-memory name and fd_index %u, but the frame carries %zu "
+                            "file descriptors (Envelope.fd_count)",
+                            what, (unsigned)region->fd_index, fd_count);
+    return ds_shm_map_fd(what, fds[region->fd_index], region->offset, region->size, writable, out,
+                         err);
+}
+
+int ds_shm_check_intact(const ds_shm_mapping *m, ds_error *err)
+{
+    if (!m->base || !atomic_load(&m->faulted))
+        return DS_OK;
+    return ds_error_set(err, DS_ERR_DATA_LOSS,
+                        "%s shrank while the request used it (a read or write past its new end "
+                        "faulted); the request's data is lost",
+                        m->label);
+}
+
 void ds_shm_unmap(ds_shm_mapping *m)
 {
-    if (m->base)
+    if (m->base) {
+        ds_fault_guard_remove(m->guard_slot);
         munmap(m->base, m->length);
+    }
     memset(m, 0, sizeof *m);
+    m->guard_slot = -1;
 }

@@ -167,14 +167,14 @@ static void fill_pc_SharedRegion(PC(SharedRegion) *m, int k)
 {
     m->name = S(k, 1);
     m->offset = U64(k, 2);
-    m->size = U64(k, 3);
+    m->size = U64(k, 3);    m->fd_index = U32(k, 4);
 }
 
 static void fill_nb_SharedRegion(NB(SharedRegion) *m, int k)
 {
     m->name = S(k, 1);
     m->offset = U64(k, 2);
-    m->size = U64(k, 3);
+    m->size = U64(k, 3);    m->fd_index = U32(k, 4);
 }
 
 static void cmp_SharedRegion(const PC(SharedRegion) *p, const NB(SharedRegion) *n)
@@ -182,6 +182,7 @@ static void cmp_SharedRegion(const PC(SharedRegion) *p, const NB(SharedRegion) *
     CHECK_STR_EQ(n->name, p->name);
     CHECK(p->offset == n->offset);
     CHECK(p->size == n->size);
+    CHECK(p->fd_index == n->fd_index);
 }
 
 static void fill_pc_Tensor(PC(Tensor) *m, int k)
@@ -296,6 +297,7 @@ static void fill_pc_LoadedModel(PC(LoadedModel) *m, int k)
     m->reused = 1;
     m->loaded_at_unix_ms = U64(k, 13);
     m->vram_config_json = S(k, 14);
+    m->stale = S(k, 15);
 }
 
 static void fill_nb_LoadedModel(NB(LoadedModel) *m, int k)
@@ -319,6 +321,7 @@ static void fill_nb_LoadedModel(NB(LoadedModel) *m, int k)
     m->reused = true;
     m->loaded_at_unix_ms = U64(k, 13);
     m->vram_config_json = S(k, 14);
+    m->stale = S(k, 15);
 }
 
 static void cmp_LoadedModel(const PC(LoadedModel) *p, const NB(LoadedModel) *n)
@@ -339,6 +342,7 @@ static void cmp_LoadedModel(const PC(LoadedModel) *p, const NB(LoadedModel) *n)
     CHECK(p->reused == n->reused);
     CHECK(p->loaded_at_unix_ms == n->loaded_at_unix_ms);
     CHECK_STR_EQ(n->vram_config_json, p->vram_config_json);
+    CHECK_STR_EQ(n->stale, p->stale);
 }
 
 static void fill_pc_IdentifyRequest(PC(IdentifyRequest) *m, int k)
@@ -1204,6 +1208,7 @@ static pb_size_t envelope_body;
 static void fill_pc_Envelope(PC(Envelope) *m, int k)
 {
     m->request_id = U64(k, 1);
+    m->fd_count = U32(k, 4);
     m->body_case = (Diffsynth__V1__Envelope__BodyCase)envelope_body;
     switch (envelope_body) {
 #define FILL(member, T, snake)                                                                \
@@ -1220,6 +1225,7 @@ static void fill_pc_Envelope(PC(Envelope) *m, int k)
 static void fill_nb_Envelope(NB(Envelope) *m, int k)
 {
     m->request_id = U64(k, 1);
+    m->fd_count = U32(k, 4);
     m->which_body = envelope_body;
     switch (envelope_body) {
 #define FILL(member, T, snake)                                                                \
@@ -1235,6 +1241,7 @@ static void fill_nb_Envelope(NB(Envelope) *m, int k)
 static void cmp_Envelope(const PC(Envelope) *p, const NB(Envelope) *n)
 {
     CHECK(p->request_id == n->request_id);
+    CHECK(p->fd_count == n->fd_count);
     REQUIRE((int)p->body_case == (int)n->which_body);
     switch (n->which_body) {
 #define CMP(member, T, snake)                                                                 \
@@ -1461,9 +1468,9 @@ static void test_every_envelope_body(void)
         for (int k = 0; k < 2; k++)
             run_case(env, k);
     }
-    /* The table covers every body the .proto declares. */
+    /* The table covers every body the .proto declares (besides request_id and fd_count). */
     const ProtobufCMessageDescriptor *d = &diffsynth__v1__envelope__descriptor;
-    CHECK(d->n_fields == 1 + sizeof body_tags / sizeof body_tags[0]);
+    CHECK(d->n_fields == 2 + sizeof body_tags / sizeof body_tags[0]);
 }
 
 /* Every message type reachable from Envelope has a case of its own, so a message added to the

@@ -263,6 +263,60 @@ static void test_pinned(void)
     ds_pool_free(pool);
 }
 
+/* A model whose file changed is stale: refused by the checks, and a new load of the same file
+ * is a new model even when the file looks as it did at the first load again. */
+static void test_stale(void)
+{
+    REQUIRE(write_model(file_a) == 0);
+    struct stat loaded;
+    REQUIRE(stat(file_a, &loaded) == 0);
+    ds_pool *pool;
+    ds_error err;
+    REQUIRE(ds_pool_new(&pool, &err) == DS_OK);
+    ds_pool_model *e1, *e2;
+    int reused;
+    ds_loaded_model *m = load(file_a, &CONFIG);
+    REQUIRE(m);
+    REQUIRE(ds_pool_insert(pool, m, "alice", 1, &e1, &reused, &err) == DS_OK);
+    CHECK(ds_pool_check_fresh(e1, &err) == DS_OK);
+    CHECK(ds_pool_check_faults(e1, &err) == DS_OK);
+    CHECK(ds_pool_stale_reason(e1) == NULL);
+
+    struct timespec later[2] = {{.tv_sec = 1000000000, .tv_nsec = 0},
+                                {.tv_sec = 1000000000, .tv_nsec = 0}};
+    REQUIRE(utimensat(AT_FDCWD, file_a, later, 0) == 0);
+    CHECK(ds_pool_check_fresh(e1, &err) == DS_ERR_FAILED_PRECONDITION);
+    CHECK_CONTAINS(err.message, "model m1 (qwen_image_blockwise_controlnet) is stale: ");
+    CHECK_CONTAINS(err.message, file_a);
+    CHECK_CONTAINS(err.message, "modified in place");
+    CHECK_CONTAINS(err.message, "load the files again");
+    CHECK_CONTAINS(ds_pool_stale_reason(e1), file_a);
+
+    /* Back to the identity of the first load: still stale, and not reused. */
+    struct timespec back[2] = {loaded.st_atim, loaded.st_mtim};
+    REQUIRE(utimensat(AT_FDCWD, file_a, back, 0) == 0);
+    CHECK(ds_pool_check_fresh(e1, &err) == DS_ERR_FAILED_PRECONDITION);
+    m = load(file_a, &CONFIG);
+    REQUIRE(m);
+    REQUIRE(ds_pool_insert(pool, m, "alice", 2, &e2, &reused, &err) == DS_OK);
+    CHECK(reused == 0 && e2 != e1);
+    CHECK(ds_pool_check_fresh(e2, &err) == DS_OK);
+
+    /* Truncated under a read of its weights: DATA_LOSS for the job that read, stale after. */
+    REQUIRE(truncate(file_a, 0) == 0);
+    const ds_sd_entry *w = ds_state_dict_find(&e2->model->files->merged, "img_in.weight");
+    REQUIRE(w && w->tensor.data);
+    CHECK(*(const volatile float *)w->tensor.data == 0.0f);
+    CHECK(ds_pool_check_faults(e2, &err) == DS_ERR_DATA_LOSS);
+    CHECK_CONTAINS(err.message, "model m2 (qwen_image_blockwise_controlnet): ");
+    CHECK_CONTAINS(err.message, file_a);
+    CHECK_CONTAINS(err.message, "shrank while this request read its data");
+    CHECK(ds_pool_check_fresh(e2, &err) == DS_ERR_FAILED_PRECONDITION);
+    CHECK_CONTAINS(err.message, "shrank while its data was being read");
+    ds_pool_free(pool);
+    REQUIRE(write_model(file_a) == 0);
+}
+
 int main(void)
 {
     if (!mkdtemp(tmpdir)) {
@@ -279,6 +333,7 @@ int main(void)
     RUN(test_dedupe);
     RUN(test_references);
     RUN(test_pinned);
+    RUN(test_stale);
     unlink(file_a);
     unlink(file_b);
     rmdir(tmpdir);
