@@ -1,9 +1,11 @@
-// The C interface of sentencepiece.h over sentencepiece::SentencePieceProcessor. No C++
-// exception crosses into C: each entry point catches them and returns a status.
+// The C interface of sentencepiece.h over sentencepiece::SentencePieceProcessor, choosing among
+// the library's n-best segmentations as Hugging Face tokenizers does. No C++ exception crosses
+// into C: each entry point catches them and returns a status.
 #include "tokenizers/sentencepiece.h"
 
 #include <sentencepiece_processor.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -12,7 +14,62 @@
 
 struct ds_spm {
     sentencepiece::SentencePieceProcessor processor;
+    double unk_score; // what Hugging Face's Unigram scores an unknown character: min score - 10
 };
+
+namespace {
+
+// Candidates asked of the library first; doubled while they are all tied, up to its limit.
+constexpr int kFirstNBest = 16;
+constexpr int kMaxNBest = 256;
+
+// The score Hugging Face tokenizers gives a segmentation: its Unigram search adds the pieces'
+// scores left to right in double (the library adds them in float), and an unknown character
+// costs unk_score each, also within a run the output fuses into one <unk>.
+double hf_score(const ds_spm *spm, const sentencepiece::ImmutableSentencePieceText &path)
+{
+    double sum = 0;
+    for (size_t k = 0; k < path.pieces_size(); k++) {
+        const auto piece = path.pieces(static_cast<int>(k));
+        if (spm->processor.IsUnknown(static_cast<int>(piece.id()))) {
+            for (const unsigned char c : piece.piece())
+                if ((c & 0xC0) != 0x80)
+                    sum += spm->unk_score;
+        } else {
+            sum += spm->processor.GetScore(static_cast<int>(piece.id()));
+        }
+    }
+    return sum;
+}
+
+// Where each piece starts in the normalised text (bytes).
+std::vector<size_t> starts(const sentencepiece::ImmutableSentencePieceText &path)
+{
+    std::vector<size_t> out;
+    size_t at = 0;
+    for (size_t k = 0; k < path.pieces_size(); k++) {
+        out.push_back(at);
+        at += path.pieces(static_cast<int>(k)).piece().size();
+    }
+    return out;
+}
+
+// Between segmentations of equal score, the one Hugging Face's search keeps: it walks end
+// positions left to right and keeps the first of equal candidates for each, so the last piece
+// that starts earlier wins, then the piece before it, and so on.
+bool hf_prefers(const std::vector<size_t> &a, const std::vector<size_t> &b)
+{
+    size_t i = a.size(), j = b.size();
+    while (i > 0 && j > 0) {
+        i--;
+        j--;
+        if (a[i] != b[j])
+            return a[i] < b[j];
+    }
+    return false;
+}
+
+} // namespace
 
 extern "C" int ds_spm_load(const char *path, ds_spm **out, ds_error *err)
 {
@@ -27,6 +84,10 @@ extern "C" int ds_spm_load(const char *path, ds_spm **out, ds_error *err)
                                 "%s: %s SentencePiece model: %s", path,
                                 missing ? "no" : "not a valid", status.ToString().c_str());
         }
+        double min_score = 0;
+        for (int i = 0; i < spm->processor.GetPieceSize(); i++)
+            min_score = std::min(min_score, static_cast<double>(spm->processor.GetScore(i)));
+        spm->unk_score = min_score - 10.0;
         *out = spm;
         return DS_OK;
     } catch (const std::bad_alloc &) {
@@ -48,22 +109,46 @@ extern "C" int ds_spm_encode(const ds_spm *spm, const char *text, size_t len, in
     *ids = nullptr;
     *count = 0;
     try {
-        std::vector<int> pieces;
-        const sentencepiece::util::Status status =
-            spm->processor.Encode(absl::string_view(text, len), &pieces);
-        if (!status.ok())
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "SentencePiece encode: %s",
-                                status.ToString().c_str());
-        if (pieces.empty())
+        if (len == 0)
             return DS_OK;
-        int32_t *out = static_cast<int32_t *>(std::malloc(pieces.size() * sizeof *out));
+        // The library's best segmentation in double precision is among its n-best in float;
+        // the candidates tied with it must all be there to pick among them.
+        sentencepiece::ImmutableNBestSentencePieceText nbest;
+        std::vector<double> scores;
+        for (int n = kFirstNBest;; n *= 2) {
+            const sentencepiece::util::Status status =
+                spm->processor.NBestEncode(absl::string_view(text, len), n, nbest.mutable_proto());
+            if (!status.ok())
+                return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "SentencePiece encode: %s",
+                                    status.ToString().c_str());
+            scores.clear();
+            for (size_t i = 0; i < nbest.nbests_size(); i++)
+                scores.push_back(hf_score(spm, nbest.nbests(static_cast<int>(i))));
+            const double best = *std::max_element(scores.begin(), scores.end());
+            if (nbest.nbests_size() < static_cast<size_t>(n) || scores.back() < best ||
+                n >= kMaxNBest)
+                break;
+        }
+        size_t pick = 0;
+        for (size_t i = 1; i < scores.size(); i++) {
+            if (scores[i] > scores[pick] ||
+                (scores[i] == scores[pick] &&
+                 hf_prefers(starts(nbest.nbests(static_cast<int>(i))),
+                            starts(nbest.nbests(static_cast<int>(pick))))))
+                pick = i;
+        }
+        const auto path = nbest.nbests(static_cast<int>(pick));
+        const size_t count_ = path.pieces_size();
+        if (count_ == 0)
+            return DS_OK;
+        int32_t *out = static_cast<int32_t *>(std::malloc(count_ * sizeof *out));
         if (!out)
             return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory for %zu ids",
-                                pieces.size());
-        for (size_t i = 0; i < pieces.size(); i++)
-            out[i] = pieces[i];
+                                count_);
+        for (size_t i = 0; i < count_; i++)
+            out[i] = static_cast<int32_t>(path.pieces(static_cast<int>(i)).id());
         *ids = out;
-        *count = pieces.size();
+        *count = count_;
         return DS_OK;
     } catch (const std::bad_alloc &) {
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory encoding %zu bytes",

@@ -1,7 +1,13 @@
 /* A C interface to the SentencePiece library (libsentencepiece, C++), for the tokenizers that
- * ship a SentencePiece model (`spiece.model`). Encoding is the library's own: its normaliser
- * (the model's precompiled rules), its Unigram or BPE segmentation, unknown characters as the
- * model's <unk> (a run of them as one). */
+ * ship a SentencePiece Unigram model (`spiece.model`).
+ *
+ * Encoding is the library's: its normaliser (the model's precompiled rules), its lattice and
+ * n-best search, unknown characters as the model's <unk> (a run of them as one). Among the
+ * library's best segmentations it returns the one Hugging Face tokenizers' Unigram picks, which
+ * upstream runs: Debian's SentencePiece (0.1.97) adds path scores in float, Hugging Face in
+ * double, so where segmentations tie (the same pieces in another order: "...." as "." + "..."
+ * or "..." + ".") float rounding picks either; Hugging Face takes the highest double sum and,
+ * on equal sums, the segmentation whose last piece starts first. */
 #ifndef DS_TOKENIZERS_SENTENCEPIECE_H
 #define DS_TOKENIZERS_SENTENCEPIECE_H
 
@@ -24,7 +30,10 @@ int ds_spm_load(const char *path, ds_spm **out, ds_error *err);
 void ds_spm_free(ds_spm *spm);
 
 /* The ids of the UTF-8 `text` (`len` bytes), without any special token. *ids is malloc'd and
- * owned by the caller (NULL when *count is 0). */
+ * owned by the caller (NULL when *count is 0). The n-best search grows with the text: encode a
+ * word at a time where the model allows (tokenizers/wan_tokenizer.c). A word with more than 256
+ * tied segmentations (a long run of one punctuation mark) gets the best of the first 256.
+ * INVALID_ARGUMENT with the library's message when the model is not Unigram. */
 int ds_spm_encode(const ds_spm *spm, const char *text, size_t len, int32_t **ids, size_t *count,
                   ds_error *err);
 

@@ -67,6 +67,50 @@ void ds_wan_tokenizer_free(ds_wan_tokenizer *tok)
     free(tok);
 }
 
+/* Encodes the cleaned text word by word (it has single spaces only). A T5 model's pieces never
+ * hold a space inside (SentencePiece trains them split by whitespace) and each word gets the
+ * '▁' its space becomes, so this gives the ids of the whole text, while the library's n-best
+ * search (sentencepiece.h) stays within one word. */
+static int encode_words(const ds_wan_tokenizer *tok, const char *text, size_t len, int32_t **ids,
+                        size_t *count, ds_error *err)
+{
+    int32_t *all = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t start = 0; start < len;) {
+        const char *space = memchr(text + start, ' ', len - start);
+        size_t end = space ? (size_t)(space - text) : len;
+        int32_t *word = NULL;
+        size_t k = 0;
+        int rc = ds_spm_encode(tok->spm, text + start, end - start, &word, &k, err);
+        if (rc != DS_OK) {
+            free(all);
+            return rc;
+        }
+        if (n + k > cap) {
+            size_t grown = cap ? cap * 2 : 64;
+            while (grown < n + k)
+                grown *= 2;
+            int32_t *bigger = realloc(all, grown * sizeof *bigger);
+            if (!bigger) {
+                free(word);
+                free(all);
+                return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory for %zu ids",
+                                    n + k);
+            }
+            all = bigger;
+            cap = grown;
+        }
+        if (k)
+            memcpy(all + n, word, k * sizeof *word);
+        n += k;
+        free(word);
+        start = end + 1;
+    }
+    *ids = all;
+    *count = n;
+    return DS_OK;
+}
+
 int ds_wan_tokenizer_encode(const ds_wan_tokenizer *tok, const char *text, size_t len,
                             size_t seq_len, int32_t **ids, size_t *count, char **clean,
                             size_t *clean_len, ds_error *err)
@@ -86,7 +130,7 @@ int ds_wan_tokenizer_encode(const ds_wan_tokenizer *tok, const char *text, size_
     size_t n = 0;
     int rc = ds_text_clean_whitespace(text, len, &cleaned, &cleaned_len, err);
     if (rc == DS_OK)
-        rc = ds_spm_encode(tok->spm, cleaned, cleaned_len, &pieces, &n, err);
+        rc = encode_words(tok, cleaned, cleaned_len, &pieces, &n, err);
     if (rc != DS_OK)
         goto done;
     if (n > seq_len - 1)

@@ -6,8 +6,10 @@
  *   3. the ids are cut to seq_len - 1 and </s> is appended (Hugging Face's truncation with
  *      add_special_tokens);
  *   4. padded with <pad> (0) to seq_len, with an attention mask of 1 over the ids and </s>.
- * Text that spells a special token ("</s>", "<pad>") is encoded as plain text, whereas
- * Hugging Face's tokenizer would match it as that token.
+ * Upstream runs Hugging Face's T5 fast tokenizer; the ids match it (tests/tokenizers), except:
+ * text that spells a special token ("</s>", "<pad>") is encoded as plain text, where Hugging Face
+ * matches the token; and a combining mark right after a character the model's normaliser expands
+ * (U+2026 to "...", U+2122 to "TM") stays an <unk> here, where Hugging Face's normaliser drops it.
  */
 #ifndef DS_TOKENIZERS_WAN_TOKENIZER_H
 #define DS_TOKENIZERS_WAN_TOKENIZER_H

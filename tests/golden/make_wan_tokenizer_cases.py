@@ -85,6 +85,8 @@ def prompts():
         "Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 100 256 512 1024 3.14 1,000,000 ½ ² ①",
         "The price was $19.99, about 20% off; we bought 3 of them at 10:30 a.m.",
         "Mixed 中英文 prompt: a 可爱的 cat, 4K 画质, 60帧, ＨＤＲ.",
+        "等待……然后…………结束。省略号……",
+        "wait.... what..... ok...... fine........... ?!?! !!!! ???? ,,,, ----",
         "",
         " \t\n ",
         "&amp;",
