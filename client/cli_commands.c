@@ -758,7 +758,7 @@ const cli_command cli_commands[] = {
      cli_run_step_help, cli_run_step},
     {"generate", "Generate an image with the Qwen-Image pipeline",
      cli_generate_help, cli_generate},
-    {"tokenize", "Token ids of a prompt with a model's Qwen2 tokenizer (no daemon needed)",
+    {"tokenize", "Token ids of a prompt with a model's tokenizer, Qwen2 or Wan (no daemon needed)",
      cli_tokenize_help, cli_tokenize},
     {"help", "Show help for a command",
      "usage: diffsynth help [COMMAND]\n", cli_run_help},

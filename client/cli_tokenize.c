@@ -1,5 +1,6 @@
-/* `diffsynth tokenize`: the Qwen2 tokenizer of a model's tokenizer/ folder, run here in the
- * CLI (no daemon), for checking prompts and token counts. */
+/* `diffsynth tokenize`: the tokenizer of a model's tokenizer folder (Qwen2 byte-level BPE, or
+ * the Wan pipelines' SentencePiece model with upstream's cleaning), run here in the CLI (no
+ * daemon), for checking prompts and token counts. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,23 +8,30 @@
 
 #include "client/cli.h"
 #include "core/qwen_tokenizer.h"
+#include "tokenizers/wan_tokenizer.h"
 
 const char cli_tokenize_help[] =
     "usage: diffsynth tokenize --tokenizer DIR [--json] [--keep-special] TEXT\n"
     "       diffsynth tokenize --tokenizer DIR [--json] [--keep-special] --decode ID...\n"
     "\n"
-    "Runs the Qwen2 byte-level BPE tokenizer (as Hugging Face tokenizers does, without BOS/EOS)\n"
-    "locally; the daemon is not needed. Prints the token ids separated by spaces, or with\n"
-    "--decode the text of the ids. Special tokens written in TEXT (<|im_start|>) are matched.\n"
-    "  --tokenizer DIR  the model's tokenizer folder: tokenizer.json, or vocab.json +\n"
-    "                   merges.txt (+ tokenizer_config.json for the special tokens)\n"
-    "  --decode         the arguments are token ids (separated by spaces or commas)\n"
+    "Runs the model's tokenizer locally; the daemon is not needed. Prints the token ids\n"
+    "separated by spaces, or with --decode the text of the ids.\n"
+    "A folder with spiece.model (Wan's google/umt5-xxl) is tokenized as upstream's Wan\n"
+    "pipelines do: the text cleaned (ftfy fixes, HTML entities, whitespace collapsed), encoded\n"
+    "by SentencePiece, </s> appended, cut to 512 ids; the padding to 512 is not printed.\n"
+    "Other folders hold a Qwen2 byte-level BPE tokenizer (as Hugging Face tokenizers runs it,\n"
+    "without BOS/EOS); special tokens written in TEXT (<|im_start|>) are matched.\n"
+    "  --tokenizer DIR  the model's tokenizer folder: spiece.model; or tokenizer.json, or\n"
+    "                   vocab.json + merges.txt (+ tokenizer_config.json for the special tokens)\n"
+    "  --decode         the arguments are token ids (separated by spaces or commas; Qwen2 only)\n"
     "  --keep-special   with --decode, keep special tokens in the text (default: skip them)\n"
-    "  --json           {\"ids\": [...], \"count\": N} or, with --decode, {\"text\": \"...\"}\n"
+    "  --json           {\"ids\": [...], \"count\": N} (with spiece.model also \"cleaned_text\")\n"
+    "                   or, with --decode, {\"text\": \"...\"}\n"
     "TEXT - reads the text from stdin, as it is (a trailing newline is part of it).\n"
     "\n"
     "examples:\n"
     "  diffsynth tokenize --tokenizer models/Qwen/Qwen-Image/tokenizer \"a cat\"\n"
+    "  diffsynth tokenize --tokenizer models/Wan-AI/Wan2.1-T2V-1.3B/google/umt5-xxl \"a cat\"\n"
     "  diffsynth tokenize --tokenizer models/Qwen/Qwen-Image/tokenizer --decode 64 8251\n";
 
 /* Reads all of stdin into a malloc'd buffer; NULL when it cannot. */
@@ -86,7 +94,9 @@ static int parse_ids(const cli_command *self, char **argv, int n, int32_t **ids,
     return -1;
 }
 
-static int print_ids(const cli_ctx *ctx, const int32_t *ids, size_t count)
+/* `cleaned` (may be NULL): the text the ids were made from, given with --json. */
+static int print_ids(const cli_ctx *ctx, const int32_t *ids, size_t count, const char *cleaned,
+                     size_t cleaned_len)
 {
     if (ctx->json) {
         pyjson_buf b = {0};
@@ -100,6 +110,15 @@ static int print_ids(const cli_ctx *ctx, const int32_t *ids, size_t count)
         pyjson_end_array(&w);
         pyjson_key(&w, "count");
         pyjson_uint(&w, count);
+        if (cleaned) {
+            pyjson_buf q = {0};
+            pyjson_key(&w, "cleaned_text");
+            if (pyjson_quote(&q, cleaned, cleaned_len) != 0)
+                w.failed = true;
+            else
+                pyjson_raw(&w, q.data);
+            pyjson_buf_free(&q);
+        }
         pyjson_end_object(&w);
         return cli_print_doc(&w, &b);
     }
@@ -131,6 +150,27 @@ static int print_text(const cli_ctx *ctx, const char *text, size_t len)
     return CLI_EXIT_OK;
 }
 
+/* A SentencePiece folder: upstream's Wan tokenization of `text`, without the padding. */
+static int tokenize_wan(const cli_ctx *ctx, const char *dir, const char *text, size_t len)
+{
+    ds_error err = {0};
+    ds_wan_tokenizer *tok = NULL;
+    int32_t *ids = NULL;
+    size_t count = 0, cleaned_len = 0;
+    char *cleaned = NULL;
+    int rc = CLI_EXIT_DAEMON_ERROR;
+    if (ds_wan_tokenizer_load(dir, &tok, &err) == DS_OK &&
+        ds_wan_tokenizer_encode(tok, text, len, DS_WAN_TOKENIZER_SEQ_LEN, &ids, &count, &cleaned,
+                                &cleaned_len, &err) == DS_OK)
+        rc = print_ids(ctx, ids, count, cleaned, cleaned_len);
+    else
+        fprintf(stderr, "error: %s: %s\n", ds_status_name(err.code), err.message);
+    ds_wan_tokenizer_free(tok);
+    free(ids);
+    free(cleaned);
+    return rc;
+}
+
 int cli_tokenize(cli_ctx *ctx, int argc, char **argv)
 {
     const cli_command *self = cli_find_command("tokenize");
@@ -149,6 +189,10 @@ int cli_tokenize(cli_ctx *ctx, int argc, char **argv)
                                             : "tokenize: give the TEXT to tokenize");
     if (!decode && npos != 1)
         return cli_usage_error(self, "tokenize: give TEXT as one argument (quote it)");
+    bool spm = ds_wan_tokenizer_dir_has_model(dir);
+    if (spm && (decode || keep_special))
+        return cli_usage_error(self, "tokenize: %s holds a SentencePiece model (spiece.model); "
+                               "--decode and --keep-special are for Qwen2 folders", dir);
 
     int32_t *ids = NULL;
     size_t count = 0;
@@ -159,7 +203,7 @@ int cli_tokenize(cli_ctx *ctx, int argc, char **argv)
     ds_error err = {0};
     ds_qwen_tokenizer *tok = NULL;
     rc = CLI_EXIT_DAEMON_ERROR;
-    if (ds_qwen_tokenizer_load(dir, &tok, &err) != DS_OK)
+    if (!spm && ds_qwen_tokenizer_load(dir, &tok, &err) != DS_OK)
         goto fail;
     if (decode) {
         if (ds_qwen_tokenizer_decode(tok, ids, count, !keep_special, &text, &len, &err) != DS_OK)
@@ -175,9 +219,13 @@ int cli_tokenize(cli_ctx *ctx, int argc, char **argv)
             }
             src = input;
         }
+        if (spm) {
+            rc = tokenize_wan(ctx, dir, src, len);
+            goto done;
+        }
         if (ds_qwen_tokenizer_encode(tok, src, len, &ids, &count, &err) != DS_OK)
             goto fail;
-        rc = print_ids(ctx, ids, count);
+        rc = print_ids(ctx, ids, count, NULL, 0);
     }
     goto done;
 fail:
