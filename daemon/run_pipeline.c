@@ -565,8 +565,9 @@ static int pipeline_run(ds_job *job)
         .check_path = pipeline_check_path,
     };
     pj->turn_started_s = now_s();
-    /* The files were checked at acceptance; the request may have waited in the queue since. */
-    for (int r = 0; done == 0 && r < ROLE_COUNT; r++)
+    /* Before every unit: a file rewritten in place since the last one would silently change
+     * the weights the next unit reads (a waiting request, or one between two steps). */
+    for (int r = 0; r < ROLE_COUNT; r++)
         if (pj->slots[r].entry && ds_pool_check_fresh(pj->slots[r].entry, &job->error) != DS_OK)
             return job->error.code;
     int rc = ds_qwen_image_pipeline_advance(pj->pipe, &ctx, &job->error);

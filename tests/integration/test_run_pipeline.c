@@ -880,6 +880,71 @@ static void test_ambiguous_role(void)
     unlink(copy);
 }
 
+/* --- a model file rewritten while a pipeline runs ---------------------------------------- */
+
+/* The same bytes written again over the VAE's last ones: only its modification time changes. */
+static void rewrite_vae(void *arg)
+{
+    int *done = arg;
+    struct stat st;
+    int fd = open(vae_path, O_WRONLY | O_CLOEXEC);
+    uint8_t zero[4] = {0};
+    *done = fd >= 0 && fstat(fd, &st) == 0 &&
+            pwrite(fd, zero, sizeof zero, st.st_size - (off_t)sizeof zero) == sizeof zero;
+    if (fd >= 0)
+        close(fd);
+}
+
+/* The next unit after the rewrite finds the VAE stale and stops the pipeline before the
+ * decode; the stale model is no candidate by name any more, and loading the file again by path
+ * gives a fresh one that works. */
+static void test_model_rewritten_mid_pipeline(void)
+{
+    ds_client *c = it_connect(&env);
+    REQUIRE(c);
+    static progress_log log;
+    memset(&log, 0, sizeof log);
+    int rewritten = 0;
+    log.on_first_denoise = rewrite_vae;
+    log.arg = &rewritten;
+    char steps[16];
+    snprintf(steps, sizeof steps, "%d", LONG_STEPS);
+    ds_client_step_param params[] = {{"height", "64"}, {"width", "64"}, {"steps", steps},
+                                     {"cfg_scale", "1"}, {"seed", "1"}};
+    request_spec spec = {.params = params, .param_count = 5};
+    ds_client_pipeline_result res;
+    int rc = run_pipeline(c, &spec, &res, &log, NULL);
+    CHECK(rewritten);
+    CHECK_MSG(rc == DS_CLIENT_EDAEMON &&
+                  ds_client_last_code(c) == diffsynth_v1_Code_FAILED_PRECONDITION,
+              "rc %d code %s: %s", rc, ds_client_code_name(ds_client_last_code(c)),
+              ds_client_last_error(c));
+    CHECK_CONTAINS(ds_client_last_error(c), "is stale");
+    CHECK_CONTAINS(ds_client_last_error(c), vae_path);
+    CHECK_CONTAINS(ds_client_last_error(c), "modified in place");
+    CHECK_MSG(log.denoise_seen < LONG_STEPS, "%d denoise events", log.denoise_seen);
+    ds_client_pipeline_result_free(&res);
+
+    spec = (request_spec){.params = quick_params, .param_count = QUICK_COUNT};
+    rc = run_pipeline(c, &spec, &res, NULL, NULL);
+    CHECK_MSG(rc == DS_CLIENT_EDAEMON &&
+                  ds_client_last_code(c) == diffsynth_v1_Code_FAILED_PRECONDITION,
+              "rc %d: %s", rc, ds_client_last_error(c));
+    CHECK_CONTAINS(ds_client_last_error(c), "is stale");
+    ds_client_pipeline_result_free(&res);
+
+    const char *vae[] = {vae_path};
+    ds_client_pipeline_model fresh = {.role = "vae", .paths = vae, .path_count = 1};
+    spec.models = &fresh;
+    spec.model_count = 1;
+    rc = run_pipeline(c, &spec, &res, NULL, NULL);
+    CHECK_MSG(rc == DS_CLIENT_OK, "after loading the VAE again: rc %d: %s", rc,
+              ds_client_last_error(c));
+    ds_client_pipeline_result_free(&res);
+    ds_client_close(c);
+    check_unharmed();
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -907,6 +972,7 @@ int main(int argc, char **argv)
     RUN(test_two_clients_interleave);
     RUN(test_cli_generate);
     RUN(test_cli_interrupt);
+    RUN(test_model_rewritten_mid_pipeline);
 
     int status = -1;
     if (it_daemon_stop(&env, &status) != 0 || status != 0) {

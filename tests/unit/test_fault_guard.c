@@ -144,11 +144,15 @@ static void killed_with_sigbus(void)
     _exit(4);
 }
 
+/* Fatal as without the guard: SIGBUS, or SIGABRT where a sanitizer's handler came first and
+ * reports the fault (the guard forwarded it there). */
+static int fatal(int sig) { return sig == SIGBUS || sig == SIGABRT; }
+
 static void test_other_faults_still_kill(void)
 {
-    CHECK(child_signal(fault_unguarded) == SIGBUS);
-    CHECK(child_signal(fault_after_remove) == SIGBUS);
-    CHECK(child_signal(killed_with_sigbus) == SIGBUS);
+    CHECK(fatal(child_signal(fault_unguarded)));
+    CHECK(fatal(child_signal(fault_after_remove)));
+    CHECK(fatal(child_signal(killed_with_sigbus)));
 }
 
 static volatile sig_atomic_t chained;
