@@ -649,10 +649,12 @@ static void on_connection(uv_stream_t *listener, int status)
 static void sweep_conn(ds_conn *conn, uint64_t now)
 {
     const ds_server_options *o = &conn->server->options;
-    if (!conn->open || !conn->counted || conn->close_after_flush)
+    if (!conn->open)
         return;
     char message[200];
     uint64_t quiet = now - conn->last_activity_ms;
+    /* Also a connection waiting to flush its last error: a client that never reads would
+     * keep it forever. */
     if (o->idle_timeout_ms && conn->unsent_bytes > 0 && quiet > o->idle_timeout_ms) {
         /* Nothing can be written to a client that does not read, not even the reason. */
         ds_log_info("%s: %llu reply bytes unread for %llu ms (--idle-timeout); closing",
@@ -661,6 +663,8 @@ static void sweep_conn(ds_conn *conn, uint64_t now)
         conn_close(conn);
         return;
     }
+    if (!conn->counted || conn->close_after_flush)
+        return;
     if (o->frame_timeout_ms && !conn->reading_paused && ds_frame_decoder_partial(&conn->decoder) &&
         now - conn->frame_started_ms > o->frame_timeout_ms) {
         const ds_frame_decoder *dec = &conn->decoder;

@@ -1,5 +1,6 @@
 /* One client must not hurt the others: connection slots, idle and half-sent frames, unread
- * replies, large frames, poisoned strings, reused request ids and other uids' references.
+ * replies, large frames, inline tensor bytes, poisoned strings, reused request ids and other
+ * uids' references.
  *
  * Other uids are simulated by a child process that switches to `nobody` (the tests run as
  * root); where that is impossible those cases are skipped and the test exits 77. Memory is
@@ -23,9 +24,11 @@
 #define IDLE_TIMEOUT_S "4"
 #define FRAME_TIMEOUT_S "1"
 
+#define INLINE_LIMIT "4096"
+
 static it_env env;
-static char **cn;
-static size_t cn_n;
+static char **cn, **vae;
+static size_t cn_n, vae_n;
 static int skipped;
 
 static void sleep_ms(long ms)
@@ -260,6 +263,42 @@ static void test_activity_restarts_idle_clock(void)
     close(fd);
 }
 
+/* A client that sends and never reads holds its slot only until --idle-timeout. */
+static void test_unread_replies_time_out(void)
+{
+    REQUIRE(wait_no_connections());
+    int fd = it_raw_connect(env.socket);
+    REQUIRE(fd >= 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero;
+    req.which_body = diffsynth_v1_Envelope_list_configs_tag;
+    req.request_id = 1;
+    uint8_t *frame;
+    size_t len;
+    REQUIRE(it_encode_frame(&req, &frame, &len) == 0);
+    uint64_t start = it_now_ms();
+    for (int i = 0; i < 2000; i++)
+        if (send(fd, frame, len, MSG_NOSIGNAL | MSG_DONTWAIT) < (ssize_t)len)
+            break;
+    free(frame);
+    /* Still counted a moment later, gone after the timeout. */
+    sleep_ms(500);
+    ds_client *c = it_connect(&env);
+    REQUIRE(c);
+    diffsynth_v1_Envelope status = diffsynth_v1_Envelope_init_zero, resp;
+    status.which_body = diffsynth_v1_Envelope_status_tag;
+    REQUIRE(it_call(c, &status, &resp) == DS_CLIENT_OK);
+    CHECK_MSG(resp.body.status_result.clients == 2, "%u clients",
+              (unsigned)resp.body.status_result.clients);
+    ds_client_envelope_free(&resp);
+    ds_client_close(c);
+    CHECK_MSG(wait_no_connections(), "the silent reader was never closed");
+    uint64_t took = it_now_ms() - start;
+    CHECK_MSG(took >= 3500, "closed after %llu ms, before the timeout", (unsigned long long)took);
+    close(fd);
+}
+
 /* --- memory (daemon with default limits) --------------------------------------------------- */
 
 /* Eight connections flood ListConfigs (6 bytes in, tens of KB out) and never read: the daemon
@@ -372,6 +411,55 @@ static void test_large_frame_released(void)
     CHECK_MSG(before > 0 && after - before < 16 * 1024, "the daemon still holds %ld KiB more",
               after - before);
     close(fd);
+}
+
+static void unload_all(void);
+
+/* A step's inline tensor past --max-queued-inline-bytes is refused before it is queued. */
+static void test_inline_limit(void)
+{
+    ds_client *c = it_connect(&env);
+    REQUIRE(c);
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_load_tag;
+    req.body.load.paths = vae;
+    req.body.load.paths_count = (pb_size_t)vae_n;
+    REQUIRE(it_call(c, &req, &resp) == DS_CLIENT_OK);
+    REQUIRE(resp.body.load_result.models_count == 1);
+    char vae_id[32];
+    snprintf(vae_id, sizeof vae_id, "%s", resp.body.load_result.models[0].model_id);
+    ds_client_envelope_free(&resp);
+
+    enum { FLOATS = 2048 };
+    pb_bytes_array_t *data = calloc(1, sizeof *data + FLOATS * 4);
+    REQUIRE(data);
+    data->size = FLOATS * 4;
+    int64_t shape[] = {FLOATS};
+    diffsynth_v1_Tensor t = diffsynth_v1_Tensor_init_zero;
+    t.name = "latents";
+    t.dtype = diffsynth_v1_DType_F32;
+    t.shape = shape;
+    t.shape_count = 1;
+    t.data = data;
+    memset(&req, 0, sizeof req);
+    req.which_body = diffsynth_v1_Envelope_run_step_tag;
+    req.body.run_step.model_id = vae_id;
+    req.body.run_step.step = "decode";
+    req.body.run_step.inputs = &t;
+    req.body.run_step.inputs_count = 1;
+    int rc = it_call(c, &req, &resp);
+    CHECK_MSG(rc == DS_CLIENT_EDAEMON &&
+                  ds_client_last_code(c) == diffsynth_v1_Code_RESOURCE_EXHAUSTED,
+              "rc %d, code %s: %s", rc, ds_client_code_name(ds_client_last_code(c)),
+              ds_client_last_error(c));
+    CHECK_CONTAINS(ds_client_last_error(c), "carries 8192 inline bytes");
+    CHECK_CONTAINS(ds_client_last_error(c), "limit of " INLINE_LIMIT " bytes");
+    CHECK_CONTAINS(ds_client_last_error(c), "--max-queued-inline-bytes");
+    if (rc == DS_CLIENT_OK)
+        ds_client_envelope_free(&resp);
+    free(data);
+    ds_client_close(c);
+    unload_all();
 }
 
 /* --- strings and ids ------------------------------------------------------------------------ */
@@ -663,7 +751,8 @@ int main(int argc, char **argv)
     setenv("ASAN_OPTIONS", asan_options, 1);
 
     it_env_init(&env, argv[1]);
-    if (it_make_model(&env, "qwen_image_blockwise_controlnet", "cn", 1, &cn, &cn_n) != 0) {
+    if (it_make_model(&env, "qwen_image_blockwise_controlnet", "cn", 1, &cn, &cn_n) != 0 ||
+        it_make_model(&env, "qwen_image_vae", "vae", 1, &vae, &vae_n) != 0) {
         it_env_cleanup(&env);
         return 1;
     }
@@ -675,15 +764,18 @@ int main(int argc, char **argv)
     }
     RUN(test_slots);
     RUN(test_activity_restarts_idle_clock);
+    RUN(test_unread_replies_time_out);
     if (stop_daemon() != 0)
         test_failures++;
 
-    if (it_daemon_start(&env, NULL) != 0) {
+    const char *small_inline[] = {"--max-queued-inline-bytes", INLINE_LIMIT, NULL};
+    if (it_daemon_start(&env, small_inline) != 0) {
         it_env_cleanup(&env);
         return 1;
     }
     RUN(test_large_frame_released);
     RUN(test_flood_never_reads);
+    RUN(test_inline_limit);
     RUN(test_invalid_strings);
     RUN(test_duplicate_request_id);
     RUN(test_other_uid_cannot_unload);
@@ -693,6 +785,7 @@ int main(int argc, char **argv)
     if (test_failures)
         it_dump_log(&env);
     ds_st_paths_free(cn, cn_n);
+    ds_st_paths_free(vae, vae_n);
     it_env_cleanup(&env);
     int status = test_summary();
     return status == 0 && skipped ? 77 : status;
