@@ -207,12 +207,16 @@ static int over_unsent_limit(const ds_conn *conn)
 }
 
 /* Low water: half of each limit, so a reader that keeps up does not flap between paused and
- * reading on every reply. */
+ * reading on every reply. A connection that has taken all its replies reads again whatever its
+ * uid's total: the bytes that hold the total up are other connections', which stay paused, and
+ * a client of that uid that keeps up must not wait for one that does not. */
 static int below_unsent_low_water(const ds_conn *conn)
 {
     const ds_server_options *o = &conn->server->options;
-    return conn->unsent_bytes <= o->max_unsent_bytes / 2 &&
-           (!conn->usage || conn->usage->unsent_bytes <= o->max_unsent_bytes_per_uid / 2);
+    if (conn->unsent_bytes > o->max_unsent_bytes / 2)
+        return 0;
+    return conn->unsent_bytes == 0 || !conn->usage ||
+           conn->usage->unsent_bytes <= o->max_unsent_bytes_per_uid / 2;
 }
 
 static void maybe_resume(ds_conn *conn)
