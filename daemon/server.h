@@ -4,6 +4,10 @@
  * A connection is reference-counted: the open socket holds one reference and every job working
  * for the connection holds one, so a client may disconnect mid-request: the job finishes (or
  * is cancelled), sees the connection closed, and drops its result.
+ *
+ * What a client can make the daemon hold is counted against its connection and its peer uid
+ * (slots, unread reply bytes, inline bytes of requests in flight), and connections that hold a
+ * slot without using it time out; the limits are ds_server_options.
  */
 #ifndef DS_DAEMON_SERVER_H
 #define DS_DAEMON_SERVER_H
