@@ -734,8 +734,10 @@ const cli_command cli_commands[] = {
     {"unload", "Drop a reference to a loaded model",
      "usage: diffsynth unload MODEL_ID [--client NAME] [--all] [--json]\n"
      "\n"
-     "  --client NAME  whose reference to drop (default: uid:<your uid>)\n"
-     "  --all          drop every reference and free the model\n",
+     "  --client NAME  which of your uid's references to drop (default: uid:<your uid>);\n"
+     "                 references belong to the uid that took them: only that uid or the\n"
+     "                 daemon's own uid may drop one\n"
+     "  --all          drop every reference and free the model (the daemon's uid only)\n",
      run_unload},
     {"models", "List the models in the daemon's pool",
      "usage: diffsynth models [--json]\n"

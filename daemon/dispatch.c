@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "daemon/message_walk.h"
 #include "daemon/run_pipeline.h"
 #include "daemon/run_step.h"
 #include "models/model_loader.h"
@@ -374,14 +375,16 @@ int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "request_id 0 is reserved for errors about undecodable frames: "
                             "give every request a non-zero id");
+    int rc = ds_message_check_strings(&env->base, err);
+    if (rc != DS_OK)
+        return rc;
 
     switch (env->body_case) {
     case DIFFSYNTH__V1__ENVELOPE__BODY_IDENTIFY:
         return check_paths("identify", env->identify->paths, env->identify->n_paths, err);
-    case DIFFSYNTH__V1__ENVELOPE__BODY_LOAD: {
-        int rc = check_paths("load", env->load->paths, env->load->n_paths, err);
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LOAD:
+        rc = check_paths("load", env->load->paths, env->load->n_paths, err);
         return rc != DS_OK ? rc : check_client_name("load", env->load->client_name, err);
-    }
     case DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD: {
         const char *id = env->unload->model_id;
         if (!id[0])
@@ -556,6 +559,7 @@ typedef struct load_job {
     size_t given_count;
     resolved_paths paths;
     char *client;
+    uid_t uid;                      /* the peer's, who owns the references the load takes */
     ds_vram_config vram_config; /* the request's, when managed; else all zero (none) */
     /* Results, filled by the worker. */
     char model_hash[DS_MODEL_HASH_HEX];
@@ -756,14 +760,15 @@ static void load_complete(ds_job *job)
         int reused = 0;
         ds_loaded_model *model = lj->models[i];
         lj->models[i] = NULL;
-        int rc = ds_pool_insert(d->pool, model, lj->client, ds_wall_ms(), &inserted[i], &reused,
-                                &err);
+        int rc = ds_pool_insert(d->pool, model, lj->uid, lj->client, ds_wall_ms(), &inserted[i],
+                                &reused, &err);
         if (rc != DS_OK) {
             /* Undo this request's references so the pool is as it was. */
             for (size_t k = 0; k < inserted_count; k++) {
                 ds_pool_unref_result ignored;
                 ds_error unref_err;
-                ds_pool_unref(d->pool, inserted[k]->id, lj->client, 0, &ignored, &unref_err);
+                ds_pool_unref(d->pool, inserted[k]->id, lj->uid, 0, lj->client, 0, &ignored,
+                              &unref_err);
             }
             ds_dispatch_reply_error(d, conn, job->request_id, rc, err.message);
             goto done;
@@ -787,7 +792,7 @@ static void load_complete(ds_job *job)
 
 done:
     arena_free(&a);
-    ds_conn_end_job(conn);
+    ds_conn_end_job(conn, job->request_id);
     ds_conn_unref(conn);
     load_job_free(lj);
 }
@@ -891,7 +896,7 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
         load_job_free(lj);
         return;
     }
-    rc = ds_conn_begin_job(conn, &err);
+    rc = ds_conn_begin_job(conn, env, &err);
     if (rc != DS_OK) {
         ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         load_job_free(lj);
@@ -899,6 +904,7 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     }
     lj->daemon = d;
     lj->conn = conn;
+    lj->uid = ds_conn_uid(conn);
     ds_conn_ref(conn);
     lj->job.kind = DS_JOB_LOAD;
     lj->job.request_id = env->request_id;
@@ -926,14 +932,18 @@ static void handle_unload(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
         snprintf(name, sizeof name, "%s", entry->model->model_name);
     ds_pool_unref_result result;
     ds_error err;
-    int rc = ds_pool_unref(d->pool, req->model_id, client, req->all_references, &result, &err);
+    /* The daemon's own uid administers the pool; every other uid owns only what it took. */
+    uid_t uid = ds_conn_uid(conn);
+    int rc = ds_pool_unref(d->pool, req->model_id, uid, uid == geteuid(), client,
+                           req->all_references, &result, &err);
     if (rc != DS_OK) {
         ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         free(client);
         return;
     }
-    ds_log_info("unloaded %s %s for %s%s (%zu references left%s)", req->model_id, name, client,
-                req->all_references ? ", all references" : "", result.remaining,
+    ds_log_info("unloaded %s %s for %s of uid %u%s (%zu references left%s)", req->model_id, name,
+                client, (unsigned)uid, req->all_references ? ", all references" : "",
+                result.remaining,
                 result.freed     ? ", freed"
                 : result.removed ? ", freed when its running job ends"
                                  : "");
@@ -1110,6 +1120,16 @@ void ds_dispatch(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env
     }
     ds_log_debug("%s: request %llu %s", ds_conn_describe(conn), (unsigned long long)env->request_id,
                  body_name(env->body_case));
+    /* One id, one request: a second one in flight would share its replies and its cancel. */
+    if (ds_conn_request_in_flight(conn, env->request_id)) {
+        char message[200];
+        snprintf(message, sizeof message,
+                 "request id %llu is already in flight on this connection; give each request "
+                 "its own id (an id is free again once its reply arrived)",
+                 (unsigned long long)env->request_id);
+        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_ALREADY_EXISTS, message);
+        return;
+    }
     if (d->shutting_down) {
         ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_UNAVAILABLE,
                                 "daemon is shutting down");

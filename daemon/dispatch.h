@@ -50,9 +50,11 @@ struct ds_daemon {
     int vram_limited;          /* --vram-limit gave a number (not "none") */
 };
 
-/* Checks an envelope before any handler sees it: a request body is present and its fields are
- * within bounds (paths non-empty and absolute, ids non-empty, names short and printable).
- * Pure: no daemon state, no I/O. INVALID_ARGUMENT with a message naming the field. */
+/* Checks an envelope before any handler sees it: a request body is present, every string
+ * field of any request is valid UTF-8 (found through the descriptors, so new fields are
+ * covered), and its fields are within bounds (paths non-empty and absolute, ids non-empty,
+ * names short and printable). NUL bytes inside strings never reach here: the server refuses
+ * them on the wire, before protobuf-c's C strings would truncate them. Pure: no daemon state, no I/O. INVALID_ARGUMENT with a message naming the field. */
 int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err);
 
 /* Handles one decoded envelope from `conn`: validates, then answers or queues a job. */

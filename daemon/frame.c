@@ -20,6 +20,25 @@ void ds_frame_decoder_free(ds_frame_decoder *dec)
     dec->buf_have = 0;
 }
 
+static int frame_complete(const ds_frame_decoder *dec)
+{
+    return dec->header_have == DS_FRAME_HEADER_BYTES && dec->buf_have == dec->length;
+}
+
+void ds_frame_decoder_trim(ds_frame_decoder *dec)
+{
+    if (!frame_complete(dec) || dec->buf_cap <= DS_FRAME_KEEP_BYTES)
+        return;
+    free(dec->buf);
+    dec->buf = NULL;
+    dec->buf_cap = 0;
+}
+
+int ds_frame_decoder_partial(const ds_frame_decoder *dec)
+{
+    return dec->header_have > 0 && !frame_complete(dec);
+}
+
 /* Makes room for `need` body bytes, never more than the frame's checked length. */
 static int reserve(ds_frame_decoder *dec, size_t need)
 {
@@ -47,7 +66,7 @@ int ds_frame_decoder_feed(ds_frame_decoder *dec, const uint8_t *data, size_t len
         return DS_FRAME_TOO_LARGE;
 
     /* The previous call handed out a complete frame: start the next one. */
-    if (dec->header_have == DS_FRAME_HEADER_BYTES && dec->buf_have == dec->length) {
+    if (frame_complete(dec)) {
         dec->header_have = 0;
         dec->buf_have = 0;
     }

@@ -40,6 +40,18 @@ typedef struct ds_frame_decoder {
 void ds_frame_decoder_init(ds_frame_decoder *dec, uint64_t max_frame_bytes);
 void ds_frame_decoder_free(ds_frame_decoder *dec);
 
+/* A buffer up to this size is kept between frames; a larger one is freed by
+ * ds_frame_decoder_trim. */
+#define DS_FRAME_KEEP_BYTES ((size_t)64 << 10)
+
+/* Call once the frame the last feed returned has been handled: frees a buffer grown past
+ * DS_FRAME_KEEP_BYTES, so one large frame does not hold its memory for the connection's
+ * life. Between frames only (the frame pointer is invalid afterwards). */
+void ds_frame_decoder_trim(ds_frame_decoder *dec);
+
+/* True while part of a frame (some header or body bytes) has arrived and the rest has not. */
+int ds_frame_decoder_partial(const ds_frame_decoder *dec);
+
 /* Consumes bytes from data[0..len) up to the end of the first complete frame.
  * *consumed gets the number of bytes eaten (call again with the rest).
  * READY: *frame / *frame_len point at the body, valid until the next call.

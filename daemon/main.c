@@ -24,6 +24,8 @@
  * bind failure), 2 for a bad command line or a bad --model-configs file. */
 #define EXIT_STARTUP 1
 #define EXIT_USAGE 2
+/* Byte limits: sums of them must not overflow 64 bits. */
+#define BYTES_OPTION_MAX ((uint64_t)1 << 62)
 
 typedef struct app {
     ds_daemon daemon;
@@ -56,6 +58,27 @@ static void usage(FILE *out)
 "  --max-frame-bytes N      refuse request frames longer than N bytes and close the\n"
 "                           connection (default: %llu, at most %llu)\n"
 "  --max-connections N      refuse connections beyond N open ones (default: %d)\n"
+"  --max-connections-per-uid N\n"
+"                           refuse a peer uid's connections beyond N open ones, so one\n"
+"                           uid cannot take every slot (default: a quarter of\n"
+"                           --max-connections, at least 1; at most --max-connections)\n"
+"  --idle-timeout SECONDS   close a connection with no request in flight and nothing\n"
+"                           received for SECONDS, or whose replies went unread that long\n"
+"                           (fractions allowed; 0 = never; default: %d)\n"
+"  --frame-timeout SECONDS  close a connection that began a frame and did not finish it\n"
+"                           within SECONDS (0 = never; default: %d)\n"
+"  --max-unsent-bytes N     stop reading a connection while more than N bytes of its\n"
+"                           replies are unread; read again below N/2 (default: %llu)\n"
+"  --max-unsent-bytes-per-uid N\n"
+"                           the same for all of one uid's connections together\n"
+"                           (default: %llu)\n"
+"  --max-queued-inline-bytes N\n"
+"                           refuse a request whose inline tensor bytes would bring its\n"
+"                           connection's queued and running requests past N bytes\n"
+"                           (RESOURCE_EXHAUSTED; default: %llu)\n"
+"  --max-queued-inline-bytes-per-uid N\n"
+"                           the same for all of one uid's connections together\n"
+"                           (default: %llu)\n"
 "  --backend cpu|cuda       where model steps compute (default: cpu); cuda uses GPU 0 and\n"
 "                           refuses to start when this build or machine has no usable GPU\n"
 "  --threads N              CPU threads for compute (default: 0 = every online CPU)\n"
@@ -92,7 +115,11 @@ static void usage(FILE *out)
 "  diffsynthd --model-root ~/models --socket /run/user/1000/diffsynthd.sock &\n"
 "  diffsynth load ~/models/Qwen/Qwen-Image/vae/diffusion_pytorch_model.safetensors\n",
             (unsigned long long)DS_FRAME_DEFAULT_MAX, (unsigned long long)DS_FRAME_MAX_CAP,
-            DS_DEFAULT_MAX_CONNECTIONS);
+            DS_DEFAULT_MAX_CONNECTIONS, DS_DEFAULT_IDLE_TIMEOUT_S, DS_DEFAULT_FRAME_TIMEOUT_S,
+            (unsigned long long)DS_DEFAULT_MAX_UNSENT_BYTES,
+            (unsigned long long)DS_DEFAULT_MAX_UNSENT_BYTES_PER_UID,
+            (unsigned long long)DS_DEFAULT_MAX_QUEUED_INLINE_BYTES,
+            (unsigned long long)DS_DEFAULT_MAX_QUEUED_INLINE_BYTES_PER_UID);
 }
 
 static int parse_u64(const char *option, const char *text, uint64_t min, uint64_t max,
@@ -107,6 +134,24 @@ static int parse_u64(const char *option, const char *text, uint64_t min, uint64_
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+/* A duration in seconds (fractions allowed, 0 = never) as milliseconds. */
+static int parse_seconds(const char *option, const char *text, uint64_t *ms)
+{
+    char *end;
+    errno = 0;
+    double s = strtod(text, &end);
+    /* A day at most: longer is "never" in all but name. */
+    if (!text[0] || *end || errno || !(s >= 0 && s <= 86400)) {
+        fprintf(stderr, "diffsynthd: %s wants seconds from 0 to 86400 (fractions allowed), "
+                "not \"%s\"\n", option, text);
+        return -1;
+    }
+    *ms = (uint64_t)(s * 1000 + 0.5);
+    if (s > 0 && *ms == 0)
+        *ms = 1;
     return 0;
 }
 
@@ -189,6 +234,13 @@ int main(int argc, char **argv)
         OPT_CONFIGS,
         OPT_MAX_FRAME,
         OPT_MAX_CONN,
+        OPT_MAX_CONN_UID,
+        OPT_IDLE_TIMEOUT,
+        OPT_FRAME_TIMEOUT,
+        OPT_MAX_UNSENT,
+        OPT_MAX_UNSENT_UID,
+        OPT_MAX_INLINE,
+        OPT_MAX_INLINE_UID,
         OPT_LOG,
         OPT_BACKEND,
         OPT_THREADS,
@@ -205,6 +257,13 @@ int main(int argc, char **argv)
         {"model-configs", required_argument, NULL, OPT_CONFIGS},
         {"max-frame-bytes", required_argument, NULL, OPT_MAX_FRAME},
         {"max-connections", required_argument, NULL, OPT_MAX_CONN},
+        {"max-connections-per-uid", required_argument, NULL, OPT_MAX_CONN_UID},
+        {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+        {"frame-timeout", required_argument, NULL, OPT_FRAME_TIMEOUT},
+        {"max-unsent-bytes", required_argument, NULL, OPT_MAX_UNSENT},
+        {"max-unsent-bytes-per-uid", required_argument, NULL, OPT_MAX_UNSENT_UID},
+        {"max-queued-inline-bytes", required_argument, NULL, OPT_MAX_INLINE},
+        {"max-queued-inline-bytes-per-uid", required_argument, NULL, OPT_MAX_INLINE_UID},
         {"log-level", required_argument, NULL, OPT_LOG},
         {"backend", required_argument, NULL, OPT_BACKEND},
         {"threads", required_argument, NULL, OPT_THREADS},
@@ -216,11 +275,8 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
 
-    ds_server_options server_opts = {
-        .max_frame_bytes = DS_FRAME_DEFAULT_MAX,
-        .max_connections = DS_DEFAULT_MAX_CONNECTIONS,
-        .max_inflight = DS_DEFAULT_MAX_INFLIGHT,
-    };
+    ds_server_options server_opts;
+    ds_server_options_default(&server_opts);
     const char **roots = calloc((size_t)argc, sizeof *roots);
     const char **config_files = calloc((size_t)argc, sizeof *config_files);
     size_t root_count = 0, config_file_count = 0;
@@ -255,6 +311,39 @@ int main(int argc, char **argv)
             if (parse_u64("--max-connections", optarg, 1, 65536, &value) != 0)
                 goto out_args;
             server_opts.max_connections = (unsigned)value;
+            break;
+        case OPT_MAX_CONN_UID:
+            if (parse_u64("--max-connections-per-uid", optarg, 1, 65536, &value) != 0)
+                goto out_args;
+            server_opts.max_connections_per_uid = (unsigned)value;
+            break;
+        case OPT_IDLE_TIMEOUT:
+            if (parse_seconds("--idle-timeout", optarg, &server_opts.idle_timeout_ms) != 0)
+                goto out_args;
+            break;
+        case OPT_FRAME_TIMEOUT:
+            if (parse_seconds("--frame-timeout", optarg, &server_opts.frame_timeout_ms) != 0)
+                goto out_args;
+            break;
+        case OPT_MAX_UNSENT:
+            if (parse_u64("--max-unsent-bytes", optarg, 1, BYTES_OPTION_MAX,
+                          &server_opts.max_unsent_bytes) != 0)
+                goto out_args;
+            break;
+        case OPT_MAX_UNSENT_UID:
+            if (parse_u64("--max-unsent-bytes-per-uid", optarg, 1, BYTES_OPTION_MAX,
+                          &server_opts.max_unsent_bytes_per_uid) != 0)
+                goto out_args;
+            break;
+        case OPT_MAX_INLINE:
+            if (parse_u64("--max-queued-inline-bytes", optarg, 1, BYTES_OPTION_MAX,
+                          &server_opts.max_queued_inline_bytes) != 0)
+                goto out_args;
+            break;
+        case OPT_MAX_INLINE_UID:
+            if (parse_u64("--max-queued-inline-bytes-per-uid", optarg, 1, BYTES_OPTION_MAX,
+                          &server_opts.max_queued_inline_bytes_per_uid) != 0)
+                goto out_args;
             break;
         case OPT_LOG:
             if (ds_log_level_parse(optarg, &level) != 0) {
@@ -308,6 +397,15 @@ int main(int argc, char **argv)
     if (optind < argc) {
         fprintf(stderr, "diffsynthd: unexpected argument \"%s\"\nTry 'diffsynthd --help'.\n",
                 argv[optind]);
+        goto out_args;
+    }
+    if (server_opts.max_connections_per_uid == 0) {
+        unsigned quarter = server_opts.max_connections / 4;
+        server_opts.max_connections_per_uid = quarter ? quarter : 1;
+    }
+    if (server_opts.max_connections_per_uid > server_opts.max_connections) {
+        fprintf(stderr, "diffsynthd: --max-connections-per-uid %u is above --max-connections "
+                "%u\n", server_opts.max_connections_per_uid, server_opts.max_connections);
         goto out_args;
     }
     if (reserve_text && (use_vram || !use_cuda)) {
@@ -473,9 +571,13 @@ int main(int argc, char **argv)
     ds_log_info("model configs: %zu (%zu builtin + %zu from %zu file%s)", config_count,
                 ds_builtin_model_config_count, config_count - ds_builtin_model_config_count,
                 config_file_count, config_file_count == 1 ? "" : "s");
-    ds_log_info("socket %s (mode %s), max frame %llu bytes, max %u connections",
+    ds_log_info("socket %s (mode %s), max frame %llu bytes, max %u connections (%u per uid), "
+                "idle timeout %llu ms, frame timeout %llu ms",
                 d->socket_path, server_opts.group_access ? "0660" : "0600",
-                (unsigned long long)server_opts.max_frame_bytes, server_opts.max_connections);
+                (unsigned long long)server_opts.max_frame_bytes, server_opts.max_connections,
+                server_opts.max_connections_per_uid,
+                (unsigned long long)server_opts.idle_timeout_ms,
+                (unsigned long long)server_opts.frame_timeout_ms);
     /* The readiness line scripts wait for: printed even when the log level hides info. */
     if (ds_log_get_level() <= DS_LOG_INFO)
         ds_log_info("diffsynthd: listening on %s", d->socket_path);

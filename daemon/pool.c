@@ -49,6 +49,7 @@ static void entry_free(ds_pool_model *entry)
     for (size_t i = 0; i < entry->client_count; i++)
         free(entry->clients[i]);
     free(entry->clients);
+    free(entry->client_uids);
     ds_loaded_model_free(entry->model);
     free(entry);
 }
@@ -100,7 +101,7 @@ static int same_model(const ds_loaded_model *a, const ds_loaded_model *b)
     return 1;
 }
 
-static int add_client(ds_pool_model *entry, const char *client)
+static int add_client(ds_pool_model *entry, uid_t uid, const char *client)
 {
     if (entry->client_count == entry->client_cap) {
         size_t cap = entry->client_cap ? entry->client_cap * 2 : 4;
@@ -108,16 +109,29 @@ static int add_client(ds_pool_model *entry, const char *client)
         if (!grown)
             return DS_ERR_RESOURCE_EXHAUSTED;
         entry->clients = grown;
+        uid_t *uids = realloc(entry->client_uids, cap * sizeof *uids);
+        if (!uids)
+            return DS_ERR_RESOURCE_EXHAUSTED;
+        entry->client_uids = uids;
         entry->client_cap = cap;
     }
     char *copy = strdup(client);
     if (!copy)
         return DS_ERR_RESOURCE_EXHAUSTED;
+    entry->client_uids[entry->client_count] = uid;
     entry->clients[entry->client_count++] = copy;
     return DS_OK;
 }
 
-int ds_pool_insert(ds_pool *pool, ds_loaded_model *model, const char *client,
+size_t ds_pool_references(const ds_pool_model *entry, uid_t uid, const char *client)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < entry->client_count; i++)
+        n += entry->client_uids[i] == uid && strcmp(entry->clients[i], client) == 0;
+    return n;
+}
+
+int ds_pool_insert(ds_pool *pool, ds_loaded_model *model, uid_t uid, const char *client,
                    uint64_t now_unix_ms, ds_pool_model **out, int *reused, ds_error *err)
 {
     *reused = 0;
@@ -128,7 +142,7 @@ int ds_pool_insert(ds_pool *pool, ds_loaded_model *model, const char *client,
             continue;
         if (same_model(existing->model, model)) {
             ds_loaded_model_free(model);
-            if (add_client(existing, client) != DS_OK)
+            if (add_client(existing, uid, client) != DS_OK)
                 return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                                     "out of memory adding a reference to %s", existing->id);
             *reused = 1;
@@ -143,7 +157,7 @@ int ds_pool_insert(ds_pool *pool, ds_loaded_model *model, const char *client,
     entry->model = model;
     entry->loaded_at_unix_ms = now_unix_ms;
     snprintf(entry->id, sizeof entry->id, "m%llu", (unsigned long long)pool->next_id);
-    if (add_client(entry, client) != DS_OK || list_push(&pool->listed, entry) != DS_OK)
+    if (add_client(entry, uid, client) != DS_OK || list_push(&pool->listed, entry) != DS_OK)
         goto fail;
     /* Only a model that made it into the pool consumes an id. */
     pool->next_id++;
@@ -173,7 +187,7 @@ ds_pool_model *ds_pool_at(ds_pool *pool, size_t index)
     return index < pool->listed.count ? pool->listed.items[index] : NULL;
 }
 
-/* "uid:1000 (2), web-ui": who holds references, for the FAILED_PRECONDITION message. */
+/* "uid:1000 of uid 1000 (2), web-ui of uid 1001": who holds references, for the messages. */
 static void describe_holders(const ds_pool_model *entry, char *buf, size_t size)
 {
     size_t used = 0;
@@ -181,7 +195,8 @@ static void describe_holders(const ds_pool_model *entry, char *buf, size_t size)
     for (size_t i = 0; i < entry->client_count; i++) {
         size_t seen = 0, times = 0;
         for (size_t j = 0; j < entry->client_count; j++) {
-            if (strcmp(entry->clients[i], entry->clients[j]) == 0) {
+            if (entry->client_uids[i] == entry->client_uids[j] &&
+                strcmp(entry->clients[i], entry->clients[j]) == 0) {
                 if (j < i)
                     seen = 1;
                 times++;
@@ -189,44 +204,75 @@ static void describe_holders(const ds_pool_model *entry, char *buf, size_t size)
         }
         if (seen)
             continue;
-        int n = times > 1 ? snprintf(buf + used, size - used, "%s%s (%zu)", used ? ", " : "",
-                                     entry->clients[i], times)
-                          : snprintf(buf + used, size - used, "%s%s", used ? ", " : "",
-                                     entry->clients[i]);
+        unsigned uid = (unsigned)entry->client_uids[i];
+        int n = times > 1 ? snprintf(buf + used, size - used, "%s%s of uid %u (%zu)",
+                                     used ? ", " : "", entry->clients[i], uid, times)
+                          : snprintf(buf + used, size - used, "%s%s of uid %u", used ? ", " : "",
+                                     entry->clients[i], uid);
         if (n < 0 || (size_t)n >= size - used)
             return;
         used += (size_t)n;
     }
 }
 
-int ds_pool_unref(ds_pool *pool, const char *id, const char *client, int all,
-                  ds_pool_unref_result *result, ds_error *err)
+/* 1 + the index of the most recent reference named `client`, of `uid` unless `any_uid`; 0 when
+ * there is none. */
+static size_t find_reference(const ds_pool_model *entry, uid_t uid, int any_uid,
+                             const char *client)
+{
+    size_t i = entry->client_count;
+    while (i > 0 && ((!any_uid && entry->client_uids[i - 1] != uid) ||
+                     strcmp(entry->clients[i - 1], client) != 0))
+        i--;
+    return i;
+}
+
+int ds_pool_unref(ds_pool *pool, const char *id, uid_t uid, int privileged, const char *client,
+                  int all, ds_pool_unref_result *result, ds_error *err)
 {
     memset(result, 0, sizeof *result);
     ds_pool_model *entry = ds_pool_find(pool, id);
     if (!entry)
         return ds_error_set(err, DS_ERR_NOT_FOUND, "no model %s in the pool", id);
 
+    char holders[1024];
     if (all) {
+        if (!privileged) {
+            describe_holders(entry, holders, sizeof holders);
+            return ds_error_set(err, DS_ERR_PERMISSION_DENIED,
+                                "only the daemon's own uid may unload every reference to %s; uid "
+                                "%u may drop its own references only (held by: %s)",
+                                id, (unsigned)uid, holders);
+        }
         for (size_t i = 0; i < entry->client_count; i++)
             free(entry->clients[i]);
         entry->client_count = 0;
     } else {
-        /* The most recent reference of this client goes first. */
-        size_t i = entry->client_count;
-        while (i > 0 && strcmp(entry->clients[i - 1], client) != 0)
-            i--;
+        /* This uid's most recent reference under the name goes first; the daemon's uid may
+         * then drop another uid's. */
+        size_t i = find_reference(entry, uid, 0, client);
         if (i == 0) {
-            char holders[1024];
+            size_t other = find_reference(entry, uid, 1, client);
+            if (other > 0 && !privileged)
+                return ds_error_set(err, DS_ERR_PERMISSION_DENIED,
+                                    "the reference \"%s\" to %s belongs to uid %u: only that uid "
+                                    "or the daemon's own uid may drop it (you are uid %u)",
+                                    client, id, (unsigned)entry->client_uids[other - 1],
+                                    (unsigned)uid);
+            i = other;
+        }
+        if (i == 0) {
             describe_holders(entry, holders, sizeof holders);
             return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
                                 "client \"%s\" holds no reference to %s; references are held by: "
-                                "%s (name one of them as the client, or unload all references)",
+                                "%s (name one of yours as the client)",
                                 client, id, holders);
         }
         free(entry->clients[i - 1]);
         memmove(entry->clients + i - 1, entry->clients + i,
                 (entry->client_count - i) * sizeof *entry->clients);
+        memmove(entry->client_uids + i - 1, entry->client_uids + i,
+                (entry->client_count - i) * sizeof *entry->client_uids);
         entry->client_count--;
     }
 

@@ -693,7 +693,7 @@ static void pipeline_job_progress(ds_job *job, const ds_job_progress *p)
 /* Ends the request: the job leaves the connection's accounting and is freed. */
 static void job_end(pipeline_job *pj)
 {
-    ds_conn_end_job(pj->conn);
+    ds_conn_end_job(pj->conn, pj->job.request_id);
     ds_conn_unref(pj->conn);
     job_free(pj);
 }
@@ -808,15 +808,12 @@ static int start_pipeline(pipeline_job *pj, ds_error *err)
 
 /* Only one reference per client for models a pipeline loads: a second request naming the same
  * files reuses the model and must not pile up references. */
-static void drop_extra_reference(ds_daemon *d, ds_pool_model *e, const char *client)
+static void drop_extra_reference(ds_daemon *d, ds_pool_model *e, uid_t uid, const char *client)
 {
-    size_t held = 0;
-    for (size_t i = 0; i < e->client_count; i++)
-        held += strcmp(e->clients[i], client) == 0;
-    if (held > 1) {
+    if (ds_pool_references(e, uid, client) > 1) {
         ds_pool_unref_result ignored;
         ds_error err;
-        ds_pool_unref(d->pool, e->id, client, 0, &ignored, &err);
+        ds_pool_unref(d->pool, e->id, uid, 0, client, 0, &ignored, &err);
     }
 }
 
@@ -846,7 +843,8 @@ static void load_complete(ds_job *job)
         ds_loaded_model *model = s->loaded;
         s->loaded = NULL;
         int reused = 0;
-        rc = ds_pool_insert(d->pool, model, pj->client, ds_wall_ms(), &s->entry, &reused, &err);
+        rc = ds_pool_insert(d->pool, model, ds_conn_uid(pj->conn), pj->client, ds_wall_ms(),
+                            &s->entry, &reused, &err);
         if (rc != DS_OK) {
             s->entry = NULL;
             ds_dispatch_reply_error(d, pj->conn, job->request_id, rc, err.message);
@@ -855,7 +853,7 @@ static void load_complete(ds_job *job)
         }
         ds_pool_pin(s->entry);
         if (reused)
-            drop_extra_reference(d, s->entry, pj->client);
+            drop_extra_reference(d, s->entry, ds_conn_uid(pj->conn), pj->client);
         ds_log_info("%s %s %s for %s (pipeline role %s)", reused ? "reused" : "loaded",
                     s->entry->id, s->entry->model->model_name, pj->client, roles[r].role);
     }
@@ -1084,7 +1082,7 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     }
     /* The transport (shared memory) first, then the models: as RunStep does. */
     if ((rc = take_request(pj, req, conn, &err)) != DS_OK ||
-        (rc = find_models(pj, req, &err)) != DS_OK || (rc = ds_conn_begin_job(conn, &err)) != DS_OK)
+        (rc = find_models(pj, req, &err)) != DS_OK || (rc = ds_conn_begin_job(conn, env, &err)) != DS_OK)
         goto fail;
 
     pj->conn = conn;

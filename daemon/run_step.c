@@ -437,7 +437,7 @@ done:
     free(tensors);
     free(tensor_ptrs);
     free(regions);
-    ds_conn_end_job(conn);
+    ds_conn_end_job(conn, job->request_id);
     ds_conn_unref(conn);
     job_free(sj);
 }
@@ -608,7 +608,7 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     sj->entry = entry;
     if ((rc = add_aux(sj, d, req, &err)) != DS_OK || (rc = check_fresh(sj, &err)) != DS_OK)
         goto fail;
-    if ((rc = ds_conn_begin_job(conn, &err)) != DS_OK)
+    if ((rc = ds_conn_begin_job(conn, env, &err)) != DS_OK)
         goto fail;
 
     sj->conn = conn;

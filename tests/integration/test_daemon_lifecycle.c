@@ -301,6 +301,11 @@ static void test_command_line(void)
         {"--max-frame-bytes", "0", NULL},
         {"--max-frame-bytes", "12abc", NULL},
         {"--max-connections", "-1", NULL},
+        {"--max-connections-per-uid", "300", NULL},  /* above the global 256 */
+        {"--idle-timeout", "-1", NULL},
+        {"--frame-timeout", "soon", NULL},
+        {"--max-unsent-bytes", "0", NULL},
+        {"--max-queued-inline-bytes-per-uid", "1e9", NULL},
         {"--log-level", "loud", NULL},
         {"--model-root", missing_dir, NULL},
         {"--model-configs", bad_configs, NULL},

@@ -6,6 +6,7 @@
 
 #include "daemon/dispatch.h"
 #include "daemon/frame.h"
+#include "daemon/message_walk.h"
 #include "test.h"
 
 /* Envelope{request_id: 7, status: {}}: field 1 varint (0x08 0x07), field 18 length-delimited
@@ -278,6 +279,142 @@ static void test_validate(void)
     CHECK(ds_dispatch_validate(&env, &err) == DS_OK);
 }
 
+/* Every string field is checked through the descriptors, nested and repeated ones included. */
+static void test_strings_utf8(void)
+{
+    ds_error err;
+    Diffsynth__V1__Envelope env = DIFFSYNTH__V1__ENVELOPE__INIT;
+    env.request_id = 5;
+    char *paths[] = {"/models/a.safetensors"};
+    Diffsynth__V1__LoadRequest load = DIFFSYNTH__V1__LOAD_REQUEST__INIT;
+    load.paths = paths;
+    load.n_paths = 1;
+    env.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_LOAD;
+    env.load = &load;
+    /* Two-, three- and four-byte sequences are fine. */
+    load.client_name = "caf\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80";
+    CHECK(ds_dispatch_validate(&env, &err) == DS_OK);
+    /* A truncated sequence, an overlong '/', a UTF-16 surrogate, a lone continuation byte,
+     * a code point above U+10FFFF. */
+    const char *bad[] = {"caf\xc3", "a\xc0\xaf", "\xed\xa0\x80", "x\x80y", "\xf4\x90\x80\x80"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        load.client_name = (char *)bad[i];
+        CHECK_MSG(ds_dispatch_validate(&env, &err) == DS_ERR_INVALID_ARGUMENT, "case %zu", i);
+        CHECK_CONTAINS(err.message, "load.client_name is not valid UTF-8");
+    }
+    load.client_name = "";
+    char *bad_paths[] = {"/models/a.safetensors", "/models/\xff.safetensors"};
+    load.paths = bad_paths;
+    load.n_paths = 2;
+    CHECK(ds_dispatch_validate(&env, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "load.paths[1] is not valid UTF-8 (byte 8 of 21, 0xff");
+
+    /* A field no hand-written check looks at: a RunStep input's name. */
+    Diffsynth__V1__Tensor t0 = DIFFSYNTH__V1__TENSOR__INIT, t1 = DIFFSYNTH__V1__TENSOR__INIT;
+    t0.name = "x";
+    t1.name = "y\xfe";
+    Diffsynth__V1__Tensor *inputs[] = {&t0, &t1};
+    Diffsynth__V1__RunStepRequest step = DIFFSYNTH__V1__RUN_STEP_REQUEST__INIT;
+    step.model_id = "m1";
+    step.inputs = inputs;
+    step.n_inputs = 2;
+    env.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP;
+    env.run_step = &step;
+    CHECK(ds_dispatch_validate(&env, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "run_step.inputs[1].name is not valid UTF-8");
+}
+
+/* A NUL inside a string is visible on the wire only; the bytes are written out by hand. */
+static void test_strings_nul_on_wire(void)
+{
+    ds_error err;
+    /* Envelope{request_id 5, load (field 12) {paths ["/a"], client_name "a\0b"}}. */
+    const uint8_t load_nul[] = {0x08, 0x05, 0x62, 0x09, 0x0A, 0x02, '/', 'a',
+                                0x12, 0x03, 'a',  0x00, 'b'};
+    Diffsynth__V1__Envelope *env = ds_frame_unpack(load_nul, sizeof load_nul, &err);
+    REQUIRE(env);
+    /* protobuf-c kept it as a C string: the rest of the name is invisible here. */
+    CHECK_STR_EQ(env->load->client_name, "a");
+    diffsynth__v1__envelope__free_unpacked(env, NULL);
+    CHECK(ds_wire_check_strings_nul(&diffsynth__v1__envelope__descriptor, load_nul,
+                                    sizeof load_nul, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "load.client_name holds a NUL byte (byte 1 of 3)");
+
+    /* Envelope{request_id 6, run_step (field 40) {model_id "m1", inputs [{name "x"},
+     * {name "y\0"}]}}. */
+    const uint8_t step_nul[] = {0x08, 0x06, 0xC2, 0x02, 0x0F, 0x0A, 0x02, 'm',  '1',  0x1A,
+                                0x03, 0x0A, 0x01, 'x',  0x1A, 0x04, 0x0A, 0x02, 'y',  0x00};
+    CHECK(ds_wire_check_strings_nul(&diffsynth__v1__envelope__descriptor, step_nul,
+                                    sizeof step_nul, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "run_step.inputs[1].name holds a NUL byte");
+    /* Bytes fields may hold NUL: Tensor.data (field 4) of the first input. */
+    const uint8_t data_nul[] = {0x08, 0x06, 0xC2, 0x02, 0x0B, 0x0A, 0x02, 'm', '1',
+                                0x1A, 0x05, 0x22, 0x03, 0x00, 0x00, 0x00};
+    CHECK(ds_wire_check_strings_nul(&diffsynth__v1__envelope__descriptor, data_nul,
+                                    sizeof data_nul, &err) == DS_OK);
+    env = ds_frame_unpack(data_nul, sizeof data_nul, &err);
+    REQUIRE(env);
+    CHECK(ds_message_bytes_total(&env->base) == 3);
+    diffsynth__v1__envelope__free_unpacked(env, NULL);
+    CHECK(ds_wire_check_strings_nul(&diffsynth__v1__envelope__descriptor, STATUS_7,
+                                    sizeof STATUS_7, &err) == DS_OK);
+}
+
+/* Inline payload: every bytes field, however deep. */
+static void test_bytes_total(void)
+{
+    uint8_t a[10] = {0}, b[20] = {0};
+    Diffsynth__V1__Tensor t0 = DIFFSYNTH__V1__TENSOR__INIT, t1 = DIFFSYNTH__V1__TENSOR__INIT;
+    t0.data = (ProtobufCBinaryData){sizeof a, a};
+    t1.data = (ProtobufCBinaryData){sizeof b, b};
+    Diffsynth__V1__Tensor *inputs[] = {&t0, &t1};
+    Diffsynth__V1__RunStepRequest step = DIFFSYNTH__V1__RUN_STEP_REQUEST__INIT;
+    step.inputs = inputs;
+    step.n_inputs = 2;
+    Diffsynth__V1__Envelope env = DIFFSYNTH__V1__ENVELOPE__INIT;
+    env.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP;
+    env.run_step = &step;
+    CHECK(ds_message_bytes_total(&env.base) == 30);
+    env.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_STATUS;
+    Diffsynth__V1__StatusRequest status = DIFFSYNTH__V1__STATUS_REQUEST__INIT;
+    env.status = &status;
+    CHECK(ds_message_bytes_total(&env.base) == 0);
+}
+
+/* A large frame's buffer goes once it is handled; a small one stays for the next frame. */
+static void test_trim(void)
+{
+    size_t body = DS_FRAME_KEEP_BYTES * 4;
+    uint8_t *buf = calloc(1, 4 + body), *zeros = calloc(1, body);
+    REQUIRE(buf && zeros);
+    frame(buf, zeros, (uint32_t)body);
+    free(zeros);
+    ds_frame_decoder dec;
+    ds_frame_decoder_init(&dec, DS_FRAME_DEFAULT_MAX);
+    size_t consumed;
+    const uint8_t *f;
+    size_t flen;
+    CHECK(ds_frame_decoder_feed(&dec, buf, 10, &consumed, &f, &flen) == DS_FRAME_NEED_MORE);
+    CHECK(ds_frame_decoder_partial(&dec));
+    ds_frame_decoder_trim(&dec);  /* mid-frame: nothing happens */
+    CHECK(dec.buf != NULL);
+    CHECK(ds_frame_decoder_feed(&dec, buf + 10, 4 + body - 10, &consumed, &f, &flen) ==
+          DS_FRAME_READY);
+    CHECK(flen == body && !ds_frame_decoder_partial(&dec));
+    CHECK(dec.buf_cap >= body);
+    ds_frame_decoder_trim(&dec);
+    CHECK(dec.buf == NULL && dec.buf_cap == 0);
+    /* The decoder goes on with the next frame. */
+    uint8_t small[64];
+    size_t n = frame(small, STATUS_7, sizeof STATUS_7);
+    CHECK(ds_frame_decoder_feed(&dec, small, n, &consumed, &f, &flen) == DS_FRAME_READY);
+    CHECK(flen == sizeof STATUS_7 && memcmp(f, STATUS_7, flen) == 0);
+    ds_frame_decoder_trim(&dec);
+    CHECK(dec.buf != NULL);
+    ds_frame_decoder_free(&dec);
+    free(buf);
+}
+
 int main(void)
 {
     RUN(test_whole_frame);
@@ -289,5 +426,9 @@ int main(void)
     RUN(test_garbage);
     RUN(test_pack_header);
     RUN(test_validate);
+    RUN(test_strings_utf8);
+    RUN(test_strings_nul_on_wire);
+    RUN(test_bytes_total);
+    RUN(test_trim);
     return test_summary();
 }

@@ -105,11 +105,11 @@ static void test_insert_and_ids(void)
 
     ds_pool_model *ea, *eb;
     int reused = -1;
-    CHECK(ds_pool_insert(pool, a, "uid:1000", 111, &ea, &reused, &err) == DS_OK);
+    CHECK(ds_pool_insert(pool, a, 1000, "uid:1000", 111, &ea, &reused, &err) == DS_OK);
     CHECK(reused == 0);
     CHECK_STR_EQ(ea->id, "m1");
     /* Same bytes, different file (inode): not the same model. */
-    CHECK(ds_pool_insert(pool, b, "uid:1000", 222, &eb, &reused, &err) == DS_OK);
+    CHECK(ds_pool_insert(pool, b, 1000, "uid:1000", 222, &eb, &reused, &err) == DS_OK);
     CHECK(reused == 0);
     CHECK_STR_EQ(eb->id, "m2");
     CHECK(ds_pool_count(pool) == 2);
@@ -124,14 +124,14 @@ static void test_insert_and_ids(void)
 
     /* Ids are never reused, even after every model is gone. */
     ds_pool_unref_result r;
-    CHECK(ds_pool_unref(pool, "m1", "uid:1000", 0, &r, &err) == DS_OK);
+    CHECK(ds_pool_unref(pool, "m1", 1000, 0, "uid:1000", 0, &r, &err) == DS_OK);
     CHECK(r.removed && r.freed && r.remaining == 0);
-    CHECK(ds_pool_unref(pool, "m2", "uid:1000", 0, &r, &err) == DS_OK);
+    CHECK(ds_pool_unref(pool, "m2", 1000, 0, "uid:1000", 0, &r, &err) == DS_OK);
     CHECK(ds_pool_count(pool) == 0);
     ds_loaded_model *c = load(file_a, &CONFIG);
     REQUIRE(c);
     ds_pool_model *ec;
-    CHECK(ds_pool_insert(pool, c, "uid:1000", 333, &ec, &reused, &err) == DS_OK);
+    CHECK(ds_pool_insert(pool, c, 1000, "uid:1000", 333, &ec, &reused, &err) == DS_OK);
     CHECK_STR_EQ(ec->id, "m3");
     ds_pool_free(pool);
 }
@@ -145,11 +145,11 @@ static void test_dedupe(void)
     int reused;
     ds_loaded_model *m = load(file_a, &CONFIG);
     REQUIRE(m);
-    CHECK(ds_pool_insert(pool, m, "alice", 1, &e1, &reused, &err) == DS_OK);
+    CHECK(ds_pool_insert(pool, m, 1000, "alice", 1, &e1, &reused, &err) == DS_OK);
     /* The same config from the same file: a second reference, the new copy is freed. */
     m = load(file_a, &CONFIG);
     REQUIRE(m);
-    CHECK(ds_pool_insert(pool, m, "bob", 2, &e2, &reused, &err) == DS_OK);
+    CHECK(ds_pool_insert(pool, m, 1000, "bob", 2, &e2, &reused, &err) == DS_OK);
     CHECK(reused == 1);
     CHECK(e2 == e1);
     CHECK(e1->loaded_at_unix_ms == 1);
@@ -159,7 +159,7 @@ static void test_dedupe(void)
     /* Another config on the same file is another model. */
     m = load(file_a, &CONFIG_OTHER_NAME);
     REQUIRE(m);
-    CHECK(ds_pool_insert(pool, m, "alice", 3, &e3, &reused, &err) == DS_OK);
+    CHECK(ds_pool_insert(pool, m, 1000, "alice", 3, &e3, &reused, &err) == DS_OK);
     CHECK(reused == 0);
     CHECK_STR_EQ(e3->id, "m2");
     CHECK(ds_pool_count(pool) == 2);
@@ -171,7 +171,7 @@ static void test_dedupe(void)
     m = load(file_a, &CONFIG);
     REQUIRE(m);
     ds_pool_model *e4;
-    CHECK(ds_pool_insert(pool, m, "alice", 4, &e4, &reused, &err) == DS_OK);
+    CHECK(ds_pool_insert(pool, m, 1000, "alice", 4, &e4, &reused, &err) == DS_OK);
     CHECK(reused == 0);
     CHECK(e4 != e1);
     CHECK_STR_EQ(e4->id, "m3");
@@ -189,35 +189,35 @@ static void test_references(void)
     for (int i = 0; i < 3; i++) {
         ds_loaded_model *m = load(file_b, &CONFIG);
         REQUIRE(m);
-        CHECK(ds_pool_insert(pool, m, holders[i], 1, &e, &reused, &err) == DS_OK);
+        CHECK(ds_pool_insert(pool, m, 1000, holders[i], 1, &e, &reused, &err) == DS_OK);
     }
     CHECK(e->client_count == 3);
 
     ds_pool_unref_result r;
-    CHECK(ds_pool_unref(pool, "m7", "alice", 0, &r, &err) == DS_ERR_NOT_FOUND);
+    CHECK(ds_pool_unref(pool, "m7", 1000, 0, "alice", 0, &r, &err) == DS_ERR_NOT_FOUND);
     CHECK_CONTAINS(err.message, "m7");
     /* Carol holds nothing: refused, and told who does. */
-    CHECK(ds_pool_unref(pool, "m1", "carol", 0, &r, &err) == DS_ERR_FAILED_PRECONDITION);
+    CHECK(ds_pool_unref(pool, "m1", 1000, 0, "carol", 0, &r, &err) == DS_ERR_FAILED_PRECONDITION);
     CHECK_CONTAINS(err.message, "carol");
-    CHECK_CONTAINS(err.message, "alice (2), bob");
+    CHECK_CONTAINS(err.message, "alice of uid 1000 (2), bob of uid 1000");
     CHECK(e->client_count == 3);
 
-    CHECK(ds_pool_unref(pool, "m1", "alice", 0, &r, &err) == DS_OK);
+    CHECK(ds_pool_unref(pool, "m1", 1000, 0, "alice", 0, &r, &err) == DS_OK);
     CHECK(r.remaining == 2 && !r.removed && !r.freed);
-    CHECK(ds_pool_unref(pool, "m1", "alice", 0, &r, &err) == DS_OK);
+    CHECK(ds_pool_unref(pool, "m1", 1000, 0, "alice", 0, &r, &err) == DS_OK);
     CHECK(r.remaining == 1);
-    CHECK(ds_pool_unref(pool, "m1", "alice", 0, &r, &err) == DS_ERR_FAILED_PRECONDITION);
+    CHECK(ds_pool_unref(pool, "m1", 1000, 0, "alice", 0, &r, &err) == DS_ERR_FAILED_PRECONDITION);
     CHECK_STR_EQ(e->clients[0], "bob");
 
-    /* all_references drops everyone's. */
+    /* all_references (the daemon's uid only) drops everyone's. */
     ds_loaded_model *m = load(file_b, &CONFIG);
     REQUIRE(m);
-    CHECK(ds_pool_insert(pool, m, "dave", 1, &e, &reused, &err) == DS_OK);
+    CHECK(ds_pool_insert(pool, m, 1000, "dave", 1, &e, &reused, &err) == DS_OK);
     CHECK(reused == 1 && e->client_count == 2);
-    CHECK(ds_pool_unref(pool, "m1", "carol", 1, &r, &err) == DS_OK);
+    CHECK(ds_pool_unref(pool, "m1", 1000, 1, "carol", 1, &r, &err) == DS_OK);
     CHECK(r.remaining == 0 && r.removed && r.freed);
     CHECK(ds_pool_find(pool, "m1") == NULL);
-    CHECK(ds_pool_unref(pool, "m1", "bob", 0, &r, &err) == DS_ERR_NOT_FOUND);
+    CHECK(ds_pool_unref(pool, "m1", 1000, 0, "bob", 0, &r, &err) == DS_ERR_NOT_FOUND);
     ds_pool_free(pool);
 }
 
@@ -232,11 +232,11 @@ static void test_pinned(void)
     int reused;
     ds_loaded_model *m = load(file_b, &CONFIG);
     REQUIRE(m);
-    CHECK(ds_pool_insert(pool, m, "alice", 1, &e, &reused, &err) == DS_OK);
+    CHECK(ds_pool_insert(pool, m, 1000, "alice", 1, &e, &reused, &err) == DS_OK);
     ds_pool_pin(e);
     ds_pool_pin(e);
     ds_pool_unref_result r;
-    CHECK(ds_pool_unref(pool, "m1", "alice", 0, &r, &err) == DS_OK);
+    CHECK(ds_pool_unref(pool, "m1", 1000, 0, "alice", 0, &r, &err) == DS_OK);
     CHECK(r.removed && !r.freed);
     CHECK(ds_pool_find(pool, "m1") == NULL);
     CHECK(ds_pool_count(pool) == 0);
@@ -247,7 +247,7 @@ static void test_pinned(void)
 
     m = load(file_b, &CONFIG);
     REQUIRE(m);
-    CHECK(ds_pool_insert(pool, m, "bob", 2, &again, &reused, &err) == DS_OK);
+    CHECK(ds_pool_insert(pool, m, 1000, "bob", 2, &again, &reused, &err) == DS_OK);
     CHECK(reused == 0);
     CHECK(again != e);
     CHECK_STR_EQ(again->id, "m2");
@@ -277,7 +277,7 @@ static void test_stale(void)
     int reused;
     ds_loaded_model *m = load(file_a, &CONFIG);
     REQUIRE(m);
-    REQUIRE(ds_pool_insert(pool, m, "alice", 1, &e1, &reused, &err) == DS_OK);
+    REQUIRE(ds_pool_insert(pool, m, 1000, "alice", 1, &e1, &reused, &err) == DS_OK);
     CHECK(ds_pool_check_fresh(e1, &err) == DS_OK);
     CHECK(ds_pool_check_faults(e1, &err) == DS_OK);
     CHECK(ds_pool_stale_reason(e1) == NULL);
@@ -298,7 +298,7 @@ static void test_stale(void)
     CHECK(ds_pool_check_fresh(e1, &err) == DS_ERR_FAILED_PRECONDITION);
     m = load(file_a, &CONFIG);
     REQUIRE(m);
-    REQUIRE(ds_pool_insert(pool, m, "alice", 2, &e2, &reused, &err) == DS_OK);
+    REQUIRE(ds_pool_insert(pool, m, 1000, "alice", 2, &e2, &reused, &err) == DS_OK);
     CHECK(reused == 0 && e2 != e1);
     CHECK(ds_pool_check_fresh(e2, &err) == DS_OK);
 
@@ -317,6 +317,51 @@ static void test_stale(void)
     REQUIRE(write_model(file_a) == 0);
 }
 
+/* A reference belongs to the uid that took it; its name is only a label inside that uid. */
+static void test_ownership(void)
+{
+    ds_pool *pool;
+    ds_error err;
+    REQUIRE(ds_pool_new(&pool, &err) == DS_OK);
+    ds_pool_model *e;
+    int reused;
+    /* uid 1000 and uid 1001 both call themselves "web-ui". */
+    const uid_t uids[] = {1000, 1001, 1000};
+    for (int i = 0; i < 3; i++) {
+        ds_loaded_model *m = load(file_b, &CONFIG);
+        REQUIRE(m);
+        CHECK(ds_pool_insert(pool, m, uids[i], "web-ui", 1, &e, &reused, &err) == DS_OK);
+    }
+    CHECK(ds_pool_references(e, 1000, "web-ui") == 2);
+    CHECK(ds_pool_references(e, 1001, "web-ui") == 1);
+    CHECK(ds_pool_references(e, 1002, "web-ui") == 0);
+
+    ds_pool_unref_result r;
+    /* A third uid may not drop either, nor everything. */
+    CHECK(ds_pool_unref(pool, "m1", 1002, 0, "web-ui", 0, &r, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK_CONTAINS(err.message, "belongs to uid 1000");
+    CHECK_CONTAINS(err.message, "you are uid 1002");
+    CHECK(ds_pool_unref(pool, "m1", 1001, 0, "web-ui", 1, &r, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK_CONTAINS(err.message, "daemon's own uid");
+    CHECK(e->client_count == 3);
+
+    /* Each uid drops its own, never the other's of the same name. */
+    CHECK(ds_pool_unref(pool, "m1", 1001, 0, "web-ui", 0, &r, &err) == DS_OK);
+    CHECK(r.remaining == 2);
+    CHECK(ds_pool_references(e, 1000, "web-ui") == 2);
+    CHECK(ds_pool_unref(pool, "m1", 1001, 0, "web-ui", 0, &r, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK_CONTAINS(err.message, "belongs to uid 1000");
+    CHECK(ds_pool_references(e, 1000, "web-ui") == 2);
+
+    /* The daemon's uid (privileged) may drop another uid's reference by name. */
+    CHECK(ds_pool_unref(pool, "m1", 0, 1, "web-ui", 0, &r, &err) == DS_OK);
+    CHECK(r.remaining == 1);
+    CHECK(ds_pool_references(e, 1000, "web-ui") == 1);
+    CHECK(ds_pool_unref(pool, "m1", 1000, 0, "web-ui", 0, &r, &err) == DS_OK);
+    CHECK(r.removed && r.freed);
+    ds_pool_free(pool);
+}
+
 int main(void)
 {
     if (!mkdtemp(tmpdir)) {
@@ -332,6 +377,7 @@ int main(void)
     RUN(test_insert_and_ids);
     RUN(test_dedupe);
     RUN(test_references);
+    RUN(test_ownership);
     RUN(test_pinned);
     RUN(test_stale);
     unlink(file_a);
