@@ -1237,6 +1237,15 @@ static void log_fallback(const ds_backend *b, ds_op op, const void *args)
                 "once per op, dtypes and feature widths", ds_op_name(op), b->name, text);
 }
 
+static ds_op_observer observer_fn;
+static void *observer_ctx;
+
+void ds_ops_set_observer(ds_op_observer fn, void *ctx)
+{
+    observer_ctx = ctx;
+    observer_fn = fn;
+}
+
 static int run(ds_backend *b, ds_op op, ds_stream *s, const void *args, ds_error *err)
 {
     int rc = ds_validate_op(op, args, err);
@@ -1244,6 +1253,8 @@ static int run(ds_backend *b, ds_op op, ds_stream *s, const void *args, ds_error
         return rc;
     if (!b)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: no backend", ds_op_name(op));
+    if (observer_fn)
+        observer_fn(observer_ctx, b, op, args);
     if (has_slot(b, op) && b->supports(b, op, args))
         return call_slot(b, op, s, args, err);
     if (strcmp(b->name, "cpu") == 0)

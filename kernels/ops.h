@@ -79,4 +79,11 @@ int ds_cast(ds_backend *b, ds_stream *s, const ds_cast_args *a, ds_error *err);
  * want to re-check in debug builds. */
 int ds_validate_op(ds_op op, const void *args, ds_error *err);
 
+/* Sees every op call on any backend, with its validated arguments (borrowed for the call),
+ * before the op runs, on the calling thread: for tests and tools that check which ops a model
+ * calls (e.g. against a backend's `supports`). Process-wide; NULL turns it off. Set it while
+ * no op runs. */
+typedef void (*ds_op_observer)(void *ctx, const ds_backend *b, ds_op op, const void *args);
+void ds_ops_set_observer(ds_op_observer fn, void *ctx);
+
 #endif

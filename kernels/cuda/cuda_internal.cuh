@@ -4,7 +4,9 @@
  * One file per op family: cuda_backend.cu (table, memory, streams, events, supports),
  * cuda_gemm.cu (cuBLASLt linear and batched matmul, and the GEMM that convolutions use),
  * cuda_attention.cu, cuda_fused.cu (norms, elementwise, RoPE, casts), cuda_movement.cu (data
- * movement, embedding, convolutions). Slots may assume kernels/ops.c validated their
+ * movement, embedding, convolutions); their host logic that tests check without a GPU is C:
+ * cuda_supports.c (what runs on the GPU, in which form) and cuda_gemm_chain.c (the order GEMM
+ * forms are tried in). Slots may assume kernels/ops.c validated their
  * arguments and that `supports` said yes. Every slot runs on its stream without synchronising
  * (embedding alone waits, to report bad ids). */
 #ifndef DS_KERNELS_CUDA_INTERNAL_CUH

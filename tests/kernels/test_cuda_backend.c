@@ -138,7 +138,9 @@ static void test_allocation_error_is_a_value(void)
 typedef struct att {
     int64_t batch, sq, sk, hq, hkv, d;
     int causal;
-    int mask; /* 0 none, 1 random, 2 random and the last batch item fully masked */
+    int mask; /* 0 none, 1 random, 2 random and the last batch item fully masked, 3 all ones
+               * over the first half of the keys (whole key tiles need no mask) and random
+               * after */
     ds_dtype dtype;
 } att;
 
@@ -191,7 +193,9 @@ static void att_run(const att *c)
     if (ok && c->mask) {
         mask = kt_uniform((size_t)(c->batch * c->sk), 0, 1);
         for (int64_t i = 0; i < c->batch * c->sk; i++)
-            mask[i] = (c->mask == 2 && i / c->sk == c->batch - 1) ? 0 : (mask[i] < 0.6 ? 1 : 0);
+            mask[i] = (c->mask == 2 && i / c->sk == c->batch - 1) ? 0
+                      : (c->mask == 3 && i % c->sk < c->sk / 2) ? 1
+                                                                : (mask[i] < 0.6 ? 1 : 0);
         ok = kt_tensor(DS_U8, 2, ms, mask, &tm);
     }
     CHECK(ok);
@@ -251,6 +255,12 @@ static void test_attention_kernel(void)
         att_run(&d);
         att e = {1, 65, 1, 2, 2, 64, 0, 0, dts[i]};
         att_run(&e);
+        /* Masks whose first key tiles are all ones (those tiles skip the per-score mask),
+         * without and with causality. */
+        att f = {2, 100, 300, 4, 2, 128, 0, 3, dts[i]};
+        att_run(&f);
+        att g = {1, 64, 256, 2, 2, 64, 1, 3, dts[i]};
+        att_run(&g);
     }
 }
 
