@@ -23,6 +23,7 @@
 #include "core/qwen_tokenizer.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
+#include "models/module.h"
 #include "models/param_tree.h"
 #include "models/weight_set.h"
 #include "vram/vram_manager.h"
@@ -47,76 +48,111 @@ enum {
     V_IN_CHANNELS = 3,
     V_MERGE = 2, /* spatial_merge_size: the merger sees 2x2 patches at once */
     V_OUT = 3584,
+    V_MERGED = V_HIDDEN * V_MERGE * V_MERGE, /* the merger's input: 2x2 patches */
 };
 
-/* Qwen2_5_VisionTransformerPretrainedModel: patch_embed, blocks, merger. */
-static int declare_visual(ds_state_dict *params, ds_error *err)
-{
-    int rc = ds__param(params, "model.visual.", "patch_embed.proj.weight", 5,
-                       (const int64_t[]){V_HIDDEN, V_IN_CHANNELS, V_TEMPORAL_PATCH, V_PATCH,
-                                         V_PATCH},
-                       err);
-    if (rc != DS_OK)
-        return rc;
-    for (int i = 0; i < V_DEPTH; i++) {
-        char p[DS__PARAM_NAME_MAX];
-        if ((rc = ds__param_prefix(p, err, "model.visual.blocks.%d.", i)) != DS_OK ||
-            (rc = ds__param_vector(params, p, "norm1.weight", V_HIDDEN, err)) != DS_OK ||
-            (rc = ds__param_vector(params, p, "norm2.weight", V_HIDDEN, err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "attn.qkv", 3 * V_HIDDEN, V_HIDDEN, 1, err)) !=
-                DS_OK ||
-            (rc = ds__param_linear(params, p, "attn.proj", V_HIDDEN, V_HIDDEN, 1, err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.gate_proj", V_INTERMEDIATE, V_HIDDEN, 1,
-                                   err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.up_proj", V_INTERMEDIATE, V_HIDDEN, 1, err)) !=
-                DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.down_proj", V_HIDDEN, V_INTERMEDIATE, 1,
-                                   err)) != DS_OK)
-            return rc;
-    }
-    const int64_t merged = V_HIDDEN * V_MERGE * V_MERGE;
-    if ((rc = ds__param_vector(params, "model.visual.", "merger.ln_q.weight", V_HIDDEN, err)) !=
-            DS_OK ||
-        (rc = ds__param_linear(params, "model.visual.", "merger.mlp.0", merged, merged, 1, err)) !=
-            DS_OK ||
-        (rc = ds__param_linear(params, "model.visual.", "merger.mlp.2", V_OUT, merged, 1, err)) !=
-            DS_OK)
-        return rc;
-    return DS_OK;
-}
+#define OWNER "QwenImageTextEncoder"
+#define LM "model.language_model."
+
+/* Qwen2_5_VLDecoderLayer's parameters. */
+typedef struct layer_weights {
+    ds__linear_weights q;    /* [3584, 3584], bias [3584] */
+    ds__linear_weights k;    /* [512, 3584], bias [512] */
+    ds__linear_weights v;    /* [512, 3584], bias [512] */
+    ds_tensor o;             /* [3584, 3584]: o_proj, no bias */
+    ds_tensor gate;          /* [18944, 3584]: mlp.gate_proj, no bias */
+    ds_tensor up;            /* [18944, 3584]: mlp.up_proj */
+    ds_tensor down;          /* [3584, 18944]: mlp.down_proj */
+    ds_tensor input_norm;    /* [3584]: input_layernorm */
+    ds_tensor post_norm;     /* [3584]: post_attention_layernorm */
+} layer_weights;
+
+/* The language model's parameters outside the layers. */
+typedef struct text_weights {
+    ds_tensor embed_tokens; /* [152064, 3584] */
+    ds_tensor norm;         /* [3584]: the final RMSNorm */
+} text_weights;
+
+/* What the kwargs decide (ds_module dims). */
+enum { KW_LAYERS, KW_COUNT };
+
+/* The module groups, in registration order: model.visual (declared, never run), then
+ * model.language_model, then lm_head (declared, never run).
+ *
+ * Transfer units: each decoder layer in two (its attention, ~58 MB in bf16, and its MLP,
+ * ~407 MB: one unit of the whole 466 MB layer would not fit budgets near half a layer's
+ * weights), then the final norm; the plan is that order. The embedding table is not a unit:
+ * the direct path gathers its few rows on the host from the mapped file (embed), and paging the
+ * whole table (152064 rows, 1 GB in bf16, 2 GB in f32) into the fast tier for a few hundred
+ * rows would cost more budget than every layer unit together; so both paths gather on the
+ * host. */
+enum { VISUAL_PATCH, VISUAL_BLOCKS, VISUAL_MERGER, TEXT_EMBED, TEXT_LAYERS, TEXT_NORM, LM_HEAD };
+enum { SELF_ATTN, MLP };
+static const char *const layer_units[] = {"self_attn", "mlp"};
+static const char *const norm_units[] = {"norm"};
+
+#define NO_UNIT DS_MODULE_NO_UNIT
+#define LAYER(f) offsetof(layer_weights, f)
+#define TEXT(f) offsetof(text_weights, f)
+#define LINEAR(name, out, in, unit, field) {name, DS_MODULE_LINEAR, 2, {out, in}, unit, field, 0}
+#define LINEAR_NO_BIAS(name, out, in, unit, field) \
+    {name, DS_MODULE_LINEAR_NO_BIAS, 2, {out, in}, unit, field, 0}
+#define NORM(name, n, unit, field) {name, DS_MODULE_NORM, 1, {n}, unit, field, 0}
+#define COUNT(a) (sizeof a / sizeof a[0])
+
+/* Qwen2_5_VisionTransformerPretrainedModel: patch_embed (a Conv3d without bias), blocks,
+ * merger. */
+static const ds_module visual_patch_modules[] = {
+    {"patch_embed.proj.weight", DS_MODULE_TENSOR, 5,
+     {V_HIDDEN, V_IN_CHANNELS, V_TEMPORAL_PATCH, V_PATCH, V_PATCH}, NO_UNIT, 0, 0},
+};
+static const ds_module visual_block_modules[] = {
+    NORM("norm1", V_HIDDEN, NO_UNIT, 0),
+    NORM("norm2", V_HIDDEN, NO_UNIT, 0),
+    LINEAR("attn.qkv", 3 * V_HIDDEN, V_HIDDEN, NO_UNIT, 0),
+    LINEAR("attn.proj", V_HIDDEN, V_HIDDEN, NO_UNIT, 0),
+    LINEAR("mlp.gate_proj", V_INTERMEDIATE, V_HIDDEN, NO_UNIT, 0),
+    LINEAR("mlp.up_proj", V_INTERMEDIATE, V_HIDDEN, NO_UNIT, 0),
+    LINEAR("mlp.down_proj", V_HIDDEN, V_INTERMEDIATE, NO_UNIT, 0),
+};
+static const ds_module visual_merger_modules[] = {
+    NORM("merger.ln_q", V_HIDDEN, NO_UNIT, 0),
+    LINEAR("merger.mlp.0", V_MERGED, V_MERGED, NO_UNIT, 0),
+    LINEAR("merger.mlp.2", V_OUT, V_MERGED, NO_UNIT, 0),
+};
 
 /* Qwen2_5_VLTextModel: embed_tokens, layers (self_attn, mlp, the two norms), norm. */
-static int declare_language_model(ds_state_dict *params, int64_t layers, ds_error *err)
-{
-    int rc = ds__param(params, "model.language_model.", "embed_tokens.weight", 2,
-                       (const int64_t[]){VOCAB, HIDDEN}, err);
-    if (rc != DS_OK)
-        return rc;
-    for (int64_t i = 0; i < layers; i++) {
-        char p[DS__PARAM_NAME_MAX];
-        if ((rc = ds__param_prefix(p, err, "model.language_model.layers.%lld.", (long long)i)) !=
-                DS_OK ||
-            (rc = ds__param_linear(params, p, "self_attn.q_proj", HEADS * HEAD_DIM, HIDDEN, 1,
-                                   err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "self_attn.k_proj", KV_HEADS * HEAD_DIM, HIDDEN, 1,
-                                   err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "self_attn.v_proj", KV_HEADS * HEAD_DIM, HIDDEN, 1,
-                                   err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "self_attn.o_proj", HIDDEN, HEADS * HEAD_DIM, 0,
-                                   err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.gate_proj", INTERMEDIATE, HIDDEN, 0, err)) !=
-                DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.up_proj", INTERMEDIATE, HIDDEN, 0, err)) !=
-                DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.down_proj", HIDDEN, INTERMEDIATE, 0, err)) !=
-                DS_OK ||
-            (rc = ds__param_vector(params, p, "input_layernorm.weight", HIDDEN, err)) != DS_OK ||
-            (rc = ds__param_vector(params, p, "post_attention_layernorm.weight", HIDDEN, err)) !=
-                DS_OK)
-            return rc;
-    }
-    return ds__param_vector(params, "model.language_model.", "norm.weight", HIDDEN, err);
-}
+static const ds_module text_embed_modules[] = {
+    {"embed_tokens", DS_MODULE_EMBEDDING, 2, {VOCAB, HIDDEN}, NO_UNIT, TEXT(embed_tokens), 0},
+};
+static const ds_module text_layer_modules[] = {
+    LINEAR("self_attn.q_proj", HEADS * HEAD_DIM, HIDDEN, SELF_ATTN, LAYER(q)),
+    LINEAR("self_attn.k_proj", KV_HEADS * HEAD_DIM, HIDDEN, SELF_ATTN, LAYER(k)),
+    LINEAR("self_attn.v_proj", KV_HEADS * HEAD_DIM, HIDDEN, SELF_ATTN, LAYER(v)),
+    LINEAR_NO_BIAS("self_attn.o_proj", HIDDEN, HEADS * HEAD_DIM, SELF_ATTN, LAYER(o)),
+    LINEAR_NO_BIAS("mlp.gate_proj", INTERMEDIATE, HIDDEN, MLP, LAYER(gate)),
+    LINEAR_NO_BIAS("mlp.up_proj", INTERMEDIATE, HIDDEN, MLP, LAYER(up)),
+    LINEAR_NO_BIAS("mlp.down_proj", HIDDEN, INTERMEDIATE, MLP, LAYER(down)),
+    NORM("input_layernorm", HIDDEN, SELF_ATTN, LAYER(input_norm)),
+    NORM("post_attention_layernorm", HIDDEN, MLP, LAYER(post_norm)),
+};
+static const ds_module text_norm_modules[] = {NORM("norm", HIDDEN, 0, TEXT(norm))};
+static const ds_module lm_head_modules[] = {LINEAR_NO_BIAS("lm_head", VOCAB, HIDDEN, NO_UNIT, 0)};
+
+static const ds_module_group groups[] = {
+    [VISUAL_PATCH] = {"model.visual.", 0, visual_patch_modules, 1, NULL, 0},
+    [VISUAL_BLOCKS] = {"model.visual.blocks.%lld.", V_DEPTH, visual_block_modules,
+                       COUNT(visual_block_modules), NULL, 0},
+    [VISUAL_MERGER] = {"model.visual.", 0, visual_merger_modules, COUNT(visual_merger_modules),
+                       NULL, 0},
+    [TEXT_EMBED] = {LM, 0, text_embed_modules, 1, NULL, 0},
+    [TEXT_LAYERS] = {LM "layers.%lld.", DS_MODULE_DIM(KW_LAYERS), text_layer_modules,
+                     COUNT(text_layer_modules), layer_units, COUNT(layer_units)},
+    [TEXT_NORM] = {LM, 0, text_norm_modules, 1, norm_units, 1},
+    [LM_HEAD] = {"", 0, lm_head_modules, 1, NULL, 0},
+};
+
+static const ds_module_model modules = {OWNER, "qwen_image_text_encoder", groups, COUNT(groups)};
 
 /* Upstream's class takes no kwargs (its depth comes from the released config). Ours accepts
  * `num_hidden_layers` (transformers' name for the text depth, default 28) so that reduced
@@ -124,22 +160,17 @@ static int declare_language_model(ds_state_dict *params, int64_t layers, ds_erro
  * it, so every upstream tree and hash is unchanged. */
 static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error *err)
 {
+    int64_t dims[KW_COUNT] = {[KW_LAYERS] = LAYERS};
     int rc;
-    int64_t layers = LAYERS;
-    if ((rc = ds__kwarg_int_range(kwargs, CLASS_NAME, "num_hidden_layers", 1, LAYERS, &layers,
-                                  err)) != DS_OK ||
-        (rc = ds_kwargs_check_all_used(kwargs, err)) != DS_OK ||
-        (rc = declare_visual(params, err)) != DS_OK ||
-        (rc = declare_language_model(params, layers, err)) != DS_OK ||
-        (rc = ds__param_linear(params, "", "lm_head", VOCAB, HIDDEN, 0, err)) != DS_OK)
+    if ((rc = ds__kwarg_int_range(kwargs, CLASS_NAME, "num_hidden_layers", 1, LAYERS,
+                                  &dims[KW_LAYERS], err)) != DS_OK ||
+        (rc = ds_kwargs_check_all_used(kwargs, err)) != DS_OK)
         return rc;
-    return DS_OK;
+    return ds_module_declare(&modules, dims, params, err);
 }
 
 /* ---- Forward pass (the text path) ---- */
 
-#define OWNER "QwenImageTextEncoder"
-#define LM "model.language_model."
 #define RMS_EPS 1e-6f
 #define ROPE_THETA 1000000.0f
 
@@ -148,19 +179,6 @@ enum {
     KV_DIM = KV_HEADS * HEAD_DIM, /* 512 */
     ROPE_PAIRS = HEAD_DIM / 2,    /* one rotation angle per (i, i + 64) pair of a head */
 };
-
-/* Qwen2_5_VLDecoderLayer's parameters. */
-typedef struct layer_weights {
-    ds_tensor input_norm;    /* [3584]: input_layernorm */
-    ds__linear_weights q;    /* [3584, 3584], bias [3584] */
-    ds__linear_weights k;    /* [512, 3584], bias [512] */
-    ds__linear_weights v;    /* [512, 3584], bias [512] */
-    ds_tensor o;             /* [3584, 3584]: o_proj, no bias */
-    ds_tensor post_norm;     /* [3584]: post_attention_layernorm */
-    ds_tensor gate;          /* [18944, 3584]: mlp.gate_proj, no bias */
-    ds_tensor up;            /* [18944, 3584]: mlp.up_proj */
-    ds_tensor down;          /* [3584, 18944]: mlp.down_proj */
-} layer_weights;
 
 /* Activations on the compute backend in the compute dtype unless noted. */
 typedef struct te_state {
@@ -199,9 +217,6 @@ static ds_tensor view(const ds_tensor *t, int ndim, const int64_t *shape)
     memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
     return v;
 }
-
-/* On the CPU backend host memory is backend memory: inputs and weights are used in place. */
-static int is_cpu(const ds_backend *b) { return strcmp(b->name, "cpu") == 0; }
 
 static int is_mask_dtype(ds_dtype d)
 {
@@ -259,39 +274,6 @@ static int check_ids(const ds_tensor *ids, int64_t vocab, ds_error *err)
                                 (unsigned long long)(i % (uint64_t)ids->shape[1]), (long long)id,
                                 (long long)(vocab - 1));
     }
-    return DS_OK;
-}
-
-/* Decoder layers in the loaded tree: layers.0 .. n-1 (28 in the real model). */
-static int64_t count_layers(const ds_loaded_model *m)
-{
-    int64_t n = 0;
-    for (;; n++) {
-        char name[DS__PARAM_NAME_MAX];
-        snprintf(name, sizeof name, LM "layers.%lld.input_layernorm.weight", (long long)n);
-        if (!ds_state_dict_find(&m->params, name))
-            return n;
-    }
-}
-
-static int bind_layer(const ds_loaded_model *m, ds__weight_set *ws, int64_t i, layer_weights *w,
-                      ds_error *err)
-{
-    char p[DS__PARAM_NAME_MAX];
-    int rc;
-    snprintf(p, sizeof p, LM "layers.%lld.", (long long)i);
-    if ((rc = ds__weight_bind(m, ws, p, "input_layernorm.weight", 0, &w->input_norm, err)) !=
-            DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "self_attn.q_proj", &w->q, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "self_attn.k_proj", &w->k, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "self_attn.v_proj", &w->v, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "self_attn.o_proj.weight", 1, &w->o, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "post_attention_layernorm.weight", 0, &w->post_norm,
-                              err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "mlp.gate_proj.weight", 1, &w->gate, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "mlp.up_proj.weight", 1, &w->up, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "mlp.down_proj.weight", 1, &w->down, err)) != DS_OK)
-        return rc;
     return DS_OK;
 }
 
@@ -408,31 +390,32 @@ static int embed(const ds_loaded_model *m, ds_backend *b, const ds_tensor *input
 {
     ds_backend *cpu = b;
     ds__weight_set host_set;
-    ds_tensor table;
+    text_weights tw;
     int rc;
-    if (!is_cpu(b) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+    if (!b->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
     ds__weight_set_init(&host_set, cpu, OWNER);
     ds_tensor ids = ds_tensor_wrap(cpu, input_ids->dtype, 2, input_ids->shape, input_ids->data);
     ds_tensor *y = &s->h;
-    if (!is_cpu(b)) {
+    if (!b->host_memory) {
         if ((rc = ds_tensor_alloc(cpu, s->h.dtype, 3, s->h.shape, &s->embedded, err)) != DS_OK)
             goto done;
         y = &s->embedded;
     }
-    if ((rc = ds__weight_bind(m, &host_set, LM, "embed_tokens.weight", 0, &table, err)) !=
-        DS_OK)
+    if ((rc = ds_module_bind(&modules, m, &host_set, TEXT_EMBED, 0, DS_MODULE_NO_UNIT, &tw,
+                             err)) != DS_OK)
         goto done;
-    ds_dtype offload = ds__weight_offload_dtype(m, table.dtype);
-    if (offload != DS_DTYPE_INVALID && offload != table.dtype) {
-        rc = embed_rounded(cpu, &ids, &table, offload, y, err);
+    const ds_tensor *table = &tw.embed_tokens;
+    ds_dtype offload = ds__weight_offload_dtype(m, table->dtype);
+    if (offload != DS_DTYPE_INVALID && offload != table->dtype) {
+        rc = embed_rounded(cpu, &ids, table, offload, y, err);
     } else {
-        ds_embedding_args a = {&ids, &table, y};
+        ds_embedding_args a = {&ids, table, y};
         rc = ds_embedding(cpu, NULL, &a, err);
     }
     if (rc != DS_OK)
         goto done;
-    if (!is_cpu(b))
+    if (!b->host_memory)
         rc = ds_tensor_upload(&s->h, s->embedded.data, NULL, err);
 done:
     ds__weight_set_release(&host_set);
@@ -469,182 +452,38 @@ static int self_attention(ds_backend *b, const layer_weights *w, te_state *s, ds
     return DS_OK;
 }
 
-/* The decoder layer's first half: h += attn(RMSNorm(h)). */
-static int attention_half(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
+/* Qwen2MLP: down_proj(SiLU(gate_proj(x)) * up_proj(x)) into s->out. */
+static int mlp(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
 {
-    ds_rms_norm_args n1 = {&s->h, &w->input_norm, RMS_EPS, &s->x};
-    ds_binary_args residual = {&s->h, &s->out, DS_BINARY_ADD, &s->h};
-    int rc;
-    if ((rc = ds_rms_norm(b, NULL, &n1, err)) != DS_OK ||
-        (rc = self_attention(b, w, s, err)) != DS_OK ||
-        (rc = ds_binary(b, NULL, &residual, err)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
-/* The second half: h += down(SiLU(gate(x)) * up(x)), x = RMSNorm(h). */
-static int mlp_half(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
-{
-    ds_rms_norm_args n2 = {&s->h, &w->post_norm, RMS_EPS, &s->x};
-    ds_binary_args residual = {&s->h, &s->out, DS_BINARY_ADD, &s->h};
     ds_binary_args glu = {&s->gate, &s->up, DS_BINARY_MUL, &s->gate};
     int rc;
-    if ((rc = ds_rms_norm(b, NULL, &n2, err)) != DS_OK ||
-        (rc = linear(b, &s->x, &w->gate, NULL, DS_ACT_SILU, &s->gate, err)) != DS_OK ||
+    if ((rc = linear(b, &s->x, &w->gate, NULL, DS_ACT_SILU, &s->gate, err)) != DS_OK ||
         (rc = linear(b, &s->x, &w->up, NULL, DS_ACT_NONE, &s->up, err)) != DS_OK ||
         (rc = ds_binary(b, NULL, &glu, err)) != DS_OK ||
-        (rc = linear(b, &s->gate, &w->down, NULL, DS_ACT_NONE, &s->out, err)) != DS_OK ||
+        (rc = linear(b, &s->gate, &w->down, NULL, DS_ACT_NONE, &s->out, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* Qwen2_5_VLDecoderLayer.forward: h += self_attn(input_layernorm(h));
+ * h += mlp(post_attention_layernorm(h)), the engine switching units between the two. */
+static int decoder_layer(ds_backend *b, ds_module_run *r, int64_t i, te_state *s, ds_error *err)
+{
+    layer_weights w;
+    ds_rms_norm_args n1 = {&s->h, &w.input_norm, RMS_EPS, &s->x};
+    ds_rms_norm_args n2 = {&s->h, &w.post_norm, RMS_EPS, &s->x};
+    ds_binary_args residual = {&s->h, &s->out, DS_BINARY_ADD, &s->h};
+    int rc;
+    if ((rc = ds_module_use(r, TEXT_LAYERS, i, SELF_ATTN, &w, err)) != DS_OK ||
+        (rc = ds_rms_norm(b, NULL, &n1, err)) != DS_OK ||
+        (rc = self_attention(b, &w, s, err)) != DS_OK ||
+        (rc = ds_binary(b, NULL, &residual, err)) != DS_OK ||
+        (rc = ds_module_use(r, TEXT_LAYERS, i, MLP, &w, err)) != DS_OK ||
+        (rc = ds_rms_norm(b, NULL, &n2, err)) != DS_OK ||
+        (rc = mlp(b, &w, s, err)) != DS_OK ||
         (rc = ds_binary(b, NULL, &residual, err)) != DS_OK)
         return rc;
-    return DS_OK;
-}
-
-/* Qwen2_5_VLDecoderLayer: h += attn(RMSNorm(h)); h += down(SiLU(gate(x)) * up(x)), x =
- * RMSNorm(h). */
-static int layer_forward(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
-{
-    int rc;
-    if ((rc = attention_half(b, w, s, err)) != DS_OK || (rc = mlp_half(b, w, s, err)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
-/* ---- Streaming the weights through a VRAM manager ----
- *
- * Units: each decoder layer in two (its attention, ~58 MB in bf16, and its MLP, ~407 MB: one
- * unit of the whole 466 MB layer would not fit budgets near half a layer's weights), then the
- * final norm; the plan is that order. The embedding table is not a unit: the direct path
- * gathers its few rows on the host from the mapped file (embed), and paging the whole table
- * (152064 rows, 1 GB in bf16, 2 GB in f32) into the fast tier for a few hundred rows would
- * cost more budget than every layer unit together; so both paths gather on the host. */
-
-/* One tensor of a unit: the parameter's name after the layer's prefix, whether it is a
- * Linear's weight, and where it goes in layer_weights. */
-typedef struct te_slot {
-    const char *name;
-    int linear_weight;
-    size_t offset;
-} te_slot;
-
-static const te_slot attention_slots[] = {
-    {"input_layernorm.weight", 0, offsetof(layer_weights, input_norm)},
-    {"self_attn.q_proj.weight", 1, offsetof(layer_weights, q.weight)},
-    {"self_attn.q_proj.bias", 0, offsetof(layer_weights, q.bias)},
-    {"self_attn.k_proj.weight", 1, offsetof(layer_weights, k.weight)},
-    {"self_attn.k_proj.bias", 0, offsetof(layer_weights, k.bias)},
-    {"self_attn.v_proj.weight", 1, offsetof(layer_weights, v.weight)},
-    {"self_attn.v_proj.bias", 0, offsetof(layer_weights, v.bias)},
-    {"self_attn.o_proj.weight", 1, offsetof(layer_weights, o)},
-};
-static const te_slot mlp_slots[] = {
-    {"post_attention_layernorm.weight", 0, offsetof(layer_weights, post_norm)},
-    {"mlp.gate_proj.weight", 1, offsetof(layer_weights, gate)},
-    {"mlp.up_proj.weight", 1, offsetof(layer_weights, up)},
-    {"mlp.down_proj.weight", 1, offsetof(layer_weights, down)},
-};
-static const te_slot norm_slots[] = {{"norm.weight", 0, 0}};
-
-typedef struct te_unit {
-    const char *name;
-    const te_slot *slots;
-    size_t count;
-} te_unit;
-
-enum { PHASES = 2 }; /* units per decoder layer */
-static const te_unit layer_units[PHASES] = {
-    {"self_attn", attention_slots, sizeof attention_slots / sizeof attention_slots[0]},
-    {"mlp", mlp_slots, sizeof mlp_slots / sizeof mlp_slots[0]},
-};
-static const te_unit norm_unit = {"norm", norm_slots, 1};
-
-/* Unit index of layer `layer`'s phase `phase`; the final norm is layer_unit(layers, 0). */
-static size_t layer_unit(int64_t layer, int phase)
-{
-    return (size_t)layer * PHASES + (size_t)phase;
-}
-
-/* A unit's tensors as the manager's sources. Each keeps the dtype the direct path binds
- * (ds__weight_operand_dtype) rather than the compute dtype, so both paths run the same kernels
- * on the same values and agree bit for bit. */
-static int unit_sources(const ds_loaded_model *m, const char *prefix, const te_unit *u,
-                        ds_vram_tensor_source *src, ds_error *err)
-{
-    for (size_t i = 0; i < u->count; i++) {
-        char full[DS__PARAM_NAME_MAX];
-        snprintf(full, sizeof full, "%s%s", prefix, u->slots[i].name);
-        int rc = ds__weight_vram_source(m, OWNER, full, u->slots[i].linear_weight, &src[i],
-                                        err);
-        if (rc != DS_OK)
-            return rc;
-    }
-    return DS_OK;
-}
-
-/* The model's units in the step's manager, registered on first use (keyed to the loaded
- * model), with the plan in use order. The model's release hook drops them when it is freed. */
-static int vram_register(const ds_loaded_model *m, ds_vram_manager *mgr, int64_t layers,
-                         ds_vram_model **out, ds_error *err)
-{
-    *out = ds_vram_model_find(mgr, m);
-    if (*out)
-        return DS_OK;
-    ds_vram_tensor_source src[DS__WEIGHT_SET_MAX];
-    ds_vram_model *vm = NULL;
-    size_t n_units = (size_t)layers * PHASES + 1;
-    size_t *plan = malloc(n_units * sizeof *plan);
-    if (!plan)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                            "forward: out of memory planning %zu units", n_units);
-    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : "qwen_image_text_encoder",
-                               DS_F32, &vm, err);
-    if (rc != DS_OK)
-        goto fail;
-    for (size_t k = 0; k < n_units; k++) {
-        char prefix[DS__PARAM_NAME_MAX] = LM, name[DS__PARAM_NAME_MAX];
-        const te_unit *u = &norm_unit;
-        if (k < n_units - 1) {
-            u = &layer_units[k % PHASES];
-            snprintf(prefix, sizeof prefix, LM "layers.%zu.", k / PHASES);
-        }
-        snprintf(name, sizeof name, "%s%s", prefix, u->name);
-        if ((rc = unit_sources(m, prefix, u, src, err)) != DS_OK ||
-            (rc = ds_vram_unit_add(vm, name, src, u->count, &plan[k], err)) != DS_OK)
-            goto fail;
-    }
-    if ((rc = ds_vram_plan(vm, plan, n_units, err)) != DS_OK)
-        goto fail;
-    ds__weight_set_vram_adopt(vm, m, mgr);
-    free(plan);
-    *out = vm;
-    return DS_OK;
-fail:
-    ds_vram_model_remove(vm);
-    free(plan);
-    return ds_error_prefix(err, "forward: registering the weights with the VRAM manager: ");
-}
-
-/* Acquires unit `index` and points the fields of `base` at its tensors (*held names it until
- * unit_end). */
-static int unit_begin(ds_vram_model *vm, size_t index, const te_unit *u, void *base,
-                      size_t *held, ds_error *err)
-{
-    const ds_tensor *t;
-    int rc = ds_vram_acquire(vm, index, NULL, &t, err);
-    if (rc != DS_OK)
-        return rc;
-    *held = index;
-    for (size_t i = 0; i < u->count; i++)
-        *(ds_tensor *)((char *)base + u->slots[i].offset) = t[i];
-    return DS_OK;
-}
-
-static int unit_end(ds_vram_model *vm, size_t *held, ds_error *err)
-{
-    if (!vm || *held == SIZE_MAX)
-        return DS_OK;
-    size_t index = *held;
-    *held = SIZE_MAX;
-    return ds_vram_release(vm, index, NULL, err);
+    return ds_module_done(r, err);
 }
 
 /* Bytes of the activations on the compute backend (not the host-side gathered embedding). */
@@ -659,65 +498,46 @@ static size_t state_bytes(te_state *s)
     return bytes;
 }
 
-/* One decoder layer through the manager: its attention unit, then its MLP unit. */
-static int layer_streamed(ds_backend *b, ds_vram_model *vm, int64_t i, layer_weights *w,
-                          te_state *s, size_t *held, ds_error *err)
-{
-    int rc;
-    if ((rc = unit_begin(vm, layer_unit(i, 0), &layer_units[0], w, held, err)) != DS_OK ||
-        (rc = attention_half(b, w, s, err)) != DS_OK || (rc = unit_end(vm, held, err)) != DS_OK ||
-        (rc = unit_begin(vm, layer_unit(i, 1), &layer_units[1], w, held, err)) != DS_OK ||
-        (rc = mlp_half(b, w, s, err)) != DS_OK || (rc = unit_end(vm, held, err)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
 int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_context *ctx,
                                        const ds_tensor *input_ids,
                                        const ds_tensor *attention_mask, ds_tensor *hidden_out,
                                        ds_error *err)
 {
     te_state s;
-    ds__weight_set outer_set, layer_set;
-    layer_weights lw;
-    ds_tensor final_norm;
-    ds_vram_model *vm = NULL;
-    size_t held = SIZE_MAX; /* the unit acquired now, released on failure */
-    size_t reserved = 0;    /* activation bytes reserved in the manager */
+    text_weights tw;
+    ds_module_run run;
+    size_t reserved = 0; /* activation bytes reserved in the manager */
     memset(&s, 0, sizeof s);
-    memset(&outer_set, 0, sizeof outer_set);
-    memset(&layer_set, 0, sizeof layer_set);
+    memset(&run, 0, sizeof run);
     int rc = check_inputs(input_ids, attention_mask, hidden_out, err);
     if (rc != DS_OK)
         return rc;
     if (!m || !ctx || !ctx->backend)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model or no backend");
-    int64_t layers = count_layers(m);
-    const ds_sd_entry *table = ds_state_dict_find(&m->params, LM "embed_tokens.weight");
-    if (layers == 0 || !table || table->dict || table->tensor.ndim != 2)
+    int64_t layers = ds_module_count(&modules, m, TEXT_LAYERS);
+    const ds_tensor_view *table =
+        ds_module_find(&modules, m, TEXT_EMBED, 0, TEXT(embed_tokens));
+    if (layers == 0 || !table || table->ndim != 2)
         return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
                             "forward: " OWNER ": the loaded tree has no %s",
                             layers == 0 ? "decoder layers" : "token embedding");
-    if ((rc = check_ids(input_ids, table->tensor.shape[0], err)) != DS_OK)
+    if ((rc = check_ids(input_ids, table->shape[0], err)) != DS_OK)
         return rc;
     ds_backend *b = ctx->backend;
     int64_t B = input_ids->shape[0], S = input_ids->shape[1];
     ds_dtype dtype = hidden_out->dtype;
-    ds__weight_set_init(&outer_set, b, OWNER);
-    ds__weight_set_init(&layer_set, b, OWNER);
-    if (ctx->vram && (rc = vram_register(m, ctx->vram, layers, &vm, err)) != DS_OK)
+    if ((rc = ds_module_open(&run, &modules, m, b, ctx->vram, 1, "forward", err)) != DS_OK)
         return rc;
+    ds_vram_model *vm = run.vram;
 
     ds_tensor result;
     if ((rc = alloc_state(b, dtype, B, S, &s, err)) != DS_OK ||
         (rc = rope_tables(S, dtype, &s, err)) != DS_OK ||
         (rc = key_mask(b, attention_mask, &s, err)) != DS_OK ||
-        (!vm && (rc = ds__weight_bind(m, &outer_set, LM, "norm.weight", 0, &final_norm, err)) !=
-                    DS_OK) ||
         (rc = embed(m, b, input_ids, &s, err)) != DS_OK)
         goto fail;
-    /* The output: written in place on the CPU, downloaded from a device copy otherwise. */
-    if (is_cpu(b)) {
+    /* The output: written in place in host memory, downloaded from a device copy otherwise. */
+    if (b->host_memory) {
         result = *hidden_out;
         result.backend = b;
     } else {
@@ -740,42 +560,32 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
                               (long long)i, (long long)layers);
             goto fail;
         }
-        if (vm)
-            rc = layer_streamed(b, vm, i, &lw, &s, &held, err);
-        else if ((rc = bind_layer(m, &layer_set, i, &lw, err)) == DS_OK)
-            rc = layer_forward(b, &lw, &s, err);
-        if (rc != DS_OK) {
+        if ((rc = decoder_layer(b, &run, i, &s, err)) != DS_OK) {
             ds_error_prefix(err, "forward: layer %lld: ", (long long)i);
             goto fail;
         }
-        ds__weight_set_release(&layer_set);
         if (ctx->progress)
             ctx->progress(ctx->user, "forward", (uint64_t)(i + 1), (uint64_t)layers);
     }
 
     /* The final norm: hidden_states[-1] in upstream's output. */
-    ds_rms_norm_args norm = {&s.h, &final_norm, RMS_EPS, &result};
-    if ((vm && (rc = unit_begin(vm, layer_unit(layers, 0), &norm_unit, &final_norm, &held,
-                                err)) != DS_OK) ||
-        (rc = ds_rms_norm(b, NULL, &norm, err)) != DS_OK || (rc = unit_end(vm, &held, err)) != DS_OK)
+    ds_rms_norm_args norm = {&s.h, &tw.norm, RMS_EPS, &result};
+    if ((rc = ds_module_use(&run, TEXT_NORM, 0, 0, &tw, err)) != DS_OK ||
+        (rc = ds_rms_norm(b, NULL, &norm, err)) != DS_OK ||
+        (rc = ds_module_done(&run, err)) != DS_OK)
         goto fail;
-    if (!is_cpu(b) && (rc = ds_tensor_download(&result, hidden_out->data, NULL, err)) != DS_OK)
+    if (!b->host_memory &&
+        (rc = ds_tensor_download(&result, hidden_out->data, NULL, err)) != DS_OK)
         goto fail;
     if (vm)
         ds_vram_unreserve(vm, reserved);
-    ds__weight_set_release(&outer_set);
     state_free(&s);
     return DS_OK;
 
 fail:
-    if (held != SIZE_MAX) {
-        ds_error ignored;
-        unit_end(vm, &held, &ignored);
-    }
+    ds_module_close(&run);
     if (vm)
         ds_vram_unreserve(vm, reserved);
-    ds__weight_set_release(&layer_set);
-    ds__weight_set_release(&outer_set);
     state_free(&s);
     return rc;
 }
@@ -799,8 +609,8 @@ static int step_dtype(const ds_loaded_model *m, const ds_step_io *in, const char
                                 "bfloat16", step, p->text);
         return DS_OK;
     }
-    const ds_sd_entry *e = ds_state_dict_find(&m->params, LM "embed_tokens.weight");
-    *out = e && !e->dict && e->tensor.dtype == DS_F32 ? DS_F32 : DS_BF16;
+    const ds_tensor_view *e = ds_module_find(&modules, m, TEXT_EMBED, 0, TEXT(embed_tokens));
+    *out = e && e->dtype == DS_F32 ? DS_F32 : DS_BF16;
     return DS_OK;
 }
 
@@ -829,7 +639,7 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
 
     ds_backend *cpu = ctx->backend;
     ds_tensor *hidden;
-    if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+    if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
     if ((rc = ds_step_io_new_tensor(out, cpu, "hidden_states", dtype, 3,
                                     SHAPE(ids->shape[0], ids->shape[1], HIDDEN), &hidden, err)) !=
@@ -1060,7 +870,7 @@ static int encode_prompt_step(const ds_loaded_model *m, const ds_step_context *c
         goto done;
 
     ds_backend *cpu = ctx->backend;
-    if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+    if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         goto done;
     int64_t S = (int64_t)count, L = S - DROP_IDX;
     size_t row = (size_t)HIDDEN * ds_dtype_size(dtype);
