@@ -304,9 +304,6 @@ static ds_tensor view(const ds_tensor *t, int ndim, const int64_t *shape)
     return v;
 }
 
-/* On the CPU backend host memory is backend memory: inputs are used in place. */
-static int is_cpu(const ds_backend *b) { return strcmp(b->name, "cpu") == 0; }
-
 /* What runs, in order: upstream's module sequence for one direction. */
 typedef enum layer_kind {
     LAYER_CONV,       /* a causal conv alone: conv_in, quant_conv, post_quant_conv */
@@ -1071,7 +1068,7 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
         (rc = latent_stats(&r, &mean, &inv_std, err)) != DS_OK)
         goto done;
     input.backend = r.b;
-    if (!is_cpu(r.b)) {
+    if (!r.b->host_memory) {
         if ((rc = ds_tensor_alloc(r.b, in->dtype, 4, is, &upload, err)) != DS_OK ||
             (rc = ds_tensor_upload(&upload, in->data, NULL, err)) != DS_OK)
             goto done;
@@ -1181,7 +1178,7 @@ static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const 
                         decode ? xs[3] * factor : xs[3] / factor};
     ds_backend *cpu = ctx->backend;
     ds_tensor *y;
-    if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+    if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
     if ((rc = ds_step_io_new_tensor(out, cpu, out_name, x->dtype, 4, shape, &y, err)) != DS_OK)
         return rc;
