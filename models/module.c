@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/ops.h"
 #include "models/param_tree.h"
 
 static int64_t resolve(int64_t v, const int64_t *dims)
@@ -88,6 +89,17 @@ int64_t ds_module_count(const ds_module_model *mm, const ds_loaded_model *m, siz
     }
 }
 
+/* An optional module (declared only for some kwargs) that this tree lacks. */
+static int absent(const ds_loaded_model *m, const char *prefix, const ds_module *mod)
+{
+    char name[DS__PARAM_NAME_MAX], full[2 * DS__PARAM_NAME_MAX];
+    if (!mod->when)
+        return 0;
+    part_name(mod, 0, name, sizeof name);
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    return !ds_state_dict_find(&m->params, full);
+}
+
 /* The module's parameters as the manager's sources, appended at src[*n]. Each keeps the dtype
  * the bound path gives it (ds__weight_operand_dtype), so both paths agree bit for bit. */
 static int module_sources(const ds_module_run *r, const char *prefix, const ds_module *mod,
@@ -127,7 +139,7 @@ static int register_units(ds_module_run *r, ds_vram_manager *mgr, int plan_all,
             for (size_t u = 0; rc == DS_OK && u < g->unit_count; u++) {
                 size_t n = 0, index;
                 for (size_t k = 0; rc == DS_OK && k < g->count; k++)
-                    if (g->modules[k].unit == (int)u)
+                    if (g->modules[k].unit == (int)u && !absent(m, prefix, &g->modules[k]))
                         rc = module_sources(r, prefix, &g->modules[k], src, &n, err);
                 snprintf(name, sizeof name, "%s%s", prefix, g->units[u]);
                 size_t len = strlen(name);
@@ -187,7 +199,8 @@ int ds_module_plan(ds_module_run *r, size_t n, const char *what, ds_error *err)
 }
 
 /* Points the unit's fields of `weights` at t, in registration order. */
-static void fill(const ds_module_group *g, int unit, const ds_tensor *t, void *weights)
+static void fill(const ds_module_run *r, const ds_module_group *g, const char *prefix, int unit,
+                 const ds_tensor *t, void *weights)
 {
     size_t k = 0;
     for (size_t i = 0; i < g->count; i++) {
@@ -195,7 +208,9 @@ static void fill(const ds_module_group *g, int unit, const ds_tensor *t, void *w
         if (mod->unit != unit)
             continue;
         void *field = (char *)weights + mod->offset;
-        if (has_bias(mod->kind)) {
+        if (absent(r->model, prefix, mod)) {
+            memset(field, 0, has_bias(mod->kind) ? sizeof(ds__linear_weights) : sizeof(ds_tensor));
+        } else if (has_bias(mod->kind)) {
             ds__linear_weights *lw = field;
             lw->weight = t[k++];
             lw->bias = t[k++];
@@ -208,25 +223,25 @@ static void fill(const ds_module_group *g, int unit, const ds_tensor *t, void *w
 int ds_module_bind(const ds_module_model *mm, const ds_loaded_model *m, ds__weight_set *ws,
                    size_t group, int64_t index, int unit, void *weights, ds_error *err)
 {
-    const ds_module_group *g = &mm->groups[group];
     char prefix[DS__PARAM_NAME_MAX];
-    int rc = group_prefix(g, index, prefix, err);
-    if (rc != DS_OK)
-        return rc;
-    for (size_t i = 0; i < g->count; i++) {
+    int rc = group_prefix(&mm->groups[group], index, prefix, err);
+    const ds_module_group *g = &mm->groups[group];
+    for (size_t i = 0; rc == DS_OK && i < g->count; i++) {
         const ds_module *mod = &g->modules[i];
         if (mod->unit != unit)
             continue;
         void *field = (char *)weights + mod->offset;
+        if (absent(m, prefix, mod)) {
+            memset(field, 0, has_bias(mod->kind) ? sizeof(ds__linear_weights) : sizeof(ds_tensor));
+            continue;
+        }
         int linear = mod->kind == DS_MODULE_LINEAR || mod->kind == DS_MODULE_LINEAR_NO_BIAS;
         char name[DS__PARAM_NAME_MAX];
         part_name(mod, 0, name, sizeof name);
         rc = has_bias(mod->kind) ? ds__weight_bind_linear(m, ws, prefix, mod->name, field, err)
                                  : ds__weight_bind(m, ws, prefix, name, linear, field, err);
-        if (rc != DS_OK)
-            return rc;
     }
-    return DS_OK;
+    return rc;
 }
 
 const ds_tensor_view *ds_module_find(const ds_module_model *mm, const ds_loaded_model *m,
@@ -267,11 +282,13 @@ int ds_module_use(ds_module_run *r, size_t group, int64_t index, int unit, void 
     if (!r->vram)
         return ds_module_bind(r->mm, r->model, &r->ws, group, index, unit, weights, err);
     size_t k = r->first_unit[group] + (size_t)index * g->unit_count + (size_t)unit;
+    char prefix[DS__PARAM_NAME_MAX];
     const ds_tensor *t;
-    if ((rc = ds_vram_acquire(r->vram, k, NULL, &t, err)) != DS_OK)
+    if ((rc = group_prefix(g, index, prefix, err)) != DS_OK ||
+        (rc = ds_vram_acquire(r->vram, k, NULL, &t, err)) != DS_OK)
         return rc;
     r->held = k;
-    fill(g, unit, t, weights);
+    fill(r, g, prefix, unit, t, weights);
     return DS_OK;
 }
 
@@ -292,6 +309,99 @@ int ds_module_end(ds_module_run *r, int rc, ds_error *err)
 void ds_module_close(ds_module_run *r)
 {
     ds_error ignored;
-    if (r->mm)
-        ds_module_done(r, &ignored);
+    if (!r->mm)
+        return;
+    ds_module_done(r, &ignored);
+    if (r->vram)
+        ds_vram_unreserve(r->vram, r->reserved);
+    r->reserved = 0;
+}
+
+int ds_module_reserve(ds_module_run *r, const char *what, size_t bytes, ds_error *err)
+{
+    if (!r->vram)
+        return DS_OK;
+    int rc = ds_vram_reserve(r->vram, what, bytes, err);
+    if (rc == DS_OK)
+        r->reserved += bytes;
+    return rc;
+}
+
+int ds_module_output(ds_backend *b, const ds_tensor *host, ds_tensor *copy, ds_tensor *out,
+                     ds_error *err)
+{
+    if (b->host_memory) {
+        *out = *host;
+        out->backend = b;
+        return DS_OK;
+    }
+    int rc = ds_tensor_alloc(b, host->dtype, host->ndim, host->shape, copy, err);
+    *out = *copy;
+    return rc;
+}
+
+int ds_module_input(ds_backend *b, const ds_tensor *host, ds_tensor *copy, ds_tensor *out,
+                    ds_error *err)
+{
+    int rc = ds_module_output(b, host, copy, out, err);
+    if (rc == DS_OK && !b->host_memory)
+        rc = ds_tensor_upload(copy, host->data, NULL, err);
+    return rc;
+}
+
+int ds_module_deliver(ds_backend *b, const ds_tensor *result, const ds_tensor *host,
+                      ds_error *err)
+{
+    return b->host_memory ? DS_OK : ds_tensor_download(result, host->data, NULL, err);
+}
+
+int ds_module_cancelled(const ds_step_context *ctx, const char *what, const char *piece,
+                        int64_t i, int64_t n, ds_error *err)
+{
+    if (!ctx->cancelled || !ctx->cancelled(ctx->user))
+        return DS_OK;
+    return ds_error_set(err, DS_ERR_CANCELLED, "%s: cancelled before %s %lld of %lld", what,
+                        piece, (long long)i, (long long)n);
+}
+
+void ds_module_progress(const ds_step_context *ctx, const char *what, int64_t i, int64_t n)
+{
+    if (ctx->progress)
+        ctx->progress(ctx->user, what, (uint64_t)(i + 1), (uint64_t)n);
+}
+
+int ds_module_alloc(ds_backend *b, ds_dtype dtype, int ndim, const int64_t *shape,
+                    ds_tensor *const *list, ds_error *err)
+{
+    for (size_t i = 0; list[i]; i++) {
+        int rc = ds_tensor_alloc(b, dtype, ndim, shape, list[i], err);
+        if (rc != DS_OK)
+            return rc;
+    }
+    return DS_OK;
+}
+
+ds_tensor ds_module_view(const ds_tensor *t, int ndim, const int64_t *shape)
+{
+    ds_tensor v = *t;
+    v.ndim = ndim;
+    memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
+    return v;
+}
+
+size_t ds_module_bytes(ds_tensor *const *all, size_t n)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        if (all[i]->data)
+            bytes += ds_tensor_nbytes(all[i]);
+    return bytes;
+}
+
+int ds_module_bad_tensor(const char *phase, const char *role, const char *name,
+                         const ds_tensor *t, const char *expected, ds_error *err)
+{
+    char got[128];
+    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: %s \"%s\" is %s, expected %s", phase,
+                        role, name, ds_tensor_describe(t, got, sizeof got), expected);
 }

@@ -21,6 +21,7 @@
 #include "core/state_dict.h"
 #include "kernels/backend.h"
 #include "models/model_loader.h"
+#include "models/model_step.h"
 #include "models/weight_set.h"
 #include "vram/vram_manager.h"
 
@@ -84,7 +85,8 @@ const ds_tensor_view *ds_module_find(const ds_module_model *mm, const ds_loaded_
                                      size_t group, int64_t index, size_t offset);
 
 /* Binds the modules of `unit` (DS_MODULE_NO_UNIT included) of copy `index` of `group` into
- * `weights` through `ws`: views in host memory, copies elsewhere (weight_set.h). */
+ * `weights` through `ws`: views in host memory, copies elsewhere (weight_set.h). An optional
+ * module the tree lacks is left zeroed (no data). */
 int ds_module_bind(const ds_module_model *mm, const ds_loaded_model *m, ds__weight_set *ws,
                    size_t group, int64_t index, int unit, void *weights, ds_error *err);
 
@@ -98,6 +100,7 @@ typedef struct ds_module_run {
     size_t first_unit[DS_MODULE_GROUPS_MAX]; /* manager index of each group's first unit */
     size_t unit_total;
     size_t held;                      /* the unit acquired now; SIZE_MAX when none */
+    size_t reserved;                  /* activation bytes reserved in the manager */
 } ds_module_run;
 
 /* Starts a forward of `m` on `b`. With a manager the model's units are registered on first
@@ -118,7 +121,46 @@ int ds_module_done(ds_module_run *r, ds_error *err);
 /* Ends a stretch of work whose status is rc: ds_module_done's status when rc is DS_OK, else rc
  * (the unit still released, the bound weights freed). */
 int ds_module_end(ds_module_run *r, int rc, ds_error *err);
-/* ds_module_done for a failed forward: errors ignored; a zeroed or finished run is fine. */
+/* Ends the forward: ds_module_done with errors ignored, and the activations' reservation
+ * returned. A zeroed run is fine. */
 void ds_module_close(ds_module_run *r);
+
+/* Activation bytes that share the manager's budget with the weights until ds_module_close
+ * (nothing without a manager). RESOURCE_EXHAUSTED when they do not fit. */
+int ds_module_reserve(ds_module_run *r, const char *what, size_t bytes, ds_error *err);
+
+/* Activations follow one convention in every forward: host tensors in, host tensors out; in
+ * host memory (backend->host_memory) they are used in place, elsewhere through a device copy
+ * the caller frees. */
+/* Host tensor `host` as an operand on `b`: itself, or its upload into *copy. */
+int ds_module_input(ds_backend *b, const ds_tensor *host, ds_tensor *copy, ds_tensor *out,
+                    ds_error *err);
+/* Where a result for host tensor `host` is computed on `b`: itself, or a new *copy of its
+ * shape and dtype. */
+int ds_module_output(ds_backend *b, const ds_tensor *host, ds_tensor *copy, ds_tensor *out,
+                     ds_error *err);
+/* Brings a result computed by ds_module_output into `host` (nothing in host memory). */
+int ds_module_deliver(ds_backend *b, const ds_tensor *result, const ds_tensor *host,
+                      ds_error *err);
+
+/* A NULL-terminated list of activations: DS_TENSORS(&s->q, &s->k, &s->v). */
+#define DS_TENSORS(...) ((ds_tensor *const[]){__VA_ARGS__, NULL})
+/* Allocates every tensor of `list` on `b` with this dtype and shape. */
+int ds_module_alloc(ds_backend *b, ds_dtype dtype, int ndim, const int64_t *shape,
+                    ds_tensor *const *list, ds_error *err);
+/* The same memory under another shape of the same element count. */
+ds_tensor ds_module_view(const ds_tensor *t, int ndim, const int64_t *shape);
+/* Bytes the tensors hold (those with data: inputs used in place hold none). */
+size_t ds_module_bytes(ds_tensor *const *all, size_t n);
+/* INVALID_ARGUMENT "<phase>: <role> "<name>" is <t described>, expected <expected>". */
+int ds_module_bad_tensor(const char *phase, const char *role, const char *name,
+                         const ds_tensor *t, const char *expected, ds_error *err);
+
+/* Between repeated pieces of a forward: CANCELLED "<what>: cancelled before <piece> i of n"
+ * when the context asks, else DS_OK. */
+int ds_module_cancelled(const ds_step_context *ctx, const char *what, const char *piece,
+                        int64_t i, int64_t n, ds_error *err);
+/* Reports piece i (0-based) of n done as (what, i + 1, n) progress. */
+void ds_module_progress(const ds_step_context *ctx, const char *what, int64_t i, int64_t n);
 
 #endif

@@ -257,41 +257,11 @@ static void state_free(dit_state *s)
 static size_t state_bytes(dit_state *s)
 {
     ds_tensor *all[STATE_TENSORS];
-    size_t n = state_tensors(s, all), bytes = 0;
-    for (size_t i = 0; i < n; i++)
-        if (all[i]->data)
-            bytes += ds_tensor_nbytes(all[i]);
-    return bytes;
+    return ds_module_bytes(all, state_tensors(s, all));
 }
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
-/* The same memory under another shape of the same element count. */
-static ds_tensor view(const ds_tensor *t, int ndim, const int64_t *shape)
-{
-    ds_tensor v = *t;
-    v.ndim = ndim;
-    memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
-    return v;
-}
-
-
-/* A host tensor as an operand on `b`: the same memory when the backend's memory is host
- * memory, an upload into `copy` otherwise. */
-static int to_backend(ds_backend *b, const ds_tensor *host, ds_tensor *copy, ds_tensor *out,
-                      ds_error *err)
-{
-    if (b->host_memory) {
-        *out = *host;
-        out->backend = b;
-        return DS_OK;
-    }
-    int rc = ds_tensor_alloc(b, host->dtype, host->ndim, host->shape, copy, err);
-    if (rc == DS_OK)
-        rc = ds_tensor_upload(copy, host->data, NULL, err);
-    *out = *copy;
-    return rc;
-}
 
 static int linear(ds_backend *b, const ds_tensor *x, const ds__linear_weights *w, ds_activation act,
                   ds_tensor *y, ds_error *err)
@@ -314,7 +284,7 @@ static int norm_modulate(ds_backend *b, const ds_tensor *x, const ds_tensor *shi
  * parts, in upstream's chunk order. */
 static int split_mod(ds_backend *b, const ds_tensor *mod, int n, ds_tensor *parts, ds_error *err)
 {
-    ds_tensor whole = view(mod, 3, SHAPE(mod->shape[0], n, DIM));
+    ds_tensor whole = ds_module_view(mod, 3, SHAPE(mod->shape[0], n, DIM));
     for (int i = 0; i < n; i++) {
         ds_slice_args a = {&whole, 1, i, &parts[i]};
         int rc = ds_slice(b, NULL, &a, err);
@@ -402,7 +372,7 @@ static int project_qk(ds_backend *b, const ds_tensor *x, const ds__linear_weight
                       const ds_tensor *norm, const ds_tensor *cos, const ds_tensor *sin,
                       ds_tensor *raw, ds_tensor *out, ds_error *err)
 {
-    ds_tensor raw3 = view(raw, 3, SHAPE(raw->shape[0], raw->shape[1], DIM));
+    ds_tensor raw3 = ds_module_view(raw, 3, SHAPE(raw->shape[0], raw->shape[1], DIM));
     ds_rms_norm_args rn = {raw, norm, NORM_EPS, out};
     ds_rope_args rope = {out, cos, sin, DS_ROPE_INTERLEAVED, out};
     int rc;
@@ -418,8 +388,8 @@ static int block_attention(ds_backend *b, const dit_dims *d, const block_weights
                            dit_state *s, ds_error *err)
 {
     int64_t B = d->batch, N = d->image_len, L = d->text_len;
-    ds_tensor img_v3 = view(&s->img_v, 3, SHAPE(B, N, DIM));
-    ds_tensor txt_v3 = view(&s->txt_v, 3, SHAPE(B, L, DIM));
+    ds_tensor img_v3 = ds_module_view(&s->img_v, 3, SHAPE(B, N, DIM));
+    ds_tensor txt_v3 = ds_module_view(&s->txt_v, 3, SHAPE(B, L, DIM));
     int rc;
     if ((rc = project_qk(b, &s->img_x, &w->to_q, &w->norm_q, &s->img_cos, &s->img_sin,
                          &s->img_raw, &s->img_q, err)) != DS_OK ||
@@ -448,8 +418,8 @@ static int block_attention(ds_backend *b, const dit_dims *d, const block_weights
         (rc = ds_slice(b, NULL, &si, err)) != DS_OK)
         return rc;
 
-    ds_tensor img_attn3 = view(&s->img_attn, 3, SHAPE(B, N, DIM));
-    ds_tensor txt_attn3 = view(&s->txt_attn, 3, SHAPE(B, L, DIM));
+    ds_tensor img_attn3 = ds_module_view(&s->img_attn, 3, SHAPE(B, N, DIM));
+    ds_tensor txt_attn3 = ds_module_view(&s->txt_attn, 3, SHAPE(B, L, DIM));
     if ((rc = linear(b, &img_attn3, &w->to_out, DS_ACT_NONE, &s->img_out, err)) != DS_OK ||
         (rc = linear(b, &txt_attn3, &w->to_add_out, DS_ACT_NONE, &s->txt_out, err)) != DS_OK)
         return rc;
@@ -476,7 +446,7 @@ static int transformer_block(ds_backend *b, ds_module_run *r, int64_t i, const d
                              dit_state *s, ds_error *err)
 {
     block_weights w;
-    ds_tensor mod2 = view(&s->mod, 2, SHAPE(d->batch, 6 * DIM));
+    ds_tensor mod2 = ds_module_view(&s->mod, 2, SHAPE(d->batch, 6 * DIM));
     ds_gated_residual_args img_res = {&s->image, &s->img_mod[2], &s->img_out, &s->image};
     ds_gated_residual_args txt_res = {&s->text, &s->txt_mod[2], &s->txt_out, &s->text};
     int rc;
@@ -512,7 +482,7 @@ static int transformer_block(ds_backend *b, ds_module_run *r, int64_t i, const d
 static int norm_out_forward(ds_backend *b, const dit_dims *d, const outer_weights *w,
                             dit_state *s, ds_tensor *noise, ds_error *err)
 {
-    ds_tensor mod2 = view(&s->out_mod, 2, SHAPE(d->batch, 2 * DIM));
+    ds_tensor mod2 = ds_module_view(&s->out_mod, 2, SHAPE(d->batch, 2 * DIM));
     ds_tensor parts[2] = {s->out_scale, s->out_shift};
     ds_patchify_args up = {noise, PATCH, &s->packed};
     int rc;
@@ -528,13 +498,6 @@ static int norm_out_forward(ds_backend *b, const dit_dims *d, const outer_weight
 
 /* latents' message, shared by the step and the entry point. */
 #define LATENTS_EXPECTED "[B, 16, H, W] f32 or bf16 with H and W even"
-
-static int bad_input(const char *name, const ds_tensor *t, const char *expected, ds_error *err)
-{
-    char got[128];
-    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: input \"%s\" is %s, expected %s",
-                        name, ds_tensor_describe(t, got, sizeof got), expected);
-}
 
 static int is_int_mask(ds_dtype d)
 {
@@ -554,7 +517,7 @@ static int check_inputs(const ds_tensor *latents, const ds_tensor *prompt_emb,
     if ((latents->dtype != DS_F32 && latents->dtype != DS_BF16) || latents->ndim != 4 ||
         ls[1] != LATENT_CHANNELS || ls[0] < 1 || ls[2] < 2 || ls[3] < 2 || ls[2] % 2 ||
         ls[3] % 2)
-        return bad_input("latents", latents, LATENTS_EXPECTED, err);
+        return ds_module_bad_tensor("forward", "input", "latents", latents, LATENTS_EXPECTED, err);
     *d = (dit_dims){.batch = ls[0], .grid_h = ls[2] / 2, .grid_w = ls[3] / 2,
                     .dtype = latents->dtype};
     d->image_len = d->grid_h * d->grid_w;
@@ -565,7 +528,7 @@ static int check_inputs(const ds_tensor *latents, const ds_tensor *prompt_emb,
     if (prompt_emb->dtype != d->dtype || prompt_emb->ndim != 3 ||
         prompt_emb->shape[0] != d->batch || prompt_emb->shape[1] < 1 ||
         prompt_emb->shape[2] != TEXT_DIM)
-        return bad_input("prompt_emb", prompt_emb, expected, err);
+        return ds_module_bad_tensor("forward", "input", "prompt_emb", prompt_emb, expected, err);
     d->text_len = prompt_emb->shape[1];
     d->seq_len = d->text_len + d->image_len;
 
@@ -574,16 +537,16 @@ static int check_inputs(const ds_tensor *latents, const ds_tensor *prompt_emb,
     if (prompt_mask && (!is_int_mask(prompt_mask->dtype) || prompt_mask->ndim != 2 ||
                         prompt_mask->shape[0] != d->batch ||
                         prompt_mask->shape[1] != d->text_len))
-        return bad_input("prompt_emb_mask", prompt_mask, expected, err);
+        return ds_module_bad_tensor("forward", "input", "prompt_emb_mask", prompt_mask, expected, err);
 
     snprintf(expected, sizeof expected, "[%lld] or [1] f32 or f64", (long long)d->batch);
     if ((timestep->dtype != DS_F32 && timestep->dtype != DS_F64) || timestep->ndim != 1 ||
         (timestep->shape[0] != d->batch && timestep->shape[0] != 1))
-        return bad_input("timestep", timestep, expected, err);
+        return ds_module_bad_tensor("forward", "input", "timestep", timestep, expected, err);
 
     if (noise_pred->dtype != d->dtype || !ds_tensor_same_shape(noise_pred, latents) ||
         !noise_pred->data)
-        return bad_input("noise_pred", noise_pred, "latents' shape and dtype", err);
+        return ds_module_bad_tensor("forward", "input", "noise_pred", noise_pred, "latents' shape and dtype", err);
     return DS_OK;
 }
 
@@ -660,46 +623,45 @@ static int alloc_state(const dit_dims *d, ds_backend *b, dit_state *s, ds_error 
     int64_t B = d->batch, N = d->image_len, L = d->text_len, S = d->seq_len;
     ds_dtype t = d->dtype;
     int rc;
-    if ((rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(N, ROPE_PAIRS), &s->img_cos, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(N, ROPE_PAIRS), &s->img_sin, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(L, ROPE_PAIRS), &s->txt_cos, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(L, ROPE_PAIRS), &s->txt_sin, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, TEXT_DIM), &s->prompt_normed, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, PATCH_DIM), &s->packed, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, FREQ_DIM), &s->temb_freq, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, DIM), &s->temb_hidden, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, DIM), &s->temb, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, DIM), &s->temb_silu, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, DIM), &s->image, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, DIM), &s->text, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 6, DIM), &s->mod, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, DIM), &s->img_x, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, DIM), &s->txt_x, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_raw, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_raw, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_q, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_k, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_v, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_q, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_k, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_v, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->q, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->k, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->v, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->attn, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_attn, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_attn, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, DIM), &s->img_out, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, DIM), &s->txt_out, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, MLP_DIM), &s->img_hidden, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, MLP_DIM), &s->txt_hidden, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 2, DIM), &s->out_mod, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->out_scale, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->out_shift, err)) != DS_OK)
+    if ((rc = ds_module_alloc(b, DS_F32, 2, SHAPE(N, ROPE_PAIRS),
+                              DS_TENSORS(&s->img_cos, &s->img_sin), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, DS_F32, 2, SHAPE(L, ROPE_PAIRS),
+                              DS_TENSORS(&s->txt_cos, &s->txt_sin), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, TEXT_DIM), DS_TENSORS(&s->prompt_normed),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, PATCH_DIM), DS_TENSORS(&s->packed), err)) !=
+            DS_OK ||
+        (rc = ds_module_alloc(b, t, 2, SHAPE(B, FREQ_DIM), DS_TENSORS(&s->temb_freq), err)) !=
+            DS_OK ||
+        (rc = ds_module_alloc(b, t, 2, SHAPE(B, DIM),
+                              DS_TENSORS(&s->temb_hidden, &s->temb, &s->temb_silu), err)) !=
+            DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, DIM),
+                              DS_TENSORS(&s->image, &s->img_x, &s->img_out), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, DIM),
+                              DS_TENSORS(&s->text, &s->txt_x, &s->txt_out), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, 6, DIM), DS_TENSORS(&s->mod), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM),
+                              DS_TENSORS(&s->img_raw, &s->img_q, &s->img_k, &s->img_v,
+                                         &s->img_attn),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM),
+                              DS_TENSORS(&s->txt_raw, &s->txt_q, &s->txt_k, &s->txt_v,
+                                         &s->txt_attn),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM),
+                              DS_TENSORS(&s->q, &s->k, &s->v, &s->attn), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, MLP_DIM), DS_TENSORS(&s->img_hidden), err)) !=
+            DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, MLP_DIM), DS_TENSORS(&s->txt_hidden), err)) !=
+            DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, 2, DIM), DS_TENSORS(&s->out_mod), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, 1, DIM), DS_TENSORS(&s->out_scale, &s->out_shift),
+                              err)) != DS_OK)
         return rc;
     for (int i = 0; i < 6; i++)
-        if ((rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->img_mod[i], err)) != DS_OK ||
-            (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->txt_mod[i], err)) != DS_OK)
+        if ((rc = ds_module_alloc(b, t, 3, SHAPE(B, 1, DIM),
+                                  DS_TENSORS(&s->img_mod[i], &s->txt_mod[i]), err)) != DS_OK)
             return rc;
     return DS_OK;
 }
@@ -752,17 +714,17 @@ static int check_controlnet(const ds_loaded_model *m, const ds_qwen_image_dit_co
     conditioning_expected(latents, channels, expected, sizeof expected);
     if (c->dtype != latents->dtype || c->ndim != 4 || (c->shape[0] != ls[0] && c->shape[0] != 1) ||
         c->shape[1] != channels || c->shape[2] != ls[2] || c->shape[3] != ls[3] || !c->data)
-        return bad_input("controlnet_conditioning", c, expected, err);
+        return ds_module_bad_tensor("forward", "input", "controlnet_conditioning", c, expected, err);
     return DS_OK;
 }
 
 /* process_controlnet_conditioning: cn_cond = img_in(pack(conditioning)), before the blocks.
- * With a manager (vm: the DiT's model in it) the ControlNet streams its weights beside the
- * DiT's and the conditioning's activations join *reserved. */
+ * With a manager (the DiT's run streams) the ControlNet streams its weights beside the DiT's
+ * and the conditioning's activations join the run's reservation. */
 static int controlnet_begin(const ds_qwen_image_dit_controlnet *opt, const dit_dims *d,
-                            ds_backend *b, ds_vram_manager *mgr, ds_vram_model *vm,
+                            ds_backend *b, ds_vram_manager *mgr, ds_module_run *run,
                             int64_t blocks, dit_state *s, ds_qwen_image_controlnet *cn,
-                            size_t *reserved, ds_error *err)
+                            ds_error *err)
 {
     const ds_tensor *host = opt->conditioning;
     int64_t cond_batch = host->shape[0], features = host->shape[1] * PATCH * PATCH;
@@ -771,19 +733,18 @@ static int controlnet_begin(const ds_qwen_image_dit_controlnet *opt, const dit_d
     int rc;
     if ((rc = ds_qwen_image_controlnet_open(opt->model, b, d->dtype, d->batch, cond_batch,
                                             d->image_len, cn, err)) != DS_OK ||
-        (rc = to_backend(b, host, &s->cn_input, &input, err)) != DS_OK ||
+        (rc = ds_module_input(b, host, &s->cn_input, &input, err)) != DS_OK ||
         (rc = ds_tensor_alloc(b, d->dtype, 3, SHAPE(cond_batch, d->image_len, features),
                               &s->cn_packed, err)) != DS_OK ||
         (rc = ds_tensor_alloc(b, d->dtype, 3, SHAPE(cond_batch, d->image_len, DIM), &s->cn_cond,
                               err)) != DS_OK)
         return rc;
-    if (vm) {
+    if (run->vram) {
         size_t bytes = ds_tensor_nbytes(&s->cn_packed) + ds_tensor_nbytes(&s->cn_cond) +
                        (s->cn_input.data ? ds_tensor_nbytes(&s->cn_input) : 0);
-        if ((rc = ds_vram_reserve(vm, "forward: ControlNet activations", bytes, err)) != DS_OK)
-            return rc;
-        *reserved += bytes;
-        if ((rc = ds_qwen_image_controlnet_stream(cn, mgr, vm, blocks, err)) != DS_OK)
+        if ((rc = ds_module_reserve(run, "forward: ControlNet activations", bytes, err)) !=
+                DS_OK ||
+            (rc = ds_qwen_image_controlnet_stream(cn, mgr, run->vram, blocks, err)) != DS_OK)
             return rc;
     }
     if ((rc = ds_patchify(b, NULL, &pack, err)) != DS_OK ||
@@ -831,7 +792,6 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
     ds_module_run run;
     ds_qwen_image_controlnet cn;
     ds_qwen_image_controlnet_shape cn_shape;
-    size_t reserved = 0; /* activation bytes reserved in the manager */
     memset(&s, 0, sizeof s);
     memset(&cn, 0, sizeof cn);
     memset(&run, 0, sizeof run);
@@ -849,32 +809,18 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
     ds_backend *b = ctx->backend;
     if ((rc = ds_module_open(&run, &modules, m, b, ctx->vram, 1, "forward", err)) != DS_OK)
         return rc;
-    ds_vram_model *vm = run.vram;
     int64_t blocks = run.counts[BLOCKS];
 
+    /* The activations share the budget with the weights. */
     ds_tensor lat, prompt, noise;
     if ((rc = alloc_state(&d, b, &s, err)) != DS_OK ||
-        (rc = to_backend(b, latents, &s.latents, &lat, err)) != DS_OK ||
-        (rc = to_backend(b, prompt_emb, &s.prompt, &prompt, err)) != DS_OK ||
+        (rc = ds_module_input(b, latents, &s.latents, &lat, err)) != DS_OK ||
+        (rc = ds_module_input(b, prompt_emb, &s.prompt, &prompt, err)) != DS_OK ||
         (rc = upload_conditions(&d, timestep, prompt_mask, b, &s, err)) != DS_OK ||
-        (rc = rope_tables(&d, &s, err)) != DS_OK)
-        goto fail;
-    /* The output: written in place in host memory, downloaded from a device copy otherwise. */
-    if (b->host_memory) {
-        noise = *noise_pred_out;
-        noise.backend = b;
-    } else {
-        if ((rc = ds_tensor_alloc(b, d.dtype, 4, latents->shape, &s.noise, err)) != DS_OK)
-            goto fail;
-        noise = s.noise;
-    }
-    /* The activations share the budget with the weights. */
-    if (vm) {
-        size_t bytes = state_bytes(&s);
-        if ((rc = ds_vram_reserve(vm, "forward: activations", bytes, err)) != DS_OK)
-            goto fail;
-        reserved = bytes;
-    }
+        (rc = rope_tables(&d, &s, err)) != DS_OK ||
+        (rc = ds_module_output(b, noise_pred_out, &s.noise, &noise, err)) != DS_OK ||
+        (rc = ds_module_reserve(&run, "forward: activations", state_bytes(&s), err)) != DS_OK)
+        goto done;
 
     /* Inputs: image = img_in(pack(latents)); text = txt_in(txt_norm(prompt_emb)); temb. */
     ds_patchify_args pack = {&lat, PATCH, &s.packed};
@@ -886,51 +832,37 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
         (rc = linear(b, &s.prompt_normed, &ow.txt_in, DS_ACT_NONE, &s.text, err)) != DS_OK ||
         (rc = timestep_embedder(b, &ow, &s, err)) != DS_OK ||
         (rc = ds_module_done(&run, err)) != DS_OK)
-        goto fail;
-    if (controlnet && (rc = controlnet_begin(controlnet, &d, b, ctx->vram, vm, blocks, &s, &cn,
-                                             &reserved, err)) != DS_OK)
-        goto fail;
+        goto done;
+    if (controlnet && (rc = controlnet_begin(controlnet, &d, b, ctx->vram, &run, blocks, &s, &cn,
+                                             err)) != DS_OK)
+        goto done;
 
     /* The transformer blocks, cancellable between any two. */
     for (int64_t i = 0; i < blocks; i++) {
-        if (ctx->cancelled && ctx->cancelled(ctx->user)) {
-            rc = ds_error_set(err, DS_ERR_CANCELLED, "forward: cancelled before block %lld of %lld",
-                              (long long)i, (long long)blocks);
-            goto fail;
-        }
+        if ((rc = ds_module_cancelled(ctx, "forward", "block", i, blocks, err)) != DS_OK)
+            goto done;
         rc = transformer_block(b, &run, i, &d, &s, err);
         if (rc == DS_OK && controlnet)
             rc = controlnet_residual(b, &cn, controlnet->scale, i, &s, err);
         if (rc != DS_OK) {
             ds_error_prefix(err, "forward: block %lld: ", (long long)i);
-            goto fail;
+            goto done;
         }
-        if (ctx->progress)
-            ctx->progress(ctx->user, "forward", (uint64_t)(i + 1), (uint64_t)blocks);
+        ds_module_progress(ctx, "forward", i, blocks);
     }
 
     /* Output: norm_out, proj_out, unpack to [B, 16, H, W]. */
-    if ((rc = ds_module_use(&run, OUTPUTS, 0, 0, &ow, err)) != DS_OK ||
-        (rc = norm_out_forward(b, &d, &ow, &s, &noise, err)) != DS_OK ||
-        (rc = ds_module_done(&run, err)) != DS_OK)
-        goto fail;
-    if (!b->host_memory &&
-        (rc = ds_tensor_download(&noise, noise_pred_out->data, NULL, err)) != DS_OK)
-        goto fail;
-    if (vm)
-        ds_vram_unreserve(vm, reserved);
-    ds_qwen_image_controlnet_close(&cn);
-    state_free(&s);
-    return DS_OK;
-
-fail:
+    if ((rc = ds_module_use(&run, OUTPUTS, 0, 0, &ow, err)) == DS_OK &&
+        (rc = norm_out_forward(b, &d, &ow, &s, &noise, err)) == DS_OK &&
+        (rc = ds_module_done(&run, err)) == DS_OK)
+        rc = ds_module_deliver(b, &noise, noise_pred_out, err);
+done:
     ds_module_close(&run);
-    if (vm)
-        ds_vram_unreserve(vm, reserved);
     ds_qwen_image_controlnet_close(&cn);
     state_free(&s);
     return rc;
 }
+
 /* ---- The "forward" step ---- */
 
 /* The step's ControlNet: the aux model of role "controlnet", the input
@@ -971,7 +903,7 @@ static int step_controlnet(const ds_step_context *ctx, const ds_step_io *in,
                                  expected, &out->conditioning, err)) != DS_OK)
         return rc;
     if (out->conditioning->shape[0] != latents->shape[0] && out->conditioning->shape[0] != 1)
-        return bad_input("controlnet_conditioning", out->conditioning, expected, err);
+        return ds_module_bad_tensor("forward", "input", "controlnet_conditioning", out->conditioning, expected, err);
     if (scale) {
         if (!isfinite(scale->number))
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -1000,7 +932,7 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
         return rc;
     if (latents->shape[2] % 2 || latents->shape[3] % 2 || latents->shape[2] < 2 ||
         latents->shape[3] < 2 || latents->shape[0] < 1)
-        return bad_input("latents", latents, LATENTS_EXPECTED, err);
+        return ds_module_bad_tensor("forward", "input", "latents", latents, LATENTS_EXPECTED, err);
     int64_t batch = latents->shape[0];
     snprintf(expected, sizeof expected, "[%lld, L, %d] %s (latents' batch and dtype)",
              (long long)batch, TEXT_DIM, ds_dtype_name(latents->dtype));
@@ -1047,9 +979,4 @@ static const ds_model_step steps[] = {
     },
 };
 
-const ds_model_class ds__qwen_image_dit_class = {
-    .name = CLASS_NAME,
-    .declare_parameters = declare_parameters,
-    .steps = steps,
-    .step_count = sizeof steps / sizeof steps[0],
-};
+DS_MODEL_CLASS(ds__qwen_image_dit_class, CLASS_NAME, declare_parameters, steps);

@@ -36,12 +36,12 @@ enum {
     INTERMEDIATE = 18944,
     VOCAB = 152064,
     /* vision config */
-    V_DEPTH = 32,
-    V_HIDDEN = 1280,
-    V_INTERMEDIATE = 3420,
-    V_PATCH = 14,
-    V_TEMPORAL_PATCH = 2,
-    V_IN_CHANNELS = 3,
+    V_DEPTH = 32,          /* blocks */
+    V_HIDDEN = 1280,       /* width */
+    V_INTERMEDIATE = 3420, /* MLP width */
+    V_PATCH = 14,          /* spatial patch side */
+    V_TEMPORAL_PATCH = 2,  /* frames per patch */
+    V_IN_CHANNELS = 3,     /* RGB */
     V_MERGE = 2, /* spatial_merge_size: the merger sees 2x2 patches at once */
     V_OUT = 3584,
     V_MERGED = V_HIDDEN * V_MERGE * V_MERGE, /* the merger's input: 2x2 patches */
@@ -205,25 +205,9 @@ static void state_free(te_state *s)
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
-/* The same memory under another shape of the same element count. */
-static ds_tensor view(const ds_tensor *t, int ndim, const int64_t *shape)
-{
-    ds_tensor v = *t;
-    v.ndim = ndim;
-    memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
-    return v;
-}
-
 static int is_mask_dtype(ds_dtype d)
 {
     return d == DS_I64 || d == DS_I32 || d == DS_U8 || d == DS_BOOL;
-}
-
-static int bad_input(const char *name, const ds_tensor *t, const char *expected, ds_error *err)
-{
-    char got[128];
-    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: input \"%s\" is %s, expected %s",
-                        name, ds_tensor_describe(t, got, sizeof got), expected);
 }
 
 static int check_inputs(const ds_tensor *ids, const ds_tensor *mask, const ds_tensor *hidden,
@@ -235,23 +219,19 @@ static int check_inputs(const ds_tensor *ids, const ds_tensor *mask, const ds_te
                             "forward: input_ids and the output are required");
     if ((ids->dtype != DS_I64 && ids->dtype != DS_I32) || ids->ndim != 2 || ids->shape[0] < 1 ||
         ids->shape[1] < 1 || !ids->data)
-        return bad_input("input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
+        return ds_module_bad_tensor("forward", "input", "input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
     int64_t B = ids->shape[0], S = ids->shape[1];
     snprintf(expected, sizeof expected, "[%lld, %lld] i64, i32, u8 or bool (input_ids' shape)",
              (long long)B, (long long)S);
     if (mask && (!is_mask_dtype(mask->dtype) || mask->ndim != 2 || mask->shape[0] != B ||
                  mask->shape[1] != S || !mask->data))
-        return bad_input("attention_mask", mask, expected, err);
+        return ds_module_bad_tensor("forward", "input", "attention_mask", mask, expected, err);
     snprintf(expected, sizeof expected, "[%lld, %lld, %d] f32 or bf16", (long long)B,
              (long long)S, HIDDEN);
     if ((hidden->dtype != DS_F32 && hidden->dtype != DS_BF16) || hidden->ndim != 3 ||
         hidden->shape[0] != B || hidden->shape[1] != S || hidden->shape[2] != HIDDEN ||
-        !hidden->data) {
-        char got[128];
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "forward: output \"hidden_states\" is %s, expected %s",
-                            ds_tensor_describe(hidden, got, sizeof got), expected);
-    }
+        !hidden->data)
+        return ds_module_bad_tensor("forward", "output", "hidden_states", hidden, expected, err);
     return DS_OK;
 }
 
@@ -278,17 +258,16 @@ static int alloc_state(ds_backend *b, ds_dtype t, int64_t B, int64_t S, te_state
                        ds_error *err)
 {
     int rc;
-    if ((rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(S, ROPE_PAIRS), &s->cos, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(S, ROPE_PAIRS), &s->sin, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, HIDDEN), &s->h, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, HIDDEN), &s->x, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->q, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, KV_HEADS, HEAD_DIM), &s->k, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, KV_HEADS, HEAD_DIM), &s->v, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->attn, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, HIDDEN), &s->out, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, INTERMEDIATE), &s->gate, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, INTERMEDIATE), &s->up, err)) != DS_OK)
+    if ((rc = ds_module_alloc(b, DS_F32, 2, SHAPE(S, ROPE_PAIRS), DS_TENSORS(&s->cos, &s->sin),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, S, HIDDEN), DS_TENSORS(&s->h, &s->x, &s->out),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), DS_TENSORS(&s->q, &s->attn),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, S, KV_HEADS, HEAD_DIM),
+                              DS_TENSORS(&s->k, &s->v), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, S, INTERMEDIATE), DS_TENSORS(&s->gate, &s->up),
+                              err)) != DS_OK)
         return rc;
     return DS_OK;
 }
@@ -430,9 +409,9 @@ static int linear(ds_backend *b, const ds_tensor *x, const ds_tensor *weight,
 static int self_attention(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
 {
     int64_t B = s->h.shape[0], S = s->h.shape[1];
-    ds_tensor q3 = view(&s->q, 3, SHAPE(B, S, Q_DIM)), k3 = view(&s->k, 3, SHAPE(B, S, KV_DIM));
-    ds_tensor v3 = view(&s->v, 3, SHAPE(B, S, KV_DIM));
-    ds_tensor attn3 = view(&s->attn, 3, SHAPE(B, S, Q_DIM));
+    ds_tensor q3 = ds_module_view(&s->q, 3, SHAPE(B, S, Q_DIM)), k3 = ds_module_view(&s->k, 3, SHAPE(B, S, KV_DIM));
+    ds_tensor v3 = ds_module_view(&s->v, 3, SHAPE(B, S, KV_DIM));
+    ds_tensor attn3 = ds_module_view(&s->attn, 3, SHAPE(B, S, Q_DIM));
     ds_rope_args rq = {&s->q, &s->cos, &s->sin, DS_ROPE_HALF_SPLIT, &s->q};
     ds_rope_args rk = {&s->k, &s->cos, &s->sin, DS_ROPE_HALF_SPLIT, &s->k};
     ds_attention_args at = {&s->q, &s->k, &s->v, s->key_mask.data ? &s->key_mask : NULL,
@@ -485,13 +464,10 @@ static int decoder_layer(ds_backend *b, ds_module_run *r, int64_t i, te_state *s
 /* Bytes of the activations on the compute backend (not the host-side gathered embedding). */
 static size_t state_bytes(te_state *s)
 {
-    ds_tensor *all[] = {&s->key_mask, &s->cos, &s->sin,  &s->h,    &s->x,  &s->q,     &s->k,
-                        &s->v,        &s->attn, &s->out, &s->gate, &s->up, &s->result};
-    size_t bytes = 0;
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (all[i]->data)
-            bytes += ds_tensor_nbytes(all[i]);
-    return bytes;
+    ds_tensor *const all[] = {&s->key_mask, &s->cos, &s->sin,  &s->h,    &s->x,
+                              &s->q,        &s->k,   &s->v,    &s->attn, &s->out,
+                              &s->gate,     &s->up,  &s->result};
+    return ds_module_bytes(all, sizeof all / sizeof all[0]);
 }
 
 int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_context *ctx,
@@ -502,7 +478,6 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
     te_state s;
     text_weights tw;
     ds_module_run run;
-    size_t reserved = 0; /* activation bytes reserved in the manager */
     memset(&s, 0, sizeof s);
     memset(&run, 0, sizeof run);
     int rc = check_inputs(input_ids, attention_mask, hidden_out, err);
@@ -524,64 +499,36 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
     ds_dtype dtype = hidden_out->dtype;
     if ((rc = ds_module_open(&run, &modules, m, b, ctx->vram, 1, "forward", err)) != DS_OK)
         return rc;
-    ds_vram_model *vm = run.vram;
 
+    /* The activations share the budget with the weights. */
     ds_tensor result;
     if ((rc = alloc_state(b, dtype, B, S, &s, err)) != DS_OK ||
         (rc = rope_tables(S, dtype, &s, err)) != DS_OK ||
         (rc = key_mask(b, attention_mask, &s, err)) != DS_OK ||
-        (rc = embed(m, b, input_ids, &s, err)) != DS_OK)
-        goto fail;
-    /* The output: written in place in host memory, downloaded from a device copy otherwise. */
-    if (b->host_memory) {
-        result = *hidden_out;
-        result.backend = b;
-    } else {
-        if ((rc = ds_tensor_alloc(b, dtype, 3, hidden_out->shape, &s.result, err)) != DS_OK)
-            goto fail;
-        result = s.result;
-    }
-    /* The activations share the budget with the weights. */
-    if (vm) {
-        size_t bytes = state_bytes(&s);
-        if ((rc = ds_vram_reserve(vm, "forward: activations", bytes, err)) != DS_OK)
-            goto fail;
-        reserved = bytes;
-    }
+        (rc = embed(m, b, input_ids, &s, err)) != DS_OK ||
+        (rc = ds_module_output(b, hidden_out, &s.result, &result, err)) != DS_OK ||
+        (rc = ds_module_reserve(&run, "forward: activations", state_bytes(&s), err)) != DS_OK)
+        goto done;
 
     /* The decoder layers, cancellable between any two. */
     for (int64_t i = 0; i < layers; i++) {
-        if (ctx->cancelled && ctx->cancelled(ctx->user)) {
-            rc = ds_error_set(err, DS_ERR_CANCELLED, "forward: cancelled before layer %lld of %lld",
-                              (long long)i, (long long)layers);
-            goto fail;
-        }
+        if ((rc = ds_module_cancelled(ctx, "forward", "layer", i, layers, err)) != DS_OK)
+            goto done;
         if ((rc = decoder_layer(b, &run, i, &s, err)) != DS_OK) {
             ds_error_prefix(err, "forward: layer %lld: ", (long long)i);
-            goto fail;
+            goto done;
         }
-        if (ctx->progress)
-            ctx->progress(ctx->user, "forward", (uint64_t)(i + 1), (uint64_t)layers);
+        ds_module_progress(ctx, "forward", i, layers);
     }
 
     /* The final norm: hidden_states[-1] in upstream's output. */
     ds_rms_norm_args norm = {&s.h, &tw.norm, RMS_EPS, &result};
-    if ((rc = ds_module_use(&run, TEXT_NORM, 0, 0, &tw, err)) != DS_OK ||
-        (rc = ds_rms_norm(b, NULL, &norm, err)) != DS_OK ||
-        (rc = ds_module_done(&run, err)) != DS_OK)
-        goto fail;
-    if (!b->host_memory &&
-        (rc = ds_tensor_download(&result, hidden_out->data, NULL, err)) != DS_OK)
-        goto fail;
-    if (vm)
-        ds_vram_unreserve(vm, reserved);
-    state_free(&s);
-    return DS_OK;
-
-fail:
+    if ((rc = ds_module_use(&run, TEXT_NORM, 0, 0, &tw, err)) == DS_OK &&
+        (rc = ds_rms_norm(b, NULL, &norm, err)) == DS_OK &&
+        (rc = ds_module_done(&run, err)) == DS_OK)
+        rc = ds_module_deliver(b, &result, hidden_out, err);
+done:
     ds_module_close(&run);
-    if (vm)
-        ds_vram_unreserve(vm, reserved);
     state_free(&s);
     return rc;
 }
@@ -624,7 +571,7 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
                                  "[B, S] i64 or i32 token ids", &ids, err)) != DS_OK)
         return rc;
     if (ids->shape[0] < 1 || ids->shape[1] < 1)
-        return bad_input("input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
+        return ds_module_bad_tensor("forward", "input", "input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
     snprintf(expected, sizeof expected, "[%lld, %lld] i64, i32, u8 or bool (input_ids' shape)",
              (long long)ids->shape[0], (long long)ids->shape[1]);
     if ((rc = ds_step_io_require(in, "forward", "attention_mask", 1, mask_dtypes, 4, 2,
@@ -646,24 +593,19 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
 static const ds_model_step steps[] = {
     {
         .name = "forward",
+        .run = forward_step,
         .usage = "forward: input_ids [B, S] (i64 or i32), attention_mask [B, S] (optional; 0 = "
                  "padding), dtype (float32 or bfloat16; default bfloat16, float32 for a float32 "
                  "checkpoint) -> hidden_states [B, S, 3584], after the final norm",
-        .run = forward_step,
     },
     {
         .name = "encode_prompt",
+        .run = ds_qwen_image_encode_prompt_step,
         .usage = "encode_prompt: prompt (text), tokenizer (folder; default: tokenizer/ beside "
                  "the model's folder, as in Qwen/Qwen-Image), dtype (as forward) -> prompt_emb "
                  "[1, L, 3584], prompt_emb_mask [1, L] i64: upstream's text-to-image template, "
                  "the first 34 tokens dropped",
-        .run = ds_qwen_image_encode_prompt_step,
     },
 };
 
-const ds_model_class ds__qwen_image_text_encoder_class = {
-    .name = CLASS_NAME,
-    .declare_parameters = declare_parameters,
-    .steps = steps,
-    .step_count = sizeof steps / sizeof steps[0],
-};
+DS_MODEL_CLASS(ds__qwen_image_text_encoder_class, CLASS_NAME, declare_parameters, steps);
