@@ -351,6 +351,9 @@ typedef struct ds_cast_args {
 struct ds_backend {
     const char *name; /* "cpu", "cuda" */
     void *impl;       /* backend-private state */
+    /* Nonzero when the backend's memory is host memory: host tensors (inputs, mapped weights)
+     * are operands as they are, with no upload or download. */
+    int host_memory;
 
     /* Memory. alloc returns device memory (host memory on the CPU backend), 256-byte aligned. */
     int (*alloc)(ds_backend *b, size_t bytes, void **ptr, ds_error *err);

@@ -81,7 +81,7 @@ int ds_vae_output_to_image(const ds_tensor *image, uint8_t *rgb, ds_error *err)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "vae_output_to_image: image shape [%s] is not [1, 3, H, W]", shape);
     }
-    if (image->backend && image->backend->name && strcmp(image->backend->name, "cpu") != 0)
+    if (image->backend && !image->backend->host_memory)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "vae_output_to_image: image is in %s memory, expected host memory",
                             image->backend->name);

@@ -95,13 +95,11 @@ int ds_flow_match_qwen_image(int steps, double denoising_strength, int64_t dynam
 
 void ds_flow_match_free(ds_flow_match *s)
 {
-    if (!s)
-        return;
-    free(s->sigmas);
-    free(s->timesteps);
-    s->sigmas = NULL;
-    s->timesteps = NULL;
-    s->count = 0;
+    if (s) {
+        free(s->sigmas);
+        free(s->timesteps);
+        *s = (ds_flow_match){0};
+    }
 }
 
 static int check_call(const char *what, const ds_flow_match *s, int index, ds_dtype dtype,

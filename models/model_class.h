@@ -26,6 +26,11 @@ typedef struct ds_model_class {
     size_t step_count;
 } ds_model_class;
 
+/* Defines class `var` (upstream name, declare_parameters, the array of its steps). */
+#define DS_MODEL_CLASS(var, class_name, declare, step_array)                                     \
+    const ds_model_class var = {class_name, declare, step_array,                                \
+                                sizeof step_array / sizeof step_array[0]}
+
 /* NULL when this build does not implement the class. */
 const ds_model_class *ds_model_class_find(const char *name);
 

@@ -135,25 +135,27 @@ static void list_names(const char *const *known, char *buf, size_t size)
         used += (size_t)snprintf(buf + used, size - used, "%s%s", i ? ", " : "", known[i]);
 }
 
+/* INVALID_ARGUMENT when `name`, an input or a parameter (`what`), is not in `known`. */
+static int check_name(const char *step, const char *what, const char *name,
+                      const char *const *known, ds_error *err)
+{
+    char accepted[512];
+    if (is_known(known, name))
+        return DS_OK;
+    list_names(known, accepted, sizeof accepted);
+    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: unknown %s \"%s\" (accepted: %s)", step,
+                        what, name, accepted);
+}
+
 int ds_step_io_check_names(const ds_step_io *in, const char *step, const char *const *known,
                            ds_error *err)
 {
-    char accepted[512];
-    for (size_t i = 0; i < in->tensor_count; i++)
-        if (!is_known(known, in->tensors[i].name)) {
-            list_names(known, accepted, sizeof accepted);
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "%s: unknown input \"%s\" (accepted: %s)", step,
-                                in->tensors[i].name, accepted);
-        }
-    for (size_t i = 0; i < in->param_count; i++)
-        if (!is_known(known, in->params[i].name)) {
-            list_names(known, accepted, sizeof accepted);
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "%s: unknown parameter \"%s\" (accepted: %s)", step,
-                                in->params[i].name, accepted);
-        }
-    return DS_OK;
+    int rc = DS_OK;
+    for (size_t i = 0; rc == DS_OK && i < in->tensor_count; i++)
+        rc = check_name(step, "input", in->tensors[i].name, known, err);
+    for (size_t i = 0; rc == DS_OK && i < in->param_count; i++)
+        rc = check_name(step, "parameter", in->params[i].name, known, err);
+    return rc;
 }
 
 int ds_step_io_require(const ds_step_io *in, const char *step, const char *name, int optional,

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "kernels/backend.h"
 #include "models/model_loader.h"
+#include "models/module.h"
 #include "vram/vram_manager.h"
 
 #define DS_QWEN_IMAGE_CONTROLNET_CLASS \
@@ -34,7 +35,8 @@ typedef struct ds_qwen_image_controlnet {
     ds_tensor x_normed; /* [B, N, dim]: x_rms(img), then x_rms(img) + y_rms(cond) */
     ds_tensor y_normed; /* [Bc, N, dim]: y_rms(cond) */
     ds_tensor hidden;   /* [B, N, dim]: GELU(input_proj(x_normed)) */
-    ds_vram_model *vram;   /* ds_qwen_image_controlnet_stream's model, NULL = bound as views */
+    ds_module_run run;     /* its weights: bound, or streamed once ds_qwen_image_controlnet_stream ran */
+    ds_vram_model *vram;   /* ds_qwen_image_controlnet_stream's model, NULL = not streamed */
     size_t reserved;       /* activation bytes reserved in it */
 } ds_qwen_image_controlnet;
 

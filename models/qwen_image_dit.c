@@ -17,6 +17,7 @@
 #include "core/float_convert.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
+#include "models/module.h"
 #include "models/param_tree.h"
 #include "models/qwen_image_controlnet.h"
 #include "models/weight_set.h"
@@ -37,81 +38,123 @@ enum {
     ROPE_PAIRS = HEAD_DIM / 2, /* one rotation angle per pair of a head's channels */
 };
 
-/* QwenImageTransformerBlock, in its registration order: img_mod, attn, img_mlp, txt_mod, txt_mlp. */
-static int declare_block(ds_state_dict *params, const char *prefix, ds_error *err)
-{
-    static const char *const attn_linears_a[] = {"attn.to_q", "attn.to_k", "attn.to_v"};
-    static const char *const attn_linears_b[] = {"attn.add_q_proj", "attn.add_k_proj",
-                                                 "attn.add_v_proj"};
-    int rc;
-    if ((rc = ds__param_linear(params, prefix, "img_mod.1", 6 * DIM, DIM, 1, err)) != DS_OK)
-        return rc;
-    for (int i = 0; i < 3; i++)
-        if ((rc = ds__param_linear(params, prefix, attn_linears_a[i], DIM, DIM, 1, err)) != DS_OK)
-            return rc;
-    if ((rc = ds__param_vector(params, prefix, "attn.norm_q.weight", HEAD_DIM, err)) != DS_OK ||
-        (rc = ds__param_vector(params, prefix, "attn.norm_k.weight", HEAD_DIM, err)) != DS_OK)
-        return rc;
-    for (int i = 0; i < 3; i++)
-        if ((rc = ds__param_linear(params, prefix, attn_linears_b[i], DIM, DIM, 1, err)) != DS_OK)
-            return rc;
-    if ((rc = ds__param_vector(params, prefix, "attn.norm_added_q.weight", HEAD_DIM, err)) !=
-            DS_OK ||
-        (rc = ds__param_vector(params, prefix, "attn.norm_added_k.weight", HEAD_DIM, err)) !=
-            DS_OK ||
-        (rc = ds__param_linear(params, prefix, "attn.to_out.0", DIM, DIM, 1, err)) != DS_OK ||
-        (rc = ds__param_linear(params, prefix, "attn.to_add_out", DIM, DIM, 1, err)) != DS_OK ||
-        (rc = ds__param_linear(params, prefix, "img_mlp.net.0.proj", 4 * DIM, DIM, 1, err)) !=
-            DS_OK ||
-        (rc = ds__param_linear(params, prefix, "img_mlp.net.2", DIM, 4 * DIM, 1, err)) != DS_OK ||
-        (rc = ds__param_linear(params, prefix, "txt_mod.1", 6 * DIM, DIM, 1, err)) != DS_OK ||
-        (rc = ds__param_linear(params, prefix, "txt_mlp.net.0.proj", 4 * DIM, DIM, 1, err)) !=
-            DS_OK ||
-        (rc = ds__param_linear(params, prefix, "txt_mlp.net.2", DIM, 4 * DIM, 1, err)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
+/* QwenImageTransformerBlock's parameters. */
+typedef struct block_weights {
+    ds__linear_weights img_mod;     /* [18432, 3072]: shift, scale, gate (attention), then (MLP) */
+    ds__linear_weights to_q;        /* [3072, 3072]: image stream projections */
+    ds__linear_weights to_k;
+    ds__linear_weights to_v;
+    ds_tensor norm_q;               /* [128]: per-head RMSNorm of image q */
+    ds_tensor norm_k;               /* [128]: image k */
+    ds__linear_weights add_q;       /* [3072, 3072]: text stream projections */
+    ds__linear_weights add_k;
+    ds__linear_weights add_v;
+    ds_tensor norm_added_q;         /* [128]: text q */
+    ds_tensor norm_added_k;         /* [128]: text k */
+    ds__linear_weights to_out;      /* [3072, 3072]: image attention output */
+    ds__linear_weights to_add_out;  /* [3072, 3072]: text attention output */
+    ds__linear_weights img_mlp_in;  /* [12288, 3072] */
+    ds__linear_weights img_mlp_out; /* [3072, 12288] */
+    ds__linear_weights txt_mod;     /* [18432, 3072]: the same as img_mod for the text stream */
+    ds__linear_weights txt_mlp_in;  /* [12288, 3072] */
+    ds__linear_weights txt_mlp_out; /* [3072, 12288] */
+} block_weights;
+
+/* The parameters outside the blocks. */
+typedef struct outer_weights {
+    ds__linear_weights time_1;   /* [3072, 256]: timestep_embedder.linear_1 */
+    ds__linear_weights time_2;   /* [3072, 3072]: timestep_embedder.linear_2 */
+    ds_tensor addition_t;        /* [2, 3072]: Qwen-Image-Layered only, never bound */
+    ds_tensor txt_norm;          /* [3584]: RMSNorm of the prompt embedding */
+    ds__linear_weights img_in;   /* [3072, 64] */
+    ds__linear_weights txt_in;   /* [3072, 3584] */
+    ds__linear_weights norm_out; /* [6144, 3072]: final scale, shift */
+    ds__linear_weights proj_out; /* [64, 3072] */
+} outer_weights;
+
+/* What the kwargs decide (ds_module dims). */
+enum { KW_LAYERS, KW_ADDITIONAL_T_COND, KW_COUNT };
+
+/* The module groups, in registration order, and each group's transfer units: the weights one
+ * stretch of the forward uses, so that no unit is much larger than what that stretch needs (a
+ * whole block is half of a 2-block model). */
+enum { INPUTS, BLOCKS, OUTPUTS };
+enum { MODULATION, ATTENTION, IMG_MLP, TXT_MLP };
+static const char *const input_units[] = {"input"};
+static const char *const block_units[] = {"modulation", "attention", "img_mlp", "txt_mlp"};
+static const char *const output_units[] = {"output"};
+
+#define OUTER(f) offsetof(outer_weights, f)
+#define BLOCK(f) offsetof(block_weights, f)
+#define LINEAR(name, out, in, unit, field) {name, DS_MODULE_LINEAR, 2, {out, in}, unit, field, 0}
+#define NORM(name, n, unit, field) {name, DS_MODULE_NORM, 1, {n}, unit, field, 0}
+#define COUNT(a) (sizeof a / sizeof a[0])
+
+/* The RoPE tables are plain attributes and the LayerNorms have no affine parameters, so
+ * neither appears. addition_t_embedding (Qwen-Image-Layered) is declared, never run. */
+static const ds_module input_modules[] = {
+    LINEAR("time_text_embed.timestep_embedder.linear_1", DIM, FREQ_DIM, 0, OUTER(time_1)),
+    LINEAR("time_text_embed.timestep_embedder.linear_2", DIM, DIM, 0, OUTER(time_2)),
+    {"time_text_embed.addition_t_embedding", DS_MODULE_EMBEDDING, 2, {2, DIM}, DS_MODULE_NO_UNIT,
+     OUTER(addition_t), DS_MODULE_IF(KW_ADDITIONAL_T_COND)},
+    NORM("txt_norm", TEXT_DIM, 0, OUTER(txt_norm)),
+    LINEAR("img_in", DIM, PATCH_DIM, 0, OUTER(img_in)),
+    LINEAR("txt_in", DIM, TEXT_DIM, 0, OUTER(txt_in)),
+};
+
+/* QwenImageTransformerBlock: img_mod, attn, img_mlp, txt_mod, txt_mlp. */
+static const ds_module block_modules[] = {
+    LINEAR("img_mod.1", 6 * DIM, DIM, MODULATION, BLOCK(img_mod)),
+    LINEAR("attn.to_q", DIM, DIM, ATTENTION, BLOCK(to_q)),
+    LINEAR("attn.to_k", DIM, DIM, ATTENTION, BLOCK(to_k)),
+    LINEAR("attn.to_v", DIM, DIM, ATTENTION, BLOCK(to_v)),
+    NORM("attn.norm_q", HEAD_DIM, ATTENTION, BLOCK(norm_q)),
+    NORM("attn.norm_k", HEAD_DIM, ATTENTION, BLOCK(norm_k)),
+    LINEAR("attn.add_q_proj", DIM, DIM, ATTENTION, BLOCK(add_q)),
+    LINEAR("attn.add_k_proj", DIM, DIM, ATTENTION, BLOCK(add_k)),
+    LINEAR("attn.add_v_proj", DIM, DIM, ATTENTION, BLOCK(add_v)),
+    NORM("attn.norm_added_q", HEAD_DIM, ATTENTION, BLOCK(norm_added_q)),
+    NORM("attn.norm_added_k", HEAD_DIM, ATTENTION, BLOCK(norm_added_k)),
+    LINEAR("attn.to_out.0", DIM, DIM, ATTENTION, BLOCK(to_out)),
+    LINEAR("attn.to_add_out", DIM, DIM, ATTENTION, BLOCK(to_add_out)),
+    LINEAR("img_mlp.net.0.proj", MLP_DIM, DIM, IMG_MLP, BLOCK(img_mlp_in)),
+    LINEAR("img_mlp.net.2", DIM, MLP_DIM, IMG_MLP, BLOCK(img_mlp_out)),
+    LINEAR("txt_mod.1", 6 * DIM, DIM, MODULATION, BLOCK(txt_mod)),
+    LINEAR("txt_mlp.net.0.proj", MLP_DIM, DIM, TXT_MLP, BLOCK(txt_mlp_in)),
+    LINEAR("txt_mlp.net.2", DIM, MLP_DIM, TXT_MLP, BLOCK(txt_mlp_out)),
+};
+
+static const ds_module output_modules[] = {
+    LINEAR("norm_out.linear", 2 * DIM, DIM, 0, OUTER(norm_out)),
+    LINEAR("proj_out", PATCH_DIM, DIM, 0, OUTER(proj_out)),
+};
+
+static const ds_module_group groups[] = {
+    [INPUTS] = {"", 0, input_modules, COUNT(input_modules), input_units, COUNT(input_units)},
+    [BLOCKS] = {"transformer_blocks.%lld.", DS_MODULE_DIM(KW_LAYERS), block_modules,
+                COUNT(block_modules), block_units, COUNT(block_units)},
+    [OUTPUTS] = {"", 0, output_modules, COUNT(output_modules), output_units,
+                 COUNT(output_units)},
+};
+
+static const ds_module_model modules = {"QwenImageDiT", "qwen_image_dit", groups, COUNT(groups)};
 
 static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error *err)
 {
-    int64_t num_layers = 60;
+    int64_t dims[KW_COUNT] = {[KW_LAYERS] = 60};
     int use_layer3d_rope = 0, use_additional_t_cond = 0;
     int rc;
     /* use_layer3d_rope only swaps the RoPE implementation, which holds no parameters. */
     if ((rc = ds__kwarg_int_range(kwargs, CLASS_NAME, "num_layers", 0, DS__PARAM_LAYERS_MAX,
-                                  &num_layers, err)) != DS_OK ||
+                                  &dims[KW_LAYERS], err)) != DS_OK ||
         (rc = ds_kwargs_bool(kwargs, "use_layer3d_rope", &use_layer3d_rope, err)) != DS_OK ||
         (rc = ds_kwargs_bool(kwargs, "use_additional_t_cond", &use_additional_t_cond, err)) !=
             DS_OK ||
         (rc = ds_kwargs_check_all_used(kwargs, err)) != DS_OK)
         return rc;
-
-    if ((rc = ds__param_linear(params, "time_text_embed.timestep_embedder.", "linear_1", DIM,
-                               FREQ_DIM, 1, err)) != DS_OK ||
-        (rc = ds__param_linear(params, "time_text_embed.timestep_embedder.", "linear_2", DIM,
-                               DIM, 1, err)) != DS_OK)
-        return rc;
-    if (use_additional_t_cond &&
-        (rc = ds__param(params, "time_text_embed.", "addition_t_embedding.weight", 2,
-                        (const int64_t[]){2, DIM}, err)) != DS_OK)
-        return rc;
-    if ((rc = ds__param_vector(params, "", "txt_norm.weight", TEXT_DIM, err)) != DS_OK ||
-        (rc = ds__param_linear(params, "", "img_in", DIM, PATCH_DIM, 1, err)) != DS_OK ||
-        (rc = ds__param_linear(params, "", "txt_in", DIM, TEXT_DIM, 1, err)) != DS_OK)
-        return rc;
-    for (int64_t i = 0; i < num_layers; i++) {
-        char prefix[DS__PARAM_NAME_MAX];
-        if ((rc = ds__param_prefix(prefix, err, "transformer_blocks.%lld.", (long long)i)) !=
-                DS_OK ||
-            (rc = declare_block(params, prefix, err)) != DS_OK)
-            return rc;
-    }
-    if ((rc = ds__param_linear(params, "", "norm_out.linear", 2 * DIM, DIM, 1, err)) != DS_OK ||
-        (rc = ds__param_linear(params, "", "proj_out", PATCH_DIM, DIM, 1, err)) != DS_OK)
-        return rc;
-    return DS_OK;
+    dims[KW_ADDITIONAL_T_COND] = use_additional_t_cond;
+    return ds_module_declare(&modules, dims, params, err);
 }
-
 /* ---- Forward pass ---- */
 
 #define NORM_EPS 1e-6f /* every LayerNorm and RMSNorm of the model */
@@ -127,39 +170,6 @@ typedef struct dit_dims {
     int64_t seq_len;   /* L + N: the joint attention sequence, text first */
     ds_dtype dtype;    /* compute dtype: the latents' */
 } dit_dims;
-
-/* QwenImageTransformerBlock's parameters. */
-typedef struct block_weights {
-    ds__linear_weights img_mod;     /* [18432, 3072]: shift, scale, gate (attention), then (MLP) */
-    ds__linear_weights txt_mod;     /* [18432, 3072]: the same for the text stream */
-    ds__linear_weights to_q;        /* [3072, 3072]: image stream projections */
-    ds__linear_weights to_k;
-    ds__linear_weights to_v;
-    ds__linear_weights add_q;       /* [3072, 3072]: text stream projections */
-    ds__linear_weights add_k;
-    ds__linear_weights add_v;
-    ds_tensor norm_q;               /* [128]: per-head RMSNorm of image q */
-    ds_tensor norm_k;               /* [128]: image k */
-    ds_tensor norm_added_q;         /* [128]: text q */
-    ds_tensor norm_added_k;         /* [128]: text k */
-    ds__linear_weights to_out;      /* [3072, 3072]: image attention output */
-    ds__linear_weights to_add_out;  /* [3072, 3072]: text attention output */
-    ds__linear_weights img_mlp_in;  /* [12288, 3072] */
-    ds__linear_weights img_mlp_out; /* [3072, 12288] */
-    ds__linear_weights txt_mlp_in;  /* [12288, 3072] */
-    ds__linear_weights txt_mlp_out; /* [3072, 12288] */
-} block_weights;
-
-/* The parameters outside the blocks. */
-typedef struct outer_weights {
-    ds__linear_weights time_1;   /* [3072, 256]: timestep_embedder.linear_1 */
-    ds__linear_weights time_2;   /* [3072, 3072]: timestep_embedder.linear_2 */
-    ds_tensor txt_norm;          /* [3584]: RMSNorm of the prompt embedding */
-    ds__linear_weights img_in;   /* [3072, 64] */
-    ds__linear_weights txt_in;   /* [3072, 3584] */
-    ds__linear_weights norm_out; /* [6144, 3072]: final scale, shift */
-    ds__linear_weights proj_out; /* [64, 3072] */
-} outer_weights;
 
 /* Activations, all on the compute backend in the compute dtype unless noted. */
 typedef struct dit_state {
@@ -247,132 +257,11 @@ static void state_free(dit_state *s)
 static size_t state_bytes(dit_state *s)
 {
     ds_tensor *all[STATE_TENSORS];
-    size_t n = state_tensors(s, all), bytes = 0;
-    for (size_t i = 0; i < n; i++)
-        if (all[i]->data)
-            bytes += ds_tensor_nbytes(all[i]);
-    return bytes;
+    return ds_module_bytes(all, state_tensors(s, all));
 }
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
-/* The same memory under another shape of the same element count. */
-static ds_tensor view(const ds_tensor *t, int ndim, const int64_t *shape)
-{
-    ds_tensor v = *t;
-    v.ndim = ndim;
-    memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
-    return v;
-}
-
-/* On the CPU backend host memory is backend memory: inputs and weights are used in place. */
-static int is_cpu(const ds_backend *b) { return strcmp(b->name, "cpu") == 0; }
-
-/* A host tensor as an operand on `b`: the same memory on the CPU, an upload into `copy`
- * otherwise. */
-static int to_backend(ds_backend *b, const ds_tensor *host, ds_tensor *copy, ds_tensor *out,
-                      ds_error *err)
-{
-    if (is_cpu(b)) {
-        *out = *host;
-        out->backend = b;
-        return DS_OK;
-    }
-    int rc = ds_tensor_alloc(b, host->dtype, host->ndim, host->shape, copy, err);
-    if (rc == DS_OK)
-        rc = ds_tensor_upload(copy, host->data, NULL, err);
-    *out = *copy;
-    return rc;
-}
-
-/* One operand of a transfer unit: a Linear (".weight" then ".bias") or one tensor, and the
- * field of block_weights or outer_weights it fills. */
-typedef struct param_slot {
-    const char *name;
-    int linear;
-    size_t offset;
-} param_slot;
-
-/* A transfer unit: the weights one phase of the forward uses, so that no unit is much larger
- * than what one phase needs (a whole block is half of a 2-block model). */
-typedef struct unit_def {
-    const char *name;
-    const param_slot *slots;
-    size_t count;
-} unit_def;
-
-#define BW(f) offsetof(block_weights, f)
-#define OW(f) offsetof(outer_weights, f)
-#define UNIT(name, slots) {name, slots, sizeof slots / sizeof slots[0]}
-
-static const param_slot input_slots[] = {
-    {"time_text_embed.timestep_embedder.linear_1", 1, OW(time_1)},
-    {"time_text_embed.timestep_embedder.linear_2", 1, OW(time_2)},
-    {"txt_norm.weight", 0, OW(txt_norm)},
-    {"img_in", 1, OW(img_in)},
-    {"txt_in", 1, OW(txt_in)},
-};
-static const param_slot output_slots[] = {
-    {"norm_out.linear", 1, OW(norm_out)},
-    {"proj_out", 1, OW(proj_out)},
-};
-static const param_slot modulation_slots[] = {
-    {"img_mod.1", 1, BW(img_mod)},
-    {"txt_mod.1", 1, BW(txt_mod)},
-};
-static const param_slot attention_slots[] = {
-    {"attn.to_q", 1, BW(to_q)},
-    {"attn.to_k", 1, BW(to_k)},
-    {"attn.to_v", 1, BW(to_v)},
-    {"attn.add_q_proj", 1, BW(add_q)},
-    {"attn.add_k_proj", 1, BW(add_k)},
-    {"attn.add_v_proj", 1, BW(add_v)},
-    {"attn.norm_q.weight", 0, BW(norm_q)},
-    {"attn.norm_k.weight", 0, BW(norm_k)},
-    {"attn.norm_added_q.weight", 0, BW(norm_added_q)},
-    {"attn.norm_added_k.weight", 0, BW(norm_added_k)},
-    {"attn.to_out.0", 1, BW(to_out)},
-    {"attn.to_add_out", 1, BW(to_add_out)},
-};
-static const param_slot img_mlp_slots[] = {
-    {"img_mlp.net.0.proj", 1, BW(img_mlp_in)},
-    {"img_mlp.net.2", 1, BW(img_mlp_out)},
-};
-static const param_slot txt_mlp_slots[] = {
-    {"txt_mlp.net.0.proj", 1, BW(txt_mlp_in)},
-    {"txt_mlp.net.2", 1, BW(txt_mlp_out)},
-};
-
-static const unit_def input_unit = UNIT("input", input_slots);
-static const unit_def output_unit = UNIT("output", output_slots);
-/* A block's phases, in the order block_phase runs them. */
-enum { PHASES = 4 };
-static const unit_def block_units[PHASES] = {
-    UNIT("modulation", modulation_slots),
-    UNIT("attention", attention_slots),
-    UNIT("img_mlp", img_mlp_slots),
-    UNIT("txt_mlp", txt_mlp_slots),
-};
-
-/* Binds a unit's parameters (prefix + slot name) into the struct at `base`. */
-static int bind_unit(const ds_loaded_model *m, ds__weight_set *ws, const char *prefix,
-                     const unit_def *u, void *base, ds_error *err)
-{
-    for (size_t i = 0; i < u->count; i++) {
-        const param_slot *p = &u->slots[i];
-        void *field = (char *)base + p->offset;
-        int rc = p->linear ? ds__weight_bind_linear(m, ws, prefix, p->name, field, err)
-                           : ds__weight_bind(m, ws, prefix, p->name, 0, field, err);
-        if (rc != DS_OK)
-            return rc;
-    }
-    return DS_OK;
-}
-
-static void block_prefix(char *p, size_t size, int64_t i)
-{
-    snprintf(p, size, "transformer_blocks.%lld.", (long long)i);
-}
 
 static int linear(ds_backend *b, const ds_tensor *x, const ds__linear_weights *w, ds_activation act,
                   ds_tensor *y, ds_error *err)
@@ -395,7 +284,7 @@ static int norm_modulate(ds_backend *b, const ds_tensor *x, const ds_tensor *shi
  * parts, in upstream's chunk order. */
 static int split_mod(ds_backend *b, const ds_tensor *mod, int n, ds_tensor *parts, ds_error *err)
 {
-    ds_tensor whole = view(mod, 3, SHAPE(mod->shape[0], n, DIM));
+    ds_tensor whole = ds_module_view(mod, 3, SHAPE(mod->shape[0], n, DIM));
     for (int i = 0; i < n; i++) {
         ds_slice_args a = {&whole, 1, i, &parts[i]};
         int rc = ds_slice(b, NULL, &a, err);
@@ -483,7 +372,7 @@ static int project_qk(ds_backend *b, const ds_tensor *x, const ds__linear_weight
                       const ds_tensor *norm, const ds_tensor *cos, const ds_tensor *sin,
                       ds_tensor *raw, ds_tensor *out, ds_error *err)
 {
-    ds_tensor raw3 = view(raw, 3, SHAPE(raw->shape[0], raw->shape[1], DIM));
+    ds_tensor raw3 = ds_module_view(raw, 3, SHAPE(raw->shape[0], raw->shape[1], DIM));
     ds_rms_norm_args rn = {raw, norm, NORM_EPS, out};
     ds_rope_args rope = {out, cos, sin, DS_ROPE_INTERLEAVED, out};
     int rc;
@@ -499,8 +388,8 @@ static int block_attention(ds_backend *b, const dit_dims *d, const block_weights
                            dit_state *s, ds_error *err)
 {
     int64_t B = d->batch, N = d->image_len, L = d->text_len;
-    ds_tensor img_v3 = view(&s->img_v, 3, SHAPE(B, N, DIM));
-    ds_tensor txt_v3 = view(&s->txt_v, 3, SHAPE(B, L, DIM));
+    ds_tensor img_v3 = ds_module_view(&s->img_v, 3, SHAPE(B, N, DIM));
+    ds_tensor txt_v3 = ds_module_view(&s->txt_v, 3, SHAPE(B, L, DIM));
     int rc;
     if ((rc = project_qk(b, &s->img_x, &w->to_q, &w->norm_q, &s->img_cos, &s->img_sin,
                          &s->img_raw, &s->img_q, err)) != DS_OK ||
@@ -529,8 +418,8 @@ static int block_attention(ds_backend *b, const dit_dims *d, const block_weights
         (rc = ds_slice(b, NULL, &si, err)) != DS_OK)
         return rc;
 
-    ds_tensor img_attn3 = view(&s->img_attn, 3, SHAPE(B, N, DIM));
-    ds_tensor txt_attn3 = view(&s->txt_attn, 3, SHAPE(B, L, DIM));
+    ds_tensor img_attn3 = ds_module_view(&s->img_attn, 3, SHAPE(B, N, DIM));
+    ds_tensor txt_attn3 = ds_module_view(&s->txt_attn, 3, SHAPE(B, L, DIM));
     if ((rc = linear(b, &img_attn3, &w->to_out, DS_ACT_NONE, &s->img_out, err)) != DS_OK ||
         (rc = linear(b, &txt_attn3, &w->to_add_out, DS_ACT_NONE, &s->txt_out, err)) != DS_OK)
         return rc;
@@ -551,50 +440,49 @@ static int stream_mlp(ds_backend *b, ds_tensor *x, const ds_tensor *mod,
     return ds_gated_residual(b, NULL, &res, err);
 }
 
-/* QwenImageTransformerBlock, one phase (block_units) at a time: modulation from temb, attention
- * half, MLP half per stream. A phase reads only its own unit's fields of `w`. */
-static int block_phase(ds_backend *b, const dit_dims *d, const block_weights *w, dit_state *s,
-                       int phase, ds_error *err)
+/* QwenImageTransformerBlock.forward, the engine making each unit's weights usable just before
+ * their first use (modulation, attention, img_mlp, txt_mlp). */
+static int transformer_block(ds_backend *b, ds_module_run *r, int64_t i, const dit_dims *d,
+                             dit_state *s, ds_error *err)
 {
-    ds_tensor mod2 = view(&s->mod, 2, SHAPE(d->batch, 6 * DIM));
+    block_weights w;
+    ds_tensor mod2 = ds_module_view(&s->mod, 2, SHAPE(d->batch, 6 * DIM));
     ds_gated_residual_args img_res = {&s->image, &s->img_mod[2], &s->img_out, &s->image};
     ds_gated_residual_args txt_res = {&s->text, &s->txt_mod[2], &s->txt_out, &s->text};
     int rc;
-    switch (phase) {
-    case 0:
-        /* [shift, scale, gate] for attention, then for the MLP: img_mod and txt_mod of
-         * SiLU(temb). */
-        if ((rc = linear(b, &s->temb_silu, &w->img_mod, DS_ACT_NONE, &mod2, err)) != DS_OK ||
-            (rc = split_mod(b, &s->mod, 6, s->img_mod, err)) != DS_OK ||
-            (rc = linear(b, &s->temb_silu, &w->txt_mod, DS_ACT_NONE, &mod2, err)) != DS_OK)
-            return rc;
-        return split_mod(b, &s->mod, 6, s->txt_mod, err);
-    case 1:
-        /* Attention half: x += gate_a * attn(LN1(x) * (1 + scale_a) + shift_a), both streams. */
-        if ((rc = norm_modulate(b, &s->image, &s->img_mod[0], &s->img_mod[1], &s->img_x,
-                                err)) != DS_OK ||
-            (rc = norm_modulate(b, &s->text, &s->txt_mod[0], &s->txt_mod[1], &s->txt_x,
-                                err)) != DS_OK ||
-            (rc = block_attention(b, d, w, s, err)) != DS_OK ||
-            (rc = ds_gated_residual(b, NULL, &img_res, err)) != DS_OK)
-            return rc;
-        return ds_gated_residual(b, NULL, &txt_res, err);
-    case 2:
-        /* MLP half, with the second three modulation parts. */
-        return stream_mlp(b, &s->image, s->img_mod, &w->img_mlp_in, &w->img_mlp_out, &s->img_x,
-                          &s->img_hidden, &s->img_out, err);
-    default:
-        return stream_mlp(b, &s->text, s->txt_mod, &w->txt_mlp_in, &w->txt_mlp_out, &s->txt_x,
-                          &s->txt_hidden, &s->txt_out, err);
-    }
+    /* img_mod(temb), txt_mod(temb): [shift, scale, gate] for the attention, then the MLP. */
+    if ((rc = ds_module_use(r, BLOCKS, i, MODULATION, &w, err)) != DS_OK ||
+        (rc = linear(b, &s->temb_silu, &w.img_mod, DS_ACT_NONE, &mod2, err)) != DS_OK ||
+        (rc = split_mod(b, &s->mod, 6, s->img_mod, err)) != DS_OK ||
+        (rc = linear(b, &s->temb_silu, &w.txt_mod, DS_ACT_NONE, &mod2, err)) != DS_OK ||
+        (rc = split_mod(b, &s->mod, 6, s->txt_mod, err)) != DS_OK)
+        return rc;
+    /* image += img_gate * attn(img_norm1(image) modulated); text likewise, in the same attn. */
+    if ((rc = ds_module_use(r, BLOCKS, i, ATTENTION, &w, err)) != DS_OK ||
+        (rc = norm_modulate(b, &s->image, &s->img_mod[0], &s->img_mod[1], &s->img_x, err)) !=
+            DS_OK ||
+        (rc = norm_modulate(b, &s->text, &s->txt_mod[0], &s->txt_mod[1], &s->txt_x, err)) !=
+            DS_OK ||
+        (rc = block_attention(b, d, &w, s, err)) != DS_OK ||
+        (rc = ds_gated_residual(b, NULL, &img_res, err)) != DS_OK ||
+        (rc = ds_gated_residual(b, NULL, &txt_res, err)) != DS_OK)
+        return rc;
+    /* image += img_gate_2 * img_mlp(img_norm2(image) modulated), then text. */
+    if ((rc = ds_module_use(r, BLOCKS, i, IMG_MLP, &w, err)) != DS_OK ||
+        (rc = stream_mlp(b, &s->image, s->img_mod, &w.img_mlp_in, &w.img_mlp_out, &s->img_x,
+                         &s->img_hidden, &s->img_out, err)) != DS_OK ||
+        (rc = ds_module_use(r, BLOCKS, i, TXT_MLP, &w, err)) != DS_OK ||
+        (rc = stream_mlp(b, &s->text, s->txt_mod, &w.txt_mlp_in, &w.txt_mlp_out, &s->txt_x,
+                         &s->txt_hidden, &s->txt_out, err)) != DS_OK)
+        return rc;
+    return ds_module_done(r, err);
 }
-
 /* norm_out (AdaLayerNorm single: scale first, then shift) and proj_out, then the 2x2
  * unpacking into noise [B, 16, H, W]. */
 static int norm_out_forward(ds_backend *b, const dit_dims *d, const outer_weights *w,
                             dit_state *s, ds_tensor *noise, ds_error *err)
 {
-    ds_tensor mod2 = view(&s->out_mod, 2, SHAPE(d->batch, 2 * DIM));
+    ds_tensor mod2 = ds_module_view(&s->out_mod, 2, SHAPE(d->batch, 2 * DIM));
     ds_tensor parts[2] = {s->out_scale, s->out_shift};
     ds_patchify_args up = {noise, PATCH, &s->packed};
     int rc;
@@ -610,13 +498,6 @@ static int norm_out_forward(ds_backend *b, const dit_dims *d, const outer_weight
 
 /* latents' message, shared by the step and the entry point. */
 #define LATENTS_EXPECTED "[B, 16, H, W] f32 or bf16 with H and W even"
-
-static int bad_input(const char *name, const ds_tensor *t, const char *expected, ds_error *err)
-{
-    char got[128];
-    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: input \"%s\" is %s, expected %s",
-                        name, ds_tensor_describe(t, got, sizeof got), expected);
-}
 
 static int is_int_mask(ds_dtype d)
 {
@@ -636,7 +517,7 @@ static int check_inputs(const ds_tensor *latents, const ds_tensor *prompt_emb,
     if ((latents->dtype != DS_F32 && latents->dtype != DS_BF16) || latents->ndim != 4 ||
         ls[1] != LATENT_CHANNELS || ls[0] < 1 || ls[2] < 2 || ls[3] < 2 || ls[2] % 2 ||
         ls[3] % 2)
-        return bad_input("latents", latents, LATENTS_EXPECTED, err);
+        return ds_module_bad_tensor("forward", "input", "latents", latents, LATENTS_EXPECTED, err);
     *d = (dit_dims){.batch = ls[0], .grid_h = ls[2] / 2, .grid_w = ls[3] / 2,
                     .dtype = latents->dtype};
     d->image_len = d->grid_h * d->grid_w;
@@ -647,7 +528,7 @@ static int check_inputs(const ds_tensor *latents, const ds_tensor *prompt_emb,
     if (prompt_emb->dtype != d->dtype || prompt_emb->ndim != 3 ||
         prompt_emb->shape[0] != d->batch || prompt_emb->shape[1] < 1 ||
         prompt_emb->shape[2] != TEXT_DIM)
-        return bad_input("prompt_emb", prompt_emb, expected, err);
+        return ds_module_bad_tensor("forward", "input", "prompt_emb", prompt_emb, expected, err);
     d->text_len = prompt_emb->shape[1];
     d->seq_len = d->text_len + d->image_len;
 
@@ -656,16 +537,16 @@ static int check_inputs(const ds_tensor *latents, const ds_tensor *prompt_emb,
     if (prompt_mask && (!is_int_mask(prompt_mask->dtype) || prompt_mask->ndim != 2 ||
                         prompt_mask->shape[0] != d->batch ||
                         prompt_mask->shape[1] != d->text_len))
-        return bad_input("prompt_emb_mask", prompt_mask, expected, err);
+        return ds_module_bad_tensor("forward", "input", "prompt_emb_mask", prompt_mask, expected, err);
 
     snprintf(expected, sizeof expected, "[%lld] or [1] f32 or f64", (long long)d->batch);
     if ((timestep->dtype != DS_F32 && timestep->dtype != DS_F64) || timestep->ndim != 1 ||
         (timestep->shape[0] != d->batch && timestep->shape[0] != 1))
-        return bad_input("timestep", timestep, expected, err);
+        return ds_module_bad_tensor("forward", "input", "timestep", timestep, expected, err);
 
     if (noise_pred->dtype != d->dtype || !ds_tensor_same_shape(noise_pred, latents) ||
         !noise_pred->data)
-        return bad_input("noise_pred", noise_pred, "latents' shape and dtype", err);
+        return ds_module_bad_tensor("forward", "input", "noise_pred", noise_pred, "latents' shape and dtype", err);
     return DS_OK;
 }
 
@@ -742,60 +623,47 @@ static int alloc_state(const dit_dims *d, ds_backend *b, dit_state *s, ds_error 
     int64_t B = d->batch, N = d->image_len, L = d->text_len, S = d->seq_len;
     ds_dtype t = d->dtype;
     int rc;
-    if ((rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(N, ROPE_PAIRS), &s->img_cos, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(N, ROPE_PAIRS), &s->img_sin, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(L, ROPE_PAIRS), &s->txt_cos, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(L, ROPE_PAIRS), &s->txt_sin, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, TEXT_DIM), &s->prompt_normed, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, PATCH_DIM), &s->packed, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, FREQ_DIM), &s->temb_freq, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, DIM), &s->temb_hidden, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, DIM), &s->temb, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 2, SHAPE(B, DIM), &s->temb_silu, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, DIM), &s->image, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, DIM), &s->text, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 6, DIM), &s->mod, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, DIM), &s->img_x, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, DIM), &s->txt_x, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_raw, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_raw, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_q, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_k, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_v, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_q, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_k, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_v, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->q, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->k, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->v, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->attn, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM), &s->img_attn, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM), &s->txt_attn, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, DIM), &s->img_out, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, DIM), &s->txt_out, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, N, MLP_DIM), &s->img_hidden, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, L, MLP_DIM), &s->txt_hidden, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 2, DIM), &s->out_mod, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->out_scale, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->out_shift, err)) != DS_OK)
+    if ((rc = ds_module_alloc(b, DS_F32, 2, SHAPE(N, ROPE_PAIRS),
+                              DS_TENSORS(&s->img_cos, &s->img_sin), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, DS_F32, 2, SHAPE(L, ROPE_PAIRS),
+                              DS_TENSORS(&s->txt_cos, &s->txt_sin), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, TEXT_DIM), DS_TENSORS(&s->prompt_normed),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, PATCH_DIM), DS_TENSORS(&s->packed), err)) !=
+            DS_OK ||
+        (rc = ds_module_alloc(b, t, 2, SHAPE(B, FREQ_DIM), DS_TENSORS(&s->temb_freq), err)) !=
+            DS_OK ||
+        (rc = ds_module_alloc(b, t, 2, SHAPE(B, DIM),
+                              DS_TENSORS(&s->temb_hidden, &s->temb, &s->temb_silu), err)) !=
+            DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, DIM),
+                              DS_TENSORS(&s->image, &s->img_x, &s->img_out), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, DIM),
+                              DS_TENSORS(&s->text, &s->txt_x, &s->txt_out), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, 6, DIM), DS_TENSORS(&s->mod), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, N, HEADS, HEAD_DIM),
+                              DS_TENSORS(&s->img_raw, &s->img_q, &s->img_k, &s->img_v,
+                                         &s->img_attn),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, L, HEADS, HEAD_DIM),
+                              DS_TENSORS(&s->txt_raw, &s->txt_q, &s->txt_k, &s->txt_v,
+                                         &s->txt_attn),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM),
+                              DS_TENSORS(&s->q, &s->k, &s->v, &s->attn), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, MLP_DIM), DS_TENSORS(&s->img_hidden), err)) !=
+            DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, MLP_DIM), DS_TENSORS(&s->txt_hidden), err)) !=
+            DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, 2, DIM), DS_TENSORS(&s->out_mod), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, 1, DIM), DS_TENSORS(&s->out_scale, &s->out_shift),
+                              err)) != DS_OK)
         return rc;
     for (int i = 0; i < 6; i++)
-        if ((rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->img_mod[i], err)) != DS_OK ||
-            (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, 1, DIM), &s->txt_mod[i], err)) != DS_OK)
+        if ((rc = ds_module_alloc(b, t, 3, SHAPE(B, 1, DIM),
+                                  DS_TENSORS(&s->img_mod[i], &s->txt_mod[i]), err)) != DS_OK)
             return rc;
     return DS_OK;
-}
-
-/* Blocks in the loaded tree: transformer_blocks.0 .. n-1. */
-static int64_t count_blocks(const ds_loaded_model *m)
-{
-    int64_t n = 0;
-    char name[DS__PARAM_NAME_MAX];
-    for (;; n++) {
-        snprintf(name, sizeof name, "transformer_blocks.%lld.img_mod.1.weight", (long long)n);
-        if (!ds_state_dict_find(&m->params, name))
-            return n;
-    }
 }
 
 /* controlnet_conditioning's message: latents' batch (or 1), H, W and dtype, and `channels`. */
@@ -830,7 +698,7 @@ static int check_controlnet(const ds_loaded_model *m, const ds_qwen_image_dit_co
                             "features, expected width %d and a multiple of %d features",
                             (long long)shape->dim, (long long)shape->in_features, DIM,
                             PATCH * PATCH);
-    int64_t blocks = count_blocks(m);
+    int64_t blocks = ds_module_count(&modules, m, BLOCKS);
     if (shape->blocks < blocks)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "forward: the ControlNet has %lld blocks, fewer than the DiT's %lld "
@@ -846,17 +714,17 @@ static int check_controlnet(const ds_loaded_model *m, const ds_qwen_image_dit_co
     conditioning_expected(latents, channels, expected, sizeof expected);
     if (c->dtype != latents->dtype || c->ndim != 4 || (c->shape[0] != ls[0] && c->shape[0] != 1) ||
         c->shape[1] != channels || c->shape[2] != ls[2] || c->shape[3] != ls[3] || !c->data)
-        return bad_input("controlnet_conditioning", c, expected, err);
+        return ds_module_bad_tensor("forward", "input", "controlnet_conditioning", c, expected, err);
     return DS_OK;
 }
 
 /* process_controlnet_conditioning: cn_cond = img_in(pack(conditioning)), before the blocks.
- * With a manager (vm: the DiT's model in it) the ControlNet streams its weights beside the
- * DiT's and the conditioning's activations join *reserved. */
+ * With a manager (the DiT's run streams) the ControlNet streams its weights beside the DiT's
+ * and the conditioning's activations join the run's reservation. */
 static int controlnet_begin(const ds_qwen_image_dit_controlnet *opt, const dit_dims *d,
-                            ds_backend *b, ds_vram_manager *mgr, ds_vram_model *vm,
+                            ds_backend *b, ds_vram_manager *mgr, ds_module_run *run,
                             int64_t blocks, dit_state *s, ds_qwen_image_controlnet *cn,
-                            size_t *reserved, ds_error *err)
+                            ds_error *err)
 {
     const ds_tensor *host = opt->conditioning;
     int64_t cond_batch = host->shape[0], features = host->shape[1] * PATCH * PATCH;
@@ -865,19 +733,18 @@ static int controlnet_begin(const ds_qwen_image_dit_controlnet *opt, const dit_d
     int rc;
     if ((rc = ds_qwen_image_controlnet_open(opt->model, b, d->dtype, d->batch, cond_batch,
                                             d->image_len, cn, err)) != DS_OK ||
-        (rc = to_backend(b, host, &s->cn_input, &input, err)) != DS_OK ||
+        (rc = ds_module_input(b, host, &s->cn_input, &input, err)) != DS_OK ||
         (rc = ds_tensor_alloc(b, d->dtype, 3, SHAPE(cond_batch, d->image_len, features),
                               &s->cn_packed, err)) != DS_OK ||
         (rc = ds_tensor_alloc(b, d->dtype, 3, SHAPE(cond_batch, d->image_len, DIM), &s->cn_cond,
                               err)) != DS_OK)
         return rc;
-    if (vm) {
+    if (run->vram) {
         size_t bytes = ds_tensor_nbytes(&s->cn_packed) + ds_tensor_nbytes(&s->cn_cond) +
                        (s->cn_input.data ? ds_tensor_nbytes(&s->cn_input) : 0);
-        if ((rc = ds_vram_reserve(vm, "forward: ControlNet activations", bytes, err)) != DS_OK)
-            return rc;
-        *reserved += bytes;
-        if ((rc = ds_qwen_image_controlnet_stream(cn, mgr, vm, blocks, err)) != DS_OK)
+        if ((rc = ds_module_reserve(run, "forward: ControlNet activations", bytes, err)) !=
+                DS_OK ||
+            (rc = ds_qwen_image_controlnet_stream(cn, mgr, run->vram, blocks, err)) != DS_OK)
             return rc;
     }
     if ((rc = ds_patchify(b, NULL, &pack, err)) != DS_OK ||
@@ -904,126 +771,6 @@ static int controlnet_residual(ds_backend *b, ds_qwen_image_controlnet *cn, floa
     return DS_OK;
 }
 
-/* ---- Streaming the weights through a VRAM manager ---- */
-
-/* The manager's unit index of block `block`'s phase `phase`: units are registered as input,
- * every block's phases in order, output. */
-static size_t block_unit(int64_t block, int phase)
-{
-    return 1 + (size_t)block * PHASES + (size_t)phase;
-}
-
-/* A unit's tensors as the manager's sources, in bind_unit's order. Each keeps the dtype the
- * view path binds (ds__weight_operand_dtype) rather than the call's compute dtype, so both
- * paths run the same kernels on the same values and agree bit for bit. */
-static int unit_sources(const ds_loaded_model *m, const char *prefix, const unit_def *u,
-                        ds_vram_tensor_source *src, size_t *count, ds_error *err)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < u->count; i++) {
-        const param_slot *p = &u->slots[i];
-        for (int part = 0; part < (p->linear ? 2 : 1); part++) {
-            char full[DS__PARAM_NAME_MAX];
-            snprintf(full, sizeof full, "%s%s%s", prefix, p->name,
-                     !p->linear ? "" : part == 0 ? ".weight" : ".bias");
-            int rc = ds__weight_vram_source(m, "QwenImageDiT", full, p->linear && part == 0,
-                                            &src[n++], err);
-            if (rc != DS_OK)
-                return rc;
-        }
-    }
-    *count = n;
-    return DS_OK;
-}
-
-/* The model's units in the step's manager, registered on first use: one for the input
- * embedders, one per block phase (block_units), one for the output layers, and the plan in
- * that order. The model's release hook drops them when the model is freed. */
-static int vram_register(const ds_loaded_model *m, ds_vram_manager *mgr, int64_t blocks,
-                         ds_vram_model **out, ds_error *err)
-{
-    *out = ds_vram_model_find(mgr, m);
-    if (*out)
-        return DS_OK;
-    ds_vram_tensor_source src[DS__WEIGHT_SET_MAX];
-    ds_vram_model *vm = NULL;
-    size_t n_units = (size_t)blocks * PHASES + 2;
-    size_t *plan = malloc(n_units * sizeof *plan);
-    if (!plan)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                            "forward: out of memory planning %zu units", n_units);
-    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : "qwen_image_dit", DS_F32,
-                               &vm, err);
-    if (rc != DS_OK)
-        goto fail;
-    for (size_t k = 0; k < n_units; k++) {
-        char prefix[DS__PARAM_NAME_MAX] = "", name[DS__PARAM_NAME_MAX];
-        const unit_def *u = k == 0 ? &input_unit : k == n_units - 1 ? &output_unit : NULL;
-        if (!u) {
-            u = &block_units[(k - 1) % PHASES];
-            block_prefix(prefix, sizeof prefix, (int64_t)((k - 1) / PHASES));
-        }
-        snprintf(name, sizeof name, "%s%s", prefix, u->name);
-        size_t count;
-        if ((rc = unit_sources(m, prefix, u, src, &count, err)) != DS_OK ||
-            (rc = ds_vram_unit_add(vm, name, src, count, &plan[k], err)) != DS_OK)
-            goto fail;
-    }
-    if ((rc = ds_vram_plan(vm, plan, n_units, err)) != DS_OK)
-        goto fail;
-    ds__weight_set_vram_adopt(vm, m, mgr);
-    free(plan);
-    *out = vm;
-    return DS_OK;
-fail:
-    ds_vram_model_remove(vm);
-    free(plan);
-    return ds_error_prefix(err, "forward: registering the weights with the VRAM manager: ");
-}
-
-/* Points the fields of `base` at an acquired unit's tensors, in unit_sources' order. */
-static void unit_fill(const unit_def *u, const ds_tensor *t, void *base)
-{
-    size_t k = 0;
-    for (size_t i = 0; i < u->count; i++) {
-        void *field = (char *)base + u->slots[i].offset;
-        if (u->slots[i].linear) {
-            ds__linear_weights *lw = field;
-            lw->weight = t[k++];
-            lw->bias = t[k++];
-        } else {
-            *(ds_tensor *)field = t[k++];
-        }
-    }
-}
-
-/* Makes a unit's weights usable in `base`: acquired from the manager (*held names it until
- * unit_end), or without one bound into `ws` as views or uploads. */
-static int unit_begin(const ds_loaded_model *m, ds_vram_model *vm, ds__weight_set *ws,
-                      size_t index, const char *prefix, const unit_def *u, void *base,
-                      size_t *held, ds_error *err)
-{
-    if (!vm)
-        return bind_unit(m, ws, prefix, u, base, err);
-    const ds_tensor *t;
-    int rc = ds_vram_acquire(vm, index, NULL, &t, err);
-    if (rc != DS_OK)
-        return rc;
-    *held = index;
-    unit_fill(u, t, base);
-    return DS_OK;
-}
-
-/* Ends unit_begin with a manager; without one the weight set is released by the caller. */
-static int unit_end(ds_vram_model *vm, size_t *held, ds_error *err)
-{
-    if (!vm || *held == SIZE_MAX)
-        return DS_OK;
-    size_t index = *held;
-    *held = SIZE_MAX;
-    return ds_vram_release(vm, index, NULL, err);
-}
-
 int ds_qwen_image_dit_forward(const ds_loaded_model *m, const ds_step_context *ctx,
                               const ds_tensor *latents, const ds_tensor *prompt_emb,
                               const ds_tensor *prompt_mask, const ds_tensor *timestep,
@@ -1041,18 +788,13 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
 {
     dit_dims d = {0};
     dit_state s;
-    ds__weight_set outer_set, block_set;
     outer_weights ow;
-    block_weights bw;
+    ds_module_run run;
     ds_qwen_image_controlnet cn;
     ds_qwen_image_controlnet_shape cn_shape;
-    ds_vram_model *vm = NULL;
-    size_t held = SIZE_MAX; /* the unit acquired now, released on failure */
-    size_t reserved = 0;    /* activation bytes reserved in the manager */
     memset(&s, 0, sizeof s);
     memset(&cn, 0, sizeof cn);
-    memset(&outer_set, 0, sizeof outer_set);
-    memset(&block_set, 0, sizeof block_set);
+    memset(&run, 0, sizeof run);
     int rc = check_inputs(latents, prompt_emb, prompt_mask, timestep, noise_pred_out, &d, err);
     if (rc != DS_OK)
         return rc;
@@ -1060,106 +802,62 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model or no backend");
     if (controlnet && (rc = check_controlnet(m, controlnet, latents, &cn_shape, err)) != DS_OK)
         return rc;
-    if (ds_state_dict_find(&m->params, "time_text_embed.addition_t_embedding.weight"))
+    if (ds_module_find(&modules, m, INPUTS, 0, OUTER(addition_t)))
         return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                             "forward: the Qwen-Image-Layered DiT (use_additional_t_cond, layer "
                             "3D RoPE) is not implemented");
     ds_backend *b = ctx->backend;
-    int64_t blocks = count_blocks(m);
-    ds__weight_set_init(&outer_set, b, "QwenImageDiT");
-    ds__weight_set_init(&block_set, b, "QwenImageDiT");
-    if (ctx->vram && (rc = vram_register(m, ctx->vram, blocks, &vm, err)) != DS_OK)
+    if ((rc = ds_module_open(&run, &modules, m, b, ctx->vram, 1, "forward", err)) != DS_OK)
         return rc;
+    int64_t blocks = run.counts[BLOCKS];
 
+    /* The activations share the budget with the weights. */
     ds_tensor lat, prompt, noise;
     if ((rc = alloc_state(&d, b, &s, err)) != DS_OK ||
-        (rc = to_backend(b, latents, &s.latents, &lat, err)) != DS_OK ||
-        (rc = to_backend(b, prompt_emb, &s.prompt, &prompt, err)) != DS_OK ||
+        (rc = ds_module_input(b, latents, &s.latents, &lat, err)) != DS_OK ||
+        (rc = ds_module_input(b, prompt_emb, &s.prompt, &prompt, err)) != DS_OK ||
         (rc = upload_conditions(&d, timestep, prompt_mask, b, &s, err)) != DS_OK ||
-        (rc = rope_tables(&d, &s, err)) != DS_OK)
-        goto fail;
-    /* The output: written in place on the CPU, downloaded from a device copy otherwise. */
-    if (is_cpu(b)) {
-        noise = *noise_pred_out;
-        noise.backend = b;
-    } else {
-        if ((rc = ds_tensor_alloc(b, d.dtype, 4, latents->shape, &s.noise, err)) != DS_OK)
-            goto fail;
-        noise = s.noise;
-    }
-    /* The activations share the budget with the weights. */
-    if (vm) {
-        size_t bytes = state_bytes(&s);
-        if ((rc = ds_vram_reserve(vm, "forward: activations", bytes, err)) != DS_OK)
-            goto fail;
-        reserved = bytes;
-    }
+        (rc = rope_tables(&d, &s, err)) != DS_OK ||
+        (rc = ds_module_output(b, noise_pred_out, &s.noise, &noise, err)) != DS_OK ||
+        (rc = ds_module_reserve(&run, "forward: activations", state_bytes(&s), err)) != DS_OK)
+        goto done;
 
     /* Inputs: image = img_in(pack(latents)); text = txt_in(txt_norm(prompt_emb)); temb. */
     ds_patchify_args pack = {&lat, PATCH, &s.packed};
     ds_rms_norm_args txt_norm = {&prompt, &ow.txt_norm, NORM_EPS, &s.prompt_normed};
-    if ((rc = unit_begin(m, vm, &outer_set, 0, "", &input_unit, &ow, &held, err)) != DS_OK ||
+    if ((rc = ds_module_use(&run, INPUTS, 0, 0, &ow, err)) != DS_OK ||
         (rc = ds_patchify(b, NULL, &pack, err)) != DS_OK ||
         (rc = linear(b, &s.packed, &ow.img_in, DS_ACT_NONE, &s.image, err)) != DS_OK ||
         (rc = ds_rms_norm(b, NULL, &txt_norm, err)) != DS_OK ||
         (rc = linear(b, &s.prompt_normed, &ow.txt_in, DS_ACT_NONE, &s.text, err)) != DS_OK ||
         (rc = timestep_embedder(b, &ow, &s, err)) != DS_OK ||
-        (rc = unit_end(vm, &held, err)) != DS_OK)
-        goto fail;
-    if (controlnet && (rc = controlnet_begin(controlnet, &d, b, ctx->vram, vm, blocks, &s, &cn,
-                                             &reserved, err)) != DS_OK)
-        goto fail;
+        (rc = ds_module_done(&run, err)) != DS_OK)
+        goto done;
+    if (controlnet && (rc = controlnet_begin(controlnet, &d, b, ctx->vram, &run, blocks, &s, &cn,
+                                             err)) != DS_OK)
+        goto done;
 
     /* The transformer blocks, cancellable between any two. */
     for (int64_t i = 0; i < blocks; i++) {
-        if (ctx->cancelled && ctx->cancelled(ctx->user)) {
-            rc = ds_error_set(err, DS_ERR_CANCELLED, "forward: cancelled before block %lld of %lld",
-                              (long long)i, (long long)blocks);
-            goto fail;
-        }
-        char prefix[DS__PARAM_NAME_MAX];
-        block_prefix(prefix, sizeof prefix, i);
-        for (int ph = 0; ph < PHASES; ph++)
-            if ((rc = unit_begin(m, vm, &block_set, block_unit(i, ph), prefix, &block_units[ph],
-                                 &bw, &held, err)) != DS_OK ||
-                (rc = block_phase(b, &d, &bw, &s, ph, err)) != DS_OK ||
-                (rc = unit_end(vm, &held, err)) != DS_OK)
-                break;
+        if ((rc = ds_module_cancelled(ctx, "forward", "block", i, blocks, err)) != DS_OK)
+            goto done;
+        rc = transformer_block(b, &run, i, &d, &s, err);
         if (rc == DS_OK && controlnet)
             rc = controlnet_residual(b, &cn, controlnet->scale, i, &s, err);
         if (rc != DS_OK) {
             ds_error_prefix(err, "forward: block %lld: ", (long long)i);
-            goto fail;
+            goto done;
         }
-        ds__weight_set_release(&block_set);
-        if (ctx->progress)
-            ctx->progress(ctx->user, "forward", (uint64_t)(i + 1), (uint64_t)blocks);
+        ds_module_progress(ctx, "forward", i, blocks);
     }
 
     /* Output: norm_out, proj_out, unpack to [B, 16, H, W]. */
-    if ((rc = unit_begin(m, vm, &outer_set, block_unit(blocks, 0), "", &output_unit, &ow, &held,
-                         err)) != DS_OK ||
-        (rc = norm_out_forward(b, &d, &ow, &s, &noise, err)) != DS_OK ||
-        (rc = unit_end(vm, &held, err)) != DS_OK)
-        goto fail;
-    if (!is_cpu(b) && (rc = ds_tensor_download(&noise, noise_pred_out->data, NULL, err)) != DS_OK)
-        goto fail;
-    if (vm)
-        ds_vram_unreserve(vm, reserved);
-    ds__weight_set_release(&outer_set);
-    ds_qwen_image_controlnet_close(&cn);
-    state_free(&s);
-    return DS_OK;
-
-fail:
-    if (held != SIZE_MAX) {
-        ds_error ignored;
-        unit_end(vm, &held, &ignored);
-    }
-    if (vm)
-        ds_vram_unreserve(vm, reserved);
-    ds__weight_set_release(&block_set);
-    ds__weight_set_release(&outer_set);
+    if ((rc = ds_module_use(&run, OUTPUTS, 0, 0, &ow, err)) == DS_OK &&
+        (rc = norm_out_forward(b, &d, &ow, &s, &noise, err)) == DS_OK &&
+        (rc = ds_module_done(&run, err)) == DS_OK)
+        rc = ds_module_deliver(b, &noise, noise_pred_out, err);
+done:
+    ds_module_close(&run);
     ds_qwen_image_controlnet_close(&cn);
     state_free(&s);
     return rc;
@@ -1205,7 +903,7 @@ static int step_controlnet(const ds_step_context *ctx, const ds_step_io *in,
                                  expected, &out->conditioning, err)) != DS_OK)
         return rc;
     if (out->conditioning->shape[0] != latents->shape[0] && out->conditioning->shape[0] != 1)
-        return bad_input("controlnet_conditioning", out->conditioning, expected, err);
+        return ds_module_bad_tensor("forward", "input", "controlnet_conditioning", out->conditioning, expected, err);
     if (scale) {
         if (!isfinite(scale->number))
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -1234,7 +932,7 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
         return rc;
     if (latents->shape[2] % 2 || latents->shape[3] % 2 || latents->shape[2] < 2 ||
         latents->shape[3] < 2 || latents->shape[0] < 1)
-        return bad_input("latents", latents, LATENTS_EXPECTED, err);
+        return ds_module_bad_tensor("forward", "input", "latents", latents, LATENTS_EXPECTED, err);
     int64_t batch = latents->shape[0];
     snprintf(expected, sizeof expected, "[%lld, L, %d] %s (latents' batch and dtype)",
              (long long)batch, TEXT_DIM, ds_dtype_name(latents->dtype));
@@ -1258,7 +956,7 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
 
     ds_backend *cpu = ctx->backend;
     ds_tensor *noise_pred;
-    if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+    if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
     if ((rc = ds_step_io_new_tensor(out, cpu, "noise_pred", latents->dtype, 4, latents->shape,
                                     &noise_pred, err)) != DS_OK)
@@ -1281,9 +979,4 @@ static const ds_model_step steps[] = {
     },
 };
 
-const ds_model_class ds__qwen_image_dit_class = {
-    .name = CLASS_NAME,
-    .declare_parameters = declare_parameters,
-    .steps = steps,
-    .step_count = sizeof steps / sizeof steps[0],
-};
+DS_MODEL_CLASS(ds__qwen_image_dit_class, CLASS_NAME, declare_parameters, steps);

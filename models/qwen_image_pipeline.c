@@ -2,11 +2,17 @@
  * image-to-image, one unit of work per advance (see the header). */
 #include "models/qwen_image_pipeline.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "core/log.h"
+#include "core/qwen_tokenizer.h"
 #include "core/torch_generator.h"
 #include "kernels/ops.h"
 #include "models/base_pipeline.h"
@@ -14,6 +20,7 @@
 #include "models/model_class.h"
 #include "models/qwen_image_controlnet.h"
 #include "models/qwen_image_dit.h"
+#include "models/qwen_image_text_encoder.h"
 #include "models/qwen_image_vae.h"
 
 #define TEXT_ENCODER_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
@@ -22,6 +29,7 @@
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
 #define LATENT_CHANNELS 16
+#define TEXT_HIDDEN 3584 /* the text encoder's hidden size: prompt_emb's last dimension */
 #define SIZE_MULTIPLE 16 /* height/width division factors (QwenImagePipeline.__init__) */
 #define SIZE_MIN 16
 #define SIZE_MAX_SIDE 16384
@@ -283,6 +291,275 @@ fail:
     return rc;
 }
 
+/* ---- QwenImageUnit_PromptEmbedder (facts §5.3) ---- */
+
+/* QwenImageUnit_PromptEmbedder.encode_prompt's text-to-image template, split around the
+ * prompt: upstream formats it with str.format, so braces in the prompt are plain text. */
+#define TEMPLATE_HEAD                                                                             \
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, "       \
+    "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"           \
+    "<|im_start|>user\n"
+#define TEMPLATE_TAIL "<|im_end|>\n<|im_start|>assistant\n"
+
+enum {
+    DROP_IDX = 34,              /* the system prefix through "user\n", dropped from the output */
+    MAX_TOKENS = 4096 + DROP_IDX, /* the tokenizer's max_length */
+    WARN_TOKENS = 1024,         /* upstream warns from this many templated tokens */
+    TOKENIZER_CACHE_SLOTS = 4,
+};
+
+/* Loaded tokenizers by canonical folder. Upstream loads its tokenizer once, in from_pretrained;
+ * ours takes about a second to load (151k-token vocabulary and merges), several times a 7B
+ * encoder's forward on a GPU, so it is loaded once per folder and kept for the life of the
+ * process: a tokenizer is immutable after load and shared by concurrent steps. The table is
+ * small because each entry is ~75 MB; once it is full, further folders are loaded per call. */
+typedef struct tokenizer_slot {
+    char *dir;             /* realpath of the folder; NULL: free slot */
+    ds_qwen_tokenizer *tok;
+} tokenizer_slot;
+
+static pthread_mutex_t tokenizer_lock = PTHREAD_MUTEX_INITIALIZER;
+static tokenizer_slot tokenizer_cache[TOKENIZER_CACHE_SLOTS];
+
+static ds_qwen_tokenizer *cached_tokenizer(const char *dir)
+{
+    for (size_t i = 0; i < TOKENIZER_CACHE_SLOTS; i++)
+        if (tokenizer_cache[i].dir && strcmp(tokenizer_cache[i].dir, dir) == 0)
+            return tokenizer_cache[i].tok;
+    return NULL;
+}
+
+/* The tokenizer of folder `dir` (`origin` says where the folder came from, for errors). *owned
+ * is set when the caller must free it (the cache was full). The load runs outside the lock so
+ * that a slow load does not hold up steps whose tokenizer is cached; two first calls racing on
+ * one folder both load and the later one frees its copy. */
+static int get_tokenizer(const char *dir, const char *origin, const ds_qwen_tokenizer **out,
+                         ds_qwen_tokenizer **owned, ds_error *err)
+{
+    char canonical[PATH_MAX];
+    *owned = NULL;
+    if (!realpath(dir, canonical))
+        return ds_error_set(err, errno == ENOENT ? DS_ERR_NOT_FOUND : DS_ERR_PERMISSION_DENIED,
+                            "encode_prompt: tokenizer folder %s (%s): %s", dir, origin,
+                            strerror(errno));
+    pthread_mutex_lock(&tokenizer_lock);
+    const ds_qwen_tokenizer *hit = cached_tokenizer(canonical);
+    pthread_mutex_unlock(&tokenizer_lock);
+    if (hit) {
+        *out = hit;
+        return DS_OK;
+    }
+
+    ds_qwen_tokenizer *tok = NULL;
+    int rc = ds_qwen_tokenizer_load(canonical, &tok, err);
+    if (rc != DS_OK) {
+        ds_error_prefix(err, "encode_prompt: tokenizer folder %s (%s): ", dir, origin);
+        return rc;
+    }
+    char *key = strdup(canonical);
+    pthread_mutex_lock(&tokenizer_lock);
+    hit = cached_tokenizer(canonical);
+    for (size_t i = 0; !hit && key && i < TOKENIZER_CACHE_SLOTS; i++)
+        if (!tokenizer_cache[i].dir) {
+            tokenizer_cache[i] = (tokenizer_slot){key, tok};
+            key = NULL;
+            hit = tok;
+            tok = NULL;
+        }
+    pthread_mutex_unlock(&tokenizer_lock);
+    free(key);
+    if (hit) {
+        ds_qwen_tokenizer_free(tok);
+        *out = hit;
+    } else {
+        *out = tok;
+        *owned = tok;
+    }
+    return DS_OK;
+}
+
+/* The tokenizer folder: the "tokenizer" parameter (`param`, NULL when not given), else upstream's layout, where from_pretrained
+ * takes Qwen/Qwen-Image/tokenizer/ for the weights in Qwen/Qwen-Image/text_encoder/: the folder
+ * `tokenizer` beside the folder of the model's first file. */
+static int tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx,
+                         const char *param, char *dir, size_t cap, const char **origin,
+                         ds_error *err)
+{
+    if (param) {
+        *origin = "the \"tokenizer\" parameter";
+        if (!param[0])
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "encode_prompt: parameter \"tokenizer\" is empty");
+        if (snprintf(dir, cap, "%s", param) >= (int)cap)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "encode_prompt: parameter \"tokenizer\" is longer than %zu bytes",
+                                cap - 1);
+        /* A client-named folder is read by the daemon: it must lie inside the model roots. */
+        if (ctx->check_path) {
+            int rc = ctx->check_path(ctx->user, dir, err);
+            if (rc != DS_OK) {
+                ds_error_prefix(err, "encode_prompt: parameter \"tokenizer\": ");
+                return rc;
+            }
+        }
+        return DS_OK;
+    }
+    *origin = "beside the model files, as upstream lays out Qwen/Qwen-Image; or give the "
+              "\"tokenizer\" parameter";
+    if (!m->files || m->files->count == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "encode_prompt: the model has no files to find the tokenizer folder "
+                            "beside; give the \"tokenizer\" parameter");
+    char file[PATH_MAX];
+    const char *path = m->files->files[0].path;
+    if (!realpath(path, file))
+        return ds_error_set(err, DS_ERR_NOT_FOUND,
+                            "encode_prompt: cannot resolve the model file %s to find the "
+                            "tokenizer folder beside it: %s",
+                            path, strerror(errno));
+    /* file = .../<model>/<weights folder>/<file>: cut the last two components. */
+    for (int cut = 0; cut < 2; cut++) {
+        char *slash = strrchr(file, '/');
+        if (slash == file || !slash)
+            return ds_error_set(err, DS_ERR_NOT_FOUND,
+                                "encode_prompt: the model file %s has no parent folder to hold "
+                                "tokenizer/; give the \"tokenizer\" parameter",
+                                path);
+        *slash = '\0';
+    }
+    if (snprintf(dir, cap, "%s/tokenizer", file) >= (int)cap)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "encode_prompt: the tokenizer folder beside %s is too long a path",
+                            path);
+    return DS_OK;
+}
+
+/* The prompt in upstream's template, tokenized; the length checks of encode_prompt. */
+static int tokenize_prompt(const ds_qwen_tokenizer *tok, const char *prompt, int32_t **ids,
+                           size_t *count, ds_error *err)
+{
+    size_t n = strlen(prompt);
+    size_t len = strlen(TEMPLATE_HEAD) + n + strlen(TEMPLATE_TAIL);
+    char *text = malloc(len + 1);
+    if (!text)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "encode_prompt: out of memory for a %zu-byte prompt", n);
+    snprintf(text, len + 1, "%s%s%s", TEMPLATE_HEAD, prompt, TEMPLATE_TAIL);
+    int rc = ds_qwen_tokenizer_encode(tok, text, len, ids, count, err);
+    free(text);
+    if (rc != DS_OK) {
+        ds_error_prefix(err, "encode_prompt: parameter \"prompt\": ");
+        return rc;
+    }
+    /* Upstream truncates at max_length, cutting the template's end and then the prompt
+     * silently; an error says so instead. */
+    if (*count > MAX_TOKENS) {
+        rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                          "encode_prompt: the prompt requires %zu tokens, over upstream's limit "
+                          "of %d (the tokenizer's max_length %d less the template's %d-token "
+                          "prefix; upstream would truncate it)",
+                          *count - DROP_IDX, MAX_TOKENS - DROP_IDX, MAX_TOKENS, DROP_IDX);
+        free(*ids);
+        *ids = NULL;
+        return rc;
+    }
+    if (*count <= DROP_IDX) {
+        rc = ds_error_set(err, DS_ERR_INTERNAL,
+                          "encode_prompt: the templated prompt is %zu tokens, not more than the "
+                          "%d-token prefix",
+                          *count, DROP_IDX);
+        free(*ids);
+        *ids = NULL;
+        return rc;
+    }
+    if (*count >= WARN_TOKENS)
+        ds_log_warn("Warning!!! QwenImage model was trained on prompts up to 512 tokens. Current "
+                    "prompt requires %zu tokens, which may lead to unpredictable behavior.",
+                    *count - DROP_IDX);
+    return DS_OK;
+}
+
+/* QwenImageUnit_PromptEmbedder.process for a text-only prompt: the template, the encoder's
+ * final-norm hidden states, the first 34 tokens dropped. With one prompt and no padding the
+ * mask split and re-padding keep every remaining row, so prompt_emb_mask is all ones. */
+int ds_qwen_image_encode_prompt(const ds_loaded_model *m, const ds_step_context *ctx,
+                                const char *prompt, const char *tokenizer, ds_dtype dtype,
+                                ds_step_io *out, ds_error *err)
+{
+    const ds_qwen_tokenizer *tok = NULL;
+    ds_qwen_tokenizer *owned_tok = NULL;
+    int32_t *ids = NULL;
+    size_t count = 0;
+    void *hidden_data = NULL;
+    char dir[PATH_MAX];
+    const char *origin = NULL;
+    int rc;
+    if ((rc = tokenizer_dir(m, ctx, tokenizer, dir, sizeof dir, &origin, err)) != DS_OK ||
+        (rc = get_tokenizer(dir, origin, &tok, &owned_tok, err)) != DS_OK ||
+        (rc = tokenize_prompt(tok, prompt, &ids, &count, err)) != DS_OK)
+        goto done;
+
+    ds_backend *cpu = ctx->backend;
+    if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+        goto done;
+    int64_t S = (int64_t)count, L = S - DROP_IDX;
+    size_t row = (size_t)TEXT_HIDDEN * ds_dtype_size(dtype);
+    hidden_data = malloc((size_t)S * row);
+    if (!hidden_data) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                          "encode_prompt: out of memory for [1, %lld, %d] hidden states",
+                          (long long)S, TEXT_HIDDEN);
+        goto done;
+    }
+    ds_tensor id_tensor = ds_tensor_wrap(cpu, DS_I32, 2, SHAPE(1, S), ids);
+    ds_tensor hidden = ds_tensor_wrap(cpu, dtype, 3, SHAPE(1, S, TEXT_HIDDEN), hidden_data);
+    ds_tensor *emb, *mask;
+    /* A single unpadded prompt: the tokenizer's mask is all ones, the same as none. */
+    if ((rc = ds_qwen_image_text_encoder_forward(m, ctx, &id_tensor, NULL, &hidden, err)) !=
+            DS_OK ||
+        (rc = ds_step_io_new_tensor(out, cpu, "prompt_emb", dtype, 3,
+                                    SHAPE(1, L, TEXT_HIDDEN), &emb, err)) != DS_OK)
+        goto done;
+    memcpy(emb->data, (const char *)hidden_data + (size_t)DROP_IDX * row, (size_t)L * row);
+    if ((rc = ds_step_io_new_tensor(out, cpu, "prompt_emb_mask", DS_I64, 2, SHAPE(1, L), &mask,
+                                    err)) != DS_OK)
+        goto done;
+    for (int64_t i = 0; i < L; i++)
+        ((int64_t *)mask->data)[i] = 1;
+
+done:
+    if (rc != DS_OK && strncmp(err->message, "encode_prompt", 13) != 0)
+        ds_error_prefix(err, "encode_prompt: ");
+    free(hidden_data);
+    free(ids);
+    ds_qwen_tokenizer_free(owned_tok);
+    return rc;
+}
+
+int ds_qwen_image_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
+                                     const ds_step_io *in, ds_step_io *out, ds_error *err)
+{
+    static const char *const known[] = {"prompt", "tokenizer", "dtype", NULL};
+    ds_dtype dtype = DS_BF16;
+    int rc;
+    if ((rc = ds_step_io_check_names(in, "encode_prompt", known, err)) != DS_OK)
+        return rc;
+    const ds_step_param *prompt = ds_step_io_param(in, "prompt");
+    if (!prompt)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "encode_prompt: parameter \"prompt\" is required (the text to "
+                            "encode; it may be empty)");
+    if (in->tensor_count > 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "encode_prompt: takes no tensors, got \"%s\"", in->tensors[0].name);
+    if ((rc = ds_qwen_image_text_encoder_step_dtype(m, in, "encode_prompt", &dtype, err)) !=
+        DS_OK)
+        return rc;
+    const ds_step_param *tokenizer = ds_step_io_param(in, "tokenizer");
+    return ds_qwen_image_encode_prompt(m, ctx, prompt->text, tokenizer ? tokenizer->text : NULL,
+                                       dtype, out, err);
+}
+
 /* The context sub-models run with: the caller's backend, cancellation and VRAM manager, but
  * no progress of their own (the pipeline reports its units). */
 static ds_step_context inner_context(const ds_step_context *ctx)
@@ -307,30 +584,13 @@ static int cancelled(const ds_step_context *ctx, ds_error *err)
     return DS_OK;
 }
 
-/* QwenImageUnit_PromptEmbedder for one side: the text encoder's encode_prompt step. */
+/* QwenImageUnit_PromptEmbedder for one side. */
 static int encode_prompt(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
                          const char *prompt, ds_step_io *out, ds_error *err)
 {
-    const ds_model_step *step = ds_model_step_find(p->models.text_encoder->cls->steps,
-                                                   p->models.text_encoder->cls->step_count,
-                                                   "encode_prompt");
-    if (!step)
-        return ds_error_set(err, DS_ERR_INTERNAL,
-                            "qwen_image: the text encoder class has no encode_prompt step");
-    ds_step_io in;
-    ds_step_io_init(&in);
-    int rc;
-    if ((rc = ds_step_io_add_param(&in, "prompt", prompt, err)) != DS_OK ||
-        (rc = ds_step_io_add_param(&in, "dtype", p->dtype == DS_F32 ? "float32" : "bfloat16",
-                                   err)) != DS_OK ||
-        (p->tokenizer && (rc = ds_step_io_add_param(&in, "tokenizer", p->tokenizer, err)) !=
-                             DS_OK))
-        goto done;
     ds_step_context inner = inner_context(ctx);
-    rc = step->run(p->models.text_encoder, &inner, &in, out, err);
-done:
-    ds_step_io_free(&in);
-    return rc;
+    return ds_qwen_image_encode_prompt(p->models.text_encoder, &inner, prompt, p->tokenizer,
+                                       p->dtype == DS_F32 ? DS_F32 : DS_BF16, out, err);
 }
 
 /* preprocess_image then vae.encode: an RGB image's latents, [1, 16, lh, lw] in the compute

@@ -93,4 +93,23 @@ const ds_tensor *ds_qwen_image_pipeline_image(const ds_qwen_image_pipeline *p);
 
 void ds_qwen_image_pipeline_free(ds_qwen_image_pipeline *p);
 
+/* QwenImageUnit_PromptEmbedder for a text prompt (facts §5.3), with the text encoder `m`: puts
+ * `prompt` (may be empty) in upstream's system/user template, tokenizes it
+ * (core/qwen_tokenizer.h) with the tokenizer of folder `tokenizer` (NULL: the folder
+ * `tokenizer` beside the model's folder, as Qwen/Qwen-Image lays out text_encoder/ and
+ * tokenizer/; a client-named folder passes ctx->check_path), runs the encoder's forward in
+ * `dtype` (f32 or bf16), drops the template's first 34 tokens and adds to `out` prompt_emb
+ * [1, L, 3584] in `dtype` and prompt_emb_mask [1, L] i64 (all ones). More than 4096 + 34
+ * templated tokens is INVALID_ARGUMENT (upstream would truncate); from 1024 it logs upstream's
+ * warning. A missing tokenizer folder is NOT_FOUND naming it. Each tokenizer folder is loaded
+ * once and kept for the process (several steps share it). */
+int ds_qwen_image_encode_prompt(const ds_loaded_model *m, const ds_step_context *ctx,
+                                const char *prompt, const char *tokenizer, ds_dtype dtype,
+                                ds_step_io *out, ds_error *err);
+
+/* The same as the text encoder class's "encode_prompt" step: parameters `prompt`, optional
+ * `tokenizer` (a folder) and `dtype` (as the class's "forward"). */
+int ds_qwen_image_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
+                                     const ds_step_io *in, ds_step_io *out, ds_error *err);
+
 #endif

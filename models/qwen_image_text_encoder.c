@@ -8,10 +8,7 @@
  * (kernels/ops.h): what encode_prompt runs for text-to-image. */
 #include "models/qwen_image_text_encoder.h"
 
-#include <errno.h>
-#include <limits.h>
 #include <math.h>
-#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,11 +16,11 @@
 #include <string.h>
 
 #include "core/float_convert.h"
-#include "core/log.h"
-#include "core/qwen_tokenizer.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
+#include "models/module.h"
 #include "models/param_tree.h"
+#include "models/qwen_image_pipeline.h"
 #include "models/weight_set.h"
 #include "vram/vram_manager.h"
 
@@ -39,84 +36,119 @@ enum {
     INTERMEDIATE = 18944,
     VOCAB = 152064,
     /* vision config */
-    V_DEPTH = 32,
-    V_HIDDEN = 1280,
-    V_INTERMEDIATE = 3420,
-    V_PATCH = 14,
-    V_TEMPORAL_PATCH = 2,
-    V_IN_CHANNELS = 3,
+    V_DEPTH = 32,          /* blocks */
+    V_HIDDEN = 1280,       /* width */
+    V_INTERMEDIATE = 3420, /* MLP width */
+    V_PATCH = 14,          /* spatial patch side */
+    V_TEMPORAL_PATCH = 2,  /* frames per patch */
+    V_IN_CHANNELS = 3,     /* RGB */
     V_MERGE = 2, /* spatial_merge_size: the merger sees 2x2 patches at once */
     V_OUT = 3584,
+    V_MERGED = V_HIDDEN * V_MERGE * V_MERGE, /* the merger's input: 2x2 patches */
 };
 
-/* Qwen2_5_VisionTransformerPretrainedModel: patch_embed, blocks, merger. */
-static int declare_visual(ds_state_dict *params, ds_error *err)
-{
-    int rc = ds__param(params, "model.visual.", "patch_embed.proj.weight", 5,
-                       (const int64_t[]){V_HIDDEN, V_IN_CHANNELS, V_TEMPORAL_PATCH, V_PATCH,
-                                         V_PATCH},
-                       err);
-    if (rc != DS_OK)
-        return rc;
-    for (int i = 0; i < V_DEPTH; i++) {
-        char p[DS__PARAM_NAME_MAX];
-        if ((rc = ds__param_prefix(p, err, "model.visual.blocks.%d.", i)) != DS_OK ||
-            (rc = ds__param_vector(params, p, "norm1.weight", V_HIDDEN, err)) != DS_OK ||
-            (rc = ds__param_vector(params, p, "norm2.weight", V_HIDDEN, err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "attn.qkv", 3 * V_HIDDEN, V_HIDDEN, 1, err)) !=
-                DS_OK ||
-            (rc = ds__param_linear(params, p, "attn.proj", V_HIDDEN, V_HIDDEN, 1, err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.gate_proj", V_INTERMEDIATE, V_HIDDEN, 1,
-                                   err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.up_proj", V_INTERMEDIATE, V_HIDDEN, 1, err)) !=
-                DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.down_proj", V_HIDDEN, V_INTERMEDIATE, 1,
-                                   err)) != DS_OK)
-            return rc;
-    }
-    const int64_t merged = V_HIDDEN * V_MERGE * V_MERGE;
-    if ((rc = ds__param_vector(params, "model.visual.", "merger.ln_q.weight", V_HIDDEN, err)) !=
-            DS_OK ||
-        (rc = ds__param_linear(params, "model.visual.", "merger.mlp.0", merged, merged, 1, err)) !=
-            DS_OK ||
-        (rc = ds__param_linear(params, "model.visual.", "merger.mlp.2", V_OUT, merged, 1, err)) !=
-            DS_OK)
-        return rc;
-    return DS_OK;
-}
+#define OWNER "QwenImageTextEncoder"
+#define LM "model.language_model."
+
+/* Qwen2_5_VLDecoderLayer's parameters. */
+typedef struct layer_weights {
+    ds__linear_weights q;    /* [3584, 3584], bias [3584] */
+    ds__linear_weights k;    /* [512, 3584], bias [512] */
+    ds__linear_weights v;    /* [512, 3584], bias [512] */
+    ds_tensor o;             /* [3584, 3584]: o_proj, no bias */
+    ds_tensor gate;          /* [18944, 3584]: mlp.gate_proj, no bias */
+    ds_tensor up;            /* [18944, 3584]: mlp.up_proj */
+    ds_tensor down;          /* [3584, 18944]: mlp.down_proj */
+    ds_tensor input_norm;    /* [3584]: input_layernorm */
+    ds_tensor post_norm;     /* [3584]: post_attention_layernorm */
+} layer_weights;
+
+/* The language model's parameters outside the layers. */
+typedef struct text_weights {
+    ds_tensor embed_tokens; /* [152064, 3584] */
+    ds_tensor norm;         /* [3584]: the final RMSNorm */
+} text_weights;
+
+/* What the kwargs decide (ds_module dims). */
+enum { KW_LAYERS, KW_COUNT };
+
+/* The module groups, in registration order: model.visual (declared, never run), then
+ * model.language_model, then lm_head (declared, never run).
+ *
+ * Transfer units: each decoder layer in two (its attention, ~58 MB in bf16, and its MLP,
+ * ~407 MB: one unit of the whole 466 MB layer would not fit budgets near half a layer's
+ * weights), then the final norm; the plan is that order. The embedding table is not a unit:
+ * the direct path gathers its few rows on the host from the mapped file (embed), and paging the
+ * whole table (152064 rows, 1 GB in bf16, 2 GB in f32) into the fast tier for a few hundred
+ * rows would cost more budget than every layer unit together; so both paths gather on the
+ * host. */
+enum { VISUAL_PATCH, VISUAL_BLOCKS, VISUAL_MERGER, TEXT_EMBED, TEXT_LAYERS, TEXT_NORM, LM_HEAD };
+enum { SELF_ATTN, MLP };
+static const char *const layer_units[] = {"self_attn", "mlp"};
+static const char *const norm_units[] = {"norm"};
+
+#define NO_UNIT DS_MODULE_NO_UNIT
+#define LAYER(f) offsetof(layer_weights, f)
+#define TEXT(f) offsetof(text_weights, f)
+#define LINEAR(name, out, in, unit, field) {name, DS_MODULE_LINEAR, 2, {out, in}, unit, field, 0}
+#define LINEAR_NO_BIAS(name, out, in, unit, field) \
+    {name, DS_MODULE_LINEAR_NO_BIAS, 2, {out, in}, unit, field, 0}
+#define NORM(name, n, unit, field) {name, DS_MODULE_NORM, 1, {n}, unit, field, 0}
+#define COUNT(a) (sizeof a / sizeof a[0])
+
+/* Qwen2_5_VisionTransformerPretrainedModel: patch_embed (a Conv3d without bias), blocks,
+ * merger. */
+static const ds_module visual_patch_modules[] = {
+    {"patch_embed.proj.weight", DS_MODULE_TENSOR, 5,
+     {V_HIDDEN, V_IN_CHANNELS, V_TEMPORAL_PATCH, V_PATCH, V_PATCH}, NO_UNIT, 0, 0},
+};
+static const ds_module visual_block_modules[] = {
+    NORM("norm1", V_HIDDEN, NO_UNIT, 0),
+    NORM("norm2", V_HIDDEN, NO_UNIT, 0),
+    LINEAR("attn.qkv", 3 * V_HIDDEN, V_HIDDEN, NO_UNIT, 0),
+    LINEAR("attn.proj", V_HIDDEN, V_HIDDEN, NO_UNIT, 0),
+    LINEAR("mlp.gate_proj", V_INTERMEDIATE, V_HIDDEN, NO_UNIT, 0),
+    LINEAR("mlp.up_proj", V_INTERMEDIATE, V_HIDDEN, NO_UNIT, 0),
+    LINEAR("mlp.down_proj", V_HIDDEN, V_INTERMEDIATE, NO_UNIT, 0),
+};
+static const ds_module visual_merger_modules[] = {
+    NORM("merger.ln_q", V_HIDDEN, NO_UNIT, 0),
+    LINEAR("merger.mlp.0", V_MERGED, V_MERGED, NO_UNIT, 0),
+    LINEAR("merger.mlp.2", V_OUT, V_MERGED, NO_UNIT, 0),
+};
 
 /* Qwen2_5_VLTextModel: embed_tokens, layers (self_attn, mlp, the two norms), norm. */
-static int declare_language_model(ds_state_dict *params, int64_t layers, ds_error *err)
-{
-    int rc = ds__param(params, "model.language_model.", "embed_tokens.weight", 2,
-                       (const int64_t[]){VOCAB, HIDDEN}, err);
-    if (rc != DS_OK)
-        return rc;
-    for (int64_t i = 0; i < layers; i++) {
-        char p[DS__PARAM_NAME_MAX];
-        if ((rc = ds__param_prefix(p, err, "model.language_model.layers.%lld.", (long long)i)) !=
-                DS_OK ||
-            (rc = ds__param_linear(params, p, "self_attn.q_proj", HEADS * HEAD_DIM, HIDDEN, 1,
-                                   err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "self_attn.k_proj", KV_HEADS * HEAD_DIM, HIDDEN, 1,
-                                   err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "self_attn.v_proj", KV_HEADS * HEAD_DIM, HIDDEN, 1,
-                                   err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "self_attn.o_proj", HIDDEN, HEADS * HEAD_DIM, 0,
-                                   err)) != DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.gate_proj", INTERMEDIATE, HIDDEN, 0, err)) !=
-                DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.up_proj", INTERMEDIATE, HIDDEN, 0, err)) !=
-                DS_OK ||
-            (rc = ds__param_linear(params, p, "mlp.down_proj", HIDDEN, INTERMEDIATE, 0, err)) !=
-                DS_OK ||
-            (rc = ds__param_vector(params, p, "input_layernorm.weight", HIDDEN, err)) != DS_OK ||
-            (rc = ds__param_vector(params, p, "post_attention_layernorm.weight", HIDDEN, err)) !=
-                DS_OK)
-            return rc;
-    }
-    return ds__param_vector(params, "model.language_model.", "norm.weight", HIDDEN, err);
-}
+static const ds_module text_embed_modules[] = {
+    {"embed_tokens", DS_MODULE_EMBEDDING, 2, {VOCAB, HIDDEN}, NO_UNIT, TEXT(embed_tokens), 0},
+};
+static const ds_module text_layer_modules[] = {
+    LINEAR("self_attn.q_proj", HEADS * HEAD_DIM, HIDDEN, SELF_ATTN, LAYER(q)),
+    LINEAR("self_attn.k_proj", KV_HEADS * HEAD_DIM, HIDDEN, SELF_ATTN, LAYER(k)),
+    LINEAR("self_attn.v_proj", KV_HEADS * HEAD_DIM, HIDDEN, SELF_ATTN, LAYER(v)),
+    LINEAR_NO_BIAS("self_attn.o_proj", HIDDEN, HEADS * HEAD_DIM, SELF_ATTN, LAYER(o)),
+    LINEAR_NO_BIAS("mlp.gate_proj", INTERMEDIATE, HIDDEN, MLP, LAYER(gate)),
+    LINEAR_NO_BIAS("mlp.up_proj", INTERMEDIATE, HIDDEN, MLP, LAYER(up)),
+    LINEAR_NO_BIAS("mlp.down_proj", HIDDEN, INTERMEDIATE, MLP, LAYER(down)),
+    NORM("input_layernorm", HIDDEN, SELF_ATTN, LAYER(input_norm)),
+    NORM("post_attention_layernorm", HIDDEN, MLP, LAYER(post_norm)),
+};
+static const ds_module text_norm_modules[] = {NORM("norm", HIDDEN, 0, TEXT(norm))};
+static const ds_module lm_head_modules[] = {LINEAR_NO_BIAS("lm_head", VOCAB, HIDDEN, NO_UNIT, 0)};
+
+static const ds_module_group groups[] = {
+    [VISUAL_PATCH] = {"model.visual.", 0, visual_patch_modules, 1, NULL, 0},
+    [VISUAL_BLOCKS] = {"model.visual.blocks.%lld.", V_DEPTH, visual_block_modules,
+                       COUNT(visual_block_modules), NULL, 0},
+    [VISUAL_MERGER] = {"model.visual.", 0, visual_merger_modules, COUNT(visual_merger_modules),
+                       NULL, 0},
+    [TEXT_EMBED] = {LM, 0, text_embed_modules, 1, NULL, 0},
+    [TEXT_LAYERS] = {LM "layers.%lld.", DS_MODULE_DIM(KW_LAYERS), text_layer_modules,
+                     COUNT(text_layer_modules), layer_units, COUNT(layer_units)},
+    [TEXT_NORM] = {LM, 0, text_norm_modules, 1, norm_units, 1},
+    [LM_HEAD] = {"", 0, lm_head_modules, 1, NULL, 0},
+};
+
+static const ds_module_model modules = {OWNER, "qwen_image_text_encoder", groups, COUNT(groups)};
 
 /* Upstream's class takes no kwargs (its depth comes from the released config). Ours accepts
  * `num_hidden_layers` (transformers' name for the text depth, default 28) so that reduced
@@ -124,22 +156,17 @@ static int declare_language_model(ds_state_dict *params, int64_t layers, ds_erro
  * it, so every upstream tree and hash is unchanged. */
 static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error *err)
 {
+    int64_t dims[KW_COUNT] = {[KW_LAYERS] = LAYERS};
     int rc;
-    int64_t layers = LAYERS;
-    if ((rc = ds__kwarg_int_range(kwargs, CLASS_NAME, "num_hidden_layers", 1, LAYERS, &layers,
-                                  err)) != DS_OK ||
-        (rc = ds_kwargs_check_all_used(kwargs, err)) != DS_OK ||
-        (rc = declare_visual(params, err)) != DS_OK ||
-        (rc = declare_language_model(params, layers, err)) != DS_OK ||
-        (rc = ds__param_linear(params, "", "lm_head", VOCAB, HIDDEN, 0, err)) != DS_OK)
+    if ((rc = ds__kwarg_int_range(kwargs, CLASS_NAME, "num_hidden_layers", 1, LAYERS,
+                                  &dims[KW_LAYERS], err)) != DS_OK ||
+        (rc = ds_kwargs_check_all_used(kwargs, err)) != DS_OK)
         return rc;
-    return DS_OK;
+    return ds_module_declare(&modules, dims, params, err);
 }
 
 /* ---- Forward pass (the text path) ---- */
 
-#define OWNER "QwenImageTextEncoder"
-#define LM "model.language_model."
 #define RMS_EPS 1e-6f
 #define ROPE_THETA 1000000.0f
 
@@ -148,19 +175,6 @@ enum {
     KV_DIM = KV_HEADS * HEAD_DIM, /* 512 */
     ROPE_PAIRS = HEAD_DIM / 2,    /* one rotation angle per (i, i + 64) pair of a head */
 };
-
-/* Qwen2_5_VLDecoderLayer's parameters. */
-typedef struct layer_weights {
-    ds_tensor input_norm;    /* [3584]: input_layernorm */
-    ds__linear_weights q;    /* [3584, 3584], bias [3584] */
-    ds__linear_weights k;    /* [512, 3584], bias [512] */
-    ds__linear_weights v;    /* [512, 3584], bias [512] */
-    ds_tensor o;             /* [3584, 3584]: o_proj, no bias */
-    ds_tensor post_norm;     /* [3584]: post_attention_layernorm */
-    ds_tensor gate;          /* [18944, 3584]: mlp.gate_proj, no bias */
-    ds_tensor up;            /* [18944, 3584]: mlp.up_proj */
-    ds_tensor down;          /* [3584, 18944]: mlp.down_proj */
-} layer_weights;
 
 /* Activations on the compute backend in the compute dtype unless noted. */
 typedef struct te_state {
@@ -191,28 +205,9 @@ static void state_free(te_state *s)
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
-/* The same memory under another shape of the same element count. */
-static ds_tensor view(const ds_tensor *t, int ndim, const int64_t *shape)
-{
-    ds_tensor v = *t;
-    v.ndim = ndim;
-    memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
-    return v;
-}
-
-/* On the CPU backend host memory is backend memory: inputs and weights are used in place. */
-static int is_cpu(const ds_backend *b) { return strcmp(b->name, "cpu") == 0; }
-
 static int is_mask_dtype(ds_dtype d)
 {
     return d == DS_I64 || d == DS_I32 || d == DS_U8 || d == DS_BOOL;
-}
-
-static int bad_input(const char *name, const ds_tensor *t, const char *expected, ds_error *err)
-{
-    char got[128];
-    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: input \"%s\" is %s, expected %s",
-                        name, ds_tensor_describe(t, got, sizeof got), expected);
 }
 
 static int check_inputs(const ds_tensor *ids, const ds_tensor *mask, const ds_tensor *hidden,
@@ -224,23 +219,19 @@ static int check_inputs(const ds_tensor *ids, const ds_tensor *mask, const ds_te
                             "forward: input_ids and the output are required");
     if ((ids->dtype != DS_I64 && ids->dtype != DS_I32) || ids->ndim != 2 || ids->shape[0] < 1 ||
         ids->shape[1] < 1 || !ids->data)
-        return bad_input("input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
+        return ds_module_bad_tensor("forward", "input", "input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
     int64_t B = ids->shape[0], S = ids->shape[1];
     snprintf(expected, sizeof expected, "[%lld, %lld] i64, i32, u8 or bool (input_ids' shape)",
              (long long)B, (long long)S);
     if (mask && (!is_mask_dtype(mask->dtype) || mask->ndim != 2 || mask->shape[0] != B ||
                  mask->shape[1] != S || !mask->data))
-        return bad_input("attention_mask", mask, expected, err);
+        return ds_module_bad_tensor("forward", "input", "attention_mask", mask, expected, err);
     snprintf(expected, sizeof expected, "[%lld, %lld, %d] f32 or bf16", (long long)B,
              (long long)S, HIDDEN);
     if ((hidden->dtype != DS_F32 && hidden->dtype != DS_BF16) || hidden->ndim != 3 ||
         hidden->shape[0] != B || hidden->shape[1] != S || hidden->shape[2] != HIDDEN ||
-        !hidden->data) {
-        char got[128];
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "forward: output \"hidden_states\" is %s, expected %s",
-                            ds_tensor_describe(hidden, got, sizeof got), expected);
-    }
+        !hidden->data)
+        return ds_module_bad_tensor("forward", "output", "hidden_states", hidden, expected, err);
     return DS_OK;
 }
 
@@ -262,55 +253,21 @@ static int check_ids(const ds_tensor *ids, int64_t vocab, ds_error *err)
     return DS_OK;
 }
 
-/* Decoder layers in the loaded tree: layers.0 .. n-1 (28 in the real model). */
-static int64_t count_layers(const ds_loaded_model *m)
-{
-    int64_t n = 0;
-    for (;; n++) {
-        char name[DS__PARAM_NAME_MAX];
-        snprintf(name, sizeof name, LM "layers.%lld.input_layernorm.weight", (long long)n);
-        if (!ds_state_dict_find(&m->params, name))
-            return n;
-    }
-}
-
-static int bind_layer(const ds_loaded_model *m, ds__weight_set *ws, int64_t i, layer_weights *w,
-                      ds_error *err)
-{
-    char p[DS__PARAM_NAME_MAX];
-    int rc;
-    snprintf(p, sizeof p, LM "layers.%lld.", (long long)i);
-    if ((rc = ds__weight_bind(m, ws, p, "input_layernorm.weight", 0, &w->input_norm, err)) !=
-            DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "self_attn.q_proj", &w->q, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "self_attn.k_proj", &w->k, err)) != DS_OK ||
-        (rc = ds__weight_bind_linear(m, ws, p, "self_attn.v_proj", &w->v, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "self_attn.o_proj.weight", 1, &w->o, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "post_attention_layernorm.weight", 0, &w->post_norm,
-                              err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "mlp.gate_proj.weight", 1, &w->gate, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "mlp.up_proj.weight", 1, &w->up, err)) != DS_OK ||
-        (rc = ds__weight_bind(m, ws, p, "mlp.down_proj.weight", 1, &w->down, err)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
 /* Every activation; S tokens per row, compute dtype t. */
 static int alloc_state(ds_backend *b, ds_dtype t, int64_t B, int64_t S, te_state *s,
                        ds_error *err)
 {
     int rc;
-    if ((rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(S, ROPE_PAIRS), &s->cos, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, DS_F32, 2, SHAPE(S, ROPE_PAIRS), &s->sin, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, HIDDEN), &s->h, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, HIDDEN), &s->x, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->q, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, KV_HEADS, HEAD_DIM), &s->k, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, KV_HEADS, HEAD_DIM), &s->v, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), &s->attn, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, HIDDEN), &s->out, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, INTERMEDIATE), &s->gate, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, t, 3, SHAPE(B, S, INTERMEDIATE), &s->up, err)) != DS_OK)
+    if ((rc = ds_module_alloc(b, DS_F32, 2, SHAPE(S, ROPE_PAIRS), DS_TENSORS(&s->cos, &s->sin),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, S, HIDDEN), DS_TENSORS(&s->h, &s->x, &s->out),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, S, HEADS, HEAD_DIM), DS_TENSORS(&s->q, &s->attn),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, S, KV_HEADS, HEAD_DIM),
+                              DS_TENSORS(&s->k, &s->v), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, S, INTERMEDIATE), DS_TENSORS(&s->gate, &s->up),
+                              err)) != DS_OK)
         return rc;
     return DS_OK;
 }
@@ -408,31 +365,32 @@ static int embed(const ds_loaded_model *m, ds_backend *b, const ds_tensor *input
 {
     ds_backend *cpu = b;
     ds__weight_set host_set;
-    ds_tensor table;
+    text_weights tw;
     int rc;
-    if (!is_cpu(b) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+    if (!b->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
     ds__weight_set_init(&host_set, cpu, OWNER);
     ds_tensor ids = ds_tensor_wrap(cpu, input_ids->dtype, 2, input_ids->shape, input_ids->data);
     ds_tensor *y = &s->h;
-    if (!is_cpu(b)) {
+    if (!b->host_memory) {
         if ((rc = ds_tensor_alloc(cpu, s->h.dtype, 3, s->h.shape, &s->embedded, err)) != DS_OK)
             goto done;
         y = &s->embedded;
     }
-    if ((rc = ds__weight_bind(m, &host_set, LM, "embed_tokens.weight", 0, &table, err)) !=
-        DS_OK)
+    if ((rc = ds_module_bind(&modules, m, &host_set, TEXT_EMBED, 0, DS_MODULE_NO_UNIT, &tw,
+                             err)) != DS_OK)
         goto done;
-    ds_dtype offload = ds__weight_offload_dtype(m, table.dtype);
-    if (offload != DS_DTYPE_INVALID && offload != table.dtype) {
-        rc = embed_rounded(cpu, &ids, &table, offload, y, err);
+    const ds_tensor *table = &tw.embed_tokens;
+    ds_dtype offload = ds__weight_offload_dtype(m, table->dtype);
+    if (offload != DS_DTYPE_INVALID && offload != table->dtype) {
+        rc = embed_rounded(cpu, &ids, table, offload, y, err);
     } else {
-        ds_embedding_args a = {&ids, &table, y};
+        ds_embedding_args a = {&ids, table, y};
         rc = ds_embedding(cpu, NULL, &a, err);
     }
     if (rc != DS_OK)
         goto done;
-    if (!is_cpu(b))
+    if (!b->host_memory)
         rc = ds_tensor_upload(&s->h, s->embedded.data, NULL, err);
 done:
     ds__weight_set_release(&host_set);
@@ -451,9 +409,9 @@ static int linear(ds_backend *b, const ds_tensor *x, const ds_tensor *weight,
 static int self_attention(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
 {
     int64_t B = s->h.shape[0], S = s->h.shape[1];
-    ds_tensor q3 = view(&s->q, 3, SHAPE(B, S, Q_DIM)), k3 = view(&s->k, 3, SHAPE(B, S, KV_DIM));
-    ds_tensor v3 = view(&s->v, 3, SHAPE(B, S, KV_DIM));
-    ds_tensor attn3 = view(&s->attn, 3, SHAPE(B, S, Q_DIM));
+    ds_tensor q3 = ds_module_view(&s->q, 3, SHAPE(B, S, Q_DIM)), k3 = ds_module_view(&s->k, 3, SHAPE(B, S, KV_DIM));
+    ds_tensor v3 = ds_module_view(&s->v, 3, SHAPE(B, S, KV_DIM));
+    ds_tensor attn3 = ds_module_view(&s->attn, 3, SHAPE(B, S, Q_DIM));
     ds_rope_args rq = {&s->q, &s->cos, &s->sin, DS_ROPE_HALF_SPLIT, &s->q};
     ds_rope_args rk = {&s->k, &s->cos, &s->sin, DS_ROPE_HALF_SPLIT, &s->k};
     ds_attention_args at = {&s->q, &s->k, &s->v, s->key_mask.data ? &s->key_mask : NULL,
@@ -469,207 +427,47 @@ static int self_attention(ds_backend *b, const layer_weights *w, te_state *s, ds
     return DS_OK;
 }
 
-/* The decoder layer's first half: h += attn(RMSNorm(h)). */
-static int attention_half(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
+/* Qwen2MLP: down_proj(SiLU(gate_proj(x)) * up_proj(x)) into s->out. */
+static int mlp(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
 {
-    ds_rms_norm_args n1 = {&s->h, &w->input_norm, RMS_EPS, &s->x};
-    ds_binary_args residual = {&s->h, &s->out, DS_BINARY_ADD, &s->h};
-    int rc;
-    if ((rc = ds_rms_norm(b, NULL, &n1, err)) != DS_OK ||
-        (rc = self_attention(b, w, s, err)) != DS_OK ||
-        (rc = ds_binary(b, NULL, &residual, err)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
-/* The second half: h += down(SiLU(gate(x)) * up(x)), x = RMSNorm(h). */
-static int mlp_half(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
-{
-    ds_rms_norm_args n2 = {&s->h, &w->post_norm, RMS_EPS, &s->x};
-    ds_binary_args residual = {&s->h, &s->out, DS_BINARY_ADD, &s->h};
     ds_binary_args glu = {&s->gate, &s->up, DS_BINARY_MUL, &s->gate};
     int rc;
-    if ((rc = ds_rms_norm(b, NULL, &n2, err)) != DS_OK ||
-        (rc = linear(b, &s->x, &w->gate, NULL, DS_ACT_SILU, &s->gate, err)) != DS_OK ||
+    if ((rc = linear(b, &s->x, &w->gate, NULL, DS_ACT_SILU, &s->gate, err)) != DS_OK ||
         (rc = linear(b, &s->x, &w->up, NULL, DS_ACT_NONE, &s->up, err)) != DS_OK ||
         (rc = ds_binary(b, NULL, &glu, err)) != DS_OK ||
-        (rc = linear(b, &s->gate, &w->down, NULL, DS_ACT_NONE, &s->out, err)) != DS_OK ||
+        (rc = linear(b, &s->gate, &w->down, NULL, DS_ACT_NONE, &s->out, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* Qwen2_5_VLDecoderLayer.forward: h += self_attn(input_layernorm(h));
+ * h += mlp(post_attention_layernorm(h)), the engine switching units between the two. */
+static int decoder_layer(ds_backend *b, ds_module_run *r, int64_t i, te_state *s, ds_error *err)
+{
+    layer_weights w;
+    ds_rms_norm_args n1 = {&s->h, &w.input_norm, RMS_EPS, &s->x};
+    ds_rms_norm_args n2 = {&s->h, &w.post_norm, RMS_EPS, &s->x};
+    ds_binary_args residual = {&s->h, &s->out, DS_BINARY_ADD, &s->h};
+    int rc;
+    if ((rc = ds_module_use(r, TEXT_LAYERS, i, SELF_ATTN, &w, err)) != DS_OK ||
+        (rc = ds_rms_norm(b, NULL, &n1, err)) != DS_OK ||
+        (rc = self_attention(b, &w, s, err)) != DS_OK ||
+        (rc = ds_binary(b, NULL, &residual, err)) != DS_OK ||
+        (rc = ds_module_use(r, TEXT_LAYERS, i, MLP, &w, err)) != DS_OK ||
+        (rc = ds_rms_norm(b, NULL, &n2, err)) != DS_OK ||
+        (rc = mlp(b, &w, s, err)) != DS_OK ||
         (rc = ds_binary(b, NULL, &residual, err)) != DS_OK)
         return rc;
-    return DS_OK;
-}
-
-/* Qwen2_5_VLDecoderLayer: h += attn(RMSNorm(h)); h += down(SiLU(gate(x)) * up(x)), x =
- * RMSNorm(h). */
-static int layer_forward(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
-{
-    int rc;
-    if ((rc = attention_half(b, w, s, err)) != DS_OK || (rc = mlp_half(b, w, s, err)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
-/* ---- Streaming the weights through a VRAM manager ----
- *
- * Units: each decoder layer in two (its attention, ~58 MB in bf16, and its MLP, ~407 MB: one
- * unit of the whole 466 MB layer would not fit budgets near half a layer's weights), then the
- * final norm; the plan is that order. The embedding table is not a unit: the direct path
- * gathers its few rows on the host from the mapped file (embed), and paging the whole table
- * (152064 rows, 1 GB in bf16, 2 GB in f32) into the fast tier for a few hundred rows would
- * cost more budget than every layer unit together; so both paths gather on the host. */
-
-/* One tensor of a unit: the parameter's name after the layer's prefix, whether it is a
- * Linear's weight, and where it goes in layer_weights. */
-typedef struct te_slot {
-    const char *name;
-    int linear_weight;
-    size_t offset;
-} te_slot;
-
-static const te_slot attention_slots[] = {
-    {"input_layernorm.weight", 0, offsetof(layer_weights, input_norm)},
-    {"self_attn.q_proj.weight", 1, offsetof(layer_weights, q.weight)},
-    {"self_attn.q_proj.bias", 0, offsetof(layer_weights, q.bias)},
-    {"self_attn.k_proj.weight", 1, offsetof(layer_weights, k.weight)},
-    {"self_attn.k_proj.bias", 0, offsetof(layer_weights, k.bias)},
-    {"self_attn.v_proj.weight", 1, offsetof(layer_weights, v.weight)},
-    {"self_attn.v_proj.bias", 0, offsetof(layer_weights, v.bias)},
-    {"self_attn.o_proj.weight", 1, offsetof(layer_weights, o)},
-};
-static const te_slot mlp_slots[] = {
-    {"post_attention_layernorm.weight", 0, offsetof(layer_weights, post_norm)},
-    {"mlp.gate_proj.weight", 1, offsetof(layer_weights, gate)},
-    {"mlp.up_proj.weight", 1, offsetof(layer_weights, up)},
-    {"mlp.down_proj.weight", 1, offsetof(layer_weights, down)},
-};
-static const te_slot norm_slots[] = {{"norm.weight", 0, 0}};
-
-typedef struct te_unit {
-    const char *name;
-    const te_slot *slots;
-    size_t count;
-} te_unit;
-
-enum { PHASES = 2 }; /* units per decoder layer */
-static const te_unit layer_units[PHASES] = {
-    {"self_attn", attention_slots, sizeof attention_slots / sizeof attention_slots[0]},
-    {"mlp", mlp_slots, sizeof mlp_slots / sizeof mlp_slots[0]},
-};
-static const te_unit norm_unit = {"norm", norm_slots, 1};
-
-/* Unit index of layer `layer`'s phase `phase`; the final norm is layer_unit(layers, 0). */
-static size_t layer_unit(int64_t layer, int phase)
-{
-    return (size_t)layer * PHASES + (size_t)phase;
-}
-
-/* A unit's tensors as the manager's sources. Each keeps the dtype the direct path binds
- * (ds__weight_operand_dtype) rather than the compute dtype, so both paths run the same kernels
- * on the same values and agree bit for bit. */
-static int unit_sources(const ds_loaded_model *m, const char *prefix, const te_unit *u,
-                        ds_vram_tensor_source *src, ds_error *err)
-{
-    for (size_t i = 0; i < u->count; i++) {
-        char full[DS__PARAM_NAME_MAX];
-        snprintf(full, sizeof full, "%s%s", prefix, u->slots[i].name);
-        int rc = ds__weight_vram_source(m, OWNER, full, u->slots[i].linear_weight, &src[i],
-                                        err);
-        if (rc != DS_OK)
-            return rc;
-    }
-    return DS_OK;
-}
-
-/* The model's units in the step's manager, registered on first use (keyed to the loaded
- * model), with the plan in use order. The model's release hook drops them when it is freed. */
-static int vram_register(const ds_loaded_model *m, ds_vram_manager *mgr, int64_t layers,
-                         ds_vram_model **out, ds_error *err)
-{
-    *out = ds_vram_model_find(mgr, m);
-    if (*out)
-        return DS_OK;
-    ds_vram_tensor_source src[DS__WEIGHT_SET_MAX];
-    ds_vram_model *vm = NULL;
-    size_t n_units = (size_t)layers * PHASES + 1;
-    size_t *plan = malloc(n_units * sizeof *plan);
-    if (!plan)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                            "forward: out of memory planning %zu units", n_units);
-    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : "qwen_image_text_encoder",
-                               DS_F32, &vm, err);
-    if (rc != DS_OK)
-        goto fail;
-    for (size_t k = 0; k < n_units; k++) {
-        char prefix[DS__PARAM_NAME_MAX] = LM, name[DS__PARAM_NAME_MAX];
-        const te_unit *u = &norm_unit;
-        if (k < n_units - 1) {
-            u = &layer_units[k % PHASES];
-            snprintf(prefix, sizeof prefix, LM "layers.%zu.", k / PHASES);
-        }
-        snprintf(name, sizeof name, "%s%s", prefix, u->name);
-        if ((rc = unit_sources(m, prefix, u, src, err)) != DS_OK ||
-            (rc = ds_vram_unit_add(vm, name, src, u->count, &plan[k], err)) != DS_OK)
-            goto fail;
-    }
-    if ((rc = ds_vram_plan(vm, plan, n_units, err)) != DS_OK)
-        goto fail;
-    ds__weight_set_vram_adopt(vm, m, mgr);
-    free(plan);
-    *out = vm;
-    return DS_OK;
-fail:
-    ds_vram_model_remove(vm);
-    free(plan);
-    return ds_error_prefix(err, "forward: registering the weights with the VRAM manager: ");
-}
-
-/* Acquires unit `index` and points the fields of `base` at its tensors (*held names it until
- * unit_end). */
-static int unit_begin(ds_vram_model *vm, size_t index, const te_unit *u, void *base,
-                      size_t *held, ds_error *err)
-{
-    const ds_tensor *t;
-    int rc = ds_vram_acquire(vm, index, NULL, &t, err);
-    if (rc != DS_OK)
-        return rc;
-    *held = index;
-    for (size_t i = 0; i < u->count; i++)
-        *(ds_tensor *)((char *)base + u->slots[i].offset) = t[i];
-    return DS_OK;
-}
-
-static int unit_end(ds_vram_model *vm, size_t *held, ds_error *err)
-{
-    if (!vm || *held == SIZE_MAX)
-        return DS_OK;
-    size_t index = *held;
-    *held = SIZE_MAX;
-    return ds_vram_release(vm, index, NULL, err);
+    return ds_module_done(r, err);
 }
 
 /* Bytes of the activations on the compute backend (not the host-side gathered embedding). */
 static size_t state_bytes(te_state *s)
 {
-    ds_tensor *all[] = {&s->key_mask, &s->cos, &s->sin,  &s->h,    &s->x,  &s->q,     &s->k,
-                        &s->v,        &s->attn, &s->out, &s->gate, &s->up, &s->result};
-    size_t bytes = 0;
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (all[i]->data)
-            bytes += ds_tensor_nbytes(all[i]);
-    return bytes;
-}
-
-/* One decoder layer through the manager: its attention unit, then its MLP unit. */
-static int layer_streamed(ds_backend *b, ds_vram_model *vm, int64_t i, layer_weights *w,
-                          te_state *s, size_t *held, ds_error *err)
-{
-    int rc;
-    if ((rc = unit_begin(vm, layer_unit(i, 0), &layer_units[0], w, held, err)) != DS_OK ||
-        (rc = attention_half(b, w, s, err)) != DS_OK || (rc = unit_end(vm, held, err)) != DS_OK ||
-        (rc = unit_begin(vm, layer_unit(i, 1), &layer_units[1], w, held, err)) != DS_OK ||
-        (rc = mlp_half(b, w, s, err)) != DS_OK || (rc = unit_end(vm, held, err)) != DS_OK)
-        return rc;
-    return DS_OK;
+    ds_tensor *const all[] = {&s->key_mask, &s->cos, &s->sin,  &s->h,    &s->x,
+                              &s->q,        &s->k,   &s->v,    &s->attn, &s->out,
+                              &s->gate,     &s->up,  &s->result};
+    return ds_module_bytes(all, sizeof all / sizeof all[0]);
 }
 
 int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_context *ctx,
@@ -678,114 +476,68 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
                                        ds_error *err)
 {
     te_state s;
-    ds__weight_set outer_set, layer_set;
-    layer_weights lw;
-    ds_tensor final_norm;
-    ds_vram_model *vm = NULL;
-    size_t held = SIZE_MAX; /* the unit acquired now, released on failure */
-    size_t reserved = 0;    /* activation bytes reserved in the manager */
+    text_weights tw;
+    ds_module_run run;
     memset(&s, 0, sizeof s);
-    memset(&outer_set, 0, sizeof outer_set);
-    memset(&layer_set, 0, sizeof layer_set);
+    memset(&run, 0, sizeof run);
     int rc = check_inputs(input_ids, attention_mask, hidden_out, err);
     if (rc != DS_OK)
         return rc;
     if (!m || !ctx || !ctx->backend)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model or no backend");
-    int64_t layers = count_layers(m);
-    const ds_sd_entry *table = ds_state_dict_find(&m->params, LM "embed_tokens.weight");
-    if (layers == 0 || !table || table->dict || table->tensor.ndim != 2)
+    int64_t layers = ds_module_count(&modules, m, TEXT_LAYERS);
+    const ds_tensor_view *table =
+        ds_module_find(&modules, m, TEXT_EMBED, 0, TEXT(embed_tokens));
+    if (layers == 0 || !table || table->ndim != 2)
         return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
                             "forward: " OWNER ": the loaded tree has no %s",
                             layers == 0 ? "decoder layers" : "token embedding");
-    if ((rc = check_ids(input_ids, table->tensor.shape[0], err)) != DS_OK)
+    if ((rc = check_ids(input_ids, table->shape[0], err)) != DS_OK)
         return rc;
     ds_backend *b = ctx->backend;
     int64_t B = input_ids->shape[0], S = input_ids->shape[1];
     ds_dtype dtype = hidden_out->dtype;
-    ds__weight_set_init(&outer_set, b, OWNER);
-    ds__weight_set_init(&layer_set, b, OWNER);
-    if (ctx->vram && (rc = vram_register(m, ctx->vram, layers, &vm, err)) != DS_OK)
+    if ((rc = ds_module_open(&run, &modules, m, b, ctx->vram, 1, "forward", err)) != DS_OK)
         return rc;
 
+    /* The activations share the budget with the weights. */
     ds_tensor result;
     if ((rc = alloc_state(b, dtype, B, S, &s, err)) != DS_OK ||
         (rc = rope_tables(S, dtype, &s, err)) != DS_OK ||
         (rc = key_mask(b, attention_mask, &s, err)) != DS_OK ||
-        (!vm && (rc = ds__weight_bind(m, &outer_set, LM, "norm.weight", 0, &final_norm, err)) !=
-                    DS_OK) ||
-        (rc = embed(m, b, input_ids, &s, err)) != DS_OK)
-        goto fail;
-    /* The output: written in place on the CPU, downloaded from a device copy otherwise. */
-    if (is_cpu(b)) {
-        result = *hidden_out;
-        result.backend = b;
-    } else {
-        if ((rc = ds_tensor_alloc(b, dtype, 3, hidden_out->shape, &s.result, err)) != DS_OK)
-            goto fail;
-        result = s.result;
-    }
-    /* The activations share the budget with the weights. */
-    if (vm) {
-        size_t bytes = state_bytes(&s);
-        if ((rc = ds_vram_reserve(vm, "forward: activations", bytes, err)) != DS_OK)
-            goto fail;
-        reserved = bytes;
-    }
+        (rc = embed(m, b, input_ids, &s, err)) != DS_OK ||
+        (rc = ds_module_output(b, hidden_out, &s.result, &result, err)) != DS_OK ||
+        (rc = ds_module_reserve(&run, "forward: activations", state_bytes(&s), err)) != DS_OK)
+        goto done;
 
     /* The decoder layers, cancellable between any two. */
     for (int64_t i = 0; i < layers; i++) {
-        if (ctx->cancelled && ctx->cancelled(ctx->user)) {
-            rc = ds_error_set(err, DS_ERR_CANCELLED, "forward: cancelled before layer %lld of %lld",
-                              (long long)i, (long long)layers);
-            goto fail;
-        }
-        if (vm)
-            rc = layer_streamed(b, vm, i, &lw, &s, &held, err);
-        else if ((rc = bind_layer(m, &layer_set, i, &lw, err)) == DS_OK)
-            rc = layer_forward(b, &lw, &s, err);
-        if (rc != DS_OK) {
+        if ((rc = ds_module_cancelled(ctx, "forward", "layer", i, layers, err)) != DS_OK)
+            goto done;
+        if ((rc = decoder_layer(b, &run, i, &s, err)) != DS_OK) {
             ds_error_prefix(err, "forward: layer %lld: ", (long long)i);
-            goto fail;
+            goto done;
         }
-        ds__weight_set_release(&layer_set);
-        if (ctx->progress)
-            ctx->progress(ctx->user, "forward", (uint64_t)(i + 1), (uint64_t)layers);
+        ds_module_progress(ctx, "forward", i, layers);
     }
 
     /* The final norm: hidden_states[-1] in upstream's output. */
-    ds_rms_norm_args norm = {&s.h, &final_norm, RMS_EPS, &result};
-    if ((vm && (rc = unit_begin(vm, layer_unit(layers, 0), &norm_unit, &final_norm, &held,
-                                err)) != DS_OK) ||
-        (rc = ds_rms_norm(b, NULL, &norm, err)) != DS_OK || (rc = unit_end(vm, &held, err)) != DS_OK)
-        goto fail;
-    if (!is_cpu(b) && (rc = ds_tensor_download(&result, hidden_out->data, NULL, err)) != DS_OK)
-        goto fail;
-    if (vm)
-        ds_vram_unreserve(vm, reserved);
-    ds__weight_set_release(&outer_set);
-    state_free(&s);
-    return DS_OK;
-
-fail:
-    if (held != SIZE_MAX) {
-        ds_error ignored;
-        unit_end(vm, &held, &ignored);
-    }
-    if (vm)
-        ds_vram_unreserve(vm, reserved);
-    ds__weight_set_release(&layer_set);
-    ds__weight_set_release(&outer_set);
+    ds_rms_norm_args norm = {&s.h, &tw.norm, RMS_EPS, &result};
+    if ((rc = ds_module_use(&run, TEXT_NORM, 0, 0, &tw, err)) == DS_OK &&
+        (rc = ds_rms_norm(b, NULL, &norm, err)) == DS_OK &&
+        (rc = ds_module_done(&run, err)) == DS_OK)
+        rc = ds_module_deliver(b, &result, hidden_out, err);
+done:
+    ds_module_close(&run);
     state_free(&s);
     return rc;
 }
 
 /* ---- The "forward" step ---- */
 
-/* The step's compute dtype: the "dtype" parameter, else the stored embedding's when that is
- * f32 (a float32 checkpoint), else bf16 (upstream's pipeline dtype). */
-static int step_dtype(const ds_loaded_model *m, const ds_step_io *in, const char *step,
-                      ds_dtype *out, ds_error *err)
+/* Parameter "dtype", else the stored embedding's dtype when f32, else bf16 (the header). */
+int ds_qwen_image_text_encoder_step_dtype(const ds_loaded_model *m, const ds_step_io *in,
+                                          const char *step, ds_dtype *out, ds_error *err)
 {
     const ds_step_param *p = ds_step_io_param(in, "dtype");
     if (p) {
@@ -799,8 +551,8 @@ static int step_dtype(const ds_loaded_model *m, const ds_step_io *in, const char
                                 "bfloat16", step, p->text);
         return DS_OK;
     }
-    const ds_sd_entry *e = ds_state_dict_find(&m->params, LM "embed_tokens.weight");
-    *out = e && !e->dict && e->tensor.dtype == DS_F32 ? DS_F32 : DS_BF16;
+    const ds_tensor_view *e = ds_module_find(&modules, m, TEXT_EMBED, 0, TEXT(embed_tokens));
+    *out = e && e->dtype == DS_F32 ? DS_F32 : DS_BF16;
     return DS_OK;
 }
 
@@ -819,17 +571,17 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
                                  "[B, S] i64 or i32 token ids", &ids, err)) != DS_OK)
         return rc;
     if (ids->shape[0] < 1 || ids->shape[1] < 1)
-        return bad_input("input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
+        return ds_module_bad_tensor("forward", "input", "input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
     snprintf(expected, sizeof expected, "[%lld, %lld] i64, i32, u8 or bool (input_ids' shape)",
              (long long)ids->shape[0], (long long)ids->shape[1]);
     if ((rc = ds_step_io_require(in, "forward", "attention_mask", 1, mask_dtypes, 4, 2,
                                  ids->shape, expected, &mask, err)) != DS_OK ||
-        (rc = step_dtype(m, in, "forward", &dtype, err)) != DS_OK)
+        (rc = ds_qwen_image_text_encoder_step_dtype(m, in, "forward", &dtype, err)) != DS_OK)
         return rc;
 
     ds_backend *cpu = ctx->backend;
     ds_tensor *hidden;
-    if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+    if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
     if ((rc = ds_step_io_new_tensor(out, cpu, "hidden_states", dtype, 3,
                                     SHAPE(ids->shape[0], ids->shape[1], HIDDEN), &hidden, err)) !=
@@ -838,285 +590,22 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
     return ds_qwen_image_text_encoder_forward(m, ctx, ids, mask, hidden, err);
 }
 
-/* ---- The "encode_prompt" step (facts §5.3) ---- */
-
-/* QwenImageUnit_PromptEmbedder.encode_prompt's text-to-image template, split around the
- * prompt: upstream formats it with str.format, so braces in the prompt are plain text. */
-#define TEMPLATE_HEAD                                                                             \
-    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, "       \
-    "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"           \
-    "<|im_start|>user\n"
-#define TEMPLATE_TAIL "<|im_end|>\n<|im_start|>assistant\n"
-
-enum {
-    DROP_IDX = 34,              /* the system prefix through "user\n", dropped from the output */
-    MAX_TOKENS = 4096 + DROP_IDX, /* the tokenizer's max_length */
-    WARN_TOKENS = 1024,         /* upstream warns from this many templated tokens */
-    TOKENIZER_CACHE_SLOTS = 4,
-};
-
-/* Loaded tokenizers by canonical folder. Upstream loads its tokenizer once, in from_pretrained;
- * ours takes about a second to load (151k-token vocabulary and merges), several times a 7B
- * encoder's forward on a GPU, so it is loaded once per folder and kept for the life of the
- * process: a tokenizer is immutable after load and shared by concurrent steps. The table is
- * small because each entry is ~75 MB; once it is full, further folders are loaded per call. */
-typedef struct tokenizer_slot {
-    char *dir;             /* realpath of the folder; NULL: free slot */
-    ds_qwen_tokenizer *tok;
-} tokenizer_slot;
-
-static pthread_mutex_t tokenizer_lock = PTHREAD_MUTEX_INITIALIZER;
-static tokenizer_slot tokenizer_cache[TOKENIZER_CACHE_SLOTS];
-
-static ds_qwen_tokenizer *cached_tokenizer(const char *dir)
-{
-    for (size_t i = 0; i < TOKENIZER_CACHE_SLOTS; i++)
-        if (tokenizer_cache[i].dir && strcmp(tokenizer_cache[i].dir, dir) == 0)
-            return tokenizer_cache[i].tok;
-    return NULL;
-}
-
-/* The tokenizer of folder `dir` (`origin` says where the folder came from, for errors). *owned
- * is set when the caller must free it (the cache was full). The load runs outside the lock so
- * that a slow load does not hold up steps whose tokenizer is cached; two first calls racing on
- * one folder both load and the later one frees its copy. */
-static int get_tokenizer(const char *dir, const char *origin, const ds_qwen_tokenizer **out,
-                         ds_qwen_tokenizer **owned, ds_error *err)
-{
-    char canonical[PATH_MAX];
-    *owned = NULL;
-    if (!realpath(dir, canonical))
-        return ds_error_set(err, errno == ENOENT ? DS_ERR_NOT_FOUND : DS_ERR_PERMISSION_DENIED,
-                            "encode_prompt: tokenizer folder %s (%s): %s", dir, origin,
-                            strerror(errno));
-    pthread_mutex_lock(&tokenizer_lock);
-    const ds_qwen_tokenizer *hit = cached_tokenizer(canonical);
-    pthread_mutex_unlock(&tokenizer_lock);
-    if (hit) {
-        *out = hit;
-        return DS_OK;
-    }
-
-    ds_qwen_tokenizer *tok = NULL;
-    int rc = ds_qwen_tokenizer_load(canonical, &tok, err);
-    if (rc != DS_OK) {
-        ds_error_prefix(err, "encode_prompt: tokenizer folder %s (%s): ", dir, origin);
-        return rc;
-    }
-    char *key = strdup(canonical);
-    pthread_mutex_lock(&tokenizer_lock);
-    hit = cached_tokenizer(canonical);
-    for (size_t i = 0; !hit && key && i < TOKENIZER_CACHE_SLOTS; i++)
-        if (!tokenizer_cache[i].dir) {
-            tokenizer_cache[i] = (tokenizer_slot){key, tok};
-            key = NULL;
-            hit = tok;
-            tok = NULL;
-        }
-    pthread_mutex_unlock(&tokenizer_lock);
-    free(key);
-    if (hit) {
-        ds_qwen_tokenizer_free(tok);
-        *out = hit;
-    } else {
-        *out = tok;
-        *owned = tok;
-    }
-    return DS_OK;
-}
-
-/* The tokenizer folder: the "tokenizer" parameter, else upstream's layout, where from_pretrained
- * takes Qwen/Qwen-Image/tokenizer/ for the weights in Qwen/Qwen-Image/text_encoder/: the folder
- * `tokenizer` beside the folder of the model's first file. */
-static int tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx,
-                         const ds_step_io *in, char *dir, size_t cap, const char **origin,
-                         ds_error *err)
-{
-    const ds_step_param *p = ds_step_io_param(in, "tokenizer");
-    if (p) {
-        *origin = "the \"tokenizer\" parameter";
-        if (!p->text[0])
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "encode_prompt: parameter \"tokenizer\" is empty");
-        if (snprintf(dir, cap, "%s", p->text) >= (int)cap)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "encode_prompt: parameter \"tokenizer\" is longer than %zu bytes",
-                                cap - 1);
-        /* A client-named folder is read by the daemon: it must lie inside the model roots. */
-        if (ctx->check_path) {
-            int rc = ctx->check_path(ctx->user, dir, err);
-            if (rc != DS_OK) {
-                ds_error_prefix(err, "encode_prompt: parameter \"tokenizer\": ");
-                return rc;
-            }
-        }
-        return DS_OK;
-    }
-    *origin = "beside the model files, as upstream lays out Qwen/Qwen-Image; or give the "
-              "\"tokenizer\" parameter";
-    if (!m->files || m->files->count == 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: the model has no files to find the tokenizer folder "
-                            "beside; give the \"tokenizer\" parameter");
-    char file[PATH_MAX];
-    const char *path = m->files->files[0].path;
-    if (!realpath(path, file))
-        return ds_error_set(err, DS_ERR_NOT_FOUND,
-                            "encode_prompt: cannot resolve the model file %s to find the "
-                            "tokenizer folder beside it: %s",
-                            path, strerror(errno));
-    /* file = .../<model>/<weights folder>/<file>: cut the last two components. */
-    for (int cut = 0; cut < 2; cut++) {
-        char *slash = strrchr(file, '/');
-        if (slash == file || !slash)
-            return ds_error_set(err, DS_ERR_NOT_FOUND,
-                                "encode_prompt: the model file %s has no parent folder to hold "
-                                "tokenizer/; give the \"tokenizer\" parameter",
-                                path);
-        *slash = '\0';
-    }
-    if (snprintf(dir, cap, "%s/tokenizer", file) >= (int)cap)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: the tokenizer folder beside %s is too long a path",
-                            path);
-    return DS_OK;
-}
-
-/* The prompt in upstream's template, tokenized; the length checks of encode_prompt. */
-static int tokenize_prompt(const ds_qwen_tokenizer *tok, const char *prompt, int32_t **ids,
-                           size_t *count, ds_error *err)
-{
-    size_t n = strlen(prompt);
-    size_t len = strlen(TEMPLATE_HEAD) + n + strlen(TEMPLATE_TAIL);
-    char *text = malloc(len + 1);
-    if (!text)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                            "encode_prompt: out of memory for a %zu-byte prompt", n);
-    snprintf(text, len + 1, "%s%s%s", TEMPLATE_HEAD, prompt, TEMPLATE_TAIL);
-    int rc = ds_qwen_tokenizer_encode(tok, text, len, ids, count, err);
-    free(text);
-    if (rc != DS_OK) {
-        ds_error_prefix(err, "encode_prompt: parameter \"prompt\": ");
-        return rc;
-    }
-    /* Upstream truncates at max_length, cutting the template's end and then the prompt
-     * silently; an error says so instead. */
-    if (*count > MAX_TOKENS) {
-        rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                          "encode_prompt: the prompt requires %zu tokens, over upstream's limit "
-                          "of %d (the tokenizer's max_length %d less the template's %d-token "
-                          "prefix; upstream would truncate it)",
-                          *count - DROP_IDX, MAX_TOKENS - DROP_IDX, MAX_TOKENS, DROP_IDX);
-        free(*ids);
-        *ids = NULL;
-        return rc;
-    }
-    if (*count <= DROP_IDX) {
-        rc = ds_error_set(err, DS_ERR_INTERNAL,
-                          "encode_prompt: the templated prompt is %zu tokens, not more than the "
-                          "%d-token prefix",
-                          *count, DROP_IDX);
-        free(*ids);
-        *ids = NULL;
-        return rc;
-    }
-    if (*count >= WARN_TOKENS)
-        ds_log_warn("Warning!!! QwenImage model was trained on prompts up to 512 tokens. Current "
-                    "prompt requires %zu tokens, which may lead to unpredictable behavior.",
-                    *count - DROP_IDX);
-    return DS_OK;
-}
-
-/* QwenImageUnit_PromptEmbedder.process for a text-only prompt: the template, the encoder's
- * final-norm hidden states, the first 34 tokens dropped. With one prompt and no padding the
- * mask split and re-padding keep every remaining row, so prompt_emb_mask is all ones. */
-static int encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
-                              const ds_step_io *in, ds_step_io *out, ds_error *err)
-{
-    static const char *const known[] = {"prompt", "tokenizer", "dtype", NULL};
-    const ds_qwen_tokenizer *tok = NULL;
-    ds_qwen_tokenizer *owned_tok = NULL;
-    int32_t *ids = NULL;
-    size_t count = 0;
-    void *hidden_data = NULL;
-    char dir[PATH_MAX];
-    const char *origin = NULL;
-    ds_dtype dtype = DS_BF16;
-    int rc;
-    if ((rc = ds_step_io_check_names(in, "encode_prompt", known, err)) != DS_OK)
-        return rc;
-    const ds_step_param *prompt = ds_step_io_param(in, "prompt");
-    if (!prompt)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: parameter \"prompt\" is required (the text to "
-                            "encode; it may be empty)");
-    if (in->tensor_count > 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: takes no tensors, got \"%s\"", in->tensors[0].name);
-    if ((rc = step_dtype(m, in, "encode_prompt", &dtype, err)) != DS_OK ||
-        (rc = tokenizer_dir(m, ctx, in, dir, sizeof dir, &origin, err)) != DS_OK ||
-        (rc = get_tokenizer(dir, origin, &tok, &owned_tok, err)) != DS_OK ||
-        (rc = tokenize_prompt(tok, prompt->text, &ids, &count, err)) != DS_OK)
-        goto done;
-
-    ds_backend *cpu = ctx->backend;
-    if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
-        goto done;
-    int64_t S = (int64_t)count, L = S - DROP_IDX;
-    size_t row = (size_t)HIDDEN * ds_dtype_size(dtype);
-    hidden_data = malloc((size_t)S * row);
-    if (!hidden_data) {
-        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                          "encode_prompt: out of memory for [1, %lld, %d] hidden states",
-                          (long long)S, HIDDEN);
-        goto done;
-    }
-    ds_tensor id_tensor = ds_tensor_wrap(cpu, DS_I32, 2, SHAPE(1, S), ids);
-    ds_tensor hidden = ds_tensor_wrap(cpu, dtype, 3, SHAPE(1, S, HIDDEN), hidden_data);
-    ds_tensor *emb, *mask;
-    /* A single unpadded prompt: the tokenizer's mask is all ones, the same as none. */
-    if ((rc = ds_qwen_image_text_encoder_forward(m, ctx, &id_tensor, NULL, &hidden, err)) !=
-            DS_OK ||
-        (rc = ds_step_io_new_tensor(out, cpu, "prompt_emb", dtype, 3, SHAPE(1, L, HIDDEN), &emb,
-                                    err)) != DS_OK)
-        goto done;
-    memcpy(emb->data, (const char *)hidden_data + (size_t)DROP_IDX * row, (size_t)L * row);
-    if ((rc = ds_step_io_new_tensor(out, cpu, "prompt_emb_mask", DS_I64, 2, SHAPE(1, L), &mask,
-                                    err)) != DS_OK)
-        goto done;
-    for (int64_t i = 0; i < L; i++)
-        ((int64_t *)mask->data)[i] = 1;
-
-done:
-    if (rc != DS_OK && strncmp(err->message, "encode_prompt", 13) != 0)
-        ds_error_prefix(err, "encode_prompt: ");
-    free(hidden_data);
-    free(ids);
-    ds_qwen_tokenizer_free(owned_tok);
-    return rc;
-}
-
 static const ds_model_step steps[] = {
     {
         .name = "forward",
+        .run = forward_step,
         .usage = "forward: input_ids [B, S] (i64 or i32), attention_mask [B, S] (optional; 0 = "
                  "padding), dtype (float32 or bfloat16; default bfloat16, float32 for a float32 "
                  "checkpoint) -> hidden_states [B, S, 3584], after the final norm",
-        .run = forward_step,
     },
     {
         .name = "encode_prompt",
+        .run = ds_qwen_image_encode_prompt_step,
         .usage = "encode_prompt: prompt (text), tokenizer (folder; default: tokenizer/ beside "
                  "the model's folder, as in Qwen/Qwen-Image), dtype (as forward) -> prompt_emb "
                  "[1, L, 3584], prompt_emb_mask [1, L] i64: upstream's text-to-image template, "
                  "the first 34 tokens dropped",
-        .run = encode_prompt_step,
     },
 };
 
-const ds_model_class ds__qwen_image_text_encoder_class = {
-    .name = CLASS_NAME,
-    .declare_parameters = declare_parameters,
-    .steps = steps,
-    .step_count = sizeof steps / sizeof steps[0],
-};
+DS_MODEL_CLASS(ds__qwen_image_text_encoder_class, CLASS_NAME, declare_parameters, steps);

@@ -1,16 +1,7 @@
 /* The Qwen-Image text encoder's forward pass (facts §5.3, §8): the text path of
  * diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder (transformers'
- * Qwen2_5_VLModel), as the "forward" step of that class and as a plain C entry point.
- *
- * The class's "encode_prompt" step is upstream's QwenImageUnit_PromptEmbedder for a text
- * prompt: parameter `prompt` (text, may be empty), optional `tokenizer` (a folder; default the
- * folder `tokenizer` beside the model's folder, as Qwen/Qwen-Image lays out text_encoder/ and
- * tokenizer/) and `dtype` (as "forward"). It puts the prompt in upstream's system/user template,
- * tokenizes it (core/qwen_tokenizer.h), runs the forward, drops the first 34 tokens and returns
- * prompt_emb [1, L, 3584] in the compute dtype and prompt_emb_mask [1, L] i64 (all ones).
- * More than 4096 + 34 templated tokens is INVALID_ARGUMENT (upstream would truncate); from
- * 1024 it logs upstream's warning. A missing tokenizer folder is NOT_FOUND naming it. Each
- * tokenizer folder is loaded once and kept for the process (several steps share it). */
+ * Qwen2_5_VLModel), as the "forward" step of that class and as a plain C entry point. The
+ * class's "encode_prompt" step is the pipeline's prompt embedder (qwen_image_pipeline.h). */
 #ifndef DS_MODELS_QWEN_IMAGE_TEXT_ENCODER_H
 #define DS_MODELS_QWEN_IMAGE_TEXT_ENCODER_H
 
@@ -39,5 +30,11 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
                                        const ds_tensor *input_ids,
                                        const ds_tensor *attention_mask, ds_tensor *hidden_out,
                                        ds_error *err);
+
+/* The compute dtype a step of the class runs in: parameter "dtype" (float32 or bfloat16;
+ * INVALID_ARGUMENT naming `step` otherwise), else the stored token embedding's when that is f32
+ * (a float32 checkpoint), else bf16 (upstream's pipeline dtype). */
+int ds_qwen_image_text_encoder_step_dtype(const ds_loaded_model *m, const ds_step_io *in,
+                                          const char *step, ds_dtype *out, ds_error *err);
 
 #endif

@@ -15,6 +15,7 @@
 #include "core/float_convert.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
+#include "models/module.h"
 #include "models/param_tree.h"
 #include "models/weight_set.h"
 #include "vram/vram_manager.h"
@@ -295,18 +296,6 @@ static const float LATENT_STD[LATENT_CHANNELS] = {
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
-/* The same memory under another shape of the same element count. */
-static ds_tensor view(const ds_tensor *t, int ndim, const int64_t *shape)
-{
-    ds_tensor v = *t;
-    v.ndim = ndim;
-    memcpy(v.shape, shape, (size_t)ndim * sizeof *shape);
-    return v;
-}
-
-/* On the CPU backend host memory is backend memory: inputs are used in place. */
-static int is_cpu(const ds_backend *b) { return strcmp(b->name, "cpu") == 0; }
-
 /* What runs, in order: upstream's module sequence for one direction. */
 typedef enum layer_kind {
     LAYER_CONV,       /* a causal conv alone: conv_in, quant_conv, post_quant_conv */
@@ -558,9 +547,9 @@ static int conv(vae_run *r, const char *prefix, const char *name, const ds_tenso
                                       &tap, err)) != DS_OK ||
                 (rc = ds_slice(r->b, NULL, &last, err)) != DS_OK)
                 goto done;
-            w2 = view(&tap, 4, shape4);
+            w2 = ds_module_view(&tap, 4, shape4);
         } else {
-            w2 = view(&w, 4, shape4);
+            w2 = ds_module_view(&w, 4, shape4);
         }
         pad[0] = pad[1] = (int)(ws[3] / 2);
         pad[2] = pad[3] = (int)(ws[4] / 2);
@@ -588,7 +577,7 @@ static int rms_norm(vae_run *r, const char *prefix, const char *name, const ds_t
     int rc = bind(r, prefix, name, 0, &gamma, err);
     if (rc != DS_OK)
         return rc;
-    ds_tensor g1 = view(&gamma, 1, SHAPE(gamma.shape[0]));
+    ds_tensor g1 = ds_module_view(&gamma, 1, SHAPE(gamma.shape[0]));
     ds_channel_rms_norm_args n = {x, &g1, NULL, NORM_EPS, y};
     ds_activation_args act = {y, DS_ACT_SILU, y};
     if ((rc = ds_channel_rms_norm(r->b, NULL, &n, err)) != DS_OK ||
@@ -652,8 +641,8 @@ static int attention(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err
         (rc = bind(r, prefix, "proj.weight", 1, &proj.weight, err)) != DS_OK ||
         (rc = bind(r, prefix, "proj.bias", 0, &proj.bias, err)) != DS_OK)
         return rc;
-    ds_tensor w_qkv = view(&to_qkv.weight, 2, SHAPE(3 * C, C));
-    ds_tensor w_proj = view(&proj.weight, 2, SHAPE(C, C));
+    ds_tensor w_qkv = ds_module_view(&to_qkv.weight, 2, SHAPE(3 * C, C));
+    ds_tensor w_proj = ds_module_view(&proj.weight, 2, SHAPE(C, C));
 
     /* Channels last: [B, C, H, W] -> [B, H * W, C], the layout of the linears and attention. */
     ds_permute_args to_last = {&n, {0, 2, 3, 1}, &p};
@@ -663,7 +652,7 @@ static int attention(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err
         (rc = ds_permute(r->b, NULL, &to_last, err)) != DS_OK)
         goto done;
     ds_tensor_free(&n);
-    ds_tensor p3 = view(&p, 3, SHAPE(B, S, C));
+    ds_tensor p3 = ds_module_view(&p, 3, SHAPE(B, S, C));
     ds_linear_args lin_qkv = {&p3, &w_qkv, &to_qkv.bias, 1.0f, DS_ACT_NONE, &qkv};
     if ((rc = ds_tensor_alloc(r->b, r->dtype, 3, SHAPE(B, S, 3 * C), &qkv, err)) != DS_OK ||
         (rc = ds_linear(r->b, NULL, &lin_qkv, err)) != DS_OK)
@@ -677,7 +666,7 @@ static int attention(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err
         if ((rc = ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(B, S, 1, C), parts[i], err)) !=
                 DS_OK)
             goto done;
-        ds_tensor part3 = view(parts[i], 3, SHAPE(B, S, C));
+        ds_tensor part3 = ds_module_view(parts[i], 3, SHAPE(B, S, C));
         s.y = &part3;
         if ((rc = ds_slice(r->b, NULL, &s, err)) != DS_OK)
             goto done;
@@ -691,13 +680,13 @@ static int attention(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err
     ds_tensor_free(&k);
     ds_tensor_free(&v);
 
-    ds_tensor o3 = view(&o, 3, SHAPE(B, S, C));
+    ds_tensor o3 = ds_module_view(&o, 3, SHAPE(B, S, C));
     ds_linear_args lin_proj = {&o3, &w_proj, &proj.bias, 1.0f, DS_ACT_NONE, &pr};
     if ((rc = ds_tensor_alloc(r->b, r->dtype, 3, SHAPE(B, S, C), &pr, err)) != DS_OK ||
         (rc = ds_linear(r->b, NULL, &lin_proj, err)) != DS_OK)
         goto done;
     ds_tensor_free(&o);
-    ds_tensor pr4 = view(&pr, 4, SHAPE(B, H, W, C));
+    ds_tensor pr4 = ds_module_view(&pr, 4, SHAPE(B, H, W, C));
     ds_permute_args to_first = {&pr4, {0, 3, 1, 2}, &y};
     ds_binary_args add = {&y, x, DS_BINARY_ADD, &y};
     if ((rc = alloc_like(r, x, &y, err)) != DS_OK ||
@@ -915,14 +904,6 @@ static int model_config(const ds_loaded_model *m, const char *phase, vae_config 
     return DS_OK;
 }
 
-static int bad_tensor(const char *phase, const char *what, const char *name, const ds_tensor *t,
-                      const char *expected, ds_error *err)
-{
-    char got[128];
-    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: %s \"%s\" is %s, expected %s", phase,
-                        what, name, ds_tensor_describe(t, got, sizeof got), expected);
-}
-
 static int float_dtype(ds_dtype d) { return d == DS_F32 || d == DS_BF16; }
 
 /* latents' expectation, for the entry point and the step. */
@@ -1039,13 +1020,13 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
     if (decode) {
         if (!float_dtype(in->dtype) || in->ndim != 4 || is[0] < 1 || is[1] != LATENT_CHANNELS ||
             is[2] < 1 || is[3] < 1 || !in->data)
-            return bad_tensor(phase, "input", in_name, in, LATENTS_EXPECTED, err);
+            return ds_module_bad_tensor(phase, "input", in_name, in, LATENTS_EXPECTED, err);
     } else {
         image_expected(c.image_channels, factor, expected, sizeof expected);
         if (!float_dtype(in->dtype) || in->ndim != 4 || is[0] < 1 ||
             is[1] != c.image_channels || is[2] < factor || is[3] < factor ||
             is[2] % factor || is[3] % factor || !in->data)
-            return bad_tensor(phase, "input", in_name, in, expected, err);
+            return ds_module_bad_tensor(phase, "input", in_name, in, expected, err);
     }
     int64_t want[4] = {is[0], decode ? c.image_channels : LATENT_CHANNELS,
                        decode ? is[2] * factor : is[2] / factor,
@@ -1055,7 +1036,7 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
     snprintf(expected, sizeof expected, "%s (from input \"%s\": its batch and dtype)",
              ds_tensor_describe(&want_t, got, sizeof got), in_name);
     if (out->dtype != in->dtype || !ds_tensor_same_shape(out, &want_t) || !out->data)
-        return bad_tensor(phase, "output", out_name, out, expected, err);
+        return ds_module_bad_tensor(phase, "output", out_name, out, expected, err);
 
     vae_run r = {.m = m, .b = ctx->backend, .dtype = in->dtype, .phase = phase,
                  .held = SIZE_MAX};
@@ -1071,7 +1052,7 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
         (rc = latent_stats(&r, &mean, &inv_std, err)) != DS_OK)
         goto done;
     input.backend = r.b;
-    if (!is_cpu(r.b)) {
+    if (!r.b->host_memory) {
         if ((rc = ds_tensor_alloc(r.b, in->dtype, 4, is, &upload, err)) != DS_OK ||
             (rc = ds_tensor_upload(&upload, in->data, NULL, err)) != DS_OK)
             goto done;
@@ -1175,13 +1156,13 @@ static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const 
     const int64_t *xs = x->shape;
     if (xs[0] < 1 || xs[2] < 1 || xs[3] < 1 ||
         (!decode && (xs[2] % factor || xs[3] % factor)))
-        return bad_tensor(phase, "input", in_name, x, expected, err);
+        return ds_module_bad_tensor(phase, "input", in_name, x, expected, err);
     int64_t shape[4] = {xs[0], decode ? c.image_channels : LATENT_CHANNELS,
                         decode ? xs[2] * factor : xs[2] / factor,
                         decode ? xs[3] * factor : xs[3] / factor};
     ds_backend *cpu = ctx->backend;
     ds_tensor *y;
-    if (!is_cpu(cpu) && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+    if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
     if ((rc = ds_step_io_new_tensor(out, cpu, out_name, x->dtype, 4, shape, &y, err)) != DS_OK)
         return rc;
@@ -1217,9 +1198,4 @@ static const ds_model_step steps[] = {
     },
 };
 
-const ds_model_class ds__qwen_image_vae_class = {
-    .name = CLASS_NAME,
-    .declare_parameters = declare_parameters,
-    .steps = steps,
-    .step_count = sizeof steps / sizeof steps[0],
-};
+DS_MODEL_CLASS(ds__qwen_image_vae_class, CLASS_NAME, declare_parameters, steps);

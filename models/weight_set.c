@@ -14,7 +14,7 @@ void ds__weight_set_init(ds__weight_set *ws, ds_backend *b, const char *owner)
     memset(ws, 0, sizeof *ws);
     ws->backend = b;
     ws->owner = owner;
-    ws->on_host = strcmp(b->name, "cpu") == 0;
+    ws->on_host = b->host_memory;
 }
 
 void ds__weight_set_release(ds__weight_set *ws)

@@ -19,7 +19,7 @@
 typedef struct ds__weight_set {
     ds_backend *backend;
     const char *owner;                    /* the class, for messages: "QwenImageDiT" (borrowed) */
-    int on_host;                          /* backend is the CPU: views, no copies */
+    int on_host;                          /* backend memory is host memory: views, no copies */
     ds_tensor device[DS__WEIGHT_SET_MAX]; /* ds_tensor_alloc'd copies, freed on release */
     size_t device_count;
     void *host[DS__WEIGHT_SET_MAX];       /* malloc'd f32 conversions, freed on release */

@@ -212,6 +212,7 @@ int ds_cpu_backend_create(int threads, ds_backend **out, ds_error *err)
     openblas_set_num_threads(threads);
 
     b->name = "cpu";
+    b->host_memory = 1;
     b->impl = pool;
     b->alloc = cpu_alloc;
     b->free = cpu_free;

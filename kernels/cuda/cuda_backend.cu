@@ -447,6 +447,7 @@ int ds_cuda_backend_create(int device, ds_backend **out, ds_error *err)
         goto fail;
 
     b->name = "cuda";
+    b->host_memory = 0;
     b->alloc = cuda_alloc;
     b->free = cuda_free;
     b->alloc_pinned = cuda_alloc_pinned;
