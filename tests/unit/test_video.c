@@ -1,7 +1,8 @@
 /* core/video_write.c and core/video_read.c: the MP4 written is checked with libavformat opened
  * here on the file (frame count, size, fps, codec, pixel format, index first) and against the
- * raw frames (PSNR); lossless WebP and PNG folders round-trip exactly; files that are not
- * videos, are cut short, empty or over the size limit are refused with a message that says so. */
+ * raw frames (PSNR); lossless WebP and PNG folders round-trip exactly, a hand-made GIF reads
+ * to its palette colours; files that are not videos, are cut short, empty or over the size
+ * limit are refused with a message that says so. */
 #include <dirent.h>
 #include <math.h>
 #include <stdio.h>
@@ -428,6 +429,91 @@ static void test_malformed_inputs(void)
     free(frames);
 }
 
+/* A GIF89a written by hand (no GIF encoder involved): a 4-colour global palette, frames that
+ * cover the canvas, LZW with a clear code after every two pixels so every code stays 3 bits. */
+typedef struct bits {
+    uint8_t *out;
+    size_t n;
+    uint32_t acc, count;
+} bits;
+
+static void put_code(bits *b, uint32_t code)
+{
+    b->acc |= code << b->count;
+    b->count += 3;
+    while (b->count >= 8) {
+        b->out[b->n++] = (uint8_t)b->acc;
+        b->acc >>= 8;
+        b->count -= 8;
+    }
+}
+
+static const uint8_t gif_palette[4][3] = {{255, 0, 0}, {0, 255, 0}, {0, 0, 255}, {255, 255, 255}};
+
+static size_t make_gif(uint8_t *g, const uint8_t *index, uint32_t t, uint32_t h, uint32_t w)
+{
+    size_t n = 0;
+    memcpy(g, "GIF89a", 6);
+    n = 6;
+    g[n++] = (uint8_t)w, g[n++] = 0, g[n++] = (uint8_t)h, g[n++] = 0;
+    g[n++] = 0x81; /* global palette of 2^(1+1) colours */
+    g[n++] = 0, g[n++] = 0;
+    memcpy(g + n, gif_palette, 12);
+    n += 12;
+    for (uint32_t i = 0; i < t; i++) {
+        /* Graphic control: no disposal, 10/100 s per frame. */
+        const uint8_t gce[] = {0x21, 0xf9, 4, 0, 10, 0, 0, 0};
+        memcpy(g + n, gce, sizeof gce);
+        n += sizeof gce;
+        const uint8_t desc[] = {0x2c, 0, 0, 0, 0, (uint8_t)w, 0, (uint8_t)h, 0, 0};
+        memcpy(g + n, desc, sizeof desc);
+        n += sizeof desc;
+        g[n++] = 2; /* LZW minimum code size */
+        uint8_t data[1024];
+        bits b = {.out = data};
+        for (uint32_t p = 0; p < w * h; p++) {
+            if (p % 2 == 0)
+                put_code(&b, 4);
+            put_code(&b, index[i * w * h + p]);
+        }
+        put_code(&b, 5);
+        if (b.count)
+            data[b.n++] = (uint8_t)b.acc;
+        for (size_t k = 0; k < b.n; k += 255) {
+            size_t len = b.n - k < 255 ? b.n - k : 255;
+            g[n++] = (uint8_t)len;
+            memcpy(g + n, data + k, len);
+            n += len;
+        }
+        g[n++] = 0;
+    }
+    g[n++] = 0x3b;
+    return n;
+}
+
+static void test_gif(void)
+{
+    const uint32_t t = 3, h = 6, w = 10;
+    uint8_t index[3 * 6 * 10], expected[3 * 6 * 10 * 3], gif[4096];
+    for (uint32_t i = 0; i < t * h * w; i++) {
+        index[i] = (uint8_t)((i * 7 + i / 13) % 4);
+        memcpy(expected + 3 * i, gif_palette[index[i]], 3);
+    }
+    size_t size = make_gif(gif, index, t, h, w);
+    char path[512];
+    snprintf(path, sizeof path, "%s", tmp_path("clip.gif"));
+    REQUIRE(write_bytes(path, gif, size) == 0);
+    ds_video v;
+    ds_error err;
+    int rc = ds_video_read_file(path, DS_VIDEO_READ_DEFAULT_MAX_BYTES, &v, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    CHECK_MSG(v.t == t && v.width == w && v.height == h, "%u frames of %u x %u", v.t, v.width,
+              v.height);
+    CHECK(v.rgb && v.t == t && memcmp(v.rgb, expected, sizeof expected) == 0);
+    CHECK_MSG(fabs(v.fps - 10.0) < 1e-6, "fps %g", v.fps);
+    ds_video_free(&v);
+}
+
 static void test_formats_by_name(void)
 {
     ds_video_format f = DS_VIDEO_MP4;
@@ -478,6 +564,7 @@ int main(void)
     RUN(test_mp4_fps_and_odd_sizes);
     RUN(test_webp);
     RUN(test_png_folder);
+    RUN(test_gif);
     RUN(test_malformed_inputs);
     RUN(test_formats_by_name);
     remove_tree(tmpdir);
