@@ -11,15 +11,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#if DS_HAVE_FFMPEG
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
 #include <libavutil/mem.h>
 #include <libavutil/pixdesc.h>
 #include <libswscale/swscale.h>
+#endif
 #include <webp/demux.h>
 
 #include "core/image_png.h"
+#if DS_HAVE_FFMPEG
 #include "core/video_av.h"
+#endif
 
 /* The demuxers a client's file may reach (libavformat names; "mov" is MP4/MOV, "matroska" is
  * MKV/WebM). Everything else libavformat knows stays unreachable from client bytes. */
@@ -146,6 +150,7 @@ done:
     return rc;
 }
 
+#if DS_HAVE_FFMPEG
 /* Nothing besides the buffer is opened: an MP4 may name other files (data references). */
 static int refuse_open(AVFormatContext *s, AVIOContext **pb, const char *url, int flags,
                        AVDictionary **options)
@@ -404,6 +409,24 @@ done:
     ds_av_buffer_io_free(&io);
     return rc;
 }
+#else
+static int decode_av(const uint8_t *data, size_t size, const char *name, size_t max_bytes,
+                     ds_video *out, ds_error *err)
+{
+    (void)max_bytes, (void)out;
+    const char *kind = size >= 8 && memcmp(data + 4, "ftyp", 4) == 0   ? "MP4"
+                       : size >= 4 && memcmp(data, "GIF8", 4) == 0      ? "GIF"
+                       : size >= 4 && memcmp(data, "\x1a\x45\xdf\xa3", 4) == 0 ? "WebM/Matroska"
+                                                                         : NULL;
+    if (!kind)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: not a video (no WebP or PNG data found; this build reads no "
+                            "MP4, WebM or GIF)", name);
+    return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                        "%s: %s input needs FFmpeg, and this build has none (-Dffmpeg=disabled); "
+                        "convert it to WebP or PNG frames", name, kind);
+}
+#endif
 
 int ds_video_decode(const uint8_t *data, size_t size, const char *name, size_t max_bytes,
                     ds_video *out, ds_error *err)

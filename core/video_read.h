@@ -30,7 +30,8 @@ typedef struct ds_video {
  * stream; a corrupt or truncated file (including fewer frames than the container's index
  * lists); zero frames; frames that change size; a frame size over DS_VIDEO_READ_MAX_SIDE; or
  * t * height * width * 3 over max_bytes (checked before the memory is taken).
- * FAILED_PRECONDITION when libavcodec has no decoder for the stream's codec. */
+ * FAILED_PRECONDITION when libavcodec has no decoder for the stream's codec, or for MP4 / WebM /
+ * GIF input in a build without FFmpeg (-Dffmpeg=disabled: WebP and PNG only). */
 int ds_video_decode(const uint8_t *data, size_t size, const char *name, size_t max_bytes,
                     ds_video *out, ds_error *err);
 

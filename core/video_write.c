@@ -10,15 +10,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#if DS_HAVE_FFMPEG
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
 #include <libavutil/opt.h>
 #include <libswscale/swscale.h>
+#endif
 #include <webp/encode.h>
 #include <webp/mux.h>
 
 #include "core/image_png.h"
+#if DS_HAVE_FFMPEG
 #include "core/video_av.h"
+#endif
 
 #define DEFAULT_CRF 18
 #define DEFAULT_WEBP_QUALITY 90
@@ -104,6 +108,7 @@ static int check_input(const uint8_t *frames, uint32_t t, uint32_t height, uint3
     return DS_OK;
 }
 
+#if DS_HAVE_FFMPEG
 /* The mov muxer's +faststart moves the index before the media at the end: it opens its output
  * a second time for reading. These give it a second reader of the same buffer. */
 static int reopen_for_read(AVFormatContext *s, AVIOContext **pb, const char *url, int flags,
@@ -325,6 +330,27 @@ done:
     free(buf.data);
     return rc;
 }
+
+bool ds_video_mp4_supported(void)
+{
+    return avcodec_find_encoder_by_name(DS_VIDEO_H264_ENCODER) != NULL;
+}
+#else
+static int encode_mp4(const uint8_t *frames, uint32_t t, uint32_t height, uint32_t width,
+                      const ds_video_write_options *o, uint8_t **data, size_t *size,
+                      ds_error *err)
+{
+    (void)frames, (void)t, (void)height, (void)width, (void)o, (void)data, (void)size;
+    return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                        "MP4 encode: this build has no FFmpeg (-Dffmpeg=disabled); write WebP or "
+                        "PNG frames instead");
+}
+
+bool ds_video_mp4_supported(void)
+{
+    return false;
+}
+#endif
 
 static int encode_webp(const uint8_t *frames, uint32_t t, uint32_t height, uint32_t width,
                        const ds_video_write_options *o, uint8_t **data, size_t *size,

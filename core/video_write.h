@@ -35,6 +35,10 @@ typedef struct ds_video_write_options {
     bool lossless; /* WebP only: exact pixels. (PNG frames are always exact.) */
 } ds_video_write_options;
 
+/* Whether DS_VIDEO_MP4 can be written: the build has FFmpeg and its libavcodec has
+ * DS_VIDEO_H264_ENCODER. WebP and PNG frames are always available. */
+bool ds_video_mp4_supported(void);
+
 /* MP4, 15 fps, default quality, lossy. */
 ds_video_write_options ds_video_write_defaults(void);
 
@@ -57,7 +61,8 @@ const char *ds_video_format_name(ds_video_format format);
  * an odd width or height is refused (not padded, which would change the video's size), with a
  * message pointing at WebP or PNG. INVALID_ARGUMENT for a zero or over-cap size, bad options or
  * DS_VIDEO_PNG_FRAMES (a folder is not one buffer; use ds_video_write_file);
- * FAILED_PRECONDITION when libavcodec lacks DS_VIDEO_H264_ENCODER. On failure *data is NULL. */
+ * FAILED_PRECONDITION for MP4 in a build without FFmpeg (-Dffmpeg=disabled) or when libavcodec
+ * lacks DS_VIDEO_H264_ENCODER. On failure *data is NULL. */
 int ds_video_encode(const uint8_t *frames, uint32_t t, uint32_t height, uint32_t width,
                     const ds_video_write_options *options, uint8_t **data, size_t *size,
                     ds_error *err);
