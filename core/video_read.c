@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -352,6 +353,9 @@ static int decode_av(const uint8_t *data, size_t size, const char *name, size_t 
         rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", name);
         goto done;
     }
+    /* A stream may declare one size in the container and another in-band; the decoder's own
+     * frame allocations are bounded by the same limit. */
+    a.dc->max_pixels = (int64_t)(max_bytes / 3 < INT_MAX ? max_bytes / 3 : INT_MAX);
     if ((ret = avcodec_parameters_to_context(a.dc, par)) < 0 ||
         (ret = avcodec_open2(a.dc, codec, NULL)) < 0) {
         rc = av_fail(err, name, "cannot open the video decoder", ret);

@@ -221,6 +221,7 @@ static int encode_mp4(const uint8_t *frames, uint32_t t, uint32_t height, uint32
     cc->framerate = rate;
     cc->time_base = av_inv_q(rate);
     cc->sample_aspect_ratio = (AVRational){1, 1};
+    cc->thread_count = 0; /* x264 picks its threads from the cores; its output stays deterministic */
     /* What the RGB -> YUV conversion below does, stated in the stream so players undo it. */
     cc->color_range = AVCOL_RANGE_MPEG;
     cc->colorspace = AVCOL_SPC_SMPTE170M;
