@@ -331,6 +331,20 @@ static void test_webp(void)
     }
     ds_video_free(&v);
 
+    /* One frame makes a still WebP (no animation chunks), read as a single frame without a
+     * rate. */
+    uint8_t *still = NULL;
+    size_t still_size = 0;
+    rc = ds_video_encode(frames, 1, lh, lw, &o, &still, &still_size, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    CHECK(still_size > 16 && memcmp(still + 12, "VP8 ", 4) == 0);
+    rc = ds_video_decode(still, still_size, "still.webp", DS_VIDEO_READ_DEFAULT_MAX_BYTES, &v,
+                         &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    CHECK(v.t == 1 && v.width == lw && v.height == lh && v.fps == 0.0);
+    ds_video_free(&v);
+    free(still);
+
     /* Cut short, the WebP is refused. */
     rc = ds_video_decode(data, size / 2, "half.webp", DS_VIDEO_READ_DEFAULT_MAX_BYTES, &v, &err);
     CHECK(rc == DS_ERR_INVALID_ARGUMENT);
