@@ -47,9 +47,9 @@ static void check_convert(const char *converter, const char *const *names, size_
               expected_count);
     for (size_t i = 0; i < out.count && i < expected_count; i++) {
         CHECK_STR_EQ(out.entries[i].name, expected[i].name);
-        CHECK_MSG(out.entries[i].tensor.shape[0] == expected[i].from, "%s: from %lld, expected %lld",
-                  expected[i].name, (long long)out.entries[i].tensor.shape[0],
-                  (long long)expected[i].from);
+        CHECK_MSG(out.entries[i].tensor.shape[0] == expected[i].from,
+                  "%s: from %lld, expected %lld", expected[i].name,
+                  (long long)out.entries[i].tensor.shape[0], (long long)expected[i].from);
     }
     ds_state_dict_free(&in);
     ds_state_dict_free(&out);
@@ -81,7 +81,8 @@ static void test_native(void)
                   sizeof expected / sizeof expected[0]);
 }
 
-/* python: VaceWanModelDictConverter(same) = [('vace_blocks.0.after_proj.weight', 2), ('vacex', 4)] */
+/* python: VaceWanModelDictConverter(same) =
+ * [('vace_blocks.0.after_proj.weight', 2), ('vacex', 4)] */
 static void test_vace(void)
 {
     static const out_entry expected[] = {{"vace_blocks.0.after_proj.weight", 2}, {"vacex", 4}};
