@@ -55,7 +55,7 @@ WAN_1_3B_DIFFUSERS_CONFIG = {
 WAN_1_3B_DIFFUSERS_HASH = "b0a133b5687c7d054175e5bfa66ef5fd"
 # The Wan checkpoints were written by diffusers' ModelMixin.save_pretrained in f32, whose
 # default max_shard_size is 10GB: that gives the real repos' shard counts (14B: 6, VACE-14B: 7,
-# TI2V-5B: 3, 1.3B: one file). The boundaries are huggingface_hub's greedy split in module
+# TI2V-5B: 3, 1.3B and VACE-1.3B: one file). The boundaries are huggingface_hub's greedy split in module
 # order, which is how save_pretrained cuts; they are not checked against the real index files.
 WAN_SHARD_SIZE = "10GB"
 
@@ -105,17 +105,19 @@ def wan_lists(h):
             sd = WanModel(**rows(model_hash)[0]["extra_kwargs"]).state_dict()
             out.append((stem, shard("diffusion_pytorch_model", sd), model_hash))
 
-        # The VACE file set holds the base DiT and the VACE branch; each row's converter must
-        # pick out exactly its class's tree.
-        vace_hash = "7a513e1f257a861512b1afd387a8ecd9"
-        dit_row, vace_row = rows(vace_hash)
-        dit = WanModel(**dit_row["extra_kwargs"]).state_dict()
-        vace = VaceWanModel(**vace_row["extra_kwargs"]).state_dict()
-        both = dict(dit)
-        both.update(vace)
-        check("VACE-14B DiT part", WanVideoDiTStateDictConverter(both), h(shapes(dit)))
-        check("VACE-14B VACE part", VaceWanModelDictConverter(both), h(shapes(vace)))
-        out.append(("wan2.1_vace_14b", shard("diffusion_pytorch_model", both), vace_hash))
+        # A VACE file set holds the base DiT and the VACE branch; each row's converter must
+        # pick out exactly its class's tree. The 1.3B branch's row has no kwargs (class
+        # defaults).
+        for stem, vace_hash in (("wan2.1_vace_14b", "7a513e1f257a861512b1afd387a8ecd9"),
+                                ("wan2.1_vace_1.3b", "a61453409b67cd3246cf0c3bebad47ba")):
+            dit_row, vace_row = rows(vace_hash)
+            dit = WanModel(**dit_row["extra_kwargs"]).state_dict()
+            vace = VaceWanModel(**vace_row.get("extra_kwargs", {})).state_dict()
+            both = dict(dit)
+            both.update(vace)
+            check(stem + " DiT part", WanVideoDiTStateDictConverter(both), h(shapes(dit)))
+            check(stem + " VACE part", VaceWanModelDictConverter(both), h(shapes(vace)))
+            out.append((stem, shard("diffusion_pytorch_model", both), vace_hash))
 
         diffusers = WanTransformer3DModel.from_config(WAN_1_3B_DIFFUSERS_CONFIG).state_dict()
         check("Diffusers 1.3B converted", WanVideoDiTFromDiffusers(diffusers),

@@ -32,6 +32,9 @@
 #define DIFFUSERS_1_3B "b0a133b5687c7d054175e5bfa66ef5fd"
 /* hash_state_dict_keys(VaceWanModel(**row 24 extra_kwargs).state_dict()), upstream 2.1.12. */
 #define VACE_14B_BRANCH "3b2726384e4f64837bdf216eea3f310d"
+#define VACE_1_3B "a61453409b67cd3246cf0c3bebad47ba"
+/* hash_state_dict_keys(VaceWanModel().state_dict()): row 22 has no kwargs. */
+#define VACE_1_3B_BRANCH "14d1b2c32a04ce597deb613976f17563"
 
 #define MAX_FILES 64
 
@@ -254,6 +257,39 @@ static void test_vace_14b_two_models(void)
     ds_model_files_close(files);
 }
 
+/* The 1.3B VACE file: one file, two models; the branch's row has no kwargs, so the class's
+ * defaults (15 blocks at layers 0, 2, ..., 28) must give its tree. */
+static void test_vace_1_3b_two_models(void)
+{
+    file_set set;
+    REQUIRE(make_set("wan2.1_vace_1.3b", 1, &set));
+    ds_identification ident;
+    ds_model_files *files;
+    REQUIRE(identify(&set, 0, VACE_1_3B, 1264, 2153972032ull, 2, &ident, &files));
+    const ds_model_config *dit = ident.configs[0], *vace = ident.configs[1];
+    check_config(dit, "wan_video_dit", WAN_MODEL, DIT_CONVERTER);
+    check_config(vace, "wan_video_vace", VACE_MODEL, VACE_CONVERTER);
+    CHECK(vace->extra_kwargs_json == NULL);
+    const ds_model_config *t2v = row(T2V_1_3B);
+    REQUIRE(t2v);
+    CHECK_STR_EQ(dit->extra_kwargs_json, t2v->extra_kwargs_json);
+    ds_state_dict dit_sd, vace_sd;
+    char hash[DS_MODEL_HASH_HEX];
+    convert(dit, files, NULL, &dit_sd, hash);
+    CHECK_STR_EQ(hash, T2V_1_3B);
+    convert(vace, files, NULL, &vace_sd, hash);
+    CHECK_STR_EQ(hash, VACE_1_3B_BRANCH);
+    CHECK(vace_sd.count == 439);
+    CHECK(ds_state_dict_parameter_count(&vace_sd) == 734975232ull);
+    CHECK(dit_sd.count + vace_sd.count == files->merged.count);
+    CHECK(ds_state_dict_find(&vace_sd, "vace_blocks.14.after_proj.weight") != NULL);
+    CHECK(ds_state_dict_find(&vace_sd, "vace_blocks.15.after_proj.weight") == NULL);
+    ds_state_dict_free(&dit_sd);
+    ds_state_dict_free(&vace_sd);
+    ds_identification_free(&ident);
+    ds_model_files_close(files);
+}
+
 /* diffusers' layout of Wan2.1-T2V-1.3B: our added row, the native row's kwargs, and the
  * converter gives the native file's names (and so upstream's native hash). */
 static void test_t2v_1_3b_diffusers(void)
@@ -304,6 +340,7 @@ int main(void)
     RUN(test_t2v_14b);
     RUN(test_ti2v_5b);
     RUN(test_vace_14b_two_models);
+    RUN(test_vace_1_3b_two_models);
     RUN(test_t2v_1_3b_diffusers);
     ds_config_table_free(table);
     for (size_t i = 0; i < written_count; i++) {
