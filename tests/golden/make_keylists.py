@@ -55,8 +55,9 @@ WAN_1_3B_DIFFUSERS_CONFIG = {
 WAN_1_3B_DIFFUSERS_HASH = "b0a133b5687c7d054175e5bfa66ef5fd"
 # The Wan checkpoints were written by diffusers' ModelMixin.save_pretrained in f32, whose
 # default max_shard_size is 10GB: that gives the real repos' shard counts (14B: 6, VACE-14B: 7,
-# TI2V-5B: 3, 1.3B and VACE-1.3B: one file). The boundaries are huggingface_hub's greedy split in module
-# order, which is how save_pretrained cuts; they are not checked against the real index files.
+# TI2V-5B: 3, 1.3B and VACE-1.3B: one file). The boundaries are huggingface_hub's greedy split
+# in module order, which is how save_pretrained cuts; they are not checked against the real
+# index files.
 WAN_SHARD_SIZE = "10GB"
 
 
