@@ -22,6 +22,12 @@ typedef struct ds_converter {
     int (*convert)(const ds_state_dict *in, ds_state_dict *out, ds_error *err);
 } ds_converter;
 
+/* Puts `entry` (a tensor view or a nested dict, deep-copied) into `out` under `name`, as a
+ * Python converter's `state_dict_[name] = state_dict[key]` does. On failure the error names
+ * the source entry. */
+int ds_converter_put(ds_state_dict *out, const char *name, const ds_sd_entry *entry,
+                     ds_error *err);
+
 /* NULL when this build does not implement it. */
 const ds_converter *ds_converter_find(const char *name);
 

@@ -1,5 +1,7 @@
 /* The model-config table: upstream's MODEL_CONFIGS (diffsynth/configs/model_configs.py, all 207
- * entries, in upstream order) plus entries added at runtime from JSON files.
+ * entries, in upstream order), the rows diffsynthd adds for layouts upstream names but has no
+ * row for (after upstream's; tools/gen_model_configs.py), plus entries added at runtime from
+ * JSON files.
  *
  * A JSON file holds an array of objects with upstream's keys:
  *   {"model_hash": "<32 hex>", "model_name": "...", "model_class": "diffsynth.models....",
@@ -25,7 +27,7 @@ typedef struct ds_model_config {
     const char *source;                /* "builtin" or the JSON file's path */
 } ds_model_config;
 
-/* Upstream's table, compiled in. */
+/* Upstream's table and our added rows, compiled in. */
 extern const ds_model_config ds_builtin_model_configs[];
 extern const size_t ds_builtin_model_config_count;
 

@@ -324,7 +324,7 @@ static void test_models_status_configs_unload(void)
     REQUIRE(doc);
     CHECK_STR_EQ(jstr(doc, "backend"), "cpu");
     CHECK(json_integer_value(json_object_get(doc, "pid")) == env.pid);
-    CHECK(json_integer_value(json_object_get(doc, "config_count")) == 207);
+    CHECK(json_integer_value(json_object_get(doc, "config_count")) == 208);
     json_decref(doc);
     free(out);
     free(err);
@@ -343,7 +343,7 @@ static void test_models_status_configs_unload(void)
     size_t lines = 0;
     for (const char *p = out; p && *p; p++)
         lines += *p == '\n';
-    CHECK_MSG(lines == 207, "%zu lines", lines);
+    CHECK_MSG(lines == 208, "%zu lines", lines);
     CHECK_CONTAINS(out, "0319a1cb19835fb510907dd3367c95ff  qwen_image_dit");
     free(out);
     free(err);

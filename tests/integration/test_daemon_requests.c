@@ -30,7 +30,7 @@
 #define TE_CONVERTER                                                                           \
     "diffsynth.utils.state_dict_converters.qwen_image_text_encoder."                           \
     "QwenImageTextEncoderStateDictConverter"
-#define BUILTIN_CONFIGS 207
+#define BUILTIN_CONFIGS 208
 
 static it_env env;
 static char **dit, **vae, **te, **cn, **cn_inpaint, **wan;

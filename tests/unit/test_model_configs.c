@@ -11,10 +11,13 @@
 #define QWEN_FIRST 23
 #define WAN_FIRST 35
 #define FLUX_FIRST 69
+/* Upstream's MODEL_CONFIGS, then the rows diffsynthd adds (tools/gen_model_configs.py). */
+#define UPSTREAM 207
+#define BUILTIN (UPSTREAM + 1)
 
 static void test_builtin_counts(void)
 {
-    CHECK(ds_builtin_model_config_count == 207);
+    CHECK(ds_builtin_model_config_count == BUILTIN);
     size_t converters = 0, extra = 0, quant = 0;
     for (size_t i = 0; i < ds_builtin_model_config_count; i++) {
         const ds_model_config *c = &ds_builtin_model_configs[i];
@@ -25,8 +28,8 @@ static void test_builtin_counts(void)
         CHECK(strlen(c->model_hash) == 32);
         CHECK(strncmp(c->model_class, "diffsynth.models.", 17) == 0);
     }
-    CHECK(converters == 128);
-    CHECK(extra == 76);
+    CHECK(converters == 128 + 1);
+    CHECK(extra == 76 + 1);
     CHECK(quant == 15);
 }
 
@@ -35,7 +38,7 @@ static void test_distinct_and_shared_hashes(void)
     ds_config_table *table = NULL;
     ds_error err = {0};
     REQUIRE(ds_config_table_new(&table, &err) == DS_OK);
-    CHECK(ds_config_table_count(table) == 207);
+    CHECK(ds_config_table_count(table) == BUILTIN);
     size_t distinct = 0, shared = 0, biggest = 0, in_shared = 0;
     for (size_t i = 0; i < ds_config_table_count(table); i++) {
         const ds_model_config *c = ds_config_table_at(table, i);
@@ -55,12 +58,13 @@ static void test_distinct_and_shared_hashes(void)
         for (size_t k = 1; k < n; k++)
             CHECK(m[k] > m[k - 1]);
     }
-    CHECK(distinct == 169);
+    CHECK(distinct == 169 + 1);
     CHECK(shared == 18);
     CHECK(biggest == 7);
-    /* 207 entries over 169 hashes: the 18 shared hashes hold 207 - (169 - 18) entries. */
+    /* Upstream's 207 entries over 169 hashes: the 18 shared hashes hold 207 - (169 - 18)
+     * entries; the added row has a hash of its own. */
     CHECK(in_shared == 207 - (169 - 18));
-    CHECK(ds_config_table_at(table, 207) == NULL);
+    CHECK(ds_config_table_at(table, BUILTIN) == NULL);
     ds_config_table_free(table);
 }
 
@@ -131,6 +135,12 @@ static void test_wan_and_flux_spot_checks(void)
         "\"ffn_dim\": 8960, \"freq_dim\": 256, \"text_dim\": 4096, \"out_dim\": 16, "
         "\"num_heads\": 12, \"num_layers\": 30, \"eps\": 1e-06}"};
     check_entry(&ds_builtin_model_configs[WAN_FIRST + 9], &wan_t2v_1_3b);
+    /* The added Diffusers-layout row: the same model and kwargs, read through the rename
+     * table; its hash is that of diffusers' own key set (tests/data/keylists). */
+    expected diffusers = wan_t2v_1_3b;
+    diffusers.hash = "b0a133b5687c7d054175e5bfa66ef5fd";
+    diffusers.converter = C "wan_video_dit.WanVideoDiTFromDiffusers";
+    check_entry(&ds_builtin_model_configs[UPSTREAM], &diffusers);
     /* Tuples in upstream's literal become JSON lists. */
     const ds_model_config *vace = &ds_builtin_model_configs[WAN_FIRST + 23];
     CHECK_STR_EQ(vace->model_hash, "7a513e1f257a861512b1afd387a8ecd9");
@@ -191,8 +201,8 @@ static void test_runtime_add(void)
     REQUIRE(ds_config_table_new(&table, &err) == DS_OK);
     REQUIRE(ds_config_table_add_json(table, good_json, strlen(good_json), "mine.json", &err) ==
             DS_OK);
-    CHECK(ds_config_table_count(table) == 209);
-    const ds_model_config *c = ds_config_table_at(table, 207);
+    CHECK(ds_config_table_count(table) == BUILTIN + 2);
+    const ds_model_config *c = ds_config_table_at(table, BUILTIN);
     REQUIRE(c);
     CHECK_STR_EQ(c->model_name, "my_dit");
     CHECK_STR_EQ(c->source, "mine.json");
@@ -222,7 +232,7 @@ static void test_runtime_add(void)
     big[len++] = ']';
     CHECK(ds_config_table_add_json(table, big, len, "big.json", &err) == DS_OK);
     free(big);
-    CHECK(ds_config_table_count(table) == 609);
+    CHECK(ds_config_table_count(table) == BUILTIN + 2 + 400);
     for (int i = 0; i < 400; i++) {
         char hash[33];
         snprintf(hash, sizeof hash, "%032x", i + 1);
@@ -293,7 +303,7 @@ static void test_runtime_errors(void)
     CHECK(ds_config_table_add_json(table, "[" OK_ENTRY ",", 2 + strlen(OK_ENTRY), "configs.json",
                                    &e2) == DS_ERR_INVALID_ARGUMENT);
     CHECK_CONTAINS(e2.message, "configs.json: line 1 column");
-    CHECK(ds_config_table_count(table) == 207);
+    CHECK(ds_config_table_count(table) == BUILTIN);
     ds_config_table_free(table);
 }
 
@@ -312,8 +322,8 @@ static void test_add_file(void)
     ds_error err = {0};
     REQUIRE(ds_config_table_new(&table, &err) == DS_OK);
     CHECK(ds_config_table_add_file(table, path, &err) == DS_OK);
-    CHECK(ds_config_table_count(table) == 209);
-    CHECK_STR_EQ(ds_config_table_at(table, 208)->source, path);
+    CHECK(ds_config_table_count(table) == BUILTIN + 2);
+    CHECK_STR_EQ(ds_config_table_at(table, BUILTIN + 1)->source, path);
 
     f = fopen(path, "w");
     REQUIRE(f);
@@ -321,7 +331,7 @@ static void test_add_file(void)
     fclose(f);
     CHECK(ds_config_table_add_file(table, path, &err) == DS_ERR_INVALID_ARGUMENT);
     CHECK_CONTAINS(err.message, "/configs.json: entry 1: \"model_hash\" must be 32 lowercase");
-    CHECK(ds_config_table_count(table) == 209);
+    CHECK(ds_config_table_count(table) == BUILTIN + 2);
     unlink(path);
 
     CHECK(ds_config_table_add_file(table, path, &err) == DS_ERR_NOT_FOUND);
