@@ -24,7 +24,7 @@ struct ds_scheduler {
     ds_job *queue_head;        /* queued jobs in the order they entered the queue */
     ds_job *queue_tail;
     size_t queued;
-    uint64_t turns_given;      /* turns handed out so far: the stamps of ds_job.uid_turn */
+    uint64_t turns_given;      /* turns handed out so far (ds_job.uid_turn's clock) */
     size_t max_jobs_per_uid;   /* 0: no cap */
     ds_job *running;
     int stopping;
@@ -46,8 +46,10 @@ static double now_s(void)
 }
 
 /* A newly submitted job joins its uid's and its owner's place in the rotation: the stamps of
- * their jobs already queued or running, 0 when they have none (a client coming back from idle
- * takes the next turn). Caller holds the lock. */
+ * their jobs already queued or running. A uid or owner with none joins just before the one
+ * served last: after everyone already waiting, so that a client which submits its next job as
+ * soon as the last one finished still gets one turn per round, not every other turn. Service
+ * stamps are even (2 x the turn), arrival stamps odd. Caller holds the lock. */
 static void adopt_stamps(ds_job *job, const ds_job *q, int *uid_found, int *owner_found)
 {
     if (!*uid_found && q->uid == job->uid) {
@@ -63,7 +65,7 @@ static void adopt_stamps(ds_job *job, const ds_job *q, int *uid_found, int *owne
 static void join_rotation(ds_scheduler *sched, ds_job *job)
 {
     int uid_found = 0, owner_found = 0;
-    job->uid_turn = job->owner_turn = 0;
+    job->uid_turn = job->owner_turn = sched->turns_given ? 2 * sched->turns_given - 1 : 0;
     if (sched->running)
         adopt_stamps(job, sched->running, &uid_found, &owner_found);
     for (const ds_job *q = sched->queue_head; q && !(uid_found && owner_found); q = q->next)
@@ -91,7 +93,7 @@ static ds_job *take_next(ds_scheduler *sched)
         sched->queue_tail = best_prev;
     best->next = NULL;
     sched->queued--;
-    uint64_t turn = ++sched->turns_given;
+    uint64_t turn = 2 * ++sched->turns_given;
     best->uid_turn = best->owner_turn = turn;
     for (ds_job *q = sched->queue_head; q; q = q->next) {
         if (q->uid == best->uid)

@@ -11,7 +11,8 @@
  * to its job that has waited longest in the queue. So one client queueing many jobs delays
  * another client's job by at most one turn per other client (about one unit: a denoising step,
  * one RunStep), however long its own queue is. A client that had nothing queued or running
- * takes the next turn; one that just ran waits for every other client with work.
+ * joins the round after every client already waiting and before the one served last, so coming
+ * back from idle (one job at a time) never earns more than one turn per round.
  *
  * A job runs on the worker and completes on the loop thread. The worker reports progress and
  * completion through a mutex-protected queue and a uv_async_t: libuv may coalesce several
@@ -78,9 +79,9 @@ struct ds_job {
     double started_s;         /* the first turn's start */
     double phase_started_s;
     double queued_at_s;       /* when it last entered the queue */
-    /* The scheduler's turn count when this job's uid, and its owner, last got a turn (0: not
-     * since they last had nothing queued or running); every job of one uid or owner carries
-     * the same value. */
+    /* When this job's uid, and its owner, last got a turn (2 x the scheduler's turn count), or
+     * joined the rotation with nothing queued or running (odd: just before the turn served
+     * last); every job of one uid or owner carries the same value. */
     uint64_t uid_turn;
     uint64_t owner_turn;
     char phase[DS_PROGRESS_PHASE_MAX];

@@ -26,6 +26,7 @@ typedef struct test_job {
     unsigned turns_run;
     double queue_s;
     int signal_in_turn;  /* > 0: at the start of this turn, wake the loop to cancel */
+    int resubmit;        /* submissions left after this one, made from complete() */
 } test_job;
 
 static uv_loop_t loop;
@@ -34,6 +35,7 @@ static char turn_log[MAX_LOG];
 static atomic_int log_len;
 static int completed;
 static int jobs_expected;
+static int jobs_expected_extra; /* completions of resubmitted jobs, beyond one per job */
 static uv_async_t cancel_async; /* the worker asks the loop to cancel `cancel_target` */
 static test_job *cancel_target;
 static size_t queued_at_cancel, running_at_cancel;
@@ -67,6 +69,11 @@ static void job_complete(ds_job *job)
     t->status = job->status;
     snprintf(t->message, sizeof t->message, "%.127s", job->error.message);
     t->queue_s = job->queue_s;
+    if (t->resubmit > 0) {
+        t->resubmit--;
+        t->turns_run = 0;
+        ds_scheduler_submit(sched, job);
+    }
     if (++completed == jobs_expected) {
         uv_close((uv_handle_t *)&cancel_async, NULL);
         ds_scheduler_stop(sched);
@@ -112,7 +119,7 @@ static void run_jobs(test_job **jobs, int count)
     memset(turn_log, 0, sizeof turn_log);
     atomic_store(&log_len, 0);
     completed = 0;
-    jobs_expected = count;
+    jobs_expected = count + jobs_expected_extra;
     for (int i = 0; i < count; i++) {
         if (!jobs[i]->job.owner)
             jobs[i]->job.owner = &loop;
@@ -196,6 +203,38 @@ static void test_uid_then_connection(void)
     /* uid 1 (a), uid 2, uid 1 (b: a just ran), uid 2, uid 1 (a), uid 2, then uid 1 alone. */
     CHECK_STR_EQ(turn_log, "acbcacbab");
     CHECK(b.turns_run == 3 && b.status == DS_OK);
+}
+
+/* A client that submits its next job only once the last one finished has nothing queued
+ * between its jobs: it must still get one turn per round, not the next turn every time. */
+static void test_one_at_a_time(void)
+{
+    static test_job a[6], b[6], x;
+    static int conn_a, conn_b, conn_x;
+    test_job *jobs[13];
+    int n = 0;
+    for (int i = 0; i < 6; i++) {
+        init_job(&a[i], 'A', (uint64_t)i + 1, 1, 30);
+        a[i].job.owner = &conn_a;
+        a[i].job.uid = 1;
+        jobs[n++] = &a[i];
+    }
+    for (int i = 0; i < 6; i++) {
+        init_job(&b[i], 'B', (uint64_t)i + 1, 1, 30);
+        b[i].job.owner = &conn_b;
+        b[i].job.uid = 2;
+        jobs[n++] = &b[i];
+    }
+    init_job(&x, 'X', 1, 1, 30);
+    x.job.owner = &conn_x;
+    x.job.uid = 3;
+    x.resubmit = 3;
+    jobs[n++] = &x;
+    jobs_expected_extra = 3;
+    run_jobs(jobs, n);
+    jobs_expected_extra = 0;
+    CHECK_STR_EQ(turn_log, "ABXABXABXABXABAB");
+    CHECK(x.completions == 4 && x.status == DS_OK);
 }
 
 static void check_uid_cap(void)
@@ -288,6 +327,7 @@ int main(void)
     RUN(test_round_robin);
     RUN(test_other_client_next);
     RUN(test_uid_then_connection);
+    RUN(test_one_at_a_time);
     RUN(test_uid_cap);
     RUN(test_cancel_yielded);
     RUN(test_cancel_running);
