@@ -92,8 +92,9 @@ uint64_t ds_memory_dit_forward(int64_t batch, int64_t lat_h, int64_t lat_w, int6
     /* Modulation vectors, timestep embedding: a few dozen widths per batch item. */
     state = sat_add(state, sat_mul3(B, 64 * (uint64_t)DIT_DIM, t));
     if (cn_channels > 0) {
-        /* The packed conditioning and its img_in projection, per image token. */
-        uint64_t per = sat_mul(t, 4 * pos(cn_channels) + DIT_DIM);
+        /* Per image token: the packed conditioning, its img_in projection, and the ControlNet
+         * blocks' normed image, normed conditioning and hidden state. */
+        uint64_t per = sat_mul(t, 4 * pos(cn_channels) + 4 * (uint64_t)DIT_DIM);
         state = sat_add(state, sat_mul3(B, N, per));
     }
     /* The largest kernel transient: the MLPs' linears (width to four widths and back). */
@@ -137,15 +138,20 @@ static int index_after(const char *name, const char *prefix)
     return end != name + n && *end == '.' && v >= 0 && v < 100000 ? (int)v : -1;
 }
 
-/* The widest convolution (in or out channels) at each resolution level, read from the VAE's
- * parameters: for the decoder level i is the up block i (0 = the latents' size, each level
- * twice the one before; an upsampler's convolution runs at the next level), for the encoder
- * level i follows i downsamplers (0 = the image's size). */
-static int vae_widths(const ds_loaded_model *vae, int decode, uint64_t width[VAE_MAX_LEVELS],
-                      int *levels, ds_error *err)
+/* The widths at each resolution level, read from the VAE's parameters: `res` the widest
+ * convolution (in or out channels) of the level's residual, attention and head layers, `up` the
+ * input width of the resampling convolution that runs at the level (an upsampler's on its
+ * doubled input, a downsampler's on its input). For the decoder level i is up block i (0 = the
+ * latents' size, each level twice the one before); for the encoder level i follows i
+ * downsamplers (0 = the image's size). Temporal convolutions are skipped: on one frame the
+ * forward never runs them. */
+static int vae_widths(const ds_loaded_model *vae, int decode, uint64_t res[VAE_MAX_LEVELS],
+                      uint64_t up[VAE_MAX_LEVELS], int *levels, ds_error *err)
 {
     const ds_state_dict *p = &vae->params;
-    memset(width, 0, VAE_MAX_LEVELS * sizeof *width);
+    memset(res, 0, VAE_MAX_LEVELS * sizeof *res);
+    memset(up, 0, VAE_MAX_LEVELS * sizeof *up);
+    uint64_t last = 0; /* the layers after every resampler: mid block (encoder) and head */
     int top = 0;
     /* Encoder: which down_blocks entries are downsamplers (their resample conv). */
     int down_index[VAE_MAX_LEVELS];
@@ -161,54 +167,51 @@ static int vae_widths(const ds_loaded_model *vae, int decode, uint64_t width[VAE
     for (size_t i = 0; i < p->count; i++) {
         const char *name = p->entries[i].name;
         const ds_tensor_view *w = &p->entries[i].tensor;
-        if (p->entries[i].dict || w->ndim < 4)
+        if (p->entries[i].dict || w->ndim < 4 || strstr(name, ".time_conv."))
             continue;
+        if (strncmp(name, decode ? "decoder." : "encoder.", 8) != 0)
+            continue;
+        int resample = strstr(name, ".resample.") != NULL;
         int level;
         if (decode) {
-            if (strncmp(name, "decoder.", 8) != 0)
-                continue;
             int k = index_after(name, "decoder.up_blocks.");
             if (k >= 0)
-                level = k + (strstr(name, ".upsamplers.") && strstr(name, ".resample.") ? 1 : 0);
+                level = k + resample;
             else if (strncmp(name, "decoder.conv_in.", 16) == 0 ||
                      strncmp(name, "decoder.mid_block.", 18) == 0)
                 level = 0;
             else
-                level = -1; /* the head: at the last level, set below */
+                level = -1;
         } else {
-            if (strncmp(name, "encoder.", 8) != 0)
-                continue;
             int k = index_after(name, "encoder.down_blocks.");
             if (k >= 0) {
                 level = 0;
                 for (int d = 0; d < downs; d++)
                     level += down_index[d] < k;
-            } else if (strncmp(name, "encoder.conv_in.", 16) == 0) {
-                level = 0;
             } else {
-                level = -1; /* mid block and head: after every downsampler */
+                level = strncmp(name, "encoder.conv_in.", 16) == 0 ? 0 : -1;
             }
         }
         if (level >= VAE_MAX_LEVELS)
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                                 "VAE parameter %s lies at resolution level %d, at most %d", name,
                                 level, VAE_MAX_LEVELS - 1);
-        uint64_t wd = max_u64(pos(w->shape[0]), pos(w->shape[1]));
+        uint64_t cin = pos(w->shape[1]), wd = max_u64(pos(w->shape[0]), cin);
         if (level < 0) {
-            width[VAE_MAX_LEVELS - 1] = max_u64(width[VAE_MAX_LEVELS - 1], wd);
+            last = max_u64(last, wd);
             continue;
         }
-        width[level] = max_u64(width[level], wd);
+        if (resample)
+            up[level] = max_u64(up[level], cin);
+        else
+            res[level] = max_u64(res[level], wd);
         if (level > top)
             top = level;
     }
     if (!decode && downs > top)
         top = downs;
-    /* The parked head and mid-block widths belong to the last level. */
-    width[top] = max_u64(width[top], width[VAE_MAX_LEVELS - 1]);
-    if (top != VAE_MAX_LEVELS - 1)
-        width[VAE_MAX_LEVELS - 1] = 0;
-    if (width[0] == 0 || top + 1 > VAE_MAX_LEVELS)
+    res[top] = max_u64(res[top], last);
+    if (res[0] == 0)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "model %s has no %s convolutions named as the Qwen-Image VAE's",
                             vae->model_name, decode ? "decoder" : "encoder");
@@ -219,9 +222,9 @@ static int vae_widths(const ds_loaded_model *vae, int decode, uint64_t width[VAE
 int ds_memory_vae(const ds_loaded_model *vae, int decode, int64_t batch, int64_t lat_h,
                   int64_t lat_w, ds_dtype dtype, int threads, uint64_t *out, ds_error *err)
 {
-    uint64_t width[VAE_MAX_LEVELS];
+    uint64_t res[VAE_MAX_LEVELS], up[VAE_MAX_LEVELS];
     int levels = 0;
-    int rc = vae_widths(vae, decode, width, &levels, err);
+    int rc = vae_widths(vae, decode, res, up, &levels, err);
     if (rc != DS_OK)
         return rc;
     uint64_t t = ds_dtype_size(dtype), B = pos(batch);
@@ -233,20 +236,23 @@ int ds_memory_vae(const ds_loaded_model *vae, int decode, int64_t batch, int64_t
          * than the image's. */
         uint64_t pixels = decode ? sat_mul(latent_pixels, (uint64_t)1 << (2 * l))
                                  : image_pixels >> (2 * l);
-        /* Alive while a layer runs: its input, three tensors of its widest width and, around an
-         * upsampler, the upsampled input; five of the level's widest cover them all. */
-        peak = max_u64(peak, sat_mul3(sat_mul(B, pixels), width[l], 5 * t));
-        widest = max_u64(widest, width[l]);
+        /* A residual block holds its input and at most three more of its width; a resampler
+         * its input at the other size (a quarter, or four times for a downsampler's output
+         * side, which is smaller), the resampled tensor and the convolution's output, no wider:
+         * under two of its input width. */
+        uint64_t widths = max_u64(4 * res[l], 2 * up[l]);
+        peak = max_u64(peak, sat_mul3(sat_mul(B, pixels), widths, t));
+        widest = max_u64(widest, max_u64(res[l], up[l]));
     }
     /* The attention of the mid block, at the smallest level: eight activations of its size, the
      * qkv projection's f32 staging, and the flash attention's scratch over its positions. */
     int mid = decode ? 0 : levels - 1;
     uint64_t mid_pixels = decode ? latent_pixels : image_pixels >> (2 * mid);
-    uint64_t mid_act = sat_mul3(sat_mul(B, mid_pixels), width[mid], t);
+    uint64_t mid_act = sat_mul3(sat_mul(B, mid_pixels), res[mid], t);
     uint64_t attention = sat_add(sat_mul(mid_act, 8),
-                                 linear_transient(sat_mul(B, mid_pixels), width[mid],
-                                                  3 * width[mid], dtype));
-    attention = sat_add(attention, attention_scratch(mid_pixels, width[mid], threads));
+                                 linear_transient(sat_mul(B, mid_pixels), res[mid],
+                                                  3 * res[mid], dtype));
+    attention = sat_add(attention, attention_scratch(mid_pixels, res[mid], threads));
     peak = max_u64(peak, attention);
     /* A convolution's f32 weights (3x3x3 at the widest width) and its column chunk. */
     uint64_t conv = sat_add(sat_mul3(widest, widest, 27 * 4), 2 * (uint64_t)CONV_CHUNK_BYTES);

@@ -9,9 +9,11 @@
 
 #include "daemon/admission.h"
 #include "models/memory_estimate.h"
+#include "models/model_class.h"
 #include "test.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
+#define VAE_CLASS "diffsynth.models.qwen_image_vae.QwenImageVAE"
 
 static void test_alone_too_large(void)
 {
@@ -121,6 +123,44 @@ static void test_unknown_step(void)
     CHECK(need.peak == ds_memory_dit_forward(2, 64, 32, 0, DS_F32, 2, 0));
 }
 
+/* The VAE's widths come from its declared parameters. Upstream's decoder runs its last level
+ * (the image's size) at 96 channels after an upsampler fed 192: at least four 96-wide
+ * activations of the image live at once, and nothing at that size is wider than two 192-wide
+ * ones; the levels below are four times smaller each. */
+static void test_vae_levels(void)
+{
+    ds_loaded_model m;
+    memset(&m, 0, sizeof m);
+    m.model_name = "qwen_image_vae";
+    m.model_class = VAE_CLASS;
+    ds_state_dict_init(&m.params);
+    ds_error err;
+    ds_error_clear(&err);
+    REQUIRE(ds_model_class_declare(ds_model_class_find(VAE_CLASS), NULL, &m.params, &err) ==
+            DS_OK);
+    uint64_t decode = 0, encode = 0;
+    const int64_t side = 256; /* latents; a 2048 x 2048 image */
+    uint64_t image = (uint64_t)side * side * 64;
+    REQUIRE(ds_memory_vae(&m, 1, 1, side, side, DS_F32, 2, &decode, &err) == DS_OK);
+    CHECK_MSG(decode >= image * 4 * 96 * 4, "decode %llu", (unsigned long long)decode);
+    /* The last level, plus the level below (a quarter) and the fixed terms. */
+    CHECK_MSG(decode <= image * 384 * 4 + (image / 4) * 768 * 4 + ((uint64_t)1 << 30),
+              "decode %llu", (unsigned long long)decode);
+    /* The encoder starts at 96 channels at the image's size, too. */
+    REQUIRE(ds_memory_vae(&m, 0, 1, side, side, DS_F32, 2, &encode, &err) == DS_OK);
+    CHECK_MSG(encode >= image * 4 * 96 * 4, "encode %llu", (unsigned long long)encode);
+    CHECK_MSG(encode <= image * 384 * 4 + ((uint64_t)1 << 30), "encode %llu",
+              (unsigned long long)encode);
+    /* A model without the VAE's names is refused by name. */
+    ds_loaded_model other;
+    memset(&other, 0, sizeof other);
+    other.model_name = "not_a_vae";
+    ds_state_dict_init(&other.params);
+    CHECK(ds_memory_vae(&other, 1, 1, 8, 8, DS_F32, 2, &decode, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "not_a_vae has no decoder convolutions");
+    ds_state_dict_free(&m.params);
+}
+
 int main(void)
 {
     RUN(test_alone_too_large);
@@ -128,5 +168,6 @@ int main(void)
     RUN(test_device_budget);
     RUN(test_estimates_arithmetic);
     RUN(test_unknown_step);
+    RUN(test_vae_levels);
     return test_summary();
 }
