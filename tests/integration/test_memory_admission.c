@@ -619,13 +619,14 @@ static void test_estimates_bound_peak(void)
     }
     ds_client *c = it_connect(&env);
     REQUIRE(c);
-    /* Growing sizes: each allocates more than any before it, so memory the allocator kept from
-     * an earlier run cannot hide this one's growth. */
-    measure_dit_step(c, 16, 16);
+    /* Growing sizes, each larger than anything run before (the reference run is 64 x 64): what
+     * the allocator and the compute threads kept from an earlier run cannot hide this one's
+     * growth. */
     measure_dit_step(c, 48, 32);
     measure_dit_step(c, 96, 64);
-    measure_pipeline(c, "128");
-    measure_pipeline(c, "384");
+    measure_dit_step(c, 128, 64);
+    measure_pipeline(c, "256");
+    measure_pipeline(c, "512");
     ds_client_close(c);
 }
 
@@ -653,10 +654,10 @@ int main(int argc, char **argv)
         return 1;
     }
     RUN(test_reference_run);
+    RUN(test_estimates_bound_peak);
     RUN(test_huge_pipeline_refused);
     RUN(test_huge_dit_step_refused);
     RUN(test_small_job_waits_one_turn);
-    RUN(test_estimates_bound_peak);
 
     int status = -1;
     if (it_daemon_stop(&env, &status) != 0 || status != 0) {
