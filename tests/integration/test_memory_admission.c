@@ -5,6 +5,9 @@
  *     meanwhile another client's small pipeline completes with the same latents as alone;
  *   - a small job of one client, behind six pipelines queued by another, waits about one unit
  *     per turn, not for the six pipelines;
+ *   - what admitted requests hold adds up: under a --request-memory-limit of one pipeline's
+ *     peak and 2.5 times its held bytes, a third pipeline is refused while two are admitted,
+ *     and admitted once they are gone;
  *   - the estimates the daemon admits with are upper bounds of what it really allocates: its
  *     peak anonymous memory while a DiT step or a pipeline runs, sampled from /proc, for a few
  *     sizes, is below the estimate, and the estimate is not absurdly above it.
@@ -39,7 +42,7 @@
  * the estimates admit. */
 #define ADDRESS_SPACE ((uint64_t)12 << 30)
 #define FAIR_JOBS 6
-#define FAIR_STEPS 3
+#define FAIR_STEPS 2
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UNDER_ASAN 1
@@ -414,7 +417,7 @@ static void test_huge_dit_step_refused(void)
 static void test_small_job_waits_one_turn(void)
 {
     static const ds_client_step_param many_params[] = {
-        {"height", "64"}, {"width", "64"}, {"steps", "3"}, {"cfg_scale", "1"}, {"seed", "5"}};
+        {"height", "64"}, {"width", "64"}, {"steps", "2"}, {"cfg_scale", "1"}, {"seed", "5"}};
     ds_client *busy = it_connect(&env);
     REQUIRE(busy);
     uint64_t ids[FAIR_JOBS];
@@ -476,7 +479,7 @@ static void test_small_job_waits_one_turn(void)
     ds_client_close(busy);
     /* The small job's four units each waited for one unit of the busy client (and the first
      * for the unit running when it came): about five units, where first in first out makes it
-     * wait for all six pipelines, thirty units. */
+     * wait for all six pipelines, twenty-four units. */
     fprintf(stderr, "  small job queued %.3f s; the busy client's units took up to %.3f s, "
                     "%.3f s in all\n",
             small_queue, unit_s, busy_s);
@@ -484,6 +487,146 @@ static void test_small_job_waits_one_turn(void)
               "the small job waited %.3f s, units take up to %.3f s", small_queue, unit_s);
     CHECK_MSG(small_queue < 0.5 * busy_s, "the small job waited %.3f s of the busy client's "
               "%.3f s of work", small_queue, busy_s);
+}
+
+/* --- reservations add up -------------------------------------------------------------------- */
+
+/* The daemon's last "admitted WHAT: H bytes held, P more" line. */
+static int admitted_need(const it_env *e, const char *what, uint64_t *held, uint64_t *peak)
+{
+    char *log = it_read_file(e->log, NULL);
+    if (!log)
+        return -1;
+    char needle[128];
+    snprintf(needle, sizeof needle, "admitted %s: ", what);
+    int found = -1;
+    for (char *at = strstr(log, needle); at; at = strstr(at + 1, needle)) {
+        unsigned long long h = 0, p = 0;
+        if (sscanf(at + strlen(needle), "%llu bytes held, %llu more", &h, &p) == 2) {
+            *held = h;
+            *peak = p;
+            found = 0;
+        }
+    }
+    free(log);
+    return found;
+}
+
+static void send_pipeline(ds_client *c, uint64_t id, const char *steps)
+{
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero;
+    diffsynth_v1_StepParam params[] = {
+        {"height", "64"}, {"width", "64"}, {"steps", (char *)steps}, {"cfg_scale", "1"},
+        {"seed", "8"}};
+    req.which_body = diffsynth_v1_Envelope_run_pipeline_tag;
+    req.request_id = id;
+    req.body.run_pipeline.pipeline = "qwen_image";
+    req.body.run_pipeline.prompt = "reserve";
+    req.body.run_pipeline.negative_prompt = "";
+    req.body.run_pipeline.dtype = "";
+    req.body.run_pipeline.tokenizer = "";
+    req.body.run_pipeline.params = params;
+    req.body.run_pipeline.params_count = 5;
+    CHECK(ds_client_send(c, &req) == DS_CLIENT_OK);
+}
+
+/* Units run one at a time, so peaks do not add up, but what requests hold until their replies
+ * does. A second daemon gets a limit of one pipeline's peak plus two and a half times its held
+ * bytes (both read from what the first daemon logged for the same request): two long pipelines
+ * are admitted, a third is refused while they hold their reservations, and once they are gone
+ * (their connection closed) the same request is admitted again. */
+static void test_reservations_add_up(void)
+{
+    ds_client *c = it_connect(&env);
+    REQUIRE(c);
+    send_pipeline(c, 1, "2");
+    diffsynth_v1_Envelope in;
+    pb_size_t body;
+    do {
+        memset(&in, 0, sizeof in);
+        REQUIRE(ds_client_recv(c, &in, RUN_TIMEOUT_MS) == DS_CLIENT_OK);
+        body = in.which_body;
+        ds_client_envelope_free(&in);
+    } while (body == diffsynth_v1_Envelope_event_tag);
+    CHECK(body == diffsynth_v1_Envelope_run_pipeline_result_tag);
+    ds_client_close(c);
+    uint64_t held = 0, peak = 0;
+    const char *what = "qwen_image 64x64 (height x width), bf16";
+    REQUIRE(admitted_need(&env, what, &held, &peak) == 0 && held > 0);
+    char limit[64];
+    snprintf(limit, sizeof limit, "%.9f", ((double)peak + 2.5 * (double)held) / 1073741824.0);
+
+    static it_env limited;
+    it_env_init(&limited, env.daemon_exe);
+    const char *extra[] = {"--model-configs", configs_path, "--model-root", env.models,
+                           "--threads", "2", "--request-memory-limit", limit, NULL};
+    REQUIRE(it_daemon_start(&limited, extra) == 0);
+    /* Loads the models by paths, then runs: the reference of what one pipeline reserves. */
+    const char *te[] = {te_path}, *dit[] = {dit_path}, *vae[] = {vae_path};
+    ds_client_pipeline_model models[] = {
+        {"text_encoder", NULL, te, 1}, {"dit", NULL, dit, 1}, {"vae", NULL, vae, 1}};
+    ds_client_pipeline_request r = {.prompt = "reserve", .models = models, .model_count = 3,
+                                    .params = small_params, .param_count = SMALL_COUNT};
+    ds_client_pipeline_result res;
+    c = it_connect(&limited);
+    REQUIRE(c);
+    int rc = ds_client_run_pipeline(c, &r, &res, RUN_TIMEOUT_MS, NULL, NULL, NULL);
+    CHECK_MSG(rc == DS_CLIENT_OK, "loading the models: %s", ds_client_last_error(c));
+    if (rc == DS_CLIENT_OK)
+        ds_client_pipeline_result_free(&res);
+    uint64_t held2 = 0, peak2 = 0;
+    CHECK(admitted_need(&limited, what, &held2, &peak2) == 0 && held2 == held && peak2 == peak);
+
+    /* Two long runs, then a third: refused at once. */
+    send_pipeline(c, 11, "50");
+    send_pipeline(c, 12, "50");
+    send_pipeline(c, 13, "2");
+    int refused = 0;
+    uint64_t deadline = it_now_ms() + RUN_TIMEOUT_MS;
+    while (!refused && it_now_ms() < deadline) {
+        memset(&in, 0, sizeof in);
+        if (ds_client_recv(c, &in, RUN_TIMEOUT_MS) != DS_CLIENT_OK)
+            break;
+        if (in.which_body == diffsynth_v1_Envelope_error_tag) {
+            const char *message = in.body.error.message ? in.body.error.message : "";
+            CHECK_MSG(in.request_id == 13, "request %llu failed: %s",
+                      (unsigned long long)in.request_id, message);
+            if (in.request_id == 13) {
+                refused = 1;
+                fprintf(stderr, "  third pipeline: %s\n", message);
+                CHECK(in.body.error.code == diffsynth_v1_Code_RESOURCE_EXHAUSTED);
+                CHECK_CONTAINS(message, "with the 2 requests admitted before it");
+                CHECK_CONTAINS(message, "try again when they have finished");
+            }
+        } else if (in.which_body != diffsynth_v1_Envelope_event_tag) {
+            CHECK_MSG(0, "request %llu finished before the third was refused",
+                      (unsigned long long)in.request_id);
+            break;
+        }
+        ds_client_envelope_free(&in);
+    }
+    CHECK(refused);
+    /* Leaving cancels the two long runs; their reservations go with them. */
+    ds_client_close(c);
+    c = it_connect(&limited);
+    REQUIRE(c);
+    deadline = it_now_ms() + RUN_TIMEOUT_MS;
+    do {
+        rc = ds_client_run_pipeline(c, &r, &res, RUN_TIMEOUT_MS, NULL, NULL, NULL);
+        if (rc == DS_CLIENT_OK)
+            break;
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    } while (strstr(ds_client_last_error(c), "try again") && it_now_ms() < deadline);
+    CHECK_MSG(rc == DS_CLIENT_OK, "after the others left: %s", ds_client_last_error(c));
+    if (rc == DS_CLIENT_OK)
+        ds_client_pipeline_result_free(&res);
+    ds_client_close(c);
+    int status = -1;
+    CHECK(it_daemon_stop(&limited, &status) == 0 && status == 0);
+    if (test_case_failed)
+        it_dump_log(&limited);
+    it_env_cleanup(&limited);
 }
 
 /* --- estimates against the real peak ------------------------------------------------------- */
@@ -556,18 +699,31 @@ static void check_ratio(const char *what, uint64_t estimate, uint64_t before, ui
     CHECK_MSG(ratio <= 12.0, "%s: the estimate is %.1f times the peak", what, ratio);
 }
 
+/* DiT forward inputs of latents [1, 16, side, side] f32 and a prompt of text_len tokens; the
+ * data is zero (calloc'd, freed by free_step_inputs). */
+static void step_inputs(ds_client_tensor in[3], int64_t side, int64_t text_len)
+{
+    static float timestep = 500.0f;
+    size_t lat_bytes = (size_t)(16 * side * side * 4), prompt_bytes = (size_t)(text_len * 3584 * 4);
+    in[0] = (ds_client_tensor){"latents", diffsynth_v1_DType_F32, 4, {1, 16, side, side},
+                               calloc(1, lat_bytes), lat_bytes};
+    in[1] = (ds_client_tensor){"prompt_emb", diffsynth_v1_DType_F32, 3, {1, text_len, 3584},
+                               calloc(1, prompt_bytes), prompt_bytes};
+    in[2] = (ds_client_tensor){"timestep", diffsynth_v1_DType_F32, 1, {1}, &timestep,
+                               sizeof timestep};
+}
+
+static void free_step_inputs(ds_client_tensor in[3])
+{
+    free((void *)in[0].data);
+    free((void *)in[1].data);
+}
+
 static void measure_dit_step(ds_client *c, int64_t side, int64_t text_len)
 {
-    size_t lat_bytes = (size_t)(16 * side * side * 4);
-    size_t prompt_bytes = (size_t)(text_len * 3584 * 4);
-    float *lat = calloc(1, lat_bytes), *prompt = calloc(1, prompt_bytes);
-    float timestep = 500.0f;
-    REQUIRE(lat && prompt);
-    ds_client_tensor inputs[] = {
-        {"latents", diffsynth_v1_DType_F32, 4, {1, 16, side, side}, lat, lat_bytes},
-        {"prompt_emb", diffsynth_v1_DType_F32, 3, {1, text_len, 3584}, prompt, prompt_bytes},
-        {"timestep", diffsynth_v1_DType_F32, 1, {1}, &timestep, sizeof timestep},
-    };
+    ds_client_tensor inputs[3];
+    step_inputs(inputs, side, text_len);
+    REQUIRE(inputs[0].data && inputs[1].data);
     ds_client_step_request req = {.model_id = dit_id, .inputs = inputs, .input_count = 3};
     ds_client_step_result res;
     sampler s = {0};
@@ -586,8 +742,7 @@ static void measure_dit_step(ds_client *c, int64_t side, int64_t text_len)
     snprintf(label, sizeof label, "DiT forward, latents %lldx%lld, %lld tokens", (long long)side,
              (long long)side, (long long)text_len);
     check_ratio(label, admitted_bytes(what), before, s.peak);
-    free(lat);
-    free(prompt);
+    free_step_inputs(inputs);
 }
 
 static void measure_pipeline(ds_client *c, const char *side)
@@ -658,6 +813,7 @@ int main(int argc, char **argv)
     RUN(test_huge_pipeline_refused);
     RUN(test_huge_dit_step_refused);
     RUN(test_small_job_waits_one_turn);
+    RUN(test_reservations_add_up);
 
     int status = -1;
     if (it_daemon_stop(&env, &status) != 0 || status != 0) {
