@@ -896,7 +896,9 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
         load_job_free(lj);
         return;
     }
-    rc = ds_conn_begin_job(conn, env, &err);
+    rc = ds_scheduler_admit(d->scheduler, (unsigned)ds_conn_uid(conn), &err);
+    if (rc == DS_OK)
+        rc = ds_conn_begin_job(conn, env, &err);
     if (rc != DS_OK) {
         ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         load_job_free(lj);
@@ -909,6 +911,7 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     lj->job.kind = DS_JOB_LOAD;
     lj->job.request_id = env->request_id;
     lj->job.owner = conn;
+    lj->job.uid = (unsigned)ds_conn_uid(conn);
     lj->job.run = load_run;
     lj->job.progress = load_progress;
     lj->job.complete = load_complete;

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/model_configs.h"
+#include "daemon/admission.h"
 #include "daemon/identify_cache.h"
 #include "daemon/paths.h"
 #include "daemon/pool.h"
@@ -48,6 +49,8 @@ struct ds_daemon {
      * through a model's release hook, drops unloaded models (both under its lock). */
     ds_vram_manager *vram;
     int vram_limited;          /* --vram-limit gave a number (not "none") */
+    /* RunStep and RunPipeline memory reserved until their replies (--request-memory-limit). */
+    ds_admission admission;
 };
 
 /* Checks an envelope before any handler sees it: a request body is present, every string

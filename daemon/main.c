@@ -98,6 +98,16 @@ static void usage(FILE *out)
 "                           its file at every copy instead, with the same values (default:\n"
 "                           half the machine's memory with --backend cuda, where the copies\n"
 "                           are pinned; none = no limit on the CPU). Needs the VRAM manager\n"
+"  --request-memory-limit GIB\n"
+"                           memory for the requests' own data (inputs, activations,\n"
+"                           outputs; not the weights): each RunStep and RunPipeline is\n"
+"                           estimated before it is queued and refused when it would not fit\n"
+"                           beside those already admitted (default: half of the memory\n"
+"                           available at start, within the cgroup and RLIMIT_AS; none = no\n"
+"                           limit)\n"
+"  --max-jobs-per-uid N     jobs one user may have queued or running, all connections\n"
+"                           together (default: %d; 0 = no cap); jobs take turns round robin\n"
+"                           between users, then between a user's connections\n"
 "  --log-level LEVEL        debug, info, warn or error (default: info); logs go to stderr\n"
 "  --help                   print this help and exit\n"
 "  --version                print the version and exit\n"
@@ -119,7 +129,8 @@ static void usage(FILE *out)
             (unsigned long long)DS_DEFAULT_MAX_UNSENT_BYTES,
             (unsigned long long)DS_DEFAULT_MAX_UNSENT_BYTES_PER_UID,
             (unsigned long long)DS_DEFAULT_MAX_QUEUED_INLINE_BYTES,
-            (unsigned long long)DS_DEFAULT_MAX_QUEUED_INLINE_BYTES_PER_UID);
+            (unsigned long long)DS_DEFAULT_MAX_QUEUED_INLINE_BYTES_PER_UID,
+            DS_DEFAULT_MAX_JOBS_PER_UID);
 }
 
 static int parse_u64(const char *option, const char *text, uint64_t min, uint64_t max,
@@ -225,6 +236,22 @@ static void on_signal(uv_signal_t *handle, int signum)
         ds_scheduler_on_idle(d->scheduler, finish, a);
 }
 
+/* The request memory limit: --request-memory-limit's bytes (SIZE_MAX: "none"), or by default
+ * half of what the machine, the cgroup and RLIMIT_AS leave at start; the estimates assume the
+ * compute threads --threads asks for. */
+static void init_admission(ds_daemon *d, const char *text, size_t bytes, int threads)
+{
+    char source[128];
+    uint64_t limit = bytes == DS_VRAM_UNLIMITED ? UINT64_MAX : bytes;
+    if (text)
+        snprintf(source, sizeof source, "--request-memory-limit %s", text);
+    else
+        limit = ds_admission_default_limit(source, sizeof source);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    ds_admission_init(&d->admission, limit, source,
+                      threads > 0 ? threads : (cpus > 0 ? (int)cpus : 1));
+}
+
 int main(int argc, char **argv)
 {
     enum {
@@ -247,6 +274,8 @@ int main(int argc, char **argv)
         OPT_VRAM_LIMIT,
         OPT_VRAM_RESERVE,
         OPT_HOST_LIMIT,
+        OPT_REQUEST_MEMORY,
+        OPT_MAX_JOBS_PER_UID,
         OPT_HELP,
         OPT_VERSION,
     };
@@ -270,6 +299,8 @@ int main(int argc, char **argv)
         {"vram-limit", required_argument, NULL, OPT_VRAM_LIMIT},
         {"vram-reserve", required_argument, NULL, OPT_VRAM_RESERVE},
         {"host-limit", required_argument, NULL, OPT_HOST_LIMIT},
+        {"request-memory-limit", required_argument, NULL, OPT_REQUEST_MEMORY},
+        {"max-jobs-per-uid", required_argument, NULL, OPT_MAX_JOBS_PER_UID},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -293,6 +324,9 @@ int main(int argc, char **argv)
     size_t vram_reserve = (size_t)1 << 30;
     const char *host_limit_text = NULL;
     size_t host_limit = DS_VRAM_UNLIMITED;
+    const char *request_memory_text = NULL;
+    size_t request_memory = DS_VRAM_UNLIMITED;
+    uint64_t max_jobs_per_uid = DS_DEFAULT_MAX_JOBS_PER_UID;
     int opt;
     uint64_t value;
     ds_log_level level;
@@ -380,6 +414,16 @@ int main(int argc, char **argv)
             if (parse_gib("--host-limit", optarg, 1, &host_limit) != 0)
                 goto out_args;
             host_limit_text = optarg;
+            break;
+        case OPT_REQUEST_MEMORY:
+            if (parse_gib("--request-memory-limit", optarg, 1, &request_memory) != 0)
+                goto out_args;
+            request_memory_text = optarg;
+            break;
+        case OPT_MAX_JOBS_PER_UID:
+            if (parse_u64("--max-jobs-per-uid", optarg, 0, 1u << 20, &value) != 0)
+                goto out_args;
+            max_jobs_per_uid = value;
             break;
         case OPT_HELP:
             usage(stdout);
@@ -534,6 +578,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "diffsynthd: %s\n", err.message);
         goto out;
     }
+    ds_scheduler_set_max_jobs_per_uid(d->scheduler, (size_t)max_jobs_per_uid);
+    init_admission(d, request_memory_text, request_memory, threads);
     if (ds_server_start(&loop, &server_opts, d, &d->server, &err) != DS_OK) {
         fprintf(stderr, "diffsynthd: %s\n", err.message);
         goto out;
@@ -566,6 +612,12 @@ int main(int argc, char **argv)
     if (d->vram && host_limit != DS_VRAM_UNLIMITED)
         ds_log_info("host limit: %zu bytes for the weights' copies at rest; units past it are "
                     "read from their files", host_limit);
+    if (d->admission.limit == UINT64_MAX)
+        ds_log_info("request memory limit: none (%s)", d->admission.limit_source);
+    else
+        ds_log_info("request memory limit: %llu bytes (%s); at most %llu jobs per uid",
+                    (unsigned long long)d->admission.limit, d->admission.limit_source,
+                    (unsigned long long)max_jobs_per_uid);
     ds_log_info("model roots: %s%s", roots_text ? roots_text : "?",
                 root_count == 0 ? " (the working directory; use --model-root to choose)" : "");
     ds_log_info("model configs: %zu (%zu builtin + %zu from %zu file%s)", config_count,

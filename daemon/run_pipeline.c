@@ -17,6 +17,7 @@
 #include "daemon/paths.h"
 #include "daemon/shm_region.h"
 #include "kernels/ops.h"
+#include "models/memory_estimate.h"
 #include "models/qwen_image_pipeline.h"
 
 #define PIPELINE_NAME "qwen_image"
@@ -92,6 +93,7 @@ typedef struct pipeline_job {
     double turn_started_s;
     double denoise_turns_s;
     unsigned denoise_turns;
+    ds_admission_ticket admitted; /* the run's memory, reserved until the reply */
 } pipeline_job;
 
 /* Seconds per output pixel of the last decode, for the ETA of the next ones (0: none yet). */
@@ -402,6 +404,7 @@ static void free_paths(role_slot *s)
 
 static void job_free(pipeline_job *pj)
 {
+    ds_admission_release(&pj->daemon->admission, &pj->admitted);
     ds_qwen_image_pipeline_free(pj->pipe);
     for (int r = 0; r < ROLE_COUNT; r++) {
         role_slot *s = &pj->slots[r];
@@ -786,6 +789,52 @@ static void pipeline_complete(ds_job *job)
     job_end(pj);
 }
 
+/* The ControlNet conditioning's channels the estimate assumes: the inpainting variant's 17
+ * (16 latent channels and the mask), the wider of the two. */
+#define CONTROLNET_CHANNELS_MAX 17
+
+/* Reserves the run's estimated memory (models/memory_estimate.h) from its size, dtype, prompts
+ * and images, before its units are queued; needs the VAE (its widths). */
+static int admit(pipeline_job *pj, ds_error *err)
+{
+    ds_daemon *d = pj->daemon;
+    const ds_qwen_image_params *p = &pj->params;
+    uint64_t inline_bytes = 0;
+    for (int i = 0; i < IMG_COUNT; i++)
+        if (pj->image_owned[i])
+            inline_bytes += ds_tensor_nbytes(&pj->images[i]);
+    ds_memory_pipeline_args a = {
+        .vae = pj->slots[ROLE_VAE].entry->model,
+        /* The pipeline rounds the size up to multiples of 16. */
+        .height = ((int64_t)p->height + 15) / 16 * 16,
+        .width = ((int64_t)p->width + 15) / 16 * 16,
+        .dtype = p->dtype,
+        .prompt_bytes = p->prompt ? strlen(p->prompt) : 0,
+        .negative_prompt_bytes = p->negative_prompt ? strlen(p->negative_prompt) : 0,
+        .cfg = p->cfg_scale != 1.0,
+        .input_image = p->input_image != NULL,
+        .controlnet_image = p->controlnet_image != NULL,
+        .controlnet_channels = p->controlnet_image ? CONTROLNET_CHANNELS_MAX : 0,
+        .inline_bytes = inline_bytes,
+        .threads = d->admission.threads,
+    };
+    ds_memory_need need;
+    int rc = ds_memory_qwen_image_pipeline(&a, &need, err);
+    if (rc != DS_OK)
+        return rc;
+    uint64_t device_budget = UINT64_MAX;
+    if (d->vram && d->backend != d->host_backend) {
+        ds_vram_stats vs;
+        ds_vram_stats_get(d->vram, &vs);
+        if (vs.budget_bytes != DS_VRAM_UNLIMITED)
+            device_budget = vs.budget_bytes;
+    }
+    char what[96];
+    snprintf(what, sizeof what, PIPELINE_NAME " %lldx%lld (height x width), %s",
+             (long long)a.height, (long long)a.width, ds_dtype_name(p->dtype));
+    return ds_admission_reserve(&d->admission, &pj->admitted, what, need, device_budget, err);
+}
+
 /* Sets up the pipeline over the pinned models and queues its units. */
 static int start_pipeline(pipeline_job *pj, ds_error *err)
 {
@@ -858,7 +907,9 @@ static void load_complete(ds_job *job)
                     s->entry->id, s->entry->model->model_name, pj->client, roles[r].role);
     }
     pj->queue_before_s += job->queue_s;
-    if ((rc = start_pipeline(pj, &err)) != DS_OK) {
+    /* A VAE named by paths is known only now: the run is admitted before its units queue. */
+    if ((!pj->admitted.active && (rc = admit(pj, &err)) != DS_OK) ||
+        (rc = start_pipeline(pj, &err)) != DS_OK) {
         ds_dispatch_reply_error(d, pj->conn, job->request_id, rc, err.message);
         job_end(pj);
     }
@@ -1082,13 +1133,17 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     }
     /* The transport (shared memory) first, then the models: as RunStep does. */
     if ((rc = take_request(pj, req, conn, &err)) != DS_OK ||
-        (rc = find_models(pj, req, &err)) != DS_OK || (rc = ds_conn_begin_job(conn, env, &err)) != DS_OK)
+        (rc = find_models(pj, req, &err)) != DS_OK ||
+        (pj->slots[ROLE_VAE].entry && (rc = admit(pj, &err)) != DS_OK) ||
+        (rc = ds_scheduler_admit(d->scheduler, (unsigned)ds_conn_uid(conn), &err)) != DS_OK ||
+        (rc = ds_conn_begin_job(conn, env, &err)) != DS_OK)
         goto fail;
 
     pj->conn = conn;
     ds_conn_ref(conn);
     pj->job.request_id = env->request_id;
     pj->job.owner = conn;
+    pj->job.uid = (unsigned)ds_conn_uid(conn);
     pj->job.progress = pipeline_job_progress;
     int need_load = 0;
     for (int r = 0; r < ROLE_COUNT; r++)

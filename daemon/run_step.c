@@ -13,6 +13,7 @@
 #include "daemon/shm_region.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
+#include "models/memory_estimate.h"
 #include "models/model_step.h"
 
 #define DEFAULT_STEP "forward"
@@ -51,6 +52,7 @@ typedef struct run_step_job {
     double submitted_s;
     double queue_s;
     double compute_s;
+    ds_admission_ticket admitted; /* the step's memory, reserved until the reply */
 } run_step_job;
 
 static double now_s(void)
@@ -204,6 +206,7 @@ int ds_run_step_validate(const Diffsynth__V1__RunStepRequest *req, ds_error *err
 
 static void job_free(run_step_job *sj)
 {
+    ds_admission_release(&sj->daemon->admission, &sj->admitted);
     ds_step_io_free(&sj->in);
     ds_step_io_free(&sj->out);
     for (size_t i = 0; i < sj->input_map_count; i++)
@@ -444,6 +447,36 @@ done:
 
 /* --- the request --------------------------------------------------------------------------- */
 
+/* Reserves the step's estimated memory (models/memory_estimate.h) from the inputs' declared
+ * shapes: refused before anything runs when it cannot fit. */
+static int admit(run_step_job *sj, const Diffsynth__V1__RunStepRequest *req, ds_error *err)
+{
+    ds_daemon *d = sj->daemon;
+    ds_memory_input *inputs = calloc(req->n_inputs ? req->n_inputs : 1, sizeof *inputs);
+    if (!inputs)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory admitting the step");
+    for (size_t i = 0; i < req->n_inputs; i++) {
+        const Diffsynth__V1__Tensor *t = req->inputs[i];
+        inputs[i] = (ds_memory_input){t->name, (ds_dtype)t->dtype, (int)t->n_shape, t->shape};
+    }
+    ds_memory_need need;
+    int rc = ds_memory_step(sj->entry->model, sj->step_name, inputs, req->n_inputs,
+                            d->admission.threads, &need, err);
+    free(inputs);
+    if (rc != DS_OK)
+        return rc;
+    uint64_t device_budget = UINT64_MAX;
+    if (d->vram && d->backend != d->host_backend) {
+        ds_vram_stats vs;
+        ds_vram_stats_get(d->vram, &vs);
+        if (vs.budget_bytes != DS_VRAM_UNLIMITED)
+            device_budget = vs.budget_bytes;
+    }
+    char what[DS_MODEL_ID_MAX + STEP_NAME_MAX + 32];
+    snprintf(what, sizeof what, "run_step %s of %s", sj->step_name, sj->entry->id);
+    return ds_admission_reserve(&d->admission, &sj->admitted, what, need, device_budget, err);
+}
+
 /* "forward, encode" for messages. */
 static void list_steps(const ds_model_class *cls, char *buf, size_t size)
 {
@@ -606,9 +639,11 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
         goto fail;
     ds_pool_pin(entry);
     sj->entry = entry;
-    if ((rc = add_aux(sj, d, req, &err)) != DS_OK || (rc = check_fresh(sj, &err)) != DS_OK)
+    if ((rc = add_aux(sj, d, req, &err)) != DS_OK || (rc = check_fresh(sj, &err)) != DS_OK ||
+        (rc = admit(sj, req, &err)) != DS_OK)
         goto fail;
-    if ((rc = ds_conn_begin_job(conn, env, &err)) != DS_OK)
+    if ((rc = ds_scheduler_admit(d->scheduler, (unsigned)ds_conn_uid(conn), &err)) != DS_OK ||
+        (rc = ds_conn_begin_job(conn, env, &err)) != DS_OK)
         goto fail;
 
     sj->conn = conn;
@@ -617,6 +652,7 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     sj->job.kind = DS_JOB_RUN_STEP;
     sj->job.request_id = env->request_id;
     sj->job.owner = conn;
+    sj->job.uid = (unsigned)ds_conn_uid(conn);
     sj->job.run = run_step_run;
     sj->job.progress = run_step_progress;
     sj->job.complete = run_step_complete;

@@ -21,9 +21,11 @@ struct ds_scheduler {
 
     uv_mutex_t lock;           /* guards everything below */
     uv_cond_t wake;
-    ds_job *queue_head;        /* FIFO of submitted jobs */
+    ds_job *queue_head;        /* queued jobs in the order they entered the queue */
     ds_job *queue_tail;
     size_t queued;
+    uint64_t turns_given;      /* turns handed out so far (ds_job.uid_turn's clock) */
+    size_t max_jobs_per_uid;   /* 0: no cap */
     ds_job *running;
     int stopping;
     notice *notices_head;      /* FIFO of progress events for the loop */
@@ -41,6 +43,65 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A newly submitted job joins its uid's and its owner's place in the rotation: the stamps of
+ * their jobs already queued or running. A uid or owner with none joins just before the one
+ * served last: after everyone already waiting, so that a client which submits its next job as
+ * soon as the last one finished still gets one turn per round, not every other turn. Service
+ * stamps are even (2 x the turn), arrival stamps odd. Caller holds the lock. */
+static void adopt_stamps(ds_job *job, const ds_job *q, int *uid_found, int *owner_found)
+{
+    if (!*uid_found && q->uid == job->uid) {
+        job->uid_turn = q->uid_turn;
+        *uid_found = 1;
+    }
+    if (!*owner_found && q->owner == job->owner) {
+        job->owner_turn = q->owner_turn;
+        *owner_found = 1;
+    }
+}
+
+static void join_rotation(ds_scheduler *sched, ds_job *job)
+{
+    int uid_found = 0, owner_found = 0;
+    job->uid_turn = job->owner_turn = sched->turns_given ? 2 * sched->turns_given - 1 : 0;
+    if (sched->running)
+        adopt_stamps(job, sched->running, &uid_found, &owner_found);
+    for (const ds_job *q = sched->queue_head; q && !(uid_found && owner_found); q = q->next)
+        adopt_stamps(job, q, &uid_found, &owner_found);
+}
+
+/* Takes the next turn's job off the queue: the uid served longest ago, then its owner served
+ * longest ago, then that owner's job first in the queue; then stamps the uid and the owner as
+ * served now. A linear scan: the queue holds at most connections x in-flight jobs, and a turn
+ * (a denoising step, a RunStep) costs far more. Caller holds the lock; the queue is not empty. */
+static ds_job *take_next(ds_scheduler *sched)
+{
+    ds_job *best = NULL, *best_prev = NULL, *prev = NULL;
+    for (ds_job *q = sched->queue_head; q; prev = q, q = q->next)
+        if (!best || q->uid_turn < best->uid_turn ||
+            (q->uid_turn == best->uid_turn && q->owner_turn < best->owner_turn)) {
+            best = q;
+            best_prev = prev;
+        }
+    if (best_prev)
+        best_prev->next = best->next;
+    else
+        sched->queue_head = best->next;
+    if (sched->queue_tail == best)
+        sched->queue_tail = best_prev;
+    best->next = NULL;
+    sched->queued--;
+    uint64_t turn = 2 * ++sched->turns_given;
+    best->uid_turn = best->owner_turn = turn;
+    for (ds_job *q = sched->queue_head; q; q = q->next) {
+        if (q->uid == best->uid)
+            q->uid_turn = turn;
+        if (q->owner == best->owner)
+            q->owner_turn = turn;
+    }
+    return best;
 }
 
 /* Caller holds the lock. */
@@ -74,13 +135,9 @@ static void worker_main(void *arg)
     for (;;) {
         while (!sched->queue_head && !sched->stopping)
             uv_cond_wait(&sched->wake, &sched->lock);
-        ds_job *job = sched->queue_head;
-        if (!job)
-            break;
-        sched->queue_head = job->next;
         if (!sched->queue_head)
-            sched->queue_tail = NULL;
-        sched->queued--;
+            break;
+        ds_job *job = take_next(sched);
         sched->running = job;
         uv_mutex_unlock(&sched->lock);
 
@@ -160,6 +217,7 @@ int ds_scheduler_new(uv_loop_t *loop, ds_scheduler **out, ds_error *err)
     if (!sched)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory creating the scheduler");
     sched->loop = loop;
+    sched->max_jobs_per_uid = DS_DEFAULT_MAX_JOBS_PER_UID;
     int rc = uv_mutex_init(&sched->lock);
     if (rc != 0)
         goto fail_mutex;
@@ -193,6 +251,39 @@ void ds_scheduler_on_idle(ds_scheduler *sched, void (*fn)(void *arg), void *arg)
     sched->idle_arg = arg;
 }
 
+void ds_scheduler_set_max_jobs_per_uid(ds_scheduler *sched, size_t max_jobs)
+{
+    sched->max_jobs_per_uid = max_jobs;
+}
+
+/* Caller holds the lock. */
+static size_t count_uid(const ds_scheduler *sched, unsigned uid)
+{
+    size_t n = sched->running && sched->running->uid == uid;
+    for (const ds_job *q = sched->queue_head; q; q = q->next)
+        n += q->uid == uid;
+    return n;
+}
+
+size_t ds_scheduler_uid_jobs(ds_scheduler *sched, unsigned uid)
+{
+    uv_mutex_lock(&sched->lock);
+    size_t n = count_uid(sched, uid);
+    uv_mutex_unlock(&sched->lock);
+    return n;
+}
+
+int ds_scheduler_admit(ds_scheduler *sched, unsigned uid, ds_error *err)
+{
+    size_t n = ds_scheduler_uid_jobs(sched, uid);
+    if (sched->max_jobs_per_uid && n >= sched->max_jobs_per_uid)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "uid %u has %zu jobs queued or running, the most one uid may have "
+                            "(--max-jobs-per-uid %zu); wait for some to finish",
+                            uid, n, sched->max_jobs_per_uid);
+    return DS_OK;
+}
+
 void ds_scheduler_submit(ds_scheduler *sched, ds_job *job)
 {
     job->sched = sched;
@@ -203,6 +294,7 @@ void ds_scheduler_submit(ds_scheduler *sched, ds_job *job)
     job->queue_s = 0.0;
     job->turns = 0;
     uv_mutex_lock(&sched->lock);
+    join_rotation(sched, job);
     enqueue(sched, job);
     uv_cond_signal(&sched->wake);
     uv_mutex_unlock(&sched->lock);

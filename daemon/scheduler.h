@@ -1,10 +1,18 @@
-/* The job scheduler (DESIGN §3): a FIFO queue served by one worker thread, the "device worker".
- * The CPU backend has one; a GPU adds its own worker behind the same job interface.
+/* The job scheduler (DESIGN §3, §4.9): one queue served by one worker thread, the "device
+ * worker". The CPU backend has one; a GPU adds its own worker behind the same job interface.
  *
  * A job may run in turns: run() returning DS_JOB_YIELD puts it back at the tail of the queue,
- * so long jobs (pipelines, one denoising step per turn) interleave round robin with each other
- * and with the jobs queued behind them. Between turns the job is an ordinary queued job:
- * counted in ds_scheduler_queued, and cancelled there like one that never ran.
+ * so long jobs (pipelines, one denoising step per turn) interleave with each other and with the
+ * jobs queued behind them. Between turns the job is an ordinary queued job: counted in
+ * ds_scheduler_queued, and cancelled there like one that never ran.
+ *
+ * Each turn goes round robin between clients, not first in first out over jobs: first between
+ * peer uids, then between the connections (owners) of the chosen uid, then, within one owner,
+ * to its job that has waited longest in the queue. So one client queueing many jobs delays
+ * another client's job by at most one turn per other client (about one unit: a denoising step,
+ * one RunStep), however long its own queue is. A client that had nothing queued or running
+ * joins the round after every client already waiting and before the one served last, so coming
+ * back from idle (one job at a time) never earns more than one turn per round.
  *
  * A job runs on the worker and completes on the loop thread. The worker reports progress and
  * completion through a mutex-protected queue and a uv_async_t: libuv may coalesce several
@@ -50,6 +58,7 @@ struct ds_job {
     ds_job_kind kind;
     uint64_t request_id;
     void *owner;          /* who asked (a connection); the scheduler only compares it */
+    unsigned uid;         /* the owner's peer uid: turns are shared between uids first */
     /* Worker thread: DS_OK, a negative ds_status, or DS_JOB_YIELD to run again later. */
     int (*run)(ds_job *job);
     void (*progress)(ds_job *job, const ds_job_progress *progress); /* loop thread; may be NULL */
@@ -70,6 +79,11 @@ struct ds_job {
     double started_s;         /* the first turn's start */
     double phase_started_s;
     double queued_at_s;       /* when it last entered the queue */
+    /* When this job's uid, and its owner, last got a turn (2 x the scheduler's turn count), or
+     * joined the rotation with nothing queued or running (odd: just before the turn served
+     * last); every job of one uid or owner carries the same value. */
+    uint64_t uid_turn;
+    uint64_t owner_turn;
     char phase[DS_PROGRESS_PHASE_MAX];
 };
 
@@ -79,6 +93,22 @@ int ds_scheduler_new(uv_loop_t *loop, ds_scheduler **out, ds_error *err);
 /* Called on the loop thread after a completion leaves the scheduler with nothing queued,
  * running or undelivered (how shutdown knows the drain is over). */
 void ds_scheduler_on_idle(ds_scheduler *sched, void (*fn)(void *arg), void *arg);
+
+/* Jobs one uid may have queued or running at once, all its connections together: beyond it
+ * ds_scheduler_admit refuses. */
+#define DS_DEFAULT_MAX_JOBS_PER_UID 256
+
+/* Sets the per-uid cap (loop thread, before the first submission); 0 = no cap. */
+void ds_scheduler_set_max_jobs_per_uid(ds_scheduler *sched, size_t max_jobs);
+
+/* Checks, before a new request is queued, that its uid is below the per-uid cap: DS_OK, or
+ * RESOURCE_EXHAUSTED naming the uid, its count and the cap. Loop thread; the request must be
+ * submitted in the same callback (nothing else submits meanwhile). A job submitted again in
+ * stages is not checked again. */
+int ds_scheduler_admit(ds_scheduler *sched, unsigned uid, ds_error *err);
+
+/* Queued or running jobs of `uid`. */
+size_t ds_scheduler_uid_jobs(ds_scheduler *sched, unsigned uid);
 
 /* Queues a job (loop thread). The scheduler does not own it: complete() disposes of it. A job
  * may be submitted again from its complete() (a job in stages); each submission completes

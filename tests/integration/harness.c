@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -222,6 +223,13 @@ int it_daemon_start(it_env *env, const char *const *extra)
         dup2(null_fd, STDIN_FILENO);
         dup2(null_fd, STDOUT_FILENO);
         dup2(log_fd, STDERR_FILENO);
+        if (env->daemon_address_space) {
+            struct rlimit rl = {env->daemon_address_space, env->daemon_address_space};
+            if (setrlimit(RLIMIT_AS, &rl) != 0) {
+                fprintf(stderr, "setrlimit(RLIMIT_AS): %s\n", strerror(errno));
+                _exit(127);
+            }
+        }
         execv(argv[0], (char *const *)argv);
         fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);

@@ -30,6 +30,8 @@ typedef struct it_env {
     char log[160];
     const char *daemon_exe;
     pid_t pid;  /* the running daemon; 0 when none */
+    /* RLIMIT_AS for the daemon, set in its process before exec; 0: inherited unchanged. */
+    uint64_t daemon_address_space;
 } it_env;
 
 /* Creates the directory and DIR/models. Exits the test (status 1) when it cannot. */

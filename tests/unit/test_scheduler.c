@@ -1,6 +1,7 @@
-/* The job scheduler: jobs that yield run in turns, round robin with the others; a job cancelled
- * between turns (queued) or during one completes exactly once with CANCELLED; the queued and
- * running counts and the queue time summed over waits. A real libuv loop on this thread,
+/* The job scheduler: jobs that yield run in turns, round robin with the others; turns go round
+ * robin between uids, then between one uid's connections, whatever order the jobs came in; the
+ * per-uid cap; a job cancelled between turns (queued) or during one completes exactly once with
+ * CANCELLED; the queued and running counts and the queue time summed over waits. A real libuv loop on this thread,
  * the scheduler's worker on its own. */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@ typedef struct test_job {
     unsigned turns_run;
     double queue_s;
     int signal_in_turn;  /* > 0: at the start of this turn, wake the loop to cancel */
+    int resubmit;        /* submissions left after this one, made from complete() */
 } test_job;
 
 static uv_loop_t loop;
@@ -33,6 +35,7 @@ static char turn_log[MAX_LOG];
 static atomic_int log_len;
 static int completed;
 static int jobs_expected;
+static int jobs_expected_extra; /* completions of resubmitted jobs, beyond one per job */
 static uv_async_t cancel_async; /* the worker asks the loop to cancel `cancel_target` */
 static test_job *cancel_target;
 static size_t queued_at_cancel, running_at_cancel;
@@ -66,6 +69,11 @@ static void job_complete(ds_job *job)
     t->status = job->status;
     snprintf(t->message, sizeof t->message, "%.127s", job->error.message);
     t->queue_s = job->queue_s;
+    if (t->resubmit > 0) {
+        t->resubmit--;
+        t->turns_run = 0;
+        ds_scheduler_submit(sched, job);
+    }
     if (++completed == jobs_expected) {
         uv_close((uv_handle_t *)&cancel_async, NULL);
         ds_scheduler_stop(sched);
@@ -91,27 +99,35 @@ static void init_job(test_job *t, char name, uint64_t id, int turns, int sleep)
     t->sleep_ms = sleep;
     t->job.kind = DS_JOB_RUN_PIPELINE;
     t->job.request_id = id;
-    t->job.owner = &loop;
     t->job.run = job_run;
     t->job.complete = job_complete;
 }
 
-/* Runs the loop until every submitted job completed and the scheduler stopped. */
+/* Checks made after the jobs are submitted, before the loop runs (NULL: none). */
+static void (*after_submit)(void);
+static size_t max_jobs_per_uid = DS_DEFAULT_MAX_JOBS_PER_UID;
+
+/* Runs the loop until every submitted job completed and the scheduler stopped. Jobs without an
+ * owner get one shared owner. */
 static void run_jobs(test_job **jobs, int count)
 {
     ds_error err;
     REQUIRE(uv_loop_init(&loop) == 0);
     REQUIRE(uv_async_init(&loop, &cancel_async, on_cancel_async) == 0);
     REQUIRE(ds_scheduler_new(&loop, &sched, &err) == DS_OK);
+    ds_scheduler_set_max_jobs_per_uid(sched, max_jobs_per_uid);
     memset(turn_log, 0, sizeof turn_log);
     atomic_store(&log_len, 0);
     completed = 0;
-    jobs_expected = count;
+    jobs_expected = count + jobs_expected_extra;
     for (int i = 0; i < count; i++) {
-        jobs[i]->job.owner = &loop;
+        if (!jobs[i]->job.owner)
+            jobs[i]->job.owner = &loop;
         ds_scheduler_submit(sched, &jobs[i]->job);
     }
     CHECK(ds_scheduler_queued(sched) + ds_scheduler_running(sched) == (size_t)count);
+    if (after_submit)
+        after_submit();
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(uv_loop_close(&loop) == 0);
 }
@@ -133,6 +149,123 @@ static void test_round_robin(void)
      * C, then B; B for A, then C and A; C for A and B. */
     CHECK_MSG(a.queue_s >= 0.0145 && b.queue_s >= 0.0145 && c.queue_s >= 0.0095,
               "queued: A %.4f s, B %.4f s, C %.4f s", a.queue_s, b.queue_s, c.queue_s);
+}
+
+/* One client queues six jobs, another one job after them: the second client's job takes the
+ * second turn, not the seventh. */
+static void test_other_client_next(void)
+{
+    static test_job many[6], one;
+    static int owner_many, owner_one;
+    test_job *jobs[7];
+    for (int i = 0; i < 6; i++) {
+        init_job(&many[i], (char)('a' + i), (uint64_t)i + 1, 1, 5);
+        many[i].job.owner = &owner_many;
+        many[i].job.uid = 1000;
+        jobs[i] = &many[i];
+    }
+    init_job(&one, 'Y', 1, 1, 5);
+    one.job.owner = &owner_one;
+    one.job.uid = 1001;
+    jobs[6] = &one;
+    run_jobs(jobs, 7);
+    CHECK_STR_EQ(turn_log, "aYbcdef");
+    /* It waited for one turn of 5 ms, not six. */
+    CHECK_MSG(one.queue_s < 0.025, "queued %.4f s", one.queue_s);
+}
+
+/* Turns alternate between uids first, then between the connections of a uid: uid 1 with
+ * connections a and b (three jobs each), uid 2 with connection c (three jobs), submitted a's,
+ * b's, c's. A pipeline of three turns counts as three queued turns of its connection. */
+static void test_uid_then_connection(void)
+{
+    static test_job a[3], b, c[3];
+    static int conn_a, conn_b, conn_c;
+    test_job *jobs[7];
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        init_job(&a[i], 'a', (uint64_t)i + 1, 1, 3);
+        a[i].job.owner = &conn_a;
+        a[i].job.uid = 1;
+        jobs[n++] = &a[i];
+    }
+    init_job(&b, 'b', 1, 3, 3); /* one job, three turns */
+    b.job.owner = &conn_b;
+    b.job.uid = 1;
+    jobs[n++] = &b;
+    for (int i = 0; i < 3; i++) {
+        init_job(&c[i], 'c', (uint64_t)i + 1, 1, 3);
+        c[i].job.owner = &conn_c;
+        c[i].job.uid = 2;
+        jobs[n++] = &c[i];
+    }
+    run_jobs(jobs, n);
+    /* uid 1 (a), uid 2, uid 1 (b: a just ran), uid 2, uid 1 (a), uid 2, then uid 1 alone. */
+    CHECK_STR_EQ(turn_log, "acbcacbab");
+    CHECK(b.turns_run == 3 && b.status == DS_OK);
+}
+
+/* A client that submits its next job only once the last one finished has nothing queued
+ * between its jobs: it must still get one turn per round, not the next turn every time. */
+static void test_one_at_a_time(void)
+{
+    static test_job a[6], b[6], x;
+    static int conn_a, conn_b, conn_x;
+    test_job *jobs[13];
+    int n = 0;
+    for (int i = 0; i < 6; i++) {
+        init_job(&a[i], 'A', (uint64_t)i + 1, 1, 30);
+        a[i].job.owner = &conn_a;
+        a[i].job.uid = 1;
+        jobs[n++] = &a[i];
+    }
+    for (int i = 0; i < 6; i++) {
+        init_job(&b[i], 'B', (uint64_t)i + 1, 1, 30);
+        b[i].job.owner = &conn_b;
+        b[i].job.uid = 2;
+        jobs[n++] = &b[i];
+    }
+    init_job(&x, 'X', 1, 1, 30);
+    x.job.owner = &conn_x;
+    x.job.uid = 3;
+    x.resubmit = 3;
+    jobs[n++] = &x;
+    jobs_expected_extra = 3;
+    run_jobs(jobs, n);
+    jobs_expected_extra = 0;
+    CHECK_STR_EQ(turn_log, "ABXABXABXABXABAB");
+    CHECK(x.completions == 4 && x.status == DS_OK);
+}
+
+static void check_uid_cap(void)
+{
+    ds_error err;
+    ds_error_clear(&err);
+    CHECK(ds_scheduler_uid_jobs(sched, 7) == 2);
+    CHECK(ds_scheduler_admit(sched, 7, &err) == DS_ERR_RESOURCE_EXHAUSTED);
+    CHECK_STR_EQ(err.message, "uid 7 has 2 jobs queued or running, the most one uid may have "
+                              "(--max-jobs-per-uid 2); wait for some to finish");
+    ds_error_clear(&err);
+    CHECK(ds_scheduler_admit(sched, 8, &err) == DS_OK);
+}
+
+/* The per-uid cap counts queued and running jobs of every connection of the uid. */
+static void test_uid_cap(void)
+{
+    static test_job x, y;
+    static int conn_x, conn_y;
+    init_job(&x, 'x', 1, 1, 20);
+    init_job(&y, 'y', 1, 1, 20);
+    x.job.owner = &conn_x;
+    y.job.owner = &conn_y;
+    x.job.uid = y.job.uid = 7;
+    test_job *jobs[] = {&x, &y};
+    max_jobs_per_uid = 2;
+    after_submit = check_uid_cap;
+    run_jobs(jobs, 2);
+    after_submit = NULL;
+    max_jobs_per_uid = DS_DEFAULT_MAX_JOBS_PER_UID;
+    CHECK(x.status == DS_OK && y.status == DS_OK);
 }
 
 /* Cancelled while waiting for its next turn: removed from the queue, CANCELLED once. */
@@ -192,6 +325,10 @@ static void test_cancel_before_start(void)
 int main(void)
 {
     RUN(test_round_robin);
+    RUN(test_other_client_next);
+    RUN(test_uid_then_connection);
+    RUN(test_one_at_a_time);
+    RUN(test_uid_cap);
     RUN(test_cancel_yielded);
     RUN(test_cancel_running);
     RUN(test_cancel_before_start);

@@ -1,0 +1,386 @@
+#include "models/memory_estimate.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Widths fixed by upstream's constructors (models/qwen_image_dit.c, qwen_image_text_encoder.c). */
+enum {
+    DIT_DIM = 3072,
+    DIT_MLP = 4 * DIT_DIM,
+    DIT_TEXT_DIM = 3584,
+    DIT_PATCH_DIM = 64,
+    DIT_ROPE_PAIRS = 64,
+    TE_HIDDEN = 3584,
+    TE_KV = 4 * 128,
+    TE_INTERMEDIATE = 18944,
+    TE_ROPE_PAIRS = 64,
+    TE_MAX_TOKENS = 4096 + 34,
+    TE_TEMPLATE_TOKENS = 64, /* the text-to-image template around the prompt, generously */
+    HEAD_DIM = 128,
+    LATENT_CHANNELS = 16,
+    VAE_SCALE = 8,
+    /* The CPU kernels' own bounds (kernels/cpu): a linear's bf16 weight rows staged in f32, a
+     * convolution's column and staging chunk, the flash attention's tile rows and key block. */
+    LINEAR_WEIGHT_BLOCK_BYTES = (8 << 20) * 4,
+    CONV_CHUNK_BYTES = 16 << 20,
+    ATT_BQ = 96,
+    ATT_BK = 128,
+};
+
+/* Allocator rounding, RoPE tables, small per-call tensors, the kernels' per-thread conversion
+ * rows: what the shape terms below leave out, once per unit. */
+#define MEMORY_SLACK ((uint64_t)64 << 20)
+
+/* Saturating arithmetic: a hostile shape must give a huge bound, never a wrapped small one. */
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
+static uint64_t sat_mul(uint64_t a, uint64_t b)
+{
+    if (a != 0 && b > UINT64_MAX / a)
+        return UINT64_MAX;
+    return a * b;
+}
+
+static uint64_t sat_mul3(uint64_t a, uint64_t b, uint64_t c) { return sat_mul(sat_mul(a, b), c); }
+
+static uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+
+static uint64_t pos(int64_t v) { return v > 0 ? (uint64_t)v : 0; }
+
+static int thread_count(int threads) { return threads > 0 ? threads : 1; }
+
+/* The flash attention's scratch: each worker converts one (batch, head)'s K and V to f32 over
+ * all keys (padded to whole key blocks, V's rows padded to 64), plus its tiles; the buffer grows
+ * by doubling, so up to twice that stays allocated per thread. */
+static uint64_t attention_scratch(uint64_t keys, uint64_t head_dim, int threads)
+{
+    uint64_t padded_keys = sat_mul((keys + ATT_BK - 1) / ATT_BK, ATT_BK);
+    uint64_t dp = (head_dim + 63) / 64 * 64;
+    uint64_t floats = sat_add(sat_mul(padded_keys, head_dim + dp),
+                              (uint64_t)ATT_BQ * (head_dim + ATT_BK + dp + 3) + ATT_BK + head_dim);
+    return sat_mul3(floats, 4 * 2, (uint64_t)thread_count(threads));
+}
+
+/* A linear's transients on the CPU for rows x [k -> n]: a non-f32 x converted to f32 and a
+ * non-f32 result accumulated in f32 first, the f32 rows of a low-precision weight block, an f32
+ * bias. */
+static uint64_t linear_transient(uint64_t rows, uint64_t k, uint64_t n, ds_dtype dtype)
+{
+    uint64_t t = (uint64_t)LINEAR_WEIGHT_BLOCK_BYTES + n * 4;
+    if (dtype != DS_F32)
+        t = sat_add(t, sat_mul3(rows, k + n, 4));
+    return t;
+}
+
+uint64_t ds_memory_dit_forward(int64_t batch, int64_t lat_h, int64_t lat_w, int64_t text_len,
+                               ds_dtype dtype, int threads, int64_t cn_channels)
+{
+    uint64_t t = ds_dtype_size(dtype);
+    uint64_t B = pos(batch), L = pos(text_len);
+    uint64_t N = sat_mul(pos(lat_h) / 2, pos(lat_w) / 2);
+    uint64_t S = sat_add(N, L);
+    /* Per token of each stream, as the forward preallocates: the stream, its modulated copy
+     * and block output (3 widths), the raw projection, q, k, v and the attention output (5),
+     * the MLP's hidden (4); the joint q, k, v and attention over both streams (4 per token). */
+    uint64_t per_image = sat_mul(t, (3 + 5 + 4) * (uint64_t)DIT_DIM + DIT_PATCH_DIM) +
+                         2 * DIT_ROPE_PAIRS * 4 * 2;
+    uint64_t per_text = sat_mul(t, (3 + 5 + 4) * (uint64_t)DIT_DIM + DIT_TEXT_DIM) +
+                        2 * DIT_ROPE_PAIRS * 4 * 2;
+    uint64_t state = sat_add(sat_mul3(B, N, per_image), sat_mul3(B, L, per_text));
+    state = sat_add(state, sat_mul3(B, S, sat_add(4 * (uint64_t)DIT_DIM * t, 1)));
+    /* Modulation vectors, timestep embedding: a few dozen widths per batch item. */
+    state = sat_add(state, sat_mul3(B, 64 * (uint64_t)DIT_DIM, t));
+    if (cn_channels > 0) {
+        /* Per image token: the packed conditioning, its img_in projection, and the ControlNet
+         * blocks' normed image, normed conditioning and hidden state. */
+        uint64_t per = sat_mul(t, 4 * pos(cn_channels) + 4 * (uint64_t)DIT_DIM);
+        state = sat_add(state, sat_mul3(B, N, per));
+    }
+    /* The largest kernel transient: the MLPs' linears (width to four widths and back). */
+    uint64_t rows = sat_mul(B, max_u64(N, L));
+    uint64_t transient = max_u64(linear_transient(rows, DIT_DIM, DIT_MLP, dtype),
+                                 linear_transient(rows, DIT_MLP, DIT_DIM, dtype));
+    transient = max_u64(transient, attention_scratch(S, HEAD_DIM, threads));
+    return sat_add(sat_add(state, transient), MEMORY_SLACK);
+}
+
+uint64_t ds_memory_text_encoder(int64_t batch, int64_t tokens, ds_dtype dtype, int threads)
+{
+    uint64_t t = ds_dtype_size(dtype);
+    uint64_t B = pos(batch), L = pos(tokens);
+    /* Per token: the residual stream, its normed copy, q, attention output, the block output
+     * (5 hidden widths), k and v, gate and up; the embedded copy, the final norm's f32 staging
+     * and the result. */
+    uint64_t per_token = sat_add(sat_mul(t, 8 * (uint64_t)TE_HIDDEN + 2 * TE_KV +
+                                                2 * (uint64_t)TE_INTERMEDIATE),
+                                 (uint64_t)TE_HIDDEN * 4 + 2 * TE_ROPE_PAIRS * 4 + 1);
+    uint64_t state = sat_mul3(B, L, per_token);
+    uint64_t rows = sat_mul(B, L);
+    uint64_t transient = max_u64(linear_transient(rows, TE_HIDDEN, TE_INTERMEDIATE, dtype),
+                                 linear_transient(rows, TE_INTERMEDIATE, TE_HIDDEN, dtype));
+    transient = max_u64(transient, attention_scratch(L, HEAD_DIM, threads));
+    return sat_add(sat_add(state, transient), MEMORY_SLACK);
+}
+
+/* --- the VAE ---------------------------------------------------------------------------------- */
+
+#define VAE_MAX_LEVELS 16
+
+/* "decoder.up_blocks.3.resnets.0.conv1.weight" after `prefix` "decoder.up_blocks.": 3. */
+static int index_after(const char *name, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    if (strncmp(name, prefix, n) != 0)
+        return -1;
+    char *end;
+    long v = strtol(name + n, &end, 10);
+    return end != name + n && *end == '.' && v >= 0 && v < 100000 ? (int)v : -1;
+}
+
+/* The widths at each resolution level, read from the VAE's parameters: `res` the widest
+ * convolution (in or out channels) of the level's residual, attention and head layers, `up` the
+ * input width of the resampling convolution that runs at the level (an upsampler's on its
+ * doubled input, a downsampler's on its input). For the decoder level i is up block i (0 = the
+ * latents' size, each level twice the one before); for the encoder level i follows i
+ * downsamplers (0 = the image's size). Temporal convolutions are skipped: on one frame the
+ * forward never runs them. */
+static int vae_widths(const ds_loaded_model *vae, int decode, uint64_t res[VAE_MAX_LEVELS],
+                      uint64_t up[VAE_MAX_LEVELS], int *levels, ds_error *err)
+{
+    const ds_state_dict *p = &vae->params;
+    memset(res, 0, VAE_MAX_LEVELS * sizeof *res);
+    memset(up, 0, VAE_MAX_LEVELS * sizeof *up);
+    uint64_t last = 0; /* the layers after every resampler: mid block (encoder) and head */
+    int top = 0;
+    /* Encoder: which down_blocks entries are downsamplers (their resample conv). */
+    int down_index[VAE_MAX_LEVELS];
+    int downs = 0;
+    if (!decode)
+        for (size_t i = 0; i < p->count; i++) {
+            const char *name = p->entries[i].name;
+            int k = index_after(name, "encoder.down_blocks.");
+            const char *rest = k >= 0 ? strchr(name + strlen("encoder.down_blocks."), '.') : NULL;
+            if (rest && strcmp(rest, ".resample.1.weight") == 0 && downs < VAE_MAX_LEVELS - 1)
+                down_index[downs++] = k;
+        }
+    for (size_t i = 0; i < p->count; i++) {
+        const char *name = p->entries[i].name;
+        const ds_tensor_view *w = &p->entries[i].tensor;
+        if (p->entries[i].dict || w->ndim < 4 || strstr(name, ".time_conv."))
+            continue;
+        if (strncmp(name, decode ? "decoder." : "encoder.", 8) != 0)
+            continue;
+        int resample = strstr(name, ".resample.") != NULL;
+        int level;
+        if (decode) {
+            int k = index_after(name, "decoder.up_blocks.");
+            if (k >= 0)
+                level = k + resample;
+            else if (strncmp(name, "decoder.conv_in.", 16) == 0 ||
+                     strncmp(name, "decoder.mid_block.", 18) == 0)
+                level = 0;
+            else
+                level = -1;
+        } else {
+            int k = index_after(name, "encoder.down_blocks.");
+            if (k >= 0) {
+                level = 0;
+                for (int d = 0; d < downs; d++)
+                    level += down_index[d] < k;
+            } else {
+                level = strncmp(name, "encoder.conv_in.", 16) == 0 ? 0 : -1;
+            }
+        }
+        if (level >= VAE_MAX_LEVELS)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "VAE parameter %s lies at resolution level %d, at most %d", name,
+                                level, VAE_MAX_LEVELS - 1);
+        uint64_t cin = pos(w->shape[1]), wd = max_u64(pos(w->shape[0]), cin);
+        if (level < 0) {
+            last = max_u64(last, wd);
+            continue;
+        }
+        if (resample)
+            up[level] = max_u64(up[level], cin);
+        else
+            res[level] = max_u64(res[level], wd);
+        if (level > top)
+            top = level;
+    }
+    if (!decode && downs > top)
+        top = downs;
+    res[top] = max_u64(res[top], last);
+    if (res[0] == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "model %s has no %s convolutions named as the Qwen-Image VAE's",
+                            vae->model_name, decode ? "decoder" : "encoder");
+    *levels = top + 1;
+    return DS_OK;
+}
+
+int ds_memory_vae(const ds_loaded_model *vae, int decode, int64_t batch, int64_t lat_h,
+                  int64_t lat_w, ds_dtype dtype, int threads, uint64_t *out, ds_error *err)
+{
+    uint64_t res[VAE_MAX_LEVELS], up[VAE_MAX_LEVELS];
+    int levels = 0;
+    int rc = vae_widths(vae, decode, res, up, &levels, err);
+    if (rc != DS_OK)
+        return rc;
+    uint64_t t = ds_dtype_size(dtype), B = pos(batch);
+    uint64_t latent_pixels = sat_mul(pos(lat_h), pos(lat_w));
+    uint64_t image_pixels = sat_mul(latent_pixels, (uint64_t)VAE_SCALE * VAE_SCALE);
+    uint64_t peak = 0, widest = 0;
+    for (int l = 0; l < levels; l++) {
+        /* Decoder level l is 2^l times the latents' side; encoder level l is 2^l times smaller
+         * than the image's. */
+        uint64_t pixels = decode ? sat_mul(latent_pixels, (uint64_t)1 << (2 * l))
+                                 : image_pixels >> (2 * l);
+        /* A residual block holds its input and at most three more of its width; a resampler
+         * its input at the other size (a quarter, or four times for a downsampler's output
+         * side, which is smaller), the resampled tensor and the convolution's output, no wider:
+         * under two of its input width. */
+        uint64_t widths = max_u64(4 * res[l], 2 * up[l]);
+        peak = max_u64(peak, sat_mul3(sat_mul(B, pixels), widths, t));
+        widest = max_u64(widest, max_u64(res[l], up[l]));
+    }
+    /* The attention of the mid block, at the smallest level: eight activations of its size, the
+     * qkv projection's f32 staging, and the flash attention's scratch over its positions. */
+    int mid = decode ? 0 : levels - 1;
+    uint64_t mid_pixels = decode ? latent_pixels : image_pixels >> (2 * mid);
+    uint64_t mid_act = sat_mul3(sat_mul(B, mid_pixels), res[mid], t);
+    uint64_t attention = sat_add(sat_mul(mid_act, 8),
+                                 linear_transient(sat_mul(B, mid_pixels), res[mid],
+                                                  3 * res[mid], dtype));
+    attention = sat_add(attention, attention_scratch(mid_pixels, res[mid], threads));
+    peak = max_u64(peak, attention);
+    /* A convolution's f32 weights (3x3x3 at the widest width) and its column chunk. */
+    uint64_t conv = sat_add(sat_mul3(widest, widest, 27 * 4), 2 * (uint64_t)CONV_CHUNK_BYTES);
+    *out = sat_add(sat_add(peak, conv), MEMORY_SLACK);
+    return DS_OK;
+}
+
+/* --- RunStep ---------------------------------------------------------------------------------- */
+
+static const ds_memory_input *find_input(const ds_memory_input *inputs, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(inputs[i].name, name) == 0)
+            return &inputs[i];
+    return NULL;
+}
+
+static uint64_t input_bytes(const ds_memory_input *in)
+{
+    uint64_t b = ds_dtype_size(in->dtype);
+    for (int d = 0; d < in->ndim; d++)
+        b = sat_mul(b, pos(in->shape[d]));
+    return b;
+}
+
+static int64_t dim_or(const ds_memory_input *in, int d, int64_t fallback)
+{
+    return in && in->ndim > d ? in->shape[d] : fallback;
+}
+
+#define CLASS_DIT "diffsynth.models.qwen_image_dit.QwenImageDiT"
+#define CLASS_VAE "diffsynth.models.qwen_image_vae.QwenImageVAE"
+#define CLASS_TE "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
+
+int ds_memory_step(const ds_loaded_model *model, const char *step, const ds_memory_input *inputs,
+                   size_t input_count, int threads, ds_memory_need *out, ds_error *err)
+{
+    uint64_t in_bytes = 0;
+    for (size_t i = 0; i < input_count; i++)
+        in_bytes = sat_add(in_bytes, input_bytes(&inputs[i]));
+    uint64_t out_bytes = 0, peak = 0;
+    const char *cls = model->model_class;
+    if (strcmp(cls, CLASS_DIT) == 0 && strcmp(step, "forward") == 0) {
+        const ds_memory_input *lat = find_input(inputs, input_count, "latents");
+        const ds_memory_input *prompt = find_input(inputs, input_count, "prompt_emb");
+        const ds_memory_input *cond =
+            find_input(inputs, input_count, "controlnet_conditioning");
+        ds_dtype dtype = lat ? lat->dtype : DS_F32;
+        int64_t B = dim_or(lat, 0, 1), H = dim_or(lat, 2, 0), W = dim_or(lat, 3, 0);
+        peak = ds_memory_dit_forward(B, H, W, dim_or(prompt, 1, 0), dtype, threads,
+                                     dim_or(cond, 1, 0));
+        out_bytes = sat_mul(sat_mul3(pos(B), LATENT_CHANNELS, ds_dtype_size(dtype)),
+                            sat_mul(pos(H), pos(W)));
+    } else if (strcmp(cls, CLASS_VAE) == 0 &&
+               (strcmp(step, "decode") == 0 || strcmp(step, "encode") == 0)) {
+        int decode = strcmp(step, "decode") == 0;
+        const ds_memory_input *x = NULL;
+        for (size_t i = 0; i < input_count && !x; i++)
+            if (inputs[i].ndim == 4)
+                x = &inputs[i];
+        ds_dtype dtype = x ? x->dtype : DS_F32;
+        int64_t B = dim_or(x, 0, 1), H = dim_or(x, 2, 0), W = dim_or(x, 3, 0);
+        int64_t lat_h = decode ? H : (H + VAE_SCALE - 1) / VAE_SCALE;
+        int64_t lat_w = decode ? W : (W + VAE_SCALE - 1) / VAE_SCALE;
+        int rc = ds_memory_vae(model, decode, B, lat_h, lat_w, dtype, threads, &peak, err);
+        if (rc != DS_OK)
+            return rc;
+        /* Decode: 3 image channels at 8x; encode: 2 x 16 channels (mean and log-variance). */
+        uint64_t per = decode ? 3 * (uint64_t)VAE_SCALE * VAE_SCALE : 2 * LATENT_CHANNELS;
+        out_bytes = sat_mul(sat_mul3(pos(B), per, ds_dtype_size(dtype)),
+                            sat_mul(pos(lat_h), pos(lat_w)));
+    } else if (strcmp(cls, CLASS_TE) == 0 &&
+               (strcmp(step, "forward") == 0 || strcmp(step, "encode_prompt") == 0)) {
+        /* The step's dtype parameter may ask for f32: bound with it. */
+        const ds_memory_input *ids = find_input(inputs, input_count, "input_ids");
+        int64_t B = strcmp(step, "forward") == 0 ? dim_or(ids, 0, 1) : 1;
+        int64_t L = strcmp(step, "forward") == 0 ? dim_or(ids, 1, 0) : TE_MAX_TOKENS;
+        peak = ds_memory_text_encoder(B, L, DS_F32, threads);
+        /* hidden_states [B, L, 3584], or prompt_emb and its i64 mask. */
+        out_bytes = sat_mul3(pos(B), pos(L), (uint64_t)TE_HIDDEN * 4 + 8);
+    } else {
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "%s (%s): step \"%s\" has no memory bound in this build, so the daemon "
+                            "cannot admit it",
+                            model->model_name, cls, step);
+    }
+    out->held = sat_add(in_bytes, sat_mul(out_bytes, 2));
+    out->peak = peak;
+    return DS_OK;
+}
+
+/* --- the Qwen-Image pipeline ------------------------------------------------------------------ */
+
+int ds_memory_qwen_image_pipeline(const ds_memory_pipeline_args *a, ds_memory_need *out,
+                                  ds_error *err)
+{
+    uint64_t t = ds_dtype_size(a->dtype);
+    int64_t lat_h = a->height / VAE_SCALE, lat_w = a->width / VAE_SCALE;
+    uint64_t pixels = sat_mul(pos(a->height), pos(a->width));
+    uint64_t latent = sat_mul3(pos(lat_h), pos(lat_w), LATENT_CHANNELS * t);
+    uint64_t tokens = a->prompt_bytes + TE_TEMPLATE_TOKENS;
+    uint64_t neg_tokens = a->cfg ? a->negative_prompt_bytes + TE_TEMPLATE_TOKENS : 0;
+    tokens = tokens > TE_MAX_TOKENS ? TE_MAX_TOKENS : tokens;
+    neg_tokens = neg_tokens > TE_MAX_TOKENS ? TE_MAX_TOKENS : neg_tokens;
+
+    /* Between units: the latents, both predictions, the noise or input latents, the ControlNet
+     * latents; both prompt embeddings and masks; after the decode the image in the compute dtype,
+     * its RGB8, and a PNG no larger than the raw pixels plus its headers; the request's copies. */
+    uint64_t held = sat_mul(latent, 6);
+    held = sat_add(held, sat_mul(tokens + neg_tokens, (uint64_t)DIT_TEXT_DIM * t + 8));
+    held = sat_add(held, sat_mul(pixels, 3 * t + 3 + 3 + 1));
+    held = sat_add(held, sat_add(a->inline_bytes, 1 << 20));
+
+    uint64_t te = ds_memory_text_encoder(1, (int64_t)max_u64(tokens, neg_tokens), a->dtype,
+                                         a->threads);
+    uint64_t dit = ds_memory_dit_forward(1, lat_h, lat_w, (int64_t)max_u64(tokens, neg_tokens),
+                                         a->dtype, a->threads,
+                                         a->controlnet_image ? a->controlnet_channels : 0);
+    uint64_t decode = 0, encode = 0;
+    int rc = ds_memory_vae(a->vae, 1, 1, lat_h, lat_w, a->dtype, a->threads, &decode, err);
+    if (rc == DS_OK && (a->input_image || a->controlnet_image))
+        rc = ds_memory_vae(a->vae, 0, 1, lat_h, lat_w, a->dtype, a->threads, &encode, err);
+    if (rc != DS_OK)
+        return rc;
+    /* An image on its way into the VAE: its pixels in the compute dtype. */
+    if (a->input_image || a->controlnet_image)
+        encode = sat_add(encode, sat_mul(pixels, 3 * t));
+    out->held = held;
+    out->peak = max_u64(max_u64(te, dit), max_u64(decode, encode));
+    return DS_OK;
+}

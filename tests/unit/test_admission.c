@@ -1,0 +1,173 @@
+/* Memory admission: the ledger (alone too large, too large beside the admitted requests, the
+ * held bytes summed and the largest peak counted once, release) and the estimates' arithmetic
+ * (saturation instead of wrap-around on hostile shapes, growth with the size, a step without a
+ * bound refused). The estimates against real allocations:
+ * tests/integration/test_memory_admission.c. */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "daemon/admission.h"
+#include "models/memory_estimate.h"
+#include "models/model_class.h"
+#include "test.h"
+
+#define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
+#define VAE_CLASS "diffsynth.models.qwen_image_vae.QwenImageVAE"
+
+static void test_alone_too_large(void)
+{
+    ds_admission a;
+    ds_admission_init(&a, 1000, "--request-memory-limit 0.000001", 2);
+    ds_admission_ticket t = {0};
+    ds_error err;
+    ds_error_clear(&err);
+    ds_memory_need need = {.held = 900, .peak = 200};
+    CHECK(ds_admission_reserve(&a, &t, "run_step forward of m1", need, UINT64_MAX, &err) ==
+          DS_ERR_RESOURCE_EXHAUSTED);
+    CHECK_CONTAINS(err.message, "run_step forward of m1 needs an estimated 1100 bytes");
+    CHECK_CONTAINS(err.message, "900 held until the reply, 200 more while a unit runs");
+    CHECK_CONTAINS(err.message, "more than the request memory limit of 1000 bytes");
+    CHECK_CONTAINS(err.message, "--request-memory-limit 0.000001");
+    CHECK(!t.active && a.count == 0 && a.held == 0);
+}
+
+static void test_beside_admitted(void)
+{
+    ds_admission a;
+    ds_admission_init(&a, 1000, "test", 2);
+    ds_admission_ticket t1 = {0}, t2 = {0}, t3 = {0}, t4 = {0};
+    ds_error err;
+    ds_error_clear(&err);
+    /* 300 + 300 held, the larger peak 200 once: 800. */
+    CHECK(ds_admission_reserve(&a, &t1, "a", (ds_memory_need){300, 200}, UINT64_MAX, &err) ==
+          DS_OK);
+    CHECK(ds_admission_reserve(&a, &t2, "b", (ds_memory_need){300, 100}, UINT64_MAX, &err) ==
+          DS_OK);
+    /* 700 held, peak 300: exactly the limit. */
+    CHECK(ds_admission_reserve(&a, &t3, "c", (ds_memory_need){100, 300}, UINT64_MAX, &err) ==
+          DS_OK);
+    CHECK(a.count == 3 && a.held == 700);
+    CHECK(ds_admission_reserve(&a, &t4, "d", (ds_memory_need){1, 0}, UINT64_MAX, &err) ==
+          DS_ERR_RESOURCE_EXHAUSTED);
+    CHECK_CONTAINS(err.message, "d needs an estimated 1 bytes");
+    CHECK_CONTAINS(err.message, "with the 3 requests admitted before it (700 bytes held");
+    CHECK_CONTAINS(err.message, "try again when they have finished");
+    /* The largest peak leaves: d fits (601 held + 200). */
+    ds_admission_release(&a, &t3);
+    CHECK(a.count == 2 && a.held == 600 && !t3.active);
+    CHECK(ds_admission_reserve(&a, &t4, "d", (ds_memory_need){1, 0}, UINT64_MAX, &err) == DS_OK);
+    ds_admission_release(&a, &t3); /* inactive: nothing happens */
+    ds_admission_release(&a, &t1);
+    ds_admission_release(&a, &t2);
+    ds_admission_release(&a, &t4);
+    CHECK(a.count == 0 && a.held == 0 && a.head == NULL);
+}
+
+static void test_device_budget(void)
+{
+    ds_admission a;
+    ds_admission_init(&a, UINT64_MAX, "none", 2);
+    ds_admission_ticket t = {0};
+    ds_error err;
+    ds_error_clear(&err);
+    CHECK(ds_admission_reserve(&a, &t, "x", (ds_memory_need){10, 5000}, 4096, &err) ==
+          DS_ERR_RESOURCE_EXHAUSTED);
+    CHECK_CONTAINS(err.message, "x needs an estimated 5000 bytes");
+    CHECK_CONTAINS(err.message, "more than the VRAM budget of 4096 bytes");
+    /* No host limit: anything fits there. */
+    CHECK(ds_admission_reserve(&a, &t, "x", (ds_memory_need){UINT64_MAX / 2, 5000}, UINT64_MAX,
+                               &err) == DS_OK);
+    ds_admission_release(&a, &t);
+}
+
+static void test_estimates_arithmetic(void)
+{
+    /* A hostile shape saturates. */
+    CHECK(ds_memory_dit_forward(INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX, DS_F32, 16, 0) ==
+          UINT64_MAX);
+    CHECK(ds_memory_text_encoder(INT64_MAX, INT64_MAX, DS_BF16, 16) == UINT64_MAX);
+    /* Four times the latent pixels: more than three times the bound (per-token terms
+     * dominate past the fixed slack). */
+    uint64_t small = ds_memory_dit_forward(1, 128, 128, 64, DS_F32, 2, 0);
+    uint64_t large = ds_memory_dit_forward(1, 256, 256, 64, DS_F32, 2, 0);
+    CHECK_MSG(large > 3 * small, "%llu vs %llu", (unsigned long long)large,
+              (unsigned long long)small);
+    /* At least the image tokens' preallocated f32 streams: 16 widths of 3072 per token. */
+    CHECK(small >= (uint64_t)64 * 64 * 16 * 3072 * 4);
+    /* bf16 state is half, but the f32 staging of linears comes on top. */
+    CHECK(ds_memory_dit_forward(1, 128, 128, 64, DS_BF16, 2, 0) < small);
+    /* More threads, more attention scratch. */
+    CHECK(ds_memory_dit_forward(1, 128, 128, 64, DS_F32, 64, 0) > small);
+    CHECK(ds_memory_dit_forward(1, 128, 128, 64, DS_F32, 2, 17) > small);
+}
+
+static void test_unknown_step(void)
+{
+    ds_loaded_model m;
+    memset(&m, 0, sizeof m);
+    m.model_name = "qwen_image_dit";
+    m.model_class = DIT_CLASS;
+    ds_memory_need need;
+    ds_error err;
+    ds_error_clear(&err);
+    CHECK(ds_memory_step(&m, "backward", NULL, 0, 2, &need, &err) == DS_ERR_UNIMPLEMENTED);
+    CHECK_STR_EQ(err.message, "qwen_image_dit (" DIT_CLASS "): step \"backward\" has no memory "
+                              "bound in this build, so the daemon cannot admit it");
+    int64_t lat[4] = {2, 16, 64, 32};
+    ds_memory_input in[] = {{"latents", DS_F32, 4, lat}};
+    CHECK(ds_memory_step(&m, "forward", in, 1, 2, &need, &err) == DS_OK);
+    /* The input once, the noise prediction twice (the output and its encoding in the reply). */
+    uint64_t bytes = 2 * 16 * 64 * 32 * 4;
+    CHECK(need.held == 3 * bytes);
+    CHECK(need.peak == ds_memory_dit_forward(2, 64, 32, 0, DS_F32, 2, 0));
+}
+
+/* The VAE's widths come from its declared parameters. Upstream's decoder runs its last level
+ * (the image's size) at 96 channels after an upsampler fed 192: at least four 96-wide
+ * activations of the image live at once, and nothing at that size is wider than two 192-wide
+ * ones; the levels below are four times smaller each. */
+static void test_vae_levels(void)
+{
+    ds_loaded_model m;
+    memset(&m, 0, sizeof m);
+    m.model_name = "qwen_image_vae";
+    m.model_class = VAE_CLASS;
+    ds_state_dict_init(&m.params);
+    ds_error err;
+    ds_error_clear(&err);
+    REQUIRE(ds_model_class_declare(ds_model_class_find(VAE_CLASS), NULL, &m.params, &err) ==
+            DS_OK);
+    uint64_t decode = 0, encode = 0;
+    const int64_t side = 256; /* latents; a 2048 x 2048 image */
+    uint64_t image = (uint64_t)side * side * 64;
+    REQUIRE(ds_memory_vae(&m, 1, 1, side, side, DS_F32, 2, &decode, &err) == DS_OK);
+    CHECK_MSG(decode >= image * 4 * 96 * 4, "decode %llu", (unsigned long long)decode);
+    /* The last level, plus the level below (a quarter) and the fixed terms. */
+    CHECK_MSG(decode <= image * 384 * 4 + (image / 4) * 768 * 4 + ((uint64_t)1 << 30),
+              "decode %llu", (unsigned long long)decode);
+    /* The encoder starts at 96 channels at the image's size, too. */
+    REQUIRE(ds_memory_vae(&m, 0, 1, side, side, DS_F32, 2, &encode, &err) == DS_OK);
+    CHECK_MSG(encode >= image * 4 * 96 * 4, "encode %llu", (unsigned long long)encode);
+    CHECK_MSG(encode <= image * 384 * 4 + ((uint64_t)1 << 30), "encode %llu",
+              (unsigned long long)encode);
+    /* A model without the VAE's names is refused by name. */
+    ds_loaded_model other;
+    memset(&other, 0, sizeof other);
+    other.model_name = "not_a_vae";
+    ds_state_dict_init(&other.params);
+    CHECK(ds_memory_vae(&other, 1, 1, 8, 8, DS_F32, 2, &decode, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "not_a_vae has no decoder convolutions");
+    ds_state_dict_free(&m.params);
+}
+
+int main(void)
+{
+    RUN(test_alone_too_large);
+    RUN(test_beside_admitted);
+    RUN(test_device_budget);
+    RUN(test_estimates_arithmetic);
+    RUN(test_unknown_step);
+    RUN(test_vae_levels);
+    return test_summary();
+}
