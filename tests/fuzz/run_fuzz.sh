@@ -8,8 +8,9 @@ set -uo pipefail
 target=$1 seeds=$2 work=$3 seconds=$4
 shift 4
 mkdir -p "$work/corpus" "$work/artifacts"
+# libFuzzer's own exit code for a crash is 77, which meson reads as "skipped": make it 1.
 "$target" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
-    -artifact_prefix="$work/artifacts/" "$@" "$work/corpus" "$seeds"
+    -error_exitcode=1 -artifact_prefix="$work/artifacts/" "$@" "$work/corpus" "$seeds"
 rc=$?
 if [ "$rc" -ne 0 ]; then
     echo "run_fuzz: $(basename "$target") failed (exit $rc); inputs that crashed:" >&2
