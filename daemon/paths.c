@@ -358,11 +358,12 @@ int ds_model_roots_open(const ds_model_roots *roots, const char *path, int *fd_o
     if (root < 0 || (fd < 0 && e == EXDEV)) {
         /* Only to choose the root: the open below is still beneath it, so a link swapped after
          * realpath() looked cannot lead out of it. */
+        int named_root = root >= 0;
         real = realpath(path, NULL);
         if (!real) {
+            /* A link out of the root that leads nowhere is still a link out of the root. */
             int re = errno;
-            return open_error(roots, path, re == ENOENT || re == ENOTDIR || re == EACCES ? re : e,
-                              err);
+            return open_error(roots, path, named_root ? e : re, err);
         }
         root = lexical_root(roots, real, &rel);
         if (root < 0) {
