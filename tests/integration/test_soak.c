@@ -372,6 +372,10 @@ static int jobs_now(unsigned *queued, unsigned *running)
  * image, latents and step output. */
 static int warm_up(void)
 {
+    free(ref_png);
+    free(ref_latents);
+    free(ref_step);
+    ref_png = ref_latents = ref_step = NULL;
     ds_client *c = it_connect(&env);
     if (!c)
         return -1;
