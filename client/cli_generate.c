@@ -496,6 +496,13 @@ int cli_generate(cli_ctx *ctx, int argc, char **argv)
         return cli_usage_error(self, "generate: --denoising-strength needs --input-image");
     if (control_scale && !control)
         return cli_usage_error(self, "generate: --controlnet-scale needs --controlnet-image");
+    /* Before the work: a folder or a socket as -o would only be refused after it. */
+    ds_error out_err;
+    if (ds_output_check(output, &out_err) != DS_OK ||
+        (latents && ds_output_check(latents, &out_err) != DS_OK)) {
+        fprintf(stderr, "error: %s\n", out_err.message);
+        return CLI_EXIT_DAEMON_ERROR;
+    }
     if (!ctx->client && !(ctx->client = ds_client_new())) {
         fputs("error: out of memory\n", stderr);
         return CLI_EXIT_DAEMON_ERROR;

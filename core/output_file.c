@@ -89,6 +89,60 @@ static int write_atomic(const char *path, const char *target, mode_t mode,
     return rc;
 }
 
+/* What to do with `path`: direct (FIFO, character device), atomic (a regular file or none
+ * yet), or an error. *st gets stat's answer when the path exists. */
+enum { TARGET_DIRECT, TARGET_ATOMIC_EXISTING, TARGET_ATOMIC_NEW };
+
+static int classify(const char *path, struct stat *st, int *kind, ds_error *err)
+{
+    if (!path || !path[0])
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "empty output path");
+    if (stat(path, st) == 0) {
+        if (S_ISFIFO(st->st_mode) || S_ISCHR(st->st_mode)) {
+            *kind = TARGET_DIRECT;
+            return DS_OK;
+        }
+        if (!S_ISREG(st->st_mode))
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s is %s: not replaced (give a regular file, a FIFO, a "
+                                "character device or -)",
+                                path, kind_name(st->st_mode));
+        *kind = TARGET_ATOMIC_EXISTING;
+        return DS_OK;
+    }
+    if (errno != ENOENT)
+        return ds_error_set(err, DS_ERR_PERMISSION_DENIED, "cannot write %s: %s", path,
+                            strerror(errno));
+    if (lstat(path, st) == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s is a symbolic link to a missing file: not replaced", path);
+    *kind = TARGET_ATOMIC_NEW;
+    return DS_OK;
+}
+
+int ds_output_check(const char *path, ds_error *err)
+{
+    if (path && strcmp(path, "-") == 0)
+        return DS_OK;
+    struct stat st;
+    int kind;
+    int rc = classify(path, &st, &kind, err);
+    if (rc != DS_OK || kind != TARGET_ATOMIC_NEW)
+        return rc;
+    char dir_copy[PATH_MAX];
+    if (strlen(path) >= sizeof dir_copy)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: path too long", path);
+    strcpy(dir_copy, path);
+    const char *dir = dirname(dir_copy);
+    if (stat(dir, &st) != 0)
+        return ds_error_set(err, DS_ERR_PERMISSION_DENIED, "cannot create %s: %s", path,
+                            strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return ds_error_set(err, DS_ERR_PERMISSION_DENIED, "cannot create %s: %s is not a folder",
+                            path, dir);
+    return DS_OK;
+}
+
 int ds_output_write(const char *path, const ds_out_chunk *chunks, size_t count, ds_error *err)
 {
     if (!path || !path[0])
@@ -100,28 +154,21 @@ int ds_output_write(const char *path, const ds_out_chunk *chunks, size_t count, 
         return DS_OK;
     }
     struct stat st;
-    if (stat(path, &st) == 0) {
-        if (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))
-            return write_direct(path, chunks, count, err);
-        if (!S_ISREG(st.st_mode))
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "%s is %s: not replaced (give a regular file, a FIFO, a "
-                                "character device or -)",
-                                path, kind_name(st.st_mode));
+    int kind;
+    int rc = classify(path, &st, &kind, err);
+    if (rc != DS_OK)
+        return rc;
+    if (kind == TARGET_DIRECT)
+        return write_direct(path, chunks, count, err);
+    if (kind == TARGET_ATOMIC_EXISTING) {
         char *target = realpath(path, NULL);
         if (!target)
             return ds_error_set(err, DS_ERR_PERMISSION_DENIED, "cannot resolve %s: %s", path,
                                 strerror(errno));
-        int rc = write_atomic(path, target, st.st_mode & 07777, chunks, count, err);
+        rc = write_atomic(path, target, st.st_mode & 07777, chunks, count, err);
         free(target);
         return rc;
     }
-    if (errno != ENOENT)
-        return ds_error_set(err, DS_ERR_PERMISSION_DENIED, "cannot write %s: %s", path,
-                            strerror(errno));
-    if (lstat(path, &st) == 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "%s is a symbolic link to a missing file: not replaced", path);
     mode_t mask = umask(0);
     umask(mask);
     return write_atomic(path, path, 0666 & ~mask, chunks, count, err);

@@ -25,4 +25,10 @@ typedef struct ds_out_chunk {
  * umask). */
 int ds_output_write(const char *path, const ds_out_chunk *chunks, size_t count, ds_error *err);
 
+/* Whether ds_output_write would try `path` at all, for tools to refuse before the work that
+ * produces the bytes: the same INVALID_ARGUMENT for a kind of file that is not written to, and
+ * PERMISSION_DENIED when the folder a new file would go into does not exist. A write can still
+ * fail later (a full disk, permissions). */
+int ds_output_check(const char *path, ds_error *err);
+
 #endif

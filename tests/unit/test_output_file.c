@@ -161,6 +161,8 @@ static void test_refused_kinds(void)
     path_in(sub, sizeof sub, "folder");
     REQUIRE(mkdir(sub, 0755) == 0);
     ds_error err;
+    CHECK(ds_output_check(sub, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "is a folder: not replaced");
     CHECK(ds_output_write(sub, hello, 3, &err) == DS_ERR_INVALID_ARGUMENT);
     CHECK_CONTAINS(err.message, "is a folder: not replaced");
     struct stat st;
@@ -171,8 +173,17 @@ static void test_refused_kinds(void)
     /* A folder that does not exist: the temporary cannot be made, nothing is written. */
     char missing[256];
     path_in(missing, sizeof missing, "no/such/file");
+    CHECK(ds_output_check(missing, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK_CONTAINS(err.message, missing);
     CHECK(ds_output_write(missing, hello, 3, &err) == DS_ERR_PERMISSION_DENIED);
     CHECK_CONTAINS(err.message, missing);
+    /* What would be written: a new file in an existing folder, a device, standard output. */
+    char fresh[256];
+    path_in(fresh, sizeof fresh, "not_yet.png");
+    CHECK(ds_output_check(fresh, &err) == DS_OK);
+    CHECK(access(fresh, F_OK) != 0);
+    CHECK(ds_output_check("/dev/null", &err) == DS_OK);
+    CHECK(ds_output_check("-", &err) == DS_OK);
     CHECK(ds_output_write("", hello, 3, &err) == DS_ERR_INVALID_ARGUMENT);
 }
 
