@@ -9,6 +9,7 @@
 
 #include "client/cli.h"
 #include "core/image_png.h"
+#include "core/output_file.h"
 #include "core/safetensors.h"
 #include "core/safetensors_write.h"
 
@@ -40,7 +41,8 @@ const char cli_generate_help[] =
     "                             loaded model's id (m3), or a file (anything with / or .);\n"
     "                             repeat a role for its shards\n"
     "  --save-latents FILE        also write the final latents as safetensors (\"latents\")\n"
-    "  -o, --output OUT.png       where the image goes (required)\n"
+    "  -o, --output OUT.png       where the image goes (required): a file, replaced atomically;\n"
+    "                             a FIFO or device, written as is; - for standard output\n"
     "Exit status: 0 written, 1 the daemon refused or failed, 2 usage error, 3 no daemon,\n"
     "130 cancelled with Ctrl-C.\n"
     "\n"
@@ -361,28 +363,17 @@ static void on_progress(const diffsynth_v1_Progress *p, uint64_t request_id, voi
 
 /* --- output --------------------------------------------------------------------------------- */
 
-/* Through a temporary file renamed over `path`, so a failed write leaves no half image. */
+/* A regular file is replaced atomically (a failed write leaves no half image); a FIFO, a
+ * character device or "-" is written directly and never replaced by a file. */
 static int write_file(const char *path, const uint8_t *data, size_t size)
 {
-    size_t n = strlen(path) + 16;
-    char *tmp = malloc(n);
-    if (!tmp) {
-        fputs("error: out of memory\n", stderr);
+    ds_out_chunk chunk = {data, size};
+    ds_error err;
+    if (ds_output_write(path, &chunk, 1, &err) != DS_OK) {
+        fprintf(stderr, "error: %s\n", err.message);
         return -1;
     }
-    snprintf(tmp, n, "%s.tmp%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "wb");
-    int ok = f && fwrite(data, 1, size, f) == size;
-    if (f && fclose(f) != 0)
-        ok = 0;
-    if (ok && rename(tmp, path) != 0)
-        ok = 0;
-    if (!ok) {
-        fprintf(stderr, "error: cannot write %s: %s\n", path, strerror(errno));
-        unlink(tmp);
-    }
-    free(tmp);
-    return ok ? 0 : -1;
+    return 0;
 }
 
 static int save_latents(const char *path, const ds_client_tensor *t)
@@ -399,14 +390,19 @@ static int save_latents(const char *path, const ds_client_tensor *t)
 static int print_result(cli_ctx *ctx, const ds_client_pipeline_result *res, const char *output,
                         const char *latents)
 {
+    /* When the image or the latents went to standard output, the report must not follow them
+     * into the same stream. */
+    int data_on_stdout = strcmp(output, "-") == 0 || (latents && strcmp(latents, "-") == 0);
+    FILE *report = data_on_stdout ? stderr : stdout;
     if (!ctx->json) {
-        printf("seed %llu\n", (unsigned long long)res->seed);
-        printf("wrote %s (%u x %u, %u steps; encode %.2f s, denoise %.2f s, decode %.2f s, "
-               "queued %.2f s)\n",
-               output, res->width, res->height, res->steps, res->encode_s, res->denoise_s,
-               res->decode_s, res->queue_s);
+        fprintf(report, "seed %llu\n", (unsigned long long)res->seed);
+        fprintf(report,
+                "wrote %s (%u x %u, %u steps; encode %.2f s, denoise %.2f s, decode %.2f s, "
+                "queued %.2f s)\n",
+                output, res->width, res->height, res->steps, res->encode_s, res->denoise_s,
+                res->decode_s, res->queue_s);
         if (latents)
-            printf("wrote latents to %s\n", latents);
+            fprintf(report, "wrote latents to %s\n", latents);
         return CLI_EXIT_OK;
     }
     pyjson_buf b = {0};
@@ -439,7 +435,17 @@ static int print_result(cli_ctx *ctx, const ds_client_pipeline_result *res, cons
     pyjson_key(&w, "decode_s");
     pyjson_double(&w, res->decode_s);
     pyjson_end_object(&w);
-    return cli_print_doc(&w, &b);
+    if (!data_on_stdout)
+        return cli_print_doc(&w, &b);
+    int rc = CLI_EXIT_OK;
+    if (pyjson_writer_finish(&w) != 0) {
+        fputs("error: cannot write the JSON output (out of memory)\n", stderr);
+        rc = CLI_EXIT_DAEMON_ERROR;
+    } else {
+        fprintf(report, "%.*s\n", (int)b.len, b.data);
+    }
+    pyjson_buf_free(&b);
+    return rc;
 }
 
 /* --- the command ---------------------------------------------------------------------------- */
@@ -490,6 +496,13 @@ int cli_generate(cli_ctx *ctx, int argc, char **argv)
         return cli_usage_error(self, "generate: --denoising-strength needs --input-image");
     if (control_scale && !control)
         return cli_usage_error(self, "generate: --controlnet-scale needs --controlnet-image");
+    /* Before the work: a folder or a socket as -o would only be refused after it. */
+    ds_error out_err;
+    if (ds_output_check(output, &out_err) != DS_OK ||
+        (latents && ds_output_check(latents, &out_err) != DS_OK)) {
+        fprintf(stderr, "error: %s\n", out_err.message);
+        return CLI_EXIT_DAEMON_ERROR;
+    }
     if (!ctx->client && !(ctx->client = ds_client_new())) {
         fputs("error: out of memory\n", stderr);
         return CLI_EXIT_DAEMON_ERROR;

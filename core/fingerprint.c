@@ -9,6 +9,12 @@
 int ds_fingerprint_files(const char *const *paths, size_t count, ds_fingerprint *out,
                          ds_error *err)
 {
+    return ds_fingerprint_files_fds(NULL, paths, count, out, err);
+}
+
+int ds_fingerprint_files_fds(const int *fds, const char *const *paths, size_t count,
+                             ds_fingerprint *out, ds_error *err)
+{
     for (size_t i = 0; i < count; i++)
         if (ds_file_format_for_path(paths[i]) != DS_FORMAT_SAFETENSORS)
             return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
@@ -22,7 +28,9 @@ int ds_fingerprint_files(const char *const *paths, size_t count, ds_fingerprint 
     for (size_t i = 0; i < count && rc == DS_OK; i++) {
         uint8_t *header = NULL;
         uint64_t header_size = 0, file_size = 0;
-        rc = ds_safetensors_read_header(paths[i], &header, &header_size, &file_size, err);
+        rc = fds ? ds_safetensors_read_header_fd(fds[i], paths[i], &header, &header_size,
+                                                 &file_size, err)
+                 : ds_safetensors_read_header(paths[i], &header, &header_size, &file_size, err);
         if (rc != DS_OK)
             break;
         /* Lengths first, so that shifting bytes between two files' headers changes the key. */

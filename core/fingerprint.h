@@ -26,6 +26,9 @@ typedef struct ds_fingerprint {
  * otherwise the error reading a header (the same one open() would report). */
 int ds_fingerprint_files(const char *const *paths, size_t count, ds_fingerprint *out,
                          ds_error *err);
+/* The same through open descriptors (the caller's, not closed); paths[i] names fds[i]. */
+int ds_fingerprint_files_fds(const int *fds, const char *const *paths, size_t count,
+                             ds_fingerprint *out, ds_error *err);
 
 static inline int ds_fingerprint_equal(const ds_fingerprint *a, const ds_fingerprint *b)
 {

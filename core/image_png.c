@@ -9,6 +9,10 @@
 #define CHUNK_LIMIT (8u << 20)
 #define CHUNK_CACHE_LIMIT (32u << 20)
 
+/* DEFLATE expands at most 1032-fold (a 258-byte match per 2 bits, zlib's technical notes):
+ * an image whose pixels need more than 1032 times the file's size cannot be in the file. */
+#define DEFLATE_MAX_RATIO 1032u
+
 /* libspng reports running out of input as a bare "end of stream"; for a file that is truncation. */
 static const char *describe(int ret)
 {
@@ -98,6 +102,19 @@ int ds_png_decode_rgb8(const uint8_t *png, size_t size, uint8_t **rgb, uint32_t 
         else
             rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "PNG decode: bad header: %s",
                               describe(ret));
+        goto fail;
+    }
+    /* Checked before the pixel buffer is allocated: a header alone can claim 16384 x 16384
+     * (768 MiB of RGB8) in a 100-byte file. */
+    static const unsigned channels[7] = {1, 0, 3, 1, 2, 0, 4};
+    unsigned bits = ihdr.color_type < 7 ? channels[ihdr.color_type] * ihdr.bit_depth : 0;
+    uint64_t packed = ((uint64_t)ihdr.width * ihdr.height * bits + 7) / 8;
+    if (packed / DEFLATE_MAX_RATIO > size) {
+        rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                          "PNG decode: a %u x %u image needs at least %llu bytes of compressed "
+                          "data; the file has %zu bytes (truncated or corrupt)",
+                          ihdr.width, ihdr.height,
+                          (unsigned long long)(packed / DEFLATE_MAX_RATIO), size);
         goto fail;
     }
     size_t bytes = 0;

@@ -46,21 +46,28 @@ static int64_t mtime_ns(const struct stat *st)
     return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
 }
 
-static int open_one(const char *path, int index, ds_model_file *file, ds_error *err)
+/* fd < 0: opened by `path`; else through fd, which stays the caller's. */
+static int open_one(const char *path, int fd, int index, ds_model_file *file, ds_error *err)
 {
     file->guard_slot = -1;
     file->format = ds_file_format_for_path(path);
     file->path = strdup(path);
     if (!file->path)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", path);
-    int rc = file->format == DS_FORMAT_SAFETENSORS
+    int rc;
+    if (fd >= 0)
+        rc = file->format == DS_FORMAT_SAFETENSORS
+                 ? ds_safetensors_open_fd(fd, path, index, &file->safetensors, err)
+                 : ds_torch_checkpoint_open_fd(fd, path, index, &file->torch, err);
+    else
+        rc = file->format == DS_FORMAT_SAFETENSORS
                  ? ds_safetensors_open(path, index, &file->safetensors, err)
                  : ds_torch_checkpoint_open(path, index, &file->torch, err);
     if (rc != DS_OK)
         return rc;
     /* The opener has already read the file, so a stat failure now means it changed under us. */
     struct stat st;
-    if (stat(path, &st) != 0)
+    if ((fd >= 0 ? fstat(fd, &st) : stat(path, &st)) != 0)
         return ds_error_set(err, errno == ENOENT ? DS_ERR_NOT_FOUND : DS_ERR_UNAVAILABLE,
                             "%s: cannot stat: %s", path, strerror(errno));
     file->identity.dev = st.st_dev;
@@ -79,6 +86,12 @@ static int open_one(const char *path, int index, ds_model_file *file, ds_error *
 
 int ds_model_files_open(const char *const *paths, size_t count, ds_model_files **out,
                         ds_error *err)
+{
+    return ds_model_files_open_fds(NULL, paths, count, out, err);
+}
+
+int ds_model_files_open_fds(const int *fds, const char *const *paths, size_t count,
+                            ds_model_files **out, ds_error *err)
 {
     *out = NULL;
     if (count == 0)
@@ -104,7 +117,7 @@ int ds_model_files_open(const char *const *paths, size_t count, ds_model_files *
     for (size_t i = 0; i < count; i++) {
         ds_model_file *file = &files->files[i];
         files->count = i + 1;
-        rc = open_one(paths[i], (int)i, file, err);
+        rc = open_one(paths[i], fds ? fds[i] : -1, (int)i, file, err);
         if (rc != DS_OK)
             goto fail;
         total += file->safetensors ? file->safetensors->tensors.count : file->torch->tensors.count;

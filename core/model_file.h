@@ -56,6 +56,10 @@ ds_file_format ds_file_format_for_path(const char *path);
 /* Opens and merges `count` paths. On failure nothing stays open and err names the file. */
 int ds_model_files_open(const char *const *paths, size_t count, ds_model_files **out,
                         ds_error *err);
+/* The same for files already open: fds[i] (the caller's, not closed) is read, paths[i] is only
+ * its name (format, messages). fds NULL = open by path. */
+int ds_model_files_open_fds(const int *fds, const char *const *paths, size_t count,
+                            ds_model_files **out, ds_error *err);
 void ds_model_files_close(ds_model_files *files);
 
 /* Whether the files still are what was loaded: FAILED_PRECONDITION when a file's mapping

@@ -857,18 +857,9 @@ int ds_safetensors_parse(const char *name, const uint8_t *bytes, uint64_t size, 
     return DS_OK;
 }
 
-/* Opens a regular file for reading; *size is its length. */
-static int open_regular(const char *path, int *fd_out, uint64_t *size, ds_error *err)
+/* Checks that `fd` is a regular file of a size a safetensors file can have; *size is its length. */
+static int check_regular(int fd, const char *path, uint64_t *size, ds_error *err)
 {
-    /* O_NONBLOCK so that a FIFO given as a model path cannot hang us in open(). */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        int e = errno;
-        int code = e == ENOENT   ? DS_ERR_NOT_FOUND
-                   : e == EACCES ? DS_ERR_PERMISSION_DENIED
-                                 : DS_ERR_INVALID_ARGUMENT;
-        return ds_error_set(err, code, "%s: cannot open: %s", path, strerror(e));
-    }
     struct stat sb;
     int rc = DS_OK;
     if (fstat(fd, &sb) != 0)
@@ -882,12 +873,29 @@ static int open_regular(const char *path, int *fd_out, uint64_t *size, ds_error 
                           "%s: not a regular file, expected a safetensors file", path);
     else
         rc = check_file_size(path, (uint64_t)sb.st_size, err);
+    if (rc == DS_OK)
+        *size = (uint64_t)sb.st_size;
+    return rc;
+}
+
+/* Opens a regular file for reading; *size is its length. */
+static int open_regular(const char *path, int *fd_out, uint64_t *size, ds_error *err)
+{
+    /* O_NONBLOCK so that a FIFO given as a model path cannot hang us in open(). */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        int e = errno;
+        int code = e == ENOENT   ? DS_ERR_NOT_FOUND
+                   : e == EACCES ? DS_ERR_PERMISSION_DENIED
+                                 : DS_ERR_INVALID_ARGUMENT;
+        return ds_error_set(err, code, "%s: cannot open: %s", path, strerror(e));
+    }
+    int rc = check_regular(fd, path, size, err);
     if (rc != DS_OK) {
         close(fd);
         return rc;
     }
     *fd_out = fd;
-    *size = (uint64_t)sb.st_size;
     return DS_OK;
 }
 
@@ -897,6 +905,19 @@ int ds_safetensors_open(const char *path, int file_index, ds_safetensors **out, 
     int fd = -1;
     uint64_t size;
     int rc = open_regular(path, &fd, &size, err);
+    if (rc != DS_OK)
+        return rc;
+    rc = ds_safetensors_open_fd(fd, path, file_index, out, err);
+    close(fd);
+    return rc;
+}
+
+int ds_safetensors_open_fd(int fd, const char *path, int file_index, ds_safetensors **out,
+                           ds_error *err)
+{
+    *out = NULL;
+    uint64_t size;
+    int rc = check_regular(fd, path, &size, err);
     if (rc != DS_OK)
         return rc;
     ds_safetensors *st = calloc(1, sizeof *st);
@@ -921,16 +942,12 @@ int ds_safetensors_open(const char *path, int file_index, ds_safetensors **out, 
         goto fail;
     }
     st->map = map;
-    close(fd);
-    fd = -1;
     if ((rc = parse_into(st, st->map, file_index, err)) != DS_OK)
         goto fail;
     *out = st;
     return DS_OK;
 
 fail:
-    if (fd >= 0)
-        close(fd);
     ds_safetensors_close(st);
     return rc;
 }
@@ -965,6 +982,20 @@ int ds_safetensors_read_header(const char *path, uint8_t **header, uint64_t *hea
     int rc = open_regular(path, &fd, &size, err);
     if (rc != DS_OK)
         return rc;
+    rc = ds_safetensors_read_header_fd(fd, path, header, header_size, file_size, err);
+    close(fd);
+    return rc;
+}
+
+int ds_safetensors_read_header_fd(int fd, const char *path, uint8_t **header,
+                                  uint64_t *header_size, uint64_t *file_size, ds_error *err)
+{
+    *header = NULL;
+    *header_size = 0;
+    uint64_t size;
+    int rc = check_regular(fd, path, &size, err);
+    if (rc != DS_OK)
+        return rc;
     uint8_t len[8];
     uint8_t *buf = NULL;
     if ((rc = pread_all(fd, path, len, sizeof len, 0, err)) != DS_OK)
@@ -980,7 +1011,6 @@ int ds_safetensors_read_header(const char *path, uint8_t **header, uint64_t *hea
     }
     if ((rc = pread_all(fd, path, buf, (size_t)n, 8, err)) != DS_OK)
         goto fail;
-    close(fd);
     *header = buf;
     *header_size = n;
     if (file_size)
@@ -989,7 +1019,6 @@ int ds_safetensors_read_header(const char *path, uint8_t **header, uint64_t *hea
 
 fail:
     free(buf);
-    close(fd);
     return rc;
 }
 

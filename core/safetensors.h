@@ -43,6 +43,10 @@ typedef struct ds_safetensors {
  * err names the file (and tensor). Codes: NOT_FOUND / PERMISSION_DENIED for open errors,
  * INVALID_ARGUMENT for malformed content. */
 int ds_safetensors_open(const char *path, int file_index, ds_safetensors **out, ds_error *err);
+/* The same for a file already open for reading: `fd` stays the caller's (the mapping does not
+ * need it); `path` is the name recorded and used in messages. Nothing is resolved by name. */
+int ds_safetensors_open_fd(int fd, const char *path, int file_index, ds_safetensors **out,
+                           ds_error *err);
 
 /* Validates an in-memory image of a safetensors file (used by open and by the fuzz target).
  * `bytes` must outlive the result; nothing is mapped. `name` is used in messages. */
@@ -54,6 +58,9 @@ int ds_safetensors_parse(const char *name, const uint8_t *bytes, uint64_t size, 
  * *header is malloc'd, caller frees. Performs the length checks only. file_size may be NULL. */
 int ds_safetensors_read_header(const char *path, uint8_t **header, uint64_t *header_size,
                                uint64_t *file_size, ds_error *err);
+/* The same through an open descriptor (the caller's; read with pread, offset untouched). */
+int ds_safetensors_read_header_fd(int fd, const char *path, uint8_t **header,
+                                  uint64_t *header_size, uint64_t *file_size, ds_error *err);
 
 void ds_safetensors_close(ds_safetensors *st);
 

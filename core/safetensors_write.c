@@ -1,11 +1,11 @@
 #include "core/safetensors_write.h"
 
-#include <errno.h>
+#include "core/output_file.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 typedef struct sbuf {
     char *data;
@@ -67,8 +67,7 @@ int ds_safetensors_write(const char *path, const ds_st_out_tensor *tensors, size
 {
     sbuf h = {0};
     uint64_t offset = 0;
-    char *tmp = NULL;
-    FILE *f = NULL;
+    ds_out_chunk *chunks = NULL;
     int rc = DS_OK;
     put(&h, "{", 1);
     for (size_t i = 0; i < count; i++) {
@@ -107,36 +106,22 @@ int ds_safetensors_write(const char *path, const ds_st_out_tensor *tensors, size
         rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory writing %s", path);
         goto done;
     }
-    size_t tmp_len = strlen(path) + 16;
-    tmp = malloc(tmp_len);
-    if (!tmp) {
-        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory writing %s", path);
-        goto done;
-    }
-    snprintf(tmp, tmp_len, "%s.tmp%d", path, (int)getpid());
-    f = fopen(tmp, "wb");
-    if (!f) {
-        rc = ds_error_set(err, DS_ERR_PERMISSION_DENIED, "cannot create %s: %s", tmp,
-                          strerror(errno));
-        goto done;
-    }
     unsigned char len8[8];
     for (int i = 0; i < 8; i++)
         len8[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
-    int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.data, 1, h.len, f) == h.len;
-    for (size_t i = 0; ok && i < count; i++)
-        ok = fwrite(tensors[i].data, 1, tensors[i].nbytes, f) == tensors[i].nbytes;
-    ok = (fclose(f) == 0) && ok;
-    f = NULL;
-    if (!ok || rename(tmp, path) != 0) {
-        rc = ds_error_set(err, DS_ERR_DATA_LOSS, "cannot write %s: %s", path, strerror(errno));
-        unlink(tmp);
+    chunks = malloc((count + 2) * sizeof *chunks);
+    if (!chunks) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory writing %s", path);
+        goto done;
     }
+    chunks[0] = (ds_out_chunk){len8, 8};
+    chunks[1] = (ds_out_chunk){h.data, h.len};
+    for (size_t i = 0; i < count; i++)
+        chunks[i + 2] = (ds_out_chunk){tensors[i].data, tensors[i].nbytes};
+    rc = ds_output_write(path, chunks, count + 2, err);
 
 done:
-    if (f)
-        fclose(f);
-    free(tmp);
+    free(chunks);
     free(h.data);
     return rc;
 }

@@ -20,7 +20,8 @@ typedef struct ds_st_out_tensor {
     size_t nbytes;
 } ds_st_out_tensor;
 
-/* Writes the tensors to `path` (replaced atomically: a temporary file renamed over it).
+/* Writes the tensors to `path` as ds_output_write does (a regular file replaced atomically; a
+ * FIFO, character device or "-" written directly; nothing else replaced).
  * INVALID_ARGUMENT for an unknown dtype, a rank over DS_MAX_DIMS or nbytes that does not match
  * the shape; duplicate names are refused. */
 int ds_safetensors_write(const char *path, const ds_st_out_tensor *tensors, size_t count,

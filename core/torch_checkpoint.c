@@ -300,30 +300,30 @@ int ds_torch_checkpoint_open(const char *path, int file_index, ds_torch_checkpoi
                                                          : DS_ERR_INVALID_ARGUMENT;
         return ds_error_set(err, code, "%s: cannot open: %s", path, strerror(errno));
     }
+    int rc = ds_torch_checkpoint_open_fd(fd, path, file_index, out, err);
+    close(fd);
+    return rc;
+}
+
+int ds_torch_checkpoint_open_fd(int fd, const char *path, int file_index,
+                                ds_torch_checkpoint **out, ds_error *err)
+{
+    *out = NULL;
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
+    if (fstat(fd, &st) != 0)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: cannot stat: %s", path,
-                            strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
+                            strerror(errno));
+    if (!S_ISREG(st.st_mode))
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: not a regular file", path);
-    }
     uint64_t size = (uint64_t)st.st_size;
     const uint8_t *map = NULL;
     if (size > 0) {
         void *m = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED) {
-            int e = errno;
-            close(fd);
+        if (m == MAP_FAILED)
             return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: cannot map %llu bytes: %s",
-                                path, (unsigned long long)size, strerror(e));
-        }
+                                path, (unsigned long long)size, strerror(errno));
         map = m;
     }
-    close(fd);
     int rc = make(path, map ? map : (const uint8_t *)"", size, file_index, map != NULL, out, err);
     if (rc != DS_OK && map)
         munmap((void *)map, (size_t)size);

@@ -32,6 +32,10 @@ typedef struct ds_torch_checkpoint {
  * big-endian data), each message naming the file and, where known, the entry or key. */
 int ds_torch_checkpoint_open(const char *path, int file_index, ds_torch_checkpoint **out,
                              ds_error *err);
+/* The same for a file already open for reading: `fd` stays the caller's; `path` is the name
+ * recorded and used in messages. Nothing is resolved by name. */
+int ds_torch_checkpoint_open_fd(int fd, const char *path, int file_index,
+                                ds_torch_checkpoint **out, ds_error *err);
 
 /* Same checks on an in-memory image (fuzz target); `bytes` must outlive the result. */
 int ds_torch_checkpoint_parse(const char *name, const uint8_t *bytes, uint64_t size,

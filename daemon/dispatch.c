@@ -409,40 +409,6 @@ int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err)
     }
 }
 
-/* --- paths -------------------------------------------------------------------------------- */
-
-typedef struct resolved_paths {
-    char **items;
-    size_t count;
-} resolved_paths;
-
-static void resolved_paths_free(resolved_paths *r)
-{
-    for (size_t i = 0; i < r->count; i++)
-        free(r->items[i]);
-    free(r->items);
-    r->items = NULL;
-    r->count = 0;
-}
-
-static int resolve_all(const ds_daemon *d, char **paths, size_t count, resolved_paths *out,
-                       ds_error *err)
-{
-    out->count = 0;
-    out->items = calloc(count, sizeof *out->items);
-    if (!out->items)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory resolving paths");
-    for (size_t i = 0; i < count; i++) {
-        int rc = ds_model_roots_resolve(&d->roots, paths[i], &out->items[i], err);
-        if (rc != DS_OK) {
-            resolved_paths_free(out);
-            return rc;
-        }
-        out->count = i + 1;
-    }
-    return DS_OK;
-}
-
 /* --- Identify ------------------------------------------------------------------------------ */
 
 /* Identification of a fingerprinted file set seen before: the model hash from the cache, the
@@ -471,7 +437,7 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     const Diffsynth__V1__IdentifyRequest *req = env->identify;
     ds_error err;
     ds_error_clear(&err);
-    resolved_paths paths = {0};
+    ds_opened_paths paths = {0};
     ds_model_files *files = NULL;
     ds_identification ident = {0};
     ds_config_suggestion suggestions[MAX_SUGGESTIONS];
@@ -480,13 +446,14 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
 
     ds_fingerprint fingerprint;
     int have_fingerprint = 0, cache_hit = 0;
-    int rc = resolve_all(d, req->paths, req->n_paths, &paths, &err);
+    int rc = ds_model_roots_open_all(&d->roots, req->paths, req->n_paths, &paths, &err);
     if (rc == DS_OK) {
         /* A set that cannot be fingerprinted (torch files, unreadable headers) takes the full
          * path, which reports any error precisely. */
         ds_error fingerprint_err;
-        have_fingerprint = ds_fingerprint_files((const char *const *)paths.items, paths.count,
-                                                &fingerprint, &fingerprint_err) == DS_OK;
+        have_fingerprint = ds_fingerprint_files_fds(paths.fds, (const char *const *)paths.names,
+                                                    paths.count, &fingerprint,
+                                                    &fingerprint_err) == DS_OK;
         if (have_fingerprint) {
             rc = identify_from_cache(d, &fingerprint, &ident, &err);
             cache_hit = rc == DS_OK;
@@ -497,7 +464,8 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     if (rc == DS_OK && (!cache_hit || ident.config_count == 0)) {
         /* A miss (or a hit without a match, which needs the files for suggestions). */
         ds_identification_free(&ident);
-        rc = ds_model_files_open((const char *const *)paths.items, paths.count, &files, &err);
+        rc = ds_model_files_open_fds(paths.fds, (const char *const *)paths.names, paths.count,
+                                     &files, &err);
         if (rc == DS_OK)
             rc = ds_identify_files(d->configs, files, &ident, &err);
         if (rc == DS_OK && have_fingerprint)
@@ -514,7 +482,7 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
 
     Diffsynth__V1__IdentifyResponse res = DIFFSYNTH__V1__IDENTIFY_RESPONSE__INIT;
     res.model_hash = arena_str(&a, ident.model_hash);
-    res.files = strings_msg(&a, (const char *const *)paths.items, paths.count, &res.n_files);
+    res.files = strings_msg(&a, (const char *const *)paths.names, paths.count, &res.n_files);
     res.configs = arena_array(&a, ident.config_count, sizeof *res.configs);
     if (res.configs) {
         for (size_t i = 0; i < ident.config_count; i++)
@@ -546,7 +514,7 @@ done:
     arena_free(&a);
     ds_identification_free(&ident);
     ds_model_files_close(files);
-    resolved_paths_free(&paths);
+    ds_opened_paths_free(&paths);
 }
 
 /* --- Load (a job) -------------------------------------------------------------------------- */
@@ -557,7 +525,7 @@ typedef struct load_job {
     ds_conn *conn;
     char **given;                   /* paths as the client sent them, for upstream's message */
     size_t given_count;
-    resolved_paths paths;
+    ds_opened_paths paths;
     char *client;
     uid_t uid;                      /* the peer's, who owns the references the load takes */
     ds_vram_config vram_config; /* the request's, when managed; else all zero (none) */
@@ -578,7 +546,7 @@ static void load_job_free(load_job *lj)
     for (size_t i = 0; i < lj->given_count; i++)
         free(lj->given[i]);
     free(lj->given);
-    resolved_paths_free(&lj->paths);
+    ds_opened_paths_free(&lj->paths);
     free(lj->client);
     free(lj);
 }
@@ -618,14 +586,14 @@ static int load_run(ds_job *job)
 {
     load_job *lj = (load_job *)job;
     ds_error *err = &job->error;
-    const char *const *paths = (const char *const *)lj->paths.items;
+    const char *const *paths = (const char *const *)lj->paths.names;
     ds_model_files *files = NULL;
     ds_identification ident = {0};
     const ds_model_config **todo = NULL;
     size_t todo_count = 0;
 
     ds_job_report(job, "identify", 0, 1, NULL);
-    int rc = ds_model_files_open(paths, lj->paths.count, &files, err);
+    int rc = ds_model_files_open_fds(lj->paths.fds, paths, lj->paths.count, &files, err);
     if (rc != DS_OK)
         goto done;
     rc = ds_identify_files(lj->daemon->configs, files, &ident, err);
@@ -667,7 +635,7 @@ static int load_run(ds_job *job)
             goto done;
         }
         ds_job_report(job, "load", i, todo_count, todo[i]->model_name);
-        rc = ds_model_files_open(paths, lj->paths.count, &files, err);
+        rc = ds_model_files_open_fds(lj->paths.fds, paths, lj->paths.count, &files, err);
         if (rc != DS_OK)
             goto done;
         rc = ds_model_load(todo[i], files, &lj->models[lj->model_count], err);
@@ -746,7 +714,7 @@ static void load_complete(ds_job *job)
 
     Diffsynth__V1__LoadResponse res = DIFFSYNTH__V1__LOAD_RESPONSE__INIT;
     res.model_hash = arena_str(&a, lj->model_hash);
-    res.files = strings_msg(&a, (const char *const *)lj->paths.items, lj->paths.count, &res.n_files);
+    res.files = strings_msg(&a, (const char *const *)lj->paths.names, lj->paths.count, &res.n_files);
     res.models = arena_array(&a, lj->model_count, sizeof *res.models);
     ds_pool_model **inserted = arena_array(&a, lj->model_count, sizeof *inserted);
     size_t inserted_count = 0;
@@ -877,7 +845,7 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
         load_job_free(lj);
         return;
     }
-    rc = resolve_all(d, req->paths, req->n_paths, &lj->paths, &err);
+    rc = ds_model_roots_open_all(&d->roots, req->paths, req->n_paths, &lj->paths, &err);
     if (rc != DS_OK) {
         ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
         load_job_free(lj);

@@ -1,24 +1,32 @@
 #include "daemon/paths.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 void ds_model_roots_init(ds_model_roots *roots)
 {
     roots->dirs = NULL;
+    roots->fds = NULL;
     roots->count = 0;
 }
 
 void ds_model_roots_free(ds_model_roots *roots)
 {
-    for (size_t i = 0; i < roots->count; i++)
+    for (size_t i = 0; i < roots->count; i++) {
         free(roots->dirs[i]);
+        close(roots->fds[i]);
+    }
     free(roots->dirs);
+    free(roots->fds);
     ds_model_roots_init(roots);
 }
 
@@ -28,25 +36,34 @@ int ds_model_roots_add(ds_model_roots *roots, const char *dir, ds_error *err)
     if (!resolved)
         return ds_error_set(err, errno == ENOENT ? DS_ERR_NOT_FOUND : DS_ERR_INVALID_ARGUMENT,
                             "model root %s: %s", dir, strerror(errno));
-    struct stat st;
-    if (stat(resolved, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        free(resolved);
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "model root %s is not a directory",
-                            dir);
-    }
     for (size_t i = 0; i < roots->count; i++) {
         if (strcmp(roots->dirs[i], resolved) == 0) {
             free(resolved);
             return DS_OK;
         }
     }
-    char **grown = realloc(roots->dirs, (roots->count + 1) * sizeof *grown);
-    if (!grown) {
+    int fd = open(resolved, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        free(resolved);
+        if (e == ENOTDIR)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "model root %s is not a directory",
+                                dir);
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "model root %s: %s", dir, strerror(e));
+    }
+    char **dirs = realloc(roots->dirs, (roots->count + 1) * sizeof *dirs);
+    if (dirs)
+        roots->dirs = dirs;
+    int *fds = dirs ? realloc(roots->fds, (roots->count + 1) * sizeof *fds) : NULL;
+    if (!fds) {
+        close(fd);
         free(resolved);
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory adding model root");
     }
-    roots->dirs = grown;
-    roots->dirs[roots->count++] = resolved;
+    roots->fds = fds;
+    roots->dirs[roots->count] = resolved;
+    roots->fds[roots->count] = fd;
+    roots->count++;
     return DS_OK;
 }
 
@@ -76,10 +93,253 @@ int ds_path_is_under(const char *root, const char *path)
     return strncmp(root, path, n) == 0 && (path[n] == '\0' || path[n] == '/');
 }
 
-int ds_model_roots_resolve(const ds_model_roots *roots, const char *path, char **resolved,
-                           ds_error *err)
+/* --- opening beneath a root ------------------------------------------------------------------ */
+
+/* Flags of every model-file open: O_NONBLOCK so that a FIFO cannot hang the open. */
+#define MODEL_OPEN_FLAGS (O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+/* As Linux's MAXSYMLINKS. */
+#define MAX_LINKS 40
+
+static int force_walk;
+
+void ds__paths_force_walk(int on) { force_walk = on; }
+
+static int open_openat2(int root, const char *rel)
 {
-    *resolved = NULL;
+    struct open_how how = {
+        .flags = MODEL_OPEN_FLAGS,
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+    };
+    return (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
+}
+
+/* The remaining components of a walk: text to consume from the front, grown at the front when
+ * a symbolic link's target is spliced in. */
+typedef struct walk_todo {
+    char *text;
+    size_t pos;
+} walk_todo;
+
+/* Next component into `out` (NUL-terminated); 0 when none is left. "" and "." are skipped. */
+static int next_component(walk_todo *t, char *out, size_t size)
+{
+    for (;;) {
+        while (t->text[t->pos] == '/')
+            t->pos++;
+        if (!t->text[t->pos])
+            return 0;
+        size_t n = strcspn(t->text + t->pos, "/");
+        if (n >= size) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(out, t->text + t->pos, n);
+        out[n] = '\0';
+        t->pos += n;
+        if (strcmp(out, ".") != 0)
+            return 1;
+    }
+}
+
+static int more_components(const walk_todo *t)
+{
+    for (size_t i = t->pos; t->text[i]; i++)
+        if (t->text[i] != '/' && !(t->text[i] == '.' && (t->text[i + 1] == '/' || !t->text[i + 1])))
+            return 1;
+    return 0;
+}
+
+/* Replaces the consumed part of `t` with the link target: target + "/" + rest. */
+static int splice_link(walk_todo *t, const char *target)
+{
+    const char *rest = t->text + t->pos;
+    size_t n = strlen(target) + 1 + strlen(rest) + 1;
+    char *text = malloc(n);
+    if (!text) {
+        errno = ENOMEM;
+        return -1;
+    }
+    snprintf(text, n, "%s/%s", target, rest);
+    free(t->text);
+    t->text = text;
+    t->pos = 0;
+    return 0;
+}
+
+/* openat2's RESOLVE_BENEATH by hand: every component opened with O_NOFOLLOW from the directory
+ * reached so far; a symbolic link is read and its target walked in its place; ".." above the
+ * root, or an absolute link, fails with EXDEV as openat2 does. Returns the open file or -1
+ * with errno set. */
+static int open_walk(int root, const char *rel)
+{
+    walk_todo t = {strdup(rel), 0};
+    if (!t.text) {
+        errno = ENOMEM;
+        return -1;
+    }
+    int stack[PATH_MAX / 2];  /* directories below the root; the root itself is not owned */
+    size_t depth = 0;
+    int links = 0, result = -1, e = 0;
+    char name[NAME_MAX + 1], target[PATH_MAX];
+    for (;;) {
+        int got = next_component(&t, name, sizeof name);
+        if (got < 0) {
+            e = errno;
+            break;
+        }
+        if (got == 0) {
+            /* The path names a directory (the root or one below it): reopen it for reading. */
+            int dir = depth ? stack[depth - 1] : root;
+            result = openat(dir, ".", MODEL_OPEN_FLAGS);
+            e = errno;
+            break;
+        }
+        if (strcmp(name, "..") == 0) {
+            if (depth == 0) {
+                e = EXDEV;
+                break;
+            }
+            close(stack[--depth]);
+            continue;
+        }
+        int dir = depth ? stack[depth - 1] : root;
+        int last = !more_components(&t);
+        int fd = openat(dir, name, (last ? MODEL_OPEN_FLAGS : O_PATH | O_CLOEXEC) | O_NOFOLLOW);
+        int is_link = 0;
+        if (fd < 0) {
+            /* O_NOFOLLOW on a link: ELOOP for a normal open. */
+            struct stat st;
+            if (errno != ELOOP || fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+                !S_ISLNK(st.st_mode)) {
+                e = errno == ELOOP ? ELOOP : errno;
+                break;
+            }
+            is_link = 1;
+        } else {
+            struct stat st;
+            if (fstat(fd, &st) != 0) {
+                e = errno;
+                close(fd);
+                break;
+            }
+            if (S_ISLNK(st.st_mode)) {
+                /* O_PATH | O_NOFOLLOW opens the link itself. */
+                close(fd);
+                is_link = 1;
+            } else if (last) {
+                result = fd;
+                break;
+            } else if (!S_ISDIR(st.st_mode)) {
+                close(fd);
+                e = ENOTDIR;
+                break;
+            } else if (depth == sizeof stack / sizeof stack[0]) {
+                close(fd);
+                e = ENAMETOOLONG;
+                break;
+            } else {
+                stack[depth++] = fd;
+                continue;
+            }
+        }
+        if (is_link) {
+            ssize_t n = readlinkat(dir, name, target, sizeof target - 1);
+            if (n < 0) {
+                e = errno;
+                break;
+            }
+            target[n] = '\0';
+            if (++links > MAX_LINKS) {
+                e = ELOOP;
+                break;
+            }
+            if (target[0] == '/') {
+                e = EXDEV;
+                break;
+            }
+            if (splice_link(&t, target) != 0) {
+                e = errno;
+                break;
+            }
+        }
+    }
+    while (depth > 0)
+        close(stack[--depth]);
+    free(t.text);
+    if (result < 0)
+        errno = e;
+    return result;
+}
+
+static int open_beneath(int root, const char *rel)
+{
+    if (!force_walk) {
+        int fd = open_openat2(root, rel);
+        if (fd >= 0 || (errno != ENOSYS && errno != EPERM))
+            return fd;
+        /* ENOSYS: a kernel before 5.6; EPERM: a seccomp filter that does not know openat2. */
+    }
+    return open_walk(root, rel);
+}
+
+/* The root `path` names lexically, and the rest of it; -1 when it names none. */
+static int lexical_root(const ds_model_roots *roots, const char *path, const char **rel)
+{
+    for (size_t i = 0; i < roots->count; i++) {
+        if (ds_path_is_under(roots->dirs[i], path)) {
+            size_t n = strlen(roots->dirs[i]);
+            *rel = n == 1 ? path + 1 : path + n;
+            while (**rel == '/')
+                (*rel)++;
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static int outside_error(const ds_model_roots *roots, const char *path, ds_error *err)
+{
+    char *list = ds_model_roots_describe(roots);
+    ds_error_set(err, DS_ERR_PERMISSION_DENIED, "%s is outside the model roots: %s", path,
+                 list ? list : "(out of memory)");
+    free(list);
+    return DS_ERR_PERMISSION_DENIED;
+}
+
+static int open_error(const ds_model_roots *roots, const char *path, int e, ds_error *err)
+{
+    if (e == EXDEV)
+        return outside_error(roots, path, err);
+    if (e == ELOOP)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: too many symbolic links (a loop), or a /proc magic link", path);
+    if (e == ENOENT || e == ENOTDIR)
+        return ds_error_set(err, DS_ERR_NOT_FOUND, "%s: no such file", path);
+    if (e == EACCES || e == EPERM)
+        return ds_error_set(err, DS_ERR_PERMISSION_DENIED, "%s: the daemon cannot reach it: %s",
+                            path, strerror(e));
+    if (e == ENOMEM)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", path);
+    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: %s", path, strerror(e));
+}
+
+/* The kernel's name for an open file; NULL when /proc cannot say (then the caller builds one). */
+static char *fd_name(int fd)
+{
+    char link[64], buf[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, buf, sizeof buf - 1);
+    if (n <= 0 || buf[0] != '/')
+        return NULL;
+    buf[n] = '\0';
+    return strdup(buf);
+}
+
+int ds_model_roots_open(const ds_model_roots *roots, const char *path, int *fd_out, char **name,
+                        ds_error *err)
+{
+    *fd_out = -1;
+    *name = NULL;
     if (!path || !path[0])
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "empty model path");
     if (path[0] != '/')
@@ -87,34 +347,94 @@ int ds_model_roots_resolve(const ds_model_roots *roots, const char *path, char *
                             "model path %s is not absolute (the daemon does not know the "
                             "client's working directory)",
                             path);
-    char *real = realpath(path, NULL);
-    if (!real) {
-        int e = errno;
-        if (e == ENOENT || e == ENOTDIR)
-            return ds_error_set(err, DS_ERR_NOT_FOUND, "%s: no such file", path);
-        if (e == EACCES)
-            return ds_error_set(err, DS_ERR_PERMISSION_DENIED, "%s: the daemon cannot reach it: %s",
-                                path, strerror(e));
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: %s", path, strerror(e));
+    const char *rel = NULL;
+    int root = lexical_root(roots, path, &rel);
+    int fd = -1, e = ENOENT;
+    if (root >= 0) {
+        fd = open_beneath(roots->fds[root], rel[0] ? rel : ".");
+        e = errno;
     }
-    size_t i = 0;
-    while (i < roots->count && !ds_path_is_under(roots->dirs[i], real))
-        i++;
-    if (i == roots->count) {
-        char *list = ds_model_roots_describe(roots);
-        ds_error_set(err, DS_ERR_PERMISSION_DENIED, "%s is outside the model roots: %s", real,
-                     list ? list : "(out of memory)");
-        free(list);
+    char *real = NULL;
+    if (root < 0 || (fd < 0 && e == EXDEV)) {
+        /* Only to choose the root: the open below is still beneath it, so a link swapped after
+         * realpath() looked cannot lead out of it. */
+        int named_root = root >= 0;
+        real = realpath(path, NULL);
+        if (!real) {
+            /* A link out of the root that leads nowhere is still a link out of the root. */
+            int re = errno;
+            return open_error(roots, path, named_root ? e : re, err);
+        }
+        root = lexical_root(roots, real, &rel);
+        if (root < 0) {
+            int rc = outside_error(roots, real, err);
+            free(real);
+            return rc;
+        }
+        fd = open_beneath(roots->fds[root], rel[0] ? rel : ".");
+        e = errno;
+    }
+    if (fd < 0) {
+        int rc = open_error(roots, real ? real : path, e, err);
         free(real);
-        return DS_ERR_PERMISSION_DENIED;
+        return rc;
     }
     struct stat st;
-    if (stat(real, &st) != 0 || !S_ISREG(st.st_mode)) {
-        ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s is not a regular file", real);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        int rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s is not a regular file",
+                              real ? real : path);
         free(real);
-        return DS_ERR_INVALID_ARGUMENT;
+        return rc;
     }
-    *resolved = real;
+    char *opened = fd_name(fd);
+    if (!opened) {
+        size_t n = strlen(roots->dirs[root]) + strlen(rel) + 2;
+        opened = malloc(n);
+        if (opened)
+            snprintf(opened, n, "%s/%s", roots->dirs[root], rel);
+    }
+    free(real);
+    if (!opened) {
+        close(fd);
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", path);
+    }
+    *fd_out = fd;
+    *name = opened;
+    return DS_OK;
+}
+
+void ds_opened_paths_free(ds_opened_paths *opened)
+{
+    for (size_t i = 0; i < opened->count; i++) {
+        free(opened->names[i]);
+        close(opened->fds[i]);
+    }
+    free(opened->names);
+    free(opened->fds);
+    opened->names = NULL;
+    opened->fds = NULL;
+    opened->count = 0;
+}
+
+int ds_model_roots_open_all(const ds_model_roots *roots, char *const *paths, size_t count,
+                            ds_opened_paths *out, ds_error *err)
+{
+    out->count = 0;
+    out->names = calloc(count ? count : 1, sizeof *out->names);
+    out->fds = calloc(count ? count : 1, sizeof *out->fds);
+    if (!out->names || !out->fds) {
+        ds_opened_paths_free(out);
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory opening paths");
+    }
+    for (size_t i = 0; i < count; i++) {
+        int rc = ds_model_roots_open(roots, paths[i], &out->fds[i], &out->names[i], err);
+        if (rc != DS_OK) {
+            ds_opened_paths_free(out);
+            return rc;
+        }
+        out->count = i + 1;
+    }
     return DS_OK;
 }
 

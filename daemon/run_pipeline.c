@@ -58,7 +58,8 @@ static const char *const image_fields[IMG_COUNT] = {"input_image", "controlnet_i
 
 typedef struct role_slot {
     ds_pool_model *entry;    /* pinned; NULL until known */
-    char **paths;            /* resolved files to load on the worker, or NULL */
+    char **paths;            /* names of the files to load on the worker, or NULL */
+    int *fds;                /* the files, opened beneath the model roots */
     size_t path_count;
     ds_loaded_model *loaded; /* the worker's load, until the pool takes it */
 } role_slot;
@@ -395,10 +396,10 @@ int ds_run_pipeline_validate(const Diffsynth__V1__RunPipelineRequest *req, ds_er
 
 static void free_paths(role_slot *s)
 {
-    for (size_t i = 0; i < s->path_count; i++)
-        free(s->paths[i]);
-    free(s->paths);
+    ds_opened_paths opened = {s->paths, s->fds, s->path_count};
+    ds_opened_paths_free(&opened);
     s->paths = NULL;
+    s->fds = NULL;
     s->path_count = 0;
 }
 
@@ -620,7 +621,7 @@ static int load_role(pipeline_job *pj, int r, ds_error *err)
     const char *const *paths = (const char *const *)s->paths;
     ds_model_files *files = NULL;
     ds_identification ident = {0};
-    int rc = ds_model_files_open(paths, s->path_count, &files, err);
+    int rc = ds_model_files_open_fds(s->fds, paths, s->path_count, &files, err);
     if (rc == DS_OK)
         rc = ds_identify_files(pj->daemon->configs, files, &ident, err);
     if (rc != DS_OK)
@@ -977,17 +978,15 @@ static int find_by_id(ds_daemon *d, int r, const char *id, ds_pool_model **out, 
 static int resolve_paths(ds_daemon *d, role_slot *s, const Diffsynth__V1__PipelineModel *m,
                          ds_error *err)
 {
-    s->paths = calloc(m->n_paths, sizeof *s->paths);
-    if (!s->paths)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory resolving paths");
-    for (size_t i = 0; i < m->n_paths; i++) {
-        int rc = ds_model_roots_resolve(&d->roots, m->paths[i], &s->paths[i], err);
-        if (rc != DS_OK) {
-            ds_error_prefix(err, "the %s: ", m->role);
-            return rc;
-        }
-        s->path_count = i + 1;
+    ds_opened_paths opened;
+    int rc = ds_model_roots_open_all(&d->roots, m->paths, m->n_paths, &opened, err);
+    if (rc != DS_OK) {
+        ds_error_prefix(err, "the %s: ", m->role);
+        return rc;
     }
+    s->paths = opened.names;
+    s->fds = opened.fds;
+    s->path_count = opened.count;
     return DS_OK;
 }
 

@@ -46,8 +46,13 @@ typedef struct attn_tiles {
 
 #if defined(__x86_64__) || defined(__i386__)
 
+/* clang ignores GCC target pragmas: it takes a target attribute on every function. */
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f")
+#endif
 typedef int v16i __attribute__((vector_size(64)));
 #define SUF avx512
 #define V __m512
@@ -70,10 +75,18 @@ typedef int v16i __attribute__((vector_size(64)));
 #undef VSET1
 #undef VFMA
 #undef VMAX
+#ifdef __clang__
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#endif
 typedef int v8i __attribute__((vector_size(32)));
 #define SUF avx2
 #define V __m256
@@ -96,7 +109,11 @@ typedef int v8i __attribute__((vector_size(32)));
 #undef VSET1
 #undef VFMA
 #undef VMAX
+#ifdef __clang__
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 #endif
 

@@ -11,6 +11,7 @@
  *   Qwen-Image/tokenizer/                      tests/data/qwen_tokenizer
  * Images are 64 x 64 with cfg_scale 1 (no negative pass) and 1-3 steps, except where a job
  * must last: the cancelled one and the long one of the two interleaved clients. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -789,6 +790,184 @@ static void test_cli_generate(void)
     free(serr);
 }
 
+/* Reads a FIFO to its end on a thread while the CLI writes it. */
+typedef struct fifo_reader {
+    const char *path;
+    char *data;
+    size_t len;
+} fifo_reader;
+
+static void *read_fifo(void *arg)
+{
+    fifo_reader *r = arg;
+    int fd = open(r->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    size_t cap = 0;
+    for (;;) {
+        if (r->len == cap) {
+            cap = cap ? cap * 2 : 65536;
+            char *grown = realloc(r->data, cap);
+            if (!grown)
+                break;
+            r->data = grown;
+        }
+        ssize_t n = read(fd, r->data + r->len, cap - r->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        r->len += (size_t)n;
+    }
+    close(fd);
+    return NULL;
+}
+
+/* Runs the CLI with its stdout in `stdout_path`; returns its exit status, stderr in *serr. */
+static int run_cli_stdout_to(const char *const *argv, const char *stdout_path, char **serr)
+{
+    char errlog[256];
+    snprintf(errlog, sizeof errlog, "%s/cli_stderr.txt", env.dir);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int out = open(stdout_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int errfd = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int devnull = open("/dev/null", O_RDONLY);
+        if (out < 0 || errfd < 0 || devnull < 0)
+            _exit(127);
+        dup2(devnull, 0);
+        dup2(out, 1);
+        dup2(errfd, 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int status = -1;
+    if (it_wait_pid(pid, RUN_TIMEOUT_MS, &status) != 0)
+        status = -1;
+    *serr = it_read_file(errlog, NULL);
+    unlink(errlog);
+    return status;
+}
+
+/* Leftover temporaries of an atomic write (".NAME.XXXXXX") in the test's folder. */
+static int temporaries_left(const char *name)
+{
+    char pattern[256];
+    snprintf(pattern, sizeof pattern, ".%s.", name);
+    DIR *dir = opendir(env.dir);
+    if (!dir)
+        return -1;
+    int found = 0;
+    struct dirent *ent;
+    while ((ent = readdir(dir)))
+        found += strncmp(ent->d_name, pattern, strlen(pattern)) == 0;
+    closedir(dir);
+    return found;
+}
+
+/* Where -o points decides how the image is written: a regular file is replaced atomically and
+ * keeps its mode; a FIFO, a character device or "-" is written directly and stays what it is;
+ * a write error (ENOSPC on /dev/full) is reported; a folder is refused and left alone. */
+static void test_cli_output_targets(void)
+{
+#define GEN_ARGS(o)                                                                               \
+    {cli, "--socket", env.socket, "generate", "--prompt", "x", "--seed", "3", "--steps", "2",      \
+     "--cfg-scale", "1", "--height", "32", "--width", "32", "--tokenizer", tokenizer_dir, "-o",   \
+     (o), NULL}
+    char *sout = NULL, *serr = NULL;
+    size_t len = 0;
+
+    /* An existing regular file, mode 0640: replaced whole, mode kept, nothing left beside it. */
+    char out[256];
+    snprintf(out, sizeof out, "%s/kept_mode.png", env.dir);
+    REQUIRE(it_write_file(out, "old", 3) == 0);
+    REQUIRE(chmod(out, 0640) == 0);
+    const char *argv1[] = GEN_ARGS(out);
+    int status = it_run(argv1, NULL, RUN_TIMEOUT_MS, &sout, &serr);
+    CHECK_MSG(status == 0, "regular file: exit %d\nstderr: %s", status, serr ? serr : "");
+    char *png = it_read_file(out, &len);
+    if (png)
+        check_png((const uint8_t *)png, len, 32, 32);
+    free(png);
+    struct stat st;
+    CHECK(stat(out, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 07777) == 0640);
+    CHECK_MSG(temporaries_left("kept_mode.png") == 0, "a temporary file was left beside %s", out);
+    free(sout);
+    free(serr);
+    unlink(out);
+
+    /* /dev/full: ENOSPC reported, and the device node is still a character device. */
+    if (stat("/dev/full", &st) == 0 && S_ISCHR(st.st_mode)) {
+        const char *argv2[] = GEN_ARGS("/dev/full");
+        status = it_run(argv2, NULL, RUN_TIMEOUT_MS, &sout, &serr);
+        CHECK_MSG(status == 1, "/dev/full: exit %d\nstdout: %s\nstderr: %s", status,
+                  sout ? sout : "", serr ? serr : "");
+        CHECK_CONTAINS(serr, "cannot write /dev/full: No space left on device");
+        CHECK(stat("/dev/full", &st) == 0 && S_ISCHR(st.st_mode));
+        free(sout);
+        free(serr);
+    } else {
+        printf("# /dev/full is not a character device here: its case is skipped\n");
+    }
+
+    /* A FIFO: the reader gets the whole PNG, the FIFO stays a FIFO. */
+    char fifo[256];
+    snprintf(fifo, sizeof fifo, "%s/image.fifo", env.dir);
+    REQUIRE(mkfifo(fifo, 0600) == 0);
+    fifo_reader reader = {.path = fifo};
+    pthread_t thread;
+    REQUIRE(pthread_create(&thread, NULL, read_fifo, &reader) == 0);
+    const char *argv3[] = GEN_ARGS(fifo);
+    status = it_run(argv3, NULL, RUN_TIMEOUT_MS, &sout, &serr);
+    if (status != 0) {
+        /* Unblock the reader if the CLI never opened the FIFO. */
+        int fd = open(fifo, O_WRONLY | O_NONBLOCK);
+        if (fd >= 0)
+            close(fd);
+    }
+    pthread_join(thread, NULL);
+    CHECK_MSG(status == 0, "FIFO: exit %d\nstderr: %s", status, serr ? serr : "");
+    if (reader.data)
+        check_png((const uint8_t *)reader.data, reader.len, 32, 32);
+    else
+        CHECK_MSG(0, "nothing came through the FIFO");
+    CHECK(lstat(fifo, &st) == 0 && S_ISFIFO(st.st_mode));
+    free(reader.data);
+    free(sout);
+    free(serr);
+    unlink(fifo);
+
+    /* "-": the PNG on stdout, the report on stderr. */
+    char captured[256];
+    snprintf(captured, sizeof captured, "%s/stdout.bin", env.dir);
+    const char *argv4[] = GEN_ARGS("-");
+    status = run_cli_stdout_to(argv4, captured, &serr);
+    CHECK_MSG(status == 0, "-: exit %d\nstderr: %s", status, serr ? serr : "");
+    CHECK_CONTAINS(serr, "wrote - (32 x 32");
+    png = it_read_file(captured, &len);
+    if (png)
+        check_png((const uint8_t *)png, len, 32, 32);
+    free(png);
+    free(serr);
+    unlink(captured);
+
+    /* A folder is not replaced. */
+    char folder[256];
+    snprintf(folder, sizeof folder, "%s/a_folder", env.dir);
+    REQUIRE(mkdir(folder, 0755) == 0);
+    const char *argv5[] = GEN_ARGS(folder);
+    status = it_run(argv5, NULL, RUN_TIMEOUT_MS, &sout, &serr);
+    CHECK_MSG(status == 1, "a folder: exit %d", status);
+    CHECK_CONTAINS(serr, "is a folder: not replaced");
+    CHECK(stat(folder, &st) == 0 && S_ISDIR(st.st_mode));
+    free(sout);
+    free(serr);
+    rmdir(folder);
+#undef GEN_ARGS
+}
+
 /* Ctrl-C: the CLI sends Cancel, waits for the daemon's answer and exits 130. */
 static void test_cli_interrupt(void)
 {
@@ -971,6 +1150,7 @@ int main(int argc, char **argv)
     RUN(test_cancel_mid_denoise);
     RUN(test_two_clients_interleave);
     RUN(test_cli_generate);
+    RUN(test_cli_output_targets);
     RUN(test_cli_interrupt);
     RUN(test_model_rewritten_mid_pipeline);
 

@@ -63,18 +63,53 @@ static void test_str_paths(void)
     free(s);
 }
 
-static void test_resolve(void)
+/* Opens `path` and checks that the descriptor is `expect` (same inode) and the name is `expect`. */
+static void check_opens(const ds_model_roots *roots, const char *path, const char *expect)
 {
+    int fd = -1;
+    char *name = NULL;
+    ds_error err;
+    int rc = ds_model_roots_open(roots, path, &fd, &name, &err);
+    CHECK_MSG(rc == DS_OK, "%s: %s", path, err.message);
+    if (rc != DS_OK)
+        return;
+    CHECK_STR_EQ(name, expect);
+    struct stat a, b;
+    CHECK(fstat(fd, &a) == 0 && stat(expect, &b) == 0 && a.st_ino == b.st_ino &&
+          a.st_dev == b.st_dev);
+    close(fd);
+    free(name);
+}
+
+static int open_code(const ds_model_roots *roots, const char *path, ds_error *err)
+{
+    int fd = -1;
+    char *name = NULL;
+    int rc = ds_model_roots_open(roots, path, &fd, &name, err);
+    if (rc == DS_OK) {
+        close(fd);
+        free(name);
+    } else {
+        CHECK(fd == -1 && name == NULL);
+    }
+    return rc;
+}
+
+/* Each case runs through openat2() and through the component walk that stands in for it. */
+static void test_open_beneath(int walk)
+{
+    ds__paths_force_walk(walk);
     char base[] = "/tmp/ds-test-paths-XXXXXX";
     REQUIRE(mkdtemp(base));
-    char root[64], sibling[64], file[128], outside[128], link[128], dotdot[128];
+    char root[64], sibling[64], sub[96], file[128], outside[128], link[128], dotdot[128];
     snprintf(root, sizeof root, "%s/models", base);
     snprintf(sibling, sizeof sibling, "%s/models2", base);
+    snprintf(sub, sizeof sub, "%s/sub", root);
     snprintf(file, sizeof file, "%s/a.safetensors", root);
     snprintf(outside, sizeof outside, "%s/b.safetensors", sibling);
     snprintf(link, sizeof link, "%s/escape.safetensors", root);
     snprintf(dotdot, sizeof dotdot, "%s/../models2/b.safetensors", root);
-    REQUIRE(mkdir(root, 0700) == 0 && mkdir(sibling, 0700) == 0);
+    REQUIRE(mkdir(root, 0700) == 0 && mkdir(sibling, 0700) == 0 && mkdir(sub, 0700) == 0);
     FILE *f = fopen(file, "w");
     REQUIRE(f);
     fclose(f);
@@ -82,6 +117,23 @@ static void test_resolve(void)
     REQUIRE(f);
     fclose(f);
     REQUIRE(symlink(outside, link) == 0);
+    char rel_link[128], abs_link[128], dir_link[128], via_dir[160], loop_a[128], loop_b[128];
+    char inner_dotdot[160], via_dir_inside[160];
+    snprintf(rel_link, sizeof rel_link, "%s/rel.safetensors", sub);
+    REQUIRE(symlink("../a.safetensors", rel_link) == 0);
+    snprintf(abs_link, sizeof abs_link, "%s/abs.safetensors", sub);
+    REQUIRE(symlink(file, abs_link) == 0);
+    snprintf(dir_link, sizeof dir_link, "%s/out", root);
+    REQUIRE(symlink(sibling, dir_link) == 0);
+    snprintf(via_dir, sizeof via_dir, "%s/b.safetensors", dir_link);
+    snprintf(loop_a, sizeof loop_a, "%s/loop_a", root);
+    snprintf(loop_b, sizeof loop_b, "%s/loop_b", root);
+    REQUIRE(symlink("loop_b", loop_a) == 0 && symlink("loop_a", loop_b) == 0);
+    snprintf(inner_dotdot, sizeof inner_dotdot, "%s/./sub/../a.safetensors", root);
+    char sub_link[128];
+    snprintf(sub_link, sizeof sub_link, "%s/sub_again", root);
+    REQUIRE(symlink("sub", sub_link) == 0);
+    snprintf(via_dir_inside, sizeof via_dir_inside, "%s/rel.safetensors", sub_link);
 
     ds_model_roots roots;
     ds_model_roots_init(&roots);
@@ -92,52 +144,83 @@ static void test_resolve(void)
     CHECK(ds_model_roots_add(&roots, file, &err) == DS_ERR_INVALID_ARGUMENT);
     CHECK(ds_model_roots_add(&roots, "/nonexistent-ds-root", &err) == DS_ERR_NOT_FOUND);
 
-    char *resolved = NULL;
-    CHECK(ds_model_roots_resolve(&roots, file, &resolved, &err) == DS_OK);
-    CHECK_STR_EQ(resolved, file);
-    free(resolved);
-    CHECK(ds_model_roots_resolve(&roots, "models/a.safetensors", &resolved, &err) ==
-          DS_ERR_INVALID_ARGUMENT);
+    /* Inside: directly, through links that stay inside, through ".." that stays inside. The
+     * name is the file actually opened. */
+    check_opens(&roots, file, file);
+    check_opens(&roots, rel_link, file);
+    check_opens(&roots, abs_link, file);
+    check_opens(&roots, inner_dotdot, file);
+    check_opens(&roots, via_dir_inside, file);
+
+    CHECK(open_code(&roots, "models/a.safetensors", &err) == DS_ERR_INVALID_ARGUMENT);
     CHECK_CONTAINS(err.message, "not absolute");
-    CHECK(ds_model_roots_resolve(&roots, "", &resolved, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK(open_code(&roots, "", &err) == DS_ERR_INVALID_ARGUMENT);
     char missing[300];
     snprintf(missing, sizeof missing, "%s/none.safetensors", root);
-    CHECK(ds_model_roots_resolve(&roots, missing, &resolved, &err) == DS_ERR_NOT_FOUND);
+    CHECK(open_code(&roots, missing, &err) == DS_ERR_NOT_FOUND);
     /* A string prefix is not a parent: models2 is outside models. */
-    CHECK(ds_model_roots_resolve(&roots, outside, &resolved, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK(open_code(&roots, outside, &err) == DS_ERR_PERMISSION_DENIED);
     char expected[700];
     snprintf(expected, sizeof expected, "%s is outside the model roots: %s", outside, root);
     CHECK_STR_EQ(err.message, expected);
-    /* Symlinks and .. are resolved before the check. */
-    CHECK(ds_model_roots_resolve(&roots, link, &resolved, &err) == DS_ERR_PERMISSION_DENIED);
-    CHECK(ds_model_roots_resolve(&roots, dotdot, &resolved, &err) == DS_ERR_PERMISSION_DENIED);
+    /* Out through a file link, a directory link, "..": refused. */
+    CHECK(open_code(&roots, link, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK_STR_EQ(err.message, expected);
+    CHECK(open_code(&roots, via_dir, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK(open_code(&roots, dotdot, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK(open_code(&roots, loop_a, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "too many symbolic links");
     /* A directory inside a root is not a model file. */
-    CHECK(ds_model_roots_resolve(&roots, root, &resolved, &err) == DS_ERR_INVALID_ARGUMENT);
-    CHECK(resolved == NULL);
+    CHECK(open_code(&roots, root, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK(open_code(&roots, sub, &err) == DS_ERR_INVALID_ARGUMENT);
 
+    /* With the sibling a root too, a link from one root into the other is fine. */
     CHECK(ds_model_roots_add(&roots, sibling, &err) == DS_OK);
-    CHECK(ds_model_roots_resolve(&roots, link, &resolved, &err) == DS_OK);
-    CHECK_STR_EQ(resolved, outside);
-    free(resolved);
+    check_opens(&roots, link, outside);
+    check_opens(&roots, via_dir, outside);
     char *described = ds_model_roots_describe(&roots);
     snprintf(expected, sizeof expected, "%s, %s", root, sibling);
     CHECK_STR_EQ(described, expected);
     free(described);
+
+    ds_opened_paths opened;
+    char *two[] = {file, outside};
+    CHECK(ds_model_roots_open_all(&roots, two, 2, &opened, &err) == DS_OK);
+    CHECK(opened.count == 2 && opened.fds[0] >= 0 && opened.fds[1] >= 0);
+    if (opened.count == 2)
+        CHECK_STR_EQ(opened.names[1], outside);
+    ds_opened_paths_free(&opened);
+    char *bad[] = {file, missing};
+    CHECK(ds_model_roots_open_all(&roots, bad, 2, &opened, &err) == DS_ERR_NOT_FOUND);
+    CHECK(opened.count == 0 && opened.names == NULL);
     ds_model_roots_free(&roots);
 
+    unlink(via_dir_inside);
+    unlink(sub_link);
+    unlink(loop_a);
+    unlink(loop_b);
+    unlink(dir_link);
+    unlink(abs_link);
+    unlink(rel_link);
     unlink(link);
     unlink(file);
     unlink(outside);
+    rmdir(sub);
     rmdir(root);
     rmdir(sibling);
     rmdir(base);
+    ds__paths_force_walk(0);
 }
+
+static void test_open_openat2(void) { test_open_beneath(0); }
+static void test_open_walk(void) { test_open_beneath(1); }
 
 int main(void)
 {
     RUN(test_is_under);
     RUN(test_repr);
     RUN(test_str_paths);
-    RUN(test_resolve);
+    RUN(test_open_openat2);
+    RUN(test_open_walk);
     return test_summary();
 }

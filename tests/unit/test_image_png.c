@@ -180,6 +180,15 @@ static void test_corrupt_files(void)
     put_be32(bad + 29, crc32_png(bad + 12, 17));
     CHECK(decode_fails(bad, size, "image size is invalid"));
 
+    /* 16384 x 16384 within the cap, claimed by a file of a few hundred bytes: no deflate stream
+     * that short expands to 768 MiB, so it is refused before the pixels are allocated. */
+    memcpy(bad, png, size);
+    put_be32(bad + 16, 16384);
+    put_be32(bad + 20, 16384);
+    put_be32(bad + 29, crc32_png(bad + 12, 17));
+    CHECK(decode_fails(bad, size, "a 16384 x 16384 image needs at least 780335 bytes of "
+                                  "compressed data"));
+
     /* Bit depth 7 is no PNG bit depth. */
     memcpy(bad, png, size);
     bad[24] = 7;

@@ -544,6 +544,48 @@ static void test_open_maps_file(void)
     free(img);
 }
 
+/* Through a descriptor the name is only a label: the file open before its path was replaced is
+ * the one read, and the descriptor stays the caller's. */
+static void test_open_fd_reads_the_descriptor(void)
+{
+    const char *header = "{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}       ";
+    size_t size;
+    uint8_t *img = make_image(header, 4, &size);
+    float first = 2.5f, second = -7.0f;
+    memcpy(img + size - 4, &first, 4);
+    char *path = write_temp("fd.safetensors", img, size);
+    REQUIRE(path);
+    char name[256];
+    snprintf(name, sizeof name, "%s", path);
+    int fd = open(name, O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    memcpy(img + size - 4, &second, 4);
+    char *other = write_temp("fd_other.safetensors", img, size);
+    REQUIRE(other && rename(other, name) == 0);
+
+    ds_safetensors *st = NULL;
+    ds_error err;
+    REQUIRE(ds_safetensors_open_fd(fd, name, 0, &st, &err) == DS_OK);
+    CHECK_STR_EQ(st->path, name);
+    const ds_tensor_view *v = tensor(st, "w");
+    CHECK(v && f32_at(v->data, 0) == 2.5f);
+    ds_safetensors_close(st);
+    uint8_t *hdr = NULL;
+    uint64_t hdr_size = 0, file_size = 0;
+    CHECK(ds_safetensors_read_header_fd(fd, name, &hdr, &hdr_size, &file_size, &err) == DS_OK);
+    CHECK(hdr_size == strlen(header) && file_size == size);
+    free(hdr);
+    CHECK(fcntl(fd, F_GETFD) >= 0);
+    close(fd);
+    /* By name, the replacement is what is read. */
+    REQUIRE(ds_safetensors_open(name, 0, &st, &err) == DS_OK);
+    v = tensor(st, "w");
+    CHECK(v && f32_at(v->data, 0) == -7.0f);
+    ds_safetensors_close(st);
+    unlink(name);
+    free(img);
+}
+
 static void test_open_errors(void)
 {
     ds_safetensors *st = (ds_safetensors *)1;
@@ -632,6 +674,7 @@ int main(void)
     RUN(test_bad_lengths);
     RUN(test_long_and_odd_names_in_messages);
     RUN(test_open_maps_file);
+    RUN(test_open_fd_reads_the_descriptor);
     RUN(test_open_errors);
     remove_tmpdir();
     return test_summary();
