@@ -72,7 +72,8 @@ int ds_wan_encode_prompt(const ds_loaded_model *text_encoder, const ds_step_cont
                          const char *prompt, const char *tokenizer, ds_dtype dtype,
                          ds_step_io *out, ds_error *err)
 {
-    enum { L = DS_WAN_TOKENIZER_SEQ_LEN, DIM = DS_WAN_TEXT_ENCODER_DIM };
+    enum { L = DS_WAN_TOKENIZER_SEQ_LEN };
+    int64_t dim = ds_wan_text_encoder_dim(text_encoder);
     char dir[PATH_MAX];
     const char *origin = "";
     ds_wan_tokenizer *tok = NULL;
@@ -82,6 +83,10 @@ int ds_wan_encode_prompt(const ds_loaded_model *text_encoder, const ds_step_cont
     if (!prompt)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "encode_prompt: parameter \"prompt\" is required");
+    if (dim == 0)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "encode_prompt: the text encoder's tree has no token embedding or "
+                            "block");
     if (dtype != DS_F32 && dtype != DS_BF16)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "encode_prompt: compute dtype %s, expected f32 or bf16",
@@ -106,12 +111,12 @@ int ds_wan_encode_prompt(const ds_loaded_model *text_encoder, const ds_step_cont
     ds_tensor id_t = ds_tensor_wrap(cpu, DS_I32, 2, (const int64_t[]){1, L}, ids);
     ds_tensor mask_t = ds_tensor_wrap(cpu, DS_I32, 2, (const int64_t[]){1, L}, mask);
     ds_tensor *context;
-    if ((rc = ds_step_io_new_tensor(out, cpu, "context", dtype, 3, (const int64_t[]){1, L, DIM},
+    if ((rc = ds_step_io_new_tensor(out, cpu, "context", dtype, 3, (const int64_t[]){1, L, dim},
                                     &context, err)) != DS_OK ||
         (rc = ds_wan_text_encoder_forward(text_encoder, ctx, &id_t, &mask_t, context, err)) !=
             DS_OK)
         return rc;
-    size_t row = (size_t)DIM * ds_dtype_size(dtype);
+    size_t row = (size_t)dim * ds_dtype_size(dtype);
     memset((char *)context->data + length * row, 0, (L - length) * row);
     return DS_OK;
 }

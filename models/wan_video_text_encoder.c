@@ -28,11 +28,10 @@
 
 enum {
     VOCAB = 256384,
-    DIM = DS_WAN_TEXT_ENCODER_DIM,
+    DIM = 4096,
     DIM_ATTN = 4096,
     DIM_FFN = 10240,
     HEADS = 64,
-    HEAD_DIM = DIM_ATTN / HEADS,
     LAYERS = 24,
     BUCKETS = 32,
     MAX_DIST = 128,
@@ -58,7 +57,7 @@ typedef struct top_weights {
     ds_tensor norm;            /* [4096] */
 } top_weights;
 
-enum { KW_VOCAB, KW_LAYERS, KW_COUNT };
+enum { KW_VOCAB, KW_DIM, KW_DIM_ATTN, KW_DIM_FFN, KW_HEADS, KW_LAYERS, KW_COUNT };
 
 /* Groups in registration order: token_embedding, blocks, norm.
  *
@@ -80,23 +79,28 @@ static const char *const norm_units[] = {"norm"};
 #define NORM(name, n, unit, field) {name, DS_MODULE_NORM, 1, {n}, unit, field, 0}
 #define COUNT(a) (sizeof a / sizeof a[0])
 
+#define D_MODEL DS_MODULE_DIM(KW_DIM)
+#define D_ATTN DS_MODULE_DIM(KW_DIM_ATTN)
+#define D_FFN DS_MODULE_DIM(KW_DIM_FFN)
+
 static const ds_module embed_modules[] = {
-    {"token_embedding", DS_MODULE_EMBEDDING, 2, {DS_MODULE_DIM(KW_VOCAB), DIM}, NO_UNIT,
+    {"token_embedding", DS_MODULE_EMBEDDING, 2, {DS_MODULE_DIM(KW_VOCAB), D_MODEL}, NO_UNIT,
      TOP(token_embedding), 0},
 };
 static const ds_module block_modules[] = {
-    NORM("norm1", DIM, ATTN, BLOCK(norm1)),
-    LINEAR_NO_BIAS("attn.q", DIM_ATTN, DIM, ATTN, BLOCK(q)),
-    LINEAR_NO_BIAS("attn.k", DIM_ATTN, DIM, ATTN, BLOCK(k)),
-    LINEAR_NO_BIAS("attn.v", DIM_ATTN, DIM, ATTN, BLOCK(v)),
-    LINEAR_NO_BIAS("attn.o", DIM, DIM_ATTN, ATTN, BLOCK(o)),
-    NORM("norm2", DIM, FFN, BLOCK(norm2)),
-    LINEAR_NO_BIAS("ffn.gate.0", DIM_FFN, DIM, FFN, BLOCK(gate)),
-    LINEAR_NO_BIAS("ffn.fc1", DIM_FFN, DIM, FFN, BLOCK(fc1)),
-    LINEAR_NO_BIAS("ffn.fc2", DIM, DIM_FFN, FFN, BLOCK(fc2)),
-    {"pos_embedding.embedding", DS_MODULE_EMBEDDING, 2, {BUCKETS, HEADS}, ATTN, BLOCK(pos), 0},
+    NORM("norm1", D_MODEL, ATTN, BLOCK(norm1)),
+    LINEAR_NO_BIAS("attn.q", D_ATTN, D_MODEL, ATTN, BLOCK(q)),
+    LINEAR_NO_BIAS("attn.k", D_ATTN, D_MODEL, ATTN, BLOCK(k)),
+    LINEAR_NO_BIAS("attn.v", D_ATTN, D_MODEL, ATTN, BLOCK(v)),
+    LINEAR_NO_BIAS("attn.o", D_MODEL, D_ATTN, ATTN, BLOCK(o)),
+    NORM("norm2", D_MODEL, FFN, BLOCK(norm2)),
+    LINEAR_NO_BIAS("ffn.gate.0", D_FFN, D_MODEL, FFN, BLOCK(gate)),
+    LINEAR_NO_BIAS("ffn.fc1", D_FFN, D_MODEL, FFN, BLOCK(fc1)),
+    LINEAR_NO_BIAS("ffn.fc2", D_MODEL, D_FFN, FFN, BLOCK(fc2)),
+    {"pos_embedding.embedding", DS_MODULE_EMBEDDING, 2, {BUCKETS, DS_MODULE_DIM(KW_HEADS)}, ATTN,
+     BLOCK(pos), 0},
 };
-static const ds_module norm_modules[] = {NORM("norm", DIM, 0, TOP(norm))};
+static const ds_module norm_modules[] = {NORM("norm", D_MODEL, 0, TOP(norm))};
 
 static const ds_module_group groups[] = {
     [EMBED] = {"", 0, embed_modules, COUNT(embed_modules), NULL, 0},
@@ -107,20 +111,59 @@ static const ds_module_group groups[] = {
 
 static const ds_module_model modules = {OWNER, "wan_video_text_encoder", groups, COUNT(groups)};
 
-/* Upstream's kwargs `vocab` and `num_layers` (both constructor arguments of the class); the
- * widths stay UMT5-XXL's. No upstream config passes either, so its tree and hash are the
- * defaults'; reduced models (tests) register them with --model-configs. */
+/* Upstream's constructor arguments vocab, dim, dim_attn, dim_ffn, num_heads and num_layers
+ * (num_buckets and shared_pos stay Wan's: 32, False). No upstream config passes any, so its
+ * tree and hash are the defaults'; reduced models (tests) register them with --model-configs.
+ * Upstream asserts dim_attn % num_heads == 0; so does this. */
 static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error *err)
 {
-    int64_t dims[KW_COUNT] = {[KW_VOCAB] = VOCAB, [KW_LAYERS] = LAYERS};
+    static const struct {
+        const char *name;
+        int64_t max;
+    } kw[KW_COUNT] = {
+        [KW_VOCAB] = {"vocab", VOCAB},         [KW_DIM] = {"dim", DIM},
+        [KW_DIM_ATTN] = {"dim_attn", DIM_ATTN}, [KW_DIM_FFN] = {"dim_ffn", DIM_FFN},
+        [KW_HEADS] = {"num_heads", HEADS},     [KW_LAYERS] = {"num_layers", LAYERS},
+    };
+    int64_t dims[KW_COUNT];
     int rc;
-    if ((rc = ds__kwarg_int_range(kwargs, CLASS_NAME, "vocab", 1, VOCAB, &dims[KW_VOCAB],
-                                  err)) != DS_OK ||
-        (rc = ds__kwarg_int_range(kwargs, CLASS_NAME, "num_layers", 1, LAYERS,
-                                  &dims[KW_LAYERS], err)) != DS_OK ||
-        (rc = ds_kwargs_check_all_used(kwargs, err)) != DS_OK)
+    for (int i = 0; i < KW_COUNT; i++) {
+        dims[i] = kw[i].max;
+        if ((rc = ds__kwarg_int_range(kwargs, CLASS_NAME, kw[i].name, 1, kw[i].max, &dims[i],
+                                      err)) != DS_OK)
+            return rc;
+    }
+    if ((rc = ds_kwargs_check_all_used(kwargs, err)) != DS_OK)
         return rc;
+    if (dims[KW_DIM_ATTN] % dims[KW_HEADS] != 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: dim_attn %lld is not a multiple of num_heads %lld", CLASS_NAME,
+                            (long long)dims[KW_DIM_ATTN], (long long)dims[KW_HEADS]);
     return ds_module_declare(&modules, dims, params, err);
+}
+
+/* The widths of a loaded tree (the kwargs it was declared with). */
+typedef struct te_dims {
+    int64_t dim, dim_attn, dim_ffn, heads, head_dim;
+} te_dims;
+
+static int tree_dims(const ds_loaded_model *m, te_dims *d)
+{
+    const ds_tensor_view *e = ds_module_find(&modules, m, EMBED, 0, TOP(token_embedding));
+    const ds_tensor_view *q = ds_module_find(&modules, m, BLOCKS, 0, BLOCK(q));
+    const ds_tensor_view *g = ds_module_find(&modules, m, BLOCKS, 0, BLOCK(gate));
+    const ds_tensor_view *p = ds_module_find(&modules, m, BLOCKS, 0, BLOCK(pos));
+    if (!e || !q || !g || !p || e->ndim != 2 || q->ndim != 2 || g->ndim != 2 || p->ndim != 2 ||
+        p->shape[1] < 1 || q->shape[0] % p->shape[1] != 0)
+        return 0;
+    *d = (te_dims){e->shape[1], q->shape[0], g->shape[0], p->shape[1], q->shape[0] / p->shape[1]};
+    return 1;
+}
+
+int64_t ds_wan_text_encoder_dim(const ds_loaded_model *m)
+{
+    te_dims d;
+    return m && tree_dims(m, &d) ? d.dim : 0;
 }
 
 /* ---- Forward pass ---- */
@@ -179,7 +222,7 @@ static int is_mask_dtype(ds_dtype d)
 }
 
 static int check_inputs(const ds_tensor *ids, const ds_tensor *mask, const ds_tensor *hidden,
-                        ds_error *err)
+                        int64_t dim, ds_error *err)
 {
     char expected[128];
     if (!ids || !hidden)
@@ -195,10 +238,10 @@ static int check_inputs(const ds_tensor *ids, const ds_tensor *mask, const ds_te
     if (mask && (!is_mask_dtype(mask->dtype) || mask->ndim != 2 || mask->shape[0] != B ||
                  mask->shape[1] != S || !mask->data))
         return ds_module_bad_tensor("forward", "input", "attention_mask", mask, expected, err);
-    snprintf(expected, sizeof expected, "[%lld, %lld, %d] f32 or bf16", (long long)B,
-             (long long)S, DIM);
+    snprintf(expected, sizeof expected, "[%lld, %lld, %lld] f32 or bf16", (long long)B,
+             (long long)S, (long long)dim);
     if ((hidden->dtype != DS_F32 && hidden->dtype != DS_BF16) || hidden->ndim != 3 ||
-        hidden->shape[0] != B || hidden->shape[1] != S || hidden->shape[2] != DIM ||
+        hidden->shape[0] != B || hidden->shape[1] != S || hidden->shape[2] != dim ||
         !hidden->data)
         return ds_module_bad_tensor("forward", "output", "hidden_states", hidden, expected, err);
     return DS_OK;
@@ -222,24 +265,25 @@ static int check_ids(const ds_tensor *ids, int64_t vocab, ds_error *err)
     return DS_OK;
 }
 
-static int alloc_state(ds_backend *b, ds_dtype t, int64_t B, int64_t S, te_state *s,
-                       ds_error *err)
+static int alloc_state(ds_backend *b, ds_dtype t, const te_dims *d, int64_t B, int64_t S,
+                       te_state *s, ds_error *err)
 {
     int rc;
     if ((rc = ds_module_alloc(b, DS_I32, 2, SHAPE(S, S), DS_TENSORS(&s->buckets), err)) !=
             DS_OK ||
-        (rc = ds_module_alloc(b, t, 3, SHAPE(S, S, HEADS), DS_TENSORS(&s->pos_rows), err)) !=
-            DS_OK ||
-        (rc = ds_module_alloc(b, t, 4, SHAPE(1, HEADS, S, S), DS_TENSORS(&s->pos_bias), err)) !=
-            DS_OK ||
-        (rc = ds_module_alloc(b, t, 3, SHAPE(B, S, DIM),
-                              DS_TENSORS(&s->h, &s->x, &s->q, &s->k, &s->v, &s->attn, &s->out),
+        (rc = ds_module_alloc(b, t, 3, SHAPE(S, S, d->heads), DS_TENSORS(&s->pos_rows),
                               err)) != DS_OK ||
-        (rc = ds_module_alloc(b, t, 4, SHAPE(B, HEADS, S, HEAD_DIM),
+        (rc = ds_module_alloc(b, t, 4, SHAPE(1, d->heads, S, S), DS_TENSORS(&s->pos_bias),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, S, d->dim), DS_TENSORS(&s->h, &s->x, &s->out),
+                              err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, S, d->dim_attn),
+                              DS_TENSORS(&s->q, &s->k, &s->v, &s->attn), err)) != DS_OK ||
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, d->heads, S, d->head_dim),
                               DS_TENSORS(&s->qh, &s->kh, &s->vh, &s->oh), err)) != DS_OK ||
-        (rc = ds_module_alloc(b, t, 4, SHAPE(B, HEADS, S, S), DS_TENSORS(&s->scores), err)) !=
+        (rc = ds_module_alloc(b, t, 4, SHAPE(B, d->heads, S, S), DS_TENSORS(&s->scores), err)) !=
             DS_OK ||
-        (rc = ds_module_alloc(b, t, 3, SHAPE(B, S, DIM_FFN), DS_TENSORS(&s->gate, &s->up),
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, S, d->dim_ffn), DS_TENSORS(&s->gate, &s->up),
                               err)) != DS_OK)
         return rc;
     return DS_OK;
@@ -388,9 +432,9 @@ static int permute(ds_backend *b, const ds_tensor *x, int p0, int p1, int p2, in
 /* T5RelativeEmbedding.forward(S, S): embedding(buckets) [S, S, 64], as [1, 64, S, S]. */
 static int relative_embedding(ds_backend *b, const block_weights *w, te_state *s, ds_error *err)
 {
-    int64_t S = s->buckets.shape[0];
+    int64_t S = s->buckets.shape[0], H = s->pos_bias.shape[1];
     ds_embedding_args gather = {&s->buckets, &w->pos, &s->pos_rows};
-    ds_tensor bias3 = ds_module_view(&s->pos_bias, 3, SHAPE(HEADS, S, S));
+    ds_tensor bias3 = ds_module_view(&s->pos_bias, 3, SHAPE(H, S, S));
     ds_permute_args a = {&s->pos_rows, {2, 0, 1}, &bias3};
     int rc;
     if ((rc = ds_embedding(b, NULL, &gather, err)) != DS_OK ||
@@ -403,15 +447,16 @@ static int relative_embedding(ds_backend *b, const block_weights *w, te_state *s
  * the 1/sqrt(d) scaling (T5's), then o. */
 static int attention(ds_backend *b, const block_weights *w, te_state *s, ds_error *err)
 {
-    int64_t B = s->h.shape[0], S = s->h.shape[1], BH = B * HEADS;
-    ds_tensor q4 = ds_module_view(&s->q, 4, SHAPE(B, S, HEADS, HEAD_DIM));
-    ds_tensor k4 = ds_module_view(&s->k, 4, SHAPE(B, S, HEADS, HEAD_DIM));
-    ds_tensor v4 = ds_module_view(&s->v, 4, SHAPE(B, S, HEADS, HEAD_DIM));
-    ds_tensor a4 = ds_module_view(&s->attn, 4, SHAPE(B, S, HEADS, HEAD_DIM));
-    ds_tensor qh = ds_module_view(&s->qh, 3, SHAPE(BH, S, HEAD_DIM));
-    ds_tensor kh = ds_module_view(&s->kh, 3, SHAPE(BH, S, HEAD_DIM));
-    ds_tensor vh = ds_module_view(&s->vh, 3, SHAPE(BH, S, HEAD_DIM));
-    ds_tensor oh = ds_module_view(&s->oh, 3, SHAPE(BH, S, HEAD_DIM));
+    int64_t B = s->h.shape[0], S = s->h.shape[1], H = s->qh.shape[1], D = s->qh.shape[3];
+    int64_t BH = B * H;
+    ds_tensor q4 = ds_module_view(&s->q, 4, SHAPE(B, S, H, D));
+    ds_tensor k4 = ds_module_view(&s->k, 4, SHAPE(B, S, H, D));
+    ds_tensor v4 = ds_module_view(&s->v, 4, SHAPE(B, S, H, D));
+    ds_tensor a4 = ds_module_view(&s->attn, 4, SHAPE(B, S, H, D));
+    ds_tensor qh = ds_module_view(&s->qh, 3, SHAPE(BH, S, D));
+    ds_tensor kh = ds_module_view(&s->kh, 3, SHAPE(BH, S, D));
+    ds_tensor vh = ds_module_view(&s->vh, 3, SHAPE(BH, S, D));
+    ds_tensor oh = ds_module_view(&s->oh, 3, SHAPE(BH, S, D));
     ds_tensor scores = ds_module_view(&s->scores, 3, SHAPE(BH, S, S));
     ds_batched_matmul_args qk = {&qh, &kh, 0, 1, 1.0f, &scores};
     ds_binary_args pos = {&s->scores, &s->pos_bias, DS_BINARY_ADD, &s->scores};
@@ -482,17 +527,18 @@ int ds_wan_text_encoder_forward(const ds_loaded_model *m, const ds_step_context 
     ds_module_run run;
     memset(&s, 0, sizeof s);
     memset(&run, 0, sizeof run);
-    int rc = check_inputs(input_ids, attention_mask, hidden_out, err);
-    if (rc != DS_OK)
-        return rc;
+    te_dims d;
     if (!m || !ctx || !ctx->backend)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model or no backend");
     int64_t blocks = ds_module_count(&modules, m, BLOCKS);
     const ds_tensor_view *table = ds_module_find(&modules, m, EMBED, 0, TOP(token_embedding));
-    if (blocks == 0 || !table || table->ndim != 2)
+    if (blocks == 0 || !tree_dims(m, &d))
         return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
                             "forward: " OWNER ": the loaded tree has no %s",
-                            blocks == 0 ? "blocks" : "token embedding");
+                            blocks == 0 ? "blocks" : "token embedding or block 0");
+    int rc = check_inputs(input_ids, attention_mask, hidden_out, d.dim, err);
+    if (rc != DS_OK)
+        return rc;
     if ((rc = check_ids(input_ids, table->shape[0], err)) != DS_OK)
         return rc;
     ds_backend *b = ctx->backend;
@@ -502,7 +548,7 @@ int ds_wan_text_encoder_forward(const ds_loaded_model *m, const ds_step_context 
         return rc;
 
     ds_tensor result;
-    if ((rc = alloc_state(b, dtype, B, S, &s, err)) != DS_OK ||
+    if ((rc = alloc_state(b, dtype, &d, B, S, &s, err)) != DS_OK ||
         (rc = bucket_table(S, &s, err)) != DS_OK ||
         (rc = key_bias(b, dtype, attention_mask, &s, err)) != DS_OK ||
         (rc = embed(m, b, input_ids, &s, err)) != DS_OK ||
@@ -578,10 +624,14 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
         return rc;
     ds_backend *cpu = ctx->backend;
     ds_tensor *hidden;
+    int64_t dim = ds_wan_text_encoder_dim(m);
+    if (dim == 0)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "forward: " OWNER ": the loaded tree has no token embedding or block 0");
     if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
     if ((rc = ds_step_io_new_tensor(out, cpu, "hidden_states", dtype, 3,
-                                    SHAPE(ids->shape[0], ids->shape[1], DIM), &hidden, err)) !=
+                                    SHAPE(ids->shape[0], ids->shape[1], dim), &hidden, err)) !=
         DS_OK)
         return rc;
     return ds_wan_text_encoder_forward(m, ctx, ids, mask, hidden, err);
@@ -593,14 +643,14 @@ static const ds_model_step steps[] = {
         .run = forward_step,
         .usage = "forward: input_ids [B, S] (i64 or i32), attention_mask [B, S] (optional; 0 = "
                  "padding), dtype (float32 or bfloat16; default bfloat16, float32 for a float32 "
-                 "checkpoint) -> hidden_states [B, S, 4096], after the final norm",
+                 "checkpoint) -> hidden_states [B, S, dim] (4096), after the final norm",
     },
     {
         .name = "encode_prompt",
         .run = ds_wan_encode_prompt_step,
         .usage = "encode_prompt: prompt (text), tokenizer (folder with spiece.model; default: "
                  "google/umt5-xxl/ beside the model's file, as in Wan-AI/Wan2.1-T2V-1.3B), "
-                 "dtype (as forward) -> context [1, 512, 4096]: upstream's Wan prompt embedder, "
+                 "dtype (as forward) -> context [1, 512, dim] (4096): upstream's Wan prompt embedder, "
                  "zero past the prompt's tokens",
     },
 };

@@ -11,15 +11,13 @@
 #include "models/model_loader.h"
 #include "models/model_step.h"
 
-#define DS_WAN_TEXT_ENCODER_DIM 4096
-
 /* hidden_out = WanTextEncoder(ids, mask): the hidden states after the final T5 layer norm.
  *
  * All tensors are host tensors (data in host memory, borrowed):
  *   input_ids      [B, S] i64 or i32, each a row of the token embedding
  *   attention_mask NULL, or [B, S] i64 / i32 / u8 / bool: keys where it is 0 are masked for
  *                  every query (upstream's masked_fill of the attention bias)
- *   hidden_out     [B, S, 4096] f32 or bf16: the caller's memory, written; its dtype is the
+ *   hidden_out     [B, S, dim] f32 or bf16 (dim 4096 for UMT5-XXL): the caller's memory, written; its dtype is the
  *                  compute dtype
  * Runs the blocks the loaded tree has (24 for the real model) on ctx->backend, polls
  * ctx->cancelled between blocks (CANCELLED) and reports ("forward", block, blocks) progress.
@@ -28,6 +26,10 @@
 int ds_wan_text_encoder_forward(const ds_loaded_model *m, const ds_step_context *ctx,
                                 const ds_tensor *input_ids, const ds_tensor *attention_mask,
                                 ds_tensor *hidden_out, ds_error *err);
+
+/* The model width `dim` of a loaded tree (4096 for UMT5-XXL); 0 when the tree has no token
+ * embedding or block. */
+int64_t ds_wan_text_encoder_dim(const ds_loaded_model *m);
 
 /* T5RelativeEmbedding._relative_position_bucket (bidirectional, 32 buckets, max_dist 128) of
  * the relative position key - query. */

@@ -97,7 +97,7 @@ static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
 {
     ds_step_context ctx = {.backend = cpu, .vram = vram};
     ds_tensor ids = golden_tensor("ids"), mask = golden_tensor("mask");
-    int rc = ds_tensor_alloc(cpu, DS_BF16, 3, (const int64_t[]){ids.shape[0], ids.shape[1], DS_WAN_TEXT_ENCODER_DIM},
+    int rc = ds_tensor_alloc(cpu, DS_BF16, 3, (const int64_t[]){ids.shape[0], ids.shape[1], 4096},
                              out, err);
     if (rc != DS_OK)
         return rc;
