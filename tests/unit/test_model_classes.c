@@ -362,6 +362,29 @@ static void test_verify_runtime_entries(void)
     ds_config_table_free(table);
 }
 
+/* WanTextEncoder takes its constructor's widths and depth, within UMT5-XXL's, and refuses
+ * what upstream's class would not build or what its forward does not run. */
+static void test_wan_text_encoder_kwargs(void)
+{
+    ds_state_dict tree;
+    ds_error err;
+    REQUIRE(declare(WAN_TE_CLASS,
+                    "{\"vocab\": 32, \"dim\": 64, \"dim_attn\": 64, \"dim_ffn\": 160, "
+                    "\"num_heads\": 4, \"num_layers\": 2}",
+                    &tree, &err) == DS_OK);
+    const ds_sd_entry *pos = ds_state_dict_find(&tree, "blocks.1.pos_embedding.embedding.weight");
+    CHECK(tree.count == 22 && pos && pos->tensor.shape[0] == 32 && pos->tensor.shape[1] == 4);
+    ds_state_dict_free(&tree);
+    CHECK(declare(WAN_TE_CLASS, "{\"dim_attn\": 64, \"num_heads\": 5}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "not a multiple of num_heads");
+    CHECK(declare(WAN_TE_CLASS, "{\"num_layers\": 25}", &tree, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "num_layers");
+    CHECK(declare(WAN_TE_CLASS, "{\"shared_pos\": true}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "shared_pos");
+}
+
 static void test_registry(void)
 {
     CHECK(ds_model_class_count == 5);
@@ -377,6 +400,7 @@ static void test_registry(void)
 
 int main(void)
 {
+    RUN(test_wan_text_encoder_kwargs);
     RUN(test_registry);
     RUN(test_verify_builtin_configs);
     RUN(test_verify_not_applicable);
