@@ -10,10 +10,10 @@
 #include "models/model_loader.h"
 #include "models/model_step.h"
 
-/* Adds "context" [1, 512, dim] (dim 4096 for UMT5-XXL) in `dtype` (f32 or bf16) to `out`. `tokenizer` is the folder
- * holding spiece.model; NULL: upstream's layout, google/umt5-xxl/ beside the text encoder's
- * file (Wan-AI/Wan2.1-T2V-1.3B). NOT_FOUND names the folder looked in; INVALID_ARGUMENT for a
- * prompt that is not UTF-8. */
+/* Adds "context" [1, 512, dim] (dim 4096 for UMT5-XXL) in `dtype` (f32 or bf16) to `out`.
+ * `tokenizer` is the folder holding spiece.model; NULL: upstream's layout, google/umt5-xxl/
+ * beside the text encoder's file (Wan-AI/Wan2.1-T2V-1.3B). NOT_FOUND names the folder looked
+ * in; INVALID_ARGUMENT for a prompt that is not UTF-8. */
 int ds_wan_encode_prompt(const ds_loaded_model *text_encoder, const ds_step_context *ctx,
                          const char *prompt, const char *tokenizer, ds_dtype dtype,
                          ds_step_io *out, ds_error *err);

@@ -63,8 +63,7 @@ enum { KW_VOCAB, KW_DIM, KW_DIM_ATTN, KW_DIM_FFN, KW_HEADS, KW_LAYERS, KW_COUNT 
  *
  * Transfer units, as upstream's VRAM map wraps Linear, T5LayerNorm and T5RelativeEmbedding:
  * each block in two, its attention (norm1, q/k/v/o and the position bias table: 134 MB in
- * bf16) and its feed-forward (norm2, gate, fc1, fc2: 252 MB in bf16), then
- * the final norm. The token embedding (256384 rows, 2 GB in bf16) is no unit: its few rows are
+ * bf16) and its feed-forward (norm2, gate, fc1, fc2: 252 MB in bf16), then the final norm. The token embedding (256384 rows, 2 GB in bf16) is no unit: its few rows are
  * gathered on the host from the mapped file, as the Qwen text encoder does. */
 enum { EMBED, BLOCKS, NORM_GROUP };
 enum { ATTN, FFN };
@@ -627,7 +626,8 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
     int64_t dim = ds_wan_text_encoder_dim(m);
     if (dim == 0)
         return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "forward: " OWNER ": the loaded tree has no token embedding or block 0");
+                            "forward: " OWNER
+                            ": the loaded tree has no token embedding or block 0");
     if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
     if ((rc = ds_step_io_new_tensor(out, cpu, "hidden_states", dtype, 3,
@@ -650,8 +650,8 @@ static const ds_model_step steps[] = {
         .run = ds_wan_encode_prompt_step,
         .usage = "encode_prompt: prompt (text), tokenizer (folder with spiece.model; default: "
                  "google/umt5-xxl/ beside the model's file, as in Wan-AI/Wan2.1-T2V-1.3B), "
-                 "dtype (as forward) -> context [1, 512, dim] (4096): upstream's Wan prompt embedder, "
-                 "zero past the prompt's tokens",
+                 "dtype (as forward) -> context [1, 512, dim] (4096): upstream's Wan prompt "
+                 "embedder, zero past the prompt's tokens",
     },
 };
 

@@ -17,8 +17,8 @@
  *   input_ids      [B, S] i64 or i32, each a row of the token embedding
  *   attention_mask NULL, or [B, S] i64 / i32 / u8 / bool: keys where it is 0 are masked for
  *                  every query (upstream's masked_fill of the attention bias)
- *   hidden_out     [B, S, dim] f32 or bf16 (dim 4096 for UMT5-XXL): the caller's memory, written; its dtype is the
- *                  compute dtype
+ *   hidden_out     [B, S, dim] f32 or bf16 (dim 4096 for UMT5-XXL): the caller's memory,
+ *                  written; its dtype is the compute dtype
  * Runs the blocks the loaded tree has (24 for the real model) on ctx->backend, polls
  * ctx->cancelled between blocks (CANCELLED) and reports ("forward", block, blocks) progress.
  * INVALID_ARGUMENT names the tensor and what was expected, or the first id outside the
