@@ -64,6 +64,24 @@ void ds_golden_bounds_qwen_image_text_encoder(const ds_state_dict *params, const
     *bound = linear_bound(params, name, view);
 }
 
+void ds_golden_bounds_wan_text_encoder(const ds_state_dict *params, const char *name,
+                                       const ds_tensor_view *view, double *bound,
+                                       float *center)
+{
+    *center = 0.0f;
+    if (ends_with(name, "norm.weight") || ends_with(name, "norm1.weight") ||
+        ends_with(name, "norm2.weight")) {
+        *bound = 0.1;
+        *center = 1.0f;
+        return;
+    }
+    if (ends_with(name, "embedding.weight")) {
+        *bound = 1.0;
+        return;
+    }
+    *bound = linear_bound(params, name, view);
+}
+
 void ds_golden_bounds_qwen_image_vae(const ds_state_dict *params, const char *name,
                                      const ds_tensor_view *view, double *bound, float *center)
 {

@@ -28,6 +28,12 @@ void ds_golden_bounds_qwen_image_text_encoder(const ds_state_dict *params, const
                                               const ds_tensor_view *view, double *bound,
                                               float *center);
 
+/* make_wan_text_encoder_golden.py: T5 layer norm weights 1 +- 0.1, the token embedding and
+ * the relative position tables within 1, Linear weights within 1/sqrt(fan_in). */
+void ds_golden_bounds_wan_text_encoder(const ds_state_dict *params, const char *name,
+                                       const ds_tensor_view *view, double *bound,
+                                       float *center);
+
 /* make_qwen_image_vae_golden.py: RMS gammas 1 +- 0.1, conv weights and biases within
  * 1/sqrt(fan_in), fan_in = Cin * prod(kernel) of the conv. */
 void ds_golden_bounds_qwen_image_vae(const ds_state_dict *params, const char *name,

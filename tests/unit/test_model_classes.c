@@ -14,6 +14,7 @@
 #define TE_CONVERTER                                                                          \
     "diffsynth.utils.state_dict_converters.qwen_image_text_encoder."                          \
     "QwenImageTextEncoderStateDictConverter"
+#define WAN_TE_CLASS "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
 #define VAE_CLASS "diffsynth.models.qwen_image_vae.QwenImageVAE"
 #define CONTROLNET_CLASS "diffsynth.models.qwen_image_controlnet.QwenImageBlockWiseControlNet"
@@ -38,16 +39,18 @@ static int declare(const char *cls_name, const char *kwargs, ds_state_dict *tree
     return ds_model_class_declare(cls, kwargs, tree, err);
 }
 
-/* Upstream's qwen_image table rows 0, 2, 3, 4, 10, 11 are the implemented configs without a
- * converter; their hashes are upstream's, not ours. */
+/* Upstream's qwen_image table rows 0, 2, 3, 4, 10, 11 and the Wan text encoder's row are the
+ * implemented configs without a converter; their hashes are upstream's, not ours. */
 static void test_verify_builtin_configs(void)
 {
     static const char *const expected[] = {
         "0319a1cb19835fb510907dd3367c95ff", "ed4ea5824d55ec3107b09815e318123a",
         "073bce9cf969e317e5662cd570c3e79c", "a9e54e480a628f0b956a688a81c33bab",
         "8dc8cda05de16c73afa755e2c1ce2839", "44b39ddc499e027cfb24f7878d7416b9",
+        "9c8818c2cbea55eca56c7b447df170da",
     };
-    int seen[6] = {0};
+    enum { N = sizeof expected / sizeof expected[0] };
+    int seen[N] = {0};
     size_t verified = 0;
     for (size_t i = 0; i < ds_builtin_model_config_count; i++) {
         const ds_model_config *c = &ds_builtin_model_configs[i];
@@ -60,13 +63,13 @@ static void test_verify_builtin_configs(void)
         CHECK_MSG(r == DS_VERIFY_MATCH, "%s %s: result %d, computed %s, expected %s (%s)",
                   c->model_name, c->extra_kwargs_json ? c->extra_kwargs_json : "null", r,
                   computed, c->model_hash, err.message);
-        for (int k = 0; k < 6; k++)
+        for (int k = 0; k < N; k++)
             if (strcmp(c->model_hash, expected[k]) == 0)
                 seen[k]++;
         verified++;
     }
-    CHECK_MSG(verified == 6, "verified %zu configs", verified);
-    for (int k = 0; k < 6; k++)
+    CHECK_MSG(verified == N, "verified %zu configs", verified);
+    for (int k = 0; k < N; k++)
         CHECK_MSG(seen[k] == 1, "%s seen %d times", expected[k], seen[k]);
 }
 
@@ -97,6 +100,10 @@ static void test_tree_sizes(void)
          20430401088ull + 2 * 3072},
         {VAE_CLASS, NULL, 194, 126892531ull},
         {TE_CLASS, NULL, 729, 8292166656ull},
+        /* Facts §1.3: 5.68 B, the embedding 1.05 B of it. */
+        {WAN_TE_CLASS, NULL, 242, 5680910336ull},
+        {WAN_TE_CLASS, "{\"vocab\": 700, \"num_layers\": 2}", 22,
+         700ull * 4096 + 2 * 192948224ull + 4096},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         ds_state_dict tree;
@@ -355,9 +362,33 @@ static void test_verify_runtime_entries(void)
     ds_config_table_free(table);
 }
 
+/* WanTextEncoder takes its constructor's widths and depth, within UMT5-XXL's, and refuses
+ * what upstream's class would not build or what its forward does not run. */
+static void test_wan_text_encoder_kwargs(void)
+{
+    ds_state_dict tree;
+    ds_error err;
+    REQUIRE(declare(WAN_TE_CLASS,
+                    "{\"vocab\": 32, \"dim\": 64, \"dim_attn\": 64, \"dim_ffn\": 160, "
+                    "\"num_heads\": 4, \"num_layers\": 2}",
+                    &tree, &err) == DS_OK);
+    const ds_sd_entry *pos = ds_state_dict_find(&tree, "blocks.1.pos_embedding.embedding.weight");
+    CHECK(tree.count == 22 && pos && pos->tensor.shape[0] == 32 && pos->tensor.shape[1] == 4);
+    ds_state_dict_free(&tree);
+    CHECK(declare(WAN_TE_CLASS, "{\"dim_attn\": 64, \"num_heads\": 5}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "not a multiple of num_heads");
+    CHECK(declare(WAN_TE_CLASS, "{\"num_layers\": 25}", &tree, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "num_layers");
+    CHECK(declare(WAN_TE_CLASS, "{\"shared_pos\": true}", &tree, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "shared_pos");
+}
+
 static void test_registry(void)
 {
-    CHECK(ds_model_class_count == 4);
+    CHECK(ds_model_class_count == 5);
+    CHECK(ds_model_class_find(WAN_TE_CLASS) != NULL);
     for (size_t i = 0; i < ds_model_class_count; i++)
         CHECK(ds_model_class_find(ds_model_classes[i]->name) == ds_model_classes[i]);
     CHECK(ds_model_class_find("diffsynth.models.wan_video_dit.WanModel") == NULL);
@@ -369,6 +400,7 @@ static void test_registry(void)
 
 int main(void)
 {
+    RUN(test_wan_text_encoder_kwargs);
     RUN(test_registry);
     RUN(test_verify_builtin_configs);
     RUN(test_verify_not_applicable);

@@ -1,0 +1,26 @@
+/* The Wan pipeline's prompt embedder (diffsynth/pipelines/wan_video.py
+ * WanVideoUnit_PromptEmbedder.encode_prompt): the prompt cleaned and tokenized to 512 ids with
+ * its mask (tokenizers/wan_tokenizer.h), the text encoder run with the mask, and the hidden
+ * states past the prompt's tokens zeroed. */
+#ifndef DS_MODELS_WAN_VIDEO_PROMPT_H
+#define DS_MODELS_WAN_VIDEO_PROMPT_H
+
+#include "core/error.h"
+#include "kernels/backend.h"
+#include "models/model_loader.h"
+#include "models/model_step.h"
+
+/* Adds "context" [1, 512, dim] (dim 4096 for UMT5-XXL) in `dtype` (f32 or bf16) to `out`.
+ * `tokenizer` is the folder holding spiece.model; NULL: upstream's layout, google/umt5-xxl/
+ * beside the text encoder's file (Wan-AI/Wan2.1-T2V-1.3B). NOT_FOUND names the folder looked
+ * in; INVALID_ARGUMENT for a prompt that is not UTF-8. */
+int ds_wan_encode_prompt(const ds_loaded_model *text_encoder, const ds_step_context *ctx,
+                         const char *prompt, const char *tokenizer, ds_dtype dtype,
+                         ds_step_io *out, ds_error *err);
+
+/* The text encoder's "encode_prompt" step: parameters prompt, tokenizer (optional), dtype
+ * (optional, as the forward step's). */
+int ds_wan_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
+                              const ds_step_io *in, ds_step_io *out, ds_error *err);
+
+#endif
