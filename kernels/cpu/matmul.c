@@ -265,12 +265,15 @@ static void sgemm_xwt(int64_t m, int64_t n, int64_t k, float alpha, const float 
 }
 
 /* acc[M, N] (row stride ldc) = x[M, K] @ w[N, K]^T with x and w both `dtype` (f32, or bf16 when
- * oneDNN is built), times alpha when *scaled is set on return (else the caller scales). */
+ * oneDNN is built), times alpha when *scaled is set on return (else the caller scales).
+ * `widened`: w is a block just widened to f32 from another dtype; those stay on OpenBLAS, which
+ * was faster on them in every measurement (bench/README.md). */
 static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t k, float alpha,
-                    const void *x, const void *w, float *acc, int64_t ldc, int *scaled, ds_error *err)
+                    const void *x, const void *w, int widened, float *acc, int64_t ldc, int *scaled,
+                    ds_error *err)
 {
 #ifdef DS_HAVE_ONEDNN
-    if (dtype == DS_BF16 || f32_via_onednn(m)) {
+    if (dtype == DS_BF16 || (!widened && f32_via_onednn(m))) {
         /* Scales are left to the epilogue: they differ per fp8 weight, and one primitive per
          * scale would crowd the cache. */
         *scaled = 0;
@@ -391,7 +394,7 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
                 ds__cpu_parallel_for(b, nb * k, CONVERT_GRAIN, convert_bf16_range, &j);
                 wb = w_block;
             }
-            rc = gemm_xwt(b, DS_BF16, m, nb, k, a->weight_scale, xc, wb, acc + n0, n, &scaled, err);
+            rc = gemm_xwt(b, DS_BF16, m, nb, k, a->weight_scale, xc, wb, 0, acc + n0, n, &scaled, err);
         }
         if (rc != DS_OK)
             goto done;
@@ -414,7 +417,7 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
                 goto done;
             }
         } else if (w->dtype == DS_F32) {
-            rc = gemm_xwt(b, DS_F32, m, n, k, alpha, xf, w->data, acc, n, &scaled, err);
+            rc = gemm_xwt(b, DS_F32, m, n, k, alpha, xf, w->data, 0, acc, n, &scaled, err);
         } else {
             int64_t rows = block_rows(n, k, sizeof(float));
             w_block = malloc((size_t)(rows * k) * sizeof(float));
@@ -427,7 +430,7 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
             for (int64_t n0 = 0; n0 < n && rc == DS_OK; n0 += rows) {
                 int64_t nb = n - n0 < rows ? n - n0 : rows;
                 to_f32(b, (const char *)w->data + (size_t)(n0 * k) * wsize, w->dtype, nb * k, w_block);
-                rc = gemm_xwt(b, DS_F32, m, nb, k, alpha, xf, w_block, acc + n0, n, &scaled, err);
+                rc = gemm_xwt(b, DS_F32, m, nb, k, alpha, xf, w_block, 1, acc + n0, n, &scaled, err);
             }
         }
         if (rc != DS_OK)
