@@ -26,6 +26,14 @@ int ds__cpu_threads(const ds_backend *b);
  * (grows as needed; NULL on out of memory). For row conversion buffers inside parallel loops. */
 void *ds__cpu_scratch(size_t bytes);
 
+/* Per-thread scratch slots: ds__cpu_scratch is the ROWS slot (row buffers; also a oneDNN GEMM's
+ * scratchpad on the calling thread); GEMM_STAGING holds a linear's weight block converted for
+ * the GEMM, so the block's pages stay mapped from one call to the next instead of faulting in
+ * anew every call (up to 32 MiB per calling thread, kept until the thread exits or the backend
+ * is destroyed). */
+enum { DS__CPU_SCRATCH_ROWS = 0, DS__CPU_SCRATCH_GEMM_STAGING = 1, DS__CPU_SCRATCH_SLOTS = 2 };
+void *ds__cpu_scratch_slot(int slot, size_t bytes);
+
 /* v[i] = act(v[i]) in place for n floats (elementwise.c; also linear's epilogue). */
 void ds__cpu_activate_row(float *v, int64_t n, ds_activation act);
 

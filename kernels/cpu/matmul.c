@@ -346,7 +346,7 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
     const void *xc = NULL;
     const float *xf = NULL;
     float *x_owned = NULL, *acc_owned = NULL, *bias_f32 = NULL;
-    void *w_block = NULL;
+    void *w_block = NULL; /* the calling thread's staging scratch: not freed here */
     int rc = DS_OK;
     float *acc;
     float scale = 1.0f; /* what the epilogue still has to apply */
@@ -378,7 +378,8 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
         size_t wsize = ds_dtype_size(w->dtype);
         int64_t rows = block_rows(n, k, sizeof(uint16_t));
         if (w->dtype != DS_BF16) {
-            w_block = malloc((size_t)(rows * k) * sizeof(uint16_t));
+            w_block = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
+                                           (size_t)(rows * k) * sizeof(uint16_t));
             if (!w_block) {
                 rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "linear: out of memory for %lld "
                                   "weight rows in bf16", (long long)rows);
@@ -420,7 +421,8 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
             rc = gemm_xwt(b, DS_F32, m, n, k, alpha, xf, w->data, 0, acc, n, &scaled, err);
         } else {
             int64_t rows = block_rows(n, k, sizeof(float));
-            w_block = malloc((size_t)(rows * k) * sizeof(float));
+            w_block = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
+                                           (size_t)(rows * k) * sizeof(float));
             if (!w_block) {
                 rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "linear: out of memory for %lld "
                                   "weight rows in f32", (long long)rows);
@@ -447,7 +449,6 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
 done:
     free(x_owned);
     free(acc_owned);
-    free(w_block);
     free(bias_f32);
     return rc;
 }
