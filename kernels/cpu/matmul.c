@@ -1,11 +1,11 @@
 /* GEMMs on the CPU: linear (x @ W^T with bias and activation epilogue) and batched matmul.
  *
  * Two GEMM libraries: oneDNN's matmul (gemm_onednn.c, when built with it) and OpenBLAS. bf16
- * operands go to oneDNN as they are, accumulating in f32 (bf16 dot-product instructions where
- * the processor has them: about twice its f32 rate, and no widening pass); fp8 weights are
- * converted to bf16 on the way. f32 GEMMs go to whichever library was faster for the shape's
- * class when measured (see f32_via_onednn). The choice depends only on shapes, dtypes and
- * the build, so results are deterministic for a given thread count.
+ * operands go to oneDNN as they are, accumulating in f32, where the processor's bf16 rate makes
+ * that faster than widening them to f32 (bf16_via_onednn); fp8 weights are converted to bf16 on
+ * the way. f32 GEMMs go to whichever library was faster for the shape's class when measured
+ * (f32_via_onednn). The choice depends only on shapes, dtypes, the processor and the build, so
+ * results are deterministic for a given thread count.
  *
  * Every GEMM is issued from the calling thread with the library's own threads (the count set in
  * cpu_backend.c and gemm_onednn.c), never from inside one of our parallel regions: the
