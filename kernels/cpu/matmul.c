@@ -224,16 +224,13 @@ static void small_m_rows(void *ctx, int64_t begin, int64_t end)
  * which at few rows costs as much as the GEMM itself. */
 #define BF16_AS_F32_MAX_M 48
 
+#ifdef DS_HAVE_ONEDNN
 /* Whether an f32 GEMM with M rows runs on oneDNN rather than OpenBLAS. */
 static int f32_via_onednn(int64_t m)
 {
-#ifdef DS_HAVE_ONEDNN
     return m <= F32_ONEDNN_MAX_M;
-#else
-    (void)m;
-    return 0;
-#endif
 }
+#endif
 
 /* Whether a GEMM of bf16 operands with M rows runs on oneDNN in bf16 (else both operands are
  * widened to f32). */
@@ -283,6 +280,7 @@ static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t
 #else
     (void)b;
     (void)err;
+    (void)widened;
 #endif
     (void)dtype;
     *scaled = 1;
