@@ -431,7 +431,8 @@ struct ds_backend {
     void (*destroy)(ds_backend *b);
 };
 
-/* The CPU backend (always built): OpenBLAS GEMMs and a fixed pool of `threads` worker threads
+/* The CPU backend (always built): oneDNN and OpenBLAS GEMMs (kernels/cpu/matmul.c picks per shape
+ * and processor) and a fixed pool of `threads` worker threads
  * (0 = the number of online CPUs). Results are deterministic for a given thread count. */
 int ds_cpu_backend_create(int threads, ds_backend **out, ds_error *err);
 

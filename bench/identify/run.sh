@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 python=${1:-python3}
 repeats=${2:-200}
-build=${DS_BUILD_DIR:-build}
+build=${DS_BUILD_DIR:-build-release}
+bench/build_release.sh "$build" daemon/diffsynthd tests/tools/ds-make-model bench/identify_bench
 
 work=$(mktemp -d)
 trap 'kill "${daemon:-}" 2>/dev/null || true; rm -rf "$work"' EXIT

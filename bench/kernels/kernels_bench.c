@@ -30,10 +30,9 @@
 #include <string.h>
 #include <time.h>
 
-#include <cblas.h>
-
 #include "core/dtype.h"
 #include "core/float_convert.h"
+#include "kernels/cpu/gemm_info.h"
 #include "kernels/ops.h"
 
 #define MAX_SETS 16
@@ -107,11 +106,13 @@ static void print_head(const bench *x, const char *status)
            ds_dtype_name(x->o.weight_dtype));
     print_json_string(x->shape);
     printf(", \"threads\": %d, \"status\": \"%s\"", x->o.threads, status);
-    /* Which OpenBLAS kernels run: a DYNAMIC_ARCH build that does not recognise the CPU falls
-     * back to generic ones several times slower, and the table should say so. */
+    /* Which GEMM kernels run (oneDNN's ISA, OpenBLAS's core): a row means little later
+     * without it, and a DYNAMIC_ARCH OpenBLAS that does not recognise the CPU falls back to
+     * generic kernels several times slower. */
     if (strcmp(x->o.backend, "cpu") == 0) {
-        printf(", \"blas\": ");
-        print_json_string(openblas_get_config());
+        char gemm[256];
+        printf(", \"gemm\": ");
+        print_json_string(ds_cpu_gemm_info(gemm, sizeof gemm));
     }
 }
 

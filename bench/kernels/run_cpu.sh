@@ -8,17 +8,17 @@
 #   PYTHON_WITH_TORCH  default /work/venv/bin/python (a private venv; never installed here)
 #   THREADS            default: online CPUs; ds_cpu_backend_create(N) and torch.set_num_threads(N)
 #   REPEATS            timed runs per side after one warm-up; the median counts (default 5)
-# DS_BUILD_DIR: the build holding bench/kernels_bench (default build). DS_BENCH_LOG: a file to
+# DS_BUILD_DIR: the build holding bench/kernels_bench (default build-release, built by bench/build_release.sh). DS_BENCH_LOG: a file to
 # append every JSON result to.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python=${1:-/work/venv/bin/python}
 threads=${2:-$(nproc)}
 repeats=${3:-5}
-build=${DS_BUILD_DIR:-build}
+build=${DS_BUILD_DIR:-build-release}
+bench/build_release.sh "$build" bench/kernels_bench
 bench="$build/bench/kernels_bench"
 
-[[ -x $bench ]] || { echo "run_cpu.sh: $bench is not built (ninja -C $build bench/kernels_bench)" >&2; exit 1; }
 "$python" -c "import torch" 2>/dev/null || { echo "run_cpu.sh: $python cannot import torch" >&2; exit 1; }
 
 exec python3 bench/kernels/compare.py --suite cpu --bench "$bench" --python "$python" \

@@ -147,6 +147,11 @@ def main(argv):
     line = {"impl": "torch", "backend": a.backend, "op": a.op, "dtype": NAMES[a.dtype],
             "weight_dtype": NAMES[a.weight_dtype], "shape": shape, "threads": a.threads,
             "torch": torch.__version__}
+    if a.backend == "cpu":
+        # Which kernels torch dispatches to here, beside our "gemm" line.
+        line["cpu"] = (f"capability {torch.backends.cpu.get_cpu_capability()}, "
+                       f"mkldnn {torch.backends.mkldnn.is_available()}, "
+                       f"mkl {torch.backends.mkl.is_available()}")
     if a.backend == "cuda" and not torch.cuda.is_available():
         line.update(status="unavailable", message="torch sees no CUDA device")
         print(json.dumps(line), flush=True)

@@ -11,7 +11,7 @@
 #   PYTHON_WITH_DIFFSYNTH  default /work/venv/bin/python (a private venv; never installed here)
 #   THREADS                default: online CPUs
 #   REPEATS                timed calls per side after one warm-up; the median counts (default 1)
-# DS_BUILD_DIR: the build holding bench/pipeline_bench (default build). DS_BENCH_TE_LAYERS
+# DS_BUILD_DIR: the build holding bench/pipeline_bench (default build-release, built by bench/build_release.sh). DS_BENCH_TE_LAYERS
 # (default 1), DS_BENCH_DIT_LAYERS (default 1), DS_BENCH_ROUNDS (alternating rounds, default 1),
 # DS_BENCH_LOG: a file to append every JSON result to. Each side holds its weights in memory
 # (5.1 GB f32 with the defaults, mostly the 152064-row embedding and the DiT blocks), one side
@@ -23,10 +23,10 @@ cd "$(dirname "$0")/../.."
 python=${1:-/work/venv/bin/python}
 threads=${2:-$(nproc)}
 repeats=${3:-1}
-build=${DS_BUILD_DIR:-build}
+build=${DS_BUILD_DIR:-build-release}
+bench/build_release.sh "$build" bench/pipeline_bench
 bench="$build/bench/pipeline_bench"
 
-[[ -x $bench ]] || { echo "run.sh: $bench is not built (ninja -C $build bench/pipeline_bench)" >&2; exit 1; }
 "$python" -c "import diffsynth, torch" 2>/dev/null ||
     { echo "run.sh: $python cannot import diffsynth and torch" >&2; exit 1; }
 

@@ -101,15 +101,16 @@ def main(argv):
             missed += not good
         measured += ok_o
         r = f"{ratio:.2f}" if ratio is not None else "-"
+        load = f"  (load {os.getloadavg()[0]:.1f})" if a.suite == "cpu" else ""
         print(f"{row['name']:<44} {fmt_ms(ours):>12} {fmt_ms(ref):>12} {r:>8}  "
-              f"<= {row['target']:.2f} {verdict}", flush=True)
+              f"<= {row['target']:.2f} {verdict}{load}", flush=True)
         if a.suite == "gpu":
             for who, res in (("ours", ours), ("upstream", ref)):
                 if res.get("status") == "ok":
                     frac = f", {res['tflops'] / ceil_tf:.2f} of the GEMM ceiling" if ceil_tf else ""
                     notes.append(f"  {who}: {res['tflops']:.1f} TF/s{frac}")
-        if ours.get("blas"):
-            notes.append(f"our BLAS: {ours['blas']}")
+        if ours.get("gemm"):
+            notes.append(f"our GEMMs: {ours['gemm']}")
     if a.suite == "gpu":
         notes.insert(0, "GEMM ceiling (our bf16 8192^3 linear, cuBLASLt): "
                      + (f"{ceil_tf:.1f} TF/s" if ceil_tf else

@@ -34,10 +34,9 @@
 #include <string.h>
 #include <time.h>
 
-#include <cblas.h>
-
 #include "core/dtype.h"
 #include "core/float_convert.h"
+#include "kernels/cpu/gemm_info.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/qwen_image_dit.h"
@@ -109,8 +108,9 @@ static void print_head(const options *o, const char *status)
            o->layers, ds_dtype_name(o->dtype), o->height, o->width,
            (long long)image_tokens(o), o->text_tokens, o->threads, status);
     if (strcmp(o->backend, "cpu") == 0) {
-        printf(", \"blas\": ");
-        print_json_string(openblas_get_config());
+        char gemm[256];
+        printf(", \"gemm\": ");
+        print_json_string(ds_cpu_gemm_info(gemm, sizeof gemm));
     }
 }
 

@@ -9,7 +9,7 @@
 #   PYTHON_WITH_DIFFSYNTH  default /work/venv/bin/python (a private venv; never installed here)
 #   THREADS                default: online CPUs
 #   REPEATS                timed calls per side after one warm-up; the median counts (default 5)
-# DS_BUILD_DIR: the build holding bench/te_bench (default build). DS_BENCH_LAYERS (default 2).
+# DS_BUILD_DIR: the build holding bench/te_bench (default build-release, built by bench/build_release.sh). DS_BENCH_LAYERS (default 2).
 # DS_BENCH_LOG: a file to append every JSON result to. Each side holds its weights in memory
 # (2 layers: 4 GB f32, mostly the 152064-row embedding), one side at a time.
 set -euo pipefail
@@ -17,10 +17,10 @@ cd "$(dirname "$0")/../.."
 python=${1:-/work/venv/bin/python}
 threads=${2:-$(nproc)}
 repeats=${3:-5}
-build=${DS_BUILD_DIR:-build}
+build=${DS_BUILD_DIR:-build-release}
+bench/build_release.sh "$build" bench/te_bench
 bench="$build/bench/te_bench"
 
-[[ -x $bench ]] || { echo "run.sh: $bench is not built (ninja -C $build bench/te_bench)" >&2; exit 1; }
 "$python" -c "import diffsynth, torch" 2>/dev/null ||
     { echo "run.sh: $python cannot import diffsynth and torch" >&2; exit 1; }
 

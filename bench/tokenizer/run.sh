@@ -13,7 +13,8 @@ cd "$(dirname "$0")/../.."
 python=${1:-python3}
 repeats=${2:-20}
 copies=${3:-4}
-build=${DS_BUILD_DIR:-build}
+build=${DS_BUILD_DIR:-build-release}
+bench/build_release.sh "$build" bench/tokenizer_bench
 data=tests/data/qwen_tokenizer
 
 work=$(mktemp -d)

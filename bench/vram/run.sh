@@ -9,17 +9,17 @@
 #   THREADS  default: online CPUs
 #   REPEATS  timed forwards per budget after one warm-up; the fastest counts (default 3)
 #   DTYPE    bf16 (default; 1.4 GB of weights, up to as much again resident) or f32 (2.9 GB)
-# DS_BUILD_DIR: the build holding bench/vram_bench (default build). DS_BENCH_LOG: a file to
+# DS_BUILD_DIR: the build holding bench/vram_bench (default build-release, built by bench/build_release.sh). DS_BENCH_LOG: a file to
 # append every JSON line to.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 threads=${1:-$(nproc)}
 repeats=${2:-3}
 dtype=${3:-bf16}
-build=${DS_BUILD_DIR:-build}
+build=${DS_BUILD_DIR:-build-release}
+bench/build_release.sh "$build" bench/vram_bench
 bench="$build/bench/vram_bench"
 
-[[ -x $bench ]] || { echo "run.sh: $bench is not built (ninja -C $build bench/vram_bench)" >&2; exit 1; }
 
 out=$("$bench" --threads "$threads" --repeats "$repeats" --dtype "$dtype")
 [[ -n ${DS_BENCH_LOG:-} ]] && printf '%s\n' "$out" >> "$DS_BENCH_LOG"

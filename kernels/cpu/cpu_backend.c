@@ -2,11 +2,13 @@
  * every op slot (one file per op family, see cpu_internal.h). */
 #include <cblas.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/gemm_info.h"
 #include "kernels/cpu/threadpool.h"
 
 /* Every call completes before it returns, so a stream or an event carries no state; they are
@@ -178,6 +180,20 @@ static void select_openblas_kernels(void)
 }
 
 static pthread_once_t openblas_once = PTHREAD_ONCE_INIT;
+
+char *ds_cpu_gemm_info(char *buf, size_t size)
+{
+    char onednn[96] = "no onednn";
+#ifdef DS_HAVE_ONEDNN
+    ds__onednn_describe(onednn, sizeof onednn);
+#endif
+    /* openblas_get_config() starts with "OpenBLAS 0.3.21 ..." */
+    const char *config = openblas_get_config();
+    const char *version = strncmp(config, "OpenBLAS ", 9) == 0 ? config + 9 : "?";
+    int vlen = (int)strcspn(version, " ");
+    snprintf(buf, size, "%s; openblas %.*s core %s", onednn, vlen, version, openblas_get_corename());
+    return buf;
+}
 
 static void cpu_destroy(ds_backend *b)
 {

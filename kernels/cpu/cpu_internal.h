@@ -26,8 +26,36 @@ int ds__cpu_threads(const ds_backend *b);
  * (grows as needed; NULL on out of memory). For row conversion buffers inside parallel loops. */
 void *ds__cpu_scratch(size_t bytes);
 
+/* Per-thread scratch slots: ds__cpu_scratch is the ROWS slot (row buffers; also a oneDNN GEMM's
+ * scratchpad on the calling thread); GEMM_STAGING holds a linear's weight block converted for
+ * the GEMM, so the block's pages stay mapped from one call to the next instead of faulting in
+ * anew every call (up to 32 MiB per calling thread, kept until the thread exits or the backend
+ * is destroyed). */
+enum { DS__CPU_SCRATCH_ROWS = 0, DS__CPU_SCRATCH_GEMM_STAGING = 1, DS__CPU_SCRATCH_SLOTS = 2 };
+void *ds__cpu_scratch_slot(int slot, size_t bytes);
+
 /* v[i] = act(v[i]) in place for n floats (elementwise.c; also linear's epilogue). */
 void ds__cpu_activate_row(float *v, int64_t n, ds_activation act);
+
+/* One GEMM, or `batch` of them back to back: c[i][M, N] (row stride ldc; batches m * ldc apart)
+ * = alpha * op(a)[i][M, K] @ op(b)[i][K, N], op(a) stored [K, M] when trans_a, op(b) stored
+ * [N, K] when trans_b (a linear's weight), batches m * k and k * n elements apart. a and b are
+ * both `dtype` (f32 or bf16); c is f32. (gemm_onednn.c, built with DS_HAVE_ONEDNN.) */
+typedef struct ds__gemm {
+    int64_t batch, m, n, k, ldc;
+    int trans_a, trans_b;
+    ds_dtype dtype;
+    float alpha;
+    const void *a, *b;
+    float *c;
+} ds__gemm;
+int ds__onednn_gemm(ds_backend *b, const ds__gemm *g, ds_error *err);
+/* "onednn 2.6.3 isa avx512_core_bf16": the library and the ISA its kernels use here. */
+void ds__onednn_describe(char *buf, size_t size);
+/* What oneDNN's bf16 GEMMs run at here: no bf16 instructions (emulated: slower than widening to
+ * f32), bf16 dot products at the f32 multiply-add rate, or faster than f32. */
+typedef enum ds__bf16_rate { DS__BF16_NONE, DS__BF16_AS_F32, DS__BF16_FAST } ds__bf16_rate;
+ds__bf16_rate ds__onednn_bf16_rate(void);
 
 int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_error *err);
 int ds__cpu_batched_matmul(ds_backend *b, ds_stream *s, const ds_batched_matmul_args *a, ds_error *err);

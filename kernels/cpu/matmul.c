@@ -1,10 +1,18 @@
 /* GEMMs on the CPU: linear (x @ W^T with bias and activation epilogue) and batched matmul.
  *
- * Every sgemm is issued from the calling thread with OpenBLAS's own threads (the count set in
- * cpu_backend.c), never from inside one of our parallel regions: OpenBLAS splits one large GEMM
- * well, and two thread pools nested inside each other would oversubscribe the cores. Our pool
- * does the passes around it (dtype conversions, bias + activation + store). OpenBLAS splits
- * the M and N dimensions, not K, so results do not depend on its thread count. */
+ * Two GEMM libraries: oneDNN's matmul (gemm_onednn.c, when built with it) and OpenBLAS. bf16
+ * operands go to oneDNN as they are, accumulating in f32, where the processor's bf16 rate makes
+ * that faster than widening them to f32 (bf16_via_onednn); fp8 weights are converted to bf16 on
+ * the way. f32 GEMMs go to whichever library was faster for the shape's class when measured
+ * (f32_via_onednn). The choice depends only on shapes, dtypes, the processor and the build, so
+ * results are deterministic for a given thread count.
+ *
+ * Every GEMM is issued from the calling thread with the library's own threads (the count set in
+ * cpu_backend.c and gemm_onednn.c), never from inside one of our parallel regions: the
+ * libraries split one large GEMM well, and two thread pools nested inside each other would
+ * oversubscribe the cores. Our pool does the passes around it (dtype conversions, bias +
+ * activation + store). OpenBLAS splits the M and N dimensions, not K, so its results do not
+ * depend on its thread count. */
 #include <cblas.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -14,9 +22,9 @@
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/ops.h"
 
-/* A converted block of weight rows stays under this many floats (32 MiB), so converting a large
- * bf16/fp8 weight never doubles its footprint in f32. */
-#define WEIGHT_BLOCK_FLOATS ((int64_t)8 << 20)
+/* A converted block of weight rows stays under about this many bytes (32 MiB), so converting a
+ * large bf16/fp8 weight never doubles its footprint. */
+#define WEIGHT_BLOCK_BYTES ((int64_t)32 << 20)
 /* Elements per chunk in conversion passes: enough to amortise waking a worker. */
 #define CONVERT_GRAIN 32768
 
@@ -62,6 +70,7 @@ static int as_f32(ds_backend *b, const char *op, const char *name, const ds_tens
 
 typedef struct epilogue_job {
     float *acc;          /* [M, N] f32 result of the GEMM (y itself when y is f32) */
+    float scale;         /* applied first, when the GEMM did not */
     const float *bias;   /* [N] or NULL */
     ds_activation act;
     int64_t n;
@@ -77,6 +86,9 @@ static void epilogue_rows(void *ctx, int64_t begin, int64_t end)
     size_t esize = ds_dtype_size(j->ydtype);
     for (int64_t r = begin; r < end; r++) {
         float *row = j->acc + r * j->n;
+        if (j->scale != 1.0f)
+            for (int64_t c = 0; c < j->n; c++)
+                row[c] *= j->scale;
         if (j->bias)
             for (int64_t c = 0; c < j->n; c++)
                 row[c] += j->bias[c];
@@ -199,10 +211,47 @@ static void small_m_rows(void *ctx, int64_t begin, int64_t end)
     }
 }
 
-/* acc[M, N] (row stride ldc) = alpha * x[M, K] @ w[N, K]^T, with M split where it exceeds
- * BLAS's int. */
-static void gemm_xwt(int64_t m, int64_t n, int64_t k, float alpha, const float *x, const float *w,
-                     float *acc, int64_t ldc)
+/* The rules below are the faster side of measurements of both libraries on each shape class at
+ * model widths (K and N 3072 to 18944, 2 threads, bench/README.md): few rows (5 to a few dozen:
+ * text tokens, small images), square (hundreds), tall (thousands of tokens). They depend on the
+ * shape and the processor alone, never on a timing taken at run time, so a shape always takes
+ * the same path and its results stay bit-identical from run to run. */
+
+/* From this many rows up, OpenBLAS's f32 GEMM keeps up with oneDNN's or beats it. */
+#define F32_ONEDNN_MAX_M 1023
+/* Where bf16 dot products only match the f32 rate, a bf16 GEMM still wins up to this many rows:
+ * there it costs about what the f32 GEMM does, and it skips widening the whole weight to f32,
+ * which at few rows costs as much as the GEMM itself. */
+#define BF16_AS_F32_MAX_M 48
+
+#ifdef DS_HAVE_ONEDNN
+/* Whether an f32 GEMM with M rows runs on oneDNN rather than OpenBLAS. */
+static int f32_via_onednn(int64_t m)
+{
+    return m <= F32_ONEDNN_MAX_M;
+}
+#endif
+
+/* Whether a GEMM of bf16 operands with M rows runs on oneDNN in bf16 (else both operands are
+ * widened to f32). */
+static int bf16_via_onednn(int64_t m)
+{
+#ifdef DS_HAVE_ONEDNN
+    switch (ds__onednn_bf16_rate()) {
+    case DS__BF16_FAST: return 1;
+    case DS__BF16_AS_F32: return m <= BF16_AS_F32_MAX_M;
+    default: return 0;
+    }
+#else
+    (void)m;
+    return 0;
+#endif
+}
+
+/* acc[M, N] (row stride ldc) = alpha * x[M, K] @ w[N, K]^T in f32 through OpenBLAS, with M split
+ * where it exceeds BLAS's int. */
+static void sgemm_xwt(int64_t m, int64_t n, int64_t k, float alpha, const float *x, const float *w,
+                      float *acc, int64_t ldc)
 {
     const int64_t most = INT_MAX / 2;
     for (int64_t m0 = 0; m0 < m; m0 += most) {
@@ -210,6 +259,74 @@ static void gemm_xwt(int64_t m, int64_t n, int64_t k, float alpha, const float *
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mb, (int)n, (int)k, alpha,
                     x + m0 * k, (int)k, w, (int)k, 0.0f, acc + m0 * ldc, (int)ldc);
     }
+}
+
+/* acc[M, N] (row stride ldc) = x[M, K] @ w[N, K]^T with x and w both `dtype` (f32, or bf16 when
+ * oneDNN is built), times alpha when *scaled is set on return (else the caller scales).
+ * `widened`: w is a block just widened to f32 from another dtype; those stay on OpenBLAS, which
+ * was faster on them in every measurement (bench/README.md). */
+static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t k, float alpha,
+                    const void *x, const void *w, int widened, float *acc, int64_t ldc, int *scaled,
+                    ds_error *err)
+{
+#ifdef DS_HAVE_ONEDNN
+    if (dtype == DS_BF16 || (!widened && f32_via_onednn(m))) {
+        /* Scales are left to the epilogue: they differ per fp8 weight, and one primitive per
+         * scale would crowd the cache. */
+        *scaled = 0;
+        ds__gemm g = {1, m, n, k, ldc, 0, 1, dtype, 1.0f, x, w, acc};
+        return ds__onednn_gemm(b, &g, err);
+    }
+#else
+    (void)b;
+    (void)err;
+    (void)widened;
+#endif
+    (void)dtype;
+    *scaled = 1;
+    sgemm_xwt(m, n, k, alpha, x, w, acc, ldc);
+    return DS_OK;
+}
+
+/* Weight rows per converted block: an even split of the weight into blocks of at most
+ * WEIGHT_BLOCK_BYTES in `esize`-byte elements, rounded up to whole register tiles. A weight
+ * stored in the compute dtype runs in the same blocks as a converted one, so an fp8 weight and
+ * its bf16 rounding give bit-identical results. */
+static int64_t block_rows(int64_t n, int64_t k, size_t esize)
+{
+    int64_t per = WEIGHT_BLOCK_BYTES / (int64_t)esize / k;
+    if (per >= n)
+        return n;
+    if (per < 64)
+        return per < 1 ? 1 : per;
+    int64_t blocks = (n + per - 1) / per;
+    int64_t rows = (n + blocks - 1) / blocks;
+    rows = (rows + 63) / 64 * 64;
+    return rows > per ? per - per % 64 : rows;
+}
+
+/* The compute dtype of a linear's GEMM with M rows: bf16 when x is bf16, the weight's values are
+ * exact in bf16 (bf16 or fp8) and bf16_via_onednn says so; f32 otherwise (both operands
+ * widened). */
+static ds_dtype linear_compute_dtype(ds_dtype x, ds_dtype w, int64_t m)
+{
+    if (x == DS_BF16 && (w == DS_BF16 || w == DS_F8_E4M3 || w == DS_F8_E5M2) && bf16_via_onednn(m))
+        return DS_BF16;
+    return DS_F32;
+}
+
+typedef struct convert_bf16_job {
+    const void *src;
+    ds_dtype dtype;
+    uint16_t *dst;
+} convert_bf16_job;
+
+static void convert_bf16_range(void *ctx, int64_t begin, int64_t end)
+{
+    const convert_bf16_job *j = ctx;
+    size_t esize = ds_dtype_size(j->dtype);
+    ds_convert((const char *)j->src + (size_t)begin * esize, j->dtype, (size_t)(end - begin),
+               DS_BF16, j->dst + begin);
 }
 
 int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_error *err)
@@ -224,10 +341,13 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "linear: weight [%lld, %lld] exceeds "
                             "BLAS's int dimensions", (long long)n, (long long)k);
 
+    const void *xc = NULL;
     const float *xf = NULL;
-    float *x_owned = NULL, *acc_owned = NULL, *w_block = NULL, *bias_f32 = NULL;
+    float *x_owned = NULL, *acc_owned = NULL, *bias_f32 = NULL;
+    void *w_block = NULL; /* the calling thread's staging scratch: not freed here */
     int rc = DS_OK;
     float *acc;
+    float scale = 1.0f; /* what the epilogue still has to apply */
     if (a->y->dtype == DS_F32) {
         acc = a->y->data;
     } else {
@@ -248,14 +368,45 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
         ds_convert_to_f32(a->bias->data, a->bias->dtype, (size_t)n, bias_f32);
     }
 
+    ds_dtype cd = m <= SMALL_M_MAX ? DS_F32 : linear_compute_dtype(a->x->dtype, w->dtype, m);
     if (k == 0) {
         memset(acc, 0, (size_t)(m * n) * sizeof(float));
+    } else if (cd == DS_BF16) {
+        xc = a->x->data;
+        size_t wsize = ds_dtype_size(w->dtype);
+        int64_t rows = block_rows(n, k, sizeof(uint16_t));
+        if (w->dtype != DS_BF16) {
+            w_block = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
+                                           (size_t)(rows * k) * sizeof(uint16_t));
+            if (!w_block) {
+                rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "linear: out of memory for %lld "
+                                  "weight rows in bf16", (long long)rows);
+                goto done;
+            }
+        }
+        int scaled = 0;
+        for (int64_t n0 = 0; n0 < n && rc == DS_OK; n0 += rows) {
+            int64_t nb = n - n0 < rows ? n - n0 : rows;
+            const void *wb = (const char *)w->data + (size_t)(n0 * k) * wsize;
+            if (w_block) {
+                convert_bf16_job j = {wb, w->dtype, w_block};
+                ds__cpu_parallel_for(b, nb * k, CONVERT_GRAIN, convert_bf16_range, &j);
+                wb = w_block;
+            }
+            rc = gemm_xwt(b, DS_BF16, m, nb, k, a->weight_scale, xc, wb, 0, acc + n0, n, &scaled, err);
+        }
+        if (rc != DS_OK)
+            goto done;
+        if (!scaled)
+            scale = a->weight_scale;
     } else {
         rc = as_f32(b, "linear", "x", a->x, &xf, &x_owned, err);
         if (rc != DS_OK)
             goto done;
-        /* fp8 (and any) weight scale is applied as sgemm's alpha: y = scale * (x @ W^T). */
+        /* fp8 (and any) weight scale is applied as the GEMM's alpha where the GEMM takes it:
+         * y = scale * (x @ W^T). */
         float alpha = a->weight_scale;
+        int scaled = 1;
         if (m <= SMALL_M_MAX) {
             small_m_job j = {xf, w->data, w->dtype, m, n, k, alpha, acc, 0};
             ds__cpu_parallel_for(b, n, SMALL_M_GRAIN, small_m_rows, &j);
@@ -265,39 +416,37 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
                 goto done;
             }
         } else if (w->dtype == DS_F32) {
-            gemm_xwt(m, n, k, alpha, xf, w->data, acc, n);
+            rc = gemm_xwt(b, DS_F32, m, n, k, alpha, xf, w->data, 0, acc, n, &scaled, err);
         } else {
-            int64_t rows = WEIGHT_BLOCK_FLOATS / k;
-            if (rows >= n)
-                rows = n;
-            else if (rows >= 64)
-                rows -= rows % 64; /* whole register tiles for OpenBLAS's kernels */
-            else if (rows < 1)
-                rows = 1;
-            w_block = malloc((size_t)(rows * k) * sizeof(float));
+            int64_t rows = block_rows(n, k, sizeof(float));
+            w_block = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
+                                           (size_t)(rows * k) * sizeof(float));
             if (!w_block) {
                 rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "linear: out of memory for %lld "
                                   "weight rows in f32", (long long)rows);
                 goto done;
             }
             size_t wsize = ds_dtype_size(w->dtype);
-            for (int64_t n0 = 0; n0 < n; n0 += rows) {
+            for (int64_t n0 = 0; n0 < n && rc == DS_OK; n0 += rows) {
                 int64_t nb = n - n0 < rows ? n - n0 : rows;
                 to_f32(b, (const char *)w->data + (size_t)(n0 * k) * wsize, w->dtype, nb * k, w_block);
-                gemm_xwt(m, nb, k, alpha, xf, w_block, acc + n0, n);
+                rc = gemm_xwt(b, DS_F32, m, nb, k, alpha, xf, w_block, 1, acc + n0, n, &scaled, err);
             }
         }
+        if (rc != DS_OK)
+            goto done;
+        if (!scaled)
+            scale = alpha;
     }
 
-    if (bias_f32 || a->epilogue != DS_ACT_NONE || a->y->dtype != DS_F32) {
-        epilogue_job j = {acc, bias_f32, a->epilogue, n, a->y->data, a->y->dtype};
+    if (scale != 1.0f || bias_f32 || a->epilogue != DS_ACT_NONE || a->y->dtype != DS_F32) {
+        epilogue_job j = {acc, scale, bias_f32, a->epilogue, n, a->y->data, a->y->dtype};
         int64_t grain = 16384 / n + 1;
         ds__cpu_parallel_for(b, m, grain, epilogue_rows, &j);
     }
 done:
     free(x_owned);
     free(acc_owned);
-    free(w_block);
     free(bias_f32);
     return rc;
 }
@@ -347,6 +496,28 @@ int ds__cpu_batched_matmul(ds_backend *b, ds_stream *s, const ds_batched_matmul_
     }
     if (k == 0) {
         memset(yf, 0, (size_t)(batch * m * n) * sizeof(float));
+#ifdef DS_HAVE_ONEDNN
+    } else if ((a->a->dtype == DS_BF16 && a->b->dtype == DS_BF16 && bf16_via_onednn(m)) ||
+               f32_via_onednn(m)) {
+        /* bf16 operands go as they are where bf16_via_onednn says so; anything else is widened
+         * to f32 first. */
+        ds_dtype cd = a->a->dtype == DS_BF16 && a->b->dtype == DS_BF16 && bf16_via_onednn(m)
+                          ? DS_BF16 : DS_F32;
+        const void *ap = a->a->data, *bp = a->b->data;
+        if (cd == DS_F32) {
+            rc = as_f32(b, "batched_matmul", "a", a->a, &af, &a_owned, err);
+            if (rc == DS_OK)
+                rc = as_f32(b, "batched_matmul", "b", a->b, &bf, &b_owned, err);
+            if (rc != DS_OK)
+                goto done;
+            ap = af;
+            bp = bf;
+        }
+        ds__gemm g = {batch, m, n, k, n, a->transpose_a, a->transpose_b, cd, a->alpha, ap, bp, yf};
+        rc = ds__onednn_gemm(b, &g, err);
+        if (rc != DS_OK)
+            goto done;
+#endif
     } else {
         rc = as_f32(b, "batched_matmul", "a", a->a, &af, &a_owned, err);
         if (rc == DS_OK)

@@ -195,8 +195,8 @@ void ds__cpu_parallel_for(ds_backend *b, int64_t n, int64_t grain, ds__cpu_range
 /* ---- Per-thread scratch ---- */
 
 typedef struct scratch {
-    void *data;
-    size_t capacity;
+    void *data[DS__CPU_SCRATCH_SLOTS];
+    size_t capacity[DS__CPU_SCRATCH_SLOTS];
 } scratch;
 
 static pthread_key_t scratch_key;
@@ -206,16 +206,17 @@ static int scratch_key_ok;
 static void scratch_free(void *p)
 {
     scratch *s = p;
-    free(s->data);
+    for (int i = 0; i < DS__CPU_SCRATCH_SLOTS; i++)
+        free(s->data[i]);
     free(s);
 }
 
 static void scratch_make_key(void) { scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0; }
 
-void *ds__cpu_scratch(size_t bytes)
+void *ds__cpu_scratch_slot(int slot, size_t bytes)
 {
     pthread_once(&scratch_once, scratch_make_key);
-    if (!scratch_key_ok)
+    if (!scratch_key_ok || slot < 0 || slot >= DS__CPU_SCRATCH_SLOTS)
         return NULL;
     scratch *s = pthread_getspecific(scratch_key);
     if (!s) {
@@ -225,11 +226,14 @@ void *ds__cpu_scratch(size_t bytes)
             return NULL;
         }
     }
-    if (s->capacity >= bytes && s->data)
-        return s->data;
-    /* Grow geometrically so a thread that converts ever longer rows reallocates rarely; 64-byte
-     * alignment for vector loads. */
-    size_t want = bytes > s->capacity * 2 ? bytes : s->capacity * 2;
+    if (s->capacity[slot] >= bytes && s->data[slot])
+        return s->data[slot];
+    /* Row buffers grow geometrically so a thread that converts ever longer rows reallocates
+     * rarely; GEMM staging blocks come in a few fixed sizes and are large, so they take what is
+     * asked. 64-byte alignment for vector loads. */
+    size_t want = bytes;
+    if (slot == DS__CPU_SCRATCH_ROWS && bytes < s->capacity[slot] * 2)
+        want = s->capacity[slot] * 2;
     if (want > SIZE_MAX - 63)
         return NULL;
     want = (want + 63) & ~(size_t)63;
@@ -238,10 +242,15 @@ void *ds__cpu_scratch(size_t bytes)
     void *data = aligned_alloc(64, want);
     if (!data)
         return NULL;
-    free(s->data);
-    s->data = data;
-    s->capacity = want;
+    free(s->data[slot]);
+    s->data[slot] = data;
+    s->capacity[slot] = want;
     return data;
+}
+
+void *ds__cpu_scratch(size_t bytes)
+{
+    return ds__cpu_scratch_slot(DS__CPU_SCRATCH_ROWS, bytes);
 }
 
 void ds__cpu_scratch_release(void)

@@ -138,6 +138,15 @@ static void test_linear_large(void)
     linear_case(DS_BF16, DS_BF16, 1.0f, DS_BF16, DS_ACT_SILU, 0, 2, 3077, 301);
     linear_case(DS_F32, DS_F8_E4M3, 0.5f, DS_F32, DS_ACT_GELU_SIGMOID, 0, 4, 1030, 257);
     linear_case(DS_F16, DS_F16, 1.0f, DS_DTYPE_INVALID, DS_ACT_NONE, 0, 5, 1030, 257);
+    /* Every row-count class the CPU backend tells apart (few rows, dozens, hundreds, thousands:
+     * they may run on different GEMM libraries), f32 and bf16, and fp8 weights at thousands. */
+    static const int64_t rows[] = {6, 48, 49, 300, 1023, 1024, 1100};
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        linear_case(DS_F32, DS_F32, 1.0f, DS_F32, DS_ACT_NONE, 0, rows[i], 67, 33);
+        linear_case(DS_BF16, DS_BF16, 1.0f, DS_BF16, DS_ACT_GELU_ERF, 0, rows[i], 67, 33);
+    }
+    linear_case(DS_BF16, DS_F8_E4M3, 0.5f, DS_F32, DS_ACT_NONE, 0, 1100, 67, 33);
+    linear_case(DS_F32, DS_BF16, 1.0f, DS_DTYPE_INVALID, DS_ACT_SILU, 0, 1100, 67, 33);
 }
 
 /* The same call twice gives bit-identical output (deterministic for a thread count). */
@@ -167,6 +176,51 @@ static void test_linear_deterministic(void)
     free(xv);
     free(wv);
     free(bv);
+}
+
+/* A large fp8 weight (over the backend's 32 MiB conversion block in bf16, so it is converted and
+ * multiplied in several blocks of rows) within budget, and bit-identical to the same values
+ * stored as bf16: a model whose weights stay fp8 in the fast tier must compute exactly what the
+ * bf16 rounding of them computes (tests/vram relies on it). Also M = 5, the first row count past
+ * the few-row path, in bf16. */
+static void test_linear_fp8_blocks_match_bf16(void)
+{
+    const int64_t m = 8, k = 4096, n = 4160;
+    linear_case(DS_BF16, DS_F8_E4M3, 0.5f, DS_BF16, DS_ACT_GELU_TANH, 0, m, k, n);
+    linear_case(DS_BF16, DS_BF16, 1.0f, DS_F32, DS_ACT_NONE, 0, 5, 1030, 257);
+    if (strcmp(kt.backend_name, "cpu") != 0)
+        return;
+    int64_t xs[2] = {m, k}, ws[2] = {n, k}, ys[2] = {m, n};
+    double *xv = kt_randn((size_t)(m * k), 1.0), *wv = kt_randn((size_t)(n * k), 4.0);
+    ds_tensor x, w8, w16, y8, y16;
+    /* kt_tensor rounds wv to e4m3 in place, so the bf16 tensor holds the same values. */
+    REQUIRE(kt_tensor(DS_BF16, 2, xs, xv, &x) && kt_tensor(DS_F8_E4M3, 2, ws, wv, &w8) &&
+            kt_tensor(DS_BF16, 2, ws, wv, &w16) && kt_tensor(DS_BF16, 2, ys, NULL, &y8) &&
+            kt_tensor(DS_BF16, 2, ys, NULL, &y16));
+    ds_error err;
+    ds_linear_args a = {&x, &w8, NULL, 1.0f, DS_ACT_NONE, &y8};
+    CHECK_MSG(ds_linear(kt.backend, NULL, &a, &err) == DS_OK, "%s", err.message);
+    a.weight = &w16;
+    a.y = &y16;
+    CHECK_MSG(ds_linear(kt.backend, NULL, &a, &err) == DS_OK, "%s", err.message);
+    CHECK(memcmp(y8.data, y16.data, ds_tensor_nbytes(&y8)) == 0);
+    ds_tensor_free(&x);
+    ds_tensor_free(&w8);
+    ds_tensor_free(&w16);
+    ds_tensor_free(&y8);
+    ds_tensor_free(&y16);
+    free(xv);
+    free(wv);
+}
+
+/* More distinct GEMM shapes than the backend keeps prepared at once, twice over: every one
+ * still computes its own product after others took its place. */
+static void test_linear_many_shapes(void)
+{
+    for (int round = 0; round < 2; round++)
+        for (int64_t n = 1; n <= 130; n++)
+            linear_case(n % 2 ? DS_BF16 : DS_F32, n % 2 ? DS_BF16 : DS_F32, 1.0f, DS_DTYPE_INVALID,
+                        DS_ACT_NONE, 0, 6, 8 + n % 5, n);
 }
 
 /* ---- batched matmul ---- */
@@ -226,6 +280,11 @@ static void test_batched_matmul(void)
             bmm_case(DS_BF16, DS_BF16, DS_BF16, ta, tb, 0.125f, 3, 5, 7, 4);
             bmm_case(DS_F16, DS_F32, DS_F16, ta, tb, 1.0f, 2, 1, 3, 127);
             bmm_case(DS_F32, DS_BF16, DS_F32, ta, tb, 0.5f, 1, 127, 1, 3);
+            /* Attention-like sizes: bf16 operands with an f32 result, one and several batches. */
+            bmm_case(DS_BF16, DS_BF16, DS_F32, ta, tb, 0.088f, 1, 96, 128, 80);
+            bmm_case(DS_BF16, DS_BF16, DS_BF16, ta, tb, 1.0f, 3, 33, 64, 40);
+            bmm_case(DS_F32, DS_F32, DS_F32, ta, tb, 0.5f, 2, 1030, 9, 7);
+            bmm_case(DS_BF16, DS_BF16, DS_F32, ta, tb, 1.0f, 1, 1030, 9, 7);
         }
 }
 
@@ -237,6 +296,8 @@ int main(int argc, char **argv)
     RUN(test_linear_leading_dims);
     RUN(test_linear_large);
     RUN(test_linear_deterministic);
+    RUN(test_linear_fp8_blocks_match_bf16);
+    RUN(test_linear_many_shapes);
     RUN(test_batched_matmul);
     kt_finish();
     return test_summary();

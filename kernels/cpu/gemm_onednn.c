@@ -1,0 +1,297 @@
+/* GEMMs through oneDNN's matmul primitive (built when the library is found, DS_HAVE_ONEDNN).
+ *
+ * oneDNN picks its kernels at run time from the processor (bf16 dot-product instructions where
+ * present, AVX-512 or AVX2 f32 kernels otherwise), so one binary serves every x86-64 machine.
+ * Creating a primitive costs far more than a small GEMM, so primitives are kept in a small
+ * process-wide cache keyed by everything that shapes them: dims, strides, dtypes, alpha and the
+ * thread count (oneDNN plans its split over the threads it may use when it creates one).
+ *
+ * Threads: Debian's libdnnl runs on OpenMP. The OpenMP thread count is a per-thread setting of
+ * the calling thread, so it is set to the backend's count before every create and execute; the
+ * GEMM runs from the calling thread, never inside one of our parallel regions, so our pool and
+ * OpenMP's never run work at the same time. With a fixed thread count oneDNN's split is static:
+ * results are deterministic for a given shape, dtype and thread count.
+ *
+ * Scratchpads are the caller's (user scratchpad mode), so one cached primitive can run on
+ * several host threads at once. */
+#include "kernels/cpu/cpu_internal.h"
+
+#ifdef DS_HAVE_ONEDNN
+
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if DNNL_CPU_THREADING_RUNTIME != DNNL_RUNTIME_OMP
+#error "the oneDNN GEMM path sets OpenMP's thread count; this libdnnl uses another CPU runtime"
+#endif
+
+/* Enough for every distinct GEMM of a few models at once (a DiT block has about a dozen shapes,
+ * the text encoder and the VAE fewer); past it the least recently used idle entry goes. */
+#define CACHE_SLOTS 96
+#define SCRATCH_ALIGN 64
+
+typedef struct gemm_key {
+    int64_t batch, m, n, k, ldc;
+    int trans_a, trans_b, threads;
+    ds_dtype dtype;
+    uint32_t alpha_bits;
+} gemm_key;
+
+typedef struct cache_entry {
+    gemm_key key;
+    dnnl_primitive_t prim;      /* NULL: free slot */
+    dnnl_memory_desc_t md[4];   /* src, weights, dst, scratchpad */
+    size_t scratch_bytes;
+    int users;                  /* callers executing it now: never evicted while > 0 */
+    uint64_t last_use;
+} cache_entry;
+
+static struct {
+    pthread_mutex_t lock;
+    cache_entry slots[CACHE_SLOTS];
+    uint64_t clock;
+} cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
+static dnnl_engine_t engine;
+static dnnl_status_t engine_status = dnnl_runtime_error;
+
+static void engine_create(void)
+{
+    engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0);
+}
+
+static int key_equal(const gemm_key *a, const gemm_key *b)
+{
+    return a->batch == b->batch && a->m == b->m && a->n == b->n && a->k == b->k &&
+           a->ldc == b->ldc && a->trans_a == b->trans_a && a->trans_b == b->trans_b &&
+           a->threads == b->threads && a->dtype == b->dtype && a->alpha_bits == b->alpha_bits;
+}
+
+static dnnl_data_type_t dnnl_type(ds_dtype t)
+{
+    return t == DS_BF16 ? dnnl_bf16 : dnnl_f32;
+}
+
+static int dnnl_fail(ds_error *err, const char *what, dnnl_status_t st, const gemm_key *k)
+{
+    return ds_error_set(err, DS_ERR_INTERNAL, "gemm (oneDNN): %s failed (status %d) for %s "
+                        "[%lld x] [%lld, %lld] x [%lld, %lld]", what, (int)st,
+                        ds_dtype_name(k->dtype), (long long)k->batch, (long long)k->m,
+                        (long long)k->k, (long long)k->k, (long long)k->n);
+}
+
+/* Builds the primitive for `k` into `e` (not yet in the cache). */
+static int build(const gemm_key *k, float alpha, cache_entry *e, ds_error *err)
+{
+    int nd = k->batch > 1 ? 3 : 2;
+    int64_t m = k->m, n = k->n, kk = k->k;
+    /* Row-major strides; op(a) stored [K, M] when transposed, op(b) stored [N, K] when
+     * transposed (a linear's weight). The batch dimension, when present, comes first. */
+    dnnl_dims_t sd = {m, kk}, ss = {k->trans_a ? 1 : kk, k->trans_a ? m : 1};
+    dnnl_dims_t wd = {kk, n}, ws = {k->trans_b ? 1 : n, k->trans_b ? kk : 1};
+    dnnl_dims_t dd = {m, n}, dst = {k->ldc, 1};
+    if (nd == 3) {
+        dnnl_dims_t sd3 = {k->batch, m, kk}, ss3 = {m * kk, ss[0], ss[1]};
+        dnnl_dims_t wd3 = {k->batch, kk, n}, ws3 = {kk * n, ws[0], ws[1]};
+        dnnl_dims_t dd3 = {k->batch, m, n}, dst3 = {m * k->ldc, k->ldc, 1};
+        memcpy(sd, sd3, sizeof sd);
+        memcpy(ss, ss3, sizeof ss);
+        memcpy(wd, wd3, sizeof wd);
+        memcpy(ws, ws3, sizeof ws);
+        memcpy(dd, dd3, sizeof dd);
+        memcpy(dst, dst3, sizeof dst);
+    }
+    dnnl_data_type_t t = dnnl_type(k->dtype);
+    dnnl_status_t st;
+    if ((st = dnnl_memory_desc_init_by_strides(&e->md[0], nd, sd, t, ss)) != dnnl_success ||
+        (st = dnnl_memory_desc_init_by_strides(&e->md[1], nd, wd, t, ws)) != dnnl_success ||
+        (st = dnnl_memory_desc_init_by_strides(&e->md[2], nd, dd, dnnl_f32, dst)) != dnnl_success)
+        return dnnl_fail(err, "memory descriptor", st, k);
+    dnnl_matmul_desc_t desc;
+    if ((st = dnnl_matmul_desc_init(&desc, &e->md[0], &e->md[1], NULL, &e->md[2])) != dnnl_success)
+        return dnnl_fail(err, "matmul descriptor", st, k);
+    dnnl_primitive_attr_t attr;
+    if ((st = dnnl_primitive_attr_create(&attr)) != dnnl_success)
+        return dnnl_fail(err, "attribute", st, k);
+    st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (st == dnnl_success && alpha != 1.0f)
+        st = dnnl_primitive_attr_set_output_scales(attr, 1, 0, &alpha);
+    dnnl_primitive_desc_t pd = NULL;
+    if (st == dnnl_success)
+        st = dnnl_primitive_desc_create(&pd, &desc, attr, engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (st != dnnl_success)
+        return dnnl_fail(err, "primitive descriptor", st, k);
+    e->md[3] = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    e->scratch_bytes = dnnl_memory_desc_get_size(&e->md[3]);
+    st = dnnl_primitive_create(&e->prim, pd);
+    dnnl_primitive_desc_destroy(pd);
+    if (st != dnnl_success) {
+        e->prim = NULL;
+        return dnnl_fail(err, "primitive", st, k);
+    }
+    e->key = *k;
+    return DS_OK;
+}
+
+/* A cached (or, with every slot busy, private) entry for `k`; *cached says which. */
+static int acquire(const gemm_key *k, float alpha, cache_entry **out, int *cached, ds_error *err)
+{
+    pthread_mutex_lock(&cache.lock);
+    cache_entry *victim = NULL;
+    for (int i = 0; i < CACHE_SLOTS; i++) {
+        cache_entry *e = &cache.slots[i];
+        if (e->prim && key_equal(&e->key, k)) {
+            e->users++;
+            e->last_use = ++cache.clock;
+            pthread_mutex_unlock(&cache.lock);
+            *out = e;
+            *cached = 1;
+            return DS_OK;
+        }
+        if (e->users == 0 && (!victim || (victim->prim && (!e->prim || e->last_use < victim->last_use))))
+            victim = e;
+    }
+    int rc;
+    if (victim) {
+        /* Built under the lock: creation is rare (once per shape) and this keeps two threads
+         * from building the same primitive. */
+        if (victim->prim) {
+            dnnl_primitive_destroy(victim->prim);
+            victim->prim = NULL;
+        }
+        rc = build(k, alpha, victim, err);
+        if (rc == DS_OK) {
+            victim->users = 1;
+            victim->last_use = ++cache.clock;
+        }
+        pthread_mutex_unlock(&cache.lock);
+        *out = victim;
+        *cached = 1;
+        return rc;
+    }
+    pthread_mutex_unlock(&cache.lock);
+    cache_entry *own = calloc(1, sizeof *own);
+    if (!own)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "gemm (oneDNN): out of memory");
+    rc = build(k, alpha, own, err);
+    if (rc != DS_OK) {
+        free(own);
+        return rc;
+    }
+    *out = own;
+    *cached = 0;
+    return DS_OK;
+}
+
+static void release(cache_entry *e, int cached)
+{
+    if (!cached) {
+        dnnl_primitive_destroy(e->prim);
+        free(e);
+        return;
+    }
+    pthread_mutex_lock(&cache.lock);
+    e->users--;
+    pthread_mutex_unlock(&cache.lock);
+}
+
+int ds__onednn_gemm(ds_backend *b, const ds__gemm *g, ds_error *err)
+{
+    pthread_once(&engine_once, engine_create);
+    if (engine_status != dnnl_success)
+        return ds_error_set(err, DS_ERR_INTERNAL, "gemm (oneDNN): cannot create the CPU engine "
+                            "(status %d)", (int)engine_status);
+    gemm_key k = {g->batch, g->m, g->n, g->k, g->ldc, g->trans_a, g->trans_b,
+                  ds__cpu_threads(b), g->dtype, 0};
+    memcpy(&k.alpha_bits, &g->alpha, sizeof k.alpha_bits);
+    omp_set_num_threads(k.threads);
+
+    cache_entry *e = NULL;
+    int cached = 0;
+    int rc = acquire(&k, g->alpha, &e, &cached, err);
+    if (rc != DS_OK)
+        return rc;
+    dnnl_memory_t mem[4] = {NULL, NULL, NULL, NULL};
+    void *ptr[3] = {(void *)g->a, (void *)g->b, g->c};
+    dnnl_stream_t stream = NULL;
+    dnnl_status_t st = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags);
+    const char *what = "stream";
+    for (int i = 0; i < 3 && st == dnnl_success; i++) {
+        st = dnnl_memory_create(&mem[i], &e->md[i], engine, ptr[i]);
+        what = "memory";
+    }
+    int nargs = 3;
+    if (st == dnnl_success && e->scratch_bytes) {
+        char *raw = ds__cpu_scratch(e->scratch_bytes + SCRATCH_ALIGN);
+        if (!raw) {
+            rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "gemm (oneDNN): out of memory for "
+                              "a %zu-byte scratchpad", e->scratch_bytes);
+            goto done;
+        }
+        void *aligned = raw + (SCRATCH_ALIGN - (uintptr_t)raw % SCRATCH_ALIGN) % SCRATCH_ALIGN;
+        st = dnnl_memory_create(&mem[3], &e->md[3], engine, aligned);
+        nargs = 4;
+    }
+    if (st == dnnl_success) {
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_WEIGHTS, mem[1]},
+                                   {DNNL_ARG_DST, mem[2]}, {DNNL_ARG_SCRATCHPAD, mem[3]}};
+        what = "execute";
+        st = dnnl_primitive_execute(e->prim, stream, nargs, args);
+        if (st == dnnl_success)
+            st = dnnl_stream_wait(stream);
+    }
+    if (st != dnnl_success)
+        rc = dnnl_fail(err, what, st, &k);
+done:
+    for (int i = 0; i < 4; i++)
+        if (mem[i])
+            dnnl_memory_destroy(mem[i]);
+    if (stream)
+        dnnl_stream_destroy(stream);
+    release(e, cached);
+    return rc;
+}
+
+static const char *isa_name(dnnl_cpu_isa_t isa)
+{
+    switch (isa) {
+    case dnnl_cpu_isa_sse41: return "sse41";
+    case dnnl_cpu_isa_avx: return "avx";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    default: return "other";
+    }
+}
+
+void ds__onednn_describe(char *buf, size_t size)
+{
+    const dnnl_version_t *v = dnnl_version();
+    snprintf(buf, size, "onednn %d.%d.%d isa %s", v->major, v->minor, v->patch,
+             isa_name(dnnl_get_effective_cpu_isa()));
+}
+
+ds__bf16_rate ds__onednn_bf16_rate(void)
+{
+    dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    if (isa == dnnl_cpu_isa_avx512_core_amx)
+        return DS__BF16_FAST;
+    if (isa != dnnl_cpu_isa_avx512_core_bf16)
+        return DS__BF16_NONE;
+    /* VDPBF16PS does 32 multiply-adds per 512-bit instruction. Intel cores issue one per cycle
+     * (port 0) against two f32 FMAs (16 each): the same rate. AMD's Zen 4 and later issue it at
+     * their full 512-bit rate, twice their f32 FMA rate. */
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") ? DS__BF16_FAST : DS__BF16_AS_F32;
+}
+
+#endif
