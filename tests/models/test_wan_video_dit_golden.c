@@ -1,0 +1,207 @@
+/* The Wan video DiT forward against upstream's own WanModel run through model_fn_wan_video
+ * (tests/golden/make_wan_video_dit_golden.py): 2 blocks at the real width of the config row
+ * each case copies, latents of 3 frames x 6 x 10 (non-square, several frames), batch 1 and 2,
+ * float32 and bfloat16. Weights and inputs are regenerated bit for bit by
+ * tests/tools/seeded_weights.c; only the outputs are stored. Then the step's input checks. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/float_convert.h"
+#include "core/safetensors.h"
+#include "kernels/ops.h"
+#include "models/model_class.h"
+#include "models/wan_video_dit.h"
+#include "test.h"
+#include "tools/golden_model.h"
+#include "tools/seeded_weights.h"
+
+#define WAN_CLASS "diffsynth.models.wan_video_dit.WanModel"
+#define SEED 2025
+#define GOLDEN "golden/wan_video_dit_2layers.safetensors"
+
+/* The config rows' kwargs with num_layers 2, as the script builds them. */
+#define KW_1_3B "\"patch_size\": [1, 2, 2], \"dim\": 1536, \"ffn_dim\": 8960, \"freq_dim\": 256, " \
+                "\"text_dim\": 4096, \"out_dim\": 16, \"num_heads\": 12, \"num_layers\": 2, "    \
+                "\"eps\": 1e-06"
+static const char *const T2V_KWARGS = "{\"has_image_input\": false, \"in_dim\": 16, " KW_1_3B "}";
+static const char *const I2V_KWARGS = "{\"has_image_input\": true, \"in_dim\": 36, " KW_1_3B "}";
+static const char *const TI2V_KWARGS =
+    "{\"has_image_input\": false, \"patch_size\": [1, 2, 2], \"in_dim\": 48, \"dim\": 3072, "
+    "\"ffn_dim\": 14336, \"freq_dim\": 256, \"text_dim\": 4096, \"out_dim\": 48, "
+    "\"num_heads\": 24, \"num_layers\": 2, \"eps\": 1e-06, \"seperated_timestep\": true, "
+    "\"require_clip_embedding\": false, \"require_vae_embedding\": false, "
+    "\"fuse_vae_embedding_in_latents\": true}";
+
+enum { FRAMES = 3, HEIGHT = 6, WIDTH = 10, TEXT_TOKENS = 7 };
+
+static ds_backend *cpu;
+static ds_safetensors *golden;
+
+static ds_tensor golden_tensor(const char *name)
+{
+    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
+    if (!e)
+        return (ds_tensor){0};
+    return ds_tensor_wrap(cpu, e->tensor.dtype, e->tensor.ndim, e->tensor.shape,
+                          (void *)e->tensor.data);
+}
+
+/* A case's batch-2 input: seeded_weights.tensor("input.<case>.<name>", shape, SEED, 1, 0). */
+typedef struct seeded_input {
+    ds_tensor t;    /* f32, or bf16 after to_bf16 */
+    float *data;
+} seeded_input;
+
+static int make_input(const char *c, const char *name, int ndim, const int64_t *shape,
+                      seeded_input *in)
+{
+    char full[128];
+    uint64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= (uint64_t)shape[i];
+    snprintf(full, sizeof full, "input.%s.%s", c, name);
+    in->data = malloc(n * sizeof(float));
+    if (!in->data)
+        return 0;
+    ds_seeded_fill(full, SEED, 1.0, 0.0f, in->data, n);
+    in->t = ds_tensor_wrap(cpu, DS_F32, ndim, shape, in->data);
+    return 1;
+}
+
+static void input_to_bf16(seeded_input *in)
+{
+    uint64_t n = ds_tensor_numel(&in->t);
+    uint16_t *h = (uint16_t *)in->data;
+    for (uint64_t k = 0; k < n; k++)
+        h[k] = ds_f32_to_bf16(in->data[k]);
+    in->t.dtype = DS_BF16;
+}
+
+/* The first `batch` items of a batch-2 input. */
+static ds_tensor first(const seeded_input *in, int64_t batch)
+{
+    ds_tensor t = in->t;
+    t.shape[0] = batch;
+    return t;
+}
+
+typedef struct golden_case {
+    const char *name, *kwargs;
+    int64_t channels;       /* latent channels (out_dim) */
+    int64_t y_channels;     /* 0: no y */
+    int clip;               /* CLIP tokens */
+    int fuse;               /* fuse_vae_embedding_in_latents */
+} golden_case;
+
+/* Runs the forward at batch 1 and 2 in the inputs' dtype and compares with
+ * <case>.b{1,2}.<tag>. */
+static void check_runs(const golden_case *gc, ds_loaded_model *model, seeded_input *inputs,
+                       const char *tag, double limit)
+{
+    char tname[64];
+    snprintf(tname, sizeof tname, "%s.timestep", gc->name);
+    ds_tensor ts = golden_tensor(tname);
+    REQUIRE(ts.data);
+    for (int64_t batch = 1; batch <= 2; batch++) {
+        ds_tensor lat = first(&inputs[0], batch), ctx = first(&inputs[1], batch), y, clip;
+        ds_tensor t = ts;
+        if (t.shape[0] == 2)
+            t.shape[0] = batch;
+        ds_wan_video_dit_inputs in = {.latents = &lat, .timestep = &t, .context = &ctx,
+                                      .fuse_vae_embedding_in_latents = gc->fuse};
+        int k = 2;
+        if (gc->y_channels) {
+            y = first(&inputs[k++], batch);
+            in.y = &y;
+        }
+        if (gc->clip) {
+            clip = first(&inputs[k++], batch);
+            in.clip_feature = &clip;
+        }
+        ds_tensor out;
+        ds_error err;
+        ds_step_context sc = {.backend = cpu};
+        REQUIRE(ds_tensor_alloc(cpu, lat.dtype, 5, lat.shape, &out, &err) == DS_OK);
+        int rc = ds_wan_video_dit_forward(model, &sc, &in, &out, &err);
+        CHECK_MSG(rc == DS_OK, "%s b%lld %s: %s", gc->name, (long long)batch, tag, err.message);
+        char gname[64];
+        snprintf(gname, sizeof gname, "%s.b%lld.%s", gc->name, (long long)batch, tag);
+        ds_tensor want = golden_tensor(gname);
+        REQUIRE(want.data);
+        if (rc == DS_OK) {
+            double rel = ds_golden_rel_l2(&out, &want);
+            fprintf(stderr, "  %s: rel L2 %.3g (limit %.0e)\n", gname, rel, limit);
+            CHECK_MSG(rel < limit, "%s: rel L2 %g", gname, rel);
+        }
+        ds_tensor_free(&out);
+    }
+}
+
+static void run_case(const golden_case *gc)
+{
+    ds_loaded_model model;
+    ds_golden_model_spec spec = {.model_class = WAN_CLASS, .kwargs_json = gc->kwargs,
+                                 .bounds = ds_golden_bounds_wan_video_dit, .seed = SEED};
+    REQUIRE(ds_golden_model_build(&spec, &model) == 0);
+    seeded_input inputs[4] = {0};
+    int count = 0;
+    REQUIRE(make_input(gc->name, "latents", 5,
+                       (const int64_t[]){2, gc->channels, FRAMES, HEIGHT, WIDTH},
+                       &inputs[count++]));
+    REQUIRE(make_input(gc->name, "context", 3, (const int64_t[]){2, TEXT_TOKENS, 4096},
+                       &inputs[count++]));
+    if (gc->y_channels)
+        REQUIRE(make_input(gc->name, "y", 5,
+                           (const int64_t[]){2, gc->y_channels, FRAMES, HEIGHT, WIDTH},
+                           &inputs[count++]));
+    if (gc->clip)
+        REQUIRE(make_input(gc->name, "clip_feature", 3, (const int64_t[]){2, 257, 1280},
+                           &inputs[count++]));
+    check_runs(gc, &model, inputs, "f32", 1e-4);
+    ds_golden_model_to_bf16(&model);
+    for (int i = 0; i < count; i++)
+        input_to_bf16(&inputs[i]);
+    check_runs(gc, &model, inputs, "bf16", 2e-2);
+    for (int i = 0; i < count; i++)
+        free(inputs[i].data);
+    ds_golden_model_free(&model);
+}
+
+static void test_t2v(void)
+{
+    golden_case gc = {"t2v", T2V_KWARGS, 16, 0, 0, 0};
+    run_case(&gc);
+}
+
+static void test_i2v(void)
+{
+    golden_case gc = {"i2v", I2V_KWARGS, 16, 20, 1, 0};
+    run_case(&gc);
+}
+
+static void test_ti2v(void)
+{
+    golden_case gc = {"ti2v", TI2V_KWARGS, 48, 0, 0, 1};
+    run_case(&gc);
+}
+
+int main(void)
+{
+    ds_error err;
+    const char *root = getenv("DS_TEST_DATA");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", root ? root : "tests/data", GOLDEN);
+    if (ds_cpu_backend_create(0, &cpu, &err) != DS_OK ||
+        ds_safetensors_open(path, 0, &golden, &err) != DS_OK) {
+        fprintf(stderr, "setup: %s\n", err.message);
+        return 1;
+    }
+    RUN(test_t2v);
+    RUN(test_i2v);
+    RUN(test_ti2v);
+    ds_safetensors_close(golden);
+    ds_backend_destroy(cpu);
+    return test_summary();
+}
