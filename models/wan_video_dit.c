@@ -19,6 +19,7 @@
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
+#include "models/wan_video_block.h"
 #include "models/weight_set.h"
 
 #define CLASS_NAME "diffsynth.models.wan_video_dit.WanModel"
@@ -28,7 +29,6 @@ enum {
     CLIP_TOKENS = 257,  /* CrossAttention splits this many context rows off as the image's */
     CLIP_POS_TOKENS = 514,
     REF_CHANNELS = 16,  /* ref_conv's input: one latent frame */
-    PATCH = 2,          /* the spatial patch; the temporal one is 1 */
 };
 
 /* What the kwargs decide (ds_module dims). */
@@ -66,33 +66,16 @@ typedef struct input_weights {
     ds__linear_weights control_res2;
 } input_weights;
 
-/* DiTBlock's parameters. */
-typedef struct block_weights {
-    ds_tensor modulation;        /* [1, 6, dim] */
-    ds__linear_weights sa_q, sa_k, sa_v, sa_o;
-    ds_tensor sa_norm_q, sa_norm_k; /* [dim]: RMSNorm over the whole width */
-    ds__linear_weights ca_q, ca_k, ca_v, ca_o;
-    ds_tensor ca_norm_q, ca_norm_k;
-    ds__linear_weights ca_k_img, ca_v_img;
-    ds_tensor ca_norm_k_img;
-    ds_tensor norm3_w, norm3_b;  /* LayerNorm with affine before the cross-attention */
-    ds__linear_weights ffn_1;    /* [ffn_dim, dim] */
-    ds__linear_weights ffn_2;    /* [dim, ffn_dim] */
-} block_weights;
-
 typedef struct output_weights {
     ds_tensor modulation;   /* head.modulation [1, 2, dim] */
     ds__linear_weights head; /* [out_dim * 4, dim] */
 } output_weights;
 
 enum { INPUTS, BLOCKS, OUTPUTS };
-enum { SELF_ATTN, CROSS_ATTN, FFN };
 static const char *const input_units[] = {"input"};
-static const char *const block_units[] = {"self_attn", "cross_attn", "ffn"};
 static const char *const output_units[] = {"head"};
 
 #define IN(f) offsetof(input_weights, f)
-#define BLOCK(f) offsetof(block_weights, f)
 #define OUT(f) offsetof(output_weights, f)
 #define D(i) DS_MODULE_DIM(i)
 #define LINEAR(name, out, in, unit, field, when) \
@@ -106,7 +89,7 @@ static const char *const output_units[] = {"head"};
  * declared here, with the inputs it is used with (the hash sorts the names). ref_conv and the
  * control adapter take inputs this forward does not, so they are declared only. */
 static const ds_module input_modules[] = {
-    {"patch_embedding", DS_MODULE_CONV, 5, {D(KW_DIM), D(KW_IN_DIM), 1, PATCH, PATCH}, 0,
+    {"patch_embedding", DS_MODULE_CONV, 5, {D(KW_DIM), D(KW_IN_DIM), 1, DS__WAN_PATCH, DS__WAN_PATCH}, 0,
      IN(patch_embedding), 0},
     LINEAR("text_embedding.0", D(KW_DIM), D(KW_TEXT_DIM), 0, IN(text_1), 0),
     LINEAR("text_embedding.2", D(KW_DIM), D(KW_DIM), 0, IN(text_2), 0),
@@ -121,9 +104,9 @@ static const ds_module input_modules[] = {
     LINEAR("img_emb.proj.3", D(KW_DIM), CLIP_DIM, 0, IN(clip_2), DS_MODULE_IF(KW_IMAGE)),
     VEC("img_emb.proj.4", D(KW_DIM), 0, IN(clip_ln2_w), DS_MODULE_IF(KW_IMAGE)),
     BIAS("img_emb.proj.4.bias", D(KW_DIM), 0, IN(clip_ln2_b), DS_MODULE_IF(KW_IMAGE)),
-    {"ref_conv", DS_MODULE_CONV, 4, {D(KW_DIM), REF_CHANNELS, PATCH, PATCH}, DS_MODULE_NO_UNIT,
+    {"ref_conv", DS_MODULE_CONV, 4, {D(KW_DIM), REF_CHANNELS, DS__WAN_PATCH, DS__WAN_PATCH}, DS_MODULE_NO_UNIT,
      IN(ref_conv), DS_MODULE_IF(KW_REF_CONV)},
-    {"control_adapter.conv", DS_MODULE_CONV, 4, {D(KW_DIM), D(KW_CONTROL_IN), PATCH, PATCH},
+    {"control_adapter.conv", DS_MODULE_CONV, 4, {D(KW_DIM), D(KW_CONTROL_IN), DS__WAN_PATCH, DS__WAN_PATCH},
      DS_MODULE_NO_UNIT, IN(control_conv), DS_MODULE_IF(KW_CONTROL)},
     {"control_adapter.residual_blocks.0.conv1", DS_MODULE_CONV, 4, {D(KW_DIM), D(KW_DIM), 3, 3},
      DS_MODULE_NO_UNIT, IN(control_res1), DS_MODULE_IF(KW_CONTROL)},
@@ -131,31 +114,8 @@ static const ds_module input_modules[] = {
      DS_MODULE_NO_UNIT, IN(control_res2), DS_MODULE_IF(KW_CONTROL)},
 };
 
-/* DiTBlock, in state_dict order (its own modulation first). */
 static const ds_module block_modules[] = {
-    {"modulation", DS_MODULE_TENSOR, 3, {1, 6, D(KW_DIM)}, SELF_ATTN, BLOCK(modulation), 0},
-    LINEAR("self_attn.q", D(KW_DIM), D(KW_DIM), SELF_ATTN, BLOCK(sa_q), 0),
-    LINEAR("self_attn.k", D(KW_DIM), D(KW_DIM), SELF_ATTN, BLOCK(sa_k), 0),
-    LINEAR("self_attn.v", D(KW_DIM), D(KW_DIM), SELF_ATTN, BLOCK(sa_v), 0),
-    LINEAR("self_attn.o", D(KW_DIM), D(KW_DIM), SELF_ATTN, BLOCK(sa_o), 0),
-    VEC("self_attn.norm_q", D(KW_DIM), SELF_ATTN, BLOCK(sa_norm_q), 0),
-    VEC("self_attn.norm_k", D(KW_DIM), SELF_ATTN, BLOCK(sa_norm_k), 0),
-    LINEAR("cross_attn.q", D(KW_DIM), D(KW_DIM), CROSS_ATTN, BLOCK(ca_q), 0),
-    LINEAR("cross_attn.k", D(KW_DIM), D(KW_DIM), CROSS_ATTN, BLOCK(ca_k), 0),
-    LINEAR("cross_attn.v", D(KW_DIM), D(KW_DIM), CROSS_ATTN, BLOCK(ca_v), 0),
-    LINEAR("cross_attn.o", D(KW_DIM), D(KW_DIM), CROSS_ATTN, BLOCK(ca_o), 0),
-    VEC("cross_attn.norm_q", D(KW_DIM), CROSS_ATTN, BLOCK(ca_norm_q), 0),
-    VEC("cross_attn.norm_k", D(KW_DIM), CROSS_ATTN, BLOCK(ca_norm_k), 0),
-    LINEAR("cross_attn.k_img", D(KW_DIM), D(KW_DIM), CROSS_ATTN, BLOCK(ca_k_img),
-           DS_MODULE_IF(KW_IMAGE)),
-    LINEAR("cross_attn.v_img", D(KW_DIM), D(KW_DIM), CROSS_ATTN, BLOCK(ca_v_img),
-           DS_MODULE_IF(KW_IMAGE)),
-    VEC("cross_attn.norm_k_img", D(KW_DIM), CROSS_ATTN, BLOCK(ca_norm_k_img),
-        DS_MODULE_IF(KW_IMAGE)),
-    VEC("norm3", D(KW_DIM), CROSS_ATTN, BLOCK(norm3_w), 0),
-    BIAS("norm3.bias", D(KW_DIM), CROSS_ATTN, BLOCK(norm3_b), 0),
-    LINEAR("ffn.0", D(KW_FFN), D(KW_DIM), FFN, BLOCK(ffn_1), 0),
-    LINEAR("ffn.2", D(KW_DIM), D(KW_FFN), FFN, BLOCK(ffn_2), 0),
+    DS__WAN_BLOCK_MODULES(D(KW_DIM), D(KW_FFN), DS_MODULE_IF(KW_IMAGE))
 };
 
 static const ds_module output_modules[] = {
@@ -165,8 +125,8 @@ static const ds_module output_modules[] = {
 
 static const ds_module_group groups[] = {
     [INPUTS] = {"", 0, input_modules, COUNT(input_modules), input_units, COUNT(input_units)},
-    [BLOCKS] = {"blocks.%lld.", D(KW_LAYERS), block_modules, COUNT(block_modules), block_units,
-                COUNT(block_units)},
+    [BLOCKS] = {"blocks.%lld.", D(KW_LAYERS), block_modules, COUNT(block_modules),
+                ds__wan_block_units, DS__WAN_BLOCK_UNITS},
     [OUTPUTS] = {"", 0, output_modules, COUNT(output_modules), output_units,
                  COUNT(output_units)},
 };
@@ -270,7 +230,7 @@ static int read_config(ds_kwargs *kw, wan_config *c, ds_error *err)
     if (!patch_present)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "%s: missing required keyword argument \"patch_size\"", CLASS_NAME);
-    if (patch_count != 3 || patch[0] != 1 || patch[1] != PATCH || patch[2] != PATCH)
+    if (patch_count != 3 || patch[0] != 1 || patch[1] != DS__WAN_PATCH || patch[2] != DS__WAN_PATCH)
         return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                             "%s: keyword argument \"patch_size\" other than [1, 2, 2] is not "
                             "implemented", CLASS_NAME);
@@ -293,7 +253,7 @@ static void config_dims(const wan_config *c, int64_t dims[KW_COUNT])
     dims[KW_FFN] = c->ffn_dim;
     dims[KW_LAYERS] = c->num_layers;
     dims[KW_IN_DIM] = c->in_dim;
-    dims[KW_HEAD_OUT] = c->out_dim * PATCH * PATCH;
+    dims[KW_HEAD_OUT] = c->out_dim * DS__WAN_PATCH * DS__WAN_PATCH;
     dims[KW_TEXT_DIM] = c->text_dim;
     dims[KW_FREQ_DIM] = c->freq_dim;
     dims[KW_IMAGE] = c->has_image_input;
@@ -327,136 +287,21 @@ static int model_config(const ds_loaded_model *m, wan_config *c, ds_error *err)
 
 /* ---- Forward pass ---- */
 
-typedef struct dit_dims {
-    int64_t batch, frames, grid_h, grid_w; /* B and the token grid f x h x w */
-    int64_t tokens;      /* N = f h w */
-    int64_t text_len;    /* L */
-    int64_t mod_rows;    /* R: rows of the time conditioning (B, or 1 with per-token time) */
-    int64_t mod_tokens;  /* S: 1, or N with per-token time */
-    int64_t dim, heads, head_dim, ffn_dim, in_dim, out_dim, text_dim, freq_dim;
-    float eps;
-    int image;           /* CLIP tokens in the cross-attention */
-    ds_dtype dtype;
-} dit_dims;
-
-typedef struct dit_state {
-    ds_tensor time_host;   /* [R * S] f32: the timestep per conditioning row */
-    ds_tensor cos, sin;    /* [N, head_dim / 2] f32: 3-D RoPE */
-    ds_tensor latents_dev, y_dev, context_dev, clip_dev; /* uploads (non-host backends) */
-    ds_tensor x_cat;       /* [B, in_dim, F, H, W]: latents with y concatenated */
-    ds_tensor packed;      /* [B, N, in_dim * 4] */
-    ds_tensor x;           /* [B, N, dim]: the token stream */
-    ds_tensor ctx_hidden;  /* [B, L, dim] */
-    ds_tensor ctx;         /* [B, L, dim]: text_embedding(context) */
-    ds_tensor clip_a, clip_b; /* [B, 257, 1280] */
-    ds_tensor clip_c;      /* [B, 257, dim] */
-    ds_tensor img;         /* [B, 257, dim]: img_emb(clip_feature) */
-    ds_tensor freq;        /* [R S, freq_dim] */
-    ds_tensor t_hidden;    /* [R S, dim] */
-    ds_tensor t;           /* [R S, dim]: time_embedding */
-    ds_tensor t_silu;      /* [R S, dim] */
-    ds_tensor t_mod;       /* [R, S, 6, dim]: time_projection */
-    ds_tensor mod_sum;     /* [R, S, 6, dim]: block modulation + t_mod */
-    ds_tensor mod[6];      /* [R, S, 1, dim] each */
-    ds_tensor head_t;      /* [R, S, 2, dim]: t twice, + head modulation */
-    ds_tensor head_mod[2]; /* [R, S, 1, dim]: shift, scale */
-    ds_tensor xn;          /* [B, N, dim]: normed (and modulated) stream */
-    ds_tensor q, k, v;     /* [B, N, dim] */
-    ds_tensor attn;        /* [B, N, dim] */
-    ds_tensor attn_img;    /* [B, N, dim] */
-    ds_tensor y;           /* [B, N, dim]: a sublayer's output */
-    ds_tensor kc, vc;      /* [B, L, dim] */
-    ds_tensor ki, vi;      /* [B, 257, dim] */
-    ds_tensor hidden;      /* [B, N, ffn_dim] */
-    ds_tensor head_out;    /* [B, N, out_dim * 4], layout (1, 2, 2, c) */
-    ds_tensor head_perm;   /* [B, N, out_dim, 2, 2] */
-    ds_tensor noise;       /* [B, out_dim, F, H, W] (non-host backends) */
-} dit_state;
-
-#define STATE_TENSORS 48
-
-static size_t state_tensors(dit_state *s, ds_tensor **out)
+static void state_free(ds__wan_state *s)
 {
-    ds_tensor *all[] = {
-        &s->time_host, &s->cos, &s->sin, &s->latents_dev, &s->y_dev, &s->context_dev,
-        &s->clip_dev, &s->x_cat, &s->packed, &s->x, &s->ctx_hidden, &s->ctx, &s->clip_a,
-        &s->clip_b, &s->clip_c, &s->img, &s->freq, &s->t_hidden, &s->t, &s->t_silu, &s->t_mod,
-        &s->mod_sum, &s->head_t, &s->xn, &s->q, &s->k, &s->v, &s->attn, &s->attn_img, &s->y,
-        &s->kc, &s->vc, &s->ki, &s->vi, &s->hidden, &s->head_out, &s->head_perm, &s->noise,
-    };
-    size_t n = 0;
-    for (size_t i = 0; i < COUNT(all); i++)
-        out[n++] = all[i];
-    for (int i = 0; i < 6; i++)
-        out[n++] = &s->mod[i];
-    for (int i = 0; i < 2; i++)
-        out[n++] = &s->head_mod[i];
-    return n;
-}
-
-static void state_free(dit_state *s)
-{
-    ds_tensor *all[STATE_TENSORS];
-    size_t n = state_tensors(s, all);
+    ds_tensor *all[DS__WAN_STATE_TENSORS];
+    size_t n = ds__wan_state_tensors(s, all);
     for (size_t i = 0; i < n; i++)
         ds_tensor_free(all[i]);
 }
 
-static size_t state_bytes(dit_state *s)
+static size_t state_bytes(ds__wan_state *s)
 {
-    ds_tensor *all[STATE_TENSORS];
-    return ds_module_bytes(all, state_tensors(s, all));
+    ds_tensor *all[DS__WAN_STATE_TENSORS];
+    return ds_module_bytes(all, ds__wan_state_tensors(s, all));
 }
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
-
-static int linear(ds_backend *b, const ds_tensor *x, const ds__linear_weights *w,
-                  ds_activation act, ds_tensor *y, ds_error *err)
-{
-    ds_linear_args a = {x, &w->weight, &w->bias, 1.0f, act, y};
-    return ds_linear(b, NULL, &a, err);
-}
-
-static int layer_norm(ds_backend *b, const ds_tensor *x, const ds_tensor *w, const ds_tensor *bias,
-                      float eps, ds_tensor *y, ds_error *err)
-{
-    ds_layer_norm_args a = {x, w, bias, eps, y};
-    return ds_layer_norm(b, NULL, &a, err);
-}
-
-/* modulate(norm(x), shift, scale): LayerNorm without affine, then x * (1 + scale) + shift. */
-static int norm_modulate(ds_backend *b, const dit_dims *d, const ds_tensor *x,
-                         const ds_tensor *shift, const ds_tensor *scale, ds_tensor *y,
-                         ds_error *err)
-{
-    ds_tensor sh = ds_module_view(shift, 3, SHAPE(d->mod_rows, d->mod_tokens, d->dim));
-    ds_tensor sc = ds_module_view(scale, 3, SHAPE(d->mod_rows, d->mod_tokens, d->dim));
-    ds_modulate_args mod = {y, &sc, &sh, y};
-    int rc = layer_norm(b, x, NULL, NULL, d->eps, y, err);
-    return rc != DS_OK ? rc : ds_modulate(b, NULL, &mod, err);
-}
-
-/* x += gate * y, the gate one [R, S, 1, dim] chunk of the modulation. */
-static int gate(ds_backend *b, const dit_dims *d, ds_tensor *x, const ds_tensor *g,
-                const ds_tensor *y, ds_error *err)
-{
-    ds_tensor g3 = ds_module_view(g, 3, SHAPE(d->mod_rows, d->mod_tokens, d->dim));
-    ds_gated_residual_args a = {x, &g3, y, x};
-    return ds_gated_residual(b, NULL, &a, err);
-}
-
-/* (modulation + t_mod).chunk(n) along the chunk axis into parts [R, S, 1, dim]. */
-static int add_and_chunk(ds_backend *b, const ds_tensor *sum_in, const ds_tensor *modulation,
-                         ds_tensor *sum, int n, ds_tensor *parts, ds_error *err)
-{
-    ds_binary_args add = {sum_in, modulation, DS_BINARY_ADD, sum};
-    int rc = ds_binary(b, NULL, &add, err);
-    for (int i = 0; rc == DS_OK && i < n; i++) {
-        ds_slice_args a = {sum, 2, i, &parts[i]};
-        rc = ds_slice(b, NULL, &a, err);
-    }
-    return rc;
-}
 
 /* ---- RoPE (precompute_freqs_cis_3d) ---- */
 
@@ -464,7 +309,7 @@ static int add_and_chunk(ds_backend *b, const ds_tensor *sum_in, const ds_tensor
  * head_dim / 3, head_dim / 3 channels; pair j of an axis of c channels turns by
  * pos / 10000^(2j / c). Upstream computes the angles and the rotation in float64; the angle's
  * cos and sin are kept in f32 here. */
-static int rope_tables(const dit_dims *d, dit_state *s, ds_error *err)
+static int rope_tables(const ds__wan_dims *d, ds__wan_state *s, ds_error *err)
 {
     int64_t pairs = d->head_dim / 2, n = d->tokens;
     int64_t axis_dim[3] = {d->head_dim - 2 * (d->head_dim / 3), d->head_dim / 3,
@@ -495,177 +340,67 @@ static int rope_tables(const dit_dims *d, dit_state *s, ds_error *err)
 
 /* ---- Modules ---- */
 
-/* q = RoPE(norm_q(q(x))) viewed in heads; the RMSNorm spans the whole width. */
-static int project_rope(ds_backend *b, const dit_dims *d, const ds_tensor *x,
-                        const ds__linear_weights *proj, const ds_tensor *norm, dit_state *s,
-                        ds_tensor *out, ds_error *err)
+static int layer_norm(ds_backend *b, const ds_tensor *x, const ds_tensor *w, const ds_tensor *bias,
+                      float eps, ds_tensor *y, ds_error *err)
 {
-    ds_rms_norm_args rn = {out, norm, d->eps, out};
-    ds_tensor heads = ds_module_view(out, 4, SHAPE(d->batch, d->tokens, d->heads, d->head_dim));
-    ds_rope_args rope = {&heads, &s->cos, &s->sin, DS_ROPE_INTERLEAVED, &heads};
-    int rc;
-    if ((rc = linear(b, x, proj, DS_ACT_NONE, out, err)) != DS_OK ||
-        (rc = ds_rms_norm(b, NULL, &rn, err)) != DS_OK)
-        return rc;
-    return ds_rope(b, NULL, &rope, err);
-}
-
-/* flash_attention(q, k, v, num_heads) on [B, S, dim] tensors. */
-static int attention(ds_backend *b, const dit_dims *d, const ds_tensor *q, const ds_tensor *k,
-                     const ds_tensor *v, ds_tensor *out, ds_error *err)
-{
-    ds_tensor q4 = ds_module_view(q, 4, SHAPE(q->shape[0], q->shape[1], d->heads, d->head_dim));
-    ds_tensor k4 = ds_module_view(k, 4, SHAPE(k->shape[0], k->shape[1], d->heads, d->head_dim));
-    ds_tensor v4 = ds_module_view(v, 4, SHAPE(v->shape[0], v->shape[1], d->heads, d->head_dim));
-    ds_tensor o4 = ds_module_view(out, 4,
-                                  SHAPE(out->shape[0], out->shape[1], d->heads, d->head_dim));
-    ds_attention_args a = {&q4, &k4, &v4, NULL, 1.0f / sqrtf((float)d->head_dim), 0, &o4};
-    return ds_attention(b, NULL, &a, err);
-}
-
-/* SelfAttention: o(attn(RoPE(norm_q(q(x))), RoPE(norm_k(k(x))), v(x))). */
-static int self_attention(ds_backend *b, const dit_dims *d, const block_weights *w,
-                          dit_state *s, ds_error *err)
-{
-    int rc;
-    if ((rc = project_rope(b, d, &s->xn, &w->sa_q, &w->sa_norm_q, s, &s->q, err)) != DS_OK ||
-        (rc = project_rope(b, d, &s->xn, &w->sa_k, &w->sa_norm_k, s, &s->k, err)) != DS_OK ||
-        (rc = linear(b, &s->xn, &w->sa_v, DS_ACT_NONE, &s->v, err)) != DS_OK ||
-        (rc = attention(b, d, &s->q, &s->k, &s->v, &s->attn, err)) != DS_OK)
-        return rc;
-    return linear(b, &s->attn, &w->sa_o, DS_ACT_NONE, &s->y, err);
-}
-
-/* CrossAttention: the text keys, and (has_image_input) the CLIP tokens' keys in a second
- * attention whose output is added. */
-static int cross_attention(ds_backend *b, const dit_dims *d, const block_weights *w,
-                           dit_state *s, ds_error *err)
-{
-    ds_rms_norm_args nq = {&s->q, &w->ca_norm_q, d->eps, &s->q};
-    ds_rms_norm_args nk = {&s->kc, &w->ca_norm_k, d->eps, &s->kc};
-    int rc;
-    if ((rc = linear(b, &s->xn, &w->ca_q, DS_ACT_NONE, &s->q, err)) != DS_OK ||
-        (rc = ds_rms_norm(b, NULL, &nq, err)) != DS_OK ||
-        (rc = linear(b, &s->ctx, &w->ca_k, DS_ACT_NONE, &s->kc, err)) != DS_OK ||
-        (rc = ds_rms_norm(b, NULL, &nk, err)) != DS_OK ||
-        (rc = linear(b, &s->ctx, &w->ca_v, DS_ACT_NONE, &s->vc, err)) != DS_OK ||
-        (rc = attention(b, d, &s->q, &s->kc, &s->vc, &s->attn, err)) != DS_OK)
-        return rc;
-    if (d->image) {
-        ds_rms_norm_args ni = {&s->ki, &w->ca_norm_k_img, d->eps, &s->ki};
-        ds_binary_args add = {&s->attn, &s->attn_img, DS_BINARY_ADD, &s->attn};
-        if ((rc = linear(b, &s->img, &w->ca_k_img, DS_ACT_NONE, &s->ki, err)) != DS_OK ||
-            (rc = ds_rms_norm(b, NULL, &ni, err)) != DS_OK ||
-            (rc = linear(b, &s->img, &w->ca_v_img, DS_ACT_NONE, &s->vi, err)) != DS_OK ||
-            (rc = attention(b, d, &s->q, &s->ki, &s->vi, &s->attn_img, err)) != DS_OK ||
-            (rc = ds_binary(b, NULL, &add, err)) != DS_OK)
-            return rc;
-    }
-    return linear(b, &s->attn, &w->ca_o, DS_ACT_NONE, &s->y, err);
-}
-
-/* DiTBlock.forward, the engine making each unit's weights usable before their first use. */
-static int dit_block(ds_backend *b, ds_module_run *r, int64_t i, const dit_dims *d,
-                     dit_state *s, ds_error *err)
-{
-    block_weights w;
-    ds_binary_args add = {&s->x, &s->y, DS_BINARY_ADD, &s->x};
-    int rc;
-    /* shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp. */
-    if ((rc = ds_module_use(r, BLOCKS, i, SELF_ATTN, &w, err)) != DS_OK ||
-        (rc = add_and_chunk(b, &s->t_mod, &w.modulation, &s->mod_sum, 6, s->mod, err)) !=
-            DS_OK ||
-        (rc = norm_modulate(b, d, &s->x, &s->mod[0], &s->mod[1], &s->xn, err)) != DS_OK ||
-        (rc = self_attention(b, d, &w, s, err)) != DS_OK ||
-        (rc = gate(b, d, &s->x, &s->mod[2], &s->y, err)) != DS_OK)
-        return rc;
-    /* x = x + cross_attn(norm3(x), context). */
-    if ((rc = ds_module_use(r, BLOCKS, i, CROSS_ATTN, &w, err)) != DS_OK ||
-        (rc = layer_norm(b, &s->x, &w.norm3_w, &w.norm3_b, d->eps, &s->xn, err)) != DS_OK ||
-        (rc = cross_attention(b, d, &w, s, err)) != DS_OK ||
-        (rc = ds_binary(b, NULL, &add, err)) != DS_OK)
-        return rc;
-    /* x = x + gate_mlp * ffn(modulate(norm2(x), shift_mlp, scale_mlp)). */
-    if ((rc = ds_module_use(r, BLOCKS, i, FFN, &w, err)) != DS_OK ||
-        (rc = norm_modulate(b, d, &s->x, &s->mod[3], &s->mod[4], &s->xn, err)) != DS_OK ||
-        (rc = linear(b, &s->xn, &w.ffn_1, DS_ACT_GELU_TANH, &s->hidden, err)) != DS_OK ||
-        (rc = linear(b, &s->hidden, &w.ffn_2, DS_ACT_NONE, &s->y, err)) != DS_OK ||
-        (rc = gate(b, d, &s->x, &s->mod[5], &s->y, err)) != DS_OK)
-        return rc;
-    return ds_module_done(r, err);
-}
-
-/* Patchify: conv3d with kernel = stride = (1, 2, 2) is the 2x2 packing of the frames stacked
- * along the height, then a linear with the kernel flattened (c, i, j) as the packing's
- * channels are. */
-static int patch_embedding(ds_backend *b, const dit_dims *d, const input_weights *w,
-                           const ds_tensor *x_in, dit_state *s, ds_error *err)
-{
-    ds_tensor stacked = ds_module_view(x_in, 4, SHAPE(d->batch, d->in_dim,
-                                                           d->frames * d->grid_h * PATCH,
-                                                           d->grid_w * PATCH));
-    ds_patchify_args pack = {&stacked, PATCH, &s->packed};
-    ds__linear_weights flat = w->patch_embedding;
-    flat.weight = ds_module_view(&w->patch_embedding.weight, 2,
-                                 SHAPE(d->dim, d->in_dim * PATCH * PATCH));
-    int rc = ds_patchify(b, NULL, &pack, err);
-    return rc != DS_OK ? rc : linear(b, &s->packed, &flat, DS_ACT_NONE, &s->x, err);
+    ds_layer_norm_args a = {x, w, bias, eps, y};
+    return ds_layer_norm(b, NULL, &a, err);
 }
 
 /* img_emb (MLP): LayerNorm, Linear, GELU (erf), Linear, LayerNorm. */
 static int image_embedding(ds_backend *b, const input_weights *w, const ds_tensor *clip,
-                           dit_state *s, ds_error *err)
+                           ds__wan_state *s, ds_error *err)
 {
     int rc;
     if ((rc = layer_norm(b, clip, &w->clip_ln1_w, &w->clip_ln1_b, 1e-5f, &s->clip_a, err)) !=
             DS_OK ||
-        (rc = linear(b, &s->clip_a, &w->clip_1, DS_ACT_GELU_ERF, &s->clip_b, err)) != DS_OK ||
-        (rc = linear(b, &s->clip_b, &w->clip_2, DS_ACT_NONE, &s->clip_c, err)) != DS_OK)
+        (rc = ds__wan_linear(b, &s->clip_a, &w->clip_1, DS_ACT_GELU_ERF, &s->clip_b, err)) != DS_OK ||
+        (rc = ds__wan_linear(b, &s->clip_b, &w->clip_2, DS_ACT_NONE, &s->clip_c, err)) != DS_OK)
         return rc;
     return layer_norm(b, &s->clip_c, &w->clip_ln2_w, &w->clip_ln2_b, 1e-5f, &s->img, err);
 }
 
 /* sinusoidal_embedding_1d ([cos | sin], in the compute dtype), time_embedding and
  * time_projection: t [R S, dim] and t_mod [R, S, 6, dim]. */
-static int time_embedding(ds_backend *b, const dit_dims *d, const input_weights *w,
-                          dit_state *s, ds_error *err)
+static int time_embedding(ds_backend *b, const ds__wan_dims *d, const input_weights *w,
+                          ds__wan_state *s, ds_error *err)
 {
     ds_timestep_embedding_args te = {&s->time_host, 1, 0.0f, 1.0f, 10000.0f, &s->freq};
     ds_activation_args act = {&s->t, DS_ACT_SILU, &s->t_silu};
     ds_tensor mod2 = ds_module_view(&s->t_mod, 2, SHAPE(d->mod_rows * d->mod_tokens, 6 * d->dim));
     int rc;
     if ((rc = ds_timestep_embedding(b, NULL, &te, err)) != DS_OK ||
-        (rc = linear(b, &s->freq, &w->time_1, DS_ACT_SILU, &s->t_hidden, err)) != DS_OK ||
-        (rc = linear(b, &s->t_hidden, &w->time_2, DS_ACT_NONE, &s->t, err)) != DS_OK ||
+        (rc = ds__wan_linear(b, &s->freq, &w->time_1, DS_ACT_SILU, &s->t_hidden, err)) != DS_OK ||
+        (rc = ds__wan_linear(b, &s->t_hidden, &w->time_2, DS_ACT_NONE, &s->t, err)) != DS_OK ||
         (rc = ds_activate(b, NULL, &act, err)) != DS_OK)
         return rc;
-    return linear(b, &s->t_silu, &w->time_projection, DS_ACT_NONE, &mod2, err);
+    return ds__wan_linear(b, &s->t_silu, &w->time_projection, DS_ACT_NONE, &mod2, err);
 }
 
 /* Head: modulate(norm(x), shift, scale) with (modulation + t).chunk(2), then head; the result
  * unpatchified "b (f h w) (x y z c) -> b c (f x) (h y) (w z)". */
-static int head(ds_backend *b, const dit_dims *d, const output_weights *w, dit_state *s,
+static int head(ds_backend *b, const ds__wan_dims *d, const output_weights *w, ds__wan_state *s,
                 ds_tensor *noise, ds_error *err)
 {
     ds_tensor t4 = ds_module_view(&s->t, 4, SHAPE(d->mod_rows, d->mod_tokens, 1, d->dim));
     const ds_tensor *twice[] = {&t4, &t4};
     ds_concat_args cat = {twice, 2, 2, &s->head_t};
     ds_tensor out5 = ds_module_view(&s->head_out, 5,
-                                    SHAPE(d->batch, d->tokens, PATCH, PATCH, d->out_dim));
+                                    SHAPE(d->batch, d->tokens, DS__WAN_PATCH, DS__WAN_PATCH, d->out_dim));
     ds_permute_args perm = {&out5, {0, 1, 4, 2, 3}, &s->head_perm};
     ds_tensor packed = ds_module_view(&s->head_perm, 3,
-                                      SHAPE(d->batch, d->tokens, d->out_dim * PATCH * PATCH));
+                                      SHAPE(d->batch, d->tokens, d->out_dim * DS__WAN_PATCH * DS__WAN_PATCH));
     ds_tensor stacked = ds_module_view(noise, 4, SHAPE(d->batch, d->out_dim,
-                                                       d->frames * d->grid_h * PATCH,
-                                                       d->grid_w * PATCH));
-    ds_patchify_args unpack = {&stacked, PATCH, &packed};
+                                                       d->frames * d->grid_h * DS__WAN_PATCH,
+                                                       d->grid_w * DS__WAN_PATCH));
+    ds_patchify_args unpack = {&stacked, DS__WAN_PATCH, &packed};
     int rc;
     if ((rc = ds_concat(b, NULL, &cat, err)) != DS_OK ||
-        (rc = add_and_chunk(b, &s->head_t, &w->modulation, &s->head_t, 2, s->head_mod, err)) !=
+        (rc = ds__wan_add_and_chunk(b, &s->head_t, &w->modulation, &s->head_t, 2, s->head_mod, err)) !=
             DS_OK ||
-        (rc = norm_modulate(b, d, &s->x, &s->head_mod[0], &s->head_mod[1], &s->xn, err)) !=
+        (rc = ds__wan_norm_modulate(b, d, &s->x, &s->head_mod[0], &s->head_mod[1], &s->xn, err)) !=
             DS_OK ||
-        (rc = linear(b, &s->xn, &w->head, DS_ACT_NONE, &s->head_out, err)) != DS_OK ||
+        (rc = ds__wan_linear(b, &s->xn, &w->head, DS_ACT_NONE, &s->head_out, err)) != DS_OK ||
         (rc = ds_permute(b, NULL, &perm, err)) != DS_OK)
         return rc;
     return ds_unpatchify(b, NULL, &unpack, err);
@@ -680,7 +415,7 @@ static int float_dtype(ds_dtype t)
 
 /* Checks the inputs against the model; fills dims. */
 static int check_inputs(const wan_config *c, const ds_wan_video_dit_inputs *in,
-                        const ds_tensor *out, dit_dims *d, ds_error *err)
+                        const ds_tensor *out, ds__wan_dims *d, ds_error *err)
 {
     char expected[192];
     const ds_tensor *lat = in->latents;
@@ -691,11 +426,11 @@ static int check_inputs(const wan_config *c, const ds_wan_video_dit_inputs *in,
              "[B, %lld, F, H, W] f32 or bf16 with H and W even (out_dim channels; patch size "
              "[1, 2, 2])", (long long)c->out_dim);
     if (!float_dtype(lat->dtype) || lat->ndim != 5 || lat->shape[0] < 1 ||
-        lat->shape[1] != c->out_dim || lat->shape[2] < 1 || lat->shape[3] < PATCH ||
-        lat->shape[4] < PATCH || lat->shape[3] % PATCH || lat->shape[4] % PATCH || !lat->data)
+        lat->shape[1] != c->out_dim || lat->shape[2] < 1 || lat->shape[3] < DS__WAN_PATCH ||
+        lat->shape[4] < DS__WAN_PATCH || lat->shape[3] % DS__WAN_PATCH || lat->shape[4] % DS__WAN_PATCH || !lat->data)
         return ds_module_bad_tensor("forward", "input", "latents", lat, expected, err);
-    *d = (dit_dims){.batch = lat->shape[0], .frames = lat->shape[2],
-                    .grid_h = lat->shape[3] / PATCH, .grid_w = lat->shape[4] / PATCH,
+    *d = (ds__wan_dims){.batch = lat->shape[0], .frames = lat->shape[2],
+                    .grid_h = lat->shape[3] / DS__WAN_PATCH, .grid_w = lat->shape[4] / DS__WAN_PATCH,
                     .dim = c->dim, .heads = c->num_heads, .head_dim = c->dim / c->num_heads,
                     .ffn_dim = c->ffn_dim, .in_dim = c->in_dim, .out_dim = c->out_dim,
                     .text_dim = c->text_dim, .freq_dim = c->freq_dim, .eps = (float)c->eps,
@@ -792,8 +527,8 @@ static int check_inputs(const wan_config *c, const ds_wan_video_dit_inputs *in,
 
 /* The timestep per conditioning row, rounded to the compute dtype as the pipeline passes it
  * (timestep.to(torch_dtype)); per token, the first frame's h w tokens get 0. */
-static int upload_time(const dit_dims *d, const ds_tensor *timestep, ds_backend *b,
-                       dit_state *s, ds_error *err)
+static int upload_time(const ds__wan_dims *d, const ds_tensor *timestep, ds_backend *b,
+                       ds__wan_state *s, ds_error *err)
 {
     int64_t rows = d->mod_rows * d->mod_tokens;
     float *tv = malloc((size_t)rows * sizeof *tv);
@@ -815,7 +550,7 @@ static int upload_time(const dit_dims *d, const ds_tensor *timestep, ds_backend 
     return rc;
 }
 
-static int alloc_state(const dit_dims *d, ds_backend *b, dit_state *s, ds_error *err)
+static int alloc_state(const ds__wan_dims *d, ds_backend *b, ds__wan_state *s, ds_error *err)
 {
     int64_t B = d->batch, N = d->tokens, L = d->text_len, R = d->mod_rows, S = d->mod_tokens;
     int64_t D = d->dim;
@@ -823,7 +558,7 @@ static int alloc_state(const dit_dims *d, ds_backend *b, dit_state *s, ds_error 
     int rc;
     if ((rc = ds_module_alloc(b, DS_F32, 2, SHAPE(N, d->head_dim / 2),
                               DS_TENSORS(&s->cos, &s->sin), err)) != DS_OK ||
-        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, d->in_dim * PATCH * PATCH),
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, d->in_dim * DS__WAN_PATCH * DS__WAN_PATCH),
                               DS_TENSORS(&s->packed), err)) != DS_OK ||
         (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, D),
                               DS_TENSORS(&s->x, &s->xn, &s->q, &s->k, &s->v, &s->attn, &s->y),
@@ -841,9 +576,9 @@ static int alloc_state(const dit_dims *d, ds_backend *b, dit_state *s, ds_error 
             DS_OK ||
         (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, d->ffn_dim), DS_TENSORS(&s->hidden), err)) !=
             DS_OK ||
-        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, d->out_dim * PATCH * PATCH),
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, d->out_dim * DS__WAN_PATCH * DS__WAN_PATCH),
                               DS_TENSORS(&s->head_out), err)) != DS_OK ||
-        (rc = ds_module_alloc(b, t, 5, SHAPE(B, N, d->out_dim, PATCH, PATCH),
+        (rc = ds_module_alloc(b, t, 5, SHAPE(B, N, d->out_dim, DS__WAN_PATCH, DS__WAN_PATCH),
                               DS_TENSORS(&s->head_perm), err)) != DS_OK)
         return rc;
     for (int i = 0; i < 6; i++)
@@ -865,8 +600,8 @@ static int alloc_state(const dit_dims *d, ds_backend *b, dit_state *s, ds_error 
 }
 
 /* x_in: the latents, or (with y) their concatenation with y along the channels. */
-static int model_input(const dit_dims *d, const ds_wan_video_dit_inputs *in, ds_backend *b,
-                       dit_state *s, ds_tensor *x_in, ds_error *err)
+static int model_input(const ds__wan_dims *d, const ds_wan_video_dit_inputs *in, ds_backend *b,
+                       ds__wan_state *s, ds_tensor *x_in, ds_error *err)
 {
     int rc = ds_module_input(b, in->latents, &s->latents_dev, x_in, err);
     if (rc != DS_OK || !in->y)
@@ -874,8 +609,8 @@ static int model_input(const dit_dims *d, const ds_wan_video_dit_inputs *in, ds_
     ds_tensor lat = *x_in, y;
     if ((rc = ds_module_input(b, in->y, &s->y_dev, &y, err)) != DS_OK ||
         (rc = ds_module_alloc(b, d->dtype, 5,
-                              SHAPE(d->batch, d->in_dim, d->frames, d->grid_h * PATCH,
-                                    d->grid_w * PATCH),
+                              SHAPE(d->batch, d->in_dim, d->frames, d->grid_h * DS__WAN_PATCH,
+                                    d->grid_w * DS__WAN_PATCH),
                               DS_TENSORS(&s->x_cat), err)) != DS_OK)
         return rc;
     const ds_tensor *parts[] = {&lat, &y};
@@ -889,8 +624,8 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
                              ds_error *err)
 {
     wan_config c;
-    dit_dims d;
-    dit_state s;
+    ds__wan_dims d;
+    ds__wan_state s;
     ds_module_run run;
     input_weights iw;
     output_weights ow;
@@ -921,17 +656,20 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
     /* t, t_mod; context = text_embedding(context); the CLIP tokens; patchify. */
     if ((rc = ds_module_use(&run, INPUTS, 0, 0, &iw, err)) != DS_OK ||
         (rc = time_embedding(b, &d, &iw, &s, err)) != DS_OK ||
-        (rc = linear(b, &context, &iw.text_1, DS_ACT_GELU_TANH, &s.ctx_hidden, err)) != DS_OK ||
-        (rc = linear(b, &s.ctx_hidden, &iw.text_2, DS_ACT_NONE, &s.ctx, err)) != DS_OK ||
+        (rc = ds__wan_linear(b, &context, &iw.text_1, DS_ACT_GELU_TANH, &s.ctx_hidden, err)) != DS_OK ||
+        (rc = ds__wan_linear(b, &s.ctx_hidden, &iw.text_2, DS_ACT_NONE, &s.ctx, err)) != DS_OK ||
         (d.image && (rc = image_embedding(b, &iw, &clip, &s, err)) != DS_OK) ||
-        (rc = patch_embedding(b, &d, &iw, &x_in, &s, err)) != DS_OK ||
+        (rc = ds__wan_patch_embedding(b, &d, &iw.patch_embedding, &x_in, &s.packed, &s.x, err)) !=
+            DS_OK ||
         (rc = ds_module_done(&run, err)) != DS_OK)
         goto done;
 
     for (int64_t i = 0; i < blocks; i++) {
         if ((rc = ds_module_cancelled(ctx, "forward", "block", i, blocks, err)) != DS_OK)
             goto done;
-        if ((rc = dit_block(b, &run, i, &d, &s, err)) != DS_OK) {
+        ds__wan_block_weights bw;
+        if ((rc = ds__wan_block(b, &run, BLOCKS, i, &d, &s, &s.x, &bw, err)) != DS_OK ||
+            (rc = ds_module_done(&run, err)) != DS_OK) {
             ds_error_prefix(err, "forward: block %lld: ", (long long)i);
             goto done;
         }
