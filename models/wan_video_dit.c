@@ -20,6 +20,7 @@
 #include "models/module.h"
 #include "models/param_tree.h"
 #include "models/wan_video_block.h"
+#include "models/wan_video_vace.h"
 #include "models/weight_set.h"
 
 #define CLASS_NAME "diffsynth.models.wan_video_dit.WanModel"
@@ -525,6 +526,72 @@ static int check_inputs(const wan_config *c, const ds_wan_video_dit_inputs *in,
     return DS_OK;
 }
 
+/* The VACE model against the DiT, its context against the latents. */
+static int check_vace(const wan_config *c, const ds_wan_video_dit_inputs *in,
+                      const ds__wan_dims *d, ds__wan_vace_config *vc, ds_error *err)
+{
+    char expected[192];
+    int rc;
+    if (!in->vace) {
+        if (in->vace_context)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "forward: \"vace_context\" given without a VACE model");
+        return DS_OK;
+    }
+    if ((rc = ds__wan_vace_config_of(in->vace, vc, err)) != DS_OK)
+        return ds_error_prefix(err, "forward: aux model \"vace\": ");
+    if (vc->dim != c->dim || vc->num_heads != c->num_heads || vc->ffn_dim != c->ffn_dim ||
+        vc->eps != c->eps)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: the VACE model (dim %lld, num_heads %lld, ffn_dim %lld) "
+                            "does not match the DiT (dim %lld, num_heads %lld, ffn_dim %lld)",
+                            (long long)vc->dim, (long long)vc->num_heads,
+                            (long long)vc->ffn_dim, (long long)c->dim, (long long)c->num_heads,
+                            (long long)c->ffn_dim);
+    if (vc->layers[vc->layer_count - 1] >= c->num_layers)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: the VACE model's vace_layers reach block %lld, the DiT has "
+                            "%lld blocks", (long long)vc->layers[vc->layer_count - 1],
+                            (long long)c->num_layers);
+    if (!isfinite(in->vace_scale))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: vace_scale must be a finite number");
+    const ds_tensor *lat = in->latents, *v = in->vace_context;
+    snprintf(expected, sizeof expected,
+             "[%lld, %lld, %lld, %lld, %lld] %s (vace_in_dim channels; latents' batch, frames, "
+             "height, width and dtype)", (long long)d->batch, (long long)vc->in_dim,
+             (long long)lat->shape[2], (long long)lat->shape[3], (long long)lat->shape[4],
+             ds_dtype_name(d->dtype));
+    if (!v)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: input \"vace_context\" is required with a VACE model, "
+                            "expected %s", expected);
+    if (v->dtype != d->dtype || v->ndim != 5 || v->shape[0] != d->batch ||
+        v->shape[1] != vc->in_dim || v->shape[2] != lat->shape[2] ||
+        v->shape[3] != lat->shape[3] || v->shape[4] != lat->shape[4] || !v->data)
+        return ds_module_bad_tensor("forward", "input", "vace_context", v, expected, err);
+    return DS_OK;
+}
+
+/* After DiT block i: x = x + hint * vace_scale for the VACE layer i. Upstream rounds the
+ * scaled hint to the compute dtype before the sum, so the two stay separate; at scale 1 the
+ * product is exact and skipped. */
+static int add_hint(ds_backend *b, const ds__wan_vace_config *vc, float scale, int64_t block,
+                    ds_tensor *hints, ds__wan_state *s, ds_error *err)
+{
+    for (int n = 0; n < vc->layer_count; n++) {
+        if (vc->layers[n] != block)
+            continue;
+        ds_scale_args scaled = {&hints[n], scale, 0.0f, &hints[n]};
+        ds_binary_args add = {&s->x, &hints[n], DS_BINARY_ADD, &s->x};
+        int rc;
+        if ((scale != 1.0f && (rc = ds_scale(b, NULL, &scaled, err)) != DS_OK) ||
+            (rc = ds_binary(b, NULL, &add, err)) != DS_OK)
+            return rc;
+    }
+    return DS_OK;
+}
+
 /* The timestep per conditioning row, rounded to the compute dtype as the pipeline passes it
  * (timestep.to(torch_dtype)); per token, the first frame's h w tokens get 0. */
 static int upload_time(const ds__wan_dims *d, const ds_tensor *timestep, ds_backend *b,
@@ -629,12 +696,16 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
     ds_module_run run;
     input_weights iw;
     output_weights ow;
+    ds__wan_vace_config vc = {0};
+    ds_tensor hints[DS__WAN_VACE_LAYERS_MAX];
+    memset(hints, 0, sizeof hints);
     memset(&s, 0, sizeof s);
     memset(&run, 0, sizeof run);
     if (!m || !ctx || !ctx->backend || !in)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model, inputs or backend");
     int rc = model_config(m, &c, err);
-    if (rc != DS_OK || (rc = check_inputs(&c, in, noise_pred_out, &d, err)) != DS_OK)
+    if (rc != DS_OK || (rc = check_inputs(&c, in, noise_pred_out, &d, err)) != DS_OK ||
+        (rc = check_vace(&c, in, &d, &vc, err)) != DS_OK)
         return rc;
     ds_backend *b = ctx->backend;
     if ((rc = ds_module_open(&run, &modules, m, b, ctx->vram, 1, "forward", err)) != DS_OK)
@@ -652,6 +723,12 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
         (rc = ds_module_output(b, noise_pred_out, &s.noise, &noise, err)) != DS_OK ||
         (rc = ds_module_reserve(&run, "forward: activations", state_bytes(&s), err)) != DS_OK)
         goto done;
+    for (int n = 0; n < vc.layer_count; n++)
+        if ((rc = ds_module_alloc(b, d.dtype, 3, (const int64_t[]){d.batch, d.tokens, d.dim},
+                                  DS_TENSORS(&hints[n]), err)) != DS_OK ||
+            (rc = ds_module_reserve(&run, "forward: VACE hints", ds_tensor_nbytes(&hints[n]),
+                                    err)) != DS_OK)
+            goto done;
 
     /* t, t_mod; context = text_embedding(context); the CLIP tokens; patchify. */
     if ((rc = ds_module_use(&run, INPUTS, 0, 0, &iw, err)) != DS_OK ||
@@ -663,13 +740,18 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
             DS_OK ||
         (rc = ds_module_done(&run, err)) != DS_OK)
         goto done;
+    if (in->vace && (rc = ds__wan_vace_hints(in->vace, ctx, &d, &s, in->vace_context, hints,
+                                             err)) != DS_OK)
+        goto done;
 
     for (int64_t i = 0; i < blocks; i++) {
         if ((rc = ds_module_cancelled(ctx, "forward", "block", i, blocks, err)) != DS_OK)
             goto done;
         ds__wan_block_weights bw;
         if ((rc = ds__wan_block(b, &run, BLOCKS, i, &d, &s, &s.x, &bw, err)) != DS_OK ||
-            (rc = ds_module_done(&run, err)) != DS_OK) {
+            (rc = ds_module_done(&run, err)) != DS_OK ||
+            (in->vace &&
+             (rc = add_hint(b, &vc, in->vace_scale, i, hints, &s, err)) != DS_OK)) {
             ds_error_prefix(err, "forward: block %lld: ", (long long)i);
             goto done;
         }
@@ -683,6 +765,8 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
 done:
     ds_module_close(&run);
     state_free(&s);
+    for (int n = 0; n < DS__WAN_VACE_LAYERS_MAX; n++)
+        ds_tensor_free(&hints[n]);
     return rc;
 }
 
@@ -702,14 +786,52 @@ static int bool_param(const ds_step_io *in, const char *name, int *value, ds_err
     return DS_OK;
 }
 
+/* The step's VACE branch: the aux model of role "vace", the input "vace_context" and the
+ * parameter "vace_scale" (default 1, as model_fn_wan_video's). */
+static int step_vace(const ds_step_context *ctx, const ds_step_io *in,
+                     ds_wan_video_dit_inputs *args, ds_error *err)
+{
+    static const ds_dtype float_dtypes[] = {DS_F32, DS_BF16};
+    const ds_step_param *scale = ds_step_io_param(in, "vace_scale");
+    for (size_t i = 0; i < ctx->aux_count; i++) {
+        const char *role = ctx->aux[i].role;
+        if (!role || strcmp(role, "vace") != 0)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "forward: aux model of role \"%s\": a WanModel step takes only "
+                                "\"vace\"", role ? role : "(none)");
+        if (args->vace)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "forward: more than one model of role \"vace\"");
+        args->vace = ctx->aux[i].model;
+    }
+    int rc = ds_step_io_require(in, "forward", "vace_context", 1, float_dtypes, 2, 5,
+                                SHAPE(-1, -1, -1, -1, -1),
+                                "[B, vace_in_dim, F, H, W] in latents' dtype",
+                                &args->vace_context, err);
+    if (rc != DS_OK)
+        return rc;
+    if (!args->vace && scale)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "forward: \"vace_scale\" given without a model of role \"vace\"");
+    if (scale) {
+        if (!isfinite(scale->number))
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "forward: parameter \"vace_scale\" is \"%s\", expected a finite "
+                                "number", scale->text);
+        args->vace_scale = (float)scale->number;
+    }
+    return DS_OK;
+}
+
 static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx,
                         const ds_step_io *in, ds_step_io *out, ds_error *err)
 {
     static const char *const known[] = {"latents", "timestep", "context", "clip_feature", "y",
-                                        "fuse_vae_embedding_in_latents", NULL};
+                                        "fuse_vae_embedding_in_latents", "vace_context",
+                                        "vace_scale", NULL};
     static const ds_dtype float_dtypes[] = {DS_F32, DS_BF16};
     static const ds_dtype time_dtypes[] = {DS_F32, DS_F64};
-    ds_wan_video_dit_inputs args = {0};
+    ds_wan_video_dit_inputs args = {.vace_scale = 1.0f};
     int rc;
     if ((rc = ds_step_io_check_names(in, "forward", known, err)) != DS_OK ||
         (rc = ds_step_io_require(in, "forward", "latents", 0, float_dtypes, 2, 5,
@@ -731,10 +853,8 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx,
         (rc = bool_param(in, "fuse_vae_embedding_in_latents",
                          &args.fuse_vae_embedding_in_latents, err)) != DS_OK)
         return rc;
-    for (size_t i = 0; i < ctx->aux_count; i++)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "forward: aux model of role \"%s\": a WanModel step takes none",
-                            ctx->aux[i].role ? ctx->aux[i].role : "(none)");
+    if ((rc = step_vace(ctx, in, &args, err)) != DS_OK)
+        return rc;
 
     ds_backend *cpu = ctx->backend;
     ds_tensor *noise_pred;
@@ -753,7 +873,9 @@ static const ds_model_step steps[] = {
                  "[B] or [1] (0..1000), context [B, L, text_dim] (latents' dtype); clip_feature "
                  "[B, 257, 1280] (has_image_input models), y [B, in_dim - out_dim, F, H, W] "
                  "(image-to-video models), fuse_vae_embedding_in_latents (seperated_timestep "
-                 "models: the first frame at timestep 0) -> noise_pred [B, out_dim, F, H, W]",
+                 "models: the first frame at timestep 0); with an aux model of role \"vace\" (a "
+                 "VaceWanModel): vace_context [B, vace_in_dim, F, H, W], vace_scale (default 1) "
+                 "-> noise_pred [B, out_dim, F, H, W]",
         .run = forward_step,
     },
 };

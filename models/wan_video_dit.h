@@ -21,11 +21,17 @@ typedef struct ds_wan_video_dit_inputs {
     /* The pipeline's fuse_vae_embedding_in_latents: with a seperated_timestep model, the
      * first latent frame's tokens get timestep 0 and the others `timestep` ([1]). */
     int fuse_vae_embedding_in_latents;
+    /* The VACE branch: a loaded VaceWanModel of the DiT's width whose vace_layers are DiT
+     * blocks, its context [B, vace_in_dim, F, H, W] (latents' dtype), and the hints' scale
+     * (upstream's vace_scale). NULL model: none. */
+    const ds_loaded_model *vace;
+    const ds_tensor *vace_context;
+    float vace_scale;
 } ds_wan_video_dit_inputs;
 
 /* noise_pred [B, out_dim, F, H, W] (latents' dtype, the caller's memory) =
- * model_fn_wan_video(dit, latents, timestep, context, clip_feature, y,
- * fuse_vae_embedding_in_latents). Computes on ctx->backend, streaming weights through
+ * model_fn_wan_video(dit, vace, latents, timestep, context, clip_feature, y, vace_context,
+ * vace_scale, fuse_vae_embedding_in_latents). Computes on ctx->backend, streaming weights through
  * ctx->vram when set, polls ctx->cancelled between blocks and reports ("forward", block,
  * blocks). INVALID_ARGUMENT names the tensor and what was expected; UNIMPLEMENTED for the
  * variants whose extra inputs this forward does not take (has_image_pos_emb). */

@@ -34,6 +34,13 @@ static const char *const TI2V_KWARGS =
     "\"require_clip_embedding\": false, \"require_vae_embedding\": false, "
     "\"fuse_vae_embedding_in_latents\": true}";
 
+#define VACE_CLASS "diffsynth.models.wan_video_vace.VaceWanModel"
+static const char *const VACE_KWARGS =
+    "{\"vace_layers\": [0, 1], \"vace_in_dim\": 96, \"patch_size\": [1, 2, 2], "
+    "\"has_image_input\": false, \"dim\": 1536, \"num_heads\": 12, \"ffn_dim\": 8960, "
+    "\"eps\": 1e-06}";
+#define VACE_SCALE 0.75f
+
 enum { FRAMES = 3, HEIGHT = 6, WIDTH = 10, TEXT_TOKENS = 7 };
 
 static ds_backend *cpu;
@@ -93,12 +100,13 @@ typedef struct golden_case {
     int64_t y_channels;     /* 0: no y */
     int clip;               /* CLIP tokens */
     int fuse;               /* fuse_vae_embedding_in_latents */
+    int vace;               /* the VACE branch (hints after both blocks) */
 } golden_case;
 
 /* Runs the forward at batch 1 and 2 in the inputs' dtype and compares with
  * <case>.b{1,2}.<tag>. */
-static void check_runs(const golden_case *gc, ds_loaded_model *model, seeded_input *inputs,
-                       const char *tag, double limit)
+static void check_runs(const golden_case *gc, ds_loaded_model *model, ds_loaded_model *vace,
+                       seeded_input *inputs, const char *tag, double limit)
 {
     char tname[64];
     snprintf(tname, sizeof tname, "%s.timestep", gc->name);
@@ -119,6 +127,13 @@ static void check_runs(const golden_case *gc, ds_loaded_model *model, seeded_inp
         if (gc->clip) {
             clip = first(&inputs[k++], batch);
             in.clip_feature = &clip;
+        }
+        ds_tensor vace_context;
+        if (gc->vace) {
+            vace_context = first(&inputs[k++], batch);
+            in.vace = vace;
+            in.vace_context = &vace_context;
+            in.vace_scale = VACE_SCALE;
         }
         ds_tensor out;
         ds_error err;
@@ -145,6 +160,13 @@ static void run_case(const golden_case *gc)
     ds_golden_model_spec spec = {.model_class = WAN_CLASS, .kwargs_json = gc->kwargs,
                                  .bounds = ds_golden_bounds_wan_video_dit, .seed = SEED};
     REQUIRE(ds_golden_model_build(&spec, &model) == 0);
+    ds_loaded_model vace = {0};
+    ds_golden_model_spec vace_spec = {.model_class = VACE_CLASS, .kwargs_json = VACE_KWARGS,
+                                      .bounds = ds_golden_bounds_wan_video_dit, .seed = SEED};
+    if (gc->vace) {
+        REQUIRE(ds_golden_model_build(&vace_spec, &vace) == 0);
+        vace.model_class = VACE_CLASS;
+    }
     seeded_input inputs[4] = {0};
     int count = 0;
     REQUIRE(make_input(gc->name, "latents", 5,
@@ -159,31 +181,46 @@ static void run_case(const golden_case *gc)
     if (gc->clip)
         REQUIRE(make_input(gc->name, "clip_feature", 3, (const int64_t[]){2, 257, 1280},
                            &inputs[count++]));
-    check_runs(gc, &model, inputs, "f32", 1e-4);
+    if (gc->vace)
+        REQUIRE(make_input(gc->name, "vace_context", 5,
+                           (const int64_t[]){2, 96, FRAMES, HEIGHT, WIDTH}, &inputs[count++]));
+    check_runs(gc, &model, &vace, inputs, "f32", 1e-4);
     ds_golden_model_to_bf16(&model);
+    if (gc->vace)
+        ds_golden_model_to_bf16(&vace);
     for (int i = 0; i < count; i++)
         input_to_bf16(&inputs[i]);
-    check_runs(gc, &model, inputs, "bf16", 2e-2);
+    check_runs(gc, &model, &vace, inputs, "bf16", 2e-2);
     for (int i = 0; i < count; i++)
         free(inputs[i].data);
     ds_golden_model_free(&model);
+    if (gc->vace) {
+        vace.model_class = NULL;
+        ds_golden_model_free(&vace);
+    }
 }
 
 static void test_t2v(void)
 {
-    golden_case gc = {"t2v", T2V_KWARGS, 16, 0, 0, 0};
+    golden_case gc = {"t2v", T2V_KWARGS, 16, 0, 0, 0, 0};
     run_case(&gc);
 }
 
 static void test_i2v(void)
 {
-    golden_case gc = {"i2v", I2V_KWARGS, 16, 20, 1, 0};
+    golden_case gc = {"i2v", I2V_KWARGS, 16, 20, 1, 0, 0};
     run_case(&gc);
 }
 
 static void test_ti2v(void)
 {
-    golden_case gc = {"ti2v", TI2V_KWARGS, 48, 0, 0, 1};
+    golden_case gc = {"ti2v", TI2V_KWARGS, 48, 0, 0, 1, 0};
+    run_case(&gc);
+}
+
+static void test_vace(void)
+{
+    golden_case gc = {"vace", T2V_KWARGS, 16, 0, 0, 0, 1};
     run_case(&gc);
 }
 
@@ -199,6 +236,7 @@ int main(void)
         return 1;
     }
     RUN(test_t2v);
+    RUN(test_vace);
     RUN(test_i2v);
     RUN(test_ti2v);
     ds_safetensors_close(golden);

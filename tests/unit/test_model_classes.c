@@ -17,6 +17,7 @@
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
 #define VAE_CLASS "diffsynth.models.qwen_image_vae.QwenImageVAE"
 #define WAN_CLASS "diffsynth.models.wan_video_dit.WanModel"
+#define VACE_CLASS "diffsynth.models.wan_video_vace.VaceWanModel"
 #define CONTROLNET_CLASS "diffsynth.models.qwen_image_controlnet.QwenImageBlockWiseControlNet"
 
 static char *data_path(const char *rel)
@@ -99,6 +100,14 @@ static void test_tree_sizes(void)
         {DIT_CLASS, "{\"use_layer3d_rope\": true, \"use_additional_t_cond\": true}", 1934,
          20430401088ull + 2 * 3072},
         {VAE_CLASS, NULL, 194, 126892531ull},
+        /* Counted with upstream's VaceWanModel on the meta device: the class defaults (1.3B)
+         * and the Wan2.1-VACE-14B row. */
+        {VACE_CLASS, NULL, 439, 734975232ull},
+        {VACE_CLASS,
+         "{\"vace_layers\": [0, 5, 10, 15, 20, 25, 30, 35], \"vace_in_dim\": 96, \"patch_size\": "
+         "[1, 2, 2], \"has_image_input\": false, \"dim\": 5120, \"num_heads\": 40, "
+         "\"ffn_dim\": 13824, \"eps\": 1e-06}",
+         236, 3049101312ull},
         {TE_CLASS, NULL, 729, 8292166656ull},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -434,9 +443,40 @@ static void test_wan_model_kwargs(void)
     }
 }
 
+/* VACE layers the forward cannot run are refused at declaration. */
+static void test_vace_kwargs(void)
+{
+    static const struct {
+        const char *json;
+        int code;
+        const char *needle;
+    } cases[] = {
+        {"{\"vace_layers\": [2, 4]}", DS_ERR_UNIMPLEMENTED, "must start with 0"},
+        {"{\"vace_layers\": [0, 4, 4]}", DS_ERR_INVALID_ARGUMENT, "must increase"},
+        {"{\"has_image_input\": true}", DS_ERR_UNIMPLEMENTED, "has_image_input"},
+        {"{\"num_layers\": 2}", DS_ERR_INVALID_ARGUMENT, "num_layers"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ds_state_dict tree;
+        ds_error err;
+        int rc = declare(VACE_CLASS, cases[i].json, &tree, &err);
+        CHECK_MSG(rc == cases[i].code, "%s: %d (%s)", cases[i].json, rc, err.message);
+        CHECK_MSG(strstr(err.message, cases[i].needle) != NULL, "%s", err.message);
+    }
+    /* The one block with before_proj is the first. */
+    ds_state_dict tree;
+    ds_error err;
+    REQUIRE(declare(VACE_CLASS, NULL, &tree, &err) == DS_OK);
+    CHECK(ds_state_dict_find(&tree, "vace_blocks.0.before_proj.weight") != NULL);
+    CHECK(ds_state_dict_find(&tree, "vace_blocks.1.before_proj.weight") == NULL);
+    CHECK(ds_state_dict_find(&tree, "vace_blocks.14.after_proj.bias") != NULL);
+    ds_state_dict_free(&tree);
+}
+
 static void test_registry(void)
 {
-    CHECK(ds_model_class_count == 5);
+    CHECK(ds_model_class_count == 6);
+    CHECK(ds_model_class_find(VACE_CLASS) != NULL);
     for (size_t i = 0; i < ds_model_class_count; i++)
         CHECK(ds_model_class_find(ds_model_classes[i]->name) == ds_model_classes[i]);
     CHECK(ds_model_class_find(WAN_CLASS) != NULL);
@@ -452,6 +492,7 @@ int main(void)
     RUN(test_verify_builtin_configs);
     RUN(test_wan_model_rows);
     RUN(test_wan_model_kwargs);
+    RUN(test_vace_kwargs);
     RUN(test_verify_not_applicable);
     RUN(test_verify_runtime_entries);
     RUN(test_tree_sizes);
