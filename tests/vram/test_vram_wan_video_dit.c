@@ -3,7 +3,8 @@
  * under budgets of 0, 25 % and 50 % of its weight bytes and unlimited; every output must equal
  * the run without a manager byte for byte and stay within the golden test's bf16 budget
  * against upstream, the peak within each budget. A budget below the largest unit (the inputs'
- * embeddings) fails with RESOURCE_EXHAUSTED naming it. One manager serves every run. */
+ * embeddings) fails with RESOURCE_EXHAUSTED naming it. One manager serves every run. Then the
+ * same with the golden VACE branch (hints after both blocks) streamed beside the DiT. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,15 @@ static size_t weight_bytes;
 static ds_tensor reference;
 static ds_vram_manager *mgr;
 static uint16_t *latents, *context; /* the batch-2 inputs in bf16 */
+static ds_loaded_model vace;        /* the VACE branch, bf16 */
+static uint16_t *vace_context;
+static ds_tensor vace_reference;    /* the forward with the VACE branch, without a manager */
+static size_t vace_bytes;
+#define VACE_CLASS "diffsynth.models.wan_video_vace.VaceWanModel"
+#define VACE_KWARGS                                                                             \
+    "{\"vace_layers\": [0, 1], \"vace_in_dim\": 96, \"patch_size\": [1, 2, 2], "                  \
+    "\"has_image_input\": false, \"dim\": 1536, \"num_heads\": 12, \"ffn_dim\": 8960, "         \
+    "\"eps\": 1e-06}"
 
 static ds_tensor golden_tensor(const char *name)
 {
@@ -69,19 +79,36 @@ static int build(void)
     model.model_name = "wan_video_dit";
     for (size_t i = 0; i < model.params.count; i++)
         weight_bytes += model.params.entries[i].tensor.nbytes;
+    ds_golden_model_spec vspec = {.model_class = VACE_CLASS, .kwargs_json = VACE_KWARGS,
+                                  .bounds = ds_golden_bounds_wan_video_dit, .seed = SEED};
+    if (ds_golden_model_build(&vspec, &vace) != 0)
+        return 0;
+    ds_golden_model_to_bf16(&vace);
+    vace.model_name = "wan_video_vace";
+    vace.model_class = VACE_CLASS;
+    for (size_t i = 0; i < vace.params.count; i++)
+        vace_bytes += vace.params.entries[i].tensor.nbytes;
+    vace_context = seeded_bf16("input.vace.vace_context", 2 * 96 * 3 * 6 * 10);
     latents = seeded_bf16("input.t2v.latents", 2 * 16 * 3 * 6 * 10);
     context = seeded_bf16("input.t2v.context", 2 * 7 * 4096);
-    model_ready = latents && context;
+    model_ready = latents && context && vace_context;
     return model_ready;
 }
 
-static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
+static int run_forward_with(ds_vram_manager *vram, int with_vace, ds_tensor *out, ds_error *err)
 {
     ds_step_context ctx = {.backend = cpu, .vram = vram};
     ds_tensor lat = ds_tensor_wrap(cpu, DS_BF16, 5, (const int64_t[]){2, 16, 3, 6, 10}, latents);
     ds_tensor emb = ds_tensor_wrap(cpu, DS_BF16, 3, (const int64_t[]){2, 7, 4096}, context);
     ds_tensor t = golden_tensor("t2v.timestep");
+    ds_tensor vc = ds_tensor_wrap(cpu, DS_BF16, 5, (const int64_t[]){2, 96, 3, 6, 10},
+                                  vace_context);
     ds_wan_video_dit_inputs in = {.latents = &lat, .timestep = &t, .context = &emb};
+    if (with_vace) {
+        in.vace = &vace;
+        in.vace_context = &vc;
+        in.vace_scale = 0.75f;
+    }
     int rc = ds_tensor_alloc(cpu, DS_BF16, 5, lat.shape, out, err);
     if (rc != DS_OK)
         return rc;
@@ -89,6 +116,11 @@ static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
     if (rc != DS_OK)
         ds_tensor_free(out);
     return rc;
+}
+
+static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
+{
+    return run_forward_with(vram, 0, out, err);
 }
 
 static void test_reference(void)
@@ -153,6 +185,42 @@ static void test_unlimited(void)
     CHECK(ms.unit_count == 1 + 2 * 3 + 1);
 }
 
+/* The DiT and its VACE branch, both streamed through the manager: bit-identical to the run
+ * without one, and the hints move the result. */
+static void test_vace(void)
+{
+    ds_error err;
+    REQUIRE(mgr && model_ready);
+    int rc = run_forward_with(NULL, 1, &vace_reference, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    REQUIRE(rc == DS_OK);
+    CHECK(memcmp(vace_reference.data, reference.data, ds_tensor_nbytes(&reference)) != 0);
+    const size_t budgets[] = {0, (weight_bytes + vace_bytes) / 4, DS_VRAM_UNLIMITED};
+    for (size_t i = 0; i < sizeof budgets / sizeof budgets[0]; i++) {
+        ds_tensor out;
+        REQUIRE(ds_vram_set_budget(mgr, budgets[i], &err) == DS_OK);
+        rc = run_forward_with(mgr, 1, &out, &err);
+        CHECK_MSG(rc == DS_OK, "budget %zu: %s", budgets[i], err.message);
+        if (rc != DS_OK)
+            continue;
+        CHECK_MSG(memcmp(out.data, vace_reference.data, ds_tensor_nbytes(&out)) == 0,
+                  "budget %zu: not bit-identical", budgets[i]);
+        ds_vram_stats st;
+        ds_vram_stats_get(mgr, &st);
+        CHECK(st.activation_bytes == 0);
+        ds_tensor_free(&out);
+    }
+    ds_vram_model_stats ms;
+    REQUIRE(ds_vram_owner_stats(mgr, &vace, &ms));
+    CHECK(ms.unit_count == 1 + 1 + 2 * 3);
+    /* Its release hook drops its units and leaves the DiT's. */
+    REQUIRE(vace.release_hook);
+    vace.release_hook(vace.release_hook_ctx, &vace);
+    vace.release_hook = NULL;
+    CHECK(ds_vram_model_find(mgr, &vace) == NULL);
+    CHECK(ds_vram_model_find(mgr, &model) != NULL);
+}
+
 static void test_release_hook(void) { check_release_hook(mgr, &model); }
 
 int main(void)
@@ -174,11 +242,18 @@ int main(void)
     RUN(test_budget_25);
     RUN(test_budget_50);
     RUN(test_unlimited);
+    RUN(test_vace);
     RUN(test_release_hook);
     ds_vram_manager_destroy(mgr);
     ds_tensor_free(&reference);
     if (model_ready || model.params.count)
         ds_golden_model_free(&model);
+    ds_tensor_free(&vace_reference);
+    if (vace.params.count) {
+        vace.model_class = NULL;
+        ds_golden_model_free(&vace);
+    }
+    free(vace_context);
     free(latents);
     free(context);
     ds_safetensors_close(golden);
