@@ -46,7 +46,8 @@ typedef struct ds__wan_block_weights {
 /* DiTBlock's module entries in state_dict order (its own modulation first); dim and ffn are
  * shape entries (DS_MODULE_DIM), image the `when` of the CLIP keys. */
 #define DS__WAN_BLOCK_MODULES(dim, ffn, image) \
-    {"modulation", DS_MODULE_TENSOR, 3, {1, 6, (dim)}, DS__WAN_SELF_ATTN, DS__WAN_BLOCK(modulation), 0}, \
+    {"modulation", DS_MODULE_TENSOR, 3, {1, 6, (dim)}, DS__WAN_SELF_ATTN,                        \
+     DS__WAN_BLOCK(modulation), 0},                                                              \
     DS__WAN_LINEAR("self_attn.q", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_q), 0),     \
     DS__WAN_LINEAR("self_attn.k", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_k), 0),     \
     DS__WAN_LINEAR("self_attn.v", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_v), 0),     \

@@ -30,6 +30,7 @@ enum {
     CLIP_TOKENS = 257,  /* CrossAttention splits this many context rows off as the image's */
     CLIP_POS_TOKENS = 514,
     REF_CHANNELS = 16,  /* ref_conv's input: one latent frame */
+    PATCH = DS__WAN_PATCH,
 };
 
 /* What the kwargs decide (ds_module dims). */
@@ -90,7 +91,7 @@ static const char *const output_units[] = {"head"};
  * declared here, with the inputs it is used with (the hash sorts the names). ref_conv and the
  * control adapter take inputs this forward does not, so they are declared only. */
 static const ds_module input_modules[] = {
-    {"patch_embedding", DS_MODULE_CONV, 5, {D(KW_DIM), D(KW_IN_DIM), 1, DS__WAN_PATCH, DS__WAN_PATCH}, 0,
+    {"patch_embedding", DS_MODULE_CONV, 5, {D(KW_DIM), D(KW_IN_DIM), 1, PATCH, PATCH}, 0,
      IN(patch_embedding), 0},
     LINEAR("text_embedding.0", D(KW_DIM), D(KW_TEXT_DIM), 0, IN(text_1), 0),
     LINEAR("text_embedding.2", D(KW_DIM), D(KW_DIM), 0, IN(text_2), 0),
@@ -105,9 +106,9 @@ static const ds_module input_modules[] = {
     LINEAR("img_emb.proj.3", D(KW_DIM), CLIP_DIM, 0, IN(clip_2), DS_MODULE_IF(KW_IMAGE)),
     VEC("img_emb.proj.4", D(KW_DIM), 0, IN(clip_ln2_w), DS_MODULE_IF(KW_IMAGE)),
     BIAS("img_emb.proj.4.bias", D(KW_DIM), 0, IN(clip_ln2_b), DS_MODULE_IF(KW_IMAGE)),
-    {"ref_conv", DS_MODULE_CONV, 4, {D(KW_DIM), REF_CHANNELS, DS__WAN_PATCH, DS__WAN_PATCH}, DS_MODULE_NO_UNIT,
+    {"ref_conv", DS_MODULE_CONV, 4, {D(KW_DIM), REF_CHANNELS, PATCH, PATCH}, DS_MODULE_NO_UNIT,
      IN(ref_conv), DS_MODULE_IF(KW_REF_CONV)},
-    {"control_adapter.conv", DS_MODULE_CONV, 4, {D(KW_DIM), D(KW_CONTROL_IN), DS__WAN_PATCH, DS__WAN_PATCH},
+    {"control_adapter.conv", DS_MODULE_CONV, 4, {D(KW_DIM), D(KW_CONTROL_IN), PATCH, PATCH},
      DS_MODULE_NO_UNIT, IN(control_conv), DS_MODULE_IF(KW_CONTROL)},
     {"control_adapter.residual_blocks.0.conv1", DS_MODULE_CONV, 4, {D(KW_DIM), D(KW_DIM), 3, 3},
      DS_MODULE_NO_UNIT, IN(control_res1), DS_MODULE_IF(KW_CONTROL)},
@@ -154,8 +155,9 @@ static int dim_kwarg(ds_kwargs *kw, const char *name, int required, int64_t *v, 
     if (value == -1)
         return DS_OK;
     if (value < 1 || value > DS__PARAM_DIM_MAX)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: %s must be between 1 and %lld, got %lld",
-                            CLASS_NAME, name, (long long)DS__PARAM_DIM_MAX, (long long)value);
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: %s must be between 1 and %lld, got %lld", CLASS_NAME, name,
+                            (long long)DS__PARAM_DIM_MAX, (long long)value);
     *v = value;
     return DS_OK;
 }
@@ -231,7 +233,7 @@ static int read_config(ds_kwargs *kw, wan_config *c, ds_error *err)
     if (!patch_present)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "%s: missing required keyword argument \"patch_size\"", CLASS_NAME);
-    if (patch_count != 3 || patch[0] != 1 || patch[1] != DS__WAN_PATCH || patch[2] != DS__WAN_PATCH)
+    if (patch_count != 3 || patch[0] != 1 || patch[1] != PATCH || patch[2] != PATCH)
         return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                             "%s: keyword argument \"patch_size\" other than [1, 2, 2] is not "
                             "implemented", CLASS_NAME);
@@ -254,7 +256,7 @@ static void config_dims(const wan_config *c, int64_t dims[KW_COUNT])
     dims[KW_FFN] = c->ffn_dim;
     dims[KW_LAYERS] = c->num_layers;
     dims[KW_IN_DIM] = c->in_dim;
-    dims[KW_HEAD_OUT] = c->out_dim * DS__WAN_PATCH * DS__WAN_PATCH;
+    dims[KW_HEAD_OUT] = c->out_dim * PATCH * PATCH;
     dims[KW_TEXT_DIM] = c->text_dim;
     dims[KW_FREQ_DIM] = c->freq_dim;
     dims[KW_IMAGE] = c->has_image_input;
@@ -355,7 +357,8 @@ static int image_embedding(ds_backend *b, const input_weights *w, const ds_tenso
     int rc;
     if ((rc = layer_norm(b, clip, &w->clip_ln1_w, &w->clip_ln1_b, 1e-5f, &s->clip_a, err)) !=
             DS_OK ||
-        (rc = ds__wan_linear(b, &s->clip_a, &w->clip_1, DS_ACT_GELU_ERF, &s->clip_b, err)) != DS_OK ||
+        (rc = ds__wan_linear(b, &s->clip_a, &w->clip_1, DS_ACT_GELU_ERF, &s->clip_b, err)) !=
+            DS_OK ||
         (rc = ds__wan_linear(b, &s->clip_b, &w->clip_2, DS_ACT_NONE, &s->clip_c, err)) != DS_OK)
         return rc;
     return layer_norm(b, &s->clip_c, &w->clip_ln2_w, &w->clip_ln2_b, 1e-5f, &s->img, err);
@@ -387,18 +390,18 @@ static int head(ds_backend *b, const ds__wan_dims *d, const output_weights *w, d
     const ds_tensor *twice[] = {&t4, &t4};
     ds_concat_args cat = {twice, 2, 2, &s->head_t};
     ds_tensor out5 = ds_module_view(&s->head_out, 5,
-                                    SHAPE(d->batch, d->tokens, DS__WAN_PATCH, DS__WAN_PATCH, d->out_dim));
+                                    SHAPE(d->batch, d->tokens, PATCH, PATCH, d->out_dim));
     ds_permute_args perm = {&out5, {0, 1, 4, 2, 3}, &s->head_perm};
     ds_tensor packed = ds_module_view(&s->head_perm, 3,
-                                      SHAPE(d->batch, d->tokens, d->out_dim * DS__WAN_PATCH * DS__WAN_PATCH));
+                                      SHAPE(d->batch, d->tokens, d->out_dim * PATCH * PATCH));
     ds_tensor stacked = ds_module_view(noise, 4, SHAPE(d->batch, d->out_dim,
-                                                       d->frames * d->grid_h * DS__WAN_PATCH,
-                                                       d->grid_w * DS__WAN_PATCH));
-    ds_patchify_args unpack = {&stacked, DS__WAN_PATCH, &packed};
+                                                       d->frames * d->grid_h * PATCH,
+                                                       d->grid_w * PATCH));
+    ds_patchify_args unpack = {&stacked, PATCH, &packed};
     int rc;
     if ((rc = ds_concat(b, NULL, &cat, err)) != DS_OK ||
-        (rc = ds__wan_add_and_chunk(b, &s->head_t, &w->modulation, &s->head_t, 2, s->head_mod, err)) !=
-            DS_OK ||
+        (rc = ds__wan_add_and_chunk(b, &s->head_t, &w->modulation, &s->head_t, 2, s->head_mod,
+                                    err)) != DS_OK ||
         (rc = ds__wan_norm_modulate(b, d, &s->x, &s->head_mod[0], &s->head_mod[1], &s->xn, err)) !=
             DS_OK ||
         (rc = ds__wan_linear(b, &s->xn, &w->head, DS_ACT_NONE, &s->head_out, err)) != DS_OK ||
@@ -427,11 +430,11 @@ static int check_inputs(const wan_config *c, const ds_wan_video_dit_inputs *in,
              "[B, %lld, F, H, W] f32 or bf16 with H and W even (out_dim channels; patch size "
              "[1, 2, 2])", (long long)c->out_dim);
     if (!float_dtype(lat->dtype) || lat->ndim != 5 || lat->shape[0] < 1 ||
-        lat->shape[1] != c->out_dim || lat->shape[2] < 1 || lat->shape[3] < DS__WAN_PATCH ||
-        lat->shape[4] < DS__WAN_PATCH || lat->shape[3] % DS__WAN_PATCH || lat->shape[4] % DS__WAN_PATCH || !lat->data)
+        lat->shape[1] != c->out_dim || lat->shape[2] < 1 || lat->shape[3] < PATCH ||
+        lat->shape[4] < PATCH || lat->shape[3] % PATCH || lat->shape[4] % PATCH || !lat->data)
         return ds_module_bad_tensor("forward", "input", "latents", lat, expected, err);
     *d = (ds__wan_dims){.batch = lat->shape[0], .frames = lat->shape[2],
-                    .grid_h = lat->shape[3] / DS__WAN_PATCH, .grid_w = lat->shape[4] / DS__WAN_PATCH,
+                    .grid_h = lat->shape[3] / PATCH, .grid_w = lat->shape[4] / PATCH,
                     .dim = c->dim, .heads = c->num_heads, .head_dim = c->dim / c->num_heads,
                     .ffn_dim = c->ffn_dim, .in_dim = c->in_dim, .out_dim = c->out_dim,
                     .text_dim = c->text_dim, .freq_dim = c->freq_dim, .eps = (float)c->eps,
@@ -625,7 +628,7 @@ static int alloc_state(const ds__wan_dims *d, ds_backend *b, ds__wan_state *s, d
     int rc;
     if ((rc = ds_module_alloc(b, DS_F32, 2, SHAPE(N, d->head_dim / 2),
                               DS_TENSORS(&s->cos, &s->sin), err)) != DS_OK ||
-        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, d->in_dim * DS__WAN_PATCH * DS__WAN_PATCH),
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, d->in_dim * PATCH * PATCH),
                               DS_TENSORS(&s->packed), err)) != DS_OK ||
         (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, D),
                               DS_TENSORS(&s->x, &s->xn, &s->q, &s->k, &s->v, &s->attn, &s->y),
@@ -643,9 +646,9 @@ static int alloc_state(const ds__wan_dims *d, ds_backend *b, ds__wan_state *s, d
             DS_OK ||
         (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, d->ffn_dim), DS_TENSORS(&s->hidden), err)) !=
             DS_OK ||
-        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, d->out_dim * DS__WAN_PATCH * DS__WAN_PATCH),
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, d->out_dim * PATCH * PATCH),
                               DS_TENSORS(&s->head_out), err)) != DS_OK ||
-        (rc = ds_module_alloc(b, t, 5, SHAPE(B, N, d->out_dim, DS__WAN_PATCH, DS__WAN_PATCH),
+        (rc = ds_module_alloc(b, t, 5, SHAPE(B, N, d->out_dim, PATCH, PATCH),
                               DS_TENSORS(&s->head_perm), err)) != DS_OK)
         return rc;
     for (int i = 0; i < 6; i++)
@@ -676,8 +679,8 @@ static int model_input(const ds__wan_dims *d, const ds_wan_video_dit_inputs *in,
     ds_tensor lat = *x_in, y;
     if ((rc = ds_module_input(b, in->y, &s->y_dev, &y, err)) != DS_OK ||
         (rc = ds_module_alloc(b, d->dtype, 5,
-                              SHAPE(d->batch, d->in_dim, d->frames, d->grid_h * DS__WAN_PATCH,
-                                    d->grid_w * DS__WAN_PATCH),
+                              SHAPE(d->batch, d->in_dim, d->frames, d->grid_h * PATCH,
+                                    d->grid_w * PATCH),
                               DS_TENSORS(&s->x_cat), err)) != DS_OK)
         return rc;
     const ds_tensor *parts[] = {&lat, &y};
@@ -733,7 +736,8 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
     /* t, t_mod; context = text_embedding(context); the CLIP tokens; patchify. */
     if ((rc = ds_module_use(&run, INPUTS, 0, 0, &iw, err)) != DS_OK ||
         (rc = time_embedding(b, &d, &iw, &s, err)) != DS_OK ||
-        (rc = ds__wan_linear(b, &context, &iw.text_1, DS_ACT_GELU_TANH, &s.ctx_hidden, err)) != DS_OK ||
+        (rc = ds__wan_linear(b, &context, &iw.text_1, DS_ACT_GELU_TANH, &s.ctx_hidden, err)) !=
+            DS_OK ||
         (rc = ds__wan_linear(b, &s.ctx_hidden, &iw.text_2, DS_ACT_NONE, &s.ctx, err)) != DS_OK ||
         (d.image && (rc = image_embedding(b, &iw, &clip, &s, err)) != DS_OK) ||
         (rc = ds__wan_patch_embedding(b, &d, &iw.patch_embedding, &x_in, &s.packed, &s.x, err)) !=
