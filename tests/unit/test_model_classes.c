@@ -400,9 +400,10 @@ static void test_wan_model_rows(void)
             verified++;
         }
     }
-    /* Rows 10-20, 27-29 and 31 of the facts table; 2, 6, 21, 23, 25 have converters; 34. */
+    /* Rows 10-20, 27-29 and 31 of the facts table; 2, 6, 21, 23, 25 (and any row added
+     * beyond upstream's table, such as a Diffusers layout) have converters; 34. */
     CHECK_MSG(verified == 15, "verified %zu WanModel rows", verified);
-    CHECK_MSG(converted == 5, "declared %zu converted WanModel rows", converted);
+    CHECK_MSG(converted >= 5, "declared %zu converted WanModel rows", converted);
     CHECK_MSG(refused == 1, "refused %zu WanModel rows", refused);
 }
 
