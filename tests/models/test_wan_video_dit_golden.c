@@ -156,9 +156,10 @@ static void check_runs(const golden_case *gc, ds_loaded_model *model, ds_loaded_
 
 /* One run of the "forward" step: inputs by name, an optional VACE model of role `role`;
  * *out (when not NULL) receives a copy of noise_pred's data (caller frees). */
-static int run_step(const ds_loaded_model *model, const ds_loaded_model *vace, const char *role,
-                    const char *const *names, const ds_tensor *tensors, size_t count,
-                    const char *scale, ds_tensor *out, ds_error *err)
+static int run_step_param(const ds_loaded_model *model, const ds_loaded_model *vace,
+                          const char *role, const char *const *names, const ds_tensor *tensors,
+                          size_t count, const char *param, const char *value, ds_tensor *out,
+                          ds_error *err)
 {
     const ds_model_step *step = ds_model_step_find(model->cls->steps, model->cls->step_count,
                                                    "forward");
@@ -172,8 +173,8 @@ static int run_step(const ds_loaded_model *model, const ds_loaded_model *vace, c
     int rc = DS_OK;
     for (size_t i = 0; rc == DS_OK && i < count; i++)
         rc = ds_step_io_add_tensor(&in, names[i], tensors[i], NULL, err);
-    if (rc == DS_OK && scale)
-        rc = ds_step_io_add_param(&in, "vace_scale", scale, err);
+    if (rc == DS_OK && param)
+        rc = ds_step_io_add_param(&in, param, value, err);
     if (rc == DS_OK)
         rc = step->run(model, &ctx, &in, &result, err);
     const ds_tensor *noise = ds_step_io_tensor(&result, "noise_pred");
@@ -183,6 +184,62 @@ static int run_step(const ds_loaded_model *model, const ds_loaded_model *vace, c
     ds_step_io_free(&in);
     ds_step_io_free(&result);
     return rc;
+}
+
+static int run_step(const ds_loaded_model *model, const ds_loaded_model *vace, const char *role,
+                    const char *const *names, const ds_tensor *tensors, size_t count,
+                    const char *scale, ds_tensor *out, ds_error *err)
+{
+    return run_step_param(model, vace, role, names, tensors, count, scale ? "vace_scale" : NULL,
+                          scale, out, err);
+}
+
+/* The step on the image inputs (y, clip_feature) or the per-token timestep parameter gives
+ * the golden batch-1 output; without them it is refused by name. */
+static void check_image_step(const golden_case *gc, ds_loaded_model *model,
+                             seeded_input *inputs)
+{
+    char tname[64], gname[64];
+    snprintf(tname, sizeof tname, "%s.timestep", gc->name);
+    snprintf(gname, sizeof gname, "%s.b1.f32", gc->name);
+    ds_tensor t = golden_tensor(tname);
+    t.shape[0] = 1;
+    const char *names[5] = {"latents", "context", "timestep", "y", "clip_feature"};
+    ds_tensor args[5] = {first(&inputs[0], 1), first(&inputs[1], 1), t};
+    size_t n = 3;
+    if (gc->y_channels) {
+        args[n++] = first(&inputs[2], 1);
+        args[n++] = first(&inputs[3], 1);
+    }
+    const char *param = gc->fuse ? "fuse_vae_embedding_in_latents" : NULL;
+    ds_tensor out;
+    ds_error err;
+    int rc = run_step_param(model, NULL, NULL, names, args, n, param, "true", &out, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    if (rc == DS_OK) {
+        ds_tensor want = golden_tensor(gname);
+        double rel = ds_golden_rel_l2(&out, &want);
+        fprintf(stderr, "  %s step: rel L2 %.3g\n", gc->name, rel);
+        CHECK(rel < 1e-4);
+        ds_tensor_free(&out);
+    }
+    if (gc->fuse) {
+        /* One timestep for the whole batch, as the first frame's tokens take 0. */
+        rc = run_step_param(model, NULL, NULL, names, args, n, NULL, NULL, &out, &err);
+        CHECK_MSG(rc == DS_OK, "%s", err.message);
+        if (rc == DS_OK) {
+            ds_tensor want = golden_tensor(gname);
+            CHECK(ds_golden_rel_l2(&out, &want) > 1e-3);
+            ds_tensor_free(&out);
+        }
+    } else {
+        CHECK(run_step_param(model, NULL, NULL, names, args, 4, NULL, NULL, NULL, &err) ==
+              DS_ERR_INVALID_ARGUMENT);
+        CHECK_CONTAINS(err.message, "\"clip_feature\" is required");
+        CHECK(run_step_param(model, NULL, NULL, names, args, 3, NULL, NULL, NULL, &err) ==
+              DS_ERR_INVALID_ARGUMENT);
+        CHECK_CONTAINS(err.message, "\"y\" is required");
+    }
 }
 
 /* The step with the VACE model as aux model of role "vace" gives the golden batch-1 output;
@@ -289,6 +346,8 @@ static void run_case(const golden_case *gc)
     check_runs(gc, &model, &vace, inputs, "f32", 1e-4);
     if (gc->vace)
         check_vace_step(&model, &vace, inputs);
+    if (gc->y_channels || gc->fuse)
+        check_image_step(gc, &model, inputs);
     ds_golden_model_to_bf16(&model);
     if (gc->vace)
         ds_golden_model_to_bf16(&vace);
