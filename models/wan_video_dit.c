@@ -35,7 +35,7 @@ enum {
 
 /* What the kwargs decide (ds_module dims). */
 enum {
-    KW_DIM, KW_SIX_DIM, KW_TWO_DIM, KW_FFN, KW_LAYERS, KW_IN_DIM, KW_HEAD_OUT, KW_TEXT_DIM,
+    KW_DIM, KW_SIX_DIM, KW_FFN, KW_LAYERS, KW_IN_DIM, KW_HEAD_OUT, KW_TEXT_DIM,
     KW_FREQ_DIM, KW_IMAGE, KW_IMAGE_POS, KW_REF_CONV, KW_CONTROL, KW_CONTROL_IN, KW_COUNT
 };
 
@@ -252,7 +252,6 @@ static void config_dims(const wan_config *c, int64_t dims[KW_COUNT])
 {
     dims[KW_DIM] = c->dim;
     dims[KW_SIX_DIM] = 6 * c->dim;
-    dims[KW_TWO_DIM] = 2 * c->dim;
     dims[KW_FFN] = c->ffn_dim;
     dims[KW_LAYERS] = c->num_layers;
     dims[KW_IN_DIM] = c->in_dim;
