@@ -466,7 +466,12 @@ ds_verify_result ds_config_verify(const ds_model_config *config,
         return DS_VERIFY_NOT_APPLICABLE;
     ds_state_dict tree;
     ds_state_dict_init(&tree);
-    if (ds_model_class_declare(cls, config->extra_kwargs_json, &tree, err) != DS_OK)
+    int declared = ds_model_class_declare(cls, config->extra_kwargs_json, &tree, err);
+    /* A variant the class does not build (a kwarg it refuses as unimplemented) is no
+     * disagreement with upstream. */
+    if (declared == DS_ERR_UNIMPLEMENTED)
+        return DS_VERIFY_NOT_APPLICABLE;
+    if (declared != DS_OK)
         return DS_VERIFY_ERROR;
     int rc = ds_model_hash(&tree, computed);
     ds_state_dict_free(&tree);

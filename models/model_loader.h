@@ -82,7 +82,8 @@ void ds_loaded_model_free(ds_loaded_model *model);
 typedef enum ds_verify_result {
     DS_VERIFY_MATCH = 1,
     DS_VERIFY_MISMATCH = 2,
-    DS_VERIFY_NOT_APPLICABLE = 3, /* class not implemented, or the config has a converter */
+    DS_VERIFY_NOT_APPLICABLE = 3, /* class not implemented, or the config has a converter, or
+                                   * the class does not implement these kwargs (err says which) */
     DS_VERIFY_ERROR = 4,          /* the class refused the kwargs; err says why */
 } ds_verify_result;
 

@@ -300,7 +300,7 @@ static void test_identify_wan(void)
                      "{\"has_image_input\": false, \"patch_size\": [1, 2, 2], \"in_dim\": 16, "
                      "\"dim\": 1536, \"ffn_dim\": 8960, \"freq_dim\": 256, \"text_dim\": 4096, "
                      "\"out_dim\": 16, \"num_heads\": 12, \"num_layers\": 30, \"eps\": 1e-6}",
-                     false);
+                     true);
 }
 
 static void test_identify_runtime_config(void)
@@ -445,17 +445,18 @@ static void test_list_configs_verify(void)
     REQUIRE(request(&req, &resp, NULL, NULL, 0) == DS_CLIENT_OK);
     const diffsynth_v1_ListConfigsResponse *r = &resp.body.list_configs_result;
     REQUIRE(r->entries_count == BUILTIN_CONFIGS + 1);
-    /* The qwen_image configs without converter whose classes this build has. */
-    const char *must_match[] = {DIT_HASH, VAE_HASH, CN_HASH, CN_INPAINT_HASH, DIT_LAYERED_HASH,
-                                VAE_LAYERED_HASH};
-    int matched[6] = {0};
+    /* Configs without converter whose classes this build has (the Qwen-Image ones and
+     * Wan2.1-T2V-1.3B's WanModel). */
+    const char *must_match[] = {DIT_HASH,         VAE_HASH,         CN_HASH, CN_INPAINT_HASH,
+                                DIT_LAYERED_HASH, VAE_LAYERED_HASH, WAN_HASH};
+    int matched[7] = {0};
     for (pb_size_t i = 0; i < r->entries_count; i++) {
         const diffsynth_v1_ConfigEntry *e = &r->entries[i];
         CHECK_MSG(e->verify != diffsynth_v1_VerifyResult_VERIFY_MISMATCH &&
                       e->verify != diffsynth_v1_VerifyResult_VERIFY_ERROR,
                   "%s %s: verify %d (%s)", e->config.model_hash, e->config.model_name,
                   (int)e->verify, e->detail ? e->detail : "");
-        for (int k = 0; k < 6; k++) {
+        for (int k = 0; k < 7; k++) {
             if (!str_is(e->config.model_hash, must_match[k]))
                 continue;
             matched[k]++;
@@ -463,12 +464,12 @@ static void test_list_configs_verify(void)
                       must_match[k], (int)e->verify, e->detail ? e->detail : "");
             CHECK_STR_EQ(e->computed_hash, must_match[k]);
         }
-        if (str_is(e->config.model_hash, TE_HASH) || str_is(e->config.model_hash, WAN_HASH) ||
+        if (str_is(e->config.model_hash, TE_HASH) ||
             str_is(e->config.model_name, "it_runtime_model"))
             CHECK_MSG(e->verify == diffsynth_v1_VerifyResult_VERIFY_NOT_APPLICABLE,
                       "%s: verify %d", e->config.model_name, (int)e->verify);
     }
-    for (int k = 0; k < 6; k++)
+    for (int k = 0; k < 7; k++)
         CHECK_MSG(matched[k] == 1, "%s appears %d times", must_match[k], matched[k]);
     ds_client_envelope_free(&resp);
 }
@@ -497,11 +498,6 @@ static void keep_a_model(void)
 
 static void test_load_unimplemented(void)
 {
-    expect_path_error(diffsynth_v1_Envelope_load_tag, wan, wan_n, diffsynth_v1_Code_UNIMPLEMENTED,
-                      "wan_video_dit", false);
-    expect_path_error(diffsynth_v1_Envelope_load_tag, wan, wan_n, diffsynth_v1_Code_UNIMPLEMENTED,
-                      WAN_HASH, false);
-    check_unharmed();
     char *paths[] = {xy_path};
     expect_path_error(diffsynth_v1_Envelope_load_tag, paths, 1, diffsynth_v1_Code_UNIMPLEMENTED,
                       "it_runtime_model", false);

@@ -47,6 +47,37 @@ void ds_golden_bounds_qwen_image_dit(const ds_state_dict *params, const char *na
     *bound = linear_bound(params, name, view);
 }
 
+static double fan_in_bound(const ds_tensor_view *w)
+{
+    int64_t fan_in = 1;
+    for (int i = 1; i < w->ndim; i++)
+        fan_in *= w->shape[i];
+    return 1.0 / sqrt((double)fan_in);
+}
+
+void ds_golden_bounds_wan_video_dit(const ds_state_dict *params, const char *name,
+                                    const ds_tensor_view *view, double *bound, float *center)
+{
+    *center = 0.0f;
+    *bound = 0.1;
+    if (ends_with(name, "modulation"))
+        return;
+    if (view->ndim >= 2) {
+        *bound = fan_in_bound(view);
+        return;
+    }
+    if (ends_with(name, ".bias")) {
+        char weight[512];
+        snprintf(weight, sizeof weight, "%.*s.weight", (int)(strlen(name) - strlen(".bias")),
+                 name);
+        const ds_sd_entry *w = ds_state_dict_find(params, weight);
+        if (w && w->tensor.ndim >= 2)
+            *bound = fan_in_bound(&w->tensor);
+        return;
+    }
+    *center = 1.0f;
+}
+
 void ds_golden_bounds_qwen_image_text_encoder(const ds_state_dict *params, const char *name,
                                               const ds_tensor_view *view, double *bound,
                                               float *center)

@@ -17,6 +17,8 @@
 #define WAN_TE_CLASS "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
 #define VAE_CLASS "diffsynth.models.qwen_image_vae.QwenImageVAE"
+#define WAN_CLASS "diffsynth.models.wan_video_dit.WanModel"
+#define VACE_CLASS "diffsynth.models.wan_video_vace.VaceWanModel"
 #define CONTROLNET_CLASS "diffsynth.models.qwen_image_controlnet.QwenImageBlockWiseControlNet"
 
 static char *data_path(const char *rel)
@@ -54,7 +56,8 @@ static void test_verify_builtin_configs(void)
     size_t verified = 0;
     for (size_t i = 0; i < ds_builtin_model_config_count; i++) {
         const ds_model_config *c = &ds_builtin_model_configs[i];
-        if (!ds_config_is_implemented(c) || c->state_dict_converter)
+        if (!ds_config_is_implemented(c) || c->state_dict_converter ||
+            strncmp(c->model_class, "diffsynth.models.qwen_image", 27) != 0)
             continue;
         char computed[DS_MODEL_HASH_HEX];
         ds_error err;
@@ -80,7 +83,8 @@ static void test_verify_not_applicable(void)
     for (size_t i = 0; i < ds_builtin_model_config_count; i++) {
         const ds_model_config *c = &ds_builtin_model_configs[i];
         if (strcmp(c->model_name, "qwen_image_text_encoder") == 0 ||
-            strcmp(c->model_name, "wan_video_dit") == 0) {
+            (strcmp(c->model_name, "wan_video_dit") == 0 &&
+             (c->state_dict_converter || strcmp(c->model_class, WAN_CLASS) != 0))) {
             CHECK(ds_config_verify(c, computed, &err) == DS_VERIFY_NOT_APPLICABLE);
             CHECK_STR_EQ(computed, "");
         }
@@ -99,6 +103,14 @@ static void test_tree_sizes(void)
         {DIT_CLASS, "{\"use_layer3d_rope\": true, \"use_additional_t_cond\": true}", 1934,
          20430401088ull + 2 * 3072},
         {VAE_CLASS, NULL, 194, 126892531ull},
+        /* Counted with upstream's VaceWanModel on the meta device: the class defaults (1.3B)
+         * and the Wan2.1-VACE-14B row. */
+        {VACE_CLASS, NULL, 439, 734975232ull},
+        {VACE_CLASS,
+         "{\"vace_layers\": [0, 5, 10, 15, 20, 25, 30, 35], \"vace_in_dim\": 96, \"patch_size\": "
+         "[1, 2, 2], \"has_image_input\": false, \"dim\": 5120, \"num_heads\": 40, "
+         "\"ffn_dim\": 13824, \"eps\": 1e-06}",
+         236, 3049101312ull},
         {TE_CLASS, NULL, 729, 8292166656ull},
         /* Facts §1.3: 5.68 B, the embedding 1.05 B of it. */
         {WAN_TE_CLASS, NULL, 242, 5680910336ull},
@@ -385,13 +397,122 @@ static void test_wan_text_encoder_kwargs(void)
     CHECK_CONTAINS(err.message, "shared_pos");
 }
 
+/* Every WanModel row of the table: without a converter its tree hashes to the row's
+ * model_hash (upstream's hashes, not ours); with one (the file holds more than the DiT) the
+ * tree still declares; WanToDance's switches are refused by name. */
+static void test_wan_model_rows(void)
+{
+    size_t verified = 0, converted = 0, refused = 0;
+    for (size_t i = 0; i < ds_builtin_model_config_count; i++) {
+        const ds_model_config *c = &ds_builtin_model_configs[i];
+        if (strcmp(c->model_class, WAN_CLASS) != 0)
+            continue;
+        char computed[DS_MODEL_HASH_HEX];
+        ds_error err;
+        ds_error_clear(&err);
+        if (c->extra_kwargs_json &&
+            strstr(c->extra_kwargs_json, "\"wantodance_enable_global\": true")) {
+            CHECK(ds_config_verify(c, computed, &err) == DS_VERIFY_NOT_APPLICABLE);
+            CHECK(err.code == DS_ERR_UNIMPLEMENTED);
+            CHECK_MSG(strstr(err.message, "wantodance_enable_music_inject") != NULL, "%s",
+                      err.message);
+            refused++;
+        } else if (c->state_dict_converter) {
+            ds_state_dict tree;
+            CHECK_MSG(declare(WAN_CLASS, c->extra_kwargs_json, &tree, &err) == DS_OK, "%s: %s",
+                      c->model_hash, err.message);
+            ds_state_dict_free(&tree);
+            converted++;
+        } else {
+            ds_verify_result r = ds_config_verify(c, computed, &err);
+            CHECK_MSG(r == DS_VERIFY_MATCH, "%s %s: result %d, computed %s (%s)", c->model_hash,
+                      c->extra_kwargs_json, r, computed, err.message);
+            verified++;
+        }
+    }
+    /* Rows 10-20, 27-29 and 31 of the facts table; 2, 6, 21, 23, 25 (and any row added
+     * beyond upstream's table, such as a Diffusers layout) have converters; 34. */
+    CHECK_MSG(verified == 15, "verified %zu WanModel rows", verified);
+    CHECK_MSG(converted >= 5, "declared %zu converted WanModel rows", converted);
+    CHECK_MSG(refused == 1, "refused %zu WanModel rows", refused);
+}
+
+/* Kwargs the class does not run are refused by name, never ignored. */
+static void test_wan_model_kwargs(void)
+{
+    static const char *const base = "\"dim\": 64, \"in_dim\": 16, \"ffn_dim\": 128, "
+                                     "\"out_dim\": 16, \"text_dim\": 32, \"freq_dim\": 256, "
+                                     "\"eps\": 1e-06, \"num_heads\": 4, \"num_layers\": 1, "
+                                     "\"has_image_input\": false";
+    static const struct {
+        const char *extra;
+        int code;
+        const char *needle;
+    } cases[] = {
+        {", \"patch_size\": [1, 2, 2]", DS_OK, NULL},
+        {", \"patch_size\": [1, 4, 4]", DS_ERR_UNIMPLEMENTED, "patch_size"},
+        {", \"patch_size\": [1, 2, 2], \"wantodance_enable_refface\": true",
+         DS_ERR_UNIMPLEMENTED, "wantodance_enable_refface"},
+        {", \"patch_size\": [1, 2, 2], \"wantodance_enable_refface\": false", DS_OK, NULL},
+        {", \"patch_size\": [1, 2, 2], \"vace_layers\": [0]", DS_ERR_INVALID_ARGUMENT,
+         "vace_layers"},
+        {"", DS_ERR_INVALID_ARGUMENT, "patch_size"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char json[1024];
+        snprintf(json, sizeof json, "{%s%s}", base, cases[i].extra);
+        ds_state_dict tree;
+        ds_error err;
+        int rc = declare(WAN_CLASS, json, &tree, &err);
+        CHECK_MSG(rc == cases[i].code, "%s: %d (%s)", cases[i].extra, rc, err.message);
+        if (cases[i].needle)
+            CHECK_MSG(strstr(err.message, cases[i].needle) != NULL, "%s", err.message);
+        if (rc == DS_OK) {
+            /* The inputs, one block (modulation, two attentions, norm3, FFN), the head. */
+            CHECK_MSG(tree.count == 12 + 27 + 3, "%zu tensors", tree.count);
+            ds_state_dict_free(&tree);
+        }
+    }
+}
+
+/* VACE layers the forward cannot run are refused at declaration. */
+static void test_vace_kwargs(void)
+{
+    static const struct {
+        const char *json;
+        int code;
+        const char *needle;
+    } cases[] = {
+        {"{\"vace_layers\": [2, 4]}", DS_ERR_UNIMPLEMENTED, "must start with 0"},
+        {"{\"vace_layers\": [0, 4, 4]}", DS_ERR_INVALID_ARGUMENT, "must increase"},
+        {"{\"has_image_input\": true}", DS_ERR_UNIMPLEMENTED, "has_image_input"},
+        {"{\"num_layers\": 2}", DS_ERR_INVALID_ARGUMENT, "num_layers"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ds_state_dict tree;
+        ds_error err;
+        int rc = declare(VACE_CLASS, cases[i].json, &tree, &err);
+        CHECK_MSG(rc == cases[i].code, "%s: %d (%s)", cases[i].json, rc, err.message);
+        CHECK_MSG(strstr(err.message, cases[i].needle) != NULL, "%s", err.message);
+    }
+    /* The one block with before_proj is the first. */
+    ds_state_dict tree;
+    ds_error err;
+    REQUIRE(declare(VACE_CLASS, NULL, &tree, &err) == DS_OK);
+    CHECK(ds_state_dict_find(&tree, "vace_blocks.0.before_proj.weight") != NULL);
+    CHECK(ds_state_dict_find(&tree, "vace_blocks.1.before_proj.weight") == NULL);
+    CHECK(ds_state_dict_find(&tree, "vace_blocks.14.after_proj.bias") != NULL);
+    ds_state_dict_free(&tree);
+}
+
 static void test_registry(void)
 {
-    CHECK(ds_model_class_count == 5);
+    CHECK(ds_model_class_count == 7);
     CHECK(ds_model_class_find(WAN_TE_CLASS) != NULL);
+    CHECK(ds_model_class_find(VACE_CLASS) != NULL);
     for (size_t i = 0; i < ds_model_class_count; i++)
         CHECK(ds_model_class_find(ds_model_classes[i]->name) == ds_model_classes[i]);
-    CHECK(ds_model_class_find("diffsynth.models.wan_video_dit.WanModel") == NULL);
+    CHECK(ds_model_class_find(WAN_CLASS) != NULL);
     CHECK(ds_model_class_find("QwenImageDiT") == NULL);
     CHECK(ds_converter_find(TE_CONVERTER) != NULL);
     /* Converters are found by upstream's full dotted path only. */
@@ -403,6 +524,9 @@ int main(void)
     RUN(test_wan_text_encoder_kwargs);
     RUN(test_registry);
     RUN(test_verify_builtin_configs);
+    RUN(test_wan_model_rows);
+    RUN(test_wan_model_kwargs);
+    RUN(test_vace_kwargs);
     RUN(test_verify_not_applicable);
     RUN(test_verify_runtime_entries);
     RUN(test_tree_sizes);
