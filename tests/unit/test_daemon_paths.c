@@ -115,7 +115,19 @@ static void test_resolve(void)
     CHECK(ds_model_roots_resolve(&roots, root, &resolved, &err) == DS_ERR_INVALID_ARGUMENT);
     CHECK(resolved == NULL);
 
+    /* What a running step opens may be a folder (a tokenizer's); the roots rule is the same. */
+    CHECK(ds_model_roots_check(&roots, root, &err) == DS_OK);
+    CHECK(ds_model_roots_check(&roots, file, &err) == DS_OK);
+    CHECK(ds_model_roots_check(&roots, "models", &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK(ds_model_roots_check(&roots, missing, &err) == DS_ERR_NOT_FOUND);
+    CHECK(ds_model_roots_check(&roots, sibling, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK(ds_model_roots_check(&roots, dotdot, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK(ds_model_roots_check(&roots, link, &err) == DS_ERR_PERMISSION_DENIED);
+    snprintf(expected, sizeof expected, "%s is outside the model roots: %s", link, root);
+    CHECK_STR_EQ(err.message, expected);
+
     CHECK(ds_model_roots_add(&roots, sibling, &err) == DS_OK);
+    CHECK(ds_model_roots_check(&roots, link, &err) == DS_OK);
     CHECK(ds_model_roots_resolve(&roots, link, &resolved, &err) == DS_OK);
     CHECK_STR_EQ(resolved, outside);
     free(resolved);
