@@ -858,3 +858,19 @@ int it_make_qwen_image_set(const it_env *env, it_qwen_image_set *out)
              dit_hash, te_hash);
     return it_write_file(out->configs, configs, strlen(configs));
 }
+
+int it_pool_id(const char *snapshot, const char *name, char *id, size_t size)
+{
+    for (const char *line = snapshot; line && *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        char row[1024], rid[32], rname[128];
+        snprintf(row, sizeof row, "%.*s", (int)len, line);
+        if (sscanf(row, "%31s %127s", rid, rname) == 2 && strcmp(rname, name) == 0) {
+            snprintf(id, size, "%s", rid);
+            return 0;
+        }
+        line = end ? end + 1 : NULL;
+    }
+    return -1;
+}

@@ -73,6 +73,8 @@ bool it_status_ok(const it_env *env);
 /* A summary of the pool ("id name hash [clients] [paths]" per model, in order) from a fresh
  * connection; malloc'd; NULL if ListModels failed. */
 char *it_pool_snapshot(const it_env *env);
+/* The id of the model named `name` in an it_pool_snapshot into `id`; -1 when none is. */
+int it_pool_id(const char *snapshot, const char *name, char *id, size_t size);
 
 /* Writes tests/data/keylists/<stem>.json as sparse bf16 safetensors under DIR/models, named
  * <name>.safetensors or, with shards > 1, <name>-0000i-of-0000N.safetensors. *paths gets a

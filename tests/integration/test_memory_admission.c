@@ -75,22 +75,6 @@ static int run_pipeline(ds_client *c, const ds_client_step_param *params, size_t
     return ds_client_run_pipeline(c, &r, res, RUN_TIMEOUT_MS, NULL, NULL, NULL);
 }
 
-static int pool_id(const char *snapshot, const char *name, char *id, size_t size)
-{
-    for (const char *line = snapshot; line && *line;) {
-        const char *end = strchr(line, '\n');
-        size_t len = end ? (size_t)(end - line) : strlen(line);
-        char row[1024], rid[32], rname[128];
-        snprintf(row, sizeof row, "%.*s", (int)len, line);
-        if (sscanf(row, "%31s %127s", rid, rname) == 2 && strcmp(rname, name) == 0) {
-            snprintf(id, size, "%s", rid);
-            return 0;
-        }
-        line = end ? end + 1 : NULL;
-    }
-    return -1;
-}
-
 static double now_s(void)
 {
     struct timespec ts;
@@ -117,7 +101,7 @@ static void test_reference_run(void)
     ds_client_pipeline_result_free(&res);
     ds_client_close(c);
     char *pool = it_pool_snapshot(&env);
-    REQUIRE(pool && pool_id(pool, "qwen_image_dit", dit_id, sizeof dit_id) == 0);
+    REQUIRE(pool && it_pool_id(pool, "qwen_image_dit", dit_id, sizeof dit_id) == 0);
     free(pool);
 }
 

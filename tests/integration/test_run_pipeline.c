@@ -274,24 +274,6 @@ static void check_events(const progress_log *log, int steps, int with_load)
                   log->ev[k].elapsed_s, log->ev[k - 1].elapsed_s);
 }
 
-/* "id name" rows of the pool; the id of the model named `name` goes to `id`. */
-static int pool_id(const char *snapshot, const char *name, char *id, size_t size)
-{
-    for (const char *line = snapshot; line && *line;) {
-        const char *end = strchr(line, '\n');
-        size_t len = end ? (size_t)(end - line) : strlen(line);
-        char row[1024];
-        snprintf(row, sizeof row, "%.*s", (int)len, line);
-        char rid[32], rname[128];
-        if (sscanf(row, "%31s %127s", rid, rname) == 2 && strcmp(rname, name) == 0) {
-            snprintf(id, size, "%s", rid);
-            return 0;
-        }
-        line = end ? end + 1 : NULL;
-    }
-    return -1;
-}
-
 static void test_generate_from_paths(void)
 {
     const char *te[] = {set.text_encoder}, *dit[] = {set.dit}, *vae[] = {set.vae};
@@ -332,9 +314,9 @@ static void test_generate_from_paths(void)
     ds_client_close(c);
     char *pool = it_pool_snapshot(&env);
     REQUIRE(pool);
-    CHECK_MSG(pool_id(pool, "qwen_image_text_encoder", te_id, sizeof te_id) == 0 &&
-                  pool_id(pool, "qwen_image_dit", dit_id, sizeof dit_id) == 0 &&
-                  pool_id(pool, "qwen_image_vae", vae_id, sizeof vae_id) == 0,
+    CHECK_MSG(it_pool_id(pool, "qwen_image_text_encoder", te_id, sizeof te_id) == 0 &&
+                  it_pool_id(pool, "qwen_image_dit", dit_id, sizeof dit_id) == 0 &&
+                  it_pool_id(pool, "qwen_image_vae", vae_id, sizeof vae_id) == 0,
               "pool after the run:\n%s", pool);
     size_t rows = 0;
     for (const char *p = pool; *p; p++)
