@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "client/cli.h"
-#include "core/qwen_tokenizer.h"
+#include "tokenizers/qwen_tokenizer.h"
 #include "tokenizers/wan_tokenizer.h"
 
 const char cli_tokenize_help[] =

@@ -1,18 +1,15 @@
-/* The state-dict converters this build implements, found by upstream's dotted name. */
+/* The state-dict converters this build implements (core/families.def), found by upstream's
+ * dotted name. */
 #include <string.h>
 
 #include "converters/converter.h"
 
-extern const ds_converter ds__qwen_image_text_encoder_converter;
-extern const ds_converter ds__wan_video_dit_state_dict_converter;
-extern const ds_converter ds__wan_video_dit_from_diffusers;
-extern const ds_converter ds__vace_wan_model_dict_converter;
+#define DS_CONVERTER(stem, var) extern const ds_converter var;
+#include "core/families.def"
 
 const ds_converter *const ds_converters[] = {
-    &ds__qwen_image_text_encoder_converter,
-    &ds__wan_video_dit_state_dict_converter,
-    &ds__wan_video_dit_from_diffusers,
-    &ds__vace_wan_model_dict_converter,
+#define DS_CONVERTER(stem, var) &var,
+#include "core/families.def"
 };
 const size_t ds_converter_count = sizeof ds_converters / sizeof ds_converters[0];
 

@@ -5,30 +5,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "core/log.h"
 #include "daemon/message_walk.h"
+#include "daemon/reply.h"
 #include "daemon/run_pipeline.h"
 #include "daemon/run_step.h"
 #include "models/model_loader.h"
 
 #define MAX_SUGGESTIONS 5
-
-uint64_t ds_monotonic_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-uint64_t ds_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* --- reply arena ---------------------------------------------------------------------------
  * A reply is a tree of small protobuf-c structs; building it in an arena makes freeing it one
@@ -102,41 +88,11 @@ static void arena_free(arena *a)
 
 /* --- replies ------------------------------------------------------------------------------ */
 
-void ds_dispatch_reply_error(ds_daemon *d, ds_conn *conn, uint64_t request_id, int status,
-                             const char *message)
-{
-    d->requests_served++;
-    ds_log_debug("%s: request %llu failed: %s: %s", ds_conn_describe(conn),
-                 (unsigned long long)request_id, ds_status_name(status), message);
-    ds_conn_send_error(conn, request_id, status, message);
-}
-
-void ds_dispatch_send_progress(ds_conn *conn, uint64_t request_id, const ds_job_progress *p)
-{
-    if (!ds_conn_is_open(conn))
-        return;
-    Diffsynth__V1__Progress progress = DIFFSYNTH__V1__PROGRESS__INIT;
-    progress.phase = (char *)p->phase;
-    progress.done = p->done;
-    progress.total = p->total;
-    progress.elapsed_s = p->elapsed_s;
-    progress.eta_s = p->eta_s;
-    progress.message = (char *)p->message;
-    Diffsynth__V1__Event event = DIFFSYNTH__V1__EVENT__INIT;
-    event.kind_case = DIFFSYNTH__V1__EVENT__KIND_PROGRESS;
-    event.progress = &progress;
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_EVENT;
-    out.event = &event;
-    ds_conn_send(conn, &out);
-}
-
 /* Sends a built reply, or an error instead when building ran out of memory. */
 static void reply(ds_daemon *d, ds_conn *conn, arena *a, Diffsynth__V1__Envelope *env)
 {
     if (a->oom) {
-        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
                                 "out of memory building the reply");
         return;
     }
@@ -476,7 +432,7 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
         rc = ds_suggest_configs(d->configs, files, suggestions, MAX_SUGGESTIONS, &suggestion_count,
                                 &err);
     if (rc != DS_OK) {
-        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
+        ds_reply_error(d, conn, env->request_id, rc, err.message);
         goto done;
     }
 
@@ -670,7 +626,7 @@ done:
 
 static void load_progress(ds_job *job, const ds_job_progress *p)
 {
-    ds_dispatch_send_progress(((load_job *)job)->conn, job->request_id, p);
+    ds_reply_progress(((load_job *)job)->conn, job->request_id, p);
 }
 
 static void log_loaded(const ds_pool_model *e, int reused, const char *client)
@@ -708,7 +664,7 @@ static void load_complete(ds_job *job)
     if (job->status != DS_OK) {
         if (job->status != DS_ERR_CANCELLED)
             ds_log_info("load for %s failed: %s", lj->client, job->error.message);
-        ds_dispatch_reply_error(d, conn, job->request_id, job->status, job->error.message);
+        ds_reply_error(d, conn, job->request_id, job->status, job->error.message);
         goto done;
     }
 
@@ -720,7 +676,7 @@ static void load_complete(ds_job *job)
     size_t inserted_count = 0;
     ds_error err;
     if (a.oom) {
-        ds_dispatch_reply_error(d, conn, job->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+        ds_reply_error(d, conn, job->request_id, DS_ERR_RESOURCE_EXHAUSTED,
                                 "out of memory adding the models to the pool");
         goto done;
     }
@@ -738,7 +694,7 @@ static void load_complete(ds_job *job)
                 ds_pool_unref(d->pool, inserted[k]->id, lj->uid, 0, lj->client, 0, &ignored,
                               &unref_err);
             }
-            ds_dispatch_reply_error(d, conn, job->request_id, rc, err.message);
+            ds_reply_error(d, conn, job->request_id, rc, err.message);
             goto done;
         }
         inserted_count++;
@@ -835,19 +791,19 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     ds_error_clear(&err);
     load_job *lj = calloc(1, sizeof *lj);
     if (!lj) {
-        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
                                 "out of memory queueing the load");
         return;
     }
     int rc = load_vram_config(d, req, &lj->vram_config, &err);
     if (rc != DS_OK) {
-        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
+        ds_reply_error(d, conn, env->request_id, rc, err.message);
         load_job_free(lj);
         return;
     }
     rc = ds_model_roots_open_all(&d->roots, req->paths, req->n_paths, &lj->paths, &err);
     if (rc != DS_OK) {
-        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
+        ds_reply_error(d, conn, env->request_id, rc, err.message);
         load_job_free(lj);
         return;
     }
@@ -859,7 +815,7 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
         lj->given_count = i + 1;
     }
     if (oom) {
-        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
                                 "out of memory queueing the load");
         load_job_free(lj);
         return;
@@ -868,7 +824,7 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     if (rc == DS_OK)
         rc = ds_conn_begin_job(conn, env, &err);
     if (rc != DS_OK) {
-        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
+        ds_reply_error(d, conn, env->request_id, rc, err.message);
         load_job_free(lj);
         return;
     }
@@ -893,7 +849,7 @@ static void handle_unload(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
     const Diffsynth__V1__UnloadRequest *req = env->unload;
     char *client = default_client(conn, req->client_name);
     if (!client) {
-        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
                                 "out of memory");
         return;
     }
@@ -908,7 +864,7 @@ static void handle_unload(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
     int rc = ds_pool_unref(d->pool, req->model_id, uid, uid == geteuid(), client,
                            req->all_references, &result, &err);
     if (rc != DS_OK) {
-        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
+        ds_reply_error(d, conn, env->request_id, rc, err.message);
         free(client);
         return;
     }
@@ -1086,7 +1042,7 @@ void ds_dispatch(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env
     ds_error_clear(&err);
     int rc = ds_dispatch_validate(env, &err);
     if (rc != DS_OK) {
-        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
+        ds_reply_error(d, conn, env->request_id, rc, err.message);
         return;
     }
     ds_log_debug("%s: request %llu %s", ds_conn_describe(conn), (unsigned long long)env->request_id,
@@ -1098,11 +1054,11 @@ void ds_dispatch(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env
                  "request id %llu is already in flight on this connection; give each request "
                  "its own id (an id is free again once its reply arrived)",
                  (unsigned long long)env->request_id);
-        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_ALREADY_EXISTS, message);
+        ds_reply_error(d, conn, env->request_id, DS_ERR_ALREADY_EXISTS, message);
         return;
     }
     if (d->shutting_down) {
-        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_UNAVAILABLE,
+        ds_reply_error(d, conn, env->request_id, DS_ERR_UNAVAILABLE,
                                 "daemon is shutting down");
         return;
     }
@@ -1118,4 +1074,25 @@ void ds_dispatch(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE: ds_run_pipeline_handle(d, conn, env); break;
     default: break;
     }
+}
+
+static void on_request(void *ctx, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    ds_dispatch(ctx, conn, env);
+}
+
+/* Its queued jobs go now; a running one stops at its next checkpoint. Either way the
+ * completion sees the connection closed and drops the result. */
+static void on_close_with_jobs(void *ctx, ds_conn *conn)
+{
+    ds_daemon *d = ctx;
+    if (d->scheduler)
+        ds_scheduler_cancel_owner(d->scheduler, conn);
+}
+
+ds_server_handlers ds_dispatch_server_handlers(ds_daemon *d)
+{
+    return (ds_server_handlers){.on_request = on_request,
+                                .on_close_with_jobs = on_close_with_jobs,
+                                .ctx = d};
 }

@@ -580,7 +580,8 @@ int main(int argc, char **argv)
     }
     ds_scheduler_set_max_jobs_per_uid(d->scheduler, (size_t)max_jobs_per_uid);
     init_admission(d, request_memory_text, request_memory, threads);
-    if (ds_server_start(&loop, &server_opts, d, &d->server, &err) != DS_OK) {
+    ds_server_handlers handlers = ds_dispatch_server_handlers(d);
+    if (ds_server_start(&loop, &server_opts, &handlers, &d->server, &err) != DS_OK) {
         fprintf(stderr, "diffsynthd: %s\n", err.message);
         goto out;
     }

@@ -438,6 +438,23 @@ int ds_model_roots_open_all(const ds_model_roots *roots, char *const *paths, siz
     return DS_OK;
 }
 
+int ds_model_roots_check(const ds_model_roots *roots, const char *path, ds_error *err)
+{
+    char resolved[PATH_MAX];
+    if (path[0] != '/')
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s is not an absolute path", path);
+    if (!realpath(path, resolved))
+        return ds_error_set(err, DS_ERR_NOT_FOUND, "%s: %s", path, strerror(errno));
+    for (size_t i = 0; i < roots->count; i++)
+        if (ds_path_is_under(roots->dirs[i], resolved))
+            return DS_OK;
+    char *described = ds_model_roots_describe(roots);
+    int rc = ds_error_set(err, DS_ERR_PERMISSION_DENIED, "%s is outside the model roots: %s", path,
+                          described ? described : "(none)");
+    free(described);
+    return rc;
+}
+
 typedef struct strbuf {
     char *data;
     size_t len;

@@ -61,6 +61,12 @@ void ds_opened_paths_free(ds_opened_paths *opened);
  * cover both. */
 void ds__paths_force_walk(int on);
 
+/* Checks that a path a running step or pipeline opens (a model folder, a tokenizer folder, any
+ * file type) lies inside the model roots once resolved. INVALID_ARGUMENT: not absolute.
+ * NOT_FOUND: realpath() fails (the message says why). PERMISSION_DENIED: outside every root
+ * ("/x is outside the model roots: /a, /b"). */
+int ds_model_roots_check(const ds_model_roots *roots, const char *path, ds_error *err);
+
 /* Python's repr() of a str holding these UTF-8 bytes (bytes that are not valid UTF-8 show as
  * Python shows surrogate-escaped file names, '\udcXX'). malloc'd; NULL on OOM. */
 char *ds_python_repr(const char *text);

@@ -13,8 +13,9 @@
 
 #include "core/image_png.h"
 #include "core/log.h"
-#include "daemon/dispatch.h"
+#include "daemon/daemon.h"
 #include "daemon/paths.h"
+#include "daemon/reply.h"
 #include "daemon/shm_region.h"
 #include "kernels/ops.h"
 #include "models/memory_estimate.h"
@@ -691,7 +692,7 @@ static int load_run(ds_job *job)
 
 static void pipeline_job_progress(ds_job *job, const ds_job_progress *p)
 {
-    ds_dispatch_send_progress(((pipeline_job *)job)->conn, job->request_id, p);
+    ds_reply_progress(((pipeline_job *)job)->conn, job->request_id, p);
 }
 
 /* Ends the request: the job leaves the connection's accounting and is freed. */
@@ -740,12 +741,12 @@ static void pipeline_complete(ds_job *job)
         describe_position(pj, where, sizeof where);
         char message[160];
         snprintf(message, sizeof message, "cancelled %s", where);
-        ds_dispatch_reply_error(d, conn, job->request_id, DS_ERR_CANCELLED, message);
+        ds_reply_error(d, conn, job->request_id, DS_ERR_CANCELLED, message);
         job_end(pj);
         return;
     }
     if (job->status != DS_OK) {
-        ds_dispatch_reply_error(d, conn, job->request_id, job->status, job->error.message);
+        ds_reply_error(d, conn, job->request_id, job->status, job->error.message);
         job_end(pj);
         return;
     }
@@ -882,7 +883,7 @@ static void load_complete(ds_job *job)
     if (rc == DS_OK && ds_job_cancelled(job))
         rc = ds_error_set(&job->error, DS_ERR_CANCELLED, "cancelled while loading its models");
     if (rc != DS_OK) {
-        ds_dispatch_reply_error(d, pj->conn, job->request_id, rc, job->error.message);
+        ds_reply_error(d, pj->conn, job->request_id, rc, job->error.message);
         job_end(pj);
         return;
     }
@@ -897,7 +898,7 @@ static void load_complete(ds_job *job)
                             &s->entry, &reused, &err);
         if (rc != DS_OK) {
             s->entry = NULL;
-            ds_dispatch_reply_error(d, pj->conn, job->request_id, rc, err.message);
+            ds_reply_error(d, pj->conn, job->request_id, rc, err.message);
             job_end(pj);
             return;
         }
@@ -911,7 +912,7 @@ static void load_complete(ds_job *job)
     /* A VAE named by paths is known only now: the run is admitted before its units queue. */
     if ((!pj->admitted.active && (rc = admit(pj, &err)) != DS_OK) ||
         (rc = start_pipeline(pj, &err)) != DS_OK) {
-        ds_dispatch_reply_error(d, pj->conn, job->request_id, rc, err.message);
+        ds_reply_error(d, pj->conn, job->request_id, rc, err.message);
         job_end(pj);
     }
 }
@@ -1119,7 +1120,7 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     int rc;
     pipeline_job *pj = calloc(1, sizeof *pj);
     if (!pj) {
-        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
                                 "out of memory queueing the pipeline");
         return;
     }
@@ -1155,12 +1156,12 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
         return;
     }
     if ((rc = start_pipeline(pj, &err)) != DS_OK) {
-        ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
+        ds_reply_error(d, conn, env->request_id, rc, err.message);
         job_end(pj);
     }
     return;
 
 fail:
-    ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
+    ds_reply_error(d, conn, env->request_id, rc, err.message);
     job_free(pj);
 }

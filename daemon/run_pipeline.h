@@ -15,6 +15,7 @@
 #define DS_DAEMON_RUN_PIPELINE_H
 
 #include "core/error.h"
+#include "daemon/daemon.h"
 #include "daemon/server.h"
 #include "diffsynth.pb-c.h"
 

@@ -8,8 +8,9 @@
 #include <time.h>
 
 #include "core/log.h"
-#include "daemon/dispatch.h"
+#include "daemon/daemon.h"
 #include "daemon/paths.h"
+#include "daemon/reply.h"
 #include "daemon/shm_region.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
@@ -296,21 +297,7 @@ static int place_outputs(run_step_job *sj, ds_error *err)
  * model files: resolved, then compared component-wise with each root. */
 static int step_check_path(void *user, const char *path, ds_error *err)
 {
-    const run_step_job *sj = user;
-    const ds_model_roots *roots = &sj->daemon->roots;
-    char resolved[PATH_MAX];
-    if (path[0] != '/')
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s is not an absolute path", path);
-    if (!realpath(path, resolved))
-        return ds_error_set(err, DS_ERR_NOT_FOUND, "%s: %s", path, strerror(errno));
-    for (size_t i = 0; i < roots->count; i++)
-        if (ds_path_is_under(roots->dirs[i], resolved))
-            return DS_OK;
-    char *described = ds_model_roots_describe(roots);
-    int rc = ds_error_set(err, DS_ERR_PERMISSION_DENIED, "%s is outside the model roots: %s", path,
-                          described ? described : "(none)");
-    free(described);
-    return rc;
+    return ds_model_roots_check(&((const run_step_job *)user)->daemon->roots, path, err);
 }
 
 /* The models' files are still what was loaded: checked when the request is accepted and
@@ -369,7 +356,7 @@ static int run_step_run(ds_job *job)
 
 static void run_step_progress(ds_job *job, const ds_job_progress *p)
 {
-    ds_dispatch_send_progress(((run_step_job *)job)->conn, job->request_id, p);
+    ds_reply_progress(((run_step_job *)job)->conn, job->request_id, p);
 }
 
 /* Loop thread. The reply's tensors point into the job's outputs: nothing is copied again. */
@@ -388,14 +375,14 @@ static void run_step_complete(ds_job *job)
         goto done;
     }
     if (job->status != DS_OK) {
-        ds_dispatch_reply_error(d, conn, job->request_id, job->status, job->error.message);
+        ds_reply_error(d, conn, job->request_id, job->status, job->error.message);
         goto done;
     }
     tensors = calloc(n ? n : 1, sizeof *tensors);
     tensor_ptrs = calloc(n ? n : 1, sizeof *tensor_ptrs);
     regions = calloc(n ? n : 1, sizeof *regions);
     if (!tensors || !tensor_ptrs || !regions) {
-        ds_dispatch_reply_error(d, conn, job->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+        ds_reply_error(d, conn, job->request_id, DS_ERR_RESOURCE_EXHAUSTED,
                                 "out of memory building the reply");
         goto done;
     }
@@ -601,7 +588,7 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     int rc;
     run_step_job *sj = calloc(1, sizeof *sj);
     if (!sj) {
-        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
                                 "out of memory queueing the step");
         return;
     }
@@ -660,6 +647,6 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     return;
 
 fail:
-    ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
+    ds_reply_error(d, conn, env->request_id, rc, err.message);
     job_free(sj);
 }

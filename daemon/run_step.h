@@ -11,6 +11,7 @@
 #define DS_DAEMON_RUN_STEP_H
 
 #include "core/error.h"
+#include "daemon/daemon.h"
 #include "daemon/server.h"
 #include "diffsynth.pb-c.h"
 

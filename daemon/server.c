@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include "core/log.h"
-#include "daemon/dispatch.h"
 #include "daemon/frame.h"
 #include "daemon/shm_region.h"
 #include "daemon/message_walk.h"
@@ -82,7 +81,7 @@ struct ds_server {
     unsigned handles;          /* open handles (listener + connections) */
     ds_server_options options;
     char *socket_path;
-    ds_daemon *daemon;
+    ds_server_handlers handlers;
     ds_conn *conns;
     unsigned conn_count;       /* counted connections open now */
     unsigned next_conn_id;
@@ -494,11 +493,9 @@ static void conn_close(ds_conn *conn)
     uv_read_stop((uv_stream_t *)&conn->pipe);
     if (conn->counted)
         ds_log_info("%s: disconnected", conn->label);
-    /* Its queued jobs go now; a running one stops at its next checkpoint. Either way the
-     * completion sees the connection closed and drops the result. */
-    ds_daemon *daemon = conn->server->daemon;
-    if (conn->inflight > 0 && daemon->scheduler)
-        ds_scheduler_cancel_owner(daemon->scheduler, conn);
+    const ds_server_handlers *h = &conn->server->handlers;
+    if (conn->inflight > 0)
+        h->on_close_with_jobs(h->ctx, conn);
     uv_close((uv_handle_t *)&conn->pipe, on_conn_closed);
 }
 
@@ -555,7 +552,8 @@ static void handle_frame(ds_conn *conn, const uint8_t *frame, size_t len)
                      (unsigned long long)env->request_id, err.message);
         ds_conn_send_error(conn, env->request_id, err.code, err.message);
     } else {
-        ds_dispatch(conn->server->daemon, conn, env);
+        const ds_server_handlers *h = &conn->server->handlers;
+        h->on_request(h->ctx, conn, env);
     }
     /* Whatever a request uses it has mapped by now. */
     for (unsigned i = 0; i < conn->frame_fd_count; i++)
@@ -835,8 +833,8 @@ static uint64_t sweep_period(const ds_server_options *o)
 
 /* --- server --------------------------------------------------------------------------------- */
 
-int ds_server_start(uv_loop_t *loop, const ds_server_options *options, ds_daemon *daemon,
-                    ds_server **out, ds_error *err)
+int ds_server_start(uv_loop_t *loop, const ds_server_options *options,
+                    const ds_server_handlers *handlers, ds_server **out, ds_error *err)
 {
     const char *path = options->socket_path;
     struct sockaddr_un addr;
@@ -855,7 +853,7 @@ int ds_server_start(uv_loop_t *loop, const ds_server_options *options, ds_daemon
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory starting the server");
     server->loop = loop;
     server->options = *options;
-    server->daemon = daemon;
+    server->handlers = *handlers;
     server->socket_path = strdup(path);
     if (!server->socket_path) {
         free(server);

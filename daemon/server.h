@@ -60,13 +60,24 @@ void ds_server_options_default(ds_server_options *options);
 
 typedef struct ds_server ds_server;
 typedef struct ds_conn ds_conn;
-typedef struct ds_daemon ds_daemon;
+
+/* What the server hands up, on the loop thread: the layer above (the dispatcher) sets these at
+ * start, so the server knows nothing of requests' meaning. */
+typedef struct ds_server_handlers {
+    /* One decoded request, its strings checked for NUL on the wire; `env` is borrowed for the
+     * call. */
+    void (*on_request)(void *ctx, ds_conn *conn, const Diffsynth__V1__Envelope *env);
+    /* `conn` closed while jobs of its were queued or running (ds_conn_begin_job without its
+     * ds_conn_end_job): they should stop. */
+    void (*on_close_with_jobs)(void *ctx, ds_conn *conn);
+    void *ctx;
+} ds_server_handlers;
 
 /* Binds and listens. Refuses a path that exists and is not a socket, or a socket another
  * process accepts connections on; removes a stale socket nobody listens on. The socket file
  * is mode 0600 (0660 with group_access) before anyone can connect. */
-int ds_server_start(uv_loop_t *loop, const ds_server_options *options, ds_daemon *daemon,
-                    ds_server **out, ds_error *err);
+int ds_server_start(uv_loop_t *loop, const ds_server_options *options,
+                    const ds_server_handlers *handlers, ds_server **out, ds_error *err);
 
 /* Stops accepting and unlinks the socket; open connections stay until ds_server_close. */
 void ds_server_stop_listening(ds_server *server);
@@ -76,7 +87,7 @@ void ds_server_close(ds_server *server);
 
 unsigned ds_server_connection_count(const ds_server *server);
 
-/* Connection API used by dispatch. */
+/* Connection API used by the request handlers. */
 void ds_conn_send(ds_conn *conn, const Diffsynth__V1__Envelope *env);
 void ds_conn_send_error(ds_conn *conn, uint64_t request_id, int status, const char *message);
 int ds_conn_is_open(const ds_conn *conn);
@@ -85,7 +96,7 @@ pid_t ds_conn_pid(const ds_conn *conn);
 /* "conn 7 (uid 1000, pid 4242)": for logs. */
 const char *ds_conn_describe(const ds_conn *conn);
 /* The file descriptors passed with the frame being dispatched (SCM_RIGHTS; its
- * Envelope.fd_count), borrowed: valid only until ds_dispatch returns, when the server closes
+ * Envelope.fd_count), borrowed: valid only until on_request returns, when the server closes
  * them. A request maps what it needs before then. */
 const int *ds_conn_frame_fds(const ds_conn *conn, size_t *count);
 void ds_conn_ref(ds_conn *conn);

@@ -12,11 +12,11 @@
 #include <time.h>
 
 #include "core/log.h"
-#include "core/qwen_tokenizer.h"
+#include "tokenizers/qwen_tokenizer.h"
 #include "core/torch_generator.h"
 #include "kernels/ops.h"
-#include "models/base_pipeline.h"
-#include "models/flow_match.h"
+#include "diffusion/base_pipeline.h"
+#include "diffusion/flow_match.h"
 #include "models/model_class.h"
 #include "models/qwen_image_controlnet.h"
 #include "models/qwen_image_dit.h"

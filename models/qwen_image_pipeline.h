@@ -10,8 +10,8 @@
  *
  * Numbers follow upstream: noise from PyTorch's CPU generator for the seed, drawn in the compute
  * dtype (core/torch_generator.h); FlowMatch "Qwen-Image" sigmas with dynamic shift from the
- * un-rounded size (models/flow_match.h); the DiT timestep rounded to the compute dtype; the CFG
- * combination and the scheduler step in the compute dtype (models/base_pipeline.h).
+ * un-rounded size (diffusion/flow_match.h); the DiT timestep rounded to the compute dtype; the CFG
+ * combination and the scheduler step in the compute dtype (diffusion/base_pipeline.h).
  */
 #ifndef DS_MODELS_QWEN_IMAGE_PIPELINE_H
 #define DS_MODELS_QWEN_IMAGE_PIPELINE_H
@@ -95,7 +95,7 @@ void ds_qwen_image_pipeline_free(ds_qwen_image_pipeline *p);
 
 /* QwenImageUnit_PromptEmbedder for a text prompt (facts §5.3), with the text encoder `m`: puts
  * `prompt` (may be empty) in upstream's system/user template, tokenizes it
- * (core/qwen_tokenizer.h) with the tokenizer of folder `tokenizer` (NULL: the folder
+ * (tokenizers/qwen_tokenizer.h) with the tokenizer of folder `tokenizer` (NULL: the folder
  * `tokenizer` beside the model's folder, as Qwen/Qwen-Image lays out text_encoder/ and
  * tokenizer/; a client-named folder passes ctx->check_path), runs the encoder's forward in
  * `dtype` (f32 or bf16), drops the template's first 34 tokens and adds to `out` prompt_emb

@@ -1,24 +1,14 @@
-/* The model classes this build implements, found by upstream's dotted name. */
+/* The model classes this build implements (core/families.def), found by upstream's dotted name. */
 #include <string.h>
 
 #include "models/model_class.h"
 
-extern const ds_model_class ds__qwen_image_blockwise_controlnet_class;
-extern const ds_model_class ds__qwen_image_dit_class;
-extern const ds_model_class ds__qwen_image_text_encoder_class;
-extern const ds_model_class ds__qwen_image_vae_class;
-extern const ds_model_class ds__wan_video_text_encoder_class;
-extern const ds_model_class ds__wan_video_dit_class;
-extern const ds_model_class ds__wan_video_vace_class;
+#define DS_MODEL(stem, var) extern const ds_model_class var;
+#include "core/families.def"
 
 const ds_model_class *const ds_model_classes[] = {
-    &ds__qwen_image_blockwise_controlnet_class,
-    &ds__qwen_image_dit_class,
-    &ds__qwen_image_text_encoder_class,
-    &ds__qwen_image_vae_class,
-    &ds__wan_video_text_encoder_class,
-    &ds__wan_video_dit_class,
-    &ds__wan_video_vace_class,
+#define DS_MODEL(stem, var) &var,
+#include "core/families.def"
 };
 const size_t ds_model_class_count = sizeof ds_model_classes / sizeof ds_model_classes[0];
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/tokenizer: the Qwen2 tokenizer (core/qwen_tokenizer.c) against Hugging Face `tokenizers`
+# bench/tokenizer: the Qwen2 tokenizer (tokenizers/qwen_tokenizer.c) against Hugging Face `tokenizers`
 # on the same prompts in the same run: the shared and golden test prompts (English, CJK, emoji,
 # numbers, whitespace runs, special tokens), each encoded alone and all joined in one call.
 # Checks that both produce the same ids, prints both timings and the ratio ours / HF

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "core/qwen_tokenizer.h"
+#include "tokenizers/qwen_tokenizer.h"
 
 static double now(void)
 {

@@ -1,4 +1,4 @@
-"""Golden data for models/base_pipeline.c and core/image_png.c: upstream's BasePipeline helpers
+"""Golden data for diffusion/base_pipeline.c and core/image_png.c: upstream's BasePipeline helpers
 (diffsynth/diffusion/base_pipeline.py) called on the CPU, and PNG files written by PIL, the
 library upstream reads and writes images with.
 

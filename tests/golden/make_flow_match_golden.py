@@ -1,4 +1,4 @@
-"""Golden data for models/flow_match.c: upstream's FlowMatchScheduler("Qwen-Image") itself.
+"""Golden data for diffusion/flow_match.c: upstream's FlowMatchScheduler("Qwen-Image") itself.
 
 Writes tests/data/golden/flow_match.safetensors:
   sigmas.n<steps>.l<len>.st<strength*100> / timesteps.(same)

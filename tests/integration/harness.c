@@ -22,6 +22,7 @@
 #include <pb_decode.h>
 #include <pb_encode.h>
 
+#include "core/model_hash.h"
 #include "core/state_dict.h"
 #include "tools/keylist.h"
 
@@ -702,4 +703,174 @@ bool it_raw_wait_eof(int fd, int timeout_ms)
         if (r < 0 && errno != EINTR)
             return false;
     }
+}
+
+int it_keylist_cut(const char *stem, const char *prefix, long blocks, ds_state_dict *out)
+{
+    const char *data = getenv("DS_TEST_DATA");
+    char list[512];
+    snprintf(list, sizeof list, "%s/keylists/%s.json", data ? data : "tests/data", stem);
+    ds_state_dict full;
+    ds_state_dict_init(&full);
+    ds_state_dict_init(out);
+    ds_error err;
+    int rc = ds_keylist_load(list, DS_BF16, &full, &err);
+    size_t skip = strlen(prefix);
+    for (size_t i = 0; rc == DS_OK && i < full.count; i++) {
+        const ds_sd_entry *e = &full.entries[i];
+        if (strncmp(e->name, prefix, skip) == 0 && strtol(e->name + skip, NULL, 10) >= blocks)
+            continue;
+        rc = ds_state_dict_put_tensor(out, e->name, &e->tensor);
+    }
+    if (rc != DS_OK)
+        fprintf(stderr, "cutting key list %s to %ld blocks: %s\n", stem, blocks, err.message);
+    ds_state_dict_free(&full);
+    return rc == DS_OK ? 0 : -1;
+}
+
+int it_state_dict_hash(const ds_state_dict *sd, char hex[33])
+{
+    it_tensor *keys = calloc(sd->count ? sd->count : 1, sizeof *keys);
+    if (!keys)
+        return -1;
+    int rc = 0;
+    for (size_t i = 0; i < sd->count && rc == 0; i++) {
+        const ds_sd_entry *e = &sd->entries[i];
+        if (e->tensor.ndim > 4) {
+            fprintf(stderr, "%s has %d dims; it_model_hash takes at most 4\n", e->name,
+                    e->tensor.ndim);
+            rc = -1;
+        }
+        keys[i].name = e->name;
+        keys[i].ndim = e->tensor.ndim;
+        for (int d = 0; d < e->tensor.ndim && d < 4; d++)
+            keys[i].shape[d] = e->tensor.shape[d];
+    }
+    if (rc == 0)
+        rc = it_model_hash(keys, sd->count, hex);
+    free(keys);
+    return rc;
+}
+
+int it_write_cut(const char *stem, const char *prefix, const char *path, char hash[33])
+{
+    ds_state_dict cut;
+    if (it_keylist_cut(stem, prefix, 1, &cut) != 0)
+        return -1;
+    ds_error err;
+    int rc = DS_OK;
+    if (ds_model_hash(&cut, hash) != DS_OK)
+        rc = ds_error_set(&err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory hashing %s", stem);
+    if (rc == DS_OK)
+        rc = ds_st_write(path, &cut, 0, cut.count, DS_ST_FILL_SPARSE, 0, &err);
+    if (rc != DS_OK)
+        fprintf(stderr, "writing %s cut to one block: %s\n", stem, err.message);
+    ds_state_dict_free(&cut);
+    return rc == DS_OK ? 0 : -1;
+}
+
+int it_load(const it_env *env, char **paths, size_t n, char *id, size_t id_size)
+{
+    ds_client *c = it_connect(env);
+    if (!c)
+        return -1;
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_load_tag;
+    req.body.load.paths = paths;
+    req.body.load.paths_count = (pb_size_t)n;
+    int rc = it_call(c, &req, &resp);
+    if (rc == DS_CLIENT_OK && resp.body.load_result.models_count > 0)
+        snprintf(id, id_size, "%s", resp.body.load_result.models[0].model_id);
+    else
+        fprintf(stderr, "load failed: %s\n", ds_client_last_error(c));
+    ds_client_envelope_free(&resp);
+    ds_client_close(c);
+    return rc == DS_CLIENT_OK ? 0 : -1;
+}
+
+static int make_dirs(const it_env *env)
+{
+    static const char *const sub[] = {"Qwen-Image", "Qwen-Image/text_encoder",
+                                      "Qwen-Image/transformer", "Qwen-Image/vae",
+                                      "Qwen-Image/tokenizer"};
+    char path[256];
+    for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", env->models, sub[i]);
+        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+            fprintf(stderr, "mkdir %s: %s\n", path, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int copy_tokenizer(const char *dir)
+{
+    const char *data = getenv("DS_TEST_DATA");
+    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json"};
+    for (size_t i = 0; i < 2; i++) {
+        char from[512], to[512];
+        snprintf(from, sizeof from, "%s/qwen_tokenizer/%s", data ? data : "tests/data", names[i]);
+        snprintf(to, sizeof to, "%s/%s", dir, names[i]);
+        size_t len = 0;
+        char *text = it_read_file(from, &len);
+        int rc = text ? it_write_file(to, text, len) : -1;
+        free(text);
+        if (rc != 0) {
+            fprintf(stderr, "cannot copy %s\n", from);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int it_make_qwen_image_set(const it_env *env, it_qwen_image_set *out)
+{
+    char dit_hash[DS_MODEL_HASH_HEX], te_hash[DS_MODEL_HASH_HEX];
+    snprintf(out->dit, sizeof out->dit, "%s/Qwen-Image/transformer/model.safetensors",
+             env->models);
+    snprintf(out->text_encoder, sizeof out->text_encoder,
+             "%s/Qwen-Image/text_encoder/model.safetensors", env->models);
+    snprintf(out->tokenizer, sizeof out->tokenizer, "%s/Qwen-Image/tokenizer", env->models);
+    snprintf(out->configs, sizeof out->configs, "%s/configs.json", env->dir);
+    if (make_dirs(env) != 0 || copy_tokenizer(out->tokenizer) != 0 ||
+        it_write_cut("qwen_image_dit", "transformer_blocks.", out->dit, dit_hash) != 0 ||
+        it_write_cut("qwen_image_text_encoder_raw", "model.layers.", out->text_encoder,
+                     te_hash) != 0)
+        return -1;
+    char **paths = NULL;
+    size_t count = 0;
+    if (it_make_model(env, "qwen_image_vae", "Qwen-Image/vae/model", 1, &paths, &count) != 0)
+        return -1;
+    snprintf(out->vae, sizeof out->vae, "%s", paths[0]);
+    ds_st_paths_free(paths, count);
+    char configs[1024];
+    snprintf(configs, sizeof configs,
+             "[{\"model_hash\": \"%s\", \"model_name\": \"qwen_image_dit\", "
+             "\"model_class\": \"diffsynth.models.qwen_image_dit.QwenImageDiT\", "
+             "\"extra_kwargs\": {\"num_layers\": 1}},\n"
+             " {\"model_hash\": \"%s\", \"model_name\": \"qwen_image_text_encoder\", "
+             "\"model_class\": "
+             "\"diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder\", "
+             "\"state_dict_converter\": \"diffsynth.utils.state_dict_converters."
+             "qwen_image_text_encoder.QwenImageTextEncoderStateDictConverter\", "
+             "\"extra_kwargs\": {\"num_hidden_layers\": 1}}]\n",
+             dit_hash, te_hash);
+    return it_write_file(out->configs, configs, strlen(configs));
+}
+
+int it_pool_id(const char *snapshot, const char *name, char *id, size_t size)
+{
+    for (const char *line = snapshot; line && *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        char row[1024], rid[32], rname[128];
+        snprintf(row, sizeof row, "%.*s", (int)len, line);
+        if (sscanf(row, "%31s %127s", rid, rname) == 2 && strcmp(rname, name) == 0) {
+            snprintf(id, size, "%s", rid);
+            return 0;
+        }
+        line = end ? end + 1 : NULL;
+    }
+    return -1;
 }

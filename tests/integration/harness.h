@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include "client/diffsynth_client.h"
+#include "core/state_dict.h"
 #include "tools/safetensors_writer.h"
 
 /* Generous: the daemon under ASan on two busy cores starts in well under a second. */
@@ -72,6 +73,8 @@ bool it_status_ok(const it_env *env);
 /* A summary of the pool ("id name hash [clients] [paths]" per model, in order) from a fresh
  * connection; malloc'd; NULL if ListModels failed. */
 char *it_pool_snapshot(const it_env *env);
+/* The id of the model named `name` in an it_pool_snapshot into `id`; -1 when none is. */
+int it_pool_id(const char *snapshot, const char *name, char *id, size_t size);
 
 /* Writes tests/data/keylists/<stem>.json as sparse bf16 safetensors under DIR/models, named
  * <name>.safetensors or, with shards > 1, <name>-0000i-of-0000N.safetensors. *paths gets a
@@ -93,6 +96,28 @@ int it_write_tensors(const char *path, const it_tensor *tensors, size_t count, d
  * the daemon: "name:d0_d1" and "name" for each tensor, sorted bytewise, joined with ",",
  * MD5 in lowercase hex. `hex` gets 33 bytes. Returns 0 or -1 (out of memory). */
 int it_model_hash(const it_tensor *tensors, size_t count, char hex[33]);
+
+/* Key list `stem` (DS_TEST_DATA/keylists/<stem>.json) as declared bf16 views without the blocks
+ * `prefix`<i>. for i >= `blocks`: a real model's names and shapes cut to N layers. `out` is
+ * initialised here. Returns 0, or -1 with the reason on stderr. */
+int it_keylist_cut(const char *stem, const char *prefix, long blocks, ds_state_dict *out);
+/* it_model_hash of a state dict's names and shapes (tensors of at most 4 dims). */
+int it_state_dict_hash(const ds_state_dict *sd, char hex[33]);
+/* Writes key list `stem` cut to one block (it_keylist_cut) as sparse bf16 at `path`; `hash`
+ * gets core's model hash of what was written (the text encoder has 5-D tensors). */
+int it_write_cut(const char *stem, const char *prefix, const char *path, char hash[33]);
+/* The Qwen-Image pipeline's model set under env->models/Qwen-Image: the DiT and the text
+ * encoder cut to one block (it_write_cut), the real VAE (it_make_model), the tokenizer files
+ * of DS_TEST_DATA/qwen_tokenizer, and env->dir/configs.json registering the cut models under
+ * the real models' names (for --model-configs). */
+typedef struct it_qwen_image_set {
+    char dit[256], text_encoder[256], vae[256], tokenizer[256], configs[256];
+} it_qwen_image_set;
+int it_make_qwen_image_set(const it_env *env, it_qwen_image_set *out);
+
+/* Loads `paths` as one request; `id` gets the first model's id. Returns 0, or -1 with the
+ * daemon's error on stderr. */
+int it_load(const it_env *env, char **paths, size_t n, char *id, size_t id_size);
 
 /* Reads a whole file into a NUL-terminated malloc'd buffer; NULL on failure. */
 char *it_read_file(const char *path, size_t *len);

@@ -34,25 +34,6 @@ static void *reference_image;
 
 static void check_unharmed(void) { CHECK_MSG(it_status_ok(&env), "the daemon stopped answering"); }
 
-static int load(char **paths, size_t n, char *id, size_t id_size)
-{
-    ds_client *c = it_connect(&env);
-    if (!c)
-        return -1;
-    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
-    req.which_body = diffsynth_v1_Envelope_load_tag;
-    req.body.load.paths = paths;
-    req.body.load.paths_count = (pb_size_t)n;
-    int rc = it_call(c, &req, &resp);
-    if (rc == DS_CLIENT_OK && resp.body.load_result.models_count > 0)
-        snprintf(id, id_size, "%s", resp.body.load_result.models[0].model_id);
-    else
-        fprintf(stderr, "load failed: %s\n", ds_client_last_error(c));
-    ds_client_envelope_free(&resp);
-    ds_client_close(c);
-    return rc == DS_CLIENT_OK ? 0 : -1;
-}
-
 /* The model's LoadedModel.stale from ListModels (malloc'd, "" when fresh), NULL when absent. */
 static char *stale_of(const char *id)
 {
@@ -465,7 +446,7 @@ static void test_model_truncated_mid_step(void)
     REQUIRE(it_make_model(&env, "qwen_image_vae", "vae", 1, &again, &again_n) == 0);
     ds_st_paths_free(again, again_n);
     char fresh_id[32];
-    REQUIRE(load(vae, vae_n, fresh_id, sizeof fresh_id) == 0);
+    REQUIRE(it_load(&env, vae, vae_n, fresh_id, sizeof fresh_id) == 0);
     CHECK(strcmp(fresh_id, vae_id) != 0);
     CHECK(decode(fresh_id, 0, NULL, NULL, &res, &code, message, sizeof message) == 0);
     CHECK(same_as_reference(&res));
@@ -517,7 +498,8 @@ int main(int argc, char **argv)
         return 1;
     }
     const char *extra[] = {"--threads", "2", NULL};
-    if (it_daemon_start(&env, extra) != 0 || load(vae, vae_n, vae_id, sizeof vae_id) != 0) {
+    if (it_daemon_start(&env, extra) != 0 ||
+        it_load(&env, vae, vae_n, vae_id, sizeof vae_id) != 0) {
         it_dump_log(&env);
         it_env_cleanup(&env);
         return 1;

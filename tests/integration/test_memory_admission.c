@@ -27,16 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/model_hash.h"
 #include "harness.h"
 #include "test.h"
-#include "tools/keylist.h"
 
-#define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
-#define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
-#define TE_CONVERTER                                                                              \
-    "diffsynth.utils.state_dict_converters.qwen_image_text_encoder."                              \
-    "QwenImageTextEncoderStateDictConverter"
 #define RUN_TIMEOUT_MS 600000
 /* The daemon's address space: the mapped models (~3.5 GB of holes) and room for the requests
  * the estimates admit. */
@@ -56,106 +49,10 @@
 #endif
 
 static it_env env;
-static char configs_path[256];
-static char te_path[256], dit_path[256], vae_path[256];
+static it_qwen_image_set set;
 static char dit_id[32];
 static uint8_t *reference_latents;
 static size_t reference_size;
-
-/* --- the model set (as test_run_pipeline writes it) ------------------------------------------ */
-
-static int make_dirs(void)
-{
-    static const char *const sub[] = {"Qwen-Image", "Qwen-Image/text_encoder",
-                                      "Qwen-Image/transformer", "Qwen-Image/vae",
-                                      "Qwen-Image/tokenizer"};
-    char path[256];
-    for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", env.models, sub[i]);
-        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-            fprintf(stderr, "mkdir %s: %s\n", path, strerror(errno));
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static int make_tokenizer(void)
-{
-    const char *data = getenv("DS_TEST_DATA");
-    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json"};
-    for (size_t i = 0; i < 2; i++) {
-        char from[512], to[512];
-        snprintf(from, sizeof from, "%s/qwen_tokenizer/%s", data ? data : "tests/data", names[i]);
-        snprintf(to, sizeof to, "%s/Qwen-Image/tokenizer/%s", env.models, names[i]);
-        size_t len = 0;
-        char *text = it_read_file(from, &len);
-        int rc = text ? it_write_file(to, text, len) : -1;
-        free(text);
-        if (rc != 0) {
-            fprintf(stderr, "cannot copy %s\n", from);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* Key list `stem` without the blocks `prefix`<i>. for i >= 1, sparse bf16 at `path`. */
-static int write_cut(const char *stem, const char *prefix, const char *path,
-                     char hash[DS_MODEL_HASH_HEX])
-{
-    const char *data = getenv("DS_TEST_DATA");
-    char list[512];
-    snprintf(list, sizeof list, "%s/keylists/%s.json", data ? data : "tests/data", stem);
-    ds_state_dict full, cut;
-    ds_state_dict_init(&full);
-    ds_state_dict_init(&cut);
-    ds_error err;
-    int rc = ds_keylist_load(list, DS_BF16, &full, &err);
-    size_t skip = strlen(prefix);
-    for (size_t i = 0; rc == DS_OK && i < full.count; i++) {
-        const ds_sd_entry *e = &full.entries[i];
-        if (strncmp(e->name, prefix, skip) == 0 && strtol(e->name + skip, NULL, 10) > 0)
-            continue;
-        rc = ds_state_dict_put_tensor(&cut, e->name, &e->tensor);
-    }
-    if (rc == DS_OK && ds_model_hash(&cut, hash) != DS_OK)
-        rc = ds_error_set(&err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory hashing %s", stem);
-    if (rc == DS_OK)
-        rc = ds_st_write(path, &cut, 0, cut.count, DS_ST_FILL_SPARSE, 0, &err);
-    if (rc != DS_OK)
-        fprintf(stderr, "writing %s cut to one block: %s\n", stem, err.message);
-    ds_state_dict_free(&cut);
-    ds_state_dict_free(&full);
-    return rc == DS_OK ? 0 : -1;
-}
-
-static int make_models(void)
-{
-    char dit_hash[DS_MODEL_HASH_HEX], te_hash[DS_MODEL_HASH_HEX];
-    snprintf(dit_path, sizeof dit_path, "%s/Qwen-Image/transformer/model.safetensors", env.models);
-    snprintf(te_path, sizeof te_path, "%s/Qwen-Image/text_encoder/model.safetensors", env.models);
-    if (make_dirs() != 0 || make_tokenizer() != 0 ||
-        write_cut("qwen_image_dit", "transformer_blocks.", dit_path, dit_hash) != 0 ||
-        write_cut("qwen_image_text_encoder_raw", "model.layers.", te_path, te_hash) != 0)
-        return -1;
-    char **paths = NULL;
-    size_t count = 0;
-    if (it_make_model(&env, "qwen_image_vae", "Qwen-Image/vae/model", 1, &paths, &count) != 0)
-        return -1;
-    snprintf(vae_path, sizeof vae_path, "%s", paths[0]);
-    ds_st_paths_free(paths, count);
-    snprintf(configs_path, sizeof configs_path, "%s/configs.json", env.dir);
-    char configs[1024];
-    snprintf(configs, sizeof configs,
-             "[{\"model_hash\": \"%s\", \"model_name\": \"qwen_image_dit\", "
-             "\"model_class\": \"" DIT_CLASS "\", \"extra_kwargs\": {\"num_layers\": 1}},\n"
-             " {\"model_hash\": \"%s\", \"model_name\": \"qwen_image_text_encoder\", "
-             "\"model_class\": \"" TE_CLASS "\", \"state_dict_converter\": \"" TE_CONVERTER "\", "
-             "\"extra_kwargs\": {\"num_hidden_layers\": 1}}]\n",
-             dit_hash, te_hash);
-    return it_write_file(configs_path, configs, strlen(configs));
-}
 
 /* --- helpers ------------------------------------------------------------------------------- */
 
@@ -178,22 +75,6 @@ static int run_pipeline(ds_client *c, const ds_client_step_param *params, size_t
     return ds_client_run_pipeline(c, &r, res, RUN_TIMEOUT_MS, NULL, NULL, NULL);
 }
 
-static int pool_id(const char *snapshot, const char *name, char *id, size_t size)
-{
-    for (const char *line = snapshot; line && *line;) {
-        const char *end = strchr(line, '\n');
-        size_t len = end ? (size_t)(end - line) : strlen(line);
-        char row[1024], rid[32], rname[128];
-        snprintf(row, sizeof row, "%.*s", (int)len, line);
-        if (sscanf(row, "%31s %127s", rid, rname) == 2 && strcmp(rname, name) == 0) {
-            snprintf(id, size, "%s", rid);
-            return 0;
-        }
-        line = end ? end + 1 : NULL;
-    }
-    return -1;
-}
-
 static double now_s(void)
 {
     struct timespec ts;
@@ -205,7 +86,7 @@ static double now_s(void)
 
 static void test_reference_run(void)
 {
-    const char *te[] = {te_path}, *dit[] = {dit_path}, *vae[] = {vae_path};
+    const char *te[] = {set.text_encoder}, *dit[] = {set.dit}, *vae[] = {set.vae};
     ds_client_pipeline_model models[] = {
         {"text_encoder", NULL, te, 1}, {"dit", NULL, dit, 1}, {"vae", NULL, vae, 1}};
     ds_client *c = it_connect(&env);
@@ -220,7 +101,7 @@ static void test_reference_run(void)
     ds_client_pipeline_result_free(&res);
     ds_client_close(c);
     char *pool = it_pool_snapshot(&env);
-    REQUIRE(pool && pool_id(pool, "qwen_image_dit", dit_id, sizeof dit_id) == 0);
+    REQUIRE(pool && it_pool_id(pool, "qwen_image_dit", dit_id, sizeof dit_id) == 0);
     free(pool);
 }
 
@@ -558,11 +439,11 @@ static void test_reservations_add_up(void)
 
     static it_env limited;
     it_env_init(&limited, env.daemon_exe);
-    const char *extra[] = {"--model-configs", configs_path, "--model-root", env.models,
+    const char *extra[] = {"--model-configs", set.configs, "--model-root", env.models,
                            "--threads", "2", "--request-memory-limit", limit, NULL};
     REQUIRE(it_daemon_start(&limited, extra) == 0);
     /* Loads the models by paths, then runs: the reference of what one pipeline reserves. */
-    const char *te[] = {te_path}, *dit[] = {dit_path}, *vae[] = {vae_path};
+    const char *te[] = {set.text_encoder}, *dit[] = {set.dit}, *vae[] = {set.vae};
     ds_client_pipeline_model models[] = {
         {"text_encoder", NULL, te, 1}, {"dit", NULL, dit, 1}, {"vae", NULL, vae, 1}};
     ds_client_pipeline_request r = {.prompt = "reserve", .models = models, .model_count = 3,
@@ -792,7 +673,7 @@ int main(int argc, char **argv)
         return 2;
     }
     it_env_init(&env, argv[1]);
-    if (make_models() != 0) {
+    if (it_make_qwen_image_set(&env, &set) != 0) {
         it_env_cleanup(&env);
         return 1;
     }
@@ -803,7 +684,7 @@ int main(int argc, char **argv)
     /* Large blocks straight from mmap and back on free, so the daemon's resident memory follows
      * what it holds (glibc otherwise keeps freed blocks up to 32 MiB in its heap). */
     setenv("MALLOC_MMAP_THRESHOLD_", "131072", 1);
-    const char *extra[] = {"--model-configs", configs_path, "--threads", "2", NULL};
+    const char *extra[] = {"--model-configs", set.configs, "--threads", "2", NULL};
     if (it_daemon_start(&env, extra) != 0) {
         it_env_cleanup(&env);
         return 1;

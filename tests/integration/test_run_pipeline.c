@@ -25,16 +25,9 @@
 #include <unistd.h>
 
 #include "core/image_png.h"
-#include "core/model_hash.h"
 #include "harness.h"
 #include "test.h"
-#include "tools/keylist.h"
 
-#define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
-#define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
-#define TE_CONVERTER                                                                              \
-    "diffsynth.utils.state_dict_converters.qwen_image_text_encoder."                              \
-    "QwenImageTextEncoderStateDictConverter"
 /* A pipeline unit under ASan on two busy cores (the 28-layer text encoder is the slowest) may
  * keep a client waiting this long between frames. */
 #define RUN_TIMEOUT_MS 600000
@@ -43,26 +36,9 @@
 
 static it_env env;
 static const char *cli;
-static char configs_path[256];
-static char te_path[256], dit_path[256], vae_path[256], tokenizer_dir[256];
+static it_qwen_image_set set;
 
-/* --- the model set -------------------------------------------------------------------------- */
-
-static int make_dirs(void)
-{
-    static const char *const sub[] = {"Qwen-Image", "Qwen-Image/text_encoder",
-                                      "Qwen-Image/transformer", "Qwen-Image/vae",
-                                      "Qwen-Image/tokenizer"};
-    char path[256];
-    for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", env.models, sub[i]);
-        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-            fprintf(stderr, "mkdir %s: %s\n", path, strerror(errno));
-            return -1;
-        }
-    }
-    return 0;
-}
+/* --- helpers ------------------------------------------------------------------------------- */
 
 static int copy_file(const char *from, const char *to)
 {
@@ -75,93 +51,6 @@ static int copy_file(const char *from, const char *to)
     int rc = it_write_file(to, data, len);
     free(data);
     return rc;
-}
-
-static int make_tokenizer(void)
-{
-    const char *data = getenv("DS_TEST_DATA");
-    static const char *const names[] = {"tokenizer.json", "tokenizer_config.json"};
-    snprintf(tokenizer_dir, sizeof tokenizer_dir, "%s/Qwen-Image/tokenizer", env.models);
-    for (size_t i = 0; i < 2; i++) {
-        char from[512], to[512];
-        snprintf(from, sizeof from, "%s/qwen_tokenizer/%s", data ? data : "tests/data", names[i]);
-        snprintf(to, sizeof to, "%s/%s", tokenizer_dir, names[i]);
-        if (copy_file(from, to) != 0)
-            return -1;
-    }
-    return 0;
-}
-
-/* Writes key list `stem` without the blocks `prefix`<i>. for i >= 1, as sparse bf16 at `path`;
- * `hash` gets the model hash of what was written (core's: the text encoder has 5-D tensors). */
-static int write_cut(const char *stem, const char *prefix, const char *path,
-                     char hash[DS_MODEL_HASH_HEX])
-{
-    const char *data = getenv("DS_TEST_DATA");
-    char list[512];
-    snprintf(list, sizeof list, "%s/keylists/%s.json", data ? data : "tests/data", stem);
-    ds_state_dict full, cut;
-    ds_state_dict_init(&full);
-    ds_state_dict_init(&cut);
-    ds_error err;
-    int rc = ds_keylist_load(list, DS_BF16, &full, &err);
-    size_t skip = strlen(prefix);
-    for (size_t i = 0; rc == DS_OK && i < full.count; i++) {
-        const ds_sd_entry *e = &full.entries[i];
-        if (strncmp(e->name, prefix, skip) == 0 && strtol(e->name + skip, NULL, 10) > 0)
-            continue;
-        rc = ds_state_dict_put_tensor(&cut, e->name, &e->tensor);
-    }
-    if (rc == DS_OK && ds_model_hash(&cut, hash) != DS_OK)
-        rc = ds_error_set(&err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory hashing %s", stem);
-    if (rc == DS_OK)
-        rc = ds_st_write(path, &cut, 0, cut.count, DS_ST_FILL_SPARSE, 0, &err);
-    if (rc != DS_OK)
-        fprintf(stderr, "writing %s cut to one block: %s\n", stem, err.message);
-    ds_state_dict_free(&cut);
-    ds_state_dict_free(&full);
-    return rc == DS_OK ? 0 : -1;
-}
-
-/* The DiT and the text encoder cut to one block each, and the configs file that registers
- * them under the real models' names. */
-static int make_cut_models(void)
-{
-    char dit_hash[DS_MODEL_HASH_HEX], te_hash[DS_MODEL_HASH_HEX];
-    snprintf(dit_path, sizeof dit_path, "%s/Qwen-Image/transformer/model.safetensors", env.models);
-    snprintf(te_path, sizeof te_path, "%s/Qwen-Image/text_encoder/model.safetensors", env.models);
-    if (write_cut("qwen_image_dit", "transformer_blocks.", dit_path, dit_hash) != 0 ||
-        write_cut("qwen_image_text_encoder_raw", "model.layers.", te_path, te_hash) != 0)
-        return -1;
-    snprintf(configs_path, sizeof configs_path, "%s/configs.json", env.dir);
-    char configs[1024];
-    snprintf(configs, sizeof configs,
-             "[{\"model_hash\": \"%s\", \"model_name\": \"qwen_image_dit\", "
-             "\"model_class\": \"" DIT_CLASS "\", \"extra_kwargs\": {\"num_layers\": 1}},\n"
-             " {\"model_hash\": \"%s\", \"model_name\": \"qwen_image_text_encoder\", "
-             "\"model_class\": \"" TE_CLASS "\", \"state_dict_converter\": \"" TE_CONVERTER "\", "
-             "\"extra_kwargs\": {\"num_hidden_layers\": 1}}]\n",
-             dit_hash, te_hash);
-    return it_write_file(configs_path, configs, strlen(configs));
-}
-
-static int make_one(const char *stem, const char *name, char *out, size_t size)
-{
-    char **paths = NULL;
-    size_t count = 0;
-    if (it_make_model(&env, stem, name, 1, &paths, &count) != 0)
-        return -1;
-    snprintf(out, size, "%s", paths[0]);
-    ds_st_paths_free(paths, count);
-    return 0;
-}
-
-static int make_models(void)
-{
-    if (make_dirs() != 0 || make_tokenizer() != 0 || make_cut_models() != 0 ||
-        make_one("qwen_image_vae", "Qwen-Image/vae/model", vae_path, sizeof vae_path) != 0)
-        return -1;
-    return 0;
 }
 
 /* --- running a pipeline --------------------------------------------------------------------- */
@@ -326,7 +215,7 @@ static void test_bad_requests(void)
                  diffsynth_v1_Code_INVALID_ARGUMENT,
                  "role \"unet\" is not a role of qwen_image; roles: text_encoder, dit, vae, "
                  "controlnet");
-    const char *paths[] = {dit_path};
+    const char *paths[] = {set.dit};
     ds_client_pipeline_model both = {.role = "dit", .model_id = "m1", .paths = paths,
                                      .path_count = 1};
     expect_error(&(request_spec){.models = &both, .model_count = 1},
@@ -386,27 +275,9 @@ static void check_events(const progress_log *log, int steps, int with_load)
                   log->ev[k].elapsed_s, log->ev[k - 1].elapsed_s);
 }
 
-/* "id name" rows of the pool; the id of the model named `name` goes to `id`. */
-static int pool_id(const char *snapshot, const char *name, char *id, size_t size)
-{
-    for (const char *line = snapshot; line && *line;) {
-        const char *end = strchr(line, '\n');
-        size_t len = end ? (size_t)(end - line) : strlen(line);
-        char row[1024];
-        snprintf(row, sizeof row, "%.*s", (int)len, line);
-        char rid[32], rname[128];
-        if (sscanf(row, "%31s %127s", rid, rname) == 2 && strcmp(rname, name) == 0) {
-            snprintf(id, size, "%s", rid);
-            return 0;
-        }
-        line = end ? end + 1 : NULL;
-    }
-    return -1;
-}
-
 static void test_generate_from_paths(void)
 {
-    const char *te[] = {te_path}, *dit[] = {dit_path}, *vae[] = {vae_path};
+    const char *te[] = {set.text_encoder}, *dit[] = {set.dit}, *vae[] = {set.vae};
     ds_client_pipeline_model models[] = {
         {.role = "text_encoder", .paths = te, .path_count = 1},
         {.role = "dit", .paths = dit, .path_count = 1},
@@ -444,9 +315,9 @@ static void test_generate_from_paths(void)
     ds_client_close(c);
     char *pool = it_pool_snapshot(&env);
     REQUIRE(pool);
-    CHECK_MSG(pool_id(pool, "qwen_image_text_encoder", te_id, sizeof te_id) == 0 &&
-                  pool_id(pool, "qwen_image_dit", dit_id, sizeof dit_id) == 0 &&
-                  pool_id(pool, "qwen_image_vae", vae_id, sizeof vae_id) == 0,
+    CHECK_MSG(it_pool_id(pool, "qwen_image_text_encoder", te_id, sizeof te_id) == 0 &&
+                  it_pool_id(pool, "qwen_image_dit", dit_id, sizeof dit_id) == 0 &&
+                  it_pool_id(pool, "qwen_image_vae", vae_id, sizeof vae_id) == 0,
               "pool after the run:\n%s", pool);
     size_t rows = 0;
     for (const char *p = pool; *p; p++)
@@ -699,7 +570,7 @@ static void test_cli_generate(void)
     snprintf(latents, sizeof latents, "%s/latents.safetensors", env.dir);
     const char *argv[] = {cli, "--socket", env.socket, "generate", "--prompt", "a lighthouse",
                           "--seed", "7", "--steps", "2", "--cfg-scale", "1", "--height", "64",
-                          "--width", "64", "--tokenizer", tokenizer_dir, "--save-latents",
+                          "--width", "64", "--tokenizer", set.tokenizer, "--save-latents",
                           latents, "-o", out, "--json", NULL};
     char *sout = NULL, *serr = NULL;
     int status = it_run(argv, NULL, RUN_TIMEOUT_MS, &sout, &serr);
@@ -724,7 +595,7 @@ static void test_cli_generate(void)
     /* --models: the files are identified here and sent by role. */
     const char *argv2[] = {cli, "--socket", env.socket, "generate", "--prompt", "x", "--steps",
                            "2", "--cfg-scale", "1", "--height", "32", "--width", "48", "--models",
-                           te_path, dit_path, vae_path, "-o", out, NULL};
+                           set.text_encoder, set.dit, set.vae, "-o", out, NULL};
     status = it_run(argv2, NULL, RUN_TIMEOUT_MS, &sout, &serr);
     CHECK_MSG(status == 0, "--models: exit %d\nstdout: %s\nstderr: %s", status, sout ? sout : "",
               serr ? serr : "");
@@ -764,12 +635,12 @@ static void test_cli_generate(void)
     unlink(out);
     /* Not a PNG: refused here, naming the file. */
     const char *argv6[] = {cli, "--socket", env.socket, "generate", "--prompt", "x",
-                           "--input-image", configs_path, "--denoising-strength", "0.5", "-o",
+                           "--input-image", set.configs, "--denoising-strength", "0.5", "-o",
                            out, NULL};
     status = it_run(argv6, NULL, RUN_TIMEOUT_MS, &sout, &serr);
     CHECK_MSG(status == 1, "a JSON file as --input-image: exit %d", status);
     CHECK_CONTAINS(serr, "error: --input-image ");
-    CHECK_CONTAINS(serr, configs_path);
+    CHECK_CONTAINS(serr, set.configs);
     free(sout);
     free(serr);
     unlink(in_png);
@@ -874,7 +745,7 @@ static void test_cli_output_targets(void)
 {
 #define GEN_ARGS(o)                                                                               \
     {cli, "--socket", env.socket, "generate", "--prompt", "x", "--seed", "3", "--steps", "2",      \
-     "--cfg-scale", "1", "--height", "32", "--width", "32", "--tokenizer", tokenizer_dir, "-o",   \
+     "--cfg-scale", "1", "--height", "32", "--width", "32", "--tokenizer", set.tokenizer, "-o",   \
      (o), NULL}
     char *sout = NULL, *serr = NULL;
     size_t len = 0;
@@ -1030,7 +901,7 @@ static void test_ambiguous_role(void)
     /* The same files under another client name are deduplicated; a copy is a new model. */
     char copy[256];
     snprintf(copy, sizeof copy, "%s/Qwen-Image/vae/copy.safetensors", env.models);
-    REQUIRE(copy_file(vae_path, copy) == 0);
+    REQUIRE(copy_file(set.vae, copy) == 0);
     char *paths[1] = {copy};
     diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
     req.which_body = diffsynth_v1_Envelope_load_tag;
@@ -1066,7 +937,7 @@ static void rewrite_vae(void *arg)
 {
     int *done = arg;
     struct stat st;
-    int fd = open(vae_path, O_WRONLY | O_CLOEXEC);
+    int fd = open(set.vae, O_WRONLY | O_CLOEXEC);
     uint8_t zero[4] = {0};
     *done = fd >= 0 && fstat(fd, &st) == 0 &&
             pwrite(fd, zero, sizeof zero, st.st_size - (off_t)sizeof zero) == sizeof zero;
@@ -1099,7 +970,7 @@ static void test_model_rewritten_mid_pipeline(void)
               "rc %d code %s: %s", rc, ds_client_code_name(ds_client_last_code(c)),
               ds_client_last_error(c));
     CHECK_CONTAINS(ds_client_last_error(c), "is stale");
-    CHECK_CONTAINS(ds_client_last_error(c), vae_path);
+    CHECK_CONTAINS(ds_client_last_error(c), set.vae);
     CHECK_CONTAINS(ds_client_last_error(c), "modified in place");
     CHECK_MSG(log.denoise_seen < LONG_STEPS, "%d denoise events", log.denoise_seen);
     ds_client_pipeline_result_free(&res);
@@ -1112,7 +983,7 @@ static void test_model_rewritten_mid_pipeline(void)
     CHECK_CONTAINS(ds_client_last_error(c), "is stale");
     ds_client_pipeline_result_free(&res);
 
-    const char *vae[] = {vae_path};
+    const char *vae[] = {set.vae};
     ds_client_pipeline_model fresh = {.role = "vae", .paths = vae, .path_count = 1};
     spec.models = &fresh;
     spec.model_count = 1;
@@ -1132,11 +1003,11 @@ int main(int argc, char **argv)
     }
     cli = argv[2];
     it_env_init(&env, argv[1]);
-    if (make_models() != 0) {
+    if (it_make_qwen_image_set(&env, &set) != 0) {
         it_env_cleanup(&env);
         return 1;
     }
-    const char *extra[] = {"--model-configs", configs_path, "--threads", "2", NULL};
+    const char *extra[] = {"--model-configs", set.configs, "--threads", "2", NULL};
     if (it_daemon_start(&env, extra) != 0) {
         it_env_cleanup(&env);
         return 1;

@@ -73,25 +73,6 @@ static int make_dit0(void)
     return it_write_file(configs_path, configs, strlen(configs));
 }
 
-static int load_one(char **paths, size_t n, char *id, size_t id_size)
-{
-    ds_client *c = it_connect(&env);
-    if (!c)
-        return -1;
-    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
-    req.which_body = diffsynth_v1_Envelope_load_tag;
-    req.body.load.paths = paths;
-    req.body.load.paths_count = (pb_size_t)n;
-    int rc = it_call(c, &req, &resp);
-    if (rc == DS_CLIENT_OK && resp.body.load_result.models_count > 0)
-        snprintf(id, id_size, "%s", resp.body.load_result.models[0].model_id);
-    else
-        fprintf(stderr, "load failed: %s\n", ds_client_last_error(c));
-    ds_client_envelope_free(&resp);
-    ds_client_close(c);
-    return rc == DS_CLIENT_OK ? 0 : -1;
-}
-
 /* A one-tensor RunStep envelope with inline data (len bytes, maybe not what the shape needs). */
 static void one_tensor(diffsynth_v1_Envelope *req, diffsynth_v1_Tensor *t, const char *model,
                        const char *name, int dtype, const int64_t *shape, int ndim,
@@ -496,9 +477,10 @@ int main(int argc, char **argv)
         return 1;
     }
     const char *extra[] = {"--model-configs", configs_path, "--threads", "2", NULL};
-    if (it_daemon_start(&env, extra) != 0 || load_one(vae, vae_n, vae_id, sizeof vae_id) != 0 ||
-        load_one(dit, dit_n, dit_id, sizeof dit_id) != 0 ||
-        load_one(te, te_n, te_id, sizeof te_id) != 0) {
+    if (it_daemon_start(&env, extra) != 0 ||
+        it_load(&env, vae, vae_n, vae_id, sizeof vae_id) != 0 ||
+        it_load(&env, dit, dit_n, dit_id, sizeof dit_id) != 0 ||
+        it_load(&env, te, te_n, te_id, sizeof te_id) != 0) {
         it_dump_log(&env);
         it_env_cleanup(&env);
         return 1;

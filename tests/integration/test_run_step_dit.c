@@ -27,7 +27,6 @@
 #include "core/safetensors_write.h"
 #include "harness.h"
 #include "test.h"
-#include "tools/keylist.h"
 #include "tools/seeded_weights.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
@@ -149,46 +148,12 @@ static void bounds(const ds_state_dict *sd, const char *name, const ds_tensor_vi
     *bound = 1.0 / sqrt((double)fan_in);
 }
 
-/* Block index of a "transformer_blocks.<i>." name, or -1. */
-static long block_of(const char *name)
-{
-    static const char prefix[] = "transformer_blocks.";
-    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
-        return -1;
-    return strtol(name + sizeof prefix - 1, NULL, 10);
-}
-
 /* The real DiT key list cut to `layers` blocks, bf16; `hash` gets its model hash. */
 static int dit_keys(int layers, ds_state_dict *sd, char hash[33])
 {
-    const char *data = getenv("DS_TEST_DATA");
-    char list[512];
-    snprintf(list, sizeof list, "%s/keylists/qwen_image_dit.json", data ? data : "tests/data");
-    ds_state_dict full;
-    ds_state_dict_init(&full);
-    ds_state_dict_init(sd);
-    ds_error err;
-    int rc = ds_keylist_load(list, DS_BF16, &full, &err);
-    if (rc != DS_OK)
-        fprintf(stderr, "%s\n", err.message);
-    it_tensor *keys = calloc(full.count ? full.count : 1, sizeof *keys);
-    size_t n = 0;
-    for (size_t i = 0; rc == DS_OK && keys && i < full.count; i++) {
-        const ds_sd_entry *e = &full.entries[i];
-        if (block_of(e->name) >= layers)
-            continue;
-        rc = ds_state_dict_put_tensor(sd, e->name, &e->tensor);
-        keys[n].name = sd->entries[sd->count - 1].name;
-        keys[n].ndim = e->tensor.ndim;
-        for (int d = 0; d < e->tensor.ndim && d < 4; d++)
-            keys[n].shape[d] = e->tensor.shape[d];
-        n++;
-    }
-    if (rc == DS_OK && (!keys || it_model_hash(keys, n, hash) != 0))
-        rc = DS_ERR_RESOURCE_EXHAUSTED;
-    free(keys);
-    ds_state_dict_free(&full);
-    return rc == DS_OK ? 0 : -1;
+    if (it_keylist_cut("qwen_image_dit", "transformer_blocks.", layers, sd) != 0)
+        return -1;
+    return it_state_dict_hash(sd, hash);
 }
 
 /* Seeding ~700M values takes seconds: tensors are shared out among this many threads. */

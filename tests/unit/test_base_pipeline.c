@@ -1,4 +1,4 @@
-/* models/base_pipeline.c against upstream's BasePipeline helpers themselves (tests/golden/
+/* diffusion/base_pipeline.c against upstream's BasePipeline helpers themselves (tests/golden/
  * make_base_pipeline_golden.py): the CFG combination, vae_output_to_image (with NaN, infinities
  * and the clip edges) and preprocess_image, bit for bit in f32 and bf16. */
 #include <math.h>
@@ -8,7 +8,7 @@
 
 #include "core/safetensors.h"
 #include "kernels/ops.h"
-#include "models/base_pipeline.h"
+#include "diffusion/base_pipeline.h"
 #include "test.h"
 
 static ds_safetensors *golden;

@@ -174,10 +174,19 @@ static void test_open_beneath(int walk)
     CHECK(open_code(&roots, root, &err) == DS_ERR_INVALID_ARGUMENT);
     CHECK(open_code(&roots, sub, &err) == DS_ERR_INVALID_ARGUMENT);
 
+    /* What a running step opens may be a folder (a tokenizer's); the roots rule is the same. */
+    CHECK(ds_model_roots_check(&roots, root, &err) == DS_OK);
+    CHECK(ds_model_roots_check(&roots, "models", &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK(ds_model_roots_check(&roots, dotdot, &err) == DS_ERR_PERMISSION_DENIED);
+    CHECK(ds_model_roots_check(&roots, link, &err) == DS_ERR_PERMISSION_DENIED);
+    snprintf(expected, sizeof expected, "%s is outside the model roots: %s", link, root);
+    CHECK_STR_EQ(err.message, expected);
+
     /* With the sibling a root too, a link from one root into the other is fine. */
     CHECK(ds_model_roots_add(&roots, sibling, &err) == DS_OK);
     check_opens(&roots, link, outside);
     check_opens(&roots, via_dir, outside);
+    CHECK(ds_model_roots_check(&roots, link, &err) == DS_OK);
     char *described = ds_model_roots_describe(&roots);
     snprintf(expected, sizeof expected, "%s, %s", root, sibling);
     CHECK_STR_EQ(described, expected);

@@ -1,4 +1,4 @@
-/* models/flow_match.c against upstream's FlowMatchScheduler("Qwen-Image") itself (tests/golden/
+/* diffusion/flow_match.c against upstream's FlowMatchScheduler("Qwen-Image") itself (tests/golden/
  * make_flow_match_golden.py): the float32 sigmas and timesteps bit for bit for the pipeline's
  * sizes, strengths and explicit mus; step and add_noise bit for bit in f32 and bf16. */
 #include <math.h>
@@ -8,7 +8,7 @@
 
 #include "core/float_convert.h"
 #include "core/safetensors.h"
-#include "models/flow_match.h"
+#include "diffusion/flow_match.h"
 #include "test.h"
 
 static ds_safetensors *golden;

@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/qwen_tokenizer.h"
+#include "tokenizers/qwen_tokenizer.h"
 #include "test.h"
 
 static char data_dir[4096];

@@ -1,4 +1,4 @@
-#include "core/qwen_tokenizer.h"
+#include "tokenizers/qwen_tokenizer.h"
 
 #include <errno.h>
 #include <jansson.h>

@@ -8,8 +8,8 @@
  * kernels do: step multiplies bf16 by the float32 sigma difference in float and rounds, while
  * add_noise's 0-d sigma factors come first in the product and are rounded to bf16 first.
  */
-#ifndef DS_MODELS_FLOW_MATCH_H
-#define DS_MODELS_FLOW_MATCH_H
+#ifndef DS_DIFFUSION_FLOW_MATCH_H
+#define DS_DIFFUSION_FLOW_MATCH_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -5,8 +5,8 @@
  * float on the right of the op stays a float32 scalar (not rounded to bf16). Each helper below
  * performs upstream's ops in upstream's order, rounding after each one.
  */
-#ifndef DS_MODELS_BASE_PIPELINE_H
-#define DS_MODELS_BASE_PIPELINE_H
+#ifndef DS_DIFFUSION_BASE_PIPELINE_H
+#define DS_DIFFUSION_BASE_PIPELINE_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-#include "models/flow_match.h"
+#include "diffusion/flow_match.h"
 
 #include <math.h>
 #include <stdlib.h>

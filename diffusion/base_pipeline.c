@@ -1,4 +1,4 @@
-#include "models/base_pipeline.h"
+#include "diffusion/base_pipeline.h"
 
 #include <math.h>
 #include <stdint.h>

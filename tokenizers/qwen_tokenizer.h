@@ -12,8 +12,8 @@
  * else (another normaliser, pre-tokenizer, BPE options, added-token stripping) are refused
  * with UNIMPLEMENTED naming the field, rather than tokenised differently from upstream.
  */
-#ifndef DS_CORE_QWEN_TOKENIZER_H
-#define DS_CORE_QWEN_TOKENIZER_H
+#ifndef DS_TOKENIZERS_QWEN_TOKENIZER_H
+#define DS_TOKENIZERS_QWEN_TOKENIZER_H
 
 #include <stdbool.h>
 #include <stddef.h>
