@@ -1,5 +1,7 @@
-/* RunPipeline (DESIGN §3): a whole pipeline (Qwen-Image text-to-image, image-to-image,
- * Blockwise ControlNet) as one request, run on the device worker one unit at a time.
+/* RunPipeline (DESIGN §3): a whole pipeline of the table (pipelines/pipeline.h: Qwen-Image
+ * text-to-image, image-to-image, Blockwise ControlNet) as one request, run on the device worker
+ * one unit at a time. Nothing here knows a particular pipeline: roles, parameters and their
+ * limits, input and output tensors come from the pipeline's table entry.
  *
  * Loop thread: the request is checked (pipeline, roles, parameters, tensor encodings), each
  * role's model is found in the pool (by id, or the one loaded model of the role's name) and
@@ -8,8 +10,9 @@
  * class, bind), and enter the pool on the loop thread with a reference for the requesting
  * client, as a Load would leave them. Then the pipeline is set up and queued as a yielding
  * job: each turn runs one unit (encode, one denoising step, decode), so pipelines of several
- * clients and other jobs interleave round robin. The last turn encodes the PNG and places the
- * outputs (inline, or in the client's output region). Loop thread again: the reply.
+ * clients and other jobs interleave round robin. The last turn encodes the image outputs as PNG
+ * and places the outputs (inline, or in the client's output region). Loop thread again: the
+ * reply.
  */
 #ifndef DS_DAEMON_RUN_PIPELINE_H
 #define DS_DAEMON_RUN_PIPELINE_H
