@@ -515,48 +515,34 @@ static int load_role(pipeline_job *pj, size_t r, ds_error *err)
     role_slot *s = &pj->slots[r];
     const ds_pipeline_role *role = &pj->def->roles[r];
     const char *const *paths = (const char *const *)s->paths;
-    ds_model_files *files = NULL;
-    ds_identification ident = {0};
-    int rc = ds_model_files_open(paths, s->path_count, &files, err);
-    if (rc == DS_OK)
-        rc = ds_identify_files(pj->daemon->configs, files, &ident, err);
-    if (rc != DS_OK)
-        goto done;
-    const ds_model_config *pick = NULL;
-    for (size_t i = 0; i < ident.config_count && !pick; i++)
-        if (strcmp(ident.configs[i]->model_class, role->model_class) == 0)
-            pick = ident.configs[i];
-    if (!pick) {
-        char *label = ds_python_str_paths(paths, s->path_count);
-        if (ident.config_count == 0) {
-            rc = ds_error_set(err, DS_ERR_NOT_FOUND,
-                              "the %s: Cannot detect the model type. File: %s. Model hash: %s",
-                              role->role, label ? label : "(out of memory)", ident.model_hash);
-        } else {
-            rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                              "the %s's files %s are a %s (%s), not a %s", role->role,
-                              label ? label : "(out of memory)", ident.configs[0]->model_name,
-                              ident.configs[0]->model_class, role->model_class);
-        }
-        free(label);
-        goto done;
-    }
-    if (!ds_config_is_implemented(pick)) {
+    ds_auto_load result;
+    int rc = ds_auto_load_model(pj->daemon->configs, paths, s->path_count, role->model_class,
+                                NULL, &result, err);
+    if (rc != DS_OK) {
+        if (result.failed)
+            ds_error_prefix(err, "loading the %s (%s): ", role->role, result.failed->model_name);
+    } else if (result.model_count == 1) {
+        s->loaded = result.models[0];
+        result.model_count = 0;
+    } else if (result.skipped_count) {
+        const ds_model_config *pick = result.skipped[0];
         rc = ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                           "the %s's files match %s (%s), which this build does not implement",
                           role->role, pick->model_name, pick->model_class);
-        goto done;
+    } else {
+        char *label = ds_python_str_paths(paths, s->path_count);
+        if (result.matched_count == 0)
+            rc = ds_error_set(err, DS_ERR_NOT_FOUND,
+                              "the %s: Cannot detect the model type. File: %s. Model hash: %s",
+                              role->role, label ? label : "(out of memory)", result.model_hash);
+        else
+            rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                              "the %s's files %s are a %s (%s), not a %s", role->role,
+                              label ? label : "(out of memory)", result.matched[0]->model_name,
+                              result.matched[0]->model_class, role->model_class);
+        free(label);
     }
-    rc = ds_model_load(pick, files, &s->loaded, err);
-    if (rc != DS_OK) {
-        ds_error_prefix(err, "loading the %s (%s): ", role->role, pick->model_name);
-        goto done;
-    }
-    files = NULL; /* the model owns them now */
-
-done:
-    ds_model_files_close(files);
-    ds_identification_free(&ident);
+    ds_auto_load_free(&result);
     return rc;
 }
 

@@ -6,8 +6,8 @@
  * Loop thread: the request is checked (pipeline, roles, parameters, tensor encodings), each
  * role's model is found in the pool (by id, or the one loaded model of the role's name) and
  * pinned, shared-memory inputs and the output region are mapped. Roles given as paths are
- * loaded first, as a job of their own on the worker (identify, pick the config of the role's
- * class, bind), and enter the pool on the loop thread with a reference for the requesting
+ * loaded first, as a job of their own on the worker (ds_auto_load_model, the loader Load uses,
+ * restricted to the role's class), and enter the pool on the loop thread with a reference for the requesting
  * client, as a Load would leave them. Then the pipeline is set up and queued as a yielding
  * job: each turn runs one unit (encode, one denoising step, decode), so pipelines of several
  * clients and other jobs interleave round robin. The last turn encodes the image outputs as PNG
