@@ -307,6 +307,8 @@ static const char *body_name(Diffsynth__V1__Envelope__BodyCase body)
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL_RESULT: return "cancel_result";
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS: return "list_configs";
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS_RESULT: return "list_configs_result";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_PIPELINES: return "list_pipelines";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_PIPELINES_RESULT: return "list_pipelines_result";
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP: return "run_step";
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP_RESULT: return "run_step_result";
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE: return "run_pipeline";
@@ -364,6 +366,7 @@ int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err)
     case DIFFSYNTH__V1__ENVELOPE__BODY_STATUS:
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL:
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS:
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_PIPELINES:
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP:
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE:
         break;
@@ -1108,6 +1111,7 @@ void ds_dispatch(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env
     case DIFFSYNTH__V1__ENVELOPE__BODY_STATUS: handle_status(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL: handle_cancel(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS: handle_list_configs(d, conn, env); break;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_PIPELINES: ds_list_pipelines_handle(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP: ds_run_step_handle(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE: ds_run_pipeline_handle(d, conn, env); break;
     default: break;

@@ -1065,3 +1065,115 @@ fail:
     ds_dispatch_reply_error(d, conn, env->request_id, rc, err.message);
     job_free(pj);
 }
+
+/* --- ListPipelines (loop thread) ------------------------------------------------------------ */
+
+static const char *const param_types[] = {
+    [DS_PIPELINE_INT] = "int",
+    [DS_PIPELINE_UINT64] = "uint64",
+    [DS_PIPELINE_NUMBER] = "number",
+};
+
+static void tensor_info(Diffsynth__V1__PipelineTensor *m, const ds_pipeline_tensor *t)
+{
+    diffsynth__v1__pipeline_tensor__init(m);
+    m->name = (char *)t->name;
+    m->help = (char *)t->help;
+    m->needs_role = (char *)(t->needs_role ? t->needs_role : "");
+    m->png = t->png;
+}
+
+/* The messages of one pipeline, pointing into its table; `store` holds them. */
+typedef struct info_store {
+    Diffsynth__V1__PipelineInfo info;
+    Diffsynth__V1__PipelineRole roles[DS_PIPELINE_MAX_ROLES], *role_ptrs[DS_PIPELINE_MAX_ROLES];
+    Diffsynth__V1__PipelineParam params[DS_PIPELINE_MAX_PARAMS],
+        *param_ptrs[DS_PIPELINE_MAX_PARAMS];
+    Diffsynth__V1__PipelineTensor inputs[DS_PIPELINE_MAX_TENSORS],
+        *input_ptrs[DS_PIPELINE_MAX_TENSORS];
+    Diffsynth__V1__PipelineTensor outputs[DS_PIPELINE_MAX_TENSORS],
+        *output_ptrs[DS_PIPELINE_MAX_TENSORS];
+    char *dtypes[DS_PIPELINE_MAX_TENSORS];
+    char *phases[DS_PIPELINE_MAX_TENSORS];
+} info_store;
+
+static void pipeline_info(info_store *s, const ds_pipeline_def *def)
+{
+    Diffsynth__V1__PipelineInfo *m = &s->info;
+    diffsynth__v1__pipeline_info__init(m);
+    m->name = (char *)def->name;
+    m->summary = (char *)def->summary;
+    for (size_t i = 0; i < def->role_count; i++) {
+        Diffsynth__V1__PipelineRole *r = &s->roles[i];
+        diffsynth__v1__pipeline_role__init(r);
+        r->role = (char *)def->roles[i].role;
+        r->model_name = (char *)def->roles[i].model_name;
+        r->model_class = (char *)def->roles[i].model_class;
+        r->required = def->roles[i].required;
+        s->role_ptrs[i] = r;
+    }
+    m->roles = s->role_ptrs;
+    m->n_roles = def->role_count;
+    for (size_t i = 0; i < def->param_count; i++) {
+        const ds_pipeline_param *p = &def->params[i];
+        Diffsynth__V1__PipelineParam *q = &s->params[i];
+        diffsynth__v1__pipeline_param__init(q);
+        q->name = (char *)p->name;
+        q->type = (char *)param_types[p->type];
+        q->min = p->type == DS_PIPELINE_UINT64 ? 0.0 : p->min;
+        q->max = p->type == DS_PIPELINE_UINT64 ? 18446744073709551615.0 : p->max;
+        q->min_exclusive = p->min_exclusive;
+        q->has_default = p->default_value != NULL;
+        q->default_value = (char *)(p->default_value ? p->default_value : "");
+        q->help = (char *)p->help;
+        s->param_ptrs[i] = q;
+    }
+    m->params = s->param_ptrs;
+    m->n_params = def->param_count;
+    for (size_t i = 0; i < def->input_count; i++) {
+        tensor_info(&s->inputs[i], &def->inputs[i]);
+        s->input_ptrs[i] = &s->inputs[i];
+    }
+    m->inputs = s->input_ptrs;
+    m->n_inputs = def->input_count;
+    for (size_t i = 0; i < def->output_count; i++) {
+        tensor_info(&s->outputs[i], &def->outputs[i]);
+        s->output_ptrs[i] = &s->outputs[i];
+    }
+    m->outputs = s->output_ptrs;
+    m->n_outputs = def->output_count;
+    for (size_t i = 0; i < def->dtype_count && i < DS_PIPELINE_MAX_TENSORS; i++)
+        s->dtypes[m->n_dtypes++] = (char *)def->dtypes[i].name;
+    m->dtypes = s->dtypes;
+    for (size_t i = 0; i < def->phase_count && i < DS_PIPELINE_MAX_TENSORS; i++)
+        s->phases[m->n_phases++] = (char *)def->phases[i];
+    m->phases = s->phases;
+}
+
+void ds_list_pipelines_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    info_store *stores = calloc(ds_pipeline_count, sizeof *stores);
+    Diffsynth__V1__PipelineInfo **infos = calloc(ds_pipeline_count, sizeof *infos);
+    if (!stores || !infos) {
+        free(stores);
+        free(infos);
+        ds_dispatch_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                                "out of memory listing the pipelines");
+        return;
+    }
+    for (size_t i = 0; i < ds_pipeline_count; i++) {
+        pipeline_info(&stores[i], ds_pipelines[i]);
+        infos[i] = &stores[i].info;
+    }
+    Diffsynth__V1__ListPipelinesResponse res = DIFFSYNTH__V1__LIST_PIPELINES_RESPONSE__INIT;
+    res.pipelines = infos;
+    res.n_pipelines = ds_pipeline_count;
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = env->request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_LIST_PIPELINES_RESULT;
+    out.list_pipelines_result = &res;
+    d->requests_served++;
+    ds_conn_send(conn, &out);
+    free(infos);
+    free(stores);
+}

@@ -35,4 +35,8 @@ int ds_run_pipeline_validate(const Diffsynth__V1__RunPipelineRequest *req, ds_er
 /* Handles a validated RunPipeline envelope: answers errors at once, or queues the job. */
 void ds_run_pipeline_handle(ds_daemon *daemon, ds_conn *conn, const Diffsynth__V1__Envelope *env);
 
+/* Answers ListPipelines from the pipelines' tables (pipelines/registry.c). */
+void ds_list_pipelines_handle(ds_daemon *daemon, ds_conn *conn,
+                              const Diffsynth__V1__Envelope *env);
+
 #endif
