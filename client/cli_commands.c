@@ -948,7 +948,7 @@ const cli_command cli_commands[] = {
      run_pipelines},
     {"run-step", "Run one step of a loaded model on tensors from safetensors files",
      cli_run_step_help, cli_run_step},
-    {"generate", "Generate an image with the Qwen-Image pipeline",
+    {"generate", "Generate an image with a pipeline (default qwen_image)",
      cli_generate_help, cli_generate},
     {"tokenize", "Token ids of a prompt with a model's tokenizer, Qwen2 or Wan (no daemon needed)",
      cli_tokenize_help, cli_tokenize},

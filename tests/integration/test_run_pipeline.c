@@ -721,9 +721,10 @@ static void test_cli_generate(void)
     unlink(latents);
 
     /* --models: the files are identified here and sent by role. */
-    const char *argv2[] = {cli, "--socket", env.socket, "generate", "--prompt", "x", "--steps",
-                           "2", "--cfg-scale", "1", "--height", "32", "--width", "48", "--models",
-                           te_path, dit_path, vae_path, "-o", out, NULL};
+    /* --param: any parameter the pipeline declares, by name. */
+    const char *argv2[] = {cli, "--socket", env.socket, "generate", "--prompt", "x", "--param",
+                           "steps=2", "--cfg-scale", "1", "--height", "32", "--width", "48",
+                           "--models", te_path, dit_path, vae_path, "-o", out, NULL};
     status = it_run(argv2, NULL, RUN_TIMEOUT_MS, &sout, &serr);
     CHECK_MSG(status == 0, "--models: exit %d\nstdout: %s\nstderr: %s", status, sout ? sout : "",
               serr ? serr : "");
@@ -772,6 +773,24 @@ static void test_cli_generate(void)
     free(sout);
     free(serr);
     unlink(in_png);
+
+    /* The pipeline and its parameters are the daemon's (ListPipelines). */
+    const char *argv7[] = {cli, "--socket", env.socket, "generate", "--pipeline", "flux",
+                           "--prompt", "x", "-o", out, NULL};
+    status = it_run(argv7, NULL, RUN_TIMEOUT_MS, &sout, &serr);
+    CHECK_MSG(status == 1, "--pipeline flux: exit %d", status);
+    CHECK_CONTAINS(serr, "error: the daemon has no pipeline \"flux\"; it has: qwen_image");
+    free(sout);
+    free(serr);
+    const char *argv8[] = {cli, "--socket", env.socket, "generate", "--prompt", "x", "--param",
+                           "strength=0.5", "-o", out, NULL};
+    status = it_run(argv8, NULL, RUN_TIMEOUT_MS, &sout, &serr);
+    CHECK_MSG(status == 2, "--param strength: exit %d", status);
+    CHECK_CONTAINS(serr, "--param strength: expected NAME=VALUE with NAME one of the qwen_image "
+                         "pipeline's: seed, steps, cfg_scale, height, width, denoising_strength, "
+                         "controlnet_scale");
+    free(sout);
+    free(serr);
 
     /* Usage errors: exit 2 with a hint. */
     const char *argv3[] = {cli, "--socket", env.socket, "generate", "--prompt", "x", NULL};
