@@ -66,6 +66,7 @@ typedef struct pipeline_job {
     uint32_t out_region_fd_index;
     uint64_t out_region_offset;
     uint64_t max_inline;
+    int named_outputs; /* the request wants RunPipelineResponse.outputs */
     /* Timing: queue time of earlier submissions, the turn running now, the repeated turns. */
     double queue_before_s;
     double turn_started_s;
@@ -209,9 +210,22 @@ static int check_tensor(const char *field, const Diffsynth__V1__Tensor *t, ds_er
     return DS_OK;
 }
 
-/* The request's optional tensor for the pipeline's input `name`: today's fields of the message. */
+/* The request's tensor for the pipeline's input `name`: from `inputs` by name, else the
+ * message's own field of that name (older clients). */
+static const Diffsynth__V1__Tensor *legacy_input(const Diffsynth__V1__RunPipelineRequest *req,
+                                                 const char *name);
+
 static const Diffsynth__V1__Tensor *request_input(const Diffsynth__V1__RunPipelineRequest *req,
                                                   const char *name)
+{
+    for (size_t i = 0; i < req->n_inputs; i++)
+        if (strcmp(req->inputs[i]->name, name) == 0)
+            return req->inputs[i];
+    return legacy_input(req, name);
+}
+
+static const Diffsynth__V1__Tensor *legacy_input(const Diffsynth__V1__RunPipelineRequest *req,
+                                                 const char *name)
 {
     if (strcmp(name, "input_image") == 0)
         return req->input_image;
@@ -271,6 +285,36 @@ int ds_run_pipeline_validate(const Diffsynth__V1__RunPipelineRequest *req, ds_er
     ds_dtype dtype;
     if ((rc = ds_pipeline_dtype_parse(def, req->dtype, &dtype, err)) != DS_OK)
         return rc;
+    if (req->n_inputs > DS_PIPELINE_MAX_TENSORS)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "run_pipeline has %zu inputs, at most %d",
+                            req->n_inputs, DS_PIPELINE_MAX_TENSORS);
+    for (size_t i = 0; i < req->n_inputs; i++) {
+        const char *name = req->inputs[i]->name;
+        if (ds_pipeline_input_index(def, name) < 0) {
+            char names[256] = "";
+            size_t used = 0;
+            for (size_t k = 0; k < def->input_count && used < sizeof names; k++) {
+                int n = snprintf(names + used, sizeof names - used, "%s%s", k ? ", " : "",
+                                 def->inputs[k].name);
+                used += n > 0 ? (size_t)n : 0;
+            }
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "run_pipeline.inputs[%zu] \"%.64s\" is not an input of %s; "
+                                "inputs: %s",
+                                i, printable(name) ? name : "(unprintable)", def->name, names);
+        }
+        if (legacy_input(req, name))
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "input \"%s\" is given twice (run_pipeline.inputs[%zu] and "
+                                "run_pipeline.%s)",
+                                name, i, name);
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(req->inputs[k]->name, name) == 0)
+                return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                    "input \"%s\" is given twice (run_pipeline.inputs[%zu] and "
+                                    "[%zu])",
+                                    name, k, i);
+    }
     for (size_t i = 0; i < def->input_count; i++) {
         const Diffsynth__V1__Tensor *t = request_input(req, def->inputs[i].name);
         if (t && (rc = check_tensor(def->inputs[i].name, t, err)) != DS_OK)
@@ -647,6 +691,7 @@ static void pipeline_complete(ds_job *job)
     Diffsynth__V1__Tensor tensors[DS_PIPELINE_MAX_TENSORS];
     Diffsynth__V1__SharedRegion regions[DS_PIPELINE_MAX_TENSORS];
     int64_t shapes[DS_PIPELINE_MAX_TENSORS][DS_MAX_DIMS];
+    Diffsynth__V1__Tensor *named[DS_PIPELINE_MAX_TENSORS];
     Diffsynth__V1__RunPipelineResponse res = DIFFSYNTH__V1__RUN_PIPELINE_RESPONSE__INIT;
     for (size_t i = 0; i < def->output_count; i++) {
         const ds_pipeline_tensor *spec = &def->outputs[i];
@@ -661,14 +706,29 @@ static void pipeline_complete(ds_job *job)
             set_output(&tensors[i], &regions[i], pj, spec->name, t->dtype, (size_t)t->ndim,
                        shapes[i], o);
         }
-        /* The reply's message has a field per output the protocol knows. */
-        if (strcmp(spec->name, "png") == 0)
+        /* Older clients read the outputs from the reply's fields of their names. */
+        if (pj->named_outputs)
+            named[res.n_outputs++] = &tensors[i];
+        else if (strcmp(spec->name, "png") == 0)
             res.png = &tensors[i];
         else if (strcmp(spec->name, "latents") == 0)
             res.latents = &tensors[i];
     }
+    res.outputs = named;
     ds_pipeline_result results[DS_PIPELINE_MAX_RESULTS];
     size_t n = def->results(pj->run, results);
+    Diffsynth__V1__PipelineResult result_msgs[DS_PIPELINE_MAX_RESULTS];
+    Diffsynth__V1__PipelineResult *result_ptrs[DS_PIPELINE_MAX_RESULTS];
+    for (size_t i = 0; i < n; i++) {
+        diffsynth__v1__pipeline_result__init(&result_msgs[i]);
+        result_msgs[i].name = (char *)results[i].name;
+        result_msgs[i].is_integer = results[i].is_integer;
+        result_msgs[i].integer = results[i].u;
+        result_msgs[i].number = results[i].d;
+        result_ptrs[i] = &result_msgs[i];
+    }
+    res.results = result_ptrs;
+    res.n_results = n;
     res.seed = result_u(results, n, "seed");
     res.steps = (uint32_t)result_u(results, n, "steps");
     res.height = (uint32_t)result_u(results, n, "height");
@@ -1008,6 +1068,7 @@ static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineReques
             return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
     }
     pj->max_inline = req->max_inline_output_bytes;
+    pj->named_outputs = req->named_outputs;
     return DS_OK;
 }
 

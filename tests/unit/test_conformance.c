@@ -1224,6 +1224,13 @@ static void fill_pc_RunPipelineRequest(PC(RunPipelineRequest) *m, int k)
     m->output_region = PC_NEW(SharedRegion, shared_region);
     fill_pc_SharedRegion(m->output_region, k + 11);
     m->max_inline_output_bytes = U64(k, 12);
+    m->n_inputs = 2;
+    m->inputs = A(2 * sizeof *m->inputs);
+    for (int i = 0; i < 2; i++) {
+        m->inputs[i] = PC_NEW(Tensor, tensor);
+        fill_pc_Tensor(m->inputs[i], k * 3 + i + 13);
+    }
+    m->named_outputs = 1;
 }
 
 static void fill_nb_RunPipelineRequest(NB(RunPipelineRequest) *m, int k)
@@ -1250,6 +1257,11 @@ static void fill_nb_RunPipelineRequest(NB(RunPipelineRequest) *m, int k)
     m->has_output_region = true;
     fill_nb_SharedRegion(&m->output_region, k + 11);
     m->max_inline_output_bytes = U64(k, 12);
+    m->inputs_count = 2;
+    m->inputs = A(2 * sizeof *m->inputs);
+    for (int i = 0; i < 2; i++)
+        fill_nb_Tensor(&m->inputs[i], k * 3 + i + 13);
+    m->named_outputs = true;
 }
 
 static void cmp_RunPipelineRequest(const PC(RunPipelineRequest) *p, const NB(RunPipelineRequest) *n)
@@ -1273,6 +1285,34 @@ static void cmp_RunPipelineRequest(const PC(RunPipelineRequest) *p, const NB(Run
     REQUIRE(p->output_region && n->has_output_region);
     cmp_SharedRegion(p->output_region, &n->output_region);
     CHECK(p->max_inline_output_bytes == n->max_inline_output_bytes);
+    REQUIRE(p->n_inputs == n->inputs_count);
+    for (size_t i = 0; i < p->n_inputs; i++)
+        cmp_Tensor(p->inputs[i], &n->inputs[i]);
+    CHECK(p->named_outputs == n->named_outputs);
+}
+
+static void fill_pc_PipelineResult(PC(PipelineResult) *m, int k)
+{
+    m->name = S(k, 1);
+    m->is_integer = 1;
+    m->integer = U64(k, 3);
+    m->number = D(k, 4);
+}
+
+static void fill_nb_PipelineResult(NB(PipelineResult) *m, int k)
+{
+    m->name = S(k, 1);
+    m->is_integer = true;
+    m->integer = U64(k, 3);
+    m->number = D(k, 4);
+}
+
+static void cmp_PipelineResult(const PC(PipelineResult) *p, const NB(PipelineResult) *n)
+{
+    CHECK_STR_EQ(n->name, p->name);
+    CHECK(p->is_integer == n->is_integer);
+    CHECK(p->integer == n->integer);
+    CHECK(same_double(p->number, n->number));
 }
 
 static void fill_pc_RunPipelineResponse(PC(RunPipelineResponse) *m, int k)
@@ -1289,6 +1329,18 @@ static void fill_pc_RunPipelineResponse(PC(RunPipelineResponse) *m, int k)
     m->encode_s = D(k, 8);
     m->denoise_s = D(k, 9);
     m->decode_s = D(k, 10);
+    m->n_outputs = 2;
+    m->outputs = A(2 * sizeof *m->outputs);
+    m->n_results = 3;
+    m->results = A(3 * sizeof *m->results);
+    for (int i = 0; i < 3; i++) {
+        if (i < 2) {
+            m->outputs[i] = PC_NEW(Tensor, tensor);
+            fill_pc_Tensor(m->outputs[i], k * 3 + i + 11);
+        }
+        m->results[i] = PC_NEW(PipelineResult, pipeline_result);
+        fill_pc_PipelineResult(m->results[i], k * 5 + i + 12);
+    }
 }
 
 static void fill_nb_RunPipelineResponse(NB(RunPipelineResponse) *m, int k)
@@ -1305,6 +1357,15 @@ static void fill_nb_RunPipelineResponse(NB(RunPipelineResponse) *m, int k)
     m->encode_s = D(k, 8);
     m->denoise_s = D(k, 9);
     m->decode_s = D(k, 10);
+    m->outputs_count = 2;
+    m->outputs = A(2 * sizeof *m->outputs);
+    m->results_count = 3;
+    m->results = A(3 * sizeof *m->results);
+    for (int i = 0; i < 3; i++) {
+        if (i < 2)
+            fill_nb_Tensor(&m->outputs[i], k * 3 + i + 11);
+        fill_nb_PipelineResult(&m->results[i], k * 5 + i + 12);
+    }
 }
 
 static void cmp_RunPipelineResponse(const PC(RunPipelineResponse) *p, const NB(RunPipelineResponse) *n)
@@ -1321,6 +1382,11 @@ static void cmp_RunPipelineResponse(const PC(RunPipelineResponse) *p, const NB(R
     CHECK(same_double(p->encode_s, n->encode_s));
     CHECK(same_double(p->denoise_s, n->denoise_s));
     CHECK(same_double(p->decode_s, n->decode_s));
+    REQUIRE(p->n_outputs == n->outputs_count && p->n_results == n->results_count);
+    for (size_t i = 0; i < p->n_outputs; i++)
+        cmp_Tensor(p->outputs[i], &n->outputs[i]);
+    for (size_t i = 0; i < p->n_results; i++)
+        cmp_PipelineResult(p->results[i], &n->results[i]);
 }
 
 static void fill_pc_Progress(PC(Progress) *m, int k)
@@ -1560,7 +1626,7 @@ WRAP(CancelRequest) WRAP(CancelResponse) WRAP(ListConfigsRequest) WRAP(ConfigEnt
 WRAP(ListConfigsResponse) WRAP(StepParam) WRAP(AuxModel) WRAP(RunStepRequest) WRAP(RunStepResponse)
 WRAP(PipelineModel) WRAP(RunPipelineRequest) WRAP(RunPipelineResponse) WRAP(Progress) WRAP(Event)
 WRAP(Envelope) WRAP(ListPipelinesRequest) WRAP(PipelineRole) WRAP(PipelineParam)
-WRAP(PipelineTensor) WRAP(PipelineInfo) WRAP(ListPipelinesResponse)
+WRAP(PipelineTensor) WRAP(PipelineInfo) WRAP(ListPipelinesResponse) WRAP(PipelineResult)
 
 static const conf_case cases[] = {
     CASE(Error, error),
@@ -1598,6 +1664,7 @@ static const conf_case cases[] = {
     CASE(RunStepResponse, run_step_response),
     CASE(PipelineModel, pipeline_model),
     CASE(RunPipelineRequest, run_pipeline_request),
+    CASE(PipelineResult, pipeline_result),
     CASE(RunPipelineResponse, run_pipeline_response),
     CASE(Progress, progress),
     CASE(Event, event),
