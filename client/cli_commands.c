@@ -2,6 +2,7 @@
  * ModelPool messages byte for byte (facts §2); everything else is ours. */
 #include "client/cli.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -707,6 +708,188 @@ static int run_configs(cli_ctx *ctx, int argc, char **argv)
     return rc;
 }
 
+/* ---- pipelines ---- */
+
+/* "int in 1..1000", "number in (0, 1]", "number", "uint64". */
+static void describe_range(const diffsynth_v1_PipelineParam *p, char *buf, size_t size)
+{
+    const char *type = cli_str(p->type);
+    if (strcmp(type, "uint64") == 0 || (isinf(p->min) && isinf(p->max)))
+        snprintf(buf, size, "%s", type);
+    else if (strcmp(type, "int") == 0)
+        snprintf(buf, size, "%s in %.0f..%.0f", type, p->min, p->max);
+    else
+        snprintf(buf, size, "%s in %c%g, %g]", type, p->min_exclusive ? '(' : '[', p->min,
+                 p->max);
+}
+
+static void json_tensors(pyjson_writer *w, const diffsynth_v1_PipelineTensor *t, pb_size_t n)
+{
+    pyjson_begin_array(w);
+    for (pb_size_t i = 0; i < n; i++) {
+        pyjson_begin_object(w);
+        pyjson_key(w, "name");
+        pyjson_string(w, cli_str(t[i].name));
+        pyjson_key(w, "help");
+        pyjson_string(w, cli_str(t[i].help));
+        pyjson_key(w, "needs_role");
+        if (cli_str(t[i].needs_role)[0])
+            pyjson_string(w, t[i].needs_role);
+        else
+            pyjson_null(w);
+        pyjson_key(w, "png");
+        pyjson_bool(w, t[i].png);
+        pyjson_end_object(w);
+    }
+    pyjson_end_array(w);
+}
+
+static void json_strings(pyjson_writer *w, char **items, pb_size_t n)
+{
+    pyjson_begin_array(w);
+    for (pb_size_t i = 0; i < n; i++)
+        pyjson_string(w, cli_str(items[i]));
+    pyjson_end_array(w);
+}
+
+static void json_pipelines(pyjson_writer *w, const diffsynth_v1_ListPipelinesResponse *r)
+{
+    pyjson_begin_object(w);
+    pyjson_key(w, "pipelines");
+    pyjson_begin_array(w);
+    for (pb_size_t i = 0; i < r->pipelines_count; i++) {
+        const diffsynth_v1_PipelineInfo *p = &r->pipelines[i];
+        pyjson_begin_object(w);
+        pyjson_key(w, "name");
+        pyjson_string(w, cli_str(p->name));
+        pyjson_key(w, "summary");
+        pyjson_string(w, cli_str(p->summary));
+        pyjson_key(w, "roles");
+        pyjson_begin_array(w);
+        for (pb_size_t k = 0; k < p->roles_count; k++) {
+            pyjson_begin_object(w);
+            pyjson_key(w, "role");
+            pyjson_string(w, cli_str(p->roles[k].role));
+            pyjson_key(w, "model_name");
+            pyjson_string(w, cli_str(p->roles[k].model_name));
+            pyjson_key(w, "model_class");
+            pyjson_string(w, cli_str(p->roles[k].model_class));
+            pyjson_key(w, "required");
+            pyjson_bool(w, p->roles[k].required);
+            pyjson_end_object(w);
+        }
+        pyjson_end_array(w);
+        pyjson_key(w, "params");
+        pyjson_begin_array(w);
+        for (pb_size_t k = 0; k < p->params_count; k++) {
+            const diffsynth_v1_PipelineParam *q = &p->params[k];
+            pyjson_begin_object(w);
+            pyjson_key(w, "name");
+            pyjson_string(w, cli_str(q->name));
+            pyjson_key(w, "type");
+            pyjson_string(w, cli_str(q->type));
+            /* null, not Infinity, for an open end: plain JSON parsers refuse Infinity. */
+            pyjson_key(w, "min");
+            if (isinf(q->min))
+                pyjson_null(w);
+            else
+                pyjson_double(w, q->min);
+            pyjson_key(w, "max");
+            if (isinf(q->max))
+                pyjson_null(w);
+            else
+                pyjson_double(w, q->max);
+            pyjson_key(w, "min_exclusive");
+            pyjson_bool(w, q->min_exclusive);
+            pyjson_key(w, "default");
+            if (q->has_default)
+                pyjson_string(w, cli_str(q->default_value));
+            else
+                pyjson_null(w);
+            pyjson_key(w, "help");
+            pyjson_string(w, cli_str(q->help));
+            pyjson_end_object(w);
+        }
+        pyjson_end_array(w);
+        pyjson_key(w, "inputs");
+        json_tensors(w, p->inputs, p->inputs_count);
+        pyjson_key(w, "outputs");
+        json_tensors(w, p->outputs, p->outputs_count);
+        pyjson_key(w, "dtypes");
+        json_strings(w, p->dtypes, p->dtypes_count);
+        pyjson_key(w, "phases");
+        json_strings(w, p->phases, p->phases_count);
+        pyjson_end_object(w);
+    }
+    pyjson_end_array(w);
+    pyjson_end_object(w);
+}
+
+static void print_tensors(const char *title, const diffsynth_v1_PipelineTensor *t, pb_size_t n)
+{
+    printf("  %s:\n", title);
+    for (pb_size_t i = 0; i < n; i++) {
+        printf("    %-18s %s", cli_str(t[i].name), cli_str(t[i].help));
+        if (cli_str(t[i].needs_role)[0])
+            printf(" (needs the %s role)", t[i].needs_role);
+        fputc('\n', stdout);
+    }
+}
+
+static int run_pipelines(cli_ctx *ctx, int argc, char **argv)
+{
+    const cli_command *self = cli_find_command("pipelines");
+    int npos = 0;
+    int rc = cli_parse(ctx, self, argc, argv, NULL, 0, &npos);
+    if (rc >= 0)
+        return rc;
+    if (npos != 0)
+        return cli_usage_error(self, "pipelines: unexpected argument %s", argv[1]);
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_list_pipelines_tag;
+    int st = cli_call(ctx, &req, &resp);
+    if (st != DS_CLIENT_OK)
+        return cli_report(ctx, st);
+    const diffsynth_v1_ListPipelinesResponse *r = &resp.body.list_pipelines_result;
+    rc = CLI_EXIT_OK;
+    if (ctx->json) {
+        pyjson_buf b = {0};
+        pyjson_writer w;
+        pyjson_writer_init(&w, &b, PYJSON_COMPACT);
+        json_pipelines(&w, r);
+        rc = cli_print_doc(&w, &b);
+    } else {
+        for (pb_size_t i = 0; i < r->pipelines_count; i++) {
+            const diffsynth_v1_PipelineInfo *p = &r->pipelines[i];
+            printf("%s%s: %s\n", i ? "\n" : "", cli_str(p->name), cli_str(p->summary));
+            printf("  roles:\n");
+            for (pb_size_t k = 0; k < p->roles_count; k++)
+                printf("    %-18s %s, %s\n", cli_str(p->roles[k].role),
+                       cli_str(p->roles[k].model_name),
+                       p->roles[k].required ? "required" : "optional");
+            printf("  parameters:\n");
+            for (pb_size_t k = 0; k < p->params_count; k++) {
+                const diffsynth_v1_PipelineParam *q = &p->params[k];
+                char range[64];
+                describe_range(q, range, sizeof range);
+                printf("    %-18s %-20s default %-8s %s\n", cli_str(q->name), range,
+                       q->has_default ? cli_str(q->default_value) : "random", cli_str(q->help));
+            }
+            print_tensors("inputs", p->inputs, p->inputs_count);
+            print_tensors("outputs", p->outputs, p->outputs_count);
+            printf("  dtypes:");
+            for (pb_size_t k = 0; k < p->dtypes_count; k++)
+                printf("%s %s%s", k ? "," : "", cli_str(p->dtypes[k]), k ? "" : " (default)");
+            printf("\n  phases:");
+            for (pb_size_t k = 0; k < p->phases_count; k++)
+                printf("%s %s", k ? "," : "", cli_str(p->phases[k]));
+            fputc('\n', stdout);
+        }
+    }
+    ds_client_envelope_free(&resp);
+    return rc;
+}
+
 const cli_command cli_commands[] = {
     {"identify", "Show which model configs match these files (reads headers only)",
      "usage: diffsynth identify PATH... [--json]\n"
@@ -756,9 +939,16 @@ const cli_command cli_commands[] = {
      "                 exits 1 if any MISMATCH or ERROR\n"
      "  --name SUBSTR  only configs whose model_name contains SUBSTR\n",
      run_configs},
+    {"pipelines", "List the pipelines the daemon runs: roles, parameters, inputs, outputs",
+     "usage: diffsynth pipelines [--json]\n"
+     "\n"
+     "For each pipeline: the models it takes by role, its parameters with their ranges and\n"
+     "defaults (the limits the daemon checks), its input and output tensors, its compute\n"
+     "dtypes and progress phases. In --json, min and max are null for an open end.\n",
+     run_pipelines},
     {"run-step", "Run one step of a loaded model on tensors from safetensors files",
      cli_run_step_help, cli_run_step},
-    {"generate", "Generate an image with the Qwen-Image pipeline",
+    {"generate", "Generate an image with a pipeline (default qwen_image)",
      cli_generate_help, cli_generate},
     {"tokenize", "Token ids of a prompt with a model's tokenizer, Qwen2 or Wan (no daemon needed)",
      cli_tokenize_help, cli_tokenize},

@@ -16,17 +16,21 @@
 const char cli_generate_help[] =
     "usage: diffsynth generate --prompt TEXT -o OUT.png [options]\n"
     "\n"
-    "Generates an image with the Qwen-Image pipeline on the daemon and writes it as a PNG. The\n"
-    "models are the loaded ones (`diffsynth load`: one qwen_image_text_encoder, qwen_image_dit\n"
-    "and qwen_image_vae), unless --models or --model say otherwise. Prints the seed and where\n"
-    "the image went; progress goes to stderr. Ctrl-C cancels the run on the daemon.\n"
+    "Generates an image with a pipeline on the daemon (default qwen_image) and writes it as a\n"
+    "PNG. The pipeline's roles, parameters and their ranges and defaults come from the daemon\n"
+    "(`diffsynth pipelines` lists them). The models are the loaded ones (for qwen_image: one\n"
+    "qwen_image_text_encoder, qwen_image_dit and qwen_image_vae), unless --models or --model\n"
+    "say otherwise. Prints the seed and where the image went; progress goes to stderr. Ctrl-C\n"
+    "cancels the run on the daemon.\n"
+    "  --pipeline NAME            the pipeline to run (default qwen_image)\n"
     "  --prompt TEXT              what to draw (required)\n"
     "  --negative-prompt TEXT     what not to draw (used when --cfg-scale is not 1)\n"
-    "  --seed N                   0..2^64-1; default: the daemon draws one and it is printed\n"
-    "  --steps N                  denoising steps, 1..1000 (default 30)\n"
-    "  --cfg-scale F              classifier-free guidance (default 4; 1 skips the negative pass)\n"
-    "  --height H --width W       16..8192, rounded up to multiples of 16 (default 1328, or the\n"
+    "  --seed N                   default: the daemon draws one and it is printed\n"
+    "  --steps N                  denoising steps\n"
+    "  --cfg-scale F              classifier-free guidance (1 skips the negative pass)\n"
+    "  --height H --width W       the image size (default: the pipeline's, or the\n"
     "                             --input-image's size)\n"
+    "  --param NAME=VALUE         any parameter of the pipeline by its name (repeatable)\n"
     "  --dtype bf16|f32           compute dtype (default bf16, as upstream)\n"
     "  --input-image PNG          image-to-image: start from this picture...\n"
     "  --denoising-strength F     ...this far, in (0, 1] (default 1: the picture is ignored)\n"
@@ -37,8 +41,9 @@ const char cli_generate_help[] =
     "  --models PATH...           model files to use (loaded if needed, and kept loaded); each\n"
     "                             file, or group of shards NAME-0000i-of-0000N, is identified to\n"
     "                             find its role\n"
-    "  --model ROLE=ID_OR_PATH    the model of a role (text_encoder, dit, vae, controlnet): a\n"
-    "                             loaded model's id (m3), or a file (anything with / or .);\n"
+    "  --model ROLE=ID_OR_PATH    the model of a role (qwen_image: text_encoder, dit, vae,\n"
+    "                             controlnet): a loaded model's id (m3), or a file (anything\n"
+    "                             with / or .);\n"
     "                             repeat a role for its shards\n"
     "  --save-latents FILE        also write the final latents as safetensors (\"latents\")\n"
     "  -o, --output OUT.png       where the image goes (required): a file, replaced atomically;\n"
@@ -56,13 +61,25 @@ const char cli_generate_help[] =
 /* Progress bar width in characters, between the brackets. */
 #define BAR_WIDTH 24
 
-enum { ROLE_TEXT_ENCODER, ROLE_DIT, ROLE_VAE, ROLE_CONTROLNET, ROLE_COUNT };
+#define MAX_ROLES 16
+#define MAX_PARAMS 64
 
-/* Role names, and the model_name a file set must identify as to take the role. */
-static const char *const role_names[ROLE_COUNT] = {"text_encoder", "dit", "vae", "controlnet"};
-static const char *const role_models[ROLE_COUNT] = {
-    "qwen_image_text_encoder", "qwen_image_dit", "qwen_image_vae",
-    "qwen_image_blockwise_controlnet"};
+/* The pipeline as the daemon's ListPipelines reply declares it: role names, the model_name a
+ * file set must identify as to take each role, and the parameter names. */
+typedef struct pipeline_decl {
+    const char *name;
+    const char *role_names[MAX_ROLES];
+    const char *role_models[MAX_ROLES];
+    int role_count;
+    const char *params[MAX_PARAMS];
+    int param_count;
+    const char *inputs[MAX_PARAMS];
+    int input_count;
+    char role_list[256];  /* "text_encoder, dit, ..." for messages */
+    char param_list[512];
+} pipeline_decl;
+
+static pipeline_decl decl;
 
 typedef struct role_choice {
     const char *model_id;            /* or */
@@ -76,7 +93,9 @@ typedef struct gen_args {
     size_t model_file_count;
     char *model_specs[MAX_MODEL_FILES]; /* --model ROLE=..., as given */
     size_t model_spec_count;
-    role_choice roles[ROLE_COUNT];
+    role_choice roles[MAX_ROLES];
+    char *param_specs[MAX_PARAMS];      /* --param NAME=VALUE, as given */
+    size_t param_spec_count;
 } gen_args;
 
 /* --- arguments ------------------------------------------------------------------------------ */
@@ -106,6 +125,15 @@ static int take_model_options(const cli_command *cmd, int *argc, char **argv, ge
             i = k - 1;
             continue;
         }
+        if (strcmp(arg, "--param") == 0 || strncmp(arg, "--param=", 8) == 0) {
+            char *spec = arg[7] == '=' ? arg + 8 : (i + 1 < *argc ? argv[++i] : NULL);
+            if (!spec)
+                return cli_usage_error(cmd, "generate: --param needs NAME=VALUE");
+            if (g->param_spec_count >= MAX_PARAMS)
+                return cli_usage_error(cmd, "generate: at most %d --param options", MAX_PARAMS);
+            g->param_specs[g->param_spec_count++] = spec;
+            continue;
+        }
         char *value = NULL;
         if (strcmp(arg, "--model") == 0) {
             if (i + 1 >= *argc)
@@ -127,15 +155,15 @@ static int take_model_options(const cli_command *cmd, int *argc, char **argv, ge
 
 static int role_of(const char *name)
 {
-    for (int r = 0; r < ROLE_COUNT; r++)
-        if (strcmp(role_names[r], name) == 0)
+    for (int r = 0; r < decl.role_count; r++)
+        if (strcmp(decl.role_names[r], name) == 0)
             return r;
     return -1;
 }
 
 static void free_roles(gen_args *g)
 {
-    for (int r = 0; r < ROLE_COUNT; r++)
+    for (int r = 0; r < MAX_ROLES; r++)
         for (size_t i = 0; i < g->roles[r].path_count; i++)
             free(g->roles[r].paths[i]);
 }
@@ -168,16 +196,14 @@ static int apply_model_specs(cli_ctx *ctx, const cli_command *cmd, gen_args *g)
         *eq = '\0';
         int r = role_of(spec);
         if (r < 0)
-            return cli_usage_error(cmd,
-                                   "generate: --model role \"%s\" is not one of text_encoder, "
-                                   "dit, vae, controlnet",
-                                   spec);
+            return cli_usage_error(cmd, "generate: --model role \"%s\" is not one of %s", spec,
+                                   decl.role_list);
         role_choice *rc = &g->roles[r];
         const char *value = eq + 1;
         int is_path = strchr(value, '/') || strchr(value, '.');
         if (rc->from && (!is_path || rc->model_id))
             return cli_usage_error(cmd, "generate: the %s is given twice (%s and --model)",
-                                   role_names[r], rc->from);
+                                   decl.role_names[r], rc->from);
         rc->from = "--model";
         if (!is_path)
             rc->model_id = value;
@@ -222,8 +248,8 @@ static int identify_role(cli_ctx *ctx, char **paths, size_t count, int *status)
     const diffsynth_v1_IdentifyResponse *r = &resp.body.identify_result;
     int role = -1;
     for (pb_size_t i = 0; i < r->configs_count && role < 0; i++)
-        for (int k = 0; k < ROLE_COUNT && role < 0; k++)
-            if (strcmp(cli_str(r->configs[i].model_name), role_models[k]) == 0)
+        for (int k = 0; k < decl.role_count && role < 0; k++)
+            if (strcmp(cli_str(r->configs[i].model_name), decl.role_models[k]) == 0)
                 role = k;
     if (role < 0) {
         fprintf(stderr, "error: --models %s%s: ", paths[0], count > 1 ? " (and its shards)" : "");
@@ -231,8 +257,8 @@ static int identify_role(cli_ctx *ctx, char **paths, size_t count, int *status)
             fprintf(stderr, "Cannot detect the model type. Model hash: %s\n",
                     cli_str(r->model_hash));
         else
-            fprintf(stderr, "a %s, which the qwen_image pipeline does not use\n",
-                    cli_str(r->configs[0].model_name));
+            fprintf(stderr, "a %s, which the %s pipeline does not use\n",
+                    cli_str(r->configs[0].model_name), decl.name);
         *status = CLI_EXIT_DAEMON_ERROR;
     }
     ds_client_envelope_free(&resp);
@@ -262,7 +288,8 @@ static int apply_model_files(cli_ctx *ctx, const cli_command *cmd, gen_args *g)
         int role = status < 0 ? identify_role(ctx, group.paths, group.path_count, &status) : -1;
         if (role >= 0 && g->roles[role].from) {
             status = cli_usage_error(cmd, "generate: the %s is given twice (%s and --models %s)",
-                                     role_names[role], g->roles[role].from, g->model_files[i]);
+                                     decl.role_names[role], g->roles[role].from,
+                                     g->model_files[i]);
         } else if (role >= 0) {
             g->roles[role] = group;
             g->roles[role].from = "--models";
@@ -273,6 +300,61 @@ static int apply_model_files(cli_ctx *ctx, const cli_command *cmd, gen_args *g)
         return status;
     }
     return -1;
+}
+
+/* Asks the daemon for the pipeline's declaration. *resp holds the strings decl points to; the
+ * caller frees it. Returns the exit status on error (printed), -1 to go on. */
+static int fetch_pipeline(cli_ctx *ctx, const char *name, diffsynth_v1_Envelope *resp)
+{
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero;
+    req.which_body = diffsynth_v1_Envelope_list_pipelines_tag;
+    int rc = cli_call(ctx, &req, resp);
+    if (rc != DS_CLIENT_OK)
+        return cli_report(ctx, rc);
+    const diffsynth_v1_ListPipelinesResponse *r = &resp->body.list_pipelines_result;
+    const diffsynth_v1_PipelineInfo *p = NULL;
+    char known[256] = "";
+    size_t used = 0;
+    for (pb_size_t i = 0; i < r->pipelines_count; i++) {
+        if (strcmp(cli_str(r->pipelines[i].name), name) == 0)
+            p = &r->pipelines[i];
+        int n = snprintf(known + used, used < sizeof known ? sizeof known - used : 0, "%s%s",
+                         i ? ", " : "", cli_str(r->pipelines[i].name));
+        used += n > 0 ? (size_t)n : 0;
+    }
+    if (!p) {
+        fprintf(stderr, "error: the daemon has no pipeline \"%s\"; it has: %s\n", name, known);
+        return CLI_EXIT_DAEMON_ERROR;
+    }
+    memset(&decl, 0, sizeof decl);
+    decl.name = cli_str(p->name);
+    size_t rl = 0, pl = 0;
+    for (pb_size_t i = 0; i < p->roles_count && decl.role_count < MAX_ROLES; i++) {
+        decl.role_names[decl.role_count] = cli_str(p->roles[i].role);
+        decl.role_models[decl.role_count++] = cli_str(p->roles[i].model_name);
+        int n = snprintf(decl.role_list + rl,
+                         rl < sizeof decl.role_list ? sizeof decl.role_list - rl : 0, "%s%s",
+                         i ? ", " : "", cli_str(p->roles[i].role));
+        rl += n > 0 ? (size_t)n : 0;
+    }
+    for (pb_size_t i = 0; i < p->params_count && decl.param_count < MAX_PARAMS; i++) {
+        decl.params[decl.param_count++] = cli_str(p->params[i].name);
+        int n = snprintf(decl.param_list + pl,
+                         pl < sizeof decl.param_list ? sizeof decl.param_list - pl : 0, "%s%s",
+                         i ? ", " : "", cli_str(p->params[i].name));
+        pl += n > 0 ? (size_t)n : 0;
+    }
+    for (pb_size_t i = 0; i < p->inputs_count && decl.input_count < MAX_PARAMS; i++)
+        decl.inputs[decl.input_count++] = cli_str(p->inputs[i].name);
+    return -1;
+}
+
+static int declares(const char *const *names, int count, const char *name)
+{
+    for (int i = 0; i < count; i++)
+        if (strcmp(names[i], name) == 0)
+            return 1;
+    return 0;
 }
 
 /* A PNG file as an [H, W, 3] u8 tensor; *rgb is malloc'd. */
@@ -461,8 +543,9 @@ int cli_generate(cli_ctx *ctx, int argc, char **argv)
     const char *prompt = NULL, *negative = NULL, *seed = NULL, *steps = NULL, *cfg = NULL,
                *height = NULL, *width = NULL, *dtype = NULL, *input = NULL, *strength = NULL,
                *control = NULL, *control_scale = NULL, *tokenizer = NULL, *latents = NULL,
-               *output = NULL;
+               *output = NULL, *pipeline = NULL;
     cli_option opts[] = {
+        {"--pipeline", &pipeline, NULL},
         {"--prompt", &prompt, NULL},
         {"--negative-prompt", &negative, NULL},
         {"--seed", &seed, NULL},
@@ -509,11 +592,22 @@ int cli_generate(cli_ctx *ctx, int argc, char **argv)
     }
 
     int status = CLI_EXIT_DAEMON_ERROR;
+    diffsynth_v1_Envelope listing = diffsynth_v1_Envelope_init_zero;
     uint8_t *input_rgb = NULL, *control_rgb = NULL;
     char *tokenizer_abs = NULL;
     ds_client_pipeline_result res = {0};
     ds_client_cancel_flag *flag = NULL;
     ds_client_tensor input_t, control_t;
+    if ((rc = fetch_pipeline(ctx, pipeline ? pipeline : "qwen_image", &listing)) >= 0) {
+        status = rc;
+        goto done;
+    }
+    if ((input && !declares(decl.inputs, decl.input_count, "input_image")) ||
+        (control && !declares(decl.inputs, decl.input_count, "controlnet_image"))) {
+        status = cli_usage_error(self, "generate: the %s pipeline takes no %s", decl.name,
+                                 input ? "input_image" : "controlnet_image");
+        goto done;
+    }
     if ((rc = apply_model_specs(ctx, self, &g)) >= 0 ||
         (rc = apply_model_files(ctx, self, &g)) >= 0) {
         status = rc;
@@ -536,20 +630,43 @@ int cli_generate(cli_ctx *ctx, int argc, char **argv)
         height = size_h;
         width = size_w;
     }
-    ds_client_step_param params[7];
+    /* The named options are the parameters of those names; --param gives any other. Only
+     * what the pipeline declares is sent: the daemon checks the values. */
+    ds_client_step_param params[7 + MAX_PARAMS];
     size_t np = 0;
     const char *names[7] = {"seed", "steps", "cfg_scale", "height", "width",
                             "denoising_strength", "controlnet_scale"};
     const char *values[7] = {seed, steps, cfg, height, width, strength, control_scale};
-    for (int i = 0; i < 7; i++)
-        if (values[i])
-            params[np++] = (ds_client_step_param){names[i], values[i]};
-    ds_client_pipeline_model models[ROLE_COUNT];
+    for (int i = 0; i < 7; i++) {
+        if (!values[i])
+            continue;
+        if (!declares(decl.params, decl.param_count, names[i])) {
+            status = cli_usage_error(self, "generate: the %s pipeline has no parameter %s; it "
+                                           "takes: %s",
+                                     decl.name, names[i], decl.param_list);
+            goto done;
+        }
+        params[np++] = (ds_client_step_param){names[i], values[i]};
+    }
+    for (size_t i = 0; i < g.param_spec_count; i++) {
+        char *spec = g.param_specs[i];
+        char *eq = strchr(spec, '=');
+        if (eq)
+            *eq = '\0';
+        if (!eq || !declares(decl.params, decl.param_count, spec)) {
+            status = cli_usage_error(self, "generate: --param %s: expected NAME=VALUE with NAME "
+                                           "one of the %s pipeline's: %s",
+                                     spec, decl.name, decl.param_list);
+            goto done;
+        }
+        params[np++] = (ds_client_step_param){spec, eq + 1};
+    }
+    ds_client_pipeline_model models[MAX_ROLES];
     size_t nm = 0;
-    for (int r = 0; r < ROLE_COUNT; r++) {
+    for (int r = 0; r < decl.role_count; r++) {
         const role_choice *c = &g.roles[r];
         if (c->from)
-            models[nm++] = (ds_client_pipeline_model){role_names[r], c->model_id,
+            models[nm++] = (ds_client_pipeline_model){decl.role_names[r], c->model_id,
                                                       (const char *const *)c->paths, c->path_count};
     }
     if (!(flag = ds_client_cancel_flag_new())) {
@@ -557,6 +674,7 @@ int cli_generate(cli_ctx *ctx, int argc, char **argv)
         goto done;
     }
     ds_client_pipeline_request req = {
+        .pipeline = decl.name,
         .models = models,
         .model_count = nm,
         .prompt = prompt,
@@ -607,5 +725,6 @@ done:
     free(control_rgb);
     free(tokenizer_abs);
     free_roles(&g);
+    ds_client_envelope_free(&listing);
     return status;
 }

@@ -44,6 +44,14 @@ void ds_client_pipeline_result_free(ds_client_pipeline_result *result)
     free(result->png);
     free((char *)result->latents.name);
     free((void *)result->latents.data);
+    for (size_t i = 0; i < result->output_count; i++) {
+        free((char *)result->outputs[i].name);
+        free((void *)result->outputs[i].data);
+    }
+    free(result->outputs);
+    for (size_t i = 0; i < result->result_count; i++)
+        free(result->results[i].name);
+    free(result->results);
     memset(result, 0, sizeof *result);
 }
 
@@ -81,6 +89,14 @@ static int check_request(ds_client *c, const ds_client_pipeline_request *req)
         (rc = check_tensor(c, "controlnet_image", req->controlnet_image)) ||
         (rc = check_tensor(c, "initial_noise", req->initial_noise)))
         return rc;
+    if (req->input_count > (pb_size_t)-1 || (req->input_count && !req->inputs))
+        return ds__client_fail(c, DS_CLIENT_EINVAL, "run_pipeline: a bad input list");
+    for (size_t i = 0; i < req->input_count; i++) {
+        if (!req->inputs[i].name)
+            return ds__client_fail(c, DS_CLIENT_EINVAL, "run_pipeline: input %zu has no name", i);
+        if ((rc = check_tensor(c, req->inputs[i].name, &req->inputs[i])))
+            return rc;
+    }
     return DS_CLIENT_OK;
 }
 
@@ -126,6 +142,9 @@ static void free_request(diffsynth_v1_RunPipelineRequest *r)
     free(r->input_image.data);
     free(r->controlnet_image.data);
     free(r->initial_noise.data);
+    for (pb_size_t i = 0; r->inputs && i < r->inputs_count; i++)
+        free(r->inputs[i].data);
+    free(r->inputs);
     free(r->models);
     free(r->params);
 }
@@ -139,21 +158,23 @@ static int take_output(ds_client *c, const char *name, bool has, const diffsynth
     return ds__client_take_tensor(c, name, t, o, out_offset, 1, out);
 }
 
-static int take_result(ds_client *c, const diffsynth_v1_RunPipelineResponse *r,
+static int take_result(ds_client *c, const diffsynth_v1_RunPipelineResponse *r, bool named,
                        const ds__client_shm *o, uint64_t out_offset, ds_client_pipeline_result *result)
 {
-    ds_client_tensor png = {0};
-    int rc = take_output(c, "png", r->has_png, &r->png, o, out_offset, &png);
-    if (rc)
-        return rc;
-    free((char *)png.name);
-    result->png = (uint8_t *)png.data;
-    result->png_size = png.nbytes;
-    if (png.dtype != diffsynth_v1_DType_U8 || png.ndim != 1)
-        return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"png\" is not a [n] u8 tensor");
-    if ((rc = take_output(c, "latents", r->has_latents, &r->latents, o, out_offset,
-                          &result->latents)))
-        return rc;
+    int rc;
+    if (r->results_count) {
+        result->results = calloc(r->results_count, sizeof *result->results);
+        if (!result->results)
+            return ds__client_fail(c, DS_CLIENT_ENOMEM, "out of memory for the results");
+        for (pb_size_t i = 0; i < r->results_count; i++) {
+            ds_client_pipeline_scalar *x = &result->results[result->result_count++];
+            if (!(x->name = strdup(r->results[i].name ? r->results[i].name : "")))
+                return ds__client_fail(c, DS_CLIENT_ENOMEM, "out of memory for the results");
+            x->is_integer = r->results[i].is_integer;
+            x->integer = r->results[i].integer;
+            x->number = r->results[i].number;
+        }
+    }
     result->seed = r->seed;
     result->steps = r->steps;
     result->height = r->height;
@@ -162,7 +183,32 @@ static int take_result(ds_client *c, const diffsynth_v1_RunPipelineResponse *r,
     result->encode_s = r->encode_s;
     result->denoise_s = r->denoise_s;
     result->decode_s = r->decode_s;
-    return DS_CLIENT_OK;
+    if (named) {
+        if (r->outputs_count == 0)
+            return ds__client_fail(c, DS_CLIENT_EPROTO, "the reply has no outputs");
+        result->outputs = calloc(r->outputs_count, sizeof *result->outputs);
+        if (!result->outputs)
+            return ds__client_fail(c, DS_CLIENT_ENOMEM, "out of memory for the outputs");
+        for (pb_size_t i = 0; i < r->outputs_count; i++) {
+            const char *name = r->outputs[i].name ? r->outputs[i].name : "";
+            if ((rc = ds__client_take_tensor(c, name, &r->outputs[i], o, out_offset, 1,
+                                             &result->outputs[i])))
+                return rc;
+            result->output_count++;
+        }
+        return DS_CLIENT_OK;
+    }
+    ds_client_tensor png = {0};
+    rc = take_output(c, "png", r->has_png, &r->png, o, out_offset, &png);
+    if (rc)
+        return rc;
+    free((char *)png.name);
+    result->png = (uint8_t *)png.data;
+    result->png_size = png.nbytes;
+    if (png.dtype != diffsynth_v1_DType_U8 || png.ndim != 1)
+        return ds__client_fail(c, DS_CLIENT_EPROTO, "output \"png\" is not a [n] u8 tensor");
+    return take_output(c, "latents", r->has_latents, &r->latents, o, out_offset,
+                       &result->latents);
 }
 
 static int64_t now_ms(void)
@@ -252,6 +298,8 @@ int ds_client_run_pipeline(ds_client *client, const ds_client_pipeline_request *
     uint64_t in_bytes = shm_bytes(request->input_image, limit, 0);
     in_bytes = shm_bytes(request->controlnet_image, limit, in_bytes);
     in_bytes = shm_bytes(request->initial_noise, limit, in_bytes);
+    for (size_t i = 0; i < request->input_count; i++)
+        in_bytes = shm_bytes(&request->inputs[i], limit, in_bytes);
     uint64_t out_offset = ds__client_align_up(in_bytes, 4096);
     uint64_t capacity = request->output_capacity ? request->output_capacity
                                                  : DS_CLIENT_DEFAULT_OUTPUT_CAPACITY;
@@ -296,6 +344,22 @@ int ds_client_run_pipeline(ds_client *client, const ds_client_pipeline_request *
         (rc = put_tensor(client, request->initial_noise, limit, &shm, &cursor,
                          &r->has_initial_noise, &r->initial_noise)))
         goto done;
+    if (request->input_count) {
+        r->inputs = calloc(request->input_count, sizeof *r->inputs);
+        if (!r->inputs) {
+            rc = ds__client_fail(client, DS_CLIENT_ENOMEM, "out of memory building the request");
+            goto done;
+        }
+        for (size_t i = 0; i < request->input_count; i++) {
+            bool has = false;
+            if ((rc = put_tensor(client, &request->inputs[i], limit, &shm, &cursor, &has,
+                                 &r->inputs[i])))
+                goto done;
+            r->inputs[i].name = (char *)request->inputs[i].name;
+            r->inputs_count = (pb_size_t)(i + 1);
+        }
+    }
+    r->named_outputs = request->named_outputs;
     r->has_output_region = true;
     r->output_region.name = shm.name;
     r->output_region.offset = out_offset;
@@ -310,7 +374,8 @@ int ds_client_run_pipeline(ds_client *client, const ds_client_pipeline_request *
     rc = wait_reply(client, env.request_id, request->cancel, timeout_ms, on_progress, user, &resp);
     if (rc)
         goto done;
-    rc = take_result(client, &resp.body.run_pipeline_result, &shm, out_offset, result);
+    rc = take_result(client, &resp.body.run_pipeline_result, request->named_outputs, &shm,
+                     out_offset, result);
     if (rc)
         ds_client_pipeline_result_free(result);
 

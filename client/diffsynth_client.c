@@ -73,6 +73,8 @@ static const char *body_name(pb_size_t tag)
     case diffsynth_v1_Envelope_cancel_result_tag: return "cancel_result";
     case diffsynth_v1_Envelope_list_configs_tag: return "list_configs";
     case diffsynth_v1_Envelope_list_configs_result_tag: return "list_configs_result";
+    case diffsynth_v1_Envelope_list_pipelines_tag: return "list_pipelines";
+    case diffsynth_v1_Envelope_list_pipelines_result_tag: return "list_pipelines_result";
     case diffsynth_v1_Envelope_run_step_tag: return "run_step";
     case diffsynth_v1_Envelope_run_step_result_tag: return "run_step_result";
     case diffsynth_v1_Envelope_run_pipeline_tag: return "run_pipeline";
@@ -517,7 +519,7 @@ static int push_pending(ds_client *c, diffsynth_v1_Envelope *env)
 static pb_size_t reply_tag(pb_size_t request_tag)
 {
     if (request_tag >= diffsynth_v1_Envelope_identify_tag &&
-        request_tag <= diffsynth_v1_Envelope_list_configs_tag && request_tag % 2 == 0)
+        request_tag <= diffsynth_v1_Envelope_list_pipelines_tag && request_tag % 2 == 0)
         return request_tag + 1;
     if (request_tag == diffsynth_v1_Envelope_run_step_tag)
         return diffsynth_v1_Envelope_run_step_result_tag;

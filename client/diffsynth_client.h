@@ -269,10 +269,24 @@ typedef struct ds_client_pipeline_request {
     const ds_client_tensor *input_image;
     const ds_client_tensor *controlnet_image;
     const ds_client_tensor *initial_noise;
+    /* Input tensors by name, as ListPipelines declares them (their names are sent); the three
+     * fields above are qwen_image's, sent as older daemons expect. Yours; only read. */
+    const ds_client_tensor *inputs;
+    size_t input_count;
+    /* true: every output arrives by name in result->outputs, and png / latents stay empty. */
+    bool named_outputs;
     size_t inline_limit;               /* as ds_client_step_request's */
     uint64_t output_capacity;          /* as ds_client_step_request's */
     ds_client_cancel_flag *cancel;     /* NULL: the call cannot be cancelled this way */
 } ds_client_pipeline_request;
+
+/* A scalar the pipeline reported: `integer` when is_integer, else `number`. */
+typedef struct ds_client_pipeline_scalar {
+    char *name;                        /* owned */
+    bool is_integer;
+    uint64_t integer;
+    double number;
+} ds_client_pipeline_scalar;
 
 typedef struct ds_client_pipeline_result {
     uint8_t *png;                      /* owned: the image as PNG file bytes */
@@ -283,6 +297,10 @@ typedef struct ds_client_pipeline_result {
     uint32_t height, width;            /* after rounding to multiples of 16 */
     double queue_s;                    /* waiting for the daemon's device worker, all units */
     double encode_s, denoise_s, decode_s;
+    ds_client_tensor *outputs;         /* with named_outputs: owned names and data */
+    size_t output_count;
+    ds_client_pipeline_scalar *results;  /* every scalar the pipeline reported; owned */
+    size_t result_count;
 } ds_client_pipeline_result;
 
 /* Runs the pipeline and waits for its image. Progress events go to on_progress (as for

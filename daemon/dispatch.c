@@ -263,6 +263,8 @@ static const char *body_name(Diffsynth__V1__Envelope__BodyCase body)
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL_RESULT: return "cancel_result";
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS: return "list_configs";
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS_RESULT: return "list_configs_result";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_PIPELINES: return "list_pipelines";
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_PIPELINES_RESULT: return "list_pipelines_result";
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP: return "run_step";
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP_RESULT: return "run_step_result";
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE: return "run_pipeline";
@@ -320,6 +322,7 @@ int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err)
     case DIFFSYNTH__V1__ENVELOPE__BODY_STATUS:
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL:
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS:
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_PIPELINES:
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP:
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE:
         break;
@@ -538,89 +541,52 @@ static int none_implemented(load_job *lj, ds_error *err)
                         lj->model_hash, lj->skipped_count, list);
 }
 
+static int load_cancelled(void *user) { return ds_job_cancelled(user); }
+
+static void load_report(void *user, const char *phase, uint64_t done, uint64_t total,
+                        const char *message)
+{
+    ds_job_report(user, phase, done, total, message);
+}
+
 static int load_run(ds_job *job)
 {
     load_job *lj = (load_job *)job;
     ds_error *err = &job->error;
-    const char *const *paths = (const char *const *)lj->paths.names;
-    ds_model_files *files = NULL;
-    ds_identification ident = {0};
-    const ds_model_config **todo = NULL;
-    size_t todo_count = 0;
-
-    ds_job_report(job, "identify", 0, 1, NULL);
-    int rc = ds_model_files_open_fds(lj->paths.fds, paths, lj->paths.count, &files, err);
-    if (rc != DS_OK)
+    ds_auto_load result;
+    ds_auto_load_hooks hooks = {.cancelled = load_cancelled, .progress = load_report, .user = job};
+    int rc = ds_auto_load_model(lj->daemon->configs, lj->paths.fds,
+                                (const char *const *)lj->paths.names,
+                                lj->paths.count, NULL, &hooks, &result, err);
+    memcpy(lj->model_hash, result.model_hash, sizeof lj->model_hash);
+    if (rc != DS_OK) {
+        if (result.failed)
+            ds_error_prefix(err, "loading %s (%s): ", result.failed->model_name,
+                            result.failed->model_class);
         goto done;
-    rc = ds_identify_files(lj->daemon->configs, files, &ident, err);
-    ds_model_files_close(files);
-    files = NULL;
-    if (rc != DS_OK)
-        goto done;
-    memcpy(lj->model_hash, ident.model_hash, sizeof lj->model_hash);
-    ds_job_report(job, "identify", 1, 1, lj->model_hash);
-    if (ident.config_count == 0) {
+    }
+    if (result.matched_count == 0) {
         rc = cannot_detect(lj, err);
         goto done;
     }
-
-    todo = calloc(ident.config_count, sizeof *todo);
-    lj->skipped = calloc(ident.config_count, sizeof *lj->skipped);
-    lj->models = calloc(ident.config_count, sizeof *lj->models);
-    if (!todo || !lj->skipped || !lj->models) {
-        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory loading %zu configs",
-                          ident.config_count);
-        goto done;
-    }
-    for (size_t i = 0; i < ident.config_count; i++) {
-        if (ds_config_is_implemented(ident.configs[i]))
-            todo[todo_count++] = ident.configs[i];
-        else
-            lj->skipped[lj->skipped_count++] = ident.configs[i];
-    }
-    if (todo_count == 0) {
+    /* The models and the skipped configs move to the job. */
+    lj->skipped = result.skipped;
+    lj->skipped_count = result.skipped_count;
+    result.skipped = NULL;
+    result.skipped_count = 0;
+    if (result.model_count == 0) {
         rc = none_implemented(lj, err);
         goto done;
     }
-
-    /* Each config reads the files again, as upstream does, so each model owns its mapping. */
-    for (size_t i = 0; i < todo_count; i++) {
-        if (ds_job_cancelled(job)) {
-            rc = ds_error_set(err, DS_ERR_CANCELLED, "cancelled after loading %zu of %zu models",
-                              i, todo_count);
-            goto done;
-        }
-        ds_job_report(job, "load", i, todo_count, todo[i]->model_name);
-        rc = ds_model_files_open_fds(lj->paths.fds, paths, lj->paths.count, &files, err);
-        if (rc != DS_OK)
-            goto done;
-        rc = ds_model_load(todo[i], files, &lj->models[lj->model_count], err);
-        if (rc != DS_OK) {
-            ds_model_files_close(files);
-            ds_error_prefix(err, "loading %s (%s): ", todo[i]->model_name, todo[i]->model_class);
-            goto done;
-        }
-        files = NULL;
-        lj->models[lj->model_count++]->vram_config = lj->vram_config;
-    }
-    /* A cancel that arrived during the last load still wins: the client was told it was found. */
-    if (ds_job_cancelled(job)) {
-        rc = ds_error_set(err, DS_ERR_CANCELLED, "cancelled after loading %zu of %zu models",
-                          todo_count, todo_count);
-        goto done;
-    }
-    ds_job_report(job, "load", todo_count, todo_count, NULL);
-    rc = DS_OK;
+    lj->models = result.models;
+    lj->model_count = result.model_count;
+    result.models = NULL;
+    result.model_count = 0;
+    for (size_t i = 0; i < lj->model_count; i++)
+        lj->models[i]->vram_config = lj->vram_config;
 
 done:
-    if (rc != DS_OK) {
-        /* All or nothing: the pool never sees a partial load. */
-        for (size_t i = 0; i < lj->model_count; i++)
-            ds_loaded_model_free(lj->models[i]);
-        lj->model_count = 0;
-    }
-    free(todo);
-    ds_identification_free(&ident);
+    ds_auto_load_free(&result);
     return rc;
 }
 
@@ -1070,6 +1036,7 @@ void ds_dispatch(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env
     case DIFFSYNTH__V1__ENVELOPE__BODY_STATUS: handle_status(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL: handle_cancel(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS: handle_list_configs(d, conn, env); break;
+    case DIFFSYNTH__V1__ENVELOPE__BODY_LIST_PIPELINES: ds_list_pipelines_handle(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_STEP: ds_run_step_handle(d, conn, env); break;
     case DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE: ds_run_pipeline_handle(d, conn, env); break;
     default: break;

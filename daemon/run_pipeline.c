@@ -18,45 +18,17 @@
 #include "daemon/reply.h"
 #include "daemon/shm_region.h"
 #include "kernels/ops.h"
-#include "models/memory_estimate.h"
-#include "models/qwen_image_pipeline.h"
+#include "pipelines/pipeline.h"
 
-#define PIPELINE_NAME "qwen_image"
-/* Room in a reply frame for everything but the two outputs' data, as RunStep reserves. */
+/* Room in a reply frame for everything but the outputs' data, as RunStep reserves. */
 #define REPLY_RESERVE_BYTES 4096
 #define PER_OUTPUT_OVERHEAD 128
 /* Outputs in the region start at multiples of this, so a client may use them in place. */
 #define OUTPUT_ALIGN 64
 
-/* The models a Qwen-Image pipeline runs. A role left out of the request is the one loaded model
- * named `model_name` (only the required roles are looked up that way); a model named by id or
- * loaded from paths must be of `model_class`. */
-typedef struct role_info {
-    const char *role;
-    const char *model_name;
-    const char *model_class;
-    int required;
-} role_info;
-
-enum { ROLE_TEXT_ENCODER, ROLE_DIT, ROLE_VAE, ROLE_CONTROLNET, ROLE_COUNT };
-
-static const role_info roles[ROLE_COUNT] = {
-    {"text_encoder", "qwen_image_text_encoder",
-     "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder", 1},
-    {"dit", "qwen_image_dit", "diffsynth.models.qwen_image_dit.QwenImageDiT", 1},
-    {"vae", "qwen_image_vae", "diffsynth.models.qwen_image_vae.QwenImageVAE", 1},
-    {"controlnet", "qwen_image_blockwise_controlnet",
-     "diffsynth.models.qwen_image_controlnet.QwenImageBlockWiseControlNet", 0},
-};
-#define ROLE_LIST "text_encoder, dit, vae, controlnet"
-
-#define PARAM_LIST "seed, steps, cfg_scale, height, width, denoising_strength, controlnet_scale"
-
-/* The optional tensors of the request. */
-enum { IMG_INPUT, IMG_CONTROLNET, IMG_NOISE, IMG_COUNT };
-static const char *const image_fields[IMG_COUNT] = {"input_image", "controlnet_image",
-                                                    "initial_noise"};
-
+/* A role of the pipeline's table (pipelines/pipeline.h). A role left out of the request is the
+ * one loaded model named `model_name` (only the required roles are looked up that way); a model
+ * named by id or loaded from paths must be of `model_class`. */
 typedef struct role_slot {
     ds_pool_model *entry;    /* pinned; NULL until known */
     char **paths;            /* names of the files to load on the worker, or NULL */
@@ -65,41 +37,49 @@ typedef struct role_slot {
     ds_loaded_model *loaded; /* the worker's load, until the pool takes it */
 } role_slot;
 
+typedef struct output_slot {
+    const void *data; /* the PNG (owned below) or the run's tensor */
+    uint64_t bytes;
+    int in_region;
+    uint64_t offset;
+} output_slot;
+
 typedef struct pipeline_job {
     ds_job job; /* first: the scheduler hands us &job */
     ds_daemon *daemon;
     ds_conn *conn;
+    const ds_pipeline_def *def;
     char *client;           /* holds the references to models loaded for this request */
-    role_slot slots[ROLE_COUNT];
+    role_slot slots[DS_PIPELINE_MAX_ROLES];
     char *prompt;
     char *negative_prompt;
     char *tokenizer;
-    ds_qwen_image_params params;
-    int seed_drawn;         /* the request gave no seed */
-    ds_tensor images[IMG_COUNT];
-    void *image_owned[IMG_COUNT];
-    ds_shm_mapping image_maps[IMG_COUNT];
-    ds_qwen_image_pipeline *pipe;
+    ds_pipeline_args args;
+    int seed_drawn;         /* a parameter without a default was drawn for this request */
+    ds_tensor inputs[DS_PIPELINE_MAX_TENSORS];
+    void *input_owned[DS_PIPELINE_MAX_TENSORS];
+    ds_shm_mapping input_maps[DS_PIPELINE_MAX_TENSORS];
+    ds_pipeline_run *run;
     /* Outputs, placed by the worker's last turn. */
-    uint8_t *png;
-    size_t png_size;
+    uint8_t *png[DS_PIPELINE_MAX_TENSORS];
+    output_slot outputs[DS_PIPELINE_MAX_TENSORS];
     ds_shm_mapping out_map;
     char *out_region_name;
     uint32_t out_region_fd_index;
     uint64_t out_region_offset;
     uint64_t max_inline;
-    int png_in_region, latents_in_region;
-    uint64_t png_offset, latents_offset;
-    /* Timing: queue time of earlier submissions, the turn running now, the denoising turns. */
+    int named_outputs; /* the request wants RunPipelineResponse.outputs */
+    /* Timing: queue time of earlier submissions, the turn running now, the repeated turns. */
     double queue_before_s;
     double turn_started_s;
-    double denoise_turns_s;
-    unsigned denoise_turns;
+    double repeated_turns_s;
+    unsigned repeated_turns;
     ds_admission_ticket admitted; /* the run's memory, reserved until the reply */
 } pipeline_job;
 
-/* Seconds per output pixel of the last decode, for the ETA of the next ones (0: none yet). */
-static _Atomic double decode_s_per_pixel;
+/* Seconds per output pixel of the last run's final phase (the decode), for the ETA of the
+ * next ones (0: none yet). */
+static _Atomic double final_s_per_pixel;
 
 static double now_s(void)
 {
@@ -110,122 +90,32 @@ static double now_s(void)
 
 /* --- parameters ----------------------------------------------------------------------------- */
 
-/* Decimal, optionally signed, nothing else: no blanks, no "0x", no trailing text. */
-static int plain_integer(const char *text)
+/* Applies the request's parameters over the pipeline's defaults. A parameter without a default
+ * and left out stays not given (the caller draws it). */
+static int parse_params(const ds_pipeline_def *def, const Diffsynth__V1__RunPipelineRequest *req,
+                        ds_pipeline_value *values, ds_error *err)
 {
-    const char *p = text + (text[0] == '-');
-    if (!*p)
-        return 0;
-    for (; *p; p++)
-        if (!isdigit((unsigned char)*p))
-            return 0;
-    return 1;
-}
-
-static int parse_int(const char *name, const char *text, long lo, long hi, int *out, ds_error *err)
-{
-    errno = 0;
-    long long v = plain_integer(text) ? strtoll(text, NULL, 10) : 0;
-    if (!plain_integer(text) || errno == ERANGE || v < lo || v > hi)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "parameter \"%s\" is \"%.64s\": expected an integer in %ld..%ld", name,
-                            text, lo, hi);
-    *out = (int)v;
-    return DS_OK;
-}
-
-static int parse_seed(const char *text, uint64_t *out, ds_error *err)
-{
-    errno = 0;
-    int ok = plain_integer(text) && text[0] != '-';
-    unsigned long long v = ok ? strtoull(text, NULL, 10) : 0;
-    if (!ok || errno == ERANGE)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "parameter \"seed\" is \"%.64s\": expected an unsigned 64-bit integer "
-                            "(0..18446744073709551615)",
-                            text);
-    *out = (uint64_t)v;
-    return DS_OK;
-}
-
-/* A finite number; with `positive_fraction`, in (0, 1]. */
-static int parse_number(const char *name, const char *text, int positive_fraction, double *out,
-                        ds_error *err)
-{
-    char *end = NULL;
-    errno = 0;
-    double v = text[0] && !isspace((unsigned char)text[0]) ? strtod(text, &end) : NAN;
-    int ok = end && !*end && end != text && isfinite(v) && errno != ERANGE;
-    if (ok && positive_fraction)
-        ok = v > 0.0 && v <= 1.0;
-    if (!ok)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "parameter \"%s\" is \"%.64s\": expected %s",
-                            name, text, positive_fraction ? "a number in (0, 1]" : "a finite number");
-    *out = v;
-    return DS_OK;
-}
-
-/* Applies the request's parameters over upstream's defaults. *seed_given says whether the
- * request chose the seed. */
-static int parse_params(const Diffsynth__V1__RunPipelineRequest *req, ds_qwen_image_params *p,
-                        int *seed_given, ds_error *err)
-{
-    *seed_given = 0;
+    int rc = ds_pipeline_defaults(def, values, err);
+    if (rc != DS_OK)
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s", err->message);
     for (size_t i = 0; i < req->n_params; i++) {
         const char *name = req->params[i]->name;
-        const char *value = req->params[i]->value;
-        int rc;
-        if (strcmp(name, "seed") == 0) {
-            rc = parse_seed(value, &p->seed, err);
-            *seed_given = 1;
-        } else if (strcmp(name, "steps") == 0) {
-            rc = parse_int(name, value, 1, 1000, &p->steps, err);
-        } else if (strcmp(name, "height") == 0) {
-            rc = parse_int(name, value, 16, 8192, &p->height, err);
-        } else if (strcmp(name, "width") == 0) {
-            rc = parse_int(name, value, 16, 8192, &p->width, err);
-        } else if (strcmp(name, "cfg_scale") == 0) {
-            rc = parse_number(name, value, 0, &p->cfg_scale, err);
-        } else if (strcmp(name, "denoising_strength") == 0) {
-            rc = parse_number(name, value, 1, &p->denoising_strength, err);
-        } else if (strcmp(name, "controlnet_scale") == 0) {
-            rc = parse_number(name, value, 0, &p->controlnet_scale, err);
-        } else {
-            rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                              "unknown parameter \"%.64s\"; " PIPELINE_NAME " takes: " PARAM_LIST,
-                              name);
+        int k = ds_pipeline_param_index(def, name);
+        if (k < 0) {
+            char names[512];
+            ds_pipeline_param_names(def, names, sizeof names);
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "unknown parameter \"%.64s\"; %s takes: %s", name, def->name,
+                                names);
         }
-        if (rc != DS_OK)
+        if ((rc = ds_pipeline_param_parse(def, &def->params[k], req->params[i]->value,
+                                          &values[k], err)) != DS_OK)
             return rc;
     }
     return DS_OK;
 }
 
-static int parse_dtype(const char *text, ds_dtype *out, ds_error *err)
-{
-    if (!text[0] || strcmp(text, "bfloat16") == 0 || strcmp(text, "bf16") == 0) {
-        *out = DS_BF16;
-        return DS_OK;
-    }
-    if (strcmp(text, "float32") == 0 || strcmp(text, "f32") == 0) {
-        *out = DS_F32;
-        return DS_OK;
-    }
-    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                        "run_pipeline.dtype \"%.64s\" is not a compute dtype of " PIPELINE_NAME
-                        ": \"bfloat16\" (default, also \"bf16\") or \"float32\" (\"f32\")",
-                        text);
-}
-
 /* --- validation (pure) ---------------------------------------------------------------------- */
-
-static int role_index(const char *role)
-{
-    for (int r = 0; r < ROLE_COUNT; r++)
-        if (strcmp(roles[r].role, role) == 0)
-            return r;
-    return -1;
-}
 
 static int printable(const char *s)
 {
@@ -235,13 +125,18 @@ static int printable(const char *s)
     return 1;
 }
 
-static int check_model(size_t i, const Diffsynth__V1__PipelineModel *m, ds_error *err)
+static int check_model(const ds_pipeline_def *def, size_t i, const Diffsynth__V1__PipelineModel *m,
+                       ds_error *err)
 {
-    if (role_index(m->role) < 0)
+    int r = ds_pipeline_role_index(def, m->role);
+    if (r < 0) {
+        char names[256];
+        ds_pipeline_role_names(def, names, sizeof names);
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "run_pipeline.models[%zu].role \"%.64s\" is not a role of " PIPELINE_NAME
-                            "; roles: " ROLE_LIST,
-                            i, printable(m->role) ? m->role : "(unprintable)");
+                            "run_pipeline.models[%zu].role \"%.64s\" is not a role of %s; "
+                            "roles: %s",
+                            i, printable(m->role) ? m->role : "(unprintable)", def->name, names);
+    }
     int has_id = m->model_id[0] != '\0';
     if (has_id && m->n_paths)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -252,7 +147,7 @@ static int check_model(size_t i, const Diffsynth__V1__PipelineModel *m, ds_error
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "run_pipeline.models[%zu] (role \"%s\") gives neither a model_id nor "
                             "paths (leave the role out to use the loaded %s)",
-                            i, m->role, roles[role_index(m->role)].model_name);
+                            i, m->role, def->roles[r].model_name);
     if (has_id && (strlen(m->model_id) >= DS_MODEL_ID_MAX || !printable(m->model_id)))
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "run_pipeline.models[%zu].model_id is not a model id; ids are like "
@@ -317,28 +212,48 @@ static int check_tensor(const char *field, const Diffsynth__V1__Tensor *t, ds_er
     return DS_OK;
 }
 
-static const Diffsynth__V1__Tensor *request_image(const Diffsynth__V1__RunPipelineRequest *req,
-                                                  int which)
+/* The request's tensor for the pipeline's input `name`: from `inputs` by name, else the
+ * message's own field of that name (older clients). */
+static const Diffsynth__V1__Tensor *legacy_input(const Diffsynth__V1__RunPipelineRequest *req,
+                                                 const char *name);
+
+static const Diffsynth__V1__Tensor *request_input(const Diffsynth__V1__RunPipelineRequest *req,
+                                                  const char *name)
 {
-    switch (which) {
-    case IMG_INPUT: return req->input_image;
-    case IMG_CONTROLNET: return req->controlnet_image;
-    default: return req->initial_noise;
-    }
+    for (size_t i = 0; i < req->n_inputs; i++)
+        if (strcmp(req->inputs[i]->name, name) == 0)
+            return req->inputs[i];
+    return legacy_input(req, name);
+}
+
+static const Diffsynth__V1__Tensor *legacy_input(const Diffsynth__V1__RunPipelineRequest *req,
+                                                 const char *name)
+{
+    if (strcmp(name, "input_image") == 0)
+        return req->input_image;
+    if (strcmp(name, "controlnet_image") == 0)
+        return req->controlnet_image;
+    if (strcmp(name, "initial_noise") == 0)
+        return req->initial_noise;
+    return NULL;
 }
 
 int ds_run_pipeline_validate(const Diffsynth__V1__RunPipelineRequest *req, ds_error *err)
 {
-    if (strcmp(req->pipeline, PIPELINE_NAME) != 0)
+    const ds_pipeline_def *def = ds_pipeline_find(req->pipeline);
+    if (!def) {
+        char names[256];
+        ds_pipeline_list_names(names, sizeof names);
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "run_pipeline.pipeline \"%.64s\" is not a known pipeline; known "
-                            "pipelines: " PIPELINE_NAME,
-                            printable(req->pipeline) ? req->pipeline : "(unprintable)");
+                            "pipelines: %s",
+                            printable(req->pipeline) ? req->pipeline : "(unprintable)", names);
+    }
     if (req->n_models > DS_RUN_PIPELINE_MAX_MODELS)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "run_pipeline has %zu models, at most %d",
                             req->n_models, DS_RUN_PIPELINE_MAX_MODELS);
     for (size_t i = 0; i < req->n_models; i++) {
-        int rc = check_model(i, req->models[i], err);
+        int rc = check_model(def, i, req->models[i], err);
         if (rc != DS_OK)
             return rc;
         for (size_t k = 0; k < i; k++)
@@ -365,18 +280,46 @@ int ds_run_pipeline_validate(const Diffsynth__V1__RunPipelineRequest *req, ds_er
                 return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                                     "parameter \"%.64s\" is given twice", name);
     }
-    ds_qwen_image_params params;
-    ds_qwen_image_params_default(&params);
-    int seed_given;
-    int rc = parse_params(req, &params, &seed_given, err);
+    ds_pipeline_value values[DS_PIPELINE_MAX_PARAMS];
+    int rc = parse_params(def, req, values, err);
     if (rc != DS_OK)
         return rc;
     ds_dtype dtype;
-    if ((rc = parse_dtype(req->dtype, &dtype, err)) != DS_OK)
+    if ((rc = ds_pipeline_dtype_parse(def, req->dtype, &dtype, err)) != DS_OK)
         return rc;
-    for (int i = 0; i < IMG_COUNT; i++) {
-        const Diffsynth__V1__Tensor *t = request_image(req, i);
-        if (t && (rc = check_tensor(image_fields[i], t, err)) != DS_OK)
+    if (req->n_inputs > DS_PIPELINE_MAX_TENSORS)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "run_pipeline has %zu inputs, at most %d",
+                            req->n_inputs, DS_PIPELINE_MAX_TENSORS);
+    for (size_t i = 0; i < req->n_inputs; i++) {
+        const char *name = req->inputs[i]->name;
+        if (ds_pipeline_input_index(def, name) < 0) {
+            char names[256] = "";
+            size_t used = 0;
+            for (size_t k = 0; k < def->input_count && used < sizeof names; k++) {
+                int n = snprintf(names + used, sizeof names - used, "%s%s", k ? ", " : "",
+                                 def->inputs[k].name);
+                used += n > 0 ? (size_t)n : 0;
+            }
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "run_pipeline.inputs[%zu] \"%.64s\" is not an input of %s; "
+                                "inputs: %s",
+                                i, printable(name) ? name : "(unprintable)", def->name, names);
+        }
+        if (legacy_input(req, name))
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "input \"%s\" is given twice (run_pipeline.inputs[%zu] and "
+                                "run_pipeline.%s)",
+                                name, i, name);
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(req->inputs[k]->name, name) == 0)
+                return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                    "input \"%s\" is given twice (run_pipeline.inputs[%zu] and "
+                                    "[%zu])",
+                                    name, k, i);
+    }
+    for (size_t i = 0; i < def->input_count; i++) {
+        const Diffsynth__V1__Tensor *t = request_input(req, def->inputs[i].name);
+        if (t && (rc = check_tensor(def->inputs[i].name, t, err)) != DS_OK)
             return rc;
     }
     if (req->tokenizer[0] && req->tokenizer[0] != '/')
@@ -407,21 +350,22 @@ static void free_paths(role_slot *s)
 static void job_free(pipeline_job *pj)
 {
     ds_admission_release(&pj->daemon->admission, &pj->admitted);
-    ds_qwen_image_pipeline_free(pj->pipe);
-    for (int r = 0; r < ROLE_COUNT; r++) {
+    if (pj->run)
+        pj->def->free(pj->run);
+    for (int r = 0; r < DS_PIPELINE_MAX_ROLES; r++) {
         role_slot *s = &pj->slots[r];
         if (s->entry)
             ds_pool_unpin(s->entry);
         ds_loaded_model_free(s->loaded);
         free_paths(s);
     }
-    for (int i = 0; i < IMG_COUNT; i++) {
-        free(pj->image_owned[i]);
-        ds_shm_unmap(&pj->image_maps[i]);
+    for (int i = 0; i < DS_PIPELINE_MAX_TENSORS; i++) {
+        free(pj->input_owned[i]);
+        ds_shm_unmap(&pj->input_maps[i]);
+        free(pj->png[i]);
     }
     ds_shm_unmap(&pj->out_map);
     free(pj->out_region_name);
-    free(pj->png);
     free(pj->prompt);
     free(pj->negative_prompt);
     free(pj->tokenizer);
@@ -431,30 +375,30 @@ static void job_free(pipeline_job *pj)
 
 static int pipeline_cancelled(void *user) { return ds_job_cancelled(user); }
 
-/* Seconds the decode of this job's image will take: the last decode's pace scaled to this
- * size, or (before any decode) one denoising step's time, which is the same order. */
-static double decode_estimate(const pipeline_job *pj, double mean_step_s)
+/* Seconds the last phase (the decode) of this job will take: the last run's pace scaled to
+ * this output, or (before any) one repeated unit's time, which is the same order. */
+static double final_estimate(const pipeline_job *pj, double mean_unit_s)
 {
-    int h, w;
-    ds_qwen_image_pipeline_size(pj->pipe, &h, &w);
-    double rate = atomic_load(&decode_s_per_pixel);
-    return rate > 0 ? rate * (double)h * (double)w : mean_step_s;
+    double rate = atomic_load(&final_s_per_pixel);
+    return rate > 0 ? rate * pj->def->output_pixels(pj->run) : mean_unit_s;
 }
 
-/* The pipeline's progress, with an ETA of this job's own compute: the mean denoising step so
- * far times the steps left, plus the decode. */
+/* The pipeline's progress, with an ETA of this job's own compute: the mean repeated unit so
+ * far times the units left, plus the last phase. */
 static void pipeline_progress(void *user, const char *phase, uint64_t done, uint64_t total)
 {
     pipeline_job *pj = user;
+    const ds_pipeline_def *def = pj->def;
+    const char *first = def->phases[0], *last = def->phases[def->phase_count - 1];
     double in_turn = now_s() - pj->turn_started_s;
     double eta = -1.0;
-    if (strcmp(phase, "denoise") == 0 && done > 0 && total >= done) {
-        double mean = (pj->denoise_turns_s + in_turn) / (double)(pj->denoise_turns + 1);
-        eta = mean * (double)(total - done) + decode_estimate(pj, mean);
-    } else if (strcmp(phase, "decode") == 0) {
-        double mean = pj->denoise_turns ? pj->denoise_turns_s / pj->denoise_turns : in_turn;
-        eta = done >= total ? 0.0 : fmax(decode_estimate(pj, mean) - in_turn, 0.0);
-    } else if (strcmp(phase, "encode") != 0) {
+    if (strcmp(phase, def->repeated_phase) == 0 && done > 0 && total >= done) {
+        double mean = (pj->repeated_turns_s + in_turn) / (double)(pj->repeated_turns + 1);
+        eta = mean * (double)(total - done) + final_estimate(pj, mean);
+    } else if (strcmp(phase, last) == 0) {
+        double mean = pj->repeated_turns ? pj->repeated_turns_s / pj->repeated_turns : in_turn;
+        eta = done >= total ? 0.0 : fmax(final_estimate(pj, mean) - in_turn, 0.0);
+    } else if (strcmp(phase, first) != 0) {
         /* Phases inside a unit (a model's own blocks) keep the scheduler's pace estimate. */
         ds_job_report(&pj->job, phase, done, total, NULL);
         return;
@@ -482,12 +426,12 @@ static int pipeline_check_path(void *user, const char *path, ds_error *err)
     return rc;
 }
 
-/* Where the PNG and the latents go: inline while the reply frame has room and each is within
- * the client's inline limit, else into the output region (copied here, off the loop thread). */
-static int place_output(pipeline_job *pj, const char *name, const void *data, uint64_t bytes,
-                        uint64_t *inline_used, uint64_t *region_used, int *in_region,
-                        uint64_t *offset, ds_error *err)
+/* Where each output goes: inline while the reply frame has room and each is within the
+ * client's inline limit, else into the output region (copied here, off the loop thread). */
+static int place_output(pipeline_job *pj, const char *name, output_slot *o, uint64_t *inline_used,
+                        uint64_t *region_used, ds_error *err)
 {
+    uint64_t bytes = o->bytes;
     uint64_t cap = pj->daemon->max_frame_bytes;
     uint64_t budget = cap > REPLY_RESERVE_BYTES ? cap - REPLY_RESERVE_BYTES : 0;
     uint64_t cost = bytes + PER_OUTPUT_OVERHEAD;
@@ -509,32 +453,45 @@ static int place_output(pipeline_job *pj, const char *name, const void *data, ui
                             "of %llu bytes has only %llu left",
                             name, (unsigned long long)bytes, (unsigned long long)m->size,
                             (unsigned long long)(start < m->size ? m->size - start : 0));
-    memcpy(m->data + start, data, bytes);
-    *in_region = 1;
-    *offset = start;
+    memcpy(m->data + start, o->data, bytes);
+    o->in_region = 1;
+    o->offset = start;
     *region_used = start + bytes;
     return DS_OK;
 }
 
-/* After the last unit: the PNG, then both outputs placed. */
+/* After the last unit: the images PNG-encoded, then every output placed in table order. */
 static int finish(pipeline_job *pj, ds_error *err)
 {
-    const ds_tensor *image = ds_qwen_image_pipeline_image(pj->pipe);
-    const ds_tensor *latents = ds_qwen_image_pipeline_latents(pj->pipe);
-    if (!image || !latents || image->ndim != 3 || image->dtype != DS_U8 || image->shape[2] != 3)
-        return ds_error_set(err, DS_ERR_INTERNAL,
-                            "the pipeline finished without an [H, W, 3] u8 image and latents");
-    int rc = ds_png_encode_rgb8(image->data, (uint32_t)image->shape[1], (uint32_t)image->shape[0],
-                                &pj->png, &pj->png_size, err);
-    if (rc != DS_OK)
-        return rc;
+    const ds_pipeline_def *def = pj->def;
     uint64_t inline_used = 0, region_used = 0;
-    rc = place_output(pj, "png", pj->png, pj->png_size, &inline_used, &region_used,
-                      &pj->png_in_region, &pj->png_offset, err);
-    if (rc != DS_OK)
-        return rc;
-    return place_output(pj, "latents", latents->data, ds_tensor_nbytes(latents), &inline_used,
-                        &region_used, &pj->latents_in_region, &pj->latents_offset, err);
+    for (size_t i = 0; i < def->output_count; i++) {
+        const ds_tensor *t = def->output(pj->run, i);
+        output_slot *o = &pj->outputs[i];
+        if (!t)
+            return ds_error_set(err, DS_ERR_INTERNAL, "the pipeline finished without its %s",
+                                def->outputs[i].name);
+        if (def->outputs[i].png) {
+            if (t->ndim != 3 || t->dtype != DS_U8 || t->shape[2] != 3)
+                return ds_error_set(err, DS_ERR_INTERNAL,
+                                    "the pipeline finished without an [H, W, 3] u8 image for %s",
+                                    def->outputs[i].name);
+            size_t size = 0;
+            int rc = ds_png_encode_rgb8(t->data, (uint32_t)t->shape[1], (uint32_t)t->shape[0],
+                                        &pj->png[i], &size, err);
+            if (rc != DS_OK)
+                return rc;
+            o->data = pj->png[i];
+            o->bytes = size;
+        } else {
+            o->data = t->data;
+            o->bytes = ds_tensor_nbytes(t);
+        }
+        int rc = place_output(pj, def->outputs[i].name, o, &inline_used, &region_used, err);
+        if (rc != DS_OK)
+            return rc;
+    }
+    return DS_OK;
 }
 
 /* DATA_LOSS when a model file or a client's region faulted during the turn: what the unit
@@ -543,11 +500,11 @@ static int check_intact(const pipeline_job *pj, ds_error *err)
 {
     ds_error lost;
     int rc = DS_OK;
-    for (int r = 0; rc == DS_OK && r < ROLE_COUNT; r++)
+    for (int r = 0; rc == DS_OK && r < DS_PIPELINE_MAX_ROLES; r++)
         if (pj->slots[r].entry)
             rc = ds_pool_check_faults(pj->slots[r].entry, &lost);
-    for (int i = 0; rc == DS_OK && i < IMG_COUNT; i++)
-        rc = ds_shm_check_intact(&pj->image_maps[i], &lost);
+    for (int i = 0; rc == DS_OK && i < DS_PIPELINE_MAX_TENSORS; i++)
+        rc = ds_shm_check_intact(&pj->input_maps[i], &lost);
     if (rc == DS_OK)
         rc = ds_shm_check_intact(&pj->out_map, &lost);
     if (rc != DS_OK)
@@ -559,8 +516,9 @@ static int check_intact(const pipeline_job *pj, ds_error *err)
 static int pipeline_run(ds_job *job)
 {
     pipeline_job *pj = (pipeline_job *)job;
+    const ds_pipeline_def *def = pj->def;
     uint64_t done, total;
-    ds_qwen_image_pipeline_position(pj->pipe, &done, &total);
+    def->position(pj->run, &done, &total);
     ds_step_context ctx = {
         .backend = pj->daemon->backend,
         .cancelled = pipeline_cancelled,
@@ -572,22 +530,20 @@ static int pipeline_run(ds_job *job)
     pj->turn_started_s = now_s();
     /* Before every unit: a file rewritten in place since the last one would silently change
      * the weights the next unit reads (a waiting request, or one between two steps). */
-    for (int r = 0; r < ROLE_COUNT; r++)
+    for (size_t r = 0; r < def->role_count; r++)
         if (pj->slots[r].entry && ds_pool_check_fresh(pj->slots[r].entry, &job->error) != DS_OK)
             return job->error.code;
-    int rc = ds_qwen_image_pipeline_advance(pj->pipe, &ctx, &job->error);
+    int rc = def->advance(pj->run, &ctx, &job->error);
     double took = now_s() - pj->turn_started_s;
     if (check_intact(pj, &job->error) != DS_OK)
         return job->error.code;
     if (rc < 0)
         return rc;
     if (done > 0 && done + 1 < total) {
-        pj->denoise_turns_s += took;
-        pj->denoise_turns++;
+        pj->repeated_turns_s += took;
+        pj->repeated_turns++;
     } else if (done + 1 == total) {
-        int h, w;
-        ds_qwen_image_pipeline_size(pj->pipe, &h, &w);
-        atomic_store(&decode_s_per_pixel, took / ((double)h * (double)w));
+        atomic_store(&final_s_per_pixel, took / def->output_pixels(pj->run));
     }
     if (rc > 0)
         return DS_JOB_YIELD;
@@ -597,71 +553,43 @@ static int pipeline_run(ds_job *job)
     return rc;
 }
 
-/* Which unit a job stopped at, for the CANCELLED message. */
-static void describe_position(const pipeline_job *pj, char *buf, size_t size)
-{
-    uint64_t done = 0, total = 0;
-    if (pj->pipe)
-        ds_qwen_image_pipeline_position(pj->pipe, &done, &total);
-    if (!pj->pipe || done == 0)
-        snprintf(buf, size, "before the prompt was encoded");
-    else if (done + 1 < total)
-        snprintf(buf, size, "after %llu of %llu denoising steps", (unsigned long long)(done - 1),
-                 (unsigned long long)(total - 2));
-    else
-        snprintf(buf, size, "before the decode");
-}
-
 /* --- loading roles given as paths (worker) --------------------------------------------------- */
 
 /* Identifies the files and loads the config of the role's class: a role names one model. */
-static int load_role(pipeline_job *pj, int r, ds_error *err)
+static int load_role(pipeline_job *pj, size_t r, ds_error *err)
 {
     role_slot *s = &pj->slots[r];
-    const role_info *role = &roles[r];
+    const ds_pipeline_role *role = &pj->def->roles[r];
     const char *const *paths = (const char *const *)s->paths;
-    ds_model_files *files = NULL;
-    ds_identification ident = {0};
-    int rc = ds_model_files_open_fds(s->fds, paths, s->path_count, &files, err);
-    if (rc == DS_OK)
-        rc = ds_identify_files(pj->daemon->configs, files, &ident, err);
-    if (rc != DS_OK)
-        goto done;
-    const ds_model_config *pick = NULL;
-    for (size_t i = 0; i < ident.config_count && !pick; i++)
-        if (strcmp(ident.configs[i]->model_class, role->model_class) == 0)
-            pick = ident.configs[i];
-    if (!pick) {
-        char *label = ds_python_str_paths(paths, s->path_count);
-        if (ident.config_count == 0) {
-            rc = ds_error_set(err, DS_ERR_NOT_FOUND,
-                              "the %s: Cannot detect the model type. File: %s. Model hash: %s",
-                              role->role, label ? label : "(out of memory)", ident.model_hash);
-        } else {
-            rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                              "the %s's files %s are a %s (%s), not a %s", role->role,
-                              label ? label : "(out of memory)", ident.configs[0]->model_name,
-                              ident.configs[0]->model_class, role->model_class);
-        }
-        free(label);
-        goto done;
-    }
-    if (!ds_config_is_implemented(pick)) {
+    ds_auto_load result;
+    int rc = ds_auto_load_model(pj->daemon->configs, s->fds, paths, s->path_count,
+                                role->model_class,
+                                NULL, &result, err);
+    if (rc != DS_OK) {
+        if (result.failed)
+            ds_error_prefix(err, "loading the %s (%s): ", role->role, result.failed->model_name);
+    } else if (result.model_count == 1) {
+        s->loaded = result.models[0];
+        result.model_count = 0;
+    } else if (result.skipped_count) {
+        const ds_model_config *pick = result.skipped[0];
         rc = ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                           "the %s's files match %s (%s), which this build does not implement",
                           role->role, pick->model_name, pick->model_class);
-        goto done;
+    } else {
+        char *label = ds_python_str_paths(paths, s->path_count);
+        if (result.matched_count == 0)
+            rc = ds_error_set(err, DS_ERR_NOT_FOUND,
+                              "the %s: Cannot detect the model type. File: %s. Model hash: %s",
+                              role->role, label ? label : "(out of memory)", result.model_hash);
+        else
+            rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                              "the %s's files %s are a %s (%s), not a %s", role->role,
+                              label ? label : "(out of memory)", result.matched[0]->model_name,
+                              result.matched[0]->model_class, role->model_class);
+        free(label);
     }
-    rc = ds_model_load(pick, files, &s->loaded, err);
-    if (rc != DS_OK) {
-        ds_error_prefix(err, "loading the %s (%s): ", role->role, pick->model_name);
-        goto done;
-    }
-    files = NULL; /* the model owns them now */
-
-done:
-    ds_model_files_close(files);
-    ds_identification_free(&ident);
+    ds_auto_load_free(&result);
     return rc;
 }
 
@@ -669,16 +597,16 @@ static int load_run(ds_job *job)
 {
     pipeline_job *pj = (pipeline_job *)job;
     uint64_t to_load = 0, loaded = 0;
-    for (int r = 0; r < ROLE_COUNT; r++)
+    for (size_t r = 0; r < pj->def->role_count; r++)
         to_load += pj->slots[r].paths != NULL;
-    for (int r = 0; r < ROLE_COUNT; r++) {
+    for (size_t r = 0; r < pj->def->role_count; r++) {
         if (!pj->slots[r].paths)
             continue;
         if (ds_job_cancelled(job))
             return ds_error_set(&job->error, DS_ERR_CANCELLED,
                                 "cancelled after loading %llu of %llu models",
                                 (unsigned long long)loaded, (unsigned long long)to_load);
-        ds_job_report(job, "load", loaded, to_load, roles[r].role);
+        ds_job_report(job, "load", loaded, to_load, pj->def->roles[r].role);
         int rc = load_role(pj, r, &job->error);
         if (rc != DS_OK)
             return rc;
@@ -705,29 +633,42 @@ static void job_end(pipeline_job *pj)
 
 static void set_output(Diffsynth__V1__Tensor *t, Diffsynth__V1__SharedRegion *region,
                        const pipeline_job *pj, const char *name, ds_dtype dtype, size_t ndim,
-                       int64_t *shape, void *data, uint64_t bytes, int in_region, uint64_t offset)
+                       int64_t *shape, const output_slot *o)
 {
     diffsynth__v1__tensor__init(t);
     t->name = (char *)name;
     t->dtype = (Diffsynth__V1__DType)dtype;
     t->n_shape = ndim;
     t->shape = shape;
-    if (in_region) {
+    if (o->in_region) {
         diffsynth__v1__shared_region__init(region);
         region->name = pj->out_region_name;
         region->fd_index = pj->out_region_fd_index;
-        region->offset = pj->out_region_offset + offset;
-        region->size = bytes;
+        region->offset = pj->out_region_offset + o->offset;
+        region->size = o->bytes;
         t->shm = region;
     } else {
-        t->data.data = data;
-        t->data.len = bytes;
+        t->data.data = (uint8_t *)o->data;
+        t->data.len = o->bytes;
     }
+}
+
+static uint64_t result_u(const ds_pipeline_result *r, size_t n, const char *name)
+{
+    const ds_pipeline_result *x = ds_pipeline_result_find(r, n, name);
+    return x ? (x->is_integer ? x->u : (uint64_t)x->d) : 0;
+}
+
+static double result_d(const ds_pipeline_result *r, size_t n, const char *name)
+{
+    const ds_pipeline_result *x = ds_pipeline_result_find(r, n, name);
+    return x ? (x->is_integer ? (double)x->u : x->d) : 0.0;
 }
 
 static void pipeline_complete(ds_job *job)
 {
     pipeline_job *pj = (pipeline_job *)job;
+    const ds_pipeline_def *def = pj->def;
     ds_daemon *d = pj->daemon;
     ds_conn *conn = pj->conn;
     if (!ds_conn_is_open(conn)) {
@@ -738,7 +679,7 @@ static void pipeline_complete(ds_job *job)
     }
     if (job->status == DS_ERR_CANCELLED) {
         char where[96];
-        describe_position(pj, where, sizeof where);
+        def->describe_position(pj->run, where, sizeof where);
         char message[160];
         snprintf(message, sizeof message, "cancelled %s", where);
         ds_reply_error(d, conn, job->request_id, DS_ERR_CANCELLED, message);
@@ -750,78 +691,92 @@ static void pipeline_complete(ds_job *job)
         job_end(pj);
         return;
     }
-    const ds_tensor *latents = ds_qwen_image_pipeline_latents(pj->pipe);
-    int height, width;
-    ds_qwen_image_pipeline_size(pj->pipe, &height, &width);
-    double encode_s, denoise_s, decode_s;
-    ds_qwen_image_pipeline_times(pj->pipe, &encode_s, &denoise_s, &decode_s);
-
-    Diffsynth__V1__Tensor png, lat;
-    Diffsynth__V1__SharedRegion png_region, lat_region;
-    int64_t png_shape[1] = {(int64_t)pj->png_size};
-    int64_t lat_shape[DS_MAX_DIMS];
-    for (int k = 0; k < latents->ndim; k++)
-        lat_shape[k] = latents->shape[k];
-    set_output(&png, &png_region, pj, "png", DS_U8, 1, png_shape, pj->png, pj->png_size,
-               pj->png_in_region, pj->png_offset);
-    set_output(&lat, &lat_region, pj, "latents", latents->dtype, (size_t)latents->ndim, lat_shape,
-               latents->data, ds_tensor_nbytes(latents), pj->latents_in_region, pj->latents_offset);
+    Diffsynth__V1__Tensor tensors[DS_PIPELINE_MAX_TENSORS];
+    Diffsynth__V1__SharedRegion regions[DS_PIPELINE_MAX_TENSORS];
+    int64_t shapes[DS_PIPELINE_MAX_TENSORS][DS_MAX_DIMS];
+    Diffsynth__V1__Tensor *named[DS_PIPELINE_MAX_TENSORS];
     Diffsynth__V1__RunPipelineResponse res = DIFFSYNTH__V1__RUN_PIPELINE_RESPONSE__INIT;
-    res.png = &png;
-    res.latents = &lat;
-    res.seed = ds_qwen_image_pipeline_seed(pj->pipe);
-    res.steps = (uint32_t)ds_qwen_image_pipeline_steps(pj->pipe);
-    res.height = (uint32_t)height;
-    res.width = (uint32_t)width;
+    for (size_t i = 0; i < def->output_count; i++) {
+        const ds_pipeline_tensor *spec = &def->outputs[i];
+        const output_slot *o = &pj->outputs[i];
+        if (spec->png) {
+            shapes[i][0] = (int64_t)o->bytes;
+            set_output(&tensors[i], &regions[i], pj, spec->name, DS_U8, 1, shapes[i], o);
+        } else {
+            const ds_tensor *t = def->output(pj->run, i);
+            for (int k = 0; k < t->ndim; k++)
+                shapes[i][k] = t->shape[k];
+            set_output(&tensors[i], &regions[i], pj, spec->name, t->dtype, (size_t)t->ndim,
+                       shapes[i], o);
+        }
+        /* Older clients read the outputs from the reply's fields of their names. */
+        if (pj->named_outputs)
+            named[res.n_outputs++] = &tensors[i];
+        else if (strcmp(spec->name, "png") == 0)
+            res.png = &tensors[i];
+        else if (strcmp(spec->name, "latents") == 0)
+            res.latents = &tensors[i];
+    }
+    res.outputs = named;
+    ds_pipeline_result results[DS_PIPELINE_MAX_RESULTS];
+    size_t n = def->results(pj->run, results);
+    Diffsynth__V1__PipelineResult result_msgs[DS_PIPELINE_MAX_RESULTS];
+    Diffsynth__V1__PipelineResult *result_ptrs[DS_PIPELINE_MAX_RESULTS];
+    for (size_t i = 0; i < n; i++) {
+        diffsynth__v1__pipeline_result__init(&result_msgs[i]);
+        result_msgs[i].name = (char *)results[i].name;
+        result_msgs[i].is_integer = results[i].is_integer;
+        result_msgs[i].integer = results[i].u;
+        result_msgs[i].number = results[i].d;
+        result_ptrs[i] = &result_msgs[i];
+    }
+    res.results = result_ptrs;
+    res.n_results = n;
+    res.seed = result_u(results, n, "seed");
+    res.steps = (uint32_t)result_u(results, n, "steps");
+    res.height = (uint32_t)result_u(results, n, "height");
+    res.width = (uint32_t)result_u(results, n, "width");
     res.queue_s = pj->queue_before_s + job->queue_s;
-    res.encode_s = encode_s;
-    res.denoise_s = denoise_s;
-    res.decode_s = decode_s;
+    res.encode_s = result_d(results, n, "encode_s");
+    res.denoise_s = result_d(results, n, "denoise_s");
+    res.decode_s = result_d(results, n, "decode_s");
     Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
     out.request_id = job->request_id;
     out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_RUN_PIPELINE_RESULT;
     out.run_pipeline_result = &res;
     d->requests_served++;
-    ds_log_info("%s: request %llu: %s %dx%d, %u steps, seed %llu%s: encode %.2f s, denoise %.2f s, "
-                "decode %.2f s, queued %.2f s",
-                ds_conn_describe(conn), (unsigned long long)job->request_id, PIPELINE_NAME, width,
-                height, res.steps, (unsigned long long)res.seed, pj->seed_drawn ? " (drawn)" : "",
-                encode_s, denoise_s, decode_s, res.queue_s);
+    char summary[512];
+    size_t used = 0;
+    summary[0] = '\0';
+    for (size_t i = 0; i < n && used < sizeof summary; i++) {
+        int k = results[i].is_integer
+                    ? snprintf(summary + used, sizeof summary - used, "%s%s %llu", i ? ", " : "",
+                               results[i].name, (unsigned long long)results[i].u)
+                    : snprintf(summary + used, sizeof summary - used, "%s%s %.2f", i ? ", " : "",
+                               results[i].name, results[i].d);
+        used += k > 0 ? (size_t)k : 0;
+    }
+    ds_log_info("%s: request %llu: %s: %s%s, queued %.2f s", ds_conn_describe(conn),
+                (unsigned long long)job->request_id, def->name, summary,
+                pj->seed_drawn ? " (seed drawn)" : "", res.queue_s);
     ds_conn_send(conn, &out);
     job_end(pj);
 }
 
-/* The ControlNet conditioning's channels the estimate assumes: the inpainting variant's 17
- * (16 latent channels and the mask), the wider of the two. */
-#define CONTROLNET_CHANNELS_MAX 17
-
-/* Reserves the run's estimated memory (models/memory_estimate.h) from its size, dtype, prompts
- * and images, before its units are queued; needs the VAE (its widths). */
+/* Reserves the run's estimated memory (the pipeline's estimate_memory) before its units are
+ * queued; needs the model of the pipeline's estimate_role. */
 static int admit(pipeline_job *pj, ds_error *err)
 {
     ds_daemon *d = pj->daemon;
-    const ds_qwen_image_params *p = &pj->params;
-    uint64_t inline_bytes = 0;
-    for (int i = 0; i < IMG_COUNT; i++)
-        if (pj->image_owned[i])
-            inline_bytes += ds_tensor_nbytes(&pj->images[i]);
-    ds_memory_pipeline_args a = {
-        .vae = pj->slots[ROLE_VAE].entry->model,
-        /* The pipeline rounds the size up to multiples of 16. */
-        .height = ((int64_t)p->height + 15) / 16 * 16,
-        .width = ((int64_t)p->width + 15) / 16 * 16,
-        .dtype = p->dtype,
-        .prompt_bytes = p->prompt ? strlen(p->prompt) : 0,
-        .negative_prompt_bytes = p->negative_prompt ? strlen(p->negative_prompt) : 0,
-        .cfg = p->cfg_scale != 1.0,
-        .input_image = p->input_image != NULL,
-        .controlnet_image = p->controlnet_image != NULL,
-        .controlnet_channels = p->controlnet_image ? CONTROLNET_CHANNELS_MAX : 0,
-        .inline_bytes = inline_bytes,
-        .threads = d->admission.threads,
-    };
+    const ds_pipeline_def *def = pj->def;
+    ds_pipeline_memory_args m = {.threads = d->admission.threads};
+    for (size_t i = 0; i < def->input_count; i++)
+        if (pj->input_owned[i])
+            m.inline_bytes += ds_tensor_nbytes(&pj->inputs[i]);
+    pj->args.models[def->estimate_role] = pj->slots[def->estimate_role].entry->model;
     ds_memory_need need;
-    int rc = ds_memory_qwen_image_pipeline(&a, &need, err);
+    char what[96];
+    int rc = def->estimate_memory(&pj->args, &m, &need, what, sizeof what, err);
     if (rc != DS_OK)
         return rc;
     uint64_t device_budget = UINT64_MAX;
@@ -831,23 +786,15 @@ static int admit(pipeline_job *pj, ds_error *err)
         if (vs.budget_bytes != DS_VRAM_UNLIMITED)
             device_budget = vs.budget_bytes;
     }
-    char what[96];
-    snprintf(what, sizeof what, PIPELINE_NAME " %lldx%lld (height x width), %s",
-             (long long)a.height, (long long)a.width, ds_dtype_name(p->dtype));
     return ds_admission_reserve(&d->admission, &pj->admitted, what, need, device_budget, err);
 }
 
 /* Sets up the pipeline over the pinned models and queues its units. */
 static int start_pipeline(pipeline_job *pj, ds_error *err)
 {
-    ds_qwen_image_models models = {
-        .text_encoder = pj->slots[ROLE_TEXT_ENCODER].entry->model,
-        .dit = pj->slots[ROLE_DIT].entry->model,
-        .vae = pj->slots[ROLE_VAE].entry->model,
-        .controlnet = pj->slots[ROLE_CONTROLNET].entry ? pj->slots[ROLE_CONTROLNET].entry->model
-                                                       : NULL,
-    };
-    int rc = ds_qwen_image_pipeline_new(&models, &pj->params, &pj->pipe, err);
+    for (size_t r = 0; r < pj->def->role_count; r++)
+        pj->args.models[r] = pj->slots[r].entry ? pj->slots[r].entry->model : NULL;
+    int rc = pj->def->start(&pj->args, &pj->run, err);
     if (rc != DS_OK)
         return rc;
     pj->job.kind = DS_JOB_RUN_PIPELINE;
@@ -887,7 +834,7 @@ static void load_complete(ds_job *job)
         job_end(pj);
         return;
     }
-    for (int r = 0; r < ROLE_COUNT; r++) {
+    for (size_t r = 0; r < pj->def->role_count; r++) {
         role_slot *s = &pj->slots[r];
         if (!s->loaded)
             continue;
@@ -906,7 +853,7 @@ static void load_complete(ds_job *job)
         if (reused)
             drop_extra_reference(d, s->entry, ds_conn_uid(pj->conn), pj->client);
         ds_log_info("%s %s %s for %s (pipeline role %s)", reused ? "reused" : "loaded",
-                    s->entry->id, s->entry->model->model_name, pj->client, roles[r].role);
+                    s->entry->id, s->entry->model->model_name, pj->client, pj->def->roles[r].role);
     }
     pj->queue_before_s += job->queue_s;
     /* A VAE named by paths is known only now: the run is admitted before its units queue. */
@@ -920,9 +867,9 @@ static void load_complete(ds_job *job)
 /* --- the request (loop thread) -------------------------------------------------------------- */
 
 /* The one loaded model of the role's name. */
-static int find_by_name(ds_daemon *d, int r, ds_pool_model **out, ds_error *err)
+static int find_by_name(ds_daemon *d, const ds_pipeline_role *role, ds_pool_model **out,
+                        ds_error *err)
 {
-    const role_info *role = &roles[r];
     size_t found = 0;
     char ids[256];
     size_t used = 0;
@@ -960,9 +907,9 @@ static int find_by_name(ds_daemon *d, int r, ds_pool_model **out, ds_error *err)
                         role->role, ids, role->model_name, role->role);
 }
 
-static int find_by_id(ds_daemon *d, int r, const char *id, ds_pool_model **out, ds_error *err)
+static int find_by_id(ds_daemon *d, const ds_pipeline_role *role, const char *id,
+                      ds_pool_model **out, ds_error *err)
 {
-    const role_info *role = &roles[r];
     ds_pool_model *e = ds_pool_find(d->pool, id);
     if (!e)
         return ds_error_set(err, DS_ERR_NOT_FOUND, "no model %s in the pool (role \"%s\")", id,
@@ -995,22 +942,24 @@ static int find_models(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
                        ds_error *err)
 {
     ds_daemon *d = pj->daemon;
-    const Diffsynth__V1__PipelineModel *given[ROLE_COUNT] = {0};
+    const ds_pipeline_def *def = pj->def;
+    const Diffsynth__V1__PipelineModel *given[DS_PIPELINE_MAX_ROLES] = {0};
     for (size_t i = 0; i < req->n_models; i++)
-        given[role_index(req->models[i]->role)] = req->models[i];
+        given[ds_pipeline_role_index(def, req->models[i]->role)] = req->models[i];
     /* The roles the request names first: their errors are about what the client sent. */
     for (int pass = 0; pass < 2; pass++) {
-        for (int r = 0; r < ROLE_COUNT; r++) {
+        for (size_t r = 0; r < def->role_count; r++) {
             role_slot *s = &pj->slots[r];
+            const ds_pipeline_role *role = &def->roles[r];
             const Diffsynth__V1__PipelineModel *m = given[r];
             ds_pool_model *e = NULL;
             int rc = DS_OK;
             if (pass == 0 && m && m->model_id[0])
-                rc = find_by_id(d, r, m->model_id, &e, err);
+                rc = find_by_id(d, role, m->model_id, &e, err);
             else if (pass == 0 && m)
                 rc = resolve_paths(d, s, m, err);
-            else if (pass == 1 && !m && roles[r].required)
-                rc = find_by_name(d, r, &e, err);
+            else if (pass == 1 && !m && role->required)
+                rc = find_by_name(d, role, &e, err);
             if (rc != DS_OK)
                 return rc;
             if (e) {
@@ -1021,10 +970,15 @@ static int find_models(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
             }
         }
     }
-    if (req->controlnet_image && !given[ROLE_CONTROLNET])
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "run_pipeline.controlnet_image needs a Blockwise ControlNet: name one in "
-                            "models (role \"controlnet\", a model_id or paths)");
+    for (size_t i = 0; i < def->input_count; i++) {
+        const char *needs = def->inputs[i].needs_role;
+        int r = needs ? ds_pipeline_role_index(def, needs) : -1;
+        if (r >= 0 && request_input(req, def->inputs[i].name) && !given[r])
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "run_pipeline.%s needs a %s: name one in models (role \"%s\", a "
+                                "model_id or paths)",
+                                def->inputs[i].name, def->roles[r].model_name, needs);
+    }
     return DS_OK;
 }
 
@@ -1035,8 +989,10 @@ static int take_images(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
 {
     size_t fd_count;
     const int *fds = ds_conn_frame_fds(conn, &fd_count);
-    for (int i = 0; i < IMG_COUNT; i++) {
-        const Diffsynth__V1__Tensor *t = request_image(req, i);
+    const ds_pipeline_def *def = pj->def;
+    for (size_t i = 0; i < def->input_count; i++) {
+        const char *name = def->inputs[i].name;
+        const Diffsynth__V1__Tensor *t = request_input(req, name);
         if (!t)
             continue;
         int64_t shape[DS_MAX_DIMS];
@@ -1045,44 +1001,48 @@ static int take_images(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest
         void *data;
         if (t->shm) {
             char what[64];
-            snprintf(what, sizeof what, "run_pipeline.%s", image_fields[i]);
+            snprintf(what, sizeof what, "run_pipeline.%s", name);
             int rc = ds_shm_map_region(what, t->shm, ds_conn_uid(conn), fds, fd_count, 0,
-                                       &pj->image_maps[i], err);
+                                       &pj->input_maps[i], err);
             if (rc != DS_OK)
                 return rc;
-            data = pj->image_maps[i].data;
+            data = pj->input_maps[i].data;
         } else {
-            pj->image_owned[i] = malloc(t->data.len);
-            if (!pj->image_owned[i])
+            pj->input_owned[i] = malloc(t->data.len);
+            if (!pj->input_owned[i])
                 return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                                    "out of memory for run_pipeline.%s (%zu bytes)",
-                                    image_fields[i], t->data.len);
-            memcpy(pj->image_owned[i], t->data.data, t->data.len);
-            data = pj->image_owned[i];
+                                    "out of memory for run_pipeline.%s (%zu bytes)", name,
+                                    t->data.len);
+            memcpy(pj->input_owned[i], t->data.data, t->data.len);
+            data = pj->input_owned[i];
         }
-        pj->images[i] = ds_tensor_wrap(pj->daemon->host_backend, (ds_dtype)t->dtype,
+        pj->inputs[i] = ds_tensor_wrap(pj->daemon->host_backend, (ds_dtype)t->dtype,
                                        (int)t->n_shape, shape, data);
+        pj->args.inputs[i] = &pj->inputs[i];
     }
-    pj->params.input_image = req->input_image ? &pj->images[IMG_INPUT] : NULL;
-    pj->params.controlnet_image = req->controlnet_image ? &pj->images[IMG_CONTROLNET] : NULL;
-    pj->params.initial_noise = req->initial_noise ? &pj->images[IMG_NOISE] : NULL;
     return DS_OK;
 }
 
 static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineRequest *req,
                         const ds_conn *conn, ds_error *err)
 {
-    ds_qwen_image_params *p = &pj->params;
-    ds_qwen_image_params_default(p);
-    int seed_given, rc;
-    if ((rc = parse_params(req, p, &seed_given, err)) != DS_OK ||
-        (rc = parse_dtype(req->dtype, &p->dtype, err)) != DS_OK)
+    const ds_pipeline_def *def = pj->def;
+    ds_pipeline_args *a = &pj->args;
+    int rc;
+    if ((rc = parse_params(def, req, a->values, err)) != DS_OK ||
+        (rc = ds_pipeline_dtype_parse(def, req->dtype, &a->dtype, err)) != DS_OK)
         return rc;
-    if (!seed_given) {
+    for (size_t i = 0; i < def->param_count; i++) {
+        if (def->params[i].default_value || a->values[i].given)
+            continue;
         /* Reported back in the reply, so the image can be made again. */
-        if (getrandom(&p->seed, sizeof p->seed, 0) != (ssize_t)sizeof p->seed)
-            return ds_error_set(err, DS_ERR_INTERNAL, "cannot draw a random seed: %s",
-                                strerror(errno));
+        uint64_t drawn;
+        if (getrandom(&drawn, sizeof drawn, 0) != (ssize_t)sizeof drawn)
+            return ds_error_set(err, DS_ERR_INTERNAL, "cannot draw a random %s: %s",
+                                def->params[i].name, strerror(errno));
+        a->values[i].u = drawn;
+        a->values[i].i = (int64_t)(drawn >> 1);
+        a->values[i].d = (double)drawn;
         pj->seed_drawn = 1;
     }
     pj->prompt = strdup(req->prompt);
@@ -1090,9 +1050,9 @@ static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineReques
     pj->tokenizer = req->tokenizer[0] ? strdup(req->tokenizer) : NULL;
     if (!pj->prompt || !pj->negative_prompt || (req->tokenizer[0] && !pj->tokenizer))
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory for the prompt");
-    p->prompt = pj->prompt;
-    p->negative_prompt = pj->negative_prompt;
-    p->tokenizer = pj->tokenizer;
+    a->prompt = pj->prompt;
+    a->negative_prompt = pj->negative_prompt;
+    a->tokenizer = pj->tokenizer;
     if ((rc = take_images(pj, req, conn, err)) != DS_OK)
         return rc;
     if (req->output_region) {
@@ -1109,6 +1069,7 @@ static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineReques
             return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
     }
     pj->max_inline = req->max_inline_output_bytes;
+    pj->named_outputs = req->named_outputs;
     return DS_OK;
 }
 
@@ -1125,6 +1086,7 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
         return;
     }
     pj->daemon = d;
+    pj->def = ds_pipeline_find(req->pipeline); /* validated */
     char client[32];
     snprintf(client, sizeof client, "uid:%u", (unsigned)ds_conn_uid(conn));
     if (!(pj->client = strdup(client))) {
@@ -1134,7 +1096,7 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     /* The transport (shared memory) first, then the models: as RunStep does. */
     if ((rc = take_request(pj, req, conn, &err)) != DS_OK ||
         (rc = find_models(pj, req, &err)) != DS_OK ||
-        (pj->slots[ROLE_VAE].entry && (rc = admit(pj, &err)) != DS_OK) ||
+        (pj->slots[pj->def->estimate_role].entry && (rc = admit(pj, &err)) != DS_OK) ||
         (rc = ds_scheduler_admit(d->scheduler, (unsigned)ds_conn_uid(conn), &err)) != DS_OK ||
         (rc = ds_conn_begin_job(conn, env, &err)) != DS_OK)
         goto fail;
@@ -1146,7 +1108,7 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     pj->job.uid = (unsigned)ds_conn_uid(conn);
     pj->job.progress = pipeline_job_progress;
     int need_load = 0;
-    for (int r = 0; r < ROLE_COUNT; r++)
+    for (size_t r = 0; r < pj->def->role_count; r++)
         need_load |= pj->slots[r].paths != NULL;
     if (need_load) {
         pj->job.kind = DS_JOB_LOAD;
@@ -1164,4 +1126,116 @@ void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
 fail:
     ds_reply_error(d, conn, env->request_id, rc, err.message);
     job_free(pj);
+}
+
+/* --- ListPipelines (loop thread) ------------------------------------------------------------ */
+
+static const char *const param_types[] = {
+    [DS_PIPELINE_INT] = "int",
+    [DS_PIPELINE_UINT64] = "uint64",
+    [DS_PIPELINE_NUMBER] = "number",
+};
+
+static void tensor_info(Diffsynth__V1__PipelineTensor *m, const ds_pipeline_tensor *t)
+{
+    diffsynth__v1__pipeline_tensor__init(m);
+    m->name = (char *)t->name;
+    m->help = (char *)t->help;
+    m->needs_role = (char *)(t->needs_role ? t->needs_role : "");
+    m->png = t->png;
+}
+
+/* The messages of one pipeline, pointing into its table; `store` holds them. */
+typedef struct info_store {
+    Diffsynth__V1__PipelineInfo info;
+    Diffsynth__V1__PipelineRole roles[DS_PIPELINE_MAX_ROLES], *role_ptrs[DS_PIPELINE_MAX_ROLES];
+    Diffsynth__V1__PipelineParam params[DS_PIPELINE_MAX_PARAMS],
+        *param_ptrs[DS_PIPELINE_MAX_PARAMS];
+    Diffsynth__V1__PipelineTensor inputs[DS_PIPELINE_MAX_TENSORS],
+        *input_ptrs[DS_PIPELINE_MAX_TENSORS];
+    Diffsynth__V1__PipelineTensor outputs[DS_PIPELINE_MAX_TENSORS],
+        *output_ptrs[DS_PIPELINE_MAX_TENSORS];
+    char *dtypes[DS_PIPELINE_MAX_TENSORS];
+    char *phases[DS_PIPELINE_MAX_TENSORS];
+} info_store;
+
+static void pipeline_info(info_store *s, const ds_pipeline_def *def)
+{
+    Diffsynth__V1__PipelineInfo *m = &s->info;
+    diffsynth__v1__pipeline_info__init(m);
+    m->name = (char *)def->name;
+    m->summary = (char *)def->summary;
+    for (size_t i = 0; i < def->role_count; i++) {
+        Diffsynth__V1__PipelineRole *r = &s->roles[i];
+        diffsynth__v1__pipeline_role__init(r);
+        r->role = (char *)def->roles[i].role;
+        r->model_name = (char *)def->roles[i].model_name;
+        r->model_class = (char *)def->roles[i].model_class;
+        r->required = def->roles[i].required;
+        s->role_ptrs[i] = r;
+    }
+    m->roles = s->role_ptrs;
+    m->n_roles = def->role_count;
+    for (size_t i = 0; i < def->param_count; i++) {
+        const ds_pipeline_param *p = &def->params[i];
+        Diffsynth__V1__PipelineParam *q = &s->params[i];
+        diffsynth__v1__pipeline_param__init(q);
+        q->name = (char *)p->name;
+        q->type = (char *)param_types[p->type];
+        q->min = p->type == DS_PIPELINE_UINT64 ? 0.0 : p->min;
+        q->max = p->type == DS_PIPELINE_UINT64 ? 18446744073709551615.0 : p->max;
+        q->min_exclusive = p->min_exclusive;
+        q->has_default = p->default_value != NULL;
+        q->default_value = (char *)(p->default_value ? p->default_value : "");
+        q->help = (char *)p->help;
+        s->param_ptrs[i] = q;
+    }
+    m->params = s->param_ptrs;
+    m->n_params = def->param_count;
+    for (size_t i = 0; i < def->input_count; i++) {
+        tensor_info(&s->inputs[i], &def->inputs[i]);
+        s->input_ptrs[i] = &s->inputs[i];
+    }
+    m->inputs = s->input_ptrs;
+    m->n_inputs = def->input_count;
+    for (size_t i = 0; i < def->output_count; i++) {
+        tensor_info(&s->outputs[i], &def->outputs[i]);
+        s->output_ptrs[i] = &s->outputs[i];
+    }
+    m->outputs = s->output_ptrs;
+    m->n_outputs = def->output_count;
+    for (size_t i = 0; i < def->dtype_count && i < DS_PIPELINE_MAX_TENSORS; i++)
+        s->dtypes[m->n_dtypes++] = (char *)def->dtypes[i].name;
+    m->dtypes = s->dtypes;
+    for (size_t i = 0; i < def->phase_count && i < DS_PIPELINE_MAX_TENSORS; i++)
+        s->phases[m->n_phases++] = (char *)def->phases[i];
+    m->phases = s->phases;
+}
+
+void ds_list_pipelines_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
+{
+    info_store *stores = calloc(ds_pipeline_count, sizeof *stores);
+    Diffsynth__V1__PipelineInfo **infos = calloc(ds_pipeline_count, sizeof *infos);
+    if (!stores || !infos) {
+        free(stores);
+        free(infos);
+        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                                "out of memory listing the pipelines");
+        return;
+    }
+    for (size_t i = 0; i < ds_pipeline_count; i++) {
+        pipeline_info(&stores[i], ds_pipelines[i]);
+        infos[i] = &stores[i].info;
+    }
+    Diffsynth__V1__ListPipelinesResponse res = DIFFSYNTH__V1__LIST_PIPELINES_RESPONSE__INIT;
+    res.pipelines = infos;
+    res.n_pipelines = ds_pipeline_count;
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    out.request_id = env->request_id;
+    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_LIST_PIPELINES_RESULT;
+    out.list_pipelines_result = &res;
+    d->requests_served++;
+    ds_conn_send(conn, &out);
+    free(infos);
+    free(stores);
 }

@@ -16,6 +16,7 @@
 #include "models/model_class.h"
 #include "models/memory_estimate.h"
 #include "models/model_step.h"
+#include "pipelines/pipeline.h"
 
 #define DEFAULT_STEP "forward"
 #define STEP_NAME_MAX 64
@@ -464,7 +465,7 @@ static int admit(run_step_job *sj, const Diffsynth__V1__RunStepRequest *req, ds_
     return ds_admission_reserve(&d->admission, &sj->admitted, what, need, device_budget, err);
 }
 
-/* "forward, encode" for messages. */
+/* "forward, encode_prompt" for messages: the class's steps, then those pipelines add to it. */
 static void list_steps(const ds_model_class *cls, char *buf, size_t size)
 {
     size_t used = 0;
@@ -475,6 +476,7 @@ static void list_steps(const ds_model_class *cls, char *buf, size_t size)
             break;
         used += (size_t)k;
     }
+    ds_pipeline_class_step_names(cls->name, buf, size);
 }
 
 static int find_step(const ds_pool_model *entry, const char *name, const ds_model_step **out,
@@ -488,6 +490,8 @@ static int find_step(const ds_pool_model *entry, const char *name, const ds_mode
                             "loaded and listed but not run",
                             entry->id, m->model_name, m->model_class);
     *out = ds_model_step_find(cls->steps, cls->step_count, name);
+    if (!*out)
+        *out = ds_pipeline_class_step_find(cls->name, name);
     if (!*out) {
         char steps[512];
         list_steps(cls, steps, sizeof steps);

@@ -482,3 +482,112 @@ ds_verify_result ds_config_verify(const ds_model_config *config,
     }
     return strcmp(computed, config->model_hash) == 0 ? DS_VERIFY_MATCH : DS_VERIFY_MISMATCH;
 }
+
+static void auto_progress(const ds_auto_load_hooks *h, const char *phase, uint64_t done,
+                          uint64_t total, const char *message)
+{
+    if (h && h->progress)
+        h->progress(h->user, phase, done, total, message);
+}
+
+static int auto_cancelled(const ds_auto_load_hooks *h, size_t done, size_t total, ds_error *err)
+{
+    if (h && h->cancelled && h->cancelled(h->user))
+        return ds_error_set(err, DS_ERR_CANCELLED, "cancelled after loading %zu of %zu models",
+                            done, total);
+    return DS_OK;
+}
+
+static void auto_drop_models(ds_auto_load *out)
+{
+    for (size_t i = 0; i < out->model_count; i++)
+        ds_loaded_model_free(out->models[i]);
+    out->model_count = 0;
+}
+
+int ds_auto_load_model(const ds_config_table *table, const int *fds, const char *const *paths,
+                       size_t count,
+                       const char *model_class, const ds_auto_load_hooks *hooks,
+                       ds_auto_load *out, ds_error *err)
+{
+    memset(out, 0, sizeof *out);
+    ds_model_files *files = NULL;
+    ds_identification ident = {0};
+    const ds_model_config **todo = NULL;
+    size_t todo_count = 0;
+
+    auto_progress(hooks, "identify", 0, 1, NULL);
+    int rc = ds_model_files_open_fds(fds, paths, count, &files, err);
+    if (rc != DS_OK)
+        return rc;
+    rc = ds_identify_files(table, files, &ident, err);
+    ds_model_files_close(files);
+    files = NULL;
+    if (rc != DS_OK)
+        return rc;
+    memcpy(out->model_hash, ident.model_hash, sizeof out->model_hash);
+    auto_progress(hooks, "identify", 1, 1, out->model_hash);
+    out->matched = ident.configs; /* the array is ours now */
+    out->matched_count = ident.config_count;
+    ident.configs = NULL;
+    if (out->matched_count == 0)
+        return DS_OK;
+
+    todo = calloc(out->matched_count, sizeof *todo);
+    out->skipped = calloc(out->matched_count, sizeof *out->skipped);
+    out->models = calloc(out->matched_count, sizeof *out->models);
+    if (!todo || !out->skipped || !out->models) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory loading %zu configs",
+                          out->matched_count);
+        goto done;
+    }
+    for (size_t i = 0; i < out->matched_count; i++) {
+        const ds_model_config *c = out->matched[i];
+        if (model_class && strcmp(c->model_class, model_class) != 0)
+            continue;
+        if (ds_config_is_implemented(c))
+            todo[todo_count++] = c;
+        else
+            out->skipped[out->skipped_count++] = c;
+        if (model_class)
+            break;
+    }
+
+    for (size_t i = 0; i < todo_count; i++) {
+        if ((rc = auto_cancelled(hooks, i, todo_count, err)) != DS_OK)
+            goto done;
+        auto_progress(hooks, "load", i, todo_count, todo[i]->model_name);
+        rc = ds_model_files_open_fds(fds, paths, count, &files, err);
+        if (rc != DS_OK)
+            goto done;
+        rc = ds_model_load(todo[i], files, &out->models[out->model_count], err);
+        if (rc != DS_OK) {
+            ds_model_files_close(files);
+            out->failed = todo[i];
+            goto done;
+        }
+        files = NULL; /* the model owns them now */
+        out->model_count++;
+    }
+    /* A cancel that arrived during the last load still wins: the client was told it was found. */
+    if (todo_count && (rc = auto_cancelled(hooks, todo_count, todo_count, err)) != DS_OK)
+        goto done;
+    if (todo_count)
+        auto_progress(hooks, "load", todo_count, todo_count, NULL);
+    rc = DS_OK;
+
+done:
+    if (rc != DS_OK)
+        auto_drop_models(out);
+    free(todo);
+    return rc;
+}
+
+void ds_auto_load_free(ds_auto_load *result)
+{
+    auto_drop_models(result);
+    free(result->models);
+    free(result->skipped);
+    free((void *)result->matched);
+    memset(result, 0, sizeof *result);
+}

@@ -79,6 +79,43 @@ int ds_model_load(const ds_model_config *config, ds_model_files *files, ds_loade
                   ds_error *err);
 void ds_loaded_model_free(ds_loaded_model *model);
 
+/* Cancellation and progress for ds_auto_load_model; any member may be NULL. */
+typedef struct ds_auto_load_hooks {
+    int (*cancelled)(void *user);
+    /* ("identify", 0|1, 1, hash when done) and ("load", i, n, model name; NULL at the end). */
+    void (*progress)(void *user, const char *phase, uint64_t done, uint64_t total,
+                     const char *message);
+    void *user;
+} ds_auto_load_hooks;
+
+typedef struct ds_auto_load {
+    char model_hash[DS_MODEL_HASH_HEX];
+    const ds_model_config **matched; /* every config with the files' hash, in table order */
+    size_t matched_count;
+    const ds_model_config **skipped; /* those chosen but not implemented by this build */
+    size_t skipped_count;
+    ds_loaded_model **models;        /* owned: the loads, in table order */
+    size_t model_count;
+    const ds_model_config *failed;   /* after a load error: the config that failed, else NULL */
+} ds_auto_load;
+
+/* Upstream's ModelPool.auto_load_model up to the pool (the daemon inserts the models): opens
+ * `paths`, identifies them against `table`, and loads each chosen config this build
+ * implements (convert, check against the parameter tree, bind), each from a fresh open of
+ * the files as upstream reads them again per config. Chosen: every matching config, or with
+ * `model_class` the first matching config of that class only. DS_OK with no models when
+ * nothing matched (matched_count 0) or nothing chosen is implemented (the callers word
+ * those: upstream's sentence for Load, the role for a pipeline). All or nothing: on an error
+ * (CANCELLED from hooks->cancelled before each load and after the last) no model is left.
+ * `fds` (may be NULL: open by path) are the files already opened beneath the model roots,
+ * one per path; they stay the caller's and are read again for each config.
+ * Free with ds_auto_load_free, after an error too. */
+int ds_auto_load_model(const ds_config_table *table, const int *fds, const char *const *paths,
+                       size_t count,
+                       const char *model_class, const ds_auto_load_hooks *hooks,
+                       ds_auto_load *out, ds_error *err);
+void ds_auto_load_free(ds_auto_load *result);
+
 typedef enum ds_verify_result {
     DS_VERIFY_MATCH = 1,
     DS_VERIFY_MISMATCH = 2,

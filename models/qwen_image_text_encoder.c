@@ -20,7 +20,6 @@
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
-#include "models/qwen_image_pipeline.h"
 #include "models/weight_set.h"
 #include "vram/vram_manager.h"
 
@@ -597,14 +596,6 @@ static const ds_model_step steps[] = {
         .usage = "forward: input_ids [B, S] (i64 or i32), attention_mask [B, S] (optional; 0 = "
                  "padding), dtype (float32 or bfloat16; default bfloat16, float32 for a float32 "
                  "checkpoint) -> hidden_states [B, S, 3584], after the final norm",
-    },
-    {
-        .name = "encode_prompt",
-        .run = ds_qwen_image_encode_prompt_step,
-        .usage = "encode_prompt: prompt (text), tokenizer (folder; default: tokenizer/ beside "
-                 "the model's folder, as in Qwen/Qwen-Image), dtype (as forward) -> prompt_emb "
-                 "[1, L, 3584], prompt_emb_mask [1, L] i64: upstream's text-to-image template, "
-                 "the first 34 tokens dropped",
     },
 };
 

@@ -1,7 +1,7 @@
 /* The Qwen-Image text encoder's forward pass (facts §5.3, §8): the text path of
  * diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder (transformers'
  * Qwen2_5_VLModel), as the "forward" step of that class and as a plain C entry point. The
- * class's "encode_prompt" step is the pipeline's prompt embedder (qwen_image_pipeline.h). */
+ * pipeline adds the prompt embedder as the class's "encode_prompt" step (pipelines/qwen_image.h). */
 #ifndef DS_MODELS_QWEN_IMAGE_TEXT_ENCODER_H
 #define DS_MODELS_QWEN_IMAGE_TEXT_ENCODER_H
 

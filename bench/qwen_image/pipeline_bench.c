@@ -1,4 +1,4 @@
-/* bench/qwen_image: the whole Qwen-Image text-to-image pipeline (models/qwen_image_pipeline.h:
+/* bench/qwen_image: the whole Qwen-Image text-to-image pipeline (pipelines/qwen_image.h:
  * prompt and negative prompt encoding, N denoising steps with CFG, VAE decode, pixel
  * conversion), timed end to end, one JSON line. upstream_anchor.py takes the same arguments and
  * times upstream DiffSynth-Studio's own QwenImagePipeline.__call__ on the same reduced models, so
@@ -47,7 +47,7 @@
 #include "core/float_convert.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
-#include "models/qwen_image_pipeline.h"
+#include "pipelines/qwen_image.h"
 #include "vram/vram_manager.h"
 
 #define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"

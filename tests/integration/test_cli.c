@@ -381,6 +381,57 @@ static void test_models_status_configs_unload(void)
 
 /* --- exit statuses ---------------------------------------------------------------------------- */
 
+/* The pipelines' tables as the daemon sends them: what `generate` and clients build on. */
+static void test_pipelines(void)
+{
+    char *out = NULL, *err = NULL;
+    const char *human[] = {"pipelines", NULL};
+    int status = diffsynth(NULL, human, &out, &err);
+    CHECK_MSG(status == 0, "exit %d: %s", status, err ? err : "");
+    CHECK_PREFIX(out, "qwen_image: ");
+    CHECK_CONTAINS(out, "    steps              int in 1..1000       default 30 ");
+    CHECK_CONTAINS(out, "    denoising_strength number in (0, 1]     default 1 ");
+    CHECK_CONTAINS(out, "    controlnet         qwen_image_blockwise_controlnet, optional\n");
+    CHECK_CONTAINS(out, "  dtypes: bfloat16 (default), float32\n");
+    free(out);
+    free(err);
+
+    const char *as_json[] = {"pipelines", "--json", NULL};
+    status = diffsynth(NULL, as_json, &out, &err);
+    CHECK_MSG(status == 0, "exit %d", status);
+    json_t *doc = parse(out);
+    REQUIRE(doc);
+    json_t *pipelines = json_object_get(doc, "pipelines");
+    REQUIRE(json_array_size(pipelines) == 1);
+    json_t *p = json_array_get(pipelines, 0);
+    CHECK_STR_EQ(jstr(p, "name"), "qwen_image");
+    json_t *roles = json_object_get(p, "roles");
+    CHECK(json_array_size(roles) == 4);
+    CHECK_STR_EQ(jstr(json_array_get(roles, 1), "role"), "dit");
+    CHECK(json_is_true(json_object_get(json_array_get(roles, 1), "required")));
+    CHECK(json_is_false(json_object_get(json_array_get(roles, 3), "required")));
+    json_t *params = json_object_get(p, "params");
+    REQUIRE(json_array_size(params) == 7);
+    json_t *seed = json_array_get(params, 0), *height = json_array_get(params, 3);
+    CHECK_STR_EQ(jstr(seed, "name"), "seed");
+    CHECK(json_is_null(json_object_get(seed, "default")));
+    CHECK_STR_EQ(jstr(height, "name"), "height");
+    CHECK(json_real_value(json_object_get(height, "min")) == 16.0);
+    CHECK(json_real_value(json_object_get(height, "max")) == 8192.0);
+    CHECK_STR_EQ(jstr(height, "default"), "1328");
+    json_t *cfg = json_array_get(params, 2);
+    CHECK(json_is_null(json_object_get(cfg, "min")) && json_is_null(json_object_get(cfg, "max")));
+    json_t *inputs = json_object_get(p, "inputs");
+    CHECK(json_array_size(inputs) == 3);
+    CHECK_STR_EQ(jstr(json_array_get(inputs, 1), "needs_role"), "controlnet");
+    json_t *outputs = json_object_get(p, "outputs");
+    CHECK(json_array_size(outputs) == 2);
+    CHECK(json_is_true(json_object_get(json_array_get(outputs, 0), "png")));
+    json_decref(doc);
+    free(out);
+    free(err);
+}
+
 static void test_no_daemon(void)
 {
     char nowhere[256];
@@ -553,6 +604,7 @@ int main(int argc, char **argv)
     RUN(test_identify_human);
     RUN(test_identify_unknown);
     RUN(test_models_status_configs_unload);
+    RUN(test_pipelines);
     RUN(test_no_daemon);
     RUN(test_bad_usage);
     RUN(test_help);

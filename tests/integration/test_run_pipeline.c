@@ -561,6 +561,72 @@ static void test_two_clients_interleave(void)
     CHECK_MSG(queued == 0 && running == 0, "%u queued, %u running", queued, running);
 }
 
+/* Inputs and outputs by name (ListPipelines' tables): the same run as through the message's
+ * own fields, byte for byte, with every scalar result reported. */
+static void test_named_tensors(void)
+{
+    static uint8_t rgb[64 * 64 * 3];
+    for (size_t i = 0; i < sizeof rgb; i++)
+        rgb[i] = (uint8_t)(i * 11);
+    ds_client_tensor image = {.dtype = diffsynth_v1_DType_U8, .ndim = 3, .shape = {64, 64, 3},
+                              .data = rgb, .nbytes = sizeof rgb};
+    ds_client_step_param params[] = {{"height", "64"}, {"width", "64"}, {"steps", "2"},
+                                     {"cfg_scale", "1"}, {"denoising_strength", "0.6"},
+                                     {"seed", "42"}};
+    ds_client *c = it_connect(&env);
+    REQUIRE(c);
+    ds_client_pipeline_request r = {.prompt = "a boat", .params = params, .param_count = 6,
+                                    .input_image = &image};
+    ds_client_pipeline_result old, named;
+    int rc = ds_client_run_pipeline(c, &r, &old, RUN_TIMEOUT_MS, NULL, NULL, NULL);
+    CHECK_MSG(rc == DS_CLIENT_OK, "fields: rc %d: %s", rc, ds_client_last_error(c));
+    CHECK(old.output_count == 0 && old.result_count == 7);
+
+    ds_client_tensor by_name = image;
+    by_name.name = "input_image";
+    r.input_image = NULL;
+    r.inputs = &by_name;
+    r.input_count = 1;
+    r.named_outputs = true;
+    r.inline_limit = 1; /* the image through shared memory, the outputs into the region */
+    rc = ds_client_run_pipeline(c, &r, &named, RUN_TIMEOUT_MS, NULL, NULL, NULL);
+    CHECK_MSG(rc == DS_CLIENT_OK, "named: rc %d: %s", rc, ds_client_last_error(c));
+    if (rc == DS_CLIENT_OK && old.png) {
+        CHECK(named.png == NULL && named.output_count == 2);
+        CHECK_STR_EQ(named.outputs[0].name, "png");
+        CHECK_STR_EQ(named.outputs[1].name, "latents");
+        CHECK(named.outputs[0].nbytes == old.png_size &&
+              memcmp(named.outputs[0].data, old.png, old.png_size) == 0);
+        CHECK(named.outputs[1].nbytes == old.latents.nbytes &&
+              memcmp(named.outputs[1].data, old.latents.data, old.latents.nbytes) == 0);
+        CHECK(named.result_count == 7);
+        CHECK_STR_EQ(named.results[0].name, "seed");
+        CHECK(named.results[0].is_integer && named.results[0].integer == 42);
+        CHECK_STR_EQ(named.results[3].name, "width");
+        CHECK(named.results[3].integer == 64);
+        CHECK_STR_EQ(named.results[6].name, "decode_s");
+        CHECK(!named.results[6].is_integer && named.results[6].number >= 0.0);
+    }
+    ds_client_pipeline_result_free(&old);
+    ds_client_pipeline_result_free(&named);
+
+    /* Names the pipeline does not declare, or given both ways, are refused up front. */
+    by_name.name = "mask";
+    rc = ds_client_run_pipeline(c, &r, &named, RUN_TIMEOUT_MS, NULL, NULL, NULL);
+    CHECK(rc == DS_CLIENT_EDAEMON && ds_client_last_code(c) == diffsynth_v1_Code_INVALID_ARGUMENT);
+    CHECK_CONTAINS(ds_client_last_error(c),
+                   "run_pipeline.inputs[0] \"mask\" is not an input of qwen_image; inputs: "
+                   "input_image, controlnet_image, initial_noise");
+    ds_client_pipeline_result_free(&named);
+    by_name.name = "input_image";
+    r.input_image = &image;
+    rc = ds_client_run_pipeline(c, &r, &named, RUN_TIMEOUT_MS, NULL, NULL, NULL);
+    CHECK(rc == DS_CLIENT_EDAEMON && ds_client_last_code(c) == diffsynth_v1_Code_INVALID_ARGUMENT);
+    CHECK_CONTAINS(ds_client_last_error(c), "input \"input_image\" is given twice");
+    ds_client_pipeline_result_free(&named);
+    ds_client_close(c);
+}
+
 /* --- the CLI -------------------------------------------------------------------------------- */
 
 static void test_cli_generate(void)
@@ -593,9 +659,10 @@ static void test_cli_generate(void)
     unlink(latents);
 
     /* --models: the files are identified here and sent by role. */
-    const char *argv2[] = {cli, "--socket", env.socket, "generate", "--prompt", "x", "--steps",
-                           "2", "--cfg-scale", "1", "--height", "32", "--width", "48", "--models",
-                           set.text_encoder, set.dit, set.vae, "-o", out, NULL};
+    /* --param: any parameter the pipeline declares, by name. */
+    const char *argv2[] = {cli, "--socket", env.socket, "generate", "--prompt", "x", "--param",
+                           "steps=2", "--cfg-scale", "1", "--height", "32", "--width", "48",
+                           "--models", set.text_encoder, set.dit, set.vae, "-o", out, NULL};
     status = it_run(argv2, NULL, RUN_TIMEOUT_MS, &sout, &serr);
     CHECK_MSG(status == 0, "--models: exit %d\nstdout: %s\nstderr: %s", status, sout ? sout : "",
               serr ? serr : "");
@@ -644,6 +711,24 @@ static void test_cli_generate(void)
     free(sout);
     free(serr);
     unlink(in_png);
+
+    /* The pipeline and its parameters are the daemon's (ListPipelines). */
+    const char *argv7[] = {cli, "--socket", env.socket, "generate", "--pipeline", "flux",
+                           "--prompt", "x", "-o", out, NULL};
+    status = it_run(argv7, NULL, RUN_TIMEOUT_MS, &sout, &serr);
+    CHECK_MSG(status == 1, "--pipeline flux: exit %d", status);
+    CHECK_CONTAINS(serr, "error: the daemon has no pipeline \"flux\"; it has: qwen_image");
+    free(sout);
+    free(serr);
+    const char *argv8[] = {cli, "--socket", env.socket, "generate", "--prompt", "x", "--param",
+                           "strength=0.5", "-o", out, NULL};
+    status = it_run(argv8, NULL, RUN_TIMEOUT_MS, &sout, &serr);
+    CHECK_MSG(status == 2, "--param strength: exit %d", status);
+    CHECK_CONTAINS(serr, "--param strength: expected NAME=VALUE with NAME one of the qwen_image "
+                         "pipeline's: seed, steps, cfg_scale, height, width, denoising_strength, "
+                         "controlnet_scale");
+    free(sout);
+    free(serr);
 
     /* Usage errors: exit 2 with a hint. */
     const char *argv3[] = {cli, "--socket", env.socket, "generate", "--prompt", "x", NULL};
@@ -1016,6 +1101,7 @@ int main(int argc, char **argv)
     RUN(test_generate_from_paths);
     RUN(test_models_by_id_and_name);
     RUN(test_input_tensors);
+    RUN(test_named_tensors);
     RUN(test_prompt_too_long);
     RUN(test_ambiguous_role);
     RUN(test_cancel_mid_denoise);

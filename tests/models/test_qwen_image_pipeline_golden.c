@@ -11,7 +11,7 @@
 #include "core/float_convert.h"
 #include "core/safetensors.h"
 #include "kernels/ops.h"
-#include "models/qwen_image_pipeline.h"
+#include "pipelines/qwen_image.h"
 #include "test.h"
 #include "tools/golden_model.h"
 

@@ -24,6 +24,7 @@
 #include "core/safetensors.h"
 #include "kernels/ops.h"
 #include "models/qwen_image_text_encoder.h"
+#include "pipelines/pipeline.h"
 #include "test.h"
 #include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
@@ -375,8 +376,7 @@ static const char *golden_prompt(const char *name)
 static int run_encode(const ds_step_context *ctx, const char *prompt, const char *tokenizer,
                       const char *dtype, ds_step_io *out, ds_error *err)
 {
-    const ds_model_step *step = ds_model_step_find(model.cls->steps, model.cls->step_count,
-                                                   "encode_prompt");
+    const ds_model_step *step = ds_pipeline_class_step_find(model.cls->name, "encode_prompt");
     if (!step)
         return ds_error_set(err, DS_ERR_NOT_FOUND, "no encode_prompt step");
     ds_step_io in;

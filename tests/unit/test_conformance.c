@@ -846,6 +846,208 @@ static void cmp_ListConfigsResponse(const PC(ListConfigsResponse) *p, const NB(L
         cmp_ConfigEntry(p->entries[i], &n->entries[i]);
 }
 
+static void fill_pc_ListPipelinesRequest(PC(ListPipelinesRequest) *m, int k)
+{
+    (void)m;
+    (void)k;
+}
+
+static void fill_nb_ListPipelinesRequest(NB(ListPipelinesRequest) *m, int k)
+{
+    (void)m;
+    (void)k;
+}
+
+static void cmp_ListPipelinesRequest(const PC(ListPipelinesRequest) *p,
+                                     const NB(ListPipelinesRequest) *n)
+{
+    (void)p;
+    (void)n;
+}
+
+static void fill_pc_PipelineRole(PC(PipelineRole) *m, int k)
+{
+    m->role = S(k, 1);
+    m->model_name = S(k, 2);
+    m->model_class = S(k, 3);
+    m->required = 1;
+}
+
+static void fill_nb_PipelineRole(NB(PipelineRole) *m, int k)
+{
+    m->role = S(k, 1);
+    m->model_name = S(k, 2);
+    m->model_class = S(k, 3);
+    m->required = true;
+}
+
+static void cmp_PipelineRole(const PC(PipelineRole) *p, const NB(PipelineRole) *n)
+{
+    CHECK_STR_EQ(n->role, p->role);
+    CHECK_STR_EQ(n->model_name, p->model_name);
+    CHECK_STR_EQ(n->model_class, p->model_class);
+    CHECK(p->required == n->required);
+}
+
+static void fill_pc_PipelineParam(PC(PipelineParam) *m, int k)
+{
+    m->name = S(k, 1);
+    m->type = S(k, 2);
+    m->min = D(k, 3);
+    m->max = D(k, 4);
+    m->min_exclusive = 1;
+    m->has_default = 1;
+    m->default_value = S(k, 7);
+    m->help = S(k, 8);
+}
+
+static void fill_nb_PipelineParam(NB(PipelineParam) *m, int k)
+{
+    m->name = S(k, 1);
+    m->type = S(k, 2);
+    m->min = D(k, 3);
+    m->max = D(k, 4);
+    m->min_exclusive = true;
+    m->has_default = true;
+    m->default_value = S(k, 7);
+    m->help = S(k, 8);
+}
+
+static void cmp_PipelineParam(const PC(PipelineParam) *p, const NB(PipelineParam) *n)
+{
+    CHECK_STR_EQ(n->name, p->name);
+    CHECK_STR_EQ(n->type, p->type);
+    CHECK(same_double(p->min, n->min));
+    CHECK(same_double(p->max, n->max));
+    CHECK(p->min_exclusive == n->min_exclusive);
+    CHECK(p->has_default == n->has_default);
+    CHECK_STR_EQ(n->default_value, p->default_value);
+    CHECK_STR_EQ(n->help, p->help);
+}
+
+static void fill_pc_PipelineTensor(PC(PipelineTensor) *m, int k)
+{
+    m->name = S(k, 1);
+    m->help = S(k, 2);
+    m->needs_role = S(k, 3);
+    m->png = 1;
+}
+
+static void fill_nb_PipelineTensor(NB(PipelineTensor) *m, int k)
+{
+    m->name = S(k, 1);
+    m->help = S(k, 2);
+    m->needs_role = S(k, 3);
+    m->png = true;
+}
+
+static void cmp_PipelineTensor(const PC(PipelineTensor) *p, const NB(PipelineTensor) *n)
+{
+    CHECK_STR_EQ(n->name, p->name);
+    CHECK_STR_EQ(n->help, p->help);
+    CHECK_STR_EQ(n->needs_role, p->needs_role);
+    CHECK(p->png == n->png);
+}
+
+static void fill_pc_PipelineInfo(PC(PipelineInfo) *m, int k)
+{
+    m->name = S(k, 1);
+    m->summary = S(k, 2);
+    m->n_roles = 2;
+    m->roles = A(2 * sizeof *m->roles);
+    m->n_params = 3;
+    m->params = A(3 * sizeof *m->params);
+    m->n_inputs = 2;
+    m->inputs = A(2 * sizeof *m->inputs);
+    m->n_outputs = 2;
+    m->outputs = A(2 * sizeof *m->outputs);
+    for (int i = 0; i < 3; i++) {
+        m->params[i] = PC_NEW(PipelineParam, pipeline_param);
+        fill_pc_PipelineParam(m->params[i], k * 7 + i + 20);
+    }
+    for (int i = 0; i < 2; i++) {
+        m->roles[i] = PC_NEW(PipelineRole, pipeline_role);
+        fill_pc_PipelineRole(m->roles[i], k * 7 + i + 10);
+        m->inputs[i] = PC_NEW(PipelineTensor, pipeline_tensor);
+        fill_pc_PipelineTensor(m->inputs[i], k * 7 + i + 30);
+        m->outputs[i] = PC_NEW(PipelineTensor, pipeline_tensor);
+        fill_pc_PipelineTensor(m->outputs[i], k * 7 + i + 40);
+    }
+    m->n_dtypes = 2;
+    m->dtypes = STRS(2, k, 7);
+    m->n_phases = 3;
+    m->phases = STRS(3, k, 8);
+}
+
+static void fill_nb_PipelineInfo(NB(PipelineInfo) *m, int k)
+{
+    m->name = S(k, 1);
+    m->summary = S(k, 2);
+    m->roles_count = 2;
+    m->roles = A(2 * sizeof *m->roles);
+    m->params_count = 3;
+    m->params = A(3 * sizeof *m->params);
+    m->inputs_count = 2;
+    m->inputs = A(2 * sizeof *m->inputs);
+    m->outputs_count = 2;
+    m->outputs = A(2 * sizeof *m->outputs);
+    for (int i = 0; i < 3; i++)
+        fill_nb_PipelineParam(&m->params[i], k * 7 + i + 20);
+    for (int i = 0; i < 2; i++) {
+        fill_nb_PipelineRole(&m->roles[i], k * 7 + i + 10);
+        fill_nb_PipelineTensor(&m->inputs[i], k * 7 + i + 30);
+        fill_nb_PipelineTensor(&m->outputs[i], k * 7 + i + 40);
+    }
+    m->dtypes_count = 2;
+    m->dtypes = STRS(2, k, 7);
+    m->phases_count = 3;
+    m->phases = STRS(3, k, 8);
+}
+
+static void cmp_PipelineInfo(const PC(PipelineInfo) *p, const NB(PipelineInfo) *n)
+{
+    CHECK_STR_EQ(n->name, p->name);
+    CHECK_STR_EQ(n->summary, p->summary);
+    REQUIRE(p->n_roles == n->roles_count && p->n_params == n->params_count &&
+            p->n_inputs == n->inputs_count && p->n_outputs == n->outputs_count);
+    for (size_t i = 0; i < p->n_roles; i++)
+        cmp_PipelineRole(p->roles[i], &n->roles[i]);
+    for (size_t i = 0; i < p->n_params; i++)
+        cmp_PipelineParam(p->params[i], &n->params[i]);
+    for (size_t i = 0; i < p->n_inputs; i++)
+        cmp_PipelineTensor(p->inputs[i], &n->inputs[i]);
+    for (size_t i = 0; i < p->n_outputs; i++)
+        cmp_PipelineTensor(p->outputs[i], &n->outputs[i]);
+    cmp_strs(p->dtypes, p->n_dtypes, n->dtypes, n->dtypes_count);
+    cmp_strs(p->phases, p->n_phases, n->phases, n->phases_count);
+}
+
+static void fill_pc_ListPipelinesResponse(PC(ListPipelinesResponse) *m, int k)
+{
+    m->n_pipelines = 2;
+    m->pipelines = A(2 * sizeof *m->pipelines);
+    for (int i = 0; i < 2; i++) {
+        m->pipelines[i] = PC_NEW(PipelineInfo, pipeline_info);
+        fill_pc_PipelineInfo(m->pipelines[i], k * 5 + i + 1);
+    }
+}
+
+static void fill_nb_ListPipelinesResponse(NB(ListPipelinesResponse) *m, int k)
+{
+    m->pipelines_count = 2;
+    m->pipelines = A(2 * sizeof *m->pipelines);
+    for (int i = 0; i < 2; i++)
+        fill_nb_PipelineInfo(&m->pipelines[i], k * 5 + i + 1);
+}
+
+static void cmp_ListPipelinesResponse(const PC(ListPipelinesResponse) *p,
+                                      const NB(ListPipelinesResponse) *n)
+{
+    REQUIRE(p->n_pipelines == n->pipelines_count);
+    for (size_t i = 0; i < p->n_pipelines; i++)
+        cmp_PipelineInfo(p->pipelines[i], &n->pipelines[i]);
+}
+
 static void fill_pc_StepParam(PC(StepParam) *m, int k)
 {
     m->name = S(k, 1);
@@ -1022,6 +1224,13 @@ static void fill_pc_RunPipelineRequest(PC(RunPipelineRequest) *m, int k)
     m->output_region = PC_NEW(SharedRegion, shared_region);
     fill_pc_SharedRegion(m->output_region, k + 11);
     m->max_inline_output_bytes = U64(k, 12);
+    m->n_inputs = 2;
+    m->inputs = A(2 * sizeof *m->inputs);
+    for (int i = 0; i < 2; i++) {
+        m->inputs[i] = PC_NEW(Tensor, tensor);
+        fill_pc_Tensor(m->inputs[i], k * 3 + i + 13);
+    }
+    m->named_outputs = 1;
 }
 
 static void fill_nb_RunPipelineRequest(NB(RunPipelineRequest) *m, int k)
@@ -1048,6 +1257,11 @@ static void fill_nb_RunPipelineRequest(NB(RunPipelineRequest) *m, int k)
     m->has_output_region = true;
     fill_nb_SharedRegion(&m->output_region, k + 11);
     m->max_inline_output_bytes = U64(k, 12);
+    m->inputs_count = 2;
+    m->inputs = A(2 * sizeof *m->inputs);
+    for (int i = 0; i < 2; i++)
+        fill_nb_Tensor(&m->inputs[i], k * 3 + i + 13);
+    m->named_outputs = true;
 }
 
 static void cmp_RunPipelineRequest(const PC(RunPipelineRequest) *p, const NB(RunPipelineRequest) *n)
@@ -1071,6 +1285,34 @@ static void cmp_RunPipelineRequest(const PC(RunPipelineRequest) *p, const NB(Run
     REQUIRE(p->output_region && n->has_output_region);
     cmp_SharedRegion(p->output_region, &n->output_region);
     CHECK(p->max_inline_output_bytes == n->max_inline_output_bytes);
+    REQUIRE(p->n_inputs == n->inputs_count);
+    for (size_t i = 0; i < p->n_inputs; i++)
+        cmp_Tensor(p->inputs[i], &n->inputs[i]);
+    CHECK(p->named_outputs == n->named_outputs);
+}
+
+static void fill_pc_PipelineResult(PC(PipelineResult) *m, int k)
+{
+    m->name = S(k, 1);
+    m->is_integer = 1;
+    m->integer = U64(k, 3);
+    m->number = D(k, 4);
+}
+
+static void fill_nb_PipelineResult(NB(PipelineResult) *m, int k)
+{
+    m->name = S(k, 1);
+    m->is_integer = true;
+    m->integer = U64(k, 3);
+    m->number = D(k, 4);
+}
+
+static void cmp_PipelineResult(const PC(PipelineResult) *p, const NB(PipelineResult) *n)
+{
+    CHECK_STR_EQ(n->name, p->name);
+    CHECK(p->is_integer == n->is_integer);
+    CHECK(p->integer == n->integer);
+    CHECK(same_double(p->number, n->number));
 }
 
 static void fill_pc_RunPipelineResponse(PC(RunPipelineResponse) *m, int k)
@@ -1087,6 +1329,18 @@ static void fill_pc_RunPipelineResponse(PC(RunPipelineResponse) *m, int k)
     m->encode_s = D(k, 8);
     m->denoise_s = D(k, 9);
     m->decode_s = D(k, 10);
+    m->n_outputs = 2;
+    m->outputs = A(2 * sizeof *m->outputs);
+    m->n_results = 3;
+    m->results = A(3 * sizeof *m->results);
+    for (int i = 0; i < 3; i++) {
+        if (i < 2) {
+            m->outputs[i] = PC_NEW(Tensor, tensor);
+            fill_pc_Tensor(m->outputs[i], k * 3 + i + 11);
+        }
+        m->results[i] = PC_NEW(PipelineResult, pipeline_result);
+        fill_pc_PipelineResult(m->results[i], k * 5 + i + 12);
+    }
 }
 
 static void fill_nb_RunPipelineResponse(NB(RunPipelineResponse) *m, int k)
@@ -1103,6 +1357,15 @@ static void fill_nb_RunPipelineResponse(NB(RunPipelineResponse) *m, int k)
     m->encode_s = D(k, 8);
     m->denoise_s = D(k, 9);
     m->decode_s = D(k, 10);
+    m->outputs_count = 2;
+    m->outputs = A(2 * sizeof *m->outputs);
+    m->results_count = 3;
+    m->results = A(3 * sizeof *m->results);
+    for (int i = 0; i < 3; i++) {
+        if (i < 2)
+            fill_nb_Tensor(&m->outputs[i], k * 3 + i + 11);
+        fill_nb_PipelineResult(&m->results[i], k * 5 + i + 12);
+    }
 }
 
 static void cmp_RunPipelineResponse(const PC(RunPipelineResponse) *p, const NB(RunPipelineResponse) *n)
@@ -1119,6 +1382,11 @@ static void cmp_RunPipelineResponse(const PC(RunPipelineResponse) *p, const NB(R
     CHECK(same_double(p->encode_s, n->encode_s));
     CHECK(same_double(p->denoise_s, n->denoise_s));
     CHECK(same_double(p->decode_s, n->decode_s));
+    REQUIRE(p->n_outputs == n->outputs_count && p->n_results == n->results_count);
+    for (size_t i = 0; i < p->n_outputs; i++)
+        cmp_Tensor(p->outputs[i], &n->outputs[i]);
+    for (size_t i = 0; i < p->n_results; i++)
+        cmp_PipelineResult(p->results[i], &n->results[i]);
 }
 
 static void fill_pc_Progress(PC(Progress) *m, int k)
@@ -1191,6 +1459,8 @@ static void cmp_Event(const PC(Event) *p, const NB(Event) *n)
     X(cancel_result, CancelResponse, cancel_response)                                         \
     X(list_configs, ListConfigsRequest, list_configs_request)                                 \
     X(list_configs_result, ListConfigsResponse, list_configs_response)                        \
+    X(list_pipelines, ListPipelinesRequest, list_pipelines_request)                           \
+    X(list_pipelines_result, ListPipelinesResponse, list_pipelines_response)                  \
     X(run_step, RunStepRequest, run_step_request)                                             \
     X(run_step_result, RunStepResponse, run_step_response)                                    \
     X(run_pipeline, RunPipelineRequest, run_pipeline_request)                                 \
@@ -1355,7 +1625,8 @@ WRAP(ListModelsResponse) WRAP(StatusRequest) WRAP(VramStatus) WRAP(StatusRespons
 WRAP(CancelRequest) WRAP(CancelResponse) WRAP(ListConfigsRequest) WRAP(ConfigEntry)
 WRAP(ListConfigsResponse) WRAP(StepParam) WRAP(AuxModel) WRAP(RunStepRequest) WRAP(RunStepResponse)
 WRAP(PipelineModel) WRAP(RunPipelineRequest) WRAP(RunPipelineResponse) WRAP(Progress) WRAP(Event)
-WRAP(Envelope)
+WRAP(Envelope) WRAP(ListPipelinesRequest) WRAP(PipelineRole) WRAP(PipelineParam)
+WRAP(PipelineTensor) WRAP(PipelineInfo) WRAP(ListPipelinesResponse) WRAP(PipelineResult)
 
 static const conf_case cases[] = {
     CASE(Error, error),
@@ -1381,12 +1652,19 @@ static const conf_case cases[] = {
     CASE(ListConfigsRequest, list_configs_request),
     CASE(ConfigEntry, config_entry),
     CASE(ListConfigsResponse, list_configs_response),
+    CASE(ListPipelinesRequest, list_pipelines_request),
+    CASE(PipelineRole, pipeline_role),
+    CASE(PipelineParam, pipeline_param),
+    CASE(PipelineTensor, pipeline_tensor),
+    CASE(PipelineInfo, pipeline_info),
+    CASE(ListPipelinesResponse, list_pipelines_response),
     CASE(StepParam, step_param),
     CASE(AuxModel, aux_model),
     CASE(RunStepRequest, run_step_request),
     CASE(RunStepResponse, run_step_response),
     CASE(PipelineModel, pipeline_model),
     CASE(RunPipelineRequest, run_pipeline_request),
+    CASE(PipelineResult, pipeline_result),
     CASE(RunPipelineResponse, run_pipeline_response),
     CASE(Progress, progress),
     CASE(Event, event),

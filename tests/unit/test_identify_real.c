@@ -316,6 +316,87 @@ static void test_integer_controlnet_refused(void)
     ds_model_files_close(files);
 }
 
+/* The one loader (ds_auto_load_model): what Load and a pipeline's roles given as paths run. */
+typedef struct load_events {
+    int identify_done, loads, cancel_after;
+    char last_message[64];
+} load_events;
+
+static int events_cancelled(void *user)
+{
+    load_events *e = user;
+    return e->cancel_after >= 0 && e->loads > e->cancel_after;
+}
+
+static void events_progress(void *user, const char *phase, uint64_t done, uint64_t total,
+                            const char *message)
+{
+    load_events *e = user;
+    if (strcmp(phase, "identify") == 0 && done == 1 && total == 1)
+        e->identify_done++;
+    if (strcmp(phase, "load") == 0 && done < total)
+        e->loads++;
+    snprintf(e->last_message, sizeof e->last_message, "%s", message ? message : "");
+}
+
+static void test_auto_load(void)
+{
+    size_t n;
+    char **paths = make_model("qwen_image_blockwise_controlnet", DS_BF16, 1, NULL, &n);
+    REQUIRE(paths);
+    const char *const *p = (const char *const *)paths;
+    ds_error err;
+    ds_auto_load r;
+    load_events ev = {.cancel_after = -1};
+    ds_auto_load_hooks hooks = {events_cancelled, events_progress, &ev};
+
+    REQUIRE(ds_auto_load_model(table, NULL, p, n, NULL, &hooks, &r, &err) == DS_OK);
+    CHECK_STR_EQ(r.model_hash, "073bce9cf969e317e5662cd570c3e79c");
+    CHECK(r.matched_count == 1 && r.model_count == 1 && r.skipped_count == 0);
+    if (r.model_count == 1) {
+        CHECK_STR_EQ(r.models[0]->model_class, CONTROLNET_CLASS);
+        CHECK(r.models[0]->tensor_count == 362);
+    }
+    CHECK(ev.identify_done == 1 && ev.loads == 1);
+    CHECK_STR_EQ(ev.last_message, ""); /* the closing "load" n/n event */
+    ds_auto_load_free(&r);
+    CHECK(r.models == NULL && r.model_count == 0);
+
+    /* A role of another class: the files match, nothing is chosen. */
+    REQUIRE(ds_auto_load_model(table, NULL, p, n, "diffsynth.models.qwen_image_dit.QwenImageDiT", NULL,
+                               &r, &err) == DS_OK);
+    CHECK(r.matched_count == 1 && r.model_count == 0 && r.skipped_count == 0);
+    ds_auto_load_free(&r);
+
+    /* Of the role's class: one model. */
+    REQUIRE(ds_auto_load_model(table, NULL, p, n, CONTROLNET_CLASS, NULL, &r, &err) == DS_OK);
+    CHECK(r.model_count == 1);
+    ds_auto_load_free(&r);
+
+    /* A cancel during the (last) load wins, and no model is left. */
+    ev = (load_events){.cancel_after = 0};
+    CHECK(ds_auto_load_model(table, NULL, p, n, NULL, &hooks, &r, &err) == DS_ERR_CANCELLED);
+    CHECK_CONTAINS(err.message, "cancelled after loading 1 of 1 models");
+    CHECK(r.model_count == 0);
+    ds_auto_load_free(&r);
+
+    /* Known but not implemented: skipped, not loaded. */
+    paths = make_model("wan2.1_t2v_1.3b", DS_BF16, 1, NULL, &n);
+    REQUIRE(paths);
+    REQUIRE(ds_auto_load_model(table, NULL, (const char *const *)paths, n, NULL, NULL, &r, &err) ==
+            DS_OK);
+    CHECK(r.matched_count == 1 && r.model_count == 0 && r.skipped_count == 1);
+    ds_auto_load_free(&r);
+
+    /* Unknown files: nothing matched, the hash still reported. */
+    paths = make_model("qwen_image_blockwise_controlnet", DS_BF16, 1, break_controlnet, &n);
+    REQUIRE(paths);
+    REQUIRE(ds_auto_load_model(table, NULL, (const char *const *)paths, n, NULL, NULL, &r, &err) ==
+            DS_OK);
+    CHECK(r.matched_count == 0 && r.model_count == 0 && r.model_hash[0] != '\0');
+    ds_auto_load_free(&r);
+}
+
 int main(void)
 {
     const char *base = getenv("TMPDIR");
@@ -338,6 +419,7 @@ int main(void)
     RUN(test_converter_not_implemented);
     RUN(test_broken_controlnet);
     RUN(test_integer_controlnet_refused);
+    RUN(test_auto_load);
     ds_config_table_free(table);
     for (size_t i = 0; i < written_count; i++) {
         if (unlink(written[i]) != 0)

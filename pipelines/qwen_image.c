@@ -1,6 +1,6 @@
 /* diffsynth/pipelines/qwen_image.py: QwenImagePipeline.__call__ for text-to-image and
  * image-to-image, one unit of work per advance (see the header). */
-#include "models/qwen_image_pipeline.h"
+#include "pipelines/qwen_image.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -22,6 +22,7 @@
 #include "models/qwen_image_dit.h"
 #include "models/qwen_image_text_encoder.h"
 #include "models/qwen_image_vae.h"
+#include "pipelines/pipeline.h"
 
 #define TEXT_ENCODER_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
@@ -31,9 +32,11 @@
 #define LATENT_CHANNELS 16
 #define TEXT_HIDDEN 3584 /* the text encoder's hidden size: prompt_emb's last dimension */
 #define SIZE_MULTIPLE 16 /* height/width division factors (QwenImagePipeline.__init__) */
+/* The limits the table below declares to clients: far above real use, low enough that a typo
+ * fails fast instead of reserving memory for hours of work. */
 #define SIZE_MIN 16
-#define SIZE_MAX_SIDE 16384
-#define STEPS_MAX 10000
+#define SIZE_MAX_SIDE 8192
+#define STEPS_MAX 1000
 
 typedef enum unit_kind { UNIT_ENCODE, UNIT_DENOISE, UNIT_DECODE } unit_kind;
 
@@ -866,3 +869,231 @@ void ds_qwen_image_pipeline_free(ds_qwen_image_pipeline *p)
     free(p->rgb);
     free(p);
 }
+
+/* ---- the generic operations (pipelines/pipeline.h) ---- */
+
+enum { ROLE_TEXT_ENCODER, ROLE_DIT, ROLE_VAE, ROLE_CONTROLNET };
+enum { PARAM_SEED, PARAM_STEPS, PARAM_CFG, PARAM_HEIGHT, PARAM_WIDTH, PARAM_STRENGTH,
+       PARAM_CONTROLNET_SCALE };
+enum { INPUT_IMAGE, INPUT_CONTROLNET, INPUT_NOISE };
+enum { OUTPUT_PNG, OUTPUT_LATENTS };
+
+/* The ControlNet conditioning's channels the estimate assumes: the inpainting variant's 17
+ * (16 latent channels and the mask), the wider of the two. */
+#define CONTROLNET_CHANNELS_MAX 17
+
+static void params_from_args(const ds_pipeline_args *a, ds_qwen_image_params *p)
+{
+    ds_qwen_image_params_default(p);
+    p->prompt = a->prompt;
+    p->negative_prompt = a->negative_prompt;
+    p->tokenizer = a->tokenizer;
+    p->dtype = a->dtype;
+    p->seed = a->values[PARAM_SEED].u;
+    p->steps = (int)a->values[PARAM_STEPS].i;
+    p->cfg_scale = a->values[PARAM_CFG].d;
+    p->height = (int)a->values[PARAM_HEIGHT].i;
+    p->width = (int)a->values[PARAM_WIDTH].i;
+    p->denoising_strength = a->values[PARAM_STRENGTH].d;
+    p->controlnet_scale = a->values[PARAM_CONTROLNET_SCALE].d;
+    p->input_image = a->inputs[INPUT_IMAGE];
+    p->controlnet_image = a->inputs[INPUT_CONTROLNET];
+    p->initial_noise = a->inputs[INPUT_NOISE];
+}
+
+static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *err)
+{
+    ds_qwen_image_models models = {
+        .text_encoder = a->models[ROLE_TEXT_ENCODER],
+        .dit = a->models[ROLE_DIT],
+        .vae = a->models[ROLE_VAE],
+        .controlnet = a->models[ROLE_CONTROLNET],
+    };
+    ds_qwen_image_params params;
+    params_from_args(a, &params);
+    ds_qwen_image_pipeline *p = NULL;
+    int rc = ds_qwen_image_pipeline_new(&models, &params, &p, err);
+    *out = (ds_pipeline_run *)p;
+    return rc;
+}
+
+static int op_advance(ds_pipeline_run *run, const ds_step_context *ctx, ds_error *err)
+{
+    return ds_qwen_image_pipeline_advance((ds_qwen_image_pipeline *)run, ctx, err);
+}
+
+static void op_position(const ds_pipeline_run *run, uint64_t *done, uint64_t *total)
+{
+    ds_qwen_image_pipeline_position((const ds_qwen_image_pipeline *)run, done, total);
+}
+
+static const ds_tensor *op_output(const ds_pipeline_run *run, size_t index)
+{
+    const ds_qwen_image_pipeline *p = (const ds_qwen_image_pipeline *)run;
+    return index == OUTPUT_PNG ? ds_qwen_image_pipeline_image(p)
+                               : ds_qwen_image_pipeline_latents(p);
+}
+
+static size_t op_results(const ds_pipeline_run *run, ds_pipeline_result *out)
+{
+    const ds_qwen_image_pipeline *p = (const ds_qwen_image_pipeline *)run;
+    int h, w;
+    double encode_s, denoise_s, decode_s;
+    ds_qwen_image_pipeline_size(p, &h, &w);
+    ds_qwen_image_pipeline_times(p, &encode_s, &denoise_s, &decode_s);
+    out[0] = (ds_pipeline_result){"seed", 1, ds_qwen_image_pipeline_seed(p), 0};
+    out[1] = (ds_pipeline_result){"steps", 1, (uint64_t)ds_qwen_image_pipeline_steps(p), 0};
+    out[2] = (ds_pipeline_result){"height", 1, (uint64_t)h, 0};
+    out[3] = (ds_pipeline_result){"width", 1, (uint64_t)w, 0};
+    out[4] = (ds_pipeline_result){"encode_s", 0, 0, encode_s};
+    out[5] = (ds_pipeline_result){"denoise_s", 0, 0, denoise_s};
+    out[6] = (ds_pipeline_result){"decode_s", 0, 0, decode_s};
+    return 7;
+}
+
+static void op_describe_position(const ds_pipeline_run *run, char *buf, size_t size)
+{
+    uint64_t done = 0, total = 0;
+    if (run)
+        op_position(run, &done, &total);
+    if (!run || done == 0)
+        snprintf(buf, size, "before the prompt was encoded");
+    else if (done + 1 < total)
+        snprintf(buf, size, "after %llu of %llu denoising steps", (unsigned long long)(done - 1),
+                 (unsigned long long)(total - 2));
+    else
+        snprintf(buf, size, "before the decode");
+}
+
+static double op_output_pixels(const ds_pipeline_run *run)
+{
+    int h, w;
+    ds_qwen_image_pipeline_size((const ds_qwen_image_pipeline *)run, &h, &w);
+    return (double)h * (double)w;
+}
+
+static int op_estimate_memory(const ds_pipeline_args *args, const ds_pipeline_memory_args *m,
+                              ds_memory_need *need, char *what, size_t what_size, ds_error *err)
+{
+    ds_qwen_image_params p;
+    params_from_args(args, &p);
+    ds_memory_pipeline_args a = {
+        .vae = args->models[ROLE_VAE],
+        .height = round_up(p.height),
+        .width = round_up(p.width),
+        .dtype = p.dtype,
+        .prompt_bytes = p.prompt ? strlen(p.prompt) : 0,
+        .negative_prompt_bytes = p.negative_prompt ? strlen(p.negative_prompt) : 0,
+        .cfg = p.cfg_scale != 1.0,
+        .input_image = p.input_image != NULL,
+        .controlnet_image = p.controlnet_image != NULL,
+        .controlnet_channels = p.controlnet_image ? CONTROLNET_CHANNELS_MAX : 0,
+        .inline_bytes = m->inline_bytes,
+        .threads = m->threads,
+    };
+    snprintf(what, what_size, "qwen_image %lldx%lld (height x width), %s", (long long)a.height,
+             (long long)a.width, ds_dtype_name(p.dtype));
+    return ds_memory_qwen_image_pipeline(&a, need, err);
+}
+
+static void op_free(ds_pipeline_run *run)
+{
+    ds_qwen_image_pipeline_free((ds_qwen_image_pipeline *)run);
+}
+
+/* ---- the pipeline's table (pipelines/pipeline.h) ---- */
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+static const ds_pipeline_role roles[] = {
+    [ROLE_TEXT_ENCODER] = {"text_encoder", "qwen_image_text_encoder", TEXT_ENCODER_CLASS, 1},
+    [ROLE_DIT] = {"dit", "qwen_image_dit", DIT_CLASS, 1},
+    [ROLE_VAE] = {"vae", "qwen_image_vae", VAE_CLASS, 1},
+    [ROLE_CONTROLNET] = {"controlnet", "qwen_image_blockwise_controlnet",
+     "diffsynth.models.qwen_image_controlnet.QwenImageBlockWiseControlNet", 0},
+};
+
+/* The defaults are upstream's __call__ defaults (ds_qwen_image_params_default). */
+static const ds_pipeline_param params[] = {
+    [PARAM_SEED] = {"seed", DS_PIPELINE_UINT64, 0, 0, 0, NULL,
+                    "noise seed (PyTorch CPU generator); drawn at random when left out"},
+    [PARAM_STEPS] = {"steps", DS_PIPELINE_INT, 1, STEPS_MAX, 0, "30",
+                     "denoising steps (num_inference_steps)"},
+    [PARAM_CFG] = {"cfg_scale", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0, "4",
+                   "classifier-free guidance scale; 1 skips the negative prompt"},
+    [PARAM_HEIGHT] = {"height", DS_PIPELINE_INT, SIZE_MIN, SIZE_MAX_SIDE, 0, "1328",
+                      "output height, rounded up to a multiple of " STR(SIZE_MULTIPLE)},
+    [PARAM_WIDTH] = {"width", DS_PIPELINE_INT, SIZE_MIN, SIZE_MAX_SIDE, 0, "1328",
+                     "output width, rounded up to a multiple of " STR(SIZE_MULTIPLE)},
+    [PARAM_STRENGTH] = {"denoising_strength", DS_PIPELINE_NUMBER, 0, 1, 1, "1",
+                        "image-to-image strength; below 1 needs input_image"},
+    [PARAM_CONTROLNET_SCALE] = {"controlnet_scale", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0,
+                                "1", "Blockwise ControlNet conditioning scale"},
+};
+
+static const ds_pipeline_tensor inputs[] = {
+    [INPUT_IMAGE] = {"input_image", "[H, W, 3] u8 RGB at the output size: image-to-image", NULL,
+                     0},
+    [INPUT_CONTROLNET] = {"controlnet_image", "[H, W, 3] u8 RGB: Blockwise ControlNet conditioning",
+                          "controlnet", 0},
+    [INPUT_NOISE] = {"initial_noise",
+                     "[1, 16, H/8, W/8] in the compute dtype: replaces the seeded noise", NULL, 0},
+};
+
+static const ds_pipeline_tensor outputs[] = {
+    [OUTPUT_PNG] = {"png", "the image, PNG-encoded RGB8", NULL, 1},
+    [OUTPUT_LATENTS] = {"latents", "[1, 16, H/8, W/8] in the compute dtype: the final latents",
+                        NULL, 0},
+};
+
+static const ds_pipeline_dtype dtypes[] = {
+    {"bfloat16", "bf16", DS_BF16},
+    {"float32", "f32", DS_F32},
+};
+
+static const char *const phases[] = {"encode", "denoise", "decode"};
+
+static const ds_pipeline_class_step class_steps[] = {
+    {TEXT_ENCODER_CLASS,
+     {
+         .name = "encode_prompt",
+         .run = ds_qwen_image_encode_prompt_step,
+         .usage = "encode_prompt: prompt (text), tokenizer (folder; default: tokenizer/ beside "
+                  "the model's folder, as in Qwen/Qwen-Image), dtype (as forward) -> prompt_emb "
+                  "[1, L, 3584], prompt_emb_mask [1, L] i64: upstream's text-to-image template, "
+                  "the first 34 tokens dropped",
+     }},
+};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+const ds_pipeline_def ds__qwen_image_pipeline = {
+    .name = "qwen_image",
+    .summary = "Qwen-Image text-to-image, image-to-image and Blockwise ControlNet",
+    .roles = roles,
+    .role_count = COUNT(roles),
+    .params = params,
+    .param_count = COUNT(params),
+    .inputs = inputs,
+    .input_count = COUNT(inputs),
+    .outputs = outputs,
+    .output_count = COUNT(outputs),
+    .phases = phases,
+    .phase_count = COUNT(phases),
+    .repeated_phase = "denoise",
+    .dtypes = dtypes,
+    .dtype_count = COUNT(dtypes),
+    .class_steps = class_steps,
+    .class_step_count = COUNT(class_steps),
+    .estimate_role = ROLE_VAE,
+    .start = op_start,
+    .advance = op_advance,
+    .position = op_position,
+    .output = op_output,
+    .results = op_results,
+    .describe_position = op_describe_position,
+    .output_pixels = op_output_pixels,
+    .estimate_memory = op_estimate_memory,
+    .free = op_free,
+};

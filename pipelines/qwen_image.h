@@ -12,9 +12,14 @@
  * dtype (core/torch_generator.h); FlowMatch "Qwen-Image" sigmas with dynamic shift from the
  * un-rounded size (diffusion/flow_match.h); the DiT timestep rounded to the compute dtype; the CFG
  * combination and the scheduler step in the compute dtype (diffusion/base_pipeline.h).
+ *
+ * The daemon reaches it through its table entry (pipelines/pipeline.h, listed in
+ * pipelines/registry.c), which declares the roles, the parameters with their limits and
+ * defaults, the input and output tensors, and adds the "encode_prompt" step to the text
+ * encoder's class.
  */
-#ifndef DS_MODELS_QWEN_IMAGE_PIPELINE_H
-#define DS_MODELS_QWEN_IMAGE_PIPELINE_H
+#ifndef DS_PIPELINES_QWEN_IMAGE_H
+#define DS_PIPELINES_QWEN_IMAGE_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -37,9 +42,9 @@ typedef struct ds_qwen_image_params {
     const char *negative_prompt; /* NULL = "" (upstream's default) */
     const char *tokenizer;       /* a tokenizer folder, NULL = beside the text encoder */
     uint64_t seed;
-    int steps;                   /* num_inference_steps >= 1; default 30 */
+    int steps;                   /* num_inference_steps, 1..1000; default 30 */
     double cfg_scale;            /* default 4.0; 1 skips the negative pass */
-    int height, width;           /* >= 16 each; default 1328; rounded up to multiples of 16 */
+    int height, width;           /* 16..8192 each; default 1328; rounded up to multiples of 16 */
     ds_dtype dtype;              /* compute dtype: BF16 (upstream's default) or F32 */
     double denoising_strength;   /* in (0, 1]; default 1; below 1 needs input_image */
     /* NULL, or [H, W, 3] u8 RGB at the (rounded) output size: image-to-image. Borrowed until
@@ -107,8 +112,8 @@ int ds_qwen_image_encode_prompt(const ds_loaded_model *m, const ds_step_context 
                                 const char *prompt, const char *tokenizer, ds_dtype dtype,
                                 ds_step_io *out, ds_error *err);
 
-/* The same as the text encoder class's "encode_prompt" step: parameters `prompt`, optional
- * `tokenizer` (a folder) and `dtype` (as the class's "forward"). */
+/* The "encode_prompt" step the pipeline adds to the text encoder's class: parameters `prompt`,
+ * optional `tokenizer` (a folder) and `dtype` (as the class's "forward"). */
 int ds_qwen_image_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
                                      const ds_step_io *in, ds_step_io *out, ds_error *err);
 
