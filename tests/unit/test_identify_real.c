@@ -380,21 +380,30 @@ static void test_auto_load(void)
     CHECK(r.model_count == 0);
     ds_auto_load_free(&r);
 
-    /* Known but not implemented: skipped, not loaded. */
-    paths = make_model("wan2.1_t2v_1.3b", DS_BF16, 1, NULL, &n);
-    REQUIRE(paths);
-    REQUIRE(ds_auto_load_model(table, NULL, (const char *const *)paths, n, NULL, NULL, &r, &err) ==
-            DS_OK);
-    CHECK(r.matched_count == 1 && r.model_count == 0 && r.skipped_count == 1);
-    ds_auto_load_free(&r);
-
     /* Unknown files: nothing matched, the hash still reported. */
     paths = make_model("qwen_image_blockwise_controlnet", DS_BF16, 1, break_controlnet, &n);
     REQUIRE(paths);
     REQUIRE(ds_auto_load_model(table, NULL, (const char *const *)paths, n, NULL, NULL, &r, &err) ==
             DS_OK);
     CHECK(r.matched_count == 0 && r.model_count == 0 && r.model_hash[0] != '\0');
+    char unknown_hash[DS_MODEL_HASH_HEX];
+    memcpy(unknown_hash, r.model_hash, sizeof unknown_hash);
     ds_auto_load_free(&r);
+
+    /* Known (a row added for that hash) but of a class this build lacks: skipped, not loaded. */
+    ds_config_table *extended;
+    REQUIRE(ds_config_table_new(&extended, &err) == DS_OK);
+    char json[256];
+    int len = snprintf(json, sizeof json,
+                       "[{\"model_hash\": \"%s\", \"model_name\": \"future_model\", "
+                       "\"model_class\": \"diffsynth.models.future.FutureModel\"}]",
+                       unknown_hash);
+    REQUIRE(ds_config_table_add_json(extended, json, (size_t)len, "test", &err) == DS_OK);
+    REQUIRE(ds_auto_load_model(extended, NULL, (const char *const *)paths, n, NULL, NULL, &r,
+                               &err) == DS_OK);
+    CHECK(r.matched_count == 1 && r.model_count == 0 && r.skipped_count == 1);
+    ds_auto_load_free(&r);
+    ds_config_table_free(extended);
 }
 
 int main(void)
