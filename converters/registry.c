@@ -4,9 +4,11 @@
 #include "converters/converter.h"
 
 extern const ds_converter ds__qwen_image_text_encoder_converter;
+extern const ds_converter ds__wan_video_vae_converter;
 
 const ds_converter *const ds_converters[] = {
     &ds__qwen_image_text_encoder_converter,
+    &ds__wan_video_vae_converter,
 };
 const size_t ds_converter_count = sizeof ds_converters / sizeof ds_converters[0];
 
