@@ -7,12 +7,14 @@ extern const ds_model_class ds__qwen_image_blockwise_controlnet_class;
 extern const ds_model_class ds__qwen_image_dit_class;
 extern const ds_model_class ds__qwen_image_text_encoder_class;
 extern const ds_model_class ds__qwen_image_vae_class;
+extern const ds_model_class ds__wan_video_vae_class;
 
 const ds_model_class *const ds_model_classes[] = {
     &ds__qwen_image_blockwise_controlnet_class,
     &ds__qwen_image_dit_class,
     &ds__qwen_image_text_encoder_class,
     &ds__qwen_image_vae_class,
+    &ds__wan_video_vae_class,
 };
 const size_t ds_model_class_count = sizeof ds_model_classes / sizeof ds_model_classes[0];
 

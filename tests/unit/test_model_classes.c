@@ -406,7 +406,7 @@ static void test_verify_runtime_entries(void)
 
 static void test_registry(void)
 {
-    CHECK(ds_model_class_count == 4);
+    CHECK(ds_model_class_count == 5);
     for (size_t i = 0; i < ds_model_class_count; i++)
         CHECK(ds_model_class_find(ds_model_classes[i]->name) == ds_model_classes[i]);
     CHECK(ds_model_class_find("diffsynth.models.wan_video_dit.WanModel") == NULL);
