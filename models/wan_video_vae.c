@@ -355,8 +355,18 @@ typedef struct wan_run {
     const char *phase;
     feat_cache cache[CACHES_MAX]; /* by upstream's feat_idx: causal convs in call order */
     int idx;                      /* feat_idx within the chunk */
-    int64_t chunk, chunks;        /* progress */
+    int64_t chunks;
+    int tiled;                    /* progress counts tiles, not chunks */
 } wan_run;
+
+/* VideoVAE_.clear_cache: every decode and encode (each tile's too) starts without one. */
+static void clear_cache(wan_run *r)
+{
+    for (int i = 0; i < CACHES_MAX; i++) {
+        ds_tensor_free(&r->cache[i].x);
+        r->cache[i].rep = 0;
+    }
+}
 
 static int alloc_shape(wan_run *r, int ndim, const int64_t *shape, ds_tensor *out,
                        ds_error *err)
@@ -876,13 +886,16 @@ static int latent_stats(wan_run *r, ds_tensor *mean, ds_tensor *inv_std, ds_erro
 }
 
 /* VideoVAE_.decode: z / (1 / std) + mean, conv2, the decoder on each latent frame with the
- * cache, the frames joined; then single_decode's clamp to [-1, 1]. */
-static int decode_video(wan_run *r, const ds_tensor *z, ds_tensor *out, ds_error *err)
+ * cache, the frames joined; then single_decode's clamp to [-1, 1] when `clamp`. Into host
+ * tensor out. */
+static int decode_video(wan_run *r, const ds_tensor *z, int clamp, ds_tensor *out,
+                        ds_error *err)
 {
     const wan_modules *v = r->v;
     ds_tensor mean = {0}, inv_std = {0}, x = {0}, chunk = {0}, joined = {0}, conv = {0};
     ds__linear_weights w;
     int rc;
+    clear_cache(r);
     if ((rc = latent_stats(r, &mean, &inv_std, err)) != DS_OK ||
         (rc = alloc_like(r, z, &x, err)) != DS_OK)
         goto done;
@@ -909,11 +922,12 @@ static int decode_video(wan_run *r, const ds_tensor *z, ds_tensor *out, ds_error
             replace(&joined, &both);
             ds_tensor_free(&chunk);
         }
-        ds_module_progress(r->ctx, r->phase, i, r->chunks);
+        if (!r->tiled)
+            ds_module_progress(r->ctx, r->phase, i, r->chunks);
     }
     if (rc == DS_OK) {
-        ds_clamp_args clamp = {&joined, -1.0f, 1.0f, &joined};
-        if ((rc = ds_clamp(r->b, NULL, &clamp, err)) == DS_OK)
+        ds_clamp_args c = {&joined, -1.0f, 1.0f, &joined};
+        if (!clamp || (rc = ds_clamp(r->b, NULL, &c, err)) == DS_OK)
             rc = ds_tensor_download(&joined, out->data, NULL, err);
     }
 done:
@@ -934,6 +948,7 @@ static int encode_video(wan_run *r, const ds_tensor *video, ds_tensor *out, ds_e
     ds_tensor mean = {0}, inv_std = {0}, chunk = {0}, joined = {0}, conv = {0}, mu = {0};
     ds__linear_weights w;
     int64_t t = video->shape[2];
+    clear_cache(r);
     int rc = latent_stats(r, &mean, &inv_std, err);
     r->chunks = 1 + (t - 1) / 4;
     for (int64_t i = 0; rc == DS_OK && i < r->chunks; i++) {
@@ -951,7 +966,8 @@ static int encode_video(wan_run *r, const ds_tensor *video, ds_tensor *out, ds_e
             replace(&joined, &both);
             ds_tensor_free(&chunk);
         }
-        ds_module_progress(r->ctx, r->phase, i, r->chunks);
+        if (!r->tiled)
+            ds_module_progress(r->ctx, r->phase, i, r->chunks);
     }
     if (rc == DS_OK && (rc = module_begin(r, v->conv1, &w, sizeof w, err)) == DS_OK)
         rc = module_end(r, v->conv1, causal_conv(r, &w, &joined, NULL, UNIT_STRIDE, &conv, err),
@@ -974,6 +990,161 @@ static int encode_video(wan_run *r, const ds_tensor *video, ds_tensor *out, ds_e
     ds_tensor_free(&joined);
     ds_tensor_free(&conv);
     ds_tensor_free(&mu);
+    return rc;
+}
+
+
+/* ---- Spatial tiling (WanVideoVAE.tiled_decode / tiled_encode) ---- */
+
+/* build_1d_mask: ones, ramps (k + 1) / border over the first and last `border` entries where
+ * the tile does not touch the video's edge, the right ramp written last. */
+static int mask_1d(int64_t length, int left_bound, int right_bound, int64_t border, float *m,
+                   ds_error *err)
+{
+    for (int64_t i = 0; i < length; i++)
+        m[i] = 1.0f;
+    if ((!left_bound || !right_bound) && border > length)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "a tile of %" PRId64 " is narrower than its blend ramp of %" PRId64
+                            " (tile size minus stride); upstream fails on it too",
+                            length, border);
+    for (int64_t k = 0; k < border && !left_bound; k++)
+        m[k] = (float)(k + 1) / (float)border;
+    for (int64_t k = 0; k < border && !right_bound; k++)
+        m[length - 1 - k] = (float)(k + 1) / (float)border;
+    return DS_OK;
+}
+
+/* Rounds v to dtype (upstream's tensors are in the video's dtype). */
+static float to_dtype(ds_dtype d, float v)
+{
+    return d == DS_BF16 ? ds_bf16_to_f32(ds_f32_to_bf16(v)) : v;
+}
+
+/* Copies the [h0, h1) x [w0, w1) window of batch element b of host tensor `in` [B, C, T, H, W]
+ * into host tensor `tile` [1, C, T, h1 - h0, w1 - w0]. */
+static void copy_window(const ds_tensor *in, int64_t b, int64_t h0, int64_t w0,
+                        const ds_tensor *tile)
+{
+    const int64_t *s = in->shape, *ts = tile->shape;
+    size_t e = ds_dtype_size(in->dtype);
+    const char *src = in->data;
+    char *dst = tile->data;
+    for (int64_t c = 0; c < s[1] * s[2]; c++)
+        for (int64_t y = 0; y < ts[3]; y++) {
+            const char *row = src + ((((size_t)b * (size_t)(s[1] * s[2]) + (size_t)c) *
+                                          (size_t)s[3] + (size_t)(h0 + y)) * (size_t)s[4] +
+                                     (size_t)w0) * e;
+            memcpy(dst + (((size_t)c * (size_t)ts[3] + (size_t)y) * (size_t)ts[4]) * e, row,
+                   (size_t)ts[4] * e);
+        }
+}
+
+/* Upstream's tasks: tile origins every stride, those whose previous tile already reaches the
+ * end left out. */
+static int64_t tile_starts(int64_t length, int64_t size, int64_t stride, int64_t *starts)
+{
+    int64_t n = 0;
+    for (int64_t p = 0; p < length; p += stride)
+        if (!(p - stride >= 0 && p - stride + size >= length))
+            starts[n++] = p;
+    return n;
+}
+
+/* Tiled decode (sizes in latent units, the output blended in pixels) or encode (sizes given in
+ * latent units, scaled to pixels as WanVideoVAE.encode scales them), batch element by batch
+ * element: each tile through VideoVAE_.decode / .encode, weighted by its mask into values and
+ * weight, then values / weight (and the clamp after decoding). */
+static int tiled_forward(wan_run *r, int decode, const ds_wan_video_vae_tiling *tiling,
+                         const ds_tensor *in, ds_tensor *out, ds_error *err)
+{
+    const int64_t f = 8;
+    int64_t size_h = tiling->size_h, size_w = tiling->size_w;
+    int64_t stride_h = tiling->stride_h, stride_w = tiling->stride_w;
+    if (!decode) {
+        size_h *= f, size_w *= f, stride_h *= f, stride_w *= f;
+    }
+    const int64_t *is = in->shape, *os = out->shape;
+    int64_t H = is[3], W = is[4], OH = os[3], OW = os[4];
+    int64_t plane = OH * OW, per_batch = os[1] * os[2] * plane;
+    int64_t *hs = malloc((size_t)(H / stride_h + 2) * sizeof *hs);
+    int64_t *ws = malloc((size_t)(W / stride_w + 2) * sizeof *ws);
+    float *values = calloc((size_t)per_batch, sizeof *values);
+    float *weight = calloc((size_t)plane, sizeof *weight);
+    float *mh = malloc((size_t)OH * sizeof *mh), *mw = malloc((size_t)OW * sizeof *mw);
+    ds_tensor tile_in = {0}, tile_out = {0}, dev = {0}, dev_copy = {0};
+    int rc = DS_OK;
+    if (!hs || !ws || !values || !weight || !mh || !mw) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for the tiles",
+                          r->phase);
+        goto done;
+    }
+    int64_t nh = tile_starts(H, size_h, stride_h, hs), nw = tile_starts(W, size_w, stride_w, ws);
+    int64_t border_h = decode ? (size_h - stride_h) * f : (size_h - stride_h) / f;
+    int64_t border_w = decode ? (size_w - stride_w) * f : (size_w - stride_w) / f;
+    ds_backend *host = r->b;
+    if (!host->host_memory && (rc = ds_cpu_fallback_backend(&host, err)) != DS_OK)
+        goto done;
+    r->tiled = 1;
+    for (int64_t b = 0; rc == DS_OK && b < is[0]; b++) {
+        memset(values, 0, (size_t)per_batch * sizeof *values);
+        memset(weight, 0, (size_t)plane * sizeof *weight);
+        for (int64_t k = 0; rc == DS_OK && k < nh * nw; k++) {
+            int64_t h = hs[k / nw], w = ws[k % nw];
+            int64_t h1 = h + size_h < H ? h + size_h : H, w1 = w + size_w < W ? w + size_w : W;
+            int64_t th = decode ? (h1 - h) * f : (h1 - h) / f;
+            int64_t tw = decode ? (w1 - w) * f : (w1 - w) / f;
+            int64_t oh = decode ? h * f : h / f, ow = decode ? w * f : w / f;
+            if ((rc = ds_module_cancelled(r->ctx, r->phase, "tile", b * nh * nw + k,
+                                          is[0] * nh * nw, err)) != DS_OK ||
+                (rc = ds_tensor_alloc(host, in->dtype, 5,
+                                      SHAPE(1, is[1], is[2], h1 - h, w1 - w), &tile_in, err)) !=
+                    DS_OK ||
+                (rc = ds_tensor_alloc(host, in->dtype, 5, SHAPE(1, os[1], os[2], th, tw),
+                                      &tile_out, err)) != DS_OK)
+                break;
+            copy_window(in, b, h, w, &tile_in);
+            if ((rc = ds_module_input(r->b, &tile_in, &dev_copy, &dev, err)) != DS_OK ||
+                (rc = decode ? decode_video(r, &dev, 0, &tile_out, err)
+                             : encode_video(r, &dev, &tile_out, err)) != DS_OK ||
+                (rc = mask_1d(th, h == 0, h + size_h >= H, border_h, mh, err)) != DS_OK ||
+                (rc = mask_1d(tw, w == 0, w + size_w >= W, border_w, mw, err)) != DS_OK)
+                break;
+            /* values[.., window] += tile * mask; weight[.., window] += mask, in the dtype. */
+            for (int64_t y = 0; y < th; y++)
+                for (int64_t x = 0; x < tw; x++) {
+                    float m = to_dtype(in->dtype, mh[y] < mw[x] ? mh[y] : mw[x]);
+                    int64_t at = (oh + y) * OW + ow + x;
+                    weight[at] = to_dtype(in->dtype, weight[at] + m);
+                    for (int64_t ct = 0; ct < os[1] * os[2]; ct++) {
+                        float v = (float)ds_load_f64(tile_out.data, in->dtype,
+                                                     (size_t)((ct * th + y) * tw + x));
+                        float *acc = &values[ct * plane + at];
+                        *acc = to_dtype(in->dtype, *acc + to_dtype(in->dtype, v * m));
+                    }
+                }
+            ds_tensor_free(&tile_in);
+            ds_tensor_free(&tile_out);
+            ds_tensor_free(&dev_copy);
+            ds_module_progress(r->ctx, r->phase, b * nh * nw + k, is[0] * nh * nw);
+        }
+        for (int64_t i = 0; rc == DS_OK && i < per_batch; i++) {
+            float v = to_dtype(in->dtype, values[i] / weight[i % plane]);
+            if (decode)
+                v = v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v;
+            ds_store_f64(out->data, out->dtype, (size_t)(b * per_batch + i), v);
+        }
+    }
+done:
+    ds_tensor_free(&tile_in);
+    ds_tensor_free(&tile_out);
+    ds_tensor_free(&dev_copy);
+    free(hs);
+    free(ws);
+    free(values);
+    free(weight);
+    free(mh);
+    free(mw);
     return rc;
 }
 
@@ -1008,7 +1179,8 @@ static int output_shape(int decode, const ds_tensor *in, int64_t shape[5], ds_er
 }
 
 static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int decode,
-                       const ds_tensor *in, ds_tensor *out, ds_error *err)
+                       const ds_wan_video_vae_tiling *tiling, const ds_tensor *in,
+                       ds_tensor *out, ds_error *err)
 {
     const char *phase = decode ? "decode" : "encode";
     if (!m || !ctx || !ctx->backend || !in || !out || !in->data)
@@ -1029,6 +1201,13 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
                             "std have %d channels", phase, z_dim, LATENT_CHANNELS);
     if ((rc = output_shape(decode, in, want, err)) != DS_OK)
         return rc;
+    if (tiling && (tiling->size_h < 1 || tiling->size_w < 1 || tiling->stride_h < 1 ||
+                   tiling->stride_w < 1 || tiling->stride_h > tiling->size_h ||
+                   tiling->stride_w > tiling->size_w))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: tile %" PRId64 " x %" PRId64 ", stride %" PRId64 " x %" PRId64
+                            ": expected sizes >= 1 and strides in 1..size", phase,
+                            tiling->size_h, tiling->size_w, tiling->stride_h, tiling->stride_w);
     ds_tensor want_t = {.dtype = in->dtype, .ndim = 5};
     memcpy(want_t.shape, want, sizeof want);
     if (out->dtype != in->dtype || !ds_tensor_same_shape(out, &want_t) || !out->data) {
@@ -1062,28 +1241,31 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
         ds_error_prefix(err, "%s: registering the weights with the VRAM manager: ", phase);
         goto done;
     }
-    if ((rc = ds_module_input(r->b, in, &upload, &input, err)) == DS_OK)
-        rc = decode ? decode_video(r, &input, out, err) : encode_video(r, &input, out, err);
+    if (tiling)
+        rc = tiled_forward(r, decode, tiling, in, out, err);
+    else if ((rc = ds_module_input(r->b, in, &upload, &input, err)) == DS_OK)
+        rc = decode ? decode_video(r, &input, 1, out, err) : encode_video(r, &input, out, err);
 done:
     ds_module_close(&r->run);
     ds_tensor_free(&upload);
-    for (int i = 0; i < CACHES_MAX; i++)
-        ds_tensor_free(&r->cache[i].x);
+    clear_cache(r);
     free(v);
     free(r);
     return rc;
 }
 
 int ds_wan_video_vae_decode(const ds_loaded_model *m, const ds_step_context *ctx,
-                            const ds_tensor *latents, ds_tensor *video_out, ds_error *err)
+                            const ds_wan_video_vae_tiling *tiling, const ds_tensor *latents,
+                            ds_tensor *video_out, ds_error *err)
 {
-    return vae_forward(m, ctx, 1, latents, video_out, err);
+    return vae_forward(m, ctx, 1, tiling, latents, video_out, err);
 }
 
 int ds_wan_video_vae_encode(const ds_loaded_model *m, const ds_step_context *ctx,
-                            const ds_tensor *video, ds_tensor *latents_out, ds_error *err)
+                            const ds_wan_video_vae_tiling *tiling, const ds_tensor *video,
+                            ds_tensor *latents_out, ds_error *err)
 {
-    return vae_forward(m, ctx, 0, video, latents_out, err);
+    return vae_forward(m, ctx, 0, tiling, video, latents_out, err);
 }
 
 static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
@@ -1092,7 +1274,7 @@ static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const 
     static const ds_dtype float_dtypes[] = {DS_F32, DS_BF16};
     const char *phase = decode ? "decode" : "encode";
     const char *in_name = decode ? "latents" : "video", *out_name = decode ? "video" : "latents";
-    const char *const known[] = {in_name, NULL};
+    const char *const known[] = {in_name, "tiled", NULL};
     const ds_tensor *x;
     int64_t shape[5];
     int rc;
@@ -1107,9 +1289,17 @@ static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const 
     ds_tensor *y;
     if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
+    /* tiled=true: the Wan pipeline's tile (30, 52) and stride (15, 26) in latent units. */
+    const ds_step_param *tiled = ds_step_io_param(in, "tiled");
+    static const ds_wan_video_vae_tiling pipeline_tiles = {30, 52, 15, 26};
+    if (tiled && strcmp(tiled->text, "true") != 0 && strcmp(tiled->text, "false") != 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: parameter \"tiled\" is \"%s\", expected true or false", phase,
+                            tiled->text);
     if ((rc = ds_step_io_new_tensor(out, cpu, out_name, x->dtype, 5, shape, &y, err)) != DS_OK)
         return rc;
-    return vae_forward(m, ctx, decode, x, y, err);
+    return vae_forward(m, ctx, decode, tiled && tiled->number != 0 ? &pipeline_tiles : NULL, x,
+                       y, err);
 }
 
 static int decode_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
@@ -1128,13 +1318,15 @@ static const ds_model_step steps[] = {
     {
         .name = "decode",
         .usage = "decode: latents [B, 16, T, h, w] (f32 or bf16; the compute dtype) -> video "
-                 "[B, 3, 4(T-1)+1, 8h, 8w] in latents' dtype, clamped to [-1, 1] (untiled)",
+                 "[B, 3, 4(T-1)+1, 8h, 8w] in latents' dtype, clamped to [-1, 1]; tiled (true|false, "
+                 "default false): tiles 30x52, stride 15x26 in latent units",
         .run = decode_step,
     },
     {
         .name = "encode",
         .usage = "encode: video [B, 3, 4k+1, H, W] (f32 or bf16 in [-1, 1], H and W multiples "
-                 "of 8) -> latents [B, 16, k+1, H/8, W/8] in video's dtype (untiled)",
+                 "of 8) -> latents [B, 16, k+1, H/8, W/8] in video's dtype; tiled (true|false, default "
+                 "false): tiles 30x52, stride 15x26 in latent units",
         .run = encode_step,
     },
 };

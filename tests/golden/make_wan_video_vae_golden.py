@@ -9,7 +9,10 @@ The inputs are seeded tensors too (the C test regenerates them; only outputs are
   "video"   [1, 3, 5, 64, 96]: seeded_weights "wan_vae.video", bound 1 (in [-1, 1)).
 Cases: the untiled decode of latents (9 frames of 64 x 96, clamped as single_decode does) and
 the untiled encode of video (2 latent frames): upstream's chunking (decode one latent frame at
-a time; encode the first frame alone, then chunks of 4) with its two-frame feature cache.
+a time; encode the first frame alone, then chunks of 4) with its two-frame feature cache; then
+both tiled through WanVideoVAE.decode / .encode(tiled=True) with tile (4, 6) and stride (2, 3)
+in latent units, small enough that 3 x 3 tiles overlap and blend on this size (the pipeline's
+(30, 52) / (15, 26) would give one tile).
 
 Writes tests/data/golden/wan_video_vae.safetensors. Run with a private venv that has the
 upstream package (pip install diffsynth) — never in CI.
@@ -64,7 +67,13 @@ def main():
     with torch.no_grad():
         decoded = model.single_decode(latents, "cpu")
         encoded = model.single_encode(video, "cpu")
-    t = {"decode_f32": decoded.contiguous(), "encode_f32": encoded.contiguous()}
+        decoded_tiled = model.decode(latents, "cpu", tiled=True, tile_size=(4, 6),
+                                     tile_stride=(2, 3))
+        encoded_tiled = model.encode(video, "cpu", tiled=True, tile_size=(4, 6),
+                                     tile_stride=(2, 3))
+    t = {"decode_f32": decoded.contiguous(), "encode_f32": encoded.contiguous(),
+         "decode_tiled_f32": decoded_tiled.contiguous(),
+         "encode_tiled_f32": encoded_tiled.contiguous()}
     print({k: tuple(v.shape) for k, v in t.items()})
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     save_file(t, OUT)

@@ -3,7 +3,8 @@
  * inputs regenerated bit for bit by tests/tools/seeded_weights.c, float32: 3 latent frames
  * decoded to 9 frames of 64 x 96 (the feature cache across latent frames, both temporal
  * upsamplers), 5 frames encoded to 2 latent frames (the first frame alone, then a chunk of 4
- * through both temporal downsamplers). Also: the parameter tree, with upstream's converter
+ * through both temporal downsamplers); both again tiled (tile 4 x 6, stride 2 x 3 in latent
+ * units: 3 x 3 overlapping tiles blended). Also: the parameter tree, with upstream's converter
  * undone, hashes to the Wan2.1 VAE file's hash; the steps equal the direct calls; the input
  * checks; progress and cancellation. */
 #include <math.h>
@@ -20,6 +21,7 @@
 #include "test.h"
 #include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
+#include "vram/vram_manager.h"
 
 #define VAE_CLASS "diffsynth.models.wan_video_vae.WanVideoVAE"
 #define SEED 2027
@@ -90,7 +92,11 @@ static int cancel_at(void *user)
     return (*left)-- <= 0;
 }
 
-static double run_case(int decode, const char *want, ds_tensor *out)
+/* The blending case of the golden script. */
+static const ds_wan_video_vae_tiling small_tiles = {4, 6, 2, 3};
+
+static double run_case(int decode, const ds_wan_video_vae_tiling *tiling, const char *want,
+                       ds_tensor *out)
 {
     ds_error err;
     ds_step_context ctx = {.backend = cpu, .progress = on_progress};
@@ -99,8 +105,8 @@ static double run_case(int decode, const char *want, ds_tensor *out)
         return -1;
     progress_calls = 0;
     double start = now();
-    int rc = decode ? ds_wan_video_vae_decode(&model, &ctx, &latents, out, &err)
-                    : ds_wan_video_vae_encode(&model, &ctx, &video, out, &err);
+    int rc = decode ? ds_wan_video_vae_decode(&model, &ctx, tiling, &latents, out, &err)
+                    : ds_wan_video_vae_encode(&model, &ctx, tiling, &video, out, &err);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     if (rc != DS_OK)
         return -1;
@@ -136,9 +142,32 @@ static void test_decode_f32(void)
 {
     REQUIRE(model_ready);
     ds_tensor out;
-    double rel = run_case(1, "decode_f32", &out);
+    double rel = run_case(1, NULL, "decode_f32", &out);
     CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
     CHECK(progress_calls == 3 && progress_last == 3 && progress_total == 3);
+    ds_tensor_free(&out);
+}
+
+static void test_decode_tiled_f32(void)
+{
+    REQUIRE(model_ready);
+    ds_tensor out;
+    double rel = run_case(1, &small_tiles, "decode_tiled_f32", &out);
+    CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
+    CHECK(progress_calls == 9 && progress_last == 9 && progress_total == 9);
+    /* The blend differs from the untiled decode: the tiles really overlap. */
+    ds_tensor untiled = golden_tensor("decode_f32");
+    CHECK(rel_l2(&out, &untiled) > 10 * TOLERANCE);
+    ds_tensor_free(&out);
+}
+
+static void test_encode_tiled_f32(void)
+{
+    REQUIRE(model_ready);
+    ds_tensor out;
+    double rel = run_case(0, &small_tiles, "encode_tiled_f32", &out);
+    CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
+    CHECK(progress_calls == 9 && progress_total == 9);
     ds_tensor_free(&out);
 }
 
@@ -146,14 +175,16 @@ static void test_encode_f32(void)
 {
     REQUIRE(model_ready);
     ds_tensor out;
-    double rel = run_case(0, "encode_f32", &out);
+    double rel = run_case(0, NULL, "encode_f32", &out);
     CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
     CHECK(progress_calls == 2 && progress_last == 2 && progress_total == 2);
     ds_tensor_free(&out);
 }
 
-/* The "encode" step: a named input, a new output equal to the direct call's. */
-static void test_step_matches_direct_call(void)
+/* The "encode" step: a named input, a new output equal to the direct call's; with
+ * tiled=true the pipeline's 30 x 52 tiles cover this video in one tile, which blends to the
+ * untiled result bit for bit. */
+static void run_encode_step(const char *tiled, ds_tensor *copy)
 {
     REQUIRE(model_ready);
     const ds_model_class *cls = ds_model_class_find(VAE_CLASS);
@@ -165,14 +196,69 @@ static void test_step_matches_direct_call(void)
     ds_step_io_init(&in);
     ds_step_io_init(&out);
     REQUIRE(ds_step_io_add_tensor(&in, "video", video, NULL, &err) == DS_OK);
+    if (tiled)
+        REQUIRE(ds_step_io_add_param(&in, "tiled", tiled, &err) == DS_OK);
     ds_step_context ctx = {.backend = cpu};
     REQUIRE(step->run(&model, &ctx, &in, &out, &err) == DS_OK);
     const ds_tensor *got = ds_step_io_tensor(&out, "latents");
     ds_tensor w = golden_tensor("encode_f32");
     REQUIRE(got && ds_tensor_same_shape(got, &w));
     CHECK(rel_l2(got, &w) < TOLERANCE);
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, got->shape, copy, &err) == DS_OK);
+    memcpy(copy->data, got->data, ds_tensor_nbytes(got));
     ds_step_io_free(&in);
     ds_step_io_free(&out);
+}
+
+static void test_step_matches_direct_call(void)
+{
+    REQUIRE(model_ready);
+    ds_tensor untiled = {0}, tiled = {0};
+    run_encode_step(NULL, &untiled);
+    run_encode_step("true", &tiled);
+    CHECK(untiled.data && tiled.data &&
+          memcmp(untiled.data, tiled.data, ds_tensor_nbytes(&untiled)) == 0);
+    ds_tensor_free(&untiled);
+    ds_tensor_free(&tiled);
+}
+
+/* Encode with the weights streamed through a VRAM manager at budgets 0, half the weights and
+ * unlimited: byte-identical to the call without one, the weights' peak within the budget. */
+static void test_vram_budgets(void)
+{
+    REQUIRE(model_ready);
+    ds_error err;
+    ds_tensor ref = {0}, out = {0};
+    ds_step_context ctx = {.backend = cpu};
+    const int64_t *shape = golden_tensor("encode_f32").shape;
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, shape, &ref, &err) == DS_OK);
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, shape, &out, &err) == DS_OK);
+    REQUIRE(ds_wan_video_vae_encode(&model, &ctx, NULL, &video, &ref, &err) == DS_OK);
+    size_t weights = 0;
+    for (size_t i = 0; i < model.params.count; i++)
+        weights += model.params.entries[i].tensor.nbytes;
+    const size_t budgets[3] = {0, weights / 2, DS_VRAM_UNLIMITED};
+    ds_vram_manager *mgr = NULL;
+    REQUIRE(ds_vram_manager_create(cpu, 0, 2, &mgr, &err) == DS_OK);
+    for (int i = 0; i < 3; i++) {
+        REQUIRE(ds_vram_set_budget(mgr, budgets[i], &err) == DS_OK);
+        ctx.vram = mgr;
+        memset(out.data, 0, ds_tensor_nbytes(&out));
+        int rc = ds_wan_video_vae_encode(&model, &ctx, NULL, &video, &out, &err);
+        CHECK_MSG(rc == DS_OK, "budget %zu: %s", budgets[i], err.message);
+        CHECK_MSG(memcmp(out.data, ref.data, ds_tensor_nbytes(&ref)) == 0,
+                  "budget %zu: not byte-identical", budgets[i]);
+        ds_vram_stats st;
+        ds_vram_stats_get(mgr, &st);
+        if (i == 1)
+            CHECK_MSG(st.peak_bytes <= budgets[i], "peak %zu of %zu", st.peak_bytes,
+                      budgets[i]);
+        fprintf(stderr, "  budget %zu: peak %zu bytes, loads %llu\n", budgets[i],
+                st.peak_bytes, (unsigned long long)st.loads);
+    }
+    ds_vram_manager_destroy(mgr);
+    ds_tensor_free(&ref);
+    ds_tensor_free(&out);
 }
 
 static void test_input_checks(void)
@@ -185,14 +271,20 @@ static void test_input_checks(void)
     REQUIRE(seeded("wan_vae.video", 1.0, (const int64_t[]){1, 3, 4, 64, 96}, &four));
     REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, (const int64_t[]){1, 16, 1, 8, 12}, &out, &err) ==
             DS_OK);
-    CHECK(ds_wan_video_vae_encode(&model, &ctx, &four, &out, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK(ds_wan_video_vae_encode(&model, &ctx, NULL, &four, &out, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
     CHECK_CONTAINS(err.message, "encode: input \"video\"");
     CHECK_CONTAINS(err.message, "4k + 1");
     /* A decode output of the wrong frame count. */
-    CHECK(ds_wan_video_vae_decode(&model, &ctx, &latents, &four, &err) ==
+    CHECK(ds_wan_video_vae_decode(&model, &ctx, NULL, &latents, &four, &err) ==
           DS_ERR_INVALID_ARGUMENT);
     CHECK_CONTAINS(err.message, "decode: output \"video\"");
     CHECK_CONTAINS(err.message, "[1, 3, 9, 64, 96]");
+    /* A stride past the tile. */
+    static const ds_wan_video_vae_tiling bad = {4, 6, 5, 3};
+    CHECK(ds_wan_video_vae_encode(&model, &ctx, &bad, &video, &out, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "encode: tile 4 x 6, stride 5 x 3");
     ds_tensor_free(&four);
     ds_tensor_free(&out);
 }
@@ -206,7 +298,8 @@ static void test_cancelled(void)
     ds_tensor out;
     REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, (const int64_t[]){1, 3, 9, 64, 96}, &out, &err) ==
             DS_OK);
-    CHECK(ds_wan_video_vae_decode(&model, &ctx, &latents, &out, &err) == DS_ERR_CANCELLED);
+    CHECK(ds_wan_video_vae_decode(&model, &ctx, NULL, &latents, &out, &err) ==
+          DS_ERR_CANCELLED);
     CHECK_CONTAINS(err.message, "decode: cancelled before latent frame 1 of 3");
     ds_tensor_free(&out);
 }
@@ -235,7 +328,10 @@ int main(void)
     fprintf(stderr, "  seeded f32 weights and inputs: %.2f s\n", now() - start);
     RUN(test_decode_f32);
     RUN(test_encode_f32);
+    RUN(test_decode_tiled_f32);
+    RUN(test_encode_tiled_f32);
     RUN(test_step_matches_direct_call);
+    RUN(test_vram_budgets);
     RUN(test_input_checks);
     RUN(test_cancelled);
     if (model_ready)
