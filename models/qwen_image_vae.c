@@ -6,7 +6,6 @@
 #include "models/qwen_image_vae.h"
 
 #include <inttypes.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +17,7 @@
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
+#include "models/wan_video_vae.h"
 #include "models/weight_set.h"
 #include "vram/vram_manager.h"
 
@@ -437,7 +437,6 @@ static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error
 /* ---- Forward pass ---- */
 
 #define LATENT_CHANNELS 16
-#define NORM_EPS 1e-12f /* F.normalize's default eps, RMS_norm's */
 
 /* QwenImageVAE.mean and the std it stores the inverse of (facts §5.6). */
 static const float LATENT_MEAN[LATENT_CHANNELS] = {
@@ -607,18 +606,11 @@ static int conv_replace(vae_run *r, const ds__linear_weights *w, ds_tensor *x, c
     return DS_OK;
 }
 
-/* QwenImageRMS_norm (gamma [C, 1, 1(, 1)]) of x into y, then SiLU when `silu`. */
+/* QwenImageRMS_norm (gamma [C, 1, 1(, 1)]) of x into y, then SiLU when `silu`: Wan's. */
 static int rms_norm(vae_run *r, const ds_tensor *gamma, const ds_tensor *x, int silu,
                     ds_tensor *y, ds_error *err)
 {
-    ds_tensor g1 = ds_module_view(gamma, 1, SHAPE(gamma->shape[0]));
-    ds_channel_rms_norm_args n = {x, &g1, NULL, NORM_EPS, y};
-    ds_activation_args act = {y, DS_ACT_SILU, y};
-    int rc;
-    if ((rc = ds_channel_rms_norm(r->b, NULL, &n, err)) != DS_OK ||
-        (silu && (rc = ds_activate(r->b, NULL, &act, err)) != DS_OK))
-        return rc;
-    return DS_OK;
+    return ds__wan_vae_rms_norm(r->b, gamma, x, silu, y, err);
 }
 
 /* QwenImageCausalConv3d instance g (conv_in, quant_conv, post_quant_conv) on *x. */
@@ -678,80 +670,14 @@ static int residual_block(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
     return module_end(r, g, residual_forward(r, &w, x, err), err);
 }
 
-/* QwenImageAttentionBlock on one frame: RMS_norm, to_qkv (a 1x1 conv: a linear over channels
- * at every position), one head of dim C over the H * W positions (SDPA's scale 1/sqrt(C)),
- * proj, and the residual. */
+/* QwenImageAttentionBlock on one frame: Wan's AttentionBlock on [B, C, H, W]. */
 static int attention_forward(vae_run *r, const attention_weights *w, ds_tensor *x,
                              ds_error *err)
 {
-    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], S = H * W;
-    ds_tensor n = {0}, p = {0}, qkv = {0}, q = {0}, k = {0}, v = {0}, o = {0}, pr = {0},
-              y = {0};
-    int rc;
-    ds_tensor w_qkv = ds_module_view(&w->to_qkv.weight, 2, SHAPE(3 * C, C));
-    ds_tensor w_proj = ds_module_view(&w->proj.weight, 2, SHAPE(C, C));
-
-    /* Channels last: [B, C, H, W] -> [B, H * W, C], the layout of the linears and attention. */
-    ds_permute_args to_last = {&n, {0, 2, 3, 1}, &p};
-    if ((rc = alloc_like(r, x, &n, err)) != DS_OK ||
-        (rc = rms_norm(r, &w->norm, x, 0, &n, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(B, H, W, C), &p, err)) != DS_OK ||
-        (rc = ds_permute(r->b, NULL, &to_last, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&n);
-    ds_tensor p3 = ds_module_view(&p, 3, SHAPE(B, S, C));
-    ds_linear_args lin_qkv = {&p3, &w_qkv, &w->to_qkv.bias, 1.0f, DS_ACT_NONE, &qkv};
-    if ((rc = ds_tensor_alloc(r->b, r->dtype, 3, SHAPE(B, S, 3 * C), &qkv, err)) != DS_OK ||
-        (rc = ds_linear(r->b, NULL, &lin_qkv, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&p);
-
-    /* Upstream chunks the [.., S, 3C] projection into q, k, v along channels. */
-    ds_tensor *parts[3] = {&q, &k, &v};
-    for (int i = 0; i < 3; i++) {
-        ds_slice_args s = {&qkv, 2, i * C, parts[i]};
-        if ((rc = ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(B, S, 1, C), parts[i], err)) !=
-                DS_OK)
-            goto done;
-        ds_tensor part3 = ds_module_view(parts[i], 3, SHAPE(B, S, C));
-        s.y = &part3;
-        if ((rc = ds_slice(r->b, NULL, &s, err)) != DS_OK)
-            goto done;
-    }
-    ds_tensor_free(&qkv);
-    ds_attention_args at = {&q, &k, &v, NULL, 1.0f / sqrtf((float)C), 0, &o};
-    if ((rc = ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(B, S, 1, C), &o, err)) != DS_OK ||
-        (rc = ds_attention(r->b, NULL, &at, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&q);
-    ds_tensor_free(&k);
-    ds_tensor_free(&v);
-
-    ds_tensor o3 = ds_module_view(&o, 3, SHAPE(B, S, C));
-    ds_linear_args lin_proj = {&o3, &w_proj, &w->proj.bias, 1.0f, DS_ACT_NONE, &pr};
-    if ((rc = ds_tensor_alloc(r->b, r->dtype, 3, SHAPE(B, S, C), &pr, err)) != DS_OK ||
-        (rc = ds_linear(r->b, NULL, &lin_proj, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&o);
-    ds_tensor pr4 = ds_module_view(&pr, 4, SHAPE(B, H, W, C));
-    ds_permute_args to_first = {&pr4, {0, 3, 1, 2}, &y};
-    ds_binary_args add = {&y, x, DS_BINARY_ADD, &y};
-    if ((rc = alloc_like(r, x, &y, err)) != DS_OK ||
-        (rc = ds_permute(r->b, NULL, &to_first, err)) != DS_OK ||
-        (rc = ds_binary(r->b, NULL, &add, err)) != DS_OK)
-        goto done;
-    replace(r, x, &y);
-    y = (ds_tensor){0};
-done:
-    ds_tensor_free(&n);
-    ds_tensor_free(&p);
-    ds_tensor_free(&qkv);
-    ds_tensor_free(&q);
-    ds_tensor_free(&k);
-    ds_tensor_free(&v);
-    ds_tensor_free(&o);
-    ds_tensor_free(&pr);
-    ds_tensor_free(&y);
+    ds_tensor y;
+    int rc = ds__wan_vae_attention(r->b, &w->norm, &w->to_qkv, &w->proj, x, &y, err);
+    if (rc == DS_OK)
+        replace(r, x, &y);
     return rc;
 }
 

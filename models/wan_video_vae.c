@@ -499,16 +499,25 @@ static int cached_conv(wan_run *r, const ds__linear_weights *w, ds_tensor *x, ds
     return DS_OK;
 }
 
-/* RMS_norm over the channels of x into a new *y, then SiLU when `silu`. */
-static int rms_norm(wan_run *r, const ds_tensor *gamma, const ds_tensor *x, int silu,
-                    ds_tensor *y, ds_error *err)
+int ds__wan_vae_rms_norm(ds_backend *b, const ds_tensor *gamma, const ds_tensor *x, int silu,
+                         ds_tensor *y, ds_error *err)
 {
     ds_tensor g1 = ds_module_view(gamma, 1, SHAPE(gamma->shape[0]));
     ds_channel_rms_norm_args n = {x, &g1, NULL, NORM_EPS, y};
     ds_activation_args act = {y, DS_ACT_SILU, y};
+    int rc;
+    if ((rc = ds_channel_rms_norm(b, NULL, &n, err)) != DS_OK ||
+        (silu && (rc = ds_activate(b, NULL, &act, err)) != DS_OK))
+        return rc;
+    return DS_OK;
+}
+
+/* RMS_norm over the channels of x into a new *y, then SiLU when `silu`. */
+static int rms_norm(wan_run *r, const ds_tensor *gamma, const ds_tensor *x, int silu,
+                    ds_tensor *y, ds_error *err)
+{
     int rc = alloc_like(r, x, y, err);
-    if (rc == DS_OK && ((rc = ds_channel_rms_norm(r->b, NULL, &n, err)) != DS_OK ||
-                        (silu && (rc = ds_activate(r->b, NULL, &act, err)) != DS_OK)))
+    if (rc == DS_OK && (rc = ds__wan_vae_rms_norm(r->b, gamma, x, silu, y, err)) != DS_OK)
         ds_tensor_free(y);
     return rc;
 }
@@ -561,60 +570,68 @@ static int residual_block(wan_run *r, size_t g, ds_tensor *x, ds_error *err)
     return module_end(r, g, residual_forward(r, &w, x, err), err);
 }
 
-/* AttentionBlock, per frame: RMS_norm, to_qkv (a 1x1 conv: a linear over channels at every
- * position), one head of dim C over the H * W positions (SDPA's scale 1/sqrt(C)), proj, and
- * the residual. */
-static int attention_forward(wan_run *r, const attention_weights *w, ds_tensor *x,
-                             ds_error *err)
+int ds__wan_vae_attention(ds_backend *b, const ds_tensor *gamma,
+                          const ds__linear_weights *to_qkv, const ds__linear_weights *proj,
+                          const ds_tensor *x, ds_tensor *out, ds_error *err)
 {
-    int64_t T = x->shape[2];
-    ds_tensor f = {0}, n = {0}, p = {0}, qkv = {0}, q = {0}, k = {0}, v = {0}, o = {0},
-              pr = {0}, y = {0}, back = {0};
-    int rc = to_frames(r, x, &f, err);
-    if (rc != DS_OK)
-        return rc;
-    int64_t B = f.shape[0], C = f.shape[1], H = f.shape[2], W = f.shape[3], S = H * W;
-    ds_tensor w_qkv = ds_module_view(&w->to_qkv.weight, 2, SHAPE(3 * C, C));
-    ds_tensor w_proj = ds_module_view(&w->proj.weight, 2, SHAPE(C, C));
+    ds_dtype dt = x->dtype;
+    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], S = H * W;
+    ds_tensor n = {0}, p = {0}, qkv = {0}, q = {0}, k = {0}, v = {0}, o = {0}, pr = {0},
+              y = {0};
+    int rc;
+    ds_tensor w_qkv = ds_module_view(&to_qkv->weight, 2, SHAPE(3 * C, C));
+    ds_tensor w_proj = ds_module_view(&proj->weight, 2, SHAPE(C, C));
+
+    /* Channels last: [B, C, H, W] -> [B, H * W, C], the layout of the linears and attention. */
     ds_permute_args to_last = {&n, {0, 2, 3, 1}, &p};
-    if ((rc = rms_norm(r, &w->norm, &f, 0, &n, err)) != DS_OK ||
-        (rc = alloc_shape(r, 4, SHAPE(B, H, W, C), &p, err)) != DS_OK ||
-        (rc = ds_permute(r->b, NULL, &to_last, err)) != DS_OK)
+    if ((rc = ds_tensor_alloc(b, dt, 4, x->shape, &n, err)) != DS_OK ||
+        (rc = ds__wan_vae_rms_norm(b, gamma, x, 0, &n, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(b, dt, 4, SHAPE(B, H, W, C), &p, err)) != DS_OK ||
+        (rc = ds_permute(b, NULL, &to_last, err)) != DS_OK)
         goto done;
+    ds_tensor_free(&n);
     ds_tensor p3 = ds_module_view(&p, 3, SHAPE(B, S, C));
-    ds_linear_args lin_qkv = {&p3, &w_qkv, &w->to_qkv.bias, 1.0f, DS_ACT_NONE, &qkv};
-    if ((rc = alloc_shape(r, 3, SHAPE(B, S, 3 * C), &qkv, err)) != DS_OK ||
-        (rc = ds_linear(r->b, NULL, &lin_qkv, err)) != DS_OK)
+    ds_linear_args lin_qkv = {&p3, &w_qkv, &to_qkv->bias, 1.0f, DS_ACT_NONE, &qkv};
+    if ((rc = ds_tensor_alloc(b, dt, 3, SHAPE(B, S, 3 * C), &qkv, err)) != DS_OK ||
+        (rc = ds_linear(b, NULL, &lin_qkv, err)) != DS_OK)
         goto done;
+    ds_tensor_free(&p);
+
+    /* Upstream chunks the [.., S, 3C] projection into q, k, v along channels. */
     ds_tensor *parts[3] = {&q, &k, &v};
     for (int i = 0; i < 3; i++) {
-        if ((rc = alloc_shape(r, 4, SHAPE(B, S, 1, C), parts[i], err)) != DS_OK)
+        if ((rc = ds_tensor_alloc(b, dt, 4, SHAPE(B, S, 1, C), parts[i], err)) != DS_OK)
             goto done;
         ds_tensor part3 = ds_module_view(parts[i], 3, SHAPE(B, S, C));
         ds_slice_args s = {&qkv, 2, i * C, &part3};
-        if ((rc = ds_slice(r->b, NULL, &s, err)) != DS_OK)
+        if ((rc = ds_slice(b, NULL, &s, err)) != DS_OK)
             goto done;
     }
+    ds_tensor_free(&qkv);
     ds_attention_args at = {&q, &k, &v, NULL, 1.0f / sqrtf((float)C), 0, &o};
-    if ((rc = alloc_shape(r, 4, SHAPE(B, S, 1, C), &o, err)) != DS_OK ||
-        (rc = ds_attention(r->b, NULL, &at, err)) != DS_OK)
+    if ((rc = ds_tensor_alloc(b, dt, 4, SHAPE(B, S, 1, C), &o, err)) != DS_OK ||
+        (rc = ds_attention(b, NULL, &at, err)) != DS_OK)
         goto done;
+    ds_tensor_free(&q);
+    ds_tensor_free(&k);
+    ds_tensor_free(&v);
+
     ds_tensor o3 = ds_module_view(&o, 3, SHAPE(B, S, C));
-    ds_linear_args lin_proj = {&o3, &w_proj, &w->proj.bias, 1.0f, DS_ACT_NONE, &pr};
-    if ((rc = alloc_shape(r, 3, SHAPE(B, S, C), &pr, err)) != DS_OK ||
-        (rc = ds_linear(r->b, NULL, &lin_proj, err)) != DS_OK)
+    ds_linear_args lin_proj = {&o3, &w_proj, &proj->bias, 1.0f, DS_ACT_NONE, &pr};
+    if ((rc = ds_tensor_alloc(b, dt, 3, SHAPE(B, S, C), &pr, err)) != DS_OK ||
+        (rc = ds_linear(b, NULL, &lin_proj, err)) != DS_OK)
         goto done;
+    ds_tensor_free(&o);
     ds_tensor pr4 = ds_module_view(&pr, 4, SHAPE(B, H, W, C));
     ds_permute_args to_first = {&pr4, {0, 3, 1, 2}, &y};
-    if ((rc = alloc_shape(r, 4, SHAPE(B, C, H, W), &y, err)) != DS_OK ||
-        (rc = ds_permute(r->b, NULL, &to_first, err)) != DS_OK ||
-        (rc = from_frames(r, &y, T, &back, err)) != DS_OK)
+    ds_binary_args add = {&y, x, DS_BINARY_ADD, &y};
+    if ((rc = ds_tensor_alloc(b, dt, 4, x->shape, &y, err)) != DS_OK ||
+        (rc = ds_permute(b, NULL, &to_first, err)) != DS_OK ||
+        (rc = ds_binary(b, NULL, &add, err)) != DS_OK)
         goto done;
-    ds_binary_args add = {&back, x, DS_BINARY_ADD, &back};
-    if ((rc = ds_binary(r->b, NULL, &add, err)) == DS_OK)
-        replace(x, &back);
+    *out = y;
+    y = (ds_tensor){0};
 done:
-    ds_tensor_free(&f);
     ds_tensor_free(&n);
     ds_tensor_free(&p);
     ds_tensor_free(&qkv);
@@ -623,6 +640,22 @@ done:
     ds_tensor_free(&v);
     ds_tensor_free(&o);
     ds_tensor_free(&pr);
+    ds_tensor_free(&y);
+    return rc;
+}
+
+/* AttentionBlock: the frames of x [B, C, T, H, W] as [B * T, C, H, W] through the attention. */
+static int attention_forward(wan_run *r, const attention_weights *w, ds_tensor *x,
+                             ds_error *err)
+{
+    ds_tensor f = {0}, y = {0}, back = {0};
+    int rc;
+    if ((rc = to_frames(r, x, &f, err)) == DS_OK &&
+        (rc = ds__wan_vae_attention(r->b, &w->norm, &w->to_qkv, &w->proj, &f, &y, err)) ==
+            DS_OK &&
+        (rc = from_frames(r, &y, x->shape[2], &back, err)) == DS_OK)
+        replace(x, &back);
+    ds_tensor_free(&f);
     ds_tensor_free(&y);
     ds_tensor_free(&back);
     return rc;

@@ -17,6 +17,7 @@
 #include "kernels/backend.h"
 #include "models/model_loader.h"
 #include "models/model_step.h"
+#include "models/weight_set.h"
 
 /* WanVideoVAE's spatial tiling, in latent units (the Wan pipeline's: tile 30 x 52, stride
  * 15 x 26): tiles every stride, overlaps blended with linear ramps over size - stride latent
@@ -38,5 +39,19 @@ int ds_wan_video_vae_decode(const ds_loaded_model *m, const ds_step_context *ctx
 int ds_wan_video_vae_encode(const ds_loaded_model *m, const ds_step_context *ctx,
                             const ds_wan_video_vae_tiling *tiling, const ds_tensor *video,
                             ds_tensor *latents_out, ds_error *err);
+
+/* ---- The modules the Qwen-Image VAE shares (its frames are [B, C, H, W] images) ---- */
+
+/* RMS_norm(images) over the channels of x [B, C, ...] into y (allocated, x's shape), then SiLU
+ * when `silu`: x / max(||x||, 1e-12) * sqrt(C) * gamma. */
+int ds__wan_vae_rms_norm(ds_backend *b, const ds_tensor *gamma, const ds_tensor *x, int silu,
+                         ds_tensor *y, ds_error *err);
+
+/* AttentionBlock on frames x [N, C, H, W] (in x's dtype): RMS_norm, to_qkv (the 1x1 conv as a
+ * Linear over channels), one head of dim C over the H * W positions (SDPA's scale 1/sqrt(C)),
+ * proj, plus x: into a new *out (the caller frees). */
+int ds__wan_vae_attention(ds_backend *b, const ds_tensor *gamma,
+                          const ds__linear_weights *to_qkv, const ds__linear_weights *proj,
+                          const ds_tensor *x, ds_tensor *out, ds_error *err);
 
 #endif
