@@ -13,7 +13,16 @@ static int64_t resolve(int64_t v, const int64_t *dims)
     return v < 0 ? dims[-1 - v] : v;
 }
 
-static int has_bias(ds_module_kind k) { return k == DS_MODULE_LINEAR || k == DS_MODULE_CONV; }
+static int has_bias(ds_module_kind k)
+{
+    return k == DS_MODULE_LINEAR || k == DS_MODULE_CONV || k == DS_MODULE_CONV_LINEAR;
+}
+
+/* Whether the module's weight is bound as a Linear's (ds__weight_operand_dtype). */
+static int linear_weight(ds_module_kind k)
+{
+    return k == DS_MODULE_LINEAR || k == DS_MODULE_LINEAR_NO_BIAS || k == DS_MODULE_CONV_LINEAR;
+}
 
 /* The module's parameter `part` (0: weight, 1: bias) after the prefix. */
 static int part_name(const ds_module *mod, int part, char *buf, size_t size)
@@ -112,13 +121,35 @@ static int module_sources(const ds_module_run *r, const char *prefix, const ds_m
         if (*n == DS__WEIGHT_SET_MAX)
             return ds_error_set(err, DS_ERR_INTERNAL, "%s: too many tensors in one unit",
                                 r->mm->owner);
-        int linear_weight = part == 0 && (mod->kind == DS_MODULE_LINEAR ||
-                                          mod->kind == DS_MODULE_LINEAR_NO_BIAS);
-        int rc = ds__weight_vram_source(r->model, r->mm->owner, full, linear_weight, &src[(*n)++],
-                                        err);
+        int rc = ds__weight_vram_source(r->model, r->mm->owner, full,
+                                        part == 0 && linear_weight(mod->kind), &src[(*n)++], err);
         if (rc != DS_OK)
             return rc;
     }
+    return DS_OK;
+}
+
+/* Registers unit `unit` of copy `index` of group `gi` as the manager's next unit. */
+static int register_unit(ds_module_run *r, size_t gi, int64_t index, int unit, ds_error *err)
+{
+    const ds_loaded_model *m = r->model;
+    const ds_module_group *g = &r->mm->groups[gi];
+    ds_vram_tensor_source src[DS__WEIGHT_SET_MAX];
+    char prefix[DS__PARAM_NAME_MAX], name[2 * DS__PARAM_NAME_MAX];
+    size_t n = 0, slot = r->first_unit[gi] + (size_t)index * g->unit_count + (size_t)unit;
+    int rc = group_prefix(g, index, prefix, err);
+    for (size_t k = 0; rc == DS_OK && k < g->count; k++)
+        if (g->modules[k].unit == unit && !absent(m, prefix, &g->modules[k]))
+            rc = module_sources(r, prefix, &g->modules[k], src, &n, err);
+    if (rc != DS_OK)
+        return rc;
+    snprintf(name, sizeof name, "%s%s", prefix, g->units[unit]);
+    size_t len = strlen(name);
+    if (len && name[len - 1] == '.')
+        name[len - 1] = 0;
+    if ((rc = ds_vram_unit_add(r->vram, name, src, n, &r->manager_index[slot], err)) != DS_OK)
+        return rc;
+    r->unit_total++;
     return DS_OK;
 }
 
@@ -126,73 +157,149 @@ static int register_units(ds_module_run *r, ds_vram_manager *mgr, int plan_all,
                           const char *what, ds_error *err)
 {
     const ds_loaded_model *m = r->model;
-    ds_vram_tensor_source src[DS__WEIGHT_SET_MAX];
-    ds_vram_model *vm = NULL;
-    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : r->mm->vram_name, DS_F32,
-                               &vm, err);
-    for (size_t gi = 0; rc == DS_OK && gi < r->mm->group_count; gi++) {
-        const ds_module_group *g = &r->mm->groups[gi];
-        for (int64_t i = 0; rc == DS_OK && i < r->counts[gi]; i++) {
-            char prefix[DS__PARAM_NAME_MAX], name[2 * DS__PARAM_NAME_MAX];
-            if ((rc = group_prefix(g, i, prefix, err)) != DS_OK)
-                break;
-            for (size_t u = 0; rc == DS_OK && u < g->unit_count; u++) {
-                size_t n = 0, index;
-                for (size_t k = 0; rc == DS_OK && k < g->count; k++)
-                    if (g->modules[k].unit == (int)u && !absent(m, prefix, &g->modules[k]))
-                        rc = module_sources(r, prefix, &g->modules[k], src, &n, err);
-                snprintf(name, sizeof name, "%s%s", prefix, g->units[u]);
-                size_t len = strlen(name);
-                if (len && name[len - 1] == '.')
-                    name[len - 1] = 0;
-                if (rc == DS_OK)
-                    rc = ds_vram_unit_add(vm, name, src, n, &index, err);
-            }
+    const ds_module_model *mm = r->mm;
+    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : mm->vram_name, DS_F32,
+                               &r->vram, err);
+    if (r->order) {
+        for (size_t k = 0; rc == DS_OK && k < r->order_count; k++) {
+            const ds_module_unit_ref *u = &r->order[k];
+            if (u->group >= mm->group_count || u->index < 0 ||
+                u->index >= r->counts[u->group] || u->unit < 0 ||
+                (size_t)u->unit >= mm->groups[u->group].unit_count ||
+                r->manager_index[r->first_unit[u->group] +
+                                 (size_t)u->index * mm->groups[u->group].unit_count +
+                                 (size_t)u->unit] != SIZE_MAX)
+                rc = ds_error_set(err, DS_ERR_INTERNAL,
+                                  "%s: unit order entry %zu (group %zu, copy %lld, unit %d) is "
+                                  "outside the model's units or repeats one",
+                                  mm->owner, k, u->group, (long long)u->index, u->unit);
+            else
+                rc = register_unit(r, u->group, u->index, u->unit, err);
         }
+    } else {
+        for (size_t gi = 0; rc == DS_OK && gi < mm->group_count; gi++)
+            for (int64_t i = 0; rc == DS_OK && i < r->counts[gi]; i++)
+                for (size_t u = 0; rc == DS_OK && u < mm->groups[gi].unit_count; u++)
+                    rc = register_unit(r, gi, i, (int)u, err);
     }
-    r->vram = vm;
     if (rc == DS_OK && plan_all)
         rc = ds_module_plan(r, r->unit_total, what, err);
     if (rc != DS_OK) {
-        ds_vram_model_remove(vm);
+        ds_vram_model_remove(r->vram);
         r->vram = NULL;
         return ds_error_prefix(err, "%s: registering the weights with the VRAM manager: ", what);
     }
-    ds__weight_set_vram_adopt(vm, m, mgr);
+    ds__weight_set_vram_adopt(r->vram, m, mgr);
     return DS_OK;
+}
+
+/* Each slot's manager index, read back from a registration made by an earlier run: the
+ * manager keeps units in registration order, which is the slots' order or the unit order. */
+static void known_units(ds_module_run *r)
+{
+    const ds_module_model *mm = r->mm;
+    size_t k = 0;
+    if (r->order) {
+        for (; k < r->order_count; k++) {
+            const ds_module_unit_ref *u = &r->order[k];
+            if (u->group < mm->group_count && u->index >= 0 && u->index < r->counts[u->group] &&
+                u->unit >= 0 && (size_t)u->unit < mm->groups[u->group].unit_count)
+                r->manager_index[r->first_unit[u->group] +
+                                 (size_t)u->index * mm->groups[u->group].unit_count +
+                                 (size_t)u->unit] = k;
+        }
+    } else {
+        for (size_t slot = 0; slot < r->slot_total; slot++)
+            r->manager_index[slot] = k++;
+    }
+    r->unit_total = k;
+}
+
+void ds_module_instance(const ds_module *tmpl, size_t n, const int64_t *dims, ds_module *out,
+                        size_t *count)
+{
+    *count = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (tmpl[i].when && !dims[tmpl[i].when - 1])
+            continue;
+        ds_module *mod = &out[(*count)++];
+        *mod = tmpl[i];
+        mod->when = 0;
+        for (int d = 0; d < mod->ndim; d++)
+            mod->shape[d] = resolve(mod->shape[d], dims);
+    }
 }
 
 int ds_module_open(ds_module_run *r, const ds_module_model *mm, const ds_loaded_model *m,
                    ds_backend *b, ds_vram_manager *mgr, int plan_all, const char *what,
                    ds_error *err)
 {
+    return ds_module_open_ordered(r, mm, NULL, 0, m, b, mgr, plan_all, what, err);
+}
+
+int ds_module_open_ordered(ds_module_run *r, const ds_module_model *mm,
+                           const ds_module_unit_ref *order, size_t n, const ds_loaded_model *m,
+                           ds_backend *b, ds_vram_manager *mgr, int plan_all, const char *what,
+                           ds_error *err)
+{
     memset(r, 0, sizeof *r);
+    r->order = order;
+    r->order_count = n;
     r->mm = mm;
     r->model = m;
     r->held = SIZE_MAX;
     ds__weight_set_init(&r->ws, b, mm->owner);
-    if (mm->group_count > DS_MODULE_GROUPS_MAX)
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s: %zu module groups, at most %d",
-                            mm->owner, mm->group_count, DS_MODULE_GROUPS_MAX);
+    size_t groups = mm->group_count ? mm->group_count : 1;
+    r->counts = malloc(groups * sizeof *r->counts);
+    r->first_unit = malloc(groups * sizeof *r->first_unit);
+    if (!r->counts || !r->first_unit)
+        goto oom;
     for (size_t gi = 0; gi < mm->group_count; gi++) {
         r->counts[gi] = ds_module_count(mm, m, gi);
-        r->first_unit[gi] = r->unit_total;
-        r->unit_total += (size_t)r->counts[gi] * mm->groups[gi].unit_count;
+        r->first_unit[gi] = r->slot_total;
+        r->slot_total += (size_t)r->counts[gi] * mm->groups[gi].unit_count;
     }
-    if (!mgr)
+    r->manager_index = malloc((r->slot_total ? r->slot_total : 1) * sizeof *r->manager_index);
+    if (!r->manager_index)
+        goto oom;
+    for (size_t slot = 0; slot < r->slot_total; slot++)
+        r->manager_index[slot] = SIZE_MAX;
+    if (!mgr) {
+        r->unit_total = r->slot_total;
         return DS_OK;
+    }
     r->vram = ds_vram_model_find(mgr, m);
-    return r->vram ? DS_OK : register_units(r, mgr, plan_all, what, err);
+    int rc = DS_OK;
+    if (r->vram)
+        known_units(r);
+    else
+        rc = register_units(r, mgr, plan_all, what, err);
+    if (rc != DS_OK)
+        ds_module_close(r);
+    return rc;
+oom:
+    ds_module_close(r);
+    return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: %s: out of memory for %zu groups",
+                        what, mm->owner, mm->group_count);
 }
 
 int ds_module_plan(ds_module_run *r, size_t n, const char *what, ds_error *err)
 {
+    return ds_module_plan_range(r, 0, n, what, err);
+}
+
+int ds_module_plan_range(ds_module_run *r, size_t first, size_t n, const char *what,
+                         ds_error *err)
+{
+    if (first > r->unit_total || n > r->unit_total - first)
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s: planning units %zu..%zu of %zu", what,
+                            first, first + n, r->unit_total);
     size_t *plan = malloc((n ? n : 1) * sizeof *plan);
     if (!plan)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory planning %zu units",
                             what, n);
     for (size_t k = 0; k < n; k++)
-        plan[k] = k;
+        plan[k] = first + k;
     int rc = ds_vram_plan(r->vram, plan, n, err);
     free(plan);
     return rc;
@@ -235,11 +342,17 @@ int ds_module_bind(const ds_module_model *mm, const ds_loaded_model *m, ds__weig
             memset(field, 0, has_bias(mod->kind) ? sizeof(ds__linear_weights) : sizeof(ds_tensor));
             continue;
         }
-        int linear = mod->kind == DS_MODULE_LINEAR || mod->kind == DS_MODULE_LINEAR_NO_BIAS;
         char name[DS__PARAM_NAME_MAX];
         part_name(mod, 0, name, sizeof name);
-        rc = has_bias(mod->kind) ? ds__weight_bind_linear(m, ws, prefix, mod->name, field, err)
-                                 : ds__weight_bind(m, ws, prefix, name, linear, field, err);
+        rc = ds__weight_bind(m, ws, prefix, name, linear_weight(mod->kind),
+                             has_bias(mod->kind) ? &((ds__linear_weights *)field)->weight
+                                                 : (ds_tensor *)field,
+                             err);
+        if (rc == DS_OK && has_bias(mod->kind)) {
+            part_name(mod, 1, name, sizeof name);
+            rc = ds__weight_bind(m, ws, prefix, name, 0, &((ds__linear_weights *)field)->bias,
+                                 err);
+        }
     }
     return rc;
 }
@@ -281,9 +394,14 @@ int ds_module_use(ds_module_run *r, size_t group, int64_t index, int unit, void 
         return rc;
     if (!r->vram)
         return ds_module_bind(r->mm, r->model, &r->ws, group, index, unit, weights, err);
-    size_t k = r->first_unit[group] + (size_t)index * g->unit_count + (size_t)unit;
+    size_t k = r->manager_index[r->first_unit[group] + (size_t)index * g->unit_count +
+                                (size_t)unit];
     char prefix[DS__PARAM_NAME_MAX];
     const ds_tensor *t;
+    if (k == SIZE_MAX)
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s: unit %d of copy %lld of group %zu is not "
+                            "registered with the VRAM manager", r->mm->owner, unit,
+                            (long long)index, group);
     if ((rc = group_prefix(g, index, prefix, err)) != DS_OK ||
         (rc = ds_vram_acquire(r->vram, k, NULL, &t, err)) != DS_OK)
         return rc;
@@ -315,6 +433,12 @@ void ds_module_close(ds_module_run *r)
     if (r->vram)
         ds_vram_unreserve(r->vram, r->reserved);
     r->reserved = 0;
+    free(r->counts);
+    free(r->first_unit);
+    free(r->manager_index);
+    r->counts = NULL;
+    r->first_unit = NULL;
+    r->manager_index = NULL;
 }
 
 int ds_module_reserve(ds_module_run *r, const char *what, size_t bytes, ds_error *err)
@@ -325,6 +449,15 @@ int ds_module_reserve(ds_module_run *r, const char *what, size_t bytes, ds_error
     if (rc == DS_OK)
         r->reserved += bytes;
     return rc;
+}
+
+int ds_module_reserve_set(ds_module_run *r, const char *what, size_t bytes, ds_error *err)
+{
+    if (!r->vram)
+        return DS_OK;
+    ds_vram_unreserve(r->vram, r->reserved);
+    r->reserved = 0;
+    return ds_module_reserve(r, what, bytes, err);
 }
 
 int ds_module_output(ds_backend *b, const ds_tensor *host, ds_tensor *copy, ds_tensor *out,

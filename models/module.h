@@ -31,11 +31,13 @@ typedef enum ds_module_kind {
     DS_MODULE_NORM,           /* name.weight [n]: ds_tensor */
     DS_MODULE_EMBEDDING,      /* name.weight [rows, dim]: ds_tensor */
     DS_MODULE_CONV,           /* name.weight [out, in, k...] + name.bias [out]: ds__linear_weights */
+    DS_MODULE_CONV_LINEAR,    /* a 1x1 conv run as a Linear over channels: as DS_MODULE_CONV,
+                               * its weight bound as a Linear's (fp8 kept, ds__weight_set) */
     DS_MODULE_TENSOR,         /* name itself (a plain nn.Parameter): ds_tensor */
 } ds_module_kind;
 
 /* A shape entry or repeat count read from the model's dims[i] (its kwargs) instead of a
- * constant. */
+ * constant; ds_module_instance resolves them against an instance's own dims instead. */
 #define DS_MODULE_DIM(i) (-1 - (int64_t)(i))
 /* ds_module.unit of a module the forward never binds through the engine (declared only). */
 #define DS_MODULE_NO_UNIT (-1)
@@ -52,8 +54,6 @@ typedef struct ds_module {
     int when;                   /* 0: always declared; DS_MODULE_IF(i): only when dims[i] != 0 */
 } ds_module;
 
-#define DS_MODULE_GROUPS_MAX 8
-
 typedef struct ds_module_group {
     const char *prefix;        /* "" or "model.language_model."; a repeated group's has one %lld */
     int64_t repeat;            /* 0: once; n > 0 or DS_MODULE_DIM(i): that many copies, from 0 */
@@ -64,12 +64,27 @@ typedef struct ds_module_group {
     size_t unit_count;
 } ds_module_group;
 
+/* One transfer unit: unit `unit` of copy `index` of group `group`. */
+typedef struct ds_module_unit_ref {
+    size_t group;
+    int64_t index;
+    int unit;
+} ds_module_unit_ref;
+
 typedef struct ds_module_model {
     const char *owner;        /* for messages: "QwenImageDiT" */
     const char *vram_name;    /* the manager's model name when the loaded model has none */
     const ds_module_group *groups; /* in upstream's registration order */
     size_t group_count;
 } ds_module_model;
+
+/* The modules of one instance of a module whose widths depend on where it sits (a VAE block
+ * at some level): `tmpl`'s n modules with their DS_MODULE_DIM entries read from `dims`, those
+ * whose DS_MODULE_IF(i) dim is zero left out (the forward finds their fields zeroed as it
+ * zeroed them), into out[*count]. Groups of such instances are built when the model's kwargs
+ * are known, each declared once with its own prefix. */
+void ds_module_instance(const ds_module *tmpl, size_t n, const int64_t *dims, ds_module *out,
+                        size_t *count);
 
 /* Fills `params` with every module's parameters (f32), in table order. */
 int ds_module_declare(const ds_module_model *mm, const int64_t *dims, ds_state_dict *params,
@@ -96,22 +111,39 @@ typedef struct ds_module_run {
     const ds_loaded_model *model;
     ds_vram_model *vram;              /* NULL: weights bound from the loaded tree */
     ds__weight_set ws;                /* the bound weights (no manager) */
-    int64_t counts[DS_MODULE_GROUPS_MAX];
-    size_t first_unit[DS_MODULE_GROUPS_MAX]; /* manager index of each group's first unit */
-    size_t unit_total;
+    int64_t *counts;                  /* copies of each group in the loaded tree */
+    size_t *first_unit;               /* slot of each group's first unit (slots: the groups'
+                                       * order, copies, units) */
+    const ds_module_unit_ref *order;  /* ds_module_open_ordered's; NULL: the slots' order */
+    size_t order_count;
+    size_t *manager_index;            /* each slot's unit in the manager; SIZE_MAX: none */
+    size_t unit_total;                /* units registered */
+    size_t slot_total;               /* units the groups hold */
     size_t held;                      /* the unit acquired now; SIZE_MAX when none */
     size_t reserved;                  /* activation bytes reserved in the manager */
 } ds_module_run;
 
 /* Starts a forward of `m` on `b`. With a manager the model's units are registered on first
  * use (keyed to the model, dropped by its release hook), and then planned in registration order
- * when `plan_all`. `what` starts messages ("forward"). */
+ * when `plan_all`. `what` starts messages ("forward"). The run holds memory until
+ * ds_module_close (none after a failure). */
 int ds_module_open(ds_module_run *r, const ds_module_model *mm, const ds_loaded_model *m,
                    ds_backend *b, ds_vram_manager *mgr, int plan_all, const char *what,
                    ds_error *err);
+/* ds_module_open with the manager's units registered in `order` (n of them), the order
+ * forwards run them, when that is not the groups' (a module declared before the one that runs
+ * first; two directions over one model's weights): each unit at most once, a unit left out is
+ * never registered. */
+int ds_module_open_ordered(ds_module_run *r, const ds_module_model *mm,
+                           const ds_module_unit_ref *order, size_t n, const ds_loaded_model *m,
+                           ds_backend *b, ds_vram_manager *mgr, int plan_all, const char *what,
+                           ds_error *err);
 /* Plans the first n units in registration order (a forward that uses fewer copies of a
  * repeated group than the model holds). */
 int ds_module_plan(ds_module_run *r, size_t n, const char *what, ds_error *err);
+/* Plans the n units registered from `first` on (one direction of a model with two). */
+int ds_module_plan_range(ds_module_run *r, size_t first, size_t n, const char *what,
+                         ds_error *err);
 /* Makes unit `unit` of copy `index` of group `group` usable in `weights` (the group's weights
  * struct), after ending the unit held before: acquired from the manager, or bound. */
 int ds_module_use(ds_module_run *r, size_t group, int64_t index, int unit, void *weights,
@@ -128,6 +160,10 @@ void ds_module_close(ds_module_run *r);
 /* Activation bytes that share the manager's budget with the weights until ds_module_close
  * (nothing without a manager). RESOURCE_EXHAUSTED when they do not fit. */
 int ds_module_reserve(ds_module_run *r, const char *what, size_t bytes, ds_error *err);
+
+/* Makes the activation bytes reserved `bytes` in all (what a stretch of work holds alive,
+ * replacing what the stretch before it held). */
+int ds_module_reserve_set(ds_module_run *r, const char *what, size_t bytes, ds_error *err);
 
 /* Activations follow one convention in every forward: host tensors in, host tensors out; in
  * host memory (backend->host_memory) they are used in place, elsewhere through a device copy

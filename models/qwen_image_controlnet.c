@@ -168,6 +168,8 @@ int ds_qwen_image_controlnet_stream(ds_qwen_image_controlnet *cn, ds_vram_manage
                             "controlnet: streaming %lld of %lld blocks needs an open ControlNet "
                             "not yet streamed and a manager",
                             (long long)blocks, (long long)cn->shape.blocks);
+    /* The run opened without a manager gives way to one that streams. */
+    ds_module_close(&cn->run);
     int rc = ds_module_open(&cn->run, &modules, cn->model, cn->backend, mgr, 0, "controlnet",
                             err);
     if (rc != DS_OK ||

@@ -6,7 +6,7 @@
 #include "models/qwen_image_vae.h"
 
 #include <inttypes.h>
-#include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +17,7 @@
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
+#include "models/wan_video_vae.h"
 #include "models/weight_set.h"
 #include "vram/vram_manager.h"
 
@@ -25,84 +26,6 @@
 /* Longest dim_mult / temperal_downsample / attn_scales list accepted. */
 #define MAX_LEVELS 16
 #define MAX_RES_BLOCKS 1000
-
-static const int64_t K333[3] = {3, 3, 3};
-static const int64_t K111[3] = {1, 1, 1};
-static const int64_t K33[2] = {3, 3};
-static const int64_t K11[2] = {1, 1};
-static const int64_t K311[3] = {3, 1, 1};
-
-typedef enum resample_mode {
-    UPSAMPLE_2D,
-    UPSAMPLE_3D,
-    DOWNSAMPLE_2D,
-    DOWNSAMPLE_3D,
-} resample_mode;
-
-/* QwenImageRMS_norm(dim, images=False).gamma: [dim, 1, 1, 1]; images=True: [dim, 1, 1]. */
-static int declare_rms(ds_state_dict *params, const char *prefix, const char *name, int64_t dim,
-                       int images, ds_error *err)
-{
-    return ds__param(params, prefix, name, images ? 3 : 4, (const int64_t[]){dim, 1, 1, 1}, err);
-}
-
-/* QwenImageResidualBlock: norm1, conv1, norm2, conv2, and a 1x1x1 shortcut when widths differ. */
-static int declare_residual(ds_state_dict *params, const char *prefix, int64_t in, int64_t out,
-                            ds_error *err)
-{
-    int rc;
-    if ((rc = declare_rms(params, prefix, "norm1.gamma", in, 0, err)) != DS_OK ||
-        (rc = ds__param_conv(params, prefix, "conv1", out, in, 3, K333, err)) != DS_OK ||
-        (rc = declare_rms(params, prefix, "norm2.gamma", out, 0, err)) != DS_OK ||
-        (rc = ds__param_conv(params, prefix, "conv2", out, out, 3, K333, err)) != DS_OK)
-        return rc;
-    if (in != out && (rc = ds__param_conv(params, prefix, "conv_shortcut", out, in, 3, K111,
-                                          err)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
-/* QwenImageAttentionBlock: a per-frame single-head attention with 1x1 Conv2d projections. */
-static int declare_attention(ds_state_dict *params, const char *prefix, int64_t dim, ds_error *err)
-{
-    int rc;
-    if ((rc = declare_rms(params, prefix, "norm.gamma", dim, 1, err)) != DS_OK ||
-        (rc = ds__param_conv(params, prefix, "to_qkv", 3 * dim, dim, 2, K11, err)) != DS_OK ||
-        (rc = ds__param_conv(params, prefix, "proj", dim, dim, 2, K11, err)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
-/* QwenImageResample: the Conv2d sits at index 1 of a Sequential behind an Upsample or a
- * ZeroPad2d; the 3D modes add a temporal conv. */
-static int declare_resample(ds_state_dict *params, const char *prefix, int64_t dim,
-                            resample_mode mode, ds_error *err)
-{
-    int up = mode == UPSAMPLE_2D || mode == UPSAMPLE_3D;
-    int rc = ds__param_conv(params, prefix, "resample.1", up ? dim / 2 : dim, dim, 2, K33, err);
-    if (rc != DS_OK)
-        return rc;
-    if (mode == UPSAMPLE_3D)
-        return ds__param_conv(params, prefix, "time_conv", dim * 2, dim, 3, K311, err);
-    if (mode == DOWNSAMPLE_3D)
-        return ds__param_conv(params, prefix, "time_conv", dim, dim, 3, K311, err);
-    return DS_OK;
-}
-
-/* QwenImageMidBlock(num_layers=1): `attentions` is registered before `resnets`. */
-static int declare_mid(ds_state_dict *params, const char *prefix, int64_t dim, ds_error *err)
-{
-    char sub[DS__PARAM_NAME_MAX];
-    int rc;
-    if ((rc = ds__param_prefix(sub, err, "%sattentions.0.", prefix)) != DS_OK ||
-        (rc = declare_attention(params, sub, dim, err)) != DS_OK)
-        return rc;
-    for (int i = 0; i < 2; i++)
-        if ((rc = ds__param_prefix(sub, err, "%sresnets.%d.", prefix, i)) != DS_OK ||
-            (rc = declare_residual(params, sub, dim, dim, err)) != DS_OK)
-            return rc;
-    return DS_OK;
-}
 
 typedef struct vae_config {
     int64_t base_dim, z_dim, num_res_blocks, image_channels;
@@ -121,96 +44,6 @@ static int has_attention(const vae_config *c, double scale)
         if ((double)c->attn_scales[i] == scale)
             return 1;
     return 0;
-}
-
-/* QwenImageEncoder3d(base_dim, 2 * z_dim, ...). */
-static int declare_encoder(ds_state_dict *params, const vae_config *c, ds_error *err)
-{
-    char prefix[DS__PARAM_NAME_MAX];
-    int64_t dims[MAX_LEVELS + 1];
-    dims[0] = c->base_dim;
-    for (int i = 0; i < c->levels; i++)
-        dims[i + 1] = c->base_dim * c->dim_mult[i];
-
-    int rc = ds__param_conv(params, "encoder.", "conv_in", dims[0], c->image_channels, 3, K333,
-                            err);
-    if (rc != DS_OK)
-        return rc;
-    int64_t block = 0;
-    double scale = 1.0;
-    for (int i = 0; i < c->levels; i++) {
-        int64_t in = dims[i], out = dims[i + 1];
-        for (int64_t r = 0; r < c->num_res_blocks; r++) {
-            if ((rc = ds__param_prefix(prefix, err, "encoder.down_blocks.%" PRId64 ".",
-                                       block++)) != DS_OK ||
-                (rc = declare_residual(params, prefix, in, out, err)) != DS_OK)
-                return rc;
-            if (has_attention(c, scale) &&
-                ((rc = ds__param_prefix(prefix, err, "encoder.down_blocks.%" PRId64 ".",
-                                        block++)) != DS_OK ||
-                 (rc = declare_attention(params, prefix, out, err)) != DS_OK))
-                return rc;
-            in = out;
-        }
-        if (i != c->levels - 1) {
-            resample_mode mode = c->temperal_downsample[i] ? DOWNSAMPLE_3D : DOWNSAMPLE_2D;
-            if ((rc = ds__param_prefix(prefix, err, "encoder.down_blocks.%" PRId64 ".",
-                                       block++)) != DS_OK ||
-                (rc = declare_resample(params, prefix, out, mode, err)) != DS_OK)
-                return rc;
-            scale /= 2.0;
-        }
-    }
-    int64_t top = dims[c->levels];
-    if ((rc = declare_mid(params, "encoder.mid_block.", top, err)) != DS_OK ||
-        (rc = declare_rms(params, "encoder.", "norm_out.gamma", top, 0, err)) != DS_OK ||
-        (rc = ds__param_conv(params, "encoder.", "conv_out", 2 * c->z_dim, top, 3, K333, err)) !=
-            DS_OK)
-        return rc;
-    return DS_OK;
-}
-
-/* QwenImageDecoder3d(base_dim, z_dim, ..., temperal_upsample = temperal_downsample[::-1]).
- * Its up blocks take no attention, whatever attn_scales says. */
-static int declare_decoder(ds_state_dict *params, const vae_config *c, ds_error *err)
-{
-    char prefix[DS__PARAM_NAME_MAX];
-    int64_t dims[MAX_LEVELS + 1];
-    dims[0] = c->base_dim * c->dim_mult[c->levels - 1];
-    for (int i = 0; i < c->levels; i++)
-        dims[i + 1] = c->base_dim * c->dim_mult[c->levels - 1 - i];
-
-    int rc;
-    if ((rc = ds__param_conv(params, "decoder.", "conv_in", dims[0], c->z_dim, 3, K333, err)) !=
-            DS_OK ||
-        (rc = declare_mid(params, "decoder.mid_block.", dims[0], err)) != DS_OK)
-        return rc;
-    for (int i = 0; i < c->levels; i++) {
-        /* Every up block but the first follows an upsampler that halved the width. */
-        int64_t in = i > 0 ? dims[i] / 2 : dims[i], out = dims[i + 1];
-        for (int64_t r = 0; r < c->num_res_blocks + 1; r++) {
-            if ((rc = ds__param_prefix(prefix, err,
-                                       "decoder.up_blocks.%d.resnets.%" PRId64 ".", i, r)) !=
-                    DS_OK ||
-                (rc = declare_residual(params, prefix, in, out, err)) != DS_OK)
-                return rc;
-            in = out;
-        }
-        if (i != c->levels - 1) {
-            int temporal = (int)c->temperal_downsample[c->temporal_count - 1 - i] != 0;
-            if ((rc = ds__param_prefix(prefix, err, "decoder.up_blocks.%d.upsamplers.0.", i)) !=
-                    DS_OK ||
-                (rc = declare_resample(params, prefix, out, temporal ? UPSAMPLE_3D : UPSAMPLE_2D,
-                                       err)) != DS_OK)
-                return rc;
-        }
-    }
-    int64_t last = dims[c->levels];
-    if ((rc = declare_rms(params, "decoder.", "norm_out.gamma", last, 0, err)) != DS_OK ||
-        (rc = ds__param_conv(params, "decoder.", "conv_out", c->image_channels, last, 3, K333,
-                             err)) != DS_OK)
-        return rc;
-    return DS_OK;
 }
 
 static int read_kwargs(ds_kwargs *kwargs, vae_config *c, ds_error *err)
@@ -264,25 +97,346 @@ static int read_kwargs(ds_kwargs *kwargs, vae_config *c, ds_error *err)
     return DS_OK;
 }
 
+/* ---- The modules ----
+ *
+ * Each upstream module instance is a group of the module table, declared once under its own
+ * prefix with the widths of where it sits: the templates below, their DS_MODULE_DIM entries
+ * read from the instance's dims (ds_module_instance). Every instance is one transfer unit, the
+ * largest a residual block of the widest level (~32 MB in f32), so a budget of a few such blocks
+ * streams the whole VAE. The resamplers' time_conv never runs on one frame and is no unit. */
+
+typedef struct residual_weights {
+    ds_tensor norm1;
+    ds__linear_weights conv1;
+    ds_tensor norm2;
+    ds__linear_weights conv2, conv_shortcut; /* conv_shortcut zeroed when widths agree */
+} residual_weights;
+
+typedef struct attention_weights {
+    ds_tensor norm;
+    ds__linear_weights to_qkv, proj; /* 1x1 Conv2d run as Linears over the channels */
+} attention_weights;
+
+typedef struct resample_weights {
+    ds__linear_weights resample, time_conv; /* resample.1 (the Conv2d); time_conv unbound */
+} resample_weights;
+
+typedef struct head_weights {
+    ds_tensor norm_out;
+    ds__linear_weights conv_out;
+} head_weights;
+
+#define DIM DS_MODULE_DIM
+
+/* QwenImageResidualBlock(in, out): dims in, out, whether a shortcut projects in to out. */
+enum { RES_IN, RES_OUT, RES_SHORTCUT };
+static const ds_module residual_modules[] = {
+    {"norm1.gamma", DS_MODULE_TENSOR, 4, {DIM(RES_IN), 1, 1, 1}, 0,
+     offsetof(residual_weights, norm1), 0},
+    {"conv1", DS_MODULE_CONV, 5, {DIM(RES_OUT), DIM(RES_IN), 3, 3, 3}, 0,
+     offsetof(residual_weights, conv1), 0},
+    {"norm2.gamma", DS_MODULE_TENSOR, 4, {DIM(RES_OUT), 1, 1, 1}, 0,
+     offsetof(residual_weights, norm2), 0},
+    {"conv2", DS_MODULE_CONV, 5, {DIM(RES_OUT), DIM(RES_OUT), 3, 3, 3}, 0,
+     offsetof(residual_weights, conv2), 0},
+    {"conv_shortcut", DS_MODULE_CONV, 5, {DIM(RES_OUT), DIM(RES_IN), 1, 1, 1}, 0,
+     offsetof(residual_weights, conv_shortcut), DS_MODULE_IF(RES_SHORTCUT)},
+};
+
+/* QwenImageAttentionBlock(dim): dims dim, 3 * dim. */
+enum { ATTN_DIM, ATTN_QKV };
+static const ds_module attention_modules[] = {
+    {"norm.gamma", DS_MODULE_TENSOR, 3, {DIM(ATTN_DIM), 1, 1}, 0,
+     offsetof(attention_weights, norm), 0},
+    {"to_qkv", DS_MODULE_CONV_LINEAR, 4, {DIM(ATTN_QKV), DIM(ATTN_DIM), 1, 1}, 0,
+     offsetof(attention_weights, to_qkv), 0},
+    {"proj", DS_MODULE_CONV_LINEAR, 4, {DIM(ATTN_DIM), DIM(ATTN_DIM), 1, 1}, 0,
+     offsetof(attention_weights, proj), 0},
+};
+
+/* QwenImageResample(dim, mode): the Conv2d sits at index 1 of a Sequential behind an Upsample
+ * or a ZeroPad2d; the 3D modes add a temporal conv. dims: dim, the Conv2d's output (dim / 2
+ * upsampling), time_conv's output (0: a 2D mode, none). */
+enum { RS_DIM, RS_OUT, RS_TIME };
+static const ds_module resample_modules[] = {
+    {"resample.1", DS_MODULE_CONV, 4, {DIM(RS_OUT), DIM(RS_DIM), 3, 3}, 0,
+     offsetof(resample_weights, resample), 0},
+    {"time_conv", DS_MODULE_CONV, 5, {DIM(RS_TIME), DIM(RS_DIM), 3, 1, 1}, DS_MODULE_NO_UNIT,
+     offsetof(resample_weights, time_conv), DS_MODULE_IF(RS_TIME)},
+};
+
+/* norm_out and conv_out of Encoder3d / Decoder3d: dims in, out. */
+enum { HEAD_IN, HEAD_OUT };
+static const ds_module head_modules[] = {
+    {"norm_out.gamma", DS_MODULE_TENSOR, 4, {DIM(HEAD_IN), 1, 1, 1}, 0,
+     offsetof(head_weights, norm_out), 0},
+    {"conv_out", DS_MODULE_CONV, 5, {DIM(HEAD_OUT), DIM(HEAD_IN), 3, 3, 3}, 0,
+     offsetof(head_weights, conv_out), 0},
+};
+
+/* A QwenImageCausalConv3d alone (conv_in, quant_conv, post_quant_conv): dims out, in, kernel. */
+enum { CONV_OUT, CONV_IN, CONV_K };
+#define CONV_MODULE(name)                                                                      \
+    {name, DS_MODULE_CONV, 5, {DIM(CONV_OUT), DIM(CONV_IN), DIM(CONV_K), DIM(CONV_K),          \
+                               DIM(CONV_K)}, 0, 0, 0}
+static const ds_module conv_in_module[] = {CONV_MODULE("conv_in")};
+static const ds_module quant_conv_module[] = {CONV_MODULE("quant_conv")};
+static const ds_module post_quant_conv_module[] = {CONV_MODULE("post_quant_conv")};
+
+#undef DIM
+
+static const char *const whole_unit[] = {""};
+static const char *const conv_in_unit[] = {"conv_in"};
+static const char *const quant_conv_unit[] = {"quant_conv"};
+static const char *const post_quant_conv_unit[] = {"post_quant_conv"};
+
+/* Which upstream module an instance is: what Encoder3d's down_blocks hold is told apart as
+ * upstream's forward does, by the module's class. */
+typedef enum block_kind {
+    BLOCK_CONV,
+    BLOCK_RESIDUAL,
+    BLOCK_ATTENTION,
+    BLOCK_DOWNSAMPLE,
+    BLOCK_UPSAMPLE,
+    BLOCK_HEAD,
+} block_kind;
+
+#define MODULES_PER_GROUP 5
+
+/* The model's instances for one config, in upstream's registration order, with where each
+ * part of the structure starts and the transfer units in the order the forwards run them:
+ * decode's, then encode's. */
+typedef struct vae_modules {
+    ds_module_model model;
+    ds_module_group *groups;
+    block_kind *kinds;
+    ds_module *modules;
+    char (*prefixes)[DS__PARAM_NAME_MAX];
+    size_t count, capacity;
+    ds_module_unit_ref *order;
+    size_t order_count, decode_units;
+    /* Encoder3d: conv_in, down_blocks [down, down_end), mid_block (attentions.0, resnets.0,
+     * resnets.1 from mid), the head. */
+    size_t enc_conv_in, enc_down, enc_down_end, enc_mid, enc_head, quant_conv, post_quant_conv;
+    /* Decoder3d: conv_in, mid_block, up_blocks[i] (its resnets, then its upsampler) from
+     * dec_up[i], the head. */
+    size_t dec_conv_in, dec_mid, dec_up[MAX_LEVELS], dec_head;
+    int levels;
+    int64_t up_resnets;
+} vae_modules;
+
+static void modules_free(vae_modules *v)
+{
+    free(v->groups);
+    free(v->kinds);
+    free(v->modules);
+    free(v->prefixes);
+    free(v->order);
+    memset(v, 0, sizeof *v);
+}
+
+static int add_group(vae_modules *v, block_kind kind, const ds_module *tmpl, size_t n,
+                     const int64_t *dims, const char *const *units, size_t *index, ds_error *err,
+                     const char *fmt, ...) __attribute__((format(printf, 9, 10)));
+
+/* Declares one instance: `tmpl` with `dims`, under the prefix `fmt`. */
+static int add_group(vae_modules *v, block_kind kind, const ds_module *tmpl, size_t n,
+                     const int64_t *dims, const char *const *units, size_t *index, ds_error *err,
+                     const char *fmt, ...)
+{
+    if (v->count == v->capacity)
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s: module table overflow", CLASS_NAME);
+    size_t g = v->count++;
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(v->prefixes[g], sizeof v->prefixes[g], fmt, ap);
+    va_end(ap);
+    if (len < 0 || (size_t)len >= sizeof v->prefixes[g])
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s: module name too long", CLASS_NAME);
+    ds_module *mods = &v->modules[g * MODULES_PER_GROUP];
+    size_t count;
+    ds_module_instance(tmpl, n, dims, mods, &count);
+    v->groups[g] = (ds_module_group){v->prefixes[g], 0, mods, count, units, 1};
+    v->kinds[g] = kind;
+    if (index)
+        *index = g;
+    return DS_OK;
+}
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+#define DIMS(...) ((const int64_t[]){__VA_ARGS__})
+
+static int add_residual(vae_modules *v, int64_t in, int64_t out, ds_error *err, const char *fmt,
+                        const char *part, int64_t i)
+{
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    return add_group(v, BLOCK_RESIDUAL, residual_modules, COUNT(residual_modules),
+                     DIMS(in, out, in != out), whole_unit, NULL, err, fmt, part, (long long)i);
+#pragma GCC diagnostic pop
+}
+
+/* QwenImageMidBlock(dim, num_layers=1): `attentions` is registered before `resnets`. */
+static int add_mid(vae_modules *v, const char *part, int64_t dim, size_t *index, ds_error *err)
+{
+    int rc = add_group(v, BLOCK_ATTENTION, attention_modules, COUNT(attention_modules),
+                       DIMS(dim, 3 * dim), whole_unit, index, err, "%s.mid_block.attentions.0.",
+                       part);
+    for (int i = 0; rc == DS_OK && i < 2; i++)
+        rc = add_residual(v, dim, dim, err, "%s.mid_block.resnets.%lld.", part, i);
+    return rc;
+}
+
+/* QwenImageEncoder3d(base_dim, 2 * z_dim, ...). */
+static int add_encoder(vae_modules *v, const vae_config *c, ds_error *err)
+{
+    int64_t dims[MAX_LEVELS + 1];
+    dims[0] = c->base_dim;
+    for (int i = 0; i < c->levels; i++)
+        dims[i + 1] = c->base_dim * c->dim_mult[i];
+    int rc = add_group(v, BLOCK_CONV, conv_in_module, 1, DIMS(dims[0], c->image_channels, 3),
+                       conv_in_unit, &v->enc_conv_in, err, "encoder.");
+    int64_t block = 0;
+    double scale = 1.0;
+    v->enc_down = v->count;
+    for (int i = 0; rc == DS_OK && i < c->levels; i++) {
+        int64_t in = dims[i], out = dims[i + 1];
+        for (int64_t r = 0; rc == DS_OK && r < c->num_res_blocks; r++) {
+            rc = add_residual(v, in, out, err, "%s.down_blocks.%lld.", "encoder", block++);
+            if (rc == DS_OK && has_attention(c, scale))
+                rc = add_group(v, BLOCK_ATTENTION, attention_modules, COUNT(attention_modules),
+                               DIMS(out, 3 * out), whole_unit, NULL, err,
+                               "encoder.down_blocks.%" PRId64 ".", block++);
+            in = out;
+        }
+        if (rc == DS_OK && i != c->levels - 1) {
+            rc = add_group(v, BLOCK_DOWNSAMPLE, resample_modules, COUNT(resample_modules),
+                           DIMS(out, out, c->temperal_downsample[i] ? out : 0), whole_unit, NULL,
+                           err, "encoder.down_blocks.%" PRId64 ".", block++);
+            scale /= 2.0;
+        }
+    }
+    v->enc_down_end = v->count;
+    int64_t top = dims[c->levels];
+    if (rc == DS_OK)
+        rc = add_mid(v, "encoder", top, &v->enc_mid, err);
+    if (rc == DS_OK)
+        rc = add_group(v, BLOCK_HEAD, head_modules, COUNT(head_modules), DIMS(top, 2 * c->z_dim),
+                       whole_unit, &v->enc_head, err, "encoder.");
+    return rc;
+}
+
+/* QwenImageDecoder3d(base_dim, z_dim, ..., temperal_upsample = temperal_downsample[::-1]).
+ * Its up blocks take no attention, whatever attn_scales says. */
+static int add_decoder(vae_modules *v, const vae_config *c, ds_error *err)
+{
+    int64_t dims[MAX_LEVELS + 1];
+    dims[0] = c->base_dim * c->dim_mult[c->levels - 1];
+    for (int i = 0; i < c->levels; i++)
+        dims[i + 1] = c->base_dim * c->dim_mult[c->levels - 1 - i];
+    int rc = add_group(v, BLOCK_CONV, conv_in_module, 1, DIMS(dims[0], c->z_dim, 3),
+                       conv_in_unit, &v->dec_conv_in, err, "decoder.");
+    if (rc == DS_OK)
+        rc = add_mid(v, "decoder", dims[0], &v->dec_mid, err);
+    for (int i = 0; rc == DS_OK && i < c->levels; i++) {
+        /* Every up block but the first follows an upsampler that halved the width. */
+        int64_t in = i > 0 ? dims[i] / 2 : dims[i], out = dims[i + 1];
+        v->dec_up[i] = v->count;
+        for (int64_t r = 0; rc == DS_OK && r < c->num_res_blocks + 1; r++) {
+            char part[32];
+            snprintf(part, sizeof part, "decoder.up_blocks.%d", i);
+            rc = add_residual(v, in, out, err, "%s.resnets.%lld.", part, r);
+            in = out;
+        }
+        if (rc == DS_OK && i != c->levels - 1) {
+            int temporal = c->temperal_downsample[c->temporal_count - 1 - i] != 0;
+            rc = add_group(v, BLOCK_UPSAMPLE, resample_modules, COUNT(resample_modules),
+                           DIMS(out, out / 2, temporal ? 2 * out : 0), whole_unit, NULL, err,
+                           "decoder.up_blocks.%d.upsamplers.0.", i);
+        }
+    }
+    if (rc == DS_OK)
+        rc = add_group(v, BLOCK_HEAD, head_modules, COUNT(head_modules),
+                       DIMS(dims[c->levels], c->image_channels), whole_unit, &v->dec_head, err,
+                       "decoder.");
+    return rc;
+}
+
+static void order_add(vae_modules *v, size_t group)
+{
+    v->order[v->order_count++] = (ds_module_unit_ref){group, 0, 0};
+}
+
+/* The mid block runs resnets.0, attentions.0, resnets.1. */
+static void order_mid(vae_modules *v, size_t mid)
+{
+    order_add(v, mid + 1);
+    order_add(v, mid);
+    order_add(v, mid + 2);
+}
+
+/* The instances for config c, and the units' order: decode (post_quant_conv, then Decoder3d),
+ * then encode (Encoder3d, then quant_conv). */
+static int modules_build(const vae_config *c, vae_modules *v, ds_error *err)
+{
+    memset(v, 0, sizeof *v);
+    v->capacity = 16 + 4 * (size_t)c->levels * ((size_t)c->num_res_blocks + 2);
+    v->groups = calloc(v->capacity, sizeof *v->groups);
+    v->kinds = calloc(v->capacity, sizeof *v->kinds);
+    v->modules = calloc(v->capacity * MODULES_PER_GROUP, sizeof *v->modules);
+    v->prefixes = calloc(v->capacity, sizeof *v->prefixes);
+    v->order = calloc(v->capacity, sizeof *v->order);
+    v->levels = c->levels;
+    v->up_resnets = c->num_res_blocks + 1;
+    int rc = v->groups && v->kinds && v->modules && v->prefixes && v->order
+                 ? add_encoder(v, c, err)
+                 : ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                                "%s: out of memory for %zu modules", CLASS_NAME, v->capacity);
+    if (rc == DS_OK)
+        rc = add_group(v, BLOCK_CONV, quant_conv_module, 1,
+                       DIMS(2 * c->z_dim, 2 * c->z_dim, 1), quant_conv_unit, &v->quant_conv,
+                       err, "%s", "");
+    if (rc == DS_OK)
+        rc = add_group(v, BLOCK_CONV, post_quant_conv_module, 1, DIMS(c->z_dim, c->z_dim, 1),
+                       post_quant_conv_unit, &v->post_quant_conv, err, "%s", "");
+    if (rc == DS_OK)
+        rc = add_decoder(v, c, err);
+    if (rc != DS_OK) {
+        modules_free(v);
+        return rc;
+    }
+    order_add(v, v->post_quant_conv);
+    order_add(v, v->dec_conv_in);
+    order_mid(v, v->dec_mid);
+    for (size_t g = v->dec_up[0]; g < v->dec_head; g++)
+        order_add(v, g);
+    order_add(v, v->dec_head);
+    v->decode_units = v->order_count;
+    order_add(v, v->enc_conv_in);
+    for (size_t g = v->enc_down; g < v->enc_down_end; g++)
+        order_add(v, g);
+    order_mid(v, v->enc_mid);
+    order_add(v, v->enc_head);
+    order_add(v, v->quant_conv);
+    v->model = (ds_module_model){"QwenImageVAE", "qwen_image_vae", v->groups, v->count};
+    return DS_OK;
+}
+
 static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error *err)
 {
     vae_config c;
-    int rc;
-    if ((rc = read_kwargs(kwargs, &c, err)) != DS_OK ||
-        (rc = declare_encoder(params, &c, err)) != DS_OK ||
-        (rc = ds__param_conv(params, "", "quant_conv", 2 * c.z_dim, 2 * c.z_dim, 3, K111, err)) !=
-            DS_OK ||
-        (rc = ds__param_conv(params, "", "post_quant_conv", c.z_dim, c.z_dim, 3, K111, err)) !=
-            DS_OK ||
-        (rc = declare_decoder(params, &c, err)) != DS_OK)
+    vae_modules v;
+    int rc = read_kwargs(kwargs, &c, err);
+    if (rc != DS_OK || (rc = modules_build(&c, &v, err)) != DS_OK)
         return rc;
-    return DS_OK;
+    rc = ds_module_declare(&v.model, NULL, params, err);
+    modules_free(&v);
+    return rc;
 }
 
 /* ---- Forward pass ---- */
 
 #define LATENT_CHANNELS 16
-#define NORM_EPS 1e-12f /* F.normalize's default eps, RMS_norm's */
 
 /* QwenImageVAE.mean and the std it stores the inverse of (facts §5.6). */
 static const float LATENT_MEAN[LATENT_CHANNELS] = {
@@ -296,207 +450,17 @@ static const float LATENT_STD[LATENT_CHANNELS] = {
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
-/* What runs, in order: upstream's module sequence for one direction. */
-typedef enum layer_kind {
-    LAYER_CONV,       /* a causal conv alone: conv_in, quant_conv, post_quant_conv */
-    LAYER_RESIDUAL,   /* QwenImageResidualBlock */
-    LAYER_ATTENTION,  /* QwenImageAttentionBlock */
-    LAYER_UPSAMPLE,   /* QwenImageResample upsample2d/3d: time_conv skipped without a cache */
-    LAYER_DOWNSAMPLE, /* QwenImageResample downsample2d/3d: the same */
-    LAYER_HEAD,       /* norm_out, SiLU, conv_out */
-} layer_kind;
-
-typedef struct vae_layer {
-    layer_kind kind;
-    char prefix[DS__PARAM_NAME_MAX]; /* the module's path with a trailing dot; a conv's name */
-} vae_layer;
-
-typedef struct vae_plan {
-    vae_layer *layers;
-    size_t count, capacity;
-} vae_plan;
-
-static int plan_add(vae_plan *p, layer_kind kind, ds_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int plan_add(vae_plan *p, layer_kind kind, ds_error *err, const char *fmt, ...)
-{
-    if (p->count == p->capacity)
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s: layer plan overflow", CLASS_NAME);
-    vae_layer *l = &p->layers[p->count++];
-    l->kind = kind;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(l->prefix, sizeof l->prefix, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof l->prefix)
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s: module name too long", CLASS_NAME);
-    return DS_OK;
-}
-
-static int plan_mid(vae_plan *p, const char *part, ds_error *err)
-{
-    int rc;
-    if ((rc = plan_add(p, LAYER_RESIDUAL, err, "%s.mid_block.resnets.0.", part)) != DS_OK ||
-        (rc = plan_add(p, LAYER_ATTENTION, err, "%s.mid_block.attentions.0.", part)) != DS_OK ||
-        (rc = plan_add(p, LAYER_RESIDUAL, err, "%s.mid_block.resnets.1.", part)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
-/* The module sequences of decode (post_quant_conv, decoder) and encode (encoder, quant_conv),
- * numbered as declare_decoder / declare_encoder number them. */
-static int plan_build(const vae_config *c, int decode, vae_plan *p, ds_error *err)
-{
-    p->count = 0;
-    p->capacity = 8 + (size_t)c->levels * (2 * (size_t)c->num_res_blocks + 2);
-    p->layers = malloc(p->capacity * sizeof *p->layers);
-    if (!p->layers)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for %zu layers",
-                            CLASS_NAME, p->capacity);
-    int rc;
-    if (decode) {
-        if ((rc = plan_add(p, LAYER_CONV, err, "post_quant_conv")) != DS_OK ||
-            (rc = plan_add(p, LAYER_CONV, err, "decoder.conv_in")) != DS_OK ||
-            (rc = plan_mid(p, "decoder", err)) != DS_OK)
-            return rc;
-        for (int i = 0; i < c->levels; i++) {
-            for (int64_t r = 0; r < c->num_res_blocks + 1; r++)
-                if ((rc = plan_add(p, LAYER_RESIDUAL, err,
-                                   "decoder.up_blocks.%d.resnets.%" PRId64 ".", i, r)) != DS_OK)
-                    return rc;
-            if (i != c->levels - 1 &&
-                (rc = plan_add(p, LAYER_UPSAMPLE, err, "decoder.up_blocks.%d.upsamplers.0.",
-                               i)) != DS_OK)
-                return rc;
-        }
-        return plan_add(p, LAYER_HEAD, err, "decoder.");
-    }
-    if ((rc = plan_add(p, LAYER_CONV, err, "encoder.conv_in")) != DS_OK)
-        return rc;
-    int64_t block = 0;
-    double scale = 1.0;
-    for (int i = 0; i < c->levels; i++) {
-        for (int64_t r = 0; r < c->num_res_blocks; r++) {
-            if ((rc = plan_add(p, LAYER_RESIDUAL, err, "encoder.down_blocks.%" PRId64 ".",
-                               block++)) != DS_OK)
-                return rc;
-            if (has_attention(c, scale) &&
-                (rc = plan_add(p, LAYER_ATTENTION, err, "encoder.down_blocks.%" PRId64 ".",
-                               block++)) != DS_OK)
-                return rc;
-        }
-        if (i != c->levels - 1) {
-            if ((rc = plan_add(p, LAYER_DOWNSAMPLE, err, "encoder.down_blocks.%" PRId64 ".",
-                               block++)) != DS_OK)
-                return rc;
-            scale /= 2.0;
-        }
-    }
-    if ((rc = plan_mid(p, "encoder", err)) != DS_OK ||
-        (rc = plan_add(p, LAYER_HEAD, err, "encoder.")) != DS_OK ||
-        (rc = plan_add(p, LAYER_CONV, err, "quant_conv")) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
-/* ---- Streaming the weights through a VRAM manager ----
- *
- * Units: one per layer of a plan (a conv, a residual block, an attention block, a resampler's
- * 2-D conv, the head), the largest a residual block of the widest level (~32 MB in f32), so a
- * budget of a few such blocks streams the whole VAE. The resamplers' time_conv never runs on
- * one frame and is no unit. Both directions' units are registered together on first use (the
- * decode plan's layers, then the encode plan's), keyed to the loaded model; each call sets its
- * direction's order as the model's plan, so the other direction's units are the first evicted
- * and prefetch follows the layers about to run. */
-
-/* One tensor of a unit: its name after the layer's prefix, and whether it is a Linear's weight
- * (the attention's 1x1 projections, bound as linears). */
-typedef struct vae_slot {
-    const char *name;
-    int linear_weight;
-} vae_slot;
-
-static const vae_slot conv_slots[] = {{".weight", 0}, {".bias", 0}};
-/* The shortcut's pair last: a block whose widths agree has none. */
-static const vae_slot residual_slots[] = {
-    {"norm1.gamma", 0},          {"conv1.weight", 0}, {"conv1.bias", 0},
-    {"norm2.gamma", 0},          {"conv2.weight", 0}, {"conv2.bias", 0},
-    {"conv_shortcut.weight", 0}, {"conv_shortcut.bias", 0},
-};
-static const vae_slot attention_slots[] = {
-    {"norm.gamma", 0},  {"to_qkv.weight", 1}, {"to_qkv.bias", 0},
-    {"proj.weight", 1}, {"proj.bias", 0},
-};
-static const vae_slot resample_slots[] = {{"resample.1.weight", 0}, {"resample.1.bias", 0}};
-static const vae_slot head_slots[] = {
-    {"norm_out.gamma", 0}, {"conv_out.weight", 0}, {"conv_out.bias", 0}};
-
-/* The tensors layer `l` binds: *count of `slots`. */
-static const vae_slot *layer_slots(const ds_loaded_model *m, const vae_layer *l, size_t *count)
-{
-    switch (l->kind) {
-    case LAYER_CONV:
-        *count = 2;
-        return conv_slots;
-    case LAYER_RESIDUAL: {
-        char shortcut[DS__PARAM_NAME_MAX + 32];
-        snprintf(shortcut, sizeof shortcut, "%sconv_shortcut.weight", l->prefix);
-        *count = ds_state_dict_find(&m->params, shortcut) ? 8 : 6;
-        return residual_slots;
-    }
-    case LAYER_ATTENTION:
-        *count = sizeof attention_slots / sizeof attention_slots[0];
-        return attention_slots;
-    case LAYER_UPSAMPLE:
-    case LAYER_DOWNSAMPLE:
-        *count = 2;
-        return resample_slots;
-    case LAYER_HEAD:
-        break;
-    }
-    /* LAYER_HEAD: norm_out and conv_out under the decoder's or encoder's prefix. */
-    *count = sizeof head_slots / sizeof head_slots[0];
-    return head_slots;
-}
-
 /* One decode or encode call. */
 typedef struct vae_run {
-    const ds_loaded_model *m;
+    ds_module_run run;
+    const vae_modules *v;
+    const ds_step_context *ctx;
     ds_backend *b;
     ds_dtype dtype;     /* compute dtype: the input's */
     const char *phase;  /* "decode" or "encode", for messages and progress */
-    ds__weight_set ws;  /* the current layer's weights, released after it (no manager) */
     int x_owned;        /* the activation is ours to free (not the caller's input) */
-    ds_vram_model *vm;  /* the manager's registration; NULL: weights bound directly */
-    size_t held;        /* the unit acquired now; SIZE_MAX: none */
-    size_t reserved;    /* activation bytes reserved in the manager now */
-    const vae_layer *layer;        /* the layer running now (its unit's names) */
-    const vae_slot *slots;         /* its unit's tensors, `slot_count` of them ... */
-    size_t slot_count;
-    const ds_tensor *unit_tensors; /* ... resident while held */
-    size_t unit_base;   /* unit index of the plan's first layer */
+    size_t done, total; /* units run, and in all this call: its progress */
 } vae_run;
-
-/* Parameter prefix + name as an operand: the acquired unit's tensor of that name under a
- * manager, else bound directly (a view on the CPU, a per-layer copy elsewhere). */
-static int bind(vae_run *r, const char *prefix, const char *name, int linear_weight,
-                ds_tensor *out, ds_error *err)
-{
-    if (!r->unit_tensors)
-        return ds__weight_bind(r->m, &r->ws, prefix, name, linear_weight, out, err);
-    char want[2 * DS__PARAM_NAME_MAX + 32], have[2 * DS__PARAM_NAME_MAX];
-    snprintf(want, sizeof want, "%s%s", prefix, name);
-    for (size_t i = 0; i < r->slot_count; i++) {
-        snprintf(have, sizeof have, "%s%s", r->layer->prefix, r->slots[i].name);
-        if (strcmp(have, want) == 0) {
-            *out = r->unit_tensors[i];
-            return DS_OK;
-        }
-    }
-    return ds_error_set(err, DS_ERR_INTERNAL, "%s: \"%s\" is not in the unit of %s", r->phase,
-                        want, r->layer->prefix);
-}
 
 /* The activation *x becomes y: the old one is freed unless it is the caller's input. */
 static void replace(vae_run *r, ds_tensor *x, ds_tensor *y)
@@ -519,37 +483,98 @@ static int alloc_like(vae_run *r, const ds_tensor *x, ds_tensor *out, ds_error *
     return ds_tensor_alloc(r->b, r->dtype, x->ndim, x->shape, out, err);
 }
 
-/* Convolution `name` (prefix + name + ".weight" / ".bias") of x into a new tensor *y.
- * A QwenImageCausalConv3d weight [Co, Ci, KT, KH, KW] runs on one frame as the 2-D conv of its
+/* The latent mean and 1 / std, alive through the whole call. */
+static size_t stats_bytes(const vae_run *r)
+{
+    return 2 * LATENT_CHANNELS * ds_dtype_size(r->dtype);
+}
+
+/* A bound on the activation bytes alive while a module runs on x with its weights `w` (a
+ * struct of tensors, `size` bytes): x, at most three tensors of the widest of its input and
+ * output (the output at the upsampled size), the last temporal tap sliced from a 3x3x3 weight,
+ * and the latent stats; an attention block holds at most eight of x's size and the kernel's
+ * [S, S] f32 scores. */
+static size_t module_bytes(const vae_run *r, block_kind kind, const ds_tensor *x, const void *w,
+                           size_t size)
+{
+    _Static_assert(sizeof(ds__linear_weights) == 2 * sizeof(ds_tensor),
+                   "weights structs are arrays of tensors");
+    const ds_tensor *t = w;
+    size_t n = size / sizeof(ds_tensor);
+    uint64_t elem = ds_dtype_size(r->dtype), xn = ds_tensor_numel(x);
+    uint64_t B = (uint64_t)x->shape[0], S = (uint64_t)(x->shape[2] * x->shape[3]);
+    if (kind == BLOCK_ATTENTION)
+        return (size_t)(8 * xn * elem + B * S * S * 4) + stats_bytes(r);
+    int64_t co = x->shape[1];
+    uint64_t tap = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].ndim >= 4 && t[i].shape[0] > co)
+            co = t[i].shape[0];
+        if (t[i].ndim == 5 && t[i].shape[2] > 1 &&
+            ds_tensor_nbytes(&t[i]) / (uint64_t)t[i].shape[2] > tap)
+            tap = ds_tensor_nbytes(&t[i]) / (uint64_t)t[i].shape[2];
+    }
+    uint64_t act = B * (uint64_t)co * S * (kind == BLOCK_UPSAMPLE ? 4 : 1);
+    return (size_t)((xn + 3 * act) * elem + tap) + stats_bytes(r);
+}
+
+/* Where they go: the unit released (or unbound), a failure named after the module, progress. */
+static int module_end(vae_run *r, size_t g, int rc, ds_error *err)
+{
+    rc = ds_module_end(&r->run, rc, err);
+    if (rc != DS_OK) {
+        const ds_module_group *grp = &r->v->groups[g];
+        return ds_error_prefix(err, "%s: %s%s: ", r->phase, grp->prefix,
+                               r->v->kinds[g] == BLOCK_CONV ? grp->units[0] : "");
+    }
+    ds_module_progress(r->ctx, r->phase, (int64_t)r->done++, (int64_t)r->total);
+    return DS_OK;
+}
+
+/* Where a module's weights come in: cancellable before it; its unit acquired (or bound) into
+ * the zeroed struct `w` and its activations reserved. */
+static int module_begin(vae_run *r, size_t g, const ds_tensor *x, void *w, size_t size,
+                        ds_error *err)
+{
+    int rc = ds_module_cancelled(r->ctx, r->phase, "block", (int64_t)r->done,
+                                 (int64_t)r->total, err);
+    if (rc != DS_OK)
+        return rc;
+    memset(w, 0, size);
+    char what[DS__PARAM_NAME_MAX + 64];
+    snprintf(what, sizeof what, "%s: activations of %s", r->phase, r->v->prefixes[g]);
+    if ((rc = ds_module_use(&r->run, g, 0, 0, w, err)) != DS_OK ||
+        (rc = ds_module_reserve_set(&r->run, what,
+                                    module_bytes(r, r->v->kinds[g], x, w, size), err)) != DS_OK)
+        return module_end(r, g, rc, err);
+    return DS_OK;
+}
+
+/* A QwenImageCausalConv3d weight [Co, Ci, KT, KH, KW] runs on one frame as the 2-D conv of its
  * last temporal tap: CausalConv3d pads time by KT - 1 zero frames in front only, so the other
  * taps see zeros; its spatial padding is KH / 2 (upstream's padding=1 for 3x3x3, 0 for 1x1x1).
- * An nn.Conv2d weight [Co, Ci, KH, KW] runs with `pad` (top, bottom, left, right) and `stride`. */
-static int conv(vae_run *r, const char *prefix, const char *name, const ds_tensor *x,
-                const int pad2d[4], int stride, ds_tensor *y, ds_error *err)
+ * An nn.Conv2d weight [Co, Ci, KH, KW] runs with `pad` (top, bottom, left, right) and `stride`.
+ * The result is a new *y. */
+static int conv(vae_run *r, const ds__linear_weights *cw, const ds_tensor *x, const int pad2d[4],
+                int stride, ds_tensor *y, ds_error *err)
 {
-    char part[DS__PARAM_NAME_MAX + 32];
-    ds_tensor w, bias, tap = {0};
-    int rc;
-    snprintf(part, sizeof part, "%s.weight", name);
-    if ((rc = bind(r, prefix, part, 0, &w, err)) != DS_OK)
-        return rc;
-    snprintf(part, sizeof part, "%s.bias", name);
-    if ((rc = bind(r, prefix, part, 0, &bias, err)) != DS_OK)
-        return rc;
+    const ds_tensor *w = &cw->weight;
+    ds_tensor tap = {0};
+    int rc = DS_OK;
     int pad[4] = {pad2d[0], pad2d[1], pad2d[2], pad2d[3]};
-    ds_tensor w2 = w;
-    if (w.ndim == 5) {
-        const int64_t *ws = w.shape;
+    ds_tensor w2 = *w;
+    if (w->ndim == 5) {
+        const int64_t *ws = w->shape;
         int64_t shape4[4] = {ws[0], ws[1], ws[3], ws[4]};
         if (ws[2] > 1) {
-            ds_slice_args last = {&w, 2, ws[2] - 1, &tap};
-            if ((rc = ds_tensor_alloc(r->b, w.dtype, 5, SHAPE(ws[0], ws[1], 1, ws[3], ws[4]),
+            ds_slice_args last = {w, 2, ws[2] - 1, &tap};
+            if ((rc = ds_tensor_alloc(r->b, w->dtype, 5, SHAPE(ws[0], ws[1], 1, ws[3], ws[4]),
                                       &tap, err)) != DS_OK ||
                 (rc = ds_slice(r->b, NULL, &last, err)) != DS_OK)
                 goto done;
             w2 = ds_module_view(&tap, 4, shape4);
         } else {
-            w2 = ds_module_view(&w, 4, shape4);
+            w2 = ds_module_view(w, 4, shape4);
         }
         pad[0] = pad[1] = (int)(ws[3] / 2);
         pad[2] = pad[3] = (int)(ws[4] / 2);
@@ -558,7 +583,7 @@ static int conv(vae_run *r, const char *prefix, const char *name, const ds_tenso
     const int64_t *xs = x->shape, *ks = w2.shape;
     int64_t oh = (xs[2] + pad[0] + pad[1] - ks[2]) / stride + 1;
     int64_t ow = (xs[3] + pad[2] + pad[3] - ks[3]) / stride + 1;
-    ds_conv2d_args a = {x, &w2, &bias, {pad[0], pad[1], pad[2], pad[3]}, {stride, stride}, y};
+    ds_conv2d_args a = {x, &w2, &cw->bias, {pad[0], pad[1], pad[2], pad[3]}, {stride, stride}, y};
     if ((rc = alloc4(r, xs[0], ks[0], oh, ow, y, err)) != DS_OK ||
         (rc = ds_conv2d(r->b, NULL, &a, err)) != DS_OK)
         ds_tensor_free(y);
@@ -569,46 +594,56 @@ done:
 
 static const int NO_PAD[4] = {0, 0, 0, 0};
 
-/* QwenImageRMS_norm (gamma [C, 1, 1(, 1)]) of x into y, then SiLU when `silu`. */
-static int rms_norm(vae_run *r, const char *prefix, const char *name, const ds_tensor *x,
-                    int silu, ds_tensor *y, ds_error *err)
+/* Replaces *x by the result of a conv of it. */
+static int conv_replace(vae_run *r, const ds__linear_weights *w, ds_tensor *x, const int pad[4],
+                        int stride, ds_error *err)
 {
-    ds_tensor gamma;
-    int rc = bind(r, prefix, name, 0, &gamma, err);
+    ds_tensor y;
+    int rc = conv(r, w, x, pad, stride, &y, err);
     if (rc != DS_OK)
         return rc;
-    ds_tensor g1 = ds_module_view(&gamma, 1, SHAPE(gamma.shape[0]));
-    ds_channel_rms_norm_args n = {x, &g1, NULL, NORM_EPS, y};
-    ds_activation_args act = {y, DS_ACT_SILU, y};
-    if ((rc = ds_channel_rms_norm(r->b, NULL, &n, err)) != DS_OK ||
-        (silu && (rc = ds_activate(r->b, NULL, &act, err)) != DS_OK))
-        return rc;
+    replace(r, x, &y);
     return DS_OK;
+}
+
+/* QwenImageRMS_norm (gamma [C, 1, 1(, 1)]) of x into y, then SiLU when `silu`: Wan's. */
+static int rms_norm(vae_run *r, const ds_tensor *gamma, const ds_tensor *x, int silu,
+                    ds_tensor *y, ds_error *err)
+{
+    return ds__wan_vae_rms_norm(r->b, gamma, x, silu, y, err);
+}
+
+/* QwenImageCausalConv3d instance g (conv_in, quant_conv, post_quant_conv) on *x. */
+static int causal_conv(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
+{
+    ds__linear_weights w;
+    int rc = module_begin(r, g, x, &w, sizeof w, err);
+    if (rc != DS_OK)
+        return rc;
+    return module_end(r, g, conv_replace(r, &w, x, NO_PAD, 1, err), err);
 }
 
 /* QwenImageResidualBlock: shortcut(x) + conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); dropout is
  * the identity at inference. At most three activations are alive at once. */
-static int residual(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err)
+static int residual_forward(vae_run *r, const residual_weights *w, ds_tensor *x, ds_error *err)
 {
     ds_tensor t = {0}, u = {0}, v = {0}, h = {0};
-    char shortcut[DS__PARAM_NAME_MAX + 32];
     int rc;
     if ((rc = alloc_like(r, x, &t, err)) != DS_OK ||
-        (rc = rms_norm(r, prefix, "norm1.gamma", x, 1, &t, err)) != DS_OK ||
-        (rc = conv(r, prefix, "conv1", &t, NO_PAD, 1, &u, err)) != DS_OK)
+        (rc = rms_norm(r, &w->norm1, x, 1, &t, err)) != DS_OK ||
+        (rc = conv(r, &w->conv1, &t, NO_PAD, 1, &u, err)) != DS_OK)
         goto fail;
     ds_tensor_free(&t);
     if ((rc = alloc_like(r, &u, &t, err)) != DS_OK ||
-        (rc = rms_norm(r, prefix, "norm2.gamma", &u, 1, &t, err)) != DS_OK)
+        (rc = rms_norm(r, &w->norm2, &u, 1, &t, err)) != DS_OK)
         goto fail;
     ds_tensor_free(&u);
-    if ((rc = conv(r, prefix, "conv2", &t, NO_PAD, 1, &v, err)) != DS_OK)
+    if ((rc = conv(r, &w->conv2, &t, NO_PAD, 1, &v, err)) != DS_OK)
         goto fail;
     ds_tensor_free(&t);
-    snprintf(shortcut, sizeof shortcut, "%sconv_shortcut.weight", prefix);
     const ds_tensor *skip = x;
-    if (ds_state_dict_find(&r->m->params, shortcut)) {
-        if ((rc = conv(r, prefix, "conv_shortcut", x, NO_PAD, 1, &h, err)) != DS_OK)
+    if (w->conv_shortcut.weight.data) {
+        if ((rc = conv(r, &w->conv_shortcut, x, NO_PAD, 1, &h, err)) != DS_OK)
             goto fail;
         skip = &h;
     }
@@ -626,242 +661,149 @@ fail:
     return rc;
 }
 
-/* QwenImageAttentionBlock on one frame: RMS_norm, to_qkv (a 1x1 conv: a linear over channels
- * at every position), one head of dim C over the H * W positions (SDPA's scale 1/sqrt(C)),
- * proj, and the residual. */
-static int attention(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err)
+static int residual_block(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
 {
-    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], S = H * W;
-    ds_tensor n = {0}, p = {0}, qkv = {0}, q = {0}, k = {0}, v = {0}, o = {0}, pr = {0},
-              y = {0};
-    ds__linear_weights to_qkv, proj;
-    int rc;
-    if ((rc = bind(r, prefix, "to_qkv.weight", 1, &to_qkv.weight, err)) != DS_OK ||
-        (rc = bind(r, prefix, "to_qkv.bias", 0, &to_qkv.bias, err)) != DS_OK ||
-        (rc = bind(r, prefix, "proj.weight", 1, &proj.weight, err)) != DS_OK ||
-        (rc = bind(r, prefix, "proj.bias", 0, &proj.bias, err)) != DS_OK)
+    residual_weights w;
+    int rc = module_begin(r, g, x, &w, sizeof w, err);
+    if (rc != DS_OK)
         return rc;
-    ds_tensor w_qkv = ds_module_view(&to_qkv.weight, 2, SHAPE(3 * C, C));
-    ds_tensor w_proj = ds_module_view(&proj.weight, 2, SHAPE(C, C));
+    return module_end(r, g, residual_forward(r, &w, x, err), err);
+}
 
-    /* Channels last: [B, C, H, W] -> [B, H * W, C], the layout of the linears and attention. */
-    ds_permute_args to_last = {&n, {0, 2, 3, 1}, &p};
-    if ((rc = alloc_like(r, x, &n, err)) != DS_OK ||
-        (rc = rms_norm(r, prefix, "norm.gamma", x, 0, &n, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(B, H, W, C), &p, err)) != DS_OK ||
-        (rc = ds_permute(r->b, NULL, &to_last, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&n);
-    ds_tensor p3 = ds_module_view(&p, 3, SHAPE(B, S, C));
-    ds_linear_args lin_qkv = {&p3, &w_qkv, &to_qkv.bias, 1.0f, DS_ACT_NONE, &qkv};
-    if ((rc = ds_tensor_alloc(r->b, r->dtype, 3, SHAPE(B, S, 3 * C), &qkv, err)) != DS_OK ||
-        (rc = ds_linear(r->b, NULL, &lin_qkv, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&p);
-
-    /* Upstream chunks the [.., S, 3C] projection into q, k, v along channels. */
-    ds_tensor *parts[3] = {&q, &k, &v};
-    for (int i = 0; i < 3; i++) {
-        ds_slice_args s = {&qkv, 2, i * C, parts[i]};
-        if ((rc = ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(B, S, 1, C), parts[i], err)) !=
-                DS_OK)
-            goto done;
-        ds_tensor part3 = ds_module_view(parts[i], 3, SHAPE(B, S, C));
-        s.y = &part3;
-        if ((rc = ds_slice(r->b, NULL, &s, err)) != DS_OK)
-            goto done;
-    }
-    ds_tensor_free(&qkv);
-    ds_attention_args at = {&q, &k, &v, NULL, 1.0f / sqrtf((float)C), 0, &o};
-    if ((rc = ds_tensor_alloc(r->b, r->dtype, 4, SHAPE(B, S, 1, C), &o, err)) != DS_OK ||
-        (rc = ds_attention(r->b, NULL, &at, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&q);
-    ds_tensor_free(&k);
-    ds_tensor_free(&v);
-
-    ds_tensor o3 = ds_module_view(&o, 3, SHAPE(B, S, C));
-    ds_linear_args lin_proj = {&o3, &w_proj, &proj.bias, 1.0f, DS_ACT_NONE, &pr};
-    if ((rc = ds_tensor_alloc(r->b, r->dtype, 3, SHAPE(B, S, C), &pr, err)) != DS_OK ||
-        (rc = ds_linear(r->b, NULL, &lin_proj, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&o);
-    ds_tensor pr4 = ds_module_view(&pr, 4, SHAPE(B, H, W, C));
-    ds_permute_args to_first = {&pr4, {0, 3, 1, 2}, &y};
-    ds_binary_args add = {&y, x, DS_BINARY_ADD, &y};
-    if ((rc = alloc_like(r, x, &y, err)) != DS_OK ||
-        (rc = ds_permute(r->b, NULL, &to_first, err)) != DS_OK ||
-        (rc = ds_binary(r->b, NULL, &add, err)) != DS_OK)
-        goto done;
-    replace(r, x, &y);
-    y = (ds_tensor){0};
-done:
-    ds_tensor_free(&n);
-    ds_tensor_free(&p);
-    ds_tensor_free(&qkv);
-    ds_tensor_free(&q);
-    ds_tensor_free(&k);
-    ds_tensor_free(&v);
-    ds_tensor_free(&o);
-    ds_tensor_free(&pr);
-    ds_tensor_free(&y);
+/* QwenImageAttentionBlock on one frame: Wan's AttentionBlock on [B, C, H, W]. */
+static int attention_forward(vae_run *r, const attention_weights *w, ds_tensor *x,
+                             ds_error *err)
+{
+    ds_tensor y;
+    int rc = ds__wan_vae_attention(r->b, &w->norm, &w->to_qkv, &w->proj, x, &y, err);
+    if (rc == DS_OK)
+        replace(r, x, &y);
     return rc;
 }
 
-/* Replaces *x by the result of a conv of it. */
-static int conv_replace(vae_run *r, const char *prefix, const char *name, ds_tensor *x,
-                        const int pad[4], int stride, ds_error *err)
+static int attention_block(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
 {
-    ds_tensor y;
-    int rc = conv(r, prefix, name, x, pad, stride, &y, err);
+    attention_weights w;
+    int rc = module_begin(r, g, x, &w, sizeof w, err);
     if (rc != DS_OK)
         return rc;
-    replace(r, x, &y);
-    return DS_OK;
+    return module_end(r, g, attention_forward(r, &w, x, err), err);
 }
 
-/* upsample2d: nearest-exact x2 (for a factor of 2 the same source pixel as nearest; upstream
+/* QwenImageResample on one frame (time_conv needs the feature cache of a second frame):
+ * upsample: nearest-exact x2 (for a factor of 2 the same source pixel as nearest; upstream
  * upsamples in f32 and casts back, which copies values exactly), then the 3x3 Conv2d that
- * halves the channels. */
-static int upsample(vae_run *r, const char *prefix, ds_tensor *x, ds_error *err)
+ * halves the channels; downsample: ZeroPad2d((0, 1, 0, 1)), then the 3x3 stride-2 Conv2d. */
+static int resample_forward(vae_run *r, const resample_weights *w, int up, ds_tensor *x,
+                            ds_error *err)
 {
-    static const int pad[4] = {1, 1, 1, 1};
-    ds_tensor up;
+    static const int up_pad[4] = {1, 1, 1, 1}, down_pad[4] = {0, 1, 0, 1};
+    if (!up)
+        return conv_replace(r, &w->resample, x, down_pad, 2, err);
+    ds_tensor t;
     const int64_t *xs = x->shape;
-    ds_upsample_args a = {x, &up};
+    ds_upsample_args a = {x, &t};
     int rc;
-    if ((rc = alloc4(r, xs[0], xs[1], 2 * xs[2], 2 * xs[3], &up, err)) != DS_OK)
+    if ((rc = alloc4(r, xs[0], xs[1], 2 * xs[2], 2 * xs[3], &t, err)) != DS_OK)
         return rc;
     if ((rc = ds_upsample_nearest2x(r->b, NULL, &a, err)) != DS_OK) {
-        ds_tensor_free(&up);
-        return rc;
-    }
-    replace(r, x, &up);
-    return conv_replace(r, prefix, "resample.1", x, pad, 1, err);
-}
-
-/* One layer of the plan on the activation *x. */
-static int run_layer(vae_run *r, const vae_layer *l, ds_tensor *x, ds_error *err)
-{
-    /* downsample: ZeroPad2d((0, 1, 0, 1)), then the 3x3 stride-2 Conv2d. */
-    static const int down_pad[4] = {0, 1, 0, 1};
-    ds_tensor t;
-    int rc;
-    switch (l->kind) {
-    case LAYER_CONV:
-        return conv_replace(r, "", l->prefix, x, NO_PAD, 1, err);
-    case LAYER_RESIDUAL:
-        return residual(r, l->prefix, x, err);
-    case LAYER_ATTENTION:
-        return attention(r, l->prefix, x, err);
-    case LAYER_UPSAMPLE:
-        return upsample(r, l->prefix, x, err);
-    case LAYER_DOWNSAMPLE:
-        return conv_replace(r, l->prefix, "resample.1", x, down_pad, 2, err);
-    case LAYER_HEAD:
-        if ((rc = alloc_like(r, x, &t, err)) != DS_OK)
-            return rc;
-        if ((rc = rms_norm(r, l->prefix, "norm_out.gamma", x, 1, &t, err)) == DS_OK) {
-            replace(r, x, &t);
-            return conv_replace(r, l->prefix, "conv_out", x, NO_PAD, 1, err);
-        }
         ds_tensor_free(&t);
         return rc;
     }
-    return ds_error_set(err, DS_ERR_INTERNAL, "%s: unknown layer kind", r->phase);
+    replace(r, x, &t);
+    return conv_replace(r, &w->resample, x, up_pad, 1, err);
 }
 
-/* Replaces the activation bytes reserved in the manager (none without one) by `bytes`. */
-static int reserve(vae_run *r, const char *what, size_t bytes, ds_error *err)
+static int resample(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
 {
-    if (!r->vm)
-        return DS_OK;
-    ds_vram_unreserve(r->vm, r->reserved);
-    r->reserved = 0;
-    int rc = ds_vram_reserve(r->vm, what, bytes, err);
+    resample_weights w;
+    int rc = module_begin(r, g, x, &w, sizeof w, err);
+    if (rc != DS_OK)
+        return rc;
+    return module_end(r, g, resample_forward(r, &w, r->v->kinds[g] == BLOCK_UPSAMPLE, x, err),
+                      err);
+}
+
+/* QwenImageMidBlock(num_layers=1): resnets[0], then attentions[0] and resnets[1]. */
+static int mid_block(vae_run *r, size_t mid, ds_tensor *x, ds_error *err)
+{
+    int rc;
+    if ((rc = residual_block(r, mid + 1, x, err)) != DS_OK ||
+        (rc = attention_block(r, mid, x, err)) != DS_OK ||
+        (rc = residual_block(r, mid + 2, x, err)) != DS_OK)
+        return rc;
+    return DS_OK;
+}
+
+/* Encoder3d / Decoder3d's head: norm_out, SiLU, conv_out. */
+static int head(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
+{
+    head_weights w;
+    ds_tensor t;
+    int rc = module_begin(r, g, x, &w, sizeof w, err);
+    if (rc != DS_OK)
+        return rc;
+    if ((rc = alloc_like(r, x, &t, err)) == DS_OK) {
+        if ((rc = rms_norm(r, &w.norm_out, x, 1, &t, err)) == DS_OK) {
+            replace(r, x, &t);
+            rc = conv_replace(r, &w.conv_out, x, NO_PAD, 1, err);
+        } else {
+            ds_tensor_free(&t);
+        }
+    }
+    return module_end(r, g, rc, err);
+}
+
+/* QwenImageEncoder3d.forward: conv_in, the down blocks, the mid block, the head. */
+static int encoder3d(vae_run *r, ds_tensor *x, ds_error *err)
+{
+    const vae_modules *v = r->v;
+    int rc = causal_conv(r, v->enc_conv_in, x, err);
+    for (size_t g = v->enc_down; rc == DS_OK && g < v->enc_down_end; g++) {
+        switch (v->kinds[g]) {
+        case BLOCK_RESIDUAL:
+            rc = residual_block(r, g, x, err);
+            break;
+        case BLOCK_ATTENTION:
+            rc = attention_block(r, g, x, err);
+            break;
+        default:
+            rc = resample(r, g, x, err);
+            break;
+        }
+    }
     if (rc == DS_OK)
-        r->reserved = bytes;
+        rc = mid_block(r, v->enc_mid, x, err);
+    if (rc == DS_OK)
+        rc = head(r, v->enc_head, x, err);
     return rc;
 }
 
-/* The latent mean and 1 / std, alive through the whole call. */
-static size_t stats_bytes(const vae_run *r)
+/* QwenImageUpBlock i: its resnets, then its upsampler (all but the last). */
+static int up_block(vae_run *r, int i, ds_tensor *x, ds_error *err)
 {
-    return 2 * LATENT_CHANNELS * ds_dtype_size(r->dtype);
+    const vae_modules *v = r->v;
+    size_t g = v->dec_up[i];
+    int rc = DS_OK;
+    for (int64_t k = 0; rc == DS_OK && k < v->up_resnets; k++)
+        rc = residual_block(r, g++, x, err);
+    if (rc == DS_OK && i != v->levels - 1)
+        rc = resample(r, g, x, err);
+    return rc;
 }
 
-/* A bound on the activation bytes alive while layer `l` runs on x with its unit's `n` tensors
- * `t`: x, at most three tensors of the widest of its input and output (the output at the
- * upsampled size), the last temporal tap sliced from a 3x3x3 weight, and the latent stats; an
- * attention block holds at most eight of x's size and the kernel's [S, S] f32 scores. */
-static size_t layer_bytes(const vae_run *r, const vae_layer *l, const ds_tensor *x,
-                          const ds_tensor *t, size_t n)
+/* QwenImageDecoder3d.forward: conv_in, the mid block, the up blocks, the head. */
+static int decoder3d(vae_run *r, ds_tensor *x, ds_error *err)
 {
-    uint64_t elem = ds_dtype_size(r->dtype), xn = ds_tensor_numel(x);
-    uint64_t B = (uint64_t)x->shape[0], S = (uint64_t)(x->shape[2] * x->shape[3]);
-    if (l->kind == LAYER_ATTENTION)
-        return (size_t)(8 * xn * elem + B * S * S * 4) + stats_bytes(r);
-    int64_t co = x->shape[1];
-    uint64_t tap = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (t[i].ndim >= 4 && t[i].shape[0] > co)
-            co = t[i].shape[0];
-        if (t[i].ndim == 5 && t[i].shape[2] > 1 &&
-            ds_tensor_nbytes(&t[i]) / (uint64_t)t[i].shape[2] > tap)
-            tap = ds_tensor_nbytes(&t[i]) / (uint64_t)t[i].shape[2];
-    }
-    uint64_t act = B * (uint64_t)co * S * (l->kind == LAYER_UPSAMPLE ? 4 : 1);
-    return (size_t)((xn + 3 * act) * elem + tap) + stats_bytes(r);
-}
-
-/* Acquires layer i's unit (the plan's i-th) and reserves the layer's activations. */
-static int unit_begin(vae_run *r, const vae_layer *l, size_t i, const ds_tensor *x,
-                      ds_error *err)
-{
-    const ds_tensor *t;
-    int rc = ds_vram_acquire(r->vm, r->unit_base + i, NULL, &t, err);
-    if (rc != DS_OK)
-        return rc;
-    r->held = r->unit_base + i;
-    r->layer = l;
-    r->slots = layer_slots(r->m, l, &r->slot_count);
-    r->unit_tensors = t;
-    char what[DS__PARAM_NAME_MAX + 32];
-    snprintf(what, sizeof what, "%s: activations of %s", r->phase, l->prefix);
-    return reserve(r, what, layer_bytes(r, l, x, t, r->slot_count), err);
-}
-
-/* Releases the unit held now, if any. */
-static int unit_end(vae_run *r, ds_error *err)
-{
-    if (r->held == SIZE_MAX)
-        return DS_OK;
-    size_t unit = r->held;
-    r->held = SIZE_MAX;
-    r->unit_tensors = NULL;
-    return ds_vram_release(r->vm, unit, NULL, err);
-}
-
-/* The plan over *x, cancellable before each layer, with progress after each. */
-static int run_plan(vae_run *r, const ds_step_context *ctx, const vae_plan *p, ds_tensor *x,
-                    ds_error *err)
-{
-    for (size_t i = 0; i < p->count; i++) {
-        if (ctx->cancelled && ctx->cancelled(ctx->user))
-            return ds_error_set(err, DS_ERR_CANCELLED, "%s: cancelled before block %zu of %zu",
-                                r->phase, i, p->count);
-        int rc = r->vm ? unit_begin(r, &p->layers[i], i, x, err) : DS_OK;
-        if (rc == DS_OK)
-            rc = run_layer(r, &p->layers[i], x, err);
-        ds__weight_set_release(&r->ws);
-        if (rc == DS_OK)
-            rc = unit_end(r, err);
-        if (rc != DS_OK)
-            return ds_error_prefix(err, "%s: %s: ", r->phase, p->layers[i].prefix);
-        if (ctx->progress)
-            ctx->progress(ctx->user, r->phase, (uint64_t)(i + 1), (uint64_t)p->count);
-    }
-    return DS_OK;
+    const vae_modules *v = r->v;
+    int rc = causal_conv(r, v->dec_conv_in, x, err);
+    if (rc == DS_OK)
+        rc = mid_block(r, v->dec_mid, x, err);
+    for (int i = 0; rc == DS_OK && i < v->levels; i++)
+        rc = up_block(r, i, x, err);
+    if (rc == DS_OK)
+        rc = head(r, v->dec_head, x, err);
+    return rc;
 }
 
 /* mean and the stored 1 / std as [1, 16, 1, 1] in the compute dtype: upstream builds them in
@@ -904,6 +846,7 @@ static int model_config(const ds_loaded_model *m, const char *phase, vae_config 
     return DS_OK;
 }
 
+
 static int float_dtype(ds_dtype d) { return d == DS_F32 || d == DS_BF16; }
 
 /* latents' expectation, for the entry point and the step. */
@@ -916,95 +859,13 @@ static void image_expected(int64_t channels, int64_t factor, char *buf, size_t s
              channels, factor);
 }
 
-/* Layer l's tensors as the manager's sources. Each keeps the dtype the direct path binds
- * (ds__weight_operand_dtype), so both paths run the same kernels on the same values. */
-static int unit_sources(const ds_loaded_model *m, const vae_layer *l, ds_vram_tensor_source *src,
-                        size_t *count, ds_error *err)
-{
-    const vae_slot *slots = layer_slots(m, l, count);
-    for (size_t i = 0; i < *count; i++) {
-        char full[2 * DS__PARAM_NAME_MAX];
-        snprintf(full, sizeof full, "%s%s", l->prefix, slots[i].name);
-        int rc = ds__weight_vram_source(m, "QwenImageVAE", full, slots[i].linear_weight,
-                                        &src[i], err);
-        if (rc != DS_OK)
-            return rc;
-    }
-    return DS_OK;
-}
-
-/* The model's units in the call's manager, registered on first use (keyed to the loaded
- * model): the decode plan's layers, then the encode plan's. The model's release hook drops them
- * when it is freed. */
-static int vram_register(const ds_loaded_model *m, ds_vram_manager *mgr, const vae_plan *plans[2],
-                         ds_vram_model **out, ds_error *err)
-{
-    *out = ds_vram_model_find(mgr, m);
-    if (*out)
-        return DS_OK;
-    ds_vram_tensor_source src[sizeof residual_slots / sizeof residual_slots[0]];
-    ds_vram_model *vm = NULL;
-    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : "qwen_image_vae", DS_F32,
-                               &vm, err);
-    for (int d = 0; d < 2 && rc == DS_OK; d++)
-        for (size_t i = 0; i < plans[d]->count && rc == DS_OK; i++) {
-            const vae_layer *l = &plans[d]->layers[i];
-            char name[DS__PARAM_NAME_MAX];
-            size_t count, index;
-            /* The module's path without its trailing dot. */
-            size_t len = strlen(l->prefix);
-            snprintf(name, sizeof name, "%.*s",
-                     (int)(len && l->prefix[len - 1] == '.' ? len - 1 : len), l->prefix);
-            if ((rc = unit_sources(m, l, src, &count, err)) == DS_OK)
-                rc = ds_vram_unit_add(vm, name, src, count, &index, err);
-        }
-    if (rc != DS_OK) {
-        ds_vram_model_remove(vm);
-        return rc;
-    }
-    ds__weight_set_vram_adopt(vm, m, mgr);
-    *out = vm;
-    return DS_OK;
-}
-
-/* Registers the units (both directions' plans) when needed and makes this direction's layers,
- * in order, the model's plan. */
-static int vram_setup(vae_run *r, ds_vram_manager *mgr, const vae_config *c, int decode,
-                      const vae_plan *plan, ds_error *err)
-{
-    vae_plan other = {0};
-    size_t *order = malloc((plan->count ? plan->count : 1) * sizeof *order);
-    int rc = order ? plan_build(c, !decode, &other, err)
-                   : ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                                  "out of memory planning %zu units", plan->count);
-    if (rc == DS_OK) {
-        const vae_plan *plans[2] = {decode ? plan : &other, decode ? &other : plan};
-        rc = vram_register(r->m, mgr, plans, &r->vm, err);
-        r->unit_base = decode ? 0 : other.count;
-    }
-    if (rc == DS_OK) {
-        for (size_t i = 0; i < plan->count; i++)
-            order[i] = r->unit_base + i;
-        rc = ds_vram_plan(r->vm, order, plan->count, err);
-    }
-    free(order);
-    free(other.layers);
-    if (rc != DS_OK) {
-        r->vm = NULL;
-        return ds_error_prefix(err, "%s: registering the weights with the VRAM manager: ",
-                               r->phase);
-    }
-    return DS_OK;
-}
-
-/* Both directions: checks, the plan, the input's upload and scaling, the output's download. */
 static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int decode,
                        const ds_tensor *in, ds_tensor *out, ds_error *err)
 {
     const char *phase = decode ? "decode" : "encode";
     const char *in_name = decode ? "latents" : "image", *out_name = decode ? "image" : "latents";
     vae_config c;
-    vae_plan plan = {0};
+    vae_modules v = {0};
     char expected[160], got[128];
     if (!m || !ctx || !ctx->backend || !in || !out)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -1038,26 +899,30 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
     if (out->dtype != in->dtype || !ds_tensor_same_shape(out, &want_t) || !out->data)
         return ds_module_bad_tensor(phase, "output", out_name, out, expected, err);
 
-    vae_run r = {.m = m, .b = ctx->backend, .dtype = in->dtype, .phase = phase,
-                 .held = SIZE_MAX};
-    ds__weight_set_init(&r.ws, r.b, "QwenImageVAE");
-    ds_tensor upload = {0}, x = {0}, z = {0}, mean = {0}, inv_std = {0}, input = *in;
+    vae_run r = {.v = &v, .ctx = ctx, .b = ctx->backend, .dtype = in->dtype, .phase = phase};
+    ds_tensor upload = {0}, x = {0}, z = {0}, mean = {0}, inv_std = {0}, input;
     char what[64];
     snprintf(what, sizeof what, "%s: input", phase);
-    /* Before the layers: the stats, the input's upload and (decode) its scaled copy. */
-    if ((rc = plan_build(&c, decode, &plan, err)) != DS_OK ||
-        (ctx->vram && (rc = vram_setup(&r, ctx->vram, &c, decode, &plan, err)) != DS_OK) ||
-        (rc = reserve(&r, what, (decode ? 2 : 1) * ds_tensor_nbytes(in) + stats_bytes(&r),
-                      err)) != DS_OK ||
-        (rc = latent_stats(&r, &mean, &inv_std, err)) != DS_OK)
+    if ((rc = modules_build(&c, &v, err)) != DS_OK)
+        return ds_error_prefix(err, "%s: ", phase);
+    /* This direction's units, in the order they run, are the manager's plan: the other
+     * direction's are the first evicted and prefetch follows the modules about to run. */
+    size_t first = decode ? 0 : v.decode_units;
+    r.total = decode ? v.decode_units : v.order_count - v.decode_units;
+    if ((rc = ds_module_open_ordered(&r.run, &v.model, v.order, v.order_count, m, r.b, ctx->vram,
+                                     0, phase, err)) != DS_OK)
         goto done;
-    input.backend = r.b;
-    if (!r.b->host_memory) {
-        if ((rc = ds_tensor_alloc(r.b, in->dtype, 4, is, &upload, err)) != DS_OK ||
-            (rc = ds_tensor_upload(&upload, in->data, NULL, err)) != DS_OK)
-            goto done;
-        input = upload;
+    if (ctx->vram && (rc = ds_module_plan_range(&r.run, first, r.total, phase, err)) != DS_OK) {
+        ds_error_prefix(err, "%s: registering the weights with the VRAM manager: ", phase);
+        goto done;
     }
+    /* Before the modules: the stats, the input's upload and (decode) its scaled copy. */
+    if ((rc = ds_module_reserve_set(&r.run, what,
+                                    (decode ? 2 : 1) * ds_tensor_nbytes(in) + stats_bytes(&r),
+                                    err)) != DS_OK ||
+        (rc = latent_stats(&r, &mean, &inv_std, err)) != DS_OK ||
+        (rc = ds_module_input(r.b, in, &upload, &input, err)) != DS_OK)
+        goto done;
 
     if (decode) {
         /* x / (1 / std) + mean, each step rounded to the compute dtype as upstream's. */
@@ -1076,8 +941,14 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
         upload = (ds_tensor){0};
     }
 
-    if ((rc = run_plan(&r, ctx, &plan, &x, err)) != DS_OK)
+    if (decode) {
+        if ((rc = causal_conv(&r, v.post_quant_conv, &x, err)) != DS_OK ||
+            (rc = decoder3d(&r, &x, err)) != DS_OK)
+            goto done;
+    } else if ((rc = encoder3d(&r, &x, err)) != DS_OK ||
+               (rc = causal_conv(&r, v.quant_conv, &x, err)) != DS_OK) {
         goto done;
+    }
 
     ds_tensor *result = &x;
     if (!decode) {
@@ -1087,9 +958,10 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
         ds_binary_args sub = {&z, &mean, DS_BINARY_SUB, &z};
         ds_binary_args mul = {&z, &inv_std, DS_BINARY_MUL, &z};
         snprintf(what, sizeof what, "%s: output", phase);
-        if ((rc = reserve(&r, what,
-                          ds_tensor_nbytes(&x) + ds_tensor_nbytes(out) + stats_bytes(&r),
-                          err)) != DS_OK ||
+        if ((rc = ds_module_reserve_set(&r.run, what,
+                                        ds_tensor_nbytes(&x) + ds_tensor_nbytes(out) +
+                                            stats_bytes(&r),
+                                        err)) != DS_OK ||
             (rc = alloc4(&r, want[0], want[1], want[2], want[3], &z, err)) != DS_OK ||
             (rc = ds_slice(r.b, NULL, &first, err)) != DS_OK ||
             (rc = ds_binary(r.b, NULL, &sub, err)) != DS_OK ||
@@ -1099,20 +971,14 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
     }
     rc = ds_tensor_download(result, out->data, NULL, err);
 done:
-    if (r.held != SIZE_MAX) {
-        ds_error ignored;
-        unit_end(&r, &ignored);
-    }
-    if (r.vm)
-        ds_vram_unreserve(r.vm, r.reserved);
-    ds__weight_set_release(&r.ws);
+    ds_module_close(&r.run);
     ds_tensor_free(&upload);
     if (r.x_owned)
         ds_tensor_free(&x);
     ds_tensor_free(&z);
     ds_tensor_free(&mean);
     ds_tensor_free(&inv_std);
-    free(plan.layers);
+    modules_free(&v);
     return rc;
 }
 

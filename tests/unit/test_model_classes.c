@@ -310,6 +310,55 @@ static void test_text_encoder_replace_semantics(void)
     ds_state_dict_free(&out);
 }
 
+/* Upstream's Wan VAE converter: "model_state" unwrapped when there, every key under "model.". */
+static void test_wan_video_vae_converter(void)
+{
+    const ds_converter *conv = ds_converter_find("diffsynth.utils.state_dict_converters."
+                                                 "wan_video_vae.WanVideoVAEStateDictConverter");
+    REQUIRE(conv);
+    CHECK(conv->rename_only == 1);
+    ds_state_dict in, out;
+    ds_error err;
+    ds_state_dict_init(&in);
+    ds_state_dict_init(&out);
+    /* A flat dict (the converted safetensors): renamed one to one, in order. */
+    put_scalar_vector(&in, "encoder.conv1.weight", 1);
+    put_scalar_vector(&in, "decoder.head.0.gamma", 2);
+    REQUIRE(conv->convert(&in, &out, &err) == DS_OK);
+    REQUIRE(out.count == 2);
+    CHECK_STR_EQ(out.entries[0].name, "model.encoder.conv1.weight");
+    CHECK_STR_EQ(out.entries[1].name, "model.decoder.head.0.gamma");
+    CHECK(out.entries[1].tensor.shape[0] == 2);
+    ds_state_dict_free(&in);
+    ds_state_dict_free(&out);
+
+    /* The original .pth: {"model_state": {...}}, the wrapper's siblings dropped. */
+    ds_state_dict_init(&in);
+    ds_state_dict_init(&out);
+    put_scalar_vector(&in, "step", 3);
+    ds_state_dict *child = ds_state_dict_new();
+    REQUIRE(child);
+    put_scalar_vector(child, "conv1.bias", 4);
+    put_scalar_vector(child, "conv2.bias", 5);
+    ds_state_dict_put_dict(&in, "model_state", child);
+    REQUIRE(conv->convert(&in, &out, &err) == DS_OK);
+    REQUIRE(out.count == 2);
+    CHECK_STR_EQ(out.entries[0].name, "model.conv1.bias");
+    CHECK_STR_EQ(out.entries[1].name, "model.conv2.bias");
+    CHECK(out.entries[0].tensor.shape[0] == 4 && out.entries[1].tensor.shape[0] == 5);
+    ds_state_dict_free(&in);
+    ds_state_dict_free(&out);
+
+    /* "model_state" as a tensor is no dict of weights. */
+    ds_state_dict_init(&in);
+    ds_state_dict_init(&out);
+    put_scalar_vector(&in, "model_state", 6);
+    CHECK(conv->convert(&in, &out, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "\"model_state\" is a tensor");
+    ds_state_dict_free(&in);
+    ds_state_dict_free(&out);
+}
+
 /* The raw Qwen2.5-VL-7B key list (hash = upstream's config row 1) converted by upstream's
  * converter must be exactly the class's tree. */
 static void test_text_encoder_tree_equals_converted_checkpoint(void)
@@ -508,9 +557,10 @@ static void test_vace_kwargs(void)
 
 static void test_registry(void)
 {
-    CHECK(ds_model_class_count == 7);
+    CHECK(ds_model_class_count == 8);
     CHECK(ds_model_class_find(WAN_TE_CLASS) != NULL);
     CHECK(ds_model_class_find(VACE_CLASS) != NULL);
+    CHECK(ds_model_class_find("diffsynth.models.wan_video_vae.WanVideoVAE") != NULL);
     for (size_t i = 0; i < ds_model_class_count; i++)
         CHECK(ds_model_class_find(ds_model_classes[i]->name) == ds_model_classes[i]);
     CHECK(ds_model_class_find(WAN_CLASS) != NULL);
@@ -524,6 +574,7 @@ int main(void)
 {
     RUN(test_wan_text_encoder_kwargs);
     RUN(test_registry);
+    RUN(test_wan_video_vae_converter);
     RUN(test_verify_builtin_configs);
     RUN(test_wan_model_rows);
     RUN(test_wan_model_kwargs);

@@ -1,8 +1,11 @@
 /* The module-table engine (models/module.h) on a toy model: the parameter tree it declares
  * (names, shapes, order, optional and repeated modules, dims from kwargs), the copies it counts
  * in a loaded tree, and a unit's weights, bound as views or acquired from a VRAM manager, each
- * compared with the loaded tensor it must be, and the manager's units by name. */
+ * compared with the loaded tensor it must be, and the manager's units by name; then instances
+ * declared with their own widths, units registered in an order of their own, and a 1x1 conv
+ * bound as a Linear's weight. */
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -220,6 +223,160 @@ static void test_managed(void)
     free(data);
 }
 
+
+/* ---- Instances with their own dims, a unit order, a 1x1 conv as a Linear ---- */
+
+typedef struct pair_weights {
+    ds_tensor norm;
+    ds__linear_weights qkv;  /* DS_MODULE_CONV_LINEAR */
+    ds__linear_weights conv; /* DS_MODULE_CONV, optional */
+} pair_weights;
+
+enum { P_IN, P_OUT, P_CONV };
+static const ds_module pair_template[] = {
+    {"norm.gamma", DS_MODULE_TENSOR, 3, {DS_MODULE_DIM(P_IN), 1, 1}, 0,
+     offsetof(pair_weights, norm), 0},
+    {"qkv", DS_MODULE_CONV_LINEAR, 4, {DS_MODULE_DIM(P_OUT), DS_MODULE_DIM(P_IN), 1, 1}, 0,
+     offsetof(pair_weights, qkv), 0},
+    {"conv", DS_MODULE_CONV, 4, {DS_MODULE_DIM(P_OUT), DS_MODULE_DIM(P_IN), 1, 1}, 0,
+     offsetof(pair_weights, conv), DS_MODULE_IF(P_CONV)},
+};
+static const char *const pair_units[] = {""};
+
+/* Two instances, "a." (2 -> 6, with conv) and "b." (3 -> 4, without), declared in that order. */
+static ds_module pair_a[3], pair_b[3];
+static ds_module_group pair_groups[2];
+static const ds_module_model pairs = {"Pairs", "pairs", pair_groups, 2};
+
+static void build_pairs(void)
+{
+    size_t na, nb;
+    ds_module_instance(pair_template, 3, (const int64_t[]){2, 6, 1}, pair_a, &na);
+    ds_module_instance(pair_template, 3, (const int64_t[]){3, 4, 0}, pair_b, &nb);
+    pair_groups[0] = (ds_module_group){"a.", 0, pair_a, na, pair_units, 1};
+    pair_groups[1] = (ds_module_group){"b.", 0, pair_b, nb, pair_units, 1};
+}
+
+static void test_instances(void)
+{
+    build_pairs();
+    CHECK(pair_groups[0].count == 3 && pair_groups[1].count == 2);
+    CHECK(pair_a[1].shape[0] == 6 && pair_a[1].shape[1] == 2 && pair_a[1].when == 0);
+    CHECK(pair_b[1].shape[0] == 4 && pair_b[1].shape[1] == 3);
+    static const char *const want[] = {"a.norm.gamma", "a.qkv.weight", "a.qkv.bias",
+                                       "a.conv.weight", "a.conv.bias", "b.norm.gamma",
+                                       "b.qkv.weight", "b.qkv.bias"};
+    ds_state_dict params;
+    ds_error err;
+    ds_state_dict_init(&params);
+    REQUIRE(ds_module_declare(&pairs, NULL, &params, &err) == DS_OK);
+    CHECK(params.count == sizeof want / sizeof want[0]);
+    for (size_t i = 0; i < params.count && i < sizeof want / sizeof want[0]; i++)
+        CHECK_STR_EQ(params.entries[i].name, want[i]);
+    const ds_sd_entry *e = ds_state_dict_find(&params, "b.norm.gamma");
+    CHECK(e && e->tensor.ndim == 3 && e->tensor.shape[0] == 3);
+    e = ds_state_dict_find(&params, "a.conv.weight");
+    CHECK(e && e->tensor.ndim == 4 && e->tensor.shape[0] == 6 && e->tensor.shape[1] == 2);
+    ds_state_dict_free(&params);
+}
+
+/* The pairs' tree, every weight of "a." stored as float8 e4m3 1.0 (0x38), the rest f32. */
+static int build_pairs_model(ds_loaded_model *m, float **data, uint8_t *f8)
+{
+    ds_error err;
+    build_pairs();
+    memset(m, 0, sizeof *m);
+    ds_state_dict_init(&m->params);
+    if (ds_module_declare(&pairs, NULL, &m->params, &err) != DS_OK)
+        return 0;
+    float *p = *data = calloc(64, sizeof *p);
+    size_t used = 0;
+    for (size_t i = 0; p && i < m->params.count; i++) {
+        ds_tensor_view *v = &m->params.entries[i].tensor;
+        if (strcmp(m->params.entries[i].name, "a.qkv.weight") == 0 ||
+            strcmp(m->params.entries[i].name, "a.conv.weight") == 0) {
+            v->dtype = DS_F8_E4M3;
+            v->nbytes /= sizeof(float);
+            memset(f8, 0x38, v->nbytes);
+            v->data = f8;
+            f8 += v->nbytes;
+            continue;
+        }
+        v->data = p + used;
+        used += v->nbytes / sizeof(float);
+    }
+    return *data != NULL;
+}
+
+static void test_ordered(void)
+{
+    ds_loaded_model m;
+    float *data = NULL;
+    uint8_t f8[64];
+    ds_vram_manager *mgr = NULL;
+    ds_error err;
+    REQUIRE(build_pairs_model(&m, &data, f8));
+
+    /* Bound: the CONV_LINEAR weight keeps its float8 storage, the conv's is widened. */
+    ds_module_run run;
+    pair_weights w;
+    memset(&w, 0, sizeof w);
+    REQUIRE(ds_module_open(&run, &pairs, &m, cpu, NULL, 0, "forward", &err) == DS_OK);
+    REQUIRE(ds_module_use(&run, 0, 0, 0, &w, &err) == DS_OK);
+    CHECK(w.qkv.weight.dtype == DS_F8_E4M3 && w.qkv.bias.dtype == DS_F32);
+    CHECK(w.conv.weight.dtype == DS_F32 && ((const float *)w.conv.weight.data)[0] == 1.0f);
+    ds_module_close(&run);
+
+    /* Registered "b" first, then "a"; a plan of the second unit alone. */
+    static const ds_module_unit_ref order[] = {{1, 0, 0}, {0, 0, 0}};
+    REQUIRE(ds_vram_manager_create(cpu, DS_VRAM_UNLIMITED, 0, &mgr, &err) == DS_OK);
+    loaded_count = 0;
+    ds_vram_set_observer(mgr, observe, NULL);
+    REQUIRE(ds_module_open_ordered(&run, &pairs, order, 2, &m, cpu, mgr, 0, "forward", &err) ==
+            DS_OK);
+    CHECK(ds_module_plan_range(&run, 1, 1, "forward", &err) == DS_OK);
+    CHECK(ds_module_plan_range(&run, 1, 2, "forward", &err) == DS_ERR_INTERNAL);
+    ds_vram_model_stats st;
+    ds_vram_model_stats_get(run.vram, &st);
+    CHECK(st.unit_count == 2);
+    memset(&w, 0, sizeof w);
+    REQUIRE(ds_module_use(&run, 0, 0, 0, &w, &err) == DS_OK);
+    CHECK(w.qkv.weight.dtype == DS_F8_E4M3 && w.conv.weight.dtype == DS_F32);
+    CHECK(same(&w.norm, &m, "a.norm.gamma"));
+    memset(&w, 0, sizeof w);
+    REQUIRE(ds_module_use(&run, 1, 0, 0, &w, &err) == DS_OK);
+    CHECK(same(&w.norm, &m, "b.norm.gamma") && same(&w.qkv.weight, &m, "b.qkv.weight"));
+    CHECK(w.conv.weight.data == NULL); /* absent from "b": left zeroed */
+    REQUIRE(loaded_count == 2);
+    CHECK_STR_EQ(loaded[0], "a");
+    CHECK_STR_EQ(loaded[1], "b");
+    /* A reservation set twice holds the second amount. */
+    ds_vram_stats vs;
+    CHECK(ds_module_reserve_set(&run, "forward: a", 1000, &err) == DS_OK);
+    CHECK(ds_module_reserve_set(&run, "forward: b", 300, &err) == DS_OK);
+    ds_vram_stats_get(mgr, &vs);
+    CHECK(vs.activation_bytes == 300);
+    ds_module_close(&run);
+
+    /* A second forward finds the registration, in the same order. */
+    REQUIRE(ds_module_open_ordered(&run, &pairs, order, 2, &m, cpu, mgr, 0, "forward", &err) ==
+            DS_OK);
+    CHECK(run.unit_total == 2 && run.manager_index[0] == 1 && run.manager_index[1] == 0);
+    ds_module_close(&run);
+
+    /* An order naming a unit twice is refused. */
+    ds_vram_manager_destroy(mgr);
+    mgr = NULL;
+    static const ds_module_unit_ref twice[] = {{1, 0, 0}, {1, 0, 0}};
+    REQUIRE(ds_vram_manager_create(cpu, DS_VRAM_UNLIMITED, 0, &mgr, &err) == DS_OK);
+    CHECK(ds_module_open_ordered(&run, &pairs, twice, 2, &m, cpu, mgr, 0, "forward", &err) ==
+          DS_ERR_INTERNAL);
+    CHECK_CONTAINS(err.message, "unit order entry 1");
+    ds_vram_manager_destroy(mgr);
+    ds_state_dict_free(&m.params);
+    free(data);
+}
+
 int main(void)
 {
     ds_error err;
@@ -230,6 +387,8 @@ int main(void)
     RUN(test_declare);
     RUN(test_bound);
     RUN(test_managed);
+    RUN(test_instances);
+    RUN(test_ordered);
     cpu->destroy(cpu);
     return test_summary();
 }

@@ -1,0 +1,344 @@
+/* The Wan2.1 video VAE's untiled decode and encode against upstream's own WanVideoVAE
+ * (tests/golden/make_wan_video_vae_golden.py): the real config (127 M parameters), weights and
+ * inputs regenerated bit for bit by tests/tools/seeded_weights.c, float32: 3 latent frames
+ * decoded to 9 frames of 64 x 96 (the feature cache across latent frames, both temporal
+ * upsamplers), 5 frames encoded to 2 latent frames (the first frame alone, then a chunk of 4
+ * through both temporal downsamplers); both again tiled (tile 4 x 6, stride 2 x 3 in latent
+ * units: 3 x 3 overlapping tiles blended). Also: the parameter tree, with upstream's converter
+ * undone, hashes to the Wan2.1 VAE file's hash; the steps equal the direct calls; the input
+ * checks; progress and cancellation. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/model_hash.h"
+#include "core/safetensors.h"
+#include "kernels/ops.h"
+#include "models/model_class.h"
+#include "models/wan_video_vae.h"
+#include "test.h"
+#include "tools/golden_model.h"
+#include "tools/seeded_weights.h"
+#include "vram/vram_manager.h"
+
+#define VAE_CLASS "diffsynth.models.wan_video_vae.WanVideoVAE"
+#define SEED 2027
+#define GOLDEN "golden/wan_video_vae.safetensors"
+#define TOLERANCE 1e-4
+
+static ds_backend *cpu;
+static ds_safetensors *golden;
+static ds_loaded_model model;
+static int model_ready;
+static ds_tensor latents, video; /* the seeded inputs */
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static ds_tensor golden_tensor(const char *name)
+{
+    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
+    if (!e) {
+        fprintf(stderr, "golden tensor %s missing\n", name);
+        exit(1);
+    }
+    const ds_tensor_view *v = &e->tensor;
+    return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
+}
+
+static double rel_l2(const ds_tensor *got, const ds_tensor *want)
+{
+    double num = 0, den = 0;
+    const float *a = got->data, *b = want->data;
+    uint64_t n = ds_tensor_numel(want);
+    for (uint64_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* A seeded input, as the golden script makes it. */
+static int seeded(const char *name, double bound, const int64_t shape[5], ds_tensor *out)
+{
+    ds_error err;
+    if (ds_tensor_alloc(cpu, DS_F32, 5, shape, out, &err) != DS_OK)
+        return 0;
+    ds_seeded_fill(name, SEED, bound, 0.0f, out->data, (size_t)ds_tensor_numel(out));
+    return 1;
+}
+
+static int progress_calls;
+static uint64_t progress_last, progress_total;
+
+static void on_progress(void *user, const char *phase, uint64_t done, uint64_t total)
+{
+    (void)user;
+    (void)phase;
+    progress_calls++;
+    progress_last = done;
+    progress_total = total;
+}
+
+static int cancel_at(void *user)
+{
+    int *left = user;
+    return (*left)-- <= 0;
+}
+
+/* The blending case of the golden script. */
+static const ds_wan_video_vae_tiling small_tiles = {4, 6, 2, 3};
+
+static double run_case(int decode, const ds_wan_video_vae_tiling *tiling, const char *want,
+                       ds_tensor *out)
+{
+    ds_error err;
+    ds_step_context ctx = {.backend = cpu, .progress = on_progress};
+    ds_tensor w = golden_tensor(want);
+    if (ds_tensor_alloc(cpu, DS_F32, 5, w.shape, out, &err) != DS_OK)
+        return -1;
+    progress_calls = 0;
+    double start = now();
+    int rc = decode ? ds_wan_video_vae_decode(&model, &ctx, tiling, &latents, out, &err)
+                    : ds_wan_video_vae_encode(&model, &ctx, tiling, &video, out, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    if (rc != DS_OK)
+        return -1;
+    double rel = rel_l2(out, &w);
+    fprintf(stderr, "  %s -> %s: %.2f s, relative L2 error vs upstream %.3e\n",
+            decode ? "decode" : "encode", want, now() - start, rel);
+    return rel;
+}
+
+/* Upstream's config row hashes the original file's keys: the tree without "model.". */
+static void test_tree_hash(void)
+{
+    ds_state_dict tree, raw;
+    ds_error err;
+    ds_state_dict_init(&tree);
+    ds_state_dict_init(&raw);
+    const ds_model_class *cls = ds_model_class_find(VAE_CLASS);
+    REQUIRE(cls);
+    REQUIRE(ds_model_class_declare(cls, NULL, &tree, &err) == DS_OK);
+    CHECK(tree.count == 194);
+    for (size_t i = 0; i < tree.count; i++) {
+        REQUIRE(strncmp(tree.entries[i].name, "model.", 6) == 0);
+        ds_state_dict_put_tensor(&raw, tree.entries[i].name + 6, &tree.entries[i].tensor);
+    }
+    char hash[DS_MODEL_HASH_HEX];
+    REQUIRE(ds_model_hash(&raw, hash) == DS_OK);
+    CHECK_STR_EQ(hash, "ccc42284ea13e1ad04693284c7a09be6");
+    ds_state_dict_free(&tree);
+    ds_state_dict_free(&raw);
+}
+
+static void test_decode_f32(void)
+{
+    REQUIRE(model_ready);
+    ds_tensor out;
+    double rel = run_case(1, NULL, "decode_f32", &out);
+    CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
+    CHECK(progress_calls == 3 && progress_last == 3 && progress_total == 3);
+    ds_tensor_free(&out);
+}
+
+static void test_decode_tiled_f32(void)
+{
+    REQUIRE(model_ready);
+    ds_tensor out;
+    double rel = run_case(1, &small_tiles, "decode_tiled_f32", &out);
+    CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
+    CHECK(progress_calls == 9 && progress_last == 9 && progress_total == 9);
+    /* The blend differs from the untiled decode: the tiles really overlap. */
+    ds_tensor untiled = golden_tensor("decode_f32");
+    CHECK(rel_l2(&out, &untiled) > 10 * TOLERANCE);
+    ds_tensor_free(&out);
+}
+
+static void test_encode_tiled_f32(void)
+{
+    REQUIRE(model_ready);
+    ds_tensor out;
+    double rel = run_case(0, &small_tiles, "encode_tiled_f32", &out);
+    CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
+    CHECK(progress_calls == 9 && progress_total == 9);
+    ds_tensor_free(&out);
+}
+
+static void test_encode_f32(void)
+{
+    REQUIRE(model_ready);
+    ds_tensor out;
+    double rel = run_case(0, NULL, "encode_f32", &out);
+    CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
+    CHECK(progress_calls == 2 && progress_last == 2 && progress_total == 2);
+    ds_tensor_free(&out);
+}
+
+/* The "encode" step: a named input, a new output equal to the direct call's; with
+ * tiled=true the pipeline's 30 x 52 tiles cover this video in one tile, which blends to the
+ * untiled result bit for bit. */
+static void run_encode_step(const char *tiled, ds_tensor *copy)
+{
+    REQUIRE(model_ready);
+    const ds_model_class *cls = ds_model_class_find(VAE_CLASS);
+    REQUIRE(cls);
+    const ds_model_step *step = ds_model_step_find(cls->steps, cls->step_count, "encode");
+    REQUIRE(step);
+    ds_step_io in, out;
+    ds_error err;
+    ds_step_io_init(&in);
+    ds_step_io_init(&out);
+    REQUIRE(ds_step_io_add_tensor(&in, "video", video, NULL, &err) == DS_OK);
+    if (tiled)
+        REQUIRE(ds_step_io_add_param(&in, "tiled", tiled, &err) == DS_OK);
+    ds_step_context ctx = {.backend = cpu};
+    REQUIRE(step->run(&model, &ctx, &in, &out, &err) == DS_OK);
+    const ds_tensor *got = ds_step_io_tensor(&out, "latents");
+    ds_tensor w = golden_tensor("encode_f32");
+    REQUIRE(got && ds_tensor_same_shape(got, &w));
+    CHECK(rel_l2(got, &w) < TOLERANCE);
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, got->shape, copy, &err) == DS_OK);
+    memcpy(copy->data, got->data, ds_tensor_nbytes(got));
+    ds_step_io_free(&in);
+    ds_step_io_free(&out);
+}
+
+static void test_step_matches_direct_call(void)
+{
+    REQUIRE(model_ready);
+    ds_tensor untiled = {0}, tiled = {0};
+    run_encode_step(NULL, &untiled);
+    run_encode_step("true", &tiled);
+    CHECK(untiled.data && tiled.data &&
+          memcmp(untiled.data, tiled.data, ds_tensor_nbytes(&untiled)) == 0);
+    ds_tensor_free(&untiled);
+    ds_tensor_free(&tiled);
+}
+
+/* Encode with the weights streamed through a VRAM manager at budgets 0, half the weights and
+ * unlimited: byte-identical to the call without one, the weights' peak within the budget. */
+static void test_vram_budgets(void)
+{
+    REQUIRE(model_ready);
+    ds_error err;
+    ds_tensor ref = {0}, out = {0};
+    ds_step_context ctx = {.backend = cpu};
+    const int64_t *shape = golden_tensor("encode_f32").shape;
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, shape, &ref, &err) == DS_OK);
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, shape, &out, &err) == DS_OK);
+    REQUIRE(ds_wan_video_vae_encode(&model, &ctx, NULL, &video, &ref, &err) == DS_OK);
+    size_t weights = 0;
+    for (size_t i = 0; i < model.params.count; i++)
+        weights += model.params.entries[i].tensor.nbytes;
+    const size_t budgets[3] = {0, weights / 2, DS_VRAM_UNLIMITED};
+    ds_vram_manager *mgr = NULL;
+    REQUIRE(ds_vram_manager_create(cpu, 0, 2, &mgr, &err) == DS_OK);
+    for (int i = 0; i < 3; i++) {
+        REQUIRE(ds_vram_set_budget(mgr, budgets[i], &err) == DS_OK);
+        ctx.vram = mgr;
+        memset(out.data, 0, ds_tensor_nbytes(&out));
+        int rc = ds_wan_video_vae_encode(&model, &ctx, NULL, &video, &out, &err);
+        CHECK_MSG(rc == DS_OK, "budget %zu: %s", budgets[i], err.message);
+        CHECK_MSG(memcmp(out.data, ref.data, ds_tensor_nbytes(&ref)) == 0,
+                  "budget %zu: not byte-identical", budgets[i]);
+        ds_vram_stats st;
+        ds_vram_stats_get(mgr, &st);
+        if (i == 1)
+            CHECK_MSG(st.peak_bytes <= budgets[i], "peak %zu of %zu", st.peak_bytes,
+                      budgets[i]);
+        fprintf(stderr, "  budget %zu: peak %zu bytes, loads %llu\n", budgets[i],
+                st.peak_bytes, (unsigned long long)st.loads);
+    }
+    ds_vram_manager_destroy(mgr);
+    ds_tensor_free(&ref);
+    ds_tensor_free(&out);
+}
+
+static void test_input_checks(void)
+{
+    REQUIRE(model_ready);
+    ds_error err;
+    ds_step_context ctx = {.backend = cpu};
+    ds_tensor four = {0}, out = {0};
+    /* 4 frames: not 4k + 1. */
+    REQUIRE(seeded("wan_vae.video", 1.0, (const int64_t[]){1, 3, 4, 64, 96}, &four));
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, (const int64_t[]){1, 16, 1, 8, 12}, &out, &err) ==
+            DS_OK);
+    CHECK(ds_wan_video_vae_encode(&model, &ctx, NULL, &four, &out, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "encode: input \"video\"");
+    CHECK_CONTAINS(err.message, "4k + 1");
+    /* A decode output of the wrong frame count. */
+    CHECK(ds_wan_video_vae_decode(&model, &ctx, NULL, &latents, &four, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "decode: output \"video\"");
+    CHECK_CONTAINS(err.message, "[1, 3, 9, 64, 96]");
+    /* A stride past the tile. */
+    static const ds_wan_video_vae_tiling bad = {4, 6, 5, 3};
+    CHECK(ds_wan_video_vae_encode(&model, &ctx, &bad, &video, &out, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "encode: tile 4 x 6, stride 5 x 3");
+    ds_tensor_free(&four);
+    ds_tensor_free(&out);
+}
+
+static void test_cancelled(void)
+{
+    REQUIRE(model_ready);
+    ds_error err;
+    int left = 1;
+    ds_step_context ctx = {.backend = cpu, .cancelled = cancel_at, .user = &left};
+    ds_tensor out;
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, (const int64_t[]){1, 3, 9, 64, 96}, &out, &err) ==
+            DS_OK);
+    CHECK(ds_wan_video_vae_decode(&model, &ctx, NULL, &latents, &out, &err) ==
+          DS_ERR_CANCELLED);
+    CHECK_CONTAINS(err.message, "decode: cancelled before latent frame 1 of 3");
+    ds_tensor_free(&out);
+}
+
+int main(void)
+{
+    ds_error err;
+    const char *root = getenv("DS_TEST_DATA");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", root ? root : "tests/data", GOLDEN);
+    if (ds_cpu_backend_create(0, &cpu, &err) != DS_OK ||
+        ds_safetensors_open(path, 0, &golden, &err) != DS_OK) {
+        fprintf(stderr, "setup: %s\n", err.message);
+        return 1;
+    }
+    RUN(test_tree_hash);
+    ds_golden_model_spec spec = {
+        .model_class = VAE_CLASS,
+        .bounds = ds_golden_bounds_qwen_image_vae, /* the same rule: gammas, conv fan_in */
+        .seed = SEED,
+    };
+    double start = now();
+    model_ready = ds_golden_model_build(&spec, &model) == 0 &&
+                  seeded("wan_vae.latents", 2.0, (const int64_t[]){1, 16, 3, 8, 12}, &latents) &&
+                  seeded("wan_vae.video", 1.0, (const int64_t[]){1, 3, 5, 64, 96}, &video);
+    fprintf(stderr, "  seeded f32 weights and inputs: %.2f s\n", now() - start);
+    RUN(test_decode_f32);
+    RUN(test_encode_f32);
+    RUN(test_decode_tiled_f32);
+    RUN(test_encode_tiled_f32);
+    RUN(test_step_matches_direct_call);
+    RUN(test_vram_budgets);
+    RUN(test_input_checks);
+    RUN(test_cancelled);
+    if (model_ready)
+        ds_golden_model_free(&model);
+    ds_tensor_free(&latents);
+    ds_tensor_free(&video);
+    ds_safetensors_close(golden);
+    cpu->destroy(cpu);
+    return test_summary();
+}
