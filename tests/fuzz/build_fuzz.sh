@@ -9,7 +9,7 @@ dir=${1:-build-fuzz}
 if [ -f "$dir/build.ninja" ]; then
     meson setup --reconfigure "$dir" >/dev/null
 else
-    CC=clang meson setup "$dir" -Dlibfuzzer=true -Db_sanitize=address,undefined \
+    CC=clang CXX=clang++ meson setup "$dir" -Dlibfuzzer=true -Db_sanitize=address,undefined \
         -Db_lundef=false -Dcuda=disabled -Dwerror=false >/dev/null
 fi
 mapfile -t targets < <(ninja -C "$dir" -t targets all |
