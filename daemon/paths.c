@@ -115,13 +115,13 @@ static int open_openat2(int root, const char *rel)
 
 /* The remaining components of a walk: text to consume from the front, grown at the front when
  * a symbolic link's target is spliced in. */
-typedef struct walk_todo {
+typedef struct walk_rest {
     char *text;
     size_t pos;
-} walk_todo;
+} walk_rest;
 
 /* Next component into `out` (NUL-terminated); 0 when none is left. "" and "." are skipped. */
-static int next_component(walk_todo *t, char *out, size_t size)
+static int next_component(walk_rest *t, char *out, size_t size)
 {
     for (;;) {
         while (t->text[t->pos] == '/')
@@ -141,7 +141,7 @@ static int next_component(walk_todo *t, char *out, size_t size)
     }
 }
 
-static int more_components(const walk_todo *t)
+static int more_components(const walk_rest *t)
 {
     for (size_t i = t->pos; t->text[i]; i++)
         if (t->text[i] != '/' && !(t->text[i] == '.' && (t->text[i + 1] == '/' || !t->text[i + 1])))
@@ -150,7 +150,7 @@ static int more_components(const walk_todo *t)
 }
 
 /* Replaces the consumed part of `t` with the link target: target + "/" + rest. */
-static int splice_link(walk_todo *t, const char *target)
+static int splice_link(walk_rest *t, const char *target)
 {
     const char *rest = t->text + t->pos;
     size_t n = strlen(target) + 1 + strlen(rest) + 1;
@@ -172,7 +172,7 @@ static int splice_link(walk_todo *t, const char *target)
  * with errno set. */
 static int open_walk(int root, const char *rel)
 {
-    walk_todo t = {strdup(rel), 0};
+    walk_rest t = {strdup(rel), 0};
     if (!t.text) {
         errno = ENOMEM;
         return -1;

@@ -513,8 +513,8 @@ int ds_auto_load_model(const ds_config_table *table, const int *fds, const char 
     memset(out, 0, sizeof *out);
     ds_model_files *files = NULL;
     ds_identification ident = {0};
-    const ds_model_config **todo = NULL;
-    size_t todo_count = 0;
+    const ds_model_config **to_load = NULL;
+    size_t to_load_count = 0;
 
     auto_progress(hooks, "identify", 0, 1, NULL);
     int rc = ds_model_files_open_fds(fds, paths, count, &files, err);
@@ -533,10 +533,10 @@ int ds_auto_load_model(const ds_config_table *table, const int *fds, const char 
     if (out->matched_count == 0)
         return DS_OK;
 
-    todo = calloc(out->matched_count, sizeof *todo);
+    to_load = calloc(out->matched_count, sizeof *to_load);
     out->skipped = calloc(out->matched_count, sizeof *out->skipped);
     out->models = calloc(out->matched_count, sizeof *out->models);
-    if (!todo || !out->skipped || !out->models) {
+    if (!to_load || !out->skipped || !out->models) {
         rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory loading %zu configs",
                           out->matched_count);
         goto done;
@@ -546,40 +546,40 @@ int ds_auto_load_model(const ds_config_table *table, const int *fds, const char 
         if (model_class && strcmp(c->model_class, model_class) != 0)
             continue;
         if (ds_config_is_implemented(c))
-            todo[todo_count++] = c;
+            to_load[to_load_count++] = c;
         else
             out->skipped[out->skipped_count++] = c;
         if (model_class)
             break;
     }
 
-    for (size_t i = 0; i < todo_count; i++) {
-        if ((rc = auto_cancelled(hooks, i, todo_count, err)) != DS_OK)
+    for (size_t i = 0; i < to_load_count; i++) {
+        if ((rc = auto_cancelled(hooks, i, to_load_count, err)) != DS_OK)
             goto done;
-        auto_progress(hooks, "load", i, todo_count, todo[i]->model_name);
+        auto_progress(hooks, "load", i, to_load_count, to_load[i]->model_name);
         rc = ds_model_files_open_fds(fds, paths, count, &files, err);
         if (rc != DS_OK)
             goto done;
-        rc = ds_model_load(todo[i], files, &out->models[out->model_count], err);
+        rc = ds_model_load(to_load[i], files, &out->models[out->model_count], err);
         if (rc != DS_OK) {
             ds_model_files_close(files);
-            out->failed = todo[i];
+            out->failed = to_load[i];
             goto done;
         }
         files = NULL; /* the model owns them now */
         out->model_count++;
     }
     /* A cancel that arrived during the last load still wins: the client was told it was found. */
-    if (todo_count && (rc = auto_cancelled(hooks, todo_count, todo_count, err)) != DS_OK)
+    if (to_load_count && (rc = auto_cancelled(hooks, to_load_count, to_load_count, err)) != DS_OK)
         goto done;
-    if (todo_count)
-        auto_progress(hooks, "load", todo_count, todo_count, NULL);
+    if (to_load_count)
+        auto_progress(hooks, "load", to_load_count, to_load_count, NULL);
     rc = DS_OK;
 
 done:
     if (rc != DS_OK)
         auto_drop_models(out);
-    free(todo);
+    free(to_load);
     return rc;
 }
 
