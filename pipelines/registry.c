@@ -9,10 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern const ds_pipeline_def ds__qwen_image_pipeline;
+#define DS_PIPELINE(stem, var) extern const ds_pipeline_def var;
+#include "core/families.def"
 
 const ds_pipeline_def *const ds_pipelines[] = {
-    &ds__qwen_image_pipeline,
+#define DS_PIPELINE(stem, var) &var,
+#include "core/families.def"
 };
 const size_t ds_pipeline_count = sizeof ds_pipelines / sizeof ds_pipelines[0];
 
