@@ -19,6 +19,7 @@
 #include <libavutil/pixdesc.h>
 #include <libswscale/swscale.h>
 #endif
+#include <webp/decode.h>
 #include <webp/demux.h>
 
 #include "core/image_png.h"
@@ -93,6 +94,17 @@ static int decode_webp(const uint8_t *data, size_t size, const char *name, size_
         return ds_error_set(err, DS_ERR_INTERNAL, "%s: libwebp version mismatch", name);
     options.color_mode = MODE_RGBA;
     options.use_threads = 0;
+    /* WebPAnimDecoderNew allocates two RGBA canvases of the size the header claims before it
+     * decodes a byte of image data: check that size first, or a 30-byte header asks for
+     * gigabytes. */
+    WebPBitstreamFeatures features;
+    if (WebPGetFeatures(data, size, &features) != VP8_STATUS_OK)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: WebP header is corrupt or truncated (libwebp cannot parse it)",
+                            name);
+    int rc = check_size(name, (long)features.width, (long)features.height, max_bytes, err);
+    if (rc != DS_OK)
+        return rc;
     WebPData webp = {.bytes = data, .size = size};
     WebPAnimDecoder *dec = WebPAnimDecoderNew(&webp, &options);
     if (!dec)
@@ -100,7 +112,6 @@ static int decode_webp(const uint8_t *data, size_t size, const char *name, size_
                             "%s: WebP file is corrupt or truncated (libwebp cannot parse it)",
                             name);
     WebPAnimInfo info;
-    int rc = DS_OK;
     if (!WebPAnimDecoderGetInfo(dec, &info)) {
         rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: WebP header is unreadable", name);
         goto done;

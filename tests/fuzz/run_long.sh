@@ -16,6 +16,8 @@ if (($# == 0)); then
     set -- $(cd tests/fuzz && ls fuzz_*.c | sed 's/\.c$//' | grep -v '^fuzz_driver$')
 fi
 export DS_TEST_DATA="$PWD/tests/data"
+# Seed 0 is libFuzzer's "pick one": long runs should explore afresh (the test suite fixes it).
+export DS_FUZZ_SEED=${DS_FUZZ_SEED:-0}
 failed=()
 for t in "$@"; do
     echo "== $t: $seconds s"

@@ -354,6 +354,45 @@ static void test_webp(void)
     free(frames);
 }
 
+/* An animated WebP's VP8X header claims its canvas size, and libwebp allocates two RGBA canvases of
+ * that size before it decodes a frame: a real two-frame animation with only the canvas enlarged must
+ * be refused from the header. (The allocation itself is caught by the libFuzzer replay of
+ * tests/fuzz/corpus/fuzz_video_read/oom_canvas_40000.webp; here, the message.) */
+static void test_webp_hostile_canvas(void)
+{
+    const uint32_t t = 2, h = 8, w = 8;
+    uint8_t *frames = noise_frames(t, h, w);
+    REQUIRE(frames);
+    ds_video_write_options o = {.format = DS_VIDEO_WEBP, .fps = 10, .quality = -1,
+                                .lossless = true};
+    uint8_t *data = NULL;
+    size_t size = 0;
+    ds_error err;
+    int rc = ds_video_encode(frames, t, h, w, &o, &data, &size, &err);
+    REQUIRE(rc == DS_OK);
+    REQUIRE(size > 30 && memcmp(data + 12, "VP8X", 4) == 0);
+    static const struct {
+        uint32_t side;
+        const char *prefix, *expect;
+    } cases[] = {
+        {40000, "huge.webp: frame size 40000 x 40000", "outside 1..16384 per side"},
+        {16384, "huge.webp: one 16384 x 16384 RGB frame", "over the 1048576 byte limit"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        for (int b = 0; b < 3; b++) {
+            data[24 + b] = (uint8_t)((cases[c].side - 1) >> (8 * b)); /* canvas width - 1 */
+            data[27 + b] = (uint8_t)((cases[c].side - 1) >> (8 * b)); /* canvas height - 1 */
+        }
+        ds_video v;
+        rc = ds_video_decode(data, size, "huge.webp", (size_t)1 << 20, &v, &err);
+        CHECK(rc == DS_ERR_INVALID_ARGUMENT);
+        CHECK_CONTAINS(err.message, cases[c].prefix);
+        CHECK_CONTAINS(err.message, cases[c].expect);
+    }
+    free(data);
+    free(frames);
+}
+
 static void test_png_folder(void)
 {
     const uint32_t t = 4, h = 9, w = 13;
@@ -611,6 +650,7 @@ int main(void)
     RUN(test_mp4_unavailable);
 #endif
     RUN(test_webp);
+    RUN(test_webp_hostile_canvas);
     RUN(test_png_folder);
     RUN(test_gif);
     RUN(test_malformed_inputs);
