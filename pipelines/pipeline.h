@@ -59,6 +59,11 @@ typedef struct ds_pipeline_tensor {
      * [H, W, 3] u8 image the daemon sends PNG-encoded under this tensor's name. */
     const char *needs_role;
     int png;
+    /* An output that is [T, H, W, 3] u8 frames, which the daemon encodes into the video file the
+     * request asks for (MP4, animated WebP or PNG frames, at the request's frame rate) and sends
+     * as file bytes under this tensor's name; an input of that shape comes decoded by the client.
+     * The pipeline only ever sees and gives raw frames. */
+    int video;
 } ds_pipeline_tensor;
 
 /* A compute dtype the pipeline runs in; the first listed is the default. */
