@@ -6,7 +6,8 @@ header-only safetensors files (tests/tools/ds_make_model) that identify and load
 real files do. The Qwen-Image lists come from the hand-reconstructed reference scripts in
 shared/reference/keylists/ (each verified against an upstream model_hash) and, for the
 block-wise ControlNets, from upstream's class definition written out below. The Wan lists are
-taken from the classes themselves (--wan, needs torch, diffsynth and diffusers; see wan_lists).
+taken from the classes themselves (--wan, needs torch, diffsynth and diffusers; see wan_lists):
+the DiTs, VACE sets, the UMT5 text encoder and both video VAEs.
 Every list is hashed with DiffSynth's algorithm and must equal the hash in upstream's config
 table before anything is written.
 
@@ -69,6 +70,8 @@ def wan_lists(h):
     from diffusers import WanTransformer3DModel
     from diffsynth.configs.model_configs import MODEL_CONFIGS
     from diffsynth.models.wan_video_dit import WanModel
+    from diffsynth.models.wan_video_text_encoder import WanTextEncoder
+    from diffsynth.models.wan_video_vae import WanVideoVAE, WanVideoVAE38
     from diffsynth.models.wan_video_vace import VaceWanModel
     from diffsynth.utils.state_dict_converters.wan_video_dit import (
         WanVideoDiTFromDiffusers, WanVideoDiTStateDictConverter)
@@ -119,6 +122,16 @@ def wan_lists(h):
             check(stem + " DiT part", WanVideoDiTStateDictConverter(both), h(shapes(dit)))
             check(stem + " VACE part", VaceWanModelDictConverter(both), h(shapes(vace)))
             out.append((stem, shard("diffusion_pytorch_model", both), vace_hash))
+
+        # The text encoder and the VAEs ship as .pth files whose keys are the class's own (the
+        # VAE converter adds "model." on load); the same names and shapes in a safetensors file
+        # hash the same.
+        out.append(("wan2.1_text_encoder", [("text_encoder.safetensors",
+                                             shapes(WanTextEncoder().state_dict()))],
+                    "9c8818c2cbea55eca56c7b447df170da"))
+        for stem, vae, model_hash in (("wan2.1_vae", WanVideoVAE, "ccc42284ea13e1ad04693284c7a09be6"),
+                                      ("wan2.2_vae", WanVideoVAE38, "e1de6c02cdac79f8b739f4d3698cd216")):
+            out.append((stem, [("vae.safetensors", shapes(vae().model.state_dict()))], model_hash))
 
         diffusers = WanTransformer3DModel.from_config(WAN_1_3B_DIFFUSERS_CONFIG).state_dict()
         check("Diffusers 1.3B converted", WanVideoDiTFromDiffusers(diffusers),
@@ -187,7 +200,9 @@ def main():
         if got != expected:
             sys.exit(f"{stem}: hash {got}, expected {expected}")
         for name, sd in shards:
-            suffix = name[len("diffusion_pytorch_model"):-len(".safetensors")]
+            suffix = ""
+            if name.startswith("diffusion_pytorch_model"):
+                suffix = name[len("diffusion_pytorch_model"):-len(".safetensors")]
             path = os.path.join(args.out, stem + suffix + ".json")
             write_list(path, sd)
             print(f"{path}: {len(sd)} tensors")
