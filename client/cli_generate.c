@@ -81,6 +81,8 @@ const char cli_generate_help[] =
     "      --height 480 --width 832 --fps 15 -o boat.mp4\n";
 
 #define MAX_MODEL_FILES 256
+/* The frame rate the daemon writes when --fps is not given (upstream's examples use 15). */
+#define DEFAULT_FPS 15.0
 #define CLI_EXIT_CANCELLED 130
 /* Progress bar width in characters, between the brackets. */
 #define BAR_WIDTH 24
@@ -503,7 +505,7 @@ static int save_latents(const char *path, const ds_client_tensor *t)
 /* What a video run wrote, for the report; NULL for an image. */
 typedef struct video_report {
     const char *format; /* "mp4", "webp", "png" */
-    uint64_t frames;    /* 0: unknown (the pipeline reported no num_frames) */
+    uint64_t frames;    /* 0: unknown (the pipeline reported no num_frames); null in JSON */
     double fps;
     size_t bytes;       /* of the file, or of the raw frames for PNG frames */
 } video_report;
@@ -518,9 +520,11 @@ static int print_result(cli_ctx *ctx, const ds_client_pipeline_result *res, cons
     if (!ctx->json) {
         fprintf(report, "seed %llu\n", (unsigned long long)res->seed);
         fprintf(report, "wrote %s (%u x %u, ", output, res->width, res->height);
-        if (video)
+        if (video && video->frames)
             fprintf(report, "%s, %llu frames at %g fps, ", video->format,
                     (unsigned long long)video->frames, video->fps);
+        else if (video)
+            fprintf(report, "%s at %g fps, ", video->format, video->fps);
         fprintf(report,
                 "%u steps; encode %.2f s, denoise %.2f s, decode %.2f s, queued %.2f s)\n",
                 res->steps, res->encode_s, res->denoise_s, res->decode_s, res->queue_s);
@@ -551,7 +555,10 @@ static int print_result(cli_ctx *ctx, const ds_client_pipeline_result *res, cons
         pyjson_key(&w, "format");
         pyjson_string(&w, video->format);
         pyjson_key(&w, "frames");
-        pyjson_uint(&w, video->frames);
+        if (video->frames)
+            pyjson_uint(&w, video->frames);
+        else
+            pyjson_null(&w);
         pyjson_key(&w, "fps");
         pyjson_double(&w, video->fps);
         pyjson_key(&w, "video_bytes");
@@ -690,7 +697,7 @@ static int write_video(const ds_client_pipeline_result *res, const cli_video_pla
     report->format = ds_video_format_name(plan->file);
     report->frames = plan->file == DS_VIDEO_PNG_FRAMES ? (uint64_t)video->shape[0]
                                                        : reported(res, "num_frames");
-    report->fps = fps > 0 ? fps : 15.0;
+    report->fps = fps > 0 ? fps : DEFAULT_FPS;
     report->bytes = video->nbytes;
     return 0;
 }
@@ -751,7 +758,8 @@ int cli_generate(cli_ctx *ctx, int argc, char **argv)
     if (!prompt)
         return cli_usage_error(self, "generate: --prompt TEXT is required");
     if (!output)
-        return cli_usage_error(self, "generate: -o OUT.png is required");
+        return cli_usage_error(self, "generate: -o OUT is required (an image: OUT.png; a video: "
+                                     "OUT.mp4, OUT.webp or a folder of PNG frames)");
     if (strength && !input && !file_paths[0])
         return cli_usage_error(self, "generate: --denoising-strength needs --input-image or "
                                      "--input-video");
