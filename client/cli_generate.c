@@ -815,8 +815,8 @@ int cli_generate(cli_ctx *ctx, int argc, char **argv)
         status = cli_usage_error(self, "generate: %s", out_err.message);
         goto done;
     }
-    if ((!decl.video_output || plan.file != DS_VIDEO_PNG_FRAMES) &&
-        ds_output_check(output, &out_err) != DS_OK) {
+    if ((decl.video_output ? cli_video_check_output(output, &plan, &out_err)
+                           : ds_output_check(output, &out_err)) != DS_OK) {
         fprintf(stderr, "error: %s\n", out_err.message);
         goto done;
     }

@@ -42,6 +42,12 @@ int cli_video_plan_output(const char *output, const char *format, cli_video_plan
     return DS_OK;
 }
 
+int cli_video_check_output(const char *output, const cli_video_plan *plan, ds_error *err)
+{
+    return plan->file == DS_VIDEO_PNG_FRAMES ? ds_video_png_frames_check(output, err)
+                                             : ds_output_check(output, err);
+}
+
 int cli_video_read(const char *option, const char *path, const char *name, ds_video *video,
                    ds_client_tensor *t, ds_error *err)
 {

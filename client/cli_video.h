@@ -22,6 +22,10 @@ typedef struct cli_video_plan {
 int cli_video_plan_output(const char *output, const char *format, cli_video_plan *plan,
                           ds_error *err);
 
+/* Whether `plan`'s output at `output` would be written at all, before the run that makes it:
+ * ds_output_check for a file, ds_video_png_frames_check for a folder of PNG frames. */
+int cli_video_check_output(const char *output, const cli_video_plan *plan, ds_error *err);
+
 /* `path` (a video file or a folder of PNGs) -> *video (free with ds_video_free) and *t, a
  * tensor named `name` of dtype U8 and shape [T, H, W, 3] over video->rgb. Errors start with
  * `option` and the path. */

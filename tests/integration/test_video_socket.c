@@ -341,6 +341,16 @@ static void test_cli(void)
     free(out);
     free(err);
 
+    /* A folder that already holds frames: refused before the run (which would take 1000 s). */
+    const char *full[] = {cli, "--socket", env.socket, "generate", "--pipeline", "test_video",
+                          "--prompt", "x", "--param", "steps=1000", "--param", "step_ms=1000",
+                          "-o", folder, NULL};
+    status = it_run(full, NULL, RUN_TIMEOUT_MS, &out, &err);
+    CHECK_MSG(status == 1, "-o a folder of PNGs: exit %d", status);
+    CHECK_CONTAINS(err, "the folder already holds PNG files");
+    free(out);
+    free(err);
+
     /* A file that is not a video: refused here, naming the option and the file. */
     char notes[256];
     snprintf(notes, sizeof notes, "%s/notes.mp4", env.dir);

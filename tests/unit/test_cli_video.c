@@ -191,6 +191,37 @@ static void test_write_outputs(void)
     free(frames);
 }
 
+/* Before the run: a folder of PNG frames that could not be written is refused up front. */
+static void test_check_output(void)
+{
+    cli_video_plan frames = {DS_VIDEO_PNG_FRAMES, "frames"}, mp4 = {DS_VIDEO_MP4, "mp4"};
+    ds_error err;
+    CHECK(cli_video_check_output(tmp_path("new_frames"), &frames, &err) == DS_OK);
+    CHECK(cli_video_check_output(tmp_path("new_frames/"), &frames, &err) == DS_OK);
+    CHECK(cli_video_check_output("relative_frames", &frames, &err) == DS_OK);
+    struct stat st;
+    CHECK(stat(tmp_path("new_frames"), &st) != 0); /* checked, not created */
+
+    CHECK(cli_video_check_output(tmp_path("nowhere/frames"), &frames, &err) == DS_ERR_NOT_FOUND);
+    CHECK_CONTAINS(err.message, "nowhere/frames: the folder it would be created in, ");
+    CHECK_CONTAINS(err.message, "/nowhere, does not exist");
+
+    REQUIRE(write_file(tmp_path("a_file"), "x", 1) == 0);
+    CHECK(cli_video_check_output(tmp_path("a_file"), &frames, &err) == DS_ERR_ALREADY_EXISTS);
+    CHECK_CONTAINS(err.message, "exists and is not a folder");
+
+    REQUIRE(mkdir(tmp_path("has_pngs"), 0755) == 0);
+    CHECK(cli_video_check_output(tmp_path("has_pngs"), &frames, &err) == DS_OK);
+    REQUIRE(write_file(tmp_path("has_pngs/00000.png"), "x", 1) == 0);
+    CHECK(cli_video_check_output(tmp_path("has_pngs/"), &frames, &err) == DS_ERR_ALREADY_EXISTS);
+    CHECK_CONTAINS(err.message, "the folder already holds PNG files");
+
+    /* A file goes where images go: a folder is not replaced by it. */
+    CHECK(cli_video_check_output(tmp_path("out.mp4"), &mp4, &err) == DS_OK);
+    CHECK(cli_video_check_output(tmp_path("has_pngs"), &mp4, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "is a folder: not replaced");
+}
+
 static void remove_tree(const char *path)
 {
     DIR *d = opendir(path);
@@ -219,6 +250,7 @@ int main(void)
     RUN(test_plan);
     RUN(test_read_inputs);
     RUN(test_write_outputs);
+    RUN(test_check_output);
     remove_tree(tmpdir);
     return test_summary();
 }
