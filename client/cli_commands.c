@@ -739,6 +739,8 @@ static void json_tensors(pyjson_writer *w, const diffsynth_v1_PipelineTensor *t,
             pyjson_null(w);
         pyjson_key(w, "png");
         pyjson_bool(w, t[i].png);
+        pyjson_key(w, "video");
+        pyjson_bool(w, t[i].video);
         pyjson_end_object(w);
     }
     pyjson_end_array(w);
@@ -825,13 +827,19 @@ static void json_pipelines(pyjson_writer *w, const diffsynth_v1_ListPipelinesRes
     pyjson_end_object(w);
 }
 
-static void print_tensors(const char *title, const diffsynth_v1_PipelineTensor *t, pb_size_t n)
+static void print_tensors(const char *title, const diffsynth_v1_PipelineTensor *t, pb_size_t n,
+                          int is_output)
 {
     printf("  %s:\n", title);
     for (pb_size_t i = 0; i < n; i++) {
         printf("    %-18s %s", cli_str(t[i].name), cli_str(t[i].help));
         if (cli_str(t[i].needs_role)[0])
             printf(" (needs the %s role)", t[i].needs_role);
+        if (t[i].png)
+            printf(" (sent as a PNG file)");
+        if (t[i].video)
+            printf(" (video: %s)", is_output ? "sent as an MP4 or WebP file, or raw frames"
+                                             : "read from a video file or a folder of PNGs");
         fputc('\n', stdout);
     }
 }
@@ -875,8 +883,8 @@ static int run_pipelines(cli_ctx *ctx, int argc, char **argv)
                 printf("    %-18s %-20s default %-8s %s\n", cli_str(q->name), range,
                        q->has_default ? cli_str(q->default_value) : "random", cli_str(q->help));
             }
-            print_tensors("inputs", p->inputs, p->inputs_count);
-            print_tensors("outputs", p->outputs, p->outputs_count);
+            print_tensors("inputs", p->inputs, p->inputs_count, 0);
+            print_tensors("outputs", p->outputs, p->outputs_count, 1);
             printf("  dtypes:");
             for (pb_size_t k = 0; k < p->dtypes_count; k++)
                 printf("%s %s%s", k ? "," : "", cli_str(p->dtypes[k]), k ? "" : " (default)");
@@ -948,7 +956,7 @@ const cli_command cli_commands[] = {
      run_pipelines},
     {"run-step", "Run one step of a loaded model on tensors from safetensors files",
      cli_run_step_help, cli_run_step},
-    {"generate", "Generate an image with a pipeline (default qwen_image)",
+    {"generate", "Generate an image or a video with a pipeline (default qwen_image)",
      cli_generate_help, cli_generate},
     {"tokenize", "Token ids of a prompt with a model's tokenizer, Qwen2 or Wan (no daemon needed)",
      cli_tokenize_help, cli_tokenize},

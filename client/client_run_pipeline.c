@@ -360,6 +360,10 @@ int ds_client_run_pipeline(ds_client *client, const ds_client_pipeline_request *
         }
     }
     r->named_outputs = request->named_outputs;
+    r->video_format = (char *)(request->video_format ? request->video_format : "");
+    r->fps = request->fps;
+    r->video_quality = request->video_quality;
+    r->video_lossless = request->video_lossless;
     r->has_output_region = true;
     r->output_region.name = shm.name;
     r->output_region.offset = out_offset;

@@ -278,6 +278,13 @@ typedef struct ds_client_pipeline_request {
     size_t inline_limit;               /* as ds_client_step_request's */
     uint64_t output_capacity;          /* as ds_client_step_request's */
     ds_client_cancel_flag *cancel;     /* NULL: the call cannot be cancelled this way */
+    /* Outputs ListPipelines declares as video ([T, H, W, 3] u8 frames; they arrive only with
+     * named_outputs): NULL or "" = "mp4", "webp" (both as [n] u8 file bytes), or "frames" (the
+     * raw [T, H, W, 3] u8 tensor, for writing PNG frames). */
+    const char *video_format;
+    double fps;                        /* 0 = 15, as upstream's examples */
+    int video_quality;                 /* 0 = the default; mp4: CRF 1..51, webp: 1..100 */
+    bool video_lossless;               /* webp only: exact pixels */
 } ds_client_pipeline_request;
 
 /* A scalar the pipeline reported: `integer` when is_integer, else `number`. */

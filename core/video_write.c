@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -524,6 +526,42 @@ static int has_png(const char *dir)
     return found;
 }
 
+/* An existing `dir` (stat in *sb) that PNG frames may go into: a folder without PNG files. */
+static int check_frames_folder(const char *dir, const struct stat *sb, ds_error *err)
+{
+    if (!S_ISDIR(sb->st_mode))
+        return ds_error_set(err, DS_ERR_ALREADY_EXISTS, "PNG frames %s: exists and is not a "
+                            "folder", dir);
+    if (has_png(dir))
+        return ds_error_set(err, DS_ERR_ALREADY_EXISTS,
+                            "PNG frames %s: the folder already holds PNG files", dir);
+    return DS_OK;
+}
+
+int ds_video_png_frames_check(const char *dir, ds_error *err)
+{
+    struct stat sb;
+    if (!dir || !*dir)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "PNG frames: the folder name is empty");
+    if (stat(dir, &sb) == 0)
+        return check_frames_folder(dir, &sb, err);
+    if (errno != ENOENT)
+        return ds_error_set(err, DS_ERR_PERMISSION_DENIED, "PNG frames %s: %s", dir,
+                            strerror(errno));
+    /* The write creates the folder, not its parents. */
+    char copy[PATH_MAX];
+    if (strlen(dir) >= sizeof copy)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "PNG frames %.64s...: path too long",
+                            dir);
+    strcpy(copy, dir);
+    const char *parent = dirname(copy);
+    if (stat(parent, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return ds_error_set(err, DS_ERR_NOT_FOUND,
+                            "PNG frames %s: the folder it would be created in, %s, does not exist",
+                            dir, parent);
+    return DS_OK;
+}
+
 static int write_png_frames(const char *dir, const uint8_t *frames, uint32_t t, uint32_t height,
                             uint32_t width, ds_error *err)
 {
@@ -531,12 +569,12 @@ static int write_png_frames(const char *dir, const uint8_t *frames, uint32_t t, 
         return ds_error_set(err, errno == ENOENT ? DS_ERR_NOT_FOUND : DS_ERR_PERMISSION_DENIED,
                             "PNG frames %s: cannot create the folder: %s", dir, strerror(errno));
     struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+    if (stat(dir, &sb) != 0)
         return ds_error_set(err, DS_ERR_ALREADY_EXISTS, "PNG frames %s: exists and is not a "
                             "folder", dir);
-    if (has_png(dir))
-        return ds_error_set(err, DS_ERR_ALREADY_EXISTS,
-                            "PNG frames %s: the folder already holds PNG files", dir);
+    int check = check_frames_folder(dir, &sb, err);
+    if (check != DS_OK)
+        return check;
     size_t n = strlen(dir), frame_bytes = (size_t)width * height * 3;
     char *name = malloc(n + 32);
     if (!name)

@@ -74,4 +74,10 @@ int ds_video_encode(const uint8_t *frames, uint32_t t, uint32_t height, uint32_t
 int ds_video_write_file(const char *path, const uint8_t *frames, uint32_t t, uint32_t height,
                         uint32_t width, const ds_video_write_options *options, ds_error *err);
 
+/* Whether ds_video_write_file could write DS_VIDEO_PNG_FRAMES into `dir`, for tools to refuse
+ * before the work that makes the frames: ALREADY_EXISTS when `dir` is not a folder or already
+ * holds PNG files, NOT_FOUND when the folder it would be created in does not exist,
+ * PERMISSION_DENIED when it cannot be looked at. A write can still fail later. */
+int ds_video_png_frames_check(const char *dir, ds_error *err);
+
 #endif

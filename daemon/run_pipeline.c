@@ -17,6 +17,7 @@
 #include "daemon/paths.h"
 #include "daemon/reply.h"
 #include "daemon/shm_region.h"
+#include "daemon/video_output.h"
 #include "kernels/ops.h"
 #include "pipelines/pipeline.h"
 
@@ -38,7 +39,7 @@ typedef struct role_slot {
 } role_slot;
 
 typedef struct output_slot {
-    const void *data; /* the PNG (owned below) or the run's tensor */
+    const void *data; /* the PNG or video file (owned below) or the run's tensor */
     uint64_t bytes;
     int in_region;
     uint64_t offset;
@@ -60,8 +61,10 @@ typedef struct pipeline_job {
     void *input_owned[DS_PIPELINE_MAX_TENSORS];
     ds_shm_mapping input_maps[DS_PIPELINE_MAX_TENSORS];
     ds_pipeline_run *run;
+    ds_video_output video; /* how outputs declared as video are sent */
+    int units_done;        /* the pipeline's last unit ran; its outputs are encoded next turn */
     /* Outputs, placed by the worker's last turn. */
-    uint8_t *png[DS_PIPELINE_MAX_TENSORS];
+    uint8_t *encoded[DS_PIPELINE_MAX_TENSORS]; /* PNG or video file bytes */
     output_slot outputs[DS_PIPELINE_MAX_TENSORS];
     ds_shm_mapping out_map;
     char *out_region_name;
@@ -319,7 +322,27 @@ int ds_run_pipeline_validate(const Diffsynth__V1__RunPipelineRequest *req, ds_er
     }
     for (size_t i = 0; i < def->input_count; i++) {
         const Diffsynth__V1__Tensor *t = request_input(req, def->inputs[i].name);
+        if (t && def->inputs[i].video &&
+            (rc = ds_video_output_check_input(def->inputs[i].name, t, err)) != DS_OK)
+            return rc;
         if (t && (rc = check_tensor(def->inputs[i].name, t, err)) != DS_OK)
+            return rc;
+    }
+    /* The video settings are checked for every pipeline, so a client's mistake shows on the
+     * first request, whichever pipeline it names. */
+    ds_video_output video;
+    if ((rc = ds_video_output_parse(req, &video, err)) != DS_OK)
+        return rc;
+    for (size_t i = 0; i < def->output_count; i++) {
+        if (!def->outputs[i].video)
+            continue;
+        if (!req->named_outputs)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "run_pipeline.named_outputs is false, but %s's output \"%s\" "
+                                "(a video) has no field of its own in RunPipelineResponse; set "
+                                "named_outputs",
+                                def->name, def->outputs[i].name);
+        if ((rc = ds_video_output_check_supported(&video, err)) != DS_OK)
             return rc;
     }
     if (req->tokenizer[0] && req->tokenizer[0] != '/')
@@ -362,7 +385,7 @@ static void job_free(pipeline_job *pj)
     for (int i = 0; i < DS_PIPELINE_MAX_TENSORS; i++) {
         free(pj->input_owned[i]);
         ds_shm_unmap(&pj->input_maps[i]);
-        free(pj->png[i]);
+        free(pj->encoded[i]);
     }
     ds_shm_unmap(&pj->out_map);
     free(pj->out_region_name);
@@ -460,7 +483,8 @@ static int place_output(pipeline_job *pj, const char *name, output_slot *o, uint
     return DS_OK;
 }
 
-/* After the last unit: the images PNG-encoded, then every output placed in table order. */
+/* After the last unit: the images PNG-encoded, the videos encoded as the request asks, then
+ * every output placed in table order. */
 static int finish(pipeline_job *pj, ds_error *err)
 {
     const ds_pipeline_def *def = pj->def;
@@ -478,10 +502,19 @@ static int finish(pipeline_job *pj, ds_error *err)
                                     def->outputs[i].name);
             size_t size = 0;
             int rc = ds_png_encode_rgb8(t->data, (uint32_t)t->shape[1], (uint32_t)t->shape[0],
-                                        &pj->png[i], &size, err);
+                                        &pj->encoded[i], &size, err);
             if (rc != DS_OK)
                 return rc;
-            o->data = pj->png[i];
+            o->data = pj->encoded[i];
+            o->bytes = size;
+        } else if (def->outputs[i].video) {
+            const uint8_t *data;
+            size_t size;
+            int rc = ds_video_output_encode(def->outputs[i].name, t, &pj->video, &pj->encoded[i],
+                                            &data, &size, err);
+            if (rc != DS_OK)
+                return rc;
+            o->data = data;
             o->bytes = size;
         } else {
             o->data = t->data;
@@ -512,11 +545,34 @@ static int check_intact(const pipeline_job *pj, ds_error *err)
     return rc;
 }
 
-/* One unit per turn. */
+/* Whether an output is a video the request wants as a file (raw frames need no encoding). */
+static int encodes_video(const pipeline_job *pj)
+{
+    for (size_t i = 0; i < pj->def->output_count; i++)
+        if (pj->def->outputs[i].video && !pj->video.raw)
+            return 1;
+    return 0;
+}
+
+/* The turn after the last unit: the outputs encoded and placed. */
+static int encode_turn(pipeline_job *pj)
+{
+    ds_job *job = &pj->job;
+    if (encodes_video(pj))
+        ds_job_report(job, "video", 0, 1, ds_video_format_name(pj->video.write.format));
+    int rc = finish(pj, &job->error);
+    if (check_intact(pj, &job->error) != DS_OK)
+        return job->error.code;
+    return rc;
+}
+
+/* One unit per turn, then the outputs. */
 static int pipeline_run(ds_job *job)
 {
     pipeline_job *pj = (pipeline_job *)job;
     const ds_pipeline_def *def = pj->def;
+    if (pj->units_done)
+        return encode_turn(pj);
     uint64_t done, total;
     def->position(pj->run, &done, &total);
     ds_step_context ctx = {
@@ -547,10 +603,12 @@ static int pipeline_run(ds_job *job)
     }
     if (rc > 0)
         return DS_JOB_YIELD;
-    rc = finish(pj, &job->error);
-    if (check_intact(pj, &job->error) != DS_OK)
-        return job->error.code;
-    return rc;
+    pj->units_done = 1;
+    /* A video file takes seconds to encode: a turn of its own, so other jobs' units run
+     * between the decode and the encode as between any two units. */
+    if (encodes_video(pj))
+        return DS_JOB_YIELD;
+    return encode_turn(pj);
 }
 
 /* --- loading roles given as paths (worker) --------------------------------------------------- */
@@ -699,7 +757,7 @@ static void pipeline_complete(ds_job *job)
     for (size_t i = 0; i < def->output_count; i++) {
         const ds_pipeline_tensor *spec = &def->outputs[i];
         const output_slot *o = &pj->outputs[i];
-        if (spec->png) {
+        if (spec->png || (spec->video && !pj->video.raw)) {
             shapes[i][0] = (int64_t)o->bytes;
             set_output(&tensors[i], &regions[i], pj, spec->name, DS_U8, 1, shapes[i], o);
         } else {
@@ -1070,6 +1128,8 @@ static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineReques
     }
     pj->max_inline = req->max_inline_output_bytes;
     pj->named_outputs = req->named_outputs;
+    if ((rc = ds_video_output_parse(req, &pj->video, err)) != DS_OK)
+        return rc;
     return DS_OK;
 }
 
@@ -1143,6 +1203,7 @@ static void tensor_info(Diffsynth__V1__PipelineTensor *m, const ds_pipeline_tens
     m->help = (char *)t->help;
     m->needs_role = (char *)(t->needs_role ? t->needs_role : "");
     m->png = t->png;
+    m->video = t->video;
 }
 
 /* The messages of one pipeline, pointing into its table; `store` holds them. */

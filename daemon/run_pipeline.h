@@ -11,8 +11,9 @@
  * client, as a Load would leave them. Then the pipeline is set up and queued as a yielding
  * job: each turn runs one unit (encode, one denoising step, decode), so pipelines of several
  * clients and other jobs interleave round robin. The last turn encodes the image outputs as PNG
- * and places the outputs (inline, or in the client's output region). Loop thread again: the
- * reply.
+ * and the video outputs as the request asks (daemon/video_output.h; a video file gets a turn
+ * of its own after the last unit) and places the outputs (inline, or in the client's output
+ * region). Loop thread again: the reply.
  */
 #ifndef DS_DAEMON_RUN_PIPELINE_H
 #define DS_DAEMON_RUN_PIPELINE_H

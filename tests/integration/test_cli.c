@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/state_dict.h"
@@ -393,6 +394,9 @@ static void test_pipelines(void)
     CHECK_CONTAINS(out, "    denoising_strength number in (0, 1]     default 1 ");
     CHECK_CONTAINS(out, "    controlnet         qwen_image_blockwise_controlnet, optional\n");
     CHECK_CONTAINS(out, "  dtypes: bfloat16 (default), float32\n");
+    CHECK_CONTAINS(out, "    png                ");
+    CHECK_CONTAINS(out, " (sent as a PNG file)\n");
+    CHECK(!strstr(out, "(video:"));
     free(out);
     free(err);
 
@@ -427,7 +431,59 @@ static void test_pipelines(void)
     json_t *outputs = json_object_get(p, "outputs");
     CHECK(json_array_size(outputs) == 2);
     CHECK(json_is_true(json_object_get(json_array_get(outputs, 0), "png")));
+    CHECK(json_is_false(json_object_get(json_array_get(outputs, 0), "video")));
+    CHECK(json_is_false(json_object_get(json_array_get(inputs, 0), "video")));
     json_decref(doc);
+    free(out);
+    free(err);
+}
+
+/* The video options of `generate` against a pipeline that makes images: each refused as a
+ * usage error naming the option, before any model is needed. */
+static void test_generate_video_options(void)
+{
+    char out_png[256], clip[256];
+    snprintf(out_png, sizeof out_png, "%s/never.png", env.dir);
+    snprintf(clip, sizeof clip, "%s/never.mp4", env.dir);
+    static const struct {
+        const char *option, *value, *output;
+        int status;
+        const char *needle;
+    } cases[] = {
+        {"--frames", "9", NULL, 2,
+         "generate: the qwen_image pipeline has no parameter num_frames; it takes: seed"},
+        {"--input-video", "/nonexistent.mp4", NULL, 2,
+         "generate: --input-video: the qwen_image pipeline takes no input_video"},
+        {"--vace-reference", "/nonexistent.png", NULL, 2,
+         "generate: --vace-reference: the qwen_image pipeline takes no vace_reference_image"},
+        {"--fps", "15", NULL, 2,
+         "generate: --fps: the qwen_image pipeline makes an image, not a video"},
+        {"--format", "webp", NULL, 2,
+         "generate: --format: the qwen_image pipeline makes an image, not a video"},
+        {"--fps", "fast", "clip", 2, "generate: --fps wants a positive number, not \"fast\""},
+        {"--quality", "0", "clip", 2, "generate: --quality wants an integer in 1..100"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *args[] = {"generate", "--prompt", "x", cases[i].option, cases[i].value, "-o",
+                              cases[i].output ? clip : out_png, NULL};
+        char *out = NULL, *err = NULL;
+        int status = diffsynth(NULL, args, &out, &err);
+        CHECK_MSG(status == cases[i].status, "%s %s: exit %d\nstderr: %s", cases[i].option,
+                  cases[i].value, status, err ? err : "");
+        CHECK_CONTAINS(err, cases[i].needle);
+        free(out);
+        free(err);
+    }
+    struct stat st;
+    CHECK(stat(out_png, &st) != 0 && stat(clip, &st) != 0);
+
+    const char *help[] = {"generate", "--help", NULL};
+    char *out = NULL, *err = NULL;
+    CHECK(diffsynth(NULL, help, &out, &err) == 0);
+    CHECK_CONTAINS(out, "--pipeline wan_video --prompt TEXT -o OUT.mp4");
+    CHECK_CONTAINS(out, "  --frames N ");
+    CHECK_CONTAINS(out, "  --input-video FILE ");
+    CHECK_CONTAINS(out, "  --vace-mask FILE ");
     free(out);
     free(err);
 }
@@ -605,6 +661,7 @@ int main(int argc, char **argv)
     RUN(test_identify_unknown);
     RUN(test_models_status_configs_unload);
     RUN(test_pipelines);
+    RUN(test_generate_video_options);
     RUN(test_no_daemon);
     RUN(test_bad_usage);
     RUN(test_help);

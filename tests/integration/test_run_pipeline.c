@@ -102,6 +102,9 @@ typedef struct request_spec {
     const ds_client_pipeline_model *models;
     size_t model_count;
     const char *dtype;
+    const char *video_format;
+    double fps;
+    bool named_outputs;
 } request_spec;
 
 /* Small images, few steps, no negative pass: what most cases run. */
@@ -122,6 +125,9 @@ static int run_pipeline(ds_client *c, const request_spec *spec, ds_client_pipeli
         .model_count = spec->model_count,
         .dtype = spec->dtype,
         .cancel = log ? log->cancel : NULL,
+        .video_format = spec->video_format,
+        .fps = spec->fps,
+        .named_outputs = spec->named_outputs,
     };
     return ds_client_run_pipeline(c, &r, res, RUN_TIMEOUT_MS, log ? on_progress : NULL, log, id);
 }
@@ -206,6 +212,11 @@ static void test_bad_requests(void)
                  "qwen_image");
     expect_error(&(request_spec){.dtype = "float16"}, diffsynth_v1_Code_INVALID_ARGUMENT,
                  "run_pipeline.dtype \"float16\" is not a compute dtype");
+    /* The video settings are checked whichever pipeline a request names. */
+    expect_error(&(request_spec){.video_format = "avi"}, diffsynth_v1_Code_INVALID_ARGUMENT,
+                 "run_pipeline.video_format \"avi\" is not one of mp4, webp, frames");
+    expect_error(&(request_spec){.video_format = "webp", .fps = -2},
+                 diffsynth_v1_Code_INVALID_ARGUMENT, "run_pipeline.fps -2 is not in (0, 1000]");
 
     ds_client_pipeline_model unknown_id = {.role = "dit", .model_id = "m99"};
     expect_error(&(request_spec){.models = &unknown_id, .model_count = 1},

@@ -931,6 +931,7 @@ static void fill_pc_PipelineTensor(PC(PipelineTensor) *m, int k)
     m->help = S(k, 2);
     m->needs_role = S(k, 3);
     m->png = 1;
+    m->video = 1;
 }
 
 static void fill_nb_PipelineTensor(NB(PipelineTensor) *m, int k)
@@ -939,6 +940,7 @@ static void fill_nb_PipelineTensor(NB(PipelineTensor) *m, int k)
     m->help = S(k, 2);
     m->needs_role = S(k, 3);
     m->png = true;
+    m->video = true;
 }
 
 static void cmp_PipelineTensor(const PC(PipelineTensor) *p, const NB(PipelineTensor) *n)
@@ -947,6 +949,7 @@ static void cmp_PipelineTensor(const PC(PipelineTensor) *p, const NB(PipelineTen
     CHECK_STR_EQ(n->help, p->help);
     CHECK_STR_EQ(n->needs_role, p->needs_role);
     CHECK(p->png == n->png);
+    CHECK(p->video == n->video);
 }
 
 static void fill_pc_PipelineInfo(PC(PipelineInfo) *m, int k)
@@ -1231,6 +1234,10 @@ static void fill_pc_RunPipelineRequest(PC(RunPipelineRequest) *m, int k)
         fill_pc_Tensor(m->inputs[i], k * 3 + i + 13);
     }
     m->named_outputs = 1;
+    m->video_format = S(k, 15);
+    m->fps = D(k, 16);
+    m->video_quality = INT32_MIN + k * 100 + 17; /* negative: a 10-byte varint */
+    m->video_lossless = 1;
 }
 
 static void fill_nb_RunPipelineRequest(NB(RunPipelineRequest) *m, int k)
@@ -1262,6 +1269,10 @@ static void fill_nb_RunPipelineRequest(NB(RunPipelineRequest) *m, int k)
     for (int i = 0; i < 2; i++)
         fill_nb_Tensor(&m->inputs[i], k * 3 + i + 13);
     m->named_outputs = true;
+    m->video_format = S(k, 15);
+    m->fps = D(k, 16);
+    m->video_quality = INT32_MIN + k * 100 + 17; /* negative: a 10-byte varint */
+    m->video_lossless = true;
 }
 
 static void cmp_RunPipelineRequest(const PC(RunPipelineRequest) *p, const NB(RunPipelineRequest) *n)
@@ -1289,6 +1300,10 @@ static void cmp_RunPipelineRequest(const PC(RunPipelineRequest) *p, const NB(Run
     for (size_t i = 0; i < p->n_inputs; i++)
         cmp_Tensor(p->inputs[i], &n->inputs[i]);
     CHECK(p->named_outputs == n->named_outputs);
+    CHECK_STR_EQ(n->video_format, p->video_format);
+    CHECK(p->fps == n->fps);
+    CHECK(p->video_quality == n->video_quality);
+    CHECK(p->video_lossless == n->video_lossless);
 }
 
 static void fill_pc_PipelineResult(PC(PipelineResult) *m, int k)

@@ -11,15 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#if DS_HAVE_FFMPEG
-#include <libavcodec/avcodec.h>
-#include <libavformat/avformat.h>
-#include <libswscale/swscale.h>
-#endif
-
 #include "core/video_read.h"
 #include "core/video_write.h"
 #include "test.h"
+#include "tools/video_probe.h"
 
 static char tmpdir[256];
 
@@ -28,23 +23,6 @@ static const char *tmp_path(const char *name)
     static char path[512];
     snprintf(path, sizeof path, "%s/%s", tmpdir, name);
     return path;
-}
-
-/* Smooth gradients that move from frame to frame: what a codec is built for, so the PSNR bound
- * measures the writer (colour conversion, chroma, rate control), not the content. */
-static uint8_t *smooth_frames(uint32_t t, uint32_t h, uint32_t w)
-{
-    uint8_t *rgb = malloc((size_t)t * h * w * 3);
-    for (uint32_t i = 0; rgb && i < t; i++)
-        for (uint32_t y = 0; y < h; y++)
-            for (uint32_t x = 0; x < w; x++) {
-                uint8_t *p = rgb + (((size_t)i * h + y) * w + x) * 3;
-                double u = (double)x / w, v = (double)y / h, s = 0.15 * i;
-                p[0] = (uint8_t)lround(127.5 + 100.0 * sin(6.2832 * u + s));
-                p[1] = (uint8_t)lround(40.0 + 170.0 * v);
-                p[2] = (uint8_t)lround(127.5 + 90.0 * cos(3.1416 * (u + v) - s));
-            }
-    return rgb;
 }
 
 static uint8_t *noise_frames(uint32_t t, uint32_t h, uint32_t w)
@@ -57,16 +35,6 @@ static uint8_t *noise_frames(uint32_t t, uint32_t h, uint32_t w)
         rgb[i] = (uint8_t)(state >> 24);
     }
     return rgb;
-}
-
-static double psnr(const uint8_t *a, const uint8_t *b, size_t n)
-{
-    double se = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        se += d * d;
-    }
-    return se == 0 ? INFINITY : 10.0 * log10(255.0 * 255.0 / (se / (double)n));
 }
 
 static int write_bytes(const char *path, const void *data, size_t size)
@@ -87,97 +55,18 @@ static long find_box(const uint8_t *data, size_t size, const char *type)
     return -1;
 }
 
-/* The oracle: libavformat + libavcodec on the file by path, converted to RGB with the matrix
- * the stream declares. */
-typedef struct probed {
-    uint32_t frames, width, height;
-    AVRational rate;
-    enum AVCodecID codec;
-    enum AVPixelFormat pix_fmt;
-    enum AVColorSpace colorspace;
-    uint8_t *rgb;
-} probed;
-
-static int probe_file(const char *path, probed *p)
-{
-    memset(p, 0, sizeof *p);
-    AVFormatContext *fmt = NULL;
-    if (avformat_open_input(&fmt, path, NULL, NULL) < 0)
-        return -1;
-    int ok = avformat_find_stream_info(fmt, NULL) >= 0;
-    const AVCodec *codec = NULL;
-    int index = ok ? av_find_best_stream(fmt, AVMEDIA_TYPE_VIDEO, -1, -1, &codec, 0) : -1;
-    AVCodecContext *dc = index >= 0 ? avcodec_alloc_context3(codec) : NULL;
-    ok = dc && avcodec_parameters_to_context(dc, fmt->streams[index]->codecpar) >= 0 &&
-         avcodec_open2(dc, codec, NULL) >= 0;
-    if (ok) {
-        AVStream *st = fmt->streams[index];
-        p->width = (uint32_t)st->codecpar->width;
-        p->height = (uint32_t)st->codecpar->height;
-        p->rate = st->avg_frame_rate;
-        p->codec = st->codecpar->codec_id;
-        p->pix_fmt = (enum AVPixelFormat)st->codecpar->format;
-        p->colorspace = st->codecpar->color_space;
-    }
-    size_t frame_bytes = (size_t)p->width * p->height * 3;
-    AVPacket *pkt = av_packet_alloc();
-    AVFrame *frame = av_frame_alloc();
-    struct SwsContext *sws = NULL;
-    for (int flushing = 0; ok;) {
-        int ret = 0;
-        if (!flushing) {
-            ret = av_read_frame(fmt, pkt);
-            if (ret == AVERROR_EOF) {
-                flushing = 1;
-                avcodec_send_packet(dc, NULL);
-            } else if (ret < 0) {
-                ok = 0;
-                break;
-            } else {
-                if (pkt->stream_index == index)
-                    avcodec_send_packet(dc, pkt);
-                av_packet_unref(pkt);
-            }
-        }
-        while ((ret = avcodec_receive_frame(dc, frame)) == 0) {
-            sws = sws_getCachedContext(sws, frame->width, frame->height, frame->format,
-                                       frame->width, frame->height, AV_PIX_FMT_RGB24,
-                                       SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INT,
-                                       NULL, NULL, NULL);
-            sws_setColorspaceDetails(sws, sws_getCoefficients(frame->colorspace), 0,
-                                     sws_getCoefficients(SWS_CS_DEFAULT), 1, 0, 1 << 16,
-                                     1 << 16);
-            p->rgb = realloc(p->rgb, (p->frames + 1) * frame_bytes);
-            uint8_t *dst[4] = {p->rgb + p->frames * frame_bytes};
-            int stride[4] = {(int)p->width * 3};
-            sws_scale(sws, (const uint8_t *const *)frame->data, frame->linesize, 0,
-                      frame->height, dst, stride);
-            p->frames++;
-            av_frame_unref(frame);
-        }
-        if (flushing && ret == AVERROR_EOF)
-            break;
-    }
-    sws_freeContext(sws);
-    av_frame_free(&frame);
-    av_packet_free(&pkt);
-    avcodec_free_context(&dc);
-    avformat_close_input(&fmt);
-    return ok ? 0 : -1;
-}
-
 static void test_mp4_written_decodes(void)
 {
     const uint32_t t = 9, h = 48, w = 80;
-    uint8_t *frames = smooth_frames(t, h, w);
+    uint8_t *frames = ds_test_smooth_frames(t, h, w);
     REQUIRE(frames);
     ds_video_write_options o = ds_video_write_defaults();
     ds_error err;
     const char *path = tmp_path("clip.mp4");
     int rc = ds_video_write_file(path, frames, t, h, w, &o, &err);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
-    probed p;
-    CHECK(probe_file(path, &p) == 0);
+    ds_probed_video p;
+    CHECK(ds_probe_video_file(path, &p) == 0);
     CHECK_MSG(p.frames == t, "%u frames", p.frames);
     CHECK(p.width == w && p.height == h);
     CHECK_MSG(p.rate.num == 15 && p.rate.den == 1, "rate %d/%d", p.rate.num, p.rate.den);
@@ -187,11 +76,11 @@ static void test_mp4_written_decodes(void)
     if (p.frames == t) {
         for (uint32_t i = 0; i < t; i++) {
             size_t fb = (size_t)w * h * 3;
-            double q = psnr(frames + i * fb, p.rgb + i * fb, fb);
+            double q = ds_test_psnr(frames + i * fb, p.rgb + i * fb, fb);
             CHECK_MSG(q >= 35.0, "frame %u PSNR %.2f dB", i, q);
         }
         fprintf(stderr, "  mp4 CRF 18: PSNR %.2f dB over all frames\n",
-                psnr(frames, p.rgb, (size_t)t * w * h * 3));
+                ds_test_psnr(frames, p.rgb, (size_t)t * w * h * 3));
     }
     free(p.rgb);
 
@@ -211,7 +100,7 @@ static void test_mp4_written_decodes(void)
     CHECK(v.t == t && v.width == w && v.height == h);
     CHECK_MSG(fabs(v.fps - 15.0) < 1e-9, "fps %g", v.fps);
     if (rc == DS_OK && v.t == t) {
-        double q = psnr(frames, v.rgb, (size_t)t * w * h * 3);
+        double q = ds_test_psnr(frames, v.rgb, (size_t)t * w * h * 3);
         CHECK_MSG(q >= 35.0, "reader PSNR %.2f dB", q);
     }
     ds_video_free(&v);
@@ -238,15 +127,15 @@ static void test_mp4_written_decodes(void)
 static void test_mp4_fps_and_odd_sizes(void)
 {
     const uint32_t t = 3, h = 32, w = 32;
-    uint8_t *frames = smooth_frames(t, h, w);
+    uint8_t *frames = ds_test_smooth_frames(t, h, w);
     REQUIRE(frames);
     ds_video_write_options o = ds_video_write_defaults();
     o.fps = 24.0;
     ds_error err;
     const char *path = tmp_path("fps24.mp4");
     CHECK(ds_video_write_file(path, frames, t, h, w, &o, &err) == DS_OK);
-    probed p;
-    CHECK(probe_file(path, &p) == 0);
+    ds_probed_video p;
+    CHECK(ds_probe_video_file(path, &p) == 0);
     CHECK_MSG(p.rate.num == 24 && p.rate.den == 1, "rate %d/%d", p.rate.num, p.rate.den);
     CHECK(p.frames == t);
     free(p.rgb);
@@ -313,7 +202,7 @@ static void test_webp(void)
 
     /* Lossy: close, not exact. */
     const uint32_t lt = 4, lh = 64, lw = 96;
-    frames = smooth_frames(lt, lh, lw);
+    frames = ds_test_smooth_frames(lt, lh, lw);
     REQUIRE(frames);
     o.lossless = false;
     uint8_t *data = NULL;
@@ -325,7 +214,7 @@ static void test_webp(void)
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     CHECK(v.t == lt && v.width == lw && v.height == lh);
     if (v.rgb && v.t == lt) {
-        double q = psnr(frames, v.rgb, (size_t)lt * lh * lw * 3);
+        double q = ds_test_psnr(frames, v.rgb, (size_t)lt * lh * lw * 3);
         CHECK_MSG(q >= 30.0 && q < INFINITY, "lossy WebP PSNR %.2f dB", q);
         fprintf(stderr, "  lossy WebP quality 90: PSNR %.2f dB\n", q);
     }
@@ -473,7 +362,7 @@ static void test_malformed_inputs(void)
 #if DS_HAVE_FFMPEG
     /* A real MP4 cut at several points: the index first, so every cut loses media. */
     const uint32_t t = 9, h = 32, w = 48;
-    uint8_t *frames = smooth_frames(t, h, w);
+    uint8_t *frames = ds_test_smooth_frames(t, h, w);
     REQUIRE(frames);
     ds_video_write_options o = ds_video_write_defaults();
     uint8_t *data = NULL;
