@@ -5,7 +5,7 @@
  *
  * With --clients it runs tests/http/clients_test.py instead: the official `openai` package and
  * `webuiapi` from PyPI in a private venv under the build folder (exit 77 when PyPI cannot be
- * reached). */
+ * reached). With --load, tests/http/load_test.py: 32 clients x 4 requests, memory bounded. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -168,6 +168,18 @@ static void test_gateway(void)
     CHECK_MSG(status == 0, "the up phase failed (exit %d)", status);
 }
 
+static void test_load(void)
+{
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d", (int)keyed_gw.pid);
+    setenv("DS_GATEWAY_PID", pid, 1);
+    snprintf(pid, sizeof pid, "%d", (int)env.pid);
+    setenv("DS_DAEMON_PID", pid, 1);
+    int status = script("load_test.py", "load");
+    CHECK_MSG(status == 0, "the load test failed (exit %d)", status);
+    CHECK_MSG(it_daemon_alive(&env) && it_status_ok(&env), "the daemon was harmed");
+}
+
 static void test_clients(void)
 {
     int status = script("clients_test.py", "clients");
@@ -180,9 +192,9 @@ static void test_clients(void)
 
 int main(int argc, char **argv)
 {
-    bool clients = argc > 5 && strcmp(argv[5], "--clients") == 0;
+    const char *mode = argc > 5 ? argv[5] : "";
     if (argc < 5) {
-        fprintf(stderr, "usage: %s DIFFSYNTHD DIFFSYNTH DIFFSYNTH_HTTP SCRIPT_DIR [--clients]\n",
+        fprintf(stderr, "usage: %s DIFFSYNTHD DIFFSYNTH DIFFSYNTH_HTTP SCRIPT_DIR [--clients|--load]\n",
                 argv[0]);
         return 2;
     }
@@ -211,8 +223,10 @@ int main(int argc, char **argv)
         it_env_cleanup(&env);
         return 1;
     }
-    if (clients)
+    if (strcmp(mode, "--clients") == 0)
         RUN(test_clients);
+    else if (strcmp(mode, "--load") == 0)
+        RUN(test_load);
     else
         RUN(test_gateway);
     gateway_stop(&open_gw);
