@@ -22,7 +22,7 @@ static json_t *job_json(const gw_job_view *v)
         error = json_pack("{s:s,s:s}", "code",
                           v->state == GW_JOB_CANCELLED ? "cancelled" : "generation_failed",
                           "message", v->failure.message);
-    return json_pack("{s:s,s:s,s:s,s:s,s:i,s:I,s:o,s:o,s:s,s:s,s:I,s:I,s:f,s:f,s:i,s:i}", "id",
+    return json_pack("{s:s,s:s,s:s,s:s,s:i,s:I,s:o,s:o,s:s,s:s,s:I,s:I,s:f,s:f,s:i,s:i,s:o}", "id",
                      v->id, "object", strcmp(v->kind, "video") == 0 ? "video" : "image.job",
                      "model", v->pipeline, "status", gw_job_state_name(v->state), "progress",
                      (int)(v->progress * 100), "created_at", (json_int_t)v->created_at,
@@ -30,8 +30,12 @@ static json_t *job_json(const gw_job_view *v)
                      v->completed_at ? json_integer(v->completed_at) : json_null(), "error",
                      error ? error : json_null(), "kind", v->kind, "phase", v->phase, "done",
                      (json_int_t)v->done, "total", (json_int_t)v->total, "eta_s", v->eta_s,
-                     "elapsed_s", v->elapsed_s, "run", (int)v->run, "runs", (int)v->runs);
+                     "elapsed_s", v->elapsed_s, "run", (int)v->run, "runs", (int)v->runs, "seed",
+                     v->output_count ? json_integer((json_int_t)v->seed) : json_null());
 }
+
+/* /v1/jobs/... names a job of any kind; /v1/videos/... OpenAI's video jobs. */
+static bool generic(const gw_request *req) { return strncmp(req->path, "/v1/jobs", 8) == 0; }
 
 void gw_jobs_create_video(gw *g, const gw_request *req, gw_response *r)
 {
@@ -45,7 +49,7 @@ void gw_jobs_create_video(gw *g, const gw_request *req, gw_response *r)
     gw_failure f;
     const gw_form_part *ref = NULL;
     bool present = false;
-    gw_gen_fields in = {.kind = "video", .source = "videos", .model_param = "model",
+    gw_gen_fields in = {.kind = generic(req) ? "image" : "video", .source = "videos", .model_param = "model",
                         .size_param = "size", .image_param = "input_reference", .runs = 1};
     const char *size = NULL, *seconds = NULL;
     long long steps = 0, seed = 0;
@@ -117,34 +121,35 @@ fail:
     gw_form_free(&form);
 }
 
-/* The job of the path's id, or NULL after a 404 reply. */
-static gw_job *find(gw *g, const gw_request *req, gw_response *r)
+/* The job of the path's id (a reference), with its view when `v` is given; NULL after a 404
+ * reply. */
+static gw_job *find(gw *g, const gw_request *req, gw_response *r, gw_job_view *v)
 {
     gw_job *job = gw_jobs_find(g->jobs, req->arg);
     if (!job)
         gw_reply_error(r, GW_OPENAI, 404, NULL, "no job %s: unknown, deleted, or dropped after "
                                                 "--keep-jobs newer ones finished", req->arg);
+    else if (v)
+        gw_job_view_get(g->jobs, job, v);
     return job;
 }
 
 void gw_jobs_get_video(gw *g, const gw_request *req, gw_response *r)
 {
-    gw_job *job = find(g, req, r);
+    gw_job_view v;
+    gw_job *job = find(g, req, r, &v);
     if (!job)
         return;
-    gw_job_view v;
-    gw_job_view_get(g->jobs, job, &v);
     gw_job_release(g->jobs, job);
     gw_reply_json(r, 200, job_json(&v));
 }
 
 void gw_jobs_video_content(gw *g, const gw_request *req, gw_response *r)
 {
-    gw_job *job = find(g, req, r);
+    gw_job_view v;
+    gw_job *job = find(g, req, r, &v);
     if (!job)
         return;
-    gw_job_view v;
-    gw_job_view_get(g->jobs, job, &v);
     const gw_output *o = gw_job_output(job, 0);
     if (o)
         gw_reply_bytes(r, 200, o->content_type, o->data, o->len);
@@ -159,13 +164,13 @@ void gw_jobs_video_content(gw *g, const gw_request *req, gw_response *r)
 
 void gw_jobs_delete_video(gw *g, const gw_request *req, gw_response *r)
 {
-    gw_job *job = find(g, req, r);
+    gw_job *job = find(g, req, r, NULL);
     if (!job)
         return;
     gw_jobs_remove(g->jobs, job);
     gw_job_release(g->jobs, job);
-    gw_reply_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", req->arg, "object", "video.deleted",
-                                    "deleted", 1));
+    gw_reply_json(r, 200, json_pack("{s:s,s:s,s:b}", "id", req->arg, "object",
+                                    generic(req) ? "job.deleted" : "video.deleted", "deleted", 1));
 }
 
 void gw_jobs_list(gw *g, const gw_request *req, gw_response *r)
@@ -259,7 +264,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 
 void gw_jobs_events(gw *g, const gw_request *req, gw_response *r)
 {
-    gw_job *job = find(g, req, r);
+    gw_job *job = find(g, req, r, NULL);
     if (!job)
         return;
     sse *s = calloc(1, sizeof *s);

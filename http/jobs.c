@@ -290,6 +290,7 @@ static void *job_main(void *arg)
     else
         v->failure = f;
     v->output_count = made;
+    v->seed = made ? j->outputs[0].seed : 0;
     v->completed_at = (int64_t)time(NULL);
     v->seq++;
     double seconds = now_mono() - j->started_mono;

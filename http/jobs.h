@@ -66,6 +66,7 @@ typedef struct gw_job_view {
     uint64_t seq;               /* changes with every update */
     gw_failure failure;         /* when failed or cancelled */
     unsigned output_count;
+    uint64_t seed;              /* of the first output, once completed */
 } gw_job_view;
 
 typedef struct gw_job gw_job;

@@ -26,6 +26,7 @@ typedef struct route {
 } route;
 
 static const route routes[] = {
+    {"GET", "/", gw_page},
     {"GET", "/healthz", gw_ops_healthz},
     {"GET", "/readyz", gw_ops_readyz},
     {"GET", "/metrics", gw_ops_metrics},
@@ -44,6 +45,11 @@ static const route routes[] = {
     {"GET", "/v1/videos/{id}/content", gw_jobs_video_content},
     {"DELETE", "/v1/videos/{id}", gw_jobs_delete_video},
     {"GET", "/v1/jobs", gw_jobs_list},
+    /* The same jobs by their own name, for any pipeline: what the web page uses. */
+    {"POST", "/v1/jobs", gw_jobs_create_video},
+    {"GET", "/v1/jobs/{id}", gw_jobs_get_video},
+    {"GET", "/v1/jobs/{id}/content", gw_jobs_video_content},
+    {"DELETE", "/v1/jobs/{id}", gw_jobs_delete_video},
     {"GET", "/v1/jobs/{id}/events", gw_jobs_events},
 };
 
@@ -154,7 +160,8 @@ static void dispatch(gw *g, struct MHD_Connection *conn, const char *path, const
         if (strcmp(routes[i].method, method) == 0)
             hit = &routes[i];
     }
-    bool open = hit && (hit->fn == gw_ops_healthz || hit->fn == gw_ops_readyz);
+    /* Probes and the page (which holds no data; its calls carry the key) need no key. */
+    bool open = hit && (hit->fn == gw_ops_healthz || hit->fn == gw_ops_readyz || hit->fn == gw_page);
     if (!open && !authorized(g, conn)) {
         gw_reply_error(r, family, 401, NULL,
                        "a valid API key is required: send \"Authorization: Bearer KEY\"");

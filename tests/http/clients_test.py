@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """diffsynth-http driven by clients nobody here wrote: the official `openai` package and
 `webuiapi` (an AUTOMATIC1111 client), installed from PyPI into a private venv under the build
-folder ($DS_BUILD_ROOT/http-clients-venv). Exit 77 (skipped) when they cannot be installed.
+folder ($DS_BUILD_ROOT/http-clients-venv, with selenium for page_test.py). Exit 77 (skipped)
+when they cannot be installed.
 
 Run by tests/http/test_http_gateway.c --clients, which starts the daemon and two gateways:
 usage: clients_test.py clients OPEN_URL KEYED_URL KEY
@@ -13,15 +14,11 @@ import sys
 import threading
 import time
 
-PACKAGES = ["openai>=1.40", "webuiapi>=0.9.10"]
-FAILURES = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gateway_test import check, finish  # noqa: E402
 
-
-def check(cond, what):
-    if not cond:
-        FAILURES.append(what)
-        print("FAIL:", what, flush=True)
-    return cond
+# One venv for the client tests and the page test (selenium).
+PACKAGES = ["openai>=1.40", "webuiapi>=0.9.10", "selenium>=4.10"]
 
 
 def ensure_venv():
@@ -132,10 +129,7 @@ def main():
     test_openai(keyed, key)
     print("== webuiapi", flush=True)
     test_webuiapi(base)
-    if FAILURES:
-        print(f"{len(FAILURES)} failures", flush=True)
-        sys.exit(1)
-    print("all passed", flush=True)
+    finish()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,14 @@ def check(cond, what):
     return cond
 
 
+def finish():
+    """Exits 1 after listing the failures, 0 when there were none."""
+    if FAILURES:
+        print(f"{len(FAILURES)} failures", flush=True)
+        sys.exit(1)
+    print("all passed", flush=True)
+
+
 def request(base, method, path, body=None, headers=None, timeout=300):
     """(status, headers, bytes); never raises for an HTTP status."""
     data = None
@@ -173,6 +181,9 @@ def test_listings(base):
           doc[0]["model_name"] == "qwen_image", f"sd-models: {doc}")
     status, _, doc = jrequest(base, "GET", "/sdapi/v1/samplers")
     check(status == 200 and isinstance(doc, list) and doc[0].get("name"), f"samplers: {doc}")
+    status, hdrs, raw = request(base, "GET", "/")
+    check(status == 200 and hdrs.get("Content-Type", "").startswith("text/html") and b"<title>diffsynthd</title>" in raw,
+          f"the page: {status} {hdrs.get('Content-Type')}")
     status, _, doc = jrequest(base, "GET", "/nope")
     openai_error(status, doc, 404, None, "unknown path")
     status, _, doc = jrequest(base, "DELETE", "/v1/models")
@@ -508,6 +519,10 @@ def test_auth_and_cors(keyed, key):
           f"with the key: {status} {dict(hdrs)}")
     status, _, _ = jrequest(keyed, "GET", "/healthz")
     check(status == 200, "/healthz needs no key")
+    status, _, _ = request(keyed, "GET", "/")
+    check(status == 200, "the page needs no key")
+    status, _, doc = jrequest(keyed, "POST", "/v1/jobs", {"prompt": "x"})
+    openai_error(status, doc, 401, None, "a job without the key")
     status, hdrs, _ = request(keyed, "OPTIONS", "/v1/images/generations",
                               headers={"Origin": "http://example.org", "Access-Control-Request-Method": "POST"})
     check(status == 204 and hdrs.get("Access-Control-Allow-Origin") == "http://example.org" and
@@ -555,10 +570,7 @@ def main():
               f"generations after the restart: {status} {str(doc)[:300]}")
     else:
         sys.exit(f"unknown phase {phase}")
-    if FAILURES:
-        print(f"{len(FAILURES)} failures", flush=True)
-        sys.exit(1)
-    print("all passed", flush=True)
+    finish()
 
 
 if __name__ == "__main__":

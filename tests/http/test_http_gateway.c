@@ -5,7 +5,8 @@
  *
  * With --clients it runs tests/http/clients_test.py instead: the official `openai` package and
  * `webuiapi` from PyPI in a private venv under the build folder (exit 77 when PyPI cannot be
- * reached). With --load, tests/http/load_test.py: 32 clients x 4 requests, memory bounded. */
+ * reached). With --load, tests/http/load_test.py: 32 clients x 4 requests, memory bounded.
+ * With --page, tests/http/page_test.py: the web page in headless chromium (selenium). */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -180,21 +181,30 @@ static void test_load(void)
     CHECK_MSG(it_daemon_alive(&env) && it_status_ok(&env), "the daemon was harmed");
 }
 
-static void test_clients(void)
+/* A script that may skip: 77 ends the test as skipped, after stopping what it started. */
+static void optional_script(const char *file, const char *phase)
 {
-    int status = script("clients_test.py", "clients");
+    int status = script(file, phase);
     if (status == 77) {
-        fprintf(stderr, "SKIP: the PyPI clients could not be installed (see above)\n");
+        fprintf(stderr, "SKIP: %s could not run here (see above)\n", file);
+        gateway_stop(&open_gw);
+        gateway_stop(&keyed_gw);
+        it_daemon_stop(&env, NULL);
+        it_env_cleanup(&env);
         exit(77);
     }
-    CHECK_MSG(status == 0, "the clients test failed (exit %d)", status);
+    CHECK_MSG(status == 0, "%s failed (exit %d)", file, status);
 }
+
+static void test_clients(void) { optional_script("clients_test.py", "clients"); }
+
+static void test_page(void) { optional_script("page_test.py", "page"); }
 
 int main(int argc, char **argv)
 {
     const char *mode = argc > 5 ? argv[5] : "";
     if (argc < 5) {
-        fprintf(stderr, "usage: %s DIFFSYNTHD DIFFSYNTH DIFFSYNTH_HTTP SCRIPT_DIR [--clients|--load]\n",
+        fprintf(stderr, "usage: %s DIFFSYNTHD DIFFSYNTH DIFFSYNTH_HTTP SCRIPT_DIR [--clients|--load|--page]\n",
                 argv[0]);
         return 2;
     }
@@ -227,6 +237,8 @@ int main(int argc, char **argv)
         RUN(test_clients);
     else if (strcmp(mode, "--load") == 0)
         RUN(test_load);
+    else if (strcmp(mode, "--page") == 0)
+        RUN(test_page);
     else
         RUN(test_gateway);
     gateway_stop(&open_gw);
