@@ -1,6 +1,7 @@
 /* AUTOMATIC1111's /sdapi/v1: txt2img, img2img, progress, interrupt, and the listings its
  * clients read before they generate. Errors are FastAPI's {"detail": ...}. */
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,18 @@
 /* The sampler every pipeline here uses: its own FlowMatch scheduler. Clients send theirs
  * ("Euler a" by default); it is accepted and reported, and does not change the result. */
 #define SAMPLER "Euler"
+
+/* The pipeline POST /sdapi/v1/options chose ("" = the daemon's first): A1111 clients set the
+ * checkpoint once there and then send requests without naming it. */
+static pthread_mutex_t checkpoint_lock = PTHREAD_MUTEX_INITIALIZER;
+static char checkpoint[GW_NAME];
+
+static void current_checkpoint(char out[GW_NAME])
+{
+    pthread_mutex_lock(&checkpoint_lock);
+    memcpy(out, checkpoint, GW_NAME);
+    pthread_mutex_unlock(&checkpoint_lock);
+}
 
 static int read_fields(json_t *body, gw_gen_fields *in, bool img2img, gw_failure *f)
 {
@@ -157,11 +170,15 @@ static void generate(gw *g, const gw_request *req, gw_response *r, bool img2img)
     gw_gen gen;
     gw_job *job = NULL;
     gw_job_view v;
+    char chosen[GW_NAME];
     if (gw_body_object(req, &body, &f) != 0 || read_fields(body, &in, img2img, &f) != 0 ||
         (img2img && read_init_image(body, &png, &in.png_len, &f) != 0)) {
         gw_reply_failure(r, GW_A1111, &f);
         goto done;
     }
+    current_checkpoint(chosen);
+    if (!in.model && chosen[0])
+        in.model = chosen;
     in.png = png;
     if (gw_gen_build(g, &in, &gen, &f) != 0 || gw_gen_run(g, &gen, &job, &v, &f) != 0) {
         gw_reply_failure(r, GW_A1111, &f);
@@ -247,10 +264,43 @@ void gw_a1111_options(gw *g, const gw_request *req, gw_response *r)
     gw_pipelines *all = pipelines(g, r);
     if (!all)
         return;
-    const char *model = all->count ? all->p[0].name : "";
-    gw_reply_json(r, 200, json_pack("{s:s,s:s,s:s}", "sd_model_checkpoint", model,
+    char chosen[GW_NAME];
+    current_checkpoint(chosen);
+    gw_failure f;
+    const gw_pipeline_info *p = gw_pipeline_find(all, chosen, "sd_model_checkpoint", &f);
+    gw_reply_json(r, 200, json_pack("{s:s,s:s,s:s}", "sd_model_checkpoint", p ? p->name : "",
                                     "samples_format", "png", "sd_checkpoint_hash", ""));
     free(all);
+}
+
+void gw_a1111_set_options(gw *g, const gw_request *req, gw_response *r)
+{
+    json_t *body = NULL;
+    gw_failure f;
+    const char *model = NULL;
+    bool present = false;
+    gw_pipelines *all = NULL;
+    if (gw_body_object(req, &body, &f) != 0 ||
+        gw_field_string(body, "sd_model_checkpoint", &model, &present, &f) != 0) {
+        gw_reply_failure(r, GW_A1111, &f);
+        goto done;
+    }
+    /* Other options are this gateway's to ignore: the pipeline's own settings apply. */
+    if (present) {
+        if (!(all = pipelines(g, r)))
+            goto done;
+        if (!gw_pipeline_find(all, model, "sd_model_checkpoint", &f)) {
+            gw_reply_failure(r, GW_A1111, &f);
+            goto done;
+        }
+        pthread_mutex_lock(&checkpoint_lock);
+        snprintf(checkpoint, sizeof checkpoint, "%s", model);
+        pthread_mutex_unlock(&checkpoint_lock);
+    }
+    gw_reply_json(r, 200, json_null());
+done:
+    free(all);
+    json_decref(body);
 }
 
 void gw_a1111_sd_models(gw *g, const gw_request *req, gw_response *r)

@@ -84,6 +84,7 @@ void gw_jobs_create_video(gw *g, const gw_request *req, gw_response *r)
         in.model = NULL;
     in.steps = steps;
     in.seed = (unsigned long long)seed;
+    in.models = json_object_get(body, "models");
     if (size) {
         if (gw_parse_size(size, "size", &in.width, &in.height, &f) != 0)
             goto fail;

@@ -45,6 +45,7 @@ static int read_fields(json_t *body, gw_gen_fields *in, gw_failure *f)
         in->model = NULL;
     if (in->model && strncmp(in->model, "gpt-image", 9) == 0)
         in->model = NULL;
+    in->models = json_object_get(body, "models");
     in->runs = (unsigned)n;
     in->steps = steps;
     in->seed = (unsigned long long)seed;

@@ -88,10 +88,10 @@ typedef void gw_handler(gw *g, const gw_request *req, gw_response *r);
 
 gw_handler gw_openai_generations, gw_openai_edits, gw_openai_models;
 gw_handler gw_a1111_txt2img, gw_a1111_img2img, gw_a1111_progress, gw_a1111_interrupt,
-    gw_a1111_options, gw_a1111_sd_models, gw_a1111_samplers;
+    gw_a1111_options, gw_a1111_set_options, gw_a1111_sd_models, gw_a1111_samplers;
 gw_handler gw_jobs_create_video, gw_jobs_get_video, gw_jobs_video_content, gw_jobs_delete_video,
     gw_jobs_events, gw_jobs_list;
-gw_handler gw_ops_healthz, gw_ops_readyz, gw_ops_metrics, gw_page;
+gw_handler gw_ops_healthz, gw_ops_readyz, gw_ops_metrics, gw_page, gw_pipelines_list;
 
 /* True once the gateway is shutting down: streams end instead of waiting for more. */
 bool gw_stopping(void);

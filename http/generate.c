@@ -29,6 +29,37 @@ static int check_side(const gw_pipeline_info *p, const char *side, long long v, 
     return 0;
 }
 
+/* The "models" extension: {"dit": "m2", ...}, loaded models by id for roles of the pipeline
+ * (the others are found by name, as the daemon does). */
+static int read_models(const gw_pipeline_info *p, json_t *models, gw_gen *gen, gw_failure *f)
+{
+    if (!models || json_is_null(models))
+        return 0;
+    if (!json_is_object(models)) {
+        gw_fail(f, 400, "models", "models must be an object of role: model id");
+        return -1;
+    }
+    const char *role;
+    json_t *id;
+    json_object_foreach(models, role, id) {
+        int r = 0;
+        while (r < p->role_count && strcmp(p->roles[r], role) != 0)
+            r++;
+        if (r == p->role_count) {
+            gw_fail(f, 400, "models", "models: \"%.48s\" is not a role of %s", role, p->name);
+            return -1;
+        }
+        if (!json_is_string(id) || json_string_length(id) == 0 ||
+            json_string_length(id) >= GW_NAME || gen->model_count >= GW_MAX_TENSORS) {
+            gw_fail(f, 400, "models", "models.%s must be a loaded model's id, like \"m2\"", role);
+            return -1;
+        }
+        snprintf(gen->model_roles[gen->model_count], GW_NAME, "%s", role);
+        snprintf(gen->model_ids[gen->model_count++], GW_NAME, "%s", json_string_value(id));
+    }
+    return 0;
+}
+
 /* Nearest-neighbour resampling: frontends send pictures of any size, the pipeline wants the
  * output size, and the denoising redraws the detail anyway. */
 static uint8_t *resize(const uint8_t *rgb, uint32_t w, uint32_t h, uint32_t ow, uint32_t oh)
@@ -64,6 +95,8 @@ int gw_gen_build(gw *g, const gw_gen_fields *in, gw_gen *gen, gw_failure *f)
     if (!p)
         goto done;
     snprintf(gen->pipeline, sizeof gen->pipeline, "%s", p->name);
+    if (read_models(p, in->models, gen, f) != 0)
+        goto done;
     gen->kind = in->kind;
     gen->source = in->source;
     gen->runs = in->runs ? in->runs : 1;

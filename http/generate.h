@@ -25,6 +25,7 @@ typedef struct gw_gen_fields {
     const uint8_t *png;                    /* image-to-image: the picture as PNG bytes */
     size_t png_len;
     const char *image_param;               /* the field image errors name */
+    void *models;                          /* json_t object role -> loaded model id, or NULL */
     const char *kind, *source;
 } gw_gen_fields;
 

@@ -215,8 +215,14 @@ static int run_once(gw_job *j, ds_client *c, unsigned run, gw_failure *f)
         .shape = {gen->image_h, gen->image_w, 3}, .data = gen->image,
         .nbytes = (size_t)gen->image_h * gen->image_w * 3,
     };
+    ds_client_pipeline_model models[GW_MAX_TENSORS];
+    for (int i = 0; i < gen->model_count; i++)
+        models[i] = (ds_client_pipeline_model){.role = gen->model_roles[i],
+                                               .model_id = gen->model_ids[i]};
     ds_client_pipeline_request req = {
         .pipeline = gen->pipeline,
+        .models = models,
+        .model_count = (size_t)gen->model_count,
         .prompt = gen->prompt,
         .negative_prompt = gen->negative,
         .params = params,

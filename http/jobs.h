@@ -22,6 +22,9 @@ typedef struct gw_gen {
     char param_names[GW_MAX_PARAMS][GW_NAME];
     char param_values[GW_MAX_PARAMS][GW_NAME];
     int param_count;
+    char model_roles[GW_MAX_TENSORS][GW_NAME];   /* models chosen by id for these roles */
+    char model_ids[GW_MAX_TENSORS][GW_NAME];
+    int model_count;
     uint8_t *image;                     /* input_image [image_h, image_w, 3] u8, malloc'd */
     uint32_t image_w, image_h;
     const char *kind;                   /* "image" or "video" (static) */

@@ -31,7 +31,7 @@ void gw_fail(gw_failure *f, int status, const char *param, const char *fmt, ...)
 void gw_reply_json(gw_response *r, int status, void *json)
 {
     json_t *j = json;
-    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     json_decref(j);
     free(r->body);
     r->body = text;

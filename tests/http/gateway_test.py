@@ -174,8 +174,21 @@ def test_listings(base):
     check(status == 200 and doc.get("object") == "list" and
           any(m.get("id") == "qwen_image" and m.get("object") == "model" for m in doc.get("data", [])),
           f"/v1/models: {doc}")
+    status, _, doc = jrequest(base, "GET", "/v1/pipelines")
+    p = doc["data"][0] if status == 200 and doc.get("data") else {}
+    roles = {r["role"]: r for r in p.get("roles", [])}
+    check(p.get("id") == "qwen_image" and set(roles) >= {"text_encoder", "dit", "vae"} and
+          roles["dit"]["model_name"] == "qwen_image_dit" and len(roles["dit"]["loaded"]) == 1,
+          f"/v1/pipelines: {status} {str(doc)[:400]}")
+    params = {x["name"]: x for x in p.get("params", [])}
+    check(params.get("steps", {}).get("default") == "30" and params["steps"]["min"] == 1, f"params: {params.get('steps')}")
     status, _, doc = jrequest(base, "GET", "/sdapi/v1/options")
     check(status == 200 and doc.get("sd_model_checkpoint") == "qwen_image", f"options: {doc}")
+    # Open WebUI sets the checkpoint this way before generating.
+    status, _, doc = jrequest(base, "POST", "/sdapi/v1/options", {"sd_model_checkpoint": "qwen_image", "CLIP_stop_at_last_layers": 2})
+    check(status == 200 and doc is None, f"POST options: {status} {doc}")
+    status, _, doc = jrequest(base, "POST", "/sdapi/v1/options", {"sd_model_checkpoint": "sdxl"})
+    check(status == 422 and doc["detail"][0]["loc"] == ["body", "sd_model_checkpoint"], f"POST options sdxl: {status} {doc}")
     status, _, doc = jrequest(base, "GET", "/sdapi/v1/sd-models")
     check(status == 200 and isinstance(doc, list) and doc[0]["title"] == "qwen_image" and
           doc[0]["model_name"] == "qwen_image", f"sd-models: {doc}")
@@ -209,6 +222,14 @@ def test_generations(base):
     status, _, doc = generate(base, size="40x24", seed=1)
     check(status == 200 and png_size(base64.b64decode(doc["data"][0]["b64_json"])) == (48, 32),
           f"size 40x24: {status} {str(doc)[:200]}")
+    # Models chosen by id for a role: the loaded DiT by its id gives the same picture.
+    status, _, doc = jrequest(base, "GET", "/v1/pipelines")
+    dit = [r for r in doc["data"][0]["roles"] if r["role"] == "dit"][0]["loaded"][0]["id"]
+    status, _, doc = generate(base, seed=8, models={"dit": dit})
+    check(status == 200 and base64.b64decode(doc["data"][0]["b64_json"]) == images[1],
+          f"models {{dit: {dit}}}: {status} {str(doc)[:200]}")
+    status, _, doc = generate(base, seed=8, models={"dit": "m999"})
+    check(status in (400, 404, 409) and "m999" in doc["error"]["message"], f"an unknown model id: {status} {doc}")
     # OpenAI's own model names mean the default pipeline; no output_format but png.
     status, _, doc = generate(base, model="dall-e-2", seed=1)
     check(status == 200, f"model dall-e-2: {status}")
@@ -394,6 +415,9 @@ def test_hostile(base):
         ({"prompt": "x", "model": "flux"}, "model"),
         ({"prompt": "x", "response_format": "url"}, "response_format"),
         ({"prompt": "x", "output_format": "jpeg"}, "output_format"),
+        ({"prompt": "x", "models": "m1"}, "models"),
+        ({"prompt": "x", "models": {"unet": "m1"}}, "models"),
+        ({"prompt": "x", "models": {"dit": 5}}, "models"),
         ({"prompt": "x\u0000y"}, None),  # jansson refuses NUL in strings: bad JSON
     ]
     for body, param in cases:

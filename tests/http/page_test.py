@@ -56,6 +56,11 @@ def run(base):
                 el(id_).clear()
                 el(id_).send_keys(value)
 
+        # The DiT by id, from the role's list of loaded models.
+        dit = el("role-dit")
+        ids = [o.get_attribute("value") for o in dit.find_elements(By.TAG_NAME, "option")]
+        check(len(ids) == 2 and ids[0] == "" and ids[1].startswith("m"), f"models for the dit: {ids}")
+        dit.find_elements(By.TAG_NAME, "option")[-1].click()
         el("prompt").send_keys("a red bicycle")
         el("negative").send_keys("blurry")
         fill(12)
