@@ -12,14 +12,11 @@
 # bench/build_release.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-python=${1:-/work/venv/bin/python}
-threads=${2:-$(nproc)}
-repeats=${3:-1}
 build=${DS_BUILD_DIR:-build-release}
 bench/build_release.sh "$build" bench/vae_bench
-ours=$("$build/bench/vae_bench" --threads "$threads" --repeats "$repeats")
-upstream=$("$python" bench/wan_video_vae/upstream_anchor.py --threads "$threads" \
-    --repeats "$repeats")
+args=(--threads "${2:-$(nproc)}" --repeats "${3:-1}")
+ours=$("$build/bench/vae_bench" "${args[@]}")
+upstream=$("${1:-/work/venv/bin/python}" bench/wan_video_vae/upstream_anchor.py "${args[@]}")
 echo "$ours"
 echo "$upstream"
 python3 - "$ours" "$upstream" <<'PY'
