@@ -514,6 +514,12 @@ int ds_module_alloc(ds_backend *b, ds_dtype dtype, int ndim, const int64_t *shap
     return DS_OK;
 }
 
+void ds_module_free_all(ds_tensor *const *list)
+{
+    for (; *list; list++)
+        ds_tensor_free(*list);
+}
+
 ds_tensor ds_module_view(const ds_tensor *t, int ndim, const int64_t *shape)
 {
     ds_tensor v = *t;

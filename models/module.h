@@ -184,6 +184,8 @@ int ds_module_deliver(ds_backend *b, const ds_tensor *result, const ds_tensor *h
 /* Allocates every tensor of `list` on `b` with this dtype and shape. */
 int ds_module_alloc(ds_backend *b, ds_dtype dtype, int ndim, const int64_t *shape,
                     ds_tensor *const *list, ds_error *err);
+/* Frees every tensor of `list`. */
+void ds_module_free_all(ds_tensor *const *list);
 /* The same memory under another shape of the same element count. */
 ds_tensor ds_module_view(const ds_tensor *t, int ndim, const int64_t *shape);
 /* Bytes the tensors hold (those with data: inputs used in place hold none). */

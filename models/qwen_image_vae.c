@@ -7,17 +7,15 @@
 
 #include <inttypes.h>
 #include <stddef.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/float_convert.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
-#include "models/wan_video_vae.h"
+#include "models/vae_modules.h"
 #include "models/weight_set.h"
 #include "vram/vram_manager.h"
 
@@ -100,190 +98,35 @@ static int read_kwargs(ds_kwargs *kwargs, vae_config *c, ds_error *err)
 /* ---- The modules ----
  *
  * Each upstream module instance is a group of the module table, declared once under its own
- * prefix with the widths of where it sits: the templates below, their DS_MODULE_DIM entries
- * read from the instance's dims (ds_module_instance). Every instance is one transfer unit, the
- * largest a residual block of the widest level (~32 MB in f32), so a budget of a few such blocks
- * streams the whole VAE. The resamplers' time_conv never runs on one frame and is no unit. */
+ * prefix with the widths of where it sits (models/vae_modules.h). Every instance is one transfer
+ * unit, the largest a residual block of the widest level (~32 MB in f32), so a budget of a few
+ * such blocks streams the whole VAE. The resamplers' time_conv never runs on one frame and is
+ * no unit. */
 
-typedef struct residual_weights {
-    ds_tensor norm1;
-    ds__linear_weights conv1;
-    ds_tensor norm2;
-    ds__linear_weights conv2, conv_shortcut; /* conv_shortcut zeroed when widths agree */
-} residual_weights;
-
-typedef struct attention_weights {
-    ds_tensor norm;
-    ds__linear_weights to_qkv, proj; /* 1x1 Conv2d run as Linears over the channels */
-} attention_weights;
-
-typedef struct resample_weights {
-    ds__linear_weights resample, time_conv; /* resample.1 (the Conv2d); time_conv unbound */
-} resample_weights;
-
-typedef struct head_weights {
-    ds_tensor norm_out;
-    ds__linear_weights conv_out;
-} head_weights;
-
-#define DIM DS_MODULE_DIM
-
-/* QwenImageResidualBlock(in, out): dims in, out, whether a shortcut projects in to out. */
-enum { RES_IN, RES_OUT, RES_SHORTCUT };
-static const ds_module residual_modules[] = {
-    {"norm1.gamma", DS_MODULE_TENSOR, 4, {DIM(RES_IN), 1, 1, 1}, 0,
-     offsetof(residual_weights, norm1), 0},
-    {"conv1", DS_MODULE_CONV, 5, {DIM(RES_OUT), DIM(RES_IN), 3, 3, 3}, 0,
-     offsetof(residual_weights, conv1), 0},
-    {"norm2.gamma", DS_MODULE_TENSOR, 4, {DIM(RES_OUT), 1, 1, 1}, 0,
-     offsetof(residual_weights, norm2), 0},
-    {"conv2", DS_MODULE_CONV, 5, {DIM(RES_OUT), DIM(RES_OUT), 3, 3, 3}, 0,
-     offsetof(residual_weights, conv2), 0},
-    {"conv_shortcut", DS_MODULE_CONV, 5, {DIM(RES_OUT), DIM(RES_IN), 1, 1, 1}, 0,
-     offsetof(residual_weights, conv_shortcut), DS_MODULE_IF(RES_SHORTCUT)},
+static const ds__vae_names QWEN_NAMES = {
+    "norm1.gamma", "conv1", "norm2.gamma", "conv2", "conv_shortcut",
+    "norm_out.gamma", "conv_out", "", DS_MODULE_NO_UNIT,
 };
 
-/* QwenImageAttentionBlock(dim): dims dim, 3 * dim. */
-enum { ATTN_DIM, ATTN_QKV };
-static const ds_module attention_modules[] = {
-    {"norm.gamma", DS_MODULE_TENSOR, 3, {DIM(ATTN_DIM), 1, 1}, 0,
-     offsetof(attention_weights, norm), 0},
-    {"to_qkv", DS_MODULE_CONV_LINEAR, 4, {DIM(ATTN_QKV), DIM(ATTN_DIM), 1, 1}, 0,
-     offsetof(attention_weights, to_qkv), 0},
-    {"proj", DS_MODULE_CONV_LINEAR, 4, {DIM(ATTN_DIM), DIM(ATTN_DIM), 1, 1}, 0,
-     offsetof(attention_weights, proj), 0},
-};
-
-/* QwenImageResample(dim, mode): the Conv2d sits at index 1 of a Sequential behind an Upsample
- * or a ZeroPad2d; the 3D modes add a temporal conv. dims: dim, the Conv2d's output (dim / 2
- * upsampling), time_conv's output (0: a 2D mode, none). */
-enum { RS_DIM, RS_OUT, RS_TIME };
-static const ds_module resample_modules[] = {
-    {"resample.1", DS_MODULE_CONV, 4, {DIM(RS_OUT), DIM(RS_DIM), 3, 3}, 0,
-     offsetof(resample_weights, resample), 0},
-    {"time_conv", DS_MODULE_CONV, 5, {DIM(RS_TIME), DIM(RS_DIM), 3, 1, 1}, DS_MODULE_NO_UNIT,
-     offsetof(resample_weights, time_conv), DS_MODULE_IF(RS_TIME)},
-};
-
-/* norm_out and conv_out of Encoder3d / Decoder3d: dims in, out. */
-enum { HEAD_IN, HEAD_OUT };
-static const ds_module head_modules[] = {
-    {"norm_out.gamma", DS_MODULE_TENSOR, 4, {DIM(HEAD_IN), 1, 1, 1}, 0,
-     offsetof(head_weights, norm_out), 0},
-    {"conv_out", DS_MODULE_CONV, 5, {DIM(HEAD_OUT), DIM(HEAD_IN), 3, 3, 3}, 0,
-     offsetof(head_weights, conv_out), 0},
-};
-
-/* A QwenImageCausalConv3d alone (conv_in, quant_conv, post_quant_conv): dims out, in, kernel. */
-enum { CONV_OUT, CONV_IN, CONV_K };
-#define CONV_MODULE(name)                                                                      \
-    {name, DS_MODULE_CONV, 5, {DIM(CONV_OUT), DIM(CONV_IN), DIM(CONV_K), DIM(CONV_K),          \
-                               DIM(CONV_K)}, 0, 0, 0}
-static const ds_module conv_in_module[] = {CONV_MODULE("conv_in")};
-static const ds_module quant_conv_module[] = {CONV_MODULE("quant_conv")};
-static const ds_module post_quant_conv_module[] = {CONV_MODULE("post_quant_conv")};
-
-#undef DIM
-
-static const char *const whole_unit[] = {""};
-static const char *const conv_in_unit[] = {"conv_in"};
-static const char *const quant_conv_unit[] = {"quant_conv"};
-static const char *const post_quant_conv_unit[] = {"post_quant_conv"};
-
-/* Which upstream module an instance is: what Encoder3d's down_blocks hold is told apart as
- * upstream's forward does, by the module's class. */
-typedef enum block_kind {
-    BLOCK_CONV,
-    BLOCK_RESIDUAL,
-    BLOCK_ATTENTION,
-    BLOCK_DOWNSAMPLE,
-    BLOCK_UPSAMPLE,
-    BLOCK_HEAD,
-} block_kind;
-
-#define MODULES_PER_GROUP 5
-
-/* The model's instances for one config, in upstream's registration order, with where each
- * part of the structure starts and the transfer units in the order the forwards run them:
- * decode's, then encode's. */
+/* The model's instances for one config, with where each part of the structure starts.
+ * Encoder3d: conv_in, down_blocks [down, down_end), mid_block (attentions.0, resnets.0,
+ * resnets.1 from mid), the head. Decoder3d: conv_in, mid_block, up_blocks[i] (its resnets,
+ * then its upsampler) from dec_up[i], the head. */
 typedef struct vae_modules {
-    ds_module_model model;
-    ds_module_group *groups;
-    block_kind *kinds;
-    ds_module *modules;
-    char (*prefixes)[DS__PARAM_NAME_MAX];
-    size_t count, capacity;
-    ds_module_unit_ref *order;
-    size_t order_count, decode_units;
-    /* Encoder3d: conv_in, down_blocks [down, down_end), mid_block (attentions.0, resnets.0,
-     * resnets.1 from mid), the head. */
+    ds__vae_modules m;
     size_t enc_conv_in, enc_down, enc_down_end, enc_mid, enc_head, quant_conv, post_quant_conv;
-    /* Decoder3d: conv_in, mid_block, up_blocks[i] (its resnets, then its upsampler) from
-     * dec_up[i], the head. */
     size_t dec_conv_in, dec_mid, dec_up[MAX_LEVELS], dec_head;
     int levels;
     int64_t up_resnets;
 } vae_modules;
 
-static void modules_free(vae_modules *v)
-{
-    free(v->groups);
-    free(v->kinds);
-    free(v->modules);
-    free(v->prefixes);
-    free(v->order);
-    memset(v, 0, sizeof *v);
-}
-
-static int add_group(vae_modules *v, block_kind kind, const ds_module *tmpl, size_t n,
-                     const int64_t *dims, const char *const *units, size_t *index, ds_error *err,
-                     const char *fmt, ...) __attribute__((format(printf, 9, 10)));
-
-/* Declares one instance: `tmpl` with `dims`, under the prefix `fmt`. */
-static int add_group(vae_modules *v, block_kind kind, const ds_module *tmpl, size_t n,
-                     const int64_t *dims, const char *const *units, size_t *index, ds_error *err,
-                     const char *fmt, ...)
-{
-    if (v->count == v->capacity)
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s: module table overflow", CLASS_NAME);
-    size_t g = v->count++;
-    va_list ap;
-    va_start(ap, fmt);
-    int len = vsnprintf(v->prefixes[g], sizeof v->prefixes[g], fmt, ap);
-    va_end(ap);
-    if (len < 0 || (size_t)len >= sizeof v->prefixes[g])
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s: module name too long", CLASS_NAME);
-    ds_module *mods = &v->modules[g * MODULES_PER_GROUP];
-    size_t count;
-    ds_module_instance(tmpl, n, dims, mods, &count);
-    v->groups[g] = (ds_module_group){v->prefixes[g], 0, mods, count, units, 1};
-    v->kinds[g] = kind;
-    if (index)
-        *index = g;
-    return DS_OK;
-}
-
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-#define DIMS(...) ((const int64_t[]){__VA_ARGS__})
-
-static int add_residual(vae_modules *v, int64_t in, int64_t out, ds_error *err, const char *fmt,
-                        const char *part, int64_t i)
-{
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wformat-nonliteral"
-    return add_group(v, BLOCK_RESIDUAL, residual_modules, COUNT(residual_modules),
-                     DIMS(in, out, in != out), whole_unit, NULL, err, fmt, part, (long long)i);
-#pragma GCC diagnostic pop
-}
-
 /* QwenImageMidBlock(dim, num_layers=1): `attentions` is registered before `resnets`. */
 static int add_mid(vae_modules *v, const char *part, int64_t dim, size_t *index, ds_error *err)
 {
-    int rc = add_group(v, BLOCK_ATTENTION, attention_modules, COUNT(attention_modules),
-                       DIMS(dim, 3 * dim), whole_unit, index, err, "%s.mid_block.attentions.0.",
-                       part);
+    int rc = ds__vae_add_attention(&v->m, dim, index, err, "%s.mid_block.attentions.0.", part);
     for (int i = 0; rc == DS_OK && i < 2; i++)
-        rc = add_residual(v, dim, dim, err, "%s.mid_block.resnets.%lld.", part, i);
+        rc = ds__vae_add_residual(&v->m, dim, dim, NULL, err, "%s.mid_block.resnets.%d.", part,
+                                  i);
     return rc;
 }
 
@@ -294,35 +137,33 @@ static int add_encoder(vae_modules *v, const vae_config *c, ds_error *err)
     dims[0] = c->base_dim;
     for (int i = 0; i < c->levels; i++)
         dims[i + 1] = c->base_dim * c->dim_mult[i];
-    int rc = add_group(v, BLOCK_CONV, conv_in_module, 1, DIMS(dims[0], c->image_channels, 3),
-                       conv_in_unit, &v->enc_conv_in, err, "encoder.");
+    int rc = ds__vae_add_conv(&v->m, "conv_in", dims[0], c->image_channels, 3, &v->enc_conv_in,
+                              err, "encoder.");
     int64_t block = 0;
     double scale = 1.0;
-    v->enc_down = v->count;
+    v->enc_down = v->m.count;
     for (int i = 0; rc == DS_OK && i < c->levels; i++) {
         int64_t in = dims[i], out = dims[i + 1];
-        for (int64_t r = 0; rc == DS_OK && r < c->num_res_blocks; r++) {
-            rc = add_residual(v, in, out, err, "%s.down_blocks.%lld.", "encoder", block++);
+        for (int64_t r = 0; rc == DS_OK && r < c->num_res_blocks; r++, in = out) {
+            rc = ds__vae_add_residual(&v->m, in, out, NULL, err,
+                                      "encoder.down_blocks.%" PRId64 ".", block++);
             if (rc == DS_OK && has_attention(c, scale))
-                rc = add_group(v, BLOCK_ATTENTION, attention_modules, COUNT(attention_modules),
-                               DIMS(out, 3 * out), whole_unit, NULL, err,
-                               "encoder.down_blocks.%" PRId64 ".", block++);
-            in = out;
+                rc = ds__vae_add_attention(&v->m, out, NULL, err,
+                                           "encoder.down_blocks.%" PRId64 ".", block++);
         }
         if (rc == DS_OK && i != c->levels - 1) {
-            rc = add_group(v, BLOCK_DOWNSAMPLE, resample_modules, COUNT(resample_modules),
-                           DIMS(out, out, c->temperal_downsample[i] ? out : 0), whole_unit, NULL,
-                           err, "encoder.down_blocks.%" PRId64 ".", block++);
+            rc = ds__vae_add_resample(&v->m, DS__VAE_DOWNSAMPLE, out, out,
+                                      c->temperal_downsample[i] ? out : 0, NULL, err,
+                                      "encoder.down_blocks.%" PRId64 ".", block++);
             scale /= 2.0;
         }
     }
-    v->enc_down_end = v->count;
+    v->enc_down_end = v->m.count;
     int64_t top = dims[c->levels];
     if (rc == DS_OK)
         rc = add_mid(v, "encoder", top, &v->enc_mid, err);
     if (rc == DS_OK)
-        rc = add_group(v, BLOCK_HEAD, head_modules, COUNT(head_modules), DIMS(top, 2 * c->z_dim),
-                       whole_unit, &v->enc_head, err, "encoder.");
+        rc = ds__vae_add_head(&v->m, top, 2 * c->z_dim, &v->enc_head, err, "encoder.");
     return rc;
 }
 
@@ -334,45 +175,36 @@ static int add_decoder(vae_modules *v, const vae_config *c, ds_error *err)
     dims[0] = c->base_dim * c->dim_mult[c->levels - 1];
     for (int i = 0; i < c->levels; i++)
         dims[i + 1] = c->base_dim * c->dim_mult[c->levels - 1 - i];
-    int rc = add_group(v, BLOCK_CONV, conv_in_module, 1, DIMS(dims[0], c->z_dim, 3),
-                       conv_in_unit, &v->dec_conv_in, err, "decoder.");
+    int rc = ds__vae_add_conv(&v->m, "conv_in", dims[0], c->z_dim, 3, &v->dec_conv_in, err,
+                              "decoder.");
     if (rc == DS_OK)
         rc = add_mid(v, "decoder", dims[0], &v->dec_mid, err);
     for (int i = 0; rc == DS_OK && i < c->levels; i++) {
         /* Every up block but the first follows an upsampler that halved the width. */
         int64_t in = i > 0 ? dims[i] / 2 : dims[i], out = dims[i + 1];
-        v->dec_up[i] = v->count;
-        for (int64_t r = 0; rc == DS_OK && r < c->num_res_blocks + 1; r++) {
-            char part[32];
-            snprintf(part, sizeof part, "decoder.up_blocks.%d", i);
-            rc = add_residual(v, in, out, err, "%s.resnets.%lld.", part, r);
-            in = out;
-        }
+        v->dec_up[i] = v->m.count;
+        for (int64_t r = 0; rc == DS_OK && r < c->num_res_blocks + 1; r++, in = out)
+            rc = ds__vae_add_residual(&v->m, in, out, NULL, err,
+                                      "decoder.up_blocks.%d.resnets.%" PRId64 ".", i, r);
         if (rc == DS_OK && i != c->levels - 1) {
             int temporal = c->temperal_downsample[c->temporal_count - 1 - i] != 0;
-            rc = add_group(v, BLOCK_UPSAMPLE, resample_modules, COUNT(resample_modules),
-                           DIMS(out, out / 2, temporal ? 2 * out : 0), whole_unit, NULL, err,
-                           "decoder.up_blocks.%d.upsamplers.0.", i);
+            rc = ds__vae_add_resample(&v->m, DS__VAE_UPSAMPLE, out, out / 2,
+                                      temporal ? 2 * out : 0, NULL, err,
+                                      "decoder.up_blocks.%d.upsamplers.0.", i);
         }
     }
     if (rc == DS_OK)
-        rc = add_group(v, BLOCK_HEAD, head_modules, COUNT(head_modules),
-                       DIMS(dims[c->levels], c->image_channels), whole_unit, &v->dec_head, err,
-                       "decoder.");
+        rc = ds__vae_add_head(&v->m, dims[c->levels], c->image_channels, &v->dec_head, err,
+                              "decoder.");
     return rc;
-}
-
-static void order_add(vae_modules *v, size_t group)
-{
-    v->order[v->order_count++] = (ds_module_unit_ref){group, 0, 0};
 }
 
 /* The mid block runs resnets.0, attentions.0, resnets.1. */
 static void order_mid(vae_modules *v, size_t mid)
 {
-    order_add(v, mid + 1);
-    order_add(v, mid);
-    order_add(v, mid + 2);
+    ds__vae_order_add(&v->m, mid + 1);
+    ds__vae_order_add(&v->m, mid);
+    ds__vae_order_add(&v->m, mid + 2);
 }
 
 /* The instances for config c, and the units' order: decode (post_quant_conv, then Decoder3d),
@@ -380,45 +212,38 @@ static void order_mid(vae_modules *v, size_t mid)
 static int modules_build(const vae_config *c, vae_modules *v, ds_error *err)
 {
     memset(v, 0, sizeof *v);
-    v->capacity = 16 + 4 * (size_t)c->levels * ((size_t)c->num_res_blocks + 2);
-    v->groups = calloc(v->capacity, sizeof *v->groups);
-    v->kinds = calloc(v->capacity, sizeof *v->kinds);
-    v->modules = calloc(v->capacity * MODULES_PER_GROUP, sizeof *v->modules);
-    v->prefixes = calloc(v->capacity, sizeof *v->prefixes);
-    v->order = calloc(v->capacity, sizeof *v->order);
     v->levels = c->levels;
     v->up_resnets = c->num_res_blocks + 1;
-    int rc = v->groups && v->kinds && v->modules && v->prefixes && v->order
-                 ? add_encoder(v, c, err)
-                 : ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                                "%s: out of memory for %zu modules", CLASS_NAME, v->capacity);
+    int rc = ds__vae_modules_init(&v->m, "QwenImageVAE", "qwen_image_vae", &QWEN_NAMES,
+                                  16 + 4 * (size_t)c->levels * ((size_t)c->num_res_blocks + 2),
+                                  err);
     if (rc == DS_OK)
-        rc = add_group(v, BLOCK_CONV, quant_conv_module, 1,
-                       DIMS(2 * c->z_dim, 2 * c->z_dim, 1), quant_conv_unit, &v->quant_conv,
-                       err, "%s", "");
+        rc = add_encoder(v, c, err);
     if (rc == DS_OK)
-        rc = add_group(v, BLOCK_CONV, post_quant_conv_module, 1, DIMS(c->z_dim, c->z_dim, 1),
-                       post_quant_conv_unit, &v->post_quant_conv, err, "%s", "");
+        rc = ds__vae_add_conv(&v->m, "quant_conv", 2 * c->z_dim, 2 * c->z_dim, 1,
+                              &v->quant_conv, err, "%s", "");
+    if (rc == DS_OK)
+        rc = ds__vae_add_conv(&v->m, "post_quant_conv", c->z_dim, c->z_dim, 1,
+                              &v->post_quant_conv, err, "%s", "");
     if (rc == DS_OK)
         rc = add_decoder(v, c, err);
     if (rc != DS_OK) {
-        modules_free(v);
+        ds__vae_modules_free(&v->m);
         return rc;
     }
-    order_add(v, v->post_quant_conv);
-    order_add(v, v->dec_conv_in);
+    ds__vae_order_add(&v->m, v->post_quant_conv);
+    ds__vae_order_add(&v->m, v->dec_conv_in);
     order_mid(v, v->dec_mid);
     for (size_t g = v->dec_up[0]; g < v->dec_head; g++)
-        order_add(v, g);
-    order_add(v, v->dec_head);
-    v->decode_units = v->order_count;
-    order_add(v, v->enc_conv_in);
+        ds__vae_order_add(&v->m, g);
+    ds__vae_order_add(&v->m, v->dec_head);
+    v->m.decode_units = v->m.order_count;
+    ds__vae_order_add(&v->m, v->enc_conv_in);
     for (size_t g = v->enc_down; g < v->enc_down_end; g++)
-        order_add(v, g);
+        ds__vae_order_add(&v->m, g);
     order_mid(v, v->enc_mid);
-    order_add(v, v->enc_head);
-    order_add(v, v->quant_conv);
-    v->model = (ds_module_model){"QwenImageVAE", "qwen_image_vae", v->groups, v->count};
+    ds__vae_order_add(&v->m, v->enc_head);
+    ds__vae_order_add(&v->m, v->quant_conv);
     return DS_OK;
 }
 
@@ -429,24 +254,14 @@ static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error
     int rc = read_kwargs(kwargs, &c, err);
     if (rc != DS_OK || (rc = modules_build(&c, &v, err)) != DS_OK)
         return rc;
-    rc = ds_module_declare(&v.model, NULL, params, err);
-    modules_free(&v);
+    rc = ds_module_declare(&v.m.model, NULL, params, err);
+    ds__vae_modules_free(&v.m);
     return rc;
 }
 
 /* ---- Forward pass ---- */
 
 #define LATENT_CHANNELS 16
-
-/* QwenImageVAE.mean and the std it stores the inverse of (facts §5.6). */
-static const float LATENT_MEAN[LATENT_CHANNELS] = {
-    -0.7571f, -0.7089f, -0.9113f, 0.1075f, -0.1745f, 0.9653f, -0.1517f, 1.5508f,
-    0.4134f,  -0.0715f, 0.5517f,  -0.3632f, -0.1922f, -0.9497f, 0.2503f, -0.2921f,
-};
-static const float LATENT_STD[LATENT_CHANNELS] = {
-    2.8184f, 1.4541f, 2.3275f, 2.6558f, 1.2196f, 1.7708f, 2.6052f, 2.0743f,
-    3.2687f, 2.1526f, 2.8652f, 1.5579f, 1.6382f, 1.1253f, 2.8251f, 1.9160f,
-};
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
@@ -494,7 +309,7 @@ static size_t stats_bytes(const vae_run *r)
  * output (the output at the upsampled size), the last temporal tap sliced from a 3x3x3 weight,
  * and the latent stats; an attention block holds at most eight of x's size and the kernel's
  * [S, S] f32 scores. */
-static size_t module_bytes(const vae_run *r, block_kind kind, const ds_tensor *x, const void *w,
+static size_t module_bytes(const vae_run *r, ds__vae_kind kind, const ds_tensor *x, const void *w,
                            size_t size)
 {
     _Static_assert(sizeof(ds__linear_weights) == 2 * sizeof(ds_tensor),
@@ -503,7 +318,7 @@ static size_t module_bytes(const vae_run *r, block_kind kind, const ds_tensor *x
     size_t n = size / sizeof(ds_tensor);
     uint64_t elem = ds_dtype_size(r->dtype), xn = ds_tensor_numel(x);
     uint64_t B = (uint64_t)x->shape[0], S = (uint64_t)(x->shape[2] * x->shape[3]);
-    if (kind == BLOCK_ATTENTION)
+    if (kind == DS__VAE_ATTENTION)
         return (size_t)(8 * xn * elem + B * S * S * 4) + stats_bytes(r);
     int64_t co = x->shape[1];
     uint64_t tap = 0;
@@ -514,39 +329,33 @@ static size_t module_bytes(const vae_run *r, block_kind kind, const ds_tensor *x
             ds_tensor_nbytes(&t[i]) / (uint64_t)t[i].shape[2] > tap)
             tap = ds_tensor_nbytes(&t[i]) / (uint64_t)t[i].shape[2];
     }
-    uint64_t act = B * (uint64_t)co * S * (kind == BLOCK_UPSAMPLE ? 4 : 1);
+    uint64_t act = B * (uint64_t)co * S * (kind == DS__VAE_UPSAMPLE ? 4 : 1);
     return (size_t)((xn + 3 * act) * elem + tap) + stats_bytes(r);
 }
 
 /* Where they go: the unit released (or unbound), a failure named after the module, progress. */
 static int module_end(vae_run *r, size_t g, int rc, ds_error *err)
 {
-    rc = ds_module_end(&r->run, rc, err);
-    if (rc != DS_OK) {
-        const ds_module_group *grp = &r->v->groups[g];
-        return ds_error_prefix(err, "%s: %s%s: ", r->phase, grp->prefix,
-                               r->v->kinds[g] == BLOCK_CONV ? grp->units[0] : "");
-    }
+    if ((rc = ds__vae_module_end(&r->run, &r->v->m, g, r->phase, rc, err)) != DS_OK)
+        return rc;
     ds_module_progress(r->ctx, r->phase, (int64_t)r->done++, (int64_t)r->total);
     return DS_OK;
 }
 
 /* Where a module's weights come in: cancellable before it; its unit acquired (or bound) into
- * the zeroed struct `w` and its activations reserved. */
-static int module_begin(vae_run *r, size_t g, const ds_tensor *x, void *w, size_t size,
+ * *w and its activations reserved. */
+static int module_begin(vae_run *r, size_t g, const ds_tensor *x, ds__vae_weights *w,
                         ds_error *err)
 {
-    int rc = ds_module_cancelled(r->ctx, r->phase, "block", (int64_t)r->done,
-                                 (int64_t)r->total, err);
-    if (rc != DS_OK)
+    const ds__vae_modules *m = &r->v->m;
+    int rc;
+    if ((rc = ds_module_cancelled(r->ctx, r->phase, "block", (int64_t)r->done,
+                                  (int64_t)r->total, err)) != DS_OK ||
+        (rc = ds__vae_module_begin(&r->run, m, g, r->phase, w, err)) != DS_OK ||
+        (rc = ds__vae_module_reserve(&r->run, m, g, r->phase,
+                                     module_bytes(r, m->kinds[g], x, w, sizeof *w), err)) !=
+            DS_OK)
         return rc;
-    memset(w, 0, size);
-    char what[DS__PARAM_NAME_MAX + 64];
-    snprintf(what, sizeof what, "%s: activations of %s", r->phase, r->v->prefixes[g]);
-    if ((rc = ds_module_use(&r->run, g, 0, 0, w, err)) != DS_OK ||
-        (rc = ds_module_reserve_set(&r->run, what,
-                                    module_bytes(r, r->v->kinds[g], x, w, size), err)) != DS_OK)
-        return module_end(r, g, rc, err);
     return DS_OK;
 }
 
@@ -610,23 +419,21 @@ static int conv_replace(vae_run *r, const ds__linear_weights *w, ds_tensor *x, c
 static int rms_norm(vae_run *r, const ds_tensor *gamma, const ds_tensor *x, int silu,
                     ds_tensor *y, ds_error *err)
 {
-    return ds__wan_vae_rms_norm(r->b, gamma, x, silu, y, err);
+    return ds__vae_rms_norm(r->b, gamma, x, silu, y, err);
 }
 
-/* QwenImageCausalConv3d instance g (conv_in, quant_conv, post_quant_conv) on *x. */
-static int causal_conv(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
+/* A QwenImageCausalConv3d alone (conv_in, quant_conv, post_quant_conv) on one frame. */
+static int lone_conv(void *run, const ds__linear_weights *w, ds_tensor *x, ds_error *err)
 {
-    ds__linear_weights w;
-    int rc = module_begin(r, g, x, &w, sizeof w, err);
-    if (rc != DS_OK)
-        return rc;
-    return module_end(r, g, conv_replace(r, &w, x, NO_PAD, 1, err), err);
+    return conv_replace(run, w, x, NO_PAD, 1, err);
 }
 
 /* QwenImageResidualBlock: shortcut(x) + conv2(SiLU(norm2(conv1(SiLU(norm1(x)))))); dropout is
  * the identity at inference. At most three activations are alive at once. */
-static int residual_forward(vae_run *r, const residual_weights *w, ds_tensor *x, ds_error *err)
+static int residual_forward(void *run, const ds__vae_residual_weights *w, ds_tensor *x,
+                            ds_error *err)
 {
+    vae_run *r = run;
     ds_tensor t = {0}, u = {0}, v = {0}, h = {0};
     int rc;
     if ((rc = alloc_like(r, x, &t, err)) != DS_OK ||
@@ -642,8 +449,8 @@ static int residual_forward(vae_run *r, const residual_weights *w, ds_tensor *x,
         goto fail;
     ds_tensor_free(&t);
     const ds_tensor *skip = x;
-    if (w->conv_shortcut.weight.data) {
-        if ((rc = conv(r, &w->conv_shortcut, x, NO_PAD, 1, &h, err)) != DS_OK)
+    if (w->shortcut.weight.data) {
+        if ((rc = conv(r, &w->shortcut, x, NO_PAD, 1, &h, err)) != DS_OK)
             goto fail;
         skip = &h;
     }
@@ -654,49 +461,30 @@ static int residual_forward(vae_run *r, const residual_weights *w, ds_tensor *x,
     replace(r, x, &v);
     return DS_OK;
 fail:
-    ds_tensor_free(&t);
-    ds_tensor_free(&u);
-    ds_tensor_free(&v);
-    ds_tensor_free(&h);
+    ds_module_free_all(DS_TENSORS(&t, &u, &v, &h));
     return rc;
-}
-
-static int residual_block(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
-{
-    residual_weights w;
-    int rc = module_begin(r, g, x, &w, sizeof w, err);
-    if (rc != DS_OK)
-        return rc;
-    return module_end(r, g, residual_forward(r, &w, x, err), err);
 }
 
 /* QwenImageAttentionBlock on one frame: Wan's AttentionBlock on [B, C, H, W]. */
-static int attention_forward(vae_run *r, const attention_weights *w, ds_tensor *x,
+static int attention_forward(void *run, const ds__vae_attention_weights *w, ds_tensor *x,
                              ds_error *err)
 {
+    vae_run *r = run;
     ds_tensor y;
-    int rc = ds__wan_vae_attention(r->b, &w->norm, &w->to_qkv, &w->proj, x, &y, err);
+    int rc = ds__vae_attention(r->b, w, x, &y, err);
     if (rc == DS_OK)
         replace(r, x, &y);
     return rc;
-}
-
-static int attention_block(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
-{
-    attention_weights w;
-    int rc = module_begin(r, g, x, &w, sizeof w, err);
-    if (rc != DS_OK)
-        return rc;
-    return module_end(r, g, attention_forward(r, &w, x, err), err);
 }
 
 /* QwenImageResample on one frame (time_conv needs the feature cache of a second frame):
  * upsample: nearest-exact x2 (for a factor of 2 the same source pixel as nearest; upstream
  * upsamples in f32 and casts back, which copies values exactly), then the 3x3 Conv2d that
  * halves the channels; downsample: ZeroPad2d((0, 1, 0, 1)), then the 3x3 stride-2 Conv2d. */
-static int resample_forward(vae_run *r, const resample_weights *w, int up, ds_tensor *x,
-                            ds_error *err)
+static int resample_forward(void *run, const ds__vae_resample_weights *w, int up,
+                            ds_tensor *x, ds_error *err)
 {
+    vae_run *r = run;
     static const int up_pad[4] = {1, 1, 1, 1}, down_pad[4] = {0, 1, 0, 1};
     if (!up)
         return conv_replace(r, &w->resample, x, down_pad, 2, err);
@@ -714,68 +502,58 @@ static int resample_forward(vae_run *r, const resample_weights *w, int up, ds_te
     return conv_replace(r, &w->resample, x, up_pad, 1, err);
 }
 
-static int resample(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
+/* Encoder3d / Decoder3d's head: norm_out, SiLU, conv_out. */
+static int head_forward(void *run, const ds__vae_head_weights *w, ds_tensor *x,
+                        ds_error *err)
 {
-    resample_weights w;
-    int rc = module_begin(r, g, x, &w, sizeof w, err);
+    vae_run *r = run;
+    ds_tensor t;
+    int rc = alloc_like(r, x, &t, err);
     if (rc != DS_OK)
         return rc;
-    return module_end(r, g, resample_forward(r, &w, r->v->kinds[g] == BLOCK_UPSAMPLE, x, err),
-                      err);
+    if ((rc = rms_norm(r, &w->norm, x, 1, &t, err)) != DS_OK) {
+        ds_tensor_free(&t);
+        return rc;
+    }
+    replace(r, x, &t);
+    return conv_replace(r, &w->conv, x, NO_PAD, 1, err);
+}
+
+/* Module instance g on x, told apart by class as upstream's Sequentials call each: a
+ * QwenImageCausalConv3d alone (conv_in, quant_conv, post_quant_conv), a residual or attention
+ * block, a resampler or a head. */
+static int module(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
+{
+    ds__vae_weights w;
+    int rc = module_begin(r, g, x, &w, err);
+    if (rc != DS_OK)
+        return rc;
+    static const ds__vae_forwards forwards = {lone_conv, residual_forward, attention_forward,
+                                              resample_forward, head_forward};
+    return module_end(r, g, ds__vae_forward(&forwards, r, &r->v->m, g, &w, x, err), err);
 }
 
 /* QwenImageMidBlock(num_layers=1): resnets[0], then attentions[0] and resnets[1]. */
 static int mid_block(vae_run *r, size_t mid, ds_tensor *x, ds_error *err)
 {
     int rc;
-    if ((rc = residual_block(r, mid + 1, x, err)) != DS_OK ||
-        (rc = attention_block(r, mid, x, err)) != DS_OK ||
-        (rc = residual_block(r, mid + 2, x, err)) != DS_OK)
+    if ((rc = module(r, mid + 1, x, err)) != DS_OK || (rc = module(r, mid, x, err)) != DS_OK ||
+        (rc = module(r, mid + 2, x, err)) != DS_OK)
         return rc;
     return DS_OK;
-}
-
-/* Encoder3d / Decoder3d's head: norm_out, SiLU, conv_out. */
-static int head(vae_run *r, size_t g, ds_tensor *x, ds_error *err)
-{
-    head_weights w;
-    ds_tensor t;
-    int rc = module_begin(r, g, x, &w, sizeof w, err);
-    if (rc != DS_OK)
-        return rc;
-    if ((rc = alloc_like(r, x, &t, err)) == DS_OK) {
-        if ((rc = rms_norm(r, &w.norm_out, x, 1, &t, err)) == DS_OK) {
-            replace(r, x, &t);
-            rc = conv_replace(r, &w.conv_out, x, NO_PAD, 1, err);
-        } else {
-            ds_tensor_free(&t);
-        }
-    }
-    return module_end(r, g, rc, err);
 }
 
 /* QwenImageEncoder3d.forward: conv_in, the down blocks, the mid block, the head. */
 static int encoder3d(vae_run *r, ds_tensor *x, ds_error *err)
 {
     const vae_modules *v = r->v;
-    int rc = causal_conv(r, v->enc_conv_in, x, err);
-    for (size_t g = v->enc_down; rc == DS_OK && g < v->enc_down_end; g++) {
-        switch (v->kinds[g]) {
-        case BLOCK_RESIDUAL:
-            rc = residual_block(r, g, x, err);
-            break;
-        case BLOCK_ATTENTION:
-            rc = attention_block(r, g, x, err);
-            break;
-        default:
-            rc = resample(r, g, x, err);
-            break;
-        }
-    }
+    int rc = module(r, v->enc_conv_in, x, err);
+    for (size_t g = v->enc_down; rc == DS_OK && g < v->enc_down_end; g++)
+        rc = module(r, g, x, err);
     if (rc == DS_OK)
         rc = mid_block(r, v->enc_mid, x, err);
     if (rc == DS_OK)
-        rc = head(r, v->enc_head, x, err);
+        rc = module(r, v->enc_head, x, err);
     return rc;
 }
 
@@ -786,9 +564,9 @@ static int up_block(vae_run *r, int i, ds_tensor *x, ds_error *err)
     size_t g = v->dec_up[i];
     int rc = DS_OK;
     for (int64_t k = 0; rc == DS_OK && k < v->up_resnets; k++)
-        rc = residual_block(r, g++, x, err);
+        rc = module(r, g++, x, err);
     if (rc == DS_OK && i != v->levels - 1)
-        rc = resample(r, g, x, err);
+        rc = module(r, g, x, err);
     return rc;
 }
 
@@ -796,36 +574,21 @@ static int up_block(vae_run *r, int i, ds_tensor *x, ds_error *err)
 static int decoder3d(vae_run *r, ds_tensor *x, ds_error *err)
 {
     const vae_modules *v = r->v;
-    int rc = causal_conv(r, v->dec_conv_in, x, err);
+    int rc = module(r, v->dec_conv_in, x, err);
     if (rc == DS_OK)
         rc = mid_block(r, v->dec_mid, x, err);
     for (int i = 0; rc == DS_OK && i < v->levels; i++)
         rc = up_block(r, i, x, err);
     if (rc == DS_OK)
-        rc = head(r, v->dec_head, x, err);
+        rc = module(r, v->dec_head, x, err);
     return rc;
 }
 
-/* mean and the stored 1 / std as [1, 16, 1, 1] in the compute dtype: upstream builds them in
- * f32 (1 / std rounded there) and casts both to the input's dtype. */
+/* mean and the stored 1 / std as [1, 16, 1, 1] in the compute dtype. */
 static int latent_stats(vae_run *r, ds_tensor *mean, ds_tensor *inv_std, ds_error *err)
 {
-    float m[LATENT_CHANNELS], inv[LATENT_CHANNELS];
-    uint16_t m16[LATENT_CHANNELS], inv16[LATENT_CHANNELS];
-    for (int i = 0; i < LATENT_CHANNELS; i++) {
-        m[i] = LATENT_MEAN[i];
-        inv[i] = 1.0f / LATENT_STD[i];
-        m16[i] = ds_f32_to_bf16(m[i]);
-        inv16[i] = ds_f32_to_bf16(inv[i]);
-    }
-    int bf16 = r->dtype == DS_BF16;
-    int rc;
-    if ((rc = alloc4(r, 1, LATENT_CHANNELS, 1, 1, mean, err)) != DS_OK ||
-        (rc = alloc4(r, 1, LATENT_CHANNELS, 1, 1, inv_std, err)) != DS_OK ||
-        (rc = ds_tensor_upload(mean, bf16 ? (const void *)m16 : m, NULL, err)) != DS_OK ||
-        (rc = ds_tensor_upload(inv_std, bf16 ? (const void *)inv16 : inv, NULL, err)) != DS_OK)
-        return rc;
-    return DS_OK;
+    return ds__vae_latent_stats(r->b, r->dtype, 4, LATENT_CHANNELS, ds__vae_wan21_mean,
+                                ds__vae_wan21_std, mean, inv_std, err);
 }
 
 /* The model's config from its kwargs, checked against what the forward supports. */
@@ -907,10 +670,11 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
         return ds_error_prefix(err, "%s: ", phase);
     /* This direction's units, in the order they run, are the manager's plan: the other
      * direction's are the first evicted and prefetch follows the modules about to run. */
-    size_t first = decode ? 0 : v.decode_units;
-    r.total = decode ? v.decode_units : v.order_count - v.decode_units;
-    if ((rc = ds_module_open_ordered(&r.run, &v.model, v.order, v.order_count, m, r.b, ctx->vram,
-                                     0, phase, err)) != DS_OK)
+    const ds__vae_modules *mm = &v.m;
+    size_t first = decode ? 0 : mm->decode_units;
+    r.total = decode ? mm->decode_units : mm->order_count - mm->decode_units;
+    if ((rc = ds_module_open_ordered(&r.run, &mm->model, mm->order, mm->order_count, m, r.b,
+                                     ctx->vram, 0, phase, err)) != DS_OK)
         goto done;
     if (ctx->vram && (rc = ds_module_plan_range(&r.run, first, r.total, phase, err)) != DS_OK) {
         ds_error_prefix(err, "%s: registering the weights with the VRAM manager: ", phase);
@@ -942,11 +706,11 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
     }
 
     if (decode) {
-        if ((rc = causal_conv(&r, v.post_quant_conv, &x, err)) != DS_OK ||
+        if ((rc = module(&r, v.post_quant_conv, &x, err)) != DS_OK ||
             (rc = decoder3d(&r, &x, err)) != DS_OK)
             goto done;
     } else if ((rc = encoder3d(&r, &x, err)) != DS_OK ||
-               (rc = causal_conv(&r, v.quant_conv, &x, err)) != DS_OK) {
+               (rc = module(&r, v.quant_conv, &x, err)) != DS_OK) {
         goto done;
     }
 
@@ -975,10 +739,8 @@ done:
     ds_tensor_free(&upload);
     if (r.x_owned)
         ds_tensor_free(&x);
-    ds_tensor_free(&z);
-    ds_tensor_free(&mean);
-    ds_tensor_free(&inv_std);
-    modules_free(&v);
+    ds_module_free_all(DS_TENSORS(&z, &mean, &inv_std));
+    ds__vae_modules_free(&v.m);
     return rc;
 }
 
@@ -1035,33 +797,11 @@ static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const 
     return vae_forward(m, ctx, decode, x, y, err);
 }
 
-static int decode_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
-                       ds_step_io *out, ds_error *err)
-{
-    return step_run(m, ctx, in, out, 1, err);
-}
-
-static int encode_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
-                       ds_step_io *out, ds_error *err)
-{
-    return step_run(m, ctx, in, out, 0, err);
-}
-
-static const ds_model_step steps[] = {
-    {
-        .name = "decode",
-        .usage = "decode: latents [B, 16, h, w] (f32 or bf16; the compute dtype) -> image "
-                 "[B, C, 8h, 8w] in latents' dtype (C = the model's image_channels; values "
-                 "around [-1, 1], not clamped)",
-        .run = decode_step,
-    },
-    {
-        .name = "encode",
-        .usage = "encode: image [B, C, H, W] (f32 or bf16 in [-1, 1], C = the model's "
-                 "image_channels, H and W multiples of 8) -> latents [B, 16, H/8, W/8] in "
-                 "image's dtype",
-        .run = encode_step,
-    },
-};
+DS__VAE_STEPS(steps, step_run,
+              "decode: latents [B, 16, h, w] (f32 or bf16; the compute dtype) -> image [B, C, 8h, "
+              "8w] in latents' dtype (C = the model's image_channels; values around [-1, 1], not "
+              "clamped)",
+              "encode: image [B, C, H, W] (f32 or bf16 in [-1, 1], C = the model's image_channels, "
+              "H and W multiples of 8) -> latents [B, 16, H/8, W/8] in image's dtype");
 
 DS_MODEL_CLASS(ds__qwen_image_vae_class, CLASS_NAME, declare_parameters, steps);

@@ -1,16 +1,18 @@
 /* diffsynth/models/wan_video_vae.py: WanVideoVAE, the Wan2.1 video VAE (z 16, 8x spatial, 4x
- * temporal; VideoVAE_ under `model.`), decode and encode of videos as upstream runs them
- * untiled: causal 3-D convolutions with the two-frame feature cache, the encoder on the first
- * frame alone and then on chunks of 4, the decoder on one latent frame at a time, temporal
- * up/downsampling by the resamplers' time_conv, the per-channel latent mean and std.
+ * temporal; VideoVAE_ under `model.`), and WanVideoVAE38, Wan2.2's (z 48, 16x spatial:
+ * VideoVAE38_ patchifies by 2 around Encoder3d_38 / Decoder3d_38, whose Down_ / Up_ResidualBlock
+ * stages add AvgDown3D / DupUp3D shortcuts). Decode and encode of videos as upstream runs them:
+ * causal 3-D convolutions with the two-frame feature cache, the encoder on the first frame
+ * alone and then on chunks of 4, the decoder on one latent frame at a time, temporal
+ * up/downsampling by the resamplers' time_conv, the per-channel latent mean and std, and
+ * WanVideoVAE's spatial tiling.
  *
- * One function per upstream module; every module instance is declared once through the module
- * engine with its own prefix and widths. */
+ * One function per upstream module; every module instance is declared once through
+ * models/vae_modules.h with its own prefix and widths. */
 #include "models/wan_video_vae.h"
 
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,317 +23,252 @@
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
+#include "models/vae_modules.h"
 
-#define CLASS_NAME "diffsynth.models.wan_video_vae.WanVideoVAE"
-#define OWNER "WanVideoVAE"
-#define LATENT_CHANNELS 16
-#define NORM_EPS 1e-12f /* F.normalize's default eps, RMS_norm's */
 #define CACHE_T 2       /* frames a causal conv keeps from the chunk before */
 
-/* VideoVAE_'s defaults, which WanVideoVAE does not change. */
-#define BASE_DIM 96
+/* VideoVAE_'s defaults, which neither class changes. */
 #define LEVELS 4
 #define RES_BLOCKS 2
 static const int64_t DIM_MULT[LEVELS] = {1, 2, 4, 4};
 static const int TEMPORAL_DOWN[LEVELS - 1] = {0, 1, 1};
 
-/* WanVideoVAE.mean and std. */
-static const float LATENT_MEAN[LATENT_CHANNELS] = {
-    -0.7571f, -0.7089f, -0.9113f, 0.1075f, -0.1745f, 0.9653f, -0.1517f, 1.5508f,
-    0.4134f,  -0.0715f, 0.5517f,  -0.3632f, -0.1922f, -0.9497f, 0.2503f, -0.2921f,
+/* WanVideoVAE38.mean and std. */
+static const float MEAN_38[48] = {
+    -0.2289f, -0.0052f, -0.1323f, -0.2339f, -0.2799f, 0.0174f,  0.1838f,  0.1557f,
+    -0.1382f, 0.0542f,  0.2813f,  0.0891f,  0.1570f,  -0.0098f, 0.0375f,  -0.1825f,
+    -0.2246f, -0.1207f, -0.0698f, 0.5109f,  0.2665f,  -0.2108f, -0.2158f, 0.2502f,
+    -0.2055f, -0.0322f, 0.1109f,  0.1567f,  -0.0729f, 0.0899f,  -0.2799f, -0.1230f,
+    -0.0313f, -0.1649f, 0.0117f,  0.0723f,  -0.2839f, -0.2083f, -0.0520f, 0.3748f,
+    0.0152f,  0.1957f,  0.1433f,  -0.2944f, 0.3573f,  -0.0548f, -0.1681f, -0.0667f,
 };
-static const float LATENT_STD[LATENT_CHANNELS] = {
-    2.8184f, 1.4541f, 2.3275f, 2.6558f, 1.2196f, 1.7708f, 2.6052f, 2.0743f,
-    3.2687f, 2.1526f, 2.8652f, 1.5579f, 1.6382f, 1.1253f, 2.8251f, 1.9160f,
+static const float STD_38[48] = {
+    0.4765f, 1.0364f, 0.4514f, 1.1677f, 0.5313f, 0.4990f, 0.4818f, 0.5013f,
+    0.8158f, 1.0344f, 0.5894f, 1.0901f, 0.6885f, 0.6165f, 0.8454f, 0.4978f,
+    0.5759f, 0.3523f, 0.7135f, 0.6804f, 0.5833f, 1.4146f, 0.8986f, 0.5659f,
+    0.7069f, 0.5338f, 0.4889f, 0.4917f, 0.4069f, 0.4999f, 0.6866f, 0.4093f,
+    0.5709f, 0.6065f, 0.6415f, 0.4944f, 0.5726f, 1.2042f, 0.5458f, 1.6887f,
+    0.3971f, 1.0600f, 0.3943f, 0.5537f, 0.5444f, 0.4089f, 0.7468f, 0.7744f,
 };
 
+/* What tells the two classes apart. */
+typedef struct wan_variant {
+    const char *class_name, *owner;
+    int64_t z_dim, dim, dec_dim; /* the defaults; dec_dim 0: dim */
+    int has_dim_kwarg;           /* WanVideoVAE38(z_dim, dim); WanVideoVAE(z_dim) */
+    int patch;                   /* patchify's patch size (1: none) */
+    /* Encoder3d_38 / Decoder3d_38: Down_ResidualBlock and Up_ResidualBlock stages, each with
+     * an AvgDown3D / DupUp3D shortcut, resamplers keeping the width. */
+    int stages;
+    const float *mean, *std; /* z_dim entries */
+} wan_variant;
+
+static const wan_variant VAE21 = {"diffsynth.models.wan_video_vae.WanVideoVAE", "WanVideoVAE",
+                                  16, 96, 0, 0, 1, 0, ds__vae_wan21_mean,
+                                  ds__vae_wan21_std};
+static const wan_variant VAE38 = {"diffsynth.models.wan_video_vae.WanVideoVAE38",
+                                  "WanVideoVAE38", 48, 160, 256, 1, 2, 1, MEAN_38, STD_38};
+
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
-#define DIMS(...) ((const int64_t[]){__VA_ARGS__})
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- The modules ---- */
 
-typedef struct residual_weights {
-    ds_tensor norm1;                 /* residual.0 */
-    ds__linear_weights conv1;        /* residual.2 */
-    ds_tensor norm2;                 /* residual.3 */
-    ds__linear_weights conv2;        /* residual.6 */
-    ds__linear_weights shortcut;     /* zeroed when the widths agree */
-} residual_weights;
-
-typedef struct attention_weights {
-    ds_tensor norm;
-    ds__linear_weights to_qkv, proj; /* 1x1 Conv2d run as Linears over the channels */
-} attention_weights;
-
-typedef struct resample_weights {
-    ds__linear_weights resample, time_conv; /* time_conv zeroed in the 2-D modes */
-} resample_weights;
-
-typedef struct head_weights {
-    ds_tensor norm;
-    ds__linear_weights conv;
-} head_weights;
-
-#define DIM DS_MODULE_DIM
-
-/* ResidualBlock(in, out): dims in, out, whether a shortcut projects in to out. */
-enum { RES_IN, RES_OUT, RES_SHORTCUT };
-static const ds_module residual_modules[] = {
-    {"residual.0.gamma", DS_MODULE_TENSOR, 4, {DIM(RES_IN), 1, 1, 1}, 0,
-     offsetof(residual_weights, norm1), 0},
-    {"residual.2", DS_MODULE_CONV, 5, {DIM(RES_OUT), DIM(RES_IN), 3, 3, 3}, 0,
-     offsetof(residual_weights, conv1), 0},
-    {"residual.3.gamma", DS_MODULE_TENSOR, 4, {DIM(RES_OUT), 1, 1, 1}, 0,
-     offsetof(residual_weights, norm2), 0},
-    {"residual.6", DS_MODULE_CONV, 5, {DIM(RES_OUT), DIM(RES_OUT), 3, 3, 3}, 0,
-     offsetof(residual_weights, conv2), 0},
-    {"shortcut", DS_MODULE_CONV, 5, {DIM(RES_OUT), DIM(RES_IN), 1, 1, 1}, 0,
-     offsetof(residual_weights, shortcut), DS_MODULE_IF(RES_SHORTCUT)},
+/* Wan's parameter names: the Sequential indices of ResidualBlock.residual and the heads. */
+static const ds__vae_names WAN_NAMES = {
+    "residual.0.gamma", "residual.2", "residual.3.gamma", "residual.6", "shortcut",
+    "head.0.gamma",     "head.2",     "head",             0,
 };
 
-/* AttentionBlock(dim): dims dim, 3 * dim. */
-enum { ATTN_DIM, ATTN_QKV };
-static const ds_module attention_modules[] = {
-    {"norm.gamma", DS_MODULE_TENSOR, 3, {DIM(ATTN_DIM), 1, 1}, 0,
-     offsetof(attention_weights, norm), 0},
-    {"to_qkv", DS_MODULE_CONV_LINEAR, 4, {DIM(ATTN_QKV), DIM(ATTN_DIM), 1, 1}, 0,
-     offsetof(attention_weights, to_qkv), 0},
-    {"proj", DS_MODULE_CONV_LINEAR, 4, {DIM(ATTN_DIM), DIM(ATTN_DIM), 1, 1}, 0,
-     offsetof(attention_weights, proj), 0},
-};
-
-/* Resample(dim, mode): the Conv2d at index 1 of a Sequential behind an Upsample or a
- * ZeroPad2d; the 3D modes' temporal conv. dims: dim, the Conv2d's output (dim / 2 upsampling),
- * time_conv's output (0: a 2D mode, none). */
-enum { RS_DIM, RS_OUT, RS_TIME };
-static const ds_module resample_modules[] = {
-    {"resample.1", DS_MODULE_CONV, 4, {DIM(RS_OUT), DIM(RS_DIM), 3, 3}, 0,
-     offsetof(resample_weights, resample), 0},
-    {"time_conv", DS_MODULE_CONV, 5, {DIM(RS_TIME), DIM(RS_DIM), 3, 1, 1}, 0,
-     offsetof(resample_weights, time_conv), DS_MODULE_IF(RS_TIME)},
-};
-
-/* Encoder3d / Decoder3d.head: RMS_norm, SiLU, CausalConv3d. dims: in, out. */
-enum { HEAD_IN, HEAD_OUT };
-static const ds_module head_modules[] = {
-    {"head.0.gamma", DS_MODULE_TENSOR, 4, {DIM(HEAD_IN), 1, 1, 1}, 0,
-     offsetof(head_weights, norm), 0},
-    {"head.2", DS_MODULE_CONV, 5, {DIM(HEAD_OUT), DIM(HEAD_IN), 3, 3, 3}, 0,
-     offsetof(head_weights, conv), 0},
-};
-
-/* A CausalConv3d alone (conv1 of the encoder, the decoder and VideoVAE_, conv2): dims out, in,
- * kernel. */
-enum { CONV_OUT, CONV_IN, CONV_K };
-static const ds_module conv1_module[] = {
-    {"conv1", DS_MODULE_CONV, 5, {DIM(CONV_OUT), DIM(CONV_IN), DIM(CONV_K), DIM(CONV_K),
-                                   DIM(CONV_K)}, 0, 0, 0}};
-static const ds_module conv2_module[] = {
-    {"conv2", DS_MODULE_CONV, 5, {DIM(CONV_OUT), DIM(CONV_IN), DIM(CONV_K), DIM(CONV_K),
-                                   DIM(CONV_K)}, 0, 0, 0}};
-
-#undef DIM
-
-static const char *const whole_unit[] = {""};
-static const char *const head_unit[] = {"head"};
-static const char *const conv1_unit[] = {"conv1"};
-static const char *const conv2_unit[] = {"conv2"};
-
-typedef enum block_kind {
-    BLOCK_CONV,
-    BLOCK_RESIDUAL,
-    BLOCK_ATTENTION,
-    BLOCK_DOWNSAMPLE,
-    BLOCK_UPSAMPLE,
-    BLOCK_HEAD,
-} block_kind;
-
-#define MODULES_PER_GROUP 5
 #define GROUPS_MAX 64
 
-/* The instances in upstream's registration order (encoder, conv1, conv2, decoder), where each
- * part starts, and the units in the order the forwards run them: decode's, then encode's. */
+/* A Down_ResidualBlock or Up_ResidualBlock of VAE38 (or a level of VAE 2.1's flat
+ * downsamples / upsamples): its groups [first, end), and its shortcut's AvgDown3D / DupUp3D(in,
+ * out, factor_t, factor_s) (none in VAE 2.1 or an Up block without up_flag). */
+typedef struct stage {
+    size_t first, end;
+    int64_t in, out;
+    int factor_t, factor_s, shortcut;
+} stage;
+
+/* The instances in upstream's registration order (encoder, conv1, conv2, decoder) and where
+ * each part starts; the units in the order the forwards run them: decode's, then encode's. */
 typedef struct wan_modules {
-    ds_module_model model;
-    ds_module_group groups[GROUPS_MAX];
-    block_kind kinds[GROUPS_MAX];
-    ds_module modules[GROUPS_MAX * MODULES_PER_GROUP];
-    char prefixes[GROUPS_MAX][64];
-    size_t count;
-    ds_module_unit_ref order[GROUPS_MAX];
-    size_t order_count, decode_units;
-    size_t enc_conv1, enc_down, enc_down_end, enc_head; /* middle: enc_down_end .. + 3 */
-    size_t conv1, conv2;
-    size_t dec_conv1, dec_up, dec_up_end, dec_head;     /* middle: dec_conv1 + 1 .. + 3 */
+    ds__vae_modules m;
+    const wan_variant *var;
+    int64_t z_dim;
+    size_t enc_conv1, enc_mid, enc_head, conv1, conv2, dec_conv1, dec_mid, dec_head;
+    stage enc_stages[LEVELS], dec_stages[LEVELS];
 } wan_modules;
 
-static int add_group(wan_modules *v, block_kind kind, const ds_module *tmpl, size_t n,
-                     const int64_t *dims, const char *const *units, ds_error *err,
-                     const char *fmt, ...) __attribute__((format(printf, 8, 9)));
-
-static int add_group(wan_modules *v, block_kind kind, const ds_module *tmpl, size_t n,
-                     const int64_t *dims, const char *const *units, ds_error *err,
-                     const char *fmt, ...)
-{
-    if (v->count == GROUPS_MAX)
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s: module table overflow", OWNER);
-    size_t g = v->count++;
-    va_list ap;
-    va_start(ap, fmt);
-    int len = vsnprintf(v->prefixes[g], sizeof v->prefixes[g], fmt, ap);
-    va_end(ap);
-    if (len < 0 || (size_t)len >= sizeof v->prefixes[g])
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s: module name too long", OWNER);
-    ds_module *mods = &v->modules[g * MODULES_PER_GROUP];
-    size_t count;
-    ds_module_instance(tmpl, n, dims, mods, &count);
-    v->groups[g] = (ds_module_group){v->prefixes[g], 0, mods, count, units, 1};
-    v->kinds[g] = kind;
-    return DS_OK;
-}
-
-static int add_residual(wan_modules *v, const char *part, int64_t i, int64_t in, int64_t out,
-                        ds_error *err)
-{
-    return add_group(v, BLOCK_RESIDUAL, residual_modules, COUNT(residual_modules),
-                     DIMS(in, out, in != out), whole_unit, err, "model.%s.%" PRId64 ".", part, i);
-}
-
-static int add_attention(wan_modules *v, const char *part, int64_t i, int64_t dim, ds_error *err)
-{
-    return add_group(v, BLOCK_ATTENTION, attention_modules, COUNT(attention_modules),
-                     DIMS(dim, 3 * dim), whole_unit, err, "model.%s.%" PRId64 ".", part, i);
-}
-
 /* Encoder3d.middle / Decoder3d.middle: ResidualBlock, AttentionBlock, ResidualBlock. */
-static int add_middle(wan_modules *v, const char *part, int64_t dim, ds_error *err)
+static int add_middle(wan_modules *v, const char *part, int64_t dim, size_t *index,
+                      ds_error *err)
 {
-    char name[32];
-    snprintf(name, sizeof name, "%s.middle", part);
     int rc;
-    if ((rc = add_residual(v, name, 0, dim, dim, err)) != DS_OK ||
-        (rc = add_attention(v, name, 1, dim, err)) != DS_OK ||
-        (rc = add_residual(v, name, 2, dim, dim, err)) != DS_OK)
+    if ((rc = ds__vae_add_residual(&v->m, dim, dim, index, err, "model.%s.middle.0.", part)) !=
+            DS_OK ||
+        (rc = ds__vae_add_attention(&v->m, dim, NULL, err, "model.%s.middle.1.", part)) !=
+            DS_OK ||
+        (rc = ds__vae_add_residual(&v->m, dim, dim, NULL, err, "model.%s.middle.2.", part)) !=
+            DS_OK)
         return rc;
     return DS_OK;
 }
 
-/* Encoder3d(dim 96, 2 * z_dim, [1, 2, 4, 4], 2 res blocks, no attention scales). */
-static int add_encoder(wan_modules *v, int64_t z_dim, ds_error *err)
+/* Level i of Encoder3d's downsamples or Decoder3d's upsamples (`part`): `blocks` residual
+ * blocks from in to out, then the resampler (`resample` 0: none). Encoder3d numbers them on
+ * across levels ("downsamples.<k>", k from *k); Encoder3d_38 nests a stage
+ * ("downsamples.<i>.downsamples.<j>"), whose resampler keeps the width; Decoder3d's upsampler
+ * halves it. */
+static int add_level(wan_modules *v, const char *part, int i, int64_t in, int64_t out,
+                     int blocks, ds__vae_kind resample, int temporal, int64_t *k,
+                     ds_error *err)
 {
-    int64_t dims[LEVELS + 1] = {BASE_DIM};
-    for (int i = 0; i < LEVELS; i++)
-        dims[i + 1] = BASE_DIM * DIM_MULT[i];
-    v->enc_conv1 = v->count;
-    int rc = add_group(v, BLOCK_CONV, conv1_module, 1, DIMS(dims[0], 3, 3), conv1_unit, err,
-                       "model.encoder.");
-    int64_t k = 0;
-    v->enc_down = v->count;
-    for (int i = 0; rc == DS_OK && i < LEVELS; i++) {
-        int64_t in = dims[i], out = dims[i + 1];
-        for (int r = 0; rc == DS_OK && r < RES_BLOCKS; r++, in = out)
-            rc = add_residual(v, "encoder.downsamples", k++, in, out, err);
-        if (rc == DS_OK && i != LEVELS - 1)
-            rc = add_group(v, BLOCK_DOWNSAMPLE, resample_modules, COUNT(resample_modules),
-                           DIMS(out, out, TEMPORAL_DOWN[i] ? out : 0), whole_unit, err,
-                           "model.encoder.downsamples.%" PRId64 ".", k++);
+    char name[64];
+    int64_t j = 0, *n = k;
+    if (v->var->stages) {
+        snprintf(name, sizeof name, "%s.%d.%s", part, i, strchr(part, '.') + 1);
+        n = &j;
+    } else {
+        snprintf(name, sizeof name, "%s", part);
     }
-    v->enc_down_end = v->count;
-    if (rc == DS_OK)
-        rc = add_middle(v, "encoder", dims[LEVELS], err);
-    v->enc_head = v->count;
-    if (rc == DS_OK)
-        rc = add_group(v, BLOCK_HEAD, head_modules, COUNT(head_modules),
-                       DIMS(dims[LEVELS], 2 * z_dim), head_unit, err, "model.encoder.");
+    int rc = DS_OK;
+    for (int r = 0; rc == DS_OK && r < blocks; r++, in = out)
+        rc = ds__vae_add_residual(&v->m, in, out, NULL, err, "model.%s.%" PRId64 ".", name,
+                                  (*n)++);
+    int up = resample == DS__VAE_UPSAMPLE;
+    int64_t conv_out = up && !v->var->stages ? out / 2 : out;
+    int64_t time = temporal ? (up ? 2 * out : out) : 0;
+    if (rc == DS_OK && resample)
+        rc = ds__vae_add_resample(&v->m, resample, out, conv_out, time, NULL, err,
+                                  "model.%s.%" PRId64 ".", name, (*n)++);
     return rc;
 }
 
-/* Decoder3d(dim 96, z_dim, [1, 2, 4, 4], 2 res blocks, temperal_upsample [True, True, False]);
- * the up blocks after the first take the halved width of the upsampler before them. */
-static int add_decoder(wan_modules *v, int64_t z_dim, ds_error *err)
+/* Encoder3d(dim, 2 * z_dim, [1, 2, 4, 4], 2 res blocks, no attention scales) or
+ * Encoder3d_38 (its input the 12 channels of the patchified video). */
+static int add_encoder(wan_modules *v, int64_t dim, ds_error *err)
 {
-    int64_t dims[LEVELS + 1] = {BASE_DIM * DIM_MULT[LEVELS - 1]};
+    int64_t p = v->var->patch, dims[LEVELS + 1] = {dim}, k = 0;
     for (int i = 0; i < LEVELS; i++)
-        dims[i + 1] = BASE_DIM * DIM_MULT[LEVELS - 1 - i];
-    v->dec_conv1 = v->count;
-    int rc = add_group(v, BLOCK_CONV, conv1_module, 1, DIMS(dims[0], z_dim, 3), conv1_unit, err,
-                       "model.decoder.");
-    if (rc == DS_OK)
-        rc = add_middle(v, "decoder", dims[0], err);
-    int64_t k = 0;
-    v->dec_up = v->count;
+        dims[i + 1] = dim * DIM_MULT[i];
+    int rc = ds__vae_add_conv(&v->m, "conv1", dims[0], 3 * p * p, 3, &v->enc_conv1, err,
+                              "model.encoder.");
     for (int i = 0; rc == DS_OK && i < LEVELS; i++) {
-        int64_t in = i > 0 ? dims[i] / 2 : dims[i], out = dims[i + 1];
-        for (int r = 0; rc == DS_OK && r < RES_BLOCKS + 1; r++, in = out)
-            rc = add_residual(v, "decoder.upsamples", k++, in, out, err);
-        if (rc == DS_OK && i != LEVELS - 1) {
-            int temporal = TEMPORAL_DOWN[LEVELS - 2 - i];
-            rc = add_group(v, BLOCK_UPSAMPLE, resample_modules, COUNT(resample_modules),
-                           DIMS(out, out / 2, temporal ? 2 * out : 0), whole_unit, err,
-                           "model.decoder.upsamples.%" PRId64 ".", k++);
-        }
+        int down = i != LEVELS - 1, temporal = down && TEMPORAL_DOWN[i];
+        stage *st = &v->enc_stages[i];
+        *st = (stage){v->m.count, 0, dims[i], dims[i + 1], temporal ? 2 : 1, down ? 2 : 1,
+                      v->var->stages};
+        rc = add_level(v, "encoder.downsamples", i, dims[i], dims[i + 1], RES_BLOCKS,
+                       down ? DS__VAE_DOWNSAMPLE : 0, temporal, &k, err);
+        st->end = v->m.count;
     }
-    v->dec_up_end = v->count;
-    v->dec_head = v->count;
     if (rc == DS_OK)
-        rc = add_group(v, BLOCK_HEAD, head_modules, COUNT(head_modules),
-                       DIMS(dims[LEVELS], 3), head_unit, err, "model.decoder.");
+        rc = add_middle(v, "encoder", dims[LEVELS], &v->enc_mid, err);
+    if (rc == DS_OK)
+        rc = ds__vae_add_head(&v->m, dims[LEVELS], 2 * v->z_dim, &v->enc_head, err,
+                              "model.encoder.");
     return rc;
 }
 
-static int modules_build(int64_t z_dim, wan_modules *v, ds_error *err)
+/* Decoder3d(dim, z_dim, [1, 2, 4, 4], 2 res blocks, temperal_upsample [True, True, False]),
+ * whose up blocks after the first take the halved width of the upsampler before them, or
+ * Decoder3d_38 (no halving; its output the 12 channels unpatchify takes). */
+static int add_decoder(wan_modules *v, int64_t dim, ds_error *err)
+{
+    int64_t p = v->var->patch, dims[LEVELS + 1] = {dim * DIM_MULT[LEVELS - 1]}, k = 0;
+    for (int i = 0; i < LEVELS; i++)
+        dims[i + 1] = dim * DIM_MULT[LEVELS - 1 - i];
+    int rc = ds__vae_add_conv(&v->m, "conv1", dims[0], v->z_dim, 3, &v->dec_conv1, err,
+                              "model.decoder.");
+    if (rc == DS_OK)
+        rc = add_middle(v, "decoder", dims[0], &v->dec_mid, err);
+    for (int i = 0; rc == DS_OK && i < LEVELS; i++) {
+        int up = i != LEVELS - 1, temporal = up && TEMPORAL_DOWN[LEVELS - 2 - i];
+        int64_t in = i > 0 && !v->var->stages ? dims[i] / 2 : dims[i];
+        stage *st = &v->dec_stages[i];
+        *st = (stage){v->m.count, 0, in, dims[i + 1], temporal ? 2 : 1, up ? 2 : 1,
+                      up && v->var->stages};
+        rc = add_level(v, "decoder.upsamples", i, in, dims[i + 1], RES_BLOCKS + 1,
+                       up ? DS__VAE_UPSAMPLE : 0, temporal, &k, err);
+        st->end = v->m.count;
+    }
+    if (rc == DS_OK)
+        rc = ds__vae_add_head(&v->m, dims[LEVELS], 3 * p * p, &v->dec_head, err,
+                              "model.decoder.");
+    return rc;
+}
+
+/* The instances for one class and kwargs; *v is freed by ds__vae_modules_free (also on
+ * failure, where it holds nothing). */
+static int modules_build(const wan_variant *var, int64_t z_dim, int64_t dim, wan_modules *v,
+                         ds_error *err)
 {
     memset(v, 0, sizeof *v);
-    int rc = add_encoder(v, z_dim, err);
-    v->conv1 = v->count;
+    v->var = var;
+    v->z_dim = z_dim;
+    int rc = ds__vae_modules_init(&v->m, var->owner, "wan_video_vae", &WAN_NAMES, GROUPS_MAX,
+                                  err);
     if (rc == DS_OK)
-        rc = add_group(v, BLOCK_CONV, conv1_module, 1, DIMS(2 * z_dim, 2 * z_dim, 1), conv1_unit,
-                       err, "model.");
-    v->conv2 = v->count;
+        rc = add_encoder(v, dim, err);
     if (rc == DS_OK)
-        rc = add_group(v, BLOCK_CONV, conv2_module, 1, DIMS(z_dim, z_dim, 1), conv2_unit, err,
-                       "model.");
+        rc = ds__vae_add_conv(&v->m, "conv1", 2 * z_dim, 2 * z_dim, 1, &v->conv1, err, "model.");
     if (rc == DS_OK)
-        rc = add_decoder(v, z_dim, err);
-    if (rc != DS_OK)
+        rc = ds__vae_add_conv(&v->m, "conv2", z_dim, z_dim, 1, &v->conv2, err, "model.");
+    if (rc == DS_OK)
+        rc = add_decoder(v, var->dec_dim ? var->dec_dim : dim, err);
+    if (rc != DS_OK) {
+        ds__vae_modules_free(&v->m);
         return rc;
+    }
     /* decode: conv2, then the decoder; encode: the encoder, then conv1. */
-    v->order[v->order_count++] = (ds_module_unit_ref){v->conv2, 0, 0};
+    ds__vae_order_add(&v->m, v->conv2);
     for (size_t g = v->dec_conv1; g <= v->dec_head; g++)
-        v->order[v->order_count++] = (ds_module_unit_ref){g, 0, 0};
-    v->decode_units = v->order_count;
+        ds__vae_order_add(&v->m, g);
+    v->m.decode_units = v->m.order_count;
     for (size_t g = v->enc_conv1; g <= v->enc_head; g++)
-        v->order[v->order_count++] = (ds_module_unit_ref){g, 0, 0};
-    v->order[v->order_count++] = (ds_module_unit_ref){v->conv1, 0, 0};
-    v->model = (ds_module_model){OWNER, "wan_video_vae", v->groups, v->count};
+        ds__vae_order_add(&v->m, g);
+    ds__vae_order_add(&v->m, v->conv1);
     return DS_OK;
 }
 
-static int read_kwargs(ds_kwargs *kwargs, int64_t *z_dim, ds_error *err)
+static int read_kwargs(const wan_variant *var, ds_kwargs *kwargs, int64_t *z_dim, int64_t *dim,
+                       ds_error *err)
 {
-    *z_dim = LATENT_CHANNELS;
+    *z_dim = var->z_dim;
+    *dim = var->dim;
     int rc;
-    if ((rc = ds__kwarg_int_range(kwargs, CLASS_NAME, "z_dim", 1, DS__PARAM_DIM_MAX, z_dim,
+    if ((rc = ds__kwarg_int_range(kwargs, var->class_name, "z_dim", 1, DS__PARAM_DIM_MAX, z_dim,
                                   err)) != DS_OK ||
+        (var->has_dim_kwarg &&
+         (rc = ds__kwarg_int_range(kwargs, var->class_name, "dim", 1, DS__PARAM_DIM_MAX / 4,
+                                   dim, err)) != DS_OK) ||
         (rc = ds_kwargs_check_all_used(kwargs, err)) != DS_OK)
         return rc;
     return DS_OK;
 }
 
+static int declare_variant(const wan_variant *var, ds_kwargs *kwargs, ds_state_dict *params,
+                           ds_error *err)
+{
+    int64_t z_dim, dim;
+    wan_modules v;
+    int rc = read_kwargs(var, kwargs, &z_dim, &dim, err);
+    if (rc == DS_OK && (rc = modules_build(var, z_dim, dim, &v, err)) == DS_OK) {
+        rc = ds_module_declare(&v.m.model, NULL, params, err);
+        ds__vae_modules_free(&v.m);
+    }
+    return rc;
+}
+
 static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error *err)
 {
-    int64_t z_dim;
-    int rc = read_kwargs(kwargs, &z_dim, err);
-    if (rc != DS_OK)
-        return rc;
-    wan_modules *v = malloc(sizeof *v);
-    if (!v)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", OWNER);
-    if ((rc = modules_build(z_dim, v, err)) == DS_OK)
-        rc = ds_module_declare(&v->model, NULL, params, err);
-    free(v);
-    return rc;
+    return declare_variant(&VAE21, kwargs, params, err);
+}
+
+static int declare_parameters38(ds_kwargs *kwargs, ds_state_dict *params, ds_error *err)
+{
+    return declare_variant(&VAE38, kwargs, params, err);
 }
 
 /* ---- The forward passes ---- */
@@ -356,6 +293,8 @@ typedef struct wan_run {
     feat_cache cache[CACHES_MAX]; /* by upstream's feat_idx: causal convs in call order */
     int idx;                      /* feat_idx within the chunk */
     int64_t chunks;
+    int first_chunk;              /* Decoder3d_38's first_chunk: the first latent frame */
+    size_t kept;                  /* activation bytes the callers of a module hold */
     int tiled;                    /* progress counts tiles, not chunks */
 } wan_run;
 
@@ -459,6 +398,16 @@ static int causal_conv(wan_run *r, const ds__linear_weights *w, const ds_tensor 
 
 static const int UNIT_STRIDE[3] = {1, 1, 1};
 
+/* feat_cache[feat_idx], feat_idx moved on. */
+static int cache_slot(wan_run *r, feat_cache **c, ds_error *err)
+{
+    if (r->idx >= CACHES_MAX)
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s: more than %d cached convs",
+                            r->v->var->owner, CACHES_MAX);
+    *c = &r->cache[r->idx++];
+    return DS_OK;
+}
+
 /* What feat_cache[idx] becomes after a chunk whose conv input is x: its last CACHE_T frames,
  * with the cache's last frame in front when the chunk had one frame and a cache exists. */
 static int next_cache(wan_run *r, const ds_tensor *x, const ds_tensor *old, ds_tensor *out,
@@ -480,14 +429,15 @@ static int next_cache(wan_run *r, const ds_tensor *x, const ds_tensor *old, ds_t
 
 /* A CausalConv3d called with the feature cache, as upstream's modules call theirs: the conv
  * sees the cache of the chunk before, the cache becomes this chunk's. *x is replaced. */
-static int cached_conv(wan_run *r, const ds__linear_weights *w, ds_tensor *x, ds_error *err)
+static int cached_conv(void *run, const ds__linear_weights *w, ds_tensor *x, ds_error *err)
 {
-    if (r->idx >= CACHES_MAX)
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s: more than %d cached convs", OWNER,
-                            CACHES_MAX);
-    feat_cache *c = &r->cache[r->idx++];
+    wan_run *r = run;
+    feat_cache *c = NULL;
+    int rc = cache_slot(r, &c, err);
+    if (rc != DS_OK)
+        return rc;
     ds_tensor next = {0}, y = {0};
-    int rc = next_cache(r, x, &c->x, &next, err);
+    rc = next_cache(r, x, &c->x, &next, err);
     if (rc == DS_OK)
         rc = causal_conv(r, w, x, c->x.data ? &c->x : NULL, UNIT_STRIDE, &y, err);
     if (rc != DS_OK) {
@@ -499,50 +449,21 @@ static int cached_conv(wan_run *r, const ds__linear_weights *w, ds_tensor *x, ds
     return DS_OK;
 }
 
-int ds__wan_vae_rms_norm(ds_backend *b, const ds_tensor *gamma, const ds_tensor *x, int silu,
-                         ds_tensor *y, ds_error *err)
-{
-    ds_tensor g1 = ds_module_view(gamma, 1, SHAPE(gamma->shape[0]));
-    ds_channel_rms_norm_args n = {x, &g1, NULL, NORM_EPS, y};
-    ds_activation_args act = {y, DS_ACT_SILU, y};
-    int rc;
-    if ((rc = ds_channel_rms_norm(b, NULL, &n, err)) != DS_OK ||
-        (silu && (rc = ds_activate(b, NULL, &act, err)) != DS_OK))
-        return rc;
-    return DS_OK;
-}
-
 /* RMS_norm over the channels of x into a new *y, then SiLU when `silu`. */
 static int rms_norm(wan_run *r, const ds_tensor *gamma, const ds_tensor *x, int silu,
                     ds_tensor *y, ds_error *err)
 {
     int rc = alloc_like(r, x, y, err);
-    if (rc == DS_OK && (rc = ds__wan_vae_rms_norm(r->b, gamma, x, silu, y, err)) != DS_OK)
+    if (rc == DS_OK && (rc = ds__vae_rms_norm(r->b, gamma, x, silu, y, err)) != DS_OK)
         ds_tensor_free(y);
     return rc;
 }
 
-static int module_end(wan_run *r, size_t g, int rc, ds_error *err)
-{
-    rc = ds_module_end(&r->run, rc, err);
-    if (rc != DS_OK) {
-        const ds_module_group *grp = &r->v->groups[g];
-        return ds_error_prefix(err, "%s: %s%s: ", r->phase, grp->prefix,
-                               grp->units[0]);
-    }
-    return DS_OK;
-}
-
-static int module_begin(wan_run *r, size_t g, void *w, size_t size, ds_error *err)
-{
-    memset(w, 0, size);
-    int rc = ds_module_use(&r->run, g, 0, 0, w, err);
-    return rc == DS_OK ? DS_OK : module_end(r, g, rc, err);
-}
-
 /* ResidualBlock: shortcut(x) + residual(x), the residual's two convs with the cache. */
-static int residual_forward(wan_run *r, const residual_weights *w, ds_tensor *x, ds_error *err)
+static int residual_forward(void *run, const ds__vae_residual_weights *w, ds_tensor *x,
+                            ds_error *err)
 {
+    wan_run *r = run;
     ds_tensor h = {0}, t = {0}, u = {0};
     int rc = DS_OK;
     if (w->shortcut.weight.data)
@@ -555,119 +476,23 @@ static int residual_forward(wan_run *r, const residual_weights *w, ds_tensor *x,
         if ((rc = ds_binary(r->b, NULL, &add, err)) == DS_OK)
             replace(x, &u);
     }
-    ds_tensor_free(&h);
-    ds_tensor_free(&t);
-    ds_tensor_free(&u);
-    return rc;
-}
-
-static int residual_block(wan_run *r, size_t g, ds_tensor *x, ds_error *err)
-{
-    residual_weights w;
-    int rc = module_begin(r, g, &w, sizeof w, err);
-    if (rc != DS_OK)
-        return rc;
-    return module_end(r, g, residual_forward(r, &w, x, err), err);
-}
-
-int ds__wan_vae_attention(ds_backend *b, const ds_tensor *gamma,
-                          const ds__linear_weights *to_qkv, const ds__linear_weights *proj,
-                          const ds_tensor *x, ds_tensor *out, ds_error *err)
-{
-    ds_dtype dt = x->dtype;
-    int64_t B = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3], S = H * W;
-    ds_tensor n = {0}, p = {0}, qkv = {0}, q = {0}, k = {0}, v = {0}, o = {0}, pr = {0},
-              y = {0};
-    int rc;
-    ds_tensor w_qkv = ds_module_view(&to_qkv->weight, 2, SHAPE(3 * C, C));
-    ds_tensor w_proj = ds_module_view(&proj->weight, 2, SHAPE(C, C));
-
-    /* Channels last: [B, C, H, W] -> [B, H * W, C], the layout of the linears and attention. */
-    ds_permute_args to_last = {&n, {0, 2, 3, 1}, &p};
-    if ((rc = ds_tensor_alloc(b, dt, 4, x->shape, &n, err)) != DS_OK ||
-        (rc = ds__wan_vae_rms_norm(b, gamma, x, 0, &n, err)) != DS_OK ||
-        (rc = ds_tensor_alloc(b, dt, 4, SHAPE(B, H, W, C), &p, err)) != DS_OK ||
-        (rc = ds_permute(b, NULL, &to_last, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&n);
-    ds_tensor p3 = ds_module_view(&p, 3, SHAPE(B, S, C));
-    ds_linear_args lin_qkv = {&p3, &w_qkv, &to_qkv->bias, 1.0f, DS_ACT_NONE, &qkv};
-    if ((rc = ds_tensor_alloc(b, dt, 3, SHAPE(B, S, 3 * C), &qkv, err)) != DS_OK ||
-        (rc = ds_linear(b, NULL, &lin_qkv, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&p);
-
-    /* Upstream chunks the [.., S, 3C] projection into q, k, v along channels. */
-    ds_tensor *parts[3] = {&q, &k, &v};
-    for (int i = 0; i < 3; i++) {
-        if ((rc = ds_tensor_alloc(b, dt, 4, SHAPE(B, S, 1, C), parts[i], err)) != DS_OK)
-            goto done;
-        ds_tensor part3 = ds_module_view(parts[i], 3, SHAPE(B, S, C));
-        ds_slice_args s = {&qkv, 2, i * C, &part3};
-        if ((rc = ds_slice(b, NULL, &s, err)) != DS_OK)
-            goto done;
-    }
-    ds_tensor_free(&qkv);
-    ds_attention_args at = {&q, &k, &v, NULL, 1.0f / sqrtf((float)C), 0, &o};
-    if ((rc = ds_tensor_alloc(b, dt, 4, SHAPE(B, S, 1, C), &o, err)) != DS_OK ||
-        (rc = ds_attention(b, NULL, &at, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&q);
-    ds_tensor_free(&k);
-    ds_tensor_free(&v);
-
-    ds_tensor o3 = ds_module_view(&o, 3, SHAPE(B, S, C));
-    ds_linear_args lin_proj = {&o3, &w_proj, &proj->bias, 1.0f, DS_ACT_NONE, &pr};
-    if ((rc = ds_tensor_alloc(b, dt, 3, SHAPE(B, S, C), &pr, err)) != DS_OK ||
-        (rc = ds_linear(b, NULL, &lin_proj, err)) != DS_OK)
-        goto done;
-    ds_tensor_free(&o);
-    ds_tensor pr4 = ds_module_view(&pr, 4, SHAPE(B, H, W, C));
-    ds_permute_args to_first = {&pr4, {0, 3, 1, 2}, &y};
-    ds_binary_args add = {&y, x, DS_BINARY_ADD, &y};
-    if ((rc = ds_tensor_alloc(b, dt, 4, x->shape, &y, err)) != DS_OK ||
-        (rc = ds_permute(b, NULL, &to_first, err)) != DS_OK ||
-        (rc = ds_binary(b, NULL, &add, err)) != DS_OK)
-        goto done;
-    *out = y;
-    y = (ds_tensor){0};
-done:
-    ds_tensor_free(&n);
-    ds_tensor_free(&p);
-    ds_tensor_free(&qkv);
-    ds_tensor_free(&q);
-    ds_tensor_free(&k);
-    ds_tensor_free(&v);
-    ds_tensor_free(&o);
-    ds_tensor_free(&pr);
-    ds_tensor_free(&y);
+    ds_module_free_all(DS_TENSORS(&h, &t, &u));
     return rc;
 }
 
 /* AttentionBlock: the frames of x [B, C, T, H, W] as [B * T, C, H, W] through the attention. */
-static int attention_forward(wan_run *r, const attention_weights *w, ds_tensor *x,
+static int attention_forward(void *run, const ds__vae_attention_weights *w, ds_tensor *x,
                              ds_error *err)
 {
+    wan_run *r = run;
     ds_tensor f = {0}, y = {0}, back = {0};
     int rc;
     if ((rc = to_frames(r, x, &f, err)) == DS_OK &&
-        (rc = ds__wan_vae_attention(r->b, &w->norm, &w->to_qkv, &w->proj, &f, &y, err)) ==
-            DS_OK &&
+        (rc = ds__vae_attention(r->b, w, &f, &y, err)) == DS_OK &&
         (rc = from_frames(r, &y, x->shape[2], &back, err)) == DS_OK)
         replace(x, &back);
-    ds_tensor_free(&f);
-    ds_tensor_free(&y);
-    ds_tensor_free(&back);
+    ds_module_free_all(DS_TENSORS(&f, &y, &back));
     return rc;
-}
-
-static int attention_block(wan_run *r, size_t g, ds_tensor *x, ds_error *err)
-{
-    attention_weights w;
-    int rc = module_begin(r, g, &w, sizeof w, err);
-    if (rc != DS_OK)
-        return rc;
-    return module_end(r, g, attention_forward(r, &w, x, err), err);
 }
 
 /* Resample.resample on every frame: upsample (nearest-exact x2, then the 3x3 Conv2d halving
@@ -700,28 +525,22 @@ static int resample_frames(wan_run *r, const ds__linear_weights *w, int up, ds_t
             (rc = from_frames(r, &y, T, &back, err)) == DS_OK)
             replace(x, &back);
     }
-    ds_tensor_free(&f);
-    ds_tensor_free(&u);
-    ds_tensor_free(&y);
-    ds_tensor_free(&back);
+    ds_module_free_all(DS_TENSORS(&f, &u, &y, &back));
     return rc;
 }
 
 /* upsample3d's time_conv: from the second chunk on, the frames doubled (x [B, 2C, T, H, W]
  * with frame 2t from the first C channels of t and 2t + 1 from the others). */
-static int upsample_time(wan_run *r, const resample_weights *w, ds_tensor *x, ds_error *err)
+static int upsample_time(wan_run *r, const ds__vae_resample_weights *w, feat_cache *c,
+                         ds_tensor *x, ds_error *err)
 {
-    if (r->idx >= CACHES_MAX)
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s: more than %d cached convs", OWNER,
-                            CACHES_MAX);
-    feat_cache *c = &r->cache[r->idx++];
+    int rc;
     if (!c->x.data && !c->rep) {
         c->rep = 1;
         return DS_OK;
     }
     ds_tensor next = {0}, y = {0}, zeros = {0}, last = {0}, out = {0};
     int64_t t = x->shape[2];
-    int rc;
     if (t < CACHE_T && c->rep) {
         /* The "Rep" marker: zeros stand in front of the single frame. */
         if ((rc = frames(r, x, t - 1, 1, &last, err)) == DS_OK &&
@@ -748,24 +567,17 @@ static int upsample_time(wan_run *r, const resample_weights *w, ds_tensor *x, ds
             c->rep = 0;
         }
     }
-    ds_tensor_free(&next);
-    ds_tensor_free(&y);
-    ds_tensor_free(&zeros);
-    ds_tensor_free(&last);
-    ds_tensor_free(&out);
+    ds_module_free_all(DS_TENSORS(&next, &y, &zeros, &last, &out));
     return rc;
 }
 
 /* downsample3d's time_conv: the first chunk's frames kept as the cache; later chunks convolved
  * (kernel 3, stride 2, no padding) behind the cache's last frame, halving the frames. */
-static int downsample_time(wan_run *r, const resample_weights *w, ds_tensor *x, ds_error *err)
+static int downsample_time(wan_run *r, const ds__vae_resample_weights *w, feat_cache *c,
+                           ds_tensor *x, ds_error *err)
 {
-    if (r->idx >= CACHES_MAX)
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s: more than %d cached convs", OWNER,
-                            CACHES_MAX);
-    feat_cache *c = &r->cache[r->idx++];
-    ds_tensor next = {0}, prev = {0}, joined = {0}, head = {0}, rest = {0}, y = {0};
     int rc;
+    ds_tensor next = {0}, prev = {0}, joined = {0}, head = {0}, rest = {0}, y = {0};
     if (!c->x.data) {
         if ((rc = frames(r, x, 0, x->shape[2], &next, err)) == DS_OK)
             replace(&c->x, &next);
@@ -788,241 +600,380 @@ static int downsample_time(wan_run *r, const resample_weights *w, ds_tensor *x, 
         replace(x, &y);
         replace(&c->x, &next);
     }
-    ds_tensor_free(&next);
-    ds_tensor_free(&prev);
-    ds_tensor_free(&joined);
-    ds_tensor_free(&head);
-    ds_tensor_free(&rest);
-    ds_tensor_free(&y);
+    ds_module_free_all(DS_TENSORS(&next, &prev, &joined, &head, &rest, &y));
     return rc;
 }
 
-static int resample(wan_run *r, size_t g, ds_tensor *x, ds_error *err)
+/* Resample: upsample3d's time_conv before the frames' resampling, downsample3d's after. */
+static int resample_forward(void *run, const ds__vae_resample_weights *w, int up,
+                            ds_tensor *x, ds_error *err)
 {
-    resample_weights w;
-    int rc = module_begin(r, g, &w, sizeof w, err);
-    if (rc != DS_OK)
+    wan_run *r = run;
+    feat_cache *c = NULL;
+    int temporal = w->time_conv.weight.data != NULL, rc = DS_OK;
+    /* time_conv's cache slot: nothing between it and the spatial resampling takes one. */
+    if (temporal && (rc = cache_slot(r, &c, err)) != DS_OK)
         return rc;
-    int up = r->v->kinds[g] == BLOCK_UPSAMPLE, temporal = w.time_conv.weight.data != NULL;
     if (up) {
         if (temporal)
-            rc = upsample_time(r, &w, x, err);
+            rc = upsample_time(r, w, c, x, err);
         if (rc == DS_OK)
-            rc = resample_frames(r, &w.resample, 1, x, err);
+            rc = resample_frames(r, &w->resample, 1, x, err);
     } else {
-        rc = resample_frames(r, &w.resample, 0, x, err);
+        rc = resample_frames(r, &w->resample, 0, x, err);
         if (rc == DS_OK && temporal)
-            rc = downsample_time(r, &w, x, err);
+            rc = downsample_time(r, w, c, x, err);
     }
-    return module_end(r, g, rc, err);
-}
-
-/* A CausalConv3d group run with the cache (Encoder3d / Decoder3d.conv1). */
-static int conv_block(wan_run *r, size_t g, ds_tensor *x, ds_error *err)
-{
-    ds__linear_weights w;
-    int rc = module_begin(r, g, &w, sizeof w, err);
-    if (rc != DS_OK)
-        return rc;
-    return module_end(r, g, cached_conv(r, &w, x, err), err);
+    return rc;
 }
 
 /* head: RMS_norm, SiLU, the CausalConv3d with the cache. */
-static int head(wan_run *r, size_t g, ds_tensor *x, ds_error *err)
+static int head_forward(void *run, const ds__vae_head_weights *w, ds_tensor *x, ds_error *err)
 {
-    head_weights w;
+    wan_run *r = run;
     ds_tensor t = {0};
-    int rc = module_begin(r, g, &w, sizeof w, err);
-    if (rc != DS_OK)
-        return rc;
-    if ((rc = rms_norm(r, &w.norm, x, 1, &t, err)) == DS_OK &&
-        (rc = cached_conv(r, &w.conv, &t, err)) == DS_OK)
+    int rc;
+    if ((rc = rms_norm(r, &w->norm, x, 1, &t, err)) == DS_OK &&
+        (rc = cached_conv(r, &w->conv, &t, err)) == DS_OK)
         replace(x, &t);
     ds_tensor_free(&t);
-    return module_end(r, g, rc, err);
+    return rc;
 }
 
+/* The activation bytes alive while module g runs on x with weights w: what the chunk loop
+ * keeps (its input, the output joined so far, a stage's shortcut), every feature cache, and a
+ * bound on the module's own: x, four tensors of its widest output (doubled frames and pixels
+ * after an upsampler), or an attention block's eight of x's size and [S, S] f32 scores. */
+static size_t activation_bytes(const wan_run *r, ds__vae_kind kind, const ds_tensor *x,
+                               const ds__vae_weights *w)
+{
+    size_t kept = r->kept;
+    for (int i = 0; i < CACHES_MAX; i++)
+        kept += r->cache[i].x.data ? (size_t)ds_tensor_nbytes(&r->cache[i].x) : 0;
+    uint64_t elem = ds_dtype_size(r->dtype), xn = ds_tensor_numel(x), per_channel = xn /
+                                                                         (uint64_t)x->shape[1];
+    if (kind == DS__VAE_ATTENTION) {
+        uint64_t frames = (uint64_t)(x->shape[0] * x->shape[2]), S = per_channel / frames;
+        return kept + (size_t)(8 * xn * elem + frames * S * S * 4);
+    }
+    const ds_tensor *t = (const ds_tensor *)w;
+    int64_t co = x->shape[1];
+    for (size_t i = 0; i < sizeof *w / sizeof(ds_tensor); i++)
+        if (t[i].ndim >= 4 && t[i].shape[0] > co)
+            co = t[i].shape[0];
+    uint64_t grow = kind == DS__VAE_UPSAMPLE ? 8 : 1;
+    return kept + (size_t)((xn + 4 * (uint64_t)co * per_channel * grow) * elem);
+}
+
+/* Module instance g on x, as upstream's Sequentials call each by its class: its weights in,
+ * its activations reserved, its forward, its weights out. */
+static int module(wan_run *r, size_t g, ds_tensor *x, ds_error *err)
+{
+    const ds__vae_modules *m = &r->v->m;
+    ds__vae_weights w;
+    int rc;
+    if ((rc = ds__vae_module_begin(&r->run, m, g, r->phase, &w, err)) != DS_OK ||
+        (rc = ds__vae_module_reserve(&r->run, m, g, r->phase,
+                                     activation_bytes(r, m->kinds[g], x, &w), err)) != DS_OK)
+        return rc;
+    static const ds__vae_forwards forwards = {cached_conv, residual_forward, attention_forward,
+                                              resample_forward, head_forward};
+    rc = ds__vae_forward(&forwards, r, m, g, &w, x, err);
+    return ds__vae_module_end(&r->run, m, g, r->phase, rc, err);
+}
+
+/* Encoder3d.middle / Decoder3d.middle from group `first`. */
 static int middle(wan_run *r, size_t first, ds_tensor *x, ds_error *err)
 {
-    int rc;
-    if ((rc = residual_block(r, first, x, err)) != DS_OK ||
-        (rc = attention_block(r, first + 1, x, err)) != DS_OK ||
-        (rc = residual_block(r, first + 2, x, err)) != DS_OK)
-        return rc;
-    return DS_OK;
+    int rc = DS_OK;
+    for (size_t g = first; rc == DS_OK && g < first + 3; g++)
+        rc = module(r, g, x, err);
+    return rc;
 }
 
-/* One group of Encoder3d.downsamples / Decoder3d.upsamples, told apart by class as upstream's
- * Sequential calls each. */
-static int block(wan_run *r, size_t g, ds_tensor *x, ds_error *err)
+/* x [B, C, ...] viewed as `ndim` dims `view`, permuted by `perm`, into a new *y of `ndim` dims
+ * (its shape from the view and perm) seen as `out_ndim` dims `out_shape`. */
+static int permute_view(wan_run *r, const ds_tensor *x, int ndim, const int64_t *view,
+                        const int *perm, int out_ndim, const int64_t *out_shape, ds_tensor *y,
+                        ds_error *err)
 {
-    switch (r->v->kinds[g]) {
-    case BLOCK_RESIDUAL:
-        return residual_block(r, g, x, err);
-    case BLOCK_ATTENTION:
-        return attention_block(r, g, x, err);
-    default:
-        return resample(r, g, x, err);
+    int64_t shape[DS_MAX_DIMS];
+    ds_tensor v = ds_module_view(x, ndim, view), p = {0};
+    ds_permute_args a = {&v, {0}, &p};
+    for (int i = 0; i < ndim; i++) {
+        a.perm[i] = perm[i];
+        shape[i] = view[perm[i]];
     }
+    int rc = alloc_shape(r, ndim, shape, &p, err);
+    if (rc == DS_OK && (rc = ds_permute(r->b, NULL, &a, err)) == DS_OK) {
+        *y = ds_module_view(&p, out_ndim, out_shape);
+        return DS_OK;
+    }
+    ds_tensor_free(&p);
+    return rc;
 }
 
-/* Encoder3d.forward on one chunk with the cache. */
+/* patchify(x, 2): "b c f (h q) (w r) -> b (c r q) f h w". */
+static int patchify(wan_run *r, const ds_tensor *x, ds_tensor *y, ds_error *err)
+{
+    const int64_t *s = x->shape, p = r->v->var->patch;
+    int64_t h = s[3] / p, w = s[4] / p;
+    return permute_view(r, x, 7, SHAPE(s[0], s[1], s[2], h, p, w, p),
+                        (const int[]){0, 1, 6, 4, 2, 3, 5}, 5,
+                        SHAPE(s[0], s[1] * p * p, s[2], h, w), y, err);
+}
+
+/* unpatchify(x, 2): "b (c r q) f h w -> b c f (h q) (w r)". */
+static int unpatchify(wan_run *r, const ds_tensor *x, ds_tensor *y, ds_error *err)
+{
+    const int64_t *s = x->shape, p = r->v->var->patch;
+    int64_t c = s[1] / (p * p);
+    return permute_view(r, x, 7, SHAPE(s[0], c, p, p, s[2], s[3], s[4]),
+                        (const int[]){0, 1, 4, 5, 3, 6, 2}, 5,
+                        SHAPE(s[0], c, s[2], s[3] * p, s[4] * p), y, err);
+}
+
+/* AvgDown3D: x's frames zero-padded in front to a multiple of factor_t, each
+ * factor_t x factor_s x factor_s block folded into the channels, the mean of each run of
+ * group_size consecutive channels (upstream's view and mean over dim 2). */
+static int avg_down(wan_run *r, const stage *st, const ds_tensor *x, ds_tensor *y,
+                    ds_error *err)
+{
+    const int64_t *s = x->shape;
+    int64_t ft = st->factor_t, fs = st->factor_s;
+    int64_t pad_t = (ft - s[2] % ft) % ft, T = (s[2] + pad_t) / ft, H = s[3] / fs,
+            W = s[4] / fs;
+    int64_t group = s[1] * ft * fs * fs / st->out, n = T * H * W;
+    ds_tensor padded = {0}, folded = {0}, part = {0}, acc = {0};
+    const ds_tensor *in = x;
+    int rc = DS_OK;
+    if (pad_t) {
+        ds_pad_args a = {x, {0, 0, 0, 0, pad_t, 0}, 0.0f, &padded};
+        if ((rc = alloc_shape(r, 5, SHAPE(s[0], s[1], s[2] + pad_t, s[3], s[4]), &padded,
+                              err)) != DS_OK ||
+            (rc = ds_pad(r->b, NULL, &a, err)) != DS_OK)
+            goto done;
+        in = &padded;
+    }
+    if ((rc = permute_view(r, in, 8, SHAPE(s[0], s[1], T, ft, H, fs, W, fs),
+                           (const int[]){0, 1, 3, 5, 7, 2, 4, 6}, 4,
+                           SHAPE(s[0], st->out, group, n), &folded, err)) != DS_OK ||
+        (rc = alloc_shape(r, 4, SHAPE(s[0], st->out, 1, n), &acc, err)) != DS_OK ||
+        (rc = alloc_like(r, &acc, &part, err)) != DS_OK)
+        goto done;
+    for (int64_t k = 0; k < group; k++) {
+        ds_slice_args sl = {&folded, 2, k, k ? &part : &acc};
+        ds_binary_args add = {&acc, &part, DS_BINARY_ADD, &acc};
+        if ((rc = ds_slice(r->b, NULL, &sl, err)) != DS_OK ||
+            (k && (rc = ds_binary(r->b, NULL, &add, err)) != DS_OK))
+            goto done;
+    }
+    /* 1 / group_size is a power of two here (2, 4, 8): the product is mean's division. */
+    ds_scale_args mean = {&acc, 1.0f / (float)group, 0.0f, &acc};
+    if (group > 1 && (rc = ds_scale(r->b, NULL, &mean, err)) != DS_OK)
+        goto done;
+    *y = ds_module_view(&acc, 5, SHAPE(s[0], st->out, T, H, W));
+    acc = (ds_tensor){0};
+done:
+    ds_module_free_all(DS_TENSORS(&padded, &folded, &part, &acc));
+    return rc;
+}
+
+/* DupUp3D: every channel repeated `repeats` times (repeat_interleave), the copies unfolded into
+ * factor_t x factor_s x factor_s blocks of frames and pixels; on the first chunk the first
+ * factor_t - 1 frames dropped. */
+static int dup_up(wan_run *r, const stage *st, const ds_tensor *x, ds_tensor *y, ds_error *err)
+{
+    const int64_t *s = x->shape;
+    int64_t ft = st->factor_t, fs = st->factor_s, n = s[2] * s[3] * s[4];
+    int64_t repeats = st->out * ft * fs * fs / s[1];
+    const ds_tensor *copies[8];
+    if (repeats > 8)
+        return ds_error_set(err, DS_ERR_INTERNAL, "%s: DupUp3D repeats %" PRId64 " > 8",
+                            r->phase, repeats);
+    ds_tensor one = ds_module_view(x, 4, SHAPE(s[0], s[1], 1, n)), rep = {0}, up = {0};
+    for (int64_t k = 0; k < repeats; k++)
+        copies[k] = &one;
+    ds_concat_args c = {copies, (int)repeats, 2, &rep};
+    int rc;
+    if ((rc = alloc_shape(r, 4, SHAPE(s[0], s[1], repeats, n), &rep, err)) != DS_OK ||
+        (rc = ds_concat(r->b, NULL, &c, err)) != DS_OK ||
+        (rc = permute_view(r, &rep, 8, SHAPE(s[0], st->out, ft, fs, fs, s[2], s[3], s[4]),
+                           (const int[]){0, 1, 5, 2, 6, 3, 7, 4}, 5,
+                           SHAPE(s[0], st->out, s[2] * ft, s[3] * fs, s[4] * fs), &up, err)) !=
+            DS_OK)
+        goto done;
+    if (r->first_chunk && ft > 1) {
+        rc = frames(r, &up, ft - 1, up.shape[2] - (ft - 1), y, err);
+    } else {
+        *y = up;
+        up = (ds_tensor){0};
+    }
+done:
+    ds_tensor_free(&rep);
+    ds_tensor_free(&up);
+    return rc;
+}
+
+/* Down_ResidualBlock / Up_ResidualBlock: the stage's modules on x plus the shortcut of the x
+ * they started from (computed first: it needs no cache and is at most x's size). */
+static int stage_forward(wan_run *r, const stage *st, int up, ds_tensor *x, ds_error *err)
+{
+    ds_tensor shortcut = {0};
+    size_t kept = r->kept;
+    int rc = DS_OK;
+    if (st->shortcut)
+        rc = up ? dup_up(r, st, x, &shortcut, err) : avg_down(r, st, x, &shortcut, err);
+    if (shortcut.data)
+        r->kept += (size_t)ds_tensor_nbytes(&shortcut);
+    for (size_t g = st->first; rc == DS_OK && g < st->end; g++)
+        rc = module(r, g, x, err);
+    r->kept = kept;
+    if (rc == DS_OK && st->shortcut) {
+        ds_binary_args add = {x, &shortcut, DS_BINARY_ADD, x};
+        rc = ds_binary(r->b, NULL, &add, err);
+    }
+    ds_tensor_free(&shortcut);
+    return rc;
+}
+
+/* Encoder3d.forward (or Encoder3d_38's) on one chunk with the cache. */
 static int encoder3d(wan_run *r, ds_tensor *x, ds_error *err)
 {
     const wan_modules *v = r->v;
     r->idx = 0;
-    int rc = conv_block(r, v->enc_conv1, x, err);
-    for (size_t g = v->enc_down; rc == DS_OK && g < v->enc_down_end; g++)
-        rc = block(r, g, x, err);
+    int rc = module(r, v->enc_conv1, x, err);
+    for (int i = 0; rc == DS_OK && i < LEVELS; i++)
+        rc = stage_forward(r, &v->enc_stages[i], 0, x, err);
     if (rc == DS_OK)
-        rc = middle(r, v->enc_down_end, x, err);
+        rc = middle(r, v->enc_mid, x, err);
     if (rc == DS_OK)
-        rc = head(r, v->enc_head, x, err);
+        rc = module(r, v->enc_head, x, err);
     return rc;
 }
 
-/* Decoder3d.forward on one latent frame with the cache. */
+/* Decoder3d.forward (or Decoder3d_38's) on one latent frame with the cache. */
 static int decoder3d(wan_run *r, ds_tensor *x, ds_error *err)
 {
     const wan_modules *v = r->v;
     r->idx = 0;
-    int rc = conv_block(r, v->dec_conv1, x, err);
+    int rc = module(r, v->dec_conv1, x, err);
     if (rc == DS_OK)
-        rc = middle(r, v->dec_conv1 + 1, x, err);
-    for (size_t g = v->dec_up; rc == DS_OK && g < v->dec_up_end; g++)
-        rc = block(r, g, x, err);
+        rc = middle(r, v->dec_mid, x, err);
+    for (int i = 0; rc == DS_OK && i < LEVELS; i++)
+        rc = stage_forward(r, &v->dec_stages[i], 1, x, err);
     if (rc == DS_OK)
-        rc = head(r, v->dec_head, x, err);
+        rc = module(r, v->dec_head, x, err);
     return rc;
 }
 
-/* The latent mean and 1 / std as [1, 16, 1, 1, 1] in the compute dtype: upstream builds them
- * in f32 (1 / std rounded there) and casts both to the input's dtype. */
+/* VideoVAE_.conv1 / conv2: a CausalConv3d of the whole x, without the cache, into *y. */
+static int lone_conv(wan_run *r, size_t g, const ds_tensor *x, ds_tensor *y, ds_error *err)
+{
+    const ds__vae_modules *m = &r->v->m;
+    ds__vae_weights w;
+    int rc;
+    if ((rc = ds__vae_module_begin(&r->run, m, g, r->phase, &w, err)) != DS_OK ||
+        (rc = ds__vae_module_reserve(&r->run, m, g, r->phase,
+                                     activation_bytes(r, DS__VAE_CONV, x, &w), err)) != DS_OK)
+        return rc;
+    return ds__vae_module_end(&r->run, m, g, r->phase,
+                              causal_conv(r, &w.conv, x, NULL, UNIT_STRIDE, y, err), err);
+}
+
+/* x's chunks through the decoder (one latent frame each) or the encoder (the first frame
+ * alone, then 4 at a time), each with the feature cache of the chunk before, joined along time
+ * into a new *joined. */
+static int run_chunks(wan_run *r, int decode, const ds_tensor *x, ds_tensor *joined,
+                      ds_error *err)
+{
+    int64_t t = x->shape[2];
+    ds_tensor chunk = {0}, both = {0};
+    int rc = DS_OK;
+    clear_cache(r);
+    r->chunks = decode ? t : 1 + (t - 1) / 4;
+    for (int64_t i = 0; rc == DS_OK && i < r->chunks; i++) {
+        int64_t start = decode ? i : i == 0 ? 0 : 1 + 4 * (i - 1), n = decode || !i ? 1 : 4;
+        r->first_chunk = i == 0;
+        r->kept = ds_tensor_nbytes(x) + (joined->data ? ds_tensor_nbytes(joined) : 0);
+        if ((rc = ds_module_cancelled(r->ctx, r->phase, decode ? "latent frame" : "chunk", i,
+                                      r->chunks, err)) != DS_OK ||
+            (rc = frames(r, x, start, n, &chunk, err)) != DS_OK ||
+            (rc = decode ? decoder3d(r, &chunk, err) : encoder3d(r, &chunk, err)) != DS_OK)
+            break;
+        if (!joined->data)
+            replace(joined, &chunk);
+        else if ((rc = cat_time(r, joined, &chunk, &both, err)) == DS_OK)
+            replace(joined, &both);
+        ds_tensor_free(&chunk);
+        if (rc == DS_OK && !r->tiled)
+            ds_module_progress(r->ctx, r->phase, i, r->chunks);
+    }
+    ds_tensor_free(&chunk);
+    r->kept = 0;
+    return rc;
+}
+
+/* The class's latent mean and 1 / std. */
 static int latent_stats(wan_run *r, ds_tensor *mean, ds_tensor *inv_std, ds_error *err)
 {
-    float m[LATENT_CHANNELS], inv[LATENT_CHANNELS];
-    uint16_t m16[LATENT_CHANNELS], inv16[LATENT_CHANNELS];
-    for (int i = 0; i < LATENT_CHANNELS; i++) {
-        m[i] = LATENT_MEAN[i];
-        inv[i] = 1.0f / LATENT_STD[i];
-        m16[i] = ds_f32_to_bf16(m[i]);
-        inv16[i] = ds_f32_to_bf16(inv[i]);
-    }
-    int bf16 = r->dtype == DS_BF16, rc;
-    const int64_t *shape = SHAPE(1, LATENT_CHANNELS, 1, 1, 1);
-    if ((rc = alloc_shape(r, 5, shape, mean, err)) != DS_OK ||
-        (rc = alloc_shape(r, 5, shape, inv_std, err)) != DS_OK ||
-        (rc = ds_tensor_upload(mean, bf16 ? (const void *)m16 : m, NULL, err)) != DS_OK ||
-        (rc = ds_tensor_upload(inv_std, bf16 ? (const void *)inv16 : inv, NULL, err)) != DS_OK)
-        return rc;
-    return DS_OK;
+    const wan_modules *v = r->v;
+    return ds__vae_latent_stats(r->b, r->dtype, 5, v->z_dim, v->var->mean, v->var->std, mean,
+                                inv_std, err);
 }
 
 /* VideoVAE_.decode: z / (1 / std) + mean, conv2, the decoder on each latent frame with the
- * cache, the frames joined; then single_decode's clamp to [-1, 1] when `clamp`. Into host
- * tensor out. */
+ * cache, the frames joined (unpatchified for VAE38); then single_decode's clamp to [-1, 1]
+ * when `clamp`. Into host tensor out. */
 static int decode_video(wan_run *r, const ds_tensor *z, int clamp, ds_tensor *out,
                         ds_error *err)
 {
     const wan_modules *v = r->v;
-    ds_tensor mean = {0}, inv_std = {0}, x = {0}, chunk = {0}, joined = {0}, conv = {0};
-    ds__linear_weights w;
-    int rc;
-    clear_cache(r);
-    if ((rc = latent_stats(r, &mean, &inv_std, err)) != DS_OK ||
-        (rc = alloc_like(r, z, &x, err)) != DS_OK)
-        goto done;
+    ds_tensor mean = {0}, inv_std = {0}, x = {0}, joined = {0}, conv = {0}, pixels = {0};
     ds_binary_args div = {z, &inv_std, DS_BINARY_DIV, &x};
     ds_binary_args add = {&x, &mean, DS_BINARY_ADD, &x};
-    if ((rc = ds_binary(r->b, NULL, &div, err)) != DS_OK ||
-        (rc = ds_binary(r->b, NULL, &add, err)) != DS_OK ||
-        (rc = module_begin(r, v->conv2, &w, sizeof w, err)) != DS_OK)
-        goto done;
-    rc = module_end(r, v->conv2, causal_conv(r, &w, &x, NULL, UNIT_STRIDE, &conv, err), err);
-    r->chunks = z->shape[2];
-    for (int64_t i = 0; rc == DS_OK && i < r->chunks; i++) {
-        if ((rc = ds_module_cancelled(r->ctx, r->phase, "latent frame", i, r->chunks, err)) !=
-                DS_OK ||
-            (rc = frames(r, &conv, i, 1, &chunk, err)) != DS_OK ||
-            (rc = decoder3d(r, &chunk, err)) != DS_OK)
-            break;
-        if (!joined.data) {
-            replace(&joined, &chunk);
-        } else {
-            ds_tensor both;
-            if ((rc = cat_time(r, &joined, &chunk, &both, err)) != DS_OK)
-                break;
-            replace(&joined, &both);
-            ds_tensor_free(&chunk);
-        }
-        if (!r->tiled)
-            ds_module_progress(r->ctx, r->phase, i, r->chunks);
-    }
-    if (rc == DS_OK) {
-        ds_clamp_args c = {&joined, -1.0f, 1.0f, &joined};
+    ds_clamp_args c = {&joined, -1.0f, 1.0f, &joined};
+    int rc;
+    if ((rc = latent_stats(r, &mean, &inv_std, err)) == DS_OK &&
+        (rc = alloc_like(r, z, &x, err)) == DS_OK &&
+        (rc = ds_binary(r->b, NULL, &div, err)) == DS_OK &&
+        (rc = ds_binary(r->b, NULL, &add, err)) == DS_OK &&
+        (rc = lone_conv(r, v->conv2, &x, &conv, err)) == DS_OK &&
+        (rc = run_chunks(r, 1, &conv, &joined, err)) == DS_OK &&
+        (v->var->patch == 1 || (rc = unpatchify(r, &joined, &pixels, err)) == DS_OK)) {
+        if (pixels.data)
+            replace(&joined, &pixels);
         if (!clamp || (rc = ds_clamp(r->b, NULL, &c, err)) == DS_OK)
             rc = ds_tensor_download(&joined, out->data, NULL, err);
     }
-done:
-    ds_tensor_free(&mean);
-    ds_tensor_free(&inv_std);
-    ds_tensor_free(&x);
-    ds_tensor_free(&chunk);
-    ds_tensor_free(&joined);
-    ds_tensor_free(&conv);
+    ds_module_free_all(DS_TENSORS(&mean, &inv_std, &x, &joined, &conv, &pixels));
     return rc;
 }
 
-/* VideoVAE_.encode: the encoder on frame 0, then on frames [1 + 4(i - 1), 1 + 4i), with the
- * cache, the chunks joined; conv1; the first z channels (mu), (mu - mean) * (1 / std). */
+/* VideoVAE_.encode: (VAE38: the video patchified) the encoder on frame 0, then on frames
+ * [1 + 4(i - 1), 1 + 4i), with the cache, the chunks joined; conv1; the first z channels (mu),
+ * (mu - mean) * (1 / std). */
 static int encode_video(wan_run *r, const ds_tensor *video, ds_tensor *out, ds_error *err)
 {
     const wan_modules *v = r->v;
-    ds_tensor mean = {0}, inv_std = {0}, chunk = {0}, joined = {0}, conv = {0}, mu = {0};
-    ds__linear_weights w;
-    int64_t t = video->shape[2];
-    clear_cache(r);
+    ds_tensor mean = {0}, inv_std = {0}, joined = {0}, conv = {0}, mu = {0}, patches = {0};
+    ds_slice_args first = {&conv, 1, 0, &mu};
+    ds_binary_args sub = {&mu, &mean, DS_BINARY_SUB, &mu};
+    ds_binary_args mul = {&mu, &inv_std, DS_BINARY_MUL, &mu};
     int rc = latent_stats(r, &mean, &inv_std, err);
-    r->chunks = 1 + (t - 1) / 4;
-    for (int64_t i = 0; rc == DS_OK && i < r->chunks; i++) {
-        int64_t start = i == 0 ? 0 : 1 + 4 * (i - 1), n = i == 0 ? 1 : 4;
-        if ((rc = ds_module_cancelled(r->ctx, r->phase, "chunk", i, r->chunks, err)) != DS_OK ||
-            (rc = frames(r, video, start, n, &chunk, err)) != DS_OK ||
-            (rc = encoder3d(r, &chunk, err)) != DS_OK)
-            break;
-        if (!joined.data) {
-            replace(&joined, &chunk);
-        } else {
-            ds_tensor both;
-            if ((rc = cat_time(r, &joined, &chunk, &both, err)) != DS_OK)
-                break;
-            replace(&joined, &both);
-            ds_tensor_free(&chunk);
-        }
-        if (!r->tiled)
-            ds_module_progress(r->ctx, r->phase, i, r->chunks);
-    }
-    if (rc == DS_OK && (rc = module_begin(r, v->conv1, &w, sizeof w, err)) == DS_OK)
-        rc = module_end(r, v->conv1, causal_conv(r, &w, &joined, NULL, UNIT_STRIDE, &conv, err),
-                        err);
-    if (rc == DS_OK) {
+    if (rc == DS_OK && v->var->patch > 1 && (rc = patchify(r, video, &patches, err)) == DS_OK)
+        video = &patches;
+    if (rc == DS_OK && (rc = run_chunks(r, 0, video, &joined, err)) == DS_OK &&
+        (rc = lone_conv(r, v->conv1, &joined, &conv, err)) == DS_OK) {
         const int64_t *s = conv.shape;
-        ds_slice_args first = {&conv, 1, 0, &mu};
-        ds_binary_args sub = {&mu, &mean, DS_BINARY_SUB, &mu};
-        ds_binary_args mul = {&mu, &inv_std, DS_BINARY_MUL, &mu};
-        if ((rc = alloc_shape(r, 5, SHAPE(s[0], LATENT_CHANNELS, s[2], s[3], s[4]), &mu, err)) ==
+        if ((rc = alloc_shape(r, 5, SHAPE(s[0], v->z_dim, s[2], s[3], s[4]), &mu, err)) ==
                 DS_OK &&
             (rc = ds_slice(r->b, NULL, &first, err)) == DS_OK &&
             (rc = ds_binary(r->b, NULL, &sub, err)) == DS_OK &&
             (rc = ds_binary(r->b, NULL, &mul, err)) == DS_OK)
             rc = ds_tensor_download(&mu, out->data, NULL, err);
     }
-    ds_tensor_free(&mean);
-    ds_tensor_free(&inv_std);
-    ds_tensor_free(&chunk);
-    ds_tensor_free(&joined);
-    ds_tensor_free(&conv);
-    ds_tensor_free(&mu);
+    ds_module_free_all(DS_TENSORS(&mean, &inv_std, &joined, &conv, &mu, &patches));
     return rc;
 }
 
@@ -1091,7 +1042,7 @@ static int64_t tile_starts(int64_t length, int64_t size, int64_t stride, int64_t
 static int tiled_forward(wan_run *r, int decode, const ds_wan_video_vae_tiling *tiling,
                          const ds_tensor *in, ds_tensor *out, ds_error *err)
 {
-    const int64_t f = 8;
+    const int64_t f = 8 * r->v->var->patch;
     int64_t size_h = tiling->size_h, size_w = tiling->size_w;
     int64_t stride_h = tiling->stride_h, stride_w = tiling->stride_w;
     if (!decode) {
@@ -1156,9 +1107,7 @@ static int tiled_forward(wan_run *r, int decode, const ds_wan_video_vae_tiling *
                         *acc = to_dtype(in->dtype, *acc + to_dtype(in->dtype, v * m));
                     }
                 }
-            ds_tensor_free(&tile_in);
-            ds_tensor_free(&tile_out);
-            ds_tensor_free(&dev_copy);
+            ds_module_free_all(DS_TENSORS(&tile_in, &tile_out, &dev_copy));
             ds_module_progress(r->ctx, r->phase, b * nh * nw + k, is[0] * nh * nw);
         }
         for (int64_t i = 0; rc == DS_OK && i < per_batch; i++) {
@@ -1169,9 +1118,7 @@ static int tiled_forward(wan_run *r, int decode, const ds_wan_video_vae_tiling *
         }
     }
 done:
-    ds_tensor_free(&tile_in);
-    ds_tensor_free(&tile_out);
-    ds_tensor_free(&dev_copy);
+    ds_module_free_all(DS_TENSORS(&tile_in, &tile_out, &dev_copy));
     free(hs);
     free(ws);
     free(values);
@@ -1185,30 +1132,53 @@ done:
 
 static int float_dtype(ds_dtype d) { return d == DS_F32 || d == DS_BF16; }
 
-#define LATENTS_EXPECTED "[B, 16, T, h, w] f32 or bf16"
-#define VIDEO_EXPECTED                                                                         \
-    "[B, 3, 4k + 1, H, W] f32 or bf16 with H and W multiples of 8"
+/* What decode takes ([B, z, T, h, w]) and encode takes ([B, 3, 4k + 1, H, W], H and W
+ * multiples of the spatial factor), for messages. */
+static const char *expected_input(const wan_variant *var, int decode, char *buf, size_t size)
+{
+    if (decode)
+        snprintf(buf, size, "[B, %" PRId64 ", T, h, w] f32 or bf16", var->z_dim);
+    else
+        snprintf(buf, size, "[B, 3, 4k + 1, H, W] f32 or bf16 with H and W multiples of %d",
+                 8 * var->patch);
+    return buf;
+}
 
-/* The output shape for `in`: decode [B, 3, 4(T - 1) + 1, 8h, 8w], encode [B, 16, k + 1, H/8,
- * W/8]; INVALID_ARGUMENT when `in` is not an input of that direction. */
-static int output_shape(int decode, const ds_tensor *in, int64_t shape[5], ds_error *err)
+/* The output shape for `in`: decode [B, 3, 4(T - 1) + 1, fh, fw], encode [B, z, k + 1, H/f,
+ * W/f] (f: 8, or 16 for VAE38); INVALID_ARGUMENT when `in` is not an input of that
+ * direction. */
+static int output_shape(const wan_variant *var, int decode, const ds_tensor *in,
+                        int64_t shape[5], ds_error *err)
 {
     const char *phase = decode ? "decode" : "encode";
-    const int64_t *s = in->shape;
+    const int64_t *s = in->shape, f = 8 * var->patch;
+    char expected[96];
     if (decode) {
-        if (!float_dtype(in->dtype) || in->ndim != 5 || s[0] < 1 || s[1] != LATENT_CHANNELS ||
+        if (!float_dtype(in->dtype) || in->ndim != 5 || s[0] < 1 || s[1] != var->z_dim ||
             s[2] < 1 || s[3] < 1 || s[4] < 1)
-            return ds_module_bad_tensor(phase, "input", "latents", in, LATENTS_EXPECTED, err);
-        int64_t out[5] = {s[0], 3, 4 * (s[2] - 1) + 1, 8 * s[3], 8 * s[4]};
+            return ds_module_bad_tensor(phase, "input", "latents", in,
+                                        expected_input(var, 1, expected, sizeof expected), err);
+        int64_t out[5] = {s[0], 3, 4 * (s[2] - 1) + 1, f * s[3], f * s[4]};
         memcpy(shape, out, sizeof out);
         return DS_OK;
     }
     if (!float_dtype(in->dtype) || in->ndim != 5 || s[0] < 1 || s[1] != 3 || s[2] < 1 ||
-        (s[2] - 1) % 4 || s[3] < 8 || s[4] < 8 || s[3] % 8 || s[4] % 8)
-        return ds_module_bad_tensor(phase, "input", "video", in, VIDEO_EXPECTED, err);
-    int64_t out[5] = {s[0], LATENT_CHANNELS, 1 + (s[2] - 1) / 4, s[3] / 8, s[4] / 8};
+        (s[2] - 1) % 4 || s[3] < f || s[4] < f || s[3] % f || s[4] % f)
+        return ds_module_bad_tensor(phase, "input", "video", in,
+                                    expected_input(var, 0, expected, sizeof expected), err);
+    int64_t out[5] = {s[0], var->z_dim, 1 + (s[2] - 1) / 4, s[3] / f, s[4] / f};
     memcpy(shape, out, sizeof out);
     return DS_OK;
+}
+
+/* The class of m (its class, else its config's): WanVideoVAE38 or WanVideoVAE; NULL for any
+ * other. */
+static const wan_variant *variant_of(const ds_loaded_model *m)
+{
+    const char *name = m->cls ? m->cls->name : m->model_class;
+    if (name && strcmp(name, VAE38.class_name) == 0)
+        return &VAE38;
+    return name && strcmp(name, VAE21.class_name) == 0 ? &VAE21 : NULL;
 }
 
 static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int decode,
@@ -1220,19 +1190,25 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "%s: the model, a backend, the input and the output are required",
                             phase);
+    const wan_variant *var = variant_of(m);
+    if (!var)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: the model is a %s, expected a %s or a %s", phase,
+                            m->cls ? m->cls->name : m->model_class ? m->model_class : "(none)",
+                            VAE21.class_name, VAE38.class_name);
     ds_kwargs *kwargs = NULL;
-    int64_t z_dim, want[5];
-    int rc = ds_kwargs_parse(m->extra_kwargs_json, CLASS_NAME, &kwargs, err);
+    int64_t z_dim, dim, want[5];
+    int rc = ds_kwargs_parse(m->extra_kwargs_json, var->class_name, &kwargs, err);
     if (rc == DS_OK)
-        rc = read_kwargs(kwargs, &z_dim, err);
+        rc = read_kwargs(var, kwargs, &z_dim, &dim, err);
     ds_kwargs_free(kwargs);
     if (rc != DS_OK)
         return ds_error_prefix(err, "%s: ", phase);
-    if (z_dim != LATENT_CHANNELS)
+    if (z_dim != var->z_dim)
         return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                             "%s: the model has z_dim %" PRId64 "; upstream's latent mean and "
-                            "std have %d channels", phase, z_dim, LATENT_CHANNELS);
-    if ((rc = output_shape(decode, in, want, err)) != DS_OK)
+                            "std have %" PRId64 " channels", phase, z_dim, var->z_dim);
+    if ((rc = output_shape(var, decode, in, want, err)) != DS_OK)
         return rc;
     if (tiling && (tiling->size_h < 1 || tiling->size_w < 1 || tiling->stride_h < 1 ||
                    tiling->stride_w < 1 || tiling->stride_h > tiling->size_h ||
@@ -1251,23 +1227,20 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
                                     expected, err);
     }
 
-    wan_modules *v = malloc(sizeof *v);
+    wan_modules v;
     wan_run *r = calloc(1, sizeof *r);
     ds_tensor upload = {0}, input;
-    if (!v || !r) {
-        free(v);
-        free(r);
+    if (!r)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", phase);
-    }
-    *r = (wan_run){.v = v, .ctx = ctx, .b = ctx->backend, .dtype = in->dtype, .phase = phase};
-    if ((rc = modules_build(z_dim, v, err)) != DS_OK) {
-        free(v);
+    *r = (wan_run){.v = &v, .ctx = ctx, .b = ctx->backend, .dtype = in->dtype, .phase = phase};
+    if ((rc = modules_build(var, z_dim, dim, &v, err)) != DS_OK) {
         free(r);
         return ds_error_prefix(err, "%s: ", phase);
     }
-    size_t first = decode ? 0 : v->decode_units;
-    size_t units = decode ? v->decode_units : v->order_count - v->decode_units;
-    if ((rc = ds_module_open_ordered(&r->run, &v->model, v->order, v->order_count, m, r->b,
+    const ds__vae_modules *mm = &v.m;
+    size_t first = decode ? 0 : mm->decode_units;
+    size_t units = decode ? mm->decode_units : mm->order_count - mm->decode_units;
+    if ((rc = ds_module_open_ordered(&r->run, &mm->model, mm->order, mm->order_count, m, r->b,
                                      ctx->vram, 0, phase, err)) != DS_OK)
         goto done;
     if (ctx->vram && (rc = ds_module_plan_range(&r->run, first, units, phase, err)) != DS_OK) {
@@ -1282,7 +1255,7 @@ done:
     ds_module_close(&r->run);
     ds_tensor_free(&upload);
     clear_cache(r);
-    free(v);
+    ds__vae_modules_free(&v.m);
     free(r);
     return rc;
 }
@@ -1304,19 +1277,21 @@ int ds_wan_video_vae_encode(const ds_loaded_model *m, const ds_step_context *ctx
 static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
                     ds_step_io *out, int decode, ds_error *err)
 {
+    const wan_variant *var = variant_of(m) ? variant_of(m) : &VAE21;
     static const ds_dtype float_dtypes[] = {DS_F32, DS_BF16};
     const char *phase = decode ? "decode" : "encode";
     const char *in_name = decode ? "latents" : "video", *out_name = decode ? "video" : "latents";
     const char *const known[] = {in_name, "tiled", NULL};
     const ds_tensor *x;
     int64_t shape[5];
+    char expected[96];
     int rc;
     if ((rc = ds_step_io_check_names(in, phase, known, err)) != DS_OK ||
         (rc = ds_step_io_require(in, phase, in_name, 0, float_dtypes, 2, 5,
-                                 SHAPE(-1, decode ? LATENT_CHANNELS : 3, -1, -1, -1),
-                                 decode ? LATENTS_EXPECTED : VIDEO_EXPECTED, &x, err)) !=
-            DS_OK ||
-        (rc = output_shape(decode, x, shape, err)) != DS_OK)
+                                 SHAPE(-1, decode ? var->z_dim : 3, -1, -1, -1),
+                                 expected_input(var, decode, expected, sizeof expected), &x,
+                                 err)) != DS_OK ||
+        (rc = output_shape(var, decode, x, shape, err)) != DS_OK)
         return rc;
     ds_backend *cpu = ctx->backend;
     ds_tensor *y;
@@ -1331,37 +1306,23 @@ static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const 
                             tiled->text);
     if ((rc = ds_step_io_new_tensor(out, cpu, out_name, x->dtype, 5, shape, &y, err)) != DS_OK)
         return rc;
-    return vae_forward(m, ctx, decode, tiled && tiled->number != 0 ? &pipeline_tiles : NULL, x,
-                       y, err);
+    return vae_forward(m, ctx, decode, tiled && tiled->number != 0 ? &pipeline_tiles : NULL, x, y,
+                       err);
 }
 
-static int decode_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
-                       ds_step_io *out, ds_error *err)
-{
-    return step_run(m, ctx, in, out, 1, err);
-}
+#define DECODE_USAGE(z, f)                                                                     \
+    "decode: latents [B, " #z ", T, h, w] (f32 or bf16; the compute dtype) -> video [B, 3, "      \
+    "4(T-1)+1, " #f "h, " #f "w] in latents' dtype, clamped to [-1, 1]; " TILED_USAGE
+#define ENCODE_USAGE(z, f)                                                                     \
+    "encode: video [B, 3, 4k+1, H, W] (f32 or bf16 in [-1, 1], H and W multiples of " #f       \
+    ") -> latents [B, " #z ", k+1, H/" #f ", W/" #f "] in video's dtype; " TILED_USAGE
+#define TILED_USAGE                                                                            \
+    "tiled (true|false, default false): tiles 30x52, stride 15x26 in latent units"
 
-static int encode_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
-                       ds_step_io *out, ds_error *err)
-{
-    return step_run(m, ctx, in, out, 0, err);
-}
+DS__VAE_STEPS(steps, step_run, DECODE_USAGE(16, 8), ENCODE_USAGE(16, 8));
+DS__VAE_STEPS(steps38, step_run, DECODE_USAGE(48, 16), ENCODE_USAGE(48, 16));
 
-static const ds_model_step steps[] = {
-    {
-        .name = "decode",
-        .usage = "decode: latents [B, 16, T, h, w] (f32 or bf16; the compute dtype) -> video "
-                 "[B, 3, 4(T-1)+1, 8h, 8w] in latents' dtype, clamped to [-1, 1]; tiled (true|false, "
-                 "default false): tiles 30x52, stride 15x26 in latent units",
-        .run = decode_step,
-    },
-    {
-        .name = "encode",
-        .usage = "encode: video [B, 3, 4k+1, H, W] (f32 or bf16 in [-1, 1], H and W multiples "
-                 "of 8) -> latents [B, 16, k+1, H/8, W/8] in video's dtype; tiled (true|false, default "
-                 "false): tiles 30x52, stride 15x26 in latent units",
-        .run = encode_step,
-    },
-};
-
-DS_MODEL_CLASS(ds__wan_video_vae_class, CLASS_NAME, declare_parameters, steps);
+DS_MODEL_CLASS(ds__wan_video_vae_class, "diffsynth.models.wan_video_vae.WanVideoVAE",
+               declare_parameters, steps);
+DS_MODEL_CLASS(ds__wan_video_vae38_class, "diffsynth.models.wan_video_vae.WanVideoVAE38",
+               declare_parameters38, steps38);

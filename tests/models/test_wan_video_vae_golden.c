@@ -1,12 +1,16 @@
-/* The Wan2.1 video VAE's untiled decode and encode against upstream's own WanVideoVAE
- * (tests/golden/make_wan_video_vae_golden.py): the real config (127 M parameters), weights and
+/* The Wan video VAEs' untiled decode and encode against upstream's own classes: WanVideoVAE
+ * (tests/golden/make_wan_video_vae_golden.py), then WanVideoVAE38 (make_wan_video_vae_golden.py 38,
+ * the same cases at 16x: latents [1, 48, 3, 2, 3] to 9 frames of 32 x 48, the same video,
+ * tiles 2 x 2, stride 1 x 1: 2 decode tiles, 15 encode tiles). Argument 0 or 1 picks one.
+ * WanVideoVAE: the real config (127 M parameters), weights and
  * inputs regenerated bit for bit by tests/tools/seeded_weights.c, float32: 3 latent frames
  * decoded to 9 frames of 64 x 96 (the feature cache across latent frames, both temporal
  * upsamplers), 5 frames encoded to 2 latent frames (the first frame alone, then a chunk of 4
  * through both temporal downsamplers); both again tiled (tile 4 x 6, stride 2 x 3 in latent
  * units: 3 x 3 overlapping tiles blended). Also: the parameter tree, with upstream's converter
  * undone, hashes to the Wan2.1 VAE file's hash; the steps equal the direct calls; the input
- * checks; progress and cancellation. */
+ * checks; progress and cancellation. Both classes: decode and encode through a VRAM manager at
+ * budgets 0, half the weights and unlimited are byte-identical to the calls without one. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,16 +27,40 @@
 #include "tools/seeded_weights.h"
 #include "vram/vram_manager.h"
 
-#define VAE_CLASS "diffsynth.models.wan_video_vae.WanVideoVAE"
 #define SEED 2027
-#define GOLDEN "golden/wan_video_vae.safetensors"
 #define TOLERANCE 1e-4
 
+typedef int (*vae_call)(const ds_loaded_model *m, const ds_step_context *ctx,
+                        const ds_wan_video_vae_tiling *tiling, const ds_tensor *in,
+                        ds_tensor *out, ds_error *err);
+
+/* One class (both run through ds_wan_video_vae_decode / _encode): its golden file, seeded
+ * inputs, tree and the golden script's tiles. */
+typedef struct variant {
+    const char *model_class, *golden, *latents_name, *video_name, *hash;
+    int64_t latents_shape[5], video_shape[5];
+    size_t tree_count;
+    ds_wan_video_vae_tiling tiles;
+    uint64_t decode_tiles, encode_tiles;
+} variant;
+
+static const variant variants[] = {
+    {"diffsynth.models.wan_video_vae.WanVideoVAE", "golden/wan_video_vae.safetensors",
+     "wan_vae.latents", "wan_vae.video", "ccc42284ea13e1ad04693284c7a09be6",
+     {1, 16, 3, 8, 12}, {1, 3, 5, 64, 96}, 194, {4, 6, 2, 3}, 9, 9},
+    {"diffsynth.models.wan_video_vae.WanVideoVAE38", "golden/wan_video_vae38.safetensors",
+     "wan_vae38.latents", "wan_vae38.video", "e1de6c02cdac79f8b739f4d3698cd216",
+     {1, 48, 3, 2, 3}, {1, 3, 5, 64, 96}, 196, {2, 2, 1, 1}, 2, 15},
+};
+
+static const variant *var;
 static ds_backend *cpu;
 static ds_safetensors *golden;
 static ds_loaded_model model;
 static int model_ready;
 static ds_tensor latents, video; /* the seeded inputs */
+static ds_tensor decoded, encoded; /* the untiled calls' outputs, without a manager */
+static const char *data_root;
 
 static double now(void)
 {
@@ -92,9 +120,6 @@ static int cancel_at(void *user)
     return (*left)-- <= 0;
 }
 
-/* The blending case of the golden script. */
-static const ds_wan_video_vae_tiling small_tiles = {4, 6, 2, 3};
-
 static double run_case(int decode, const ds_wan_video_vae_tiling *tiling, const char *want,
                        ds_tensor *out)
 {
@@ -123,17 +148,17 @@ static void test_tree_hash(void)
     ds_error err;
     ds_state_dict_init(&tree);
     ds_state_dict_init(&raw);
-    const ds_model_class *cls = ds_model_class_find(VAE_CLASS);
+    const ds_model_class *cls = ds_model_class_find(var->model_class);
     REQUIRE(cls);
     REQUIRE(ds_model_class_declare(cls, NULL, &tree, &err) == DS_OK);
-    CHECK(tree.count == 194);
+    CHECK(tree.count == var->tree_count);
     for (size_t i = 0; i < tree.count; i++) {
         REQUIRE(strncmp(tree.entries[i].name, "model.", 6) == 0);
         ds_state_dict_put_tensor(&raw, tree.entries[i].name + 6, &tree.entries[i].tensor);
     }
     char hash[DS_MODEL_HASH_HEX];
     REQUIRE(ds_model_hash(&raw, hash) == DS_OK);
-    CHECK_STR_EQ(hash, "ccc42284ea13e1ad04693284c7a09be6");
+    CHECK_STR_EQ(hash, var->hash);
     ds_state_dict_free(&tree);
     ds_state_dict_free(&raw);
 }
@@ -141,20 +166,19 @@ static void test_tree_hash(void)
 static void test_decode_f32(void)
 {
     REQUIRE(model_ready);
-    ds_tensor out;
-    double rel = run_case(1, NULL, "decode_f32", &out);
+    double rel = run_case(1, NULL, "decode_f32", &decoded);
     CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
     CHECK(progress_calls == 3 && progress_last == 3 && progress_total == 3);
-    ds_tensor_free(&out);
 }
 
 static void test_decode_tiled_f32(void)
 {
     REQUIRE(model_ready);
     ds_tensor out;
-    double rel = run_case(1, &small_tiles, "decode_tiled_f32", &out);
+    double rel = run_case(1, &var->tiles, "decode_tiled_f32", &out);
     CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
-    CHECK(progress_calls == 9 && progress_last == 9 && progress_total == 9);
+    CHECK(progress_calls == (int)var->decode_tiles && progress_last == var->decode_tiles &&
+          progress_total == var->decode_tiles);
     /* The blend differs from the untiled decode: the tiles really overlap. */
     ds_tensor untiled = golden_tensor("decode_f32");
     CHECK(rel_l2(&out, &untiled) > 10 * TOLERANCE);
@@ -165,20 +189,18 @@ static void test_encode_tiled_f32(void)
 {
     REQUIRE(model_ready);
     ds_tensor out;
-    double rel = run_case(0, &small_tiles, "encode_tiled_f32", &out);
+    double rel = run_case(0, &var->tiles, "encode_tiled_f32", &out);
     CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
-    CHECK(progress_calls == 9 && progress_total == 9);
+    CHECK(progress_calls == (int)var->encode_tiles && progress_total == var->encode_tiles);
     ds_tensor_free(&out);
 }
 
 static void test_encode_f32(void)
 {
     REQUIRE(model_ready);
-    ds_tensor out;
-    double rel = run_case(0, NULL, "encode_f32", &out);
+    double rel = run_case(0, NULL, "encode_f32", &encoded);
     CHECK_MSG(rel >= 0 && rel < TOLERANCE, "relative L2 %.3e", rel);
     CHECK(progress_calls == 2 && progress_last == 2 && progress_total == 2);
-    ds_tensor_free(&out);
 }
 
 /* The "encode" step: a named input, a new output equal to the direct call's; with
@@ -187,7 +209,7 @@ static void test_encode_f32(void)
 static void run_encode_step(const char *tiled, ds_tensor *copy)
 {
     REQUIRE(model_ready);
-    const ds_model_class *cls = ds_model_class_find(VAE_CLASS);
+    const ds_model_class *cls = ds_model_class_find(var->model_class);
     REQUIRE(cls);
     const ds_model_step *step = ds_model_step_find(cls->steps, cls->step_count, "encode");
     REQUIRE(step);
@@ -222,18 +244,19 @@ static void test_step_matches_direct_call(void)
     ds_tensor_free(&tiled);
 }
 
-/* Encode with the weights streamed through a VRAM manager at budgets 0, half the weights and
- * unlimited: byte-identical to the call without one, the weights' peak within the budget. */
-static void test_vram_budgets(void)
+/* Decode and encode with the weights streamed through a VRAM manager at budgets 0, half the
+ * weights and unlimited: byte-identical to the call without one, the peak within the budget. */
+static void run_vram_budgets(int decode)
 {
     REQUIRE(model_ready);
     ds_error err;
-    ds_tensor ref = {0}, out = {0};
+    ds_tensor out = {0};
+    const ds_tensor *ref = decode ? &decoded : &encoded;
     ds_step_context ctx = {.backend = cpu};
-    const int64_t *shape = golden_tensor("encode_f32").shape;
-    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, shape, &ref, &err) == DS_OK);
-    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, shape, &out, &err) == DS_OK);
-    REQUIRE(ds_wan_video_vae_encode(&model, &ctx, NULL, &video, &ref, &err) == DS_OK);
+    const ds_tensor *in = decode ? &latents : &video;
+    vae_call call = decode ? ds_wan_video_vae_decode : ds_wan_video_vae_encode;
+    REQUIRE(ref->data);
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, ref->shape, &out, &err) == DS_OK);
     size_t weights = 0;
     for (size_t i = 0; i < model.params.count; i++)
         weights += model.params.entries[i].tensor.nbytes;
@@ -244,22 +267,26 @@ static void test_vram_budgets(void)
         REQUIRE(ds_vram_set_budget(mgr, budgets[i], &err) == DS_OK);
         ctx.vram = mgr;
         memset(out.data, 0, ds_tensor_nbytes(&out));
-        int rc = ds_wan_video_vae_encode(&model, &ctx, NULL, &video, &out, &err);
+        int rc = call(&model, &ctx, NULL, in, &out, &err);
         CHECK_MSG(rc == DS_OK, "budget %zu: %s", budgets[i], err.message);
-        CHECK_MSG(memcmp(out.data, ref.data, ds_tensor_nbytes(&ref)) == 0,
+        CHECK_MSG(memcmp(out.data, ref->data, ds_tensor_nbytes(ref)) == 0,
                   "budget %zu: not byte-identical", budgets[i]);
         ds_vram_stats st;
         ds_vram_stats_get(mgr, &st);
         if (i == 1)
             CHECK_MSG(st.peak_bytes <= budgets[i], "peak %zu of %zu", st.peak_bytes,
                       budgets[i]);
-        fprintf(stderr, "  budget %zu: peak %zu bytes, loads %llu\n", budgets[i],
-                st.peak_bytes, (unsigned long long)st.loads);
+        CHECK(st.activation_bytes == 0);
+        fprintf(stderr, "  %s, budget %zu: peak %zu bytes, loads %llu\n",
+                decode ? "decode" : "encode", budgets[i], st.peak_bytes,
+                (unsigned long long)st.loads);
     }
     ds_vram_manager_destroy(mgr);
-    ds_tensor_free(&ref);
     ds_tensor_free(&out);
 }
+
+static void test_vram_decode(void) { run_vram_budgets(1); }
+static void test_vram_encode(void) { run_vram_budgets(0); }
 
 static void test_input_checks(void)
 {
@@ -304,41 +331,92 @@ static void test_cancelled(void)
     ds_tensor_free(&out);
 }
 
-int main(void)
+/* A model of a class other than the two: INVALID_ARGUMENT naming it. */
+static void test_wrong_class(void)
+{
+    REQUIRE(model_ready);
+    ds_error err;
+    ds_step_context ctx = {.backend = cpu};
+    ds_tensor out = {0};
+    ds_loaded_model other = model;
+    other.cls = ds_model_class_find("diffsynth.models.qwen_image_vae.QwenImageVAE");
+    REQUIRE(other.cls);
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, golden_tensor("decode_f32").shape, &out, &err) ==
+            DS_OK);
+    CHECK(ds_wan_video_vae_decode(&other, &ctx, NULL, &latents, &out, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message,
+                   "decode: the model is a diffsynth.models.qwen_image_vae.QwenImageVAE");
+    ds_tensor_free(&out);
+}
+
+/* Every case of one class, on its golden file and its seeded model. */
+static void run_variant(const variant *v)
 {
     ds_error err;
-    const char *root = getenv("DS_TEST_DATA");
     char path[1024];
-    snprintf(path, sizeof path, "%s/%s", root ? root : "tests/data", GOLDEN);
-    if (ds_cpu_backend_create(0, &cpu, &err) != DS_OK ||
-        ds_safetensors_open(path, 0, &golden, &err) != DS_OK) {
-        fprintf(stderr, "setup: %s\n", err.message);
-        return 1;
+    var = v;
+    snprintf(path, sizeof path, "%s/%s", data_root, v->golden);
+    if (ds_safetensors_open(path, 0, &golden, &err) != DS_OK) {
+        CHECK_MSG(0, "%s", err.message);
+        return;
     }
+    fprintf(stderr, "%s\n", v->model_class);
     RUN(test_tree_hash);
     ds_golden_model_spec spec = {
-        .model_class = VAE_CLASS,
+        .model_class = v->model_class,
         .bounds = ds_golden_bounds_qwen_image_vae, /* the same rule: gammas, conv fan_in */
         .seed = SEED,
     };
     double start = now();
     model_ready = ds_golden_model_build(&spec, &model) == 0 &&
-                  seeded("wan_vae.latents", 2.0, (const int64_t[]){1, 16, 3, 8, 12}, &latents) &&
-                  seeded("wan_vae.video", 1.0, (const int64_t[]){1, 3, 5, 64, 96}, &video);
+                  seeded(v->latents_name, 2.0, v->latents_shape, &latents) &&
+                  seeded(v->video_name, 1.0, v->video_shape, &video);
     fprintf(stderr, "  seeded f32 weights and inputs: %.2f s\n", now() - start);
     RUN(test_decode_f32);
     RUN(test_encode_f32);
     RUN(test_decode_tiled_f32);
     RUN(test_encode_tiled_f32);
     RUN(test_step_matches_direct_call);
-    RUN(test_vram_budgets);
-    RUN(test_input_checks);
-    RUN(test_cancelled);
+    RUN(test_vram_decode);
+    RUN(test_vram_encode);
+    RUN(test_wrong_class);
+    if (v == &variants[0]) {
+        RUN(test_input_checks);
+        RUN(test_cancelled);
+    }
     if (model_ready)
         ds_golden_model_free(&model);
+    model_ready = 0;
     ds_tensor_free(&latents);
     ds_tensor_free(&video);
+    ds_tensor_free(&decoded);
+    ds_tensor_free(&encoded);
     ds_safetensors_close(golden);
+    golden = NULL;
+}
+
+/* argv[1]: the class's index in variants (meson runs each as its own test); none: all. */
+int main(int argc, char **argv)
+{
+    ds_error err;
+    const char *root = getenv("DS_TEST_DATA");
+    size_t count = sizeof variants / sizeof variants[0], first = 0, end = count;
+    data_root = root ? root : "tests/data";
+    if (argc > 1) {
+        first = (size_t)strtoul(argv[1], NULL, 10);
+        end = first + 1;
+        if (first >= count) {
+            fprintf(stderr, "no class %s (0..%zu)\n", argv[1], count - 1);
+            return 1;
+        }
+    }
+    if (ds_cpu_backend_create(0, &cpu, &err) != DS_OK) {
+        fprintf(stderr, "setup: %s\n", err.message);
+        return 1;
+    }
+    for (size_t i = first; i < end; i++)
+        run_variant(&variants[i]);
     cpu->destroy(cpu);
     return test_summary();
 }

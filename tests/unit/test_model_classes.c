@@ -557,10 +557,11 @@ static void test_vace_kwargs(void)
 
 static void test_registry(void)
 {
-    CHECK(ds_model_class_count == 8);
+    CHECK(ds_model_class_count == 9);
     CHECK(ds_model_class_find(WAN_TE_CLASS) != NULL);
     CHECK(ds_model_class_find(VACE_CLASS) != NULL);
     CHECK(ds_model_class_find("diffsynth.models.wan_video_vae.WanVideoVAE") != NULL);
+    CHECK(ds_model_class_find("diffsynth.models.wan_video_vae.WanVideoVAE38") != NULL);
     for (size_t i = 0; i < ds_model_class_count; i++)
         CHECK(ds_model_class_find(ds_model_classes[i]->name) == ds_model_classes[i]);
     CHECK(ds_model_class_find(WAN_CLASS) != NULL);
