@@ -23,6 +23,7 @@
 #define WAN_HASH "9269f8db9040a9d860eaca435be61814"
 #define WAN_TE_HASH "9c8818c2cbea55eca56c7b447df170da"  /* models_t5_umt5-xxl-enc-bf16.pth */
 #define WAN_VAE_HASH "ccc42284ea13e1ad04693284c7a09be6" /* Wan2.1_VAE.pth */
+#define WAN_VAE38_HASH "e1de6c02cdac79f8b739f4d3698cd216" /* Wan2.2_VAE.pth */
 /* facts §1.2 test vectors */
 #define AB_HASH "0bbf59d9c4e0b8258498955c8f645abc"       /* {"a.weight":[4,3], "a.bias":[4]} */
 #define XY_HASH "89c7f7795f4b25b523280442253443f7"       /* {"x":[1], "x.y":[2]} */
@@ -35,8 +36,8 @@
 #define BUILTIN_CONFIGS 208
 
 static it_env env;
-static char **dit, **vae, **te, **cn, **cn_inpaint, **wan, **wan_te, **wan_vae;
-static size_t dit_n, vae_n, te_n, cn_n, cn_inpaint_n, wan_n, wan_te_n, wan_vae_n;
+static char **dit, **vae, **te, **cn, **cn_inpaint, **wan, **wan_te, **wan_vae, **wan_vae38;
+static size_t dit_n, vae_n, te_n, cn_n, cn_inpaint_n, wan_n, wan_te_n, wan_vae_n, wan_vae38_n;
 static char ab_path[256], two_a[256], two_b[256], xy_path[256], outside[256], link_out[256];
 static char malformed[256], configs_path[256];
 /* The pool before the bad requests, which must leave it untouched. */
@@ -303,13 +304,18 @@ static void test_identify_wan(void)
                      "\"dim\": 1536, \"ffn_dim\": 8960, \"freq_dim\": 256, \"text_dim\": 4096, "
                      "\"out_dim\": 16, \"num_heads\": 12, \"num_layers\": 30, \"eps\": 1e-6}",
                      true);
-    /* The UMT5 text encoder and the Wan2.1 VAE, with upstream's names and shapes (the .pth
+    /* The UMT5 text encoder and the Wan2.1 and Wan2.2 VAEs, with upstream's names and shapes (the .pth
      * files' keys) in safetensors: the hash is over names and shapes, so they identify as the
      * real files do. */
     check_identified(wan_te, wan_te_n, WAN_TE_HASH, 242, "wan_video_text_encoder",
                      "diffsynth.models.wan_video_text_encoder.WanTextEncoder", NULL, NULL, true);
     check_identified(wan_vae, wan_vae_n, WAN_VAE_HASH, 194, "wan_video_vae",
                      "diffsynth.models.wan_video_vae.WanVideoVAE",
+                     "diffsynth.utils.state_dict_converters.wan_video_vae."
+                     "WanVideoVAEStateDictConverter",
+                     NULL, true);
+    check_identified(wan_vae38, wan_vae38_n, WAN_VAE38_HASH, 196, "wan_video_vae",
+                     "diffsynth.models.wan_video_vae.WanVideoVAE38",
                      "diffsynth.utils.state_dict_converters.wan_video_vae."
                      "WanVideoVAEStateDictConverter",
                      NULL, true);
@@ -654,7 +660,8 @@ static int make_all(void)
                       &cn_inpaint, &cn_inpaint_n) != 0 ||
         it_make_model(&env, "wan2.1_t2v_1.3b", "wan", 1, &wan, &wan_n) != 0 ||
         it_make_model(&env, "wan2.1_text_encoder", "wan-te", 1, &wan_te, &wan_te_n) != 0 ||
-        it_make_model(&env, "wan2.1_vae", "wan-vae", 1, &wan_vae, &wan_vae_n) != 0)
+        it_make_model(&env, "wan2.1_vae", "wan-vae", 1, &wan_vae, &wan_vae_n) != 0 ||
+        it_make_model(&env, "wan2.2_vae", "wan-vae38", 1, &wan_vae38, &wan_vae38_n) != 0)
         return -1;
 
     snprintf(ab_path, sizeof ab_path, "%s/unknown.safetensors", env.models);
@@ -745,6 +752,7 @@ int main(int argc, char **argv)
     ds_st_paths_free(wan, wan_n);
     ds_st_paths_free(wan_te, wan_te_n);
     ds_st_paths_free(wan_vae, wan_vae_n);
+    ds_st_paths_free(wan_vae38, wan_vae38_n);
     it_env_cleanup(&env);
     return test_summary();
 }
