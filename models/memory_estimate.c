@@ -355,8 +355,10 @@ static int wan_dit_forward(const ds_loaded_model *m, int64_t batch, int64_t toke
                              sat_mul3(time_rows, t, w.freq_dim + 25 * w.dim));
     /* The text context: its upload, hidden and embedded copies, k and v. */
     state = sat_add(state, sat_mul3(B, L, sat_mul(t, w.text_dim + 4 * w.dim)));
+    /* The CLIP rows (two frames' with has_image_pos_emb: bound with those) and, then, the
+     * second frame's in the cross-attention's context. */
     if (clip)
-        state = sat_add(state, sat_mul3(B, 257, sat_mul(t, 3 * 1280 + 4 * w.dim)));
+        state = sat_add(state, sat_mul3(B, 514, sat_mul(t, 3 * 1280 + 8 * w.dim)));
     if (vace_in > 0)
         state = sat_add(state, sat_mul3(B, N, sat_mul(t, sat_add(sat_mul(w.layers, w.dim),
                                                               8 * pos(vace_in) + w.dim))));

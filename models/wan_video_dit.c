@@ -61,7 +61,7 @@ typedef struct input_weights {
     ds__linear_weights clip_1;          /* img_emb.proj.1: [1280, 1280] */
     ds__linear_weights clip_2;          /* img_emb.proj.3: [dim, 1280] */
     ds_tensor clip_ln2_w, clip_ln2_b;   /* img_emb.proj.4: LayerNorm(dim) */
-    ds_tensor clip_pos;                 /* img_emb.emb_pos [1, 514, 1280]: declared only */
+    ds_tensor clip_pos;                 /* img_emb.emb_pos [1, 514, 1280] */
     ds__linear_weights ref_conv;        /* declared only */
     ds__linear_weights control_conv;    /* declared only (SimpleAdapter) */
     ds__linear_weights control_res1;
@@ -98,8 +98,8 @@ static const ds_module input_modules[] = {
     LINEAR("time_embedding.0", D(KW_DIM), D(KW_FREQ_DIM), 0, IN(time_1), 0),
     LINEAR("time_embedding.2", D(KW_DIM), D(KW_DIM), 0, IN(time_2), 0),
     LINEAR("time_projection.1", D(KW_SIX_DIM), D(KW_DIM), 0, IN(time_projection), 0),
-    {"img_emb.emb_pos", DS_MODULE_TENSOR, 3, {1, CLIP_POS_TOKENS, CLIP_DIM}, DS_MODULE_NO_UNIT,
-     IN(clip_pos), DS_MODULE_IF(KW_IMAGE_POS)},
+    {"img_emb.emb_pos", DS_MODULE_TENSOR, 3, {1, CLIP_POS_TOKENS, CLIP_DIM}, 0, IN(clip_pos),
+     DS_MODULE_IF(KW_IMAGE_POS)},
     VEC("img_emb.proj.0", CLIP_DIM, 0, IN(clip_ln1_w), DS_MODULE_IF(KW_IMAGE)),
     BIAS("img_emb.proj.0.bias", CLIP_DIM, 0, IN(clip_ln1_b), DS_MODULE_IF(KW_IMAGE)),
     LINEAR("img_emb.proj.1", CLIP_DIM, CLIP_DIM, 0, IN(clip_1), DS_MODULE_IF(KW_IMAGE)),
@@ -349,18 +349,38 @@ static int layer_norm(ds_backend *b, const ds_tensor *x, const ds_tensor *w, con
     return ds_layer_norm(b, NULL, &a, err);
 }
 
-/* img_emb (MLP): LayerNorm, Linear, GELU (erf), Linear, LayerNorm. */
-static int image_embedding(ds_backend *b, const input_weights *w, const ds_tensor *clip,
-                           ds__wan_state *s, ds_error *err)
+/* img_emb (MLP): with pos_emb, x + emb_pos first; LayerNorm, Linear, GELU (erf), Linear,
+ * LayerNorm. */
+static int image_embedding(ds_backend *b, const ds__wan_dims *d, const input_weights *w,
+                           const ds_tensor *clip, ds__wan_state *s, ds_error *err)
 {
+    ds_binary_args pos = {clip, &w->clip_pos, DS_BINARY_ADD, &s->clip_b};
+    ds_tensor *out = d->clip_tokens == CLIP_TOKENS ? &s->img : &s->img_all;
     int rc;
+    if (d->clip_tokens != CLIP_TOKENS) {
+        if ((rc = ds_binary(b, NULL, &pos, err)) != DS_OK)
+            return rc;
+        clip = &s->clip_b;
+    }
     if ((rc = layer_norm(b, clip, &w->clip_ln1_w, &w->clip_ln1_b, 1e-5f, &s->clip_a, err)) !=
             DS_OK ||
         (rc = ds__wan_linear(b, &s->clip_a, &w->clip_1, DS_ACT_GELU_ERF, &s->clip_b, err)) !=
             DS_OK ||
-        (rc = ds__wan_linear(b, &s->clip_b, &w->clip_2, DS_ACT_NONE, &s->clip_c, err)) != DS_OK)
+        (rc = ds__wan_linear(b, &s->clip_b, &w->clip_2, DS_ACT_NONE, &s->clip_c, err)) != DS_OK ||
+        (rc = layer_norm(b, &s->clip_c, &w->clip_ln2_w, &w->clip_ln2_b, 1e-5f, out, err)) !=
+            DS_OK ||
+        d->clip_tokens == CLIP_TOKENS)
         return rc;
-    return layer_norm(b, &s->clip_c, &w->clip_ln2_w, &w->clip_ln2_b, 1e-5f, &s->img, err);
+    /* CrossAttention takes the first 257 rows as the image's and the rest, the second frame's
+     * rows before the text, as its context. */
+    ds_slice_args first = {&s->img_all, 1, 0, &s->img};
+    ds_slice_args second = {&s->img_all, 1, CLIP_TOKENS, &s->ki};
+    const ds_tensor *parts[] = {&s->ki, &s->text};
+    ds_concat_args cat = {parts, 2, 1, &s->ctx};
+    if ((rc = ds_slice(b, NULL, &first, err)) != DS_OK ||
+        (rc = ds_slice(b, NULL, &second, err)) != DS_OK)
+        return rc;
+    return ds_concat(b, NULL, &cat, err);
 }
 
 /* sinusoidal_embedding_1d ([cos | sin], in the compute dtype), time_embedding and
@@ -482,13 +502,12 @@ static int check_inputs(const wan_config *c, const ds_wan_video_dit_inputs *in,
     }
 
     d->image = c->has_image_input;
-    if (c->has_image_input && c->has_image_pos_emb)
-        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
-                            "forward: a WanModel with has_image_pos_emb (first-last-frame CLIP "
-                            "tokens) is not implemented");
+    d->clip_tokens = c->has_image_pos_emb ? CLIP_POS_TOKENS : CLIP_TOKENS;
+    d->ctx_len = d->text_len + (d->image ? d->clip_tokens - CLIP_TOKENS : 0);
     if (c->has_image_input) {
-        snprintf(expected, sizeof expected, "[%lld, %d, %d] %s (latents' batch and dtype)",
-                 (long long)d->batch, CLIP_TOKENS, CLIP_DIM, dn);
+        snprintf(expected, sizeof expected, "[%lld, %lld, %d] %s (latents' batch and dtype%s)",
+                 (long long)d->batch, (long long)d->clip_tokens, CLIP_DIM, dn,
+                 c->has_image_pos_emb ? "; has_image_pos_emb: two frames' tokens" : "");
         const ds_tensor *clip = in->clip_feature;
         if (!clip)
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -499,7 +518,7 @@ static int check_inputs(const wan_config *c, const ds_wan_video_dit_inputs *in,
                                 "forward: has_image_input with require_clip_embedding false is "
                                 "not implemented");
         if (clip->dtype != d->dtype || clip->ndim != 3 || clip->shape[0] != d->batch ||
-            clip->shape[1] != CLIP_TOKENS || clip->shape[2] != CLIP_DIM || !clip->data)
+            clip->shape[1] != d->clip_tokens || clip->shape[2] != CLIP_DIM || !clip->data)
             return ds_module_bad_tensor("forward", "input", "clip_feature", clip, expected, err);
     } else if (in->clip_feature) {
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -632,9 +651,10 @@ static int alloc_state(const ds__wan_dims *d, ds_backend *b, ds__wan_state *s, d
         (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, D),
                               DS_TENSORS(&s->x, &s->xn, &s->q, &s->k, &s->v, &s->attn, &s->y),
                               err)) != DS_OK ||
-        (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, D),
-                              DS_TENSORS(&s->ctx_hidden, &s->ctx, &s->kc, &s->vc), err)) !=
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, D), DS_TENSORS(&s->ctx_hidden), err)) !=
             DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, d->ctx_len, D),
+                              DS_TENSORS(&s->ctx, &s->kc, &s->vc), err)) != DS_OK ||
         (rc = ds_module_alloc(b, t, 2, SHAPE(R * S, d->freq_dim), DS_TENSORS(&s->freq), err)) !=
             DS_OK ||
         (rc = ds_module_alloc(b, t, 2, SHAPE(R * S, D),
@@ -658,12 +678,18 @@ static int alloc_state(const ds__wan_dims *d, ds_backend *b, ds__wan_state *s, d
         if ((rc = ds_module_alloc(b, t, 4, SHAPE(R, S, 1, D), DS_TENSORS(&s->head_mod[i]),
                                   err)) != DS_OK)
             return rc;
+    int64_t C = d->clip_tokens;
     if (d->image &&
-        ((rc = ds_module_alloc(b, t, 3, SHAPE(B, CLIP_TOKENS, CLIP_DIM),
-                               DS_TENSORS(&s->clip_a, &s->clip_b), err)) != DS_OK ||
+        ((rc = ds_module_alloc(b, t, 3, SHAPE(B, C, CLIP_DIM), DS_TENSORS(&s->clip_a, &s->clip_b),
+                               err)) != DS_OK ||
+         (rc = ds_module_alloc(b, t, 3, SHAPE(B, C, D), DS_TENSORS(&s->clip_c), err)) != DS_OK ||
          (rc = ds_module_alloc(b, t, 3, SHAPE(B, CLIP_TOKENS, D),
-                               DS_TENSORS(&s->clip_c, &s->img, &s->ki, &s->vi), err)) != DS_OK ||
+                               DS_TENSORS(&s->img, &s->ki, &s->vi), err)) != DS_OK ||
          (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, D), DS_TENSORS(&s->attn_img), err)) != DS_OK))
+        return rc;
+    if (d->image && C != CLIP_TOKENS &&
+        ((rc = ds_module_alloc(b, t, 3, SHAPE(B, C, D), DS_TENSORS(&s->img_all), err)) != DS_OK ||
+         (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, D), DS_TENSORS(&s->text), err)) != DS_OK))
         return rc;
     return DS_OK;
 }
@@ -732,13 +758,15 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
                                     err)) != DS_OK)
             goto done;
 
-    /* t, t_mod; context = text_embedding(context); the CLIP tokens; patchify. */
+    /* t, t_mod; context = text_embedding(context); the CLIP tokens (with pos_emb, the second
+     * frame's joining the context); patchify. */
     if ((rc = ds_module_use(&run, INPUTS, 0, 0, &iw, err)) != DS_OK ||
         (rc = time_embedding(b, &d, &iw, &s, err)) != DS_OK ||
         (rc = ds__wan_linear(b, &context, &iw.text_1, DS_ACT_GELU_TANH, &s.ctx_hidden, err)) !=
             DS_OK ||
-        (rc = ds__wan_linear(b, &s.ctx_hidden, &iw.text_2, DS_ACT_NONE, &s.ctx, err)) != DS_OK ||
-        (d.image && (rc = image_embedding(b, &iw, &clip, &s, err)) != DS_OK) ||
+        (rc = ds__wan_linear(b, &s.ctx_hidden, &iw.text_2, DS_ACT_NONE,
+                             d.ctx_len == d.text_len ? &s.ctx : &s.text, err)) != DS_OK ||
+        (d.image && (rc = image_embedding(b, &d, &iw, &clip, &s, err)) != DS_OK) ||
         (rc = ds__wan_patch_embedding(b, &d, &iw.patch_embedding, &x_in, &s.packed, &s.x, err)) !=
             DS_OK ||
         (rc = ds_module_done(&run, err)) != DS_OK)
@@ -847,7 +875,7 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx,
                                  SHAPE(-1, -1, -1), "[B, L, text_dim] in latents' dtype",
                                  &args.context, err)) != DS_OK ||
         (rc = ds_step_io_require(in, "forward", "clip_feature", 1, &args.latents->dtype, 1, 3,
-                                 SHAPE(-1, -1, -1), "[B, 257, 1280] in latents' dtype",
+                                 SHAPE(-1, -1, -1), "[B, 257 or 514, 1280] in latents' dtype",
                                  &args.clip_feature, err)) != DS_OK ||
         (rc = ds_step_io_require(in, "forward", "y", 1, &args.latents->dtype, 1, 5,
                                  SHAPE(-1, -1, -1, -1, -1),
@@ -874,7 +902,7 @@ static const ds_model_step steps[] = {
         .name = "forward",
         .usage = "forward: latents [B, out_dim, F, H, W] (f32 or bf16, H and W even), timestep "
                  "[B] or [1] (0..1000), context [B, L, text_dim] (latents' dtype); clip_feature "
-                 "[B, 257, 1280] (has_image_input models), y [B, in_dim - out_dim, F, H, W] "
+                 "[B, 257, 1280] (has_image_input models; [B, 514, 1280] with has_image_pos_emb), y [B, in_dim - out_dim, F, H, W] "
                  "(image-to-video models), fuse_vae_embedding_in_latents (seperated_timestep "
                  "models: the first frame at timestep 0); with an aux model of role \"vace\" (a "
                  "VaceWanModel): vace_context [B, vace_in_dim, F, H, W], vace_scale (default 1) "
