@@ -43,23 +43,23 @@ typedef struct ds__wan_block_weights {
 #define DS__WAN_BIAS(name, n, unit, field, when) \
     {name, DS_MODULE_TENSOR, 1, {n}, unit, field, when}
 
+/* SelfAttention's and CrossAttention's shared entries: q, k, v, o and the q/k RMSNorms of the
+ * attention named `attn` ("self_attn"), in unit `unit`, into fields f##_q ... f##_norm_k. */
+#define DS__WAN_ATTENTION_MODULES(attn, unit, f, dim)                                           \
+    DS__WAN_LINEAR(attn ".q", (dim), (dim), unit, DS__WAN_BLOCK(f##_q), 0),                     \
+    DS__WAN_LINEAR(attn ".k", (dim), (dim), unit, DS__WAN_BLOCK(f##_k), 0),                     \
+    DS__WAN_LINEAR(attn ".v", (dim), (dim), unit, DS__WAN_BLOCK(f##_v), 0),                     \
+    DS__WAN_LINEAR(attn ".o", (dim), (dim), unit, DS__WAN_BLOCK(f##_o), 0),                     \
+    DS__WAN_VEC(attn ".norm_q", (dim), unit, DS__WAN_BLOCK(f##_norm_q), 0),                     \
+    DS__WAN_VEC(attn ".norm_k", (dim), unit, DS__WAN_BLOCK(f##_norm_k), 0)
+
 /* DiTBlock's module entries in state_dict order (its own modulation first); dim and ffn are
  * shape entries (DS_MODULE_DIM), image the `when` of the CLIP keys. */
 #define DS__WAN_BLOCK_MODULES(dim, ffn, image) \
     {"modulation", DS_MODULE_TENSOR, 3, {1, 6, (dim)}, DS__WAN_SELF_ATTN,                        \
      DS__WAN_BLOCK(modulation), 0},                                                              \
-    DS__WAN_LINEAR("self_attn.q", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_q), 0),     \
-    DS__WAN_LINEAR("self_attn.k", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_k), 0),     \
-    DS__WAN_LINEAR("self_attn.v", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_v), 0),     \
-    DS__WAN_LINEAR("self_attn.o", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_o), 0),     \
-    DS__WAN_VEC("self_attn.norm_q", (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_norm_q), 0),     \
-    DS__WAN_VEC("self_attn.norm_k", (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_norm_k), 0),     \
-    DS__WAN_LINEAR("cross_attn.q", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_q), 0),   \
-    DS__WAN_LINEAR("cross_attn.k", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_k), 0),   \
-    DS__WAN_LINEAR("cross_attn.v", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_v), 0),   \
-    DS__WAN_LINEAR("cross_attn.o", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_o), 0),   \
-    DS__WAN_VEC("cross_attn.norm_q", (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_norm_q), 0),   \
-    DS__WAN_VEC("cross_attn.norm_k", (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_norm_k), 0),   \
+    DS__WAN_ATTENTION_MODULES("self_attn", DS__WAN_SELF_ATTN, sa, dim),                          \
+    DS__WAN_ATTENTION_MODULES("cross_attn", DS__WAN_CROSS_ATTN, ca, dim),                        \
     DS__WAN_LINEAR("cross_attn.k_img", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_k_img), \
            (image)),                                                                            \
     DS__WAN_LINEAR("cross_attn.v_img", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_v_img), \

@@ -162,9 +162,11 @@ static int dim_kwarg(ds_kwargs *kw, const char *name, int required, int64_t *v, 
     return DS_OK;
 }
 
-/* Reads and checks every kwarg (WanModel's constructor has no defaults for the shapes). */
-static int read_config(ds_kwargs *kw, wan_config *c, ds_error *err)
+/* Reads and checks every kwarg (WanModel's constructor has no defaults for the shapes) into a
+ * wan_config. */
+static int read_config(ds_kwargs *kw, void *config, ds_error *err)
 {
+    wan_config *c = config;
     *c = (wan_config){.in_dim_control_adapter = 24, .require_vae_embedding = 1,
                       .require_clip_embedding = 1};
     int64_t patch[3] = {0};
@@ -276,32 +278,7 @@ static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error
     return ds_module_declare(&modules, dims, params, err);
 }
 
-/* The loaded model's kwargs, read as at load. */
-static int model_config(const ds_loaded_model *m, wan_config *c, ds_error *err)
-{
-    ds_kwargs *kw = NULL;
-    int rc = ds_kwargs_parse(m->extra_kwargs_json, CLASS_NAME, &kw, err);
-    if (rc == DS_OK)
-        rc = read_config(kw, c, err);
-    ds_kwargs_free(kw);
-    return rc;
-}
-
 /* ---- Forward pass ---- */
-
-static void state_free(ds__wan_state *s)
-{
-    ds_tensor *all[DS__WAN_STATE_TENSORS];
-    size_t n = ds__wan_state_tensors(s, all);
-    for (size_t i = 0; i < n; i++)
-        ds_tensor_free(all[i]);
-}
-
-static size_t state_bytes(ds__wan_state *s)
-{
-    ds_tensor *all[DS__WAN_STATE_TENSORS];
-    return ds_module_bytes(all, ds__wan_state_tensors(s, all));
-}
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
@@ -401,10 +378,11 @@ static int time_embedding(ds_backend *b, const ds__wan_dims *d, const input_weig
 }
 
 /* Head: modulate(norm(x), shift, scale) with (modulation + t).chunk(2), then head; the result
- * unpatchified "b (f h w) (x y z c) -> b c (f x) (h y) (w z)". */
-static int head(ds_backend *b, const ds__wan_dims *d, const output_weights *w, ds__wan_state *s,
+ * unpatchified "b (f h w) (x y z c) -> b c (f x) (h y) (w z)". Its unit is held around it. */
+static int head(ds_backend *b, ds_module_run *run, const ds__wan_dims *d, ds__wan_state *s,
                 ds_tensor *noise, ds_error *err)
 {
+    output_weights w;
     ds_tensor t4 = ds_module_view(&s->t, 4, SHAPE(d->mod_rows, d->mod_tokens, 1, d->dim));
     const ds_tensor *twice[] = {&t4, &t4};
     ds_concat_args cat = {twice, 2, 2, &s->head_t};
@@ -418,15 +396,17 @@ static int head(ds_backend *b, const ds__wan_dims *d, const output_weights *w, d
                                                        d->grid_w * PATCH));
     ds_patchify_args unpack = {&stacked, PATCH, &packed};
     int rc;
-    if ((rc = ds_concat(b, NULL, &cat, err)) != DS_OK ||
-        (rc = ds__wan_add_and_chunk(b, &s->head_t, &w->modulation, &s->head_t, 2, s->head_mod,
+    if ((rc = ds_module_use(run, OUTPUTS, 0, 0, &w, err)) != DS_OK ||
+        (rc = ds_concat(b, NULL, &cat, err)) != DS_OK ||
+        (rc = ds__wan_add_and_chunk(b, &s->head_t, &w.modulation, &s->head_t, 2, s->head_mod,
                                     err)) != DS_OK ||
         (rc = ds__wan_norm_modulate(b, d, &s->x, &s->head_mod[0], &s->head_mod[1], &s->xn, err)) !=
             DS_OK ||
-        (rc = ds__wan_linear(b, &s->xn, &w->head, DS_ACT_NONE, &s->head_out, err)) != DS_OK ||
-        (rc = ds_permute(b, NULL, &perm, err)) != DS_OK)
+        (rc = ds__wan_linear(b, &s->xn, &w.head, DS_ACT_NONE, &s->head_out, err)) != DS_OK ||
+        (rc = ds_permute(b, NULL, &perm, err)) != DS_OK ||
+        (rc = ds_unpatchify(b, NULL, &unpack, err)) != DS_OK)
         return rc;
-    return ds_unpatchify(b, NULL, &unpack, err);
+    return ds_module_done(run, err);
 }
 
 /* ---- Inputs ---- */
@@ -714,6 +694,25 @@ static int model_input(const ds__wan_dims *d, const ds_wan_video_dit_inputs *in,
     return ds_concat(b, NULL, &cat, err);
 }
 
+/* One turn of model_fn_wan_video's block loop: DiT block i, then the VACE hint of layer i if
+ * there is one; cancellable before it, reported after it. */
+static int dit_block(ds_backend *b, const ds_step_context *ctx, ds_module_run *run, int64_t i,
+                     int64_t blocks, const ds__wan_dims *d, ds__wan_state *s,
+                     const ds_wan_video_dit_inputs *in, const ds__wan_vace_config *vc,
+                     ds_tensor *hints, ds_error *err)
+{
+    ds__wan_block_weights w;
+    int rc = ds_module_cancelled(ctx, "forward", "block", i, blocks, err);
+    if (rc != DS_OK)
+        return rc;
+    if ((rc = ds__wan_block(b, run, BLOCKS, i, d, s, &s->x, &w, err)) != DS_OK ||
+        (rc = ds_module_done(run, err)) != DS_OK ||
+        (in->vace && (rc = add_hint(b, vc, in->vace_scale, i, hints, s, err)) != DS_OK))
+        return ds_error_prefix(err, "forward: block %lld: ", (long long)i);
+    ds_module_progress(ctx, "forward", i, blocks);
+    return DS_OK;
+}
+
 int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ctx,
                              const ds_wan_video_dit_inputs *in, ds_tensor *noise_pred_out,
                              ds_error *err)
@@ -723,15 +722,17 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
     ds__wan_state s;
     ds_module_run run;
     input_weights iw;
-    output_weights ow;
     ds__wan_vace_config vc = {0};
     ds_tensor hints[DS__WAN_VACE_LAYERS_MAX];
     memset(hints, 0, sizeof hints);
     memset(&s, 0, sizeof s);
     memset(&run, 0, sizeof run);
+    ds_tensor *state[DS__WAN_STATE_TENSORS];
+    size_t state_count = ds__wan_state_tensors(&s, state);
     if (!m || !ctx || !ctx->backend || !in)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model, inputs or backend");
-    int rc = model_config(m, &c, err);
+    /* The loaded model's kwargs, read as at load. */
+    int rc = ds_kwargs_read(m->extra_kwargs_json, CLASS_NAME, read_config, &c, err);
     if (rc != DS_OK || (rc = check_inputs(&c, in, noise_pred_out, &d, err)) != DS_OK ||
         (rc = check_vace(&c, in, &d, &vc, err)) != DS_OK)
         return rc;
@@ -749,7 +750,8 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
         (rc = upload_time(&d, in->timestep, b, &s, err)) != DS_OK ||
         (rc = rope_tables(&d, &s, err)) != DS_OK ||
         (rc = ds_module_output(b, noise_pred_out, &s.noise, &noise, err)) != DS_OK ||
-        (rc = ds_module_reserve(&run, "forward: activations", state_bytes(&s), err)) != DS_OK)
+        (rc = ds_module_reserve(&run, "forward: activations",
+                                     ds_module_bytes(state, state_count), err)) != DS_OK)
         goto done;
     for (int n = 0; n < vc.layer_count; n++)
         if ((rc = ds_module_alloc(b, d.dtype, 3, (const int64_t[]){d.batch, d.tokens, d.dim},
@@ -775,27 +777,13 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
                                              err)) != DS_OK)
         goto done;
 
-    for (int64_t i = 0; i < blocks; i++) {
-        if ((rc = ds_module_cancelled(ctx, "forward", "block", i, blocks, err)) != DS_OK)
-            goto done;
-        ds__wan_block_weights bw;
-        if ((rc = ds__wan_block(b, &run, BLOCKS, i, &d, &s, &s.x, &bw, err)) != DS_OK ||
-            (rc = ds_module_done(&run, err)) != DS_OK ||
-            (in->vace &&
-             (rc = add_hint(b, &vc, in->vace_scale, i, hints, &s, err)) != DS_OK)) {
-            ds_error_prefix(err, "forward: block %lld: ", (long long)i);
-            goto done;
-        }
-        ds_module_progress(ctx, "forward", i, blocks);
-    }
-
-    if ((rc = ds_module_use(&run, OUTPUTS, 0, 0, &ow, err)) == DS_OK &&
-        (rc = head(b, &d, &ow, &s, &noise, err)) == DS_OK &&
-        (rc = ds_module_done(&run, err)) == DS_OK)
+    for (int64_t i = 0; rc == DS_OK && i < blocks; i++)
+        rc = dit_block(b, ctx, &run, i, blocks, &d, &s, in, &vc, hints, err);
+    if (rc == DS_OK && (rc = head(b, &run, &d, &s, &noise, err)) == DS_OK)
         rc = ds_module_deliver(b, &noise, noise_pred_out, err);
 done:
     ds_module_close(&run);
-    state_free(&s);
+    ds_module_free_all(state, state_count);
     for (int n = 0; n < DS__WAN_VACE_LAYERS_MAX; n++)
         ds_tensor_free(&hints[n]);
     return rc;
@@ -844,14 +832,7 @@ static int step_vace(const ds_step_context *ctx, const ds_step_io *in,
     if (!args->vace && scale)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "forward: \"vace_scale\" given without a model of role \"vace\"");
-    if (scale) {
-        if (!isfinite(scale->number))
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "forward: parameter \"vace_scale\" is \"%s\", expected a finite "
-                                "number", scale->text);
-        args->vace_scale = (float)scale->number;
-    }
-    return DS_OK;
+    return ds_step_param_finite(scale, "forward", &args->vace_scale, err);
 }
 
 static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx,
