@@ -363,13 +363,5 @@ int main(int argc, char **argv)
         return 1;
     }
     RUN(test_two_models_one_mapping);
-    int status = -1;
-    if (it_daemon_stop(&env, &status) != 0 || status != 0) {
-        fprintf(stderr, "FAIL the daemon did not stop cleanly (status %d)\n", status);
-        test_failures++;
-    }
-    if (test_failures)
-        it_dump_log(&env);
-    it_env_cleanup(&env);
-    return test_failures ? 1 : 0;
+    return it_finish(&env, test_failures);
 }
