@@ -883,11 +883,12 @@ static const ds_model_step steps[] = {
         .name = "forward",
         .usage = "forward: latents [B, out_dim, F, H, W] (f32 or bf16, H and W even), timestep "
                  "[B] or [1] (0..1000), context [B, L, text_dim] (latents' dtype); clip_feature "
-                 "[B, 257, 1280] (has_image_input models; [B, 514, 1280] with has_image_pos_emb), y [B, in_dim - out_dim, F, H, W] "
-                 "(image-to-video models), fuse_vae_embedding_in_latents (seperated_timestep "
-                 "models: the first frame at timestep 0); with an aux model of role \"vace\" (a "
-                 "VaceWanModel): vace_context [B, vace_in_dim, F, H, W], vace_scale (default 1) "
-                 "-> noise_pred [B, out_dim, F, H, W]",
+                 "[B, 257, 1280] (has_image_input models; [B, 514, 1280] with "
+                 "has_image_pos_emb), y [B, in_dim - out_dim, F, H, W] (image-to-video models), "
+                 "fuse_vae_embedding_in_latents (seperated_timestep models: the first frame at "
+                 "timestep 0); with an aux model of role \"vace\" (a VaceWanModel): "
+                 "vace_context [B, vace_in_dim, F, H, W], vace_scale (default 1) -> noise_pred "
+                 "[B, out_dim, F, H, W]",
         .run = forward_step,
     },
 };
