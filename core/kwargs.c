@@ -189,3 +189,14 @@ int ds_kwargs_check_all_used(const ds_kwargs *kwargs, ds_error *err)
                                 kwargs->owner, kwargs->names[i]);
     return DS_OK;
 }
+
+int ds_kwargs_read(const char *json, const char *owner, ds_kwargs_reader read, void *config,
+                   ds_error *err)
+{
+    ds_kwargs *kw = NULL;
+    int rc = ds_kwargs_parse(json, owner, &kw, err);
+    if (rc == DS_OK)
+        rc = read(kw, config, err);
+    ds_kwargs_free(kw);
+    return rc;
+}

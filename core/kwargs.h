@@ -34,4 +34,11 @@ const char *ds__json_type_name(const struct json_t *value);
 /* INVALID_ARGUMENT naming the first unread kwarg, as Python's "unexpected keyword argument". */
 int ds_kwargs_check_all_used(const ds_kwargs *kwargs, ds_error *err);
 
+/* A class's reader of its constructor's kwargs into its config struct. */
+typedef int (*ds_kwargs_reader)(ds_kwargs *kwargs, void *config, ds_error *err);
+/* Parses `json` (as ds_kwargs_parse) and runs `read` on it into `config`: a loaded model's
+ * kwargs read again as at its load. */
+int ds_kwargs_read(const char *json, const char *owner, ds_kwargs_reader read, void *config,
+                   ds_error *err);
+
 #endif

@@ -32,13 +32,19 @@ static void close_file(ds_model_file *file)
 
 void ds_model_files_close(ds_model_files *files)
 {
-    if (!files)
+    if (!files || atomic_fetch_sub(&files->refs, 1) > 1)
         return;
     for (size_t i = 0; i < files->count; i++)
         close_file(&files->files[i]);
     ds_state_dict_free(&files->merged);
     free(files->files);
     free(files);
+}
+
+ds_model_files *ds_model_files_retain(ds_model_files *files)
+{
+    atomic_fetch_add(&files->refs, 1);
+    return files;
 }
 
 static int64_t mtime_ns(const struct stat *st)
@@ -107,6 +113,7 @@ int ds_model_files_open_fds(const int *fds, const char *const *paths, size_t cou
     ds_model_files *files = calloc(1, sizeof *files);
     if (!files)
         return ds_error_set(err, rc, "out of memory opening %zu model files", count);
+    atomic_init(&files->refs, 1);
     ds_state_dict_init(&files->merged);
     files->files = calloc(count, sizeof *files->files);
     if (!files->files) {

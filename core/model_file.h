@@ -49,6 +49,9 @@ typedef struct ds_model_files {
      * always stale: the weights no longer match the files. */
     atomic_int stale;
     char stale_reason[512];     /* names the file and what changed */
+    /* Holders of this open: one file set can hold several models (upstream's "multiple models
+     * in the same file"), each loaded from the one mapping. */
+    atomic_uint refs;
 } ds_model_files;
 
 ds_file_format ds_file_format_for_path(const char *path);
@@ -60,7 +63,10 @@ int ds_model_files_open(const char *const *paths, size_t count, ds_model_files *
  * its name (format, messages). fds NULL = open by path. */
 int ds_model_files_open_fds(const int *fds, const char *const *paths, size_t count,
                             ds_model_files **out, ds_error *err);
+/* Drops one holder's reference; the last one unmaps and frees (any thread). */
 void ds_model_files_close(ds_model_files *files);
+/* Another holder of the same open files (and mapping); returns `files`. */
+ds_model_files *ds_model_files_retain(ds_model_files *files);
 
 /* Whether the files still are what was loaded: FAILED_PRECONDITION when a file's mapping
  * faulted (it shrank while something read it) or its size, modification time, inode or device

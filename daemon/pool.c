@@ -341,10 +341,17 @@ uint64_t ds_pool_model_disk_bytes(const ds_pool_model *entry)
     return entry->model->files ? ds_model_files_mapped_bytes(entry->model->files) : 0;
 }
 
+/* Models loaded together from one file set share its mapping: it counts once. */
 uint64_t ds_pool_disk_bytes(const ds_pool *pool)
 {
     uint64_t total = 0;
-    for (size_t i = 0; i < pool->listed.count; i++)
-        total += ds_pool_model_disk_bytes(pool->listed.items[i]);
+    for (size_t i = 0; i < pool->listed.count; i++) {
+        const ds_model_files *files = pool->listed.items[i]->model->files;
+        size_t j = 0;
+        while (j < i && pool->listed.items[j]->model->files != files)
+            j++;
+        if (j == i)
+            total += ds_pool_model_disk_bytes(pool->listed.items[i]);
+    }
     return total;
 }

@@ -90,7 +90,8 @@ int ds_pool_check_faults(const ds_pool_model *entry, ds_error *err);
  * not. The text lives as long as the model. */
 const char *ds_pool_stale_reason(const ds_pool_model *entry);
 
-/* Bytes of the mapped files of every model in the pool ("disk" tier). */
+/* Bytes of the mapped files of every model in the pool ("disk" tier), a mapping shared by
+ * several models (one file set holding two) once. */
 uint64_t ds_pool_disk_bytes(const ds_pool *pool);
 uint64_t ds_pool_model_disk_bytes(const ds_pool_model *entry);
 

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/kwargs.h"
+
 /* Widths fixed by upstream's constructors (models/qwen_image_dit.c, qwen_image_text_encoder.c). */
 enum {
     DIT_DIM = 3072,
@@ -283,6 +285,93 @@ static int64_t dim_or(const ds_memory_input *in, int d, int64_t fallback)
     return in && in->ndim > d ? in->shape[d] : fallback;
 }
 
+/* --- the Wan video DiT ----------------------------------------------------------------------- */
+
+/* The widths of a WanModel, from its parameters (upstream's kwargs give them no defaults) and
+ * the two kwargs the parameters do not show. */
+typedef struct wan_widths {
+    uint64_t dim, ffn, heads, in_dim, out_dim, text_dim, freq_dim, layers;
+    int per_token_time;
+} wan_widths;
+
+static uint64_t param_dim(const ds_loaded_model *m, const char *name, int d)
+{
+    const ds_sd_entry *e = ds_state_dict_find(&m->params, name);
+    return e && !e->dict && e->tensor.ndim > d ? pos(e->tensor.shape[d]) : 0;
+}
+
+static int wan_widths_of(const ds_loaded_model *m, wan_widths *w, ds_error *err)
+{
+    *w = (wan_widths){.dim = param_dim(m, "patch_embedding.weight", 0),
+                      .in_dim = param_dim(m, "patch_embedding.weight", 1),
+                      .ffn = param_dim(m, "blocks.0.ffn.0.weight", 0),
+                      .out_dim = param_dim(m, "head.head.weight", 0) / 4,
+                      .text_dim = param_dim(m, "text_embedding.0.weight", 1),
+                      .freq_dim = param_dim(m, "time_embedding.0.weight", 1)};
+    ds_kwargs *kw = NULL;
+    int64_t heads = 0, layers = 0;
+    int separated = 0;
+    int rc = ds_kwargs_parse(m->extra_kwargs_json, m->model_class, &kw, err);
+    if (rc == DS_OK && (rc = ds_kwargs_int(kw, "num_heads", &heads, err)) == DS_OK &&
+        (rc = ds_kwargs_int(kw, "num_layers", &layers, err)) == DS_OK)
+        rc = ds_kwargs_bool(kw, "seperated_timestep", &separated, err);
+    ds_kwargs_free(kw);
+    if (rc != DS_OK)
+        return rc;
+    w->heads = pos(heads);
+    w->layers = pos(layers);
+    w->per_token_time = separated;
+    if (!w->dim || !w->in_dim || !w->ffn || !w->out_dim || !w->text_dim || !w->freq_dim ||
+        !w->heads || w->dim % w->heads)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: the parameters do not look like a WanModel's (patch_embedding, "
+                            "blocks.0.ffn.0, head.head, text_embedding.0, time_embedding.0)",
+                            m->model_name);
+    return DS_OK;
+}
+
+/* What alloc_state in models/wan_video_dit.c preallocates, per token and per text token, with
+ * the CLIP tokens, the VACE hints (at most one per DiT block) and the branch's own stream, and
+ * the largest kernel transient. */
+static int wan_dit_forward(const ds_loaded_model *m, int64_t batch, int64_t tokens,
+                           int64_t text_len, ds_dtype dtype, int threads, int clip, int64_t vace_in,
+                           uint64_t *out, ds_error *err)
+{
+    wan_widths w;
+    int rc = wan_widths_of(m, &w, err);
+    if (rc != DS_OK)
+        return rc;
+    uint64_t t = ds_dtype_size(dtype), B = pos(batch), N = pos(tokens), L = pos(text_len);
+    uint64_t head_dim = w.dim / w.heads;
+    /* The stream and its copies (x, xn, q, k, v, attn, y, attn_img: 8 widths), the FFN's
+     * hidden, the packed input and the latents with y (in_dim * 4 each), the head's output and
+     * its permutation; the RoPE tables in f32. */
+    uint64_t per_token = sat_add(sat_mul(t, 8 * w.dim + w.ffn + 8 * w.in_dim + 8 * w.out_dim),
+                                 head_dim * 4);
+    /* The time conditioning per row (B rows, or one row per token): sinusoid, embedding (3
+     * widths), t_mod and its sum (12), the six chunks, the head's 2 + 2. */
+    uint64_t time_rows = w.per_token_time ? sat_mul(B, N) : B;
+    uint64_t state = sat_add(sat_mul3(B, N, per_token),
+                             sat_mul3(time_rows, t, w.freq_dim + 25 * w.dim));
+    /* The text context: its upload, hidden and embedded copies, k and v. */
+    state = sat_add(state, sat_mul3(B, L, sat_mul(t, w.text_dim + 4 * w.dim)));
+    /* The CLIP rows (two frames' with has_image_pos_emb: bound with those) and, then, the
+     * second frame's in the cross-attention's context. */
+    if (clip)
+        state = sat_add(state, sat_mul3(B, 514, sat_mul(t, 3 * 1280 + 8 * w.dim)));
+    if (vace_in > 0)
+        state = sat_add(state, sat_mul3(B, N, sat_mul(t, sat_add(sat_mul(w.layers, w.dim),
+                                                              8 * pos(vace_in) + w.dim))));
+    uint64_t rows = sat_mul(B, N);
+    uint64_t transient = max_u64(linear_transient(rows, w.dim, w.ffn, dtype),
+                                 linear_transient(rows, w.ffn, w.dim, dtype));
+    transient = max_u64(transient, attention_scratch(max_u64(N, max_u64(L, 257)), head_dim,
+                                                     threads));
+    *out = sat_add(sat_add(state, transient), MEMORY_SLACK);
+    return DS_OK;
+}
+
+#define CLASS_WAN_DIT "diffsynth.models.wan_video_dit.WanModel"
 #define CLASS_DIT "diffsynth.models.qwen_image_dit.QwenImageDiT"
 #define CLASS_VAE "diffsynth.models.qwen_image_vae.QwenImageVAE"
 #define CLASS_TE "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
@@ -306,6 +395,21 @@ int ds_memory_step(const ds_loaded_model *model, const char *step, const ds_memo
                                      dim_or(cond, 1, 0));
         out_bytes = sat_mul(sat_mul3(pos(B), LATENT_CHANNELS, ds_dtype_size(dtype)),
                             sat_mul(pos(H), pos(W)));
+    } else if (strcmp(cls, CLASS_WAN_DIT) == 0 && strcmp(step, "forward") == 0) {
+        const ds_memory_input *lat = find_input(inputs, input_count, "latents");
+        const ds_memory_input *ctx = find_input(inputs, input_count, "context");
+        const ds_memory_input *vace = find_input(inputs, input_count, "vace_context");
+        ds_dtype dtype = lat ? lat->dtype : DS_F32;
+        int64_t B = dim_or(lat, 0, 1), C = dim_or(lat, 1, 0), F = dim_or(lat, 2, 0);
+        int64_t H = dim_or(lat, 3, 0), W = dim_or(lat, 4, 0);
+        int64_t N = (int64_t)sat_mul(pos(F), sat_mul(pos(H) / 2, pos(W) / 2));
+        int rc = wan_dit_forward(model, B, N, dim_or(ctx, 1, 0), dtype, threads,
+                                 find_input(inputs, input_count, "clip_feature") != NULL,
+                                 dim_or(vace, 1, 0), &peak, err);
+        if (rc != DS_OK)
+            return rc;
+        out_bytes = sat_mul(sat_mul3(pos(B), pos(C), ds_dtype_size(dtype)),
+                            sat_mul3(pos(F), pos(H), pos(W)));
     } else if (strcmp(cls, CLASS_VAE) == 0 &&
                (strcmp(step, "decode") == 0 || strcmp(step, "encode") == 0)) {
         int decode = strcmp(step, "decode") == 0;

@@ -521,17 +521,19 @@ int ds_auto_load_model(const ds_config_table *table, const int *fds, const char 
     if (rc != DS_OK)
         return rc;
     rc = ds_identify_files(table, files, &ident, err);
-    ds_model_files_close(files);
-    files = NULL;
-    if (rc != DS_OK)
+    if (rc != DS_OK) {
+        ds_model_files_close(files);
         return rc;
+    }
     memcpy(out->model_hash, ident.model_hash, sizeof out->model_hash);
     auto_progress(hooks, "identify", 1, 1, out->model_hash);
     out->matched = ident.configs; /* the array is ours now */
     out->matched_count = ident.config_count;
     ident.configs = NULL;
-    if (out->matched_count == 0)
+    if (out->matched_count == 0) {
+        ds_model_files_close(files);
         return DS_OK;
+    }
 
     to_load = calloc(out->matched_count, sizeof *to_load);
     out->skipped = calloc(out->matched_count, sizeof *out->skipped);
@@ -557,16 +559,14 @@ int ds_auto_load_model(const ds_config_table *table, const int *fds, const char 
         if ((rc = auto_cancelled(hooks, i, to_load_count, err)) != DS_OK)
             goto done;
         auto_progress(hooks, "load", i, to_load_count, to_load[i]->model_name);
-        rc = ds_model_files_open_fds(fds, paths, count, &files, err);
-        if (rc != DS_OK)
-            goto done;
-        rc = ds_model_load(to_load[i], files, &out->models[out->model_count], err);
+        /* Each model holds its own reference to the one mapping. */
+        rc = ds_model_load(to_load[i], ds_model_files_retain(files),
+                           &out->models[out->model_count], err);
         if (rc != DS_OK) {
             ds_model_files_close(files);
             out->failed = to_load[i];
             goto done;
         }
-        files = NULL; /* the model owns them now */
         out->model_count++;
     }
     /* A cancel that arrived during the last load still wins: the client was told it was found. */
@@ -579,6 +579,7 @@ int ds_auto_load_model(const ds_config_table *table, const int *fds, const char 
 done:
     if (rc != DS_OK)
         auto_drop_models(out);
+    ds_model_files_close(files);
     free(to_load);
     return rc;
 }

@@ -101,14 +101,15 @@ typedef struct ds_auto_load {
 
 /* Upstream's ModelPool.auto_load_model up to the pool (the daemon inserts the models): opens
  * `paths`, identifies them against `table`, and loads each chosen config this build
- * implements (convert, check against the parameter tree, bind), each from a fresh open of
- * the files as upstream reads them again per config. Chosen: every matching config, or with
+ * implements (convert, check against the parameter tree, bind), all from one open of the
+ * files: the models of one file set (a DiT and its VACE branch) share one mapping, each
+ * holding a reference to it. Chosen: every matching config, or with
  * `model_class` the first matching config of that class only. DS_OK with no models when
  * nothing matched (matched_count 0) or nothing chosen is implemented (the callers word
  * those: upstream's sentence for Load, the role for a pipeline). All or nothing: on an error
  * (CANCELLED from hooks->cancelled before each load and after the last) no model is left.
  * `fds` (may be NULL: open by path) are the files already opened beneath the model roots,
- * one per path; they stay the caller's and are read again for each config.
+ * one per path; they stay the caller's.
  * Free with ds_auto_load_free, after an error too. */
 int ds_auto_load_model(const ds_config_table *table, const int *fds, const char *const *paths,
                        size_t count,

@@ -119,6 +119,18 @@ const ds_step_param *ds_step_io_param(const ds_step_io *io, const char *name)
     return NULL;
 }
 
+int ds_step_param_finite(const ds_step_param *p, const char *phase, float *value, ds_error *err)
+{
+    if (!p)
+        return DS_OK;
+    if (!isfinite(p->number))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: parameter \"%s\" is \"%s\", expected a finite number", phase,
+                            p->name, p->text);
+    *value = (float)p->number;
+    return DS_OK;
+}
+
 static int is_known(const char *const *known, const char *name)
 {
     for (size_t i = 0; known[i]; i++)

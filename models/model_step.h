@@ -93,6 +93,9 @@ int ds_step_io_add_param(ds_step_io *io, const char *name, const char *text, ds_
 
 const ds_tensor *ds_step_io_tensor(const ds_step_io *io, const char *name);
 const ds_step_param *ds_step_io_param(const ds_step_io *io, const char *name);
+/* A scale-like parameter: `p` (may be NULL: *value stays) into *value; INVALID_ARGUMENT
+ * "<phase>: parameter "<name>" is "<text>", expected a finite number" when it is not finite. */
+int ds_step_param_finite(const ds_step_param *p, const char *phase, float *value, ds_error *err);
 
 /* INVALID_ARGUMENT naming the first tensor or parameter whose name is not in `known`
  * (NULL-terminated), listing the accepted names. */

@@ -537,6 +537,12 @@ size_t ds_module_bytes(ds_tensor *const *all, size_t n)
     return bytes;
 }
 
+void ds_module_free_all(ds_tensor *const *all, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        ds_tensor_free(all[i]);
+}
+
 int ds_module_bad_tensor(const char *phase, const char *role, const char *name,
                          const ds_tensor *t, const char *expected, ds_error *err)
 {

@@ -904,14 +904,7 @@ static int step_controlnet(const ds_step_context *ctx, const ds_step_io *in,
         return rc;
     if (out->conditioning->shape[0] != latents->shape[0] && out->conditioning->shape[0] != 1)
         return ds_module_bad_tensor("forward", "input", "controlnet_conditioning", out->conditioning, expected, err);
-    if (scale) {
-        if (!isfinite(scale->number))
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "forward: parameter \"controlnet_scale\" is \"%s\", expected a "
-                                "finite number", scale->text);
-        out->scale = (float)scale->number;
-    }
-    return DS_OK;
+    return ds_step_param_finite(scale, "forward", &out->scale, err);
 }
 
 static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,

@@ -15,9 +15,10 @@ size_t ds__wan_state_tensors(ds__wan_state *s, ds_tensor **out)
     ds_tensor *all[] = {
         &s->time_host, &s->cos, &s->sin, &s->latents_dev, &s->y_dev, &s->context_dev,
         &s->clip_dev, &s->x_cat, &s->packed, &s->x, &s->ctx_hidden, &s->ctx, &s->clip_a,
-        &s->clip_b, &s->clip_c, &s->img, &s->freq, &s->t_hidden, &s->t, &s->t_silu, &s->t_mod,
-        &s->mod_sum, &s->head_t, &s->xn, &s->q, &s->k, &s->v, &s->attn, &s->attn_img, &s->y,
-        &s->kc, &s->vc, &s->ki, &s->vi, &s->hidden, &s->head_out, &s->head_perm, &s->noise,
+        &s->clip_b, &s->clip_c, &s->img, &s->img_all, &s->text, &s->freq, &s->t_hidden, &s->t,
+        &s->t_silu, &s->t_mod, &s->mod_sum, &s->head_t, &s->xn, &s->q, &s->k, &s->v, &s->attn,
+        &s->attn_img, &s->y, &s->kc, &s->vc, &s->ki, &s->vi, &s->hidden, &s->head_out,
+        &s->head_perm, &s->noise,
     };
     size_t n = 0;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)

@@ -43,23 +43,23 @@ typedef struct ds__wan_block_weights {
 #define DS__WAN_BIAS(name, n, unit, field, when) \
     {name, DS_MODULE_TENSOR, 1, {n}, unit, field, when}
 
+/* SelfAttention's and CrossAttention's shared entries: q, k, v, o and the q/k RMSNorms of the
+ * attention named `attn` ("self_attn"), in unit `unit`, into fields f##_q ... f##_norm_k. */
+#define DS__WAN_ATTENTION_MODULES(attn, unit, f, dim)                                           \
+    DS__WAN_LINEAR(attn ".q", (dim), (dim), unit, DS__WAN_BLOCK(f##_q), 0),                     \
+    DS__WAN_LINEAR(attn ".k", (dim), (dim), unit, DS__WAN_BLOCK(f##_k), 0),                     \
+    DS__WAN_LINEAR(attn ".v", (dim), (dim), unit, DS__WAN_BLOCK(f##_v), 0),                     \
+    DS__WAN_LINEAR(attn ".o", (dim), (dim), unit, DS__WAN_BLOCK(f##_o), 0),                     \
+    DS__WAN_VEC(attn ".norm_q", (dim), unit, DS__WAN_BLOCK(f##_norm_q), 0),                     \
+    DS__WAN_VEC(attn ".norm_k", (dim), unit, DS__WAN_BLOCK(f##_norm_k), 0)
+
 /* DiTBlock's module entries in state_dict order (its own modulation first); dim and ffn are
  * shape entries (DS_MODULE_DIM), image the `when` of the CLIP keys. */
 #define DS__WAN_BLOCK_MODULES(dim, ffn, image) \
     {"modulation", DS_MODULE_TENSOR, 3, {1, 6, (dim)}, DS__WAN_SELF_ATTN,                        \
      DS__WAN_BLOCK(modulation), 0},                                                              \
-    DS__WAN_LINEAR("self_attn.q", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_q), 0),     \
-    DS__WAN_LINEAR("self_attn.k", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_k), 0),     \
-    DS__WAN_LINEAR("self_attn.v", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_v), 0),     \
-    DS__WAN_LINEAR("self_attn.o", (dim), (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_o), 0),     \
-    DS__WAN_VEC("self_attn.norm_q", (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_norm_q), 0),     \
-    DS__WAN_VEC("self_attn.norm_k", (dim), DS__WAN_SELF_ATTN, DS__WAN_BLOCK(sa_norm_k), 0),     \
-    DS__WAN_LINEAR("cross_attn.q", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_q), 0),   \
-    DS__WAN_LINEAR("cross_attn.k", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_k), 0),   \
-    DS__WAN_LINEAR("cross_attn.v", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_v), 0),   \
-    DS__WAN_LINEAR("cross_attn.o", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_o), 0),   \
-    DS__WAN_VEC("cross_attn.norm_q", (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_norm_q), 0),   \
-    DS__WAN_VEC("cross_attn.norm_k", (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_norm_k), 0),   \
+    DS__WAN_ATTENTION_MODULES("self_attn", DS__WAN_SELF_ATTN, sa, dim),                          \
+    DS__WAN_ATTENTION_MODULES("cross_attn", DS__WAN_CROSS_ATTN, ca, dim),                        \
     DS__WAN_LINEAR("cross_attn.k_img", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_k_img), \
            (image)),                                                                            \
     DS__WAN_LINEAR("cross_attn.v_img", (dim), (dim), DS__WAN_CROSS_ATTN, DS__WAN_BLOCK(ca_v_img), \
@@ -75,6 +75,9 @@ typedef struct ds__wan_dims {
     int64_t batch, frames, grid_h, grid_w; /* B and the token grid f x h x w */
     int64_t tokens;      /* N = f h w */
     int64_t text_len;    /* L */
+    int64_t clip_tokens; /* CLIP rows into img_emb: 257, or 514 (two frames) with its pos_emb */
+    int64_t ctx_len;     /* the cross-attention's text keys: L, and with 514 CLIP rows the
+                          * second frame's 257 too (upstream splits off only the first 257) */
     int64_t mod_rows;    /* R: rows of the time conditioning (B, or 1 with per-token time) */
     int64_t mod_tokens;  /* S: 1, or N with per-token time */
     int64_t dim, heads, head_dim, ffn_dim, in_dim, out_dim, text_dim, freq_dim;
@@ -91,10 +94,12 @@ typedef struct ds__wan_state {
     ds_tensor packed;      /* [B, N, in_dim * 4] */
     ds_tensor x;           /* [B, N, dim]: the token stream */
     ds_tensor ctx_hidden;  /* [B, L, dim] */
-    ds_tensor ctx;         /* [B, L, dim]: text_embedding(context) */
+    ds_tensor ctx;         /* [B, ctx_len, dim]: the cross-attention's context */
     ds_tensor clip_a, clip_b; /* [B, 257, 1280] */
     ds_tensor clip_c;      /* [B, 257, dim] */
-    ds_tensor img;         /* [B, 257, dim]: img_emb(clip_feature) */
+    ds_tensor img;         /* [B, 257, dim]: img_emb(clip_feature), the first 257 rows */
+    ds_tensor img_all;     /* [B, 514, dim]: img_emb(clip_feature) with pos_emb */
+    ds_tensor text;        /* [B, L, dim]: text_embedding(context) with pos_emb */
     ds_tensor freq;        /* [R S, freq_dim] */
     ds_tensor t_hidden;    /* [R S, dim] */
     ds_tensor t;           /* [R S, dim]: time_embedding */
@@ -109,7 +114,7 @@ typedef struct ds__wan_state {
     ds_tensor attn;        /* [B, N, dim] */
     ds_tensor attn_img;    /* [B, N, dim] */
     ds_tensor y;           /* [B, N, dim]: a sublayer's output */
-    ds_tensor kc, vc;      /* [B, L, dim] */
+    ds_tensor kc, vc;      /* [B, ctx_len, dim] */
     ds_tensor ki, vi;      /* [B, 257, dim] */
     ds_tensor hidden;      /* [B, N, ffn_dim] */
     ds_tensor head_out;    /* [B, N, out_dim * 4], layout (1, 2, 2, c) */

@@ -61,7 +61,7 @@ typedef struct input_weights {
     ds__linear_weights clip_1;          /* img_emb.proj.1: [1280, 1280] */
     ds__linear_weights clip_2;          /* img_emb.proj.3: [dim, 1280] */
     ds_tensor clip_ln2_w, clip_ln2_b;   /* img_emb.proj.4: LayerNorm(dim) */
-    ds_tensor clip_pos;                 /* img_emb.emb_pos [1, 514, 1280]: declared only */
+    ds_tensor clip_pos;                 /* img_emb.emb_pos [1, 514, 1280] */
     ds__linear_weights ref_conv;        /* declared only */
     ds__linear_weights control_conv;    /* declared only (SimpleAdapter) */
     ds__linear_weights control_res1;
@@ -98,8 +98,8 @@ static const ds_module input_modules[] = {
     LINEAR("time_embedding.0", D(KW_DIM), D(KW_FREQ_DIM), 0, IN(time_1), 0),
     LINEAR("time_embedding.2", D(KW_DIM), D(KW_DIM), 0, IN(time_2), 0),
     LINEAR("time_projection.1", D(KW_SIX_DIM), D(KW_DIM), 0, IN(time_projection), 0),
-    {"img_emb.emb_pos", DS_MODULE_TENSOR, 3, {1, CLIP_POS_TOKENS, CLIP_DIM}, DS_MODULE_NO_UNIT,
-     IN(clip_pos), DS_MODULE_IF(KW_IMAGE_POS)},
+    {"img_emb.emb_pos", DS_MODULE_TENSOR, 3, {1, CLIP_POS_TOKENS, CLIP_DIM}, 0, IN(clip_pos),
+     DS_MODULE_IF(KW_IMAGE_POS)},
     VEC("img_emb.proj.0", CLIP_DIM, 0, IN(clip_ln1_w), DS_MODULE_IF(KW_IMAGE)),
     BIAS("img_emb.proj.0.bias", CLIP_DIM, 0, IN(clip_ln1_b), DS_MODULE_IF(KW_IMAGE)),
     LINEAR("img_emb.proj.1", CLIP_DIM, CLIP_DIM, 0, IN(clip_1), DS_MODULE_IF(KW_IMAGE)),
@@ -162,9 +162,11 @@ static int dim_kwarg(ds_kwargs *kw, const char *name, int required, int64_t *v, 
     return DS_OK;
 }
 
-/* Reads and checks every kwarg (WanModel's constructor has no defaults for the shapes). */
-static int read_config(ds_kwargs *kw, wan_config *c, ds_error *err)
+/* Reads and checks every kwarg (WanModel's constructor has no defaults for the shapes) into a
+ * wan_config. */
+static int read_config(ds_kwargs *kw, void *config, ds_error *err)
 {
+    wan_config *c = config;
     *c = (wan_config){.in_dim_control_adapter = 24, .require_vae_embedding = 1,
                       .require_clip_embedding = 1};
     int64_t patch[3] = {0};
@@ -276,32 +278,7 @@ static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error
     return ds_module_declare(&modules, dims, params, err);
 }
 
-/* The loaded model's kwargs, read as at load. */
-static int model_config(const ds_loaded_model *m, wan_config *c, ds_error *err)
-{
-    ds_kwargs *kw = NULL;
-    int rc = ds_kwargs_parse(m->extra_kwargs_json, CLASS_NAME, &kw, err);
-    if (rc == DS_OK)
-        rc = read_config(kw, c, err);
-    ds_kwargs_free(kw);
-    return rc;
-}
-
 /* ---- Forward pass ---- */
-
-static void state_free(ds__wan_state *s)
-{
-    ds_tensor *all[DS__WAN_STATE_TENSORS];
-    size_t n = ds__wan_state_tensors(s, all);
-    for (size_t i = 0; i < n; i++)
-        ds_tensor_free(all[i]);
-}
-
-static size_t state_bytes(ds__wan_state *s)
-{
-    ds_tensor *all[DS__WAN_STATE_TENSORS];
-    return ds_module_bytes(all, ds__wan_state_tensors(s, all));
-}
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
@@ -349,18 +326,38 @@ static int layer_norm(ds_backend *b, const ds_tensor *x, const ds_tensor *w, con
     return ds_layer_norm(b, NULL, &a, err);
 }
 
-/* img_emb (MLP): LayerNorm, Linear, GELU (erf), Linear, LayerNorm. */
-static int image_embedding(ds_backend *b, const input_weights *w, const ds_tensor *clip,
-                           ds__wan_state *s, ds_error *err)
+/* img_emb (MLP): with pos_emb, x + emb_pos first; LayerNorm, Linear, GELU (erf), Linear,
+ * LayerNorm. */
+static int image_embedding(ds_backend *b, const ds__wan_dims *d, const input_weights *w,
+                           const ds_tensor *clip, ds__wan_state *s, ds_error *err)
 {
+    ds_binary_args pos = {clip, &w->clip_pos, DS_BINARY_ADD, &s->clip_b};
+    ds_tensor *out = d->clip_tokens == CLIP_TOKENS ? &s->img : &s->img_all;
     int rc;
+    if (d->clip_tokens != CLIP_TOKENS) {
+        if ((rc = ds_binary(b, NULL, &pos, err)) != DS_OK)
+            return rc;
+        clip = &s->clip_b;
+    }
     if ((rc = layer_norm(b, clip, &w->clip_ln1_w, &w->clip_ln1_b, 1e-5f, &s->clip_a, err)) !=
             DS_OK ||
         (rc = ds__wan_linear(b, &s->clip_a, &w->clip_1, DS_ACT_GELU_ERF, &s->clip_b, err)) !=
             DS_OK ||
-        (rc = ds__wan_linear(b, &s->clip_b, &w->clip_2, DS_ACT_NONE, &s->clip_c, err)) != DS_OK)
+        (rc = ds__wan_linear(b, &s->clip_b, &w->clip_2, DS_ACT_NONE, &s->clip_c, err)) != DS_OK ||
+        (rc = layer_norm(b, &s->clip_c, &w->clip_ln2_w, &w->clip_ln2_b, 1e-5f, out, err)) !=
+            DS_OK ||
+        d->clip_tokens == CLIP_TOKENS)
         return rc;
-    return layer_norm(b, &s->clip_c, &w->clip_ln2_w, &w->clip_ln2_b, 1e-5f, &s->img, err);
+    /* CrossAttention takes the first 257 rows as the image's and the rest, the second frame's
+     * rows before the text, as its context. */
+    ds_slice_args first = {&s->img_all, 1, 0, &s->img};
+    ds_slice_args second = {&s->img_all, 1, CLIP_TOKENS, &s->ki};
+    const ds_tensor *parts[] = {&s->ki, &s->text};
+    ds_concat_args cat = {parts, 2, 1, &s->ctx};
+    if ((rc = ds_slice(b, NULL, &first, err)) != DS_OK ||
+        (rc = ds_slice(b, NULL, &second, err)) != DS_OK)
+        return rc;
+    return ds_concat(b, NULL, &cat, err);
 }
 
 /* sinusoidal_embedding_1d ([cos | sin], in the compute dtype), time_embedding and
@@ -381,10 +378,11 @@ static int time_embedding(ds_backend *b, const ds__wan_dims *d, const input_weig
 }
 
 /* Head: modulate(norm(x), shift, scale) with (modulation + t).chunk(2), then head; the result
- * unpatchified "b (f h w) (x y z c) -> b c (f x) (h y) (w z)". */
-static int head(ds_backend *b, const ds__wan_dims *d, const output_weights *w, ds__wan_state *s,
+ * unpatchified "b (f h w) (x y z c) -> b c (f x) (h y) (w z)". Its unit is held around it. */
+static int head(ds_backend *b, ds_module_run *run, const ds__wan_dims *d, ds__wan_state *s,
                 ds_tensor *noise, ds_error *err)
 {
+    output_weights w;
     ds_tensor t4 = ds_module_view(&s->t, 4, SHAPE(d->mod_rows, d->mod_tokens, 1, d->dim));
     const ds_tensor *twice[] = {&t4, &t4};
     ds_concat_args cat = {twice, 2, 2, &s->head_t};
@@ -398,15 +396,17 @@ static int head(ds_backend *b, const ds__wan_dims *d, const output_weights *w, d
                                                        d->grid_w * PATCH));
     ds_patchify_args unpack = {&stacked, PATCH, &packed};
     int rc;
-    if ((rc = ds_concat(b, NULL, &cat, err)) != DS_OK ||
-        (rc = ds__wan_add_and_chunk(b, &s->head_t, &w->modulation, &s->head_t, 2, s->head_mod,
+    if ((rc = ds_module_use(run, OUTPUTS, 0, 0, &w, err)) != DS_OK ||
+        (rc = ds_concat(b, NULL, &cat, err)) != DS_OK ||
+        (rc = ds__wan_add_and_chunk(b, &s->head_t, &w.modulation, &s->head_t, 2, s->head_mod,
                                     err)) != DS_OK ||
         (rc = ds__wan_norm_modulate(b, d, &s->x, &s->head_mod[0], &s->head_mod[1], &s->xn, err)) !=
             DS_OK ||
-        (rc = ds__wan_linear(b, &s->xn, &w->head, DS_ACT_NONE, &s->head_out, err)) != DS_OK ||
-        (rc = ds_permute(b, NULL, &perm, err)) != DS_OK)
+        (rc = ds__wan_linear(b, &s->xn, &w.head, DS_ACT_NONE, &s->head_out, err)) != DS_OK ||
+        (rc = ds_permute(b, NULL, &perm, err)) != DS_OK ||
+        (rc = ds_unpatchify(b, NULL, &unpack, err)) != DS_OK)
         return rc;
-    return ds_unpatchify(b, NULL, &unpack, err);
+    return ds_module_done(run, err);
 }
 
 /* ---- Inputs ---- */
@@ -482,13 +482,12 @@ static int check_inputs(const wan_config *c, const ds_wan_video_dit_inputs *in,
     }
 
     d->image = c->has_image_input;
-    if (c->has_image_input && c->has_image_pos_emb)
-        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
-                            "forward: a WanModel with has_image_pos_emb (first-last-frame CLIP "
-                            "tokens) is not implemented");
+    d->clip_tokens = c->has_image_pos_emb ? CLIP_POS_TOKENS : CLIP_TOKENS;
+    d->ctx_len = d->text_len + (d->image ? d->clip_tokens - CLIP_TOKENS : 0);
     if (c->has_image_input) {
-        snprintf(expected, sizeof expected, "[%lld, %d, %d] %s (latents' batch and dtype)",
-                 (long long)d->batch, CLIP_TOKENS, CLIP_DIM, dn);
+        snprintf(expected, sizeof expected, "[%lld, %lld, %d] %s (latents' batch and dtype%s)",
+                 (long long)d->batch, (long long)d->clip_tokens, CLIP_DIM, dn,
+                 c->has_image_pos_emb ? "; has_image_pos_emb: two frames' tokens" : "");
         const ds_tensor *clip = in->clip_feature;
         if (!clip)
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -499,7 +498,7 @@ static int check_inputs(const wan_config *c, const ds_wan_video_dit_inputs *in,
                                 "forward: has_image_input with require_clip_embedding false is "
                                 "not implemented");
         if (clip->dtype != d->dtype || clip->ndim != 3 || clip->shape[0] != d->batch ||
-            clip->shape[1] != CLIP_TOKENS || clip->shape[2] != CLIP_DIM || !clip->data)
+            clip->shape[1] != d->clip_tokens || clip->shape[2] != CLIP_DIM || !clip->data)
             return ds_module_bad_tensor("forward", "input", "clip_feature", clip, expected, err);
     } else if (in->clip_feature) {
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -632,9 +631,10 @@ static int alloc_state(const ds__wan_dims *d, ds_backend *b, ds__wan_state *s, d
         (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, D),
                               DS_TENSORS(&s->x, &s->xn, &s->q, &s->k, &s->v, &s->attn, &s->y),
                               err)) != DS_OK ||
-        (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, D),
-                              DS_TENSORS(&s->ctx_hidden, &s->ctx, &s->kc, &s->vc), err)) !=
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, D), DS_TENSORS(&s->ctx_hidden), err)) !=
             DS_OK ||
+        (rc = ds_module_alloc(b, t, 3, SHAPE(B, d->ctx_len, D),
+                              DS_TENSORS(&s->ctx, &s->kc, &s->vc), err)) != DS_OK ||
         (rc = ds_module_alloc(b, t, 2, SHAPE(R * S, d->freq_dim), DS_TENSORS(&s->freq), err)) !=
             DS_OK ||
         (rc = ds_module_alloc(b, t, 2, SHAPE(R * S, D),
@@ -658,12 +658,18 @@ static int alloc_state(const ds__wan_dims *d, ds_backend *b, ds__wan_state *s, d
         if ((rc = ds_module_alloc(b, t, 4, SHAPE(R, S, 1, D), DS_TENSORS(&s->head_mod[i]),
                                   err)) != DS_OK)
             return rc;
+    int64_t C = d->clip_tokens;
     if (d->image &&
-        ((rc = ds_module_alloc(b, t, 3, SHAPE(B, CLIP_TOKENS, CLIP_DIM),
-                               DS_TENSORS(&s->clip_a, &s->clip_b), err)) != DS_OK ||
+        ((rc = ds_module_alloc(b, t, 3, SHAPE(B, C, CLIP_DIM), DS_TENSORS(&s->clip_a, &s->clip_b),
+                               err)) != DS_OK ||
+         (rc = ds_module_alloc(b, t, 3, SHAPE(B, C, D), DS_TENSORS(&s->clip_c), err)) != DS_OK ||
          (rc = ds_module_alloc(b, t, 3, SHAPE(B, CLIP_TOKENS, D),
-                               DS_TENSORS(&s->clip_c, &s->img, &s->ki, &s->vi), err)) != DS_OK ||
+                               DS_TENSORS(&s->img, &s->ki, &s->vi), err)) != DS_OK ||
          (rc = ds_module_alloc(b, t, 3, SHAPE(B, N, D), DS_TENSORS(&s->attn_img), err)) != DS_OK))
+        return rc;
+    if (d->image && C != CLIP_TOKENS &&
+        ((rc = ds_module_alloc(b, t, 3, SHAPE(B, C, D), DS_TENSORS(&s->img_all), err)) != DS_OK ||
+         (rc = ds_module_alloc(b, t, 3, SHAPE(B, L, D), DS_TENSORS(&s->text), err)) != DS_OK))
         return rc;
     return DS_OK;
 }
@@ -688,6 +694,25 @@ static int model_input(const ds__wan_dims *d, const ds_wan_video_dit_inputs *in,
     return ds_concat(b, NULL, &cat, err);
 }
 
+/* One turn of model_fn_wan_video's block loop: DiT block i, then the VACE hint of layer i if
+ * there is one; cancellable before it, reported after it. */
+static int dit_block(ds_backend *b, const ds_step_context *ctx, ds_module_run *run, int64_t i,
+                     int64_t blocks, const ds__wan_dims *d, ds__wan_state *s,
+                     const ds_wan_video_dit_inputs *in, const ds__wan_vace_config *vc,
+                     ds_tensor *hints, ds_error *err)
+{
+    ds__wan_block_weights w;
+    int rc = ds_module_cancelled(ctx, "forward", "block", i, blocks, err);
+    if (rc != DS_OK)
+        return rc;
+    if ((rc = ds__wan_block(b, run, BLOCKS, i, d, s, &s->x, &w, err)) != DS_OK ||
+        (rc = ds_module_done(run, err)) != DS_OK ||
+        (in->vace && (rc = add_hint(b, vc, in->vace_scale, i, hints, s, err)) != DS_OK))
+        return ds_error_prefix(err, "forward: block %lld: ", (long long)i);
+    ds_module_progress(ctx, "forward", i, blocks);
+    return DS_OK;
+}
+
 int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ctx,
                              const ds_wan_video_dit_inputs *in, ds_tensor *noise_pred_out,
                              ds_error *err)
@@ -697,15 +722,17 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
     ds__wan_state s;
     ds_module_run run;
     input_weights iw;
-    output_weights ow;
     ds__wan_vace_config vc = {0};
     ds_tensor hints[DS__WAN_VACE_LAYERS_MAX];
     memset(hints, 0, sizeof hints);
     memset(&s, 0, sizeof s);
     memset(&run, 0, sizeof run);
+    ds_tensor *state[DS__WAN_STATE_TENSORS];
+    size_t state_count = ds__wan_state_tensors(&s, state);
     if (!m || !ctx || !ctx->backend || !in)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model, inputs or backend");
-    int rc = model_config(m, &c, err);
+    /* The loaded model's kwargs, read as at load. */
+    int rc = ds_kwargs_read(m->extra_kwargs_json, CLASS_NAME, read_config, &c, err);
     if (rc != DS_OK || (rc = check_inputs(&c, in, noise_pred_out, &d, err)) != DS_OK ||
         (rc = check_vace(&c, in, &d, &vc, err)) != DS_OK)
         return rc;
@@ -723,7 +750,8 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
         (rc = upload_time(&d, in->timestep, b, &s, err)) != DS_OK ||
         (rc = rope_tables(&d, &s, err)) != DS_OK ||
         (rc = ds_module_output(b, noise_pred_out, &s.noise, &noise, err)) != DS_OK ||
-        (rc = ds_module_reserve(&run, "forward: activations", state_bytes(&s), err)) != DS_OK)
+        (rc = ds_module_reserve(&run, "forward: activations",
+                                     ds_module_bytes(state, state_count), err)) != DS_OK)
         goto done;
     for (int n = 0; n < vc.layer_count; n++)
         if ((rc = ds_module_alloc(b, d.dtype, 3, (const int64_t[]){d.batch, d.tokens, d.dim},
@@ -732,13 +760,15 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
                                     err)) != DS_OK)
             goto done;
 
-    /* t, t_mod; context = text_embedding(context); the CLIP tokens; patchify. */
+    /* t, t_mod; context = text_embedding(context); the CLIP tokens (with pos_emb, the second
+     * frame's joining the context); patchify. */
     if ((rc = ds_module_use(&run, INPUTS, 0, 0, &iw, err)) != DS_OK ||
         (rc = time_embedding(b, &d, &iw, &s, err)) != DS_OK ||
         (rc = ds__wan_linear(b, &context, &iw.text_1, DS_ACT_GELU_TANH, &s.ctx_hidden, err)) !=
             DS_OK ||
-        (rc = ds__wan_linear(b, &s.ctx_hidden, &iw.text_2, DS_ACT_NONE, &s.ctx, err)) != DS_OK ||
-        (d.image && (rc = image_embedding(b, &iw, &clip, &s, err)) != DS_OK) ||
+        (rc = ds__wan_linear(b, &s.ctx_hidden, &iw.text_2, DS_ACT_NONE,
+                             d.ctx_len == d.text_len ? &s.ctx : &s.text, err)) != DS_OK ||
+        (d.image && (rc = image_embedding(b, &d, &iw, &clip, &s, err)) != DS_OK) ||
         (rc = ds__wan_patch_embedding(b, &d, &iw.patch_embedding, &x_in, &s.packed, &s.x, err)) !=
             DS_OK ||
         (rc = ds_module_done(&run, err)) != DS_OK)
@@ -747,27 +777,13 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
                                              err)) != DS_OK)
         goto done;
 
-    for (int64_t i = 0; i < blocks; i++) {
-        if ((rc = ds_module_cancelled(ctx, "forward", "block", i, blocks, err)) != DS_OK)
-            goto done;
-        ds__wan_block_weights bw;
-        if ((rc = ds__wan_block(b, &run, BLOCKS, i, &d, &s, &s.x, &bw, err)) != DS_OK ||
-            (rc = ds_module_done(&run, err)) != DS_OK ||
-            (in->vace &&
-             (rc = add_hint(b, &vc, in->vace_scale, i, hints, &s, err)) != DS_OK)) {
-            ds_error_prefix(err, "forward: block %lld: ", (long long)i);
-            goto done;
-        }
-        ds_module_progress(ctx, "forward", i, blocks);
-    }
-
-    if ((rc = ds_module_use(&run, OUTPUTS, 0, 0, &ow, err)) == DS_OK &&
-        (rc = head(b, &d, &ow, &s, &noise, err)) == DS_OK &&
-        (rc = ds_module_done(&run, err)) == DS_OK)
+    for (int64_t i = 0; rc == DS_OK && i < blocks; i++)
+        rc = dit_block(b, ctx, &run, i, blocks, &d, &s, in, &vc, hints, err);
+    if (rc == DS_OK && (rc = head(b, &run, &d, &s, &noise, err)) == DS_OK)
         rc = ds_module_deliver(b, &noise, noise_pred_out, err);
 done:
     ds_module_close(&run);
-    state_free(&s);
+    ds_module_free_all(state, state_count);
     for (int n = 0; n < DS__WAN_VACE_LAYERS_MAX; n++)
         ds_tensor_free(&hints[n]);
     return rc;
@@ -816,14 +832,7 @@ static int step_vace(const ds_step_context *ctx, const ds_step_io *in,
     if (!args->vace && scale)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "forward: \"vace_scale\" given without a model of role \"vace\"");
-    if (scale) {
-        if (!isfinite(scale->number))
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "forward: parameter \"vace_scale\" is \"%s\", expected a finite "
-                                "number", scale->text);
-        args->vace_scale = (float)scale->number;
-    }
-    return DS_OK;
+    return ds_step_param_finite(scale, "forward", &args->vace_scale, err);
 }
 
 static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx,
@@ -847,7 +856,7 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx,
                                  SHAPE(-1, -1, -1), "[B, L, text_dim] in latents' dtype",
                                  &args.context, err)) != DS_OK ||
         (rc = ds_step_io_require(in, "forward", "clip_feature", 1, &args.latents->dtype, 1, 3,
-                                 SHAPE(-1, -1, -1), "[B, 257, 1280] in latents' dtype",
+                                 SHAPE(-1, -1, -1), "[B, 257 or 514, 1280] in latents' dtype",
                                  &args.clip_feature, err)) != DS_OK ||
         (rc = ds_step_io_require(in, "forward", "y", 1, &args.latents->dtype, 1, 5,
                                  SHAPE(-1, -1, -1, -1, -1),
@@ -874,11 +883,12 @@ static const ds_model_step steps[] = {
         .name = "forward",
         .usage = "forward: latents [B, out_dim, F, H, W] (f32 or bf16, H and W even), timestep "
                  "[B] or [1] (0..1000), context [B, L, text_dim] (latents' dtype); clip_feature "
-                 "[B, 257, 1280] (has_image_input models), y [B, in_dim - out_dim, F, H, W] "
-                 "(image-to-video models), fuse_vae_embedding_in_latents (seperated_timestep "
-                 "models: the first frame at timestep 0); with an aux model of role \"vace\" (a "
-                 "VaceWanModel): vace_context [B, vace_in_dim, F, H, W], vace_scale (default 1) "
-                 "-> noise_pred [B, out_dim, F, H, W]",
+                 "[B, 257, 1280] (has_image_input models; [B, 514, 1280] with "
+                 "has_image_pos_emb), y [B, in_dim - out_dim, F, H, W] (image-to-video models), "
+                 "fuse_vae_embedding_in_latents (seperated_timestep models: the first frame at "
+                 "timestep 0); with an aux model of role \"vace\" (a VaceWanModel): "
+                 "vace_context [B, vace_in_dim, F, H, W], vace_scale (default 1) -> noise_pred "
+                 "[B, out_dim, F, H, W]",
         .run = forward_step,
     },
 };

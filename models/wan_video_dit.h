@@ -15,7 +15,8 @@ typedef struct ds_wan_video_dit_inputs {
     const ds_tensor *latents;      /* [B, out_dim, F, H, W], H and W even */
     const ds_tensor *timestep;     /* [B] or [1] f32 / f64, 0..1000 */
     const ds_tensor *context;      /* [B, L, text_dim]: the text encoder's output */
-    const ds_tensor *clip_feature; /* [B, 257, 1280] (has_image_input models), else NULL */
+    const ds_tensor *clip_feature; /* [B, 257, 1280] (has_image_input models; [B, 514, 1280],
+                                    * two frames', with has_image_pos_emb), else NULL */
     const ds_tensor *y;            /* [B, in_dim - out_dim, F, H, W] (require_vae_embedding
                                     * models whose in_dim exceeds out_dim), else NULL */
     /* The pipeline's fuse_vae_embedding_in_latents: with a seperated_timestep model, the
@@ -33,8 +34,7 @@ typedef struct ds_wan_video_dit_inputs {
  * model_fn_wan_video(dit, vace, latents, timestep, context, clip_feature, y, vace_context,
  * vace_scale, fuse_vae_embedding_in_latents). Computes on ctx->backend, streaming weights through
  * ctx->vram when set, polls ctx->cancelled between blocks and reports ("forward", block,
- * blocks). INVALID_ARGUMENT names the tensor and what was expected; UNIMPLEMENTED for the
- * variants whose extra inputs this forward does not take (has_image_pos_emb). */
+ * blocks). INVALID_ARGUMENT names the tensor and what was expected. */
 int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ctx,
                              const ds_wan_video_dit_inputs *in, ds_tensor *noise_pred_out,
                              ds_error *err);

@@ -65,8 +65,10 @@ static const ds_module_group groups[] = {
 static const ds_module_model modules = {"VaceWanModel", "wan_video_vace", groups,
                                         COUNT(groups)};
 
-static int read_config(ds_kwargs *kw, ds__wan_vace_config *c, ds_error *err)
+/* Reads and checks the kwargs into a ds__wan_vace_config. */
+static int read_config(ds_kwargs *kw, void *config, ds_error *err)
 {
+    ds__wan_vace_config *c = config;
     *c = (ds__wan_vace_config){.layer_count = 15, .in_dim = 96, .dim = 1536, .num_heads = 12,
                                .ffn_dim = 8960, .eps = 1e-6};
     for (int i = 0; i < 15; i++)
@@ -137,12 +139,7 @@ int ds__wan_vace_config_of(const ds_loaded_model *vace, ds__wan_vace_config *c, 
     if (!vace->model_class || strcmp(vace->model_class, CLASS_NAME) != 0)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "the model is a %s, expected a %s",
                             vace->model_class ? vace->model_class : "(no class)", CLASS_NAME);
-    ds_kwargs *kw = NULL;
-    int rc = ds_kwargs_parse(vace->extra_kwargs_json, CLASS_NAME, &kw, err);
-    if (rc == DS_OK)
-        rc = read_config(kw, c, err);
-    ds_kwargs_free(kw);
-    return rc;
+    return ds_kwargs_read(vace->extra_kwargs_json, CLASS_NAME, read_config, c, err);
 }
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}

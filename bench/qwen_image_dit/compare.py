@@ -46,8 +46,12 @@ def fmt_ms(r):
     return f"{r['median_ms']:.1f} ms" if r and r.get("status") == "ok" else "-"
 
 
-def main(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv, rows=rows, name="qwen_image_dit", model_fn="model_fn_qwen_image", anchor=None,
+         doc=__doc__):
+    """The driver for one model bench: `rows(args)` gives its rows, `anchor` its upstream
+    script (default: this folder's upstream_anchor.py); bench/wan_video_dit/compare.py calls
+    it with its own."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--suite", choices=["cpu", "gpu"], required=True)
     p.add_argument("--bench", required=True)
     p.add_argument("--python", default=None, help="a Python with diffsynth; none: ours alone")
@@ -65,15 +69,15 @@ def main(argv):
     backend = "cpu" if a.suite == "cpu" else "cuda"
     common = ["--backend", backend, "--threads", str(a.threads), "--repeats", str(a.repeats)]
     log = open(a.log, "a") if a.log else None
-    anchor = os.path.join(HERE, "upstream_anchor.py")
+    anchor = anchor or os.path.join(HERE, "upstream_anchor.py")
 
     ceiling = None
     if a.suite == "gpu" and a.kernels_bench:
         ceiling = run_one([a.kernels_bench, "--backend", "cuda"] + GEMM.split(), a.timeout, log)
     ceil_tf = ceiling["tflops"] if ceiling and ceiling.get("status") == "ok" else None
 
-    print(f"bench/qwen_image_dit {a.suite.upper()}: ours vs upstream DiffSynth-Studio "
-          f"(model_fn_qwen_image), {backend}"
+    print(f"bench/{name} {a.suite.upper()}: ours vs upstream DiffSynth-Studio "
+          f"({model_fn}), {backend}"
           + (f", {a.threads} threads" if a.suite == "cpu" else "")
           + f", best of {rounds} alternating rounds of median-of-{a.repeats} after warm-up",
           flush=True)

@@ -8,7 +8,8 @@
 #      where the whole project configures, else tests/device/build_direct.sh (gcc + nvcc, the
 #      kernels alone: the image lacks the daemon's -dev packages);
 #   4. runs the gpu suite: every tests/kernels program with --backend cuda;
-#   5. runs bench/kernels/run_gpu.sh (with torch anchors when python3 imports torch);
+#   5. runs bench/kernels/run_gpu.sh (with torch anchors when python3 imports torch), then, with
+#      the meson build, bench/vram/run_gpu.sh and bench/wan_video_dit/run_gpu.sh reduced to fit;
 #   6. prints a short table last: test counts, each benchmark's ours / anchor / ratio / target.
 # Full logs go to $OUT when set (the device tool brings them back), else build-device/logs.
 # Every step runs under `timeout`, inside an overall budget of DS_DEVICE_BUDGET seconds (default
@@ -114,7 +115,7 @@ for src in tests/kernels/test_*.c; do [[ -f $src ]] && tests+=("$(basename "$src
 } >"$logs/build.log" 2>&1
 if [[ $mode == meson ]]; then
     say "build: meson configured the whole project; building the kernel targets"
-    targets=(bench/kernels_bench bench/vram_bench)
+    targets=(bench/kernels_bench bench/vram_bench bench/wan_dit_bench)
     for t in "${tests[@]}"; do targets+=("tests/kernels/$t"); done
     timeout "$(limit 300 200)" ninja -C "$build" -k 0 "${targets[@]}" >>"$logs/build.log" 2>&1
     bindir=$build
@@ -195,6 +196,16 @@ if [[ $build_ok == 1 ]]; then
         [[ $? == 124 ]] && echo "(bench/vram/run_gpu.sh stopped at the time budget)" >>"$logs/bench.txt"
     else
         echo "bench/vram: not run (vram_bench not built: $mode build)" >>"$logs/bench.txt"
+    fi
+    # The Wan 1.3B DiT step at the full 32,760 tokens, a third of its 30 blocks, whatever time
+    # the budget has left (the ratio holds per block; the 30-block row is run_gpu.sh's default).
+    if [[ -x $bindir/bench/wan_dit_bench ]]; then
+        DS_BUILD_DIR=$bindir DS_BENCH_LOG=$logs/bench.jsonl DS_BENCH_TIMEOUT=100 DS_BENCH_LAYERS=10 \
+            timeout "$(limit 120 10)" bash bench/wan_video_dit/run_gpu.sh "$anchor" 1 \
+            >>"$logs/bench.txt" 2>&1
+        [[ $? == 124 ]] && echo "(bench/wan_video_dit/run_gpu.sh stopped at the time budget)" >>"$logs/bench.txt"
+    else
+        echo "bench/wan_video_dit: not run (wan_dit_bench not built: $mode build)" >>"$logs/bench.txt"
     fi
 else
     echo "benchmarks not run: the build failed" >"$logs/bench.txt"

@@ -10,6 +10,10 @@ Cases (each model's kwargs are those of upstream's config row named, with num_la
   ti2v  Wan2.2-TI2V-5B (row 1f5ab770…, width 3072, 48 channels): seperated_timestep with
         fuse_vae_embedding_in_latents=True, as the pipeline runs it with an input image: the
         first latent frame's tokens get timestep 0, the others the step's timestep.
+  flf2v the i2v row with has_image_pos_emb (upstream's only such row, Wan2.1-FLF2V-14B, is
+        14B wide; this keeps the 1.3B width): 514 CLIP tokens (first and last frame) plus
+        img_emb.emb_pos, of which the cross-attention takes the first 257 as the image's and
+        the other 257 before the text as its context.
   vace  Wan2.1-T2V-1.3B DiT plus VaceWanModel at 1.3B width with vace_layers (0, 1), so hints
         are added after both blocks, vace_scale 0.75, vace_context of 96 channels.
 Latents are 3 frames x 6 x 10 (a 3 x 3 x 5 token grid: non-square, several frames); the text
@@ -29,6 +33,7 @@ Writes tests/data/golden/wan_video_dit_2layers.safetensors: for each case `<case
 (f32, the batch-2 timesteps) and `<case>.b{1,2}.{f32,bf16}` (the noise prediction, bf16 as
 returned), with the kwargs and input shapes in the metadata. Run with a private venv that has
 the upstream package (pip install diffsynth) — never in CI; it needs about 4 GB of memory.
+With case names as arguments only those cases are computed and the rest of the file is kept.
 """
 import importlib.metadata
 import json
@@ -65,15 +70,23 @@ CASES = {
     # One timestep for the batch: the per-token timestep is built from a single value.
     "ti2v": {"row": "1f5ab7703c6fc803fdded85ff040c316", "timesteps": TIMESTEPS[:1]},
     "vace": {"row": "9269f8db9040a9d860eaca435be61814", "timesteps": TIMESTEPS},
+    "flf2v": {"row": "6d6ccde6845b95ad9114ab993d917893", "timesteps": TIMESTEPS,
+              "kwargs": {"has_image_pos_emb": True}},
 }
+# Cases to compute; the others' tensors are copied from the existing file, so adding a case
+# leaves them byte for byte as they were. Empty: all.
+ONLY = sys.argv[1:]
 
 
 def weight_range(name, shapes):
-    """(bound, center) of a parameter: torch's default init range 1/sqrt(fan_in) for conv and
-    linear weights and their biases (fan_in = product of the weight's dims after the first);
-    modulation tables 0.1 around 0; other 1-D weights (RMSNorm and LayerNorm scales) 0.1
+    """(bound, center) of a parameter: img_emb.emb_pos 0.5 around 0 (upstream starts it at
+    zeros; this makes its part visible); torch's default init range 1/sqrt(fan_in) for conv
+    and linear weights and their biases (fan_in = product of the weight's dims after the
+    first); modulation tables 0.1 around 0; other 1-D weights (RMSNorm and LayerNorm scales) 0.1
     around 1, and LayerNorm biases 0.1 around 0."""
     shape = shapes[name]
+    if name.endswith("emb_pos"):
+        return 0.5, 0.0
     if name.endswith("modulation"):
         return 0.1, 0.0
     if len(shape) >= 2:
@@ -119,9 +132,10 @@ def case_inputs(case, kwargs):
         "latents": seeded_input(case, "latents", (2, latent_channels) + grid),
         "context": seeded_input(case, "context", (2, TEXT_TOKENS, kwargs["text_dim"])),
     }
-    if case == "i2v":
+    if case in ("i2v", "flf2v"):
+        clip_tokens = 2 * CLIP_TOKENS if kwargs.get("has_image_pos_emb") else CLIP_TOKENS
         inputs["y"] = seeded_input(case, "y", (2, kwargs["in_dim"] - latent_channels) + grid)
-        inputs["clip_feature"] = seeded_input(case, "clip_feature", (2, CLIP_TOKENS, 1280))
+        inputs["clip_feature"] = seeded_input(case, "clip_feature", (2, clip_tokens, 1280))
     if case == "vace":
         inputs["vace_context"] = seeded_input(case, "vace_context", (2, 96) + grid)
     return inputs
@@ -145,8 +159,19 @@ def run(dit, vace, dtype, inputs, timestep, case):
 def main():
     torch.set_num_threads(2)
     tensors, meta_cases = {}, {}
+    if ONLY:
+        from safetensors import safe_open
+        with safe_open(OUT, "pt") as f:
+            meta_cases = json.loads(f.metadata()["cases"])
+            for name in f.keys():
+                if name.split(".")[0] not in ONLY:
+                    tensors[name] = f.get_tensor(name)
+        meta_cases = {k: v for k, v in meta_cases.items() if k not in ONLY}
     for case, spec in CASES.items():
+        if ONLY and case not in ONLY:
+            continue
         kwargs = row_kwargs(spec["row"])
+        kwargs.update(spec.get("kwargs", {}))
         dit = seeded(WanModel(**kwargs))
         vace, vace_kwargs = None, None
         if case == "vace":

@@ -126,6 +126,19 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     return 0;
 }
 
+int it_finish(it_env *env, int failures)
+{
+    int status = -1;
+    if (it_daemon_stop(env, &status) != 0 || status != 0) {
+        fprintf(stderr, "FAIL the daemon did not stop cleanly (status %d)\n", status);
+        failures++;
+    }
+    if (failures)
+        it_dump_log(env);
+    it_env_cleanup(env);
+    return failures ? 1 : 0;
+}
+
 void it_env_cleanup(it_env *env)
 {
     if (env->pid > 0) {

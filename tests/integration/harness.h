@@ -39,6 +39,9 @@ typedef struct it_env {
 void it_env_init(it_env *env, const char *daemon_exe);
 /* Kills a daemon still running (SIGKILL) and removes the directory. */
 void it_env_cleanup(it_env *env);
+/* A test's end: stops the daemon (a failure when it does not exit 0), prints the daemon's log
+ * when anything failed, cleans up. Returns the test's exit status for `failures` so far. */
+int it_finish(it_env *env, int failures);
 
 /* Starts the daemon with --socket, --model-root, --log-level debug, then `extra` (NULL-
  * terminated, may be NULL), its stderr appended to the log; waits until the socket answers

@@ -27,6 +27,8 @@
                 "\"eps\": 1e-06"
 static const char *const T2V_KWARGS = "{\"has_image_input\": false, \"in_dim\": 16, " KW_1_3B "}";
 static const char *const I2V_KWARGS = "{\"has_image_input\": true, \"in_dim\": 36, " KW_1_3B "}";
+static const char *const FLF2V_KWARGS =
+    "{\"has_image_input\": true, \"has_image_pos_emb\": true, \"in_dim\": 36, " KW_1_3B "}";
 static const char *const TI2V_KWARGS =
     "{\"has_image_input\": false, \"patch_size\": [1, 2, 2], \"in_dim\": 48, \"dim\": 3072, "
     "\"ffn_dim\": 14336, \"freq_dim\": 256, \"text_dim\": 4096, \"out_dim\": 48, "
@@ -98,7 +100,7 @@ typedef struct golden_case {
     const char *name, *kwargs;
     int64_t channels;       /* latent channels (out_dim) */
     int64_t y_channels;     /* 0: no y */
-    int clip;               /* CLIP tokens */
+    int64_t clip;           /* CLIP tokens: 0, 257, or 514 (has_image_pos_emb) */
     int fuse;               /* fuse_vae_embedding_in_latents */
     int vace;               /* the VACE branch (hints after both blocks) */
 } golden_case;
@@ -338,7 +340,7 @@ static void run_case(const golden_case *gc)
                            (const int64_t[]){2, gc->y_channels, FRAMES, HEIGHT, WIDTH},
                            &inputs[count++]));
     if (gc->clip)
-        REQUIRE(make_input(gc->name, "clip_feature", 3, (const int64_t[]){2, 257, 1280},
+        REQUIRE(make_input(gc->name, "clip_feature", 3, (const int64_t[]){2, gc->clip, 1280},
                            &inputs[count++]));
     if (gc->vace)
         REQUIRE(make_input(gc->name, "vace_context", 5,
@@ -371,7 +373,13 @@ static void test_t2v(void)
 
 static void test_i2v(void)
 {
-    golden_case gc = {"i2v", I2V_KWARGS, 16, 20, 1, 0, 0};
+    golden_case gc = {"i2v", I2V_KWARGS, 16, 20, 257, 0, 0};
+    run_case(&gc);
+}
+
+static void test_flf2v(void)
+{
+    golden_case gc = {"flf2v", FLF2V_KWARGS, 16, 20, 514, 0, 0};
     run_case(&gc);
 }
 
@@ -401,6 +409,7 @@ int main(void)
     RUN(test_t2v);
     RUN(test_vace);
     RUN(test_i2v);
+    RUN(test_flf2v);
     RUN(test_ti2v);
     ds_safetensors_close(golden);
     ds_backend_destroy(cpu);

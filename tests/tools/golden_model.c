@@ -62,6 +62,10 @@ void ds_golden_bounds_wan_video_dit(const ds_state_dict *params, const char *nam
     *bound = 0.1;
     if (ends_with(name, "modulation"))
         return;
+    if (ends_with(name, "emb_pos")) {
+        *bound = 0.5;
+        return;
+    }
     if (view->ndim >= 2) {
         *bound = fan_in_bound(view);
         return;

@@ -39,7 +39,8 @@ void ds_golden_bounds_wan_text_encoder(const ds_state_dict *params, const char *
 void ds_golden_bounds_qwen_image_vae(const ds_state_dict *params, const char *name,
                                      const ds_tensor_view *view, double *bound, float *center);
 
-/* make_wan_video_dit_golden.py (weight_range): modulation tables 0 +- 0.1; weights of rank 2
+/* make_wan_video_dit_golden.py (weight_range): img_emb.emb_pos 0 +- 0.5; modulation tables
+ * 0 +- 0.1; weights of rank 2
  * or more (Linear, Conv) and their biases within 1/sqrt(prod(weight.shape[1:])); other 1-D
  * weights (RMSNorm and LayerNorm scales) 1 +- 0.1 and LayerNorm biases 0 +- 0.1. */
 void ds_golden_bounds_wan_video_dit(const ds_state_dict *params, const char *name,
