@@ -537,7 +537,7 @@ size_t ds_module_bytes(ds_tensor *const *all, size_t n)
     return bytes;
 }
 
-void ds_module_free_all(ds_tensor *const *all, size_t n)
+void ds_module_free_n(ds_tensor *const *all, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         ds_tensor_free(all[i]);

@@ -190,8 +190,8 @@ void ds_module_free_all(ds_tensor *const *list);
 ds_tensor ds_module_view(const ds_tensor *t, int ndim, const int64_t *shape);
 /* Bytes the tensors hold (those with data: inputs used in place hold none). */
 size_t ds_module_bytes(ds_tensor *const *all, size_t n);
-/* Frees each of the tensors (a forward's activations). */
-void ds_module_free_all(ds_tensor *const *all, size_t n);
+/* Frees each of the n tensors (a forward's activations, counted as ds_module_bytes takes them). */
+void ds_module_free_n(ds_tensor *const *all, size_t n);
 /* INVALID_ARGUMENT "<phase>: <role> "<name>" is <t described>, expected <expected>". */
 int ds_module_bad_tensor(const char *phase, const char *role, const char *name,
                          const ds_tensor *t, const char *expected, ds_error *err);

@@ -783,7 +783,7 @@ int ds_wan_video_dit_forward(const ds_loaded_model *m, const ds_step_context *ct
         rc = ds_module_deliver(b, &noise, noise_pred_out, err);
 done:
     ds_module_close(&run);
-    ds_module_free_all(state, state_count);
+    ds_module_free_n(state, state_count);
     for (int n = 0; n < DS__WAN_VACE_LAYERS_MAX; n++)
         ds_tensor_free(&hints[n]);
     return rc;
