@@ -409,21 +409,7 @@ static void pipeline_progress(void *user, const char *phase, uint64_t done, uint
 /* A tokenizer folder named by the client obeys the model roots, as model files do. */
 static int pipeline_check_path(void *user, const char *path, ds_error *err)
 {
-    const pipeline_job *pj = (const pipeline_job *)user;
-    const ds_model_roots *roots = &pj->daemon->roots;
-    char resolved[PATH_MAX];
-    if (path[0] != '/')
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s is not an absolute path", path);
-    if (!realpath(path, resolved))
-        return ds_error_set(err, DS_ERR_NOT_FOUND, "%s: %s", path, strerror(errno));
-    for (size_t i = 0; i < roots->count; i++)
-        if (ds_path_is_under(roots->dirs[i], resolved))
-            return DS_OK;
-    char *described = ds_model_roots_describe(roots);
-    int rc = ds_error_set(err, DS_ERR_PERMISSION_DENIED, "%s is outside the model roots: %s", path,
-                          described ? described : "(none)");
-    free(described);
-    return rc;
+    return ds_model_roots_check(&((const pipeline_job *)user)->daemon->roots, path, err);
 }
 
 /* Where each output goes: inline while the reply frame has room and each is within the
