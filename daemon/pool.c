@@ -353,3 +353,14 @@ uint64_t ds_pool_disk_bytes(const ds_pool *pool)
         total += ds_pool_model_disk_bytes(pool->listed.items[i]);
     return total;
 }
+
+int ds_pool_check_id(const char *field, const char *id, ds_error *err)
+{
+    if (!id[0])
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s is empty", field);
+    if (strlen(id) >= DS_MODEL_ID_MAX)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s is %zu bytes long; model ids are like \"m1\"", field,
+                            strlen(id));
+    return DS_OK;
+}
