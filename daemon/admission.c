@@ -1,6 +1,7 @@
 #include "daemon/admission.h"
 
 #include "core/log.h"
+#include "daemon/list.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -153,11 +154,7 @@ int ds_admission_reserve(ds_admission *a, ds_admission_ticket *t, const char *wh
     }
     t->need = need;
     t->active = 1;
-    t->prev = NULL;
-    t->next = a->head;
-    if (a->head)
-        a->head->prev = t;
-    a->head = t;
+    DS_LIST_PUSH_FRONT(a->head, t);
     a->held += need.held;
     a->count++;
     ds_log_debug("admitted %s: %" PRIu64 " bytes held, %" PRIu64 " more while a unit runs; %zu "
@@ -170,12 +167,7 @@ void ds_admission_release(ds_admission *a, ds_admission_ticket *t)
 {
     if (!t->active)
         return;
-    if (t->prev)
-        t->prev->next = t->next;
-    else
-        a->head = t->next;
-    if (t->next)
-        t->next->prev = t->prev;
+    DS_LIST_UNLINK(a->head, t);
     a->held -= t->need.held;
     a->count--;
     t->active = 0;

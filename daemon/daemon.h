@@ -50,6 +50,19 @@ struct ds_daemon {
     ds_admission admission;
 };
 
+/* The device memory admission may promise a request: the VRAM manager's budget when it has one
+ * over a device other than the host, else no bound. */
+static inline uint64_t ds_daemon_device_budget(const ds_daemon *d)
+{
+    if (d->vram && d->backend != d->host_backend) {
+        ds_vram_stats vs;
+        ds_vram_stats_get(d->vram, &vs);
+        if (vs.budget_bytes != DS_VRAM_UNLIMITED)
+            return vs.budget_bytes;
+    }
+    return UINT64_MAX;
+}
+
 /* Milliseconds of CLOCK_MONOTONIC (uptime) / of the wall clock (what the pool reports). */
 static inline uint64_t ds_monotonic_ms(void)
 {

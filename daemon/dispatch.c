@@ -86,31 +86,56 @@ static void arena_free(arena *a)
     }
 }
 
+/* A message of `desc`'s type from the arena, initialized; NULL when the arena is out. */
+static void *arena_msg(arena *a, const ProtobufCMessageDescriptor *desc)
+{
+    void *m = arena_alloc(a, desc->sizeof_message);
+    if (m)
+        protobuf_c_message_init(desc, m);
+    return m;
+}
+
 /* --- replies ------------------------------------------------------------------------------ */
 
-/* Sends a built reply, or an error instead when building ran out of memory. */
-static void reply(ds_daemon *d, ds_conn *conn, arena *a, Diffsynth__V1__Envelope *env)
+/* Sends `body`, built (from arena `a`), as the reply to request_id: the message of the
+ * envelope's oneof case `body_case`, set through that field's descriptor as the encoder reads
+ * it. An error instead when building ran out of memory. */
+static void reply(ds_daemon *d, ds_conn *conn, arena *a, uint64_t request_id,
+                  Diffsynth__V1__Envelope__BodyCase body_case, void *body)
 {
     if (a->oom) {
-        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                                "out of memory building the reply");
+        ds_reply_error(d, conn, request_id, DS_ERR_RESOURCE_EXHAUSTED,
+                       "out of memory building the reply");
         return;
     }
+    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(
+        &diffsynth__v1__envelope__descriptor, (unsigned)body_case);
+    out.request_id = request_id;
+    out.body_case = body_case;
+    *(void **)((char *)&out + f->offset) = body;
     d->requests_served++;
-    ds_conn_send(conn, env);
+    ds_conn_send(conn, &out);
 }
+
+/* The strings a config and a loaded model both carry (what upstream prints of a loaded model),
+ * from `from` (ds_model_config or ds_loaded_model) into message `m` (ModelConfig or
+ * LoadedModel), which name them alike. */
+#define COPY_MODEL_STRINGS(a, m, from)                                                       \
+    do {                                                                                     \
+        (m)->model_name = arena_str(a, (from)->model_name);                                  \
+        (m)->model_class = arena_str(a, (from)->model_class);                                \
+        (m)->state_dict_converter = arena_str(a, (from)->state_dict_converter);              \
+        (m)->extra_kwargs_json = arena_str(a, (from)->extra_kwargs_json);                    \
+    } while (0)
 
 static Diffsynth__V1__ModelConfig *config_msg(arena *a, const ds_model_config *c)
 {
-    Diffsynth__V1__ModelConfig *m = arena_alloc(a, sizeof *m);
+    Diffsynth__V1__ModelConfig *m = arena_msg(a, &diffsynth__v1__model_config__descriptor);
     if (!m)
         return NULL;
-    diffsynth__v1__model_config__init(m);
     m->model_hash = arena_str(a, c->model_hash);
-    m->model_name = arena_str(a, c->model_name);
-    m->model_class = arena_str(a, c->model_class);
-    m->state_dict_converter = arena_str(a, c->state_dict_converter);
-    m->extra_kwargs_json = arena_str(a, c->extra_kwargs_json);
+    COPY_MODEL_STRINGS(a, m, c);
     m->implemented = ds_config_is_implemented(c);
     m->quant_config_json = arena_str(a, c->quant_config_json);
     m->source = arena_str(a, c->source);
@@ -119,10 +144,9 @@ static Diffsynth__V1__ModelConfig *config_msg(arena *a, const ds_model_config *c
 
 static Diffsynth__V1__TierBytes *tier_msg(arena *a, const char *tier, uint64_t bytes)
 {
-    Diffsynth__V1__TierBytes *t = arena_alloc(a, sizeof *t);
+    Diffsynth__V1__TierBytes *t = arena_msg(a, &diffsynth__v1__tier_bytes__descriptor);
     if (!t)
         return NULL;
-    diffsynth__v1__tier_bytes__init(t);
     t->tier = (char *)tier;
     t->bytes = bytes;
     return t;
@@ -168,15 +192,11 @@ static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_daemon *d
                                                     const ds_pool_model *e, int reused)
 {
     const ds_loaded_model *model = e->model;
-    Diffsynth__V1__LoadedModel *m = arena_alloc(a, sizeof *m);
+    Diffsynth__V1__LoadedModel *m = arena_msg(a, &diffsynth__v1__loaded_model__descriptor);
     if (!m)
         return NULL;
-    diffsynth__v1__loaded_model__init(m);
     m->model_id = arena_str(a, e->id);
-    m->model_name = arena_str(a, model->model_name);
-    m->model_class = arena_str(a, model->model_class);
-    m->state_dict_converter = arena_str(a, model->state_dict_converter);
-    m->extra_kwargs_json = arena_str(a, model->extra_kwargs_json);
+    COPY_MODEL_STRINGS(a, m, model);
     size_t nfiles = model->files ? model->files->count : 0;
     m->paths = arena_array(a, nfiles, sizeof *m->paths);
     if (m->paths) {
@@ -344,16 +364,9 @@ int ds_dispatch_validate(const Diffsynth__V1__Envelope *env, ds_error *err)
     case DIFFSYNTH__V1__ENVELOPE__BODY_LOAD:
         rc = check_paths("load", env->load->paths, env->load->n_paths, err);
         return rc != DS_OK ? rc : check_client_name("load", env->load->client_name, err);
-    case DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD: {
-        const char *id = env->unload->model_id;
-        if (!id[0])
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "unload.model_id is empty");
-        if (strlen(id) >= DS_MODEL_ID_MAX)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "unload.model_id is %zu bytes long; model ids are like \"m1\"",
-                                strlen(id));
-        return check_client_name("unload", env->unload->client_name, err);
-    }
+    case DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD:
+        rc = ds_pool_check_id("unload.model_id", env->unload->model_id, err);
+        return rc != DS_OK ? rc : check_client_name("unload", env->unload->client_name, err);
     case DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL:
         if (env->cancel->target_request_id == 0)
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -452,10 +465,10 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
     res.closest = arena_array(&a, suggestion_count, sizeof *res.closest);
     if (res.closest) {
         for (size_t i = 0; i < suggestion_count; i++) {
-            Diffsynth__V1__ConfigSuggestion *s = arena_alloc(&a, sizeof *s);
+            Diffsynth__V1__ConfigSuggestion *s =
+                arena_msg(&a, &diffsynth__v1__config_suggestion__descriptor);
             if (!s)
                 break;
-            diffsynth__v1__config_suggestion__init(s);
             s->config = config_msg(&a, suggestions[i].config);
             s->shared_names = (uint32_t)suggestions[i].shared_names;
             s->config_names = (uint32_t)suggestions[i].config_names;
@@ -463,11 +476,7 @@ static void handle_identify(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__En
         }
         res.n_closest = suggestion_count;
     }
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = env->request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_IDENTIFY_RESULT;
-    out.identify_result = &res;
-    reply(d, conn, &a, &out);
+    reply(d, conn, &a, env->request_id, DIFFSYNTH__V1__ENVELOPE__BODY_IDENTIFY_RESULT, &res);
 
 done:
     arena_free(&a);
@@ -572,16 +581,15 @@ static int load_run(ds_job *job)
     /* The models and the skipped configs move to the job. */
     lj->skipped = result.skipped;
     lj->skipped_count = result.skipped_count;
+    lj->models = result.models;
+    lj->model_count = result.model_count;
     result.skipped = NULL;
-    result.skipped_count = 0;
-    if (result.model_count == 0) {
+    result.models = NULL;
+    result.skipped_count = result.model_count = 0;
+    if (lj->model_count == 0) {
         rc = none_implemented(lj, err);
         goto done;
     }
-    lj->models = result.models;
-    lj->model_count = result.model_count;
-    result.models = NULL;
-    result.model_count = 0;
     for (size_t i = 0; i < lj->model_count; i++)
         lj->models[i]->vram_config = lj->vram_config;
 
@@ -674,11 +682,7 @@ static void load_complete(ds_job *job)
             res.skipped[i] = config_msg(&a, lj->skipped[i]);
         res.n_skipped = lj->skipped_count;
     }
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = job->request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_LOAD_RESULT;
-    out.load_result = &res;
-    reply(d, conn, &a, &out);
+    reply(d, conn, &a, job->request_id, DIFFSYNTH__V1__ENVELOPE__BODY_LOAD_RESULT, &res);
 
 done:
     arena_free(&a);
@@ -753,14 +757,11 @@ static int load_vram_config(const ds_daemon *d, const Diffsynth__V1__LoadRequest
 static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
 {
     const Diffsynth__V1__LoadRequest *req = env->load;
+    load_job *lj = ds_request_job_new(d, conn, env->request_id, sizeof *lj, "the load");
+    if (!lj)
+        return;
     ds_error err;
     ds_error_clear(&err);
-    load_job *lj = calloc(1, sizeof *lj);
-    if (!lj) {
-        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                                "out of memory queueing the load");
-        return;
-    }
     int rc = load_vram_config(d, req, &lj->vram_config, &err);
     if (rc != DS_OK) {
         ds_reply_error(d, conn, env->request_id, rc, err.message);
@@ -797,15 +798,8 @@ static void handle_load(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     lj->daemon = d;
     lj->conn = conn;
     lj->uid = ds_conn_uid(conn);
-    ds_conn_ref(conn);
-    lj->job.kind = DS_JOB_LOAD;
-    lj->job.request_id = env->request_id;
-    lj->job.owner = conn;
-    lj->job.uid = (unsigned)ds_conn_uid(conn);
-    lj->job.run = load_run;
-    lj->job.progress = load_progress;
-    lj->job.complete = load_complete;
-    ds_scheduler_submit(d->scheduler, &lj->job);
+    ds_request_submit(d, conn, env->request_id, &lj->job, DS_JOB_LOAD, load_run, load_progress,
+                      load_complete);
 }
 
 /* --- cheap requests ------------------------------------------------------------------------ */
@@ -844,12 +838,8 @@ static void handle_unload(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
     res.model_id = req->model_id;
     res.remaining_references = (uint32_t)result.remaining;
     res.freed = result.removed;
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = env->request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD_RESULT;
-    out.unload_result = &res;
     arena a = {0};
-    reply(d, conn, &a, &out);
+    reply(d, conn, &a, env->request_id, DIFFSYNTH__V1__ENVELOPE__BODY_UNLOAD_RESULT, &res);
     free(client);
 }
 
@@ -864,11 +854,7 @@ static void handle_list_models(ds_daemon *d, ds_conn *conn, const Diffsynth__V1_
             res.models[i] = loaded_model_msg(&a, d, ds_pool_at(d->pool, i), 0);
         res.n_models = n;
     }
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = env->request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_LIST_MODELS_RESULT;
-    out.list_models_result = &res;
-    reply(d, conn, &a, &out);
+    reply(d, conn, &a, env->request_id, DIFFSYNTH__V1__ENVELOPE__BODY_LIST_MODELS_RESULT, &res);
     arena_free(&a);
 }
 
@@ -916,11 +902,7 @@ static void handle_status(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
     res.max_frame_bytes = d->max_frame_bytes;
     /* This request counts as served once answered. */
     res.requests_served = d->requests_served + 1;
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = env->request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_STATUS_RESULT;
-    out.status_result = &res;
-    reply(d, conn, &a, &out);
+    reply(d, conn, &a, env->request_id, DIFFSYNTH__V1__ENVELOPE__BODY_STATUS_RESULT, &res);
     arena_free(&a);
 }
 
@@ -932,20 +914,15 @@ static void handle_cancel(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
                  (unsigned long long)target, found ? "found" : "not queued or running");
     Diffsynth__V1__CancelResponse res = DIFFSYNTH__V1__CANCEL_RESPONSE__INIT;
     res.found = found;
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = env->request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL_RESULT;
-    out.cancel_result = &res;
     arena a = {0};
-    reply(d, conn, &a, &out);
+    reply(d, conn, &a, env->request_id, DIFFSYNTH__V1__ENVELOPE__BODY_CANCEL_RESULT, &res);
 }
 
 static Diffsynth__V1__ConfigEntry *config_entry_msg(arena *a, const ds_model_config *c, int verify)
 {
-    Diffsynth__V1__ConfigEntry *e = arena_alloc(a, sizeof *e);
+    Diffsynth__V1__ConfigEntry *e = arena_msg(a, &diffsynth__v1__config_entry__descriptor);
     if (!e)
         return NULL;
-    diffsynth__v1__config_entry__init(e);
     e->config = config_msg(a, c);
     if (!verify)
         return e;
@@ -985,20 +962,16 @@ static Diffsynth__V1__ConfigEntry *config_entry_msg(arena *a, const ds_model_con
 static void handle_list_configs(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
 {
     arena a = {0};
+    int verify = env->list_configs->verify;
     size_t n = ds_config_table_count(d->configs);
     Diffsynth__V1__ListConfigsResponse res = DIFFSYNTH__V1__LIST_CONFIGS_RESPONSE__INIT;
     res.entries = arena_array(&a, n, sizeof *res.entries);
     if (res.entries) {
         for (size_t i = 0; i < n; i++)
-            res.entries[i] =
-                config_entry_msg(&a, ds_config_table_at(d->configs, i), env->list_configs->verify);
+            res.entries[i] = config_entry_msg(&a, ds_config_table_at(d->configs, i), verify);
         res.n_entries = n;
     }
-    Diffsynth__V1__Envelope out = DIFFSYNTH__V1__ENVELOPE__INIT;
-    out.request_id = env->request_id;
-    out.body_case = DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS_RESULT;
-    out.list_configs_result = &res;
-    reply(d, conn, &a, &out);
+    reply(d, conn, &a, env->request_id, DIFFSYNTH__V1__ENVELOPE__BODY_LIST_CONFIGS_RESULT, &res);
     arena_free(&a);
 }
 

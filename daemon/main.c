@@ -330,7 +330,10 @@ int main(int argc, char **argv)
     int opt;
     uint64_t value;
     ds_log_level level;
-    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    int longindex = 0;
+    while ((opt = getopt_long(argc, argv, "", longopts, &longindex)) != -1) {
+        char name[64]; /* the option as given, for messages */
+        snprintf(name, sizeof name, "--%s", longopts[longindex].name);
         switch (opt) {
         case OPT_SOCKET: server_opts.socket_path = optarg; break;
         case OPT_GROUP: server_opts.group_access = 1; break;
@@ -342,43 +345,31 @@ int main(int argc, char **argv)
             server_opts.max_frame_bytes = value;
             break;
         case OPT_MAX_CONN:
-            if (parse_u64("--max-connections", optarg, 1, 65536, &value) != 0)
-                goto out_args;
-            server_opts.max_connections = (unsigned)value;
-            break;
         case OPT_MAX_CONN_UID:
-            if (parse_u64("--max-connections-per-uid", optarg, 1, 65536, &value) != 0)
+            if (parse_u64(name, optarg, 1, 65536, &value) != 0)
                 goto out_args;
-            server_opts.max_connections_per_uid = (unsigned)value;
+            *(opt == OPT_MAX_CONN ? &server_opts.max_connections
+                                  : &server_opts.max_connections_per_uid) = (unsigned)value;
             break;
         case OPT_IDLE_TIMEOUT:
-            if (parse_seconds("--idle-timeout", optarg, &server_opts.idle_timeout_ms) != 0)
-                goto out_args;
-            break;
         case OPT_FRAME_TIMEOUT:
-            if (parse_seconds("--frame-timeout", optarg, &server_opts.frame_timeout_ms) != 0)
+            if (parse_seconds(name, optarg,
+                              opt == OPT_IDLE_TIMEOUT ? &server_opts.idle_timeout_ms
+                                                      : &server_opts.frame_timeout_ms) != 0)
                 goto out_args;
             break;
         case OPT_MAX_UNSENT:
-            if (parse_u64("--max-unsent-bytes", optarg, 1, BYTES_OPTION_MAX,
-                          &server_opts.max_unsent_bytes) != 0)
-                goto out_args;
-            break;
         case OPT_MAX_UNSENT_UID:
-            if (parse_u64("--max-unsent-bytes-per-uid", optarg, 1, BYTES_OPTION_MAX,
-                          &server_opts.max_unsent_bytes_per_uid) != 0)
-                goto out_args;
-            break;
         case OPT_MAX_INLINE:
-            if (parse_u64("--max-queued-inline-bytes", optarg, 1, BYTES_OPTION_MAX,
-                          &server_opts.max_queued_inline_bytes) != 0)
+        case OPT_MAX_INLINE_UID: {
+            uint64_t *limit = opt == OPT_MAX_UNSENT       ? &server_opts.max_unsent_bytes
+                              : opt == OPT_MAX_UNSENT_UID ? &server_opts.max_unsent_bytes_per_uid
+                              : opt == OPT_MAX_INLINE     ? &server_opts.max_queued_inline_bytes
+                                              : &server_opts.max_queued_inline_bytes_per_uid;
+            if (parse_u64(name, optarg, 1, BYTES_OPTION_MAX, limit) != 0)
                 goto out_args;
             break;
-        case OPT_MAX_INLINE_UID:
-            if (parse_u64("--max-queued-inline-bytes-per-uid", optarg, 1, BYTES_OPTION_MAX,
-                          &server_opts.max_queued_inline_bytes_per_uid) != 0)
-                goto out_args;
-            break;
+        }
         case OPT_LOG:
             if (ds_log_level_parse(optarg, &level) != 0) {
                 fprintf(stderr, "diffsynthd: --log-level wants debug, info, warn or error, not \"%s\"\n",
@@ -411,14 +402,11 @@ int main(int argc, char **argv)
             reserve_text = optarg;
             break;
         case OPT_HOST_LIMIT:
-            if (parse_gib("--host-limit", optarg, 1, &host_limit) != 0)
-                goto out_args;
-            host_limit_text = optarg;
-            break;
         case OPT_REQUEST_MEMORY:
-            if (parse_gib("--request-memory-limit", optarg, 1, &request_memory) != 0)
+            if (parse_gib(name, optarg, 1,
+                          opt == OPT_HOST_LIMIT ? &host_limit : &request_memory) != 0)
                 goto out_args;
-            request_memory_text = optarg;
+            *(opt == OPT_HOST_LIMIT ? &host_limit_text : &request_memory_text) = optarg;
             break;
         case OPT_MAX_JOBS_PER_UID:
             if (parse_u64("--max-jobs-per-uid", optarg, 0, 1u << 20, &value) != 0)

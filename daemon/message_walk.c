@@ -69,26 +69,34 @@ static int check_utf8(const char *s, const field_path *path, ds_error *err)
     return DS_OK;
 }
 
-static int walk_strings(const ProtobufCMessage *msg, field_path *path, int depth, ds_error *err)
+/* Visits one member of the leaf type a walk looks for, with its path. */
+typedef int (*leaf_fn)(const void *item, const field_path *path, void *user, ds_error *err);
+
+/* Every member of type `leaf` (strings or bytes) in msg and its messages, down to
+ * DS_MESSAGE_WALK_MAX_DEPTH: a string's char *, or a bytes field's ProtobufCBinaryData *, to
+ * `visit`, until it returns other than DS_OK. */
+static int walk(const ProtobufCMessage *msg, ProtobufCType leaf, field_path *path, int depth,
+                leaf_fn visit, void *user, ds_error *err)
 {
     const ProtobufCMessageDescriptor *desc = msg->descriptor;
     if (depth > DS_MESSAGE_WALK_MAX_DEPTH)
         return DS_OK;
     for (unsigned i = 0; i < desc->n_fields; i++) {
         const ProtobufCFieldDescriptor *f = &desc->fields[i];
-        if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
+        if (f->type != leaf && f->type != PROTOBUF_C_TYPE_MESSAGE)
             continue;
         const void *items = NULL;
         size_t count = field_items(msg, f, &items);
         int repeated = f->label == PROTOBUF_C_LABEL_REPEATED;
         for (size_t k = 0; k < count; k++) {
-            const void *item = ((const void *const *)items)[k];
+            const void *item = f->type == PROTOBUF_C_TYPE_BYTES
+                                   ? (const void *)&((const ProtobufCBinaryData *)items)[k]
+                                   : ((const void *const *)items)[k];
             if (!item)
                 continue;
             size_t saved = path_push(path, f->name, repeated, k);
-            int rc = f->type == PROTOBUF_C_TYPE_STRING
-                         ? check_utf8(item, path, err)
-                         : walk_strings(item, path, depth + 1, err);
+            int rc = f->type == leaf ? visit(item, path, user, err)
+                                     : walk(item, leaf, path, depth + 1, visit, user, err);
             path_pop(path, saved);
             if (rc != DS_OK)
                 return rc;
@@ -97,39 +105,35 @@ static int walk_strings(const ProtobufCMessage *msg, field_path *path, int depth
     return DS_OK;
 }
 
+static int check_string(const void *item, const field_path *path, void *user, ds_error *err)
+{
+    (void)user;
+    return check_utf8(item, path, err);
+}
+
 int ds_message_check_strings(const ProtobufCMessage *msg, ds_error *err)
 {
     field_path path = {.len = 0};
     path.text[0] = '\0';
-    return walk_strings(msg, &path, 0, err);
+    return walk(msg, PROTOBUF_C_TYPE_STRING, &path, 0, check_string, NULL, err);
 }
 
-static uint64_t sum_bytes(const ProtobufCMessage *msg, int depth)
+static int add_bytes(const void *item, const field_path *path, void *user, ds_error *err)
 {
-    const ProtobufCMessageDescriptor *desc = msg->descriptor;
+    (void)path;
+    (void)err;
+    *(uint64_t *)user += ((const ProtobufCBinaryData *)item)->len;
+    return DS_OK;
+}
+
+uint64_t ds_message_bytes_total(const ProtobufCMessage *msg)
+{
+    field_path path = {.len = 0};
     uint64_t total = 0;
-    if (depth > DS_MESSAGE_WALK_MAX_DEPTH)
-        return 0;
-    for (unsigned i = 0; i < desc->n_fields; i++) {
-        const ProtobufCFieldDescriptor *f = &desc->fields[i];
-        if (f->type != PROTOBUF_C_TYPE_BYTES && f->type != PROTOBUF_C_TYPE_MESSAGE)
-            continue;
-        const void *items = NULL;
-        size_t count = field_items(msg, f, &items);
-        for (size_t k = 0; k < count; k++) {
-            if (f->type == PROTOBUF_C_TYPE_BYTES) {
-                total += ((const ProtobufCBinaryData *)items)[k].len;
-            } else {
-                const ProtobufCMessage *sub = ((const ProtobufCMessage *const *)items)[k];
-                if (sub)
-                    total += sum_bytes(sub, depth + 1);
-            }
-        }
-    }
+    path.text[0] = '\0';
+    walk(msg, PROTOBUF_C_TYPE_BYTES, &path, 0, add_bytes, &total, NULL);
     return total;
 }
-
-uint64_t ds_message_bytes_total(const ProtobufCMessage *msg) { return sum_bytes(msg, 0); }
 
 /* --- wire encoding -------------------------------------------------------------------------- */
 

@@ -19,14 +19,20 @@ void ds_model_roots_init(ds_model_roots *roots)
     roots->count = 0;
 }
 
+/* Both lists pair a name with the descriptor opened for it; both own the two. */
+static void free_named_fds(char **names, int *fds, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        free(names[i]);
+        close(fds[i]);
+    }
+    free(names);
+    free(fds);
+}
+
 void ds_model_roots_free(ds_model_roots *roots)
 {
-    for (size_t i = 0; i < roots->count; i++) {
-        free(roots->dirs[i]);
-        close(roots->fds[i]);
-    }
-    free(roots->dirs);
-    free(roots->fds);
+    free_named_fds(roots->dirs, roots->fds, roots->count);
     ds_model_roots_init(roots);
 }
 
@@ -406,12 +412,7 @@ int ds_model_roots_open(const ds_model_roots *roots, const char *path, int *fd_o
 
 void ds_opened_paths_free(ds_opened_paths *opened)
 {
-    for (size_t i = 0; i < opened->count; i++) {
-        free(opened->names[i]);
-        close(opened->fds[i]);
-    }
-    free(opened->names);
-    free(opened->fds);
+    free_named_fds(opened->names, opened->fds, opened->count);
     opened->names = NULL;
     opened->fds = NULL;
     opened->count = 0;

@@ -101,20 +101,25 @@ static int same_model(const ds_loaded_model *a, const ds_loaded_model *b)
     return 1;
 }
 
+/* The two parallel arrays of references grown together; the capacity counts only once both
+ * have it. */
+static int grow_clients(ds_pool_model *entry)
+{
+    size_t cap = entry->client_cap ? entry->client_cap * 2 : 4;
+    char **names = realloc(entry->clients, cap * sizeof *names);
+    uid_t *uids = names ? realloc(entry->client_uids, cap * sizeof *uids) : NULL;
+    if (names)
+        entry->clients = names;
+    if (uids)
+        entry->client_uids = uids;
+    entry->client_cap = uids ? cap : entry->client_cap;
+    return uids ? DS_OK : DS_ERR_RESOURCE_EXHAUSTED;
+}
+
 static int add_client(ds_pool_model *entry, uid_t uid, const char *client)
 {
-    if (entry->client_count == entry->client_cap) {
-        size_t cap = entry->client_cap ? entry->client_cap * 2 : 4;
-        char **grown = realloc(entry->clients, cap * sizeof *grown);
-        if (!grown)
-            return DS_ERR_RESOURCE_EXHAUSTED;
-        entry->clients = grown;
-        uid_t *uids = realloc(entry->client_uids, cap * sizeof *uids);
-        if (!uids)
-            return DS_ERR_RESOURCE_EXHAUSTED;
-        entry->client_uids = uids;
-        entry->client_cap = cap;
-    }
+    if (entry->client_count == entry->client_cap && grow_clients(entry) != DS_OK)
+        return DS_ERR_RESOURCE_EXHAUSTED;
     char *copy = strdup(client);
     if (!copy)
         return DS_ERR_RESOURCE_EXHAUSTED;
@@ -354,4 +359,15 @@ uint64_t ds_pool_disk_bytes(const ds_pool *pool)
             total += ds_pool_model_disk_bytes(pool->listed.items[i]);
     }
     return total;
+}
+
+int ds_pool_check_id(const char *field, const char *id, ds_error *err)
+{
+    if (!id[0])
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s is empty", field);
+    if (strlen(id) >= DS_MODEL_ID_MAX)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s is %zu bytes long; model ids are like \"m1\"", field,
+                            strlen(id));
+    return DS_OK;
 }

@@ -95,4 +95,8 @@ const char *ds_pool_stale_reason(const ds_pool_model *entry);
 uint64_t ds_pool_disk_bytes(const ds_pool *pool);
 uint64_t ds_pool_model_disk_bytes(const ds_pool_model *entry);
 
+/* A model id a request names, as `field`: INVALID_ARGUMENT when it is empty or longer than any
+ * id the pool gives ("m1", "m2", ...). */
+int ds_pool_check_id(const char *field, const char *id, ds_error *err);
+
 #endif

@@ -1,7 +1,38 @@
 #include "daemon/reply.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+
 #include "core/log.h"
 #include "diffsynth.pb-c.h"
+
+void *ds_request_job_new(ds_daemon *d, ds_conn *conn, uint64_t request_id, size_t size,
+                         const char *what)
+{
+    void *job = calloc(1, size);
+    if (!job) {
+        char message[96];
+        snprintf(message, sizeof message, "out of memory queueing %s", what);
+        ds_reply_error(d, conn, request_id, DS_ERR_RESOURCE_EXHAUSTED, message);
+    }
+    return job;
+}
+
+void ds_request_submit(ds_daemon *d, ds_conn *conn, uint64_t request_id, ds_job *job,
+                       ds_job_kind kind, int (*run)(ds_job *job),
+                       void (*progress)(ds_job *job, const ds_job_progress *progress),
+                       void (*complete)(ds_job *job))
+{
+    ds_conn_ref(conn);
+    job->kind = kind;
+    job->request_id = request_id;
+    job->owner = conn;
+    job->uid = (unsigned)ds_conn_uid(conn);
+    job->run = run;
+    job->progress = progress;
+    job->complete = complete;
+    ds_scheduler_submit(d->scheduler, job);
+}
 
 void ds_reply_error(ds_daemon *d, ds_conn *conn, uint64_t request_id, int status,
                     const char *message)

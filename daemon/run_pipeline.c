@@ -171,48 +171,9 @@ static int check_model(const ds_pipeline_def *def, size_t i, const Diffsynth__V1
 
 static int check_tensor(const char *field, const Diffsynth__V1__Tensor *t, ds_error *err)
 {
-    int dtype = (int)t->dtype;
-    size_t elem = (dtype > 0 && dtype < (int)DS_DTYPE_COUNT) ? ds_dtype_size((ds_dtype)dtype) : 0;
-    if (elem == 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "run_pipeline.%s: dtype %d is not a known DType", field, dtype);
-    if (t->n_shape == 0 || t->n_shape > DS_MAX_DIMS)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "run_pipeline.%s has %zu dims, expected 1 to %d", field, t->n_shape,
-                            DS_MAX_DIMS);
-    uint64_t bytes = elem;
-    for (size_t d = 0; d < t->n_shape; d++) {
-        int64_t dim = t->shape[d];
-        if (dim <= 0)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "run_pipeline.%s: dim %zu is %lld; every dim must be positive",
-                                field, d, (long long)dim);
-        if (bytes > SIZE_MAX / (uint64_t)dim)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "run_pipeline.%s: the shape's byte count overflows", field);
-        bytes *= (uint64_t)dim;
-    }
-    if (t->shm) {
-        char what[64];
-        snprintf(what, sizeof what, "run_pipeline.%s.shm", field);
-        int rc = ds_shm_check_region(what, t->shm, err);
-        if (rc != DS_OK)
-            return rc;
-        if (t->data.len != 0)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "run_pipeline.%s has both inline data and a shared-memory region",
-                                field);
-        if (t->shm->size != bytes)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "run_pipeline.%s: shared-memory region has %llu bytes, its dtype "
-                                "and shape need %llu",
-                                field, (unsigned long long)t->shm->size, (unsigned long long)bytes);
-    } else if (t->data.len != bytes) {
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "run_pipeline.%s: %zu bytes of data, its dtype and shape need %llu",
-                            field, t->data.len, (unsigned long long)bytes);
-    }
-    return DS_OK;
+    char what[64];
+    snprintf(what, sizeof what, "run_pipeline.%s", field);
+    return ds_shm_check_tensor(what, t, 1, err);
 }
 
 /* The request's tensor for the pipeline's input `name`: from `inputs` by name, else the
@@ -349,13 +310,8 @@ int ds_run_pipeline_validate(const Diffsynth__V1__RunPipelineRequest *req, ds_er
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "run_pipeline.tokenizer \"%.512s\" is not an absolute path",
                             req->tokenizer);
-    if (req->output_region) {
-        rc = ds_shm_check_region("run_pipeline.output_region", req->output_region, err);
-        if (rc != DS_OK)
-            return rc;
-        if (req->output_region->size == 0)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "run_pipeline.output_region.size is 0");
-    }
+    if (req->output_region)
+        return ds_shm_check_output_region("run_pipeline.output_region", req->output_region, err);
     return DS_OK;
 }
 
@@ -388,11 +344,11 @@ static void job_free(pipeline_job *pj)
         free(pj->encoded[i]);
     }
     ds_shm_unmap(&pj->out_map);
-    free(pj->out_region_name);
-    free(pj->prompt);
-    free(pj->negative_prompt);
-    free(pj->tokenizer);
-    free(pj->client);
+    /* The strings copied out of the request. */
+    char *copies[] = {pj->out_region_name, pj->prompt, pj->negative_prompt, pj->tokenizer,
+                      pj->client};
+    for (size_t i = 0; i < sizeof copies / sizeof copies[0]; i++)
+        free(copies[i]);
     free(pj);
 }
 
@@ -432,21 +388,7 @@ static void pipeline_progress(void *user, const char *phase, uint64_t done, uint
 /* A tokenizer folder named by the client obeys the model roots, as model files do. */
 static int pipeline_check_path(void *user, const char *path, ds_error *err)
 {
-    const pipeline_job *pj = (const pipeline_job *)user;
-    const ds_model_roots *roots = &pj->daemon->roots;
-    char resolved[PATH_MAX];
-    if (path[0] != '/')
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s is not an absolute path", path);
-    if (!realpath(path, resolved))
-        return ds_error_set(err, DS_ERR_NOT_FOUND, "%s: %s", path, strerror(errno));
-    for (size_t i = 0; i < roots->count; i++)
-        if (ds_path_is_under(roots->dirs[i], resolved))
-            return DS_OK;
-    char *described = ds_model_roots_describe(roots);
-    int rc = ds_error_set(err, DS_ERR_PERMISSION_DENIED, "%s is outside the model roots: %s", path,
-                          described ? described : "(none)");
-    free(described);
-    return rc;
+    return ds_model_roots_check(&((const pipeline_job *)user)->daemon->roots, path, err);
 }
 
 /* Where each output goes: inline while the reply frame has room and each is within the
@@ -837,14 +779,8 @@ static int admit(pipeline_job *pj, ds_error *err)
     int rc = def->estimate_memory(&pj->args, &m, &need, what, sizeof what, err);
     if (rc != DS_OK)
         return rc;
-    uint64_t device_budget = UINT64_MAX;
-    if (d->vram && d->backend != d->host_backend) {
-        ds_vram_stats vs;
-        ds_vram_stats_get(d->vram, &vs);
-        if (vs.budget_bytes != DS_VRAM_UNLIMITED)
-            device_budget = vs.budget_bytes;
-    }
-    return ds_admission_reserve(&d->admission, &pj->admitted, what, need, device_budget, err);
+    return ds_admission_reserve(&d->admission, &pj->admitted, what, need,
+                                ds_daemon_device_budget(d), err);
 }
 
 /* Sets up the pipeline over the pinned models and queues its units. */
@@ -1114,17 +1050,14 @@ static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineReques
     if ((rc = take_images(pj, req, conn, err)) != DS_OK)
         return rc;
     if (req->output_region) {
-        const Diffsynth__V1__SharedRegion *r = req->output_region;
         size_t fd_count;
         const int *fds = ds_conn_frame_fds(conn, &fd_count);
-        rc = ds_shm_map_region("run_pipeline.output_region", r, ds_conn_uid(conn), fds, fd_count,
-                               1, &pj->out_map, err);
+        rc = ds_shm_map_output_region("run_pipeline.output_region", req->output_region,
+                                      ds_conn_uid(conn), fds, fd_count, &pj->out_map,
+                                      &pj->out_region_offset, &pj->out_region_fd_index,
+                                      &pj->out_region_name, err);
         if (rc != DS_OK)
             return rc;
-        pj->out_region_offset = r->offset;
-        pj->out_region_fd_index = r->fd_index;
-        if (!(pj->out_region_name = strdup(r->name)))
-            return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
     }
     pj->max_inline = req->max_inline_output_bytes;
     pj->named_outputs = req->named_outputs;
@@ -1136,17 +1069,14 @@ static int take_request(pipeline_job *pj, const Diffsynth__V1__RunPipelineReques
 void ds_run_pipeline_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelope *env)
 {
     const Diffsynth__V1__RunPipelineRequest *req = env->run_pipeline;
+    pipeline_job *pj = ds_request_job_new(d, conn, env->request_id, sizeof *pj, "the pipeline");
+    if (!pj)
+        return;
+    pj->daemon = d;
+    pj->def = ds_pipeline_find(req->pipeline); /* validated */
     ds_error err;
     ds_error_clear(&err);
     int rc;
-    pipeline_job *pj = calloc(1, sizeof *pj);
-    if (!pj) {
-        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                                "out of memory queueing the pipeline");
-        return;
-    }
-    pj->daemon = d;
-    pj->def = ds_pipeline_find(req->pipeline); /* validated */
     char client[32];
     snprintf(client, sizeof client, "uid:%u", (unsigned)ds_conn_uid(conn));
     if (!(pj->client = strdup(client))) {

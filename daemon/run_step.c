@@ -83,62 +83,20 @@ static int check_name(const char *what, const char *name, ds_error *err)
 
 static int check_tensor(size_t index, const Diffsynth__V1__Tensor *t, ds_error *err)
 {
-    char what[64];
+    char what[DS_RUN_STEP_MAX_NAME + 16];
     snprintf(what, sizeof what, "run_step.inputs[%zu].name", index);
     int rc = check_name(what, t->name, err);
     if (rc != DS_OK)
         return rc;
-    const char *name = t->name;
-    int dtype = (int)t->dtype;
-    size_t elem = (dtype > 0 && dtype < (int)DS_DTYPE_COUNT) ? ds_dtype_size((ds_dtype)dtype) : 0;
-    if (elem == 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "input \"%s\": dtype %d is not a known DType", name, (int)t->dtype);
-    if (t->n_shape > DS_MAX_DIMS)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "input \"%s\" has %zu dims, at most %d", name, t->n_shape, DS_MAX_DIMS);
-    uint64_t bytes = elem;
-    for (size_t d = 0; d < t->n_shape; d++) {
-        int64_t dim = t->shape[d];
-        if (dim <= 0)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "input \"%s\": dim %zu is %lld; every dim must be positive", name,
-                                d, (long long)dim);
-        if (bytes > SIZE_MAX / (uint64_t)dim)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "input \"%s\": the shape's byte count overflows", name);
-        bytes *= (uint64_t)dim;
-    }
-    if (t->shm) {
-        snprintf(what, sizeof what, "input \"%.32s\" shm", name);
-        rc = ds_shm_check_region(what, t->shm, err);
-        if (rc != DS_OK)
-            return rc;
-        if (t->data.len != 0)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "input \"%s\" has both inline data and a shared-memory region", name);
-        if (t->shm->size != bytes)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "input \"%s\": shared-memory region has %llu bytes, its dtype and "
-                                "shape need %llu",
-                                name, (unsigned long long)t->shm->size, (unsigned long long)bytes);
-    } else if (t->data.len != bytes) {
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "input \"%s\": %zu bytes of data, its dtype and shape need %llu", name,
-                            t->data.len, (unsigned long long)bytes);
-    }
-    return DS_OK;
+    snprintf(what, sizeof what, "input \"%s\"", t->name);
+    return ds_shm_check_tensor(what, t, 0, err);
 }
 
 int ds_run_step_validate(const Diffsynth__V1__RunStepRequest *req, ds_error *err)
 {
-    const char *id = req->model_id;
-    if (!id[0])
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "run_step.model_id is empty");
-    if (strlen(id) >= DS_MODEL_ID_MAX)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "run_step.model_id is %zu bytes long; model ids are like \"m1\"",
-                            strlen(id));
+    int rc = ds_pool_check_id("run_step.model_id", req->model_id, err);
+    if (rc != DS_OK)
+        return rc;
     if (strlen(req->step) >= STEP_NAME_MAX)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "run_step.step has %zu bytes, at most %d",
                             strlen(req->step), STEP_NAME_MAX - 1);
@@ -153,8 +111,7 @@ int ds_run_step_validate(const Diffsynth__V1__RunStepRequest *req, ds_error *err
                             "run_step has %zu aux_models, at most %d", req->n_aux_models,
                             DS_RUN_STEP_MAX_AUX);
     for (size_t i = 0; i < req->n_inputs; i++) {
-        int rc = check_tensor(i, req->inputs[i], err);
-        if (rc != DS_OK)
+        if ((rc = check_tensor(i, req->inputs[i], err)) != DS_OK)
             return rc;
         /* Quadratic, but bounded by DS_RUN_STEP_MAX_TENSORS and done once per request. */
         for (size_t k = 0; k < i; k++)
@@ -166,8 +123,7 @@ int ds_run_step_validate(const Diffsynth__V1__RunStepRequest *req, ds_error *err
     char what[64];
     for (size_t i = 0; i < req->n_params; i++) {
         snprintf(what, sizeof what, "run_step.params[%zu].name", i);
-        int rc = check_name(what, req->params[i]->name, err);
-        if (rc != DS_OK)
+        if ((rc = check_name(what, req->params[i]->name, err)) != DS_OK)
             return rc;
         if (strlen(req->params[i]->value) > DS_RUN_STEP_MAX_VALUE)
             return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -181,8 +137,7 @@ int ds_run_step_validate(const Diffsynth__V1__RunStepRequest *req, ds_error *err
     }
     for (size_t i = 0; i < req->n_aux_models; i++) {
         snprintf(what, sizeof what, "run_step.aux_models[%zu].role", i);
-        int rc = check_name(what, req->aux_models[i]->role, err);
-        if (rc != DS_OK)
+        if ((rc = check_name(what, req->aux_models[i]->role, err)) != DS_OK)
             return rc;
         const char *aux_id = req->aux_models[i]->model_id;
         if (!aux_id[0] || strlen(aux_id) >= DS_MODEL_ID_MAX)
@@ -194,13 +149,8 @@ int ds_run_step_validate(const Diffsynth__V1__RunStepRequest *req, ds_error *err
                 return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "aux role \"%s\" is given twice",
                                     req->aux_models[i]->role);
     }
-    if (req->output_region) {
-        int rc = ds_shm_check_region("run_step.output_region", req->output_region, err);
-        if (rc != DS_OK)
-            return rc;
-        if (req->output_region->size == 0)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "run_step.output_region.size is 0");
-    }
+    if (req->output_region)
+        return ds_shm_check_output_region("run_step.output_region", req->output_region, err);
     return DS_OK;
 }
 
@@ -453,16 +403,10 @@ static int admit(run_step_job *sj, const Diffsynth__V1__RunStepRequest *req, ds_
     free(inputs);
     if (rc != DS_OK)
         return rc;
-    uint64_t device_budget = UINT64_MAX;
-    if (d->vram && d->backend != d->host_backend) {
-        ds_vram_stats vs;
-        ds_vram_stats_get(d->vram, &vs);
-        if (vs.budget_bytes != DS_VRAM_UNLIMITED)
-            device_budget = vs.budget_bytes;
-    }
     char what[DS_MODEL_ID_MAX + STEP_NAME_MAX + 32];
     snprintf(what, sizeof what, "run_step %s of %s", sj->step_name, sj->entry->id);
-    return ds_admission_reserve(&d->admission, &sj->admitted, what, need, device_budget, err);
+    return ds_admission_reserve(&d->admission, &sj->admitted, what, need,
+                                ds_daemon_device_budget(d), err);
 }
 
 /* "forward, encode_prompt" for messages: the class's steps, then those pipelines add to it. */
@@ -590,12 +534,9 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     ds_error err;
     ds_error_clear(&err);
     int rc;
-    run_step_job *sj = calloc(1, sizeof *sj);
-    if (!sj) {
-        ds_reply_error(d, conn, env->request_id, DS_ERR_RESOURCE_EXHAUSTED,
-                                "out of memory queueing the step");
+    run_step_job *sj = ds_request_job_new(d, conn, env->request_id, sizeof *sj, "the step");
+    if (!sj)
         return;
-    }
     sj->daemon = d;
     ds_step_io_init(&sj->in);
     ds_step_io_init(&sj->out);
@@ -604,19 +545,13 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
     if ((rc = add_inputs(sj, req, conn, &err)) != DS_OK)
         goto fail;
     if (req->output_region) {
-        const Diffsynth__V1__SharedRegion *r = req->output_region;
         size_t fd_count;
         const int *fds = ds_conn_frame_fds(conn, &fd_count);
-        rc = ds_shm_map_region("output_region", r, ds_conn_uid(conn), fds, fd_count, 1,
-                               &sj->out_map, &err);
+        rc = ds_shm_map_output_region("output_region", req->output_region, ds_conn_uid(conn), fds,
+                                      fd_count, &sj->out_map, &sj->out_region_offset,
+                                      &sj->out_region_fd_index, &sj->out_region_name, &err);
         if (rc != DS_OK)
             goto fail;
-        sj->out_region_offset = r->offset;
-        sj->out_region_fd_index = r->fd_index;
-        if (!(sj->out_region_name = strdup(r->name))) {
-            rc = ds_error_set(&err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
-            goto fail;
-        }
     }
     sj->max_inline = req->max_inline_output_bytes;
     /* The transport (shared memory above) is checked before the model, so a client learns
@@ -638,16 +573,9 @@ void ds_run_step_handle(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Envelo
         goto fail;
 
     sj->conn = conn;
-    ds_conn_ref(conn);
     sj->submitted_s = now_s();
-    sj->job.kind = DS_JOB_RUN_STEP;
-    sj->job.request_id = env->request_id;
-    sj->job.owner = conn;
-    sj->job.uid = (unsigned)ds_conn_uid(conn);
-    sj->job.run = run_step_run;
-    sj->job.progress = run_step_progress;
-    sj->job.complete = run_step_complete;
-    ds_scheduler_submit(d->scheduler, &sj->job);
+    ds_request_submit(d, conn, env->request_id, &sj->job, DS_JOB_RUN_STEP, run_step_run,
+                      run_step_progress, run_step_complete);
     return;
 
 fail:

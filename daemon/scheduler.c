@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/list.h"
+
 /* A progress event on its way from the worker to the loop. */
 typedef struct notice {
     struct notice *next;
@@ -107,25 +109,15 @@ static ds_job *take_next(ds_scheduler *sched)
 /* Caller holds the lock. */
 static void enqueue(ds_scheduler *sched, ds_job *job)
 {
-    job->next = NULL;
     job->queued_at_s = now_s();
-    if (sched->queue_tail)
-        sched->queue_tail->next = job;
-    else
-        sched->queue_head = job;
-    sched->queue_tail = job;
+    DS_FIFO_PUSH(sched->queue_head, sched->queue_tail, job);
     sched->queued++;
 }
 
 /* Caller holds the lock. */
 static void push_notice(ds_scheduler *sched, notice *n)
 {
-    n->next = NULL;
-    if (sched->notices_tail)
-        sched->notices_tail->next = n;
-    else
-        sched->notices_head = n;
-    sched->notices_tail = n;
+    DS_FIFO_PUSH(sched->notices_head, sched->notices_tail, n);
 }
 
 static void worker_main(void *arg)
@@ -165,12 +157,7 @@ static void worker_main(void *arg)
             job->status = ds_error_set(&job->error, DS_ERR_CANCELLED, "cancelled");
         }
         sched->undelivered++;
-        job->next = NULL;
-        if (sched->done_tail)
-            sched->done_tail->next = job;
-        else
-            sched->done_head = job;
-        sched->done_tail = job;
+        DS_FIFO_PUSH(sched->done_head, sched->done_tail, job);
         uv_mutex_unlock(&sched->lock);
         uv_async_send(&sched->async);
         uv_mutex_lock(&sched->lock);

@@ -12,6 +12,7 @@
 
 #include "core/log.h"
 #include "daemon/frame.h"
+#include "daemon/list.h"
 #include "daemon/shm_region.h"
 #include "daemon/message_walk.h"
 
@@ -406,6 +407,23 @@ int ds_conn_request_in_flight(const ds_conn *conn, uint64_t request_id)
     return 0;
 }
 
+/* RESOURCE_EXHAUSTED when a request's `bytes` inline bytes, with the `held` of `whose`
+ * requests in flight, pass `limit` (`option`, `limit_owner`'s). */
+static int inline_limit(uint64_t request_id, uint64_t bytes, uint64_t held, uint64_t limit,
+                        const char *whose, const char *limit_owner, const char *option,
+                        ds_error *err)
+{
+    if (bytes == 0 || held + bytes <= limit)
+        return DS_OK;
+    return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                        "request %llu carries %llu inline bytes; with the %llu of %s requests in "
+                        "flight that passes %s limit of %llu bytes (%s): pass large tensors "
+                        "through shared memory, or wait for a request to finish",
+                        (unsigned long long)request_id, (unsigned long long)bytes,
+                        (unsigned long long)held, whose, limit_owner, (unsigned long long)limit,
+                        option);
+}
+
 int ds_conn_begin_job(ds_conn *conn, const Diffsynth__V1__Envelope *env, ds_error *err)
 {
     const ds_server_options *o = &conn->server->options;
@@ -421,25 +439,16 @@ int ds_conn_begin_job(ds_conn *conn, const Diffsynth__V1__Envelope *env, ds_erro
                             "request its own id (an id is free again once its reply arrived)",
                             (unsigned long long)env->request_id);
     uint64_t bytes = ds_message_bytes_total(&env->base);
-    if (bytes > 0 && conn->inline_bytes + bytes > o->max_queued_inline_bytes)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                            "request %llu carries %llu inline bytes; with the %llu of this "
-                            "connection's requests in flight that passes its limit of %llu bytes "
-                            "(--max-queued-inline-bytes): pass large tensors through shared "
-                            "memory, or wait for a request to finish",
-                            (unsigned long long)env->request_id, (unsigned long long)bytes,
-                            (unsigned long long)conn->inline_bytes,
-                            (unsigned long long)o->max_queued_inline_bytes);
-    if (bytes > 0 && conn->usage &&
-        conn->usage->inline_bytes + bytes > o->max_queued_inline_bytes_per_uid)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                            "request %llu carries %llu inline bytes; with the %llu of uid %u's "
-                            "requests in flight that passes the uid's limit of %llu bytes "
-                            "(--max-queued-inline-bytes-per-uid): pass large tensors through "
-                            "shared memory, or wait for a request to finish",
-                            (unsigned long long)env->request_id, (unsigned long long)bytes,
-                            (unsigned long long)conn->usage->inline_bytes, (unsigned)conn->uid,
-                            (unsigned long long)o->max_queued_inline_bytes_per_uid);
+    char uid_requests[32];
+    snprintf(uid_requests, sizeof uid_requests, "uid %u's", (unsigned)conn->uid);
+    int rc = inline_limit(env->request_id, bytes, conn->inline_bytes, o->max_queued_inline_bytes,
+                          "this connection's", "its", "--max-queued-inline-bytes", err);
+    if (rc == DS_OK && conn->usage)
+        rc = inline_limit(env->request_id, bytes, conn->usage->inline_bytes,
+                          o->max_queued_inline_bytes_per_uid, uid_requests, "the uid's",
+                          "--max-queued-inline-bytes-per-uid", err);
+    if (rc != DS_OK)
+        return rc;
     conn->requests[conn->inflight++] = (inflight_request){env->request_id, bytes};
     conn->inline_bytes += bytes;
     if (conn->usage)
@@ -469,12 +478,7 @@ static void on_conn_closed(uv_handle_t *handle)
 {
     ds_conn *conn = (ds_conn *)handle;
     ds_server *server = conn->server;
-    if (conn->prev)
-        conn->prev->next = conn->next;
-    else
-        server->conns = conn->next;
-    if (conn->next)
-        conn->next->prev = conn->prev;
+    DS_LIST_UNLINK(server->conns, conn);
     if (conn->counted) {
         server->conn_count--;
         conn->usage->conns--;
@@ -685,10 +689,7 @@ static void on_connection(uv_stream_t *listener, int status)
     conn->open = 1;
     conn->last_activity_ms = uv_now(server->loop);
     ds_frame_decoder_init(&conn->decoder, server->options.max_frame_bytes);
-    conn->next = server->conns;
-    if (server->conns)
-        server->conns->prev = conn;
-    server->conns = conn;
+    DS_LIST_PUSH_FRONT(server->conns, conn);
     server->handles++;
     snprintf(conn->label, sizeof conn->label, "conn %u", conn->id);
 

@@ -9,7 +9,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/dtype.h"
 #include "core/fault_guard.h"
+#include "core/state_dict.h"
 
 int ds_shm_check_name(const char *what, const char *name, ds_error *err)
 {
@@ -203,4 +205,73 @@ void ds_shm_unmap(ds_shm_mapping *m)
     }
     memset(m, 0, sizeof *m);
     m->guard_slot = -1;
+}
+
+int ds_shm_check_output_region(const char *what, const Diffsynth__V1__SharedRegion *region,
+                               ds_error *err)
+{
+    int rc = ds_shm_check_region(what, region, err);
+    if (rc == DS_OK && region->size == 0)
+        rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s.size is 0", what);
+    return rc;
+}
+
+int ds_shm_map_output_region(const char *what, const Diffsynth__V1__SharedRegion *region,
+                             uid_t uid, const int *fds, size_t fd_count, ds_shm_mapping *out,
+                             uint64_t *offset, uint32_t *fd_index, char **name, ds_error *err)
+{
+    int rc = ds_shm_map_region(what, region, uid, fds, fd_count, 1, out, err);
+    if (rc != DS_OK)
+        return rc;
+    *offset = region->offset;
+    *fd_index = region->fd_index;
+    if (!(*name = strdup(region->name)))
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    return DS_OK;
+}
+
+int ds_shm_check_tensor(const char *what, const Diffsynth__V1__Tensor *t, size_t min_dims,
+                        ds_error *err)
+{
+    int dtype = (int)t->dtype;
+    size_t elem = (dtype > 0 && dtype < (int)DS_DTYPE_COUNT) ? ds_dtype_size((ds_dtype)dtype) : 0;
+    if (elem == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s: dtype %d is not a known DType",
+                            what, dtype);
+    if (t->n_shape < min_dims || t->n_shape > DS_MAX_DIMS)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "%s has %zu dims, expected %zu to %d",
+                            what, t->n_shape, min_dims, DS_MAX_DIMS);
+    uint64_t bytes = elem;
+    for (size_t d = 0; d < t->n_shape; d++) {
+        int64_t dim = t->shape[d];
+        if (dim <= 0)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s: dim %zu is %lld; every dim must be positive", what, d,
+                                (long long)dim);
+        if (bytes > SIZE_MAX / (uint64_t)dim)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s: the shape's byte count overflows", what);
+        bytes *= (uint64_t)dim;
+    }
+    if (!t->shm) {
+        if (t->data.len != bytes)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s: %zu bytes of data, its dtype and shape need %llu", what,
+                                t->data.len, (unsigned long long)bytes);
+        return DS_OK;
+    }
+    char region[DS_ERROR_MESSAGE_MAX];
+    snprintf(region, sizeof region, "%s shm", what);
+    int rc = ds_shm_check_region(region, t->shm, err);
+    if (rc != DS_OK)
+        return rc;
+    if (t->data.len != 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s has both inline data and a shared-memory region", what);
+    if (t->shm->size != bytes)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: shared-memory region has %llu bytes, its dtype and shape need "
+                            "%llu",
+                            what, (unsigned long long)t->shm->size, (unsigned long long)bytes);
+    return DS_OK;
 }

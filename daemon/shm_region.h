@@ -61,6 +61,24 @@ int ds_shm_map_fd(const char *what, int fd, uint64_t offset, uint64_t size, int 
 int ds_shm_check_region(const char *what, const Diffsynth__V1__SharedRegion *region,
                         ds_error *err);
 
+/* A request's Tensor, named `what` in messages ("run_pipeline.input_image", "input \"x\""),
+ * without I/O: a known dtype, min_dims to DS_MAX_DIMS dims, each positive, and its data inline
+ * or in a shared-memory region (checked as ds_shm_check_region), of exactly the bytes its
+ * dtype and shape need. INVALID_ARGUMENT. */
+int ds_shm_check_tensor(const char *what, const Diffsynth__V1__Tensor *t, size_t min_dims,
+                        ds_error *err);
+
+/* A request's output_region, checked as ds_shm_check_region and for a size: INVALID_ARGUMENT
+ * "<what>.size is 0" when it has none. */
+int ds_shm_check_output_region(const char *what, const Diffsynth__V1__SharedRegion *region,
+                               ds_error *err);
+
+/* Maps a request's output region writable (ds_shm_map_region) and keeps what a reply names it
+ * by: its offset, its fd index and its name (*name malloc'd, the caller frees it). */
+int ds_shm_map_output_region(const char *what, const Diffsynth__V1__SharedRegion *region,
+                             uid_t uid, const int *fds, size_t fd_count, ds_shm_mapping *out,
+                             uint64_t *offset, uint32_t *fd_index, char **name, ds_error *err);
+
 /* Maps a request's SharedRegion: the memfd at fd_index among the frame's `fds` when the name is
  * empty (ds_shm_map_fd; INVALID_ARGUMENT when the frame has no such descriptor), else the named
  * object (ds_shm_map, owned by `uid`). */

@@ -20,20 +20,21 @@
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
+#include "models/text_encoder.h"
 #include "models/weight_set.h"
 #include "vram/vram_manager.h"
 
 #define CLASS_NAME "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
 
 enum {
-    /* text config */
-    HIDDEN = 3584,
-    LAYERS = 28,
-    HEADS = 28,
-    KV_HEADS = 4,
-    HEAD_DIM = 128,
-    INTERMEDIATE = 18944,
-    VOCAB = 152064,
+    /* text config (transformers' names) */
+    HIDDEN = 3584,        /* hidden_size */
+    LAYERS = 28,          /* num_hidden_layers */
+    HEADS = 28,           /* num_attention_heads */
+    KV_HEADS = 4,         /* num_key_value_heads */
+    HEAD_DIM = 128,       /* hidden_size / num_attention_heads */
+    INTERMEDIATE = 18944, /* intermediate_size */
+    VOCAB = 152064,       /* vocab_size */
     /* vision config */
     V_DEPTH = 32,          /* blocks */
     V_HIDDEN = 1280,       /* width */
@@ -62,12 +63,6 @@ typedef struct layer_weights {
     ds_tensor post_norm;     /* [3584]: post_attention_layernorm */
 } layer_weights;
 
-/* The language model's parameters outside the layers. */
-typedef struct text_weights {
-    ds_tensor embed_tokens; /* [152064, 3584] */
-    ds_tensor norm;         /* [3584]: the final RMSNorm */
-} text_weights;
-
 /* What the kwargs decide (ds_module dims). */
 enum { KW_LAYERS, KW_COUNT };
 
@@ -84,11 +79,9 @@ enum { KW_LAYERS, KW_COUNT };
 enum { VISUAL_PATCH, VISUAL_BLOCKS, VISUAL_MERGER, TEXT_EMBED, TEXT_LAYERS, TEXT_NORM, LM_HEAD };
 enum { SELF_ATTN, MLP };
 static const char *const layer_units[] = {"self_attn", "mlp"};
-static const char *const norm_units[] = {"norm"};
 
 #define NO_UNIT DS_MODULE_NO_UNIT
 #define LAYER(f) offsetof(layer_weights, f)
-#define TEXT(f) offsetof(text_weights, f)
 #define LINEAR(name, out, in, unit, field) {name, DS_MODULE_LINEAR, 2, {out, in}, unit, field, 0}
 #define LINEAR_NO_BIAS(name, out, in, unit, field) \
     {name, DS_MODULE_LINEAR_NO_BIAS, 2, {out, in}, unit, field, 0}
@@ -118,7 +111,7 @@ static const ds_module visual_merger_modules[] = {
 
 /* Qwen2_5_VLTextModel: embed_tokens, layers (self_attn, mlp, the two norms), norm. */
 static const ds_module text_embed_modules[] = {
-    {"embed_tokens", DS_MODULE_EMBEDDING, 2, {VOCAB, HIDDEN}, NO_UNIT, TEXT(embed_tokens), 0},
+    DS_TEXT_ENCODER_EMBEDDING("embed_tokens", VOCAB, HIDDEN),
 };
 static const ds_module text_layer_modules[] = {
     LINEAR("self_attn.q_proj", HEADS * HEAD_DIM, HIDDEN, SELF_ATTN, LAYER(q)),
@@ -131,7 +124,7 @@ static const ds_module text_layer_modules[] = {
     NORM("input_layernorm", HIDDEN, SELF_ATTN, LAYER(input_norm)),
     NORM("post_attention_layernorm", HIDDEN, MLP, LAYER(post_norm)),
 };
-static const ds_module text_norm_modules[] = {NORM("norm", HIDDEN, 0, TEXT(norm))};
+static const ds_module text_norm_modules[] = {DS_TEXT_ENCODER_NORM("norm", HIDDEN)};
 static const ds_module lm_head_modules[] = {LINEAR_NO_BIAS("lm_head", VOCAB, HIDDEN, NO_UNIT, 0)};
 
 static const ds_module_group groups[] = {
@@ -143,7 +136,7 @@ static const ds_module_group groups[] = {
     [TEXT_EMBED] = {LM, 0, text_embed_modules, 1, NULL, 0},
     [TEXT_LAYERS] = {LM "layers.%lld.", DS_MODULE_DIM(KW_LAYERS), text_layer_modules,
                      COUNT(text_layer_modules), layer_units, COUNT(layer_units)},
-    [TEXT_NORM] = {LM, 0, text_norm_modules, 1, norm_units, 1},
+    [TEXT_NORM] = {LM, 0, text_norm_modules, 1, ds_text_encoder_norm_units, 1},
     [LM_HEAD] = {"", 0, lm_head_modules, 1, NULL, 0},
 };
 
@@ -177,7 +170,6 @@ enum {
 
 /* Activations on the compute backend in the compute dtype unless noted. */
 typedef struct te_state {
-    ds_tensor embedded; /* [B, S, 3584] host: the gathered embedding (non-CPU backends) */
     ds_tensor key_mask; /* [B, S] u8, or no data when every key is valid */
     ds_tensor cos;      /* [S, 64] f32: RoPE of positions 0..S-1 */
     ds_tensor sin;      /* [S, 64] f32 */
@@ -190,67 +182,20 @@ typedef struct te_state {
     ds_tensor out;      /* [B, S, 3584]: o_proj or down_proj output */
     ds_tensor gate;     /* [B, S, 18944]: SiLU(gate_proj(x)), then times up_proj(x) */
     ds_tensor up;       /* [B, S, 18944] */
-    ds_tensor result;   /* [B, S, 3584]: the final norm's output (non-CPU backends) */
+    layer_weights layer; /* the layer's, as the engine made them usable */
 } te_state;
 
-static void state_free(te_state *s)
+static void state_free(void *state)
 {
-    ds_tensor *all[] = {&s->embedded, &s->key_mask, &s->cos,  &s->sin, &s->h,
-                        &s->x,        &s->q,        &s->k,    &s->v,   &s->attn,
-                        &s->out,      &s->gate,     &s->up,   &s->result};
+    te_state *s = state;
+    ds_tensor *all[] = {&s->key_mask, &s->cos, &s->sin,  &s->h,   &s->x,   &s->q,
+                        &s->k,        &s->v,   &s->attn, &s->out, &s->gate, &s->up};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         ds_tensor_free(all[i]);
 }
 
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
-
-static int is_mask_dtype(ds_dtype d)
-{
-    return d == DS_I64 || d == DS_I32 || d == DS_U8 || d == DS_BOOL;
-}
-
-static int check_inputs(const ds_tensor *ids, const ds_tensor *mask, const ds_tensor *hidden,
-                        ds_error *err)
-{
-    char expected[128];
-    if (!ids || !hidden)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "forward: input_ids and the output are required");
-    if ((ids->dtype != DS_I64 && ids->dtype != DS_I32) || ids->ndim != 2 || ids->shape[0] < 1 ||
-        ids->shape[1] < 1 || !ids->data)
-        return ds_module_bad_tensor("forward", "input", "input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
-    int64_t B = ids->shape[0], S = ids->shape[1];
-    snprintf(expected, sizeof expected, "[%lld, %lld] i64, i32, u8 or bool (input_ids' shape)",
-             (long long)B, (long long)S);
-    if (mask && (!is_mask_dtype(mask->dtype) || mask->ndim != 2 || mask->shape[0] != B ||
-                 mask->shape[1] != S || !mask->data))
-        return ds_module_bad_tensor("forward", "input", "attention_mask", mask, expected, err);
-    snprintf(expected, sizeof expected, "[%lld, %lld, %d] f32 or bf16", (long long)B,
-             (long long)S, HIDDEN);
-    if ((hidden->dtype != DS_F32 && hidden->dtype != DS_BF16) || hidden->ndim != 3 ||
-        hidden->shape[0] != B || hidden->shape[1] != S || hidden->shape[2] != HIDDEN ||
-        !hidden->data)
-        return ds_module_bad_tensor("forward", "output", "hidden_states", hidden, expected, err);
-    return DS_OK;
-}
-
-/* Every id a row of the embedding table (`vocab` rows), before any compute. */
-static int check_ids(const ds_tensor *ids, int64_t vocab, ds_error *err)
-{
-    uint64_t n = ds_tensor_numel(ids);
-    for (uint64_t i = 0; i < n; i++) {
-        int64_t id = ids->dtype == DS_I64 ? ((const int64_t *)ids->data)[i]
-                                          : ((const int32_t *)ids->data)[i];
-        if (id < 0 || id >= vocab)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "forward: input \"input_ids\"[%llu, %llu] is %lld, outside the "
-                                "vocabulary (ids 0..%lld)",
-                                (unsigned long long)(i / (uint64_t)ids->shape[1]),
-                                (unsigned long long)(i % (uint64_t)ids->shape[1]), (long long)id,
-                                (long long)(vocab - 1));
-    }
-    return DS_OK;
-}
+#define STATE(f) offsetof(te_state, f)
 
 /* Every activation; S tokens per row, compute dtype t. */
 static int alloc_state(ds_backend *b, ds_dtype t, int64_t B, int64_t S, te_state *s,
@@ -305,95 +250,31 @@ static int rope_tables(int64_t S, ds_dtype dtype, te_state *s, ds_error *err)
  * the plain causal attention). */
 static int key_mask(ds_backend *b, const ds_tensor *mask, te_state *s, ds_error *err)
 {
+    uint8_t *keep;
+    int padded;
     if (!mask)
         return DS_OK;
-    uint64_t n = ds_tensor_numel(mask);
-    size_t esize = ds_dtype_size(mask->dtype);
-    uint8_t *keep = malloc(n ? n : 1);
-    if (!keep)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, OWNER ": out of memory");
-    int padded = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        const unsigned char *e = (const unsigned char *)mask->data + i * esize;
-        uint8_t nonzero = 0;
-        for (size_t k = 0; k < esize; k++)
-            nonzero |= e[k] != 0;
-        keep[i] = nonzero;
-        padded |= !nonzero;
-    }
-    int rc = DS_OK;
-    if (padded &&
-        (rc = ds_tensor_alloc(b, DS_U8, 2, mask->shape, &s->key_mask, err)) == DS_OK)
+    int rc = ds_text_encoder_keep(mask, &keep, &padded, err);
+    if (rc != DS_OK)
+        return rc;
+    if (padded && (rc = ds_tensor_alloc(b, DS_U8, 2, mask->shape, &s->key_mask, err)) == DS_OK)
         rc = ds_tensor_upload(&s->key_mask, keep, NULL, err);
     free(keep);
     return rc;
 }
 
-/* The gather of a model whose vram_config rests its weights in another dtype (fp8 offload):
- * upstream's embedding module holds the table rounded through that dtype, so the gathered rows
- * are, exactly: gathered in f32 (exact from any stored dtype), rounded through `offload`, then
- * converted to y's dtype. Rounding only the rows gathered equals rounding the table. */
-static int embed_rounded(ds_backend *cpu, const ds_tensor *ids, const ds_tensor *table,
-                         ds_dtype offload, ds_tensor *y, ds_error *err)
+/* The activations, and what every layer shares: the RoPE tables, the key mask. */
+static int prepare(ds_backend *b, const ds_loaded_model *m, const ds_tensor *input_ids,
+                   const ds_tensor *attention_mask, ds_dtype dtype, void *state, ds_error *err)
 {
-    ds_tensor wide;
-    int rc = ds_tensor_alloc(cpu, DS_F32, y->ndim, y->shape, &wide, err);
-    if (rc != DS_OK)
-        return rc;
-    ds_embedding_args a = {ids, table, &wide};
-    size_t n = (size_t)ds_tensor_numel(&wide);
-    void *narrow = malloc(n ? n * ds_dtype_size(offload) : 1);
-    if (!narrow)
-        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                          OWNER ": out of memory rounding %zu embedded values", n);
-    else if ((rc = ds_embedding(cpu, NULL, &a, err)) == DS_OK) {
-        ds_convert_from_f32(wide.data, n, offload, narrow);
-        ds_convert_to_f32(narrow, offload, n, wide.data);
-        ds_convert_from_f32(wide.data, n, y->dtype, y->data);
-    }
-    free(narrow);
-    ds_tensor_free(&wide);
-    return rc;
-}
-
-/* embed_tokens(input_ids) into s->h. The gather runs on the host, where the table is a view
- * of the file: a device would otherwise need the whole 152064-row table (1 GB in bf16) for a
- * few hundred rows. */
-static int embed(const ds_loaded_model *m, ds_backend *b, const ds_tensor *input_ids,
-                 te_state *s, ds_error *err)
-{
-    ds_backend *cpu = b;
-    ds__weight_set host_set;
-    text_weights tw;
+    te_state *s = state;
+    int64_t S = input_ids->shape[1];
     int rc;
-    if (!b->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+    (void)m; /* the widths are fixed; the layer count is the engine's */
+    if ((rc = alloc_state(b, dtype, input_ids->shape[0], S, s, err)) != DS_OK ||
+        (rc = rope_tables(S, dtype, s, err)) != DS_OK)
         return rc;
-    ds__weight_set_init(&host_set, cpu, OWNER);
-    ds_tensor ids = ds_tensor_wrap(cpu, input_ids->dtype, 2, input_ids->shape, input_ids->data);
-    ds_tensor *y = &s->h;
-    if (!b->host_memory) {
-        if ((rc = ds_tensor_alloc(cpu, s->h.dtype, 3, s->h.shape, &s->embedded, err)) != DS_OK)
-            goto done;
-        y = &s->embedded;
-    }
-    if ((rc = ds_module_bind(&modules, m, &host_set, TEXT_EMBED, 0, DS_MODULE_NO_UNIT, &tw,
-                             err)) != DS_OK)
-        goto done;
-    const ds_tensor *table = &tw.embed_tokens;
-    ds_dtype offload = ds__weight_offload_dtype(m, table->dtype);
-    if (offload != DS_DTYPE_INVALID && offload != table->dtype) {
-        rc = embed_rounded(cpu, &ids, table, offload, y, err);
-    } else {
-        ds_embedding_args a = {&ids, table, y};
-        rc = ds_embedding(cpu, NULL, &a, err);
-    }
-    if (rc != DS_OK)
-        goto done;
-    if (!b->host_memory)
-        rc = ds_tensor_upload(&s->h, s->embedded.data, NULL, err);
-done:
-    ds__weight_set_release(&host_set);
-    return rc;
+    return key_mask(b, attention_mask, s, err);
 }
 
 static int linear(ds_backend *b, const ds_tensor *x, const ds_tensor *weight,
@@ -403,10 +284,21 @@ static int linear(ds_backend *b, const ds_tensor *x, const ds_tensor *weight,
     return ds_linear(b, NULL, &a, err);
 }
 
+/* Qwen2MLP: down_proj(SiLU(gate_proj(x)) * up_proj(x)) into s->out. */
+static int mlp(ds_backend *b, const void *weights, void *state, ds_error *err)
+{
+    const layer_weights *w = weights;
+    te_state *s = state;
+    return ds_text_encoder_gated_mlp(b, &s->x, &w->gate, DS_ACT_SILU, &w->up, &w->down, &s->gate,
+                                     &s->up, &s->out, err);
+}
+
 /* Qwen2_5_VLAttention: q/k/v projections (with biases), half-split RoPE on q and k, causal
  * grouped-query attention (28 query heads over 4 kv heads) with the padding mask, o_proj. */
-static int self_attention(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
+static int self_attention(ds_backend *b, const void *weights, void *state, ds_error *err)
 {
+    const layer_weights *w = weights;
+    te_state *s = state;
     int64_t B = s->h.shape[0], S = s->h.shape[1];
     ds_tensor q3 = ds_module_view(&s->q, 3, SHAPE(B, S, Q_DIM)), k3 = ds_module_view(&s->k, 3, SHAPE(B, S, KV_DIM));
     ds_tensor v3 = ds_module_view(&s->v, 3, SHAPE(B, S, KV_DIM));
@@ -426,48 +318,30 @@ static int self_attention(ds_backend *b, const layer_weights *w, te_state *s, ds
     return DS_OK;
 }
 
-/* Qwen2MLP: down_proj(SiLU(gate_proj(x)) * up_proj(x)) into s->out. */
-static int mlp(ds_backend *b, const layer_weights *w, te_state *s, ds_error *err)
-{
-    ds_binary_args glu = {&s->gate, &s->up, DS_BINARY_MUL, &s->gate};
-    int rc;
-    if ((rc = linear(b, &s->x, &w->gate, NULL, DS_ACT_SILU, &s->gate, err)) != DS_OK ||
-        (rc = linear(b, &s->x, &w->up, NULL, DS_ACT_NONE, &s->up, err)) != DS_OK ||
-        (rc = ds_binary(b, NULL, &glu, err)) != DS_OK ||
-        (rc = linear(b, &s->gate, &w->down, NULL, DS_ACT_NONE, &s->out, err)) != DS_OK)
-        return rc;
-    return DS_OK;
-}
-
 /* Qwen2_5_VLDecoderLayer.forward: h += self_attn(input_layernorm(h));
- * h += mlp(post_attention_layernorm(h)), the engine switching units between the two. */
-static int decoder_layer(ds_backend *b, ds_module_run *r, int64_t i, te_state *s, ds_error *err)
-{
-    layer_weights w;
-    ds_rms_norm_args n1 = {&s->h, &w.input_norm, RMS_EPS, &s->x};
-    ds_rms_norm_args n2 = {&s->h, &w.post_norm, RMS_EPS, &s->x};
-    ds_binary_args residual = {&s->h, &s->out, DS_BINARY_ADD, &s->h};
-    int rc;
-    if ((rc = ds_module_use(r, TEXT_LAYERS, i, SELF_ATTN, &w, err)) != DS_OK ||
-        (rc = ds_rms_norm(b, NULL, &n1, err)) != DS_OK ||
-        (rc = self_attention(b, &w, s, err)) != DS_OK ||
-        (rc = ds_binary(b, NULL, &residual, err)) != DS_OK ||
-        (rc = ds_module_use(r, TEXT_LAYERS, i, MLP, &w, err)) != DS_OK ||
-        (rc = ds_rms_norm(b, NULL, &n2, err)) != DS_OK ||
-        (rc = mlp(b, &w, s, err)) != DS_OK ||
-        (rc = ds_binary(b, NULL, &residual, err)) != DS_OK)
-        return rc;
-    return ds_module_done(r, err);
-}
+ * h += mlp(post_attention_layernorm(h)). */
+static const ds_text_encoder_branch decoder_layer[] = {
+    {SELF_ATTN, LAYER(input_norm), self_attention},
+    {MLP, LAYER(post_norm), mlp},
+};
 
-/* Bytes of the activations on the compute backend (not the host-side gathered embedding). */
-static size_t state_bytes(te_state *s)
+/* Bytes of the activations on the compute backend. */
+static size_t state_bytes(void *state)
 {
-    ds_tensor *const all[] = {&s->key_mask, &s->cos, &s->sin,  &s->h,    &s->x,
-                              &s->q,        &s->k,   &s->v,    &s->attn, &s->out,
-                              &s->gate,     &s->up,  &s->result};
+    te_state *s = state;
+    ds_tensor *const all[] = {&s->key_mask, &s->cos, &s->sin,  &s->h,   &s->x,   &s->q,
+                              &s->k,        &s->v,   &s->attn, &s->out, &s->gate, &s->up};
     return ds_module_bytes(all, sizeof all / sizeof all[0]);
 }
+
+/* Qwen2_5_VLTextModel: embed_tokens, the decoder layers, norm. */
+static const ds_text_encoder encoder = {
+    .modules = &modules, .embed_group = TEXT_EMBED, .layer_group = TEXT_LAYERS,
+    .norm_group = TEXT_NORM, .piece = "layer", .norm_eps = RMS_EPS, .branches = decoder_layer,
+    .branch_count = COUNT(decoder_layer), .residual = STATE(h), .normed = STATE(x),
+    .branch_out = STATE(out), .layer_weights = STATE(layer), .prepare = prepare,
+    .state_bytes = state_bytes, .state_free = state_free,
+};
 
 int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_context *ctx,
                                        const ds_tensor *input_ids,
@@ -475,128 +349,29 @@ int ds_qwen_image_text_encoder_forward(const ds_loaded_model *m, const ds_step_c
                                        ds_error *err)
 {
     te_state s;
-    text_weights tw;
-    ds_module_run run;
     memset(&s, 0, sizeof s);
-    memset(&run, 0, sizeof run);
-    int rc = check_inputs(input_ids, attention_mask, hidden_out, err);
-    if (rc != DS_OK)
-        return rc;
-    if (!m || !ctx || !ctx->backend)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "forward: no model or no backend");
-    int64_t layers = ds_module_count(&modules, m, TEXT_LAYERS);
-    const ds_tensor_view *table =
-        ds_module_find(&modules, m, TEXT_EMBED, 0, TEXT(embed_tokens));
-    if (layers == 0 || !table || table->ndim != 2)
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "forward: " OWNER ": the loaded tree has no %s",
-                            layers == 0 ? "decoder layers" : "token embedding");
-    if ((rc = check_ids(input_ids, table->shape[0], err)) != DS_OK)
-        return rc;
-    ds_backend *b = ctx->backend;
-    int64_t B = input_ids->shape[0], S = input_ids->shape[1];
-    ds_dtype dtype = hidden_out->dtype;
-    if ((rc = ds_module_open(&run, &modules, m, b, ctx->vram, 1, "forward", err)) != DS_OK)
-        return rc;
-
-    /* The activations share the budget with the weights. */
-    ds_tensor result;
-    if ((rc = alloc_state(b, dtype, B, S, &s, err)) != DS_OK ||
-        (rc = rope_tables(S, dtype, &s, err)) != DS_OK ||
-        (rc = key_mask(b, attention_mask, &s, err)) != DS_OK ||
-        (rc = embed(m, b, input_ids, &s, err)) != DS_OK ||
-        (rc = ds_module_output(b, hidden_out, &s.result, &result, err)) != DS_OK ||
-        (rc = ds_module_reserve(&run, "forward: activations", state_bytes(&s), err)) != DS_OK)
-        goto done;
-
-    /* The decoder layers, cancellable between any two. */
-    for (int64_t i = 0; i < layers; i++) {
-        if ((rc = ds_module_cancelled(ctx, "forward", "layer", i, layers, err)) != DS_OK)
-            goto done;
-        if ((rc = decoder_layer(b, &run, i, &s, err)) != DS_OK) {
-            ds_error_prefix(err, "forward: layer %lld: ", (long long)i);
-            goto done;
-        }
-        ds_module_progress(ctx, "forward", i, layers);
-    }
-
-    /* The final norm: hidden_states[-1] in upstream's output. */
-    ds_rms_norm_args norm = {&s.h, &tw.norm, RMS_EPS, &result};
-    if ((rc = ds_module_use(&run, TEXT_NORM, 0, 0, &tw, err)) == DS_OK &&
-        (rc = ds_rms_norm(b, NULL, &norm, err)) == DS_OK &&
-        (rc = ds_module_done(&run, err)) == DS_OK)
-        rc = ds_module_deliver(b, &result, hidden_out, err);
-done:
-    ds_module_close(&run);
-    state_free(&s);
-    return rc;
+    return ds_text_encoder_forward(&encoder, m, ctx, input_ids, attention_mask, hidden_out,
+                                   HIDDEN, &s, err);
 }
 
 /* ---- The "forward" step ---- */
 
-/* Parameter "dtype", else the stored embedding's dtype when f32, else bf16 (the header). */
 int ds_qwen_image_text_encoder_step_dtype(const ds_loaded_model *m, const ds_step_io *in,
                                           const char *step, ds_dtype *out, ds_error *err)
 {
-    const ds_step_param *p = ds_step_io_param(in, "dtype");
-    if (p) {
-        if (strcmp(p->text, "float32") == 0 || strcmp(p->text, "f32") == 0)
-            *out = DS_F32;
-        else if (strcmp(p->text, "bfloat16") == 0 || strcmp(p->text, "bf16") == 0)
-            *out = DS_BF16;
-        else
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "%s: parameter \"dtype\" is \"%s\", expected float32 or "
-                                "bfloat16", step, p->text);
-        return DS_OK;
-    }
-    const ds_tensor_view *e = ds_module_find(&modules, m, TEXT_EMBED, 0, TEXT(embed_tokens));
-    *out = e && e->dtype == DS_F32 ? DS_F32 : DS_BF16;
-    return DS_OK;
+    return ds_text_encoder_step_dtype(&encoder, m, in, step, out, err);
 }
 
 static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,
                         ds_step_io *out, ds_error *err)
 {
-    static const char *const known[] = {"input_ids", "attention_mask", "dtype", NULL};
-    static const ds_dtype id_dtypes[] = {DS_I64, DS_I32};
-    static const ds_dtype mask_dtypes[] = {DS_I64, DS_I32, DS_U8, DS_BOOL};
-    const ds_tensor *ids, *mask;
-    char expected[128];
-    ds_dtype dtype = DS_BF16;
-    int rc;
-    if ((rc = ds_step_io_check_names(in, "forward", known, err)) != DS_OK ||
-        (rc = ds_step_io_require(in, "forward", "input_ids", 0, id_dtypes, 2, 2, SHAPE(-1, -1),
-                                 "[B, S] i64 or i32 token ids", &ids, err)) != DS_OK)
-        return rc;
-    if (ids->shape[0] < 1 || ids->shape[1] < 1)
-        return ds_module_bad_tensor("forward", "input", "input_ids", ids, "[B, S] i64 or i32 token ids, B and S >= 1", err);
-    snprintf(expected, sizeof expected, "[%lld, %lld] i64, i32, u8 or bool (input_ids' shape)",
-             (long long)ids->shape[0], (long long)ids->shape[1]);
-    if ((rc = ds_step_io_require(in, "forward", "attention_mask", 1, mask_dtypes, 4, 2,
-                                 ids->shape, expected, &mask, err)) != DS_OK ||
-        (rc = ds_qwen_image_text_encoder_step_dtype(m, in, "forward", &dtype, err)) != DS_OK)
-        return rc;
-
-    ds_backend *cpu = ctx->backend;
-    ds_tensor *hidden;
-    if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
-        return rc;
-    if ((rc = ds_step_io_new_tensor(out, cpu, "hidden_states", dtype, 3,
-                                    SHAPE(ids->shape[0], ids->shape[1], HIDDEN), &hidden, err)) !=
-        DS_OK)
-        return rc;
-    return ds_qwen_image_text_encoder_forward(m, ctx, ids, mask, hidden, err);
+    return ds_text_encoder_forward_step(&encoder, ds_qwen_image_text_encoder_forward, HIDDEN, m,
+                                        ctx, in, out, err);
 }
 
 static const ds_model_step steps[] = {
-    {
-        .name = "forward",
-        .run = forward_step,
-        .usage = "forward: input_ids [B, S] (i64 or i32), attention_mask [B, S] (optional; 0 = "
-                 "padding), dtype (float32 or bfloat16; default bfloat16, float32 for a float32 "
-                 "checkpoint) -> hidden_states [B, S, 3584], after the final norm",
-    },
+    {.name = "forward", .run = forward_step,
+     .usage = DS_TEXT_ENCODER_FORWARD_USAGE("[B, S, 3584]")},
 };
 
 DS_MODEL_CLASS(ds__qwen_image_text_encoder_class, CLASS_NAME, declare_parameters, steps);

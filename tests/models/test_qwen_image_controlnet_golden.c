@@ -19,6 +19,7 @@
 #include "kernels/ops.h"
 #include "models/qwen_image_controlnet.h"
 #include "models/qwen_image_dit.h"
+#include "golden_test.h"
 #include "test.h"
 #include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
@@ -49,13 +50,6 @@ static controlnet_case cases[2] = {
     {.key = "b", .seed = 2026, .kwargs = "{\"num_layers\": 2, \"additional_in_dim\": 4}",
      .scale = 0.75f},
 };
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void free_model(seeded_model *sm)
 {
@@ -95,21 +89,7 @@ static int golden_has(const char *name)
 
 static ds_tensor golden_tensor(const char *name)
 {
-    const ds_tensor_view *v = &ds_state_dict_find(&golden->tensors, name)->tensor;
-    return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
-}
-
-static double rel_l2(const ds_tensor *got, const ds_tensor *want)
-{
-    double num = 0, den = 0;
-    uint64_t n = ds_tensor_numel(want);
-    for (uint64_t i = 0; i < n; i++) {
-        double a = ds_load_f64(got->data, got->dtype, i);
-        double b = ds_load_f64(want->data, want->dtype, i);
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
+    return test_golden_tensor(cpu, golden, name);
 }
 
 /* The forward with ControlNet `c` on golden inputs of `dtype` ("" or "_bf16"); out allocated
@@ -130,11 +110,11 @@ static int run_forward(const controlnet_case *c, const char *suffix, ds_tensor *
     int rc = ds_tensor_alloc(cpu, lat.dtype, lat.ndim, lat.shape, out, err);
     if (rc != DS_OK)
         return rc;
-    double start = now();
+    double start = test_now();
     rc = ds_qwen_image_dit_forward_controlnet(&dit.model, &ctx, &lat, &emb, NULL, &t, &opt, out,
                                               err);
     fprintf(stderr, "  forward with ControlNet %s (%s): %.2f s\n", c->key,
-            ds_dtype_name(lat.dtype), now() - start);
+            ds_dtype_name(lat.dtype), test_now() - start);
     return rc;
 }
 
@@ -149,9 +129,9 @@ static void test_f32_golden_a(void)
     REQUIRE(rc == DS_OK);
     ds_tensor want = golden_tensor("noise_pred_a_f32");
     ds_tensor plain = golden_tensor("noise_pred_plain_f32");
-    double rel = rel_l2(&noise, &want), moved = rel_l2(&noise, &plain);
+    double rel = test_rel_l2(&noise, &want), moved = test_rel_l2(&noise, &plain);
     fprintf(stderr, "  a: f32 relative L2 error vs upstream: %.3e (vs no ControlNet: %.3e; "
-            "upstream's own: %.3e)\n", rel, moved, rel_l2(&want, &plain));
+            "upstream's own: %.3e)\n", rel, moved, test_rel_l2(&want, &plain));
     CHECK(rel < 1e-4);
     CHECK(moved > 1e-2);
     ds_tensor_free(&noise);
@@ -191,10 +171,10 @@ static void test_batch2_shared_conditioning(void)
         free(emb_buf);
     }
     REQUIRE(rc == DS_OK);
-    double start = now();
+    double start = test_now();
     rc = ds_qwen_image_dit_forward_controlnet(&dit.model, &ctx, &lat, &emb, NULL, &t, &opt,
                                               &noise, &err);
-    fprintf(stderr, "  forward with ControlNet a (f32, batch 2): %.2f s\n", now() - start);
+    fprintf(stderr, "  forward with ControlNet a (f32, batch 2): %.2f s\n", test_now() - start);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     if (rc == DS_OK) {
         ds_tensor want = golden_tensor("noise_pred_a_f32");
@@ -202,7 +182,7 @@ static void test_batch2_shared_conditioning(void)
         second.shape[0] = 1;
         second.data = (char *)noise.data + ds_tensor_nbytes(&want);
         noise.shape[0] = 1;
-        double r0 = rel_l2(&noise, &want), r1 = rel_l2(&second, &want);
+        double r0 = test_rel_l2(&noise, &want), r1 = test_rel_l2(&second, &want);
         noise.shape[0] = 2;
         fprintf(stderr, "  batch 2 vs upstream batch 1: %.3e, %.3e\n", r0, r1);
         CHECK(r0 < 1e-4 && r1 < 1e-4);
@@ -256,16 +236,16 @@ static void test_f32_golden_b_step(void)
     ds_error err;
     ds_step_io out;
     REQUIRE(dit.ready == 1 && cases[1].net.ready == 1);
-    double start = now();
+    double start = test_now();
     int rc = run_step(&cases[1].net.model, "conditioning_b", "0.75", &out, &err);
-    fprintf(stderr, "  step forward with ControlNet b (f32): %.2f s\n", now() - start);
+    fprintf(stderr, "  step forward with ControlNet b (f32): %.2f s\n", test_now() - start);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     const ds_tensor *noise = ds_step_io_tensor(&out, "noise_pred");
     CHECK(rc != DS_OK || (noise && noise->dtype == DS_F32));
     if (rc == DS_OK && noise) {
         ds_tensor want = golden_tensor("noise_pred_b_f32");
         ds_tensor plain = golden_tensor("noise_pred_plain_f32");
-        double rel = rel_l2(noise, &want), moved = rel_l2(noise, &plain);
+        double rel = test_rel_l2(noise, &want), moved = test_rel_l2(noise, &plain);
         fprintf(stderr, "  b: f32 relative L2 error vs upstream: %.3e (vs no ControlNet: "
                 "%.3e)\n", rel, moved);
         CHECK(rel < 1e-4);
@@ -325,11 +305,11 @@ static void test_bf16_golden(void)
 {
     ds_error err;
     REQUIRE(dit.ready && cases[0].net.ready && cases[1].net.ready);
-    double start = now();
+    double start = test_now();
     model_to_bf16(&dit);
     for (int i = 0; i < 2; i++)
         model_to_bf16(&cases[i].net);
-    fprintf(stderr, "  weights to bf16: %.2f s\n", now() - start);
+    fprintf(stderr, "  weights to bf16: %.2f s\n", test_now() - start);
     for (int i = 0; i < 2; i++) {
         char name[64];
         ds_tensor noise;
@@ -342,10 +322,10 @@ static void test_bf16_golden(void)
         ds_tensor want = golden_tensor(name);
         snprintf(name, sizeof name, "noise_pred_%s_f32", cases[i].key);
         ds_tensor want_f32 = golden_tensor(name);
-        double rel = rel_l2(&noise, &want);
+        double rel = test_rel_l2(&noise, &want);
         fprintf(stderr, "  %s: bf16 relative L2 error vs upstream bf16: %.3e (vs upstream f32: "
                 "%.3e, upstream bf16 vs f32: %.3e)\n", cases[i].key, rel,
-                rel_l2(&noise, &want_f32), rel_l2(&want, &want_f32));
+                test_rel_l2(&noise, &want_f32), test_rel_l2(&want, &want_f32));
         CHECK(rel < 2e-2);
         ds_tensor_free(&noise);
     }
@@ -366,14 +346,14 @@ int main(void)
         fprintf(stderr, "setup: %s lacks the expected tensors\n", path);
         return 1;
     }
-    double start = now();
+    double start = test_now();
     if (!build_model(&dit, DIT_CLASS, "{\"num_layers\": 2}", DIT_SEED, 1))
         fprintf(stderr, "setup: could not build the seeded DiT\n");
     for (int i = 0; i < 2; i++)
         if (!build_model(&cases[i].net, DS_QWEN_IMAGE_CONTROLNET_CLASS, cases[i].kwargs,
                          cases[i].seed, 1))
             fprintf(stderr, "setup: could not build the seeded ControlNet %s\n", cases[i].key);
-    fprintf(stderr, "  seeded f32 weights: %.2f s\n", now() - start);
+    fprintf(stderr, "  seeded f32 weights: %.2f s\n", test_now() - start);
     RUN(test_f32_golden_a);
     RUN(test_f32_golden_b_step);
     RUN(test_batch2_shared_conditioning);

@@ -16,6 +16,7 @@
 #include "core/safetensors.h"
 #include "kernels/ops.h"
 #include "models/qwen_image_dit.h"
+#include "golden_test.h"
 #include "test.h"
 #include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
@@ -29,13 +30,6 @@ static ds_safetensors *golden;
 static ds_loaded_model model;   /* params bound to the buffers below */
 static int model_ready;         /* 1: f32 weights, 2: bf16 weights */
 static ds_tensor noise_b1_f32;  /* the batch-1 f32 result, for the batch-2 check (owned) */
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void free_model(void)
 {
@@ -76,50 +70,20 @@ static ds_tensor golden_tensor(const char *name)
     return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
 }
 
-static double rel_l2(const ds_tensor *got, size_t got_offset, const ds_tensor *want)
-{
-    double num = 0, den = 0;
-    uint64_t n = ds_tensor_numel(want);
-    for (uint64_t i = 0; i < n; i++) {
-        double a = ds_load_f64(got->data, got->dtype, got_offset + i);
-        double b = ds_load_f64(want->data, want->dtype, i);
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-static int progress_calls;
-static uint64_t progress_last, progress_total;
-
-static void on_progress(void *user, const char *phase, uint64_t done, uint64_t total)
-{
-    (void)user;
-    if (strcmp(phase, "forward") == 0) {
-        progress_calls++;
-        progress_last = done;
-        progress_total = total;
-    }
-}
-
-static int always_cancelled(void *user)
-{
-    (void)user;
-    return 1;
-}
+static test_progress progress;
 
 /* Runs the forward on golden inputs; out is allocated here (caller frees its data). */
 static int run_forward(const char *latents, const char *prompt, ds_tensor *out, ds_error *err)
 {
-    ds_step_context ctx = {.backend = cpu, .progress = on_progress};
+    ds_step_context ctx = {.backend = cpu, .progress = test_on_forward, .user = &progress};
     ds_tensor lat = golden_tensor(latents), emb = golden_tensor(prompt);
     ds_tensor t = golden_tensor("timestep");
     int rc = ds_tensor_alloc(cpu, lat.dtype, lat.ndim, lat.shape, out, err);
     if (rc != DS_OK)
         return rc;
-    double start = now();
+    double start = test_now();
     rc = ds_qwen_image_dit_forward(&model, &ctx, &lat, &emb, NULL, &t, out, err);
-    fprintf(stderr, "  forward (%s): %.2f s\n", ds_dtype_name(lat.dtype), now() - start);
+    fprintf(stderr, "  forward (%s): %.2f s\n", ds_dtype_name(lat.dtype), test_now() - start);
     return rc;
 }
 
@@ -141,15 +105,15 @@ static void test_f32_golden(void)
 {
     ds_error err;
     REQUIRE(model_ready == 1);
-    progress_calls = 0;
+    progress = (test_progress){0};
     int rc = run_forward("latents", "prompt_emb", &noise_b1_f32, &err);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     REQUIRE(rc == DS_OK);
     ds_tensor want = golden_tensor("noise_pred_f32");
-    double rel = rel_l2(&noise_b1_f32, 0, &want);
+    double rel = test_rel_l2_at(&noise_b1_f32, 0, &want, 0, 0);
     fprintf(stderr, "  f32 relative L2 error vs upstream: %.3e\n", rel);
     CHECK(rel < 1e-4);
-    CHECK(progress_calls == 2 && progress_last == 2 && progress_total == 2);
+    CHECK(progress.calls == 2 && progress.last == 2 && progress.total == 2);
 }
 
 /* Fills one step input by duplicating a golden tensor along the batch. */
@@ -195,16 +159,17 @@ static void test_batch2_step(void)
         rc = ds_step_io_add_tensor(&in, "timestep", t, NULL, &err);
     CHECK(rc == DS_OK);
     ds_step_context ctx = {.backend = cpu};
-    double start = now();
+    double start = test_now();
     if (rc == DS_OK)
         rc = step->run(&model, &ctx, &in, &out, &err);
-    fprintf(stderr, "  forward (f32, batch 2): %.2f s\n", now() - start);
+    fprintf(stderr, "  forward (f32, batch 2): %.2f s\n", test_now() - start);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     const ds_tensor *noise = ds_step_io_tensor(&out, "noise_pred");
     CHECK(noise && noise->ndim == 4 && noise->shape[0] == 2 && noise->dtype == DS_F32);
     if (rc == DS_OK && noise) {
         size_t half = ds_tensor_numel(&noise_b1_f32);
-        double r0 = rel_l2(noise, 0, &noise_b1_f32), r1 = rel_l2(noise, half, &noise_b1_f32);
+        double r0 = test_rel_l2_at(noise, 0, &noise_b1_f32, 0, 0);
+        double r1 = test_rel_l2_at(noise, half, &noise_b1_f32, 0, 0);
         fprintf(stderr, "  batch 2 vs batch 1: %.3e, %.3e\n", r0, r1);
         CHECK(r0 < 1e-5 && r1 < 1e-5);
     }
@@ -277,7 +242,8 @@ static void test_padding_mask(void)
         rc = ds_qwen_image_dit_forward(&model, &ctx, &lat, &emb6, NULL, &t, &truncated, &err);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     if (rc == DS_OK) {
-        double rel = rel_l2(&masked, 0, &truncated), moved = rel_l2(&masked, 0, &noise_b1_f32);
+        double rel = test_rel_l2_at(&masked, 0, &truncated, 0, 0);
+        double moved = test_rel_l2_at(&masked, 0, &noise_b1_f32, 0, 0);
         fprintf(stderr, "  masked vs truncated prompt: %.3e (vs unmasked: %.3e)\n", rel, moved);
         CHECK(rel < 1e-5);
         CHECK(moved > 1e-3);
@@ -290,7 +256,7 @@ static void test_cancelled(void)
 {
     ds_error err;
     REQUIRE(model_ready);
-    ds_step_context ctx = {.backend = cpu, .cancelled = always_cancelled};
+    ds_step_context ctx = {.backend = cpu, .cancelled = test_always_cancelled};
     ds_tensor lat = golden_tensor("latents"), emb = golden_tensor("prompt_emb");
     ds_tensor t = golden_tensor("timestep"), out;
     REQUIRE(ds_tensor_alloc(cpu, lat.dtype, lat.ndim, lat.shape, &out, &err) == DS_OK);
@@ -304,19 +270,19 @@ static void test_bf16_golden(void)
 {
     ds_error err;
     REQUIRE(model_ready);
-    double start = now();
+    double start = test_now();
     model_to_bf16();
-    fprintf(stderr, "  weights to bf16: %.2f s\n", now() - start);
+    fprintf(stderr, "  weights to bf16: %.2f s\n", test_now() - start);
     ds_tensor noise;
     int rc = run_forward("latents_bf16", "prompt_emb_bf16", &noise, &err);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     REQUIRE(rc == DS_OK);
     CHECK(noise.dtype == DS_BF16);
     ds_tensor want = golden_tensor("noise_pred_bf16"), want_f32 = golden_tensor("noise_pred_f32");
-    double rel = rel_l2(&noise, 0, &want);
+    double rel = test_rel_l2_at(&noise, 0, &want, 0, 0);
     fprintf(stderr, "  bf16 relative L2 error vs upstream bf16: %.3e (vs upstream f32: %.3e, "
-            "upstream bf16 vs f32: %.3e)\n", rel, rel_l2(&noise, 0, &want_f32),
-            rel_l2(&want, 0, &want_f32));
+            "upstream bf16 vs f32: %.3e)\n", rel, test_rel_l2_at(&noise, 0, &want_f32, 0, 0),
+            test_rel_l2_at(&want, 0, &want_f32, 0, 0));
     CHECK(rel < 2e-2);
     ds_tensor_free(&noise);
 }
@@ -333,10 +299,10 @@ int main(void)
         return 1;
     }
     RUN(test_seeded_weights_match_python);
-    double start = now();
+    double start = test_now();
     if (!build_model())
         fprintf(stderr, "setup: could not build the seeded model\n");
-    fprintf(stderr, "  seeded f32 weights: %.2f s\n", now() - start);
+    fprintf(stderr, "  seeded f32 weights: %.2f s\n", test_now() - start);
     RUN(test_f32_golden);
     RUN(test_batch2_step);
     RUN(test_padding_mask);

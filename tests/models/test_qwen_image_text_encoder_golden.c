@@ -25,6 +25,7 @@
 #include "kernels/ops.h"
 #include "models/qwen_image_text_encoder.h"
 #include "pipelines/pipeline.h"
+#include "golden_test.h"
 #include "test.h"
 #include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
@@ -42,13 +43,6 @@ static ds_safetensors *golden;
 static ds_safetensors *prompt_golden_file;
 static ds_loaded_model model; /* params bound to the buffers below */
 static int model_ready;       /* 1: f32 weights, 2: bf16 weights */
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void free_model(void)
 {
@@ -90,47 +84,10 @@ static void model_to_bf16(void)
 
 static ds_tensor golden_tensor(const char *name)
 {
-    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
-    if (!e)
-        return (ds_tensor){0};
-    const ds_tensor_view *v = &e->tensor;
-    return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
+    return test_golden_tensor(cpu, golden, name);
 }
 
-/* Relative L2 distance of `count` elements (0: all of want) of got from got_offset and want
- * from want_offset. */
-static double rel_l2(const ds_tensor *got, size_t got_offset, const ds_tensor *want,
-                     size_t want_offset, uint64_t count)
-{
-    double num = 0, den = 0;
-    uint64_t n = count ? count : ds_tensor_numel(want);
-    for (uint64_t i = 0; i < n; i++) {
-        double a = ds_load_f64(got->data, got->dtype, got_offset + i);
-        double b = ds_load_f64(want->data, want->dtype, want_offset + i);
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-static int progress_calls;
-static uint64_t progress_last, progress_total;
-
-static void on_progress(void *user, const char *phase, uint64_t done, uint64_t total)
-{
-    (void)user;
-    if (strcmp(phase, "forward") == 0) {
-        progress_calls++;
-        progress_last = done;
-        progress_total = total;
-    }
-}
-
-static int always_cancelled(void *user)
-{
-    (void)user;
-    return 1;
-}
+static test_progress progress;
 
 /* Runs the forward on a golden case; out is allocated here (caller frees it). */
 static int run_case(const char *name, ds_dtype dtype, ds_tensor *out, ds_error *err)
@@ -139,14 +96,14 @@ static int run_case(const char *name, ds_dtype dtype, ds_tensor *out, ds_error *
     snprintf(ids_name, sizeof ids_name, "ids_%s", name);
     snprintf(mask_name, sizeof mask_name, "mask_%s", name);
     ds_tensor ids = golden_tensor(ids_name), mask = golden_tensor(mask_name);
-    ds_step_context ctx = {.backend = cpu, .progress = on_progress};
+    ds_step_context ctx = {.backend = cpu, .progress = test_on_forward, .user = &progress};
     int rc = ds_tensor_alloc(cpu, dtype, 3, (const int64_t[]){ids.shape[0], ids.shape[1], HIDDEN},
                              out, err);
     if (rc != DS_OK)
         return rc;
-    double start = now();
+    double start = test_now();
     rc = ds_qwen_image_text_encoder_forward(&model, &ctx, &ids, &mask, out, err);
-    fprintf(stderr, "  forward %s (%s): %.2f s\n", name, ds_dtype_name(dtype), now() - start);
+    fprintf(stderr, "  forward %s (%s): %.2f s\n", name, ds_dtype_name(dtype), test_now() - start);
     return rc;
 }
 
@@ -158,16 +115,16 @@ static void check_case(const char *name, ds_dtype dtype, double limit)
     const char *suffix = dtype == DS_F32 ? "f32" : "bf16";
     snprintf(want_name, sizeof want_name, "hidden_%s_%s", name, suffix);
     snprintf(f32_name, sizeof f32_name, "hidden_%s_f32", name);
-    progress_calls = 0;
+    progress = (test_progress){0};
     int rc = run_case(name, dtype, &out, &err);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     if (rc == DS_OK) {
         ds_tensor want = golden_tensor(want_name), want_f32 = golden_tensor(f32_name);
-        double rel = rel_l2(&out, 0, &want, 0, 0);
+        double rel = test_rel_l2_at(&out, 0, &want, 0, 0);
         fprintf(stderr, "  %s %s relative L2 error vs upstream: %.3e (vs upstream f32: %.3e)\n",
-                name, suffix, rel, rel_l2(&out, 0, &want_f32, 0, 0));
+                name, suffix, rel, test_rel_l2_at(&out, 0, &want_f32, 0, 0));
         CHECK(rel < limit);
-        CHECK(progress_calls == LAYERS && progress_last == LAYERS && progress_total == LAYERS);
+        CHECK(progress.calls == LAYERS && progress.last == LAYERS && progress.total == LAYERS);
     }
     ds_tensor_free(&out);
 }
@@ -229,7 +186,7 @@ static void test_step(void)
           hidden->shape[2] == HIDDEN && hidden->dtype == DS_F32);
     if (rc == DS_OK && hidden) {
         ds_tensor want = golden_tensor("hidden_padded_f32");
-        double rel = rel_l2(hidden, 0, &want, 0, 0);
+        double rel = test_rel_l2_at(hidden, 0, &want, 0, 0);
         fprintf(stderr, "  step (i32 ids, u8 mask) vs upstream: %.3e\n", rel);
         CHECK(rel < 1e-4);
     }
@@ -254,7 +211,7 @@ static void test_padding_mask(void)
     int rc = ds_qwen_image_text_encoder_forward(&model, &ctx, &row, NULL, &alone, &err);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     if (rc == DS_OK) {
-        double rel = rel_l2(&alone, 0, &want, 13 * HIDDEN, 9 * HIDDEN);
+        double rel = test_rel_l2_at(&alone, 0, &want, 13 * HIDDEN, 9 * HIDDEN);
         fprintf(stderr, "  unpadded row vs padded batch's valid tokens: %.3e\n", rel);
         CHECK(rel < 1e-4);
     }
@@ -334,7 +291,7 @@ static void test_cancelled(void)
 {
     ds_error err;
     REQUIRE(model_ready);
-    ds_step_context ctx = {.backend = cpu, .cancelled = always_cancelled};
+    ds_step_context ctx = {.backend = cpu, .cancelled = test_always_cancelled};
     ds_tensor ids = golden_tensor("ids_single"), out;
     REQUIRE(ds_tensor_alloc(cpu, DS_F32, 3, (const int64_t[]){1, 11, HIDDEN}, &out, &err) ==
             DS_OK);
@@ -404,9 +361,9 @@ static void check_encode_case(const char *name, const char *tokenizer, const cha
     const char *suffix = model_ready == 2 ? "bf16" : "f32";
     ds_step_context ctx = {.backend = cpu};
     ds_step_io_init(&out);
-    double start = now();
+    double start = test_now();
     int rc = run_encode(&ctx, golden_prompt(name), tokenizer, dtype, &out, &err);
-    fprintf(stderr, "  encode_prompt %s (%s): %.2f s\n", name, suffix, now() - start);
+    fprintf(stderr, "  encode_prompt %s (%s): %.2f s\n", name, suffix, test_now() - start);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     snprintf(key, sizeof key, "prompt_emb_%s_%s", name, suffix);
     ds_tensor want = prompt_golden(key);
@@ -420,7 +377,7 @@ static void check_encode_case(const char *name, const char *tokenizer, const cha
     CHECK(mask && mask->dtype == DS_I64 && mask->ndim == 2 && mask->shape[1] == want.shape[1] &&
           memcmp(mask->data, want_mask.data, (size_t)want.shape[1] * 8) == 0);
     if (rc == DS_OK && emb && emb->shape[1] == want.shape[1]) {
-        double rel = rel_l2(emb, 0, &want, 0, 0);
+        double rel = test_rel_l2_at(emb, 0, &want, 0, 0);
         fprintf(stderr, "  encode_prompt %s %s: L = %lld, relative L2 vs upstream %.3e\n", name,
                 suffix, (long long)want.shape[1], rel);
         CHECK(rel < limit);
@@ -512,7 +469,7 @@ static void run_cancelled(void *arg)
 {
     long_prompt_run *r = arg;
     ds_step_io out;
-    ds_step_context ctx = {.backend = cpu, .cancelled = always_cancelled};
+    ds_step_context ctx = {.backend = cpu, .cancelled = test_always_cancelled};
     ds_step_io_init(&out);
     r->rc = run_encode(&ctx, r->prompt, tokenizer_path, "float32", &out, &r->err);
     ds_step_io_free(&out);
@@ -608,9 +565,9 @@ static void test_encode_prompt_bf16(void)
 static void test_bf16_golden(void)
 {
     REQUIRE(model_ready);
-    double start = now();
+    double start = test_now();
     model_to_bf16();
-    fprintf(stderr, "  weights to bf16: %.2f s\n", now() - start);
+    fprintf(stderr, "  weights to bf16: %.2f s\n", test_now() - start);
     check_case("single", DS_BF16, 2e-2);
     check_case("padded", DS_BF16, 2e-2);
 }
@@ -634,10 +591,10 @@ int main(void)
     snprintf(tokenizer_path, sizeof tokenizer_path, "%s/qwen_tokenizer",
              root ? root : "tests/data");
     RUN(test_seeded_weights_match_python);
-    double start = now();
+    double start = test_now();
     if (!build_model())
         fprintf(stderr, "setup: could not build the seeded model\n");
-    fprintf(stderr, "  seeded f32 weights: %.2f s\n", now() - start);
+    fprintf(stderr, "  seeded f32 weights: %.2f s\n", test_now() - start);
     RUN(test_f32_golden);
     RUN(test_step);
     RUN(test_padding_mask);

@@ -17,6 +17,7 @@
 #include "core/safetensors.h"
 #include "kernels/ops.h"
 #include "models/qwen_image_vae.h"
+#include "golden_test.h"
 #include "test.h"
 #include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
@@ -31,13 +32,6 @@ static ds_loaded_model model; /* params bound to the buffers below */
 static int model_ready;       /* 0: none, 1: f32 weights, 2: bf16 weights */
 static ds_tensor decoded_f32; /* decode of "latents" in f32 (owned), for the step check */
 static ds_tensor encoded_f32; /* encode of "image" in f32 (owned) */
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void free_model(void)
 {
@@ -77,19 +71,6 @@ static ds_tensor golden_tensor(const char *name)
     return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
 }
 
-static double rel_l2(const ds_tensor *got, const ds_tensor *want)
-{
-    double num = 0, den = 0;
-    uint64_t n = ds_tensor_numel(want);
-    for (uint64_t i = 0; i < n; i++) {
-        double a = ds_load_f64(got->data, got->dtype, i);
-        double b = ds_load_f64(want->data, want->dtype, i);
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static int progress_calls;
 static uint64_t progress_last, progress_total;
 static char progress_phase[16];
@@ -119,15 +100,15 @@ static double run_case(int decode, const char *in, const char *want, ds_tensor *
     ds_tensor x = golden_tensor(in), w = golden_tensor(want);
     if (ds_tensor_alloc(cpu, x.dtype, 4, w.shape, out, &err) != DS_OK)
         return -1;
-    double start = now();
+    double start = test_now();
     int rc = decode ? ds_qwen_image_vae_decode(&model, &ctx, &x, out, &err)
                     : ds_qwen_image_vae_encode(&model, &ctx, &x, out, &err);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     if (rc != DS_OK)
         return -1;
-    double rel = rel_l2(out, &w);
+    double rel = test_rel_l2(out, &w);
     fprintf(stderr, "  %s %s -> %s: %.2f s, relative L2 error vs upstream %.3e\n",
-            decode ? "decode" : "encode", in, want, now() - start, rel);
+            decode ? "decode" : "encode", in, want, test_now() - start, rel);
     return rel;
 }
 
@@ -317,9 +298,9 @@ static void test_cancelled(void)
 static void test_bf16(void)
 {
     REQUIRE(model_ready == 1);
-    double start = now();
+    double start = test_now();
     model_to_bf16();
-    fprintf(stderr, "  weights to bf16: %.2f s\n", now() - start);
+    fprintf(stderr, "  weights to bf16: %.2f s\n", test_now() - start);
     /* With these random weights the bf16 decode is as sensitive to where it rounds as to bf16
      * itself: upstream's own decode with each RMS_norm rounded once instead of after each of
      * F.normalize's steps moves by about 3 % (make_qwen_image_vae_golden.py, decode_norm_f32),
@@ -331,11 +312,11 @@ static void test_bf16(void)
     CHECK(out.dtype == DS_BF16);
     ds_tensor want_f32 = golden_tensor("decode_f32"), want = golden_tensor("decode_bf16");
     ds_tensor variant = golden_tensor("decode_bf16_norm_f32");
-    double sensitivity = rel_l2(&variant, &want), rel_f32 = rel_l2(&out, &want_f32);
-    double upstream_f32 = rel_l2(&want, &want_f32);
+    double sensitivity = test_rel_l2(&variant, &want), rel_f32 = test_rel_l2(&out, &want_f32);
+    double upstream_f32 = test_rel_l2(&want, &want_f32);
     fprintf(stderr, "  decode bf16 vs upstream f32: %.3e (upstream bf16 vs f32: %.3e; upstream "
             "bf16 vs its RMS_norm-rounded-once variant: %.3e; ours vs that variant: %.3e)\n",
-            rel_f32, upstream_f32, sensitivity, rel_l2(&out, &variant));
+            rel_f32, upstream_f32, sensitivity, test_rel_l2(&out, &variant));
     CHECK(rel >= 0 && rel < 2 * sensitivity);
     CHECK(rel_f32 < 1.1 * upstream_f32);
     ds_tensor_free(&out);
@@ -345,7 +326,7 @@ static void test_bf16(void)
     want_f32 = golden_tensor("encode_f32");
     want = golden_tensor("encode_bf16");
     fprintf(stderr, "  encode bf16 vs upstream f32: %.3e (upstream bf16 vs f32: %.3e)\n",
-            rel_l2(&out, &want_f32), rel_l2(&want, &want_f32));
+            test_rel_l2(&out, &want_f32), test_rel_l2(&want, &want_f32));
     ds_tensor_free(&out);
 }
 
@@ -374,10 +355,10 @@ int main(void)
         return 1;
     }
     RUN(test_seeded_weights_match_python);
-    double start = now();
+    double start = test_now();
     if (!build_model(NULL))
         fprintf(stderr, "setup: could not build the seeded model\n");
-    fprintf(stderr, "  seeded f32 weights: %.2f s\n", now() - start);
+    fprintf(stderr, "  seeded f32 weights: %.2f s\n", test_now() - start);
     RUN(test_decode_f32);
     RUN(test_encode_f32);
     RUN(test_non_square_f32);

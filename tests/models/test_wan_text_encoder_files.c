@@ -22,6 +22,7 @@
 #include "models/model_class.h"
 #include "models/model_loader.h"
 #include "models/wan_video_text_encoder.h"
+#include "golden_test.h"
 #include "test.h"
 #include "tools/safetensors_writer.h"
 
@@ -52,11 +53,7 @@ static char *data_path(const char *rel)
 
 static ds_tensor golden_tensor(const char *name)
 {
-    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
-    if (!e)
-        return (ds_tensor){0};
-    const ds_tensor_view *v = &e->tensor;
-    return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
+    return test_golden_tensor(cpu, golden, name);
 }
 
 static ds_loaded_model *load(const char *path, const ds_model_config *config)

@@ -18,6 +18,7 @@
 #include "kernels/ops.h"
 #include "models/wan_video_prompt.h"
 #include "models/wan_video_text_encoder.h"
+#include "golden_test.h"
 #include "test.h"
 #include "tools/golden_model.h"
 
@@ -34,40 +35,12 @@ static ds_loaded_model model;
 static int model_ready; /* 1: f32 weights, 2: bf16 weights */
 static char tokenizer_path[1024];
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static ds_tensor golden_tensor(const char *name)
 {
-    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
-    if (!e)
-        return (ds_tensor){0};
-    const ds_tensor_view *v = &e->tensor;
-    return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
+    return test_golden_tensor(cpu, golden, name);
 }
 
-static int progress_calls;
-static uint64_t progress_last, progress_total;
-
-static void on_progress(void *user, const char *phase, uint64_t done, uint64_t total)
-{
-    (void)user;
-    if (strcmp(phase, "forward") == 0) {
-        progress_calls++;
-        progress_last = done;
-        progress_total = total;
-    }
-}
-
-static int always_cancelled(void *user)
-{
-    (void)user;
-    return 1;
-}
+static test_progress progress;
 
 static void test_buckets(void)
 {
@@ -89,19 +62,19 @@ static void check_forward(ds_dtype dtype, double limit)
     ds_error err;
     ds_tensor ids = golden_tensor("ids"), mask = golden_tensor("mask"), out;
     ds_tensor want = golden_tensor(dtype == DS_F32 ? "hidden_f32" : "hidden_bf16");
-    ds_step_context ctx = {.backend = cpu, .progress = on_progress};
+    ds_step_context ctx = {.backend = cpu, .progress = test_on_forward, .user = &progress};
     REQUIRE(ds_tensor_alloc(cpu, dtype, 3, (const int64_t[]){2, 16, DIM}, &out, &err) == DS_OK);
-    progress_calls = 0;
-    double start = now();
+    progress = (test_progress){0};
+    double start = test_now();
     int rc = ds_wan_text_encoder_forward(&model, &ctx, &ids, &mask, &out, &err);
-    fprintf(stderr, "  forward (%s): %.2f s\n", ds_dtype_name(dtype), now() - start);
+    fprintf(stderr, "  forward (%s): %.2f s\n", ds_dtype_name(dtype), test_now() - start);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     if (rc == DS_OK) {
         double rel = ds_golden_rel_l2(&out, &want);
         fprintf(stderr, "  forward %s relative L2 vs upstream: %.3e\n", ds_dtype_name(dtype),
                 rel);
         CHECK(rel < limit);
-        CHECK(progress_calls == LAYERS && progress_last == LAYERS && progress_total == LAYERS);
+        CHECK(progress.calls == LAYERS && progress.last == LAYERS && progress.total == LAYERS);
     }
     ds_tensor_free(&out);
 }
@@ -205,7 +178,7 @@ static void test_cancelled(void)
 {
     ds_error err;
     REQUIRE(model_ready);
-    ds_step_context ctx = {.backend = cpu, .cancelled = always_cancelled};
+    ds_step_context ctx = {.backend = cpu, .cancelled = test_always_cancelled};
     ds_tensor ids = golden_tensor("ids"), out;
     REQUIRE(ds_tensor_alloc(cpu, DS_F32, 3, (const int64_t[]){2, 16, DIM}, &out, &err) == DS_OK);
     CHECK(ds_wan_text_encoder_forward(&model, &ctx, &ids, NULL, &out, &err) == DS_ERR_CANCELLED);
@@ -258,9 +231,9 @@ static void check_encode_case(const char *name, const char *dtype, double limit)
     const char *suffix = model_ready == 2 ? "bf16" : "f32";
     ds_step_context ctx = {.backend = cpu};
     ds_step_io_init(&out);
-    double start = now();
+    double start = test_now();
     int rc = run_encode(&ctx, golden_prompt(name), tokenizer_path, dtype, &out, &err);
-    fprintf(stderr, "  encode_prompt %s (%s): %.2f s\n", name, suffix, now() - start);
+    fprintf(stderr, "  encode_prompt %s (%s): %.2f s\n", name, suffix, test_now() - start);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     snprintf(key, sizeof key, "context_%s_%s", name, suffix);
     ds_tensor want = golden_tensor(key);
@@ -311,7 +284,7 @@ static void test_encode_prompt_finds_tokenizer(void)
     ds_model_file file = {.path = path};
     ds_model_files files = {.files = &file, .count = 1};
     model.files = &files;
-    ds_step_context ctx = {.backend = cpu, .cancelled = always_cancelled};
+    ds_step_context ctx = {.backend = cpu, .cancelled = test_always_cancelled};
 
     ds_step_io_init(&out);
     CHECK(run_encode(&ctx, "a cat", NULL, NULL, &out, &err) == DS_ERR_NOT_FOUND);
@@ -385,10 +358,10 @@ int main(void)
         .bounds = ds_golden_bounds_wan_text_encoder,
         .seed = SEED,
     };
-    double start = now();
+    double start = test_now();
     if (ds_golden_model_build(&spec, &model) == 0)
         model_ready = 1;
-    fprintf(stderr, "  seeded f32 weights: %.2f s\n", now() - start);
+    fprintf(stderr, "  seeded f32 weights: %.2f s\n", test_now() - start);
     RUN(test_f32_forward);
     RUN(test_step);
     RUN(test_input_checks);

@@ -13,6 +13,7 @@
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/wan_video_dit.h"
+#include "golden_test.h"
 #include "test.h"
 #include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
@@ -50,11 +51,7 @@ static ds_safetensors *golden;
 
 static ds_tensor golden_tensor(const char *name)
 {
-    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
-    if (!e)
-        return (ds_tensor){0};
-    return ds_tensor_wrap(cpu, e->tensor.dtype, e->tensor.ndim, e->tensor.shape,
-                          (void *)e->tensor.data);
+    return test_golden_tensor(cpu, golden, name);
 }
 
 /* A case's batch-2 input: seeded_weights.tensor("input.<case>.<name>", shape, SEED, 1, 0). */

@@ -22,6 +22,7 @@
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/wan_video_vae.h"
+#include "golden_test.h"
 #include "test.h"
 #include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
@@ -62,13 +63,6 @@ static ds_tensor latents, video; /* the seeded inputs */
 static ds_tensor decoded, encoded; /* the untiled calls' outputs, without a manager */
 static const char *data_root;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static ds_tensor golden_tensor(const char *name)
 {
     const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
@@ -78,18 +72,6 @@ static ds_tensor golden_tensor(const char *name)
     }
     const ds_tensor_view *v = &e->tensor;
     return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
-}
-
-static double rel_l2(const ds_tensor *got, const ds_tensor *want)
-{
-    double num = 0, den = 0;
-    const float *a = got->data, *b = want->data;
-    uint64_t n = ds_tensor_numel(want);
-    for (uint64_t i = 0; i < n; i++) {
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
 /* A seeded input, as the golden script makes it. */
@@ -129,15 +111,15 @@ static double run_case(int decode, const ds_wan_video_vae_tiling *tiling, const 
     if (ds_tensor_alloc(cpu, DS_F32, 5, w.shape, out, &err) != DS_OK)
         return -1;
     progress_calls = 0;
-    double start = now();
+    double start = test_now();
     int rc = decode ? ds_wan_video_vae_decode(&model, &ctx, tiling, &latents, out, &err)
                     : ds_wan_video_vae_encode(&model, &ctx, tiling, &video, out, &err);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     if (rc != DS_OK)
         return -1;
-    double rel = rel_l2(out, &w);
+    double rel = test_rel_l2(out, &w);
     fprintf(stderr, "  %s -> %s: %.2f s, relative L2 error vs upstream %.3e\n",
-            decode ? "decode" : "encode", want, now() - start, rel);
+            decode ? "decode" : "encode", want, test_now() - start, rel);
     return rel;
 }
 
@@ -181,7 +163,7 @@ static void test_decode_tiled_f32(void)
           progress_total == var->decode_tiles);
     /* The blend differs from the untiled decode: the tiles really overlap. */
     ds_tensor untiled = golden_tensor("decode_f32");
-    CHECK(rel_l2(&out, &untiled) > 10 * TOLERANCE);
+    CHECK(test_rel_l2(&out, &untiled) > 10 * TOLERANCE);
     ds_tensor_free(&out);
 }
 
@@ -225,7 +207,7 @@ static void run_encode_step(const char *tiled, ds_tensor *copy)
     const ds_tensor *got = ds_step_io_tensor(&out, "latents");
     ds_tensor w = golden_tensor("encode_f32");
     REQUIRE(got && ds_tensor_same_shape(got, &w));
-    CHECK(rel_l2(got, &w) < TOLERANCE);
+    CHECK(test_rel_l2(got, &w) < TOLERANCE);
     REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, got->shape, copy, &err) == DS_OK);
     memcpy(copy->data, got->data, ds_tensor_nbytes(got));
     ds_step_io_free(&in);
@@ -368,11 +350,11 @@ static void run_variant(const variant *v)
         .bounds = ds_golden_bounds_qwen_image_vae, /* the same rule: gammas, conv fan_in */
         .seed = SEED,
     };
-    double start = now();
+    double start = test_now();
     model_ready = ds_golden_model_build(&spec, &model) == 0 &&
                   seeded(v->latents_name, 2.0, v->latents_shape, &latents) &&
                   seeded(v->video_name, 1.0, v->video_shape, &video);
-    fprintf(stderr, "  seeded f32 weights and inputs: %.2f s\n", now() - start);
+    fprintf(stderr, "  seeded f32 weights and inputs: %.2f s\n", test_now() - start);
     RUN(test_decode_f32);
     RUN(test_encode_f32);
     RUN(test_decode_tiled_f32);

@@ -19,6 +19,7 @@
 #include "core/safetensors.h"
 #include "kernels/ops.h"
 #include "models/qwen_image_dit.h"
+#include "golden_test.h"
 #include "test.h"
 #include "vram/release_hook_check.h"
 #include "tools/golden_model.h"
@@ -35,13 +36,6 @@ static int model_ready;
 static size_t weight_bytes;   /* stored bytes of every parameter */
 static ds_tensor reference;   /* the forward without a manager */
 static ds_vram_manager *mgr;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void free_model(void)
 {
@@ -70,9 +64,7 @@ static int build_model(void)
 
 static ds_tensor golden_tensor(const char *name)
 {
-    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
-    const ds_tensor_view *v = &e->tensor;
-    return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
+    return test_golden_tensor(cpu, golden, name);
 }
 
 /* The golden bf16 inputs through the forward, with `vram` (NULL: none); *out allocated here. */
@@ -94,13 +86,13 @@ static void test_reference(void)
 {
     ds_error err;
     REQUIRE(model_ready);
-    double start = now();
+    double start = test_now();
     int rc = run_forward(NULL, &reference, &err);
     CHECK_MSG(rc == DS_OK, "%s", err.message);
     REQUIRE(rc == DS_OK);
     ds_tensor want = golden_tensor("noise_pred_bf16");
     double rel = ds_golden_rel_l2(&reference, &want);
-    fprintf(stderr, "  no manager: %.2f s, relative L2 vs upstream bf16 %.3e\n", now() - start,
+    fprintf(stderr, "  no manager: %.2f s, relative L2 vs upstream bf16 %.3e\n", test_now() - start,
             rel);
     CHECK(rel < 2e-2);
 }
@@ -148,9 +140,9 @@ static void run_budget(const char *label, size_t budget)
     ds_vram_stats before, st;
     ds_vram_stats_get(mgr, &before);
     ds_tensor out;
-    double start = now();
+    double start = test_now();
     int rc = run_forward(mgr, &out, &err);
-    double took = now() - start;
+    double took = test_now() - start;
     CHECK_MSG(rc == DS_OK, "%s: %s", label, err.message);
     REQUIRE(rc == DS_OK);
     CHECK(memcmp(out.data, reference.data, ds_tensor_nbytes(&reference)) == 0);
@@ -206,10 +198,10 @@ int main(void)
         fprintf(stderr, "setup: %s\n", err.message);
         return 1;
     }
-    double start = now();
+    double start = test_now();
     if (!build_model())
         fprintf(stderr, "setup: could not build the seeded model\n");
-    fprintf(stderr, "  seeded bf16 weights: %zu bytes, %.2f s\n", weight_bytes, now() - start);
+    fprintf(stderr, "  seeded bf16 weights: %zu bytes, %.2f s\n", weight_bytes, test_now() - start);
     RUN(test_reference);
     RUN(test_budget_too_small);
     RUN(test_budget_0);

@@ -16,6 +16,7 @@
 #include "core/safetensors.h"
 #include "kernels/ops.h"
 #include "models/qwen_image_vae.h"
+#include "golden_test.h"
 #include "test.h"
 #include "vram/release_hook_check.h"
 #include "tools/golden_model.h"
@@ -67,11 +68,7 @@ static int build_model(void)
 
 static ds_tensor golden_tensor(const char *name)
 {
-    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
-    if (!e)
-        return (ds_tensor){0};
-    const ds_tensor_view *v = &e->tensor;
-    return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
+    return test_golden_tensor(cpu, golden, name);
 }
 
 /* decode of "latents" or encode of "image" with `vram` (NULL: none) into *out (allocated here,

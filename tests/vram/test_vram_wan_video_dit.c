@@ -13,6 +13,7 @@
 #include "core/safetensors.h"
 #include "kernels/ops.h"
 #include "models/wan_video_dit.h"
+#include "golden_test.h"
 #include "test.h"
 #include "tools/golden_model.h"
 #include "tools/seeded_weights.h"
@@ -47,9 +48,7 @@ static size_t vace_bytes;
 
 static ds_tensor golden_tensor(const char *name)
 {
-    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
-    const ds_tensor_view *v = &e->tensor;
-    return ds_tensor_wrap(cpu, v->dtype, v->ndim, v->shape, (void *)v->data);
+    return test_golden_tensor(cpu, golden, name);
 }
 
 /* seeded_weights.tensor("input.t2v.<name>", shape, SEED, 1, 0) rounded to bf16. */
