@@ -32,17 +32,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench/common/bench_model.h"
+#include "bench/common/bench_util.h"
 #include "core/dtype.h"
 #include "core/float_convert.h"
-#include "kernels/cpu/gemm_info.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/qwen_image_dit.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
-#define PATTERN 65521 /* values in the fill table (a prime, so tensors start out of phase) */
 #define DIM 3072.0
 #define TEXT_DIM 3584.0
 
@@ -54,34 +53,6 @@ typedef struct options {
     int height, width, text_tokens;
     int warmup, repeats;
 } options;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static void print_json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
 
 static int64_t image_tokens(const options *o) { return (int64_t)(o->height / 16) * (o->width / 16); }
 
@@ -101,150 +72,21 @@ static double forward_flops(const options *o)
 static void print_head(const options *o, const char *status)
 {
     printf("{\"impl\": \"ours\", \"backend\": ");
-    print_json_string(o->backend);
+    ds_bench_print_json_string(o->backend);
     printf(", \"model\": \"QwenImageDiT\", \"layers\": %d, \"dtype\": \"%s\", \"height\": %d, "
            "\"width\": %d, \"image_tokens\": %lld, \"text_tokens\": %d, \"threads\": %d, "
            "\"status\": \"%s\"",
            o->layers, ds_dtype_name(o->dtype), o->height, o->width,
            (long long)image_tokens(o), o->text_tokens, o->threads, status);
-    if (strcmp(o->backend, "cpu") == 0) {
-        char gemm[256];
-        printf(", \"gemm\": ");
-        print_json_string(ds_cpu_gemm_info(gemm, sizeof gemm));
-    }
+    ds_bench_print_gemm(o->backend);
 }
 
 static int report_failure(const options *o, const char *status, const char *message, int code)
 {
     print_head(o, status);
-    printf(", \"message\": ");
-    print_json_string(message);
-    printf("}\n");
-    fflush(stdout);
-    return code;
+    return ds_bench_end_with_message(message, code);
 }
 
-static uint64_t splitmix(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
-}
-
-/* The fill table: PATTERN uniform values in [-1, 1), f32 and bf16, repeated once more so that
- * a tile starting anywhere in the first copy runs PATTERN values without wrapping. */
-static float pattern_f32[2 * PATTERN];
-static uint16_t pattern_bf16[2 * PATTERN];
-
-static void make_pattern(float scale, float center)
-{
-    uint64_t state = 0x5EED;
-    for (int i = 0; i < PATTERN; i++) {
-        double u = (double)(splitmix(&state) >> 11) * 0x1.0p-53;
-        float v = (float)((2.0 * u - 1.0) * scale) + center;
-        pattern_f32[i] = pattern_f32[i + PATTERN] = v;
-        pattern_bf16[i] = pattern_bf16[i + PATTERN] = ds_f32_to_bf16(v);
-    }
-}
-
-/* Fills n elements of `dtype` at dst from the current table, starting at `phase`. */
-static void tile(void *dst, ds_dtype dtype, uint64_t n, uint64_t phase)
-{
-    size_t es = ds_dtype_size(dtype);
-    const char *src = dtype == DS_BF16 ? (const char *)pattern_bf16 : (const char *)pattern_f32;
-    char *out = dst;
-    size_t start = (size_t)(phase % PATTERN);
-    while (n > 0) {
-        uint64_t chunk = n < PATTERN ? n : PATTERN;
-        memcpy(out, src + start * es, (size_t)chunk * es);
-        out += chunk * es;
-        n -= chunk;
-    }
-}
-
-static int is_norm_weight(const char *name, const ds_tensor_view *v)
-{
-    return v->ndim == 1 && strstr(name, "norm") != NULL;
-}
-
-static void free_model(ds_loaded_model *m)
-{
-    for (size_t i = 0; i < m->params.count; i++)
-        free((void *)m->params.entries[i].tensor.data);
-    ds_state_dict_free(&m->params);
-}
-
-/* The class's tree for num_layers = layers, every tensor stored in `dtype`. */
-static int build_model(const options *o, ds_loaded_model *m, char *msg, size_t size)
-{
-    ds_error err;
-    char kwargs[64];
-    const ds_model_class *cls = ds_model_class_find(DIT_CLASS);
-    memset(m, 0, sizeof *m);
-    ds_state_dict_init(&m->params);
-    snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d}", o->layers);
-    if (!cls) {
-        snprintf(msg, size, "model class %s is not registered", DIT_CLASS);
-        return 0;
-    }
-    if (ds_model_class_declare(cls, kwargs, &m->params, &err) != DS_OK) {
-        snprintf(msg, size, "declare: %.200s", err.message);
-        ds_state_dict_free(&m->params);
-        return 0;
-    }
-    m->cls = cls;
-    size_t es = ds_dtype_size(o->dtype);
-    for (int pass = 0; pass < 2; pass++) {
-        /* Pass 0: weights and biases (centre 0); pass 1: norm weights (centre 1). */
-        make_pattern(0.02f, pass ? 1.0f : 0.0f);
-        for (size_t i = 0; i < m->params.count; i++) {
-            ds_sd_entry *e = &m->params.entries[i];
-            if (is_norm_weight(e->name, &e->tensor) != pass)
-                continue;
-            uint64_t n = ds_tensor_view_numel(&e->tensor);
-            void *data = malloc(n * es);
-            if (!data) {
-                snprintf(msg, size, "out of memory for %s (%llu elements)", e->name,
-                         (unsigned long long)n);
-                free_model(m);
-                return 0;
-            }
-            tile(data, o->dtype, n, fnv1a(e->name));
-            e->tensor.data = data;
-            e->tensor.dtype = o->dtype;
-            e->tensor.nbytes = n * es;
-        }
-    }
-    return 1;
-}
-
-/* A host tensor of unit-variance uniform values. */
-static int input_tensor(ds_backend *cpu, ds_dtype dtype, int ndim, const int64_t *shape,
-                        uint64_t seed, ds_tensor *out, ds_error *err)
-{
-    int rc = ds_tensor_alloc(cpu, dtype, ndim, shape, out, err);
-    if (rc != DS_OK)
-        return rc;
-    size_t n = (size_t)ds_tensor_numel(out);
-    for (size_t i = 0; i < n; i++) {
-        double u = (double)(splitmix(&seed) >> 11) * 0x1.0p-53;
-        float v = (float)((2.0 * u - 1.0) * sqrt(3.0));
-        if (dtype == DS_BF16)
-            ((uint16_t *)out->data)[i] = ds_f32_to_bf16(v);
-        else
-            ((float *)out->data)[i] = v;
-    }
-    return DS_OK;
-}
 
 static void usage(void)
 {
@@ -267,11 +109,7 @@ static int parse_args(int argc, char **argv, options *o)
         else if (strcmp(k, "--threads") == 0)
             o->threads = atoi(v);
         else if (strcmp(k, "--dtype") == 0) {
-            if (strcmp(v, "f32") == 0 || strcmp(v, "float32") == 0)
-                o->dtype = DS_F32;
-            else if (strcmp(v, "bf16") == 0 || strcmp(v, "bfloat16") == 0)
-                o->dtype = DS_BF16;
-            else
+            if (!ds_bench_parse_dtype(v, &o->dtype))
                 return 0;
         } else if (strcmp(k, "--layers") == 0)
             o->layers = atoi(v);
@@ -302,12 +140,8 @@ int main(int argc, char **argv)
     }
     ds_error err;
     ds_backend *b = NULL, *cpu = NULL;
-    int rc;
-    if (strcmp(o.backend, "cuda") == 0)
-        rc = ds_cuda_backend_create(0, &b, &err);
-    else if (strcmp(o.backend, "cpu") == 0)
-        rc = ds_cpu_backend_create(o.threads, &b, &err);
-    else {
+    int rc = ds_bench_backend_create(o.backend, o.threads, &b, &err);
+    if (rc == DS_ERR_INVALID_ARGUMENT) {
         usage();
         return 2;
     }
@@ -324,24 +158,29 @@ int main(int argc, char **argv)
     }
 
     int code = 1;
-    char msg[256];
+    char kwargs[64];
     ds_loaded_model model;
     ds_tensor lat = {0}, emb = {0}, noise = {0};
     double *samples = calloc((size_t)o.repeats, sizeof *samples);
-    double build_start = now_s();
-    if (!samples || !build_model(&o, &model, msg, sizeof msg)) {
-        code = report_failure(&o, "error", samples ? msg : "out of memory", 1);
+    double build_start = ds_bench_now_s();
+    snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d}", o.layers);
+    if (!samples) {
+        code = report_failure(&o, "error", "out of memory for the samples", 1);
+        goto out_backend;
+    }
+    if (ds_bench_build_model(DIT_CLASS, kwargs, NULL, 0, o.dtype, &model, NULL, &err) != DS_OK) {
+        code = report_failure(&o, "error", err.message, 1);
         free(samples);
         goto out_backend;
     }
-    fprintf(stderr, "dit_bench: %d layers built in %.1f s\n", o.layers, now_s() - build_start);
+    fprintf(stderr, "dit_bench: %d layers built in %.1f s\n", o.layers, ds_bench_now_s() - build_start);
 
     const int64_t lat_shape[4] = {1, 16, o.height / 8, o.width / 8};
     const int64_t emb_shape[3] = {1, o.text_tokens, 3584};
     float t_value = 500.0f;
     ds_tensor t = ds_tensor_wrap(cpu, DS_F32, 1, (const int64_t[]){1}, &t_value);
-    if (input_tensor(cpu, o.dtype, 4, lat_shape, 1, &lat, &err) != DS_OK ||
-        input_tensor(cpu, o.dtype, 3, emb_shape, 2, &emb, &err) != DS_OK ||
+    if (ds_bench_input_tensor(cpu, o.dtype, 4, lat_shape, 1, &lat, &err) != DS_OK ||
+        ds_bench_input_tensor(cpu, o.dtype, 3, emb_shape, 2, &emb, &err) != DS_OK ||
         ds_tensor_alloc(cpu, o.dtype, 4, lat_shape, &noise, &err) != DS_OK) {
         code = report_failure(&o, "error", err.message, 1);
         goto out;
@@ -350,7 +189,7 @@ int main(int argc, char **argv)
     for (int r = -o.warmup; r < o.repeats; r++) {
         /* An output left unwritten is no measurement: poison it before every call. */
         memset(noise.data, 0xff, ds_tensor_nbytes(&noise));
-        double start = now_s();
+        double start = ds_bench_now_s();
         rc = ds_qwen_image_dit_forward(&model, &ctx, &lat, &emb, NULL, &t, &noise, &err);
         if (rc == DS_OK && b->stream_synchronize)
             rc = b->stream_synchronize(b, NULL, &err);
@@ -359,14 +198,13 @@ int main(int argc, char **argv)
             goto out;
         }
         if (r >= 0)
-            samples[r] = now_s() - start;
+            samples[r] = ds_bench_now_s() - start;
     }
     int finite = 1;
     size_t n = (size_t)ds_tensor_numel(&noise);
     for (size_t i = 0; i < n && finite; i++)
         finite = isfinite(ds_load_f64(noise.data, noise.dtype, i));
-    qsort(samples, (size_t)o.repeats, sizeof *samples, compare_double);
-    double median = samples[o.repeats / 2], flops = forward_flops(&o);
+    double median = ds_bench_median(samples, (size_t)o.repeats), flops = forward_flops(&o);
     print_head(&o, finite ? "ok" : "bad_output");
     printf(", \"warmup\": %d, \"repeats\": %d, \"median_ms\": %.3f, \"min_ms\": %.3f, "
            "\"flops\": %.6g, \"tflops\": %.6g, \"weights\": \"%s\", "
@@ -380,7 +218,7 @@ out:
     ds_tensor_free(&lat);
     ds_tensor_free(&emb);
     ds_tensor_free(&noise);
-    free_model(&model);
+    ds_bench_free_model(&model);
     free(samples);
 out_backend:
     if (cpu != b)
