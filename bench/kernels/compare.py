@@ -20,12 +20,13 @@ this works, and still prints every row, where torch or the GPU is missing.
        run (>= 0.70); the copy row itself compares with torch's copy_, as a check on the timing.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from compare_util import best, run_one, why  # noqa: E402  (bench/common/compare_util.py)
+
 FUSED = "--tokens 8192 --dim 3072 --dtype bf16 --warmup 20 --iters 100 --sets 4"
 
 
@@ -68,42 +69,6 @@ def gpu_rows():
     ]
 
 
-def run_one(cmd, timeout, log):
-    """Runs one measurement; returns its JSON line as a dict, or a dict saying what went wrong."""
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        result = {"status": "timeout", "message": f"no result within {timeout} s"}
-    except OSError as e:
-        result = {"status": "error", "message": str(e)}
-    else:
-        lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
-        if lines:
-            result = json.loads(lines[-1])
-        else:
-            tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-            result = {"status": "error", "message": f"exit {p.returncode}: {tail}"}
-        if p.stderr.strip() and log:
-            log.write(json.dumps({"stderr_of": cmd, "stderr": p.stderr[-4000:]}) + "\n")
-    if log:
-        log.write(json.dumps({"cmd": cmd, "result": result}) + "\n")
-        log.flush()
-    return result
-
-
-def best(old, new):
-    """The faster of two results of one measurement; an unwritten output in any round wins (it
-    is a wrong result, not a slow one), another failure only when both rounds failed."""
-    if old is None:
-        return new
-    for r in (old, new):
-        if r.get("status") == "bad_output":
-            return r
-    if old.get("status") != "ok" or new.get("status") != "ok":
-        return old if old.get("status") == "ok" else new
-    return new if new["median_ms"] < old["median_ms"] else old
-
-
 def value(result, metric):
     if result.get("status") != "ok":
         return None
@@ -114,13 +79,6 @@ def fmt(v, metric):
     if v is None:
         return "-"
     return {"ms": f"{v:.1f} ms", "tflops": f"{v:.1f} TF/s", "gbps": f"{v:.0f} GB/s"}[metric]
-
-
-def why(result, who):
-    status = result.get("status", "?")
-    if status == "unavailable":
-        return "no GPU" if who == "ours" else f"{who}: {result.get('message', 'unavailable')}"
-    return f"{who} {status}: {result.get('message', '')}".strip().rstrip(":")
 
 
 def main(argv):
