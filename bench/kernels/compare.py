@@ -12,7 +12,8 @@ this works, and still prints every row, where torch or the GPU is missing.
 
   cpu  ours/torch wall time per call, target <= 1.0: linear 3072x3072 on 4096 tokens (f32, bf16
        weights with f32 activations, bf16) and attention B1 H24 D128 S4096 non-causal (f32,
-       bf16). Each row ends with the machine's 1-minute load average when it finished.
+       bf16), and rms_norm, modulate and gated_residual in bf16 on [1, 4096, 3072]. Each row
+       ends with the machine's 1-minute load average when it finished.
   gpu  bf16 GEMM 8192^3 TFLOP/s vs torch.matmul (>= 0.95); attention bf16 S4096 and S8192,
        H24 D128, TFLOP/s (4 B H S^2 D) vs F.scaled_dot_product_attention (>= 0.70); rms_norm,
        modulate and gated_residual on [1, 8192, 3072] bf16, effective GB/s vs our own
@@ -27,6 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "common"))
 from compare_util import best, run_one, why  # noqa: E402  (bench/common/compare_util.py)
 
+# The bf16 norm and elementwise rows on the CPU: a DiT-sized activation, several calls per sample.
+ELEM = "--tokens 4096 --dim 3072 --dtype bf16 --iters 5"
 FUSED = "--tokens 8192 --dim 3072 --dtype bf16 --warmup 20 --iters 100 --sets 4"
 
 
@@ -45,6 +48,12 @@ def cpu_rows():
              anchor="torch", target=1.0),
         dict(name="attention bf16 B1 S4096 H24 D128", args=att + " --dtype bf16", metric="ms",
              anchor="torch", target=1.0),
+        dict(name="rms_norm bf16 [1,4096,3072]", args="--op rms_norm " + ELEM, metric="ms",
+             anchor="torch", target=1.0),
+        dict(name="modulate bf16 [1,4096,3072]", args="--op modulate " + ELEM, metric="ms",
+             anchor="torch", target=1.0),
+        dict(name="gated_residual bf16 [1,4096,3072]", args="--op gated_residual " + ELEM,
+             metric="ms", anchor="torch", target=1.0),
     ]
 
 
