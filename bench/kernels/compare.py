@@ -163,6 +163,8 @@ def main(argv):
         load = f"  (load {os.getloadavg()[0]:.1f})" if a.suite == "cpu" else ""
         print(f"{row['name']:<42} {fmt(mo, row['metric']):>12} {fmt(mr, row['metric']):>12} "
               f"{r:>11}  {tgt:<8} {verdict}{load}", flush=True)
+        if ours.get("gemm_path"):
+            print(f"  our path: {ours['gemm_path']}", flush=True)
     if log:
         log.close()
     if gemm:

@@ -33,6 +33,7 @@
 #include "bench/common/bench_util.h"
 #include "core/dtype.h"
 #include "core/float_convert.h"
+#include "kernels/cpu/gemm_info.h"
 #include "kernels/ops.h"
 
 #define MAX_SETS 16
@@ -82,6 +83,10 @@ static void print_head(const bench *x, const char *status)
      * without it, and a DYNAMIC_ARCH OpenBLAS that does not recognise the CPU falls back to
      * generic kernels several times slower. */
     ds_bench_print_gemm(x->o.backend);
+    if (strcmp(x->o.backend, "cpu") == 0 && strcmp(x->o.op, "linear") == 0) {
+        printf(", \"gemm_path\": ");
+        ds_bench_print_json_string(ds_cpu_linear_path(x->o.m, x->o.dtype, x->o.weight_dtype));
+    }
 }
 
 static int report_failure(const bench *x, const char *status, const char *message, int code)

@@ -20,6 +20,7 @@
 
 #include "core/float_convert.h"
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/gemm_info.h"
 #include "kernels/ops.h"
 
 /* A converted block of weight rows stays under about this many bytes (32 MiB), so converting a
@@ -362,6 +363,18 @@ static void convert_bf16_range(void *ctx, int64_t begin, int64_t end)
     size_t esize = ds_dtype_size(j->dtype);
     ds_convert((const char *)j->src + (size_t)begin * esize, j->dtype, (size_t)(end - begin),
                DS_BF16, j->dst + begin);
+}
+
+const char *ds_cpu_linear_path(int64_t m, ds_dtype x, ds_dtype w)
+{
+    if (m <= SMALL_M_MAX)
+        return "few-row kernel, f32 (weight read once)";
+    if (linear_compute_dtype(x, w, m) == DS_BF16)
+        return w == DS_BF16 ? "onednn bf16" : "onednn bf16 (fp8 weight converted per block)";
+    if (w != DS_F32)
+        return x == DS_F32 ? "openblas f32 (weight widened per call, per block)"
+                           : "openblas f32 (x and weight widened per call, per block)";
+    return f32_gemm_on_onednn(m, 0) ? "onednn f32" : "openblas f32";
 }
 
 int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_error *err)
