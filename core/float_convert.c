@@ -131,6 +131,147 @@ uint8_t ds_f32_to_f8e5m2(float f)
     return (uint8_t)(sign | (exp << 2) | man);
 }
 
+/* ---- bulk bf16 <-> f32 ----
+ *
+ * The CPU kernels convert every bf16 operand through these, so they run at the vector width the
+ * processor has, chosen once at run time (the same binary runs on x86-64 machines without
+ * AVX2 or AVX-512). Every path computes exactly what ds_bf16_to_f32 / ds_f32_to_bf16 do, in
+ * integer arithmetic: round to nearest even, overflow to inf, NaN kept quiet and signed,
+ * subnormals kept. (AVX512_BF16's VCVTNEPS2BF16 flushes subnormal inputs to zero, so it would
+ * not be bit-identical to the scalar path and is not used.) */
+
+typedef void (*bf16_to_f32_fn)(const uint16_t *src, size_t n, float *dst);
+typedef void (*f32_to_bf16_fn)(const float *src, size_t n, uint16_t *dst);
+
+static void bf16_to_f32_scalar(const uint16_t *src, size_t n, float *dst)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = ds_bf16_to_f32(src[i]);
+}
+
+static void f32_to_bf16_scalar(const float *src, size_t n, uint16_t *dst)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = ds_f32_to_bf16(src[i]);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define DS_X86_BF16_PATHS 1
+#include <immintrin.h>
+
+__attribute__((target("avx2"))) static void bf16_to_f32_avx2(const uint16_t *src, size_t n,
+                                                             float *dst)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm_loadu_si128((const __m128i *)(src + i));
+        _mm256_storeu_si256((__m256i *)(dst + i),
+                            _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    bf16_to_f32_scalar(src + i, n - i, dst + i);
+}
+
+__attribute__((target("avx2"))) static void f32_to_bf16_avx2(const float *src, size_t n,
+                                                             uint16_t *dst)
+{
+    const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000);
+    const __m256i half = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1);
+    const __m256i quiet = _mm256_set1_epi32(0x40);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_loadu_si256((const __m256i *)(src + i));
+        __m256i high = _mm256_srli_epi32(u, 16);
+        /* Both sides below 2^31, so the signed compare orders them as unsigned. */
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+        __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(high, one)));
+        r = _mm256_blendv_epi8(_mm256_srli_epi32(r, 16), _mm256_or_si256(high, quiet), nan);
+        /* Every lane is at most 0xFFFF, so the unsigned saturating pack only narrows. */
+        __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+        _mm_storeu_si128((__m128i *)(dst + i), packed);
+    }
+    f32_to_bf16_scalar(src + i, n - i, dst + i);
+}
+
+__attribute__((target("avx512f"))) static void bf16_to_f32_avx512(const uint16_t *src, size_t n,
+                                                                  float *dst)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)(src + i));
+        _mm512_storeu_si512(dst + i, _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    bf16_to_f32_scalar(src + i, n - i, dst + i);
+}
+
+__attribute__((target("avx512f"))) static void f32_to_bf16_avx512(const float *src, size_t n,
+                                                                  uint16_t *dst)
+{
+    const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
+    const __m512i half = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+    const __m512i quiet = _mm512_set1_epi32(0x40);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i u = _mm512_loadu_si512(src + i);
+        __m512i high = _mm512_srli_epi32(u, 16);
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
+        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(half, _mm512_and_si512(high, one)));
+        r = _mm512_mask_mov_epi32(_mm512_srli_epi32(r, 16), nan, _mm512_or_si512(high, quiet));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(r));
+    }
+    f32_to_bf16_scalar(src + i, n - i, dst + i);
+}
+#endif
+
+static struct {
+    bf16_to_f32_fn to_f32;
+    f32_to_bf16_fn from_f32;
+} bf16_path = {bf16_to_f32_scalar, f32_to_bf16_scalar};
+static pthread_once_t bf16_path_once = PTHREAD_ONCE_INIT;
+
+static int isa_supported(int isa)
+{
+#ifdef DS_X86_BF16_PATHS
+    __builtin_cpu_init();
+    if (isa == DS__CONVERT_AVX512)
+        return __builtin_cpu_supports("avx512f");
+    if (isa == DS__CONVERT_AVX2)
+        return __builtin_cpu_supports("avx2");
+#endif
+    return isa == DS__CONVERT_SCALAR;
+}
+
+static void set_path(int isa)
+{
+    bf16_path.to_f32 = bf16_to_f32_scalar;
+    bf16_path.from_f32 = f32_to_bf16_scalar;
+#ifdef DS_X86_BF16_PATHS
+    if (isa == DS__CONVERT_AVX512) {
+        bf16_path.to_f32 = bf16_to_f32_avx512;
+        bf16_path.from_f32 = f32_to_bf16_avx512;
+    } else if (isa == DS__CONVERT_AVX2) {
+        bf16_path.to_f32 = bf16_to_f32_avx2;
+        bf16_path.from_f32 = f32_to_bf16_avx2;
+    }
+#endif
+}
+
+static void choose_bf16_path(void)
+{
+    int isa = isa_supported(DS__CONVERT_AVX512) ? DS__CONVERT_AVX512
+              : isa_supported(DS__CONVERT_AVX2) ? DS__CONVERT_AVX2
+                                                : DS__CONVERT_SCALAR;
+    set_path(isa);
+}
+
+int ds__convert_use_isa(int isa)
+{
+    pthread_once(&bf16_path_once, choose_bf16_path);
+    if (!isa_supported(isa))
+        return 0;
+    set_path(isa);
+    return 1;
+}
+
 void ds_convert_to_f32(const void *src, ds_dtype dtype, size_t n, float *dst)
 {
     switch (dtype) {
@@ -142,8 +283,8 @@ void ds_convert_to_f32(const void *src, ds_dtype dtype, size_t n, float *dst)
             dst[i] = (float)((const double *)src)[i];
         return;
     case DS_BF16:
-        for (size_t i = 0; i < n; i++)
-            dst[i] = ds_bf16_to_f32(((const uint16_t *)src)[i]);
+        pthread_once(&bf16_path_once, choose_bf16_path);
+        bf16_path.to_f32(src, n, dst);
         return;
     case DS_F16:
         for (size_t i = 0; i < n; i++)
@@ -177,8 +318,8 @@ void ds_convert_from_f32(const float *src, size_t n, ds_dtype dtype, void *dst)
             ((double *)dst)[i] = src[i];
         return;
     case DS_BF16:
-        for (size_t i = 0; i < n; i++)
-            ((uint16_t *)dst)[i] = ds_f32_to_bf16(src[i]);
+        pthread_once(&bf16_path_once, choose_bf16_path);
+        bf16_path.from_f32(src, n, dst);
         return;
     case DS_F16:
         for (size_t i = 0; i < n; i++)

@@ -52,6 +52,12 @@ void ds_convert_from_f32(const float *src, size_t n, ds_dtype dtype, void *dst);
  * value is a bf16 value) by table in one pass, the hot case of fp8 weights paged into a bf16
  * fast tier. */
 void ds_convert(const void *src, ds_dtype from, size_t n, ds_dtype to, void *dst);
+/* The bulk bf16 conversions above run at the widest vector width the processor has, chosen at
+ * the first call. For tests: makes them use `isa` (DS__CONVERT_*) from now on, if this processor
+ * has it; returns whether it does. Every path gives the scalar functions' bits. */
+enum { DS__CONVERT_SCALAR, DS__CONVERT_AVX2, DS__CONVERT_AVX512 };
+int ds__convert_use_isa(int isa);
+
 /* Element i of a buffer of `dtype` as f64 / stored from f64 (tests and references; f64 input is
  * rounded once, straight to the target, not through f32). */
 double ds_load_f64(const void *src, ds_dtype dtype, size_t i);

@@ -4,66 +4,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench/common/bench_util.h"
 #include "core/float_convert.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/gemm_info.h"
 #include "models/model_class.h"
 
-#define PATTERN 65521 /* values in the fill table (a prime, so tensors start out of phase) */
+#define PATTERN 65521 /* a prime, so tensors tiled at different phases start out of step */
+#define LM "model.language_model."
 
-double bench_now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-double bench_median(double *samples, int n)
-{
-    qsort(samples, (size_t)n, sizeof *samples, compare_double);
-    return samples[n / 2];
-}
-
-void bench_print_json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
-static uint64_t splitmix(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
-}
-
-/* The fill table: PATTERN uniform values in [-1, 1), f32 and bf16, repeated once more so that
- * a tile starting anywhere in the first copy runs PATTERN values without wrapping. */
+/* Twice over, so that a tile starting anywhere in the first copy runs PATTERN values without
+ * wrapping. One table per process, rebuilt per centre: benches build models one at a time. */
 static float pattern_f32[2 * PATTERN];
 static uint16_t pattern_bf16[2 * PATTERN];
 
@@ -71,14 +22,12 @@ static void make_pattern(float scale, float center)
 {
     uint64_t state = 0x5EED;
     for (int i = 0; i < PATTERN; i++) {
-        double u = (double)(splitmix(&state) >> 11) * 0x1.0p-53;
-        float v = (float)((2.0 * u - 1.0) * scale) + center;
+        float v = (float)((2.0 * ds_bench_uniform(&state) - 1.0) * scale) + center;
         pattern_f32[i] = pattern_f32[i + PATTERN] = v;
         pattern_bf16[i] = pattern_bf16[i + PATTERN] = ds_f32_to_bf16(v);
     }
 }
 
-/* Fills n elements of `dtype` at dst from the current table, starting at `phase`. */
 static void tile(void *dst, ds_dtype dtype, uint64_t n, uint64_t phase)
 {
     size_t es = ds_dtype_size(dtype);
@@ -93,35 +42,56 @@ static void tile(void *dst, ds_dtype dtype, uint64_t n, uint64_t phase)
     }
 }
 
+/* Scales that multiply a normalised value: centred on 1 so that activations keep their size
+ * through the blocks. */
 static int is_norm_weight(const char *name, const ds_tensor_view *v)
 {
-    return v->ndim == 1 && strstr(name, "norm") != NULL;
+    size_t len = strlen(name);
+    return (v->ndim == 1 && strstr(name, "norm") != NULL) ||
+           (len > 6 && strcmp(name + len - 6, ".gamma") == 0);
 }
 
-void bench_model_free(ds_loaded_model *m)
+int ds_bench_keep_text_layers(const char *name, int layers)
+{
+    if (strncmp(name, LM, strlen(LM)) != 0)
+        return 0;
+    const char *rest = name + strlen(LM);
+    return strncmp(rest, "layers.", 7) != 0 || atoi(rest + 7) < layers;
+}
+
+void ds_bench_free_model(ds_loaded_model *m)
 {
     for (size_t i = 0; i < m->params.count; i++)
         free((void *)m->params.entries[i].tensor.data);
     ds_state_dict_free(&m->params);
 }
 
-int bench_model_build(const char *model_class, const char *kwargs_json, ds_dtype dtype,
-                      ds_loaded_model *m, char *msg, size_t size)
+int ds_bench_build_model(const char *cls_name, const char *kwargs, ds_bench_keep_fn keep,
+                         int keep_arg, ds_dtype dtype, ds_loaded_model *m, size_t *bytes,
+                         ds_error *err)
 {
-    ds_error err;
-    const ds_model_class *cls = ds_model_class_find(model_class);
+    ds_state_dict full;
+    const ds_model_class *cls = ds_model_class_find(cls_name);
+    size_t filled = 0;
     memset(m, 0, sizeof *m);
     ds_state_dict_init(&m->params);
-    if (!cls) {
-        snprintf(msg, size, "model class %s is not registered", model_class);
-        return 0;
-    }
-    if (ds_model_class_declare(cls, kwargs_json, &m->params, &err) != DS_OK) {
-        snprintf(msg, size, "declare: %.200s", err.message);
-        ds_state_dict_free(&m->params);
-        return 0;
-    }
+    ds_state_dict_init(&full);
+    if (!cls)
+        return ds_error_set(err, DS_ERR_NOT_FOUND, "model class %s is not registered", cls_name);
+    int rc = ds_model_class_declare(cls, kwargs, &full, err);
+    if (rc != DS_OK)
+        goto fail;
     m->cls = cls;
+    for (size_t i = 0; i < full.count; i++) {
+        if (keep && !keep(full.entries[i].name, keep_arg))
+            continue;
+        rc = ds_state_dict_put_tensor(&m->params, full.entries[i].name, &full.entries[i].tensor);
+        if (rc != DS_OK) {
+            ds_error_set(err, rc, "out of memory for the tree of %s", cls_name);
+            goto fail;
+        }
+    }
+    ds_state_dict_free(&full);
     size_t es = ds_dtype_size(dtype);
     for (int pass = 0; pass < 2; pass++) {
         /* Pass 0: weights and biases (centre 0); pass 1: norm weights (centre 1). */
@@ -133,34 +103,59 @@ int bench_model_build(const char *model_class, const char *kwargs_json, ds_dtype
             uint64_t n = ds_tensor_view_numel(&e->tensor);
             void *data = malloc(n * es);
             if (!data) {
-                snprintf(msg, size, "out of memory for %s (%llu elements)", e->name,
-                         (unsigned long long)n);
-                bench_model_free(m);
-                return 0;
+                rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                                  "out of memory for %s of %s (%llu elements)", e->name, cls_name,
+                                  (unsigned long long)n);
+                goto fail;
             }
-            tile(data, dtype, n, fnv1a(e->name));
+            tile(data, dtype, n, ds_bench_fnv1a(e->name));
             e->tensor.data = data;
             e->tensor.dtype = dtype;
             e->tensor.nbytes = n * es;
+            filled += n * es;
         }
     }
-    return 1;
+    if (bytes)
+        *bytes = filled;
+    return DS_OK;
+fail:
+    ds_state_dict_free(&full);
+    ds_bench_free_model(m);
+    memset(m, 0, sizeof *m);
+    return rc;
 }
 
-int bench_input_tensor(ds_backend *cpu, ds_dtype dtype, int ndim, const int64_t *shape,
-                       uint64_t seed, ds_tensor *out, ds_error *err)
+int ds_bench_input_tensor(ds_backend *cpu, ds_dtype dtype, int ndim, const int64_t *shape,
+                          uint64_t seed, ds_tensor *out, ds_error *err)
 {
     int rc = ds_tensor_alloc(cpu, dtype, ndim, shape, out, err);
     if (rc != DS_OK)
         return rc;
     size_t n = (size_t)ds_tensor_numel(out);
     for (size_t i = 0; i < n; i++) {
-        double u = (double)(splitmix(&seed) >> 11) * 0x1.0p-53;
-        float v = (float)((2.0 * u - 1.0) * sqrt(3.0));
+        float v = (float)((2.0 * ds_bench_uniform(&seed) - 1.0) * sqrt(3.0));
         if (dtype == DS_BF16)
             ((uint16_t *)out->data)[i] = ds_f32_to_bf16(v);
         else
             ((float *)out->data)[i] = v;
     }
     return DS_OK;
+}
+
+int ds_bench_backend_create(const char *name, int threads, ds_backend **out, ds_error *err)
+{
+    if (strcmp(name, "cuda") == 0)
+        return ds_cuda_backend_create(0, out, err);
+    if (strcmp(name, "cpu") == 0)
+        return ds_cpu_backend_create(threads, out, err);
+    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "--backend %s: expected cpu or cuda", name);
+}
+
+void ds_bench_print_gemm(const char *backend)
+{
+    if (strcmp(backend, "cpu") != 0)
+        return;
+    char gemm[256];
+    printf(", \"gemm\": ");
+    ds_bench_print_json_string(ds_cpu_gemm_info(gemm, sizeof gemm));
 }

@@ -1,33 +1,48 @@
-/* What the model benches share: the clock, the median, JSON strings, and a class's declared
- * tree built in memory with cheap deterministic weights (a fixed table of uniform values in
- * [-0.02, 0.02] tiled at a per-tensor offset, 1-D norm weights 1 + that), which times like
- * real weights (no zeros, no denormals) and fills tens of GB at memcpy speed. */
-#ifndef DS_BENCH_COMMON_BENCH_MODEL_H
-#define DS_BENCH_COMMON_BENCH_MODEL_H
+/* bench/common/bench_model: models and inputs the model benches build in memory, and the line
+ * that says which GEMM libraries ran. A model is its class's declared tree with every tensor
+ * tiled from a fixed table of uniform values: that fills tens of GB at memcpy speed while
+ * timing like real weights (no zeros, no denormals); the Python anchors fill theirs with the
+ * same distributions by the same naming rule. */
+#ifndef DS_BENCH_MODEL_H
+#define DS_BENCH_MODEL_H
 
-#include <stddef.h>
 #include <stdint.h>
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "kernels/backend.h"
+#include "kernels/ops.h"
 #include "models/model_loader.h"
 
-/* CLOCK_MONOTONIC in seconds. */
-double bench_now_s(void);
-/* Sorts samples[0..n) ascending and returns samples[n / 2]. */
-double bench_median(double *samples, int n);
-/* s as a JSON string literal on stdout. */
-void bench_print_json_string(const char *s);
+/* Which declared tensors a bench keeps (NULL keeps all): called with the name and the bench's
+ * argument. */
+typedef int (*ds_bench_keep_fn)(const char *name, int arg);
 
-/* The tree of `model_class` for `kwargs_json`, every tensor in `dtype` in its own malloc'd
- * buffer. 0 and a message in msg on failure. Free with bench_model_free. */
-int bench_model_build(const char *model_class, const char *kwargs_json, ds_dtype dtype,
-                      ds_loaded_model *m, char *msg, size_t size);
-void bench_model_free(ds_loaded_model *m);
+/* Keeps the Qwen2.5-VL text tower's tensors of layers below `layers`, its embedding and its
+ * final norm (the text encoder cut to a few layers at full width). */
+int ds_bench_keep_text_layers(const char *name, int layers);
 
-/* A host tensor of unit-variance uniform values from `seed`. */
-int bench_input_tensor(ds_backend *cpu, ds_dtype dtype, int ndim, const int64_t *shape,
-                       uint64_t seed, ds_tensor *out, ds_error *err);
+/* Declares cls_name with kwargs (JSON or NULL), keeps the tensors `keep` accepts, and fills
+ * each in dtype (f32 or bf16) from the table at a phase given by its name: weights and biases
+ * uniform in [-0.02, 0.02], scales of a normalised value (1-D tensors named "norm", and
+ * "*.gamma") 1 + that. *bytes (may be NULL) gets the bytes filled. On error m holds nothing. */
+int ds_bench_build_model(const char *cls_name, const char *kwargs, ds_bench_keep_fn keep,
+                         int keep_arg, ds_dtype dtype, ds_loaded_model *m, size_t *bytes,
+                         ds_error *err);
+
+/* Frees a model from ds_bench_build_model (or one sharing its allocation rule). */
+void ds_bench_free_model(ds_loaded_model *m);
+
+/* A host tensor on `cpu` of uniform values of unit variance from seed, in dtype (f32, bf16). */
+int ds_bench_input_tensor(ds_backend *cpu, ds_dtype dtype, int ndim, const int64_t *shape,
+                          uint64_t seed, ds_tensor *out, ds_error *err);
+
+/* Creates the backend a bench names with --backend: "cpu" with `threads` workers (0: all CPUs)
+ * or "cuda" (device 0). DS_ERR_INVALID_ARGUMENT for another name; DS_ERR_UNAVAILABLE where the
+ * build or the machine has no such device. */
+int ds_bench_backend_create(const char *name, int threads, ds_backend **out, ds_error *err);
+
+/* `, "gemm": "..."` (ds_cpu_gemm_info) where backend is "cpu", nothing otherwise: a row can be
+ * read later only knowing whether oneDNN or OpenBLAS ran. Call after creating the backend. */
+void ds_bench_print_gemm(const char *backend);
 
 #endif

@@ -7,22 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench/common/bench_util.h"
 #include "client/diffsynth_client.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv)
 {
@@ -51,9 +38,9 @@ int main(int argc, char **argv)
     for (int i = 0; i <= repeats; i++) {  /* i == 0 warms the page cache and the daemon */
         request.request_id = ds_client_next_id(client);
         diffsynth_v1_Envelope response;
-        double start = now_s();
+        double start = ds_bench_now_s();
         int rc = ds_client_call(client, &request, &response, 10000, NULL, NULL);
-        double elapsed = now_s() - start;
+        double elapsed = ds_bench_now_s() - start;
         if (rc != DS_CLIENT_OK) {
             fprintf(stderr, "identify_bench: %s\n", ds_client_last_error(client));
             return 1;
@@ -64,7 +51,7 @@ int main(int argc, char **argv)
             snprintf(hash, sizeof hash, "%s", response.body.identify_result.model_hash);
         ds_client_envelope_free(&response);
     }
-    qsort(times, (size_t)repeats, sizeof *times, compare_double);
+    qsort(times, (size_t)repeats, sizeof *times, ds_bench_compare_double);
     printf("{\"model_hash\": \"%s\", \"median_s\": %.9f, \"min_s\": %.9f, \"repeats\": %d}\n", hash,
            times[repeats / 2], times[0], repeats);
     free(times);

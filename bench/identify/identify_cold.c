@@ -5,24 +5,11 @@
  * Prints one JSON line like identify_bench. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
+#include "bench/common/bench_util.h"
 #include "core/model_configs.h"
 #include "core/model_file.h"
 #include "models/model_loader.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv)
 {
@@ -40,7 +27,7 @@ int main(int argc, char **argv)
     double *times = calloc((size_t)repeats, sizeof *times);
     char hash[DS_MODEL_HASH_HEX] = "";
     for (int i = 0; i < repeats; i++) {
-        double start = now_s();
+        double start = ds_bench_now_s();
         ds_model_files *files;
         ds_identification ident = {0};
         if (ds_model_files_open((const char *const *)argv + 2, (size_t)(argc - 2), &files, &err) !=
@@ -50,11 +37,11 @@ int main(int argc, char **argv)
             return 1;
         }
         ds_model_files_close(files);
-        times[i] = now_s() - start;
+        times[i] = ds_bench_now_s() - start;
         snprintf(hash, sizeof hash, "%s", ident.model_hash);
         ds_identification_free(&ident);
     }
-    qsort(times, (size_t)repeats, sizeof *times, compare_double);
+    qsort(times, (size_t)repeats, sizeof *times, ds_bench_compare_double);
     printf("{\"model_hash\": \"%s\", \"median_s\": %.9f, \"min_s\": %.9f, \"repeats\": %d}\n", hash,
            times[repeats / 2], times[0], repeats);
     free(times);

@@ -12,7 +12,8 @@ this works, and still prints every row, where torch or the GPU is missing.
 
   cpu  ours/torch wall time per call, target <= 1.0: linear 3072x3072 on 4096 tokens (f32, bf16
        weights with f32 activations, bf16) and attention B1 H24 D128 S4096 non-causal (f32,
-       bf16). Each row ends with the machine's 1-minute load average when it finished.
+       bf16), and rms_norm, modulate and gated_residual in bf16 on [1, 4096, 3072]. Each row
+       ends with the machine's 1-minute load average when it finished.
   gpu  bf16 GEMM 8192^3 TFLOP/s vs torch.matmul (>= 0.95); attention bf16 S4096 and S8192,
        H24 D128, TFLOP/s (4 B H S^2 D) vs F.scaled_dot_product_attention (>= 0.70); rms_norm,
        modulate and gated_residual on [1, 8192, 3072] bf16, effective GB/s vs our own
@@ -20,12 +21,15 @@ this works, and still prints every row, where torch or the GPU is missing.
        run (>= 0.70); the copy row itself compares with torch's copy_, as a check on the timing.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from compare_util import best, run_one, why  # noqa: E402  (bench/common/compare_util.py)
+
+# The bf16 norm and elementwise rows on the CPU: a DiT-sized activation, several calls per sample.
+ELEM = "--tokens 4096 --dim 3072 --dtype bf16 --iters 5"
 FUSED = "--tokens 8192 --dim 3072 --dtype bf16 --warmup 20 --iters 100 --sets 4"
 
 
@@ -44,6 +48,12 @@ def cpu_rows():
              anchor="torch", target=1.0),
         dict(name="attention bf16 B1 S4096 H24 D128", args=att + " --dtype bf16", metric="ms",
              anchor="torch", target=1.0),
+        dict(name="rms_norm bf16 [1,4096,3072]", args="--op rms_norm " + ELEM, metric="ms",
+             anchor="torch", target=1.0),
+        dict(name="modulate bf16 [1,4096,3072]", args="--op modulate " + ELEM, metric="ms",
+             anchor="torch", target=1.0),
+        dict(name="gated_residual bf16 [1,4096,3072]", args="--op gated_residual " + ELEM,
+             metric="ms", anchor="torch", target=1.0),
     ]
 
 
@@ -68,42 +78,6 @@ def gpu_rows():
     ]
 
 
-def run_one(cmd, timeout, log):
-    """Runs one measurement; returns its JSON line as a dict, or a dict saying what went wrong."""
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        result = {"status": "timeout", "message": f"no result within {timeout} s"}
-    except OSError as e:
-        result = {"status": "error", "message": str(e)}
-    else:
-        lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
-        if lines:
-            result = json.loads(lines[-1])
-        else:
-            tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-            result = {"status": "error", "message": f"exit {p.returncode}: {tail}"}
-        if p.stderr.strip() and log:
-            log.write(json.dumps({"stderr_of": cmd, "stderr": p.stderr[-4000:]}) + "\n")
-    if log:
-        log.write(json.dumps({"cmd": cmd, "result": result}) + "\n")
-        log.flush()
-    return result
-
-
-def best(old, new):
-    """The faster of two results of one measurement; an unwritten output in any round wins (it
-    is a wrong result, not a slow one), another failure only when both rounds failed."""
-    if old is None:
-        return new
-    for r in (old, new):
-        if r.get("status") == "bad_output":
-            return r
-    if old.get("status") != "ok" or new.get("status") != "ok":
-        return old if old.get("status") == "ok" else new
-    return new if new["median_ms"] < old["median_ms"] else old
-
-
 def value(result, metric):
     if result.get("status") != "ok":
         return None
@@ -114,13 +88,6 @@ def fmt(v, metric):
     if v is None:
         return "-"
     return {"ms": f"{v:.1f} ms", "tflops": f"{v:.1f} TF/s", "gbps": f"{v:.0f} GB/s"}[metric]
-
-
-def why(result, who):
-    status = result.get("status", "?")
-    if status == "unavailable":
-        return "no GPU" if who == "ours" else f"{who}: {result.get('message', 'unavailable')}"
-    return f"{who} {status}: {result.get('message', '')}".strip().rstrip(":")
 
 
 def main(argv):
@@ -196,6 +163,8 @@ def main(argv):
         load = f"  (load {os.getloadavg()[0]:.1f})" if a.suite == "cpu" else ""
         print(f"{row['name']:<42} {fmt(mo, row['metric']):>12} {fmt(mr, row['metric']):>12} "
               f"{r:>11}  {tgt:<8} {verdict}{load}", flush=True)
+        if ours.get("gemm_path"):
+            print(f"  our path: {ours['gemm_path']}", flush=True)
     if log:
         log.close()
     if gemm:

@@ -28,8 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench/common/bench_model.h"
+#include "bench/common/bench_util.h"
 #include "core/dtype.h"
 #include "core/float_convert.h"
 #include "kernels/cpu/gemm_info.h"
@@ -67,71 +68,31 @@ typedef struct bench {
     double bytes; /* per call: every input read once, every output written once */
 } bench;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static void print_json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 /* The fields every line starts with. */
 static void print_head(const bench *x, const char *status)
 {
     printf("{\"impl\": \"ours\", \"backend\": ");
-    print_json_string(x->o.backend);
+    ds_bench_print_json_string(x->o.backend);
     printf(", \"op\": ");
-    print_json_string(x->o.op);
+    ds_bench_print_json_string(x->o.op);
     printf(", \"dtype\": \"%s\", \"weight_dtype\": \"%s\", \"shape\": ", ds_dtype_name(x->o.dtype),
            ds_dtype_name(x->o.weight_dtype));
-    print_json_string(x->shape);
+    ds_bench_print_json_string(x->shape);
     printf(", \"threads\": %d, \"status\": \"%s\"", x->o.threads, status);
     /* Which GEMM kernels run (oneDNN's ISA, OpenBLAS's core): a row means little later
      * without it, and a DYNAMIC_ARCH OpenBLAS that does not recognise the CPU falls back to
      * generic kernels several times slower. */
-    if (strcmp(x->o.backend, "cpu") == 0) {
-        char gemm[256];
-        printf(", \"gemm\": ");
-        print_json_string(ds_cpu_gemm_info(gemm, sizeof gemm));
+    ds_bench_print_gemm(x->o.backend);
+    if (strcmp(x->o.backend, "cpu") == 0 && strcmp(x->o.op, "linear") == 0) {
+        printf(", \"gemm_path\": ");
+        ds_bench_print_json_string(ds_cpu_linear_path(x->o.m, x->o.dtype, x->o.weight_dtype));
     }
 }
 
 static int report_failure(const bench *x, const char *status, const char *message, int code)
 {
     print_head(x, status);
-    printf(", \"message\": ");
-    print_json_string(message);
-    printf("}\n");
-    fflush(stdout);
-    return code;
-}
-
-static uint64_t splitmix(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+    return ds_bench_end_with_message(message, code);
 }
 
 /* Uniform values of standard deviation `stddev` (never zeros: METHOD.md, zeros time faster
@@ -145,11 +106,11 @@ static int fill_random(ds_tensor *t, double stddev, uint64_t seed, ds_error *err
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of host memory for %zu values", n);
     double half_width = stddev * sqrt(3.0);
     for (size_t i = 0; t->dtype == DS_U8 && i < n; i++)
-        host[i] = (unsigned char)(splitmix(&seed) >> 56);
+        host[i] = (unsigned char)(ds_bench_splitmix(&seed) >> 56);
     for (size_t i = 0; t->dtype != DS_U8 && i < n; i += 4096) {
         size_t len = n - i < 4096 ? n - i : 4096;
         for (size_t j = 0; j < len; j++)
-            chunk[j] = (float)(half_width * ((double)(splitmix(&seed) >> 11) * 0x1p-52 - 1.0));
+            chunk[j] = (float)(half_width * ((double)(ds_bench_splitmix(&seed) >> 11) * 0x1p-52 - 1.0));
         ds_convert_from_f32(chunk, len, t->dtype, host + i * esize);
     }
     int rc = ds_tensor_upload(t, host, NULL, err);
@@ -431,13 +392,9 @@ int main(int argc, char **argv)
     describe(&x);
 
     ds_error err;
-    int rc;
-    if (strcmp(x.o.backend, "cuda") == 0)
-        rc = ds_cuda_backend_create(0, &x.b, &err);
-    else if (strcmp(x.o.backend, "cpu") == 0)
-        rc = ds_cpu_backend_create(x.o.threads, &x.b, &err);
-    else {
-        fprintf(stderr, "kernels_bench: --backend must be cpu or cuda\n");
+    int rc = ds_bench_backend_create(x.o.backend, x.o.threads, &x.b, &err);
+    if (rc == DS_ERR_INVALID_ARGUMENT) {
+        fprintf(stderr, "kernels_bench: %s\n", err.message);
         return 2;
     }
     if (rc == DS_ERR_UNAVAILABLE)
@@ -468,7 +425,7 @@ int main(int argc, char **argv)
         /* r == -1: warm-up (library handles, code paths, page faults on fresh memory), over
          * every operand set at least once, so that every output is checked. */
         int calls = r < 0 ? (x.o.warmup > x.o.sets ? x.o.warmup : x.o.sets) : x.o.iters;
-        double start = now_s();
+        double start = ds_bench_now_s();
         for (int c = 0; c < calls; c++) {
             if (call(&x, next, 0, &err) != DS_OK) {
                 code = report_failure(&x, "error", err.message, 1);
@@ -481,9 +438,9 @@ int main(int argc, char **argv)
             goto done;
         }
         if (r >= 0)
-            samples[r] = (now_s() - start) / calls;
+            samples[r] = (ds_bench_now_s() - start) / calls;
     }
-    qsort(samples, (size_t)x.o.repeats, sizeof *samples, compare_double);
+    double median = ds_bench_median(samples, (size_t)x.o.repeats);
 
     int ok = 1;
     for (int i = 0; ok && i < x.o.sets; i++) {
@@ -492,7 +449,6 @@ int main(int argc, char **argv)
             goto done;
         }
     }
-    double median = samples[x.o.repeats / 2];
     /* A sample of an op that left outputs unwritten is no measurement. */
     print_head(&x, ok ? "ok" : "bad_output");
     printf(", \"warmup\": %d, \"repeats\": %d, \"iters\": %d, \"sets\": %d, \"median_ms\": %.6f, "

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench/kernels CPU: our CPU backend against PyTorch on the same machine, same dtypes, same thread
 # count, in the same run (DESIGN §7: the ratio is the result; absolute times on shared CPUs are
-# noise). Rows: linear 3072x3072 on 4096 tokens (f32; bf16 weights with f32 activations) and
-# attention B=1, 24 heads x 128, 4096 tokens, f32, non-causal. Target: ours/torch <= 1.3.
+# noise). Rows: linear 3072x3072 on 4096 tokens (f32; bf16 weights with f32 activations; bf16),
+# attention B=1, 24 heads x 128, 4096 tokens (f32, bf16), non-causal, and rms_norm, modulate and
+# gated_residual in bf16 on [1, 4096, 3072]. Target: ours/torch <= 1.0.
 #
 # usage: bench/kernels/run_cpu.sh [PYTHON_WITH_TORCH] [THREADS] [REPEATS]
 #   PYTHON_WITH_TORCH  default /work/venv/bin/python (a private venv; never installed here)

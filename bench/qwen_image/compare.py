@@ -17,7 +17,7 @@ usage: compare.py --suite cpu|gpu --bench BUILD/bench/pipeline_bench [--python P
        for both: the process's whole footprint, context and allocator caches included).
 
 Each row runs ours and the anchor alternately, --rounds times, and keeps each side's best
-median (kernels/compare.py's run_one and best). Standard library only; every row prints even
+median (bench/common/compare_util.py). Standard library only; every row prints even
 where the upstream package or the GPU is missing. Exit status 77 when our side found no GPU.
 """
 import argparse
@@ -28,8 +28,9 @@ import sys
 import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "kernels"))
-from compare import best, run_one, why  # noqa: E402  (bench/kernels/compare.py)
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from compare_util import alternate, fmt_ms, run_one  # noqa: E402  (bench/common)
+from compare_util import verdict as verdict_of  # noqa: E402
 
 SIZE_CPU = "--height 256 --width 256 --steps 4 --cfg 4"
 SIZE_GPU = "--height 1024 --width 1024 --steps 40 --cfg 4"
@@ -101,10 +102,6 @@ def measure(cmd, a, log):
     return result
 
 
-def fmt_ms(r):
-    return f"{r['median_ms']:.1f} ms" if r and r.get("status") == "ok" else "-"
-
-
 def fmt_phases(r):
     if not r or r.get("status") != "ok":
         return "-"
@@ -152,24 +149,12 @@ def main(argv):
     no_gpu = False
     for row in rows(a):
         args = common + row["args"].split()
-        ours = ref = None
-        for _ in range(a.rounds):
-            ours = best(ours, measure([a.bench] + args, a, log))
-            if a.python:
-                ref = best(ref, measure([a.python, anchor] + args, a, log))
-        ref = ref or {"status": "missing", "message": "no upstream Python given"}
-        ok_o, ok_r = ours.get("status") == "ok", ref.get("status") == "ok"
+        ours, ref = alternate([a.bench] + args, a.python and [a.python, anchor] + args, a.rounds,
+                              lambda cmd: measure(cmd, a, log))
         no_gpu = no_gpu or ours.get("status") == "unavailable"
-        ratio = ours["median_ms"] / ref["median_ms"] if ok_o and ok_r else None
-        if not ok_o:
-            verdict = why(ours, "ours")
-        elif ratio is None:
-            verdict = f"ours alone ({why(ref, 'upstream')})"
-        else:
-            good = ratio <= row["target"]
-            verdict = ("ok" if good else "MISSED") + f" vs upstream, torch {ref.get('torch', '?')}"
-            missed += not good
-        measured += ok_o
+        ratio, verdict, miss = verdict_of(ours, ref, row["target"])
+        missed += miss
+        measured += ours.get("status") == "ok"
         r = f"{ratio:.2f}" if ratio is not None else "-"
         print(f"{row['name']:<50} {fmt_ms(ours):>12} {fmt_ms(ref):>12} {r:>8}  "
               f"<= {row['target']:.2f} {verdict}", flush=True)

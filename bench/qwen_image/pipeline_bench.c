@@ -41,8 +41,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench/common/bench_model.h"
+#include "bench/common/bench_util.h"
 #include "core/dtype.h"
 #include "core/float_convert.h"
 #include "kernels/ops.h"
@@ -53,8 +54,6 @@
 #define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
 #define VAE_CLASS "diffsynth.models.qwen_image_vae.QwenImageVAE"
-#define LM "model.language_model."
-#define PATTERN 65521 /* values in the fill table (a prime, so tensors start out of phase) */
 #define PROMPT                                                                                    \
     "A cozy reading nook by a tall window at dusk, warm lamplight on a worn leather armchair, a " \
     "knitted blanket, a stack of books with gold lettering, a sleeping tabby cat, rain streaks "  \
@@ -76,53 +75,28 @@ typedef struct sample {
     double total, encode, denoise, decode;
 } sample;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static int compare_sample(const void *a, const void *b)
 {
     double x = ((const sample *)a)->total, y = ((const sample *)b)->total;
     return (x > y) - (x < y);
 }
 
-static void print_json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 static void print_head(const options *o, const char *status)
 {
     printf("{\"impl\": \"ours\", \"backend\": ");
-    print_json_string(o->backend);
+    ds_bench_print_json_string(o->backend);
     printf(", \"model\": \"QwenImagePipeline\", \"te_layers\": %d, \"dit_layers\": %d, "
            "\"dtype\": \"%s\", \"height\": %d, \"width\": %d, \"steps\": %d, \"cfg\": %g, "
            "\"prompt_tokens\": 60, \"threads\": %d, \"status\": \"%s\"",
            o->te_layers, o->dit_layers, ds_dtype_name(o->dtype), o->height, o->width, o->steps,
            o->cfg, o->threads, status);
+    ds_bench_print_gemm(o->backend);
 }
 
 static int report_failure(const options *o, const char *status, const char *message, int code)
 {
     print_head(o, status);
-    printf(", \"message\": ");
-    print_json_string(message);
-    printf("}\n");
-    fflush(stdout);
-    return code;
+    return ds_bench_end_with_message(message, code);
 }
 
 /* ---- allocation tracking: the backend's alloc/free slots, interposed ---- */
@@ -205,132 +179,6 @@ static void untrack_allocations(ds_backend *b)
 
 /* ---- models ---- */
 
-static uint64_t splitmix(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
-}
-
-/* The fill table, repeated once more so that a tile starting anywhere in the first copy runs
- * PATTERN values without wrapping. */
-static float pattern_f32[2 * PATTERN];
-static uint16_t pattern_bf16[2 * PATTERN];
-
-static void make_pattern(float scale, float center)
-{
-    uint64_t state = 0x5EED;
-    for (int i = 0; i < PATTERN; i++) {
-        double u = (double)(splitmix(&state) >> 11) * 0x1.0p-53;
-        float v = (float)((2.0 * u - 1.0) * scale) + center;
-        pattern_f32[i] = pattern_f32[i + PATTERN] = v;
-        pattern_bf16[i] = pattern_bf16[i + PATTERN] = ds_f32_to_bf16(v);
-    }
-}
-
-static void tile(void *dst, ds_dtype dtype, uint64_t n, uint64_t phase)
-{
-    size_t es = ds_dtype_size(dtype);
-    const char *src = dtype == DS_BF16 ? (const char *)pattern_bf16 : (const char *)pattern_f32;
-    char *out = dst;
-    size_t start = (size_t)(phase % PATTERN);
-    while (n > 0) {
-        uint64_t chunk = n < PATTERN ? n : PATTERN;
-        memcpy(out, src + start * es, (size_t)chunk * es);
-        out += chunk * es;
-        n -= chunk;
-    }
-}
-
-/* Scales that multiply a normalised value: centred on 1 so that activations keep their size
- * through the blocks (upstream_anchor.py applies the same rule to the same names). */
-static int is_norm_weight(const char *name, const ds_tensor_view *v)
-{
-    size_t len = strlen(name);
-    return (v->ndim == 1 && strstr(name, "norm") != NULL) ||
-           (len > 6 && strcmp(name + len - 6, ".gamma") == 0);
-}
-
-static void free_model(ds_loaded_model *m)
-{
-    for (size_t i = 0; i < m->params.count; i++)
-        free((void *)m->params.entries[i].tensor.data);
-    ds_state_dict_free(&m->params);
-}
-
-/* Text-tower tensors of layers below *layers, the embedding and the final norm. */
-static int keep_text_layers(const char *name, int layers)
-{
-    if (strncmp(name, LM, strlen(LM)) != 0)
-        return 0;
-    const char *rest = name + strlen(LM);
-    return strncmp(rest, "layers.", 7) != 0 || atoi(rest + 7) < layers;
-}
-
-/* The declared tree of `cls_name` (with `kwargs`), the text encoder's cut to `text_layers`
- * (0: every tensor kept), every tensor filled in `dtype`. Returns the bytes filled, 0 with a
- * message on failure. */
-static uint64_t build_model(const char *cls_name, const char *kwargs, int text_layers,
-                            ds_dtype dtype, ds_loaded_model *m, char *msg, size_t size)
-{
-    ds_error err;
-    ds_state_dict full;
-    const ds_model_class *cls = ds_model_class_find(cls_name);
-    uint64_t bytes = 0;
-    memset(m, 0, sizeof *m);
-    ds_state_dict_init(&m->params);
-    ds_state_dict_init(&full);
-    if (!cls || ds_model_class_declare(cls, kwargs, &full, &err) != DS_OK) {
-        snprintf(msg, size, "declare %s: %.200s", cls_name,
-                 cls ? err.message : "class not registered");
-        goto fail;
-    }
-    m->cls = cls;
-    for (size_t i = 0; i < full.count; i++)
-        if ((text_layers == 0 || keep_text_layers(full.entries[i].name, text_layers)) &&
-            ds_state_dict_put_tensor(&m->params, full.entries[i].name, &full.entries[i].tensor) !=
-                DS_OK) {
-            snprintf(msg, size, "out of memory for the tree of %s", cls_name);
-            goto fail;
-        }
-    ds_state_dict_free(&full);
-    size_t es = ds_dtype_size(dtype);
-    for (int pass = 0; pass < 2; pass++) {
-        /* Pass 0: weights and biases (centre 0); pass 1: norm weights (centre 1). */
-        make_pattern(0.02f, pass ? 1.0f : 0.0f);
-        for (size_t i = 0; i < m->params.count; i++) {
-            ds_sd_entry *e = &m->params.entries[i];
-            if (is_norm_weight(e->name, &e->tensor) != pass)
-                continue;
-            uint64_t n = ds_tensor_view_numel(&e->tensor);
-            void *data = malloc(n * es);
-            if (!data) {
-                snprintf(msg, size, "out of memory for %s (%llu elements)", e->name,
-                         (unsigned long long)n);
-                goto fail;
-            }
-            tile(data, dtype, n, fnv1a(e->name));
-            e->tensor.data = data;
-            e->tensor.dtype = dtype;
-            e->tensor.nbytes = n * es;
-            bytes += n * es;
-        }
-    }
-    return bytes;
-fail:
-    ds_state_dict_free(&full);
-    free_model(m);
-    return 0;
-}
 
 /* ---- the run ---- */
 
@@ -356,11 +204,7 @@ static int parse_args(int argc, char **argv, options *o)
         else if (strcmp(k, "--threads") == 0)
             o->threads = atoi(v);
         else if (strcmp(k, "--dtype") == 0) {
-            if (strcmp(v, "f32") == 0 || strcmp(v, "float32") == 0)
-                o->dtype = DS_F32;
-            else if (strcmp(v, "bf16") == 0 || strcmp(v, "bfloat16") == 0)
-                o->dtype = DS_BF16;
-            else
+            if (!ds_bench_parse_dtype(v, &o->dtype))
                 return 0;
         } else if (strcmp(k, "--te-layers") == 0)
             o->te_layers = atoi(v);
@@ -404,11 +248,11 @@ static int run_pipeline(const options *o, const ds_qwen_image_models *models,
     params.width = o->width;
     params.dtype = o->dtype;
     ds_qwen_image_pipeline *pipe = NULL;
-    double start = now_s();
+    double start = ds_bench_now_s();
     int rc = ds_qwen_image_pipeline_new(models, &params, &pipe, err);
     while (rc == DS_OK && (rc = ds_qwen_image_pipeline_advance(pipe, ctx, err)) == 1)
         rc = DS_OK;
-    s->total = now_s() - start;
+    s->total = ds_bench_now_s() - start;
     if (rc == 0) {
         ds_qwen_image_pipeline_times(pipe, &s->encode, &s->denoise, &s->decode);
         const ds_tensor *latents = ds_qwen_image_pipeline_latents(pipe);
@@ -430,12 +274,8 @@ int main(int argc, char **argv)
     }
     ds_error err;
     ds_backend *b = NULL;
-    int rc;
-    if (strcmp(o.backend, "cuda") == 0)
-        rc = ds_cuda_backend_create(0, &b, &err);
-    else if (strcmp(o.backend, "cpu") == 0)
-        rc = ds_cpu_backend_create(o.threads, &b, &err);
-    else {
+    int rc = ds_bench_backend_create(o.backend, o.threads, &b, &err);
+    if (rc == DS_ERR_INVALID_ARGUMENT) {
         usage();
         return 2;
     }
@@ -446,7 +286,6 @@ int main(int argc, char **argv)
     track_allocations(b);
 
     int code = 1;
-    char msg[320];
     char kwargs[64];
     ds_loaded_model te, dit, vae;
     ds_vram_manager *mgr = NULL;
@@ -458,20 +297,20 @@ int main(int argc, char **argv)
         code = report_failure(&o, "error", "out of memory", 1);
         goto out;
     }
-    double build_start = now_s();
+    double build_start = ds_bench_now_s();
     snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d}", o.dit_layers);
-    uint64_t te_bytes = build_model(TE_CLASS, NULL, o.te_layers, o.dtype, &te, msg, sizeof msg);
-    uint64_t dit_bytes =
-        te_bytes ? build_model(DIT_CLASS, kwargs, 0, o.dtype, &dit, msg, sizeof msg) : 0;
-    uint64_t vae_bytes =
-        dit_bytes ? build_model(VAE_CLASS, NULL, 0, o.dtype, &vae, msg, sizeof msg) : 0;
-    if (!vae_bytes) {
-        code = report_failure(&o, "error", msg, 1);
+    size_t te_bytes = 0, dit_bytes = 0, vae_bytes = 0;
+    if (ds_bench_build_model(TE_CLASS, NULL, ds_bench_keep_text_layers, o.te_layers, o.dtype, &te,
+                             &te_bytes, &err) != DS_OK ||
+        ds_bench_build_model(DIT_CLASS, kwargs, NULL, 0, o.dtype, &dit, &dit_bytes, &err) !=
+            DS_OK ||
+        ds_bench_build_model(VAE_CLASS, NULL, NULL, 0, o.dtype, &vae, &vae_bytes, &err) != DS_OK) {
+        code = report_failure(&o, "error", err.message, 1);
         goto out;
     }
     uint64_t weight_bytes = te_bytes + dit_bytes + vae_bytes;
     fprintf(stderr, "pipeline_bench: models built in %.1f s (%.2f GB of weights)\n",
-            now_s() - build_start, (double)weight_bytes * 1e-9);
+            ds_bench_now_s() - build_start, (double)weight_bytes * 1e-9);
     if (strcmp(o.backend, "cpu") != 0 &&
         ds_vram_manager_create(b, DS_VRAM_UNLIMITED, 2, &mgr, &err) != DS_OK) {
         code = report_failure(&o, "error", err.message, 1);
@@ -518,9 +357,9 @@ int main(int argc, char **argv)
 out:
     /* The manager first: it holds the weights' device copies and points at the host ones. */
     ds_vram_manager_destroy(mgr);
-    free_model(&te);
-    free_model(&dit);
-    free_model(&vae);
+    ds_bench_free_model(&te);
+    ds_bench_free_model(&dit);
+    ds_bench_free_model(&vae);
     free(samples);
     untrack_allocations(b);
     ds_backend_destroy(b);

@@ -33,6 +33,9 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from anchor_util import set_up  # noqa: E402  (bench/common)
+
 DTYPES = {"f32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16}
 NAMES = {torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -132,22 +135,11 @@ def main(argv):
             "te_layers": a.te_layers, "dit_layers": a.dit_layers, "dtype": NAMES[a.dtype],
             "height": a.height, "width": a.width, "steps": a.steps, "cfg": a.cfg,
             "prompt_tokens": 60, "threads": a.threads, "torch": torch.__version__}
-    try:
-        import diffsynth  # noqa: F401
-        import transformers
-    except ImportError as e:
-        line.update(status="unavailable", message=f"no upstream package: {e}")
-        print(json.dumps(line), flush=True)
-        return 77
-    if a.backend == "cuda" and not torch.cuda.is_available():
-        line.update(status="unavailable", message="torch sees no CUDA device")
-        print(json.dumps(line), flush=True)
-        return 77
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    line["threads"] = torch.get_num_threads() if a.backend == "cpu" else a.threads
-    device = torch.device(a.backend)
-    sync = torch.cuda.synchronize if a.backend == "cuda" else (lambda: None)
+    ready = set_up(a, line, ("diffsynth", "transformers"))
+    if isinstance(ready, int):
+        return ready
+    device, sync = ready
+    import transformers
 
     start = time.perf_counter()
     text_encoder, dit, vae = build(a, device)

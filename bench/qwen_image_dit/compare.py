@@ -14,7 +14,7 @@ usage: compare.py --suite cpu|gpu --bench BUILD/bench/dit_bench [--python PY_WIT
        GEMM ceiling, our bf16 8192^3 linear (cuBLASLt, kernels_bench) measured in the same run.
 
 Each row runs ours and the anchor alternately, --rounds times, and keeps each side's best
-median (kernels/compare.py's run_one and best): a neighbour's burst then spoils one round, not
+median (bench/common/compare_util.py): a neighbour's burst then spoils one round, not
 the ratio. Standard library only; every row prints even where the upstream package or the GPU
 is missing.
 """
@@ -23,8 +23,9 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "kernels"))
-from compare import best, run_one, why  # noqa: E402  (bench/kernels/compare.py)
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from compare_util import alternate, fmt_ms, run_one, why  # noqa: E402  (bench/common)
+from compare_util import verdict as verdict_of  # noqa: E402
 
 GEMM = "--op linear --m 8192 --k 8192 --n 8192 --dtype bf16 --warmup 5 --iters 20"
 
@@ -40,10 +41,6 @@ def rows(a):
     return [dict(name=f"DiT {layers} layers bf16, 4096 img + 32 txt tokens",
                  args=f"--dtype bf16 --layers {layers} --height 1024 --width 1024 "
                       "--text-tokens 32", target=0.8)]
-
-
-def fmt_ms(r):
-    return f"{r['median_ms']:.1f} ms" if r and r.get("status") == "ok" else "-"
 
 
 def main(argv, rows=rows, name="qwen_image_dit", model_fn="model_fn_qwen_image", anchor=None,
@@ -87,23 +84,11 @@ def main(argv, rows=rows, name="qwen_image_dit", model_fn="model_fn_qwen_image",
     notes = []
     for row in rows(a):
         args = common + row["args"].split()
-        ours = ref = None
-        for _ in range(rounds):
-            ours = best(ours, run_one([a.bench] + args, a.timeout, log))
-            if a.python:
-                ref = best(ref, run_one([a.python, anchor] + args, a.timeout, log))
-        ref = ref or {"status": "missing", "message": "no upstream Python given"}
-        ok_o, ok_r = ours.get("status") == "ok", ref.get("status") == "ok"
-        ratio = ours["median_ms"] / ref["median_ms"] if ok_o and ok_r else None
-        if not ok_o:
-            verdict = why(ours, "ours")
-        elif ratio is None:
-            verdict = f"ours alone ({why(ref, 'upstream')})"
-        else:
-            good = ratio <= row["target"]
-            verdict = ("ok" if good else "MISSED") + f" vs upstream, torch {ref.get('torch', '?')}"
-            missed += not good
-        measured += ok_o
+        ours, ref = alternate([a.bench] + args, a.python and [a.python, anchor] + args, rounds,
+                              lambda cmd: run_one(cmd, a.timeout, log))
+        ratio, verdict, miss = verdict_of(ours, ref, row["target"])
+        missed += miss
+        measured += ours.get("status") == "ok"
         r = f"{ratio:.2f}" if ratio is not None else "-"
         load = f"  (load {os.getloadavg()[0]:.1f})" if a.suite == "cpu" else ""
         print(f"{row['name']:<44} {fmt_ms(ours):>12} {fmt_ms(ref):>12} {r:>8}  "

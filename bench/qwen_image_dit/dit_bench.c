@@ -34,9 +34,9 @@
 #include <string.h>
 
 #include "bench/common/bench_model.h"
+#include "bench/common/bench_util.h"
 #include "core/dtype.h"
 #include "core/float_convert.h"
-#include "kernels/cpu/gemm_info.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/qwen_image_dit.h"
@@ -72,28 +72,21 @@ static double forward_flops(const options *o)
 static void print_head(const options *o, const char *status)
 {
     printf("{\"impl\": \"ours\", \"backend\": ");
-    bench_print_json_string(o->backend);
+    ds_bench_print_json_string(o->backend);
     printf(", \"model\": \"QwenImageDiT\", \"layers\": %d, \"dtype\": \"%s\", \"height\": %d, "
            "\"width\": %d, \"image_tokens\": %lld, \"text_tokens\": %d, \"threads\": %d, "
            "\"status\": \"%s\"",
            o->layers, ds_dtype_name(o->dtype), o->height, o->width,
            (long long)image_tokens(o), o->text_tokens, o->threads, status);
-    if (strcmp(o->backend, "cpu") == 0) {
-        char gemm[256];
-        printf(", \"gemm\": ");
-        bench_print_json_string(ds_cpu_gemm_info(gemm, sizeof gemm));
-    }
+    ds_bench_print_gemm(o->backend);
 }
 
 static int report_failure(const options *o, const char *status, const char *message, int code)
 {
     print_head(o, status);
-    printf(", \"message\": ");
-    bench_print_json_string(message);
-    printf("}\n");
-    fflush(stdout);
-    return code;
+    return ds_bench_end_with_message(message, code);
 }
+
 
 static void usage(void)
 {
@@ -116,11 +109,7 @@ static int parse_args(int argc, char **argv, options *o)
         else if (strcmp(k, "--threads") == 0)
             o->threads = atoi(v);
         else if (strcmp(k, "--dtype") == 0) {
-            if (strcmp(v, "f32") == 0 || strcmp(v, "float32") == 0)
-                o->dtype = DS_F32;
-            else if (strcmp(v, "bf16") == 0 || strcmp(v, "bfloat16") == 0)
-                o->dtype = DS_BF16;
-            else
+            if (!ds_bench_parse_dtype(v, &o->dtype))
                 return 0;
         } else if (strcmp(k, "--layers") == 0)
             o->layers = atoi(v);
@@ -151,12 +140,8 @@ int main(int argc, char **argv)
     }
     ds_error err;
     ds_backend *b = NULL, *cpu = NULL;
-    int rc;
-    if (strcmp(o.backend, "cuda") == 0)
-        rc = ds_cuda_backend_create(0, &b, &err);
-    else if (strcmp(o.backend, "cpu") == 0)
-        rc = ds_cpu_backend_create(o.threads, &b, &err);
-    else {
+    int rc = ds_bench_backend_create(o.backend, o.threads, &b, &err);
+    if (rc == DS_ERR_INVALID_ARGUMENT) {
         usage();
         return 2;
     }
@@ -173,27 +158,29 @@ int main(int argc, char **argv)
     }
 
     int code = 1;
-    char msg[256];
+    char kwargs[64];
     ds_loaded_model model;
     ds_tensor lat = {0}, emb = {0}, noise = {0};
     double *samples = calloc((size_t)o.repeats, sizeof *samples);
-    double build_start = bench_now_s();
-    char kwargs[64];
+    double build_start = ds_bench_now_s();
     snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d}", o.layers);
-    if (!samples || !bench_model_build(DIT_CLASS, kwargs, o.dtype, &model, msg, sizeof msg)) {
-        code = report_failure(&o, "error", samples ? msg : "out of memory", 1);
+    if (!samples) {
+        code = report_failure(&o, "error", "out of memory for the samples", 1);
+        goto out_backend;
+    }
+    if (ds_bench_build_model(DIT_CLASS, kwargs, NULL, 0, o.dtype, &model, NULL, &err) != DS_OK) {
+        code = report_failure(&o, "error", err.message, 1);
         free(samples);
         goto out_backend;
     }
-    fprintf(stderr, "dit_bench: %d layers built in %.1f s\n", o.layers,
-            bench_now_s() - build_start);
+    fprintf(stderr, "dit_bench: %d layers built in %.1f s\n", o.layers, ds_bench_now_s() - build_start);
 
     const int64_t lat_shape[4] = {1, 16, o.height / 8, o.width / 8};
     const int64_t emb_shape[3] = {1, o.text_tokens, 3584};
     float t_value = 500.0f;
     ds_tensor t = ds_tensor_wrap(cpu, DS_F32, 1, (const int64_t[]){1}, &t_value);
-    if (bench_input_tensor(cpu, o.dtype, 4, lat_shape, 1, &lat, &err) != DS_OK ||
-        bench_input_tensor(cpu, o.dtype, 3, emb_shape, 2, &emb, &err) != DS_OK ||
+    if (ds_bench_input_tensor(cpu, o.dtype, 4, lat_shape, 1, &lat, &err) != DS_OK ||
+        ds_bench_input_tensor(cpu, o.dtype, 3, emb_shape, 2, &emb, &err) != DS_OK ||
         ds_tensor_alloc(cpu, o.dtype, 4, lat_shape, &noise, &err) != DS_OK) {
         code = report_failure(&o, "error", err.message, 1);
         goto out;
@@ -202,7 +189,7 @@ int main(int argc, char **argv)
     for (int r = -o.warmup; r < o.repeats; r++) {
         /* An output left unwritten is no measurement: poison it before every call. */
         memset(noise.data, 0xff, ds_tensor_nbytes(&noise));
-        double start = bench_now_s();
+        double start = ds_bench_now_s();
         rc = ds_qwen_image_dit_forward(&model, &ctx, &lat, &emb, NULL, &t, &noise, &err);
         if (rc == DS_OK && b->stream_synchronize)
             rc = b->stream_synchronize(b, NULL, &err);
@@ -211,13 +198,13 @@ int main(int argc, char **argv)
             goto out;
         }
         if (r >= 0)
-            samples[r] = bench_now_s() - start;
+            samples[r] = ds_bench_now_s() - start;
     }
     int finite = 1;
     size_t n = (size_t)ds_tensor_numel(&noise);
     for (size_t i = 0; i < n && finite; i++)
         finite = isfinite(ds_load_f64(noise.data, noise.dtype, i));
-    double median = bench_median(samples, o.repeats), flops = forward_flops(&o);
+    double median = ds_bench_median(samples, (size_t)o.repeats), flops = forward_flops(&o);
     print_head(&o, finite ? "ok" : "bad_output");
     printf(", \"warmup\": %d, \"repeats\": %d, \"median_ms\": %.3f, \"min_ms\": %.3f, "
            "\"flops\": %.6g, \"tflops\": %.6g, \"weights\": \"%s\", "
@@ -231,7 +218,7 @@ out:
     ds_tensor_free(&lat);
     ds_tensor_free(&emb);
     ds_tensor_free(&noise);
-    bench_model_free(&model);
+    ds_bench_free_model(&model);
     free(samples);
 out_backend:
     if (cpu != b)

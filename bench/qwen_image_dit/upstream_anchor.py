@@ -16,10 +16,15 @@ Never installs anything: run it with the private venv that has the upstream pack
 """
 import argparse
 import json
+import os
 import sys
 import time
 
 import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from anchor_util import dit_inputs, set_up, time_calls  # noqa: E402  (bench/common)
 
 DTYPES = {"f32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16}
@@ -78,52 +83,20 @@ def main(argv):
             "layers": a.layers, "dtype": NAMES[a.dtype], "height": a.height, "width": a.width,
             "image_tokens": (a.height // 16) * (a.width // 16), "text_tokens": a.text_tokens,
             "threads": a.threads, "torch": torch.__version__}
-    try:
-        import diffsynth  # noqa: F401
-        from diffsynth.pipelines.qwen_image import model_fn_qwen_image
-    except ImportError as e:
-        line.update(status="unavailable", message=f"no upstream package: {e}")
-        print(json.dumps(line), flush=True)
-        return 77
-    if a.backend == "cuda" and not torch.cuda.is_available():
-        line.update(status="unavailable", message="torch sees no CUDA device")
-        print(json.dumps(line), flush=True)
-        return 77
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    line["threads"] = torch.get_num_threads() if a.backend == "cpu" else a.threads
-    device = torch.device(a.backend)
-    sync = torch.cuda.synchronize if a.backend == "cuda" else (lambda: None)
+    ready = set_up(a, line)
+    if isinstance(ready, int):
+        return ready
+    device, sync = ready
+    from diffsynth.pipelines.qwen_image import model_fn_qwen_image
 
     start = time.perf_counter()
     model = build(a, device)
     print(f"upstream_anchor: {a.layers} layers built in {time.perf_counter() - start:.1f} s",
           file=sys.stderr)
-    gen = torch.Generator().manual_seed(1)
-    bound = 3.0 ** 0.5
-    latents = ((torch.rand((1, 16, a.height // 8, a.width // 8), generator=gen) * 2 - 1) * bound
-               ).to(device=device, dtype=a.dtype)
-    prompt_emb = ((torch.rand((1, a.text_tokens, 3584), generator=gen) * 2 - 1) * bound
-                  ).to(device=device, dtype=a.dtype)
-    mask = torch.ones((1, a.text_tokens), dtype=torch.int64, device=device)
-    timestep = torch.tensor([500.0], device=device).to(a.dtype)
-
-    def forward():
-        return model_fn_qwen_image(dit=model, latents=latents, timestep=timestep,
-                                   prompt_emb=prompt_emb, prompt_emb_mask=mask,
-                                   height=a.height, width=a.width)
-
-    samples = []
-    with torch.no_grad():
-        for r in range(-a.warmup, a.repeats):
-            start = time.perf_counter()
-            out = forward()
-            sync()
-            if r >= 0:
-                samples.append(time.perf_counter() - start)
-        finite = bool(torch.isfinite(out.float()).all())
-    samples.sort()
-    median = samples[len(samples) // 2]  # dit_bench's median, for odd or even counts
+    inputs = dit_inputs(a, device)
+    samples, median, out = time_calls(lambda: model_fn_qwen_image(dit=model, **inputs), sync,
+                                      a.warmup, a.repeats)
+    finite = bool(torch.isfinite(out.float()).all())
     flops = forward_flops(a)
     line.update(status="ok" if finite else "bad_output", warmup=a.warmup, repeats=a.repeats,
                 median_ms=median * 1e3, min_ms=samples[0] * 1e3, flops=flops,

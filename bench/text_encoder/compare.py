@@ -13,7 +13,7 @@ usage: compare.py --suite cpu|gpu --bench BUILD/bench/te_bench [--python PY_WITH
        latency, target <= 0.8.
 
 Each row runs ours and the anchor alternately, --rounds times, and keeps each side's best
-median (kernels/compare.py's run_one and best). Standard library only; every row prints even
+median (bench/common/compare_util.py). Standard library only; every row prints even
 where the upstream package or the GPU is missing.
 """
 import argparse
@@ -21,8 +21,9 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "kernels"))
-from compare import best, run_one, why  # noqa: E402  (bench/kernels/compare.py)
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from compare_util import alternate, fmt_ms, run_one, why  # noqa: E402  (bench/common)
+from compare_util import verdict as verdict_of  # noqa: E402
 
 
 def rows(a):
@@ -31,10 +32,6 @@ def rows(a):
                      args=f"--dtype f32 --layers {a.layers}", target=1.0)]
     return [dict(name=f"encode_prompt {a.layers} layers bf16, 60-token prompt",
                  args=f"--dtype bf16 --layers {a.layers}", target=0.8)]
-
-
-def fmt_ms(r):
-    return f"{r['median_ms']:.1f} ms" if r and r.get("status") == "ok" else "-"
 
 
 def main(argv):
@@ -68,23 +65,11 @@ def main(argv):
     missed = measured = 0
     for row in rows(a):
         args = common + row["args"].split()
-        ours = ref = None
-        for _ in range(a.rounds):
-            ours = best(ours, run_one([a.bench] + args, a.timeout, log))
-            if a.python:
-                ref = best(ref, run_one([a.python, anchor] + args, a.timeout, log))
-        ref = ref or {"status": "missing", "message": "no upstream Python given"}
-        ok_o, ok_r = ours.get("status") == "ok", ref.get("status") == "ok"
-        ratio = ours["median_ms"] / ref["median_ms"] if ok_o and ok_r else None
-        if not ok_o:
-            verdict = why(ours, "ours")
-        elif ratio is None:
-            verdict = f"ours alone ({why(ref, 'upstream')})"
-        else:
-            good = ratio <= row["target"]
-            verdict = ("ok" if good else "MISSED") + f" vs upstream, torch {ref.get('torch', '?')}"
-            missed += not good
-        measured += ok_o
+        ours, ref = alternate([a.bench] + args, a.python and [a.python, anchor] + args, a.rounds,
+                              lambda cmd: run_one(cmd, a.timeout, log))
+        ratio, verdict, miss = verdict_of(ours, ref, row["target"])
+        missed += miss
+        measured += ours.get("status") == "ok"
         r = f"{ratio:.2f}" if ratio is not None else "-"
         print(f"{row['name']:<44} {fmt_ms(ours):>12} {fmt_ms(ref):>12} {r:>8}  "
               f"<= {row['target']:.2f} {verdict}", flush=True)

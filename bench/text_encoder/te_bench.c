@@ -26,8 +26,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench/common/bench_model.h"
+#include "bench/common/bench_util.h"
 #include "core/dtype.h"
 #include "core/float_convert.h"
 #include "kernels/ops.h"
@@ -35,8 +36,6 @@
 #include "models/qwen_image_text_encoder.h"
 
 #define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
-#define LM "model.language_model."
-#define PATTERN 65521 /* values in the fill table (a prime, so tensors start out of phase) */
 #define PROMPT                                                                                    \
     "A cozy reading nook by a tall window at dusk, warm lamplight on a worn leather armchair, a " \
     "knitted blanket, a stack of books with gold lettering, a sleeping tabby cat, rain streaks "  \
@@ -51,162 +50,22 @@ typedef struct options {
     int warmup, repeats;
 } options;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static void print_json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 static void print_head(const options *o, const char *status)
 {
     printf("{\"impl\": \"ours\", \"backend\": ");
-    print_json_string(o->backend);
+    ds_bench_print_json_string(o->backend);
     printf(", \"model\": \"QwenImageTextEncoder\", \"layers\": %d, \"dtype\": \"%s\", "
            "\"prompt_tokens\": 60, \"threads\": %d, \"status\": \"%s\"",
            o->layers, ds_dtype_name(o->dtype), o->threads, status);
+    ds_bench_print_gemm(o->backend);
 }
 
 static int report_failure(const options *o, const char *status, const char *message, int code)
 {
     print_head(o, status);
-    printf(", \"message\": ");
-    print_json_string(message);
-    printf("}\n");
-    fflush(stdout);
-    return code;
+    return ds_bench_end_with_message(message, code);
 }
 
-static uint64_t splitmix(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
-}
-
-/* The fill table, repeated once more so that a tile starting anywhere in the first copy runs
- * PATTERN values without wrapping. */
-static float pattern_f32[2 * PATTERN];
-static uint16_t pattern_bf16[2 * PATTERN];
-
-static void make_pattern(float scale, float center)
-{
-    uint64_t state = 0x5EED;
-    for (int i = 0; i < PATTERN; i++) {
-        double u = (double)(splitmix(&state) >> 11) * 0x1.0p-53;
-        float v = (float)((2.0 * u - 1.0) * scale) + center;
-        pattern_f32[i] = pattern_f32[i + PATTERN] = v;
-        pattern_bf16[i] = pattern_bf16[i + PATTERN] = ds_f32_to_bf16(v);
-    }
-}
-
-static void tile(void *dst, ds_dtype dtype, uint64_t n, uint64_t phase)
-{
-    size_t es = ds_dtype_size(dtype);
-    const char *src = dtype == DS_BF16 ? (const char *)pattern_bf16 : (const char *)pattern_f32;
-    char *out = dst;
-    size_t start = (size_t)(phase % PATTERN);
-    while (n > 0) {
-        uint64_t chunk = n < PATTERN ? n : PATTERN;
-        memcpy(out, src + start * es, (size_t)chunk * es);
-        out += chunk * es;
-        n -= chunk;
-    }
-}
-
-static void free_model(ds_loaded_model *m)
-{
-    for (size_t i = 0; i < m->params.count; i++)
-        free((void *)m->params.entries[i].tensor.data);
-    ds_state_dict_free(&m->params);
-}
-
-/* Text-tower tensors of layers below `layers`, the embedding and the final norm. */
-static int kept(const char *name, int layers)
-{
-    if (strncmp(name, LM, strlen(LM)) != 0)
-        return 0;
-    const char *rest = name + strlen(LM);
-    return strncmp(rest, "layers.", 7) != 0 || atoi(rest + 7) < layers;
-}
-
-static int build_model(const options *o, ds_loaded_model *m, char *msg, size_t size)
-{
-    ds_error err;
-    ds_state_dict full;
-    const ds_model_class *cls = ds_model_class_find(TE_CLASS);
-    memset(m, 0, sizeof *m);
-    ds_state_dict_init(&m->params);
-    ds_state_dict_init(&full);
-    if (!cls || ds_model_class_declare(cls, NULL, &full, &err) != DS_OK) {
-        snprintf(msg, size, "declare: %.200s", cls ? err.message : "class not registered");
-        goto fail;
-    }
-    m->cls = cls;
-    for (size_t i = 0; i < full.count; i++)
-        if (kept(full.entries[i].name, o->layers) &&
-            ds_state_dict_put_tensor(&m->params, full.entries[i].name, &full.entries[i].tensor) !=
-                DS_OK) {
-            snprintf(msg, size, "out of memory for the tree");
-            goto fail;
-        }
-    ds_state_dict_free(&full);
-    size_t es = ds_dtype_size(o->dtype);
-    for (int pass = 0; pass < 2; pass++) {
-        /* Pass 0: weights and biases (centre 0); pass 1: norm weights (centre 1). */
-        make_pattern(0.02f, pass ? 1.0f : 0.0f);
-        for (size_t i = 0; i < m->params.count; i++) {
-            ds_sd_entry *e = &m->params.entries[i];
-            if ((e->tensor.ndim == 1 && strstr(e->name, "norm") != NULL) != pass)
-                continue;
-            uint64_t n = ds_tensor_view_numel(&e->tensor);
-            void *data = malloc(n * es);
-            if (!data) {
-                snprintf(msg, size, "out of memory for %s", e->name);
-                goto fail;
-            }
-            tile(data, o->dtype, n, fnv1a(e->name));
-            e->tensor.data = data;
-            e->tensor.dtype = o->dtype;
-            e->tensor.nbytes = n * es;
-        }
-    }
-    return 1;
-fail:
-    ds_state_dict_free(&full);
-    free_model(m);
-    return 0;
-}
 
 static void usage(void)
 {
@@ -228,11 +87,7 @@ static int parse_args(int argc, char **argv, options *o)
         else if (strcmp(k, "--threads") == 0)
             o->threads = atoi(v);
         else if (strcmp(k, "--dtype") == 0) {
-            if (strcmp(v, "f32") == 0 || strcmp(v, "float32") == 0)
-                o->dtype = DS_F32;
-            else if (strcmp(v, "bf16") == 0 || strcmp(v, "bfloat16") == 0)
-                o->dtype = DS_BF16;
-            else
+            if (!ds_bench_parse_dtype(v, &o->dtype))
                 return 0;
         } else if (strcmp(k, "--layers") == 0)
             o->layers = atoi(v);
@@ -257,12 +112,8 @@ int main(int argc, char **argv)
     }
     ds_error err;
     ds_backend *b = NULL;
-    int rc;
-    if (strcmp(o.backend, "cuda") == 0)
-        rc = ds_cuda_backend_create(0, &b, &err);
-    else if (strcmp(o.backend, "cpu") == 0)
-        rc = ds_cpu_backend_create(o.threads, &b, &err);
-    else {
+    int rc = ds_bench_backend_create(o.backend, o.threads, &b, &err);
+    if (rc == DS_ERR_INVALID_ARGUMENT) {
         usage();
         return 2;
     }
@@ -272,17 +123,22 @@ int main(int argc, char **argv)
         return report_failure(&o, "error", err.message, 1);
 
     int code = 1;
-    char msg[256];
     ds_loaded_model model;
     double *samples = calloc((size_t)o.repeats, sizeof *samples);
-    double build_start = now_s();
-    if (!samples || !build_model(&o, &model, msg, sizeof msg)) {
-        code = report_failure(&o, "error", samples ? msg : "out of memory", 1);
+    double build_start = ds_bench_now_s();
+    if (!samples) {
+        code = report_failure(&o, "error", "out of memory for the samples", 1);
+        ds_backend_destroy(b);
+        return code;
+    }
+    if (ds_bench_build_model(TE_CLASS, NULL, ds_bench_keep_text_layers, o.layers, o.dtype, &model,
+                             NULL, &err) != DS_OK) {
+        code = report_failure(&o, "error", err.message, 1);
         free(samples);
         ds_backend_destroy(b);
         return code;
     }
-    fprintf(stderr, "te_bench: %d layers built in %.1f s\n", o.layers, now_s() - build_start);
+    fprintf(stderr, "te_bench: %d layers built in %.1f s\n", o.layers, ds_bench_now_s() - build_start);
     const ds_model_step *step =
         ds_model_step_find(model.cls->steps, model.cls->step_count, "encode_prompt");
     ds_step_io in;
@@ -300,9 +156,9 @@ int main(int argc, char **argv)
     for (int r = -o.warmup; r < o.repeats; r++) {
         ds_step_io out;
         ds_step_io_init(&out);
-        double start = now_s();
+        double start = ds_bench_now_s();
         rc = step->run(&model, &ctx, &in, &out, &err);
-        double t = now_s() - start;
+        double t = ds_bench_now_s() - start;
         const ds_tensor *emb = ds_step_io_tensor(&out, "prompt_emb");
         if (rc == DS_OK && emb) {
             L = emb->shape[1];
@@ -318,17 +174,17 @@ int main(int argc, char **argv)
         if (r >= 0)
             samples[r] = t;
     }
-    qsort(samples, (size_t)o.repeats, sizeof *samples, compare_double);
+    double median = ds_bench_median(samples, (size_t)o.repeats);
     print_head(&o, finite ? "ok" : "bad_output");
     printf(", \"encoded_tokens\": %lld, \"warmup\": %d, \"repeats\": %d, \"median_ms\": %.3f, "
            "\"min_ms\": %.3f, \"timing\": \"monotonic clock around one encode_prompt step "
            "(tokenize, forward, drop; tokenizer cached)\"}\n",
-           (long long)L, o.warmup, o.repeats, samples[o.repeats / 2] * 1e3, samples[0] * 1e3);
+           (long long)L, o.warmup, o.repeats, median * 1e3, samples[0] * 1e3);
     fflush(stdout);
     code = finite ? 0 : 1;
 out:
     ds_step_io_free(&in);
-    free_model(&model);
+    ds_bench_free_model(&model);
     free(samples);
     ds_backend_destroy(b);
     return code;

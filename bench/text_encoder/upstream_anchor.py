@@ -14,10 +14,15 @@ Never installs anything: run it with the private venv that has the upstream pack
 """
 import argparse
 import json
+import os
 import sys
 import time
 
 import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from anchor_util import set_up, time_calls  # noqa: E402  (bench/common)
 
 DTYPES = {"f32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16}
@@ -83,22 +88,11 @@ def main(argv):
     line = {"impl": "upstream", "backend": a.backend, "model": "QwenImageTextEncoder",
             "layers": a.layers, "dtype": NAMES[a.dtype], "prompt_tokens": 60,
             "threads": a.threads, "torch": torch.__version__}
-    try:
-        import diffsynth  # noqa: F401
-        import transformers
-    except ImportError as e:
-        line.update(status="unavailable", message=f"no upstream package: {e}")
-        print(json.dumps(line), flush=True)
-        return 77
-    if a.backend == "cuda" and not torch.cuda.is_available():
-        line.update(status="unavailable", message="torch sees no CUDA device")
-        print(json.dumps(line), flush=True)
-        return 77
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    line["threads"] = torch.get_num_threads() if a.backend == "cpu" else a.threads
-    device = torch.device(a.backend)
-    sync = torch.cuda.synchronize if a.backend == "cuda" else (lambda: None)
+    ready = set_up(a, line, ("diffsynth", "transformers"))
+    if isinstance(ready, int):
+        return ready
+    device, sync = ready
+    import transformers
 
     start = time.perf_counter()
     model = build(a, device)
@@ -112,18 +106,10 @@ def main(argv):
     pipe.tokenizer = transformers.Qwen2Tokenizer.from_pretrained(a.tokenizer)
     unit = QwenImageUnit_PromptEmbedder()
 
-    samples = []
-    with torch.no_grad():
-        for r in range(-a.warmup, a.repeats):
-            start = time.perf_counter()
-            out = unit.process(pipe, prompt=PROMPT)
-            sync()
-            if r >= 0:
-                samples.append(time.perf_counter() - start)
+    samples, median, out = time_calls(lambda: unit.process(pipe, prompt=PROMPT), sync, a.warmup,
+                                      a.repeats)
     emb = out["prompt_emb"]
     finite = bool(torch.isfinite(emb.float()).all())
-    samples.sort()
-    median = samples[len(samples) // 2]
     line.update(status="ok" if finite else "bad_output", encoded_tokens=emb.shape[1],
                 warmup=a.warmup, repeats=a.repeats, median_ms=median * 1e3,
                 min_ms=samples[0] * 1e3,

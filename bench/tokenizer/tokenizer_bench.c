@@ -7,16 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench/common/bench_util.h"
 #include "tokenizers/qwen_tokenizer.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Encodes and folds the ids into *sum and *count; exits on an error (a bench has no caller). */
 static void encode(const ds_qwen_tokenizer *tok, const char *s, size_t n, unsigned long long *sum,
@@ -44,12 +37,12 @@ int main(int argc, char **argv)
     int repeats = atoi(argv[3]);
     ds_error err = {0};
     ds_qwen_tokenizer *tok = NULL;
-    double t0 = now();
+    double t0 = ds_bench_now_s();
     if (ds_qwen_tokenizer_load(argv[1], &tok, &err) != DS_OK) {
         fprintf(stderr, "tokenizer_bench: %s\n", err.message);
         return 1;
     }
-    double load_s = now() - t0;
+    double load_s = ds_bench_now_s() - t0;
     json_error_t jerr;
     json_t *list = json_load_file(argv[2], JSON_ALLOW_NUL, &jerr);
     if (!json_is_array(list)) {
@@ -74,14 +67,14 @@ int main(int argc, char **argv)
     for (int r = 0; r < repeats; r++) {
         sum_prompts = sum_whole = 0;
         ids_prompts = ids_whole = 0;
-        t0 = now();
+        t0 = ds_bench_now_s();
         for (size_t i = 0; i < n; i++) {
             const json_t *s = json_array_get(list, i);
             encode(tok, json_string_value(s), json_string_length(s), &sum_prompts, &ids_prompts);
         }
-        double t1 = now();
+        double t1 = ds_bench_now_s();
         encode(tok, joined, used, &sum_whole, &ids_whole);
-        double t2 = now();
+        double t2 = ds_bench_now_s();
         if (t1 - t0 < best_prompts)
             best_prompts = t1 - t0;
         if (t2 - t1 < best_whole)

@@ -25,10 +25,15 @@ has the upstream package.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
 import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from anchor_util import dit_inputs, set_up, time_calls, unavailable  # noqa: E402  (bench/common)
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 STORAGE = {"fp8": torch.float8_e4m3fn, "float8_e4m3fn": torch.float8_e4m3fn,
@@ -123,61 +128,26 @@ def main(argv):
             "vram_limit_gib": a.vram_limit, "height": a.height, "width": a.width,
             "image_tokens": (a.height // 16) * (a.width // 16), "text_tokens": a.text_tokens,
             "threads": a.threads, "torch": torch.__version__}
-    try:
-        import diffsynth  # noqa: F401
-        from diffsynth.pipelines.qwen_image import model_fn_qwen_image
-    except ImportError as e:
-        line.update(status="unavailable", message=f"no upstream package: {e}")
-        print(json.dumps(line), flush=True)
-        return 77
-    if a.backend == "cuda" and not torch.cuda.is_available():
-        line.update(status="unavailable", message="torch sees no CUDA device")
-        print(json.dumps(line), flush=True)
-        return 77
     if a.backend == "cpu" and a.vram_limit is not None:
-        line.update(status="unavailable",
-                    message="upstream's vram_limit check reads the device's free memory "
-                            "(torch.<device>.mem_get_info), which the CPU lacks: use "
-                            "--vram-limit none on the CPU")
-        print(json.dumps(line), flush=True)
-        return 77
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    line["threads"] = torch.get_num_threads() if a.backend == "cpu" else a.threads
-    device = a.backend
-    sync = torch.cuda.synchronize if a.backend == "cuda" else (lambda: None)
+        return unavailable(line, "upstream's vram_limit check reads the device's free memory "
+                                 "(torch.<device>.mem_get_info), which the CPU lacks: use "
+                                 "--vram-limit none on the CPU")
+    ready = set_up(a, line)
+    if isinstance(ready, int):
+        return ready
+    device, sync = a.backend, ready[1]
+    from diffsynth.pipelines.qwen_image import model_fn_qwen_image
 
     start = time.perf_counter()
     model, vram_config = manage(a, build(a), device)
     print(f"upstream_anchor: {a.layers} layers built and managed in "
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
-    gen = torch.Generator().manual_seed(1)
-    bound = 3.0 ** 0.5
-    latents = ((torch.rand((1, 16, a.height // 8, a.width // 8), generator=gen) * 2 - 1) * bound
-               ).to(device=device, dtype=a.dtype)
-    prompt_emb = ((torch.rand((1, a.text_tokens, 3584), generator=gen) * 2 - 1) * bound
-                  ).to(device=device, dtype=a.dtype)
-    mask = torch.ones((1, a.text_tokens), dtype=torch.int64, device=device)
-    timestep = torch.tensor([500.0], device=device).to(a.dtype)
-
-    def forward():
-        return model_fn_qwen_image(dit=model, latents=latents, timestep=timestep,
-                                   prompt_emb=prompt_emb, prompt_emb_mask=mask,
-                                   height=a.height, width=a.width)
-
-    samples = []
-    with torch.no_grad():
-        for r in range(-a.warmup, a.repeats):
-            start = time.perf_counter()
-            out = forward()
-            sync()
-            if r >= 0:
-                samples.append(time.perf_counter() - start)
-        finite = bool(torch.isfinite(out.float()).all())
+    inputs = dit_inputs(a, device)
+    samples, median, out = time_calls(lambda: model_fn_qwen_image(dit=model, **inputs), sync,
+                                      a.warmup, a.repeats)
+    finite = bool(torch.isfinite(out.float()).all())
     prepared = sum(1 for m in model.modules() if getattr(m, "state", None) == 2)
     wrapped = sum(1 for m in model.modules() if hasattr(m, "preparing"))
-    samples.sort()
-    median = samples[len(samples) // 2]
     flops = forward_flops(a)
     line.update(status="ok" if finite else "bad_output", warmup=a.warmup, repeats=a.repeats,
                 median_ms=median * 1e3, min_ms=samples[0] * 1e3, flops=flops,

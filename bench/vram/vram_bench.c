@@ -48,9 +48,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "core/float_convert.h"
+#include "bench/common/bench_model.h"
+#include "bench/common/bench_util.h"
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/qwen_image_dit.h"
@@ -58,7 +58,6 @@
 #include "vram/vram_manager.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
-#define PATTERN 65521
 #define MAX_BUDGETS 8
 #define MAX_CONFIGS (2 + MAX_BUDGETS)
 #define PINNED_BYTES ((size_t)256 << 20)
@@ -87,154 +86,6 @@ typedef struct config {
     size_t bytes; /* BYTES */
 } config;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int compare_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static uint64_t splitmix(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
-}
-
-static void print_json_string(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
-/* A number, or null where it was not measured (NaN). */
-static void print_number(const char *key, double v, const char *fmt)
-{
-    printf(", \"%s\": ", key);
-    if (isnan(v))
-        printf("null");
-    else
-        printf(fmt, v);
-}
-/* The fill table, twice over so a tile starting anywhere in the first copy runs PATTERN
- * values without wrapping: weights in [-0.02, 0.02], norm weights 1 + that. */
-static float pattern_f32[2 * PATTERN];
-static uint16_t pattern_bf16[2 * PATTERN];
-
-static void make_pattern(float center)
-{
-    uint64_t state = 0x5EED;
-    for (int i = 0; i < PATTERN; i++) {
-        double u = (double)(splitmix(&state) >> 11) * 0x1.0p-53;
-        float v = (float)((2.0 * u - 1.0) * 0.02) + center;
-        pattern_f32[i] = pattern_f32[i + PATTERN] = v;
-        pattern_bf16[i] = pattern_bf16[i + PATTERN] = ds_f32_to_bf16(v);
-    }
-}
-
-static void tile(void *dst, ds_dtype dtype, uint64_t n, uint64_t phase)
-{
-    size_t es = ds_dtype_size(dtype);
-    const char *src = dtype == DS_BF16 ? (const char *)pattern_bf16 : (const char *)pattern_f32;
-    char *out = dst;
-    size_t start = (size_t)(phase % PATTERN);
-    while (n > 0) {
-        uint64_t chunk = n < PATTERN ? n : PATTERN;
-        memcpy(out, src + start * es, (size_t)chunk * es);
-        out += chunk * es;
-        n -= chunk;
-    }
-}
-
-static void free_model(ds_loaded_model *m)
-{
-    for (size_t i = 0; i < m->params.count; i++)
-        free((void *)m->params.entries[i].tensor.data);
-    ds_state_dict_free(&m->params);
-}
-
-/* The class's tree for o->layers blocks, stored in o->dtype; *bytes gets the weight bytes. */
-static int build_model(const options *o, ds_loaded_model *m, size_t *bytes, ds_error *err)
-{
-    char kwargs[64];
-    const ds_model_class *cls = ds_model_class_find(DIT_CLASS);
-    memset(m, 0, sizeof *m);
-    ds_state_dict_init(&m->params);
-    if (!cls)
-        return ds_error_set(err, DS_ERR_NOT_FOUND, "model class %s is not registered", DIT_CLASS);
-    snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d}", o->layers);
-    int rc = ds_model_class_declare(cls, kwargs, &m->params, err);
-    if (rc != DS_OK)
-        return rc;
-    m->cls = cls;
-    m->model_name = "qwen_image_dit";
-    size_t es = ds_dtype_size(o->dtype);
-    *bytes = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        make_pattern(pass ? 1.0f : 0.0f);
-        for (size_t i = 0; i < m->params.count; i++) {
-            ds_sd_entry *e = &m->params.entries[i];
-            int norm = e->tensor.ndim == 1 && strstr(e->name, "norm") != NULL;
-            if (norm != pass)
-                continue;
-            uint64_t n = ds_tensor_view_numel(&e->tensor);
-            void *data = malloc(n * es);
-            if (!data) {
-                free_model(m);
-                return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory for %s",
-                                    e->name);
-            }
-            tile(data, o->dtype, n, fnv1a(e->name));
-            e->tensor.data = data;
-            e->tensor.dtype = o->dtype;
-            e->tensor.nbytes = n * es;
-            *bytes += n * es;
-        }
-    }
-    return DS_OK;
-}
-
-static int input_tensor(ds_backend *cpu, ds_dtype dtype, int ndim, const int64_t *shape,
-                        uint64_t seed, ds_tensor *out, ds_error *err)
-{
-    int rc = ds_tensor_alloc(cpu, dtype, ndim, shape, out, err);
-    if (rc != DS_OK)
-        return rc;
-    size_t n = (size_t)ds_tensor_numel(out);
-    for (size_t i = 0; i < n; i++) {
-        double u = (double)(splitmix(&seed) >> 11) * 0x1.0p-53;
-        float v = (float)((2.0 * u - 1.0) * sqrt(3.0));
-        if (dtype == DS_BF16)
-            ((uint16_t *)out->data)[i] = ds_f32_to_bf16(v);
-        else
-            ((float *)out->data)[i] = v;
-    }
-    return DS_OK;
-}
 
 static int parse_int(const char *s, int min, int *out)
 {
@@ -245,7 +96,6 @@ static int parse_int(const char *s, int min, int *out)
     *out = (int)v;
     return 1;
 }
-
 
 /* A comma-separated list of budgets in GiB (finite, >= 0). */
 static int parse_budgets(const char *s, options *o)
@@ -370,11 +220,11 @@ static int forward_once(const ds_loaded_model *model, ds_backend *b, ds_vram_man
     ds_step_context ctx = {.backend = b, .vram = mgr};
     /* An output left unwritten is no measurement: poison it first. */
     memset(noise->data, 0xff, ds_tensor_nbytes(noise));
-    double start = now_s();
+    double start = ds_bench_now_s();
     int rc = ds_qwen_image_dit_forward(model, &ctx, &in[0], &in[1], NULL, &in[2], noise, err);
     if (rc == DS_OK)
         rc = b->stream_synchronize(b, NULL, err);
-    *seconds = now_s() - start;
+    *seconds = ds_bench_now_s() - start;
     return rc;
 }
 
@@ -393,12 +243,12 @@ static int pinned_ceiling(ds_backend *b, double *rate, ds_error *err)
     /* Touched first, so that no round pays for first-use page faults. */
     memset(host, 0x3c, PINNED_BYTES);
     for (int r = -1; r < PINNED_ROUNDS; r++) {
-        double start = now_s();
+        double start = ds_bench_now_s();
         for (int k = 0; k < PINNED_COPIES && rc == DS_OK; k++)
             rc = b->copy_to_device(b, dev, host, PINNED_BYTES, s, err);
         if (rc != DS_OK || (rc = b->stream_synchronize(b, s, err)) != DS_OK)
             goto out;
-        double t = now_s() - start, v = (double)PINNED_BYTES * PINNED_COPIES / t;
+        double t = ds_bench_now_s() - start, v = (double)PINNED_BYTES * PINNED_COPIES / t;
         if (r >= 0 && v > *rate)
             *rate = v;
     }
@@ -427,7 +277,7 @@ static int copy_only_pass(ds_backend *b, ds_vram_manager *mgr, const ds_loaded_m
     ds_vram_stats before, after;
     ds_vram_model_stats_get(vm, &ms);
     ds_vram_stats_get(mgr, &before);
-    double start = now_s();
+    double start = ds_bench_now_s();
     for (size_t u = 0; u < ms.unit_count; u++) {
         const ds_tensor *t;
         int rc = ds_vram_acquire(vm, u, NULL, &t, err);
@@ -439,7 +289,7 @@ static int copy_only_pass(ds_backend *b, ds_vram_manager *mgr, const ds_loaded_m
     int rc = b->stream_synchronize(b, NULL, err);
     if (rc != DS_OK)
         return ds_error_prefix(err, "copy-only pass: ");
-    *seconds = now_s() - start;
+    *seconds = ds_bench_now_s() - start;
     ds_vram_stats_get(mgr, &after);
     *bytes = (double)(after.bytes_moved - before.bytes_moved);
     return DS_OK;
@@ -455,9 +305,10 @@ static void print_result(const options *o, const ds_backend *b, const config *c,
            b->name, o->layers, ds_dtype_name(o->dtype), (o->height / 16) * (o->width / 16),
            o->text_tokens);
     if (o->vram_config)
-        print_json_string(o->vram_config);
+        ds_bench_print_json_string(o->vram_config);
     else
         printf("null");
+    ds_bench_print_gemm(b->name);
     printf(", \"budget\": \"%s\", \"budget_bytes\": %.0f, \"weight_bytes\": %zu, "
            "\"median_ms\": %.3f, \"min_ms\": %.3f, \"peak_bytes\": %zu, "
            "\"moved_bytes_per_forward\": %.0f, \"copy_ms_per_forward\": %.3f, "
@@ -477,22 +328,22 @@ static void print_result(const options *o, const ds_backend *b, const config *c,
         hidden = 1.0 - (r->samples[0] - resident_s) / t_copy;
         hidden = hidden < 0 ? 0 : hidden > 1 ? 1 : hidden;
     }
-    print_number("copy_only_ms", r->stream_s * 1e3, "%.3f");
-    print_number("copy_only_bytes", r->stream_bytes, "%.0f");
-    print_number("stream_gbps", rate * 1e-9, "%.3f");
-    print_number("stream_fraction_of_pinned", pinned_rate > 0 ? rate / pinned_rate : NAN,
+    ds_bench_print_number("copy_only_ms", r->stream_s * 1e3, "%.3f");
+    ds_bench_print_number("copy_only_bytes", r->stream_bytes, "%.0f");
+    ds_bench_print_number("stream_gbps", rate * 1e-9, "%.3f");
+    ds_bench_print_number("stream_fraction_of_pinned", pinned_rate > 0 ? rate / pinned_rate : NAN,
                  "%.3f");
-    print_number("copy_ms_at_stream_rate", t_copy * 1e3, "%.3f");
-    print_number("hidden_share", hidden, "%.3f");
+    ds_bench_print_number("copy_ms_at_stream_rate", t_copy * 1e3, "%.3f");
+    ds_bench_print_number("hidden_share", hidden, "%.3f");
     printf("}\n");
 }
 
 static int report_unavailable(const char *backend, const char *message)
 {
     printf("{\"bench\": \"vram\", \"backend\": ");
-    print_json_string(backend);
+    ds_bench_print_json_string(backend);
     printf(", \"status\": \"unavailable\", \"message\": ");
-    print_json_string(message);
+    ds_bench_print_json_string(message);
     printf("}\n");
     fflush(stdout);
     return 77;
@@ -549,22 +400,26 @@ int main(int argc, char **argv)
     rounded = vcfg.managed && !vcfg.offload.disk_dtype &&
               vcfg.offload.device != DS_VRAM_DEVICE_DISK && vcfg.offload.dtype != o.dtype;
     ref = rounded ? 1 : 0;
-    double build_start = now_s();
-    if (build_model(&o, &models[0], &weight_bytes, &err) != DS_OK)
+    double build_start = ds_bench_now_s();
+    char kwargs[64];
+    snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d}", o.layers);
+    if (ds_bench_build_model(DIT_CLASS, kwargs, NULL, 0, o.dtype, &models[0], &weight_bytes,
+                             &err) != DS_OK)
         goto fail;
+    models[0].model_name = "qwen_image_dit";
     for (built = 1; built < n_configs; built++)
         if (share_model(&o, &models[0], &models[built], &err) != DS_OK)
             goto fail;
     for (size_t i = 0; i < n_configs; i++)
         models[i].vram_config = vcfg;
     fprintf(stderr, "vram_bench: %d layers, %.2f GB of weights built in %.1f s\n", o.layers,
-            (double)weight_bytes * 1e-9, now_s() - build_start);
+            (double)weight_bytes * 1e-9, ds_bench_now_s() - build_start);
     if (pinned_ceiling(b, &pinned_rate, &err) != DS_OK)
         goto fail;
     const int64_t lat_shape[4] = {1, 16, o.height / 8, o.width / 8};
     const int64_t emb_shape[3] = {1, o.text_tokens, 3584};
-    if (input_tensor(cpu, o.dtype, 4, lat_shape, 1, &in[0], &err) != DS_OK ||
-        input_tensor(cpu, o.dtype, 3, emb_shape, 2, &in[1], &err) != DS_OK ||
+    if (ds_bench_input_tensor(cpu, o.dtype, 4, lat_shape, 1, &in[0], &err) != DS_OK ||
+        ds_bench_input_tensor(cpu, o.dtype, 3, emb_shape, 2, &in[1], &err) != DS_OK ||
         ds_tensor_alloc(cpu, DS_F32, 1, (const int64_t[]){1}, &in[2], &err) != DS_OK ||
         ds_tensor_alloc(cpu, o.dtype, 4, lat_shape, &noise, &err) != DS_OK)
         goto fail;
@@ -613,7 +468,7 @@ int main(int argc, char **argv)
         }
     for (size_t i = 0; i < n_configs; i++) {
         result *r = &res[i];
-        qsort(r->samples, (size_t)o.repeats, sizeof *r->samples, compare_double);
+        qsort(r->samples, (size_t)o.repeats, sizeof *r->samples, ds_bench_compare_double);
         if (!mgrs[i])
             continue;
         ds_vram_stats after;
@@ -675,7 +530,7 @@ out:
     for (size_t i = 1; i < built; i++)
         ds_state_dict_free(&models[i].params);
     if (built > 0)
-        free_model(&models[0]);
+        ds_bench_free_model(&models[0]);
     if (cpu != b)
         ds_backend_destroy(cpu);
     ds_backend_destroy(b);

@@ -25,9 +25,9 @@
 #include <string.h>
 
 #include "bench/common/bench_model.h"
+#include "bench/common/bench_util.h"
 #include "core/dtype.h"
 #include "core/float_convert.h"
-#include "kernels/cpu/gemm_info.h"
 #include "kernels/ops.h"
 #include "models/wan_video_dit.h"
 
@@ -68,24 +68,20 @@ static double forward_flops(const options *o)
 static void print_head(const options *o, const char *status)
 {
     printf("{\"impl\": \"ours\", \"backend\": ");
-    bench_print_json_string(o->backend);
+    ds_bench_print_json_string(o->backend);
     printf(", \"model\": \"WanModel-1.3B\", \"layers\": %d, \"dtype\": \"%s\", \"frames\": %d, "
            "\"height\": %d, \"width\": %d, \"tokens\": %lld, \"text_tokens\": %d, "
            "\"threads\": %d, \"status\": \"%s\"",
            o->layers, ds_dtype_name(o->dtype), o->frames, o->height, o->width,
            (long long)tokens(o), o->text_tokens, o->threads, status);
-    if (strcmp(o->backend, "cpu") == 0) {
-        char gemm[256];
-        printf(", \"gemm\": ");
-        bench_print_json_string(ds_cpu_gemm_info(gemm, sizeof gemm));
-    }
+    ds_bench_print_gemm(o->backend);
 }
 
 static int report_failure(const options *o, const char *status, const char *message, int code)
 {
     print_head(o, status);
     printf(", \"message\": ");
-    bench_print_json_string(message);
+    ds_bench_print_json_string(message);
     printf("}\n");
     fflush(stdout);
     return code;
@@ -134,21 +130,21 @@ static int measure(const options *o, ds_backend *b, ds_backend *cpu, const ds_lo
                                   .vace_scale = 1.0f};
     ds_step_context sc = {.backend = b};
     int rc;
-    if ((rc = bench_input_tensor(cpu, o->dtype, 5, lat_shape, 1, &lat, err)) != DS_OK ||
-        (rc = bench_input_tensor(cpu, o->dtype, 3, ctx_shape, 2, &ctx, err)) != DS_OK ||
+    if ((rc = ds_bench_input_tensor(cpu, o->dtype, 5, lat_shape, 1, &lat, err)) != DS_OK ||
+        (rc = ds_bench_input_tensor(cpu, o->dtype, 3, ctx_shape, 2, &ctx, err)) != DS_OK ||
         (rc = ds_tensor_alloc(cpu, o->dtype, 5, lat_shape, &noise, err)) != DS_OK)
         goto out;
     for (int r = -o->warmup; r < o->repeats; r++) {
         /* An output left unwritten is no measurement: poison it before every call. */
         memset(noise.data, 0xff, ds_tensor_nbytes(&noise));
-        double start = bench_now_s();
+        double start = ds_bench_now_s();
         rc = ds_wan_video_dit_forward(m, &sc, &in, &noise, err);
         if (rc == DS_OK && b->stream_synchronize)
             rc = b->stream_synchronize(b, NULL, err);
         if (rc != DS_OK)
             goto out;
         if (r >= 0)
-            samples[r] = bench_now_s() - start;
+            samples[r] = ds_bench_now_s() - start;
     }
     *finite = 1;
     for (uint64_t i = 0; i < ds_tensor_numel(&noise) && *finite; i++)
@@ -186,22 +182,23 @@ int main(int argc, char **argv)
     }
 
     int code = 1, finite = 0;
-    char msg[256], kwargs[512];
+    char kwargs[512];
     ds_loaded_model model;
     double *samples = calloc((size_t)o.repeats, sizeof *samples);
-    double build_start = bench_now_s();
+    double build_start = ds_bench_now_s();
     snprintf(kwargs, sizeof kwargs, WAN_1_3B_KWARGS, o.layers);
-    if (!samples || !bench_model_build(WAN_CLASS, kwargs, o.dtype, &model, msg, sizeof msg)) {
-        code = report_failure(&o, "error", samples ? msg : "out of memory", 1);
+    if (!samples || ds_bench_build_model(WAN_CLASS, kwargs, NULL, 0, o.dtype, &model, NULL,
+                                         &err) != DS_OK) {
+        code = report_failure(&o, "error", samples ? err.message : "out of memory", 1);
         goto out;
     }
     model.extra_kwargs_json = kwargs;
     fprintf(stderr, "wan_dit_bench: %d layers built in %.1f s\n", o.layers,
-            bench_now_s() - build_start);
+            ds_bench_now_s() - build_start);
     if (measure(&o, b, cpu, &model, samples, &finite, &err) != DS_OK) {
         code = report_failure(&o, "error", err.message, 1);
     } else {
-        double median = bench_median(samples, o.repeats), flops = forward_flops(&o);
+        double median = ds_bench_median(samples, (size_t)o.repeats), flops = forward_flops(&o);
         print_head(&o, finite ? "ok" : "bad_output");
         printf(", \"warmup\": %d, \"repeats\": %d, \"median_ms\": %.3f, \"min_ms\": %.3f, "
                "\"flops\": %.6g, \"tflops\": %.6g, \"weights\": \"%s\", "
@@ -213,7 +210,7 @@ int main(int argc, char **argv)
         code = finite ? 0 : 1;
     }
     model.extra_kwargs_json = NULL;
-    bench_model_free(&model);
+    ds_bench_free_model(&model);
 out:
     free(samples);
     if (cpu != b)

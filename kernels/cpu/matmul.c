@@ -20,6 +20,7 @@
 
 #include "core/float_convert.h"
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/gemm_info.h"
 #include "kernels/ops.h"
 
 /* A converted block of weight rows stays under about this many bytes (32 MiB), so converting a
@@ -96,6 +97,27 @@ static void epilogue_rows(void *ctx, int64_t begin, int64_t end)
         if (j->ydtype != DS_F32)
             ds_convert_from_f32(row, (size_t)j->n, j->ydtype, (char *)j->y + (size_t)(r * j->n) * esize);
     }
+}
+
+typedef struct fill_bias_job {
+    float *acc;
+    const float *bias;
+    int64_t n;
+} fill_bias_job;
+
+static void fill_bias_rows(void *ctx, int64_t begin, int64_t end)
+{
+    const fill_bias_job *j = ctx;
+    for (int64_t r = begin; r < end; r++)
+        memcpy(j->acc + r * j->n, j->bias, (size_t)j->n * sizeof(float));
+}
+
+/* acc[M, N] = the bias in every row, for a GEMM that adds its product (beta = 1): the bias then
+ * costs a write of the result instead of the epilogue's read and write of all of it. */
+static void fill_bias(ds_backend *b, float *acc, const float *bias, int64_t m, int64_t n)
+{
+    fill_bias_job j = {acc, bias, n};
+    ds__cpu_parallel_for(b, m, 16384 / n + 1, fill_bias_rows, &j);
 }
 
 /* ---- few-row linear ----
@@ -248,29 +270,43 @@ static int bf16_via_onednn(int64_t m)
 #endif
 }
 
-/* acc[M, N] (row stride ldc) = alpha * x[M, K] @ w[N, K]^T in f32 through OpenBLAS, with M split
- * where it exceeds BLAS's int. */
+/* acc[M, N] (row stride ldc) = alpha * x[M, K] @ w[N, K]^T + beta * acc in f32 through
+ * OpenBLAS, with M split where it exceeds BLAS's int. */
 static void sgemm_xwt(int64_t m, int64_t n, int64_t k, float alpha, const float *x, const float *w,
-                      float *acc, int64_t ldc)
+                      float beta, float *acc, int64_t ldc)
 {
     const int64_t most = INT_MAX / 2;
     for (int64_t m0 = 0; m0 < m; m0 += most) {
         int64_t mb = m - m0 < most ? m - m0 : most;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mb, (int)n, (int)k, alpha,
-                    x + m0 * k, (int)k, w, (int)k, 0.0f, acc + m0 * ldc, (int)ldc);
+                    x + m0 * k, (int)k, w, (int)k, beta, acc + m0 * ldc, (int)ldc);
     }
 }
 
-/* acc[M, N] (row stride ldc) = x[M, K] @ w[N, K]^T with x and w both `dtype` (f32, or bf16 when
- * oneDNN is built), times alpha when *scaled is set on return (else the caller scales).
- * `widened`: w is a block just widened to f32 from another dtype; those stay on OpenBLAS, which
- * was faster on them in every measurement (bench/README.md). */
-static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t k, float alpha,
-                    const void *x, const void *w, int widened, float *acc, int64_t ldc, int *scaled,
-                    ds_error *err)
+/* Whether an f32 GEMM with M rows runs on oneDNN (else OpenBLAS). `widened`: the weight is a
+ * block just widened to f32 from another dtype; those stay on OpenBLAS, which was faster on
+ * them in every measurement (bench/README.md). */
+static int f32_gemm_on_onednn(int64_t m, int widened)
 {
 #ifdef DS_HAVE_ONEDNN
-    if (dtype == DS_BF16 || (!widened && f32_via_onednn(m))) {
+    return !widened && f32_via_onednn(m);
+#else
+    (void)m;
+    (void)widened;
+    return 0;
+#endif
+}
+
+/* acc[M, N] (row stride ldc) = x[M, K] @ w[N, K]^T with x and w both `dtype` (f32, or bf16 when
+ * oneDNN is built), times alpha when *scaled is set on return (else the caller scales); `widened`
+ * as for f32_gemm_on_onednn. `accumulate`: add to what acc holds (only where the GEMM runs on
+ * OpenBLAS, which takes it as beta = 1 for free). */
+static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t k, float alpha,
+                    const void *x, const void *w, int widened, int accumulate, float *acc,
+                    int64_t ldc, int *scaled, ds_error *err)
+{
+#ifdef DS_HAVE_ONEDNN
+    if (dtype == DS_BF16 || f32_gemm_on_onednn(m, widened)) {
         /* Scales are left to the epilogue: they differ per fp8 weight, and one primitive per
          * scale would crowd the cache. */
         *scaled = 0;
@@ -284,7 +320,7 @@ static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t
 #endif
     (void)dtype;
     *scaled = 1;
-    sgemm_xwt(m, n, k, alpha, x, w, acc, ldc);
+    sgemm_xwt(m, n, k, alpha, x, w, accumulate ? 1.0f : 0.0f, acc, ldc);
     return DS_OK;
 }
 
@@ -329,6 +365,18 @@ static void convert_bf16_range(void *ctx, int64_t begin, int64_t end)
                DS_BF16, j->dst + begin);
 }
 
+const char *ds_cpu_linear_path(int64_t m, ds_dtype x, ds_dtype w)
+{
+    if (m <= SMALL_M_MAX)
+        return "few-row kernel, f32 (weight read once)";
+    if (linear_compute_dtype(x, w, m) == DS_BF16)
+        return w == DS_BF16 ? "onednn bf16" : "onednn bf16 (fp8 weight converted per block)";
+    if (w != DS_F32)
+        return x == DS_F32 ? "openblas f32 (weight widened per call, per block)"
+                           : "openblas f32 (x and weight widened per call, per block)";
+    return f32_gemm_on_onednn(m, 0) ? "onednn f32" : "openblas f32";
+}
+
 int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_error *err)
 {
     (void)s;
@@ -348,6 +396,7 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
     int rc = DS_OK;
     float *acc;
     float scale = 1.0f; /* what the epilogue still has to apply */
+    int prefill = 0;    /* acc started as the bias rows and the GEMM added to them */
     if (a->y->dtype == DS_F32) {
         acc = a->y->data;
     } else {
@@ -393,7 +442,8 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
                 ds__cpu_parallel_for(b, nb * k, CONVERT_GRAIN, convert_bf16_range, &j);
                 wb = w_block;
             }
-            rc = gemm_xwt(b, DS_BF16, m, nb, k, a->weight_scale, xc, wb, 0, acc + n0, n, &scaled, err);
+            rc = gemm_xwt(b, DS_BF16, m, nb, k, a->weight_scale, xc, wb, 0, 0, acc + n0, n,
+                          &scaled, err);
         }
         if (rc != DS_OK)
             goto done;
@@ -416,7 +466,11 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
                 goto done;
             }
         } else if (w->dtype == DS_F32) {
-            rc = gemm_xwt(b, DS_F32, m, n, k, alpha, xf, w->data, 0, acc, n, &scaled, err);
+            prefill = bias_f32 && !f32_gemm_on_onednn(m, 0);
+            if (prefill)
+                fill_bias(b, acc, bias_f32, m, n);
+            rc = gemm_xwt(b, DS_F32, m, n, k, alpha, xf, w->data, 0, prefill, acc, n, &scaled,
+                          err);
         } else {
             int64_t rows = block_rows(n, k, sizeof(float));
             w_block = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
@@ -427,10 +481,14 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
                 goto done;
             }
             size_t wsize = ds_dtype_size(w->dtype);
+            prefill = bias_f32 && !f32_gemm_on_onednn(m, 1);
+            if (prefill)
+                fill_bias(b, acc, bias_f32, m, n);
             for (int64_t n0 = 0; n0 < n && rc == DS_OK; n0 += rows) {
                 int64_t nb = n - n0 < rows ? n - n0 : rows;
                 to_f32(b, (const char *)w->data + (size_t)(n0 * k) * wsize, w->dtype, nb * k, w_block);
-                rc = gemm_xwt(b, DS_F32, m, nb, k, alpha, xf, w_block, 1, acc + n0, n, &scaled, err);
+                rc = gemm_xwt(b, DS_F32, m, nb, k, alpha, xf, w_block, 1, prefill, acc + n0, n,
+                              &scaled, err);
             }
         }
         if (rc != DS_OK)
@@ -439,8 +497,9 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
             scale = alpha;
     }
 
-    if (scale != 1.0f || bias_f32 || a->epilogue != DS_ACT_NONE || a->y->dtype != DS_F32) {
-        epilogue_job j = {acc, scale, bias_f32, a->epilogue, n, a->y->data, a->y->dtype};
+    const float *bias_left = prefill ? NULL : bias_f32;
+    if (scale != 1.0f || bias_left || a->epilogue != DS_ACT_NONE || a->y->dtype != DS_F32) {
+        epilogue_job j = {acc, scale, bias_left, a->epilogue, n, a->y->data, a->y->dtype};
         int64_t grain = 16384 / n + 1;
         ds__cpu_parallel_for(b, m, grain, epilogue_rows, &j);
     }

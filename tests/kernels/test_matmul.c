@@ -132,6 +132,11 @@ static void test_linear_large(void)
     linear_case(DS_BF16, DS_BF16, 1.0f, DS_BF16, DS_ACT_GELU_SIGMOID, 0, 257, 384, 320);
     linear_case(DS_F32, DS_F8_E4M3, 0.5f, DS_F32, DS_ACT_GELU_ERF, 0, 257, 384, 320);
     linear_case(DS_F16, DS_F8_E5M2, 1.0f, DS_F16, DS_ACT_SILU, 0, 257, 384, 320);
+    /* From 1024 rows f32 runs on OpenBLAS, which adds its product to the bias rows (beta = 1):
+     * the bias must stay unscaled, the activation still apply, with f32 and widened weights. */
+    linear_case(DS_F32, DS_F32, 0.5f, DS_F32, DS_ACT_GELU_TANH, 0, 1030, 67, 130);
+    linear_case(DS_F32, DS_F32, 1.0f, DS_BF16, DS_ACT_NONE, 0, 1030, 67, 130);
+    linear_case(DS_F32, DS_BF16, 0.5f, DS_F32, DS_ACT_NONE, 0, 1030, 67, 130);
     /* The few-row path (M <= 4: modulation linears on temb) at model-like K with a vector tail,
      * and M = 5, the first shape that goes through sgemm again. */
     linear_case(DS_F32, DS_F32, 1.0f, DS_F32, DS_ACT_NONE, 0, 1, 3077, 301);
