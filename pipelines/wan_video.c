@@ -1,0 +1,777 @@
+/* diffsynth/pipelines/wan_video.py: WanVideoPipeline.__call__ for Wan2.1 text-to-video and
+ * video-to-video, as a resumable job of the pipeline table (pipelines/pipeline.h).
+ *
+ * One unit of work per advance: unit 0 runs the units before the denoising loop in upstream's
+ * order (ShapeChecker, NoiseInitializer, PromptEmbedder for both CFG sides, InputVideoEmbedder),
+ * units 1..steps are the denoising steps (a positive and, when cfg_scale != 1, a negative DiT
+ * call, the CFG combination and a scheduler step each), and the last unit decodes the latents
+ * with the VAE (tiled as upstream's defaults, or untiled) and converts them to RGB8 frames as
+ * vae_output_to_video does. Between units nothing runs and nothing is borrowed from the caller but
+ * the models, so the daemon interleaves other jobs at unit boundaries and cancels there.
+ *
+ * Numbers follow upstream: noise from PyTorch's CPU generator drawn in float32 and cast to the
+ * compute dtype (BasePipeline.generate_noise); FlowMatch "Wan" sigmas with sigma_shift
+ * (diffusion/flow_match.h); the DiT timestep cast to the compute dtype; the CFG combination and
+ * the scheduler step in the compute dtype (diffusion/base_pipeline.h).
+ *
+ * Wan2.2-TI2V-5B (the Wan2.2 VAE) and the image-to-video, motion, camera, speech and animate
+ * variants need models this build does not have: their DiTs are refused with UNIMPLEMENTED
+ * naming what is missing.
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/float_convert.h"
+#include "core/kwargs.h"
+#include "core/torch_generator.h"
+#include "diffusion/base_pipeline.h"
+#include "diffusion/flow_match.h"
+#include "kernels/ops.h"
+#include "models/model_class.h"
+#include "models/wan_video_dit.h"
+#include "models/wan_video_prompt.h"
+#include "models/wan_video_text_encoder.h"
+#include "models/wan_video_vae.h"
+#include "pipelines/pipeline.h"
+
+#define TEXT_ENCODER_CLASS "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
+#define DIT_CLASS "diffsynth.models.wan_video_dit.WanModel"
+#define VAE_CLASS "diffsynth.models.wan_video_vae.WanVideoVAE"
+#define SHAPE(...) (const int64_t[]){__VA_ARGS__}
+
+#define LATENT_CHANNELS 16 /* the Wan2.1 VAE's z_dim */
+#define SPATIAL 8          /* the VAE's upsampling factor */
+#define SIZE_MULTIPLE 16   /* height/width division factors: upsampling factor * 2 */
+#define TIME_FACTOR 4      /* frames are 4k + 1 */
+#define SEQ_LEN 512        /* the tokenizer's seq_len: context rows */
+/* The limits the table declares to clients: far above real use (upstream's default is 81
+ * frames of 480 x 832), low enough that a typo fails fast. */
+#define SIZE_MIN 16
+#define SIZE_MAX_SIDE 8192
+#define FRAMES_MAX 2001
+#define STEPS_MAX 1000
+#define TILE_MAX 4096
+
+typedef enum { ROLE_TEXT_ENCODER, ROLE_DIT, ROLE_VAE } role_index;
+typedef enum {
+    PARAM_SEED,
+    PARAM_STEPS,
+    PARAM_CFG,
+    PARAM_HEIGHT,
+    PARAM_WIDTH,
+    PARAM_FRAMES,
+    PARAM_SHIFT,
+    PARAM_STRENGTH,
+    PARAM_TILED,
+    PARAM_TILE_SIZE_H,
+    PARAM_TILE_SIZE_W,
+    PARAM_TILE_STRIDE_H,
+    PARAM_TILE_STRIDE_W,
+} param_index;
+typedef enum { INPUT_VIDEO } input_index;
+typedef enum { OUTPUT_VIDEO, OUTPUT_LATENTS } output_index;
+
+typedef struct wan_run {
+    const ds_loaded_model *text_encoder, *dit, *vae;
+    char *prompt, *negative_prompt, *tokenizer; /* owned copies; tokenizer may be NULL */
+    uint64_t seed;
+    double cfg_scale, denoising_strength, sigma_shift;
+    ds_dtype dtype;
+    int height, width, frames; /* after ShapeChecker's rounding */
+    int64_t lt, lh, lw;        /* latent frames, height / 8, width / 8 */
+    size_t latent_count;       /* 16 * lt * lh * lw */
+    int tiled;
+    ds_wan_video_vae_tiling tiling;
+    ds_flow_match schedule;
+
+    const ds_tensor *input_video; /* borrowed until the encode unit */
+
+    void *latents;          /* [1, 16, lt, lh, lw] compute dtype */
+    void *pred_posi;        /* the same shape: noise predictions of one step */
+    void *pred_nega;
+    ds_step_io prompt_posi; /* encode_prompt's "context" [1, 512, text_dim] */
+    ds_step_io prompt_nega; /* empty when cfg_scale == 1 */
+
+    uint8_t *rgb;           /* [frames, height, width, 3] */
+    ds_tensor latents_out, video_out;
+
+    int next_unit;          /* 0 = encode, 1..steps = denoise, steps + 1 = decode */
+    int failed;
+    double encode_s, denoise_s, decode_s;
+} wan_run;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* BasePipeline.check_resize_height_width: up to the division factors, frames up to 4k + 1. */
+static int round_size(int v) { return (v + SIZE_MULTIPLE - 1) / SIZE_MULTIPLE * SIZE_MULTIPLE; }
+
+static int round_frames(int n)
+{
+    if (n % TIME_FACTOR == 1)
+        return n;
+    return (n - 1 + TIME_FACTOR - 1) / TIME_FACTOR * TIME_FACTOR + 1;
+}
+
+static int check_model(const ds_loaded_model *m, const char *role, const char *cls,
+                       ds_error *err)
+{
+    if (!m)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: the pipeline needs a %s model (%s)", role, cls);
+    if (!m->cls || strcmp(m->cls->name, cls) != 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: the %s model is a %s (%s), expected %s", role,
+                            m->model_name ? m->model_name : "model",
+                            m->cls ? m->cls->name : "class not implemented", cls);
+    return DS_OK;
+}
+
+/* What the DiT's kwargs say about the inputs it needs (upstream's WanModel attributes). */
+typedef struct dit_kind {
+    int64_t in_dim, out_dim, text_dim;
+    int has_image_input, seperated_timestep, add_control_adapter, has_ref_conv;
+} dit_kind;
+
+static int read_dit_kind(const ds_loaded_model *dit, dit_kind *k, ds_error *err)
+{
+    ds_kwargs *kw = NULL;
+    *k = (dit_kind){.in_dim = LATENT_CHANNELS, .out_dim = LATENT_CHANNELS, .text_dim = 4096};
+    int rc = ds_kwargs_parse(dit->extra_kwargs_json, DIT_CLASS, &kw, err);
+    if (rc == DS_OK &&
+        ((rc = ds_kwargs_int(kw, "in_dim", &k->in_dim, err)) != DS_OK ||
+         (rc = ds_kwargs_int(kw, "out_dim", &k->out_dim, err)) != DS_OK ||
+         (rc = ds_kwargs_int(kw, "text_dim", &k->text_dim, err)) != DS_OK ||
+         (rc = ds_kwargs_bool(kw, "has_image_input", &k->has_image_input, err)) != DS_OK ||
+         (rc = ds_kwargs_bool(kw, "seperated_timestep", &k->seperated_timestep, err)) != DS_OK ||
+         (rc = ds_kwargs_bool(kw, "add_control_adapter", &k->add_control_adapter, err)) !=
+             DS_OK ||
+         (rc = ds_kwargs_bool(kw, "has_ref_conv", &k->has_ref_conv, err)) != DS_OK))
+        ds_error_prefix(err, "wan_video: the dit model's kwargs: ");
+    ds_kwargs_free(kw);
+    return rc;
+}
+
+static int check_models(const ds_pipeline_args *a, ds_error *err)
+{
+    const ds_loaded_model *te = a->models[ROLE_TEXT_ENCODER], *dit = a->models[ROLE_DIT];
+    int rc;
+    if ((rc = check_model(te, "text_encoder", TEXT_ENCODER_CLASS, err)) != DS_OK ||
+        (rc = check_model(dit, "dit", DIT_CLASS, err)) != DS_OK ||
+        (rc = check_model(a->models[ROLE_VAE], "vae", VAE_CLASS, err)) != DS_OK)
+        return rc;
+    dit_kind k;
+    if ((rc = read_dit_kind(dit, &k, err)) != DS_OK)
+        return rc;
+    if (k.out_dim != LATENT_CHANNELS || k.seperated_timestep)
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "wan_video: the dit model has %lld latent channels%s, as "
+                            "Wan2.2-TI2V-5B: it needs the Wan2.2 VAE (48 channels, 16x spatial) "
+                            "and per-token timesteps, which this pipeline does not run yet",
+                            (long long)k.out_dim,
+                            k.seperated_timestep ? " and a separated timestep" : "");
+    if (k.has_image_input)
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "wan_video: the dit model takes CLIP image tokens (Wan2.1 "
+                            "image-to-video / first-last-frame-to-video): the CLIP image "
+                            "encoder (wan_video_image_encoder) is not implemented");
+    if (k.add_control_adapter)
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "wan_video: the dit model has a camera control adapter: camera "
+                            "control is not implemented");
+    if (k.has_ref_conv || k.in_dim != k.out_dim)
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "wan_video: the dit model takes %lld input channels for %lld latent "
+                            "ones%s: the image, control-video or reference conditioning it "
+                            "concatenates (Wan2.1-Fun, I2V) is not implemented",
+                            (long long)k.in_dim, (long long)k.out_dim,
+                            k.has_ref_conv ? " and a reference image" : "");
+    int64_t te_dim = ds_wan_text_encoder_dim(te);
+    if (te_dim != k.text_dim)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: the text encoder's width is %lld, the dit model's "
+                            "text_dim is %lld",
+                            (long long)te_dim, (long long)k.text_dim);
+    return DS_OK;
+}
+
+/* A [T, H, W, 3] u8 video at the pipeline's (rounded) size and frame count. */
+static int check_video(const ds_tensor *t, const char *name, int frames, int height, int width,
+                       ds_error *err)
+{
+    if (t->dtype != DS_U8 || t->ndim != 4 || t->shape[0] != frames || t->shape[1] != height ||
+        t->shape[2] != width || t->shape[3] != 3) {
+        char got[96];
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: %s is %s, expected [%d, %d, %d, 3] u8 (num_frames, "
+                            "height, width after rounding: frames to 4k + 1, sides to multiples "
+                            "of 16)",
+                            name, ds_tensor_describe(t, got, sizeof got), frames, height, width);
+    }
+    return DS_OK;
+}
+
+static void run_free(wan_run *p)
+{
+    if (!p)
+        return;
+    ds_flow_match_free(&p->schedule);
+    ds_step_io_free(&p->prompt_posi);
+    ds_step_io_free(&p->prompt_nega);
+    free(p->prompt);
+    free(p->negative_prompt);
+    free(p->tokenizer);
+    free(p->latents);
+    free(p->pred_posi);
+    free(p->pred_nega);
+    free(p->rgb);
+    free(p);
+}
+
+static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *err)
+{
+    int rc;
+    *out = NULL;
+    if ((rc = check_models(a, err)) != DS_OK)
+        return rc;
+    if (!a->prompt)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: prompt is required (it may be empty)");
+    if (a->dtype != DS_BF16 && a->dtype != DS_F32)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: the compute dtype is %s, expected bf16 or f32",
+                            ds_dtype_name(a->dtype));
+    const ds_pipeline_value *v = a->values;
+    int frames = round_frames((int)v[PARAM_FRAMES].i);
+    int height = round_size((int)v[PARAM_HEIGHT].i), width = round_size((int)v[PARAM_WIDTH].i);
+    double strength = v[PARAM_STRENGTH].d;
+    const ds_tensor *input_video = a->inputs[INPUT_VIDEO];
+    if (strength < 1.0 && !input_video)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: denoising_strength %g below 1 needs input_video (the "
+                            "video to start from)",
+                            strength);
+    if (input_video &&
+        (rc = check_video(input_video, "input_video", frames, height, width, err)) != DS_OK)
+        return rc;
+    ds_wan_video_vae_tiling tiling = {v[PARAM_TILE_SIZE_H].i, v[PARAM_TILE_SIZE_W].i,
+                                      v[PARAM_TILE_STRIDE_H].i, v[PARAM_TILE_STRIDE_W].i};
+    if (tiling.stride_h > tiling.size_h || tiling.stride_w > tiling.size_w)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: tile_stride_h x tile_stride_w %lld x %lld exceeds "
+                            "tile_size_h x tile_size_w %lld x %lld: tiles would leave gaps",
+                            (long long)tiling.stride_h, (long long)tiling.stride_w,
+                            (long long)tiling.size_h, (long long)tiling.size_w);
+
+    wan_run *p = calloc(1, sizeof *p);
+    if (!p)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "wan_video: out of memory");
+    p->text_encoder = a->models[ROLE_TEXT_ENCODER];
+    p->dit = a->models[ROLE_DIT];
+    p->vae = a->models[ROLE_VAE];
+    p->seed = v[PARAM_SEED].u;
+    p->cfg_scale = v[PARAM_CFG].d;
+    p->denoising_strength = strength;
+    p->sigma_shift = v[PARAM_SHIFT].d;
+    p->dtype = a->dtype;
+    p->height = height;
+    p->width = width;
+    p->frames = frames;
+    p->lt = (frames - 1) / TIME_FACTOR + 1;
+    p->lh = height / SPATIAL;
+    p->lw = width / SPATIAL;
+    p->latent_count = (size_t)LATENT_CHANNELS * (size_t)p->lt * (size_t)p->lh * (size_t)p->lw;
+    p->tiled = v[PARAM_TILED].i != 0;
+    p->tiling = tiling;
+    p->input_video = input_video;
+    ds_step_io_init(&p->prompt_posi);
+    ds_step_io_init(&p->prompt_nega);
+    p->prompt = strdup(a->prompt);
+    p->negative_prompt = strdup(a->negative_prompt ? a->negative_prompt : "");
+    p->tokenizer = a->tokenizer ? strdup(a->tokenizer) : NULL;
+    size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
+    p->latents = malloc(bytes);
+    p->pred_posi = malloc(bytes);
+    p->pred_nega = p->cfg_scale != 1.0 ? malloc(bytes) : NULL;
+    if (!p->prompt || !p->negative_prompt || (a->tokenizer && !p->tokenizer) || !p->latents ||
+        !p->pred_posi || (p->cfg_scale != 1.0 && !p->pred_nega)) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                          "wan_video: out of memory for %zu latents", p->latent_count);
+        goto fail;
+    }
+    if ((rc = ds_flow_match_wan((int)v[PARAM_STEPS].i, strength, p->sigma_shift, &p->schedule,
+                                err)) != DS_OK) {
+        ds_error_prefix(err, "wan_video: ");
+        goto fail;
+    }
+    *out = (ds_pipeline_run *)p;
+    return DS_OK;
+fail:
+    run_free(p);
+    return rc;
+}
+
+/* The context sub-models run with: the caller's backend, cancellation and VRAM manager, but no
+ * progress of their own (the pipeline reports its units). */
+static ds_step_context inner_context(const ds_step_context *ctx)
+{
+    ds_step_context inner = *ctx;
+    inner.progress = NULL;
+    inner.aux = NULL;
+    inner.aux_count = 0;
+    return inner;
+}
+
+static void report(const ds_step_context *ctx, const char *phase, uint64_t done, uint64_t total)
+{
+    if (ctx->progress)
+        ctx->progress(ctx->user, phase, done, total);
+}
+
+static int cancelled(const ds_step_context *ctx, ds_error *err)
+{
+    if (ctx->cancelled && ctx->cancelled(ctx->user))
+        return ds_error_set(err, DS_ERR_CANCELLED, "wan_video: cancelled");
+    return DS_OK;
+}
+
+/* WanVideoUnit_PromptEmbedder for one side. */
+static int encode_prompt(wan_run *p, const ds_step_context *ctx, const char *prompt,
+                         ds_step_io *out, ds_error *err)
+{
+    ds_step_context inner = inner_context(ctx);
+    return ds_wan_encode_prompt(p->text_encoder, &inner, prompt, p->tokenizer, p->dtype, out,
+                                err);
+}
+
+/* preprocess_video: frames [T, H, W, 3] u8 -> [1, 3, T, H, W] in the compute dtype, each frame
+ * through preprocess_image. */
+static int preprocess_video(const wan_run *p, const ds_tensor *rgb, void *out, ds_error *err)
+{
+    size_t esize = ds_dtype_size(p->dtype);
+    size_t plane = (size_t)p->height * (size_t)p->width, T = (size_t)rgb->shape[0];
+    void *frame = malloc(3 * plane * esize);
+    if (!frame)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "wan_video: out of memory for a %d x %d frame", p->height, p->width);
+    int rc = DS_OK;
+    for (size_t t = 0; t < T && rc == DS_OK; t++) {
+        rc = ds_preprocess_image((const uint8_t *)rgb->data + t * plane * 3, p->height, p->width,
+                                 p->dtype, frame, err);
+        for (size_t c = 0; rc == DS_OK && c < 3; c++)
+            memcpy((char *)out + ((c * T + t) * plane) * esize,
+                   (const char *)frame + c * plane * esize, plane * esize);
+    }
+    free(frame);
+    return rc;
+}
+
+/* WanVideoUnit_InputVideoEmbedder: latents = add_noise(vae.encode(input_video), noise,
+ * timesteps[0]). */
+static int embed_input_video(wan_run *p, const ds_step_context *ctx, const void *noise,
+                             ds_error *err)
+{
+    ds_backend *cpu;
+    int rc = ds_cpu_fallback_backend(&cpu, err);
+    if (rc != DS_OK)
+        return rc;
+    size_t esize = ds_dtype_size(p->dtype);
+    size_t pixels = 3 * (size_t)p->frames * (size_t)p->height * (size_t)p->width;
+    void *video = malloc(pixels * esize);
+    void *input_latents = malloc(p->latent_count * esize);
+    if (!video || !input_latents) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                          "wan_video: out of memory for input_video's %d frames", p->frames);
+        goto done;
+    }
+    if ((rc = preprocess_video(p, p->input_video, video, err)) != DS_OK)
+        goto done;
+    ds_tensor v = ds_tensor_wrap(cpu, p->dtype, 5, SHAPE(1, 3, p->frames, p->height, p->width),
+                                 video);
+    ds_tensor z = ds_tensor_wrap(cpu, p->dtype, 5,
+                                 SHAPE(1, LATENT_CHANNELS, p->lt, p->lh, p->lw), input_latents);
+    ds_step_context inner = inner_context(ctx);
+    if ((rc = ds_wan_video_vae_encode(p->vae, &inner, p->tiled ? &p->tiling : NULL, &v, &z,
+                                      err)) != DS_OK) {
+        ds_error_prefix(err, "wan_video: input_video: ");
+        goto done;
+    }
+    rc = ds_flow_match_add_noise(&p->schedule, 0, p->dtype, input_latents, noise, p->latents,
+                                 p->latent_count, err);
+done:
+    free(video);
+    free(input_latents);
+    return rc;
+}
+
+/* Noise, both prompts and the input video's latents, as upstream's units before the loop. */
+static int run_encode(wan_run *p, const ds_step_context *ctx, ds_error *err)
+{
+    int rc;
+    int parts = 1 + (p->cfg_scale != 1.0) + (p->input_video != NULL);
+    int done = 0;
+    size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
+    report(ctx, "encode", 0, (uint64_t)parts);
+
+    /* generate_noise: drawn in float32, then cast to the compute dtype. */
+    float *noise = malloc(p->latent_count * sizeof *noise);
+    if (!noise)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "wan_video: out of memory for the noise");
+    ds_torch_generator gen;
+    ds_torch_generator_seed(&gen, p->seed);
+    if ((rc = ds_torch_randn(&gen, DS_F32, noise, p->latent_count, err)) != DS_OK)
+        goto done;
+    if (p->dtype == DS_BF16) {
+        uint16_t *bf = (uint16_t *)noise;
+        /* In place, front to back: element i's bf16 lands at or before its float. */
+        for (size_t i = 0; i < p->latent_count; i++)
+            bf[i] = ds_f32_to_bf16(noise[i]);
+    }
+    if ((rc = cancelled(ctx, err)) != DS_OK ||
+        (rc = encode_prompt(p, ctx, p->prompt, &p->prompt_posi, err)) != DS_OK)
+        goto done;
+    report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+    if (p->cfg_scale != 1.0) {
+        if ((rc = cancelled(ctx, err)) != DS_OK ||
+            (rc = encode_prompt(p, ctx, p->negative_prompt, &p->prompt_nega, err)) != DS_OK)
+            goto done;
+        report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+    }
+    if (p->input_video) {
+        if ((rc = cancelled(ctx, err)) != DS_OK ||
+            (rc = embed_input_video(p, ctx, noise, err)) != DS_OK)
+            goto done;
+        report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+    } else {
+        memcpy(p->latents, noise, bytes);
+    }
+    rc = DS_OK;
+done:
+    free(noise);
+    /* The caller's tensors are borrowed only until here. */
+    p->input_video = NULL;
+    return rc;
+}
+
+/* One model_fn_wan_video call for one CFG side. */
+static int predict(wan_run *p, const ds_step_context *ctx, const ds_step_io *side,
+                   float timestep, void *pred, ds_error *err)
+{
+    ds_backend *cpu;
+    int rc = ds_cpu_fallback_backend(&cpu, err);
+    if (rc != DS_OK)
+        return rc;
+    const ds_tensor *context = ds_step_io_tensor(side, "context");
+    if (!context)
+        return ds_error_set(err, DS_ERR_INTERNAL, "wan_video: encode_prompt returned no context");
+    const int64_t *shape = SHAPE(1, LATENT_CHANNELS, p->lt, p->lh, p->lw);
+    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 5, shape, p->latents);
+    ds_tensor out = ds_tensor_wrap(cpu, p->dtype, 5, shape, pred);
+    ds_tensor t = ds_tensor_wrap(cpu, DS_F32, 1, SHAPE(1), &timestep);
+    ds_wan_video_dit_inputs in = {.latents = &latents, .timestep = &t, .context = context};
+    ds_step_context inner = inner_context(ctx);
+    return ds_wan_video_dit_forward(p->dit, &inner, &in, &out, err);
+}
+
+/* Denoising step `index`: CFG-guided noise prediction, then the scheduler step. */
+static int run_denoise(wan_run *p, const ds_step_context *ctx, int index, ds_error *err)
+{
+    /* timestep.to(dtype=torch_dtype) before the model sees it. */
+    float timestep = p->schedule.timesteps[index];
+    if (p->dtype == DS_BF16)
+        timestep = ds_bf16_to_f32(ds_f32_to_bf16(timestep));
+    int rc;
+    if ((rc = predict(p, ctx, &p->prompt_posi, timestep, p->pred_posi, err)) != DS_OK)
+        return rc;
+    if (p->cfg_scale != 1.0) {
+        if ((rc = cancelled(ctx, err)) != DS_OK ||
+            (rc = predict(p, ctx, &p->prompt_nega, timestep, p->pred_nega, err)) != DS_OK ||
+            (rc = ds_cfg_combine(p->dtype, p->pred_posi, p->pred_nega, p->cfg_scale,
+                                 p->pred_posi, p->latent_count, err)) != DS_OK)
+            return rc;
+    }
+    if ((rc = ds_flow_match_step(&p->schedule, index, p->dtype, p->pred_posi, p->latents,
+                                 p->latent_count, err)) != DS_OK)
+        return rc;
+    report(ctx, "denoise", (uint64_t)index + 1, (uint64_t)p->schedule.count);
+    return DS_OK;
+}
+
+/* vae.decode, then vae_output_to_video: frame by frame as vae_output_to_image. The VAE reports
+ * its own "decode" progress (chunks, or tiles when tiled). */
+static int run_decode(wan_run *p, const ds_step_context *ctx, ds_error *err)
+{
+    ds_backend *cpu;
+    int rc = ds_cpu_fallback_backend(&cpu, err);
+    if (rc != DS_OK)
+        return rc;
+    size_t esize = ds_dtype_size(p->dtype);
+    size_t plane = (size_t)p->height * (size_t)p->width, T = (size_t)p->frames;
+    void *video = malloc(3 * T * plane * esize);
+    void *frame = malloc(3 * plane * esize);
+    p->rgb = malloc(3 * T * plane);
+    if (!video || !frame || !p->rgb) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                          "wan_video: out of memory for %d frames of %d x %d", p->frames,
+                          p->height, p->width);
+        goto done;
+    }
+    const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, p->lt, p->lh, p->lw);
+    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 5, latent_shape, p->latents);
+    ds_tensor decoded = ds_tensor_wrap(cpu, p->dtype, 5,
+                                       SHAPE(1, 3, p->frames, p->height, p->width), video);
+    if ((rc = ds_wan_video_vae_decode(p->vae, ctx, p->tiled ? &p->tiling : NULL, &latents,
+                                      &decoded, err)) != DS_OK)
+        goto done;
+    ds_tensor one = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, 3, p->height, p->width), frame);
+    for (size_t t = 0; t < T && rc == DS_OK; t++) {
+        for (size_t c = 0; c < 3; c++)
+            memcpy((char *)frame + c * plane * esize,
+                   (const char *)video + ((c * T + t) * plane) * esize, plane * esize);
+        rc = ds_vae_output_to_image(&one, p->rgb + t * plane * 3, err);
+    }
+    if (rc != DS_OK)
+        goto done;
+    p->latents_out = latents;
+    p->video_out = ds_tensor_wrap(cpu, DS_U8, 4, SHAPE(p->frames, p->height, p->width, 3),
+                                  p->rgb);
+done:
+    free(video);
+    free(frame);
+    return rc;
+}
+
+static int op_advance(ds_pipeline_run *run, const ds_step_context *ctx, ds_error *err)
+{
+    wan_run *p = (wan_run *)run;
+    if (p->failed)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "wan_video: the pipeline failed earlier and cannot continue");
+    int last = p->schedule.count + 1;
+    if (p->next_unit > last)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "wan_video: the pipeline has already finished");
+    int rc = cancelled(ctx, err);
+    double start = now_s();
+    if (rc == DS_OK) {
+        if (p->next_unit == 0)
+            rc = run_encode(p, ctx, err);
+        else if (p->next_unit <= p->schedule.count)
+            rc = run_denoise(p, ctx, p->next_unit - 1, err);
+        else
+            rc = run_decode(p, ctx, err);
+    }
+    double spent = now_s() - start;
+    if (p->next_unit == 0)
+        p->encode_s += spent;
+    else if (p->next_unit <= p->schedule.count)
+        p->denoise_s += spent;
+    else
+        p->decode_s += spent;
+    if (rc != DS_OK) {
+        p->failed = 1;
+        return rc;
+    }
+    p->next_unit++;
+    return p->next_unit <= last ? 1 : 0;
+}
+
+static void op_position(const ds_pipeline_run *run, uint64_t *done, uint64_t *total)
+{
+    const wan_run *p = (const wan_run *)run;
+    *done = (uint64_t)p->next_unit;
+    *total = (uint64_t)p->schedule.count + 2;
+}
+
+static const ds_tensor *op_output(const ds_pipeline_run *run, size_t index)
+{
+    const wan_run *p = (const wan_run *)run;
+    const ds_tensor *t = index == OUTPUT_VIDEO ? &p->video_out : &p->latents_out;
+    return t->data ? t : NULL;
+}
+
+static size_t op_results(const ds_pipeline_run *run, ds_pipeline_result *out)
+{
+    const wan_run *p = (const wan_run *)run;
+    out[0] = (ds_pipeline_result){"seed", 1, p->seed, 0};
+    out[1] = (ds_pipeline_result){"steps", 1, (uint64_t)p->schedule.count, 0};
+    out[2] = (ds_pipeline_result){"height", 1, (uint64_t)p->height, 0};
+    out[3] = (ds_pipeline_result){"width", 1, (uint64_t)p->width, 0};
+    out[4] = (ds_pipeline_result){"num_frames", 1, (uint64_t)p->frames, 0};
+    out[5] = (ds_pipeline_result){"encode_s", 0, 0, p->encode_s};
+    out[6] = (ds_pipeline_result){"denoise_s", 0, 0, p->denoise_s};
+    out[7] = (ds_pipeline_result){"decode_s", 0, 0, p->decode_s};
+    return 8;
+}
+
+static void op_describe_position(const ds_pipeline_run *run, char *buf, size_t size)
+{
+    uint64_t done = 0, total = 0;
+    if (run)
+        op_position(run, &done, &total);
+    if (!run || done == 0)
+        snprintf(buf, size, "before the prompt was encoded");
+    else if (done + 1 < total)
+        snprintf(buf, size, "after %llu of %llu denoising steps", (unsigned long long)(done - 1),
+                 (unsigned long long)(total - 2));
+    else
+        snprintf(buf, size, "before the decode");
+}
+
+static double op_output_pixels(const ds_pipeline_run *run)
+{
+    const wan_run *p = (const wan_run *)run;
+    return (double)p->frames * (double)p->height * (double)p->width;
+}
+
+/* Width of the Wan2.1 VAE decoder at full resolution and the activations of that width its
+ * causal convolutions hold at once over one chunk of 4 output frames (input, residual, normed,
+ * conv output, the two cached frames and the column staging of the 3x3x3 convolution). */
+#define VAE_TOP_CHANNELS 384
+#define VAE_LIVE_BUFFERS 12
+
+/* A coarse upper bound for admission, from the request alone: the run's state between units
+ * (latents, predictions, both contexts, the frames), the decoded float video, and the largest
+ * per-unit transient of the three models, each bounded by its widest activations times the
+ * buffers it keeps live. */
+static int op_estimate_memory(const ds_pipeline_args *args, const ds_pipeline_memory_args *m,
+                              ds_memory_need *need, char *what, size_t what_size, ds_error *err)
+{
+    const ds_pipeline_value *v = args->values;
+    uint64_t frames = (uint64_t)round_frames((int)v[PARAM_FRAMES].i);
+    uint64_t h = (uint64_t)round_size((int)v[PARAM_HEIGHT].i);
+    uint64_t w = (uint64_t)round_size((int)v[PARAM_WIDTH].i);
+    uint64_t es = ds_dtype_size(args->dtype == DS_F32 ? DS_F32 : DS_BF16);
+    uint64_t lt = (frames - 1) / TIME_FACTOR + 1, lh = h / SPATIAL, lw = w / SPATIAL;
+    uint64_t latents = LATENT_CHANNELS * lt * lh * lw * es;
+    uint64_t context = (uint64_t)SEQ_LEN * 4096 * es;
+    uint64_t pixels = frames * h * w;
+    uint64_t threads = m->threads > 0 ? (uint64_t)m->threads : 1;
+    need->held = 3 * latents + 2 * context + pixels * 3 + m->inline_bytes;
+    /* The DiT: tokens of 1536 (1.3B) to 5120 (14B) wide, the FFN 3.5 times that, and one
+     * attention score row block per thread. */
+    uint64_t tokens = lt * (lh / 2) * (lw / 2);
+    uint64_t dit = tokens * 5120 * 4 * 16 + threads * tokens * 4 * 64;
+    /* The text encoder: 512 tokens of 4096 with the 10240-wide FFN, f32 staging. */
+    uint64_t text = (uint64_t)SEQ_LEN * (4096 * 8 + 10240 * 3) * 4;
+    /* The VAE: one chunk of 4 frames of its tile (or the frame) at full width. */
+    uint64_t tile_px = h * w;
+    if (v[PARAM_TILED].i) {
+        uint64_t th = (uint64_t)v[PARAM_TILE_SIZE_H].i * SPATIAL;
+        uint64_t tw = (uint64_t)v[PARAM_TILE_SIZE_W].i * SPATIAL;
+        tile_px = (th < h ? th : h) * (tw < w ? tw : w);
+    }
+    uint64_t vae = 4 * tile_px * VAE_TOP_CHANNELS * 4 * VAE_LIVE_BUFFERS +
+                   pixels * 3 * 4 * 3; /* the output, its blend weights and the float video */
+    uint64_t peak = dit > text ? dit : text;
+    need->peak = peak > vae ? peak : vae;
+    snprintf(what, what_size, "wan_video %llu frames of %llux%llu (height x width), %s",
+             (unsigned long long)frames, (unsigned long long)h, (unsigned long long)w,
+             ds_dtype_name(args->dtype));
+    (void)err;
+    return DS_OK;
+}
+
+static void op_free(ds_pipeline_run *run) { run_free((wan_run *)run); }
+
+/* ---- the pipeline's table (pipelines/pipeline.h) ---- */
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+static const ds_pipeline_role roles[] = {
+    [ROLE_TEXT_ENCODER] = {"text_encoder", "wan_video_text_encoder", TEXT_ENCODER_CLASS, 1},
+    [ROLE_DIT] = {"dit", "wan_video_dit", DIT_CLASS, 1},
+    [ROLE_VAE] = {"vae", "wan_video_vae", VAE_CLASS, 1},
+};
+
+/* The defaults are upstream's __call__ defaults. */
+static const ds_pipeline_param params[] = {
+    [PARAM_SEED] = {"seed", DS_PIPELINE_UINT64, 0, 0, 0, NULL,
+                    "noise seed (PyTorch CPU generator); drawn at random when left out"},
+    [PARAM_STEPS] = {"steps", DS_PIPELINE_INT, 1, STEPS_MAX, 0, "50",
+                     "denoising steps (num_inference_steps)"},
+    [PARAM_CFG] = {"cfg_scale", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0, "5",
+                   "classifier-free guidance scale; 1 skips the negative prompt"},
+    [PARAM_HEIGHT] = {"height", DS_PIPELINE_INT, SIZE_MIN, SIZE_MAX_SIDE, 0, "480",
+                      "output height, rounded up to a multiple of " STR(SIZE_MULTIPLE)},
+    [PARAM_WIDTH] = {"width", DS_PIPELINE_INT, SIZE_MIN, SIZE_MAX_SIDE, 0, "832",
+                     "output width, rounded up to a multiple of " STR(SIZE_MULTIPLE)},
+    [PARAM_FRAMES] = {"num_frames", DS_PIPELINE_INT, 1, FRAMES_MAX, 0, "81",
+                      "frames, rounded up to 4k + 1"},
+    [PARAM_SHIFT] = {"sigma_shift", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0, "5",
+                     "the FlowMatch Wan schedule's shift"},
+    [PARAM_STRENGTH] = {"denoising_strength", DS_PIPELINE_NUMBER, 0, 1, 1, "1",
+                        "video-to-video strength; below 1 needs input_video"},
+    [PARAM_TILED] = {"tiled", DS_PIPELINE_INT, 0, 1, 0, "1",
+                     "1: the VAE encodes and decodes in blended spatial tiles; 0: whole frames"},
+    [PARAM_TILE_SIZE_H] = {"tile_size_h", DS_PIPELINE_INT, 1, TILE_MAX, 0, "30",
+                           "VAE tile height in latent units (8 pixels)"},
+    [PARAM_TILE_SIZE_W] = {"tile_size_w", DS_PIPELINE_INT, 1, TILE_MAX, 0, "52",
+                           "VAE tile width in latent units"},
+    [PARAM_TILE_STRIDE_H] = {"tile_stride_h", DS_PIPELINE_INT, 1, TILE_MAX, 0, "15",
+                             "VAE tile stride in height, latent units (at most tile_size_h)"},
+    [PARAM_TILE_STRIDE_W] = {"tile_stride_w", DS_PIPELINE_INT, 1, TILE_MAX, 0, "26",
+                             "VAE tile stride in width, latent units (at most tile_size_w)"},
+};
+
+static const ds_pipeline_tensor inputs[] = {
+    [INPUT_VIDEO] = {"input_video",
+                     "[T, H, W, 3] u8 RGB frames at the output size and frame count: "
+                     "video-to-video",
+                     NULL, 0, 1},
+};
+
+static const ds_pipeline_tensor outputs[] = {
+    [OUTPUT_VIDEO] = {"video", "[T, H, W, 3] u8 RGB frames, encoded as the request asks", NULL,
+                      0, 1},
+    [OUTPUT_LATENTS] = {"latents",
+                        "[1, 16, (T - 1) / 4 + 1, H/8, W/8] in the compute dtype: the final "
+                        "latents",
+                        NULL, 0, 0},
+};
+
+static const ds_pipeline_dtype dtypes[] = {
+    {"bfloat16", "bf16", DS_BF16},
+    {"float32", "f32", DS_F32},
+};
+
+static const char *const phases[] = {"encode", "denoise", "decode"};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+const ds_pipeline_def ds__wan_video_pipeline = {
+    .name = "wan_video",
+    .summary = "Wan2.1 text-to-video and video-to-video",
+    .roles = roles,
+    .role_count = COUNT(roles),
+    .params = params,
+    .param_count = COUNT(params),
+    .inputs = inputs,
+    .input_count = COUNT(inputs),
+    .outputs = outputs,
+    .output_count = COUNT(outputs),
+    .phases = phases,
+    .phase_count = COUNT(phases),
+    .repeated_phase = "denoise",
+    .dtypes = dtypes,
+    .dtype_count = COUNT(dtypes),
+    .estimate_role = ROLE_VAE,
+    .start = op_start,
+    .advance = op_advance,
+    .position = op_position,
+    .output = op_output,
+    .results = op_results,
+    .describe_position = op_describe_position,
+    .output_pixels = op_output_pixels,
+    .estimate_memory = op_estimate_memory,
+    .free = op_free,
+};
