@@ -5,11 +5,9 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/log.h"
 #include "tokenizers/qwen_tokenizer.h"
@@ -23,6 +21,8 @@
 #include "models/qwen_image_text_encoder.h"
 #include "models/qwen_image_vae.h"
 #include "pipelines/pipeline.h"
+#include "pipelines/prompt_embedder.h"
+#include "pipelines/unit_runner.h"
 
 #define TEXT_ENCODER_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
@@ -66,17 +66,8 @@ struct ds_qwen_image_pipeline {
     ds_tensor image_out;
     uint8_t *rgb;            /* [height, width, 3] */
 
-    int next_unit;           /* 0 = encode, 1..steps = denoise, steps + 1 = decode */
-    int failed;
-    double encode_s, denoise_s, decode_s;
+    ds__unit_runner units;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void ds_qwen_image_params_default(ds_qwen_image_params *params)
 {
@@ -91,23 +82,10 @@ void ds_qwen_image_params_default(ds_qwen_image_params *params)
     params->controlnet_scale = 1.0;
 }
 
-static int is_class(const ds_loaded_model *m, const char *cls)
-{
-    return m && m->cls && strcmp(m->cls->name, cls) == 0;
-}
-
 static int check_model(const ds_loaded_model *m, const char *role, const char *cls,
                        ds_error *err)
 {
-    if (!m)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "qwen_image: the pipeline needs a %s model (%s)", role, cls);
-    if (!is_class(m, cls))
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "qwen_image: the %s model is a %s (%s), expected %s", role,
-                            m->model_name ? m->model_name : "model",
-                            m->cls ? m->cls->name : "class not implemented", cls);
-    return DS_OK;
+    return ds__unit_check_model(m, "qwen_image", role, cls, err);
 }
 
 static int check_models(const ds_qwen_image_models *models, ds_error *err)
@@ -287,6 +265,7 @@ int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
                               p->steps, p->steps == 1 ? "" : "s", p->denoising_strength);
             goto fail;
         }
+    p->units = (ds__unit_runner){.pipeline = "qwen_image", .steps = p->schedule.count};
     *out = p;
     return DS_OK;
 fail:
@@ -308,78 +287,19 @@ enum {
     DROP_IDX = 34,              /* the system prefix through "user\n", dropped from the output */
     MAX_TOKENS = 4096 + DROP_IDX, /* the tokenizer's max_length */
     WARN_TOKENS = 1024,         /* upstream warns from this many templated tokens */
-    TOKENIZER_CACHE_SLOTS = 4,
 };
 
-/* Loaded tokenizers by canonical folder. Upstream loads its tokenizer once, in from_pretrained;
- * ours takes about a second to load (151k-token vocabulary and merges), several times a 7B
- * encoder's forward on a GPU, so it is loaded once per folder and kept for the life of the
- * process: a tokenizer is immutable after load and shared by concurrent steps. The table is
- * small because each entry is ~75 MB; once it is full, further folders are loaded per call. */
-typedef struct tokenizer_slot {
-    char *dir;             /* realpath of the folder; NULL: free slot */
-    ds_qwen_tokenizer *tok;
-} tokenizer_slot;
-
-static pthread_mutex_t tokenizer_lock = PTHREAD_MUTEX_INITIALIZER;
-static tokenizer_slot tokenizer_cache[TOKENIZER_CACHE_SLOTS];
-
-static ds_qwen_tokenizer *cached_tokenizer(const char *dir)
+static int load_tokenizer(const char *dir, void **out, ds_error *err)
 {
-    for (size_t i = 0; i < TOKENIZER_CACHE_SLOTS; i++)
-        if (tokenizer_cache[i].dir && strcmp(tokenizer_cache[i].dir, dir) == 0)
-            return tokenizer_cache[i].tok;
-    return NULL;
-}
-
-/* The tokenizer of folder `dir` (`origin` says where the folder came from, for errors). *owned
- * is set when the caller must free it (the cache was full). The load runs outside the lock so
- * that a slow load does not hold up steps whose tokenizer is cached; two first calls racing on
- * one folder both load and the later one frees its copy. */
-static int get_tokenizer(const char *dir, const char *origin, const ds_qwen_tokenizer **out,
-                         ds_qwen_tokenizer **owned, ds_error *err)
-{
-    char canonical[PATH_MAX];
-    *owned = NULL;
-    if (!realpath(dir, canonical))
-        return ds_error_set(err, errno == ENOENT ? DS_ERR_NOT_FOUND : DS_ERR_PERMISSION_DENIED,
-                            "encode_prompt: tokenizer folder %s (%s): %s", dir, origin,
-                            strerror(errno));
-    pthread_mutex_lock(&tokenizer_lock);
-    const ds_qwen_tokenizer *hit = cached_tokenizer(canonical);
-    pthread_mutex_unlock(&tokenizer_lock);
-    if (hit) {
-        *out = hit;
-        return DS_OK;
-    }
-
     ds_qwen_tokenizer *tok = NULL;
-    int rc = ds_qwen_tokenizer_load(canonical, &tok, err);
-    if (rc != DS_OK) {
-        ds_error_prefix(err, "encode_prompt: tokenizer folder %s (%s): ", dir, origin);
-        return rc;
-    }
-    char *key = strdup(canonical);
-    pthread_mutex_lock(&tokenizer_lock);
-    hit = cached_tokenizer(canonical);
-    for (size_t i = 0; !hit && key && i < TOKENIZER_CACHE_SLOTS; i++)
-        if (!tokenizer_cache[i].dir) {
-            tokenizer_cache[i] = (tokenizer_slot){key, tok};
-            key = NULL;
-            hit = tok;
-            tok = NULL;
-        }
-    pthread_mutex_unlock(&tokenizer_lock);
-    free(key);
-    if (hit) {
-        ds_qwen_tokenizer_free(tok);
-        *out = hit;
-    } else {
-        *out = tok;
-        *owned = tok;
-    }
-    return DS_OK;
+    int rc = ds_qwen_tokenizer_load(dir, &tok, err);
+    *out = tok;
+    return rc;
 }
+
+static void free_tokenizer(void *tok) { ds_qwen_tokenizer_free(tok); }
+
+static ds__tokenizer_cache tokenizers = DS__TOKENIZER_CACHE_INIT(load_tokenizer, free_tokenizer);
 
 /* The tokenizer folder: the "tokenizer" parameter (`param`, NULL when not given), else upstream's layout, where from_pretrained
  * takes Qwen/Qwen-Image/tokenizer/ for the weights in Qwen/Qwen-Image/text_encoder/: the folder
@@ -388,25 +308,8 @@ static int tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx,
                          const char *param, char *dir, size_t cap, const char **origin,
                          ds_error *err)
 {
-    if (param) {
-        *origin = "the \"tokenizer\" parameter";
-        if (!param[0])
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "encode_prompt: parameter \"tokenizer\" is empty");
-        if (snprintf(dir, cap, "%s", param) >= (int)cap)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "encode_prompt: parameter \"tokenizer\" is longer than %zu bytes",
-                                cap - 1);
-        /* A client-named folder is read by the daemon: it must lie inside the model roots. */
-        if (ctx->check_path) {
-            int rc = ctx->check_path(ctx->user, dir, err);
-            if (rc != DS_OK) {
-                ds_error_prefix(err, "encode_prompt: parameter \"tokenizer\": ");
-                return rc;
-            }
-        }
-        return DS_OK;
-    }
+    if (param)
+        return ds__tokenizer_param_dir(ctx, param, dir, cap, origin, err);
     *origin = "beside the model files, as upstream lays out Qwen/Qwen-Image; or give the "
               "\"tokenizer\" parameter";
     if (!m->files || m->files->count == 0)
@@ -489,8 +392,8 @@ int ds_qwen_image_encode_prompt(const ds_loaded_model *m, const ds_step_context 
                                 const char *prompt, const char *tokenizer, ds_dtype dtype,
                                 ds_step_io *out, ds_error *err)
 {
-    const ds_qwen_tokenizer *tok = NULL;
-    ds_qwen_tokenizer *owned_tok = NULL;
+    const void *tok = NULL;
+    void *owned_tok = NULL;
     int32_t *ids = NULL;
     size_t count = 0;
     void *hidden_data = NULL;
@@ -498,7 +401,8 @@ int ds_qwen_image_encode_prompt(const ds_loaded_model *m, const ds_step_context 
     const char *origin = NULL;
     int rc;
     if ((rc = tokenizer_dir(m, ctx, tokenizer, dir, sizeof dir, &origin, err)) != DS_OK ||
-        (rc = get_tokenizer(dir, origin, &tok, &owned_tok, err)) != DS_OK ||
+        (rc = ds__tokenizer_cache_get(&tokenizers, dir, origin, &tok, &owned_tok, err)) !=
+            DS_OK ||
         (rc = tokenize_prompt(tok, prompt, &ids, &count, err)) != DS_OK)
         goto done;
 
@@ -542,49 +446,29 @@ done:
 int ds_qwen_image_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
                                      const ds_step_io *in, ds_step_io *out, ds_error *err)
 {
-    static const char *const known[] = {"prompt", "tokenizer", "dtype", NULL};
+    const char *prompt, *tokenizer;
     ds_dtype dtype = DS_BF16;
     int rc;
-    if ((rc = ds_step_io_check_names(in, "encode_prompt", known, err)) != DS_OK)
+    if ((rc = ds__encode_prompt_step_params(in, &prompt, &tokenizer, err)) != DS_OK ||
+        (rc = ds_qwen_image_text_encoder_step_dtype(m, in, "encode_prompt", &dtype, err)) !=
+            DS_OK)
         return rc;
-    const ds_step_param *prompt = ds_step_io_param(in, "prompt");
-    if (!prompt)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: parameter \"prompt\" is required (the text to "
-                            "encode; it may be empty)");
-    if (in->tensor_count > 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: takes no tensors, got \"%s\"", in->tensors[0].name);
-    if ((rc = ds_qwen_image_text_encoder_step_dtype(m, in, "encode_prompt", &dtype, err)) !=
-        DS_OK)
-        return rc;
-    const ds_step_param *tokenizer = ds_step_io_param(in, "tokenizer");
-    return ds_qwen_image_encode_prompt(m, ctx, prompt->text, tokenizer ? tokenizer->text : NULL,
-                                       dtype, out, err);
+    return ds_qwen_image_encode_prompt(m, ctx, prompt, tokenizer, dtype, out, err);
 }
 
-/* The context sub-models run with: the caller's backend, cancellation and VRAM manager, but
- * no progress of their own (the pipeline reports its units). */
 static ds_step_context inner_context(const ds_step_context *ctx)
 {
-    ds_step_context inner = *ctx;
-    inner.progress = NULL;
-    inner.aux = NULL;
-    inner.aux_count = 0;
-    return inner;
+    return ds__unit_inner_context(ctx);
 }
 
 static void report(const ds_step_context *ctx, const char *phase, uint64_t done, uint64_t total)
 {
-    if (ctx->progress)
-        ctx->progress(ctx->user, phase, done, total);
+    ds__unit_report(ctx, phase, done, total);
 }
 
 static int cancelled(const ds_step_context *ctx, ds_error *err)
 {
-    if (ctx->cancelled && ctx->cancelled(ctx->user))
-        return ds_error_set(err, DS_ERR_CANCELLED, "qwen_image: cancelled");
-    return DS_OK;
+    return ds__unit_cancelled(ctx, "qwen_image", err);
 }
 
 /* QwenImageUnit_PromptEmbedder for one side. */
@@ -782,46 +666,33 @@ static int run_decode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_
     return DS_OK;
 }
 
+static int unit_encode(void *run, const ds_step_context *ctx, ds_error *err)
+{
+    return run_encode(run, ctx, err);
+}
+
+static int unit_denoise(void *run, const ds_step_context *ctx, int index, ds_error *err)
+{
+    return run_denoise(run, ctx, index, err);
+}
+
+static int unit_decode(void *run, const ds_step_context *ctx, ds_error *err)
+{
+    return run_decode(run, ctx, err);
+}
+
+static const ds__unit_ops unit_ops = {unit_encode, unit_denoise, unit_decode};
+
 int ds_qwen_image_pipeline_advance(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
                                    ds_error *err)
 {
-    if (p->failed)
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "qwen_image: the pipeline failed earlier and cannot continue");
-    int last = p->schedule.count + 1;
-    if (p->next_unit > last)
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "qwen_image: the pipeline has already finished");
-    int rc = cancelled(ctx, err);
-    double start = now_s();
-    if (rc == DS_OK) {
-        if (p->next_unit == 0)
-            rc = run_encode(p, ctx, err);
-        else if (p->next_unit <= p->schedule.count)
-            rc = run_denoise(p, ctx, p->next_unit - 1, err);
-        else
-            rc = run_decode(p, ctx, err);
-    }
-    double spent = now_s() - start;
-    if (p->next_unit == 0)
-        p->encode_s += spent;
-    else if (p->next_unit <= p->schedule.count)
-        p->denoise_s += spent;
-    else
-        p->decode_s += spent;
-    if (rc != DS_OK) {
-        p->failed = 1;
-        return rc;
-    }
-    p->next_unit++;
-    return p->next_unit <= last ? 1 : 0;
+    return ds__unit_runner_advance(&p->units, &unit_ops, p, ctx, err);
 }
 
 void ds_qwen_image_pipeline_position(const ds_qwen_image_pipeline *p, uint64_t *done,
                                      uint64_t *total)
 {
-    *done = (uint64_t)p->next_unit;
-    *total = (uint64_t)p->schedule.count + 2;
+    ds__unit_runner_position(&p->units, done, total);
 }
 
 uint64_t ds_qwen_image_pipeline_seed(const ds_qwen_image_pipeline *p) { return p->seed; }
@@ -837,9 +708,9 @@ void ds_qwen_image_pipeline_size(const ds_qwen_image_pipeline *p, int *height, i
 void ds_qwen_image_pipeline_times(const ds_qwen_image_pipeline *p, double *encode_s,
                                   double *denoise_s, double *decode_s)
 {
-    *encode_s = p->encode_s;
-    *denoise_s = p->denoise_s;
-    *decode_s = p->decode_s;
+    *encode_s = p->units.encode_s;
+    *denoise_s = p->units.denoise_s;
+    *decode_s = p->units.decode_s;
 }
 
 const ds_tensor *ds_qwen_image_pipeline_latents(const ds_qwen_image_pipeline *p)
@@ -953,16 +824,8 @@ static size_t op_results(const ds_pipeline_run *run, ds_pipeline_result *out)
 
 static void op_describe_position(const ds_pipeline_run *run, char *buf, size_t size)
 {
-    uint64_t done = 0, total = 0;
-    if (run)
-        op_position(run, &done, &total);
-    if (!run || done == 0)
-        snprintf(buf, size, "before the prompt was encoded");
-    else if (done + 1 < total)
-        snprintf(buf, size, "after %llu of %llu denoising steps", (unsigned long long)(done - 1),
-                 (unsigned long long)(total - 2));
-    else
-        snprintf(buf, size, "before the decode");
+    ds__unit_runner_describe(run ? &((const ds_qwen_image_pipeline *)run)->units : NULL, buf,
+                             size);
 }
 
 static double op_output_pixels(const ds_pipeline_run *run)
