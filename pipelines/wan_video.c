@@ -1,8 +1,9 @@
-/* diffsynth/pipelines/wan_video.py: WanVideoPipeline.__call__ for Wan2.1 text-to-video and
- * video-to-video, as a resumable job of the pipeline table (pipelines/pipeline.h).
+/* diffsynth/pipelines/wan_video.py: WanVideoPipeline.__call__ for Wan2.1 text-to-video,
+ * video-to-video and VACE, as a resumable job of the pipeline table (pipelines/pipeline.h).
  *
  * One unit of work per advance: unit 0 runs the units before the denoising loop in upstream's
- * order (ShapeChecker, NoiseInitializer, PromptEmbedder for both CFG sides, InputVideoEmbedder),
+ * order (ShapeChecker, NoiseInitializer, PromptEmbedder for both CFG sides, InputVideoEmbedder,
+ * VACE),
  * units 1..steps are the denoising steps (a positive and, when cfg_scale != 1, a negative DiT
  * call, the CFG combination and a scheduler step each), and the last unit decodes the latents
  * with the VAE (tiled as upstream's defaults, or untiled) and converts them to RGB8 frames as
@@ -35,12 +36,14 @@
 #include "models/wan_video_dit.h"
 #include "models/wan_video_prompt.h"
 #include "models/wan_video_text_encoder.h"
+#include "models/wan_video_vace.h"
 #include "models/wan_video_vae.h"
 #include "pipelines/pipeline.h"
 
 #define TEXT_ENCODER_CLASS "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
 #define DIT_CLASS "diffsynth.models.wan_video_dit.WanModel"
 #define VAE_CLASS "diffsynth.models.wan_video_vae.WanVideoVAE"
+#define VACE_CLASS "diffsynth.models.wan_video_vace.VaceWanModel"
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
 #define LATENT_CHANNELS 16 /* the Wan2.1 VAE's z_dim */
@@ -48,6 +51,9 @@
 #define SIZE_MULTIPLE 16   /* height/width division factors: upsampling factor * 2 */
 #define TIME_FACTOR 4      /* frames are 4k + 1 */
 #define SEQ_LEN 512        /* the tokenizer's seq_len: context rows */
+/* VACE's context: inactive and reactive latents, then the mask's 8 x 8 pixel blocks. */
+#define VACE_MASK_CHANNELS (SPATIAL * SPATIAL)
+#define VACE_CHANNELS (2 * LATENT_CHANNELS + VACE_MASK_CHANNELS)
 /* The limits the table declares to clients: far above real use (upstream's default is 81
  * frames of 480 x 832), low enough that a typo fails fast. */
 #define SIZE_MIN 16
@@ -56,7 +62,7 @@
 #define STEPS_MAX 1000
 #define TILE_MAX 4096
 
-typedef enum { ROLE_TEXT_ENCODER, ROLE_DIT, ROLE_VAE } role_index;
+typedef enum { ROLE_TEXT_ENCODER, ROLE_DIT, ROLE_VAE, ROLE_VACE } role_index;
 typedef enum {
     PARAM_SEED,
     PARAM_STEPS,
@@ -66,35 +72,46 @@ typedef enum {
     PARAM_FRAMES,
     PARAM_SHIFT,
     PARAM_STRENGTH,
+    PARAM_VACE_SCALE,
     PARAM_TILED,
     PARAM_TILE_SIZE_H,
     PARAM_TILE_SIZE_W,
     PARAM_TILE_STRIDE_H,
     PARAM_TILE_STRIDE_W,
 } param_index;
-typedef enum { INPUT_VIDEO } input_index;
+typedef enum {
+    INPUT_VIDEO,
+    INPUT_VACE_VIDEO,
+    INPUT_VACE_MASK,
+    INPUT_VACE_REFERENCE,
+} input_index;
 typedef enum { OUTPUT_VIDEO, OUTPUT_LATENTS } output_index;
 
 typedef struct wan_run {
     const ds_loaded_model *text_encoder, *dit, *vae;
+    const ds_loaded_model *vace; /* NULL, or a VaceWanModel run with vace_context */
     char *prompt, *negative_prompt, *tokenizer; /* owned copies; tokenizer may be NULL */
     uint64_t seed;
-    double cfg_scale, denoising_strength, sigma_shift;
+    double cfg_scale, denoising_strength, sigma_shift, vace_scale;
     ds_dtype dtype;
     int height, width, frames; /* after ShapeChecker's rounding */
-    int64_t lt, lh, lw;        /* latent frames, height / 8, width / 8 */
+    int64_t lt, lh, lw;        /* latent frames (reference frame included), height / 8, width / 8 */
+    int64_t ref;               /* 1 with vace_reference_image (prepended, trimmed before decode) */
     size_t latent_count;       /* 16 * lt * lh * lw */
     int tiled;
     ds_wan_video_vae_tiling tiling;
     ds_flow_match schedule;
 
-    const ds_tensor *input_video; /* borrowed until the encode unit */
+    /* Borrowed until the encode unit. */
+    const ds_tensor *input_video, *vace_video, *vace_mask, *vace_reference;
 
     void *latents;          /* [1, 16, lt, lh, lw] compute dtype */
     void *pred_posi;        /* the same shape: noise predictions of one step */
     void *pred_nega;
     ds_step_io prompt_posi; /* encode_prompt's "context" [1, 512, text_dim] */
     ds_step_io prompt_nega; /* empty when cfg_scale == 1 */
+    void *vace_context;     /* NULL, or [1, 96, lt, lh, lw] compute dtype */
+    void *final_latents;    /* [1, 16, lt - ref, lh, lw]: what the VAE decodes */
 
     uint8_t *rgb;           /* [frames, height, width, 3] */
     ds_tensor latents_out, video_out;
@@ -203,18 +220,63 @@ static int check_models(const ds_pipeline_args *a, ds_error *err)
     return DS_OK;
 }
 
-/* A [T, H, W, 3] u8 video at the pipeline's (rounded) size and frame count. */
-static int check_video(const ds_tensor *t, const char *name, int frames, int height, int width,
-                       ds_error *err)
+/* A [T, H, W, 3] u8 video at the pipeline's (rounded) size with num_frames frames (`more`: or
+ * more, of which the first num_frames are used, as upstream's VACE unit cuts them). */
+static int check_video(const ds_tensor *t, const char *name, int frames, int more, int height,
+                       int width, ds_error *err)
 {
-    if (t->dtype != DS_U8 || t->ndim != 4 || t->shape[0] != frames || t->shape[1] != height ||
-        t->shape[2] != width || t->shape[3] != 3) {
+    if (t->dtype != DS_U8 || t->ndim != 4 || t->shape[0] < frames ||
+        (!more && t->shape[0] != frames) || t->shape[1] != height || t->shape[2] != width ||
+        t->shape[3] != 3) {
         char got[96];
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "wan_video: %s is %s, expected [%d, %d, %d, 3] u8 (num_frames, "
+                            "wan_video: %s is %s, expected [%s%d, %d, %d, 3] u8 (num_frames, "
                             "height, width after rounding: frames to 4k + 1, sides to multiples "
                             "of 16)",
-                            name, ds_tensor_describe(t, got, sizeof got), frames, height, width);
+                            name, ds_tensor_describe(t, got, sizeof got), more ? ">= " : "",
+                            frames, height, width);
+    }
+    return DS_OK;
+}
+
+/* The VACE inputs against the pipeline's size and the VACE model. */
+static int check_vace(const ds_pipeline_args *a, int frames, int height, int width,
+                      ds_error *err)
+{
+    const ds_tensor *video = a->inputs[INPUT_VACE_VIDEO], *mask = a->inputs[INPUT_VACE_MASK];
+    const ds_tensor *ref = a->inputs[INPUT_VACE_REFERENCE];
+    const ds_loaded_model *vace = a->models[ROLE_VACE];
+    int rc;
+    if (!video && !mask && !ref)
+        return DS_OK;
+    if (!vace)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: %s needs a vace model (%s)",
+                            video ? "vace_video" : mask ? "vace_video_mask"
+                                                        : "vace_reference_image",
+                            VACE_CLASS);
+    if ((rc = check_model(vace, "vace", VACE_CLASS, err)) != DS_OK)
+        return rc;
+    ds__wan_vace_config c;
+    if ((rc = ds__wan_vace_config_of(vace, &c, err)) != DS_OK)
+        return ds_error_prefix(err, "wan_video: the vace model: ");
+    if (c.in_dim != VACE_CHANNELS)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: the vace model takes %lld context channels, expected %d "
+                            "(inactive and reactive latents and the 8 x 8 mask)",
+                            (long long)c.in_dim, VACE_CHANNELS);
+    if (video && (rc = check_video(video, "vace_video", frames, 1, height, width, err)) != DS_OK)
+        return rc;
+    if (mask &&
+        (rc = check_video(mask, "vace_video_mask", frames, 1, height, width, err)) != DS_OK)
+        return rc;
+    if (ref && (ref->dtype != DS_U8 || ref->ndim != 3 || ref->shape[0] != height ||
+                ref->shape[1] != width || ref->shape[2] != 3)) {
+        char got[96];
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: vace_reference_image is %s, expected [%d, %d, 3] u8 (the "
+                            "output size after rounding up to multiples of 16)",
+                            ds_tensor_describe(ref, got, sizeof got), height, width);
     }
     return DS_OK;
 }
@@ -232,6 +294,8 @@ static void run_free(wan_run *p)
     free(p->latents);
     free(p->pred_posi);
     free(p->pred_nega);
+    free(p->vace_context);
+    free(p->final_latents);
     free(p->rgb);
     free(p);
 }
@@ -260,7 +324,9 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
                             "video to start from)",
                             strength);
     if (input_video &&
-        (rc = check_video(input_video, "input_video", frames, height, width, err)) != DS_OK)
+        (rc = check_video(input_video, "input_video", frames, 0, height, width, err)) != DS_OK)
+        return rc;
+    if ((rc = check_vace(a, frames, height, width, err)) != DS_OK)
         return rc;
     ds_wan_video_vae_tiling tiling = {v[PARAM_TILE_SIZE_H].i, v[PARAM_TILE_SIZE_W].i,
                                       v[PARAM_TILE_STRIDE_H].i, v[PARAM_TILE_STRIDE_W].i};
@@ -277,6 +343,8 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
     p->text_encoder = a->models[ROLE_TEXT_ENCODER];
     p->dit = a->models[ROLE_DIT];
     p->vae = a->models[ROLE_VAE];
+    p->vace = a->models[ROLE_VACE];
+    p->vace_scale = v[PARAM_VACE_SCALE].d;
     p->seed = v[PARAM_SEED].u;
     p->cfg_scale = v[PARAM_CFG].d;
     p->denoising_strength = strength;
@@ -285,13 +353,18 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
     p->height = height;
     p->width = width;
     p->frames = frames;
-    p->lt = (frames - 1) / TIME_FACTOR + 1;
+    p->ref = a->inputs[INPUT_VACE_REFERENCE] != NULL;
+    p->lt = (frames - 1) / TIME_FACTOR + 1 + p->ref;
     p->lh = height / SPATIAL;
     p->lw = width / SPATIAL;
     p->latent_count = (size_t)LATENT_CHANNELS * (size_t)p->lt * (size_t)p->lh * (size_t)p->lw;
     p->tiled = v[PARAM_TILED].i != 0;
     p->tiling = tiling;
     p->input_video = input_video;
+    p->vace_video = a->inputs[INPUT_VACE_VIDEO];
+    p->vace_mask = a->inputs[INPUT_VACE_MASK];
+    p->vace_reference = a->inputs[INPUT_VACE_REFERENCE];
+    int with_vace = p->vace_video || p->vace_mask || p->vace_reference;
     ds_step_io_init(&p->prompt_posi);
     ds_step_io_init(&p->prompt_nega);
     p->prompt = strdup(a->prompt);
@@ -301,8 +374,10 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
     p->latents = malloc(bytes);
     p->pred_posi = malloc(bytes);
     p->pred_nega = p->cfg_scale != 1.0 ? malloc(bytes) : NULL;
+    p->vace_context = with_vace ? malloc(bytes / LATENT_CHANNELS * VACE_CHANNELS) : NULL;
     if (!p->prompt || !p->negative_prompt || (a->tokenizer && !p->tokenizer) || !p->latents ||
-        !p->pred_posi || (p->cfg_scale != 1.0 && !p->pred_nega)) {
+        !p->pred_posi || (p->cfg_scale != 1.0 && !p->pred_nega) ||
+        (with_vace && !p->vace_context)) {
         rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                           "wan_video: out of memory for %zu latents", p->latent_count);
         goto fail;
@@ -352,20 +427,51 @@ static int encode_prompt(wan_run *p, const ds_step_context *ctx, const char *pro
                                 err);
 }
 
-/* preprocess_video: frames [T, H, W, 3] u8 -> [1, 3, T, H, W] in the compute dtype, each frame
- * through preprocess_image. */
-static int preprocess_video(const wan_run *p, const ds_tensor *rgb, void *out, ds_error *err)
+static float round_to(ds_dtype dtype, float x)
+{
+    return dtype == DS_BF16 ? ds_bf16_to_f32(ds_f32_to_bf16(x)) : x;
+}
+
+static float load(ds_dtype dtype, const void *data, size_t i)
+{
+    return dtype == DS_BF16 ? ds_bf16_to_f32(((const uint16_t *)data)[i])
+                            : ((const float *)data)[i];
+}
+
+static void store(ds_dtype dtype, void *data, size_t i, float x)
+{
+    if (dtype == DS_BF16)
+        ((uint16_t *)data)[i] = ds_f32_to_bf16(x);
+    else
+        ((float *)data)[i] = x;
+}
+
+/* preprocess_video: the first T frames of rgb [>= T, H, W, 3] u8 -> [1, 3, T, H, W] in the
+ * compute dtype, each frame as preprocess_image with upstream's range: [-1, 1] for pictures,
+ * [0, 1] (`mask`) for the VACE mask. */
+static int preprocess_video(const wan_run *p, const uint8_t *rgb, size_t T, int mask, void *out,
+                            ds_error *err)
 {
     size_t esize = ds_dtype_size(p->dtype);
-    size_t plane = (size_t)p->height * (size_t)p->width, T = (size_t)rgb->shape[0];
+    size_t plane = (size_t)p->height * (size_t)p->width;
+    if (mask) {
+        /* image * ((1 - 0) / 255) + 0: the Python double met by a float32 op. */
+        const float scale = (float)(1.0 / 255.0);
+        for (size_t t = 0; t < T; t++)
+            for (size_t c = 0; c < 3; c++)
+                for (size_t i = 0; i < plane; i++) {
+                    float x = round_to(p->dtype, (float)rgb[(t * plane + i) * 3 + c] * scale);
+                    store(p->dtype, out, (c * T + t) * plane + i, x + 0.0f);
+                }
+        return DS_OK;
+    }
     void *frame = malloc(3 * plane * esize);
     if (!frame)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                             "wan_video: out of memory for a %d x %d frame", p->height, p->width);
     int rc = DS_OK;
     for (size_t t = 0; t < T && rc == DS_OK; t++) {
-        rc = ds_preprocess_image((const uint8_t *)rgb->data + t * plane * 3, p->height, p->width,
-                                 p->dtype, frame, err);
+        rc = ds_preprocess_image(rgb + t * plane * 3, p->height, p->width, p->dtype, frame, err);
         for (size_t c = 0; rc == DS_OK && c < 3; c++)
             memcpy((char *)out + ((c * T + t) * plane) * esize,
                    (const char *)frame + c * plane * esize, plane * esize);
@@ -374,61 +480,233 @@ static int preprocess_video(const wan_run *p, const ds_tensor *rgb, void *out, d
     return rc;
 }
 
-/* WanVideoUnit_InputVideoEmbedder: latents = add_noise(vae.encode(input_video), noise,
- * timesteps[0]). */
-static int embed_input_video(wan_run *p, const ds_step_context *ctx, const void *noise,
-                             ds_error *err)
+/* vae.encode of video [1, 3, T, H, W] (compute dtype) into latents [1, 16, (T - 1) / 4 + 1, lh,
+ * lw], tiled as the run says or untiled. */
+static int vae_encode(wan_run *p, const ds_step_context *ctx, const void *video, int64_t T,
+                      int tiled, void *latents, const char *what, ds_error *err)
 {
     ds_backend *cpu;
     int rc = ds_cpu_fallback_backend(&cpu, err);
     if (rc != DS_OK)
         return rc;
+    ds_tensor v = ds_tensor_wrap(cpu, p->dtype, 5, SHAPE(1, 3, T, p->height, p->width),
+                                 (void *)video);
+    ds_tensor z = ds_tensor_wrap(cpu, p->dtype, 5,
+                                 SHAPE(1, LATENT_CHANNELS, (T - 1) / TIME_FACTOR + 1, p->lh,
+                                       p->lw),
+                                 latents);
+    ds_step_context inner = inner_context(ctx);
+    rc = ds_wan_video_vae_encode(p->vae, &inner, tiled ? &p->tiling : NULL, &v, &z, err);
+    if (rc != DS_OK)
+        ds_error_prefix(err, "wan_video: %s: ", what);
+    return rc;
+}
+
+/* Copies frames [0, count) of src [C, src_T, plane] to frames [at, at + count) of dst
+ * [C, dst_T, plane] (elements of esize bytes), channel by channel. */
+static void copy_frames(void *dst, int64_t dst_T, int64_t at, const void *src, int64_t src_T,
+                        int64_t count, int64_t channels, size_t plane_bytes)
+{
+    for (int64_t c = 0; c < channels; c++)
+        memcpy((char *)dst + (size_t)(c * dst_T + at) * plane_bytes,
+               (const char *)src + (size_t)(c * src_T) * plane_bytes,
+               (size_t)count * plane_bytes);
+}
+
+/* The reference image as a one-frame video [1, 3, 1, H, W] in the compute dtype. */
+static int reference_video(const wan_run *p, void **out, ds_error *err)
+{
+    size_t plane = (size_t)p->height * (size_t)p->width;
+    *out = malloc(3 * plane * ds_dtype_size(p->dtype));
+    if (!*out)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "wan_video: out of memory for vace_reference_image");
+    return preprocess_video(p, p->vace_reference->data, 1, 0, *out, err);
+}
+
+/* WanVideoUnit_InputVideoEmbedder: latents = add_noise(vae.encode(input_video), noise,
+ * timesteps[0]), the reference image's latents (encoded untiled, as upstream does here)
+ * prepended when VACE has one. */
+static int embed_input_video(wan_run *p, const ds_step_context *ctx, const void *noise,
+                             ds_error *err)
+{
     size_t esize = ds_dtype_size(p->dtype);
+    size_t plane = (size_t)p->lh * (size_t)p->lw;
+    int64_t video_lt = p->lt - p->ref;
     size_t pixels = 3 * (size_t)p->frames * (size_t)p->height * (size_t)p->width;
     void *video = malloc(pixels * esize);
     void *input_latents = malloc(p->latent_count * esize);
-    if (!video || !input_latents) {
+    void *video_latents = malloc((size_t)LATENT_CHANNELS * (size_t)video_lt * plane * esize);
+    void *ref = NULL, *ref_latents = NULL;
+    int rc;
+    if (!video || !input_latents || !video_latents) {
         rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                           "wan_video: out of memory for input_video's %d frames", p->frames);
         goto done;
     }
-    if ((rc = preprocess_video(p, p->input_video, video, err)) != DS_OK)
+    if ((rc = preprocess_video(p, p->input_video->data, (size_t)p->frames, 0, video, err)) !=
+            DS_OK ||
+        (rc = vae_encode(p, ctx, video, p->frames, p->tiled, video_latents, "input_video",
+                         err)) != DS_OK)
         goto done;
-    ds_tensor v = ds_tensor_wrap(cpu, p->dtype, 5, SHAPE(1, 3, p->frames, p->height, p->width),
-                                 video);
-    ds_tensor z = ds_tensor_wrap(cpu, p->dtype, 5,
-                                 SHAPE(1, LATENT_CHANNELS, p->lt, p->lh, p->lw), input_latents);
-    ds_step_context inner = inner_context(ctx);
-    if ((rc = ds_wan_video_vae_encode(p->vae, &inner, p->tiled ? &p->tiling : NULL, &v, &z,
-                                      err)) != DS_OK) {
-        ds_error_prefix(err, "wan_video: input_video: ");
-        goto done;
+    copy_frames(input_latents, p->lt, p->ref, video_latents, video_lt, video_lt, LATENT_CHANNELS,
+                plane * esize);
+    if (p->ref) {
+        if (!(ref_latents = malloc((size_t)LATENT_CHANNELS * plane * esize))) {
+            rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                              "wan_video: out of memory for vace_reference_image's latents");
+            goto done;
+        }
+        if ((rc = reference_video(p, &ref, err)) != DS_OK ||
+            (rc = vae_encode(p, ctx, ref, 1, 0, ref_latents, "vace_reference_image", err)) !=
+                DS_OK)
+            goto done;
+        copy_frames(input_latents, p->lt, 0, ref_latents, 1, 1, LATENT_CHANNELS, plane * esize);
     }
     rc = ds_flow_match_add_noise(&p->schedule, 0, p->dtype, input_latents, noise, p->latents,
                                  p->latent_count, err);
 done:
     free(video);
     free(input_latents);
+    free(video_latents);
+    free(ref);
+    free(ref_latents);
     return rc;
 }
 
-/* Noise, both prompts and the input video's latents, as upstream's units before the loop. */
+/* interpolate(mode="nearest-exact") along one axis of `in` frames to `out` frames: PyTorch's CPU
+ * kernel takes the float scale in / out and the source min(floorf((i + 0.5) * scale), in - 1). */
+static int64_t nearest_exact_source(int64_t i, int64_t in, int64_t out)
+{
+    float scale = (float)in / (float)out;
+    int64_t src = (int64_t)floorf((float)(((double)i + 0.5) * (double)scale));
+    return src < in - 1 ? src : in - 1;
+}
+
+/* WanVideoUnit_VACE: vace_context [1, 96, lt, lh, lw] = the VAE latents of the video outside
+ * (inactive) and inside (reactive) the mask, then the mask's 8 x 8 pixel blocks as 64 channels
+ * at the latent frame rate; the reference image's latents (and zeros) prepended as frame 0. */
+static int embed_vace(wan_run *p, const ds_step_context *ctx, ds_error *err)
+{
+    ds_dtype dt = p->dtype;
+    size_t esize = ds_dtype_size(dt);
+    size_t T = (size_t)p->frames, px = (size_t)p->height * (size_t)p->width;
+    size_t lplane = (size_t)p->lh * (size_t)p->lw;
+    int64_t video_lt = p->lt - p->ref;
+    size_t video_bytes = 3 * T * px * esize;
+    size_t latent_bytes = (size_t)LATENT_CHANNELS * (size_t)video_lt * lplane * esize;
+    void *video = malloc(video_bytes), *mask = malloc(video_bytes);
+    void *inactive = malloc(video_bytes), *reactive = malloc(video_bytes);
+    void *z_in = malloc(latent_bytes), *z_re = malloc(latent_bytes);
+    void *ref = NULL, *ref_latents = NULL;
+    int rc = DS_OK;
+    if (!video || !mask || !inactive || !reactive || !z_in || !z_re) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                          "wan_video: out of memory for the VACE video's %d frames", p->frames);
+        goto done;
+    }
+    /* No video: zeros; no mask: ones (the whole video is to be generated). */
+    if (p->vace_video)
+        rc = preprocess_video(p, p->vace_video->data, T, 0, video, err);
+    else
+        memset(video, 0, video_bytes);
+    if (rc == DS_OK && p->vace_mask)
+        rc = preprocess_video(p, p->vace_mask->data, T, 1, mask, err);
+    else if (rc == DS_OK)
+        for (size_t i = 0; i < 3 * T * px; i++)
+            store(dt, mask, i, 1.0f);
+    if (rc != DS_OK)
+        goto done;
+    /* inactive = video * (1 - mask) + 0 * mask; reactive = video * mask + 0 * (1 - mask), each
+     * op rounded to the compute dtype. */
+    for (size_t i = 0; i < 3 * T * px; i++) {
+        float v = load(dt, video, i), m = load(dt, mask, i);
+        float keep = round_to(dt, 1.0f - m);
+        store(dt, inactive, i, round_to(dt, v * keep) + round_to(dt, 0.0f * m));
+        store(dt, reactive, i, round_to(dt, v * m) + round_to(dt, 0.0f * keep));
+    }
+    if ((rc = vae_encode(p, ctx, inactive, (int64_t)T, p->tiled, z_in, "vace_video (inactive)",
+                         err)) != DS_OK ||
+        (rc = cancelled(ctx, err)) != DS_OK ||
+        (rc = vae_encode(p, ctx, reactive, (int64_t)T, p->tiled, z_re, "vace_video (reactive)",
+                         err)) != DS_OK)
+        goto done;
+
+    void *out = p->vace_context;
+    size_t out_plane = lplane * esize;
+    memset(out, 0, (size_t)VACE_CHANNELS * (size_t)p->lt * out_plane);
+    copy_frames(out, p->lt, p->ref, z_in, video_lt, video_lt, LATENT_CHANNELS, out_plane);
+    copy_frames((char *)out + (size_t)LATENT_CHANNELS * (size_t)p->lt * out_plane, p->lt,
+                p->ref, z_re, video_lt, video_lt, LATENT_CHANNELS, out_plane);
+    /* rearrange(mask[0, 0], "T (H P) (W Q) -> 1 (P Q) T H W", P=8, Q=8), then nearest-exact to
+     * (T + 3) / 4 frames. */
+    for (int64_t t = 0; t < video_lt; t++) {
+        size_t src_t = (size_t)nearest_exact_source(t, (int64_t)T, video_lt);
+        for (int64_t pq = 0; pq < VACE_MASK_CHANNELS; pq++) {
+            int64_t pp = pq / SPATIAL, qq = pq % SPATIAL;
+            size_t base = ((size_t)(2 * LATENT_CHANNELS + pq) * (size_t)p->lt +
+                           (size_t)(t + p->ref)) * lplane;
+            for (int64_t h = 0; h < p->lh; h++)
+                for (int64_t w = 0; w < p->lw; w++) {
+                    size_t at = src_t * px + (size_t)(h * SPATIAL + pp) * (size_t)p->width +
+                                (size_t)(w * SPATIAL + qq);
+                    store(dt, out, base + (size_t)(h * p->lw + w), load(dt, mask, at));
+                }
+        }
+    }
+    if (p->ref) {
+        if (!(ref_latents = malloc((size_t)LATENT_CHANNELS * out_plane))) {
+            rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                              "wan_video: out of memory for vace_reference_image's latents");
+            goto done;
+        }
+        if ((rc = reference_video(p, &ref, err)) != DS_OK ||
+            (rc = vae_encode(p, ctx, ref, 1, p->tiled, ref_latents, "vace_reference_image",
+                             err)) != DS_OK)
+            goto done;
+        copy_frames(out, p->lt, 0, ref_latents, 1, 1, LATENT_CHANNELS, out_plane);
+    }
+done:
+    free(video);
+    free(mask);
+    free(inactive);
+    free(reactive);
+    free(z_in);
+    free(z_re);
+    free(ref);
+    free(ref_latents);
+    return rc;
+}
+
+/* Noise, both prompts, the input video's latents and the VACE context, as upstream's units
+ * before the loop. */
 static int run_encode(wan_run *p, const ds_step_context *ctx, ds_error *err)
 {
     int rc;
-    int parts = 1 + (p->cfg_scale != 1.0) + (p->input_video != NULL);
+    int parts = 1 + (p->cfg_scale != 1.0) + (p->input_video != NULL) + (p->vace_context != NULL);
     int done = 0;
     size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
     report(ctx, "encode", 0, (uint64_t)parts);
 
     /* generate_noise: drawn in float32, then cast to the compute dtype. */
+    float *drawn = malloc(p->latent_count * sizeof *drawn);
     float *noise = malloc(p->latent_count * sizeof *noise);
-    if (!noise)
+    if (!drawn || !noise) {
+        free(drawn);
+        free(noise);
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "wan_video: out of memory for the noise");
+    }
     ds_torch_generator gen;
     ds_torch_generator_seed(&gen, p->seed);
-    if ((rc = ds_torch_randn(&gen, DS_F32, noise, p->latent_count, err)) != DS_OK)
+    if ((rc = ds_torch_randn(&gen, DS_F32, drawn, p->latent_count, err)) != DS_OK)
         goto done;
+    /* With a reference frame the last drawn frame moves to the front:
+     * concat(noise[:, :, -1:], noise[:, :, :-1]). */
+    size_t plane = (size_t)p->lh * (size_t)p->lw * sizeof(float);
+    copy_frames(noise, p->lt, p->ref, drawn, p->lt, p->lt - p->ref, LATENT_CHANNELS, plane);
+    if (p->ref)
+        copy_frames(noise, p->lt, 0, (const char *)drawn + (size_t)(p->lt - 1) * plane, p->lt, 1,
+                    LATENT_CHANNELS, plane);
     if (p->dtype == DS_BF16) {
         uint16_t *bf = (uint16_t *)noise;
         /* In place, front to back: element i's bf16 lands at or before its float. */
@@ -453,11 +731,17 @@ static int run_encode(wan_run *p, const ds_step_context *ctx, ds_error *err)
     } else {
         memcpy(p->latents, noise, bytes);
     }
+    if (p->vace_context) {
+        if ((rc = cancelled(ctx, err)) != DS_OK || (rc = embed_vace(p, ctx, err)) != DS_OK)
+            goto done;
+        report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+    }
     rc = DS_OK;
 done:
+    free(drawn);
     free(noise);
     /* The caller's tensors are borrowed only until here. */
-    p->input_video = NULL;
+    p->input_video = p->vace_video = p->vace_mask = p->vace_reference = NULL;
     return rc;
 }
 
@@ -477,6 +761,15 @@ static int predict(wan_run *p, const ds_step_context *ctx, const ds_step_io *sid
     ds_tensor out = ds_tensor_wrap(cpu, p->dtype, 5, shape, pred);
     ds_tensor t = ds_tensor_wrap(cpu, DS_F32, 1, SHAPE(1), &timestep);
     ds_wan_video_dit_inputs in = {.latents = &latents, .timestep = &t, .context = context};
+    ds_tensor vace_context;
+    if (p->vace_context) {
+        vace_context = ds_tensor_wrap(cpu, p->dtype, 5,
+                                      SHAPE(1, VACE_CHANNELS, p->lt, p->lh, p->lw),
+                                      p->vace_context);
+        in.vace = p->vace;
+        in.vace_context = &vace_context;
+        in.vace_scale = (float)p->vace_scale;
+    }
     ds_step_context inner = inner_context(ctx);
     return ds_wan_video_dit_forward(p->dit, &inner, &in, &out, err);
 }
@@ -515,17 +808,23 @@ static int run_decode(wan_run *p, const ds_step_context *ctx, ds_error *err)
         return rc;
     size_t esize = ds_dtype_size(p->dtype);
     size_t plane = (size_t)p->height * (size_t)p->width, T = (size_t)p->frames;
+    int64_t lt = p->lt - p->ref;
+    size_t lplane = (size_t)p->lh * (size_t)p->lw * esize;
     void *video = malloc(3 * T * plane * esize);
     void *frame = malloc(3 * plane * esize);
     p->rgb = malloc(3 * T * plane);
-    if (!video || !frame || !p->rgb) {
+    p->final_latents = malloc((size_t)LATENT_CHANNELS * (size_t)lt * lplane);
+    if (!video || !frame || !p->rgb || !p->final_latents) {
         rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                           "wan_video: out of memory for %d frames of %d x %d", p->frames,
                           p->height, p->width);
         goto done;
     }
-    const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, p->lt, p->lh, p->lw);
-    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 5, latent_shape, p->latents);
+    /* latents[:, :, ref:]: the reference frame is dropped before decoding. */
+    copy_frames(p->final_latents, lt, 0, (const char *)p->latents + (size_t)p->ref * lplane,
+                p->lt, lt, LATENT_CHANNELS, lplane);
+    const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, lt, p->lh, p->lw);
+    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 5, latent_shape, p->final_latents);
     ds_tensor decoded = ds_tensor_wrap(cpu, p->dtype, 5,
                                        SHAPE(1, 3, p->frames, p->height, p->width), video);
     if ((rc = ds_wan_video_vae_decode(p->vae, ctx, p->tiled ? &p->tiling : NULL, &latents,
@@ -655,7 +954,11 @@ static int op_estimate_memory(const ds_pipeline_args *args, const ds_pipeline_me
     uint64_t context = (uint64_t)SEQ_LEN * 4096 * es;
     uint64_t pixels = frames * h * w;
     uint64_t threads = m->threads > 0 ? (uint64_t)m->threads : 1;
-    need->held = 3 * latents + 2 * context + pixels * 3 + m->inline_bytes;
+    int vace = args->inputs[INPUT_VACE_VIDEO] || args->inputs[INPUT_VACE_MASK] ||
+               args->inputs[INPUT_VACE_REFERENCE];
+    if (args->inputs[INPUT_VACE_REFERENCE])
+        latents += latents / lt;
+    need->held = (3 + (vace ? 6 : 0)) * latents + 2 * context + pixels * 3 + m->inline_bytes;
     /* The DiT: tokens of 1536 (1.3B) to 5120 (14B) wide, the FFN 3.5 times that, and one
      * attention score row block per thread. */
     uint64_t tokens = lt * (lh / 2) * (lw / 2);
@@ -671,6 +974,8 @@ static int op_estimate_memory(const ds_pipeline_args *args, const ds_pipeline_me
     }
     uint64_t vae = 4 * tile_px * VAE_TOP_CHANNELS * 4 * VAE_LIVE_BUFFERS +
                    pixels * 3 * 4 * 3; /* the output, its blend weights and the float video */
+    /* The encode unit's float videos: input, mask, inactive and reactive for VACE. */
+    vae += pixels * 3 * es * (vace ? 4 : 1);
     uint64_t peak = dit > text ? dit : text;
     need->peak = peak > vae ? peak : vae;
     snprintf(what, what_size, "wan_video %llu frames of %llux%llu (height x width), %s",
@@ -691,6 +996,7 @@ static const ds_pipeline_role roles[] = {
     [ROLE_TEXT_ENCODER] = {"text_encoder", "wan_video_text_encoder", TEXT_ENCODER_CLASS, 1},
     [ROLE_DIT] = {"dit", "wan_video_dit", DIT_CLASS, 1},
     [ROLE_VAE] = {"vae", "wan_video_vae", VAE_CLASS, 1},
+    [ROLE_VACE] = {"vace", "wan_video_vace", VACE_CLASS, 0},
 };
 
 /* The defaults are upstream's __call__ defaults. */
@@ -711,6 +1017,8 @@ static const ds_pipeline_param params[] = {
                      "the FlowMatch Wan schedule's shift"},
     [PARAM_STRENGTH] = {"denoising_strength", DS_PIPELINE_NUMBER, 0, 1, 1, "1",
                         "video-to-video strength; below 1 needs input_video"},
+    [PARAM_VACE_SCALE] = {"vace_scale", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0, "1",
+                          "scale of the VACE hints added to the DiT's stream"},
     [PARAM_TILED] = {"tiled", DS_PIPELINE_INT, 0, 1, 0, "1",
                      "1: the VAE encodes and decodes in blended spatial tiles; 0: whole frames"},
     [PARAM_TILE_SIZE_H] = {"tile_size_h", DS_PIPELINE_INT, 1, TILE_MAX, 0, "30",
@@ -728,6 +1036,17 @@ static const ds_pipeline_tensor inputs[] = {
                      "[T, H, W, 3] u8 RGB frames at the output size and frame count: "
                      "video-to-video",
                      NULL, 0, 1},
+    [INPUT_VACE_VIDEO] = {"vace_video",
+                          "[T, H, W, 3] u8 RGB frames at the output size, T >= num_frames (the "
+                          "first num_frames used): VACE's conditioning video",
+                          "vace", 0, 1},
+    [INPUT_VACE_MASK] = {"vace_video_mask",
+                         "[T, H, W, 3] u8 like vace_video: 255 where VACE generates, 0 where it "
+                         "keeps vace_video (the first channel gives the mask latents)",
+                         "vace", 0, 1},
+    [INPUT_VACE_REFERENCE] = {"vace_reference_image",
+                              "[H, W, 3] u8 RGB at the output size: VACE's reference frame",
+                              "vace", 0, 0},
 };
 
 static const ds_pipeline_tensor outputs[] = {
@@ -750,7 +1069,7 @@ static const char *const phases[] = {"encode", "denoise", "decode"};
 
 const ds_pipeline_def ds__wan_video_pipeline = {
     .name = "wan_video",
-    .summary = "Wan2.1 text-to-video and video-to-video",
+    .summary = "Wan2.1 text-to-video, video-to-video and VACE",
     .roles = roles,
     .role_count = COUNT(roles),
     .params = params,

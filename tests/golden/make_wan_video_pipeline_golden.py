@@ -5,7 +5,9 @@ C test regenerates bit for bit (tests/tools/seeded_weights.c):
                 vocabulary of tests/data/wan_tokenizer) cut to 1 block,
   DiT:          make_wan_video_dit_golden.py's Wan2.1-T2V-1.3B WanModel (row 9269f8db…, full
                 width) cut to 1 block,
-  VAE:          make_wan_video_vae_golden.py's WanVideoVAE (the real config).
+  VAE:          make_wan_video_vae_golden.py's WanVideoVAE (the real config),
+  VACE:         VaceWanModel at the DiT's width with vace_layers (0,) and vace_in_dim 96,
+                seeded as make_wan_video_dit_golden.py seeds its VACE branch (the "vace" case).
 The tokenizer is a stand-in that returns, for each prompt, the ids and mask upstream's
 HuggingfaceTokenizer gives with the test SentencePiece model, as recorded in
 tests/data/wan_tokenizer/cases.json (upstream's tokenizer class needs transformers' slow-to-fast
@@ -17,12 +19,19 @@ Cases (9 frames, cfg 5, 3 steps, sigma_shift 5 unless said):
         default tiling (tile 30 x 52, stride 15 x 26: one tile at this size)
   v2v   seed 7, 48 x 64, input_video (9 seeded frames), denoising_strength 0.7, sigma_shift 3,
         tiled with tile 4 x 6 and stride 2 x 3 (latent units), so encode and decode blend tiles
+  vace  seed 3, 48 x 64, vace_scale 0.8, untiled: vace_video (10 seeded frames, one more than
+        num_frames: upstream uses the first 9), vace_video_mask (10 frames of 0 / 255 in a
+        pattern that differs per frame, channel and pixel within the 8 x 8 blocks),
+        vace_reference_image (seeded): the reference frame is prepended to the noise and the
+        VACE context and trimmed before decoding
 
 Writes tests/data/golden/wan_video_pipeline.safetensors:
   <case>_latents  f32 [1, 16, 3, H/8, W/8]  the latents vae.decode received (the final latents)
   <case>_noise    f32 [1, 16, 3, H/8, W/8]  the initial noise (for diagnosis)
   <case>_video    u8 [9, H, W, 3]           the output frames
   v2v_input_video u8 [9, 48, 64, 3]
+  vace_input_video u8 [10, 48, 64, 3], vace_input_mask u8 [10, 48, 64, 3],
+  vace_input_reference u8 [48, 64, 3]  (the VACE inputs)
 Run with a private venv that has the upstream package (/work/venv/bin/python) - never in CI;
 it needs about 3 GB of memory.
 """
@@ -42,6 +51,7 @@ import make_wan_video_vae_golden as vae_golden  # noqa: E402
 import seeded_weights  # noqa: E402
 
 from diffsynth.models.wan_video_dit import WanModel  # noqa: E402
+from diffsynth.models.wan_video_vace import VaceWanModel  # noqa: E402
 from diffsynth.pipelines.wan_video import WanVideoPipeline  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -57,7 +67,17 @@ CASES = {
     "v2v": dict(seed=7, num_inference_steps=3, cfg_scale=5.0, height=48, width=64, num_frames=9,
                 denoising_strength=0.7, sigma_shift=3.0, tiled=True, tile_size=(4, 6),
                 tile_stride=(2, 3)),
+    "vace": dict(seed=3, num_inference_steps=3, cfg_scale=5.0, height=48, width=64,
+                 num_frames=9, vace_scale=0.8, tiled=False),
 }
+VACE_LAYERS = (0,)
+
+
+def vace_mask(frames, height, width):
+    """255 where (3h + 5w + 7t + c) % 11 < 5: different per frame, channel and pixel."""
+    t, h, w, c = np.meshgrid(np.arange(frames), np.arange(height), np.arange(width),
+                             np.arange(3), indexing="ij")
+    return np.where((3 * h + 5 * w + 7 * t + c) % 11 < 5, 255, 0).astype(np.uint8)
 
 
 def seeded_video(name, frames, height, width):
@@ -95,6 +115,10 @@ def main():
     dit_kwargs = dit_golden.row_kwargs(T2V_ROW)
     dit = dit_golden.seeded(WanModel(**dit_kwargs))
     vae = vae_golden.build_model()
+    vace = dit_golden.seeded(VaceWanModel(
+        vace_layers=VACE_LAYERS, vace_in_dim=96, patch_size=dit_kwargs["patch_size"],
+        has_image_input=False, dim=dit_kwargs["dim"], num_heads=dit_kwargs["num_heads"],
+        ffn_dim=dit_kwargs["ffn_dim"], eps=dit_kwargs["eps"]))
     print("models built", flush=True)
 
     pipe = WanVideoPipeline(device="cpu", torch_dtype=torch.float32)
@@ -128,6 +152,18 @@ def main():
                                   kwargs["width"])
             tensors["v2v_input_video"] = torch.from_numpy(frames.copy())
             call["input_video"] = [Image.fromarray(f) for f in frames]
+        pipe.vace = vace if case == "vace" else None
+        if case == "vace":
+            h, w = kwargs["height"], kwargs["width"]
+            frames = seeded_video("vace.vace_video", 10, h, w)
+            mask = vace_mask(10, h, w)
+            ref = seeded_video("vace.vace_reference_image", 1, h, w)[0]
+            tensors["vace_input_video"] = torch.from_numpy(frames.copy())
+            tensors["vace_input_mask"] = torch.from_numpy(mask.copy())
+            tensors["vace_input_reference"] = torch.from_numpy(ref.copy())
+            call["vace_video"] = [Image.fromarray(f) for f in frames]
+            call["vace_video_mask"] = [Image.fromarray(m) for m in mask]
+            call["vace_reference_image"] = Image.fromarray(ref)
         with torch.no_grad():
             video = pipe(**call)
         frames = np.stack([np.array(f, dtype=np.uint8) for f in video])
@@ -138,7 +174,7 @@ def main():
 
     metadata = {"prompt": prompt, "negative_prompt": negative,
                 "text_layers": str(TEXT_LAYERS), "dit_layers": str(DIT_LAYERS),
-                "video_seed": str(VIDEO_SEED),
+                "video_seed": str(VIDEO_SEED), "vace_layers": repr(VACE_LAYERS),
                 "upstream": "diffsynth.pipelines.wan_video.WanVideoPipeline, torch "
                             + torch.__version__}
     for case, kwargs in CASES.items():

@@ -3,7 +3,8 @@
  * make_wan_video_pipeline_golden.py): reduced seeded models (text encoder cut to 1 block at full
  * width, the 1.3B DiT cut to 1 block, the real VAE), the test SentencePiece tokenizer, float32;
  * text-to-video with CFG at a height the pipeline rounds up and upstream's default tiling, and
- * video-to-video at strength 0.7 with small blended tiles. Then the unit sequence and its
+ * video-to-video at strength 0.7 with small blended tiles, VACE with a video, a mask and a
+ * reference image (a VaceWanModel of one layer at the DiT's width), untiled. Then the unit sequence and its
  * progress, cancellation, and the parameter and model checks. */
 #include <math.h>
 #include <stdio.h>
@@ -21,6 +22,11 @@
 #define TE_CLASS "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
 #define DIT_CLASS "diffsynth.models.wan_video_dit.WanModel"
 #define VAE_CLASS "diffsynth.models.wan_video_vae.WanVideoVAE"
+#define VACE_CLASS "diffsynth.models.wan_video_vace.VaceWanModel"
+#define VACE_KWARGS                                                                              \
+    "{\"vace_layers\": [0], \"vace_in_dim\": 96, \"patch_size\": [1, 2, 2], "                \
+    "\"has_image_input\": false, \"dim\": 1536, \"num_heads\": 12, \"ffn_dim\": 8960, "         \
+    "\"eps\": 1e-06}"
 /* The generator scripts' seeds. */
 #define TE_SEED 2026
 #define DIT_SEED 2025
@@ -38,7 +44,7 @@
 
 static ds_backend *cpu;
 static ds_safetensors *golden;
-static ds_loaded_model text_encoder, dit, vae;
+static ds_loaded_model text_encoder, dit, vae, vace;
 static int models_ready;
 static char tokenizer_dir[1024];
 static const ds_pipeline_def *def;
@@ -68,9 +74,17 @@ static int build_models(void)
         .bounds = ds_golden_bounds_qwen_image_vae, /* the same rule: gammas, conv fan_in */
         .seed = VAE_SEED,
     };
+    ds_golden_model_spec va = {
+        .model_class = VACE_CLASS,
+        .kwargs_json = VACE_KWARGS,
+        .bounds = ds_golden_bounds_wan_video_dit,
+        .seed = DIT_SEED,
+    };
     if (ds_golden_model_build(&te, &text_encoder) != 0 || ds_golden_model_build(&d, &dit) != 0 ||
-        ds_golden_model_build(&v, &vae) != 0)
+        ds_golden_model_build(&v, &vae) != 0 || ds_golden_model_build(&va, &vace) != 0)
         return 0;
+    /* What a load records and the VACE branch checks (the builder sets the class only). */
+    vace.model_class = (char *)VACE_CLASS;
     models_ready = 1;
     return 1;
 }
@@ -248,6 +262,34 @@ static void test_video_to_video(void)
     check_case("v2v", &a);
 }
 
+static ds_tensor golden_u8(const char *name)
+{
+    const ds_tensor_view *v = golden_view(name);
+    if (!v)
+        return (ds_tensor){0};
+    return ds_tensor_wrap(cpu, DS_U8, v->ndim, v->shape, (void *)v->data);
+}
+
+static void test_vace(void)
+{
+    ds_tensor video = golden_u8("vace_input_video"), mask = golden_u8("vace_input_mask");
+    ds_tensor ref = golden_u8("vace_input_reference");
+    REQUIRE(video.data && mask.data && ref.data);
+    ds_pipeline_args a = base_args();
+    a.models[ds_pipeline_role_index(def, "vace")] = &vace;
+    set_seed(&a, 3);
+    set_int(&a, "steps", 3);
+    set_int(&a, "height", 48);
+    set_int(&a, "width", 64);
+    set_int(&a, "num_frames", 9);
+    set_number(&a, "vace_scale", 0.8);
+    set_int(&a, "tiled", 0);
+    set_input(&a, "vace_video", &video);
+    set_input(&a, "vace_video_mask", &mask);
+    set_input(&a, "vace_reference_image", &ref);
+    check_case("vace", &a);
+}
+
 /* The unit sequence on a tiny untiled run without CFG: encode, 2 steps, decode. */
 static void test_units_and_progress(void)
 {
@@ -384,6 +426,25 @@ static void test_checks(void)
     a.models[ds_pipeline_role_index(def, "vae")] = NULL;
     expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "needs a vae model");
 
+    uint8_t ref_pixels[16 * 32 * 3] = {0};
+    ds_tensor wide_ref = ds_tensor_wrap(cpu, DS_U8, 3, (const int64_t[]){16, 32, 3}, ref_pixels);
+    a = base_args();
+    set_int(&a, "height", 16);
+    set_int(&a, "width", 16);
+    set_int(&a, "num_frames", 1);
+    set_input(&a, "vace_reference_image", &wide_ref);
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "vace_reference_image needs a vace model");
+    a.models[ds_pipeline_role_index(def, "vace")] = &vace;
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT,
+                   "vace_reference_image is [16, 32, 3] u8, expected [16, 16, 3] u8");
+    set_input(&a, "vace_reference_image", NULL);
+    set_int(&a, "num_frames", 5);
+    set_input(&a, "vace_video_mask", &short_video);
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT,
+                   "vace_video_mask is [2, 16, 16, 3] u8, expected [>= 5, 16, 16, 3] u8");
+    a.models[ds_pipeline_role_index(def, "vace")] = &dit;
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "the vace model is a");
+
     /* DiTs of variants whose extra models are missing: only the kwargs are read. */
     refuse_dit("{\"has_image_input\": true, \"in_dim\": 36, \"out_dim\": 16}",
                DS_ERR_UNIMPLEMENTED, "the CLIP image encoder");
@@ -443,11 +504,14 @@ int main(void)
     RUN(test_checks);
     RUN(test_text_to_video);
     RUN(test_video_to_video);
+    RUN(test_vace);
     RUN(test_units_and_progress);
     RUN(test_cancel);
     ds_golden_model_free(&text_encoder);
     ds_golden_model_free(&dit);
     ds_golden_model_free(&vae);
+    vace.model_class = NULL;
+    ds_golden_model_free(&vace);
     ds_safetensors_close(golden);
     ds_backend_destroy(cpu);
     return test_summary();
