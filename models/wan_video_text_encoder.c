@@ -20,7 +20,6 @@
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
-#include "models/wan_video_prompt.h"
 #include "models/weight_set.h"
 
 #define CLASS_NAME "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
@@ -644,14 +643,6 @@ static const ds_model_step steps[] = {
         .usage = "forward: input_ids [B, S] (i64 or i32), attention_mask [B, S] (optional; 0 = "
                  "padding), dtype (float32 or bfloat16; default bfloat16, float32 for a float32 "
                  "checkpoint) -> hidden_states [B, S, dim] (4096), after the final norm",
-    },
-    {
-        .name = "encode_prompt",
-        .run = ds_wan_encode_prompt_step,
-        .usage = "encode_prompt: prompt (text), tokenizer (folder with spiece.model; default: "
-                 "google/umt5-xxl/ beside the model's file, as in Wan-AI/Wan2.1-T2V-1.3B), "
-                 "dtype (as forward) -> context [1, 512, dim] (4096): upstream's Wan prompt "
-                 "embedder, zero past the prompt's tokens",
     },
 };
 

@@ -19,12 +19,14 @@
  * variants need models this build does not have: their DiTs are refused with UNIMPLEMENTED
  * naming what is missing.
  */
+#include "pipelines/wan_video.h"
+
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/float_convert.h"
 #include "core/kwargs.h"
@@ -34,11 +36,13 @@
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/wan_video_dit.h"
-#include "models/wan_video_prompt.h"
 #include "models/wan_video_text_encoder.h"
 #include "models/wan_video_vace.h"
 #include "models/wan_video_vae.h"
 #include "pipelines/pipeline.h"
+#include "pipelines/prompt_embedder.h"
+#include "pipelines/unit_runner.h"
+#include "tokenizers/wan_tokenizer.h"
 
 #define TEXT_ENCODER_CLASS "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
 #define DIT_CLASS "diffsynth.models.wan_video_dit.WanModel"
@@ -116,17 +120,8 @@ typedef struct wan_run {
     uint8_t *rgb;           /* [frames, height, width, 3] */
     ds_tensor latents_out, video_out;
 
-    int next_unit;          /* 0 = encode, 1..steps = denoise, steps + 1 = decode */
-    int failed;
-    double encode_s, denoise_s, decode_s;
+    ds__unit_runner units;
 } wan_run;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* BasePipeline.check_resize_height_width: up to the division factors, frames up to 4k + 1. */
 static int round_size(int v) { return (v + SIZE_MULTIPLE - 1) / SIZE_MULTIPLE * SIZE_MULTIPLE; }
@@ -141,15 +136,7 @@ static int round_frames(int n)
 static int check_model(const ds_loaded_model *m, const char *role, const char *cls,
                        ds_error *err)
 {
-    if (!m)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "wan_video: the pipeline needs a %s model (%s)", role, cls);
-    if (!m->cls || strcmp(m->cls->name, cls) != 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "wan_video: the %s model is a %s (%s), expected %s", role,
-                            m->model_name ? m->model_name : "model",
-                            m->cls ? m->cls->name : "class not implemented", cls);
-    return DS_OK;
+    return ds__unit_check_model(m, "wan_video", role, cls, err);
 }
 
 /* What the DiT's kwargs say about the inputs it needs (upstream's WanModel attributes). */
@@ -387,6 +374,7 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
         ds_error_prefix(err, "wan_video: ");
         goto fail;
     }
+    p->units = (ds__unit_runner){.pipeline = "wan_video", .steps = p->schedule.count};
     *out = (ds_pipeline_run *)p;
     return DS_OK;
 fail:
@@ -394,35 +382,128 @@ fail:
     return rc;
 }
 
-/* The context sub-models run with: the caller's backend, cancellation and VRAM manager, but no
- * progress of their own (the pipeline reports its units). */
-static ds_step_context inner_context(const ds_step_context *ctx)
+/* ---- WanVideoUnit_PromptEmbedder.encode_prompt ---- */
+
+/* Where Wan-AI/Wan2.1-T2V-1.3B (and the 14B repositories) keep the tokenizer, beside
+ * models_t5_umt5-xxl-enc-bf16.pth; upstream's from_pretrained names the same folder. */
+#define TOKENIZER_SUBDIR "google/umt5-xxl"
+
+static int load_tokenizer(const char *dir, void **out, ds_error *err)
 {
-    ds_step_context inner = *ctx;
-    inner.progress = NULL;
-    inner.aux = NULL;
-    inner.aux_count = 0;
-    return inner;
+    ds_wan_tokenizer *tok = NULL;
+    int rc = ds_wan_tokenizer_load(dir, &tok, err);
+    *out = tok;
+    return rc;
 }
 
-static void report(const ds_step_context *ctx, const char *phase, uint64_t done, uint64_t total)
-{
-    if (ctx->progress)
-        ctx->progress(ctx->user, phase, done, total);
-}
+static void free_tokenizer(void *tok) { ds_wan_tokenizer_free(tok); }
 
-static int cancelled(const ds_step_context *ctx, ds_error *err)
+static ds__tokenizer_cache tokenizers = DS__TOKENIZER_CACHE_INIT(load_tokenizer, free_tokenizer);
+
+/* The tokenizer folder: the "tokenizer" parameter, else google/umt5-xxl/ beside the model's
+ * first file. */
+static int tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx,
+                         const char *param, char *dir, size_t cap, const char **origin,
+                         ds_error *err)
 {
-    if (ctx->cancelled && ctx->cancelled(ctx->user))
-        return ds_error_set(err, DS_ERR_CANCELLED, "wan_video: cancelled");
+    if (param)
+        return ds__tokenizer_param_dir(ctx, param, dir, cap, origin, err);
+    *origin = "beside the model file, as upstream lays out Wan-AI/Wan2.1-T2V-1.3B; or give the "
+              "\"tokenizer\" parameter";
+    if (!m->files || m->files->count == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "encode_prompt: the model has no files to find the tokenizer folder "
+                            "beside; give the \"tokenizer\" parameter");
+    char file[PATH_MAX];
+    const char *path = m->files->files[0].path;
+    if (!realpath(path, file))
+        return ds_error_set(err, DS_ERR_NOT_FOUND,
+                            "encode_prompt: cannot resolve the model file %s to find the "
+                            "tokenizer folder beside it: %s",
+                            path, strerror(errno));
+    char *slash = strrchr(file, '/');
+    if (slash)
+        *slash = '\0';
+    if (snprintf(dir, cap, "%s/" TOKENIZER_SUBDIR, slash ? file : ".") >= (int)cap)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "encode_prompt: the tokenizer folder beside %s is too long a path",
+                            path);
     return DS_OK;
+}
+
+/*     ids, mask = pipe.tokenizer(prompt, return_mask=True, add_special_tokens=True)
+ *     seq_lens = mask.gt(0).sum(dim=1)
+ *     prompt_emb = pipe.text_encoder(ids, mask)
+ *     prompt_emb[:, v:] = 0
+ * with upstream's HuggingfaceTokenizer(seq_len=512, clean='whitespace'). */
+int ds_wan_encode_prompt(const ds_loaded_model *text_encoder, const ds_step_context *ctx,
+                         const char *prompt, const char *tokenizer, ds_dtype dtype,
+                         ds_step_io *out, ds_error *err)
+{
+    enum { L = DS_WAN_TOKENIZER_SEQ_LEN };
+    int64_t dim = ds_wan_text_encoder_dim(text_encoder);
+    char dir[PATH_MAX];
+    const char *origin = "";
+    const void *tok = NULL;
+    void *owned = NULL;
+    int32_t ids[L], mask[L];
+    size_t length = 0;
+    int rc;
+    if (!prompt)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "encode_prompt: parameter \"prompt\" is required");
+    if (dim == 0)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "encode_prompt: the text encoder's tree has no token embedding or "
+                            "block");
+    if (dtype != DS_F32 && dtype != DS_BF16)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "encode_prompt: compute dtype %s, expected f32 or bf16",
+                            ds_dtype_name(dtype));
+    if ((rc = tokenizer_dir(text_encoder, ctx, tokenizer, dir, sizeof dir, &origin, err)) !=
+            DS_OK ||
+        (rc = ds__tokenizer_cache_get(&tokenizers, dir, origin, &tok, &owned, err)) != DS_OK)
+        return rc;
+    rc = ds_wan_tokenizer_encode_padded(tok, prompt, strlen(prompt), L, ids, mask, &length, err);
+    ds_wan_tokenizer_free(owned);
+    if (rc != DS_OK) {
+        ds_error_prefix(err, "encode_prompt: parameter \"prompt\": ");
+        return rc;
+    }
+
+    ds_backend *cpu = ctx->backend;
+    if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
+        return rc;
+    ds_tensor id_t = ds_tensor_wrap(cpu, DS_I32, 2, SHAPE(1, L), ids);
+    ds_tensor mask_t = ds_tensor_wrap(cpu, DS_I32, 2, SHAPE(1, L), mask);
+    ds_tensor *context;
+    if ((rc = ds_step_io_new_tensor(out, cpu, "context", dtype, 3, SHAPE(1, L, dim), &context,
+                                    err)) != DS_OK ||
+        (rc = ds_wan_text_encoder_forward(text_encoder, ctx, &id_t, &mask_t, context, err)) !=
+            DS_OK)
+        return rc;
+    size_t row = (size_t)dim * ds_dtype_size(dtype);
+    memset((char *)context->data + length * row, 0, (L - length) * row);
+    return DS_OK;
+}
+
+int ds_wan_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
+                              const ds_step_io *in, ds_step_io *out, ds_error *err)
+{
+    const char *prompt, *tokenizer;
+    ds_dtype dtype = DS_BF16;
+    int rc;
+    if ((rc = ds__encode_prompt_step_params(in, &prompt, &tokenizer, err)) != DS_OK ||
+        (rc = ds_wan_text_encoder_step_dtype(m, in, "encode_prompt", &dtype, err)) != DS_OK)
+        return rc;
+    return ds_wan_encode_prompt(m, ctx, prompt, tokenizer, dtype, out, err);
 }
 
 /* WanVideoUnit_PromptEmbedder for one side. */
 static int encode_prompt(wan_run *p, const ds_step_context *ctx, const char *prompt,
                          ds_step_io *out, ds_error *err)
 {
-    ds_step_context inner = inner_context(ctx);
+    ds_step_context inner = ds__unit_inner_context(ctx);
     return ds_wan_encode_prompt(p->text_encoder, &inner, prompt, p->tokenizer, p->dtype, out,
                                 err);
 }
@@ -495,7 +576,7 @@ static int vae_encode(wan_run *p, const ds_step_context *ctx, const void *video,
                                  SHAPE(1, LATENT_CHANNELS, (T - 1) / TIME_FACTOR + 1, p->lh,
                                        p->lw),
                                  latents);
-    ds_step_context inner = inner_context(ctx);
+    ds_step_context inner = ds__unit_inner_context(ctx);
     rc = ds_wan_video_vae_encode(p->vae, &inner, tiled ? &p->tiling : NULL, &v, &z, err);
     if (rc != DS_OK)
         ds_error_prefix(err, "wan_video: %s: ", what);
@@ -627,7 +708,7 @@ static int embed_vace(wan_run *p, const ds_step_context *ctx, ds_error *err)
     }
     if ((rc = vae_encode(p, ctx, inactive, (int64_t)T, p->tiled, z_in, "vace_video (inactive)",
                          err)) != DS_OK ||
-        (rc = cancelled(ctx, err)) != DS_OK ||
+        (rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
         (rc = vae_encode(p, ctx, reactive, (int64_t)T, p->tiled, z_re, "vace_video (reactive)",
                          err)) != DS_OK)
         goto done;
@@ -680,13 +761,14 @@ done:
 
 /* Noise, both prompts, the input video's latents and the VACE context, as upstream's units
  * before the loop. */
-static int run_encode(wan_run *p, const ds_step_context *ctx, ds_error *err)
+static int run_encode(void *run, const ds_step_context *ctx, ds_error *err)
 {
+    wan_run *p = run;
     int rc;
     int parts = 1 + (p->cfg_scale != 1.0) + (p->input_video != NULL) + (p->vace_context != NULL);
     int done = 0;
     size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
-    report(ctx, "encode", 0, (uint64_t)parts);
+    ds__unit_report(ctx, "encode", 0, (uint64_t)parts);
 
     /* generate_noise: drawn in float32, then cast to the compute dtype. */
     float *drawn = malloc(p->latent_count * sizeof *drawn);
@@ -713,28 +795,28 @@ static int run_encode(wan_run *p, const ds_step_context *ctx, ds_error *err)
         for (size_t i = 0; i < p->latent_count; i++)
             bf[i] = ds_f32_to_bf16(noise[i]);
     }
-    if ((rc = cancelled(ctx, err)) != DS_OK ||
+    if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
         (rc = encode_prompt(p, ctx, p->prompt, &p->prompt_posi, err)) != DS_OK)
         goto done;
-    report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+    ds__unit_report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     if (p->cfg_scale != 1.0) {
-        if ((rc = cancelled(ctx, err)) != DS_OK ||
+        if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
             (rc = encode_prompt(p, ctx, p->negative_prompt, &p->prompt_nega, err)) != DS_OK)
             goto done;
-        report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+        ds__unit_report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     }
     if (p->input_video) {
-        if ((rc = cancelled(ctx, err)) != DS_OK ||
+        if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
             (rc = embed_input_video(p, ctx, noise, err)) != DS_OK)
             goto done;
-        report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+        ds__unit_report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     } else {
         memcpy(p->latents, noise, bytes);
     }
     if (p->vace_context) {
-        if ((rc = cancelled(ctx, err)) != DS_OK || (rc = embed_vace(p, ctx, err)) != DS_OK)
+        if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK || (rc = embed_vace(p, ctx, err)) != DS_OK)
             goto done;
-        report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+        ds__unit_report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     }
     rc = DS_OK;
 done:
@@ -770,13 +852,14 @@ static int predict(wan_run *p, const ds_step_context *ctx, const ds_step_io *sid
         in.vace_context = &vace_context;
         in.vace_scale = (float)p->vace_scale;
     }
-    ds_step_context inner = inner_context(ctx);
+    ds_step_context inner = ds__unit_inner_context(ctx);
     return ds_wan_video_dit_forward(p->dit, &inner, &in, &out, err);
 }
 
 /* Denoising step `index`: CFG-guided noise prediction, then the scheduler step. */
-static int run_denoise(wan_run *p, const ds_step_context *ctx, int index, ds_error *err)
+static int run_denoise(void *run, const ds_step_context *ctx, int index, ds_error *err)
 {
+    wan_run *p = run;
     /* timestep.to(dtype=torch_dtype) before the model sees it. */
     float timestep = p->schedule.timesteps[index];
     if (p->dtype == DS_BF16)
@@ -785,7 +868,7 @@ static int run_denoise(wan_run *p, const ds_step_context *ctx, int index, ds_err
     if ((rc = predict(p, ctx, &p->prompt_posi, timestep, p->pred_posi, err)) != DS_OK)
         return rc;
     if (p->cfg_scale != 1.0) {
-        if ((rc = cancelled(ctx, err)) != DS_OK ||
+        if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
             (rc = predict(p, ctx, &p->prompt_nega, timestep, p->pred_nega, err)) != DS_OK ||
             (rc = ds_cfg_combine(p->dtype, p->pred_posi, p->pred_nega, p->cfg_scale,
                                  p->pred_posi, p->latent_count, err)) != DS_OK)
@@ -794,14 +877,15 @@ static int run_denoise(wan_run *p, const ds_step_context *ctx, int index, ds_err
     if ((rc = ds_flow_match_step(&p->schedule, index, p->dtype, p->pred_posi, p->latents,
                                  p->latent_count, err)) != DS_OK)
         return rc;
-    report(ctx, "denoise", (uint64_t)index + 1, (uint64_t)p->schedule.count);
+    ds__unit_report(ctx, "denoise", (uint64_t)index + 1, (uint64_t)p->schedule.count);
     return DS_OK;
 }
 
 /* vae.decode, then vae_output_to_video: frame by frame as vae_output_to_image. The VAE reports
  * its own "decode" progress (chunks, or tiles when tiled). */
-static int run_decode(wan_run *p, const ds_step_context *ctx, ds_error *err)
+static int run_decode(void *run, const ds_step_context *ctx, ds_error *err)
 {
+    wan_run *p = run;
     ds_backend *cpu;
     int rc = ds_cpu_fallback_backend(&cpu, err);
     if (rc != DS_OK)
@@ -848,46 +932,16 @@ done:
     return rc;
 }
 
+static const ds__unit_ops unit_ops = {run_encode, run_denoise, run_decode};
+
 static int op_advance(ds_pipeline_run *run, const ds_step_context *ctx, ds_error *err)
 {
-    wan_run *p = (wan_run *)run;
-    if (p->failed)
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "wan_video: the pipeline failed earlier and cannot continue");
-    int last = p->schedule.count + 1;
-    if (p->next_unit > last)
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "wan_video: the pipeline has already finished");
-    int rc = cancelled(ctx, err);
-    double start = now_s();
-    if (rc == DS_OK) {
-        if (p->next_unit == 0)
-            rc = run_encode(p, ctx, err);
-        else if (p->next_unit <= p->schedule.count)
-            rc = run_denoise(p, ctx, p->next_unit - 1, err);
-        else
-            rc = run_decode(p, ctx, err);
-    }
-    double spent = now_s() - start;
-    if (p->next_unit == 0)
-        p->encode_s += spent;
-    else if (p->next_unit <= p->schedule.count)
-        p->denoise_s += spent;
-    else
-        p->decode_s += spent;
-    if (rc != DS_OK) {
-        p->failed = 1;
-        return rc;
-    }
-    p->next_unit++;
-    return p->next_unit <= last ? 1 : 0;
+    return ds__unit_runner_advance(&((wan_run *)run)->units, &unit_ops, run, ctx, err);
 }
 
 static void op_position(const ds_pipeline_run *run, uint64_t *done, uint64_t *total)
 {
-    const wan_run *p = (const wan_run *)run;
-    *done = (uint64_t)p->next_unit;
-    *total = (uint64_t)p->schedule.count + 2;
+    ds__unit_runner_position(&((const wan_run *)run)->units, done, total);
 }
 
 static const ds_tensor *op_output(const ds_pipeline_run *run, size_t index)
@@ -905,24 +959,15 @@ static size_t op_results(const ds_pipeline_run *run, ds_pipeline_result *out)
     out[2] = (ds_pipeline_result){"height", 1, (uint64_t)p->height, 0};
     out[3] = (ds_pipeline_result){"width", 1, (uint64_t)p->width, 0};
     out[4] = (ds_pipeline_result){"num_frames", 1, (uint64_t)p->frames, 0};
-    out[5] = (ds_pipeline_result){"encode_s", 0, 0, p->encode_s};
-    out[6] = (ds_pipeline_result){"denoise_s", 0, 0, p->denoise_s};
-    out[7] = (ds_pipeline_result){"decode_s", 0, 0, p->decode_s};
+    out[5] = (ds_pipeline_result){"encode_s", 0, 0, p->units.encode_s};
+    out[6] = (ds_pipeline_result){"denoise_s", 0, 0, p->units.denoise_s};
+    out[7] = (ds_pipeline_result){"decode_s", 0, 0, p->units.decode_s};
     return 8;
 }
 
 static void op_describe_position(const ds_pipeline_run *run, char *buf, size_t size)
 {
-    uint64_t done = 0, total = 0;
-    if (run)
-        op_position(run, &done, &total);
-    if (!run || done == 0)
-        snprintf(buf, size, "before the prompt was encoded");
-    else if (done + 1 < total)
-        snprintf(buf, size, "after %llu of %llu denoising steps", (unsigned long long)(done - 1),
-                 (unsigned long long)(total - 2));
-    else
-        snprintf(buf, size, "before the decode");
+    ds__unit_runner_describe(run ? &((const wan_run *)run)->units : NULL, buf, size);
 }
 
 static double op_output_pixels(const ds_pipeline_run *run)
@@ -1065,6 +1110,18 @@ static const ds_pipeline_dtype dtypes[] = {
 
 static const char *const phases[] = {"encode", "denoise", "decode"};
 
+static const ds_pipeline_class_step class_steps[] = {
+    {TEXT_ENCODER_CLASS,
+     {
+         .name = "encode_prompt",
+         .run = ds_wan_encode_prompt_step,
+         .usage = "encode_prompt: prompt (text), tokenizer (folder with spiece.model; default: "
+                  "google/umt5-xxl/ beside the model's file, as in Wan-AI/Wan2.1-T2V-1.3B), "
+                  "dtype (as forward) -> context [1, 512, dim] (4096): upstream's Wan prompt "
+                  "embedder, zero past the prompt's tokens",
+     }},
+};
+
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 const ds_pipeline_def ds__wan_video_pipeline = {
@@ -1083,6 +1140,8 @@ const ds_pipeline_def ds__wan_video_pipeline = {
     .repeated_phase = "denoise",
     .dtypes = dtypes,
     .dtype_count = COUNT(dtypes),
+    .class_steps = class_steps,
+    .class_step_count = COUNT(class_steps),
     .estimate_role = ROLE_VAE,
     .start = op_start,
     .advance = op_advance,
