@@ -63,10 +63,9 @@ int ds__tokenizer_cache_get(ds__tokenizer_cache *c, const char *dir, const char 
     return DS_OK;
 }
 
-int ds__tokenizer_param_dir(const ds_step_context *ctx, const char *param, char *dir,
-                            size_t cap, const char **origin, ds_error *err)
+static int param_dir(const ds_step_context *ctx, const char *param, char *dir, size_t cap,
+                     ds_error *err)
 {
-    *origin = "the \"tokenizer\" parameter";
     if (!param[0])
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "encode_prompt: parameter \"tokenizer\" is empty");
@@ -81,6 +80,42 @@ int ds__tokenizer_param_dir(const ds_step_context *ctx, const char *param, char 
             return rc;
         }
     }
+    return DS_OK;
+}
+
+int ds__tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx, const char *param,
+                      int levels_up, const char *subdir, const char *layout, char *dir,
+                      size_t cap, const char **origin, ds_error *err)
+{
+    if (param) {
+        *origin = "the \"tokenizer\" parameter";
+        return param_dir(ctx, param, dir, cap, err);
+    }
+    *origin = layout;
+    if (!m->files || m->files->count == 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "encode_prompt: the model has no files to find the tokenizer folder "
+                            "beside; give the \"tokenizer\" parameter");
+    char file[PATH_MAX];
+    const char *path = m->files->files[0].path;
+    if (!realpath(path, file))
+        return ds_error_set(err, DS_ERR_NOT_FOUND,
+                            "encode_prompt: cannot resolve the model file %s to find the "
+                            "tokenizer folder beside it: %s",
+                            path, strerror(errno));
+    for (int cut = 0; cut < levels_up; cut++) {
+        char *slash = strrchr(file, '/');
+        if (slash == file || !slash)
+            return ds_error_set(err, DS_ERR_NOT_FOUND,
+                                "encode_prompt: the model file %s has no parent folder to hold "
+                                "%s/; give the \"tokenizer\" parameter",
+                                path, subdir);
+        *slash = '\0';
+    }
+    if (snprintf(dir, cap, "%s/%s", file, subdir) >= (int)cap)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "encode_prompt: the tokenizer folder beside %s is too long a path",
+                            path);
     return DS_OK;
 }
 

@@ -15,6 +15,7 @@
 #include <stddef.h>
 
 #include "core/error.h"
+#include "models/model_loader.h"
 #include "models/model_step.h"
 
 #define DS__TOKENIZER_CACHE_SLOTS 4
@@ -43,11 +44,17 @@ typedef struct ds__tokenizer_cache {
 int ds__tokenizer_cache_get(ds__tokenizer_cache *c, const char *dir, const char *origin,
                             const void **out, void **owned, ds_error *err);
 
-/* The "tokenizer" parameter of an encode_prompt step as a folder: INVALID_ARGUMENT when empty
- * or longer than cap - 1 bytes; a client-named folder is read by the daemon, so it must pass
- * ctx->check_path (the model roots). Sets *origin for ds__tokenizer_cache_get. */
-int ds__tokenizer_param_dir(const ds_step_context *ctx, const char *param, char *dir,
-                            size_t cap, const char **origin, ds_error *err);
+/* The tokenizer folder of an encode_prompt step on model `m`, into dir[cap]:
+ *  - the "tokenizer" parameter `param` when given: INVALID_ARGUMENT when empty or longer than
+ *    cap - 1 bytes; a client-named folder is read by the daemon, so it must pass
+ *    ctx->check_path (the model roots);
+ *  - else upstream's layout: `subdir` in the folder `levels_up` levels above the model's first
+ *    file (1: beside it), as from_pretrained finds it in the model's repository; `layout` says so
+ *    for errors ("beside the model files, as upstream lays out Qwen/Qwen-Image; ...").
+ * Sets *origin for ds__tokenizer_cache_get. */
+int ds__tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx, const char *param,
+                      int levels_up, const char *subdir, const char *layout, char *dir,
+                      size_t cap, const char **origin, ds_error *err);
 
 /* The encode_prompt step's inputs: only the parameters prompt (required, may be empty),
  * tokenizer and dtype, no tensors. *tokenizer is NULL when not given. The step reads dtype

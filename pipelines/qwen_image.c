@@ -2,7 +2,6 @@
  * image-to-image, one unit of work per advance (see the header). */
 #include "pipelines/qwen_image.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -42,25 +41,17 @@ typedef enum unit_kind { UNIT_ENCODE, UNIT_DENOISE, UNIT_DECODE } unit_kind;
 
 struct ds_qwen_image_pipeline {
     ds_qwen_image_models models;
-    char *prompt, *negative_prompt, *tokenizer; /* owned copies */
+    ds__denoise_state d;     /* latents [1, 16, lh, lw]; prompt_emb, prompt_emb_mask per side */
     uint64_t seed;
     int steps;
-    double cfg_scale, denoising_strength, controlnet_scale;
-    ds_dtype dtype;
+    double denoising_strength, controlnet_scale;
     int height, width;       /* rounded up to multiples of 16 */
     int64_t lh, lw;          /* latent height and width: height / 8, width / 8 */
-    size_t latent_count;     /* 16 * lh * lw */
-    ds_flow_match schedule;
 
     /* Taken from the caller by the encode unit (borrowed until then). */
     const ds_tensor *input_image, *initial_noise, *controlnet_image;
 
-    void *latents;           /* [1, 16, lh, lw] compute dtype */
-    void *pred_posi;         /* the same shape: noise predictions of one step */
-    void *pred_nega;
     void *control_latents;   /* NULL, or the ControlNet conditioning [1, 16, lh, lw] */
-    ds_step_io prompt_posi;  /* encode_prompt's outputs: prompt_emb, prompt_emb_mask */
-    ds_step_io prompt_nega;  /* empty when cfg_scale == 1 */
 
     ds_tensor latents_out;   /* set after decoding: views of latents / rgb */
     ds_tensor image_out;
@@ -179,11 +170,6 @@ static int check_params(const ds_qwen_image_params *p, const ds_qwen_image_model
 
 static int round_up(int v) { return (v + SIZE_MULTIPLE - 1) / SIZE_MULTIPLE * SIZE_MULTIPLE; }
 
-static char *dup_or_null(const char *s)
-{
-    return s ? strdup(s) : NULL;
-}
-
 int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
                                const ds_qwen_image_params *params,
                                ds_qwen_image_pipeline **out, ds_error *err)
@@ -220,44 +206,33 @@ int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
     p->models = *models;
     p->seed = params->seed;
     p->steps = params->steps;
-    p->cfg_scale = params->cfg_scale;
     p->denoising_strength = params->denoising_strength;
     p->controlnet_scale = params->controlnet_scale;
-    p->dtype = params->dtype;
     p->height = height;
     p->width = width;
     p->lh = lh;
     p->lw = lw;
-    p->latent_count = (size_t)LATENT_CHANNELS * (size_t)lh * (size_t)lw;
     p->input_image = params->input_image;
     p->initial_noise = params->initial_noise;
     p->controlnet_image = params->controlnet_image;
-    ds_step_io_init(&p->prompt_posi);
-    ds_step_io_init(&p->prompt_nega);
-    p->prompt = strdup(params->prompt);
-    p->negative_prompt = strdup(params->negative_prompt ? params->negative_prompt : "");
-    p->tokenizer = dup_or_null(params->tokenizer);
-    size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
-    p->latents = malloc(bytes);
-    p->pred_posi = malloc(bytes);
-    p->pred_nega = malloc(bytes);
-    if (!p->prompt || !p->negative_prompt || (params->tokenizer && !p->tokenizer) ||
-        !p->latents || !p->pred_posi || !p->pred_nega) {
-        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "qwen_image: out of memory");
+    if ((rc = ds__denoise_state_init(&p->d, "qwen_image", params->prompt,
+                                     params->negative_prompt, params->tokenizer, params->dtype,
+                                     params->cfg_scale,
+                                     (size_t)LATENT_CHANNELS * (size_t)lh * (size_t)lw, err)) !=
+        DS_OK)
         goto fail;
-    }
     /* set_timesteps runs before the ShapeChecker upstream, so the dynamic shift sees the size
      * as given, not rounded. */
     int64_t shift_len = (int64_t)(params->height / 16) * (int64_t)(params->width / 16);
     if ((rc = ds_flow_match_qwen_image(p->steps, p->denoising_strength, shift_len, NULL,
-                                       &p->schedule, err)) != DS_OK) {
+                                       &p->d.schedule, err)) != DS_OK) {
         ds_error_prefix(err, "qwen_image: ");
         goto fail;
     }
     /* Upstream's terminal shift divides by 1 - the last sigma: with one step from pure noise
      * that is 0/0 and every latent becomes NaN. Refuse it rather than return a NaN image. */
-    for (int i = 0; i < p->schedule.count; i++)
-        if (!isfinite(p->schedule.sigmas[i])) {
+    for (int i = 0; i < p->d.schedule.count; i++)
+        if (!isfinite(p->d.schedule.sigmas[i])) {
             rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                               "qwen_image: %d step%s at denoising_strength %g gives NaN sigmas "
                               "in upstream's Qwen-Image schedule (its terminal shift is 0/0 "
@@ -265,7 +240,7 @@ int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
                               p->steps, p->steps == 1 ? "" : "s", p->denoising_strength);
             goto fail;
         }
-    p->units = (ds__unit_runner){.pipeline = "qwen_image", .steps = p->schedule.count};
+    p->units = (ds__unit_runner){.pipeline = "qwen_image", .steps = p->d.schedule.count};
     *out = p;
     return DS_OK;
 fail:
@@ -300,45 +275,6 @@ static int load_tokenizer(const char *dir, void **out, ds_error *err)
 static void free_tokenizer(void *tok) { ds_qwen_tokenizer_free(tok); }
 
 static ds__tokenizer_cache tokenizers = DS__TOKENIZER_CACHE_INIT(load_tokenizer, free_tokenizer);
-
-/* The tokenizer folder: the "tokenizer" parameter (`param`, NULL when not given), else upstream's layout, where from_pretrained
- * takes Qwen/Qwen-Image/tokenizer/ for the weights in Qwen/Qwen-Image/text_encoder/: the folder
- * `tokenizer` beside the folder of the model's first file. */
-static int tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx,
-                         const char *param, char *dir, size_t cap, const char **origin,
-                         ds_error *err)
-{
-    if (param)
-        return ds__tokenizer_param_dir(ctx, param, dir, cap, origin, err);
-    *origin = "beside the model files, as upstream lays out Qwen/Qwen-Image; or give the "
-              "\"tokenizer\" parameter";
-    if (!m->files || m->files->count == 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: the model has no files to find the tokenizer folder "
-                            "beside; give the \"tokenizer\" parameter");
-    char file[PATH_MAX];
-    const char *path = m->files->files[0].path;
-    if (!realpath(path, file))
-        return ds_error_set(err, DS_ERR_NOT_FOUND,
-                            "encode_prompt: cannot resolve the model file %s to find the "
-                            "tokenizer folder beside it: %s",
-                            path, strerror(errno));
-    /* file = .../<model>/<weights folder>/<file>: cut the last two components. */
-    for (int cut = 0; cut < 2; cut++) {
-        char *slash = strrchr(file, '/');
-        if (slash == file || !slash)
-            return ds_error_set(err, DS_ERR_NOT_FOUND,
-                                "encode_prompt: the model file %s has no parent folder to hold "
-                                "tokenizer/; give the \"tokenizer\" parameter",
-                                path);
-        *slash = '\0';
-    }
-    if (snprintf(dir, cap, "%s/tokenizer", file) >= (int)cap)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: the tokenizer folder beside %s is too long a path",
-                            path);
-    return DS_OK;
-}
 
 /* The prompt in upstream's template, tokenized; the length checks of encode_prompt. */
 static int tokenize_prompt(const ds_qwen_tokenizer *tok, const char *prompt, int32_t **ids,
@@ -400,7 +336,12 @@ int ds_qwen_image_encode_prompt(const ds_loaded_model *m, const ds_step_context 
     char dir[PATH_MAX];
     const char *origin = NULL;
     int rc;
-    if ((rc = tokenizer_dir(m, ctx, tokenizer, dir, sizeof dir, &origin, err)) != DS_OK ||
+    /* from_pretrained takes Qwen/Qwen-Image/tokenizer/ for the weights in
+     * Qwen/Qwen-Image/text_encoder/: the folder beside the weights' folder. */
+    if ((rc = ds__tokenizer_dir(m, ctx, tokenizer, 2, "tokenizer",
+                                "beside the model files, as upstream lays out Qwen/Qwen-Image; "
+                                "or give the \"tokenizer\" parameter",
+                                dir, sizeof dir, &origin, err)) != DS_OK ||
         (rc = ds__tokenizer_cache_get(&tokenizers, dir, origin, &tok, &owned_tok, err)) !=
             DS_OK ||
         (rc = tokenize_prompt(tok, prompt, &ids, &count, err)) != DS_OK)
@@ -476,8 +417,8 @@ static int encode_prompt(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
                          const char *prompt, ds_step_io *out, ds_error *err)
 {
     ds_step_context inner = inner_context(ctx);
-    return ds_qwen_image_encode_prompt(p->models.text_encoder, &inner, prompt, p->tokenizer,
-                                       p->dtype == DS_F32 ? DS_F32 : DS_BF16, out, err);
+    return ds_qwen_image_encode_prompt(p->models.text_encoder, &inner, prompt, p->d.tokenizer,
+                                       p->d.dtype == DS_F32 ? DS_F32 : DS_BF16, out, err);
 }
 
 /* preprocess_image then vae.encode: an RGB image's latents, [1, 16, lh, lw] in the compute
@@ -489,17 +430,17 @@ static int encode_image(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
     int rc = ds_cpu_fallback_backend(&cpu, err);
     if (rc != DS_OK)
         return rc;
-    size_t esize = ds_dtype_size(p->dtype);
+    size_t esize = ds_dtype_size(p->d.dtype);
     void *pixels = malloc((size_t)3 * (size_t)p->height * (size_t)p->width * esize);
     if (!pixels)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                             "qwen_image: out of memory for a %d x %d image", p->height,
                             p->width);
-    if ((rc = ds_preprocess_image(rgb->data, p->height, p->width, p->dtype, pixels, err)) ==
+    if ((rc = ds_preprocess_image(rgb->data, p->height, p->width, p->d.dtype, pixels, err)) ==
         DS_OK) {
-        ds_tensor image = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, 3, p->height, p->width),
+        ds_tensor image = ds_tensor_wrap(cpu, p->d.dtype, 4, SHAPE(1, 3, p->height, p->width),
                                          pixels);
-        ds_tensor z = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, LATENT_CHANNELS, p->lh, p->lw),
+        ds_tensor z = ds_tensor_wrap(cpu, p->d.dtype, 4, SHAPE(1, LATENT_CHANNELS, p->lh, p->lw),
                                      latents);
         ds_step_context inner = inner_context(ctx);
         rc = ds_qwen_image_vae_encode(p->models.vae, &inner, &image, &z, err);
@@ -513,10 +454,10 @@ static int encode_image(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
 static int run_encode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_error *err)
 {
     int rc;
-    int parts = 1 + (p->cfg_scale != 1.0) + (p->input_image != NULL) +
+    int parts = 1 + (p->d.cfg_scale != 1.0) + (p->input_image != NULL) +
                 (p->controlnet_image != NULL);
     int done = 0;
-    size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
+    size_t bytes = p->d.latent_count * ds_dtype_size(p->d.dtype);
     report(ctx, "encode", 0, (uint64_t)parts);
 
     void *noise = p->initial_noise ? p->initial_noise->data : NULL;
@@ -527,7 +468,7 @@ static int run_encode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_
         if (!(owned_noise = malloc(bytes)))
             return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                                 "qwen_image: out of memory for the noise");
-        if ((rc = ds_torch_randn(&gen, p->dtype, owned_noise, p->latent_count, err)) != DS_OK)
+        if ((rc = ds_torch_randn(&gen, p->d.dtype, owned_noise, p->d.latent_count, err)) != DS_OK)
             goto done;
         noise = owned_noise;
     }
@@ -541,22 +482,22 @@ static int run_encode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_
         }
         rc = encode_image(p, ctx, p->input_image, input_latents, err);
         if (rc == DS_OK)
-            rc = ds_flow_match_add_noise(&p->schedule, 0, p->dtype, input_latents, noise,
-                                         p->latents, p->latent_count, err);
+            rc = ds_flow_match_add_noise(&p->d.schedule, 0, p->d.dtype, input_latents, noise,
+                                         p->d.latents, p->d.latent_count, err);
         free(input_latents);
         if (rc != DS_OK)
             goto done;
         report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     } else {
-        memcpy(p->latents, noise, bytes);
+        memcpy(p->d.latents, noise, bytes);
     }
     if ((rc = cancelled(ctx, err)) != DS_OK ||
-        (rc = encode_prompt(p, ctx, p->prompt, &p->prompt_posi, err)) != DS_OK)
+        (rc = encode_prompt(p, ctx, p->d.prompt, &p->d.prompt_posi, err)) != DS_OK)
         goto done;
     report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
-    if (p->cfg_scale != 1.0) {
+    if (p->d.cfg_scale != 1.0) {
         if ((rc = cancelled(ctx, err)) != DS_OK ||
-            (rc = encode_prompt(p, ctx, p->negative_prompt, &p->prompt_nega, err)) != DS_OK)
+            (rc = encode_prompt(p, ctx, p->d.negative_prompt, &p->d.prompt_nega, err)) != DS_OK)
             goto done;
         report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     }
@@ -580,9 +521,10 @@ done:
 }
 
 /* One model_fn_qwen_image call for one CFG side. */
-static int predict(ds_qwen_image_pipeline *p, const ds_step_context *ctx, const ds_step_io *side,
+static int predict(void *run, const ds_step_context *ctx, const ds_step_io *side,
                    float timestep, void *pred, ds_error *err)
 {
+    ds_qwen_image_pipeline *p = run;
     ds_backend *cpu;
     int rc = ds_cpu_fallback_backend(&cpu, err);
     if (rc != DS_OK)
@@ -593,14 +535,14 @@ static int predict(ds_qwen_image_pipeline *p, const ds_step_context *ctx, const 
         return ds_error_set(err, DS_ERR_INTERNAL,
                             "qwen_image: encode_prompt returned no prompt_emb/prompt_emb_mask");
     const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, p->lh, p->lw);
-    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, p->latents);
-    ds_tensor out = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, pred);
+    ds_tensor latents = ds_tensor_wrap(cpu, p->d.dtype, 4, latent_shape, p->d.latents);
+    ds_tensor out = ds_tensor_wrap(cpu, p->d.dtype, 4, latent_shape, pred);
     ds_tensor t = ds_tensor_wrap(cpu, DS_F32, 1, SHAPE(1), &timestep);
     ds_step_context inner = inner_context(ctx);
     if (!p->control_latents)
         return ds_qwen_image_dit_forward(p->models.dit, &inner, &latents, emb, mask, &t, &out,
                                          err);
-    ds_tensor cond = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, p->control_latents);
+    ds_tensor cond = ds_tensor_wrap(cpu, p->d.dtype, 4, latent_shape, p->control_latents);
     ds_qwen_image_dit_controlnet cn = {
         .model = p->models.controlnet,
         .conditioning = &cond,
@@ -614,22 +556,8 @@ static int predict(ds_qwen_image_pipeline *p, const ds_step_context *ctx, const 
 static int run_denoise(ds_qwen_image_pipeline *p, const ds_step_context *ctx, int index,
                        ds_error *err)
 {
-    float timestep = p->schedule.timesteps[index];
-    int rc;
-    if ((rc = predict(p, ctx, &p->prompt_posi, timestep, p->pred_posi, err)) != DS_OK)
-        return rc;
-    if (p->cfg_scale != 1.0) {
-        if ((rc = cancelled(ctx, err)) != DS_OK ||
-            (rc = predict(p, ctx, &p->prompt_nega, timestep, p->pred_nega, err)) != DS_OK ||
-            (rc = ds_cfg_combine(p->dtype, p->pred_posi, p->pred_nega, p->cfg_scale,
-                                 p->pred_posi, p->latent_count, err)) != DS_OK)
-            return rc;
-    }
-    if ((rc = ds_flow_match_step(&p->schedule, index, p->dtype, p->pred_posi, p->latents,
-                                 p->latent_count, err)) != DS_OK)
-        return rc;
-    report(ctx, "denoise", (uint64_t)index + 1, (uint64_t)p->schedule.count);
-    return DS_OK;
+    return ds__unit_cfg_denoise(&p->d, "qwen_image", predict, p, ctx, index,
+                                p->d.schedule.timesteps[index], err);
 }
 
 /* vae.decode, then vae_output_to_image. */
@@ -641,7 +569,7 @@ static int run_decode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_
         return rc;
     report(ctx, "decode", 0, 1);
     size_t pixels = (size_t)p->height * (size_t)p->width;
-    void *image = malloc(3 * pixels * ds_dtype_size(p->dtype));
+    void *image = malloc(3 * pixels * ds_dtype_size(p->d.dtype));
     p->rgb = malloc(3 * pixels);
     if (!image || !p->rgb) {
         free(image);
@@ -650,8 +578,8 @@ static int run_decode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_
                             p->width);
     }
     const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, p->lh, p->lw);
-    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, p->latents);
-    ds_tensor decoded = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, 3, p->height, p->width),
+    ds_tensor latents = ds_tensor_wrap(cpu, p->d.dtype, 4, latent_shape, p->d.latents);
+    ds_tensor decoded = ds_tensor_wrap(cpu, p->d.dtype, 4, SHAPE(1, 3, p->height, p->width),
                                        image);
     ds_step_context inner = inner_context(ctx);
     if ((rc = ds_qwen_image_vae_decode(p->models.vae, &inner, &latents, &decoded, err)) ==
@@ -697,7 +625,7 @@ void ds_qwen_image_pipeline_position(const ds_qwen_image_pipeline *p, uint64_t *
 
 uint64_t ds_qwen_image_pipeline_seed(const ds_qwen_image_pipeline *p) { return p->seed; }
 
-int ds_qwen_image_pipeline_steps(const ds_qwen_image_pipeline *p) { return p->schedule.count; }
+int ds_qwen_image_pipeline_steps(const ds_qwen_image_pipeline *p) { return p->d.schedule.count; }
 
 void ds_qwen_image_pipeline_size(const ds_qwen_image_pipeline *p, int *height, int *width)
 {
@@ -727,15 +655,7 @@ void ds_qwen_image_pipeline_free(ds_qwen_image_pipeline *p)
 {
     if (!p)
         return;
-    ds_flow_match_free(&p->schedule);
-    ds_step_io_free(&p->prompt_posi);
-    ds_step_io_free(&p->prompt_nega);
-    free(p->prompt);
-    free(p->negative_prompt);
-    free(p->tokenizer);
-    free(p->latents);
-    free(p->pred_posi);
-    free(p->pred_nega);
+    ds__denoise_state_free(&p->d);
     free(p->control_latents);
     free(p->rgb);
     free(p);
@@ -929,34 +849,12 @@ static const ds_pipeline_class_step class_steps[] = {
      }},
 };
 
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
 const ds_pipeline_def ds__qwen_image_pipeline = {
     .name = "qwen_image",
     .summary = "Qwen-Image text-to-image, image-to-image and Blockwise ControlNet",
-    .roles = roles,
-    .role_count = COUNT(roles),
-    .params = params,
-    .param_count = COUNT(params),
-    .inputs = inputs,
-    .input_count = COUNT(inputs),
-    .outputs = outputs,
-    .output_count = COUNT(outputs),
-    .phases = phases,
-    .phase_count = COUNT(phases),
+    DS_PIPELINE_STANDARD_FIELDS,
     .repeated_phase = "denoise",
-    .dtypes = dtypes,
-    .dtype_count = COUNT(dtypes),
     .class_steps = class_steps,
-    .class_step_count = COUNT(class_steps),
+    .class_step_count = DS_PIPELINE_COUNT(class_steps),
     .estimate_role = ROLE_VAE,
-    .start = op_start,
-    .advance = op_advance,
-    .position = op_position,
-    .output = op_output,
-    .results = op_results,
-    .describe_position = op_describe_position,
-    .output_pixels = op_output_pixels,
-    .estimate_memory = op_estimate_memory,
-    .free = op_free,
 };

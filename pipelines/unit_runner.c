@@ -1,9 +1,11 @@
 #include "pipelines/unit_runner.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "diffusion/base_pipeline.h"
 #include "models/model_class.h"
 
 static double now_s(void)
@@ -46,6 +48,65 @@ int ds__unit_runner_advance(ds__unit_runner *u, const ds__unit_ops *ops, void *r
     }
     u->next_unit++;
     return u->next_unit <= last ? 1 : 0;
+}
+
+int ds__denoise_state_init(ds__denoise_state *s, const char *pipeline, const char *prompt,
+                           const char *negative_prompt, const char *tokenizer, ds_dtype dtype,
+                           double cfg_scale, size_t latent_count, ds_error *err)
+{
+    memset(s, 0, sizeof *s);
+    ds_step_io_init(&s->prompt_posi);
+    ds_step_io_init(&s->prompt_nega);
+    s->dtype = dtype;
+    s->cfg_scale = cfg_scale;
+    s->latent_count = latent_count;
+    size_t bytes = latent_count * ds_dtype_size(dtype);
+    s->prompt = strdup(prompt);
+    s->negative_prompt = strdup(negative_prompt ? negative_prompt : "");
+    s->tokenizer = tokenizer ? strdup(tokenizer) : NULL;
+    s->latents = malloc(bytes);
+    s->pred_posi = malloc(bytes);
+    s->pred_nega = cfg_scale != 1.0 ? malloc(bytes) : NULL;
+    if (!s->prompt || !s->negative_prompt || (tokenizer && !s->tokenizer) || !s->latents ||
+        !s->pred_posi || (cfg_scale != 1.0 && !s->pred_nega))
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for %zu latents",
+                            pipeline, latent_count);
+    return DS_OK;
+}
+
+void ds__denoise_state_free(ds__denoise_state *s)
+{
+    ds_flow_match_free(&s->schedule);
+    ds_step_io_free(&s->prompt_posi);
+    ds_step_io_free(&s->prompt_nega);
+    free(s->prompt);
+    free(s->negative_prompt);
+    free(s->tokenizer);
+    free(s->latents);
+    free(s->pred_posi);
+    free(s->pred_nega);
+    memset(s, 0, sizeof *s);
+}
+
+int ds__unit_cfg_denoise(ds__denoise_state *s, const char *pipeline, ds__predict_fn predict,
+                         void *run, const ds_step_context *ctx, int index, float timestep,
+                         ds_error *err)
+{
+    int rc;
+    if ((rc = predict(run, ctx, &s->prompt_posi, timestep, s->pred_posi, err)) != DS_OK)
+        return rc;
+    if (s->cfg_scale != 1.0) {
+        if ((rc = ds__unit_cancelled(ctx, pipeline, err)) != DS_OK ||
+            (rc = predict(run, ctx, &s->prompt_nega, timestep, s->pred_nega, err)) != DS_OK ||
+            (rc = ds_cfg_combine(s->dtype, s->pred_posi, s->pred_nega, s->cfg_scale,
+                                 s->pred_posi, s->latent_count, err)) != DS_OK)
+            return rc;
+    }
+    if ((rc = ds_flow_match_step(&s->schedule, index, s->dtype, s->pred_posi, s->latents,
+                                 s->latent_count, err)) != DS_OK)
+        return rc;
+    ds__unit_report(ctx, "denoise", (uint64_t)index + 1, (uint64_t)s->schedule.count);
+    return DS_OK;
 }
 
 void ds__unit_runner_position(const ds__unit_runner *u, uint64_t *done, uint64_t *total)

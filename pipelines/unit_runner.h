@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "diffusion/flow_match.h"
 #include "models/model_loader.h"
 #include "models/model_step.h"
 
@@ -33,6 +34,41 @@ typedef struct ds__unit_ops {
  * the end). */
 int ds__unit_runner_advance(ds__unit_runner *u, const ds__unit_ops *ops, void *run,
                             const ds_step_context *ctx, ds_error *err);
+
+/* The model's noise prediction for one CFG side (its prompt's encoder outputs) at `timestep`,
+ * into pred (the latents' shape and the compute dtype). */
+typedef int (*ds__predict_fn)(void *run, const ds_step_context *ctx, const ds_step_io *side,
+                              float timestep, void *pred, ds_error *err);
+
+/* What __call__'s denoising loop works on, the same in every pipeline; owned by the run. */
+typedef struct ds__denoise_state {
+    char *prompt, *negative_prompt, *tokenizer; /* owned copies; tokenizer may be NULL */
+    ds_dtype dtype;              /* the compute dtype */
+    double cfg_scale;            /* 1: no negative pass */
+    ds_flow_match schedule;      /* set by the pipeline */
+    ds_step_io prompt_posi;      /* encode_prompt's outputs for each CFG side */
+    ds_step_io prompt_nega;      /* empty when cfg_scale == 1 */
+    void *latents;               /* latent_count elements in the compute dtype */
+    void *pred_posi, *pred_nega; /* the same: one step's noise predictions (nega NULL without
+                                  * CFG) */
+    size_t latent_count;
+} ds__denoise_state;
+
+/* Copies the prompts (negative_prompt NULL: "", upstream's default) and the tokenizer folder
+ * (may be NULL), allocates the latents and predictions. RESOURCE_EXHAUSTED naming `pipeline`;
+ * the state is freed with ds__denoise_state_free either way. */
+int ds__denoise_state_init(ds__denoise_state *s, const char *pipeline, const char *prompt,
+                           const char *negative_prompt, const char *tokenizer, ds_dtype dtype,
+                           double cfg_scale, size_t latent_count, ds_error *err);
+void ds__denoise_state_free(ds__denoise_state *s);
+
+/* Step `index` at `timestep` (as the model sees it): the positive prediction, and when
+ * cfg_scale != 1 (after a cancellation poll) the negative one and cfg_guided_model_fn's
+ * nega + cfg_scale * (posi - nega), then scheduler.step, all in the compute dtype; reports
+ * ("denoise", index + 1, steps). */
+int ds__unit_cfg_denoise(ds__denoise_state *s, const char *pipeline, ds__predict_fn predict,
+                         void *run, const ds_step_context *ctx, int index, float timestep,
+                         ds_error *err);
 
 /* Units run so far and in all (steps + 2). */
 void ds__unit_runner_position(const ds__unit_runner *u, uint64_t *done, uint64_t *total);

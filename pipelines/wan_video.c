@@ -21,7 +21,6 @@
  */
 #include "pipelines/wan_video.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -94,26 +93,19 @@ typedef enum { OUTPUT_VIDEO, OUTPUT_LATENTS } output_index;
 typedef struct wan_run {
     const ds_loaded_model *text_encoder, *dit, *vae;
     const ds_loaded_model *vace; /* NULL, or a VaceWanModel run with vace_context */
-    char *prompt, *negative_prompt, *tokenizer; /* owned copies; tokenizer may be NULL */
+    ds__denoise_state d;       /* latents [1, 16, lt, lh, lw]; "context" [1, 512, text_dim] per
+                                * side */
     uint64_t seed;
-    double cfg_scale, denoising_strength, sigma_shift, vace_scale;
-    ds_dtype dtype;
+    double denoising_strength, sigma_shift, vace_scale;
     int height, width, frames; /* after ShapeChecker's rounding */
     int64_t lt, lh, lw;        /* latent frames (reference frame included), height / 8, width / 8 */
     int64_t ref;               /* 1 with vace_reference_image (prepended, trimmed before decode) */
-    size_t latent_count;       /* 16 * lt * lh * lw */
     int tiled;
     ds_wan_video_vae_tiling tiling;
-    ds_flow_match schedule;
 
     /* Borrowed until the encode unit. */
     const ds_tensor *input_video, *vace_video, *vace_mask, *vace_reference;
 
-    void *latents;          /* [1, 16, lt, lh, lw] compute dtype */
-    void *pred_posi;        /* the same shape: noise predictions of one step */
-    void *pred_nega;
-    ds_step_io prompt_posi; /* encode_prompt's "context" [1, 512, text_dim] */
-    ds_step_io prompt_nega; /* empty when cfg_scale == 1 */
     void *vace_context;     /* NULL, or [1, 96, lt, lh, lw] compute dtype */
     void *final_latents;    /* [1, 16, lt - ref, lh, lw]: what the VAE decodes */
 
@@ -272,15 +264,7 @@ static void run_free(wan_run *p)
 {
     if (!p)
         return;
-    ds_flow_match_free(&p->schedule);
-    ds_step_io_free(&p->prompt_posi);
-    ds_step_io_free(&p->prompt_nega);
-    free(p->prompt);
-    free(p->negative_prompt);
-    free(p->tokenizer);
-    free(p->latents);
-    free(p->pred_posi);
-    free(p->pred_nega);
+    ds__denoise_state_free(&p->d);
     free(p->vace_context);
     free(p->final_latents);
     free(p->rgb);
@@ -333,10 +317,8 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
     p->vace = a->models[ROLE_VACE];
     p->vace_scale = v[PARAM_VACE_SCALE].d;
     p->seed = v[PARAM_SEED].u;
-    p->cfg_scale = v[PARAM_CFG].d;
     p->denoising_strength = strength;
     p->sigma_shift = v[PARAM_SHIFT].d;
-    p->dtype = a->dtype;
     p->height = height;
     p->width = width;
     p->frames = frames;
@@ -344,7 +326,6 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
     p->lt = (frames - 1) / TIME_FACTOR + 1 + p->ref;
     p->lh = height / SPATIAL;
     p->lw = width / SPATIAL;
-    p->latent_count = (size_t)LATENT_CHANNELS * (size_t)p->lt * (size_t)p->lh * (size_t)p->lw;
     p->tiled = v[PARAM_TILED].i != 0;
     p->tiling = tiling;
     p->input_video = input_video;
@@ -352,29 +333,24 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
     p->vace_mask = a->inputs[INPUT_VACE_MASK];
     p->vace_reference = a->inputs[INPUT_VACE_REFERENCE];
     int with_vace = p->vace_video || p->vace_mask || p->vace_reference;
-    ds_step_io_init(&p->prompt_posi);
-    ds_step_io_init(&p->prompt_nega);
-    p->prompt = strdup(a->prompt);
-    p->negative_prompt = strdup(a->negative_prompt ? a->negative_prompt : "");
-    p->tokenizer = a->tokenizer ? strdup(a->tokenizer) : NULL;
-    size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
-    p->latents = malloc(bytes);
-    p->pred_posi = malloc(bytes);
-    p->pred_nega = p->cfg_scale != 1.0 ? malloc(bytes) : NULL;
-    p->vace_context = with_vace ? malloc(bytes / LATENT_CHANNELS * VACE_CHANNELS) : NULL;
-    if (!p->prompt || !p->negative_prompt || (a->tokenizer && !p->tokenizer) || !p->latents ||
-        !p->pred_posi || (p->cfg_scale != 1.0 && !p->pred_nega) ||
-        (with_vace && !p->vace_context)) {
+    size_t latent_count =
+        (size_t)LATENT_CHANNELS * (size_t)p->lt * (size_t)p->lh * (size_t)p->lw;
+    if ((rc = ds__denoise_state_init(&p->d, "wan_video", a->prompt, a->negative_prompt,
+                                     a->tokenizer, a->dtype, v[PARAM_CFG].d, latent_count,
+                                     err)) != DS_OK)
+        goto fail;
+    size_t vace_bytes = latent_count / LATENT_CHANNELS * VACE_CHANNELS * ds_dtype_size(a->dtype);
+    if (with_vace && !(p->vace_context = malloc(vace_bytes))) {
         rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                          "wan_video: out of memory for %zu latents", p->latent_count);
+                          "wan_video: out of memory for the VACE context");
         goto fail;
     }
-    if ((rc = ds_flow_match_wan((int)v[PARAM_STEPS].i, strength, p->sigma_shift, &p->schedule,
+    if ((rc = ds_flow_match_wan((int)v[PARAM_STEPS].i, strength, p->sigma_shift, &p->d.schedule,
                                 err)) != DS_OK) {
         ds_error_prefix(err, "wan_video: ");
         goto fail;
     }
-    p->units = (ds__unit_runner){.pipeline = "wan_video", .steps = p->schedule.count};
+    p->units = (ds__unit_runner){.pipeline = "wan_video", .steps = p->d.schedule.count};
     *out = (ds_pipeline_run *)p;
     return DS_OK;
 fail:
@@ -399,37 +375,6 @@ static int load_tokenizer(const char *dir, void **out, ds_error *err)
 static void free_tokenizer(void *tok) { ds_wan_tokenizer_free(tok); }
 
 static ds__tokenizer_cache tokenizers = DS__TOKENIZER_CACHE_INIT(load_tokenizer, free_tokenizer);
-
-/* The tokenizer folder: the "tokenizer" parameter, else google/umt5-xxl/ beside the model's
- * first file. */
-static int tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx,
-                         const char *param, char *dir, size_t cap, const char **origin,
-                         ds_error *err)
-{
-    if (param)
-        return ds__tokenizer_param_dir(ctx, param, dir, cap, origin, err);
-    *origin = "beside the model file, as upstream lays out Wan-AI/Wan2.1-T2V-1.3B; or give the "
-              "\"tokenizer\" parameter";
-    if (!m->files || m->files->count == 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: the model has no files to find the tokenizer folder "
-                            "beside; give the \"tokenizer\" parameter");
-    char file[PATH_MAX];
-    const char *path = m->files->files[0].path;
-    if (!realpath(path, file))
-        return ds_error_set(err, DS_ERR_NOT_FOUND,
-                            "encode_prompt: cannot resolve the model file %s to find the "
-                            "tokenizer folder beside it: %s",
-                            path, strerror(errno));
-    char *slash = strrchr(file, '/');
-    if (slash)
-        *slash = '\0';
-    if (snprintf(dir, cap, "%s/" TOKENIZER_SUBDIR, slash ? file : ".") >= (int)cap)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: the tokenizer folder beside %s is too long a path",
-                            path);
-    return DS_OK;
-}
 
 /*     ids, mask = pipe.tokenizer(prompt, return_mask=True, add_special_tokens=True)
  *     seq_lens = mask.gt(0).sum(dim=1)
@@ -460,8 +405,10 @@ int ds_wan_encode_prompt(const ds_loaded_model *text_encoder, const ds_step_cont
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "encode_prompt: compute dtype %s, expected f32 or bf16",
                             ds_dtype_name(dtype));
-    if ((rc = tokenizer_dir(text_encoder, ctx, tokenizer, dir, sizeof dir, &origin, err)) !=
-            DS_OK ||
+    if ((rc = ds__tokenizer_dir(text_encoder, ctx, tokenizer, 1, TOKENIZER_SUBDIR,
+                                "beside the model file, as upstream lays out "
+                                "Wan-AI/Wan2.1-T2V-1.3B; or give the \"tokenizer\" parameter",
+                                dir, sizeof dir, &origin, err)) != DS_OK ||
         (rc = ds__tokenizer_cache_get(&tokenizers, dir, origin, &tok, &owned, err)) != DS_OK)
         return rc;
     rc = ds_wan_tokenizer_encode_padded(tok, prompt, strlen(prompt), L, ids, mask, &length, err);
@@ -504,7 +451,7 @@ static int encode_prompt(wan_run *p, const ds_step_context *ctx, const char *pro
                          ds_step_io *out, ds_error *err)
 {
     ds_step_context inner = ds__unit_inner_context(ctx);
-    return ds_wan_encode_prompt(p->text_encoder, &inner, prompt, p->tokenizer, p->dtype, out,
+    return ds_wan_encode_prompt(p->text_encoder, &inner, prompt, p->d.tokenizer, p->d.dtype, out,
                                 err);
 }
 
@@ -533,7 +480,7 @@ static void store(ds_dtype dtype, void *data, size_t i, float x)
 static int preprocess_video(const wan_run *p, const uint8_t *rgb, size_t T, int mask, void *out,
                             ds_error *err)
 {
-    size_t esize = ds_dtype_size(p->dtype);
+    size_t esize = ds_dtype_size(p->d.dtype);
     size_t plane = (size_t)p->height * (size_t)p->width;
     if (mask) {
         /* image * ((1 - 0) / 255) + 0: the Python double met by a float32 op. */
@@ -541,8 +488,8 @@ static int preprocess_video(const wan_run *p, const uint8_t *rgb, size_t T, int 
         for (size_t t = 0; t < T; t++)
             for (size_t c = 0; c < 3; c++)
                 for (size_t i = 0; i < plane; i++) {
-                    float x = round_to(p->dtype, (float)rgb[(t * plane + i) * 3 + c] * scale);
-                    store(p->dtype, out, (c * T + t) * plane + i, x + 0.0f);
+                    float x = round_to(p->d.dtype, (float)rgb[(t * plane + i) * 3 + c] * scale);
+                    store(p->d.dtype, out, (c * T + t) * plane + i, x + 0.0f);
                 }
         return DS_OK;
     }
@@ -552,7 +499,7 @@ static int preprocess_video(const wan_run *p, const uint8_t *rgb, size_t T, int 
                             "wan_video: out of memory for a %d x %d frame", p->height, p->width);
     int rc = DS_OK;
     for (size_t t = 0; t < T && rc == DS_OK; t++) {
-        rc = ds_preprocess_image(rgb + t * plane * 3, p->height, p->width, p->dtype, frame, err);
+        rc = ds_preprocess_image(rgb + t * plane * 3, p->height, p->width, p->d.dtype, frame, err);
         for (size_t c = 0; rc == DS_OK && c < 3; c++)
             memcpy((char *)out + ((c * T + t) * plane) * esize,
                    (const char *)frame + c * plane * esize, plane * esize);
@@ -570,9 +517,9 @@ static int vae_encode(wan_run *p, const ds_step_context *ctx, const void *video,
     int rc = ds_cpu_fallback_backend(&cpu, err);
     if (rc != DS_OK)
         return rc;
-    ds_tensor v = ds_tensor_wrap(cpu, p->dtype, 5, SHAPE(1, 3, T, p->height, p->width),
+    ds_tensor v = ds_tensor_wrap(cpu, p->d.dtype, 5, SHAPE(1, 3, T, p->height, p->width),
                                  (void *)video);
-    ds_tensor z = ds_tensor_wrap(cpu, p->dtype, 5,
+    ds_tensor z = ds_tensor_wrap(cpu, p->d.dtype, 5,
                                  SHAPE(1, LATENT_CHANNELS, (T - 1) / TIME_FACTOR + 1, p->lh,
                                        p->lw),
                                  latents);
@@ -598,7 +545,7 @@ static void copy_frames(void *dst, int64_t dst_T, int64_t at, const void *src, i
 static int reference_video(const wan_run *p, void **out, ds_error *err)
 {
     size_t plane = (size_t)p->height * (size_t)p->width;
-    *out = malloc(3 * plane * ds_dtype_size(p->dtype));
+    *out = malloc(3 * plane * ds_dtype_size(p->d.dtype));
     if (!*out)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                             "wan_video: out of memory for vace_reference_image");
@@ -611,12 +558,12 @@ static int reference_video(const wan_run *p, void **out, ds_error *err)
 static int embed_input_video(wan_run *p, const ds_step_context *ctx, const void *noise,
                              ds_error *err)
 {
-    size_t esize = ds_dtype_size(p->dtype);
+    size_t esize = ds_dtype_size(p->d.dtype);
     size_t plane = (size_t)p->lh * (size_t)p->lw;
     int64_t video_lt = p->lt - p->ref;
     size_t pixels = 3 * (size_t)p->frames * (size_t)p->height * (size_t)p->width;
     void *video = malloc(pixels * esize);
-    void *input_latents = malloc(p->latent_count * esize);
+    void *input_latents = malloc(p->d.latent_count * esize);
     void *video_latents = malloc((size_t)LATENT_CHANNELS * (size_t)video_lt * plane * esize);
     void *ref = NULL, *ref_latents = NULL;
     int rc;
@@ -644,8 +591,8 @@ static int embed_input_video(wan_run *p, const ds_step_context *ctx, const void 
             goto done;
         copy_frames(input_latents, p->lt, 0, ref_latents, 1, 1, LATENT_CHANNELS, plane * esize);
     }
-    rc = ds_flow_match_add_noise(&p->schedule, 0, p->dtype, input_latents, noise, p->latents,
-                                 p->latent_count, err);
+    rc = ds_flow_match_add_noise(&p->d.schedule, 0, p->d.dtype, input_latents, noise, p->d.latents,
+                                 p->d.latent_count, err);
 done:
     free(video);
     free(input_latents);
@@ -669,7 +616,7 @@ static int64_t nearest_exact_source(int64_t i, int64_t in, int64_t out)
  * at the latent frame rate; the reference image's latents (and zeros) prepended as frame 0. */
 static int embed_vace(wan_run *p, const ds_step_context *ctx, ds_error *err)
 {
-    ds_dtype dt = p->dtype;
+    ds_dtype dt = p->d.dtype;
     size_t esize = ds_dtype_size(dt);
     size_t T = (size_t)p->frames, px = (size_t)p->height * (size_t)p->width;
     size_t lplane = (size_t)p->lh * (size_t)p->lw;
@@ -765,22 +712,23 @@ static int run_encode(void *run, const ds_step_context *ctx, ds_error *err)
 {
     wan_run *p = run;
     int rc;
-    int parts = 1 + (p->cfg_scale != 1.0) + (p->input_video != NULL) + (p->vace_context != NULL);
+    int parts = 1 + (p->d.cfg_scale != 1.0) + (p->input_video != NULL) + (p->vace_context != NULL);
     int done = 0;
-    size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
+    size_t bytes = p->d.latent_count * ds_dtype_size(p->d.dtype);
     ds__unit_report(ctx, "encode", 0, (uint64_t)parts);
 
     /* generate_noise: drawn in float32, then cast to the compute dtype. */
-    float *drawn = malloc(p->latent_count * sizeof *drawn);
-    float *noise = malloc(p->latent_count * sizeof *noise);
+    float *drawn = malloc(p->d.latent_count * sizeof *drawn);
+    float *noise = malloc(p->d.latent_count * sizeof *noise);
     if (!drawn || !noise) {
         free(drawn);
         free(noise);
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "wan_video: out of memory for the noise");
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "wan_video: out of memory for the noise");
     }
     ds_torch_generator gen;
     ds_torch_generator_seed(&gen, p->seed);
-    if ((rc = ds_torch_randn(&gen, DS_F32, drawn, p->latent_count, err)) != DS_OK)
+    if ((rc = ds_torch_randn(&gen, DS_F32, drawn, p->d.latent_count, err)) != DS_OK)
         goto done;
     /* With a reference frame the last drawn frame moves to the front:
      * concat(noise[:, :, -1:], noise[:, :, :-1]). */
@@ -789,19 +737,19 @@ static int run_encode(void *run, const ds_step_context *ctx, ds_error *err)
     if (p->ref)
         copy_frames(noise, p->lt, 0, (const char *)drawn + (size_t)(p->lt - 1) * plane, p->lt, 1,
                     LATENT_CHANNELS, plane);
-    if (p->dtype == DS_BF16) {
+    if (p->d.dtype == DS_BF16) {
         uint16_t *bf = (uint16_t *)noise;
         /* In place, front to back: element i's bf16 lands at or before its float. */
-        for (size_t i = 0; i < p->latent_count; i++)
+        for (size_t i = 0; i < p->d.latent_count; i++)
             bf[i] = ds_f32_to_bf16(noise[i]);
     }
     if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
-        (rc = encode_prompt(p, ctx, p->prompt, &p->prompt_posi, err)) != DS_OK)
+        (rc = encode_prompt(p, ctx, p->d.prompt, &p->d.prompt_posi, err)) != DS_OK)
         goto done;
     ds__unit_report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
-    if (p->cfg_scale != 1.0) {
+    if (p->d.cfg_scale != 1.0) {
         if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
-            (rc = encode_prompt(p, ctx, p->negative_prompt, &p->prompt_nega, err)) != DS_OK)
+            (rc = encode_prompt(p, ctx, p->d.negative_prompt, &p->d.prompt_nega, err)) != DS_OK)
             goto done;
         ds__unit_report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     }
@@ -811,10 +759,11 @@ static int run_encode(void *run, const ds_step_context *ctx, ds_error *err)
             goto done;
         ds__unit_report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     } else {
-        memcpy(p->latents, noise, bytes);
+        memcpy(p->d.latents, noise, bytes);
     }
     if (p->vace_context) {
-        if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK || (rc = embed_vace(p, ctx, err)) != DS_OK)
+        if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
+            (rc = embed_vace(p, ctx, err)) != DS_OK)
             goto done;
         ds__unit_report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     }
@@ -828,9 +777,10 @@ done:
 }
 
 /* One model_fn_wan_video call for one CFG side. */
-static int predict(wan_run *p, const ds_step_context *ctx, const ds_step_io *side,
+static int predict(void *run, const ds_step_context *ctx, const ds_step_io *side,
                    float timestep, void *pred, ds_error *err)
 {
+    wan_run *p = run;
     ds_backend *cpu;
     int rc = ds_cpu_fallback_backend(&cpu, err);
     if (rc != DS_OK)
@@ -839,13 +789,13 @@ static int predict(wan_run *p, const ds_step_context *ctx, const ds_step_io *sid
     if (!context)
         return ds_error_set(err, DS_ERR_INTERNAL, "wan_video: encode_prompt returned no context");
     const int64_t *shape = SHAPE(1, LATENT_CHANNELS, p->lt, p->lh, p->lw);
-    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 5, shape, p->latents);
-    ds_tensor out = ds_tensor_wrap(cpu, p->dtype, 5, shape, pred);
+    ds_tensor latents = ds_tensor_wrap(cpu, p->d.dtype, 5, shape, p->d.latents);
+    ds_tensor out = ds_tensor_wrap(cpu, p->d.dtype, 5, shape, pred);
     ds_tensor t = ds_tensor_wrap(cpu, DS_F32, 1, SHAPE(1), &timestep);
     ds_wan_video_dit_inputs in = {.latents = &latents, .timestep = &t, .context = context};
     ds_tensor vace_context;
     if (p->vace_context) {
-        vace_context = ds_tensor_wrap(cpu, p->dtype, 5,
+        vace_context = ds_tensor_wrap(cpu, p->d.dtype, 5,
                                       SHAPE(1, VACE_CHANNELS, p->lt, p->lh, p->lw),
                                       p->vace_context);
         in.vace = p->vace;
@@ -861,24 +811,10 @@ static int run_denoise(void *run, const ds_step_context *ctx, int index, ds_erro
 {
     wan_run *p = run;
     /* timestep.to(dtype=torch_dtype) before the model sees it. */
-    float timestep = p->schedule.timesteps[index];
-    if (p->dtype == DS_BF16)
+    float timestep = p->d.schedule.timesteps[index];
+    if (p->d.dtype == DS_BF16)
         timestep = ds_bf16_to_f32(ds_f32_to_bf16(timestep));
-    int rc;
-    if ((rc = predict(p, ctx, &p->prompt_posi, timestep, p->pred_posi, err)) != DS_OK)
-        return rc;
-    if (p->cfg_scale != 1.0) {
-        if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
-            (rc = predict(p, ctx, &p->prompt_nega, timestep, p->pred_nega, err)) != DS_OK ||
-            (rc = ds_cfg_combine(p->dtype, p->pred_posi, p->pred_nega, p->cfg_scale,
-                                 p->pred_posi, p->latent_count, err)) != DS_OK)
-            return rc;
-    }
-    if ((rc = ds_flow_match_step(&p->schedule, index, p->dtype, p->pred_posi, p->latents,
-                                 p->latent_count, err)) != DS_OK)
-        return rc;
-    ds__unit_report(ctx, "denoise", (uint64_t)index + 1, (uint64_t)p->schedule.count);
-    return DS_OK;
+    return ds__unit_cfg_denoise(&p->d, "wan_video", predict, p, ctx, index, timestep, err);
 }
 
 /* vae.decode, then vae_output_to_video: frame by frame as vae_output_to_image. The VAE reports
@@ -890,7 +826,7 @@ static int run_decode(void *run, const ds_step_context *ctx, ds_error *err)
     int rc = ds_cpu_fallback_backend(&cpu, err);
     if (rc != DS_OK)
         return rc;
-    size_t esize = ds_dtype_size(p->dtype);
+    size_t esize = ds_dtype_size(p->d.dtype);
     size_t plane = (size_t)p->height * (size_t)p->width, T = (size_t)p->frames;
     int64_t lt = p->lt - p->ref;
     size_t lplane = (size_t)p->lh * (size_t)p->lw * esize;
@@ -905,16 +841,16 @@ static int run_decode(void *run, const ds_step_context *ctx, ds_error *err)
         goto done;
     }
     /* latents[:, :, ref:]: the reference frame is dropped before decoding. */
-    copy_frames(p->final_latents, lt, 0, (const char *)p->latents + (size_t)p->ref * lplane,
+    copy_frames(p->final_latents, lt, 0, (const char *)p->d.latents + (size_t)p->ref * lplane,
                 p->lt, lt, LATENT_CHANNELS, lplane);
     const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, lt, p->lh, p->lw);
-    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 5, latent_shape, p->final_latents);
-    ds_tensor decoded = ds_tensor_wrap(cpu, p->dtype, 5,
+    ds_tensor latents = ds_tensor_wrap(cpu, p->d.dtype, 5, latent_shape, p->final_latents);
+    ds_tensor decoded = ds_tensor_wrap(cpu, p->d.dtype, 5,
                                        SHAPE(1, 3, p->frames, p->height, p->width), video);
     if ((rc = ds_wan_video_vae_decode(p->vae, ctx, p->tiled ? &p->tiling : NULL, &latents,
                                       &decoded, err)) != DS_OK)
         goto done;
-    ds_tensor one = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, 3, p->height, p->width), frame);
+    ds_tensor one = ds_tensor_wrap(cpu, p->d.dtype, 4, SHAPE(1, 3, p->height, p->width), frame);
     for (size_t t = 0; t < T && rc == DS_OK; t++) {
         for (size_t c = 0; c < 3; c++)
             memcpy((char *)frame + c * plane * esize,
@@ -955,7 +891,7 @@ static size_t op_results(const ds_pipeline_run *run, ds_pipeline_result *out)
 {
     const wan_run *p = (const wan_run *)run;
     out[0] = (ds_pipeline_result){"seed", 1, p->seed, 0};
-    out[1] = (ds_pipeline_result){"steps", 1, (uint64_t)p->schedule.count, 0};
+    out[1] = (ds_pipeline_result){"steps", 1, (uint64_t)p->d.schedule.count, 0};
     out[2] = (ds_pipeline_result){"height", 1, (uint64_t)p->height, 0};
     out[3] = (ds_pipeline_result){"width", 1, (uint64_t)p->width, 0};
     out[4] = (ds_pipeline_result){"num_frames", 1, (uint64_t)p->frames, 0};
@@ -1122,34 +1058,12 @@ static const ds_pipeline_class_step class_steps[] = {
      }},
 };
 
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
 const ds_pipeline_def ds__wan_video_pipeline = {
     .name = "wan_video",
     .summary = "Wan2.1 text-to-video, video-to-video and VACE",
-    .roles = roles,
-    .role_count = COUNT(roles),
-    .params = params,
-    .param_count = COUNT(params),
-    .inputs = inputs,
-    .input_count = COUNT(inputs),
-    .outputs = outputs,
-    .output_count = COUNT(outputs),
-    .phases = phases,
-    .phase_count = COUNT(phases),
+    DS_PIPELINE_STANDARD_FIELDS,
     .repeated_phase = "denoise",
-    .dtypes = dtypes,
-    .dtype_count = COUNT(dtypes),
     .class_steps = class_steps,
-    .class_step_count = COUNT(class_steps),
+    .class_step_count = DS_PIPELINE_COUNT(class_steps),
     .estimate_role = ROLE_VAE,
-    .start = op_start,
-    .advance = op_advance,
-    .position = op_position,
-    .output = op_output,
-    .results = op_results,
-    .describe_position = op_describe_position,
-    .output_pixels = op_output_pixels,
-    .estimate_memory = op_estimate_memory,
-    .free = op_free,
 };

@@ -4,8 +4,8 @@
  * width, the 1.3B DiT cut to 1 block, the real VAE), the test SentencePiece tokenizer, float32;
  * text-to-video with CFG at a height the pipeline rounds up and upstream's default tiling, and
  * video-to-video at strength 0.7 with small blended tiles, VACE with a video, a mask and a
- * reference image (a VaceWanModel of one layer at the DiT's width), untiled. Then the unit sequence and its
- * progress, cancellation, and the parameter and model checks. */
+ * reference image (a VaceWanModel of one layer at the DiT's width), untiled. Then the unit
+ * sequence and its progress, cancellation, and the parameter and model checks. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -471,7 +471,8 @@ static void test_table(void)
     CHECK(values[ds_pipeline_param_index(def, "cfg_scale")].d == 5.0);
     CHECK(values[ds_pipeline_param_index(def, "sigma_shift")].d == 5.0);
     CHECK(values[ds_pipeline_param_index(def, "tiled")].i == 1);
-    CHECK(def->param_count <= DS_PIPELINE_MAX_PARAMS && def->input_count <= DS_PIPELINE_MAX_TENSORS);
+    CHECK(def->param_count <= DS_PIPELINE_MAX_PARAMS &&
+          def->input_count <= DS_PIPELINE_MAX_TENSORS);
     ds_pipeline_args a = base_args();
     ds_pipeline_memory_args m = {.threads = 2};
     ds_memory_need need;
