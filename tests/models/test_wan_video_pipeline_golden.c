@@ -113,28 +113,16 @@ static int is_cancelled(void *user)
     return log->cancel_after > 0 && log->count >= log->cancel_after;
 }
 
-static void set_int(ds_pipeline_args *a, const char *name, int64_t v)
+/* Parameter `name` of the run's values, marked given. */
+static ds_pipeline_value *param(ds_pipeline_args *a, const char *name)
 {
+    static ds_pipeline_value unused;
     int i = ds_pipeline_param_index(def, name);
-    REQUIRE(i >= 0);
-    a->values[i].i = v;
+    CHECK_MSG(i >= 0, "no parameter %s", name);
+    if (i < 0)
+        return &unused;
     a->values[i].given = 1;
-}
-
-static void set_number(ds_pipeline_args *a, const char *name, double v)
-{
-    int i = ds_pipeline_param_index(def, name);
-    REQUIRE(i >= 0);
-    a->values[i].d = v;
-    a->values[i].given = 1;
-}
-
-static void set_seed(ds_pipeline_args *a, uint64_t seed)
-{
-    int i = ds_pipeline_param_index(def, "seed");
-    REQUIRE(i >= 0);
-    a->values[i].u = seed;
-    a->values[i].given = 1;
+    return &a->values[i];
 }
 
 static void set_input(ds_pipeline_args *a, const char *name, const ds_tensor *t)
@@ -172,19 +160,6 @@ static int run_all(ds_pipeline_run *run, progress_log *log, ds_error *err)
     return rc;
 }
 
-static double rel_l2(const ds_tensor *got, const ds_tensor_view *want)
-{
-    double num = 0, den = 0;
-    uint64_t n = ds_tensor_view_numel(want);
-    for (uint64_t i = 0; i < n; i++) {
-        double a = ds_load_f64(got->data, got->dtype, i);
-        double b = ds_load_f64(want->data, want->dtype, i);
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
 static void check_case(const char *name, const ds_pipeline_args *args)
 {
     char key[64];
@@ -211,7 +186,9 @@ static void check_case(const char *name, const ds_pipeline_args *args)
     CHECK(video->dtype == DS_U8 && video->ndim == 4);
     for (int d = 0; d < 4; d++)
         CHECK(video->shape[d] == want_video->shape[d]);
-    double rel = rel_l2(latents, want_latents);
+    ds_tensor want = ds_tensor_wrap(cpu, want_latents->dtype, want_latents->ndim,
+                                    want_latents->shape, (void *)want_latents->data);
+    double rel = ds_golden_rel_l2(latents, &want);
     int max_diff = 0;
     uint64_t differing = 0, n = ds_tensor_view_numel(want_video);
     for (uint64_t i = 0; i < n; i++) {
@@ -233,11 +210,11 @@ static void check_case(const char *name, const ds_pipeline_args *args)
 static void test_text_to_video(void)
 {
     ds_pipeline_args a = base_args();
-    set_seed(&a, 42);
-    set_int(&a, "steps", 3);
-    set_int(&a, "height", 40); /* rounded up to 48 */
-    set_int(&a, "width", 80);
-    set_int(&a, "num_frames", 9);
+    param(&a, "seed")->u = 42;
+    param(&a, "steps")->i = 3;
+    param(&a, "height")->i = 40; /* rounded up to 48 */
+    param(&a, "width")->i = 80;
+    param(&a, "num_frames")->i = 9;
     check_case("t2v", &a);
 }
 
@@ -247,17 +224,17 @@ static void test_video_to_video(void)
     REQUIRE(v);
     ds_tensor video = ds_tensor_wrap(cpu, DS_U8, 4, v->shape, (void *)v->data);
     ds_pipeline_args a = base_args();
-    set_seed(&a, 7);
-    set_int(&a, "steps", 3);
-    set_int(&a, "height", 48);
-    set_int(&a, "width", 64);
-    set_int(&a, "num_frames", 9);
-    set_number(&a, "denoising_strength", 0.7);
-    set_number(&a, "sigma_shift", 3.0);
-    set_int(&a, "tile_size_h", 4);
-    set_int(&a, "tile_size_w", 6);
-    set_int(&a, "tile_stride_h", 2);
-    set_int(&a, "tile_stride_w", 3);
+    param(&a, "seed")->u = 7;
+    param(&a, "steps")->i = 3;
+    param(&a, "height")->i = 48;
+    param(&a, "width")->i = 64;
+    param(&a, "num_frames")->i = 9;
+    param(&a, "denoising_strength")->d = 0.7;
+    param(&a, "sigma_shift")->d = 3.0;
+    param(&a, "tile_size_h")->i = 4;
+    param(&a, "tile_size_w")->i = 6;
+    param(&a, "tile_stride_h")->i = 2;
+    param(&a, "tile_stride_w")->i = 3;
     set_input(&a, "input_video", &video);
     check_case("v2v", &a);
 }
@@ -277,13 +254,13 @@ static void test_vace(void)
     REQUIRE(video.data && mask.data && ref.data);
     ds_pipeline_args a = base_args();
     a.models[ds_pipeline_role_index(def, "vace")] = &vace;
-    set_seed(&a, 3);
-    set_int(&a, "steps", 3);
-    set_int(&a, "height", 48);
-    set_int(&a, "width", 64);
-    set_int(&a, "num_frames", 9);
-    set_number(&a, "vace_scale", 0.8);
-    set_int(&a, "tiled", 0);
+    param(&a, "seed")->u = 3;
+    param(&a, "steps")->i = 3;
+    param(&a, "height")->i = 48;
+    param(&a, "width")->i = 64;
+    param(&a, "num_frames")->i = 9;
+    param(&a, "vace_scale")->d = 0.8;
+    param(&a, "tiled")->i = 0;
     set_input(&a, "vace_video", &video);
     set_input(&a, "vace_video_mask", &mask);
     set_input(&a, "vace_reference_image", &ref);
@@ -295,12 +272,12 @@ static void test_units_and_progress(void)
 {
     ds_error err;
     ds_pipeline_args a = base_args();
-    set_int(&a, "steps", 2);
-    set_number(&a, "cfg_scale", 1.0);
-    set_int(&a, "height", 16);
-    set_int(&a, "width", 16);
-    set_int(&a, "num_frames", 2); /* rounded up to 5 */
-    set_int(&a, "tiled", 0);
+    param(&a, "steps")->i = 2;
+    param(&a, "cfg_scale")->d = 1.0;
+    param(&a, "height")->i = 16;
+    param(&a, "width")->i = 16;
+    param(&a, "num_frames")->i = 2; /* rounded up to 5 */
+    param(&a, "tiled")->i = 0;
     ds_pipeline_run *run;
     progress_log log = {0};
     REQUIRE(models_ready);
@@ -349,10 +326,10 @@ static void test_cancel(void)
 {
     ds_error err;
     ds_pipeline_args a = base_args();
-    set_int(&a, "steps", 3);
-    set_int(&a, "height", 16);
-    set_int(&a, "width", 16);
-    set_int(&a, "num_frames", 1);
+    param(&a, "steps")->i = 3;
+    param(&a, "height")->i = 16;
+    param(&a, "width")->i = 16;
+    param(&a, "num_frames")->i = 1;
     ds_pipeline_run *run;
     progress_log log = {.cancel_after = 4}; /* after the first denoising step */
     REQUIRE(models_ready);
@@ -398,21 +375,21 @@ static void test_checks(void)
     CHECK_CONTAINS(err.message, "parameter \"num_frames\" is \"0\"");
 
     ds_pipeline_args a = base_args();
-    set_number(&a, "denoising_strength", 0.5);
+    param(&a, "denoising_strength")->d = 0.5;
     expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "denoising_strength 0.5 below 1 needs input_video");
 
     uint8_t pixels[2 * 16 * 16 * 3] = {0};
     ds_tensor short_video = ds_tensor_wrap(cpu, DS_U8, 4, (const int64_t[]){2, 16, 16, 3}, pixels);
     a = base_args();
-    set_int(&a, "height", 16);
-    set_int(&a, "width", 16);
-    set_int(&a, "num_frames", 3);
+    param(&a, "height")->i = 16;
+    param(&a, "width")->i = 16;
+    param(&a, "num_frames")->i = 3;
     set_input(&a, "input_video", &short_video);
     expect_refused(&a, DS_ERR_INVALID_ARGUMENT,
                    "input_video is [2, 16, 16, 3] u8, expected [5, 16, 16, 3] u8");
 
     a = base_args();
-    set_int(&a, "tile_stride_h", 31);
+    param(&a, "tile_stride_h")->i = 31;
     expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "tile_stride_h x tile_stride_w 31 x 26 exceeds");
 
     a = base_args();
@@ -429,16 +406,16 @@ static void test_checks(void)
     uint8_t ref_pixels[16 * 32 * 3] = {0};
     ds_tensor wide_ref = ds_tensor_wrap(cpu, DS_U8, 3, (const int64_t[]){16, 32, 3}, ref_pixels);
     a = base_args();
-    set_int(&a, "height", 16);
-    set_int(&a, "width", 16);
-    set_int(&a, "num_frames", 1);
+    param(&a, "height")->i = 16;
+    param(&a, "width")->i = 16;
+    param(&a, "num_frames")->i = 1;
     set_input(&a, "vace_reference_image", &wide_ref);
     expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "vace_reference_image needs a vace model");
     a.models[ds_pipeline_role_index(def, "vace")] = &vace;
     expect_refused(&a, DS_ERR_INVALID_ARGUMENT,
                    "vace_reference_image is [16, 32, 3] u8, expected [16, 16, 3] u8");
     set_input(&a, "vace_reference_image", NULL);
-    set_int(&a, "num_frames", 5);
+    param(&a, "num_frames")->i = 5;
     set_input(&a, "vace_video_mask", &short_video);
     expect_refused(&a, DS_ERR_INVALID_ARGUMENT,
                    "vace_video_mask is [2, 16, 16, 3] u8, expected [>= 5, 16, 16, 3] u8");
