@@ -24,9 +24,10 @@ static float linspace_at(float start, float end, float step, int64_t n, int64_t 
     return fmaf(-step, (float)(n - i - 1), end);
 }
 
-int ds_flow_match_qwen_image(int steps, double denoising_strength, int64_t dynamic_shift_len,
-                             const double *exponential_shift_mu, ds_flow_match *out,
-                             ds_error *err)
+/* Validates the common arguments, allocates the arrays and fills sigmas with
+ * linspace(strength, 0, steps + 1)[:-1], as the Qwen-Image and Wan templates both begin. */
+static int begin_schedule(int steps, double denoising_strength, ds_flow_match *out,
+                          ds_error *err)
 {
     if (!out)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "flow match: out is NULL");
@@ -41,10 +42,38 @@ int ds_flow_match_qwen_image(int steps, double denoising_strength, int64_t dynam
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "flow match: denoising_strength %g is outside (0, 1]",
                             denoising_strength);
+    float *sigmas = malloc((size_t)steps * sizeof *sigmas);
+    float *timesteps = malloc((size_t)steps * sizeof *timesteps);
+    if (!sigmas || !timesteps) {
+        free(sigmas);
+        free(timesteps);
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "flow match: out of memory for %d steps", steps);
+    }
+    float start = (float)denoising_strength;
+    int64_t n = (int64_t)steps + 1;
+    float step = (0.0f - start) / (float)(n - 1);
+    for (int i = 0; i < steps; i++)
+        sigmas[i] = linspace_at(start, 0.0f, step, n, i);
+    out->count = steps;
+    out->sigmas = sigmas;
+    out->timesteps = timesteps;
+    return DS_OK;
+}
+
+int ds_flow_match_qwen_image(int steps, double denoising_strength, int64_t dynamic_shift_len,
+                             const double *exponential_shift_mu, ds_flow_match *out,
+                             ds_error *err)
+{
+    if (out)
+        *out = (ds_flow_match){0};
     if (exponential_shift_mu && !isfinite(*exponential_shift_mu))
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "flow match: exponential_shift_mu %g is not finite",
                             *exponential_shift_mu);
+    int rc = begin_schedule(steps, denoising_strength, out, err);
+    if (rc != DS_OK)
+        return rc;
 
     /* The Python scalars are doubles; torch rounds each to float32 where it meets a tensor. */
     double mu = DEFAULT_MU;
@@ -56,22 +85,7 @@ int ds_flow_match_qwen_image(int steps, double denoising_strength, int64_t dynam
         mu = (double)dynamic_shift_len * m + b;
     }
     float exp_mu = (float)exp(mu);
-
-    float *sigmas = malloc((size_t)steps * sizeof *sigmas);
-    float *timesteps = malloc((size_t)steps * sizeof *timesteps);
-    if (!sigmas || !timesteps) {
-        free(sigmas);
-        free(timesteps);
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                            "flow match: out of memory for %d steps", steps);
-    }
-
-    /* linspace(strength, 0, steps + 1)[:-1] */
-    float start = (float)denoising_strength;
-    int64_t n = (int64_t)steps + 1;
-    float step = (0.0f - start) / (float)(n - 1);
-    for (int i = 0; i < steps; i++)
-        sigmas[i] = linspace_at(start, 0.0f, step, n, i);
+    float *sigmas = out->sigmas;
 
     /* exp(mu) / (exp(mu) + (1 / sigmas - 1)): Python's scalar-over-tensor divisions are
      * reciprocal(tensor) * scalar. */
@@ -84,12 +98,30 @@ int ds_flow_match_qwen_image(int steps, double denoising_strength, int64_t dynam
     float scale = (1.0f - sigmas[steps - 1]) / (float)(1.0 - SHIFT_TERMINAL);
     for (int i = 0; i < steps; i++) {
         sigmas[i] = 1.0f - (1.0f - sigmas[i]) / scale;
-        timesteps[i] = sigmas[i] * NUM_TRAIN_TIMESTEPS;
+        out->timesteps[i] = sigmas[i] * NUM_TRAIN_TIMESTEPS;
     }
+    return DS_OK;
+}
 
-    out->count = steps;
-    out->sigmas = sigmas;
-    out->timesteps = timesteps;
+int ds_flow_match_wan(int steps, double denoising_strength, double shift, ds_flow_match *out,
+                      ds_error *err)
+{
+    if (out)
+        *out = (ds_flow_match){0};
+    if (!isfinite(shift))
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "flow match: shift %g is not finite",
+                            shift);
+    int rc = begin_schedule(steps, denoising_strength, out, err);
+    if (rc != DS_OK)
+        return rc;
+    /* shift * sigmas / (1 + (shift - 1) * sigmas): each Python scalar rounded to float32 where
+     * it meets the tensor, (shift - 1) computed in double first. */
+    float s = (float)shift, s1 = (float)(shift - 1.0);
+    for (int i = 0; i < steps; i++) {
+        float x = out->sigmas[i];
+        out->sigmas[i] = (s * x) / (s1 * x + 1.0f);
+        out->timesteps[i] = out->sigmas[i] * NUM_TRAIN_TIMESTEPS;
+    }
     return DS_OK;
 }
 

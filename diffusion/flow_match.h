@@ -1,5 +1,5 @@
 /* diffsynth/diffusion/flow_match.py: FlowMatchScheduler with the "Qwen-Image" template (facts
- * §5.4), bit for bit with the float32 tensors upstream computes on the CPU.
+ * §5.4) and the "Wan" template, bit for bit with the float32 tensors upstream computes on the CPU.
  *
  * Upstream builds the schedule from torch.linspace and float32 tensor arithmetic with Python
  * floats as scalars; each step below is the same single-rounded float operation in the same
@@ -35,6 +35,12 @@ typedef struct ds_flow_match {
 int ds_flow_match_qwen_image(int steps, double denoising_strength, int64_t dynamic_shift_len,
                              const double *exponential_shift_mu, ds_flow_match *out,
                              ds_error *err);
+
+/* set_timesteps_wan(steps, denoising_strength, shift): linspace(strength, 0, steps + 1)[:-1]
+ * shifted by shift * s / (1 + (shift - 1) * s), no dynamic shift (upstream's default shift is
+ * 5). INVALID_ARGUMENT as above, or for a non-finite shift. On failure *out is left empty. */
+int ds_flow_match_wan(int steps, double denoising_strength, double shift, ds_flow_match *out,
+                      ds_error *err);
 
 /* Frees the arrays and empties s; s may be empty or NULL. */
 void ds_flow_match_free(ds_flow_match *s);

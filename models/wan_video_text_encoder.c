@@ -21,7 +21,6 @@
 #include "models/module.h"
 #include "models/param_tree.h"
 #include "models/text_encoder.h"
-#include "models/wan_video_prompt.h"
 #include "models/weight_set.h"
 
 #define CLASS_NAME "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
@@ -456,14 +455,6 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
 static const ds_model_step steps[] = {
     {.name = "forward", .run = forward_step,
      .usage = DS_TEXT_ENCODER_FORWARD_USAGE("[B, S, dim] (4096)")},
-    {
-        .name = "encode_prompt",
-        .run = ds_wan_encode_prompt_step,
-        .usage = "encode_prompt: prompt (text), tokenizer (folder with spiece.model; default: "
-                 "google/umt5-xxl/ beside the model's file, as in Wan-AI/Wan2.1-T2V-1.3B), "
-                 "dtype (as forward) -> context [1, 512, dim] (4096): upstream's Wan prompt "
-                 "embedder, zero past the prompt's tokens",
-    },
 };
 
 DS_MODEL_CLASS(ds__wan_video_text_encoder_class, CLASS_NAME, declare_parameters, steps);

@@ -1,6 +1,7 @@
 /* Wan's text encoder: diffsynth.models.wan_video_text_encoder.WanTextEncoder, the UMT5-XXL
  * encoder, as the "forward" step of that class and as a plain C entry point. The prompt logic
- * (clean, tokenize, zero past the prompt) is the pipeline's (models/wan_video_prompt.h). */
+ * (clean, tokenize, zero past the prompt) is the pipeline's (pipelines/wan_video.h, which adds
+ * the "encode_prompt" step to this class). */
 #ifndef DS_MODELS_WAN_VIDEO_TEXT_ENCODER_H
 #define DS_MODELS_WAN_VIDEO_TEXT_ENCODER_H
 

@@ -157,6 +157,21 @@ typedef struct ds_pipeline_def {
     void (*free)(ds_pipeline_run *run);
 } ds_pipeline_def;
 
+/* The fields of a table entry that every pipeline file spells the same way: its arrays under
+ * the names roles, params, inputs, outputs, phases and dtypes with their counts, and its
+ * operations as op_start ... op_free. An entry lists them with this macro and adds the rest. */
+#define DS_PIPELINE_COUNT(a) (sizeof(a) / sizeof((a)[0]))
+#define DS_PIPELINE_STANDARD_FIELDS                                                              \
+    .roles = roles, .role_count = DS_PIPELINE_COUNT(roles), .params = params,                    \
+    .param_count = DS_PIPELINE_COUNT(params), .inputs = inputs,                                  \
+    .input_count = DS_PIPELINE_COUNT(inputs), .outputs = outputs,                                \
+    .output_count = DS_PIPELINE_COUNT(outputs), .phases = phases,                                \
+    .phase_count = DS_PIPELINE_COUNT(phases), .dtypes = dtypes,                                  \
+    .dtype_count = DS_PIPELINE_COUNT(dtypes), .start = op_start, .advance = op_advance,          \
+    .position = op_position, .output = op_output, .results = op_results,                         \
+    .describe_position = op_describe_position, .output_pixels = op_output_pixels,               \
+    .estimate_memory = op_estimate_memory, .free = op_free
+
 extern const ds_pipeline_def *const ds_pipelines[];
 extern const size_t ds_pipeline_count;
 

@@ -2,14 +2,11 @@
  * image-to-image, one unit of work per advance (see the header). */
 #include "pipelines/qwen_image.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/log.h"
 #include "tokenizers/qwen_tokenizer.h"
@@ -23,6 +20,8 @@
 #include "models/qwen_image_text_encoder.h"
 #include "models/qwen_image_vae.h"
 #include "pipelines/pipeline.h"
+#include "pipelines/prompt_embedder.h"
+#include "pipelines/unit_runner.h"
 
 #define TEXT_ENCODER_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
@@ -42,41 +41,24 @@ typedef enum unit_kind { UNIT_ENCODE, UNIT_DENOISE, UNIT_DECODE } unit_kind;
 
 struct ds_qwen_image_pipeline {
     ds_qwen_image_models models;
-    char *prompt, *negative_prompt, *tokenizer; /* owned copies */
+    ds__denoise_state d;     /* latents [1, 16, lh, lw]; prompt_emb, prompt_emb_mask per side */
     uint64_t seed;
     int steps;
-    double cfg_scale, denoising_strength, controlnet_scale;
-    ds_dtype dtype;
+    double denoising_strength, controlnet_scale;
     int height, width;       /* rounded up to multiples of 16 */
     int64_t lh, lw;          /* latent height and width: height / 8, width / 8 */
-    size_t latent_count;     /* 16 * lh * lw */
-    ds_flow_match schedule;
 
     /* Taken from the caller by the encode unit (borrowed until then). */
     const ds_tensor *input_image, *initial_noise, *controlnet_image;
 
-    void *latents;           /* [1, 16, lh, lw] compute dtype */
-    void *pred_posi;         /* the same shape: noise predictions of one step */
-    void *pred_nega;
     void *control_latents;   /* NULL, or the ControlNet conditioning [1, 16, lh, lw] */
-    ds_step_io prompt_posi;  /* encode_prompt's outputs: prompt_emb, prompt_emb_mask */
-    ds_step_io prompt_nega;  /* empty when cfg_scale == 1 */
 
     ds_tensor latents_out;   /* set after decoding: views of latents / rgb */
     ds_tensor image_out;
     uint8_t *rgb;            /* [height, width, 3] */
 
-    int next_unit;           /* 0 = encode, 1..steps = denoise, steps + 1 = decode */
-    int failed;
-    double encode_s, denoise_s, decode_s;
+    ds__unit_runner units;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void ds_qwen_image_params_default(ds_qwen_image_params *params)
 {
@@ -91,23 +73,10 @@ void ds_qwen_image_params_default(ds_qwen_image_params *params)
     params->controlnet_scale = 1.0;
 }
 
-static int is_class(const ds_loaded_model *m, const char *cls)
-{
-    return m && m->cls && strcmp(m->cls->name, cls) == 0;
-}
-
 static int check_model(const ds_loaded_model *m, const char *role, const char *cls,
                        ds_error *err)
 {
-    if (!m)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "qwen_image: the pipeline needs a %s model (%s)", role, cls);
-    if (!is_class(m, cls))
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "qwen_image: the %s model is a %s (%s), expected %s", role,
-                            m->model_name ? m->model_name : "model",
-                            m->cls ? m->cls->name : "class not implemented", cls);
-    return DS_OK;
+    return ds__unit_check_model(m, "qwen_image", role, cls, err);
 }
 
 static int check_models(const ds_qwen_image_models *models, ds_error *err)
@@ -201,11 +170,6 @@ static int check_params(const ds_qwen_image_params *p, const ds_qwen_image_model
 
 static int round_up(int v) { return (v + SIZE_MULTIPLE - 1) / SIZE_MULTIPLE * SIZE_MULTIPLE; }
 
-static char *dup_or_null(const char *s)
-{
-    return s ? strdup(s) : NULL;
-}
-
 int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
                                const ds_qwen_image_params *params,
                                ds_qwen_image_pipeline **out, ds_error *err)
@@ -242,44 +206,33 @@ int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
     p->models = *models;
     p->seed = params->seed;
     p->steps = params->steps;
-    p->cfg_scale = params->cfg_scale;
     p->denoising_strength = params->denoising_strength;
     p->controlnet_scale = params->controlnet_scale;
-    p->dtype = params->dtype;
     p->height = height;
     p->width = width;
     p->lh = lh;
     p->lw = lw;
-    p->latent_count = (size_t)LATENT_CHANNELS * (size_t)lh * (size_t)lw;
     p->input_image = params->input_image;
     p->initial_noise = params->initial_noise;
     p->controlnet_image = params->controlnet_image;
-    ds_step_io_init(&p->prompt_posi);
-    ds_step_io_init(&p->prompt_nega);
-    p->prompt = strdup(params->prompt);
-    p->negative_prompt = strdup(params->negative_prompt ? params->negative_prompt : "");
-    p->tokenizer = dup_or_null(params->tokenizer);
-    size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
-    p->latents = malloc(bytes);
-    p->pred_posi = malloc(bytes);
-    p->pred_nega = malloc(bytes);
-    if (!p->prompt || !p->negative_prompt || (params->tokenizer && !p->tokenizer) ||
-        !p->latents || !p->pred_posi || !p->pred_nega) {
-        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "qwen_image: out of memory");
+    if ((rc = ds__denoise_state_init(&p->d, "qwen_image", params->prompt,
+                                     params->negative_prompt, params->tokenizer, params->dtype,
+                                     params->cfg_scale,
+                                     (size_t)LATENT_CHANNELS * (size_t)lh * (size_t)lw, err)) !=
+        DS_OK)
         goto fail;
-    }
     /* set_timesteps runs before the ShapeChecker upstream, so the dynamic shift sees the size
      * as given, not rounded. */
     int64_t shift_len = (int64_t)(params->height / 16) * (int64_t)(params->width / 16);
     if ((rc = ds_flow_match_qwen_image(p->steps, p->denoising_strength, shift_len, NULL,
-                                       &p->schedule, err)) != DS_OK) {
+                                       &p->d.schedule, err)) != DS_OK) {
         ds_error_prefix(err, "qwen_image: ");
         goto fail;
     }
     /* Upstream's terminal shift divides by 1 - the last sigma: with one step from pure noise
      * that is 0/0 and every latent becomes NaN. Refuse it rather than return a NaN image. */
-    for (int i = 0; i < p->schedule.count; i++)
-        if (!isfinite(p->schedule.sigmas[i])) {
+    for (int i = 0; i < p->d.schedule.count; i++)
+        if (!isfinite(p->d.schedule.sigmas[i])) {
             rc = ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                               "qwen_image: %d step%s at denoising_strength %g gives NaN sigmas "
                               "in upstream's Qwen-Image schedule (its terminal shift is 0/0 "
@@ -287,6 +240,7 @@ int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
                               p->steps, p->steps == 1 ? "" : "s", p->denoising_strength);
             goto fail;
         }
+    p->units = (ds__unit_runner){.pipeline = "qwen_image", .steps = p->d.schedule.count};
     *out = p;
     return DS_OK;
 fail:
@@ -308,134 +262,19 @@ enum {
     DROP_IDX = 34,              /* the system prefix through "user\n", dropped from the output */
     MAX_TOKENS = 4096 + DROP_IDX, /* the tokenizer's max_length */
     WARN_TOKENS = 1024,         /* upstream warns from this many templated tokens */
-    TOKENIZER_CACHE_SLOTS = 4,
 };
 
-/* Loaded tokenizers by canonical folder. Upstream loads its tokenizer once, in from_pretrained;
- * ours takes about a second to load (151k-token vocabulary and merges), several times a 7B
- * encoder's forward on a GPU, so it is loaded once per folder and kept for the life of the
- * process: a tokenizer is immutable after load and shared by concurrent steps. The table is
- * small because each entry is ~75 MB; once it is full, further folders are loaded per call. */
-typedef struct tokenizer_slot {
-    char *dir;             /* realpath of the folder; NULL: free slot */
-    ds_qwen_tokenizer *tok;
-} tokenizer_slot;
-
-static pthread_mutex_t tokenizer_lock = PTHREAD_MUTEX_INITIALIZER;
-static tokenizer_slot tokenizer_cache[TOKENIZER_CACHE_SLOTS];
-
-static ds_qwen_tokenizer *cached_tokenizer(const char *dir)
+static int load_tokenizer(const char *dir, void **out, ds_error *err)
 {
-    for (size_t i = 0; i < TOKENIZER_CACHE_SLOTS; i++)
-        if (tokenizer_cache[i].dir && strcmp(tokenizer_cache[i].dir, dir) == 0)
-            return tokenizer_cache[i].tok;
-    return NULL;
-}
-
-/* The tokenizer of folder `dir` (`origin` says where the folder came from, for errors). *owned
- * is set when the caller must free it (the cache was full). The load runs outside the lock so
- * that a slow load does not hold up steps whose tokenizer is cached; two first calls racing on
- * one folder both load and the later one frees its copy. */
-static int get_tokenizer(const char *dir, const char *origin, const ds_qwen_tokenizer **out,
-                         ds_qwen_tokenizer **owned, ds_error *err)
-{
-    char canonical[PATH_MAX];
-    *owned = NULL;
-    if (!realpath(dir, canonical))
-        return ds_error_set(err, errno == ENOENT ? DS_ERR_NOT_FOUND : DS_ERR_PERMISSION_DENIED,
-                            "encode_prompt: tokenizer folder %s (%s): %s", dir, origin,
-                            strerror(errno));
-    pthread_mutex_lock(&tokenizer_lock);
-    const ds_qwen_tokenizer *hit = cached_tokenizer(canonical);
-    pthread_mutex_unlock(&tokenizer_lock);
-    if (hit) {
-        *out = hit;
-        return DS_OK;
-    }
-
     ds_qwen_tokenizer *tok = NULL;
-    int rc = ds_qwen_tokenizer_load(canonical, &tok, err);
-    if (rc != DS_OK) {
-        ds_error_prefix(err, "encode_prompt: tokenizer folder %s (%s): ", dir, origin);
-        return rc;
-    }
-    char *key = strdup(canonical);
-    pthread_mutex_lock(&tokenizer_lock);
-    hit = cached_tokenizer(canonical);
-    for (size_t i = 0; !hit && key && i < TOKENIZER_CACHE_SLOTS; i++)
-        if (!tokenizer_cache[i].dir) {
-            tokenizer_cache[i] = (tokenizer_slot){key, tok};
-            key = NULL;
-            hit = tok;
-            tok = NULL;
-        }
-    pthread_mutex_unlock(&tokenizer_lock);
-    free(key);
-    if (hit) {
-        ds_qwen_tokenizer_free(tok);
-        *out = hit;
-    } else {
-        *out = tok;
-        *owned = tok;
-    }
-    return DS_OK;
+    int rc = ds_qwen_tokenizer_load(dir, &tok, err);
+    *out = tok;
+    return rc;
 }
 
-/* The tokenizer folder: the "tokenizer" parameter (`param`, NULL when not given), else upstream's layout, where from_pretrained
- * takes Qwen/Qwen-Image/tokenizer/ for the weights in Qwen/Qwen-Image/text_encoder/: the folder
- * `tokenizer` beside the folder of the model's first file. */
-static int tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx,
-                         const char *param, char *dir, size_t cap, const char **origin,
-                         ds_error *err)
-{
-    if (param) {
-        *origin = "the \"tokenizer\" parameter";
-        if (!param[0])
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "encode_prompt: parameter \"tokenizer\" is empty");
-        if (snprintf(dir, cap, "%s", param) >= (int)cap)
-            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                                "encode_prompt: parameter \"tokenizer\" is longer than %zu bytes",
-                                cap - 1);
-        /* A client-named folder is read by the daemon: it must lie inside the model roots. */
-        if (ctx->check_path) {
-            int rc = ctx->check_path(ctx->user, dir, err);
-            if (rc != DS_OK) {
-                ds_error_prefix(err, "encode_prompt: parameter \"tokenizer\": ");
-                return rc;
-            }
-        }
-        return DS_OK;
-    }
-    *origin = "beside the model files, as upstream lays out Qwen/Qwen-Image; or give the "
-              "\"tokenizer\" parameter";
-    if (!m->files || m->files->count == 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: the model has no files to find the tokenizer folder "
-                            "beside; give the \"tokenizer\" parameter");
-    char file[PATH_MAX];
-    const char *path = m->files->files[0].path;
-    if (!realpath(path, file))
-        return ds_error_set(err, DS_ERR_NOT_FOUND,
-                            "encode_prompt: cannot resolve the model file %s to find the "
-                            "tokenizer folder beside it: %s",
-                            path, strerror(errno));
-    /* file = .../<model>/<weights folder>/<file>: cut the last two components. */
-    for (int cut = 0; cut < 2; cut++) {
-        char *slash = strrchr(file, '/');
-        if (slash == file || !slash)
-            return ds_error_set(err, DS_ERR_NOT_FOUND,
-                                "encode_prompt: the model file %s has no parent folder to hold "
-                                "tokenizer/; give the \"tokenizer\" parameter",
-                                path);
-        *slash = '\0';
-    }
-    if (snprintf(dir, cap, "%s/tokenizer", file) >= (int)cap)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: the tokenizer folder beside %s is too long a path",
-                            path);
-    return DS_OK;
-}
+static void free_tokenizer(void *tok) { ds_qwen_tokenizer_free(tok); }
+
+static ds__tokenizer_cache tokenizers = DS__TOKENIZER_CACHE_INIT(load_tokenizer, free_tokenizer);
 
 /* The prompt in upstream's template, tokenized; the length checks of encode_prompt. */
 static int tokenize_prompt(const ds_qwen_tokenizer *tok, const char *prompt, int32_t **ids,
@@ -489,16 +328,22 @@ int ds_qwen_image_encode_prompt(const ds_loaded_model *m, const ds_step_context 
                                 const char *prompt, const char *tokenizer, ds_dtype dtype,
                                 ds_step_io *out, ds_error *err)
 {
-    const ds_qwen_tokenizer *tok = NULL;
-    ds_qwen_tokenizer *owned_tok = NULL;
+    const void *tok = NULL;
+    void *owned_tok = NULL;
     int32_t *ids = NULL;
     size_t count = 0;
     void *hidden_data = NULL;
     char dir[PATH_MAX];
     const char *origin = NULL;
     int rc;
-    if ((rc = tokenizer_dir(m, ctx, tokenizer, dir, sizeof dir, &origin, err)) != DS_OK ||
-        (rc = get_tokenizer(dir, origin, &tok, &owned_tok, err)) != DS_OK ||
+    /* from_pretrained takes Qwen/Qwen-Image/tokenizer/ for the weights in
+     * Qwen/Qwen-Image/text_encoder/: the folder beside the weights' folder. */
+    if ((rc = ds__tokenizer_dir(m, ctx, tokenizer, 2, "tokenizer",
+                                "beside the model files, as upstream lays out Qwen/Qwen-Image; "
+                                "or give the \"tokenizer\" parameter",
+                                dir, sizeof dir, &origin, err)) != DS_OK ||
+        (rc = ds__tokenizer_cache_get(&tokenizers, dir, origin, &tok, &owned_tok, err)) !=
+            DS_OK ||
         (rc = tokenize_prompt(tok, prompt, &ids, &count, err)) != DS_OK)
         goto done;
 
@@ -542,49 +387,29 @@ done:
 int ds_qwen_image_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
                                      const ds_step_io *in, ds_step_io *out, ds_error *err)
 {
-    static const char *const known[] = {"prompt", "tokenizer", "dtype", NULL};
+    const char *prompt, *tokenizer;
     ds_dtype dtype = DS_BF16;
     int rc;
-    if ((rc = ds_step_io_check_names(in, "encode_prompt", known, err)) != DS_OK)
+    if ((rc = ds__encode_prompt_step_params(in, &prompt, &tokenizer, err)) != DS_OK ||
+        (rc = ds_qwen_image_text_encoder_step_dtype(m, in, "encode_prompt", &dtype, err)) !=
+            DS_OK)
         return rc;
-    const ds_step_param *prompt = ds_step_io_param(in, "prompt");
-    if (!prompt)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: parameter \"prompt\" is required (the text to "
-                            "encode; it may be empty)");
-    if (in->tensor_count > 0)
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "encode_prompt: takes no tensors, got \"%s\"", in->tensors[0].name);
-    if ((rc = ds_qwen_image_text_encoder_step_dtype(m, in, "encode_prompt", &dtype, err)) !=
-        DS_OK)
-        return rc;
-    const ds_step_param *tokenizer = ds_step_io_param(in, "tokenizer");
-    return ds_qwen_image_encode_prompt(m, ctx, prompt->text, tokenizer ? tokenizer->text : NULL,
-                                       dtype, out, err);
+    return ds_qwen_image_encode_prompt(m, ctx, prompt, tokenizer, dtype, out, err);
 }
 
-/* The context sub-models run with: the caller's backend, cancellation and VRAM manager, but
- * no progress of their own (the pipeline reports its units). */
 static ds_step_context inner_context(const ds_step_context *ctx)
 {
-    ds_step_context inner = *ctx;
-    inner.progress = NULL;
-    inner.aux = NULL;
-    inner.aux_count = 0;
-    return inner;
+    return ds__unit_inner_context(ctx);
 }
 
 static void report(const ds_step_context *ctx, const char *phase, uint64_t done, uint64_t total)
 {
-    if (ctx->progress)
-        ctx->progress(ctx->user, phase, done, total);
+    ds__unit_report(ctx, phase, done, total);
 }
 
 static int cancelled(const ds_step_context *ctx, ds_error *err)
 {
-    if (ctx->cancelled && ctx->cancelled(ctx->user))
-        return ds_error_set(err, DS_ERR_CANCELLED, "qwen_image: cancelled");
-    return DS_OK;
+    return ds__unit_cancelled(ctx, "qwen_image", err);
 }
 
 /* QwenImageUnit_PromptEmbedder for one side. */
@@ -592,8 +417,8 @@ static int encode_prompt(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
                          const char *prompt, ds_step_io *out, ds_error *err)
 {
     ds_step_context inner = inner_context(ctx);
-    return ds_qwen_image_encode_prompt(p->models.text_encoder, &inner, prompt, p->tokenizer,
-                                       p->dtype == DS_F32 ? DS_F32 : DS_BF16, out, err);
+    return ds_qwen_image_encode_prompt(p->models.text_encoder, &inner, prompt, p->d.tokenizer,
+                                       p->d.dtype == DS_F32 ? DS_F32 : DS_BF16, out, err);
 }
 
 /* preprocess_image then vae.encode: an RGB image's latents, [1, 16, lh, lw] in the compute
@@ -605,17 +430,17 @@ static int encode_image(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
     int rc = ds_cpu_fallback_backend(&cpu, err);
     if (rc != DS_OK)
         return rc;
-    size_t esize = ds_dtype_size(p->dtype);
+    size_t esize = ds_dtype_size(p->d.dtype);
     void *pixels = malloc((size_t)3 * (size_t)p->height * (size_t)p->width * esize);
     if (!pixels)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                             "qwen_image: out of memory for a %d x %d image", p->height,
                             p->width);
-    if ((rc = ds_preprocess_image(rgb->data, p->height, p->width, p->dtype, pixels, err)) ==
+    if ((rc = ds_preprocess_image(rgb->data, p->height, p->width, p->d.dtype, pixels, err)) ==
         DS_OK) {
-        ds_tensor image = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, 3, p->height, p->width),
+        ds_tensor image = ds_tensor_wrap(cpu, p->d.dtype, 4, SHAPE(1, 3, p->height, p->width),
                                          pixels);
-        ds_tensor z = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, LATENT_CHANNELS, p->lh, p->lw),
+        ds_tensor z = ds_tensor_wrap(cpu, p->d.dtype, 4, SHAPE(1, LATENT_CHANNELS, p->lh, p->lw),
                                      latents);
         ds_step_context inner = inner_context(ctx);
         rc = ds_qwen_image_vae_encode(p->models.vae, &inner, &image, &z, err);
@@ -629,10 +454,10 @@ static int encode_image(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
 static int run_encode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_error *err)
 {
     int rc;
-    int parts = 1 + (p->cfg_scale != 1.0) + (p->input_image != NULL) +
+    int parts = 1 + (p->d.cfg_scale != 1.0) + (p->input_image != NULL) +
                 (p->controlnet_image != NULL);
     int done = 0;
-    size_t bytes = p->latent_count * ds_dtype_size(p->dtype);
+    size_t bytes = p->d.latent_count * ds_dtype_size(p->d.dtype);
     report(ctx, "encode", 0, (uint64_t)parts);
 
     void *noise = p->initial_noise ? p->initial_noise->data : NULL;
@@ -643,7 +468,7 @@ static int run_encode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_
         if (!(owned_noise = malloc(bytes)))
             return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                                 "qwen_image: out of memory for the noise");
-        if ((rc = ds_torch_randn(&gen, p->dtype, owned_noise, p->latent_count, err)) != DS_OK)
+        if ((rc = ds_torch_randn(&gen, p->d.dtype, owned_noise, p->d.latent_count, err)) != DS_OK)
             goto done;
         noise = owned_noise;
     }
@@ -657,22 +482,22 @@ static int run_encode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_
         }
         rc = encode_image(p, ctx, p->input_image, input_latents, err);
         if (rc == DS_OK)
-            rc = ds_flow_match_add_noise(&p->schedule, 0, p->dtype, input_latents, noise,
-                                         p->latents, p->latent_count, err);
+            rc = ds_flow_match_add_noise(&p->d.schedule, 0, p->d.dtype, input_latents, noise,
+                                         p->d.latents, p->d.latent_count, err);
         free(input_latents);
         if (rc != DS_OK)
             goto done;
         report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     } else {
-        memcpy(p->latents, noise, bytes);
+        memcpy(p->d.latents, noise, bytes);
     }
     if ((rc = cancelled(ctx, err)) != DS_OK ||
-        (rc = encode_prompt(p, ctx, p->prompt, &p->prompt_posi, err)) != DS_OK)
+        (rc = encode_prompt(p, ctx, p->d.prompt, &p->d.prompt_posi, err)) != DS_OK)
         goto done;
     report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
-    if (p->cfg_scale != 1.0) {
+    if (p->d.cfg_scale != 1.0) {
         if ((rc = cancelled(ctx, err)) != DS_OK ||
-            (rc = encode_prompt(p, ctx, p->negative_prompt, &p->prompt_nega, err)) != DS_OK)
+            (rc = encode_prompt(p, ctx, p->d.negative_prompt, &p->d.prompt_nega, err)) != DS_OK)
             goto done;
         report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
     }
@@ -696,9 +521,10 @@ done:
 }
 
 /* One model_fn_qwen_image call for one CFG side. */
-static int predict(ds_qwen_image_pipeline *p, const ds_step_context *ctx, const ds_step_io *side,
+static int predict(void *run, const ds_step_context *ctx, const ds_step_io *side,
                    float timestep, void *pred, ds_error *err)
 {
+    ds_qwen_image_pipeline *p = run;
     ds_backend *cpu;
     int rc = ds_cpu_fallback_backend(&cpu, err);
     if (rc != DS_OK)
@@ -709,14 +535,14 @@ static int predict(ds_qwen_image_pipeline *p, const ds_step_context *ctx, const 
         return ds_error_set(err, DS_ERR_INTERNAL,
                             "qwen_image: encode_prompt returned no prompt_emb/prompt_emb_mask");
     const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, p->lh, p->lw);
-    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, p->latents);
-    ds_tensor out = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, pred);
+    ds_tensor latents = ds_tensor_wrap(cpu, p->d.dtype, 4, latent_shape, p->d.latents);
+    ds_tensor out = ds_tensor_wrap(cpu, p->d.dtype, 4, latent_shape, pred);
     ds_tensor t = ds_tensor_wrap(cpu, DS_F32, 1, SHAPE(1), &timestep);
     ds_step_context inner = inner_context(ctx);
     if (!p->control_latents)
         return ds_qwen_image_dit_forward(p->models.dit, &inner, &latents, emb, mask, &t, &out,
                                          err);
-    ds_tensor cond = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, p->control_latents);
+    ds_tensor cond = ds_tensor_wrap(cpu, p->d.dtype, 4, latent_shape, p->control_latents);
     ds_qwen_image_dit_controlnet cn = {
         .model = p->models.controlnet,
         .conditioning = &cond,
@@ -730,22 +556,8 @@ static int predict(ds_qwen_image_pipeline *p, const ds_step_context *ctx, const 
 static int run_denoise(ds_qwen_image_pipeline *p, const ds_step_context *ctx, int index,
                        ds_error *err)
 {
-    float timestep = p->schedule.timesteps[index];
-    int rc;
-    if ((rc = predict(p, ctx, &p->prompt_posi, timestep, p->pred_posi, err)) != DS_OK)
-        return rc;
-    if (p->cfg_scale != 1.0) {
-        if ((rc = cancelled(ctx, err)) != DS_OK ||
-            (rc = predict(p, ctx, &p->prompt_nega, timestep, p->pred_nega, err)) != DS_OK ||
-            (rc = ds_cfg_combine(p->dtype, p->pred_posi, p->pred_nega, p->cfg_scale,
-                                 p->pred_posi, p->latent_count, err)) != DS_OK)
-            return rc;
-    }
-    if ((rc = ds_flow_match_step(&p->schedule, index, p->dtype, p->pred_posi, p->latents,
-                                 p->latent_count, err)) != DS_OK)
-        return rc;
-    report(ctx, "denoise", (uint64_t)index + 1, (uint64_t)p->schedule.count);
-    return DS_OK;
+    return ds__unit_cfg_denoise(&p->d, "qwen_image", predict, p, ctx, index,
+                                p->d.schedule.timesteps[index], err);
 }
 
 /* vae.decode, then vae_output_to_image. */
@@ -757,7 +569,7 @@ static int run_decode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_
         return rc;
     report(ctx, "decode", 0, 1);
     size_t pixels = (size_t)p->height * (size_t)p->width;
-    void *image = malloc(3 * pixels * ds_dtype_size(p->dtype));
+    void *image = malloc(3 * pixels * ds_dtype_size(p->d.dtype));
     p->rgb = malloc(3 * pixels);
     if (!image || !p->rgb) {
         free(image);
@@ -766,8 +578,8 @@ static int run_decode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_
                             p->width);
     }
     const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, p->lh, p->lw);
-    ds_tensor latents = ds_tensor_wrap(cpu, p->dtype, 4, latent_shape, p->latents);
-    ds_tensor decoded = ds_tensor_wrap(cpu, p->dtype, 4, SHAPE(1, 3, p->height, p->width),
+    ds_tensor latents = ds_tensor_wrap(cpu, p->d.dtype, 4, latent_shape, p->d.latents);
+    ds_tensor decoded = ds_tensor_wrap(cpu, p->d.dtype, 4, SHAPE(1, 3, p->height, p->width),
                                        image);
     ds_step_context inner = inner_context(ctx);
     if ((rc = ds_qwen_image_vae_decode(p->models.vae, &inner, &latents, &decoded, err)) ==
@@ -782,51 +594,38 @@ static int run_decode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_
     return DS_OK;
 }
 
+static int unit_encode(void *run, const ds_step_context *ctx, ds_error *err)
+{
+    return run_encode(run, ctx, err);
+}
+
+static int unit_denoise(void *run, const ds_step_context *ctx, int index, ds_error *err)
+{
+    return run_denoise(run, ctx, index, err);
+}
+
+static int unit_decode(void *run, const ds_step_context *ctx, ds_error *err)
+{
+    return run_decode(run, ctx, err);
+}
+
+static const ds__unit_ops unit_ops = {unit_encode, unit_denoise, unit_decode};
+
 int ds_qwen_image_pipeline_advance(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
                                    ds_error *err)
 {
-    if (p->failed)
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "qwen_image: the pipeline failed earlier and cannot continue");
-    int last = p->schedule.count + 1;
-    if (p->next_unit > last)
-        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
-                            "qwen_image: the pipeline has already finished");
-    int rc = cancelled(ctx, err);
-    double start = now_s();
-    if (rc == DS_OK) {
-        if (p->next_unit == 0)
-            rc = run_encode(p, ctx, err);
-        else if (p->next_unit <= p->schedule.count)
-            rc = run_denoise(p, ctx, p->next_unit - 1, err);
-        else
-            rc = run_decode(p, ctx, err);
-    }
-    double spent = now_s() - start;
-    if (p->next_unit == 0)
-        p->encode_s += spent;
-    else if (p->next_unit <= p->schedule.count)
-        p->denoise_s += spent;
-    else
-        p->decode_s += spent;
-    if (rc != DS_OK) {
-        p->failed = 1;
-        return rc;
-    }
-    p->next_unit++;
-    return p->next_unit <= last ? 1 : 0;
+    return ds__unit_runner_advance(&p->units, &unit_ops, p, ctx, err);
 }
 
 void ds_qwen_image_pipeline_position(const ds_qwen_image_pipeline *p, uint64_t *done,
                                      uint64_t *total)
 {
-    *done = (uint64_t)p->next_unit;
-    *total = (uint64_t)p->schedule.count + 2;
+    ds__unit_runner_position(&p->units, done, total);
 }
 
 uint64_t ds_qwen_image_pipeline_seed(const ds_qwen_image_pipeline *p) { return p->seed; }
 
-int ds_qwen_image_pipeline_steps(const ds_qwen_image_pipeline *p) { return p->schedule.count; }
+int ds_qwen_image_pipeline_steps(const ds_qwen_image_pipeline *p) { return p->d.schedule.count; }
 
 void ds_qwen_image_pipeline_size(const ds_qwen_image_pipeline *p, int *height, int *width)
 {
@@ -837,9 +636,9 @@ void ds_qwen_image_pipeline_size(const ds_qwen_image_pipeline *p, int *height, i
 void ds_qwen_image_pipeline_times(const ds_qwen_image_pipeline *p, double *encode_s,
                                   double *denoise_s, double *decode_s)
 {
-    *encode_s = p->encode_s;
-    *denoise_s = p->denoise_s;
-    *decode_s = p->decode_s;
+    *encode_s = p->units.encode_s;
+    *denoise_s = p->units.denoise_s;
+    *decode_s = p->units.decode_s;
 }
 
 const ds_tensor *ds_qwen_image_pipeline_latents(const ds_qwen_image_pipeline *p)
@@ -856,15 +655,7 @@ void ds_qwen_image_pipeline_free(ds_qwen_image_pipeline *p)
 {
     if (!p)
         return;
-    ds_flow_match_free(&p->schedule);
-    ds_step_io_free(&p->prompt_posi);
-    ds_step_io_free(&p->prompt_nega);
-    free(p->prompt);
-    free(p->negative_prompt);
-    free(p->tokenizer);
-    free(p->latents);
-    free(p->pred_posi);
-    free(p->pred_nega);
+    ds__denoise_state_free(&p->d);
     free(p->control_latents);
     free(p->rgb);
     free(p);
@@ -953,16 +744,8 @@ static size_t op_results(const ds_pipeline_run *run, ds_pipeline_result *out)
 
 static void op_describe_position(const ds_pipeline_run *run, char *buf, size_t size)
 {
-    uint64_t done = 0, total = 0;
-    if (run)
-        op_position(run, &done, &total);
-    if (!run || done == 0)
-        snprintf(buf, size, "before the prompt was encoded");
-    else if (done + 1 < total)
-        snprintf(buf, size, "after %llu of %llu denoising steps", (unsigned long long)(done - 1),
-                 (unsigned long long)(total - 2));
-    else
-        snprintf(buf, size, "before the decode");
+    ds__unit_runner_describe(run ? &((const ds_qwen_image_pipeline *)run)->units : NULL, buf,
+                             size);
 }
 
 static double op_output_pixels(const ds_pipeline_run *run)
@@ -1066,34 +849,12 @@ static const ds_pipeline_class_step class_steps[] = {
      }},
 };
 
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
-
 const ds_pipeline_def ds__qwen_image_pipeline = {
     .name = "qwen_image",
     .summary = "Qwen-Image text-to-image, image-to-image and Blockwise ControlNet",
-    .roles = roles,
-    .role_count = COUNT(roles),
-    .params = params,
-    .param_count = COUNT(params),
-    .inputs = inputs,
-    .input_count = COUNT(inputs),
-    .outputs = outputs,
-    .output_count = COUNT(outputs),
-    .phases = phases,
-    .phase_count = COUNT(phases),
+    DS_PIPELINE_STANDARD_FIELDS,
     .repeated_phase = "denoise",
-    .dtypes = dtypes,
-    .dtype_count = COUNT(dtypes),
     .class_steps = class_steps,
-    .class_step_count = COUNT(class_steps),
+    .class_step_count = DS_PIPELINE_COUNT(class_steps),
     .estimate_role = ROLE_VAE,
-    .start = op_start,
-    .advance = op_advance,
-    .position = op_position,
-    .output = op_output,
-    .results = op_results,
-    .describe_position = op_describe_position,
-    .output_pixels = op_output_pixels,
-    .estimate_memory = op_estimate_memory,
-    .free = op_free,
 };

@@ -406,7 +406,9 @@ static void test_pipelines(void)
     json_t *doc = parse(out);
     REQUIRE(doc);
     json_t *pipelines = json_object_get(doc, "pipelines");
-    REQUIRE(json_array_size(pipelines) == 1);
+    /* In core/families.def's order. */
+    REQUIRE(json_array_size(pipelines) == 2);
+    CHECK_STR_EQ(jstr(json_array_get(pipelines, 1), "name"), "wan_video");
     json_t *p = json_array_get(pipelines, 0);
     CHECK_STR_EQ(jstr(p, "name"), "qwen_image");
     json_t *roles = json_object_get(p, "roles");

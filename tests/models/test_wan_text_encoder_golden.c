@@ -16,9 +16,9 @@
 
 #include "core/safetensors.h"
 #include "kernels/ops.h"
-#include "models/wan_video_prompt.h"
 #include "models/wan_video_text_encoder.h"
 #include "golden_test.h"
+#include "pipelines/pipeline.h"
 #include "test.h"
 #include "tools/golden_model.h"
 
@@ -203,8 +203,8 @@ static const char *golden_prompt(const char *name)
 static int run_encode(const ds_step_context *ctx, const char *prompt, const char *tokenizer,
                       const char *dtype, ds_step_io *out, ds_error *err)
 {
-    const ds_model_step *step =
-        ds_model_step_find(model.cls->steps, model.cls->step_count, "encode_prompt");
+    /* The pipeline adds the step to the class (pipelines/wan_video.h). */
+    const ds_model_step *step = ds_pipeline_class_step_find(TE_CLASS, "encode_prompt");
     if (!step)
         return ds_error_set(err, DS_ERR_NOT_FOUND, "no encode_prompt step");
     ds_step_io in;
@@ -306,6 +306,54 @@ static void test_encode_prompt_finds_tokenizer(void)
     rmdir(root);
 }
 
+/* Copies file `from` to `to`; 1 on success. */
+static int copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    char buf[65536];
+    size_t n;
+    int ok = in && out;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        ok = fwrite(buf, 1, n, out) == n;
+    if (in)
+        fclose(in);
+    if (out && fclose(out) != 0)
+        ok = 0;
+    return ok;
+}
+
+/* A tokenizer folder is loaded once per process: with its spiece.model gone, a second prompt
+ * still tokenizes (the cancelled context stops each call after the tokenizer); a folder never
+ * loaded fails. */
+static void test_encode_prompt_keeps_tokenizer(void)
+{
+    ds_error err;
+    ds_step_io out;
+    char dir[] = "/tmp/ds-wan-tok-XXXXXX", from[1200], to[1200];
+    REQUIRE(model_ready);
+    REQUIRE(mkdtemp(dir));
+    snprintf(from, sizeof from, "%s/spiece.model", tokenizer_path);
+    snprintf(to, sizeof to, "%s/spiece.model", dir);
+    REQUIRE(copy_file(from, to));
+    ds_step_context ctx = {.backend = cpu, .cancelled = test_always_cancelled};
+    ds_step_io_init(&out);
+    CHECK(run_encode(&ctx, "a cat", dir, NULL, &out, &err) == DS_ERR_CANCELLED);
+    ds_step_io_free(&out);
+    REQUIRE(unlink(to) == 0);
+    ds_step_io_init(&out);
+    CHECK_MSG(run_encode(&ctx, "a dog", dir, NULL, &out, &err) == DS_ERR_CANCELLED, "%s",
+              err.message);
+    ds_step_io_free(&out);
+    char other[] = "/tmp/ds-wan-tok-XXXXXX";
+    REQUIRE(mkdtemp(other));
+    ds_step_io_init(&out);
+    CHECK(run_encode(&ctx, "a dog", other, NULL, &out, &err) == DS_ERR_NOT_FOUND);
+    CHECK_CONTAINS(err.message, "spiece.model");
+    ds_step_io_free(&out);
+    rmdir(other);
+    rmdir(dir);
+}
+
 static void test_encode_prompt_errors(void)
 {
     ds_error err;
@@ -368,6 +416,7 @@ int main(void)
     RUN(test_cancelled);
     RUN(test_encode_prompt_f32);
     RUN(test_encode_prompt_finds_tokenizer);
+    RUN(test_encode_prompt_keeps_tokenizer);
     RUN(test_encode_prompt_errors);
     RUN(test_bf16);
     if (model_ready)

@@ -1,6 +1,7 @@
-/* diffusion/flow_match.c against upstream's FlowMatchScheduler("Qwen-Image") itself (tests/golden/
- * make_flow_match_golden.py): the float32 sigmas and timesteps bit for bit for the pipeline's
- * sizes, strengths and explicit mus; step and add_noise bit for bit in f32 and bf16. */
+/* diffusion/flow_match.c against upstream's FlowMatchScheduler itself: the "Qwen-Image"
+ * template (tests/golden/make_flow_match_golden.py): the float32 sigmas and timesteps bit for bit
+ * for the pipeline's sizes, strengths and explicit mus; step and add_noise bit for bit in f32
+ * and bf16. The "Wan" template's sigmas and timesteps (make_flow_match_wan_golden.py). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +12,7 @@
 #include "diffusion/flow_match.h"
 #include "test.h"
 
-static ds_safetensors *golden;
+static ds_safetensors *golden, *golden_wan;
 
 static const ds_tensor_view *golden_view(const char *name)
 {
@@ -196,6 +197,49 @@ static void run_add_noise_golden(ds_dtype dtype, const char *key)
 static void test_add_noise_f32(void) { run_add_noise_golden(DS_F32, "f32"); }
 static void test_add_noise_bf16(void) { run_add_noise_golden(DS_BF16, "bf16"); }
 
+/* The "Wan" template against tests/golden/make_flow_match_wan_golden.py, bit for bit. */
+static void test_wan_schedules(void)
+{
+    const int steps[] = {1, 2, 3, 30, 50};
+    const double shifts[] = {5.0, 3.0, 1.0, 12.5};
+    const int strengths[] = {100, 70};
+    REQUIRE(golden_wan);
+    ds_safetensors *qwen = golden;
+    golden = golden_wan;
+    for (size_t n = 0; n < sizeof steps / sizeof steps[0]; n++)
+        for (size_t h = 0; h < sizeof shifts / sizeof shifts[0]; h++)
+            for (size_t t = 0; t < 2; t++) {
+                char key[64], name[96];
+                snprintf(key, sizeof key, "n%d.sh%d.st%d", steps[n], (int)lround(shifts[h] * 100),
+                         strengths[t]);
+                ds_flow_match s;
+                ds_error err;
+                int ok = ds_flow_match_wan(steps[n], strengths[t] / 100.0, shifts[h], &s, &err) ==
+                         DS_OK;
+                CHECK_MSG(ok, "%s: %s", key, err.message);
+                if (!ok)
+                    continue;
+                snprintf(name, sizeof name, "sigmas.%s", key);
+                CHECK_MSG(s.count == steps[n] &&
+                              floats_match(s.sigmas, golden_view(name), steps[n], name),
+                          "%s", name);
+                snprintf(name, sizeof name, "timesteps.%s", key);
+                CHECK_MSG(floats_match(s.timesteps, golden_view(name), steps[n], name), "%s",
+                          name);
+                ds_flow_match_free(&s);
+            }
+    golden = qwen;
+    ds_flow_match s = {0};
+    ds_error err;
+    CHECK(ds_flow_match_wan(0, 1.0, 5.0, &s, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "num_inference_steps 0 is outside [1, 10000]");
+    CHECK(ds_flow_match_wan(3, 0.0, 5.0, &s, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "denoising_strength 0 is outside (0, 1]");
+    CHECK(ds_flow_match_wan(3, 1.0, NAN, &s, &err) == DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "shift nan is not finite");
+    CHECK(s.count == 0 && s.sigmas == NULL);
+}
+
 static void test_bad_schedule_arguments(void)
 {
     ds_flow_match s = {0};
@@ -261,6 +305,12 @@ int main(void)
         fprintf(stderr, "setup: %s\n", err.message);
         return 1;
     }
+    snprintf(path, sizeof path, "%s/golden/flow_match_wan.safetensors",
+             root ? root : "tests/data");
+    if (ds_safetensors_open(path, 0, &golden_wan, &err) != DS_OK) {
+        fprintf(stderr, "setup: %s\n", err.message);
+        return 1;
+    }
     RUN(test_schedules);
     RUN(test_explicit_mu);
     RUN(test_schedule_shape);
@@ -268,8 +318,10 @@ int main(void)
     RUN(test_step_bf16);
     RUN(test_add_noise_f32);
     RUN(test_add_noise_bf16);
+    RUN(test_wan_schedules);
     RUN(test_bad_schedule_arguments);
     RUN(test_bad_step_arguments);
     ds_safetensors_close(golden);
+    ds_safetensors_close(golden_wan);
     return test_summary();
 }

@@ -1,0 +1,167 @@
+#include "pipelines/unit_runner.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "diffusion/base_pipeline.h"
+#include "models/model_class.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int ds__unit_runner_advance(ds__unit_runner *u, const ds__unit_ops *ops, void *run,
+                            const ds_step_context *ctx, ds_error *err)
+{
+    if (u->failed)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "%s: the pipeline failed earlier and cannot continue", u->pipeline);
+    int last = u->steps + 1;
+    if (u->next_unit > last)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "%s: the pipeline has already finished", u->pipeline);
+    int rc = ds__unit_cancelled(ctx, u->pipeline, err);
+    double start = now_s();
+    if (rc == DS_OK) {
+        if (u->next_unit == 0)
+            rc = ops->encode(run, ctx, err);
+        else if (u->next_unit <= u->steps)
+            rc = ops->denoise(run, ctx, u->next_unit - 1, err);
+        else
+            rc = ops->decode(run, ctx, err);
+    }
+    double spent = now_s() - start;
+    if (u->next_unit == 0)
+        u->encode_s += spent;
+    else if (u->next_unit <= u->steps)
+        u->denoise_s += spent;
+    else
+        u->decode_s += spent;
+    if (rc != DS_OK) {
+        u->failed = 1;
+        return rc;
+    }
+    u->next_unit++;
+    return u->next_unit <= last ? 1 : 0;
+}
+
+int ds__denoise_state_init(ds__denoise_state *s, const char *pipeline, const char *prompt,
+                           const char *negative_prompt, const char *tokenizer, ds_dtype dtype,
+                           double cfg_scale, size_t latent_count, ds_error *err)
+{
+    memset(s, 0, sizeof *s);
+    ds_step_io_init(&s->prompt_posi);
+    ds_step_io_init(&s->prompt_nega);
+    s->dtype = dtype;
+    s->cfg_scale = cfg_scale;
+    s->latent_count = latent_count;
+    size_t bytes = latent_count * ds_dtype_size(dtype);
+    s->prompt = strdup(prompt);
+    s->negative_prompt = strdup(negative_prompt ? negative_prompt : "");
+    s->tokenizer = tokenizer ? strdup(tokenizer) : NULL;
+    s->latents = malloc(bytes);
+    s->pred_posi = malloc(bytes);
+    s->pred_nega = cfg_scale != 1.0 ? malloc(bytes) : NULL;
+    if (!s->prompt || !s->negative_prompt || (tokenizer && !s->tokenizer) || !s->latents ||
+        !s->pred_posi || (cfg_scale != 1.0 && !s->pred_nega))
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for %zu latents",
+                            pipeline, latent_count);
+    return DS_OK;
+}
+
+void ds__denoise_state_free(ds__denoise_state *s)
+{
+    ds_flow_match_free(&s->schedule);
+    ds_step_io_free(&s->prompt_posi);
+    ds_step_io_free(&s->prompt_nega);
+    free(s->prompt);
+    free(s->negative_prompt);
+    free(s->tokenizer);
+    free(s->latents);
+    free(s->pred_posi);
+    free(s->pred_nega);
+    memset(s, 0, sizeof *s);
+}
+
+int ds__unit_cfg_denoise(ds__denoise_state *s, const char *pipeline, ds__predict_fn predict,
+                         void *run, const ds_step_context *ctx, int index, float timestep,
+                         ds_error *err)
+{
+    int rc;
+    if ((rc = predict(run, ctx, &s->prompt_posi, timestep, s->pred_posi, err)) != DS_OK)
+        return rc;
+    if (s->cfg_scale != 1.0) {
+        if ((rc = ds__unit_cancelled(ctx, pipeline, err)) != DS_OK ||
+            (rc = predict(run, ctx, &s->prompt_nega, timestep, s->pred_nega, err)) != DS_OK ||
+            (rc = ds_cfg_combine(s->dtype, s->pred_posi, s->pred_nega, s->cfg_scale,
+                                 s->pred_posi, s->latent_count, err)) != DS_OK)
+            return rc;
+    }
+    if ((rc = ds_flow_match_step(&s->schedule, index, s->dtype, s->pred_posi, s->latents,
+                                 s->latent_count, err)) != DS_OK)
+        return rc;
+    ds__unit_report(ctx, "denoise", (uint64_t)index + 1, (uint64_t)s->schedule.count);
+    return DS_OK;
+}
+
+void ds__unit_runner_position(const ds__unit_runner *u, uint64_t *done, uint64_t *total)
+{
+    *done = (uint64_t)u->next_unit;
+    *total = (uint64_t)u->steps + 2;
+}
+
+void ds__unit_runner_describe(const ds__unit_runner *u, char *buf, size_t size)
+{
+    uint64_t done = 0, total = 0;
+    if (u)
+        ds__unit_runner_position(u, &done, &total);
+    if (!u || done == 0)
+        snprintf(buf, size, "before the prompt was encoded");
+    else if (done + 1 < total)
+        snprintf(buf, size, "after %llu of %llu denoising steps", (unsigned long long)(done - 1),
+                 (unsigned long long)(total - 2));
+    else
+        snprintf(buf, size, "before the decode");
+}
+
+ds_step_context ds__unit_inner_context(const ds_step_context *ctx)
+{
+    ds_step_context inner = *ctx;
+    inner.progress = NULL;
+    inner.aux = NULL;
+    inner.aux_count = 0;
+    return inner;
+}
+
+void ds__unit_report(const ds_step_context *ctx, const char *phase, uint64_t done,
+                     uint64_t total)
+{
+    if (ctx->progress)
+        ctx->progress(ctx->user, phase, done, total);
+}
+
+int ds__unit_cancelled(const ds_step_context *ctx, const char *pipeline, ds_error *err)
+{
+    if (ctx->cancelled && ctx->cancelled(ctx->user))
+        return ds_error_set(err, DS_ERR_CANCELLED, "%s: cancelled", pipeline);
+    return DS_OK;
+}
+
+int ds__unit_check_model(const ds_loaded_model *m, const char *pipeline, const char *role,
+                         const char *cls, ds_error *err)
+{
+    if (!m)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: the pipeline needs a %s model (%s)", pipeline, role, cls);
+    if (!m->cls || strcmp(m->cls->name, cls) != 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: the %s model is a %s (%s), expected %s", pipeline, role,
+                            m->model_name ? m->model_name : "model",
+                            m->cls ? m->cls->name : "class not implemented", cls);
+    return DS_OK;
+}
