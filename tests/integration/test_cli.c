@@ -396,7 +396,14 @@ static void test_pipelines(void)
     CHECK_CONTAINS(out, "  dtypes: bfloat16 (default), float32\n");
     CHECK_CONTAINS(out, "    png                ");
     CHECK_CONTAINS(out, " (sent as a PNG file)\n");
-    CHECK(!strstr(out, "(video:"));
+    /* qwen_image takes and gives no video; wan_video's frames are one. */
+    const char *wan = out ? strstr(out, "\nwan_video: ") : NULL;
+    CHECK(wan != NULL);
+    const char *first_video = out ? strstr(out, "(video:") : NULL;
+    CHECK_MSG(first_video && wan && first_video > wan, "a video tensor outside wan_video:\n%s",
+              out ? out : "");
+    if (wan)
+        CHECK_CONTAINS(wan, " (video: sent as an MP4 or WebP file, or raw frames)");
     free(out);
     free(err);
 
