@@ -2,6 +2,7 @@
  * pipeline whose output is a file, the list of this gateway's jobs, and the progress of any job,
  * images too, as Server-Sent Events. */
 #include <jansson.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,7 +106,12 @@ void gw_jobs_create_video(gw *g, const gw_request *req, gw_response *r)
                     seconds);
             goto fail;
         }
-        gw_gen_param(&gen, "seconds", seconds);
+        /* OpenAI's clip length in seconds, as frames at the daemon's default rate (15 fps, as
+         * upstream's examples); the pipeline rounds to its own frame grid (4k+1 for Wan). */
+        char frames[32];
+        long long n = llround(s * 15.0);
+        snprintf(frames, sizeof frames, "%lld", n < 1 ? 1 : n);
+        gw_gen_param(&gen, "num_frames", frames);
     }
     if (gw_jobs_submit(g->jobs, &gen, &job, &f) != 0)
         goto fail;
