@@ -263,6 +263,12 @@ static void run_vram_budgets(int decode)
                 decode ? "decode" : "encode", budgets[i], st.peak_bytes,
                 (unsigned long long)st.loads);
     }
+    /* The model's units were adopted by this manager: take them back before it goes (as the
+     * pool does when a model leaves), or the next manager's adoption reaches into freed memory. */
+    if (model.release_hook) {
+        model.release_hook(model.release_hook_ctx, &model);
+        model.release_hook = NULL;
+    }
     ds_vram_manager_destroy(mgr);
     ds_tensor_free(&out);
 }
