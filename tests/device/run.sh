@@ -9,7 +9,9 @@
 #      kernels alone: the image lacks the daemon's -dev packages);
 #   4. runs the gpu suite: every tests/kernels program with --backend cuda;
 #   5. runs bench/kernels/run_gpu.sh (with torch anchors when python3 imports torch), then, with
-#      the meson build, bench/vram/run_gpu.sh and bench/wan_video_dit/run_gpu.sh reduced to fit;
+#      the meson build, bench/vram/run_gpu.sh, bench/wan_video_dit/run_gpu.sh and
+#      run_gpu_vram.sh, and bench/wan_video_vae/run_gpu.sh, reduced to fit, each only when the
+#      budget still leaves it the time it needs (else its row says so);
 #   6. prints a short table last: test counts, each benchmark's ours / anchor / ratio / target.
 # Full logs go to $OUT when set (the device tool brings them back), else build-device/logs.
 # Every step runs under `timeout`, inside an overall budget of DS_DEVICE_BUDGET seconds (default
@@ -18,6 +20,9 @@
 # nvidia-smi sees a GPU, a test that skips (exit 77: the CUDA backend did not start, e.g. a
 # driver / runtime mismatch or a failing cublasLtCreate) is a FAILURE, and the table says why
 # the backend did not start (the test programs print the creation error).
+# DS_DEVICE_BENCH picks the benchmarks (comma-separated, default all, in this order:
+# kernels,vram,wan_dit,wan_vram,wan_vae) and DS_DEVICE_TESTS=0 skips the gpu suite, so that a
+# second call can give the later benchmarks the budget the first one spent elsewhere.
 # For trying the script elsewhere: DS_DEVICE_BUILD_DIR (default build-device) and
 # DS_DEVICE_BUILD=direct (skip the meson attempt).
 set -uo pipefail
@@ -27,6 +32,7 @@ build=$(realpath -m "${DS_DEVICE_BUILD_DIR:-build-device}")
 deps=build-device-deps
 logs=${OUT:-$build/logs}
 budget=${DS_DEVICE_BUDGET:-480}
+benches=,${DS_DEVICE_BENCH:-kernels,vram,wan_dit,wan_vram,wan_vae},
 t0=$(date +%s)
 mkdir -p "$logs" "$build"
 runlog=$logs/run.log
@@ -115,7 +121,7 @@ for src in tests/kernels/test_*.c; do [[ -f $src ]] && tests+=("$(basename "$src
 } >"$logs/build.log" 2>&1
 if [[ $mode == meson ]]; then
     say "build: meson configured the whole project; building the kernel targets"
-    targets=(bench/kernels_bench bench/vram_bench bench/wan_dit_bench)
+    targets=(bench/kernels_bench bench/vram_bench bench/wan_dit_bench bench/vae_bench)
     for t in "${tests[@]}"; do targets+=("tests/kernels/$t"); done
     timeout "$(limit 300 200)" ninja -C "$build" -k 0 "${targets[@]}" >>"$logs/build.log" 2>&1
     bindir=$build
@@ -140,6 +146,7 @@ passed=0 failed=0 skipped=0 backend_error=''
 rows=()
 : >"$logs/tests.log"
 phase_end=$(($(elapsed) + $(limit 240 150)))
+[[ ${DS_DEVICE_TESTS:-1} == 0 ]] && tests=()
 for t in "${tests[@]}"; do
     bin=$bindir/tests/kernels/$t
     left=$((phase_end - $(elapsed)))
@@ -181,32 +188,51 @@ say "gpu suite: $passed passed, $failed failed, $skipped skipped"
 
 # ---- 5. benchmarks ----
 : >"$logs/bench.jsonl"
+# One benchmark: run when DS_DEVICE_BENCH names it and the budget, less `reserve` (what the
+# entries after it need), leaves it at least `need` seconds; under `timeout` at most `cap`.
+bench_entry() {   # name cap reserve need binary command...
+    local name=$1 cap=$2 reserve=$3 need=$4 bin=$5 left
+    shift 5
+    [[ $benches == *,$name,* ]] || return 0
+    if [[ ! -x $bindir/bench/$bin ]]; then
+        echo "$name: not run ($bin not built: $mode build)" >>"$logs/bench.txt"
+        return 0
+    fi
+    left=$((budget - $(elapsed) - reserve))
+    if ((left < need)); then
+        echo "$name: not run: ${left}s of the budget left, it needs ${need}s (run it alone:" \
+            "DS_DEVICE_BENCH=$name DS_DEVICE_TESTS=0)" >>"$logs/bench.txt"
+        return 0
+    fi
+    timeout "$((left < cap ? left : cap))" env DS_BUILD_DIR="$bindir" DS_BENCH_LOG="$logs/bench.jsonl" \
+        "$@" >>"$logs/bench.txt" 2>&1
+    [[ $? == 124 ]] && echo "($name stopped at the time budget)" >>"$logs/bench.txt"
+    return 0
+}
 if [[ $build_ok == 1 ]]; then
+    : >"$logs/bench.txt"
     anchor=python3
     [[ $torch == *" cuda" ]] || anchor=none
-    DS_BUILD_DIR=$bindir DS_BENCH_LOG=$logs/bench.jsonl DS_BENCH_TIMEOUT=90 \
-        timeout "$(limit 300 135)" bash bench/kernels/run_gpu.sh "$anchor" 5 >"$logs/bench.txt" 2>&1
-    [[ $? == 124 ]] && echo "(run_gpu.sh stopped at the time budget)" >>"$logs/bench.txt"
+    bench_entry kernels 300 135 20 kernels_bench \
+        env DS_BENCH_TIMEOUT=90 bash bench/kernels/run_gpu.sh "$anchor" 5
     # bench/vram at a quarter of the DiT (15 blocks) and a quarter of the 8 GiB limit, so that it
     # fits the budget; the meson build alone builds vram_bench (not build_direct.sh).
-    if [[ -x $bindir/bench/vram_bench ]]; then
-        DS_BUILD_DIR=$bindir DS_BENCH_LOG=$logs/bench.jsonl DS_BENCH_TIMEOUT=100 DS_BENCH_LAYERS=15 \
-            DS_BENCH_VRAM_GIB=2 timeout "$(limit 120 15)" bash bench/vram/run_gpu.sh "$anchor" 2 \
-            >>"$logs/bench.txt" 2>&1
-        [[ $? == 124 ]] && echo "(bench/vram/run_gpu.sh stopped at the time budget)" >>"$logs/bench.txt"
-    else
-        echo "bench/vram: not run (vram_bench not built: $mode build)" >>"$logs/bench.txt"
-    fi
+    bench_entry vram 120 15 30 vram_bench \
+        env DS_BENCH_TIMEOUT=100 DS_BENCH_LAYERS=15 DS_BENCH_VRAM_GIB=2 \
+        bash bench/vram/run_gpu.sh "$anchor" 2
     # The Wan 1.3B DiT step at the full 32,760 tokens, a third of its 30 blocks, whatever time
     # the budget has left (the ratio holds per block; the 30-block row is run_gpu.sh's default).
-    if [[ -x $bindir/bench/wan_dit_bench ]]; then
-        DS_BUILD_DIR=$bindir DS_BENCH_LOG=$logs/bench.jsonl DS_BENCH_TIMEOUT=100 DS_BENCH_LAYERS=10 \
-            timeout "$(limit 120 10)" bash bench/wan_video_dit/run_gpu.sh "$anchor" 1 \
-            >>"$logs/bench.txt" 2>&1
-        [[ $? == 124 ]] && echo "(bench/wan_video_dit/run_gpu.sh stopped at the time budget)" >>"$logs/bench.txt"
-    else
-        echo "bench/wan_video_dit: not run (wan_dit_bench not built: $mode build)" >>"$logs/bench.txt"
-    fi
+    bench_entry wan_dit 120 10 30 wan_dit_bench \
+        env DS_BENCH_TIMEOUT=100 DS_BENCH_LAYERS=10 bash bench/wan_video_dit/run_gpu.sh "$anchor" 1
+    # The Wan 14B DiT under a VRAM limit with fp8 storage at the full 32,760 tokens, a quarter of
+    # its 40 blocks under a quarter of the 24 GiB limit (run_gpu_vram.sh's default is the whole).
+    bench_entry wan_vram 150 5 60 wan_dit_bench \
+        env DS_BENCH_TIMEOUT=120 DS_BENCH_LAYERS=10 DS_BENCH_VRAM_GIB=6 \
+        bash bench/wan_video_dit/run_gpu_vram.sh "$anchor" 1
+    # The Wan2.1 VAE's tiled decode at 480 x 832 (all 9 tiles), 5 latent frames (17 frames)
+    # instead of 21 (81 frames).
+    bench_entry wan_vae 150 0 60 vae_bench \
+        env DS_BENCH_TIMEOUT=120 DS_BENCH_FRAMES=5 bash bench/wan_video_vae/run_gpu.sh "$anchor" 1
 else
     echo "benchmarks not run: the build failed" >"$logs/bench.txt"
 fi
@@ -224,8 +250,12 @@ fi
         IFS='|' read -r name verdict detail secs <<<"$r"
         printf '  %-22s %-5s %-8s %s\n' "$name" "$verdict" "$secs" "$detail"
     done
-    ((${#rows[@]} == 0)) && echo "  (no test programs in tests/kernels)"
-    grep -v '^run_gpu.sh:' "$logs/bench.txt"
+    if [[ ${DS_DEVICE_TESTS:-1} == 0 ]]; then
+        echo "  (not run: DS_DEVICE_TESTS=0)"
+    elif ((${#rows[@]} == 0)); then
+        echo "  (no test programs in tests/kernels)"
+    fi
+    grep -v -E '^run_gpu(_vram)?\.sh:' "$logs/bench.txt"
     echo "$passed passed, $failed failed, $skipped skipped"
 } | tee -a "$runlog"
 [[ $failed == 0 && $build_ok == 1 ]]
