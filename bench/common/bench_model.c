@@ -7,7 +7,6 @@
 
 #include "bench/common/bench_util.h"
 #include "core/float_convert.h"
-#include "kernels/cpu/gemm_info.h"
 #include "models/model_class.h"
 
 #define PATTERN 65521 /* a prime, so tensors tiled at different phases start out of step */
@@ -140,22 +139,4 @@ int ds_bench_input_tensor(ds_backend *cpu, ds_dtype dtype, int ndim, const int64
             ((float *)out->data)[i] = v;
     }
     return DS_OK;
-}
-
-int ds_bench_backend_create(const char *name, int threads, ds_backend **out, ds_error *err)
-{
-    if (strcmp(name, "cuda") == 0)
-        return ds_cuda_backend_create(0, out, err);
-    if (strcmp(name, "cpu") == 0)
-        return ds_cpu_backend_create(threads, out, err);
-    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "--backend %s: expected cpu or cuda", name);
-}
-
-void ds_bench_print_gemm(const char *backend)
-{
-    if (strcmp(backend, "cpu") != 0)
-        return;
-    char gemm[256];
-    printf(", \"gemm\": ");
-    ds_bench_print_json_string(ds_cpu_gemm_info(gemm, sizeof gemm));
 }

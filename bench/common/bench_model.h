@@ -8,6 +8,8 @@
 
 #include <stdint.h>
 
+/* The model benches create their backend and print its GEMM line too. */
+#include "bench/common/bench_backend.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/ops.h"
@@ -35,14 +37,5 @@ void ds_bench_free_model(ds_loaded_model *m);
 /* A host tensor on `cpu` of uniform values of unit variance from seed, in dtype (f32, bf16). */
 int ds_bench_input_tensor(ds_backend *cpu, ds_dtype dtype, int ndim, const int64_t *shape,
                           uint64_t seed, ds_tensor *out, ds_error *err);
-
-/* Creates the backend a bench names with --backend: "cpu" with `threads` workers (0: all CPUs)
- * or "cuda" (device 0). DS_ERR_INVALID_ARGUMENT for another name; DS_ERR_UNAVAILABLE where the
- * build or the machine has no such device. */
-int ds_bench_backend_create(const char *name, int threads, ds_backend **out, ds_error *err);
-
-/* `, "gemm": "..."` (ds_cpu_gemm_info) where backend is "cpu", nothing otherwise: a row can be
- * read later only knowing whether oneDNN or OpenBLAS ran. Call after creating the backend. */
-void ds_bench_print_gemm(const char *backend);
 
 #endif

@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bench/common/bench_model.h"
+#include "bench/common/bench_backend.h"
 #include "bench/common/bench_util.h"
 #include "core/dtype.h"
 #include "core/float_convert.h"
