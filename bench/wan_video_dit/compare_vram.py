@@ -123,7 +123,8 @@ def main(argv):
               + ("ok" if ratio >= TARGET_UPSTREAM else "MISSED") + f" (>= {TARGET_UPSTREAM}x)")
         if ours.get("alloc_peak_bytes") and up.get("max_memory_allocated"):
             print(f"  peak device memory: ours {gb(ours['alloc_peak_bytes']):.2f} GB, upstream "
-                  f"{gb(up['max_memory_allocated']):.2f} GB (budget {a.budget_gib * 1.073741824:.2f} GB)")
+                  f"{gb(up['max_memory_allocated']):.2f} GB "
+                  f"(budget {a.budget_gib * 1.073741824:.2f} GB)")
     if log:
         log.close()
     return 77 if results[0][2].startswith("unavailable") else 0

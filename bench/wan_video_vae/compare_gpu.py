@@ -78,7 +78,8 @@ def main(argv):
             continue
         peak = r.get("max_memory_allocated") if name == "upstream" else r.get("alloc_peak_bytes")
         ratio = ours["min_s"] / up["min_s"] if name == "ours" and up else None
-        print(f"{name:<10} {fmt(r['min_s'], '.2f', ' s'):>10} {fmt(r['median_s'], '.2f', ' s'):>10} "
+        print(f"{name:<10} {fmt(r['min_s'], '.2f', ' s'):>10} "
+              f"{fmt(r['median_s'], '.2f', ' s'):>10} "
               f"{fmt(gb(peak), '.2f', ' GB'):>12} "
               f"{fmt(ratio, '.2f', 'x') if name == 'ours' else '1.00x':>12}"
               + (f"   (manager peak {gb(r['vram_peak_bytes']):.2f} GB)"
