@@ -54,8 +54,11 @@ compile() {   # source
 # Every core file whose headers exist here: the ones needing xxhash/libmd/jansson fail to
 # compile on a bare image and are not needed by the kernels (the link says so if they are).
 core_srcs=(core/*.c)
+# kernels_bench's helpers: bench/common's kernels-only modules (not bench_model, which needs
+# the models).
+bench_srcs=(bench/common/bench_util.c bench/common/bench_backend.c bench/kernels/kernels_bench.c)
 all=("${core_srcs[@]}" "${kernel_srcs[@]}" "${cuda_srcs[@]}" tests/kernels/kernel_test.c
-     tests/kernels/test_*.c bench/kernels/kernels_bench.c)
+     tests/kernels/test_*.c "${bench_srcs[@]}")
 for src in "${all[@]}"; do
     [[ -f $src ]] || continue
     compile "$src" &
@@ -82,7 +85,8 @@ ar rcs "$out/libcore.a" "${core_objs[@]}" && ar rcs "$out/libkernels.a" "${kerne
     ar rcs "$out/libkt.a" "$(obj_of tests/kernels/kernel_test.c)" || exit 1
 
 libs=("$out/libkernels.a" "$out/libcore.a" -L"$blas_lib" -lopenblas -lm)
-"${link[@]}" -o "$out/bench/kernels_bench" "$(obj_of bench/kernels/kernels_bench.c)" "${libs[@]}" ||
+mapfile -t bench_objs < <(objs "${bench_srcs[@]}")
+"${link[@]}" -o "$out/bench/kernels_bench" "${bench_objs[@]}" "${libs[@]}" ||
     { echo "build_direct: kernels_bench did not link"; exit 1; }
 for src in tests/kernels/test_*.c; do
     name=$(basename "$src" .c)
