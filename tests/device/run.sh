@@ -4,9 +4,12 @@
 #   1. records the machine (GPU, driver, nvcc, compilers, torch) in env.txt;
 #   2. finds OpenBLAS: the system's, or the Debian packages tests/device/prepare.sh left in
 #      build-device-deps/ (unpacked under build-device/, never installed into /);
+#   2b. makes the upstream package importable for the anchors: the image's, or the wheels
+#      prepare.sh left in build-device-deps/wheels, installed into build-device/pysite;
 #   3. builds with CUDA into build-device/: `meson setup -Dcuda=enabled` and the kernel targets
 #      where the whole project configures, else tests/device/build_direct.sh (gcc + nvcc, the
-#      kernels alone: the image lacks the daemon's -dev packages);
+#      kernels alone: the image lacks the daemon's -dev packages) plus the benchmarks that need
+#      the whole project as prepare.sh prebuilt them (build-device-deps/prebuilt.tar.xz);
 #   4. runs the gpu suite: every tests/kernels program with --backend cuda;
 #   5. runs bench/kernels/run_gpu.sh (with torch anchors when python3 imports torch), then, with
 #      the meson build, bench/vram/run_gpu.sh, bench/wan_video_dit/run_gpu.sh and
@@ -22,7 +25,8 @@
 # the backend did not start (the test programs print the creation error).
 # DS_DEVICE_BENCH picks the benchmarks (comma-separated, default all, in this order:
 # kernels,vram,wan_dit,wan_vram,wan_vae) and DS_DEVICE_TESTS=0 skips the gpu suite, so that a
-# second call can give the later benchmarks the budget the first one spent elsewhere.
+# second call can give the later benchmarks the budget the first one spent elsewhere;
+# DS_DEVICE_FULL=1 runs the Wan VRAM and VAE rows at their full size instead of reduced.
 # For trying the script elsewhere: DS_DEVICE_BUILD_DIR (default build-device) and
 # DS_DEVICE_BUILD=direct (skip the meson attempt).
 set -uo pipefail
@@ -102,6 +106,28 @@ else
     say "OpenBLAS: $blas_from"
 fi
 
+# ---- 2b. the upstream package for the anchors ----
+py_from='' py_error=''
+if timeout 120 python3 -c "import diffsynth" >/dev/null 2>&1; then
+    py_from="the image's python3"
+elif compgen -G "$deps/wheels/*.whl" >/dev/null; then
+    rm -rf "$build/pysite"
+    if timeout 180 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target "$build/pysite" "$deps"/wheels/*.whl >>"$runlog" 2>&1; then
+        export PYTHONPATH=$build/pysite${PYTHONPATH:+:$PYTHONPATH}
+        # What the anchors import; the first missing module is what to carry next.
+        py_error=$(timeout 180 python3 -c "import diffsynth.pipelines.wan_video, \
+diffsynth.pipelines.qwen_image, diffsynth.models.wan_video_vae, diffsynth.core.vram.layers" 2>&1 |
+            tail -1)
+        [[ -z $py_error ]] && py_from="wheels carried in $deps/wheels"
+    else
+        py_error="pip install of $deps/wheels failed (run.log)"
+    fi
+else
+    py_error="not in the image, and no $deps/wheels (tests/device/prepare.sh)"
+fi
+say "upstream package (diffsynth): ${py_from:-NOT IMPORTABLE: ${py_error:0:200}; the benchmarks run without their upstream anchors}"
+
 # ---- 3. build ----
 mode='' build_ok=0 bindir=''
 tests=()
@@ -135,6 +161,27 @@ else
         >>"$logs/build.log" 2>&1
 fi
 [[ -x $bindir/bench/kernels_bench ]] && build_ok=1
+# The direct build has no wan_dit_bench, vae_bench nor vram_bench: take prepare.sh's, built from
+# this tree on a Debian machine, with the shared libraries they need beside them.
+prebuilt=''
+if [[ $mode == direct && $build_ok == 1 && -f $deps/prebuilt.tar.xz ]]; then
+    pdir=$build/prebuilt
+    rm -rf "$pdir" && mkdir -p "$pdir"
+    if tar -C "$pdir" -xJf "$deps/prebuilt.tar.xz" 2>>"$runlog"; then
+        cp -f "$pdir"/bench/* "$bindir/bench/"
+        cuda_lib=''
+        [[ -n $nvcc ]] && cuda_lib=$(realpath -m "$(dirname "$nvcc")/../lib64")
+        export LD_LIBRARY_PATH=$pdir/lib${cuda_lib:+:$cuda_lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        prebuilt="$(ls "$pdir/bench" | tr '\n' ' ')from prepare.sh at $(head -1 "$pdir/REVISION" | cut -c1-12) ($(sed -n 2p "$pdir/REVISION"))"
+    else
+        prebuilt="$deps/prebuilt.tar.xz did not unpack (run.log)"
+    fi
+    for b in "$bindir"/bench/*; do
+        missing=$(ldd "$b" 2>/dev/null | grep -m1 "not found")
+        [[ -n $missing ]] && prebuilt+="; $(basename "$b") lacks ${missing%% =>*}"
+    done
+    say "prebuilt benchmarks: $prebuilt"
+fi
 build_s=$(elapsed)
 build_error=$( (grep -m1 -E "error:|undefined reference|did not (compile|link)" "$logs/build.log" ||
     grep -m1 "FAILED:" "$logs/build.log") | cut -c1-150)
@@ -225,14 +272,21 @@ if [[ $build_ok == 1 ]]; then
     bench_entry wan_dit 120 10 30 wan_dit_bench \
         env DS_BENCH_TIMEOUT=100 DS_BENCH_LAYERS=10 bash bench/wan_video_dit/run_gpu.sh "$anchor" 1
     # The Wan 14B DiT under a VRAM limit with fp8 storage at the full 32,760 tokens, a quarter of
-    # its 40 blocks under a quarter of the 24 GiB limit (run_gpu_vram.sh's default is the whole).
-    bench_entry wan_vram 150 5 60 wan_dit_bench \
-        env DS_BENCH_TIMEOUT=120 DS_BENCH_LAYERS=10 DS_BENCH_VRAM_GIB=6 \
+    # its 40 blocks under a quarter of the 24 GiB limit; and the Wan2.1 VAE's tiled decode at
+    # 480 x 832 (all 9 tiles), 5 latent frames (17 frames) instead of 21 (81 frames). With
+    # DS_DEVICE_FULL=1, the whole of each (give it DS_DEVICE_BUDGET too); each side of a row
+    # (ours, upstream) has half the entry's time.
+    if [[ ${DS_DEVICE_FULL:-0} == 1 ]]; then
+        wan_layers=40 wan_gib=24 vae_frames=21 cap=540
+    else
+        wan_layers=10 wan_gib=6 vae_frames=5 cap=160
+    fi
+    bench_entry wan_vram "$cap" 5 60 wan_dit_bench \
+        env DS_BENCH_TIMEOUT=$((cap / 2 - 5)) DS_BENCH_LAYERS=$wan_layers DS_BENCH_VRAM_GIB=$wan_gib \
         bash bench/wan_video_dit/run_gpu_vram.sh "$anchor" 1
-    # The Wan2.1 VAE's tiled decode at 480 x 832 (all 9 tiles), 5 latent frames (17 frames)
-    # instead of 21 (81 frames).
-    bench_entry wan_vae 150 0 60 vae_bench \
-        env DS_BENCH_TIMEOUT=120 DS_BENCH_FRAMES=5 bash bench/wan_video_vae/run_gpu.sh "$anchor" 1
+    bench_entry wan_vae "$cap" 0 60 vae_bench \
+        env DS_BENCH_TIMEOUT=$((cap / 2 - 5)) DS_BENCH_FRAMES=$vae_frames \
+        bash bench/wan_video_vae/run_gpu.sh "$anchor" 1
 else
     echo "benchmarks not run: the build failed" >"$logs/bench.txt"
 fi
@@ -243,6 +297,8 @@ fi
     echo "=== tests/device/run.sh: $(elapsed)s; logs in $logs"
     echo "machine: ${gpu:-no GPU found} | nvcc: $([[ -n $nvcc ]] && "$nvcc" --version | grep -o 'release [0-9.]*' || echo none) | torch: ${torch:-none}"
     echo "build: $mode, $([[ $build_ok == 1 ]] && echo ok || echo FAILED) (${build_s}s); OpenBLAS: ${blas_from:-missing}"
+    [[ -n $prebuilt ]] && echo "prebuilt benchmarks: $prebuilt"
+    echo "upstream package: ${py_from:-not importable: ${py_error:0:160}}"
     [[ $build_ok == 1 ]] || echo "  first build error: ${build_error:-see build.log}"
     [[ -n $backend_error ]] && echo "CUDA BACKEND DID NOT START on ${gpu:-this machine}: $backend_error"
     echo "gpu suite (tests/kernels --backend cuda):"
