@@ -23,3 +23,12 @@ void ds_bench_print_gemm(const char *backend)
     printf(", \"gemm\": ");
     ds_bench_print_json_string(ds_cpu_gemm_info(gemm, sizeof gemm));
 }
+
+void ds_bench_print_device_used(ds_backend *b)
+{
+    size_t free_bytes = 0, total_bytes = 0;
+    ds_error ignored;
+    if (b->mem_info && b->mem_info(b, &free_bytes, &total_bytes, &ignored) == DS_OK &&
+        total_bytes >= free_bytes)
+        printf(", \"device_used_bytes\": %zu", total_bytes - free_bytes);
+}

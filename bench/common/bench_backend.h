@@ -16,4 +16,10 @@ int ds_bench_backend_create(const char *name, int threads, ds_backend **out, ds_
  * read later only knowing whether oneDNN or OpenBLAS ran. Call after creating the backend. */
 void ds_bench_print_gemm(const char *backend);
 
+/* `, "device_used_bytes": N` (the device's total less its free bytes now, this process's context,
+ * kept buffers and the ops' scratch included, other processes too) where the backend has
+ * memory of its own, nothing otherwise: the cross-check of a bench's alloc-slot peak, which
+ * the ops' internal scratch escapes. */
+void ds_bench_print_device_used(ds_backend *b);
+
 #endif

@@ -48,6 +48,17 @@ def gb(v):
     return None if v is None else v * 1e-9
 
 
+def cross_check(ours, up):
+    """Our device's used memory after the run (CUDA context, the ops' scratch and kept buffers
+    included) beside upstream's caching-allocator pool peak (no CUDA context): what the
+    alloc-slot peak and max_memory_allocated leave out."""
+    used, reserved = ours.get("device_used_bytes"), up.get("max_memory_reserved")
+    if used is not None or reserved is not None:
+        print(f"  cross-check: ours device used after the run {fmt(gb(used), '.2f', ' GB')} "
+              f"(context and scratch included), upstream max reserved "
+              f"{fmt(gb(reserved), '.2f', ' GB')} (its allocator's pool)")
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bench", required=True)
@@ -125,6 +136,7 @@ def main(argv):
             print(f"  peak device memory: ours {gb(ours['alloc_peak_bytes']):.2f} GB, upstream "
                   f"{gb(up['max_memory_allocated']):.2f} GB "
                   f"(budget {a.budget_gib * 1.073741824:.2f} GB)")
+        cross_check(ours, up)
     if log:
         log.close()
     return 77 if results[0][2].startswith("unavailable") else 0

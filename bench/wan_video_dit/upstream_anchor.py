@@ -25,7 +25,8 @@ the storage dtype and moved to the CPU one tensor at a time.
 
 The RoPE tables (plain tensors, not parameters) are rebuilt on the CPU, where the constructor
 would have left them. On CUDA, max_memory_allocated (torch's peak over the timed forwards,
-after a reset_peak_memory_stats) is printed. Upstream's limit check reads the device's free
+after a reset_peak_memory_stats) and max_memory_reserved (its caching allocator's pool) are
+printed. Upstream's limit check reads the device's free
 memory, which torch has no call for on the CPU: there only --vram-limit none runs (a smoke
 test of this script); a limit exits 77, as does a CUDA run without a GPU. Never installs
 anything: run it with the private venv that has the upstream package.
@@ -241,6 +242,7 @@ def main(argv):
         line["weights"] = f"{a.backend}, resident"
     if a.backend == "cuda":
         line["max_memory_allocated"] = torch.cuda.max_memory_allocated()
+        line["max_memory_reserved"] = torch.cuda.max_memory_reserved()
     print(json.dumps(line), flush=True)
     return 0 if finite else 1
 

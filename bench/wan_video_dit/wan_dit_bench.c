@@ -342,6 +342,7 @@ int main(int argc, char **argv)
            weight_bytes, mem.alloc_peak);
     if (mem.alloc_lost)
         printf(", \"alloc_peak_note\": \"a lower bound (the table could not grow)\"");
+    ds_bench_print_device_used(b);
     if (mgr) {
         printf(", \"prefetch\": %d, \"vram_peak_bytes\": %zu", o.prefetch, mem.vram_peak);
         ds_bench_print_number("moved_bytes_per_forward", mem.moved, "%.0f");
@@ -350,8 +351,9 @@ int main(int argc, char **argv)
     printf(", \"weights\": ");
     ds_bench_print_json_string(weights_note(&o, b, cpu));
     printf(", \"memory\": \"alloc_peak_bytes: most bytes live at once through the backend's "
-           "alloc slot over the timed forwards (weights copied in, activations; not op "
-           "scratch)\", \"timing\": \"monotonic clock around one forward + stream "
+           "alloc slot over the timed forwards (weights copied in, activations; not the ops' "
+           "scratch); device_used_bytes: the device's used memory after them, scratch and the "
+           "CUDA context included\", \"timing\": \"monotonic clock around one forward + stream "
            "synchronize\"}\n");
     fflush(stdout);
     code = finite ? 0 : 1;

@@ -32,6 +32,17 @@ def gb(v):
     return None if v is None else v * 1e-9
 
 
+def cross_check(ours, up):
+    """Our device's used memory after the run (CUDA context, the ops' scratch and kept buffers
+    included) beside upstream's caching-allocator pool peak (no CUDA context): what the
+    alloc-slot peak and max_memory_allocated leave out."""
+    used, reserved = ours.get("device_used_bytes"), up.get("max_memory_reserved")
+    if used is not None or reserved is not None:
+        print(f"  cross-check: ours device used after the run {fmt(gb(used), '.2f', ' GB')} "
+              f"(context and scratch included), upstream max reserved "
+              f"{fmt(gb(reserved), '.2f', ' GB')} (its allocator's pool)")
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bench", required=True)
@@ -93,6 +104,7 @@ def main(argv):
             m = ours["alloc_peak_bytes"] / up["max_memory_allocated"]
             print(f"  peak device memory: ours / upstream {m:.2f} "
                   + ("ok" if m <= TARGET_PEAK else "MISSED") + f" (<= {TARGET_PEAK})")
+        cross_check(ours, up)
     if log:
         log.close()
     return 77 if results["ours"][1].startswith("unavailable") else 0

@@ -9,8 +9,8 @@ WanVideoVAE.decode(tiled=True) with the Wan pipeline's tile_size (30, 52) and ti
 blended into a video on the CPU). The model is built in float32 on the CPU, then moved to the
 device in --dtype (torch's .to(bfloat16) rounding, as vae_bench's ds_golden_model_to_bf16). On
 CUDA, max_memory_allocated is torch's peak over the timed decodes (reset after the warm-up):
-the weights, activations and tiles. Never installs anything: run it with the private venv that
-has the upstream package.
+the weights, activations and tiles; max_memory_reserved is its caching allocator's pool.
+Never installs anything: run it with the private venv that has the upstream package.
 """
 import argparse
 import json
@@ -104,6 +104,7 @@ def main(argv):
                 timing="perf_counter around one decode + synchronize")
     if device == "cuda":
         line["max_memory_allocated"] = torch.cuda.max_memory_allocated()
+        line["max_memory_reserved"] = torch.cuda.max_memory_reserved()
     print(json.dumps(line), flush=True)
     return 0 if finite else 1
 

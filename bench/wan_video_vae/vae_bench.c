@@ -260,14 +260,16 @@ int main(int argc, char **argv)
            o.warmup, o.repeats, median, times[0], peak);
     if (lost)
         printf(", \"alloc_peak_note\": \"a lower bound (the table could not grow)\"");
+    ds_bench_print_device_used(b);
     if (mgr) {
         ds_vram_stats st;
         ds_vram_stats_get(mgr, &st);
         printf(", \"vram_peak_bytes\": %zu", st.peak_bytes);
     }
     printf(", \"memory\": \"alloc_peak_bytes: most bytes live at once through the backend's "
-           "alloc slot over the timed decodes (weights copied in, activations, tiles; not op "
-           "scratch)\", \"timing\": \"monotonic clock around one decode + stream "
+           "alloc slot over the timed decodes (weights copied in, activations, tiles; not the "
+           "ops' scratch); device_used_bytes: the device's used memory after them, scratch and "
+           "the CUDA context included\", \"timing\": \"monotonic clock around one decode + stream "
            "synchronize\"}\n");
     fflush(stdout);
     code = finite ? 0 : 1;
