@@ -16,8 +16,8 @@
  * ("Euler a" by default); it is accepted and reported, and does not change the result. */
 #define SAMPLER "Euler"
 
-/* The pipeline POST /sdapi/v1/options chose ("" = the daemon's first): A1111 clients set the
- * checkpoint once there and then send requests without naming it. */
+/* The pipeline POST /sdapi/v1/options chose ("" = the first image pipeline): A1111 clients set
+ * the checkpoint once there and then send requests without naming it. */
 static pthread_mutex_t checkpoint_lock = PTHREAD_MUTEX_INITIALIZER;
 static char checkpoint[GW_NAME];
 
@@ -166,7 +166,8 @@ static void generate(gw *g, const gw_request *req, gw_response *r, bool img2img)
     json_t *body = NULL;
     uint8_t *png = NULL;
     gw_failure f;
-    gw_gen_fields in = {.kind = "image", .source = "a1111", .image_param = "init_images"};
+    gw_gen_fields in = {.makes = GW_MAKES_IMAGES, .source = "a1111",
+                        .image_param = "init_images"};
     gw_gen gen;
     gw_job *job = NULL;
     gw_job_view v;
@@ -267,7 +268,8 @@ void gw_a1111_options(gw *g, const gw_request *req, gw_response *r)
     char chosen[GW_NAME];
     current_checkpoint(chosen);
     gw_failure f;
-    const gw_pipeline_info *p = gw_pipeline_find(all, chosen, "sd_model_checkpoint", &f);
+    const gw_pipeline_info *p =
+        gw_pipeline_find(all, chosen, GW_MAKES_IMAGES, "sd_model_checkpoint", &f);
     gw_reply_json(r, 200, json_pack("{s:s,s:s,s:s}", "sd_model_checkpoint", p ? p->name : "",
                                     "samples_format", "png", "sd_checkpoint_hash", ""));
     free(all);
@@ -289,7 +291,7 @@ void gw_a1111_set_options(gw *g, const gw_request *req, gw_response *r)
     if (present) {
         if (!(all = pipelines(g, r)))
             goto done;
-        if (!gw_pipeline_find(all, model, "sd_model_checkpoint", &f)) {
+        if (!gw_pipeline_find(all, model, GW_MAKES_IMAGES, "sd_model_checkpoint", &f)) {
             gw_reply_failure(r, GW_A1111, &f);
             goto done;
         }
@@ -309,12 +311,14 @@ void gw_a1111_sd_models(gw *g, const gw_request *req, gw_response *r)
     gw_pipelines *all = pipelines(g, r);
     if (!all)
         return;
+    /* A1111 is an image API: its clients offer every listed checkpoint for txt2img. */
     json_t *list = json_array();
     for (int i = 0; list && i < all->count; i++)
-        json_array_append_new(list, json_pack("{s:s,s:s,s:n,s:n,s:s,s:n}", "title",
-                                              all->p[i].name, "model_name", all->p[i].name,
-                                              "hash", "sha256", "filename", all->p[i].name,
-                                              "config"));
+        if (gw_pipeline_makes(&all->p[i], GW_MAKES_IMAGES))
+            json_array_append_new(list, json_pack("{s:s,s:s,s:n,s:n,s:s,s:n}", "title",
+                                                  all->p[i].name, "model_name", all->p[i].name,
+                                                  "hash", "sha256", "filename", all->p[i].name,
+                                                  "config"));
     free(all);
     gw_reply_json(r, 200, list);
 }

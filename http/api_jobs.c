@@ -1,8 +1,7 @@
-/* Jobs that outlive their request: OpenAI's /v1/videos (create, poll, download, delete) for any
- * pipeline whose output is a file, the list of this gateway's jobs, and the progress of any job,
- * images too, as Server-Sent Events. */
+/* Jobs that outlive their request: OpenAI's /v1/videos (create, poll, download, delete) for the
+ * pipelines that make clips, /v1/jobs (the same for any pipeline whose output is a file), the
+ * list of this gateway's jobs, and the progress of any job, images too, as Server-Sent Events. */
 #include <jansson.h>
-#include <math.h>
 #include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,8 +49,9 @@ void gw_jobs_create_video(gw *g, const gw_request *req, gw_response *r)
     gw_failure f;
     const gw_form_part *ref = NULL;
     bool present = false;
-    gw_gen_fields in = {.kind = generic(req) ? "image" : "video", .source = "videos", .model_param = "model",
-                        .size_param = "size", .image_param = "input_reference", .runs = 1};
+    gw_gen_fields in = {.makes = generic(req) ? GW_MAKES_ANY : GW_MAKES_VIDEOS, .source = "videos",
+                        .model_param = "model", .size_param = "size",
+                        .image_param = "input_reference", .runs = 1};
     const char *size = NULL, *seconds = NULL;
     long long steps = 0, seed = 0;
     gw_gen gen;
@@ -80,7 +80,7 @@ void gw_jobs_create_video(gw *g, const gw_request *req, gw_response *r)
         gw_fail(&f, 400, "prompt", "prompt is required: a non-empty string");
         goto fail;
     }
-    /* OpenAI's default model names mean the daemon's default pipeline. */
+    /* OpenAI's own model names mean the first video pipeline. */
     if (in.model && strncmp(in.model, "sora", 4) == 0)
         in.model = NULL;
     in.steps = steps;
@@ -95,24 +95,18 @@ void gw_jobs_create_video(gw *g, const gw_request *req, gw_response *r)
         in.png = (const uint8_t *)ref->data;
         in.png_len = ref->len;
     }
-    if (gw_gen_build(g, &in, &gen, &f) != 0)
-        goto fail;
     if (seconds) {
         char *end = NULL;
-        double s = strtod(seconds, &end);
-        if (!*seconds || *end || !(s > 0 && s <= 3600)) {
-            gw_gen_free(&gen);
+        in.seconds = strtod(seconds, &end);
+        if (!*seconds || *end || !(in.seconds > 0 && in.seconds <= 3600)) {
             gw_fail(&f, 400, "seconds", "seconds must be a duration like \"4\", not \"%.32s\"",
                     seconds);
             goto fail;
         }
-        /* OpenAI's clip length in seconds, as frames at the daemon's default rate (15 fps, as
-         * upstream's examples); the pipeline rounds to its own frame grid (4k+1 for Wan). */
-        char frames[32];
-        long long n = llround(s * 15.0);
-        snprintf(frames, sizeof frames, "%lld", n < 1 ? 1 : n);
-        gw_gen_param(&gen, "num_frames", frames);
+        in.has_seconds = true;
     }
+    if (gw_gen_build(g, &in, &gen, &f) != 0)
+        goto fail;
     if (gw_jobs_submit(g->jobs, &gen, &job, &f) != 0)
         goto fail;
     gw_job_view v;

@@ -40,7 +40,7 @@ static int read_fields(json_t *body, gw_gen_fields *in, gw_failure *f)
         gw_field_int(body, "seed", 0, INT64_MAX, &seed, &in->has_seed, f) != 0)
         return -1;
     /* OpenAI's clients send "dall-e-2" and the like by default: names that are no pipeline of
-     * ours mean "the default one" only when they are OpenAI's own. */
+     * ours mean "the first image pipeline" only when they are OpenAI's own. */
     if (in->model && strncmp(in->model, "dall-e", 6) == 0)
         in->model = NULL;
     if (in->model && strncmp(in->model, "gpt-image", 9) == 0)
@@ -100,8 +100,8 @@ static void reply_images(gw *g, gw_job *job, gw_response *r)
 
 static void generate(gw *g, json_t *body, const uint8_t *png, size_t png_len, gw_response *r)
 {
-    gw_gen_fields in = {.kind = "image", .source = "openai", .png = png, .png_len = png_len,
-                        .image_param = "image"};
+    gw_gen_fields in = {.makes = GW_MAKES_IMAGES, .source = "openai", .png = png,
+                        .png_len = png_len, .image_param = "image"};
     gw_failure f;
     gw_gen gen;
     gw_job *job = NULL;

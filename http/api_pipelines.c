@@ -1,6 +1,7 @@
-/* GET /v1/pipelines: the daemon's pipelines with their roles, the loaded models that can take
- * each role (by model name, as the daemon matches them), and their parameters with ranges and
- * defaults: what the web page builds its form from. Our own shape; errors as OpenAI's. */
+/* GET /v1/pipelines: the daemon's pipelines (whether each makes clips) with their roles, the
+ * loaded models that can take each role (by model name, as the daemon matches them), and their
+ * parameters with ranges and defaults: what the web page builds its form from. Our own shape;
+ * errors as OpenAI's. */
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -50,9 +51,10 @@ void gw_pipelines_list(gw *g, const gw_request *req, gw_response *r)
                                                     x->has_default ? json_string(x->default_value)
                                                                    : json_null()));
         }
-        json_array_append_new(data, json_pack("{s:s,s:s,s:o,s:o}", "id", p->name, "summary",
-                                              p->summary, "roles", roles ? roles : json_null(),
-                                              "params", params ? params : json_null()));
+        json_array_append_new(data, json_pack("{s:s,s:s,s:b,s:o,s:o}", "id", p->name, "summary",
+                                              p->summary, "video", p->video, "roles",
+                                              roles ? roles : json_null(), "params",
+                                              params ? params : json_null()));
     }
     ds_client_envelope_free(&models);
     free(all);

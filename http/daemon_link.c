@@ -68,30 +68,62 @@ int gw_daemon_pipelines(const gw_config *cfg, gw_pipelines *out, gw_failure *f)
             copy(o->roles[o->role_count], GW_NAME, p->roles[k].role);
             copy(o->role_models[o->role_count++], GW_NAME, p->roles[k].model_name);
         }
+        for (pb_size_t k = 0; k < p->outputs_count; k++)
+            o->video = o->video || p->outputs[k].video;
     }
     ds_client_envelope_free(&resp);
     return 0;
 }
 
-const gw_pipeline_info *gw_pipeline_find(const gw_pipelines *all, const char *name,
-                                         const char *param, gw_failure *f)
+bool gw_pipeline_makes(const gw_pipeline_info *p, gw_output_kind kind)
 {
-    if ((!name || !*name) && all->count > 0)
-        return &all->p[0];
-    for (int i = 0; i < all->count; i++)
-        if (strcmp(all->p[i].name, name ? name : "") == 0)
-            return &all->p[i];
-    char known[512] = "";
+    return kind == GW_MAKES_ANY || p->video == (kind == GW_MAKES_VIDEOS);
+}
+
+/* The names of the pipelines that make `kind`, ", "-separated, "none" when there are none. */
+static void names_of(const gw_pipelines *all, gw_output_kind kind, char *out, size_t size)
+{
     size_t used = 0;
-    for (int i = 0; i < all->count && used < sizeof known; i++) {
-        int n = snprintf(known + used, sizeof known - used, "%s%s", i ? ", " : "", all->p[i].name);
+    out[0] = '\0';
+    for (int i = 0; i < all->count && used < size; i++) {
+        if (!gw_pipeline_makes(&all->p[i], kind))
+            continue;
+        int n = snprintf(out + used, size - used, "%s%s", used ? ", " : "", all->p[i].name);
         used += n > 0 ? (size_t)n : 0;
     }
-    if (all->count == 0)
+    if (!out[0])
+        snprintf(out, size, "none");
+}
+
+const gw_pipeline_info *gw_pipeline_find(const gw_pipelines *all, const char *name,
+                                         gw_output_kind kind, const char *param, gw_failure *f)
+{
+    static const char *const made[] = {"images or videos", "images", "videos"};
+    char known[512];
+    if (all->count == 0) {
         gw_fail(f, 503, NULL, "the daemon serves no pipelines");
+        return NULL;
+    }
+    bool named = name && *name;
+    for (int i = 0; i < all->count; i++) {
+        const gw_pipeline_info *p = &all->p[i];
+        if (named ? strcmp(p->name, name) != 0 : !gw_pipeline_makes(p, kind))
+            continue;
+        if (gw_pipeline_makes(p, kind))
+            return p;
+        names_of(all, kind, known, sizeof known);
+        gw_fail(f, 400, param, "%s: the %s pipeline makes %s, and this endpoint makes %s "
+                "(pipelines that do: %s)%s", param, p->name, p->video ? "videos" : "images",
+                made[kind], known, p->video ? "; POST /v1/videos runs it" : "");
+        return NULL;
+    }
+    names_of(all, GW_MAKES_ANY, known, sizeof known);
+    if (named)
+        gw_fail(f, 400, param, "%s: the daemon has no pipeline \"%.64s\"; it has: %s", param, name,
+                known);
     else
-        gw_fail(f, 400, param, "%s: the daemon has no pipeline \"%s\"; it has: %s", param,
-                str(name), known);
+        gw_fail(f, 400, param, "%s: the daemon serves no pipeline that makes %s (it has: %s), "
+                "and none was named", param, made[kind], known);
     return NULL;
 }
 

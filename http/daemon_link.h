@@ -31,6 +31,7 @@ typedef struct gw_pipeline_info {
     char roles[GW_MAX_TENSORS][GW_NAME];      /* role names */
     char role_models[GW_MAX_TENSORS][GW_NAME]; /* the model_name each role takes */
     int role_count;
+    bool video;                                /* an output is video frames (a clip file) */
 } gw_pipeline_info;
 
 typedef struct gw_pipelines {
@@ -48,10 +49,17 @@ int gw_daemon_call(const gw_config *cfg, diffsynth_v1_Envelope *req, diffsynth_v
 /* ListPipelines, copied into *out. */
 int gw_daemon_pipelines(const gw_config *cfg, gw_pipelines *out, gw_failure *f);
 
-/* The pipeline named `name`, or when name is NULL or "" the first one; NULL with *f naming
- * `param` when there is none of that name. */
+/* What an API makes: the image APIs (OpenAI images, AUTOMATIC1111) only still pictures,
+ * /v1/videos only clips, /v1/jobs whatever the pipeline makes. */
+typedef enum gw_output_kind { GW_MAKES_ANY, GW_MAKES_IMAGES, GW_MAKES_VIDEOS } gw_output_kind;
+
+/* The pipeline named `name`, or when name is NULL or "" the first one that makes `kind`; NULL
+ * with *f naming `param` when there is none of that name, the one named makes the other kind,
+ * or none makes `kind`. */
 const gw_pipeline_info *gw_pipeline_find(const gw_pipelines *all, const char *name,
-                                         const char *param, gw_failure *f);
+                                         gw_output_kind kind, const char *param, gw_failure *f);
+/* Whether `p` can serve an API that makes `kind`. */
+bool gw_pipeline_makes(const gw_pipeline_info *p, gw_output_kind kind);
 const gw_param_info *gw_pipeline_param(const gw_pipeline_info *p, const char *name);
 bool gw_pipeline_has_input(const gw_pipeline_info *p, const char *name);
 

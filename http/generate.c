@@ -1,3 +1,4 @@
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,10 @@
 
 /* The pipelines round sizes up to this multiple; an input image must have the rounded size. */
 #define SIZE_MULTIPLE 16
+
+/* Frames per second of the clips the daemon encodes when a request names no rate (its default,
+ * as upstream's examples): what a clip length in seconds is counted in. */
+#define VIDEO_FPS 15
 
 static long long round_up(long long v) { return (v + SIZE_MULTIPLE - 1) / SIZE_MULTIPLE * SIZE_MULTIPLE; }
 
@@ -60,6 +65,34 @@ static int read_models(const gw_pipeline_info *p, json_t *models, gw_gen *gen, g
     return 0;
 }
 
+/* A clip length as num_frames at VIDEO_FPS (the pipeline rounds to its own frame grid, 4k+1
+ * for Wan). A pipeline without num_frames is refused rather than the length ignored: its
+ * clip's length follows something else (an input video) or it makes still images, and a client
+ * that asked for seconds would otherwise get a clip of another length without a word. */
+static int seconds_to_frames(const gw_pipeline_info *p, double seconds, gw_gen *gen,
+                             gw_failure *f)
+{
+    const gw_param_info *info = gw_pipeline_param(p, "num_frames");
+    if (!info) {
+        gw_fail(f, 400, "seconds", "seconds: the %s pipeline takes no num_frames (%s), so a "
+                "clip length cannot be asked of it", p->name,
+                p->video ? "its clip's length is not chosen this way" : "it makes still images");
+        return -1;
+    }
+    long long n = llround(seconds * VIDEO_FPS);
+    n = n < 1 ? 1 : n;
+    if ((double)n < info->min || (double)n > info->max) {
+        gw_fail(f, 400, "seconds", "seconds: %g s is %lld frames at %d fps, expected %g to %g "
+                "frames (%.3g to %.3g s) for %s", seconds, n, VIDEO_FPS, info->min, info->max,
+                info->min / VIDEO_FPS, info->max / VIDEO_FPS, p->name);
+        return -1;
+    }
+    char text[32];
+    snprintf(text, sizeof text, "%lld", n);
+    gw_gen_param(gen, "num_frames", text);
+    return 0;
+}
+
 /* Nearest-neighbour resampling: frontends send pictures of any size, the pipeline wants the
  * output size, and the denoising redraws the detail anyway. */
 static uint8_t *resize(const uint8_t *rgb, uint32_t w, uint32_t h, uint32_t ow, uint32_t oh)
@@ -91,13 +124,13 @@ int gw_gen_build(gw *g, const gw_gen_fields *in, gw_gen *gen, gw_failure *f)
     uint8_t *rgb = NULL;
     if (gw_daemon_pipelines(&g->cfg, all, f) != 0)
         goto done;
-    const gw_pipeline_info *p = gw_pipeline_find(all, in->model, in->model_param, f);
+    const gw_pipeline_info *p = gw_pipeline_find(all, in->model, in->makes, in->model_param, f);
     if (!p)
         goto done;
     snprintf(gen->pipeline, sizeof gen->pipeline, "%s", p->name);
     if (read_models(p, in->models, gen, f) != 0)
         goto done;
-    gen->kind = in->kind;
+    gen->kind = p->video ? "video" : "image";
     gen->source = in->source;
     gen->runs = in->runs ? in->runs : 1;
     if (!(gen->prompt = strdup(in->prompt)) ||
@@ -169,6 +202,8 @@ int gw_gen_build(gw *g, const gw_gen_fields *in, gw_gen *gen, gw_failure *f)
             gw_format_number(extra[i].v, text, sizeof text);
         gw_gen_param(gen, extra[i].name, text);
     }
+    if (in->has_seconds && seconds_to_frames(p, in->seconds, gen, f) != 0)
+        goto done;
     gen->has_seed = in->has_seed;
     gen->seed = in->seed;
     if (rgb) {

@@ -7,7 +7,8 @@
 #include "http/jobs.h"
 
 typedef struct gw_gen_fields {
-    const char *model, *model_param;       /* pipeline name (NULL: the daemon's first) */
+    const char *model, *model_param;       /* pipeline name (NULL: the first that makes `makes`) */
+    gw_output_kind makes;                  /* what the endpoint serves */
     const char *prompt;
     const char *negative;                  /* NULL: none */
     bool has_size;
@@ -21,12 +22,14 @@ typedef struct gw_gen_fields {
     unsigned long long seed;
     bool has_strength;
     double strength;
+    bool has_seconds;                      /* a clip length, for pipelines that take num_frames */
+    double seconds;
     unsigned runs;
     const uint8_t *png;                    /* image-to-image: the picture as PNG bytes */
     size_t png_len;
     const char *image_param;               /* the field image errors name */
     void *models;                          /* json_t object role -> loaded model id, or NULL */
-    const char *kind, *source;
+    const char *source;
 } gw_gen_fields;
 
 /* Builds *gen (gw_gen_free it unless submitted) from `in`, asking the daemon for the pipeline. */

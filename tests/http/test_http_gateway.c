@@ -1,7 +1,8 @@
 /* diffsynth-http against a real daemon serving the Qwen-Image pipeline on cut, sparse models
  * (the integration harness's set): this program starts both, and a Python script (stdlib only,
  * tests/http/gateway_test.py) drives the gateway over HTTP in phases while the daemon is up,
- * down, restarted without models, and loaded again.
+ * down, restarted without models, and loaded again. The daemon it is given for that is
+ * diffsynthd-video-test (meson.build), whose model-free test_video pipeline makes clips.
  *
  * With --clients it runs tests/http/clients_test.py instead: the official `openai` package and
  * `webuiapi` from PyPI in a private venv under the build folder (exit 77 when PyPI cannot be
