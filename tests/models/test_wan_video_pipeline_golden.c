@@ -32,11 +32,14 @@
 #define TE_SEED 2026
 #define DIT_SEED 2025
 #define VAE_SEED 2027
-/* Wan2.1-T2V-1.3B's row kwargs with num_layers 1, as the script builds the DiT. */
+/* Wan2.1-T2V-1.3B's row kwargs with num_layers 1, as the script builds the DiT; the shape
+ * kwargs that variants share, and those that tell them apart. */
+#define DIT_SHAPE_KWARGS                                                                         \
+    "\"patch_size\": [1, 2, 2], \"dim\": 1536, \"ffn_dim\": 8960, \"freq_dim\": 256, "           \
+    "\"num_heads\": 12, \"num_layers\": 1, \"eps\": 1e-06"
 #define DIT_KWARGS                                                                               \
-    "{\"has_image_input\": false, \"patch_size\": [1, 2, 2], \"in_dim\": 16, \"dim\": 1536, "    \
-    "\"ffn_dim\": 8960, \"freq_dim\": 256, \"text_dim\": 4096, \"out_dim\": 16, "                \
-    "\"num_heads\": 12, \"num_layers\": 1, \"eps\": 1e-06}"
+    "{\"has_image_input\": false, \"in_dim\": 16, \"text_dim\": 4096, \"out_dim\": 16, "         \
+    DIT_SHAPE_KWARGS "}"
 /* The prompts: tests/data/wan_tokenizer/cases.json's English and Chinese cases. */
 #define PROMPT "A cat sits on a wooden table next to a window, morning light, soft shadows."
 #define NEGATIVE "一只小猫坐在窗边的木桌上，清晨的阳光洒在它身上，画面柔和。"
@@ -329,11 +332,14 @@ static void expect_refused(const ds_pipeline_args *a, int code, const char *need
         def->free(run);
 }
 
-/* The test DiT with other kwargs (the pipeline reads nothing else before refusing). */
-static void refuse_dit(const char *kwargs, int code, const char *needle)
+/* The test DiT with the kwargs of another variant: `variant` and DIT_SHAPE_KWARGS (the
+ * pipeline reads nothing else before refusing). */
+static void refuse_dit(const char *variant, int code, const char *needle)
 {
+    char kwargs[512];
+    snprintf(kwargs, sizeof kwargs, "{%s, %s}", variant, DIT_SHAPE_KWARGS);
     ds_loaded_model other = dit;
-    other.extra_kwargs_json = (char *)kwargs;
+    other.extra_kwargs_json = kwargs;
     ds_pipeline_args a = base_args();
     a.models[ds_pipeline_role_index(def, "dit")] = &other;
     expect_refused(&a, code, needle);
@@ -396,14 +402,18 @@ static void test_checks(void)
     expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "the vace model is a");
 
     /* DiTs of variants whose extra models are missing: only the kwargs are read. */
-    refuse_dit("{\"has_image_input\": true, \"in_dim\": 36, \"out_dim\": 16}",
+    refuse_dit("\"has_image_input\": true, \"in_dim\": 36, \"out_dim\": 16, \"text_dim\": 4096",
                DS_ERR_UNIMPLEMENTED, "the CLIP image encoder");
-    refuse_dit("{\"in_dim\": 48, \"out_dim\": 48, \"seperated_timestep\": true}",
+    refuse_dit("\"has_image_input\": false, \"in_dim\": 48, \"out_dim\": 48, \"text_dim\": 4096, "
+               "\"seperated_timestep\": true",
                DS_ERR_UNIMPLEMENTED, "Wan2.2-TI2V-5B: it needs the Wan2.2 VAE");
-    refuse_dit("{\"in_dim\": 48, \"out_dim\": 16}", DS_ERR_UNIMPLEMENTED,
-               "takes 48 input channels for 16 latent ones");
-    refuse_dit("{\"add_control_adapter\": true}", DS_ERR_UNIMPLEMENTED, "camera control");
-    refuse_dit("{\"text_dim\": 2048}", DS_ERR_INVALID_ARGUMENT,
+    refuse_dit("\"has_image_input\": false, \"in_dim\": 48, \"out_dim\": 16, \"text_dim\": 4096",
+               DS_ERR_UNIMPLEMENTED, "takes 48 input channels for 16 latent ones");
+    refuse_dit("\"has_image_input\": false, \"in_dim\": 16, \"out_dim\": 16, \"text_dim\": 4096, "
+               "\"add_control_adapter\": true",
+               DS_ERR_UNIMPLEMENTED, "camera control");
+    refuse_dit("\"has_image_input\": false, \"in_dim\": 16, \"out_dim\": 16, \"text_dim\": 2048",
+               DS_ERR_INVALID_ARGUMENT,
                "the text encoder's width is 4096, the dit model's text_dim is 2048");
 }
 
