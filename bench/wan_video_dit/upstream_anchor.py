@@ -14,36 +14,30 @@ in place; its RoPE tables (plain tensors, not parameters) are rebuilt on the CPU
 constructor would have left them. Never installs anything: run it with the private venv that
 has the upstream package.
 """
-import argparse
-import json
+import os
 import sys
 import time
 
 import torch
 
-DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
-NAMES = {torch.float32: "f32", torch.bfloat16: "bf16"}
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from anchor_util import (NAMES, fill_uniform, parse_forward_args, report_forward,  # noqa: E402
+                         set_up, time_calls)
+
 ROW_1_3B = "9269f8db9040a9d860eaca435be61814"
 DIM, FFN, TEXT_DIM = 1536.0, 8960.0, 4096.0
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
-    p.add_argument("--layers", type=int, default=2)
+def add_shape(p):
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--height", type=int, default=32)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--text-tokens", type=int, default=512)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    a = p.parse_args(argv)
-    if a.height % 2 or a.width % 2 or a.repeats < 1 or a.warmup < 0 or a.layers < 1:
-        p.error("--height/--width even, --repeats >= 1, --warmup >= 0, --layers >= 1")
-    a.dtype = DTYPES[a.dtype]
-    return a
+
+
+def check_shape(a):
+    return "--height/--width even" if a.height % 2 or a.width % 2 else None
 
 
 def tokens(a):
@@ -70,36 +64,20 @@ def build(a, device):
     model = model.to(a.dtype).to_empty(device=device)
     with torch.device("cpu"):
         model.freqs = WanModel(**dict(kwargs, num_layers=0)).freqs
-    gen = torch.Generator(device=device).manual_seed(0x5EED)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.uniform_(-0.02, 0.02, generator=gen)
-            if p.ndim == 1 and "norm" in name:
-                p.add_(1.0)
-    return model.eval()
+    return fill_uniform(model, device)
 
 
 def main(argv):
-    a = parse_args(argv)
+    a = parse_forward_args(__doc__.split("\n")[0], argv, add_shape, check_shape)
     line = {"impl": "upstream", "backend": a.backend, "model": "WanModel-1.3B",
             "layers": a.layers, "dtype": NAMES[a.dtype], "frames": a.frames, "height": a.height,
             "width": a.width, "tokens": tokens(a), "text_tokens": a.text_tokens,
             "threads": a.threads, "torch": torch.__version__}
-    try:
-        from diffsynth.pipelines.wan_video import model_fn_wan_video
-    except ImportError as e:
-        line.update(status="unavailable", message=f"no upstream package: {e}")
-        print(json.dumps(line), flush=True)
-        return 77
-    if a.backend == "cuda" and not torch.cuda.is_available():
-        line.update(status="unavailable", message="torch sees no CUDA device")
-        print(json.dumps(line), flush=True)
-        return 77
-    if a.threads > 0:
-        torch.set_num_threads(a.threads)
-    line["threads"] = torch.get_num_threads() if a.backend == "cpu" else a.threads
-    device = torch.device(a.backend)
-    sync = torch.cuda.synchronize if a.backend == "cuda" else (lambda: None)
+    ready = set_up(a, line, modules=("diffsynth.pipelines.wan_video",))
+    if isinstance(ready, int):
+        return ready
+    device, sync = ready
+    from diffsynth.pipelines.wan_video import model_fn_wan_video
 
     start = time.perf_counter()
     model = build(a, device)
@@ -113,25 +91,11 @@ def main(argv):
                ).to(device=device, dtype=a.dtype)
     timestep = torch.tensor([500.0], device=device).to(a.dtype)
 
-    samples = []
-    with torch.no_grad():
-        for r in range(-a.warmup, a.repeats):
-            start = time.perf_counter()
-            out = model_fn_wan_video(dit=model, latents=latents, timestep=timestep,
-                                     context=context)
-            sync()
-            if r >= 0:
-                samples.append(time.perf_counter() - start)
-        finite = bool(torch.isfinite(out.float()).all())
-    samples.sort()
-    median = samples[len(samples) // 2]  # wan_dit_bench's median, for odd or even counts
-    flops = forward_flops(a)
-    line.update(status="ok" if finite else "bad_output", warmup=a.warmup, repeats=a.repeats,
-                median_ms=median * 1e3, min_ms=samples[0] * 1e3, flops=flops,
-                tflops=flops / median * 1e-12, weights=f"{a.backend}, resident",
-                timing="perf_counter around one forward + synchronize")
-    print(json.dumps(line), flush=True)
-    return 0 if finite else 1
+    samples, median, out = time_calls(
+        lambda: model_fn_wan_video(dit=model, latents=latents, timestep=timestep,
+                                   context=context),
+        sync, a.warmup, a.repeats)
+    return report_forward(line, a, samples, median, out, forward_flops(a))
 
 
 if __name__ == "__main__":
