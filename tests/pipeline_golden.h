@@ -16,6 +16,7 @@
 #include "core/safetensors.h"
 #include "kernels/backend.h"
 #include "models/model_step.h"
+#include "tools/golden_model.h"
 
 #define TEST_PROGRESS_EVENTS 256
 
@@ -124,6 +125,31 @@ static inline void test_dump_png(const char *name, const ds_tensor *image)
     }
     test_dump_bytes(name, "png", png, size);
     free(png);
+}
+
+/* The outputs of case `name` (the `number`th case of `pipeline`'s test) against upstream's:
+ * returns the final latents' relative L2 distance and sets *max_diff to the 8-bit values'
+ * largest difference (`pixels`: "image" or "video"), printing both; with DS_TEST_DUMP_DIR, dumps
+ * both (and the image as a PNG when `png`). */
+static inline double test_pipeline_outputs(const char *pipeline, int number, const char *name,
+                                           ds_backend *cpu, const ds_tensor *latents,
+                                           const ds_tensor_view *want_latents,
+                                           const char *pixels, const ds_tensor *got_pixels,
+                                           const ds_tensor_view *want_pixels, int png,
+                                           double budget, int *max_diff)
+{
+    char key[96];
+    ds_tensor want = ds_tensor_wrap(cpu, want_latents->dtype, want_latents->ndim,
+                                    want_latents->shape, (void *)want_latents->data);
+    double rel = ds_golden_rel_l2(latents, &want);
+    *max_diff = test_u8_max_diff(name, got_pixels, want_pixels, rel, budget);
+    snprintf(key, sizeof key, "%s_%d_%s_latents", pipeline, number, name);
+    test_dump_tensor(key, latents);
+    snprintf(key, sizeof key, "%s_%d_%s_%s", pipeline, number, name, pixels);
+    test_dump_tensor(key, got_pixels);
+    if (png)
+        test_dump_png(key, got_pixels);
+    return rel;
 }
 
 #endif

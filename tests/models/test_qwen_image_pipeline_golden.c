@@ -144,15 +144,9 @@ static void check_case(const char *name, ds_qwen_image_params params)
     CHECK(latents->ndim == 4 && latents->shape[2] == want_latents->shape[2] &&
           latents->shape[3] == want_latents->shape[3]);
     CHECK(image->shape[0] == want_image->shape[0] && image->shape[1] == want_image->shape[1]);
-    ds_tensor want = ds_tensor_wrap(cpu, want_latents->dtype, want_latents->ndim,
-                                    want_latents->shape, (void *)want_latents->data);
-    double rel = ds_golden_rel_l2(latents, &want);
-    int max_diff = test_u8_max_diff(name, image, want_image, rel, LATENT_BUDGET);
-    snprintf(key, sizeof key, "qwen_image_%d_%s_latents", dumped, name);
-    test_dump_tensor(key, latents);
-    snprintf(key, sizeof key, "qwen_image_%d_%s_image", dumped, name);
-    test_dump_tensor(key, image);
-    test_dump_png(key, image);
+    int max_diff;
+    double rel = test_pipeline_outputs("qwen_image", dumped, name, cpu, latents, want_latents,
+                                       "image", image, want_image, 1, LATENT_BUDGET, &max_diff);
     CHECK(rel < LATENT_BUDGET);
     /* The truncating uint8 cast turns a 1e-6 difference into one level now and then. */
     CHECK(max_diff <= 2);

@@ -168,14 +168,9 @@ static void check_case(const char *name, const ds_pipeline_args *args)
     CHECK(video->dtype == DS_U8 && video->ndim == 4);
     for (int d = 0; d < 4; d++)
         CHECK(video->shape[d] == want_video->shape[d]);
-    ds_tensor want = ds_tensor_wrap(cpu, want_latents->dtype, want_latents->ndim,
-                                    want_latents->shape, (void *)want_latents->data);
-    double rel = ds_golden_rel_l2(latents, &want);
-    int max_diff = test_u8_max_diff(name, video, want_video, rel, LATENT_BUDGET);
-    snprintf(key, sizeof key, "wan_video_%d_%s_latents", dumped, name);
-    test_dump_tensor(key, latents);
-    snprintf(key, sizeof key, "wan_video_%d_%s_video", dumped, name);
-    test_dump_tensor(key, video);
+    int max_diff;
+    double rel = test_pipeline_outputs("wan_video", dumped, name, cpu, latents, want_latents,
+                                       "video", video, want_video, 0, LATENT_BUDGET, &max_diff);
     CHECK(rel < LATENT_BUDGET);
     /* Within one 8-bit level: the truncating cast turns a 1e-6 difference into one now and
      * then. */
