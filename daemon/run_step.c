@@ -398,7 +398,7 @@ static int admit(run_step_job *sj, const Diffsynth__V1__RunStepRequest *req, ds_
         inputs[i] = (ds_memory_input){t->name, (ds_dtype)t->dtype, (int)t->n_shape, t->shape};
     }
     ds_memory_need need;
-    int rc = ds_memory_step(sj->entry->model, sj->step_name, inputs, req->n_inputs,
+    int rc = ds_memory_step(sj->entry->model, sj->step, inputs, req->n_inputs,
                             d->admission.threads, &need, err);
     free(inputs);
     if (rc != DS_OK)

@@ -371,80 +371,103 @@ static int wan_dit_forward(const ds_loaded_model *m, int64_t batch, int64_t toke
     return DS_OK;
 }
 
-#define CLASS_WAN_DIT "diffsynth.models.wan_video_dit.WanModel"
-#define CLASS_DIT "diffsynth.models.qwen_image_dit.QwenImageDiT"
-#define CLASS_VAE "diffsynth.models.qwen_image_vae.QwenImageVAE"
-#define CLASS_TE "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
-
-int ds_memory_step(const ds_loaded_model *model, const char *step, const ds_memory_input *inputs,
-                   size_t input_count, int threads, ds_memory_need *out, ds_error *err)
+int ds_memory_step(const ds_loaded_model *model, const ds_model_step *step,
+                   const ds_memory_input *inputs, size_t input_count, int threads,
+                   ds_memory_need *out, ds_error *err)
 {
+    if (!step->memory)
+        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
+                            "%s (%s): step \"%s\" has no memory bound in this build, so the daemon "
+                            "cannot admit it",
+                            model->model_name, model->model_class, step->name);
     uint64_t in_bytes = 0;
     for (size_t i = 0; i < input_count; i++)
         in_bytes = sat_add(in_bytes, input_bytes(&inputs[i]));
     uint64_t out_bytes = 0, peak = 0;
-    const char *cls = model->model_class;
-    if (strcmp(cls, CLASS_DIT) == 0 && strcmp(step, "forward") == 0) {
-        const ds_memory_input *lat = find_input(inputs, input_count, "latents");
-        const ds_memory_input *prompt = find_input(inputs, input_count, "prompt_emb");
-        const ds_memory_input *cond =
-            find_input(inputs, input_count, "controlnet_conditioning");
-        ds_dtype dtype = lat ? lat->dtype : DS_F32;
-        int64_t B = dim_or(lat, 0, 1), H = dim_or(lat, 2, 0), W = dim_or(lat, 3, 0);
-        peak = ds_memory_dit_forward(B, H, W, dim_or(prompt, 1, 0), dtype, threads,
-                                     dim_or(cond, 1, 0));
-        out_bytes = sat_mul(sat_mul3(pos(B), LATENT_CHANNELS, ds_dtype_size(dtype)),
-                            sat_mul(pos(H), pos(W)));
-    } else if (strcmp(cls, CLASS_WAN_DIT) == 0 && strcmp(step, "forward") == 0) {
-        const ds_memory_input *lat = find_input(inputs, input_count, "latents");
-        const ds_memory_input *ctx = find_input(inputs, input_count, "context");
-        const ds_memory_input *vace = find_input(inputs, input_count, "vace_context");
-        ds_dtype dtype = lat ? lat->dtype : DS_F32;
-        int64_t B = dim_or(lat, 0, 1), C = dim_or(lat, 1, 0), F = dim_or(lat, 2, 0);
-        int64_t H = dim_or(lat, 3, 0), W = dim_or(lat, 4, 0);
-        int64_t N = (int64_t)sat_mul(pos(F), sat_mul(pos(H) / 2, pos(W) / 2));
-        int rc = wan_dit_forward(model, B, N, dim_or(ctx, 1, 0), dtype, threads,
-                                 find_input(inputs, input_count, "clip_feature") != NULL,
-                                 dim_or(vace, 1, 0), &peak, err);
-        if (rc != DS_OK)
-            return rc;
-        out_bytes = sat_mul(sat_mul3(pos(B), pos(C), ds_dtype_size(dtype)),
-                            sat_mul3(pos(F), pos(H), pos(W)));
-    } else if (strcmp(cls, CLASS_VAE) == 0 &&
-               (strcmp(step, "decode") == 0 || strcmp(step, "encode") == 0)) {
-        int decode = strcmp(step, "decode") == 0;
-        const ds_memory_input *x = NULL;
-        for (size_t i = 0; i < input_count && !x; i++)
-            if (inputs[i].ndim == 4)
-                x = &inputs[i];
-        ds_dtype dtype = x ? x->dtype : DS_F32;
-        int64_t B = dim_or(x, 0, 1), H = dim_or(x, 2, 0), W = dim_or(x, 3, 0);
-        int64_t lat_h = decode ? H : (H + VAE_SCALE - 1) / VAE_SCALE;
-        int64_t lat_w = decode ? W : (W + VAE_SCALE - 1) / VAE_SCALE;
-        int rc = ds_memory_vae(model, decode, B, lat_h, lat_w, dtype, threads, &peak, err);
-        if (rc != DS_OK)
-            return rc;
-        /* Decode: 3 image channels at 8x; encode: 2 x 16 channels (mean and log-variance). */
-        uint64_t per = decode ? 3 * (uint64_t)VAE_SCALE * VAE_SCALE : 2 * LATENT_CHANNELS;
-        out_bytes = sat_mul(sat_mul3(pos(B), per, ds_dtype_size(dtype)),
-                            sat_mul(pos(lat_h), pos(lat_w)));
-    } else if (strcmp(cls, CLASS_TE) == 0 &&
-               (strcmp(step, "forward") == 0 || strcmp(step, "encode_prompt") == 0)) {
-        /* The step's dtype parameter may ask for f32: bound with it. */
-        const ds_memory_input *ids = find_input(inputs, input_count, "input_ids");
-        int64_t B = strcmp(step, "forward") == 0 ? dim_or(ids, 0, 1) : 1;
-        int64_t L = strcmp(step, "forward") == 0 ? dim_or(ids, 1, 0) : TE_MAX_TOKENS;
-        peak = ds_memory_text_encoder(B, L, DS_F32, threads);
-        /* hidden_states [B, L, 3584], or prompt_emb and its i64 mask. */
-        out_bytes = sat_mul3(pos(B), pos(L), (uint64_t)TE_HIDDEN * 4 + 8);
-    } else {
-        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
-                            "%s (%s): step \"%s\" has no memory bound in this build, so the daemon "
-                            "cannot admit it",
-                            model->model_name, cls, step);
-    }
+    const ds_memory_step_args args = {model, step->name, inputs, input_count, threads};
+    int rc = step->memory(&args, &peak, &out_bytes, err);
+    if (rc != DS_OK)
+        return rc;
     out->held = sat_add(in_bytes, sat_mul(out_bytes, 2));
     out->peak = peak;
+    return DS_OK;
+}
+
+const ds_memory_input *ds_memory_step_input(const ds_memory_step_args *a, const char *name)
+{
+    return find_input(a->inputs, a->input_count, name);
+}
+
+int ds_memory_qwen_image_dit_forward(const ds_memory_step_args *a, uint64_t *peak,
+                                     uint64_t *out_bytes, ds_error *err)
+{
+    (void)err;
+    const ds_memory_input *lat = ds_memory_step_input(a, "latents");
+    const ds_memory_input *prompt = ds_memory_step_input(a, "prompt_emb");
+    const ds_memory_input *cond = ds_memory_step_input(a, "controlnet_conditioning");
+    ds_dtype dtype = lat ? lat->dtype : DS_F32;
+    int64_t B = dim_or(lat, 0, 1), H = dim_or(lat, 2, 0), W = dim_or(lat, 3, 0);
+    *peak = ds_memory_dit_forward(B, H, W, dim_or(prompt, 1, 0), dtype, a->threads,
+                                  dim_or(cond, 1, 0));
+    *out_bytes = sat_mul(sat_mul3(pos(B), LATENT_CHANNELS, ds_dtype_size(dtype)),
+                         sat_mul(pos(H), pos(W)));
+    return DS_OK;
+}
+
+int ds_memory_wan_video_dit_forward(const ds_memory_step_args *a, uint64_t *peak,
+                                    uint64_t *out_bytes, ds_error *err)
+{
+    const ds_memory_input *lat = ds_memory_step_input(a, "latents");
+    ds_dtype dtype = lat ? lat->dtype : DS_F32;
+    int64_t B = dim_or(lat, 0, 1), C = dim_or(lat, 1, 0), F = dim_or(lat, 2, 0);
+    int64_t H = dim_or(lat, 3, 0), W = dim_or(lat, 4, 0);
+    int64_t N = (int64_t)sat_mul(pos(F), sat_mul(pos(H) / 2, pos(W) / 2));
+    int rc = wan_dit_forward(a->model, B, N, dim_or(ds_memory_step_input(a, "context"), 1, 0),
+                             dtype, a->threads, ds_memory_step_input(a, "clip_feature") != NULL,
+                             dim_or(ds_memory_step_input(a, "vace_context"), 1, 0), peak, err);
+    if (rc != DS_OK)
+        return rc;
+    *out_bytes = sat_mul(sat_mul3(pos(B), pos(C), ds_dtype_size(dtype)),
+                         sat_mul3(pos(F), pos(H), pos(W)));
+    return DS_OK;
+}
+
+/* "decode" from latents, "encode" from an image. */
+int ds_memory_qwen_image_vae(const ds_memory_step_args *a, uint64_t *peak, uint64_t *out_bytes,
+                             ds_error *err)
+{
+    int decode = strcmp(a->step, "decode") == 0;
+    const ds_memory_input *x = NULL;
+    for (size_t i = 0; i < a->input_count && !x; i++)
+        if (a->inputs[i].ndim == 4)
+            x = &a->inputs[i];
+    ds_dtype dtype = x ? x->dtype : DS_F32;
+    int64_t B = dim_or(x, 0, 1), H = dim_or(x, 2, 0), W = dim_or(x, 3, 0);
+    int64_t lat_h = decode ? H : (H + VAE_SCALE - 1) / VAE_SCALE;
+    int64_t lat_w = decode ? W : (W + VAE_SCALE - 1) / VAE_SCALE;
+    int rc = ds_memory_vae(a->model, decode, B, lat_h, lat_w, dtype, a->threads, peak, err);
+    if (rc != DS_OK)
+        return rc;
+    /* Decode: 3 image channels at 8x; encode: 2 x 16 channels (mean and log-variance). */
+    uint64_t per = decode ? 3 * (uint64_t)VAE_SCALE * VAE_SCALE : 2 * LATENT_CHANNELS;
+    *out_bytes = sat_mul(sat_mul3(pos(B), per, ds_dtype_size(dtype)),
+                         sat_mul(pos(lat_h), pos(lat_w)));
+    return DS_OK;
+}
+
+/* "forward" over its input_ids, "encode_prompt" over at most the tokens it accepts. */
+int ds_memory_qwen_image_text_encoder(const ds_memory_step_args *a, uint64_t *peak,
+                                      uint64_t *out_bytes, ds_error *err)
+{
+    (void)err;
+    const ds_memory_input *ids = ds_memory_step_input(a, "input_ids");
+    int forward = strcmp(a->step, "forward") == 0;
+    int64_t B = forward ? dim_or(ids, 0, 1) : 1;
+    int64_t L = forward ? dim_or(ids, 1, 0) : TE_MAX_TOKENS;
+    /* The step's dtype parameter may ask for f32: bound with it. */
+    *peak = ds_memory_text_encoder(B, L, DS_F32, a->threads);
+    /* hidden_states [B, L, 3584], or prompt_emb and its i64 mask. */
+    *out_bytes = sat_mul3(pos(B), pos(L), (uint64_t)TE_HIDDEN * 4 + 8);
     return DS_OK;
 }
 

@@ -22,6 +22,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "models/model_loader.h"
+#include "models/model_step.h"
 
 typedef struct ds_memory_need {
     /* Held from acceptance to the reply: inputs copied out of the request, the pipeline's state
@@ -40,6 +41,19 @@ typedef struct ds_memory_input {
     const int64_t *shape;
 } ds_memory_input;
 
+/* What a step's bound (ds_step_memory_fn) reads: the model, the step's name, the request's
+ * inputs and the compute threads. */
+typedef struct ds_memory_step_args {
+    const ds_loaded_model *model;
+    const char *step;
+    const ds_memory_input *inputs;
+    size_t input_count;
+    int threads;
+} ds_memory_step_args;
+
+/* The input called `name`, or NULL. */
+const ds_memory_input *ds_memory_step_input(const ds_memory_step_args *a, const char *name);
+
 /* The activations of one Qwen-Image DiT forward: latents [batch, 16, lat_h, lat_w] in `dtype`,
  * a prompt of text_len tokens, `threads` compute threads; with a Blockwise ControlNet of
  * `cn_channels` conditioning channels (0: none). Saturates at UINT64_MAX. */
@@ -56,12 +70,20 @@ uint64_t ds_memory_text_encoder(int64_t batch, int64_t tokens, ds_dtype dtype, i
 int ds_memory_vae(const ds_loaded_model *vae, int decode, int64_t batch, int64_t lat_h,
                   int64_t lat_w, ds_dtype dtype, int threads, uint64_t *out, ds_error *err);
 
-/* A RunStep of `step` on `model` with these inputs (shapes as the request gives them; the
- * step itself checks them later): held = the inputs' and outputs' bytes (twice for outputs,
- * which are encoded into the reply), peak = the step's activations. A step without a bound here
- * is UNIMPLEMENTED naming it: the daemon refuses what it cannot bound. */
-int ds_memory_step(const ds_loaded_model *model, const char *step, const ds_memory_input *inputs,
-                   size_t input_count, int threads, ds_memory_need *out, ds_error *err);
+/* A RunStep of `step` (the class's, or one a pipeline adds to it) on `model` with these inputs
+ * (shapes as the request gives them; the step itself checks them later): held = the inputs'
+ * and outputs' bytes (twice for outputs, which are encoded into the reply), peak = the step's
+ * activations, from the step's own bound. A step without one is UNIMPLEMENTED naming it: the
+ * daemon refuses what it cannot bound. */
+int ds_memory_step(const ds_loaded_model *model, const ds_model_step *step,
+                   const ds_memory_input *inputs, size_t input_count, int threads,
+                   ds_memory_need *out, ds_error *err);
+
+/* The bounds of this build's steps (ds_model_step.memory): the Qwen-Image DiT's and the Wan
+ * DiT's "forward", the Qwen-Image VAE's "decode" and "encode", the Qwen-Image text encoder's
+ * "forward" and the "encode_prompt" the Qwen-Image pipeline adds to it. */
+ds_step_memory_fn ds_memory_qwen_image_dit_forward, ds_memory_wan_video_dit_forward,
+    ds_memory_qwen_image_vae, ds_memory_qwen_image_text_encoder;
 
 /* What a Qwen-Image pipeline run needs: an output of height x width (already rounded to 16),
  * `dtype`, a prompt and negative prompt of these byte lengths (a token is at least one byte),

@@ -20,6 +20,7 @@
 #include "vram/vram_manager.h"
 
 struct ds_loaded_model;
+struct ds_memory_step_args;
 
 typedef struct ds_step_tensor {
     char *name;       /* owned */
@@ -67,12 +68,20 @@ typedef struct ds_step_context {
     int (*check_path)(void *user, const char *path, ds_error *err);
 } ds_step_context;
 
+/* A step's memory bound, so that the daemon admits a RunStep only when it fits
+ * (models/memory_estimate.h): from the step's inputs as the request declares them, *peak = the
+ * activations while it runs, *out_bytes = its outputs. */
+typedef int ds_step_memory_fn(const struct ds_memory_step_args *a, uint64_t *peak,
+                              uint64_t *out_bytes, ds_error *err);
+
 typedef struct ds_model_step {
     const char *name;  /* "forward", "encode_prompt", ... */
     /* One line for --help and errors: its inputs, parameters and outputs. */
     const char *usage;
     int (*run)(const struct ds_loaded_model *model, const ds_step_context *ctx,
                const ds_step_io *in, ds_step_io *out, ds_error *err);
+    /* NULL: no bound, and the daemon refuses the step. */
+    ds_step_memory_fn *memory;
 } ds_model_step;
 
 /* ---- io helpers ---- */

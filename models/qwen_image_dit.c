@@ -16,6 +16,7 @@
 
 #include "core/float_convert.h"
 #include "kernels/ops.h"
+#include "models/memory_estimate.h"
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
@@ -963,13 +964,14 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
 static const ds_model_step steps[] = {
     {
         .name = "forward",
+        .run = forward_step,
+        .memory = ds_memory_qwen_image_dit_forward,
         .usage = "forward: latents [B, 16, H, W] (f32 or bf16, H and W even), prompt_emb "
                  "[B, L, 3584] (latents' dtype), prompt_emb_mask [B, L] (optional), timestep [B] "
                  "or [1] (0..1000); with an aux model of role \"controlnet\" (a "
                  "QwenImageBlockWiseControlNet): controlnet_conditioning [B or 1, C, H, W] "
                  "(C = 16, or 17 with an inpaint mask), controlnet_scale (default 1) -> "
                  "noise_pred [B, 16, H, W]",
-        .run = forward_step,
     },
 };
 

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "kernels/ops.h"
+#include "models/memory_estimate.h"
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
@@ -802,6 +803,7 @@ DS__VAE_STEPS(steps, step_run,
               "8w] in latents' dtype (C = the model's image_channels; values around [-1, 1], not "
               "clamped)",
               "encode: image [B, C, H, W] (f32 or bf16 in [-1, 1], C = the model's image_channels, "
-              "H and W multiples of 8) -> latents [B, 16, H/8, W/8] in image's dtype");
+              "H and W multiples of 8) -> latents [B, 16, H/8, W/8] in image's dtype",
+              ds_memory_qwen_image_vae);
 
 DS_MODEL_CLASS(ds__qwen_image_vae_class, CLASS_NAME, declare_parameters, steps);

@@ -163,8 +163,8 @@ int ds__vae_latent_stats(ds_backend *b, ds_dtype dtype, int ndim, int64_t z, con
 
 /* Defines `var`, a VAE class's steps table: "decode" and "encode" with their usage lines, run
  * by `step(m, ctx, in, out, decode, err)` with the direction (wrappers var##_decode and
- * var##_encode). */
-#define DS__VAE_STEPS(var, step, decode_usage, encode_usage)                                   \
+ * var##_encode), both bounded by `memory_fn` (NULL: the daemon cannot admit them). */
+#define DS__VAE_STEPS(var, step, decode_usage, encode_usage, memory_fn)                        \
     static int var##_decode(const ds_loaded_model *m, const ds_step_context *ctx,              \
                             const ds_step_io *in, ds_step_io *out, ds_error *err)              \
     {                                                                                          \
@@ -176,8 +176,10 @@ int ds__vae_latent_stats(ds_backend *b, ds_dtype dtype, int ndim, int64_t z, con
         return step(m, ctx, in, out, 0, err);                                                  \
     }                                                                                          \
     static const ds_model_step var[] = {                                                       \
-        {.name = "decode", .usage = decode_usage, .run = var##_decode},                        \
-        {.name = "encode", .usage = encode_usage, .run = var##_encode},                        \
+        {.name = "decode", .usage = decode_usage, .run = var##_decode,                         \
+         .memory = memory_fn},                                                                 \
+        {.name = "encode", .usage = encode_usage, .run = var##_encode,                         \
+         .memory = memory_fn},                                                                 \
     }
 
 /* WanVideoVAE's (and QwenImageVAE's) per-channel latent mean and std, 16 each. */

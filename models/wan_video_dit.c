@@ -16,6 +16,7 @@
 
 #include "core/float_convert.h"
 #include "kernels/ops.h"
+#include "models/memory_estimate.h"
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
@@ -39,15 +40,7 @@ enum {
     KW_FREQ_DIM, KW_IMAGE, KW_IMAGE_POS, KW_REF_CONV, KW_CONTROL, KW_CONTROL_IN, KW_COUNT
 };
 
-/* The constructor's kwargs, checked. */
-typedef struct wan_config {
-    int64_t dim, ffn_dim, num_heads, num_layers, in_dim, out_dim, text_dim, freq_dim;
-    double eps;
-    int has_image_input, has_image_pos_emb, has_ref_conv, add_control_adapter;
-    int64_t in_dim_control_adapter;
-    int seperated_timestep, require_vae_embedding, require_clip_embedding;
-    int fuse_vae_embedding_in_latents;
-} wan_config;
+typedef ds_wan_video_dit_config wan_config;
 
 /* Parameters outside the blocks used before them. */
 typedef struct input_weights {
@@ -276,6 +269,15 @@ static int declare_parameters(ds_kwargs *kwargs, ds_state_dict *params, ds_error
         return rc;
     config_dims(&c, dims);
     return ds_module_declare(&modules, dims, params, err);
+}
+
+int ds_wan_video_dit_config_of(const ds_loaded_model *dit, ds_wan_video_dit_config *c,
+                               ds_error *err)
+{
+    if (!dit->cls || strcmp(dit->cls->name, CLASS_NAME) != 0)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT, "the model is a %s, expected a %s",
+                            dit->cls ? dit->cls->name : "(class not implemented)", CLASS_NAME);
+    return ds_kwargs_read(dit->extra_kwargs_json, CLASS_NAME, read_config, c, err);
 }
 
 /* ---- Forward pass ---- */
@@ -890,6 +892,7 @@ static const ds_model_step steps[] = {
                  "vace_context [B, vace_in_dim, F, H, W], vace_scale (default 1) -> noise_pred "
                  "[B, out_dim, F, H, W]",
         .run = forward_step,
+        .memory = ds_memory_wan_video_dit_forward,
     },
 };
 

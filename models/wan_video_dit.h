@@ -9,6 +9,22 @@
 #include "models/model_loader.h"
 #include "models/model_step.h"
 
+/* WanModel's constructor kwargs, checked. */
+typedef struct ds_wan_video_dit_config {
+    int64_t dim, ffn_dim, num_heads, num_layers, in_dim, out_dim, text_dim, freq_dim;
+    double eps;
+    int has_image_input, has_image_pos_emb, has_ref_conv, add_control_adapter;
+    int64_t in_dim_control_adapter;
+    int seperated_timestep, require_vae_embedding, require_clip_embedding;
+    int fuse_vae_embedding_in_latents;
+} ds_wan_video_dit_config;
+
+/* The kwargs of a loaded WanModel, as its forward reads them: what a pipeline asks of the DiT
+ * before it runs (its channels, text width, the inputs its variant needs). INVALID_ARGUMENT for
+ * a model of another class or kwargs the class refuses. */
+int ds_wan_video_dit_config_of(const ds_loaded_model *dit, ds_wan_video_dit_config *c,
+                               ds_error *err);
+
 /* One forward's inputs, all host tensors (borrowed). The latents' dtype (f32 or bf16) is the
  * compute dtype; every other float input has it too, except the timestep. */
 typedef struct ds_wan_video_dit_inputs {

@@ -279,24 +279,20 @@ static int key_bias(ds_backend *b, ds_dtype dtype, const ds_tensor *mask, te_sta
         free(keep);
         return rc;
     }
-    size_t n = (size_t)ds_tensor_numel(mask);
-    float lowest = dtype == DS_BF16 ? ds_bf16_to_f32(0xff7f) : -FLT_MAX;
-    float *bias = malloc(n * sizeof *bias);
-    void *typed = dtype == DS_F32 ? (void *)bias : malloc(n * ds_dtype_size(dtype));
-    if (!bias || !typed) {
-        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, OWNER ": out of memory");
-        goto done;
+    size_t n = (size_t)ds_tensor_numel(mask), esize = ds_dtype_size(dtype);
+    float values[2] = {dtype == DS_BF16 ? ds_bf16_to_f32(0xff7f) : -FLT_MAX, 0.0f};
+    unsigned char typed[2 * sizeof(float)]; /* lowest, then zero, in `dtype` */
+    ds_convert_from_f32(values, 2, dtype, typed);
+    unsigned char *bias = malloc(n * esize);
+    if (!bias) {
+        free(keep);
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, OWNER ": out of memory");
     }
     for (size_t i = 0; i < n; i++)
-        bias[i] = keep[i] ? 0.0f : lowest;
-    if (typed != bias)
-        ds_convert_from_f32(bias, n, dtype, typed);
+        memcpy(bias + i * esize, typed + (keep[i] ? esize : 0), esize);
     if ((rc = ds_tensor_alloc(b, dtype, 4, SHAPE(mask->shape[0], 1, 1, mask->shape[1]),
                               &s->key_bias, err)) == DS_OK)
-        rc = ds_tensor_upload(&s->key_bias, typed, NULL, err);
-done:
-    if (typed != bias)
-        free(typed);
+        rc = ds_tensor_upload(&s->key_bias, bias, NULL, err);
     free(bias);
     free(keep);
     return rc;

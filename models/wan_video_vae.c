@@ -1319,8 +1319,8 @@ static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const 
 #define TILED_USAGE                                                                            \
     "tiled (true|false, default false): tiles 30x52, stride 15x26 in latent units"
 
-DS__VAE_STEPS(steps, step_run, DECODE_USAGE(16, 8), ENCODE_USAGE(16, 8));
-DS__VAE_STEPS(steps38, step_run, DECODE_USAGE(48, 16), ENCODE_USAGE(48, 16));
+DS__VAE_STEPS(steps, step_run, DECODE_USAGE(16, 8), ENCODE_USAGE(16, 8), NULL);
+DS__VAE_STEPS(steps38, step_run, DECODE_USAGE(48, 16), ENCODE_USAGE(48, 16), NULL);
 
 DS_MODEL_CLASS(ds__wan_video_vae_class, "diffsynth.models.wan_video_vae.WanVideoVAE",
                declare_parameters, steps);

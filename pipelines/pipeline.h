@@ -12,6 +12,7 @@
 #ifndef DS_PIPELINES_PIPELINE_H
 #define DS_PIPELINES_PIPELINE_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -158,19 +159,54 @@ typedef struct ds_pipeline_def {
 } ds_pipeline_def;
 
 /* The fields of a table entry that every pipeline file spells the same way: its arrays under
- * the names roles, params, inputs, outputs, phases and dtypes with their counts, and its
+ * the names roles, params, inputs, outputs and class_steps with their counts, and its
  * operations as op_start ... op_free. An entry lists them with this macro and adds the rest. */
 #define DS_PIPELINE_COUNT(a) (sizeof(a) / sizeof((a)[0]))
 #define DS_PIPELINE_STANDARD_FIELDS                                                              \
     .roles = roles, .role_count = DS_PIPELINE_COUNT(roles), .params = params,                    \
     .param_count = DS_PIPELINE_COUNT(params), .inputs = inputs,                                  \
     .input_count = DS_PIPELINE_COUNT(inputs), .outputs = outputs,                                \
-    .output_count = DS_PIPELINE_COUNT(outputs), .phases = phases,                                \
-    .phase_count = DS_PIPELINE_COUNT(phases), .dtypes = dtypes,                                  \
-    .dtype_count = DS_PIPELINE_COUNT(dtypes), .start = op_start, .advance = op_advance,          \
-    .position = op_position, .output = op_output, .results = op_results,                         \
-    .describe_position = op_describe_position, .output_pixels = op_output_pixels,               \
-    .estimate_memory = op_estimate_memory, .free = op_free
+    .output_count = DS_PIPELINE_COUNT(outputs), .class_steps = class_steps,                      \
+    .class_step_count = DS_PIPELINE_COUNT(class_steps), .start = op_start,                       \
+    .advance = op_advance, .position = op_position, .output = op_output,                         \
+    .results = op_results, .describe_position = op_describe_position,                            \
+    .output_pixels = op_output_pixels, .estimate_memory = op_estimate_memory, .free = op_free
+
+/* What upstream's diffusion pipelines share (BasePipeline): they compute in bfloat16 unless
+ * asked for float32, run the units before the loop ("encode"), one unit per denoising step
+ * ("denoise") and the decoder ("decode"), and peak in the VAE's decode, so their memory
+ * estimate reads the model of their role index ROLE_VAE. An entry of that shape lists them
+ * with DS_PIPELINE_DENOISING_FIELDS. */
+extern const ds_pipeline_dtype ds_pipeline_denoising_dtypes[2];
+extern const char *const ds_pipeline_denoising_phases[3];
+#define DS_PIPELINE_DENOISING_FIELDS                                                             \
+    .phases = ds_pipeline_denoising_phases,                                                      \
+    .phase_count = DS_PIPELINE_COUNT(ds_pipeline_denoising_phases), .repeated_phase = "denoise", \
+    .dtypes = ds_pipeline_denoising_dtypes,                                                      \
+    .dtype_count = DS_PIPELINE_COUNT(ds_pipeline_denoising_dtypes), .estimate_role = ROLE_VAE
+
+/* The parameters upstream's diffusion pipelines share, with one set of limits for every
+ * pipeline: far above real use, low enough that a typo fails fast instead of reserving memory
+ * for hours of work. A params table lists them with DS_PIPELINE_DENOISING_PARAMS under its
+ * indices PARAM_SEED, PARAM_STEPS, PARAM_CFG, PARAM_HEIGHT and PARAM_WIDTH, giving its
+ * __call__'s defaults (as text) and the multiple its sides are rounded up to. */
+#define DS_PIPELINE_STEPS_MAX 1000
+#define DS_PIPELINE_SIZE_MIN 16
+#define DS_PIPELINE_SIZE_MAX 8192
+#define DS_PIPELINE_STR_(x) #x
+#define DS_PIPELINE_STR(x) DS_PIPELINE_STR_(x)
+#define DS_PIPELINE_SIDE_PARAM_(side, default_value, multiple)                                   \
+    {side, DS_PIPELINE_INT, DS_PIPELINE_SIZE_MIN, DS_PIPELINE_SIZE_MAX, 0, default_value,         \
+     "output " side ", rounded up to a multiple of " DS_PIPELINE_STR(multiple)}
+#define DS_PIPELINE_DENOISING_PARAMS(steps, cfg_scale, height, width, multiple)                  \
+    [PARAM_SEED] = {"seed", DS_PIPELINE_UINT64, 0, 0, 0, NULL,                                   \
+                    "noise seed (PyTorch CPU generator); drawn at random when left out"},        \
+    [PARAM_STEPS] = {"steps", DS_PIPELINE_INT, 1, DS_PIPELINE_STEPS_MAX, 0, steps,               \
+                     "denoising steps (num_inference_steps)"},                                   \
+    [PARAM_CFG] = {"cfg_scale", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0, cfg_scale,           \
+                   "classifier-free guidance scale; 1 skips the negative prompt"},               \
+    [PARAM_HEIGHT] = DS_PIPELINE_SIDE_PARAM_("height", height, multiple),                        \
+    [PARAM_WIDTH] = DS_PIPELINE_SIDE_PARAM_("width", width, multiple)
 
 extern const ds_pipeline_def *const ds_pipelines[];
 extern const size_t ds_pipeline_count;

@@ -119,8 +119,9 @@ int ds__tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx, cons
     return DS_OK;
 }
 
-int ds__encode_prompt_step_params(const ds_step_io *in, const char **prompt,
-                                  const char **tokenizer, ds_error *err)
+int ds__encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
+                           const ds_step_io *in, ds_step_io *out, ds__step_dtype_reader read_dtype,
+                           ds__prompt_encoder encode, ds_error *err)
 {
     static const char *const known[] = {"prompt", "tokenizer", "dtype", NULL};
     int rc = ds_step_io_check_names(in, "encode_prompt", known, err);
@@ -135,7 +136,8 @@ int ds__encode_prompt_step_params(const ds_step_io *in, const char **prompt,
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "encode_prompt: takes no tensors, got \"%s\"", in->tensors[0].name);
     const ds_step_param *t = ds_step_io_param(in, "tokenizer");
-    *prompt = p->text;
-    *tokenizer = t ? t->text : NULL;
-    return DS_OK;
+    ds_dtype dtype = DS_BF16;
+    if ((rc = read_dtype(m, in, "encode_prompt", &dtype, err)) != DS_OK)
+        return rc;
+    return encode(m, ctx, p->text, t ? t->text : NULL, dtype, out, err);
 }

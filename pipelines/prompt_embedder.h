@@ -36,6 +36,20 @@ typedef struct ds__tokenizer_cache {
 #define DS__TOKENIZER_CACHE_INIT(load_fn, free_fn) \
     {.lock = PTHREAD_MUTEX_INITIALIZER, .load = (load_fn), .free = (free_fn)}
 
+/* Defines `static ds__tokenizer_cache name` over a tokenizer kind whose library loads with
+ * `int load_fn(const char *dir, type **out, ds_error *err)` and frees with
+ * `void free_fn(type *tok)`, with the adapters to the cache's untyped functions. */
+#define DS__TOKENIZER_CACHE_DEFINE(name, type, load_fn, free_fn)                                 \
+    static int name##_load(const char *dir, void **out, ds_error *err)                           \
+    {                                                                                            \
+        type *tok = NULL;                                                                        \
+        int rc = load_fn(dir, &tok, err);                                                        \
+        *out = tok;                                                                              \
+        return rc;                                                                               \
+    }                                                                                            \
+    static void name##_free(void *tok) { free_fn(tok); }                                         \
+    static ds__tokenizer_cache name = DS__TOKENIZER_CACHE_INIT(name##_load, name##_free)
+
 /* The tokenizer of folder `dir` (`origin` says where the folder came from, for errors: "the
  * \"tokenizer\" parameter", ...). *owned is set when the caller must free it with the cache's
  * free (the table was full). NOT_FOUND / PERMISSION_DENIED for a folder that cannot be
@@ -56,10 +70,31 @@ int ds__tokenizer_dir(const ds_loaded_model *m, const ds_step_context *ctx, cons
                       int levels_up, const char *subdir, const char *layout, char *dir,
                       size_t cap, const char **origin, ds_error *err);
 
-/* The encode_prompt step's inputs: only the parameters prompt (required, may be empty),
- * tokenizer and dtype, no tensors. *tokenizer is NULL when not given. The step reads dtype
- * itself (its default is the text encoder's). */
-int ds__encode_prompt_step_params(const ds_step_io *in, const char **prompt,
-                                  const char **tokenizer, ds_error *err);
+/* A pipeline's prompt embedder over its text encoder `m`: `prompt` (may be empty) with the
+ * tokenizer of folder `tokenizer` (NULL: the pipeline's default layout) into the embeddings it
+ * adds to `out`, computed in `dtype`. */
+typedef int (*ds__prompt_encoder)(const ds_loaded_model *m, const ds_step_context *ctx,
+                                  const char *prompt, const char *tokenizer, ds_dtype dtype,
+                                  ds_step_io *out, ds_error *err);
+
+/* The text encoder class's compute dtype for `step` (its "dtype" parameter, else the class's
+ * default). */
+typedef int (*ds__step_dtype_reader)(const ds_loaded_model *m, const ds_step_io *in,
+                                     const char *step, ds_dtype *out, ds_error *err);
+
+/* The "encode_prompt" step a pipeline adds to its text encoder's class: only the parameters
+ * prompt (required, may be empty), tokenizer and dtype, no tensors; the dtype as `read_dtype`
+ * says, then `encode`. INVALID_ARGUMENT naming the parameter at fault. */
+int ds__encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
+                           const ds_step_io *in, ds_step_io *out, ds__step_dtype_reader read_dtype,
+                           ds__prompt_encoder encode, ds_error *err);
+
+/* The model step that runs `run_fn` (a wrapper of ds__encode_prompt_step) with the memory
+ * bound `memory_fn` (NULL: none), its usage line naming the tokenizer folder's default and the
+ * outputs. */
+#define DS__ENCODE_PROMPT_STEP(run_fn, memory_fn, tokenizer_default, outputs)                     \
+    {.name = "encode_prompt", .run = (run_fn), .memory = (memory_fn),                             \
+     .usage = "encode_prompt: prompt (text), tokenizer (folder; default: " tokenizer_default      \
+              "), dtype (as forward) -> " outputs}
 
 #endif

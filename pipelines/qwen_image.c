@@ -14,6 +14,7 @@
 #include "kernels/ops.h"
 #include "diffusion/base_pipeline.h"
 #include "diffusion/flow_match.h"
+#include "models/memory_estimate.h"
 #include "models/model_class.h"
 #include "models/qwen_image_controlnet.h"
 #include "models/qwen_image_dit.h"
@@ -31,11 +32,6 @@
 #define LATENT_CHANNELS 16
 #define TEXT_HIDDEN 3584 /* the text encoder's hidden size: prompt_emb's last dimension */
 #define SIZE_MULTIPLE 16 /* height/width division factors (QwenImagePipeline.__init__) */
-/* The limits the table below declares to clients: far above real use, low enough that a typo
- * fails fast instead of reserving memory for hours of work. */
-#define SIZE_MIN 16
-#define SIZE_MAX_SIDE 8192
-#define STEPS_MAX 1000
 
 typedef enum unit_kind { UNIT_ENCODE, UNIT_DENOISE, UNIT_DECODE } unit_kind;
 
@@ -58,6 +54,7 @@ struct ds_qwen_image_pipeline {
     uint8_t *rgb;            /* [height, width, 3] */
 
     ds__unit_runner units;
+    ds_backend *cpu; /* the CPU fallback backend: the host buffers the units wrap as tensors */
 };
 
 void ds_qwen_image_params_default(ds_qwen_image_params *params)
@@ -130,18 +127,19 @@ static int check_params(const ds_qwen_image_params *p, const ds_qwen_image_model
     if (!p->prompt)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "qwen_image: prompt is required (it may be empty)");
-    if (p->steps < 1 || p->steps > STEPS_MAX)
+    if (p->steps < 1 || p->steps > DS_PIPELINE_STEPS_MAX)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "qwen_image: steps is %d, expected 1..%d", p->steps, STEPS_MAX);
+                            "qwen_image: steps is %d, expected 1..%d", p->steps,
+                            DS_PIPELINE_STEPS_MAX);
     if (!isfinite(p->cfg_scale))
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "qwen_image: cfg_scale must be a finite number");
-    if (p->height < SIZE_MIN || p->height > SIZE_MAX_SIDE || p->width < SIZE_MIN ||
-        p->width > SIZE_MAX_SIDE)
+    if (p->height < DS_PIPELINE_SIZE_MIN || p->height > DS_PIPELINE_SIZE_MAX ||
+        p->width < DS_PIPELINE_SIZE_MIN || p->width > DS_PIPELINE_SIZE_MAX)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "qwen_image: the size is %d x %d (height x width), expected each in "
                             "%d..%d",
-                            p->height, p->width, SIZE_MIN, SIZE_MAX_SIDE);
+                            p->height, p->width, DS_PIPELINE_SIZE_MIN, DS_PIPELINE_SIZE_MAX);
     if (p->dtype != DS_BF16 && p->dtype != DS_F32)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "qwen_image: the compute dtype is %s, expected bf16 or f32",
@@ -204,6 +202,8 @@ int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
     if (!p)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "qwen_image: out of memory");
     p->models = *models;
+    if ((rc = ds_cpu_fallback_backend(&p->cpu, err)) != DS_OK)
+        goto fail;
     p->seed = params->seed;
     p->steps = params->steps;
     p->denoising_strength = params->denoising_strength;
@@ -229,6 +229,7 @@ int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
         ds_error_prefix(err, "qwen_image: ");
         goto fail;
     }
+    p->units = (ds__unit_runner){.pipeline = "qwen_image", .steps = p->d.schedule.count};
     /* Upstream's terminal shift divides by 1 - the last sigma: with one step from pure noise
      * that is 0/0 and every latent becomes NaN. Refuse it rather than return a NaN image. */
     for (int i = 0; i < p->d.schedule.count; i++)
@@ -240,7 +241,6 @@ int ds_qwen_image_pipeline_new(const ds_qwen_image_models *models,
                               p->steps, p->steps == 1 ? "" : "s", p->denoising_strength);
             goto fail;
         }
-    p->units = (ds__unit_runner){.pipeline = "qwen_image", .steps = p->d.schedule.count};
     *out = p;
     return DS_OK;
 fail:
@@ -264,17 +264,8 @@ enum {
     WARN_TOKENS = 1024,         /* upstream warns from this many templated tokens */
 };
 
-static int load_tokenizer(const char *dir, void **out, ds_error *err)
-{
-    ds_qwen_tokenizer *tok = NULL;
-    int rc = ds_qwen_tokenizer_load(dir, &tok, err);
-    *out = tok;
-    return rc;
-}
-
-static void free_tokenizer(void *tok) { ds_qwen_tokenizer_free(tok); }
-
-static ds__tokenizer_cache tokenizers = DS__TOKENIZER_CACHE_INIT(load_tokenizer, free_tokenizer);
+DS__TOKENIZER_CACHE_DEFINE(tokenizers, ds_qwen_tokenizer, ds_qwen_tokenizer_load,
+                           ds_qwen_tokenizer_free);
 
 /* The prompt in upstream's template, tokenized; the length checks of encode_prompt. */
 static int tokenize_prompt(const ds_qwen_tokenizer *tok, const char *prompt, int32_t **ids,
@@ -384,18 +375,22 @@ done:
     return rc;
 }
 
-int ds_qwen_image_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
-                                     const ds_step_io *in, ds_step_io *out, ds_error *err)
+static int encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
+                              const ds_step_io *in, ds_step_io *out, ds_error *err)
 {
-    const char *prompt, *tokenizer;
-    ds_dtype dtype = DS_BF16;
-    int rc;
-    if ((rc = ds__encode_prompt_step_params(in, &prompt, &tokenizer, err)) != DS_OK ||
-        (rc = ds_qwen_image_text_encoder_step_dtype(m, in, "encode_prompt", &dtype, err)) !=
-            DS_OK)
-        return rc;
-    return ds_qwen_image_encode_prompt(m, ctx, prompt, tokenizer, dtype, out, err);
+    return ds__encode_prompt_step(m, ctx, in, out, ds_qwen_image_text_encoder_step_dtype,
+                                  ds_qwen_image_encode_prompt, err);
 }
+
+/* The step the pipeline adds to the text encoder's class, as upstream keeps the prompt
+ * template in the pipeline. */
+static const ds_pipeline_class_step class_steps[] = {
+    {TEXT_ENCODER_CLASS,
+     DS__ENCODE_PROMPT_STEP(encode_prompt_step, ds_memory_qwen_image_text_encoder,
+                            "tokenizer/ beside the model's folder, as in Qwen/Qwen-Image",
+                            "prompt_emb [1, L, 3584], prompt_emb_mask [1, L] i64: upstream's "
+                            "text-to-image template, the first 34 tokens dropped")},
+};
 
 static ds_step_context inner_context(const ds_step_context *ctx)
 {
@@ -426,10 +421,8 @@ static int encode_prompt(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
 static int encode_image(ds_qwen_image_pipeline *p, const ds_step_context *ctx,
                         const ds_tensor *rgb, void *latents, ds_error *err)
 {
-    ds_backend *cpu;
-    int rc = ds_cpu_fallback_backend(&cpu, err);
-    if (rc != DS_OK)
-        return rc;
+    ds_backend *cpu = p->cpu;
+    int rc;
     size_t esize = ds_dtype_size(p->d.dtype);
     void *pixels = malloc((size_t)3 * (size_t)p->height * (size_t)p->width * esize);
     if (!pixels)
@@ -525,10 +518,7 @@ static int predict(void *run, const ds_step_context *ctx, const ds_step_io *side
                    float timestep, void *pred, ds_error *err)
 {
     ds_qwen_image_pipeline *p = run;
-    ds_backend *cpu;
-    int rc = ds_cpu_fallback_backend(&cpu, err);
-    if (rc != DS_OK)
-        return rc;
+    ds_backend *cpu = p->cpu;
     const ds_tensor *emb = ds_step_io_tensor(side, "prompt_emb");
     const ds_tensor *mask = ds_step_io_tensor(side, "prompt_emb_mask");
     if (!emb || !mask)
@@ -563,10 +553,8 @@ static int run_denoise(ds_qwen_image_pipeline *p, const ds_step_context *ctx, in
 /* vae.decode, then vae_output_to_image. */
 static int run_decode(ds_qwen_image_pipeline *p, const ds_step_context *ctx, ds_error *err)
 {
-    ds_backend *cpu;
-    int rc = ds_cpu_fallback_backend(&cpu, err);
-    if (rc != DS_OK)
-        return rc;
+    ds_backend *cpu = p->cpu;
+    int rc;
     report(ctx, "decode", 0, 1);
     size_t pixels = (size_t)p->height * (size_t)p->width;
     void *image = malloc(3 * pixels * ds_dtype_size(p->d.dtype));
@@ -786,9 +774,6 @@ static void op_free(ds_pipeline_run *run)
 
 /* ---- the pipeline's table (pipelines/pipeline.h) ---- */
 
-#define STR_(x) #x
-#define STR(x) STR_(x)
-
 static const ds_pipeline_role roles[] = {
     [ROLE_TEXT_ENCODER] = {"text_encoder", "qwen_image_text_encoder", TEXT_ENCODER_CLASS, 1},
     [ROLE_DIT] = {"dit", "qwen_image_dit", DIT_CLASS, 1},
@@ -799,16 +784,7 @@ static const ds_pipeline_role roles[] = {
 
 /* The defaults are upstream's __call__ defaults (ds_qwen_image_params_default). */
 static const ds_pipeline_param params[] = {
-    [PARAM_SEED] = {"seed", DS_PIPELINE_UINT64, 0, 0, 0, NULL,
-                    "noise seed (PyTorch CPU generator); drawn at random when left out"},
-    [PARAM_STEPS] = {"steps", DS_PIPELINE_INT, 1, STEPS_MAX, 0, "30",
-                     "denoising steps (num_inference_steps)"},
-    [PARAM_CFG] = {"cfg_scale", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0, "4",
-                   "classifier-free guidance scale; 1 skips the negative prompt"},
-    [PARAM_HEIGHT] = {"height", DS_PIPELINE_INT, SIZE_MIN, SIZE_MAX_SIDE, 0, "1328",
-                      "output height, rounded up to a multiple of " STR(SIZE_MULTIPLE)},
-    [PARAM_WIDTH] = {"width", DS_PIPELINE_INT, SIZE_MIN, SIZE_MAX_SIDE, 0, "1328",
-                     "output width, rounded up to a multiple of " STR(SIZE_MULTIPLE)},
+    DS_PIPELINE_DENOISING_PARAMS("30", "4", "1328", "1328", SIZE_MULTIPLE),
     [PARAM_STRENGTH] = {"denoising_strength", DS_PIPELINE_NUMBER, 0, 1, 1, "1",
                         "image-to-image strength; below 1 needs input_image"},
     [PARAM_CONTROLNET_SCALE] = {"controlnet_scale", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0,
@@ -830,31 +806,9 @@ static const ds_pipeline_tensor outputs[] = {
                         NULL, 0},
 };
 
-static const ds_pipeline_dtype dtypes[] = {
-    {"bfloat16", "bf16", DS_BF16},
-    {"float32", "f32", DS_F32},
-};
-
-static const char *const phases[] = {"encode", "denoise", "decode"};
-
-static const ds_pipeline_class_step class_steps[] = {
-    {TEXT_ENCODER_CLASS,
-     {
-         .name = "encode_prompt",
-         .run = ds_qwen_image_encode_prompt_step,
-         .usage = "encode_prompt: prompt (text), tokenizer (folder; default: tokenizer/ beside "
-                  "the model's folder, as in Qwen/Qwen-Image), dtype (as forward) -> prompt_emb "
-                  "[1, L, 3584], prompt_emb_mask [1, L] i64: upstream's text-to-image template, "
-                  "the first 34 tokens dropped",
-     }},
-};
-
 const ds_pipeline_def ds__qwen_image_pipeline = {
     .name = "qwen_image",
     .summary = "Qwen-Image text-to-image, image-to-image and Blockwise ControlNet",
     DS_PIPELINE_STANDARD_FIELDS,
-    .repeated_phase = "denoise",
-    .class_steps = class_steps,
-    .class_step_count = DS_PIPELINE_COUNT(class_steps),
-    .estimate_role = ROLE_VAE,
+    DS_PIPELINE_DENOISING_FIELDS,
 };

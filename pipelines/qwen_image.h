@@ -112,9 +112,4 @@ int ds_qwen_image_encode_prompt(const ds_loaded_model *m, const ds_step_context 
                                 const char *prompt, const char *tokenizer, ds_dtype dtype,
                                 ds_step_io *out, ds_error *err);
 
-/* The "encode_prompt" step the pipeline adds to the text encoder's class: parameters `prompt`,
- * optional `tokenizer` (a folder) and `dtype` (as the class's "forward"). */
-int ds_qwen_image_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
-                                     const ds_step_io *in, ds_step_io *out, ds_error *err);
-
 #endif

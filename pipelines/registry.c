@@ -18,6 +18,13 @@ const ds_pipeline_def *const ds_pipelines[] = {
 };
 const size_t ds_pipeline_count = sizeof ds_pipelines / sizeof ds_pipelines[0];
 
+const ds_pipeline_dtype ds_pipeline_denoising_dtypes[2] = {
+    {"bfloat16", "bf16", DS_BF16},
+    {"float32", "f32", DS_F32},
+};
+
+const char *const ds_pipeline_denoising_phases[3] = {"encode", "denoise", "decode"};
+
 const ds_pipeline_def *ds_pipeline_find(const char *name)
 {
     for (size_t i = 0; name && i < ds_pipeline_count; i++)

@@ -28,7 +28,6 @@
 #include <string.h>
 
 #include "core/float_convert.h"
-#include "core/kwargs.h"
 #include "core/torch_generator.h"
 #include "diffusion/base_pipeline.h"
 #include "diffusion/flow_match.h"
@@ -59,10 +58,7 @@
 #define VACE_CHANNELS (2 * LATENT_CHANNELS + VACE_MASK_CHANNELS)
 /* The limits the table declares to clients: far above real use (upstream's default is 81
  * frames of 480 x 832), low enough that a typo fails fast. */
-#define SIZE_MIN 16
-#define SIZE_MAX_SIDE 8192
 #define FRAMES_MAX 2001
-#define STEPS_MAX 1000
 #define TILE_MAX 4096
 
 typedef enum { ROLE_TEXT_ENCODER, ROLE_DIT, ROLE_VAE, ROLE_VACE } role_index;
@@ -132,27 +128,13 @@ static int check_model(const ds_loaded_model *m, const char *role, const char *c
 }
 
 /* What the DiT's kwargs say about the inputs it needs (upstream's WanModel attributes). */
-typedef struct dit_kind {
-    int64_t in_dim, out_dim, text_dim;
-    int has_image_input, seperated_timestep, add_control_adapter, has_ref_conv;
-} dit_kind;
+typedef ds_wan_video_dit_config dit_kind;
 
 static int read_dit_kind(const ds_loaded_model *dit, dit_kind *k, ds_error *err)
 {
-    ds_kwargs *kw = NULL;
-    *k = (dit_kind){.in_dim = LATENT_CHANNELS, .out_dim = LATENT_CHANNELS, .text_dim = 4096};
-    int rc = ds_kwargs_parse(dit->extra_kwargs_json, DIT_CLASS, &kw, err);
-    if (rc == DS_OK &&
-        ((rc = ds_kwargs_int(kw, "in_dim", &k->in_dim, err)) != DS_OK ||
-         (rc = ds_kwargs_int(kw, "out_dim", &k->out_dim, err)) != DS_OK ||
-         (rc = ds_kwargs_int(kw, "text_dim", &k->text_dim, err)) != DS_OK ||
-         (rc = ds_kwargs_bool(kw, "has_image_input", &k->has_image_input, err)) != DS_OK ||
-         (rc = ds_kwargs_bool(kw, "seperated_timestep", &k->seperated_timestep, err)) != DS_OK ||
-         (rc = ds_kwargs_bool(kw, "add_control_adapter", &k->add_control_adapter, err)) !=
-             DS_OK ||
-         (rc = ds_kwargs_bool(kw, "has_ref_conv", &k->has_ref_conv, err)) != DS_OK))
+    int rc = ds_wan_video_dit_config_of(dit, k, err);
+    if (rc != DS_OK)
         ds_error_prefix(err, "wan_video: the dit model's kwargs: ");
-    ds_kwargs_free(kw);
     return rc;
 }
 
@@ -364,17 +346,8 @@ fail:
  * models_t5_umt5-xxl-enc-bf16.pth; upstream's from_pretrained names the same folder. */
 #define TOKENIZER_SUBDIR "google/umt5-xxl"
 
-static int load_tokenizer(const char *dir, void **out, ds_error *err)
-{
-    ds_wan_tokenizer *tok = NULL;
-    int rc = ds_wan_tokenizer_load(dir, &tok, err);
-    *out = tok;
-    return rc;
-}
-
-static void free_tokenizer(void *tok) { ds_wan_tokenizer_free(tok); }
-
-static ds__tokenizer_cache tokenizers = DS__TOKENIZER_CACHE_INIT(load_tokenizer, free_tokenizer);
+DS__TOKENIZER_CACHE_DEFINE(tokenizers, ds_wan_tokenizer, ds_wan_tokenizer_load,
+                           ds_wan_tokenizer_free);
 
 /*     ids, mask = pipe.tokenizer(prompt, return_mask=True, add_special_tokens=True)
  *     seq_lens = mask.gt(0).sum(dim=1)
@@ -434,16 +407,11 @@ int ds_wan_encode_prompt(const ds_loaded_model *text_encoder, const ds_step_cont
     return DS_OK;
 }
 
-int ds_wan_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
+static int encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
                               const ds_step_io *in, ds_step_io *out, ds_error *err)
 {
-    const char *prompt, *tokenizer;
-    ds_dtype dtype = DS_BF16;
-    int rc;
-    if ((rc = ds__encode_prompt_step_params(in, &prompt, &tokenizer, err)) != DS_OK ||
-        (rc = ds_wan_text_encoder_step_dtype(m, in, "encode_prompt", &dtype, err)) != DS_OK)
-        return rc;
-    return ds_wan_encode_prompt(m, ctx, prompt, tokenizer, dtype, out, err);
+    return ds__encode_prompt_step(m, ctx, in, out, ds_wan_text_encoder_step_dtype,
+                                  ds_wan_encode_prompt, err);
 }
 
 /* WanVideoUnit_PromptEmbedder for one side. */
@@ -970,9 +938,6 @@ static void op_free(ds_pipeline_run *run) { run_free((wan_run *)run); }
 
 /* ---- the pipeline's table (pipelines/pipeline.h) ---- */
 
-#define STR_(x) #x
-#define STR(x) STR_(x)
-
 static const ds_pipeline_role roles[] = {
     [ROLE_TEXT_ENCODER] = {"text_encoder", "wan_video_text_encoder", TEXT_ENCODER_CLASS, 1},
     [ROLE_DIT] = {"dit", "wan_video_dit", DIT_CLASS, 1},
@@ -982,16 +947,7 @@ static const ds_pipeline_role roles[] = {
 
 /* The defaults are upstream's __call__ defaults. */
 static const ds_pipeline_param params[] = {
-    [PARAM_SEED] = {"seed", DS_PIPELINE_UINT64, 0, 0, 0, NULL,
-                    "noise seed (PyTorch CPU generator); drawn at random when left out"},
-    [PARAM_STEPS] = {"steps", DS_PIPELINE_INT, 1, STEPS_MAX, 0, "50",
-                     "denoising steps (num_inference_steps)"},
-    [PARAM_CFG] = {"cfg_scale", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0, "5",
-                   "classifier-free guidance scale; 1 skips the negative prompt"},
-    [PARAM_HEIGHT] = {"height", DS_PIPELINE_INT, SIZE_MIN, SIZE_MAX_SIDE, 0, "480",
-                      "output height, rounded up to a multiple of " STR(SIZE_MULTIPLE)},
-    [PARAM_WIDTH] = {"width", DS_PIPELINE_INT, SIZE_MIN, SIZE_MAX_SIDE, 0, "832",
-                     "output width, rounded up to a multiple of " STR(SIZE_MULTIPLE)},
+    DS_PIPELINE_DENOISING_PARAMS("50", "5", "480", "832", SIZE_MULTIPLE),
     [PARAM_FRAMES] = {"num_frames", DS_PIPELINE_INT, 1, FRAMES_MAX, 0, "81",
                       "frames, rounded up to 4k + 1"},
     [PARAM_SHIFT] = {"sigma_shift", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0, "5",
@@ -1039,31 +995,18 @@ static const ds_pipeline_tensor outputs[] = {
                         NULL, 0, 0},
 };
 
-static const ds_pipeline_dtype dtypes[] = {
-    {"bfloat16", "bf16", DS_BF16},
-    {"float32", "f32", DS_F32},
-};
-
-static const char *const phases[] = {"encode", "denoise", "decode"};
-
 static const ds_pipeline_class_step class_steps[] = {
     {TEXT_ENCODER_CLASS,
-     {
-         .name = "encode_prompt",
-         .run = ds_wan_encode_prompt_step,
-         .usage = "encode_prompt: prompt (text), tokenizer (folder with spiece.model; default: "
-                  "google/umt5-xxl/ beside the model's file, as in Wan-AI/Wan2.1-T2V-1.3B), "
-                  "dtype (as forward) -> context [1, 512, dim] (4096): upstream's Wan prompt "
-                  "embedder, zero past the prompt's tokens",
-     }},
+     DS__ENCODE_PROMPT_STEP(encode_prompt_step, NULL,
+                            "google/umt5-xxl/ with spiece.model beside the model's file, as "
+                            "in Wan-AI/Wan2.1-T2V-1.3B",
+                            "context [1, 512, dim] (4096): upstream's Wan prompt embedder, zero "
+                            "past the prompt's tokens")},
 };
 
 const ds_pipeline_def ds__wan_video_pipeline = {
     .name = "wan_video",
     .summary = "Wan2.1 text-to-video, video-to-video and VACE",
     DS_PIPELINE_STANDARD_FIELDS,
-    .repeated_phase = "denoise",
-    .class_steps = class_steps,
-    .class_step_count = DS_PIPELINE_COUNT(class_steps),
-    .estimate_role = ROLE_VAE,
+    DS_PIPELINE_DENOISING_FIELDS,
 };

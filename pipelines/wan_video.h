@@ -22,9 +22,4 @@ int ds_wan_encode_prompt(const ds_loaded_model *text_encoder, const ds_step_cont
                          const char *prompt, const char *tokenizer, ds_dtype dtype,
                          ds_step_io *out, ds_error *err);
 
-/* The text encoder's "encode_prompt" step: parameters prompt, tokenizer (optional), dtype
- * (optional, as the forward step's). */
-int ds_wan_encode_prompt_step(const ds_loaded_model *m, const ds_step_context *ctx,
-                              const ds_step_io *in, ds_step_io *out, ds_error *err);
-
 #endif

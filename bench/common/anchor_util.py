@@ -1,10 +1,37 @@
 """bench/common/anchor_util: what the upstream anchors share (run in the venv with torch and the
 upstream package): the checks that end a run as "unavailable", the thread and device set-up, the
-timing loop, and the DiT's inputs, so that every anchor measures as its C bench does."""
+timing loop, the seeded weights, the result line, and the DiT's inputs, so that every anchor
+measures as its C bench does."""
+import argparse
 import json
 import time
 
 import torch
+
+DTYPES = {"f32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16}
+NAMES = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+def parse_forward_args(description, argv, add_shape, check_shape):
+    """The arguments of a forward bench, as its C bench takes them: --backend, --threads,
+    --dtype, --layers, --warmup and --repeats around the shape arguments `add_shape(parser)`
+    adds; `check_shape(args)` returns what is wrong with them, or None. The dtype comes back as
+    a torch dtype."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
+    p.add_argument("--layers", type=int, default=2)
+    add_shape(p)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args(argv)
+    wrong = check_shape(a)
+    if wrong or a.repeats < 1 or a.warmup < 0 or a.layers < 1:
+        p.error(f"{wrong or 'the shape is fine'}; --repeats >= 1, --warmup >= 0, --layers >= 1")
+    a.dtype = DTYPES[a.dtype]
+    return a
 
 
 def unavailable(line, message):
@@ -47,6 +74,31 @@ def time_calls(call, sync, warmup, repeats):
                 samples.append(time.perf_counter() - start)
     samples.sort()
     return samples, samples[len(samples) // 2], out
+
+
+def fill_uniform(model, device):
+    """Fills a model materialised with to_empty as the C benches seed theirs: every parameter
+    uniform in [-0.02, 0.02] (1-D norm weights: 1 + that), from one seeded generator on
+    `device`. Returns the model in eval mode."""
+    gen = torch.Generator(device=device).manual_seed(0x5EED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.uniform_(-0.02, 0.02, generator=gen)
+            if p.ndim == 1 and "norm" in name:
+                p.add_(1.0)
+    return model.eval()
+
+
+def report_forward(line, a, samples, median, out, flops):
+    """Prints a forward bench's result line (status ok unless the output has a non-finite value,
+    the timing, the FLOP rate) and returns the exit status for it."""
+    finite = bool(torch.isfinite(out.float()).all())
+    line.update(status="ok" if finite else "bad_output", warmup=a.warmup, repeats=a.repeats,
+                median_ms=median * 1e3, min_ms=samples[0] * 1e3, flops=flops,
+                tflops=flops / median * 1e-12, weights=f"{a.backend}, resident",
+                timing="perf_counter around one forward + synchronize")
+    print(json.dumps(line), flush=True)
+    return 0 if finite else 1
 
 
 def dit_inputs(a, device):

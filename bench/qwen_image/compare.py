@@ -40,10 +40,8 @@ def rows(a):
     layers = f"--te-layers {a.te_layers} --dit-layers {a.dit_layers}"
     if a.suite == "cpu":
         shape = f"TE {a.te_layers}L, DiT {a.dit_layers}L, 256^2, 4 steps"
-        return [dict(name=f"pipeline f32, {shape}", args=f"--dtype f32 {layers} {SIZE_CPU}",
-                     target=1.0),
-                dict(name=f"pipeline bf16, {shape}", args=f"--dtype bf16 {layers} {SIZE_CPU}",
-                     target=1.0)]
+        return [dict(name=f"pipeline {dtype}, {shape}", args=f"--dtype {dtype} {layers} {SIZE_CPU}",
+                     target=1.0) for dtype in a.dtypes.split(",")]
     return [dict(name=f"pipeline bf16, TE {a.te_layers}L, DiT {a.dit_layers}L, 1024^2, 40 steps",
                  args=f"--dtype bf16 {layers} {SIZE_GPU}", target=0.8)]
 
@@ -126,6 +124,7 @@ def main(argv):
     p.add_argument("--tokenizer", default=os.path.join(HERE, "..", "..", "tests", "data",
                                                        "qwen_tokenizer"))
     p.add_argument("--log", default=None, help="append every JSON result here")
+    p.add_argument("--dtypes", default="f32,bf16", help="cpu: the rows' dtypes, f32 and/or bf16")
     a = p.parse_args(argv)
     cpu = a.suite == "cpu"
     a.repeats = a.repeats or (3 if cpu else 1)

@@ -13,7 +13,8 @@
 #   REPEATS                timed calls per side after one warm-up; the median counts (default 1)
 # DS_BUILD_DIR: the build holding bench/pipeline_bench (default build-release, built by bench/build_release.sh). DS_BENCH_TE_LAYERS
 # (default 1), DS_BENCH_DIT_LAYERS (default 1), DS_BENCH_ROUNDS (alternating rounds, default 1),
-# DS_BENCH_LOG: a file to append every JSON result to. Each side holds its weights in memory
+# DS_BENCH_LOG: a file to append every JSON result to. DS_BENCH_DTYPES: the rows, default
+# "f32,bf16" ("f32" skips upstream's slow bf16 call). Each side holds its weights in memory
 # (5.1 GB f32 with the defaults, mostly the 152064-row embedding and the DiT blocks), one side
 # at a time. On 2 cores one call takes about a minute per side in f32 and on our side in bf16,
 # but over 15 minutes on upstream's side in bf16 (its bf16 CPU kernels), so the defaults are one
@@ -33,4 +34,4 @@ bench="$build/bench/pipeline_bench"
 exec python3 bench/qwen_image/compare.py --suite cpu --bench "$bench" --python "$python" \
     --threads "$threads" --repeats "$repeats" --rounds "${DS_BENCH_ROUNDS:-1}" \
     --te-layers "${DS_BENCH_TE_LAYERS:-1}" --dit-layers "${DS_BENCH_DIT_LAYERS:-1}" \
-    ${DS_BENCH_LOG:+--log "$DS_BENCH_LOG"}
+    --dtypes "${DS_BENCH_DTYPES:-f32,bf16}" ${DS_BENCH_LOG:+--log "$DS_BENCH_LOG"}

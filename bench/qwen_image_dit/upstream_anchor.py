@@ -14,8 +14,6 @@ in place, so 60 layers in bf16 (40 GB) take seconds on a GPU; its RoPE tables (p
 not parameters) are rebuilt on the CPU, where the constructor would have left them.
 Never installs anything: run it with the private venv that has the upstream package.
 """
-import argparse
-import json
 import os
 import sys
 import time
@@ -24,30 +22,19 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "common"))
-from anchor_util import dit_inputs, set_up, time_calls  # noqa: E402  (bench/common)
-
-DTYPES = {"f32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16}
-NAMES = {torch.float32: "f32", torch.bfloat16: "bf16"}
+from anchor_util import (NAMES, dit_inputs, fill_uniform, parse_forward_args,  # noqa: E402
+                         report_forward, set_up, time_calls)
 DIM, TEXT_DIM = 3072.0, 3584.0
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
-    p.add_argument("--layers", type=int, default=2)
+def add_shape(p):
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--text-tokens", type=int, default=32)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    a = p.parse_args(argv)
-    if a.height % 16 or a.width % 16 or a.repeats < 1 or a.warmup < 0 or a.layers < 1:
-        p.error("--height/--width multiples of 16, --repeats >= 1, --warmup >= 0, --layers >= 1")
-    a.dtype = DTYPES[a.dtype]
-    return a
+
+
+def check_shape(a):
+    return "--height/--width multiples of 16" if a.height % 16 or a.width % 16 else None
 
 
 def forward_flops(a):
@@ -68,17 +55,11 @@ def build(a, device):
     pe = model.pos_embed
     with torch.device("cpu"):
         model.pos_embed = type(pe)(pe.theta, pe.axes_dim, scale_rope=pe.scale_rope)
-    gen = torch.Generator(device=device).manual_seed(0x5EED)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.uniform_(-0.02, 0.02, generator=gen)
-            if p.ndim == 1 and "norm" in name:
-                p.add_(1.0)
-    return model.eval()
+    return fill_uniform(model, device)
 
 
 def main(argv):
-    a = parse_args(argv)
+    a = parse_forward_args(__doc__.split("\n")[0], argv, add_shape, check_shape)
     line = {"impl": "upstream", "backend": a.backend, "model": "QwenImageDiT",
             "layers": a.layers, "dtype": NAMES[a.dtype], "height": a.height, "width": a.width,
             "image_tokens": (a.height // 16) * (a.width // 16), "text_tokens": a.text_tokens,
@@ -96,14 +77,7 @@ def main(argv):
     inputs = dit_inputs(a, device)
     samples, median, out = time_calls(lambda: model_fn_qwen_image(dit=model, **inputs), sync,
                                       a.warmup, a.repeats)
-    finite = bool(torch.isfinite(out.float()).all())
-    flops = forward_flops(a)
-    line.update(status="ok" if finite else "bad_output", warmup=a.warmup, repeats=a.repeats,
-                median_ms=median * 1e3, min_ms=samples[0] * 1e3, flops=flops,
-                tflops=flops / median * 1e-12, weights=f"{a.backend}, resident",
-                timing="perf_counter around one forward + synchronize")
-    print(json.dumps(line), flush=True)
-    return 0 if finite else 1
+    return report_forward(line, a, samples, median, out, forward_flops(a))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 #include "core/float_convert.h"
 #include "core/safetensors.h"
 #include "kernels/ops.h"
+#include "pipeline_golden.h"
 #include "pipelines/qwen_image.h"
 #include "test.h"
 #include "tools/golden_model.h"
@@ -36,8 +37,7 @@ static char tokenizer_dir[1024];
 
 static const ds_tensor_view *golden_view(const char *name)
 {
-    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
-    return e ? &e->tensor : NULL;
+    return test_golden_view(golden, name);
 }
 
 static int keep_text_layer0(const char *name, void *arg)
@@ -95,43 +95,6 @@ static ds_qwen_image_models models(void)
     return (ds_qwen_image_models){.text_encoder = &text_encoder, .dit = &dit, .vae = &vae};
 }
 
-static double rel_l2(const ds_tensor *got, const ds_tensor_view *want)
-{
-    double num = 0, den = 0;
-    uint64_t n = ds_tensor_view_numel(want);
-    for (uint64_t i = 0; i < n; i++) {
-        double a = ds_load_f64(got->data, got->dtype, i);
-        double b = ds_load_f64(want->data, want->dtype, i);
-        num += (a - b) * (a - b);
-        den += b * b;
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-typedef struct progress_log {
-    char phases[64][16];
-    uint64_t done[64], total[64];
-    int count;
-    int cancel_after; /* > 0: cancelled once this many events arrived */
-} progress_log;
-
-static void on_progress(void *user, const char *phase, uint64_t done, uint64_t total)
-{
-    progress_log *log = user;
-    if (log->count < 64) {
-        snprintf(log->phases[log->count], sizeof log->phases[0], "%s", phase);
-        log->done[log->count] = done;
-        log->total[log->count] = total;
-    }
-    log->count++;
-}
-
-static int is_cancelled(void *user)
-{
-    progress_log *log = user;
-    return log->cancel_after > 0 && log->count >= log->cancel_after;
-}
-
 static ds_qwen_image_params base_params(void)
 {
     ds_qwen_image_params p;
@@ -144,15 +107,17 @@ static ds_qwen_image_params base_params(void)
 }
 
 /* Runs a pipeline to the end; returns the last advance's status. */
-static int run_all(ds_qwen_image_pipeline *pipe, progress_log *log, ds_error *err)
+static int run_all(ds_qwen_image_pipeline *pipe, test_progress_log *log, ds_error *err)
 {
-    ds_step_context ctx = {.backend = cpu, .progress = on_progress,
-                           .cancelled = is_cancelled, .user = log};
+    ds_step_context ctx = test_log_context(cpu, log);
     int rc;
     while ((rc = ds_qwen_image_pipeline_advance(pipe, &ctx, err)) == 1)
         ;
     return rc;
 }
+
+/* Cases run so far: each dump gets its own name, some cases share golden tensors. */
+static int dumped;
 
 static void check_case(const char *name, ds_qwen_image_params params)
 {
@@ -160,8 +125,9 @@ static void check_case(const char *name, ds_qwen_image_params params)
     ds_error err;
     ds_qwen_image_models m = models();
     ds_qwen_image_pipeline *pipe = NULL;
-    progress_log log = {0};
+    test_progress_log log = {0};
     REQUIRE(models_ready);
+    dumped++;
     int rc = ds_qwen_image_pipeline_new(&m, &params, &pipe, &err);
     CHECK_MSG(rc == DS_OK, "%s: %s", name, err.message);
     if (rc != DS_OK)
@@ -178,18 +144,9 @@ static void check_case(const char *name, ds_qwen_image_params params)
     CHECK(latents->ndim == 4 && latents->shape[2] == want_latents->shape[2] &&
           latents->shape[3] == want_latents->shape[3]);
     CHECK(image->shape[0] == want_image->shape[0] && image->shape[1] == want_image->shape[1]);
-    double rel = rel_l2(latents, want_latents);
-    int max_diff = 0;
-    uint64_t differing = 0, n = ds_tensor_view_numel(want_image);
-    for (uint64_t i = 0; i < n; i++) {
-        int d = abs((int)((const uint8_t *)image->data)[i] -
-                    (int)((const uint8_t *)want_image->data)[i]);
-        max_diff = d > max_diff ? d : max_diff;
-        differing += d != 0;
-    }
-    fprintf(stderr, "  %s: latents rel L2 %.3g (budget %g); image max |diff| %d, %llu of %llu "
-            "values differ\n", name, rel, LATENT_BUDGET, max_diff, (unsigned long long)differing,
-            (unsigned long long)n);
+    int max_diff;
+    double rel = test_pipeline_outputs("qwen_image", dumped, name, cpu, latents, want_latents,
+                                       "image", image, want_image, 1, LATENT_BUDGET, &max_diff);
     CHECK(rel < LATENT_BUDGET);
     /* The truncating uint8 cast turns a 1e-6 difference into one level now and then. */
     CHECK(max_diff <= 2);
@@ -254,12 +211,12 @@ static void test_units_and_progress(void)
     p.steps = 2;
     p.height = p.width = 16;
     ds_qwen_image_pipeline *pipe;
-    progress_log log = {0};
+    test_progress_log log = {0};
     REQUIRE(ds_qwen_image_pipeline_new(&m, &p, &pipe, &err) == DS_OK);
     uint64_t done, total;
     ds_qwen_image_pipeline_position(pipe, &done, &total);
     CHECK(done == 0 && total == 4);
-    ds_step_context ctx = {.backend = cpu, .progress = on_progress, .user = &log};
+    ds_step_context ctx = test_log_context(cpu, &log);
     CHECK(ds_qwen_image_pipeline_advance(pipe, &ctx, &err) == 1); /* encode */
     CHECK(ds_qwen_image_pipeline_latents(pipe) == NULL);
     CHECK(ds_qwen_image_pipeline_advance(pipe, &ctx, &err) == 1); /* step 1 */
@@ -293,7 +250,7 @@ static void test_cancel(void)
     p.steps = 3;
     p.height = p.width = 16;
     ds_qwen_image_pipeline *pipe;
-    progress_log log = {.cancel_after = 4}; /* after the first denoising step */
+    test_progress_log log = {.cancel_after = 4}; /* after the first denoising step */
     REQUIRE(ds_qwen_image_pipeline_new(&m, &p, &pipe, &err) == DS_OK);
     CHECK(run_all(pipe, &log, &err) == DS_ERR_CANCELLED);
     CHECK(ds_qwen_image_pipeline_latents(pipe) == NULL);
@@ -364,11 +321,9 @@ static void test_checks(void)
 int main(void)
 {
     ds_error err;
-    const char *root = getenv("DS_TEST_DATA");
     char path[1024];
-    snprintf(path, sizeof path, "%s/%s", root ? root : "tests/data", GOLDEN);
-    snprintf(tokenizer_dir, sizeof tokenizer_dir, "%s/qwen_tokenizer",
-             root ? root : "tests/data");
+    test_data_path(path, sizeof path, GOLDEN);
+    test_data_path(tokenizer_dir, sizeof tokenizer_dir, "qwen_tokenizer");
     if (ds_cpu_backend_create(0, &cpu, &err) != DS_OK ||
         ds_safetensors_open(path, 0, &golden, &err) != DS_OK) {
         fprintf(stderr, "setup: %s\n", err.message);

@@ -14,6 +14,7 @@
 #include "core/float_convert.h"
 #include "core/safetensors.h"
 #include "kernels/ops.h"
+#include "pipeline_golden.h"
 #include "pipelines/pipeline.h"
 #include "test.h"
 #include "tools/golden_model.h"
@@ -31,11 +32,14 @@
 #define TE_SEED 2026
 #define DIT_SEED 2025
 #define VAE_SEED 2027
-/* Wan2.1-T2V-1.3B's row kwargs with num_layers 1, as the script builds the DiT. */
+/* Wan2.1-T2V-1.3B's row kwargs with num_layers 1, as the script builds the DiT; the shape
+ * kwargs that variants share, and those that tell them apart. */
+#define DIT_SHAPE_KWARGS                                                                         \
+    "\"patch_size\": [1, 2, 2], \"dim\": 1536, \"ffn_dim\": 8960, \"freq_dim\": 256, "           \
+    "\"num_heads\": 12, \"num_layers\": 1, \"eps\": 1e-06"
 #define DIT_KWARGS                                                                               \
-    "{\"has_image_input\": false, \"patch_size\": [1, 2, 2], \"in_dim\": 16, \"dim\": 1536, "    \
-    "\"ffn_dim\": 8960, \"freq_dim\": 256, \"text_dim\": 4096, \"out_dim\": 16, "                \
-    "\"num_heads\": 12, \"num_layers\": 1, \"eps\": 1e-06}"
+    "{\"has_image_input\": false, \"in_dim\": 16, \"text_dim\": 4096, \"out_dim\": 16, "         \
+    DIT_SHAPE_KWARGS "}"
 /* The prompts: tests/data/wan_tokenizer/cases.json's English and Chinese cases. */
 #define PROMPT "A cat sits on a wooden table next to a window, morning light, soft shadows."
 #define NEGATIVE "一只小猫坐在窗边的木桌上，清晨的阳光洒在它身上，画面柔和。"
@@ -51,8 +55,7 @@ static const ds_pipeline_def *def;
 
 static const ds_tensor_view *golden_view(const char *name)
 {
-    const ds_sd_entry *e = ds_state_dict_find(&golden->tensors, name);
-    return e ? &e->tensor : NULL;
+    return test_golden_view(golden, name);
 }
 
 static int build_models(void)
@@ -87,30 +90,6 @@ static int build_models(void)
     vace.model_class = (char *)VACE_CLASS;
     models_ready = 1;
     return 1;
-}
-
-typedef struct progress_log {
-    char phases[256][16];
-    uint64_t done[256], total[256];
-    int count;
-    int cancel_after; /* > 0: cancelled once this many events arrived */
-} progress_log;
-
-static void on_progress(void *user, const char *phase, uint64_t done, uint64_t total)
-{
-    progress_log *log = user;
-    if (log->count < 256) {
-        snprintf(log->phases[log->count], sizeof log->phases[0], "%s", phase);
-        log->done[log->count] = done;
-        log->total[log->count] = total;
-    }
-    log->count++;
-}
-
-static int is_cancelled(void *user)
-{
-    progress_log *log = user;
-    return log->cancel_after > 0 && log->count >= log->cancel_after;
 }
 
 /* Parameter `name` of the run's values, marked given. */
@@ -150,23 +129,26 @@ static ds_pipeline_args base_args(void)
 }
 
 /* Runs a pipeline to the end; returns the last advance's status. */
-static int run_all(ds_pipeline_run *run, progress_log *log, ds_error *err)
+static int run_all(ds_pipeline_run *run, test_progress_log *log, ds_error *err)
 {
-    ds_step_context ctx = {.backend = cpu, .progress = on_progress,
-                           .cancelled = is_cancelled, .user = log};
+    ds_step_context ctx = test_log_context(cpu, log);
     int rc;
     while ((rc = def->advance(run, &ctx, err)) == 1)
         ;
     return rc;
 }
 
+/* Cases run so far: each dump gets its own name, some cases share golden tensors. */
+static int dumped;
+
 static void check_case(const char *name, const ds_pipeline_args *args)
 {
     char key[64];
     ds_error err;
     ds_pipeline_run *run = NULL;
-    progress_log log = {0};
+    test_progress_log log = {0};
     REQUIRE(models_ready);
+    dumped++;
     int rc = def->start(args, &run, &err);
     CHECK_MSG(rc == DS_OK, "%s: %s", name, err.message);
     if (rc != DS_OK)
@@ -186,20 +168,9 @@ static void check_case(const char *name, const ds_pipeline_args *args)
     CHECK(video->dtype == DS_U8 && video->ndim == 4);
     for (int d = 0; d < 4; d++)
         CHECK(video->shape[d] == want_video->shape[d]);
-    ds_tensor want = ds_tensor_wrap(cpu, want_latents->dtype, want_latents->ndim,
-                                    want_latents->shape, (void *)want_latents->data);
-    double rel = ds_golden_rel_l2(latents, &want);
-    int max_diff = 0;
-    uint64_t differing = 0, n = ds_tensor_view_numel(want_video);
-    for (uint64_t i = 0; i < n; i++) {
-        int d = abs((int)((const uint8_t *)video->data)[i] -
-                    (int)((const uint8_t *)want_video->data)[i]);
-        max_diff = d > max_diff ? d : max_diff;
-        differing += d != 0;
-    }
-    fprintf(stderr, "  %s: latents rel L2 %.3g (budget %g); frames max |diff| %d, %llu of %llu "
-            "values differ\n", name, rel, LATENT_BUDGET, max_diff, (unsigned long long)differing,
-            (unsigned long long)n);
+    int max_diff;
+    double rel = test_pipeline_outputs("wan_video", dumped, name, cpu, latents, want_latents,
+                                       "video", video, want_video, 0, LATENT_BUDGET, &max_diff);
     CHECK(rel < LATENT_BUDGET);
     /* Within one 8-bit level: the truncating cast turns a 1e-6 difference into one now and
      * then. */
@@ -279,13 +250,13 @@ static void test_units_and_progress(void)
     param(&a, "num_frames")->i = 2; /* rounded up to 5 */
     param(&a, "tiled")->i = 0;
     ds_pipeline_run *run;
-    progress_log log = {0};
+    test_progress_log log = {0};
     REQUIRE(models_ready);
     REQUIRE(def->start(&a, &run, &err) == DS_OK);
     uint64_t done, total;
     def->position(run, &done, &total);
     CHECK(done == 0 && total == 4);
-    ds_step_context ctx = {.backend = cpu, .progress = on_progress, .user = &log};
+    ds_step_context ctx = test_log_context(cpu, &log);
     CHECK(def->advance(run, &ctx, &err) == 1); /* encode */
     CHECK(def->output(run, 0) == NULL);
     CHECK(def->advance(run, &ctx, &err) == 1); /* step 1 */
@@ -304,7 +275,7 @@ static void test_units_and_progress(void)
     CHECK(log.done[2] == 1 && log.total[2] == 2);
     CHECK_STR_EQ(log.phases[3], "denoise");
     CHECK(log.done[3] == 2);
-    for (int i = 4; i < log.count && i < 256; i++)
+    for (int i = 4; i < log.count && i < TEST_PROGRESS_EVENTS; i++)
         CHECK_STR_EQ(log.phases[i], "decode");
     CHECK(log.done[log.count - 1] == log.total[log.count - 1]);
     const ds_tensor *video = def->output(run, 0);
@@ -331,7 +302,7 @@ static void test_cancel(void)
     param(&a, "width")->i = 16;
     param(&a, "num_frames")->i = 1;
     ds_pipeline_run *run;
-    progress_log log = {.cancel_after = 4}; /* after the first denoising step */
+    test_progress_log log = {.cancel_after = 4}; /* after the first denoising step */
     REQUIRE(models_ready);
     REQUIRE(def->start(&a, &run, &err) == DS_OK);
     CHECK(run_all(run, &log, &err) == DS_ERR_CANCELLED);
@@ -356,11 +327,14 @@ static void expect_refused(const ds_pipeline_args *a, int code, const char *need
         def->free(run);
 }
 
-/* The test DiT with other kwargs (the pipeline reads nothing else before refusing). */
-static void refuse_dit(const char *kwargs, int code, const char *needle)
+/* The test DiT with the kwargs of another variant: `variant` and DIT_SHAPE_KWARGS (the
+ * pipeline reads nothing else before refusing). */
+static void refuse_dit(const char *variant, int code, const char *needle)
 {
+    char kwargs[512];
+    snprintf(kwargs, sizeof kwargs, "{%s, %s}", variant, DIT_SHAPE_KWARGS);
     ds_loaded_model other = dit;
-    other.extra_kwargs_json = (char *)kwargs;
+    other.extra_kwargs_json = kwargs;
     ds_pipeline_args a = base_args();
     a.models[ds_pipeline_role_index(def, "dit")] = &other;
     expect_refused(&a, code, needle);
@@ -423,14 +397,18 @@ static void test_checks(void)
     expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "the vace model is a");
 
     /* DiTs of variants whose extra models are missing: only the kwargs are read. */
-    refuse_dit("{\"has_image_input\": true, \"in_dim\": 36, \"out_dim\": 16}",
+    refuse_dit("\"has_image_input\": true, \"in_dim\": 36, \"out_dim\": 16, \"text_dim\": 4096",
                DS_ERR_UNIMPLEMENTED, "the CLIP image encoder");
-    refuse_dit("{\"in_dim\": 48, \"out_dim\": 48, \"seperated_timestep\": true}",
+    refuse_dit("\"has_image_input\": false, \"in_dim\": 48, \"out_dim\": 48, \"text_dim\": 4096, "
+               "\"seperated_timestep\": true",
                DS_ERR_UNIMPLEMENTED, "Wan2.2-TI2V-5B: it needs the Wan2.2 VAE");
-    refuse_dit("{\"in_dim\": 48, \"out_dim\": 16}", DS_ERR_UNIMPLEMENTED,
-               "takes 48 input channels for 16 latent ones");
-    refuse_dit("{\"add_control_adapter\": true}", DS_ERR_UNIMPLEMENTED, "camera control");
-    refuse_dit("{\"text_dim\": 2048}", DS_ERR_INVALID_ARGUMENT,
+    refuse_dit("\"has_image_input\": false, \"in_dim\": 48, \"out_dim\": 16, \"text_dim\": 4096",
+               DS_ERR_UNIMPLEMENTED, "takes 48 input channels for 16 latent ones");
+    refuse_dit("\"has_image_input\": false, \"in_dim\": 16, \"out_dim\": 16, \"text_dim\": 4096, "
+               "\"add_control_adapter\": true",
+               DS_ERR_UNIMPLEMENTED, "camera control");
+    refuse_dit("\"has_image_input\": false, \"in_dim\": 16, \"out_dim\": 16, \"text_dim\": 2048",
+               DS_ERR_INVALID_ARGUMENT,
                "the text encoder's width is 4096, the dit model's text_dim is 2048");
 }
 
@@ -462,10 +440,9 @@ static void test_table(void)
 int main(void)
 {
     ds_error err;
-    const char *root = getenv("DS_TEST_DATA");
     char path[1024];
-    snprintf(path, sizeof path, "%s/%s", root ? root : "tests/data", GOLDEN);
-    snprintf(tokenizer_dir, sizeof tokenizer_dir, "%s/wan_tokenizer", root ? root : "tests/data");
+    test_data_path(path, sizeof path, GOLDEN);
+    test_data_path(tokenizer_dir, sizeof tokenizer_dir, "wan_tokenizer");
     def = ds_pipeline_find("wan_video");
     if (!def) {
         fprintf(stderr, "setup: no wan_video pipeline in the table\n");

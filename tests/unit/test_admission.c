@@ -111,12 +111,18 @@ static void test_unknown_step(void)
     ds_memory_need need;
     ds_error err;
     ds_error_clear(&err);
-    CHECK(ds_memory_step(&m, "backward", NULL, 0, 2, &need, &err) == DS_ERR_UNIMPLEMENTED);
+    const ds_model_step backward = {.name = "backward"};
+    CHECK(ds_memory_step(&m, &backward, NULL, 0, 2, &need, &err) == DS_ERR_UNIMPLEMENTED);
     CHECK_STR_EQ(err.message, "qwen_image_dit (" DIT_CLASS "): step \"backward\" has no memory "
                               "bound in this build, so the daemon cannot admit it");
     int64_t lat[4] = {2, 16, 64, 32};
     ds_memory_input in[] = {{"latents", DS_F32, 4, lat}};
-    CHECK(ds_memory_step(&m, "forward", in, 1, 2, &need, &err) == DS_OK);
+    /* The bound the class's own step declares. */
+    const ds_model_class *cls = ds_model_class_find(DIT_CLASS);
+    REQUIRE(cls);
+    const ds_model_step *forward = ds_model_step_find(cls->steps, cls->step_count, "forward");
+    REQUIRE(forward);
+    CHECK(ds_memory_step(&m, forward, in, 1, 2, &need, &err) == DS_OK);
     /* The input once, the noise prediction twice (the output and its encoding in the reply). */
     uint64_t bytes = 2 * 16 * 64 * 32 * 4;
     CHECK(need.held == 3 * bytes);

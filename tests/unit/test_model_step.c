@@ -88,7 +88,8 @@ static void test_require(void)
 
 static void test_find_step(void)
 {
-    static const ds_model_step steps[] = {{"forward", "x -> y", NULL}, {"encode", "a -> b", NULL}};
+    static const ds_model_step steps[] = {{.name = "forward", .usage = "x -> y"},
+                                          {.name = "encode", .usage = "a -> b"}};
     CHECK(ds_model_step_find(steps, 2, "encode") == &steps[1]);
     CHECK(ds_model_step_find(steps, 2, "decode") == NULL);
     CHECK(ds_model_step_find(NULL, 0, "forward") == NULL);
