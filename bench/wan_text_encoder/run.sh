@@ -16,6 +16,7 @@
 # 256384, UMT5-XXL's: 4.2 GB of f32 per side, one side at a time; fewer time the same).
 # DS_TOKENIZER_PYTHON: a Python with transformers, sentencepiece and protobuf that converts the
 # SentencePiece model for upstream's AutoTokenizer (default /work/venv-tok/bin/python).
+# DS_BENCH_ROUNDS: alternating rounds, the best of each side counts (default 2).
 # DS_BENCH_LOG: a file to append every JSON result to.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,5 +36,5 @@ trap 'rm -rf "$hf"' EXIT
 
 python3 bench/wan_text_encoder/compare.py --suite cpu --bench "$bench" --python "$python" \
     --threads "$threads" --repeats "$repeats" --layers "${DS_BENCH_LAYERS:-2}" \
-    --vocab "${DS_BENCH_VOCAB:-256384}" --hf-tokenizer "$hf" \
+    --vocab "${DS_BENCH_VOCAB:-256384}" --rounds "${DS_BENCH_ROUNDS:-2}" --hf-tokenizer "$hf" \
     ${DS_BENCH_LOG:+--log "$DS_BENCH_LOG"}
