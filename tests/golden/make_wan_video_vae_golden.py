@@ -8,17 +8,18 @@ weights from tests/golden/seeded_weights.py under the names of the converted fil
 The inputs are seeded tensors too (the C test regenerates them; only outputs are stored):
   WanVideoVAE    "latents" [1, 16, 3, 8, 12]: "wan_vae.latents", bound 2 (centre 0);
                  "video" [1, 3, 5, 64, 96]: "wan_vae.video", bound 1 (in [-1, 1));
-  WanVideoVAE38  "latents" [1, 48, 3, 2, 3]: "wan_vae38.latents", bound 2;
+  WanVideoVAE38  "latents" [1, 48, 3, 4, 6]: "wan_vae38.latents", bound 2;
                  "video" [1, 3, 5, 64, 96]: "wan_vae38.video", bound 1.
-Cases: the untiled decode of latents (9 frames, clamped as single_decode does; 64 x 96, and
-32 x 48 for VAE38, whose 705 M weights make each latent frame slow on a small CPU) and the
+Cases: the untiled decode of latents (9 frames of 64 x 96, clamped as single_decode does) and the
 untiled encode of video (2 latent frames): upstream's chunking (decode one latent frame at a
 time; encode the first frame alone, then chunks of 4) with its two-frame feature cache, and for
 VAE38 patchify, Decoder3d_38's first_chunk and the AvgDown3D / DupUp3D shortcuts; then both
 tiled through .decode / .encode(tiled=True) with tiles small enough to overlap and blend on
 these sizes (the pipeline's (30, 52) / (15, 26) would give one tile): tile (4, 6), stride
-(2, 3) in latent units (3 x 3 tiles) for WanVideoVAE; tile (2, 2), stride (1, 1) for VAE38
-(1 x 2 decode tiles, 3 x 5 encode tiles).
+(2, 3) in latent units (3 x 3 tiles, blended across both axes) for WanVideoVAE; tile (4, 4),
+stride (2, 2) for VAE38 (1 x 2 tiles, blended across the width only: 4/3 of the untiled work,
+where the 705 M weights make every latent cell slow on a small CPU; the blend itself is the
+same code as WanVideoVAE's, at 16x).
 
 Writes tests/data/golden/wan_video_vae.safetensors and wan_video_vae38.safetensors (an argument
 "21" or "38" writes one). Run with a private venv that has the upstream package (pip install
@@ -43,8 +44,8 @@ GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", 
 CASES = {
     "21": (WanVideoVAE, "wan_video_vae.safetensors", "wan_vae", [1, 16, 3, 8, 12], (4, 6),
            (2, 3)),
-    "38": (WanVideoVAE38, "wan_video_vae38.safetensors", "wan_vae38", [1, 48, 3, 2, 3], (2, 2),
-           (1, 1)),
+    "38": (WanVideoVAE38, "wan_video_vae38.safetensors", "wan_vae38", [1, 48, 3, 4, 6], (4, 4),
+           (2, 2)),
 }
 
 

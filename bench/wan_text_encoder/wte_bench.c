@@ -1,0 +1,204 @@
+/* bench/wan_text_encoder: Wan prompt encoding (ds_wan_encode_prompt: clean, SentencePiece
+ * tokenize to 512 ids with the mask, UMT5 encoder forward with the mask, zero past the prompt's
+ * tokens), timed, one JSON line. upstream_anchor.py takes the same arguments and times upstream
+ * DiffSynth-Studio's own WanVideoUnit_PromptEmbedder.process on its own WanTextEncoder, so
+ * run.sh can print ours / upstream measured in the same run (DESIGN §7).
+ *
+ * usage: wte_bench [options]
+ *   --backend cpu|cuda   (default cpu)
+ *   --threads N          CPU worker threads (0 = all CPUs; ignored by cuda)
+ *   --dtype f32|bf16     weights and compute (default f32)
+ *   --layers N           encoder blocks (default 2; UMT5-XXL has 24), full width (dim 4096,
+ *                        64 heads, FFN 10240)
+ *   --vocab N            token embedding rows (default 256384, UMT5-XXL's; a smaller table
+ *                        times the same: a forward reads 512 of its rows)
+ *   --tokenizer DIR      the folder with spiece.model (default tests/data/wan_tokenizer)
+ *   --warmup N           untimed calls first (default 1; the first loads the tokenizer)
+ *   --repeats N          timed calls; the median is reported (default 5)
+ *
+ * The prompt is fixed (PROMPT below; upstream_anchor.py has the same). The model is the class's
+ * declared tree with those kwargs, in memory, every tensor filled from a fixed table of uniform
+ * values in [-0.02, 0.02] (the T5 layer norms' weights: 1 + that), which times like real
+ * weights. Upstream loads its tokenizer once in from_pretrained; ours is loaded by the first call
+ * and cached, so the warm-up keeps both sides' timings to the encoding itself.
+ * Exit status: 0 measured, 77 backend unavailable, 1 any other error; every outcome prints its
+ * JSON line. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench/common/bench_model.h"
+#include "bench/common/bench_util.h"
+#include "core/dtype.h"
+#include "core/float_convert.h"
+#include "kernels/ops.h"
+#include "models/model_class.h"
+#include "pipelines/wan_video.h"
+
+#define TE_CLASS "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
+#define PROMPT                                                                                    \
+    "A cozy reading nook by a tall window at dusk, warm lamplight on a worn leather armchair, a " \
+    "knitted blanket, a stack of books with gold lettering, a sleeping tabby cat, rain streaks "  \
+    "on the glass, film grain, shallow depth of field, muted colors"
+
+typedef struct options {
+    const char *backend;
+    int threads;
+    ds_dtype dtype;
+    int layers, vocab;
+    const char *tokenizer;
+    int warmup, repeats;
+} options;
+
+static void print_head(const options *o, const char *status)
+{
+    printf("{\"impl\": \"ours\", \"backend\": ");
+    ds_bench_print_json_string(o->backend);
+    printf(", \"model\": \"WanTextEncoder\", \"layers\": %d, \"vocab\": %d, \"dtype\": \"%s\", "
+           "\"threads\": %d, \"status\": \"%s\"",
+           o->layers, o->vocab, ds_dtype_name(o->dtype), o->threads, status);
+    ds_bench_print_gemm(o->backend);
+}
+
+static int report_failure(const options *o, const char *status, const char *message, int code)
+{
+    print_head(o, status);
+    return ds_bench_end_with_message(message, code);
+}
+
+/* The context's layout: finite, the prompt's rows first (*length: up to the first all-zero row),
+ * zero after them. */
+static int check_context(const ds_tensor *emb, long long *length)
+{
+    const int64_t rows = emb->shape[1], dim = emb->shape[2];
+    *length = rows;
+    for (int64_t r = 0; r < rows; r++) {
+        int zero = 1;
+        for (int64_t j = 0; j < dim; j++) {
+            double v = ds_load_f64(emb->data, emb->dtype, (size_t)(r * dim + j));
+            if (!isfinite(v))
+                return 0;
+            zero &= v == 0;
+        }
+        if (zero && *length == rows)
+            *length = r;
+        else if (!zero && *length < rows)
+            return 0;
+    }
+    return 1;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: wte_bench [--backend cpu|cuda] [--threads N] [--dtype f32|bf16] "
+                    "[--layers N] [--vocab N] [--tokenizer DIR] [--warmup N] [--repeats N]\n");
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    *o = (options){.backend = "cpu", .dtype = DS_F32, .layers = 2, .vocab = 256384,
+                   .tokenizer = "tests/data/wan_tokenizer", .warmup = 1, .repeats = 5};
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i];
+        if (i + 1 >= argc)
+            return 0;
+        const char *v = argv[++i];
+        if (strcmp(k, "--backend") == 0)
+            o->backend = v;
+        else if (strcmp(k, "--threads") == 0)
+            o->threads = atoi(v);
+        else if (strcmp(k, "--dtype") == 0) {
+            if (!ds_bench_parse_dtype(v, &o->dtype))
+                return 0;
+        } else if (strcmp(k, "--layers") == 0)
+            o->layers = atoi(v);
+        else if (strcmp(k, "--vocab") == 0)
+            o->vocab = atoi(v);
+        else if (strcmp(k, "--tokenizer") == 0)
+            o->tokenizer = v;
+        else if (strcmp(k, "--warmup") == 0)
+            o->warmup = atoi(v);
+        else if (strcmp(k, "--repeats") == 0)
+            o->repeats = atoi(v);
+        else
+            return 0;
+    }
+    return o->layers >= 1 && o->vocab >= 1 && o->warmup >= 0 && o->repeats >= 1 &&
+           o->threads >= 0;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    if (!parse_args(argc, argv, &o)) {
+        usage();
+        return 2;
+    }
+    ds_error err;
+    ds_backend *b = NULL;
+    int rc = ds_bench_backend_create(o.backend, o.threads, &b, &err);
+    if (rc == DS_ERR_INVALID_ARGUMENT) {
+        usage();
+        return 2;
+    }
+    if (rc == DS_ERR_UNAVAILABLE)
+        return report_failure(&o, "unavailable", err.message, 77);
+    if (rc != DS_OK)
+        return report_failure(&o, "error", err.message, 1);
+
+    int code = 1;
+    ds_loaded_model model;
+    char kwargs[96];
+    snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d, \"vocab\": %d}", o.layers, o.vocab);
+    double *samples = calloc((size_t)o.repeats, sizeof *samples);
+    double build_start = ds_bench_now_s();
+    if (!samples) {
+        code = report_failure(&o, "error", "out of memory for the samples", 1);
+        ds_backend_destroy(b);
+        return code;
+    }
+    if (ds_bench_build_model(TE_CLASS, kwargs, NULL, 0, o.dtype, &model, NULL, &err) != DS_OK) {
+        code = report_failure(&o, "error", err.message, 1);
+        free(samples);
+        ds_backend_destroy(b);
+        return code;
+    }
+    fprintf(stderr, "wte_bench: %d layers built in %.1f s\n", o.layers,
+            ds_bench_now_s() - build_start);
+    ds_step_context ctx = {.backend = b};
+    long long length = 0;
+    int good = 1;
+    for (int r = -o.warmup; r < o.repeats; r++) {
+        ds_step_io out;
+        ds_step_io_init(&out);
+        double start = ds_bench_now_s();
+        rc = ds_wan_encode_prompt(&model, &ctx, PROMPT, o.tokenizer, o.dtype, &out, &err);
+        double t = ds_bench_now_s() - start;
+        const ds_tensor *emb = ds_step_io_tensor(&out, "context");
+        if (rc == DS_OK && emb)
+            good = check_context(emb, &length);
+        ds_step_io_free(&out);
+        if (rc != DS_OK) {
+            code = report_failure(&o, "error", err.message, 1);
+            goto out;
+        }
+        if (r >= 0)
+            samples[r] = t;
+    }
+    double median = ds_bench_median(samples, (size_t)o.repeats);
+    print_head(&o, good ? "ok" : "bad_output");
+    printf(", \"prompt_tokens\": %lld, \"seq_len\": 512, \"warmup\": %d, \"repeats\": %d, "
+           "\"median_ms\": %.3f, \"min_ms\": %.3f, \"timing\": \"monotonic clock around one "
+           "ds_wan_encode_prompt (clean, tokenize, forward with the mask, zero past the prompt; "
+           "tokenizer cached)\"}\n",
+           length, o.warmup, o.repeats, median * 1e3, samples[0] * 1e3);
+    fflush(stdout);
+    code = good ? 0 : 1;
+out:
+    ds_bench_free_model(&model);
+    free(samples);
+    ds_backend_destroy(b);
+    return code;
+}
