@@ -1,7 +1,7 @@
 /* Convolutions on the CPU backend: conv2d and the VAE's causal conv3d, both as
  * im2col + cblas_sgemm over one shared description (a conv2d is a conv3d with one frame, KT 1
  * and no time padding). Built with oneDNN, the spatial kernels go to its direct convolution
- * instead (conv_onednn.c), which runs them at about 1.6× this path's speed; what it does not
+ * instead (conv_onednn.c), which runs them in about half this path's time; what it does not
  * take (f16, paddings it cannot express, copies too large) and 1×1×1 convs stay here.
  *
  * For each batch item, the flattened output positions P = T' * H' * W' are cut into chunks;

@@ -14,9 +14,16 @@
  * Primitives (the convolution and its reorders) are built once per problem shape, dtypes and
  * thread count and kept in a small process-wide LRU cache, as gemm_onednn.c keeps its GEMMs.
  * Scratchpads are the caller's (user scratchpad mode) so one cached entry can run on several
- * host threads at once. Threads: OpenMP's count is set to the backend's before every create
- * and execute, and oneDNN splits a forward convolution without reductions across threads, so
- * results do not depend on timing. */
+ * host threads at once.
+ *
+ * Threads: the output channels are cut into equal parts (whole blocks of 16), one per worker of
+ * our own pool, each part a single-threaded oneDNN convolution (OpenMP's count set to 1 on the
+ * thread that runs it), its weights' and its output's reorders included. Letting OpenMP split
+ * instead leaves its idle workers spinning for milliseconds after every primitive (libgomp's
+ * default wait policy), on the same few cores our pool's next elementwise op needs: on two
+ * cores that doubled a small decode's time. The split depends only on the sizes and the
+ * thread count, so results are deterministic for a given thread count. The input's reorder
+ * (memory-bound, a few percent of the work) runs on the calling thread. */
 #include "kernels/cpu/cpu_internal.h"
 
 #ifdef DS_HAVE_ONEDNN
@@ -52,6 +59,7 @@ enum { R_CACHE, R_X, R_W, R_Y, REORDERS };
 
 typedef struct cache_entry {
     conv_key key;
+    int64_t parts, cout_part; /* the output channels' split over the threads */
     dnnl_primitive_t conv;           /* NULL: free slot */
     dnnl_primitive_t reorder[REORDERS]; /* R_CACHE NULL without a cache */
     dnnl_memory_desc_t user[REORDERS];  /* cache, x, weight (strided), y as the caller holds them */
@@ -87,6 +95,16 @@ static int64_t zero_taps(const ds__conv_problem *p)
 {
     int64_t z = p->front - p->tc - (p->ot - 1) * p->st;
     return z < 0 ? 0 : z;
+}
+
+/* Parts of the output channels for `threads` workers: the most, at most one per worker, that
+ * cut Cout into equal whole blocks of 16 (so every part runs the same primitive); 1 if none. */
+static int64_t channel_parts(int64_t cout, int threads)
+{
+    for (int64_t n = threads; n > 1; n--)
+        if (cout % (16 * n) == 0)
+            return n;
+    return 1;
 }
 
 static conv_key make_key(const ds__conv_problem *p, int threads)
@@ -146,12 +164,16 @@ static int build(const ds__conv_problem *p, const conv_key *k, const char *op, c
                  ds_error *err)
 {
     int64_t z = zero_taps(p), kt = p->kt - z, tp = p->tc + p->t;
+    e->parts = channel_parts(p->cout, k->threads);
+    int64_t co = e->cout_part = p->cout / e->parts;
+    int64_t plane = p->ot * p->oh * p->ow;
     dnnl_dims_t src_d = {p->batch, p->cin, tp, p->h, p->w};
-    dnnl_dims_t wei_d = {p->cout, p->cin, kt, p->kh, p->kw};
+    dnnl_dims_t wei_d = {co, p->cin, kt, p->kh, p->kw};
     dnnl_dims_t wei_s = {p->cin * p->kt * p->kh * p->kw, p->kt * p->kh * p->kw, p->kh * p->kw,
                          p->kw, 1};
-    dnnl_dims_t dst_d = {p->batch, p->cout, p->ot, p->oh, p->ow};
-    dnnl_dims_t bias_d = {p->cout};
+    dnnl_dims_t dst_d = {p->batch, co, p->ot, p->oh, p->ow};
+    dnnl_dims_t y_s = {p->cout * plane, plane, p->oh * p->ow, p->ow, 1};
+    dnnl_dims_t bias_d = {co};
     dnnl_dims_t strides = {p->st, p->sh, p->sw};
     dnnl_dims_t pad_l = {p->front - p->tc - z, p->pad_top, p->pad_left};
     dnnl_dims_t pad_r = {(p->ot - 1) * p->st + kt - tp - pad_l[0],
@@ -201,8 +223,8 @@ static int build(const ds__conv_problem *p, const conv_key *k, const char *op, c
             (st = dnnl_memory_desc_init_by_strides(&e->user[R_W], 5, wei_d,
                                                    dnnl_type(p->weight->dtype), wei_s)) ==
                 dnnl_success)
-            st = dnnl_memory_desc_init_by_tag(&e->user[R_Y], 5, dst_d, dnnl_type(p->y->dtype),
-                                              dnnl_abcde);
+            st = dnnl_memory_desc_init_by_strides(&e->user[R_Y], 5, dst_d,
+                                                  dnnl_type(p->y->dtype), y_s);
         if (st == dnnl_success && p->tc) {
             st = dnnl_memory_desc_init_by_tag(&e->user[R_CACHE], 5, c_d,
                                               dnnl_type(p->cache_dtype), dnnl_abcde);
@@ -322,6 +344,85 @@ static void *aligned_buffer(size_t bytes)
     return posix_memalign(&ptr, ALIGN, bytes ? bytes : ALIGN) == 0 ? ptr : NULL;
 }
 
+typedef struct part_ctx {
+    const ds__conv_problem *p;
+    const cache_entry *e;
+    dnnl_memory_t src;     /* the blocked input, shared */
+    const float *bias;     /* [Cout] f32 */
+    dnnl_status_t *status; /* [parts] */
+    const char **what;     /* [parts] */
+} part_ctx;
+
+/* Output channels [i * cout_part, (i + 1) * cout_part) for each part i in [begin, end): the
+ * weights' slice into blocked form, the convolution, the result into y's channels. */
+static void part_range(void *vctx, int64_t begin, int64_t end)
+{
+    const part_ctx *c = vctx;
+    const ds__conv_problem *p = c->p;
+    const cache_entry *e = c->e;
+    omp_set_num_threads(1);
+    size_t wei_bytes = dnnl_memory_desc_get_size(&e->wei);
+    size_t dst_bytes = dnnl_memory_desc_get_size(&e->dst);
+    int64_t z = zero_taps(p), per_co = p->cin * p->kt * p->kh * p->kw;
+    int64_t plane = p->ot * p->oh * p->ow;
+    size_t wes = ds_dtype_size(p->weight->dtype), yes = ds_dtype_size(p->y->dtype);
+    for (int64_t i = begin; i < end; i++) {
+        int64_t co0 = i * e->cout_part;
+        dnnl_status_t st = dnnl_out_of_memory;
+        const char *what = "part buffers";
+        char *wei = aligned_buffer(wei_bytes), *dst = aligned_buffer(dst_bytes),
+             *scratch = aligned_buffer(e->scratch_bytes);
+        dnnl_memory_t m_wei = NULL, m_dst = NULL, m_bias = NULL, m_scratch = NULL,
+                      m_uw = NULL, m_uy = NULL;
+        dnnl_stream_t stream = NULL;
+        dnnl_memory_desc_t scratch_md;
+        dnnl_dims_t scratch_d = {(int64_t)(e->scratch_bytes ? e->scratch_bytes : 1)};
+        if (!wei || !dst || !scratch)
+            goto part_done;
+        what = "memory";
+        if ((st = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) ||
+            (st = dnnl_memory_create(&m_wei, &e->wei, engine, wei)) ||
+            (st = dnnl_memory_create(&m_dst, &e->dst, engine, dst)) ||
+            (st = dnnl_memory_create(&m_bias, &e->bias, engine, (void *)(c->bias + co0))) ||
+            (st = dnnl_memory_create(&m_uw, &e->user[R_W], engine,
+                                     (char *)p->weight->data +
+                                         (size_t)(co0 * per_co + z * p->kh * p->kw) * wes)) ||
+            (st = dnnl_memory_create(&m_uy, &e->user[R_Y], engine,
+                                     (char *)p->y->data + (size_t)(co0 * plane) * yes)) ||
+            (st = dnnl_memory_desc_init_by_tag(&scratch_md, 1, scratch_d, dnnl_u8, dnnl_a)) ||
+            (st = dnnl_memory_create(&m_scratch, &scratch_md, engine, scratch)))
+            goto part_done;
+        dnnl_exec_arg_t aw[3] = {{DNNL_ARG_FROM, m_uw}, {DNNL_ARG_TO, m_wei},
+                                 {DNNL_ARG_SCRATCHPAD, m_scratch}};
+        dnnl_exec_arg_t ac[5] = {{DNNL_ARG_SRC, c->src}, {DNNL_ARG_WEIGHTS, m_wei},
+                                 {DNNL_ARG_BIAS, m_bias}, {DNNL_ARG_DST, m_dst},
+                                 {DNNL_ARG_SCRATCHPAD, m_scratch}};
+        dnnl_exec_arg_t ay[3] = {{DNNL_ARG_FROM, m_dst}, {DNNL_ARG_TO, m_uy},
+                                 {DNNL_ARG_SCRATCHPAD, m_scratch}};
+        what = "weights' reorder";
+        if ((st = dnnl_primitive_execute(e->reorder[R_W], stream, 3, aw)))
+            goto part_done;
+        what = "convolution";
+        if ((st = dnnl_primitive_execute(e->conv, stream, 5, ac)))
+            goto part_done;
+        what = "output's reorder";
+        if ((st = dnnl_primitive_execute(e->reorder[R_Y], stream, 3, ay)) == dnnl_success)
+            st = dnnl_stream_wait(stream);
+    part_done:;
+        dnnl_memory_t mems[] = {m_wei, m_dst, m_bias, m_scratch, m_uw, m_uy};
+        for (size_t j = 0; j < sizeof mems / sizeof mems[0]; j++)
+            if (mems[j])
+                dnnl_memory_destroy(mems[j]);
+        if (stream)
+            dnnl_stream_destroy(stream);
+        free(wei);
+        free(dst);
+        free(scratch);
+        c->status[i] = st;
+        c->what[i] = what;
+    }
+}
+
 int ds__onednn_conv(ds_backend *b, const ds__conv_problem *p, const char *op, ds_error *err)
 {
     pthread_once(&engine_once, engine_create);
@@ -329,7 +430,8 @@ int ds__onednn_conv(ds_backend *b, const ds__conv_problem *p, const char *op, ds
         return ds_error_set(err, DS_ERR_INTERNAL, "%s (oneDNN): cannot create the CPU engine "
                             "(status %d)", op, (int)engine_status);
     conv_key k = make_key(p, ds__cpu_threads(b));
-    omp_set_num_threads(k.threads);
+    /* Every primitive is built for, and run on, one OpenMP thread (see the top). */
+    omp_set_num_threads(1);
     cache_entry *e = NULL;
     int cached = 0;
     int rc = acquire(p, &k, op, &e, &cached, err);
@@ -337,20 +439,18 @@ int ds__onednn_conv(ds_backend *b, const ds__conv_problem *p, const char *op, ds
         return rc;
 
     size_t src_bytes = dnnl_memory_desc_get_size(&e->src);
-    size_t wei_bytes = dnnl_memory_desc_get_size(&e->wei);
-    size_t dst_bytes = dnnl_memory_desc_get_size(&e->dst);
-    float *src = aligned_buffer(src_bytes), *wei = aligned_buffer(wei_bytes),
-          *dst = aligned_buffer(dst_bytes), *bias = aligned_buffer((size_t)p->cout * sizeof *bias);
+    float *src = aligned_buffer(src_bytes), *bias = aligned_buffer((size_t)p->cout * sizeof *bias);
     void *scratch = aligned_buffer(e->scratch_bytes);
-    dnnl_memory_t m_src = NULL, m_wei = NULL, m_dst = NULL, m_bias = NULL, m_scratch = NULL,
-                  m_user[REORDERS] = {NULL, NULL, NULL, NULL}, m_sub[2] = {NULL, NULL};
+    dnnl_status_t *status = calloc((size_t)e->parts, sizeof *status);
+    const char **whats = calloc((size_t)e->parts, sizeof *whats);
+    dnnl_memory_t m_src = NULL, m_scratch = NULL, m_user[2] = {NULL, NULL},
+                  m_sub[2] = {NULL, NULL};
     dnnl_stream_t stream = NULL;
     dnnl_status_t st = dnnl_success;
     const char *what = "memory";
-    if (!src || !wei || !dst || !bias || !scratch) {
+    if (!src || !bias || !scratch || !status || !whats) {
         rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s (oneDNN): out of memory for the "
-                          "blocked copies (%zu bytes)", op,
-                          src_bytes + wei_bytes + dst_bytes + e->scratch_bytes);
+                          "blocked input (%zu bytes)", op, src_bytes + e->scratch_bytes);
         goto done;
     }
     /* Channels padded up to the block hold zeros that the kernel reads; reorders into a
@@ -361,62 +461,42 @@ int ds__onednn_conv(ds_backend *b, const ds__conv_problem *p, const char *op, ds
         ds_convert_to_f32(p->bias->data, p->bias->dtype, (size_t)p->cout, bias);
     else
         memset(bias, 0, (size_t)p->cout * sizeof *bias);
-    int64_t z = zero_taps(p);
-    void *user_ptr[REORDERS] = {
-        (void *)p->cache, (void *)p->x,
-        (char *)p->weight->data + (size_t)(z * p->kh * p->kw) * ds_dtype_size(p->weight->dtype),
-        p->y->data};
-    if ((st = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) ||
-        (st = dnnl_memory_create(&m_src, &e->src, engine, src)) ||
-        (st = dnnl_memory_create(&m_wei, &e->wei, engine, wei)) ||
-        (st = dnnl_memory_create(&m_dst, &e->dst, engine, dst)) ||
-        (st = dnnl_memory_create(&m_bias, &e->bias, engine, bias)) ||
-        (st = dnnl_memory_create(&m_sub[1], &e->sub[1], engine, src)))
-        goto failed;
-    for (int i = p->tc ? R_CACHE : R_X; i < REORDERS; i++)
-        if ((st = dnnl_memory_create(&m_user[i], &e->user[i], engine, user_ptr[i])))
-            goto failed;
-    if (p->tc && (st = dnnl_memory_create(&m_sub[0], &e->sub[0], engine, src)))
-        goto failed;
-    /* One scratchpad of the largest size among the convolution and its reorders. */
     dnnl_memory_desc_t scratch_md;
     dnnl_dims_t scratch_d = {(int64_t)(e->scratch_bytes ? e->scratch_bytes : 1)};
-    if ((st = dnnl_memory_desc_init_by_tag(&scratch_md, 1, scratch_d, dnnl_u8, dnnl_a)) ||
+    if ((st = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags)) ||
+        (st = dnnl_memory_create(&m_src, &e->src, engine, src)) ||
+        (st = dnnl_memory_create(&m_sub[1], &e->sub[1], engine, src)) ||
+        (st = dnnl_memory_create(&m_user[1], &e->user[R_X], engine, (void *)p->x)) ||
+        (st = dnnl_memory_desc_init_by_tag(&scratch_md, 1, scratch_d, dnnl_u8, dnnl_a)) ||
         (st = dnnl_memory_create(&m_scratch, &scratch_md, engine, scratch)))
         goto failed;
-    what = "reorder";
-    if (p->tc) {
-        dnnl_exec_arg_t a[3] = {{DNNL_ARG_FROM, m_user[R_CACHE]}, {DNNL_ARG_TO, m_sub[0]},
+    if (p->tc && ((st = dnnl_memory_create(&m_sub[0], &e->sub[0], engine, src)) ||
+                  (st = dnnl_memory_create(&m_user[0], &e->user[R_CACHE], engine,
+                                           (void *)p->cache))))
+        goto failed;
+    what = "input's reorder";
+    for (int i = p->tc ? 0 : 1; i < 2; i++) {
+        dnnl_exec_arg_t a[3] = {{DNNL_ARG_FROM, m_user[i]}, {DNNL_ARG_TO, m_sub[i]},
                                 {DNNL_ARG_SCRATCHPAD, m_scratch}};
-        if ((st = dnnl_primitive_execute(e->reorder[R_CACHE], stream, 3, a)))
+        if ((st = dnnl_primitive_execute(e->reorder[i ? R_X : R_CACHE], stream, 3, a)))
             goto failed;
     }
-    dnnl_exec_arg_t ax[3] = {{DNNL_ARG_FROM, m_user[R_X]}, {DNNL_ARG_TO, m_sub[1]},
-                             {DNNL_ARG_SCRATCHPAD, m_scratch}};
-    dnnl_exec_arg_t aw[3] = {{DNNL_ARG_FROM, m_user[R_W]}, {DNNL_ARG_TO, m_wei},
-                             {DNNL_ARG_SCRATCHPAD, m_scratch}};
-    if ((st = dnnl_primitive_execute(e->reorder[R_X], stream, 3, ax)) ||
-        (st = dnnl_primitive_execute(e->reorder[R_W], stream, 3, aw)))
+    if ((st = dnnl_stream_wait(stream)))
         goto failed;
-    what = "convolution";
-    dnnl_exec_arg_t ac[5] = {{DNNL_ARG_SRC, m_src}, {DNNL_ARG_WEIGHTS, m_wei},
-                             {DNNL_ARG_BIAS, m_bias}, {DNNL_ARG_DST, m_dst},
-                             {DNNL_ARG_SCRATCHPAD, m_scratch}};
-    if ((st = dnnl_primitive_execute(e->conv, stream, 5, ac)))
-        goto failed;
-    what = "reorder";
-    dnnl_exec_arg_t ay[3] = {{DNNL_ARG_FROM, m_dst}, {DNNL_ARG_TO, m_user[R_Y]},
-                             {DNNL_ARG_SCRATCHPAD, m_scratch}};
-    if ((st = dnnl_primitive_execute(e->reorder[R_Y], stream, 3, ay)) ||
-        (st = dnnl_stream_wait(stream)))
-        goto failed;
+    part_ctx pc = {p, e, m_src, bias, status, whats};
+    ds__cpu_parallel_for(b, e->parts, 1, part_range, &pc);
+    for (int64_t i = 0; i < e->parts; i++)
+        if (status[i] != dnnl_success) {
+            st = status[i];
+            what = whats[i];
+            goto failed;
+        }
     goto done;
 failed:
     rc = dnnl_fail(err, op, what, st, p);
 done:
     {
-        dnnl_memory_t mems[] = {m_src, m_wei, m_dst, m_bias, m_scratch, m_sub[0], m_sub[1],
-                                m_user[0], m_user[1], m_user[2], m_user[3]};
+        dnnl_memory_t mems[] = {m_src, m_scratch, m_sub[0], m_sub[1], m_user[0], m_user[1]};
         for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++)
             if (mems[i])
                 dnnl_memory_destroy(mems[i]);
@@ -424,10 +504,10 @@ done:
     if (stream)
         dnnl_stream_destroy(stream);
     free(src);
-    free(wei);
-    free(dst);
     free(bias);
     free(scratch);
+    free(status);
+    free(whats);
     release(e, cached);
     return rc;
 }
