@@ -17,6 +17,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/common/bench_util.h"
+#include "kernels/cpu/gemm_info.h"
 #include "kernels/ops.h"
 #include "models/wan_video_vae.h"
 #include "tools/golden_model.h"
@@ -89,9 +91,14 @@ int main(int argc, char **argv)
         times[i] = now_s() - start;
     }
     qsort(times, (size_t)repeats, sizeof *times, compare_double);
+    /* The convolutions run on oneDNN where this names it (kernels/cpu/conv.c), else on
+     * im2col + OpenBLAS. */
+    char gemm[256];
     printf("{\"side\": \"ours\", \"threads\": %d, \"frames\": %lld, \"size\": %lld, "
-           "\"repeats\": %d, \"median_s\": %.3f}\n",
+           "\"repeats\": %d, \"median_s\": %.3f, \"gemm_path\": ",
            threads, (long long)vs[2], (long long)size, repeats, times[repeats / 2]);
+    ds_bench_print_json_string(ds_cpu_gemm_info(gemm, sizeof gemm));
+    printf("}\n");
     free(times);
     ds_golden_model_free(&model);
     ds_tensor_free(&latents);
