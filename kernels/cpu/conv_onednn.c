@@ -37,7 +37,7 @@
 #include "core/float_convert.h"
 
 #if DNNL_CPU_THREADING_RUNTIME != DNNL_RUNTIME_OMP
-#error "the oneDNN convolution path sets OpenMP's thread count; this libdnnl uses another CPU runtime"
+#error "the oneDNN convolution path sets OpenMP's thread count; this libdnnl uses another runtime"
 #endif
 
 /* A Wan decode has a few dozen distinct convolutions (each width at 1, 2 and 4 frames, with
@@ -126,7 +126,8 @@ static conv_key make_key(const ds__conv_problem *p, int threads)
 static int dnnl_fail(ds_error *err, const char *op, const char *what, dnnl_status_t st,
                      const ds__conv_problem *p)
 {
-    return ds_error_set(err, DS_ERR_INTERNAL, "%s (oneDNN): %s failed (status %d) for x [%lld, "
+    ds_status code = st == dnnl_out_of_memory ? DS_ERR_RESOURCE_EXHAUSTED : DS_ERR_INTERNAL;
+    return ds_error_set(err, code, "%s (oneDNN): %s failed (status %d) for x [%lld, "
                         "%lld, %lld, %lld, %lld], weight [%lld, %lld, %lld, %lld, %lld]", op,
                         what, (int)st, (long long)p->batch, (long long)p->cin, (long long)p->t,
                         (long long)p->h, (long long)p->w, (long long)p->cout, (long long)p->cin,
@@ -141,7 +142,8 @@ static dnnl_status_t make_reorder(dnnl_primitive_t *out, const dnnl_memory_desc_
     dnnl_status_t st = dnnl_reorder_primitive_desc_create(&pd, from, engine, to, engine, attr);
     if (st != dnnl_success)
         return st;
-    size_t bytes = dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0));
+    size_t bytes =
+        dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0));
     if (bytes > *scratch)
         *scratch = bytes;
     st = dnnl_primitive_create(out, pd);
@@ -205,8 +207,9 @@ static int build(const ds__conv_problem *p, const conv_key *k, const char *op, c
         e->src = *dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
         e->wei = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         e->dst = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
-        e->scratch_bytes =
-            dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0));
+        const dnnl_memory_desc_t *scratch_md =
+            dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+        e->scratch_bytes = dnnl_memory_desc_get_size(scratch_md);
         what = "convolution primitive";
         st = dnnl_primitive_create(&e->conv, pd);
         dnnl_primitive_desc_destroy(pd);
@@ -369,7 +372,7 @@ static void part_range(void *vctx, int64_t begin, int64_t end)
     for (int64_t i = begin; i < end; i++) {
         int64_t co0 = i * e->cout_part;
         dnnl_status_t st = dnnl_out_of_memory;
-        const char *what = "part buffers";
+        const char *what = "allocating the weights', output's and scratch copies";
         char *wei = aligned_buffer(wei_bytes), *dst = aligned_buffer(dst_bytes),
              *scratch = aligned_buffer(e->scratch_bytes);
         dnnl_memory_t m_wei = NULL, m_dst = NULL, m_bias = NULL, m_scratch = NULL,
