@@ -323,6 +323,8 @@ static void release(cache_entry *e, int cached)
 
 int ds__onednn_conv_supported(const ds__conv_problem *p)
 {
+    if (p->cin == 0)
+        return 0; /* conv.c writes the bias alone */
     /* f16 has no CPU reorders in every oneDNN 2.x build: conv.c runs it. */
     ds_dtype ts[4] = {p->x_dtype, p->tc ? p->cache_dtype : DS_F32, p->weight->dtype, p->y->dtype};
     for (int i = 0; i < 4; i++)
