@@ -24,5 +24,5 @@ import json, sys
 o, u = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"Wan2.1 VAE decode, {o['frames']} frames {o['size']}x{o['size']}, f32, "
       f"{o['threads']} threads: ours {o['median_s']:.2f} s, upstream {u['median_s']:.2f} s, "
-      f"ratio {o['median_s'] / u['median_s']:.2f}")
+      f"ratio {o['median_s'] / u['median_s']:.2f} ({o.get('gemm', 'gemm path not printed')})")
 PY

@@ -1,6 +1,8 @@
 /* Convolutions on the CPU backend: conv2d and the VAE's causal conv3d, both as
  * im2col + cblas_sgemm over one shared description (a conv2d is a conv3d with one frame, KT 1
- * and no time padding).
+ * and no time padding). Built with oneDNN, the spatial kernels go to its direct convolution
+ * instead (conv_onednn.c), which runs them in about half this path's time; what it does not
+ * take (f16, paddings it cannot express, copies too large) and 1×1×1 convs stay here.
  *
  * For each batch item, the flattened output positions P = T' * H' * W' are cut into chunks;
  * a chunk's columns col[K, n] (K = KT * Cin * KH * KW) are built in parallel over K, then
@@ -34,22 +36,7 @@
 /* Fewer columns than this make the GEMM inefficient; only reached when K alone is huge. */
 #define MIN_CHUNK_COLS 16
 
-typedef struct conv_problem {
-    int64_t batch, cin, cout;
-    int64_t t, h, w;       /* x's frames and spatial size */
-    int64_t kt, kh, kw;
-    int64_t st, sh, sw;
-    int64_t front;         /* frames in front of x: zeros, then the cache's tc frames */
-    int64_t pad_top, pad_left;
-    int64_t ot, oh, ow;
-    const void *x;
-    ds_dtype x_dtype;
-    const void *cache;     /* [B, Cin, tc, H, W] or NULL */
-    ds_dtype cache_dtype;
-    int64_t tc;
-    const ds_tensor *weight, *bias;
-    const ds_tensor *y;
-} conv_problem;
+typedef ds__conv_problem conv_problem;
 
 /* ceil(a / b) for b > 0 and any sign of a. */
 static int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
@@ -221,12 +208,29 @@ static void weight_range(void *vctx, int64_t begin, int64_t end)
             }
 }
 
+#ifdef DS_HAVE_ONEDNN
+/* oneDNN's direct convolution beats im2col + sgemm on the VAEs' spatial kernels (measured over
+ * whole Wan and Qwen-Image decodes, 1 and 2 threads); a 1×1×1 conv without padding or stride
+ * is a plain GEMM on x itself, no columns to build. */
+static int conv_via_onednn(const conv_problem *p)
+{
+    if (p->kt * p->kh * p->kw == 1 && p->front == 0 && p->pad_top == 0 && p->pad_left == 0 &&
+        p->st == 1 && p->sh == 1 && p->sw == 1)
+        return 0;
+    return ds__onednn_conv_supported(p);
+}
+#endif
+
 static int run_conv(ds_backend *b, const conv_problem *p, const char *op, ds_error *err)
 {
     int64_t K = p->cin * p->kt * p->kh * p->kw;
     int64_t positions = p->ot * p->oh * p->ow;
     if (p->batch == 0 || p->cout == 0 || positions == 0)
         return DS_OK;
+#ifdef DS_HAVE_ONEDNN
+    if (conv_via_onednn(p))
+        return ds__onednn_conv(b, p, op, err);
+#endif
     int direct = p->kt == 1 && p->kh == 1 && p->kw == 1 && p->st == 1 && p->sh == 1 &&
                  p->sw == 1 && p->front == 0 && p->pad_top == 0 && p->pad_left == 0 &&
                  p->oh == p->h && p->ow == p->w;

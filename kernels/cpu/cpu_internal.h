@@ -57,6 +57,30 @@ void ds__onednn_describe(char *buf, size_t size);
 typedef enum ds__bf16_rate { DS__BF16_NONE, DS__BF16_AS_F32, DS__BF16_FAST } ds__bf16_rate;
 ds__bf16_rate ds__onednn_bf16_rate(void);
 
+/* One convolution as conv.c describes it to its two engines: a conv3d over x's t frames behind
+ * `front` frames of time padding (zeros, then the last tc of which are the cache's frames), a
+ * conv2d as one frame with kt 1 and front 0. */
+typedef struct ds__conv_problem {
+    int64_t batch, cin, cout;
+    int64_t t, h, w;       /* x's frames and spatial size */
+    int64_t kt, kh, kw;
+    int64_t st, sh, sw;
+    int64_t front;         /* frames in front of x: zeros, then the cache's tc frames */
+    int64_t pad_top, pad_left;
+    int64_t ot, oh, ow;
+    const void *x;
+    ds_dtype x_dtype;
+    const void *cache;     /* [B, Cin, tc, H, W] or NULL */
+    ds_dtype cache_dtype;
+    int64_t tc;
+    const ds_tensor *weight, *bias;
+    const ds_tensor *y;
+} ds__conv_problem;
+/* Whether oneDNN's convolution takes p (dtypes, padding it expresses, memory bound), and the
+ * convolution itself (conv_onednn.c, built with DS_HAVE_ONEDNN); `op` names it in errors. */
+int ds__onednn_conv_supported(const ds__conv_problem *p);
+int ds__onednn_conv(ds_backend *b, const ds__conv_problem *p, const char *op, ds_error *err);
+
 int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_error *err);
 int ds__cpu_batched_matmul(ds_backend *b, ds_stream *s, const ds_batched_matmul_args *a, ds_error *err);
 int ds__cpu_attention(ds_backend *b, ds_stream *s, const ds_attention_args *a, ds_error *err);

@@ -339,6 +339,28 @@ static void test_conv3d_chunked(void)
     run_conv3d(&b);
 }
 
+/* Widths like the VAEs' (multiples of 16, where the CPU backend's oneDNN path cuts the output
+ * channels into one part per thread), and one that is not (its channel blocks padded): with a
+ * cache, an image, the temporal stride-2 downsampler, a strided conv2d. */
+static void test_conv_wide_channels(void)
+{
+    conv3d_case cached = {1, 32, 2, 6, 5, 64, 3, 3, 3, 2, 1, 1, {1, 1, 1}, 1, DS_F32, DS_F32,
+                          DS_F32, DS_F32};
+    run_conv3d(&cached);
+    conv3d_case image = {2, 48, 1, 5, 7, 96, 3, 3, 3, 0, 1, 1, {1, 1, 1}, 1, DS_BF16, DS_BF16,
+                         DS_BF16, DS_BF16};
+    run_conv3d(&image);
+    conv3d_case padded = {1, 20, 3, 4, 6, 32, 3, 3, 3, 1, 1, 1, {1, 1, 1}, 0, DS_F32, DS_BF16,
+                          DS_F32, DS_BF16};
+    run_conv3d(&padded);
+    conv3d_case down = {1, 32, 3, 4, 4, 32, 3, 1, 1, 2, 0, 0, {2, 1, 1}, 1, DS_F32, DS_F32,
+                        DS_F32, DS_F32};
+    run_conv3d(&down);
+    conv2d_case strided = {3, 32, 9, 8, 64, 3, 3, {0, 1, 0, 1}, {2, 2}, 1, DS_F32, DS_F32,
+                           DS_F32};
+    run_conv2d(&strided);
+}
+
 /* Facts §7.2: with T = 1 and no cache, a 3×3×3 causal conv equals a 3×3 conv2d with the last
  * temporal slice of the weight, weight[:, :, 2]. Both ops run here on the same data and are
  * compared with each other and with a conv2d reference built from that slice alone. */
@@ -405,6 +427,7 @@ int main(int argc, char **argv)
     RUN(test_conv3d_cache);
     RUN(test_conv3d_strides);
     RUN(test_conv3d_chunked);
+    RUN(test_conv_wide_channels);
     RUN(test_conv3d_image_is_conv2d);
     kt_finish();
     return test_summary();
