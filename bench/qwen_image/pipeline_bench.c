@@ -36,12 +36,12 @@
  * Exit status: 0 measured, 77 backend unavailable, 1 any other error; every outcome prints its
  * JSON line. */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/common/alloc_tracker.h"
 #include "bench/common/bench_model.h"
 #include "bench/common/bench_util.h"
 #include "core/dtype.h"
@@ -97,84 +97,6 @@ static int report_failure(const options *o, const char *status, const char *mess
 {
     print_head(o, status);
     return ds_bench_end_with_message(message, code);
-}
-
-/* ---- allocation tracking: the backend's alloc/free slots, interposed ---- */
-
-typedef struct alloc_tracker {
-    int (*alloc)(ds_backend *b, size_t bytes, void **ptr, ds_error *err); /* the backend's own */
-    void (*free)(ds_backend *b, void *ptr);
-    pthread_mutex_t lock;
-    void **ptrs;    /* live allocations, unordered */
-    size_t *sizes;
-    size_t count, capacity;
-    size_t live, peak;
-    int lost;       /* the table could not grow: sizes of later frees unknown, peak a floor */
-} alloc_tracker;
-
-static alloc_tracker tracker = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static int tracked_alloc(ds_backend *b, size_t bytes, void **ptr, ds_error *err)
-{
-    int rc = tracker.alloc(b, bytes, ptr, err);
-    if (rc != DS_OK)
-        return rc;
-    pthread_mutex_lock(&tracker.lock);
-    if (tracker.count == tracker.capacity) {
-        size_t cap = tracker.capacity ? 2 * tracker.capacity : 256;
-        void **p = realloc(tracker.ptrs, cap * sizeof *p);
-        if (p)
-            tracker.ptrs = p;
-        size_t *s = p ? realloc(tracker.sizes, cap * sizeof *s) : NULL;
-        if (s) {
-            tracker.sizes = s;
-            tracker.capacity = cap;
-        }
-    }
-    if (tracker.count < tracker.capacity) {
-        tracker.ptrs[tracker.count] = *ptr;
-        tracker.sizes[tracker.count++] = bytes;
-        tracker.live += bytes;
-        if (tracker.live > tracker.peak)
-            tracker.peak = tracker.live;
-    } else {
-        tracker.lost = 1;
-    }
-    pthread_mutex_unlock(&tracker.lock);
-    return DS_OK;
-}
-
-static void tracked_free(ds_backend *b, void *ptr)
-{
-    pthread_mutex_lock(&tracker.lock);
-    /* From the newest: activations are mostly freed in reverse order of allocation. */
-    for (size_t i = tracker.count; i-- > 0;)
-        if (tracker.ptrs[i] == ptr) {
-            tracker.live -= tracker.sizes[i];
-            tracker.ptrs[i] = tracker.ptrs[--tracker.count];
-            tracker.sizes[i] = tracker.sizes[tracker.count];
-            break;
-        }
-    pthread_mutex_unlock(&tracker.lock);
-    tracker.free(b, ptr);
-}
-
-static void track_allocations(ds_backend *b)
-{
-    tracker.alloc = b->alloc;
-    tracker.free = b->free;
-    b->alloc = tracked_alloc;
-    b->free = tracked_free;
-}
-
-static void untrack_allocations(ds_backend *b)
-{
-    if (tracker.alloc) {
-        b->alloc = tracker.alloc;
-        b->free = tracker.free;
-    }
-    free(tracker.ptrs);
-    free(tracker.sizes);
 }
 
 /* ---- models ---- */
@@ -283,7 +205,7 @@ int main(int argc, char **argv)
         return report_failure(&o, "unavailable", err.message, 77);
     if (rc != DS_OK)
         return report_failure(&o, "error", err.message, 1);
-    track_allocations(b);
+    ds_bench_track_allocations(b);
 
     int code = 1;
     char kwargs[64];
@@ -333,15 +255,16 @@ int main(int argc, char **argv)
     }
     qsort(samples, (size_t)o.repeats, sizeof *samples, compare_sample);
     const sample *median = &samples[o.repeats / 2];
+    int lost = 0;
+    size_t alloc_peak = ds_bench_alloc_peak(&lost);
     print_head(&o, finite ? "ok" : "bad_output");
     printf(", \"warmup\": %d, \"repeats\": %d, \"median_ms\": %.3f, \"min_ms\": %.3f, "
            "\"encode_ms\": %.3f, \"denoise_ms\": %.3f, \"decode_ms\": %.3f, "
            "\"weight_bytes\": %llu, \"alloc_peak_bytes\": %zu%s",
            o.warmup, o.repeats, median->total * 1e3, samples[0].total * 1e3,
            median->encode * 1e3, median->denoise * 1e3, median->decode * 1e3,
-           (unsigned long long)weight_bytes, tracker.peak,
-           tracker.lost ? ", \"alloc_peak_note\": \"a lower bound (the table could not grow)\""
-                        : "");
+           (unsigned long long)weight_bytes, alloc_peak,
+           lost ? ", \"alloc_peak_note\": \"a lower bound (the table could not grow)\"" : "");
     if (mgr) {
         ds_vram_stats st;
         ds_vram_stats_get(mgr, &st);
@@ -361,7 +284,7 @@ out:
     ds_bench_free_model(&dit);
     ds_bench_free_model(&vae);
     free(samples);
-    untrack_allocations(b);
+    ds_bench_untrack_allocations(b);
     ds_backend_destroy(b);
     return code;
 }

@@ -192,7 +192,6 @@ int main(int argc, char **argv)
         code = report_failure(&o, "error", samples ? err.message : "out of memory", 1);
         goto out;
     }
-    model.extra_kwargs_json = kwargs;
     fprintf(stderr, "wan_dit_bench: %d layers built in %.1f s\n", o.layers,
             ds_bench_now_s() - build_start);
     if (measure(&o, b, cpu, &model, samples, &finite, &err) != DS_OK) {
@@ -209,7 +208,6 @@ int main(int argc, char **argv)
         fflush(stdout);
         code = finite ? 0 : 1;
     }
-    model.extra_kwargs_json = NULL;
     ds_bench_free_model(&model);
 out:
     free(samples);
