@@ -7,8 +7,9 @@
  * units 1..steps are the denoising steps (a positive and, when cfg_scale != 1, a negative DiT
  * call, the CFG combination and a scheduler step each), and the units after them decode the
  * latents with the VAE, one unit per spatial tile (tiled as upstream's defaults) or one unit
- * untiled, the last converting them to RGB8 frames as vae_output_to_video does. Between units nothing runs and nothing is borrowed from the caller but
- * the models, so the daemon interleaves other jobs at unit boundaries and cancels there.
+ * untiled, the last converting them to RGB8 frames as vae_output_to_video does. Between units
+ * nothing runs and nothing is borrowed from the caller but the models, so the daemon interleaves
+ * other jobs at unit boundaries and cancels there.
  *
  * Numbers follow upstream: noise from PyTorch's CPU generator drawn in float32 and cast to the
  * compute dtype (BasePipeline.generate_noise); FlowMatch "Wan" sigmas with sigma_shift
