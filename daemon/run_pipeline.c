@@ -77,6 +77,7 @@ typedef struct pipeline_job {
     double turn_started_s;
     double repeated_turns_s;
     unsigned repeated_turns;
+    double final_turns_s; /* the last phase's turns so far (a tiled decode takes several) */
     ds_admission_ticket admitted; /* the run's memory, reserved until the reply */
 } pipeline_job;
 
@@ -376,7 +377,8 @@ static void pipeline_progress(void *user, const char *phase, uint64_t done, uint
         eta = mean * (double)(total - done) + final_estimate(pj, mean);
     } else if (strcmp(phase, last) == 0) {
         double mean = pj->repeated_turns ? pj->repeated_turns_s / pj->repeated_turns : in_turn;
-        eta = done >= total ? 0.0 : fmax(final_estimate(pj, mean) - in_turn, 0.0);
+        eta = done >= total ? 0.0
+                            : fmax(final_estimate(pj, mean) - pj->final_turns_s - in_turn, 0.0);
     } else if (strcmp(phase, first) != 0) {
         /* Phases inside a unit (a model's own blocks) keep the scheduler's pace estimate. */
         ds_job_report(&pj->job, phase, done, total, NULL);
@@ -537,11 +539,14 @@ static int pipeline_run(ds_job *job)
         return job->error.code;
     if (rc < 0)
         return rc;
-    if (done > 0 && done + 1 < total) {
+    uint64_t final_units = def->final_units ? def->final_units(pj->run) : 1;
+    if (done > 0 && done + final_units < total) {
         pj->repeated_turns_s += took;
         pj->repeated_turns++;
-    } else if (done + 1 == total) {
-        atomic_store(&final_s_per_pixel, took / def->output_pixels(pj->run));
+    } else if (done > 0) {
+        pj->final_turns_s += took;
+        if (done + 1 == total)
+            atomic_store(&final_s_per_pixel, pj->final_turns_s / def->output_pixels(pj->run));
     }
     if (rc > 0)
         return DS_JOB_YIELD;

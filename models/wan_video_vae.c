@@ -1025,106 +1025,147 @@ static void copy_window(const ds_tensor *in, int64_t b, int64_t h0, int64_t w0,
 }
 
 /* Upstream's tasks: tile origins every stride, those whose previous tile already reaches the
- * end left out. */
+ * end left out; into starts unless NULL (counted only). */
 static int64_t tile_starts(int64_t length, int64_t size, int64_t stride, int64_t *starts)
 {
     int64_t n = 0;
     for (int64_t p = 0; p < length; p += stride)
-        if (!(p - stride >= 0 && p - stride + size >= length))
-            starts[n++] = p;
+        if (!(p - stride >= 0 && p - stride + size >= length)) {
+            if (starts)
+                starts[n] = p;
+            n++;
+        }
     return n;
 }
 
-/* Tiled decode (sizes in latent units, the output blended in pixels) or encode (sizes given in
- * latent units, scaled to pixels as WanVideoVAE.encode scales them), batch element by batch
- * element: each tile through VideoVAE_.decode / .encode, weighted by its mask into values and
- * weight, then values / weight (and the clamp after decoding). */
-static int tiled_forward(wan_run *r, int decode, const ds_wan_video_vae_tiling *tiling,
-                         const ds_tensor *in, ds_tensor *out, ds_error *err)
+/* Where the tiles of one tiled decode or encode lie (sizes in latent units when decoding, in
+ * pixels when encoding, as WanVideoVAE.encode scales them) and the blend buffers of the batch
+ * element in progress: what persists from one tile to the next. */
+typedef struct tile_plan {
+    int decode;
+    int64_t f, size_h, size_w, border_h, border_w;
+    int64_t H, W, OW, plane, per_batch; /* input height / width, output width and planes */
+    int64_t nh, nw, count;              /* tiles per batch element: nh x nw; count in all */
+    int64_t *hs, *ws;                   /* tile origins */
+    float *values, *weight, *mh, *mw;   /* sum of tile * mask, sum of masks; one tile's masks */
+} tile_plan;
+
+static void plan_free(tile_plan *t)
 {
-    const int64_t f = 8 * r->v->var->patch;
+    free(t->hs);
+    free(t->ws);
+    free(t->values);
+    free(t->weight);
+    free(t->mh);
+    free(t->mw);
+    memset(t, 0, sizeof *t);
+}
+
+static int plan_init(tile_plan *t, int64_t f, int decode, const ds_wan_video_vae_tiling *tiling,
+                     const ds_tensor *in, const ds_tensor *out, const char *phase,
+                     ds_error *err)
+{
+    memset(t, 0, sizeof *t);
     int64_t size_h = tiling->size_h, size_w = tiling->size_w;
     int64_t stride_h = tiling->stride_h, stride_w = tiling->stride_w;
     if (!decode) {
         size_h *= f, size_w *= f, stride_h *= f, stride_w *= f;
     }
     const int64_t *is = in->shape, *os = out->shape;
-    int64_t H = is[3], W = is[4], OH = os[3], OW = os[4];
-    int64_t plane = OH * OW, per_batch = os[1] * os[2] * plane;
-    int64_t *hs = malloc((size_t)(H / stride_h + 2) * sizeof *hs);
-    int64_t *ws = malloc((size_t)(W / stride_w + 2) * sizeof *ws);
-    float *values = calloc((size_t)per_batch, sizeof *values);
-    float *weight = calloc((size_t)plane, sizeof *weight);
-    float *mh = malloc((size_t)OH * sizeof *mh), *mw = malloc((size_t)OW * sizeof *mw);
+    *t = (tile_plan){.decode = decode, .f = f, .size_h = size_h, .size_w = size_w,
+                     .H = is[3], .W = is[4], .OW = os[4], .plane = os[3] * os[4]};
+    t->per_batch = os[1] * os[2] * t->plane;
+    t->hs = malloc((size_t)(t->H / stride_h + 2) * sizeof *t->hs);
+    t->ws = malloc((size_t)(t->W / stride_w + 2) * sizeof *t->ws);
+    t->values = calloc((size_t)t->per_batch, sizeof *t->values);
+    t->weight = calloc((size_t)t->plane, sizeof *t->weight);
+    t->mh = malloc((size_t)os[3] * sizeof *t->mh);
+    t->mw = malloc((size_t)os[4] * sizeof *t->mw);
+    if (!t->hs || !t->ws || !t->values || !t->weight || !t->mh || !t->mw) {
+        plan_free(t);
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for the tiles",
+                            phase);
+    }
+    t->nh = tile_starts(t->H, size_h, stride_h, t->hs);
+    t->nw = tile_starts(t->W, size_w, stride_w, t->ws);
+    t->count = is[0] * t->nh * t->nw;
+    t->border_h = decode ? (size_h - stride_h) * f : (size_h - stride_h) / f;
+    t->border_w = decode ? (size_w - stride_w) * f : (size_w - stride_w) / f;
+    return DS_OK;
+}
+
+/* Tile `index` (batch element index / (nh * nw)) through VideoVAE_.decode / .encode, weighted
+ * by its mask into values and weight; the element's first tile clears them, its last writes
+ * values / weight (clamped after decoding) into host tensor out. */
+static int plan_tile(wan_run *r, tile_plan *t, int64_t index, const ds_tensor *in,
+                     ds_tensor *out, ds_error *err)
+{
+    const int64_t *is = in->shape, *os = out->shape;
+    int64_t per = t->nh * t->nw, b = index / per, k = index % per, f = t->f;
+    int64_t H = t->H, W = t->W, OW = t->OW, plane = t->plane;
+    int64_t h = t->hs[k / t->nw], w = t->ws[k % t->nw];
+    int64_t h1 = h + t->size_h < H ? h + t->size_h : H, w1 = w + t->size_w < W ? w + t->size_w : W;
+    int64_t th = t->decode ? (h1 - h) * f : (h1 - h) / f;
+    int64_t tw = t->decode ? (w1 - w) * f : (w1 - w) / f;
+    int64_t oh = t->decode ? h * f : h / f, ow = t->decode ? w * f : w / f;
     ds_tensor tile_in = {0}, tile_out = {0}, dev = {0}, dev_copy = {0};
-    int rc = DS_OK;
-    if (!hs || !ws || !values || !weight || !mh || !mw) {
-        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for the tiles",
-                          r->phase);
-        goto done;
-    }
-    int64_t nh = tile_starts(H, size_h, stride_h, hs), nw = tile_starts(W, size_w, stride_w, ws);
-    int64_t border_h = decode ? (size_h - stride_h) * f : (size_h - stride_h) / f;
-    int64_t border_w = decode ? (size_w - stride_w) * f : (size_w - stride_w) / f;
     ds_backend *host = r->b;
+    int rc = DS_OK;
     if (!host->host_memory && (rc = ds_cpu_fallback_backend(&host, err)) != DS_OK)
-        goto done;
+        return rc;
     r->tiled = 1;
-    for (int64_t b = 0; rc == DS_OK && b < is[0]; b++) {
-        memset(values, 0, (size_t)per_batch * sizeof *values);
-        memset(weight, 0, (size_t)plane * sizeof *weight);
-        for (int64_t k = 0; rc == DS_OK && k < nh * nw; k++) {
-            int64_t h = hs[k / nw], w = ws[k % nw];
-            int64_t h1 = h + size_h < H ? h + size_h : H, w1 = w + size_w < W ? w + size_w : W;
-            int64_t th = decode ? (h1 - h) * f : (h1 - h) / f;
-            int64_t tw = decode ? (w1 - w) * f : (w1 - w) / f;
-            int64_t oh = decode ? h * f : h / f, ow = decode ? w * f : w / f;
-            if ((rc = ds_module_cancelled(r->ctx, r->phase, "tile", b * nh * nw + k,
-                                          is[0] * nh * nw, err)) != DS_OK ||
-                (rc = ds_tensor_alloc(host, in->dtype, 5,
-                                      SHAPE(1, is[1], is[2], h1 - h, w1 - w), &tile_in, err)) !=
-                    DS_OK ||
-                (rc = ds_tensor_alloc(host, in->dtype, 5, SHAPE(1, os[1], os[2], th, tw),
-                                      &tile_out, err)) != DS_OK)
-                break;
-            copy_window(in, b, h, w, &tile_in);
-            if ((rc = ds_module_input(r->b, &tile_in, &dev_copy, &dev, err)) != DS_OK ||
-                (rc = decode ? decode_video(r, &dev, 0, &tile_out, err)
-                             : encode_video(r, &dev, &tile_out, err)) != DS_OK ||
-                (rc = mask_1d(th, h == 0, h + size_h >= H, border_h, mh, err)) != DS_OK ||
-                (rc = mask_1d(tw, w == 0, w + size_w >= W, border_w, mw, err)) != DS_OK)
-                break;
-            /* values[.., window] += tile * mask; weight[.., window] += mask, in the dtype. */
-            for (int64_t y = 0; y < th; y++)
-                for (int64_t x = 0; x < tw; x++) {
-                    float m = to_dtype(in->dtype, mh[y] < mw[x] ? mh[y] : mw[x]);
-                    int64_t at = (oh + y) * OW + ow + x;
-                    weight[at] = to_dtype(in->dtype, weight[at] + m);
-                    for (int64_t ct = 0; ct < os[1] * os[2]; ct++) {
-                        float v = (float)ds_load_f64(tile_out.data, in->dtype,
-                                                     (size_t)((ct * th + y) * tw + x));
-                        float *acc = &values[ct * plane + at];
-                        *acc = to_dtype(in->dtype, *acc + to_dtype(in->dtype, v * m));
-                    }
-                }
-            ds_module_free_all(DS_TENSORS(&tile_in, &tile_out, &dev_copy));
-            ds_module_progress(r->ctx, r->phase, b * nh * nw + k, is[0] * nh * nw);
-        }
-        for (int64_t i = 0; rc == DS_OK && i < per_batch; i++) {
-            float v = to_dtype(in->dtype, values[i] / weight[i % plane]);
-            if (decode)
-                v = v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v;
-            ds_store_f64(out->data, out->dtype, (size_t)(b * per_batch + i), v);
-        }
+    if (k == 0) {
+        memset(t->values, 0, (size_t)t->per_batch * sizeof *t->values);
+        memset(t->weight, 0, (size_t)plane * sizeof *t->weight);
     }
+    if ((rc = ds_tensor_alloc(host, in->dtype, 5, SHAPE(1, is[1], is[2], h1 - h, w1 - w),
+                              &tile_in, err)) != DS_OK ||
+        (rc = ds_tensor_alloc(host, in->dtype, 5, SHAPE(1, os[1], os[2], th, tw), &tile_out,
+                              err)) != DS_OK)
+        goto done;
+    copy_window(in, b, h, w, &tile_in);
+    if ((rc = ds_module_input(r->b, &tile_in, &dev_copy, &dev, err)) != DS_OK ||
+        (rc = t->decode ? decode_video(r, &dev, 0, &tile_out, err)
+                        : encode_video(r, &dev, &tile_out, err)) != DS_OK ||
+        (rc = mask_1d(th, h == 0, h + t->size_h >= H, t->border_h, t->mh, err)) != DS_OK ||
+        (rc = mask_1d(tw, w == 0, w + t->size_w >= W, t->border_w, t->mw, err)) != DS_OK)
+        goto done;
+    /* values[.., window] += tile * mask; weight[.., window] += mask, in the dtype. */
+    for (int64_t y = 0; y < th; y++)
+        for (int64_t x = 0; x < tw; x++) {
+            float m = to_dtype(in->dtype, t->mh[y] < t->mw[x] ? t->mh[y] : t->mw[x]);
+            int64_t at = (oh + y) * OW + ow + x;
+            t->weight[at] = to_dtype(in->dtype, t->weight[at] + m);
+            for (int64_t ct = 0; ct < os[1] * os[2]; ct++) {
+                float v = (float)ds_load_f64(tile_out.data, in->dtype,
+                                             (size_t)((ct * th + y) * tw + x));
+                float *acc = &t->values[ct * plane + at];
+                *acc = to_dtype(in->dtype, *acc + to_dtype(in->dtype, v * m));
+            }
+        }
+    if (k + 1 == per)
+        for (int64_t i = 0; i < t->per_batch; i++) {
+            float v = to_dtype(in->dtype, t->values[i] / t->weight[i % plane]);
+            if (t->decode)
+                v = v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v;
+            ds_store_f64(out->data, out->dtype, (size_t)(b * t->per_batch + i), v);
+        }
 done:
     ds_module_free_all(DS_TENSORS(&tile_in, &tile_out, &dev_copy));
-    free(hs);
-    free(ws);
-    free(values);
-    free(weight);
-    free(mh);
-    free(mw);
+    return rc;
+}
+
+/* Tiled decode or encode, batch element by batch element, tile by tile, in one call. */
+static int tiled_forward(wan_run *r, int decode, const ds_wan_video_vae_tiling *tiling,
+                         const ds_tensor *in, ds_tensor *out, ds_error *err)
+{
+    tile_plan t;
+    int rc = plan_init(&t, 8 * r->v->var->patch, decode, tiling, in, out, r->phase, err);
+    for (int64_t i = 0; rc == DS_OK && i < t.count; i++)
+        if ((rc = ds_module_cancelled(r->ctx, r->phase, "tile", i, t.count, err)) == DS_OK &&
+            (rc = plan_tile(r, &t, i, in, out, err)) == DS_OK)
+            ds_module_progress(r->ctx, r->phase, i, t.count);
+    plan_free(&t);
     return rc;
 }
 
@@ -1181,9 +1222,12 @@ static const wan_variant *variant_of(const ds_loaded_model *m)
     return name && strcmp(name, VAE21.class_name) == 0 ? &VAE21 : NULL;
 }
 
-static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int decode,
-                       const ds_wan_video_vae_tiling *tiling, const ds_tensor *in,
-                       ds_tensor *out, ds_error *err)
+/* What a forward needs from m and the tensors before any work: the class and its kwargs, and
+ * in, out and tiling checked against each other. */
+static int check_forward(const ds_loaded_model *m, const ds_step_context *ctx, int decode,
+                         const ds_wan_video_vae_tiling *tiling, const ds_tensor *in,
+                         const ds_tensor *out, const wan_variant **var_out, int64_t *z_dim,
+                         int64_t *dim, ds_error *err)
 {
     const char *phase = decode ? "decode" : "encode";
     if (!m || !ctx || !ctx->backend || !in || !out || !in->data)
@@ -1197,17 +1241,17 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
                             m->cls ? m->cls->name : m->model_class ? m->model_class : "(none)",
                             VAE21.class_name, VAE38.class_name);
     ds_kwargs *kwargs = NULL;
-    int64_t z_dim, dim, want[5];
+    int64_t want[5];
     int rc = ds_kwargs_parse(m->extra_kwargs_json, var->class_name, &kwargs, err);
     if (rc == DS_OK)
-        rc = read_kwargs(var, kwargs, &z_dim, &dim, err);
+        rc = read_kwargs(var, kwargs, z_dim, dim, err);
     ds_kwargs_free(kwargs);
     if (rc != DS_OK)
         return ds_error_prefix(err, "%s: ", phase);
-    if (z_dim != var->z_dim)
+    if (*z_dim != var->z_dim)
         return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                             "%s: the model has z_dim %" PRId64 "; upstream's latent mean and "
-                            "std have %" PRId64 " channels", phase, z_dim, var->z_dim);
+                            "std have %" PRId64 " channels", phase, *z_dim, var->z_dim);
     if ((rc = output_shape(var, decode, in, want, err)) != DS_OK)
         return rc;
     if (tiling && (tiling->size_h < 1 || tiling->size_w < 1 || tiling->stride_h < 1 ||
@@ -1226,37 +1270,66 @@ static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int
         return ds_module_bad_tensor(phase, "output", decode ? "video" : "latents", out,
                                     expected, err);
     }
+    *var_out = var;
+    return DS_OK;
+}
 
-    wan_modules v;
+/* A run of one direction's modules over built instances v: opened on ctx's backend, its
+ * direction's units planned with ctx->vram. *out is closed by run_close (also on failure). */
+static int run_open(const ds_loaded_model *m, const ds_step_context *ctx, int decode,
+                    ds_dtype dtype, const wan_modules *v, wan_run **out, ds_error *err)
+{
+    const char *phase = decode ? "decode" : "encode";
     wan_run *r = calloc(1, sizeof *r);
-    ds_tensor upload = {0}, input;
+    *out = r;
     if (!r)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory", phase);
-    *r = (wan_run){.v = &v, .ctx = ctx, .b = ctx->backend, .dtype = in->dtype, .phase = phase};
-    if ((rc = modules_build(var, z_dim, dim, &v, err)) != DS_OK) {
-        free(r);
-        return ds_error_prefix(err, "%s: ", phase);
-    }
-    const ds__vae_modules *mm = &v.m;
+    *r = (wan_run){.v = v, .ctx = ctx, .b = ctx->backend, .dtype = dtype, .phase = phase};
+    const ds__vae_modules *mm = &v->m;
     size_t first = decode ? 0 : mm->decode_units;
     size_t units = decode ? mm->decode_units : mm->order_count - mm->decode_units;
-    if ((rc = ds_module_open_ordered(&r->run, &mm->model, mm->order, mm->order_count, m, r->b,
-                                     ctx->vram, 0, phase, err)) != DS_OK)
-        goto done;
-    if (ctx->vram && (rc = ds_module_plan_range(&r->run, first, units, phase, err)) != DS_OK) {
+    int rc = ds_module_open_ordered(&r->run, &mm->model, mm->order, mm->order_count, m, r->b,
+                                    ctx->vram, 0, phase, err);
+    if (rc == DS_OK && ctx->vram &&
+        (rc = ds_module_plan_range(&r->run, first, units, phase, err)) != DS_OK)
         ds_error_prefix(err, "%s: registering the weights with the VRAM manager: ", phase);
+    return rc;
+}
+
+static void run_close(wan_run *r)
+{
+    if (!r)
+        return;
+    ds_module_close(&r->run);
+    clear_cache(r);
+    free(r);
+}
+
+static int vae_forward(const ds_loaded_model *m, const ds_step_context *ctx, int decode,
+                       const ds_wan_video_vae_tiling *tiling, const ds_tensor *in,
+                       ds_tensor *out, ds_error *err)
+{
+    const char *phase = decode ? "decode" : "encode";
+    const wan_variant *var;
+    int64_t z_dim, dim;
+    int rc = check_forward(m, ctx, decode, tiling, in, out, &var, &z_dim, &dim, err);
+    if (rc != DS_OK)
+        return rc;
+    wan_modules v;
+    wan_run *r = NULL;
+    ds_tensor upload = {0}, input;
+    if ((rc = modules_build(var, z_dim, dim, &v, err)) != DS_OK)
+        return ds_error_prefix(err, "%s: ", phase);
+    if ((rc = run_open(m, ctx, decode, in->dtype, &v, &r, err)) != DS_OK)
         goto done;
-    }
     if (tiling)
         rc = tiled_forward(r, decode, tiling, in, out, err);
     else if ((rc = ds_module_input(r->b, in, &upload, &input, err)) == DS_OK)
         rc = decode ? decode_video(r, &input, 1, out, err) : encode_video(r, &input, out, err);
 done:
-    ds_module_close(&r->run);
+    run_close(r);
     ds_tensor_free(&upload);
-    clear_cache(r);
     ds__vae_modules_free(&v.m);
-    free(r);
     return rc;
 }
 
@@ -1272,6 +1345,86 @@ int ds_wan_video_vae_encode(const ds_loaded_model *m, const ds_step_context *ctx
                             ds_tensor *latents_out, ds_error *err)
 {
     return vae_forward(m, ctx, 0, tiling, video, latents_out, err);
+}
+
+/* ---- A tiled decode cut at tile boundaries ---- */
+
+struct ds_wan_video_vae_tiles {
+    const ds_loaded_model *m;
+    ds_tensor latents, video; /* views of the caller's tensors */
+    wan_modules v;
+    tile_plan plan;
+    int64_t next;             /* the next tile */
+};
+
+int64_t ds_wan_video_vae_tile_count(const ds_wan_video_vae_tiling *tiling, int64_t batch,
+                                    int64_t h, int64_t w)
+{
+    if (!tiling || batch < 1 || h < 1 || w < 1 || tiling->stride_h < 1 || tiling->stride_w < 1 ||
+        tiling->stride_h > tiling->size_h || tiling->stride_w > tiling->size_w)
+        return 0;
+    return batch * tile_starts(h, tiling->size_h, tiling->stride_h, NULL) *
+           tile_starts(w, tiling->size_w, tiling->stride_w, NULL);
+}
+
+int ds_wan_video_vae_tiles_begin(const ds_loaded_model *m, const ds_step_context *ctx,
+                                 const ds_wan_video_vae_tiling *tiling,
+                                 const ds_tensor *latents, ds_tensor *video_out,
+                                 ds_wan_video_vae_tiles **out, ds_error *err)
+{
+    *out = NULL;
+    const wan_variant *var;
+    int64_t z_dim, dim;
+    int rc = tiling ? check_forward(m, ctx, 1, tiling, latents, video_out, &var, &z_dim, &dim,
+                                    err)
+                    : ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                   "decode: a tiled decode needs its tiling");
+    if (rc != DS_OK)
+        return rc;
+    ds_wan_video_vae_tiles *t = calloc(1, sizeof *t);
+    if (!t)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "decode: out of memory");
+    t->m = m;
+    t->latents = *latents;
+    t->video = *video_out;
+    if ((rc = modules_build(var, z_dim, dim, &t->v, err)) != DS_OK) {
+        free(t);
+        return ds_error_prefix(err, "decode: ");
+    }
+    if ((rc = plan_init(&t->plan, 8 * var->patch, 1, tiling, latents, video_out, "decode",
+                        err)) != DS_OK) {
+        ds_wan_video_vae_tiles_free(t);
+        return rc;
+    }
+    *out = t;
+    return DS_OK;
+}
+
+int64_t ds_wan_video_vae_tiles_count(const ds_wan_video_vae_tiles *t) { return t->plan.count; }
+
+int ds_wan_video_vae_tiles_next(ds_wan_video_vae_tiles *t, const ds_step_context *ctx,
+                                ds_error *err)
+{
+    if (t->next >= t->plan.count)
+        return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
+                            "decode: all %" PRId64 " tiles are decoded", t->plan.count);
+    wan_run *r = NULL;
+    int rc = run_open(t->m, ctx, 1, t->latents.dtype, &t->v, &r, err);
+    if (rc == DS_OK)
+        rc = plan_tile(r, &t->plan, t->next, &t->latents, &t->video, err);
+    run_close(r);
+    if (rc == DS_OK)
+        t->next++;
+    return rc;
+}
+
+void ds_wan_video_vae_tiles_free(ds_wan_video_vae_tiles *t)
+{
+    if (!t)
+        return;
+    plan_free(&t->plan);
+    ds__vae_modules_free(&t->v.m);
+    free(t);
 }
 
 static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const ds_step_io *in,

@@ -37,6 +37,30 @@ int ds_wan_video_vae_decode(const ds_loaded_model *m, const ds_step_context *ctx
                             const ds_wan_video_vae_tiling *tiling, const ds_tensor *latents,
                             ds_tensor *video_out, ds_error *err);
 
+/* The tiled decode above cut at tile boundaries, so that a caller can run each tile as a
+ * unit of its own and nothing but the model is held between tiles: begin checks as decode does
+ * and keeps views of latents and video_out (both host memory, alive until free); each next
+ * decodes one tile on ctx (its backend and VRAM manager, borrowed for that call only) into the
+ * blend, and the last tile of a batch element writes that element of video_out. The result is
+ * bit for bit the one-call decode's. Tiles are neither cancelled nor reported here: the caller
+ * does both between tiles. */
+typedef struct ds_wan_video_vae_tiles ds_wan_video_vae_tiles;
+
+/* The tiles a tiled decode of latents [batch, z, T, h, w] runs; 0 for a tiling decode
+ * refuses. */
+int64_t ds_wan_video_vae_tile_count(const ds_wan_video_vae_tiling *tiling, int64_t batch,
+                                    int64_t h, int64_t w);
+/* *out is owned by the caller (ds_wan_video_vae_tiles_free); NULL on failure. */
+int ds_wan_video_vae_tiles_begin(const ds_loaded_model *m, const ds_step_context *ctx,
+                                 const ds_wan_video_vae_tiling *tiling,
+                                 const ds_tensor *latents, ds_tensor *video_out,
+                                 ds_wan_video_vae_tiles **out, ds_error *err);
+int64_t ds_wan_video_vae_tiles_count(const ds_wan_video_vae_tiles *t);
+/* Decodes the next tile; FAILED_PRECONDITION after the last. */
+int ds_wan_video_vae_tiles_next(ds_wan_video_vae_tiles *t, const ds_step_context *ctx,
+                                ds_error *err);
+void ds_wan_video_vae_tiles_free(ds_wan_video_vae_tiles *t);
+
 /* single_encode (or tiled_encode): (VAE38: patchify) the encoder, conv1, the first z channels,
  * (mu - mean) * (1 / std).
  *   video       [B, 3, 4k + 1, H, W] f32 or bf16 in [-1, 1], H and W multiples of f

@@ -152,6 +152,8 @@ typedef struct ds_pipeline_def {
     void (*describe_position)(const ds_pipeline_run *run, char *buf, size_t size);
     /* Output pixels the last phase produces, for its ETA from the last run's pace. */
     double (*output_pixels)(const ds_pipeline_run *run);
+    /* Optional: the units the last phase takes (a tiled decode's tiles); NULL: one. */
+    uint64_t (*final_units)(const ds_pipeline_run *run);
     /* The run's peak memory (models/memory_estimate.h) and a label for refusals. */
     int (*estimate_memory)(const ds_pipeline_args *args, const ds_pipeline_memory_args *m,
                            ds_memory_need *need, char *what, size_t what_size, ds_error *err);

@@ -15,13 +15,18 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static int decode_units(const ds__unit_runner *u)
+{
+    return u->decode_units > 1 ? u->decode_units : 1;
+}
+
 int ds__unit_runner_advance(ds__unit_runner *u, const ds__unit_ops *ops, void *run,
                             const ds_step_context *ctx, ds_error *err)
 {
     if (u->failed)
         return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
                             "%s: the pipeline failed earlier and cannot continue", u->pipeline);
-    int last = u->steps + 1;
+    int last = u->steps + decode_units(u);
     if (u->next_unit > last)
         return ds_error_set(err, DS_ERR_FAILED_PRECONDITION,
                             "%s: the pipeline has already finished", u->pipeline);
@@ -112,7 +117,7 @@ int ds__unit_cfg_denoise(ds__denoise_state *s, const char *pipeline, ds__predict
 void ds__unit_runner_position(const ds__unit_runner *u, uint64_t *done, uint64_t *total)
 {
     *done = (uint64_t)u->next_unit;
-    *total = (uint64_t)u->steps + 2;
+    *total = (uint64_t)u->steps + 1 + (uint64_t)decode_units(u);
 }
 
 void ds__unit_runner_describe(const ds__unit_runner *u, char *buf, size_t size)
@@ -122,9 +127,12 @@ void ds__unit_runner_describe(const ds__unit_runner *u, char *buf, size_t size)
         ds__unit_runner_position(u, &done, &total);
     if (!u || done == 0)
         snprintf(buf, size, "before the prompt was encoded");
-    else if (done + 1 < total)
-        snprintf(buf, size, "after %llu of %llu denoising steps", (unsigned long long)(done - 1),
-                 (unsigned long long)(total - 2));
+    else if (done <= (uint64_t)u->steps)
+        snprintf(buf, size, "after %llu of %d denoising steps", (unsigned long long)(done - 1),
+                 u->steps);
+    else if (done > (uint64_t)u->steps + 1 && done < total)
+        snprintf(buf, size, "after %llu of %d decode tiles",
+                 (unsigned long long)(done - 1 - (uint64_t)u->steps), decode_units(u));
     else
         snprintf(buf, size, "before the decode");
 }

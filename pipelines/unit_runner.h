@@ -1,6 +1,7 @@
 /* What every pipeline of this folder shares to run as a resumable job (upstream's
  * BasePipeline.unit_runner and its __call__ loop, cut at unit boundaries): unit 0 encodes,
- * units 1..steps are the denoising steps, the last unit decodes. The runner counts the units,
+ * units 1..steps are the denoising steps, the units after them decode (one, or one per VAE
+ * tile when the pipeline says so). The runner counts the units,
  * times each phase, refuses to continue after an error or past the end, and polls cancellation
  * before each unit; the pipeline gives the three kinds of unit as functions.
  */
@@ -18,7 +19,8 @@
 typedef struct ds__unit_runner {
     const char *pipeline; /* "qwen_image": the prefix of the runner's messages */
     int steps;            /* denoising steps */
-    int next_unit;        /* 0 = encode, 1..steps = denoise, steps + 1 = decode */
+    int decode_units;     /* units the decode takes (a tiled VAE's tiles); 0 counts as 1 */
+    int next_unit;        /* 0 = encode, 1..steps = denoise, steps + 1.. = decode */
     int failed;
     double encode_s, denoise_s, decode_s; /* seconds spent in each phase so far */
 } ds__unit_runner;
@@ -26,6 +28,7 @@ typedef struct ds__unit_runner {
 typedef struct ds__unit_ops {
     int (*encode)(void *run, const ds_step_context *ctx, ds_error *err);
     int (*denoise)(void *run, const ds_step_context *ctx, int index, ds_error *err);
+    /* Called once per decode unit; the pipeline's decode state says which part is next. */
     int (*decode)(void *run, const ds_step_context *ctx, ds_error *err);
 } ds__unit_ops;
 
@@ -70,7 +73,7 @@ int ds__unit_cfg_denoise(ds__denoise_state *s, const char *pipeline, ds__predict
                          void *run, const ds_step_context *ctx, int index, float timestep,
                          ds_error *err);
 
-/* Units run so far and in all (steps + 2). */
+/* Units run so far and in all (steps + 1 + decode units). */
 void ds__unit_runner_position(const ds__unit_runner *u, uint64_t *done, uint64_t *total);
 
 /* Where a run stopped, for a cancellation message; u is NULL before the run started. */

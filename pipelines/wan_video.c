@@ -5,10 +5,11 @@
  * order (ShapeChecker, NoiseInitializer, PromptEmbedder for both CFG sides, InputVideoEmbedder,
  * VACE),
  * units 1..steps are the denoising steps (a positive and, when cfg_scale != 1, a negative DiT
- * call, the CFG combination and a scheduler step each), and the last unit decodes the latents
- * with the VAE (tiled as upstream's defaults, or untiled) and converts them to RGB8 frames as
- * vae_output_to_video does. Between units nothing runs and nothing is borrowed from the caller but
- * the models, so the daemon interleaves other jobs at unit boundaries and cancels there.
+ * call, the CFG combination and a scheduler step each), and the units after them decode the
+ * latents with the VAE, one unit per spatial tile (tiled as upstream's defaults) or one unit
+ * untiled, the last converting them to RGB8 frames as vae_output_to_video does. Between units
+ * nothing runs and nothing is borrowed from the caller but the models, so the daemon interleaves
+ * other jobs at unit boundaries and cancels there.
  *
  * Numbers follow upstream: noise from PyTorch's CPU generator drawn in float32 and cast to the
  * compute dtype (BasePipeline.generate_noise); FlowMatch "Wan" sigmas with sigma_shift
@@ -104,6 +105,9 @@ typedef struct wan_run {
 
     void *vace_context;     /* NULL, or [1, 96, lt, lh, lw] compute dtype */
     void *final_latents;    /* [1, 16, lt - ref, lh, lw]: what the VAE decodes */
+    void *video;            /* [1, 3, frames, height, width] compute dtype, while decoding */
+    ds_tensor latents_view, video_view; /* views of final_latents and video */
+    ds_wan_video_vae_tiles *tiles;      /* the tiled decode in progress, or NULL */
 
     uint8_t *rgb;           /* [frames, height, width, 3] */
     ds_tensor latents_out, video_out;
@@ -249,6 +253,8 @@ static void run_free(wan_run *p)
     ds__denoise_state_free(&p->d);
     free(p->vace_context);
     free(p->final_latents);
+    free(p->video);
+    ds_wan_video_vae_tiles_free(p->tiles);
     free(p->rgb);
     free(p);
 }
@@ -332,7 +338,11 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
         ds_error_prefix(err, "wan_video: ");
         goto fail;
     }
-    p->units = (ds__unit_runner){.pipeline = "wan_video", .steps = p->d.schedule.count};
+    /* A tiled decode is one unit per tile. */
+    int64_t tiles = p->tiled ? ds_wan_video_vae_tile_count(&p->tiling, 1, p->lh, p->lw) : 1;
+    p->units = (ds__unit_runner){.pipeline = "wan_video",
+                                 .steps = p->d.schedule.count,
+                                 .decode_units = (int)tiles};
     *out = (ds_pipeline_run *)p;
     return DS_OK;
 fail:
@@ -785,11 +795,10 @@ static int run_denoise(void *run, const ds_step_context *ctx, int index, ds_erro
     return ds__unit_cfg_denoise(&p->d, "wan_video", predict, p, ctx, index, timestep, err);
 }
 
-/* vae.decode, then vae_output_to_video: frame by frame as vae_output_to_image. The VAE reports
- * its own "decode" progress (chunks, or tiles when tiled). */
-static int run_decode(void *run, const ds_step_context *ctx, ds_error *err)
+/* The decode's first unit: latents[:, :, ref:] (the reference frame dropped) and the buffers
+ * the decode writes, and with tiling the tiled decode over them. */
+static int decode_begin(wan_run *p, const ds_step_context *ctx, ds_error *err)
 {
-    wan_run *p = run;
     ds_backend *cpu;
     int rc = ds_cpu_fallback_backend(&cpu, err);
     if (rc != DS_OK)
@@ -798,42 +807,81 @@ static int run_decode(void *run, const ds_step_context *ctx, ds_error *err)
     size_t plane = (size_t)p->height * (size_t)p->width, T = (size_t)p->frames;
     int64_t lt = p->lt - p->ref;
     size_t lplane = (size_t)p->lh * (size_t)p->lw * esize;
-    void *video = malloc(3 * T * plane * esize);
-    void *frame = malloc(3 * plane * esize);
+    p->video = malloc(3 * T * plane * esize);
     p->rgb = malloc(3 * T * plane);
     p->final_latents = malloc((size_t)LATENT_CHANNELS * (size_t)lt * lplane);
-    if (!video || !frame || !p->rgb || !p->final_latents) {
-        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
-                          "wan_video: out of memory for %d frames of %d x %d", p->frames,
-                          p->height, p->width);
-        goto done;
-    }
-    /* latents[:, :, ref:]: the reference frame is dropped before decoding. */
+    if (!p->video || !p->rgb || !p->final_latents)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "wan_video: out of memory for %d frames of %d x %d", p->frames,
+                            p->height, p->width);
     copy_frames(p->final_latents, lt, 0, (const char *)p->d.latents + (size_t)p->ref * lplane,
                 p->lt, lt, LATENT_CHANNELS, lplane);
-    const int64_t *latent_shape = SHAPE(1, LATENT_CHANNELS, lt, p->lh, p->lw);
-    ds_tensor latents = ds_tensor_wrap(cpu, p->d.dtype, 5, latent_shape, p->final_latents);
-    ds_tensor decoded = ds_tensor_wrap(cpu, p->d.dtype, 5,
-                                       SHAPE(1, 3, p->frames, p->height, p->width), video);
-    if ((rc = ds_wan_video_vae_decode(p->vae, ctx, p->tiled ? &p->tiling : NULL, &latents,
-                                      &decoded, err)) != DS_OK)
-        goto done;
+    p->latents_view = ds_tensor_wrap(cpu, p->d.dtype, 5,
+                                     SHAPE(1, LATENT_CHANNELS, lt, p->lh, p->lw),
+                                     p->final_latents);
+    p->video_view = ds_tensor_wrap(cpu, p->d.dtype, 5,
+                                   SHAPE(1, 3, p->frames, p->height, p->width), p->video);
+    if (!p->tiled)
+        return DS_OK;
+    return ds_wan_video_vae_tiles_begin(p->vae, ctx, &p->tiling, &p->latents_view,
+                                        &p->video_view, &p->tiles, err);
+}
+
+/* vae_output_to_video over the decoded video: frame by frame as vae_output_to_image. */
+static int decode_finish(wan_run *p, ds_error *err)
+{
+    ds_backend *cpu;
+    int rc = ds_cpu_fallback_backend(&cpu, err);
+    if (rc != DS_OK)
+        return rc;
+    size_t esize = ds_dtype_size(p->d.dtype);
+    size_t plane = (size_t)p->height * (size_t)p->width, T = (size_t)p->frames;
+    void *frame = malloc(3 * plane * esize);
+    if (!frame)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "wan_video: out of memory for a frame of %d x %d", p->height,
+                            p->width);
     ds_tensor one = ds_tensor_wrap(cpu, p->d.dtype, 4, SHAPE(1, 3, p->height, p->width), frame);
     for (size_t t = 0; t < T && rc == DS_OK; t++) {
         for (size_t c = 0; c < 3; c++)
             memcpy((char *)frame + c * plane * esize,
-                   (const char *)video + ((c * T + t) * plane) * esize, plane * esize);
+                   (const char *)p->video + ((c * T + t) * plane) * esize, plane * esize);
         rc = ds_vae_output_to_image(&one, p->rgb + t * plane * 3, err);
     }
+    free(frame);
     if (rc != DS_OK)
-        goto done;
-    p->latents_out = latents;
+        return rc;
+    free(p->video);
+    p->video = NULL;
+    p->latents_out = p->latents_view;
     p->video_out = ds_tensor_wrap(cpu, DS_U8, 4, SHAPE(p->frames, p->height, p->width, 3),
                                   p->rgb);
-done:
-    free(video);
-    free(frame);
-    return rc;
+    return DS_OK;
+}
+
+/* vae.decode, then vae_output_to_video. Untiled: one unit, in which the VAE reports its own
+ * "decode" progress per latent frame. Tiled: one unit per spatial tile, so other jobs run and
+ * a cancellation lands between tiles; each reports ("decode", tile, tiles) and the last one
+ * converts the frames. */
+static int run_decode(void *run, const ds_step_context *ctx, ds_error *err)
+{
+    wan_run *p = run;
+    int rc;
+    if (!p->video && (rc = decode_begin(p, ctx, err)) != DS_OK)
+        return rc;
+    if (!p->tiled) {
+        if ((rc = ds_wan_video_vae_decode(p->vae, ctx, NULL, &p->latents_view, &p->video_view,
+                                          err)) != DS_OK)
+            return rc;
+        return decode_finish(p, err);
+    }
+    ds_step_context inner = ds__unit_inner_context(ctx);
+    if ((rc = ds_wan_video_vae_tiles_next(p->tiles, &inner, err)) != DS_OK)
+        return rc;
+    int64_t tiles = ds_wan_video_vae_tiles_count(p->tiles);
+    int64_t done = p->units.next_unit - p->units.steps;
+    ds__unit_report(ctx, "decode", (uint64_t)done, (uint64_t)tiles);
+    return done < tiles ? DS_OK : decode_finish(p, err);
 }
 
 static const ds__unit_ops unit_ops = {run_encode, run_denoise, run_decode};
@@ -846,6 +894,12 @@ static int op_advance(ds_pipeline_run *run, const ds_step_context *ctx, ds_error
 static void op_position(const ds_pipeline_run *run, uint64_t *done, uint64_t *total)
 {
     ds__unit_runner_position(&((const wan_run *)run)->units, done, total);
+}
+
+static uint64_t op_final_units(const ds_pipeline_run *run)
+{
+    const wan_run *p = (const wan_run *)run;
+    return p->units.decode_units > 1 ? (uint64_t)p->units.decode_units : 1;
 }
 
 static const ds_tensor *op_output(const ds_pipeline_run *run, size_t index)
@@ -1009,4 +1063,5 @@ const ds_pipeline_def ds__wan_video_pipeline = {
     .summary = "Wan2.1 text-to-video, video-to-video and VACE",
     DS_PIPELINE_STANDARD_FIELDS,
     DS_PIPELINE_DENOISING_FIELDS,
+    .final_units = op_final_units,
 };

@@ -63,6 +63,8 @@ void ds_bench_free_model(ds_loaded_model *m)
     for (size_t i = 0; i < m->params.count; i++)
         free((void *)m->params.entries[i].tensor.data);
     ds_state_dict_free(&m->params);
+    free(m->extra_kwargs_json);
+    m->extra_kwargs_json = NULL;
 }
 
 int ds_bench_build_model(const char *cls_name, const char *kwargs, ds_bench_keep_fn keep,
@@ -81,6 +83,12 @@ int ds_bench_build_model(const char *cls_name, const char *kwargs, ds_bench_keep
     if (rc != DS_OK)
         goto fail;
     m->cls = cls;
+    /* What a load records: the forwards and the pipelines read the model's kwargs there. */
+    if (kwargs && !(m->extra_kwargs_json = strdup(kwargs))) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory for the kwargs of %s",
+                          cls_name);
+        goto fail;
+    }
     for (size_t i = 0; i < full.count; i++) {
         if (keep && !keep(full.entries[i].name, keep_arg))
             continue;

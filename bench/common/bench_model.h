@@ -26,7 +26,8 @@ int ds_bench_keep_text_layers(const char *name, int layers);
 /* Declares cls_name with kwargs (JSON or NULL), keeps the tensors `keep` accepts, and fills
  * each in dtype (f32 or bf16) from the table at a phase given by its name: weights and biases
  * uniform in [-0.02, 0.02], scales of a normalised value (1-D tensors named "norm", and
- * "*.gamma") 1 + that. *bytes (may be NULL) gets the bytes filled. On error m holds nothing. */
+ * "*.gamma") 1 + that; m->extra_kwargs_json gets a copy of kwargs, as a load records them.
+ * *bytes (may be NULL) gets the bytes filled. On error m holds nothing. */
 int ds_bench_build_model(const char *cls_name, const char *kwargs, ds_bench_keep_fn keep,
                          int keep_arg, ds_dtype dtype, ds_loaded_model *m, size_t *bytes,
                          ds_error *err);

@@ -316,7 +316,6 @@ int main(int argc, char **argv)
         goto out;
     }
     built = 1;
-    model.extra_kwargs_json = kwargs;
     model.vram_config = vcfg;
     fprintf(stderr, "wan_dit_bench: %s, %d layers, %.2f GB of weights built in %.1f s\n",
             o.size->model, o.layers, (double)weight_bytes * 1e-9, ds_bench_now_s() - build_start);
@@ -360,10 +359,8 @@ int main(int argc, char **argv)
 out:
     /* The manager first: it holds the weights' device copies and points at the host ones. */
     ds_vram_manager_destroy(mgr);
-    if (built) {
-        model.extra_kwargs_json = NULL;
+    if (built)
         ds_bench_free_model(&model);
-    }
     free(samples);
     ds_bench_untrack_allocations(b);
     if (cpu != b)

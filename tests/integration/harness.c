@@ -872,6 +872,58 @@ int it_make_qwen_image_set(const it_env *env, it_qwen_image_set *out)
     return it_write_file(out->configs, configs, strlen(configs));
 }
 
+int it_make_wan_video_set(const it_env *env, it_wan_video_set *out)
+{
+    static const char *const sub[] = {"Wan2.1", "Wan2.1/google", "Wan2.1/google/umt5-xxl"};
+    char path[512], dit_hash[DS_MODEL_HASH_HEX], te_hash[DS_MODEL_HASH_HEX];
+    for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", env->models, sub[i]);
+        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+            fprintf(stderr, "mkdir %s: %s\n", path, strerror(errno));
+            return -1;
+        }
+    }
+    const char *data = getenv("DS_TEST_DATA");
+    char from[512];
+    snprintf(from, sizeof from, "%s/wan_tokenizer/spiece.model", data ? data : "tests/data");
+    snprintf(path, sizeof path, "%s/Wan2.1/google/umt5-xxl/spiece.model", env->models);
+    size_t len = 0;
+    char *model = it_read_file(from, &len);
+    int rc = model ? it_write_file(path, model, len) : -1;
+    free(model);
+    if (rc != 0) {
+        fprintf(stderr, "cannot copy %s\n", from);
+        return -1;
+    }
+    snprintf(out->text_encoder, sizeof out->text_encoder,
+             "%s/Wan2.1/models_t5_umt5-xxl-enc-bf16.safetensors", env->models);
+    snprintf(out->dit, sizeof out->dit, "%s/Wan2.1/diffusion_pytorch_model.safetensors",
+             env->models);
+    snprintf(out->configs, sizeof out->configs, "%s/wan_configs.json", env->dir);
+    if (it_write_cut("wan2.1_text_encoder", "blocks.", out->text_encoder, te_hash) != 0 ||
+        it_write_cut("wan2.1_t2v_1.3b", "blocks.", out->dit, dit_hash) != 0)
+        return -1;
+    char **paths = NULL;
+    size_t count = 0;
+    if (it_make_model(env, "wan2.1_vae", "Wan2.1/Wan2.1_VAE", 1, &paths, &count) != 0)
+        return -1;
+    snprintf(out->vae, sizeof out->vae, "%s", paths[0]);
+    ds_st_paths_free(paths, count);
+    char configs[1536];
+    snprintf(configs, sizeof configs,
+             "[{\"model_hash\": \"%s\", \"model_name\": \"wan_video_text_encoder\", "
+             "\"model_class\": \"diffsynth.models.wan_video_text_encoder.WanTextEncoder\", "
+             "\"extra_kwargs\": {\"num_layers\": 1}},\n"
+             " {\"model_hash\": \"%s\", \"model_name\": \"wan_video_dit\", "
+             "\"model_class\": \"diffsynth.models.wan_video_dit.WanModel\", "
+             "\"extra_kwargs\": {\"has_image_input\": false, \"patch_size\": [1, 2, 2], "
+             "\"in_dim\": 16, \"dim\": 1536, \"ffn_dim\": 8960, \"freq_dim\": 256, "
+             "\"text_dim\": 4096, \"out_dim\": 16, \"num_heads\": 12, \"num_layers\": 1, "
+             "\"eps\": 1e-6}}]\n",
+             te_hash, dit_hash);
+    return it_write_file(out->configs, configs, strlen(configs));
+}
+
 int it_pool_id(const char *snapshot, const char *name, char *id, size_t size)
 {
     for (const char *line = snapshot; line && *line;) {

@@ -118,6 +118,16 @@ typedef struct it_qwen_image_set {
 } it_qwen_image_set;
 int it_make_qwen_image_set(const it_env *env, it_qwen_image_set *out);
 
+/* The Wan2.1 text-to-video model set under env->models/Wan2.1, laid out as
+ * Wan-AI/Wan2.1-T2V-1.3B is and as scripts/demo writes it: the UMT5 text encoder and the 1.3B
+ * DiT cut to one block (it_write_cut), the real VAE (it_make_model), the small SentencePiece
+ * model of DS_TEST_DATA/wan_tokenizer at google/umt5-xxl/ where the pipeline looks by default,
+ * and env->dir/wan_configs.json registering the cut models (for --model-configs). */
+typedef struct it_wan_video_set {
+    char dit[256], text_encoder[256], vae[256], configs[256];
+} it_wan_video_set;
+int it_make_wan_video_set(const it_env *env, it_wan_video_set *out);
+
 /* Loads `paths` as one request; `id` gets the first model's id. Returns 0, or -1 with the
  * daemon's error on stderr. */
 int it_load(const it_env *env, char **paths, size_t n, char *id, size_t id_size);

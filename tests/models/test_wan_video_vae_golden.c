@@ -172,6 +172,31 @@ static void test_decode_tiled_f32(void)
     /* The blend differs from the untiled decode: the tiles really overlap. */
     ds_tensor untiled = golden_tensor("decode_f32");
     CHECK(test_rel_l2(&out, &untiled) > 10 * TOLERANCE);
+    /* Tile by tile (the pipeline's decode units): byte-identical to the one call, with no
+     * progress of its own. */
+    ds_error err;
+    ds_tensor by_tile = {0};
+    ds_wan_video_vae_tiles *tiles = NULL;
+    ds_step_context ctx = {.backend = cpu, .progress = on_progress};
+    CHECK((uint64_t)ds_wan_video_vae_tile_count(&var->tiles, 1, latents.shape[3],
+                                                latents.shape[4]) ==
+          var->decode_tiles);
+    REQUIRE(ds_tensor_alloc(cpu, DS_F32, 5, out.shape, &by_tile, &err) == DS_OK);
+    int rc = ds_wan_video_vae_tiles_begin(&model, &ctx, &var->tiles, &latents, &by_tile, &tiles,
+                                          &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    if (rc == DS_OK) {
+        CHECK((uint64_t)ds_wan_video_vae_tiles_count(tiles) == var->decode_tiles);
+        progress_calls = 0;
+        for (int64_t i = 0; rc == DS_OK && i < ds_wan_video_vae_tiles_count(tiles); i++)
+            rc = ds_wan_video_vae_tiles_next(tiles, &ctx, &err);
+        CHECK_MSG(rc == DS_OK, "%s", err.message);
+        CHECK(progress_calls == 0);
+        CHECK(memcmp(by_tile.data, out.data, ds_tensor_nbytes(&out)) == 0);
+        CHECK(ds_wan_video_vae_tiles_next(tiles, &ctx, &err) == DS_ERR_FAILED_PRECONDITION);
+    }
+    ds_wan_video_vae_tiles_free(tiles);
+    ds_tensor_free(&by_tile);
     ds_tensor_free(&out);
 }
 
