@@ -25,6 +25,9 @@ typedef struct ds_pipeline_role {
     const char *model_name;  /* the config rows' model_name a role left out is looked up by */
     const char *model_class; /* upstream's dotted class a model named by id or paths must be */
     int required;
+    /* NULL, or a second class the role takes under the same model_name (wan_video's vae: the
+     * Wan2.2 VAE beside the Wan2.1 one). */
+    const char *also_class;
 } ds_pipeline_role;
 
 typedef enum ds_pipeline_param_type {
@@ -180,6 +183,9 @@ const ds_pipeline_def *ds_pipeline_find(const char *name);
 
 /* "qwen_image, ..." for messages. */
 void ds_pipeline_list_names(char *buf, size_t size);
+
+/* Whether a model of `model_class` can take `role` (its model_class or also_class). */
+int ds_pipeline_role_takes(const ds_pipeline_role *role, const char *model_class);
 
 /* Index of `role` / `param` / `input` in the pipeline's table, or -1. */
 int ds_pipeline_role_index(const ds_pipeline_def *def, const char *role);

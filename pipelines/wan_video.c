@@ -1109,7 +1109,7 @@ static void op_free(ds_pipeline_run *run) { run_free((wan_run *)run); }
 static const ds_pipeline_role roles[] = {
     [ROLE_TEXT_ENCODER] = {"text_encoder", "wan_video_text_encoder", TEXT_ENCODER_CLASS, 1},
     [ROLE_DIT] = {"dit", "wan_video_dit", DIT_CLASS, 1},
-    [ROLE_VAE] = {"vae", "wan_video_vae", VAE_CLASS, 1},
+    [ROLE_VAE] = {"vae", "wan_video_vae", VAE_CLASS, 1, VAE38_CLASS},
     [ROLE_VACE] = {"vace", "wan_video_vace", VACE_CLASS, 0},
 };
 

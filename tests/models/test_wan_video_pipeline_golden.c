@@ -600,6 +600,12 @@ static void test_table(void)
     CHECK(values[ds_pipeline_param_index(def, "tiled")].i == 1);
     CHECK(def->param_count <= DS_PIPELINE_MAX_PARAMS &&
           def->input_count <= DS_PIPELINE_MAX_TENSORS);
+    /* The daemon gives the vae role either VAE by id or paths; the other roles one class. */
+    const ds_pipeline_role *vae_role = &def->roles[ds_pipeline_role_index(def, "vae")];
+    CHECK(ds_pipeline_role_takes(vae_role, VAE_CLASS));
+    CHECK(ds_pipeline_role_takes(vae_role, VAE38_CLASS));
+    CHECK(!ds_pipeline_role_takes(vae_role, DIT_CLASS));
+    CHECK(!ds_pipeline_role_takes(&def->roles[ds_pipeline_role_index(def, "dit")], VAE38_CLASS));
     ds_pipeline_args a = base_args();
     ds_pipeline_memory_args m = {.threads = 2};
     ds_memory_need need;
