@@ -29,7 +29,7 @@
 
 /* A role of the pipeline's table (pipelines/pipeline.h). A role left out of the request is the
  * one loaded model named `model_name` (only the required roles are looked up that way); a model
- * named by id or loaded from paths must be of `model_class`. */
+ * named by id or loaded from paths must be of `model_class` (or the role's `also_class`). */
 typedef struct role_slot {
     ds_pool_model *entry;    /* pinned; NULL until known */
     char **paths;            /* names of the files to load on the worker, or NULL */
@@ -570,6 +570,17 @@ static int load_role(pipeline_job *pj, size_t r, ds_error *err)
     int rc = ds_auto_load_model(pj->daemon->configs, s->fds, paths, s->path_count,
                                 role->model_class,
                                 NULL, &result, err);
+    /* Files of the role's second class: loaded as that class instead. */
+    int other = 0;
+    for (size_t i = 0; rc == DS_OK && role->also_class && !result.model_count &&
+                       !result.skipped_count && i < result.matched_count;
+         i++)
+        other |= strcmp(result.matched[i]->model_class, role->also_class) == 0;
+    if (other) {
+        ds_auto_load_free(&result);
+        rc = ds_auto_load_model(pj->daemon->configs, s->fds, paths, s->path_count,
+                                role->also_class, NULL, &result, err);
+    }
     if (rc != DS_OK) {
         if (result.failed)
             ds_error_prefix(err, "loading the %s (%s): ", role->role, result.failed->model_name);
@@ -913,11 +924,12 @@ static int find_by_id(ds_daemon *d, const ds_pipeline_role *role, const char *id
     if (!e)
         return ds_error_set(err, DS_ERR_NOT_FOUND, "no model %s in the pool (role \"%s\")", id,
                             role->role);
-    if (strcmp(e->model->model_class, role->model_class) != 0)
+    if (!ds_pipeline_role_takes(role, e->model->model_class))
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "model %s is a %s (%s) and cannot be the %s, which must be a %s", id,
-                            e->model->model_name, e->model->model_class, role->role,
-                            role->model_class);
+                            "model %s is a %s (%s) and cannot be the %s, which must be a %s%s%s",
+                            id, e->model->model_name, e->model->model_class, role->role,
+                            role->model_class, role->also_class ? " or a " : "",
+                            role->also_class ? role->also_class : "");
     *out = e;
     return DS_OK;
 }

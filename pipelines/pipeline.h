@@ -26,6 +26,9 @@ typedef struct ds_pipeline_role {
     const char *model_name;  /* the config rows' model_name a role left out is looked up by */
     const char *model_class; /* upstream's dotted class a model named by id or paths must be */
     int required;
+    /* NULL, or a second class the role takes under the same model_name (wan_video's vae: the
+     * Wan2.2 VAE beside the Wan2.1 one). */
+    const char *also_class;
 } ds_pipeline_role;
 
 typedef enum ds_pipeline_param_type {
@@ -191,7 +194,7 @@ extern const char *const ds_pipeline_denoising_phases[3];
  * pipeline: far above real use, low enough that a typo fails fast instead of reserving memory
  * for hours of work. A params table lists them with DS_PIPELINE_DENOISING_PARAMS under its
  * indices PARAM_SEED, PARAM_STEPS, PARAM_CFG, PARAM_HEIGHT and PARAM_WIDTH, giving its
- * __call__'s defaults (as text) and the multiple its sides are rounded up to. */
+ * __call__'s defaults and the multiple its sides are rounded up to, all as text. */
 #define DS_PIPELINE_STEPS_MAX 1000
 #define DS_PIPELINE_SIZE_MIN 16
 #define DS_PIPELINE_SIZE_MAX 8192
@@ -199,7 +202,7 @@ extern const char *const ds_pipeline_denoising_phases[3];
 #define DS_PIPELINE_STR(x) DS_PIPELINE_STR_(x)
 #define DS_PIPELINE_SIDE_PARAM_(side, default_value, multiple)                                   \
     {side, DS_PIPELINE_INT, DS_PIPELINE_SIZE_MIN, DS_PIPELINE_SIZE_MAX, 0, default_value,         \
-     "output " side ", rounded up to a multiple of " DS_PIPELINE_STR(multiple)}
+     "output " side ", rounded up to a multiple of " multiple}
 #define DS_PIPELINE_DENOISING_PARAMS(steps, cfg_scale, height, width, multiple)                  \
     [PARAM_SEED] = {"seed", DS_PIPELINE_UINT64, 0, 0, 0, NULL,                                   \
                     "noise seed (PyTorch CPU generator); drawn at random when left out"},        \
@@ -218,6 +221,9 @@ const ds_pipeline_def *ds_pipeline_find(const char *name);
 
 /* "qwen_image, ..." for messages. */
 void ds_pipeline_list_names(char *buf, size_t size);
+
+/* Whether a model of `model_class` can take `role` (its model_class or also_class). */
+int ds_pipeline_role_takes(const ds_pipeline_role *role, const char *model_class);
 
 /* Index of `role` / `param` / `input` in the pipeline's table, or -1. */
 int ds_pipeline_role_index(const ds_pipeline_def *def, const char *role);

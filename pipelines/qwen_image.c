@@ -784,7 +784,7 @@ static const ds_pipeline_role roles[] = {
 
 /* The defaults are upstream's __call__ defaults (ds_qwen_image_params_default). */
 static const ds_pipeline_param params[] = {
-    DS_PIPELINE_DENOISING_PARAMS("30", "4", "1328", "1328", SIZE_MULTIPLE),
+    DS_PIPELINE_DENOISING_PARAMS("30", "4", "1328", "1328", DS_PIPELINE_STR(SIZE_MULTIPLE)),
     [PARAM_STRENGTH] = {"denoising_strength", DS_PIPELINE_NUMBER, 0, 1, 1, "1",
                         "image-to-image strength; below 1 needs input_image"},
     [PARAM_CONTROLNET_SCALE] = {"controlnet_scale", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0,

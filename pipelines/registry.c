@@ -50,6 +50,12 @@ void ds_pipeline_list_names(char *buf, size_t size)
         append(buf, size, &used, ", ", ds_pipelines[i]->name);
 }
 
+int ds_pipeline_role_takes(const ds_pipeline_role *role, const char *model_class)
+{
+    return strcmp(role->model_class, model_class) == 0 ||
+           (role->also_class && strcmp(role->also_class, model_class) == 0);
+}
+
 int ds_pipeline_role_index(const ds_pipeline_def *def, const char *role)
 {
     for (size_t i = 0; i < def->role_count; i++)

@@ -1,9 +1,10 @@
 /* diffsynth/pipelines/wan_video.py: WanVideoPipeline.__call__ for Wan2.1 text-to-video,
- * video-to-video and VACE, as a resumable job of the pipeline table (pipelines/pipeline.h).
+ * video-to-video and VACE, and Wan2.2-TI2V-5B text- and image-to-video, as a resumable job of the
+ * pipeline table (pipelines/pipeline.h).
  *
  * One unit of work per advance: unit 0 runs the units before the denoising loop in upstream's
  * order (ShapeChecker, NoiseInitializer, PromptEmbedder for both CFG sides, InputVideoEmbedder,
- * VACE),
+ * ImageEmbedderFused, VACE),
  * units 1..steps are the denoising steps (a positive and, when cfg_scale != 1, a negative DiT
  * call, the CFG combination and a scheduler step each), and the units after them decode the
  * latents with the VAE, one unit per spatial tile (tiled as upstream's defaults) or one unit
@@ -16,9 +17,15 @@
  * (diffusion/flow_match.h); the DiT timestep cast to the compute dtype; the CFG combination and
  * the scheduler step in the compute dtype (diffusion/base_pipeline.h).
  *
- * Wan2.2-TI2V-5B (the Wan2.2 VAE) and the image-to-video, motion, camera, speech and animate
- * variants need models this build does not have: their DiTs are refused with UNIMPLEMENTED
- * naming what is missing.
+ * The VAE sets the latent grid as upstream's from_pretrained and units do: z_dim channels at
+ * 1 / upsampling_factor of the size (Wan2.1's VAE: 16 at 1/8; Wan2.2's WanVideoVAE38: 48 at
+ * 1/16), sides rounded to twice the upsampling factor. With Wan2.2-TI2V-5B's DiT
+ * (fuse_vae_embedding_in_latents, seperated_timestep) an input_image's latents replace the first
+ * latent frame, whose tokens the DiT then sees at timestep 0, and replace it again after every
+ * scheduler step.
+ *
+ * The CLIP image-to-video, motion, camera, speech and animate variants need models this build
+ * does not have: their DiTs are refused with UNIMPLEMENTED naming what is missing.
  */
 #include "pipelines/wan_video.h"
 
@@ -46,15 +53,16 @@
 #define TEXT_ENCODER_CLASS "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
 #define DIT_CLASS "diffsynth.models.wan_video_dit.WanModel"
 #define VAE_CLASS "diffsynth.models.wan_video_vae.WanVideoVAE"
+#define VAE38_CLASS "diffsynth.models.wan_video_vae.WanVideoVAE38"
 #define VACE_CLASS "diffsynth.models.wan_video_vace.VaceWanModel"
 #define SHAPE(...) (const int64_t[]){__VA_ARGS__}
 
-#define LATENT_CHANNELS 16 /* the Wan2.1 VAE's z_dim */
-#define SPATIAL 8          /* the VAE's upsampling factor */
-#define SIZE_MULTIPLE 16   /* height/width division factors: upsampling factor * 2 */
+#define LATENT_CHANNELS 16 /* the Wan2.1 VAE's z_dim, of which VACE's context is made */
+#define SPATIAL 8          /* the Wan2.1 VAE's upsampling factor: VACE's mask blocks */
 #define TIME_FACTOR 4      /* frames are 4k + 1 */
 #define SEQ_LEN 512        /* the tokenizer's seq_len: context rows */
-/* VACE's context: inactive and reactive latents, then the mask's 8 x 8 pixel blocks. */
+/* VACE's context (with the Wan2.1 VAE only): inactive and reactive latents, then the mask's
+ * 8 x 8 pixel blocks. */
 #define VACE_MASK_CHANNELS (SPATIAL * SPATIAL)
 #define VACE_CHANNELS (2 * LATENT_CHANNELS + VACE_MASK_CHANNELS)
 /* The limits the table declares to clients: far above real use (upstream's default is 81
@@ -84,27 +92,56 @@ typedef enum {
     INPUT_VACE_VIDEO,
     INPUT_VACE_MASK,
     INPUT_VACE_REFERENCE,
+    INPUT_IMAGE,
 } input_index;
 typedef enum { OUTPUT_VIDEO, OUTPUT_LATENTS } output_index;
+
+/* A VAE the pipeline runs with: upstream's vae.model.z_dim and vae.upsampling_factor, whose
+ * double is the height / width division factor. */
+typedef struct vae_kind {
+    const char *cls;
+    int64_t z_dim;
+    int factor;
+} vae_kind;
+
+static const vae_kind vae_kinds[] = {
+    {VAE_CLASS, LATENT_CHANNELS, SPATIAL},
+    {VAE38_CLASS, 48, 16},
+};
+
+/* The kind of `vae`; the Wan2.1 VAE's when it is NULL or of another class (refused later). */
+static const vae_kind *vae_kind_of(const ds_loaded_model *vae)
+{
+    for (size_t i = 0; vae && vae->cls && i < sizeof vae_kinds / sizeof vae_kinds[0]; i++)
+        if (strcmp(vae->cls->name, vae_kinds[i].cls) == 0)
+            return &vae_kinds[i];
+    return &vae_kinds[0];
+}
 
 typedef struct wan_run {
     const ds_loaded_model *text_encoder, *dit, *vae;
     const ds_loaded_model *vace; /* NULL, or a VaceWanModel run with vace_context */
-    ds__denoise_state d;       /* latents [1, 16, lt, lh, lw]; "context" [1, 512, text_dim] per
+    ds__denoise_state d;       /* latents [1, z, lt, lh, lw]; "context" [1, 512, text_dim] per
                                 * side */
+    int64_t z;                 /* the VAE's latent channels */
+    int factor;                /* the VAE's upsampling factor */
+    int seperated_timestep;    /* the DiT's: per-token timesteps with a fused first frame */
     uint64_t seed;
     double denoising_strength, sigma_shift, vace_scale;
     int height, width, frames; /* after ShapeChecker's rounding */
-    int64_t lt, lh, lw;        /* latent frames (reference frame included), height / 8, width / 8 */
+    int64_t lt, lh, lw; /* latent frames (reference frame included), height and width / factor */
     int64_t ref;               /* 1 with vace_reference_image (prepended, trimmed before decode) */
     int tiled;
     ds_wan_video_vae_tiling tiling;
 
     /* Borrowed until the encode unit. */
-    const ds_tensor *input_video, *vace_video, *vace_mask, *vace_reference;
+    const ds_tensor *input_video, *vace_video, *vace_mask, *vace_reference, *input_image;
 
     void *vace_context;     /* NULL, or [1, 96, lt, lh, lw] compute dtype */
-    void *final_latents;    /* [1, 16, lt - ref, lh, lw]: what the VAE decodes */
+    /* NULL, or input_image's latents [1, z, 1, lh, lw] (compute dtype): upstream's
+     * first_frame_latents, fused into the latents before the loop and after every step. */
+    void *first_frame;
+    void *final_latents;    /* [1, z, lt - ref, lh, lw]: what the VAE decodes */
     void *video;            /* [1, 3, frames, height, width] compute dtype, while decoding */
     ds_tensor latents_view, video_view; /* views of final_latents and video */
     ds_wan_video_vae_tiles *tiles;      /* the tiled decode in progress, or NULL */
@@ -115,8 +152,9 @@ typedef struct wan_run {
     ds__unit_runner units;
 } wan_run;
 
-/* BasePipeline.check_resize_height_width: up to the division factors, frames up to 4k + 1. */
-static int round_size(int v) { return (v + SIZE_MULTIPLE - 1) / SIZE_MULTIPLE * SIZE_MULTIPLE; }
+/* BasePipeline.check_resize_height_width: up to the division factors (twice the VAE's
+ * upsampling factor), frames up to 4k + 1. */
+static int round_size(int v, int multiple) { return (v + multiple - 1) / multiple * multiple; }
 
 static int round_frames(int n)
 {
@@ -142,24 +180,20 @@ static int read_dit_kind(const ds_loaded_model *dit, dit_kind *k, ds_error *err)
     return rc;
 }
 
-static int check_models(const ds_pipeline_args *a, ds_error *err)
+static int check_models(const ds_pipeline_args *a, dit_kind *kind, ds_error *err)
 {
     const ds_loaded_model *te = a->models[ROLE_TEXT_ENCODER], *dit = a->models[ROLE_DIT];
+    const ds_loaded_model *vae = a->models[ROLE_VAE];
+    const vae_kind *vk = vae_kind_of(vae);
     int rc;
     if ((rc = check_model(te, "text_encoder", TEXT_ENCODER_CLASS, err)) != DS_OK ||
         (rc = check_model(dit, "dit", DIT_CLASS, err)) != DS_OK ||
-        (rc = check_model(a->models[ROLE_VAE], "vae", VAE_CLASS, err)) != DS_OK)
+        (rc = check_model(vae, "vae", vk->cls, err)) != DS_OK)
         return rc;
     dit_kind k;
     if ((rc = read_dit_kind(dit, &k, err)) != DS_OK)
         return rc;
-    if (k.out_dim != LATENT_CHANNELS || k.seperated_timestep)
-        return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
-                            "wan_video: the dit model has %lld latent channels%s, as "
-                            "Wan2.2-TI2V-5B: it needs the Wan2.2 VAE (48 channels, 16x spatial) "
-                            "and per-token timesteps, which this pipeline does not run yet",
-                            (long long)k.out_dim,
-                            k.seperated_timestep ? " and a separated timestep" : "");
+    *kind = k;
     if (k.has_image_input)
         return ds_error_set(err, DS_ERR_UNIMPLEMENTED,
                             "wan_video: the dit model takes CLIP image tokens (Wan2.1 "
@@ -176,6 +210,13 @@ static int check_models(const ds_pipeline_args *a, ds_error *err)
                             "concatenates (Wan2.1-Fun, I2V) is not implemented",
                             (long long)k.in_dim, (long long)k.out_dim,
                             k.has_ref_conv ? " and a reference image" : "");
+    if (k.out_dim != vk->z_dim)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: the dit model has %lld latent channels, the vae (%s) "
+                            "%lld: Wan2.2-TI2V-5B's DiT (48) goes with the Wan2.2 VAE "
+                            "(WanVideoVAE38), the Wan2.1 DiTs (16) with the Wan2.1 VAE "
+                            "(WanVideoVAE)",
+                            (long long)k.out_dim, vae->cls->name, (long long)vk->z_dim);
     int64_t te_dim = ds_wan_text_encoder_dim(te);
     if (te_dim != k.text_dim)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
@@ -188,7 +229,7 @@ static int check_models(const ds_pipeline_args *a, ds_error *err)
 /* A [T, H, W, 3] u8 video at the pipeline's (rounded) size with num_frames frames (`more`: or
  * more, of which the first num_frames are used, as upstream's VACE unit cuts them). */
 static int check_video(const ds_tensor *t, const char *name, int frames, int more, int height,
-                       int width, ds_error *err)
+                       int width, int multiple, ds_error *err)
 {
     if (t->dtype != DS_U8 || t->ndim != 4 || t->shape[0] < frames ||
         (!more && t->shape[0] != frames) || t->shape[1] != height || t->shape[2] != width ||
@@ -197,9 +238,9 @@ static int check_video(const ds_tensor *t, const char *name, int frames, int mor
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "wan_video: %s is %s, expected [%s%d, %d, %d, 3] u8 (num_frames, "
                             "height, width after rounding: frames to 4k + 1, sides to multiples "
-                            "of 16)",
+                            "of %d)",
                             name, ds_tensor_describe(t, got, sizeof got), more ? ">= " : "",
-                            frames, height, width);
+                            frames, height, width, multiple);
     }
     return DS_OK;
 }
@@ -222,6 +263,11 @@ static int check_vace(const ds_pipeline_args *a, int frames, int height, int wid
                             VACE_CLASS);
     if ((rc = check_model(vace, "vace", VACE_CLASS, err)) != DS_OK)
         return rc;
+    if (vae_kind_of(a->models[ROLE_VAE])->z_dim != LATENT_CHANNELS)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: VACE takes the Wan2.1 VAE's latents (16 channels, 8 x 8 "
+                            "mask blocks); the vae model is a %s",
+                            a->models[ROLE_VAE]->cls->name);
     ds__wan_vace_config c;
     if ((rc = ds__wan_vace_config_of(vace, &c, err)) != DS_OK)
         return ds_error_prefix(err, "wan_video: the vace model: ");
@@ -230,10 +276,12 @@ static int check_vace(const ds_pipeline_args *a, int frames, int height, int wid
                             "wan_video: the vace model takes %lld context channels, expected %d "
                             "(inactive and reactive latents and the 8 x 8 mask)",
                             (long long)c.in_dim, VACE_CHANNELS);
-    if (video && (rc = check_video(video, "vace_video", frames, 1, height, width, err)) != DS_OK)
+    if (video &&
+        (rc = check_video(video, "vace_video", frames, 1, height, width, 2 * SPATIAL, err)) !=
+            DS_OK)
         return rc;
-    if (mask &&
-        (rc = check_video(mask, "vace_video_mask", frames, 1, height, width, err)) != DS_OK)
+    if (mask && (rc = check_video(mask, "vace_video_mask", frames, 1, height, width, 2 * SPATIAL,
+                                  err)) != DS_OK)
         return rc;
     if (ref && (ref->dtype != DS_U8 || ref->ndim != 3 || ref->shape[0] != height ||
                 ref->shape[1] != width || ref->shape[2] != 3)) {
@@ -252,6 +300,7 @@ static void run_free(wan_run *p)
         return;
     ds__denoise_state_free(&p->d);
     free(p->vace_context);
+    free(p->first_frame);
     free(p->final_latents);
     free(p->video);
     ds_wan_video_vae_tiles_free(p->tiles);
@@ -262,9 +311,12 @@ static void run_free(wan_run *p)
 static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *err)
 {
     int rc;
+    dit_kind dk;
     *out = NULL;
-    if ((rc = check_models(a, err)) != DS_OK)
+    if ((rc = check_models(a, &dk, err)) != DS_OK)
         return rc;
+    const vae_kind *vk = vae_kind_of(a->models[ROLE_VAE]);
+    int multiple = 2 * vk->factor;
     if (!a->prompt)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "wan_video: prompt is required (it may be empty)");
@@ -274,7 +326,8 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
                             ds_dtype_name(a->dtype));
     const ds_pipeline_value *v = a->values;
     int frames = round_frames((int)v[PARAM_FRAMES].i);
-    int height = round_size((int)v[PARAM_HEIGHT].i), width = round_size((int)v[PARAM_WIDTH].i);
+    int height = round_size((int)v[PARAM_HEIGHT].i, multiple);
+    int width = round_size((int)v[PARAM_WIDTH].i, multiple);
     double strength = v[PARAM_STRENGTH].d;
     const ds_tensor *input_video = a->inputs[INPUT_VIDEO];
     if (strength < 1.0 && !input_video)
@@ -282,9 +335,29 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
                             "wan_video: denoising_strength %g below 1 needs input_video (the "
                             "video to start from)",
                             strength);
-    if (input_video &&
-        (rc = check_video(input_video, "input_video", frames, 0, height, width, err)) != DS_OK)
+    if (input_video && (rc = check_video(input_video, "input_video", frames, 0, height, width,
+                                         multiple, err)) != DS_OK)
         return rc;
+    const ds_tensor *image = a->inputs[INPUT_IMAGE];
+    /* Upstream's ImageEmbedderFused skips a DiT that does not fuse, and its ImageEmbedderVAE then
+     * feeds a Wan2.1 text-to-video DiT channels it has no weights for. */
+    if (image && !dk.fuse_vae_embedding_in_latents)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: input_image needs a dit model that fuses the image's "
+                            "latents into the first frame (fuse_vae_embedding_in_latents, as "
+                            "Wan2.2-TI2V-5B); the %s given does not (Wan2.1's image-to-video "
+                            "models take the image through the CLIP image encoder, which is not "
+                            "implemented)",
+                            a->models[ROLE_DIT]->model_name ? a->models[ROLE_DIT]->model_name
+                                                            : "dit model");
+    if (image && (image->dtype != DS_U8 || image->ndim != 3 || image->shape[0] != height ||
+                  image->shape[1] != width || image->shape[2] != 3)) {
+        char got[96];
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "wan_video: input_image is %s, expected [%d, %d, 3] u8 (the output "
+                            "size after rounding up to multiples of %d)",
+                            ds_tensor_describe(image, got, sizeof got), height, width, multiple);
+    }
     if ((rc = check_vace(a, frames, height, width, err)) != DS_OK)
         return rc;
     ds_wan_video_vae_tiling tiling = {v[PARAM_TILE_SIZE_H].i, v[PARAM_TILE_SIZE_W].i,
@@ -303,6 +376,9 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
     p->dit = a->models[ROLE_DIT];
     p->vae = a->models[ROLE_VAE];
     p->vace = a->models[ROLE_VACE];
+    p->z = vk->z_dim;
+    p->factor = vk->factor;
+    p->seperated_timestep = dk.seperated_timestep;
     p->vace_scale = v[PARAM_VACE_SCALE].d;
     p->seed = v[PARAM_SEED].u;
     p->denoising_strength = strength;
@@ -312,17 +388,17 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
     p->frames = frames;
     p->ref = a->inputs[INPUT_VACE_REFERENCE] != NULL;
     p->lt = (frames - 1) / TIME_FACTOR + 1 + p->ref;
-    p->lh = height / SPATIAL;
-    p->lw = width / SPATIAL;
+    p->lh = height / vk->factor;
+    p->lw = width / vk->factor;
     p->tiled = v[PARAM_TILED].i != 0;
     p->tiling = tiling;
     p->input_video = input_video;
     p->vace_video = a->inputs[INPUT_VACE_VIDEO];
     p->vace_mask = a->inputs[INPUT_VACE_MASK];
     p->vace_reference = a->inputs[INPUT_VACE_REFERENCE];
+    p->input_image = image;
     int with_vace = p->vace_video || p->vace_mask || p->vace_reference;
-    size_t latent_count =
-        (size_t)LATENT_CHANNELS * (size_t)p->lt * (size_t)p->lh * (size_t)p->lw;
+    size_t latent_count = (size_t)p->z * (size_t)p->lt * (size_t)p->lh * (size_t)p->lw;
     if ((rc = ds__denoise_state_init(&p->d, "wan_video", a->prompt, a->negative_prompt,
                                      a->tokenizer, a->dtype, v[PARAM_CFG].d, latent_count,
                                      err)) != DS_OK)
@@ -331,6 +407,12 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
     if (with_vace && !(p->vace_context = malloc(vace_bytes))) {
         rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                           "wan_video: out of memory for the VACE context");
+        goto fail;
+    }
+    size_t first_frame_bytes = latent_count / (size_t)p->lt * ds_dtype_size(a->dtype);
+    if (image && !(p->first_frame = malloc(first_frame_bytes))) {
+        rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                          "wan_video: out of memory for input_image's latents");
         goto fail;
     }
     if ((rc = ds_flow_match_wan((int)v[PARAM_STEPS].i, strength, p->sigma_shift, &p->d.schedule,
@@ -486,7 +568,7 @@ static int preprocess_video(const wan_run *p, const uint8_t *rgb, size_t T, int 
     return rc;
 }
 
-/* vae.encode of video [1, 3, T, H, W] (compute dtype) into latents [1, 16, (T - 1) / 4 + 1, lh,
+/* vae.encode of video [1, 3, T, H, W] (compute dtype) into latents [1, z, (T - 1) / 4 + 1, lh,
  * lw], tiled as the run says or untiled. */
 static int vae_encode(wan_run *p, const ds_step_context *ctx, const void *video, int64_t T,
                       int tiled, void *latents, const char *what, ds_error *err)
@@ -498,8 +580,7 @@ static int vae_encode(wan_run *p, const ds_step_context *ctx, const void *video,
     ds_tensor v = ds_tensor_wrap(cpu, p->d.dtype, 5, SHAPE(1, 3, T, p->height, p->width),
                                  (void *)video);
     ds_tensor z = ds_tensor_wrap(cpu, p->d.dtype, 5,
-                                 SHAPE(1, LATENT_CHANNELS, (T - 1) / TIME_FACTOR + 1, p->lh,
-                                       p->lw),
+                                 SHAPE(1, p->z, (T - 1) / TIME_FACTOR + 1, p->lh, p->lw),
                                  latents);
     ds_step_context inner = ds__unit_inner_context(ctx);
     rc = ds_wan_video_vae_encode(p->vae, &inner, tiled ? &p->tiling : NULL, &v, &z, err);
@@ -542,7 +623,7 @@ static int embed_input_video(wan_run *p, const ds_step_context *ctx, const void 
     size_t pixels = 3 * (size_t)p->frames * (size_t)p->height * (size_t)p->width;
     void *video = malloc(pixels * esize);
     void *input_latents = malloc(p->d.latent_count * esize);
-    void *video_latents = malloc((size_t)LATENT_CHANNELS * (size_t)video_lt * plane * esize);
+    void *video_latents = malloc((size_t)p->z * (size_t)video_lt * plane * esize);
     void *ref = NULL, *ref_latents = NULL;
     int rc;
     if (!video || !input_latents || !video_latents) {
@@ -555,10 +636,10 @@ static int embed_input_video(wan_run *p, const ds_step_context *ctx, const void 
         (rc = vae_encode(p, ctx, video, p->frames, p->tiled, video_latents, "input_video",
                          err)) != DS_OK)
         goto done;
-    copy_frames(input_latents, p->lt, p->ref, video_latents, video_lt, video_lt, LATENT_CHANNELS,
+    copy_frames(input_latents, p->lt, p->ref, video_latents, video_lt, video_lt, p->z,
                 plane * esize);
     if (p->ref) {
-        if (!(ref_latents = malloc((size_t)LATENT_CHANNELS * plane * esize))) {
+        if (!(ref_latents = malloc((size_t)p->z * plane * esize))) {
             rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                               "wan_video: out of memory for vace_reference_image's latents");
             goto done;
@@ -567,7 +648,7 @@ static int embed_input_video(wan_run *p, const ds_step_context *ctx, const void 
             (rc = vae_encode(p, ctx, ref, 1, 0, ref_latents, "vace_reference_image", err)) !=
                 DS_OK)
             goto done;
-        copy_frames(input_latents, p->lt, 0, ref_latents, 1, 1, LATENT_CHANNELS, plane * esize);
+        copy_frames(input_latents, p->lt, 0, ref_latents, 1, 1, p->z, plane * esize);
     }
     rc = ds_flow_match_add_noise(&p->d.schedule, 0, p->d.dtype, input_latents, noise, p->d.latents,
                                  p->d.latent_count, err);
@@ -577,6 +658,34 @@ done:
     free(video_latents);
     free(ref);
     free(ref_latents);
+    return rc;
+}
+
+/* latents[:, :, 0:1] = first_frame_latents. */
+static void fuse_first_frame(wan_run *p)
+{
+    size_t plane_bytes = (size_t)p->lh * (size_t)p->lw * ds_dtype_size(p->d.dtype);
+    copy_frames(p->d.latents, p->lt, 0, p->first_frame, 1, 1, p->z, plane_bytes);
+}
+
+/* WanVideoUnit_ImageEmbedderFused (Wan2.2-TI2V-5B): input_image as a one-frame video, encoded
+ * by the VAE (tiled as the run says, as upstream passes its tiling), becomes the first latent
+ * frame. */
+static int embed_image(wan_run *p, const ds_step_context *ctx, ds_error *err)
+{
+    size_t plane = (size_t)p->height * (size_t)p->width;
+    void *image = malloc(3 * plane * ds_dtype_size(p->d.dtype));
+    if (!image)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
+                            "wan_video: out of memory for input_image");
+    /* preprocess_image(...).transpose(0, 1): [3, 1, H, W] has the [1, 3, H, W] layout. */
+    int rc = ds_preprocess_image(p->input_image->data, p->height, p->width, p->d.dtype, image,
+                                 err);
+    if (rc == DS_OK &&
+        (rc = vae_encode(p, ctx, image, 1, p->tiled, p->first_frame, "input_image", err)) ==
+            DS_OK)
+        fuse_first_frame(p);
+    free(image);
     return rc;
 }
 
@@ -690,7 +799,8 @@ static int run_encode(void *run, const ds_step_context *ctx, ds_error *err)
 {
     wan_run *p = run;
     int rc;
-    int parts = 1 + (p->d.cfg_scale != 1.0) + (p->input_video != NULL) + (p->vace_context != NULL);
+    int parts = 1 + (p->d.cfg_scale != 1.0) + (p->input_video != NULL) +
+                (p->first_frame != NULL) + (p->vace_context != NULL);
     int done = 0;
     size_t bytes = p->d.latent_count * ds_dtype_size(p->d.dtype);
     ds__unit_report(ctx, "encode", 0, (uint64_t)parts);
@@ -711,10 +821,10 @@ static int run_encode(void *run, const ds_step_context *ctx, ds_error *err)
     /* With a reference frame the last drawn frame moves to the front:
      * concat(noise[:, :, -1:], noise[:, :, :-1]). */
     size_t plane = (size_t)p->lh * (size_t)p->lw * sizeof(float);
-    copy_frames(noise, p->lt, p->ref, drawn, p->lt, p->lt - p->ref, LATENT_CHANNELS, plane);
+    copy_frames(noise, p->lt, p->ref, drawn, p->lt, p->lt - p->ref, p->z, plane);
     if (p->ref)
         copy_frames(noise, p->lt, 0, (const char *)drawn + (size_t)(p->lt - 1) * plane, p->lt, 1,
-                    LATENT_CHANNELS, plane);
+                    p->z, plane);
     if (p->d.dtype == DS_BF16) {
         uint16_t *bf = (uint16_t *)noise;
         /* In place, front to back: element i's bf16 lands at or before its float. */
@@ -739,6 +849,12 @@ static int run_encode(void *run, const ds_step_context *ctx, ds_error *err)
     } else {
         memcpy(p->d.latents, noise, bytes);
     }
+    if (p->first_frame) {
+        if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
+            (rc = embed_image(p, ctx, err)) != DS_OK)
+            goto done;
+        ds__unit_report(ctx, "encode", (uint64_t)++done, (uint64_t)parts);
+    }
     if (p->vace_context) {
         if ((rc = ds__unit_cancelled(ctx, "wan_video", err)) != DS_OK ||
             (rc = embed_vace(p, ctx, err)) != DS_OK)
@@ -750,7 +866,7 @@ done:
     free(drawn);
     free(noise);
     /* The caller's tensors are borrowed only until here. */
-    p->input_video = p->vace_video = p->vace_mask = p->vace_reference = NULL;
+    p->input_video = p->vace_video = p->vace_mask = p->vace_reference = p->input_image = NULL;
     return rc;
 }
 
@@ -766,11 +882,18 @@ static int predict(void *run, const ds_step_context *ctx, const ds_step_io *side
     const ds_tensor *context = ds_step_io_tensor(side, "context");
     if (!context)
         return ds_error_set(err, DS_ERR_INTERNAL, "wan_video: encode_prompt returned no context");
-    const int64_t *shape = SHAPE(1, LATENT_CHANNELS, p->lt, p->lh, p->lw);
+    const int64_t *shape = SHAPE(1, p->z, p->lt, p->lh, p->lw);
     ds_tensor latents = ds_tensor_wrap(cpu, p->d.dtype, 5, shape, p->d.latents);
     ds_tensor out = ds_tensor_wrap(cpu, p->d.dtype, 5, shape, pred);
     ds_tensor t = ds_tensor_wrap(cpu, DS_F32, 1, SHAPE(1), &timestep);
-    ds_wan_video_dit_inputs in = {.latents = &latents, .timestep = &t, .context = context};
+    /* model_fn_wan_video's per-token timesteps (0 for the fused first frame) only where the
+     * ImageEmbedderFused unit ran and the DiT separates them. */
+    ds_wan_video_dit_inputs in = {
+        .latents = &latents,
+        .timestep = &t,
+        .context = context,
+        .fuse_vae_embedding_in_latents = p->first_frame && p->seperated_timestep,
+    };
     ds_tensor vace_context;
     if (p->vace_context) {
         vace_context = ds_tensor_wrap(cpu, p->d.dtype, 5,
@@ -792,7 +915,11 @@ static int run_denoise(void *run, const ds_step_context *ctx, int index, ds_erro
     float timestep = p->d.schedule.timesteps[index];
     if (p->d.dtype == DS_BF16)
         timestep = ds_bf16_to_f32(ds_f32_to_bf16(timestep));
-    return ds__unit_cfg_denoise(&p->d, "wan_video", predict, p, ctx, index, timestep, err);
+    int rc = ds__unit_cfg_denoise(&p->d, "wan_video", predict, p, ctx, index, timestep, err);
+    /* The scheduler moved the first frame too: the image's latents are put back. */
+    if (rc == DS_OK && p->first_frame)
+        fuse_first_frame(p);
+    return rc;
 }
 
 /* The decode's first unit: latents[:, :, ref:] (the reference frame dropped) and the buffers
@@ -809,15 +936,15 @@ static int decode_begin(wan_run *p, const ds_step_context *ctx, ds_error *err)
     size_t lplane = (size_t)p->lh * (size_t)p->lw * esize;
     p->video = malloc(3 * T * plane * esize);
     p->rgb = malloc(3 * T * plane);
-    p->final_latents = malloc((size_t)LATENT_CHANNELS * (size_t)lt * lplane);
+    p->final_latents = malloc((size_t)p->z * (size_t)lt * lplane);
     if (!p->video || !p->rgb || !p->final_latents)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                             "wan_video: out of memory for %d frames of %d x %d", p->frames,
                             p->height, p->width);
     copy_frames(p->final_latents, lt, 0, (const char *)p->d.latents + (size_t)p->ref * lplane,
-                p->lt, lt, LATENT_CHANNELS, lplane);
+                p->lt, lt, p->z, lplane);
     p->latents_view = ds_tensor_wrap(cpu, p->d.dtype, 5,
-                                     SHAPE(1, LATENT_CHANNELS, lt, p->lh, p->lw),
+                                     SHAPE(1, p->z, lt, p->lh, p->lw),
                                      p->final_latents);
     p->video_view = ds_tensor_wrap(cpu, p->d.dtype, 5,
                                    SHAPE(1, 3, p->frames, p->height, p->width), p->video);
@@ -936,7 +1063,9 @@ static double op_output_pixels(const ds_pipeline_run *run)
 
 /* Width of the Wan2.1 VAE decoder at full resolution and the activations of that width its
  * causal convolutions hold at once over one chunk of 4 output frames (input, residual, normed,
- * conv output, the two cached frames and the column staging of the 3x3x3 convolution). */
+ * conv output, the two cached frames and the column staging of the 3x3x3 convolution). The
+ * Wan2.2 VAE's widest stages (256 channels at half the size, 512 at a quarter) hold less per
+ * output pixel. */
 #define VAE_TOP_CHANNELS 384
 #define VAE_LIVE_BUFFERS 12
 
@@ -948,12 +1077,14 @@ static int op_estimate_memory(const ds_pipeline_args *args, const ds_pipeline_me
                               ds_memory_need *need, char *what, size_t what_size, ds_error *err)
 {
     const ds_pipeline_value *v = args->values;
+    const vae_kind *vk = vae_kind_of(args->models[ROLE_VAE]);
+    uint64_t f = (uint64_t)vk->factor;
     uint64_t frames = (uint64_t)round_frames((int)v[PARAM_FRAMES].i);
-    uint64_t h = (uint64_t)round_size((int)v[PARAM_HEIGHT].i);
-    uint64_t w = (uint64_t)round_size((int)v[PARAM_WIDTH].i);
+    uint64_t h = (uint64_t)round_size((int)v[PARAM_HEIGHT].i, 2 * vk->factor);
+    uint64_t w = (uint64_t)round_size((int)v[PARAM_WIDTH].i, 2 * vk->factor);
     uint64_t es = ds_dtype_size(args->dtype == DS_F32 ? DS_F32 : DS_BF16);
-    uint64_t lt = (frames - 1) / TIME_FACTOR + 1, lh = h / SPATIAL, lw = w / SPATIAL;
-    uint64_t latents = LATENT_CHANNELS * lt * lh * lw * es;
+    uint64_t lt = (frames - 1) / TIME_FACTOR + 1, lh = h / f, lw = w / f;
+    uint64_t latents = (uint64_t)vk->z_dim * lt * lh * lw * es;
     uint64_t context = (uint64_t)SEQ_LEN * 4096 * es;
     uint64_t pixels = frames * h * w;
     uint64_t threads = m->threads > 0 ? (uint64_t)m->threads : 1;
@@ -962,6 +1093,8 @@ static int op_estimate_memory(const ds_pipeline_args *args, const ds_pipeline_me
     if (args->inputs[INPUT_VACE_REFERENCE])
         latents += latents / lt;
     need->held = (3 + (vace ? 6 : 0)) * latents + 2 * context + pixels * 3 + m->inline_bytes;
+    if (args->inputs[INPUT_IMAGE])
+        need->held += latents / lt;
     /* The DiT: tokens of 1536 (1.3B) to 5120 (14B) wide, the FFN 3.5 times that, and one
      * attention score row block per thread. */
     uint64_t tokens = lt * (lh / 2) * (lw / 2);
@@ -971,8 +1104,8 @@ static int op_estimate_memory(const ds_pipeline_args *args, const ds_pipeline_me
     /* The VAE: one chunk of 4 frames of its tile (or the frame) at full width. */
     uint64_t tile_px = h * w;
     if (v[PARAM_TILED].i) {
-        uint64_t th = (uint64_t)v[PARAM_TILE_SIZE_H].i * SPATIAL;
-        uint64_t tw = (uint64_t)v[PARAM_TILE_SIZE_W].i * SPATIAL;
+        uint64_t th = (uint64_t)v[PARAM_TILE_SIZE_H].i * f;
+        uint64_t tw = (uint64_t)v[PARAM_TILE_SIZE_W].i * f;
         tile_px = (th < h ? th : h) * (tw < w ? tw : w);
     }
     uint64_t vae = 4 * tile_px * VAE_TOP_CHANNELS * 4 * VAE_LIVE_BUFFERS +
@@ -995,13 +1128,13 @@ static void op_free(ds_pipeline_run *run) { run_free((wan_run *)run); }
 static const ds_pipeline_role roles[] = {
     [ROLE_TEXT_ENCODER] = {"text_encoder", "wan_video_text_encoder", TEXT_ENCODER_CLASS, 1},
     [ROLE_DIT] = {"dit", "wan_video_dit", DIT_CLASS, 1},
-    [ROLE_VAE] = {"vae", "wan_video_vae", VAE_CLASS, 1},
+    [ROLE_VAE] = {"vae", "wan_video_vae", VAE_CLASS, 1, VAE38_CLASS},
     [ROLE_VACE] = {"vace", "wan_video_vace", VACE_CLASS, 0},
 };
 
 /* The defaults are upstream's __call__ defaults. */
 static const ds_pipeline_param params[] = {
-    DS_PIPELINE_DENOISING_PARAMS("50", "5", "480", "832", SIZE_MULTIPLE),
+    DS_PIPELINE_DENOISING_PARAMS("50", "5", "480", "832", "16 (32 with the Wan2.2 VAE)"),
     [PARAM_FRAMES] = {"num_frames", DS_PIPELINE_INT, 1, FRAMES_MAX, 0, "81",
                       "frames, rounded up to 4k + 1"},
     [PARAM_SHIFT] = {"sigma_shift", DS_PIPELINE_NUMBER, -INFINITY, INFINITY, 0, "5",
@@ -1013,7 +1146,7 @@ static const ds_pipeline_param params[] = {
     [PARAM_TILED] = {"tiled", DS_PIPELINE_INT, 0, 1, 0, "1",
                      "1: the VAE encodes and decodes in blended spatial tiles; 0: whole frames"},
     [PARAM_TILE_SIZE_H] = {"tile_size_h", DS_PIPELINE_INT, 1, TILE_MAX, 0, "30",
-                           "VAE tile height in latent units (8 pixels)"},
+                           "VAE tile height in latent units (8 pixels; 16 with the Wan2.2 VAE)"},
     [PARAM_TILE_SIZE_W] = {"tile_size_w", DS_PIPELINE_INT, 1, TILE_MAX, 0, "52",
                            "VAE tile width in latent units"},
     [PARAM_TILE_STRIDE_H] = {"tile_stride_h", DS_PIPELINE_INT, 1, TILE_MAX, 0, "15",
@@ -1038,14 +1171,18 @@ static const ds_pipeline_tensor inputs[] = {
     [INPUT_VACE_REFERENCE] = {"vace_reference_image",
                               "[H, W, 3] u8 RGB at the output size: VACE's reference frame",
                               "vace", 0, 0},
+    [INPUT_IMAGE] = {"input_image",
+                     "[H, W, 3] u8 RGB at the output size: the first frame, for a DiT that fuses "
+                     "it into the latents (Wan2.2-TI2V-5B image-to-video)",
+                     NULL, 0, 0},
 };
 
 static const ds_pipeline_tensor outputs[] = {
     [OUTPUT_VIDEO] = {"video", "[T, H, W, 3] u8 RGB frames, encoded as the request asks", NULL,
                       0, 1},
     [OUTPUT_LATENTS] = {"latents",
-                        "[1, 16, (T - 1) / 4 + 1, H/8, W/8] in the compute dtype: the final "
-                        "latents",
+                        "[1, z, (T - 1) / 4 + 1, H/f, W/f] in the compute dtype (z 16 and f 8, "
+                        "or 48 and 16 with the Wan2.2 VAE): the final latents",
                         NULL, 0, 0},
 };
 
@@ -1060,7 +1197,8 @@ static const ds_pipeline_class_step class_steps[] = {
 
 const ds_pipeline_def ds__wan_video_pipeline = {
     .name = "wan_video",
-    .summary = "Wan2.1 text-to-video, video-to-video and VACE",
+    .summary = "Wan2.1 text-to-video, video-to-video and VACE; Wan2.2-TI2V-5B text- and "
+               "image-to-video",
     DS_PIPELINE_STANDARD_FIELDS,
     DS_PIPELINE_DENOISING_FIELDS,
     .final_units = op_final_units,

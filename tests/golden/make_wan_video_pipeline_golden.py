@@ -25,6 +25,20 @@ Cases (9 frames, cfg 5, 3 steps, sigma_shift 5 unless said):
         vace_reference_image (seeded): the reference frame is prepended to the noise and the
         VACE context and trimmed before decoding
 
+Wan2.2-TI2V-5B cases, a pipeline of their own (as from_pretrained sets it up with the Wan2.2
+VAE: height / width division factor 32), the same text encoder and tokenizer with
+  DiT:          make_wan_video_dit_golden.py's Wan2.2-TI2V-5B WanModel (row 1f5ab770…, full
+                width 3072, 48 channels, seperated_timestep, fuse_vae_embedding_in_latents)
+                cut to 1 block,
+  VAE:          make_wan_video_vae_golden.py's WanVideoVAE38 (the real config, z 48, 16x):
+  ti2v  seed 11, 32 x 64, 9 frames, input_image (seeded): its latents fused into the first
+        latent frame, which the DiT sees at timestep 0 and which is put back after every step;
+        upstream's default tiling (one tile at this size)
+  t2v5b seed 5, height 20 (rounded up to 32) x width 64, 5 frames, no input_image (plain
+        timesteps), untiled
+(Small: the Wan2.2 VAE's 705 M weights take most of a minute per 9 decoded 32 x 64 frames on a
+small shared CPU.)
+
 Writes tests/data/golden/wan_video_pipeline.safetensors:
   <case>_latents  f32 [1, 16, 3, H/8, W/8]  the latents vae.decode received (the final latents)
   <case>_noise    f32 [1, 16, 3, H/8, W/8]  the initial noise (for diagnosis)
@@ -32,8 +46,13 @@ Writes tests/data/golden/wan_video_pipeline.safetensors:
   v2v_input_video u8 [9, 48, 64, 3]
   vace_input_video u8 [10, 48, 64, 3], vace_input_mask u8 [10, 48, 64, 3],
   vace_input_reference u8 [48, 64, 3]  (the VACE inputs)
+and tests/data/golden/wan_video_pipeline_ti2v.safetensors:
+  <case>_latents  f32 [1, 48, (T - 1) / 4 + 1, H/16, W/16], <case>_noise likewise,
+  <case>_video    u8 [T, H, W, 3]
+  ti2v_input_image u8 [32, 64, 3]
+An argument "21" or "ti2v" writes one of the two files.
 Run with a private venv that has the upstream package (/work/venv/bin/python) - never in CI;
-it needs about 3 GB of memory.
+it needs about 3 GB of memory (6 GB for the TI2V file).
 """
 import json
 import os
@@ -52,11 +71,14 @@ import seeded_weights  # noqa: E402
 
 from diffsynth.models.wan_video_dit import WanModel  # noqa: E402
 from diffsynth.models.wan_video_vace import VaceWanModel  # noqa: E402
+from diffsynth.models.wan_video_vae import WanVideoVAE, WanVideoVAE38  # noqa: E402
 from diffsynth.pipelines.wan_video import WanVideoPipeline  # noqa: E402
 from PIL import Image  # noqa: E402
 
 OUT = os.path.join(HERE, "..", "data", "golden", "wan_video_pipeline.safetensors")
+OUT_TI2V = os.path.join(HERE, "..", "data", "golden", "wan_video_pipeline_ti2v.safetensors")
 T2V_ROW = "9269f8db9040a9d860eaca435be61814"
+TI2V_ROW = "1f5ab7703c6fc803fdded85ff040c316"
 TEXT_LAYERS = 1
 DIT_LAYERS = 1
 VIDEO_SEED = 78
@@ -71,6 +93,12 @@ CASES = {
                  num_frames=9, vace_scale=0.8, tiled=False),
 }
 VACE_LAYERS = (0,)
+TI2V_CASES = {
+    "ti2v": dict(seed=11, num_inference_steps=3, cfg_scale=5.0, height=32, width=64,
+                 num_frames=9),
+    "t2v5b": dict(seed=5, num_inference_steps=3, cfg_scale=5.0, height=20, width=64,
+                  num_frames=5, tiled=False),
+}
 
 
 def vace_mask(frames, height, width):
@@ -102,31 +130,8 @@ class RecordedTokenizer:
         return ids, mask
 
 
-def main():
-    torch.set_num_threads(2)
-    with open(os.path.join(te_golden.DATA, "wan_tokenizer", "cases.json"),
-              encoding="utf-8") as f:
-        cases = json.load(f)["cases"]
-    prompt, negative = cases[0]["text"], cases[1]["text"]
-
-    te_golden.NUM_LAYERS = TEXT_LAYERS
-    text_encoder = te_golden.build_model()
-    dit_golden.NUM_LAYERS = DIT_LAYERS
-    dit_kwargs = dit_golden.row_kwargs(T2V_ROW)
-    dit = dit_golden.seeded(WanModel(**dit_kwargs))
-    vae = vae_golden.build_model()
-    vace = dit_golden.seeded(VaceWanModel(
-        vace_layers=VACE_LAYERS, vace_in_dim=96, patch_size=dit_kwargs["patch_size"],
-        has_image_input=False, dim=dit_kwargs["dim"], num_heads=dit_kwargs["num_heads"],
-        ffn_dim=dit_kwargs["ffn_dim"], eps=dit_kwargs["eps"]))
-    print("models built", flush=True)
-
-    pipe = WanVideoPipeline(device="cpu", torch_dtype=torch.float32)
-    pipe.text_encoder = text_encoder
-    pipe.dit = dit
-    pipe.vae = vae
-    pipe.tokenizer = RecordedTokenizer(cases)
-
+def capture(pipe, vae):
+    """Records the noise and the latents vae.decode receives; returns the dict they go to."""
     captured = {}
     real_decode = vae.decode
 
@@ -143,6 +148,82 @@ def main():
         return noise
 
     pipe.generate_noise = generate_noise
+    return captured
+
+
+def write_ti2v(cases, text_encoder, prompt, negative):
+    dit_golden.NUM_LAYERS = DIT_LAYERS
+    dit = dit_golden.seeded(WanModel(**dit_golden.row_kwargs(TI2V_ROW)))
+    vae = vae_golden.build_model(WanVideoVAE38)
+    print("TI2V models built", flush=True)
+    pipe = WanVideoPipeline(device="cpu", torch_dtype=torch.float32)
+    pipe.text_encoder = text_encoder
+    pipe.dit = dit
+    pipe.vae = vae
+    pipe.tokenizer = RecordedTokenizer(cases)
+    # What from_pretrained does once the VAE is loaded.
+    pipe.height_division_factor = vae.upsampling_factor * 2
+    pipe.width_division_factor = vae.upsampling_factor * 2
+    captured = capture(pipe, vae)
+
+    tensors = {}
+    for case, kwargs in TI2V_CASES.items():
+        call = dict(kwargs, prompt=prompt, negative_prompt=negative)
+        if case == "ti2v":
+            image = seeded_video("ti2v.input_image", 1, kwargs["height"], kwargs["width"])[0]
+            tensors["ti2v_input_image"] = torch.from_numpy(image.copy())
+            call["input_image"] = Image.fromarray(image)
+        with torch.no_grad():
+            video = pipe(**call)
+        frames = np.stack([np.array(f, dtype=np.uint8) for f in video])
+        tensors[f"{case}_latents"] = captured["latents"].float().contiguous()
+        tensors[f"{case}_noise"] = captured["noise"].float().contiguous()
+        tensors[f"{case}_video"] = torch.from_numpy(frames.copy())
+        print(case, tuple(captured["latents"].shape), frames.shape, flush=True)
+
+    metadata = {"prompt": prompt, "negative_prompt": negative,
+                "text_layers": str(TEXT_LAYERS), "dit_layers": str(DIT_LAYERS),
+                "dit_row": TI2V_ROW, "vae": "WanVideoVAE38", "video_seed": str(VIDEO_SEED),
+                "upstream": "diffsynth.pipelines.wan_video.WanVideoPipeline, torch "
+                            + torch.__version__}
+    for case, kwargs in TI2V_CASES.items():
+        metadata[case] = repr(kwargs)
+    save_file(tensors, OUT_TI2V, metadata=metadata)
+    print(OUT_TI2V, os.path.getsize(OUT_TI2V), {k: (tuple(v.shape), str(v.dtype))
+                                                for k, v in tensors.items()})
+
+
+def main():
+    torch.set_num_threads(2)
+    which = sys.argv[1:] or ["21", "ti2v"]
+    with open(os.path.join(te_golden.DATA, "wan_tokenizer", "cases.json"),
+              encoding="utf-8") as f:
+        cases = json.load(f)["cases"]
+    prompt, negative = cases[0]["text"], cases[1]["text"]
+
+    te_golden.NUM_LAYERS = TEXT_LAYERS
+    text_encoder = te_golden.build_model()
+    if "ti2v" in which:
+        write_ti2v(cases, text_encoder, prompt, negative)
+    if "21" not in which:
+        return
+    dit_golden.NUM_LAYERS = DIT_LAYERS
+    dit_kwargs = dit_golden.row_kwargs(T2V_ROW)
+    dit = dit_golden.seeded(WanModel(**dit_kwargs))
+    vae = vae_golden.build_model(WanVideoVAE)
+    vace = dit_golden.seeded(VaceWanModel(
+        vace_layers=VACE_LAYERS, vace_in_dim=96, patch_size=dit_kwargs["patch_size"],
+        has_image_input=False, dim=dit_kwargs["dim"], num_heads=dit_kwargs["num_heads"],
+        ffn_dim=dit_kwargs["ffn_dim"], eps=dit_kwargs["eps"]))
+    print("models built", flush=True)
+
+    pipe = WanVideoPipeline(device="cpu", torch_dtype=torch.float32)
+    pipe.text_encoder = text_encoder
+    pipe.dit = dit
+    pipe.vae = vae
+    pipe.tokenizer = RecordedTokenizer(cases)
+
+    captured = capture(pipe, vae)
 
     tensors = {}
     for case, kwargs in CASES.items():

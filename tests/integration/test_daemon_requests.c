@@ -642,6 +642,52 @@ static void test_bad_unload(void)
     check_unharmed();
 }
 
+/* --- a role that takes two classes ---------------------------------------------------------- */
+
+/* wan_video's vae role takes the Wan2.2 VAE (WanVideoVAE38) beside the Wan2.1 one, by id and by
+ * paths. Runs last: the models a run loads from paths stay in the pool. */
+static void test_wan_vae38_role(void)
+{
+    static const ds_client_step_param small[] = {
+        {"height", "32"}, {"width", "32"}, {"num_frames", "1"}, {"steps", "1"}};
+    ds_client_pipeline_result res;
+    diffsynth_v1_Envelope resp;
+    REQUIRE(load(wan_vae38, wan_vae38_n, "it-vae38", &resp) == DS_CLIENT_OK);
+    REQUIRE(resp.which_body == diffsynth_v1_Envelope_load_result_tag &&
+            resp.body.load_result.models_count == 1);
+    char id[64];
+    snprintf(id, sizeof id, "%s", resp.body.load_result.models[0].model_id);
+    ds_client_envelope_free(&resp);
+
+    /* By id: taken; the roles left out are what is missing then. */
+    ds_client *c = it_connect(&env);
+    REQUIRE(c);
+    ds_client_pipeline_model by_id = {.role = "vae", .model_id = id};
+    ds_client_pipeline_request r = {.pipeline = "wan_video", .models = &by_id, .model_count = 1,
+                                    .prompt = "x", .params = small, .param_count = 4,
+                                    .named_outputs = true};
+    CHECK(ds_client_run_pipeline(c, &r, &res, 120000, NULL, NULL, NULL) == DS_CLIENT_EDAEMON);
+    CHECK(ds_client_last_code(c) == diffsynth_v1_Code_FAILED_PRECONDITION);
+    CHECK_CONTAINS(ds_client_last_error(c), "no model for the text_encoder");
+
+    /* By paths: loaded as WanVideoVAE38, then the pipeline pairs it with the Wan2.1 DiT. */
+    ds_client_pipeline_model by_paths[] = {
+        {.role = "text_encoder", .paths = (const char *const *)wan_te, .path_count = wan_te_n},
+        {.role = "dit", .paths = (const char *const *)wan, .path_count = wan_n},
+        {.role = "vae", .paths = (const char *const *)wan_vae38, .path_count = wan_vae38_n},
+    };
+    r.models = by_paths;
+    r.model_count = 3;
+    CHECK(ds_client_run_pipeline(c, &r, &res, 120000, NULL, NULL, NULL) == DS_CLIENT_EDAEMON);
+    CHECK(ds_client_last_code(c) == diffsynth_v1_Code_INVALID_ARGUMENT);
+    CHECK_CONTAINS(ds_client_last_error(c),
+                   "the dit model has 16 latent channels, the vae "
+                   "(diffsynth.models.wan_video_vae.WanVideoVAE38) 48");
+    ds_client_close(c);
+    CHECK(unload(id, "it-vae38", &resp) == DS_CLIENT_OK);
+    ds_client_envelope_free(&resp);
+}
+
 /* --- setup ---------------------------------------------------------------------------------- */
 
 static int make_all(void)
@@ -735,6 +781,7 @@ int main(int argc, char **argv)
     RUN(test_missing_file);
     RUN(test_malformed_file);
     RUN(test_bad_unload);
+    RUN(test_wan_vae38_role);
 
     int status = -1;
     if (it_daemon_stop(&env, &status) != 0 || status != 0) {

@@ -5,7 +5,11 @@
  * text-to-video with CFG at a height the pipeline rounds up and upstream's default tiling, and
  * video-to-video at strength 0.7 with small blended tiles, VACE with a video, a mask and a
  * reference image (a VaceWanModel of one layer at the DiT's width), untiled. Then the unit
- * sequence and its progress, cancellation, and the parameter and model checks. */
+ * sequence and its progress, cancellation, and the parameter and model checks.
+ * With the argument "ti2v": Wan2.2-TI2V-5B (its DiT cut to 1 block at the real width, the real
+ * Wan2.2 VAE) against upstream's pipeline set up with that VAE: image-to-video with a seeded
+ * input_image (9 frames of 32 x 64), and text-to-video at a height rounded up to a multiple of 32
+ * (5 frames); then the checks of input_image and of the DiT / VAE pairing. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,15 +18,18 @@
 #include "core/float_convert.h"
 #include "core/safetensors.h"
 #include "kernels/ops.h"
+#include "models/model_class.h"
 #include "pipeline_golden.h"
 #include "pipelines/pipeline.h"
 #include "test.h"
 #include "tools/golden_model.h"
 
 #define GOLDEN "golden/wan_video_pipeline.safetensors"
+#define GOLDEN_TI2V "golden/wan_video_pipeline_ti2v.safetensors"
 #define TE_CLASS "diffsynth.models.wan_video_text_encoder.WanTextEncoder"
 #define DIT_CLASS "diffsynth.models.wan_video_dit.WanModel"
 #define VAE_CLASS "diffsynth.models.wan_video_vae.WanVideoVAE"
+#define VAE38_CLASS "diffsynth.models.wan_video_vae.WanVideoVAE38"
 #define VACE_CLASS "diffsynth.models.wan_video_vace.VaceWanModel"
 #define VACE_KWARGS                                                                              \
     "{\"vace_layers\": [0], \"vace_in_dim\": 96, \"patch_size\": [1, 2, 2], "                \
@@ -40,6 +47,13 @@
 #define DIT_KWARGS                                                                               \
     "{\"has_image_input\": false, \"in_dim\": 16, \"text_dim\": 4096, \"out_dim\": 16, "         \
     DIT_SHAPE_KWARGS "}"
+/* Wan2.2-TI2V-5B's row kwargs with num_layers 1. */
+#define DIT_TI2V_KWARGS                                                                          \
+    "{\"has_image_input\": false, \"patch_size\": [1, 2, 2], \"in_dim\": 48, \"dim\": 3072, "    \
+    "\"ffn_dim\": 14336, \"freq_dim\": 256, \"text_dim\": 4096, \"out_dim\": 48, "              \
+    "\"num_heads\": 24, \"num_layers\": 1, \"eps\": 1e-06, \"seperated_timestep\": true, "      \
+    "\"require_clip_embedding\": false, \"require_vae_embedding\": false, "                     \
+    "\"fuse_vae_embedding_in_latents\": true}"
 /* The prompts: tests/data/wan_tokenizer/cases.json's English and Chinese cases. */
 #define PROMPT "A cat sits on a wooden table next to a window, morning light, soft shadows."
 #define NEGATIVE "一只小猫坐在窗边的木桌上，清晨的阳光洒在它身上，画面柔和。"
@@ -50,6 +64,7 @@ static ds_backend *cpu;
 static ds_safetensors *golden;
 static ds_loaded_model text_encoder, dit, vae, vace;
 static int models_ready;
+static int ti2v; /* the Wan2.2-TI2V-5B models (dit, vae) instead of Wan2.1's, and no vace */
 static char tokenizer_dir[1024];
 static const ds_pipeline_def *def;
 
@@ -68,12 +83,12 @@ static int build_models(void)
     };
     ds_golden_model_spec d = {
         .model_class = DIT_CLASS,
-        .kwargs_json = DIT_KWARGS,
+        .kwargs_json = ti2v ? DIT_TI2V_KWARGS : DIT_KWARGS,
         .bounds = ds_golden_bounds_wan_video_dit,
         .seed = DIT_SEED,
     };
     ds_golden_model_spec v = {
-        .model_class = VAE_CLASS,
+        .model_class = ti2v ? VAE38_CLASS : VAE_CLASS,
         .bounds = ds_golden_bounds_qwen_image_vae, /* the same rule: gammas, conv fan_in */
         .seed = VAE_SEED,
     };
@@ -84,7 +99,7 @@ static int build_models(void)
         .seed = DIT_SEED,
     };
     if (ds_golden_model_build(&te, &text_encoder) != 0 || ds_golden_model_build(&d, &dit) != 0 ||
-        ds_golden_model_build(&v, &vae) != 0 || ds_golden_model_build(&va, &vace) != 0)
+        ds_golden_model_build(&v, &vae) != 0 || (!ti2v && ds_golden_model_build(&va, &vace) != 0))
         return 0;
     /* What a load records and the VACE branch checks (the builder sets the class only). */
     vace.model_class = (char *)VACE_CLASS;
@@ -401,7 +416,9 @@ static void test_checks(void)
                DS_ERR_UNIMPLEMENTED, "the CLIP image encoder");
     refuse_dit("\"has_image_input\": false, \"in_dim\": 48, \"out_dim\": 48, \"text_dim\": 4096, "
                "\"seperated_timestep\": true",
-               DS_ERR_UNIMPLEMENTED, "Wan2.2-TI2V-5B: it needs the Wan2.2 VAE");
+               DS_ERR_INVALID_ARGUMENT,
+               "the dit model has 48 latent channels, the vae "
+               "(diffsynth.models.wan_video_vae.WanVideoVAE) 16: Wan2.2-TI2V-5B's DiT");
     refuse_dit("\"has_image_input\": false, \"in_dim\": 48, \"out_dim\": 16, \"text_dim\": 4096",
                DS_ERR_UNIMPLEMENTED, "takes 48 input channels for 16 latent ones");
     refuse_dit("\"has_image_input\": false, \"in_dim\": 16, \"out_dim\": 16, \"text_dim\": 4096, "
@@ -410,6 +427,140 @@ static void test_checks(void)
     refuse_dit("\"has_image_input\": false, \"in_dim\": 16, \"out_dim\": 16, \"text_dim\": 2048",
                DS_ERR_INVALID_ARGUMENT,
                "the text encoder's width is 4096, the dit model's text_dim is 2048");
+
+    /* Wan2.1 text-to-video has nothing to fuse an image with (upstream's ImageEmbedderVAE would
+     * feed it 20 channels more than its patch embedding takes). */
+    uint8_t image_pixels[16 * 16 * 3] = {0};
+    ds_tensor image = ds_tensor_wrap(cpu, DS_U8, 3, (const int64_t[]){16, 16, 3}, image_pixels);
+    a = base_args();
+    param(&a, "height")->i = 16;
+    param(&a, "width")->i = 16;
+    set_input(&a, "input_image", &image);
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT,
+                   "input_image needs a dit model that fuses the image's latents into the first "
+                   "frame (fuse_vae_embedding_in_latents");
+}
+
+/* ---- Wan2.2-TI2V-5B (argument "ti2v") ---- */
+
+static void test_image_to_video(void)
+{
+    ds_tensor image = golden_u8("ti2v_input_image");
+    REQUIRE(image.data);
+    ds_pipeline_args a = base_args();
+    param(&a, "seed")->u = 11;
+    param(&a, "steps")->i = 3;
+    param(&a, "height")->i = 32;
+    param(&a, "width")->i = 64;
+    param(&a, "num_frames")->i = 9;
+    set_input(&a, "input_image", &image);
+    check_case("ti2v", &a);
+}
+
+static void test_text_to_video_5b(void)
+{
+    ds_pipeline_args a = base_args();
+    param(&a, "seed")->u = 5;
+    param(&a, "steps")->i = 3;
+    param(&a, "height")->i = 20; /* rounded up to 32: the Wan2.2 VAE's factor */
+    param(&a, "width")->i = 64;
+    param(&a, "num_frames")->i = 5;
+    param(&a, "tiled")->i = 0;
+    check_case("t2v5b", &a);
+}
+
+/* The encode unit's parts with an input image and no CFG: the prompt, then the image, on a run
+ * cut short after the encode. */
+static void test_image_progress(void)
+{
+    ds_error err;
+    uint8_t pixels[32 * 32 * 3] = {0};
+    ds_tensor image = ds_tensor_wrap(cpu, DS_U8, 3, (const int64_t[]){32, 32, 3}, pixels);
+    ds_pipeline_args a = base_args();
+    param(&a, "steps")->i = 1;
+    param(&a, "cfg_scale")->d = 1.0;
+    param(&a, "height")->i = 32;
+    param(&a, "width")->i = 32;
+    param(&a, "num_frames")->i = 1;
+    param(&a, "tiled")->i = 0;
+    set_input(&a, "input_image", &image);
+    ds_pipeline_run *run;
+    progress_log log = {0};
+    REQUIRE(models_ready);
+    REQUIRE(def->start(&a, &run, &err) == DS_OK);
+    ds_step_context ctx = {.backend = cpu, .progress = on_progress, .user = &log};
+    CHECK_MSG(def->advance(run, &ctx, &err) == 1, "%s", err.message);
+    int encode_events = 0;
+    for (int i = 0; i < log.count && i < 256; i++)
+        if (strcmp(log.phases[i], "encode") == 0) {
+            encode_events++;
+            CHECK(log.total[i] == 2);
+        }
+    CHECK(encode_events == 3); /* 0, 1 and 2 of 2 */
+    def->free(run);
+}
+
+static void test_ti2v_checks(void)
+{
+    uint8_t pixels[64 * 96 * 3] = {0};
+    ds_tensor small = ds_tensor_wrap(cpu, DS_U8, 3, (const int64_t[]){48, 96, 3}, pixels);
+    ds_tensor gray = ds_tensor_wrap(cpu, DS_U8, 3, (const int64_t[]){64, 96, 1}, pixels);
+    ds_tensor video = ds_tensor_wrap(cpu, DS_U8, 4, (const int64_t[]){1, 64, 96, 3}, pixels);
+    ds_tensor floats = ds_tensor_wrap(cpu, DS_F32, 3, (const int64_t[]){32, 32, 3}, pixels);
+    ds_pipeline_args a = base_args();
+    param(&a, "height")->i = 48; /* rounded up to 64 */
+    param(&a, "width")->i = 96;
+    set_input(&a, "input_image", &small);
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT,
+                   "input_image is [48, 96, 3] u8, expected [64, 96, 3] u8 (the output size "
+                   "after rounding up to multiples of 32)");
+    set_input(&a, "input_image", &gray);
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "input_image is [64, 96, 1] u8, expected");
+    set_input(&a, "input_image", &video);
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "input_image is [1, 64, 96, 3] u8, expected");
+    set_input(&a, "input_image", &floats);
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT, "input_image is [32, 32, 3] f32, expected");
+
+    /* The 5B DiT with the Wan2.1 VAE, and the Wan2.1 DiT with the Wan2.2 VAE (only the classes
+     * and kwargs are read before the refusal). */
+    ds_loaded_model vae21 = vae;
+    vae21.cls = ds_model_class_find(VAE_CLASS);
+    REQUIRE(vae21.cls);
+    a = base_args();
+    a.models[ds_pipeline_role_index(def, "vae")] = &vae21;
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT,
+                   "the dit model has 48 latent channels, the vae "
+                   "(diffsynth.models.wan_video_vae.WanVideoVAE) 16");
+    refuse_dit("\"has_image_input\": false, \"in_dim\": 16, \"out_dim\": 16, \"text_dim\": 4096",
+               DS_ERR_INVALID_ARGUMENT,
+               "the dit model has 16 latent channels, the vae "
+               "(diffsynth.models.wan_video_vae.WanVideoVAE38) 48");
+
+    /* VACE builds its context from the Wan2.1 VAE's latents and 8 x 8 mask blocks. */
+    ds_loaded_model vace_model = dit;
+    vace_model.cls = ds_model_class_find(VACE_CLASS);
+    REQUIRE(vace_model.cls);
+    ds_tensor ref = ds_tensor_wrap(cpu, DS_U8, 3, (const int64_t[]){64, 96, 3}, pixels);
+    a = base_args();
+    param(&a, "height")->i = 64;
+    param(&a, "width")->i = 96;
+    a.models[ds_pipeline_role_index(def, "vace")] = &vace_model;
+    set_input(&a, "vace_reference_image", &ref);
+    expect_refused(&a, DS_ERR_INVALID_ARGUMENT,
+                   "VACE takes the Wan2.1 VAE's latents (16 channels, 8 x 8 mask blocks); the "
+                   "vae model is a diffsynth.models.wan_video_vae.WanVideoVAE38");
+
+    /* Admission sizes the run on the Wan2.2 VAE's grid. */
+    ds_error err;
+    ds_pipeline_memory_args m = {.threads = 2};
+    ds_memory_need need;
+    char what[96];
+    a = base_args();
+    param(&a, "height")->i = 40;
+    param(&a, "width")->i = 96;
+    param(&a, "num_frames")->i = 9;
+    CHECK(def->estimate_memory(&a, &m, &need, what, sizeof what, &err) == DS_OK);
+    CHECK_CONTAINS(what, "wan_video 9 frames of 64x96");
 }
 
 /* The table as the daemon and the CLI read it. */
@@ -428,6 +579,12 @@ static void test_table(void)
     CHECK(values[ds_pipeline_param_index(def, "tiled")].i == 1);
     CHECK(def->param_count <= DS_PIPELINE_MAX_PARAMS &&
           def->input_count <= DS_PIPELINE_MAX_TENSORS);
+    /* The daemon gives the vae role either VAE by id or paths; the other roles one class. */
+    const ds_pipeline_role *vae_role = &def->roles[ds_pipeline_role_index(def, "vae")];
+    CHECK(ds_pipeline_role_takes(vae_role, VAE_CLASS));
+    CHECK(ds_pipeline_role_takes(vae_role, VAE38_CLASS));
+    CHECK(!ds_pipeline_role_takes(vae_role, DIT_CLASS));
+    CHECK(!ds_pipeline_role_takes(&def->roles[ds_pipeline_role_index(def, "dit")], VAE38_CLASS));
     ds_pipeline_args a = base_args();
     ds_pipeline_memory_args m = {.threads = 2};
     ds_memory_need need;
@@ -437,11 +594,12 @@ static void test_table(void)
     CHECK(need.held >= 81ull * 480 * 832 * 3 && need.peak > 0);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     ds_error err;
     char path[1024];
-    test_data_path(path, sizeof path, GOLDEN);
+    ti2v = argc > 1 && strcmp(argv[1], "ti2v") == 0;
+    test_data_path(path, sizeof path, ti2v ? GOLDEN_TI2V : GOLDEN);
     test_data_path(tokenizer_dir, sizeof tokenizer_dir, "wan_tokenizer");
     def = ds_pipeline_find("wan_video");
     if (!def) {
@@ -455,13 +613,20 @@ int main(void)
     }
     if (!build_models())
         fprintf(stderr, "setup: could not build the seeded models\n");
-    RUN(test_table);
-    RUN(test_checks);
-    RUN(test_text_to_video);
-    RUN(test_video_to_video);
-    RUN(test_vace);
-    RUN(test_units_and_progress);
-    RUN(test_cancel);
+    if (ti2v) {
+        RUN(test_ti2v_checks);
+        RUN(test_image_to_video);
+        RUN(test_text_to_video_5b);
+        RUN(test_image_progress);
+    } else {
+        RUN(test_table);
+        RUN(test_checks);
+        RUN(test_text_to_video);
+        RUN(test_video_to_video);
+        RUN(test_vace);
+        RUN(test_units_and_progress);
+        RUN(test_cancel);
+    }
     ds_golden_model_free(&text_encoder);
     ds_golden_model_free(&dit);
     ds_golden_model_free(&vae);
