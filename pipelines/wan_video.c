@@ -246,6 +246,21 @@ static int check_video(const ds_tensor *t, const char *name, int frames, int mor
 }
 
 /* The VACE inputs against the pipeline's size and the VACE model. */
+/* An image input: [height, width, 3] u8 at the output size. */
+static int check_image(const ds_tensor *image, const char *name, int height, int width,
+                       int multiple, ds_error *err)
+{
+    if (image->dtype == DS_U8 && image->ndim == 3 && image->shape[0] == height &&
+        image->shape[1] == width && image->shape[2] == 3)
+        return DS_OK;
+    char got[96];
+    return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                        "wan_video: %s is %s, expected [%d, %d, 3] u8 (the output size after "
+                        "rounding up to multiples of %d)",
+                        name, ds_tensor_describe(image, got, sizeof got), height, width,
+                        multiple);
+}
+
 static int check_vace(const ds_pipeline_args *a, int frames, int height, int width,
                       ds_error *err)
 {
@@ -283,15 +298,7 @@ static int check_vace(const ds_pipeline_args *a, int frames, int height, int wid
     if (mask && (rc = check_video(mask, "vace_video_mask", frames, 1, height, width, 2 * SPATIAL,
                                   err)) != DS_OK)
         return rc;
-    if (ref && (ref->dtype != DS_U8 || ref->ndim != 3 || ref->shape[0] != height ||
-                ref->shape[1] != width || ref->shape[2] != 3)) {
-        char got[96];
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "wan_video: vace_reference_image is %s, expected [%d, %d, 3] u8 (the "
-                            "output size after rounding up to multiples of 16)",
-                            ds_tensor_describe(ref, got, sizeof got), height, width);
-    }
-    return DS_OK;
+    return ref ? check_image(ref, "vace_reference_image", height, width, 2 * SPATIAL, err) : DS_OK;
 }
 
 static void run_free(wan_run *p)
@@ -350,14 +357,8 @@ static int op_start(const ds_pipeline_args *a, ds_pipeline_run **out, ds_error *
                             "implemented)",
                             a->models[ROLE_DIT]->model_name ? a->models[ROLE_DIT]->model_name
                                                             : "dit model");
-    if (image && (image->dtype != DS_U8 || image->ndim != 3 || image->shape[0] != height ||
-                  image->shape[1] != width || image->shape[2] != 3)) {
-        char got[96];
-        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
-                            "wan_video: input_image is %s, expected [%d, %d, 3] u8 (the output "
-                            "size after rounding up to multiples of %d)",
-                            ds_tensor_describe(image, got, sizeof got), height, width, multiple);
-    }
+    if (image && (rc = check_image(image, "input_image", height, width, multiple, err)) != DS_OK)
+        return rc;
     if ((rc = check_vace(a, frames, height, width, err)) != DS_OK)
         return rc;
     ds_wan_video_vae_tiling tiling = {v[PARAM_TILE_SIZE_H].i, v[PARAM_TILE_SIZE_W].i,

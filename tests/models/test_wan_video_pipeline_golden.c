@@ -485,13 +485,13 @@ static void test_image_progress(void)
     param(&a, "tiled")->i = 0;
     set_input(&a, "input_image", &image);
     ds_pipeline_run *run;
-    progress_log log = {0};
+    test_progress_log log = {0};
     REQUIRE(models_ready);
     REQUIRE(def->start(&a, &run, &err) == DS_OK);
-    ds_step_context ctx = {.backend = cpu, .progress = on_progress, .user = &log};
+    ds_step_context ctx = test_log_context(cpu, &log);
     CHECK_MSG(def->advance(run, &ctx, &err) == 1, "%s", err.message);
     int encode_events = 0;
-    for (int i = 0; i < log.count && i < 256; i++)
+    for (int i = 0; i < log.count && i < TEST_PROGRESS_EVENTS; i++)
         if (strcmp(log.phases[i], "encode") == 0) {
             encode_events++;
             CHECK(log.total[i] == 2);
