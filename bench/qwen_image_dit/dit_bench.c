@@ -8,9 +8,6 @@
  *   --backend cpu|cuda   (default cpu)
  *   --threads N          CPU worker threads (0 = all CPUs; ignored by cuda)
  *   --dtype f32|bf16     weights, inputs and compute (default f32)
- *   --weights-dtype D    the weights' dtype when it differs from --dtype (bf16 files at f32)
- *   --vram-limit none    run through a VRAM manager without a limit (CPU: Linear weights of
- *                        another dtype are converted once, in the warm-up; default: no manager)
  *   --layers N           transformer blocks (default 2; the released model has 60)
  *   --height H --width W image size in pixels, multiples of 16 (default 256 x 256: 256 image
  *                        tokens); latents are [1, 16, H/8, W/8]
@@ -43,7 +40,6 @@
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/qwen_image_dit.h"
-#include "vram/vram_manager.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
 #define DIM 3072.0
@@ -53,8 +49,6 @@ typedef struct options {
     const char *backend;
     int threads;
     ds_dtype dtype;
-    ds_dtype weights_dtype; /* DS_DTYPE_INVALID: dtype */
-    int vram;               /* through a manager without a limit */
     int layers;
     int height, width, text_tokens;
     int warmup, repeats;
@@ -117,13 +111,6 @@ static int parse_args(int argc, char **argv, options *o)
         else if (strcmp(k, "--dtype") == 0) {
             if (!ds_bench_parse_dtype(v, &o->dtype))
                 return 0;
-        } else if (strcmp(k, "--weights-dtype") == 0) {
-            if (!ds_bench_parse_dtype(v, &o->weights_dtype))
-                return 0;
-        } else if (strcmp(k, "--vram-limit") == 0) {
-            if (strcmp(v, "none") != 0)
-                return 0;
-            o->vram = 1;
         } else if (strcmp(k, "--layers") == 0)
             o->layers = atoi(v);
         else if (strcmp(k, "--height") == 0)
@@ -174,7 +161,6 @@ int main(int argc, char **argv)
     char kwargs[64];
     ds_loaded_model model;
     ds_tensor lat = {0}, emb = {0}, noise = {0};
-    ds_vram_manager *mgr = NULL;
     double *samples = calloc((size_t)o.repeats, sizeof *samples);
     double build_start = ds_bench_now_s();
     snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d}", o.layers);
@@ -182,8 +168,7 @@ int main(int argc, char **argv)
         code = report_failure(&o, "error", "out of memory for the samples", 1);
         goto out_backend;
     }
-    ds_dtype wdt = o.weights_dtype != DS_DTYPE_INVALID ? o.weights_dtype : o.dtype;
-    if (ds_bench_build_model(DIT_CLASS, kwargs, NULL, 0, wdt, &model, NULL, &err) != DS_OK) {
+    if (ds_bench_build_model(DIT_CLASS, kwargs, NULL, 0, o.dtype, &model, NULL, &err) != DS_OK) {
         code = report_failure(&o, "error", err.message, 1);
         free(samples);
         goto out_backend;
@@ -200,11 +185,7 @@ int main(int argc, char **argv)
         code = report_failure(&o, "error", err.message, 1);
         goto out;
     }
-    if (o.vram && ds_vram_manager_create(b, DS_VRAM_UNLIMITED, 2, &mgr, &err) != DS_OK) {
-        code = report_failure(&o, "error", err.message, 1);
-        goto out;
-    }
-    ds_step_context ctx = {.backend = b, .vram = mgr};
+    ds_step_context ctx = {.backend = b};
     for (int r = -o.warmup; r < o.repeats; r++) {
         /* An output left unwritten is no measurement: poison it before every call. */
         memset(noise.data, 0xff, ds_tensor_nbytes(&noise));
@@ -226,12 +207,10 @@ int main(int argc, char **argv)
     double median = ds_bench_median(samples, (size_t)o.repeats), flops = forward_flops(&o);
     print_head(&o, finite ? "ok" : "bad_output");
     printf(", \"warmup\": %d, \"repeats\": %d, \"median_ms\": %.3f, \"min_ms\": %.3f, "
-           "\"flops\": %.6g, \"tflops\": %.6g, \"weights\": \"%s\", \"weights_dtype\": \"%s\", "
+           "\"flops\": %.6g, \"tflops\": %.6g, \"weights\": \"%s\", "
            "\"timing\": \"monotonic clock around one forward + stream synchronize\"}\n",
            o.warmup, o.repeats, median * 1e3, samples[0] * 1e3, flops, flops / median * 1e-12,
-           mgr ? "through a VRAM manager without a limit"
-               : b == cpu ? "host, in place" : "host, uploaded block by block in every forward",
-           ds_dtype_name(wdt));
+           b == cpu ? "host, in place" : "host, uploaded block by block in every forward");
     fflush(stdout);
     code = finite ? 0 : 1;
 
@@ -240,7 +219,6 @@ out:
     ds_tensor_free(&emb);
     ds_tensor_free(&noise);
     ds_bench_free_model(&model);
-    ds_vram_manager_destroy(mgr);
     free(samples);
 out_backend:
     if (cpu != b)

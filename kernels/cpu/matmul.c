@@ -4,11 +4,8 @@
  * operands go to oneDNN as they are, accumulating in f32, where the processor's bf16 rate makes
  * that faster than widening them to f32 (bf16_via_onednn); fp8 weights are converted to bf16 on
  * the way. f32 GEMMs go to whichever library was faster for the shape's class when measured
- * (f32_via_onednn), whether the f32 operands were stored f32 or widened during the call, and a
- * linear's weight runs in the same blocks of rows either way (block_rows): a weight converted
- * once to f32 gives what widening it at every call gives. The choice depends only on shapes,
- * the dtype the GEMM computes in, the processor and the build, so results are deterministic for
- * a given thread count.
+ * (f32_via_onednn). The choice depends only on shapes, dtypes, the processor and the build, so
+ * results are deterministic for a given thread count.
  *
  * Every GEMM is issued from the calling thread with the library's own threads (the count set in
  * cpu_backend.c and gemm_onednn.c), never from inside one of our parallel regions: the
@@ -249,19 +246,13 @@ static void small_m_rows(void *ctx, int64_t begin, int64_t end)
  * which at few rows costs as much as the GEMM itself. */
 #define BF16_AS_F32_MAX_M 48
 
-/* Whether an f32 GEMM with M rows runs on oneDNN rather than OpenBLAS. It depends on M alone,
- * not on where the f32 operands came from: a weight block widened from bf16 during the call and
- * the same values stored as f32 (a weight converted once when loaded) must take the same
- * library, or converting once would change the results. */
+#ifdef DS_HAVE_ONEDNN
+/* Whether an f32 GEMM with M rows runs on oneDNN rather than OpenBLAS. */
 static int f32_via_onednn(int64_t m)
 {
-#ifdef DS_HAVE_ONEDNN
     return m <= F32_ONEDNN_MAX_M;
-#else
-    (void)m;
-    return 0;
-#endif
 }
+#endif
 
 /* Whether a GEMM of bf16 operands with M rows runs on oneDNN in bf16 (else both operands are
  * widened to f32). */
@@ -292,16 +283,30 @@ static void sgemm_xwt(int64_t m, int64_t n, int64_t k, float alpha, const float 
     }
 }
 
-/* acc[M, N] (row stride ldc) = x[M, K] @ w[N, K]^T with x and w both `dtype` (f32, or bf16 when
- * oneDNN is built), times alpha when *scaled is set on return (else the caller scales).
- * `accumulate`: add to what acc holds (only where the GEMM runs on OpenBLAS, which takes it as
- * beta = 1 for free). */
-static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t k, float alpha,
-                    const void *x, const void *w, int accumulate, float *acc, int64_t ldc,
-                    int *scaled, ds_error *err)
+/* Whether an f32 GEMM with M rows runs on oneDNN (else OpenBLAS). `widened`: the weight is a
+ * block just widened to f32 from another dtype; those stay on OpenBLAS, which was faster on
+ * them in every measurement (bench/README.md). */
+static int f32_gemm_on_onednn(int64_t m, int widened)
 {
 #ifdef DS_HAVE_ONEDNN
-    if (dtype == DS_BF16 || f32_via_onednn(m)) {
+    return !widened && f32_via_onednn(m);
+#else
+    (void)m;
+    (void)widened;
+    return 0;
+#endif
+}
+
+/* acc[M, N] (row stride ldc) = x[M, K] @ w[N, K]^T with x and w both `dtype` (f32, or bf16 when
+ * oneDNN is built), times alpha when *scaled is set on return (else the caller scales); `widened`
+ * as for f32_gemm_on_onednn. `accumulate`: add to what acc holds (only where the GEMM runs on
+ * OpenBLAS, which takes it as beta = 1 for free). */
+static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t k, float alpha,
+                    const void *x, const void *w, int widened, int accumulate, float *acc,
+                    int64_t ldc, int *scaled, ds_error *err)
+{
+#ifdef DS_HAVE_ONEDNN
+    if (dtype == DS_BF16 || f32_gemm_on_onednn(m, widened)) {
         /* Scales are left to the epilogue: they differ per fp8 weight, and one primitive per
          * scale would crowd the cache. */
         *scaled = 0;
@@ -311,6 +316,7 @@ static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t
 #else
     (void)b;
     (void)err;
+    (void)widened;
 #endif
     (void)dtype;
     *scaled = 1;
@@ -318,11 +324,10 @@ static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t
     return DS_OK;
 }
 
-/* Weight rows per GEMM: an even split of the weight into blocks of at most WEIGHT_BLOCK_BYTES
- * in `esize`-byte elements (the GEMM's dtype), rounded up to whole register tiles. A weight
- * stored in the GEMM's dtype runs in the same blocks as one converted per block, so an fp8
- * weight and its bf16 rounding, or a bf16 weight and its f32 widening, give bit-identical
- * results (a library's blocking, and with it the order of a sum, may depend on N). */
+/* Weight rows per converted block: an even split of the weight into blocks of at most
+ * WEIGHT_BLOCK_BYTES in `esize`-byte elements, rounded up to whole register tiles. A weight
+ * stored in the compute dtype runs in the same blocks as a converted one, so an fp8 weight and
+ * its bf16 rounding give bit-identical results. */
 static int64_t block_rows(int64_t n, int64_t k, size_t esize)
 {
     int64_t per = WEIGHT_BLOCK_BYTES / (int64_t)esize / k;
@@ -366,14 +371,10 @@ const char *ds_cpu_linear_path(int64_t m, ds_dtype x, ds_dtype w)
         return "few-row kernel, f32 (weight read once)";
     if (linear_compute_dtype(x, w, m) == DS_BF16)
         return w == DS_BF16 ? "onednn bf16" : "onednn bf16 (fp8 weight converted per block)";
-    int onednn = f32_via_onednn(m);
-    if (w == DS_F32)
-        return onednn ? "onednn f32" : "openblas f32";
-    if (x == DS_F32)
-        return onednn ? "onednn f32 (weight widened per block)"
-                      : "openblas f32 (weight widened per block)";
-    return onednn ? "onednn f32 (x and weight widened per block)"
-                  : "openblas f32 (x and weight widened per block)";
+    if (w != DS_F32)
+        return x == DS_F32 ? "openblas f32 (weight widened per call, per block)"
+                           : "openblas f32 (x and weight widened per call, per block)";
+    return f32_gemm_on_onednn(m, 0) ? "onednn f32" : "openblas f32";
 }
 
 int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_error *err)
@@ -441,7 +442,7 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
                 ds__cpu_parallel_for(b, nb * k, CONVERT_GRAIN, convert_bf16_range, &j);
                 wb = w_block;
             }
-            rc = gemm_xwt(b, DS_BF16, m, nb, k, a->weight_scale, xc, wb, 0, acc + n0, n,
+            rc = gemm_xwt(b, DS_BF16, m, nb, k, a->weight_scale, xc, wb, 0, 0, acc + n0, n,
                           &scaled, err);
         }
         if (rc != DS_OK)
@@ -464,31 +465,30 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
                                   "%lld-element weight row in f32", (long long)k);
                 goto done;
             }
+        } else if (w->dtype == DS_F32) {
+            prefill = bias_f32 && !f32_gemm_on_onednn(m, 0);
+            if (prefill)
+                fill_bias(b, acc, bias_f32, m, n);
+            rc = gemm_xwt(b, DS_F32, m, n, k, alpha, xf, w->data, 0, prefill, acc, n, &scaled,
+                          err);
         } else {
-            /* A stored f32 weight runs in the blocks a widened one does (block_rows). */
             int64_t rows = block_rows(n, k, sizeof(float));
-            size_t wsize = ds_dtype_size(w->dtype);
-            if (w->dtype != DS_F32) {
-                w_block = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
-                                               (size_t)(rows * k) * sizeof(float));
-                if (!w_block) {
-                    rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "linear: out of memory for "
-                                      "%lld weight rows in f32", (long long)rows);
-                    goto done;
-                }
+            w_block = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
+                                           (size_t)(rows * k) * sizeof(float));
+            if (!w_block) {
+                rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "linear: out of memory for %lld "
+                                  "weight rows in f32", (long long)rows);
+                goto done;
             }
-            prefill = bias_f32 && !f32_via_onednn(m);
+            size_t wsize = ds_dtype_size(w->dtype);
+            prefill = bias_f32 && !f32_gemm_on_onednn(m, 1);
             if (prefill)
                 fill_bias(b, acc, bias_f32, m, n);
             for (int64_t n0 = 0; n0 < n && rc == DS_OK; n0 += rows) {
                 int64_t nb = n - n0 < rows ? n - n0 : rows;
-                const void *wb = (const char *)w->data + (size_t)(n0 * k) * wsize;
-                if (w_block) {
-                    to_f32(b, wb, w->dtype, nb * k, w_block);
-                    wb = w_block;
-                }
-                rc = gemm_xwt(b, DS_F32, m, nb, k, alpha, xf, wb, prefill, acc + n0, n, &scaled,
-                              err);
+                to_f32(b, (const char *)w->data + (size_t)(n0 * k) * wsize, w->dtype, nb * k, w_block);
+                rc = gemm_xwt(b, DS_F32, m, nb, k, alpha, xf, w_block, 1, prefill, acc + n0, n,
+                              &scaled, err);
             }
         }
         if (rc != DS_OK)

@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "kernel_test.h"
-#include "kernels/cpu/gemm_info.h"
 #include "test.h"
 
 static double act_ref(double x, ds_activation act)
@@ -219,55 +218,6 @@ static void test_linear_fp8_blocks_match_bf16(void)
     free(wv);
 }
 
-/* f32 activations with a bf16 or f16 weight (widened to f32 during the call, in blocks) and the
- * same values stored as f32 (a weight converted once when loaded) give bit-identical results,
- * at every row-count class: the GEMM library and the blocks of weight rows follow the dtype the
- * GEMM computes in, never the weight's stored dtype. The weight is over the backend's 32 MiB
- * block in f32, so both run in several blocks. */
-static void test_linear_widened_matches_f32(void)
-{
-    if (strcmp(kt.backend_name, "cpu") != 0)
-        return;
-    const int64_t k = 4096, n = 2100;
-    static const int64_t rows[] = {3, 5, 48, 300, 1100};
-    static const ds_dtype narrow[] = {DS_BF16, DS_F16};
-    int64_t ws[2] = {n, k}, bs[1] = {n};
-    double *wv = kt_randn((size_t)(n * k), 0.05), *bv = kt_randn((size_t)n, 1.0);
-    for (size_t d = 0; d < sizeof narrow / sizeof narrow[0]; d++) {
-        ds_tensor w_narrow, w32, bias;
-        /* kt_tensor rounds wv to the narrow dtype in place, so the f32 tensor holds its values. */
-        REQUIRE(kt_tensor(narrow[d], 2, ws, wv, &w_narrow) && kt_tensor(DS_F32, 2, ws, wv, &w32) &&
-                kt_tensor(DS_BF16, 1, bs, bv, &bias));
-        for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-            int64_t m = rows[i], xs[2] = {m, k}, ys[2] = {m, n};
-            double *xv = kt_randn((size_t)(m * k), 1.0);
-            ds_tensor x, y1, y2;
-            REQUIRE(kt_tensor(DS_F32, 2, xs, xv, &x) && kt_tensor(DS_F32, 2, ys, NULL, &y1) &&
-                    kt_tensor(DS_F32, 2, ys, NULL, &y2));
-            ds_error err;
-            ds_linear_args a = {&x, &w_narrow, i % 2 ? &bias : NULL, 1.0f,
-                                i % 2 ? DS_ACT_GELU_TANH : DS_ACT_NONE, &y1};
-            CHECK_MSG(ds_linear(kt.backend, NULL, &a, &err) == DS_OK, "%s", err.message);
-            a.weight = &w32;
-            a.y = &y2;
-            CHECK_MSG(ds_linear(kt.backend, NULL, &a, &err) == DS_OK, "%s", err.message);
-            CHECK_MSG(memcmp(y1.data, y2.data, ds_tensor_nbytes(&y1)) == 0,
-                      "%s weight, %lld rows (%s): results differ from the f32 weight's",
-                      ds_dtype_name(narrow[d]), (long long)m,
-                      ds_cpu_linear_path(m, DS_F32, narrow[d]));
-            ds_tensor_free(&x);
-            ds_tensor_free(&y1);
-            ds_tensor_free(&y2);
-            free(xv);
-        }
-        ds_tensor_free(&w_narrow);
-        ds_tensor_free(&w32);
-        ds_tensor_free(&bias);
-    }
-    free(wv);
-    free(bv);
-}
-
 /* More distinct GEMM shapes than the backend keeps prepared at once, twice over: every one
  * still computes its own product after others took its place. */
 static void test_linear_many_shapes(void)
@@ -352,7 +302,6 @@ int main(int argc, char **argv)
     RUN(test_linear_large);
     RUN(test_linear_deterministic);
     RUN(test_linear_fp8_blocks_match_bf16);
-    RUN(test_linear_widened_matches_f32);
     RUN(test_linear_many_shapes);
     RUN(test_batched_matmul);
     kt_finish();
