@@ -71,6 +71,24 @@ int ds_bench_parse_dtype(const char *s, ds_dtype *out)
     return 1;
 }
 
+int ds_bench_common_option(const char *k, const char *v, const char **backend, int *threads,
+                           ds_dtype *dtype, int *warmup, int *repeats)
+{
+    if (strcmp(k, "--backend") == 0)
+        *backend = v;
+    else if (strcmp(k, "--threads") == 0)
+        *threads = atoi(v);
+    else if (strcmp(k, "--dtype") == 0)
+        return ds_bench_parse_dtype(v, dtype) ? 1 : -1;
+    else if (strcmp(k, "--warmup") == 0)
+        *warmup = atoi(v);
+    else if (strcmp(k, "--repeats") == 0)
+        *repeats = atoi(v);
+    else
+        return 0;
+    return 1;
+}
+
 uint64_t ds_bench_splitmix(uint64_t *state)
 {
     uint64_t z = (*state += 0x9E3779B97F4A7C15ull);

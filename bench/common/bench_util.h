@@ -34,6 +34,12 @@ int ds_bench_end_with_message(const char *message, int code);
  * too). Returns 1 and sets *out, or 0 for anything else. */
 int ds_bench_parse_dtype(const char *s, ds_dtype *out);
 
+/* The options every model bench takes, in one place: --backend, --threads, --dtype, --warmup and
+ * --repeats with value v. Returns 1 when k is one of them (the value stored), 0 when it is not,
+ * -1 for a --dtype it does not know. */
+int ds_bench_common_option(const char *k, const char *v, const char **backend, int *threads,
+                           ds_dtype *dtype, int *warmup, int *repeats);
+
 /* SplitMix64: the benches' one generator, seeded per tensor so values do not depend on order. */
 uint64_t ds_bench_splitmix(uint64_t *state);
 

@@ -82,21 +82,15 @@ static int parse_args(int argc, char **argv, options *o)
         if (i + 1 >= argc)
             return 0;
         const char *v = argv[++i];
-        if (strcmp(k, "--backend") == 0)
-            o->backend = v;
-        else if (strcmp(k, "--threads") == 0)
-            o->threads = atoi(v);
-        else if (strcmp(k, "--dtype") == 0) {
-            if (!ds_bench_parse_dtype(v, &o->dtype))
+        int common = ds_bench_common_option(k, v, &o->backend, &o->threads, &o->dtype,
+                                            &o->warmup, &o->repeats);
+        if (common != 0) {
+            if (common < 0)
                 return 0;
         } else if (strcmp(k, "--layers") == 0)
             o->layers = atoi(v);
         else if (strcmp(k, "--tokenizer") == 0)
             o->tokenizer = v;
-        else if (strcmp(k, "--warmup") == 0)
-            o->warmup = atoi(v);
-        else if (strcmp(k, "--repeats") == 0)
-            o->repeats = atoi(v);
         else
             return 0;
     }
