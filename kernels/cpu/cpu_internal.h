@@ -26,8 +26,8 @@ int ds__cpu_threads(const ds_backend *b);
  * (grows as needed; NULL on out of memory). For row conversion buffers inside parallel loops. */
 void *ds__cpu_scratch(size_t bytes);
 
-/* Per-thread scratch slots: ds__cpu_scratch is the ROWS slot (row buffers; also a oneDNN GEMM's
- * scratchpad on the calling thread); GEMM_STAGING holds a linear's weight block converted for
+/* Per-thread scratch slots: ds__cpu_scratch is the ROWS slot (row buffers; also the scratchpad of
+ * a oneDNN GEMM part on the thread that runs it); GEMM_STAGING holds a linear's weight block converted for
  * the GEMM, so the block's pages stay mapped from one call to the next instead of faulting in
  * anew every call (up to 32 MiB per calling thread, kept until the thread exits or the backend
  * is destroyed). */

@@ -3,14 +3,17 @@
  * oneDNN picks its kernels at run time from the processor (bf16 dot-product instructions where
  * present, AVX-512 or AVX2 f32 kernels otherwise), so one binary serves every x86-64 machine.
  * Creating a primitive costs far more than a small GEMM, so primitives are kept in a small
- * process-wide cache keyed by everything that shapes them: dims, strides, dtypes, alpha and the
- * thread count (oneDNN plans its split over the threads it may use when it creates one).
+ * process-wide cache keyed by everything that shapes them: dims, strides, dtypes and alpha.
  *
- * Threads: Debian's libdnnl runs on OpenMP. The OpenMP thread count is a per-thread setting of
- * the calling thread, so it is set to the backend's count before every create and execute; the
- * GEMM runs from the calling thread, never inside one of our parallel regions, so our pool and
- * OpenMP's never run work at the same time. With a fixed thread count oneDNN's split is static:
- * results are deterministic for a given shape, dtype and thread count.
+ * Threads: Debian's libdnnl runs on OpenMP, whose idle workers spin for milliseconds after every
+ * parallel region (libgomp's default wait policy), on the same cores our pool's next op needs;
+ * on two cores that spinning took a tenth of a DiT forward's CPU time. So OpenMP never gets
+ * more than one thread: a GEMM is cut into as many parts as the backend has threads (columns
+ * of the result, or whole matrices of a batch, or rows where the columns are too few), and each
+ * worker of our own pool runs its part as a single-threaded primitive, OpenMP's count set to 1
+ * on that worker (as conv_onednn.c runs its convolutions). The cut depends only on the shape and
+ * the thread count, and oneDNN's single-threaded kernels are static: results are deterministic
+ * for a given shape, dtype and thread count.
  *
  * Scratchpads are the caller's (user scratchpad mode), so one cached primitive can run on
  * several host threads at once. */
@@ -29,14 +32,17 @@
 #error "the oneDNN GEMM path sets OpenMP's thread count; this libdnnl uses another CPU runtime"
 #endif
 
-/* Enough for every distinct GEMM of a few models at once (a DiT block has about a dozen shapes,
- * the text encoder and the VAE fewer); past it the least recently used idle entry goes. */
-#define CACHE_SLOTS 96
+/* Enough for every distinct GEMM part of a few models at once (a DiT block has about a dozen
+ * shapes, each cut into one or two part shapes; the text encoder and the VAE fewer); past it
+ * the least recently used idle entry goes. */
+#define CACHE_SLOTS 192
 #define SCRATCH_ALIGN 64
 
+/* One part's problem: dims, the operands' row strides (lda, ldb, ldc) and batch strides
+ * (sa, sb, sc; a part keeps its whole GEMM's strides, so they are not implied by its dims). */
 typedef struct gemm_key {
-    int64_t batch, m, n, k, ldc;
-    int trans_a, trans_b, threads;
+    int64_t batch, m, n, k, lda, ldb, ldc, sa, sb, sc;
+    int trans_a, trans_b;
     ds_dtype dtype;
     uint32_t alpha_bits;
 } gemm_key;
@@ -68,8 +74,9 @@ static void engine_create(void)
 static int key_equal(const gemm_key *a, const gemm_key *b)
 {
     return a->batch == b->batch && a->m == b->m && a->n == b->n && a->k == b->k &&
-           a->ldc == b->ldc && a->trans_a == b->trans_a && a->trans_b == b->trans_b &&
-           a->threads == b->threads && a->dtype == b->dtype && a->alpha_bits == b->alpha_bits;
+           a->lda == b->lda && a->ldb == b->ldb && a->ldc == b->ldc && a->sa == b->sa &&
+           a->sb == b->sb && a->sc == b->sc && a->trans_a == b->trans_a &&
+           a->trans_b == b->trans_b && a->dtype == b->dtype && a->alpha_bits == b->alpha_bits;
 }
 
 static dnnl_data_type_t dnnl_type(ds_dtype t)
@@ -92,13 +99,13 @@ static int build(const gemm_key *k, float alpha, cache_entry *e, ds_error *err)
     int64_t m = k->m, n = k->n, kk = k->k;
     /* Row-major strides; op(a) stored [K, M] when transposed, op(b) stored [N, K] when
      * transposed (a linear's weight). The batch dimension, when present, comes first. */
-    dnnl_dims_t sd = {m, kk}, ss = {k->trans_a ? 1 : kk, k->trans_a ? m : 1};
-    dnnl_dims_t wd = {kk, n}, ws = {k->trans_b ? 1 : n, k->trans_b ? kk : 1};
+    dnnl_dims_t sd = {m, kk}, ss = {k->trans_a ? 1 : k->lda, k->trans_a ? k->lda : 1};
+    dnnl_dims_t wd = {kk, n}, ws = {k->trans_b ? 1 : k->ldb, k->trans_b ? k->ldb : 1};
     dnnl_dims_t dd = {m, n}, dst = {k->ldc, 1};
     if (nd == 3) {
-        dnnl_dims_t sd3 = {k->batch, m, kk}, ss3 = {m * kk, ss[0], ss[1]};
-        dnnl_dims_t wd3 = {k->batch, kk, n}, ws3 = {kk * n, ws[0], ws[1]};
-        dnnl_dims_t dd3 = {k->batch, m, n}, dst3 = {m * k->ldc, k->ldc, 1};
+        dnnl_dims_t sd3 = {k->batch, m, kk}, ss3 = {k->sa, ss[0], ss[1]};
+        dnnl_dims_t wd3 = {k->batch, kk, n}, ws3 = {k->sb, ws[0], ws[1]};
+        dnnl_dims_t dd3 = {k->batch, m, n}, dst3 = {k->sc, k->ldc, 1};
         memcpy(sd, sd3, sizeof sd);
         memcpy(ss, ss3, sizeof ss);
         memcpy(wd, wd3, sizeof wd);
@@ -201,24 +208,19 @@ static void release(cache_entry *e, int cached)
     pthread_mutex_unlock(&cache.lock);
 }
 
-int ds__onednn_gemm(ds_backend *b, const ds__gemm *g, ds_error *err)
+/* Runs one part on the calling thread, single-threaded. */
+static int run_part(const gemm_key *key, float alpha, const void *a, const void *b, float *c,
+                    ds_error *err)
 {
-    pthread_once(&engine_once, engine_create);
-    if (engine_status != dnnl_success)
-        return ds_error_set(err, DS_ERR_INTERNAL, "gemm (oneDNN): cannot create the CPU engine "
-                            "(status %d)", (int)engine_status);
-    gemm_key k = {g->batch, g->m, g->n, g->k, g->ldc, g->trans_a, g->trans_b,
-                  ds__cpu_threads(b), g->dtype, 0};
-    memcpy(&k.alpha_bits, &g->alpha, sizeof k.alpha_bits);
-    omp_set_num_threads(k.threads);
-
+    omp_set_num_threads(1);
+    gemm_key k = *key;
     cache_entry *e = NULL;
     int cached = 0;
-    int rc = acquire(&k, g->alpha, &e, &cached, err);
+    int rc = acquire(&k, alpha, &e, &cached, err);
     if (rc != DS_OK)
         return rc;
     dnnl_memory_t mem[4] = {NULL, NULL, NULL, NULL};
-    void *ptr[3] = {(void *)g->a, (void *)g->b, g->c};
+    void *ptr[3] = {(void *)a, (void *)b, c};
     dnnl_stream_t stream = NULL;
     dnnl_status_t st = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags);
     const char *what = "stream";
@@ -255,6 +257,110 @@ done:
     if (stream)
         dnnl_stream_destroy(stream);
     release(e, cached);
+    return rc;
+}
+
+/* How a GEMM is cut: `parts` pieces along one axis, each `step` long (the last one shorter). */
+typedef enum { CUT_NONE, CUT_COLUMNS, CUT_BATCH, CUT_ROWS } cut_axis;
+
+/* Column parts are whole multiples of 64 (the f32 kernels' widest register block: 4 AVX-512
+ * vectors), so no part runs a narrower tail kernel than the whole GEMM would. */
+#define COLUMN_QUANTUM 64
+/* Below this many multiply-adds a GEMM runs whole on the calling thread: waking the pool costs
+ * more than the second core saves. */
+#define SPLIT_MIN_MACS (1 << 20)
+
+typedef struct split_job {
+    const ds__gemm *g;
+    gemm_key key;          /* the whole GEMM's key; parts change batch, m or n */
+    cut_axis axis;
+    int64_t step;
+    size_t esize;
+    int *rc;               /* one per part */
+    ds_error *errs;        /* one per part */
+} split_job;
+
+static int64_t cut_extent(const gemm_key *k, cut_axis axis)
+{
+    return axis == CUT_COLUMNS ? k->n : axis == CUT_BATCH ? k->batch : k->m;
+}
+
+static void split_range(void *ctx, int64_t begin, int64_t end)
+{
+    split_job *j = ctx;
+    const ds__gemm *g = j->g;
+    int64_t extent = cut_extent(&j->key, j->axis);
+    for (int64_t p = begin; p < end; p++) {
+        int64_t lo = p * j->step, len = extent - lo < j->step ? extent - lo : j->step;
+        gemm_key k = j->key;
+        const char *a = g->a, *bw = g->b;
+        float *c = g->c;
+        if (j->axis == CUT_COLUMNS) {
+            k.n = len;
+            bw += (size_t)(g->trans_b ? lo * k.ldb : lo) * j->esize;
+            c += lo;
+        } else if (j->axis == CUT_BATCH) {
+            k.batch = len;
+            a += (size_t)(lo * k.sa) * j->esize;
+            bw += (size_t)(lo * k.sb) * j->esize;
+            c += lo * k.sc;
+        } else {
+            k.m = len;
+            a += (size_t)(g->trans_a ? lo : lo * k.lda) * j->esize;
+            c += lo * k.ldc;
+        }
+        j->rc[p] = run_part(&k, g->alpha, a, bw, c, &j->errs[p]);
+    }
+}
+
+int ds__onednn_gemm(ds_backend *b, const ds__gemm *g, ds_error *err)
+{
+    pthread_once(&engine_once, engine_create);
+    if (engine_status != dnnl_success)
+        return ds_error_set(err, DS_ERR_INTERNAL, "gemm (oneDNN): cannot create the CPU engine "
+                            "(status %d)", (int)engine_status);
+    gemm_key key = {.batch = g->batch, .m = g->m, .n = g->n, .k = g->k,
+                    .lda = g->trans_a ? g->m : g->k, .ldb = g->trans_b ? g->k : g->n,
+                    .ldc = g->ldc, .sa = g->m * g->k, .sb = g->k * g->n, .sc = g->m * g->ldc,
+                    .trans_a = g->trans_a, .trans_b = g->trans_b, .dtype = g->dtype};
+    memcpy(&key.alpha_bits, &g->alpha, sizeof key.alpha_bits);
+
+    int threads = ds__cpu_threads(b);
+    cut_axis axis = CUT_NONE;
+    double macs = (double)g->batch * (double)g->m * (double)g->n * (double)g->k;
+    if (threads > 1 && macs >= SPLIT_MIN_MACS) {
+        if (g->batch >= threads)
+            axis = CUT_BATCH;
+        else if (g->n >= (int64_t)threads * COLUMN_QUANTUM)
+            axis = CUT_COLUMNS;
+        else if (g->batch == 1 && g->m >= threads)
+            axis = CUT_ROWS;
+    }
+    if (axis == CUT_NONE)
+        return run_part(&key, g->alpha, g->a, g->b, g->c, err);
+
+    int64_t extent = cut_extent(&key, axis);
+    int64_t step = (extent + threads - 1) / threads;
+    if (axis == CUT_COLUMNS)
+        step = (step + COLUMN_QUANTUM - 1) / COLUMN_QUANTUM * COLUMN_QUANTUM;
+    int parts = (int)((extent + step - 1) / step);
+    int *rc_parts = calloc((size_t)parts, sizeof *rc_parts);
+    ds_error *errs = calloc((size_t)parts, sizeof *errs);
+    if (!rc_parts || !errs) {
+        free(rc_parts);
+        free(errs);
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "gemm (oneDNN): out of memory");
+    }
+    split_job job = {g, key, axis, step, ds_dtype_size(g->dtype), rc_parts, errs};
+    ds__cpu_parallel_for(b, parts, 1, split_range, &job);
+    int rc = DS_OK;
+    for (int p = 0; p < parts && rc == DS_OK; p++)
+        if (rc_parts[p] != DS_OK) {
+            *err = errs[p];
+            rc = rc_parts[p];
+        }
+    free(rc_parts);
+    free(errs);
     return rc;
 }
 

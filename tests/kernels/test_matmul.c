@@ -293,6 +293,41 @@ static void test_batched_matmul(void)
         }
 }
 
+/* The CPU backend cuts a oneDNN GEMM into one part per thread (columns in whole multiples of
+ * 64, whole matrices of a batch, or rows where the columns are too few): 3 and 4 threads give
+ * parts with short tails, each cut checked against the reference. */
+static void test_gemm_parts(void)
+{
+    if (strcmp(kt.backend_name, "cpu") != 0)
+        return;
+    ds_backend *shared = kt.backend;
+    static const int thread_counts[] = {3, 4};
+    for (size_t t = 0; t < sizeof thread_counts / sizeof thread_counts[0]; t++) {
+        ds_error err;
+        int rc = ds_cpu_backend_create(thread_counts[t], &kt.backend, &err);
+        CHECK_MSG(rc == DS_OK, "%s", err.message);
+        if (rc != DS_OK)
+            break;
+        /* columns: 300 = 128 + 128 + 44 with 3 threads */
+        linear_case(DS_F32, DS_F32, 1.0f, DS_F32, DS_ACT_NONE, 0, 70, 256, 300);
+        linear_case(DS_BF16, DS_BF16, 1.0f, DS_BF16, DS_ACT_NONE, 0, 40, 512, 700);
+        /* rows: 100 columns are too few for 64 per thread */
+        linear_case(DS_F32, DS_F32, 1.0f, DS_DTYPE_INVALID, DS_ACT_NONE, 0, 203, 512, 100);
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                /* batches: 5 = 2 + 2 + 1 with 3 threads */
+                bmm_case(DS_F32, DS_F32, DS_F32, ta, tb, 0.5f, 5, 64, 72, 68);
+                /* fewer batches than threads: columns within each */
+                bmm_case(DS_F32, DS_F32, DS_F32, ta, tb, 1.0f, 2, 33, 128, 260);
+                bmm_case(DS_BF16, DS_BF16, DS_F32, ta, tb, 1.0f, 2, 40, 128, 200);
+                /* one batch, few columns: rows */
+                bmm_case(DS_F32, DS_F32, DS_F32, ta, tb, 2.0f, 1, 301, 160, 50);
+            }
+        ds_backend_destroy(kt.backend);
+    }
+    kt.backend = shared;
+}
+
 int main(int argc, char **argv)
 {
     kt_init(argc, argv);
@@ -304,6 +339,7 @@ int main(int argc, char **argv)
     RUN(test_linear_fp8_blocks_match_bf16);
     RUN(test_linear_many_shapes);
     RUN(test_batched_matmul);
+    RUN(test_gemm_parts);
     kt_finish();
     return test_summary();
 }
