@@ -220,12 +220,11 @@ int ds_cpu_backend_create(int threads, ds_backend **out, ds_error *err)
     if (rc != DS_OK)
         goto fail;
 
-    /* GEMMs are issued from the calling thread, never from inside our parallel regions, and
-     * OpenBLAS spreads them over its own pool of this many threads. The count is process-wide:
-     * the last backend created sets it (the fallback and the tests use the same machine-wide
-     * count, so they agree). */
+    /* OpenBLAS runs single-threaded: our pool runs a GEMM's parts (gemm_parts.c), so no
+     * OpenBLAS worker is left spinning on the cores the pool's next op needs. The count is
+     * process-wide and the same for every backend. */
     pthread_once(&openblas_once, select_openblas_kernels);
-    openblas_set_num_threads(threads);
+    openblas_set_num_threads(1);
 
     b->name = "cpu";
     b->host_memory = 1;

@@ -5,19 +5,14 @@
  * Creating a primitive costs far more than a small GEMM, so primitives are kept in a small
  * process-wide cache keyed by everything that shapes them: dims, strides, dtypes and alpha.
  *
- * Threads: Debian's libdnnl runs on OpenMP, whose idle workers spin for milliseconds after every
- * parallel region (libgomp's default wait policy), on the same cores our pool's next op needs;
- * on two cores that spinning took a tenth of a DiT forward's CPU time. So OpenMP never gets
- * more than one thread: a GEMM is cut into as many parts as the backend has threads (columns
- * of the result, or whole matrices of a batch, or rows where the columns are too few), and each
- * worker of our own pool runs its part as a single-threaded primitive, OpenMP's count set to 1
- * on that worker (as conv_onednn.c runs its convolutions). The cut depends only on the shape and
- * the thread count, and oneDNN's single-threaded kernels are static: results are deterministic
- * for a given shape, dtype and thread count.
+ * Threads: Debian's libdnnl runs on OpenMP; OpenMP is never given more than one thread. Each
+ * GEMM is cut into parts run by our pool's workers (gemm_parts.c), each part a single-threaded
+ * primitive, OpenMP's count set to 1 on the worker that runs it.
  *
  * Scratchpads are the caller's (user scratchpad mode), so one cached primitive can run on
  * several host threads at once. */
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/gemm_parts.h"
 
 #ifdef DS_HAVE_ONEDNN
 
@@ -208,19 +203,22 @@ static void release(cache_entry *e, int cached)
     pthread_mutex_unlock(&cache.lock);
 }
 
-/* Runs one part on the calling thread, single-threaded. */
-static int run_part(const gemm_key *key, float alpha, const void *a, const void *b, float *c,
-                    ds_error *err)
+/* Runs one part on the calling thread, single-threaded; ctx points to the operands' dtype. */
+static int run_part(void *ctx, const ds__gemm_part *p, ds_error *err)
 {
     omp_set_num_threads(1);
-    gemm_key k = *key;
+    gemm_key k = {.batch = p->batch, .m = p->m, .n = p->n, .k = p->k, .lda = p->lda,
+                  .ldb = p->ldb, .ldc = p->ldc, .sa = p->sa, .sb = p->sb, .sc = p->sc,
+                  .trans_a = p->trans_a, .trans_b = p->trans_b, .dtype = *(const ds_dtype *)ctx};
+    memcpy(&k.alpha_bits, &p->alpha, sizeof k.alpha_bits);
+    float alpha = p->alpha;
     cache_entry *e = NULL;
     int cached = 0;
     int rc = acquire(&k, alpha, &e, &cached, err);
     if (rc != DS_OK)
         return rc;
     dnnl_memory_t mem[4] = {NULL, NULL, NULL, NULL};
-    void *ptr[3] = {(void *)a, (void *)b, c};
+    void *ptr[3] = {(void *)p->a, (void *)p->b, p->c};
     dnnl_stream_t stream = NULL;
     dnnl_status_t st = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags);
     const char *what = "stream";
@@ -260,108 +258,20 @@ done:
     return rc;
 }
 
-/* How a GEMM is cut: `parts` pieces along one axis, each `step` long (the last one shorter). */
-typedef enum { CUT_NONE, CUT_COLUMNS, CUT_BATCH, CUT_ROWS } cut_axis;
-
-/* Column parts are whole multiples of 64 (the f32 kernels' widest register block: 4 AVX-512
- * vectors), so no part runs a narrower tail kernel than the whole GEMM would. */
-#define COLUMN_QUANTUM 64
-/* Below this many multiply-adds a GEMM runs whole on the calling thread: waking the pool costs
- * more than the second core saves. */
-#define SPLIT_MIN_MACS (1 << 20)
-
-typedef struct split_job {
-    const ds__gemm *g;
-    gemm_key key;          /* the whole GEMM's key; parts change batch, m or n */
-    cut_axis axis;
-    int64_t step;
-    size_t esize;
-    int *rc;               /* one per part */
-    ds_error *errs;        /* one per part */
-} split_job;
-
-static int64_t cut_extent(const gemm_key *k, cut_axis axis)
-{
-    return axis == CUT_COLUMNS ? k->n : axis == CUT_BATCH ? k->batch : k->m;
-}
-
-static void split_range(void *ctx, int64_t begin, int64_t end)
-{
-    split_job *j = ctx;
-    const ds__gemm *g = j->g;
-    int64_t extent = cut_extent(&j->key, j->axis);
-    for (int64_t p = begin; p < end; p++) {
-        int64_t lo = p * j->step, len = extent - lo < j->step ? extent - lo : j->step;
-        gemm_key k = j->key;
-        const char *a = g->a, *bw = g->b;
-        float *c = g->c;
-        if (j->axis == CUT_COLUMNS) {
-            k.n = len;
-            bw += (size_t)(g->trans_b ? lo * k.ldb : lo) * j->esize;
-            c += lo;
-        } else if (j->axis == CUT_BATCH) {
-            k.batch = len;
-            a += (size_t)(lo * k.sa) * j->esize;
-            bw += (size_t)(lo * k.sb) * j->esize;
-            c += lo * k.sc;
-        } else {
-            k.m = len;
-            a += (size_t)(g->trans_a ? lo : lo * k.lda) * j->esize;
-            c += lo * k.ldc;
-        }
-        j->rc[p] = run_part(&k, g->alpha, a, bw, c, &j->errs[p]);
-    }
-}
-
 int ds__onednn_gemm(ds_backend *b, const ds__gemm *g, ds_error *err)
 {
     pthread_once(&engine_once, engine_create);
     if (engine_status != dnnl_success)
         return ds_error_set(err, DS_ERR_INTERNAL, "gemm (oneDNN): cannot create the CPU engine "
                             "(status %d)", (int)engine_status);
-    gemm_key key = {.batch = g->batch, .m = g->m, .n = g->n, .k = g->k,
-                    .lda = g->trans_a ? g->m : g->k, .ldb = g->trans_b ? g->k : g->n,
-                    .ldc = g->ldc, .sa = g->m * g->k, .sb = g->k * g->n, .sc = g->m * g->ldc,
-                    .trans_a = g->trans_a, .trans_b = g->trans_b, .dtype = g->dtype};
-    memcpy(&key.alpha_bits, &g->alpha, sizeof key.alpha_bits);
-
-    int threads = ds__cpu_threads(b);
-    cut_axis axis = CUT_NONE;
-    double macs = (double)g->batch * (double)g->m * (double)g->n * (double)g->k;
-    if (threads > 1 && macs >= SPLIT_MIN_MACS) {
-        if (g->batch >= threads)
-            axis = CUT_BATCH;
-        else if (g->n >= (int64_t)threads * COLUMN_QUANTUM)
-            axis = CUT_COLUMNS;
-        else if (g->batch == 1 && g->m >= threads)
-            axis = CUT_ROWS;
-    }
-    if (axis == CUT_NONE)
-        return run_part(&key, g->alpha, g->a, g->b, g->c, err);
-
-    int64_t extent = cut_extent(&key, axis);
-    int64_t step = (extent + threads - 1) / threads;
-    if (axis == CUT_COLUMNS)
-        step = (step + COLUMN_QUANTUM - 1) / COLUMN_QUANTUM * COLUMN_QUANTUM;
-    int parts = (int)((extent + step - 1) / step);
-    int *rc_parts = calloc((size_t)parts, sizeof *rc_parts);
-    ds_error *errs = calloc((size_t)parts, sizeof *errs);
-    if (!rc_parts || !errs) {
-        free(rc_parts);
-        free(errs);
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "gemm (oneDNN): out of memory");
-    }
-    split_job job = {g, key, axis, step, ds_dtype_size(g->dtype), rc_parts, errs};
-    ds__cpu_parallel_for(b, parts, 1, split_range, &job);
-    int rc = DS_OK;
-    for (int p = 0; p < parts && rc == DS_OK; p++)
-        if (rc_parts[p] != DS_OK) {
-            *err = errs[p];
-            rc = rc_parts[p];
-        }
-    free(rc_parts);
-    free(errs);
-    return rc;
+    ds__gemm_part whole = {.batch = g->batch, .m = g->m, .n = g->n, .k = g->k,
+                           .lda = g->trans_a ? g->m : g->k, .ldb = g->trans_b ? g->k : g->n,
+                           .ldc = g->ldc, .sa = g->m * g->k, .sb = g->k * g->n,
+                           .sc = g->m * g->ldc, .trans_a = g->trans_a, .trans_b = g->trans_b,
+                           .esize = ds_dtype_size(g->dtype), .alpha = g->alpha, .beta = 0.0f,
+                           .a = g->a, .b = g->b, .c = g->c};
+    ds_dtype dtype = g->dtype;
+    return ds__gemm_run_parts(b, &whole, run_part, &dtype, err);
 }
 
 static const char *isa_name(dnnl_cpu_isa_t isa)

@@ -13,7 +13,6 @@
  * oversubscribe the cores. Our pool does the passes around it (dtype conversions, bias +
  * activation + store). OpenBLAS splits the M and N dimensions, not K, so its results do not
  * depend on its thread count. */
-#include <cblas.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +20,7 @@
 #include "core/float_convert.h"
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/gemm_info.h"
+#include "kernels/cpu/gemm_parts.h"
 #include "kernels/ops.h"
 
 /* A converted block of weight rows stays under about this many bytes (32 MiB), so converting a
@@ -271,16 +271,15 @@ static int bf16_via_onednn(int64_t m)
 }
 
 /* acc[M, N] (row stride ldc) = alpha * x[M, K] @ w[N, K]^T + beta * acc in f32 through
- * OpenBLAS, with M split where it exceeds BLAS's int. */
-static void sgemm_xwt(int64_t m, int64_t n, int64_t k, float alpha, const float *x, const float *w,
-                      float beta, float *acc, int64_t ldc)
+ * OpenBLAS. */
+static int sgemm_xwt(ds_backend *b, int64_t m, int64_t n, int64_t k, float alpha, const float *x,
+                     const float *w, float beta, float *acc, int64_t ldc, ds_error *err)
 {
-    const int64_t most = INT_MAX / 2;
-    for (int64_t m0 = 0; m0 < m; m0 += most) {
-        int64_t mb = m - m0 < most ? m - m0 : most;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mb, (int)n, (int)k, alpha,
-                    x + m0 * k, (int)k, w, (int)k, beta, acc + m0 * ldc, (int)ldc);
-    }
+    ds__gemm_part g = {.batch = 1, .m = m, .n = n, .k = k, .lda = k, .ldb = k, .ldc = ldc,
+                       .sa = m * k, .sb = n * k, .sc = m * ldc, .trans_a = 0, .trans_b = 1,
+                       .esize = sizeof(float), .alpha = alpha, .beta = beta, .a = x, .b = w,
+                       .c = acc};
+    return ds__openblas_sgemm(b, &g, err);
 }
 
 /* Whether an f32 GEMM with M rows runs on oneDNN (else OpenBLAS). `widened`: the weight is a
@@ -314,14 +313,11 @@ static int gemm_xwt(ds_backend *b, ds_dtype dtype, int64_t m, int64_t n, int64_t
         return ds__onednn_gemm(b, &g, err);
     }
 #else
-    (void)b;
-    (void)err;
     (void)widened;
 #endif
     (void)dtype;
     *scaled = 1;
-    sgemm_xwt(m, n, k, alpha, x, w, accumulate ? 1.0f : 0.0f, acc, ldc);
-    return DS_OK;
+    return sgemm_xwt(b, m, n, k, alpha, x, w, accumulate ? 1.0f : 0.0f, acc, ldc, err);
 }
 
 /* Weight rows per converted block: an even split of the weight into blocks of at most
@@ -585,11 +581,15 @@ int ds__cpu_batched_matmul(ds_backend *b, ds_stream *s, const ds_batched_matmul_
             goto done;
         /* Row-major leading dims are the stored row lengths: a is [M, K] or [K, M] (transposed),
          * b is [K, N] or [N, K]. */
-        int lda = (int)(a->transpose_a ? m : k), ldb = (int)(a->transpose_b ? k : n);
-        for (int64_t i = 0; i < batch; i++)
-            cblas_sgemm(CblasRowMajor, a->transpose_a ? CblasTrans : CblasNoTrans,
-                        a->transpose_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, a->alpha,
-                        af + i * m * k, lda, bf + i * k * n, ldb, 0.0f, yf + i * m * n, (int)n);
+        ds__gemm_part g = {.batch = batch, .m = m, .n = n, .k = k,
+                           .lda = a->transpose_a ? m : k, .ldb = a->transpose_b ? k : n,
+                           .ldc = n, .sa = m * k, .sb = k * n, .sc = m * n,
+                           .trans_a = a->transpose_a, .trans_b = a->transpose_b,
+                           .esize = sizeof(float), .alpha = a->alpha, .beta = 0.0f, .a = af,
+                           .b = bf, .c = yf};
+        rc = ds__openblas_sgemm(b, &g, err);
+        if (rc != DS_OK)
+            goto done;
     }
     if (y_owned) {
         store_job j = {y_owned, a->y->data, a->y->dtype};

@@ -293,9 +293,9 @@ static void test_batched_matmul(void)
         }
 }
 
-/* The CPU backend cuts a oneDNN GEMM into one part per thread (columns in whole multiples of
- * 64, whole matrices of a batch, or rows where the columns are too few): 3 and 4 threads give
- * parts with short tails, each cut checked against the reference. */
+/* The CPU backend cuts a GEMM into one part per thread (columns in whole multiples of 64, whole
+ * matrices of a batch, or rows where the columns are too few), on oneDNN and on OpenBLAS: 3 and
+ * 4 threads give parts with short tails, each cut checked against the reference. */
 static void test_gemm_parts(void)
 {
     if (strcmp(kt.backend_name, "cpu") != 0)
@@ -313,6 +313,11 @@ static void test_gemm_parts(void)
         linear_case(DS_BF16, DS_BF16, 1.0f, DS_BF16, DS_ACT_NONE, 0, 40, 512, 700);
         /* rows: 100 columns are too few for 64 per thread */
         linear_case(DS_F32, DS_F32, 1.0f, DS_DTYPE_INVALID, DS_ACT_NONE, 0, 203, 512, 100);
+        /* OpenBLAS (thousands of rows; bf16 widened past oneDNN's bf16 rows where the
+         * processor's bf16 rate is the f32 one), the bias added by beta = 1 in every part */
+        linear_case(DS_F32, DS_F32, 0.5f, DS_F32, DS_ACT_NONE, 0, 1100, 64, 300);
+        linear_case(DS_F32, DS_F32, 1.0f, DS_F32, DS_ACT_SILU, 0, 1100, 96, 100);
+        linear_case(DS_BF16, DS_BF16, 1.0f, DS_BF16, DS_ACT_NONE, 0, 300, 128, 260);
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++) {
                 /* batches: 5 = 2 + 2 + 1 with 3 threads */
@@ -322,6 +327,10 @@ static void test_gemm_parts(void)
                 bmm_case(DS_BF16, DS_BF16, DS_F32, ta, tb, 1.0f, 2, 40, 128, 200);
                 /* one batch, few columns: rows */
                 bmm_case(DS_F32, DS_F32, DS_F32, ta, tb, 2.0f, 1, 301, 160, 50);
+                /* OpenBLAS: batches, columns, rows */
+                bmm_case(DS_F32, DS_F32, DS_F32, ta, tb, 0.5f, 4, 1030, 16, 40);
+                bmm_case(DS_F32, DS_F32, DS_F32, ta, tb, 1.0f, 1, 1030, 24, 200);
+                bmm_case(DS_F32, DS_F32, DS_F32, ta, tb, 1.0f, 1, 1030, 24, 70);
             }
         ds_backend_destroy(kt.backend);
     }
