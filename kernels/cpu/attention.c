@@ -7,10 +7,8 @@
  * Work items are split over the backend's pool; each row's arithmetic is the same whatever the
  * split, so results do not depend on timing.
  *
- * The tile kernels are our own rather than cblas_sgemm: the CPU backend gives OpenBLAS its own
- * thread pool (cpu_backend.c), which must not be entered from inside our parallel regions, and
- * at these tile sizes (96 x 128 x D) a register-tiled kernel beats sgemm's per-call packing
- * anyway. They are compiled for AVX-512, AVX2+FMA and plain vectors (attention_tiles.h) and
+ * The tile kernels are our own rather than cblas_sgemm: at these tile sizes (96 x 128 x D) a
+ * register-tiled kernel beats sgemm's per-call packing. They are compiled for AVX-512, AVX2+FMA and plain vectors (attention_tiles.h) and
  * picked at run time by what the CPU supports; DS_CPU_ATTENTION_ISA=avx512|avx2|generic forces
  * one (tests cover each on machines that have them).
  *

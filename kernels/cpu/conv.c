@@ -14,16 +14,15 @@
  * that the taps that only ever see the causal zero frames in a chunk are a prefix of K that the
  * GEMM skips: an image (T = 1, no cache) through a 3×3×3 conv costs a 3×3 conv2d, not three.
  *
- * Threading: cpu_backend.c sets OpenBLAS to the backend's thread count and issues GEMMs from the
- * calling thread, so sgemm here runs multi-threaded from the calling thread, outside our
- * parallel regions; only im2col, the weight conversion and the bias/store epilogue go through
- * ds__cpu_parallel_for. One large GEMM per chunk keeps OpenBLAS's blocking efficient (Cout and
- * K are hundreds to thousands), which per-thread single-threaded GEMMs on smaller chunks would
- * not, and OpenBLAS's split does not depend on timing, so results are deterministic for a given
- * thread count. */
+ * Threading: each chunk's GEMM is one ds__openblas_sgemm, cut into single-threaded parts over
+ * our pool (gemm_parts.c: columns of the chunk), and im2col, the weight conversion and the
+ * bias/store epilogue go through ds__cpu_parallel_for. One large GEMM per chunk keeps
+ * OpenBLAS's blocking efficient (Cout and K are hundreds to thousands, a part's columns
+ * thousands), and the cut depends only on the sizes and the thread count, so results are
+ * deterministic for a given thread count. */
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/gemm_parts.h"
 
-#include <cblas.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -318,8 +317,13 @@ static int run_conv(ds_backend *b, const conv_problem *p, const char *op, ds_err
                 ldc = positions;
             }
             if (keff > 0) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)p->cout, (int)n,
-                            (int)keff, 1.0f, w32 + k0, (int)K, bmat, (int)ldb, 0.0f, out, (int)ldc);
+                ds__gemm_part g = {.batch = 1, .m = p->cout, .n = n, .k = keff, .lda = K,
+                                   .ldb = ldb, .ldc = ldc, .sa = 0, .sb = 0, .sc = 0,
+                                   .esize = sizeof(float), .alpha = 1.0f, .a = w32 + k0,
+                                   .b = bmat, .c = out};
+                rc = ds__openblas_sgemm(b, &g, err);
+                if (rc != DS_OK)
+                    goto done;
             } else {
                 for (int64_t co = 0; co < p->cout; co++)
                     memset(out + co * ldc, 0, (size_t)n * sizeof *out);
