@@ -1,5 +1,6 @@
-/* bench/text_encoder: Qwen-Image prompt encoding (the text encoder's "encode_prompt" step:
- * template, tokenizer, Qwen2.5-VL forward, 34-token drop), timed, one JSON line.
+/* bench/text_encoder: Qwen-Image prompt encoding (the pipeline's ds_qwen_image_encode_prompt,
+ * which the "encode_prompt" step runs: template, tokenizer, Qwen2.5-VL forward, 34-token drop),
+ * timed, one JSON line.
  * upstream_anchor.py takes the same arguments and times upstream DiffSynth-Studio's own
  * QwenImageUnit_PromptEmbedder.process on its own QwenImageTextEncoder, so run.sh can print
  * ours / upstream measured in the same run (DESIGN §7).
@@ -34,6 +35,7 @@
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/qwen_image_text_encoder.h"
+#include "pipelines/qwen_image.h"
 
 #define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
 #define PROMPT                                                                                    \
@@ -133,17 +135,6 @@ int main(int argc, char **argv)
         return code;
     }
     fprintf(stderr, "te_bench: %d layers built in %.1f s\n", o.layers, ds_bench_now_s() - build_start);
-    const ds_model_step *step =
-        ds_model_step_find(model.cls->steps, model.cls->step_count, "encode_prompt");
-    ds_step_io in;
-    ds_step_io_init(&in);
-    if (!step || ds_step_io_add_param(&in, "prompt", PROMPT, &err) != DS_OK ||
-        ds_step_io_add_param(&in, "tokenizer", o.tokenizer, &err) != DS_OK ||
-        ds_step_io_add_param(&in, "dtype", o.dtype == DS_F32 ? "float32" : "bfloat16", &err) !=
-            DS_OK) {
-        code = report_failure(&o, "error", step ? err.message : "no encode_prompt step", 1);
-        goto out;
-    }
     ds_step_context ctx = {.backend = b};
     int64_t L = 0;
     int finite = 1;
@@ -151,7 +142,7 @@ int main(int argc, char **argv)
         ds_step_io out;
         ds_step_io_init(&out);
         double start = ds_bench_now_s();
-        rc = step->run(&model, &ctx, &in, &out, &err);
+        rc = ds_qwen_image_encode_prompt(&model, &ctx, PROMPT, o.tokenizer, o.dtype, &out, &err);
         double t = ds_bench_now_s() - start;
         const ds_tensor *emb = ds_step_io_tensor(&out, "prompt_emb");
         if (rc == DS_OK && emb) {
@@ -177,7 +168,6 @@ int main(int argc, char **argv)
     fflush(stdout);
     code = finite ? 0 : 1;
 out:
-    ds_step_io_free(&in);
     ds_bench_free_model(&model);
     free(samples);
     ds_backend_destroy(b);
