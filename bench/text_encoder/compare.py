@@ -28,8 +28,9 @@ from compare_util import verdict as verdict_of  # noqa: E402
 
 def rows(a):
     if a.suite == "cpu":
-        return [dict(name=f"encode_prompt {a.layers} layers f32, 60-token prompt",
-                     args=f"--dtype f32 --layers {a.layers}", target=1.0)]
+        return [dict(name=f"encode_prompt {a.layers} layers {dtype}, 60-token prompt",
+                     args=f"--dtype {dtype} --layers {a.layers}", target=1.0)
+                for dtype in ("f32", "bf16")]
     return [dict(name=f"encode_prompt {a.layers} layers bf16, 60-token prompt",
                  args=f"--dtype bf16 --layers {a.layers}", target=0.8)]
 

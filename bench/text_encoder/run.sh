@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/text_encoder CPU: Qwen-Image prompt encoding of a 60-token prompt (template, tokenizer,
 # text encoder forward, 34-token drop) on the text encoder reduced to 2 decoder layers at full
-# width, f32: our encode_prompt step on the CPU backend against upstream DiffSynth-Studio's own
+# width, f32 and bf16: our prompt encoding on the CPU backend against upstream DiffSynth-Studio's own
 # QwenImageUnit_PromptEmbedder + QwenImageTextEncoder, same thread count, in the same run
 # (DESIGN §7: the ratio is the result). Target: ours/upstream <= 1.0.
 #
