@@ -59,6 +59,7 @@
 
 #define LATENT_CHANNELS 16 /* the Wan2.1 VAE's z_dim, of which VACE's context is made */
 #define SPATIAL 8          /* the Wan2.1 VAE's upsampling factor: VACE's mask blocks */
+#define VAE38_FACTOR 16    /* the Wan2.2 VAE's, the largest: sides in multiples of twice it */
 #define TIME_FACTOR 4      /* frames are 4k + 1 */
 #define SEQ_LEN 512        /* the tokenizer's seq_len: context rows */
 /* VACE's context (with the Wan2.1 VAE only): inactive and reactive latents, then the mask's
@@ -106,7 +107,7 @@ typedef struct vae_kind {
 
 static const vae_kind vae_kinds[] = {
     {VAE_CLASS, LATENT_CHANNELS, SPATIAL},
-    {VAE38_CLASS, 48, 16},
+    {VAE38_CLASS, 48, VAE38_FACTOR},
 };
 
 /* The kind of `vae`; the Wan2.1 VAE's when it is NULL or of another class (refused later). */
@@ -1231,5 +1232,6 @@ const ds_pipeline_def ds__wan_video_pipeline = {
                "image-to-video",
     DS_PIPELINE_STANDARD_FIELDS,
     DS_PIPELINE_DENOISING_FIELDS,
+    .size_multiple = 2 * VAE38_FACTOR,
     .final_units = op_final_units,
 };
