@@ -821,6 +821,8 @@ static void json_pipelines(pyjson_writer *w, const diffsynth_v1_ListPipelinesRes
         json_strings(w, p->dtypes, p->dtypes_count);
         pyjson_key(w, "phases");
         json_strings(w, p->phases, p->phases_count);
+        pyjson_key(w, "size_multiple");
+        pyjson_uint(w, p->size_multiple);
         pyjson_end_object(w);
     }
     pyjson_end_array(w);
@@ -891,6 +893,9 @@ static int run_pipelines(cli_ctx *ctx, int argc, char **argv)
             printf("\n  phases:");
             for (pb_size_t k = 0; k < p->phases_count; k++)
                 printf("%s %s", k ? "," : "", cli_str(p->phases[k]));
+            if (p->size_multiple)
+                printf("\n  sizes: multiples of %u are used as given with any of its models",
+                       (unsigned)p->size_multiple);
             fputc('\n', stdout);
         }
     }

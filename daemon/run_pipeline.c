@@ -1173,6 +1173,7 @@ static void pipeline_info(info_store *s, const ds_pipeline_def *def)
     diffsynth__v1__pipeline_info__init(m);
     m->name = (char *)def->name;
     m->summary = (char *)def->summary;
+    m->size_multiple = (uint32_t)def->size_multiple;
     for (size_t i = 0; i < def->role_count; i++) {
         Diffsynth__V1__PipelineRole *r = &s->roles[i];
         diffsynth__v1__pipeline_role__init(r);

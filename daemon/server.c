@@ -80,8 +80,7 @@ struct ds_server {
     int listening;
     int closing;
     unsigned handles;          /* open handles (listener + connections) */
-    ds_server_options options;
-    char *socket_path;
+    ds_server_options options; /* options.socket_path points at socket_path */
     ds_server_handlers handlers;
     ds_conn *conns;
     unsigned conn_count;       /* counted connections open now */
@@ -89,6 +88,7 @@ struct ds_server {
     uid_usage *uids;
     uv_timer_t sweep;          /* closes idle and stalled connections */
     int sweeping;
+    char socket_path[];        /* the caller's path, copied with the server */
 };
 
 typedef struct write_req {
@@ -125,7 +125,6 @@ static void server_maybe_free(ds_server *server)
         free(server->uids);
         server->uids = next;
     }
-    free(server->socket_path);
     free(server);
 }
 
@@ -849,17 +848,12 @@ int ds_server_start(uv_loop_t *loop, const ds_server_options *options,
     if (rc != DS_OK)
         return rc;
 
-    ds_server *server = calloc(1, sizeof *server);
+    size_t path_size = strlen(path) + 1;
+    ds_server *server = malloc(sizeof *server + path_size);
     if (!server)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory starting the server");
-    server->loop = loop;
-    server->options = *options;
-    server->handlers = *handlers;
-    server->socket_path = strdup(path);
-    if (!server->socket_path) {
-        free(server);
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "out of memory starting the server");
-    }
+    *server = (ds_server){.loop = loop, .options = *options, .handlers = *handlers};
+    memcpy(server->socket_path, path, path_size);
     server->options.socket_path = server->socket_path;
     if (server->options.max_connections_per_uid == 0) {
         unsigned quarter = server->options.max_connections / 4;
@@ -868,7 +862,6 @@ int ds_server_start(uv_loop_t *loop, const ds_server_options *options,
 
     rc = uv_pipe_init(loop, &server->listener, 0);
     if (rc != 0) {
-        free(server->socket_path);
         free(server);
         return ds_error_set(err, DS_ERR_INTERNAL, "uv_pipe_init: %s", uv_strerror(rc));
     }

@@ -51,10 +51,11 @@ void gw_pipelines_list(gw *g, const gw_request *req, gw_response *r)
                                                     x->has_default ? json_string(x->default_value)
                                                                    : json_null()));
         }
-        json_array_append_new(data, json_pack("{s:s,s:s,s:b,s:o,s:o}", "id", p->name, "summary",
-                                              p->summary, "video", p->video, "roles",
+        json_array_append_new(data, json_pack("{s:s,s:s,s:b,s:o,s:o,s:I}", "id", p->name,
+                                              "summary", p->summary, "video", p->video, "roles",
                                               roles ? roles : json_null(), "params",
-                                              params ? params : json_null()));
+                                              params ? params : json_null(), "size_multiple",
+                                              (json_int_t)p->size_multiple));
     }
     ds_client_envelope_free(&models);
     free(all);

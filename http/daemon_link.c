@@ -51,6 +51,7 @@ int gw_daemon_pipelines(const gw_config *cfg, gw_pipelines *out, gw_failure *f)
         gw_pipeline_info *o = &out->p[out->count++];
         copy(o->name, sizeof o->name, p->name);
         copy(o->summary, sizeof o->summary, p->summary);
+        o->size_multiple = p->size_multiple;
         for (pb_size_t k = 0; k < p->params_count && o->param_count < GW_MAX_PARAMS; k++) {
             const diffsynth_v1_PipelineParam *q = &p->params[k];
             gw_param_info *x = &o->params[o->param_count++];

@@ -32,6 +32,7 @@ typedef struct gw_pipeline_info {
     char role_models[GW_MAX_TENSORS][GW_NAME]; /* the model_name each role takes */
     int role_count;
     bool video;                                /* an output is video frames (a clip file) */
+    unsigned size_multiple; /* sides in multiples of it are used as given; 0: any side is */
 } gw_pipeline_info;
 
 typedef struct gw_pipelines {

@@ -7,14 +7,17 @@
 #include "http/fields.h"
 #include "http/generate.h"
 
-/* The pipelines round sizes up to this multiple; an input image must have the rounded size. */
-#define SIZE_MULTIPLE 16
-
 /* Frames per second of the clips the daemon encodes when a request names no rate (its default,
  * as upstream's examples): what a clip length in seconds is counted in. */
 #define VIDEO_FPS 15
 
-static long long round_up(long long v) { return (v + SIZE_MULTIPLE - 1) / SIZE_MULTIPLE * SIZE_MULTIPLE; }
+/* v rounded up to the multiple the pipeline declares, with which its models use the side as
+ * given: the size an input image is resized to must be the one the pipeline runs at. */
+static long long round_up(const gw_pipeline_info *p, long long v)
+{
+    long long m = p->size_multiple ? (long long)p->size_multiple : 1;
+    return (v + m - 1) / m * m;
+}
 
 /* A side checked against the pipeline's range, before the daemon would refuse it with its own
  * parameter's name. */
@@ -163,8 +166,12 @@ int gw_gen_build(gw *g, const gw_gen_fields *in, gw_gen *gen, gw_failure *f)
         if (check_side(p, "width", w, in->size_param, f) != 0 ||
             check_side(p, "height", h, in->size_param, f) != 0)
             goto done;
-        w = round_up(w);
-        h = round_up(h);
+        /* Without an image the daemon rounds for the model it runs (wan_video: to 16 with the
+         * Wan2.1 VAE, which the declared 32 would overshoot). */
+        if (rgb) {
+            w = round_up(p, w);
+            h = round_up(p, h);
+        }
         snprintf(text, sizeof text, "%lld", w);
         gw_gen_param(gen, "width", text);
         snprintf(text, sizeof text, "%lld", h);

@@ -1050,14 +1050,10 @@ typedef struct tile_plan {
     float *values, *weight, *mh, *mw;   /* sum of tile * mask, sum of masks; one tile's masks */
 } tile_plan;
 
+/* The six arrays are parts of one zeroed block that starts at hs. */
 static void plan_free(tile_plan *t)
 {
     free(t->hs);
-    free(t->ws);
-    free(t->values);
-    free(t->weight);
-    free(t->mh);
-    free(t->mw);
     memset(t, 0, sizeof *t);
 }
 
@@ -1065,7 +1061,6 @@ static int plan_init(tile_plan *t, int64_t f, int decode, const ds_wan_video_vae
                      const ds_tensor *in, const ds_tensor *out, const char *phase,
                      ds_error *err)
 {
-    memset(t, 0, sizeof *t);
     int64_t size_h = tiling->size_h, size_w = tiling->size_w;
     int64_t stride_h = tiling->stride_h, stride_w = tiling->stride_w;
     if (!decode) {
@@ -1075,17 +1070,17 @@ static int plan_init(tile_plan *t, int64_t f, int decode, const ds_wan_video_vae
     *t = (tile_plan){.decode = decode, .f = f, .size_h = size_h, .size_w = size_w,
                      .H = is[3], .W = is[4], .OW = os[4], .plane = os[3] * os[4]};
     t->per_batch = os[1] * os[2] * t->plane;
-    t->hs = malloc((size_t)(t->H / stride_h + 2) * sizeof *t->hs);
-    t->ws = malloc((size_t)(t->W / stride_w + 2) * sizeof *t->ws);
-    t->values = calloc((size_t)t->per_batch, sizeof *t->values);
-    t->weight = calloc((size_t)t->plane, sizeof *t->weight);
-    t->mh = malloc((size_t)os[3] * sizeof *t->mh);
-    t->mw = malloc((size_t)os[4] * sizeof *t->mw);
-    if (!t->hs || !t->ws || !t->values || !t->weight || !t->mh || !t->mw) {
-        plan_free(t);
+    size_t starts_h = (size_t)(t->H / stride_h + 2), starts_w = (size_t)(t->W / stride_w + 2);
+    size_t floats = (size_t)t->per_batch + (size_t)t->plane + (size_t)os[3] + (size_t)os[4];
+    t->hs = calloc(1, (starts_h + starts_w) * sizeof *t->hs + floats * sizeof *t->values);
+    if (!t->hs)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for the tiles",
                             phase);
-    }
+    t->ws = t->hs + starts_h;
+    t->values = (float *)(t->ws + starts_w);
+    t->weight = t->values + t->per_batch;
+    t->mh = t->weight + t->plane;
+    t->mw = t->mh + os[3];
     t->nh = tile_starts(t->H, size_h, stride_h, t->hs);
     t->nw = tile_starts(t->W, size_w, stride_w, t->ws);
     t->count = is[0] * t->nh * t->nw;
@@ -1381,12 +1376,10 @@ int ds_wan_video_vae_tiles_begin(const ds_loaded_model *m, const ds_step_context
                                    "decode: a tiled decode needs its tiling");
     if (rc != DS_OK)
         return rc;
-    ds_wan_video_vae_tiles *t = calloc(1, sizeof *t);
+    ds_wan_video_vae_tiles *t = malloc(sizeof *t);
     if (!t)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "decode: out of memory");
-    t->m = m;
-    t->latents = *latents;
-    t->video = *video_out;
+    *t = (ds_wan_video_vae_tiles){.m = m, .latents = *latents, .video = *video_out};
     if ((rc = modules_build(var, z_dim, dim, &t->v, err)) != DS_OK) {
         free(t);
         return ds_error_prefix(err, "decode: ");

@@ -139,6 +139,11 @@ typedef struct ds_pipeline_def {
     size_t class_step_count;
     /* The role whose model the memory estimate reads: a run is admitted once it is known. */
     int estimate_role;
+    /* The multiple height and width are rounded up to, the largest any of the pipeline's models
+     * needs: a side that is a multiple of it is used as given whichever model runs, which is
+     * what a client that resizes an input image to the final size must know. 0: sides are
+     * used as given. */
+    int size_multiple;
 
     /* Checks the models and the values against each other and sets up the run; nothing is
      * computed yet. INVALID_ARGUMENT names the parameter or model at fault. */

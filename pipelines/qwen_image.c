@@ -811,4 +811,5 @@ const ds_pipeline_def ds__qwen_image_pipeline = {
     .summary = "Qwen-Image text-to-image, image-to-image and Blockwise ControlNet",
     DS_PIPELINE_STANDARD_FIELDS,
     DS_PIPELINE_DENOISING_FIELDS,
+    .size_multiple = SIZE_MULTIPLE,
 };

@@ -55,6 +55,8 @@ int ds__unit_runner_advance(ds__unit_runner *u, const ds__unit_ops *ops, void *r
     return u->next_unit <= last ? 1 : 0;
 }
 
+size_t ds__unit_align(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
 int ds__denoise_state_init(ds__denoise_state *s, const char *pipeline, const char *prompt,
                            const char *negative_prompt, const char *tokenizer, ds_dtype dtype,
                            double cfg_scale, size_t latent_count, ds_error *err)
@@ -65,17 +67,26 @@ int ds__denoise_state_init(ds__denoise_state *s, const char *pipeline, const cha
     s->dtype = dtype;
     s->cfg_scale = cfg_scale;
     s->latent_count = latent_count;
-    size_t bytes = latent_count * ds_dtype_size(dtype);
-    s->prompt = strdup(prompt);
-    s->negative_prompt = strdup(negative_prompt ? negative_prompt : "");
-    s->tokenizer = tokenizer ? strdup(tokenizer) : NULL;
-    s->latents = malloc(bytes);
-    s->pred_posi = malloc(bytes);
-    s->pred_nega = cfg_scale != 1.0 ? malloc(bytes) : NULL;
-    if (!s->prompt || !s->negative_prompt || (tokenizer && !s->tokenizer) || !s->latents ||
-        !s->pred_posi || (cfg_scale != 1.0 && !s->pred_nega))
+    if (!negative_prompt)
+        negative_prompt = "";
+    /* The three strings share one block, and so do the latents and the predictions. */
+    size_t posi = strlen(prompt) + 1, nega = strlen(negative_prompt) + 1;
+    size_t tok = tokenizer ? strlen(tokenizer) + 1 : 0;
+    size_t part = ds__unit_align(latent_count * ds_dtype_size(dtype));
+    int sides = cfg_scale != 1.0 ? 2 : 1;
+    s->prompt = malloc(posi + nega + tok);
+    s->latents = malloc(part * (size_t)(1 + sides));
+    if (!s->prompt || !s->latents)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for %zu latents",
                             pipeline, latent_count);
+    s->negative_prompt = s->prompt + posi;
+    s->tokenizer = tokenizer ? s->negative_prompt + nega : NULL;
+    memcpy(s->prompt, prompt, posi);
+    memcpy(s->negative_prompt, negative_prompt, nega);
+    if (tokenizer)
+        memcpy(s->tokenizer, tokenizer, tok);
+    s->pred_posi = (char *)s->latents + part;
+    s->pred_nega = sides == 2 ? (char *)s->pred_posi + part : NULL;
     return DS_OK;
 }
 
@@ -84,12 +95,8 @@ void ds__denoise_state_free(ds__denoise_state *s)
     ds_flow_match_free(&s->schedule);
     ds_step_io_free(&s->prompt_posi);
     ds_step_io_free(&s->prompt_nega);
-    free(s->prompt);
-    free(s->negative_prompt);
-    free(s->tokenizer);
-    free(s->latents);
-    free(s->pred_posi);
-    free(s->pred_nega);
+    free(s->prompt); /* and negative_prompt and tokenizer */
+    free(s->latents); /* and the predictions */
     memset(s, 0, sizeof *s);
 }
 

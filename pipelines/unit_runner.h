@@ -45,7 +45,8 @@ typedef int (*ds__predict_fn)(void *run, const ds_step_context *ctx, const ds_st
 
 /* What __call__'s denoising loop works on, the same in every pipeline; owned by the run. */
 typedef struct ds__denoise_state {
-    char *prompt, *negative_prompt, *tokenizer; /* owned copies; tokenizer may be NULL */
+    char *prompt, *negative_prompt, *tokenizer; /* owned copies in one block that starts at
+                                                 * prompt; tokenizer may be NULL */
     ds_dtype dtype;              /* the compute dtype */
     double cfg_scale;            /* 1: no negative pass */
     ds_flow_match schedule;      /* set by the pipeline */
@@ -53,9 +54,13 @@ typedef struct ds__denoise_state {
     ds_step_io prompt_nega;      /* empty when cfg_scale == 1 */
     void *latents;               /* latent_count elements in the compute dtype */
     void *pred_posi, *pred_nega; /* the same: one step's noise predictions (nega NULL without
-                                  * CFG) */
+                                  * CFG), in the block that starts at latents */
     size_t latent_count;
 } ds__denoise_state;
+
+/* bytes rounded up to a cache line: where the next part of a block shared by several buffers
+ * starts, aligned as well as a block of its own would be for vector loads. */
+size_t ds__unit_align(size_t bytes);
 
 /* Copies the prompts (negative_prompt NULL: "", upstream's default) and the tokenizer folder
  * (may be NULL), allocates the latents and predictions. RESOURCE_EXHAUSTED naming `pipeline`;

@@ -59,6 +59,7 @@
 
 #define LATENT_CHANNELS 16 /* the Wan2.1 VAE's z_dim, of which VACE's context is made */
 #define SPATIAL 8          /* the Wan2.1 VAE's upsampling factor: VACE's mask blocks */
+#define VAE38_FACTOR 16    /* the Wan2.2 VAE's, the largest: sides in multiples of twice it */
 #define TIME_FACTOR 4      /* frames are 4k + 1 */
 #define SEQ_LEN 512        /* the tokenizer's seq_len: context rows */
 /* VACE's context (with the Wan2.1 VAE only): inactive and reactive latents, then the mask's
@@ -106,7 +107,7 @@ typedef struct vae_kind {
 
 static const vae_kind vae_kinds[] = {
     {VAE_CLASS, LATENT_CHANNELS, SPATIAL},
-    {VAE38_CLASS, 48, 16},
+    {VAE38_CLASS, 48, VAE38_FACTOR},
 };
 
 /* The kind of `vae`; the Wan2.1 VAE's when it is NULL or of another class (refused later). */
@@ -141,12 +142,15 @@ typedef struct wan_run {
     /* NULL, or input_image's latents [1, z, 1, lh, lw] (compute dtype): upstream's
      * first_frame_latents, fused into the latents before the loop and after every step. */
     void *first_frame;
+    /* The decode's buffers, parts of one block (decoded): */
+    void *decoded;
+    ds_backend *cpu;        /* the host backend their views live on */
     void *final_latents;    /* [1, z, lt - ref, lh, lw]: what the VAE decodes */
+    uint8_t *rgb;           /* [frames, height, width, 3] */
     void *video;            /* [1, 3, frames, height, width] compute dtype, while decoding */
     ds_tensor latents_view, video_view; /* views of final_latents and video */
     ds_wan_video_vae_tiles *tiles;      /* the tiled decode in progress, or NULL */
 
-    uint8_t *rgb;           /* [frames, height, width, 3] */
     ds_tensor latents_out, video_out;
 
     ds__unit_runner units;
@@ -308,10 +312,8 @@ static void run_free(wan_run *p)
     ds__denoise_state_free(&p->d);
     free(p->vace_context);
     free(p->first_frame);
-    free(p->final_latents);
-    free(p->video);
+    free(p->decoded);
     ds_wan_video_vae_tiles_free(p->tiles);
-    free(p->rgb);
     free(p);
 }
 
@@ -923,31 +925,54 @@ static int run_denoise(void *run, const ds_step_context *ctx, int index, ds_erro
     return rc;
 }
 
+/* Where the parts of the decode's block lie: final_latents, the RGB frames, then the video,
+ * last so that it can be cut off once converted. */
+typedef struct decode_parts {
+    size_t esize, plane, frames; /* the compute dtype's size; pixels per frame; frames */
+    int64_t lt;                  /* latent frames decoded (the reference frame dropped) */
+    size_t rgb_at, video_at, size;
+} decode_parts;
+
+static decode_parts decode_parts_of(const wan_run *p)
+{
+    decode_parts d = {.esize = ds_dtype_size(p->d.dtype),
+                      .plane = (size_t)p->height * (size_t)p->width,
+                      .frames = (size_t)p->frames,
+                      .lt = p->lt - p->ref};
+    d.rgb_at = ds__unit_align((size_t)p->z * (size_t)d.lt * (size_t)p->lh * (size_t)p->lw *
+                              d.esize);
+    d.video_at = d.rgb_at + ds__unit_align(3 * d.frames * d.plane);
+    d.size = d.video_at + 3 * d.frames * d.plane * d.esize;
+    return d;
+}
+
+/* Points final_latents, rgb and the latents' view into the block (again after it moved). */
+static void decode_place(wan_run *p, const decode_parts *d)
+{
+    p->final_latents = p->decoded;
+    p->rgb = (uint8_t *)p->decoded + d->rgb_at;
+    p->latents_view = ds_tensor_wrap(p->cpu, p->d.dtype, 5,
+                                     SHAPE(1, p->z, d->lt, p->lh, p->lw), p->final_latents);
+}
+
 /* The decode's first unit: latents[:, :, ref:] (the reference frame dropped) and the buffers
  * the decode writes, and with tiling the tiled decode over them. */
 static int decode_begin(wan_run *p, const ds_step_context *ctx, ds_error *err)
 {
-    ds_backend *cpu;
-    int rc = ds_cpu_fallback_backend(&cpu, err);
+    int rc = ds_cpu_fallback_backend(&p->cpu, err);
     if (rc != DS_OK)
         return rc;
-    size_t esize = ds_dtype_size(p->d.dtype);
-    size_t plane = (size_t)p->height * (size_t)p->width, T = (size_t)p->frames;
-    int64_t lt = p->lt - p->ref;
-    size_t lplane = (size_t)p->lh * (size_t)p->lw * esize;
-    p->video = malloc(3 * T * plane * esize);
-    p->rgb = malloc(3 * T * plane);
-    p->final_latents = malloc((size_t)p->z * (size_t)lt * lplane);
-    if (!p->video || !p->rgb || !p->final_latents)
+    decode_parts d = decode_parts_of(p);
+    if (!(p->decoded = malloc(d.size)))
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                             "wan_video: out of memory for %d frames of %d x %d", p->frames,
                             p->height, p->width);
-    copy_frames(p->final_latents, lt, 0, (const char *)p->d.latents + (size_t)p->ref * lplane,
-                p->lt, lt, p->z, lplane);
-    p->latents_view = ds_tensor_wrap(cpu, p->d.dtype, 5,
-                                     SHAPE(1, p->z, lt, p->lh, p->lw),
-                                     p->final_latents);
-    p->video_view = ds_tensor_wrap(cpu, p->d.dtype, 5,
+    decode_place(p, &d);
+    p->video = (char *)p->decoded + d.video_at;
+    size_t lplane = (size_t)p->lh * (size_t)p->lw * d.esize;
+    copy_frames(p->final_latents, d.lt, 0, (const char *)p->d.latents + (size_t)p->ref * lplane,
+                p->lt, d.lt, p->z, lplane);
+    p->video_view = ds_tensor_wrap(p->cpu, p->d.dtype, 5,
                                    SHAPE(1, 3, p->frames, p->height, p->width), p->video);
     if (!p->tiled)
         return DS_OK;
@@ -955,34 +980,39 @@ static int decode_begin(wan_run *p, const ds_step_context *ctx, ds_error *err)
                                         &p->video_view, &p->tiles, err);
 }
 
-/* vae_output_to_video over the decoded video: frame by frame as vae_output_to_image. */
+/* vae_output_to_video over the decoded video: frame by frame as vae_output_to_image; then the
+ * video is cut off the block. */
 static int decode_finish(wan_run *p, ds_error *err)
 {
-    ds_backend *cpu;
-    int rc = ds_cpu_fallback_backend(&cpu, err);
-    if (rc != DS_OK)
-        return rc;
-    size_t esize = ds_dtype_size(p->d.dtype);
-    size_t plane = (size_t)p->height * (size_t)p->width, T = (size_t)p->frames;
-    void *frame = malloc(3 * plane * esize);
+    decode_parts d = decode_parts_of(p);
+    size_t frame_bytes = 3 * d.plane * d.esize;
+    void *frame = malloc(frame_bytes);
     if (!frame)
         return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED,
                             "wan_video: out of memory for a frame of %d x %d", p->height,
                             p->width);
-    ds_tensor one = ds_tensor_wrap(cpu, p->d.dtype, 4, SHAPE(1, 3, p->height, p->width), frame);
-    for (size_t t = 0; t < T && rc == DS_OK; t++) {
+    ds_tensor one = ds_tensor_wrap(p->cpu, p->d.dtype, 4, SHAPE(1, 3, p->height, p->width),
+                                   frame);
+    int rc = DS_OK;
+    for (size_t t = 0; t < d.frames && rc == DS_OK; t++) {
         for (size_t c = 0; c < 3; c++)
-            memcpy((char *)frame + c * plane * esize,
-                   (const char *)p->video + ((c * T + t) * plane) * esize, plane * esize);
-        rc = ds_vae_output_to_image(&one, p->rgb + t * plane * 3, err);
+            memcpy((char *)frame + c * d.plane * d.esize,
+                   (const char *)p->video + ((c * d.frames + t) * d.plane) * d.esize,
+                   d.plane * d.esize);
+        rc = ds_vae_output_to_image(&one, p->rgb + t * d.plane * 3, err);
     }
     free(frame);
     if (rc != DS_OK)
         return rc;
-    free(p->video);
+    /* A shrink that fails leaves the whole block, still valid. */
+    void *kept = realloc(p->decoded, d.video_at);
+    if (kept) {
+        p->decoded = kept;
+        decode_place(p, &d);
+    }
     p->video = NULL;
     p->latents_out = p->latents_view;
-    p->video_out = ds_tensor_wrap(cpu, DS_U8, 4, SHAPE(p->frames, p->height, p->width, 3),
+    p->video_out = ds_tensor_wrap(p->cpu, DS_U8, 4, SHAPE(p->frames, p->height, p->width, 3),
                                   p->rgb);
     return DS_OK;
 }
@@ -1202,5 +1232,6 @@ const ds_pipeline_def ds__wan_video_pipeline = {
                "image-to-video",
     DS_PIPELINE_STANDARD_FIELDS,
     DS_PIPELINE_DENOISING_FIELDS,
+    .size_multiple = 2 * VAE38_FACTOR,
     .final_units = op_final_units,
 };

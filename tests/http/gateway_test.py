@@ -3,7 +3,8 @@
 
 Run by tests/http/test_http_gateway.c, which starts the daemon (diffsynthd-video-test: the
 Qwen-Image pipeline on cut, sparse models; wan_video without models; test_video, which makes
-clips without models) and two gateways: OPEN (no key, --max-body 2 MiB, --max-jobs 3,
+clips without models; test_image, which gives its input image back at sides rounded up to
+multiples of 32) and two gateways: OPEN (no key, --max-body 2 MiB, --max-jobs 3,
 --require-model qwen_image_dit) and KEYED (--api-key KEY, --cors http://example.org).
 
 usage: gateway_test.py PHASE OPEN_URL KEYED_URL KEY
@@ -208,11 +209,15 @@ def test_listings(base):
     # OpenAI lists every model, the video pipelines too (POST /v1/videos takes them).
     status, _, doc = jrequest(base, "GET", "/v1/models")
     check(status == 200 and doc.get("object") == "list" and
-          [m.get("id") for m in doc.get("data", [])] == ["qwen_image", "wan_video", "test_video"] and
+          [m.get("id") for m in doc.get("data", [])] == ["qwen_image", "wan_video", "test_video", "test_image"] and
           all(m.get("object") == "model" for m in doc["data"]), f"/v1/models: {doc}")
     status, _, doc = jrequest(base, "GET", "/v1/pipelines")
     check(status == 200 and {x["id"]: x.get("video") for x in doc.get("data", [])} ==
-          {"qwen_image": False, "wan_video": True, "test_video": True}, f"pipelines' video flags: {str(doc)[:400]}")
+          {"qwen_image": False, "wan_video": True, "test_video": True, "test_image": False},
+          f"pipelines' video flags: {str(doc)[:400]}")
+    check(status == 200 and {x["id"]: x.get("size_multiple") for x in doc.get("data", [])} ==
+          {"qwen_image": 16, "wan_video": 32, "test_video": 0, "test_image": 32},
+          f"pipelines' size multiples: {str(doc)[:400]}")
     p = doc["data"][0] if status == 200 and doc.get("data") else {}
     roles = {r["role"]: r for r in p.get("roles", [])}
     check(p.get("id") == "qwen_image" and set(roles) >= {"text_encoder", "dit", "vae"} and
@@ -235,7 +240,7 @@ def test_listings(base):
     status, _, doc = jrequest(base, "GET", "/sdapi/v1/options")
     check(status == 200 and doc.get("sd_model_checkpoint") == "qwen_image", f"options after refusal: {doc}")
     status, _, doc = jrequest(base, "GET", "/sdapi/v1/sd-models")
-    check(status == 200 and isinstance(doc, list) and [m.get("title") for m in doc] == ["qwen_image"] and
+    check(status == 200 and isinstance(doc, list) and [m.get("title") for m in doc] == ["qwen_image", "test_image"] and
           doc[0]["model_name"] == "qwen_image", f"sd-models: {doc}")
     status, _, doc = jrequest(base, "GET", "/sdapi/v1/samplers")
     check(status == 200 and isinstance(doc, list) and doc[0].get("name"), f"samplers: {doc}")
@@ -293,6 +298,14 @@ def test_edits(base):
     status, _, doc = jrequest(base, "POST", "/v1/images/edits", body, headers)
     check(status == 200 and png_size(base64.b64decode(doc["data"][0]["b64_json"])) == (32, 48),
           f"edit without size: {status} {str(doc)[:300]}")
+    # test_image rounds its sides up to multiples of 32 and takes only a picture of that size:
+    # 48 x 40 is resized to 64 x 64, the multiple it declares, not to 48 x 48.
+    for fields in ({}, {"size": "48x40"}):
+        body, headers = multipart(dict({"prompt": "x", "model": "test_image"}, **fields),
+                                  {"image": ("in.png", make_png(48, 40))})
+        status, _, doc = jrequest(base, "POST", "/v1/images/edits", body, headers)
+        check(status == 200 and png_size(base64.b64decode(doc["data"][0]["b64_json"])) == (64, 64),
+              f"edit with test_image {fields}: {status} {str(doc)[:300]}")
 
 
 def test_a1111(base):

@@ -394,6 +394,7 @@ static void test_pipelines(void)
     CHECK_CONTAINS(out, "    denoising_strength number in (0, 1]     default 1 ");
     CHECK_CONTAINS(out, "    controlnet         qwen_image_blockwise_controlnet, optional\n");
     CHECK_CONTAINS(out, "  dtypes: bfloat16 (default), float32\n");
+    CHECK_CONTAINS(out, "  sizes: multiples of 16 are used as given with any of its models\n");
     CHECK_CONTAINS(out, "    png                ");
     CHECK_CONTAINS(out, " (sent as a PNG file)\n");
     /* qwen_image takes and gives no video; wan_video's frames are one. */
@@ -418,6 +419,10 @@ static void test_pipelines(void)
     CHECK_STR_EQ(jstr(json_array_get(pipelines, 1), "name"), "wan_video");
     json_t *p = json_array_get(pipelines, 0);
     CHECK_STR_EQ(jstr(p, "name"), "qwen_image");
+    /* Qwen-Image's division factor; Wan's largest, the Wan2.2 VAE's (2 x 16). */
+    CHECK(json_integer_value(json_object_get(p, "size_multiple")) == 16);
+    CHECK(json_integer_value(json_object_get(json_array_get(pipelines, 1), "size_multiple")) ==
+          32);
     json_t *roles = json_object_get(p, "roles");
     CHECK(json_array_size(roles) == 4);
     CHECK_STR_EQ(jstr(json_array_get(roles, 1), "role"), "dit");

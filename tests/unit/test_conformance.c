@@ -980,6 +980,7 @@ static void fill_pc_PipelineInfo(PC(PipelineInfo) *m, int k)
     m->dtypes = STRS(2, k, 7);
     m->n_phases = 3;
     m->phases = STRS(3, k, 8);
+    m->size_multiple = (uint32_t)(16 * k + 16);
 }
 
 static void fill_nb_PipelineInfo(NB(PipelineInfo) *m, int k)
@@ -1005,6 +1006,7 @@ static void fill_nb_PipelineInfo(NB(PipelineInfo) *m, int k)
     m->dtypes = STRS(2, k, 7);
     m->phases_count = 3;
     m->phases = STRS(3, k, 8);
+    m->size_multiple = (uint32_t)(16 * k + 16);
 }
 
 static void cmp_PipelineInfo(const PC(PipelineInfo) *p, const NB(PipelineInfo) *n)
@@ -1023,6 +1025,7 @@ static void cmp_PipelineInfo(const PC(PipelineInfo) *p, const NB(PipelineInfo) *
         cmp_PipelineTensor(p->outputs[i], &n->outputs[i]);
     cmp_strs(p->dtypes, p->n_dtypes, n->dtypes, n->dtypes_count);
     cmp_strs(p->phases, p->n_phases, n->phases, n->phases_count);
+    CHECK(p->size_multiple == n->size_multiple);
 }
 
 static void fill_pc_ListPipelinesResponse(PC(ListPipelinesResponse) *m, int k)
