@@ -3,8 +3,8 @@ bench/qwen_image, next to ours (and optionally upstream DiffSynth-Studio), in th
 
 usage: bench/sdcpp/run.py --sd-cli SDCPP_BUILD/bin/sd-cli [--bench BUILD/bench/pipeline_bench]
            [--python PY_WITH_DIFFSYNTH] [--threads N] [--te-layers N] [--dit-layers N]
-           [--dtypes bf16,f32] [--rounds N] [--repeats N] [--models DIR] [--sd-args ARGS]
-           [--timeout S] [--log FILE]
+           [--dtypes bf16,f32] [--upstream-dtypes f32] [--rounds N] [--repeats N]
+           [--models DIR] [--sd-args ARGS] [--timeout S] [--log FILE]
 
 The pipeline: Qwen-Image text to image, te_bench's 60-token prompt and the empty negative prompt,
 256x256, 4 steps, cfg 4, seed 0, --te-layers text encoder decoder layers and --dit-layers DiT
@@ -34,8 +34,10 @@ encode = "get_learned_condition completed" (both prompts), denoise = "sampling c
 decode = "decode_first_stage completed", the call = "generate_image completed in"; model loading
 is outside, as on the other sides. Ours is bench/qwen_image's pipeline_bench (one warm-up call,
 then the median of --repeats), upstream's bench/qwen_image/upstream_anchor.py (same).
-Each row runs ours, sd.cpp and upstream in turn, --rounds times, and keeps each side's best
-median. Standard library only.
+Each row runs ours, sd.cpp and upstream (in --upstream-dtypes' rows) in turn, --rounds times,
+and prints every round with the load average around it, then each side's fastest round and,
+since single rounds on a shared machine vary by more than the phases differ, each phase's
+fastest round per side: the phase ratios compare those. Standard library only.
 """
 import argparse
 import json
@@ -300,6 +302,9 @@ def measure_sdcpp(a, paths, dtype, log):
             "repeats": a.repeats, "weight_types": types}
 
 
+PHASE_KEYS = ("encode_ms", "denoise_ms", "decode_ms")
+
+
 def fmt_phases(r):
     if not r or r.get("status") != "ok":
         return "-"
@@ -317,6 +322,8 @@ def main(argv):
     p.add_argument("--bench", default=os.path.join(ROOT, "build-release", "bench",
                                                    "pipeline_bench"))
     p.add_argument("--python", default=None, help="a Python with diffsynth: adds upstream")
+    p.add_argument("--upstream-dtypes", default="f32",
+                   help="the rows upstream runs in (its bf16 call can take over 15 minutes)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--te-layers", type=int, default=2)
     p.add_argument("--dit-layers", type=int, default=2)
@@ -343,9 +350,10 @@ def main(argv):
                 "--tokenizer", tokenizer, "--repeats", str(a.repeats)]
         sides = {"ours": lambda: run_one([a.bench] + args, a.timeout, log),
                  "sd.cpp": lambda: measure_sdcpp(a, paths, dtype, log)}
-        if a.python:
+        if a.python and dtype in a.upstream_dtypes.split(","):
             sides["upstream"] = lambda: run_one([a.python, anchor] + args, a.timeout, log)
         kept = {k: None for k in sides}
+        fastest = {k: {} for k in sides}  # each phase's fastest round, per side
         for r in range(a.rounds):
             for name, fn in sides.items():
                 before = loadavg()
@@ -355,9 +363,15 @@ def main(argv):
                       + ("" if res.get("status") == "ok" else f"  {res.get('message', '')}"),
                       flush=True)
                 kept[name] = best(kept[name], res)
-        print(f"pipeline {dtype}: total (encode / denoise / decode)", flush=True)
+                if res.get("status") == "ok":
+                    for k in PHASE_KEYS:
+                        fastest[name][k] = min(fastest[name].get(k, res[k]), res[k])
+        print(f"pipeline {dtype}: the fastest round's total (its encode / denoise / decode); "
+              "each phase's fastest round", flush=True)
         for name, res in kept.items():
-            print(f"  {name:<8} {fmt_ms(res):>12}  ({fmt_phases(res)})", flush=True)
+            each = fastest[name]
+            print(f"  {name:<8} {fmt_ms(res):>12}  ({fmt_phases(res)}); "
+                  f"{fmt_phases(dict(each, status='ok')) if each else '-'}", flush=True)
         if kept["sd.cpp"].get("weight_types"):
             print(f"  sd.cpp weight types: {kept['sd.cpp']['weight_types']}", flush=True)
         if kept["ours"].get("gemm"):
@@ -366,10 +380,10 @@ def main(argv):
         for name in [k for k in kept if k != "ours"]:
             ref = kept[name]
             if o.get("status") == "ok" and ref.get("status") == "ok":
-                ratios = [o[k] / ref[k] for k in ("median_ms", "encode_ms", "denoise_ms",
-                                                  "decode_ms")]
-                print(f"  ours / {name}: total {ratios[0]:.2f}, encode {ratios[1]:.2f}, "
-                      f"denoise {ratios[2]:.2f}, decode {ratios[3]:.2f}", flush=True)
+                f_o, f_r = fastest["ours"], fastest[name]
+                print(f"  ours / {name}: total {o['median_ms'] / ref['median_ms']:.2f}; "
+                      "fastest phases: " + ", ".join(f"{k[:-3]} {f_o[k] / f_r[k]:.2f}"
+                                                     for k in PHASE_KEYS), flush=True)
     if log:
         log.close()
     return 0

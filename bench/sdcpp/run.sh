@@ -7,7 +7,8 @@
 #
 # usage: bench/sdcpp/run.sh SD_CLI [PYTHON_WITH_DIFFSYNTH|none] [THREADS] [REPEATS]
 #   SD_CLI   BUILD_DIR/bin/sd-cli from bench/sdcpp/build.sh
-#   PYTHON   default none: upstream's bf16 call takes over 15 minutes on some CPUs
+#   PYTHON   default none (ours and sd.cpp only); given, upstream runs the rows in
+#            DS_BENCH_UPSTREAM_DTYPES (default f32: its bf16 call took over 15 minutes here)
 #   THREADS  default: online CPUs; REPEATS: calls per side per round, the median counts (default 1)
 # DS_BUILD_DIR (default build-release), DS_BENCH_DTYPES (default bf16; "bf16,f32" adds the f32
 # rows), DS_BENCH_ROUNDS (default 2), DS_BENCH_MODELS (where sd.cpp's model files are written,
@@ -26,7 +27,8 @@ bench/build_release.sh "$build" bench/pipeline_bench
 upstream=()
 [[ $python == none ]] || upstream=(--python "$python")
 exec python3 bench/sdcpp/run.py --sd-cli "$sd_cli" --bench "$build/bench/pipeline_bench" \
-    "${upstream[@]}" --threads "$threads" --repeats "$repeats" --rounds "${DS_BENCH_ROUNDS:-2}" \
+    "${upstream[@]}" --upstream-dtypes "${DS_BENCH_UPSTREAM_DTYPES:-f32}" --threads "$threads" \
+    --repeats "$repeats" --rounds "${DS_BENCH_ROUNDS:-2}" \
     --te-layers "${DS_BENCH_TE_LAYERS:-2}" --dit-layers "${DS_BENCH_DIT_LAYERS:-2}" \
     --dtypes "${DS_BENCH_DTYPES:-bf16}" --models "${DS_BENCH_MODELS:-/tmp/sdcpp-models}" \
     --sd-args="${DS_BENCH_SD_ARGS:-}" ${DS_BENCH_LOG:+--log "$DS_BENCH_LOG"}
