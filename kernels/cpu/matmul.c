@@ -474,9 +474,9 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
             /* f32 activations: a weight of another dtype is widened whole and runs the very GEMM
              * a weight stored f32 of this shape runs (the library by the rows, one call over all
              * N), so widening per call, a copy converted once to f32 and an f32 file give the
-             * same bits. The staging copy is the whole weight in f32 (the largest Linear of the
-             * models served, Qwen2.5-VL's MLP 18944 x 3584, is 271 MB), kept per calling
-             * thread. */
+             * same bits. The staging copy is the whole weight in f32, kept per calling thread:
+             * up to the largest Linear of the configs served, 283 MB for Wan2.1 14B's FFN
+             * (13824 x 5120), 272 MB for Qwen2.5-VL's MLP (18944 x 3584). */
             const void *wf = w->data;
             if (w->dtype != DS_F32) {
                 if ((uint64_t)n * (uint64_t)k > SIZE_MAX / sizeof(float) ||
