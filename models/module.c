@@ -110,8 +110,9 @@ static int absent(const ds_loaded_model *m, const char *prefix, const ds_module 
 }
 
 /* The module's parameters as the manager's sources, appended at src[*n]. Each keeps the dtype
- * the bound path gives it (ds__weight_operand_dtype), so both paths agree bit for bit. */
-static int module_sources(const ds_module_run *r, const char *prefix, const ds_module *mod,
+ * the bound path gives it (ds__weight_operand_dtype), or a Linear weight the dtype the linear
+ * would convert it to at every call (r->convert), so both paths agree bit for bit. */
+static int module_sources(ds_module_run *r, const char *prefix, const ds_module *mod,
                           ds_vram_tensor_source *src, size_t *n, ds_error *err)
 {
     for (int part = 0; part < (has_bias(mod->kind) ? 2 : 1); part++) {
@@ -121,10 +122,14 @@ static int module_sources(const ds_module_run *r, const char *prefix, const ds_m
         if (*n == DS__WEIGHT_SET_MAX)
             return ds_error_set(err, DS_ERR_INTERNAL, "%s: too many tensors in one unit",
                                 r->mm->owner);
-        int rc = ds__weight_vram_source(r->model, r->mm->owner, full,
-                                        part == 0 && linear_weight(mod->kind), &src[(*n)++], err);
+        int lw = part == 0 && linear_weight(mod->kind);
+        ds_vram_tensor_source *s = &src[(*n)++];
+        int rc = ds__weight_vram_source(r->model, r->mm->owner, full, lw, r->convert, s, err);
         if (rc != DS_OK)
             return rc;
+        if (lw && s->target != s->dtype &&
+            s->target == ds__weight_linear_compute_dtype(s->dtype, r->convert))
+            r->converted = 1;
     }
     return DS_OK;
 }
@@ -153,13 +158,14 @@ static int register_unit(ds_module_run *r, size_t gi, int64_t index, int unit, d
     return DS_OK;
 }
 
-static int register_units(ds_module_run *r, ds_vram_manager *mgr, int plan_all,
-                          const char *what, ds_error *err)
+static int register_units_as(ds_module_run *r, ds_vram_manager *mgr, ds_dtype compute,
+                             int plan_all, const char *what, ds_error *err)
 {
     const ds_loaded_model *m = r->model;
     const ds_module_model *mm = r->mm;
-    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : mm->vram_name, DS_F32,
-                               &r->vram, err);
+    r->unit_total = 0;
+    int rc = ds_vram_model_add(mgr, m->model_name ? m->model_name : mm->vram_name,
+                               compute != DS_DTYPE_INVALID ? compute : DS_F32, &r->vram, err);
     if (r->order) {
         for (size_t k = 0; rc == DS_OK && k < r->order_count; k++) {
             const ds_module_unit_ref *u = &r->order[k];
@@ -191,6 +197,34 @@ static int register_units(ds_module_run *r, ds_vram_manager *mgr, int plan_all,
     }
     ds__weight_set_vram_adopt(r->vram, m, mgr);
     return DS_OK;
+}
+
+/* Registers the model's units. A forward that names its compute dtype on a backend whose fast
+ * tier is host memory gets its Linear weights converted once into that tier
+ * (ds__weight_linear_compute_dtype) when all of them fit the budget so converted; otherwise, or
+ * when they would not fit, they are registered as stored and the linear converts them at every
+ * call, as it would without a manager. Both give the same results. */
+static int register_units(ds_module_run *r, ds_vram_manager *mgr, ds_dtype compute, int plan_all,
+                          const char *what, ds_error *err)
+{
+    r->convert = r->ws.on_host ? compute : DS_DTYPE_INVALID;
+    r->converted = 0;
+    int rc = register_units_as(r, mgr, compute, plan_all, what, err);
+    if (rc != DS_OK || !r->converted)
+        return rc;
+    ds_vram_stats st;
+    ds_vram_model_stats ms;
+    ds_vram_stats_get(mgr, &st);
+    ds_vram_model_stats_get(r->vram, &ms);
+    if (st.budget_bytes == DS_VRAM_UNLIMITED || ms.fast_bytes_total <= st.budget_bytes)
+        return DS_OK;
+    ds_vram_model_remove(r->vram);
+    r->vram = NULL;
+    for (size_t slot = 0; slot < r->slot_total; slot++)
+        r->manager_index[slot] = SIZE_MAX;
+    r->convert = DS_DTYPE_INVALID;
+    r->converted = 0;
+    return register_units_as(r, mgr, compute, plan_all, what, err);
 }
 
 /* Each slot's manager index, read back from a registration made by an earlier run: the
@@ -230,17 +264,35 @@ void ds_module_instance(const ds_module *tmpl, size_t n, const int64_t *dims, ds
     }
 }
 
+static int open_run(ds_module_run *r, const ds_module_model *mm, const ds_module_unit_ref *order,
+                    size_t n, const ds_loaded_model *m, ds_backend *b, ds_vram_manager *mgr,
+                    ds_dtype compute, int plan_all, const char *what, ds_error *err);
+
 int ds_module_open(ds_module_run *r, const ds_module_model *mm, const ds_loaded_model *m,
                    ds_backend *b, ds_vram_manager *mgr, int plan_all, const char *what,
                    ds_error *err)
 {
-    return ds_module_open_ordered(r, mm, NULL, 0, m, b, mgr, plan_all, what, err);
+    return open_run(r, mm, NULL, 0, m, b, mgr, DS_DTYPE_INVALID, plan_all, what, err);
+}
+
+int ds_module_open_compute(ds_module_run *r, const ds_module_model *mm,
+                           const ds_loaded_model *m, ds_backend *b, ds_vram_manager *mgr,
+                           ds_dtype compute, int plan_all, const char *what, ds_error *err)
+{
+    return open_run(r, mm, NULL, 0, m, b, mgr, compute, plan_all, what, err);
 }
 
 int ds_module_open_ordered(ds_module_run *r, const ds_module_model *mm,
                            const ds_module_unit_ref *order, size_t n, const ds_loaded_model *m,
                            ds_backend *b, ds_vram_manager *mgr, int plan_all, const char *what,
                            ds_error *err)
+{
+    return open_run(r, mm, order, n, m, b, mgr, DS_DTYPE_INVALID, plan_all, what, err);
+}
+
+static int open_run(ds_module_run *r, const ds_module_model *mm, const ds_module_unit_ref *order,
+                    size_t n, const ds_loaded_model *m, ds_backend *b, ds_vram_manager *mgr,
+                    ds_dtype compute, int plan_all, const char *what, ds_error *err)
 {
     memset(r, 0, sizeof *r);
     r->order = order;
@@ -269,11 +321,18 @@ int ds_module_open_ordered(ds_module_run *r, const ds_module_model *mm,
         return DS_OK;
     }
     r->vram = ds_vram_model_find(mgr, m);
+    /* Registered for another compute dtype on a host fast tier: its Linear weights may be kept
+     * converted for that dtype, or kept as stored where this forward would convert them. */
+    if (r->vram && r->ws.on_host && compute != DS_DTYPE_INVALID &&
+        ds_vram_model_compute_dtype(r->vram) != compute) {
+        ds_vram_model_remove(r->vram);
+        r->vram = NULL;
+    }
     int rc = DS_OK;
     if (r->vram)
         known_units(r);
     else
-        rc = register_units(r, mgr, plan_all, what, err);
+        rc = register_units(r, mgr, compute, plan_all, what, err);
     if (rc != DS_OK)
         ds_module_close(r);
     return rc;

@@ -121,6 +121,10 @@ typedef struct ds_module_run {
     size_t slot_total;               /* units the groups hold */
     size_t held;                      /* the unit acquired now; SIZE_MAX when none */
     size_t reserved;                  /* activation bytes reserved in the manager */
+    ds_dtype convert;                 /* while registering: the compute dtype Linear weights are
+                                       * converted for (ds__weight_linear_compute_dtype), or
+                                       * DS_DTYPE_INVALID for none */
+    int converted;                    /* while registering: some Linear weight was converted */
 } ds_module_run;
 
 /* Starts a forward of `m` on `b`. With a manager the model's units are registered on first
@@ -130,6 +134,15 @@ typedef struct ds_module_run {
 int ds_module_open(ds_module_run *r, const ds_module_model *mm, const ds_loaded_model *m,
                    ds_backend *b, ds_vram_manager *mgr, int plan_all, const char *what,
                    ds_error *err);
+/* ds_module_open for a forward whose activations are `compute` (f32, bf16, f16). With a manager
+ * whose fast tier is host memory (the CPU backend), Linear weights whose stored dtype differs are
+ * kept there converted once (ds__weight_linear_compute_dtype) when every unit so converted fits
+ * the manager's budget (checked at registration); past it they are registered as stored and
+ * streamed, and the linear converts them at each call, with the same results either way. A
+ * registration made for another compute dtype is dropped and made again. */
+int ds_module_open_compute(ds_module_run *r, const ds_module_model *mm,
+                           const ds_loaded_model *m, ds_backend *b, ds_vram_manager *mgr,
+                           ds_dtype compute, int plan_all, const char *what, ds_error *err);
 /* ds_module_open with the manager's units registered in `order` (n of them), the order
  * forwards run them, when that is not the groups' (a module declared before the one that runs
  * first; two directions over one model's weights): each unit at most once, a unit left out is

@@ -808,7 +808,8 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
                             "forward: the Qwen-Image-Layered DiT (use_additional_t_cond, layer "
                             "3D RoPE) is not implemented");
     ds_backend *b = ctx->backend;
-    if ((rc = ds_module_open(&run, &modules, m, b, ctx->vram, 1, "forward", err)) != DS_OK)
+    if ((rc = ds_module_open_compute(&run, &modules, m, b, ctx->vram, d.dtype, 1, "forward",
+                                     err)) != DS_OK)
         return rc;
     int64_t blocks = run.counts[BLOCKS];
 

@@ -122,18 +122,26 @@ static void vram_release_hook(void *mgr, const ds_loaded_model *model)
 
 void ds__weight_set_vram_adopt(ds_vram_model *vm, const ds_loaded_model *m, ds_vram_manager *mgr)
 {
-    ds_vram_model_set_owner(vm, m);
     /* Steps get the model const because they must not change its weights; the hook is
-     * bookkeeping about the model, set on the worker between steps. */
+     * bookkeeping about the model, set on the worker between steps. It runs before vm is
+     * keyed to the model: a hook left by a registration removed since, in this same manager,
+     * would otherwise remove vm. */
     ds_loaded_model *owner = (ds_loaded_model *)m;
     if (owner->release_hook)
         owner->release_hook(owner->release_hook_ctx, owner);
+    ds_vram_model_set_owner(vm, m);
     owner->release_hook = vram_release_hook;
     owner->release_hook_ctx = mgr;
 }
 
+ds_dtype ds__weight_linear_compute_dtype(ds_dtype stored, ds_dtype compute)
+{
+    return compute == DS_F32 && is_float(stored) ? DS_F32 : DS_DTYPE_INVALID;
+}
+
 int ds__weight_vram_source(const ds_loaded_model *m, const char *owner, const char *full,
-                           int linear_weight, ds_vram_tensor_source *out, ds_error *err)
+                           int linear_weight, ds_dtype compute, ds_vram_tensor_source *out,
+                           ds_error *err)
 {
     const ds_sd_entry *e;
     int rc = ds__weight_find(m, owner, full, &e, err);
@@ -148,8 +156,11 @@ int ds__weight_vram_source(const ds_loaded_model *m, const char *owner, const ch
     out->data = v->data;
     out->target = ds__weight_operand_dtype(v->dtype, linear_weight);
     ds_dtype fast = ds_vram_config_linear_fast_dtype(&m->vram_config);
+    ds_dtype converted = ds__weight_linear_compute_dtype(v->dtype, compute);
     if (linear_weight && fast != DS_DTYPE_INVALID && is_float(v->dtype))
         out->target = fast;
+    else if (linear_weight && converted != DS_DTYPE_INVALID)
+        out->target = converted;
     out->offload = ds__weight_offload_dtype(m, v->dtype);
     out->disk = m->vram_config.managed && m->vram_config.offload.device == DS_VRAM_DEVICE_DISK;
     return DS_OK;

@@ -57,12 +57,24 @@ int ds__weight_bind_linear(const ds_loaded_model *m, ds__weight_set *ws, const c
  * not on disk and both dtypes are floats; else DS_DTYPE_INVALID (the file's bytes as they are). */
 ds_dtype ds__weight_offload_dtype(const ds_loaded_model *m, ds_dtype stored);
 
+/* The dtype a Linear weight stored as `stored` can be kept in, converted once, for a forward
+ * computing in `compute` with the same results as the weight used as stored: f32 for an f32
+ * forward and any float weight, because under f32 activations the CPU linear widens every other
+ * weight dtype to f32 whole and runs the GEMM an f32 weight of that shape runs (so the copy holds
+ * exactly what every call would make and is multiplied the same way); DS_DTYPE_INVALID otherwise
+ * (a bf16 forward's linear may run a bf16 GEMM on bf16 or fp8 weights, which an f32 copy would
+ * change). */
+ds_dtype ds__weight_linear_compute_dtype(ds_dtype stored, ds_dtype compute);
+
 /* The VRAM manager's source for parameter `full` (ds__weight_find's checks and errors): its
  * view of the file, its fast-tier dtype (the operand dtype the direct path binds, `linear_weight`
  * as above, or fp8 for a Linear weight when the model's preparing state is fp8:
- * ds_vram_config_linear_fast_dtype) and the model's offload dtype. */
+ * ds_vram_config_linear_fast_dtype, else for a Linear weight the dtype
+ * ds__weight_linear_compute_dtype gives for `compute`, DS_DTYPE_INVALID for none) and the
+ * model's offload dtype. */
 int ds__weight_vram_source(const ds_loaded_model *m, const char *owner, const char *full,
-                           int linear_weight, ds_vram_tensor_source *out, ds_error *err);
+                           int linear_weight, ds_dtype compute, ds_vram_tensor_source *out,
+                           ds_error *err);
 
 /* Finishes a model's registration in a VRAM manager, once its units and plan are in: names the
  * model as the units' owner and installs the release hook that drops them when the model is

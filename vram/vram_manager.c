@@ -1186,6 +1186,11 @@ void ds_vram_model_remove(ds_vram_model *model)
     unlock(m);
 }
 
+ds_dtype ds_vram_model_compute_dtype(const ds_vram_model *model)
+{
+    return model->compute_dtype; /* set once, at ds_vram_model_add */
+}
+
 void ds_vram_model_stats_get(const ds_vram_model *model, ds_vram_model_stats *out)
 {
     lock(model->mgr);

@@ -159,6 +159,8 @@ int ds_vram_model_add(ds_vram_manager *m, const char *name, ds_dtype compute_dty
 /* Waits for its outstanding work, frees its units; NULL is fine. Its units must not be acquired. */
 void ds_vram_model_remove(ds_vram_model *model);
 void ds_vram_model_stats_get(const ds_vram_model *model, ds_vram_model_stats *out);
+/* The compute dtype the model was registered with (ds_vram_model_add). */
+ds_dtype ds_vram_model_compute_dtype(const ds_vram_model *model);
 
 /* Pairs two models of one manager that run interleaved in one step (a ControlNet beside its
  * DiT): while one runs the other is not idle, so its units are evicted after the running

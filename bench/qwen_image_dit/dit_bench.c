@@ -8,12 +8,18 @@
  *   --backend cpu|cuda   (default cpu)
  *   --threads N          CPU worker threads (0 = all CPUs; ignored by cuda)
  *   --dtype f32|bf16     weights, inputs and compute (default f32)
+ *   --weights-dtype D    the weights' dtype when it differs from --dtype (bf16 files at f32)
+ *   --vram-limit none    run through a VRAM manager without a limit (CPU: Linear weights of
+ *                        another dtype are converted once, in the warm-up; default: no manager)
  *   --layers N           transformer blocks (default 2; the released model has 60)
  *   --height H --width W image size in pixels, multiples of 16 (default 256 x 256: 256 image
  *                        tokens); latents are [1, 16, H/8, W/8]
  *   --text-tokens L      prompt_emb [1, L, 3584] (default 32)
  *   --warmup N           untimed forwards first (default 1)
  *   --repeats N          timed forwards; the median is reported (default 5)
+ *
+ * output_fnv1a64 is a hash of the last forward's output bytes, so two builds (or two ways of
+ * holding the weights) can be shown to compute the same bits.
  *
  * The model is the class's declared tree (ds_model_class_declare with {"num_layers": N}) built
  * in memory, every view pointing at a buffer of cheap deterministic values: a fixed table of
@@ -40,6 +46,7 @@
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "models/qwen_image_dit.h"
+#include "vram/vram_manager.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
 #define DIM 3072.0
@@ -49,6 +56,8 @@ typedef struct options {
     const char *backend;
     int threads;
     ds_dtype dtype;
+    ds_dtype weights_dtype; /* DS_DTYPE_INVALID: dtype */
+    int vram;               /* through a manager without a limit */
     int layers;
     int height, width, text_tokens;
     int warmup, repeats;
@@ -91,8 +100,8 @@ static int report_failure(const options *o, const char *status, const char *mess
 static void usage(void)
 {
     fprintf(stderr, "usage: dit_bench [--backend cpu|cuda] [--threads N] [--dtype f32|bf16] "
-                    "[--layers N] [--height H] [--width W] [--text-tokens L] [--warmup N] "
-                    "[--repeats N]\n");
+                    "[--weights-dtype f32|bf16] [--vram-limit none] [--layers N] [--height H] "
+                    "[--width W] [--text-tokens L] [--warmup N] [--repeats N]\n");
 }
 
 static int parse_args(int argc, char **argv, options *o)
@@ -109,6 +118,13 @@ static int parse_args(int argc, char **argv, options *o)
         if (common != 0) {
             if (common < 0)
                 return 0;
+        } else if (strcmp(k, "--weights-dtype") == 0) {
+            if (!ds_bench_parse_dtype(v, &o->weights_dtype))
+                return 0;
+        } else if (strcmp(k, "--vram-limit") == 0) {
+            if (strcmp(v, "none") != 0)
+                return 0;
+            o->vram = 1;
         } else if (strcmp(k, "--layers") == 0)
             o->layers = atoi(v);
         else if (strcmp(k, "--height") == 0)
@@ -155,6 +171,7 @@ int main(int argc, char **argv)
     char kwargs[64];
     ds_loaded_model model;
     ds_tensor lat = {0}, emb = {0}, noise = {0};
+    ds_vram_manager *mgr = NULL;
     double *samples = calloc((size_t)o.repeats, sizeof *samples);
     double build_start = ds_bench_now_s();
     snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d}", o.layers);
@@ -162,7 +179,8 @@ int main(int argc, char **argv)
         code = report_failure(&o, "error", "out of memory for the samples", 1);
         goto out_backend;
     }
-    if (ds_bench_build_model(DIT_CLASS, kwargs, NULL, 0, o.dtype, &model, NULL, &err) != DS_OK) {
+    ds_dtype wdt = o.weights_dtype != DS_DTYPE_INVALID ? o.weights_dtype : o.dtype;
+    if (ds_bench_build_model(DIT_CLASS, kwargs, NULL, 0, wdt, &model, NULL, &err) != DS_OK) {
         code = report_failure(&o, "error", err.message, 1);
         free(samples);
         goto out_backend;
@@ -179,7 +197,11 @@ int main(int argc, char **argv)
         code = report_failure(&o, "error", err.message, 1);
         goto out;
     }
-    ds_step_context ctx = {.backend = b};
+    if (o.vram && ds_vram_manager_create(b, DS_VRAM_UNLIMITED, 2, &mgr, &err) != DS_OK) {
+        code = report_failure(&o, "error", err.message, 1);
+        goto out;
+    }
+    ds_step_context ctx = {.backend = b, .vram = mgr};
     for (int r = -o.warmup; r < o.repeats; r++) {
         /* An output left unwritten is no measurement: poison it before every call. */
         memset(noise.data, 0xff, ds_tensor_nbytes(&noise));
@@ -198,13 +220,19 @@ int main(int argc, char **argv)
     size_t n = (size_t)ds_tensor_numel(&noise);
     for (size_t i = 0; i < n && finite; i++)
         finite = isfinite(ds_load_f64(noise.data, noise.dtype, i));
+    uint64_t hash = 0xcbf29ce484222325u;
+    for (size_t i = 0; i < ds_tensor_nbytes(&noise); i++)
+        hash = (hash ^ ((const unsigned char *)noise.data)[i]) * 0x100000001b3u;
     double median = ds_bench_median(samples, (size_t)o.repeats), flops = forward_flops(&o);
     print_head(&o, finite ? "ok" : "bad_output");
     printf(", \"warmup\": %d, \"repeats\": %d, \"median_ms\": %.3f, \"min_ms\": %.3f, "
-           "\"flops\": %.6g, \"tflops\": %.6g, \"weights\": \"%s\", "
+           "\"flops\": %.6g, \"tflops\": %.6g, \"weights\": \"%s\", \"weights_dtype\": \"%s\", "
+           "\"output_fnv1a64\": \"%016llx\", "
            "\"timing\": \"monotonic clock around one forward + stream synchronize\"}\n",
            o.warmup, o.repeats, median * 1e3, samples[0] * 1e3, flops, flops / median * 1e-12,
-           b == cpu ? "host, in place" : "host, uploaded block by block in every forward");
+           mgr ? "through a VRAM manager without a limit"
+               : b == cpu ? "host, in place" : "host, uploaded block by block in every forward",
+           ds_dtype_name(wdt), (unsigned long long)hash);
     fflush(stdout);
     code = finite ? 0 : 1;
 
@@ -213,6 +241,7 @@ out:
     ds_tensor_free(&emb);
     ds_tensor_free(&noise);
     ds_bench_free_model(&model);
+    ds_vram_manager_destroy(mgr);
     free(samples);
 out_backend:
     if (cpu != b)

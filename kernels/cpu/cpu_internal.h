@@ -27,10 +27,11 @@ int ds__cpu_threads(const ds_backend *b);
 void *ds__cpu_scratch(size_t bytes);
 
 /* Per-thread scratch slots: ds__cpu_scratch is the ROWS slot (row buffers; also the scratchpad of
- * a oneDNN GEMM part on the thread that runs it); GEMM_STAGING holds a linear's weight block converted for
- * the GEMM, so the block's pages stay mapped from one call to the next instead of faulting in
- * anew every call (up to 32 MiB per calling thread, kept until the thread exits or the backend
- * is destroyed). */
+ * a oneDNN GEMM part on the thread that runs it); GEMM_STAGING holds a linear's weight converted
+ * for the GEMM, so its pages stay mapped from one call to the next instead of faulting in anew
+ * every call (a block of up to 32 MiB, or a whole weight widened to f32 under f32 activations:
+ * up to the largest such Linear, 283 MB for Wan2.1 14B's FFN; per calling thread, kept until
+ * the thread exits or the backend is destroyed). */
 enum { DS__CPU_SCRATCH_ROWS = 0, DS__CPU_SCRATCH_GEMM_STAGING = 1, DS__CPU_SCRATCH_SLOTS = 2 };
 void *ds__cpu_scratch_slot(int slot, size_t bytes);
 

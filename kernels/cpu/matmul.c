@@ -4,16 +4,18 @@
  * operands go to oneDNN as they are, accumulating in f32, where the processor's bf16 rate makes
  * that faster than widening them to f32 (bf16_via_onednn); fp8 weights are converted to bf16 on
  * the way. f32 GEMMs go to whichever library was faster for the shape's class when measured
- * (f32_via_onednn). The choice depends only on shapes, dtypes, the processor and the build, so
- * results are deterministic for a given thread count.
+ * (f32_via_onednn). Under f32 activations a weight of another dtype is widened whole and runs
+ * the GEMM the same weight stored f32 runs, so a weight converted to f32 once (the VRAM manager's
+ * fast tier) gives what widening it at every call gives. The choice depends only on shapes,
+ * dtypes, the processor and the build, so results are deterministic for a given thread count.
  *
- * Every GEMM is issued from the calling thread with the library's own threads (the count set in
- * cpu_backend.c and gemm_onednn.c), never from inside one of our parallel regions: the
- * libraries split one large GEMM well, and two thread pools nested inside each other would
- * oversubscribe the cores. Our pool does the passes around it (dtype conversions, bias +
- * activation + store). OpenBLAS splits the M and N dimensions, not K, so its results do not
- * depend on its thread count. */
+ * Every GEMM is issued from the calling thread and cut into one single-threaded part per worker
+ * of our pool (gemm_parts.c: neither library's own threads are used, whose idle workers would
+ * spin on the cores the pool's next op needs); our pool also does the passes around it (dtype
+ * conversions, bias + activation + store). The cut depends only on the shape and the thread
+ * count, so results are deterministic for a given thread count. */
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -481,9 +483,11 @@ const char *ds_cpu_linear_path(int64_t m, ds_dtype x, ds_dtype w)
         return "few-row kernel, f32 (weight read once)";
     if (linear_compute_dtype(x, w, m) == DS_BF16)
         return w == DS_BF16 ? "onednn bf16" : "onednn bf16 (fp8 weight converted per block)";
+    if (w != DS_F32 && x != DS_F32)
+        return "openblas f32 (x and weight widened per call, per block)";
     if (w != DS_F32)
-        return x == DS_F32 ? "openblas f32 (weight widened per call, per block)"
-                           : "openblas f32 (x and weight widened per call, per block)";
+        return f32_gemm_on_onednn(m, 0) ? "onednn f32 (weight widened whole per call)"
+                                        : "openblas f32 (weight widened whole per call)";
     return f32_gemm_on_onednn(m, 0) ? "onednn f32" : "openblas f32";
 }
 
@@ -575,13 +579,34 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
                                   "%lld-element weight row in f32", (long long)k);
                 goto done;
             }
-        } else if (w->dtype == DS_F32) {
+        } else if (w->dtype == DS_F32 || a->x->dtype == DS_F32) {
+            /* f32 activations: a weight of another dtype is widened whole and runs the very GEMM
+             * a weight stored f32 of this shape runs (the library by the rows, one call over all
+             * N), so widening per call, a copy converted once to f32 and an f32 file give the
+             * same bits. The staging copy is the whole weight in f32, kept per calling thread:
+             * up to the largest Linear of the configs served, 283 MB for Wan2.1 14B's FFN
+             * (13824 x 5120), 272 MB for Qwen2.5-VL's MLP (18944 x 3584). */
+            const void *wf = w->data;
+            if (w->dtype != DS_F32) {
+                if ((uint64_t)n * (uint64_t)k > SIZE_MAX / sizeof(float) ||
+                    !(w_block = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
+                                                     (size_t)(n * k) * sizeof(float)))) {
+                    rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "linear: out of memory "
+                                      "widening a [%lld, %lld] %s weight to f32", (long long)n,
+                                      (long long)k, ds_dtype_name(w->dtype));
+                    goto done;
+                }
+                to_f32(b, w->data, w->dtype, n * k, w_block);
+                wf = w_block;
+            }
             prefill = bias_f32 && !f32_gemm_on_onednn(m, 0);
             if (prefill)
                 fill_bias(b, acc, bias_f32, m, n);
-            rc = gemm_xwt(b, DS_F32, m, n, k, alpha, xf, w->data, 0, prefill, acc, n, &scaled,
+            rc = gemm_xwt(b, DS_F32, m, n, k, alpha, xf, wf, 0, prefill, acc, n, &scaled,
                           err);
         } else {
+            /* Activations widened too (bf16 where bf16_via_onednn declined, f16): the weight in
+             * blocks of rows on OpenBLAS, as measured fastest for this case. */
             int64_t rows = block_rows(n, k, sizeof(float));
             w_block = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
                                            (size_t)(rows * k) * sizeof(float));

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "kernel_test.h"
+#include "kernels/cpu/gemm_info.h"
 #include "test.h"
 
 static double act_ref(double x, ds_activation act)
@@ -218,6 +219,77 @@ static void test_linear_fp8_blocks_match_bf16(void)
     free(wv);
 }
 
+/* One widened-vs-f32 comparison: x [m, k] f32 through `narrow` (a weight of another dtype,
+ * widened during the call) and through `same` and `shifted` (the same values stored f32, at a
+ * 64-byte-aligned address and 4 bytes past one, as a copy converted once and an f32 file's
+ * mapping hold them): all three results bit-identical. */
+static void widened_case(const ds_tensor *narrow, const ds_tensor *same, const ds_tensor *shifted,
+                         const ds_tensor *bias, ds_activation act, int64_t m)
+{
+    int64_t n = narrow->shape[0], k = narrow->shape[1], xs[2] = {m, k}, ys[2] = {m, n};
+    double *xv = kt_randn((size_t)(m * k), 1.0);
+    ds_tensor x, y[3];
+    REQUIRE(kt_tensor(DS_F32, 2, xs, xv, &x) && kt_tensor(DS_F32, 2, ys, NULL, &y[0]) &&
+            kt_tensor(DS_F32, 2, ys, NULL, &y[1]) && kt_tensor(DS_F32, 2, ys, NULL, &y[2]));
+    const ds_tensor *w[3] = {narrow, same, shifted};
+    static const char *what[3] = {"widened", "f32", "f32 at an unaligned address"};
+    ds_error err;
+    for (int i = 0; i < 3; i++) {
+        ds_linear_args a = {&x, w[i], bias, 1.0f, act, &y[i]};
+        CHECK_MSG(ds_linear(kt.backend, NULL, &a, &err) == DS_OK, "%s", err.message);
+    }
+    for (int i = 1; i < 3; i++)
+        CHECK_MSG(memcmp(y[0].data, y[i].data, ds_tensor_nbytes(&y[0])) == 0,
+                  "%s weight [%lld, %lld], %lld rows (%s): results differ from the %s weight's "
+                  "(%s)", ds_dtype_name(narrow->dtype), (long long)n, (long long)k, (long long)m,
+                  ds_cpu_linear_path(m, DS_F32, narrow->dtype), what[i],
+                  ds_cpu_linear_path(m, DS_F32, DS_F32));
+    ds_tensor_free(&x);
+    for (int i = 0; i < 3; i++)
+        ds_tensor_free(&y[i]);
+    free(xv);
+}
+
+/* f32 activations with a bf16, f16 or fp8 weight (widened to f32 during the call) and the same
+ * values stored as f32 (a weight converted once when loaded, an f32 file) give bit-identical
+ * results at every row-count class: few rows, oneDNN's and OpenBLAS's f32 ranges. The weight is
+ * over 32 MiB in f32, where a widened weight used to be multiplied block by block. */
+static void test_linear_widened_matches_f32(void)
+{
+    if (strcmp(kt.backend_name, "cpu") != 0)
+        return;
+    const int64_t k = 1024, n = 8200;
+    static const int64_t rows[] = {1, 2, 3, 4, 32, 256, 1100, 4096};
+    static const ds_dtype narrow[] = {DS_BF16, DS_F16, DS_F8_E4M3};
+    int64_t ws[2] = {n, k}, bs[1] = {n};
+    float *shifted_data = malloc((size_t)(n * k + 16) * sizeof(float));
+    REQUIRE(shifted_data);
+    for (size_t d = 0; d < sizeof narrow / sizeof narrow[0]; d++) {
+        double *wv = kt_randn((size_t)(n * k), 0.05), *bv = kt_randn((size_t)n, 1.0);
+        ds_tensor w_narrow, w32, bias;
+        /* kt_tensor rounds wv to the narrow dtype in place, so the f32 tensors hold its values. */
+        REQUIRE(kt_tensor(narrow[d], 2, ws, wv, &w_narrow) && kt_tensor(DS_F32, 2, ws, wv, &w32) &&
+                kt_tensor(DS_BF16, 1, bs, bv, &bias));
+        /* malloc's alignment (16) plus one float: 4 bytes past a 16-byte boundary. */
+        float *unaligned = shifted_data + 1;
+        memcpy(unaligned, w32.data, ds_tensor_nbytes(&w32));
+        ds_tensor w_shifted = ds_tensor_wrap(kt.backend, DS_F32, 2, ws, unaligned);
+        for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+            /* The largest row counts in bf16 only (the common case), to keep the test short. */
+            if (rows[i] > 256 && narrow[d] != DS_BF16)
+                continue;
+            widened_case(&w_narrow, &w32, &w_shifted, i % 2 ? &bias : NULL,
+                         i % 2 ? DS_ACT_GELU_TANH : DS_ACT_NONE, rows[i]);
+        }
+        ds_tensor_free(&w_narrow);
+        ds_tensor_free(&w32);
+        ds_tensor_free(&bias);
+        free(wv);
+        free(bv);
+    }
+    free(shifted_data);
+}
+
 /* More distinct GEMM shapes than the backend keeps prepared at once, twice over: every one
  * still computes its own product after others took its place. */
 static void test_linear_many_shapes(void)
@@ -346,6 +418,7 @@ int main(int argc, char **argv)
     RUN(test_linear_large);
     RUN(test_linear_deterministic);
     RUN(test_linear_fp8_blocks_match_bf16);
+    RUN(test_linear_widened_matches_f32);
     RUN(test_linear_many_shapes);
     RUN(test_batched_matmul);
     RUN(test_gemm_parts);

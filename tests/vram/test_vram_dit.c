@@ -8,7 +8,13 @@
  * the budget is raised.
  *
  * One manager serves every run, its budget raised between them, so each run also starts from
- * what the previous one left resident; budgets rise, so the lifetime peak is each run's. */
+ * what the previous one left resident; budgets rise, so the lifetime peak is each run's.
+ *
+ * Then the same bf16 weights at f32 compute (the f32 golden inputs): without a manager every
+ * linear widens its weight per call; through the manager the Linear weights are converted to
+ * f32 once into the fast tier when all of them so converted fit the budget, else streamed as
+ * stored. Every budget must give the output of the run without a manager byte for byte, and the
+ * manager must have converted exactly where the budget allowed. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +41,7 @@ static ds_loaded_model model; /* params bound to malloc'd bf16 buffers */
 static int model_ready;
 static size_t weight_bytes;   /* stored bytes of every parameter */
 static ds_tensor reference;   /* the forward without a manager */
+static ds_tensor reference32; /* the same at f32 compute */
 static ds_vram_manager *mgr;
 
 static void free_model(void)
@@ -67,11 +74,14 @@ static ds_tensor golden_tensor(const char *name)
     return test_golden_tensor(cpu, golden, name);
 }
 
-/* The golden bf16 inputs through the forward, with `vram` (NULL: none); *out allocated here. */
-static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
+/* The golden inputs in `dtype` (bf16 or f32) through the forward, with `vram` (NULL: none);
+ * *out allocated here. */
+static int run_forward_as(ds_dtype dtype, ds_vram_manager *vram, ds_tensor *out, ds_error *err)
 {
     ds_step_context ctx = {.backend = cpu, .vram = vram};
-    ds_tensor lat = golden_tensor("latents_bf16"), emb = golden_tensor("prompt_emb_bf16");
+    int bf16 = dtype == DS_BF16;
+    ds_tensor lat = golden_tensor(bf16 ? "latents_bf16" : "latents");
+    ds_tensor emb = golden_tensor(bf16 ? "prompt_emb_bf16" : "prompt_emb");
     ds_tensor t = golden_tensor("timestep");
     int rc = ds_tensor_alloc(cpu, lat.dtype, lat.ndim, lat.shape, out, err);
     if (rc != DS_OK)
@@ -80,6 +90,11 @@ static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
     if (rc != DS_OK)
         ds_tensor_free(out);
     return rc;
+}
+
+static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
+{
+    return run_forward_as(DS_BF16, vram, out, err);
 }
 
 static void test_reference(void)
@@ -184,6 +199,112 @@ static void test_unlimited(void)
     CHECK(ms.unit_count == 2 * 4 + 2);
 }
 
+
+/* ---- f32 compute from the bf16 weights ---- */
+
+static void test_f32_reference(void)
+{
+    ds_error err;
+    REQUIRE(model_ready);
+    double start = test_now();
+    int rc = run_forward_as(DS_F32, NULL, &reference32, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    REQUIRE(rc == DS_OK);
+    ds_tensor want = golden_tensor("noise_pred_f32");
+    double rel = ds_golden_rel_l2(&reference32, &want);
+    fprintf(stderr, "  f32, no manager (weights widened per call): %.2f s, relative L2 vs "
+            "upstream f32 %.3e\n", test_now() - start, rel);
+    /* The weights are upstream's rounded to bf16. */
+    CHECK(rel < 2e-2);
+}
+
+/* Bytes of every Linear weight [N, K] (two dims) among the parameters, as stored. */
+static size_t linear_weight_bytes(void)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < model.params.count; i++) {
+        const ds_sd_entry *e = &model.params.entries[i];
+        size_t len = strlen(e->name);
+        if (e->tensor.ndim == 2 && len > 7 && strcmp(e->name + len - 7, ".weight") == 0)
+            bytes += e->tensor.nbytes;
+    }
+    return bytes;
+}
+
+/* One f32 run registered afresh under `budget`: bit-identical to the run without a manager,
+ * the Linear weights converted to f32 in the fast tier exactly when `converted`. */
+static void run_f32_budget(const char *label, size_t budget, int converted)
+{
+    ds_error err;
+    REQUIRE(mgr && reference32.data);
+    ds_vram_owner_remove(mgr, &model);
+    REQUIRE(ds_vram_set_budget(mgr, budget, &err) == DS_OK);
+    ds_tensor out;
+    double start = test_now();
+    int rc = run_forward_as(DS_F32, mgr, &out, &err);
+    CHECK_MSG(rc == DS_OK, "f32, %s: %s", label, err.message);
+    REQUIRE(rc == DS_OK);
+    CHECK_MSG(memcmp(out.data, reference32.data, ds_tensor_nbytes(&reference32)) == 0,
+              "f32, %s: differs from the run without a manager", label);
+    ds_vram_model_stats ms;
+    ds_vram_stats st;
+    REQUIRE(ds_vram_owner_stats(mgr, &model, &ms));
+    ds_vram_stats_get(mgr, &st);
+    /* Converted, each Linear weight doubles; the rest (norms, biases) stays bf16. Alignment
+     * adds at most 256 bytes per tensor. */
+    size_t want = weight_bytes + (converted ? linear_weight_bytes() : 0);
+    fprintf(stderr, "  f32, %-9s %.2f s: fast tier %zu bytes (%s), resident %zu\n", label,
+            test_now() - start, ms.fast_bytes_total, converted ? "converted" : "as stored",
+            st.resident_bytes);
+    CHECK_MSG(ms.fast_bytes_total >= want && ms.fast_bytes_total < want + 64 * 256 * 10,
+              "f32, %s: fast tier %zu bytes, expected %zu (%s)", label, ms.fast_bytes_total, want,
+              converted ? "converted" : "as stored");
+    ds_tensor_free(&out);
+}
+
+static void test_f32_budget_0(void) { run_f32_budget("0", 0, 0); }
+static void test_f32_budget_50(void) { run_f32_budget("50 %", weight_bytes / 2, 0); }
+
+/* Every weight fits as stored, not every Linear weight in f32: kept as stored (all resident),
+ * widened per call. */
+static void test_f32_budget_stored_fits(void)
+{
+    run_f32_budget("stored", weight_bytes + linear_weight_bytes() / 2, 0);
+}
+
+/* Every Linear weight in f32 fits: converted once (the whole model stays resident). */
+static void test_f32_budget_converted(void)
+{
+    run_f32_budget("fits f32", weight_bytes + linear_weight_bytes() + (16u << 20), 1);
+}
+
+static void test_f32_unlimited(void) { run_f32_budget("unlimited", DS_VRAM_UNLIMITED, 1); }
+
+/* A bf16 forward after the f32 ones registers the model again as stored (its linears may run
+ * bf16 GEMMs), and still matches its own run without a manager; an f32 one after it converts
+ * again. */
+static void test_dtype_switch(void)
+{
+    ds_error err;
+    REQUIRE(mgr && reference.data && reference32.data);
+    ds_tensor out;
+    int rc = run_forward(mgr, &out, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    REQUIRE(rc == DS_OK);
+    CHECK(memcmp(out.data, reference.data, ds_tensor_nbytes(&reference)) == 0);
+    ds_tensor_free(&out);
+    ds_vram_model_stats ms;
+    REQUIRE(ds_vram_owner_stats(mgr, &model, &ms));
+    CHECK(ms.fast_bytes_total < weight_bytes + 64 * 256 * 10);
+    rc = run_forward_as(DS_F32, mgr, &out, &err);
+    CHECK_MSG(rc == DS_OK, "%s", err.message);
+    REQUIRE(rc == DS_OK);
+    CHECK(memcmp(out.data, reference32.data, ds_tensor_nbytes(&reference32)) == 0);
+    ds_tensor_free(&out);
+    REQUIRE(ds_vram_owner_stats(mgr, &model, &ms));
+    CHECK(ms.fast_bytes_total >= weight_bytes + linear_weight_bytes());
+}
+
 /* The model's release hook (run by ds_loaded_model_free) drops its units. */
 static void test_release_hook(void) { check_release_hook(mgr, &model); }
 
@@ -209,9 +330,17 @@ int main(void)
     RUN(test_budget_50);
     RUN(test_budget_100);
     RUN(test_unlimited);
+    RUN(test_f32_reference);
+    RUN(test_f32_budget_0);
+    RUN(test_f32_budget_50);
+    RUN(test_f32_budget_stored_fits);
+    RUN(test_f32_budget_converted);
+    RUN(test_f32_unlimited);
+    RUN(test_dtype_switch);
     RUN(test_release_hook);
     ds_vram_manager_destroy(mgr);
     ds_tensor_free(&reference);
+    ds_tensor_free(&reference32);
     if (model_ready)
         free_model();
     ds_safetensors_close(golden);

@@ -84,13 +84,13 @@ static ds_tensor golden_tensor(const char *name)
     return test_golden_tensor(cpu, golden, name);
 }
 
-/* The golden padded batch (ids and mask) through the forward in bf16, with `vram` (NULL:
- * none); *out allocated here. */
-static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
+/* The golden padded batch (ids and mask) through the forward in `dtype` (bf16, or f32 from the
+ * bf16 weights), with `vram` (NULL: none); *out allocated here. */
+static int run_forward_as(ds_dtype dtype, ds_vram_manager *vram, ds_tensor *out, ds_error *err)
 {
     ds_step_context ctx = {.backend = cpu, .vram = vram};
     ds_tensor ids = golden_tensor(te->ids), mask = golden_tensor(te->mask);
-    int rc = ds_tensor_alloc(cpu, DS_BF16, 3,
+    int rc = ds_tensor_alloc(cpu, dtype, 3,
                              (const int64_t[]){ids.shape[0], ids.shape[1], te->dim}, out, err);
     if (rc != DS_OK)
         return rc;
@@ -98,6 +98,11 @@ static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
     if (rc != DS_OK)
         ds_tensor_free(out);
     return rc;
+}
+
+static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
+{
+    return run_forward_as(DS_BF16, vram, out, err);
 }
 
 static void test_reference(void)
@@ -166,6 +171,47 @@ static void test_unlimited(void)
     CHECK_MSG(ms.fast_bytes >= ms.fast_bytes_total &&
                   ms.fast_bytes <= te->fast_slack * ms.fast_bytes_total,
               "fast %zu of %zu", ms.fast_bytes, ms.fast_bytes_total);
+}
+
+/* f32 compute from the bf16 weights: without a manager every linear widens its weight per call;
+ * registered afresh with no budget the Linear weights are kept converted to f32 in the fast
+ * tier, with a budget of 0 they stream as stored. Both must give the run without a manager's
+ * bytes. A bf16 forward afterwards registers the model again as stored. */
+static void test_f32_converted_once(void)
+{
+    ds_error err;
+    REQUIRE(mgr && reference.data);
+    ds_tensor want, out;
+    int rc = run_forward_as(DS_F32, NULL, &want, &err);
+    CHECK_MSG(rc == DS_OK, "f32, no manager: %s", err.message);
+    REQUIRE(rc == DS_OK);
+    static const size_t budgets[] = {0, DS_VRAM_UNLIMITED};
+    static const char *label[] = {"0", "unlimited"};
+    for (size_t i = 0; i < 2; i++) {
+        ds_vram_owner_remove(mgr, &model);
+        REQUIRE(ds_vram_set_budget(mgr, budgets[i], &err) == DS_OK);
+        rc = run_forward_as(DS_F32, mgr, &out, &err);
+        CHECK_MSG(rc == DS_OK, "f32, budget %s: %s", label[i], err.message);
+        REQUIRE(rc == DS_OK);
+        CHECK_MSG(memcmp(out.data, want.data, ds_tensor_nbytes(&want)) == 0,
+                  "f32, budget %s: differs from the run without a manager", label[i]);
+        ds_tensor_free(&out);
+        ds_vram_model_stats ms;
+        REQUIRE(ds_vram_owner_stats(mgr, &model, &ms));
+        fprintf(stderr, "  f32, budget %s: fast tier %zu bytes (bf16 units %zu)\n",
+                label[i], ms.fast_bytes_total, unit_bytes);
+        /* Converted, the Linear weights (nearly all of a unit's bytes) double. */
+        if (budgets[i])
+            CHECK(ms.fast_bytes_total > unit_bytes + unit_bytes / 2);
+        else
+            CHECK(ms.fast_bytes_total < unit_bytes + unit_bytes / 2);
+    }
+    rc = run_forward(mgr, &out, &err);
+    CHECK_MSG(rc == DS_OK, "bf16 after f32: %s", err.message);
+    REQUIRE(rc == DS_OK);
+    CHECK(memcmp(out.data, reference.data, ds_tensor_nbytes(&reference)) == 0);
+    ds_tensor_free(&out);
+    ds_tensor_free(&want);
 }
 
 /* The model's release hook (run by ds_loaded_model_free) drops its units. */
@@ -247,6 +293,7 @@ static int te_vram_main(const te_vram_case *c)
     RUN(test_budget_0);
     RUN(test_budget_50);
     RUN(test_unlimited);
+    RUN(test_f32_converted_once);
     RUN(test_release_hook);
     RUN(test_fp8_offload);
     ds_vram_manager_destroy(mgr);
