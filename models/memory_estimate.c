@@ -65,11 +65,15 @@ static uint64_t attention_scratch(uint64_t keys, uint64_t head_dim, int threads)
 }
 
 /* A linear's transients on the CPU for rows x [k -> n]: a non-f32 x converted to f32 and a
- * non-f32 result accumulated in f32 first, the f32 rows of a low-precision weight block, an f32
- * bias. */
+ * non-f32 result accumulated in f32 first, the f32 rows of a low-precision weight block (under
+ * f32 activations the whole weight, widened at once: the request does not say the files'
+ * dtype, so an f32 forward counts it), an f32 bias. */
 static uint64_t linear_transient(uint64_t rows, uint64_t k, uint64_t n, ds_dtype dtype)
 {
-    uint64_t t = (uint64_t)LINEAR_WEIGHT_BLOCK_BYTES + n * 4;
+    uint64_t staging = (uint64_t)LINEAR_WEIGHT_BLOCK_BYTES;
+    if (dtype == DS_F32)
+        staging = max_u64(staging, sat_mul3(n, k, 4));
+    uint64_t t = sat_add(staging, n * 4);
     if (dtype != DS_F32)
         t = sat_add(t, sat_mul3(rows, k + n, 4));
     return t;
