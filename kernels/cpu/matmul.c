@@ -157,42 +157,8 @@ static float dot_f32(const float *a, const float *b, int64_t k)
     return sum;
 }
 
-/* bf16 is the top half of an f32: widening is a 16-bit shift, done here in registers instead of
- * through a scratch row (the most common weight dtype; converting first halved the speed). */
 typedef uint16_t v8u16 __attribute__((vector_size(16)));
 typedef uint32_t v8u32 __attribute__((vector_size(32)));
-
-static float dot_f32_bf16(const float *a, const uint16_t *b, int64_t k)
-{
-    v8f acc0 = {0}, acc1 = {0};
-    int64_t i = 0;
-    for (; i + 16 <= k; i += 16) {
-        v8f a0, a1;
-        v8u16 h0, h1;
-        memcpy(&a0, a + i, sizeof a0);
-        memcpy(&a1, a + i + 8, sizeof a1);
-        memcpy(&h0, b + i, sizeof h0);
-        memcpy(&h1, b + i + 8, sizeof h1);
-        v8u32 w0 = __builtin_convertvector(h0, v8u32) << 16;
-        v8u32 w1 = __builtin_convertvector(h1, v8u32) << 16;
-        v8f b0, b1;
-        memcpy(&b0, &w0, sizeof b0);
-        memcpy(&b1, &w1, sizeof b1);
-        acc0 += a0 * b0;
-        acc1 += a1 * b1;
-    }
-    acc0 += acc1;
-    float sum = 0.0f;
-    for (int l = 0; l < 8; l++)
-        sum += acc0[l];
-    for (; i < k; i++) {
-        uint32_t bits = (uint32_t)b[i] << 16;
-        float w;
-        memcpy(&w, &bits, sizeof w);
-        sum += a[i] * w;
-    }
-    return sum;
-}
 
 typedef struct small_m_job {
     const float *x;   /* [m, k] f32 */
@@ -209,10 +175,11 @@ typedef struct small_m_job {
  * 17.9 ms one row at a time, 10.3 ms four at a time, 8.1 ms eight at a time, 2 threads): one
  * stream leaves the memory system idle between its prefetches, and this shape is nothing but
  * the weight's bytes (a DiT's modulation weight is 226 MB in f32). Each row's sum is dot_f32's
- * (dot_f32_bf16's for bf16 weights), operation for operation, so results are the same as one row
- * at a time. Compiled twice, for AVX2 (the 8-float vectors in one register) and for any x86-64. */
+ * (with bf16 weights widened in registers: a 16-bit shift), operation for operation, so
+ * results are the same as one row at a time. Compiled twice, for AVX2 (the 8-float vectors in
+ * one register) and for any x86-64. */
 #define DOT_ROWS 8
-#define DOT_ROWS_BODY(LOAD8, LOAD1)                                                                \
+#define DOT_ROWS_BODY(WT, LOAD8, LOAD1)                                                            \
     {                                                                                              \
         v8f acc[DOT_ROWS][2] = {{{0}}};                                                            \
         int64_t i = 0;                                                                             \
@@ -222,8 +189,8 @@ typedef struct small_m_job {
             memcpy(&a1, a + i + 8, sizeof a1);                                                     \
             for (int q = 0; q < DOT_ROWS; q++) {                                                   \
                 v8f b0, b1;                                                                        \
-                LOAD8(&b0, w[q] + i);                                                              \
-                LOAD8(&b1, w[q] + i + 8);                                                          \
+                LOAD8(&b0, (const WT *)w[q] + i);                                                  \
+                LOAD8(&b1, (const WT *)w[q] + i + 8);                                              \
                 acc[q][0] += a0 * b0;                                                              \
                 acc[q][1] += a1 * b1;                                                              \
             }                                                                                      \
@@ -234,7 +201,7 @@ typedef struct small_m_job {
             for (int l = 0; l < 8; l++)                                                            \
                 sum += s8[l];                                                                      \
             for (int64_t t = i; t < k; t++)                                                        \
-                sum += a[t] * LOAD1(w[q][t]);                                                      \
+                sum += a[t] * LOAD1(((const WT *)w[q])[t]);                                        \
             out[q] = sum;                                                                          \
         }                                                                                          \
     }
@@ -264,26 +231,23 @@ static inline __attribute__((always_inline)) float load1_bf16(uint16_t h)
     return w;
 }
 
-__attribute__((target("avx2"))) static void dot_rows_f32_avx2(const float *a,
-                                                              const float *const *w, int64_t k,
-                                                              float *out)
-DOT_ROWS_BODY(load8_f32, load1_f32)
+__attribute__((target("avx2"))) static void dot_rows_f32_avx2(const float *a, const void *const *w,
+                                                              int64_t k, float *out)
+DOT_ROWS_BODY(float, load8_f32, load1_f32)
 
-static void dot_rows_f32_generic(const float *a, const float *const *w, int64_t k, float *out)
-DOT_ROWS_BODY(load8_f32, load1_f32)
+static void dot_rows_f32_generic(const float *a, const void *const *w, int64_t k, float *out)
+DOT_ROWS_BODY(float, load8_f32, load1_f32)
 
-__attribute__((target("avx2"))) static void dot_rows_bf16_avx2(const float *a,
-                                                               const uint16_t *const *w,
+__attribute__((target("avx2"))) static void dot_rows_bf16_avx2(const float *a, const void *const *w,
                                                                int64_t k, float *out)
-DOT_ROWS_BODY(load8_bf16, load1_bf16)
+DOT_ROWS_BODY(uint16_t, load8_bf16, load1_bf16)
 
-static void dot_rows_bf16_generic(const float *a, const uint16_t *const *w, int64_t k, float *out)
-DOT_ROWS_BODY(load8_bf16, load1_bf16)
+static void dot_rows_bf16_generic(const float *a, const void *const *w, int64_t k, float *out)
+DOT_ROWS_BODY(uint16_t, load8_bf16, load1_bf16)
 
 #undef DOT_ROWS_BODY
 
-typedef void (*dot_rows_f32_fn)(const float *a, const float *const *w, int64_t k, float *out);
-typedef void (*dot_rows_bf16_fn)(const float *a, const uint16_t *const *w, int64_t k, float *out);
+typedef void (*dot_rows_fn)(const float *a, const void *const *w, int64_t k, float *out);
 
 static int have_avx2(void)
 {
@@ -295,45 +259,26 @@ static void small_m_rows(void *ctx, int64_t begin, int64_t end)
 {
     small_m_job *j = ctx;
     size_t wsize = ds_dtype_size(j->wdtype);
-    if (j->wdtype == DS_BF16) {
-        dot_rows_bf16_fn dot_rows = have_avx2() ? dot_rows_bf16_avx2 : dot_rows_bf16_generic;
-        const uint16_t *w0 = j->w;
-        int64_t c = begin;
-        for (; c + DOT_ROWS <= end; c += DOT_ROWS) {
-            const uint16_t *w[DOT_ROWS];
-            for (int q = 0; q < DOT_ROWS; q++)
-                w[q] = w0 + (c + q) * j->k;
+    if (j->wdtype == DS_BF16 || j->wdtype == DS_F32) {
+        int avx2 = have_avx2();
+        dot_rows_fn dot_rows = j->wdtype == DS_BF16
+                                   ? (avx2 ? dot_rows_bf16_avx2 : dot_rows_bf16_generic)
+                                   : (avx2 ? dot_rows_f32_avx2 : dot_rows_f32_generic);
+        for (int64_t c = begin; c < end; c += DOT_ROWS) {
+            int rows = end - c < DOT_ROWS ? (int)(end - c) : DOT_ROWS;
+            /* A short last group repeats its last row; those sums are dropped. */
+            const void *w[DOT_ROWS];
+            for (int q = 0; q < DOT_ROWS; q++) {
+                int64_t row = c + (q < rows ? q : rows - 1);
+                w[q] = (const char *)j->w + (size_t)(row * j->k) * wsize;
+            }
             for (int64_t r = 0; r < j->m; r++) {
                 float out[DOT_ROWS];
                 dot_rows(j->x + r * j->k, w, j->k, out);
-                for (int q = 0; q < DOT_ROWS; q++)
+                for (int q = 0; q < rows; q++)
                     j->acc[r * j->n + c + q] = j->alpha * out[q];
             }
         }
-        for (; c < end; c++)
-            for (int64_t r = 0; r < j->m; r++)
-                j->acc[r * j->n + c] =
-                    j->alpha * dot_f32_bf16(j->x + r * j->k, w0 + c * j->k, j->k);
-        return;
-    }
-    if (j->wdtype == DS_F32) {
-        dot_rows_f32_fn dot_rows = have_avx2() ? dot_rows_f32_avx2 : dot_rows_f32_generic;
-        const float *w0 = j->w;
-        int64_t c = begin;
-        for (; c + DOT_ROWS <= end; c += DOT_ROWS) {
-            const float *w[DOT_ROWS];
-            for (int q = 0; q < DOT_ROWS; q++)
-                w[q] = w0 + (c + q) * j->k;
-            for (int64_t r = 0; r < j->m; r++) {
-                float out[DOT_ROWS];
-                dot_rows(j->x + r * j->k, w, j->k, out);
-                for (int q = 0; q < DOT_ROWS; q++)
-                    j->acc[r * j->n + c + q] = j->alpha * out[q];
-            }
-        }
-        for (; c < end; c++)
-            for (int64_t r = 0; r < j->m; r++)
-                j->acc[r * j->n + c] = j->alpha * dot_f32(j->x + r * j->k, w0 + c * j->k, j->k);
         return;
     }
     float *wrow = ds__cpu_scratch((size_t)j->k * sizeof(float));
