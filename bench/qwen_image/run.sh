@@ -16,9 +16,9 @@
 # DS_BENCH_LOG: a file to append every JSON result to. DS_BENCH_DTYPES: the rows, default
 # "f32,bf16" ("f32" skips upstream's slow bf16 call). Each side holds its weights in memory
 # (5.1 GB f32 with the defaults, mostly the 152064-row embedding and the DiT blocks), one side
-# at a time. On 2 cores one call takes about a minute per side in f32 and on our side in bf16,
-# but over 15 minutes on upstream's side in bf16 (its bf16 CPU kernels), so the defaults are one
-# round of one call, and the whole run takes about an hour.
+# at a time. On 2 quiet cores one call takes 4-10 s per side (upstream's bf16 call is the
+# slowest); under load calls took 10x that, and upstream's bf16 call over 15 minutes, which is
+# why the defaults are one round of one call.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python=${1:-/work/venv/bin/python}

@@ -323,7 +323,7 @@ def main(argv):
                                                    "pipeline_bench"))
     p.add_argument("--python", default=None, help="a Python with diffsynth: adds upstream")
     p.add_argument("--upstream-dtypes", default="f32",
-                   help="the rows upstream runs in (its bf16 call can take over 15 minutes)")
+                   help="the rows upstream runs in (under load its bf16 call took over 15 minutes)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--te-layers", type=int, default=2)
     p.add_argument("--dit-layers", type=int, default=2)

@@ -8,7 +8,7 @@
 # usage: bench/sdcpp/run.sh SD_CLI [PYTHON_WITH_DIFFSYNTH|none] [THREADS] [REPEATS]
 #   SD_CLI   BUILD_DIR/bin/sd-cli from bench/sdcpp/build.sh
 #   PYTHON   default none (ours and sd.cpp only); given, upstream runs the rows in
-#            DS_BENCH_UPSTREAM_DTYPES (default f32: its bf16 call took over 15 minutes here)
+#            DS_BENCH_UPSTREAM_DTYPES (default f32: under load its bf16 call took over 15 minutes)
 #   THREADS  default: online CPUs; REPEATS: calls per side per round, the median counts (default 1)
 # DS_BUILD_DIR (default build-release), DS_BENCH_DTYPES (default bf16; "bf16,f32" adds the f32
 # rows), DS_BENCH_ROUNDS (default 2), DS_BENCH_MODELS (where sd.cpp's model files are written,
