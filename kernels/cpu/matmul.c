@@ -126,10 +126,11 @@ static void fill_bias(ds_backend *b, float *acc, const float *bias, int64_t m, i
  *
  * With one to a few rows of x (the modulation linears on temb, a single token), sgemm spends its
  * time packing the whole weight for almost no arithmetic, and a bf16 weight would first be
- * widened in full. Here each worker streams its own block of weight rows once, widening one row
- * at a time into its scratch, and takes the dot products with every x row while that weight row
- * is in cache: the weight is read exactly once, which is all this shape costs. Each output is
- * one fixed-order sum, so results do not depend on the thread count. */
+ * widened in full. Here each worker streams its own block of weight rows once (f32 and bf16
+ * weights eight rows at a time, bf16 widened in registers; other dtypes one row at a time,
+ * widened into its scratch) and takes the dot products with every x row while those rows are in
+ * cache: the weight is read exactly once, which is all this shape costs. Each output is one
+ * fixed-order sum, so results do not depend on the thread count. */
 #define SMALL_M_MAX 4
 #define SMALL_M_GRAIN 16 /* weight rows per chunk */
 
