@@ -25,12 +25,13 @@
  * thread count, so results are deterministic for a given thread count. The input's reorder
  * (memory-bound, a few percent of the work) runs on the calling thread. */
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/onednn_engine.h"
+#include "kernels/cpu/primitive_cache.h"
 
 #ifdef DS_HAVE_ONEDNN
 
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,37 +59,22 @@ typedef struct conv_key {
 enum { R_CACHE, R_X, R_W, R_Y, REORDERS };
 
 typedef struct cache_entry {
-    conv_key key;
     int64_t parts, cout_part; /* the output channels' split over the threads */
-    dnnl_primitive_t conv;           /* NULL: free slot */
+    dnnl_primitive_t conv;
     dnnl_primitive_t reorder[REORDERS]; /* R_CACHE NULL without a cache */
     dnnl_memory_desc_t user[REORDERS];  /* cache, x, weight (strided), y as the caller holds them */
     dnnl_memory_desc_t sub[2];          /* the cache's and x's frames inside the blocked source */
     dnnl_memory_desc_t src, wei, bias, dst;
     size_t scratch_bytes;
-    int users;
-    uint64_t last_use;
 } cache_entry;
 
-static struct {
-    pthread_mutex_t lock;
-    cache_entry slots[CACHE_SLOTS];
-    uint64_t clock;
-} cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
-static dnnl_engine_t engine;
-static dnnl_status_t engine_status = dnnl_runtime_error;
-
-static void engine_create(void)
-{
-    engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0);
-}
-
-static dnnl_data_type_t dnnl_type(ds_dtype t)
-{
-    return t == DS_BF16 ? dnnl_bf16 : dnnl_f32;
-}
+/* What a build needs beyond the key: the problem (with its tensors' dtypes), the op's name
+ * for errors, and the engine. */
+typedef struct build_ctx {
+    const ds__conv_problem *p;
+    const char *op;
+    dnnl_engine_t engine;
+} build_ctx;
 
 /* Taps of the time kernel that read a zero frame for every output frame. */
 static int64_t zero_taps(const ds__conv_problem *p)
@@ -134,9 +120,9 @@ static int dnnl_fail(ds_error *err, const char *op, const char *what, dnnl_statu
                         (long long)p->kt, (long long)p->kh, (long long)p->kw);
 }
 
-static dnnl_status_t make_reorder(dnnl_primitive_t *out, const dnnl_memory_desc_t *from,
-                                  const dnnl_memory_desc_t *to, const_dnnl_primitive_attr_t attr,
-                                  size_t *scratch)
+static dnnl_status_t make_reorder(dnnl_engine_t engine, dnnl_primitive_t *out,
+                                  const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to,
+                                  const_dnnl_primitive_attr_t attr, size_t *scratch)
 {
     dnnl_primitive_desc_t pd = NULL;
     dnnl_status_t st = dnnl_reorder_primitive_desc_create(&pd, from, engine, to, engine, attr);
@@ -151,8 +137,10 @@ static dnnl_status_t make_reorder(dnnl_primitive_t *out, const dnnl_memory_desc_
     return st;
 }
 
-static void entry_clear(cache_entry *e)
+/* The cache's clear. */
+static void entry_clear(void *ve)
 {
+    cache_entry *e = ve;
     if (e->conv)
         dnnl_primitive_destroy(e->conv);
     for (int i = 0; i < REORDERS; i++)
@@ -161,10 +149,16 @@ static void entry_clear(cache_entry *e)
     memset(e, 0, sizeof *e);
 }
 
-/* The primitives for `p` into the cleared `e`. */
-static int build(const ds__conv_problem *p, const conv_key *k, const char *op, cache_entry *e,
-                 ds_error *err)
+/* The primitives for the conv_key `vk` into the zeroed cache_entry `ve` (the cache's build;
+ * on failure the cache clears what was made). */
+static int build(void *ve, const void *vk, void *vctx, ds_error *err)
 {
+    cache_entry *e = ve;
+    const conv_key *k = vk;
+    const build_ctx *c = vctx;
+    const ds__conv_problem *p = c->p;
+    const char *op = c->op;
+    dnnl_engine_t engine = c->engine;
     int64_t z = zero_taps(p), kt = p->kt - z, tp = p->tc + p->t;
     e->parts = channel_parts(p->cout, k->threads);
     int64_t co = e->cout_part = p->cout / e->parts;
@@ -219,107 +213,43 @@ static int build(const ds__conv_problem *p, const conv_key *k, const char *op, c
     dnnl_dims_t c_d = {p->batch, p->cin, p->tc, p->h, p->w}, c_off = {0, 0, 0, 0, 0};
     if (st == dnnl_success) {
         what = "reorder descriptors";
-        if ((st = dnnl_memory_desc_init_by_tag(&e->user[R_X], 5, x_d, dnnl_type(p->x_dtype),
+        if ((st = dnnl_memory_desc_init_by_tag(&e->user[R_X], 5, x_d, ds__onednn_type(p->x_dtype),
                                                dnnl_abcde)) == dnnl_success &&
             (st = dnnl_memory_desc_init_submemory(&e->sub[1], &e->src, x_d, x_off)) ==
                 dnnl_success &&
             (st = dnnl_memory_desc_init_by_strides(&e->user[R_W], 5, wei_d,
-                                                   dnnl_type(p->weight->dtype), wei_s)) ==
+                                                   ds__onednn_type(p->weight->dtype), wei_s)) ==
                 dnnl_success)
             st = dnnl_memory_desc_init_by_strides(&e->user[R_Y], 5, dst_d,
-                                                  dnnl_type(p->y->dtype), y_s);
+                                                  ds__onednn_type(p->y->dtype), y_s);
         if (st == dnnl_success && p->tc) {
             st = dnnl_memory_desc_init_by_tag(&e->user[R_CACHE], 5, c_d,
-                                              dnnl_type(p->cache_dtype), dnnl_abcde);
+                                              ds__onednn_type(p->cache_dtype), dnnl_abcde);
             if (st == dnnl_success)
                 st = dnnl_memory_desc_init_submemory(&e->sub[0], &e->src, c_d, c_off);
         }
     }
     if (st == dnnl_success) {
         what = "reorders";
-        if ((st = make_reorder(&e->reorder[R_X], &e->user[R_X], &e->sub[1], attr,
+        if ((st = make_reorder(engine, &e->reorder[R_X], &e->user[R_X], &e->sub[1], attr,
                                &e->scratch_bytes)) == dnnl_success &&
-            (st = make_reorder(&e->reorder[R_W], &e->user[R_W], &e->wei, attr,
+            (st = make_reorder(engine, &e->reorder[R_W], &e->user[R_W], &e->wei, attr,
                                &e->scratch_bytes)) == dnnl_success &&
-            (st = make_reorder(&e->reorder[R_Y], &e->dst, &e->user[R_Y], attr,
+            (st = make_reorder(engine, &e->reorder[R_Y], &e->dst, &e->user[R_Y], attr,
                                &e->scratch_bytes)) == dnnl_success &&
             p->tc)
-            st = make_reorder(&e->reorder[R_CACHE], &e->user[R_CACHE], &e->sub[0], attr,
+            st = make_reorder(engine, &e->reorder[R_CACHE], &e->user[R_CACHE], &e->sub[0], attr,
                               &e->scratch_bytes);
     }
     dnnl_primitive_attr_destroy(attr);
-    if (st != dnnl_success) {
-        entry_clear(e);
+    if (st != dnnl_success)
         return dnnl_fail(err, op, what, st, p);
-    }
-    e->key = *k;
     return DS_OK;
 }
 
-static int key_equal(const conv_key *a, const conv_key *b)
-{
-    return memcmp(a, b, sizeof *a) == 0;
-}
-
-/* A cached (or, with every slot busy, private) entry for `p`; *cached says which. */
-static int acquire(const ds__conv_problem *p, const conv_key *k, const char *op,
-                   cache_entry **out, int *cached, ds_error *err)
-{
-    pthread_mutex_lock(&cache.lock);
-    cache_entry *victim = NULL;
-    for (int i = 0; i < CACHE_SLOTS; i++) {
-        cache_entry *e = &cache.slots[i];
-        if (e->conv && key_equal(&e->key, k)) {
-            e->users++;
-            e->last_use = ++cache.clock;
-            pthread_mutex_unlock(&cache.lock);
-            *out = e;
-            *cached = 1;
-            return DS_OK;
-        }
-        if (e->users == 0 &&
-            (!victim || (victim->conv && (!e->conv || e->last_use < victim->last_use))))
-            victim = e;
-    }
-    int rc;
-    if (victim) {
-        /* Built under the lock: once per shape, and no two threads build the same entry. */
-        entry_clear(victim);
-        rc = build(p, k, op, victim, err);
-        if (rc == DS_OK) {
-            victim->users = 1;
-            victim->last_use = ++cache.clock;
-        }
-        pthread_mutex_unlock(&cache.lock);
-        *out = victim;
-        *cached = 1;
-        return rc;
-    }
-    pthread_mutex_unlock(&cache.lock);
-    cache_entry *own = calloc(1, sizeof *own);
-    if (!own)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s (oneDNN): out of memory", op);
-    rc = build(p, k, op, own, err);
-    if (rc != DS_OK) {
-        free(own);
-        return rc;
-    }
-    *out = own;
-    *cached = 0;
-    return DS_OK;
-}
-
-static void release(cache_entry *e, int cached)
-{
-    if (!cached) {
-        entry_clear(e);
-        free(e);
-        return;
-    }
-    pthread_mutex_lock(&cache.lock);
-    e->users--;
-    pthread_mutex_unlock(&cache.lock);
-}
+static const ds__primitive_cache_ops cache_ops = {"convolution (oneDNN)", sizeof(conv_key),
+                                                  sizeof(cache_entry), build, entry_clear};
+static ds__primitive_cache cache = DS__PRIMITIVE_CACHE_INIT(&cache_ops, CACHE_SLOTS);
 
 int ds__onednn_conv_supported(const ds__conv_problem *p)
 {
@@ -352,6 +282,7 @@ static void *aligned_buffer(size_t bytes)
 typedef struct part_ctx {
     const ds__conv_problem *p;
     const cache_entry *e;
+    dnnl_engine_t engine;
     dnnl_memory_t src;     /* the blocked input, shared */
     const float *bias;     /* [Cout] f32 */
     dnnl_status_t *status; /* [parts] */
@@ -365,6 +296,7 @@ static void part_range(void *vctx, int64_t begin, int64_t end)
     const part_ctx *c = vctx;
     const ds__conv_problem *p = c->p;
     const cache_entry *e = c->e;
+    dnnl_engine_t engine = c->engine;
     omp_set_num_threads(1);
     size_t wei_bytes = dnnl_memory_desc_get_size(&e->wei);
     size_t dst_bytes = dnnl_memory_desc_get_size(&e->dst);
@@ -430,18 +362,19 @@ static void part_range(void *vctx, int64_t begin, int64_t end)
 
 int ds__onednn_conv(ds_backend *b, const ds__conv_problem *p, const char *op, ds_error *err)
 {
-    pthread_once(&engine_once, engine_create);
-    if (engine_status != dnnl_success)
-        return ds_error_set(err, DS_ERR_INTERNAL, "%s (oneDNN): cannot create the CPU engine "
-                            "(status %d)", op, (int)engine_status);
+    dnnl_engine_t engine;
+    int rc = ds__onednn_engine(op, &engine, err);
+    if (rc != DS_OK)
+        return rc;
     conv_key k = make_key(p, ds__cpu_threads(b));
     /* Every primitive is built for, and run on, one OpenMP thread (see the top). */
     omp_set_num_threads(1);
-    cache_entry *e = NULL;
-    int cached = 0;
-    int rc = acquire(p, &k, op, &e, &cached, err);
+    build_ctx bc = {p, op, engine};
+    void *ve = NULL;
+    rc = ds__primitive_cache_acquire(&cache, &k, &bc, &ve, err);
     if (rc != DS_OK)
         return rc;
+    cache_entry *e = ve;
 
     size_t src_bytes = dnnl_memory_desc_get_size(&e->src);
     float *src = aligned_buffer(src_bytes), *bias = aligned_buffer((size_t)p->cout * sizeof *bias);
@@ -488,7 +421,7 @@ int ds__onednn_conv(ds_backend *b, const ds__conv_problem *p, const char *op, ds
     }
     if ((st = dnnl_stream_wait(stream)))
         goto failed;
-    part_ctx pc = {p, e, m_src, bias, status, whats};
+    part_ctx pc = {p, e, engine, m_src, bias, status, whats};
     ds__cpu_parallel_for(b, e->parts, 1, part_range, &pc);
     for (int64_t i = 0; i < e->parts; i++)
         if (status[i] != dnnl_success) {
@@ -513,7 +446,7 @@ done:
     free(scratch);
     free(status);
     free(whats);
-    release(e, cached);
+    ds__primitive_cache_release(&cache, e);
     return rc;
 }
 

@@ -13,12 +13,13 @@
  * several host threads at once. */
 #include "kernels/cpu/cpu_internal.h"
 #include "kernels/cpu/gemm_parts.h"
+#include "kernels/cpu/onednn_engine.h"
+#include "kernels/cpu/primitive_cache.h"
 
 #ifdef DS_HAVE_ONEDNN
 
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,42 +43,11 @@ typedef struct gemm_key {
     uint32_t alpha_bits;
 } gemm_key;
 
-typedef struct cache_entry {
-    gemm_key key;
-    dnnl_primitive_t prim;      /* NULL: free slot */
-    dnnl_memory_desc_t md[4];   /* src, weights, dst, scratchpad */
+typedef struct gemm_entry {
+    dnnl_primitive_t prim;
+    dnnl_memory_desc_t md[4]; /* src, weights, dst, scratchpad */
     size_t scratch_bytes;
-    int users;                  /* callers executing it now: never evicted while > 0 */
-    uint64_t last_use;
-} cache_entry;
-
-static struct {
-    pthread_mutex_t lock;
-    cache_entry slots[CACHE_SLOTS];
-    uint64_t clock;
-} cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
-static dnnl_engine_t engine;
-static dnnl_status_t engine_status = dnnl_runtime_error;
-
-static void engine_create(void)
-{
-    engine_status = dnnl_engine_create(&engine, dnnl_cpu, 0);
-}
-
-static int key_equal(const gemm_key *a, const gemm_key *b)
-{
-    return a->batch == b->batch && a->m == b->m && a->n == b->n && a->k == b->k &&
-           a->lda == b->lda && a->ldb == b->ldb && a->ldc == b->ldc && a->sa == b->sa &&
-           a->sb == b->sb && a->sc == b->sc && a->trans_a == b->trans_a &&
-           a->trans_b == b->trans_b && a->dtype == b->dtype && a->alpha_bits == b->alpha_bits;
-}
-
-static dnnl_data_type_t dnnl_type(ds_dtype t)
-{
-    return t == DS_BF16 ? dnnl_bf16 : dnnl_f32;
-}
+} gemm_entry;
 
 static int dnnl_fail(ds_error *err, const char *what, dnnl_status_t st, const gemm_key *k)
 {
@@ -87,9 +57,14 @@ static int dnnl_fail(ds_error *err, const char *what, dnnl_status_t st, const ge
                         (long long)k->k, (long long)k->k, (long long)k->n);
 }
 
-/* Builds the primitive for `k` into `e` (not yet in the cache). */
-static int build(const gemm_key *k, float alpha, cache_entry *e, ds_error *err)
+/* The primitive for the gemm_key `vk` into the gemm_entry `ve` (the cache's build). */
+static int build(void *ve, const void *vk, void *ctx, ds_error *err)
 {
+    gemm_entry *e = ve;
+    const gemm_key *k = vk;
+    dnnl_engine_t engine = *(dnnl_engine_t *)ctx;
+    float alpha;
+    memcpy(&alpha, &k->alpha_bits, sizeof alpha);
     int nd = k->batch > 1 ? 3 : 2;
     int64_t m = k->m, n = k->n, kk = k->k;
     /* Row-major strides; op(a) stored [K, M] when transposed, op(b) stored [N, K] when
@@ -108,7 +83,7 @@ static int build(const gemm_key *k, float alpha, cache_entry *e, ds_error *err)
         memcpy(dd, dd3, sizeof dd);
         memcpy(dst, dst3, sizeof dst);
     }
-    dnnl_data_type_t t = dnnl_type(k->dtype);
+    dnnl_data_type_t t = ds__onednn_type(k->dtype);
     dnnl_status_t st;
     if ((st = dnnl_memory_desc_init_by_strides(&e->md[0], nd, sd, t, ss)) != dnnl_success ||
         (st = dnnl_memory_desc_init_by_strides(&e->md[1], nd, wd, t, ws)) != dnnl_success ||
@@ -137,86 +112,53 @@ static int build(const gemm_key *k, float alpha, cache_entry *e, ds_error *err)
         e->prim = NULL;
         return dnnl_fail(err, "primitive", st, k);
     }
-    e->key = *k;
     return DS_OK;
 }
 
-/* A cached (or, with every slot busy, private) entry for `k`; *cached says which. */
-static int acquire(const gemm_key *k, float alpha, cache_entry **out, int *cached, ds_error *err)
+static void clear(void *ve)
 {
-    pthread_mutex_lock(&cache.lock);
-    cache_entry *victim = NULL;
-    for (int i = 0; i < CACHE_SLOTS; i++) {
-        cache_entry *e = &cache.slots[i];
-        if (e->prim && key_equal(&e->key, k)) {
-            e->users++;
-            e->last_use = ++cache.clock;
-            pthread_mutex_unlock(&cache.lock);
-            *out = e;
-            *cached = 1;
-            return DS_OK;
-        }
-        if (e->users == 0 && (!victim || (victim->prim && (!e->prim || e->last_use < victim->last_use))))
-            victim = e;
-    }
-    int rc;
-    if (victim) {
-        /* Built under the lock: creation is rare (once per shape) and this keeps two threads
-         * from building the same primitive. */
-        if (victim->prim) {
-            dnnl_primitive_destroy(victim->prim);
-            victim->prim = NULL;
-        }
-        rc = build(k, alpha, victim, err);
-        if (rc == DS_OK) {
-            victim->users = 1;
-            victim->last_use = ++cache.clock;
-        }
-        pthread_mutex_unlock(&cache.lock);
-        *out = victim;
-        *cached = 1;
-        return rc;
-    }
-    pthread_mutex_unlock(&cache.lock);
-    cache_entry *own = calloc(1, sizeof *own);
-    if (!own)
-        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "gemm (oneDNN): out of memory");
-    rc = build(k, alpha, own, err);
-    if (rc != DS_OK) {
-        free(own);
-        return rc;
-    }
-    *out = own;
-    *cached = 0;
-    return DS_OK;
-}
-
-static void release(cache_entry *e, int cached)
-{
-    if (!cached) {
+    gemm_entry *e = ve;
+    if (e->prim)
         dnnl_primitive_destroy(e->prim);
-        free(e);
-        return;
-    }
-    pthread_mutex_lock(&cache.lock);
-    e->users--;
-    pthread_mutex_unlock(&cache.lock);
+    e->prim = NULL;
 }
 
-/* Runs one part on the calling thread, single-threaded; ctx points to the operands' dtype. */
-static int run_part(void *ctx, const ds__gemm_part *p, ds_error *err)
+static const ds__primitive_cache_ops cache_ops = {"gemm (oneDNN)", sizeof(gemm_key),
+                                                  sizeof(gemm_entry), build, clear};
+static ds__primitive_cache cache = DS__PRIMITIVE_CACHE_INIT(&cache_ops, CACHE_SLOTS);
+
+typedef struct part_ctx {
+    dnnl_engine_t engine;
+    ds_dtype dtype;
+} part_ctx;
+
+/* Runs one part on the calling thread, single-threaded. */
+static int run_part(void *vctx, const ds__gemm_part *p, ds_error *err)
 {
+    const part_ctx *ctx = vctx;
+    dnnl_engine_t engine = ctx->engine;
     omp_set_num_threads(1);
-    gemm_key k = {.batch = p->batch, .m = p->m, .n = p->n, .k = p->k, .lda = p->lda,
-                  .ldb = p->ldb, .ldc = p->ldc, .sa = p->sa, .sb = p->sb, .sc = p->sc,
-                  .trans_a = p->trans_a, .trans_b = p->trans_b, .dtype = *(const ds_dtype *)ctx};
+    gemm_key k;
+    memset(&k, 0, sizeof k); /* compared bytewise, padding included */
+    k.batch = p->batch;
+    k.m = p->m;
+    k.n = p->n;
+    k.k = p->k;
+    k.lda = p->lda;
+    k.ldb = p->ldb;
+    k.ldc = p->ldc;
+    k.sa = p->sa;
+    k.sb = p->sb;
+    k.sc = p->sc;
+    k.trans_a = p->trans_a;
+    k.trans_b = p->trans_b;
+    k.dtype = ctx->dtype;
     memcpy(&k.alpha_bits, &p->alpha, sizeof k.alpha_bits);
-    float alpha = p->alpha;
-    cache_entry *e = NULL;
-    int cached = 0;
-    int rc = acquire(&k, alpha, &e, &cached, err);
+    void *ve = NULL;
+    int rc = ds__primitive_cache_acquire(&cache, &k, &engine, &ve, err);
     if (rc != DS_OK)
         return rc;
+    const gemm_entry *e = ve;
     dnnl_memory_t mem[4] = {NULL, NULL, NULL, NULL};
     void *ptr[3] = {(void *)p->a, (void *)p->b, p->c};
     dnnl_stream_t stream = NULL;
@@ -254,24 +196,23 @@ done:
             dnnl_memory_destroy(mem[i]);
     if (stream)
         dnnl_stream_destroy(stream);
-    release(e, cached);
+    ds__primitive_cache_release(&cache, ve);
     return rc;
 }
 
 int ds__onednn_gemm(ds_backend *b, const ds__gemm *g, ds_error *err)
 {
-    pthread_once(&engine_once, engine_create);
-    if (engine_status != dnnl_success)
-        return ds_error_set(err, DS_ERR_INTERNAL, "gemm (oneDNN): cannot create the CPU engine "
-                            "(status %d)", (int)engine_status);
+    part_ctx ctx = {.dtype = g->dtype};
+    int rc = ds__onednn_engine("gemm", &ctx.engine, err);
+    if (rc != DS_OK)
+        return rc;
     ds__gemm_part whole = {.batch = g->batch, .m = g->m, .n = g->n, .k = g->k,
                            .lda = g->trans_a ? g->m : g->k, .ldb = g->trans_b ? g->k : g->n,
                            .ldc = g->ldc, .sa = g->m * g->k, .sb = g->k * g->n,
                            .sc = g->m * g->ldc, .trans_a = g->trans_a, .trans_b = g->trans_b,
                            .esize = ds_dtype_size(g->dtype), .alpha = g->alpha, .beta = 0.0f,
                            .a = g->a, .b = g->b, .c = g->c};
-    ds_dtype dtype = g->dtype;
-    return ds__gemm_run_parts(b, &whole, run_part, &dtype, err);
+    return ds__gemm_run_parts(b, &whole, run_part, &ctx, err);
 }
 
 static const char *isa_name(dnnl_cpu_isa_t isa)
