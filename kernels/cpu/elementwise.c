@@ -9,14 +9,18 @@
  * and the chunking never changes a result.
  *
  * A small operand broadcast over the output (a modulation's [B, 1, C] scale over [B, S, C]) is
- * widened to f32 once per call, not once per run, and then read in place: the same bits, since
- * widening bf16 or f16 to f32 is exact. */
+ * widened to f32 once per call, not once per run, and then read in place. Binary ops, modulate
+ * and gated residual with a bf16 output whose operands are all contiguous bf16 or f32 (after
+ * that widening) skip the buffers: a fused loop (elementwise_bf16.c) reads, computes and rounds
+ * in one pass. Both give the generic path's bits: widening bf16 or f16 to f32 is exact, and the
+ * fused loops compute the same f32 expression with the same rounding at the end. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/float_convert.h"
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/elementwise_bf16.h"
 #include "kernels/ops.h"
 
 #define RUN 1024          /* elements per step: four f32 buffers of it stay in L1/L2 */
@@ -180,6 +184,8 @@ typedef struct ew_job {
     char *y;
     ds_dtype ydtype;
     float *wide[MAX_INPUTS];  /* operands widened once by this call (owned) */
+    ds__ew_bf16_fn fused;     /* the fused loop when it applies, else NULL */
+    ds__ew_bf16_op fused_op;
 } ew_job;
 
 static void compute(const ew_job *j, const float *const *v, float *out, int64_t n)
@@ -219,9 +225,39 @@ static void compute(const ew_job *j, const float *const *v, float *out, int64_t 
     }
 }
 
+/* The fused loop over [begin, end): runs are cut only where an operand's innermost run ends
+ * (no buffers to bound them), and each operand is handed over as a pointer or one value. */
+static void ew_range_fused(const ew_job *j, int64_t begin, int64_t end)
+{
+    ds__ew_src src[MAX_INPUTS] = {{0}};
+    for (int64_t i = begin; i < end;) {
+        int64_t run = end - i;
+        for (int k = 0; k < j->nin; k++) {
+            const operand *o = &j->in[k];
+            int64_t r = operand_run(o, i);
+            if (r < run)
+                run = r;
+            int64_t off = operand_offset(o, i);
+            if (o->stride[o->ndim - 1] == 0) {
+                src[k].form = DS__EW_SCALAR;
+                src[k].value = ((const float *)o->data)[off];
+            } else {
+                src[k].form = o->dtype == DS_BF16 ? DS__EW_BF16 : DS__EW_F32;
+                src[k].p = o->data + (size_t)off * ds_dtype_size(o->dtype);
+            }
+        }
+        j->fused(j->fused_op, src, (uint16_t *)j->y + i, run);
+        i += run;
+    }
+}
+
 static void ew_range(void *ctx, int64_t begin, int64_t end)
 {
     const ew_job *j = ctx;
+    if (j->fused) {
+        ew_range_fused(j, begin, end);
+        return;
+    }
     float tmp[MAX_INPUTS + 1][RUN];
     size_t yesize = ds_dtype_size(j->ydtype);
     const float *v[MAX_INPUTS] = {NULL, NULL, NULL};
@@ -269,6 +305,35 @@ static void widen_broadcast(ew_job *j, int k, int64_t out_numel)
     o->dtype = DS_F32;
 }
 
+/* Whether the fused loop can take every run: a bf16 output, an op it has, and each operand f32
+ * (contiguous or repeated) or contiguous bf16. A repeated bf16 value left unwidened (a
+ * broadcast operand too large to widen) stays on the generic path. */
+static int fusable(ew_job *j)
+{
+    if (j->ydtype != DS_BF16)
+        return 0;
+    switch (j->kind) {
+    case EW_BINARY:
+        switch (j->binop) {
+        case DS_BINARY_ADD: j->fused_op = DS__EW_BF16_ADD; break;
+        case DS_BINARY_SUB: j->fused_op = DS__EW_BF16_SUB; break;
+        case DS_BINARY_MUL: j->fused_op = DS__EW_BF16_MUL; break;
+        case DS_BINARY_DIV: j->fused_op = DS__EW_BF16_DIV; break;
+        default: return 0;
+        }
+        break;
+    case EW_MODULATE: j->fused_op = DS__EW_BF16_MODULATE; break;
+    case EW_GATED_RESIDUAL: j->fused_op = DS__EW_BF16_GATED_RESIDUAL; break;
+    default: return 0;
+    }
+    for (int k = 0; k < j->nin; k++) {
+        const operand *o = &j->in[k];
+        if (o->dtype != DS_F32 && (o->dtype != DS_BF16 || o->stride[o->ndim - 1] != 1))
+            return 0;
+    }
+    return 1;
+}
+
 static int ew_run(ds_backend *b, ew_job *j, const ds_tensor *y)
 {
     int64_t n = (int64_t)ds_tensor_numel(y);
@@ -276,6 +341,7 @@ static int ew_run(ds_backend *b, ew_job *j, const ds_tensor *y)
     j->ydtype = y->dtype;
     for (int k = 0; k < j->nin; k++)
         widen_broadcast(j, k, n);
+    j->fused = fusable(j) ? ds__ew_bf16_loop() : NULL;
     ds__cpu_parallel_for(b, n, GRAIN, ew_range, j);
     for (int k = 0; k < j->nin; k++)
         free(j->wide[k]);
