@@ -6,17 +6,30 @@
  * contiguous or one repeated value. Operands are read in place when they are f32 and
  * contiguous, otherwise converted into stack buffers; results go straight into y when it is
  * f32. Every output element depends only on the same index of the inputs, so y may alias x
- * and the chunking never changes a result. */
+ * and the chunking never changes a result.
+ *
+ * A small operand broadcast over the output (a modulation's [B, 1, C] scale over [B, S, C]) is
+ * widened to f32 once per call, not once per run, and then read in place. Binary ops, modulate
+ * and gated residual with a bf16 output whose operands are all contiguous bf16 or f32 (after
+ * that widening) skip the buffers: a fused loop (elementwise_bf16.c) reads, computes and rounds
+ * in one pass. Both give the generic path's bits: widening bf16 or f16 to f32 is exact, and the
+ * fused loops compute the same f32 expression with the same rounding at the end. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/float_convert.h"
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/elementwise_bf16.h"
 #include "kernels/ops.h"
 
 #define RUN 1024          /* elements per step: four f32 buffers of it stay in L1/L2 */
 #define GRAIN 16384       /* elements per chunk: enough to amortise waking a worker */
 #define MAX_INPUTS 3
+/* Largest broadcast operand widened once per call (256 KiB as f32): the modulation rows of the
+ * models (C up to 5120, times a batch of 2 under CFG) fit many times over, and the buffer stays
+ * in L2 while the workers read it. */
+#define WIDEN_MAX 65536
 
 /* ---- Activations ---- */
 
@@ -170,6 +183,9 @@ typedef struct ew_job {
     operand in[MAX_INPUTS];
     char *y;
     ds_dtype ydtype;
+    float *wide[MAX_INPUTS];  /* operands widened once by this call (owned) */
+    ds__ew_bf16_fn fused;     /* the fused loop when it applies, else NULL */
+    ds__ew_bf16_op fused_op;
 } ew_job;
 
 static void compute(const ew_job *j, const float *const *v, float *out, int64_t n)
@@ -209,9 +225,39 @@ static void compute(const ew_job *j, const float *const *v, float *out, int64_t 
     }
 }
 
+/* The fused loop over [begin, end): runs are cut only where an operand's innermost run ends
+ * (no buffers to bound them), and each operand is handed over as a pointer or one value. */
+static void ew_range_fused(const ew_job *j, int64_t begin, int64_t end)
+{
+    ds__ew_src src[MAX_INPUTS] = {{0}};
+    for (int64_t i = begin; i < end;) {
+        int64_t run = end - i;
+        for (int k = 0; k < j->nin; k++) {
+            const operand *o = &j->in[k];
+            int64_t r = operand_run(o, i);
+            if (r < run)
+                run = r;
+            int64_t off = operand_offset(o, i);
+            if (o->stride[o->ndim - 1] == 0) {
+                src[k].form = DS__EW_SCALAR;
+                src[k].value = ((const float *)o->data)[off];
+            } else {
+                src[k].form = o->dtype == DS_BF16 ? DS__EW_BF16 : DS__EW_F32;
+                src[k].p = o->data + (size_t)off * ds_dtype_size(o->dtype);
+            }
+        }
+        j->fused(j->fused_op, src, (uint16_t *)j->y + i, run);
+        i += run;
+    }
+}
+
 static void ew_range(void *ctx, int64_t begin, int64_t end)
 {
     const ew_job *j = ctx;
+    if (j->fused) {
+        ew_range_fused(j, begin, end);
+        return;
+    }
     float tmp[MAX_INPUTS + 1][RUN];
     size_t yesize = ds_dtype_size(j->ydtype);
     const float *v[MAX_INPUTS] = {NULL, NULL, NULL};
@@ -232,11 +278,73 @@ static void ew_range(void *ctx, int64_t begin, int64_t end)
     }
 }
 
+/* Elements of the operand's storage that the output reads: its tensor's, sizes of 1 and
+ * broadcast dims aside (the strides come from a contiguous tensor). */
+static int64_t operand_extent(const operand *o)
+{
+    int64_t last = 0;
+    for (int d = 0; d < o->ndim; d++)
+        last += (o->size[d] - 1) * o->stride[d];
+    return last + 1;
+}
+
+/* Widens a small broadcast operand to f32 in a buffer the job owns. Where the buffer cannot be
+ * had, the operand stays as it is and is converted per run: slower, same bits. */
+static void widen_broadcast(ew_job *j, int k, int64_t out_numel)
+{
+    operand *o = &j->in[k];
+    int64_t n = operand_extent(o);
+    if (o->dtype == DS_F32 || n <= 0 || n >= out_numel || n > WIDEN_MAX)
+        return;
+    float *w = malloc((size_t)n * sizeof *w);
+    if (!w)
+        return;
+    ds_convert_to_f32(o->data, o->dtype, (size_t)n, w);
+    j->wide[k] = w;
+    o->data = (const char *)w;
+    o->dtype = DS_F32;
+}
+
+/* Whether the fused loop can take every run: a bf16 output, an op it has, and each operand f32
+ * (contiguous or repeated) or contiguous bf16. A repeated bf16 value left unwidened (a
+ * broadcast operand too large to widen) stays on the generic path. */
+static int fusable(ew_job *j)
+{
+    if (j->ydtype != DS_BF16)
+        return 0;
+    switch (j->kind) {
+    case EW_BINARY:
+        switch (j->binop) {
+        case DS_BINARY_ADD: j->fused_op = DS__EW_BF16_ADD; break;
+        case DS_BINARY_SUB: j->fused_op = DS__EW_BF16_SUB; break;
+        case DS_BINARY_MUL: j->fused_op = DS__EW_BF16_MUL; break;
+        case DS_BINARY_DIV: j->fused_op = DS__EW_BF16_DIV; break;
+        default: return 0;
+        }
+        break;
+    case EW_MODULATE: j->fused_op = DS__EW_BF16_MODULATE; break;
+    case EW_GATED_RESIDUAL: j->fused_op = DS__EW_BF16_GATED_RESIDUAL; break;
+    default: return 0;
+    }
+    for (int k = 0; k < j->nin; k++) {
+        const operand *o = &j->in[k];
+        if (o->dtype != DS_F32 && (o->dtype != DS_BF16 || o->stride[o->ndim - 1] != 1))
+            return 0;
+    }
+    return 1;
+}
+
 static int ew_run(ds_backend *b, ew_job *j, const ds_tensor *y)
 {
+    int64_t n = (int64_t)ds_tensor_numel(y);
     j->y = y->data;
     j->ydtype = y->dtype;
-    ds__cpu_parallel_for(b, (int64_t)ds_tensor_numel(y), GRAIN, ew_range, j);
+    for (int k = 0; k < j->nin; k++)
+        widen_broadcast(j, k, n);
+    j->fused = fusable(j) ? ds__ew_bf16_loop() : NULL;
+    ds__cpu_parallel_for(b, n, GRAIN, ew_range, j);
+    for (int k = 0; k < j->nin; k++)
+        free(j->wide[k]);
     return DS_OK;
 }
 
