@@ -41,7 +41,7 @@
  * interposing the slot; alloc_peak_bytes is the most that was live at once, the counterpart of
  * torch.cuda.max_memory_allocated. With a manager, vram_peak_bytes is its own peak (weights and
  * reserved activations). On the CPU backend the weights are the bench's own host memory, so
- * alloc_peak_bytes counts working memory only.
+ * alloc_peak_bytes counts working memory, plus the weights kept converted (converted_bytes).
  * Exit status: 0 measured, 77 backend unavailable, 1 any other error; every outcome prints its
  * JSON line. */
 #include <math.h>
