@@ -46,6 +46,10 @@ struct ds_daemon {
      * through a model's release hook, drops unloaded models (both under its lock). */
     ds_vram_manager *vram;
     int vram_limited;          /* --vram-limit gave a number (not "none") */
+    /* The CPU backend without --vram-limit: a manager that only keeps weights converted once
+     * for the compute dtype (bf16 files run at f32) within --convert-limit, passed to steps as
+     * ds_step_context.convert (NULL: --convert-limit 0, or a VRAM manager). Threads as `vram`. */
+    ds_vram_manager *convert;
     /* RunStep and RunPipeline memory reserved until their replies (--request-memory-limit). */
     ds_admission admission;
 };

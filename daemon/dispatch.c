@@ -208,8 +208,8 @@ static Diffsynth__V1__LoadedModel *loaded_model_msg(arena *a, const ds_daemon *d
     m->parameter_count = model->parameter_count;
     m->tensor_count = model->tensor_count > UINT32_MAX ? UINT32_MAX : (uint32_t)model->tensor_count;
     ds_vram_model_stats vs = {0};
-    if (d->vram)
-        ds_vram_owner_stats(d->vram, model, &vs);
+    if (d->vram || d->convert)
+        ds_vram_owner_stats(d->vram ? d->vram : d->convert, model, &vs);
     m->tiers = tiers_msg(a, d, ds_pool_model_disk_bytes(e), vs.fast_bytes, vs.host_bytes,
                          &m->n_tiers);
     offload_tier_msg(a, model, vs.slow_bytes_total, m->tiers, &m->n_tiers);
@@ -890,6 +890,9 @@ static void handle_status(ds_daemon *d, ds_conn *conn, const Diffsynth__V1__Enve
         vram.host_peak_bytes = vs.host_peak_bytes;
         res.vram = &vram;
     }
+    /* Weights kept converted on the CPU (no VRAM manager) are host memory too. */
+    if (d->convert)
+        ds_vram_stats_get(d->convert, &vs);
     res.memory = tiers_msg(&a, d, ds_pool_disk_bytes(d->pool), vs.resident_bytes, vs.host_bytes,
                            &res.n_memory);
     res.jobs_queued = (uint32_t)ds_scheduler_queued(d->scheduler);

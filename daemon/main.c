@@ -88,7 +88,8 @@ static void usage(FILE *out)
 "                           Default with --backend cuda: the GPU's free memory less\n"
 "                           --vram-reserve, re-read before every pass over a model (other\n"
 "                           processes share the GPU). Default on the CPU: the weights are\n"
-"                           used in place, no budget\n"
+"                           used in place, no budget (those a forward converts kept\n"
+"                           converted within --convert-limit)\n"
 "  --vram-reserve GIB       with --backend cuda and no --vram-limit: device memory left\n"
 "                           free for others and for what the budget does not count\n"
 "                           (default: 1)\n"
@@ -98,6 +99,15 @@ static void usage(FILE *out)
 "                           its file at every copy instead, with the same values (default:\n"
 "                           half the machine's memory with --backend cuda, where the copies\n"
 "                           are pinned; none = no limit on the CPU). Needs the VRAM manager\n"
+"  --convert-limit GIB      on the CPU without --vram-limit: host memory for weights kept\n"
+"                           converted to the compute dtype (a bf16 file run at f32),\n"
+"                           converted once at a model's first forward instead of at every\n"
+"                           matmul, when all of that model's so converted fit in it (models\n"
+"                           that fit alone but not together take turns: an idle one's are\n"
+"                           dropped first); a model past it is converted at every call,\n"
+"                           with the same results. Weights already in the compute dtype\n"
+"                           are used in place and take none of it (default: half the\n"
+"                           machine's memory; 0 = convert at every call; none = no limit)\n"
 "  --request-memory-limit GIB\n"
 "                           memory for the requests' own data (inputs, activations,\n"
 "                           outputs; not the weights): each RunStep and RunPipeline is\n"
@@ -274,6 +284,7 @@ int main(int argc, char **argv)
         OPT_VRAM_LIMIT,
         OPT_VRAM_RESERVE,
         OPT_HOST_LIMIT,
+        OPT_CONVERT_LIMIT,
         OPT_REQUEST_MEMORY,
         OPT_MAX_JOBS_PER_UID,
         OPT_HELP,
@@ -299,6 +310,7 @@ int main(int argc, char **argv)
         {"vram-limit", required_argument, NULL, OPT_VRAM_LIMIT},
         {"vram-reserve", required_argument, NULL, OPT_VRAM_RESERVE},
         {"host-limit", required_argument, NULL, OPT_HOST_LIMIT},
+        {"convert-limit", required_argument, NULL, OPT_CONVERT_LIMIT},
         {"request-memory-limit", required_argument, NULL, OPT_REQUEST_MEMORY},
         {"max-jobs-per-uid", required_argument, NULL, OPT_MAX_JOBS_PER_UID},
         {"help", no_argument, NULL, OPT_HELP},
@@ -324,6 +336,8 @@ int main(int argc, char **argv)
     size_t vram_reserve = (size_t)1 << 30;
     const char *host_limit_text = NULL;
     size_t host_limit = DS_VRAM_UNLIMITED;
+    const char *convert_limit_text = NULL;
+    size_t convert_limit = DS_VRAM_UNLIMITED;
     const char *request_memory_text = NULL;
     size_t request_memory = DS_VRAM_UNLIMITED;
     uint64_t max_jobs_per_uid = DS_DEFAULT_MAX_JOBS_PER_UID;
@@ -408,6 +422,11 @@ int main(int argc, char **argv)
                 goto out_args;
             *(opt == OPT_HOST_LIMIT ? &host_limit_text : &request_memory_text) = optarg;
             break;
+        case OPT_CONVERT_LIMIT:
+            if (parse_gib("--convert-limit", optarg, 1, &convert_limit) != 0)
+                goto out_args;
+            convert_limit_text = optarg;
+            break;
         case OPT_MAX_JOBS_PER_UID:
             if (parse_u64("--max-jobs-per-uid", optarg, 0, 1u << 20, &value) != 0)
                 goto out_args;
@@ -448,6 +467,13 @@ int main(int argc, char **argv)
     if (host_limit_text && !use_vram && !use_cuda) {
         fprintf(stderr, "diffsynthd: --host-limit %s needs the VRAM manager: give --vram-limit "
                 "too (the CPU backend runs without one by default)\n", host_limit_text);
+        goto out_args;
+    }
+
+    if (convert_limit_text && (use_vram || use_cuda)) {
+        fprintf(stderr, "diffsynthd: --convert-limit %s applies only to the CPU backend without "
+                "--vram-limit (a VRAM manager converts within its own budget)\n",
+                convert_limit_text);
         goto out_args;
     }
 
@@ -560,6 +586,24 @@ int main(int argc, char **argv)
         }
         ds_vram_set_host_limit(d->vram, host_limit);
         ds_vram_set_observer(d->vram, log_vram_event, NULL);
+    } else if (d->backend == d->host_backend) {
+        /* Without a VRAM manager the CPU uses weights in place, so only those a forward would
+         * convert at every matmul (bf16 files at f32) need memory of their own: a manager whose
+         * budget holds nothing else keeps them converted. Its default leaves half the machine
+         * to the mapped files, the requests and the system, as the GPU's pinned copies do; a
+         * model past it is converted per call as before. */
+        if (!convert_limit_text) {
+            long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+            if (pages > 0 && page > 0)
+                convert_limit = (size_t)pages / 2 * (size_t)page;
+        }
+        if (convert_limit != 0 &&
+            ds_vram_manager_create(d->backend, convert_limit, 0, &d->convert, &err) != DS_OK) {
+            fprintf(stderr, "diffsynthd: --convert-limit: %s\n", err.message);
+            goto out;
+        }
+        if (d->convert)
+            ds_vram_set_observer(d->convert, log_vram_event, NULL);
     }
     if (ds_pool_new(&d->pool, &err) != DS_OK ||
         ds_scheduler_new(&loop, &d->scheduler, &err) != DS_OK) {
@@ -598,6 +642,13 @@ int main(int argc, char **argv)
                     d->backend == d->host_backend ? "host" : "device");
     else if (d->vram)
         ds_log_info("vram limit: none (weights stream through the manager, never evicted)");
+    if (d->convert && convert_limit == DS_VRAM_UNLIMITED)
+        ds_log_info("convert limit: none (weights a forward converts are kept converted)");
+    else if (d->convert)
+        ds_log_info("convert limit: %zu bytes of host memory for weights kept converted to the "
+                    "compute dtype", convert_limit);
+    else if (d->backend == d->host_backend && !d->vram)
+        ds_log_info("convert limit: 0 (weights in another dtype are converted at every call)");
     if (d->vram && host_limit != DS_VRAM_UNLIMITED)
         ds_log_info("host limit: %zu bytes for the weights' copies at rest; units past it are "
                     "read from their files", host_limit);
@@ -643,6 +694,7 @@ out:
     ds_pool_free(d->pool);
     /* After the pool: freeing a model drops its units from the manager. */
     ds_vram_manager_destroy(d->vram);
+    ds_vram_manager_destroy(d->convert);
     /* After the worker is joined: nothing computes any more. */
     if (d->backend != d->host_backend)
         ds_backend_destroy(d->backend);

@@ -525,6 +525,7 @@ static int pipeline_run(ds_job *job)
         .progress = pipeline_progress,
         .user = pj,
         .vram = pj->daemon->vram,
+        .convert = pj->daemon->convert,
         .check_path = pipeline_check_path,
     };
     pj->turn_started_s = now_s();

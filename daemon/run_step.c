@@ -286,6 +286,7 @@ static int run_step_run(ds_job *job)
         .aux = sj->aux,
         .aux_count = sj->aux_count,
         .vram = sj->daemon->vram,
+        .convert = sj->daemon->convert,
         .check_path = step_check_path,
     };
     int rc = check_fresh(sj, &job->error);

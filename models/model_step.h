@@ -62,6 +62,13 @@ typedef struct ds_step_context {
      * results are bit-identical either way. The manager must outlive every model run with it
      * (ds_loaded_model_free drops the model's units from it). */
     ds_vram_manager *vram;
+    /* Without `vram`: a manager over `backend` (host memory) that only keeps weights converted
+     * once, or NULL. A forward computing in f32 from weights stored in another dtype (bf16
+     * files at f32) registers its model there and acquires them converted, instead of widening
+     * them at every call, while all of them so converted fit its budget; a model with nothing
+     * to convert never touches it, and activations are not counted in it. Results are
+     * bit-identical either way; the same lifetime rule as `vram` holds. */
+    ds_vram_manager *convert;
     /* A path a client named (a tokenizer folder, ...) must pass this before the step reads it:
      * the daemon confines such paths to its model roots, as it does the model files
      * (PERMISSION_DENIED otherwise). NULL: no check (in-process callers, tests). */

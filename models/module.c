@@ -227,6 +227,74 @@ static int register_units(ds_module_run *r, ds_vram_manager *mgr, ds_dtype compu
     return register_units_as(r, mgr, compute, plan_all, what, err);
 }
 
+/* Whether a registration for `compute` would keep some Linear weight converted: one stored in
+ * another float dtype that ds__weight_linear_compute_dtype converts (the model's vram_config
+ * naming no fast-tier dtype of its own). A hash lookup per Linear weight, no registration. */
+static int converts_some(const ds_module_run *r, ds_dtype compute)
+{
+    const ds_module_model *mm = r->mm;
+    const ds_loaded_model *m = r->model;
+    if (ds_vram_config_linear_fast_dtype(&m->vram_config) != DS_DTYPE_INVALID)
+        return 0;
+    for (size_t gi = 0; gi < mm->group_count; gi++) {
+        const ds_module_group *g = &mm->groups[gi];
+        for (int64_t i = 0; i < r->counts[gi]; i++) {
+            char prefix[DS__PARAM_NAME_MAX], name[DS__PARAM_NAME_MAX];
+            char full[2 * DS__PARAM_NAME_MAX];
+            ds_error ignored;
+            if (group_prefix(g, i, prefix, &ignored) != DS_OK)
+                return 0;
+            for (size_t k = 0; k < g->count; k++) {
+                const ds_module *mod = &g->modules[k];
+                if (mod->unit == DS_MODULE_NO_UNIT || !linear_weight(mod->kind))
+                    continue;
+                part_name(mod, 0, name, sizeof name);
+                snprintf(full, sizeof full, "%s%s", prefix, name);
+                const ds_sd_entry *e = ds_state_dict_find(&m->params, full);
+                if (!e || e->dict)
+                    continue;
+                ds_dtype to = ds__weight_linear_compute_dtype(e->tensor.dtype, compute);
+                if (to != DS_DTYPE_INVALID && to != e->tensor.dtype)
+                    return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Registers the model in `convert`, a manager that holds converted weights only, when some
+ * Linear weight converts and every unit so converted fits its budget; otherwise leaves r
+ * binding from the loaded tree (r->vram NULL), as without a manager. A model with nothing to
+ * convert costs one scan and no registration: its weights stay views of the file. */
+static int register_converted(ds_module_run *r, ds_vram_manager *convert, ds_dtype compute,
+                              int plan_all, const char *what, ds_error *err)
+{
+    if (!converts_some(r, compute))
+        return DS_OK;
+    r->convert = compute;
+    r->converted = 0;
+    int rc = register_units_as(r, convert, compute, plan_all, what, err);
+    if (rc != DS_OK)
+        return rc;
+    ds_vram_stats st;
+    ds_vram_model_stats ms;
+    ds_vram_stats_get(convert, &st);
+    ds_vram_model_stats_get(r->vram, &ms);
+    if (r->converted &&
+        (st.budget_bytes == DS_VRAM_UNLIMITED || ms.fast_bytes_total <= st.budget_bytes)) {
+        r->convert_only = 1;
+        return DS_OK;
+    }
+    ds_vram_model_remove(r->vram);
+    r->vram = NULL;
+    for (size_t slot = 0; slot < r->slot_total; slot++)
+        r->manager_index[slot] = SIZE_MAX;
+    r->unit_total = r->slot_total;
+    r->convert = DS_DTYPE_INVALID;
+    r->converted = 0;
+    return DS_OK;
+}
+
 /* Each slot's manager index, read back from a registration made by an earlier run: the
  * manager keeps units in registration order, which is the slots' order or the unit order. */
 static void known_units(ds_module_run *r)
@@ -266,20 +334,22 @@ void ds_module_instance(const ds_module *tmpl, size_t n, const int64_t *dims, ds
 
 static int open_run(ds_module_run *r, const ds_module_model *mm, const ds_module_unit_ref *order,
                     size_t n, const ds_loaded_model *m, ds_backend *b, ds_vram_manager *mgr,
-                    ds_dtype compute, int plan_all, const char *what, ds_error *err);
+                    ds_vram_manager *convert, ds_dtype compute, int plan_all, const char *what,
+                    ds_error *err);
 
 int ds_module_open(ds_module_run *r, const ds_module_model *mm, const ds_loaded_model *m,
                    ds_backend *b, ds_vram_manager *mgr, int plan_all, const char *what,
                    ds_error *err)
 {
-    return open_run(r, mm, NULL, 0, m, b, mgr, DS_DTYPE_INVALID, plan_all, what, err);
+    return open_run(r, mm, NULL, 0, m, b, mgr, NULL, DS_DTYPE_INVALID, plan_all, what, err);
 }
 
 int ds_module_open_compute(ds_module_run *r, const ds_module_model *mm,
                            const ds_loaded_model *m, ds_backend *b, ds_vram_manager *mgr,
-                           ds_dtype compute, int plan_all, const char *what, ds_error *err)
+                           ds_vram_manager *convert, ds_dtype compute, int plan_all,
+                           const char *what, ds_error *err)
 {
-    return open_run(r, mm, NULL, 0, m, b, mgr, compute, plan_all, what, err);
+    return open_run(r, mm, NULL, 0, m, b, mgr, convert, compute, plan_all, what, err);
 }
 
 int ds_module_open_ordered(ds_module_run *r, const ds_module_model *mm,
@@ -287,12 +357,13 @@ int ds_module_open_ordered(ds_module_run *r, const ds_module_model *mm,
                            ds_backend *b, ds_vram_manager *mgr, int plan_all, const char *what,
                            ds_error *err)
 {
-    return open_run(r, mm, order, n, m, b, mgr, DS_DTYPE_INVALID, plan_all, what, err);
+    return open_run(r, mm, order, n, m, b, mgr, NULL, DS_DTYPE_INVALID, plan_all, what, err);
 }
 
 static int open_run(ds_module_run *r, const ds_module_model *mm, const ds_module_unit_ref *order,
                     size_t n, const ds_loaded_model *m, ds_backend *b, ds_vram_manager *mgr,
-                    ds_dtype compute, int plan_all, const char *what, ds_error *err)
+                    ds_vram_manager *convert, ds_dtype compute, int plan_all, const char *what,
+                    ds_error *err)
 {
     memset(r, 0, sizeof *r);
     r->order = order;
@@ -316,10 +387,12 @@ static int open_run(ds_module_run *r, const ds_module_model *mm, const ds_module
         goto oom;
     for (size_t slot = 0; slot < r->slot_total; slot++)
         r->manager_index[slot] = SIZE_MAX;
-    if (!mgr) {
-        r->unit_total = r->slot_total;
+    r->unit_total = r->slot_total;
+    int converting = !mgr && convert && r->ws.on_host && compute != DS_DTYPE_INVALID;
+    if (!mgr && !converting)
         return DS_OK;
-    }
+    if (converting)
+        mgr = convert;
     r->vram = ds_vram_model_find(mgr, m);
     /* Registered for another compute dtype on a host fast tier: its Linear weights may be kept
      * converted for that dtype, or kept as stored where this forward would convert them. */
@@ -329,10 +402,14 @@ static int open_run(ds_module_run *r, const ds_module_model *mm, const ds_module
         r->vram = NULL;
     }
     int rc = DS_OK;
-    if (r->vram)
+    if (r->vram) {
         known_units(r);
-    else
+        r->convert_only = converting;
+    } else if (converting) {
+        rc = register_converted(r, mgr, compute, plan_all, what, err);
+    } else {
         rc = register_units(r, mgr, compute, plan_all, what, err);
+    }
     if (rc != DS_OK)
         ds_module_close(r);
     return rc;
@@ -502,7 +579,7 @@ void ds_module_close(ds_module_run *r)
 
 int ds_module_reserve(ds_module_run *r, const char *what, size_t bytes, ds_error *err)
 {
-    if (!r->vram)
+    if (!r->vram || r->convert_only)
         return DS_OK;
     int rc = ds_vram_reserve(r->vram, what, bytes, err);
     if (rc == DS_OK)
@@ -512,7 +589,7 @@ int ds_module_reserve(ds_module_run *r, const char *what, size_t bytes, ds_error
 
 int ds_module_reserve_set(ds_module_run *r, const char *what, size_t bytes, ds_error *err)
 {
-    if (!r->vram)
+    if (!r->vram || r->convert_only)
         return DS_OK;
     ds_vram_unreserve(r->vram, r->reserved);
     r->reserved = 0;

@@ -125,6 +125,8 @@ typedef struct ds_module_run {
                                        * converted for (ds__weight_linear_compute_dtype), or
                                        * DS_DTYPE_INVALID for none */
     int converted;                    /* while registering: some Linear weight was converted */
+    int convert_only;                 /* `vram` is a model in ds_step_context.convert's manager:
+                                       * it holds converted weights, no activations */
 } ds_module_run;
 
 /* Starts a forward of `m` on `b`. With a manager the model's units are registered on first
@@ -139,10 +141,16 @@ int ds_module_open(ds_module_run *r, const ds_module_model *mm, const ds_loaded_
  * kept there converted once (ds__weight_linear_compute_dtype) when every unit so converted fits
  * the manager's budget (checked at registration); past it they are registered as stored and
  * streamed, and the linear converts them at each call, with the same results either way. A
- * registration made for another compute dtype is dropped and made again. */
+ * registration made for another compute dtype is dropped and made again.
+ * Without `mgr`, `convert` (ds_step_context.convert, may be NULL) serves the same conversion
+ * alone: a model with some Linear weight to convert is registered there when all its units so
+ * converted fit that manager's budget, and is otherwise bound from the loaded tree as
+ * ds_module_open binds it (views, the linear converting at each call); a model with nothing to
+ * convert is always bound so, and never registered. */
 int ds_module_open_compute(ds_module_run *r, const ds_module_model *mm,
                            const ds_loaded_model *m, ds_backend *b, ds_vram_manager *mgr,
-                           ds_dtype compute, int plan_all, const char *what, ds_error *err);
+                           ds_vram_manager *convert, ds_dtype compute, int plan_all,
+                           const char *what, ds_error *err);
 /* ds_module_open with the manager's units registered in `order` (n of them), the order
  * forwards run them, when that is not the groups' (a module declared before the one that runs
  * first; two directions over one model's weights): each unit at most once, a unit left out is
@@ -171,7 +179,8 @@ int ds_module_end(ds_module_run *r, int rc, ds_error *err);
 void ds_module_close(ds_module_run *r);
 
 /* Activation bytes that share the manager's budget with the weights until ds_module_close
- * (nothing without a manager). RESOURCE_EXHAUSTED when they do not fit. */
+ * (nothing without a manager, nor in a manager of converted weights only). RESOURCE_EXHAUSTED
+ * when they do not fit. */
 int ds_module_reserve(ds_module_run *r, const char *what, size_t bytes, ds_error *err);
 
 /* Makes the activation bytes reserved `bytes` in all (what a stretch of work holds alive,

@@ -740,7 +740,9 @@ static int controlnet_begin(const ds_qwen_image_dit_controlnet *opt, const dit_d
         (rc = ds_tensor_alloc(b, d->dtype, 3, SHAPE(cond_batch, d->image_len, DIM), &s->cn_cond,
                               err)) != DS_OK)
         return rc;
-    if (run->vram) {
+    /* The ControlNet streams beside the DiT through the pool's manager; a DiT whose weights
+     * are only kept converted (ds_step_context.convert) leaves it bound from its tree. */
+    if (mgr) {
         size_t bytes = ds_tensor_nbytes(&s->cn_packed) + ds_tensor_nbytes(&s->cn_cond) +
                        (s->cn_input.data ? ds_tensor_nbytes(&s->cn_input) : 0);
         if ((rc = ds_module_reserve(run, "forward: ControlNet activations", bytes, err)) !=
@@ -808,8 +810,8 @@ int ds_qwen_image_dit_forward_controlnet(const ds_loaded_model *m, const ds_step
                             "forward: the Qwen-Image-Layered DiT (use_additional_t_cond, layer "
                             "3D RoPE) is not implemented");
     ds_backend *b = ctx->backend;
-    if ((rc = ds_module_open_compute(&run, &modules, m, b, ctx->vram, d.dtype, 1, "forward",
-                                     err)) != DS_OK)
+    if ((rc = ds_module_open_compute(&run, &modules, m, b, ctx->vram, ctx->convert, d.dtype, 1,
+                                     "forward", err)) != DS_OK)
         return rc;
     int64_t blocks = run.counts[BLOCKS];
 

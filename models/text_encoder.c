@@ -222,8 +222,8 @@ static int run(const ds_text_encoder *te, const ds_loaded_model *m, const ds_ste
     ds_module_run run;
     ds_tensor result_copy = {0}, result;
     memset(&run, 0, sizeof run);
-    int rc = ds_module_open_compute(&run, te->modules, m, b, ctx->vram, hidden_out->dtype, 1,
-                                    "forward", err);
+    int rc = ds_module_open_compute(&run, te->modules, m, b, ctx->vram, ctx->convert,
+                                    hidden_out->dtype, 1, "forward", err);
     if (rc != DS_OK)
         return rc;
     if ((rc = embed(te, m, b, input_ids, h, err)) != DS_OK ||

@@ -7,9 +7,11 @@ usage: compare.py --suite cpu|gpu --bench BUILD/bench/pipeline_bench [--python P
                   [--timeout S] [--tokenizer DIR] [--log FILE]
 
   cpu  the reduced pipeline (--te-layers text encoder layers, default 1, and --dit-layers DiT
-       blocks, default 1, both at full width; the real VAE), 256x256, 4 steps, cfg 4, in f32 and
-       in bf16, same threads on both sides; ours/upstream wall time of one whole call, target
-       <= 1.0.
+       blocks, default 1, both at full width; the real VAE), 256x256, 4 steps, cfg 4, one row
+       per --dtypes entry: f32, bf16, f32-from-bf16 (bf16 weights computed in f32: upstream casts
+       them once at load, ours keeps them converted once as diffsynthd's CPU default does) and
+       f32-from-bf16-widened (the same, ours with --convert-limit 0: widened at every call);
+       same threads on both sides; ours/upstream wall time of one whole call, target <= 1.0.
   gpu  the full models (28 text encoder layers, 60 DiT blocks, the real VAE), random bf16
        weights, 1024x1024, 40 steps, cfg 4, upstream's "basic" configuration (every model bf16
        on the GPU); ours/upstream time, target <= 0.8; peak memory as each side counts it, and
@@ -36,12 +38,26 @@ SIZE_CPU = "--height 256 --width 256 --steps 4 --cfg 4"
 SIZE_GPU = "--height 1024 --width 1024 --steps 40 --cfg 4"
 
 
+# A --dtypes entry: (row label, both sides' dtype arguments, ours alone).
+CPU_ROWS = {
+    "f32": ("f32", "--dtype f32", ""),
+    "bf16": ("bf16", "--dtype bf16", ""),
+    "f32-from-bf16": ("f32 from bf16 files", "--dtype f32 --weights-dtype bf16", ""),
+    "f32-from-bf16-widened": ("f32 from bf16, ours widened per call",
+                              "--dtype f32 --weights-dtype bf16", "--convert-limit 0"),
+}
+
+
 def rows(a):
     layers = f"--te-layers {a.te_layers} --dit-layers {a.dit_layers}"
     if a.suite == "cpu":
         shape = f"TE {a.te_layers}L, DiT {a.dit_layers}L, 256^2, 4 steps"
-        return [dict(name=f"pipeline {dtype}, {shape}", args=f"--dtype {dtype} {layers} {SIZE_CPU}",
-                     target=1.0) for dtype in a.dtypes.split(",")]
+        out = []
+        for key in a.dtypes.split(","):
+            label, args, ours = CPU_ROWS[key]
+            out.append(dict(name=f"pipeline {label}, {shape}", args=f"{args} {layers} {SIZE_CPU}",
+                            ours=ours, target=1.0))
+        return out
     return [dict(name=f"pipeline bf16, TE {a.te_layers}L, DiT {a.dit_layers}L, 1024^2, 40 steps",
                  args=f"--dtype bf16 {layers} {SIZE_GPU}", target=0.8)]
 
@@ -124,9 +140,13 @@ def main(argv):
     p.add_argument("--tokenizer", default=os.path.join(HERE, "..", "..", "tests", "data",
                                                        "qwen_tokenizer"))
     p.add_argument("--log", default=None, help="append every JSON result here")
-    p.add_argument("--dtypes", default="f32,bf16", help="cpu: the rows' dtypes, f32 and/or bf16")
+    p.add_argument("--dtypes", default="f32,bf16,f32-from-bf16",
+                   help="cpu: the rows, any of " + ", ".join(CPU_ROWS))
     a = p.parse_args(argv)
     cpu = a.suite == "cpu"
+    unknown = [k for k in a.dtypes.split(",") if k not in CPU_ROWS]
+    if cpu and unknown:
+        p.error(f"--dtypes: unknown rows {unknown}; known: {', '.join(CPU_ROWS)}")
     a.repeats = a.repeats or (3 if cpu else 1)
     a.rounds = a.rounds or (2 if cpu else 1)
     a.te_layers = a.te_layers or (1 if cpu else 28)
@@ -148,7 +168,8 @@ def main(argv):
     no_gpu = False
     for row in rows(a):
         args = common + row["args"].split()
-        ours, ref = alternate([a.bench] + args, a.python and [a.python, anchor] + args, a.rounds,
+        ours, ref = alternate([a.bench] + args + row.get("ours", "").split(),
+                              a.python and [a.python, anchor] + args, a.rounds,
                               lambda cmd: measure(cmd, a, log))
         no_gpu = no_gpu or ours.get("status") == "unavailable"
         ratio, verdict, miss = verdict_of(ours, ref, row["target"])
@@ -159,6 +180,11 @@ def main(argv):
               f"<= {row['target']:.2f} {verdict}", flush=True)
         print(f"  phases encode / denoise / decode: ours {fmt_phases(ours)}, "
               f"upstream {fmt_phases(ref)}", flush=True)
+        if cpu and ours.get("status") == "ok":
+            print(f"  ours: {ours.get('weights_dtype')} weights, "
+                  f"{fmt_gb(ours, 'converted_bytes')} kept converted "
+                  f"({ours.get('conversions', 0)} unit conversions), final latents "
+                  f"fnv1a64 {ours.get('output_fnv1a64', '-')}", flush=True)
         if not cpu:
             print(f"  peak memory: ours {fmt_gb(ours, 'alloc_peak_bytes')} through the backend's "
                   f"alloc (VRAM manager {fmt_gb(ours, 'vram_peak_bytes')}), upstream "

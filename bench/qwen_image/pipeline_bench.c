@@ -8,6 +8,11 @@
  *   --backend cpu|cuda   (default cpu)
  *   --threads N          CPU worker threads (0 = all CPUs; ignored by cuda)
  *   --dtype f32|bf16     weights and compute dtype (default f32)
+ *   --weights-dtype D    the weights' dtype when it differs from --dtype (bf16 files at f32)
+ *   --convert-limit GIB  on the CPU, as diffsynthd's option of that name: host memory for
+ *                        weights kept converted to --dtype, converted once in the warm-up
+ *                        instead of at every matmul (default, the daemon's: half the machine's
+ *                        memory; 0 = converted at every call; none = no limit)
  *   --te-layers N        text encoder decoder layers, full width (default 1; released: 28)
  *   --dit-layers N       DiT blocks, full width (default 1; released: 60)
  *   --height H --width W image size in pixels (default 256 x 256)
@@ -24,7 +29,11 @@
  * which times like real weights and fills a 60-block model at memcpy speed; model building and
  * tokenizer loading are outside the timing, as they are on upstream's side.
  *
- * On the CPU backend the weights are used in place. On another backend the run goes through a
+ * On the CPU backend the weights are used in place, as diffsynthd's default uses them; those a
+ * forward would convert (--weights-dtype other than --dtype) are kept converted within
+ * --convert-limit, as the daemon keeps them. output_fnv1a64 is a hash of the last call's final
+ * latents, so two ways of holding the weights can be shown to compute the same bits. On another
+ * backend the run goes through a
  * VRAM manager without a limit, so the weights are copied to the device once (in the warm-up)
  * and stay there, as upstream's "basic" configuration keeps every model on the GPU.
  * Memory: every allocation made through the backend's alloc slot (weights the manager copies
@@ -32,7 +41,7 @@
  * interposing the slot; alloc_peak_bytes is the most that was live at once, the counterpart of
  * torch.cuda.max_memory_allocated. With a manager, vram_peak_bytes is its own peak (weights and
  * reserved activations). On the CPU backend the weights are the bench's own host memory, so
- * alloc_peak_bytes counts working memory only.
+ * alloc_peak_bytes counts working memory, plus the weights kept converted (converted_bytes).
  * Exit status: 0 measured, 77 backend unavailable, 1 any other error; every outcome prints its
  * JSON line. */
 #include <math.h>
@@ -40,6 +49,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench/common/alloc_tracker.h"
 #include "bench/common/bench_model.h"
@@ -49,6 +59,7 @@
 #include "kernels/ops.h"
 #include "models/model_class.h"
 #include "pipelines/qwen_image.h"
+#include "vram/vram_config.h"
 #include "vram/vram_manager.h"
 
 #define TE_CLASS "diffsynth.models.qwen_image_text_encoder.QwenImageTextEncoder"
@@ -63,6 +74,8 @@ typedef struct options {
     const char *backend;
     int threads;
     ds_dtype dtype;
+    ds_dtype weights_dtype; /* DS_DTYPE_INVALID: dtype */
+    size_t convert_limit;   /* bytes; DS_VRAM_UNLIMITED: none */
     int te_layers, dit_layers;
     int height, width, steps;
     double cfg;
@@ -87,9 +100,12 @@ static void print_head(const options *o, const char *status)
     ds_bench_print_json_string(o->backend);
     printf(", \"model\": \"QwenImagePipeline\", \"te_layers\": %d, \"dit_layers\": %d, "
            "\"dtype\": \"%s\", \"height\": %d, \"width\": %d, \"steps\": %d, \"cfg\": %g, "
-           "\"prompt_tokens\": 60, \"threads\": %d, \"status\": \"%s\"",
+           "\"prompt_tokens\": 60, \"threads\": %d, \"weights_dtype\": \"%s\", "
+           "\"status\": \"%s\"",
            o->te_layers, o->dit_layers, ds_dtype_name(o->dtype), o->height, o->width, o->steps,
-           o->cfg, o->threads, status);
+           o->cfg, o->threads,
+           ds_dtype_name(o->weights_dtype != DS_DTYPE_INVALID ? o->weights_dtype : o->dtype),
+           status);
     ds_bench_print_gemm(o->backend);
 }
 
@@ -107,15 +123,20 @@ static int report_failure(const options *o, const char *status, const char *mess
 static void usage(void)
 {
     fprintf(stderr, "usage: pipeline_bench [--backend cpu|cuda] [--threads N] [--dtype f32|bf16] "
-                    "[--te-layers N] [--dit-layers N] [--height H] [--width W] [--steps N] "
-                    "[--cfg X] [--tokenizer DIR] [--warmup N] [--repeats N]\n");
+                    "[--weights-dtype f32|bf16] [--convert-limit GIB|none] [--te-layers N] "
+                    "[--dit-layers N] [--height H] [--width W] [--steps N] [--cfg X] "
+                    "[--tokenizer DIR] [--warmup N] [--repeats N]\n");
 }
 
 static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){.backend = "cpu", .dtype = DS_F32, .te_layers = 1, .dit_layers = 1,
                    .height = 256, .width = 256, .steps = 4, .cfg = 4.0,
-                   .tokenizer = "tests/data/qwen_tokenizer", .warmup = 1, .repeats = 3};
+                   .tokenizer = "tests/data/qwen_tokenizer", .warmup = 1, .repeats = 3,
+                   .weights_dtype = DS_DTYPE_INVALID, .convert_limit = DS_VRAM_UNLIMITED};
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0)
+        o->convert_limit = (size_t)pages / 2 * (size_t)page;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
         if (i + 1 >= argc)
@@ -125,6 +146,18 @@ static int parse_args(int argc, char **argv, options *o)
                                             &o->warmup, &o->repeats);
         if (common != 0) {
             if (common < 0)
+                return 0;
+        } else if (strcmp(k, "--weights-dtype") == 0) {
+            if (!ds_bench_parse_dtype(v, &o->weights_dtype))
+                return 0;
+        } else if (strcmp(k, "--convert-limit") == 0) {
+            char *end;
+            double gib = strtod(v, &end);
+            ds_error err;
+            if (strcmp(v, "none") == 0)
+                o->convert_limit = DS_VRAM_UNLIMITED;
+            else if (!v[0] || *end || !(gib >= 0) ||
+                     ds_vram_limit_bytes(gib, &o->convert_limit, &err) != DS_OK)
                 return 0;
         } else if (strcmp(k, "--te-layers") == 0)
             o->te_layers = atoi(v);
@@ -148,9 +181,11 @@ static int parse_args(int argc, char **argv, options *o)
            o->threads >= 0;
 }
 
-/* One pipeline call, as upstream's pipe(...): set up, every unit, the image. */
+/* One pipeline call, as upstream's pipe(...): set up, every unit, the image. *hash: FNV-1a of
+ * the final latents' bytes. */
 static int run_pipeline(const options *o, const ds_qwen_image_models *models,
-                        const ds_step_context *ctx, sample *s, int *finite, ds_error *err)
+                        const ds_step_context *ctx, sample *s, int *finite, uint64_t *hash,
+                        ds_error *err)
 {
     ds_qwen_image_params params;
     ds_qwen_image_params_default(&params);
@@ -176,6 +211,9 @@ static int run_pipeline(const options *o, const ds_qwen_image_models *models,
         *finite = 1;
         for (size_t i = 0; i < n && *finite; i++)
             *finite = isfinite(ds_load_f64(latents->data, latents->dtype, i));
+        *hash = 0xcbf29ce484222325u;
+        for (size_t i = 0; i < ds_tensor_nbytes(latents); i++)
+            *hash = (*hash ^ ((const unsigned char *)latents->data)[i]) * 0x100000001b3u;
     }
     ds_qwen_image_pipeline_free(pipe);
     return rc;
@@ -204,7 +242,7 @@ int main(int argc, char **argv)
     int code = 1;
     char kwargs[64];
     ds_loaded_model te, dit, vae;
-    ds_vram_manager *mgr = NULL;
+    ds_vram_manager *mgr = NULL, *conv = NULL;
     memset(&te, 0, sizeof te);
     memset(&dit, 0, sizeof dit);
     memset(&vae, 0, sizeof vae);
@@ -216,30 +254,33 @@ int main(int argc, char **argv)
     double build_start = ds_bench_now_s();
     snprintf(kwargs, sizeof kwargs, "{\"num_layers\": %d}", o.dit_layers);
     size_t te_bytes = 0, dit_bytes = 0, vae_bytes = 0;
-    if (ds_bench_build_model(TE_CLASS, NULL, ds_bench_keep_text_layers, o.te_layers, o.dtype, &te,
+    ds_dtype wdt = o.weights_dtype != DS_DTYPE_INVALID ? o.weights_dtype : o.dtype;
+    if (ds_bench_build_model(TE_CLASS, NULL, ds_bench_keep_text_layers, o.te_layers, wdt, &te,
                              &te_bytes, &err) != DS_OK ||
-        ds_bench_build_model(DIT_CLASS, kwargs, NULL, 0, o.dtype, &dit, &dit_bytes, &err) !=
-            DS_OK ||
-        ds_bench_build_model(VAE_CLASS, NULL, NULL, 0, o.dtype, &vae, &vae_bytes, &err) != DS_OK) {
+        ds_bench_build_model(DIT_CLASS, kwargs, NULL, 0, wdt, &dit, &dit_bytes, &err) != DS_OK ||
+        ds_bench_build_model(VAE_CLASS, NULL, NULL, 0, wdt, &vae, &vae_bytes, &err) != DS_OK) {
         code = report_failure(&o, "error", err.message, 1);
         goto out;
     }
     uint64_t weight_bytes = te_bytes + dit_bytes + vae_bytes;
     fprintf(stderr, "pipeline_bench: models built in %.1f s (%.2f GB of weights)\n",
             ds_bench_now_s() - build_start, (double)weight_bytes * 1e-9);
-    if (strcmp(o.backend, "cpu") != 0 &&
-        ds_vram_manager_create(b, DS_VRAM_UNLIMITED, 2, &mgr, &err) != DS_OK) {
+    int cpu = strcmp(o.backend, "cpu") == 0;
+    if ((!cpu && ds_vram_manager_create(b, DS_VRAM_UNLIMITED, 2, &mgr, &err) != DS_OK) ||
+        (cpu && o.convert_limit != 0 &&
+         ds_vram_manager_create(b, o.convert_limit, 0, &conv, &err) != DS_OK)) {
         code = report_failure(&o, "error", err.message, 1);
         goto out;
     }
 
     ds_qwen_image_models models = {.text_encoder = &te, .dit = &dit, .vae = &vae};
-    ds_step_context ctx = {.backend = b, .vram = mgr};
+    ds_step_context ctx = {.backend = b, .vram = mgr, .convert = conv};
     int finite = 1;
+    uint64_t hash = 0;
     for (int r = -o.warmup; r < o.repeats; r++) {
         sample s = {0};
         int ok = 1;
-        if (run_pipeline(&o, &models, &ctx, &s, &ok, &err) != 0) {
+        if (run_pipeline(&o, &models, &ctx, &s, &ok, &hash, &err) != 0) {
             code = report_failure(&o, "error", err.message, 1);
             goto out;
         }
@@ -264,6 +305,15 @@ int main(int argc, char **argv)
         ds_vram_stats_get(mgr, &st);
         printf(", \"vram_peak_bytes\": %zu", st.peak_bytes);
     }
+    ds_vram_stats cs = {0};
+    if (conv)
+        ds_vram_stats_get(conv, &cs);
+    if (cpu && o.convert_limit == DS_VRAM_UNLIMITED)
+        printf(", \"convert_limit\": \"none\"");
+    else if (cpu)
+        printf(", \"convert_limit\": %zu", o.convert_limit);
+    printf(", \"converted_bytes\": %zu, \"conversions\": %llu, \"output_fnv1a64\": \"%016llx\"",
+           cs.resident_bytes, (unsigned long long)cs.loads, (unsigned long long)hash);
     printf(", \"memory\": \"alloc_peak_bytes: most bytes live at once through the backend's "
            "alloc slot (weights copied in, activations; not op scratch)\", \"timing\": "
            "\"monotonic clock around pipeline new + every advance (encode, %d steps, decode + "
@@ -272,8 +322,9 @@ int main(int argc, char **argv)
     fflush(stdout);
     code = finite ? 0 : 1;
 out:
-    /* The manager first: it holds the weights' device copies and points at the host ones. */
+    /* The managers first: they hold copies of the weights and point at the host ones. */
     ds_vram_manager_destroy(mgr);
+    ds_vram_manager_destroy(conv);
     ds_bench_free_model(&te);
     ds_bench_free_model(&dit);
     ds_bench_free_model(&vae);

@@ -11,7 +11,10 @@ Takes pipeline_bench's arguments and prints one JSON line with the same fields, 
   tokenizer     transformers' Qwen2Tokenizer from --tokenizer, loaded once as from_pretrained does,
 every model in the compute dtype on the device (upstream's "basic" configuration: no VRAM
 management), weights uniform in [-0.02, 0.02] (1-D norm weights and the VAE's RMS gammas:
-1 + that), as pipeline_bench fills ours. One call is pipe(prompt, negative_prompt="",
+1 + that), as pipeline_bench fills ours. With --weights-dtype (bf16 files at --dtype f32) the
+models are built and filled in that dtype, then cast to --dtype, as upstream's loader casts a
+bf16 file's state dict to torch_dtype float32 once at load: the same rounded values, computed in
+f32. One call is pipe(prompt, negative_prompt="",
 cfg_scale, height, width, seed=0, num_inference_steps) under torch.no_grad with the progress bar
 off; torch.set_num_threads(THREADS) on the CPU. Warm-up, then the median of --repeats calls,
 each timed with perf_counter around the call and a synchronize.
@@ -50,6 +53,8 @@ def parse_args(argv):
     p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
+    p.add_argument("--weights-dtype", choices=sorted(DTYPES), default=None,
+                   help="the weights' dtype as stored, cast to --dtype at load (default: --dtype)")
     p.add_argument("--te-layers", type=int, default=1)
     p.add_argument("--dit-layers", type=int, default=1)
     p.add_argument("--height", type=int, default=256)
@@ -65,6 +70,7 @@ def parse_args(argv):
         p.error("--repeats, --te-layers, --dit-layers, --steps >= 1, --warmup >= 0, "
                 "--height and --width >= 16")
     a.dtype = DTYPES[a.dtype]
+    a.weights_dtype = DTYPES[a.weights_dtype] if a.weights_dtype else a.dtype
     return a
 
 
@@ -81,7 +87,7 @@ def build_vae(a, device):
     from diffsynth.models.qwen_image_vae import QwenImageVAE
     # Built on the CPU, not on the meta device: its latent mean and std are plain tensors made
     # in the constructor, which to_empty would not materialise. It is small (127 M parameters).
-    model = QwenImageVAE().to(dtype=a.dtype, device=device)
+    model = QwenImageVAE().to(dtype=a.weights_dtype, device=device)
     gen = torch.Generator(device=device).manual_seed(0x5EED)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -92,12 +98,15 @@ def build_vae(a, device):
 
 
 def build(a, device):
-    """(text_encoder, dit, vae), built with the other benches' builders."""
+    """(text_encoder, dit, vae), built with the other benches' builders in the weights' dtype,
+    then cast to the compute dtype (a no-op without --weights-dtype)."""
     te_anchor = load_anchor("text_encoder_anchor", "text_encoder")
     dit_anchor = load_anchor("qwen_image_dit_anchor", "qwen_image_dit")
-    text_encoder = te_anchor.build(argparse.Namespace(layers=a.te_layers, dtype=a.dtype), device)
-    dit = dit_anchor.build(argparse.Namespace(layers=a.dit_layers, dtype=a.dtype), device)
-    return text_encoder, dit, build_vae(a, device)
+    stored = a.weights_dtype
+    text_encoder = te_anchor.build(argparse.Namespace(layers=a.te_layers, dtype=stored), device)
+    dit = dit_anchor.build(argparse.Namespace(layers=a.dit_layers, dtype=stored), device)
+    models = (text_encoder, dit, build_vae(a, device))
+    return tuple(m.to(dtype=a.dtype) for m in models)
 
 
 def weight_bytes(*models):
@@ -133,6 +142,7 @@ def main(argv):
     a = parse_args(argv)
     line = {"impl": "upstream", "backend": a.backend, "model": "QwenImagePipeline",
             "te_layers": a.te_layers, "dit_layers": a.dit_layers, "dtype": NAMES[a.dtype],
+            "weights_dtype": NAMES[a.weights_dtype],
             "height": a.height, "width": a.width, "steps": a.steps, "cfg": a.cfg,
             "prompt_tokens": 60, "threads": a.threads, "torch": torch.__version__}
     ready = set_up(a, line, ("diffsynth", "transformers"))

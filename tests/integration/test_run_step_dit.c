@@ -7,7 +7,8 @@
  *   - a DEEP_LAYERS-block DiT whose data region is a hole (all-zero weights, no disk), slow
  *     enough per block for a cancel to land mid-step.
  * Checks: the golden forward from two clients at once against upstream's bf16 output (and
- * bit-identical between them), progress events, cancel of a running step, a client leaving
+ * bit-identical between them), the same weights at f32 kept converted by the CPU default (the
+ * model's host tier), progress events, cancel of a running step, a client leaving
  * mid-step, bad shapes and dtypes, and `diffsynth run-step` end to end. Every model file is removed at the end, also
  * when the test is killed (SIGTERM from meson's timeout) or crashes. */
 #include <errno.h>
@@ -489,6 +490,102 @@ static void test_golden_two_clients(void)
     check_unharmed();
 }
 
+/* --- The CPU default converts once: bf16 weights at f32 ---------------------------------- */
+
+/* The bytes of model `id`'s tier `tier` in ListModels; -1 when the model or tier is absent. */
+static long long tier_bytes(const char *id, const char *tier)
+{
+    ds_client *c = it_connect(&env);
+    if (!c)
+        return -1;
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_list_models_tag;
+    long long bytes = -1;
+    if (it_call(c, &req, &resp) == DS_CLIENT_OK) {
+        const diffsynth_v1_ListModelsResponse *r = &resp.body.list_models_result;
+        for (pb_size_t i = 0; i < r->models_count; i++)
+            if (strcmp(r->models[i].model_id, id) == 0)
+                for (pb_size_t t = 0; t < r->models[i].tiers_count; t++)
+                    if (strcmp(r->models[i].tiers[t].tier, tier) == 0)
+                        bytes = (long long)r->models[i].tiers[t].bytes;
+    }
+    ds_client_envelope_free(&resp);
+    ds_client_close(c);
+    return bytes;
+}
+
+/* One golden step with the f32 inputs (latents, prompt_emb): noise_pred f32 into *res. */
+static int f32_step(ds_client_step_result *res, char *error, size_t size)
+{
+    ds_client *c = it_connect(&env);
+    if (!c)
+        return DS_CLIENT_ECONNECT;
+    ds_client_tensor in[3] = {golden_input("latents", "latents"),
+                              golden_input("prompt_emb", "prompt_emb"),
+                              golden_input("timestep", "timestep")};
+    ds_client_step_request r = {.model_id = golden_id, .inputs = in, .input_count = 3};
+    int rc = ds_client_run_step(c, &r, res, STEP_TIMEOUT_MS, NULL, NULL, NULL);
+    if (rc != DS_CLIENT_OK)
+        snprintf(error, size, "%s", ds_client_last_error(c));
+    ds_client_close(c);
+    return rc;
+}
+
+/* The daemon runs without --vram-limit, its CPU default: a bf16 step leaves the golden model's
+ * weights in place (no host tier bytes); an f32 step from its bf16 file keeps the Linear weights
+ * converted to f32 in host memory (the host tier grows past the file's bytes by about half), a
+ * second f32 step gives the same bytes, within the bf16 weights' budget of upstream's f32
+ * output; the next bf16 step drops the converted copies again. That the copies are made once and
+ * give the bytes of the per-call widening is the vram tests' (test_vram_dit). */
+static void test_f32_converted_once(void)
+{
+    long long disk = tier_bytes(golden_id, "disk");
+    CHECK_MSG(tier_bytes(golden_id, "host") == 0, "host tier %lld before an f32 step",
+              tier_bytes(golden_id, "host"));
+    ds_client_step_result res[2];
+    memset(res, 0, sizeof res);
+    char error[512];
+    for (int i = 0; i < 2; i++) {
+        int rc = f32_step(&res[i], error, sizeof error);
+        CHECK_MSG(rc == DS_CLIENT_OK, "f32 step %d: rc %d: %s", i, rc, error);
+        if (rc != DS_CLIENT_OK)
+            goto done;
+        long long host = tier_bytes(golden_id, "host");
+        fprintf(stderr, "  f32 step %d: computed %.2f s, host tier %lld bytes, disk %lld\n", i,
+                res[i].compute_s, host, disk);
+        CHECK_MSG(disk > 0 && host > disk + disk / 2 && host < 2 * disk + (64 << 20),
+                  "f32 step %d: host tier %lld bytes, disk %lld", i, host, disk);
+    }
+    REQUIRE(res[0].output_count == 1 && res[1].output_count == 1);
+    const ds_client_tensor *t = &res[0].outputs[0];
+    const ds_tensor_view *want = golden_view("noise_pred_f32");
+    REQUIRE(want && t->dtype == diffsynth_v1_DType_F32 && t->nbytes == want->nbytes);
+    CHECK(res[1].outputs[0].nbytes == t->nbytes &&
+          memcmp(res[1].outputs[0].data, t->data, t->nbytes) == 0);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < t->nbytes / 4; i++) {
+        double a = ((const float *)t->data)[i], b = ds_load_f64(want->data, want->dtype, i);
+        num += (a - b) * (a - b);
+        den += b * b;
+    }
+    double rel = den > 0 ? sqrt(num / den) : INFINITY;
+    fprintf(stderr, "  f32 noise_pred relative L2 vs upstream f32: %.3e\n", rel);
+    CHECK(rel < BF16_BUDGET);
+
+    worker_arg w;
+    memset(&w, 0, sizeof w);
+    golden_worker(&w);
+    CHECK_MSG(w.rc == DS_CLIENT_OK, "bf16 step: rc %d: %s", w.rc, w.error);
+    if (w.rc == DS_CLIENT_OK)
+        check_noise_pred(&w.res, "bf16 after f32");
+    ds_client_step_result_free(&w.res);
+    CHECK(tier_bytes(golden_id, "host") == 0);
+done:
+    ds_client_step_result_free(&res[0]);
+    ds_client_step_result_free(&res[1]);
+    check_unharmed();
+}
+
 /* --- 2 and 3: cancel of a running step, then a full one on the same model ------------------ */
 
 static void test_cancel_running(void)
@@ -774,8 +871,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err.message);
         return 1;
     }
-    static const char *const needed[] = {"latents_bf16", "prompt_emb_bf16",
-                                         "timestep", "noise_pred_bf16"};
+    static const char *const needed[] = {"latents_bf16", "prompt_emb_bf16", "timestep",
+                                         "noise_pred_bf16", "latents", "prompt_emb",
+                                         "noise_pred_f32"};
     for (size_t i = 0; i < sizeof needed / sizeof needed[0]; i++)
         if (!golden_view(needed[i])) {
             fprintf(stderr, "%s has no tensor \"%s\"\n", path, needed[i]);
@@ -795,6 +893,7 @@ int main(int argc, char **argv)
         return 1;
     }
     RUN(test_golden_two_clients);
+    RUN(test_f32_converted_once);
     RUN(test_cancel_running);
     RUN(test_client_leaves);
     RUN(test_bad_inputs);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/float_convert.h"
 #include "kernels/ops.h"
 #include "models/module.h"
 #include "test.h"
@@ -224,6 +225,113 @@ static void test_managed(void)
 }
 
 
+/* Rewrites the tree's parameters as bf16 (rounded from their f32 values) into *half. */
+static int to_bf16(ds_loaded_model *m, uint16_t **half)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < m->params.count; i++)
+        total += (size_t)ds_tensor_view_numel(&m->params.entries[i].tensor);
+    uint16_t *p = *half = malloc(total * sizeof *p);
+    for (size_t i = 0; p && i < m->params.count; i++) {
+        ds_tensor_view *v = &m->params.entries[i].tensor;
+        size_t n = (size_t)ds_tensor_view_numel(v);
+        ds_convert_from_f32(v->data, n, DS_BF16, p);
+        v->data = p;
+        v->dtype = DS_BF16;
+        v->nbytes = n * sizeof *p;
+        p += n;
+    }
+    return *half != NULL;
+}
+
+/* A bf16 parameter's values widened to f32, compared with an operand. */
+static int widened(const ds_tensor *t, const ds_loaded_model *m, const char *name)
+{
+    const ds_tensor_view *v = param(m, name);
+    if (!v || !t->data || t->dtype != DS_F32 || v->dtype != DS_BF16)
+        return 0;
+    size_t n = (size_t)ds_tensor_view_numel(v);
+    float *f = malloc(n * sizeof *f);
+    if (!f)
+        return 0;
+    ds_convert_to_f32(v->data, DS_BF16, n, f);
+    int eq = memcmp(f, t->data, n * sizeof *f) == 0;
+    free(f);
+    return eq;
+}
+
+/* A manager of converted weights only (ds_step_context.convert, the CPU daemon's default): an
+ * f32 tree at f32 compute never registers and binds its weights in place; the same tree in
+ * bf16 registers at f32 compute, its Linear weights acquired as f32 copies of the bf16 values,
+ * converted once (a second forward hits), activations not counted; at bf16 compute it is bound
+ * in place again, and past the budget at f32 too (the linear widens per call). */
+static void test_convert_only(void)
+{
+    ds_loaded_model m;
+    float *data = NULL;
+    uint16_t *half = NULL;
+    ds_vram_manager *conv = NULL;
+    ds_error err;
+    ds_module_run run;
+    block_weights w;
+    ds_vram_model_stats ms;
+    ds_vram_stats vs;
+    REQUIRE(build((const int64_t[]){5, 0, 2}, &m, &data));
+    REQUIRE(ds_vram_manager_create(cpu, DS_VRAM_UNLIMITED, 0, &conv, &err) == DS_OK);
+
+    REQUIRE(ds_module_open_compute(&run, &toy, &m, cpu, NULL, conv, DS_F32, 1, "forward", &err) ==
+            DS_OK);
+    CHECK(run.vram == NULL && !ds_vram_owner_stats(conv, &m, &ms));
+    REQUIRE(ds_module_use(&run, 1, 1, 1, &w, &err) == DS_OK);
+    CHECK(w.fc.data == param(&m, "blocks.1.fc.weight")->data);
+    ds_module_close(&run);
+
+    REQUIRE(to_bf16(&m, &half));
+    REQUIRE(ds_module_open_compute(&run, &toy, &m, cpu, NULL, conv, DS_F32, 1, "forward", &err) ==
+            DS_OK);
+    REQUIRE(run.vram != NULL);
+    CHECK(run.convert_only);
+    CHECK(ds_module_reserve(&run, "forward: activations", 1000, &err) == DS_OK);
+    REQUIRE(ds_module_use(&run, 1, 1, 1, &w, &err) == DS_OK);
+    CHECK(widened(&w.fc, &m, "blocks.1.fc.weight"));
+    /* Not a Linear's weight: kept in its operand dtype, as stored. */
+    CHECK(w.conv.weight.dtype == DS_BF16 && w.conv.bias.dtype == DS_BF16);
+    ds_vram_model *first = run.vram;
+    ds_module_close(&run);
+    ds_vram_stats_get(conv, &vs);
+    CHECK(vs.activation_bytes == 0 && vs.peak_bytes == vs.resident_bytes && vs.loads == 1);
+    REQUIRE(ds_module_open_compute(&run, &toy, &m, cpu, NULL, conv, DS_F32, 1, "forward", &err) ==
+            DS_OK);
+    CHECK(run.vram == first);
+    REQUIRE(ds_module_use(&run, 1, 1, 1, &w, &err) == DS_OK);
+    CHECK(widened(&w.fc, &m, "blocks.1.fc.weight"));
+    ds_module_close(&run);
+    ds_vram_stats_get(conv, &vs);
+    CHECK(vs.loads == 1 && vs.hits == 1);
+
+    REQUIRE(ds_module_open_compute(&run, &toy, &m, cpu, NULL, conv, DS_BF16, 1, "forward", &err) ==
+            DS_OK);
+    CHECK(run.vram == NULL && !ds_vram_owner_stats(conv, &m, &ms));
+    REQUIRE(ds_module_use(&run, 1, 1, 1, &w, &err) == DS_OK);
+    CHECK(w.fc.data == param(&m, "blocks.1.fc.weight")->data && w.fc.dtype == DS_BF16);
+    ds_module_close(&run);
+
+    REQUIRE(ds_vram_set_budget(conv, 256, &err) == DS_OK);
+    REQUIRE(ds_module_open_compute(&run, &toy, &m, cpu, NULL, conv, DS_F32, 1, "forward", &err) ==
+            DS_OK);
+    CHECK(run.vram == NULL && !ds_vram_owner_stats(conv, &m, &ms));
+    REQUIRE(ds_module_use(&run, 1, 1, 1, &w, &err) == DS_OK);
+    CHECK(w.fc.data == param(&m, "blocks.1.fc.weight")->data && w.fc.dtype == DS_BF16);
+    ds_module_close(&run);
+
+    if (m.release_hook)
+        m.release_hook(m.release_hook_ctx, &m);
+    ds_vram_manager_destroy(conv);
+    ds_state_dict_free(&m.params);
+    free(data);
+    free(half);
+}
+
 /* ---- Instances with their own dims, a unit order, a 1x1 conv as a Linear ---- */
 
 typedef struct pair_weights {
@@ -387,6 +495,7 @@ int main(void)
     RUN(test_declare);
     RUN(test_bound);
     RUN(test_managed);
+    RUN(test_convert_only);
     RUN(test_instances);
     RUN(test_ordered);
     cpu->destroy(cpu);

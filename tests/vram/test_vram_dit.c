@@ -14,7 +14,8 @@
  * linear widens its weight per call; through the manager the Linear weights are converted to
  * f32 once into the fast tier when all of them so converted fit the budget, else streamed as
  * stored. Every budget must give the output of the run without a manager byte for byte, and the
- * manager must have converted exactly where the budget allowed. */
+ * manager must have converted exactly where the budget allowed. Last, the CPU daemon's default:
+ * a manager of converted weights only, at f32 and at bf16. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,9 +77,10 @@ static ds_tensor golden_tensor(const char *name)
 
 /* The golden inputs in `dtype` (bf16 or f32) through the forward, with `vram` (NULL: none);
  * *out allocated here. */
-static int run_forward_as(ds_dtype dtype, ds_vram_manager *vram, ds_tensor *out, ds_error *err)
+static int run_forward_with(ds_dtype dtype, ds_vram_manager *vram, ds_vram_manager *convert,
+                            ds_tensor *out, ds_error *err)
 {
-    ds_step_context ctx = {.backend = cpu, .vram = vram};
+    ds_step_context ctx = {.backend = cpu, .vram = vram, .convert = convert};
     int bf16 = dtype == DS_BF16;
     ds_tensor lat = golden_tensor(bf16 ? "latents_bf16" : "latents");
     ds_tensor emb = golden_tensor(bf16 ? "prompt_emb_bf16" : "prompt_emb");
@@ -90,6 +92,11 @@ static int run_forward_as(ds_dtype dtype, ds_vram_manager *vram, ds_tensor *out,
     if (rc != DS_OK)
         ds_tensor_free(out);
     return rc;
+}
+
+static int run_forward_as(ds_dtype dtype, ds_vram_manager *vram, ds_tensor *out, ds_error *err)
+{
+    return run_forward_with(dtype, vram, NULL, out, err);
 }
 
 static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
@@ -308,6 +315,49 @@ static void test_dtype_switch(void)
 /* The model's release hook (run by ds_loaded_model_free) drops its units. */
 static void test_release_hook(void) { check_release_hook(mgr, &model); }
 
+/* The CPU daemon's default, a manager of converted weights only (ds_step_context.convert, no
+ * `vram`): at f32 the model registers there with its Linear weights in f32, converted once (the
+ * second forward loads nothing), and gives the bytes of the run that widens them per call; at
+ * bf16 nothing converts and the model is bound in place again, registered nowhere. */
+static void test_convert_manager(void)
+{
+    ds_error err;
+    REQUIRE(reference.data && reference32.data);
+    ds_vram_manager *conv;
+    REQUIRE(ds_vram_manager_create(cpu, DS_VRAM_UNLIMITED, 0, &conv, &err) == DS_OK);
+    ds_vram_stats st[2];
+    ds_tensor out;
+    int rc;
+    for (int pass = 0; pass < 2; pass++) {
+        double start = test_now();
+        rc = run_forward_with(DS_F32, NULL, conv, &out, &err);
+        CHECK_MSG(rc == DS_OK, "f32, convert manager, pass %d: %s", pass, err.message);
+        REQUIRE(rc == DS_OK);
+        CHECK_MSG(memcmp(out.data, reference32.data, ds_tensor_nbytes(&reference32)) == 0,
+                  "f32, convert manager, pass %d: differs from the per-call widening", pass);
+        ds_tensor_free(&out);
+        ds_vram_stats_get(conv, &st[pass]);
+        fprintf(stderr, "  f32, convert manager, pass %d: %.2f s, resident %zu, loads %llu\n",
+                pass, test_now() - start, st[pass].resident_bytes,
+                (unsigned long long)st[pass].loads);
+    }
+    ds_vram_model_stats ms;
+    REQUIRE(ds_vram_owner_stats(conv, &model, &ms));
+    CHECK(ms.fast_bytes_total >= weight_bytes + linear_weight_bytes());
+    CHECK(st[0].loads == ms.unit_count && st[1].loads == st[0].loads &&
+          st[1].activation_bytes == 0);
+    rc = run_forward_with(DS_BF16, NULL, conv, &out, &err);
+    CHECK_MSG(rc == DS_OK, "bf16, convert manager: %s", err.message);
+    REQUIRE(rc == DS_OK);
+    CHECK(memcmp(out.data, reference.data, ds_tensor_nbytes(&reference)) == 0);
+    ds_tensor_free(&out);
+    CHECK(!ds_vram_owner_stats(conv, &model, &ms));
+    if (model.release_hook)
+        model.release_hook(model.release_hook_ctx, &model);
+    model.release_hook = NULL;
+    ds_vram_manager_destroy(conv);
+}
+
 int main(void)
 {
     ds_error err;
@@ -338,6 +388,7 @@ int main(void)
     RUN(test_f32_unlimited);
     RUN(test_dtype_switch);
     RUN(test_release_hook);
+    RUN(test_convert_manager);
     ds_vram_manager_destroy(mgr);
     ds_tensor_free(&reference);
     ds_tensor_free(&reference32);

@@ -6,7 +6,8 @@
  * (and stay within the golden test's bf16 limit against upstream); the peak (units plus
  * activations) must stay within a non-zero budget. The token embedding is gathered on the host
  * in both paths and is never a unit. One manager serves every run, its budget raised between
- * them. Last, an fp8 offload config against a forward over weights rounded through fp8,
+ * them. Then the CPU daemon's default, a manager of converted weights only, at f32 and bf16.
+ * Last, an fp8 offload config against a forward over weights rounded through fp8,
  * embedding included. A test file describes its encoder and returns te_vram_main's status. */
 #ifndef DS_TESTS_VRAM_TEXT_ENCODER_VRAM_H
 #define DS_TESTS_VRAM_TEXT_ENCODER_VRAM_H
@@ -85,10 +86,12 @@ static ds_tensor golden_tensor(const char *name)
 }
 
 /* The golden padded batch (ids and mask) through the forward in `dtype` (bf16, or f32 from the
- * bf16 weights), with `vram` (NULL: none); *out allocated here. */
-static int run_forward_as(ds_dtype dtype, ds_vram_manager *vram, ds_tensor *out, ds_error *err)
+ * bf16 weights), with `vram` and `convert` (ds_step_context's; NULL: none); *out allocated
+ * here. */
+static int run_forward_with(ds_dtype dtype, ds_vram_manager *vram, ds_vram_manager *convert,
+                            ds_tensor *out, ds_error *err)
 {
-    ds_step_context ctx = {.backend = cpu, .vram = vram};
+    ds_step_context ctx = {.backend = cpu, .vram = vram, .convert = convert};
     ds_tensor ids = golden_tensor(te->ids), mask = golden_tensor(te->mask);
     int rc = ds_tensor_alloc(cpu, dtype, 3,
                              (const int64_t[]){ids.shape[0], ids.shape[1], te->dim}, out, err);
@@ -98,6 +101,11 @@ static int run_forward_as(ds_dtype dtype, ds_vram_manager *vram, ds_tensor *out,
     if (rc != DS_OK)
         ds_tensor_free(out);
     return rc;
+}
+
+static int run_forward_as(ds_dtype dtype, ds_vram_manager *vram, ds_tensor *out, ds_error *err)
+{
+    return run_forward_with(dtype, vram, NULL, out, err);
 }
 
 static int run_forward(ds_vram_manager *vram, ds_tensor *out, ds_error *err)
@@ -214,6 +222,68 @@ static void test_f32_converted_once(void)
     ds_tensor_free(&want);
 }
 
+/* The CPU daemon's default, a manager of converted weights only (ds_step_context.convert, no
+ * `vram`): at f32 the model registers there with its Linear weights converted, converted once
+ * (a second forward loads nothing and moves no bytes), no activations counted, and gives the
+ * bytes of the run without a manager; at bf16 nothing converts, the model is dropped from it
+ * and bound in place, giving the bf16 reference; with a budget the converted weights do not
+ * fit, f32 binds as stored (widened per call) and registers nothing. The unit test of the module
+ * engine checks the operands themselves (views of the tree, or the widened values). */
+static void test_f32_convert_manager(void)
+{
+    ds_error err;
+    REQUIRE(reference.data);
+    ds_tensor want, out;
+    int rc = run_forward_as(DS_F32, NULL, &want, &err);
+    CHECK_MSG(rc == DS_OK, "f32, no manager: %s", err.message);
+    REQUIRE(rc == DS_OK);
+    ds_vram_manager *conv;
+    REQUIRE(ds_vram_manager_create(cpu, DS_VRAM_UNLIMITED, 0, &conv, &err) == DS_OK);
+    ds_vram_stats st[2];
+    for (int pass = 0; pass < 2; pass++) {
+        rc = run_forward_with(DS_F32, NULL, conv, &out, &err);
+        CHECK_MSG(rc == DS_OK, "f32, convert manager, pass %d: %s", pass, err.message);
+        REQUIRE(rc == DS_OK);
+        CHECK_MSG(memcmp(out.data, want.data, ds_tensor_nbytes(&want)) == 0,
+                  "f32, convert manager, pass %d: differs from the run without a manager", pass);
+        ds_tensor_free(&out);
+        ds_vram_stats_get(conv, &st[pass]);
+    }
+    ds_vram_model_stats ms;
+    REQUIRE(ds_vram_owner_stats(conv, &model, &ms));
+    fprintf(stderr, "  convert manager: %zu units, %zu bytes converted (bf16 %zu), loads %llu "
+            "then %llu, hits %llu\n", ms.unit_count, ms.fast_bytes_total, unit_bytes,
+            (unsigned long long)st[0].loads, (unsigned long long)st[1].loads,
+            (unsigned long long)st[1].hits);
+    CHECK(ms.fast_bytes_total > unit_bytes + unit_bytes / 2 &&
+          ms.fast_bytes == ms.fast_bytes_total);
+    CHECK(st[0].loads == ms.unit_count && st[1].loads == st[0].loads &&
+          st[1].bytes_moved == st[0].bytes_moved && st[1].hits == st[0].hits + ms.unit_count);
+    CHECK(st[1].activation_bytes == 0 && st[1].peak_bytes == st[1].resident_bytes);
+
+    rc = run_forward_with(DS_BF16, NULL, conv, &out, &err);
+    CHECK_MSG(rc == DS_OK, "bf16, convert manager: %s", err.message);
+    REQUIRE(rc == DS_OK);
+    CHECK(memcmp(out.data, reference.data, ds_tensor_nbytes(&reference)) == 0);
+    ds_tensor_free(&out);
+    CHECK(!ds_vram_owner_stats(conv, &model, &ms));
+    ds_vram_stats_get(conv, &st[0]);
+    CHECK(st[0].resident_bytes == 0);
+
+    REQUIRE(ds_vram_set_budget(conv, unit_bytes + unit_bytes / 2, &err) == DS_OK);
+    rc = run_forward_with(DS_F32, NULL, conv, &out, &err);
+    CHECK_MSG(rc == DS_OK, "f32, convert budget too small: %s", err.message);
+    REQUIRE(rc == DS_OK);
+    CHECK(memcmp(out.data, want.data, ds_tensor_nbytes(&want)) == 0);
+    ds_tensor_free(&out);
+    CHECK(!ds_vram_owner_stats(conv, &model, &ms));
+    if (model.release_hook)
+        model.release_hook(model.release_hook_ctx, &model);
+    model.release_hook = NULL;
+    ds_vram_manager_destroy(conv);
+    ds_tensor_free(&want);
+}
+
 /* The model's release hook (run by ds_loaded_model_free) drops its units. */
 static void test_release_hook(void) { check_release_hook(mgr, &model); }
 
@@ -295,6 +365,7 @@ static int te_vram_main(const te_vram_case *c)
     RUN(test_unlimited);
     RUN(test_f32_converted_once);
     RUN(test_release_hook);
+    RUN(test_f32_convert_manager);
     RUN(test_fp8_offload);
     ds_vram_manager_destroy(mgr);
     ds_tensor_free(&reference);
