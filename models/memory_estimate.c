@@ -375,6 +375,76 @@ static int wan_dit_forward(const ds_loaded_model *m, int64_t batch, int64_t toke
     return DS_OK;
 }
 
+/* --- the Wan text encoder (UMT5) ------------------------------------------------------------ */
+
+typedef struct wan_te_widths {
+    uint64_t dim, attn, ffn, heads;
+} wan_te_widths;
+
+/* What models/wan_video_text_encoder.c's alloc_state preallocates for B x S tokens in `dtype`,
+ * and the largest kernel transient. */
+static uint64_t wan_te_forward(const wan_te_widths *w, uint64_t B, uint64_t S, ds_dtype dtype)
+{
+    uint64_t t = ds_dtype_size(dtype);
+    uint64_t rows = sat_mul(B, S), pairs = sat_mul(S, S), head_dim = w->attn / w->heads;
+    /* Per (query, key): the buckets on the device and as built on the host (i32), the bias
+     * gathered per head and its permutation, every head's scores. */
+    uint64_t state = sat_add(sat_mul(pairs, 8), sat_mul3(pairs, w->heads, 2 * t));
+    state = sat_add(state, sat_mul3(sat_mul(B, w->heads), pairs, t));
+    /* Per token: h, x and the branch output (3 widths); q, k, v, the attention output and
+     * their per-head copies (8 attention widths); gate and up; the mask's bias on the host and
+     * the device and its keep flags. */
+    uint64_t per_token =
+        sat_add(sat_mul(t, sat_add(3 * w->dim + 8 * w->attn, 2 * w->ffn)), 2 * t + 1);
+    state = sat_add(state, sat_mul(rows, per_token));
+    /* The largest transient: a linear's, the f32 copies of a non-f32 batched matmul (both
+     * operands and the result: q k^T, then scores v), or the embedding rounded through an
+     * offload dtype (f32 rows and their narrow copy). */
+    uint64_t transient = max_u64(linear_transient(rows, w->dim, w->ffn, dtype),
+                                 linear_transient(rows, w->ffn, w->dim, dtype));
+    transient = max_u64(transient, max_u64(linear_transient(rows, w->dim, w->attn, dtype),
+                                            linear_transient(rows, w->attn, w->dim, dtype)));
+    if (dtype != DS_F32)
+        transient = max_u64(transient, sat_mul3(sat_mul(B, w->heads), 4,
+                                                sat_add(pairs, sat_mul(S, 2 * head_dim))));
+    transient = max_u64(transient, sat_mul3(rows, w->dim, 4 + 4));
+    return sat_add(sat_add(state, transient), MEMORY_SLACK);
+}
+
+int ds_memory_wan_text_encoder(const ds_loaded_model *te, int64_t batch, int64_t tokens,
+                               ds_dtype dtype, uint64_t *peak, uint64_t *hidden_bytes,
+                               ds_error *err)
+{
+    const wan_te_widths w = {param_dim(te, "token_embedding.weight", 1),
+                             param_dim(te, "blocks.0.attn.q.weight", 0),
+                             param_dim(te, "blocks.0.ffn.gate.0.weight", 0),
+                             param_dim(te, "blocks.0.pos_embedding.embedding.weight", 1)};
+    if (!w.dim || !w.attn || !w.ffn || !w.heads || w.attn % w.heads)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: the parameters do not look like a WanTextEncoder's "
+                            "(token_embedding, blocks.0.attn.q, blocks.0.ffn.gate.0, "
+                            "blocks.0.pos_embedding.embedding)",
+                            te->model_name);
+    uint64_t B = pos(batch), S = pos(tokens);
+    if (dtype == DS_DTYPE_INVALID) {
+        *peak = max_u64(wan_te_forward(&w, B, S, DS_F32), wan_te_forward(&w, B, S, DS_BF16));
+        dtype = DS_F32;
+    } else {
+        *peak = wan_te_forward(&w, B, S, dtype);
+    }
+    *hidden_bytes = sat_mul3(sat_mul(B, S), w.dim, ds_dtype_size(dtype));
+    return DS_OK;
+}
+
+/* "forward" over its input_ids, in either compute dtype: its "dtype" parameter chooses. */
+int ds_memory_wan_video_text_encoder(const ds_memory_step_args *a, uint64_t *peak,
+                                     uint64_t *out_bytes, ds_error *err)
+{
+    const ds_memory_input *ids = ds_memory_step_input(a, "input_ids");
+    return ds_memory_wan_text_encoder(a->model, dim_or(ids, 0, 1), dim_or(ids, 1, 0),
+                                      DS_DTYPE_INVALID, peak, out_bytes, err);
+}
+
 int ds_memory_step(const ds_loaded_model *model, const ds_model_step *step,
                    const ds_memory_input *inputs, size_t input_count, int threads,
                    ds_memory_need *out, ds_error *err)

@@ -70,6 +70,14 @@ uint64_t ds_memory_text_encoder(int64_t batch, int64_t tokens, ds_dtype dtype, i
 int ds_memory_vae(const ds_loaded_model *vae, int decode, int64_t batch, int64_t lat_h,
                   int64_t lat_w, ds_dtype dtype, int threads, uint64_t *out, ds_error *err);
 
+/* The activations of a Wan text encoder (UMT5) forward over [batch, tokens] ids in `dtype`
+ * (DS_DTYPE_INVALID: either compute dtype, f32 or bf16, the larger bound), at the widths of
+ * `te`'s parameters; *hidden_bytes = its output. INVALID_ARGUMENT when the parameters do not
+ * look like a WanTextEncoder's. */
+int ds_memory_wan_text_encoder(const ds_loaded_model *te, int64_t batch, int64_t tokens,
+                               ds_dtype dtype, uint64_t *peak, uint64_t *hidden_bytes,
+                               ds_error *err);
+
 /* A RunStep of `step` (the class's, or one a pipeline adds to it) on `model` with these inputs
  * (shapes as the request gives them; the step itself checks them later): held = the inputs'
  * and outputs' bytes (twice for outputs, which are encoded into the reply), peak = the step's
@@ -81,9 +89,11 @@ int ds_memory_step(const ds_loaded_model *model, const ds_model_step *step,
 
 /* The bounds of this build's steps (ds_model_step.memory): the Qwen-Image DiT's and the Wan
  * DiT's "forward", the Qwen-Image VAE's "decode" and "encode", the Qwen-Image text encoder's
- * "forward" and the "encode_prompt" the Qwen-Image pipeline adds to it. */
+ * "forward" and the "encode_prompt" the Qwen-Image pipeline adds to it, the Wan text encoder's
+ * "forward". */
 ds_step_memory_fn ds_memory_qwen_image_dit_forward, ds_memory_wan_video_dit_forward,
-    ds_memory_qwen_image_vae, ds_memory_qwen_image_text_encoder;
+    ds_memory_qwen_image_vae, ds_memory_qwen_image_text_encoder,
+    ds_memory_wan_video_text_encoder;
 
 /* What a Qwen-Image pipeline run needs: an output of height x width (already rounded to 16),
  * `dtype`, a prompt and negative prompt of these byte lengths (a token is at least one byte),

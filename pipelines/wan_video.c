@@ -509,6 +509,15 @@ static int encode_prompt_step(const ds_loaded_model *m, const ds_step_context *c
                                   ds_wan_encode_prompt, err);
 }
 
+/* encode_prompt's bound: the text encoder over the tokenizer's whole sequence (the ids are
+ * padded to it), in either compute dtype (its "dtype" parameter chooses). */
+static int encode_prompt_memory(const ds_memory_step_args *a, uint64_t *peak,
+                                uint64_t *out_bytes, ds_error *err)
+{
+    return ds_memory_wan_text_encoder(a->model, 1, DS_WAN_TOKENIZER_SEQ_LEN, DS_DTYPE_INVALID,
+                                      peak, out_bytes, err);
+}
+
 /* WanVideoUnit_PromptEmbedder for one side. */
 static int encode_prompt(wan_run *p, const ds_step_context *ctx, const char *prompt,
                          ds_step_io *out, ds_error *err)
@@ -1219,7 +1228,7 @@ static const ds_pipeline_tensor outputs[] = {
 
 static const ds_pipeline_class_step class_steps[] = {
     {TEXT_ENCODER_CLASS,
-     DS__ENCODE_PROMPT_STEP(encode_prompt_step, NULL,
+     DS__ENCODE_PROMPT_STEP(encode_prompt_step, encode_prompt_memory,
                             "google/umt5-xxl/ with spiece.model beside the model's file, as "
                             "in Wan-AI/Wan2.1-T2V-1.3B",
                             "context [1, 512, dim] (4096): upstream's Wan prompt embedder, zero "

@@ -1,7 +1,7 @@
 /* Memory admission: the ledger (alone too large, too large beside the admitted requests, the
  * held bytes summed and the largest peak counted once, release) and the estimates' arithmetic
  * (saturation instead of wrap-around on hostile shapes, growth with the size, a step without a
- * bound refused). The estimates against real allocations:
+ * bound refused, the Wan text encoder's). The estimates against real allocations:
  * tests/integration/test_memory_admission.c. */
 #include <stdint.h>
 #include <stdio.h>
@@ -167,6 +167,43 @@ static void test_vae_levels(void)
     ds_state_dict_free(&m.params);
 }
 
+/* The Wan text encoder's bound at the widths of its declared tree: at least the per-token
+ * activations and every head's scores of the forward, both dtypes' when asked for either,
+ * saturating on a hostile shape. */
+static void test_wan_text_encoder(void)
+{
+    ds_loaded_model m;
+    memset(&m, 0, sizeof m);
+    m.model_name = "wan_video_text_encoder";
+    ds_state_dict_init(&m.params);
+    ds_error err;
+    ds_error_clear(&err);
+    REQUIRE(ds_model_class_declare(
+                ds_model_class_find("diffsynth.models.wan_video_text_encoder.WanTextEncoder"),
+                "{\"num_layers\": 1}", &m.params, &err) == DS_OK);
+    uint64_t f32 = 0, bf16 = 0, either = 0, hidden = 0;
+    REQUIRE(ds_memory_wan_text_encoder(&m, 1, 512, DS_F32, &f32, &hidden, &err) == DS_OK);
+    CHECK(hidden == (uint64_t)512 * 4096 * 4);
+    /* h, x, out, q, k, v, attn, four per-head copies, gate and up; 64 heads' scores. */
+    CHECK(f32 >= (uint64_t)512 * (11 * 4096 + 2 * 10240) * 4 + (uint64_t)64 * 512 * 512 * 4);
+    REQUIRE(ds_memory_wan_text_encoder(&m, 1, 512, DS_BF16, &bf16, &hidden, &err) == DS_OK);
+    CHECK(hidden == (uint64_t)512 * 4096 * 2 && bf16 < f32);
+    REQUIRE(ds_memory_wan_text_encoder(&m, 1, 512, DS_DTYPE_INVALID, &either, &hidden, &err) ==
+            DS_OK);
+    CHECK(either == f32 && hidden == (uint64_t)512 * 4096 * 4);
+    REQUIRE(ds_memory_wan_text_encoder(&m, INT64_MAX, INT64_MAX, DS_F32, &f32, &hidden, &err) ==
+            DS_OK);
+    CHECK(f32 == UINT64_MAX && hidden == UINT64_MAX);
+    ds_loaded_model other;
+    memset(&other, 0, sizeof other);
+    other.model_name = "not_t5";
+    ds_state_dict_init(&other.params);
+    CHECK(ds_memory_wan_text_encoder(&other, 1, 8, DS_F32, &f32, &hidden, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "not_t5: the parameters do not look like a WanTextEncoder's");
+    ds_state_dict_free(&m.params);
+}
+
 int main(void)
 {
     RUN(test_alone_too_large);
@@ -175,5 +212,6 @@ int main(void)
     RUN(test_estimates_arithmetic);
     RUN(test_unknown_step);
     RUN(test_vae_levels);
+    RUN(test_wan_text_encoder);
     return test_summary();
 }
