@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "models/model_loader.h"
 #include "models/model_step.h"
+#include "models/wan_video_vae.h"
 
 typedef struct ds_memory_need {
     /* Held from acceptance to the reply: inputs copied out of the request, the pipeline's state
@@ -78,6 +79,16 @@ int ds_memory_wan_text_encoder(const ds_loaded_model *te, int64_t batch, int64_t
                                ds_dtype dtype, uint64_t *peak, uint64_t *hidden_bytes,
                                ds_error *err);
 
+/* The activations of a Wan VAE (WanVideoVAE or WanVideoVAE38) decode of latents [batch, z,
+ * frames, height, width] (decode 1) or encode of a video [batch, 3, frames, height, width]
+ * (decode 0) in `dtype`, untiled or in `tiling`'s tiles, with the widths of every convolution
+ * read from `vae`'s parameters; *out_bytes = its output. INVALID_ARGUMENT when the parameters
+ * do not look like a Wan VAE's. */
+int ds_memory_wan_vae(const ds_loaded_model *vae, int decode, int64_t batch, int64_t frames,
+                      int64_t height, int64_t width, const ds_wan_video_vae_tiling *tiling,
+                      ds_dtype dtype, int threads, uint64_t *peak, uint64_t *out_bytes,
+                      ds_error *err);
+
 /* A RunStep of `step` (the class's, or one a pipeline adds to it) on `model` with these inputs
  * (shapes as the request gives them; the step itself checks them later): held = the inputs'
  * and outputs' bytes (twice for outputs, which are encoded into the reply), peak = the step's
@@ -90,10 +101,10 @@ int ds_memory_step(const ds_loaded_model *model, const ds_model_step *step,
 /* The bounds of this build's steps (ds_model_step.memory): the Qwen-Image DiT's and the Wan
  * DiT's "forward", the Qwen-Image VAE's "decode" and "encode", the Qwen-Image text encoder's
  * "forward" and the "encode_prompt" the Qwen-Image pipeline adds to it, the Wan text encoder's
- * "forward". */
+ * "forward", the Wan VAEs' "decode" and "encode". */
 ds_step_memory_fn ds_memory_qwen_image_dit_forward, ds_memory_wan_video_dit_forward,
     ds_memory_qwen_image_vae, ds_memory_qwen_image_text_encoder,
-    ds_memory_wan_video_text_encoder;
+    ds_memory_wan_video_text_encoder, ds_memory_wan_video_vae;
 
 /* What a Qwen-Image pipeline run needs: an output of height x width (already rounded to 16),
  * `dtype`, a prompt and negative prompt of these byte lengths (a token is at least one byte),

@@ -11,7 +11,8 @@
  *   - the estimates the daemon admits with are upper bounds of what it really allocates: its
  *     peak anonymous memory while a DiT step or a pipeline runs, sampled from /proc, for a few
  *     sizes, is below the estimate, and the estimate is not absurdly above it; for the Wan
- *     steps (the text encoder's forward) within WAN_MAX_RATIO of it.
+ *     steps (the text encoder's forward, the VAEs' decode and encode) within WAN_MAX_RATIO
+ *     of it.
  * The daemon runs under RLIMIT_AS, so a request the estimates let through by mistake fails an
  * allocation instead of the kernel killing the process (not under AddressSanitizer, whose
  * shadow memory needs the whole address space; the RSS checks are skipped there too, its
@@ -19,7 +20,8 @@
  *
  * The models are those of test_run_pipeline: header-only safetensors (zero weights) of the DiT
  * and text encoder cut to one block, the real VAE key list, the test tokenizer; and the Wan
- * text encoder cut to one block (it_make_wan_video_set). */
+ * text encoder cut to one block and the real Wan2.1 and Wan2.2 VAE key lists
+ * (it_make_wan_video_set, it_make_model). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -33,8 +35,8 @@
 #include "test.h"
 
 #define RUN_TIMEOUT_MS 600000
-/* The daemon's address space: the mapped models (~3.5 GB of holes, 2.5 GB more with the Wan
- * text encoder) and room for the requests the estimates admit. */
+/* The daemon's address space: the mapped models (~3.5 GB of holes, 4 GB more with the Wan
+ * text encoder and VAEs) and room for the requests the estimates admit. */
 #define ADDRESS_SPACE ((uint64_t)12 << 30)
 #define FAIR_JOBS 6
 #define FAIR_STEPS 2
@@ -56,7 +58,7 @@
 static it_env env;
 static it_qwen_image_set set;
 static it_wan_video_set wan;
-static char dit_id[32], wan_te_id[32];
+static char dit_id[32], wan_te_id[32], wan_vae_id[32], wan_vae38_id[32];
 static uint8_t *reference_latents;
 static size_t reference_size;
 
@@ -675,6 +677,28 @@ static void measure_wan_text_encoder(ds_client *c, int64_t tokens, const char *d
     free((void *)ids.data);
 }
 
+/* A Wan VAE's decode of zero latents [1, z, T, h, w] or encode of a zero video
+ * [1, 3, T, h, w], in f32 or bf16 (the compute dtype is the input's). */
+static void measure_wan_vae(ds_client *c, const char *id, const char *name, int decode,
+                            int64_t z, int64_t T, int64_t h, int64_t w, int bf16)
+{
+    int64_t channels = decode ? z : 3;
+    size_t bytes = (size_t)(channels * T * h * w) * (bf16 ? 2 : 4);
+    ds_client_tensor x = {decode ? "latents" : "video",
+                          bf16 ? diffsynth_v1_DType_BF16 : diffsynth_v1_DType_F32,
+                          5,
+                          {1, channels, T, h, w},
+                          calloc(1, bytes),
+                          bytes};
+    REQUIRE(x.data);
+    char label[96];
+    snprintf(label, sizeof label, "%s %s [%lld, %lld, %lld], %s", name,
+             decode ? "decode" : "encode", (long long)T, (long long)h, (long long)w,
+             bf16 ? "bf16" : "f32");
+    measure_step(c, id, decode ? "decode" : "encode", &x, 1, NULL, 0, label, WAN_MAX_RATIO);
+    free((void *)x.data);
+}
+
 static void measure_pipeline(ds_client *c, const char *side)
 {
     const ds_client_step_param params[] = {
@@ -729,6 +753,12 @@ static void test_wan_estimates_bound_peak(void)
     measure_wan_text_encoder(c, 512, "bfloat16");
     measure_wan_text_encoder(c, 512, "float32");
     measure_wan_text_encoder(c, 1024, "bfloat16");
+    measure_wan_vae(c, wan_vae_id, "Wan2.1 VAE", 1, 16, 2, 16, 16, 0);
+    measure_wan_vae(c, wan_vae_id, "Wan2.1 VAE", 0, 16, 5, 128, 128, 0);
+    measure_wan_vae(c, wan_vae38_id, "Wan2.2 VAE", 1, 48, 2, 8, 8, 0);
+    measure_wan_vae(c, wan_vae38_id, "Wan2.2 VAE", 0, 48, 5, 192, 192, 0);
+    measure_wan_vae(c, wan_vae_id, "Wan2.1 VAE", 1, 16, 3, 24, 24, 1);
+    measure_wan_vae(c, wan_vae38_id, "Wan2.2 VAE", 0, 48, 9, 160, 160, 1);
     ds_client_close(c);
 }
 
@@ -752,9 +782,15 @@ int main(int argc, char **argv)
     setenv("MALLOC_MMAP_THRESHOLD_", "131072", 1);
     const char *extra[] = {"--model-configs", set.configs, "--model-configs", wan.configs,
                            "--threads", "2", NULL};
-    char *wan_te[] = {wan.text_encoder};
-    if (it_daemon_start(&env, extra) != 0 ||
-        it_load(&env, wan_te, 1, wan_te_id, sizeof wan_te_id) != 0) {
+    char *wan_te[] = {wan.text_encoder}, *wan_vae[] = {wan.vae}, **vae38 = NULL;
+    size_t vae38_count = 0;
+    int ready = it_make_model(&env, "wan2.2_vae", "wan-vae38", 1, &vae38, &vae38_count) == 0 &&
+                it_daemon_start(&env, extra) == 0 &&
+                it_load(&env, wan_te, 1, wan_te_id, sizeof wan_te_id) == 0 &&
+                it_load(&env, wan_vae, 1, wan_vae_id, sizeof wan_vae_id) == 0 &&
+                it_load(&env, vae38, vae38_count, wan_vae38_id, sizeof wan_vae38_id) == 0;
+    ds_st_paths_free(vae38, vae38_count);
+    if (!ready) {
         it_env_cleanup(&env);
         return 1;
     }
