@@ -1,7 +1,8 @@
 /* Memory admission and fair turns, through a real daemon:
  *   - RunPipeline 8192 x 8192 x 1000 steps is refused with RESOURCE_EXHAUSTED naming its size
  *     and the limit (it used to get the daemon killed by the kernel), and so is a valid-shaped
- *     DiT RunStep with 56 MiB of latents, sent inline in one frame as a careless client would;
+ *     DiT RunStep with 56 MiB of latents, sent inline in one frame as a careless client would,
+ *     and a Wan VAE decode of 81 frames of 960 x 1664;
  *     meanwhile another client's small pipeline completes with the same latents as alone;
  *   - a small job of one client, behind six pipelines queued by another, waits about one unit
  *     per turn, not for the six pipelines;
@@ -762,6 +763,40 @@ static void test_wan_estimates_bound_peak(void)
     ds_client_close(c);
 }
 
+/* A Wan VAE decode whose bound exceeds the request memory limit (the decoder's caches and
+ * activations for 81 frames of 960 x 1664, many times the machine's memory) is refused at once
+ * by name, before it runs; the daemon stays up. */
+static void test_huge_wan_vae_step_refused(void)
+{
+    const int64_t shape[5] = {1, 16, 21, 120, 208};
+    size_t bytes = (size_t)(16 * 21 * 120 * 208) * 4;
+    ds_client_tensor x = {"latents", diffsynth_v1_DType_F32, 5, {0}, calloc(1, bytes), bytes};
+    memcpy(x.shape, shape, sizeof shape);
+    REQUIRE(x.data);
+    ds_client *c = it_connect(&env);
+    REQUIRE(c);
+    ds_client_step_request req = {.model_id = wan_vae_id, .step = "decode", .inputs = &x,
+                                  .input_count = 1};
+    ds_client_step_result res;
+    double start = now_s();
+    int rc = ds_client_run_step(c, &req, &res, RUN_TIMEOUT_MS, NULL, NULL, NULL);
+    double took = now_s() - start;
+    CHECK(rc == DS_CLIENT_EDAEMON);
+    CHECK(ds_client_last_code(c) == diffsynth_v1_Code_RESOURCE_EXHAUSTED);
+    const char *message = ds_client_last_error(c);
+    fprintf(stderr, "  Wan VAE decode of 960x1664: %s\n", message);
+    char what[96];
+    snprintf(what, sizeof what, "run_step decode of %s needs an estimated", wan_vae_id);
+    CHECK_CONTAINS(message, what);
+    CHECK_CONTAINS(message, "request memory limit");
+    CHECK_MSG(took < 10.0, "the refusal took %.2f s", took);
+    if (rc == DS_CLIENT_OK)
+        ds_client_step_result_free(&res);
+    ds_client_close(c);
+    free((void *)x.data);
+    CHECK(it_daemon_alive(&env) && it_status_ok(&env));
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -799,6 +834,7 @@ int main(int argc, char **argv)
     RUN(test_wan_estimates_bound_peak);
     RUN(test_huge_pipeline_refused);
     RUN(test_huge_dit_step_refused);
+    RUN(test_huge_wan_vae_step_refused);
     RUN(test_small_job_waits_one_turn);
     RUN(test_reservations_add_up);
 
