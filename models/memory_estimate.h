@@ -3,9 +3,11 @@
  * that the daemon can refuse what cannot fit instead of being killed half way.
  *
  * Each bound restates, shape by shape, what the forward passes allocate: the DiT's and the text
- * encoder's preallocated per-token state, the VAE's live activations per resolution level, and
- * the CPU kernels' transients (f32 staging of bf16 operands in linear layers, the flash
- * attention's per-thread K/V scratch, the convolutions' column chunks). Padding for what the
+ * encoder's preallocated per-token state, the VAE's live activations per resolution level (the
+ * Wan VAEs' with the frames a chunk has there and two cached frames per causal convolution),
+ * and the CPU kernels' transients (f32 staging of bf16 operands in linear layers and batched
+ * matmuls, the flash attention's per-thread K/V scratch, the convolutions' column chunks or
+ * oneDNN's blocked copies). Padding for what the
  * bounds do not model (allocator rounding, small tables) is added once, in MEMORY_SLACK.
  * tests/integration/test_memory_admission.c measures a daemon's peak anonymous memory against them.
  *
