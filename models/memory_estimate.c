@@ -26,6 +26,7 @@ enum {
      * convolution's column and staging chunk, the flash attention's tile rows and key block. */
     LINEAR_WEIGHT_BLOCK_BYTES = (8 << 20) * 4,
     CONV_CHUNK_BYTES = 16 << 20,
+    CONV_BLOCKED_BYTES = 768 << 20, /* oneDNN's blocked input and output, at most */
     ATT_BQ = 96,
     ATT_BK = 128,
 };
@@ -47,6 +48,8 @@ static uint64_t sat_mul(uint64_t a, uint64_t b)
 static uint64_t sat_mul3(uint64_t a, uint64_t b, uint64_t c) { return sat_mul(sat_mul(a, b), c); }
 
 static uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+
+static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 static uint64_t pos(int64_t v) { return v > 0 ? (uint64_t)v : 0; }
 
@@ -373,6 +376,410 @@ static int wan_dit_forward(const ds_loaded_model *m, int64_t batch, int64_t toke
                                                      threads));
     *out = sat_add(sat_add(state, transient), MEMORY_SLACK);
     return DS_OK;
+}
+
+/* --- the Wan text encoder (UMT5) ------------------------------------------------------------ */
+
+typedef struct wan_te_widths {
+    uint64_t dim, attn, ffn, heads;
+} wan_te_widths;
+
+/* What models/wan_video_text_encoder.c's alloc_state preallocates for B x S tokens in `dtype`,
+ * and the largest kernel transient. */
+static uint64_t wan_te_forward(const wan_te_widths *w, uint64_t B, uint64_t S, ds_dtype dtype)
+{
+    uint64_t t = ds_dtype_size(dtype);
+    uint64_t rows = sat_mul(B, S), pairs = sat_mul(S, S), head_dim = w->attn / w->heads;
+    /* Per (query, key): the buckets on the device and as built on the host (i32), the bias
+     * gathered per head and its permutation, every head's scores. */
+    uint64_t state = sat_add(sat_mul(pairs, 8), sat_mul3(pairs, w->heads, 2 * t));
+    state = sat_add(state, sat_mul3(sat_mul(B, w->heads), pairs, t));
+    /* Per token: h, x and the branch output (3 widths); q, k, v, the attention output and
+     * their per-head copies (8 attention widths); gate and up; the mask's bias on the host and
+     * the device and its keep flags. */
+    uint64_t per_token =
+        sat_add(sat_mul(t, sat_add(3 * w->dim + 8 * w->attn, 2 * w->ffn)), 2 * t + 1);
+    state = sat_add(state, sat_mul(rows, per_token));
+    /* The largest transient: a linear's, the f32 copies of a non-f32 batched matmul (both
+     * operands and the result: q k^T, then scores v), or the embedding rounded through an
+     * offload dtype (f32 rows and their narrow copy). */
+    uint64_t transient = max_u64(linear_transient(rows, w->dim, w->ffn, dtype),
+                                 linear_transient(rows, w->ffn, w->dim, dtype));
+    transient = max_u64(transient, max_u64(linear_transient(rows, w->dim, w->attn, dtype),
+                                            linear_transient(rows, w->attn, w->dim, dtype)));
+    if (dtype != DS_F32)
+        transient = max_u64(transient, sat_mul3(sat_mul(B, w->heads), 4,
+                                                sat_add(pairs, sat_mul(S, 2 * head_dim))));
+    transient = max_u64(transient, sat_mul3(rows, w->dim, 4 + 4));
+    return sat_add(sat_add(state, transient), MEMORY_SLACK);
+}
+
+int ds_memory_wan_text_encoder(const ds_loaded_model *te, int64_t batch, int64_t tokens,
+                               ds_dtype dtype, uint64_t *peak, uint64_t *hidden_bytes,
+                               ds_error *err)
+{
+    const wan_te_widths w = {param_dim(te, "token_embedding.weight", 1),
+                             param_dim(te, "blocks.0.attn.q.weight", 0),
+                             param_dim(te, "blocks.0.ffn.gate.0.weight", 0),
+                             param_dim(te, "blocks.0.pos_embedding.embedding.weight", 1)};
+    if (!w.dim || !w.attn || !w.ffn || !w.heads || w.attn % w.heads)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: the parameters do not look like a WanTextEncoder's "
+                            "(token_embedding, blocks.0.attn.q, blocks.0.ffn.gate.0, "
+                            "blocks.0.pos_embedding.embedding)",
+                            te->model_name);
+    uint64_t B = pos(batch), S = pos(tokens);
+    if (dtype == DS_DTYPE_INVALID) {
+        *peak = max_u64(wan_te_forward(&w, B, S, DS_F32), wan_te_forward(&w, B, S, DS_BF16));
+        dtype = DS_F32;
+    } else {
+        *peak = wan_te_forward(&w, B, S, dtype);
+    }
+    *hidden_bytes = sat_mul3(sat_mul(B, S), w.dim, ds_dtype_size(dtype));
+    return DS_OK;
+}
+
+/* "forward" over its input_ids, in either compute dtype: its "dtype" parameter chooses. */
+int ds_memory_wan_video_text_encoder(const ds_memory_step_args *a, uint64_t *peak,
+                                     uint64_t *out_bytes, ds_error *err)
+{
+    const ds_memory_input *ids = ds_memory_step_input(a, "input_ids");
+    return ds_memory_wan_text_encoder(a->model, dim_or(ids, 0, 1), dim_or(ids, 1, 0),
+                                      DS_DTYPE_INVALID, peak, out_bytes, err);
+}
+
+/* --- the Wan video VAEs ---------------------------------------------------------------------- */
+
+/* models/wan_video_vae.c runs VideoVAE_ chunk by chunk (the decoder one latent frame at a time,
+ * the encoder the first frame, then four at a time), each causal convolution keeping the last
+ * two frames of its input for the next chunk. The bound reads every convolution from the
+ * parameters: its resolution level (how many resamplers run before it), its widths and, for a
+ * residual block's, the block's input width and shortcut; the frames a chunk has at a level
+ * follow from the resamplers' time_conv. */
+
+#define WAN_VAE_LEVELS 8
+#define WAN_VAE_CONVS 160
+
+enum { WAN_CONV, WAN_RESAMPLE, WAN_TIME_CONV };
+
+typedef struct wan_vae_conv {
+    int kind, level;
+    uint64_t cin, cout, block_in;
+    int shortcut; /* a residual block with a shortcut convolution */
+} wan_vae_conv;
+
+typedef struct wan_vae_net {
+    int decode, levels, stages; /* stages: Encoder3d_38 / Decoder3d_38 */
+    uint64_t patch, z, mid;      /* mid: the middle attention's width */
+    int temporal[WAN_VAE_LEVELS];
+    /* The width of the stage shortcut's output started at a level (Decoder3d_38: where an
+     * upsampler ends the stage; Encoder3d_38: every stage), 0 without. */
+    uint64_t stage_out[WAN_VAE_LEVELS];
+    wan_vae_conv convs[WAN_VAE_CONVS];
+    size_t count;
+} wan_vae_net;
+
+/* Where a module runs in its part, to compare with the resamplers': "upsamples.3.resample..."
+ * -> 3000; inside Encoder3d_38's / Decoder3d_38's stages "upsamples.0.upsamples.3.resample..."
+ * -> 4 (and *nested set); -1 for a name not in `list`. */
+static int64_t wan_position(const char *rest, const char *list, int *nested)
+{
+    size_t n = strlen(list);
+    if (strncmp(rest, list, n) != 0)
+        return -1;
+    char *end;
+    long k = strtol(rest + n, &end, 10);
+    if (end == rest + n || *end != '.' || k < 0 || k > 1000)
+        return -1;
+    if (strncmp(end + 1, list, n) == 0) {
+        char *end2;
+        long j = strtol(end + 1 + n, &end2, 10);
+        if (end2 == end + 1 + n || *end2 != '.' || j < 0 || j >= 999)
+            return -1;
+        *nested = 1;
+        return k * 1000 + j + 1;
+    }
+    return k * 1000;
+}
+
+/* The decoder's (decode 1) or the encoder's convolutions of Wan VAE m into *net. */
+static int wan_vae_read(const ds_loaded_model *m, int decode, wan_vae_net *net, ds_error *err)
+{
+    const ds_state_dict *p = &m->params;
+    const char *part = decode ? "model.decoder." : "model.encoder.";
+    const char *list = decode ? "upsamples." : "downsamples.";
+    size_t plen = strlen(part);
+    int64_t resamplers[WAN_VAE_LEVELS];
+    int nres = 0;
+    memset(net, 0, sizeof *net);
+    net->decode = decode;
+    for (size_t i = 0; i < p->count; i++) {
+        const char *name = p->entries[i].name;
+        if (p->entries[i].dict || strncmp(name, part, plen) != 0 ||
+            !strstr(name, ".resample.1.weight"))
+            continue;
+        int64_t at = wan_position(name + plen, list, &net->stages);
+        if (at < 0 || nres == WAN_VAE_LEVELS - 1)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s: VAE parameter %s: expected at most %d resamplers named "
+                                "%s<k>...", m->model_name, name, WAN_VAE_LEVELS - 1, list);
+        resamplers[nres++] = at;
+    }
+    net->levels = nres + 1;
+    for (size_t i = 0; i < p->count; i++) {
+        const char *name = p->entries[i].name;
+        const ds_tensor_view *w = &p->entries[i].tensor;
+        if (p->entries[i].dict || strncmp(name, part, plen) != 0 || w->ndim < 4)
+            continue;
+        const char *rest = name + plen;
+        wan_vae_conv c = {.kind = WAN_CONV, .cout = pos(w->shape[0]), .cin = pos(w->shape[1])};
+        if (strstr(rest, ".to_qkv.") || strstr(rest, ".proj.")) {
+            net->mid = max_u64(net->mid, c.cin);
+            continue;
+        }
+        if (strstr(rest, ".shortcut."))
+            continue; /* counted with its block */
+        int64_t at;
+        if (strncmp(rest, "conv1.", 6) == 0)
+            at = -1;
+        else if (strncmp(rest, "middle.", 7) == 0)
+            at = decode ? -1 : INT64_MAX;
+        else if (strncmp(rest, "head.", 5) == 0)
+            at = INT64_MAX;
+        else if ((at = wan_position(rest, list, &net->stages)) < 0)
+            continue;
+        if (strstr(rest, ".resample.1."))
+            c.kind = WAN_RESAMPLE;
+        else if (strstr(rest, ".time_conv."))
+            c.kind = WAN_TIME_CONV;
+        else if (w->ndim != 5)
+            continue;
+        for (int r = 0; r < nres; r++)
+            c.level += resamplers[r] < at;
+        c.block_in = c.cin;
+        const char *res = strstr(rest, ".residual.");
+        if (res && strncmp(res, ".residual.6.", 12) == 0) {
+            /* The block's conv2: its input is the block's conv1's. */
+            char sibling[256];
+            snprintf(sibling, sizeof sibling, "%.*s.residual.2.weight", (int)(res - name), name);
+            c.block_in = max_u64(c.cin, param_dim(m, sibling, 1));
+        }
+        if (res) {
+            char shortcut[256];
+            snprintf(shortcut, sizeof shortcut, "%.*s.shortcut.weight", (int)(res - name), name);
+            c.shortcut = ds_state_dict_find(p, shortcut) != NULL;
+        }
+        if (c.kind == WAN_TIME_CONV)
+            net->temporal[c.level] = 1;
+        if (c.kind == WAN_RESAMPLE ||
+            (!decode && c.kind == WAN_CONV && at >= 0 && at != INT64_MAX))
+            net->stage_out[c.level] = max_u64(net->stage_out[c.level], c.cout);
+        if (net->count == WAN_VAE_CONVS)
+            return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                                "%s: more than %d VAE convolutions", m->model_name,
+                                WAN_VAE_CONVS);
+        net->convs[net->count++] = c;
+    }
+    net->patch = 1;
+    uint64_t rgb = decode ? param_dim(m, "model.decoder.head.2.weight", 0)
+                          : param_dim(m, "model.encoder.conv1.weight", 1);
+    while (net->patch * net->patch * 3 < rgb && net->patch < 8)
+        net->patch++;
+    net->z = decode ? param_dim(m, "model.decoder.conv1.weight", 1)
+                    : param_dim(m, "model.encoder.head.2.weight", 0) / 2;
+    if (net->count == 0 || !net->z || net->patch * net->patch * 3 != rgb)
+        return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
+                            "%s: the parameters do not look like a Wan VAE's %s (%sconv1, "
+                            "head.2, %s)",
+                            m->model_name, decode ? "decoder" : "encoder", part, list);
+    return DS_OK;
+}
+
+/* A convolution's transients on the CPU: oneDNN's blocked f32 copies of the input (channels
+ * padded to 16) and of every worker's share of the output (each padded), which it takes only
+ * up to CONV_BLOCKED_BYTES (beyond, conv.c's column and staging chunks); the weights widened to
+ * f32. */
+static uint64_t conv_transient(uint64_t B, uint64_t frames_in, uint64_t px_in, uint64_t cin,
+                               uint64_t frames_out, uint64_t px_out, uint64_t cout, int threads)
+{
+    uint64_t positions = sat_mul3(B, frames_out, px_out);
+    uint64_t in = sat_mul3(sat_mul(B, frames_in), px_in, cin + 16);
+    uint64_t out = sat_mul(positions, cout + 16);
+    /* Workers past the first pad their share of the output too. */
+    uint64_t parts = sat_mul3(positions, 16, (uint64_t)thread_count(threads) - 1);
+    uint64_t t = sat_add(min_u64(sat_mul(sat_add(in, out), 4), CONV_BLOCKED_BYTES),
+                         sat_mul(parts, 4));
+    t = sat_add(t, sat_mul3(cin, cout, 27 * 4));
+    return sat_add(t, 2 * (uint64_t)CONV_CHUNK_BYTES);
+}
+
+/* One VideoVAE_ decode of latents [B, z, T, h, w] or encode of a video [B, 3, T, H, W]
+ * (height, width: the input's), untiled. */
+static uint64_t wan_vae_forward(const wan_vae_net *n, uint64_t B, uint64_t T, uint64_t H,
+                                uint64_t W, ds_dtype dtype, int threads)
+{
+    uint64_t t = ds_dtype_size(dtype), f = 8 * n->patch;
+    uint64_t F[WAN_VAE_LEVELS], P[WAN_VAE_LEVELS];
+    for (int l = 0; l < n->levels; l++) {
+        if (n->decode) {
+            F[l] = l == 0 || T <= 1 ? 1 : F[l - 1] * (n->temporal[l - 1] ? 2 : 1);
+            P[l] = sat_mul(sat_mul(H, W), (uint64_t)1 << (2 * l));
+        } else {
+            F[l] = l == 0 ? (T > 1 ? 4 : 1) : (F[l - 1] + n->temporal[l - 1]) /
+                                                  (n->temporal[l - 1] ? 2 : 1);
+            P[l] = sat_mul((H / n->patch) >> l, (W / n->patch) >> l);
+        }
+    }
+#define ACT(l, frames, c) sat_mul3(sat_mul(B, frames), P[l], sat_mul(c, t))
+    /* Every cached convolution keeps two frames of its input (a downsampler's time_conv at
+     * the level it produces). */
+    uint64_t caches = 0, peak = 0;
+    for (size_t i = 0; i < n->count; i++) {
+        const wan_vae_conv *c = &n->convs[i];
+        if (c->kind == WAN_RESAMPLE)
+            continue;
+        int l = c->kind == WAN_TIME_CONV && !n->decode ? c->level + 1 : c->level;
+        caches = sat_add(caches, ACT(l < n->levels ? l : n->levels - 1, 2, c->cin));
+    }
+    for (size_t i = 0; i < n->count; i++) {
+        const wan_vae_conv *c = &n->convs[i];
+        int l = c->level, up = l + 1 < n->levels ? l + 1 : l;
+        uint64_t live;
+        if (c->kind == WAN_CONV) {
+            /* A residual block at its second convolution: its input, the shortcut's output,
+             * the first convolution's output, the normed copy, the new cache and the output;
+             * the head and conv1 hold less. */
+            live = sat_add(ACT(l, F[l], c->block_in),
+                           c->shortcut ? ACT(l, F[l], c->cout) : 0);
+            live = sat_add(live, ACT(l, F[l], max_u64(c->cin, c->cout)));
+            live = sat_add(live, sat_add(sat_mul(ACT(l, F[l], c->cout), 2), ACT(l, 2, c->cin)));
+            live = sat_add(live, conv_transient(B, F[l] + 2, P[l], c->cin, F[l], P[l], c->cout,
+                                                threads));
+        } else if (c->kind == WAN_TIME_CONV && n->decode) {
+            /* upsample3d's time_conv: its input, the new cache, the doubled channels and
+             * their interleaving into frames. */
+            live = sat_add(ACT(l, F[l], c->cin), ACT(l, 2, c->cin));
+            live = sat_add(live, sat_mul(ACT(l, F[l], c->cout), 2));
+            live = sat_add(live, conv_transient(B, F[l] + 2, P[l], c->cin, F[l], P[l], c->cout,
+                                                threads));
+        } else if (c->kind == WAN_TIME_CONV) {
+            /* downsample3d's time_conv after the spatial step: the chunk, the cache's frames
+             * and the chunk joined and cut, the output. */
+            uint64_t frames = sat_add(sat_mul(F[l], 4), 4 + F[up]);
+            live = sat_add(ACT(up, frames, c->cout),
+                           conv_transient(B, F[l] + 1, P[up], c->cin, F[up], P[up], c->cout,
+                                          threads));
+        } else if (n->decode) {
+            /* Resample on every frame (the frames doubled already): the input and its
+             * per-frame copy, the upsampled copy, the convolution's output and its copy back
+             * in frames. */
+            live = sat_add(sat_mul(ACT(l, F[up], c->cin), 2), ACT(up, F[up], c->cin));
+            live = sat_add(live, sat_mul(ACT(up, F[up], c->cout), 2));
+            live = sat_add(live, conv_transient(B, F[up], P[up], c->cin, F[up], P[up], c->cout,
+                                                threads));
+        } else {
+            /* The input, its per-frame copy; the output and its copy back, at the next level's
+             * size with this level's frames. */
+            live = sat_add(sat_mul(ACT(l, F[l], c->cin), 2), sat_mul(ACT(up, F[l], c->cout), 2));
+            live = sat_add(live, conv_transient(B, F[l], P[l], c->cin, F[l], P[up], c->cout,
+                                                threads));
+        }
+        if (n->stages && n->stage_out[l]) {
+            /* Decoder3d_38 / Encoder3d_38 keep the stage's DupUp3D / AvgDown3D shortcut of its
+             * output's size through the stage; computing it takes two more of that size
+             * beside its input (AvgDown3D: the input folded and padded). */
+            uint64_t shortcut = ACT(up, F[up], n->stage_out[l]);
+            live = max_u64(sat_add(live, shortcut),
+                           sat_add(sat_mul(ACT(l, F[l], c->block_in), 3), sat_mul(shortcut, 3)));
+        }
+        peak = max_u64(peak, live);
+    }
+    /* The middle attention, per frame over its positions: eight activations of its size
+     * beside the input, the qkv projection's transient, the flash attention's scratch. */
+    int mid = n->decode ? 0 : n->levels - 1;
+    uint64_t rows = sat_mul3(B, F[mid], P[mid]);
+    uint64_t attention = sat_mul(ACT(mid, F[mid], n->mid), 8);
+    attention = sat_add(attention, linear_transient(rows, n->mid, 3 * n->mid, dtype));
+    attention = sat_add(attention, attention_scratch(P[mid], n->mid, threads));
+    peak = max_u64(peak, attention);
+#undef ACT
+    /* Held around the chunks: the decoder's latents after the mean and std and after conv2,
+     * the frames joined (and their copy when the next chunk joins, or unpatchified); the
+     * encoder's video (and its patches), its output joined, after conv1 and the mean taken. */
+    uint64_t held;
+    if (n->decode) {
+        uint64_t latents = sat_mul3(sat_mul(B, n->z), T, sat_mul(sat_mul(H, W), t));
+        uint64_t video = sat_mul3(sat_mul(B, 3), sat_add(sat_mul(4, T > 0 ? T - 1 : 0), 1),
+                                  sat_mul3(sat_mul(H, f), sat_mul(W, f), t));
+        held = sat_add(sat_mul(latents, 2), sat_mul(video, 2));
+    } else {
+        uint64_t video = sat_mul3(sat_mul(B, 3), T, sat_mul(sat_mul(H, W), t));
+        uint64_t latents = sat_mul3(sat_mul(B, 2 * n->z), 1 + (T > 0 ? T - 1 : 0) / 4,
+                                    sat_mul3(H / f, W / f, t));
+        held = sat_add(sat_mul(video, n->patch > 1 ? 2 : 1), sat_mul(latents, 3));
+    }
+    return sat_add(sat_add(held, caches), sat_add(peak, MEMORY_SLACK));
+}
+
+int ds_memory_wan_vae(const ds_loaded_model *vae, int decode, int64_t batch, int64_t frames,
+                      int64_t height, int64_t width, const ds_wan_video_vae_tiling *tiling,
+                      ds_dtype dtype, int threads, uint64_t *peak, uint64_t *out_bytes,
+                      ds_error *err)
+{
+    wan_vae_net *n = malloc(sizeof *n);
+    if (!n)
+        return ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "%s: out of memory for the bound",
+                            vae->model_name);
+    int rc = wan_vae_read(vae, decode, n, err);
+    if (rc != DS_OK) {
+        free(n);
+        return rc;
+    }
+    uint64_t B = pos(batch), T = pos(frames), H = pos(height), W = pos(width);
+    uint64_t f = 8 * n->patch, t = ds_dtype_size(dtype);
+    uint64_t channels_in = decode ? n->z : 3, channels_out = decode ? 3 : n->z;
+    uint64_t frames_out = decode ? sat_add(sat_mul(4, T > 0 ? T - 1 : 0), 1)
+                                 : 1 + (T > 0 ? T - 1 : 0) / 4;
+    uint64_t plane = decode ? sat_mul(sat_mul(H, f), sat_mul(W, f)) : sat_mul(H / f, W / f);
+    *out_bytes = sat_mul3(sat_mul(B, channels_out), frames_out, sat_mul(plane, t));
+    if (!tiling) {
+        *peak = wan_vae_forward(n, B, T, H, W, dtype, threads);
+        free(n);
+        return DS_OK;
+    }
+    /* Tiled: one batch element's tile at a time (its sides in the input's units: latents, or
+     * the pixels of a tile of latents), and on the host the tile's input and output and the
+     * blend's f32 sums of one batch element's output and their weights. */
+    uint64_t scale = decode ? 1 : f;
+    uint64_t th = min_u64(sat_mul(pos(tiling->size_h), scale), H);
+    uint64_t tw = min_u64(sat_mul(pos(tiling->size_w), scale), W);
+    uint64_t tile_plane = decode ? sat_mul(sat_mul(th, f), sat_mul(tw, f))
+                                 : sat_mul(th / f, tw / f);
+    uint64_t host = sat_mul3(sat_mul(channels_in, T), sat_mul(th, tw), t);
+    host = sat_add(host, sat_mul3(sat_mul(channels_out, frames_out), tile_plane, t));
+    host = sat_add(host, sat_mul3(sat_add(sat_mul(channels_out, frames_out), 1), plane, 4));
+    *peak = sat_add(wan_vae_forward(n, 1, T, th, tw, dtype, threads), host);
+    free(n);
+    return DS_OK;
+}
+
+/* "decode" from latents, "encode" from a video, untiled or in the step's tiles (its "tiled"
+ * parameter chooses): the larger bound. */
+int ds_memory_wan_video_vae(const ds_memory_step_args *a, uint64_t *peak, uint64_t *out_bytes,
+                            ds_error *err)
+{
+    int decode = strcmp(a->step, "decode") == 0;
+    const ds_memory_input *x = ds_memory_step_input(a, decode ? "latents" : "video");
+    ds_dtype dtype = x ? x->dtype : DS_F32;
+    int64_t B = dim_or(x, 0, 1), T = dim_or(x, 2, 1), H = dim_or(x, 3, 0), W = dim_or(x, 4, 0);
+    uint64_t whole = 0, tiled = 0;
+    int rc = ds_memory_wan_vae(a->model, decode, B, T, H, W, NULL, dtype, a->threads, &whole,
+                               out_bytes, err);
+    if (rc == DS_OK)
+        rc = ds_memory_wan_vae(a->model, decode, B, T, H, W, &ds_wan_video_vae_step_tiling,
+                               dtype, a->threads, &tiled, out_bytes, err);
+    *peak = max_u64(whole, tiled);
+    return rc;
 }
 
 int ds_memory_step(const ds_loaded_model *model, const ds_model_step *step,

@@ -3,9 +3,11 @@
  * that the daemon can refuse what cannot fit instead of being killed half way.
  *
  * Each bound restates, shape by shape, what the forward passes allocate: the DiT's and the text
- * encoder's preallocated per-token state, the VAE's live activations per resolution level, and
- * the CPU kernels' transients (f32 staging of bf16 operands in linear layers, the flash
- * attention's per-thread K/V scratch, the convolutions' column chunks). Padding for what the
+ * encoder's preallocated per-token state, the VAE's live activations per resolution level (the
+ * Wan VAEs' with the frames a chunk has there and two cached frames per causal convolution),
+ * and the CPU kernels' transients (f32 staging of bf16 operands in linear layers and batched
+ * matmuls, the flash attention's per-thread K/V scratch, the convolutions' column chunks or
+ * oneDNN's blocked copies). Padding for what the
  * bounds do not model (allocator rounding, small tables) is added once, in MEMORY_SLACK.
  * tests/integration/test_memory_admission.c measures a daemon's peak anonymous memory against them.
  *
@@ -23,6 +25,7 @@
 #include "core/error.h"
 #include "models/model_loader.h"
 #include "models/model_step.h"
+#include "models/wan_video_vae.h"
 
 typedef struct ds_memory_need {
     /* Held from acceptance to the reply: inputs copied out of the request, the pipeline's state
@@ -70,6 +73,24 @@ uint64_t ds_memory_text_encoder(int64_t batch, int64_t tokens, ds_dtype dtype, i
 int ds_memory_vae(const ds_loaded_model *vae, int decode, int64_t batch, int64_t lat_h,
                   int64_t lat_w, ds_dtype dtype, int threads, uint64_t *out, ds_error *err);
 
+/* The activations of a Wan text encoder (UMT5) forward over [batch, tokens] ids in `dtype`
+ * (DS_DTYPE_INVALID: either compute dtype, f32 or bf16, the larger bound), at the widths of
+ * `te`'s parameters; *hidden_bytes = its output. INVALID_ARGUMENT when the parameters do not
+ * look like a WanTextEncoder's. */
+int ds_memory_wan_text_encoder(const ds_loaded_model *te, int64_t batch, int64_t tokens,
+                               ds_dtype dtype, uint64_t *peak, uint64_t *hidden_bytes,
+                               ds_error *err);
+
+/* The activations of a Wan VAE (WanVideoVAE or WanVideoVAE38) decode of latents [batch, z,
+ * frames, height, width] (decode 1) or encode of a video [batch, 3, frames, height, width]
+ * (decode 0) in `dtype`, untiled or in `tiling`'s tiles, with the widths of every convolution
+ * read from `vae`'s parameters; *out_bytes = its output. INVALID_ARGUMENT when the parameters
+ * do not look like a Wan VAE's. */
+int ds_memory_wan_vae(const ds_loaded_model *vae, int decode, int64_t batch, int64_t frames,
+                      int64_t height, int64_t width, const ds_wan_video_vae_tiling *tiling,
+                      ds_dtype dtype, int threads, uint64_t *peak, uint64_t *out_bytes,
+                      ds_error *err);
+
 /* A RunStep of `step` (the class's, or one a pipeline adds to it) on `model` with these inputs
  * (shapes as the request gives them; the step itself checks them later): held = the inputs'
  * and outputs' bytes (twice for outputs, which are encoded into the reply), peak = the step's
@@ -81,9 +102,11 @@ int ds_memory_step(const ds_loaded_model *model, const ds_model_step *step,
 
 /* The bounds of this build's steps (ds_model_step.memory): the Qwen-Image DiT's and the Wan
  * DiT's "forward", the Qwen-Image VAE's "decode" and "encode", the Qwen-Image text encoder's
- * "forward" and the "encode_prompt" the Qwen-Image pipeline adds to it. */
+ * "forward" and the "encode_prompt" the Qwen-Image pipeline adds to it, the Wan text encoder's
+ * "forward", the Wan VAEs' "decode" and "encode". */
 ds_step_memory_fn ds_memory_qwen_image_dit_forward, ds_memory_wan_video_dit_forward,
-    ds_memory_qwen_image_vae, ds_memory_qwen_image_text_encoder;
+    ds_memory_qwen_image_vae, ds_memory_qwen_image_text_encoder,
+    ds_memory_wan_video_text_encoder, ds_memory_wan_video_vae;
 
 /* What a Qwen-Image pipeline run needs: an output of height x width (already rounded to 16),
  * `dtype`, a prompt and negative prompt of these byte lengths (a token is at least one byte),

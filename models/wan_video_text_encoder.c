@@ -17,6 +17,7 @@
 
 #include "core/float_convert.h"
 #include "kernels/ops.h"
+#include "models/memory_estimate.h"
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
@@ -450,7 +451,8 @@ static int forward_step(const ds_loaded_model *m, const ds_step_context *ctx, co
 
 static const ds_model_step steps[] = {
     {.name = "forward", .run = forward_step,
-     .usage = DS_TEXT_ENCODER_FORWARD_USAGE("[B, S, dim] (4096)")},
+     .usage = DS_TEXT_ENCODER_FORWARD_USAGE("[B, S, dim] (4096)"),
+     .memory = ds_memory_wan_video_text_encoder},
 };
 
 DS_MODEL_CLASS(ds__wan_video_text_encoder_class, CLASS_NAME, declare_parameters, steps);

@@ -20,6 +20,7 @@
 
 #include "core/float_convert.h"
 #include "kernels/ops.h"
+#include "models/memory_estimate.h"
 #include "models/model_class.h"
 #include "models/module.h"
 #include "models/param_tree.h"
@@ -1166,6 +1167,9 @@ static int tiled_forward(wan_run *r, int decode, const ds_wan_video_vae_tiling *
 
 /* ---- Entry points and steps ---- */
 
+/* The Wan pipeline's tile (30, 52) and stride (15, 26) in latent units. */
+const ds_wan_video_vae_tiling ds_wan_video_vae_step_tiling = {30, 52, 15, 26};
+
 static int float_dtype(ds_dtype d) { return d == DS_F32 || d == DS_BF16; }
 
 /* What decode takes ([B, z, T, h, w]) and encode takes ([B, 3, 4k + 1, H, W], H and W
@@ -1443,16 +1447,15 @@ static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const 
     ds_tensor *y;
     if (!cpu->host_memory && (rc = ds_cpu_fallback_backend(&cpu, err)) != DS_OK)
         return rc;
-    /* tiled=true: the Wan pipeline's tile (30, 52) and stride (15, 26) in latent units. */
     const ds_step_param *tiled = ds_step_io_param(in, "tiled");
-    static const ds_wan_video_vae_tiling pipeline_tiles = {30, 52, 15, 26};
     if (tiled && strcmp(tiled->text, "true") != 0 && strcmp(tiled->text, "false") != 0)
         return ds_error_set(err, DS_ERR_INVALID_ARGUMENT,
                             "%s: parameter \"tiled\" is \"%s\", expected true or false", phase,
                             tiled->text);
     if ((rc = ds_step_io_new_tensor(out, cpu, out_name, x->dtype, 5, shape, &y, err)) != DS_OK)
         return rc;
-    return vae_forward(m, ctx, decode, tiled && tiled->number != 0 ? &pipeline_tiles : NULL, x, y,
+    return vae_forward(m, ctx, decode,
+                       tiled && tiled->number != 0 ? &ds_wan_video_vae_step_tiling : NULL, x, y,
                        err);
 }
 
@@ -1465,8 +1468,10 @@ static int step_run(const ds_loaded_model *m, const ds_step_context *ctx, const 
 #define TILED_USAGE                                                                            \
     "tiled (true|false, default false): tiles 30x52, stride 15x26 in latent units"
 
-DS__VAE_STEPS(steps, step_run, DECODE_USAGE(16, 8), ENCODE_USAGE(16, 8), NULL);
-DS__VAE_STEPS(steps38, step_run, DECODE_USAGE(48, 16), ENCODE_USAGE(48, 16), NULL);
+DS__VAE_STEPS(steps, step_run, DECODE_USAGE(16, 8), ENCODE_USAGE(16, 8),
+              ds_memory_wan_video_vae);
+DS__VAE_STEPS(steps38, step_run, DECODE_USAGE(48, 16), ENCODE_USAGE(48, 16),
+              ds_memory_wan_video_vae);
 
 DS_MODEL_CLASS(ds__wan_video_vae_class, "diffsynth.models.wan_video_vae.WanVideoVAE",
                declare_parameters, steps);

@@ -29,6 +29,9 @@ typedef struct ds_wan_video_vae_tiling {
     int64_t size_h, size_w, stride_h, stride_w;
 } ds_wan_video_vae_tiling;
 
+/* The tiles of the "decode" and "encode" steps' tiled=true: the Wan pipeline's defaults. */
+extern const ds_wan_video_vae_tiling ds_wan_video_vae_step_tiling;
+
 /* single_decode (or tiled_decode): latents / (1 / std) + mean, conv2, the decoder (VAE38:
  * unpatchify), clamp to [-1, 1].
  *   latents   [B, z, T, h, w] f32 or bf16 (its dtype is the compute dtype)

@@ -509,6 +509,15 @@ static int encode_prompt_step(const ds_loaded_model *m, const ds_step_context *c
                                   ds_wan_encode_prompt, err);
 }
 
+/* encode_prompt's bound: the text encoder over the tokenizer's whole sequence (the ids are
+ * padded to it), in either compute dtype (its "dtype" parameter chooses). */
+static int encode_prompt_memory(const ds_memory_step_args *a, uint64_t *peak,
+                                uint64_t *out_bytes, ds_error *err)
+{
+    return ds_memory_wan_text_encoder(a->model, 1, DS_WAN_TOKENIZER_SEQ_LEN, DS_DTYPE_INVALID,
+                                      peak, out_bytes, err);
+}
+
 /* WanVideoUnit_PromptEmbedder for one side. */
 static int encode_prompt(wan_run *p, const ds_step_context *ctx, const char *prompt,
                          ds_step_io *out, ds_error *err)
@@ -1092,18 +1101,12 @@ static double op_output_pixels(const ds_pipeline_run *run)
     return (double)p->frames * (double)p->height * (double)p->width;
 }
 
-/* Width of the Wan2.1 VAE decoder at full resolution and the activations of that width its
- * causal convolutions hold at once over one chunk of 4 output frames (input, residual, normed,
- * conv output, the two cached frames and the column staging of the 3x3x3 convolution). The
- * Wan2.2 VAE's widest stages (256 channels at half the size, 512 at a quarter) hold less per
- * output pixel. */
-#define VAE_TOP_CHANNELS 384
-#define VAE_LIVE_BUFFERS 12
-
 /* A coarse upper bound for admission, from the request alone: the run's state between units
- * (latents, predictions, both contexts, the frames), the decoded float video, and the largest
- * per-unit transient of the three models, each bounded by its widest activations times the
- * buffers it keeps live. */
+ * (latents, predictions, both contexts, the frames), and the largest per-unit transient of the
+ * three models: the DiT's and the text encoder's bounded by their widest activations times the
+ * buffers they keep live (their models are not at hand here), the VAE's decode and encode by
+ * the VAE's own bound (models/memory_estimate.h) with the decoded float video, or the float
+ * videos the encode reads. */
 static int op_estimate_memory(const ds_pipeline_args *args, const ds_pipeline_memory_args *m,
                               ds_memory_need *need, char *what, size_t what_size, ds_error *err)
 {
@@ -1132,23 +1135,36 @@ static int op_estimate_memory(const ds_pipeline_args *args, const ds_pipeline_me
     uint64_t dit = tokens * 5120 * 4 * 16 + threads * tokens * 4 * 64;
     /* The text encoder: 512 tokens of 4096 with the 10240-wide FFN, f32 staging. */
     uint64_t text = (uint64_t)SEQ_LEN * (4096 * 8 + 10240 * 3) * 4;
-    /* The VAE: one chunk of 4 frames of its tile (or the frame) at full width. */
-    uint64_t tile_px = h * w;
-    if (v[PARAM_TILED].i) {
-        uint64_t th = (uint64_t)v[PARAM_TILE_SIZE_H].i * f;
-        uint64_t tw = (uint64_t)v[PARAM_TILE_SIZE_W].i * f;
-        tile_px = (th < h ? th : h) * (tw < w ? tw : w);
-    }
-    uint64_t vae = 4 * tile_px * VAE_TOP_CHANNELS * 4 * VAE_LIVE_BUFFERS +
-                   pixels * 3 * 4 * 3; /* the output, its blend weights and the float video */
-    /* The encode unit's float videos: input, mask, inactive and reactive for VACE. */
-    vae += pixels * 3 * es * (vace ? 4 : 1);
+    /* The VAE's units in the run's tiles (or whole frames). */
+    ds_dtype dtype = es == 4 ? DS_F32 : DS_BF16;
+    const ds_wan_video_vae_tiling tiling = {v[PARAM_TILE_SIZE_H].i, v[PARAM_TILE_SIZE_W].i,
+                                            v[PARAM_TILE_STRIDE_H].i, v[PARAM_TILE_STRIDE_W].i};
+    const ds_wan_video_vae_tiling *tiles = v[PARAM_TILED].i ? &tiling : NULL;
+    uint64_t decode = 0, video = 0, encode = 0, encoded = 0;
+    int rc = ds_memory_wan_vae(args->models[ROLE_VAE], 1, 1, (int64_t)lt, (int64_t)lh,
+                               (int64_t)lw, tiles, dtype, m->threads, &decode, &video, err);
+    /* The encode unit's videos: input_video's or VACE's frames, or input_image alone. */
+    int64_t encoded_frames = args->inputs[INPUT_VIDEO] || vace ? (int64_t)frames
+                             : args->inputs[INPUT_IMAGE]       ? 1
+                                                               : 0;
+    if (rc == DS_OK && encoded_frames)
+        rc = ds_memory_wan_vae(args->models[ROLE_VAE], 0, 1, encoded_frames, (int64_t)h,
+                               (int64_t)w, tiles, dtype, m->threads, &encode, &encoded, err);
+    if (rc != DS_OK)
+        return ds_error_prefix(err, "wan_video: ");
+    /* The decode unit's float video; the encode unit's float videos (input, mask, inactive
+     * and reactive for VACE) and their latents. */
+    uint64_t vae = decode + video;
+    uint64_t encode_unit = encoded_frames ? encode + encoded +
+                                                (uint64_t)encoded_frames * h * w * 3 * es *
+                                                    (vace ? 4 : 1)
+                                          : 0;
+    vae = vae > encode_unit ? vae : encode_unit;
     uint64_t peak = dit > text ? dit : text;
     need->peak = peak > vae ? peak : vae;
     snprintf(what, what_size, "wan_video %llu frames of %llux%llu (height x width), %s",
              (unsigned long long)frames, (unsigned long long)h, (unsigned long long)w,
              ds_dtype_name(args->dtype));
-    (void)err;
     return DS_OK;
 }
 
@@ -1219,7 +1235,7 @@ static const ds_pipeline_tensor outputs[] = {
 
 static const ds_pipeline_class_step class_steps[] = {
     {TEXT_ENCODER_CLASS,
-     DS__ENCODE_PROMPT_STEP(encode_prompt_step, NULL,
+     DS__ENCODE_PROMPT_STEP(encode_prompt_step, encode_prompt_memory,
                             "google/umt5-xxl/ with spiece.model beside the model's file, as "
                             "in Wan-AI/Wan2.1-T2V-1.3B",
                             "context [1, 512, dim] (4096): upstream's Wan prompt embedder, zero "

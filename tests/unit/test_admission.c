@@ -1,7 +1,8 @@
 /* Memory admission: the ledger (alone too large, too large beside the admitted requests, the
  * held bytes summed and the largest peak counted once, release) and the estimates' arithmetic
  * (saturation instead of wrap-around on hostile shapes, growth with the size, a step without a
- * bound refused). The estimates against real allocations:
+ * bound refused, every step of this build bounded, the Wan text encoder's and VAEs'). The
+ * estimates against real allocations:
  * tests/integration/test_memory_admission.c. */
 #include <stdint.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include "daemon/admission.h"
 #include "models/memory_estimate.h"
 #include "models/model_class.h"
+#include "pipelines/pipeline.h"
 #include "test.h"
 
 #define DIT_CLASS "diffsynth.models.qwen_image_dit.QwenImageDiT"
@@ -167,6 +169,118 @@ static void test_vae_levels(void)
     ds_state_dict_free(&m.params);
 }
 
+/* The daemon refuses a RunStep without a bound: every step a class or a pipeline declares
+ * has one, so none is refused for that. */
+static void test_every_step_bounded(void)
+{
+    size_t steps = 0;
+    for (size_t i = 0; i < ds_model_class_count; i++) {
+        const ds_model_class *cls = ds_model_classes[i];
+        for (size_t k = 0; k < cls->step_count; k++, steps++)
+            CHECK_MSG(cls->steps[k].memory, "%s: step \"%s\" has no memory bound", cls->name,
+                      cls->steps[k].name);
+    }
+    for (size_t i = 0; i < ds_pipeline_count; i++)
+        for (size_t k = 0; k < ds_pipelines[i]->class_step_count; k++, steps++)
+            CHECK_MSG(ds_pipelines[i]->class_steps[k].step.memory,
+                      "%s: step \"%s\" the pipeline %s adds has no memory bound",
+                      ds_pipelines[i]->class_steps[k].model_class,
+                      ds_pipelines[i]->class_steps[k].step.name, ds_pipelines[i]->name);
+    /* The Qwen-Image and Wan DiTs, text encoders and VAEs, two encode_prompt. */
+    CHECK_MSG(steps >= 12, "%zu steps", steps);
+}
+
+/* The Wan text encoder's bound at the widths of its declared tree: at least the per-token
+ * activations and every head's scores of the forward, both dtypes' when asked for either,
+ * saturating on a hostile shape. */
+static void test_wan_text_encoder(void)
+{
+    ds_loaded_model m;
+    memset(&m, 0, sizeof m);
+    m.model_name = "wan_video_text_encoder";
+    ds_state_dict_init(&m.params);
+    ds_error err;
+    ds_error_clear(&err);
+    REQUIRE(ds_model_class_declare(
+                ds_model_class_find("diffsynth.models.wan_video_text_encoder.WanTextEncoder"),
+                "{\"num_layers\": 1}", &m.params, &err) == DS_OK);
+    uint64_t f32 = 0, bf16 = 0, either = 0, hidden = 0;
+    REQUIRE(ds_memory_wan_text_encoder(&m, 1, 512, DS_F32, &f32, &hidden, &err) == DS_OK);
+    CHECK(hidden == (uint64_t)512 * 4096 * 4);
+    /* h, x, out, q, k, v, attn, four per-head copies, gate and up; 64 heads' scores. */
+    CHECK(f32 >= (uint64_t)512 * (11 * 4096 + 2 * 10240) * 4 + (uint64_t)64 * 512 * 512 * 4);
+    REQUIRE(ds_memory_wan_text_encoder(&m, 1, 512, DS_BF16, &bf16, &hidden, &err) == DS_OK);
+    CHECK(hidden == (uint64_t)512 * 4096 * 2 && bf16 < f32);
+    REQUIRE(ds_memory_wan_text_encoder(&m, 1, 512, DS_DTYPE_INVALID, &either, &hidden, &err) ==
+            DS_OK);
+    CHECK(either == f32 && hidden == (uint64_t)512 * 4096 * 4);
+    REQUIRE(ds_memory_wan_text_encoder(&m, INT64_MAX, INT64_MAX, DS_F32, &f32, &hidden, &err) ==
+            DS_OK);
+    CHECK(f32 == UINT64_MAX && hidden == UINT64_MAX);
+    ds_loaded_model other;
+    memset(&other, 0, sizeof other);
+    other.model_name = "not_t5";
+    ds_state_dict_init(&other.params);
+    CHECK(ds_memory_wan_text_encoder(&other, 1, 8, DS_F32, &f32, &hidden, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "not_t5: the parameters do not look like a WanTextEncoder's");
+    ds_state_dict_free(&m.params);
+}
+
+/* The Wan VAEs' bounds from their declared trees: at least the decoder's widest level (96
+ * channels at the output's size, WanVideoVAE38's 256 at half of it) four frames at a time
+ * and the encoder's first level; growing with the frames; the tiles' bound below the whole
+ * frame's for a large frame; saturating on a hostile shape. */
+static void test_wan_vae(void)
+{
+    static const struct {
+        const char *cls;
+        int64_t z, f, top, top_px; /* top: the widest last-level width, at top_px per latent */
+    } vaes[] = {{"diffsynth.models.wan_video_vae.WanVideoVAE", 16, 8, 96, 64},
+                {"diffsynth.models.wan_video_vae.WanVideoVAE38", 48, 16, 256, 64}};
+    for (size_t v = 0; v < sizeof vaes / sizeof vaes[0]; v++) {
+        ds_loaded_model m;
+        memset(&m, 0, sizeof m);
+        m.model_name = "wan_video_vae";
+        ds_state_dict_init(&m.params);
+        ds_error err;
+        ds_error_clear(&err);
+        REQUIRE(ds_model_class_declare(ds_model_class_find(vaes[v].cls), NULL, &m.params,
+                                       &err) == DS_OK);
+        uint64_t decode = 0, encode = 0, longer = 0, tiled = 0, out = 0;
+        const int64_t h = 60, w = 104; /* latents of 480 x 832 (Wan2.1) */
+        REQUIRE(ds_memory_wan_vae(&m, 1, 1, 3, h, w, NULL, DS_F32, 2, &decode, &out, &err) ==
+                DS_OK);
+        CHECK(out == (uint64_t)3 * 9 * h * w * vaes[v].f * vaes[v].f * 4);
+        uint64_t top = (uint64_t)4 * h * w * vaes[v].top_px * vaes[v].top * 4;
+        CHECK_MSG(decode >= 4 * top, "%s decode %llu", vaes[v].cls, (unsigned long long)decode);
+        REQUIRE(ds_memory_wan_vae(&m, 1, 1, 21, h, w, NULL, DS_F32, 2, &longer, &out, &err) ==
+                DS_OK);
+        CHECK(longer > decode);
+        REQUIRE(ds_memory_wan_vae(&m, 1, 1, 3, h, w, &ds_wan_video_vae_step_tiling, DS_F32, 2,
+                                  &tiled, &out, &err) == DS_OK);
+        CHECK_MSG(tiled < decode, "%llu vs %llu", (unsigned long long)tiled,
+                  (unsigned long long)decode);
+        REQUIRE(ds_memory_wan_vae(&m, 0, 1, 9, h * vaes[v].f, w * vaes[v].f, NULL, DS_BF16, 2,
+                                  &encode, &out, &err) == DS_OK);
+        CHECK(out == (uint64_t)vaes[v].z * 3 * h * w * 2);
+        CHECK(encode >= (uint64_t)4 * 4 * h * w * vaes[v].f * vaes[v].f * 96 * 2);
+        REQUIRE(ds_memory_wan_vae(&m, 1, INT64_MAX, INT64_MAX, INT64_MAX, INT64_MAX, NULL,
+                                  DS_F32, 2, &decode, &out, &err) == DS_OK);
+        CHECK(decode == UINT64_MAX && out == UINT64_MAX);
+        ds_state_dict_free(&m.params);
+    }
+    ds_loaded_model other;
+    memset(&other, 0, sizeof other);
+    other.model_name = "not_a_vae";
+    ds_state_dict_init(&other.params);
+    uint64_t peak, out;
+    ds_error err;
+    CHECK(ds_memory_wan_vae(&other, 1, 1, 1, 8, 8, NULL, DS_F32, 2, &peak, &out, &err) ==
+          DS_ERR_INVALID_ARGUMENT);
+    CHECK_CONTAINS(err.message, "not_a_vae: the parameters do not look like a Wan VAE's decoder");
+}
+
 int main(void)
 {
     RUN(test_alone_too_large);
@@ -175,5 +289,8 @@ int main(void)
     RUN(test_estimates_arithmetic);
     RUN(test_unknown_step);
     RUN(test_vae_levels);
+    RUN(test_every_step_bounded);
+    RUN(test_wan_text_encoder);
+    RUN(test_wan_vae);
     return test_summary();
 }
