@@ -173,3 +173,25 @@ void ds_admission_release(ds_admission *a, ds_admission_ticket *t)
     t->active = 0;
     t->prev = t->next = NULL;
 }
+
+void ds_admission_fit_convert_budget(ds_vram_manager *convert, size_t configured,
+                                     uint64_t request_limit)
+{
+    size_t budget = configured;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        ds_vram_stats st;
+        ds_vram_stats_get(convert, &st);
+        uint64_t mapped = proc_kb("/proc/self/status", "VmSize");
+        uint64_t room = rl.rlim_cur > mapped ? rl.rlim_cur - mapped : 0;
+        /* The copies held now are mapped already: they count in the room they may keep. */
+        uint64_t held = (uint64_t)st.resident_bytes + st.cached_bytes;
+        uint64_t reserved = request_limit == UINT64_MAX ? room : request_limit;
+        uint64_t fits = room + held > reserved ? room + held - reserved : 0;
+        if (fits < budget)
+            budget = (size_t)fits;
+    }
+    ds_error err = {0};
+    if (ds_vram_set_budget(convert, budget, &err) != DS_OK)
+        ds_log_warn("convert limit: %s", err.message);
+}

@@ -22,6 +22,7 @@
 
 #include "core/error.h"
 #include "models/memory_estimate.h"
+#include "vram/vram_manager.h"
 
 /* One admitted request's reservation; zeroed before its first use (part of a calloc'd job). */
 typedef struct ds_admission_ticket {
@@ -55,5 +56,14 @@ int ds_admission_reserve(ds_admission *a, ds_admission_ticket *t, const char *wh
 
 /* Returns an active ticket's bytes; a no-op on an inactive one. */
 void ds_admission_release(ds_admission *a, ds_admission_ticket *t);
+
+/* Sets the budget of `convert` (the CPU's weights kept converted for the compute dtype) for the
+ * next unit: `configured` (--convert-limit), or less where RLIMIT_AS leaves less. The request
+ * memory limit was promised to admitted requests out of the address space; weights mapped since
+ * start and converted copies share what is left, so converted copies take only the room beyond
+ * `request_limit`, and past it the forwards convert at every call (same results). The manager
+ * drops its least recently used copies to fit. Worker thread, between units (no model runs). */
+void ds_admission_fit_convert_budget(ds_vram_manager *convert, size_t configured,
+                                     uint64_t request_limit);
 
 #endif

@@ -50,6 +50,7 @@ struct ds_daemon {
      * for the compute dtype (bf16 files run at f32) within --convert-limit, passed to steps as
      * ds_step_context.convert (NULL: --convert-limit 0, or a VRAM manager). Threads as `vram`. */
     ds_vram_manager *convert;
+    size_t convert_limit; /* --convert-limit's bytes (DS_VRAM_UNLIMITED: none) */
     /* RunStep and RunPipeline memory reserved until their replies (--request-memory-limit). */
     ds_admission admission;
 };

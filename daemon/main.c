@@ -107,7 +107,9 @@ static void usage(FILE *out)
 "                           dropped first); a model past it is converted at every call,\n"
 "                           with the same results. Weights already in the compute dtype\n"
 "                           are used in place and take none of it (default: half the\n"
-"                           machine's memory; 0 = convert at every call; none = no limit)\n"
+"                           machine's memory; 0 = convert at every call; none = no limit).\n"
+"                           Under RLIMIT_AS they also take only the address space beyond\n"
+"                           the request memory limit, re-read before every unit\n"
 "  --request-memory-limit GIB\n"
 "                           memory for the requests' own data (inputs, activations,\n"
 "                           outputs; not the weights): each RunStep and RunPipeline is\n"
@@ -604,6 +606,7 @@ int main(int argc, char **argv)
         }
         if (d->convert)
             ds_vram_set_observer(d->convert, log_vram_event, NULL);
+        d->convert_limit = convert_limit;
     }
     if (ds_pool_new(&d->pool, &err) != DS_OK ||
         ds_scheduler_new(&loop, &d->scheduler, &err) != DS_OK) {

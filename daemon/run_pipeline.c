@@ -529,6 +529,9 @@ static int pipeline_run(ds_job *job)
         .check_path = pipeline_check_path,
     };
     pj->turn_started_s = now_s();
+    if (pj->daemon->convert)
+        ds_admission_fit_convert_budget(pj->daemon->convert, pj->daemon->convert_limit,
+                                        pj->daemon->admission.limit);
     /* Before every unit: a file rewritten in place since the last one would silently change
      * the weights the next unit reads (a waiting request, or one between two steps). */
     for (size_t r = 0; r < def->role_count; r++)

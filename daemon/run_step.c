@@ -292,6 +292,9 @@ static int run_step_run(ds_job *job)
     int rc = check_fresh(sj, &job->error);
     if (rc != DS_OK)
         return rc;
+    if (sj->daemon->convert)
+        ds_admission_fit_convert_budget(sj->daemon->convert, sj->daemon->convert_limit,
+                                        sj->daemon->admission.limit);
     rc = sj->step->run(sj->entry->model, &ctx, &sj->in, &sj->out, &job->error);
     sj->compute_s = now_s() - started;
     if (rc == DS_OK)

@@ -1,14 +1,17 @@
 /* Memory admission: the ledger (alone too large, too large beside the admitted requests, the
  * held bytes summed and the largest peak counted once, release) and the estimates' arithmetic
  * (saturation instead of wrap-around on hostile shapes, growth with the size, a step without a
- * bound refused, every step of this build bounded, the Wan text encoder's and VAEs'). The
- * estimates against real allocations:
+ * bound refused, every step of this build bounded, the Wan text encoder's and VAEs'), and the
+ * budget of the weights kept converted under RLIMIT_AS. The estimates against real allocations:
  * tests/integration/test_memory_admission.c. */
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "daemon/admission.h"
+#include "kernels/backend.h"
 #include "models/memory_estimate.h"
 #include "models/model_class.h"
 #include "pipelines/pipeline.h"
@@ -281,6 +284,72 @@ static void test_wan_vae(void)
     CHECK_CONTAINS(err.message, "not_a_vae: the parameters do not look like a Wan VAE's decoder");
 }
 
+/* This process's mapped address space, from /proc/self/status. */
+static uint64_t vm_size(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    uint64_t kb = 0;
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmSize:", 7) == 0)
+            kb = strtoull(line + 7, NULL, 10);
+    if (f)
+        fclose(f);
+    return kb * 1024;
+}
+
+static size_t convert_budget(ds_vram_manager *m)
+{
+    ds_vram_stats st;
+    ds_vram_stats_get(m, &st);
+    return st.budget_bytes;
+}
+
+/* Under RLIMIT_AS the copies kept converted get only the address space beyond the request
+ * memory limit; without room they get none (the forwards then convert per call). */
+static void test_convert_budget_address_space(void)
+{
+    ds_backend *b = NULL;
+    ds_vram_manager *m = NULL;
+    ds_error err = {0};
+    REQUIRE(ds_cpu_backend_create(1, &b, &err) == DS_OK);
+    REQUIRE(ds_vram_manager_create(b, DS_VRAM_UNLIMITED, 0, &m, &err) == DS_OK);
+    struct rlimit saved;
+    REQUIRE(getrlimit(RLIMIT_AS, &saved) == 0);
+    const uint64_t gib = (uint64_t)1 << 30;
+    uint64_t mapped = vm_size();
+    REQUIRE(mapped > 0);
+    struct rlimit tight = saved;
+    tight.rlim_cur = mapped + 2 * gib;
+    if (saved.rlim_cur != RLIM_INFINITY && saved.rlim_cur < tight.rlim_cur) {
+        fprintf(stderr, "  skipped: RLIMIT_AS is already below 2 GiB past the mapped space\n");
+        goto done;
+    }
+    REQUIRE(setrlimit(RLIMIT_AS, &tight) == 0);
+    /* 2 GiB of room, 1.5 promised to requests: about 0.5 GiB (less what maps meanwhile). */
+    ds_admission_fit_convert_budget(m, DS_VRAM_UNLIMITED, 3 * gib / 2);
+    size_t half = convert_budget(m);
+    ds_admission_fit_convert_budget(m, DS_VRAM_UNLIMITED, 3 * gib);
+    size_t none = convert_budget(m);
+    ds_admission_fit_convert_budget(m, (size_t)64 << 20, gib);
+    size_t configured = convert_budget(m);
+    ds_admission_fit_convert_budget(m, DS_VRAM_UNLIMITED, UINT64_MAX);
+    size_t no_request_room = convert_budget(m);
+    setrlimit(RLIMIT_AS, &saved);
+    CHECK_MSG(half > gib / 4 && half <= gib / 2, "budget %zu", half);
+    CHECK(none == 0);
+    CHECK(configured == (size_t)64 << 20);
+    CHECK(no_request_room == 0);
+    /* No address-space limit (where the hard limit allows lifting it): the configured budget. */
+    if (saved.rlim_cur == RLIM_INFINITY) {
+        ds_admission_fit_convert_budget(m, DS_VRAM_UNLIMITED, 3 * gib);
+        CHECK(convert_budget(m) == DS_VRAM_UNLIMITED);
+    }
+done:
+    ds_vram_manager_destroy(m);
+    b->destroy(b);
+}
+
 int main(void)
 {
     RUN(test_alone_too_large);
@@ -292,5 +361,6 @@ int main(void)
     RUN(test_every_step_bounded);
     RUN(test_wan_text_encoder);
     RUN(test_wan_vae);
+    RUN(test_convert_budget_address_space);
     return test_summary();
 }
