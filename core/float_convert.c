@@ -228,7 +228,7 @@ static struct {
 } bf16_path = {bf16_to_f32_scalar, f32_to_bf16_scalar};
 static pthread_once_t bf16_path_once = PTHREAD_ONCE_INIT;
 
-static int isa_supported(int isa)
+int ds__convert_isa_supported(int isa)
 {
 #ifdef DS_X86_BF16_PATHS
     __builtin_cpu_init();
@@ -257,8 +257,8 @@ static void set_path(int isa)
 
 static void choose_bf16_path(void)
 {
-    int isa = isa_supported(DS__CONVERT_AVX512) ? DS__CONVERT_AVX512
-              : isa_supported(DS__CONVERT_AVX2) ? DS__CONVERT_AVX2
+    int isa = ds__convert_isa_supported(DS__CONVERT_AVX512) ? DS__CONVERT_AVX512
+              : ds__convert_isa_supported(DS__CONVERT_AVX2) ? DS__CONVERT_AVX2
                                                 : DS__CONVERT_SCALAR;
     set_path(isa);
 }
@@ -266,7 +266,7 @@ static void choose_bf16_path(void)
 int ds__convert_use_isa(int isa)
 {
     pthread_once(&bf16_path_once, choose_bf16_path);
-    if (!isa_supported(isa))
+    if (!ds__convert_isa_supported(isa))
         return 0;
     set_path(isa);
     return 1;

@@ -57,6 +57,8 @@ void ds_convert(const void *src, ds_dtype from, size_t n, ds_dtype to, void *dst
  * has it; returns whether it does. Every path gives the scalar functions' bits. */
 enum { DS__CONVERT_SCALAR, DS__CONVERT_AVX2, DS__CONVERT_AVX512 };
 int ds__convert_use_isa(int isa);
+/* Whether this processor runs `isa` (DS__CONVERT_*); the scalar path always. */
+int ds__convert_isa_supported(int isa);
 
 /* Element i of a buffer of `dtype` as f64 / stored from f64 (tests and references; f64 input is
  * rounded once, straight to the target, not through f32). */

@@ -204,16 +204,14 @@ static ds__ew_bf16_fn chosen = loop_scalar;
 static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
 static atomic_llong fused_calls;
 
+/* This processor's paths are the conversions' (core/float_convert.c), plus switching off. */
 static int isa_supported(int isa)
 {
 #ifdef DS_X86_EW_PATHS
-    __builtin_cpu_init();
-    if (isa == DS__CONVERT_AVX512)
-        return __builtin_cpu_supports("avx512f");
-    if (isa == DS__CONVERT_AVX2)
-        return __builtin_cpu_supports("avx2");
-#endif
+    return isa == DS__EW_BF16_OFF || ds__convert_isa_supported(isa);
+#else
     return isa == DS__CONVERT_SCALAR || isa == DS__EW_BF16_OFF;
+#endif
 }
 
 static void set_isa(int isa)
