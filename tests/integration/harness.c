@@ -425,6 +425,27 @@ int it_call(ds_client *c, diffsynth_v1_Envelope *req, diffsynth_v1_Envelope *res
     return ds_client_call(c, req, resp, IT_CALL_TIMEOUT_MS, NULL, NULL);
 }
 
+long long it_tier_bytes(const it_env *env, const char *id, const char *tier)
+{
+    ds_client *c = it_connect(env);
+    if (!c)
+        return -1;
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_list_models_tag;
+    long long bytes = -1;
+    if (it_call(c, &req, &resp) == DS_CLIENT_OK) {
+        const diffsynth_v1_ListModelsResponse *r = &resp.body.list_models_result;
+        for (pb_size_t i = 0; i < r->models_count; i++)
+            if (strcmp(r->models[i].model_id, id) == 0)
+                for (pb_size_t t = 0; t < r->models[i].tiers_count; t++)
+                    if (strcmp(r->models[i].tiers[t].tier, tier) == 0)
+                        bytes = (long long)r->models[i].tiers[t].bytes;
+    }
+    ds_client_envelope_free(&resp);
+    ds_client_close(c);
+    return bytes;
+}
+
 bool it_status_ok(const it_env *env)
 {
     ds_client *c = ds_client_new();

@@ -70,6 +70,10 @@ ds_client *it_connect(const it_env *env);
  * ds_client_envelope_free). Returns the ds_client status. */
 int it_call(ds_client *c, diffsynth_v1_Envelope *req, diffsynth_v1_Envelope *resp);
 
+/* The bytes of model `id`'s tier `tier` in ListModels (fresh connection); -1 when the model or
+ * the tier is absent or the call fails. */
+long long it_tier_bytes(const it_env *env, const char *id, const char *tier);
+
 /* Fresh connection, Status, close: true when the daemon answered with its status. */
 bool it_status_ok(const it_env *env);
 

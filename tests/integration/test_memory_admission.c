@@ -647,36 +647,6 @@ static void free_step_inputs(ds_client_tensor in[3])
     free((void *)in[1].data);
 }
 
-static void measure_dit_step(ds_client *c, int64_t side, int64_t text_len)
-{
-    ds_client_tensor inputs[3];
-    step_inputs(inputs, side, text_len);
-    REQUIRE(inputs[0].data && inputs[1].data);
-    ds_client_step_request req = {.model_id = dit_id, .inputs = inputs, .input_count = 3};
-    ds_client_step_result res;
-    sampler s = {0};
-    uint64_t host_before = host_tier_bytes();
-    uint64_t before = daemon_rss_anon();
-    s.peak = before;
-    REQUIRE(pthread_create(&s.thread, NULL, sampler_main, &s) == 0);
-    int rc = ds_client_run_step(c, &req, &res, RUN_TIMEOUT_MS, NULL, NULL, NULL);
-    s.stop = 1;
-    pthread_join(s.thread, NULL);
-    CHECK_MSG(rc == DS_CLIENT_OK, "DiT step %lldx%lld: %s", (long long)side, (long long)side,
-              ds_client_last_error(c));
-    if (rc == DS_CLIENT_OK)
-        ds_client_step_result_free(&res);
-    char what[128], label[64];
-    snprintf(what, sizeof what, "run_step forward of %s", dit_id);
-    snprintf(label, sizeof label, "DiT forward, latents %lldx%lld, %lld tokens", (long long)side,
-             (long long)side, (long long)text_len);
-    uint64_t host_after = host_tier_bytes();
-    /* Small runs are dominated by the fixed slack; large ones by the per-token terms. */
-    check_ratio(label, admitted_bytes(what), before, s.peak,
-                host_after > host_before ? host_after - host_before : 0, 12.0);
-    free_step_inputs(inputs);
-}
-
 /* Runs `step` of model `id` while sampling the daemon's memory, then checks the estimate it
  * was admitted with against the growth (check_ratio). */
 static void measure_step(ds_client *c, const char *id, const char *step,
@@ -705,6 +675,20 @@ static void measure_step(ds_client *c, const char *id, const char *step,
     check_ratio(label, admitted_bytes(what), before, s.peak,
                 host_after > host_before ? host_after - host_before : 0, max_ratio);
 }
+
+static void measure_dit_step(ds_client *c, int64_t side, int64_t text_len)
+{
+    ds_client_tensor inputs[3];
+    step_inputs(inputs, side, text_len);
+    REQUIRE(inputs[0].data && inputs[1].data);
+    char label[64];
+    snprintf(label, sizeof label, "DiT forward, latents %lldx%lld, %lld tokens", (long long)side,
+             (long long)side, (long long)text_len);
+    /* Small runs are dominated by the fixed slack; large ones by the per-token terms. */
+    measure_step(c, dit_id, "forward", inputs, 3, NULL, 0, label, 12.0);
+    free_step_inputs(inputs);
+}
+
 
 /* The Wan text encoder (one block at full width) over `tokens` zero ids. */
 static void measure_wan_text_encoder(ds_client *c, int64_t tokens, const char *dtype)

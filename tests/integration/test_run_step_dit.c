@@ -492,28 +492,6 @@ static void test_golden_two_clients(void)
 
 /* --- The CPU default converts once: bf16 weights at f32 ---------------------------------- */
 
-/* The bytes of model `id`'s tier `tier` in ListModels; -1 when the model or tier is absent. */
-static long long tier_bytes(const char *id, const char *tier)
-{
-    ds_client *c = it_connect(&env);
-    if (!c)
-        return -1;
-    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
-    req.which_body = diffsynth_v1_Envelope_list_models_tag;
-    long long bytes = -1;
-    if (it_call(c, &req, &resp) == DS_CLIENT_OK) {
-        const diffsynth_v1_ListModelsResponse *r = &resp.body.list_models_result;
-        for (pb_size_t i = 0; i < r->models_count; i++)
-            if (strcmp(r->models[i].model_id, id) == 0)
-                for (pb_size_t t = 0; t < r->models[i].tiers_count; t++)
-                    if (strcmp(r->models[i].tiers[t].tier, tier) == 0)
-                        bytes = (long long)r->models[i].tiers[t].bytes;
-    }
-    ds_client_envelope_free(&resp);
-    ds_client_close(c);
-    return bytes;
-}
-
 /* One golden step with the f32 inputs (latents, prompt_emb): noise_pred f32 into *res. */
 static int f32_step(ds_client_step_result *res, char *error, size_t size)
 {
@@ -539,9 +517,9 @@ static int f32_step(ds_client_step_result *res, char *error, size_t size)
  * give the bytes of the per-call widening is the vram tests' (test_vram_dit). */
 static void test_f32_converted_once(void)
 {
-    long long disk = tier_bytes(golden_id, "disk");
-    CHECK_MSG(tier_bytes(golden_id, "host") == 0, "host tier %lld before an f32 step",
-              tier_bytes(golden_id, "host"));
+    long long disk = it_tier_bytes(&env, golden_id, "disk");
+    CHECK_MSG(it_tier_bytes(&env, golden_id, "host") == 0, "host tier %lld before an f32 step",
+              it_tier_bytes(&env, golden_id, "host"));
     ds_client_step_result res[2];
     memset(res, 0, sizeof res);
     char error[512];
@@ -550,7 +528,7 @@ static void test_f32_converted_once(void)
         CHECK_MSG(rc == DS_CLIENT_OK, "f32 step %d: rc %d: %s", i, rc, error);
         if (rc != DS_CLIENT_OK)
             goto done;
-        long long host = tier_bytes(golden_id, "host");
+        long long host = it_tier_bytes(&env, golden_id, "host");
         fprintf(stderr, "  f32 step %d: computed %.2f s, host tier %lld bytes, disk %lld\n", i,
                 res[i].compute_s, host, disk);
         CHECK_MSG(disk > 0 && host > disk + disk / 2 && host < 2 * disk + (64 << 20),
@@ -579,7 +557,7 @@ static void test_f32_converted_once(void)
     if (w.rc == DS_CLIENT_OK)
         check_noise_pred(&w.res, "bf16 after f32");
     ds_client_step_result_free(&w.res);
-    CHECK(tier_bytes(golden_id, "host") == 0);
+    CHECK(it_tier_bytes(&env, golden_id, "host") == 0);
 done:
     ds_client_step_result_free(&res[0]);
     ds_client_step_result_free(&res[1]);

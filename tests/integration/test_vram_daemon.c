@@ -388,28 +388,6 @@ static void test_unload_drops_units(void)
     CHECK(st.models == 0);
 }
 
-/* The bytes of model `id`'s tier `tier` in ListModels; -1 when the model or tier is absent. */
-static long long tier_bytes(const char *id, const char *tier)
-{
-    ds_client *c = it_connect(&env);
-    if (!c)
-        return -1;
-    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
-    req.which_body = diffsynth_v1_Envelope_list_models_tag;
-    long long bytes = -1;
-    if (it_call(c, &req, &resp) == DS_CLIENT_OK) {
-        const diffsynth_v1_ListModelsResponse *r = &resp.body.list_models_result;
-        for (pb_size_t i = 0; i < r->models_count; i++)
-            if (strcmp(r->models[i].model_id, id) == 0)
-                for (pb_size_t t = 0; t < r->models[i].tiers_count; t++)
-                    if (strcmp(r->models[i].tiers[t].tier, tier) == 0)
-                        bytes = (long long)r->models[i].tiers[t].bytes;
-    }
-    ds_client_envelope_free(&resp);
-    ds_client_close(c);
-    return bytes;
-}
-
 /* Model `id`'s vram_config_json in ListModels, malloc'd; NULL when the model is absent. */
 static char *listed_vram_config(const char *id)
 {
@@ -495,15 +473,15 @@ static void test_load_fp8_vram_config(void)
     listed = listed_vram_config(none.id);
     CHECK_MSG(listed && listed[0] == '\0', "%s", listed ? listed : "(model not listed)");
     free(listed);
-    CHECK(tier_bytes(fp8.id, FP8_TIER) == -1);
-    CHECK(tier_bytes(none.id, FP8_TIER) == -1);
+    CHECK(it_tier_bytes(&env, fp8.id, FP8_TIER) == -1);
+    CHECK(it_tier_bytes(&env, none.id, FP8_TIER) == -1);
     char msg[512];
     int rc = dit_step(fp8.id, NULL, msg, sizeof msg);
     CHECK_MSG(rc == DS_CLIENT_OK, "%s", msg);
     uint64_t bf16_bytes = 0;
     for (size_t i = 0; i < keys.count; i++)
         bf16_bytes += keys.entries[i].tensor.nbytes;
-    long long slow = tier_bytes(fp8.id, FP8_TIER);
+    long long slow = it_tier_bytes(&env, fp8.id, FP8_TIER);
     fprintf(stderr, "  %s: %lld bytes (bf16 %llu)\n", FP8_TIER, slow,
             (unsigned long long)bf16_bytes);
     CHECK(slow > 0 && (uint64_t)slow * 2 == bf16_bytes);
@@ -660,7 +638,7 @@ static void test_host_limit(void)
         CHECK(st.vram.host_bytes > 0 && st.vram.host_bytes <= (256ull << 20));
         CHECK(st.vram.host_peak_bytes <= (256ull << 20));
         /* The model's host tier holds its copies (the fast tier is host memory too here). */
-        long long host = tier_bytes(fp8.id, "host");
+        long long host = it_tier_bytes(&env, fp8.id, "host");
         CHECK(host >= (long long)st.vram.host_bytes);
         char *out = NULL;
         const char *status_cmd[] = {cli, "--socket", env.socket, "status", NULL};
