@@ -6,8 +6,11 @@
  * the way. f32 GEMMs go to whichever library was faster for the shape's class when measured
  * (f32_via_onednn). Under f32 activations a weight of another dtype is widened whole and runs
  * the GEMM the same weight stored f32 runs, so a weight converted to f32 once (the VRAM manager's
- * fast tier) gives what widening it at every call gives. The choice depends only on shapes,
- * dtypes, the processor and the build, so results are deterministic for a given thread count.
+ * fast tier) gives what widening it at every call gives. bf16 activations of a few dozen rows
+ * (text tokens) run on our own dot-product kernel where the processor has AVX-512 (gemm_dot.c):
+ * it reads bf16 weights where they lie, without the libraries' packing or a widening pass. The
+ * choice depends only on shapes, dtypes, the processor and the build, so results are
+ * deterministic for a given thread count.
  *
  * Every GEMM is issued from the calling thread and cut into one single-threaded part per worker
  * of our pool (gemm_parts.c: neither library's own threads are used, whose idle workers would
@@ -21,6 +24,7 @@
 
 #include "core/float_convert.h"
 #include "kernels/cpu/cpu_internal.h"
+#include "kernels/cpu/gemm_dot.h"
 #include "kernels/cpu/gemm_info.h"
 #include "kernels/cpu/gemm_parts.h"
 #include "kernels/ops.h"
@@ -399,6 +403,29 @@ static int64_t block_rows(int64_t n, int64_t k, size_t esize)
     return rows > per ? per - per % 64 : rows;
 }
 
+/* Up to this many rows a linear with bf16 activations runs on the dot-product kernel where it
+ * is available: from 5 to 128 rows it took 0.66 to 0.95 of the time of the path before it
+ * (oneDNN in bf16 up to 48 rows, both operands widened for OpenBLAS above), at 160 rows 1.10
+ * (bench/README.md).
+ * With f32 activations the libraries' f32 GEMMs keep up with it, and those stay: a weight widened
+ * per call and its copy converted to f32 once must take the same path to give the same bits.
+ * The rule depends on M and x's dtype alone, so a bf16 weight and an fp8 weight of the same
+ * values take the same kernel and give the same bits. */
+#define DOT_MAX_M 128
+
+/* Whether a linear of M rows with x of this dtype runs on the dot-product kernel. Where
+ * oneDNN's bf16 GEMM is faster than f32 multiply-adds, bf16 stays there. */
+static int linear_on_dot_kernel(int64_t m, ds_dtype x)
+{
+    if (x != DS_BF16 || m <= SMALL_M_MAX || m > DOT_MAX_M || !ds__gemm_dot_available())
+        return 0;
+#ifdef DS_HAVE_ONEDNN
+    if (ds__onednn_bf16_rate() == DS__BF16_FAST)
+        return 0;
+#endif
+    return 1;
+}
+
 /* The compute dtype of a linear's GEMM with M rows: bf16 when x is bf16, the weight's values are
  * exact in bf16 (bf16 or fp8) and bf16_via_onednn says so; f32 otherwise (both operands
  * widened). */
@@ -423,10 +450,31 @@ static void convert_bf16_range(void *ctx, int64_t begin, int64_t end)
                DS_BF16, j->dst + begin);
 }
 
+/* The weight w [N, K] widened whole to f32 into the calling thread's staging slot (kept from
+ * call to call, so its pages stay mapped); NULL with err set when it cannot be allocated. */
+static const float *widen_whole(ds_backend *b, const ds_tensor *w, ds_error *err)
+{
+    int64_t n = w->shape[0], k = w->shape[1];
+    float *staging = NULL;
+    if ((uint64_t)n * (uint64_t)k <= SIZE_MAX / sizeof(float))
+        staging = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
+                                       (size_t)(n * k) * sizeof(float));
+    if (!staging) {
+        ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "linear: out of memory widening a [%lld, "
+                     "%lld] %s weight to f32", (long long)n, (long long)k, ds_dtype_name(w->dtype));
+        return NULL;
+    }
+    to_f32(b, w->data, w->dtype, n * k, staging);
+    return staging;
+}
+
 const char *ds_cpu_linear_path(int64_t m, ds_dtype x, ds_dtype w)
 {
     if (m <= SMALL_M_MAX)
         return "few-row kernel, f32 (weight read once)";
+    if (linear_on_dot_kernel(m, x))
+        return w == DS_F32 || w == DS_BF16 ? "dot-product kernel, f32 (AVX-512; weight read as stored)"
+                                           : "dot-product kernel, f32 (AVX-512; weight widened whole per call)";
     if (linear_compute_dtype(x, w, m) == DS_BF16)
         return w == DS_BF16 ? "onednn bf16" : "onednn bf16 (fp8 weight converted per block)";
     if (w != DS_F32 && x != DS_F32)
@@ -477,7 +525,8 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
         ds_convert_to_f32(a->bias->data, a->bias->dtype, (size_t)n, bias_f32);
     }
 
-    ds_dtype cd = m <= SMALL_M_MAX ? DS_F32 : linear_compute_dtype(a->x->dtype, w->dtype, m);
+    int dot = linear_on_dot_kernel(m, a->x->dtype);
+    ds_dtype cd = m <= SMALL_M_MAX || dot ? DS_F32 : linear_compute_dtype(a->x->dtype, w->dtype, m);
     if (k == 0) {
         memset(acc, 0, (size_t)(m * n) * sizeof(float));
     } else if (cd == DS_BF16) {
@@ -525,6 +574,21 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
                                   "%lld-element weight row in f32", (long long)k);
                 goto done;
             }
+        } else if (dot) {
+            /* Weights other than f32 and bf16 (f16, fp8) are widened whole first: exact, so they
+             * give the bits of their values stored f32 or bf16. */
+            const void *wd = w->data;
+            ds_dtype wdtype = w->dtype;
+            if (wdtype != DS_F32 && wdtype != DS_BF16) {
+                if (!(wd = widen_whole(b, w, err))) {
+                    rc = DS_ERR_RESOURCE_EXHAUSTED;
+                    goto done;
+                }
+                wdtype = DS_F32;
+            }
+            ds__gemm_dot_problem g = {m, n, k, xf, wd, wdtype, acc};
+            rc = ds__gemm_dot(b, &g, err);
+            scaled = 0;
         } else if (w->dtype == DS_F32 || a->x->dtype == DS_F32) {
             /* f32 activations: a weight of another dtype is widened whole and runs the very GEMM
              * a weight stored f32 of this shape runs (the library by the rows, one call over all
@@ -533,17 +597,9 @@ int ds__cpu_linear(ds_backend *b, ds_stream *s, const ds_linear_args *a, ds_erro
              * up to the largest Linear of the configs served, 283 MB for Wan2.1 14B's FFN
              * (13824 x 5120), 272 MB for Qwen2.5-VL's MLP (18944 x 3584). */
             const void *wf = w->data;
-            if (w->dtype != DS_F32) {
-                if ((uint64_t)n * (uint64_t)k > SIZE_MAX / sizeof(float) ||
-                    !(w_block = ds__cpu_scratch_slot(DS__CPU_SCRATCH_GEMM_STAGING,
-                                                     (size_t)(n * k) * sizeof(float)))) {
-                    rc = ds_error_set(err, DS_ERR_RESOURCE_EXHAUSTED, "linear: out of memory "
-                                      "widening a [%lld, %lld] %s weight to f32", (long long)n,
-                                      (long long)k, ds_dtype_name(w->dtype));
-                    goto done;
-                }
-                to_f32(b, w->data, w->dtype, n * k, w_block);
-                wf = w_block;
+            if (w->dtype != DS_F32 && !(wf = widen_whole(b, w, err))) {
+                rc = DS_ERR_RESOURCE_EXHAUSTED;
+                goto done;
             }
             prefill = bias_f32 && !f32_gemm_on_onednn(m, 0);
             if (prefill)

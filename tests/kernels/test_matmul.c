@@ -290,6 +290,79 @@ static void test_linear_widened_matches_f32(void)
     free(shifted_data);
 }
 
+/* The row counts that run on the dot-product kernel where the processor has it (bf16
+ * activations of a few dozen rows: text tokens), over its edges: rows not a multiple of its
+ * 6-row tile, weight rows not a multiple of 4, K shorter than a vector, with a vector tail, and
+ * past its 1024-element block with a tail; bf16, fp8, f16 and f32 weights; and the last row
+ * count it takes and the first it leaves to the libraries. */
+static void test_linear_dot_kernel_shapes(void)
+{
+    static const int64_t ms[] = {5, 7, 12, 13, 65}, ks[] = {5, 16, 17, 1030, 2063},
+                         ns[] = {1, 3, 4, 5, 67};
+    static const ds_dtype wds[] = {DS_BF16, DS_F8_E4M3, DS_BF16, DS_F16, DS_F32};
+    for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++)
+            for (size_t l = 0; l < sizeof ns / sizeof ns[0]; l++) {
+                size_t c = i + j + l;
+                ds_dtype wd = wds[c % 5];
+                linear_case(DS_BF16, wd, scale_for(wd), c % 2 ? DS_F32 : DS_DTYPE_INVALID,
+                            DS_ACT_NONE, 0, ms[i], ks[j], ns[l]);
+            }
+    linear_case(DS_BF16, DS_BF16, 1.0f, DS_F32, DS_ACT_SILU, 0, 128, 1030, 67);
+    linear_case(DS_BF16, DS_BF16, 1.0f, DS_BF16, DS_ACT_NONE, 0, 129, 1030, 67);
+}
+
+/* A linear's result does not depend on the backend's thread count at the row counts of the
+ * few-row and dot-product kernels (each output is one sum in an order fixed by K): 1, 2 and 3
+ * threads give the same bits. */
+static void test_linear_thread_count_independent(void)
+{
+    if (strcmp(kt.backend_name, "cpu") != 0)
+        return;
+    static const int64_t rows[] = {3, 32, 65};
+    const int64_t k = 2063, n = 389;
+    int64_t ws[2] = {n, k};
+    double *wv = kt_randn((size_t)(n * k), 0.05);
+    ds_tensor w;
+    REQUIRE(kt_tensor(DS_BF16, 2, ws, wv, &w));
+    for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+        /* Without AVX-512 the dozens of rows run on a library, which promises no such thing. */
+        const char *path = ds_cpu_linear_path(rows[r], DS_BF16, DS_BF16);
+        if (!strstr(path, "few-row") && !strstr(path, "dot-product"))
+            continue;
+        int64_t m = rows[r], xs[2] = {m, k}, ys[2] = {m, n};
+        double *xv = kt_randn((size_t)(m * k), 1.0);
+        ds_tensor x;
+        REQUIRE(kt_tensor(DS_BF16, 2, xs, xv, &x));
+        void *first = NULL;
+        for (int threads = 1; threads <= 3; threads++) {
+            ds_backend *b = NULL;
+            ds_error err;
+            REQUIRE(ds_cpu_backend_create(threads, &b, &err) == DS_OK);
+            ds_tensor y;
+            REQUIRE(kt_tensor(DS_BF16, 2, ys, NULL, &y));
+            ds_linear_args a = {&x, &w, NULL, 1.0f, DS_ACT_NONE, &y};
+            CHECK_MSG(ds_linear(b, NULL, &a, &err) == DS_OK, "%s", err.message);
+            if (!first) {
+                first = malloc(ds_tensor_nbytes(&y));
+                REQUIRE(first);
+                memcpy(first, y.data, ds_tensor_nbytes(&y));
+            } else {
+                CHECK_MSG(memcmp(first, y.data, ds_tensor_nbytes(&y)) == 0,
+                          "%lld rows (%s): %d threads differ from 1", (long long)m,
+                          ds_cpu_linear_path(m, DS_BF16, DS_BF16), threads);
+            }
+            ds_tensor_free(&y);
+            ds_backend_destroy(b);
+        }
+        free(first);
+        ds_tensor_free(&x);
+        free(xv);
+    }
+    ds_tensor_free(&w);
+    free(wv);
+}
+
 /* More distinct GEMM shapes than the backend keeps prepared at once, twice over: every one
  * still computes its own product after others took its place. */
 static void test_linear_many_shapes(void)
@@ -420,6 +493,8 @@ int main(int argc, char **argv)
     RUN(test_linear_fp8_blocks_match_bf16);
     RUN(test_linear_widened_matches_f32);
     RUN(test_linear_many_shapes);
+    RUN(test_linear_dot_kernel_shapes);
+    RUN(test_linear_thread_count_independent);
     RUN(test_batched_matmul);
     RUN(test_gemm_parts);
     kt_finish();
