@@ -185,11 +185,13 @@ static int daemon_passed_fds(void)
     return n;
 }
 
-/* The daemon closes passed descriptors on its loop: give it a moment. */
+/* The daemon closes passed descriptors on its loop, a refused frame's when it closes that
+ * connection (after the client saw EOF): up to 30 s, as a loop under ASan on two busy cores
+ * can be off the CPU for seconds. */
 static int daemon_passed_fds_settle(void)
 {
     int n = daemon_passed_fds();
-    for (int i = 0; i < 100 && n != 0; i++) {
+    for (int i = 0; i < 1500 && n != 0; i++) {
         struct timespec t = {0, 20 * 1000 * 1000};
         nanosleep(&t, NULL);
         n = daemon_passed_fds();

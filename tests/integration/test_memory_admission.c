@@ -306,6 +306,23 @@ static void test_huge_dit_step_refused(void)
 
 /* --- fair turns ------------------------------------------------------------------------------ */
 
+/* Jobs queued plus running, from Status on a fresh connection; -1 when Status fails. */
+static int jobs_in_flight(void)
+{
+    ds_client *c = it_connect(&env);
+    if (!c)
+        return -1;
+    diffsynth_v1_Envelope req = diffsynth_v1_Envelope_init_zero, resp;
+    req.which_body = diffsynth_v1_Envelope_status_tag;
+    int jobs = -1;
+    if (it_call(c, &req, &resp) == DS_CLIENT_OK) {
+        jobs = (int)(resp.body.status_result.jobs_queued + resp.body.status_result.jobs_running);
+        ds_client_envelope_free(&resp);
+    }
+    ds_client_close(c);
+    return jobs;
+}
+
 static void test_small_job_waits_one_turn(void)
 {
     static const ds_client_step_param many_params[] = {
@@ -331,9 +348,17 @@ static void test_small_job_waits_one_turn(void)
         req.body.run_pipeline.params_count = 5;
         REQUIRE(ds_client_send(busy, &req) == DS_CLIENT_OK);
     }
-    /* Let the busy client's jobs be queued and the first one start. */
-    struct timespec ts = {0, 300 * 1000000L};
-    nanosleep(&ts, NULL);
+    /* The busy client's jobs queued, the first started (and at most that one done: each takes
+     * four units), before the small job comes: a fixed pause would not tell, on a busy
+     * machine, and a small job that came first would pass without showing anything. */
+    int in_flight = -1;
+    for (uint64_t until = it_now_ms() + IT_CALL_TIMEOUT_MS;
+         (in_flight = jobs_in_flight()) >= 0 && in_flight < FAIR_JOBS - 1 && it_now_ms() < until;) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    CHECK_MSG(in_flight >= FAIR_JOBS - 1, "%d of the busy client's %d jobs in flight", in_flight,
+              FAIR_JOBS);
 
     ds_client *small = it_connect(&env);
     REQUIRE(small);
