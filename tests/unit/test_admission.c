@@ -134,6 +134,18 @@ static void test_unknown_step(void)
     CHECK(need.peak == ds_memory_dit_forward(2, 64, 32, 0, DS_F32, 2, 0));
 }
 
+/* m as a loaded model named `name` whose parameters are declared from `cls`'s tree with `kwargs`
+ * (JSON or NULL), without weights. Returns whether the declaration succeeded. */
+static int declare_model(ds_loaded_model *m, char *name, const char *cls, const char *kwargs)
+{
+    memset(m, 0, sizeof *m);
+    m->model_name = name;
+    ds_state_dict_init(&m->params);
+    ds_error err;
+    ds_error_clear(&err);
+    return ds_model_class_declare(ds_model_class_find(cls), kwargs, &m->params, &err) == DS_OK;
+}
+
 /* The VAE's widths come from its declared parameters. Upstream's decoder runs its last level
  * (the image's size) at 96 channels after an upsampler fed 192: at least four 96-wide
  * activations of the image live at once, and nothing at that size is wider than two 192-wide
@@ -141,14 +153,10 @@ static void test_unknown_step(void)
 static void test_vae_levels(void)
 {
     ds_loaded_model m;
-    memset(&m, 0, sizeof m);
-    m.model_name = "qwen_image_vae";
+    REQUIRE(declare_model(&m, "qwen_image_vae", VAE_CLASS, NULL));
     m.model_class = VAE_CLASS;
-    ds_state_dict_init(&m.params);
     ds_error err;
     ds_error_clear(&err);
-    REQUIRE(ds_model_class_declare(ds_model_class_find(VAE_CLASS), NULL, &m.params, &err) ==
-            DS_OK);
     uint64_t decode = 0, encode = 0;
     const int64_t side = 256; /* latents; a 2048 x 2048 image */
     uint64_t image = (uint64_t)side * side * 64;
@@ -199,14 +207,11 @@ static void test_every_step_bounded(void)
 static void test_wan_text_encoder(void)
 {
     ds_loaded_model m;
-    memset(&m, 0, sizeof m);
-    m.model_name = "wan_video_text_encoder";
-    ds_state_dict_init(&m.params);
+    REQUIRE(declare_model(&m, "wan_video_text_encoder",
+                          "diffsynth.models.wan_video_text_encoder.WanTextEncoder",
+                          "{\"num_layers\": 1}"));
     ds_error err;
     ds_error_clear(&err);
-    REQUIRE(ds_model_class_declare(
-                ds_model_class_find("diffsynth.models.wan_video_text_encoder.WanTextEncoder"),
-                "{\"num_layers\": 1}", &m.params, &err) == DS_OK);
     uint64_t f32 = 0, bf16 = 0, either = 0, hidden = 0;
     REQUIRE(ds_memory_wan_text_encoder(&m, 1, 512, DS_F32, &f32, &hidden, &err) == DS_OK);
     CHECK(hidden == (uint64_t)512 * 4096 * 4);
@@ -243,13 +248,9 @@ static void test_wan_vae(void)
                 {"diffsynth.models.wan_video_vae.WanVideoVAE38", 48, 16, 256, 64}};
     for (size_t v = 0; v < sizeof vaes / sizeof vaes[0]; v++) {
         ds_loaded_model m;
-        memset(&m, 0, sizeof m);
-        m.model_name = "wan_video_vae";
-        ds_state_dict_init(&m.params);
+        REQUIRE(declare_model(&m, "wan_video_vae", vaes[v].cls, NULL));
         ds_error err;
         ds_error_clear(&err);
-        REQUIRE(ds_model_class_declare(ds_model_class_find(vaes[v].cls), NULL, &m.params,
-                                       &err) == DS_OK);
         uint64_t decode = 0, encode = 0, longer = 0, tiled = 0, out = 0;
         const int64_t h = 60, w = 104; /* latents of 480 x 832 (Wan2.1) */
         REQUIRE(ds_memory_wan_vae(&m, 1, 1, 3, h, w, NULL, DS_F32, 2, &decode, &out, &err) ==
